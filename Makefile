@@ -1,0 +1,23 @@
+# Two entry points (see README): `make serve` and `make test`. Both do the whole set-up first.
+PY ?= python3
+PIP = $(PY) -m pip
+
+.PHONY: setup serve test lint format
+
+setup:
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[dev]"
+
+serve: setup
+	$(PY) -m xyserve.cli serve --host 127.0.0.1 --port 8000
+
+lint:
+	$(PY) -m ruff check src tests
+	$(PY) -m ruff format --check src tests
+
+format:
+	$(PY) -m ruff format src tests
+	$(PY) -m ruff check --fix src tests
+
+test: setup lint
+	TRITON_INTERPRET=1 $(PY) -m pytest -q tests

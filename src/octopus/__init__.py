@@ -1,0 +1,1 @@
+"""Octopus: simulation and scheduling of orchestrated AI workflows on scale-out spatial architectures."""

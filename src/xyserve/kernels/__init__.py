@@ -1,0 +1,1 @@
+"""Kernels execute a plan; no scheduling logic lives here."""

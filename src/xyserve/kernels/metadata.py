@@ -1,0 +1,71 @@
+"""Torch-side attention metadata of a step, built once from the token table and used by every layer.
+
+Cache layout, shared by every backend: ``k_cache``/``v_cache`` are
+``[num_blocks, block_size, num_kv_heads, head_dim]``. The new tokens' K/V are written into the
+cache (through ``slot_mapping``) before attention runs, so attention reads all keys of a stage,
+history and new, from the paged cache through its block table.
+
+Masking rule of a stage with ``n`` new tokens and ``kv_len`` keys: query ``i`` (0-based within the
+stage) sees every history key ``[0, kv_len - n)`` and the new keys ``j <= i`` (causal), or the new
+keys that ``tree_masks[row][i, j]`` allows when the stage carries a tree mask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from xyserve.plan.token_table import TokenTable
+
+
+@dataclass
+class AttentionMetadata:
+    table: TokenTable  # host-side rows (start, num_tokens, kv_len, tile size, block table)
+    slot_mapping: torch.Tensor  # [T] int64: cache slot of each new token
+    query_start_loc: torch.Tensor  # [S + 1] int32, on device
+    kv_lens: torch.Tensor  # [S] int32, on device
+    block_tables: torch.Tensor  # [S, max_blocks] int32, padded with 0, on device
+    tree_masks: list[torch.Tensor | None]  # per stage: bool [n, n] or None (causal)
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.slot_mapping.numel())
+
+    @classmethod
+    def build(cls, table: TokenTable, device: torch.device | str = "cpu") -> AttentionMetadata:
+        rows = table.rows
+        starts = [0]
+        for r in rows:
+            starts.append(starts[-1] + r.num_tokens)
+        max_blocks = max((len(r.block_table) for r in rows), default=0)
+        bt = torch.zeros((len(rows), max(max_blocks, 1)), dtype=torch.int32)
+        for i, r in enumerate(rows):
+            if r.block_table:
+                bt[i, : len(r.block_table)] = torch.tensor(r.block_table, dtype=torch.int32)
+        masks = [
+            None if r.tree_mask is None else torch.tensor(r.tree_mask, dtype=torch.bool, device=device)
+            for r in rows
+        ]
+        return cls(
+            table=table,
+            slot_mapping=torch.tensor(table.slot_mapping(), dtype=torch.int64, device=device),
+            query_start_loc=torch.tensor(starts, dtype=torch.int32, device=device),
+            kv_lens=torch.tensor([r.kv_len for r in rows], dtype=torch.int32, device=device),
+            block_tables=bt.to(device),
+            tree_masks=masks,
+        )
+
+
+def stage_mask(num_tokens: int, kv_len: int, tree_mask: torch.Tensor | None, device) -> torch.Tensor:
+    """Dense bool mask [num_tokens, kv_len] of one stage (True = may attend)."""
+    ctx = kv_len - num_tokens
+    mask = torch.ones((num_tokens, kv_len), dtype=torch.bool, device=device)
+    if num_tokens:
+        new = (
+            tree_mask.to(device)
+            if tree_mask is not None
+            else torch.ones((num_tokens, num_tokens), dtype=torch.bool, device=device).tril()
+        )
+        mask[:, ctx:] = new
+    return mask
