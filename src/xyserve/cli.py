@@ -1,0 +1,33 @@
+"""``xyserve`` command line: serve, bench offline, bench kernels, tune."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# subcommand -> "module:function"; each function takes the remaining argv.
+COMMANDS: dict[str, str] = {
+    "serve": "xyserve.server.cli:main",
+    "bench offline": "xyserve.bench.offline:main",
+    "bench kernels": "xyserve.bench.kernels:main",
+    "tune": "xyserve.tools.tune:main",
+    "train-tiny": "xyserve.tools.train_tiny:main",
+}
+
+USAGE = "usage: xyserve {" + ",".join(COMMANDS) + "} [options]  (add --help to a command)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for words in sorted(COMMANDS, key=lambda c: -len(c.split())):
+        n = len(words.split())
+        if argv[:n] == words.split():
+            mod, _, fn = COMMANDS[words].partition(":")
+            rc = getattr(importlib.import_module(mod), fn)(argv[n:])
+            return int(rc or 0)
+    print(USAGE, file=sys.stderr)
+    return 0 if argv[:1] in (["-h"], ["--help"]) else 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
