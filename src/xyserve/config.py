@@ -1,0 +1,47 @@
+"""One EngineConfig: every engine argument, with vLLM's names where they exist."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+
+@dataclass
+class EngineConfig:
+    model: str | None = None  # local HF directory or a bundled name; None: the bundled default
+    tokenizer: str | None = None  # defaults to the model directory
+    max_num_batched_tokens: int = 512  # the token budget of one step
+    max_num_seqs: int = 64
+    block_size: int = 16
+    enable_prefix_caching: bool = True
+    max_model_len: int | None = None  # defaults to the model's max_position_embeddings
+    dtype: str = "auto"  # auto: float32 on CPU, bfloat16 on GPU
+    seed: int = 0
+    num_kv_blocks: int | None = None  # overrides kv_cache_memory_bytes
+    kv_cache_memory_bytes: int = 1 << 30
+    scheduler_policy: str = "hybrid"  # hybrid | baseline
+    # Budget tokens kept for decode/verify work whenever some waits (default: a quarter).
+    num_reserved_decode_tokens: int | None = None
+    device: str = "auto"  # auto | cpu | cuda
+    attention_backend: str = "sdpa"  # meta | sdpa | reference
+    gemm_backend: str = "torch"  # smooth | torch
+    served_model_name: str | None = None
+    skip_tokenizer_init: bool = False
+    disable_progress_bar: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_num_batched_tokens < 1:
+            raise ValueError("max_num_batched_tokens must be at least 1")
+        if self.max_num_seqs < 1:
+            raise ValueError("max_num_seqs must be at least 1")
+        if self.block_size < 1:
+            raise ValueError("block_size must be at least 1")
+        if self.scheduler_policy not in ("hybrid", "baseline"):
+            raise ValueError(
+                f"scheduler_policy must be 'hybrid' or 'baseline', got {self.scheduler_policy!r}"
+            )
+        if self.num_reserved_decode_tokens is None:
+            self.num_reserved_decode_tokens = max(1, self.max_num_batched_tokens // 4)
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]

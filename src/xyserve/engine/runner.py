@@ -1,0 +1,107 @@
+"""The model runner: turns a scheduler output into one forward pass over the flat token batch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from xyserve.engine.scheduler import SchedulerOutput
+from xyserve.kernels.backend import get_attention_backend, get_gemm_backend
+from xyserve.kernels.metadata import AttentionMetadata
+from xyserve.model.llama import LlamaModel, StepContext
+from xyserve.plan.token_table import TokenTable
+
+
+@dataclass
+class StepResult:
+    logits: torch.Tensor  # [R, V] float32, one row per logits position
+    rows: dict[str, slice]  # request id -> its rows in ``logits`` (verify has several)
+
+
+class ModelRunner:
+    def __init__(
+        self,
+        model: LlamaModel,
+        num_blocks: int,
+        block_size: int,
+        attention_backend: str,
+        gemm_backend: str,
+        gemm_kwargs: dict | None = None,
+    ) -> None:
+        self.model = model
+        self.block_size = block_size
+        cfg = model.cfg
+        shape = (num_blocks, block_size, cfg.num_kv_heads, cfg.head_dim)
+        self.kv_caches = [
+            (
+                torch.zeros(shape, dtype=model.dtype, device=model.device),
+                torch.zeros(shape, dtype=model.dtype, device=model.device),
+            )
+            for _ in range(cfg.num_layers)
+        ]
+        self.attn = get_attention_backend(attention_backend)
+        self.gemm = get_gemm_backend(gemm_backend, **(gemm_kwargs or {}))
+
+    @staticmethod
+    def bytes_per_block(model_cfg, block_size: int, dtype: torch.dtype) -> int:
+        elem = torch.tensor([], dtype=dtype).element_size()
+        per_layer = 2 * block_size * model_cfg.num_kv_heads * model_cfg.head_dim * elem
+        return per_layer * model_cfg.num_layers
+
+    def copy_blocks(self, copies: list[tuple[int, int, int]]) -> None:
+        for src, dst, n in copies:
+            if src == dst:
+                continue
+            for k, v in self.kv_caches:
+                k[dst, :n] = k[src, :n]
+                v[dst, :n] = v[src, :n]
+
+    def build_table(self, out: SchedulerOutput, block_tables: dict[str, list[int]]) -> TokenTable:
+        table = TokenTable(block_size=self.block_size)
+        for st in out.stages:
+            rid = st.request.request_id
+            table.add(
+                rid,
+                st.num_tokens,
+                st.kv_len,
+                block_tables[rid],
+                num_spec_tokens=st.num_spec_tokens,
+                is_prefill=st.is_prefill,
+            )
+        return table
+
+    def execute(self, out: SchedulerOutput, block_tables: dict[str, list[int]]) -> StepResult:
+        self.copy_blocks(out.copies)
+        table = self.build_table(out, block_tables)
+        ids: list[int] = []
+        positions: list[int] = []
+        logit_rows: list[int] = []
+        rows: dict[str, slice] = {}
+        for st, row in zip(out.stages, table.rows):
+            r = st.request
+            ids.extend(r.token_at(p) for p in range(st.context_len, st.kv_len))
+            positions.extend(range(st.context_len, st.kv_len))
+            if st.samples:
+                first = len(logit_rows)
+                end = row.start + row.num_tokens
+                logit_rows.extend(range(end - 1 - st.num_spec_tokens, end))
+                rows[r.request_id] = slice(first, len(logit_rows))
+        dev = self.model.device
+        meta = AttentionMetadata.build(table, dev)
+        cfg = self.model.cfg
+        ctx = StepContext(
+            positions=torch.tensor(positions, dtype=torch.long, device=dev),
+            slot_mapping=meta.slot_mapping,
+            attn_backend=self.attn,
+            attn_plan=self.attn.plan(meta, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim),
+            gemm_backend=self.gemm,
+            gemm_plan=self.gemm.plan(len(ids)),
+        )
+        logits = self.model.forward(
+            torch.tensor(ids, dtype=torch.long, device=dev),
+            ctx,
+            self.kv_caches,
+            torch.tensor(logit_rows, dtype=torch.long, device=dev),
+        )
+        return StepResult(logits=logits.cpu(), rows=rows)

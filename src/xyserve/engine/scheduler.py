@@ -1,0 +1,274 @@
+"""Token-wise hybrid P/D/V scheduling under a fixed token budget. Pure Python (no torch).
+
+Every step takes up to ``max_num_batched_tokens`` tokens, whatever their origin: the decode or
+verify tokens of running requests and the next chunk of each prefill. A request's work in a step
+is simply ``num_tokens_with_spec - num_computed_tokens`` (capped by the budget), so prefill,
+decode and verify are not separate code paths, only different counts.
+
+``hybrid`` (XY-Serve): prefill first, but ``num_reserved_decode_tokens`` of the budget stay for
+decode/verify tokens whenever some wait; long prompts are chunked. ``baseline``: whole prefills
+in steps of their own, otherwise decode-only steps, no chunking.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from xyserve.engine.kv_cache import KVCacheManager
+from xyserve.engine.request import Request, RequestStatus
+
+
+@dataclass
+class ScheduledStage:
+    request: Request
+    num_tokens: int  # new tokens computed this step, speculative ones included
+    num_spec_tokens: int  # trailing speculative tokens among them (verify)
+    context_len: int  # tokens already computed before this step
+
+    @property
+    def kv_len(self) -> int:
+        return self.context_len + self.num_tokens
+
+    @property
+    def is_prefill(self) -> bool:
+        return self.num_tokens - self.num_spec_tokens > 1 or self.context_len < (
+            self.request.num_prompt_tokens - 1
+        )
+
+    @property
+    def samples(self) -> bool:
+        """Whether this step reaches the request's last token, so a new token is sampled."""
+        return self.kv_len == self.request.num_tokens_with_spec
+
+
+@dataclass
+class SchedulerOutput:
+    stages: list[ScheduledStage] = field(default_factory=list)
+    preempted: list[Request] = field(default_factory=list)
+    copies: list[tuple[int, int, int]] = field(default_factory=list)  # COW (src, dst, slots)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(s.num_tokens for s in self.stages)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.stages
+
+
+class Scheduler:
+    def __init__(
+        self,
+        kv: KVCacheManager,
+        max_num_batched_tokens: int,
+        max_num_seqs: int,
+        max_model_len: int,
+        policy: str = "hybrid",
+        num_reserved_decode_tokens: int | None = None,
+    ) -> None:
+        if policy not in ("hybrid", "baseline"):
+            raise ValueError(f"unknown scheduler policy {policy!r}")
+        self.kv = kv
+        self.budget = max_num_batched_tokens
+        self.max_num_seqs = max_num_seqs
+        self.max_model_len = max_model_len
+        self.policy = policy
+        reserve = num_reserved_decode_tokens
+        self.reserve = max(1, reserve if reserve is not None else self.budget // 4)
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []
+        self.requests: dict[str, Request] = {}
+        self._rr = 0  # rotates which decodes go first when they exceed the budget
+        self.num_preemptions = 0
+
+    # ---- queue management -------------------------------------------------------------
+    def add_request(self, req: Request) -> None:
+        if req.request_id in self.requests:
+            raise ValueError(f"duplicate request id {req.request_id!r}")
+        if req.num_tokens > self.max_model_len:
+            raise ValueError(
+                f"prompt of {req.num_tokens} tokens exceeds max_model_len={self.max_model_len}"
+            )
+        self.requests[req.request_id] = req
+        self.waiting.append(req)
+
+    def finish_request(self, request_id: str, status: RequestStatus) -> Request | None:
+        req = self.requests.pop(request_id, None)
+        if req is None:
+            return None
+        req.status = status
+        if req in self.running:
+            self.running.remove(req)
+        else:
+            try:
+                self.waiting.remove(req)
+            except ValueError:
+                pass
+        self.kv.free(req)
+        return req
+
+    @property
+    def num_running(self) -> int:
+        return len(self.running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.running or self.waiting)
+
+    # ---- scheduling -------------------------------------------------------------------
+    def schedule(self) -> SchedulerOutput:
+        out = SchedulerOutput()
+        if self.policy == "baseline":
+            self._schedule_baseline(out)
+        else:
+            self._schedule_hybrid(out)
+        out.copies = self.kv.take_copies()
+        return out
+
+    def _schedule_hybrid(self, out: SchedulerOutput) -> None:
+        done: set[str] = set()
+        decodes = [r for r in self.running if self._is_decoding(r)]
+        prefills = [r for r in self.running if not self._is_decoding(r)]
+        demand = sum(self._work(r) for r in decodes)
+        left = self.budget
+        prefill_left = self.budget - min(demand, self.reserve)
+        # 1. Chunks of running prefills, then new prompts (FCFS), within the prefill share.
+        for r in prefills:
+            if prefill_left <= 0 or r not in self.running:
+                continue
+            n = min(self._work(r), prefill_left)
+            if self._schedule_running(r, n, out, done):
+                prefill_left -= n
+                left -= n
+        while self.waiting and prefill_left > 0 and len(self.running) < self.max_num_seqs:
+            n = self._admit(self.waiting[0], prefill_left, out, done, chunk=True)
+            if n == 0:
+                break
+            prefill_left -= n
+            left -= n
+        # 2. Decode/verify tokens of running requests fill the rest (at least the reserve).
+        if decodes:
+            k = self._rr % len(decodes)
+            self._rr += 1
+            for r in decodes[k:] + decodes[:k]:
+                if r not in self.running or r.request_id in done:
+                    continue
+                n = self._work(r)
+                if n > left:
+                    n = left if left > 0 and n - len(r.spec_token_ids) <= left else 0
+                if n <= 0:
+                    continue
+                if self._schedule_running(r, n, out, done):
+                    left -= n
+
+    def _schedule_baseline(self, out: SchedulerOutput) -> None:
+        done: set[str] = set()
+        left = self.budget
+        while self.waiting and len(self.running) < self.max_num_seqs:
+            req = self.waiting[0]
+            whole = req.num_tokens_with_spec - self.kv.match_prefix(req).num_tokens
+            if out.stages and whole > left:
+                break
+            # No chunking: a prompt longer than the budget still runs whole, alone.
+            if self._admit(req, max(left, whole), out, done, chunk=False) == 0:
+                break
+            left -= whole
+        if out.stages:
+            return
+        for r in list(self.running):
+            if r not in self.running:
+                continue
+            n = self._work(r)
+            if n > left:
+                break
+            if self._schedule_running(r, n, out, done):
+                left -= n
+
+    # ---- helpers ----------------------------------------------------------------------
+    @staticmethod
+    def _work(r: Request) -> int:
+        return r.num_tokens_with_spec - r.num_computed_tokens
+
+    @staticmethod
+    def _is_decoding(r: Request) -> bool:
+        return r.num_computed_tokens >= r.num_tokens - 1
+
+    def _stage(self, r: Request, n: int) -> ScheduledStage:
+        spec = max(0, min(len(r.spec_token_ids), r.num_computed_tokens + n - r.num_tokens))
+        return ScheduledStage(r, n, spec, r.num_computed_tokens)
+
+    def _admit(
+        self, req: Request, room: int, out: SchedulerOutput, done: set[str], chunk: bool
+    ) -> int:
+        match = self.kv.match_prefix(req)
+        work = req.num_tokens_with_spec - match.num_tokens
+        n = min(work, room) if chunk else work
+        if n <= 0 or not self.kv.allocate(req, n, match):
+            return 0
+        self.waiting.popleft()
+        req.num_computed_tokens = match.num_tokens
+        if req.num_cached_tokens < 0:
+            req.num_cached_tokens = match.num_tokens
+        req.status = RequestStatus.RUNNING
+        self.running.append(req)
+        out.stages.append(self._stage(req, n))
+        done.add(req.request_id)
+        return n
+
+    def _schedule_running(self, r: Request, n: int, out: SchedulerOutput, done: set[str]) -> bool:
+        """Allocate room for ``n`` tokens of a running request, preempting others if needed."""
+        while not self.kv.allocate(r, n):
+            victim = self._pick_victim(done)
+            if victim is None:
+                victim = r
+            self._preempt(victim, out)
+            if victim is r:
+                return False
+        out.stages.append(self._stage(r, n))
+        done.add(r.request_id)
+        return True
+
+    def _pick_victim(self, done: set[str]) -> Request | None:
+        for cand in reversed(self.running):  # the latest admitted goes first
+            if cand.request_id not in done:
+                return cand
+        return None
+
+    def _preempt(self, r: Request, out: SchedulerOutput) -> None:
+        """Free the request's blocks; it is recomputed later (its cached prefix may survive)."""
+        self.running.remove(r)
+        self.kv.free(r)
+        r.num_computed_tokens = 0
+        r.spec_token_ids = []
+        r.status = RequestStatus.WAITING
+        r.num_preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.appendleft(r)
+        out.preempted.append(r)
+
+    # ---- after execution --------------------------------------------------------------
+    def update(
+        self, out: SchedulerOutput, sampled: dict[str, list[int]], num_accepted: dict | None = None
+    ) -> None:
+        """Advance progress by what ran, then append sampled tokens.
+
+        ``sampled[req_id]`` holds the tokens to append (verify may append several).
+        ``num_accepted[req_id]`` is how many speculative tokens were accepted; the rest of the
+        proposed tokens are dropped (their K/V slots are simply overwritten later).
+        """
+        for st in out.stages:
+            r = st.request
+            if r.is_finished or r.request_id not in self.requests:
+                continue
+            r.num_computed_tokens += st.num_tokens
+            if st.num_spec_tokens:
+                acc = (num_accepted or {}).get(r.request_id, 0)
+                r.output_token_ids.extend(r.spec_token_ids[:acc])
+                r.num_computed_tokens -= st.num_spec_tokens - acc
+                r.spec_token_ids = []
+            self.kv.commit(r)
+            r.output_token_ids.extend(sampled.get(r.request_id, []))

@@ -1,0 +1,85 @@
+"""The offline API: ``LLM(model=...).generate(prompts, sampling_params)``, as in vLLM."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import fields
+
+from tqdm.auto import tqdm
+
+from xyserve.config import EngineConfig
+from xyserve.engine.engine import LLMEngine
+from xyserve.outputs import RequestOutput
+from xyserve.sampling_params import SamplingParams
+
+
+class LLM:
+    def __init__(self, model: str | None = None, **engine_args) -> None:
+        known = {f.name for f in fields(EngineConfig)}
+        unknown = sorted(set(engine_args) - known)
+        if unknown:
+            raise TypeError(f"unknown engine arguments: {unknown}")
+        self.llm_engine = LLMEngine(EngineConfig(model=model, **engine_args))
+
+    def get_tokenizer(self):
+        return self.llm_engine.tokenizer
+
+    def generate(
+        self,
+        prompts: str | Sequence[str] | Sequence[dict] | dict,
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        use_tqdm: bool = True,
+    ) -> list[RequestOutput]:
+        if isinstance(prompts, (str, dict)):
+            prompts = [prompts]
+        prompts = list(prompts)
+        if sampling_params is None:
+            sampling_params = SamplingParams()
+        params = (
+            list(sampling_params)
+            if isinstance(sampling_params, Sequence)
+            else [sampling_params] * len(prompts)
+        )
+        if len(params) != len(prompts):
+            raise ValueError("sampling_params must be one object or one per prompt")
+        return self._run(prompts, params, use_tqdm)
+
+    def chat(
+        self,
+        messages: list[dict] | list[list[dict]],
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        use_tqdm: bool = True,
+        add_generation_prompt: bool = True,
+    ) -> list[RequestOutput]:
+        tok = self.llm_engine.tokenizer
+        if tok is None:
+            raise ValueError("chat needs a tokenizer")
+        convs = [messages] if messages and isinstance(messages[0], dict) else messages
+        prompts = []
+        for conv in convs:
+            text = tok.apply_chat_template(list(conv), add_generation_prompt)
+            prompts.append({"prompt_token_ids": tok.encode(text, add_special_tokens=False)})
+        return self.generate(prompts, sampling_params, use_tqdm)
+
+    def _run(self, prompts, params, use_tqdm: bool) -> list[RequestOutput]:
+        eng = self.llm_engine
+        ids = []
+        for p, sp in zip(prompts, params):
+            ids.append(eng.add_request(p, sp))
+        results: dict[str, RequestOutput] = {}
+        show = use_tqdm and not eng.config.disable_progress_bar and len(prompts) > 1
+        bar = tqdm(total=len(ids), desc="Processed prompts", disable=not show)
+        try:
+            while eng.has_unfinished_requests():
+                for out in eng.step():
+                    if out.finished:
+                        results[out.request_id] = out
+                        bar.update(1)
+        except BaseException:
+            for rid in ids:
+                eng.abort_request(rid)
+            raise
+        finally:
+            bar.close()
+        # Text prompts keep their text; token prompts get None, as in vLLM.
+        return [results[rid] for rid in ids]

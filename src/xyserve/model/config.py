@@ -1,0 +1,104 @@
+"""Model configuration read from an HF ``config.json``: the fields the forward needs."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SUPPORTED_ARCHITECTURES = {
+    "LlamaForCausalLM": "llama",
+    "MistralForCausalLM": "llama",
+    "Qwen2ForCausalLM": "qwen2",
+    "Qwen3ForCausalLM": "qwen3",
+}
+
+
+class ModelLoadError(ValueError):
+    """A model directory that xyserve cannot serve; the message names what is wrong."""
+
+
+@dataclass
+class ModelConfig:
+    architecture: str
+    family: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    rope_theta: float
+    rope_scaling: dict | None
+    max_position_embeddings: int
+    tie_word_embeddings: bool
+    attention_bias: bool
+    qk_norm: bool
+    eos_token_ids: list[int] = field(default_factory=list)
+    bos_token_id: int | None = None
+    torch_dtype: str | None = None
+
+    @classmethod
+    def from_dir(cls, path: str | Path) -> ModelConfig:
+        path = Path(path)
+        cfg_path = path / "config.json"
+        if not cfg_path.is_file():
+            raise ModelLoadError(f"missing file: {cfg_path}")
+        cfg = json.loads(cfg_path.read_text())
+        archs = cfg.get("architectures") or []
+        arch = next((a for a in archs if a in SUPPORTED_ARCHITECTURES), None)
+        if arch is None:
+            raise ModelLoadError(
+                f"unsupported architecture {archs or cfg.get('model_type')!r} in {cfg_path}; "
+                f"supported: {sorted(SUPPORTED_ARCHITECTURES)}"
+            )
+        if cfg.get("hidden_act", "silu") != "silu":
+            raise ModelLoadError(f"unsupported hidden_act {cfg['hidden_act']!r} in {cfg_path}")
+        family = SUPPORTED_ARCHITECTURES[arch]
+        rope_params = cfg.get("rope_parameters") or {}
+        theta = cfg.get("rope_theta", rope_params.get("rope_theta", 10000.0))
+        scaling = cfg.get("rope_scaling") or (rope_params if rope_params else None)
+        if scaling is not None:
+            rtype = scaling.get("rope_type", scaling.get("type", "default"))
+            if rtype not in ("default", "llama3", "linear"):
+                raise ModelLoadError(f"unsupported rope_type {rtype!r} in {cfg_path}")
+            if rtype == "default":
+                scaling = None
+        heads = cfg["num_attention_heads"]
+        hidden = cfg["hidden_size"]
+        eos = _read_eos(path, cfg)
+        return cls(
+            architecture=arch,
+            family=family,
+            vocab_size=cfg["vocab_size"],
+            hidden_size=hidden,
+            intermediate_size=cfg["intermediate_size"],
+            num_layers=cfg["num_hidden_layers"],
+            num_heads=heads,
+            num_kv_heads=cfg.get("num_key_value_heads") or heads,
+            head_dim=cfg.get("head_dim") or hidden // heads,
+            rms_norm_eps=cfg.get("rms_norm_eps", 1e-6),
+            rope_theta=float(theta),
+            rope_scaling=scaling,
+            max_position_embeddings=cfg.get("max_position_embeddings", 2048),
+            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            attention_bias=family == "qwen2" or bool(cfg.get("attention_bias", False)),
+            qk_norm=family == "qwen3",
+            eos_token_ids=eos,
+            bos_token_id=cfg.get("bos_token_id"),
+            torch_dtype=cfg.get("torch_dtype") or cfg.get("dtype"),
+        )
+
+
+def _read_eos(path: Path, cfg: dict) -> list[int]:
+    gen = path / "generation_config.json"
+    value = None
+    if gen.is_file():
+        value = json.loads(gen.read_text()).get("eos_token_id")
+    if value is None:
+        value = cfg.get("eos_token_id")
+    if value is None:
+        return []
+    return [int(v) for v in (value if isinstance(value, list) else [value])]

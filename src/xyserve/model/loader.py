@@ -1,0 +1,61 @@
+"""Load an HF-format checkpoint directory: config.json plus model.safetensors or shards."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from xyserve.model.config import ModelConfig, ModelLoadError
+from xyserve.model.llama import LlamaModel
+
+DTYPES = {
+    "float32": torch.float32,
+    "float": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "half": torch.float16,
+}
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.float32 if device.type == "cpu" else torch.bfloat16
+    if dtype not in DTYPES:
+        raise ValueError(f"unsupported dtype {dtype!r}; choose auto or one of {sorted(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    single = path / "model.safetensors"
+    index = path / "model.safetensors.index.json"
+    if single.is_file():
+        return load_file(str(single))
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        weights: dict[str, torch.Tensor] = {}
+        for shard in shards:
+            f = path / shard
+            if not f.is_file():
+                raise ModelLoadError(f"missing file: {f} (named in {index.name})")
+            weights.update(load_file(str(f)))
+        return weights
+    raise ModelLoadError(f"missing file: {single} (or {index.name} with shards)")
+
+
+def load_model(path: str | Path, device: torch.device, dtype: torch.dtype) -> LlamaModel:
+    path = Path(path)
+    cfg = ModelConfig.from_dir(path)
+    weights = load_weights(path)
+    try:
+        return LlamaModel(cfg, weights, device, dtype)
+    except KeyError as e:
+        raise ModelLoadError(f"missing weight {e.args[0]!r} in {path}") from None
