@@ -1,0 +1,240 @@
+"""The bundled tiny model pair (xy-tiny + xy-tiny-draft) and the script that trains it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from xyserve.models import (
+    DEFAULT_DRAFT_MODEL,
+    DEFAULT_MODEL,
+    MODELS_DIR,
+    resolve_model,
+)
+from xyserve.tools import train_tiny
+
+BUNDLED = [DEFAULT_MODEL, DEFAULT_DRAFT_MODEL]
+REQUIRED_FILES = [
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "generation_config.json",
+    "README.md",
+]
+TINY_ARGS = [
+    "--max-files",
+    "8",
+    "--vocab-size",
+    "320",
+    "--steps",
+    "4",
+    "--draft-steps",
+    "3",
+    "--seq-len",
+    "32",
+    "--batch-size",
+    "2",
+    "--hidden",
+    "32",
+    "--layers",
+    "2",
+    "--heads",
+    "2",
+    "--intermediate",
+    "64",
+    "--draft-hidden",
+    "16",
+    "--draft-layers",
+    "1",
+    "--draft-heads",
+    "1",
+    "--draft-intermediate",
+    "32",
+    "--max-pos",
+    "64",
+    "--eval-windows",
+    "4",
+    "--sample-tokens",
+    "6",
+    "--threads",
+    "1",
+    "--no-progress",
+]
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+
+
+def _safetensors_dtypes(path: Path) -> set[str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return {str(f.get_tensor(k).dtype) for k in f.keys()}
+
+
+def _load(path: Path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
+    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    return model.eval(), tok
+
+
+# ----------------------------------------------------------------------------- resolve_model
+def test_resolve_model_names_and_default():
+    assert DEFAULT_MODEL == "xy-tiny" and DEFAULT_DRAFT_MODEL == "xy-tiny-draft"
+    assert resolve_model(None) == MODELS_DIR / "xy-tiny"
+    assert resolve_model("xy-tiny") == MODELS_DIR / "xy-tiny"
+    assert resolve_model("xy-tiny-draft") == MODELS_DIR / "xy-tiny-draft"
+
+
+def test_resolve_model_local_path(tmp_path):
+    d = tmp_path / "my-model"
+    d.mkdir()
+    assert resolve_model(str(d)) == d.resolve()
+    missing = tmp_path / "no-such-model"
+    with pytest.raises(FileNotFoundError, match="no-such-model"):
+        resolve_model(str(missing))
+    with pytest.raises(FileNotFoundError, match="meta-llama/Llama-3-8B"):
+        resolve_model("meta-llama/Llama-3-8B")  # not bundled, not local: never downloaded
+
+
+# ------------------------------------------------------------------------------ bundled pair
+@pytest.mark.parametrize("name", BUNDLED)
+def test_bundled_dir_loads_with_transformers(name):
+    import torch
+
+    path = resolve_model(name)
+    for f in REQUIRED_FILES:
+        assert (path / f).is_file(), f"{name} lacks {f}"
+    assert _safetensors_dtypes(path / "model.safetensors") <= {"torch.bfloat16", "torch.float16"}
+
+    model, tok = _load(path)
+    assert model.config.model_type == "llama"
+    assert tok.eos_token == "<|endoftext|>"
+    assert model.config.eos_token_id == tok.eos_token_id
+    assert model.generation_config.eos_token_id == tok.eos_token_id
+    assert model.config.vocab_size == len(tok)
+    cfg = json.loads((path / "tokenizer_config.json").read_text())
+    assert "chat_template" in cfg and cfg["eos_token"] == "<|endoftext|>"
+    assert "bos_token" in cfg and cfg["model_max_length"] >= 256
+    chat = tok.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
+    )
+    assert "hi" in chat and chat.endswith("<|assistant|>\n")
+
+    ids = tok("def fibonacci(n):", return_tensors="pt").input_ids
+    assert tok.decode(ids[0]) == "def fibonacci(n):"  # byte-level BPE round-trips
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=8, do_sample=False)
+    assert out.shape[1] > ids.shape[1]
+
+
+def test_bundled_pair_shares_tokenizer_and_fits_budget():
+    target, draft = resolve_model(DEFAULT_MODEL), resolve_model(DEFAULT_DRAFT_MODEL)
+    assert (target / "tokenizer.json").read_bytes() == (draft / "tokenizer.json").read_bytes()
+    t_cfg = json.loads((target / "config.json").read_text())
+    d_cfg = json.loads((draft / "config.json").read_text())
+    assert t_cfg["vocab_size"] == d_cfg["vocab_size"]
+    # the draft is several times smaller than the target
+    t_bytes = (target / "model.safetensors").stat().st_size
+    d_bytes = (draft / "model.safetensors").stat().st_size
+    assert d_bytes * 3 < t_bytes
+    total = sum(f.stat().st_size for d in (target, draft) for f in d.iterdir())
+    assert total <= 40 * 1024 * 1024
+    for d in (target, draft):
+        card = (d / "README.md").read_text()
+        assert "held-out cross-entropy" in card and "def fibonacci(n):" in card
+
+
+def test_bundled_target_reads_python_better_than_draft_and_chance():
+    """Held-out style check: both models beat uniform guessing by far; the target beats the draft."""
+    import math
+
+    import torch
+
+    text = (
+        "import os\n\n\ndef read_file(path):\n    with open(path) as f:\n        return f.read()\n"
+        "\n\nclass Point:\n    def __init__(self, x, y):\n        self.x = x\n        self.y = y\n"
+    )
+    losses = {}
+    for name in BUNDLED:
+        model, tok = _load(resolve_model(name))
+        ids = tok(text, return_tensors="pt").input_ids
+        with torch.no_grad():
+            losses[name] = model(ids, labels=ids).loss.item()
+        assert losses[name] < 0.5 * math.log(len(tok))
+    assert losses[DEFAULT_MODEL] < losses[DEFAULT_DRAFT_MODEL]
+
+
+# ---------------------------------------------------------------------------- training script
+def test_build_corpus_split_is_deterministic_and_skips_tests():
+    a = train_tiny.build_corpus(max_files=None)
+    b = train_tiny.build_corpus(max_files=None)
+    train_paths = [p for p, _ in a.train]
+    held_paths = [p for p, _ in a.heldout]
+    assert train_paths == [p for p, _ in b.train] and held_paths == [p for p, _ in b.heldout]
+    assert held_paths and not set(train_paths) & set(held_paths)
+    assert len(held_paths) < len(train_paths)
+    for p in train_paths + held_paths:
+        parts = set(Path(p).parts)
+        assert p.endswith(".py")
+        assert not parts & {"test", "tests", "idle_test", "site-packages"}
+
+
+def test_train_tiny_end_to_end_writes_loadable_dirs(tmp_path):
+    import torch
+
+    out = tmp_path / "models"
+    assert train_tiny.main([*TINY_ARGS, "--out", str(out)]) == 0
+    for name in BUNDLED:
+        d = out / name
+        for f in REQUIRED_FILES:
+            assert (d / f).is_file(), f"{name} lacks {f}"
+        assert _safetensors_dtypes(d / "model.safetensors") == {"torch.bfloat16"}
+        model, tok = _load(d)
+        assert model.config.vocab_size == len(tok) <= 320
+        card = (d / "README.md").read_text()
+        assert "held-out cross-entropy" in card and "def fibonacci(n):" in card
+        ids = tok("def f(x):", return_tensors="pt").input_ids
+        with torch.no_grad():
+            assert model(ids).logits.shape == (1, ids.shape[1], len(tok))
+    assert "top-1 agreement" in (out / "xy-tiny-draft" / "README.md").read_text()
+    # nothing half-written is left behind
+    assert sorted(p.name for p in out.iterdir()) == sorted(BUNDLED)
+    t_params = sum(p.numel() for p in _load(out / "xy-tiny")[0].parameters())
+    d_params = sum(p.numel() for p in _load(out / "xy-tiny-draft")[0].parameters())
+    assert d_params < t_params
+
+
+def test_train_tiny_is_deterministic(tmp_path):
+    from safetensors.torch import load_file
+
+    args = [*TINY_ARGS, "--skip-draft", "--seed", "3"]
+    assert train_tiny.main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert train_tiny.main([*args, "--out", str(tmp_path / "b")]) == 0
+    a = load_file(str(tmp_path / "a" / "xy-tiny" / "model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "xy-tiny" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    assert all((a[k] == b[k]).all() for k in a)
+    ta = (tmp_path / "a" / "xy-tiny" / "tokenizer.json").read_bytes()
+    assert ta == (tmp_path / "b" / "xy-tiny" / "tokenizer.json").read_bytes()
+
+
+def test_train_tiny_module_entry_point():
+    r = subprocess.run(
+        [sys.executable, "-m", "xyserve.tools.train_tiny", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "--steps" in r.stdout and "--max-files" in r.stdout and "--out" in r.stdout
