@@ -1,0 +1,70 @@
+"""Paged KV blocks: token-wise prefix reuse, copy-on-write, LRU eviction, no leaks."""
+
+from __future__ import annotations
+
+from xyserve.engine.kv_cache import KVCacheManager
+from xyserve.engine.request import Request
+
+
+def admit(kv: KVCacheManager, r: Request) -> int:
+    m = kv.match_prefix(r)
+    assert kv.allocate(r, r.num_tokens - m.num_tokens, m)
+    r.num_computed_tokens = r.num_tokens
+    kv.commit(r)
+    return m.num_tokens
+
+
+def test_match_to_the_exact_token_with_copy_on_write():
+    kv = KVCacheManager(32, 4)
+    a = Request("a", list(range(10)), 1)  # blocks [0-3][4-7][8,9]
+    admit(kv, a)
+    b = Request("b", list(range(6)) + [99, 98, 97], 1)  # shares 6 tokens: 1 block + 2 slots
+    assert admit(kv, b) == 6
+    copies = kv.take_copies()
+    assert len(copies) == 1
+    src, dst, n = copies[0]
+    assert src == kv.block_table("a")[1] and n == 2 and dst != src
+    assert kv.block_table("b")[0] == kv.block_table("a")[0]  # whole block shared
+    assert kv.blocks[kv.block_table("a")[0]].ref_count == 2
+    assert kv.prefix_hit_rate == 6 / 19
+
+
+def test_last_token_is_never_matched():
+    kv = KVCacheManager(32, 4)
+    admit(kv, Request("a", list(range(8)), 1))
+    b = Request("b", list(range(8)), 1)
+    assert kv.match_prefix(b).num_tokens == 7
+
+
+def test_freed_prefix_stays_reusable_until_evicted():
+    kv = KVCacheManager(6, 4)
+    a = Request("a", list(range(12)), 1)
+    admit(kv, a)
+    kv.free(a)
+    assert kv.num_free_blocks == 6  # evictable counts as free
+    b = Request("b", list(range(12)), 1)
+    assert admit(kv, b) == 11  # revived from the cache
+    kv.free(b)
+    c = Request("c", list(range(100, 124)), 1)  # needs all 6 blocks: evicts the cached prefix
+    assert admit(kv, c) == 0
+    kv.free(c)
+    d = Request("d", list(range(12)), 1)
+    assert kv.match_prefix(d).num_tokens == 0
+    kv.check_no_leak()
+
+
+def test_allocation_failure_changes_nothing():
+    kv = KVCacheManager(3, 4)
+    a = Request("a", list(range(20)), 1)
+    m = kv.match_prefix(a)
+    assert not kv.allocate(a, 20, m)
+    assert kv.num_free_blocks == 3 and not kv.req_blocks
+
+
+def test_prefix_caching_off_registers_nothing():
+    kv = KVCacheManager(8, 4, enable_prefix_caching=False)
+    a = Request("a", list(range(8)), 1)
+    admit(kv, a)
+    kv.free(a)
+    assert kv.match_prefix(Request("b", list(range(8)), 1)).num_tokens == 0
+    kv.check_no_leak()

@@ -1,0 +1,96 @@
+"""Engine greedy tokens and first-step logits equal HF transformers' on the same weights."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from xyserve import LLM, SamplingParams
+from xyserve.kernels.backend import attention_backend_names, gemm_backend_names
+
+from tiny_models import build_model
+
+MAX_NEW = 6
+
+
+def make_prompts(vocab: int, seed: int = 0) -> list[list[int]]:
+    rng = random.Random(seed)
+    shared = [rng.randrange(1, vocab) for _ in range(53)]  # ends inside a block
+    prompts = []
+    for i in range(18):
+        if i % 3 == 0:  # a group sharing a long prefix, diverging at various tokens
+            cut = rng.randrange(20, 53)
+            tail = [rng.randrange(1, vocab) for _ in range(rng.randrange(1, 30))]
+            prompts.append(shared[:cut] + tail)
+        else:
+            prompts.append([rng.randrange(1, vocab) for _ in range(rng.choice([1, 3, 17, 40, 90]))])
+    prompts.append(list(shared))  # an exact repeat of a cached prompt
+    return prompts
+
+
+def hf_greedy(model, prompts):
+    refs, firsts = [], []
+    with torch.no_grad():
+        for p in prompts:
+            ids = torch.tensor([p])
+            out = []
+            for step in range(MAX_NEW):
+                logits = model(ids).logits[0, -1]
+                if step == 0:
+                    firsts.append(logits.float())
+                tok = int(logits.argmax())
+                out.append(tok)
+                ids = torch.cat([ids, torch.tensor([[tok]])], dim=1)
+            refs.append(out)
+    return refs, firsts
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen2", "qwen3"])
+def oracle(request, tmp_path_factory):
+    from transformers import AutoModelForCausalLM
+
+    kw = {"tie_word_embeddings": True} if request.param == "qwen2" else {}
+    if request.param == "qwen3":
+        kw["head_dim"] = 24  # an explicit, non-default head size
+    path = build_model(tmp_path_factory.mktemp(request.param), request.param, **kw)
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
+    prompts = make_prompts(model.config.vocab_size)
+    refs, firsts = hf_greedy(model, prompts)
+    return path, prompts, refs, firsts
+
+
+CONFIGS = {
+    "chunked": dict(max_num_batched_tokens=16, max_num_seqs=4),
+    "no-prefix-cache": dict(max_num_batched_tokens=64, enable_prefix_caching=False),
+    "preemption": dict(max_num_batched_tokens=64, num_kv_blocks=14, max_num_seqs=8),
+    "baseline-policy": dict(scheduler_policy="baseline", max_num_batched_tokens=64),
+    "meta-smooth": dict(
+        max_num_batched_tokens=24, max_num_seqs=6, attention_backend="meta", gemm_backend="smooth"
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_greedy_tokens_and_first_logits_match_hf(oracle, name):
+    path, prompts, refs, firsts = oracle
+    cfg = dict(CONFIGS[name])
+    if cfg.get("attention_backend", "sdpa") not in attention_backend_names() or cfg.get(
+        "gemm_backend", "torch"
+    ) not in gemm_backend_names():
+        pytest.fail(f"backend of config {name} is not registered")
+    llm = LLM(str(path), block_size=16, **cfg)
+    eng = llm.llm_engine
+    eng.first_logits = {}
+    params = SamplingParams(temperature=0, max_tokens=MAX_NEW, ignore_eos=True)
+    outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+    for i, (o, ref) in enumerate(zip(outs, refs)):
+        assert o.outputs[0].token_ids == ref, f"prompt {i} (len {len(prompts[i])})"
+        got = eng.first_logits[o.request_id]
+        torch.testing.assert_close(got, firsts[i], atol=1e-4, rtol=0)
+    if name == "chunked":
+        assert eng.kv.prefix_hit_rate > 0.05
+    if name == "preemption":
+        assert eng.scheduler.num_preemptions > 0
+    eng.kv.check_no_leak()

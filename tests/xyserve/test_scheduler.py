@@ -1,0 +1,174 @@
+"""The scheduling core, without torch: token budget, chunking, reserve, policies, preemption."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from xyserve.engine.kv_cache import KVCacheManager
+from xyserve.engine.request import Request, RequestStatus
+from xyserve.engine.scheduler import Scheduler
+
+
+def make(policy="hybrid", budget=64, blocks=256, bs=4, seqs=16, reserve=None, cache=True):
+    kv = KVCacheManager(blocks, bs, enable_prefix_caching=cache)
+    return Scheduler(kv, budget, seqs, 4096, policy=policy, num_reserved_decode_tokens=reserve)
+
+
+def req(rid: str, n: int, max_tokens: int = 4, base: int = 0) -> Request:
+    return Request(rid, [base + i for i in range(n)], max_tokens)
+
+
+def run_step(s: Scheduler, token: int = 7):
+    out = s.schedule()
+    sampled = {st.request.request_id: [token] for st in out.stages if st.samples}
+    s.update(out, sampled)
+    for st_ in out.stages:
+        r = st_.request
+        if r.num_output_tokens >= r.max_tokens and not r.is_finished:
+            s.finish_request(r.request_id, RequestStatus.FINISHED_LENGTH)
+    return out
+
+
+def test_core_imports_without_torch():
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "import xyserve.engine.scheduler, xyserve.engine.kv_cache, xyserve.plan.token_table\n"
+        "import xyserve.sampling_params\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_budget_is_respected_and_long_prompt_is_chunked():
+    s = make(budget=32)
+    s.add_request(req("a", 100))
+    sizes = []
+    while s.has_unfinished():
+        out = run_step(s)
+        assert out.num_tokens <= 32
+        sizes.append(out.num_tokens)
+    assert sizes[:3] == [32, 32, 32]  # the prompt is chunked to the budget
+    assert s.kv.num_free_blocks == s.kv.num_blocks
+
+
+def test_hybrid_mixes_prefill_with_reserved_decodes():
+    s = make(budget=32, reserve=4)
+    for i in range(3):
+        s.add_request(req(f"d{i}", 5, max_tokens=50, base=100 * i))
+    run_step(s)  # the three short prompts prefill together
+    s.add_request(req("long", 200, base=1000))
+    out = s.schedule()
+    kinds = {st.request.request_id: st.num_tokens for st in out.stages}
+    assert kinds["long"] == 32 - 3  # prefill takes all but the decodes' tokens
+    assert all(kinds[f"d{i}"] == 1 for i in range(3))  # decodes run in the same step
+
+
+def test_reserve_limits_prefill_share_when_many_decodes():
+    s = make(budget=32, reserve=8, seqs=64)
+    for i in range(20):
+        s.add_request(req(f"d{i}", 1, max_tokens=100, base=10 * i))
+    run_step(s)  # 20 one-token prompts
+    s.add_request(req("long", 500, base=5000))
+    out = s.schedule()
+    n_long = sum(st.num_tokens for st in out.stages if st.request.request_id == "long")
+    n_dec = sum(st.num_tokens for st in out.stages if st.request.request_id != "long")
+    assert n_long == 32 - 8 and n_dec == 8
+
+
+def test_baseline_runs_whole_prefills_alone_then_decodes():
+    s = make(policy="baseline", budget=32)
+    s.add_request(req("a", 10, max_tokens=3))
+    run_step(s)
+    s.add_request(req("b", 100, max_tokens=3, base=500))
+    out = s.schedule()
+    # b's whole prompt runs alone, beyond the budget, with no decode of a
+    assert [(x.request.request_id, x.num_tokens) for x in out.stages] == [("b", 100)]
+    s.update(out, {"b": [1]})
+    out = s.schedule()
+    assert sorted(x.request.request_id for x in out.stages) == ["a", "b"]
+    assert all(x.num_tokens == 1 for x in out.stages)
+
+
+def test_max_num_seqs_bounds_concurrency():
+    s = make(seqs=2)
+    for i in range(5):
+        s.add_request(req(f"r{i}", 3, base=10 * i))
+    out = s.schedule()
+    assert len(out.stages) == 2 and s.num_waiting == 3
+
+
+def test_preemption_recomputes_and_loses_nothing():
+    s = make(budget=64, blocks=12, bs=4, cache=False)
+    for i in range(4):
+        s.add_request(req(f"r{i}", 8, max_tokens=12, base=100 * i))
+    finished = {}
+    steps = 0
+    while s.has_unfinished():
+        out = run_step(s)
+        for st_ in out.stages:
+            if st_.request.is_finished:
+                finished[st_.request.request_id] = st_.request
+        steps += 1
+        assert steps < 500
+    assert s.num_preemptions > 0
+    assert sorted(finished) == [f"r{i}" for i in range(4)]
+    assert all(r.num_output_tokens == 12 for r in finished.values())
+    s.kv.check_no_leak()
+
+
+def test_speculative_tokens_are_scheduled_and_accounted():
+    s = make(budget=64)
+    r = req("a", 6, max_tokens=20)
+    s.add_request(r)
+    run_step(s)
+    r.spec_token_ids = [11, 12, 13]
+    out = s.schedule()
+    (stage,) = out.stages
+    assert stage.num_tokens == 4 and stage.num_spec_tokens == 3 and stage.samples
+    s.update(out, {"a": [99]}, num_accepted={"a": 2})
+    assert r.output_token_ids == [7, 11, 12, 99]
+    assert r.num_computed_tokens == r.num_tokens - 1
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    lens=st.lists(st.integers(1, 40), min_size=1, max_size=12),
+    outs=st.integers(1, 6),
+    budget=st.integers(2, 48),
+    blocks=st.integers(12, 40),
+    policy=st.sampled_from(["hybrid", "baseline"]),
+    shared=st.booleans(),
+)
+def test_random_workloads_finish_without_starvation_or_leaks(
+    lens, outs, budget, blocks, policy, shared
+):
+    s = make(policy=policy, budget=budget, blocks=blocks, bs=4, seqs=8)
+    reqs = []
+    for i, n in enumerate(lens):
+        base = 0 if shared else 1000 * i  # shared: prompts are prefixes of one another
+        reqs.append(req(f"r{i}", n, max_tokens=outs, base=base))
+        s.add_request(reqs[-1])
+    steps = 0
+    while s.has_unfinished():
+        out = run_step(s, token=3)
+        if policy == "hybrid":
+            assert out.num_tokens <= budget
+        steps += 1
+        assert steps < 2000, "a request starved"
+    assert all(r.num_output_tokens == outs for r in reqs)
+    s.kv.check_no_leak()
+
+
+def test_bad_inputs():
+    s = make()
+    with pytest.raises(ValueError):
+        Scheduler(s.kv, 8, 8, 100, policy="nope")
+    s.add_request(req("a", 3))
+    with pytest.raises(ValueError, match="duplicate"):
+        s.add_request(req("a", 3))
+    with pytest.raises(ValueError, match="max_model_len"):
+        s.add_request(req("b", 5000))
