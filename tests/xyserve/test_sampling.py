@@ -1,0 +1,154 @@
+"""Sampling: seeds, top-k/top-p/min-p, penalties, stops, n, logprobs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from xyserve import LLM, SamplingParams
+from xyserve.engine.sampler import SampleRow, apply_penalties, filter_logits, sample
+from xyserve.sampling_params import SamplingParamsError
+
+PROBS = torch.tensor([0.5, 0.3, 0.15, 0.05])
+
+
+def draws(params: SamplingParams, logits: torch.Tensor, n: int = 400) -> set[int]:
+    gen = torch.Generator().manual_seed(0)
+    row = SampleRow(params, [], [], gen, [])
+    return {sample(logits[None], [row])[0].token_id for _ in range(n)}
+
+
+def test_filters_keep_the_specified_tokens():
+    logits = PROBS.log()
+    assert draws(SamplingParams(temperature=1.0), logits) == {0, 1, 2, 3}
+    assert draws(SamplingParams(temperature=1.0, top_k=2), logits) == {0, 1}
+    assert draws(SamplingParams(temperature=1.0, top_p=0.7), logits) == {0, 1}
+    assert draws(SamplingParams(temperature=1.0, top_p=0.85), logits) == {0, 1, 2}
+    assert draws(SamplingParams(temperature=1.0, min_p=0.4), logits) == {0, 1}
+    assert draws(SamplingParams(temperature=0.0), logits) == {0}
+
+
+def test_temperature_sharpens():
+    p = filter_logits(PROBS.log(), SamplingParams(temperature=0.5)).softmax(-1)
+    want = PROBS**2 / (PROBS**2).sum()
+    torch.testing.assert_close(p, want)
+
+
+def test_penalties_follow_their_definitions():
+    logits = torch.tensor([2.0, -2.0, 1.0, 0.5])
+    row = SampleRow(SamplingParams(repetition_penalty=2.0), [0], [1], None, [])
+    torch.testing.assert_close(
+        apply_penalties(logits.clone(), row), torch.tensor([1.0, -4.0, 1.0, 0.5])
+    )
+    row = SampleRow(
+        SamplingParams(frequency_penalty=0.5, presence_penalty=0.25), [3], [2, 2, 1], None, []
+    )
+    torch.testing.assert_close(
+        apply_penalties(logits.clone(), row), torch.tensor([2.0, -2.75, -0.25, 0.5])
+    )
+
+
+def test_blocked_ids_and_logprobs():
+    logits = PROBS.log()
+    row = SampleRow(SamplingParams(temperature=0, logprobs=2), [], [], None, [0])
+    res = sample(logits[None], [row])[0]
+    assert res.token_id == 1 and res.rank == 2
+    assert [t for t, _ in res.top_logprobs] == [0, 1]
+    assert res.logprob == pytest.approx(float(PROBS[1].log()), abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kw,param",
+    [
+        ({"temperature": -0.1}, "temperature"),
+        ({"top_p": 0.0}, "top_p"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"max_tokens": -1}, "max_tokens"),
+        ({"n": 0}, "n"),
+    ],
+)
+def test_invalid_params_name_the_field(kw, param):
+    with pytest.raises(SamplingParamsError) as e:
+        SamplingParams(**kw)
+    assert e.value.param == param
+
+
+@pytest.fixture(scope="module")
+def llm(tiny_llama):
+    return LLM(str(tiny_llama), max_num_batched_tokens=64)
+
+
+def test_seeded_runs_are_reproducible_in_any_batch(llm):
+    sp = SamplingParams(temperature=1.0, seed=1234, max_tokens=12, ignore_eos=True)
+    alone = llm.generate("def add(a, b):", sp, use_tqdm=False)[0].outputs[0].token_ids
+    other = SamplingParams(temperature=1.0, max_tokens=12, ignore_eos=True)
+    mixed = llm.generate(["hello", "def add(a, b):", "import os"], [other, sp, other])
+    assert mixed[1].outputs[0].token_ids == alone
+    diff = llm.generate("def add(a, b):", SamplingParams(temperature=1.0, seed=99, max_tokens=12))
+    assert diff[0].outputs[0].token_ids != alone
+
+
+def test_stop_strings_stop_ids_and_lengths(llm):
+    greedy = SamplingParams(temperature=0, max_tokens=20, ignore_eos=True)
+    base = llm.generate("The quick brown", greedy)[0].outputs[0]
+    assert base.finish_reason == "length" and len(base.token_ids) == 20
+    stop = base.text[5:8]
+    cut = llm.generate(
+        "The quick brown", SamplingParams(temperature=0, max_tokens=20, ignore_eos=True, stop=stop)
+    )[0].outputs[0]
+    assert cut.finish_reason == "stop" and cut.stop_reason == stop
+    assert cut.text == base.text[: base.text.index(stop)]
+    tok = base.token_ids[3]
+    first = base.token_ids.index(tok)
+    by_id = llm.generate(
+        "The quick brown",
+        SamplingParams(temperature=0, max_tokens=20, ignore_eos=True, stop_token_ids=[tok]),
+    )[0].outputs[0]
+    assert by_id.token_ids == base.token_ids[: first + 1] and by_id.stop_reason == tok
+
+
+def test_min_tokens_blocks_stop_ids_and_eos(llm):
+    base = llm.generate("hello", SamplingParams(temperature=0, max_tokens=10, ignore_eos=True))
+    tok = base[0].outputs[0].token_ids[0]
+    early = SamplingParams(temperature=0, max_tokens=10, stop_token_ids=[tok])
+    assert llm.generate("hello", early)[0].outputs[0].token_ids == [tok]
+    late = SamplingParams(temperature=0, max_tokens=10, min_tokens=4, stop_token_ids=[tok])
+    ids = llm.generate("hello", late)[0].outputs[0].token_ids
+    assert len(ids) >= 4 and tok not in ids[:4]
+    eos = next(iter(llm.llm_engine.eos_token_ids))
+    as_eos = SamplingParams(temperature=0, max_tokens=10, min_tokens=4)
+    llm.llm_engine.eos_token_ids.add(tok)  # make the greedy first token an EOS
+    try:
+        ids = llm.generate("hello", as_eos)[0].outputs[0].token_ids
+        assert len(ids) >= 4 and tok not in ids[:4]
+        ignore = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True)
+        assert len(llm.generate("hello", ignore)[0].outputs[0].token_ids) == 10
+        stop_now = SamplingParams(temperature=0, max_tokens=10)
+        assert llm.generate("hello", stop_now)[0].outputs[0].finish_reason == "stop"
+    finally:
+        llm.llm_engine.eos_token_ids.discard(tok)
+        llm.llm_engine.eos_token_ids.add(eos)
+
+
+def test_n_and_logprobs(llm):
+    sp = SamplingParams(n=3, temperature=1.0, seed=5, max_tokens=6, logprobs=3, ignore_eos=True)
+    out = llm.generate("import os", sp)[0]
+    assert [o.index for o in out.outputs] == [0, 1, 2]
+    assert len({tuple(o.token_ids) for o in out.outputs}) > 1
+    for o in out.outputs:
+        assert len(o.logprobs) == len(o.token_ids) == 6
+        for tok, entry in zip(o.token_ids, o.logprobs):
+            assert tok in entry
+            assert len(entry) in (3, 4)
+        assert o.cumulative_logprob == pytest.approx(
+            sum(e[t].logprob for t, e in zip(o.token_ids, o.logprobs)), abs=1e-4
+        )
+
+
+def test_chat_applies_template(llm):
+    tok = llm.get_tokenizer()
+    msgs = [{"role": "user", "content": "hi"}]
+    out = llm.chat(msgs, SamplingParams(temperature=0, max_tokens=3))[0]
+    want = tok.encode(tok.apply_chat_template(msgs), add_special_tokens=False)
+    assert out.prompt_token_ids == want
+    assert "<|assistant|>" in tok.decode(want, skip_special_tokens=False)
