@@ -66,19 +66,21 @@ class TaskTable:
         return offs
 
 
-def cut_tiles(table: TokenTable) -> list[Tile]:
-    """Cut every stage's queries into tiles of its tile size; empty stages give no tile."""
+def cut_tiles(table: TokenTable, max_tile_rows: int | None = None) -> list[Tile]:
+    """Cut every stage's queries into tiles of its tile size; empty stages give no tile.
+
+    ``max_tile_rows`` caps the tile (a GPU kernel packing G heads per row caps rows at BLOCK_M/G).
+    """
     tiles: list[Tile] = []
     for s, r in enumerate(table.rows):
         ctx = r.context_len
-        for off in range(0, r.num_tokens, r.tile_size):
-            rows = min(r.tile_size, r.num_tokens - off)
+        size = min(r.tile_size, max_tile_rows) if max_tile_rows else r.tile_size
+        for off in range(0, r.num_tokens, size):
+            rows = min(size, r.num_tokens - off)
             has_tree = r.tree_mask is not None
             # A causal row i sees keys up to ctx + i; a tree row may see any new key.
             ext = r.kv_len if has_tree else ctx + off + rows
-            tiles.append(
-                Tile(s, r.start + off, off, rows, r.tile_size, ctx, r.kv_len, ext, has_tree)
-            )
+            tiles.append(Tile(s, r.start + off, off, rows, size, ctx, r.kv_len, ext, has_tree))
     return tiles
 
 
@@ -92,9 +94,11 @@ def snake_deal(costs: list[int], num_workers: int) -> list[list[int]]:
     return workers
 
 
-def build_task_table(table: TokenTable, num_kv_heads: int, num_workers: int = 1) -> TaskTable:
+def build_task_table(
+    table: TokenTable, num_kv_heads: int, num_workers: int = 1, max_tile_rows: int | None = None
+) -> TaskTable:
     """Tiles x KV heads, sorted by area descending (stable), snake-dealt to ``num_workers``."""
-    tiles = cut_tiles(table)
+    tiles = cut_tiles(table, max_tile_rows)
     units = [Unit(t, h, tile.cost) for t, tile in enumerate(tiles) for h in range(num_kv_heads)]
     units.sort(key=lambda u: -u.cost)
     tt = TaskTable(tiles=tiles, units=units, num_workers=max(1, num_workers))

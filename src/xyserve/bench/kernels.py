@@ -1,0 +1,336 @@
+"""``xyserve bench kernels``: Meta-Attention and SmoothGEMM against their baselines, side by side.
+
+Attention: mixed prefill/decode/verify batches under a token budget are drawn from two length
+distributions kept as data files (``bench/workloads/{conversation,coding}.json``), with prefix
+reuse, chunked prefill and verify rows of speculation length 4-8 (some with tree masks). Each
+case runs Meta-Attention, the per-stage SDPA baseline and the dense reference on the same inputs.
+
+GEMM: M = 1..budget (a sample by default, every M with ``--gemm-all-m``) for the bundled-model-like
+and a 7B model's (N, K) shapes: SmoothGEMM, ``torch.matmul`` on the real rows and physical
+pad-to-bucket. Ratios are times over ``torch.matmul``'s (lower is better).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from xyserve.bench.cases import StageSpec, build_case
+from xyserve.kernels.meta_attention import MetaAttention
+from xyserve.kernels.per_stage import PerStageSDPA
+from xyserve.kernels.reference import reference_attention
+from xyserve.kernels.smooth_gemm import SmoothGemm
+from xyserve.plan.gemm_table import GemmTable, default_config, model_shapes, padded_m
+
+WORKLOADS = ("conversation", "coding")
+# Bundled-model-like (a small Llama/Qwen2-family shape) and Llama-2-7B.
+SMALL_MODEL = {
+    "hidden_size": 512,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 4,
+    "intermediate_size": 1408,
+}
+LLAMA_7B = {
+    "hidden_size": 4096,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 32,
+    "intermediate_size": 11008,
+}
+
+
+def load_workload(name: str) -> dict:
+    """A workload by bundled name, or a path to a JSON file of the same schema."""
+    p = Path(name)
+    if p.suffix == ".json" and p.is_file():
+        return json.loads(p.read_text())
+    text = resources.files("xyserve.bench").joinpath(f"workloads/{name}.json").read_text()
+    return json.loads(text)
+
+
+def _hist(h: list[list[float]], rng: random.Random) -> float:
+    lo, hi, _ = rng.choices(h, weights=[b[2] for b in h])[0]
+    return rng.uniform(lo, hi)
+
+
+def sample_batch(wl: dict, budget: int, rng: random.Random) -> list[StageSpec]:
+    """One step's stages: running decodes/verifies first, then prefill chunks fill the budget."""
+    specs: list[StageSpec] = []
+    used = 0
+    for _ in range(rng.randint(*wl["running"])):
+        ctx = int(_hist(wl["prompt_len"], rng)) + rng.randint(1, int(_hist(wl["output_len"], rng)))
+        if rng.random() < wl["verify_fraction"]:
+            k = rng.randint(*wl["spec_len"])
+            st = StageSpec(k + 1, ctx, num_spec_tokens=k, tree=rng.random() < wl["tree_fraction"])
+        else:
+            st = StageSpec(1, ctx)
+        if used + st.num_tokens > budget:
+            break
+        specs.append(st)
+        used += st.num_tokens
+    for _ in range(wl["max_prefills"]):
+        if used >= budget:
+            break
+        p = int(_hist(wl["prompt_len"], rng))
+        done = int(p * _hist(wl["prefix_hit"], rng))  # token-wise prefix-cache hit
+        if rng.random() < 0.5 and p - done > 64:  # a later chunk of a chunked prefill
+            done += rng.randint(1, (p - done) // 2)
+        n = min(max(1, p - done), budget - used)
+        specs.append(StageSpec(n, done, prefill=True))
+        used += n
+    rng.shuffle(specs)
+    return specs
+
+
+def _time(fn: Callable[[], object], repeat: int) -> float:
+    fn()  # warm-up
+    ts = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def bench_attention(args: argparse.Namespace, bar: tqdm) -> dict:
+    hq, hkv, d = args.heads
+    meta_be, sdpa_be = MetaAttention(), PerStageSDPA()
+    cases = []
+    for wname in args.workloads:
+        wl = load_workload(wname)
+        for i in range(args.cases):
+            rng = random.Random(f"{wname}-{i}-{args.seed}")
+            specs = sample_batch(wl, args.budget, rng)
+            c = build_case(specs, hq, hkv, d, args.block_size, seed=i)
+            t0 = time.perf_counter()
+            mp = meta_be.plan(c.meta, hq, hkv, d)
+            plan_s = time.perf_counter() - t0
+            sp = sdpa_be.plan(c.meta, hq, hkv, d)
+            run_meta = lambda mp=mp, c=c: meta_be.run(mp, c.q, c.k_cache, c.v_cache, c.scale)  # noqa: E731
+            run_sdpa = lambda sp=sp, c=c: sdpa_be.run(sp, c.q, c.k_cache, c.v_cache, c.scale)  # noqa: E731
+            # Interleave the two so drift on a shared machine hits both alike.
+            tm, ts = [], []
+            for _ in range(args.repeat):
+                tm.append(_time(run_meta, 1))
+                ts.append(_time(run_sdpa, 1))
+            t_meta, t_sdpa = statistics.median(tm), statistics.median(ts)
+            ref = None
+            t_ref = None
+            if not args.no_reference:
+                t0 = time.perf_counter()
+                ref = reference_attention(c.meta, c.q, c.k_cache, c.v_cache, c.scale)
+                t_ref = time.perf_counter() - t0
+            out = run_meta()
+            err = float((out - ref).abs().max()) if ref is not None else None
+            kinds = [r.kind.value for r in c.meta.table.rows]
+            cases.append(
+                {
+                    "workload": wname,
+                    "case": i,
+                    "stages": len(kinds),
+                    "prefill": kinds.count("prefill"),
+                    "decode": kinds.count("decode"),
+                    "verify": kinds.count("verify"),
+                    "tokens": c.meta.num_tokens,
+                    "kv_tokens": sum(r.kv_len for r in c.meta.table.rows),
+                    "meta_ms": t_meta * 1e3,
+                    "per_stage_ms": t_sdpa * 1e3,
+                    "reference_ms": None if t_ref is None else t_ref * 1e3,
+                    "plan_ms": plan_s * 1e3,
+                    "speedup_vs_per_stage": t_sdpa / t_meta,
+                    "max_abs_err_vs_reference": err,
+                }
+            )
+            bar.update(1)
+    sp = [c["speedup_vs_per_stage"] for c in cases]
+    by_wl = {
+        w: statistics.mean(c["speedup_vs_per_stage"] for c in cases if c["workload"] == w)
+        for w in args.workloads
+    }
+    return {
+        "heads": {"q": hq, "kv": hkv, "head_dim": d},
+        "budget": args.budget,
+        "block_size": args.block_size,
+        "cases": cases,
+        "mean_speedup_vs_per_stage": statistics.mean(sp),
+        "min_speedup_vs_per_stage": min(sp),
+        "max_speedup_vs_per_stage": max(sp),
+        "mean_speedup_by_workload": by_wl,
+    }
+
+
+def gemm_ms(args: argparse.Namespace) -> list[int]:
+    if args.gemm_all_m:
+        return list(range(1, args.gemm_budget + 1))
+    base = [1, 2, 3, 7, 16, 17, 33, 48, 64, 65, 100, 128, 160, 255, 256, 300, 417, 512, 1000]
+    return sorted({m for m in base if m <= args.gemm_budget} | {args.gemm_budget})
+
+
+def bench_gemm(args: argparse.Namespace, models: dict[str, dict], bar: tqdm) -> dict:
+    smooth = SmoothGemm(table=GemmTable())
+    # Configs for every bucket, so the run measures the kernel and not the untuned warning.
+    rows = []
+    gen = torch.Generator().manual_seed(args.seed)
+    for mname, cfg in models.items():
+        for op, (n, k) in model_shapes(cfg).items():
+            if op == "lm_head":
+                continue
+            w = torch.randn((n, k), generator=gen) / k**0.5
+            smooth.table.shapes[op] = (n, k)
+            for m in gemm_ms(args):
+                smooth.table.set(op, padded_m(m), default_config(padded_m(m)))
+                x = torch.randn((m, k), generator=gen)
+                pm = padded_m(m)
+                plan = smooth.plan(m)
+
+                def run_pad(x=x, w=w, pm=pm, m=m):
+                    xp = torch.zeros((pm, x.shape[1]), dtype=x.dtype)
+                    xp[:m] = x
+                    return torch.matmul(xp, w.t())[:m]
+
+                fns = {
+                    "torch": lambda x=x, w=w: torch.matmul(x, w.t()),
+                    "smooth": lambda x=x, w=w, op=op, plan=plan: smooth.linear(
+                        plan, op, x, w, None
+                    ),
+                    "pad": run_pad,
+                }
+                ts: dict[str, list[float]] = {kk: [] for kk in fns}
+                for _ in range(args.repeat):
+                    for kk, f in fns.items():
+                        ts[kk].append(_time(f, 1))
+                med = {kk: statistics.median(v) for kk, v in ts.items()}
+                rows.append(
+                    {
+                        "model": mname,
+                        "op": op,
+                        "m": m,
+                        "padded_m": pm,
+                        "n": n,
+                        "k": k,
+                        "torch_ms": med["torch"] * 1e3,
+                        "smooth_ms": med["smooth"] * 1e3,
+                        "pad_ms": med["pad"] * 1e3,
+                        "smooth_ratio_vs_torch": med["smooth"] / med["torch"],
+                        "pad_ratio_vs_torch": med["pad"] / med["torch"],
+                    }
+                )
+                bar.update(1)
+    r = [x["smooth_ratio_vs_torch"] for x in rows]
+    worst = max(rows, key=lambda x: x["smooth_ratio_vs_torch"])
+    return {
+        "rows": rows,
+        "mean_ratio_vs_torch": statistics.mean(r),
+        "max_ratio_vs_torch": worst["smooth_ratio_vs_torch"],
+        "worst_case": {kk: worst[kk] for kk in ("model", "op", "m", "n", "k")},
+        "mean_pad_ratio_vs_torch": statistics.mean(x["pad_ratio_vs_torch"] for x in rows),
+    }
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="xyserve bench kernels", description=__doc__.split("\n")[0])
+    ap.add_argument("--json", help="write the results to this file")
+    ap.add_argument("--only", choices=("attention", "gemm"), help="run one part")
+    ap.add_argument("--workloads", nargs="+", default=list(WORKLOADS), help="names or JSON paths")
+    ap.add_argument("--cases", type=int, default=4, help="attention batches per workload")
+    ap.add_argument("--budget", type=int, default=512, help="attention token budget per step")
+    ap.add_argument("--heads", type=int, nargs=3, default=[16, 4, 64], metavar=("HQ", "HKV", "D"))
+    ap.add_argument("--block-size", type=int, default=16)
+    ap.add_argument("--no-reference", action="store_true", help="skip the (slow) dense oracle")
+    ap.add_argument("--gemm-budget", type=int, default=512, help="largest M")
+    ap.add_argument("--gemm-all-m", action="store_true", help="every M in 1..budget")
+    ap.add_argument(
+        "--gemm-models", nargs="+", default=["small", "7b"], help="small, 7b, or config.json paths"
+    )
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    ap.add_argument("--seed", type=int, default=0)
+    return ap.parse_args(argv)
+
+
+def _models(names: list[str]) -> dict[str, dict]:
+    out = {}
+    for n in names:
+        if n == "small":
+            out["small"] = SMALL_MODEL
+        elif n == "7b":
+            out["7b"] = LLAMA_7B
+        else:
+            p = Path(n)
+            p = p / "config.json" if p.is_dir() else p
+            out[p.parent.name] = json.loads(p.read_text())
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    models = _models(args.gemm_models)
+    n_att = 0 if args.only == "gemm" else args.cases * len(args.workloads)
+    n_gemm = 0 if args.only == "attention" else len(gemm_ms(args)) * 4 * len(models)
+    result: dict = {
+        "device": f"cpu x{torch.get_num_threads()} threads, torch {torch.__version__}",
+    }
+    with (
+        torch.inference_mode(),
+        tqdm(total=n_att + n_gemm, desc="bench kernels", file=sys.stderr) as bar,
+    ):
+        if n_att:
+            result["attention"] = bench_attention(args, bar)
+        if n_gemm:
+            result["gemm"] = bench_gemm(args, models, bar)
+    print(f"device: {result['device']}")
+    if "attention" in result:
+        a = result["attention"]
+        print(
+            f"\nattention  Hq={a['heads']['q']} Hkv={a['heads']['kv']} D={a['heads']['head_dim']} budget={a['budget']}"
+        )
+        print(
+            f"{'workload':13s} {'#':>2s} {'P/D/V':>9s} {'tok':>5s} {'kv':>7s} {'meta ms':>8s} {'sdpa ms':>8s} {'ref ms':>8s} {'speedup':>7s} {'err':>8s}"
+        )
+        for c in a["cases"]:
+            pdv = f"{c['prefill']}/{c['decode']}/{c['verify']}"
+            ref = "-" if c["reference_ms"] is None else f"{c['reference_ms']:.1f}"
+            err = (
+                "-"
+                if c["max_abs_err_vs_reference"] is None
+                else f"{c['max_abs_err_vs_reference']:.1e}"
+            )
+            print(
+                f"{c['workload']:13s} {c['case']:2d} {pdv:>9s} {c['tokens']:5d} {c['kv_tokens']:7d} {c['meta_ms']:8.2f} {c['per_stage_ms']:8.2f} {ref:>8s} {c['speedup_vs_per_stage']:6.2f}x {err:>8s}"
+            )
+        for w, s in a["mean_speedup_by_workload"].items():
+            print(f"mean speedup vs per-stage [{w}]: {s:.3f}x")
+        print(
+            f"attention.mean_speedup_vs_per_stage: {a['mean_speedup_vs_per_stage']:.3f}x "
+            f"(range {a['min_speedup_vs_per_stage']:.2f}x .. {a['max_speedup_vs_per_stage']:.2f}x)"
+        )
+    if "gemm" in result:
+        g = result["gemm"]
+        print("\ngemm (time / torch.matmul time; lower is better)")
+        print(
+            f"{'model':6s} {'op':8s} {'M':>5s} {'pad M':>5s} {'N':>6s} {'K':>6s} {'torch ms':>9s} {'smooth':>7s} {'pad':>7s}"
+        )
+        for r in g["rows"]:
+            print(
+                f"{r['model']:6s} {r['op']:8s} {r['m']:5d} {r['padded_m']:5d} {r['n']:6d} {r['k']:6d} {r['torch_ms']:9.3f} {r['smooth_ratio_vs_torch']:7.3f} {r['pad_ratio_vs_torch']:7.3f}"
+            )
+        wc = g["worst_case"]
+        print(
+            f"gemm.mean_ratio_vs_torch: {g['mean_ratio_vs_torch']:.3f} (worst {g['max_ratio_vs_torch']:.3f} at "
+            f"{wc['model']} {wc['op']} M={wc['m']}); pad-to-bucket mean {g['mean_pad_ratio_vs_torch']:.3f}"
+        )
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+        print(f"wrote {args.json}")
+    return 0

@@ -1,0 +1,75 @@
+"""SmoothGEMM: linear layers run through the GEMM table (paper §6.1, §6.3).
+
+``plan(num_tokens)`` once per step picks the bucket (virtually padded M); ``linear`` looks up the
+tuned config of (op, bucket). On CUDA the Triton kernel computes whole M-tiles but loads and
+stores only real rows (masked), so no padded copy of the activations exists. On CPU the real
+rows go to the vendor GEMM (oneDNN/MKL via ``F.linear``): measured on the dev box, physical
+padding only costs and ``torch.compile`` per bucket did not pay (see ``xyserve bench kernels``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from xyserve.plan.gemm_table import GemmConfig, GemmTable, find_table, padded_m
+
+
+@dataclass(frozen=True)
+class SmoothPlan:
+    num_tokens: int
+    padded_m: int
+
+
+def cpu_linear(
+    cfg: GemmConfig, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    if cfg.cpu_impl == "addmm" and x.dim() == 2:
+        if bias is None:
+            return torch.mm(x, weight.t())
+        return torch.addmm(bias, x, weight.t())
+    return F.linear(x, weight, bias)
+
+
+class SmoothGemm:
+    """The ``smooth`` GEMM backend."""
+
+    name = "smooth"
+
+    def __init__(
+        self,
+        table: GemmTable | None = None,
+        table_path: str | os.PathLike | None = None,
+        model_path: str | os.PathLike | None = None,
+        device: str = "cpu",
+    ) -> None:
+        if table is None and table_path is not None:
+            table = GemmTable.load(table_path)
+        if table is None and model_path is not None:
+            table = find_table(model_path, device)
+        self.table = table or GemmTable(device=device)
+
+    def plan(self, num_tokens: int) -> SmoothPlan:
+        return SmoothPlan(num_tokens, padded_m(num_tokens))
+
+    def linear(
+        self,
+        plan: SmoothPlan | None,
+        op: str,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+    ) -> torch.Tensor:
+        m = x.numel() // x.shape[-1] if x.numel() else 0
+        if m == 0:
+            return x.new_zeros((*x.shape[:-1], weight.shape[0]))
+        cfg = self.table.lookup(op, m, weight.shape[0], weight.shape[1])
+        if x.is_cuda:
+            from xyserve.kernels.triton.smooth_gemm import smooth_matmul
+
+            y = smooth_matmul(x.reshape(m, x.shape[-1]), weight, bias, cfg)
+            return y.view(*x.shape[:-1], weight.shape[0])
+        return cpu_linear(cfg, x, weight, bias)

@@ -1,0 +1,238 @@
+"""Triton Meta-Attention: one launch per layer runs the whole attention task table.
+
+A persistent grid of W programs; program w walks its snake-dealt list of units (tile, KV head)
+from the task table. Each unit packs the G query heads of its KV group into the tile's rows
+(``BLOCK_M = rows * G``), reads K/V page by page straight from the paged cache through the
+stage's block table, and keeps an online softmax, so any kv length runs in registers. Masks come
+from positions (causal with prefix offset, decode, verify) or from the stage's tree mask, loaded
+row by row. Runs on CPU tensors under ``TRITON_INTERPRET=1`` for the tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from xyserve.kernels.metadata import AttentionMetadata
+from xyserve.plan.task_table import TaskTable, build_task_table
+
+
+@triton.jit
+def _meta_attn_kernel(
+    Q,
+    K,
+    V,
+    O,
+    BT,
+    TREE,
+    W_OFF,
+    U_QSTART,
+    U_ROWS,
+    U_ROWOFF,
+    U_CTX,
+    U_KVLEN,
+    U_EXT,
+    U_KVH,
+    U_STAGE,
+    U_TREE_OFF,
+    U_TREE_N,
+    scale,
+    stride_qt,
+    stride_qh,
+    stride_kb,
+    stride_ks,
+    stride_kh,
+    stride_ot,
+    stride_oh,
+    bt_stride,
+    HEAD_DIM: tl.constexpr,
+    GROUP: tl.constexpr,
+    PAGE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    wid = tl.program_id(0)
+    u_begin = tl.load(W_OFF + wid)
+    u_end = tl.load(W_OFF + wid + 1)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    r = offs_m // GROUP  # tile row
+    g = offs_m % GROUP  # head within the KV group
+    d_ok = offs_d < HEAD_DIM
+    for u in range(u_begin, u_end):
+        q_start = tl.load(U_QSTART + u)
+        rows = tl.load(U_ROWS + u)
+        row_off = tl.load(U_ROWOFF + u)
+        ctx = tl.load(U_CTX + u)
+        kv_len = tl.load(U_KVLEN + u)
+        ext = tl.load(U_EXT + u)
+        kvh = tl.load(U_KVH + u)
+        stage = tl.load(U_STAGE + u)
+        tree_off = tl.load(U_TREE_OFF + u)
+        tree_n = tl.load(U_TREE_N + u)
+        is_tree = tree_off >= 0
+        row_ok = r < rows
+        head = kvh * GROUP + g
+        q_ptr = Q + (q_start + r)[:, None] * stride_qt + head[:, None] * stride_qh + offs_d[None, :]
+        q = tl.load(q_ptr, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+        qpos = ctx + row_off + r  # position of each row's token
+        m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+        for start_n in range(0, ext, BLOCK_N):
+            kpos = start_n + offs_n
+            k_ok = kpos < ext
+            blk = tl.load(BT + stage * bt_stride + kpos // PAGE, mask=k_ok, other=0)
+            kv_off = blk.to(tl.int64) * stride_kb + (kpos % PAGE) * stride_ks + kvh * stride_kh
+            kv_mask = k_ok[:, None] & d_ok[None, :]
+            k = tl.load(K + kv_off[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
+            v = tl.load(V + kv_off[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
+            s = tl.dot(q, tl.trans(k)) * scale
+            allowed = (kpos[None, :] <= qpos[:, None]) & k_ok[None, :]
+            # Tree rows: history is visible; new key j is visible where tree[row, j] is set.
+            rel = kpos - ctx
+            t_mask = (
+                row_ok[:, None] & (rel >= 0)[None, :] & (rel < tree_n)[None, :]
+            )  # tree_n=0: none
+            t_ptr = TREE + tree_off + (row_off + r)[:, None] * tree_n + rel[None, :]
+            tv = tl.load(t_ptr, mask=t_mask, other=0) != 0
+            tree_allowed = ((kpos < ctx)[None, :] | tv) & (kpos < kv_len)[None, :]
+            allowed = tl.where(is_tree, tree_allowed, allowed)
+            s = tl.where(allowed, s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            alpha = tl.exp(m_i - m_new)
+            p = tl.exp(s - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            m_i = m_new
+        l_safe = tl.where(l_i > 0, l_i, 1.0)
+        out = acc / l_safe[:, None]
+        o_ptr = O + (q_start + r)[:, None] * stride_ot + head[:, None] * stride_oh + offs_d[None, :]
+        tl.store(o_ptr, out.to(O.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+
+
+@dataclass
+class TritonAttentionPlan:
+    meta: AttentionMetadata
+    tasks: TaskTable
+    num_q_heads: int
+    num_kv_heads: int
+    head_dim: int
+    block_m: int
+    arrays: dict[str, torch.Tensor]
+
+
+def _pow2(x: int, lo: int = 16) -> int:
+    return max(lo, triton.next_power_of_2(x))
+
+
+def build_triton_plan(
+    meta: AttentionMetadata,
+    num_q_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    num_workers: int | None = None,
+    block_m: int = 64,
+) -> TritonAttentionPlan:
+    """Task table with tiles of ``block_m // G`` rows, laid out worker by worker on the device."""
+    device = meta.slot_mapping.device
+    group = num_q_heads // num_kv_heads
+    block_m = _pow2(max(block_m, group))
+    if num_workers is None:
+        num_workers = (
+            torch.cuda.get_device_properties(device).multi_processor_count * 2
+            if device.type == "cuda"
+            else 4
+        )
+    tasks = build_task_table(meta.table, num_kv_heads, num_workers, max(1, block_m // group))
+    tree_flat: list[int] = []
+    tree_off: dict[int, int] = {}
+    for s, row in enumerate(meta.table.rows):
+        if row.tree_mask is not None:
+            tree_off[s] = len(tree_flat)
+            tree_flat.extend(int(b) for line in row.tree_mask for b in line)
+    cols: dict[str, list[int]] = {
+        k: []
+        for k in ("qstart", "rows", "rowoff", "ctx", "kvlen", "ext", "kvh", "stage", "toff", "tn")
+    }
+    for ui in tasks.worker_order():
+        unit = tasks.units[ui]
+        t = tasks.tiles[unit.tile]
+        row = meta.table.rows[t.stage]
+        vals = (
+            t.q_start,
+            t.num_rows,
+            t.row_offset,
+            t.context_len,
+            t.kv_len,
+            t.kv_extent,
+            unit.kv_head,
+            t.stage,
+            tree_off.get(t.stage, -1),
+            row.num_tokens if t.has_tree else 0,
+        )
+        for k, v in zip(cols, vals):
+            cols[k].append(v)
+    arrays = {k: torch.tensor(v, dtype=torch.int32, device=device) for k, v in cols.items()}
+    arrays["w_off"] = torch.tensor(tasks.worker_offsets(), dtype=torch.int32, device=device)
+    arrays["tree"] = torch.tensor(tree_flat or [0], dtype=torch.int8, device=device)
+    arrays["bt"] = meta.block_tables.to(device=device, dtype=torch.int32).contiguous()
+    return TritonAttentionPlan(meta, tasks, num_q_heads, num_kv_heads, head_dim, block_m, arrays)
+
+
+def triton_meta_attention(
+    plan: TritonAttentionPlan,
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """One launch over the whole task table; rows of empty stages are zero."""
+    t, hq, d = q.shape
+    _, page, hkv, _ = k_cache.shape
+    assert k_cache.stride() == v_cache.stride() and k_cache.stride(-1) == 1 and q.stride(-1) == 1
+    out = torch.zeros_like(q)
+    a = plan.arrays
+    w = int(a["w_off"].numel()) - 1
+    if t == 0 or int(a["qstart"].numel()) == 0:
+        return out
+    _meta_attn_kernel[(w,)](
+        q,
+        k_cache,
+        v_cache,
+        out,
+        a["bt"],
+        a["tree"],
+        a["w_off"],
+        a["qstart"],
+        a["rows"],
+        a["rowoff"],
+        a["ctx"],
+        a["kvlen"],
+        a["ext"],
+        a["kvh"],
+        a["stage"],
+        a["toff"],
+        a["tn"],
+        scale,
+        q.stride(0),
+        q.stride(1),
+        k_cache.stride(0),
+        k_cache.stride(1),
+        k_cache.stride(2),
+        out.stride(0),
+        out.stride(1),
+        a["bt"].stride(0),
+        HEAD_DIM=d,
+        GROUP=hq // hkv,
+        PAGE=page,
+        BLOCK_M=plan.block_m,
+        BLOCK_N=_pow2(page),
+        BLOCK_D=_pow2(d),
+    )
+    return out
