@@ -25,7 +25,7 @@ def _meta_attn_kernel(
     Q,
     K,
     V,
-    O,
+    Out,
     BT,
     TREE,
     W_OFF,
@@ -112,8 +112,10 @@ def _meta_attn_kernel(
             m_i = m_new
         l_safe = tl.where(l_i > 0, l_i, 1.0)
         out = acc / l_safe[:, None]
-        o_ptr = O + (q_start + r)[:, None] * stride_ot + head[:, None] * stride_oh + offs_d[None, :]
-        tl.store(o_ptr, out.to(O.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+        o_ptr = (
+            Out + (q_start + r)[:, None] * stride_ot + head[:, None] * stride_oh + offs_d[None, :]
+        )
+        tl.store(o_ptr, out.to(Out.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
 
 
 @dataclass
