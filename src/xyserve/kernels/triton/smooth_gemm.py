@@ -1,0 +1,108 @@
+"""Triton SmoothGEMM: ``y = x @ w.T (+ b)`` with M padded only virtually (paper §6.1).
+
+The grid covers ``ceil(M / BLOCK_M)`` whole M-tiles -- the bucket's padded M -- but loads of x
+and stores of y are masked to the real rows, so no padded copy of the activations is made and
+padding rows never touch memory. Tile shape, swizzle group and launch knobs come from the GEMM
+table's config for (op, padded M). Runs on CPU tensors under ``TRITON_INTERPRET=1``.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from xyserve.plan.gemm_table import GemmConfig
+
+
+@triton.jit
+def _smooth_gemm_kernel(
+    X,
+    W,
+    B,
+    Y,
+    M,
+    N,
+    K,
+    stride_xm,
+    stride_xk,
+    stride_wn,
+    stride_wk,
+    stride_ym,
+    stride_yn,
+    HAS_BIAS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(N, BLOCK_N)
+    # Grouped (swizzled) order: GROUP_M M-tiles walk the N-tiles together, for L2 reuse of W.
+    per_group = GROUP_M * num_n
+    first_m = (pid // per_group) * GROUP_M
+    size_m = tl.minimum(num_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % per_group) % size_m
+    pid_n = (pid % per_group) // size_m
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    m_ok = rm < M  # selective read/write: the virtual padding rows are never touched
+    n_ok = rn < N
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        kk = k0 + rk
+        k_ok = kk < K
+        x = tl.load(
+            X + rm[:, None] * stride_xm + kk[None, :] * stride_xk,
+            mask=m_ok[:, None] & k_ok[None, :],
+            other=0.0,
+        )
+        w = tl.load(
+            W + rn[None, :] * stride_wn + kk[:, None] * stride_wk,
+            mask=n_ok[None, :] & k_ok[:, None],
+            other=0.0,
+        )
+        acc += tl.dot(x, w)
+    if HAS_BIAS:
+        acc += tl.load(B + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    y_ptr = Y + rm[:, None] * stride_ym + rn[None, :] * stride_yn
+    tl.store(y_ptr, acc.to(Y.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+
+def smooth_matmul(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, cfg: GemmConfig
+) -> torch.Tensor:
+    """[M, K] x [N, K]^T -> [M, N], one launch, M-tiles masked to the real rows."""
+    m, k = x.shape
+    n = weight.shape[0]
+    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    if m == 0:
+        return y
+    grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n),)
+    extra = (
+        {} if x.device.type == "cpu" else {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+    )
+    _smooth_gemm_kernel[grid](
+        x,
+        weight,
+        bias if bias is not None else y,
+        y,
+        m,
+        n,
+        k,
+        x.stride(0),
+        x.stride(1),
+        weight.stride(0),
+        weight.stride(1),
+        y.stride(0),
+        y.stride(1),
+        HAS_BIAS=bias is not None,
+        BLOCK_M=cfg.block_m,
+        BLOCK_N=cfg.block_n,
+        BLOCK_K=cfg.block_k,
+        GROUP_M=cfg.group_m,
+        **extra,
+    )
+    return y

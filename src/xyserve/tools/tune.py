@@ -1,0 +1,152 @@
+"""``xyserve tune --model PATH``: offline SmoothGEMM tuning (paper §4.3.2, §6.3).
+
+For each linear op of the model (shapes from its ``config.json``) and each virtually padded M
+up to the token budget, profile the candidate configurations at the bucket's worst case (M =
+the padded M) and keep the fastest. On CUDA the candidates are Triton tile shapes, swizzle
+groups and launch knobs; on CPU they are the vendor-GEMM entry points. The table is versioned
+JSON, written next to the model (or to ``~/.cache/xyserve/gemm_tables/`` when that folder is
+read-only or ``--cache`` is given), where ``SmoothGemm(model_path=...)`` finds it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from xyserve.plan.gemm_table import (
+    OPS,
+    TABLE_FILE,
+    GemmConfig,
+    GemmTable,
+    buckets,
+    cache_path,
+    model_shapes,
+)
+
+
+def candidates(device: str, pm: int) -> list[GemmConfig]:
+    """Configurations worth profiling for a bucket of padded M = ``pm``."""
+    if device == "cpu":
+        return [GemmConfig(cpu_impl="linear"), GemmConfig(cpu_impl="addmm")]
+    out = []
+    for bm, bn, bk, warps, stages in itertools.product(
+        (16, 32, 64, 128), (64, 128, 256), (32, 64), (4, 8), (3, 4)
+    ):
+        if bm > max(16, pm) or (bm * bn >= 128 * 256 and warps == 4):
+            continue
+        out.append(GemmConfig(bm, bn, bk, 8, warps, stages))
+    return out
+
+
+def _bench(fn: Callable[[], object], device: str, repeat: int) -> float:
+    if device == "cuda":
+        import triton.testing
+
+        return float(triton.testing.do_bench(fn, warmup=5, rep=20))
+    fn()
+    ts = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts) * 1e3
+
+
+def tune(
+    config: dict,
+    budget: int,
+    device: str,
+    ops: list[str],
+    repeat: int = 3,
+    dtype: torch.dtype = torch.float32,
+    model_name: str = "",
+    progress: bool = True,
+) -> GemmTable:
+    from xyserve.kernels.smooth_gemm import cpu_linear
+
+    shapes = {op: s for op, s in model_shapes(config).items() if op in ops}
+    table = GemmTable(model=model_name, device=device, budget=budget, shapes=shapes)
+    work = [(op, pm) for op in shapes for pm in buckets(budget)]
+    gen = torch.Generator().manual_seed(0)
+    weights = {
+        op: (torch.randn((n, k), generator=gen) / k**0.5).to(device=device, dtype=dtype)
+        for op, (n, k) in shapes.items()
+    }
+    for op, pm in tqdm(work, desc="tune", disable=not progress, file=sys.stderr):
+        w = weights[op]
+        x = torch.randn((pm, w.shape[1]), generator=gen).to(device=device, dtype=dtype)
+        best: tuple[float, GemmConfig] | None = None
+        for cfg in candidates(device, pm):
+            if device == "cuda":
+                from xyserve.kernels.triton.smooth_gemm import smooth_matmul
+
+                fn = lambda cfg=cfg, x=x, w=w: smooth_matmul(x, w, None, cfg)  # noqa: E731
+            else:
+                fn = lambda cfg=cfg, x=x, w=w: cpu_linear(cfg, x, w, None)  # noqa: E731
+            try:
+                t = _bench(fn, device, repeat)
+            except Exception:  # a config that does not compile/fit is simply not a candidate
+                continue
+            if best is None or t < best[0]:
+                best = (t, cfg)
+        if best is not None:
+            table.set(op, pm, best[1])
+    return table
+
+
+def default_out(model: Path, device: str, use_cache: bool) -> Path:
+    if not use_cache and os.access(model, os.W_OK):
+        return model / TABLE_FILE
+    return cache_path(model, device)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="xyserve tune", description="offline SmoothGEMM tuning")
+    ap.add_argument("--model", required=True, help="model folder (with config.json)")
+    ap.add_argument("--budget", type=int, default=512, help="token budget: largest M")
+    ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    ap.add_argument("--ops", nargs="+", default=list(OPS[:4]), choices=OPS)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--out", help="table path (default: next to the model, else the cache folder)")
+    ap.add_argument("--cache", action="store_true", help="write to the cache folder")
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(list(sys.argv[1:] if argv is None else argv))
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = Path(args.model)
+    config = json.loads((model / "config.json").read_text())
+    dtype = torch.float32
+    if device == "cuda":
+        dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(
+            str(config.get("torch_dtype")), torch.float16
+        )
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        table = tune(
+            config,
+            args.budget,
+            device,
+            args.ops,
+            args.repeat,
+            dtype,
+            model.name,
+            not args.no_progress,
+        )
+    out = Path(args.out) if args.out else default_out(model, device, args.cache)
+    table.save(out)
+    n = sum(len(v) for v in table.entries.values())
+    print(
+        f"tuned {n} (op, padded M) shapes on {device} in {time.perf_counter() - t0:.1f}s -> {out}"
+    )
+    return 0
