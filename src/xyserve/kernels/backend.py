@@ -54,9 +54,12 @@ class TorchGemm:
 
 _ATTENTION: dict[str, str] = {
     "sdpa": "xyserve.kernels.per_stage:PerStageSDPA",
+    "meta": "xyserve.kernels.meta_attention:MetaAttention",
+    "reference": "xyserve.kernels.reference:ReferenceAttention",
 }
 _GEMM: dict[str, str] = {
     "torch": "xyserve.kernels.backend:TorchGemm",
+    "smooth": "xyserve.kernels.smooth_gemm:SmoothGemm",
 }
 
 
