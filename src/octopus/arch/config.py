@@ -1,0 +1,133 @@
+"""Architecture description (schema `octopus-arch/1`) and its derived cost model.
+
+Units: time in microseconds, sizes in bytes, bandwidth in GB/s (= 1000 bytes/us), PEA
+throughput in TOPS (= 1 Mop/us), so a TB of W Mop on k PEAs runs W / (k * TOPS) us.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+SCHEMA = "octopus-arch/1"
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+@dataclass
+class Arch:
+    name: str
+    clusters: tuple[int, int]
+    peas_per_cluster: tuple[int, int]
+    clusters_per_die: tuple[int, int]
+    throughput_tops: float = 1.0
+    hop_latency_us: float = 0.01
+    link_gbps: float = 64.0
+    die_hop_latency_us: float = 0.2
+    die_link_gbps: float = 16.0
+    reconfig_base_us: float = 2.0
+    reconfig_gbps: float = 8.0
+    control_plane_us: float = 0.5
+    data_plane_us: float = 20.0
+    central_decision_us: float = 5.0
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        cx, cy = self.clusters
+        px, py = self.peas_per_cluster
+        dx, dy = self.clusters_per_die
+        self.n_clusters = cx * cy
+        self.peas_in_cluster = px * py
+        self.n_peas = self.n_clusters * self.peas_in_cluster
+        self.pea_x, self.pea_y, self.pea_cluster, self.pea_die = [], [], [], []
+        self.pea_dx, self.pea_dy = [], []
+        self.cluster_peas: list[list[int]] = []
+        for c in range(self.n_clusters):
+            ccx, ccy = c % cx, c // cx
+            ids = []
+            for k in range(self.peas_in_cluster):
+                x, y = ccx * px + k % px, ccy * py + k // px
+                ids.append(len(self.pea_x))
+                self.pea_x.append(x)
+                self.pea_y.append(y)
+                self.pea_cluster.append(c)
+                self.pea_dx.append(ccx // dx)
+                self.pea_dy.append(ccy // dy)
+                self.pea_die.append((ccy // dy) * ((cx + dx - 1) // dx) + ccx // dx)
+            self.cluster_peas.append(ids)
+        self.neighbors = []
+        for c in range(self.n_clusters):
+            ccx, ccy = c % cx, c // cx
+            nb = [
+                (ccy + dy_) * cx + ccx + dx_
+                for dx_, dy_ in ((1, 0), (-1, 0), (0, 1), (0, -1))
+                if 0 <= ccx + dx_ < cx and 0 <= ccy + dy_ < cy
+            ]
+            self.neighbors.append(nb)
+        self.n_dies = len(set(self.pea_die))
+        self.bytes_per_us = self.link_gbps * 1000.0
+        self.die_bytes_per_us = self.die_link_gbps * 1000.0
+
+    def transfer_us(self, src: int, dst: int, nbytes: float) -> float:
+        """Cut-through mesh: per-hop latency plus serialisation on the slowest link crossed."""
+        if src == dst or src < 0:
+            return 0.0
+        hops = abs(self.pea_x[src] - self.pea_x[dst]) + abs(self.pea_y[src] - self.pea_y[dst])
+        dies = abs(self.pea_dx[src] - self.pea_dx[dst]) + abs(self.pea_dy[src] - self.pea_dy[dst])
+        if dies:
+            return (
+                (hops - dies) * self.hop_latency_us
+                + dies * self.die_hop_latency_us
+                + nbytes / self.die_bytes_per_us
+            )
+        return hops * self.hop_latency_us + nbytes / self.bytes_per_us
+
+    def reconfig_us(self, config_bytes: int) -> float:
+        return self.reconfig_base_us + config_bytes / (self.reconfig_gbps * 1000.0)
+
+    def diameter_us(self) -> float:
+        """Latency of one control message corner to corner (used by the central balancer)."""
+        return self.transfer_us(0, self.n_peas - 1, 64)
+
+
+def arch_from_dict(doc: dict) -> Arch:
+    if doc.get("schema") != SCHEMA:
+        raise ValueError(f"arch: field 'schema': expected {SCHEMA!r}, got {doc.get('schema')!r}")
+    mesh, rc, ctl = doc.get("mesh", {}), doc.get("reconfig", {}), doc.get("control", {})
+    a = Arch(
+        name=doc.get("name", "arch"),
+        clusters=tuple(doc["clusters"]),
+        peas_per_cluster=tuple(doc["peas_per_cluster"]),
+        clusters_per_die=tuple(doc.get("clusters_per_die", doc["clusters"])),
+        throughput_tops=float(doc.get("pea", {}).get("throughput_tops", 1.0)),
+        hop_latency_us=float(mesh.get("hop_latency_us", 0.01)),
+        link_gbps=float(mesh.get("link_bandwidth_gbps", 64)),
+        die_hop_latency_us=float(mesh.get("inter_die_hop_latency_us", 0.2)),
+        die_link_gbps=float(mesh.get("inter_die_bandwidth_gbps", 16)),
+        reconfig_base_us=float(rc.get("base_us", 2.0)),
+        reconfig_gbps=float(rc.get("bandwidth_gbps", 8.0)),
+        control_plane_us=float(ctl.get("control_plane_latency_us", 0.5)),
+        data_plane_us=float(ctl.get("data_plane_latency_us", 20.0)),
+        central_decision_us=float(ctl.get("central_decision_us", 5.0)),
+        meta={k: doc[k] for k in ("description", "sources") if k in doc},
+    )
+    for k, v in (("clusters", a.clusters), ("peas_per_cluster", a.peas_per_cluster)):
+        if len(v) != 2 or min(v) < 1:
+            raise ValueError(f"arch: field '{k}': expected two positive integers")
+    return a
+
+
+def load_arch(path_or_name: str | Path) -> Arch:
+    """Load from a path, or by name (chip, chiplet, wafer) from the shipped configs."""
+    p = Path(path_or_name)
+    if not p.exists():
+        p = CONFIG_DIR / f"{path_or_name}.yaml"
+        if not p.exists():
+            names = ", ".join(sorted(x.stem for x in CONFIG_DIR.glob("*.yaml")))
+            raise FileNotFoundError(f"unknown architecture {path_or_name!r} (shipped: {names})")
+    return arch_from_dict(yaml.safe_load(p.read_text()))
+
+
+def list_arches() -> list[str]:
+    return sorted(x.stem for x in CONFIG_DIR.glob("*.yaml"))

@@ -1,0 +1,129 @@
+"""`octopus` command line: run, compare, sweep, bench, list."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from octopus.sched import NAMES
+
+
+def _run(a) -> int:
+    from octopus.report.metrics import format_summary, summarize
+    from octopus.runner import best_reactive, prepare, run_one
+
+    cw, arch = prepare(a.workflow, a.arch, a.level)
+    if a.scheduler == "reactive" and a.threshold is None:
+        sim, th = best_reactive(cw, arch, a.seed, a.instances)
+        print(f"reactive: best threshold from sweep = {th}")
+    else:
+        kw = {"threshold": a.threshold} if a.scheduler == "reactive" else {}
+        sim = run_one(cw, arch, a.scheduler, a.seed, a.instances, record=bool(a.trace), **kw)
+    s = summarize(sim)
+    print(format_summary(s))
+    if a.trace:
+        from octopus.report.trace import write_trace
+
+        write_trace(sim, a.trace)
+        print(f"trace written to {a.trace} (open in https://ui.perfetto.dev)")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(s, f, indent=2)
+    return 0
+
+
+def _compare(a) -> int:
+    from octopus.experiments import compare_suite, format_compare
+
+    res = compare_suite(a.suite, a.arch, a.level, a.seed, a.instances, progress=not a.quiet)
+    print(format_compare(res))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(res, f, indent=2)
+        print(f"written {a.json}")
+    if a.plots:
+        from octopus.report.plots import ablation_bars
+
+        print(f"written {ablation_bars(res, a.plots)}")
+    return 0
+
+
+def _sweep(a) -> int:
+    from octopus.experiments import sweep
+
+    res = sweep(a.out, a.workflows, a.seed, a.instances)
+    print(json.dumps(res["summary"], indent=2))
+    return 0
+
+
+def _bench(a) -> int:
+    from octopus.bench import bench
+
+    bench(a.arch, a.workflow, a.instances, a.seed, a.simpy_instances)
+    return 0
+
+
+def _list(a) -> int:
+    from octopus.arch.config import list_arches
+    from octopus.workloads import list_workloads
+
+    print("workflows:     " + " ".join(list_workloads()))
+    print("architectures: " + " ".join(list_arches()))
+    print("schedulers:    " + " ".join(NAMES))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="octopus", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="simulate one workflow on one architecture")
+    r.add_argument("--workflow", "-w", required=True, help="suite name or path to a YAML/JSON")
+    r.add_argument("--arch", "-a", default="chip", help="chip | chiplet | wafer | path")
+    r.add_argument("--scheduler", "-s", default="octopus", choices=NAMES)
+    r.add_argument("--level", default="high", help="dynamicity: low | medium | high")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--instances", type=int, default=None, help="override instance count")
+    r.add_argument("--threshold", type=float, default=None, help="reactive: fixed threshold")
+    r.add_argument("--trace", default=None, help="write a Chrome/Perfetto trace JSON")
+    r.add_argument("--json", default=None, help="write the summary as JSON")
+    r.set_defaults(fn=_run)
+    c = sub.add_parser("compare", help="ablation over the suite vs reactive and the bound")
+    c.add_argument("--suite", default="paper")
+    c.add_argument("--arch", default="chip")
+    c.add_argument("--level", default="high")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--instances", type=int, default=None)
+    c.add_argument("--json", default=None)
+    c.add_argument("--plots", default=None, help="directory for the ablation bar plot")
+    c.add_argument("--quiet", action="store_true")
+    c.set_defaults(fn=_compare)
+    s = sub.add_parser("sweep", help="speedup vs dynamicity and vs scale; writes plots")
+    s.add_argument("--out", default="octopus_sweep")
+    s.add_argument("--workflows", nargs="*", default=None)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--instances", type=int, default=None)
+    s.set_defaults(fn=_sweep)
+    b = sub.add_parser("bench", help="simulator speed, and the SimPy model side by side")
+    b.add_argument("--arch", default="wafer")
+    b.add_argument("--workflow", default="video_recognition")
+    b.add_argument("--instances", type=int, default=None)
+    b.add_argument("--simpy-instances", type=int, default=400)
+    b.add_argument("--seed", type=int, default=0)
+    b.set_defaults(fn=_bench)
+    ls = sub.add_parser("list", help="shipped workflows, architectures and schedulers")
+    ls.set_defaults(fn=_list)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    try:
+        return a.fn(a)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"octopus: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+"""Arrival processes: a Poisson stream, a closed batch, or a closed loop with a window."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+
+@dataclass
+class Arrivals:
+    """`times[i]` is when instance i arrives, or None for closed-loop admission."""
+
+    n: int
+    times: list[float] | None
+    concurrency: int  # closed loop: instances in flight; otherwise n
+
+
+def make_arrivals(spec: dict, n_clusters: int, seed: int, instances: int | None = None) -> Arrivals:
+    """Sizes scale with the number of clusters, so one workload file serves chip to wafer."""
+    proc = spec.get("process", "closed")
+    n = instances or max(1, int(spec.get("instances_per_cluster", 16) * n_clusters))
+    if proc == "batch":
+        return Arrivals(n, [0.0] * n, n)
+    if proc == "poisson":
+        rate = float(spec.get("rate_per_cluster_per_ms", 1.0)) * n_clusters / 1000.0  # per us
+        rng, t, times = random.Random(seed ^ 0x5EED), 0.0, []
+        for _ in range(n):
+            times.append(t)
+            t += rng.expovariate(rate)
+        return Arrivals(n, times, n)
+    if proc == "closed":
+        k = max(1, int(spec.get("concurrency_per_cluster", 2) * n_clusters))
+        return Arrivals(n, None, min(k, n))
+    raise ValueError(f"arrival: field 'process': unknown {proc!r} (poisson | batch | closed)")

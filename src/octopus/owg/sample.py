@@ -1,0 +1,161 @@
+"""Seeded unrolling of a workflow into one instance: a DAG of concrete invocations.
+
+Control decisions (branch choice, fanout count, loop trips) are drawn when the instance is
+created, so an instance is a pure function of (workflow, level, seed, index). The simulator
+reveals a decision only when its control block executes; schedulers never look ahead.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from octopus.owg.schema import ControlBlock, TaskBlock, Workflow
+
+
+@dataclass
+class Instance:
+    """Parallel lists, one entry per invocation, in a topological order."""
+
+    node: list[int]  # node index; < n_tasks means a task block (its TB index)
+    work: list[float]  # Mop for tasks, 0 for control blocks
+    preds: list[list[int]]  # local invocation indices this one waits for
+
+
+class CompiledWorkflow:
+    """A workflow at one dynamicity level, with samplers bound; shared by all instances."""
+
+    def __init__(self, wf: Workflow, level: str | float = "high"):
+        spread = wf.levels[level] if isinstance(level, str) else float(level)
+        self.wf, self.level, self.spread = wf, level, spread
+        tasks = wf.tasks
+        ctrls = [n for n in wf.nodes if n not in set(tasks)]
+        self.names = tasks + ctrls
+        self.index = {n: i for i, n in enumerate(self.names)}
+        self.n_tasks = len(tasks)
+        blocks = [wf.nodes[n] for n in tasks]
+        self.footprint = [b.footprint for b in blocks]
+        self.config_bytes = [b.config_bytes for b in blocks]
+        self.out_bytes = [b.out_bytes for b in blocks] + [0] * len(ctrls)
+        self.kind = [b.kind for b in blocks]
+        self.work_dist = [b.work.scaled(spread) for b in blocks]
+        self._work = {n: d.sampler() for n, d in zip(tasks, self.work_dist)}
+        self._count = {}
+        for n in ctrls:
+            b = wf.nodes[n]
+            d = b.count if b.type == "fanout" else b.trips if b.type == "loop" else None
+            if d is not None:
+                self._count[n] = d.scaled(spread).sampler()
+        self.succ_tasks = self._succ_tasks()
+
+    def _succ_tasks(self) -> list[list[int]]:
+        """For each task, the TBs reachable through control blocks only (proactive hints)."""
+        out = []
+        for n in self.names[: self.n_tasks]:
+            seen, todo, found = set(), list(self.wf.nodes[n].next), []
+            while todo:
+                s = todo.pop()
+                if s in seen:
+                    continue
+                seen.add(s)
+                b = self.wf.nodes[s]
+                if isinstance(b, TaskBlock):
+                    found.append(self.index[s])
+                else:
+                    todo += b.next + [x for x in (b.body, b.exit) if x]
+            out.append(sorted(set(found)))
+        return out
+
+    def sample(self, rng: random.Random) -> Instance:
+        node: list[int] = []
+        work: list[float] = []
+        preds: list[list[int]] = []
+        nodes, index, wsamp, csamp = self.wf.nodes, self.index, self._work, self._count
+
+        def add(n: str, w: float, deps: list[int]) -> int:
+            node.append(index[n])
+            work.append(w)
+            preds.append(deps)
+            return len(node) - 1
+
+        def after_join(j: str | None) -> str | None:
+            return nodes[j].next[0] if j and nodes[j].next else None
+
+        def expand(n: str | None, deps: list[int], stop: str | None) -> list[int]:
+            while n is not None:
+                if n == stop:
+                    return deps
+                b = nodes[n]
+                if isinstance(b, TaskBlock):
+                    i = add(n, wsamp[n](rng), deps)
+                    if not b.next:
+                        return [i]
+                    if len(b.next) == 1:
+                        n, deps = b.next[0], [i]
+                        continue
+                    parts: list[int] = []
+                    for s in b.next:
+                        parts += expand(s, [i], b.join)
+                    n, deps = after_join(b.join), parts
+                    continue
+                assert isinstance(b, ControlBlock)
+                if b.type == "join":
+                    n = b.next[0] if b.next else None
+                    continue
+                if b.type == "branch":
+                    i = add(n, 0.0, deps)
+                    n, deps = rng.choices(b.next, weights=b.probs)[0], [i]
+                    continue
+                if b.type == "fanout":
+                    i = add(n, 0.0, deps)
+                    k = max(0, int(round(csamp[n](rng))))
+                    if b.max_count is not None:
+                        k = min(k, b.max_count)
+                    parts = []
+                    for _ in range(k):
+                        parts += expand(b.body, [i], b.join)
+                    n, deps = after_join(b.join), parts or [i]
+                    continue
+                # loop: a continue decision before each trip, then the exit decision
+                if b.continue_prob is not None:
+                    trips = 1
+                    while trips < b.max_trips and rng.random() < b.continue_prob:
+                        trips += 1
+                else:
+                    trips = min(b.max_trips, max(0, int(round(csamp[n](rng)))))
+                cur = deps
+                for _ in range(trips):
+                    c = add(n, 0.0, cur)
+                    cur = expand(b.body, [c], n)
+                c = add(n, 0.0, cur)
+                n, deps = b.exit, [c]
+            return deps
+
+        expand(self.wf.entry, [], None)
+        return Instance(node, work, preds)
+
+    def instance_rng(self, seed: int, idx: int) -> random.Random:
+        """Independent, reproducible stream per instance (adding instances changes no others)."""
+        return random.Random(seed * 1_000_003 + idx)
+
+    def profile(self, n: int = 400, seed: int = 12345) -> dict:
+        """Monte-Carlo profile: mean invocations and mean work (Mop x footprint) per TB."""
+        T = self.n_tasks
+        calls, sq, work = [0.0] * T, [0.0] * T, [0.0] * T
+        for k in range(n):
+            inst = self.sample(self.instance_rng(seed, k))
+            cnt = [0] * T
+            for nd, w in zip(inst.node, inst.work):
+                if nd < T:
+                    cnt[nd] += 1
+                    work[nd] += w
+            for tb in range(T):
+                calls[tb] += cnt[tb]
+                sq[tb] += cnt[tb] * cnt[tb]
+        mean = [c / n for c in calls]
+        var = [max(0.0, s / n - m * m) for s, m in zip(sq, mean)]
+        return {
+            "calls": mean,
+            "calls_cv": [(v**0.5 / m) if m else 0.0 for v, m in zip(var, mean)],
+            "work": [w / n for w in work],  # Mop per instance per TB (footprint-independent)
+        }

@@ -1,0 +1,289 @@
+"""The OWG file format (schema `octopus-owg/1`), loading and validation.
+
+Validation collects every problem and names the node and the field, so a user can fix a
+hand-written workflow in one pass.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from octopus.owg.dist import Dist, DistError, parse_dist
+
+SCHEMA = "octopus-owg/1"
+NODE_TYPES = ("task", "branch", "fanout", "loop", "join")
+DEFAULT_LEVELS = {"low": 0.25, "medium": 0.6, "high": 1.0}
+
+
+class WorkflowError(ValueError):
+    """Invalid workflow; `.problems` lists one message per problem (node and field named)."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("invalid workflow:\n  " + "\n  ".join(problems))
+
+
+@dataclass
+class TaskBlock:
+    """A task block (TB): one AI or general computation, run on `footprint` PEAs."""
+
+    id: str
+    kind: str
+    footprint: int
+    work: Dist  # Mop per invocation
+    config_bytes: int
+    in_bytes: int
+    out_bytes: int
+    next: list[str] = field(default_factory=list)
+    join: str | None = None  # required when `next` forks to several successors
+
+
+@dataclass
+class ControlBlock:
+    """A control block (CB): branch, fanout, loop or join; decided on the control plane."""
+
+    id: str
+    type: str
+    next: list[str] = field(default_factory=list)
+    probs: list[float] = field(default_factory=list)  # branch
+    count: Dist | None = None  # fanout
+    max_count: int | None = None  # fanout (optional cap)
+    body: str | None = None  # fanout, loop
+    join: str | None = None  # fanout
+    exit: str | None = None  # loop
+    trips: Dist | None = None  # loop
+    continue_prob: float | None = None  # loop
+    max_trips: int | None = None  # loop
+
+
+@dataclass
+class Workflow:
+    """A validated workflow; `tasks` fixes the TB index used everywhere in the simulator."""
+
+    name: str
+    entry: str
+    nodes: dict[str, TaskBlock | ControlBlock]
+    levels: dict[str, float]
+    arrival: dict
+    meta: dict
+
+    @property
+    def tasks(self) -> list[str]:
+        return [n for n, b in self.nodes.items() if isinstance(b, TaskBlock)]
+
+
+def _num(d: dict, key: str, where: str, probs: list[str], *, integer=False, default=None):
+    v = d.get(key, default)
+    if v is None:
+        probs.append(f"{where}: field '{key}': missing")
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and v != int(v)):
+        probs.append(f"{where}: field '{key}': expected {'an integer' if integer else 'a number'}")
+        return None
+    if v < 0:
+        probs.append(f"{where}: field '{key}': negative size/value {v}")
+        return None
+    return int(v) if integer else float(v)
+
+
+def _dist(d: dict, key: str, where: str, probs: list[str]) -> Dist | None:
+    if key not in d:
+        probs.append(f"{where}: field '{key}': missing")
+        return None
+    try:
+        return parse_dist(d[key], f"{where}: field '{key}'")
+    except DistError as e:
+        probs.append(str(e))
+        return None
+
+
+def parse_workflow(doc: dict) -> Workflow:
+    """Build and validate a Workflow from a parsed YAML/JSON document."""
+    probs: list[str] = []
+    if not isinstance(doc, dict):
+        raise WorkflowError(["document: expected a mapping"])
+    if doc.get("schema") != SCHEMA:
+        probs.append(f"document: field 'schema': expected {SCHEMA!r}, got {doc.get('schema')!r}")
+    raw = doc.get("nodes")
+    if not isinstance(raw, list) or not raw:
+        raise WorkflowError(probs + ["document: field 'nodes': expected a non-empty list"])
+    nodes: dict[str, TaskBlock | ControlBlock] = {}
+    for i, nd in enumerate(raw):
+        if not isinstance(nd, dict) or "id" not in nd:
+            probs.append(f"nodes[{i}]: field 'id': missing")
+            continue
+        nid = str(nd["id"])
+        where = f"node '{nid}'"
+        if nid in nodes:
+            probs.append(f"{where}: field 'id': duplicate")
+            continue
+        typ = nd.get("type")
+        if typ not in NODE_TYPES:
+            probs.append(f"{where}: field 'type': unknown {typ!r} (one of {', '.join(NODE_TYPES)})")
+            continue
+        nxt = nd.get("next", [])
+        if isinstance(nxt, str):
+            nxt = [nxt]
+        if typ == "task":
+            kind = nd.get("kind", "ai")
+            if kind not in ("ai", "general"):
+                probs.append(f"{where}: field 'kind': expected ai or general, got {kind!r}")
+            fp = _num(nd, "footprint", where, probs, integer=True, default=1)
+            if fp is not None and fp < 1:
+                probs.append(f"{where}: field 'footprint': must be >= 1")
+            nodes[nid] = TaskBlock(
+                nid,
+                kind,
+                fp or 1,
+                _dist(nd, "work", where, probs),
+                _num(nd, "config_bytes", where, probs, integer=True, default=0) or 0,
+                _num(nd, "in_bytes", where, probs, integer=True, default=0) or 0,
+                _num(nd, "out_bytes", where, probs, integer=True, default=0) or 0,
+                list(nxt),
+                nd.get("join"),
+            )
+            continue
+        cb = ControlBlock(nid, typ, list(nxt))
+        if typ == "branch":
+            p = nd.get("probs")
+            if not isinstance(p, list) or len(p) != len(nxt) or not nxt:
+                probs.append(f"{where}: field 'probs': need one probability per successor")
+            elif any(not isinstance(x, (int, float)) or x < 0 for x in p):
+                probs.append(f"{where}: field 'probs': must be non-negative numbers")
+            elif abs(sum(p) - 1.0) > 1e-6:
+                probs.append(f"{where}: field 'probs': sum to {sum(p):g}, not 1")
+            else:
+                cb.probs = [float(x) for x in p]
+        elif typ == "fanout":
+            cb.count = _dist(nd, "count", where, probs)
+            cb.body, cb.join = nd.get("body"), nd.get("join")
+            if "max_count" in nd:
+                cb.max_count = _num(nd, "max_count", where, probs, integer=True)
+            for k in ("body", "join"):
+                if getattr(cb, k) is None:
+                    probs.append(f"{where}: field '{k}': missing")
+        elif typ == "loop":
+            cb.body, cb.exit = nd.get("body"), nd.get("exit")
+            for k in ("body", "exit"):
+                if getattr(cb, k) is None:
+                    probs.append(f"{where}: field '{k}': missing")
+            if "max_trips" not in nd:
+                probs.append(f"{where}: field 'max_trips': a loop needs a bound")
+            else:
+                mt = _num(nd, "max_trips", where, probs, integer=True)
+                if mt is not None and mt < 1:
+                    probs.append(f"{where}: field 'max_trips': must be >= 1")
+                cb.max_trips = mt
+            if "trips" in nd:
+                cb.trips = _dist(nd, "trips", where, probs)
+            elif "continue_prob" in nd:
+                cp = _num(nd, "continue_prob", where, probs)
+                if cp is not None and cp > 1:
+                    probs.append(f"{where}: field 'continue_prob': must be <= 1")
+                cb.continue_prob = cp
+            else:
+                probs.append(f"{where}: field 'trips': need trips or continue_prob")
+        nodes[nid] = cb
+    _check_refs(nodes, doc.get("entry"), probs)
+    if not probs:
+        _check_cycles(nodes, probs)
+    if probs:
+        raise WorkflowError(probs)
+    levels = dict(DEFAULT_LEVELS)
+    levels.update(doc.get("dynamicity", {}) or {})
+    meta = {k: v for k, v in doc.items() if k not in ("nodes", "dynamicity", "arrival")}
+    return Workflow(
+        str(doc.get("name", "workflow")), doc["entry"], nodes, levels, doc.get("arrival", {}), meta
+    )
+
+
+def _check_refs(nodes: dict, entry, probs: list[str]) -> None:
+    if entry not in nodes:
+        probs.append(f"document: field 'entry': unknown node {entry!r}")
+    for nid, b in nodes.items():
+        where = f"node '{nid}'"
+        for s in b.next:
+            if s not in nodes:
+                probs.append(f"{where}: field 'next': unknown successor {s!r}")
+        for k in ("body", "exit", "join"):
+            ref = getattr(b, k, None)
+            if ref is not None and ref not in nodes:
+                probs.append(f"{where}: field '{k}': unknown node {ref!r}")
+        if isinstance(b, TaskBlock) and len(b.next) > 1:
+            if b.join is None:
+                probs.append(
+                    f"{where}: field 'join': a task forking to several successors needs one"
+                )
+            elif b.join in nodes and nodes[b.join].type != "join":
+                probs.append(f"{where}: field 'join': {b.join!r} is not a join block")
+        if isinstance(b, ControlBlock):
+            if (
+                b.type == "fanout"
+                and b.join in nodes
+                and getattr(nodes[b.join], "type", "") != "join"
+            ):
+                probs.append(f"{where}: field 'join': {b.join!r} is not a join block")
+            if b.type in ("fanout", "loop") and b.next:
+                probs.append(f"{where}: field 'next': not used by {b.type}; use body/join/exit")
+            if b.type == "join" and len(b.next) > 1:
+                probs.append(f"{where}: field 'next': a join continues to at most one node")
+
+
+def _edges(b) -> list[str]:
+    out = list(b.next)
+    if isinstance(b, ControlBlock):
+        out += [x for x in (b.body, b.exit) if x]
+    return out
+
+
+def _check_cycles(nodes: dict, probs: list[str]) -> None:
+    """Every cycle must pass through a loop block, which bounds it."""
+    color: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(n: str) -> bool:
+        color[n] = 1
+        stack.append(n)
+        for s in _edges(nodes[n]):
+            if getattr(nodes[s], "type", "") == "loop":
+                continue
+            if color.get(s) == 1:
+                cyc = stack[stack.index(s) :] + [s]
+                probs.append(
+                    f"node '{n}': field 'next': cycle {' -> '.join(cyc)} is not governed by a loop block"
+                )
+                return True
+            if color.get(s) is None and visit(s):
+                return True
+        stack.pop()
+        color[n] = 2
+        return False
+
+    for n in nodes:
+        if getattr(nodes[n], "type", "") != "loop" and color.get(n) is None:
+            if visit(n):
+                return
+    # loop bodies themselves are walked starting from each loop's body
+    for b in nodes.values():
+        if getattr(b, "type", "") == "loop" and b.body and color.get(b.body) is None:
+            if visit(b.body):
+                return
+
+
+TaskBlock.type = "task"  # uniform `.type` for both node kinds
+
+
+def load_workflow(path_or_name: str | Path) -> Workflow:
+    """Load a workflow from a path, or by name from the shipped suite (`octopus/workloads`)."""
+    p = Path(path_or_name)
+    if not p.exists():
+        from octopus.workloads import workload_path
+
+        p = workload_path(str(path_or_name))
+    text = p.read_text()
+    doc = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+    return parse_workflow(doc)

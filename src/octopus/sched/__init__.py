@@ -1,0 +1,33 @@
+"""Schedulers: baselines (static, reactive, greedy) and Octopus with switchable strategies."""
+
+from __future__ import annotations
+
+from octopus.sched.greedy import GreedyScheduler
+from octopus.sched.octopus import OctopusScheduler
+from octopus.sched.reactive import THRESHOLDS, ReactiveScheduler
+from octopus.sched.static import StaticScheduler
+
+# Octopus variants used by the ablation: each adds one strategy to the previous one.
+VARIANTS = {
+    "octopus-dds": dict(dds=True, adaptive=False, proactive=False),
+    "octopus-dds-adaptive": dict(dds=True, adaptive=True, proactive=False),
+    "octopus": dict(dds=True, adaptive=True, proactive=True, balancer="diffusion"),
+    "octopus-central": dict(dds=True, adaptive=True, proactive=True, balancer="central"),
+}
+NAMES = ("static", "reactive", "greedy", *VARIANTS)
+
+
+def make_scheduler(name: str, **kw):
+    """Build a scheduler by name; `reactive` takes threshold=, Octopus variants their knobs."""
+    if name == "static":
+        return StaticScheduler()
+    if name == "greedy":
+        return GreedyScheduler()
+    if name == "reactive":
+        return ReactiveScheduler(**kw)
+    if name in VARIANTS:
+        return OctopusScheduler(**{**VARIANTS[name], **kw})
+    raise ValueError(f"unknown scheduler {name!r} (one of {', '.join(NAMES)})")
+
+
+__all__ = ["NAMES", "THRESHOLDS", "VARIANTS", "make_scheduler"]

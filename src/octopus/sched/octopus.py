@@ -1,0 +1,306 @@
+"""Octopus: the three strategies of the paper, each switchable for the ablation.
+
+- Discriminate dual-scheduling (`dds`): TBs are classified stable / time-dynamic /
+  frequency-dynamic from their CVs. Each gets a warm base share for its steady demand
+  (all of its mean share if stable, `dynamic_base` of it otherwise); the rest of the cluster
+  is an elastic spare pool. Dispatch prefers warm PEAs and reconfigures a spare one only when
+  the expected queueing delay exceeds the reconfiguration time.
+- Adaptive TBU scheduling (`adaptive`): each period a TBU re-sizes its base share from the
+  demand it observed (EWMA), and between periods it borrows idle PEAs of TBs whose queues
+  are empty, before idleness can spread; borrowed PEAs return when the owner has work.
+- Proactive cluster scheduling (`proactive`): the CBU learns how many downstream invocations
+  each TB's decisions spawn; when a TB starts, spare PEAs near its data are pre-configured
+  for the predicted demand, and when a decision lands the exact demand tops them up. Work is
+  placed in the cluster holding its input, and balanced between clusters by diffusion
+  (`balancer="diffusion"`, alpha, period) or by a centralised balancer (`"central"`).
+Control blocks are decided on the control plane (CBU) in every Octopus variant.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from octopus.sched.balance import central_step, diffusion_step
+from octopus.sched.base import Scheduler, partition
+
+INF = float("inf")
+
+
+class OctopusScheduler(Scheduler):
+    name = "octopus"
+    control_plane = True
+
+    def __init__(
+        self,
+        dds: bool = True,
+        adaptive: bool = True,
+        proactive: bool = True,
+        balancer: str = "diffusion",
+        alpha: float = 0.2,
+        period_us: float = 100.0,
+        dynamic_base: float = 0.5,
+        cv_threshold: float = 0.3,
+    ):
+        self.dds, self.adaptive, self.proactive = dds, adaptive, proactive
+        self.balancer = balancer if proactive else "none"
+        self.alpha, self.tick_us = alpha, period_us
+        self.dynamic_base, self.cv_threshold = dynamic_base, cv_threshold
+        self.migrated = 0
+        self.preconfigs = 0
+
+    # ------------------------------------------------------------------ setup
+    def attach(self, sim) -> None:
+        super().attach(sim)
+        arch, T, cw = sim.arch, sim.T, sim.cw
+        self.T, self.fp, nc = T, cw.footprint, arch.n_clusters
+        self.classes = self._classify(sim)
+        if sum(self.fp) > arch.peas_in_cluster:  # too small to split: everything is spare
+            share = [0] * T
+        else:
+            share = partition(arch.peas_in_cluster, sim.load, self.fp)
+        if not any(share):
+            base = share
+        elif self.dds:
+            base = [
+                max(self.fp[tb], int(share[tb] * (1.0 if cls == "stable" else self.dynamic_base)))
+                for tb, cls in enumerate(self.classes)
+            ]
+        else:
+            base = share
+        self.base0 = base
+        self.own = [-1] * arch.n_peas
+        self.q = [[deque() for _ in range(T)] for _ in range(nc)]
+        self.fown = [[[] for _ in range(T)] for _ in range(nc)]  # free, owned by TB
+        self.fsp = [[[] for _ in range(T + 1)] for _ in range(nc)]  # free spare, by cfg (T=none)
+        self.n_own = [[0] * T for _ in range(nc)]
+        self.nwarm = [[0] * (T + 1) for _ in range(nc)]
+        self.demand = [[sim.load[tb] for tb in range(T)] for _ in range(nc)]
+        self.seen = [[0.0] * T for _ in range(nc)]
+        self.spawn = [[0.0] * T for _ in range(T)]  # learned: TB -> expected downstream counts
+        for c, ids in enumerate(arch.cluster_peas):
+            i = 0
+            for tb, m in enumerate(base):
+                for p in ids[i : i + m]:
+                    self.own[p] = tb
+                    sim.cfg[p] = tb
+                    self.fown[c][tb].append(p)
+                self.n_own[c][tb] = m
+                self.nwarm[c][tb] += m
+                i += m
+            for p in ids[i:]:
+                self.fsp[c][T].append(p)
+                self.nwarm[c][T] += 1
+
+    def _classify(self, sim) -> list[str]:
+        cw, out = sim.cw, []
+        for tb in range(self.T):
+            tcv = cw.work_dist[tb].cv(n=500)
+            fcv = sim.profile.get("calls_cv", [0.0] * self.T)[tb]
+            if fcv > self.cv_threshold:
+                out.append("frequency-dynamic")
+            elif tcv > self.cv_threshold:
+                out.append("time-dynamic")
+            else:
+                out.append("stable")
+        return out
+
+    # ------------------------------------------------------------------ placement
+    def _use(self, c: int, p: int, tb: int) -> None:
+        cur = self.sim.cfg[p]
+        if cur != tb:
+            self.nwarm[c][cur if cur >= 0 else self.T] -= 1
+            self.nwarm[c][tb] += 1
+
+    def _worth_reconfig(self, c: int, tb: int) -> bool:
+        warm = self.nwarm[c][tb]
+        if warm == 0:
+            return True
+        wait = self.sim.ewma[tb] * (len(self.q[c][tb]) + 1) / warm
+        return wait > self.sim.rc_us[tb]
+
+    def _place(self, c: int, k: int, t: float, warm_only: bool = False) -> bool:
+        sim, T = self.sim, self.T
+        tb = sim.node[k]
+        fp = self.fp[tb]
+        own_l, sp = self.fown[c], self.fsp[c]
+        peas: list[int] = []
+        for fl in (own_l[tb], sp[tb]):
+            while fl and len(peas) < fp:
+                peas.append(fl.pop())
+        if len(peas) < fp and not warm_only and self._worth_reconfig(c, tb):
+            if self.dds:
+                for u in [T] + list(range(T)):
+                    fl = sp[u]
+                    if u == tb or not fl or (u < T and self.q[c][u]):
+                        continue
+                    while fl and len(peas) < fp:
+                        peas.append(fl.pop())
+                    if len(peas) >= fp:
+                        break
+            if len(peas) < fp and self.adaptive:
+                for u in range(T):
+                    fl = own_l[u]
+                    if u == tb or not fl or self.q[c][u]:
+                        continue
+                    while fl and len(peas) < fp:
+                        peas.append(fl.pop())
+                    if len(peas) >= fp:
+                        break
+        if len(peas) < fp:
+            for p in peas:
+                self._put(c, p)
+            return False
+        for p in peas:
+            self._use(c, p, tb)
+        sim.start(k, peas, t)
+        if self.proactive:
+            self._predict(c, tb, t)
+        return True
+
+    def _put(self, c: int, p: int) -> None:
+        o = self.own[p]
+        if o >= 0:
+            self.fown[c][o].append(p)
+        else:
+            cur = self.sim.cfg[p]
+            self.fsp[c][cur if cur >= 0 else self.T].append(p)
+
+    def enqueue(self, c: int, k: int, t: float) -> None:
+        q = self.q[c][self.sim.node[k]]
+        if q or not self._place(c, k, t):
+            q.append(k)
+
+    def submit(self, k: int, t: float) -> None:
+        sim = self.sim
+        c = sim.data_cluster(k) if self.proactive else sim.inst_home[sim.inst[k]]
+        tb = sim.node[k]
+        self.seen[c][tb] += sim.ewma[tb] * self.fp[tb]
+        self.enqueue(c, k, t)
+
+    def on_free(self, peas, t: float) -> None:
+        cl = self.sim.pea_cluster
+        cs = set()
+        for p in peas:
+            c = cl[p]
+            self._put(c, p)
+            cs.add(c)
+        for c in cs:
+            self._drain(c, t)
+
+    def _drain(self, c: int, t: float) -> None:
+        qs = self.q[c]
+        for warm_only in (True, False):
+            order = sorted(
+                (tb for tb in range(self.T) if qs[tb]),
+                key=lambda tb: -len(qs[tb]) * self.sim.ewma[tb],
+            )
+            for tb in order:
+                q = qs[tb]
+                while q and self._place(c, q[0], t, warm_only):
+                    q.popleft()
+
+    # ------------------------------------------------------------------ proactive
+    def on_decision(self, k: int, t: float) -> None:
+        if not self.proactive:
+            return
+        sim, T = self.sim, self.T
+        counts = [0] * T
+        for s in sim.succ[k]:
+            if sim.node[s] < T:
+                counts[sim.node[s]] += 1
+        src = -1
+        for j in sim.preds[k]:
+            if sim.node[j] < T:
+                src = sim.node[j]
+        if src >= 0:
+            row = self.spawn[src]
+            for u in sim.cw.succ_tasks[src]:
+                row[u] += 0.2 * (counts[u] - row[u])
+        c = sim.data_cluster(k)
+        for u in range(T):
+            if counts[u]:
+                self._preconfigure(c, u, counts[u] * self.fp[u], t)
+
+    def _predict(self, c: int, tb: int, t: float) -> None:
+        row = self.spawn[tb]
+        for u in self.sim.cw.succ_tasks[tb]:
+            n = int(row[u] + 0.5)
+            if n:
+                self._preconfigure(c, u, n * self.fp[u], t)
+
+    def _preconfigure(self, c: int, u: int, need: int, t: float) -> None:
+        """Make `need` free PEAs of cluster c warm for TB u, from the spare pool."""
+        have = len(self.fown[c][u]) + len(self.fsp[c][u]) - len(self.q[c][u]) * self.fp[u]
+        need -= have
+        if need <= 0:
+            return
+        sim, sp, T = self.sim, self.fsp[c], self.T
+        for v in [T] + list(range(T)):
+            if v == u or (v < T and self.q[c][v]):
+                continue
+            fl = sp[v]
+            keep = []
+            while fl and need > 0:
+                p = fl.pop()
+                if sim.avail_at[p] > t:
+                    keep.append(p)
+                    continue
+                self._use(c, p, u)
+                sim.preconfigure(p, u, t)
+                sp[u].append(p)
+                self.preconfigs += 1
+                need -= 1
+            fl.extend(keep)
+            if need <= 0:
+                return
+
+    # ------------------------------------------------------------------ periodic
+    def tick(self, t: float) -> None:
+        if self.adaptive:
+            self._adapt(t)
+        if self.balancer == "diffusion":
+            diffusion_step(self, t, self.alpha)
+        elif self.balancer == "central":
+            central_step(self, t)
+
+    def _adapt(self, t: float) -> None:
+        """Re-size base shares from observed demand (EWMA over periods)."""
+        sim, T = self.sim, self.T
+        npc = sim.arch.peas_in_cluster
+        for c in range(len(self.q)):
+            d, seen = self.demand[c], self.seen[c]
+            for tb in range(T):
+                d[tb] += 0.3 * (seen[tb] - d[tb])
+                seen[tb] = 0.0
+            if not any(d):
+                continue
+            if sum(self.fp) > npc:
+                continue
+            share = partition(npc, [x + 1e-9 for x in d], self.fp)
+            frac = [1.0 if cls == "stable" else self.dynamic_base for cls in self.classes]
+            target = [max(self.fp[tb], int(share[tb] * frac[tb])) for tb in range(T)]
+            if not self.dds:
+                target = share
+            for tb in range(T):
+                extra = self.n_own[c][tb] - target[tb]
+                fl = self.fown[c][tb]
+                while extra > 0 and fl:  # release free base PEAs to the spare pool
+                    p = fl.pop()
+                    self.own[p] = -1
+                    self.n_own[c][tb] -= 1
+                    self._put(c, p)
+                    extra -= 1
+            for tb in range(T):
+                lack = target[tb] - self.n_own[c][tb]
+                sp = self.fsp[c]
+                for v in [tb, T] + list(range(T)):
+                    fl = sp[v]
+                    while lack > 0 and fl:
+                        p = fl.pop()
+                        self.own[p] = tb
+                        self.n_own[c][tb] += 1
+                        self.fown[c][tb].append(p)
+                        lack -= 1
+                    if lack <= 0:
+                        break
+            self._drain(c, t)

@@ -1,0 +1,375 @@
+"""The discrete-event core.
+
+A heap of plain tuples (time, seq, kind, payload) drives everything; `seq` breaks ties in
+FIFO order so runs are deterministic. Per-invocation and per-PEA state live in flat lists
+(no per-event objects). Schedulers decide *where* and *when* work starts by calling
+`start()` and `preconfigure()`; the core does the accounting, so every scheduler is measured
+the same way:
+
+  PEA time = busy + reconfiguring + transferring + starved + waiting_input   (exactly)
+
+- transferring: the PEA is reserved and waits for input data (or for partner PEAs);
+- starved: idle while some ready invocation is queued somewhere (work withheld from it);
+- waiting_input: idle while nothing is ready anywhere (dependencies/arrivals limit).
+"""
+
+from __future__ import annotations
+
+import heapq
+from bisect import bisect_right
+
+from octopus.arch.config import Arch
+from octopus.owg.arrival import Arrivals, make_arrivals
+from octopus.owg.sample import CompiledWorkflow
+
+DONE, CTRL, ARRIVE, TICK, CALL = 0, 1, 2, 3, 4
+
+
+class Simulator:
+    def __init__(
+        self,
+        cw: CompiledWorkflow,
+        arch: Arch,
+        scheduler,
+        arrivals: Arrivals | None = None,
+        seed: int = 0,
+        record: bool = False,
+        profile: dict | None = None,
+    ):
+        self.cw, self.arch, self.sched, self.seed, self.record = cw, arch, scheduler, seed, record
+        self.arr = arrivals or make_arrivals(cw.wf.arrival, arch.n_clusters, seed)
+        self.T = cw.n_tasks
+        tops = arch.throughput_tops
+        self.profile = profile or cw.profile()
+        calls = self.profile["calls"]
+        self.mean_dur = [
+            (w / c / (fp * tops)) if c else 0.0
+            for w, c, fp in zip(self.profile["work"], calls, cw.footprint)
+        ]
+        self.load = [w / tops for w in self.profile["work"]]  # PEA-us per instance per TB
+        self.ewma = list(self.mean_dur)
+        self.rc_us = [arch.reconfig_us(b) for b in cw.config_bytes]
+        self.ctrl_us = arch.control_plane_us if scheduler.control_plane else arch.data_plane_us
+        # invocations
+        self.node: list[int] = []
+        self.dur: list[float] = []
+        self.npred: list[int] = []
+        self.preds: list[list[int]] = []
+        self.succ: list[list[int]] = []
+        self.inst: list[int] = []
+        self.loc: list[int] = []
+        self.outb: list[int] = []
+        self.t_ready: list[float] = []
+        self.t_start: list[float] = []
+        self.t_end: list[float] = []
+        self.peas_of: list[tuple] = []
+        self.n_starts: list[int] = []
+        # instances
+        self.inst_home: list[int] = []
+        self.inst_left: list[int] = []
+        self.inst_arrive: list[float] = []
+        self.inst_finish: list[float] = []
+        self.inst_slot: list[int] = []
+        self.next_instance = 0
+        self.finished = 0
+        # PEAs
+        n = arch.n_peas
+        self.cfg = [-1] * n
+        self.avail_at = [0.0] * n
+        self.idle_since = [0.0] * n
+        self.busy = [0.0] * n
+        self.reconf = [0.0] * n
+        self.xfer = [0.0] * n
+        self.starved = [0.0] * n
+        self.waiting = [0.0] * n
+        self.running = [False] * n
+        self.pea_cluster = arch.pea_cluster
+        self.reconf_spans: list[tuple] = []
+        self.n_reconfig = 0
+        self.noc_bytes = 0.0
+        self.noc_byte_hops = 0.0
+        self.events = 0
+        # "some ready work is queued" timeline, for the starved/waiting split
+        self.qcount = 0
+        self._bp_t = [0.0]
+        self._bp_c = [0.0]
+        self._bp_on = [False]
+        self.heap: list[tuple] = []
+        self.seq = 0
+        self.now = 0.0
+        self.makespan = 0.0
+        scheduler.attach(self)
+
+    # ----------------------------------------------------------------- event plumbing
+    def push(self, t: float, kind: int, x) -> None:
+        self.seq += 1
+        heapq.heappush(self.heap, (t, self.seq, kind, x))
+
+    def call_at(self, t: float, fn) -> None:
+        """Run `fn(t)` at time t (used for delayed scheduler decisions)."""
+        self.push(t, CALL, fn)
+
+    def run(self) -> Simulator:
+        arr = self.arr
+        if arr.times is None:
+            for k in range(arr.concurrency):
+                self._admit(0.0, k)
+        else:
+            for _k, t in enumerate(arr.times):
+                self.push(t, ARRIVE, None)
+        tick = getattr(self.sched, "tick_us", None)
+        if tick:
+            self.push(tick, TICK, None)
+        heap, pop = self.heap, heapq.heappop
+        done, ctrl = self._done, self._ctrl
+        idle_ticks = 0
+        n_inst = arr.n
+        ev = 0
+        while heap:
+            t, _, kind, x = pop(heap)
+            self.now = t
+            ev += 1
+            if kind == DONE:
+                done(t, x)
+                idle_ticks = 0
+            elif kind == CTRL:
+                ctrl(t, x)
+                idle_ticks = 0
+            elif kind == ARRIVE:
+                self._admit(t, self.next_instance)
+            elif kind == TICK:
+                if self.finished >= n_inst:
+                    continue
+                self.sched.tick(t)
+                idle_ticks += 1
+                if idle_ticks > 100000:
+                    raise RuntimeError("simulation stalled: ready work can never be placed")
+                self.push(t + tick, TICK, None)
+            else:
+                x(t)
+        self.events = ev
+        if self.finished < n_inst:
+            raise RuntimeError(
+                f"simulation stalled: {n_inst - self.finished} instances never finished "
+                "(a task's footprint may exceed what the scheduler can give it)"
+            )
+        self._finalize()
+        return self
+
+    # ----------------------------------------------------------------- instances
+    def _admit(self, t: float, slot: int) -> None:
+        idx = self.next_instance
+        self.next_instance += 1
+        cw = self.cw
+        inst = cw.sample(cw.instance_rng(self.seed, idx))
+        base = len(self.node)
+        T, fp, tops, outb = self.T, cw.footprint, self.arch.throughput_tops, cw.out_bytes
+        node, dur, npred, preds, succ = self.node, self.dur, self.npred, self.preds, self.succ
+        for nd, w, ps in zip(inst.node, inst.work, inst.preds):
+            k = len(node)
+            node.append(nd)
+            dur.append(w / (fp[nd] * tops) if nd < T else 0.0)
+            gp = [base + j for j in ps]
+            preds.append(gp)
+            npred.append(len(gp))
+            succ.append([])
+            for j in gp:
+                succ[j].append(k)
+            self.outb.append(outb[nd])
+        m = len(node) - base
+        self.inst.extend([idx] * m)
+        self.loc.extend([-1] * m)
+        self.t_ready.extend([0.0] * m)
+        self.t_start.extend([-1.0] * m)
+        self.t_end.extend([-1.0] * m)
+        self.peas_of.extend([()] * m)
+        self.n_starts.extend([0] * m)
+        self.inst_home.append(slot % self.arch.n_clusters)
+        self.inst_slot.append(slot)
+        self.inst_left.append(m)
+        self.inst_arrive.append(t)
+        self.inst_finish.append(-1.0)
+        for k in range(base, base + m):
+            if npred[k] == 0:
+                self._ready(t, k)
+
+    def _instance_done(self, t: float, idx: int) -> None:
+        self.inst_finish[idx] = t
+        self.finished += 1
+        if self.arr.times is None and self.next_instance < self.arr.n:
+            self._admit(t, self.inst_slot[idx])
+
+    # ----------------------------------------------------------------- invocations
+    def _ready(self, t: float, k: int) -> None:
+        self.t_ready[k] = t
+        if self.node[k] < self.T:
+            if self.qcount == 0:
+                self._mark(t, True)
+            self.qcount += 1
+            self.sched.submit(k, t)
+        else:
+            self.push(t + self.ctrl_us, CTRL, k)
+
+    def _complete(self, t: float, k: int) -> None:
+        npred = self.npred
+        for s in self.succ[k]:
+            npred[s] -= 1
+            if npred[s] == 0:
+                self._ready(t, s)
+        idx = self.inst[k]
+        self.inst_left[idx] -= 1
+        if self.inst_left[idx] == 0:
+            self._instance_done(t, idx)
+
+    def _done(self, t: float, k: int) -> None:
+        peas = self.peas_of[k]
+        running, idle_since = self.running, self.idle_since
+        for p in peas:
+            running[p] = False
+            idle_since[p] = t
+        if t > self.makespan:
+            self.makespan = t
+        tb = self.node[k]
+        self.ewma[tb] += 0.2 * (self.dur[k] - self.ewma[tb])
+        self._complete(t, k)
+        self.sched.on_free(peas, t)
+
+    def _ctrl(self, t: float, k: int) -> None:
+        # a control block forwards the data of its largest input
+        best, bb = -1, -1
+        for j in self.preds[k]:
+            if self.outb[j] > bb:
+                best, bb = j, self.outb[j]
+        if best >= 0:
+            self.loc[k], self.outb[k] = self.loc[best], bb
+        self.t_start[k] = self.t_ready[k]
+        self.t_end[k] = t
+        self.n_starts[k] += 1
+        if t > self.makespan:
+            self.makespan = t
+        self.sched.on_decision(k, t)
+        self._complete(t, k)
+
+    # ----------------------------------------------------------------- scheduler API
+    def data_cluster(self, k: int) -> int:
+        """Cluster holding the (first) input of invocation k; its home cluster if none."""
+        loc = self.loc
+        for j in self.preds[k]:
+            q = loc[j]
+            if q >= 0:
+                return self.pea_cluster[q]
+        return self.inst_home[self.inst[k]]
+
+    def input_us(self, k: int, p: int) -> float:
+        """Time to bring k's inputs to PEA p (max over its predecessors)."""
+        arch, loc, outb, best = self.arch, self.loc, self.outb, 0.0
+        for j in self.preds[k]:
+            q = loc[j]
+            if q >= 0 and q != p:
+                x = arch.transfer_us(q, p, outb[j])
+                if x > best:
+                    best = x
+        return best
+
+    def start(self, k: int, peas, t: float) -> None:
+        """Begin invocation k on `peas` (all free) at time t."""
+        tb = self.node[k]
+        p0 = peas[0]
+        arch, loc, outb = self.arch, self.loc, self.outb
+        xf = 0.0
+        for j in self.preds[k]:
+            q = loc[j]
+            if q >= 0 and q != p0:
+                b = outb[j]
+                x = arch.transfer_us(q, p0, b)
+                if x > xf:
+                    xf = x
+                self.noc_bytes += b
+                self.noc_byte_hops += b * (
+                    abs(arch.pea_x[q] - arch.pea_x[p0]) + abs(arch.pea_y[q] - arch.pea_y[p0])
+                )
+        exec_start = t + xf
+        cfg, avail, idle_since, rc = self.cfg, self.avail_at, self.idle_since, self.rc_us[tb]
+        readies = []
+        for p in peas:
+            a = idle_since[p]
+            if t > a:
+                self._idle(p, a, t)
+            av = avail[p]
+            r = av if av > t else t
+            if cfg[p] != tb:
+                if self.record:
+                    self.reconf_spans.append((p, r, r + rc, tb))
+                r += rc
+                self.reconf[p] += rc
+                cfg[p] = tb
+                self.n_reconfig += 1
+            readies.append(r)
+            if r > exec_start:
+                exec_start = r
+        d = self.dur[k]
+        end = exec_start + d
+        xfer, busy, running = self.xfer, self.busy, self.running
+        for p, r in zip(peas, readies):
+            xfer[p] += exec_start - r
+            busy[p] += d
+            running[p] = True
+            idle_since[p] = end
+            avail[p] = end
+        self.peas_of[k] = tuple(peas)
+        self.loc[k] = p0
+        self.t_start[k] = exec_start
+        self.t_end[k] = end
+        self.n_starts[k] += 1
+        self.qcount -= 1
+        if self.qcount == 0:
+            self._mark(t, False)
+        self.seq += 1
+        heapq.heappush(self.heap, (end, self.seq, DONE, k))
+
+    def preconfigure(self, p: int, tb: int, t: float) -> None:
+        """Load TB `tb`'s configuration into idle PEA p ahead of demand."""
+        if self.cfg[p] == tb or self.running[p]:
+            return
+        a = self.idle_since[p]
+        if t > a:
+            self._idle(p, a, t)
+        r = max(t, self.avail_at[p])
+        rc = self.rc_us[tb]
+        if self.record:
+            self.reconf_spans.append((p, r, r + rc, tb))
+        self.reconf[p] += rc
+        self.cfg[p] = tb
+        self.n_reconfig += 1
+        self.avail_at[p] = self.idle_since[p] = r + rc
+
+    # ----------------------------------------------------------------- accounting
+    def _mark(self, t: float, on: bool) -> None:
+        c = self._bp_c[-1] + ((t - self._bp_t[-1]) if self._bp_on[-1] else 0.0)
+        self._bp_t.append(t)
+        self._bp_c.append(c)
+        self._bp_on.append(on)
+
+    def _cum(self, x: float) -> float:
+        i = bisect_right(self._bp_t, x) - 1
+        return self._bp_c[i] + ((x - self._bp_t[i]) if self._bp_on[i] else 0.0)
+
+    def _idle(self, p: int, a: float, b: float) -> None:
+        s = self._cum(b) - self._cum(a)
+        self.starved[p] += s
+        self.waiting[p] += (b - a) - s
+
+    def _finalize(self) -> None:
+        T = self.makespan
+        for p in range(self.arch.n_peas):
+            if self.avail_at[p] > T:  # a pre-configuration still running at the end
+                over = self.avail_at[p] - T
+                self.reconf[p] -= over
+                self.idle_since[p] = T
+            a = self.idle_since[p]
+            if T > a:
+                self._idle(p, a, T)
+
+
+def simulate(cw: CompiledWorkflow, arch: Arch, scheduler, **kw) -> Simulator:
+    return Simulator(cw, arch, scheduler, **kw).run()

@@ -1,0 +1,52 @@
+"""Small builders shared by the octopus tests."""
+
+from __future__ import annotations
+
+from octopus.arch.config import arch_from_dict
+from octopus.owg.arrival import Arrivals
+from octopus.owg.sample import CompiledWorkflow
+from octopus.owg.schema import parse_workflow
+from octopus.sched import make_scheduler
+from octopus.sim import Simulator
+
+
+def arch(clusters=(1, 1), peas=(1, 1), per_die=None, hop=0.0, bw=64.0, rc_base=0.0, ctrl=0.5):
+    return arch_from_dict(
+        {
+            "schema": "octopus-arch/1",
+            "name": "test",
+            "clusters": list(clusters),
+            "peas_per_cluster": list(peas),
+            "clusters_per_die": list(per_die or clusters),
+            "pea": {"throughput_tops": 1.0},
+            "mesh": {
+                "hop_latency_us": hop,
+                "link_bandwidth_gbps": bw,
+                "inter_die_hop_latency_us": 0.3,
+                "inter_die_bandwidth_gbps": 16,
+            },
+            "reconfig": {"base_us": rc_base, "bandwidth_gbps": 8},
+            "control": {"control_plane_latency_us": ctrl, "data_plane_latency_us": ctrl},
+        }
+    )
+
+
+def task(id, work, next=(), **kw):
+    d = {"id": id, "type": "task", "work": work, "next": list(next)}
+    d.update(kw)
+    return d
+
+
+def workflow(nodes, entry=None):
+    return {
+        "schema": "octopus-owg/1",
+        "name": "t",
+        "entry": entry or nodes[0]["id"],
+        "nodes": nodes,
+    }
+
+
+def simulate(doc, a, scheduler="greedy", n=1, concurrency=None, seed=0, record=True, **kw):
+    cw = CompiledWorkflow(parse_workflow(doc), "high")
+    arr = Arrivals(n, None, concurrency or n)
+    return Simulator(cw, a, make_scheduler(scheduler, **kw), arr, seed=seed, record=record).run()

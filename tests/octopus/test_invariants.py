@@ -1,0 +1,96 @@
+"""Invariants on random workflows and every scheduler (hypothesis)."""
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from octo_helpers import arch, simulate, task, workflow
+
+from octopus.sched import NAMES
+
+works = st.one_of(
+    st.floats(1.0, 200.0),
+    st.fixed_dictionaries(
+        {"dist": st.just("lognormal"), "mean": st.floats(5, 100), "cv": st.floats(0, 1.5)}
+    ),
+)
+
+
+@st.composite
+def random_workflow(draw):
+    """A chain with an optional fanout, branch and bounded loop; sizes and costs vary."""
+    n = draw(st.integers(1, 4))
+    nodes, ids = [], [f"t{i}" for i in range(n)]
+    for i, tid in enumerate(ids):
+        nxt = [ids[i + 1]] if i + 1 < n else ["fan"]
+        nodes.append(
+            task(
+                tid,
+                draw(works),
+                nxt,
+                footprint=draw(st.integers(1, 2)),
+                out_bytes=draw(st.integers(0, 200000)),
+                config_bytes=draw(st.integers(0, 100000)),
+            )
+        )
+    nodes += [
+        {
+            "id": "fan",
+            "type": "fanout",
+            "count": {"dist": "uniform", "low": 0, "high": draw(st.integers(0, 12))},
+            "body": "w",
+            "join": "j",
+        },
+        task("w", draw(works), ["j"], out_bytes=draw(st.integers(0, 50000)), config_bytes=50000),
+        {"id": "j", "type": "join", "next": ["br"]},
+        {"id": "br", "type": "branch", "next": ["x", "lp"], "probs": [0.5, 0.5]},
+        task("x", draw(works)),
+        {
+            "id": "lp",
+            "type": "loop",
+            "body": "y",
+            "exit": "z",
+            "continue_prob": 0.6,
+            "max_trips": 4,
+        },
+        task("y", draw(works), ["lp"]),
+        task("z", draw(works)),
+    ]
+    return workflow(nodes, "t0")
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    doc=random_workflow(),
+    scheduler=st.sampled_from(NAMES),
+    seed=st.integers(0, 1000),
+    n=st.integers(1, 6),
+    conc=st.integers(1, 6),
+)
+def test_invariants(doc, scheduler, seed, n, conc):
+    a = arch(clusters=(2, 2), peas=(4, 4), per_die=(1, 2), hop=0.02, rc_base=1.0)
+    kw = {"period_us": 20.0} if scheduler != "greedy" and scheduler != "static" else {}
+    sim = simulate(doc, a, scheduler, n=n, concurrency=min(conc, n), seed=seed, **kw)
+    T, eps = sim.makespan, 1e-6 * max(1.0, sim.makespan)
+    assert sim.finished == n
+    # exactly once
+    assert all(c == 1 for c in sim.n_starts)
+    # dependencies respected
+    for k, ps in enumerate(sim.preds):
+        for j in ps:
+            assert sim.t_start[k] >= sim.t_end[j] - eps
+    # no PEA runs two things at once (busy and reconfiguration intervals)
+    spans = [[] for _ in range(a.n_peas)]
+    for k, peas in enumerate(sim.peas_of):
+        for p in peas:
+            spans[p].append((sim.t_start[k], sim.t_end[k]))
+    for p, s, e, _ in sim.reconf_spans:
+        spans[p].append((s, min(e, T)))
+    for iv in spans:
+        iv.sort()
+        for (_, e0), (s1, _) in zip(iv, iv[1:]):
+            assert s1 >= e0 - eps
+    # utilization <= 1 and every PEA's time is accounted exactly
+    for p in range(a.n_peas):
+        assert sim.busy[p] <= T + eps
+        total = sim.busy[p] + sim.reconf[p] + sim.xfer[p] + sim.starved[p] + sim.waiting[p]
+        assert abs(total - T) <= eps
+        assert min(sim.busy[p], sim.reconf[p], sim.xfer[p], sim.starved[p], sim.waiting[p]) >= -eps

@@ -1,0 +1,92 @@
+"""Every invalid workflow is rejected with a message naming the node and the field."""
+
+import pytest
+from octo_helpers import task, workflow
+
+from octopus.owg.schema import WorkflowError, parse_workflow
+
+
+def _err(doc) -> str:
+    with pytest.raises(WorkflowError) as e:
+        parse_workflow(doc)
+    return str(e.value)
+
+
+def test_unknown_successor():
+    msg = _err(workflow([task("a", 1, ["ghost"])]))
+    assert "node 'a'" in msg and "'next'" in msg and "ghost" in msg
+
+
+def test_branch_probabilities_must_sum_to_one():
+    doc = workflow(
+        [
+            task("a", 1, ["br"]),
+            {"id": "br", "type": "branch", "next": ["x", "y"], "probs": [0.5, 0.4]},
+            task("x", 1),
+            task("y", 1),
+        ]
+    )
+    msg = _err(doc)
+    assert "node 'br'" in msg and "'probs'" in msg and "not 1" in msg
+
+
+def test_cycle_without_loop():
+    msg = _err(workflow([task("a", 1, ["b"]), task("b", 1, ["a"])]))
+    assert "cycle" in msg and "'next'" in msg and ("node 'a'" in msg or "node 'b'" in msg)
+
+
+def test_loop_without_bound():
+    doc = workflow(
+        [
+            task("a", 1, ["lp"]),
+            {"id": "lp", "type": "loop", "body": "b", "exit": "c", "continue_prob": 0.5},
+            task("b", 1, ["lp"]),
+            task("c", 1),
+        ]
+    )
+    msg = _err(doc)
+    assert "node 'lp'" in msg and "'max_trips'" in msg and "bound" in msg
+
+
+@pytest.mark.parametrize("field", ["out_bytes", "in_bytes", "config_bytes"])
+def test_negative_sizes(field):
+    msg = _err(workflow([task("a", 1, **{field: -5})]))
+    assert "node 'a'" in msg and f"'{field}'" in msg and "negative" in msg
+
+
+def test_negative_work_and_bad_distribution():
+    msg = _err(workflow([task("a", {"dist": "normal", "mean": -3, "std": 1})]))
+    assert "node 'a'" in msg and "'work'" in msg
+    msg = _err(workflow([task("a", {"dist": "zipf"})]))
+    assert "node 'a'" in msg and "unknown distribution" in msg
+
+
+def test_several_problems_are_all_reported():
+    doc = workflow([task("a", 1, ["nope"], out_bytes=-1), task("b", 1, ["also_nope"])])
+    with pytest.raises(WorkflowError) as e:
+        parse_workflow(doc)
+    assert len(e.value.problems) == 3
+
+
+def test_loop_governs_its_cycle_and_is_valid():
+    doc = workflow(
+        [
+            task("a", 1, ["lp"]),
+            {"id": "lp", "type": "loop", "body": "b", "exit": "c", "trips": 3, "max_trips": 5},
+            task("b", 1, ["lp"]),
+            task("c", 1),
+        ]
+    )
+    wf = parse_workflow(doc)
+    assert wf.tasks == ["a", "b", "c"]
+
+
+def test_all_shipped_workflows_validate():
+    from octopus.owg import load_workflow
+    from octopus.workloads import SUITE, list_workloads
+
+    assert set(SUITE) <= set(list_workloads())
+    for name in SUITE:
+        wf = load_workflow(name)
+        assert wf.meta.get("sources"), f"{name} must document where its parameters come from"
+        assert set(wf.levels) >= {"low", "medium", "high"}
