@@ -253,11 +253,11 @@ def train_model(
     )
     warmup = max(1, min(100, steps // 10))
 
-    def lr_at(step: int) -> float:
+    def lr_at(step: int, progress: float | None = None) -> float:
         if step < warmup:
             return lr * (step + 1) / warmup
-        t = (step - warmup) / max(1, steps - warmup)
-        return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
+        t = (step - warmup) / max(1, steps - warmup) if progress is None else progress
+        return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
 
     model.train()
     if teacher is not None:
@@ -266,14 +266,23 @@ def train_model(
     ema = None
     bar = tqdm(range(steps), desc=f"train {name}", disable=not progress, mininterval=2.0)
     done = 0
+    time_bound = False
     for step in bar:
-        if max_seconds is not None and time.time() - t0 > max_seconds:
-            log.warning(
-                "%s: time cap of %.0fs reached, stopping after %d steps", name, max_seconds, step
-            )
-            break
+        # With a wall-clock cap the cosine schedule runs on max(step progress, time progress),
+        # so the learning rate is fully decayed when the cap is reached (a shared CPU may be
+        # slower than planned). Without a cap (or when it does not bind) it is step-based and
+        # the run is deterministic.
+        progress = None
+        if max_seconds is not None and step >= warmup:
+            by_time = (time.time() - t0) / max_seconds
+            by_step = (step - warmup) / max(1, steps - warmup)
+            if by_time > by_step:
+                progress, time_bound = by_time, True
+            if by_time >= 1.0:
+                log.warning("%s: time cap of %.0fs reached after %d steps", name, max_seconds, step)
+                break
         for g in opt.param_groups:
-            g["lr"] = lr_at(step)
+            g["lr"] = lr_at(step, progress)
         batch = _windows(stream, seq_len, batch_size, gen)
         x, y = batch[:, :-1], batch[:, 1:]
         logits = model(input_ids=x).logits.float()
@@ -307,13 +316,18 @@ def train_model(
                 steps,
                 ce_v,
                 ema,
-                lr_at(step),
+                opt.param_groups[0]["lr"],
                 tps,
                 el,
             )
     bar.close()
     model.eval()
-    return {"steps": done, "seconds": time.time() - t0, "final_train_loss_ema": ema}
+    return {
+        "steps": done,
+        "seconds": time.time() - t0,
+        "final_train_loss_ema": ema,
+        "time_bound": time_bound,
+    }
 
 
 def bf16_roundtrip(model) -> None:
@@ -414,6 +428,13 @@ def _card(name: str, info: dict) -> str:
         f"({info['steps'] * info['batch_size'] * info['seq_len']:,} tokens seen)",
         f"- optimizer: AdamW (betas 0.9/0.95, weight decay 0.1), peak lr {info['lr']}, "
         "linear warm-up then cosine decay to 10%",
+        "- schedule: "
+        + (
+            "time-capped (the cosine followed elapsed wall-clock time on a shared CPU, so "
+            "this run is not bit-reproducible)"
+            if info.get("time_bound")
+            else "step-based (reproducible with the seed)"
+        ),
         f"- seed: {info['seed']}; wall time {info['seconds'] / 60:.1f} min on {info['threads']} "
         "CPU thread(s)",
     ]
@@ -508,8 +529,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--max-pos", type=int, default=2048, help="max_position_embeddings")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--steps", type=int, default=1200, help="target training steps")
-    p.add_argument("--draft-steps", type=int, default=1500, help="draft training steps")
+    p.add_argument("--steps", type=int, default=800, help="target training steps")
+    p.add_argument("--draft-steps", type=int, default=1200, help="draft training steps")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--draft-lr", type=float, default=3e-3)
     p.add_argument("--distill-alpha", type=float, default=0.0, help="0 = plain next-token CE")
@@ -528,8 +549,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--max-minutes",
         type=float,
         default=None,
-        help="safety cap per model: stop early (and record the steps done) past this time",
+        help="wall-clock cap for the target: the LR schedule also follows elapsed time and "
+        "training stops at the cap (the card records the steps done); makes runs timing-dependent",
     )
+    p.add_argument("--draft-max-minutes", type=float, default=None, help="same, for the draft")
     p.add_argument("--skip-draft", action="store_true")
     p.add_argument("--log-every", type=int, default=20)
     p.add_argument("--no-progress", action="store_true")
@@ -651,7 +674,7 @@ def main(argv: list[str] | None = None) -> int:
             distill_alpha=args.distill_alpha,
             log_every=args.log_every,
             progress=not args.no_progress,
-            max_seconds=args.max_minutes * 60 if args.max_minutes else None,
+            max_seconds=args.draft_max_minutes * 60 if args.draft_max_minutes else None,
         )
         bf16_roundtrip(draft)
         d_loss = evaluate(draft, eval_batches)
