@@ -1,0 +1,299 @@
+"""AsyncLLM: the synchronous LLMEngine driven by one background thread, fed from asyncio.
+
+The engine is not thread-safe, so exactly one thread (the engine thread) touches it: it drains
+a thread-safe inbox of add/abort commands, runs ``step()`` and hands each request's cumulative
+output to that request's asyncio queue with ``loop.call_soon_threadsafe``. Torch releases the
+GIL inside the forward pass, so the event loop keeps serving HTTP while a step runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from xyserve.config import EngineConfig
+from xyserve.outputs import RequestOutput
+from xyserve.sampling_params import SamplingParams
+
+log = logging.getLogger("xyserve.server")
+
+Prompt = str | list[int] | dict
+
+
+class EngineDeadError(RuntimeError):
+    """The engine thread has stopped; no request can be served."""
+
+
+@dataclass
+class _Add:
+    request_id: str
+    prompt: Prompt
+    params: SamplingParams
+    add_special_tokens: bool
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue
+    future: asyncio.Future
+
+
+@dataclass
+class _Sink:
+    """Where the engine thread delivers one request's outputs (engine-thread owned)."""
+
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue
+
+
+class RequestStream:
+    """Async iterator over one request's cumulative outputs; closing it early aborts it.
+
+    Outputs are cumulative, so when the consumer lags, only the newest queued one is returned.
+    """
+
+    def __init__(self, request_id: str, queue: asyncio.Queue, llm: AsyncLLM) -> None:
+        self.request_id = request_id
+        self._queue = queue
+        self._llm = llm
+        self.finished = False
+
+    def __aiter__(self) -> RequestStream:
+        return self
+
+    async def __anext__(self) -> RequestOutput:
+        if self.finished:
+            raise StopAsyncIteration
+        item = await self._queue.get()
+        while not isinstance(item, BaseException) and not self._queue.empty():
+            item = self._queue.get_nowait()
+        if isinstance(item, BaseException):
+            self.finished = True
+            raise item
+        if item.finished:
+            self.finished = True
+        return item
+
+    def close(self) -> None:
+        """Abort the request in the engine unless it already finished. Idempotent, sync."""
+        if not self.finished:
+            self.finished = True
+            self._llm.abort(self.request_id)
+
+
+StatsHook = Callable[[Any, list[RequestOutput], list[str]], None]
+
+
+class AsyncLLM:
+    """An ``LLMEngine`` in a background thread, with an asyncio-facing ``generate``."""
+
+    def __init__(self, engine: Any, stats_hook: StatsHook | None = None) -> None:
+        self.engine = engine
+        self.stats_hook = stats_hook
+        self._inbox: collections.deque[tuple[str, Any]] = collections.deque()
+        self._wake = threading.Event()
+        self._stop = False
+        self._sinks: dict[str, _Sink] = {}  # touched by the engine thread only
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.dead_error: BaseException | None = None
+
+    @classmethod
+    def from_config(cls, config: EngineConfig, stats_hook: StatsHook | None = None) -> AsyncLLM:
+        from xyserve.engine.engine import LLMEngine
+
+        return cls(LLMEngine(config), stats_hook)
+
+    # ---- lifecycle --------------------------------------------------------------------
+    @property
+    def model_name(self) -> str:
+        return self.engine.model_name
+
+    @property
+    def is_alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and self.dead_error is None
+
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._stop = False
+                self._thread = threading.Thread(
+                    target=self._run, name="xyserve-engine", daemon=True
+                )
+                self._thread.start()
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        self._stop = True
+        self._wake.set()
+        thread.join(timeout)
+
+    # ---- the asyncio side -------------------------------------------------------------
+    async def add_request(
+        self,
+        prompt: Prompt,
+        params: SamplingParams,
+        request_id: str | None = None,
+        *,
+        add_special_tokens: bool = True,
+    ) -> RequestStream:
+        """Add a request; returns once the engine accepted it, or raises its add error."""
+        if self.dead_error is not None:
+            raise EngineDeadError(f"the engine has stopped: {self.dead_error}")
+        self.start()
+        loop = asyncio.get_running_loop()
+        rid = request_id or uuid.uuid4().hex
+        queue: asyncio.Queue = asyncio.Queue()
+        fut = loop.create_future()
+        self._post("add", _Add(rid, prompt, params, add_special_tokens, loop, queue, fut))
+        try:
+            await fut
+        except asyncio.CancelledError:
+            self.abort(rid)  # the add may still land; the abort follows it in the inbox
+            raise
+        return RequestStream(rid, queue, self)
+
+    async def generate(
+        self,
+        prompt: Prompt,
+        params: SamplingParams,
+        request_id: str | None = None,
+        *,
+        add_special_tokens: bool = True,
+    ) -> AsyncIterator[RequestOutput]:
+        """Yield cumulative outputs until finished; closing or cancelling it aborts the request."""
+        stream = await self.add_request(
+            prompt, params, request_id, add_special_tokens=add_special_tokens
+        )
+        try:
+            async for out in stream:
+                yield out
+        finally:
+            stream.close()
+
+    def abort(self, request_id: str) -> None:
+        """Thread-safe and non-blocking, so it can run in a ``finally`` of a cancelled task."""
+        self._post("abort", request_id)
+
+    def _post(self, kind: str, item: Any) -> None:
+        self._inbox.append((kind, item))
+        self._wake.set()
+
+    # ---- the engine thread ------------------------------------------------------------
+    def _run(self) -> None:
+        engine = self.engine
+        try:
+            while not self._stop:
+                self._drain_inbox()
+                if self._stop:
+                    break
+                if not engine.has_unfinished_requests():
+                    self._report([], [])
+                    self._wake.wait()
+                    self._wake.clear()
+                    continue
+                try:
+                    outputs = engine.step()
+                except Exception as e:  # fail the requests in flight, keep serving others
+                    log.exception("engine step failed")
+                    self._fail_all(e)
+                    continue
+                finished = self._deliver(outputs)
+                self._report(outputs, finished)
+                if not outputs and not self._inbox:
+                    # Nothing was schedulable (e.g. all waiting on memory): don't spin.
+                    self._wake.wait(0.005)
+                    self._wake.clear()
+        except BaseException as e:  # pragma: no cover - a bug in the loop itself
+            log.exception("engine thread died")
+            self.dead_error = e
+        finally:
+            self._fail_all(self.dead_error or EngineDeadError("the server is shutting down"))
+
+    def _drain_inbox(self) -> None:
+        while self._inbox:
+            kind, item = self._inbox.popleft()
+            if kind == "add":
+                self._do_add(item)
+            else:
+                self._sinks.pop(item, None)
+                self.engine.abort_request(item)
+
+    def _do_add(self, a: _Add) -> None:
+        try:
+            prompt = a.prompt
+            if isinstance(prompt, str) and not a.add_special_tokens:
+                tok = self.engine.tokenizer
+                if tok is None:
+                    raise ValueError("text prompts need a tokenizer (skip_tokenizer_init is set)")
+                prompt = {"prompt_token_ids": tok.encode(prompt, add_special_tokens=False)}
+            self.engine.add_request(prompt, a.params, a.request_id, arrival_time=time.monotonic())
+        except Exception as e:
+            a.loop.call_soon_threadsafe(_resolve, a.future, e)
+            return
+        self._sinks[a.request_id] = _Sink(a.loop, a.queue)
+        a.loop.call_soon_threadsafe(_resolve, a.future, None)
+
+    def _deliver(self, outputs: list[RequestOutput]) -> list[str]:
+        """Hand outputs to their queues, batched into one callback per event loop."""
+        batches: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, Any]]] = {}
+        finished = []
+        for out in outputs:
+            sink = self._sinks.get(out.request_id)
+            if out.finished:
+                finished.append(out.request_id)
+                self._sinks.pop(out.request_id, None)
+            if sink is not None:
+                batches.setdefault(sink.loop, []).append((sink.queue, out))
+        for loop, items in batches.items():
+            _call_soon(loop, _put_all, items)
+        return finished
+
+    def _fail_all(self, error: BaseException) -> None:
+        for rid, sink in list(self._sinks.items()):
+            try:
+                self.engine.abort_request(rid)
+            except Exception:  # pragma: no cover
+                log.exception("abort after failure")
+            _call_soon(sink.loop, _put_all, [(sink.queue, error)])
+        self._sinks.clear()
+        # Adds still queued never reached the engine: fail them too.
+        while self._stop and self._inbox:
+            kind, item = self._inbox.popleft()
+            if kind == "add":
+                _call_soon(item.loop, _resolve, item.future, error)
+
+    def _report(self, outputs: list[RequestOutput], finished: list[str]) -> None:
+        if self.stats_hook is not None:
+            try:
+                self.stats_hook(self.engine, outputs, finished)
+            except Exception:  # pragma: no cover - metrics must never stop serving
+                log.exception("stats hook failed")
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable, *args: Any) -> None:
+    try:
+        loop.call_soon_threadsafe(fn, *args)
+    except RuntimeError:  # the loop is closed: its requests are gone anyway
+        pass
+
+
+def _resolve(fut: asyncio.Future, error: BaseException | None) -> None:
+    if fut.done():
+        return
+    if error is None:
+        fut.set_result(None)
+    else:
+        fut.set_exception(error)
+
+
+def _put_all(items: list[tuple[asyncio.Queue, Any]]) -> None:
+    for q, out in items:
+        q.put_nowait(out)

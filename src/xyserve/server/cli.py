@@ -1,0 +1,103 @@
+"""``xyserve serve [MODEL] --host --port ...``: every EngineConfig field is a --kebab-case flag.
+
+The flags are generated from the dataclass, so a new engine argument is a server flag at once,
+as in vLLM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import types
+import typing
+from typing import Any
+
+from xyserve.config import EngineConfig
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+
+
+def _base_type(annotation: Any) -> type:
+    """``int | None`` -> int; ``bool`` -> bool."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        non_none = [a for a in args if a is not type(None)]
+        if len(non_none) == 1:
+            return non_none[0]
+        raise TypeError(f"unsupported annotation {annotation!r}")
+    return annotation
+
+
+def add_engine_args(parser: argparse.ArgumentParser) -> None:
+    """One flag per EngineConfig field; booleans get --flag/--no-flag."""
+    hints = typing.get_type_hints(EngineConfig)
+    group = parser.add_argument_group("engine arguments (EngineConfig)")
+    for f in dataclasses.fields(EngineConfig):
+        flag = "--" + f.name.replace("_", "-")
+        typ = _base_type(hints[f.name])
+        default = f.default if f.default is not dataclasses.MISSING else None
+        help_text = f"EngineConfig.{f.name} (default: {default})"
+        if typ is bool:
+            group.add_argument(
+                flag,
+                dest=f.name,
+                action=argparse.BooleanOptionalAction,
+                default=default,
+                help=help_text,
+            )
+        else:
+            group.add_argument(flag, dest=f.name, type=typ, default=default, help=help_text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="xyserve serve",
+        description="Serve a model with an OpenAI-compatible HTTP API.",
+    )
+    p.add_argument(
+        "model_tag",
+        nargs="?",
+        default=None,
+        metavar="MODEL",
+        help="a local HF model directory or a bundled model name (default: the bundled model)",
+    )
+    p.add_argument("--host", default=DEFAULT_HOST, help=f"(default: {DEFAULT_HOST})")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"(default: {DEFAULT_PORT})")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    add_engine_args(p)
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, EngineConfig]:
+    """Parse the command line into the server's options and an EngineConfig."""
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    if ns.model_tag is not None:
+        if ns.model is not None and ns.model != ns.model_tag:
+            parser.error(f"MODEL {ns.model_tag!r} and --model {ns.model!r} disagree")
+        ns.model = ns.model_tag
+    kwargs = {name: getattr(ns, name) for name in EngineConfig.field_names()}
+    try:
+        config = EngineConfig(**kwargs)
+    except ValueError as e:
+        parser.error(str(e))
+    return ns, config
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns, config = parse_args(argv)
+    logging.basicConfig(level=ns.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    import uvicorn
+
+    from xyserve.server.app import create_app
+    from xyserve.server.async_engine import AsyncLLM
+
+    llm = AsyncLLM.from_config(config)
+    app = create_app(llm)
+    logging.getLogger("xyserve").info(
+        "serving %s on http://%s:%d/v1", llm.model_name, ns.host, ns.port
+    )
+    uvicorn.run(app, host=ns.host, port=ns.port, log_level=ns.log_level)
+    return 0

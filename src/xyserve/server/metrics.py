@@ -1,0 +1,94 @@
+"""Prometheus metrics of one server, in a registry of its own (so several apps can coexist)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from xyserve.outputs import RequestOutput
+
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0)
+TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)
+
+
+class ServerMetrics:
+    """vLLM-style ``xyserve:`` metrics, updated by the engine thread after every step."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.ttft = Histogram(
+            "xyserve:time_to_first_token_seconds",
+            "Time from arrival to the first generated token.",
+            buckets=TTFT_BUCKETS,
+            registry=r,
+        )
+        self.tpot = Histogram(
+            "xyserve:time_per_output_token_seconds",
+            "Mean time between output tokens of a finished request (after the first).",
+            buckets=TPOT_BUCKETS,
+            registry=r,
+        )
+        self.e2e = Histogram(
+            "xyserve:e2e_request_latency_seconds",
+            "Time from arrival to the last token of a finished request.",
+            registry=r,
+        )
+        self.running = Gauge(
+            "xyserve:num_requests_running", "Sequences being computed.", registry=r
+        )
+        self.waiting = Gauge(
+            "xyserve:num_requests_waiting", "Sequences waiting to be scheduled.", registry=r
+        )
+        self.kv_usage = Gauge(
+            "xyserve:kv_cache_usage_perc",
+            "Fraction of KV blocks in use (1 = full).",
+            registry=r,
+        )
+        self.prefix_hit_rate = Gauge(
+            "xyserve:prefix_cache_hit_rate",
+            "Prompt tokens served from the prefix cache over prompt tokens queried.",
+            registry=r,
+        )
+        self.prompt_tokens = Counter(
+            "xyserve:prompt_tokens", "Prefill tokens computed.", registry=r
+        )
+        self.generation_tokens = Counter(
+            "xyserve:generation_tokens", "Tokens generated.", registry=r
+        )
+        self.request_success = Counter(
+            "xyserve:request_success", "Requests finished (not aborted).", registry=r
+        )
+        self._last_prompt = 0
+        self._last_gen = 0
+
+    def on_step(self, engine: Any, outputs: list[RequestOutput], finished: list[str]) -> None:
+        """The AsyncLLM stats hook: called from the engine thread only."""
+        for out in outputs:
+            m = out.metrics
+            if m is None or m.first_token_time is None:
+                continue
+            # The step that produced the first token sets first and last token times alike.
+            if m.last_token_time == m.first_token_time:
+                self.ttft.observe(m.first_token_time - m.arrival_time)
+            if out.finished:
+                n = max((len(c.token_ids) for c in out.outputs), default=0)
+                if n > 1 and m.last_token_time is not None:
+                    self.tpot.observe((m.last_token_time - m.first_token_time) / (n - 1))
+                if m.last_token_time is not None:
+                    self.e2e.observe(m.last_token_time - m.arrival_time)
+                self.request_success.inc()
+        self.running.set(engine.num_running)
+        self.waiting.set(engine.num_waiting)
+        self.kv_usage.set(engine.kv.usage)
+        self.prefix_hit_rate.set(engine.kv.prefix_hit_rate)
+        p, g = engine.num_prompt_tokens, engine.num_generation_tokens
+        if p > self._last_prompt:
+            self.prompt_tokens.inc(p - self._last_prompt)
+        if g > self._last_gen:
+            self.generation_tokens.inc(g - self._last_gen)
+        self._last_prompt, self._last_gen = p, g
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,453 @@
+"""The OpenAI-compatible server on loopback, driven by the ``openai`` client (and httpx)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import uvicorn
+
+from xyserve.config import EngineConfig
+from xyserve.server.app import create_app
+from xyserve.server.async_engine import AsyncLLM
+from xyserve.server.cli import DEFAULT_HOST, DEFAULT_PORT, build_parser, parse_args
+from xyserve.tokenizer import Tokenizer
+
+MODEL = "tiny"
+MAX_MODEL_LEN = 512
+
+
+@dataclass
+class Server:
+    url: str
+    llm: AsyncLLM
+    tokenizer: Tokenizer
+
+    @property
+    def engine(self):  # noqa: ANN201 - LLMEngine, imported lazily by AsyncLLM
+        return self.llm.engine
+
+    def client(self) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key="x", max_retries=0)
+
+    def wait_idle(self, timeout: float = 15.0) -> None:
+        """Until no request runs, waits or holds KV blocks (the engine thread frees them)."""
+        deadline = time.monotonic() + timeout
+        eng = self.engine
+        while time.monotonic() < deadline:
+            if eng.num_running == 0 and eng.num_waiting == 0 and not eng.kv.req_blocks:
+                return
+            time.sleep(0.02)
+        raise AssertionError(
+            f"engine not idle: running={eng.num_running} waiting={eng.num_waiting} "
+            f"holding={list(eng.kv.req_blocks)}"
+        )
+
+
+@pytest.fixture(scope="module")
+def server(tiny_llama: Path) -> Iterator[Server]:
+    config = EngineConfig(
+        model=str(tiny_llama),
+        served_model_name=MODEL,
+        max_model_len=MAX_MODEL_LEN,
+        max_num_seqs=64,
+        max_num_batched_tokens=256,
+        device="cpu",
+    )
+    llm = AsyncLLM.from_config(config)
+    app = create_app(llm)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not srv.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
+        time.sleep(0.02)
+    try:
+        yield Server(f"http://127.0.0.1:{port}", llm, Tokenizer(tiny_llama))
+    finally:
+        srv.should_exit = True
+        thread.join(15)
+        sock.close()
+    assert not thread.is_alive()
+    assert not llm.is_alive  # the lifespan stopped the engine thread
+
+
+GREEDY = dict(temperature=0.0, extra_body={"ignore_eos": True})
+
+
+def test_models_and_health(server: Server) -> None:
+    models = server.client().models.list()
+    assert [m.id for m in models.data] == [MODEL]
+    assert models.data[0].max_model_len == MAX_MODEL_LEN
+    assert httpx.get(f"{server.url}/health").status_code == 200
+
+
+def test_completion(server: Server) -> None:
+    client = server.client()
+    prompt = "Hello world! Serving"
+    r = client.completions.create(model=MODEL, prompt=prompt, max_tokens=6, **GREEDY)
+    assert r.object == "text_completion" and r.model == MODEL
+    (choice,) = r.choices
+    assert choice.finish_reason == "length" and choice.index == 0
+    assert r.usage.prompt_tokens == len(server.tokenizer.encode(prompt))
+    assert r.usage.completion_tokens == 6
+    assert r.usage.total_tokens == r.usage.prompt_tokens + 6
+    # Greedy is deterministic: the same request gives the same text.
+    again = client.completions.create(model=MODEL, prompt=prompt, max_tokens=6, **GREEDY)
+    assert again.choices[0].text == choice.text
+    # Token ids are a prompt too.
+    ids = server.tokenizer.encode(prompt)
+    by_ids = client.completions.create(model=MODEL, prompt=ids, max_tokens=6, **GREEDY)
+    assert by_ids.choices[0].text == choice.text
+
+
+def test_completion_n_logprobs_seed_multi_prompt(server: Server) -> None:
+    client = server.client()
+    kw = dict(model=MODEL, max_tokens=4, n=2, logprobs=3, seed=7, temperature=1.0, top_p=0.9)
+    kw["extra_body"] = {"ignore_eos": True, "top_k": 50, "min_p": 0.01}
+    r = client.completions.create(prompt="import os", **kw)
+    assert sorted(c.index for c in r.choices) == [0, 1]
+    assert r.usage.completion_tokens == 8
+    for c in r.choices:
+        lp = c.logprobs
+        assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 4
+        assert all(x <= 0 for x in lp.token_logprobs)
+        assert all(1 <= len(top) <= 4 for top in lp.top_logprobs)
+        assert lp.text_offset[0] == 0 and lp.text_offset == sorted(lp.text_offset)
+    same = client.completions.create(prompt="import os", **kw)
+    assert [c.text for c in same.choices] == [c.text for c in r.choices]
+    # Several prompts: choices are numbered prompt-major, usage sums over all.
+    r = client.completions.create(
+        model=MODEL, prompt=["def add", "The quick brown"], max_tokens=3, **GREEDY
+    )
+    assert [c.index for c in r.choices] == [0, 1]
+    n_prompt = sum(len(server.tokenizer.encode(p)) for p in ["def add", "The quick brown"])
+    assert r.usage.prompt_tokens == n_prompt and r.usage.completion_tokens == 6
+
+
+def test_stop_strings_and_token_ids(server: Server) -> None:
+    client = server.client()
+    base = client.completions.create(model=MODEL, prompt="for i in", max_tokens=12, **GREEDY)
+    text = base.choices[0].text
+    assert len(text) >= 4, text
+    stop = text[2:4]
+    r = client.completions.create(
+        model=MODEL, prompt="for i in", max_tokens=12, stop=[stop], **GREEDY
+    )
+    assert r.choices[0].finish_reason == "stop"
+    assert r.choices[0].text == text[: text.find(stop)]
+    # Every token id stops: exactly one token comes out, and stop_reason names it.
+    vocab = server.tokenizer.vocab_size
+    r = client.completions.create(
+        model=MODEL,
+        prompt="for i in",
+        max_tokens=12,
+        temperature=0.0,
+        extra_body={"stop_token_ids": list(range(vocab))},
+    )
+    assert r.choices[0].finish_reason == "stop"
+    assert r.usage.completion_tokens == 1
+    assert isinstance(r.choices[0].model_extra["stop_reason"], int)
+
+
+def test_chat(server: Server) -> None:
+    client = server.client()
+    messages = [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "Say hello"},
+    ]
+    r = client.chat.completions.create(
+        model=MODEL, messages=messages, max_completion_tokens=5, **GREEDY
+    )
+    assert r.object == "chat.completion"
+    (choice,) = r.choices
+    assert choice.message.role == "assistant" and isinstance(choice.message.content, str)
+    assert choice.finish_reason == "length"
+    text = server.tokenizer.apply_chat_template(messages)
+    assert r.usage.prompt_tokens == len(server.tokenizer.encode(text, add_special_tokens=False))
+    assert r.usage.completion_tokens == 5
+    r = client.chat.completions.create(
+        model=MODEL, messages=messages, max_tokens=3, logprobs=True, top_logprobs=2, **GREEDY
+    )
+    content = r.choices[0].logprobs.content
+    assert len(content) == 3
+    for entry in content:
+        assert len(entry.top_logprobs) == 2
+        assert entry.top_logprobs[0].logprob >= entry.top_logprobs[1].logprob
+        # Greedy picks the most likely token.
+        assert entry.token == entry.top_logprobs[0].token
+        assert entry.logprob == pytest.approx(entry.top_logprobs[0].logprob)
+
+
+def test_streaming_completion(server: Server) -> None:
+    client = server.client()
+    kw = dict(model=MODEL, prompt="Hello world!", max_tokens=7, **GREEDY)
+    full = client.completions.create(**kw).choices[0].text
+    chunks = list(
+        client.completions.create(stream=True, stream_options={"include_usage": True}, **kw)
+    )
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 7
+    body = [c for c in chunks[:-1]]
+    assert all(c.usage is None for c in body)
+    assert "".join(c.choices[0].text for c in body) == full
+    assert [c.choices[0].finish_reason for c in body][-1] == "length"
+    assert sum(c.choices[0].finish_reason is not None for c in body) == 1
+    # On the wire: SSE events, then [DONE].
+    with httpx.stream(
+        "POST",
+        f"{server.url}/v1/completions",
+        json={**kw.copy(), "stream": True, "ignore_eos": True},
+    ) as resp:
+        assert resp.status_code == 200
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        events = [line for line in resp.iter_lines() if line]
+    assert all(e.startswith("data: ") for e in events)
+    assert events[-1] == "data: [DONE]"
+    assert json.loads(events[0][6:])["object"] == "text_completion"
+
+
+def test_streaming_chat(server: Server) -> None:
+    client = server.client()
+    messages = [{"role": "user", "content": "Hello"}]
+    kw = dict(model=MODEL, messages=messages, max_completion_tokens=6, **GREEDY)
+    full = client.chat.completions.create(**kw).choices[0].message.content
+    chunks = list(
+        client.chat.completions.create(stream=True, stream_options={"include_usage": True}, **kw)
+    )
+    assert chunks[0].object == "chat.completion.chunk"
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 6
+    body = chunks[:-1]
+    assert "".join(c.choices[0].delta.content or "" for c in body) == full
+    assert body[-1].choices[0].finish_reason == "length"
+
+
+def _post(server: Server, path: str, payload: object) -> httpx.Response:
+    data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    return httpx.post(
+        f"{server.url}{path}", content=data, headers={"content-type": "application/json"}
+    )
+
+
+BAD_COMPLETIONS = [
+    # (payload, status, param)
+    (b'{"model": "tiny", "prompt": "hi",', 400, None),  # malformed JSON
+    (b"not json at all", 400, None),
+    ({"model": MODEL, "prompt": "hi", "max_tokens": "many"}, 400, "max_tokens"),
+    ({"model": MODEL, "prompt": 123}, 400, "prompt"),
+    ({"model": MODEL, "prompt": "hi", "temperature": "hot"}, 400, "temperature"),
+    ({"model": MODEL}, 400, "prompt"),
+    ({"model": MODEL, "prompt": "hi", "max_tokens": -1}, 400, "max_tokens"),
+    ({"model": MODEL, "prompt": "hi", "temperature": -0.5}, 400, "temperature"),
+    ({"model": MODEL, "prompt": "hi", "top_p": 0}, 400, "top_p"),
+    ({"model": MODEL, "prompt": "hi", "top_p": 1.5}, 400, "top_p"),
+    ({"model": MODEL, "prompt": "hi", "n": 0}, 400, "n"),
+    ({"model": MODEL, "prompt": "hi", "max_tokens": MAX_MODEL_LEN}, 400, None),
+    ({"model": MODEL, "prompt": "hi " * MAX_MODEL_LEN, "max_tokens": 1}, 400, None),
+    ({"model": MODEL, "prompt": [[1, 2], [999999]]}, 400, None),  # token id out of range
+    ({"model": "gpt-4", "prompt": "hi"}, 404, "model"),
+]
+
+
+@pytest.mark.parametrize("payload,status,param", BAD_COMPLETIONS)
+def test_bad_completion_requests(server: Server, payload: object, status: int, param) -> None:
+    r = _post(server, "/v1/completions", payload)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"}
+    assert err["message"] and err["param"] == param
+    if status == 404:
+        assert err["code"] == "model_not_found"
+    if payload is BAD_COMPLETIONS[11][0]:
+        assert err["code"] == "context_length_exceeded"
+
+
+BAD_CHATS = [
+    ({"model": MODEL, "messages": "hello"}, 400, "messages"),
+    ({"model": MODEL, "messages": []}, 400, "messages"),
+    ({"model": MODEL, "messages": [{"content": "no role"}]}, 400, "messages.0.role"),
+    (
+        {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": -3},
+        400,
+        "max_tokens",
+    ),  # fmt: skip
+    (
+        {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "x"}],
+            "max_completion_tokens": 0,
+        },
+        400,
+        "max_completion_tokens",
+    ),
+    ({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "top_p": 2}, 400, "top_p"),
+    ({"model": "nope", "messages": [{"role": "user", "content": "x"}]}, 404, "model"),
+]
+
+
+@pytest.mark.parametrize("payload,status,param", BAD_CHATS)
+def test_bad_chat_requests(server: Server, payload: object, status: int, param) -> None:
+    r = _post(server, "/v1/chat/completions", payload)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["param"] == param
+
+
+def test_openai_client_errors_and_server_keeps_serving(server: Server) -> None:
+    client = server.client()
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model=MODEL, prompt="hi", temperature=-1)
+    assert e.value.status_code == 400 and e.value.param == "temperature"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model=MODEL, prompt="hi", max_tokens=10_000)
+    assert e.value.code == "context_length_exceeded"
+    with pytest.raises(openai.NotFoundError) as e:
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])
+    assert e.value.code == "model_not_found"
+    with pytest.raises(openai.BadRequestError):  # a bad streaming request fails before streaming
+        client.completions.create(model=MODEL, prompt="hi", top_p=3.0, stream=True)
+    r = client.completions.create(model=MODEL, prompt="hi", max_tokens=2, **GREEDY)
+    assert r.usage.completion_tokens == 2
+    server.wait_idle()
+
+
+def test_64_concurrent_streams(server: Server) -> None:
+    async def one(client: openai.AsyncOpenAI, i: int) -> tuple[str, int]:
+        stream = await client.completions.create(
+            model=MODEL,
+            prompt=f"Request {i}: the quick brown fox",
+            max_tokens=8,
+            stream=True,
+            stream_options={"include_usage": True},
+            **GREEDY,
+        )
+        text, usage, reasons = "", None, []
+        async for chunk in stream:
+            if chunk.choices:
+                text += chunk.choices[0].text
+                reasons.append(chunk.choices[0].finish_reason)
+            if chunk.usage is not None:
+                usage = chunk.usage.completion_tokens
+        assert reasons[-1] == "length"
+        return text, usage
+
+    async def main() -> list[tuple[str, int]]:
+        client = openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key="x", max_retries=0)
+        try:
+            return await asyncio.gather(*(one(client, i) for i in range(64)))
+        finally:
+            await client.close()
+
+    results = asyncio.run(main())
+    assert len(results) == 64 and all(usage == 8 for _, usage in results)
+    server.wait_idle()
+    server.engine.kv.check_no_leak()
+
+
+def test_aborted_stream_frees_its_blocks(server: Server) -> None:
+    server.wait_idle()
+    eng = server.engine
+    before = eng.num_generation_tokens
+    stream = server.client().completions.create(
+        model=MODEL, prompt="Hello", max_tokens=400, stream=True, **GREEDY
+    )
+    it = iter(stream)
+    next(it), next(it)
+    assert eng.kv.req_blocks  # the request holds blocks while it streams
+    stream.close()
+    server.wait_idle()
+    eng.kv.check_no_leak()
+    assert eng.num_generation_tokens - before < 400  # aborted, not run to the end
+
+
+def test_disconnected_non_streaming_request_is_aborted(server: Server) -> None:
+    server.wait_idle()
+    eng = server.engine
+    before = eng.num_generation_tokens
+    payload = {"model": MODEL, "prompt": "Hello", "max_tokens": 450, "ignore_eos": True}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{server.url}/v1/completions", json=payload, timeout=0.3)
+    server.wait_idle()
+    eng.kv.check_no_leak()
+    assert eng.num_generation_tokens - before < 450
+
+
+def test_metrics(server: Server) -> None:
+    server.client().completions.create(model=MODEL, prompt="metrics", max_tokens=3, **GREEDY)
+    r = httpx.get(f"{server.url}/metrics")
+    assert r.status_code == 200
+    text = r.text
+    for name in [
+        "xyserve:time_to_first_token_seconds_bucket",
+        "xyserve:time_per_output_token_seconds_bucket",
+        "xyserve:num_requests_running",
+        "xyserve:num_requests_waiting",
+        "xyserve:kv_cache_usage_perc",
+        "xyserve:prefix_cache_hit_rate",
+        "xyserve:prompt_tokens_total",
+        "xyserve:generation_tokens_total",
+    ]:
+        assert name in text, name
+    values = {
+        line.split()[0]: float(line.split()[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+    assert values["xyserve:generation_tokens_total"] >= 3
+    assert values["xyserve:prompt_tokens_total"] >= 1
+    assert values["xyserve:time_to_first_token_seconds_count"] >= 1
+    assert values["xyserve:time_per_output_token_seconds_count"] >= 1
+
+
+def test_cli_parses_every_engine_flag() -> None:
+    ns, cfg = parse_args(
+        [
+            "/models/m",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "1234",
+            "--max-model-len",
+            "128",
+            "--max-num-batched-tokens",
+            "64",
+            "--no-enable-prefix-caching",
+            "--scheduler-policy",
+            "baseline",
+            "--num-kv-blocks",
+            "32",
+            "--served-model-name",
+            "m",
+            "--skip-tokenizer-init",
+        ]
+    )
+    assert (ns.host, ns.port) == ("0.0.0.0", 1234)
+    assert cfg.model == "/models/m" and cfg.max_model_len == 128
+    assert cfg.max_num_batched_tokens == 64 and cfg.num_reserved_decode_tokens == 16
+    assert cfg.enable_prefix_caching is False and cfg.skip_tokenizer_init is True
+    assert cfg.scheduler_policy == "baseline" and cfg.num_kv_blocks == 32
+    assert cfg.served_model_name == "m"
+    ns, cfg = parse_args([])
+    assert (ns.host, ns.port) == (DEFAULT_HOST, DEFAULT_PORT) == ("127.0.0.1", 8000)
+    assert cfg == EngineConfig()
+    assert parse_args(["--model", "x"])[1].model == "x"
+    options = build_parser()._option_string_actions
+    for name in EngineConfig.field_names():
+        assert "--" + name.replace("_", "-") in options, name
+    assert "--no-enable-prefix-caching" in options and "--enable-prefix-caching" in options
+    for bad in (["--max-num-seqs", "many"], ["--scheduler-policy", "fifo"], ["--bogus"]):
+        with pytest.raises(SystemExit):
+            parse_args(bad)
