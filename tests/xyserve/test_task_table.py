@@ -1,0 +1,117 @@
+"""Task table (tiles, cost order, snake deal) and GEMM table (buckets, save/load, fallback)."""
+
+from __future__ import annotations
+
+import json
+import random
+import warnings
+
+import pytest
+
+from xyserve.bench.kernels import load_workload, sample_batch
+from xyserve.plan.gemm_table import (
+    GemmConfig,
+    GemmTable,
+    buckets,
+    default_config,
+    find_table,
+    padded_m,
+)
+from xyserve.plan.task_table import build_task_table, cut_tiles, snake_deal
+from xyserve.plan.token_table import TokenTable
+
+
+def _table(stages: list[tuple[int, int]], block_size: int = 16) -> TokenTable:
+    t = TokenTable(block_size=block_size)
+    nxt = 0
+    for i, (n, ctx) in enumerate(stages):
+        nb = (n + ctx + block_size - 1) // block_size
+        t.add(f"r{i}", n, n + ctx, list(range(nxt, nxt + nb)), is_prefill=n > 1)
+        nxt += nb
+    return t
+
+
+def test_tiles_cut_by_tile_size_and_skip_empty_stages():
+    t = _table([(300, 10), (0, 5), (1, 40), (20, 0)])
+    tiles = cut_tiles(t)
+    assert [(x.stage, x.row_offset, x.num_rows, x.tile_size) for x in tiles] == [
+        (0, 0, 128, 128),
+        (0, 128, 128, 128),
+        (0, 256, 44, 128),
+        (2, 0, 1, 16),
+        (3, 0, 20, 32),
+    ]
+    # A causal tile reads keys only up to its last row's position.
+    assert [x.kv_extent for x in tiles] == [138, 266, 310, 41, 20]
+    assert sum(x.num_rows for x in tiles) == t.num_tokens
+    capped = cut_tiles(t, max_tile_rows=16)
+    assert max(x.num_rows for x in capped) == 16
+    assert sum(x.num_rows for x in capped) == t.num_tokens
+
+
+def test_units_sorted_by_area_and_gqa_heads_share_a_unit():
+    tt = build_task_table(_table([(300, 10), (1, 4000), (9, 100)]), num_kv_heads=4, num_workers=3)
+    costs = [u.cost for u in tt.units]
+    assert costs == sorted(costs, reverse=True)
+    assert len(tt.units) == 4 * len(tt.tiles)  # one unit per (tile, KV head), not per Q head
+    assert sorted(tt.worker_order()) == list(range(len(tt.units)))
+
+
+def test_snake_order():
+    assert snake_deal([9, 8, 7, 6, 5, 4, 3], 3) == [[0, 5, 6], [1, 4], [2, 3]]
+
+
+@pytest.mark.parametrize("workload", ["conversation", "coding"])
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("workers", [2, 4, 8])
+def test_snake_deal_is_balanced(workload, seed, workers):
+    specs = sample_batch(load_workload(workload), 1024, random.Random(seed))
+    t = _table([(s.num_tokens, s.context_len) for s in specs])
+    tt = build_task_table(t, num_kv_heads=4, num_workers=workers)
+    costs = tt.worker_costs()
+    biggest = tt.units[0].cost
+    # Snake order over a descending list keeps every worker within one unit of the others...
+    assert max(costs) - min(costs) <= biggest
+    # ...which on these mixed batches (many more units than workers) is a tight ratio.
+    assert max(costs) / min(costs) <= 1.5
+
+
+def test_gemm_buckets_are_finite_and_cover_m():
+    bs = buckets(2048)
+    assert bs[:6] == [16, 32, 48, 64, 96, 128] and bs[-1] == 2048
+    assert len(bs) == len(set(bs)) < 50
+    for m in range(1, 2049):
+        pm = padded_m(m)
+        assert pm >= m and pm in bs
+
+
+def test_gemm_table_roundtrip_and_untuned_fallback(tmp_path):
+    t = GemmTable(model="m", device="cpu", budget=64, shapes={"qkv": (96, 32)})
+    t.set("qkv", 16, GemmConfig(block_m=16, cpu_impl="addmm"))
+    path = t.save(tmp_path / "xyserve_gemm_table.json")
+    assert json.loads(path.read_text())["version"] == 1
+    back = GemmTable.load(path)
+    assert back.lookup("qkv", 9, 96, 32) == GemmConfig(block_m=16, cpu_impl="addmm")
+    assert find_table(tmp_path) is not None
+    with pytest.warns(UserWarning, match="no tuned config"):
+        assert back.lookup("qkv", 40, 96, 32) == default_config(48)
+    with pytest.warns(UserWarning):  # same op and bucket, other shape: not the tuned one
+        assert back.lookup("qkv", 9, 64, 32) == default_config(16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once per shape, not once per call
+        back.lookup("qkv", 40, 96, 32)
+
+
+def test_tuner_writes_a_table_that_loads(tmp_path):
+    from xyserve.kernels.smooth_gemm import SmoothGemm
+    from xyserve.tools.tune import main
+
+    cfg = {"hidden_size": 32, "num_attention_heads": 4, "num_key_value_heads": 2}
+    cfg |= {"intermediate_size": 48, "vocab_size": 50}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    rc = main(["--model", str(tmp_path), "--budget", "40", "--repeat", "1", "--no-progress"])
+    assert rc == 0
+    gemm = SmoothGemm(model_path=tmp_path)
+    assert set(gemm.table.entries) == {"qkv", "o_proj", "gate_up", "down"}
+    assert sorted(gemm.table.entries["qkv"]) == [16, 32, 48]
+    assert gemm.table.shapes["qkv"] == (32 + 2 * 2 * 8, 32)
