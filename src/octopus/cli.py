@@ -30,6 +30,14 @@ def _run(a) -> int:
     if a.json:
         with open(a.json, "w") as f:
             json.dump(s, f, indent=2)
+    if a.plots:
+        import os
+
+        from octopus.report.plots import utilization_heatmap, utilization_over_time
+
+        os.makedirs(a.plots, exist_ok=True)
+        print("written", utilization_heatmap(sim, os.path.join(a.plots, "heatmap.png")))
+        print("written", utilization_over_time(sim, os.path.join(a.plots, "utilization.png")))
     return 0
 
 
@@ -87,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--threshold", type=float, default=None, help="reactive: fixed threshold")
     r.add_argument("--trace", default=None, help="write a Chrome/Perfetto trace JSON")
     r.add_argument("--json", default=None, help="write the summary as JSON")
+    r.add_argument("--plots", default=None, help="directory for heat map and utilization plots")
     r.set_defaults(fn=_run)
     c = sub.add_parser("compare", help="ablation over the suite vs reactive and the bound")
     c.add_argument("--suite", default="paper")

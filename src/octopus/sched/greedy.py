@@ -19,36 +19,54 @@ class GreedyScheduler(Scheduler):
         arch = sim.arch
         self.fp = sim.cw.footprint
         self.q: deque = deque()
-        self.free = [list(ids) for ids in arch.cluster_peas]  # per cluster
+        # per cluster: free PEAs keyed by their current configuration (-1: none)
+        self.free = [{-1: list(reversed(ids))} for ids in arch.cluster_peas]
+        self.nfree = [len(ids) for ids in arch.cluster_peas]
         self.nc = arch.n_clusters
+
+    def _take(self, c: int, tb: int, fp: int) -> list[int]:
+        fr = self.free[c]
+        peas: list[int] = []
+        warm = fr.get(tb)
+        while warm and len(peas) < fp:
+            peas.append(warm.pop())
+        if len(peas) < fp:
+            for fl in fr.values():
+                while fl and len(peas) < fp:
+                    peas.append(fl.pop())
+                if len(peas) >= fp:
+                    break
+        self.nfree[c] -= fp
+        return peas
 
     def _place(self, k: int, t: float) -> bool:
         sim = self.sim
         tb = sim.node[k]
         fp = self.fp[tb]
         c0 = sim.data_cluster(k)
-        for c in [c0] + [c for c in range(self.nc) if c != c0]:
-            fl = self.free[c]
-            if len(fl) >= fp:
-                cfg = sim.cfg
-                warm = [i for i in range(len(fl) - 1, -1, -1) if cfg[fl[i]] == tb][:fp]
-                peas = [fl[i] for i in warm]
-                for i in sorted(warm, reverse=True):
-                    fl.pop(i)
-                while len(peas) < fp:
-                    peas.append(fl.pop())
-                sim.start(k, peas, t)
-                return True
-        return False
+        nfree = self.nfree
+        c = c0
+        if nfree[c0] < fp:
+            c = next((i for i in range(self.nc) if nfree[i] >= fp), -1)
+            if c < 0:
+                return False
+        sim.start(k, self._take(c, tb, fp), t)
+        return True
 
     def submit(self, k: int, t: float) -> None:
         if self.q or not self._place(k, t):
             self.q.append(k)
 
     def on_free(self, peas, t: float) -> None:
-        cl = self.sim.pea_cluster
+        cl, cfg = self.sim.pea_cluster, self.sim.cfg
         for p in peas:
-            self.free[cl[p]].append(p)
+            c = cl[p]
+            fr = self.free[c]
+            fl = fr.get(cfg[p])
+            if fl is None:
+                fr[cfg[p]] = fl = []
+            fl.append(p)
+            self.nfree[c] += 1
         q = self.q
         while q and self._place(q[0], t):
             q.popleft()

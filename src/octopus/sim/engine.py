@@ -35,7 +35,9 @@ class Simulator:
         seed: int = 0,
         record: bool = False,
         profile: dict | None = None,
+        presampled: list | None = None,
     ):
+        self.presampled = presampled
         self.cw, self.arch, self.sched, self.seed, self.record = cw, arch, scheduler, seed, record
         self.arr = arrivals or make_arrivals(cw.wf.arrival, arch.n_clusters, seed)
         self.T = cw.n_tasks
@@ -161,7 +163,10 @@ class Simulator:
         idx = self.next_instance
         self.next_instance += 1
         cw = self.cw
-        inst = cw.sample(cw.instance_rng(self.seed, idx))
+        if self.presampled is not None:
+            inst = self.presampled[idx]
+        else:
+            inst = cw.sample(cw.instance_rng(self.seed, idx))
         base = len(self.node)
         T, fp, tops, outb = self.T, cw.footprint, self.arch.throughput_tops, cw.out_bytes
         node, dur, npred, preds, succ = self.node, self.dur, self.npred, self.preds, self.succ

@@ -1,0 +1,95 @@
+"""`octopus bench`: simulator speed, and the SimPy model of the same configuration side by side."""
+
+from __future__ import annotations
+
+import time
+
+from octopus.arch.config import arch_from_dict
+from octopus.owg.arrival import Arrivals
+from octopus.runner import prepare, run_one
+from octopus.sched import make_scheduler
+from octopus.sim import Simulator
+from octopus.sim.simpy_model import simpy_makespan
+
+
+def simple_arch(n_peas: int, ctrl_us: float):
+    """One cluster, free data movement, free reconfiguration: the cross-check configuration."""
+    return arch_from_dict(
+        {
+            "schema": "octopus-arch/1",
+            "name": f"simple-{n_peas}",
+            "clusters": [1, 1],
+            "peas_per_cluster": [n_peas, 1],
+            "mesh": {"hop_latency_us": 0.0, "link_bandwidth_gbps": 1e12},
+            "reconfig": {"base_us": 0.0, "bandwidth_gbps": 1e12},
+            "control": {"control_plane_latency_us": ctrl_us, "data_plane_latency_us": ctrl_us},
+        }
+    )
+
+
+def simple_workflow_ok(cw) -> bool:
+    return all(fp == 1 for fp in cw.footprint)
+
+
+def cross_check(cw, n_peas=64, n_inst=200, conc=32, seed=0, ctrl_us=0.5):
+    """Run both models on the same instances; return timings and makespans."""
+    a = simple_arch(n_peas, ctrl_us)
+    arr = Arrivals(n_inst, None, min(conc, n_inst))
+    # both models execute the same pre-sampled instances: the timing compares the engines
+    pre = [cw.sample(cw.instance_rng(seed, i)) for i in range(n_inst)]
+    prof = cw.profile(n=50)
+    t0 = time.perf_counter()
+    sim = Simulator(cw, a, make_scheduler("greedy"), arr, seed, profile=prof, presampled=pre).run()
+    t_core = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ms, n_tasks = simpy_makespan(cw, n_peas, ctrl_us, a.throughput_tops, arr, seed, pre)
+    t_simpy = time.perf_counter() - t0
+    return {
+        "core_s": t_core,
+        "simpy_s": t_simpy,
+        "core_makespan_us": sim.makespan,
+        "simpy_makespan_us": ms,
+        "tasks": n_tasks,
+        "events": sim.events,
+    }
+
+
+def bench(arch="wafer", workflow="video_recognition", instances=None, seed=0, simpy_instances=400):
+    cw, a = prepare(workflow, arch, "high")
+    prof = cw.profile()
+    if instances is None:  # size the run to >= 200,000 task-block invocations
+        per = sum(prof["calls"])
+        instances = int(200_000 / per * 1.05) + 1
+    t0 = time.perf_counter()
+    sim = run_one(cw, a, "octopus", seed, instances, profile=prof)
+    dt = time.perf_counter() - t0
+    ntask = sum(1 for x in sim.node if x < sim.T)
+    print(f"full Octopus on {a.name} ({a.n_peas} PEAs), {workflow}, {instances} instances")
+    print(f"  task-block invocations {ntask}, events {sim.events}")
+    print(
+        f"  wall {dt:.2f} s   {sim.events / dt:,.0f} events/s   {instances / dt:,.1f} instances/s"
+    )
+    # side by side with SimPy, on the simple configuration both can model
+    cs = cw
+    if not simple_workflow_ok(cw):
+        from octopus.owg import load_workflow
+        from octopus.owg.sample import CompiledWorkflow
+
+        wf = load_workflow("recommendation")
+        for b in wf.nodes.values():
+            if b.type == "task":
+                b.footprint = 1
+        cs = CompiledWorkflow(wf, "high")
+    r = cross_check(cs, n_inst=simpy_instances, seed=seed)
+    ratio = r["simpy_s"] / r["core_s"]
+    print(f"simple configuration ({cs.wf.name}, 64 PEAs, FCFS, {simpy_instances} instances):")
+    print(
+        f"  core  {r['core_s']:.3f} s  makespan {r['core_makespan_us']:.3f} us  "
+        f"({r['events'] / r['core_s']:,.0f} events/s)"
+    )
+    print(f"  simpy {r['simpy_s']:.3f} s  makespan {r['simpy_makespan_us']:.3f} us")
+    print(
+        f"  core is {ratio:.2f}x faster than SimPy; makespans agree: "
+        f"{abs(r['core_makespan_us'] - r['simpy_makespan_us']) < 1e-6 * r['simpy_makespan_us']}"
+    )
+    return {"wall_s": dt, "events": sim.events, "tasks": ntask, "simpy_ratio": ratio, **r}

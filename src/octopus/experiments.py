@@ -1,0 +1,150 @@
+"""The paper's evaluation: the ablation over the suite (`compare`) and the sweeps."""
+
+from __future__ import annotations
+
+import os
+
+from tqdm import tqdm
+
+from octopus.report.metrics import summarize
+from octopus.runner import best_reactive, prepare, run_one
+from octopus.workloads import SUITE
+
+ABLATION = ("octopus-dds", "octopus-dds-adaptive", "octopus")
+LABELS = {
+    "reactive": "reactive (best threshold)",
+    "octopus-dds": "+ discriminate dual-scheduling",
+    "octopus-dds-adaptive": "+ adaptive TBU",
+    "octopus": "+ proactive cluster (full Octopus)",
+}
+
+
+def compare_workflow(name, arch="chip", level="high", seed=0, instances=None) -> dict:
+    cw, a = prepare(name, arch, level)
+    prof = cw.profile()
+    base, th = best_reactive(cw, a, seed, instances, profile=prof)
+    rows = {"reactive": summarize(base)}
+    rows["reactive"]["threshold"] = th
+    for s in ("static", "greedy", *ABLATION):
+        rows[s] = summarize(run_one(cw, a, s, seed, instances, profile=prof))
+    ref = rows["reactive"]["makespan_us"]
+    bound = rows["octopus"]["bound_us"]
+    return {
+        "workflow": name,
+        "level": level,
+        "arch": a.name,
+        "reactive_threshold": th,
+        "bound_us": bound,
+        "makespan_us": {k: v["makespan_us"] for k, v in rows.items()},
+        "speedup": {k: ref / v["makespan_us"] for k, v in rows.items()},
+        "octopus_vs_bound": rows["octopus"]["makespan_us"] / bound,
+        "reactive_vs_bound": ref / bound,
+        "rows": rows,
+    }
+
+
+def compare_suite(suite="paper", arch="chip", level="high", seed=0, instances=None, progress=True):
+    names = list(SUITE) if suite == "paper" else suite.split(",")
+    per = {}
+    for n in tqdm(names, desc="compare", disable=not progress):
+        per[n] = compare_workflow(n, arch, level, seed, instances)
+    sp = [per[n]["speedup"]["octopus"] for n in names]
+    vb = [per[n]["octopus_vs_bound"] for n in names]
+    return {
+        "suite": suite,
+        "arch": arch,
+        "level": level,
+        "seed": seed,
+        "mean_speedup": sum(sp) / len(sp),
+        "max_speedup": max(sp),
+        "octopus_vs_bound": sum(vb) / len(vb),
+        "octopus_vs_bound_max": max(vb),
+        "speedups": {n: per[n]["speedup"]["octopus"] for n in names},
+        "ablation": {
+            n: {k: per[n]["speedup"][k] for k in ("reactive", "static", "greedy", *ABLATION)}
+            for n in names
+        },
+        "workflows": per,
+    }
+
+
+def format_compare(res: dict) -> str:
+    cols = ("reactive", "static", "greedy", *ABLATION)
+    head = f"{'workflow':20s}" + "".join(f"{c[:20]:>22s}" for c in cols) + f"{'bound/react':>12s}"
+    out = [
+        f"suite {res['suite']} on {res['arch']}, dynamicity {res['level']}: speedup over reactive"
+        " at its best threshold",
+        head,
+    ]
+    for n, w in res["workflows"].items():
+        out.append(
+            f"{n:20s}"
+            + "".join(f"{w['speedup'][c]:>22.2f}" for c in cols)
+            + f"{1 / w['reactive_vs_bound']:>12.2f}"
+        )
+    out.append(
+        f"mean_speedup {res['mean_speedup']:.2f}x  max_speedup {res['max_speedup']:.2f}x  "
+        f"octopus_vs_bound {res['octopus_vs_bound']:.2f}x (worst {res['octopus_vs_bound_max']:.2f}x)"
+    )
+    return "\n".join(out)
+
+
+def sweep(out_dir: str, workflows=None, seed=0, instances=None) -> dict:
+    """Speedup vs dynamicity level (chip), and vs scale with diffusion vs central balancing."""
+    from octopus.report.plots import line_plot
+
+    os.makedirs(out_dir, exist_ok=True)
+    names = workflows or list(SUITE)
+    levels = ("low", "medium", "high")
+    arches = ("chip", "chiplet", "wafer")
+    jobs = [("dyn", n, lv, "chip") for n in names for lv in levels]
+    jobs += [("scale", n, "high", a) for n in names for a in arches]
+    dyn = {n: {} for n in names}
+    scale = {n: {} for n in names}
+    for kind, n, lv, a in tqdm(jobs, desc="sweep"):
+        cw, arch = prepare(n, a, lv)
+        prof = cw.profile()
+        inst = instances
+        if kind == "scale" and inst is None:
+            inst = max(
+                8, int(cw.wf.arrival.get("concurrency_per_cluster", 2) * arch.n_clusters * 2)
+            )
+        base, _ = best_reactive(cw, arch, seed, inst, profile=prof)
+        ref = base.makespan
+        if kind == "dyn":
+            dyn[n][lv] = ref / run_one(cw, arch, "octopus", seed, inst, profile=prof).makespan
+        else:
+            scale[n][a] = {
+                b: ref / run_one(cw, arch, s, seed, inst, profile=prof).makespan
+                for b, s in (("diffusion", "octopus"), ("central", "octopus-central"))
+            }
+    p1 = line_plot(
+        {n: [dyn[n][lv] for lv in levels] for n in names},
+        list(levels),
+        "dynamicity level",
+        "speedup over reactive",
+        os.path.join(out_dir, "speedup_vs_dynamicity.png"),
+    )
+    series = {}
+    for n in names:
+        series[f"{n} diffusion"] = [scale[n][a]["diffusion"] for a in arches]
+        series[f"{n} central"] = [scale[n][a]["central"] for a in arches]
+    p2 = line_plot(
+        series,
+        list(arches),
+        "scale",
+        "speedup over reactive",
+        os.path.join(out_dir, "speedup_vs_scale.png"),
+    )
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    summary = {
+        "speedup_vs_dynamicity": {lv: mean([dyn[n][lv] for n in names]) for lv in levels},
+        "speedup_vs_scale_diffusion": {
+            a: mean([scale[n][a]["diffusion"] for n in names]) for a in arches
+        },
+        "speedup_vs_scale_central": {
+            a: mean([scale[n][a]["central"] for n in names]) for a in arches
+        },
+        "plots": [p1, p2],
+    }
+    return {"dynamicity": dyn, "scale": scale, "summary": summary}

@@ -1,0 +1,87 @@
+"""Command-line smoke tests: each command runs end to end on small inputs."""
+
+import json
+
+from octopus.cli import main
+
+
+def test_list(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "video_recognition" in out and "wafer" in out and "octopus" in out
+
+
+def test_run_with_trace(tmp_path, capsys):
+    trace = tmp_path / "t.json"
+    rc = main(
+        [
+            "run",
+            "--workflow",
+            "driving_perception",
+            "--arch",
+            "chip",
+            "--scheduler",
+            "octopus",
+            "--seed",
+            "2",
+            "--instances",
+            "6",
+            "--trace",
+            str(trace),
+            "--plots",
+            str(tmp_path),
+        ]
+    )
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "makespan" in out and "lower bound" in out
+    assert (tmp_path / "heatmap.png").exists() and (tmp_path / "utilization.png").exists()
+    ev = json.loads(trace.read_text())["traceEvents"]
+    assert any(e.get("ph") == "X" and e.get("cat") == "busy" for e in ev)
+
+
+def test_run_reactive_sweeps_threshold(capsys):
+    rc = main(["run", "-w", "recommendation", "-s", "reactive", "--instances", "8"])
+    assert rc == 0
+    assert "best threshold" in capsys.readouterr().out
+
+
+def test_run_bad_workflow_reports_error(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "schema: octopus-owg/1\nentry: a\nnodes:\n  - {id: a, type: task, work: 1, next: [zz]}\n"
+    )
+    assert main(["run", "-w", str(bad)]) == 2
+    assert "unknown successor 'zz'" in capsys.readouterr().err
+
+
+def test_compare_json(tmp_path):
+    out = tmp_path / "c.json"
+    rc = main(
+        [
+            "compare",
+            "--suite",
+            "recommendation,speech_assistant",
+            "--instances",
+            "12",
+            "--json",
+            str(out),
+            "--quiet",
+            "--plots",
+            str(tmp_path),
+        ]
+    )
+    assert rc == 0
+    res = json.loads(out.read_text())
+    for key in ("mean_speedup", "max_speedup", "octopus_vs_bound", "speedups"):
+        assert key in res
+    assert set(res["speedups"]) == {"recommendation", "speech_assistant"}
+    assert res["max_speedup"] >= res["mean_speedup"] > 0
+    assert res["octopus_vs_bound"] >= 1.0  # nothing beats the lower bound
+    assert (tmp_path / "ablation.png").exists()
+
+
+def test_bench_small(capsys):
+    assert main(["bench", "--arch", "chip", "--instances", "20", "--simpy-instances", "30"]) == 0
+    out = capsys.readouterr().out
+    assert "events/s" in out and "faster than SimPy" in out and "makespans agree: True" in out
