@@ -93,6 +93,8 @@ def test_models_and_health(server: Server) -> None:
     assert [m.id for m in models.data] == [MODEL]
     assert models.data[0].max_model_len == MAX_MODEL_LEN
     assert httpx.get(f"{server.url}/health").status_code == 200
+    r = httpx.get(f"{server.url}/v1/nothing")
+    assert r.status_code == 404 and r.json()["error"]["message"]
 
 
 def test_completion(server: Server) -> None:
@@ -138,17 +140,39 @@ def test_completion_n_logprobs_seed_multi_prompt(server: Server) -> None:
     assert r.usage.prompt_tokens == n_prompt and r.usage.completion_tokens == 6
 
 
+def _stop_across_tokens(client: openai.OpenAI, prompt: str) -> tuple[str, str] | None:
+    """A greedy text and a 2-char stop string spanning two of its tokens (first occurrence)."""
+    base = client.completions.create(
+        model=MODEL, prompt=prompt, max_tokens=16, logprobs=0, **GREEDY
+    ).choices[0]
+    toks, text = base.logprobs.tokens, base.text
+    for j in range(len(toks) - 1):
+        a, b = toks[j], toks[j + 1]
+        if not a or not b or "\ufffd" in a + b or not text.startswith("".join(toks[: j + 2])):
+            continue
+        stop = a[-1] + b[0]
+        if text.find(stop) == len("".join(toks[: j + 1])) - 1:
+            return text, stop
+    return None
+
+
 def test_stop_strings_and_token_ids(server: Server) -> None:
     client = server.client()
-    base = client.completions.create(model=MODEL, prompt="for i in", max_tokens=12, **GREEDY)
-    text = base.choices[0].text
-    assert len(text) >= 4, text
-    stop = text[2:4]
-    r = client.completions.create(
-        model=MODEL, prompt="for i in", max_tokens=12, stop=[stop], **GREEDY
-    )
+    found = None
+    for prompt in ["for i in", "Hello world!", "def add(a, b):", "The quick", "import sys"]:
+        found = found or _stop_across_tokens(client, prompt)
+        if found:
+            break
+    assert found, "no greedy output with a stop string across two tokens"
+    text, stop = found
+    kw = dict(model=MODEL, prompt=prompt, max_tokens=16, stop=[stop], **GREEDY)
+    r = client.completions.create(**kw)
     assert r.choices[0].finish_reason == "stop"
     assert r.choices[0].text == text[: text.find(stop)]
+    # Streamed, the tail that may start the stop string is held back, never sent.
+    chunks = list(client.completions.create(stream=True, **kw))
+    assert "".join(c.choices[0].text for c in chunks) == text[: text.find(stop)]
+    assert chunks[-1].choices[0].finish_reason == "stop"
     # Every token id stops: exactly one token comes out, and stop_reason names it.
     vocab = server.tokenizer.vocab_size
     r = client.completions.create(
@@ -283,7 +307,7 @@ BAD_CHATS = [
         {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": -3},
         400,
         "max_tokens",
-    ),  # fmt: skip
+    ),
     (
         {
             "model": MODEL,

@@ -180,11 +180,23 @@ class _ChoiceState:
     done: bool = False
 
 
-def _text_delta(st: _ChoiceState, c: CompletionOutput) -> str:
-    """New text since the last chunk; holds back a trailing partial UTF-8 character."""
+def _text_delta(st: _ChoiceState, c: CompletionOutput, stops: list[str]) -> str:
+    """New text since the last chunk.
+
+    While the sequence runs, a trailing partial UTF-8 character and any tail that may begin a
+    stop string are held back: the engine cuts the stop string off the text later, and what
+    was streamed cannot be taken back.
+    """
     text = c.text
     if c.finish_reason is None:
         text = text.rstrip("\ufffd")
+        hold = 0
+        for s in stops:
+            for k in range(min(len(s) - 1, len(text)), hold, -1):
+                if text.endswith(s[:k]):
+                    hold = k
+                    break
+        text = text[: len(text) - hold]
     if len(text) <= st.text_len:
         return ""
     delta = text[st.text_len :]
@@ -439,7 +451,7 @@ async def _completion_stream(
                 if st.done:
                     continue
                 start = st.num_tokens
-                text = _text_delta(st, c)
+                text = _text_delta(st, c, params.stop_strings)
                 if not text and len(c.token_ids) == start and c.finish_reason is None:
                     continue
                 lp = None
@@ -491,7 +503,7 @@ async def _chat_stream(
                 if st.done:
                     continue
                 start = st.num_tokens
-                text = _text_delta(st, c)
+                text = _text_delta(st, c, params.stop_strings)
                 if not text and len(c.token_ids) == start and c.finish_reason is None:
                     continue
                 lp = _chat_logprobs(c, start, k) if params.logprobs is not None else None
