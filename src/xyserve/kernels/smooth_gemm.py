@@ -10,7 +10,7 @@ padding only costs and ``torch.compile`` per bucket did not pay (see ``xyserve b
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -18,10 +18,13 @@ import torch.nn.functional as F
 from xyserve.plan.gemm_table import GemmConfig, GemmTable, find_table, padded_m
 
 
-@dataclass(frozen=True)
+@dataclass
 class SmoothPlan:
+    """The step's bucket, and the configs already looked up this step (one lookup per op)."""
+
     num_tokens: int
     padded_m: int
+    configs: dict[tuple[str, int, int, int], GemmConfig] = field(default_factory=dict)
 
 
 def cpu_linear(
@@ -63,10 +66,15 @@ class SmoothGemm:
         weight: torch.Tensor,
         bias: torch.Tensor | None,
     ) -> torch.Tensor:
-        m = x.numel() // x.shape[-1] if x.numel() else 0
+        m = x.shape[0] if x.dim() == 2 else x.numel() // x.shape[-1]
         if m == 0:
             return x.new_zeros((*x.shape[:-1], weight.shape[0]))
-        cfg = self.table.lookup(op, m, weight.shape[0], weight.shape[1])
+        key = (op, m, weight.shape[0], weight.shape[1])
+        cfg = plan.configs.get(key) if plan is not None else None
+        if cfg is None:
+            cfg = self.table.lookup(op, m, weight.shape[0], weight.shape[1])
+            if plan is not None:
+                plan.configs[key] = cfg
         if x.is_cuda:
             from xyserve.kernels.triton.smooth_gemm import smooth_matmul
 
