@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import sys
 import types
 import typing
 from typing import Any
@@ -94,7 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     from xyserve.server.app import create_app
     from xyserve.server.async_engine import AsyncLLM
 
-    llm = AsyncLLM.from_config(config)
+    try:
+        llm = AsyncLLM.from_config(config)
+    except (FileNotFoundError, ValueError) as e:  # a bad model path or argument: no traceback
+        print(f"xyserve serve: error: {e}", file=sys.stderr)
+        return 2
     app = create_app(llm)
     logging.getLogger("xyserve").info(
         "serving %s on http://%s:%d/v1", llm.model_name, ns.host, ns.port
