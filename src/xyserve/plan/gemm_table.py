@@ -84,11 +84,13 @@ class GemmTable:
         shape_ok = n is None or self.shapes.get(op) in (None, (n, k))
         if cfg is not None and shape_ok:
             return cfg
-        key = (op, pm, n or 0, k or 0)
+        # With no table at all, say so once rather than once per shape.
+        key = (op, pm, n or 0, k or 0) if self.entries else ("*", 0, 0, 0)
         if key not in self._warned:
             self._warned.add(key)
             warnings.warn(
-                f"SmoothGEMM: no tuned config for op={op} M={m} (bucket {pm}) N={n} K={k}; "
+                f"SmoothGEMM: no tuned config for op={op} M={m} (bucket {pm}) N={n} K={k}"
+                f"{'' if self.entries else ' (no GEMM table loaded; not repeated)'}; "
                 f"using the default (run `xyserve tune --model PATH`)",
                 stacklevel=2,
             )
