@@ -215,11 +215,13 @@ def bench_attention(args: argparse.Namespace, bar: tqdm) -> dict:
     }
 
 
-def gemm_ms(args: argparse.Namespace) -> list[int]:
+def gemm_ms(args: argparse.Namespace, large: bool = False) -> list[int]:
+    """M values: a sample straddling bucket edges (every M with --gemm-all-m), up to the budget."""
+    budget = min(args.gemm_budget, args.gemm_budget_7b) if large else args.gemm_budget
     if args.gemm_all_m:
-        return list(range(1, args.gemm_budget + 1))
+        return list(range(1, budget + 1))
     base = [1, 2, 3, 7, 16, 17, 33, 48, 64, 65, 100, 128, 160, 255, 256, 300, 417, 512, 1000]
-    return sorted({m for m in base if m <= args.gemm_budget} | {args.gemm_budget})
+    return sorted({m for m in base if m <= budget} | {budget})
 
 
 def bench_gemm(args: argparse.Namespace, models: dict[str, dict], bar: tqdm) -> dict:
@@ -233,7 +235,7 @@ def bench_gemm(args: argparse.Namespace, models: dict[str, dict], bar: tqdm) -> 
                 continue
             w = torch.randn((n, k), generator=gen) / k**0.5
             smooth.table.shapes[op] = (n, k)
-            for m in gemm_ms(args):
+            for m in gemm_ms(args, large=int(cfg["hidden_size"]) >= 2048):
                 smooth.table.set(op, padded_m(m), default_config(padded_m(m)))
                 x = torch.randn((m, k), generator=gen)
                 pm = padded_m(m)
@@ -252,7 +254,7 @@ def bench_gemm(args: argparse.Namespace, models: dict[str, dict], bar: tqdm) -> 
                     "pad": run_pad,
                 }
                 ts: dict[str, list[float]] = {kk: [] for kk in fns}
-                for _ in range(args.repeat):
+                for _ in range(args.gemm_repeat):
                     for kk, f in fns.items():
                         ts[kk].append(_time(f, 1))
                 med = {kk: statistics.median(v) for kk, v in ts.items()}
@@ -294,6 +296,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--block-size", type=int, default=16)
     ap.add_argument("--no-reference", action="store_true", help="skip the (slow) dense oracle")
     ap.add_argument("--gemm-budget", type=int, default=512, help="largest M")
+    ap.add_argument(
+        "--gemm-budget-7b", type=int, default=64, help="largest M for 7B-sized shapes (slow on CPU)"
+    )
+    ap.add_argument("--gemm-repeat", type=int, default=5)
     ap.add_argument("--gemm-all-m", action="store_true", help="every M in 1..budget")
     ap.add_argument(
         "--gemm-models", nargs="+", default=["small", "7b"], help="small, 7b, or config.json paths"
@@ -376,7 +382,11 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     models = _models(args.gemm_models)
     n_att = 0 if args.only == "gemm" else args.cases * len(args.workloads)
-    n_gemm = 0 if args.only == "attention" else len(gemm_ms(args)) * 4 * len(models)
+    n_gemm = (
+        0
+        if args.only == "attention"
+        else sum(4 * len(gemm_ms(args, int(c["hidden_size"]) >= 2048)) for c in models.values())
+    )
     result: dict = {
         "device": f"cpu x{torch.get_num_threads()} threads, torch {torch.__version__}",
     }
