@@ -4,6 +4,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from octo_helpers import arch, simulate, task, workflow
 
+from octopus.report.metrics import lower_bound
 from octopus.sched import NAMES
 
 works = st.one_of(
@@ -94,3 +95,5 @@ def test_invariants(doc, scheduler, seed, n, conc):
         total = sim.busy[p] + sim.reconf[p] + sim.xfer[p] + sim.starved[p] + sim.waiting[p]
         assert abs(total - T) <= eps
         assert min(sim.busy[p], sim.reconf[p], sim.xfer[p], sim.starved[p], sim.waiting[p]) >= -eps
+    # nothing beats the lower bound
+    assert T >= lower_bound(sim)["bound_us"] - eps

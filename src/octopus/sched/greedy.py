@@ -26,8 +26,15 @@ class GreedyScheduler(Scheduler):
 
     def _take(self, c: int, tb: int, fp: int) -> list[int]:
         fr = self.free[c]
-        peas: list[int] = []
+        self.nfree[c] -= fp
         warm = fr.get(tb)
+        if fp == 1:
+            if warm:
+                return [warm.pop()]
+            for fl in fr.values():
+                if fl:
+                    return [fl.pop()]
+        peas: list[int] = []
         while warm and len(peas) < fp:
             peas.append(warm.pop())
         if len(peas) < fp:
@@ -36,14 +43,13 @@ class GreedyScheduler(Scheduler):
                     peas.append(fl.pop())
                 if len(peas) >= fp:
                     break
-        self.nfree[c] -= fp
         return peas
 
     def _place(self, k: int, t: float) -> bool:
         sim = self.sim
         tb = sim.node[k]
         fp = self.fp[tb]
-        c0 = sim.data_cluster(k)
+        c0 = sim.data_cluster(k) if self.nc > 1 else 0
         nfree = self.nfree
         c = c0
         if nfree[c0] < fp:

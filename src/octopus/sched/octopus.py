@@ -123,35 +123,38 @@ class OctopusScheduler(Scheduler):
         tb = sim.node[k]
         fp = self.fp[tb]
         own_l, sp = self.fown[c], self.fsp[c]
-        peas: list[int] = []
-        for fl in (own_l[tb], sp[tb]):
-            while fl and len(peas) < fp:
-                peas.append(fl.pop())
-        if len(peas) < fp and not warm_only and self._worth_reconfig(c, tb):
-            if self.dds:
-                for u in [T] + list(range(T)):
-                    fl = sp[u]
-                    if u == tb or not fl or (u < T and self.q[c][u]):
-                        continue
-                    while fl and len(peas) < fp:
-                        peas.append(fl.pop())
-                    if len(peas) >= fp:
-                        break
-            if len(peas) < fp and self.adaptive:
-                for u in range(T):
-                    fl = own_l[u]
-                    if u == tb or not fl or self.q[c][u]:
-                        continue
-                    while fl and len(peas) < fp:
-                        peas.append(fl.pop())
-                    if len(peas) >= fp:
-                        break
-        if len(peas) < fp:
+        mine, spw = own_l[tb], sp[tb]
+        if len(mine) + len(spw) >= fp:  # warm PEAs suffice
+            peas = [mine.pop() if mine else spw.pop() for _ in range(fp)]
             for p in peas:
-                self._put(c, p)
-            return False
-        for p in peas:
-            self._use(c, p, tb)
+                self._use(c, p, tb)
+        else:
+            if warm_only or not self._worth_reconfig(c, tb):
+                return False
+            qs = self.q[c]
+            # count before touching anything: failed attempts must be cheap
+            donors = []
+            n = len(mine) + len(spw)
+            if self.dds:
+                for u in range(T + 1):
+                    if u != tb and sp[u] and (u == T or not qs[u]):
+                        donors.append(sp[u])
+                        n += len(sp[u])
+            if self.adaptive:
+                for u in range(T):
+                    if u != tb and own_l[u] and not qs[u]:
+                        donors.append(own_l[u])
+                        n += len(own_l[u])
+            if n < fp:
+                return False
+            peas = []
+            for fl in (mine, spw, *donors):
+                while fl and len(peas) < fp:
+                    peas.append(fl.pop())
+                if len(peas) >= fp:
+                    break
+            for p in peas:
+                self._use(c, p, tb)
         sim.start(k, peas, t)
         if self.proactive:
             self._predict(c, tb, t)
@@ -189,6 +192,8 @@ class OctopusScheduler(Scheduler):
 
     def _drain(self, c: int, t: float) -> None:
         qs = self.q[c]
+        if not any(self.fown[c]) and not any(self.fsp[c]):
+            return
         for warm_only in (True, False):
             order = sorted(
                 (tb for tb in range(self.T) if qs[tb]),

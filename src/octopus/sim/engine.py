@@ -169,18 +169,20 @@ class Simulator:
             inst = cw.sample(cw.instance_rng(self.seed, idx))
         base = len(self.node)
         T, fp, tops, outb = self.T, cw.footprint, self.arch.throughput_tops, cw.out_bytes
-        node, dur, npred, preds, succ = self.node, self.dur, self.npred, self.preds, self.succ
-        for nd, w, ps in zip(inst.node, inst.work, inst.preds):
-            k = len(node)
-            node.append(nd)
-            dur.append(w / (fp[nd] * tops) if nd < T else 0.0)
-            gp = [base + j for j in ps]
-            preds.append(gp)
-            npred.append(len(gp))
-            succ.append([])
+        node, succ = self.node, self.succ
+        inode = inst.node
+        m = len(inode)
+        gpreds = [[base + j for j in ps] if ps else [] for ps in inst.preds]
+        node.extend(inode)
+        self.dur.extend([w / (fp[nd] * tops) if nd < T else 0.0 for nd, w in zip(inode, inst.work)])
+        self.preds.extend(gpreds)
+        self.npred.extend([len(g) for g in gpreds])
+        succ.extend([[] for _ in range(m)])
+        for k, gp in enumerate(gpreds, base):
             for j in gp:
                 succ[j].append(k)
-            self.outb.append(outb[nd])
+        self.outb.extend([outb[nd] for nd in inode])
+        npred = self.npred
         m = len(node) - base
         self.inst.extend([idx] * m)
         self.loc.extend([-1] * m)
@@ -280,48 +282,81 @@ class Simulator:
         """Begin invocation k on `peas` (all free) at time t."""
         tb = self.node[k]
         p0 = peas[0]
-        arch, loc, outb = self.arch, self.loc, self.outb
         xf = 0.0
-        for j in self.preds[k]:
-            q = loc[j]
-            if q >= 0 and q != p0:
-                b = outb[j]
-                x = arch.transfer_us(q, p0, b)
-                if x > xf:
-                    xf = x
-                self.noc_bytes += b
-                self.noc_byte_hops += b * (
-                    abs(arch.pea_x[q] - arch.pea_x[p0]) + abs(arch.pea_y[q] - arch.pea_y[p0])
-                )
+        preds = self.preds[k]
+        if preds:
+            arch, loc, outb = self.arch, self.loc, self.outb
+            px, py, dx, dy = arch.pea_x, arch.pea_y, arch.pea_dx, arch.pea_dy
+            x0, y0, dx0, dy0 = px[p0], py[p0], dx[p0], dy[p0]
+            for j in preds:
+                q = loc[j]
+                if q >= 0 and q != p0:
+                    b = outb[j]
+                    hops = abs(px[q] - x0) + abs(py[q] - y0)
+                    dies = abs(dx[q] - dx0) + abs(dy[q] - dy0)
+                    if dies:  # same formula as Arch.transfer_us, inlined (hot path)
+                        x = (
+                            (hops - dies) * arch.hop_latency_us
+                            + dies * arch.die_hop_latency_us
+                            + b / arch.die_bytes_per_us
+                        )
+                    else:
+                        x = hops * arch.hop_latency_us + b / arch.bytes_per_us
+                    if x > xf:
+                        xf = x
+                    self.noc_bytes += b
+                    self.noc_byte_hops += b * hops
         exec_start = t + xf
-        cfg, avail, idle_since, rc = self.cfg, self.avail_at, self.idle_since, self.rc_us[tb]
-        readies = []
-        for p in peas:
-            a = idle_since[p]
+        cfg, avail, idle_since = self.cfg, self.avail_at, self.idle_since
+        d = self.dur[k]
+        if len(peas) == 1:  # fast path: one PEA
+            a = idle_since[p0]
             if t > a:
-                self._idle(p, a, t)
-            av = avail[p]
+                self._idle(p0, a, t)
+            av = avail[p0]
             r = av if av > t else t
-            if cfg[p] != tb:
+            if cfg[p0] != tb:
+                rc = self.rc_us[tb]
                 if self.record:
-                    self.reconf_spans.append((p, r, r + rc, tb))
+                    self.reconf_spans.append((p0, r, r + rc, tb))
                 r += rc
-                self.reconf[p] += rc
-                cfg[p] = tb
+                self.reconf[p0] += rc
+                cfg[p0] = tb
                 self.n_reconfig += 1
-            readies.append(r)
             if r > exec_start:
                 exec_start = r
-        d = self.dur[k]
-        end = exec_start + d
-        xfer, busy, running = self.xfer, self.busy, self.running
-        for p, r in zip(peas, readies):
-            xfer[p] += exec_start - r
-            busy[p] += d
-            running[p] = True
-            idle_since[p] = end
-            avail[p] = end
-        self.peas_of[k] = tuple(peas)
+            end = exec_start + d
+            self.xfer[p0] += exec_start - r
+            self.busy[p0] += d
+            self.running[p0] = True
+            idle_since[p0] = avail[p0] = end
+        else:
+            rc = self.rc_us[tb]
+            readies = []
+            for p in peas:
+                a = idle_since[p]
+                if t > a:
+                    self._idle(p, a, t)
+                av = avail[p]
+                r = av if av > t else t
+                if cfg[p] != tb:
+                    if self.record:
+                        self.reconf_spans.append((p, r, r + rc, tb))
+                    r += rc
+                    self.reconf[p] += rc
+                    cfg[p] = tb
+                    self.n_reconfig += 1
+                readies.append(r)
+                if r > exec_start:
+                    exec_start = r
+            end = exec_start + d
+            xfer, busy, running = self.xfer, self.busy, self.running
+            for p, r in zip(peas, readies):
+                xfer[p] += exec_start - r
+                busy[p] += d
+                running[p] = True
+                idle_since[p] = avail[p] = end
+        self.peas_of[k] = peas
         self.loc[k] = p0
         self.t_start[k] = exec_start
         self.t_end[k] = end
@@ -360,6 +395,13 @@ class Simulator:
         return self._bp_c[i] + ((x - self._bp_t[i]) if self._bp_on[i] else 0.0)
 
     def _idle(self, p: int, a: float, b: float) -> None:
+        bt = self._bp_t[-1]
+        if a >= bt:  # no change of the queue state inside [a, b): common case
+            if self._bp_on[-1]:
+                self.starved[p] += b - a
+            else:
+                self.waiting[p] += b - a
+            return
         s = self._cum(b) - self._cum(a)
         self.starved[p] += s
         self.waiting[p] += (b - a) - s

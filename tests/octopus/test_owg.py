@@ -1,0 +1,106 @@
+"""Distributions, dynamicity levels, sampling structure and arrival processes."""
+
+import math
+import random
+
+import pytest
+from octo_helpers import task, workflow
+
+from octopus.owg.arrival import make_arrivals
+from octopus.owg.dist import parse_dist
+from octopus.owg.sample import CompiledWorkflow
+from octopus.owg.schema import parse_workflow
+
+SPECS = [
+    5.0,
+    {"dist": "uniform", "low": 2, "high": 10},
+    {"dist": "normal", "mean": 50, "std": 10},
+    {"dist": "lognormal", "mean": 40, "cv": 1.2},
+    {"dist": "empirical", "values": [1, 10, 100], "weights": [5, 3, 2]},
+    {
+        "dist": "mixture",
+        "components": [
+            {"weight": 0.7, "dist": "fixed", "value": 4},
+            {"weight": 0.3, "dist": "lognormal", "mean": 30, "cv": 0.5},
+        ],
+    },
+]
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_sample_mean_matches_and_spread_shrinks_cv(spec):
+    d = parse_dist(spec, "node 'x': field 'work'")
+    rng = random.Random(1)
+    f = d.sampler()
+    xs = [f(rng) for _ in range(20000)]
+    assert all(x >= 0 for x in xs)
+    assert sum(xs) / len(xs) == pytest.approx(d.mean(), rel=0.05)
+    low = d.scaled(0.25)
+    assert low.mean() == pytest.approx(d.mean())
+    if d.kind != "fixed":
+        assert low.cv() < d.cv()
+    else:
+        assert d.cv() == 0.0
+
+
+def test_fanout_and_loop_unroll_as_specified():
+    doc = workflow(
+        [
+            task("a", 1.0, ["fan"]),
+            {"id": "fan", "type": "fanout", "count": 7, "body": "b", "join": "j"},
+            task("b", 2.0, ["j"]),
+            {"id": "j", "type": "join", "next": ["lp"]},
+            {"id": "lp", "type": "loop", "body": "c", "exit": "d", "trips": 3, "max_trips": 9},
+            task("c", 3.0, ["lp"]),
+            task("d", 4.0),
+        ]
+    )
+    cw = CompiledWorkflow(parse_workflow(doc))
+    inst = cw.sample(random.Random(0))
+    names = [cw.names[n] for n in inst.node]
+    assert names.count("b") == 7 and names.count("c") == 3 and names.count("d") == 1
+    assert names.count("lp") == 4  # a decision before each trip and the exit decision
+    # the first loop decision waits for all 7 fanout branches (the join)
+    first_lp = names.index("lp")
+    assert len(inst.preds[first_lp]) == 7
+    # topological order: predecessors come first
+    assert all(j < k for k, ps in enumerate(inst.preds) for j in ps)
+
+
+def test_continue_prob_loop_respects_bound():
+    doc = workflow(
+        [
+            {
+                "id": "lp",
+                "type": "loop",
+                "body": "c",
+                "exit": "d",
+                "continue_prob": 0.99,
+                "max_trips": 4,
+            },
+            task("c", 1.0, ["lp"]),
+            task("d", 1.0),
+        ]
+    )
+    cw = CompiledWorkflow(parse_workflow(doc))
+    for i in range(50):
+        names = [cw.names[n] for n in cw.sample(random.Random(i)).node]
+        assert 1 <= names.count("c") <= 4
+
+
+def test_arrival_processes():
+    p = make_arrivals(
+        {"process": "poisson", "rate_per_cluster_per_ms": 2.0, "instances_per_cluster": 500},
+        4,
+        seed=3,
+    )
+    gaps = [b - a for a, b in zip(p.times, p.times[1:])]
+    assert p.n == 2000 and math.isclose(sum(gaps) / len(gaps), 1000 / 8.0, rel_tol=0.1)
+    b = make_arrivals({"process": "batch", "instances_per_cluster": 3}, 2, seed=0)
+    assert b.times == [0.0] * 6
+    c = make_arrivals(
+        {"process": "closed", "concurrency_per_cluster": 2, "instances_per_cluster": 5}, 3, seed=0
+    )
+    assert c.times is None and c.concurrency == 6 and c.n == 15
+    with pytest.raises(ValueError, match="process"):
+        make_arrivals({"process": "bursty"}, 1, 0)
