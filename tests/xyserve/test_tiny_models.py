@@ -215,6 +215,18 @@ def test_train_tiny_end_to_end_writes_loadable_dirs(tmp_path):
     assert d_params < t_params
 
 
+def test_train_tiny_parallel_draft_matches_sequential(tmp_path):
+    """--parallel trains the draft in a forked process; same seed -> same weights as in-process."""
+    from safetensors.torch import load_file
+
+    assert train_tiny.main([*TINY_ARGS, "--out", str(tmp_path / "seq")]) == 0
+    assert train_tiny.main([*TINY_ARGS, "--parallel", "--out", str(tmp_path / "par")]) == 0
+    for name in BUNDLED:
+        a = load_file(str(tmp_path / "seq" / name / "model.safetensors"))
+        b = load_file(str(tmp_path / "par" / name / "model.safetensors"))
+        assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a), name
+
+
 def test_train_tiny_is_deterministic(tmp_path):
     from safetensors.torch import load_file
 

@@ -512,6 +512,41 @@ def save_model_dir(model, tok, out_dir: Path, info: dict, max_pos: int, eos_id: 
     os.replace(tmp, out_dir)
 
 
+# ------------------------------------------------------------------------------- draft helpers
+def _draft_size(args) -> Size:
+    return Size(args.draft_hidden, args.draft_layers, args.draft_heads, args.draft_intermediate)
+
+
+def _train_draft(args, vocab, max_pos, eos_id, train_stream, seq_len, teacher=None):
+    draft = make_model(_draft_size(args), vocab, max_pos, eos_id, args.seed + 100)
+    log.info("draft: %d params", n_params(draft))
+    stats = train_model(
+        draft,
+        train_stream,
+        steps=args.draft_steps if args.draft_steps is not None else args.steps,
+        seq_len=seq_len,
+        batch_size=args.batch_size,
+        lr=args.draft_lr,
+        seed=args.seed + 2,
+        name=args.draft_name,
+        teacher=teacher,
+        distill_alpha=args.distill_alpha,
+        log_every=args.log_every,
+        progress=not args.no_progress,
+        max_seconds=args.draft_max_minutes * 60 if args.draft_max_minutes else None,
+    )
+    return draft, stats
+
+
+def _draft_child(args, vocab, max_pos, eos_id, train_stream, seq_len, threads, out_path) -> None:
+    """Runs in a forked process: train the draft and save its weights + stats to ``out_path``."""
+    import torch
+
+    torch.set_num_threads(threads)
+    draft, stats = _train_draft(args, vocab, max_pos, eos_id, train_stream, seq_len)
+    torch.save({"state_dict": draft.state_dict(), "stats": stats}, out_path)
+
+
 # ----------------------------------------------------------------------------------------- main
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
@@ -528,18 +563,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--vocab-size", type=int, default=4096)
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--max-pos", type=int, default=2048, help="max_position_embeddings")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--steps", type=int, default=800, help="target training steps")
-    p.add_argument("--draft-steps", type=int, default=1200, help="draft training steps")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--steps", type=int, default=1500, help="target training steps")
+    p.add_argument("--draft-steps", type=int, default=4000, help="draft training steps")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--draft-lr", type=float, default=3e-3)
     p.add_argument("--distill-alpha", type=float, default=0.0, help="0 = plain next-token CE")
     p.add_argument("--hidden", type=int, default=256)
-    p.add_argument("--layers", type=int, default=6)
+    p.add_argument("--layers", type=int, default=4)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--intermediate", type=int, default=768)
     p.add_argument("--draft-hidden", type=int, default=128)
-    p.add_argument("--draft-layers", type=int, default=3)
+    p.add_argument("--draft-layers", type=int, default=2)
     p.add_argument("--draft-heads", type=int, default=2)
     p.add_argument("--draft-intermediate", type=int, default=384)
     p.add_argument("--eval-windows", type=int, default=128)
@@ -554,6 +589,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--draft-max-minutes", type=float, default=None, help="same, for the draft")
     p.add_argument("--skip-draft", action="store_true")
+    p.add_argument(
+        "--parallel",
+        action="store_true",
+        help="train the draft in a forked process alongside the target, splitting --threads "
+        "between them (no distillation); more robust on a busy shared CPU",
+    )
     p.add_argument("--log-every", type=int, default=20)
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
@@ -616,6 +657,27 @@ def main(argv: list[str] | None = None) -> int:
     }
     results: dict[str, dict] = {}
 
+    # ---- draft in a parallel process (forked before any model exists)
+    child = None
+    parallel = args.parallel and not args.skip_draft
+    if parallel:
+        import multiprocessing as mp
+        import tempfile
+
+        if args.distill_alpha > 0:
+            raise SystemExit("--parallel cannot distill (the target is not trained yet)")
+        per_proc = max(1, args.threads // 2)
+        child_out = Path(tempfile.mkdtemp(prefix="xy-draft-")) / "draft.pt"
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        child = mp.get_context("fork").Process(
+            target=_draft_child,
+            args=(args, vocab, max_pos, eos_id, train_stream, seq_len, per_proc, child_out),
+            daemon=True,
+        )
+        child.start()
+        torch.set_num_threads(per_proc)
+        common["threads"] = per_proc
+
     # ---- target
     t_size = Size(args.hidden, args.layers, args.heads, args.intermediate)
     target = make_model(t_size, vocab, max_pos, eos_id, args.seed)
@@ -655,27 +717,22 @@ def main(argv: list[str] | None = None) -> int:
     # ---- draft
     d_info = None
     if not args.skip_draft:
-        d_size = Size(
-            args.draft_hidden, args.draft_layers, args.draft_heads, args.draft_intermediate
-        )
-        draft = make_model(d_size, vocab, max_pos, eos_id, args.seed + 100)
-        log.info("draft: %d params", n_params(draft))
-        d_steps = args.draft_steps if args.draft_steps is not None else args.steps
-        d_stats = train_model(
-            draft,
-            train_stream,
-            steps=d_steps,
-            seq_len=seq_len,
-            batch_size=args.batch_size,
-            lr=args.draft_lr,
-            seed=args.seed + 2,
-            name=args.draft_name,
-            teacher=target if args.distill_alpha > 0 else None,
-            distill_alpha=args.distill_alpha,
-            log_every=args.log_every,
-            progress=not args.no_progress,
-            max_seconds=args.draft_max_minutes * 60 if args.draft_max_minutes else None,
-        )
+        d_size = _draft_size(args)
+        if child is not None:
+            child.join()
+            if child.exitcode != 0:
+                raise RuntimeError(f"draft training process failed (exit code {child.exitcode})")
+            saved = torch.load(child_out, weights_only=False)
+            shutil.rmtree(child_out.parent, ignore_errors=True)
+            draft = make_model(d_size, vocab, max_pos, eos_id, args.seed + 100)
+            draft.load_state_dict(saved["state_dict"])
+            draft.eval()
+            d_stats = saved["stats"]
+        else:
+            teacher = target if args.distill_alpha > 0 else None
+            draft, d_stats = _train_draft(
+                args, vocab, max_pos, eos_id, train_stream, seq_len, teacher
+            )
         bf16_roundtrip(draft)
         d_loss = evaluate(draft, eval_batches)
         agree = top1_agreement(draft, target, eval_batches)
@@ -702,6 +759,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{1 - args.distill_alpha:g} x next-token CE + {args.distill_alpha:g} x "
                 f"KL(target || draft) on the target's logits"
             )
+        if parallel:
+            d_info["distill"] = "next-token CE, trained in parallel with the target"
         t_info["agreement"] = agree
         t_info["role"] += f" Draft held-out loss: {d_loss:.4f}."
 
