@@ -1,14 +1,17 @@
 """Meta-Attention: one entry point runs a layer's whole attention task table (paper §4.2.1).
 
-``plan`` (once per step) builds the task table (``plan.task_table``) and turns it into an
+``plan`` (once per step) builds the task table (``xyserve.plan.task_table``) and turns it into an
 execution schedule; ``run`` (once per layer) executes it. On CUDA tensors the Triton kernel runs
 the task table in one launch; elsewhere the CPU path below runs.
 
-CPU path, chosen by measurement on a 2-core x86 box (see ``xyserve bench kernels``):
+CPU path, torch ops only, chosen by measurement on a 2-core x86 box (``xyserve bench kernels``);
+the fused CPU flash kernel (``aten::_scaled_dot_product_flash_attention_for_cpu``, which also
+returns the log-sum-exp) does the math, with a plain matmul/softmax fallback:
 
 * Tiles of every stage -- prefill chunks, decodes, verifies, from any request -- are grouped into
   *packs* of like shape (decode rows alone; other tiles by tile size), kept in the task table's
-  cost order and split where the key extent halves, so padding stays small. A pack runs as
+  cost order and split where the key extent drops below 3/4 of the pack's longest, so
+  padding stays small. A pack runs as
   batched fused attention calls, so forty decode stages cost one call, not forty.
 * The query heads of one KV group are packed into the tile's rows (GQA): K/V are never repeated.
 * K/V are read from the paged cache through the block tables one bounded KV chunk at a time
@@ -145,7 +148,7 @@ def build_plan(
     num_workers: int = 1,
     kv_chunk: int = 512,
     kv_chunk_bytes: int = 64 << 20,
-    group_ratio: float = 0.5,
+    group_ratio: float = 0.75,
     dtype: torch.dtype = torch.float32,
 ) -> MetaAttentionPlan:
     """Task table plus the CPU schedule: packs of tiles and their KV chunks and masks."""
@@ -273,7 +276,7 @@ class MetaAttention:
         num_workers: int | None = None,
         kv_chunk: int = 512,
         kv_chunk_bytes: int = 64 << 20,
-        group_ratio: float = 0.5,
+        group_ratio: float = 0.75,
         dtype: torch.dtype = torch.float32,
     ) -> None:
         self.num_workers = num_workers
