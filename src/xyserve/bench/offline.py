@@ -1,0 +1,238 @@
+"""``xyserve bench offline``: hybrid vs baseline scheduling vs HF transformers, side by side.
+
+All three run the same prompts (token ids) with greedy decoding and fixed output lengths
+(``ignore_eos``), in one process, one after the other. HF transformers uses static batches:
+each batch runs until its longest request is done, which is the cost continuous batching removes.
+"Model GFLOP/s" divides the workload's model FLOPs (every prompt and output token once, linear
+layers plus attention) by wall time, so the three figures share a numerator; the matmul peak is
+measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import random
+import tempfile
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+WORKLOAD_SCHEMA = "xyserve.offline-workload/1"
+
+
+@dataclass
+class Workload:
+    name: str
+    prompts: list[list[int]]
+    output_lens: list[int]
+
+    @property
+    def num_output_tokens(self) -> int:
+        return sum(self.output_lens)
+
+
+def packaged(kind: str, name: str) -> Path:
+    return Path(str(resources.files("xyserve.bench") / kind / name))
+
+
+def load_workload(path: str | Path, vocab_size: int, seed: int = 0, limit: int | None = None):
+    path = Path(path)
+    if not path.is_file():
+        path = packaged("workloads", str(path))
+    data = json.loads(path.read_text())
+    if data.get("schema") != WORKLOAD_SCHEMA:
+        raise ValueError(f"{path}: schema must be {WORKLOAD_SCHEMA!r}, got {data.get('schema')!r}")
+    rng = random.Random(seed)
+    plen = int(data.get("shared_prefix_len", 0))
+    prefixes: dict = {}
+    prompts, outs = [], []
+    for i, r in enumerate(data["requests"][:limit]):
+        n, o = int(r["prompt_len"]), int(r["output_len"])
+        if n < 1 or o < 1:
+            raise ValueError(f"{path}: request {i}: prompt_len and output_len must be >= 1")
+        g = r.get("prefix_group")
+        head: list[int] = []
+        if g is not None and plen:
+            head = prefixes.setdefault(g, [rng.randrange(3, vocab_size) for _ in range(plen)])
+            head = head[: max(0, n - 1)]
+        prompts.append(head + [rng.randrange(3, vocab_size) for _ in range(n - len(head))])
+        outs.append(o)
+    return Workload(data.get("name", path.stem), prompts, outs)
+
+
+def matmul_peak_gflops(n: int = 1024, reps: int = 8) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+def model_flops(cfg: dict, work: Workload) -> float:
+    h, inter, layers = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
+    heads = cfg["num_attention_heads"]
+    d = cfg.get("head_dim") or h // heads
+    kvh = cfg.get("num_key_value_heads") or heads
+    per_tok = 2 * layers * (h * (heads + 2 * kvh) * d + heads * d * h + 3 * h * inter)
+    total = 0.0
+    for p, o in zip(work.prompts, work.output_lens):
+        n = len(p) + o
+        total += per_tok * n + 2 * h * cfg["vocab_size"] * o
+        total += layers * 4 * heads * d * (n * (n + 1) / 2)  # QK^T and PV, causal
+    return total
+
+
+def build_random_model(config_file: Path, out: Path, seed: int) -> Path:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = json.loads(config_file.read_text())
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(LlamaConfig(**{k: v for k, v in cfg.items() if k != "architectures"}))
+    model.save_pretrained(str(out))
+    return out
+
+
+def run_xyserve(model: Path, work: Workload, policy: str, engine_args: dict) -> float:
+    from xyserve import LLM, SamplingParams
+
+    llm = LLM(str(model), scheduler_policy=policy, skip_tokenizer_init=True, **engine_args)
+    params = [
+        SamplingParams(temperature=0, max_tokens=o, ignore_eos=True) for o in work.output_lens
+    ]
+    prompts = [{"prompt_token_ids": p} for p in work.prompts]
+    t = time.perf_counter()
+    outs = llm.generate(prompts, params)
+    elapsed = time.perf_counter() - t
+    got = sum(len(o.outputs[0].token_ids) for o in outs)
+    assert got == work.num_output_tokens, (got, work.num_output_tokens)
+    del llm
+    gc.collect()
+    return elapsed
+
+
+def run_hf(model: Path, work: Workload, batch_size: int) -> float:
+    from transformers import AutoModelForCausalLM
+
+    m = AutoModelForCausalLM.from_pretrained(str(model), dtype=torch.float32).eval()
+    t = time.perf_counter()
+    for i in tqdm(
+        range(0, len(work.prompts), batch_size), desc=f"HF static batches of {batch_size}"
+    ):
+        batch = work.prompts[i : i + batch_size]
+        new = max(work.output_lens[i : i + batch_size])
+        width = max(len(p) for p in batch)
+        ids = torch.zeros((len(batch), width), dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for j, p in enumerate(batch):  # left padding, as HF recommends for generation
+            ids[j, width - len(p) :] = torch.tensor(p)
+            mask[j, width - len(p) :] = 1
+        with torch.inference_mode():
+            m.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=new,
+                min_new_tokens=new,
+                do_sample=False,
+                pad_token_id=0,
+            )
+    elapsed = time.perf_counter() - t
+    del m
+    gc.collect()
+    return elapsed
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="xyserve bench offline", description=__doc__)
+    ap.add_argument(
+        "--model", help="HF model directory (default: random weights from --model-config)"
+    )
+    ap.add_argument("--model-config", default="llama-100m.json", help="config for random weights")
+    ap.add_argument("--workload", default="offline_decode_heavy.json")
+    ap.add_argument("--num-requests", type=int, default=None, help="use the first N requests")
+    ap.add_argument("--hf-batch-size", type=int, default=16)
+    ap.add_argument("--skip-hf", action="store_true")
+    ap.add_argument("--skip-baseline", action="store_true")
+    ap.add_argument("--max-num-batched-tokens", type=int, default=512)
+    ap.add_argument("--max-num-seqs", type=int, default=64)
+    ap.add_argument("--attention-backend", default=None)
+    ap.add_argument("--gemm-backend", default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", help="write the results here")
+    args = ap.parse_args(argv)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.model:
+            model = Path(args.model)
+        else:
+            cfg_file = Path(args.model_config)
+            if not cfg_file.is_file():
+                cfg_file = packaged("models", args.model_config)
+            model = build_random_model(cfg_file, Path(tmp) / "model", args.seed)
+        cfg = json.loads((model / "config.json").read_text())
+        work = load_workload(args.workload, cfg["vocab_size"], args.seed, args.num_requests)
+        engine_args = dict(
+            max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=args.max_num_seqs
+        )
+        if args.attention_backend:
+            engine_args["attention_backend"] = args.attention_backend
+        if args.gemm_backend:
+            engine_args["gemm_backend"] = args.gemm_backend
+        peak = matmul_peak_gflops()
+        flops = model_flops(cfg, work)
+        times: dict[str, float] = {}
+        times["xyserve-hybrid"] = run_xyserve(model, work, "hybrid", engine_args)
+        if not args.skip_baseline:
+            times["xyserve-baseline"] = run_xyserve(model, work, "baseline", engine_args)
+        if not args.skip_hf:
+            times[f"hf-static-b{args.hf_batch_size}"] = run_hf(model, work, args.hf_batch_size)
+
+    n_req, n_out = len(work.prompts), work.num_output_tokens
+    ref = next((k for k in times if k.startswith("hf")), None)
+    rows = {}
+    print(
+        f"\nworkload {work.name}: {n_req} requests, {sum(map(len, work.prompts))} prompt tokens, "
+        f"{n_out} output tokens; matmul peak {peak:.1f} GFLOP/s (measured now)"
+    )
+    print(f"{'system':<20}{'req/s':>8}{'out tok/s':>11}{'GFLOP/s':>9}{'% peak':>8}{'vs HF':>8}")
+    for name, t in times.items():
+        gf = flops / t / 1e9
+        row = {
+            "seconds": t,
+            "requests_per_s": n_req / t,
+            "output_tokens_per_s": n_out / t,
+            "model_gflops": gf,
+            "fraction_of_peak": gf / peak,
+        }
+        if ref:
+            row["speedup_vs_hf"] = times[ref] / t
+        rows[name] = row
+        vs = f"{row['speedup_vs_hf']:.2f}x" if ref else "-"
+        print(
+            f"{name:<20}{row['requests_per_s']:>8.2f}{row['output_tokens_per_s']:>11.1f}"
+            f"{gf:>9.1f}{100 * gf / peak:>7.1f}%{vs:>8}"
+        )
+    if "xyserve-baseline" in times:
+        print(f"hybrid vs baseline: {times['xyserve-baseline'] / times['xyserve-hybrid']:.2f}x")
+    if args.json:
+        result = {
+            "workload": work.name,
+            "model_config": cfg,
+            "matmul_peak_gflops": peak,
+            "systems": rows,
+            "torch_threads": torch.get_num_threads(),
+        }
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
