@@ -77,7 +77,7 @@ def test_long_context_runs_in_bounded_chunks():
 
 def test_many_decodes_share_one_pack_and_registry_names():
     hq, hkv, d = 8, 2, 64
-    specs = [StageSpec(1, 100 + 2 * i) for i in range(40)]
+    specs = [StageSpec(1, 200 + i) for i in range(40)]
     c = build_case(specs, hq, hkv, d, 16, seed=5)
     be = get_attention_backend("meta")
     plan = be.plan(c.meta, hq, hkv, d)
