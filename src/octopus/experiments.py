@@ -6,6 +6,7 @@ import os
 
 from tqdm import tqdm
 
+from octopus.owg.arrival import make_arrivals
 from octopus.report.metrics import summarize
 from octopus.runner import best_reactive, prepare, run_one
 from octopus.workloads import SUITE
@@ -19,6 +20,31 @@ LABELS = {
 }
 
 
+def unlimited_reference(cw, arch, seed=0, instances=None) -> float:
+    """Makespan with as many PEAs as work can use, free reconfiguration and data movement,
+    control-plane decisions, and the same instances and admission: what the workflow's
+    dependencies and the closed-loop window alone allow. A reference, not a proof of a
+    bound (list scheduling can have anomalies)."""
+    from octopus.arch.config import arch_from_dict
+    from octopus.sched import make_scheduler
+    from octopus.sim import Simulator
+
+    arr = make_arrivals(cw.wf.arrival, arch.n_clusters, seed, instances)
+    ctl = arch.control_plane_us
+    big = arch_from_dict(
+        {
+            "schema": "octopus-arch/1",
+            "name": "unlimited",
+            "clusters": [1, 1],
+            "peas_per_cluster": [128, 64],
+            "mesh": {"hop_latency_us": 0.0, "link_bandwidth_gbps": 1e12},
+            "reconfig": {"base_us": 0.0, "bandwidth_gbps": 1e12},
+            "control": {"control_plane_latency_us": ctl, "data_plane_latency_us": ctl},
+        }
+    )
+    return Simulator(cw, big, make_scheduler("greedy"), arr, seed=seed).run().makespan
+
+
 def compare_workflow(name, arch="chip", level="high", seed=0, instances=None) -> dict:
     cw, a = prepare(name, arch, level)
     prof = cw.profile()
@@ -29,6 +55,7 @@ def compare_workflow(name, arch="chip", level="high", seed=0, instances=None) ->
         rows[s] = summarize(run_one(cw, a, s, seed, instances, profile=prof))
     ref = rows["reactive"]["makespan_us"]
     bound = rows["octopus"]["bound_us"]
+    unl = unlimited_reference(cw, a, seed, instances)
     return {
         "workflow": name,
         "level": level,
@@ -39,6 +66,10 @@ def compare_workflow(name, arch="chip", level="high", seed=0, instances=None) ->
         "speedup": {k: ref / v["makespan_us"] for k, v in rows.items()},
         "octopus_vs_bound": rows["octopus"]["makespan_us"] / bound,
         "reactive_vs_bound": ref / bound,
+        # the speedup over reactive that a perfect scheduler could reach at most
+        "ceiling_speedup": ref / bound,
+        "unlimited_pea_makespan_us": unl,
+        "ceiling_unlimited_speedup": ref / unl,
         "rows": rows,
     }
 
@@ -60,6 +91,9 @@ def compare_suite(suite="paper", arch="chip", level="high", seed=0, instances=No
         "octopus_vs_bound": sum(vb) / len(vb),
         "octopus_vs_bound_max": max(vb),
         "speedups": {n: per[n]["speedup"]["octopus"] for n in names},
+        "ceiling_speedups": {n: per[n]["ceiling_speedup"] for n in names},
+        "mean_ceiling_speedup": sum(per[n]["ceiling_speedup"] for n in names) / len(names),
+        "ceiling_unlimited_speedups": {n: per[n]["ceiling_unlimited_speedup"] for n in names},
         "ablation": {
             n: {k: per[n]["speedup"][k] for k in ("reactive", "static", "greedy", *ABLATION)}
             for n in names
@@ -70,7 +104,11 @@ def compare_suite(suite="paper", arch="chip", level="high", seed=0, instances=No
 
 def format_compare(res: dict) -> str:
     cols = ("reactive", "static", "greedy", *ABLATION)
-    head = f"{'workflow':20s}" + "".join(f"{c[:20]:>22s}" for c in cols) + f"{'bound/react':>12s}"
+    head = (
+        f"{'workflow':20s}"
+        + "".join(f"{c[:20]:>21s}" for c in cols)
+        + f"{'ceiling':>9s}{'unlimited':>10s}"
+    )
     out = [
         f"suite {res['suite']} on {res['arch']}, dynamicity {res['level']}: speedup over reactive"
         " at its best threshold",
@@ -79,12 +117,18 @@ def format_compare(res: dict) -> str:
     for n, w in res["workflows"].items():
         out.append(
             f"{n:20s}"
-            + "".join(f"{w['speedup'][c]:>22.2f}" for c in cols)
-            + f"{1 / w['reactive_vs_bound']:>12.2f}"
+            + "".join(f"{w['speedup'][c]:>21.2f}" for c in cols)
+            + f"{w['ceiling_speedup']:>9.2f}"
+            + f"{w['ceiling_unlimited_speedup']:>10.2f}"
         )
     out.append(
         f"mean_speedup {res['mean_speedup']:.2f}x  max_speedup {res['max_speedup']:.2f}x  "
         f"octopus_vs_bound {res['octopus_vs_bound']:.2f}x (worst {res['octopus_vs_bound_max']:.2f}x)"
+    )
+    out.append(
+        f"ceiling (reactive / lower bound: the most any scheduler could gain) mean "
+        f"{res['mean_ceiling_speedup']:.2f}x; 'unlimited' = reactive / makespan with unlimited "
+        "free PEAs (dependency- and window-limited reference)"
     )
     return "\n".join(out)
 

@@ -73,11 +73,14 @@ def test_compare_json(tmp_path):
     )
     assert rc == 0
     res = json.loads(out.read_text())
-    for key in ("mean_speedup", "max_speedup", "octopus_vs_bound", "speedups"):
+    for key in ("mean_speedup", "max_speedup", "octopus_vs_bound", "speedups", "ceiling_speedups"):
         assert key in res
     assert set(res["speedups"]) == {"recommendation", "speech_assistant"}
     assert res["max_speedup"] >= res["mean_speedup"] > 0
     assert res["octopus_vs_bound"] >= 1.0  # nothing beats the lower bound
+    for w in res["workflows"].values():
+        # the ceiling is reactive / bound: no scheduler may beat it
+        assert w["speedup"]["octopus"] <= w["ceiling_speedup"] + 1e-9
     assert (tmp_path / "ablation.png").exists()
 
 
