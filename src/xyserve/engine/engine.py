@@ -116,7 +116,8 @@ class LLMEngine:
         self._ids = itertools.count()
         self.first_logits: dict[str, torch.Tensor] | None = None  # tests: set to {} to record
         self.num_steps = 0
-        self.num_prompt_tokens = 0
+        self.num_prompt_tokens = 0  # prompt tokens of admitted requests, as vLLM counts
+        self.num_computed_prefill_tokens = 0  # prefill actually run (cache hits excluded)
         self.num_generation_tokens = 0
 
     # ---- requests ---------------------------------------------------------------------
@@ -145,7 +146,7 @@ class LLMEngine:
         else:
             ids = list(prompt)
         if not ids:
-            raise PromptTooLongError("the prompt is empty")
+            raise ValueError("the prompt is empty")
         vocab = self.model.cfg.vocab_size
         if any(not (0 <= t < vocab) for t in ids):
             raise ValueError(f"prompt token ids must be in [0, {vocab})")
@@ -173,6 +174,7 @@ class LLMEngine:
             self._child_to_group[child_id] = (group, child)
             self.scheduler.add_request(req)
         self.groups[rid] = group
+        self.num_prompt_tokens += len(ids)
         return rid
 
     def abort_request(self, request_id: str) -> None:
@@ -244,7 +246,7 @@ class LLMEngine:
             self._process_token(group, child, done_time)
             touched[group.request_id] = group
         self.num_generation_tokens += len(sampled)
-        self.num_prompt_tokens += sum(s.num_tokens for s in out.stages if s.is_prefill)
+        self.num_computed_prefill_tokens += sum(s.num_tokens for s in out.stages if s.is_prefill)
         outputs = []
         for group in touched.values():
             outputs.append(self._make_output(group))
