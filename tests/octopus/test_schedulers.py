@@ -1,0 +1,63 @@
+"""Scheduler behaviour: degenerate cases and the strategies' mechanisms."""
+
+import math
+
+from octo_helpers import arch, simulate, task, workflow
+
+from octopus.report.metrics import summarize
+from octopus.runner import prepare, run_one
+from octopus.sched.base import partition
+
+
+def test_partition_is_proportional_with_minimums():
+    assert partition(10, [1.0, 1.0], [1, 1]) == [5, 5]
+    assert partition(10, [9.0, 1.0], [1, 4]) == [6, 4]
+    assert sum(partition(64, [3.3, 1.1, 7.7, 0.0], [4, 1, 1, 1])) == 64
+
+
+def test_reactive_with_infinite_threshold_is_static():
+    cw, a = prepare("driving_perception", "chip")
+    prof = cw.profile(n=50)
+    st = run_one(cw, a, "static", 1, 16, profile=prof)
+    re = run_one(cw, a, "reactive", 1, 16, profile=prof, threshold=math.inf)
+    assert re.makespan == st.makespan
+    assert re.sched.moves == 0
+
+
+def test_octopus_classifies_dynamicity():
+    doc = workflow(
+        [
+            task("stable", 100.0, ["fan"]),
+            {
+                "id": "fan",
+                "type": "fanout",
+                "count": {"dist": "lognormal", "mean": 6, "cv": 1.0},
+                "body": "freq",
+                "join": "j",
+            },
+            task("freq", 10.0, ["j"]),
+            {"id": "j", "type": "join", "next": ["timed"]},
+            task("timed", {"dist": "lognormal", "mean": 50, "cv": 1.0}),
+        ]
+    )
+    sim = simulate(doc, arch(peas=(4, 4)), "octopus", n=2)
+    assert sim.sched.classes == ["stable", "frequency-dynamic", "time-dynamic"]
+
+
+def test_octopus_removes_starvation_of_static_partition():
+    """Static leaves PEAs idle while work waits elsewhere; Octopus lends them out."""
+    cw, a = prepare("speech_assistant", "chip")
+    prof = cw.profile(n=100)
+    st = summarize(run_one(cw, a, "static", 0, 60, profile=prof))
+    oc = summarize(run_one(cw, a, "octopus", 0, 60, profile=prof))
+    assert oc["idle_breakdown"]["starved"] < 0.5 * st["idle_breakdown"]["starved"]
+    assert oc["makespan_us"] < st["makespan_us"]
+
+
+def test_central_balancer_acts_late_diffusion_moves_work():
+    cw, a = prepare("video_recognition", "chiplet")
+    prof = cw.profile(n=50)
+    d = run_one(cw, a, "octopus", 0, 64, profile=prof)
+    c = run_one(cw, a, "octopus-central", 0, 64, profile=prof)
+    assert d.sched.migrated > 0 and c.sched.migrated > 0
+    assert c.sched.balancer == "central" and d.sched.balancer == "diffusion"
