@@ -269,7 +269,8 @@ class OctopusScheduler(Scheduler):
             central_step(self, t)
 
     def _adapt(self, t: float) -> None:
-        """Re-size base shares from observed demand (EWMA over periods)."""
+        """Re-size base shares from observed demand (EWMA of arrivals x duration) plus the
+        current queue."""
         sim, T = self.sim, self.T
         npc = sim.arch.peas_in_cluster
         for c in range(len(self.q)):
@@ -281,7 +282,9 @@ class OctopusScheduler(Scheduler):
                 continue
             if sum(self.fp) > npc:
                 continue
-            share = partition(npc, [x + 1e-9 for x in d], self.fp)
+            ewma, qs = sim.ewma, self.q[c]
+            want = [d[tb] + len(qs[tb]) * ewma[tb] * self.fp[tb] + 1e-9 for tb in range(T)]
+            share = partition(npc, want, self.fp)
             frac = [1.0 if cls == "stable" else self.dynamic_base for cls in self.classes]
             target = [max(self.fp[tb], int(share[tb] * frac[tb])) for tb in range(T)]
             if not self.dds:
