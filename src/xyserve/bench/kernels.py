@@ -8,6 +8,10 @@ case runs Meta-Attention, the per-stage SDPA baseline and the dense reference on
 GEMM: M = 1..budget (a sample by default, every M with ``--gemm-all-m``) for the bundled-model-like
 and a 7B model's (N, K) shapes: SmoothGEMM, ``torch.matmul`` on the real rows and physical
 pad-to-bucket. Ratios are times over ``torch.matmul``'s (lower is better).
+
+Timing: the variants run interleaved, ``--repeat`` rounds after a warm-up, and each keeps its best
+round: on a shared machine, other load only ever adds time. ``--threads 1`` avoids the OpenMP
+barrier stalls that a busy 2-core box inflicts on multi-threaded ops.
 """
 
 from __future__ import annotations
@@ -163,8 +167,8 @@ def bench_attention(args: argparse.Namespace, bar: tqdm) -> dict:
                 ts.append(_time(run_sdpa, 1))
                 if _FLASH is not None:
                     tf.append(_time(run_flash, 1))
-            t_meta, t_sdpa = statistics.median(tm), statistics.median(ts)
-            t_flash = statistics.median(tf) if tf else None
+            t_meta, t_sdpa = min(tm), min(ts)
+            t_flash = min(tf) if tf else None
             ref = None
             t_ref = None
             if not args.no_reference:
@@ -257,7 +261,7 @@ def bench_gemm(args: argparse.Namespace, models: dict[str, dict], bar: tqdm) -> 
                 for _ in range(args.gemm_repeat):
                     for kk, f in fns.items():
                         ts[kk].append(_time(f, 1))
-                med = {kk: statistics.median(v) for kk, v in ts.items()}
+                med = {kk: min(v) for kk, v in ts.items()}
                 rows.append(
                     {
                         "model": mname,
