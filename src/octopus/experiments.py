@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 from tqdm import tqdm
@@ -191,4 +192,7 @@ def sweep(out_dir: str, workflows=None, seed=0, instances=None) -> dict:
         },
         "plots": [p1, p2],
     }
-    return {"dynamicity": dyn, "scale": scale, "summary": summary}
+    res = {"dynamicity": dyn, "scale": scale, "summary": summary}
+    with open(os.path.join(out_dir, "sweep.json"), "w") as f:
+        json.dump(res, f, indent=2)
+    return res

@@ -88,3 +88,14 @@ def test_bench_small(capsys):
     assert main(["bench", "--arch", "chip", "--instances", "20", "--simpy-instances", "30"]) == 0
     out = capsys.readouterr().out
     assert "events/s" in out and "faster than SimPy" in out and "makespans agree: True" in out
+
+
+def test_sweep_writes_plots(tmp_path, capsys):
+    out = tmp_path / "sw"
+    assert (
+        main(["sweep", "--out", str(out), "--workflows", "recommendation", "--instances", "6"]) == 0
+    )
+    res = json.loads((out / "sweep.json").read_text())
+    assert set(res["summary"]["speedup_vs_dynamicity"]) == {"low", "medium", "high"}
+    assert set(res["summary"]["speedup_vs_scale_diffusion"]) == {"chip", "chiplet", "wafer"}
+    assert (out / "speedup_vs_dynamicity.png").exists() and (out / "speedup_vs_scale.png").exists()

@@ -76,8 +76,12 @@ def ablation_bars(res: dict, out_dir: str) -> str:
 
 def line_plot(series: dict, xs: list, xlabel: str, ylabel: str, path: str) -> str:
     fig, ax = plt.subplots(figsize=(7, 4))
+    groups: dict[str, int] = {}
     for name, ys in series.items():
-        ax.plot(xs, ys, marker="o", label=name, ls="--" if "central" in name else "-")
+        g = name.replace(" diffusion", "").replace(" central", "")
+        color = f"C{groups.setdefault(g, len(groups)) % 10}"
+        ls = "--" if "central" in name else "-"
+        ax.plot(xs, ys, marker="o", label=name, ls=ls, color=color)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.axhline(1.0, color="k", lw=0.5)
