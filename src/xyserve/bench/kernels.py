@@ -40,13 +40,18 @@ from xyserve.kernels.smooth_gemm import SmoothGemm
 from xyserve.plan.gemm_table import GemmTable, default_config, model_shapes, padded_m
 
 WORKLOADS = ("conversation", "coding")
-# Bundled-model-like (a small Llama/Qwen2-family shape) and Llama-2-7B.
-SMALL_MODEL = {
-    "hidden_size": 512,
-    "num_attention_heads": 8,
-    "num_key_value_heads": 4,
-    "intermediate_size": 1408,
-}
+# Bundled-model-like: the model ``xyserve bench offline`` runs (llama-100m), else a stand-in.
+_BUNDLED = Path(__file__).parent / "models" / "llama-100m.json"
+SMALL_MODEL = (
+    json.loads(_BUNDLED.read_text())
+    if _BUNDLED.is_file()
+    else {
+        "hidden_size": 768,
+        "num_attention_heads": 12,
+        "num_key_value_heads": 4,
+        "intermediate_size": 2048,
+    }
+)
 LLAMA_7B = {
     "hidden_size": 4096,
     "num_attention_heads": 32,
@@ -301,7 +306,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--workloads", nargs="+", default=list(WORKLOADS), help="names or JSON paths")
     ap.add_argument("--cases", type=int, default=4, help="attention batches per workload")
     ap.add_argument("--budget", type=int, default=512, help="attention token budget per step")
-    ap.add_argument("--heads", type=int, nargs=3, default=[16, 4, 64], metavar=("HQ", "HKV", "D"))
+    ap.add_argument("--heads", type=int, nargs=3, default=[12, 4, 64], metavar=("HQ", "HKV", "D"))
     ap.add_argument("--block-size", type=int, default=16)
     ap.add_argument("--no-reference", action="store_true", help="skip the (slow) dense oracle")
     ap.add_argument("--gemm-budget", type=int, default=512, help="largest M")
