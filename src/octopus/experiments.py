@@ -38,6 +38,7 @@ def unlimited_reference(cw, arch, seed=0, instances=None) -> float:
             "name": "unlimited",
             "clusters": [1, 1],
             "peas_per_cluster": [128, 64],
+            "pea": {"throughput_tops": arch.throughput_tops},
             "mesh": {"hop_latency_us": 0.0, "link_bandwidth_gbps": 1e12},
             "reconfig": {"base_us": 0.0, "bandwidth_gbps": 1e12},
             "control": {"control_plane_latency_us": ctl, "data_plane_latency_us": ctl},

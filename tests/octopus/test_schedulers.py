@@ -61,3 +61,15 @@ def test_central_balancer_acts_late_diffusion_moves_work():
     c = run_one(cw, a, "octopus-central", 0, 64, profile=prof)
     assert d.sched.migrated > 0 and c.sched.migrated > 0
     assert c.sched.balancer == "central" and d.sched.balancer == "diffusion"
+
+
+def test_unlimited_reference_uses_the_arch_throughput():
+    from octopus.arch.config import load_arch
+    from octopus.experiments import unlimited_reference
+
+    cw, a1 = prepare("recommendation", "chip")
+    a10 = load_arch("chip")
+    a10.throughput_tops = 10.0
+    r1 = unlimited_reference(cw, a1, 0, 12)
+    r10 = unlimited_reference(cw, a10, 0, 12)
+    assert r10 < r1 / 5

@@ -40,7 +40,9 @@ class OctopusScheduler(Scheduler):
         period_us: float = 100.0,
         dynamic_base: float = 0.5,
         cv_threshold: float = 0.3,
+        reconfig_margin: float = 1.0,
     ):
+        self.reconfig_margin = reconfig_margin
         self.dds, self.adaptive, self.proactive = dds, adaptive, proactive
         self.balancer = balancer if proactive else "none"
         self.alpha, self.tick_us = alpha, period_us
@@ -116,7 +118,7 @@ class OctopusScheduler(Scheduler):
         if warm == 0:
             return True
         wait = self.sim.ewma[tb] * (len(self.q[c][tb]) + 1) / warm
-        return wait > self.sim.rc_us[tb]
+        return wait > self.reconfig_margin * self.sim.rc_us[tb]
 
     def _place(self, c: int, k: int, t: float, warm_only: bool = False) -> bool:
         sim, T = self.sim, self.T
@@ -227,10 +229,13 @@ class OctopusScheduler(Scheduler):
                 self._preconfigure(c, u, counts[u] * self.fp[u], t)
 
     def _predict(self, c: int, tb: int, t: float) -> None:
-        row = self.spawn[tb]
-        for u in self.sim.cw.succ_tasks[tb]:
+        """Pre-configure for predicted demand, only when the reconfiguration can be hidden
+        behind the upstream task that is starting now."""
+        row, sim = self.spawn[tb], self.sim
+        lead = sim.ewma[tb]
+        for u in sim.cw.succ_tasks[tb]:
             n = int(row[u] + 0.5)
-            if n:
+            if n and sim.rc_us[u] <= lead:
                 self._preconfigure(c, u, n * self.fp[u], t)
 
     def _preconfigure(self, c: int, u: int, need: int, t: float) -> None:
@@ -240,8 +245,10 @@ class OctopusScheduler(Scheduler):
         if need <= 0:
             return
         sim, sp, T = self.sim, self.fsp[c], self.T
+        nwarm, n_own = self.nwarm[c], self.n_own[c]
         for v in [T] + list(range(T)):
-            if v == u or (v < T and self.q[c][v]):
+            # take unconfigured PEAs, or PEAs of an idle TB that is warm beyond its base share
+            if v == u or (v < T and (self.q[c][v] or nwarm[v] <= n_own[v])):
                 continue
             fl = sp[v]
             keep = []
