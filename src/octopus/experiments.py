@@ -53,7 +53,13 @@ def compare_workflow(name, arch="chip", level="high", seed=0, instances=None) ->
     base, th = best_reactive(cw, a, seed, instances, profile=prof)
     rows = {"reactive": summarize(base)}
     rows["reactive"]["threshold"] = th
+    rows["reactive"]["mapping"] = base.sched.mapping
     for s in ("static", "greedy", *ABLATION):
+        if s == "static" and base.best_static is not None:  # threshold inf, best mapping
+            rows[s] = summarize(base.best_static)
+            rows[s]["scheduler"] = "static"
+            rows[s]["mapping"] = base.best_static.sched.mapping
+            continue
         rows[s] = summarize(run_one(cw, a, s, seed, instances, profile=prof))
     ref = rows["reactive"]["makespan_us"]
     bound = rows["octopus"]["bound_us"]
@@ -63,6 +69,7 @@ def compare_workflow(name, arch="chip", level="high", seed=0, instances=None) ->
         "level": level,
         "arch": a.name,
         "reactive_threshold": th,
+        "reactive_mapping": base.sched.mapping,
         "bound_us": bound,
         "makespan_us": {k: v["makespan_us"] for k, v in rows.items()},
         "speedup": {k: ref / v["makespan_us"] for k, v in rows.items()},

@@ -5,7 +5,7 @@ from __future__ import annotations
 from octopus.arch import Arch, load_arch
 from octopus.owg import load_workflow
 from octopus.owg.arrival import make_arrivals
-from octopus.owg.sample import CompiledWorkflow
+from octopus.owg.sample import CompiledWorkflow, split_stages
 from octopus.sched import THRESHOLDS, make_scheduler
 from octopus.sim import Simulator
 
@@ -13,7 +13,7 @@ from octopus.sim import Simulator
 def prepare(workflow, arch, level="high"):
     wf = load_workflow(workflow) if isinstance(workflow, str) else workflow
     a = load_arch(arch) if isinstance(arch, str) else arch
-    cw = CompiledWorkflow(wf, level)
+    cw = CompiledWorkflow(split_stages(wf, a.pea_memory_bytes), level)
     return cw, a
 
 
@@ -32,12 +32,30 @@ def run_one(
     return Simulator(cw, arch, sched, arr, seed=seed, record=record, profile=profile).run()
 
 
-def best_reactive(cw, arch, seed=0, instances=None, profile=None, thresholds=THRESHOLDS, **kw):
-    """Run `reactive` at every threshold and keep the fastest: the baseline at its best."""
+def best_reactive(
+    cw, arch, seed=0, instances=None, profile=None, thresholds=THRESHOLDS, mappings=None, **kw
+):
+    """Run `reactive` at every threshold, with every compile-time mapping the architecture
+    offers, and keep the fastest: the baseline at its best. Returns (run, threshold); the
+    run's scheduler records the mapping, and its `best_static` the best static run."""
     profile = profile or cw.profile()
-    best, best_th = None, None
-    for th in thresholds:
-        s = run_one(cw, arch, "reactive", seed, instances, profile=profile, threshold=th, **kw)
-        if best is None or s.makespan < best.makespan:
-            best, best_th = s, th
+    best, best_th, best_static = None, None, None
+    for mp in mappings or arch.baseline_mappings:
+        for th in thresholds:
+            s = run_one(
+                cw,
+                arch,
+                "reactive",
+                seed,
+                instances,
+                profile=profile,
+                threshold=th,
+                mapping=mp,
+                **kw,
+            )
+            if best is None or s.makespan < best.makespan:
+                best, best_th = s, th
+            if th == float("inf") and (best_static is None or s.makespan < best_static.makespan):
+                best_static = s
+    best.best_static = best_static
     return best, best_th

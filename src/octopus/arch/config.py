@@ -13,6 +13,7 @@ import yaml
 
 SCHEMA = "octopus-arch/1"
 CONFIG_DIR = Path(__file__).parent / "configs"
+MAPPINGS = ("regions", "replicated")
 
 
 @dataclass
@@ -22,6 +23,8 @@ class Arch:
     peas_per_cluster: tuple[int, int]
     clusters_per_die: tuple[int, int]
     throughput_tops: float = 1.0
+    # local memory of one PEA for configuration + weights (0: unlimited, TBs never split)
+    pea_memory_bytes: int = 0
     hop_latency_us: float = 0.01
     link_gbps: float = 64.0
     die_hop_latency_us: float = 0.2
@@ -31,6 +34,12 @@ class Arch:
     control_plane_us: float = 0.5
     data_plane_us: float = 20.0
     central_decision_us: float = 5.0
+    # contention: a transfer reserves every mesh link on its XY route for its serialisation
+    link_contention: bool = False
+    # bounded output buffers: slots per PEA for results not yet read (0 = unbounded)
+    buffer_slots: int = 0
+    # compile-time mappings the baseline compiler may choose from (the best one is kept)
+    baseline_mappings: tuple[str, ...] = ("replicated",)
     meta: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -66,6 +75,14 @@ class Arch:
             ]
             self.neighbors.append(nb)
         self.n_dies = len(set(self.pea_die))
+        self.grid_w, self.grid_h = cx * px, cy * py
+        for m in self.baseline_mappings:
+            if m not in MAPPINGS:
+                raise ValueError(
+                    f"arch: field 'baseline.mappings': unknown {m!r} (one of {', '.join(MAPPINGS)})"
+                )
+        if self.buffer_slots < 0:
+            raise ValueError("arch: field 'buffer.slots_per_pea': must be >= 0")
         self.bytes_per_us = self.link_gbps * 1000.0
         self.die_bytes_per_us = self.die_link_gbps * 1000.0
 
@@ -95,12 +112,14 @@ def arch_from_dict(doc: dict) -> Arch:
     if doc.get("schema") != SCHEMA:
         raise ValueError(f"arch: field 'schema': expected {SCHEMA!r}, got {doc.get('schema')!r}")
     mesh, rc, ctl = doc.get("mesh", {}), doc.get("reconfig", {}), doc.get("control", {})
+    buf, bl = doc.get("buffer", {}), doc.get("baseline", {})
     a = Arch(
         name=doc.get("name", "arch"),
         clusters=tuple(doc["clusters"]),
         peas_per_cluster=tuple(doc["peas_per_cluster"]),
         clusters_per_die=tuple(doc.get("clusters_per_die", doc["clusters"])),
         throughput_tops=float(doc.get("pea", {}).get("throughput_tops", 1.0)),
+        pea_memory_bytes=int(doc.get("pea", {}).get("memory_bytes", 0)),
         hop_latency_us=float(mesh.get("hop_latency_us", 0.01)),
         link_gbps=float(mesh.get("link_bandwidth_gbps", 64)),
         die_hop_latency_us=float(mesh.get("inter_die_hop_latency_us", 0.2)),
@@ -110,6 +129,9 @@ def arch_from_dict(doc: dict) -> Arch:
         control_plane_us=float(ctl.get("control_plane_latency_us", 0.5)),
         data_plane_us=float(ctl.get("data_plane_latency_us", 20.0)),
         central_decision_us=float(ctl.get("central_decision_us", 5.0)),
+        link_contention=bool(mesh.get("link_contention", False)),
+        buffer_slots=int(buf.get("slots_per_pea", 0)),
+        baseline_mappings=tuple(bl.get("mappings", ["replicated"])),
         meta={k: doc[k] for k in ("description", "sources") if k in doc},
     )
     for k, v in (("clusters", a.clusters), ("peas_per_cluster", a.peas_per_cluster)):

@@ -78,6 +78,8 @@ class CompiledWorkflow:
             preds.append(deps)
             return len(node) - 1
 
+        carry = [0.0]
+
         def after_join(j: str | None) -> str | None:
             return nodes[j].next[0] if j and nodes[j].next else None
 
@@ -87,7 +89,12 @@ class CompiledWorkflow:
                     return deps
                 b = nodes[n]
                 if isinstance(b, TaskBlock):
-                    i = add(n, wsamp[n](rng), deps)
+                    if b.stages == 1:
+                        i = add(n, wsamp[n](rng), deps)
+                    else:  # layer groups of one model share one draw of its work
+                        if b.stage == 0:
+                            carry[0] = wsamp[n](rng)
+                        i = add(n, carry[0] / b.stages, deps)
                     if not b.next:
                         return [i]
                     if len(b.next) == 1:
@@ -159,3 +166,43 @@ class CompiledWorkflow:
             "calls_cv": [(v**0.5 / m) if m else 0.0 for v, m in zip(var, mean)],
             "work": [w / n for w in work],  # Mop per instance per TB (footprint-independent)
         }
+
+
+def split_stages(wf: Workflow, memory_bytes: int) -> Workflow:
+    """Compile each TB whose configuration (weights included) exceeds its PEA group's local
+    memory into S = ceil(config_bytes / (footprint x memory_bytes)) chained layer groups, as
+    a spatial compiler does when a model does not fit its PEAs: each stage holds 1/S of the
+    configuration and does 1/S of the work (one draw per invocation, shared by the stages),
+    and passes max(in_bytes, out_bytes) of activations to the next. The first stage keeps the
+    TB's id, so every reference stays valid; later stages are named `id/2`, `id/3`, ...
+    Returns `wf` itself when nothing needs splitting."""
+    if memory_bytes <= 0:
+        return wf
+    nodes: dict = {}
+    changed = False
+    for nid, b in wf.nodes.items():
+        if not isinstance(b, TaskBlock) or b.config_bytes <= b.footprint * memory_bytes:
+            nodes[nid] = b
+            continue
+        changed = True
+        s = -(-b.config_bytes // (b.footprint * memory_bytes))
+        mid = max(b.in_bytes, b.out_bytes)
+        ids = [nid] + [f"{nid}/{i + 1}" for i in range(1, s)]
+        for i, sid in enumerate(ids):
+            last = i == s - 1
+            nodes[sid] = TaskBlock(
+                id=sid,
+                kind=b.kind,
+                footprint=b.footprint,
+                work=b.work,
+                config_bytes=-(-b.config_bytes // s),
+                in_bytes=b.in_bytes if i == 0 else mid,
+                out_bytes=b.out_bytes if last else mid,
+                next=list(b.next) if last else [ids[i + 1]],
+                join=b.join if last else None,
+                stage=i,
+                stages=s,
+            )
+    if not changed:
+        return wf
+    return Workflow(wf.name, wf.entry, nodes, wf.levels, wf.arrival, wf.meta)

@@ -40,6 +40,8 @@ class TaskBlock:
     out_bytes: int
     next: list[str] = field(default_factory=list)
     join: str | None = None  # required when `next` forks to several successors
+    stage: int = 0  # set by split_stages: index of this layer group in its model
+    stages: int = 1  # number of layer groups the model was compiled into
 
 
 @dataclass

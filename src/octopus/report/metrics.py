@@ -84,7 +84,10 @@ def summarize(sim) -> dict:
             "waiting_input": sum(sim.waiting) / tot,
             "reconfiguring": sum(sim.reconf) / tot,
             "transferring": sum(sim.xfer) / tot,
+            "blocked": sum(sim.blocked) / tot,
         },
+        "backpressure_stalls": sim.blocked_events,
+        "buffer_spills": sim.spills,
         "reconfigurations": sim.n_reconfig,
         "noc_bytes": sim.noc_bytes,
         "noc_byte_hops": sim.noc_byte_hops,
@@ -107,7 +110,7 @@ def format_summary(s: dict) -> str:
             f"  throughput {s['throughput_per_ms']:.3f} instances/ms",
             f"  PEA time: busy {ib['busy']:.1%}  starved {ib['starved']:.1%}  waiting-input "
             f"{ib['waiting_input']:.1%}  reconfiguring {ib['reconfiguring']:.1%}  transferring "
-            f"{ib['transferring']:.1%}",
+            f"{ib['transferring']:.1%}  blocked {ib['blocked']:.1%}",
             f"  reconfigurations {s['reconfigurations']}   NoC {s['noc_bytes'] / 1e6:.1f} MB "
             f"({s['noc_byte_hops'] / 1e6:.1f} MB-hops)",
         ]

@@ -20,7 +20,7 @@ NAMES = ("static", "reactive", "greedy", *VARIANTS)
 def make_scheduler(name: str, **kw):
     """Build a scheduler by name; `reactive` takes threshold=, Octopus variants their knobs."""
     if name == "static":
-        return StaticScheduler()
+        return StaticScheduler(**kw)
     if name == "greedy":
         return GreedyScheduler()
     if name == "reactive":

@@ -52,23 +52,109 @@ def partition(n: int, loads: list[float], mins: list[int]) -> list[int]:
     return alloc
 
 
-class PartitionedScheduler(Scheduler):
-    """Per-cluster replica of a compile-time partition; each PEA is owned by one TB.
+class FreePool:
+    """Free PEAs of one TB region, kept per cluster so dispatch can take the nearest ones."""
 
-    The TB's configuration is loaded at compile time (free). Instances are pinned to a home
-    cluster; each TB has a FIFO queue per cluster.
+    __slots__ = ("by", "n", "cl", "cx")
+
+    def __init__(self, pea_cluster: list[int], cx: int):
+        self.by: dict[int, list[int]] = {}
+        self.n, self.cl, self.cx = 0, pea_cluster, cx
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __bool__(self) -> bool:
+        return self.n > 0
+
+    def append(self, p: int) -> None:
+        fl = self.by.get(self.cl[p])
+        if fl is None:
+            self.by[self.cl[p]] = fl = []
+        fl.append(p)
+        self.n += 1
+
+    def pop(self) -> int:
+        for fl in self.by.values():
+            if fl:
+                self.n -= 1
+                return fl.pop()
+        raise IndexError("pop from an empty pool")
+
+    def take(self, fp: int, c: int) -> list[int]:
+        """fp PEAs, from cluster c first, then from the nearest clusters of the region."""
+        out: list[int] = []
+        fl = self.by.get(c)
+        while fl and len(out) < fp:
+            out.append(fl.pop())
+        if len(out) < fp:
+            cx, x, y = self.cx, c % self.cx, c // self.cx
+            order = sorted(
+                (d for d, fl in self.by.items() if fl and d != c),
+                key=lambda d: abs(d % cx - x) + abs(d // cx - y),
+            )
+            for d in order:
+                fl = self.by[d]
+                while fl and len(out) < fp:
+                    out.append(fl.pop())
+                if len(out) >= fp:
+                    break
+        self.n -= len(out)
+        return out
+
+
+def snake_order(arch) -> list[int]:
+    """PEAs in boustrophedon order over the cluster grid (and inside each cluster), so that
+    consecutive slices are compact regions and consecutive regions are neighbours."""
+    cx, cy = arch.clusters
+    px, _ = arch.peas_per_cluster
+    out = []
+    for y in range(cy):
+        xs = range(cx) if y % 2 == 0 else range(cx - 1, -1, -1)
+        for x in xs:
+            ids = arch.cluster_peas[y * cx + x]
+            rows = [ids[i : i + px] for i in range(0, len(ids), px)]
+            for r, row in enumerate(rows):
+                out += row if r % 2 == 0 else row[::-1]
+    return out
+
+
+class PartitionedScheduler(Scheduler):
+    """A compile-time partition of the PEAs among TBs; each PEA is owned by one TB.
+
+    Two mappings (the architecture lists those its compiler may choose from, and the
+    baseline runs with the best one):
+    - `replicated`: every cluster holds a replica of the partition of its PEAs; instances
+      are pinned to a home cluster; each (cluster, TB) has a FIFO queue;
+    - `regions`: the whole fabric is partitioned: each TB owns ONE compact region (a spatial
+      pipeline across clusters, TBs laid out in pipeline order), with one fabric-wide FIFO
+      per TB; its TBU dispatches to the free PEAs of its region nearest the input data, so
+      data flows between regions over the mesh.
+    The TB's configuration is loaded at compile time (free).
     """
+
+    def __init__(self, mapping: str | None = None):
+        self.mapping = mapping
 
     def attach(self, sim) -> None:
         super().attach(sim)
         arch, T = sim.arch, sim.T
+        self.mapping = self.mapping or arch.baseline_mappings[0]
         self.T, self.fp = T, sim.cw.footprint
         self.own = [-1] * arch.n_peas
-        self.q = [[deque() for _ in range(T)] for _ in range(arch.n_clusters)]
-        self.free = [[[] for _ in range(T)] for _ in range(arch.n_clusters)]
-        self.n_own = [[0] * T for _ in range(arch.n_clusters)]
-        alloc = partition(arch.peas_in_cluster, sim.load, self.fp)
-        for c, ids in enumerate(arch.cluster_peas):
+        if self.mapping == "regions":
+            self.members = [snake_order(arch)]
+            self.vc = [0] * arch.n_peas  # one virtual cluster: the fabric
+            self.free = [[FreePool(arch.pea_cluster, arch.clusters[0]) for _ in range(T)]]
+        else:
+            self.members = arch.cluster_peas
+            self.vc = arch.pea_cluster
+            self.free = [[[] for _ in range(T)] for _ in range(arch.n_clusters)]
+        nvc = len(self.members)
+        self.q = [[deque() for _ in range(T)] for _ in range(nvc)]
+        self.n_own = [[0] * T for _ in range(nvc)]
+        alloc = partition(len(self.members[0]), sim.load, self.fp)
+        for c, ids in enumerate(self.members):
             i = 0
             for tb, m in enumerate(alloc):
                 for p in ids[i : i + m]:
@@ -79,22 +165,30 @@ class PartitionedScheduler(Scheduler):
                 i += m
 
     def cluster_for(self, k: int) -> int:
+        if self.mapping == "regions":
+            return 0
         sim = self.sim
         return sim.inst_home[sim.inst[k]]
+
+    def _take(self, c: int, tb: int, k: int) -> list[int]:
+        fl, fp = self.free[c][tb], self.fp[tb]
+        if self.mapping == "regions":
+            return fl.take(fp, self.sim.data_cluster(k))
+        return [fl.pop() for _ in range(fp)]
 
     def submit(self, k: int, t: float) -> None:
         c, tb = self.cluster_for(k), self.sim.node[k]
         q, fl, fp = self.q[c][tb], self.free[c][tb], self.fp[tb]
         if not q and len(fl) >= fp:
-            self.sim.start(k, [fl.pop() for _ in range(fp)], t)
+            self.sim.start(k, self._take(c, tb, k), t)
         else:
             q.append(k)
 
     def on_free(self, peas, t: float) -> None:
-        cl, own, free = self.sim.pea_cluster, self.own, self.free
+        vc, own, free = self.vc, self.own, self.free
         touched = set()
         for p in peas:
-            c, tb = cl[p], own[p]
+            c, tb = vc[p], own[p]
             free[c][tb].append(p)
             touched.add((c, tb))
         for c, tb in touched:
@@ -103,4 +197,5 @@ class PartitionedScheduler(Scheduler):
     def drain(self, c: int, tb: int, t: float) -> None:
         q, fl, fp, start = self.q[c][tb], self.free[c][tb], self.fp[tb], self.sim.start
         while q and len(fl) >= fp:
-            start(q.popleft(), [fl.pop() for _ in range(fp)], t)
+            k = q.popleft()
+            start(k, self._take(c, tb, k), t)

@@ -17,7 +17,8 @@ from octopus.sched.base import PartitionedScheduler
 class ReactiveScheduler(PartitionedScheduler):
     name = "reactive"
 
-    def __init__(self, threshold: float = 1.0, period_us: float = 100.0):
+    def __init__(self, threshold: float = 1.0, period_us: float = 100.0, mapping=None):
+        super().__init__(mapping)
         self.threshold, self.tick_us = threshold, period_us
 
     def attach(self, sim) -> None:
@@ -48,7 +49,11 @@ class ReactiveScheduler(PartitionedScheduler):
             fl = self.free[c][lo]
             moved = [fl.pop() for _ in range(min(m, len(fl)))]
             if len(moved) < m:  # busy ones change owner now, join `hi` when they finish
-                busy = [p for p in sim.arch.cluster_peas[c] if self.own[p] == lo and sim.running[p]]
+                busy = [
+                    p
+                    for p in self.members[c]
+                    if self.own[p] == lo and (sim.running[p] or sim.is_blocked[p])
+                ]
                 for p in busy[: m - len(moved)]:
                     self.own[p] = hi
                     self.n_own[c][lo] -= 1

@@ -6,9 +6,11 @@ FIFO order so runs are deterministic. Per-invocation and per-PEA state live in f
 `start()` and `preconfigure()`; the core does the accounting, so every scheduler is measured
 the same way:
 
-  PEA time = busy + reconfiguring + transferring + starved + waiting_input   (exactly)
+  PEA time = busy + reconfiguring + transferring + blocked + starved + waiting_input (exactly)
 
 - transferring: the PEA is reserved and waits for input data (or for partner PEAs);
+- blocked: back-pressure: the PEA finished a task but every slot of its bounded output
+  buffer holds a result that a consumer has not read yet, so it cannot take new work;
 - starved: idle while some ready invocation is queued somewhere (work withheld from it);
 - waiting_input: idle while nothing is ready anywhere (dependencies/arrivals limit).
 """
@@ -22,7 +24,7 @@ from octopus.arch.config import Arch
 from octopus.owg.arrival import Arrivals, make_arrivals
 from octopus.owg.sample import CompiledWorkflow
 
-DONE, CTRL, ARRIVE, TICK, CALL = 0, 1, 2, 3, 4
+DONE, CTRL, ARRIVE, TICK, CALL, UNBLOCK = 0, 1, 2, 3, 4, 5
 
 
 class Simulator:
@@ -85,6 +87,22 @@ class Simulator:
         self.starved = [0.0] * n
         self.waiting = [0.0] * n
         self.running = [False] * n
+        # bounded output buffers (back-pressure); slots == 0: unbounded, nothing tracked
+        self.slots = arch.buffer_slots
+        self.blocked = [0.0] * n  # time spent blocked by back-pressure
+        self.is_blocked = [False] * n
+        self.used = [0] * n  # occupied output slots
+        self.refc: list[int] = []  # per invocation: readers that have not read its data yet
+        self.holder: list[int] = []  # invocation whose buffer slot holds this one's data
+        self.hold_pea: list[int] = []  # PEA whose slot holds this invocation's output
+        self.n_blocked = 0
+        self.n_running = 0
+        self.n_pending = 0  # control decisions and unblocks in flight
+        self.spills = 0
+        self.blocked_events = 0
+        # link contention: time until which each directed mesh link is reserved
+        self.contention = arch.link_contention
+        self.link_free = [0.0] * (arch.grid_w * arch.grid_h * 4) if self.contention else []
         self.pea_cluster = arch.pea_cluster
         self.reconf_spans: list[tuple] = []
         self.n_reconfig = 0
@@ -139,16 +157,27 @@ class Simulator:
                 idle_ticks = 0
             elif kind == ARRIVE:
                 self._admit(t, self.next_instance)
+            elif kind == UNBLOCK:
+                self._unblock(t, x)
             elif kind == TICK:
                 if self.finished >= n_inst:
                     continue
                 self.sched.tick(t)
+                if (
+                    self.n_blocked
+                    and not self.n_running
+                    and not self.n_pending
+                    and self.finished < n_inst
+                ):
+                    self._spill(t)
                 idle_ticks += 1
                 if idle_ticks > 100000:
                     raise RuntimeError("simulation stalled: ready work can never be placed")
                 self.push(t + tick, TICK, None)
             else:
                 x(t)
+            if not heap and self.n_blocked and self.finished < n_inst:
+                self._spill(t)
         self.events = ev
         if self.finished < n_inst:
             raise RuntimeError(
@@ -191,6 +220,10 @@ class Simulator:
         self.t_end.extend([-1.0] * m)
         self.peas_of.extend([()] * m)
         self.n_starts.extend([0] * m)
+        if self.slots:
+            self.refc.extend([0] * m)
+            self.holder.extend([-1] * m)
+            self.hold_pea.extend([-1] * m)
         self.inst_home.append(slot % self.arch.n_clusters)
         self.inst_slot.append(slot)
         self.inst_left.append(m)
@@ -215,6 +248,7 @@ class Simulator:
             self.qcount += 1
             self.sched.submit(k, t)
         else:
+            self.n_pending += 1
             self.push(t + self.ctrl_us, CTRL, k)
 
     def _complete(self, t: float, k: int) -> None:
@@ -238,8 +272,23 @@ class Simulator:
             self.makespan = t
         tb = self.node[k]
         self.ewma[tb] += 0.2 * (self.dur[k] - self.ewma[tb])
+        self.n_running -= 1
+        if self.slots:
+            r = self._readers(k)
+            if r:  # the result waits in a slot of the lead PEA's output buffer
+                p0 = peas[0]
+                self.refc[k] = r
+                self.holder[k] = k
+                self.hold_pea[k] = p0
+                self.used[p0] += 1
+                if self.used[p0] >= self.slots:  # buffer full: back-pressure blocks it
+                    self.is_blocked[p0] = True
+                    self.n_blocked += 1
+                    self.blocked_events += 1
+                    peas = peas[1:]
         self._complete(t, k)
-        self.sched.on_free(peas, t)
+        if peas:
+            self.sched.on_free(peas, t)
 
     def _ctrl(self, t: float, k: int) -> None:
         # a control block forwards the data of its largest input
@@ -249,6 +298,16 @@ class Simulator:
                 best, bb = j, self.outb[j]
         if best >= 0:
             self.loc[k], self.outb[k] = self.loc[best], bb
+        self.n_pending -= 1
+        if self.slots:
+            ps = self.preds[k]
+            if len(ps) == 1:  # point-to-point: the decision forwards the data to its readers
+                h = self.holder[ps[0]]
+                if h >= 0:
+                    self.holder[k] = h
+                    self.refc[h] += self._readers(k) - 1
+                    if self.refc[h] == 0:
+                        self._free_slot(t, h)
         self.t_start[k] = self.t_ready[k]
         self.t_end[k] = t
         self.n_starts[k] += 1
@@ -294,7 +353,9 @@ class Simulator:
                     b = outb[j]
                     hops = abs(px[q] - x0) + abs(py[q] - y0)
                     dies = abs(dx[q] - dx0) + abs(dy[q] - dy0)
-                    if dies:  # same formula as Arch.transfer_us, inlined (hot path)
+                    if self.contention:
+                        x = self._route(q, p0, b, t, hops, dies)
+                    elif dies:  # same formula as Arch.transfer_us, inlined (hot path)
                         x = (
                             (hops - dies) * arch.hop_latency_us
                             + dies * arch.die_hop_latency_us
@@ -306,6 +367,12 @@ class Simulator:
                         xf = x
                     self.noc_bytes += b
                     self.noc_byte_hops += b * hops
+        if self.slots and len(preds) == 1:  # reading a point-to-point input frees its slot
+            h = self.holder[preds[0]]
+            if h >= 0:
+                self.refc[h] -= 1
+                if self.refc[h] == 0:
+                    self._free_slot(t, h)
         exec_start = t + xf
         cfg, avail, idle_since = self.cfg, self.avail_at, self.idle_since
         d = self.dur[k]
@@ -361,6 +428,7 @@ class Simulator:
         self.t_start[k] = exec_start
         self.t_end[k] = end
         self.n_starts[k] += 1
+        self.n_running += 1
         self.qcount -= 1
         if self.qcount == 0:
             self._mark(t, False)
@@ -382,6 +450,81 @@ class Simulator:
         self.cfg[p] = tb
         self.n_reconfig += 1
         self.avail_at[p] = self.idle_since[p] = r + rc
+
+    # ----------------------------------------------------------------- physical model
+    def _route(self, q: int, p: int, b: float, t: float, hops: int, dies: int) -> float:
+        """Transfer q -> p of b bytes issued at t, with link contention: the transfer waits
+        until every directed link of its XY route is free, then holds all of them for its
+        serialisation time (bottleneck bandwidth); it arrives one route latency later.
+        Returns the time from t to arrival."""
+        arch = self.arch
+        px, py, W = arch.pea_x, arch.pea_y, arch.grid_w
+        x0, y0, x1, y1 = px[q], py[q], px[p], py[p]
+        if x1 > x0:
+            links = [(y0 * W + x) * 4 for x in range(x0, x1)]
+        else:
+            links = [(y0 * W + x) * 4 + 1 for x in range(x1 + 1, x0 + 1)]
+        if y1 > y0:
+            links += [(y * W + x1) * 4 + 2 for y in range(y0, y1)]
+        else:
+            links += [(y * W + x1) * 4 + 3 for y in range(y1 + 1, y0 + 1)]
+        lf = self.link_free
+        s = t
+        for li in links:
+            if lf[li] > s:
+                s = lf[li]
+        if dies:
+            ser = b / arch.die_bytes_per_us
+            lat = (hops - dies) * arch.hop_latency_us + dies * arch.die_hop_latency_us
+        else:
+            ser = b / arch.bytes_per_us
+            lat = hops * arch.hop_latency_us
+        e = s + ser
+        for li in links:
+            lf[li] = e
+        return e + lat - t
+
+    def _readers(self, k: int) -> int:
+        """Successors that read k's data point to point (a successor with several inputs is
+        a join: it gathers its inputs as they are produced, so they hold no slot)."""
+        preds = self.preds
+        return sum(1 for s in self.succ[k] if len(preds[s]) == 1)
+
+    def _free_slot(self, t: float, h: int) -> None:
+        q = self.hold_pea[h]
+        if q < 0:
+            return
+        self.hold_pea[h] = -1
+        self.used[q] -= 1
+        if self.is_blocked[q] and self.used[q] < self.slots:
+            self.is_blocked[q] = False
+            self.n_blocked -= 1
+            self.n_pending += 1
+            self.push(t, UNBLOCK, q)  # deferred: the scheduler may be mid-decision
+
+    def _unblock(self, t: float, p: int) -> None:
+        self.n_pending -= 1
+        self.blocked[p] += t - self.idle_since[p]
+        self.idle_since[p] = t
+        self.sched.on_free((p,), t)
+
+    def _spill(self, t: float) -> None:
+        """Deadlock recovery: nothing runs, nothing is in flight, and blocked PEAs hold data
+        whose readers cannot be placed. The blocked buffers spill to memory (readers still
+        pay the transfer from the producing PEA) and the PEAs are released."""
+        blk = [p for p, b in enumerate(self.is_blocked) if b]
+        bs = set(blk)
+        hp = self.hold_pea
+        for h, q in enumerate(hp):
+            if q in bs:
+                hp[h] = -1
+        for p in blk:
+            self.used[p] = 0
+            self.is_blocked[p] = False
+            self.n_blocked -= 1
+            self.spills += 1
+            self.n_pending += 1
+            self.push(t, UNBLOCK, p)
 
     # ----------------------------------------------------------------- accounting
     def _mark(self, t: float, on: bool) -> None:
@@ -409,6 +552,9 @@ class Simulator:
     def _finalize(self) -> None:
         T = self.makespan
         for p in range(self.arch.n_peas):
+            if self.is_blocked[p]:  # cannot happen once every reader ran; kept exact anyway
+                self.blocked[p] += max(0.0, T - self.idle_since[p])
+                self.idle_since[p] = T
             if self.avail_at[p] > T:  # a pre-configuration still running at the end
                 over = self.avail_at[p] - T
                 self.reconf[p] -= over
