@@ -10,7 +10,19 @@ from octopus.sched import make_scheduler
 from octopus.sim import Simulator
 
 
-def arch(clusters=(1, 1), peas=(1, 1), per_die=None, hop=0.0, bw=64.0, rc_base=0.0, ctrl=0.5):
+def arch(
+    clusters=(1, 1),
+    peas=(1, 1),
+    per_die=None,
+    hop=0.0,
+    bw=64.0,
+    rc_base=0.0,
+    ctrl=0.5,
+    slots=0,
+    contention=False,
+    mappings=("replicated",),
+    memory=0,
+):
     return arch_from_dict(
         {
             "schema": "octopus-arch/1",
@@ -18,12 +30,15 @@ def arch(clusters=(1, 1), peas=(1, 1), per_die=None, hop=0.0, bw=64.0, rc_base=0
             "clusters": list(clusters),
             "peas_per_cluster": list(peas),
             "clusters_per_die": list(per_die or clusters),
-            "pea": {"throughput_tops": 1.0},
+            "pea": {"throughput_tops": 1.0, "memory_bytes": memory},
+            "buffer": {"slots_per_pea": slots},
+            "baseline": {"mappings": list(mappings)},
             "mesh": {
                 "hop_latency_us": hop,
                 "link_bandwidth_gbps": bw,
                 "inter_die_hop_latency_us": 0.3,
                 "inter_die_bandwidth_gbps": 16,
+                "link_contention": contention,
             },
             "reconfig": {"base_us": rc_base, "bandwidth_gbps": 8},
             "control": {"control_plane_latency_us": ctrl, "data_plane_latency_us": ctrl},

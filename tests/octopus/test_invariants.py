@@ -65,9 +65,21 @@ def random_workflow(draw):
     seed=st.integers(0, 1000),
     n=st.integers(1, 6),
     conc=st.integers(1, 6),
+    slots=st.sampled_from([0, 1, 2]),
+    mapping=st.sampled_from(["regions", "replicated"]),
 )
-def test_invariants(doc, scheduler, seed, n, conc):
-    a = arch(clusters=(2, 2), peas=(4, 4), per_die=(1, 2), hop=0.02, rc_base=1.0)
+def test_invariants(doc, scheduler, seed, n, conc, slots, mapping):
+    # the full physical model: back-pressure (slots), link contention, both baseline mappings
+    a = arch(
+        clusters=(2, 2),
+        peas=(4, 4),
+        per_die=(1, 2),
+        hop=0.02,
+        rc_base=1.0,
+        slots=slots,
+        contention=True,
+        mappings=(mapping,),
+    )
     kw = {"period_us": 20.0} if scheduler != "greedy" and scheduler != "static" else {}
     sim = simulate(doc, a, scheduler, n=n, concurrency=min(conc, n), seed=seed, **kw)
     T, eps = sim.makespan, 1e-6 * max(1.0, sim.makespan)
@@ -92,8 +104,11 @@ def test_invariants(doc, scheduler, seed, n, conc):
     # utilization <= 1 and every PEA's time is accounted exactly
     for p in range(a.n_peas):
         assert sim.busy[p] <= T + eps
-        total = sim.busy[p] + sim.reconf[p] + sim.xfer[p] + sim.starved[p] + sim.waiting[p]
-        assert abs(total - T) <= eps
-        assert min(sim.busy[p], sim.reconf[p], sim.xfer[p], sim.starved[p], sim.waiting[p]) >= -eps
+        parts = (sim.busy, sim.reconf, sim.xfer, sim.blocked, sim.starved, sim.waiting)
+        assert abs(sum(x[p] for x in parts) - T) <= eps
+        assert min(x[p] for x in parts) >= -eps
+    # back-pressure: no PEA is left blocked, and every output slot was released
+    assert not any(sim.is_blocked)
+    assert all(u == 0 for u in sim.used)
     # nothing beats the lower bound
     assert T >= lower_bound(sim)["bound_us"] - eps
