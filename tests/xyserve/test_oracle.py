@@ -63,7 +63,12 @@ def oracle(request, tmp_path_factory):
 
 CONFIGS = {
     "chunked": dict(max_num_batched_tokens=16, max_num_seqs=4),
-    "no-prefix-cache": dict(max_num_batched_tokens=64, enable_prefix_caching=False),
+    "no-prefix-cache-sdpa-torch": dict(
+        max_num_batched_tokens=64,
+        enable_prefix_caching=False,
+        attention_backend="sdpa",
+        gemm_backend="torch",
+    ),
     "preemption": dict(max_num_batched_tokens=64, num_kv_blocks=14, max_num_seqs=8),
     "baseline-policy": dict(scheduler_policy="baseline", max_num_batched_tokens=64),
     "meta-smooth": dict(
@@ -76,9 +81,10 @@ CONFIGS = {
 def test_greedy_tokens_and_first_logits_match_hf(oracle, name):
     path, prompts, refs, firsts = oracle
     cfg = dict(CONFIGS[name])
-    if cfg.get("attention_backend", "sdpa") not in attention_backend_names() or cfg.get(
-        "gemm_backend", "torch"
-    ) not in gemm_backend_names():
+    if (
+        cfg.get("attention_backend", "sdpa") not in attention_backend_names()
+        or cfg.get("gemm_backend", "torch") not in gemm_backend_names()
+    ):
         pytest.fail(f"backend of config {name} is not registered")
     llm = LLM(str(path), block_size=16, **cfg)
     eng = llm.llm_engine

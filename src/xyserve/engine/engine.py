@@ -108,8 +108,11 @@ class LLMEngine:
             policy=config.scheduler_policy,
             num_reserved_decode_tokens=config.num_reserved_decode_tokens,
         )
+        gemm_kwargs = {}
+        if config.gemm_backend == "smooth":  # its tuned table lives beside the model or in a cache
+            gemm_kwargs = {"model_path": str(self.model_path), "device": self.device.type}
         self.runner = ModelRunner(
-            self.model, num_blocks, bs, config.attention_backend, config.gemm_backend
+            self.model, num_blocks, bs, config.attention_backend, config.gemm_backend, gemm_kwargs
         )
         self.groups: dict[str, _Group] = {}
         self._child_to_group: dict[str, tuple[_Group, _Child]] = {}
