@@ -155,8 +155,8 @@ def test_bundled_pair_shares_tokenizer_and_fits_budget():
         assert "held-out cross-entropy" in card and "def fibonacci(n):" in card
 
 
-def test_bundled_target_reads_python_better_than_draft_and_chance():
-    """Held-out style check: both models beat uniform guessing by far; the target beats the draft."""
+def test_bundled_pair_predicts_python_and_draft_tracks_target():
+    """Both models beat uniform guessing by far, and the draft mostly agrees with the target."""
     import math
 
     import torch
@@ -164,15 +164,18 @@ def test_bundled_target_reads_python_better_than_draft_and_chance():
     text = (
         "import os\n\n\ndef read_file(path):\n    with open(path) as f:\n        return f.read()\n"
         "\n\nclass Point:\n    def __init__(self, x, y):\n        self.x = x\n        self.y = y\n"
+        "\n    def __repr__(self):\n        return f'Point({self.x!r}, {self.y!r})'\n"
     )
-    losses = {}
+    greedy = {}
     for name in BUNDLED:
         model, tok = _load(resolve_model(name))
         ids = tok(text, return_tensors="pt").input_ids
         with torch.no_grad():
-            losses[name] = model(ids, labels=ids).loss.item()
-        assert losses[name] < 0.5 * math.log(len(tok))
-    assert losses[DEFAULT_MODEL] < losses[DEFAULT_DRAFT_MODEL]
+            out = model(ids, labels=ids)
+        assert out.loss.item() < 0.5 * math.log(len(tok)), name
+        greedy[name] = out.logits[0].argmax(-1)
+    agree = (greedy[DEFAULT_MODEL] == greedy[DEFAULT_DRAFT_MODEL]).float().mean().item()
+    assert agree > 0.3
 
 
 # ---------------------------------------------------------------------------- training script

@@ -452,6 +452,8 @@ def _card(name: str, info: dict) -> str:
             f"- draft top-1 agreement with the target's greedy next token: "
             f"**{info['agreement'] * 100:.1f}%** over {info['eval_tokens']:,} held-out positions"
         )
+    if info.get("note"):
+        lines += ["", "## Known limitation", "", info["note"]]
     lines += [
         "",
         f"## Greedy continuation of `{SAMPLE_PROMPT}`",
@@ -762,6 +764,14 @@ def main(argv: list[str] | None = None) -> int:
         if parallel:
             d_info["distill"] = "next-token CE, trained in parallel with the target"
         t_info["agreement"] = agree
+        if t_loss >= d_loss:
+            t_info["note"] = (
+                f"This target is undertrained: it saw {t_info['steps'] * args.batch_size * seq_len:,} "
+                f"tokens against the draft's {d_info['steps'] * args.batch_size * seq_len:,}, and "
+                f"its held-out loss ({t_loss:.4f}) is higher than the draft's ({d_loss:.4f}). "
+                "Give the target more training time (e.g. a longer --max-minutes, or the draft a "
+                "shorter --draft-max-minutes) to fix this."
+            )
         t_info["role"] += f" Draft held-out loss: {d_loss:.4f}."
 
     out = Path(args.out)
