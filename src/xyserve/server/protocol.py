@@ -188,13 +188,8 @@ class CompletionResponse(BaseModel):
     usage: UsageInfo | None = None
 
 
-class CompletionStreamResponse(BaseModel):
-    id: str
-    object: Literal["text_completion"] = "text_completion"
-    created: int = Field(default_factory=_now)
-    model: str
-    choices: list[CompletionChoice]
-    usage: UsageInfo | None = None
+# OpenAI streams completions as chunks of the very same shape as the whole response.
+CompletionStreamResponse = CompletionResponse
 
 
 class TopLogprob(BaseModel):
