@@ -166,8 +166,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--attention-backend", default=None)
     ap.add_argument("--gemm-backend", default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads for all systems")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as tmp:
         if args.model:
