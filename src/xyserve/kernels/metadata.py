@@ -44,7 +44,9 @@ class AttentionMetadata:
             if r.block_table:
                 bt[i, : len(r.block_table)] = torch.tensor(r.block_table, dtype=torch.int32)
         masks = [
-            None if r.tree_mask is None else torch.tensor(r.tree_mask, dtype=torch.bool, device=device)
+            None
+            if r.tree_mask is None
+            else torch.tensor(r.tree_mask, dtype=torch.bool, device=device)
             for r in rows
         ]
         return cls(
@@ -57,7 +59,9 @@ class AttentionMetadata:
         )
 
 
-def stage_mask(num_tokens: int, kv_len: int, tree_mask: torch.Tensor | None, device) -> torch.Tensor:
+def stage_mask(
+    num_tokens: int, kv_len: int, tree_mask: torch.Tensor | None, device
+) -> torch.Tensor:
     """Dense bool mask [num_tokens, kv_len] of one stage (True = may attend)."""
     ctx = kv_len - num_tokens
     mask = torch.ones((num_tokens, kv_len), dtype=torch.bool, device=device)
