@@ -231,8 +231,8 @@ class LLMEngine:
                     self.first_logits.setdefault(child.request.request_id, lg.clone())
             for (_, child), res in zip(children, sample(logits, sample_rows)):
                 sampled[child.request.request_id] = [res.token_id]
-                child.cumulative_logprob += res.logprob
                 if child.logprobs is not None:
+                    child.cumulative_logprob += res.logprob
                     entry = {tid: Logprob(lp) for tid, lp in res.top_logprobs}
                     entry[res.token_id] = Logprob(res.logprob, res.rank)
                     for tid, lp in entry.items():
@@ -303,7 +303,7 @@ class LLMEngine:
                 index=c.index,
                 text=c.text,
                 token_ids=list(c.request.output_token_ids),
-                cumulative_logprob=c.cumulative_logprob,
+                cumulative_logprob=c.cumulative_logprob if c.logprobs is not None else None,
                 logprobs=list(c.logprobs) if c.logprobs is not None else None,
                 finish_reason=c.finish_reason,
                 stop_reason=c.request.stop_reason,

@@ -21,7 +21,7 @@ class SampleRow:
 @dataclass
 class SampleResult:
     token_id: int
-    logprob: float
+    logprob: float | None  # None unless the request asked for logprobs
     top_logprobs: list[tuple[int, float]]  # (token id, logprob), best first
     rank: int
 
@@ -62,7 +62,9 @@ def filter_logits(logits: torch.Tensor, p: SamplingParams) -> torch.Tensor:
 
 def sample(logits: torch.Tensor, rows: list[SampleRow]) -> list[SampleResult]:
     """``logits``: [R, V] float32 raw model logits, one row per request that samples."""
-    raw_logprobs = torch.log_softmax(logits, dim=-1)
+    # Logprobs (of the raw model distribution, as vLLM) only when some request asks for them.
+    want = any(r.params.logprobs is not None for r in rows)
+    raw_logprobs = torch.log_softmax(logits, dim=-1) if want else None
     greedy_ids = logits.argmax(dim=-1).tolist()
     results = []
     for i, row in enumerate(rows):
@@ -80,13 +82,14 @@ def sample(logits: torch.Tensor, rows: list[SampleRow]) -> list[SampleResult]:
             else:
                 probs = filter_logits(lg, p).softmax(-1)
                 tok = int(torch.multinomial(probs, 1, generator=row.generator))
-        lp = raw_logprobs[i]
         top: list[tuple[int, float]] = []
-        rank = 0
+        rank, logprob = 0, None
         if p.logprobs is not None:
+            lp = raw_logprobs[i]
             if p.logprobs:
                 vals, ids = torch.topk(lp, p.logprobs)
                 top = list(zip(ids.tolist(), vals.tolist()))
             rank = int((lp > lp[tok]).sum()) + 1
-        results.append(SampleResult(tok, float(lp[tok]), top, rank))
+            logprob = float(lp[tok])
+        results.append(SampleResult(tok, logprob, top, rank))
     return results
