@@ -22,6 +22,8 @@ def arch(
     contention=False,
     mappings=("replicated",),
     memory=0,
+    data_plane=None,
+    dp_pea=0.0,
 ):
     return arch_from_dict(
         {
@@ -41,7 +43,11 @@ def arch(
                 "link_contention": contention,
             },
             "reconfig": {"base_us": rc_base, "bandwidth_gbps": 8},
-            "control": {"control_plane_latency_us": ctrl, "data_plane_latency_us": ctrl},
+            "control": {
+                "control_plane_latency_us": ctrl,
+                "data_plane_latency_us": ctrl if data_plane is None else data_plane,
+                "data_plane_pea_us": dp_pea,
+            },
         }
     )
 

@@ -33,6 +33,9 @@ class Arch:
     reconfig_gbps: float = 8.0
     control_plane_us: float = 0.5
     data_plane_us: float = 20.0
+    # time a data-plane decision occupies the PEA that produced its input (baseline only;
+    # 0: decisions never occupy PEAs)
+    data_plane_pea_us: float = 0.0
     central_decision_us: float = 5.0
     # contention: a transfer reserves every mesh link on its XY route for its serialisation
     link_contention: bool = False
@@ -128,6 +131,7 @@ def arch_from_dict(doc: dict) -> Arch:
         reconfig_gbps=float(rc.get("bandwidth_gbps", 8.0)),
         control_plane_us=float(ctl.get("control_plane_latency_us", 0.5)),
         data_plane_us=float(ctl.get("data_plane_latency_us", 20.0)),
+        data_plane_pea_us=float(ctl.get("data_plane_pea_us", 0.0)),
         central_decision_us=float(ctl.get("central_decision_us", 5.0)),
         link_contention=bool(mesh.get("link_contention", False)),
         buffer_slots=int(buf.get("slots_per_pea", 0)),

@@ -86,6 +86,8 @@ def summarize(sim) -> dict:
             "transferring": sum(sim.xfer) / tot,
             "blocked": sum(sim.blocked) / tot,
         },
+        # share of PEA time (inside busy) spent evaluating data-plane control decisions
+        "data_plane_decisions": sim.dp_pea_us / tot,
         "backpressure_stalls": sim.blocked_events,
         "buffer_spills": sim.spills,
         "reconfigurations": sim.n_reconfig,

@@ -41,8 +41,11 @@ class OctopusScheduler(Scheduler):
         dynamic_base: float = 0.5,
         cv_threshold: float = 0.3,
         reconfig_margin: float = 1.0,
+        bp_aware: bool = True,
+        bp_scan: int = 64,
     ):
         self.reconfig_margin = reconfig_margin
+        self.bp_aware, self.bp_scan = bp_aware, bp_scan
         self.dds, self.adaptive, self.proactive = dds, adaptive, proactive
         self.balancer = balancer if proactive else "none"
         self.alpha, self.tick_us = alpha, period_us
@@ -113,12 +116,38 @@ class OctopusScheduler(Scheduler):
             self.nwarm[c][cur if cur >= 0 else self.T] -= 1
             self.nwarm[c][tb] += 1
 
-    def _worth_reconfig(self, c: int, tb: int) -> bool:
+    def _worth_reconfig(self, c: int, tb: int, k: int) -> bool:
+        """Reconfigure a spare PEA for k rather than wait for a warm one when the cost of
+        waiting exceeds the reconfiguration. Waiting costs the expected queueing delay for k
+        itself and, back-pressure aware, the same delay for every producer PEA that is
+        blocked on a full output buffer holding the input of k or of a queued invocation of
+        its TB (they cannot take new work until it is read: contagious idleness)."""
         warm = self.nwarm[c][tb]
         if warm == 0:
             return True
-        wait = self.sim.ewma[tb] * (len(self.q[c][tb]) + 1) / warm
-        return wait > self.reconfig_margin * self.sim.rc_us[tb]
+        sim = self.sim
+        wait = sim.ewma[tb] * (len(self.q[c][tb]) + 1) / warm
+        cost = self.reconfig_margin * sim.rc_us[tb]
+        if wait > cost:
+            return True
+        if not self.bp_aware or not sim.slots:
+            return False
+        need = cost / wait - 1.0  # blocked producers that make waiting the dearer choice
+        preds, holder, hold_pea, blk = sim.preds, sim.holder, sim.hold_pea, sim.is_blocked
+        seen = set()
+        q = self.q[c][tb]
+        scan = (k, *(q[i] for i in range(min(len(q), self.bp_scan))))
+        for j in scan:
+            ps = preds[j]
+            if len(ps) == 1:
+                h = holder[ps[0]]
+                if h >= 0:
+                    p = hold_pea[h]
+                    if p >= 0 and blk[p] and p not in seen:
+                        seen.add(p)
+                        if len(seen) > need:
+                            return True
+        return False
 
     def _place(self, c: int, k: int, t: float, warm_only: bool = False) -> bool:
         sim, T = self.sim, self.T
@@ -131,7 +160,7 @@ class OctopusScheduler(Scheduler):
             for p in peas:
                 self._use(c, p, tb)
         else:
-            if warm_only or not self._worth_reconfig(c, tb):
+            if warm_only or not self._worth_reconfig(c, tb, k):
                 return False
             qs = self.q[c]
             # count before touching anything: failed attempts must be cheap
@@ -143,8 +172,11 @@ class OctopusScheduler(Scheduler):
                         donors.append(sp[u])
                         n += len(sp[u])
             if self.adaptive:
+                lend = self._choked(c) if self.bp_aware and sim.slots else None
+                if lend is not None and lend[tb]:
+                    lend = None  # a choked TB borrows nothing
                 for u in range(T):
-                    if u != tb and own_l[u] and not qs[u]:
+                    if u != tb and own_l[u] and (not qs[u] or (lend is not None and lend[u])):
                         donors.append(own_l[u])
                         n += len(own_l[u])
             if n < fp:
@@ -161,6 +193,11 @@ class OctopusScheduler(Scheduler):
         if self.proactive:
             self._predict(c, tb, t)
         return True
+
+    def _choked(self, c: int) -> list[int]:
+        """Blocked PEAs per TB in cluster c (back-pressure: their outputs are unread)."""
+        T = self.T
+        return self.sim.blk_ct[c * T : c * T + T]
 
     def _put(self, c: int, p: int) -> None:
         o = self.own[p]
@@ -196,15 +233,25 @@ class OctopusScheduler(Scheduler):
         qs = self.q[c]
         if not any(self.fown[c]) and not any(self.fsp[c]):
             return
-        for warm_only in (True, False):
-            order = sorted(
-                (tb for tb in range(self.T) if qs[tb]),
-                key=lambda tb: -len(qs[tb]) * self.sim.ewma[tb],
-            )
-            for tb in order:
-                q = qs[tb]
-                while q and self._place(c, q[0], t, warm_only):
-                    q.popleft()
+        ewma = self.sim.ewma
+        tbs = [tb for tb in range(self.T) if qs[tb]]
+        groups = (tbs,)
+        if self.bp_aware and self.sim.slots:
+            # back-pressure aware: serve TBs that are not choked (none of their PEAs is
+            # blocked on a full output buffer) first, with a warm PEA or else a spare or
+            # borrowed one; they consume what blocked producers hold. Choked TBs come last:
+            # running more of them now would only block more PEAs.
+            blk, base = self.sim.blk_ct, c * self.T
+            choked = [tb for tb in tbs if blk[base + tb]]
+            if choked:
+                groups = ([tb for tb in tbs if not blk[base + tb]], choked)
+        for grp in groups:
+            for warm_only in (True, False):
+                order = sorted((tb for tb in grp if qs[tb]), key=lambda tb: -len(qs[tb]) * ewma[tb])
+                for tb in order:
+                    q = qs[tb]
+                    while q and self._place(c, q[0], t, warm_only):
+                        q.popleft()
 
     # ------------------------------------------------------------------ proactive
     def on_decision(self, k: int, t: float) -> None:

@@ -54,6 +54,10 @@ class Simulator:
         self.ewma = list(self.mean_dur)
         self.rc_us = [arch.reconfig_us(b) for b in cw.config_bytes]
         self.ctrl_us = arch.control_plane_us if scheduler.control_plane else arch.data_plane_us
+        # data-plane decisions (baseline): the PEA group that produced a control block's input
+        # evaluates the decision and stays occupied for `data_plane_pea_us` of its latency
+        self.dp_hold = 0.0 if scheduler.control_plane else min(arch.data_plane_pea_us, self.ctrl_us)
+        self.dp_pea_us = 0.0  # PEA-us spent holding PEAs for data-plane decisions
         # invocations
         self.node: list[int] = []
         self.dur: list[float] = []
@@ -96,6 +100,10 @@ class Simulator:
         self.holder: list[int] = []  # invocation whose buffer slot holds this one's data
         self.hold_pea: list[int] = []  # PEA whose slot holds this invocation's output
         self.n_blocked = 0
+        # blocked PEAs per (cluster, TB they ran): schedulers read it to see which TBs are
+        # choked by back-pressure (running more of them only blocks more PEAs)
+        self.blk_ct = [0] * (arch.n_clusters * self.T)
+        self.blk_at = [-1] * n  # index into blk_ct of a blocked PEA
         self.n_running = 0
         self.n_pending = 0  # control decisions and unblocks in flight
         self.spills = 0
@@ -248,8 +256,13 @@ class Simulator:
             self.qcount += 1
             self.sched.submit(k, t)
         else:
+            lat = self.ctrl_us
+            if self.dp_hold:
+                ps = self.preds[k]
+                if len(ps) == 1 and self.node[ps[0]] < self.T:  # its producer paid the hold
+                    lat -= self.dp_hold
             self.n_pending += 1
-            self.push(t + self.ctrl_us, CTRL, k)
+            self.push(t + lat, CTRL, k)
 
     def _complete(self, t: float, k: int) -> None:
         npred = self.npred
@@ -284,6 +297,9 @@ class Simulator:
                 if self.used[p0] >= self.slots:  # buffer full: back-pressure blocks it
                     self.is_blocked[p0] = True
                     self.n_blocked += 1
+                    i = self.pea_cluster[p0] * self.T + tb
+                    self.blk_at[p0] = i
+                    self.blk_ct[i] += 1
                     self.blocked_events += 1
                     peas = peas[1:]
         self._complete(t, k)
@@ -376,6 +392,9 @@ class Simulator:
         exec_start = t + xf
         cfg, avail, idle_since = self.cfg, self.avail_at, self.idle_since
         d = self.dur[k]
+        if self.dp_hold and self._decides_on_data_plane(k):
+            d += self.dp_hold
+            self.dp_pea_us += self.dp_hold * len(peas)
         if len(peas) == 1:  # fast path: one PEA
             a = idle_since[p0]
             if t > a:
@@ -484,6 +503,12 @@ class Simulator:
             lf[li] = e
         return e + lat - t
 
+    def _decides_on_data_plane(self, k: int) -> bool:
+        """Whether task k feeds a control block directly (its only input): on the data plane
+        k's PEAs evaluate that decision before they are released."""
+        node, preds, T = self.node, self.preds, self.T
+        return any(node[s] >= T and len(preds[s]) == 1 for s in self.succ[k])
+
     def _readers(self, k: int) -> int:
         """Successors that read k's data point to point (a successor with several inputs is
         a join: it gathers its inputs as they are produced, so they hold no slot)."""
@@ -499,6 +524,7 @@ class Simulator:
         if self.is_blocked[q] and self.used[q] < self.slots:
             self.is_blocked[q] = False
             self.n_blocked -= 1
+            self.blk_ct[self.blk_at[q]] -= 1
             self.n_pending += 1
             self.push(t, UNBLOCK, q)  # deferred: the scheduler may be mid-decision
 
@@ -522,6 +548,7 @@ class Simulator:
             self.used[p] = 0
             self.is_blocked[p] = False
             self.n_blocked -= 1
+            self.blk_ct[self.blk_at[p]] -= 1
             self.spills += 1
             self.n_pending += 1
             self.push(t, UNBLOCK, p)

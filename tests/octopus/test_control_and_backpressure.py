@@ -1,0 +1,113 @@
+"""Data-plane control decisions occupy the baseline's PEAs (Part 2: the CBU decides "without
+occupying PEAs"), and Octopus's dispatch counts the producers a waiting reader keeps
+blocked."""
+
+import pytest
+from octo_helpers import arch, simulate, task, workflow
+
+from octopus.report.metrics import summarize
+
+
+def _branchy():
+    # a (10 us) -> branch (always b) -> b (10 us)
+    return workflow(
+        [
+            task("a", 10.0, ["br"], out_bytes=0),
+            {"id": "br", "type": "branch", "next": ["b"], "probs": [1.0]},
+            task("b", 10.0, out_bytes=0),
+        ]
+    )
+
+
+def _dp_arch(dp_pea):
+    return arch(peas=(1, 1), ctrl=0.5, data_plane=20.0, dp_pea=dp_pea)
+
+
+def test_data_plane_decision_occupies_the_producing_pea_in_the_baseline():
+    sched = "greedy"
+    # One PEA, two instances. The baseline's decision runs on a's PEA for its 20 us latency:
+    # a1 [0, 30) (10 compute + 20 decision), a2 [30, 60), b1 [60, 70), b2 [70, 80).
+    sim = simulate(_branchy(), _dp_arch(20.0), sched, n=2)
+    assert sim.makespan == pytest.approx(80.0)
+    assert sim.busy[0] == pytest.approx(80.0)
+    assert sim.dp_pea_us == pytest.approx(40.0)
+    assert summarize(sim)["data_plane_decisions"] == pytest.approx(0.5)
+    # latency only (the first-pass model): a2 runs while a1's decision is in flight
+    # a1 [0, 10), a2 [10, 20), b1 [30, 40), b2 [40, 50)
+    lat = simulate(_branchy(), _dp_arch(0.0), sched, n=2)
+    assert lat.makespan == pytest.approx(50.0)
+    assert lat.busy[0] == pytest.approx(40.0)
+    assert lat.dp_pea_us == 0.0
+
+
+@pytest.mark.parametrize("sched", ["static", "reactive"])
+def test_partitioned_baselines_hold_their_producer_for_the_decision(sched):
+    # Two PEAs, one per TB (equal loads). a's PEA evaluates each decision:
+    # a1 [0, 30), a2 [30, 60); b1 [30, 40), b2 [60, 70)
+    a = arch(peas=(2, 1), ctrl=0.5, data_plane=20.0, dp_pea=20.0)
+    sim = simulate(_branchy(), a, sched, n=2)
+    pa = next(p for p in range(2) if sim.sched.own[p] == 0)
+    assert sim.makespan == pytest.approx(70.0)
+    assert sim.busy[pa] == pytest.approx(60.0)
+    assert sim.busy[1 - pa] == pytest.approx(20.0)
+    # latency only: a1 [0, 10), a2 [10, 20); b1 [30, 40), b2 [40, 50)
+    lat = simulate(_branchy(), arch(peas=(2, 1), ctrl=0.5, data_plane=20.0), sched, n=2)
+    assert lat.makespan == pytest.approx(50.0)
+
+
+def test_control_plane_decision_does_not_occupy_a_pea_in_octopus():
+    # Octopus's CBU decides in 0.5 us on the control plane, whatever data_plane_pea_us says:
+    # a1 [0, 10), a2 [10, 20), b1 [20, 30) (ready at 10.5), b2 [30, 40)
+    sim = simulate(_branchy(), _dp_arch(20.0), "octopus", n=2)
+    assert sim.makespan == pytest.approx(40.0)
+    assert sim.busy[0] == pytest.approx(40.0)
+    assert sim.dp_pea_us == 0.0
+
+
+def test_a_join_is_not_held_on_a_producer():
+    # a forks b and c which meet at a join: a join is a synchronisation of the data flow,
+    # not a decision, so no producer holds for it
+    wf = workflow(
+        [
+            task("a", 1.0, ["b", "c"], join="j", out_bytes=0),
+            task("b", 2.0, ["j"], out_bytes=0),
+            task("c", 3.0, ["j"], out_bytes=0),
+            {"id": "j", "type": "join", "next": ["d"]},
+            task("d", 1.0, out_bytes=0),
+        ]
+    )
+    sim = simulate(wf, arch(peas=(2, 1), ctrl=0.5, data_plane=20.0, dp_pea=20.0), "greedy")
+    assert sim.dp_pea_us == 0.0
+    assert sim.makespan == pytest.approx(1.0 + 3.0 + 1.0)
+
+
+def _pipeline_dyn():
+    return workflow(
+        [
+            task("a", {"dist": "lognormal", "mean": 1.0, "cv": 0.5}, ["b"], out_bytes=0),
+            task("b", {"dist": "lognormal", "mean": 4.0, "cv": 0.5}, out_bytes=0),
+        ]
+    )
+
+
+def test_backpressure_aware_dispatch_reconfigures_instead_of_leaving_a_producer_blocked():
+    # a (1 us) feeds b (4 us); 4 PEAs, one output slot each, reconfiguration 5 us. With DDS
+    # both TBs are time-dynamic: one warm base PEA each and two unconfigured spares. The
+    # queueing delay for b looks shorter than a reconfiguration, so the plain rule waits
+    # for b's warm PEA while a's PEA sits blocked on its full buffer; the back-pressure
+    # aware rule counts that blocked producer and reconfigures a spare for b.
+    a = arch(peas=(4, 1), slots=1, rc_base=5.0)
+    plain = simulate(_pipeline_dyn(), a, "octopus-dds", n=12, concurrency=12, bp_aware=False)
+    aware = simulate(_pipeline_dyn(), a, "octopus-dds", n=12, concurrency=12, bp_aware=True)
+    assert sum(aware.blocked) < 0.5 * sum(plain.blocked)
+    assert aware.makespan < plain.makespan
+    for sim in (plain, aware):
+        T = sim.makespan
+        for p in range(4):
+            parts = (sim.busy, sim.reconf, sim.xfer, sim.blocked, sim.starved, sim.waiting)
+            assert sum(x[p] for x in parts) == pytest.approx(T)
+    # without bounded buffers there is nothing to count: both rules agree
+    free = arch(peas=(4, 1), slots=0, rc_base=5.0)
+    x = simulate(_pipeline_dyn(), free, "octopus-dds", n=12, concurrency=12, bp_aware=False)
+    y = simulate(_pipeline_dyn(), free, "octopus-dds", n=12, concurrency=12, bp_aware=True)
+    assert x.makespan == y.makespan
