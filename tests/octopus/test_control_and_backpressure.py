@@ -111,3 +111,27 @@ def test_backpressure_aware_dispatch_reconfigures_instead_of_leaving_a_producer_
     x = simulate(_pipeline_dyn(), free, "octopus-dds", n=12, concurrency=12, bp_aware=False)
     y = simulate(_pipeline_dyn(), free, "octopus-dds", n=12, concurrency=12, bp_aware=True)
     assert x.makespan == y.makespan
+
+
+def test_choked_stages_lend_their_free_peas_to_the_consumers_downstream():
+    # A fan-out of 24 items through a three-stage chain r1 -> r2 -> r3 on 8 PEAs with one
+    # output slot each. Serving the longest queue first floods r1, whose PEAs then block
+    # on unread results while r2 and r3 have too few PEAs (a near-deadlock that only the
+    # spill recovers). Back-pressure aware, the TBUs of stages with no blocked PEA are
+    # served first and borrow free PEAs of choked stages, so the chain drains.
+    wf = workflow(
+        [
+            task("src", 1.0, ["fan"], out_bytes=0),
+            {"id": "fan", "type": "fanout", "count": 24, "body": "r1", "join": "j"},
+            task("r1", 2.0, ["r2"], out_bytes=0),
+            task("r2", 2.0, ["r3"], out_bytes=0),
+            task("r3", 2.0, ["j"], out_bytes=0),
+            {"id": "j", "type": "join"},
+        ]
+    )
+    a = arch(peas=(4, 2), slots=1, rc_base=1.0)
+    plain = simulate(wf, a, "octopus-dds-adaptive", n=2, concurrency=2, bp_aware=False)
+    aware = simulate(wf, a, "octopus-dds-adaptive", n=2, concurrency=2, bp_aware=True)
+    assert aware.spills < plain.spills
+    assert sum(aware.blocked) < 0.5 * sum(plain.blocked)
+    assert aware.makespan < 0.5 * plain.makespan
