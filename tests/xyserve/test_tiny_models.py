@@ -253,3 +253,33 @@ def test_train_tiny_module_entry_point():
     )
     assert r.returncode == 0, r.stderr
     assert "--steps" in r.stdout and "--max-files" in r.stdout and "--out" in r.stdout
+
+
+def test_train_tiny_resume_target(tmp_path):
+    """--resume-target continues a target: same tokenizer files, loads, card lists both phases."""
+    import torch
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert train_tiny.main([*TINY_ARGS, "--out", str(first)]) == 0
+    src = first / "xy-tiny"
+    args = [*TINY_ARGS, "--steps", "3", "--resume-target", str(src), "--out", str(second)]
+    assert train_tiny.main(args) == 0
+    d = second / "xy-tiny"
+    assert sorted(p.name for p in second.iterdir()) == ["xy-tiny"]  # no draft, nothing half-written
+    for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        assert (d / f).read_bytes() == (src / f).read_bytes(), f
+    assert _safetensors_dtypes(d / "model.safetensors") == {"torch.bfloat16"}
+    assert json.loads((d / "config.json").read_text()) == json.loads(
+        (src / "config.json").read_text()
+    )
+    phases = json.loads((d / "training.json").read_text())["phases"]
+    assert [p["steps"] for p in phases] == [4, 3]
+    card = (d / "README.md").read_text()
+    assert "| 1 | 4 |" in card and "| 2 | 3 |" in card and "top-1 agreement" in card
+    assert "def fibonacci(n):" in card
+    model, tok = _load(d)
+    old, _ = _load(src)
+    assert any((a != b).any() for a, b in zip(model.parameters(), old.parameters()))
+    ids = tok("def f(x):", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert model(ids).logits.shape == (1, ids.shape[1], len(tok))

@@ -13,6 +13,17 @@ Usage::
 
     python -m xyserve.tools.train_tiny --out src/xyserve/models
     xyserve train-tiny --out /tmp/tiny --max-files 20 --steps 5 --vocab-size 300 ...
+
+Continuing an existing target (same tokenizer and architecture, the draft is left as it is)::
+
+    python -m xyserve.tools.train_tiny --resume-target src/xyserve/models/xy-tiny \
+        --out /tmp/resumed --max-minutes 40 --threads 1
+
+``--resume-target DIR`` loads DIR's bf16 weights (trained in float32), reuses DIR's tokenizer files
+byte for byte, skips draft training, runs a fresh warm-up + cosine schedule for ``--steps`` /
+``--max-minutes`` on differently seeded windows, and evaluates held-out loss and the draft's top-1
+agreement (draft from ``--resume-draft``, default: DIR's sibling ``--draft-name``) on the same
+held-out windows as a fresh run. The card lists every training phase (kept in ``training.json``).
 """
 
 from __future__ import annotations
@@ -24,6 +35,7 @@ import logging
 import math
 import os
 import random
+import re
 import shutil
 import sys
 import sysconfig
@@ -425,7 +437,8 @@ def _card(name: str, info: dict) -> str:
         "## Training",
         "",
         f"- steps: {info['steps']}, batch {info['batch_size']} x {info['seq_len']} tokens "
-        f"({info['steps'] * info['batch_size'] * info['seq_len']:,} tokens seen)",
+        f"({info.get('tokens_seen', info['steps'] * info['batch_size'] * info['seq_len']):,} "
+        "tokens seen" + (", all phases)" if info.get("phases") else ")"),
         f"- optimizer: AdamW (betas 0.9/0.95, weight decay 0.1), peak lr {info['lr']}, "
         "linear warm-up then cosine decay to 10%",
         "- schedule: "
@@ -440,6 +453,28 @@ def _card(name: str, info: dict) -> str:
     ]
     if info.get("distill"):
         lines.append(f"- objective: {info['distill']}")
+    if info.get("phases"):
+        lines += [
+            "",
+            "Training phases (each with its own warm-up + cosine schedule; later phases resume "
+            "from the previous weights with the same tokenizer):",
+            "",
+            "| phase | steps | tokens seen | wall time | peak lr | threads | held-out loss after |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for i, ph in enumerate(info["phases"], 1):
+            loss = ph.get("heldout_loss")
+            lines.append(
+                f"| {i} | {ph['steps']} | {ph['tokens']:,} | {ph['minutes']:.1f} min | "
+                f"{ph.get('lr', '?')} | {ph.get('threads', '?')} | "
+                + (f"{loss:.4f}" if loss is not None else "?")
+                + " |"
+            )
+        lines.append(
+            f"| total | {sum(ph['steps'] for ph in info['phases'])} | "
+            f"{sum(ph['tokens'] for ph in info['phases']):,} | "
+            f"{sum(ph['minutes'] for ph in info['phases']):.1f} min | | | |"
+        )
     lines += [
         "",
         "## Evaluation (held-out files, bf16 weights)",
@@ -469,8 +504,23 @@ def _card(name: str, info: dict) -> str:
     return "\n".join(lines)
 
 
-def save_model_dir(model, tok, out_dir: Path, info: dict, max_pos: int, eos_id: int) -> None:
-    """Write an HF-format directory atomically (temp sibling, then rename)."""
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def save_model_dir(
+    model,
+    tok,
+    out_dir: Path,
+    info: dict,
+    max_pos: int,
+    eos_id: int,
+    tokenizer_from: Path | None = None,
+) -> None:
+    """Write an HF-format directory atomically (temp sibling, then rename).
+
+    With ``tokenizer_from`` the tokenizer files are copied byte for byte from that directory.
+    ``info["phases"]`` (if any) is also written to ``training.json``.
+    """
     import torch
     from transformers import GenerationConfig
 
@@ -490,6 +540,23 @@ def save_model_dir(model, tok, out_dir: Path, info: dict, max_pos: int, eos_id: 
         max_new_tokens=128,
     )
     model.save_pretrained(tmp, safe_serialization=True)
+    if info.get("phases"):
+        (tmp / "training.json").write_text(json.dumps({"phases": info["phases"]}, indent=2) + "\n")
+    if tokenizer_from is not None:
+        for f in TOKENIZER_FILES:
+            shutil.copyfile(Path(tokenizer_from) / f, tmp / f)
+    else:
+        _write_tokenizer(tok, tmp, max_pos)
+    (tmp / "README.md").write_text(_card(out_dir.name, info))
+    model.float()
+    for f in tmp.iterdir():
+        f.chmod(0o644)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+
+
+def _write_tokenizer(tok, tmp: Path, max_pos: int) -> None:
     tok.save(str(tmp / "tokenizer.json"))
     (tmp / "tokenizer_config.json").write_text(
         json.dumps(tokenizer_config(max_pos), indent=2) + "\n"
@@ -505,13 +572,6 @@ def save_model_dir(model, tok, out_dir: Path, info: dict, max_pos: int, eos_id: 
         )
         + "\n"
     )
-    (tmp / "README.md").write_text(_card(out_dir.name, info))
-    model.float()
-    for f in tmp.iterdir():
-        f.chmod(0o644)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
 
 
 # ------------------------------------------------------------------------------- draft helpers
@@ -550,6 +610,174 @@ def _draft_child(args, vocab, max_pos, eos_id, train_stream, seq_len, threads, o
 
 
 # ----------------------------------------------------------------------------------------- main
+def _prepare_data(args, tok=None, max_pos: int | None = None):
+    """Corpus split, tokenizer (trained unless given), token streams and held-out windows."""
+    import torch
+
+    corpus = build_corpus(args.stdlib, args.max_files, args.heldout_pct)
+    train_texts = [t for _, t in corpus.train]
+    held_texts = [t for _, t in corpus.heldout]
+    log.info(
+        "corpus %s: %d train files, %d held-out files",
+        corpus.root,
+        len(train_texts),
+        len(held_texts),
+    )
+    if tok is None:
+        tok = train_tokenizer(train_texts, args.vocab_size)
+    vocab = tok.get_vocab_size()
+    eos_id = tok.token_to_id(EOS_TOKEN)
+    train_stream = encode_texts(tok, train_texts, eos_id)
+    held_stream = encode_texts(tok, held_texts, eos_id)
+    log.info(
+        "tokenizer vocab %d; %d train tokens, %d held-out tokens",
+        vocab,
+        len(train_stream),
+        len(held_stream),
+    )
+    seq_len = min(args.seq_len, len(held_stream) - 1, len(train_stream) - 2)
+    eval_batches = heldout_batches(held_stream, seq_len, args.batch_size, args.eval_windows)
+    eval_tokens = sum(b[:, 1:].numel() for b in eval_batches)
+    common = {
+        "python": ".".join(map(str, sys.version_info[:3])),
+        "train_files": len(train_texts),
+        "heldout_files": len(held_texts),
+        "train_tokens": len(train_stream),
+        "heldout_tokens": len(held_stream),
+        "vocab_size": vocab,
+        "max_pos": max_pos or max(args.max_pos, seq_len),
+        "batch_size": args.batch_size,
+        "seq_len": seq_len,
+        "seed": args.seed,
+        "threads": torch.get_num_threads(),
+        "eval_tokens": eval_tokens,
+    }
+    return tok, train_stream, eval_batches, common
+
+
+def _previous_phases(model_dir: Path) -> list[dict]:
+    """Training phases of an existing model dir: its ``training.json``, else parsed from its card."""
+    record = model_dir / "training.json"
+    if record.is_file():
+        return json.loads(record.read_text())["phases"]
+    card = (model_dir / "README.md").read_text()
+    m = re.search(r"- steps: (\d+), batch \d+ x \d+ tokens \(([\d,]+) tokens seen\)", card)
+    w = re.search(r"wall time ([\d.]+) min on (\d+) CPU", card)
+    lr = re.search(r"peak lr ([\d.e+-]+),", card)
+    if not (m and w):
+        raise ValueError(f"{model_dir}: no training.json, and its card has no steps / wall time")
+    return [
+        {
+            "steps": int(m[1]),
+            "tokens": int(m[2].replace(",", "")),
+            "minutes": float(w[1]),
+            "threads": int(w[2]),
+            "lr": float(lr[1]) if lr else None,
+            "time_bound": "time-capped" in card,
+        }
+    ]
+
+
+def resume_target(args, t_start: float) -> int:
+    """``--resume-target``: continue training an existing target; the draft is only evaluated."""
+    import torch
+    from tokenizers import Tokenizer
+    from transformers import LlamaForCausalLM
+
+    src = Path(args.resume_target)
+    draft_dir = Path(args.resume_draft) if args.resume_draft else src.parent / args.draft_name
+    if (draft_dir / "tokenizer.json").read_bytes() != (src / "tokenizer.json").read_bytes():
+        raise ValueError(f"{draft_dir} does not share {src}'s tokenizer")
+    phases = _previous_phases(src)
+    target = LlamaForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
+    draft = LlamaForCausalLM.from_pretrained(draft_dir, dtype=torch.float32).eval()
+    tok = Tokenizer.from_file(str(src / "tokenizer.json"))
+    eos_id = tok.token_to_id(EOS_TOKEN)
+    max_pos = target.config.max_position_embeddings
+    _, train_stream, eval_batches, common = _prepare_data(args, tok, max_pos)
+    seq_len = common["seq_len"]
+    if common["vocab_size"] != target.config.vocab_size:
+        raise ValueError(f"{src}: tokenizer and model vocab sizes differ")
+    phases[-1]["heldout_loss"] = evaluate(target, eval_batches)  # same weights, measured here
+    d_loss = evaluate(draft, eval_batches)
+    log.info(
+        "resuming %s (%d params): held-out loss %.4f (draft %.4f) after %d phase(s)",
+        src,
+        n_params(target),
+        phases[-1]["heldout_loss"],
+        d_loss,
+        len(phases),
+    )
+    stats = train_model(
+        target,
+        train_stream,
+        steps=args.steps,
+        seq_len=seq_len,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed + 1 + 1000 * len(phases),  # windows differ from earlier phases
+        name=args.target_name,
+        log_every=args.log_every,
+        progress=not args.no_progress,
+        max_seconds=args.max_minutes * 60 if args.max_minutes else None,
+    )
+    bf16_roundtrip(target)
+    t_loss = evaluate(target, eval_batches)
+    agree = top1_agreement(draft, target, eval_batches)
+    sample = greedy_sample(target, tok, SAMPLE_PROMPT, args.sample_tokens, eos_id)
+    log.info(
+        "held-out loss %.4f (draft %.4f); agreement %.4f; sample:\n%s",
+        t_loss,
+        d_loss,
+        agree,
+        sample,
+    )
+    phases.append(
+        {
+            "steps": stats["steps"],
+            "tokens": stats["steps"] * args.batch_size * seq_len,
+            "minutes": round(stats["seconds"] / 60, 2),
+            "threads": common["threads"],
+            "lr": args.lr,
+            "heldout_loss": t_loss,
+            "time_bound": stats["time_bound"],
+        }
+    )
+    cfg = target.config
+    info = {
+        **common,
+        **stats,
+        "role": "Target model of xyserve's bundled tiny pair (default model); its speculative "
+        f"draft is `{draft_dir.name}`. Draft held-out loss: {d_loss:.4f}.",
+        "params": n_params(target),
+        "hidden": cfg.hidden_size,
+        "layers": cfg.num_hidden_layers,
+        "heads": cfg.num_attention_heads,
+        "intermediate": cfg.intermediate_size,
+        "steps": sum(p["steps"] for p in phases),
+        "tokens_seen": sum(p["tokens"] for p in phases),
+        "seconds": 60 * sum(p["minutes"] for p in phases),
+        "time_bound": any(p.get("time_bound") for p in phases),
+        "lr": " then ".join(f"{p['lr']}" for p in phases),
+        "heldout_loss": t_loss,
+        "agreement": agree,
+        "sample": sample,
+        "phases": phases,
+    }
+    if t_loss >= d_loss:
+        info["note"] = (
+            f"This target is undertrained: its held-out loss ({t_loss:.4f}) is higher than the "
+            f"draft's ({d_loss:.4f}). Resume it again with --resume-target to fix this."
+        )
+    save_model_dir(
+        target, tok, Path(args.out) / args.target_name, info, max_pos, eos_id, tokenizer_from=src
+    )
+    result = {k: info[k] for k in ("params", "steps", "tokens_seen", "heldout_loss", "agreement")}
+    result.update(draft_heldout_loss=d_loss, phase=phases[-1], total_seconds=time.time() - t_start)
+    log.info("done: %s", json.dumps(result, indent=2))
+    return 0
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="xyserve train-tiny",
@@ -597,6 +825,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="train the draft in a forked process alongside the target, splitting --threads "
         "between them (no distillation); more robust on a busy shared CPU",
     )
+    p.add_argument(
+        "--resume-target",
+        metavar="DIR",
+        default=None,
+        help="continue training the target model directory DIR (same tokenizer and architecture): "
+        "skips tokenizer and draft training, runs a fresh warm-up + cosine schedule for --steps / "
+        "--max-minutes, and writes --out/--target-name with a card listing every phase",
+    )
+    p.add_argument(
+        "--resume-draft",
+        metavar="DIR",
+        default=None,
+        help="draft evaluated with --resume-target (default: DIR's sibling --draft-name)",
+    )
     p.add_argument("--log-every", type=int, default=20)
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
@@ -618,45 +860,15 @@ def main(argv: list[str] | None = None) -> int:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
     t_start = time.time()
-    corpus = build_corpus(args.stdlib, args.max_files, args.heldout_pct)
-    train_texts = [t for _, t in corpus.train]
-    held_texts = [t for _, t in corpus.heldout]
-    log.info(
-        "corpus %s: %d train files, %d held-out files",
-        corpus.root,
-        len(train_texts),
-        len(held_texts),
+    if args.resume_target:
+        return resume_target(args, t_start)
+    tok, train_stream, eval_batches, common = _prepare_data(args)
+    vocab, eos_id, seq_len, max_pos = (
+        tok.get_vocab_size(),
+        tok.token_to_id(EOS_TOKEN),
+        common["seq_len"],
+        common["max_pos"],
     )
-    tok = train_tokenizer(train_texts, args.vocab_size)
-    vocab = tok.get_vocab_size()
-    eos_id = tok.token_to_id(EOS_TOKEN)
-    train_stream = encode_texts(tok, train_texts, eos_id)
-    held_stream = encode_texts(tok, held_texts, eos_id)
-    log.info(
-        "tokenizer vocab %d; %d train tokens, %d held-out tokens",
-        vocab,
-        len(train_stream),
-        len(held_stream),
-    )
-    seq_len = min(args.seq_len, len(held_stream) - 1, len(train_stream) - 2)
-    eval_batches = heldout_batches(held_stream, seq_len, args.batch_size, args.eval_windows)
-    eval_tokens = sum(b[:, 1:].numel() for b in eval_batches)
-    max_pos = max(args.max_pos, seq_len)
-
-    common = {
-        "python": ".".join(map(str, sys.version_info[:3])),
-        "train_files": len(train_texts),
-        "heldout_files": len(held_texts),
-        "train_tokens": len(train_stream),
-        "heldout_tokens": len(held_stream),
-        "vocab_size": vocab,
-        "max_pos": max_pos,
-        "batch_size": args.batch_size,
-        "seq_len": seq_len,
-        "seed": args.seed,
-        "threads": torch.get_num_threads(),
-        "eval_tokens": eval_tokens,
-    }
     results: dict[str, dict] = {}
 
     # ---- draft in a parallel process (forked before any model exists)
