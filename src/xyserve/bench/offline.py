@@ -156,7 +156,8 @@ def _tune_if_needed(model: Path, budget: int) -> None:
     from xyserve.tools import tune
 
     if find_table(model, "cpu") is None:
-        tune.main(["--model", str(model), "--budget", str(budget), "--device", "cpu"])
+        ops = ["--ops", "qkv", "o_proj", "gate_up", "down", "lm_head"]
+        tune.main(["--model", str(model), "--budget", str(budget), "--device", "cpu", *ops])
 
 
 def main(argv: list[str] | None = None) -> int:
