@@ -109,6 +109,7 @@ class LlamaModel:
         gemm, gp = ctx.gemm_backend, ctx.gemm_plan
         h = self.embed[input_ids]
         t = h.shape[0]
+        cos, sin = self.rope.tables(ctx.positions, self.dtype)
         for layer, (k_cache, v_cache) in zip(self.layers, kv_caches):
             x = rms_norm(h, layer.input_norm, cfg.rms_norm_eps)
             qkv = gemm.linear(gp, "qkv", x, layer.qkv, layer.qkv_bias)
@@ -119,8 +120,8 @@ class LlamaModel:
             if layer.q_norm is not None:
                 q = rms_norm(q, layer.q_norm, cfg.rms_norm_eps)
                 k = rms_norm(k, layer.k_norm, cfg.rms_norm_eps)
-            q = self.rope.apply(q, ctx.positions)
-            k = self.rope.apply(k, ctx.positions)
+            q = self.rope.apply(q, cos, sin)
+            k = self.rope.apply(k, cos, sin)
             k_cache.view(-1, hkv, d).index_copy_(0, ctx.slot_mapping, k)
             v_cache.view(-1, hkv, d).index_copy_(0, ctx.slot_mapping, v)
             o = ctx.attn_backend.run(ctx.attn_plan, q, k_cache, v_cache, self.scale)
