@@ -135,3 +135,55 @@ def test_choked_stages_lend_their_free_peas_to_the_consumers_downstream():
     assert aware.spills < plain.spills
     assert sum(aware.blocked) < 0.5 * sum(plain.blocked)
     assert aware.makespan < 0.5 * plain.makespan
+
+
+def _dyn_chain():
+    # a fan-out of 24 items through three time-dynamic stages: DDS gives each a warm base
+    # share of half its proportional share, and the rest of the cluster is spare
+    d = {"dist": "lognormal", "mean": 2.0, "cv": 0.5}
+    return workflow(
+        [
+            task("src", 1.0, ["fan"], out_bytes=0),
+            {"id": "fan", "type": "fanout", "count": 24, "body": "r1", "join": "j"},
+            task("r1", d, ["r2"], out_bytes=0),
+            task("r2", d, ["r3"], out_bytes=0),
+            task("r3", d, ["j"], out_bytes=0),
+            {"id": "j", "type": "join"},
+        ]
+    )
+
+
+def test_dds_alone_lends_spare_peas_of_a_choked_stage_downstream():
+    # Without adaptive borrowing, DDS's only elastic resource is its spare pool. Spare PEAs
+    # warm for the first stage used to stay with it while it had a queue, so it kept
+    # producing into full buffers while the stages downstream starved. Back-pressure aware,
+    # spare PEAs of a choked TB go to the un-choked consumers.
+    a = arch(peas=(4, 2), slots=1, rc_base=1.0)
+    plain = simulate(_dyn_chain(), a, "octopus-dds", n=2, concurrency=2, bp_aware=False)
+    aware = simulate(_dyn_chain(), a, "octopus-dds", n=2, concurrency=2, bp_aware=True)
+    assert plain.sched.classes[1:] == ["time-dynamic"] * 3
+    assert sum(aware.blocked) < 0.5 * sum(plain.blocked)
+    assert aware.makespan < 0.7 * plain.makespan
+
+
+def test_elastic_spare_pool_follows_the_longer_expected_wait():
+    # Spare PEAs warm for `u` go to `tb` when tb's expected queueing delay exceeds u's by more
+    # than tb's reconfiguration; they stay while the difference is smaller.
+    a = arch(peas=(4, 2), slots=0, rc_base=1.0)
+    sim = simulate(_dyn_chain(), a, "octopus-dds", n=1)
+    s = sim.sched
+    r1, r2 = 1, 2
+    sim.ewma[r1] = sim.ewma[r2] = 2.0
+    s.nwarm[0][r1] = s.nwarm[0][r2] = 1
+    rc = sim.rc_us[r2]
+    s.q[0][r1].extend([0])  # u = r1 waits 2 x 1 / 1 = 2 us
+    s.q[0][r2].clear()  # tb = r2 waits 2 x (0 + 1) / 1 = 2 us: no gain
+    assert not s._spare_lends(0, r1, r2, None)
+    n = int((rc + 2.0) / 2.0) + 1  # r2's wait 2 x (n + 1) exceeds r1's 2 us by more than rc
+    s.q[0][r2].extend([0] * n)
+    assert s._spare_lends(0, r1, r2, None)
+    s.elastic = False
+    assert not s._spare_lends(0, r1, r2, None)
+    assert s._spare_lends(0, r1, r2, [0, 1, 0, 0])  # a choked r1 lends anyway
+    s.q[0][r1].clear()
+    assert s._spare_lends(0, r1, r2, None)  # no queue: nothing to keep them for
