@@ -24,8 +24,8 @@ LABELS = {
 def unlimited_reference(cw, arch, seed=0, instances=None) -> float:
     """Makespan with as many PEAs as work can use, free reconfiguration and data movement,
     control-plane decisions, and the same instances and admission: what the workflow's
-    dependencies and the closed-loop window alone allow. A reference, not a proof of a
-    bound (list scheduling can have anomalies)."""
+    dependencies and the closed-loop window alone allow. Every instance then takes its
+    critical path, so this equals the closed-form `window_bound_us` of the metrics."""
     from octopus.arch.config import arch_from_dict
     from octopus.sched import make_scheduler
     from octopus.sim import Simulator
@@ -74,6 +74,8 @@ def compare_workflow(name, arch="chip", level="high", seed=0, instances=None) ->
         "makespan_us": {k: v["makespan_us"] for k, v in rows.items()},
         "speedup": {k: ref / v["makespan_us"] for k, v in rows.items()},
         "octopus_vs_bound": rows["octopus"]["makespan_us"] / bound,
+        "window_bound_us": rows["octopus"]["window_bound_us"],
+        "octopus_vs_window_bound": rows["octopus"]["vs_window_bound"],
         "reactive_vs_bound": ref / bound,
         # the speedup over reactive that a perfect scheduler could reach at most
         "ceiling_speedup": ref / bound,
@@ -90,6 +92,7 @@ def compare_suite(suite="paper", arch="chip", level="high", seed=0, instances=No
         per[n] = compare_workflow(n, arch, level, seed, instances)
     sp = [per[n]["speedup"]["octopus"] for n in names]
     vb = [per[n]["octopus_vs_bound"] for n in names]
+    wb = [per[n]["octopus_vs_window_bound"] for n in names]
     return {
         "suite": suite,
         "arch": arch,
@@ -99,6 +102,10 @@ def compare_suite(suite="paper", arch="chip", level="high", seed=0, instances=No
         "max_speedup": max(sp),
         "octopus_vs_bound": sum(vb) / len(vb),
         "octopus_vs_bound_max": max(vb),
+        # against max(work / capacity, the closed loop replayed with critical paths): a
+        # tighter valid bound, reported beside the issue's bound (see docs)
+        "octopus_vs_window_bound": sum(wb) / len(wb),
+        "octopus_vs_window_bound_max": max(wb),
         "speedups": {n: per[n]["speedup"]["octopus"] for n in names},
         "ceiling_speedups": {n: per[n]["ceiling_speedup"] for n in names},
         "mean_ceiling_speedup": sum(per[n]["ceiling_speedup"] for n in names) / len(names),
@@ -133,6 +140,8 @@ def format_compare(res: dict) -> str:
     out.append(
         f"mean_speedup {res['mean_speedup']:.2f}x  max_speedup {res['max_speedup']:.2f}x  "
         f"octopus_vs_bound {res['octopus_vs_bound']:.2f}x (worst {res['octopus_vs_bound_max']:.2f}x)"
+        f"  octopus_vs_window_bound {res['octopus_vs_window_bound']:.2f}x"
+        f" (worst {res['octopus_vs_window_bound_max']:.2f}x)"
     )
     out.append(
         f"ceiling (reactive / lower bound: the most any scheduler could gain) mean "

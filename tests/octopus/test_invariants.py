@@ -114,4 +114,6 @@ def test_invariants(doc, scheduler, seed, n, conc, slots, mapping, legacy):
     assert not any(sim.is_blocked)
     assert all(u == 0 for u in sim.used)
     # nothing beats the lower bound
-    assert T >= lower_bound(sim)["bound_us"] - eps
+    b = lower_bound(sim)
+    assert T >= b["bound_us"] - eps
+    assert T >= b["window_bound_us"] - eps
