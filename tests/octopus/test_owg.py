@@ -104,3 +104,41 @@ def test_arrival_processes():
     assert c.times is None and c.concurrency == 6 and c.n == 15
     with pytest.raises(ValueError, match="process"):
         make_arrivals({"process": "bursty"}, 1, 0)
+
+
+def test_continue_prob_loop_dispersion_follows_the_level():
+    # a do-while loop's trip count is geometric; a level pulls it toward its mean (same
+    # draws), so frequency dynamicity shrinks with the level as the other counts do
+    doc = workflow(
+        [
+            {
+                "id": "lp",
+                "type": "loop",
+                "body": "c",
+                "exit": "d",
+                "continue_prob": 0.7,
+                "max_trips": 10,
+            },
+            task("c", 1.0, ["lp"]),
+            task("d", 1.0),
+        ],
+        "lp",
+    )
+    wf = parse_workflow(doc)
+    stats = {}
+    for level in ("low", "medium", "high"):
+        cw = CompiledWorkflow(wf, level)
+        n = [
+            [cw.names[x] for x in cw.sample(cw.instance_rng(3, i)).node].count("c")
+            for i in range(4000)
+        ]
+        m = sum(n) / len(n)
+        sd = (sum((x - m) ** 2 for x in n) / len(n)) ** 0.5
+        stats[level] = (m, sd)
+        assert all(1 <= x <= 10 for x in n)
+    mean = sum(0.7**t for t in range(10))  # truncated geometric: 3.239...
+    assert stats["high"][0] == pytest.approx(mean, rel=0.05)
+    for level in ("low", "medium"):
+        assert stats[level][0] == pytest.approx(mean, rel=0.12)  # rounding moves it a little
+    assert stats["low"][1] < stats["medium"][1] < stats["high"][1]
+    assert stats["low"][1] < 0.4 * stats["high"][1]

@@ -46,6 +46,12 @@ class CompiledWorkflow:
             d = b.count if b.type == "fanout" else b.trips if b.type == "loop" else None
             if d is not None:
                 self._count[n] = d.scaled(spread).sampler()
+        # do-while loops: the trip count is geometric; a level pulls it toward its mean
+        self._loop_mean = {
+            n: sum(wf.nodes[n].continue_prob ** t for t in range(wf.nodes[n].max_trips))
+            for n in ctrls
+            if wf.nodes[n].type == "loop" and wf.nodes[n].continue_prob is not None
+        }
         self.succ_tasks = self._succ_tasks()
 
     def _succ_tasks(self) -> list[list[int]]:
@@ -71,6 +77,7 @@ class CompiledWorkflow:
         work: list[float] = []
         preds: list[list[int]] = []
         nodes, index, wsamp, csamp = self.wf.nodes, self.index, self._work, self._count
+        spread, loop_mean = self.spread, self._loop_mean
 
         def add(n: str, w: float, deps: list[int]) -> int:
             node.append(index[n])
@@ -128,6 +135,9 @@ class CompiledWorkflow:
                     trips = 1
                     while trips < b.max_trips and rng.random() < b.continue_prob:
                         trips += 1
+                    if spread != 1.0:  # same draws; dispersion scaled toward the mean
+                        m = loop_mean[n]
+                        trips = min(b.max_trips, max(1, int(round(m + spread * (trips - m)))))
                 else:
                     trips = min(b.max_trips, max(0, int(round(csamp[n](rng)))))
                 cur = deps
