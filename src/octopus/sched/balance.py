@@ -8,20 +8,45 @@ anywhere, but acts on a snapshot that is a network round trip plus its decision 
 
 from __future__ import annotations
 
+INF = float("inf")
+
 
 def cluster_loads(s) -> list[float]:
     ewma, fp, npc = s.sim.ewma, s.fp, s.sim.arch.peas_in_cluster
     return [sum(len(q) * ewma[tb] * fp[tb] for tb, q in enumerate(qs) if q) / npc for qs in s.q]
 
 
-def move_work(s, src: int, dst: int, amount: float, t: float) -> None:
-    """Move up to `amount` PEA-us of queued invocations from cluster src to dst."""
-    ewma, fp, qs = s.sim.ewma, s.fp, s.q[src]
+def move_work(s, src: int, dst: int, amount: float, t: float, gain: float = INF) -> None:
+    """Move up to `amount` PEA-us of queued invocations from cluster src to dst.
+
+    Cost aware (`s.cost_aware`): an invocation moves only when bringing its input to dst
+    takes less than the queueing delay it saves, `gain` (the difference in queued work per
+    PEA). The inputs moved by one step share the route, so each is costed as if it queued
+    behind the ones moved before it (link contention). Moving work whose data transfer
+    outlasts the wait it saves is the reactive rebalancing Part 2 criticises. Moving a
+    queued invocation moves no data until it starts, so moving it again costs nothing."""
+    sim = s.sim
+    ewma, fp, qs = sim.ewma, s.fp, s.q[src]
+    arch, loc, outb, preds = sim.arch, sim.loc, sim.outb, sim.preds
+    p_dst = arch.cluster_peas[dst][0]
+    tried = set()
+    sent = 0.0  # bytes already sent toward dst by this step
     while amount > 0:
-        tb = max(range(len(qs)), key=lambda x: len(qs[x]) * ewma[x] * fp[x])
-        if len(qs[tb]) <= 0:
+        cands = [x for x in range(len(qs)) if qs[x] and x not in tried]
+        if not cands:
             return
-        k = qs[tb].pop()
+        tb = max(cands, key=lambda x: len(qs[x]) * ewma[x] * fp[x])
+        k = qs[tb][-1]
+        size, cost = 0.0, 0.0
+        for j in preds[k]:
+            if loc[j] >= 0:
+                size += outb[j]
+                cost = max(cost, arch.transfer_us(loc[j], p_dst, outb[j] + sent))
+        if s.cost_aware and cost >= gain:
+            tried.add(tb)
+            continue
+        qs[tb].pop()
+        sent += size
         amount -= ewma[tb] * fp[tb]
         s.enqueue(dst, k, t)
         s.migrated += 1
@@ -36,9 +61,9 @@ def diffusion_step(s, t: float, alpha: float) -> None:
     for i, nb in enumerate(s.sim.arch.neighbors):
         for j in nb:
             if w[i] > w[j]:
-                flows.append((i, j, alpha * (w[i] - w[j]) * npc))
-    for i, j, f in flows:
-        move_work(s, i, j, f, t)
+                flows.append((i, j, alpha * (w[i] - w[j]) * npc, w[i] - w[j]))
+    for i, j, f, g in flows:
+        move_work(s, i, j, f, t, g)
 
 
 def central_step(s, t: float) -> None:
@@ -57,7 +82,7 @@ def central_step(s, t: float) -> None:
             d = (snap[hi] - snap[lo]) / 2
             if d <= 0:
                 break
-            move_work(s, hi, lo, d * npc, now)
+            move_work(s, hi, lo, d * npc, now, 2 * d)
             i, j = i - 1, j + 1
 
     s.sim.call_at(t + delay, act)

@@ -47,7 +47,9 @@ class OctopusScheduler(Scheduler):
         bp_scan: int = 64,
         elastic: bool = True,
         oldest_first: bool = True,
+        cost_aware: bool = True,
     ):
+        self.cost_aware = cost_aware  # the balancer moves work only when the transfer pays
         self.oldest_first = oldest_first
         self.elastic = elastic
         self.reconfig_margin = reconfig_margin
