@@ -151,62 +151,94 @@ def format_compare(res: dict) -> str:
     return "\n".join(out)
 
 
-def sweep(out_dir: str, workflows=None, seed=0, instances=None) -> dict:
-    """Speedup vs dynamicity level (chip), and vs scale with diffusion vs central balancing."""
+def _stats(xs: list[float]) -> dict:
+    m = sum(xs) / len(xs)
+    sd = (sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5 if len(xs) > 1 else 0.0
+    return {"mean": m, "std": sd, "min": min(xs), "max": max(xs), "n": len(xs)}
+
+
+def sweep(out_dir: str, workflows=None, seed=0, instances=None, seeds: int = 3) -> dict:
+    """Speedup vs dynamicity level (chip), and vs scale with diffusion vs central balancing,
+    each point over `seeds` seeds (seed, seed + 1, ...): single-seed figures of this model
+    move by several percent with any perturbation, so a trend needs the spread beside it."""
     from octopus.report.plots import line_plot
 
     os.makedirs(out_dir, exist_ok=True)
     names = workflows or list(SUITE)
     levels = ("low", "medium", "high")
     arches = ("chip", "chiplet", "wafer")
-    jobs = [("dyn", n, lv, "chip") for n in names for lv in levels]
-    jobs += [("scale", n, "high", a) for n in names for a in arches]
-    dyn = {n: {} for n in names}
-    scale = {n: {} for n in names}
-    for kind, n, lv, a in tqdm(jobs, desc="sweep"):
+    sds = list(range(seed, seed + seeds))
+    jobs = [("dyn", n, lv, "chip", sd) for sd in sds for n in names for lv in levels]
+    jobs += [("scale", n, "high", a, sd) for sd in sds for n in names for a in arches]
+    dyn = {n: {lv: [] for lv in levels} for n in names}
+    scale = {n: {a: {"diffusion": [], "central": []} for a in arches} for n in names}
+    for kind, n, lv, a, sd in tqdm(jobs, desc="sweep"):
         cw, arch = prepare(n, a, lv)
         prof = cw.profile()
         inst = instances
         if kind == "scale" and inst is None:
-            # one closed-loop window per cluster (it was two before the baseline sweep doubled
-            # with its two mappings): keeps the wafer points affordable on 2 cores
+            # one closed-loop window per cluster: keeps the wafer points (14 baseline runs
+            # each) affordable on 2 cores
             inst = max(8, int(cw.wf.arrival.get("concurrency_per_cluster", 2) * arch.n_clusters))
-        base, _ = best_reactive(cw, arch, seed, inst, profile=prof)
+        base, _ = best_reactive(cw, arch, sd, inst, profile=prof)
         ref = base.makespan
         if kind == "dyn":
-            dyn[n][lv] = ref / run_one(cw, arch, "octopus", seed, inst, profile=prof).makespan
+            dyn[n][lv].append(ref / run_one(cw, arch, "octopus", sd, inst, profile=prof).makespan)
         else:
-            scale[n][a] = {
-                b: ref / run_one(cw, arch, s, seed, inst, profile=prof).makespan
-                for b, s in (("diffusion", "octopus"), ("central", "octopus-central"))
-            }
+            for b, sch in (("diffusion", "octopus"), ("central", "octopus-central")):
+                ms = run_one(cw, arch, sch, sd, inst, profile=prof).makespan
+                scale[n][a][b].append(ref / ms)
+
+    def suite(get, xs) -> dict:
+        """Per x: the suite mean per seed, then its mean and spread over seeds."""
+        return {
+            x: _stats([sum(get(n, x)[i] for n in names) / len(names) for i in range(seeds)])
+            for x in xs
+        }
+
+    dyn_s = suite(lambda n, lv: dyn[n][lv], levels)
+    diff_s = suite(lambda n, a: scale[n][a]["diffusion"], arches)
+    cent_s = suite(lambda n, a: scale[n][a]["central"], arches)
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    sd_ = lambda xs: _stats(xs)["std"]  # noqa: E731
+    series = {n: [mean(dyn[n][lv]) for lv in levels] for n in names}
+    errs = {n: [sd_(dyn[n][lv]) for lv in levels] for n in names}
+    series["suite mean"] = [dyn_s[lv]["mean"] for lv in levels]
+    errs["suite mean"] = [dyn_s[lv]["std"] for lv in levels]
     p1 = line_plot(
-        {n: [dyn[n][lv] for lv in levels] for n in names},
+        series,
         list(levels),
         "dynamicity level",
-        "speedup over reactive",
+        f"speedup over reactive (mean, std over {seeds} seeds)",
         os.path.join(out_dir, "speedup_vs_dynamicity.png"),
+        errs,
     )
-    series = {}
-    for n in names:
-        series[f"{n} diffusion"] = [scale[n][a]["diffusion"] for a in arches]
-        series[f"{n} central"] = [scale[n][a]["central"] for a in arches]
+    series, errs = {}, {}
+    for n in [*names, "suite mean"]:
+        for b in ("diffusion", "central"):
+            if n == "suite mean":
+                st = diff_s if b == "diffusion" else cent_s
+                series[f"{n} {b}"] = [st[a]["mean"] for a in arches]
+                errs[f"{n} {b}"] = [st[a]["std"] for a in arches]
+            else:
+                series[f"{n} {b}"] = [mean(scale[n][a][b]) for a in arches]
+                errs[f"{n} {b}"] = [sd_(scale[n][a][b]) for a in arches]
     p2 = line_plot(
         series,
         list(arches),
         "scale",
-        "speedup over reactive",
+        f"speedup over reactive (mean, std over {seeds} seeds)",
         os.path.join(out_dir, "speedup_vs_scale.png"),
+        errs,
     )
-    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     summary = {
-        "speedup_vs_dynamicity": {lv: mean([dyn[n][lv] for n in names]) for lv in levels},
-        "speedup_vs_scale_diffusion": {
-            a: mean([scale[n][a]["diffusion"] for n in names]) for a in arches
-        },
-        "speedup_vs_scale_central": {
-            a: mean([scale[n][a]["central"] for n in names]) for a in arches
-        },
+        "seeds": sds,
+        "speedup_vs_dynamicity": {lv: dyn_s[lv]["mean"] for lv in levels},
+        "speedup_vs_scale_diffusion": {a: diff_s[a]["mean"] for a in arches},
+        "speedup_vs_scale_central": {a: cent_s[a]["mean"] for a in arches},
+        "spread_vs_dynamicity": dyn_s,
+        "spread_vs_scale_diffusion": diff_s,
+        "spread_vs_scale_central": cent_s,
         "plots": [p1, p2],
     }
     res = {"dynamicity": dyn, "scale": scale, "summary": summary}

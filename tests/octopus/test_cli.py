@@ -93,9 +93,17 @@ def test_bench_small(capsys):
 def test_sweep_writes_plots(tmp_path, capsys):
     out = tmp_path / "sw"
     assert (
-        main(["sweep", "--out", str(out), "--workflows", "recommendation", "--instances", "6"]) == 0
+        main(
+            ["sweep", "--out", str(out), "--workflows", "recommendation", "--instances", "6"]
+            + ["--seeds", "2"]
+        )
+        == 0
     )
     res = json.loads((out / "sweep.json").read_text())
+    assert res["summary"]["seeds"] == [0, 1]
+    assert len(res["dynamicity"]["recommendation"]["high"]) == 2
+    sp = res["summary"]["spread_vs_scale_diffusion"]["wafer"]
+    assert sp["n"] == 2 and sp["min"] <= sp["mean"] <= sp["max"]
     assert set(res["summary"]["speedup_vs_dynamicity"]) == {"low", "medium", "high"}
     assert set(res["summary"]["speedup_vs_scale_diffusion"]) == {"chip", "chiplet", "wafer"}
     assert (out / "speedup_vs_dynamicity.png").exists() and (out / "speedup_vs_scale.png").exists()

@@ -74,14 +74,19 @@ def ablation_bars(res: dict, out_dir: str) -> str:
     return path
 
 
-def line_plot(series: dict, xs: list, xlabel: str, ylabel: str, path: str) -> str:
+def line_plot(
+    series: dict, xs: list, xlabel: str, ylabel: str, path: str, errs: dict | None = None
+) -> str:
+    """One line per series (dashed for `central`), with error bars when `errs` is given."""
     fig, ax = plt.subplots(figsize=(7, 4))
     groups: dict[str, int] = {}
     for name, ys in series.items():
         g = name.replace(" diffusion", "").replace(" central", "")
         color = f"C{groups.setdefault(g, len(groups)) % 10}"
         ls = "--" if "central" in name else "-"
-        ax.plot(xs, ys, marker="o", label=name, ls=ls, color=color)
+        lw = 2.5 if g == "suite mean" else 1.0
+        yerr = errs.get(name) if errs else None
+        ax.errorbar(xs, ys, yerr=yerr, marker="o", label=name, ls=ls, color=color, lw=lw, capsize=3)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.axhline(1.0, color="k", lw=0.5)
