@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 from octo_helpers import arch, simulate, task, workflow
 
 from octopus.report.metrics import summarize
@@ -65,7 +66,7 @@ def test_central_balancer_acts_late_diffusion_moves_work():
 
 def test_unlimited_reference_uses_the_arch_throughput():
     from octopus.arch.config import load_arch
-    from octopus.experiments import unlimited_reference
+    from octopus.experiments import free_pool_reference as unlimited_reference
 
     cw, a1 = prepare("recommendation", "chip")
     a10 = load_arch("chip")
@@ -73,6 +74,22 @@ def test_unlimited_reference_uses_the_arch_throughput():
     r1 = unlimited_reference(cw, a1, 0, 12)
     r10 = unlimited_reference(cw, a10, 0, 12)
     assert r10 < r1 / 5
+
+
+def test_free_pool_reference_sits_between_the_window_bound_and_a_scheduler():
+    # the unlimited pool replays the window bound exactly; the architecture's own PEA count
+    # in one free pool is slower (queueing), and no slower than greedy on the real chip
+    from octopus.experiments import free_pool_reference
+
+    cw, a = prepare("recommendation", "chip")
+    prof = cw.profile(n=50)
+    g = run_one(cw, a, "greedy", 0, 24, profile=prof)
+    sg = summarize(g)
+    unl = free_pool_reference(cw, a, 0, 24)
+    pool = free_pool_reference(cw, a, 0, 24, a.n_peas)
+    assert sg["window_bound_us"] == pytest.approx(max(unl, sg["work_over_capacity_us"]))
+    assert unl <= pool + 1e-6
+    assert pool <= g.makespan
 
 
 def test_balancers_move_work_only_when_the_transfer_pays():
