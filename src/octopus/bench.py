@@ -85,11 +85,11 @@ def bench(arch="wafer", workflow="video_recognition", instances=None, seed=0, si
             if b.type == "task":
                 b.footprint = 1
         cs = CompiledWorkflow(wf, "high")
-    r = cross_check(cs, n_inst=simpy_instances, seed=seed, repeat=3)
+    r = cross_check(cs, n_inst=simpy_instances, seed=seed, repeat=5)
     ratio = r["simpy_s"] / r["core_s"]
     print(
         f"simple configuration ({cs.wf.name}, 64 PEAs, FCFS, {simpy_instances} instances, "
-        "best of 3):"
+        "best of 5, interleaved):"
     )
     print(
         f"  core  {r['core_s']:.3f} s  makespan {r['core_makespan_us']:.3f} us  "

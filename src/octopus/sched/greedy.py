@@ -53,6 +53,8 @@ class GreedyScheduler(Scheduler):
         nfree = self.nfree
         c = c0
         if nfree[c0] < fp:
+            if self.nc == 1:
+                return False
             c = next((i for i in range(self.nc) if nfree[i] >= fp), -1)
             if c < 0:
                 return False

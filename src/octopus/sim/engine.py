@@ -363,12 +363,13 @@ class Simulator:
             arch, loc, outb = self.arch, self.loc, self.outb
             px, py, dx, dy = arch.pea_x, arch.pea_y, arch.pea_dx, arch.pea_dy
             x0, y0, dx0, dy0 = px[p0], py[p0], dx[p0], dy[p0]
+            multi_die = arch.n_dies > 1
             for j in preds:
                 q = loc[j]
                 if q >= 0 and q != p0:
                     b = outb[j]
                     hops = abs(px[q] - x0) + abs(py[q] - y0)
-                    dies = abs(dx[q] - dx0) + abs(dy[q] - dy0)
+                    dies = abs(dx[q] - dx0) + abs(dy[q] - dy0) if multi_die else 0
                     if self.contention:
                         x = self._route(q, p0, b, t, hops, dies)
                     elif dies:  # same formula as Arch.transfer_us, inlined (hot path)
