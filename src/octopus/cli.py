@@ -44,7 +44,9 @@ def _run(a) -> int:
 def _compare(a) -> int:
     from octopus.experiments import compare_suite, format_compare
 
-    res = compare_suite(a.suite, a.arch, a.level, a.seed, a.instances, progress=not a.quiet)
+    res = compare_suite(
+        a.suite, a.arch, a.level, a.seed, a.instances, progress=not a.quiet, seeds=a.seeds
+    )
     print(format_compare(res))
     if a.json:
         with open(a.json, "w") as f:
@@ -106,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", default=None)
     c.add_argument("--plots", default=None, help="directory for the ablation bar plot")
     c.add_argument("--quiet", action="store_true")
+    c.add_argument("--seeds", type=int, default=1, help="also report mean and spread over seeds")
     c.set_defaults(fn=_compare)
     s = sub.add_parser("sweep", help="speedup vs dynamicity and vs scale; writes plots")
     s.add_argument("--out", default="octopus_sweep")

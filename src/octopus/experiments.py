@@ -92,7 +92,35 @@ def compare_workflow(name, arch="chip", level="high", seed=0, instances=None) ->
     }
 
 
-def compare_suite(suite="paper", arch="chip", level="high", seed=0, instances=None, progress=True):
+def compare_suite(
+    suite="paper", arch="chip", level="high", seed=0, instances=None, progress=True, seeds=1
+):
+    """The ablation over the suite at `seed`; with seeds > 1, also `over_seeds`: the same
+    figures at seed, seed + 1, ..., with their mean and spread (the top-level figures stay
+    those of `seed`)."""
+    res = _compare_one(suite, arch, level, seed, instances, progress)
+    if seeds > 1:
+        runs = [res] + [
+            _compare_one(suite, arch, level, sd, instances, progress)
+            for sd in range(seed + 1, seed + seeds)
+        ]
+        keys = ("mean_speedup", "max_speedup", "octopus_vs_bound", "octopus_vs_window_bound")
+        res["over_seeds"] = {
+            "seeds": list(range(seed, seed + seeds)),
+            **{k: _stats([r[k] for r in runs]) for k in keys},
+            "speedups": {n: _stats([r["speedups"][n] for r in runs]) for n in res["speedups"]},
+            "ablation": {
+                n: {c: _stats([r["ablation"][n][c] for r in runs]) for c in row}
+                for n, row in res["ablation"].items()
+            },
+            "octopus_vs_free_pool": {
+                n: _stats([r["octopus_vs_free_pool"][n] for r in runs]) for n in res["speedups"]
+            },
+        }
+    return res
+
+
+def _compare_one(suite, arch, level, seed, instances, progress) -> dict:
     names = list(SUITE) if suite == "paper" else suite.split(",")
     per = {}
     for n in tqdm(names, desc="compare", disable=not progress):
@@ -154,6 +182,14 @@ def format_compare(res: dict) -> str:
         f"  octopus_vs_window_bound {res['octopus_vs_window_bound']:.2f}x"
         f" (worst {res['octopus_vs_window_bound_max']:.2f}x)"
     )
+    ov = res.get("over_seeds")
+    if ov:
+        f = lambda k: f"{ov[k]['mean']:.2f} +- {ov[k]['std']:.2f}"  # noqa: E731
+        out.append(
+            f"over seeds {ov['seeds']}: mean_speedup {f('mean_speedup')}, max_speedup "
+            f"{f('max_speedup')}, octopus_vs_bound {f('octopus_vs_bound')}, "
+            f"octopus_vs_window_bound {f('octopus_vs_window_bound')}"
+        )
     out.append(
         f"ceiling (reactive / lower bound: the most any scheduler could gain) mean "
         f"{res['mean_ceiling_speedup']:.2f}x; 'unlimited' = reactive / makespan with unlimited "

@@ -82,6 +82,24 @@ def test_compare_json(tmp_path):
         # the ceiling is reactive / bound: no scheduler may beat it
         assert w["speedup"]["octopus"] <= w["ceiling_speedup"] + 1e-9
     assert (tmp_path / "ablation.png").exists()
+    # the window bound is valid and at least as tight as the bound; the free pool sits
+    # between it and full Octopus only up to scheduling anomalies, so just check presence
+    assert res["octopus_vs_window_bound"] >= 1.0
+    assert res["octopus_vs_window_bound"] <= res["octopus_vs_bound"] + 1e-9
+    assert set(res["octopus_vs_free_pool"]) == {"recommendation", "speech_assistant"}
+
+
+def test_compare_over_seeds(tmp_path, capsys):
+    out = tmp_path / "c.json"
+    args = ["compare", "--suite", "recommendation", "--instances", "8", "--quiet"]
+    assert main([*args, "--seeds", "2", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    ov = res["over_seeds"]
+    assert ov["seeds"] == [0, 1]
+    assert ov["mean_speedup"]["n"] == 2
+    assert ov["speedups"]["recommendation"]["min"] <= res["speedups"]["recommendation"]
+    assert res["speedups"]["recommendation"] <= ov["speedups"]["recommendation"]["max"]
+    assert "over seeds [0, 1]" in capsys.readouterr().out
 
 
 def test_bench_small(capsys):
