@@ -37,7 +37,7 @@ def cross_check(cw, n_peas=64, n_inst=200, conc=32, seed=0, ctrl_us=0.5, repeat=
     a = simple_arch(n_peas, ctrl_us)
     arr = Arrivals(n_inst, None, min(conc, n_inst))
     # both models execute the same pre-sampled instances: the timing compares the engines
-    pre = [cw.sample(cw.instance_rng(seed, i)) for i in range(n_inst)]
+    pre = [cw.sample(cw.instance_rng(seed, i), i, seed) for i in range(n_inst)]
     prof = cw.profile(n=50)
     t_core = t_simpy = float("inf")
     for _ in range(repeat):  # best of `repeat`, interleaved: the machine is shared

@@ -62,7 +62,7 @@ def _compare(a) -> int:
 def _sweep(a) -> int:
     from octopus.experiments import sweep
 
-    res = sweep(a.out, a.workflows, a.seed, a.instances, a.seeds)
+    res = sweep(a.out, a.workflows, a.seed, a.instances, a.seeds, tuple(a.parts))
     print(json.dumps(res["summary"], indent=2))
     return 0
 
@@ -116,6 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--instances", type=int, default=None)
     s.add_argument("--seeds", type=int, default=3, help="seeds per point (mean and spread)")
+    s.add_argument(
+        "--parts",
+        nargs="+",
+        choices=("dyn", "scale"),
+        default=["dyn", "scale"],
+        help="which sweeps to run (both by default)",
+    )
     s.set_defaults(fn=_sweep)
     b = sub.add_parser("bench", help="simulator speed, and the SimPy model side by side")
     b.add_argument("--arch", default="wafer")

@@ -206,7 +206,9 @@ def _stats(xs: list[float]) -> dict:
     return {"mean": m, "std": sd, "min": min(xs), "max": max(xs), "n": len(xs)}
 
 
-def sweep(out_dir: str, workflows=None, seed=0, instances=None, seeds: int = 3) -> dict:
+def sweep(
+    out_dir: str, workflows=None, seed=0, instances=None, seeds: int = 3, parts=("dyn", "scale")
+) -> dict:
     """Speedup vs dynamicity level (chip), and vs scale with diffusion vs central balancing,
     each point over `seeds` seeds (seed, seed + 1, ...): single-seed figures of this model
     move by several percent with any perturbation, so a trend needs the spread beside it."""
@@ -219,6 +221,11 @@ def sweep(out_dir: str, workflows=None, seed=0, instances=None, seeds: int = 3) 
     sds = list(range(seed, seed + seeds))
     jobs = [("dyn", n, lv, "chip", sd) for sd in sds for n in names for lv in levels]
     jobs += [("scale", n, "high", a, sd) for sd in sds for n in names for a in arches]
+    jobs = [j for j in jobs if j[0] in parts]
+    if "dyn" not in parts:
+        levels = ()
+    if "scale" not in parts:
+        arches = ()
     dyn = {n: {lv: [] for lv in levels} for n in names}
     scale = {n: {a: {"diffusion": [], "central": []} for a in arches} for n in names}
     for kind, n, lv, a, sd in tqdm(jobs, desc="sweep"):
@@ -254,14 +261,16 @@ def sweep(out_dir: str, workflows=None, seed=0, instances=None, seeds: int = 3) 
     errs = {n: [sd_(dyn[n][lv]) for lv in levels] for n in names}
     series["suite mean"] = [dyn_s[lv]["mean"] for lv in levels]
     errs["suite mean"] = [dyn_s[lv]["std"] for lv in levels]
-    p1 = line_plot(
-        series,
-        list(levels),
-        "dynamicity level",
-        f"speedup over reactive (mean, std over {seeds} seeds)",
-        os.path.join(out_dir, "speedup_vs_dynamicity.png"),
-        errs,
-    )
+    p1 = p2 = None
+    if levels:
+        p1 = line_plot(
+            series,
+            list(levels),
+            "dynamicity level",
+            f"speedup over reactive (mean, std over {seeds} seeds)",
+            os.path.join(out_dir, "speedup_vs_dynamicity.png"),
+            errs,
+        )
     series, errs = {}, {}
     for n in [*names, "suite mean"]:
         for b in ("diffusion", "central"):
@@ -272,14 +281,15 @@ def sweep(out_dir: str, workflows=None, seed=0, instances=None, seeds: int = 3) 
             else:
                 series[f"{n} {b}"] = [mean(scale[n][a][b]) for a in arches]
                 errs[f"{n} {b}"] = [sd_(scale[n][a][b]) for a in arches]
-    p2 = line_plot(
-        series,
-        list(arches),
-        "scale",
-        f"speedup over reactive (mean, std over {seeds} seeds)",
-        os.path.join(out_dir, "speedup_vs_scale.png"),
-        errs,
-    )
+    if arches:
+        p2 = line_plot(
+            series,
+            list(arches),
+            "scale",
+            f"speedup over reactive (mean, std over {seeds} seeds)",
+            os.path.join(out_dir, "speedup_vs_scale.png"),
+            errs,
+        )
     summary = {
         "seeds": sds,
         "speedup_vs_dynamicity": {lv: dyn_s[lv]["mean"] for lv in levels},
@@ -288,7 +298,7 @@ def sweep(out_dir: str, workflows=None, seed=0, instances=None, seeds: int = 3) 
         "spread_vs_dynamicity": dyn_s,
         "spread_vs_scale_diffusion": diff_s,
         "spread_vs_scale_central": cent_s,
-        "plots": [p1, p2],
+        "plots": [p for p in (p1, p2) if p],
     }
     res = {"dynamicity": dyn, "scale": scale, "summary": summary}
     with open(os.path.join(out_dir, "sweep.json"), "w") as f:

@@ -142,3 +142,37 @@ def test_continue_prob_loop_dispersion_follows_the_level():
         assert stats[level][0] == pytest.approx(mean, rel=0.12)  # rounding moves it a little
     assert stats["low"][1] < stats["medium"][1] < stats["high"][1]
     assert stats["low"][1] < 0.4 * stats["high"][1]
+
+
+def test_branch_noise_follows_the_level_and_the_mix_is_kept():
+    # Below the high level a branch decision takes a stratified (golden-ratio) point with
+    # probability 1 - s: the mix over a window keeps its proportions, its noise shrinks
+    doc = workflow(
+        [
+            {"id": "br", "type": "branch", "next": ["a", "b"], "probs": [0.3, 0.7]},
+            task("a", 1.0),
+            task("b", 1.0),
+        ],
+        "br",
+    )
+    wf = parse_workflow(doc)
+
+    def window_counts(level, seed=0, w=20, n=100):
+        cw = CompiledWorkflow(wf, level)
+        picks = [
+            cw.names[cw.sample(cw.instance_rng(seed, i), i, seed).node[1]] == "a"
+            for i in range(w * n)
+        ]
+        return [sum(picks[k * w : (k + 1) * w]) for k in range(n)]
+
+    sd = {}
+    for level in ("low", "medium", "high"):
+        c = window_counts(level)
+        m = sum(c) / len(c)
+        assert m == pytest.approx(0.3 * 20, rel=0.1)  # the mix is kept
+        sd[level] = (sum((x - m) ** 2 for x in c) / len(c)) ** 0.5
+    assert sd["low"] < sd["medium"] < sd["high"]
+    assert sd["low"] < 0.7 * sd["high"]
+    # the high level is the file as written: identical to plain i.i.d. sampling
+    cw = CompiledWorkflow(wf, "high")
+    assert cw.sample(cw.instance_rng(2, 5), 5, 2).node == cw.sample(cw.instance_rng(2, 5)).node

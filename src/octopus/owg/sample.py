@@ -72,12 +72,15 @@ class CompiledWorkflow:
             out.append(sorted(set(found)))
         return out
 
-    def sample(self, rng: random.Random) -> Instance:
+    def sample(self, rng: random.Random, idx: int | None = None, seed: int = 0) -> Instance:
+        """Unroll one instance. Its index `idx` (and `seed`) place its branch decisions on a
+        low-discrepancy sequence below the high level (see `_branch_u`)."""
         node: list[int] = []
         work: list[float] = []
         preds: list[list[int]] = []
         nodes, index, wsamp, csamp = self.wf.nodes, self.index, self._work, self._count
         spread, loop_mean = self.spread, self._loop_mean
+        seen: dict[str, int] = {}  # decisions taken so far per branch node in this instance
 
         def add(n: str, w: float, deps: list[int]) -> int:
             node.append(index[n])
@@ -118,7 +121,17 @@ class CompiledWorkflow:
                     continue
                 if b.type == "branch":
                     i = add(n, 0.0, deps)
-                    n, deps = rng.choices(b.next, weights=b.probs)[0], [i]
+                    if spread >= 1.0 or idx is None:
+                        n, deps = rng.choices(b.next, weights=b.probs)[0], [i]
+                        continue
+                    j = seen.get(n, 0)
+                    seen[n] = j + 1
+                    u = (self._branch_u(n, idx, j, seed) + spread * (rng.random() - 0.5)) % 1.0
+                    k, acc = 0, b.probs[0]
+                    while u >= acc and k + 1 < len(b.next):
+                        k += 1
+                        acc += b.probs[k]
+                    n, deps = b.next[k], [i]
                     continue
                 if b.type == "fanout":
                     i = add(n, 0.0, deps)
@@ -151,6 +164,17 @@ class CompiledWorkflow:
         expand(self.wf.entry, [], None)
         return Instance(node, work, preds)
 
+    def _branch_u(self, n: str, idx: int, j: int, seed: int) -> float:
+        """The stratified point for the j-th decision of branch `n` in instance `idx`: the
+        golden-ratio sequence over instances (offset per node, per decision and per seed).
+        Over any run of consecutive instances it visits [0, 1) almost evenly, so the
+        branch mix over a window keeps its proportions with far less noise than i.i.d.
+        draws. Below the high level a branch takes this point jittered by a uniform draw
+        of width s (mod 1: still uniform over instances, so the mix is kept), so the noise
+        of the mix over a window shrinks with the level (s = 1 is i.i.d. draws)."""
+        off = (self.index[n] * 0.7548776662 + j * 0.5698402910 + seed * 0.4142135624) % 1.0
+        return (idx * 0.6180339887 + off) % 1.0
+
     def instance_rng(self, seed: int, idx: int) -> random.Random:
         """Independent, reproducible stream per instance (adding instances changes no others)."""
         return random.Random(seed * 1_000_003 + idx)
@@ -160,7 +184,7 @@ class CompiledWorkflow:
         T = self.n_tasks
         calls, sq, work = [0.0] * T, [0.0] * T, [0.0] * T
         for k in range(n):
-            inst = self.sample(self.instance_rng(seed, k))
+            inst = self.sample(self.instance_rng(seed, k), k, seed)
             cnt = [0] * T
             for nd, w in zip(inst.node, inst.work):
                 if nd < T:

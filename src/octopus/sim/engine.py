@@ -203,7 +203,7 @@ class Simulator:
         if self.presampled is not None:
             inst = self.presampled[idx]
         else:
-            inst = cw.sample(cw.instance_rng(self.seed, idx))
+            inst = cw.sample(cw.instance_rng(self.seed, idx), idx, self.seed)
         base = len(self.node)
         T, fp, tops, outb = self.T, cw.footprint, self.arch.throughput_tops, cw.out_bytes
         node, succ = self.node, self.succ

@@ -43,7 +43,7 @@ def simpy_makespan(
         done.succeed()
 
     def instance(idx):
-        inst = presampled[idx] if presampled else cw.sample(cw.instance_rng(seed, idx))
+        inst = presampled[idx] if presampled else cw.sample(cw.instance_rng(seed, idx), idx, seed)
         evs = [env.event() for _ in inst.node]
         for k, (nd, w, ps) in enumerate(zip(inst.node, inst.work, inst.preds)):
             env.process(invocation(nd, w, [evs[j] for j in ps], evs[k]))
