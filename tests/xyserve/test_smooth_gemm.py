@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from xyserve.kernels.backend import get_gemm_backend
-from xyserve.kernels.smooth_gemm import SmoothGemm
+from xyserve.kernels.smooth_gemm import CPU_IMPLS, SmoothGemm
 from xyserve.plan.gemm_table import GemmConfig, GemmTable, buckets, default_config
 
 TRITON = os.environ.get("TRITON_INTERPRET") == "1" or torch.cuda.is_available()
@@ -36,7 +36,7 @@ def _table(cpu_impl: str) -> GemmTable:
     return t
 
 
-@pytest.mark.parametrize("cpu_impl", ["linear", "addmm"])
+@pytest.mark.parametrize("cpu_impl", CPU_IMPLS)
 def test_cpu_smooth_equals_matmul_for_every_m(cpu_impl):
     gemm = SmoothGemm(table=_table(cpu_impl))
     gen = torch.Generator().manual_seed(0)

@@ -27,14 +27,29 @@ class SmoothPlan:
     configs: dict[tuple[str, int, int, int], GemmConfig] = field(default_factory=dict)
 
 
+CPU_IMPLS = ("linear", "addmm", "swap")
+
+
 def cpu_linear(
     cfg: GemmConfig, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 ) -> torch.Tensor:
-    if cfg.cpu_impl == "addmm" and x.dim() == 2:
+    """``x @ weight.T + bias`` through the vendor GEMM entry point the table chose.
+
+    ``swap`` computes ``(weight @ x.T).T``: the weight rows become the GEMM's M, so the vendor
+    GEMM's threads split the weight instead of the few token rows (each thread then streams
+    only its share of the weight). The result is a transposed (column-major) view, which the
+    next GEMM reads as its contiguous ``x.T`` at no cost. Measured on the 2-core dev box at 64
+    tokens: gate_up 78 -> 152 GFLOP/s, down 114 -> 155 (``xyserve tune`` picks per bucket).
+    """
+    if x.dim() != 2 or cfg.cpu_impl == "linear":
+        return F.linear(x, weight, bias)
+    if cfg.cpu_impl == "swap":
         if bias is None:
-            return torch.mm(x, weight.t())
-        return torch.addmm(bias, x, weight.t())
-    return F.linear(x, weight, bias)
+            return torch.mm(weight, x.t()).t()
+        return torch.addmm(bias.unsqueeze(1), weight, x.t()).t()
+    if bias is None:
+        return torch.mm(x, weight.t())
+    return torch.addmm(bias, x, weight.t())
 
 
 class SmoothGemm:

@@ -49,7 +49,7 @@ class GemmConfig:
     group_m: int = 8  # swizzle: M-tiles that share N-tiles, for L2 reuse
     num_warps: int = 4
     num_stages: int = 3
-    cpu_impl: str = "linear"  # "linear" (F.linear) or "addmm" on the transposed view
+    cpu_impl: str = "linear"  # "linear" (F.linear), "addmm" or "swap" (see smooth_gemm.cpu_linear)
 
     def key(self) -> str:
         return (

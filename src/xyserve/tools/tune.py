@@ -37,7 +37,9 @@ from xyserve.plan.gemm_table import (
 def candidates(device: str, pm: int) -> list[GemmConfig]:
     """Configurations worth profiling for a bucket of padded M = ``pm``."""
     if device == "cpu":
-        return [GemmConfig(cpu_impl="linear"), GemmConfig(cpu_impl="addmm")]
+        from xyserve.kernels.smooth_gemm import CPU_IMPLS
+
+        return [GemmConfig(cpu_impl=impl) for impl in CPU_IMPLS]
     out = []
     for bm, bn, bk, warps, stages in itertools.product(
         (16, 32, 64, 128), (64, 128, 256), (32, 64), (4, 8), (3, 4)
