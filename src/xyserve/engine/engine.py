@@ -225,7 +225,9 @@ class LLMEngine:
             )
             children.append((group, child))
         if rows:
-            logits = result.logits[rows]
+            logits = result.logits
+            if rows != list(range(logits.shape[0])):  # a copy of [R, V] only when rows differ
+                logits = logits[rows]
             if self.first_logits is not None:
                 for (_, child), lg in zip(children, logits):
                     self.first_logits.setdefault(child.request.request_id, lg.clone())
