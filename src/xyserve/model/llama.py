@@ -113,15 +113,19 @@ class LlamaModel:
         for layer, (k_cache, v_cache) in zip(self.layers, kv_caches):
             x = rms_norm(h, layer.input_norm, cfg.rms_norm_eps)
             qkv = gemm.linear(gp, "qkv", x, layer.qkv, layer.qkv_bias)
-            q, k, v = qkv.split([hq * d, hkv * d, hkv * d], dim=-1)
-            q = q.reshape(t, hq, d)
-            k = k.reshape(t, hkv, d)
+            qk, v = qkv.split([(hq + hkv) * d, hkv * d], dim=-1)
             v = v.reshape(t, hkv, d)
+            qk = qk.reshape(t, hq + hkv, d)
             if layer.q_norm is not None:
-                q = rms_norm(q, layer.q_norm, cfg.rms_norm_eps)
-                k = rms_norm(k, layer.k_norm, cfg.rms_norm_eps)
-            q = self.rope.apply(q, cos, sin)
-            k = self.rope.apply(k, cos, sin)
+                q, k = qk.split([hq, hkv], dim=1)
+                qk = torch.cat(
+                    [
+                        rms_norm(q, layer.q_norm, cfg.rms_norm_eps),
+                        rms_norm(k, layer.k_norm, cfg.rms_norm_eps),
+                    ],
+                    dim=1,
+                )
+            q, k = self.rope.apply(qk, cos, sin).split([hq, hkv], dim=1)  # one pass for q and k
             k_cache.view(-1, hkv, d).index_copy_(0, ctx.slot_mapping, k)
             v_cache.view(-1, hkv, d).index_copy_(0, ctx.slot_mapping, v)
             o = ctx.attn_backend.run(ctx.attn_plan, q, k_cache, v_cache, self.scale)
