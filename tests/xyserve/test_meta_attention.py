@@ -8,9 +8,11 @@ CPU; without it (and without CUDA) the Triton cases are skipped.
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -48,6 +50,7 @@ def mixed_specs(rng: random.Random, scale: int = 1) -> list[StageSpec]:
     return specs
 
 
+TOL = {"atol": 2e-5, "rtol": 1e-4}
 GQA = [(4, 4), (8, 4), (8, 2), (16, 2)]  # ratios 1, 2, 4, 8
 HEAD_DIMS = [64, 128, 33]
 BLOCKS = [16, 32]
@@ -61,7 +64,13 @@ def test_cpu_meta_matches_reference(hq, hkv, d, bs):
     c = build_case(mixed_specs(rng), hq, hkv, d, bs, seed=rng.randint(0, 1 << 30))
     ref = reference_attention(c.meta, c.q, c.k_cache, c.v_cache, c.scale)
     # Default schedule, and a tiny one that forces KV chunking, merges and split batches.
-    for kw in ({}, {"kv_chunk": bs, "kv_chunk_bytes": 1}, {"kv_chunk": 48, "group_ratio": 0.9}):
+    # The torch path alone (decode rows in packs too), and with the numba decode kernel.
+    for kw in (
+        {},
+        {"decode_kernel": False},
+        {"kv_chunk": bs, "kv_chunk_bytes": 1, "decode_kernel": False},
+        {"kv_chunk": 48, "group_ratio": 0.9},
+    ):
         be = MetaAttention(**kw)
         out = be.run(be.plan(c.meta, hq, hkv, d), c.q, c.k_cache, c.v_cache, c.scale)
         torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-4, msg=f"{kw}")
@@ -88,13 +97,24 @@ def test_many_decodes_share_one_pack_and_registry_names():
     hq, hkv, d = 8, 2, 64
     specs = [StageSpec(1, 200 + i) for i in range(40)]
     c = build_case(specs, hq, hkv, d, 16, seed=5)
-    be = get_attention_backend("meta")
-    plan = be.plan(c.meta, hq, hkv, d)
-    assert len(plan.packs) == 1 and len(plan.packs[0].chunks) == 1  # one fused call
-    out = be.run(plan, c.q, c.k_cache, c.v_cache, c.scale)
     ref_be = get_attention_backend("reference")
     ref = ref_be.run(ref_be.plan(c.meta, hq, hkv, d), c.q, c.k_cache, c.v_cache, c.scale)
-    torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-4)
+    be = get_attention_backend("meta", decode_kernel=False)
+    plan = be.plan(c.meta, hq, hkv, d)
+    assert len(plan.packs) == 1 and len(plan.packs[0].chunks) == 1  # one fused call
+    torch.testing.assert_close(be.run(plan, c.q, c.k_cache, c.v_cache, c.scale), ref, **TOL)
+    # With the numba kernel: every decode tile in its list, dealt to the workers.
+    be = MetaAttention(num_workers=3)
+    plan = be.plan(c.meta, hq, hkv, d)
+    assert not plan.packs and sorted(plan.decode.q_rows.tolist()) == list(range(40))
+    sizes = np.diff(plan.decode.worker_offsets)
+    assert sorted(sizes.tolist()) == [13, 13, 14]
+    loads = [
+        int(plan.decode.kv_lens[a:b].sum())
+        for a, b in itertools.pairwise(plan.decode.worker_offsets.tolist())
+    ]
+    assert max(loads) - min(loads) <= int(plan.decode.kv_lens.max())  # within one tile
+    torch.testing.assert_close(be.run(plan, c.q, c.k_cache, c.v_cache, c.scale), ref, **TOL)
 
 
 @pytest.mark.skipif(not TRITON, reason="needs CUDA or TRITON_INTERPRET=1")

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from xyserve.kernels import cpu_decode
 from xyserve.kernels.metadata import AttentionMetadata
 from xyserve.plan.task_table import TaskTable, Tile, build_task_table
 
@@ -71,6 +72,7 @@ class MetaAttentionPlan:
     num_kv_heads: int
     head_dim: int
     packs: list[_Pack]
+    decode: cpu_decode.DecodePlan | None = None  # single-row tiles for the numba kernel
     triton: Any = None  # device arrays of the task table, built when tensors are on CUDA
 
 
@@ -150,8 +152,13 @@ def build_plan(
     kv_chunk_bytes: int = 64 << 20,
     group_ratio: float = 0.75,
     dtype: torch.dtype = torch.float32,
+    decode_kernel: bool = True,
 ) -> MetaAttentionPlan:
-    """Task table plus the CPU schedule: packs of tiles and their KV chunks and masks."""
+    """Task table plus the CPU schedule: packs of tiles and their KV chunks and masks.
+
+    With ``decode_kernel`` (and numba, float32), single-row causal tiles -- decodes, and the
+    last row of a chunk -- go to ``cpu_decode`` instead of packs.
+    """
     table = meta.table
     device = meta.slot_mapping.device
     bs = table.block_size
@@ -160,6 +167,19 @@ def build_plan(
     tiles = tasks.tiles
     seen: set[int] = set()
     order = [u.tile for u in tasks.units if not (u.tile in seen or seen.add(u.tile))]
+    decode = None
+    if decode_kernel and cpu_decode.available(dtype):
+        single = [t for t in order if tiles[t].num_rows == 1 and not tiles[t].has_tree]
+        order = [t for t in order if tiles[t].num_rows != 1 or tiles[t].has_tree]
+        decode = cpu_decode.build_decode_plan(
+            [tiles[t].q_start for t in single],
+            [tiles[t].kv_extent for t in single],
+            [
+                table.rows[tiles[t].stage].block_table[: -(-tiles[t].kv_extent // bs)]
+                for t in single
+            ],
+            num_workers,
+        )
     elem = torch.finfo(dtype).bits // 8
     max_keys = max(bs, kv_chunk_bytes // max(1, 2 * num_kv_heads * head_dim * elem))
     chunk = max(bs, (kv_chunk // bs) * bs)
@@ -203,7 +223,7 @@ def build_plan(
                 )
             c0 += width
         packs.append(pack)
-    return MetaAttentionPlan(meta, tasks, num_q_heads, num_kv_heads, head_dim, packs)
+    return MetaAttentionPlan(meta, tasks, num_q_heads, num_kv_heads, head_dim, packs, decode)
 
 
 def _attend(
@@ -257,6 +277,8 @@ def run_cpu(
     k_rows = k_cache.view(nb, -1)
     v_rows = v_cache.view(nb, -1)
     out = q.new_zeros((t, hq, d))
+    if plan.decode is not None:
+        cpu_decode.run_decode(plan.decode, q, k_cache, v_cache, scale, out)
     for pack in plan.packs:
         b, r = pack.num_tiles, pack.rows
         # [B, R, Hkv, G, D] -> [B, Hkv, R*G, D]: the KV group's heads ride in the tile's rows.
@@ -308,8 +330,10 @@ class MetaAttention:
         kv_chunk_bytes: int = 64 << 20,
         group_ratio: float = 0.75,
         dtype: torch.dtype = torch.float32,
+        decode_kernel: bool = True,
     ) -> None:
         self.num_workers = num_workers
+        self.decode_kernel = decode_kernel
         self.kv_chunk = kv_chunk
         self.kv_chunk_bytes = kv_chunk_bytes
         self.group_ratio = group_ratio
@@ -334,6 +358,7 @@ class MetaAttention:
             kv_chunk_bytes=self.kv_chunk_bytes,
             group_ratio=self.group_ratio,
             dtype=self.dtype,
+            decode_kernel=self.decode_kernel,
         )
 
     def run(self, plan: MetaAttentionPlan, q, k_cache, v_cache, scale: float) -> torch.Tensor:
