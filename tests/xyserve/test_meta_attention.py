@@ -143,3 +143,14 @@ def test_triton_meta_matches_reference(hq, hkv, d, bs):
     plan = build_triton_plan(c.meta, hq, hkv, d, num_workers=3, block_m=block_m)
     out = triton_meta_attention(plan, c.q, c.k_cache, c.v_cache, c.scale)
     torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_decode_kernel_only_for_float32_caches():
+    hq, hkv, d = 8, 2, 16
+    c = build_case([StageSpec(1, 30), StageSpec(1, 7)], hq, hkv, d, 16, seed=2)
+    be = MetaAttention()
+    be.warmup("cpu", torch.bfloat16)  # the engine tells the backend its dtype at start
+    assert be.plan(c.meta, hq, hkv, d).decode is None
+    be.warmup("cpu", torch.float32)
+    plan = be.plan(c.meta, hq, hkv, d)
+    assert plan.decode is not None and plan.decode.num_tiles == 2 and not plan.packs

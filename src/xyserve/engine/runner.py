@@ -41,8 +41,8 @@ class ModelRunner:
             for _ in range(cfg.num_layers)
         ]
         self.attn = get_attention_backend(attention_backend)
-        if hasattr(self.attn, "dtype"):  # its CPU plan sizes chunks and picks kernels by dtype
-            self.attn.dtype = model.dtype
+        if hasattr(self.attn, "warmup"):  # sets its dtype, builds its CPU kernels now
+            self.attn.warmup(model.device, model.dtype)
         self.gemm = get_gemm_backend(gemm_backend, **(gemm_kwargs or {}))
 
     @staticmethod

@@ -26,10 +26,11 @@ try:  # numba is a dependency, but a broken install must not break the engine
     import numba
     from numba import njit, prange
 
-    # Threads that block rather than spin between kernels, so they do not steal the cores from
-    # torch's OpenMP pool that runs the GEMMs right after (unless the user chose a layer).
+    # OpenMP first: measured in the engine on the 2-core box (2 threads), the decode kernels of
+    # a run took 4.1 s on numba's omp layer and 15.2 s on its workqueue layer, whose hand-offs
+    # collide with torch's OpenMP pool running the GEMMs in between (unless the user chose).
     if "NUMBA_THREADING_LAYER" not in os.environ:
-        numba.config.THREADING_LAYER = "workqueue"
+        numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
 except ImportError:  # pragma: no cover - exercised only where numba is absent
     numba = None
 
@@ -124,6 +125,15 @@ if numba is not None:
                                 for e in range(d):
                                     o[h * group + g, e] += p * v_cache[blk, jj, h, e]
                 out[row] = o
+
+
+def warmup() -> None:
+    """Compile (or load from numba's cache) the kernel now, not inside the first step."""
+    if numba is None:
+        return
+    plan = build_decode_plan([0], [3], [[1]], 1)
+    cache = torch.zeros((2, 4, 1, 8))
+    run_decode(plan, torch.zeros((1, 2, 8)), cache, cache, 1.0, torch.zeros((1, 2, 8)))
 
 
 def run_decode(

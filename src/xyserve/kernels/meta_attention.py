@@ -340,6 +340,13 @@ class MetaAttention:
         self.dtype = dtype
         self.workspace = Workspace()
 
+    def warmup(self, device: torch.device | str, dtype: torch.dtype) -> None:
+        """Build the CPU decode kernel at engine start, not inside the first request's step."""
+        self.dtype = dtype
+        if torch.device(device).type == "cpu" and self.decode_kernel:
+            if cpu_decode.available(dtype):
+                cpu_decode.warmup()
+
     def plan(
         self, meta: AttentionMetadata, num_q_heads: int, num_kv_heads: int, head_dim: int
     ) -> MetaAttentionPlan:
