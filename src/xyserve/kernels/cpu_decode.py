@@ -26,9 +26,9 @@ try:  # numba is a dependency, but a broken install must not break the engine
     import numba
     from numba import njit, prange
 
-    # OpenMP first: measured in the engine on the 2-core box (2 threads), the decode kernels of
-    # a run took 4.1 s on numba's omp layer and 15.2 s on its workqueue layer, whose hand-offs
-    # collide with torch's OpenMP pool running the GEMMs in between (unless the user chose).
+    # OpenMP first (unless the user chose): in the engine on the 2-core box, 2 threads, the
+    # decode kernels of `xyserve bench offline`'s workload took 3.5 s on numba's omp layer and
+    # 4.7 s on its workqueue layer (one run each, kernel already compiled).
     if "NUMBA_THREADING_LAYER" not in os.environ:
         numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
 except ImportError:  # pragma: no cover - exercised only where numba is absent
