@@ -73,8 +73,6 @@ def tune(
     model_name: str = "",
     progress: bool = True,
 ) -> GemmTable:
-    from xyserve.kernels.smooth_gemm import cpu_linear
-
     shapes = {op: s for op, s in model_shapes(config).items() if op in ops}
     table = GemmTable(model=model_name, device=device, budget=budget, shapes=shapes)
     work = [(op, pm) for op in shapes for pm in buckets(budget)]
@@ -86,23 +84,31 @@ def tune(
     for op, pm in tqdm(work, desc="tune", disable=not progress, file=sys.stderr):
         w = weights[op]
         x = torch.randn((pm, w.shape[1]), generator=gen).to(device=device, dtype=dtype)
-        best: tuple[float, GemmConfig] | None = None
-        for cfg in candidates(device, pm):
-            if device == "cuda":
-                from xyserve.kernels.triton.smooth_gemm import smooth_matmul
-
-                fn = lambda cfg=cfg, x=x, w=w: smooth_matmul(x, w, None, cfg)  # noqa: E731
-            else:
-                fn = lambda cfg=cfg, x=x, w=w: cpu_linear(cfg, x, w, None)  # noqa: E731
-            try:
-                t = _bench(fn, device, repeat)
-            except Exception:  # a config that does not compile/fit is simply not a candidate
-                continue
-            if best is None or t < best[0]:
-                best = (t, cfg)
+        best = tune_one(w, x, device, repeat)
         if best is not None:
-            table.set(op, pm, best[1])
+            table.set(op, pm, best)
     return table
+
+
+def tune_one(w: torch.Tensor, x: torch.Tensor, device: str, repeat: int) -> GemmConfig | None:
+    """The fastest candidate for ``x @ w.T`` (``x`` has the bucket's padded M rows)."""
+    from xyserve.kernels.smooth_gemm import cpu_linear
+
+    best: tuple[float, GemmConfig] | None = None
+    for cfg in candidates(device, x.shape[0]):
+        if device == "cuda":
+            from xyserve.kernels.triton.smooth_gemm import smooth_matmul
+
+            fn = lambda cfg=cfg: smooth_matmul(x, w, None, cfg)  # noqa: E731
+        else:
+            fn = lambda cfg=cfg: cpu_linear(cfg, x, w, None)  # noqa: E731
+        try:
+            t = _bench(fn, device, repeat)
+        except Exception:  # a config that does not compile/fit is simply not a candidate
+            continue
+        if best is None or t < best[0]:
+            best = (t, cfg)
+    return None if best is None else best[1]
 
 
 def default_out(model: Path, device: str, use_cache: bool) -> Path:
