@@ -4,7 +4,8 @@
 execution schedule; ``run`` (once per layer) executes it. On CUDA tensors the Triton kernel runs
 the task table in one launch; elsewhere the CPU path below runs.
 
-CPU path (single-row decode tiles go to ``cpu_decode``'s numba kernel; the rest is torch ops), chosen by measurement on a 2-core x86 box (``xyserve bench kernels``);
+CPU path (single-row decode tiles go to ``cpu_decode``'s numba kernel; the rest is torch ops),
+chosen by measurement on a 2-core x86 box (``xyserve bench kernels``);
 the fused CPU flash kernel (``aten::_scaled_dot_product_flash_attention_for_cpu``, which also
 returns the log-sum-exp) does the math, with a plain matmul/softmax fallback:
 
