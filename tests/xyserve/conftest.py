@@ -4,10 +4,20 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 from tiny_models import build_model  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Kernel tests on tiny ops: one thread avoids OpenMP barrier stalls on a shared 2-core box."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")

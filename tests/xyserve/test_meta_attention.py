@@ -22,15 +22,7 @@ from xyserve.kernels.meta_attention import MetaAttention, build_plan
 from xyserve.kernels.reference import reference_attention
 
 TRITON = os.environ.get("TRITON_INTERPRET") == "1" or torch.cuda.is_available()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny ops: one thread avoids OpenMP barrier stalls on a shared 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def mixed_specs(rng: random.Random, scale: int = 1) -> list[StageSpec]:

@@ -13,15 +13,7 @@ from xyserve.kernels.smooth_gemm import CPU_IMPLS, SmoothGemm
 from xyserve.plan.gemm_table import GemmConfig, GemmTable, buckets, default_config
 
 TRITON = os.environ.get("TRITON_INTERPRET") == "1" or torch.cuda.is_available()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny ops: one thread avoids OpenMP barrier stalls on a shared 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 SHAPES = {"qkv": (48, 32), "down": (32, 40)}  # (N, K), K off the tile multiples

@@ -21,16 +21,10 @@ from xyserve.plan.gemm_table import GemmConfig, padded_m
 
 TRITON = os.environ.get("TRITON_INTERPRET") == "1" or torch.cuda.is_available()
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
-pytestmark = pytest.mark.skipif(not TRITON, reason="needs CUDA or TRITON_INTERPRET=1")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny ops: one thread avoids OpenMP barrier stalls on a shared 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = [
+    pytest.mark.skipif(not TRITON, reason="needs CUDA or TRITON_INTERPRET=1"),
+    pytest.mark.usefixtures("one_torch_thread"),
+]
 
 
 def _specs(rng: random.Random) -> list[StageSpec]:

@@ -6,8 +6,9 @@ flash kernel over it, so each key is read three times; this kernel walks the blo
 reads each key once, with every query head of the row in registers. Tiles are dealt to the
 threads by the same symmetric round-robin as the task table's units, in cost order
 (``tileSize * kvLen``), and each thread runs its list: the CPU image of the persistent
-Meta-Attention kernel. Measured on the 2-core dev box (64 decode rows, 60-250 keys, 12/4
-heads, d=64, one thread): 4.1 ms vs 11.0 ms for the gather + flash path.
+Meta-Attention kernel. On the 2-core dev box, in a one-off microbenchmark (64 decode rows,
+60-250 keys, 12/4 heads, d=64, one thread): 4.1 ms vs 11.0 ms for the gather + flash path;
+``xyserve bench kernels --only attention`` times the whole CPU path against per-stage baselines.
 
 numba is optional: without it (or for dtypes other than float32) the torch path runs.
 """
@@ -81,27 +82,24 @@ if numba is not None:
     @njit(parallel=True, fastmath=True, cache=True)
     def _decode_kernel(q, k_cache, v_cache, tables, kv_lens, q_rows, offsets, scale, out):
         bs = k_cache.shape[1]
-        hkv = k_cache.shape[2]
         d = k_cache.shape[3]
         hq = q.shape[1]
-        group = hq // hkv
+        group = hq // k_cache.shape[2]
         for w in prange(offsets.shape[0] - 1):
             for s in range(offsets[w], offsets[w + 1]):
                 row = q_rows[s]
                 n_keys = kv_lens[s]
-                qs = q[row] * scale  # [hq, d]; head h*group+g reads KV head h
+                qs = q[row] * scale  # [hq, d]; query head r reads KV head r // group
                 sc = np.empty((hq, n_keys), dtype=np.float32)
                 nblk = (n_keys + bs - 1) // bs
                 for b in range(nblk):
                     blk = tables[s, b]
                     for jj in range(min(bs, n_keys - b * bs)):
-                        j = b * bs + jj
-                        for h in range(hkv):
-                            for g in range(group):
-                                acc = np.float32(0.0)
-                                for e in range(d):
-                                    acc += qs[h * group + g, e] * k_cache[blk, jj, h, e]
-                                sc[h * group + g, j] = acc
+                        for r in range(hq):
+                            acc = np.float32(0.0)
+                            for e in range(d):
+                                acc += qs[r, e] * k_cache[blk, jj, r // group, e]
+                            sc[r, b * bs + jj] = acc
                 for r in range(hq):  # softmax over the row's keys
                     m = sc[r, 0]
                     for j in range(1, n_keys):
@@ -118,12 +116,10 @@ if numba is not None:
                 for b in range(nblk):
                     blk = tables[s, b]
                     for jj in range(min(bs, n_keys - b * bs)):
-                        j = b * bs + jj
-                        for h in range(hkv):
-                            for g in range(group):
-                                p = sc[h * group + g, j]
-                                for e in range(d):
-                                    o[h * group + g, e] += p * v_cache[blk, jj, h, e]
+                        for r in range(hq):
+                            p = sc[r, b * bs + jj]
+                            for e in range(d):
+                                o[r, e] += p * v_cache[blk, jj, r // group, e]
                 out[row] = o
 
 

@@ -246,7 +246,8 @@ class Workspace:
     """Reused gather buffers for K/V chunks.
 
     A fresh multi-MB tensor per chunk and layer comes from ``mmap`` and page-faults on first
-    touch; on the dev box that made the gathers ~3x slower than a copy into warm memory.
+    touch; profiled once on the dev box, that made the gathers ~3x slower than a copy into
+    warm memory.
     """
 
     def __init__(self) -> None:
