@@ -12,6 +12,7 @@ from xyserve.bench.kernels import load_workload, sample_batch
 from xyserve.plan.gemm_table import (
     GemmConfig,
     GemmTable,
+    bucket_low,
     buckets,
     default_config,
     find_table,
@@ -83,6 +84,21 @@ def test_gemm_buckets_are_finite_and_cover_m():
     for m in range(1, 2049):
         pm = padded_m(m)
         assert pm >= m and pm in bs
+        assert bucket_low(pm) <= m  # the bucket's low end is the first M that pads to it
+    for pm in bs:
+        assert padded_m(bucket_low(pm)) == pm and padded_m(bucket_low(pm) - 1) < pm
+
+
+def test_cpu_tuner_keeps_linear_unless_another_is_nowhere_slower():
+    from xyserve.tools.tune import pick_cpu
+
+    ms = [49, 56, 64]
+    t = {(0, m): 1.0 for m in ms}  # candidate 0: F.linear
+    t |= {(1, 49): 0.99, (1, 56): 0.98, (1, 64): 0.97}  # a little faster everywhere
+    t |= {(2, 49): 1.20, (2, 56): 0.70, (2, 64): 0.60}  # much faster at 64, slower at 49
+    assert pick_cpu(t, 3, ms) == 1
+    t |= {(1, 49): 1.01}
+    assert pick_cpu(t, 3, ms) == 0
 
 
 def test_gemm_table_roundtrip_and_untuned_fallback(tmp_path):

@@ -10,9 +10,10 @@ and a 7B model's (N, K) shapes: SmoothGEMM, ``torch.matmul`` on the real rows an
 pad-to-bucket. Ratios are times over ``torch.matmul``'s (lower is better).
 
 Timing: the variants run interleaved, ``--repeat`` rounds after a warm-up, and each keeps its best
-round: on a shared machine, other load only ever adds time. A GEMM point where SmoothGEMM
-looks more than 3% slower gets up to two more batches of rounds (for every variant) before it
-is reported. ``--threads 1`` avoids the OpenMP
+round: on a shared machine, other load only ever adds time. GEMM rounds run the variants in
+a shuffled order, and ``torch.matmul`` is timed twice, as two variants, so that the report
+shows the noise floor beside the ratios. A GEMM point where SmoothGEMM looks more than 3%
+slower gets up to four more batches of rounds (for every variant) before it is reported. ``--threads 1`` avoids the OpenMP
 barrier stalls that a busy 2-core box inflicts on multi-threaded ops.
 
 GPU (whenever CUDA is available, unless ``--no-gpu``): the same cases moved to CUDA in
@@ -253,6 +254,7 @@ def gemm_ms(args: argparse.Namespace, large: bool = False) -> list[int]:
 
 def bench_gemm(args: argparse.Namespace, models: dict[str, dict], bar: tqdm) -> dict:
     smooth = SmoothGemm(table=GemmTable())
+    rng = random.Random(args.seed)
     # Every measured bucket is tuned first, as `xyserve tune` does offline (CPU: the vendor GEMM
     # entry points; the fastest at the padded M), so the run measures SmoothGEMM as deployed.
     rows = []
@@ -278,18 +280,22 @@ def bench_gemm(args: argparse.Namespace, models: dict[str, dict], bar: tqdm) -> 
                     xp[:m] = x
                     return torch.matmul(xp, w.t())[:m]
 
+                mm = lambda x=x, w=w: torch.matmul(x, w.t())  # noqa: E731
                 fns = {
-                    "torch": lambda x=x, w=w: torch.matmul(x, w.t()),
+                    "torch": mm,
+                    "torch_again": mm,  # the same call timed as a second variant: noise floor
                     "smooth": lambda x=x, w=w, op=op, plan=plan: smooth.linear(
                         plan, op, x, w, None
                     ),
                     "pad": run_pad,
                 }
                 ts: dict[str, list[float]] = {kk: [] for kk in fns}
-                for _ in range(3):  # an apparent loss gets up to two more batches of rounds
+                order = list(fns)
+                for _ in range(5):  # an apparent loss gets up to four more batches of rounds
                     for _ in range(args.gemm_repeat):
-                        for kk, f in fns.items():
-                            ts[kk].append(_time(f, 1))
+                        rng.shuffle(order)  # no variant always runs after the same one
+                        for kk in order:
+                            ts[kk].append(_time(fns[kk], 1))
                     med = {kk: min(v) for kk, v in ts.items()}
                     if med["smooth"] <= 1.03 * med["torch"]:
                         break
@@ -306,6 +312,7 @@ def bench_gemm(args: argparse.Namespace, models: dict[str, dict], bar: tqdm) -> 
                         "pad_ms": med["pad"] * 1e3,
                         "smooth_ratio_vs_torch": med["smooth"] / med["torch"],
                         "pad_ratio_vs_torch": med["pad"] / med["torch"],
+                        "torch_again_ratio": med["torch_again"] / med["torch"],
                     }
                 )
                 bar.update(1)
@@ -317,6 +324,8 @@ def bench_gemm(args: argparse.Namespace, models: dict[str, dict], bar: tqdm) -> 
         "max_ratio_vs_torch": worst["smooth_ratio_vs_torch"],
         "worst_case": {kk: worst[kk] for kk in ("model", "op", "m", "n", "k")},
         "mean_pad_ratio_vs_torch": statistics.mean(x["pad_ratio_vs_torch"] for x in rows),
+        "noise_floor_max": max(x["torch_again_ratio"] for x in rows),
+        "noise_floor_mean": statistics.mean(x["torch_again_ratio"] for x in rows),
     }
 
 
@@ -711,6 +720,10 @@ def print_report(result: dict) -> None:
             f"gemm.mean_ratio_vs_torch: {g['mean_ratio_vs_torch']:.3f} "
             f"(worst {g['max_ratio_vs_torch']:.3f} at {wc['model']} {wc['op']} M={wc['m']}); "
             f"pad-to-bucket mean {g['mean_pad_ratio_vs_torch']:.3f}"
+        )
+        print(
+            f"noise floor (torch.matmul timed twice as two variants): "
+            f"mean {g['noise_floor_mean']:.3f}, worst {g['noise_floor_max']:.3f}"
         )
 
 

@@ -21,12 +21,21 @@ TABLE_FILE = "xyserve_gemm_table.json"
 OPS: tuple[str, ...] = ("qkv", "o_proj", "gate_up", "down", "lm_head")
 
 
+def _step(m: int) -> int:
+    return 16 if m <= 64 else 32 if m <= 256 else 64
+
+
 def padded_m(m: int) -> int:
     """The bucket of M: 16-steps to 64, 32-steps to 256, then 64-steps."""
     if m <= 0:
         return 0
-    step = 16 if m <= 64 else 32 if m <= 256 else 64
+    step = _step(m)
     return -(-m // step) * step
+
+
+def bucket_low(pm: int) -> int:
+    """The smallest M that pads to the bucket ``pm``."""
+    return pm - _step(pm) + 1
 
 
 def buckets(budget: int) -> list[int]:

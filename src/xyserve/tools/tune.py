@@ -1,9 +1,11 @@
 """``xyserve tune --model PATH``: offline SmoothGEMM tuning (paper §4.3.2, §6.3).
 
 For each linear op of the model (shapes from its ``config.json``) and each virtually padded M
-up to the token budget, profile the candidate configurations at the bucket's worst case (M =
-the padded M) and keep the fastest. On CUDA the candidates are Triton tile shapes, swizzle
-groups and launch knobs; on CPU they are the vendor-GEMM entry points. The table is versioned
+up to the token budget, profile the candidate configurations and keep the best. On CUDA the
+candidates are Triton tile shapes, swizzle groups and launch knobs, timed at the padded M (the
+kernel computes whole tiles). On CPU they are the vendor-GEMM entry points; the CPU computes
+the real rows only, so each candidate is timed at the bucket's low, middle and high M, and one
+is kept only if it is nowhere slower than plain ``F.linear`` (what ``torch.matmul`` runs). The table is versioned
 JSON, written next to the model (or to ``~/.cache/xyserve/gemm_tables/`` when that folder is
 read-only or ``--cache`` is given), where ``SmoothGemm(model_path=...)`` finds it.
 """
@@ -27,6 +29,7 @@ from xyserve.plan.gemm_table import (
     TABLE_FILE,
     GemmConfig,
     GemmTable,
+    bucket_low,
     buckets,
     cache_path,
     model_shapes,
@@ -38,7 +41,7 @@ def candidates(device: str, pm: int) -> list[GemmConfig]:
     if device == "cpu":
         from xyserve.kernels.smooth_gemm import CPU_IMPLS
 
-        return [GemmConfig(cpu_impl=impl) for impl in CPU_IMPLS]
+        return [GemmConfig(cpu_impl=impl) for impl in CPU_IMPLS]  # CPU_IMPLS[0]: F.linear
     out = []
     for bm, bn, bk, warps, stages in itertools.product(
         (16, 32, 64, 128), (64, 128, 256), (32, 64), (4, 8), (3, 4)
@@ -91,17 +94,14 @@ def tune(
 
 
 def tune_one(w: torch.Tensor, x: torch.Tensor, device: str, repeat: int) -> GemmConfig | None:
-    """The fastest candidate for ``x @ w.T`` (``x`` has the bucket's padded M rows)."""
-    from xyserve.kernels.smooth_gemm import cpu_linear
+    """The best candidate for ``x @ w.T`` (``x`` has the bucket's padded M rows)."""
+    if device != "cuda":
+        return _tune_one_cpu(w, x, repeat)
+    from xyserve.kernels.triton.smooth_gemm import smooth_matmul
 
     best: tuple[float, GemmConfig] | None = None
     for cfg in candidates(device, x.shape[0]):
-        if device == "cuda":
-            from xyserve.kernels.triton.smooth_gemm import smooth_matmul
-
-            fn = lambda cfg=cfg: smooth_matmul(x, w, None, cfg)  # noqa: E731
-        else:
-            fn = lambda cfg=cfg: cpu_linear(cfg, x, w, None)  # noqa: E731
+        fn = lambda cfg=cfg: smooth_matmul(x, w, None, cfg)  # noqa: E731
         try:
             t = _bench(fn, device, repeat)
         except Exception:  # a config that does not compile/fit is simply not a candidate
@@ -109,6 +109,39 @@ def tune_one(w: torch.Tensor, x: torch.Tensor, device: str, repeat: int) -> Gemm
         if best is None or t < best[0]:
             best = (t, cfg)
     return None if best is None else best[1]
+
+
+def _tune_one_cpu(w: torch.Tensor, x: torch.Tensor, repeat: int) -> GemmConfig:
+    """The candidate with the lowest mean time relative to ``F.linear`` over the bucket's
+    low, middle and high M, among those no slower than ``F.linear`` at any of them.
+
+    One config serves every M of the bucket, and the speed order of the entry points can flip
+    inside a bucket (``swap`` wins at 64 rows and may lose at 49), so the bucket's best at its
+    padded M alone is not enough. Candidates are timed interleaved, the minimum of ``repeat``
+    rounds kept, so that a burst of interference does not pick a config.
+    """
+    from xyserve.kernels.smooth_gemm import cpu_linear
+
+    pm = x.shape[0]
+    lo = bucket_low(pm)
+    ms = sorted({lo, (lo + pm) // 2, pm})
+    cfgs = candidates("cpu", pm)  # the first is plain F.linear
+    t = {(c, m): float("inf") for c in range(len(cfgs)) for m in ms}
+    for c, m in t:  # warm-up
+        cpu_linear(cfgs[c], x[:m], w, None)
+    for _ in range(repeat):
+        for c, m in t:
+            t0 = time.perf_counter()
+            cpu_linear(cfgs[c], x[:m], w, None)
+            t[c, m] = min(t[c, m], time.perf_counter() - t0)
+    return cfgs[pick_cpu(t, len(cfgs), ms)]
+
+
+def pick_cpu(t: dict[tuple[int, int], float], n: int, ms: list[int]) -> int:
+    """Index of the candidate to keep, from times ``t[candidate, m]``; candidate 0 is the
+    reference (``F.linear``), kept unless another is nowhere slower and faster on the mean."""
+    ok = [c for c in range(n) if all(t[c, m] <= t[0, m] for m in ms)]
+    return min(ok, key=lambda c: (sum(t[c, m] / t[0, m] for m in ms), c))
 
 
 def default_out(model: Path, device: str, use_cache: bool) -> Path:
