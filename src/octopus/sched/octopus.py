@@ -10,6 +10,8 @@
 - Adaptive TBU scheduling (`adaptive`): each period a TBU re-sizes its base share from the
   demand it observed (EWMA), and between periods it borrows idle PEAs of TBs whose queues
   are empty, before idleness can spread; borrowed PEAs return when the owner has work.
+  When nothing runs in a cluster, its free PEAs go to any TB that can start (`liveness`):
+  loans that ended blocked can otherwise leave a cluster in a local buffer deadlock.
 - Proactive cluster scheduling (`proactive`): the CBU learns how many downstream invocations
   each TB's decisions spawn; when a TB starts, spare PEAs near its data are pre-configured
   for the predicted demand, and when a decision lands the exact demand tops them up. Work is
@@ -48,7 +50,9 @@ class OctopusScheduler(Scheduler):
         elastic: bool = True,
         oldest_first: bool = True,
         cost_aware: bool = True,
+        liveness: bool = True,
     ):
+        self.liveness = liveness  # adaptive: a stuck cluster's free PEAs go to any TB
         self.cost_aware = cost_aware  # the balancer moves work only when the transfer pays
         self.oldest_first = oldest_first
         self.elastic = elastic
@@ -187,6 +191,11 @@ class OctopusScheduler(Scheduler):
                     if u != tb and own_l[u] and (not qs[u] or (lend is not None and lend[u])):
                         donors.append(own_l[u])
                         n += len(own_l[u])
+            if n < fp and self.adaptive and self.liveness and self._stuck(c):
+                # nothing runs in this cluster, so nothing will free a PEA here: waive the
+                # owners' claims (a buffer deadlock local to the cluster; see _stuck)
+                donors = [fl for fl in (*sp, *own_l) if fl and fl is not mine and fl is not spw]
+                n = len(mine) + len(spw) + sum(len(fl) for fl in donors)
             if n < fp:
                 return False
             peas = []
@@ -217,6 +226,26 @@ class OctopusScheduler(Scheduler):
         wu = sim.ewma[u] * len(self.q[c][u]) / max(1, self.nwarm[c][u])
         wt = sim.ewma[tb] * (len(self.q[c][tb]) + 1) / max(1, self.nwarm[c][tb])
         return wt - wu > sim.rc_us[tb]
+
+    def _stuck(self, c: int) -> bool:
+        """Whether no PEA of cluster c runs (each is free or blocked by back-pressure).
+
+        Adaptive TBUs lend the free PEAs of a TB with an empty queue, and a loan can end
+        blocked: the borrower's result waits in the lent PEA's buffer until its reader runs.
+        When upstream stages borrow the PEAs of the stages downstream of them, those PEAs
+        fill with results that only the downstream stages read, and the downstream stages
+        are left with no PEA to read them on. A TB with a queue that cannot start on its free
+        PEAs (fewer than its footprint) then keeps them: the cluster's work is all queued,
+        every PEA is blocked or held, and nothing will free one. The core spills blocked
+        buffers only when nothing runs anywhere, which on a fabric where other clusters keep
+        working comes only when they run out of work (recommendation, chip, seed 1: one
+        cluster held 63 blocked PEAs and one stranded PEA of `retrieve`, footprint 2, from
+        about 7 ms to the spill at 33 ms; its last 10 instances then ran alone to 55.5 ms).
+        When nothing runs in the cluster, its free PEAs go to whichever TB can start
+        (`liveness`; it costs nothing while anything runs). A cluster whose PEAs are all
+        blocked, none free, is still left to the core's spill."""
+        run = self.sim.running
+        return not any(run[p] for p in self.sim.arch.cluster_peas[c])
 
     def _choked(self, c: int) -> list[int]:
         """Blocked PEAs per TB in cluster c (back-pressure: their outputs are unread)."""
