@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from xyserve.kernels.cpu_argmax import greedy_ids
 from xyserve.sampling_params import SamplingParams
 
 
@@ -65,13 +66,13 @@ def sample(logits: torch.Tensor, rows: list[SampleRow]) -> list[SampleResult]:
     # Logprobs (of the raw model distribution, as vLLM) only when some request asks for them.
     want = any(r.params.logprobs is not None for r in rows)
     raw_logprobs = torch.log_softmax(logits, dim=-1) if want else None
-    greedy_ids = logits.argmax(dim=-1).tolist()
+    greedy = greedy_ids(logits)
     results = []
     for i, row in enumerate(rows):
         p = row.params
         simple = p.repetition_penalty == 1.0 and not p.presence_penalty and not p.frequency_penalty
         if p.greedy and simple and not row.blocked_ids:
-            tok = greedy_ids[i]
+            tok = greedy[i]
         else:
             lg = logits[i].clone()
             if row.blocked_ids:

@@ -37,7 +37,9 @@ class GemmBackend(Protocol):
 
     def linear(
         self, plan: Any, op: str, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
-    ) -> torch.Tensor: ...
+    ) -> torch.Tensor:
+        """``x @ weight.T + bias`` in a fresh tensor (the model adds residuals into it in place)."""
+        ...
 
 
 class TorchGemm:

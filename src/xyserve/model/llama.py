@@ -125,14 +125,19 @@ class LlamaModel:
                     ],
                     dim=1,
                 )
+            cos, sin = self.rope.like(cos, qk), self.rope.like(sin, qk)  # once per step
             q, k = self.rope.apply(qk, cos, sin).split([hq, hkv], dim=1)  # one pass for q and k
             k_cache.view(-1, hkv, d).index_copy_(0, ctx.slot_mapping, k)
             v_cache.view(-1, hkv, d).index_copy_(0, ctx.slot_mapping, v)
             o = ctx.attn_backend.run(ctx.attn_plan, q, k_cache, v_cache, self.scale)
-            h = h + gemm.linear(gp, "o_proj", o.reshape(t, hq * d), layer.o, layer.o_bias)
+            # The residual adds into the fresh GEMM output, so h takes that layout (column-major
+            # after a `swap` GEMM) and every later add and norm of the step runs in memory order.
+            h = gemm.linear(gp, "o_proj", o.reshape(t, hq * d), layer.o, layer.o_bias).add_(h)
             x = rms_norm(h, layer.post_norm, cfg.rms_norm_eps)
             gu = gemm.linear(gp, "gate_up", x, layer.gate_up, None)
             g, u = gu.chunk(2, dim=-1)
-            h = h + gemm.linear(gp, "down", torch.nn.functional.silu(g) * u, layer.down, None)
+            h = gemm.linear(gp, "down", torch.nn.functional.silu(g).mul_(u), layer.down, None).add_(
+                h
+            )
         h = rms_norm(h[logits_rows], self.norm, cfg.rms_norm_eps)
         return gemm.linear(None, "lm_head", h, self.lm_head, None).float()

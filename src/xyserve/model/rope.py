@@ -43,15 +43,35 @@ class RotaryEmbedding:
     def tables(
         self, positions: torch.Tensor, dtype: torch.dtype
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos/sin rows [T, 1, D] of a step's positions: gathered once, used by every layer."""
+        """cos/sin [T, 1, D/2] of a step's positions: gathered once, used by every layer.
+
+        Both halves of a row of the table are equal (non-interleaved rotation), so one is kept.
+        """
+        half = self.cos.shape[-1] // 2
         return (
-            self.cos[positions].unsqueeze(1).to(dtype),
-            self.sin[positions].unsqueeze(1).to(dtype),
+            self.cos[positions, :half].unsqueeze(1).to(dtype),
+            self.sin[positions, :half].unsqueeze(1).to(dtype),
         )
 
     @staticmethod
+    def like(table: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``table`` ([T, 1, D/2]) laid out like ``x``: token-minor when x is column-major (the
+        output of a ``swap`` GEMM), so that ``apply`` runs in memory order. Idempotent."""
+        if x.shape[0] > 1 and x.stride(0) == 1 and table.stride(0) != 1:
+            return table.squeeze(1).t().contiguous().t().unsqueeze(1)
+        return table
+
+    @staticmethod
     def apply(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """x: [T, H, D]; cos/sin from ``tables``."""
+        """x: [T, H, D]; cos/sin from ``tables`` (best passed through ``like(., x)``).
+
+        ``[x1, x2] -> [x1 cos - x2 sin, x2 cos + x1 sin]``, written half by half into a tensor
+        of x's layout: four elementwise passes, no rotated copy.
+        """
         half = x.shape[-1] // 2
-        rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-        return x * cos + rotated * sin
+        x1, x2 = x[..., :half], x[..., half:]
+        out = torch.empty_like(x)
+        o1, o2 = out[..., :half], out[..., half:]
+        torch.mul(x1, cos, out=o1).addcmul_(x2, sin, value=-1)
+        torch.mul(x2, cos, out=o2).addcmul_(x1, sin)
+        return out

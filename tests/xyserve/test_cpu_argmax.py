@@ -1,0 +1,33 @@
+"""The column-major greedy argmax equals torch.argmax, ties and NaN included."""
+
+from __future__ import annotations
+
+import torch
+
+from xyserve.kernels.cpu_argmax import greedy_ids
+
+
+def _col_major(r: int, v: int, gen: torch.Generator) -> torch.Tensor:
+    return torch.randn((v, r), generator=gen).t()
+
+
+def test_matches_torch_on_column_and_row_major_logits():
+    gen = torch.Generator().manual_seed(0)
+    for r, v in [(2, 5), (3, 1), (64, 1000), (17, 4099)]:
+        x = _col_major(r, v, gen)
+        assert not x.is_contiguous() or v == 1
+        assert greedy_ids(x) == x.argmax(dim=-1).tolist()
+        assert greedy_ids(x.contiguous()) == x.argmax(dim=-1).tolist()
+    one = torch.randn((1, 50), generator=gen)
+    assert greedy_ids(one) == one.argmax(dim=-1).tolist()
+
+
+def test_ties_go_to_the_first_index_and_nan_follows_torch():
+    x = torch.zeros((300, 4)).t()  # every row all ties
+    x[1, 7] = x[1, 200] = 1.0
+    x[2, 299] = 5.0
+    assert greedy_ids(x) == [0, 7, 299, 0] == x.argmax(dim=-1).tolist()
+    x[3, 10] = float("nan")  # torch treats NaN as the maximum
+    x[0, 0] = float("nan")
+    assert greedy_ids(x) == x.argmax(dim=-1).tolist()
+    assert greedy_ids(x)[3] == 10 and greedy_ids(x)[0] == 0
