@@ -18,6 +18,8 @@ def test_matches_torch_on_column_and_row_major_logits():
         assert not x.is_contiguous() or v == 1
         assert greedy_ids(x) == x.argmax(dim=-1).tolist()
         assert greedy_ids(x.contiguous()) == x.argmax(dim=-1).tolist()
+        padded = torch.randn((v, r + 5), generator=gen)[:, :r].t()  # swap8's layout
+        assert greedy_ids(padded) == padded.argmax(dim=-1).tolist()
     one = torch.randn((1, 50), generator=gen)
     assert greedy_ids(one) == one.argmax(dim=-1).tolist()
 

@@ -85,6 +85,14 @@ CONFIGS = {
         gemm_backend="smooth",
         table_impl="swap",
     ),
+    # ...and the padded swap: column-major views with a padded row stride.
+    "meta-smooth-swap8": dict(
+        max_num_batched_tokens=24,
+        max_num_seqs=6,
+        attention_backend="meta",
+        gemm_backend="smooth",
+        table_impl="swap8",
+    ),
 }
 
 

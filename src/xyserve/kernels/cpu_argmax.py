@@ -41,14 +41,16 @@ _kernel = njit(cache=True, nogil=True)(_argmax_columns) if njit is not None else
 
 
 def greedy_ids(logits: torch.Tensor) -> list[int]:
-    """``logits.argmax(dim=-1).tolist()``, fast for column-major float32 CPU logits."""
+    """``logits.argmax(dim=-1).tolist()``, fast for column-major float32 CPU logits (also
+    with a padded row stride, as ``swap8`` leaves them)."""
     if (
         _kernel is None
         or logits.dim() != 2
         or logits.device.type != "cpu"
         or logits.dtype != torch.float32
         or logits.shape[0] < 2
-        or not logits.t().is_contiguous()
+        or logits.stride(0) != 1
+        or logits.stride(1) < logits.shape[0]
     ):
         return logits.argmax(dim=-1).tolist()
     out = np.empty(logits.shape[0], np.int64)

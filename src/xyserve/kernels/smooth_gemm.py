@@ -27,7 +27,21 @@ class SmoothPlan:
     configs: dict[tuple[str, int, int, int], GemmConfig] = field(default_factory=dict)
 
 
-CPU_IMPLS = ("linear", "addmm", "swap")
+CPU_IMPLS = ("linear", "addmm", "swap", "swap8")
+
+
+def _padded_xt(x: torch.Tensor, m8: int) -> torch.Tensor:
+    """``x.T`` ([K, M]) with zero columns up to ``m8``, copied in x's own layout."""
+    m, k = x.shape
+    if x.stride(-1) == 1:  # row-major x: pad rows, hand over the transposed view
+        xp = x.new_empty((m8, k))
+        xp[:m].copy_(x)
+        xp[m:].zero_()
+        return xp.t()
+    xt = x.new_empty((k, m8))
+    xt[:, :m].copy_(x.t())
+    xt[:, m:].zero_()
+    return xt
 
 
 def cpu_linear(
@@ -38,15 +52,25 @@ def cpu_linear(
     ``swap`` computes ``(weight @ x.T).T``: the weight rows become the GEMM's M, so the vendor
     GEMM's threads split the weight instead of the few token rows (each thread then streams
     only its share of the weight). The result is a transposed (column-major) view, which the
-    next GEMM reads as its contiguous ``x.T`` at no cost. ``xyserve tune`` picks per bucket;
-    ``xyserve bench kernels --only gemm --threads 2`` shows the tuned result against torch.
+    next GEMM reads as its contiguous ``x.T`` at no cost. ``swap8`` also pads the token count
+    to a multiple of 8 with a physical copy of the (small) activations: MKL's swapped GEMM is
+    erratic at other widths (a one-off scan, 2 threads, N=1280, K=768: 1.0-1.7x F.linear's
+    time at M = 9..15, 0.6-0.7x padded), and the copy is O(M K) against the GEMM's O(M N K).
+    The result is then a column-major view with a row stride of the padded width.
+    ``xyserve tune`` picks per bucket; ``xyserve bench kernels --only gemm --threads 2``
+    shows the tuned result against torch.
     """
     if x.dim() != 2 or cfg.cpu_impl == "linear":
         return F.linear(x, weight, bias)
-    if cfg.cpu_impl == "swap":
+    if cfg.cpu_impl in ("swap", "swap8"):
+        m = x.shape[0]
+        m8 = -(-m // 8) * 8
+        xt = _padded_xt(x, m8) if cfg.cpu_impl == "swap8" and m8 != m else x.t()
         if bias is None:
-            return torch.mm(weight, x.t()).t()
-        return torch.addmm(bias.unsqueeze(1), weight, x.t()).t()
+            y = torch.mm(weight, xt)
+        else:
+            y = torch.addmm(bias.unsqueeze(1), weight, xt)
+        return y[:, :m].t()
     if bias is None:
         return torch.mm(x, weight.t())
     return torch.addmm(bias, x, weight.t())

@@ -70,7 +70,10 @@ class RotaryEmbedding:
         """
         half = x.shape[-1] // 2
         x1, x2 = x[..., :half], x[..., half:]
-        out = torch.empty_like(x)
+        if x.stride(0) == 1 and x.shape[0] > 1:  # token-minor, maybe with a padded stride
+            out = x.new_empty((x.shape[1], x.shape[2], x.shape[0])).permute(2, 0, 1)
+        else:
+            out = torch.empty_like(x)
         o1, o2 = out[..., :half], out[..., half:]
         torch.mul(x1, cos, out=o1).addcmul_(x2, sin, value=-1)
         torch.mul(x2, cos, out=o2).addcmul_(x1, sin)

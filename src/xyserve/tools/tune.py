@@ -4,8 +4,9 @@ For each linear op of the model (shapes from its ``config.json``) and each virtu
 up to the token budget, profile the candidate configurations and keep the best. On CUDA the
 candidates are Triton tile shapes, swizzle groups and launch knobs, timed at the padded M (the
 kernel computes whole tiles). On CPU they are the vendor-GEMM entry points; the CPU computes
-the real rows only, so each candidate is timed at the bucket's low, middle and high M, and one
-is kept only if it is nowhere slower than plain ``F.linear`` (what ``torch.matmul`` runs). The table is versioned
+the real rows only, so each candidate is timed at the bucket's low, middle, odd top (pm - 1)
+and top M, and one is kept only if it is nowhere slower than plain ``F.linear`` (what
+``torch.matmul`` runs). The table is versioned
 JSON, written next to the model (or to ``~/.cache/xyserve/gemm_tables/`` when that folder is
 read-only or ``--cache`` is given), where ``SmoothGemm(model_path=...)`` finds it.
 """
@@ -66,6 +67,21 @@ def _bench(fn: Callable[[], object], device: str, repeat: int) -> float:
     return min(ts) * 1e3  # on a shared CPU, interference only ever adds time
 
 
+COLD_BYTES = 64 << 20  # twice this dev box's 32 MiB L3
+
+
+def cold_copies(w: torch.Tensor, total_bytes: int = COLD_BYTES) -> list[torch.Tensor]:
+    """Copies of ``w`` to cycle through, so that each timed call finds its weight out of cache.
+
+    In a decode step every layer's weights are read once and are evicted before the next step
+    (the ~100M bench model streams 400 MB per step), so the CPU entry points are compared on
+    cold weights: on the dev box the ranking differs (a one-off run, 12 layers + lm_head at 64
+    rows, 2 threads: ``swap`` 105-125 GFLOP/s against ``F.linear`` 72-92 cold, close when hot).
+    """
+    n = max(1, min(32, -(-total_bytes // max(1, w.numel() * w.element_size()))))
+    return [w] + [w.clone() for _ in range(n - 1)]
+
+
 def tune(
     config: dict,
     budget: int,
@@ -84,19 +100,25 @@ def tune(
         op: (torch.randn((n, k), generator=gen) / k**0.5).to(device=device, dtype=dtype)
         for op, (n, k) in shapes.items()
     }
+    cold = {op: cold_copies(w) for op, w in weights.items()} if device == "cpu" else {}
     for op, pm in tqdm(work, desc="tune", disable=not progress, file=sys.stderr):
         w = weights[op]
         x = torch.randn((pm, w.shape[1]), generator=gen).to(device=device, dtype=dtype)
-        best = tune_one(w, x, device, repeat)
+        best = tune_one(cold.get(op, w), x, device, repeat)
         if best is not None:
             table.set(op, pm, best)
     return table
 
 
-def tune_one(w: torch.Tensor, x: torch.Tensor, device: str, repeat: int) -> GemmConfig | None:
-    """The best candidate for ``x @ w.T`` (``x`` has the bucket's padded M rows)."""
+def tune_one(
+    w: torch.Tensor | list[torch.Tensor], x: torch.Tensor, device: str, repeat: int
+) -> GemmConfig | None:
+    """The best candidate for ``x @ w.T`` (``x`` has the bucket's padded M rows). On CPU ``w``
+    may be a list of equal copies (``cold_copies``), cycled so that each call reads a cold one."""
+    ws = w if isinstance(w, list) else [w]
     if device != "cuda":
-        return _tune_one_cpu(w, x, repeat)
+        return _tune_one_cpu(ws, x, repeat)
+    w = ws[0]
     from xyserve.kernels.triton.smooth_gemm import smooth_matmul
 
     best: tuple[float, GemmConfig] | None = None
@@ -111,12 +133,12 @@ def tune_one(w: torch.Tensor, x: torch.Tensor, device: str, repeat: int) -> Gemm
     return None if best is None else best[1]
 
 
-def _tune_one_cpu(w: torch.Tensor, x: torch.Tensor, repeat: int) -> GemmConfig:
+def _tune_one_cpu(ws: list[torch.Tensor], x: torch.Tensor, repeat: int) -> GemmConfig:
     """The candidate with the lowest mean time relative to ``F.linear`` over the bucket's
-    low, middle and high M, among those no slower than ``F.linear`` at any of them.
+    low, middle, odd top and top M, among those no slower than ``F.linear`` at any of them.
 
     One config serves every M of the bucket, and the speed order of the entry points can flip
-    inside a bucket (``swap`` wins at 64 rows and may lose at 49), so the bucket's best at its
+    inside a bucket (``swap`` wins at 64 rows and may lose at 63), so the bucket's best at its
     padded M alone is not enough. Candidates are timed interleaved, the minimum of ``repeat``
     rounds kept, so that a burst of interference does not pick a config.
     """
@@ -124,13 +146,15 @@ def _tune_one_cpu(w: torch.Tensor, x: torch.Tensor, repeat: int) -> GemmConfig:
 
     pm = x.shape[0]
     lo = bucket_low(pm)
-    ms = sorted({lo, (lo + pm) // 2, pm})
+    ms = sorted({lo, (lo + pm) // 2, max(lo, pm - 1), pm})
     cfgs = candidates("cpu", pm)  # the first is plain F.linear
     t = {(c, m): float("inf") for c in range(len(cfgs)) for m in ms}
+    nxt = itertools.cycle(ws).__next__
     for c, m in t:  # warm-up
-        cpu_linear(cfgs[c], x[:m], w, None)
+        cpu_linear(cfgs[c], x[:m], nxt(), None)
     for _ in range(repeat):
         for c, m in t:
+            w = nxt()
             t0 = time.perf_counter()
             cpu_linear(cfgs[c], x[:m], w, None)
             t[c, m] = min(t[c, m], time.perf_counter() - t0)
