@@ -15,8 +15,9 @@ Timing: the variants run interleaved, ``--repeat`` rounds after a warm-up, and e
 round: on a shared machine, other load only ever adds time. GEMM rounds run the variants in
 a shuffled order, and ``torch.matmul`` is timed twice, as two variants, so that the report
 shows the noise floor beside the ratios. A GEMM point where SmoothGEMM looks more than 3%
-slower gets up to four more batches of rounds (for every variant) before it is reported. ``--threads 1`` avoids the OpenMP
-barrier stalls that a busy 2-core box inflicts on multi-threaded ops.
+slower gets up to four more batches of rounds (for every variant) before it is reported.
+``--threads 1`` avoids the OpenMP barrier stalls that a busy 2-core box inflicts on
+multi-threaded ops.
 
 GPU (whenever CUDA is available, unless ``--no-gpu``): the same cases moved to CUDA in
 ``--gpu-dtype`` (fp16 default, or bf16), timed with ``triton.testing.do_bench``. Triton

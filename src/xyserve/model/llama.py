@@ -125,7 +125,7 @@ class LlamaModel:
                     ],
                     dim=1,
                 )
-            cos, sin = self.rope.like(cos, qk), self.rope.like(sin, qk)  # once per step
+            cos, sin = self.rope.like(cos, qk), self.rope.like(sin, qk)  # converts once a step
             q, k = self.rope.apply(qk, cos, sin).split([hq, hkv], dim=1)  # one pass for q and k
             k_cache.view(-1, hkv, d).index_copy_(0, ctx.slot_mapping, k)
             v_cache.view(-1, hkv, d).index_copy_(0, ctx.slot_mapping, v)
@@ -136,8 +136,7 @@ class LlamaModel:
             x = rms_norm(h, layer.post_norm, cfg.rms_norm_eps)
             gu = gemm.linear(gp, "gate_up", x, layer.gate_up, None)
             g, u = gu.chunk(2, dim=-1)
-            h = gemm.linear(gp, "down", torch.nn.functional.silu(g).mul_(u), layer.down, None).add_(
-                h
-            )
+            act = torch.nn.functional.silu(g).mul_(u)
+            h = gemm.linear(gp, "down", act, layer.down, None).add_(h)
         h = rms_norm(h[logits_rows], self.norm, cfg.rms_norm_eps)
         return gemm.linear(None, "lm_head", h, self.lm_head, None).float()
