@@ -261,16 +261,14 @@ def sweep(
     errs = {n: [sd_(dyn[n][lv]) for lv in levels] for n in names}
     series["suite mean"] = [dyn_s[lv]["mean"] for lv in levels]
     errs["suite mean"] = [dyn_s[lv]["std"] for lv in levels]
-    p1 = p2 = None
-    if levels:
-        p1 = line_plot(
-            series,
-            list(levels),
-            "dynamicity level",
-            f"speedup over reactive (mean, std over {seeds} seeds)",
-            os.path.join(out_dir, "speedup_vs_dynamicity.png"),
-            errs,
-        )
+
+    def plot(series: dict, errs: dict, xs: list[str], xlabel: str, name: str) -> str | None:
+        if not xs:
+            return None
+        ylabel = f"speedup over reactive (mean, std over {seeds} seeds)"
+        return line_plot(series, xs, xlabel, ylabel, os.path.join(out_dir, name), errs)
+
+    p1 = plot(series, errs, list(levels), "dynamicity level", "speedup_vs_dynamicity.png")
     series, errs = {}, {}
     for n in [*names, "suite mean"]:
         for b in ("diffusion", "central"):
@@ -281,15 +279,7 @@ def sweep(
             else:
                 series[f"{n} {b}"] = [mean(scale[n][a][b]) for a in arches]
                 errs[f"{n} {b}"] = [sd_(scale[n][a][b]) for a in arches]
-    if arches:
-        p2 = line_plot(
-            series,
-            list(arches),
-            "scale",
-            f"speedup over reactive (mean, std over {seeds} seeds)",
-            os.path.join(out_dir, "speedup_vs_scale.png"),
-            errs,
-        )
+    p2 = plot(series, errs, list(arches), "scale", "speedup_vs_scale.png")
     summary = {
         "seeds": sds,
         "speedup_vs_dynamicity": {lv: dyn_s[lv]["mean"] for lv in levels},

@@ -64,6 +64,9 @@ def oracle(request, tmp_path_factory):
     return path, prompts, refs, firsts
 
 
+META_SMOOTH = dict(
+    max_num_batched_tokens=24, max_num_seqs=6, attention_backend="meta", gemm_backend="smooth"
+)
 CONFIGS = {
     "chunked": dict(max_num_batched_tokens=16, max_num_seqs=4),
     "no-prefix-cache-sdpa-torch": dict(
@@ -74,25 +77,11 @@ CONFIGS = {
     ),
     "preemption": dict(max_num_batched_tokens=64, num_kv_blocks=14, max_num_seqs=8),
     "baseline-policy": dict(scheduler_policy="baseline", max_num_batched_tokens=64),
-    "meta-smooth": dict(
-        max_num_batched_tokens=24, max_num_seqs=6, attention_backend="meta", gemm_backend="smooth"
-    ),
+    "meta-smooth": META_SMOOTH,
     # A tuned table that picks the swapped GEMM everywhere: activations then flow column-major.
-    "meta-smooth-swap": dict(
-        max_num_batched_tokens=24,
-        max_num_seqs=6,
-        attention_backend="meta",
-        gemm_backend="smooth",
-        table_impl="swap",
-    ),
+    "meta-smooth-swap": {**META_SMOOTH, "table_impl": "swap"},
     # ...and the padded swap: column-major views with a padded row stride.
-    "meta-smooth-swap8": dict(
-        max_num_batched_tokens=24,
-        max_num_seqs=6,
-        attention_backend="meta",
-        gemm_backend="smooth",
-        table_impl="swap8",
-    ),
+    "meta-smooth-swap8": {**META_SMOOTH, "table_impl": "swap8"},
 }
 
 

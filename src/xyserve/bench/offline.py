@@ -152,12 +152,13 @@ def run_hf(model: Path, work: Workload, batch_size: int) -> float:
 
 def _tune_if_needed(model: Path, budget: int) -> None:
     """SmoothGEMM is tuned offline per model (paper §6.3); do it once, as a deployment would."""
-    from xyserve.plan.gemm_table import find_table
+    from xyserve.plan.gemm_table import OPS, find_table
     from xyserve.tools import tune
 
     if find_table(model, "cpu") is None:
-        ops = ["--ops", "qkv", "o_proj", "gate_up", "down", "lm_head"]
-        tune.main(["--model", str(model), "--budget", str(budget), "--device", "cpu", *ops])
+        tune.main(
+            ["--model", str(model), "--budget", str(budget), "--device", "cpu", "--ops", *OPS]
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

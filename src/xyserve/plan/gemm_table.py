@@ -58,7 +58,7 @@ class GemmConfig:
     group_m: int = 8  # swizzle: M-tiles that share N-tiles, for L2 reuse
     num_warps: int = 4
     num_stages: int = 3
-    cpu_impl: str = "linear"  # "linear" (F.linear), "addmm" or "swap" (see smooth_gemm.cpu_linear)
+    cpu_impl: str = "linear"  # one of smooth_gemm.CPU_IMPLS (see smooth_gemm.cpu_linear)
 
     def key(self) -> str:
         return (

@@ -53,18 +53,10 @@ def candidates(device: str, pm: int) -> list[GemmConfig]:
     return out
 
 
-def _bench(fn: Callable[[], object], device: str, repeat: int) -> float:
-    if device == "cuda":
-        import triton.testing
+def _bench_cuda(fn: Callable[[], object]) -> float:
+    import triton.testing
 
-        return float(triton.testing.do_bench(fn, warmup=5, rep=20))
-    fn()
-    ts = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return min(ts) * 1e3  # on a shared CPU, interference only ever adds time
+    return float(triton.testing.do_bench(fn, warmup=5, rep=20))
 
 
 COLD_BYTES = 64 << 20  # twice this dev box's 32 MiB L3
@@ -125,7 +117,7 @@ def tune_one(
     for cfg in candidates(device, x.shape[0]):
         fn = lambda cfg=cfg: smooth_matmul(x, w, None, cfg)  # noqa: E731
         try:
-            t = _bench(fn, device, repeat)
+            t = _bench_cuda(fn)
         except Exception:  # a config that does not compile/fit is simply not a candidate
             continue
         if best is None or t < best[0]:
