@@ -94,11 +94,12 @@ def test_cpu_tuner_keeps_linear_unless_another_is_nowhere_slower():
 
     ms = [49, 56, 64]
     t = {(0, m): 1.0 for m in ms}  # candidate 0: F.linear
-    t |= {(1, 49): 0.99, (1, 56): 0.98, (1, 64): 0.97}  # a little faster everywhere
+    t |= {(1, 49): 0.96, (1, 56): 0.95, (1, 64): 0.94}  # faster everywhere, past the margin
     t |= {(2, 49): 1.20, (2, 56): 0.70, (2, 64): 0.60}  # much faster at 64, slower at 49
     assert pick_cpu(t, 3, ms) == 1
-    t |= {(1, 49): 1.01}
+    t |= {(1, 49): 0.99}  # faster, but within the margin at 49: no promise
     assert pick_cpu(t, 3, ms) == 0
+    assert pick_cpu(t, 3, ms, margin=1.0) == 1
 
 
 def test_gemm_table_roundtrip_and_untuned_fallback(tmp_path):

@@ -8,14 +8,16 @@ case runs Meta-Attention, the per-stage SDPA baseline and the dense reference on
 GEMM: M = 1..budget (a sample by default, every M with ``--gemm-all-m``) for the bundled-model-like
 and a 7B model's (N, K) shapes: SmoothGEMM, ``torch.matmul`` on the real rows and physical
 pad-to-bucket. Ratios are times over ``torch.matmul``'s (lower is better). Every call reads a
-cold weight (each variant cycles through copies larger than the L3 cache), as a layer's weight
-is read once per step in a forward pass; each bucket is tuned the same way first.
+cold weight (all variants share one cycle through copies larger than the L3 cache), as a
+layer's weight is read once per step in a forward pass; each bucket is tuned the same way first.
 
-Timing: the variants run interleaved, ``--repeat`` rounds after a warm-up, and each keeps its best
-round: on a shared machine, other load only ever adds time. GEMM rounds run the variants in
-a shuffled order, and ``torch.matmul`` is timed twice, as two variants, so that the report
-shows the noise floor beside the ratios. A GEMM point where SmoothGEMM looks more than 3%
-slower gets up to four more batches of rounds (for every variant) before it is reported.
+Timing: attention variants run interleaved, ``--repeat`` rounds after a warm-up, and each keeps
+its best round: on a shared machine, other load only ever adds time. GEMM samples are blocks of
+calls about 10 ms long; ``--gemm-repeat`` rounds run the variants in a shuffled order, and a
+ratio is the median over rounds of the two variants' times in the same round, which cancels
+interference that outlasts a round. ``torch.matmul`` is timed twice, as two variants, so that
+the report shows the noise floor beside the ratios. A GEMM point where SmoothGEMM looks more
+than 3% slower gets up to four more batches of rounds (for every variant) before it is reported.
 ``--threads 1`` avoids the OpenMP barrier stalls that a busy 2-core box inflicts on
 multi-threaded ops.
 
@@ -58,6 +60,7 @@ from xyserve.plan.gemm_table import (
     model_shapes,
     padded_m,
 )
+from xyserve.tools.cpu_timing import block_time, calls_for, paired_ratio
 from xyserve.tools.tune import cold_copies, tune_one
 
 WORKLOADS = ("conversation", "coding")
@@ -269,44 +272,46 @@ def bench_gemm(args: argparse.Namespace, models: dict[str, dict], bar: tqdm) -> 
                 continue
             w = torch.randn((n, k), generator=gen) / k**0.5
             ws = cold_copies(w)  # each call reads a cold weight, as a layer in a decode step
+            # One cycle shared by every variant: each call reads the copy after the one the
+            # previous call read, so no variant finds its weight left in L3 by another.
+            nxt = itertools.cycle(ws).__next__
             smooth.table.shapes[op] = (n, k)
             tuned: dict[tuple[str, int], GemmConfig] = {}
             for m in gemm_ms(args, large=int(cfg["hidden_size"]) >= 2048):
                 pm = padded_m(m)
                 if (op, pm) not in tuned:
                     xp = torch.randn((pm, k), generator=gen)
-                    tuned[(op, pm)] = tune_one(ws, xp, "cpu", 5) or default_config(pm)
+                    tuned[(op, pm)] = tune_one(ws, xp, "cpu", 7) or default_config(pm)
                 smooth.table.set(op, pm, tuned[(op, pm)])
                 x = torch.randn((m, k), generator=gen)
                 plan = smooth.plan(m)
 
-                def cyc(ws=ws) -> Callable[[], torch.Tensor]:
-                    return itertools.cycle(ws).__next__
-
-                def run_pad(x=x, pm=pm, m=m, w=cyc()):
+                def run_pad(x=x, pm=pm, m=m, nxt=nxt):
                     xp = torch.zeros((pm, x.shape[1]), dtype=x.dtype)
                     xp[:m] = x
-                    return torch.matmul(xp, w().t())[:m]
+                    return torch.matmul(xp, nxt().t())[:m]
 
                 fns = {
-                    "torch": lambda x=x, w=cyc(): torch.matmul(x, w().t()),
+                    "torch": lambda x=x, nxt=nxt: torch.matmul(x, nxt().t()),
                     # the same call timed as a second variant: the noise floor
-                    "torch_again": lambda x=x, w=cyc(): torch.matmul(x, w().t()),
-                    "smooth": lambda x=x, w=cyc(), op=op, plan=plan: smooth.linear(
-                        plan, op, x, w(), None
+                    "torch_again": lambda x=x, nxt=nxt: torch.matmul(x, nxt().t()),
+                    "smooth": lambda x=x, op=op, plan=plan, nxt=nxt: smooth.linear(
+                        plan, op, x, nxt(), None
                     ),
                     "pad": run_pad,
                 }
                 ts: dict[str, list[float]] = {kk: [] for kk in fns}
                 order = list(fns)
+                calls = calls_for(fns["torch"])  # a block of calls per sample, ~10 ms long
                 for _ in range(5):  # an apparent loss gets up to four more batches of rounds
                     for _ in range(args.gemm_repeat):
                         rng.shuffle(order)  # no variant always runs after the same one
                         for kk in order:
-                            ts[kk].append(_time(fns[kk], 1))
-                    med = {kk: min(v) for kk, v in ts.items()}
-                    if med["smooth"] <= 1.03 * med["torch"]:
+                            ts[kk].append(block_time(fns[kk], calls))
+                    ratio = {kk: paired_ratio(ts[kk], ts["torch"]) for kk in fns}
+                    if ratio["smooth"] <= 1.03:
                         break
+                med = {kk: statistics.median(v) for kk, v in ts.items()}
                 rows.append(
                     {
                         "model": mname,
@@ -318,9 +323,11 @@ def bench_gemm(args: argparse.Namespace, models: dict[str, dict], bar: tqdm) -> 
                         "torch_ms": med["torch"] * 1e3,
                         "smooth_ms": med["smooth"] * 1e3,
                         "pad_ms": med["pad"] * 1e3,
-                        "smooth_ratio_vs_torch": med["smooth"] / med["torch"],
-                        "pad_ratio_vs_torch": med["pad"] / med["torch"],
-                        "torch_again_ratio": med["torch_again"] / med["torch"],
+                        "smooth_ratio_vs_torch": ratio["smooth"],
+                        "pad_ratio_vs_torch": ratio["pad"],
+                        "torch_again_ratio": ratio["torch_again"],
+                        "rounds": len(ts["torch"]),
+                        "calls_per_sample": calls,
                     }
                 )
                 bar.update(1)
@@ -639,7 +646,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument(
         "--gemm-budget-7b", type=int, default=64, help="largest M for 7B-sized shapes (slow on CPU)"
     )
-    ap.add_argument("--gemm-repeat", type=int, default=5)
+    ap.add_argument("--gemm-repeat", type=int, default=11, help="GEMM rounds per batch")
     ap.add_argument("--gemm-all-m", action="store_true", help="every M in 1..budget")
     ap.add_argument(
         "--gemm-models", nargs="+", default=["small", "7b"], help="small, 7b, or config.json paths"
