@@ -326,6 +326,7 @@ def bench_gemm(args: argparse.Namespace, models: dict[str, dict], bar: tqdm) -> 
                         "smooth_ratio_vs_torch": ratio["smooth"],
                         "pad_ratio_vs_torch": ratio["pad"],
                         "torch_again_ratio": ratio["torch_again"],
+                        "smooth_cpu_impl": tuned[(op, pm)].cpu_impl,
                         "rounds": len(ts["torch"]),
                         "calls_per_sample": calls,
                     }
