@@ -10,6 +10,7 @@ import pytest
 
 from xyserve.bench.kernels import load_workload, sample_batch
 from xyserve.plan.gemm_table import (
+    OPS,
     GemmConfig,
     GemmTable,
     bucket_low,
@@ -132,3 +133,28 @@ def test_tuner_writes_a_table_that_loads(tmp_path):
     assert set(gemm.table.entries) == {"qkv", "o_proj", "gate_up", "down"}
     assert sorted(gemm.table.entries["qkv"]) == [16, 32, 48]
     assert gemm.table.shapes["qkv"] == (32 + 2 * 2 * 8, 32)
+
+
+def test_cpu_tuner_times_each_op_on_the_layout_its_upstream_op_leaves(monkeypatch):
+    """A swapped GEMM leaves a column-major output: the op it feeds is tuned on that layout."""
+    import xyserve.tools.tune as tune_mod
+
+    cfg = {"hidden_size": 32, "num_attention_heads": 4, "num_key_value_heads": 2}
+    cfg |= {"intermediate_size": 24, "vocab_size": 50}
+    op_of = {shape: op for op, shape in tune_mod.model_shapes(cfg).items()}
+    assert len(op_of) == len(OPS), "the test tells ops apart by their (N, K)"
+    seen: dict[tuple[str, int], bool] = {}  # (op, padded M) -> was the input column-major?
+
+    def fake_tune_one(w, x, device, repeat):
+        op = op_of[tuple((w[0] if isinstance(w, list) else w).shape)]
+        seen[(op, x.shape[0])] = x.stride(0) == 1
+        return GemmConfig(cpu_impl="swap8" if op == "gate_up" else "linear")
+
+    monkeypatch.setattr(tune_mod, "tune_one", fake_tune_one)
+    table = tune_mod.tune(cfg, 32, "cpu", list(OPS), repeat=1, progress=False)
+    for pm in (16, 32):
+        assert seen[("down", pm)]  # after gate_up's swapped GEMM
+        assert not seen[("o_proj", pm)]  # the attention output: row-major
+        assert not seen[("qkv", pm)]  # down chose F.linear: row-major
+        assert not seen[("lm_head", pm)]  # rows picked out of h: row-major
+        assert table.entries["gate_up"][pm].cpu_impl == "swap8"

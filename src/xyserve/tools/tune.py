@@ -75,6 +75,13 @@ def cold_copies(w: torch.Tensor, total_bytes: int = COLD_BYTES) -> list[torch.Te
     return [w] + [w.clone() for _ in range(n - 1)]
 
 
+# The op whose output feeds each op's input in a layer (through a norm or an activation, which
+# keep the layout). A swapped CPU GEMM leaves its output column-major, so the next op reads a
+# column-major input; ops missing here read a row-major one (attention output, final norm).
+UPSTREAM = {"gate_up": "o_proj", "down": "gate_up", "qkv": "down"}
+DATAFLOW = ("o_proj", "gate_up", "down", "qkv", "lm_head")  # each after its upstream op
+
+
 def tune(
     config: dict,
     budget: int,
@@ -85,9 +92,15 @@ def tune(
     model_name: str = "",
     progress: bool = True,
 ) -> GemmTable:
+    """Tune every (op, bucket). On CPU each op is timed on the input layout the forward hands
+    it: column-major where the bucket's upstream op was tuned to a swapped GEMM. Tuned on
+    row-major inputs everywhere, the ~100M bench model's table chose ``F.linear`` for qkv in
+    every bucket; tuned this way, ``swap8`` up to 320 rows (one-off ``bench offline`` A/B,
+    hybrid, 2 threads: 317 and 306 against 348 and 313 output tok/s, runs alternated)."""
     shapes = {op: s for op, s in model_shapes(config).items() if op in ops}
     table = GemmTable(model=model_name, device=device, budget=budget, shapes=shapes)
-    work = [(op, pm) for op in shapes for pm in buckets(budget)]
+    order = sorted(shapes, key=lambda op: DATAFLOW.index(op) if op in DATAFLOW else len(DATAFLOW))
+    work = [(op, pm) for pm in buckets(budget) for op in order]
     gen = torch.Generator().manual_seed(0)
     weights = {
         op: (torch.randn((n, k), generator=gen) / k**0.5).to(device=device, dtype=dtype)
@@ -96,7 +109,11 @@ def tune(
     cold = {op: cold_copies(w) for op, w in weights.items()} if device == "cpu" else {}
     for op, pm in tqdm(work, desc="tune", disable=not progress, file=sys.stderr):
         w = weights[op]
-        x = torch.randn((pm, w.shape[1]), generator=gen).to(device=device, dtype=dtype)
+        up = table.entries.get(UPSTREAM.get(op, ""), {}).get(pm)
+        if device == "cpu" and up is not None and up.cpu_impl in ("swap", "swap8"):
+            x = torch.randn((w.shape[1], pm), generator=gen).to(dtype=dtype).t()  # column-major
+        else:
+            x = torch.randn((pm, w.shape[1]), generator=gen).to(device=device, dtype=dtype)
         best = tune_one(cold.get(op, w), x, device, repeat)
         if best is not None:
             table.set(op, pm, best)
