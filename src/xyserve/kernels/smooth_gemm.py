@@ -28,6 +28,10 @@ class SmoothPlan:
 
 
 CPU_IMPLS = ("linear", "addmm", "swap", "swap8")
+# What `xyserve tune` profiles: `swap` only differs from `swap8` at widths that are not a
+# multiple of 8, where it is the erratic one (a one-off, 2 threads, 768x768 at M=255: 1.11-1.16x
+# F.linear's time over eight fresh inputs, swap8 1.02-1.07x); tables naming it still run.
+CPU_CANDIDATES = ("linear", "addmm", "swap8")
 
 
 def _padded_xt(x: torch.Tensor, m8: int) -> torch.Tensor:

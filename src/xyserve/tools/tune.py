@@ -41,9 +41,9 @@ from xyserve.tools.cpu_timing import block_time, calls_for, paired_ratio
 def candidates(device: str, pm: int) -> list[GemmConfig]:
     """Configurations worth profiling for a bucket of padded M = ``pm``."""
     if device == "cpu":
-        from xyserve.kernels.smooth_gemm import CPU_IMPLS
+        from xyserve.kernels.smooth_gemm import CPU_CANDIDATES
 
-        return [GemmConfig(cpu_impl=impl) for impl in CPU_IMPLS]  # CPU_IMPLS[0]: F.linear
+        return [GemmConfig(cpu_impl=impl) for impl in CPU_CANDIDATES]  # [0]: F.linear
     out = []
     for bm, bn, bk, warps, stages in itertools.product(
         (16, 32, 64, 128), (64, 128, 256), (32, 64), (4, 8), (3, 4)
