@@ -2,9 +2,10 @@
 
 All three run the same prompts (token ids) with greedy decoding and fixed output lengths
 (``ignore_eos``), one after the other, each run in a fresh (spawned) process unless
-``--in-process``: in one process a one-off run was 6% slower after an HF run than before it
-(31.6-32.7 s against 29.9-30.3 s), a state that one system leaves to the next. HF transformers uses static batches:
-each batch runs until its longest request is done, which is the cost continuous batching removes.
+``--in-process``: in one process, xyserve ran 6% slower after an HF run than before it
+(one-off: 31.6-32.7 s against 29.9-30.3 s), from state that one system leaves to the next.
+HF transformers uses static batches: each batch runs until its longest request is done, which
+is the cost continuous batching removes.
 "Model GFLOP/s" divides the workload's model FLOPs (every prompt and output token once, linear
 layers plus attention) by wall time, so the three figures share a numerator; the matmul peak is
 measured in the same run.
