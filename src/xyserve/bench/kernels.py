@@ -276,13 +276,13 @@ def bench_gemm(args: argparse.Namespace, models: dict[str, dict], bar: tqdm) -> 
             # previous call read, so no variant finds its weight left in L3 by another.
             nxt = itertools.cycle(ws).__next__
             smooth.table.shapes[op] = (n, k)
-            tuned: dict[tuple[str, int], GemmConfig] = {}
+            tuned: dict[int, GemmConfig] = {}  # this op's config per padded M
             for m in gemm_ms(args, large=int(cfg["hidden_size"]) >= 2048):
                 pm = padded_m(m)
-                if (op, pm) not in tuned:
+                if pm not in tuned:
                     xp = torch.randn((pm, k), generator=gen)
-                    tuned[(op, pm)] = tune_one(ws, xp, "cpu", 7) or default_config(pm)
-                smooth.table.set(op, pm, tuned[(op, pm)])
+                    tuned[pm] = tune_one(ws, xp, "cpu", 7) or default_config(pm)
+                smooth.table.set(op, pm, tuned[pm])
                 x = torch.randn((m, k), generator=gen)
                 plan = smooth.plan(m)
 
@@ -326,7 +326,7 @@ def bench_gemm(args: argparse.Namespace, models: dict[str, dict], bar: tqdm) -> 
                         "smooth_ratio_vs_torch": ratio["smooth"],
                         "pad_ratio_vs_torch": ratio["pad"],
                         "torch_again_ratio": ratio["torch_again"],
-                        "smooth_cpu_impl": tuned[(op, pm)].cpu_impl,
+                        "smooth_cpu_impl": tuned[pm].cpu_impl,
                         "rounds": len(ts["torch"]),
                         "calls_per_sample": calls,
                     }

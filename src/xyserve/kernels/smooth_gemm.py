@@ -28,6 +28,7 @@ class SmoothPlan:
 
 
 CPU_IMPLS = ("linear", "addmm", "swap", "swap8")
+SWAPPED_IMPLS = ("swap", "swap8")  # these return a column-major view (see cpu_linear)
 # What `xyserve tune` profiles: `swap` only differs from `swap8` at widths that are not a
 # multiple of 8, where it is the erratic one (a one-off, 2 threads, 768x768 at M=255: 1.11-1.16x
 # F.linear's time over eight fresh inputs, swap8 1.02-1.07x); tables naming it still run.
@@ -66,7 +67,7 @@ def cpu_linear(
     """
     if x.dim() != 2 or cfg.cpu_impl == "linear":
         return F.linear(x, weight, bias)
-    if cfg.cpu_impl in ("swap", "swap8"):
+    if cfg.cpu_impl in SWAPPED_IMPLS:
         m = x.shape[0]
         m8 = -(-m // 8) * 8
         xt = _padded_xt(x, m8) if cfg.cpu_impl == "swap8" and m8 != m else x.t()

@@ -29,6 +29,12 @@ def inv_frequencies(head_dim: int, theta: float, scaling: dict | None) -> torch.
     raise ValueError(f"unsupported rope_type {rtype!r}")
 
 
+def token_minor(x: torch.Tensor) -> bool:
+    """Whether x's tokens (dim 0) are adjacent in memory: the column-major output of a swapped
+    GEMM, maybe with a padded stride."""
+    return x.shape[0] > 1 and x.stride(0) == 1
+
+
 class RotaryEmbedding:
     """Precomputed cos/sin tables indexed by position (non-interleaved halves, as HF)."""
 
@@ -57,7 +63,7 @@ class RotaryEmbedding:
     def like(table: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """``table`` ([T, 1, D/2]) laid out like ``x``: token-minor when x is column-major (the
         output of a ``swap`` GEMM), so that ``apply`` runs in memory order. Idempotent."""
-        if x.shape[0] > 1 and x.stride(0) == 1 and table.stride(0) != 1:
+        if token_minor(x) and table.stride(0) != 1:
             return table.squeeze(1).t().contiguous().t().unsqueeze(1)
         return table
 
@@ -70,7 +76,7 @@ class RotaryEmbedding:
         """
         half = x.shape[-1] // 2
         x1, x2 = x[..., :half], x[..., half:]
-        if x.stride(0) == 1 and x.shape[0] > 1:  # token-minor, maybe with a padded stride
+        if token_minor(x):
             out = x.new_empty((x.shape[1], x.shape[2], x.shape[0])).permute(2, 0, 1)
         else:
             out = torch.empty_like(x)

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from xyserve.kernels.smooth_gemm import CPU_CANDIDATES, SWAPPED_IMPLS, cpu_linear
 from xyserve.plan.gemm_table import (
     OPS,
     TABLE_FILE,
@@ -42,8 +43,6 @@ from xyserve.tools.cpu_timing import block_time, calls_for, paired_ratio
 def candidates(device: str, pm: int) -> list[GemmConfig]:
     """Configurations worth profiling for a bucket of padded M = ``pm``."""
     if device == "cpu":
-        from xyserve.kernels.smooth_gemm import CPU_CANDIDATES
-
         return [GemmConfig(cpu_impl=impl) for impl in CPU_CANDIDATES]  # [0]: F.linear
     out = []
     for bm, bn, bk, warps, stages in itertools.product(
@@ -111,7 +110,7 @@ def tune(
     for op, pm in tqdm(work, desc="tune", disable=not progress, file=sys.stderr):
         w = weights[op]
         up = table.entries.get(UPSTREAM.get(op, ""), {}).get(pm)
-        if device == "cpu" and up is not None and up.cpu_impl in ("swap", "swap8"):
+        if device == "cpu" and up is not None and up.cpu_impl in SWAPPED_IMPLS:
             x = torch.randn((w.shape[1], pm), generator=gen).to(dtype=dtype).t()  # column-major
         else:
             x = torch.randn((pm, w.shape[1]), generator=gen).to(device=device, dtype=dtype)
@@ -146,7 +145,8 @@ def tune_one(
 
 def _tune_one_cpu(ws: list[torch.Tensor], x: torch.Tensor, repeat: int) -> GemmConfig:
     """The candidate with the lowest mean time relative to ``F.linear`` over the bucket's
-    low, middle, odd top and top M, among those no slower than ``F.linear`` at any of them.
+    low, middle, odd top and top M, among those faster than it by ``pick_cpu``'s margin at
+    each of them (else ``F.linear``).
 
     One config serves every M of the bucket, and the speed order of the entry points can flip
     inside a bucket (``swap`` wins at 64 rows and may lose at 63), so the bucket's best at its
@@ -155,8 +155,6 @@ def _tune_one_cpu(ws: list[torch.Tensor], x: torch.Tensor, repeat: int) -> GemmC
     rounds of their time ratio in the same round, so that a burst of interference does not
     pick a config.
     """
-    from xyserve.kernels.smooth_gemm import cpu_linear
-
     pm = x.shape[0]
     lo = bucket_low(pm)
     ms = sorted({lo, (lo + pm) // 2, max(lo, pm - 1), pm})
