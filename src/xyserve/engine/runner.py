@@ -44,6 +44,8 @@ class ModelRunner:
         if hasattr(self.attn, "warmup"):  # sets its dtype, builds its CPU kernels now
             self.attn.warmup(model.device, model.dtype)
         self.gemm = get_gemm_backend(gemm_backend, **(gemm_kwargs or {}))
+        if hasattr(self.gemm, "warmup"):
+            self.gemm.warmup(model.device, model.dtype)
 
     @staticmethod
     def bytes_per_block(model_cfg, block_size: int, dtype: torch.dtype) -> int:

@@ -3,8 +3,9 @@
 ``plan(num_tokens)`` once per step picks the bucket (virtually padded M); ``linear`` looks up the
 tuned config of (op, bucket). On CUDA the Triton kernel computes whole M-tiles but loads and
 stores only real rows (masked), so no padded copy of the activations exists. On CPU the real
-rows go to the vendor GEMM (oneDNN/MKL via ``F.linear``): measured on the dev box, physical
-padding only costs and ``torch.compile`` per bucket did not pay (see ``xyserve bench kernels``).
+rows go to the vendor GEMM (oneDNN/MKL via ``F.linear`` and its swapped forms) or, for the few
+rows of decode steps, to ``cpu_gemm``'s numba kernel: measured on the dev box, physical padding
+only costs and ``torch.compile`` per bucket did not pay (see ``xyserve bench kernels``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from xyserve.kernels import cpu_gemm
 from xyserve.plan.gemm_table import GemmConfig, GemmTable, find_table, padded_m
 
 
@@ -27,12 +29,12 @@ class SmoothPlan:
     configs: dict[tuple[str, int, int, int], GemmConfig] = field(default_factory=dict)
 
 
-CPU_IMPLS = ("linear", "addmm", "swap", "swap8")
+CPU_IMPLS = ("linear", "addmm", "swap", "swap8", "numba")
 SWAPPED_IMPLS = ("swap", "swap8")  # these return a column-major view (see cpu_linear)
 # What `xyserve tune` profiles: `swap` only differs from `swap8` at widths that are not a
 # multiple of 8, where it is the erratic one (a one-off, 2 threads, 768x768 at M=255: 1.11-1.16x
 # F.linear's time over eight fresh inputs, swap8 1.02-1.07x); tables naming it still run.
-CPU_CANDIDATES = ("linear", "addmm", "swap8")
+CPU_CANDIDATES = ("linear", "addmm", "swap8", "numba")
 
 
 def _padded_xt(x: torch.Tensor, m8: int) -> torch.Tensor:
@@ -61,11 +63,17 @@ def cpu_linear(
     to a multiple of 8 with a physical copy of the (small) activations: MKL's swapped GEMM is
     erratic at other widths (a one-off scan, 2 threads, N=1280, K=768: 1.0-1.7x F.linear's
     time at M = 9..15, 0.6-0.7x padded), and the copy is O(M K) against the GEMM's O(M N K).
-    The result is then a column-major view with a row stride of the padded width.
+    The result is then a column-major view with a row stride of the padded width. ``numba``
+    is ``cpu_gemm``'s register-blocked kernel (row-major result; ``F.linear`` where numba is
+    missing or the dtype is not float32).
     ``xyserve tune`` picks per bucket; ``xyserve bench kernels --only gemm --threads 2``
     shows the tuned result against torch.
     """
     if x.dim() != 2 or cfg.cpu_impl == "linear":
+        return F.linear(x, weight, bias)
+    if cfg.cpu_impl == "numba":
+        if cpu_gemm.available(x.dtype) and x.device.type == "cpu":
+            return cpu_gemm.linear(x, weight, bias)
         return F.linear(x, weight, bias)
     if cfg.cpu_impl in SWAPPED_IMPLS:
         m = x.shape[0]
@@ -98,6 +106,14 @@ class SmoothGemm:
         if table is None and model_path is not None:
             table = find_table(model_path, device)
         self.table = table or GemmTable(device=device)
+
+    def warmup(self, device: torch.device | str, dtype: torch.dtype) -> None:
+        """Build the numba GEMM at engine start when the table names it (not in a step)."""
+        uses = any(
+            c.cpu_impl == "numba" for per in self.table.entries.values() for c in per.values()
+        )
+        if uses and torch.device(device).type == "cpu" and cpu_gemm.available(dtype):
+            cpu_gemm.warmup()
 
     def plan(self, num_tokens: int) -> SmoothPlan:
         return SmoothPlan(num_tokens, padded_m(num_tokens))

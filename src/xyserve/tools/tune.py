@@ -3,11 +3,11 @@
 For each linear op of the model (shapes from its ``config.json``) and each virtually padded M
 up to the token budget, profile the candidate configurations and keep the best. On CUDA the
 candidates are Triton tile shapes, swizzle groups and launch knobs, timed at the padded M (the
-kernel computes whole tiles). On CPU they are the vendor-GEMM entry points; the CPU computes
-the real rows only, so each candidate is timed at the bucket's low, middle, odd top (pm - 1)
-and top M, on cold weights and on the input layout the forward hands the op, and one is kept
-only if it beats plain ``F.linear`` (what ``torch.matmul`` runs) by a 3% margin at each of
-them. The table is versioned JSON, written next to the model (or to
+kernel computes whole tiles). On CPU they are the vendor-GEMM entry points and ``cpu_gemm``'s
+numba kernel; the CPU computes the real rows only, so each candidate is timed at the bucket's
+low, middle, odd top (pm - 1) and top M, on cold weights and on the input layout the forward
+hands the op, and one is kept only if it beats plain ``F.linear`` (what ``torch.matmul``
+runs) by a 3% margin at each of them. The table is versioned JSON, written next to the model (or to
 ``~/.cache/xyserve/gemm_tables/`` when that folder is read-only or ``--cache`` is given), where
 ``SmoothGemm(model_path=...)`` finds it.
 """
@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from xyserve.kernels import cpu_gemm
 from xyserve.kernels.smooth_gemm import CPU_CANDIDATES, SWAPPED_IMPLS, cpu_linear
 from xyserve.plan.gemm_table import (
     OPS,
@@ -40,10 +41,11 @@ from xyserve.plan.gemm_table import (
 from xyserve.tools.cpu_timing import block_time, calls_for, paired_ratio
 
 
-def candidates(device: str, pm: int) -> list[GemmConfig]:
+def candidates(device: str, pm: int, dtype: torch.dtype = torch.float32) -> list[GemmConfig]:
     """Configurations worth profiling for a bucket of padded M = ``pm``."""
     if device == "cpu":
-        return [GemmConfig(cpu_impl=impl) for impl in CPU_CANDIDATES]  # [0]: F.linear
+        impls = [i for i in CPU_CANDIDATES if i != "numba" or cpu_gemm.available(dtype)]
+        return [GemmConfig(cpu_impl=impl) for impl in impls]  # [0]: F.linear
     out = []
     for bm, bn, bk, warps, stages in itertools.product(
         (16, 32, 64, 128), (64, 128, 256), (32, 64), (4, 8), (3, 4)
@@ -158,7 +160,7 @@ def _tune_one_cpu(ws: list[torch.Tensor], x: torch.Tensor, repeat: int) -> GemmC
     pm = x.shape[0]
     lo = bucket_low(pm)
     ms = sorted({lo, (lo + pm) // 2, max(lo, pm - 1), pm})
-    cfgs = candidates("cpu", pm)  # the first is plain F.linear
+    cfgs = candidates("cpu", pm, x.dtype)  # the first is plain F.linear
     keys = [(c, m) for c in range(len(cfgs)) for m in ms]
     nxt = itertools.cycle(ws).__next__
     fns = {(c, m): lambda c=c, m=m: cpu_linear(cfgs[c], x[:m], nxt(), None) for c, m in keys}
