@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from xyserve.bench.cases import StageSpec, build_case
+from xyserve.kernels import cpu_decode
 from xyserve.kernels.backend import get_attention_backend
 from xyserve.kernels.meta_attention import MetaAttention, build_plan
 from xyserve.kernels.reference import reference_attention
@@ -146,3 +147,34 @@ def test_decode_kernel_only_for_float32_caches():
     be.warmup("cpu", torch.float32)
     plan = be.plan(c.meta, hq, hkv, d)
     assert plan.decode is not None and plan.decode.num_tiles == 2 and not plan.packs
+
+
+@pytest.mark.skipif(not cpu_decode.available(torch.float32), reason="needs numba")
+def test_decode_kernel_exp_over_the_whole_softmax_range():
+    """The kernel's exp (range reduction + polynomial) against float64 exp, and decode rows
+    whose scores spread over the whole range (peaked softmax, underflowing keys)."""
+    from numba import njit
+
+    @njit
+    def exp_of(xs):
+        out = np.empty_like(xs)
+        for i in range(xs.shape[0]):
+            p, n = cpu_decode._exp_parts(xs[i])
+            out[i] = p * np.float32(2.0) ** n
+        return out
+
+    xs = np.linspace(-87.0, 0.0, 100_001).astype(np.float32)
+    ref = np.exp(xs.astype(np.float64))
+    assert np.max(np.abs(exp_of(xs) - ref) / ref) < 5e-7
+    assert exp_of(np.array([-200.0], np.float32))[0] < 1e-37  # clamped, not wrapped
+
+    hq, hkv, d = 8, 2, 64
+    c = build_case([StageSpec(1, 90), StageSpec(1, 33), StageSpec(1, 5)], hq, hkv, d, 16, seed=5)
+    q = c.q * 40.0  # scores spread over hundreds: most keys underflow
+    ref_out = reference_attention(c.meta, q, c.k_cache, c.v_cache, c.scale)
+    be = MetaAttention()
+    be.warmup("cpu", torch.float32)
+    plan = be.plan(c.meta, hq, hkv, d)
+    assert plan.decode is not None and plan.decode.num_tiles == 3
+    out = be.run(plan, q, c.k_cache, c.v_cache, c.scale)
+    torch.testing.assert_close(out, ref_out, **TOL)

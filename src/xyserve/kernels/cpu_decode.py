@@ -79,6 +79,28 @@ def build_decode_plan(
 
 if numba is not None:
 
+    @njit(inline="always", fastmath=True)
+    def _exp_parts(x):  # pragma: no cover - compiled
+        """``exp(x) = p * 2**n`` for ``x <= 0`` (clamped at -87, where exp is ~1.6e-38).
+
+        np.exp compiles to a scalar libm call per score here (numba's LLVM has no vector math
+        library): in a one-off microbenchmark (64 rows, 100-250 keys, cold cache, 2 threads)
+        this range reduction with a degree-7 polynomial made the decode kernel 10-20% faster,
+        at 1.4e-7 relative difference in its output. The caller builds ``2**n`` from float bits
+        in a second pass, so both passes vectorize.
+        """
+        x = max(x, np.float32(-87.0))
+        n = np.floor(x * np.float32(1.4426950408889634) + np.float32(0.5))
+        f = x - n * np.float32(0.693145751953125) - n * np.float32(1.428606765330187e-06)
+        p = np.float32(1.0 / 5040) * f + np.float32(1.0 / 720)  # Taylor, Horner form
+        p = p * f + np.float32(1.0 / 120)
+        p = p * f + np.float32(1.0 / 24)
+        p = p * f + np.float32(1.0 / 6)
+        p = p * f + np.float32(0.5)
+        p = p * f + np.float32(1.0)
+        p = p * f + np.float32(1.0)
+        return p, np.int32(n)
+
     @njit(parallel=True, fastmath=True, cache=True)
     def _decode_kernel(q, k_cache, v_cache, tables, kv_lens, q_rows, offsets, scale, out):
         bs = k_cache.shape[1]
@@ -100,13 +122,19 @@ if numba is not None:
                             for e in range(d):
                                 acc += qs[r, e] * k_cache[blk, jj, r // group, e]
                             sc[r, b * bs + jj] = acc
+                bits = np.empty(n_keys, dtype=np.int32)  # 2**n of each key, as float bits
+                pow2 = bits.view(np.float32)
                 for r in range(hq):  # softmax over the row's keys
                     m = sc[r, 0]
                     for j in range(1, n_keys):
                         m = max(m, sc[r, j])
+                    for j in range(n_keys):  # exp in two vectorizable passes (see _exp_parts)
+                        p, n = _exp_parts(sc[r, j] - m)
+                        sc[r, j] = p
+                        bits[j] = (n + 127) << 23
                     tot = np.float32(0.0)
                     for j in range(n_keys):
-                        p = np.exp(sc[r, j] - m)
+                        p = sc[r, j] * pow2[j]
                         sc[r, j] = p
                         tot += p
                     inv = np.float32(1.0) / tot
