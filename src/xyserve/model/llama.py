@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from xyserve.kernels import cpu_norm
 from xyserve.model.config import ModelConfig
 from xyserve.model.rope import RotaryEmbedding
 
@@ -29,6 +30,8 @@ class StepContext:
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    if cpu_norm.applies(x, weight):
+        return cpu_norm.rms_norm(x, weight, eps)
     xf = x.float()
     xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
     return weight * xf.to(x.dtype)
