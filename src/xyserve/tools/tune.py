@@ -7,9 +7,9 @@ kernel computes whole tiles). On CPU they are the vendor-GEMM entry points and `
 numba kernel; the CPU computes the real rows only, so each candidate is timed at the bucket's
 low, middle, odd top (pm - 1) and top M, on cold weights and on the input layout the forward
 hands the op, and one is kept only if it beats plain ``F.linear`` (what ``torch.matmul``
-runs) by a 3% margin at each of them. The table is versioned JSON, written next to the model (or to
-``~/.cache/xyserve/gemm_tables/`` when that folder is read-only or ``--cache`` is given), where
-``SmoothGemm(model_path=...)`` finds it.
+runs) by a 3% margin at each of them. The table is versioned JSON, written next to the model
+(or to ``~/.cache/xyserve/gemm_tables/`` when that folder is read-only or ``--cache`` is
+given), where ``SmoothGemm(model_path=...)`` finds it.
 """
 
 from __future__ import annotations
