@@ -1,0 +1,41 @@
+"""A vectorizable float32 ``exp`` for numba kernels (softmax in the decode kernel, SiLU).
+
+numba's ``np.exp`` compiles to a scalar libm call per element (its LLVM has no vector math
+library). ``exp_parts`` is a Cody-Waite range reduction and a degree-7 polynomial, and leaves
+``2**n`` to the caller, who builds it from float bits in a second pass, so that both passes
+vectorize. In a one-off microbenchmark on the 2-core dev box (64 decode rows, 100-250 keys,
+cold cache, 2 threads) it made the decode kernel 7-17% faster than ``np.exp``, within 1.4e-7
+relative difference in its output.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+try:
+    from numba import njit
+except ImportError:  # pragma: no cover - exercised only where numba is absent
+    njit = None
+
+if njit is not None:
+
+    @njit(inline="always", fastmath=True)
+    def exp_parts(x):  # pragma: no cover - compiled
+        """``exp(x) = p * 2**n`` for ``x <= 0`` (clamped at -87, where exp is ~1.6e-38).
+
+        NaN is not propagated as np.exp would (a model that produces it is already broken).
+        ``2**n`` as float bits is ``(n + 127) << 23``.
+        """
+        x = max(x, np.float32(-87.0))
+        n = np.floor(x * np.float32(1.4426950408889634) + np.float32(0.5))
+        f = x - n * np.float32(0.693145751953125) - n * np.float32(1.428606765330187e-06)
+        p = np.float32(1.0 / 5040) * f + np.float32(1.0 / 720)  # Taylor, Horner form
+        p = p * f + np.float32(1.0 / 120)
+        p = p * f + np.float32(1.0 / 24)
+        p = p * f + np.float32(1.0 / 6)
+        p = p * f + np.float32(0.5)
+        p = p * f + np.float32(1.0)
+        p = p * f + np.float32(1.0)
+        return p, np.int32(n)
+else:  # pragma: no cover - exercised only where numba is absent
+    exp_parts = None
