@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from xyserve.kernels import cpu_norm
+from xyserve.kernels import cpu_act, cpu_norm, cpu_rope
 from xyserve.model.config import ModelConfig
 from xyserve.model.rope import RotaryEmbedding
 
@@ -116,30 +116,33 @@ class LlamaModel:
         for layer, (k_cache, v_cache) in zip(self.layers, kv_caches):
             x = rms_norm(h, layer.input_norm, cfg.rms_norm_eps)
             qkv = gemm.linear(gp, "qkv", x, layer.qkv, layer.qkv_bias)
-            qk, v = qkv.split([(hq + hkv) * d, hkv * d], dim=-1)
-            v = v.reshape(t, hkv, d)
-            qk = qk.reshape(t, hq + hkv, d)
-            if layer.q_norm is not None:
-                q, k = qk.split([hq, hkv], dim=1)
-                qk = torch.cat(
-                    [
-                        rms_norm(q, layer.q_norm, cfg.rms_norm_eps),
-                        rms_norm(k, layer.k_norm, cfg.rms_norm_eps),
-                    ],
-                    dim=1,
+            if layer.q_norm is None and cpu_rope.applies(qkv, k_cache, v_cache):
+                q = cpu_rope.rope_and_cache(
+                    qkv, cos, sin, ctx.slot_mapping, hq, hkv, k_cache, v_cache
                 )
-            cos, sin = self.rope.like(cos, qk), self.rope.like(sin, qk)  # converts once a step
-            q, k = self.rope.apply(qk, cos, sin).split([hq, hkv], dim=1)  # one pass for q and k
-            k_cache.view(-1, hkv, d).index_copy_(0, ctx.slot_mapping, k)
-            v_cache.view(-1, hkv, d).index_copy_(0, ctx.slot_mapping, v)
+            else:
+                qk, v = qkv.split([(hq + hkv) * d, hkv * d], dim=-1)
+                v = v.reshape(t, hkv, d)
+                qk = qk.reshape(t, hq + hkv, d)
+                if layer.q_norm is not None:
+                    q, k = qk.split([hq, hkv], dim=1)
+                    qk = torch.cat(
+                        [
+                            rms_norm(q, layer.q_norm, cfg.rms_norm_eps),
+                            rms_norm(k, layer.k_norm, cfg.rms_norm_eps),
+                        ],
+                        dim=1,
+                    )
+                cos, sin = self.rope.like(cos, qk), self.rope.like(sin, qk)  # once a step
+                q, k = self.rope.apply(qk, cos, sin).split([hq, hkv], dim=1)  # q and k at once
+                k_cache.view(-1, hkv, d).index_copy_(0, ctx.slot_mapping, k)
+                v_cache.view(-1, hkv, d).index_copy_(0, ctx.slot_mapping, v)
             o = ctx.attn_backend.run(ctx.attn_plan, q, k_cache, v_cache, self.scale)
             # The residual adds into the fresh GEMM output, so h takes that layout (column-major
             # after a `swap` GEMM) and every later add and norm of the step runs in memory order.
             h = gemm.linear(gp, "o_proj", o.reshape(t, hq * d), layer.o, layer.o_bias).add_(h)
             x = rms_norm(h, layer.post_norm, cfg.rms_norm_eps)
-            gu = gemm.linear(gp, "gate_up", x, layer.gate_up, None)
-            g, u = gu.chunk(2, dim=-1)
-            act = torch.nn.functional.silu(g).mul_(u)
+            act = cpu_act.silu_mul(gemm.linear(gp, "gate_up", x, layer.gate_up, None))
             h = gemm.linear(gp, "down", act, layer.down, None).add_(h)
         h = rms_norm(h[logits_rows], self.norm, cfg.rms_norm_eps)
         return gemm.linear(None, "lm_head", h, self.lm_head, None).float()

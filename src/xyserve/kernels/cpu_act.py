@@ -1,0 +1,73 @@
+"""SwiGLU's ``silu(gate) * up`` on CPU in one numba kernel, straight from the gate_up GEMM's
+row-major output.
+
+Why: torch runs it as two ops over the [T, 2I] GEMM output (``silu`` on the gate half, then an
+in-place multiply), and numba's ``np.exp`` would be a scalar libm call per element. Here each
+row takes two vectorizable passes with ``cpu_exp``'s polynomial exp. One-off microbenchmark on
+the 2-core dev box (2 threads, I = 2048): 96-100 us against torch's 162-180 us at 64 rows,
+713-731 us against 1104-1122 us at 512 rows; within 3.5e-7 relative of torch's result.
+Other layouts (a ``swap`` GEMM's column-major output) and dtypes take the torch path.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from xyserve.kernels.cpu_exp import exp_parts
+
+try:
+    from numba import njit, prange
+except ImportError:  # pragma: no cover - exercised only where numba is absent
+    njit = None
+
+if njit is not None:
+
+    @njit(parallel=True, fastmath=True, cache=True)
+    def _silu_mul_rows(gu, out):  # pragma: no cover - compiled
+        """``out[t] = silu(gu[t, :I]) * gu[t, I:]``, with ``silu(g) = g * sigmoid(g)`` from
+        ``z = exp(-|g|)`` (never overflows): ``sigmoid(g) = 1 / (1 + z)`` for g >= 0, else
+        ``z / (1 + z)``."""
+        t_count = gu.shape[0]
+        half = out.shape[1]
+        for t in prange(t_count):
+            p = np.empty(half, np.float32)
+            bits = np.empty(half, np.int32)  # 2**n of each element, as float bits
+            pow2 = bits.view(np.float32)
+            for j in range(half):
+                q, n = exp_parts(-abs(gu[t, j]))
+                p[j] = q
+                bits[j] = (n + 127) << 23
+            for j in range(half):
+                g = gu[t, j]
+                z = p[j] * pow2[j]
+                num = g if g >= 0 else g * z
+                out[t, j] = num / (np.float32(1.0) + z) * gu[t, half + j]
+
+
+def applies(gu: torch.Tensor) -> bool:
+    return (
+        njit is not None
+        and gu.dim() == 2
+        and gu.device.type == "cpu"
+        and gu.dtype == torch.float32
+        and gu.is_contiguous()
+        and gu.shape[-1] % 2 == 0
+    )
+
+
+def silu_mul(gu: torch.Tensor) -> torch.Tensor:
+    """``silu(gate) * up`` of a [T, 2I] gate_up output, as a row-major [T, I] tensor."""
+    if not applies(gu):
+        g, u = gu.chunk(2, dim=-1)
+        return torch.nn.functional.silu(g).mul_(u)
+    out = torch.empty((gu.shape[0], gu.shape[1] // 2), dtype=gu.dtype)
+    if out.numel():
+        _silu_mul_rows(gu.detach().numpy(), out.numpy())
+    return out
+
+
+def warmup() -> None:
+    """Compile (or load from numba's cache) the kernel now, not inside the first step."""
+    if njit is not None:
+        silu_mul(torch.zeros((2, 8)))
