@@ -1,4 +1,4 @@
-"""The column-major greedy argmax equals torch.argmax, ties and NaN included."""
+"""The greedy argmax kernels (column- and row-major) equal torch.argmax, ties and NaN included."""
 
 from __future__ import annotations
 
@@ -33,3 +33,18 @@ def test_ties_go_to_the_first_index_and_nan_follows_torch():
     x[0, 0] = float("nan")
     assert greedy_ids(x) == x.argmax(dim=-1).tolist()
     assert greedy_ids(x)[3] == 10 and greedy_ids(x)[0] == 0
+
+
+def test_row_major_rows_split_over_threads_match_torch():
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn((64, 32000), generator=gen)
+    x[5, 17] = x[5, 31999] = 100.0  # a tie: the first index wins
+    x[9] = 0.0  # all ties
+    assert x.is_contiguous()
+    assert greedy_ids(x) == x.argmax(dim=-1).tolist()
+    assert greedy_ids(x)[5] == 17 and greedy_ids(x)[9] == 0
+    x[11, 300] = float("nan")
+    x[12, 0] = float("inf")
+    x[12, 1] = -float("inf")  # its sum is NaN too: the torch path decides that row as well
+    assert greedy_ids(x) == x.argmax(dim=-1).tolist()
+    assert greedy_ids(x)[11] == 300 and greedy_ids(x)[12] == 0

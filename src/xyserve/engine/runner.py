@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from xyserve.engine.scheduler import SchedulerOutput
-from xyserve.kernels import cpu_norm
+from xyserve.kernels import cpu_act, cpu_argmax, cpu_norm, cpu_rope
 from xyserve.kernels.backend import get_attention_backend, get_gemm_backend
 from xyserve.kernels.metadata import AttentionMetadata
 from xyserve.model.llama import LlamaModel, StepContext
@@ -45,7 +45,8 @@ class ModelRunner:
         if hasattr(self.attn, "warmup"):  # sets its dtype, builds its CPU kernels now
             self.attn.warmup(model.device, model.dtype)
         if torch.device(model.device).type == "cpu" and model.dtype == torch.float32:
-            cpu_norm.warmup()
+            for kernel in (cpu_norm, cpu_act, cpu_rope, cpu_argmax):
+                kernel.warmup()
         self.gemm = get_gemm_backend(gemm_backend, **(gemm_kwargs or {}))
         if hasattr(self.gemm, "warmup"):
             self.gemm.warmup(model.device, model.dtype)
