@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
+from xyserve.kernels import cpu_argmax
 from xyserve.kernels.cpu_argmax import greedy_ids
 
 
@@ -45,6 +47,11 @@ def test_row_major_rows_split_over_threads_match_torch():
     assert greedy_ids(x)[5] == 17 and greedy_ids(x)[9] == 0
     x[11, 300] = float("nan")
     x[12, 0] = float("inf")
-    x[12, 1] = -float("inf")  # its sum is NaN too: the torch path decides that row as well
+    x[12, 1] = -float("inf")  # its sum is NaN too: the torch path decides the batch as well
+    out = np.empty(64, np.int64)
+    cpu_argmax._row_kernel(x.numpy(), out)  # the kernel itself flags both rows
+    assert out[11] == out[12] == -1
+    others = [r for r in range(64) if r not in (11, 12)]
+    assert out[others].tolist() == x[others].argmax(dim=-1).tolist()
     assert greedy_ids(x) == x.argmax(dim=-1).tolist()
     assert greedy_ids(x)[11] == 300 and greedy_ids(x)[12] == 0

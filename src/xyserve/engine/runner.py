@@ -45,8 +45,9 @@ class ModelRunner:
         if hasattr(self.attn, "warmup"):  # sets its dtype, builds its CPU kernels now
             self.attn.warmup(model.device, model.dtype)
         if torch.device(model.device).type == "cpu" and model.dtype == torch.float32:
-            for kernel in (cpu_norm, cpu_act, cpu_rope, cpu_argmax):
+            for kernel in (cpu_norm, cpu_act, cpu_rope):
                 kernel.warmup()
+        cpu_argmax.warmup()  # sampling runs on CPU float32 logits, whatever the model's device
         self.gemm = get_gemm_backend(gemm_backend, **(gemm_kwargs or {}))
         if hasattr(self.gemm, "warmup"):
             self.gemm.warmup(model.device, model.dtype)

@@ -1,12 +1,12 @@
-"""Greedy token ids from column-major CPU logits, in one pass over memory.
+"""Greedy token ids from row- or column-major float32 CPU logits, in one pass over memory.
 
 With SmoothGEMM's ``swap`` entry point the lm_head returns logits as a column-major [R, V] view
 (a contiguous [V, R] buffer). ``torch.argmax(dim=-1)`` walks that layout row by row, with a
 stride of R floats per element: in a one-off microbenchmark on the 2-core dev box (one thread,
 64 x 32000 float32) it took 7.6-7.8 ms, about 9 ms of a 270 ms decode step. This kernel reads the
 buffer once in memory order and keeps a running maximum per row (1.9 ms there). Ties go to the
-first index, as ``torch.argmax``; any other layout or dtype, or a NaN in a row, takes the torch
-path. Row-major logits (the numba GEMM's) get a second kernel, one row per thread at a time:
+first index, as ``torch.argmax``; any other layout or dtype, or a NaN in a batch, takes the
+torch path. Row-major logits (the numba GEMM's) get a second kernel, one row per thread at a time:
 one-off, 2 threads, 64 x 32000, 540-710 us against 1100-2400 us for ``torch.argmax``.
 """
 
@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+
+from xyserve.kernels import use_cpu_threads
 
 try:
     from numba import njit, prange
@@ -41,7 +43,7 @@ def _argmax_columns(xt: np.ndarray, out: np.ndarray) -> None:  # pragma: no cove
 def _argmax_rows(x: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover - compiled
     """``out[r] = argmax_v x[r, v]`` for a contiguous [R, V] array, rows split over threads;
     a NaN in a row makes out[r] = -1 (its running sum turns NaN; so does +inf + -inf, which
-    only sends that row to the torch path too)."""
+    sends the batch to the torch path as well)."""
     for r in prange(x.shape[0]):
         best = x[r, 0]
         idx = 0
@@ -73,6 +75,7 @@ def greedy_ids(logits: torch.Tensor) -> list[int]:
         return logits.argmax(dim=-1).tolist()
     out = np.empty(logits.shape[0], np.int64)
     if logits.is_contiguous():
+        use_cpu_threads()
         _row_kernel(logits.numpy(), out)
     elif logits.stride(0) == 1 and logits.stride(1) >= logits.shape[0]:
         _kernel(logits.t().numpy(), out)
@@ -84,7 +87,9 @@ def greedy_ids(logits: torch.Tensor) -> list[int]:
 
 
 def warmup() -> None:
-    """Compile (or load from numba's cache) both kernels now, not inside the first step."""
+    """Compile (or load from numba's cache) the kernels now, not inside the first step: rows,
+    columns, and columns with a padded stride (``swap8``), each its own numba signature."""
     if _kernel is not None:
         greedy_ids(torch.zeros((2, 3)))
         greedy_ids(torch.zeros((3, 2)).t())
+        greedy_ids(torch.zeros((3, 4))[:, :2].t())

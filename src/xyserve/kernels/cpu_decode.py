@@ -9,35 +9,24 @@ threads by the same symmetric round-robin as the task table's units, in cost ord
 Meta-Attention kernel. On the 2-core dev box, in a one-off microbenchmark (64 decode rows,
 60-250 keys, 12/4 heads, d=64, one thread): 4.1 ms vs 11.0 ms for the gather + flash path;
 ``xyserve bench kernels --only attention`` times the whole CPU path against per-stage baselines.
-The blocks of a row are scattered in memory, so the hardware prefetcher restarts at each block;
-while the kernel reads one block it asks for the next (``_prefetch``, an LLVM prefetch hint):
-in a one-off microbenchmark (64 decode rows, 60-200 keys, shuffled blocks, cold cache,
-2 threads) 1142-1202 us against 1307-1350 us a call without the hint (8-15% faster), with
-bit-identical output.
 
 numba is optional: without it (or for dtypes other than float32) the torch path runs.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from xyserve.kernels import use_cpu_threads
 from xyserve.kernels.cpu_exp import exp_parts
 from xyserve.plan.task_table import snake_deal
 
 try:  # numba is a dependency, but a broken install must not break the engine
     import numba
     from numba import njit, prange
-
-    # OpenMP first (unless the user chose): in the engine on the 2-core box, 2 threads, the
-    # decode kernels of `xyserve bench offline`'s workload took 3.5 s on numba's omp layer and
-    # 4.7 s on its workqueue layer (one run each, kernel already compiled).
-    if "NUMBA_THREADING_LAYER" not in os.environ:
-        numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
 except ImportError:  # pragma: no cover - exercised only where numba is absent
     numba = None
 
@@ -84,42 +73,6 @@ def build_decode_plan(
 
 
 if numba is not None:
-    from llvmlite import ir
-    from numba.core import cgutils, types
-    from numba.extending import intrinsic
-
-    @intrinsic
-    def _prefetch(typingctx, arr, i0, i1, offset):  # pragma: no cover - compiled
-        """Hint the cache line of ``arr[i0, i1].flat[offset]`` in (a 4-D C-contiguous array;
-        read, keep in all levels). A hint: no fault, no effect on results."""
-        sig = types.void(arr, i0, i1, offset)
-
-        def codegen(context, builder, signature, args):
-            aryty = signature.args[0]
-            ary = context.make_array(aryty)(context, builder, args[0])
-            zero = context.get_constant(types.intp, 0)
-            inds = [context.cast(builder, args[i], signature.args[i], types.intp) for i in (1, 2)]
-            ptr = cgutils.get_item_pointer2(
-                context,
-                builder,
-                data=ary.data,
-                shape=cgutils.unpack_tuple(builder, ary.shape),
-                strides=cgutils.unpack_tuple(builder, ary.strides),
-                layout=aryty.layout,
-                inds=[*inds, zero, zero],
-                wraparound=False,
-                boundscheck=False,
-            )
-            off = context.cast(builder, args[3], signature.args[3], types.intp)
-            i8p = ir.IntType(8).as_pointer()
-            i32 = ir.IntType(32)
-            fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
-            fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0i8")
-            line = builder.bitcast(builder.gep(ptr, [off]), i8p)
-            builder.call(fn, [line, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
-            return context.get_dummy_value()
-
-        return sig, codegen
 
     @njit(parallel=True, fastmath=True, cache=True)
     def _decode_kernel(q, k_cache, v_cache, tables, kv_lens, q_rows, offsets, scale, out):
@@ -127,7 +80,6 @@ if numba is not None:
         d = k_cache.shape[3]
         hq = q.shape[1]
         group = hq // k_cache.shape[2]
-        key_len = k_cache.shape[2] * d  # floats of one key (all KV heads)
         for w in prange(offsets.shape[0] - 1):
             for s in range(offsets[w], offsets[w + 1]):
                 row = q_rows[s]
@@ -137,10 +89,7 @@ if numba is not None:
                 nblk = (n_keys + bs - 1) // bs
                 for b in range(nblk):
                     blk = tables[s, b]
-                    ahead = tables[s, b + 1] if b + 1 < nblk else blk
                     for jj in range(min(bs, n_keys - b * bs)):
-                        for f in range(0, key_len, 16):  # the next block's key, line by line
-                            _prefetch(k_cache, ahead, jj, f)
                         for r in range(hq):
                             acc = np.float32(0.0)
                             for e in range(d):
@@ -167,10 +116,7 @@ if numba is not None:
                 o = np.zeros((hq, d), dtype=np.float32)
                 for b in range(nblk):
                     blk = tables[s, b]
-                    ahead = tables[s, b + 1] if b + 1 < nblk else blk
                     for jj in range(min(bs, n_keys - b * bs)):
-                        for f in range(0, key_len, 16):
-                            _prefetch(v_cache, ahead, jj, f)
                         for r in range(hq):
                             p = sc[r, b * bs + jj]
                             for e in range(d):
@@ -199,7 +145,7 @@ def run_decode(
     if plan.num_tiles == 0:
         return
     workers = plan.worker_offsets.shape[0] - 1
-    numba.set_num_threads(max(1, min(workers, numba.config.NUMBA_NUM_THREADS)))
+    use_cpu_threads(workers)
     _decode_kernel(
         q.contiguous().numpy(),
         k_cache.numpy(),

@@ -21,6 +21,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from xyserve.kernels import use_cpu_threads
+
 try:
     import numba
     from numba import njit, prange
@@ -100,12 +102,6 @@ if numba is not None:
                 y[m, n] = s
 
 
-def threads_for(requested: int | None = None) -> int:
-    """numba threads for one GEMM: torch's intra-op count unless given, within numba's pool."""
-    want = torch.get_num_threads() if requested is None else requested
-    return max(1, min(want, numba.config.NUMBA_NUM_THREADS))
-
-
 def linear(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, threads: int | None = None
 ) -> torch.Tensor:
@@ -114,8 +110,7 @@ def linear(
     x2 = x.detach().contiguous()
     w = weight.detach().contiguous()
     y = torch.empty((x2.shape[0], w.shape[0]), dtype=torch.float32)
-    t = threads_for(threads)
-    numba.set_num_threads(t)
+    t = use_cpu_threads(threads)
     _gemm_nt(x2.numpy(), w.numpy(), y.numpy(), t)
     return y if bias is None else y.add_(bias)
 

@@ -116,7 +116,9 @@ class LlamaModel:
         for layer, (k_cache, v_cache) in zip(self.layers, kv_caches):
             x = rms_norm(h, layer.input_norm, cfg.rms_norm_eps)
             qkv = gemm.linear(gp, "qkv", x, layer.qkv, layer.qkv_bias)
-            if layer.q_norm is None and cpu_rope.applies(qkv, k_cache, v_cache):
+            if layer.q_norm is None and cpu_rope.applies(
+                qkv, ctx.slot_mapping, hq, hkv, k_cache, v_cache
+            ):
                 q = cpu_rope.rope_and_cache(
                     qkv, cos, sin, ctx.slot_mapping, hq, hkv, k_cache, v_cache
                 )
