@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from xyserve.bench.offline import load_workload, main
+from xyserve.bench.offline import load_workload, main, round_order
 
 
 def test_bench_offline_smoke(tiny_llama, tmp_path):
@@ -32,6 +32,16 @@ def test_bench_offline_smoke(tiny_llama, tmp_path):
     for row in res["systems"].values():
         assert row["output_tokens_per_s"] > 0 and row["speedup_vs_hf"] > 0
     assert res["systems"]["hf-static-b2"]["speedup_vs_hf"] == 1.0
+    for name, row in res["systems"].items():  # the one round's run is the reported one
+        assert res["round_seconds"][name] == [row["seconds"]]
+
+
+def test_rounds_rotate_which_system_runs_first():
+    names = ["hybrid", "baseline", "hf"]
+    orders = [round_order(names, r) for r in range(4)]
+    assert orders[0] == names and orders[3] == names
+    assert [o[0] for o in orders[:3]] == names  # each system leads one round in three
+    assert all(sorted(o) == sorted(names) for o in orders)
 
 
 def test_workload_prefix_groups_share_prefixes():

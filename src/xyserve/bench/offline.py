@@ -130,6 +130,12 @@ def _set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+def round_order(names: list[str], r: int) -> list[str]:
+    """The systems' order in round ``r``: the list rotated by r."""
+    k = r % len(names) if names else 0
+    return names[k:] + names[:k]
+
+
 def _isolated(threads: int | None, fn: Callable[..., float], *args: object) -> float:
     """``fn(*args)`` in a fresh spawned process with ``threads`` torch threads."""
     ctx = multiprocessing.get_context("spawn")
@@ -240,14 +246,19 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_hf:
             runs[f"hf-static-b{args.hf_batch_size}"] = (run_hf, model, work, args.hf_batch_size)
         # Rounds interleave the systems and keep each one's best: the first run of any shape
-        # pays one-off kernel set-up, and a shared machine only ever adds time.
+        # pays one-off kernel set-up, and a shared machine only ever adds time. Each round
+        # starts one system later, so that no system always runs in the same slot.
         times: dict[str, float] = {}
+        round_seconds: dict[str, list[float]] = {name: [] for name in runs}
         peak = 0.0
-        for _ in range(args.rounds):
+        for r in range(args.rounds):
             peak = max(peak, matmul_peak_gflops())  # measured each round too, the best kept
-            for name, (fn, *fn_args) in runs.items():
+            for name in round_order(list(runs), r):
+                fn, *fn_args = runs[name]
                 t = fn(*fn_args) if args.in_process else _isolated(args.threads, fn, *fn_args)
                 times[name] = min(times.get(name, float("inf")), t)
+                round_seconds[name].append(t)
+        times = {name: times[name] for name in runs}  # report in the usual order
 
     n_req, n_out = len(work.prompts), work.num_output_tokens
     ref = next((k for k in times if k.startswith("hf")), None)
@@ -282,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
             "model_config": cfg,
             "matmul_peak_gflops": peak,
             "systems": rows,
+            "round_seconds": round_seconds,  # every run, in round order; the best is reported
             "torch_threads": torch.get_num_threads(),
         }
         Path(args.json).write_text(json.dumps(result, indent=1))
