@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from xyserve.bench.offline import load_workload, main, round_order
 
 
@@ -34,6 +36,12 @@ def test_bench_offline_smoke(tiny_llama, tmp_path):
     assert res["systems"]["hf-static-b2"]["speedup_vs_hf"] == 1.0
     for name, row in res["systems"].items():  # the one round's run is the reported one
         assert res["round_seconds"][name] == [row["seconds"]]
+
+
+def test_zero_rounds_is_a_clear_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--model", "unused", "--rounds", "0"])
+    assert exc.value.code == 2 and "--rounds must be at least 1" in capsys.readouterr().err
 
 
 def test_rounds_rotate_which_system_runs_first():

@@ -215,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
         help="run every system in this process, not each run in a fresh one (faster start)",
     )
     args = ap.parse_args(argv)
+    if args.rounds < 1:
+        ap.error("--rounds must be at least 1")
     if args.threads:
         torch.set_num_threads(args.threads)
 
