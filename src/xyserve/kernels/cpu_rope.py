@@ -33,20 +33,14 @@ if njit is not None:
         half = d // 2
         for t in prange(qkv.shape[0]):
             slot = slots[t]
-            for h in range(hq):
+            for h in range(hq + hkv):  # q heads, then k heads: the same rotation
+                dst = q_out[t, h] if h < hq else k_cache[slot, h - hq]
                 b = h * d
                 for j in range(half):
                     x1 = qkv[t, b + j]
                     x2 = qkv[t, b + half + j]
-                    q_out[t, h, j] = x1 * cos[t, j] - x2 * sin[t, j]
-                    q_out[t, h, half + j] = x2 * cos[t, j] + x1 * sin[t, j]
-            for h in range(hkv):
-                b = (hq + h) * d
-                for j in range(half):
-                    x1 = qkv[t, b + j]
-                    x2 = qkv[t, b + half + j]
-                    k_cache[slot, h, j] = x1 * cos[t, j] - x2 * sin[t, j]
-                    k_cache[slot, h, half + j] = x2 * cos[t, j] + x1 * sin[t, j]
+                    dst[j] = x1 * cos[t, j] - x2 * sin[t, j]
+                    dst[half + j] = x2 * cos[t, j] + x1 * sin[t, j]
             for h in range(hkv):
                 b = (hq + hkv + h) * d
                 for j in range(d):
