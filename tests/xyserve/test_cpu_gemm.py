@@ -1,4 +1,4 @@
-"""The numba CPU GEMM equals torch.matmul at every remainder of its 4 x 3 register block."""
+"""The numba CPU GEMM equals torch.matmul at every remainder of its 6 x 16 register tile."""
 
 from __future__ import annotations
 
@@ -15,11 +15,14 @@ pytestmark = pytest.mark.skipif(not cpu_gemm.available(torch.float32), reason="n
 @pytest.mark.parametrize("threads", [1, 2])
 def test_equals_matmul_at_every_block_remainder(threads):
     gen = torch.Generator().manual_seed(0)
-    for n in (1, 2, 3, 4, 5, 6, 7, 9, 33):  # weight rows: 4-row blocks plus 0-3 left over
+    # weight rows: fewer than one 6-row block, whole blocks, and a last block that overlaps
+    for n in (1, 5, 6, 7, 11, 12, 13, 33):
         for k in (1, 3, 8, 37):
             w = torch.randn((n, k), generator=gen)
             b = torch.randn((n,), generator=gen)
-            for m in (1, 2, 3, 4, 5, 6, 7, 11):  # token rows: 3-row blocks plus 0-2 left over
+            # token rows: dot products only (< 8), an 8-row panel, 16-row panels, and each
+            # with rows left over
+            for m in (1, 3, 7, 8, 9, 15, 16, 17, 23, 24, 31, 40):
                 x = torch.randn((m, k), generator=gen)
                 ref = torch.matmul(x, w.t())
                 y = cpu_gemm.linear(x, w, None, threads=threads)
@@ -27,6 +30,21 @@ def test_equals_matmul_at_every_block_remainder(threads):
                 torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
                 yb = cpu_gemm.linear(x, w, b, threads=threads)
                 torch.testing.assert_close(yb, ref + b, atol=1e-5, rtol=1e-5)
+
+
+def test_a_decode_step_shape_against_float64():
+    """Four full token panels over a K long enough for LLVM's unrolled loop, 2 threads."""
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn((64, 300), generator=gen)
+    w = torch.randn((100, 300), generator=gen)
+    ref = (x.double() @ w.double().t()).float()
+    torch.testing.assert_close(cpu_gemm.linear(x, w, None, threads=2), ref, atol=1e-4, rtol=1e-5)
+
+
+def test_empty_inner_dimension_gives_the_bias():
+    b = torch.arange(7, dtype=torch.float32)
+    y = cpu_gemm.linear(torch.zeros((3, 0)), torch.zeros((7, 0)), b)
+    torch.testing.assert_close(y, b.expand(3, 7))
 
 
 def test_column_major_input_and_a_bucket_that_names_it():
