@@ -32,13 +32,28 @@ def test_equals_matmul_at_every_block_remainder(threads):
                 torch.testing.assert_close(yb, ref + b, atol=1e-5, rtol=1e-5)
 
 
-def test_a_decode_step_shape_against_float64():
-    """Four full token panels over a K long enough for LLVM's unrolled loop, 2 threads."""
+@pytest.mark.parametrize("m", [64, 29])  # four full panels; one panel, an 8-row one, 5 rows
+def test_long_k_against_float64(m):
+    """A K long enough for every vectorized and unrolled loop LLVM makes (AVX-512's dot products
+    take 64 elements a step), 2 threads."""
     gen = torch.Generator().manual_seed(2)
-    x = torch.randn((64, 300), generator=gen)
+    x = torch.randn((m, 300), generator=gen)
     w = torch.randn((100, 300), generator=gen)
     ref = (x.double() @ w.double().t()).float()
     torch.testing.assert_close(cpu_gemm.linear(x, w, None, threads=2), ref, atol=1e-4, rtol=1e-5)
+
+
+def test_inputs_the_kernel_cannot_take_go_to_f_linear():
+    """The kernel checks no bounds: mismatched shapes get torch's error, other dtypes its result."""
+    x = torch.randn((9, 8))
+    with pytest.raises(RuntimeError):
+        cpu_gemm.linear(x, torch.randn((7, 5)), None)
+    with pytest.raises(RuntimeError):
+        cpu_gemm.linear(x, torch.randn((7, 8)), torch.randn(6))
+    w64 = torch.randn((7, 8), dtype=torch.float64)
+    with pytest.raises(RuntimeError):  # F.linear refuses mixed dtypes, and so does this
+        cpu_gemm.linear(x, w64, None)
+    torch.testing.assert_close(cpu_gemm.linear(x.double(), w64, None), x.double() @ w64.t())
 
 
 def test_empty_inner_dimension_gives_the_bias():

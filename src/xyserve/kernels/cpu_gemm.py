@@ -12,13 +12,16 @@ vectorizer ran at 6.5-8.6 GFLOP/s): 6 weight rows x 16 token rows in 12 vector a
 (AVX2's 16 registers hold them, two token vectors and one broadcast weight). Per step of K it
 loads two token vectors and broadcasts 6 weight scalars for 12 FMAs, with no horizontal sums;
 with its operands in L1 it runs at the core's FMA peak (about 75 GFLOP/s, one thread). The
+FMAs are LLVM's ``fmuladd``: fused where the CPU has FMA, a multiply and an add where not. The
 token rows are first packed K-major in 16-row panels, so a panel streams contiguously (a strided
 panel, rows 256 bytes apart, keeps to 16 of L1's 64 sets: the tile lost a fifth). Token rows
 left over go to an 8-row tile, then to plain dot products along K (fewer than 8 rows would
 waste most of a vector). Each thread owns a contiguous share of the weight rows, so it streams
-only that share, and each 6-row weight block stays in L1 while every panel passes it; when 6
-does not divide N the last block overlaps its neighbour (those rows are written twice with the
-same sums). On a CPU without AVX2 LLVM splits the 8-wide vectors; results are unchanged.
+only that share, and each 6-row weight block stays in L1 while every panel passes it (up to
+K of about 1300; at K = 2048 a block is 48 KB and comes from L2). When 6 does not divide N the
+last block overlaps its neighbour and writes back only its new rows. On a CPU without AVX2
+LLVM splits the 8-wide vectors. The IR uses llvmlite's typed pointers (numba 0.60-0.68 emit
+them); a numba without them needs the GEPs and loads given their element types.
 
 One-off microbenchmark (2 threads, the weight cycled through 150 MB of copies), time against
 the 4 x 3 dot-product kernel this replaced, at M = 64 / 32 / 16: 4096 x 768 0.84-0.94 / 0.87 /
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from xyserve.kernels import use_cpu_threads
 
@@ -61,6 +65,8 @@ def _make_tile(rows: int, vectors: int):
 
     @intrinsic
     def tile(typingctx, w, w_off, ldw, xt, xt_off, ldxt, k_count, acc):
+        if any(not isinstance(a, types.Array) or a.dtype != types.float32 for a in (w, xt, acc)):
+            return None  # the IR reads float32 only: anything else is a typing error
         sig = types.void(w, w_off, ldw, xt, xt_off, ldxt, k_count, acc)
 
         def codegen(context, builder, signature, args):  # pragma: no cover - compiled
@@ -80,7 +86,7 @@ def _make_tile(rows: int, vectors: int):
             w_data, xt_data, acc_data = data(0), data(3), data(7)
             w_off, ldw, xt_off, ldxt, k_count = (index(i) for i in (1, 2, 4, 5, 6))
             fma = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(vec, [vec, vec, vec]), "llvm.fma.v8f32"
+                builder.module, ir.FunctionType(vec, [vec, vec, vec]), "llvm.fmuladd.v8f32"
             )
             w_rows = [
                 builder.gep(w_data, [builder.add(w_off, builder.mul(ldw, const(i)))])
@@ -158,9 +164,10 @@ if numba is not None:
         for t in prange(threads):
             acc = np.empty(MR * TM, np.float32)
             for blk in range(blocks * t // threads, blocks * (t + 1) // threads):
-                # the last block ends at row N (it overlaps its neighbour when MR does not
-                # divide N: those rows get the same sums twice, from the same thread or not)
+                # the last block ends at row N; where it overlaps its neighbour (MR does not
+                # divide N) it writes back only rows from ``first`` on, so no row is written twice
                 n = min(MR * blk, n_count - MR)
+                first = MR * blk - n
                 for p in range(panels):
                     m0 = p * TM
                     width = min(TM, packed - m0)
@@ -169,7 +176,7 @@ if numba is not None:
                     else:
                         _tile8(w, n * k_count, k_count, xt, p * k_count * TM, TM, k_count, acc)
                     for j in range(width):
-                        for i in range(MR):
+                        for i in range(first, MR):
                             v = acc[i * width + j]
                             y[m0 + j, n + i] = v + bias[n + i] if has_bias else v
                 for m in range(packed, m_count):  # too few rows for a vector of tokens
@@ -183,7 +190,7 @@ if numba is not None:
                         s4 += w[n + 4, k] * c
                         s5 += w[n + 5, k] * c
                     sums = (s0, s1, s2, s3, s4, s5)
-                    for i in range(MR):
+                    for i in range(first, MR):
                         y[m, n + i] = sums[i] + bias[n + i] if has_bias else sums[i]
 
     @njit(fastmath=True, cache=True)
@@ -201,12 +208,26 @@ def linear(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, threads: int | None = None
 ) -> torch.Tensor:
     """``x @ weight.T + bias`` for a 2-D float32 CPU ``x`` of any layout (copied to row-major,
-    which costs O(M K) against the GEMM's O(M N K))."""
+    which costs O(M K) against the GEMM's O(M N K)). The kernels check no bounds, so anything
+    else (other dtypes or devices, shapes that do not agree) goes to ``F.linear``, which raises
+    its own clear error where the shapes are wrong."""
+    n = weight.shape[0] if weight.dim() == 2 else -1
+    fits = (
+        x.dim() == 2
+        and weight.dim() == 2
+        and weight.shape[1] == x.shape[1]
+        and (bias is None or (bias.dim() == 1 and bias.shape[0] == n))
+        and all(
+            t.dtype == torch.float32 and t.device.type == "cpu"
+            for t in (x, weight) + (() if bias is None else (bias,))
+        )
+    )
+    if not fits:
+        return F.linear(x, weight, bias)
     x2 = x.detach().contiguous()
     w = weight.detach().contiguous()
     m, k = x2.shape
-    n = w.shape[0]
-    b = torch.empty(0) if bias is None else bias.detach().to(torch.float32).contiguous()
+    b = torch.empty(0, dtype=torch.float32) if bias is None else bias.detach().contiguous()
     if k == 0 or m == 0:
         y = torch.zeros((m, n), dtype=torch.float32)
         return y if bias is None else y.add_(b)
@@ -222,4 +243,5 @@ def warmup() -> None:
     """Compile (or load from numba's cache) the kernels now, not inside the first step."""
     if numba is not None:
         for rows in (MR + 1, MR - 1):
-            linear(torch.zeros((4, 8)), torch.zeros((rows, 8)), None)
+            f32 = torch.float32
+            linear(torch.zeros((4, 8), dtype=f32), torch.zeros((rows, 8), dtype=f32), None)
