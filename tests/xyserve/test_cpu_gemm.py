@@ -15,7 +15,7 @@ pytestmark = pytest.mark.skipif(not cpu_gemm.available(torch.float32), reason="n
 @pytest.mark.parametrize("threads", [1, 2])
 def test_equals_matmul_at_every_block_remainder(threads):
     gen = torch.Generator().manual_seed(0)
-    # weight rows: fewer than one 6-row block, whole blocks, and a last block that overlaps
+    # weight rows: fewer than one 6-row block (F.linear), whole blocks, a last block that overlaps
     for n in (1, 5, 6, 7, 11, 12, 13, 33):
         for k in (1, 3, 8, 37):
             w = torch.randn((n, k), generator=gen)

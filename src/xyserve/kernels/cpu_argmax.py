@@ -58,7 +58,9 @@ def _argmax_rows(x: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover - 
 
 
 _kernel = njit(cache=True, nogil=True)(_argmax_columns) if njit is not None else None
-_row_kernel = njit(cache=True, nogil=True, parallel=True)(_argmax_rows) if njit else None
+_row_kernel = (
+    njit(cache=True, nogil=True, parallel=True)(_argmax_rows) if njit is not None else None
+)
 
 
 def greedy_ids(logits: torch.Tensor) -> list[int]:

@@ -20,8 +20,9 @@ waste most of a vector). Each thread owns a contiguous share of the weight rows,
 only that share, and each 6-row weight block stays in L1 while every panel passes it (up to
 K of about 1300; at K = 2048 a block is 48 KB and comes from L2). When 6 does not divide N the
 last block overlaps its neighbour and writes back only its new rows. On a CPU without AVX2
-LLVM splits the 8-wide vectors. The IR uses llvmlite's typed pointers (numba 0.60-0.68 emit
-them); a numba without them needs the GEPs and loads given their element types.
+LLVM splits the 8-wide vectors. The IR uses llvmlite's typed pointers (numba 0.68, installed
+here, emits them; older versions were not run); a numba without them needs the GEPs and loads
+given their element types.
 
 One-off microbenchmark (2 threads, the weight cycled through 150 MB of copies), time against
 the 4 x 3 dot-product kernel this replaced, at M = 64 / 32 / 16: 4096 x 768 0.84-0.94 / 0.87 /
@@ -193,28 +194,20 @@ if numba is not None:
                     for i in range(first, MR):
                         y[m, n + i] = sums[i] + bias[n + i] if has_bias else sums[i]
 
-    @njit(fastmath=True, cache=True)
-    def _gemm_small(x, w, bias, y):  # pragma: no cover - compiled
-        """Fewer than MR weight rows (tiny test models): plain dot products."""
-        for n in range(w.shape[0]):
-            for m in range(x.shape[0]):
-                s = np.float32(0.0)
-                for k in range(x.shape[1]):
-                    s += w[n, k] * x[m, k]
-                y[m, n] = s + bias[n] if bias.shape[0] > 0 else s
-
 
 def linear(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, threads: int | None = None
 ) -> torch.Tensor:
     """``x @ weight.T + bias`` for a 2-D float32 CPU ``x`` of any layout (copied to row-major,
-    which costs O(M K) against the GEMM's O(M N K)). The kernels check no bounds, so anything
+    which costs O(M K) against the GEMM's O(M N K)). The kernel checks no bounds, so anything
     else (other dtypes or devices, shapes that do not agree) goes to ``F.linear``, which raises
-    its own clear error where the shapes are wrong."""
+    its own clear error where the shapes are wrong; so do weights of fewer than MR rows (only
+    tiny test models have them)."""
     n = weight.shape[0] if weight.dim() == 2 else -1
     fits = (
         x.dim() == 2
         and weight.dim() == 2
+        and n >= MR
         and weight.shape[1] == x.shape[1]
         and (bias is None or (bias.dim() == 1 and bias.shape[0] == n))
         and all(
@@ -232,16 +225,12 @@ def linear(
         y = torch.zeros((m, n), dtype=torch.float32)
         return y if bias is None else y.add_(b)
     y = torch.empty((m, n), dtype=torch.float32)
-    if n < MR:
-        _gemm_small(x2.numpy(), w.numpy(), b.numpy(), y.numpy())
-    else:
-        _gemm_nt(x2.numpy(), w.numpy(), b.numpy(), y.numpy(), use_cpu_threads(threads))
+    _gemm_nt(x2.numpy(), w.numpy(), b.numpy(), y.numpy(), use_cpu_threads(threads))
     return y
 
 
 def warmup() -> None:
-    """Compile (or load from numba's cache) the kernels now, not inside the first step."""
+    """Compile (or load from numba's cache) the kernel now, not inside the first step."""
     if numba is not None:
-        for rows in (MR + 1, MR - 1):
-            f32 = torch.float32
-            linear(torch.zeros((4, 8), dtype=f32), torch.zeros((rows, 8), dtype=f32), None)
+        f32 = torch.float32
+        linear(torch.zeros((4, 8), dtype=f32), torch.zeros((MR + 1, 8), dtype=f32), None)
