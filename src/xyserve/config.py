@@ -26,6 +26,8 @@ class EngineConfig:
     # (xyserve bench kernels); sdpa/torch stay available as the per-stage/vendor baselines.
     attention_backend: str = "meta"  # meta | sdpa | reference
     gemm_backend: str = "smooth"  # smooth | torch
+    # CUDA float32: let matmuls and Triton dots use TF32 (torch's allow_tf32; off: exact float32).
+    allow_tf32: bool = False
     served_model_name: str | None = None
     skip_tokenizer_init: bool = False
     disable_progress_bar: bool = False
