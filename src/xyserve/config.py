@@ -26,7 +26,8 @@ class EngineConfig:
     # (xyserve bench kernels); sdpa/torch stay available as the per-stage/vendor baselines.
     attention_backend: str = "meta"  # meta | sdpa | reference
     gemm_backend: str = "smooth"  # smooth | torch
-    # CUDA float32: let matmuls and Triton dots use TF32 (torch's allow_tf32; off: exact float32).
+    # CUDA float32: the meta/smooth Triton kernels' dots may use TF32 (off: exact float32). Torch's
+    # own ops follow torch.backends.cuda.matmul.allow_tf32, which the engine leaves as it is.
     allow_tf32: bool = False
     served_model_name: str | None = None
     skip_tokenizer_init: bool = False

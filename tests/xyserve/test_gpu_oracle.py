@@ -1,9 +1,11 @@
 """On a CUDA GPU: the engine's greedy tokens and first-step logits against HF transformers.
 
 float32 must match as on CPU (exact float32 dots: Triton's ``input_precision="ieee"``).
-bfloat16 cannot match token for token: each greedy token must equal HF float32's unless HF's
-own top-2 margin at that step is within the bf16 logit error, after which the sequences may
-part (the rest of that prompt is not compared). Skipped without CUDA.
+bfloat16 cannot match token for token. Its yardstick is HF transformers itself in bfloat16:
+the engine's first-step logits may be at most twice as far from HF float32's as HF bfloat16's
+are, and each greedy token must equal HF float32's unless HF's top-2 margin at that step is
+within twice that error, after which the sequences may part (the rest of that prompt is not
+compared). Skipped without CUDA.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from tiny_models import build_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 MAX_NEW = 6
-BF16_LOGIT_TOL = 0.05  # twice the largest first-step logit error seen is asserted below
 
 
 def hf_steps(model, prompts):
@@ -49,7 +50,12 @@ def gpu_oracle(request, tmp_path_factory):
     path = build_model(tmp_path_factory.mktemp(request.param), request.param, **kw)
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval().cuda()
     prompts = make_prompts(model.config.vocab_size)
-    return path, prompts, *hf_steps(model, prompts)
+    toks, margins, firsts = hf_steps(model, prompts)
+    half = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.bfloat16).eval().cuda()
+    hf_bf16_err = max(
+        float((a - b).abs().max()) for a, b in zip(hf_steps(half, prompts)[2], firsts)
+    )
+    return path, prompts, toks, margins, firsts, hf_bf16_err
 
 
 def _run(path, prompts, dtype: str):
@@ -72,7 +78,7 @@ def _run(path, prompts, dtype: str):
 
 
 def test_float32_matches_hf_exactly(gpu_oracle):
-    path, prompts, toks, _, firsts = gpu_oracle
+    path, prompts, toks, _, firsts, _ = gpu_oracle
     outs, got = _run(path, prompts, "float32")
     for i, (o, ref) in enumerate(zip(outs, toks)):
         assert o.outputs[0].token_ids == ref, f"prompt {i}"
@@ -80,17 +86,17 @@ def test_float32_matches_hf_exactly(gpu_oracle):
 
 
 def test_bfloat16_agrees_except_at_near_ties(gpu_oracle):
-    path, prompts, toks, margins, firsts = gpu_oracle
+    path, prompts, toks, margins, firsts, hf_bf16_err = gpu_oracle
     outs, got = _run(path, prompts, "bfloat16")
     worst = max(
         float((got[o.request_id].float().cpu() - firsts[i]).abs().max()) for i, o in enumerate(outs)
     )
-    assert worst < BF16_LOGIT_TOL, f"first-step logit error {worst}"
+    assert worst <= 2 * hf_bf16_err, f"first-step logit error {worst}, HF bf16's {hf_bf16_err}"
     compared = 0
     for i, (o, ref) in enumerate(zip(outs, toks)):
         for j, (a, b) in enumerate(zip(o.outputs[0].token_ids, ref)):
             if a != b:
-                assert margins[i][j] < 2 * BF16_LOGIT_TOL, f"prompt {i} step {j}"
+                assert margins[i][j] < 2 * max(worst, hf_bf16_err), f"prompt {i} step {j}"
                 break
             compared += 1
     assert compared >= len(prompts) * MAX_NEW // 2  # most of the tokens were compared

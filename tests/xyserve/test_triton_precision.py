@@ -121,10 +121,13 @@ def test_launches_pass_ieee_for_float32_unless_tf32_is_allowed(monkeypatch, allo
 def test_engine_flag_reaches_the_triton_backends(tiny_llama):
     from xyserve import LLM
 
+    before = torch.backends.cuda.matmul.allow_tf32
     for flag in (False, True):
         llm = LLM(str(tiny_llama), allow_tf32=flag, max_num_batched_tokens=32, num_kv_blocks=8)
         runner = llm.llm_engine.runner
         assert runner.attn.allow_tf32 is flag and runner.gemm.allow_tf32 is flag
+    # The process-wide torch flag is the user's: an engine never changes it under other code.
+    assert torch.backends.cuda.matmul.allow_tf32 is before
 
 
 HALF = {torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}  # unit roundoff of each dtype

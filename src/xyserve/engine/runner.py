@@ -52,13 +52,13 @@ class ModelRunner:
         self.gemm = get_gemm_backend(gemm_backend, **(gemm_kwargs or {}))
         if hasattr(self.gemm, "warmup"):
             self.gemm.warmup(model.device, model.dtype)
-        # Float32 precision on CUDA: the Triton backends take the flag; torch's own matmuls
-        # follow torch's process-wide flag, which is only ever switched on here, never off.
+        # Float32 precision on CUDA: the Triton backends (meta, smooth) take the flag. Torch's
+        # own ops (the sdpa/torch backends, embeddings) follow torch's process-wide
+        # ``torch.backends.cuda.matmul.allow_tf32``, which an engine must not change under other
+        # code in the same process.
         for backend in (self.attn, self.gemm):
             if hasattr(backend, "allow_tf32"):
                 backend.allow_tf32 = allow_tf32
-        if allow_tf32 and torch.device(model.device).type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = True
 
     @staticmethod
     def bytes_per_block(model_cfg, block_size: int, dtype: torch.dtype) -> int:
