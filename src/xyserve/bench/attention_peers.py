@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from xyserve.bench.cases import AttentionCase
-from xyserve.kernels.per_stage import gather_kv
+from xyserve.kernels.metadata import gather_kv
 
 
 @dataclass

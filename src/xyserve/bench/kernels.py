@@ -44,8 +44,8 @@ from tqdm import tqdm
 
 from xyserve.bench.cases import StageSpec, build_case
 from xyserve.kernels.meta_attention import MetaAttention
-from xyserve.kernels.metadata import AttentionMetadata, stage_mask
-from xyserve.kernels.per_stage import PerStageSDPA, gather_kv
+from xyserve.kernels.metadata import AttentionMetadata, gather_kv, stage_mask
+from xyserve.kernels.per_stage import PerStageSDPA
 from xyserve.kernels.reference import reference_attention
 from xyserve.kernels.smooth_gemm import SmoothGemm
 from xyserve.plan.gemm_table import (
