@@ -7,6 +7,8 @@ KV head, never by copying). Nothing here is tuned; clarity wins.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from xyserve.kernels.metadata import AttentionMetadata, gather_kv, stage_mask
