@@ -277,14 +277,16 @@ CARD_DIR = Path(__file__).parent / "data"
 @pytest.mark.parametrize("case", sorted(CARD_INFOS))
 def test_model_card_renders_fixed_info_unchanged(case):
     """The card for fixed facts is the recorded text, byte for byte (``data/tiny_card_*.md``)."""
-    card = train_tiny._card("xy-tiny", CARD_INFOS[case])
+    card = train_tiny.render_card("xy-tiny", CARD_INFOS[case])
     assert card == (CARD_DIR / f"tiny_card_{case}.md").read_text()
 
 
 def test_previous_phases_read_back_from_a_card_without_training_json(tmp_path):
     """A model dir without ``training.json``: its one phase is parsed from the card's text."""
-    (tmp_path / "README.md").write_text(train_tiny._card("xy-tiny", CARD_INFOS["fresh_target"]))
-    assert train_tiny._previous_phases(tmp_path) == [
+    (tmp_path / "README.md").write_text(
+        train_tiny.render_card("xy-tiny", CARD_INFOS["fresh_target"])
+    )
+    assert train_tiny.previous_phases(tmp_path) == [
         {
             "steps": 918,
             "tokens": 1880064,
@@ -296,7 +298,29 @@ def test_previous_phases_read_back_from_a_card_without_training_json(tmp_path):
     ]
     (tmp_path / "README.md").write_text("# a card without training facts\n")
     with pytest.raises(ValueError, match="no training.json"):
-        train_tiny._previous_phases(tmp_path)
+        train_tiny.previous_phases(tmp_path)
+
+
+def test_schedule_warms_up_decays_and_stops_at_the_time_cap():
+    """Step-based: linear warm-up, cosine to 10% of the peak. A spent time cap ends training."""
+    import math
+    import time
+
+    from xyserve.tools.train_tiny.train import Schedule
+
+    s = Schedule(lr=1.0, steps=50, max_seconds=None, t0=time.time())
+    assert s.warmup == 5
+    assert [s.lr_for(i) for i in range(5)] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
+    assert s.lr_for(5) == pytest.approx(1.0)
+    assert s.lr_for(5 + 45 // 2) == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi * 22 / 45)))
+    assert s.lr_for(50) == pytest.approx(0.1) and not s.time_bound
+    # a cap whose time is half spent drives the cosine to its middle: lr 0.55
+    half = Schedule(lr=1.0, steps=50, max_seconds=1000.0, t0=time.time() - 500.0)
+    assert half.lr_for(1) == pytest.approx(0.4) and not half.time_bound  # warm-up ignores it
+    assert half.lr_for(6) == pytest.approx(0.55, abs=0.01) and half.time_bound
+    spent = Schedule(lr=1.0, steps=50, max_seconds=1.0, t0=time.time() - 10.0)
+    assert spent.lr_for(4) == pytest.approx(1.0)
+    assert spent.lr_for(5) is None and spent.time_bound
 
 
 def test_train_tiny_end_to_end_writes_loadable_dirs(tmp_path):
