@@ -32,6 +32,12 @@ class EngineConfig:
     served_model_name: str | None = None
     skip_tokenizer_init: bool = False
     disable_progress_bar: bool = False
+    # ---- request limits: checked before a request is admitted (server: 400/413/503) ----
+    max_request_body_bytes: int = 4 << 20  # larger HTTP bodies get a 413 before parsing
+    max_n: int = 128  # sequences per request (OpenAI's bound)
+    max_stop_strings: int = 32  # per request (each is searched for after every token)
+    max_waiting_requests: int | None = None  # past it, new requests get a 503 + Retry-After
+    request_timeout_s: float | None = None  # a request running longer is aborted
 
     def __post_init__(self) -> None:
         if self.max_num_batched_tokens < 1:
@@ -44,6 +50,13 @@ class EngineConfig:
             raise ValueError(
                 f"scheduler_policy must be 'hybrid' or 'baseline', got {self.scheduler_policy!r}"
             )
+        for name in ("max_request_body_bytes", "max_n", "max_stop_strings"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.max_waiting_requests is not None and self.max_waiting_requests < 0:
+            raise ValueError("max_waiting_requests must be non-negative")
+        if self.request_timeout_s is not None and not self.request_timeout_s > 0:
+            raise ValueError("request_timeout_s must be positive")
         if self.num_reserved_decode_tokens is None:
             self.num_reserved_decode_tokens = max(1, self.max_num_batched_tokens // 4)
 

@@ -233,7 +233,14 @@ def test_streaming_completion(server: Server) -> None:
     with httpx.stream(
         "POST",
         f"{server.url}/v1/completions",
-        json={**kw.copy(), "stream": True, "ignore_eos": True},
+        json={
+            "model": MODEL,
+            "prompt": "Hello world!",
+            "max_tokens": 7,
+            "temperature": 0.0,
+            "stream": True,
+            "ignore_eos": True,
+        },
     ) as resp:
         assert resp.status_code == 200
         assert resp.headers["content-type"].startswith("text/event-stream")
@@ -279,9 +286,9 @@ BAD_COMPLETIONS = [
     ({"model": MODEL, "prompt": "hi", "top_p": 0}, 400, "top_p"),
     ({"model": MODEL, "prompt": "hi", "top_p": 1.5}, 400, "top_p"),
     ({"model": MODEL, "prompt": "hi", "n": 0}, 400, "n"),
-    ({"model": MODEL, "prompt": "hi", "max_tokens": MAX_MODEL_LEN}, 400, None),
-    ({"model": MODEL, "prompt": "hi " * MAX_MODEL_LEN, "max_tokens": 1}, 400, None),
-    ({"model": MODEL, "prompt": [[1, 2], [999999]]}, 400, None),  # token id out of range
+    ({"model": MODEL, "prompt": "hi", "max_tokens": MAX_MODEL_LEN}, 400, "max_tokens"),
+    ({"model": MODEL, "prompt": "hi " * MAX_MODEL_LEN, "max_tokens": 1}, 400, "prompt"),
+    ({"model": MODEL, "prompt": [[1, 2], [999999]]}, 400, "prompt"),  # token id out of range
     ({"model": "gpt-4", "prompt": "hi"}, 404, "model"),
 ]
 
