@@ -89,7 +89,7 @@ class RequestStream:
             left = self._deadline - asyncio.get_running_loop().time()
             try:
                 item = await asyncio.wait_for(self._queue.get(), max(left, 0.0))
-            except TimeoutError:
+            except asyncio.TimeoutError:
                 self.close()
                 raise RequestTimeoutError("the request ran past its time limit") from None
         while not isinstance(item, BaseException) and not self._queue.empty():

@@ -26,10 +26,6 @@ async def send_json_error(
     await send({"type": "http.response.body", "body": body})
 
 
-class _BodyTooLarge(Exception):
-    pass
-
-
 class BodyLimitMiddleware:
     """Refuse bodies over ``max_bytes`` with a 413: at once when Content-Length says so, else
     as soon as the streamed body passes the limit (nothing beyond it is buffered)."""
@@ -52,27 +48,36 @@ class BodyLimitMiddleware:
         if too_big:
             return await send_json_error(send, 413, body, [(b"connection", b"close")])
         seen = 0
-        started = False
+        started = refused = False
 
         async def limited_receive() -> dict:
-            nonlocal seen
+            # Past the limit: answer 413 here, and tell the app the client left (it stops
+            # reading; what it sends after is dropped).
+            nonlocal seen, refused
+            if refused:
+                return {"type": "http.disconnect"}
             msg = await receive()
             if msg["type"] == "http.request":
                 seen += len(msg.get("body", b""))
                 if seen > self.max_bytes:
-                    raise _BodyTooLarge
+                    refused = True
+                    if not started:
+                        await send_json_error(send, 413, body, [(b"connection", b"close")])
+                    return {"type": "http.disconnect"}
             return msg
 
         async def tracked_send(msg: dict) -> None:
             nonlocal started
+            if refused:
+                return
             started = started or msg["type"] == "http.response.start"
             await send(msg)
 
         try:
             await self.app(scope, limited_receive, tracked_send)
-        except _BodyTooLarge:
-            if not started:
-                await send_json_error(send, 413, body, [(b"connection", b"close")])
+        except Exception:
+            if not refused:
+                raise
 
 
 class ApiKeyMiddleware:
@@ -115,8 +120,6 @@ class InternalErrorMiddleware:
 
         try:
             await self.app(scope, receive, tracked_send)
-        except _BodyTooLarge:
-            raise
         except Exception as e:
             log.exception("unhandled error in %s %s", scope.get("method"), scope.get("path"))
             if started:
