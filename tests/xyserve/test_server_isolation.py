@@ -70,7 +70,7 @@ def test_max_model_len_is_capped_to_the_kv_cache(server: Server) -> None:
 
 def test_request_that_can_never_fit_is_a_400_not_a_hang(server: Server) -> None:
     # Fits max_model_len as configured, but not the K/V cache: today it would wait forever.
-    r = post(server, "/v1/completions", {**BASE, "max_tokens": 450}, timeout=10)
+    r = post(server, "/v1/completions", {**BASE, "max_tokens": 450, "ignore_eos": True}, timeout=10)
     assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
     r = post(server, "/v1/completions", {**BASE, "max_tokens": 3, "ignore_eos": True})
     assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 3

@@ -48,6 +48,7 @@ from xyserve.server.protocol import (
     ChatCompletionResponse,
     ChatCompletionStreamResponse,
     ChatLogprobEntry,
+    ChatMessage,
     ChatMessageOut,
     ChatStreamChoice,
     CompletionChoice,
@@ -304,10 +305,10 @@ def _chat_logprobs(c: CompletionOutput, start: int, k: int) -> ChatChoiceLogprob
 CHAT_ROLES = ("system", "developer", "user", "assistant")
 
 
-def _chat_messages(body: ChatCompletionRequest) -> list[dict[str, Any]]:
+def _chat_messages(body_messages: list[ChatMessage]) -> list[dict[str, Any]]:
     """The messages as the template takes them; APIError naming the first bad message."""
     messages = []
-    for i, m in enumerate(body.messages):
+    for i, m in enumerate(body_messages):
         if m.role in ("tool", "function") or m.tool_calls or m.tool_call_id is not None:
             raise APIError("tool calling is not supported", param=f"messages.{i}.role")
         if m.role not in CHAT_ROLES:
@@ -525,8 +526,7 @@ def create_app(
         check_model(body.model)
         tok = tokenizer()
         if body.messages is not None:
-            body_chat = ChatCompletionRequest(messages=body.messages)
-            messages = _chat_messages(body_chat)
+            messages = _chat_messages(body.messages)
             try:
                 text = await asyncio.to_thread(
                     _render_chat, tok, messages, body.add_generation_prompt, opts.chat_template
@@ -604,7 +604,7 @@ def create_app(
             raise APIError("top_logprobs needs logprobs: true", param="top_logprobs")
         params = await sampling_params(body, renames)
         tok = tokenizer()
-        messages = _chat_messages(body)
+        messages = _chat_messages(body.messages)
         try:
             prompt = await asyncio.to_thread(
                 _render_chat, tok, messages, body.add_generation_prompt, opts.chat_template
