@@ -192,8 +192,11 @@ def test_bad_requests_while_two_streams_run(server: Server) -> None:
             during = await asyncio.gather(*(bad(path, payload) for path, payload, _ in BAD))
             return await asyncio.gather(*tasks), sum(during)
 
+    preempted = server.engine.scheduler.num_preemptions
     texts, num_during = asyncio.run(main())
     assert texts == alone
+    # Both streams need 22 of the 24 K/V blocks: they only finish by preempting each other.
+    assert server.engine.scheduler.num_preemptions > preempted
     assert num_during > 0, "no bad request was answered while the streams ran"
     server.assert_clean()
 
@@ -491,6 +494,30 @@ def socket_on_free_port():  # noqa: ANN201
     s.bind(("127.0.0.1", 0))
     s.listen()
     return s
+
+
+def test_tokenization_runs_off_the_engine_thread(server: Server, caplog) -> None:
+    """A big prompt's tokenisation never stalls the engine loop; one log line per request."""
+    import logging
+    import threading
+
+    tok = server.engine.tokenizer
+    real, threads = tok.encode, []
+
+    def spy(*a, **kw):  # noqa: ANN002, ANN003, ANN202
+        threads.append(threading.current_thread().name)
+        return real(*a, **kw)
+
+    tok.encode = spy
+    try:
+        with caplog.at_level(logging.INFO, logger="xyserve.server"):
+            r = post(server, "/v1/completions", {**BASE, "user": "u-42"})
+    finally:
+        del tok.encode
+    assert r.status_code == 200 and threads
+    assert "xyserve-engine" not in threads
+    lines = [m for m in caplog.messages if r.json()["id"] in m]
+    assert len(lines) == 1 and "completion_tokens=4" in lines[0] and "user=u-42" in lines[0]
 
 
 def test_metrics_counters(server: Server) -> None:
