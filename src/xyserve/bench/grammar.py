@@ -79,4 +79,29 @@ def main(argv: list[str] | None = None) -> int:
         secs, toks = best[name]
         rate = toks / secs
         print(f"{name:<12} {toks:>7} {secs:>8.3f} {rate:>8.1f} {rate / base:>8.3f}")
+    print_mask_costs(specs, args.batch, engine.model.cfg.vocab_size)
     return 0
+
+
+def print_mask_costs(specs: dict, batch: int, vocab: int, repeats: int = 50) -> None:
+    """The masks alone: filling them for ``batch`` fresh matchers and applying them (best of
+    ``repeats``), the part of a step that structured outputs add."""
+    import torch
+
+    from xyserve.engine.structured import fill_masks
+
+    print(f"masks alone, {batch} rows x {vocab} tokens, best of {repeats}:")
+    logits = torch.randn(batch, vocab)
+    for name, spec in specs.items():
+        if spec is None:
+            continue
+        matchers = [spec.new_matcher() for _ in range(batch)]
+        fill = apply = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            allowed = fill_masks(matchers, vocab)
+            t1 = time.perf_counter()
+            logits.masked_fill(~allowed, float("-inf"))
+            t2 = time.perf_counter()
+            fill, apply = min(fill, t1 - t0), min(apply, t2 - t1)
+        print(f"{name:<12} fill {fill * 1e3:.3f} ms  apply {apply * 1e3:.3f} ms")

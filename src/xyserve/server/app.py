@@ -497,6 +497,17 @@ def create_app(
             raise APIError("this server has no tokenizer (skip_tokenizer_init is set)")
         return tok
 
+    async def render_chat(messages: list[ChatMessage], add_generation_prompt: bool) -> str:
+        """The prompt text of chat messages (validated first), rendered off the event loop."""
+        tok = tokenizer()
+        msgs = _chat_messages(messages)
+        try:
+            return await asyncio.to_thread(
+                _render_chat, tok, msgs, add_generation_prompt, opts.chat_template
+            )
+        except Exception as e:
+            raise APIError(f"cannot apply the chat template: {e}", param="messages") from None
+
     # ---- routes ---------------------------------------------------------------------
     @app.get("/health")
     async def health() -> Response:
@@ -524,15 +535,9 @@ def create_app(
     @app.post("/tokenize")
     async def tokenize(body: TokenizeRequest) -> dict[str, Any]:
         check_model(body.model)
-        tok = tokenizer()
+        tokenizer()  # a 400 without one
         if body.messages is not None:
-            messages = _chat_messages(body.messages)
-            try:
-                text = await asyncio.to_thread(
-                    _render_chat, tok, messages, body.add_generation_prompt, opts.chat_template
-                )
-            except Exception as e:
-                raise APIError(f"cannot apply the chat template: {e}", param="messages") from None
+            text = await render_chat(body.messages, body.add_generation_prompt)
             add_special = False if body.add_special_tokens is None else body.add_special_tokens
         elif body.prompt is not None:
             text = body.prompt
@@ -603,14 +608,7 @@ def create_app(
         if body.top_logprobs is not None and not body.logprobs:
             raise APIError("top_logprobs needs logprobs: true", param="top_logprobs")
         params = await sampling_params(body, renames)
-        tok = tokenizer()
-        messages = _chat_messages(body.messages)
-        try:
-            prompt = await asyncio.to_thread(
-                _render_chat, tok, messages, body.add_generation_prompt, opts.chat_template
-            )
-        except Exception as e:
-            raise APIError(f"cannot apply the chat template: {e}", param="messages") from None
+        prompt = await render_chat(body.messages, body.add_generation_prompt)
         rid = f"chatcmpl-{uuid.uuid4().hex}"
         # The template already holds any special tokens (BOS); by default don't add them twice.
         streams = await add_all([prompt], params, rid, add_special_tokens=body.add_special_tokens)
