@@ -423,6 +423,10 @@ def test_json_object_regex_choice(server: Server) -> None:
     assert r.json()["choices"][0]["text"] in ("red", "green", "blue")
     r = post(server, "/v1/completions", {**kw, "structured_outputs": {"choice": ["yes", "no"]}})
     assert r.json()["choices"][0]["text"] in ("yes", "no")
+    lark = 'start: "x=" NUM ";"\nNUM: /[0-9]{1,3}/'
+    r = post(server, "/v1/completions", {**kw, "guided_grammar": lark})
+    text = r.json()["choices"][0]["text"]
+    assert text.startswith("x=") and text.endswith(";") and text[2:-1].isdigit(), text
     server.assert_clean()
 
 
@@ -525,3 +529,31 @@ def test_metrics_counters(server: Server) -> None:
     for name in ("xyserve:num_preemptions_total", "xyserve:request_aborted_total",
                  "xyserve:request_failed_total"):  # fmt: skip
         assert name in text
+
+
+def test_cli_server_flags(tmp_path: Path, monkeypatch) -> None:
+    from xyserve.server.cli import parse_args, server_options
+
+    tpl = tmp_path / "t.jinja"
+    tpl.write_text("{{ messages[0]['content'] }}")
+    ns, cfg = parse_args(
+        ["--api-key", "k", "--allowed-origins", '["https://a.example"]', "--chat-template",
+         str(tpl), "--disable-log-requests", "--max-request-body-bytes", "1000",
+         "--max-waiting-requests", "3", "--request-timeout-s", "2.5"]
+    )  # fmt: skip
+    opts = server_options(ns)
+    assert opts.api_key == "k" and opts.allowed_origins == ["https://a.example"]
+    assert opts.chat_template == tpl.read_text() and opts.disable_log_requests
+    assert cfg.max_request_body_bytes == 1000 and cfg.max_waiting_requests == 3
+    assert cfg.request_timeout_s == 2.5
+    monkeypatch.setenv("XYSERVE_API_KEY", "from-env")
+    ns, _ = parse_args(["--allowed-origins", "https://a.example, https://b.example"])
+    opts = server_options(ns)
+    assert opts.api_key == "from-env"
+    assert opts.allowed_origins == ["https://a.example", "https://b.example"]
+    assert server_options(parse_args(["--chat-template", "{{ x }}"])[0]).chat_template == "{{ x }}"
+    for bad in (["--chat-template", "no/such/file"], ["--allowed-origins", "[1"]):
+        with pytest.raises(ValueError):
+            server_options(parse_args(bad)[0])
+    with pytest.raises(SystemExit):
+        parse_args(["--max-n", "0"])

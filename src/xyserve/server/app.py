@@ -572,7 +572,7 @@ def create_app(
             raise APIError("prompt must not be empty", param="prompt")
         rid = f"cmpl-{uuid.uuid4().hex}"
         streams = await add_all(prompts, params, rid)
-        echo = _echo_texts(llm, prompts) if body.echo else None
+        echo = await asyncio.to_thread(_echo_texts, llm, prompts) if body.echo else None
         if body.stream:
             gen = _completion_stream(
                 streams, rid, model_name, params, body.include_usage, echo,

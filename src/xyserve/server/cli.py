@@ -177,5 +177,10 @@ def main(argv: list[str] | None = None) -> int:
         "off" if options.disable_log_requests else "on",
     )
     server = uvicorn.Server(uvicorn.Config(app, log_level=ns.log_level))
-    server.run(sockets=[sock])
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:  # Ctrl-C after a graceful shutdown, as uvicorn.run does
+        pass
+    finally:
+        sock.close()
     return 0
