@@ -28,6 +28,11 @@ class Child:
     cumulative_logprob: float = 0.0
     finish_reason: str | None = None
     matcher: Any = None  # the structured-output matcher, when the request has a grammar
+    # Incremental detokenisation: text is final up to output token ``read_offset``; decoding
+    # restarts at ``prefix_offset`` so that tokenizers that strip a leading space decode the
+    # window as they decode the whole text.
+    prefix_offset: int = 0
+    read_offset: int = 0
 
 
 @dataclass
@@ -82,7 +87,7 @@ class OutputProcessor:
                 reason = "stop"
         if self.tokenizer is not None:
             prev = len(child.text)
-            child.text = self.tokenizer.decode(r.output_token_ids, p.skip_special_tokens)
+            child.text += self.decode_delta(child, p.skip_special_tokens)
             if reason is None and p.stop_strings and len(r.output_token_ids) >= p.min_tokens:
                 hit = find_stop(child.text, p.stop_strings, prev)
                 if hit is not None:
@@ -95,7 +100,23 @@ class OutputProcessor:
             len(r.output_token_ids) >= r.max_tokens or r.num_tokens >= self.max_model_len
         ):
             reason = "length"
+        if reason is not None and self.tokenizer is not None and not isinstance(stop_reason, str):
+            # Once per sequence: the exact text, including a trailing partial character that
+            # the incremental decoder holds back.
+            child.text = self.tokenizer.decode(r.output_token_ids, p.skip_special_tokens)
         return reason, stop_reason
+
+    def decode_delta(self, child: Child, skip_special_tokens: bool) -> str:
+        """The text the newest tokens add, decoding a few tokens rather than the whole output
+        (vLLM's incremental detokenisation); "" while the tail is an incomplete character."""
+        ids = child.request.output_token_ids
+        dec = self.tokenizer.decode
+        prefix = dec(ids[child.prefix_offset : child.read_offset], skip_special_tokens)
+        text = dec(ids[child.prefix_offset :], skip_special_tokens)
+        if len(text) > len(prefix) and not text.endswith("\ufffd"):
+            child.prefix_offset, child.read_offset = child.read_offset, len(ids)
+            return text[len(prefix) :]
+        return ""
 
     @staticmethod
     def make_output(group: Group) -> RequestOutput:
