@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import json
 import logging
 import threading
 import time
@@ -117,6 +119,7 @@ class LLMEngine:
         )
         self._structured = None  # StructuredOutputs, built on first use (imports llguidance)
         self._structured_lock = threading.Lock()
+        self._grammar_cache: dict[str, object] = {}  # offline dict constraints, by content
         self.output = OutputProcessor(self.tokenizer, self.eos_token_ids, self.max_model_len)
         self.groups: dict[str, Group] = {}
         self._child_to_group: dict[str, tuple[Group, Child]] = {}
@@ -189,6 +192,29 @@ class LLMEngine:
                 )
         return self._structured.compile(kind, value)
 
+    def _compiled(self, params: SamplingParams) -> SamplingParams:
+        """``params`` with a dict constraint compiled (a copy: the caller's object is shared
+        by every prompt of an offline batch, so compiled grammars are cached by content)."""
+        spec = params.structured
+        if not isinstance(spec, dict):
+            return params
+        kinds = {"json": "json_schema", "regex": "regex", "choice": "choice",
+                 "grammar": "grammar", "json_object": "json_object"}  # fmt: skip
+        given = [(k, v) for k, v in spec.items() if v is not None and v is not False]
+        if len(given) != 1 or given[0][0] not in kinds:
+            raise RequestValidationError(
+                f"structured needs exactly one of {', '.join(kinds)}", "structured"
+            )
+        key, value = given[0]
+        cache_key = json.dumps([key, value], sort_keys=True, default=str)
+        compiled = self._grammar_cache.get(cache_key)
+        if compiled is None:
+            compiled = self.compile_grammar(kinds[key], value)
+            if len(self._grammar_cache) >= 64:
+                self._grammar_cache.pop(next(iter(self._grammar_cache)))
+            self._grammar_cache[cache_key] = compiled
+        return dataclasses.replace(params, structured=compiled)
+
     def validate_request(self, ids: list[int], params: SamplingParams) -> int:
         """Every model-dependent check of a request; returns its max_tokens.
 
@@ -237,7 +263,7 @@ class LLMEngine:
         add_special_tokens: bool = True,
     ) -> str:
         """Admit a request whole, or raise and admit nothing (no child is left behind)."""
-        params = params or SamplingParams()
+        params = self._compiled(params or SamplingParams())
         text, ids = self.prompt_ids(prompt, add_special_tokens)
         max_tokens = self.validate_request(ids, params)
         rid = request_id if request_id is not None else str(next(self._ids))
