@@ -277,12 +277,49 @@ def test_no_orphans_after_timeout(tiny_llama: Path) -> None:
 
 
 def test_max_waiting_gives_503_with_retry_after(tiny_llama: Path) -> None:
-    config = EngineConfig(model=str(tiny_llama), device="cpu", max_waiting_requests=0)
+    import threading
+
+    config = EngineConfig(
+        model=str(tiny_llama), device="cpu", max_num_seqs=1, max_waiting_requests=2
+    )
+    long = {"prompt": "Hello", "max_tokens": 1000, "ignore_eos": True}
     with run_server(config) as srv:
-        r = post(srv, "/v1/completions", {"prompt": "Hello", "max_tokens": 2})
+        # A gate in front of each step holds the engine thread, so requests pile up at will.
+        gate, real_step = threading.Event(), srv.engine.step
+        gate.set()
+        srv.engine.step = lambda: gate.wait(30) and real_step()
+
+        async def main() -> httpx.Response:
+            async with httpx.AsyncClient(base_url=srv.url, timeout=60) as client:
+                async with client.stream(
+                    "POST", "/v1/completions", json={**long, "stream": True}
+                ) as a:
+                    await a.aiter_lines().__anext__()  # running
+                    gate.clear()
+                    waiting = [
+                        asyncio.create_task(client.post("/v1/completions", json=long))
+                        for _ in range(2)
+                    ]
+                    deadline = time.monotonic() + 30
+                    while srv.llm.num_waiting < 2:
+                        assert time.monotonic() < deadline, srv.llm.num_waiting
+                        await asyncio.sleep(0.005)
+                    r = await client.post("/v1/completions", json={**long, "max_tokens": 1})
+                    gate.set()
+                    for t in waiting:
+                        t.cancel()
+                    await asyncio.gather(*waiting, return_exceptions=True)
+                    return r
+
+        try:
+            r = asyncio.run(main())
+        finally:
+            gate.set()
         assert r.status_code == 503 and r.headers["retry-after"] == "1"
         assert r.json()["error"]["type"] == "server_busy"
         srv.assert_clean()
+        r = post(srv, "/v1/completions", {"prompt": "Hello", "max_tokens": 2})
+        assert r.status_code == 200  # below the limit again
 
 
 # ---- body limit -------------------------------------------------------------------------------

@@ -124,7 +124,10 @@ class AsyncLLM:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self.dead_error: BaseException | None = None
-        self.num_pending_adds = 0  # posted, not yet taken by the engine thread (approximate)
+        # Adds posted (written by the event loop only) and taken by the engine thread (written
+        # by it only): each counter has one writer, so their difference needs no lock.
+        self._adds_posted = 0
+        self._adds_taken = 0
         self.request_timeout_s: float | None = getattr(
             getattr(engine, "config", None), "request_timeout_s", None
         )
@@ -132,7 +135,7 @@ class AsyncLLM:
     @property
     def num_waiting(self) -> int:
         """Requests queued (in the engine or on their way to it); read without a lock."""
-        return self.engine.num_waiting + self.num_pending_adds
+        return self.engine.num_waiting + max(0, self._adds_posted - self._adds_taken)
 
     @classmethod
     def from_config(cls, config: EngineConfig, stats_hook: StatsHook | None = None) -> AsyncLLM:
@@ -189,7 +192,7 @@ class AsyncLLM:
         prompt = await asyncio.to_thread(self._prepare, prompt, params, add_special_tokens)
         queue: asyncio.Queue = asyncio.Queue()
         fut = loop.create_future()
-        self.num_pending_adds += 1
+        self._adds_posted += 1
         self._post("add", _Add(rid, prompt, params, add_special_tokens, loop, queue, fut))
         try:
             await fut
@@ -268,7 +271,7 @@ class AsyncLLM:
         while self._inbox:
             kind, item = self._inbox.popleft()
             if kind == "add":
-                self.num_pending_adds -= 1
+                self._adds_taken += 1
                 self._do_add(item)
             else:
                 self._sinks.pop(item, None)
