@@ -88,17 +88,17 @@ def test_invariants(doc, scheduler, seed, n, conc, slots, mapping, legacy):
     T, eps = sim.makespan, 1e-6 * max(1.0, sim.makespan)
     assert sim.finished == n
     # exactly once
-    assert all(c == 1 for c in sim.n_starts)
+    assert all(c == 1 for c in sim.inv.n_starts)
     # dependencies respected
-    for k, ps in enumerate(sim.preds):
+    for k, ps in enumerate(sim.inv.preds):
         for j in ps:
-            assert sim.t_start[k] >= sim.t_end[j] - eps
+            assert sim.inv.t_start[k] >= sim.inv.t_end[j] - eps
     # no PEA runs two things at once (busy and reconfiguration intervals)
     spans = [[] for _ in range(a.n_peas)]
-    for k, peas in enumerate(sim.peas_of):
+    for k, peas in enumerate(sim.inv.peas):
         for p in peas:
-            spans[p].append((sim.t_start[k], sim.t_end[k]))
-    for p, s, e, _ in sim.reconf_spans:
+            spans[p].append((sim.inv.t_start[k], sim.inv.t_end[k]))
+    for p, s, e, _ in sim.physics.reconf_spans:
         spans[p].append((s, min(e, T)))
     for iv in spans:
         iv.sort()
@@ -106,13 +106,20 @@ def test_invariants(doc, scheduler, seed, n, conc, slots, mapping, legacy):
             assert s1 >= e0 - eps
     # utilization <= 1 and every PEA's time is accounted exactly
     for p in range(a.n_peas):
-        assert sim.busy[p] <= T + eps
-        parts = (sim.busy, sim.reconf, sim.xfer, sim.blocked, sim.starved, sim.waiting)
+        assert sim.time.busy[p] <= T + eps
+        parts = (
+            sim.time.busy,
+            sim.time.reconf,
+            sim.time.xfer,
+            sim.time.blocked,
+            sim.time.starved,
+            sim.time.waiting,
+        )
         assert abs(sum(x[p] for x in parts) - T) <= eps
         assert min(x[p] for x in parts) >= -eps
     # back-pressure: no PEA is left blocked, and every output slot was released
-    assert not any(sim.is_blocked)
-    assert all(u == 0 for u in sim.used)
+    assert not any(sim.buffers.is_blocked)
+    assert all(u == 0 for u in sim.buffers.used)
     # nothing beats the lower bound
     b = lower_bound(sim)
     assert T >= b["bound_us"] - eps

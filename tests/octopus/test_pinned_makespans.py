@@ -116,7 +116,7 @@ def _run(wf, arch, sched, seed, **kw):
         _PREPARED[wf, arch] = prepare(wf, arch)
     cw, a = _PREPARED[wf, arch]
     sim = run_one(cw, a, sched, seed, instances=24, **kw)
-    return sim.makespan, sim.events
+    return sim.makespan, sim.n_events
 
 
 @pytest.mark.parametrize("key", sorted(PINNED), ids=lambda k: "-".join(map(str, k)))

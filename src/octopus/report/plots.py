@@ -16,7 +16,7 @@ def utilization_heatmap(sim, path: str) -> str:
     w, h = max(a.pea_x) + 1, max(a.pea_y) + 1
     grid = [[0.0] * w for _ in range(h)]
     for p in range(a.n_peas):
-        grid[a.pea_y[p]][a.pea_x[p]] = sim.busy[p] / (sim.makespan or 1)
+        grid[a.pea_y[p]][a.pea_x[p]] = sim.time.busy[p] / (sim.makespan or 1)
     fig, ax = plt.subplots(figsize=(6, 5))
     im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis")
     fig.colorbar(im, ax=ax, label="utilization")
@@ -30,10 +30,10 @@ def utilization_over_time(sim, path: str, bins: int = 100) -> str:
     T = sim.makespan or 1.0
     busy = [0.0] * bins
     w = T / bins
-    for k, peas in enumerate(sim.peas_of):
+    for k, peas in enumerate(sim.inv.peas):
         if not peas:
             continue
-        s, e = sim.t_start[k], sim.t_end[k]
+        s, e = sim.inv.t_start[k], sim.inv.t_end[k]
         i = int(s / w)
         while s < e and i < bins:
             seg = min(e, (i + 1) * w) - s

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from octopus.sched.api import Scheduler, SchedulerAPI
 from octopus.sched.greedy import GreedyScheduler
 from octopus.sched.octopus import OctopusScheduler
 from octopus.sched.reactive import THRESHOLDS, ReactiveScheduler
@@ -30,4 +31,4 @@ def make_scheduler(name: str, **kw):
     raise ValueError(f"unknown scheduler {name!r} (one of {', '.join(NAMES)})")
 
 
-__all__ = ["NAMES", "THRESHOLDS", "VARIANTS", "make_scheduler"]
+__all__ = ["NAMES", "THRESHOLDS", "VARIANTS", "Scheduler", "SchedulerAPI", "make_scheduler"]
