@@ -6,7 +6,12 @@ import argparse
 import json
 import sys
 
-from octopus.sched import NAMES
+from octopus.sched import all_names
+
+SCHEDULER_HELP = (
+    "a built-in or registered name (see `octopus list`), or a plugin: "
+    "package.module:Class or path/to/file.py:Class"
+)
 
 
 def _run(a) -> int:
@@ -45,7 +50,14 @@ def _compare(a) -> int:
     from octopus.experiments import compare_suite, format_compare
 
     res = compare_suite(
-        a.suite, a.arch, a.level, a.seed, a.instances, progress=not a.quiet, seeds=a.seeds
+        a.suite,
+        a.arch,
+        a.level,
+        a.seed,
+        a.instances,
+        progress=not a.quiet,
+        seeds=a.seeds,
+        extra=tuple(a.scheduler),
     )
     print(format_compare(res))
     if a.json:
@@ -80,7 +92,7 @@ def _list(a) -> int:
 
     print("workflows:     " + " ".join(list_workloads()))
     print("architectures: " + " ".join(list_arches()))
-    print("schedulers:    " + " ".join(NAMES))
+    print("schedulers:    " + " ".join(all_names()))
     return 0
 
 
@@ -90,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="simulate one workflow on one architecture")
     r.add_argument("--workflow", "-w", required=True, help="suite name or path to a YAML/JSON")
     r.add_argument("--arch", "-a", default="chip", help="chip | chiplet | wafer | path")
-    r.add_argument("--scheduler", "-s", default="octopus", choices=NAMES)
+    r.add_argument("--scheduler", "-s", default="octopus", help=SCHEDULER_HELP)
     r.add_argument("--level", default="high", help="dynamicity: low | medium | high")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--instances", type=int, default=None, help="override instance count")
@@ -109,6 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--plots", default=None, help="directory for the ablation bar plot")
     c.add_argument("--quiet", action="store_true")
     c.add_argument("--seeds", type=int, default=1, help="also report mean and spread over seeds")
+    c.add_argument(
+        "--scheduler",
+        "-s",
+        action="append",
+        default=[],
+        help="also run this scheduler beside the built-ins (repeatable); " + SCHEDULER_HELP,
+    )
     c.set_defaults(fn=_compare)
     s = sub.add_parser("sweep", help="speedup vs dynamicity and vs scale; writes plots")
     s.add_argument("--out", default="octopus_sweep")
