@@ -58,6 +58,7 @@ def _compare(a) -> int:
         progress=not a.quiet,
         seeds=a.seeds,
         extra=tuple(a.scheduler),
+        capacity=a.capacity,
     )
     print(format_compare(res))
     if a.json:
@@ -76,6 +77,73 @@ def _sweep(a) -> int:
 
     res = sweep(a.out, a.workflows, a.seed, a.instances, a.seeds, tuple(a.parts))
     print(json.dumps(res["summary"], indent=2))
+    return 0
+
+
+def _load(a) -> int:
+    from octopus.openloop import load_sweep, run_at_rate
+    from octopus.runner import prepare
+
+    if a.rate is not None and (a.sweep or a.plot):
+        raise ValueError("load: --rate runs one rate; --sweep and --plot need a sweep")
+    if a.rate is not None and a.rate <= 0:
+        raise ValueError(f"load: --rate must be positive, got {a.rate}")
+    if a.instances < 2 or not 0.0 <= a.warmup < 1.0:
+        raise ValueError("load: --instances must be >= 2 and --warmup in [0, 1)")
+    if (a.slo_us if a.slo_us is not None else a.slo_mult) <= 0:
+        raise ValueError("load: the SLO must be positive")
+    cw, arch = prepare(a.workflow, a.arch, a.level)
+    prof = cw.profile()
+    kw = dict(
+        instances=a.instances,
+        seed=a.seed,
+        process=a.process,
+        burst=a.burst,
+        warmup=a.warmup,
+        profile=prof,
+    )
+    scheds = a.scheduler or ["octopus", "reactive"]
+    if a.rate is not None:
+        from dataclasses import asdict
+
+        res = {"schedulers": {s: asdict(run_at_rate(cw, arch, s, a.rate, **kw)) for s in scheds}}
+        for s, p in res["schedulers"].items():
+            print(
+                f"{s:24s} rate {p['rate_per_ms']:.3f}/ms ({p['offered_vs_bound']:.2f} of bound)"
+                f"  latency mean {p['latency_mean_us']:.1f} us  p50 {p['latency_p50_us']:.1f}"
+                f"  p99 {p['latency_p99_us']:.1f}  throughput {p['throughput_per_ms']:.3f}/ms"
+                f"  utilization {p['utilization']:.1%}"
+            )
+    else:
+        sweeps = [
+            load_sweep(
+                cw,
+                arch,
+                s,
+                tuple(a.fractions),
+                slo_mult=a.slo_mult,
+                slo_us=a.slo_us,
+                refine=a.refine,
+                **kw,
+            )
+            for s in scheds
+        ]
+        res = {"schedulers": {sw["scheduler"]: sw for sw in sweeps}}
+        for sw in sweeps:
+            print(
+                f"{sw['scheduler']:24s} capacity at p99 <= {sw['slo_us']:.1f} us: "
+                f"{sw['capacity_at_slo_per_ms']:.3f}/ms = {sw['capacity_vs_bound']:.2f} of the "
+                f"bound {sw['capacity_bound_per_ms']:.3f}/ms"
+            )
+        if a.plot:
+            from octopus.report.plots import latency_vs_load
+
+            print("written", latency_vs_load(sweeps, a.plot))
+    res.update(workflow=cw.wf.name, arch=arch.name, level=a.level, process=a.process)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(res, f, indent=2)
+        print(f"written {a.json}")
     return 0
 
 
@@ -128,6 +196,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="also run this scheduler beside the built-ins (repeatable); " + SCHEDULER_HELP,
     )
+    c.add_argument(
+        "--capacity",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also measure open-loop capacity at the SLO (N instances per rate; slow)",
+    )
     c.set_defaults(fn=_compare)
     s = sub.add_parser("sweep", help="speedup vs dynamicity and vs scale; writes plots")
     s.add_argument("--out", default="octopus_sweep")
@@ -143,6 +218,41 @@ def build_parser() -> argparse.ArgumentParser:
         help="which sweeps to run (both by default)",
     )
     s.set_defaults(fn=_sweep)
+    ld = sub.add_parser("load", help="open-loop arrivals: latency vs load, capacity at an SLO")
+    ld.add_argument("--workflow", "-w", required=True)
+    ld.add_argument("--arch", "-a", default="chip")
+    ld.add_argument(
+        "--scheduler",
+        "-s",
+        action="append",
+        default=[],
+        help="repeatable (default: octopus and reactive at threshold 1); " + SCHEDULER_HELP,
+    )
+    ld.add_argument("--level", default="high")
+    ld.add_argument("--seed", type=int, default=0)
+    ld.add_argument("--instances", type=int, default=300, help="instances per rate")
+    ld.add_argument("--rate", type=float, default=None, help="one rate (instances/ms)")
+    ld.add_argument(
+        "--sweep",
+        action="store_true",
+        help="sweep from low load to the capacity bound (the default when --rate is not given)",
+    )
+    ld.add_argument(
+        "--fractions",
+        type=float,
+        nargs="+",
+        default=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
+        help="sweep: offered rates as fractions of the capacity bound",
+    )
+    ld.add_argument("--slo-mult", type=float, default=3.0, help="p99 SLO x mean critical path")
+    ld.add_argument("--slo-us", type=float, default=None, help="p99 SLO in us (overrides)")
+    ld.add_argument("--refine", type=int, default=3, help="bisection steps for the capacity")
+    ld.add_argument("--process", choices=("poisson", "bursty"), default="poisson")
+    ld.add_argument("--burst", type=float, default=8.0, help="bursty: mean burst size")
+    ld.add_argument("--warmup", type=float, default=0.1, help="fraction of instances skipped")
+    ld.add_argument("--json", default=None)
+    ld.add_argument("--plot", default=None, help="latency-vs-load PNG (sweep)")
+    ld.set_defaults(fn=_load)
     b = sub.add_parser("bench", help="simulator speed, and the SimPy model side by side")
     b.add_argument("--arch", default="wafer")
     b.add_argument("--workflow", default="video_recognition")

@@ -107,11 +107,12 @@ def compare_suite(
     progress=True,
     seeds=1,
     extra: tuple[str, ...] = (),
+    capacity: int = 0,
 ):
     """The ablation over the suite at `seed`; with seeds > 1, also `over_seeds`: the same
     figures at seed, seed + 1, ..., with their mean and spread (the top-level figures stay
     those of `seed`)."""
-    res = _compare_one(suite, arch, level, seed, instances, progress, extra)
+    res = _compare_one(suite, arch, level, seed, instances, progress, extra, capacity)
     if seeds > 1:
         runs = [res] + [
             _compare_one(suite, arch, level, sd, instances, progress, extra)
@@ -149,7 +150,62 @@ def fixed_reactive(per: dict) -> tuple[str, dict[str, float]]:
     return key, {n: g[key] for n, g in zip(names, grids)}
 
 
-def _compare_one(suite, arch, level, seed, instances, progress, extra=()) -> dict:
+def capacity_ratios(
+    per: dict,
+    fixed_key: str,
+    arch: str,
+    level: str,
+    seed: int,
+    extra: tuple[str, ...] = (),
+    instances: int = 200,
+    slo_mult: float = 3.0,
+    progress: bool = True,
+) -> dict:
+    """Open-loop capacity at a p99 SLO (`slo_mult` x mean critical path) of Octopus (and
+    `extra` schedulers) against three baselines: reactive at each workflow's best closed-loop
+    setting, reactive at the one suite-wide setting, and static at its best mapping."""
+    from octopus.openloop import load_sweep
+
+    fixed_mp, fixed_th = fixed_key.split("/")
+    cap: dict[str, dict[str, float]] = {}
+    for n in tqdm(list(per), desc="capacity", disable=not progress):
+        w = per[n]
+        cw, a = prepare(n, arch, level)
+        prof = cw.profile()
+        runs = {
+            "reactive": (
+                "reactive",
+                dict(threshold=w["reactive_threshold"], mapping=w["reactive_mapping"]),
+            ),
+            "fixed_reactive": ("reactive", dict(threshold=float(fixed_th), mapping=fixed_mp)),
+            "static": ("static", dict(mapping=w["rows"]["static"]["mapping"])),
+            "octopus": ("octopus", {}),
+            **{x: (x, {}) for x in extra},
+        }
+        cap[n] = {
+            key: load_sweep(
+                cw, a, sched, slo_mult=slo_mult, instances=instances, seed=seed, profile=prof, **kw
+            )["capacity_vs_bound"]
+            for key, (sched, kw) in runs.items()
+        }
+    out: dict = {"capacity_vs_bound": cap, "capacity_slo_mult": slo_mult}
+    for who in ("octopus", *extra):
+        for base in ("reactive", "fixed_reactive", "static"):
+            r = [cap[n][who] / cap[n][base] if cap[n][base] else float("inf") for n in cap]
+            key = f"capacity_ratio_vs_{base}"
+            if who == "octopus":
+                out[key] = {"mean": sum(r) / len(r), "max": max(r)}
+            else:
+                out.setdefault("extra_capacity_ratios", {}).setdefault(who, {})[key] = {
+                    "mean": sum(r) / len(r),
+                    "max": max(r),
+                }
+    return out
+
+
+def _compare_one(
+    suite, arch, level, seed, instances, progress, extra=(), capacity: int = 0
+) -> dict:
     names = list(SUITE) if suite == "paper" else suite.split(",")
     per = {}
     for n in tqdm(names, desc="compare", disable=not progress):
@@ -192,6 +248,11 @@ def _compare_one(suite, arch, level, seed, instances, progress, extra=()) -> dic
             for n in names
         },
         "extra_speedups": {x: {n: per[n]["speedup"][x] for n in names} for x in extra},
+        **(
+            capacity_ratios(per, fixed_key, arch, level, seed, extra, capacity, progress=progress)
+            if capacity
+            else {}
+        ),
         "workflows": per,
     }
 
@@ -200,7 +261,7 @@ def format_compare(res: dict) -> str:
     cols = ("reactive", "static", "greedy", *ABLATION, *res.get("extra_speedups", {}))
     head = (
         f"{'workflow':20s}"
-        + "".join(f"{c[:20]:>21s}" for c in cols)
+        + "".join(f"{c.rsplit(':', 1)[-1][:20]:>21s}" for c in cols)
         + f"{'ceiling':>9s}{'unlimited':>10s}{'pool/bound':>11s}{'oct/pool':>9s}"
     )
     out = [
@@ -223,6 +284,16 @@ def format_compare(res: dict) -> str:
         f"  octopus_vs_window_bound {res['octopus_vs_window_bound']:.2f}x"
         f" (worst {res['octopus_vs_window_bound_max']:.2f}x)"
     )
+    if "capacity_ratio_vs_reactive" in res:
+        out.append(
+            f"open-loop capacity at p99 <= {res['capacity_slo_mult']:g} x mean critical path, "
+            "Octopus over: "
+            + ", ".join(
+                f"{b} mean {res[f'capacity_ratio_vs_{b}']['mean']:.2f}x max "
+                f"{res[f'capacity_ratio_vs_{b}']['max']:.2f}x"
+                for b in ("reactive", "fixed_reactive", "static")
+            )
+        )
     out.append(
         f"vs fixed reactive ({res['fixed_reactive_setting']}, one setting for the suite): mean "
         f"{res['mean_speedup_vs_fixed_reactive']:.2f}x max "

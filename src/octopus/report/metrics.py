@@ -14,15 +14,9 @@ def percentile(xs: list[float], q: float) -> float:
     return s[i]
 
 
-def lower_bound(sim) -> dict:
-    """max(total work / capacity, critical path); plus, for a closed loop of K slots,
-    sum(critical paths) / K (each instance holds a slot for at least its critical path).
-    Also `window_bound_us`: max(work / capacity, the closed loop replayed with critical
-    paths), a tighter valid bound, reported separately.
-
-    Critical paths use pure compute plus the control-plane latency: no transfer, no
-    reconfiguration, no queueing.
-    """
+def instance_critical_paths(sim) -> tuple[list[float], float]:
+    """Per instance, its critical path (pure compute plus control-plane latency: no
+    transfer, reconfiguration or queueing); and the total PEA-us of work of the run."""
     T, node, dur, preds, inst = sim.n_tasks, sim.inv.node, sim.inv.dur, sim.inv.preds, sim.inv.inst
     ctrl = sim.arch.control_plane_us
     fp = sim.cw.footprint
@@ -42,6 +36,19 @@ def lower_bound(sim) -> dict:
             cp[k] = b + ctrl
         if cp[k] > icp[inst[k]]:
             icp[inst[k]] = cp[k]
+    return icp, work
+
+
+def lower_bound(sim) -> dict:
+    """max(total work / capacity, critical path); plus, for a closed loop of K slots,
+    sum(critical paths) / K (each instance holds a slot for at least its critical path).
+    Also `window_bound_us`: max(work / capacity, the closed loop replayed with critical
+    paths), a tighter valid bound, reported separately.
+
+    Critical paths use pure compute plus the control-plane latency: no transfer, no
+    reconfiguration, no queueing.
+    """
+    icp, work = instance_critical_paths(sim)
     cap = work / sim.arch.n_peas
     crit = max(icp) if icp else 0.0
     if sim.arr.times is not None:

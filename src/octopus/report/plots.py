@@ -94,3 +94,31 @@ def line_plot(
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def latency_vs_load(sweeps: list[dict], path: str) -> str:
+    """p50 (dashed) and p99 (solid) latency against offered load, one colour per scheduler;
+    the SLO as a horizontal line, each scheduler's capacity at the SLO as a dot."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, sw in enumerate(sweeps):
+        col = f"C{i}"
+        x = [p["offered_vs_bound"] for p in sw["points"]]
+        ax.plot(x, [p["latency_p99_us"] / 1000 for p in sw["points"]], "-o", color=col, ms=3)
+        ax.plot(x, [p["latency_p50_us"] / 1000 for p in sw["points"]], "--", color=col, lw=1)
+        ax.plot(
+            [sw["capacity_vs_bound"]],
+            [sw["slo_us"] / 1000],
+            "D",
+            color=col,
+            label=f"{sw['scheduler']}: capacity {sw['capacity_vs_bound']:.2f} of bound",
+        )
+    if sweeps:
+        ax.axhline(sweeps[0]["slo_us"] / 1000, color="k", lw=0.6, label="p99 SLO")
+        ax.set_title(f"{sweeps[0]['workflow']} on {sweeps[0]['arch']}, open loop")
+    ax.set_yscale("log")
+    ax.set_xlabel("offered load / capacity bound (PEAs / mean work per instance)")
+    ax.set_ylabel("latency (ms): p99 solid, p50 dashed")
+    ax.legend(fontsize=7)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path
