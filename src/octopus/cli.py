@@ -73,9 +73,32 @@ def _compare(a) -> int:
 
 
 def _sweep(a) -> int:
+    ex = dict(executor=a.executor, workers=a.workers, address=a.address)
+    if a.grid:
+        from octopus.grid import load_grid, run_grid
+
+        paper_only = {"--workflows": a.workflows, "--seed": a.seed, "--instances": a.instances}
+        paper_only.update({"--seeds": a.seeds, "--parts": a.parts})
+        given = [k for k, v in paper_only.items() if v is not None]
+        if given:
+            raise ValueError(
+                f"sweep: {', '.join(given)} belong to the paper sweep; with --grid "
+                "the grid file names every parameter"
+            )
+        res = run_grid(load_grid(a.grid), a.out, **ex)
+        print(json.dumps(res, indent=2))
+        return 0
     from octopus.experiments import sweep
 
-    res = sweep(a.out, a.workflows, a.seed, a.instances, a.seeds, tuple(a.parts))
+    res = sweep(
+        a.out,
+        a.workflows,
+        0 if a.seed is None else a.seed,
+        a.instances,
+        3 if a.seeds is None else a.seeds,
+        tuple(a.parts or ("dyn", "scale")),
+        **ex,
+    )
     print(json.dumps(res["summary"], indent=2))
     return 0
 
@@ -204,17 +227,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="also measure open-loop capacity at the SLO (N instances per rate; slow)",
     )
     c.set_defaults(fn=_compare)
-    s = sub.add_parser("sweep", help="speedup vs dynamicity and vs scale; writes plots")
+    s = sub.add_parser(
+        "sweep",
+        help="the paper sweep (speedup vs dynamicity and vs scale, plots), or a --grid of runs",
+    )
     s.add_argument("--out", default="octopus_sweep")
+    s.add_argument(
+        "--grid", default=None, help="YAML grid (schema octopus-sweep/1): tidy rows, resumable"
+    )
+    s.add_argument("--executor", choices=("process", "ray"), default="process")
+    s.add_argument("--workers", type=int, default=None, help="process pool size (default: CPUs)")
+    s.add_argument("--address", default=None, help="Ray cluster address (default: local Ray)")
     s.add_argument("--workflows", nargs="*", default=None)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=None, help="first seed (default 0)")
     s.add_argument("--instances", type=int, default=None)
-    s.add_argument("--seeds", type=int, default=3, help="seeds per point (mean and spread)")
+    s.add_argument("--seeds", type=int, default=None, help="seeds per point (default 3)")
     s.add_argument(
         "--parts",
         nargs="+",
         choices=("dyn", "scale"),
-        default=["dyn", "scale"],
+        default=None,
         help="which sweeps to run (both by default)",
     )
     s.set_defaults(fn=_sweep)

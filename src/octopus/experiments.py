@@ -325,44 +325,69 @@ def _stats(xs: list[float]) -> dict:
     return {"mean": m, "std": sd, "min": min(xs), "max": max(xs), "n": len(xs)}
 
 
+def _paper_sweep_job(job: tuple) -> tuple:
+    """One point of the paper sweep: the best-tuned reactive makespan over Octopus's (and
+    over central Octopus's for the scale part). Module level: it runs in worker processes."""
+    kind, n, lv, a, sd, instances = job
+    cw, arch = prepare(n, a, lv)
+    prof = cw.profile()
+    inst = instances
+    if kind == "scale" and inst is None:
+        # one closed-loop window per cluster: keeps the wafer points (14 baseline runs
+        # each) affordable on 2 cores
+        inst = max(8, int(cw.wf.arrival.get("concurrency_per_cluster", 2) * arch.n_clusters))
+    base, _ = best_reactive(cw, arch, sd, inst, profile=prof)
+    ref = base.makespan
+    if kind == "dyn":
+        return job, (ref / run_one(cw, arch, "octopus", sd, inst, profile=prof).makespan,)
+    return job, tuple(
+        ref / run_one(cw, arch, sch, sd, inst, profile=prof).makespan
+        for sch in ("octopus", "octopus-central")
+    )
+
+
 def sweep(
-    out_dir: str, workflows=None, seed=0, instances=None, seeds: int = 3, parts=("dyn", "scale")
+    out_dir: str,
+    workflows=None,
+    seed=0,
+    instances=None,
+    seeds: int = 3,
+    parts=("dyn", "scale"),
+    executor: str = "process",
+    workers: int | None = None,
+    address: str | None = None,
 ) -> dict:
     """Speedup vs dynamicity level (chip), and vs scale with diffusion vs central balancing,
     each point over `seeds` seeds (seed, seed + 1, ...): single-seed figures of this model
-    move by several percent with any perturbation, so a trend needs the spread beside it."""
+    move by several percent with any perturbation, so a trend needs the spread beside it.
+    The points run on `executor` (a local process pool, or Ray); results do not depend on
+    it (each point is a pure function of its parameters)."""
+    from octopus.grid import executor_stream
     from octopus.report.plots import line_plot
 
-    os.makedirs(out_dir, exist_ok=True)
     names = workflows or list(SUITE)
     levels = ("low", "medium", "high")
     arches = ("chip", "chiplet", "wafer")
     sds = list(range(seed, seed + seeds))
-    jobs = [("dyn", n, lv, "chip", sd) for sd in sds for n in names for lv in levels]
-    jobs += [("scale", n, "high", a, sd) for sd in sds for n in names for a in arches]
+    jobs = [("dyn", n, lv, "chip", sd, instances) for sd in sds for n in names for lv in levels]
+    jobs += [("scale", n, "high", a, sd, instances) for sd in sds for n in names for a in arches]
     jobs = [j for j in jobs if j[0] in parts]
     if "dyn" not in parts:
         levels = ()
     if "scale" not in parts:
         arches = ()
+    stream = executor_stream(_paper_sweep_job, jobs, executor, workers, address)
+    os.makedirs(out_dir, exist_ok=True)
+    got = dict(tqdm(stream, total=len(jobs), desc="sweep"))
     dyn = {n: {lv: [] for lv in levels} for n in names}
     scale = {n: {a: {"diffusion": [], "central": []} for a in arches} for n in names}
-    for kind, n, lv, a, sd in tqdm(jobs, desc="sweep"):
-        cw, arch = prepare(n, a, lv)
-        prof = cw.profile()
-        inst = instances
-        if kind == "scale" and inst is None:
-            # one closed-loop window per cluster: keeps the wafer points (14 baseline runs
-            # each) affordable on 2 cores
-            inst = max(8, int(cw.wf.arrival.get("concurrency_per_cluster", 2) * arch.n_clusters))
-        base, _ = best_reactive(cw, arch, sd, inst, profile=prof)
-        ref = base.makespan
+    for job in jobs:  # in job order, whatever order they finished in
+        kind, n, lv, a = job[:4]
         if kind == "dyn":
-            dyn[n][lv].append(ref / run_one(cw, arch, "octopus", sd, inst, profile=prof).makespan)
+            dyn[n][lv].append(got[job][0])
         else:
-            for b, sch in (("diffusion", "octopus"), ("central", "octopus-central")):
-                ms = run_one(cw, arch, sch, sd, inst, profile=prof).makespan
-                scale[n][a][b].append(ref / ms)
+            scale[n][a]["diffusion"].append(got[job][0])
+            scale[n][a]["central"].append(got[job][1])
 
     def suite(get, xs) -> dict:
         """Per x: the suite mean per seed, then its mean and spread over seeds."""
