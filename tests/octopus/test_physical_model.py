@@ -36,15 +36,8 @@ def test_blocked_time_is_its_own_idle_category_and_accounting_is_exact():
     sim = simulate(_pipeline(10.0, 30.0), arch(peas=(2, 1), slots=1), "static", n=4)
     T = sim.makespan
     for p in range(2):
-        parts = (
-            sim.time.busy,
-            sim.time.reconf,
-            sim.time.xfer,
-            sim.time.blocked,
-            sim.time.starved,
-            sim.time.waiting,
-        )
-        assert sum(x[p] for x in parts) == pytest.approx(T)
+        parts = sim.time.split(p)
+        assert sum(parts) == pytest.approx(T)
     from octopus.report.metrics import summarize
 
     assert summarize(sim)["idle_breakdown"]["blocked"] > 0

@@ -119,12 +119,11 @@ def _run(wf, arch, sched, seed, **kw):
     return sim.makespan, sim.n_events
 
 
-@pytest.mark.parametrize("key", sorted(PINNED), ids=lambda k: "-".join(map(str, k)))
+CASES = [(*k, ()) for k in PINNED] + list(PINNED_KW)
+EXPECTED = {**{(*k, ()): v for k, v in PINNED.items()}, **PINNED_KW}
+
+
+@pytest.mark.parametrize("key", sorted(CASES, key=repr), ids=lambda k: "-".join(map(str, k)))
 def test_pinned_makespan(key):
-    assert _run(*key) == PINNED[key]
-
-
-@pytest.mark.parametrize("key", sorted(PINNED_KW, key=repr), ids=lambda k: "-".join(map(str, k)))
-def test_pinned_makespan_with_knobs(key):
     wf, arch, sched, seed, kw = key
-    assert _run(wf, arch, sched, seed, **dict(kw)) == PINNED_KW[key]
+    assert _run(wf, arch, sched, seed, **dict(kw)) == EXPECTED[key]

@@ -45,6 +45,18 @@ class PeaTime:
         self._mark_cum = [0.0]
         self._mark_on = [False]
 
+    def split(self, p: int) -> tuple[float, float, float, float, float, float]:
+        """PEA p's time by category: (busy, reconf, xfer, blocked, starved, waiting); after
+        the run they sum to the makespan."""
+        return (
+            self.busy[p],
+            self.reconf[p],
+            self.xfer[p],
+            self.blocked[p],
+            self.starved[p],
+            self.waiting[p],
+        )
+
     def enqueue(self, t: float) -> None:
         if self.queued == 0:
             self._mark(t, True)
