@@ -18,6 +18,8 @@ def _run(a) -> int:
     from octopus.report.metrics import format_summary, summarize
     from octopus.runner import best_reactive, prepare, run_one
 
+    if a.threshold is not None and a.scheduler != "reactive":
+        raise ValueError("run: --threshold is reactive's; this scheduler takes none")
     cw, arch = prepare(a.workflow, a.arch, a.level)
     if a.scheduler == "reactive" and a.threshold is None:
         sim, th = best_reactive(cw, arch, a.seed, a.instances)

@@ -101,3 +101,8 @@ def test_tutorial_on_the_suite_meets_both_bounds():
 def test_the_tutorial_page_shows_the_file_verbatim():
     page = (TUTORIAL.parent.parent / "octopus-scheduler-tutorial.md").read_text()
     assert TUTORIAL.read_text().strip() in page
+
+
+def test_cli_refuses_a_threshold_for_other_schedulers(capsys):
+    assert main(["run", "-w", "recommendation", "-s", "greedy", "--threshold", "1"]) == 2
+    assert "--threshold" in capsys.readouterr().err
