@@ -68,9 +68,11 @@ def _compare(a) -> int:
             json.dump(res, f, indent=2)
         print(f"written {a.json}")
     if a.plots:
-        from octopus.report.plots import ablation_bars
+        from octopus.report.plots import ablation_bars, capacity_bars
 
         print(f"written {ablation_bars(res, a.plots)}")
+        if "capacity_vs_bound" in res:
+            print(f"written {capacity_bars(res, a.plots)}")
     return 0
 
 

@@ -135,6 +135,7 @@ def test_compare_baselines_plugin_and_capacity(tmp_path, capsys):
     out = tmp_path / "c.json"
     args = ["compare", "--suite", "recommendation,video_recognition", "--instances", "8"]
     args += ["--quiet", "-s", TUTORIAL_SPEC, "--capacity", "30", "--json", str(out)]
+    args += ["--plots", str(tmp_path)]
     assert main(args) == 0
     res = json.loads(out.read_text())
     names = ("recommendation", "video_recognition")
@@ -160,3 +161,4 @@ def test_compare_baselines_plugin_and_capacity(tmp_path, capsys):
         assert all(0 <= c <= 1.0 for c in res["capacity_vs_bound"][n].values())
     text = capsys.readouterr().out
     assert "vs fixed reactive" in text and "open-loop capacity" in text and "ShortestWait" in text
+    assert (tmp_path / "capacity.png").stat().st_size > 0

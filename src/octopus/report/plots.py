@@ -122,3 +122,31 @@ def latency_vs_load(sweeps: list[dict], path: str) -> str:
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def capacity_bars(res: dict, out_dir: str) -> str:
+    """Open-loop capacity at the SLO as a fraction of the capacity bound, per workflow and
+    scheduler (from `compare --capacity`)."""
+    os.makedirs(out_dir, exist_ok=True)
+    cap = res["capacity_vs_bound"]
+    names = list(cap)
+    cols = list(next(iter(cap.values())))
+    fig, ax = plt.subplots(figsize=(max(6, len(names) * 1.6), 4))
+    wdt = 0.8 / len(cols)
+    for j, c in enumerate(cols):
+        label = c.rsplit(":", 1)[-1]
+        ax.bar(
+            [i + j * wdt for i in range(len(names))], [cap[n][c] for n in names], wdt, label=label
+        )
+    ax.set_xticks([i + 0.4 - wdt / 2 for i in range(len(names))])
+    ax.set_xticklabels(names, rotation=20, ha="right")
+    ax.set_ylabel(
+        f"capacity at p99 <= {res['capacity_slo_mult']:g} x mean critical path\n"
+        "(fraction of the capacity bound)"
+    )
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=7)
+    path = os.path.join(out_dir, "capacity.png")
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path
