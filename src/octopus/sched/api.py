@@ -99,6 +99,8 @@ class SchedulerAPI:
     (expected duration), `ewma` (observed duration), `load` (PEA-us per instance). Per PEA:
     `config` (TB loaded, -1 none), `avail_at`, `running`, `is_blocked` (back-pressure). Per
     (cluster c, TB tb) at c * n_tasks + tb: `blocked_count`. Per instance: `instance_home`.
+    `arch`, `workflow` and `profile` are the shared objects themselves, read-only by
+    contract even in strict mode (not wrapped).
     """
 
     def __init__(self, sim: Simulator, strict: bool = False):
