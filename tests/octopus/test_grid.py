@@ -88,3 +88,12 @@ def test_cli_grid(tmp_path, capsys):
     assert main(["sweep", "--grid", str(f), "--seeds", "2"]) == 2
     assert "--seeds" in capsys.readouterr().err
     assert main(["sweep", "--grid", str(f), "--address", "x:1"]) == 2
+
+
+def test_the_example_grid_parses():
+    from pathlib import Path
+
+    from octopus.grid import load_grid
+
+    g = load_grid(str(Path(__file__).resolve().parents[2] / "docs/octopus_tutorial/grid.yaml"))
+    assert len(expand(g)) == 24
