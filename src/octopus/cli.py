@@ -150,6 +150,7 @@ def _load(a) -> int:
                 tuple(a.fractions),
                 slo_mult=a.slo_mult,
                 slo_us=a.slo_us,
+                slo_basis=a.slo_basis,
                 refine=a.refine,
                 **kw,
             )
@@ -157,6 +158,12 @@ def _load(a) -> int:
         ]
         res = {"schedulers": {sw["scheduler"]: sw for sw in sweeps}}
         for sw in sweeps:
+            if sw["slo_infeasible"]:
+                print(
+                    f"{sw['scheduler']:24s} no load meets p99 <= {sw['slo_us']:.1f} us: the "
+                    f"critical paths alone reach {sw['slo_floor_us']:.1f} us at p99"
+                )
+                continue
             print(
                 f"{sw['scheduler']:24s} capacity at p99 <= {sw['slo_us']:.1f} us: "
                 f"{sw['capacity_at_slo_per_ms']:.3f}/ms = {sw['capacity_vs_bound']:.2f} of the "
@@ -282,6 +289,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ld.add_argument("--slo-mult", type=float, default=3.0, help="p99 SLO x mean critical path")
     ld.add_argument("--slo-us", type=float, default=None, help="p99 SLO in us (overrides)")
+    ld.add_argument(
+        "--slo-basis",
+        choices=("mean", "p99"),
+        default="mean",
+        help="--slo-mult multiplies the mean (default) or the p99 of the critical paths",
+    )
     ld.add_argument("--refine", type=int, default=3, help="bisection steps for the capacity")
     ld.add_argument("--process", choices=("poisson", "bursty"), default="poisson")
     ld.add_argument("--burst", type=float, default=8.0, help="bursty: mean burst size")

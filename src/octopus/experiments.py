@@ -158,12 +158,15 @@ def capacity_ratios(
     seed: int,
     extra: tuple[str, ...] = (),
     instances: int = 200,
-    slo_mult: float = 3.0,
+    slo_mult: float = 2.0,
     progress: bool = True,
 ) -> dict:
-    """Open-loop capacity at a p99 SLO (`slo_mult` x mean critical path) of Octopus (and
-    `extra` schedulers) against three baselines: reactive at each workflow's best closed-loop
-    setting, reactive at the one suite-wide setting, and static at its best mapping."""
+    """Open-loop capacity at a p99 SLO of Octopus (and `extra` schedulers) against three
+    baselines: reactive at each workflow's best closed-loop setting, reactive at the one
+    suite-wide setting, and static at its best mapping. The SLO is `slo_mult` x the p99 of
+    the instances' critical paths (what an unloaded, unlimited machine gets at p99): with
+    the mean as the basis, the heavy-tailed workflows meet no SLO of a few times it at any
+    load. A ratio is taken over the workflows where the baseline's capacity is not 0."""
     from octopus.openloop import load_sweep
 
     fixed_mp, fixed_th = fixed_key.split("/")
@@ -184,22 +187,28 @@ def capacity_ratios(
         }
         cap[n] = {
             key: load_sweep(
-                cw, a, sched, slo_mult=slo_mult, instances=instances, seed=seed, profile=prof, **kw
+                cw,
+                a,
+                sched,
+                slo_mult=slo_mult,
+                slo_basis="p99",
+                instances=instances,
+                seed=seed,
+                profile=prof,
+                **kw,
             )["capacity_vs_bound"]
             for key, (sched, kw) in runs.items()
         }
     out: dict = {"capacity_vs_bound": cap, "capacity_slo_mult": slo_mult}
     for who in ("octopus", *extra):
         for base in ("reactive", "fixed_reactive", "static"):
-            r = [cap[n][who] / cap[n][base] if cap[n][base] else float("inf") for n in cap]
+            r = [cap[n][who] / cap[n][base] for n in cap if cap[n][base] > 0]
             key = f"capacity_ratio_vs_{base}"
+            st = {"mean": sum(r) / len(r), "max": max(r), "n": len(r)} if r else None
             if who == "octopus":
-                out[key] = {"mean": sum(r) / len(r), "max": max(r)}
+                out[key] = st
             else:
-                out.setdefault("extra_capacity_ratios", {}).setdefault(who, {})[key] = {
-                    "mean": sum(r) / len(r),
-                    "max": max(r),
-                }
+                out.setdefault("extra_capacity_ratios", {}).setdefault(who, {})[key] = st
     return out
 
 
@@ -284,15 +293,18 @@ def format_compare(res: dict) -> str:
         f"  octopus_vs_window_bound {res['octopus_vs_window_bound']:.2f}x"
         f" (worst {res['octopus_vs_window_bound_max']:.2f}x)"
     )
-    if "capacity_ratio_vs_reactive" in res:
-        out.append(
-            f"open-loop capacity at p99 <= {res['capacity_slo_mult']:g} x mean critical path, "
-            "Octopus over: "
-            + ", ".join(
-                f"{b} mean {res[f'capacity_ratio_vs_{b}']['mean']:.2f}x max "
-                f"{res[f'capacity_ratio_vs_{b}']['max']:.2f}x"
-                for b in ("reactive", "fixed_reactive", "static")
+    if "capacity_vs_bound" in res:
+        parts = []
+        for b in ("reactive", "fixed_reactive", "static"):
+            st = res[f"capacity_ratio_vs_{b}"]
+            parts.append(
+                f"{b} mean {st['mean']:.2f}x max {st['max']:.2f}x (n={st['n']})"
+                if st
+                else f"{b}: no workflow with a capacity"
             )
+        out.append(
+            f"open-loop capacity at p99 <= {res['capacity_slo_mult']:g} x p99 critical path, "
+            "Octopus over: " + ", ".join(parts)
         )
     out.append(
         f"vs fixed reactive ({res['fixed_reactive_setting']}, one setting for the suite): mean "

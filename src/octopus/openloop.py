@@ -86,6 +86,7 @@ class LoadPoint:
     throughput_per_ms: float  # completed instances per ms of the run
     utilization: float
     critical_path_mean_us: float  # of the measured instances (for SLO multiples)
+    critical_path_p99_us: float  # the p99 latency of an unloaded, unlimited machine
 
 
 def run_at_rate(
@@ -123,6 +124,7 @@ def run_at_rate(
         throughput_per_ms=instances / span * 1000.0 if span > 0 else 0.0,
         utilization=sum(sim.time.busy) / (arch.n_peas * sim.makespan) if sim.makespan else 0.0,
         critical_path_mean_us=sum(icp[skip:]) / len(icp[skip:]),
+        critical_path_p99_us=percentile(icp[skip:], 99),
     )
 
 
@@ -133,12 +135,16 @@ def load_sweep(
     fractions: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
     slo_mult: float | None = 3.0,
     slo_us: float | None = None,
+    slo_basis: str = "mean",
     refine: int = 3,
     profile: dict | None = None,
     **kw,
 ) -> dict:
     """Latency against offered load, from low load to the capacity bound, and the largest
-    rate whose p99 latency meets the SLO (`slo_us`, or `slo_mult` x the mean critical path).
+    rate whose p99 latency meets the SLO: `slo_us`, or `slo_mult` x the critical path of
+    the instances, their mean (`slo_basis="mean"`) or their p99 (`"p99"`). With heavy-tailed
+    workflows (loops, fan-outs) the p99 of the critical paths alone can exceed a few times
+    their mean: no load meets such an SLO (`slo_infeasible`, capacity 0).
     The capacity is the largest swept rate below which every swept rate meets the SLO,
     refined by `refine` bisection steps toward the first rate that misses it. A rate above
     the capacity bound never counts as met (a finite run can finish a backlog that grows
@@ -151,7 +157,10 @@ def load_sweep(
         run_at_rate(cw, arch, scheduler, f * bound, profile=profile, **kw)
         for f in sorted(fractions)
     ]
-    slo = slo_us if slo_us is not None else slo_mult * pts[0].critical_path_mean_us
+    if slo_basis not in ("mean", "p99"):
+        raise ValueError(f"load: slo_basis must be mean or p99, got {slo_basis!r}")
+    cp = pts[0].critical_path_mean_us if slo_basis == "mean" else pts[0].critical_path_p99_us
+    slo = slo_us if slo_us is not None else slo_mult * cp
 
     def met(p: LoadPoint) -> bool:
         return p.latency_p99_us <= slo and p.rate_per_ms <= bound
@@ -179,6 +188,10 @@ def load_sweep(
         "workflow": cw.wf.name,
         "arch": arch.name,
         "slo_us": slo,
+        "slo_basis": "us" if slo_us is not None else slo_basis,
+        # the p99 latency with no queueing, transfer or reconfiguration at all
+        "slo_floor_us": pts[0].critical_path_p99_us,
+        "slo_infeasible": slo < pts[0].critical_path_p99_us,
         "capacity_bound_per_ms": bound,
         "capacity_at_slo_per_ms": ok,
         "capacity_vs_bound": ok / bound,
