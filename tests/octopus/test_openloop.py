@@ -99,3 +99,18 @@ def test_cli_load_writes_json_and_plot(tmp_path):
     assert set(res["schedulers"]) == {"greedy", "static"}
     assert plot.stat().st_size > 0
     assert main(["load", "-w", "recommendation", "--fractions", "-1"]) == 2
+
+
+def test_an_slo_below_the_critical_paths_tail_is_infeasible():
+    # exponential work: the p99 of one task's critical path is about 4.6x its mean, so a
+    # p99 SLO of 2x the mean is met at no load; 2x the p99 basis is met at low load
+    cw, a = _mmc()
+    tight = load_sweep(cw, a, "greedy", fractions=(0.1,), slo_mult=2.0, instances=2000, refine=0)
+    assert tight["slo_infeasible"] and tight["capacity_at_slo_per_ms"] == 0.0
+    assert tight["slo_floor_us"] > tight["slo_us"]
+    ok = load_sweep(
+        cw, a, "greedy", fractions=(0.1,), slo_mult=2.0, slo_basis="p99", instances=2000
+    )
+    assert not ok["slo_infeasible"] and ok["capacity_at_slo_per_ms"] > 0
+    with pytest.raises(ValueError, match="slo_basis"):
+        load_sweep(cw, a, "greedy", fractions=(0.1,), slo_basis="median", instances=20)
