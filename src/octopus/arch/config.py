@@ -93,10 +93,12 @@ class Arch:
         """One uncontended XY route: (hops, latency, serialisation time). Cut-through mesh:
         per-hop latency (inter-die hops slower) plus serialisation on the slowest link."""
         hops = abs(self.pea_x[src] - self.pea_x[dst]) + abs(self.pea_y[src] - self.pea_y[dst])
-        dies = abs(self.pea_dx[src] - self.pea_dx[dst]) + abs(self.pea_dy[src] - self.pea_dy[dst])
-        if dies:
-            lat = (hops - dies) * self.hop_latency_us + dies * self.die_hop_latency_us
-            return hops, lat, nbytes / self.die_bytes_per_us
+        if self.n_dies > 1:
+            dx, dy = self.pea_dx, self.pea_dy
+            dies = abs(dx[src] - dx[dst]) + abs(dy[src] - dy[dst])
+            if dies:
+                lat = (hops - dies) * self.hop_latency_us + dies * self.die_hop_latency_us
+                return hops, lat, nbytes / self.die_bytes_per_us
         return hops, hops * self.hop_latency_us, nbytes / self.bytes_per_us
 
     def transfer_us(self, src: int, dst: int, nbytes: float) -> float:

@@ -10,7 +10,8 @@
 - waiting: idle while nothing is ready anywhere (dependencies or arrivals limit).
 
 The starved/waiting split needs "was any ready work queued at time x", kept as a step
-function of the count of queued invocations: `queue_marks` and its running integral.
+function of the count of queued invocations (`queued`, kept by the core), with its running
+integral (`mark` on each empty/non-empty transition).
 """
 
 from __future__ import annotations
@@ -57,17 +58,9 @@ class PeaTime:
             self.waiting[p],
         )
 
-    def enqueue(self, t: float) -> None:
-        if self.queued == 0:
-            self._mark(t, True)
-        self.queued += 1
-
-    def dequeue(self, t: float) -> None:
-        self.queued -= 1
-        if self.queued == 0:
-            self._mark(t, False)
-
-    def _mark(self, t: float, on: bool) -> None:
+    def mark(self, t: float, on: bool) -> None:
+        """The queue became non-empty (on) or empty (off) at t. The core keeps `queued` and
+        calls this on the transitions (inlined there: it runs once per task)."""
         c = self._mark_cum[-1] + ((t - self._mark_t[-1]) if self._mark_on[-1] else 0.0)
         self._mark_t.append(t)
         self._mark_cum.append(c)

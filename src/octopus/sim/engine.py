@@ -195,7 +195,10 @@ class Simulator:
         inv = self.inv
         inv.t_ready[k] = t
         if inv.node[k] < self.n_tasks:
-            self.time.enqueue(t)
+            acct = self.time  # count it queued (runs once per task: inlined)
+            if acct.queued == 0:
+                acct.mark(t, True)
+            acct.queued += 1
             self.sched.on_ready(k, t)
         else:
             lat = self.ctrl_us
@@ -318,6 +321,24 @@ class Simulator:
         if self.dp_hold and self._decides_on_data_plane(k):
             d += self.dp_hold
             self.dp_pea_us += self.dp_hold * len(peas)
+        if len(peas) == 1:  # the common case, without the per-PEA lists
+            a = idle_since[p0]
+            if t > a:
+                acct.idle(p0, a, t)
+            av = avail[p0]
+            r = av if av > t else t
+            if cfg[p0] != tb:
+                r = phys.reconfigure(p0, tb, r, acct.reconf)
+                cfg[p0] = tb
+            if r > exec_start:
+                exec_start = r
+            end = exec_start + d
+            acct.xfer[p0] += exec_start - r
+            acct.busy[p0] += d
+            pea.running[p0] = True
+            idle_since[p0] = avail[p0] = end
+            self._started(k, peas, p0, exec_start, end, t)
+            return
         readies = []
         for p in peas:
             a = idle_since[p]
@@ -338,13 +359,20 @@ class Simulator:
             busy[p] += d
             running[p] = True
             idle_since[p] = avail[p] = end
+        self._started(k, peas, p0, exec_start, end, t)
+
+    def _started(self, k: int, peas, p0: int, exec_start: float, end: float, t: float) -> None:
+        inv = self.inv
         inv.peas[k] = peas
         inv.loc[k] = p0
         inv.t_start[k] = exec_start
         inv.t_end[k] = end
         inv.n_starts[k] += 1
         self.n_running += 1
-        acct.dequeue(t)
+        acct = self.time  # no longer queued
+        acct.queued -= 1
+        if acct.queued == 0:
+            acct.mark(t, False)
         ev = self.events
         ev.seq += 1
         heapq.heappush(ev.heap, (end, ev.seq, TASK_DONE, k))

@@ -20,6 +20,7 @@ class Physics:
         "n_reconfig",
         "reconf_spans",
         "record",
+        "_route",
     )
 
     def __init__(self, arch: Arch, config_bytes: list[int], record: bool):
@@ -33,6 +34,7 @@ class Physics:
         self.n_reconfig = 0
         self.reconf_spans: list[tuple] = []  # (PEA, start, end, TB) when recording
         self.record = record
+        self._route = arch.route
 
     def transfer(self, q: int, p: int, b: float, t: float) -> float:
         """Send b bytes from PEA q to PEA p, issued at t; returns the time to arrival.
@@ -40,7 +42,7 @@ class Physics:
         With link contention the transfer waits until every directed link of its XY route
         is free, then holds all of them for its serialisation time (bottleneck bandwidth);
         it arrives one route latency later."""
-        hops, lat, ser = self.arch.route(q, p, b)
+        hops, lat, ser = self._route(q, p, b)
         self.noc_bytes += b
         self.noc_byte_hops += b * hops
         if not self.contention:
