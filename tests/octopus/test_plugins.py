@@ -106,3 +106,34 @@ def test_the_tutorial_page_shows_the_file_verbatim():
 def test_cli_refuses_a_threshold_for_other_schedulers(capsys):
     assert main(["run", "-w", "recommendation", "-s", "greedy", "--threshold", "1"]) == 2
     assert "--threshold" in capsys.readouterr().err
+
+
+PROBE = """
+from octopus.sched.greedy import GreedyScheduler
+
+
+class Probe(GreedyScheduler):
+    seen = []
+
+    def on_ready(self, k, t):
+        api = self.api
+        tb = api.node[k]
+        Probe.seen.append(
+            (t, api.now, api.n_queued, len(api.free_peas(0)), len(api.warm_peas(0, tb)),
+             len(api.blocked_peas(0)))
+        )
+        super().on_ready(k, t)
+"""
+
+
+def test_cluster_views_count_free_warm_and_blocked_peas(tmp_path):
+    # a chain on 2 PEAs with one output slot: each result blocks its producer until read
+    f = tmp_path / "probe.py"
+    f.write_text(PROBE)
+    wf = workflow([task("a", 10.0, ["b"]), task("b", 10.0)])
+    sim = simulate(wf, arch(peas=(2, 1), slots=1), f"{f}:Probe", n=2, concurrency=1, strict=True)
+    seen = sim.sched.seen
+    assert all(t == now and q >= 1 for t, now, q, *_ in seen)
+    assert seen[0][3:] == (2, 0, 0)  # start: both PEAs free, none configured, none blocked
+    # b becomes ready when a finishes: a's PEA is blocked holding a's result, one is free
+    assert seen[1][3] == 1 and seen[1][5] == 1

@@ -124,7 +124,7 @@ class SchedulerAPI:
         self.running = wrap(sim.pea.running)
         self.is_blocked = wrap(sim.buffers.is_blocked)
         self.blocked_count = wrap(sim.buffers.blocked_count)
-        self._buffers, self._preds = sim.buffers, inv.preds
+        self._buffers, self._preds, self._sim = sim.buffers, inv.preds, sim
         # actions
         self.start = sim.start
         self.preconfigure = sim.preconfigure
@@ -133,6 +133,31 @@ class SchedulerAPI:
         self.data_cluster = sim.data_cluster
         self.input_us = sim.input_us
         self.input_bytes = sim.input_bytes
+
+    @property
+    def now(self) -> float:
+        return self._sim.now
+
+    @property
+    def n_queued(self) -> int:
+        """Ready task invocations handed to the scheduler and not started yet."""
+        return self._sim.time.queued
+
+    def free_peas(self, c: int) -> list[int]:
+        """PEAs of cluster c that neither run nor are blocked by back-pressure (one may still
+        be loading a pre-configuration: see `avail_at`). O(PEAs of the cluster)."""
+        run, blk = self.running, self.is_blocked
+        return [p for p in self.arch.cluster_peas[c] if not run[p] and not blk[p]]
+
+    def warm_peas(self, c: int, tb: int) -> list[int]:
+        """Free PEAs of cluster c that hold TB tb's configuration."""
+        cfg = self.config
+        return [p for p in self.free_peas(c) if cfg[p] == tb]
+
+    def blocked_peas(self, c: int) -> list[int]:
+        """PEAs of cluster c blocked by back-pressure (their output buffer is full)."""
+        blk = self.is_blocked
+        return [p for p in self.arch.cluster_peas[c] if blk[p]]
 
     def home_cluster(self, k: int) -> int:
         """Home cluster of k's instance."""
