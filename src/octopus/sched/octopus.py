@@ -286,12 +286,21 @@ class OctopusScheduler(Scheduler):
             choked = [tb for tb in tbs if blk[base + tb]]
             if choked:
                 groups = ([tb for tb in tbs if not blk[base + tb]], choked)
+        own_l, sp, fp = self.fown[c], self.fsp[c], self.fp
         for grp in groups:
-            for warm_only in (True, False):
+            # warm pass: a TB places from its own warm PEAs only, so a TB with too few of
+            # them is skipped without a call, and the pass without a sort when no TB can
+            # place (nothing changes until something is placed)
+            if any(len(own_l[tb]) + len(sp[tb]) >= fp[tb] for tb in grp if qs[tb]):
                 for tb in self._order(qs, grp):
-                    q = qs[tb]
-                    while q and self._place(c, q[0], t, warm_only):
+                    q, mine, spw, need = qs[tb], own_l[tb], sp[tb], fp[tb]
+                    while q and len(mine) + len(spw) >= need:
+                        self._place(c, q[0], t, True)
                         q.popleft()
+            for tb in self._order(qs, grp):
+                q = qs[tb]
+                while q and self._place(c, q[0], t, False):
+                    q.popleft()
 
     def _order(self, qs, grp) -> list[int]:
         """The order in which a cluster's TBUs with queued work are served. Oldest first:
