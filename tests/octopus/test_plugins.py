@@ -137,3 +137,17 @@ def test_cluster_views_count_free_warm_and_blocked_peas(tmp_path):
     assert seen[0][3:] == (2, 0, 0)  # start: both PEAs free, none configured, none blocked
     # b becomes ready when a finishes: a's PEA is blocked holding a's result, one is free
     assert seen[1][3] == 1 and seen[1][5] == 1
+
+
+def test_entry_points_register_scheduler_names(monkeypatch):
+    import octopus.sched.plugins as plugins
+    from octopus.sched import all_names
+
+    class EP:
+        name, value = "ep-tutorial", TUTORIAL_SPEC
+
+    monkeypatch.setattr(
+        plugins, "entry_points", lambda group: [EP] if group == "octopus.schedulers" else []
+    )
+    assert "ep-tutorial" in all_names()
+    assert type(make_scheduler("ep-tutorial")).__name__ == "ShortestWait"
