@@ -1,4 +1,4 @@
-"""``xyserve`` command line: serve, bench offline, bench kernels, tune."""
+"""``xyserve`` command line: serve, bench offline, bench serve, bench kernels, tune."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import sys
 COMMANDS: dict[str, str] = {
     "serve": "xyserve.server.cli:main",
     "bench offline": "xyserve.bench.offline:main",
+    "bench serve": "xyserve.bench.serve:main",
     "bench kernels": "xyserve.bench.kernels:main",
     "tune": "xyserve.tools.tune:main",
     "train-tiny": "xyserve.tools.train_tiny:main",
