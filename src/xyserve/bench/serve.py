@@ -196,8 +196,13 @@ def loads(args: argparse.Namespace, work: wl.ServeWorkload) -> list[dict[str, An
     return out
 
 
-def start_systems(args: argparse.Namespace) -> tuple[list[System], str, dict[str, Any] | None]:
-    """Start (or reach) every system; returns them, the model served, and its config."""
+def start_systems(
+    args: argparse.Namespace, scratch: Path
+) -> tuple[list[System], str, dict[str, Any] | None]:
+    """Start (or reach) every system; returns them, the model served, and its config.
+
+    A random-weight model is built under ``scratch`` (the caller removes it).
+    """
     if args.base_url is not None:
         url = check_loopback(args.base_url)
         return [System(args.label, url)], args.model, None
@@ -207,9 +212,8 @@ def start_systems(args: argparse.Namespace) -> tuple[list[System], str, dict[str
     if build_from is not None:
         from xyserve.bench.offline import build_random_model
 
-        tmp = Path(tempfile.mkdtemp(prefix="xyserve-bench-serve-model-"))
         print(f"building a random-weight model from {build_from} ...", file=sys.stderr)
-        model = str(build_random_model(build_from, tmp / "model", args.seed))
+        model = str(build_random_model(build_from, scratch / "model", args.seed))
         extra = ["--skip-tokenizer-init"]
     specs = args.system or list(DEFAULT_SYSTEMS)
     systems: list[System] = []
@@ -217,11 +221,16 @@ def start_systems(args: argparse.Namespace) -> tuple[list[System], str, dict[str
         for spec in specs:
             label, sep, flags = spec.partition("=")
             if not sep or not label:
-                raise SystemExit(f"--system {spec!r}: expected NAME=ENGINE_ARGS")
+                raise ValueError(f"--system {spec!r}: expected NAME=ENGINE_ARGS")
+            if label in (s.label for s in systems):
+                raise ValueError(f"--system {label!r} given twice")
             eng = shlex.split(args.engine_args) + shlex.split(flags) + extra
             srv = ServerProcess(model, eng, args.threads, args.startup_timeout)
             print(f"starting {label}: xyserve serve {model} {' '.join(eng)}", file=sys.stderr)
-            systems.append(System(label, srv.start().base_url, srv))
+            systems.append(System(label, "", srv.launch()))
+        for s in systems:
+            assert s.server is not None
+            s.base_url = s.server.wait().base_url
     except BaseException:
         stop_systems(systems)
         raise
@@ -254,7 +263,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     work = wl.load(args.workload)
     slo = Slo(args.slo_ttft_ms / 1e3, args.slo_tbt_ms / 1e3, args.slo_tbt_stat)
     plan = loads(args, work)
-    systems, model, cfg = start_systems(args)
+    with tempfile.TemporaryDirectory(prefix="xyserve-bench-serve-") as scratch:
+        return _run(args, work, slo, plan, Path(scratch))
+
+
+def _run(
+    args: argparse.Namespace,
+    work: wl.ServeWorkload,
+    slo: Slo,
+    plan: list[dict[str, Any]],
+    scratch: Path,
+) -> dict[str, Any]:
+    systems, model, cfg = start_systems(args, scratch)
     try:
         vocab = args.vocab_size or (cfg or {}).get("vocab_size")
         if not vocab:

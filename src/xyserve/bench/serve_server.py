@@ -115,32 +115,40 @@ class ServerProcess:
     port: int = 0
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
+    cmd: list[str] = field(default_factory=list)
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> ServerProcess:
+        return self.launch().wait()
+
+    def launch(self) -> ServerProcess:
+        """Start the process without waiting (several servers can load their models at once)."""
         self.port = free_port()
         env = dict(os.environ)
         if self.threads:
             for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
                 env[k] = str(self.threads)
-        cmd = [sys.executable, "-m", "xyserve.cli", "serve", self.model]
-        cmd += ["--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"]
-        cmd += self.engine_args
+        self.cmd = [sys.executable, "-m", "xyserve.cli", "serve", self.model]
+        self.cmd += ["--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"]
+        self.cmd += self.engine_args
         fd, name = tempfile.mkstemp(prefix="xyserve-bench-serve-", suffix=".log")
         self.log_path = Path(name)
         with os.fdopen(fd, "wb") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+            self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        return self
+
+    def wait(self) -> ServerProcess:
+        """Wait for /health; on failure the process is stopped and its log tail reported."""
         try:
             wait_healthy(self.base_url, self.startup_timeout_s, self.proc)
         except EndpointError as e:
             tail = self.log_tail()
             self.stop()
-            raise EndpointError(
-                f"{e}\ncommand: {' '.join(cmd)}\nserver log tail:\n{tail}"
-            ) from None
+            cmd = " ".join(self.cmd)
+            raise EndpointError(f"{e}\ncommand: {cmd}\nserver log tail:\n{tail}") from None
         return self
 
     def log_tail(self, n: int = 20) -> str:
