@@ -21,6 +21,11 @@ class EngineConfig:
     scheduler_policy: str = "hybrid"  # hybrid | baseline
     # Budget tokens kept for decode/verify work whenever some waits (default: a quarter).
     num_reserved_decode_tokens: int | None = None
+    # Hybrid only: the most prefill tokens of one request per step (None: no cap but the budget).
+    max_prefill_chunk_tokens: int | None = None
+    # Hybrid only: fcfs | prefix_hit (fewest uncached tokens first, bounded by max skips).
+    admission_order: str = "fcfs"
+    admission_max_skips: int = 16
     device: str = "auto"  # auto | cpu | cuda
     # meta/smooth are the defaults: measured at least as fast as sdpa/torch on the dev CPU
     # (xyserve bench kernels); sdpa/torch stay available as the per-stage/vendor baselines.
@@ -41,8 +46,24 @@ class EngineConfig:
             raise ValueError(
                 f"scheduler_policy must be 'hybrid' or 'baseline', got {self.scheduler_policy!r}"
             )
+        if self.max_prefill_chunk_tokens is not None and self.max_prefill_chunk_tokens < 1:
+            raise ValueError("max_prefill_chunk_tokens must be at least 1")
+        if self.admission_order not in ("fcfs", "prefix_hit"):
+            raise ValueError(
+                f"admission_order must be 'fcfs' or 'prefix_hit', got {self.admission_order!r}"
+            )
+        if self.admission_max_skips < 0:
+            raise ValueError("admission_max_skips must be >= 0")
         if self.num_reserved_decode_tokens is None:
             self.num_reserved_decode_tokens = max(1, self.max_num_batched_tokens // 4)
+
+    def scheduler_knobs(self) -> dict[str, object]:
+        """The hybrid policy's knobs, as Scheduler keyword arguments."""
+        return {
+            "max_prefill_chunk_tokens": self.max_prefill_chunk_tokens,
+            "admission_order": self.admission_order,
+            "admission_max_skips": self.admission_max_skips,
+        }
 
     @classmethod
     def field_names(cls) -> list[str]:

@@ -8,6 +8,17 @@ decode and verify are not separate code paths, only different counts.
 ``hybrid`` (XY-Serve): prefill first, but ``num_reserved_decode_tokens`` of the budget stay for
 decode/verify tokens whenever some wait; long prompts are chunked. ``baseline``: whole prefills
 in steps of their own, otherwise decode-only steps, no chunking.
+
+Hybrid knobs besides the budget and the reserve:
+
+- ``max_prefill_chunk_tokens``: the most prefill tokens one request gets in a step (None: the
+  prefill share of the budget). Smaller chunks shorten the steps that decodes share with a
+  long prompt (TBT) at the cost of more steps for that prompt (TTFT).
+- ``admission_order``: ``fcfs``, or ``prefix_hit``: among the first ``ADMISSION_WINDOW``
+  waiting requests, the one with the fewest tokens left to compute after its prefix-cache hit
+  goes first (a cached system prompt or chat history makes a request cheap to start), so
+  short work does not queue behind long prompts. A request passed over
+  ``admission_max_skips`` times goes first, so nothing starves.
 """
 
 from __future__ import annotations
@@ -57,6 +68,10 @@ class SchedulerOutput:
         return not self.stages
 
 
+ADMISSION_ORDERS = ("fcfs", "prefix_hit")
+ADMISSION_WINDOW = 32  # waiting requests looked at by prefix_hit admission (bounds its cost)
+
+
 class Scheduler:
     def __init__(
         self,
@@ -66,9 +81,22 @@ class Scheduler:
         max_model_len: int,
         policy: str = "hybrid",
         num_reserved_decode_tokens: int | None = None,
+        max_prefill_chunk_tokens: int | None = None,
+        admission_order: str = "fcfs",
+        admission_max_skips: int = 16,
     ) -> None:
         if policy not in ("hybrid", "baseline"):
             raise ValueError(f"unknown scheduler policy {policy!r}")
+        if admission_order not in ADMISSION_ORDERS:
+            raise ValueError(f"admission_order must be one of {ADMISSION_ORDERS}")
+        if max_prefill_chunk_tokens is not None and max_prefill_chunk_tokens < 1:
+            raise ValueError("max_prefill_chunk_tokens must be at least 1")
+        if admission_max_skips < 0:
+            raise ValueError("admission_max_skips must be >= 0")
+        self.chunk = max_prefill_chunk_tokens or max_num_batched_tokens
+        self.admission_order = admission_order
+        self.admission_max_skips = admission_max_skips
+        self._skips: dict[str, int] = {}
         self.kv = kv
         self.budget = max_num_batched_tokens
         self.max_num_seqs = max_num_seqs
@@ -106,6 +134,7 @@ class Scheduler:
             except ValueError:
                 pass
         self.kv.free(req)
+        self._skips.pop(request_id, None)
         return req
 
     @property
@@ -140,12 +169,13 @@ class Scheduler:
         for r in prefills:
             if prefill_left <= 0 or r not in self.running:
                 continue
-            n = min(self._work(r), prefill_left)
+            n = min(self._work(r), prefill_left, self.chunk)
             if self._schedule_running(r, n, out, done):
                 prefill_left -= n
                 left -= n
         while self.waiting and prefill_left > 0 and len(self.running) < self.max_num_seqs:
-            n = self._admit(self.waiting[0], prefill_left, out, done, chunk=True)
+            self._order_waiting()
+            n = self._admit(self.waiting[0], min(prefill_left, self.chunk), out, done, chunk=True)
             if n == 0:
                 break
             prefill_left -= n
@@ -188,6 +218,29 @@ class Scheduler:
             if self._schedule_running(r, n, out, done):
                 left -= n
 
+    def _order_waiting(self) -> None:
+        """Bring the next request to admit to the head of ``waiting`` (prefix_hit order)."""
+        if self.admission_order == "fcfs" or len(self.waiting) < 2:
+            return
+        head = self.waiting[0]
+        if self._skips.get(head.request_id, 0) >= self.admission_max_skips:
+            return
+        window = [self.waiting[i] for i in range(min(ADMISSION_WINDOW, len(self.waiting)))]
+        best = min(
+            range(len(window)),
+            key=lambda i: (
+                window[i].num_tokens_with_spec - self.kv.match_prefix(window[i]).num_tokens,
+                i,
+            ),
+        )
+        if best == 0:
+            return
+        for r in window[:best]:
+            self._skips[r.request_id] = self._skips.get(r.request_id, 0) + 1
+        chosen = window[best]
+        self.waiting.remove(chosen)
+        self.waiting.appendleft(chosen)
+
     # ---- helpers ----------------------------------------------------------------------
     @staticmethod
     def _work(r: Request) -> int:
@@ -210,6 +263,7 @@ class Scheduler:
         if n <= 0 or not self.kv.allocate(req, n, match):
             return 0
         self.waiting.popleft()
+        self._skips.pop(req.request_id, None)
         req.num_computed_tokens = match.num_tokens
         if req.num_cached_tokens < 0:
             req.num_cached_tokens = match.num_tokens
