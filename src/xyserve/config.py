@@ -26,6 +26,8 @@ class EngineConfig:
     # Hybrid only: fcfs | prefix_hit (fewest uncached tokens first, bounded by max skips).
     admission_order: str = "fcfs"
     admission_max_skips: int = 16
+    # Hybrid only: may a new prompt start with a partial chunk next to other prefill work?
+    partial_prefill_admission: bool = True
     device: str = "auto"  # auto | cpu | cuda
     # meta/smooth are the defaults: measured at least as fast as sdpa/torch on the dev CPU
     # (xyserve bench kernels); sdpa/torch stay available as the per-stage/vendor baselines.
@@ -63,6 +65,7 @@ class EngineConfig:
             "max_prefill_chunk_tokens": self.max_prefill_chunk_tokens,
             "admission_order": self.admission_order,
             "admission_max_skips": self.admission_max_skips,
+            "partial_prefill_admission": self.partial_prefill_admission,
         }
 
     @classmethod

@@ -12,7 +12,9 @@ from xyserve.engine.request import Request, RequestStatus
 from xyserve.engine.scheduler import Scheduler
 
 
-def make(budget=64, chunk=None, order="fcfs", skips=16, reserve=None, blocks=512, seqs=16):
+def make(
+    budget=64, chunk=None, order="fcfs", skips=16, reserve=None, blocks=512, seqs=16, partial=True
+):
     kv = KVCacheManager(blocks, 4)
     return Scheduler(
         kv,
@@ -23,6 +25,7 @@ def make(budget=64, chunk=None, order="fcfs", skips=16, reserve=None, blocks=512
         max_prefill_chunk_tokens=chunk,
         admission_order=order,
         admission_max_skips=skips,
+        partial_prefill_admission=partial,
     )
 
 
@@ -63,6 +66,22 @@ def test_no_cap_is_the_budget_as_before():
     s.add_request(req("a", 100))
     s.add_request(req("b", 100, base=1000))
     assert step(s) == {"a": 64}
+
+
+def test_without_partial_admission_a_new_prompt_joins_only_whole():
+    s = make(budget=64, partial=False)
+    s.add_request(req("a", 40))
+    s.add_request(req("b", 40, base=1000))  # would fit only partly next to a
+    s.add_request(req("c", 20, base=2000))
+    assert step(s) == {"a": 40}  # b waits (fcfs keeps c behind it)
+    assert step(s) == {"a": 1, "b": 40, "c": 20}
+    s = make(budget=64, partial=False)
+    s.add_request(req("long", 150))  # longer than the budget: still chunked when it leads
+    assert step(s) == {"long": 64}
+    s = make(budget=64, partial=True)
+    s.add_request(req("a", 40))
+    s.add_request(req("b", 40, base=1000))
+    assert step(s) == {"a": 40, "b": 24}
 
 
 def cached_then_queue(order: str, skips: int = 16) -> Scheduler:
@@ -107,9 +126,10 @@ def test_prefix_hit_passes_a_request_over_at_most_max_skips_times():
     chunk=st.one_of(st.none(), st.integers(1, 24)),
     order=st.sampled_from(["fcfs", "prefix_hit"]),
     shared=st.booleans(),
+    partial=st.booleans(),
 )
-def test_random_workloads_finish_without_leaks(lens, budget, chunk, order, shared):
-    s = make(budget=budget, chunk=chunk, order=order, skips=3, blocks=40, seqs=4)
+def test_random_workloads_finish_without_leaks(lens, budget, chunk, order, shared, partial):
+    s = make(budget=budget, chunk=chunk, order=order, skips=3, blocks=40, seqs=4, partial=partial)
     reqs = [
         req(f"r{i}", n, max_tokens=3, base=0 if shared else 1000 * i) for i, n in enumerate(lens)
     ]

@@ -19,6 +19,11 @@ Hybrid knobs besides the budget and the reserve:
   goes first (a cached system prompt or chat history makes a request cheap to start), so
   short work does not queue behind long prompts. A request passed over
   ``admission_max_skips`` times goes first, so nothing starves.
+- ``partial_prefill_admission``: whether a new prompt may start with a partial chunk in a step
+  that already carries other prefill work (filling the budget). Off, a new prompt joins such a
+  step only if it fits whole; a prompt longer than the budget is still chunked when it
+  leads. Where a step's cost grows with its tokens (CPUs), filling the budget lengthens the
+  step, and with it the TTFT of the prompt it completes and the TBT of every decode in it.
 """
 
 from __future__ import annotations
@@ -84,6 +89,7 @@ class Scheduler:
         max_prefill_chunk_tokens: int | None = None,
         admission_order: str = "fcfs",
         admission_max_skips: int = 16,
+        partial_prefill_admission: bool = True,
     ) -> None:
         if policy not in ("hybrid", "baseline"):
             raise ValueError(f"unknown scheduler policy {policy!r}")
@@ -97,6 +103,7 @@ class Scheduler:
         self.admission_order = admission_order
         self.admission_max_skips = admission_max_skips
         self._skips: dict[str, int] = {}
+        self.partial_prefill_admission = partial_prefill_admission
         self.kv = kv
         self.budget = max_num_batched_tokens
         self.max_num_seqs = max_num_seqs
@@ -175,7 +182,12 @@ class Scheduler:
                 left -= n
         while self.waiting and prefill_left > 0 and len(self.running) < self.max_num_seqs:
             self._order_waiting()
-            n = self._admit(self.waiting[0], min(prefill_left, self.chunk), out, done, chunk=True)
+            room = min(prefill_left, self.chunk)
+            if not self.partial_prefill_admission and any(st.is_prefill for st in out.stages):
+                head = self.waiting[0]
+                if head.num_tokens_with_spec - self.kv.match_prefix(head).num_tokens > room:
+                    break
+            n = self._admit(self.waiting[0], room, out, done, chunk=True)
             if n == 0:
                 break
             prefill_left -= n
