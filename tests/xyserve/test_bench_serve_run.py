@@ -25,6 +25,7 @@ def test_short_run_on_a_tiny_model_has_no_failure_and_no_leak(tiny_llama, tmp_pa
     work.write_text(json.dumps(TINY_WORKLOAD))
     out = tmp_path / "out.json"
     png = tmp_path / "sweep.png"
+    md = tmp_path / "runs.md"
     rc = serve.main(
         [
             "--model",
@@ -53,6 +54,8 @@ def test_short_run_on_a_tiny_model_has_no_failure_and_no_leak(tiny_llama, tmp_pa
             str(out),
             "--plot",
             str(png),
+            "--markdown",
+            str(md),
             "--no-progress",
             "--warmup",
             "1",
@@ -78,6 +81,7 @@ def test_short_run_on_a_tiny_model_has_no_failure_and_no_leak(tiny_llama, tmp_pa
     assert data["max_rate_under_slo"] == {"hybrid": 20.0, "baseline": 20.0}
     assert data["ratio_to_baseline"] == {"hybrid": 1.0, "baseline": 1.0}
     assert "max rate under SLO" in printed and png.stat().st_size > 0
+    assert len(md.read_text().splitlines()) == 2 + 4
 
 
 def test_unreachable_endpoint_is_a_clear_error(capsys):

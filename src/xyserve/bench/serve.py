@@ -27,7 +27,7 @@ from typing import Any
 from xyserve.bench import arrivals as arr
 from xyserve.bench import serve_workload as wl
 from xyserve.bench.serve_load import disconnect_plan, run_load, served_model
-from xyserve.bench.serve_report import RunReport, Slo, aggregate, table
+from xyserve.bench.serve_report import RunReport, Slo, aggregate, markdown, table
 from xyserve.bench.serve_server import EndpointError, ServerProcess, check_loopback, leak_check
 
 DEFAULT_SYSTEMS = ("hybrid=--scheduler-policy hybrid", "baseline=--scheduler-policy baseline")
@@ -129,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the system ratios divide by (default: baseline if present, else the first)",
     )
     o.add_argument("--json", default=None, help="write every run and the sweep summary here")
+    o.add_argument("--markdown", default=None, help="write the runs as a Markdown table here")
     o.add_argument("--plot", default=None, help="a PNG of latency vs load (with --sweep)")
     o.add_argument("--no-progress", action="store_true")
     return p
@@ -380,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
             )
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1, default=float))
+    if args.markdown:
+        Path(args.markdown).write_text(markdown(reports) + "\n")
     if args.plot:
         from xyserve.bench.serve_plot import plot_sweep
 

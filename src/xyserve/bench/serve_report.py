@@ -159,3 +159,20 @@ def table(reports: list[RunReport]) -> str:
         for msg, n in r.errors.items():
             lines.append(f"  {r.label} {r.load}: {n} failed: {msg}")
     return "\n".join(lines)
+
+
+def markdown(reports: list[RunReport]) -> str:
+    """The runs as a Markdown table (for docs/perf.md); latencies in ms."""
+    lines = [
+        "| system | load | ok/fail | QPS | tok/s | goodput | TTFT mean | TTFT p99 "
+        "| TBT mean | TBT p99 | TPOT mean |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in reports:
+        lines.append(
+            f"| {r.label} | {r.load} | {r.num_completed}/{r.num_failed} | {r.achieved_qps:.2f} "
+            f"| {r.output_tok_s:.1f} | {r.goodput:.2f} | {_ms(r.ttft['mean'])} "
+            f"| {_ms(r.ttft['p99'])} | {_ms(r.tbt['mean'])} | {_ms(r.tbt['p99'])} "
+            f"| {_ms(r.tpot['mean'])} |"
+        )
+    return "\n".join(lines)
