@@ -159,3 +159,57 @@ def test_knobs_are_validated_and_reach_the_scheduler():
     ).scheduler_knobs()
     s = Scheduler(KVCacheManager(8, 4), 64, 4, 100, **knobs)
     assert s.chunk == 32 and s.admission_order == "prefix_hit"
+
+
+def test_step_cost_model_recovers_a_linear_cost():
+    from xyserve.engine.step_cost import StepCostModel
+
+    m = StepCostModel()
+    m.observe(10, 0.02)
+    assert m.fit() is None  # too few steps
+    for n in (1, 64, 5, 300, 17, 128):
+        m.observe(n, 0.01 + 0.001 * n)
+    a, b = m.fit()
+    assert a == pytest.approx(0.01) and b == pytest.approx(0.001)
+    assert m.max_tokens(0.1) == 90
+    same = StepCostModel()
+    for _ in range(8):
+        same.observe(32, 0.05)
+    assert same.fit() is None  # one step size: no slope to fit
+
+
+class StepClock:
+    """Every step lasts 10 ms + 1 ms per token, as seen by the scheduler's clock."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_tbt_target_cuts_prefill_next_to_decodes_to_fit_the_target():
+    clock = StepClock()
+    kv = KVCacheManager(512, 4)
+    s = Scheduler(kv, 256, 16, 4096, tbt_target_s=0.1, min_prefill_tokens=8, clock=clock)
+    sizes = []
+
+    def timed_step():
+        out = s.schedule()
+        clock.t += 0.01 + 0.001 * out.num_tokens
+        s.update(out, {x.request.request_id: [5] for x in out.stages if x.samples})
+        return {x.request.request_id: x.num_tokens for x in out.stages}
+
+    for i in range(4):  # steps of varied sizes teach the model
+        s.add_request(req(f"d{i}", 20 + 30 * i, max_tokens=200, base=1000 * i))
+        sizes.append(sum(timed_step().values()))
+    s.add_request(req("long", 500, base=9000))
+    step_tokens = timed_step()
+    # 100 ms target = 10 ms + 90 tokens: the decodes (4) and at most 86 prefill tokens
+    assert step_tokens["long"] == 90 - 4
+    assert sum(step_tokens.values()) == 90
+    # with no decode waiting, the whole budget goes to prefill
+    s2 = Scheduler(KVCacheManager(512, 4), 256, 16, 4096, tbt_target_s=0.1, clock=clock)
+    s2.cost = s.cost
+    s2.add_request(req("solo", 500))
+    assert s2.schedule().num_tokens == 256

@@ -24,15 +24,22 @@ Hybrid knobs besides the budget and the reserve:
   step only if it fits whole; a prompt longer than the budget is still chunked when it
   leads. Where a step's cost grows with its tokens (CPUs), filling the budget lengthens the
   step, and with it the TTFT of the prompt it completes and the TBT of every decode in it.
+- ``tbt_target_s`` (SLO-aware budget): when decode/verify tokens share the step, prefill takes
+  only as many tokens as an online cost model (:class:`StepCostModel`, fitted to the measured
+  durations of recent steps) says fit in the target; at least ``min_prefill_tokens`` so that
+  prefill always progresses. Steps without decodes keep the whole budget.
 """
 
 from __future__ import annotations
 
+import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from xyserve.engine.kv_cache import KVCacheManager
 from xyserve.engine.request import Request, RequestStatus
+from xyserve.engine.step_cost import StepCostModel
 
 
 @dataclass
@@ -90,6 +97,9 @@ class Scheduler:
         admission_order: str = "fcfs",
         admission_max_skips: int = 16,
         partial_prefill_admission: bool = True,
+        tbt_target_s: float | None = None,
+        min_prefill_tokens: int = 16,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         if policy not in ("hybrid", "baseline"):
             raise ValueError(f"unknown scheduler policy {policy!r}")
@@ -104,6 +114,13 @@ class Scheduler:
         self.admission_max_skips = admission_max_skips
         self._skips: dict[str, int] = {}
         self.partial_prefill_admission = partial_prefill_admission
+        if tbt_target_s is not None and not tbt_target_s > 0:
+            raise ValueError("tbt_target_s must be positive")
+        self.tbt_target_s = tbt_target_s
+        self.min_prefill_tokens = max(1, min_prefill_tokens)
+        self.cost = StepCostModel()
+        self._clock = clock
+        self._step_started: tuple[float, int] | None = None  # (time, tokens) of the open step
         self.kv = kv
         self.budget = max_num_batched_tokens
         self.max_num_seqs = max_num_seqs
@@ -163,6 +180,7 @@ class Scheduler:
         else:
             self._schedule_hybrid(out)
         out.copies = self.kv.take_copies()
+        self._step_started = (self._clock(), out.num_tokens) if out.stages else None
         return out
 
     def _schedule_hybrid(self, out: SchedulerOutput) -> None:
@@ -172,6 +190,11 @@ class Scheduler:
         demand = sum(self._work(r) for r in decodes)
         left = self.budget
         prefill_left = self.budget - min(demand, self.reserve)
+        if decodes and self.tbt_target_s is not None:
+            fit = self.cost.max_tokens(self.tbt_target_s)
+            if fit is not None:
+                cap = max(self.min_prefill_tokens, fit - demand)
+                prefill_left = min(prefill_left, cap)
         # 1. Chunks of running prefills, then new prompts (FCFS), within the prefill share.
         for r in prefills:
             if prefill_left <= 0 or r not in self.running:
@@ -326,6 +349,10 @@ class Scheduler:
         ``num_accepted[req_id]`` is how many speculative tokens were accepted; the rest of the
         proposed tokens are dropped (their K/V slots are simply overwritten later).
         """
+        if self._step_started is not None:
+            t0, tokens = self._step_started
+            self.cost.observe(tokens, self._clock() - t0)
+            self._step_started = None
         for st in out.stages:
             r = st.request
             if r.is_finished or r.request_id not in self.requests:
