@@ -89,6 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s = p.add_argument_group("systems")
     s.add_argument("--base-url", default=None, help="a running server (loopback only)")
+    s.add_argument(
+        "--simulate",
+        default=None,
+        metavar="A_MS,B_MS",
+        help="no server: replay through the scheduler in simulated time, each step taking "
+        "A + B x tokens milliseconds (see bench/serve_sim.py)",
+    )
     s.add_argument("--label", default="server", help="the name of --base-url's system")
     s.add_argument(
         "--model",
@@ -264,8 +271,66 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     work = wl.load(args.workload)
     slo = Slo(args.slo_ttft_ms / 1e3, args.slo_tbt_ms / 1e3, args.slo_tbt_stat)
     plan = loads(args, work)
-    with tempfile.TemporaryDirectory(prefix="xyserve-bench-serve-") as scratch:
-        return _run(args, work, slo, plan, Path(scratch))
+    if args.simulate is not None:
+        out = _simulate(args, work, slo, plan)
+    else:
+        with tempfile.TemporaryDirectory(prefix="xyserve-bench-serve-") as scratch:
+            out = _run(args, work, slo, plan, Path(scratch))
+    out.update(
+        workload=work.name,
+        model=args.model,
+        slo={
+            "ttft_ms": args.slo_ttft_ms,
+            "tbt_ms": args.slo_tbt_ms,
+            "tbt_stat": args.slo_tbt_stat,
+            "attainment": args.slo_attainment,
+        },
+        simulated=args.simulate,
+    )
+    reports: list[RunReport] = out["_reports"]
+    out["runs"] = [r.to_json() for r in reports]
+    if args.sweep:
+        best = max_rate_under_slo(reports, args.slo_attainment)
+        labels = out["systems"]
+        ref = args.reference or ("baseline" if "baseline" in labels else labels[0])
+        out["max_rate_under_slo"] = best
+        out["ratio_to_" + ref] = ratios(best, ref)
+        out["reference"] = ref
+    return out
+
+
+def _simulate(
+    args: argparse.Namespace, work: wl.ServeWorkload, slo: Slo, plan: list[dict[str, Any]]
+) -> dict[str, Any]:
+    from xyserve.bench.serve_sim import StepCost, simulate
+    from xyserve.server.cli import parse_args
+
+    try:
+        a_ms, b_ms = (float(x) for x in args.simulate.split(","))
+    except ValueError:
+        raise ValueError(f"--simulate {args.simulate!r}: expected A_MS,B_MS") from None
+    cost = StepCost(a_ms / 1e3, b_ms / 1e3)
+    _, cfg = model_config(args.model)
+    vocab = args.vocab_size or (cfg or {}).get("vocab_size") or 32000
+    max_len = (cfg or {}).get("max_position_embeddings") or 2048
+    configs = {}
+    for spec in args.system or list(DEFAULT_SYSTEMS):
+        label, _, flags = spec.partition("=")
+        argv = ["model"] + shlex.split(args.engine_args) + shlex.split(flags)
+        configs[label] = parse_args(argv)[1]
+    reports: list[RunReport] = []
+    for k, ld in enumerate(plan):
+        if ld["concurrency"] is not None:
+            raise ValueError("--simulate needs open-loop arrivals (a rate or a trace)")
+        reqs = wl.sample(work, ld["n"], vocab, seed=args.seed + k, max_model_len=max_len)
+        if ld["trace"] is not None:
+            times = arr.trace_arrivals(ld["n"], ld["trace"], args.seed, args.trace_scale)
+        else:
+            times = arr.gamma_arrivals(ld["n"], ld["rate"], ld["burst"], args.seed + k)
+        for label, config in configs.items():
+            results = simulate(config, reqs, times, cost, max_len)
+            reports.append(aggregate(label, ld["load"], ld["rate"], results, slo))
+    return {"systems": list(configs), "_reports": reports}
 
 
 def _run(
@@ -332,25 +397,7 @@ def _run(
                 )
     finally:
         stop_systems(systems)
-    out: dict[str, Any] = {
-        "workload": work.name,
-        "model": args.model,
-        "systems": [s.label for s in systems],
-        "slo": {
-            "ttft_ms": args.slo_ttft_ms,
-            "tbt_ms": args.slo_tbt_ms,
-            "tbt_stat": args.slo_tbt_stat,
-            "attainment": args.slo_attainment,
-        },
-        "runs": [r.to_json() for r in reports],
-    }
-    if args.sweep:
-        best = max_rate_under_slo(reports, args.slo_attainment)
-        labels = [s.label for s in systems]
-        ref = args.reference or ("baseline" if "baseline" in labels else labels[0])
-        out["max_rate_under_slo"] = best
-        out["ratio_to_" + ref] = ratios(best, ref)
-        out["reference"] = ref
+    out: dict[str, Any] = {"systems": [s.label for s in systems]}
     out["_reports"] = reports
     return out
 
@@ -387,6 +434,8 @@ def main(argv: list[str] | None = None) -> int:
         from xyserve.bench.serve_plot import plot_sweep
 
         title = f"{out['workload']} on {args.model} ({args.threads} threads)"
+        if args.simulate:
+            title = f"{out['workload']}, simulated steps of {args.simulate} ms (a, b per token)"
         print(f"plot: {plot_sweep(reports, args.plot, title)}")
     failed = sum(r.num_failed for r in reports)
     leaked = any(r.server.get("checked") and not r.server.get("clean") for r in reports)
