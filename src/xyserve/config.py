@@ -24,7 +24,8 @@ class EngineConfig:
     # Hybrid only: the most prefill tokens of one request per step (None: no cap but the budget).
     max_prefill_chunk_tokens: int | None = None
     # Hybrid only: fcfs | prefix_hit (fewest uncached tokens first, bounded by max skips).
-    admission_order: str = "fcfs"
+    # prefix_hit: lower TTFT tails under load in the simulated ablation (docs/perf.md).
+    admission_order: str = "prefix_hit"
     admission_max_skips: int = 16
     # Hybrid only: may a new prompt start with a partial chunk next to other prefill work?
     partial_prefill_admission: bool = True

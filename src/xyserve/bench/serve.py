@@ -17,8 +17,10 @@ import asyncio
 import json
 import math
 import shlex
+import signal
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -402,8 +404,14 @@ def _run(
     return out
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds through run()'s finally: servers are stopped
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
     if args.num_prompts < 1 or args.min_prompts < 1:
         print("xyserve bench serve: error: --num-prompts must be at least 1", file=sys.stderr)
         return 2
