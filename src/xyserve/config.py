@@ -30,8 +30,10 @@ class EngineConfig:
     # Hybrid only: may a new prompt start with a partial chunk next to other prefill work?
     partial_prefill_admission: bool = True
     # Hybrid only: SLO-aware step budget; prefill next to decodes is cut to fit this step time
-    # (ms) by an online cost model of the measured steps (None: off).
-    tbt_target_ms: float | None = None
+    # (ms) by an online cost model of the measured steps (None or 0: off). 300 ms: the best goodput
+    # in the simulated ablation on five workloads and in the real one (docs/perf.md); it never
+    # binds where steps are shorter, nor where the decodes alone overrun it.
+    tbt_target_ms: float | None = 300.0
     device: str = "auto"  # auto | cpu | cuda
     # meta/smooth are the defaults: measured at least as fast as sdpa/torch on the dev CPU
     # (xyserve bench kernels); sdpa/torch stay available as the per-stage/vendor baselines.
@@ -58,8 +60,8 @@ class EngineConfig:
             raise ValueError(
                 f"admission_order must be 'fcfs' or 'prefix_hit', got {self.admission_order!r}"
             )
-        if self.tbt_target_ms is not None and not self.tbt_target_ms > 0:
-            raise ValueError("tbt_target_ms must be positive")
+        if self.tbt_target_ms is not None and not self.tbt_target_ms >= 0:
+            raise ValueError("tbt_target_ms must be >= 0 (0: off)")
         if self.admission_max_skips < 0:
             raise ValueError("admission_max_skips must be >= 0")
         if self.num_reserved_decode_tokens is None:
@@ -72,7 +74,7 @@ class EngineConfig:
             "admission_order": self.admission_order,
             "admission_max_skips": self.admission_max_skips,
             "partial_prefill_admission": self.partial_prefill_admission,
-            "tbt_target_s": None if self.tbt_target_ms is None else self.tbt_target_ms / 1e3,
+            "tbt_target_s": self.tbt_target_ms / 1e3 if self.tbt_target_ms else None,
         }
 
     @classmethod

@@ -154,6 +154,10 @@ def test_knobs_are_validated_and_reach_the_scheduler():
         EngineConfig(max_prefill_chunk_tokens=0)
     with pytest.raises(ValueError, match="admission_order"):
         make(order="lifo")
+    with pytest.raises(ValueError, match="tbt_target_ms"):
+        EngineConfig(tbt_target_ms=-1)
+    assert EngineConfig(tbt_target_ms=0).scheduler_knobs()["tbt_target_s"] is None
+    assert EngineConfig().scheduler_knobs()["tbt_target_s"] == 0.3
     knobs = EngineConfig(
         max_prefill_chunk_tokens=32, admission_order="prefix_hit"
     ).scheduler_knobs()
@@ -213,3 +217,18 @@ def test_tbt_target_cuts_prefill_next_to_decodes_to_fit_the_target():
     s2.cost = s.cost
     s2.add_request(req("solo", 500))
     assert s2.schedule().num_tokens == 256
+
+
+def test_an_unattainable_tbt_target_does_not_throttle_prefill():
+    from xyserve.engine.step_cost import StepCostModel
+
+    slow = StepCostModel()
+    for n in (1, 8, 64, 128):
+        slow.observe(n, 0.5 + 0.01 * n)  # even one decode takes 510 ms
+    slow.observe = lambda tokens, seconds: None  # keep the model fixed: no real timings
+    s = Scheduler(KVCacheManager(512, 4), 256, 16, 4096, tbt_target_s=0.3)
+    s.cost = slow
+    s.add_request(req("d", 4, max_tokens=50))
+    step(s)
+    s.add_request(req("long", 500, base=9000))
+    assert step(s) == {"long": 255, "d": 1}

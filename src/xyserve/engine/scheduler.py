@@ -27,7 +27,8 @@ Hybrid knobs besides the budget and the reserve:
 - ``tbt_target_s`` (SLO-aware budget): when decode/verify tokens share the step, prefill takes
   only as many tokens as an online cost model (:class:`StepCostModel`, fitted to the measured
   durations of recent steps) says fit in the target; at least ``min_prefill_tokens`` so that
-  prefill always progresses. Steps without decodes keep the whole budget.
+  prefill always progresses. Steps without decodes keep the whole budget, and so do steps
+  whose decodes alone would overrun the target (a model too slow for it).
 """
 
 from __future__ import annotations
@@ -192,7 +193,9 @@ class Scheduler:
         prefill_left = self.budget - min(demand, self.reserve)
         if decodes and self.tbt_target_s is not None:
             fit = self.cost.max_tokens(self.tbt_target_s)
-            if fit is not None:
+            # Unattainable (the decodes alone overrun the target): no cap, since shrinking
+            # prefill would then only slow it without bringing any step within the target.
+            if fit is not None and fit >= demand:
                 cap = max(self.min_prefill_tokens, fit - demand)
                 prefill_left = min(prefill_left, cap)
         # 1. Chunks of running prefills, then new prompts (FCFS), within the prefill share.
