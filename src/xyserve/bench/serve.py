@@ -301,6 +301,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def load_inputs(
+    args: argparse.Namespace,
+    work: wl.ServeWorkload,
+    ld: dict[str, Any],
+    k: int,
+    vocab: int,
+    max_len: int | None,
+) -> tuple[list[wl.BenchRequest], list[float] | None]:
+    """The requests of load ``k`` and their send times (None: closed loop); seeded."""
+    reqs = wl.sample(work, ld["n"], vocab, seed=args.seed + k, max_model_len=max_len)
+    if ld["trace"] is not None:
+        return reqs, arr.trace_arrivals(ld["n"], ld["trace"], args.seed, args.trace_scale)
+    if ld["rate"] is not None:
+        return reqs, arr.gamma_arrivals(ld["n"], ld["rate"], ld["burst"], args.seed + k)
+    return reqs, None
+
+
 def _simulate(
     args: argparse.Namespace, work: wl.ServeWorkload, slo: Slo, plan: list[dict[str, Any]]
 ) -> dict[str, Any]:
@@ -324,11 +341,8 @@ def _simulate(
     for k, ld in enumerate(plan):
         if ld["concurrency"] is not None:
             raise ValueError("--simulate needs open-loop arrivals (a rate or a trace)")
-        reqs = wl.sample(work, ld["n"], vocab, seed=args.seed + k, max_model_len=max_len)
-        if ld["trace"] is not None:
-            times = arr.trace_arrivals(ld["n"], ld["trace"], args.seed, args.trace_scale)
-        else:
-            times = arr.gamma_arrivals(ld["n"], ld["rate"], ld["burst"], args.seed + k)
+        reqs, times = load_inputs(args, work, ld, k, vocab, max_len)
+        assert times is not None  # open loop, checked above
         for label, config in configs.items():
             results = simulate(config, reqs, times, cost, max_len)
             reports.append(aggregate(label, ld["load"], ld["rate"], results, slo))
@@ -351,13 +365,7 @@ def _run(
         names = {s.label: served_model(s.base_url) for s in systems}
         reports: list[RunReport] = []
         for k, ld in enumerate(plan):
-            reqs = wl.sample(work, ld["n"], vocab, seed=args.seed + k, max_model_len=max_len)
-            if ld["trace"] is not None:
-                times = arr.trace_arrivals(ld["n"], ld["trace"], args.seed, args.trace_scale)
-            elif ld["rate"] is not None:
-                times = arr.gamma_arrivals(ld["n"], ld["rate"], ld["burst"], args.seed + k)
-            else:
-                times = None
+            reqs, times = load_inputs(args, work, ld, k, vocab, max_len)
             leave = disconnect_plan(ld["n"], args.disconnect_fraction, args.seed + k)
             order = systems[k % len(systems) :] + systems[: k % len(systems)]
             for sys_ in order:
