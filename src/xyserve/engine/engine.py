@@ -104,6 +104,7 @@ class LLMEngine:
             self.max_model_len,
             policy=config.scheduler_policy,
             num_reserved_decode_tokens=config.num_reserved_decode_tokens,
+            **config.scheduler_knobs(),
         )
         gemm_kwargs = {}
         if config.gemm_backend == "smooth":  # its tuned table lives beside the model or in a cache
