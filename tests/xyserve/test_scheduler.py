@@ -120,6 +120,28 @@ def test_preemption_recomputes_and_loses_nothing():
     s.kv.check_no_leak()
 
 
+@pytest.mark.parametrize("order", ["fcfs", "prefix_hit"])
+def test_preemption_never_takes_the_oldest_running_request(order):
+    """Under K/V pressure the latest admitted request is the victim, so the oldest running one
+    always progresses; every request still finishes (the cache holds any one request whole)."""
+    kv = KVCacheManager(10, 4, enable_prefix_caching=True)  # 40 slots; one request needs 24
+    s = Scheduler(kv, 64, 8, 4096, admission_order=order)
+    reqs = [req(f"r{i}", 8, max_tokens=16, base=100 * i) for i in range(5)]
+    for r in reqs:
+        s.add_request(r)
+    finish_order = []
+    for _ in range(600):
+        if not s.has_unfinished():
+            break
+        oldest = s.running[0] if s.running else None
+        out = run_step(s)
+        assert oldest is None or oldest not in out.preempted
+        finish_order += [st.request.request_id for st in out.stages if st.request.is_finished]
+    assert not s.has_unfinished() and s.num_preemptions > 0
+    assert sorted(finish_order) == [r.request_id for r in reqs]
+    s.kv.check_no_leak()
+
+
 def test_speculative_tokens_are_scheduled_and_accounted():
     s = make(budget=64)
     r = req("a", 6, max_tokens=20)

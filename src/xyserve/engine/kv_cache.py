@@ -109,10 +109,22 @@ class KVCacheManager:
         return PrefixMatch(blocks, None, 0)
 
     # ---- allocation -------------------------------------------------------------------
-    def allocate(self, req: Request, num_new_tokens: int, match: PrefixMatch | None = None) -> bool:
+    def blocks_needed(self, req: Request, num_new_tokens: int) -> int:
+        """New blocks a running request needs for ``num_new_tokens`` more tokens."""
+        have = len(self.req_blocks.get(req.request_id, ()))
+        return max(0, -(-(req.num_computed_tokens + num_new_tokens) // self.block_size) - have)
+
+    def allocate(
+        self,
+        req: Request,
+        num_new_tokens: int,
+        match: PrefixMatch | None = None,
+        keep_free: int = 0,
+    ) -> bool:
         """Make the request's blocks cover its computed tokens plus ``num_new_tokens``.
 
-        With ``match`` (first admission) the matched prefix is taken first. Returns False, and
+        With ``match`` (first admission) the matched prefix is taken first. ``keep_free`` blocks
+        must stay free afterwards (room promised to running requests). Returns False, and
         changes nothing, when there is not enough room.
         """
         table = self.req_blocks.get(req.request_id)
@@ -128,7 +140,7 @@ class KVCacheManager:
         have = len(table) + (len(match.blocks) if match else 0)
         need_new = max(0, need_total - have)
         revived = sum(1 for b in (match.blocks if match else []) if b.ref_count == 0)
-        if need_new > self.num_free_blocks - revived:
+        if need_new > self.num_free_blocks - revived - keep_free:
             return False
         partial_tokens = (
             match.partial.tokens[: match.partial_len] if match and match.partial else []

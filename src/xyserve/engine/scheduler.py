@@ -189,6 +189,10 @@ class Scheduler:
         decodes = [r for r in self.running if self._is_decoding(r)]
         prefills = [r for r in self.running if not self._is_decoding(r)]
         demand = sum(self._work(r) for r in decodes)
+        # New prompts never take the blocks that running decodes need this step: a decode
+        # short of blocks can only preempt requests not yet scheduled, and a new prompt
+        # admitted first would leave the oldest running request to preempt itself.
+        decode_blocks = sum(self.kv.blocks_needed(r, self._work(r)) for r in decodes)
         left = self.budget
         prefill_left = self.budget - min(demand, self.reserve)
         if decodes and self.tbt_target_s is not None:
@@ -213,15 +217,18 @@ class Scheduler:
                 head = self.waiting[0]
                 if head.num_tokens_with_spec - self.kv.match_prefix(head).num_tokens > room:
                     break
-            n = self._admit(self.waiting[0], room, out, done, chunk=True)
+            n = self._admit(self.waiting[0], room, out, done, chunk=True, keep_free=decode_blocks)
             if n == 0:
                 break
             prefill_left -= n
             left -= n
         # 2. Decode/verify tokens of running requests fill the rest (at least the reserve).
+        # The budget goes round-robin (no decode starves when their demand exceeds it); blocks
+        # are then allocated oldest first, so a request short of blocks preempts newer ones.
         if decodes:
             k = self._rr % len(decodes)
             self._rr += 1
+            chosen: list[tuple[Request, int]] = []
             for r in decodes[k:] + decodes[:k]:
                 if r not in self.running or r.request_id in done:
                     continue
@@ -230,8 +237,12 @@ class Scheduler:
                     n = left if left > 0 and n - len(r.spec_token_ids) <= left else 0
                 if n <= 0:
                     continue
-                if self._schedule_running(r, n, out, done):
-                    left -= n
+                chosen.append((r, n))
+                left -= n
+            age = {r.request_id: i for i, r in enumerate(self.running)}
+            for r, n in sorted(chosen, key=lambda rn: age[rn[0].request_id]):
+                if r in self.running:  # else preempted by an older one just now
+                    self._schedule_running(r, n, out, done)
 
     def _schedule_baseline(self, out: SchedulerOutput) -> None:
         done: set[str] = set()
@@ -293,12 +304,20 @@ class Scheduler:
         return ScheduledStage(r, n, spec, r.num_computed_tokens)
 
     def _admit(
-        self, req: Request, room: int, out: SchedulerOutput, done: set[str], chunk: bool
+        self,
+        req: Request,
+        room: int,
+        out: SchedulerOutput,
+        done: set[str],
+        chunk: bool,
+        keep_free: int = 0,
     ) -> int:
+        """Admit the head of ``waiting`` with up to ``room`` tokens, from free blocks only (never
+        by preemption), leaving ``keep_free`` blocks for the running requests' tokens."""
         match = self.kv.match_prefix(req)
         work = req.num_tokens_with_spec - match.num_tokens
         n = min(work, room) if chunk else work
-        if n <= 0 or not self.kv.allocate(req, n, match):
+        if n <= 0 or not self.kv.allocate(req, n, match, keep_free):
             return 0
         self.waiting.popleft()
         self._skips.pop(req.request_id, None)
