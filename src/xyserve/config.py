@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Any
+
+from xyserve.spec.config import SpeculativeConfig
 
 
 @dataclass
@@ -32,6 +35,9 @@ class EngineConfig:
     served_model_name: str | None = None
     skip_tokenizer_init: bool = False
     disable_progress_bar: bool = False
+    # Speculative decoding (vLLM's keys: method, num_speculative_tokens, prompt_lookup_min/max,
+    # ...); a dict or a JSON string, validated here. None: no speculation.
+    speculative_config: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.max_num_batched_tokens < 1:
@@ -44,6 +50,11 @@ class EngineConfig:
             raise ValueError(
                 f"scheduler_policy must be 'hybrid' or 'baseline', got {self.scheduler_policy!r}"
             )
+        if self.speculative_config is not None:  # refused here, before any model loads
+            spec = SpeculativeConfig.parse(self.speculative_config)
+            self.speculative_config = {
+                f.name: getattr(spec, f.name) for f in fields(SpeculativeConfig)
+            }
         if self.num_reserved_decode_tokens is None:
             self.num_reserved_decode_tokens = max(1, self.max_num_batched_tokens // 4)
 

@@ -19,6 +19,8 @@ from xyserve.engine.scheduler import Scheduler
 from xyserve.model.loader import load_model, resolve_device, resolve_dtype
 from xyserve.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
 from xyserve.sampling_params import SamplingParams
+from xyserve.spec.config import SpeculativeConfig
+from xyserve.spec.decoder import SpecDecoder
 
 log = logging.getLogger("xyserve")
 
@@ -128,6 +130,11 @@ class LLMEngine:
         self.num_prompt_tokens = 0  # prompt tokens of admitted requests, as vLLM counts
         self.num_computed_prefill_tokens = 0  # prefill actually run (cache hits excluded)
         self.num_generation_tokens = 0
+        # Speculative decoding (the Verify stage): proposes after each step, verifies in the next.
+        spec = SpeculativeConfig.parse(config.speculative_config)
+        self.spec = None
+        if spec is not None:
+            self.spec = SpecDecoder(spec, self.max_model_len, config.max_num_batched_tokens)
 
     # ---- requests ---------------------------------------------------------------------
     def tokenize(self, prompt: str) -> list[int]:
@@ -211,6 +218,8 @@ class LLMEngine:
         sampled: dict[str, list[int]] = {}
         touched: dict[str, _Group] = {}
         rows, sample_rows, children = [], [], []
+        verifies: list[tuple[_Group, _Child, object]] = []  # spec
+        emitted: dict[str, list] = {}  # spec: the SampleResults of multi-token verify outputs
         for st in out.stages:
             rid = st.request.request_id
             group, child = self._child_to_group[rid]
@@ -223,6 +232,9 @@ class LLMEngine:
             blocked = []
             if len(r.output_token_ids) < group.params.min_tokens:
                 blocked = sorted(self.eos_token_ids | set(group.params.stop_token_ids))
+            if st.num_spec_tokens:  # spec: a verify stage, accepted below
+                verifies.append((group, child, st))
+                continue
             rows.append(result.rows[rid].stop - 1)
             sample_rows.append(
                 SampleRow(
@@ -239,24 +251,19 @@ class LLMEngine:
                     self.first_logits.setdefault(child.request.request_id, lg.clone())
             for (_, child), res in zip(children, sample(logits, sample_rows)):
                 sampled[child.request.request_id] = [res.token_id]
-                if child.logprobs is not None:
-                    child.cumulative_logprob += res.logprob
-                    entry = {tid: Logprob(lp) for tid, lp in res.top_logprobs}
-                    entry[res.token_id] = Logprob(res.logprob, res.rank)
-                    for tid, lp in entry.items():
-                        if self.tokenizer is not None:
-                            lp.decoded_token = self.tokenizer.decode(
-                                [tid], skip_special_tokens=False
-                            )
-                    for rank, (tid, _) in enumerate(res.top_logprobs, start=1):
-                        entry[tid].rank = rank
-                    child.logprobs.append(entry)
-        self.scheduler.update(out, sampled)
+                self._record_logprobs(child, res)
+        num_accepted = self._verify(verifies, result, sampled, emitted) if verifies else None
+        children.extend((g, c) for g, c, _ in verifies)
+        self.scheduler.update(out, sampled, num_accepted)
         done_time = time.monotonic()
         for group, child in children:
-            self._process_token(group, child, done_time)
+            results = emitted.get(child.request.request_id)
+            if results is None:
+                self._process_token(group, child, done_time)
+            else:
+                self._process_run(group, child, done_time, results)
             touched[group.request_id] = group
-        self.num_generation_tokens += len(sampled)
+        self.num_generation_tokens += sum(len(emitted.get(rid, (0,))) for rid in sampled)
         self.num_computed_prefill_tokens += sum(s.num_tokens for s in out.stages if s.is_prefill)
         outputs = []
         for group in touched.values():
@@ -266,7 +273,52 @@ class LLMEngine:
                 group.metrics.finished_time = done_time
                 for c in group.children:
                     self._child_to_group.pop(c.request.request_id, None)
+        if self.spec is not None:  # spec: time the step for the cost model, then propose
+            self.spec.observe_step(out.num_tokens, done_time - now)
+            self.spec.propose(self.scheduler.running)
         return outputs
+
+    # ---- speculative decoding (the Verify stage; see xyserve.spec) -----------------------
+    def _verify(self, verifies, result, sampled: dict, emitted: dict) -> dict[str, int]:
+        """Accept each verify stage's proposals; its last emitted token goes through ``sampled``."""
+        num_accepted = {}
+        for group, child, st in verifies:
+            r = child.request
+            p = group.params
+            row = SampleRow(p, r.prompt_token_ids, r.output_token_ids, child.generator, [])
+            draft = r.spec_token_ids[: st.num_spec_tokens]
+            block = sorted(self.eos_token_ids | set(p.stop_token_ids))
+            logits = result.logits[result.rows[r.request_id]]
+            res = self.spec.verify(r.request_id, logits, draft, row, block)
+            sampled[r.request_id] = res.token_ids[-1:]
+            num_accepted[r.request_id] = res.num_accepted
+            emitted[r.request_id] = res.samples
+        return num_accepted
+
+    def _process_run(self, group: _Group, child: _Child, now: float, results: list) -> None:
+        """Several new tokens of one verify, checked one by one: a stop inside cuts there."""
+        r = child.request
+        new = r.output_token_ids[-len(results) :]
+        del r.output_token_ids[-len(results) :]
+        for tok, res in zip(new, results):
+            r.output_token_ids.append(tok)
+            self._record_logprobs(child, res)
+            self._process_token(group, child, now)
+            if child.finish_reason is not None:
+                break
+
+    def _record_logprobs(self, child: _Child, res) -> None:
+        if child.logprobs is None:
+            return
+        child.cumulative_logprob += res.logprob
+        entry = {tid: Logprob(lp) for tid, lp in res.top_logprobs}
+        entry[res.token_id] = Logprob(res.logprob, res.rank)
+        for tid, lp in entry.items():
+            if self.tokenizer is not None:
+                lp.decoded_token = self.tokenizer.decode([tid], skip_special_tokens=False)
+        for rank, (tid, _) in enumerate(res.top_logprobs, start=1):
+            entry[tid].rank = rank
+        child.logprobs.append(entry)
 
     def _process_token(self, group: _Group, child: _Child, now: float) -> None:
         r = child.request

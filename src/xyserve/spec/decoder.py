@@ -1,0 +1,153 @@
+"""The engine's speculation hook: propose after a step, verify inside the next one, count.
+
+After each step, every request that is decoding (its last token sampled, not yet computed) gets
+up to ``k`` proposed tokens in ``Request.spec_token_ids``; the scheduler then runs them as verify
+tokens of the next hybrid step, within the same token budget as prefills and decodes. The
+engine hands each verify stage's ``k + 1`` logits rows to :meth:`SpecDecoder.verify`.
+
+Adaptive length: each request keeps an estimate ``a`` of the chance that one proposal is accepted
+(moving average of its own verifies). Proposal ``j`` of a request (0-based) is then accepted with
+about ``a ** (j + 1)``. A step's cost is modelled as ``F + T`` token-equivalents for ``T`` tokens,
+where ``F`` (the fixed cost of a step: weights streamed once, Python overhead) is fitted online
+from the engine's step times. Proposals are taken in order of acceptance chance while each is
+worth more than the step's current tokens-per-cost: at batch 1 ``F`` dominates and long chains
+pay; in a large batch only proposals likely to be accepted survive, down to none. This is a
+model of the cost, not a measurement of it per step; ``adaptive=False`` keeps every proposal.
+"""
+
+from __future__ import annotations
+
+import time
+
+from xyserve.engine.request import Request
+from xyserve.engine.sampler import SampleRow
+from xyserve.spec.config import SpeculativeConfig
+from xyserve.spec.ngram import NgramProposer
+from xyserve.spec.stats import SpecStats
+from xyserve.spec.verify import VerifyResult, verify_tokens
+
+PRIOR_ACCEPTANCE = 0.5  # a new request's acceptance estimate, before any verify
+EMA_WEIGHT = 0.2  # weight of one accept/reject observation in the estimate
+RECOVERY = 0.05  # per unverified proposal: how far the estimate drifts back to the prior
+DEFAULT_FIXED_COST = 32.0  # F before enough steps are timed to fit it
+MIN_FIT_STEPS = 16
+
+
+class StepCostModel:
+    """Least-squares fit of step time = a + b * tokens; ``fixed_tokens`` is a / b."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.sx = self.sy = self.sxx = self.sxy = 0.0
+
+    def observe(self, num_tokens: int, seconds: float) -> None:
+        x = float(num_tokens)
+        self.n += 1
+        self.sx += x
+        self.sy += seconds
+        self.sxx += x * x
+        self.sxy += x * seconds
+
+    @property
+    def fixed_tokens(self) -> float:
+        if self.n < MIN_FIT_STEPS:
+            return DEFAULT_FIXED_COST
+        var = self.n * self.sxx - self.sx * self.sx
+        if var <= 1e-9:  # every step had the same size: no slope to fit
+            return DEFAULT_FIXED_COST
+        b = (self.n * self.sxy - self.sx * self.sy) / var
+        a = (self.sy - b * self.sx) / self.n
+        if b <= 0:
+            return 1e3  # more tokens cost nothing measurable: the fixed part dominates
+        return min(1e3, max(0.0, a / b))
+
+
+class SpecDecoder:
+    def __init__(self, config: SpeculativeConfig, max_model_len: int, budget: int) -> None:
+        self.config = config
+        self.k = config.num_speculative_tokens
+        self.max_model_len = max_model_len
+        self.budget = budget
+        self.stats = SpecStats(self.k)
+        self.cost = StepCostModel()
+        self.acceptance: dict[str, float] = {}
+        # Anything with ``propose(requests, caps) -> {request_id: tokens}`` (at most caps[id]).
+        self.proposer = NgramProposer(config.prompt_lookup_min, config.prompt_lookup_max)
+
+    # ---- proposing --------------------------------------------------------------------
+    def propose(self, running: list[Request]) -> None:
+        """Fill ``spec_token_ids`` of decoding requests that have none pending."""
+        t0 = time.perf_counter()
+        live = {r.request_id for r in running}
+        self.acceptance = {rid: a for rid, a in self.acceptance.items() if rid in live}
+        decoding = [r for r in running if r.num_computed_tokens == r.num_tokens - 1]
+        limit = self.config.disable_by_batch_size
+        if not decoding or (limit is not None and len(decoding) >= limit):
+            return
+        caps: dict[str, int] = {}
+        for r in decoding:
+            cap = min(
+                self.k,
+                r.max_tokens - r.num_output_tokens - 1,
+                self.max_model_len - r.num_tokens - 1,
+            )
+            if cap >= 1 and not r.spec_token_ids:
+                caps[r.request_id] = cap
+        asking = [r for r in decoding if r.request_id in caps]
+        proposals = self.proposer.propose(asking, caps) if asking else {}
+        if proposals:
+            keep = self._allocate(decoding, proposals) if self.config.adaptive else None
+            for r in decoding:
+                toks = proposals.get(r.request_id)
+                if toks:
+                    n = len(toks) if keep is None else keep.get(r.request_id, 0)
+                    r.spec_token_ids = toks[:n]
+                    if n == 0:  # not verified, so not observed: drift back to the prior
+                        a = self.acceptance.get(r.request_id, PRIOR_ACCEPTANCE)
+                        self.acceptance[r.request_id] = a + RECOVERY * (PRIOR_ACCEPTANCE - a)
+        self.stats.propose_seconds += time.perf_counter() - t0
+
+    def _allocate(self, decoding: list[Request], proposals: dict[str, list[int]]) -> dict[str, int]:
+        """How many of each request's proposals to keep (see the module docstring)."""
+        cands = []
+        for rid, toks in proposals.items():
+            a = self.acceptance.get(rid, PRIOR_ACCEPTANCE)
+            cands.extend((a ** (j + 1), rid) for j in range(len(toks)))
+        cands.sort(key=lambda c: -c[0])
+        emitted = float(len(decoding))  # each decoding request emits one token anyway
+        cost = self.cost.fixed_tokens + len(decoding)
+        room = self.budget - len(decoding)
+        keep: dict[str, int] = {}
+        for chance, rid in cands:
+            if room <= 0 or chance <= emitted / cost:
+                break
+            keep[rid] = keep.get(rid, 0) + 1
+            emitted += chance
+            cost += 1.0
+            room -= 1
+        return keep
+
+    def observe_step(self, num_tokens: int, seconds: float) -> None:
+        self.cost.observe(num_tokens, seconds)
+
+    # ---- verifying --------------------------------------------------------------------
+    def verify(
+        self,
+        request_id: str,
+        logits,
+        draft: list[int],
+        row: SampleRow,
+        min_tokens_blocked: list[int],
+    ) -> VerifyResult:
+        """Accept a prefix of ``draft`` against ``logits`` ([len(draft) + 1, V]) and count it."""
+        res = verify_tokens(logits, draft, row, min_tokens_blocked)
+        self.stats.record(len(draft), res.num_accepted)
+        self.observe_acceptance(request_id, len(draft), res.num_accepted)
+        return res
+
+    def observe_acceptance(self, request_id: str, num_draft: int, num_accepted: int) -> None:
+        """Move the request's acceptance estimate by its accepts and first reject."""
+        a = self.acceptance.get(request_id, PRIOR_ACCEPTANCE)
+        for i in range(min(num_draft, num_accepted + 1)):
+            a += EMA_WEIGHT * ((1.0 if i < num_accepted else 0.0) - a)
+        self.acceptance[request_id] = a
