@@ -10,6 +10,7 @@ COMMANDS: dict[str, str] = {
     "serve": "xyserve.server.cli:main",
     "bench offline": "xyserve.bench.offline:main",
     "bench kernels": "xyserve.bench.kernels:main",
+    "bench spec": "xyserve.bench.spec:main",
     "tune": "xyserve.tools.tune:main",
     "train-tiny": "xyserve.tools.train_tiny:main",
 }

@@ -29,7 +29,7 @@ NGRAM = {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 3}
         ({"method": "ngram"}, "required"),
         ({"method": "ngram", "num_speculative_tokens": 2, "prompt_lookup_min": 4}, "exceed"),
         ({"method": "ngram", "num_speculative_tokens": 2, "model": "x"}, "takes no 'model'"),
-        ({"method": "draft_model", "num_speculative_tokens": 2}, "not implemented"),
+        ({"method": "tree", "num_speculative_tokens": 2}, "not implemented"),
         ('{"method": ', "not valid JSON"),
         ("[1, 2]", "JSON object"),
     ],
@@ -324,3 +324,55 @@ def test_adaptive_allocation_speculates_less_in_a_large_batch():
     dec.propose(reqs)
     batch = sum(len(r.spec_token_ids) for r in reqs) / len(reqs)
     assert single >= 3 and batch < single  # prior 0.5: long chains alone, fewer in a batch
+
+
+# ---- draft model --------------------------------------------------------------------------
+def test_draft_vocabulary_mismatch_and_missing_draft_are_refused(tiny_llama):
+    spec = {"method": "draft_model", "num_speculative_tokens": 2, "model": "xy-tiny-draft"}
+    with pytest.raises(ValueError, match="vocabulary"):
+        LLM(str(tiny_llama), skip_tokenizer_init=True, speculative_config=spec)
+    with pytest.raises(ValueError, match="'model' .* is required"):
+        LLM(
+            str(tiny_llama),
+            skip_tokenizer_init=True,
+            speculative_config={"method": "draft_model", "num_speculative_tokens": 2},
+        )
+
+
+def test_draft_model_equal_to_target_accepts_everything_and_stays_identical(tiny_llama, reference):
+    """The target as its own draft: every greedy proposal is accepted; caches do not leak."""
+    _, ref = reference
+    spec = {"method": "draft_model", "num_speculative_tokens": 3, "model": str(tiny_llama)}
+    spec["adaptive"] = False  # a seeded run repeats exactly only with a fixed proposal length
+    llm = LLM(str(tiny_llama), speculative_config=spec, **ENGINE)
+    params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
+    got = _generate(llm, _prompts(), params)
+    assert [o.token_ids for o in got] == [o.token_ids for o in ref]
+    stats = llm.llm_engine.spec.stats
+    assert stats.num_drafts > 0 and stats.acceptance_rate > 0.95
+    # Sampled: q equals p, so proposals are accepted (up to float) and outputs stay seeded.
+    sampled = SamplingParams(temperature=1.0, max_tokens=12, ignore_eos=True, seed=5)
+    before = stats.num_accepted_tokens
+    a = _generate(llm, _prompts()[:3], sampled)
+    b = _generate(llm, _prompts()[:3], sampled)
+    assert [o.token_ids for o in a] == [o.token_ids for o in b]
+    assert stats.num_accepted_tokens > before
+    llm.llm_engine.kv.check_no_leak()
+    llm.llm_engine.spec.proposer.kv.check_no_leak()
+
+
+def test_bundled_pair_greedy_identity():
+    """xy-tiny with its bundled draft (the default): the same greedy text, fewer steps."""
+    prompts = ["def fibonacci(n):\n    ", "import os\nimport sys\n\n\ndef main():\n"]
+    params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
+    base = LLM("xy-tiny", disable_progress_bar=True)
+    spec = LLM(
+        "xy-tiny",
+        disable_progress_bar=True,
+        speculative_config={"method": "draft_model", "num_speculative_tokens": 4},
+    )
+    a, b = base.generate(prompts, params), spec.generate(prompts, params)
+    assert [o.outputs[0].text for o in a] == [o.outputs[0].text for o in b]
+    assert spec.llm_engine.num_steps < base.llm_engine.num_steps
+    assert spec.llm_engine.spec.stats.num_accepted_tokens > 0
+    spec.llm_engine.spec.proposer.kv.check_no_leak()

@@ -132,9 +132,7 @@ class LLMEngine:
         self.num_generation_tokens = 0
         # Speculative decoding (the Verify stage): proposes after each step, verifies in the next.
         spec = SpeculativeConfig.parse(config.speculative_config)
-        self.spec = None
-        if spec is not None:
-            self.spec = SpecDecoder(spec, self.max_model_len, config.max_num_batched_tokens)
+        self.spec = SpecDecoder.for_engine(spec, self) if spec is not None else None
 
     # ---- requests ---------------------------------------------------------------------
     def tokenize(self, prompt: str) -> list[int]:

@@ -13,7 +13,7 @@ from typing import Any
 
 METHODS: tuple[str, ...] = ("ngram", "draft_model", "tree")
 # Methods whose proposer exists in this build; the others are refused by name at start.
-IMPLEMENTED_METHODS: tuple[str, ...] = ("ngram",)
+IMPLEMENTED_METHODS: tuple[str, ...] = ("ngram", "draft_model")
 
 
 @dataclass

@@ -63,7 +63,9 @@ class StepCostModel:
 
 
 class SpecDecoder:
-    def __init__(self, config: SpeculativeConfig, max_model_len: int, budget: int) -> None:
+    def __init__(
+        self, config: SpeculativeConfig, max_model_len: int, budget: int, proposer=None
+    ) -> None:
         self.config = config
         self.k = config.num_speculative_tokens
         self.max_model_len = max_model_len
@@ -71,8 +73,31 @@ class SpecDecoder:
         self.stats = SpecStats(self.k)
         self.cost = StepCostModel()
         self.acceptance: dict[str, float] = {}
-        # Anything with ``propose(requests, caps) -> {request_id: tokens}`` (at most caps[id]).
-        self.proposer = NgramProposer(config.prompt_lookup_min, config.prompt_lookup_max)
+        # Anything with ``propose(requests, caps) -> {request_id: tokens}`` (at most caps[id]);
+        # optionally ``release_except(live_ids)`` and ``probs(request_id, n)`` (the draft's q).
+        self.proposer = proposer or NgramProposer(
+            config.prompt_lookup_min, config.prompt_lookup_max
+        )
+
+    @classmethod
+    def for_engine(cls, config: SpeculativeConfig, engine) -> SpecDecoder:
+        """The decoder of a target engine, with the proposer its method names."""
+        proposer = None
+        if config.method == "draft_model":
+            from xyserve.spec.draft import DraftModelProposer, resolve_draft_path
+
+            ec = engine.config
+            proposer = DraftModelProposer(
+                resolve_draft_path(config.model, engine.model_path),
+                engine.model.cfg,
+                engine.device,
+                engine.dtype,
+                engine.kv.num_blocks,
+                ec.block_size,
+                ec.attention_backend,
+                ec.gemm_backend,
+            )
+        return cls(config, engine.max_model_len, engine.config.max_num_batched_tokens, proposer)
 
     # ---- proposing --------------------------------------------------------------------
     def propose(self, running: list[Request]) -> None:
@@ -80,6 +105,8 @@ class SpecDecoder:
         t0 = time.perf_counter()
         live = {r.request_id for r in running}
         self.acceptance = {rid: a for rid, a in self.acceptance.items() if rid in live}
+        if hasattr(self.proposer, "release_except"):
+            self.proposer.release_except(live)
         decoding = [r for r in running if r.num_computed_tokens == r.num_tokens - 1]
         limit = self.config.disable_by_batch_size
         if not decoding or (limit is not None and len(decoding) >= limit):
@@ -140,7 +167,10 @@ class SpecDecoder:
         min_tokens_blocked: list[int],
     ) -> VerifyResult:
         """Accept a prefix of ``draft`` against ``logits`` ([len(draft) + 1, V]) and count it."""
-        res = verify_tokens(logits, draft, row, min_tokens_blocked)
+        q = None
+        if hasattr(self.proposer, "probs"):
+            q = self.proposer.probs(request_id, len(draft))
+        res = verify_tokens(logits, draft, row, min_tokens_blocked, q)
         self.stats.record(len(draft), res.num_accepted)
         self.observe_acceptance(request_id, len(draft), res.num_accepted)
         return res
