@@ -29,7 +29,7 @@ NGRAM = {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 3}
         ({"method": "ngram"}, "required"),
         ({"method": "ngram", "num_speculative_tokens": 2, "prompt_lookup_min": 4}, "exceed"),
         ({"method": "ngram", "num_speculative_tokens": 2, "model": "x"}, "takes no 'model'"),
-        ({"method": "tree", "num_speculative_tokens": 2}, "not implemented"),
+        ({"method": "ngram", "num_speculative_tokens": 2, "tree_width": 3}, "for method 'tree'"),
         ('{"method": ', "not valid JSON"),
         ("[1, 2]", "JSON object"),
     ],
@@ -362,7 +362,8 @@ def test_draft_model_equal_to_target_accepts_everything_and_stays_identical(tiny
 
 
 def test_bundled_pair_greedy_identity():
-    """xy-tiny with its bundled draft (the default): the same greedy text, fewer steps."""
+    """xy-tiny with its bundled draft (the default), as a chain and as a tree: the same greedy
+    text in fewer steps."""
     prompts = ["def fibonacci(n):\n    ", "import os\nimport sys\n\n\ndef main():\n"]
     params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
     base = LLM("xy-tiny", disable_progress_bar=True)
@@ -371,8 +372,63 @@ def test_bundled_pair_greedy_identity():
         disable_progress_bar=True,
         speculative_config={"method": "draft_model", "num_speculative_tokens": 4},
     )
-    a, b = base.generate(prompts, params), spec.generate(prompts, params)
-    assert [o.outputs[0].text for o in a] == [o.outputs[0].text for o in b]
-    assert spec.llm_engine.num_steps < base.llm_engine.num_steps
-    assert spec.llm_engine.spec.stats.num_accepted_tokens > 0
-    spec.llm_engine.spec.proposer.kv.check_no_leak()
+    tree = LLM(
+        "xy-tiny",
+        disable_progress_bar=True,
+        speculative_config={"method": "tree", "num_speculative_tokens": 4, "adaptive": False},
+    )
+    a = base.generate(prompts, params)
+    for llm in (spec, tree):
+        b = llm.generate(prompts, params)
+        assert [o.outputs[0].text for o in a] == [o.outputs[0].text for o in b]
+        assert llm.llm_engine.num_steps < base.llm_engine.num_steps
+        assert llm.llm_engine.spec.stats.num_accepted_tokens > 0
+        llm.llm_engine.spec.proposer.kv.check_no_leak()
+
+
+# ---- token trees --------------------------------------------------------------------------
+def test_tree_shape_mask_and_moves():
+    from xyserve.spec import tree
+
+    # width 2, 3 levels: nodes 0,1 | 2,3 | 4,5; only a level's first node has children.
+    assert [tree.parent(i, 2) for i in range(6)] == [-1, -1, 0, 0, 2, 2]
+    assert tree.children(-1, 6, 2) == [0, 1] and tree.children(1, 6, 2) == []
+    assert tree.children(2, 5, 2) == [4]  # a trimmed tree keeps its shape
+    assert tree.stage_positions(10, 7, 6, 2) == [10, 11, 11, 12, 12, 13, 13]
+    mask = tree.stage_mask(7, 6, 2)  # the root (last real token) then six nodes
+    assert mask[0] == (True,) + (False,) * 6
+    assert mask[4] == (True, True, False, False, True, False, False)  # node 3: root, 0, itself
+    assert tree.stage_mask(4, 3, 1) == tuple(
+        tuple(j <= i for j in range(4)) for i in range(4)
+    )  # a chain is causal
+    # Accepted path 0 -> 3: node 3 moves from position 20+3 to 20+1, both in the sixth block
+    # (physical block 1, slots 4..7); node 0 stays.
+    assert tree.path_moves([0, 3], 20, [5, 6, 7, 8, 9, 1], 4) == [(7, 5)]
+
+
+def test_greedy_tree_accepts_the_longest_matching_path():
+    logits = torch.full((7, 10), -5.0)
+    # Target argmax: root -> 4, after node 1 (token 4) -> 8; nodes 0/1 are [3, 4].
+    logits[0, 4] = 5.0
+    logits[2, 8] = 5.0
+    res = verify_tokens(
+        logits, [3, 4, 6, 7, 1, 2], _row(SamplingParams(temperature=0)), [], None, 2
+    )
+    # Node 1 (a sibling: no children) is accepted, then the target's own token from its row.
+    assert (res.token_ids, res.num_accepted, res.path) == ([4, 8], 1, [1])
+
+
+def test_tree_output_identical_with_chunking_prefix_cache_preemption(tiny_llama, reference):
+    _, ref = reference
+    spec = {"method": "tree", "num_speculative_tokens": 3, "tree_width": 3}
+    spec["model"] = str(tiny_llama)
+    llm = LLM(str(tiny_llama), speculative_config=spec, **ENGINE)
+    params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
+    got = _generate(llm, _prompts(), params)
+    assert [o.token_ids for o in got] == [o.token_ids for o in ref]
+    assert llm.llm_engine.spec.stats.num_accepted_tokens > 0
+    # Sampled requests get chains (verified with the draft's q) in the same engine.
+    sampled = _generate(llm, _prompts()[:2], SamplingParams(max_tokens=8, seed=1))
+    assert all(len(o.token_ids) > 0 for o in sampled)
+    llm.llm_engine.kv.check_no_leak()
+    llm.llm_engine.spec.proposer.kv.check_no_leak()

@@ -4,7 +4,7 @@ For every batch size, each method (``none`` first, then the speculative ones) ru
 greedy prompts with fixed output lengths, and the order is repeated ``--rounds`` times so the
 methods alternate in time (the machine's noise falls on all of them). One engine per method is
 built and warmed up once. Reported per batch and method: output tok/s (median over rounds), the
-ratio to ``none``, the acceptance rate, the mean accepted length (tokens per verify), the
+ratio to ``none``, engine steps and ``none``'s steps over them (free of timing noise), the acceptance rate, the mean accepted length (tokens per verify), the
 proposer's share of the wall time, and whether every output equals ``none``'s (greedy identity).
 Workloads are data files (schema ``xyserve.spec-workload/1``): text prompts cycled to fill a
 batch, and ``max_tokens``.
@@ -21,7 +21,7 @@ from pathlib import Path
 from xyserve.bench.offline import packaged
 
 SCHEMA = "xyserve.spec-workload/1"
-METHODS = ("none", "ngram", "draft_model")
+METHODS = ("none", "ngram", "draft_model", "tree")
 
 
 def load_spec_workload(path: str | Path) -> dict:
@@ -67,6 +67,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         spec_time: dict[str, float] = {m: 0.0 for m in methods}
         counts: dict[str, list[int]] = {m: [0, 0, 0] for m in methods}
         outputs: dict[str, list[list[int]]] = {}
+        steps: dict[str, int] = {}
         for _ in range(args.rounds):
             for m in methods:
                 eng = engines[m].llm_engine
@@ -76,6 +77,7 @@ def run(args: argparse.Namespace) -> list[dict]:
                 times[m].append(time.perf_counter() - t0)
                 s1 = _snapshot(eng)
                 spec_time[m] += s1[3] - s0[3]
+                steps[m] = s1[4] - s0[4]  # deterministic for greedy runs: the last round's
                 counts[m] = [c + y - x for c, x, y in zip(counts[m], s0[:3], s1[:3])]
                 outputs[m] = [o.outputs[0].token_ids for o in outs]
         ntok = b * work["max_tokens"]
@@ -89,6 +91,8 @@ def run(args: argparse.Namespace) -> list[dict]:
                     "method": m,
                     "tok_s": ntok / med,
                     "speedup": base / med,
+                    "steps": steps[m],
+                    "step_ratio": steps["none"] / steps[m],
                     "acceptance": acc / draft_toks if draft_toks else None,
                     "mean_accepted_len": 1 + acc / drafts if drafts else None,
                     "draft_share": spec_time[m] / sum(times[m]) if m != "none" else None,
@@ -99,11 +103,17 @@ def run(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
-def _snapshot(engine) -> tuple[int, int, int, float]:
+def _snapshot(engine) -> tuple[int, int, int, float, int]:
     s = engine.spec.stats if engine.spec is not None else None
     if s is None:
-        return (0, 0, 0, 0.0)
-    return (s.num_drafts, s.num_draft_tokens, s.num_accepted_tokens, s.propose_seconds)
+        return (0, 0, 0, 0.0, engine.num_steps)
+    return (
+        s.num_drafts,
+        s.num_draft_tokens,
+        s.num_accepted_tokens,
+        s.propose_seconds,
+        engine.num_steps,
+    )
 
 
 def _fmt(x, spec: str) -> str:
@@ -113,13 +123,15 @@ def _fmt(x, spec: str) -> str:
 def _print_rows(rows: list[dict], header: bool) -> None:
     if header:
         print(
-            f"{'batch':>5} {'method':<12} {'tok/s':>8} {'x none':>7} {'accept':>7} "
+            f"{'batch':>5} {'method':<12} {'tok/s':>8} {'x none':>7} {'steps':>6} {'steps/':>7} "
+            f"{'accept':>7} "
             f"{'acc len':>7} {'draft %':>7} {'same':>5}"
         )
     for r in rows:
         share = None if r["draft_share"] is None else 100 * r["draft_share"]
         print(
             f"{r['batch']:>5} {r['method']:<12} {r['tok_s']:>8.1f} {r['speedup']:>7.2f} "
+            f"{r['steps']:>6} {r['step_ratio']:>7.2f} "
             f"{_fmt(r['acceptance'], '.2f'):>7} {_fmt(r['mean_accepted_len'], '.2f'):>7} "
             f"{_fmt(share, '.1f'):>7} {str(r['identical']):>5}",
             flush=True,
@@ -130,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="xyserve bench spec", description=__doc__.split("\n")[0])
     p.add_argument("--model", default="xy-tiny")
     p.add_argument("--workload", default="spec_code", help="a file or a packaged name")
-    p.add_argument("--methods", default="ngram,draft_model", help="compared with none")
+    p.add_argument("--methods", default="ngram,draft_model,tree", help="compared with none")
     p.add_argument(
         "--batch-sizes", default="1,4,16,64", type=lambda s: [int(x) for x in s.split(",")]
     )

@@ -19,6 +19,7 @@ from xyserve.engine.scheduler import Scheduler
 from xyserve.model.loader import load_model, resolve_device, resolve_dtype
 from xyserve.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
 from xyserve.sampling_params import SamplingParams
+from xyserve.spec import tree
 from xyserve.spec.config import SpeculativeConfig
 from xyserve.spec.decoder import SpecDecoder
 
@@ -287,7 +288,14 @@ class LLMEngine:
             draft = r.spec_token_ids[: st.num_spec_tokens]
             block = sorted(self.eos_token_ids | set(p.stop_token_ids))
             logits = result.logits[result.rows[r.request_id]]
-            res = self.spec.verify(r.request_id, logits, draft, row, block)
+            w = r.spec_tree_width
+            res = self.spec.verify(r.request_id, logits, draft, row, block, w)
+            if w > 1:  # a tree: its accepted path's K/V move to consecutive slots
+                first = st.kv_len - st.num_spec_tokens
+                table = self.kv.block_table(r.request_id)
+                bs = self.config.block_size
+                self.runner.move_slots(tree.path_moves(res.path, first, table, bs))
+                r.spec_token_ids = [draft[n] for n in res.path]
             sampled[r.request_id] = res.token_ids[-1:]
             num_accepted[r.request_id] = res.num_accepted
             emitted[r.request_id] = res.samples

@@ -13,7 +13,7 @@ from typing import Any
 
 METHODS: tuple[str, ...] = ("ngram", "draft_model", "tree")
 # Methods whose proposer exists in this build; the others are refused by name at start.
-IMPLEMENTED_METHODS: tuple[str, ...] = ("ngram", "draft_model")
+IMPLEMENTED_METHODS: tuple[str, ...] = METHODS
 
 
 @dataclass
@@ -23,7 +23,7 @@ class SpeculativeConfig:
     model: str | None = None  # draft model (draft_model, tree); defaults per target
     prompt_lookup_min: int = 1  # ngram: shortest suffix n-gram that may match
     prompt_lookup_max: int = 3  # ngram: longest suffix n-gram tried first
-    tree_width: int = 2  # tree: children per node (top-b of the draft)
+    tree_width: int = 2  # tree: siblings per level (the draft's top-b), see spec/tree.py
     tree_depth: int | None = None  # tree: levels (defaults to num_speculative_tokens)
     # Adaptive speculation: no proposals while this many requests or more are decoding
     # (vLLM's disable_by_batch_size); None: never disabled by batch size alone.
@@ -58,6 +58,8 @@ class SpeculativeConfig:
             raise ValueError(
                 f"speculative_config: adaptive must be a boolean, got {self.adaptive!r}"
             )
+        if self.method != "tree" and (self.tree_depth is not None or self.tree_width != 2):
+            raise ValueError("speculative_config: tree_width/tree_depth are for method 'tree'")
         if self.model is not None and self.method == "ngram":
             raise ValueError("speculative_config: method 'ngram' takes no 'model'")
 
@@ -85,6 +87,13 @@ class SpeculativeConfig:
             if key not in value:
                 raise ValueError(f"speculative_config: {key!r} is required")
         return cls(**value)
+
+    @property
+    def depth(self) -> int:
+        """The most proposals on one path (tokens that one verify can accept)."""
+        if self.method == "tree" and self.tree_depth is not None:
+            return self.tree_depth
+        return self.num_speculative_tokens
 
 
 def _check_int(name: str, value: Any, low: int) -> None:

@@ -67,7 +67,7 @@ class SpecDecoder:
         self, config: SpeculativeConfig, max_model_len: int, budget: int, proposer=None
     ) -> None:
         self.config = config
-        self.k = config.num_speculative_tokens
+        self.k = config.depth
         self.max_model_len = max_model_len
         self.budget = budget
         self.stats = SpecStats(self.k)
@@ -83,7 +83,7 @@ class SpecDecoder:
     def for_engine(cls, config: SpeculativeConfig, engine) -> SpecDecoder:
         """The decoder of a target engine, with the proposer its method names."""
         proposer = None
-        if config.method == "draft_model":
+        if config.method in ("draft_model", "tree"):
             from xyserve.spec.draft import DraftModelProposer, resolve_draft_path
 
             ec = engine.config
@@ -96,6 +96,7 @@ class SpecDecoder:
                 ec.block_size,
                 ec.attention_backend,
                 ec.gemm_backend,
+                config.tree_width if config.method == "tree" else 1,
             )
         return cls(config, engine.max_model_len, engine.config.max_num_batched_tokens, proposer)
 
@@ -137,9 +138,15 @@ class SpecDecoder:
     def _allocate(self, decoding: list[Request], proposals: dict[str, list[int]]) -> dict[str, int]:
         """How many of each request's proposals to keep (see the module docstring)."""
         cands = []
+        width = {r.request_id: r.spec_tree_width for r in decoding}
         for rid, toks in proposals.items():
             a = self.acceptance.get(rid, PRIOR_ACCEPTANCE)
-            cands.extend((a ** (j + 1), rid) for j in range(len(toks)))
+            w = width[rid]
+            for j in range(len(toks)):
+                # Tree siblings (j % w > 0) stand in for the level's first node when it fails.
+                lv = j // w
+                chance = a ** (lv + 1) if j % w == 0 else a**lv * (1 - a) / w
+                cands.append((chance, rid))
         cands.sort(key=lambda c: -c[0])
         emitted = float(len(decoding))  # each decoding request emits one token anyway
         cost = self.cost.fixed_tokens + len(decoding)
@@ -165,12 +172,13 @@ class SpecDecoder:
         draft: list[int],
         row: SampleRow,
         min_tokens_blocked: list[int],
+        tree_width: int = 1,
     ) -> VerifyResult:
         """Accept a prefix of ``draft`` against ``logits`` ([len(draft) + 1, V]) and count it."""
         q = None
         if hasattr(self.proposer, "probs"):
             q = self.proposer.probs(request_id, len(draft))
-        res = verify_tokens(logits, draft, row, min_tokens_blocked, q)
+        res = verify_tokens(logits, draft, row, min_tokens_blocked, q, tree_width)
         self.stats.record(len(draft), res.num_accepted)
         self.observe_acceptance(request_id, len(draft), res.num_accepted)
         return res

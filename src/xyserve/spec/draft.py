@@ -54,6 +54,7 @@ class DraftModelProposer:
         block_size: int,
         attention_backend: str,
         gemm_backend: str,
+        tree_width: int = 1,
     ) -> None:
         cfg = ModelConfig.from_dir(draft_path)
         if cfg.vocab_size != target_cfg.vocab_size:
@@ -70,6 +71,7 @@ class DraftModelProposer:
         self.runner = ModelRunner(
             self.model, num_blocks, block_size, attention_backend, gemm_backend, gemm_kwargs
         )
+        self.tree_width = tree_width  # > 1: greedy requests get token trees (spec.tree)
         self.shadows: dict[str, Request] = {}
         self.generators: dict[str, torch.Generator | None] = {}
         self._probs: dict[str, torch.Tensor] = {}
@@ -118,6 +120,10 @@ class DraftModelProposer:
                 active.append((r, self._sync(r)))
         out: dict[str, list[int]] = {r.request_id: [] for r, _ in active}
         qs: dict[str, list[torch.Tensor]] = {r.request_id: [] for r, _ in active}
+        levels: dict[str, int] = {r.request_id: 0 for r, _ in active}
+        for r, _ in active:
+            p = r.sampling_params
+            r.spec_tree_width = self.tree_width if p is None or p.greedy else 1
         while active:
             stages = []
             for _, s in active:
@@ -140,15 +146,23 @@ class DraftModelProposer:
             for i, (r, s) in enumerate(active):
                 s.num_computed_tokens = s.num_tokens
                 p = r.sampling_params
-                if p is None or p.greedy:
+                rid = r.request_id
+                if r.spec_tree_width > 1:  # the level: top-width tokens, the best one extended
                     tok = argmax[i]
+                    top = torch.topk(logits[i], r.spec_tree_width).indices.tolist()
+                    others = [t for t in top if t != tok][: r.spec_tree_width - 1]
+                    out[rid].extend([tok, *others])
+                elif p is None or p.greedy:
+                    tok = argmax[i]
+                    out[rid].append(tok)
                 else:
                     q = filter_logits(logits[i].clone(), p).softmax(-1)
-                    tok = int(torch.multinomial(q, 1, generator=self.generators[r.request_id]))
-                    qs[r.request_id].append(q)
-                out[r.request_id].append(tok)
+                    tok = int(torch.multinomial(q, 1, generator=self.generators[rid]))
+                    qs[rid].append(q)
+                    out[rid].append(tok)
                 s.output_token_ids.append(tok)
-            active = [(r, s) for r, s in active if len(out[r.request_id]) < caps[r.request_id]]
+                levels[rid] += 1
+            active = [(r, s) for r, s in active if levels[r.request_id] < caps[r.request_id]]
         for rid, q in qs.items():
             if q:
                 self._probs[rid] = torch.stack(q)

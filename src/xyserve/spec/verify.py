@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from xyserve.engine.sampler import SampleResult, SampleRow, apply_penalties, filter_logits
-from xyserve.kernels.cpu_argmax import greedy_ids
+from xyserve.spec import tree
 
 
 @dataclass
@@ -31,6 +31,7 @@ class VerifyResult:
     token_ids: list[int]  # accepted proposals, then the target's own token (correction/bonus)
     num_accepted: int
     samples: list[SampleResult]  # one per emitted token (logprobs filled when asked)
+    path: list[int]  # the accepted proposals' indices in the draft (a prefix for a chain)
 
 
 def target_logits(logits: torch.Tensor, row: SampleRow) -> torch.Tensor:
@@ -47,13 +48,17 @@ def verify_tokens(
     row: SampleRow,
     min_tokens_blocked: list[int],
     draft_probs: torch.Tensor | None = None,
+    tree_width: int = 1,
 ) -> VerifyResult:
-    """Accept a prefix of ``draft`` and emit one more token from the target.
+    """Accept a prefix of ``draft`` (a path of its tree) and emit one more token from the target.
 
-    ``logits``: [len(draft) + 1, V] raw target logits. ``row``: the request before this step
-    (its ``blocked_ids`` are ignored: ``min_tokens_blocked`` is applied at each position while
-    fewer than ``min_tokens`` tokens exist). ``draft_probs``: [len(draft), V] the draft's
-    distributions, or None for a deterministic (one-hot) proposer.
+    ``logits``: [len(draft) + 1, V] raw target logits, row 0 for the last real token and row
+    ``i + 1`` for proposal ``i``. ``row``: the request before this step (its ``blocked_ids`` are
+    ignored: ``min_tokens_blocked`` is applied at each position while fewer than ``min_tokens``
+    tokens exist). ``draft_probs``: [len(draft), V] the draft's distributions, or None for a
+    deterministic (one-hot) proposer. ``tree_width`` > 1: ``draft`` is a token tree
+    (:mod:`xyserve.spec.tree`), greedy requests only; the longest path the target's argmax
+    follows is accepted.
     """
     k = len(draft)
     if logits.shape[0] != k + 1:
@@ -61,6 +66,8 @@ def verify_tokens(
             f"verify needs {k + 1} logits rows for {k} proposals, got {logits.shape[0]}"
         )
     p = row.params
+    if tree_width > 1 and not p.greedy:
+        raise ValueError("token trees are verified for greedy requests only")
     plain = (
         p.greedy
         and p.repetition_penalty == 1.0
@@ -68,28 +75,36 @@ def verify_tokens(
         and not p.frequency_penalty
         and len(row.output_ids) >= p.min_tokens
     )
-    argmax = greedy_ids(logits) if plain else None
+    argmax = logits.argmax(dim=-1).tolist() if plain else None  # a few rows: torch's own
     emitted: list[int] = []
-    accepted = 0
-    for i in range(k + 1):
+    path: list[int] = []  # accepted proposals (node indices)
+    rows_used: list[int] = []
+    cur = -1  # the root: the last real token, logits row 0
+    while True:
+        r = cur + 1
+        rows_used.append(r)
+        kids = tree.children(cur, k, tree_width)
         if argmax is not None:
-            tok = argmax[i]
+            tok = argmax[r]
         else:
             outs = row.output_ids + emitted
             blocked = min_tokens_blocked if len(outs) < p.min_tokens else []
-            lg = target_logits(logits[i], replace(row, output_ids=outs, blocked_ids=blocked))
+            lg = target_logits(logits[r], replace(row, output_ids=outs, blocked_ids=blocked))
             if p.greedy:
                 tok = int(lg.argmax())
             else:
                 probs = filter_logits(lg, p).softmax(-1)
-                q = None if i == k or draft_probs is None else draft_probs[i]
-                tok = _sample_step(probs, draft[i] if i < k else None, q, row.generator)
+                nxt = kids[0] if kids else None
+                q = None if nxt is None or draft_probs is None else draft_probs[nxt]
+                tok = _sample_step(probs, None if nxt is None else draft[nxt], q, row.generator)
         emitted.append(tok)
-        if i < k and tok == draft[i]:
-            accepted += 1
-            continue
-        break
-    return VerifyResult(emitted, accepted, _logprob_results(logits, emitted, p.logprobs))
+        match = next((c for c in kids if draft[c] == tok), None)
+        if match is None:
+            break
+        path.append(match)
+        cur = match
+    samples = _logprob_results(logits, rows_used, emitted, p.logprobs)
+    return VerifyResult(emitted, len(path), samples, path)
 
 
 def _sample_step(
@@ -117,12 +132,12 @@ def _sample_step(
 
 
 def _logprob_results(
-    logits: torch.Tensor, emitted: list[int], num: int | None
+    logits: torch.Tensor, rows: list[int], emitted: list[int], num: int | None
 ) -> list[SampleResult]:
     """Logprobs of the raw model distribution at each emitted position, as the sampler gives."""
     if num is None:
         return [SampleResult(t, None, [], 0) for t in emitted]
-    lp = torch.log_softmax(logits[: len(emitted)], dim=-1)
+    lp = torch.log_softmax(logits[rows], dim=-1)
     out = []
     for i, tok in enumerate(emitted):
         top: list[tuple[int, float]] = []
