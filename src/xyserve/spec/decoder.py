@@ -121,36 +121,48 @@ class SpecDecoder:
             )
             if cap >= 1 and not r.spec_token_ids:
                 caps[r.request_id] = cap
+        keep = None
+        if self.config.adaptive:  # decided before proposing: no draft pass is thrown away
+            width = {r.request_id: self._width(r) for r in decoding}
+            sizes = {rid: cap * width[rid] for rid, cap in caps.items()}
+            keep = self._allocate(len(decoding), sizes, width)
+            for rid in caps:
+                if not keep.get(rid):  # not verified, so not observed: drift back to the prior
+                    a = self.acceptance.get(rid, PRIOR_ACCEPTANCE)
+                    self.acceptance[rid] = a + RECOVERY * (PRIOR_ACCEPTANCE - a)
+            caps = {rid: -(-n // width[rid]) for rid, n in keep.items() if n > 0}
         asking = [r for r in decoding if r.request_id in caps]
         proposals = self.proposer.propose(asking, caps) if asking else {}
-        if proposals:
-            keep = self._allocate(decoding, proposals) if self.config.adaptive else None
-            for r in decoding:
-                toks = proposals.get(r.request_id)
-                if toks:
-                    n = len(toks) if keep is None else keep.get(r.request_id, 0)
-                    r.spec_token_ids = toks[:n]
-                    if n == 0:  # not verified, so not observed: drift back to the prior
-                        a = self.acceptance.get(r.request_id, PRIOR_ACCEPTANCE)
-                        self.acceptance[r.request_id] = a + RECOVERY * (PRIOR_ACCEPTANCE - a)
+        for r in asking:
+            toks = proposals.get(r.request_id)
+            if toks:
+                r.spec_token_ids = toks if keep is None else toks[: keep[r.request_id]]
         self.stats.propose_seconds += time.perf_counter() - t0
 
-    def _allocate(self, decoding: list[Request], proposals: dict[str, list[int]]) -> dict[str, int]:
-        """How many of each request's proposals to keep (see the module docstring)."""
+    def _width(self, r: Request) -> int:
+        """Siblings per level this request's proposals will have (1: a chain)."""
+        p = r.sampling_params
+        greedy = p is None or p.greedy
+        return self.config.tree_width if self.config.method == "tree" and greedy else 1
+
+    def _allocate(
+        self, num_decoding: int, sizes: dict[str, int], width: dict[str, int]
+    ) -> dict[str, int]:
+        """How many proposals (tokens, tree nodes included) each request gets; see the module
+        docstring. ``sizes``: the most each may get."""
         cands = []
-        width = {r.request_id: r.spec_tree_width for r in decoding}
-        for rid, toks in proposals.items():
+        for rid, size in sizes.items():
             a = self.acceptance.get(rid, PRIOR_ACCEPTANCE)
             w = width[rid]
-            for j in range(len(toks)):
+            for j in range(size):
                 # Tree siblings (j % w > 0) stand in for the level's first node when it fails.
                 lv = j // w
                 chance = a ** (lv + 1) if j % w == 0 else a**lv * (1 - a) / w
                 cands.append((chance, rid))
         cands.sort(key=lambda c: -c[0])
-        emitted = float(len(decoding))  # each decoding request emits one token anyway
-        cost = self.cost.fixed_tokens + len(decoding)
-        room = self.budget - len(decoding)
+        emitted = float(num_decoding)  # each decoding request emits one token anyway
+        cost = self.cost.fixed_tokens + num_decoding
+        room = self.budget - num_decoding
         keep: dict[str, int] = {}
         for chance, rid in cands:
             if room <= 0 or chance <= emitted / cost:
