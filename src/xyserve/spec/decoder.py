@@ -7,12 +7,15 @@ engine hands each verify stage's ``k + 1`` logits rows to :meth:`SpecDecoder.ver
 
 Adaptive length: each request keeps an estimate ``a`` of the chance that one proposal is accepted
 (moving average of its own verifies). Proposal ``j`` of a request (0-based) is then accepted with
-about ``a ** (j + 1)``. A step's cost is modelled as ``F + T`` token-equivalents for ``T`` tokens,
-where ``F`` (the fixed cost of a step: weights streamed once, Python overhead) is fitted online
-from the engine's step times. Proposals are taken in order of acceptance chance while each is
-worth more than the step's current tokens-per-cost: at batch 1 ``F`` dominates and long chains
-pay; in a large batch only proposals likely to be accepted survive, down to none. This is a
-model of the cost, not a measurement of it per step; ``adaptive=False`` keeps every proposal.
+about ``a ** (j + 1)``. A step's cost is modelled in target-token equivalents: ``F + T`` for
+``T`` tokens, where ``F`` (the fixed cost of a step: weights streamed once, Python overhead) is
+fitted online from the engine's step times, plus ``D`` per proposer pass (one draft level for
+the whole batch; measured proposer seconds per pass over the fitted seconds per token).
+Levels are added one at a time, each request's proposal at that level in order of acceptance
+chance, while the step's expected tokens per cost improve: at batch 1 ``F`` dominates and long
+chains can pay; in a large batch only proposals likely to be accepted survive, down to none.
+This is a model of the cost, decided before proposing (no draft pass is wasted), not a
+measurement per step; ``adaptive=False`` keeps every proposal.
 """
 
 from __future__ import annotations
@@ -48,15 +51,27 @@ class StepCostModel:
         self.sxx += x * x
         self.sxy += x * seconds
 
+    def _fit(self) -> tuple[float, float] | None:
+        """(a, b) of the least-squares line, or None before enough varied steps."""
+        if self.n < MIN_FIT_STEPS:
+            return None
+        var = self.n * self.sxx - self.sx * self.sx
+        if var <= 1e-9:
+            return None
+        b = (self.n * self.sxy - self.sx * self.sy) / var
+        return (self.sy - b * self.sx) / self.n, b
+
+    @property
+    def seconds_per_token(self) -> float | None:
+        fit = self._fit()
+        return None if fit is None or fit[1] <= 0 else fit[1]
+
     @property
     def fixed_tokens(self) -> float:
-        if self.n < MIN_FIT_STEPS:
+        fit = self._fit()
+        if fit is None:  # too few steps, or all of one size: no slope to fit yet
             return DEFAULT_FIXED_COST
-        var = self.n * self.sxx - self.sx * self.sx
-        if var <= 1e-9:  # every step had the same size: no slope to fit
-            return DEFAULT_FIXED_COST
-        b = (self.n * self.sxy - self.sx * self.sy) / var
-        a = (self.sy - b * self.sx) / self.n
+        a, b = fit
         if b <= 0:
             return 1e3  # more tokens cost nothing measurable: the fixed part dominates
         return min(1e3, max(0.0, a / b))
@@ -73,6 +88,7 @@ class SpecDecoder:
         self.stats = SpecStats(self.k)
         self.cost = StepCostModel()
         self.acceptance: dict[str, float] = {}
+        self.num_levels = 0  # proposer passes so far (the deepest proposal of each call)
         # Anything with ``propose(requests, caps) -> {request_id: tokens}`` (at most caps[id]);
         # optionally ``release_except(live_ids)`` and ``probs(request_id, n)`` (the draft's q).
         self.proposer = proposer or NgramProposer(
@@ -133,6 +149,7 @@ class SpecDecoder:
             caps = {rid: -(-n // width[rid]) for rid, n in keep.items() if n > 0}
         asking = [r for r in decoding if r.request_id in caps]
         proposals = self.proposer.propose(asking, caps) if asking else {}
+        self.num_levels += max(caps.values(), default=0) if asking else 0
         for r in asking:
             toks = proposals.get(r.request_id)
             if toks:
@@ -149,29 +166,49 @@ class SpecDecoder:
         self, num_decoding: int, sizes: dict[str, int], width: dict[str, int]
     ) -> dict[str, int]:
         """How many proposals (tokens, tree nodes included) each request gets; see the module
-        docstring. ``sizes``: the most each may get."""
-        cands = []
-        for rid, size in sizes.items():
-            a = self.acceptance.get(rid, PRIOR_ACCEPTANCE)
-            w = width[rid]
-            for j in range(size):
-                # Tree siblings (j % w > 0) stand in for the level's first node when it fails.
-                lv = j // w
-                chance = a ** (lv + 1) if j % w == 0 else a**lv * (1 - a) / w
-                cands.append((chance, rid))
-        cands.sort(key=lambda c: -c[0])
+        docstring. ``sizes``: the most each may get. Whole levels are decided one at a time:
+        a level costs its tokens plus one proposer pass (shared by the batch)."""
         emitted = float(num_decoding)  # each decoding request emits one token anyway
         cost = self.cost.fixed_tokens + num_decoding
         room = self.budget - num_decoding
+        level_cost = self.proposer_level_tokens()
         keep: dict[str, int] = {}
-        for chance, rid in cands:
-            if room <= 0 or chance <= emitted / cost:
+        alive = set(sizes)
+        for lv in range(max((-(-n // width[rid]) for rid, n in sizes.items()), default=0)):
+            units = []
+            for rid in alive:
+                w = width[rid]
+                n = min(w, sizes[rid] - lv * w)
+                if n <= 0:
+                    continue
+                a = self.acceptance.get(rid, PRIOR_ACCEPTANCE)
+                # The level's first node, then siblings that stand in when it fails.
+                value = a ** (lv + 1) + (n - 1) * a**lv * (1 - a) / w
+                units.append((value / n, value, n, rid))
+            units.sort(key=lambda u: -u[0])
+            take, gain, tokens = [], 0.0, 0
+            for per_token, value, n, rid in units:
+                if per_token <= emitted / cost or tokens + n > room:
+                    break
+                take.append((rid, n))
+                gain += value
+                tokens += n
+            if not take or (emitted + gain) / (cost + tokens + level_cost) <= emitted / cost:
                 break
-            keep[rid] = keep.get(rid, 0) + 1
-            emitted += chance
-            cost += 1.0
-            room -= 1
+            emitted += gain
+            cost += tokens + level_cost
+            room -= tokens
+            for rid, n in take:
+                keep[rid] = keep.get(rid, 0) + n
+            alive = {rid for rid, n in take if n == width[rid]}
         return keep
+
+    def proposer_level_tokens(self) -> float:
+        """One proposer pass (a draft level for the whole batch) in target-token equivalents."""
+        b = self.cost.seconds_per_token
+        if b is None or self.num_levels == 0:
+            return 0.0
+        return (self.stats.propose_seconds / self.num_levels) / b
 
     def observe_step(self, num_tokens: int, seconds: float) -> None:
         self.cost.observe(num_tokens, seconds)
