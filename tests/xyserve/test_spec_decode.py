@@ -432,3 +432,28 @@ def test_tree_output_identical_with_chunking_prefix_cache_preemption(tiny_llama,
     assert all(len(o.token_ids) > 0 for o in sampled)
     llm.llm_engine.kv.check_no_leak()
     llm.llm_engine.spec.proposer.kv.check_no_leak()
+
+
+def test_disable_by_batch_size_stops_proposals():
+    cfg = SpeculativeConfig("ngram", 3, disable_by_batch_size=2, adaptive=False)
+    dec = SpecDecoder(cfg, max_model_len=1000, budget=512)
+    reqs = [Request(str(i), [1, 2, 3, 1, 2, 3, 1, 2], 50) for i in range(2)]
+    for r in reqs:
+        r.num_computed_tokens = r.num_tokens - 1
+    dec.propose(reqs)
+    assert all(not r.spec_token_ids for r in reqs)
+    dec.propose(reqs[:1])
+    assert reqs[0].spec_token_ids == [3, 1, 2]
+
+
+def test_n_children_each_verify_their_own_proposals(tiny_llama, reference):
+    ref_llm, ref = reference
+    llm = LLM(str(tiny_llama), speculative_config=NGRAM, **ENGINE)
+    table = {tuple(p): o.token_ids for p, o in zip(_prompts(), ref)}
+    llm.llm_engine.spec.proposer = OracleProposer(table, ref_llm.llm_engine.model.cfg.vocab_size)
+    params = SamplingParams(n=2, temperature=0, max_tokens=12, ignore_eos=True)
+    outs = llm.generate([{"prompt_token_ids": p} for p in _prompts()[:3]], params)
+    for o, r in zip(outs, ref):
+        assert [c.token_ids for c in o.outputs] == [r.token_ids[:12]] * 2
+    assert llm.llm_engine.spec.stats.num_accepted_tokens > 0
+    llm.llm_engine.kv.check_no_leak()
