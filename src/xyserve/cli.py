@@ -12,6 +12,7 @@ COMMANDS: dict[str, str] = {
     "bench serve": "xyserve.bench.serve:main",
     "bench kernels": "xyserve.bench.kernels:main",
     "bench grammar": "xyserve.bench.grammar:main",
+    "bench spec": "xyserve.bench.spec:main",
     "tune": "xyserve.tools.tune:main",
     "train-tiny": "xyserve.tools.train_tiny:main",
 }

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Any
+
+from xyserve.spec.config import SpeculativeConfig
 
 
 @dataclass
@@ -51,6 +54,9 @@ class EngineConfig:
     max_stop_strings: int = 32  # per request (each is searched for after every token)
     max_waiting_requests: int | None = None  # past it, new requests get a 503 + Retry-After
     request_timeout_s: float | None = None  # a request running longer is aborted
+    # Speculative decoding (vLLM's keys: method, num_speculative_tokens, prompt_lookup_min/max,
+    # ...); a dict or a JSON string, validated here. None: no speculation.
+    speculative_config: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.max_num_batched_tokens < 1:
@@ -80,6 +86,11 @@ class EngineConfig:
             raise ValueError("tbt_target_ms must be >= 0 (0: off)")
         if self.admission_max_skips < 0:
             raise ValueError("admission_max_skips must be >= 0")
+        if self.speculative_config is not None:  # refused here, before any model loads
+            spec = SpeculativeConfig.parse(self.speculative_config)
+            self.speculative_config = {
+                f.name: getattr(spec, f.name) for f in fields(SpeculativeConfig)
+            }
         if self.num_reserved_decode_tokens is None:
             self.num_reserved_decode_tokens = max(1, self.max_num_batched_tokens // 4)
 

@@ -24,6 +24,12 @@ class LLM:
     def get_tokenizer(self):
         return self.llm_engine.tokenizer
 
+    def get_metrics(self) -> list:
+        """The engine's counters (``name``/``value`` objects, vLLM's shapes; spec ones too)."""
+        from xyserve.engine_metrics import engine_metrics
+
+        return engine_metrics(self.llm_engine)
+
     def generate(
         self,
         prompts: str | Sequence[str] | Sequence[dict] | dict,

@@ -22,6 +22,9 @@ from xyserve.engine.scheduler import Scheduler
 from xyserve.model.loader import load_model, resolve_device, resolve_dtype
 from xyserve.outputs import RequestMetrics, RequestOutput
 from xyserve.sampling_params import SamplingParams
+from xyserve.spec import tree
+from xyserve.spec.config import SpeculativeConfig
+from xyserve.spec.decoder import SpecDecoder
 
 log = logging.getLogger("xyserve")
 
@@ -149,6 +152,9 @@ class LLMEngine:
             config.attention_backend,
             config.gemm_backend,
         )
+        # Speculative decoding (the Verify stage): proposes after each step, verifies in the next.
+        spec = SpeculativeConfig.parse(config.speculative_config)
+        self.spec = SpecDecoder.for_engine(spec, self) if spec is not None else None
 
     # ---- requests ---------------------------------------------------------------------
     def tokenize(self, prompt: str, add_special_tokens: bool = True) -> list[int]:
@@ -332,6 +338,8 @@ class LLMEngine:
         sampled: dict[str, list[int]] = {}
         touched: dict[str, Group] = {}
         rows, sample_rows, children = [], [], []
+        verifies: list[tuple[Group, Child, object]] = []  # spec
+        emitted: dict[str, list] = {}  # spec: the SampleResults of multi-token verify outputs
         for st in out.stages:
             rid = st.request.request_id
             group, child = self._child_to_group[rid]
@@ -344,6 +352,9 @@ class LLMEngine:
             blocked = []
             if len(r.output_token_ids) < group.params.min_tokens:
                 blocked = sorted(self.eos_token_ids | set(group.params.stop_token_ids))
+            if st.num_spec_tokens:  # spec: a verify stage, accepted below
+                verifies.append((group, child, st))
+                continue
             rows.append(result.rows[rid].stop - 1)
             sample_rows.append(
                 SampleRow(
@@ -371,12 +382,24 @@ class LLMEngine:
                     continue
                 sampled[child.request.request_id] = [res.token_id]
                 self._guard(group, self.output.record_logprobs, child, res)
-        self.scheduler.update(out, sampled)
+        num_accepted: dict[str, int] | None = {} if verifies else None
+        for group, child, st in verifies:  # each verify fails alone, as a sampling row does
+            accept = (group, child, st, result, sampled, emitted, num_accepted)
+            self._guard(group, self._verify, *accept)
+        children.extend((g, c) for g, c, _ in verifies)
+        self.scheduler.update(out, sampled, num_accepted)
         done_time = time.monotonic()
         for group, child in children:
-            if group.error is None and child.request.request_id in sampled:
+            touched[group.request_id] = group
+            rid = child.request.request_id
+            if group.error is not None or rid not in sampled:
+                continue
+            results = emitted.get(rid)
+            if results is None:
                 self._guard(group, self._process_token, group, child, done_time)
-        self.num_generation_tokens += len(sampled)
+            else:
+                self._guard(group, self._process_run, group, child, done_time, results)
+        self.num_generation_tokens += sum(len(emitted.get(rid, (0,))) for rid in sampled)
         self.num_computed_prefill_tokens += sum(s.num_tokens for s in out.stages if s.is_prefill)
         outputs = []
         for group in touched.values():
@@ -386,6 +409,9 @@ class LLMEngine:
                 group.metrics.finished_time = done_time
                 for c in group.children:
                     self._child_to_group.pop(c.request.request_id, None)
+        if self.spec is not None:  # spec: time the step for the cost model, then propose
+            self.spec.observe_step(out.num_tokens, done_time - now)
+            self.spec.propose([r for r in self.scheduler.running if self._speculable(r)])
         return outputs
 
     def _guard(self, group: Group, fn, *args) -> None:  # noqa: ANN001 - any per-request step
@@ -397,6 +423,52 @@ class LLMEngine:
         except Exception as e:  # a bug or bad data in one request must not end the batch
             log.exception("processing request %s failed", group.request_id)
             self._fail(group, f"{type(e).__name__}: {e}")
+
+    # ---- speculative decoding (the Verify stage; see xyserve.spec) -----------------------
+    def _verify(
+        self, group: Group, child: Child, st, result, sampled: dict, emitted: dict, accepted: dict
+    ) -> None:
+        """Accept one verify stage's proposals: the emitted tokens' sample results go to
+        ``emitted``, the last token to ``sampled``, the number accepted to ``accepted``."""
+        r = child.request
+        p = group.params
+        row = SampleRow(p, r.prompt_token_ids, r.output_token_ids, child.generator, [])
+        draft = r.spec_token_ids[: st.num_spec_tokens]
+        block = sorted(self.eos_token_ids | set(p.stop_token_ids))
+        logits = result.logits[result.rows[r.request_id]]
+        w = r.spec_tree_width
+        res = self.spec.verify(r.request_id, logits, draft, row, block, w)
+        if w > 1:  # a tree: its accepted path's K/V move to consecutive slots
+            first = st.kv_len - st.num_spec_tokens
+            table = self.kv.block_table(r.request_id)
+            bs = self.config.block_size
+            self.runner.move_slots(tree.path_moves(res.path, first, table, bs))
+            r.spec_token_ids = [draft[n] for n in res.path]
+        accepted[r.request_id] = res.num_accepted
+        emitted[r.request_id] = res.samples
+        sampled[r.request_id] = res.token_ids[-1:]
+
+    def _speculable(self, r: Request) -> bool:
+        """Whether a request may be proposed for: verification samples from the target's
+        distribution after penalties and top-k/p, but does not apply ``logit_bias`` or a
+        structured-output grammar, so such requests decode one token a step."""
+        entry = self._child_to_group.get(r.request_id)
+        if entry is None:
+            return False
+        group, child = entry
+        return not group.params.logit_bias and child.matcher is None
+
+    def _process_run(self, group: Group, child: Child, now: float, results: list) -> None:
+        """Several new tokens of one verify, checked one by one: a stop inside cuts there."""
+        r = child.request
+        new = r.output_token_ids[-len(results) :]
+        del r.output_token_ids[-len(results) :]
+        for tok, res in zip(new, results):
+            r.output_token_ids.append(tok)
+            self.output.record_logprobs(child, res)
+            self._process_token(group, child, now)
+            if child.finish_reason is not None:
+                break
 
     def _process_token(self, group: Group, child: Child, now: float) -> None:
         r = child.request

@@ -12,6 +12,7 @@ from xyserve.kernels.backend import get_attention_backend, get_gemm_backend
 from xyserve.kernels.metadata import AttentionMetadata
 from xyserve.model.llama import LlamaModel, StepContext
 from xyserve.plan.token_table import TokenTable
+from xyserve.spec import tree
 
 
 @dataclass
@@ -85,8 +86,22 @@ class ModelRunner:
                 block_tables[rid],
                 num_spec_tokens=st.num_spec_tokens,
                 is_prefill=st.is_prefill,
+                tree_mask=_tree_mask(st),  # spec: token trees verify under their own mask
             )
         return table
+
+    def move_slots(self, pairs: list[tuple[int, int]]) -> None:
+        """Copy K/V from cache slot ``src`` to ``dst`` for each pair, all read before any write
+        (a token tree's accepted path moved to consecutive positions)."""
+        if not pairs:
+            return
+        dev = self.model.device
+        src = torch.tensor([p[0] for p in pairs], dtype=torch.long, device=dev)
+        dst = torch.tensor([p[1] for p in pairs], dtype=torch.long, device=dev)
+        for k, v in self.kv_caches:
+            for cache in (k, v):
+                flat = cache.view(-1, *cache.shape[2:])
+                flat[dst] = flat[src]
 
     def execute(self, out: SchedulerOutput, block_tables: dict[str, list[int]]) -> StepResult:
         self.copy_blocks(out.copies)
@@ -98,7 +113,13 @@ class ModelRunner:
         for st, row in zip(out.stages, table.rows):
             r = st.request
             ids.extend(r.token_at(p) for p in range(st.context_len, st.kv_len))
-            positions.extend(range(st.context_len, st.kv_len))
+            if _tree_mask(st) is None:
+                positions.extend(range(st.context_len, st.kv_len))
+            else:  # spec: a tree's nodes sit at their depth
+                w = r.spec_tree_width
+                positions.extend(
+                    tree.stage_positions(st.context_len, st.num_tokens, st.num_spec_tokens, w)
+                )
             if st.samples:
                 first = len(logit_rows)
                 end = row.start + row.num_tokens
@@ -122,3 +143,11 @@ class ModelRunner:
             torch.tensor(logit_rows, dtype=torch.long, device=dev),
         )
         return StepResult(logits=logits.cpu(), rows=rows)
+
+
+def _tree_mask(st) -> tuple[tuple[bool, ...], ...] | None:
+    """The tree mask of a verify stage whose proposals form a tree (None: causal)."""
+    w = st.request.spec_tree_width
+    if not st.num_spec_tokens or w <= 1:
+        return None
+    return tree.stage_mask(st.num_tokens, st.num_spec_tokens, w)

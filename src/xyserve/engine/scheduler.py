@@ -234,7 +234,10 @@ class Scheduler:
                     continue
                 n = self._work(r)
                 if n > left:
-                    n = left if left > 0 and n - len(r.spec_token_ids) <= left else 0
+                    base = n - len(r.spec_token_ids)
+                    n = left if 0 < base <= left else 0
+                    if n:  # spec: drop the proposals beyond the budget, so the stage still
+                        del r.spec_token_ids[n - base :]  # ends on its last token (verifies)
                 if n <= 0:
                     continue
                 chosen.append((r, n))

@@ -35,6 +35,16 @@ def _base_type(annotation: Any) -> type:
     return annotation
 
 
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object")
+    return value
+
+
 def add_engine_args(parser: argparse.ArgumentParser) -> None:
     """One flag per EngineConfig field; booleans get --flag/--no-flag."""
     hints = typing.get_type_hints(EngineConfig)
@@ -44,6 +54,8 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
         typ = _base_type(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else None
         help_text = f"EngineConfig.{f.name} (default: {default})"
+        if dict in (typ, typing.get_origin(typ)):  # e.g. --speculative-config '<json>'
+            typ = _json_object
         if typ is bool:
             group.add_argument(
                 flag,

@@ -1,0 +1,163 @@
+"""``xyserve bench spec``: speculative decoding against no speculation, side by side.
+
+For every batch size, each method (``none`` first, then the speculative ones) runs the same
+greedy prompts with fixed output lengths, and the order is repeated ``--rounds`` times so the
+methods alternate in time. One engine per method is built and warmed up once. Reported per
+batch and method:
+
+- output tok/s of the best round (on a shared machine other load only ever adds time) and its
+  ratio to ``none``'s best round (``--json`` keeps every round's seconds);
+- engine steps, and ``none``'s steps over them: free of timing noise;
+- the acceptance rate, the mean accepted length (tokens per verify), the proposer's share of
+  the wall time, and whether every output equals ``none``'s (greedy identity).
+
+Workloads are data files (schema ``xyserve.spec-workload/1``): text prompts cycled to fill a
+batch, and ``max_tokens``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from xyserve.bench.offline import packaged
+
+SCHEMA = "xyserve.spec-workload/1"
+METHODS = ("none", "ngram", "draft_model", "tree")
+
+
+def load_spec_workload(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        p = packaged("workloads", str(path) if str(path).endswith(".json") else f"{path}.json")
+    data = json.loads(p.read_text())
+    if data.get("schema") != SCHEMA:
+        raise ValueError(f"{p}: schema must be {SCHEMA!r}, got {data.get('schema')!r}")
+    if not data.get("prompts") or int(data.get("max_tokens", 0)) < 1:
+        raise ValueError(f"{p}: needs a non-empty 'prompts' list and 'max_tokens' >= 1")
+    return data
+
+
+def _spec_config(method: str, k: int, adaptive: bool) -> dict | None:
+    if method == "none":
+        return None
+    return {"method": method, "num_speculative_tokens": k, "adaptive": adaptive}
+
+
+def run(args: argparse.Namespace) -> list[dict]:
+    from xyserve import LLM, SamplingParams
+
+    work = load_spec_workload(args.workload)
+    methods = ["none"] + [m for m in args.methods.split(",") if m != "none"]
+    engines = {
+        m: LLM(
+            args.model,
+            disable_progress_bar=True,
+            max_num_seqs=max(args.batch_sizes),
+            max_num_batched_tokens=args.max_num_batched_tokens,
+            speculative_config=_spec_config(m, args.num_speculative_tokens, not args.no_adaptive),
+        )
+        for m in methods
+    }
+    params = SamplingParams(temperature=0, max_tokens=work["max_tokens"], ignore_eos=True)
+    for llm in engines.values():  # warm-up: kernels compiled, GEMM shapes seen
+        llm.generate(work["prompts"][:2], SamplingParams(temperature=0, max_tokens=8), False)
+    rows = []
+    for b in args.batch_sizes:
+        prompts = [work["prompts"][i % len(work["prompts"])] for i in range(b)]
+        times: dict[str, list[float]] = {m: [] for m in methods}
+        spec_time: dict[str, float] = {m: 0.0 for m in methods}
+        counts: dict[str, list[int]] = {m: [0, 0, 0] for m in methods}
+        outputs: dict[str, list[list[int]]] = {}
+        steps: dict[str, int] = {}
+        for _ in range(args.rounds):
+            for m in methods:
+                eng = engines[m].llm_engine
+                s0 = _snapshot(eng)
+                t0 = time.perf_counter()
+                outs = engines[m].generate(prompts, params, use_tqdm=False)
+                times[m].append(time.perf_counter() - t0)
+                s1 = _snapshot(eng)
+                spec_time[m] += s1[3] - s0[3]
+                steps[m] = s1[4] - s0[4]  # deterministic for greedy runs: the last round's
+                counts[m] = [c + y - x for c, x, y in zip(counts[m], s0[:3], s1[:3])]
+                outputs[m] = [o.outputs[0].token_ids for o in outs]
+        ntok = b * work["max_tokens"]
+        base = min(times["none"])
+        for m in methods:
+            med = min(times[m])
+            drafts, draft_toks, acc = counts[m]
+            rows.append(
+                {
+                    "batch": b,
+                    "method": m,
+                    "tok_s": ntok / med,
+                    "speedup": base / med,
+                    "steps": steps[m],
+                    "step_ratio": steps["none"] / steps[m],
+                    "acceptance": acc / draft_toks if draft_toks else None,
+                    "mean_accepted_len": 1 + acc / drafts if drafts else None,
+                    "draft_share": spec_time[m] / sum(times[m]) if m != "none" else None,
+                    "identical": outputs[m] == outputs["none"],
+                    "seconds": times[m],
+                }
+            )
+        _print_rows([r for r in rows if r["batch"] == b], header=b == args.batch_sizes[0])
+    return rows
+
+
+def _snapshot(engine) -> tuple[int, int, int, float, int]:
+    s = engine.spec.stats if engine.spec is not None else None
+    if s is None:
+        return (0, 0, 0, 0.0, engine.num_steps)
+    return (
+        s.num_drafts,
+        s.num_draft_tokens,
+        s.num_accepted_tokens,
+        s.propose_seconds,
+        engine.num_steps,
+    )
+
+
+def _fmt(x, spec: str) -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def _print_rows(rows: list[dict], header: bool) -> None:
+    if header:
+        print(
+            f"{'batch':>5} {'method':<12} {'tok/s':>8} {'x none':>7} {'steps':>6} {'steps/':>7} "
+            f"{'accept':>7} "
+            f"{'acc len':>7} {'draft %':>7} {'same':>5}"
+        )
+    for r in rows:
+        share = None if r["draft_share"] is None else 100 * r["draft_share"]
+        print(
+            f"{r['batch']:>5} {r['method']:<12} {r['tok_s']:>8.1f} {r['speedup']:>7.2f} "
+            f"{r['steps']:>6} {r['step_ratio']:>7.2f} "
+            f"{_fmt(r['acceptance'], '.2f'):>7} {_fmt(r['mean_accepted_len'], '.2f'):>7} "
+            f"{_fmt(share, '.1f'):>7} {str(r['identical']):>5}",
+            flush=True,
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="xyserve bench spec", description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="xy-tiny")
+    p.add_argument("--workload", default="spec_code", help="a file or a packaged name")
+    p.add_argument("--methods", default="ngram,draft_model,tree", help="compared with none")
+    p.add_argument(
+        "--batch-sizes", default="1,4,16,64", type=lambda s: [int(x) for x in s.split(",")]
+    )
+    p.add_argument("--num-speculative-tokens", type=int, default=4)
+    p.add_argument("--max-num-batched-tokens", type=int, default=512)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--no-adaptive", action="store_true", help="always k proposals")
+    p.add_argument("--json", help="also write the rows to this file")
+    args = p.parse_args(argv)
+    rows = run(args)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+    return 0

@@ -1,0 +1,101 @@
+"""``speculative_config``: vLLM's keys, parsed and validated before the engine starts.
+
+Accepted as a dict (``LLM(speculative_config={...})``) or a JSON string
+(``xyserve serve --speculative-config '{"method": "ngram", ...}'``). Unknown keys, unknown
+methods and out-of-range values are refused with a ValueError that names them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from typing import Any
+
+METHODS: tuple[str, ...] = ("ngram", "draft_model", "tree")
+# Methods whose proposer exists in this build; the others are refused by name at start.
+IMPLEMENTED_METHODS: tuple[str, ...] = METHODS
+
+
+@dataclass
+class SpeculativeConfig:
+    method: str
+    num_speculative_tokens: int
+    model: str | None = None  # draft model (draft_model, tree); defaults per target
+    prompt_lookup_min: int = 1  # ngram: shortest suffix n-gram that may match
+    prompt_lookup_max: int = 3  # ngram: longest suffix n-gram tried first
+    tree_width: int = 2  # tree: siblings per level (the draft's top-b), see spec/tree.py
+    tree_depth: int | None = None  # tree: levels (defaults to num_speculative_tokens)
+    # Adaptive speculation: no proposals while this many requests or more are decoding
+    # (vLLM's disable_by_batch_size); None: never disabled by batch size alone.
+    disable_by_batch_size: int | None = None
+    # Adaptive k per request from its observed acceptance; False: always k proposals.
+    adaptive: bool = True
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(
+                f"speculative_config: unknown method {self.method!r} (expected one of {METHODS})"
+            )
+        if self.method not in IMPLEMENTED_METHODS:
+            raise ValueError(
+                f"speculative_config: method {self.method!r} is not implemented in this build "
+                f"(available: {IMPLEMENTED_METHODS})"
+            )
+        _check_int("num_speculative_tokens", self.num_speculative_tokens, 1)
+        _check_int("prompt_lookup_min", self.prompt_lookup_min, 1)
+        _check_int("prompt_lookup_max", self.prompt_lookup_max, 1)
+        if self.prompt_lookup_min > self.prompt_lookup_max:
+            raise ValueError(
+                "speculative_config: prompt_lookup_min must not exceed prompt_lookup_max "
+                f"(got {self.prompt_lookup_min} > {self.prompt_lookup_max})"
+            )
+        _check_int("tree_width", self.tree_width, 1)
+        if self.tree_depth is not None:
+            _check_int("tree_depth", self.tree_depth, 1)
+        if self.disable_by_batch_size is not None:
+            _check_int("disable_by_batch_size", self.disable_by_batch_size, 1)
+        if not isinstance(self.adaptive, bool):
+            raise ValueError(
+                f"speculative_config: adaptive must be a boolean, got {self.adaptive!r}"
+            )
+        if self.method != "tree" and (self.tree_depth is not None or self.tree_width != 2):
+            raise ValueError("speculative_config: tree_width/tree_depth are for method 'tree'")
+        if self.model is not None and self.method == "ngram":
+            raise ValueError("speculative_config: method 'ngram' takes no 'model'")
+
+    @classmethod
+    def parse(
+        cls, value: SpeculativeConfig | dict[str, Any] | str | None
+    ) -> SpeculativeConfig | None:
+        """A dict, a JSON object string, a config or None (no speculation)."""
+        if value is None or isinstance(value, cls):
+            return value
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"speculative_config: not valid JSON: {e}") from None
+        if not isinstance(value, dict):
+            raise ValueError(
+                f"speculative_config must be a JSON object, got {type(value).__name__}"
+            )
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ValueError(f"speculative_config: unknown keys {unknown} (known: {sorted(known)})")
+        for key in ("method", "num_speculative_tokens"):
+            if key not in value:
+                raise ValueError(f"speculative_config: {key!r} is required")
+        return cls(**value)
+
+    @property
+    def depth(self) -> int:
+        """The most proposals on one path (tokens that one verify can accept)."""
+        if self.method == "tree" and self.tree_depth is not None:
+            return self.tree_depth
+        return self.num_speculative_tokens
+
+
+def _check_int(name: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"speculative_config: {name} must be an integer >= {low}, got {value!r}")

@@ -1,0 +1,240 @@
+"""The engine's speculation hook: propose after a step, verify inside the next one, count.
+
+After each step, every request that is decoding (its last token sampled, not yet computed) gets
+up to ``k`` proposed tokens in ``Request.spec_token_ids``; the scheduler then runs them as verify
+tokens of the next hybrid step, within the same token budget as prefills and decodes. The
+engine hands each verify stage's ``k + 1`` logits rows to :meth:`SpecDecoder.verify`.
+
+Adaptive length: each request keeps an estimate ``a`` of the chance that one proposal is accepted
+(moving average of its own verifies). Proposal ``j`` of a request (0-based) is then accepted with
+about ``a ** (j + 1)``. A step's cost is modelled in target-token equivalents: ``F + T`` for
+``T`` tokens, where ``F`` (the fixed cost of a step: weights streamed once, Python overhead) is
+fitted online from the engine's step times, plus ``D`` per proposer pass (one draft level for
+the whole batch; measured proposer seconds per pass over the fitted seconds per token).
+Levels are added one at a time, each request's proposal at that level in order of acceptance
+chance, while the step's expected tokens per cost improve: at batch 1 ``F`` dominates and long
+chains can pay; in a large batch only proposals likely to be accepted survive, down to none.
+This is a model of the cost, decided before proposing (no draft pass is wasted), not a
+measurement per step; ``adaptive=False`` keeps every proposal.
+"""
+
+from __future__ import annotations
+
+import time
+
+from xyserve.engine.request import Request
+from xyserve.engine.sampler import SampleRow
+from xyserve.spec.config import SpeculativeConfig
+from xyserve.spec.ngram import NgramProposer
+from xyserve.spec.stats import SpecStats
+from xyserve.spec.verify import VerifyResult, verify_tokens
+
+PRIOR_ACCEPTANCE = 0.5  # a new request's acceptance estimate, before any verify
+EMA_WEIGHT = 0.2  # weight of one accept/reject observation in the estimate
+RECOVERY = 0.05  # per unverified proposal: how far the estimate drifts back to the prior
+DEFAULT_FIXED_COST = 32.0  # F before enough steps are timed to fit it
+MIN_FIT_STEPS = 16
+
+
+class StepCostModel:
+    """Least-squares fit of step time = a + b * tokens; ``fixed_tokens`` is a / b."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.sx = self.sy = self.sxx = self.sxy = 0.0
+
+    def observe(self, num_tokens: int, seconds: float) -> None:
+        x = float(num_tokens)
+        self.n += 1
+        self.sx += x
+        self.sy += seconds
+        self.sxx += x * x
+        self.sxy += x * seconds
+
+    def _fit(self) -> tuple[float, float] | None:
+        """(a, b) of the least-squares line, or None before enough varied steps."""
+        if self.n < MIN_FIT_STEPS:
+            return None
+        var = self.n * self.sxx - self.sx * self.sx
+        if var <= 1e-9:
+            return None
+        b = (self.n * self.sxy - self.sx * self.sy) / var
+        return (self.sy - b * self.sx) / self.n, b
+
+    @property
+    def seconds_per_token(self) -> float | None:
+        fit = self._fit()
+        return None if fit is None or fit[1] <= 0 else fit[1]
+
+    @property
+    def fixed_tokens(self) -> float:
+        fit = self._fit()
+        if fit is None:  # too few steps, or all of one size: no slope to fit yet
+            return DEFAULT_FIXED_COST
+        a, b = fit
+        if b <= 0:
+            return 1e3  # more tokens cost nothing measurable: the fixed part dominates
+        return min(1e3, max(0.0, a / b))
+
+
+class SpecDecoder:
+    def __init__(
+        self, config: SpeculativeConfig, max_model_len: int, budget: int, proposer=None
+    ) -> None:
+        self.config = config
+        self.k = config.depth
+        self.max_model_len = max_model_len
+        self.budget = budget
+        self.stats = SpecStats(self.k)
+        self.cost = StepCostModel()
+        self.acceptance: dict[str, float] = {}
+        self.num_levels = 0  # proposer passes so far (the deepest proposal of each call)
+        # Anything with ``propose(requests, caps) -> {request_id: tokens}`` (at most caps[id]);
+        # optionally ``release_except(live_ids)`` and ``probs(request_id, n)`` (the draft's q).
+        self.proposer = proposer or NgramProposer(
+            config.prompt_lookup_min, config.prompt_lookup_max
+        )
+
+    @classmethod
+    def for_engine(cls, config: SpeculativeConfig, engine) -> SpecDecoder:
+        """The decoder of a target engine, with the proposer its method names."""
+        proposer = None
+        if config.method in ("draft_model", "tree"):
+            from xyserve.spec.draft import DraftModelProposer, resolve_draft_path
+
+            ec = engine.config
+            proposer = DraftModelProposer(
+                resolve_draft_path(config.model, engine.model_path),
+                engine.model.cfg,
+                engine.device,
+                engine.dtype,
+                engine.kv.num_blocks,
+                ec.block_size,
+                ec.attention_backend,
+                ec.gemm_backend,
+                config.tree_width if config.method == "tree" else 1,
+            )
+        return cls(config, engine.max_model_len, engine.config.max_num_batched_tokens, proposer)
+
+    # ---- proposing --------------------------------------------------------------------
+    def propose(self, running: list[Request]) -> None:
+        """Fill ``spec_token_ids`` of decoding requests that have none pending."""
+        t0 = time.perf_counter()
+        live = {r.request_id for r in running}
+        self.acceptance = {rid: a for rid, a in self.acceptance.items() if rid in live}
+        if hasattr(self.proposer, "release_except"):
+            self.proposer.release_except(live)
+        decoding = [r for r in running if r.num_computed_tokens == r.num_tokens - 1]
+        limit = self.config.disable_by_batch_size
+        if not decoding or (limit is not None and len(decoding) >= limit):
+            return
+        caps: dict[str, int] = {}
+        for r in decoding:
+            cap = min(
+                self.k,
+                r.max_tokens - r.num_output_tokens - 1,
+                self.max_model_len - r.num_tokens - 1,
+            )
+            if cap >= 1 and not r.spec_token_ids:
+                caps[r.request_id] = cap
+        keep = None
+        if self.config.adaptive:  # decided before proposing: no draft pass is thrown away
+            width = {r.request_id: self._width(r) for r in decoding}
+            sizes = {rid: cap * width[rid] for rid, cap in caps.items()}
+            keep = self._allocate(len(decoding), sizes, width)
+            for rid in caps:
+                if not keep.get(rid):  # not verified, so not observed: drift back to the prior
+                    a = self.acceptance.get(rid, PRIOR_ACCEPTANCE)
+                    self.acceptance[rid] = a + RECOVERY * (PRIOR_ACCEPTANCE - a)
+            caps = {rid: -(-n // width[rid]) for rid, n in keep.items() if n > 0}
+        asking = [r for r in decoding if r.request_id in caps]
+        proposals = self.proposer.propose(asking, caps) if asking else {}
+        self.num_levels += max(caps.values(), default=0) if asking else 0
+        for r in asking:
+            toks = proposals.get(r.request_id)
+            if toks:
+                r.spec_token_ids = toks if keep is None else toks[: keep[r.request_id]]
+        self.stats.propose_seconds += time.perf_counter() - t0
+
+    def _width(self, r: Request) -> int:
+        """Siblings per level this request's proposals will have (1: a chain)."""
+        p = r.sampling_params
+        greedy = p is None or p.greedy
+        return self.config.tree_width if self.config.method == "tree" and greedy else 1
+
+    def _allocate(
+        self, num_decoding: int, sizes: dict[str, int], width: dict[str, int]
+    ) -> dict[str, int]:
+        """How many proposals (tokens, tree nodes included) each request gets; see the module
+        docstring. ``sizes``: the most each may get. Whole levels are decided one at a time:
+        a level costs its tokens plus one proposer pass (shared by the batch)."""
+        emitted = float(num_decoding)  # each decoding request emits one token anyway
+        cost = self.cost.fixed_tokens + num_decoding
+        room = self.budget - num_decoding
+        level_cost = self.proposer_level_tokens()
+        keep: dict[str, int] = {}
+        alive = set(sizes)
+        for lv in range(max((-(-n // width[rid]) for rid, n in sizes.items()), default=0)):
+            units = []
+            for rid in alive:
+                w = width[rid]
+                n = min(w, sizes[rid] - lv * w)
+                if n <= 0:
+                    continue
+                a = self.acceptance.get(rid, PRIOR_ACCEPTANCE)
+                # The level's first node, then siblings that stand in when it fails.
+                value = a ** (lv + 1) + (n - 1) * a**lv * (1 - a) / w
+                units.append((value / n, value, n, rid))
+            units.sort(key=lambda u: -u[0])
+            take, gain, tokens = [], 0.0, 0
+            for per_token, value, n, rid in units:
+                if per_token <= emitted / cost or tokens + n > room:
+                    break
+                take.append((rid, n))
+                gain += value
+                tokens += n
+            if not take or (emitted + gain) / (cost + tokens + level_cost) <= emitted / cost:
+                break
+            emitted += gain
+            cost += tokens + level_cost
+            room -= tokens
+            for rid, n in take:
+                keep[rid] = keep.get(rid, 0) + n
+            alive = {rid for rid, n in take if n == width[rid]}
+        return keep
+
+    def proposer_level_tokens(self) -> float:
+        """One proposer pass (a draft level for the whole batch) in target-token equivalents."""
+        b = self.cost.seconds_per_token
+        if b is None or self.num_levels == 0:
+            return 0.0
+        return (self.stats.propose_seconds / self.num_levels) / b
+
+    def observe_step(self, num_tokens: int, seconds: float) -> None:
+        self.cost.observe(num_tokens, seconds)
+
+    # ---- verifying --------------------------------------------------------------------
+    def verify(
+        self,
+        request_id: str,
+        logits,
+        draft: list[int],
+        row: SampleRow,
+        min_tokens_blocked: list[int],
+        tree_width: int = 1,
+    ) -> VerifyResult:
+        """Accept a prefix of ``draft`` against ``logits`` ([len(draft) + 1, V]) and count it."""
+        q = None
+        if hasattr(self.proposer, "probs"):
+            q = self.proposer.probs(request_id, len(draft))
+        res = verify_tokens(logits, draft, row, min_tokens_blocked, q, tree_width)
+        self.stats.record(len(draft), res.num_accepted)
+        self.observe_acceptance(request_id, len(draft), res.num_accepted)
+        return res
+
+    def observe_acceptance(self, request_id: str, num_draft: int, num_accepted: int) -> None:
+        """Move the request's acceptance estimate by its accepts and first reject."""
+        a = self.acceptance.get(request_id, PRIOR_ACCEPTANCE)
+        for i in range(min(num_draft, num_accepted + 1)):
+            a += EMA_WEIGHT * ((1.0 if i < num_accepted else 0.0) - a)
+        self.acceptance[request_id] = a

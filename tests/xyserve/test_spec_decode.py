@@ -1,0 +1,459 @@
+"""Speculative decoding: config refusals, n-gram proposals, acceptance rules, engine identity."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from xyserve import LLM, SamplingParams
+from xyserve.config import EngineConfig
+from xyserve.engine.request import Request
+from xyserve.engine.sampler import SampleRow
+from xyserve.spec.config import SpeculativeConfig
+from xyserve.spec.decoder import SpecDecoder
+from xyserve.spec.ngram import propose_ngram
+from xyserve.spec.verify import verify_tokens
+
+NGRAM = {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 3}
+
+
+# ---- configuration ------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "bad, words",
+    [
+        ({"method": "medusa", "num_speculative_tokens": 2}, "unknown method"),
+        ({"method": "ngram", "num_speculative_tokens": 0}, "num_speculative_tokens"),
+        ({"method": "ngram", "num_speculative_tokens": 2, "lookahead": 1}, "unknown keys"),
+        ({"method": "ngram"}, "required"),
+        ({"method": "ngram", "num_speculative_tokens": 2, "prompt_lookup_min": 4}, "exceed"),
+        ({"method": "ngram", "num_speculative_tokens": 2, "model": "x"}, "takes no 'model'"),
+        ({"method": "ngram", "num_speculative_tokens": 2, "tree_width": 3}, "for method 'tree'"),
+        ('{"method": ', "not valid JSON"),
+        ("[1, 2]", "JSON object"),
+    ],
+)
+def test_bad_speculative_config_is_refused_by_name(bad, words):
+    with pytest.raises(ValueError, match=words):
+        EngineConfig(speculative_config=bad)
+
+
+def test_speculative_config_accepts_vllm_keys_as_dict_or_json():
+    c = EngineConfig(speculative_config='{"method": "ngram", "num_speculative_tokens": 3}')
+    assert c.speculative_config["num_speculative_tokens"] == 3
+    spec = SpeculativeConfig.parse(c.speculative_config)
+    assert (spec.method, spec.prompt_lookup_min, spec.prompt_lookup_max) == ("ngram", 1, 3)
+
+
+def test_server_flag_takes_json():
+    from xyserve.server.cli import parse_args
+
+    _, cfg = parse_args(
+        ["--speculative-config", '{"method": "ngram", "num_speculative_tokens": 2}']
+    )
+    assert cfg.speculative_config["method"] == "ngram"
+    with pytest.raises(SystemExit):
+        parse_args(["--speculative-config", '{"method": "ngram", "num_speculative_tokens": 0}'])
+
+
+# ---- n-gram proposals ---------------------------------------------------------------------
+def _slow_ngram(tokens: list[int], k: int, lo: int, hi: int) -> list[int]:
+    """The obvious loop: longest suffix n-gram first, then its latest earlier occurrence."""
+    for n in range(min(hi, len(tokens) - 1), lo - 1, -1):
+        suffix = tokens[-n:]
+        for end in range(len(tokens) - 2, n - 2, -1):
+            if tokens[end - n + 1 : end + 1] == suffix:
+                return tokens[end + 1 : end + 1 + k]
+    return []
+
+
+def test_ngram_matches_slow_reference():
+    g = torch.Generator().manual_seed(0)
+    for _ in range(300):
+        length = int(torch.randint(1, 40, (), generator=g))
+        alphabet = int(torch.randint(2, 6, (), generator=g))
+        toks = torch.randint(0, alphabet, (length,), generator=g).tolist()
+        lo = int(torch.randint(1, 3, (), generator=g))
+        hi = lo + int(torch.randint(0, 3, (), generator=g))
+        assert propose_ngram(toks, 3, lo, hi) == _slow_ngram(toks, 3, lo, hi), (toks, lo, hi)
+    assert propose_ngram([1, 2, 3, 4, 1, 2, 3], 3, 1, 3) == [4, 1, 2]
+    assert propose_ngram([7, 8, 9], 3, 1, 3) == []
+
+
+# ---- acceptance rules ---------------------------------------------------------------------
+def _row(params: SamplingParams, gen=None, out=None) -> SampleRow:
+    return SampleRow(params, [1, 2], list(out or []), gen, [])
+
+
+def test_greedy_accepts_while_argmax_matches():
+    logits = torch.full((4, 10), -5.0)
+    for i, t in enumerate([3, 4, 7, 1]):
+        logits[i, t] = 5.0
+    res = verify_tokens(logits, [3, 4, 5], _row(SamplingParams(temperature=0)), [])
+    assert (res.token_ids, res.num_accepted) == ([3, 4, 7], 2)
+    res = verify_tokens(logits, [3, 4, 7], _row(SamplingParams(temperature=0)), [])
+    assert (res.token_ids, res.num_accepted) == ([3, 4, 7, 1], 3)  # all accepted: the bonus
+
+
+def test_min_tokens_blocks_eos_inside_the_run():
+    logits = torch.zeros((3, 10))
+    logits[:, 0] = 9.0  # EOS is every row's argmax
+    logits[:, 5] = 8.0
+    p = SamplingParams(temperature=0, min_tokens=2)
+    res = verify_tokens(logits, [5, 5], _row(p), [0])
+    assert res.token_ids == [5, 5, 0]  # EOS blocked at positions 0 and 1 only
+
+
+def _chi_square_ok(counts: torch.Tensor, expected: torch.Tensor) -> bool:
+    """Pearson's test at p = 0.001 (Wilson-Hilferty critical value), bins with mass only."""
+    keep = expected > 0
+    assert counts[~keep].sum() == 0, "a token outside the target's support was emitted"
+    obs, exp = counts[keep].double(), expected[keep].double()
+    stat = float(((obs - exp) ** 2 / exp).sum())
+    df = int(keep.sum()) - 1
+    z = 3.09
+    crit = df * (1 - 2 / (9 * df) + z * math.sqrt(2 / (9 * df))) ** 3
+    return stat < crit
+
+
+@pytest.mark.parametrize("top_p", [1.0, 0.8])
+def test_rejection_sampling_keeps_the_target_distribution(top_p):
+    """The first emitted token is distributed as p, whatever the (one-hot or sampled) proposal."""
+    torch.manual_seed(0)
+    logits = torch.randn(3, 8) * 1.5
+    params = SamplingParams(temperature=1.0, top_p=top_p)
+    p = torch.softmax(logits[0], -1)
+    if top_p < 1:
+        from xyserve.engine.sampler import filter_logits
+
+        p = torch.softmax(filter_logits(logits[0].clone(), params), -1)
+    q = torch.softmax(torch.randn(2, 8), -1)
+    gen = torch.Generator().manual_seed(1)
+    trials = 4000
+    for draft_probs in (None, q):
+        counts = torch.zeros(8)
+        accepted = 0
+        for _ in range(trials):
+            if draft_probs is None:
+                draft = [int(torch.argmax(p))] * 2  # a deterministic proposal
+            else:
+                draft = [int(torch.multinomial(draft_probs[i], 1, generator=gen)) for i in range(2)]
+            res = verify_tokens(logits, draft, _row(params, gen), [], draft_probs)
+            counts[res.token_ids[0]] += 1
+            accepted += res.num_accepted > 0
+        assert 0 < accepted < trials  # both branches ran
+        assert _chi_square_ok(counts, p * trials)
+
+
+# ---- the engine ---------------------------------------------------------------------------
+class OracleProposer:
+    """Proposes a reference continuation, corrupted at some positions (tests only)."""
+
+    def __init__(
+        self, reference: dict[tuple[int, ...], list[int]], vocab: int, corrupt: bool = True
+    ) -> None:
+        self.reference = reference
+        self.vocab = vocab
+        self.corrupt = corrupt
+
+    def propose(self, requests: list[Request], caps: dict[str, int]) -> dict[str, list[int]]:
+        out = {}
+        for r in requests:
+            ref = self.reference[tuple(r.prompt_token_ids)]
+            o = r.num_output_tokens
+            toks = list(ref[o : o + caps[r.request_id]])
+            if self.corrupt and toks and o % 3 == 1:  # a wrong last proposal: a partial acceptance
+                toks[-1] = (toks[-1] + 1) % self.vocab
+            if toks:
+                out[r.request_id] = toks
+        return out
+
+
+def _prompts() -> list[list[int]]:
+    shared = [11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22]
+    return [
+        shared + [30 + i, 40, 41, 42, 30 + i, 40, 41] + [50 + i] * (3 * i) for i in range(6)
+    ] + [[7, 8, 9, 7, 8, 9, 7, 8]]
+
+
+ENGINE = dict(
+    skip_tokenizer_init=True,
+    max_num_batched_tokens=24,  # prompts are chunked
+    block_size=4,
+    num_kv_blocks=40,  # seven requests cannot all fit: preemption
+    enable_prefix_caching=True,
+)
+
+
+def _generate(llm: LLM, prompts, params):
+    return [o.outputs[0] for o in llm.generate([{"prompt_token_ids": p} for p in prompts], params)]
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_llama):
+    """Greedy outputs without speculation (and with logprobs), one engine for the module."""
+    llm = LLM(str(tiny_llama), **ENGINE)
+    params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, logprobs=2)
+    return llm, _generate(llm, _prompts(), params)
+
+
+def test_greedy_ngram_output_identical_with_chunking_prefix_cache_preemption(tiny_llama, reference):
+    _, ref = reference
+    llm = LLM(str(tiny_llama), speculative_config=NGRAM, **ENGINE)
+    params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, logprobs=2)
+    got = _generate(llm, _prompts(), params)
+    for a, b in zip(ref, got):
+        assert a.token_ids == b.token_ids
+        for la, lb in zip(a.logprobs, b.logprobs):
+            assert la.keys() == lb.keys()
+            for t in la:
+                assert la[t].logprob == pytest.approx(lb[t].logprob, abs=1e-4)
+    eng = llm.llm_engine
+    assert eng.scheduler.num_preemptions > 0
+    assert eng.spec.stats.num_drafts > 0
+    eng.kv.check_no_leak()
+
+
+def test_oracle_proposals_accept_runs_and_stay_identical(tiny_llama, reference):
+    ref_llm, ref = reference
+    llm = LLM(str(tiny_llama), speculative_config=NGRAM, **ENGINE)
+    table = {tuple(p): o.token_ids for p, o in zip(_prompts(), ref)}
+    llm.llm_engine.spec.proposer = OracleProposer(table, ref_llm.llm_engine.model.cfg.vocab_size)
+    params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
+    got = _generate(llm, _prompts(), params)
+    assert [o.token_ids for o in got] == [o.token_ids for o in ref]
+    stats = llm.llm_engine.spec.stats
+    assert stats.num_accepted_tokens > stats.num_drafts  # runs of several tokens were accepted
+    assert 0 < stats.num_accepted_tokens < stats.num_draft_tokens  # and some were rejected
+    names = {m.name: m for m in llm.get_metrics()}
+    assert names["xyserve:spec_decode_num_accepted_tokens"].value == stats.num_accepted_tokens
+    per_pos = names["xyserve:spec_decode_num_accepted_tokens_per_pos"].values
+    assert per_pos[0] >= per_pos[1] >= per_pos[-1] and sum(per_pos) == stats.num_accepted_tokens
+    llm.llm_engine.kv.check_no_leak()
+
+    # Stops and max_tokens inside an accepted run cut the output exactly where plain decoding
+    # stops; min_tokens holds the stop back.
+    prompts = _prompts()
+    for case in range(3):
+        params = []
+        for o in ref:
+            stop = [o.token_ids[5]]
+            params.append(
+                [
+                    SamplingParams(temperature=0, max_tokens=24, stop_token_ids=stop),
+                    SamplingParams(temperature=0, max_tokens=7, ignore_eos=True),
+                    SamplingParams(temperature=0, max_tokens=24, stop_token_ids=stop, min_tokens=9),
+                ][case]
+            )
+        want = _generate(ref_llm, prompts, params)
+        have = _generate(llm, prompts, params)
+        assert [(o.token_ids, o.finish_reason) for o in have] == [
+            (o.token_ids, o.finish_reason) for o in want
+        ]
+        lengths = [len(o.token_ids) for o in want]
+        assert [all(n <= 6 for n in lengths), all(n == 7 for n in lengths), min(lengths) >= 9][case]
+    llm.llm_engine.kv.check_no_leak()
+
+
+def test_no_leaked_blocks_after_aborts(tiny_llama, reference):
+    ref_llm, ref = reference
+    llm = LLM(str(tiny_llama), speculative_config=NGRAM, **ENGINE)
+    table = {tuple(p): o.token_ids for p, o in zip(_prompts(), ref)}
+    eng = llm.llm_engine
+    eng.spec.proposer = OracleProposer(table, ref_llm.llm_engine.model.cfg.vocab_size)
+    params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
+    ids = [eng.add_request({"prompt_token_ids": p}, params) for p in _prompts()]
+    for step in range(12):
+        eng.step()
+        if step in (4, 8):
+            eng.abort_request(ids[step // 4])
+    while eng.has_unfinished_requests():
+        eng.step()
+    eng.kv.check_no_leak()
+    assert eng.spec.stats.num_accepted_tokens > 0
+
+
+def test_sampled_outputs_keep_the_distribution_in_the_engine(tiny_llama, reference):
+    """Temperature 1 (and top-k), many seeds: tokens 2 and 3 agree with plain sampling."""
+    ref_llm, ref = reference
+    prompt = _prompts()[-1]
+    greedy = {tuple(prompt): ref[-1].token_ids}
+    n = 400
+    params = [
+        SamplingParams(temperature=1.0, top_k=3, max_tokens=4, ignore_eos=True, seed=s)
+        for s in range(n)
+    ]
+    plain = LLM(str(tiny_llama), skip_tokenizer_init=True, max_num_seqs=256)
+    spec = LLM(
+        str(tiny_llama),
+        skip_tokenizer_init=True,
+        max_num_seqs=256,
+        speculative_config={"method": "ngram", "num_speculative_tokens": 2, "adaptive": False},
+    )
+    spec.llm_engine.spec.proposer = OracleProposer(greedy, 10**6, corrupt=False)
+    a = [o.outputs[0].token_ids for o in plain.generate([{"prompt_token_ids": prompt}] * n, params)]
+    b = [o.outputs[0].token_ids for o in spec.generate([{"prompt_token_ids": prompt}] * n, params)]
+    assert spec.llm_engine.spec.stats.num_accepted_tokens > 0
+    for pos in (1, 2):
+        ca, cb = _counts([t[pos] for t in a]), _counts([t[pos] for t in b])
+        keys = sorted(set(ca) | set(cb))
+        # Two-sample chi-square (equal sizes): sum (a - b)^2 / (a + b), df = bins - 1.
+        stat = sum((ca.get(k, 0) - cb.get(k, 0)) ** 2 / (ca.get(k, 0) + cb.get(k, 0)) for k in keys)
+        df = max(1, len(keys) - 1)
+        crit = df * (1 - 2 / (9 * df) + 3.09 * math.sqrt(2 / (9 * df))) ** 3
+        assert stat < crit, (pos, ca, cb)
+
+
+def _counts(xs: list[int]) -> dict[int, int]:
+    out: dict[int, int] = {}
+    for x in xs:
+        out[x] = out.get(x, 0) + 1
+    return out
+
+
+def test_adaptive_allocation_speculates_less_in_a_large_batch():
+    cfg = SpeculativeConfig("ngram", 4)
+    dec = SpecDecoder(cfg, max_model_len=1000, budget=512)
+    reqs = [Request(str(i), [1, 2, 3, 1, 2, 3, 1, 2], 50) for i in range(64)]
+    for r in reqs:
+        r.num_computed_tokens = r.num_tokens - 1
+    dec.propose(reqs[:1])
+    single = len(reqs[0].spec_token_ids)
+    reqs[0].spec_token_ids = []
+    dec.propose(reqs)
+    batch = sum(len(r.spec_token_ids) for r in reqs) / len(reqs)
+    assert single >= 3 and batch < single  # prior 0.5: long chains alone, fewer in a batch
+
+
+# ---- draft model --------------------------------------------------------------------------
+def test_draft_vocabulary_mismatch_and_missing_draft_are_refused(tiny_llama):
+    spec = {"method": "draft_model", "num_speculative_tokens": 2, "model": "xy-tiny-draft"}
+    with pytest.raises(ValueError, match="vocabulary"):
+        LLM(str(tiny_llama), skip_tokenizer_init=True, speculative_config=spec)
+    with pytest.raises(ValueError, match="'model' .* is required"):
+        LLM(
+            str(tiny_llama),
+            skip_tokenizer_init=True,
+            speculative_config={"method": "draft_model", "num_speculative_tokens": 2},
+        )
+
+
+def test_draft_model_equal_to_target_accepts_everything_and_stays_identical(tiny_llama, reference):
+    """The target as its own draft: every greedy proposal is accepted; caches do not leak."""
+    _, ref = reference
+    spec = {"method": "draft_model", "num_speculative_tokens": 3, "model": str(tiny_llama)}
+    spec["adaptive"] = False  # a seeded run repeats exactly only with a fixed proposal length
+    llm = LLM(str(tiny_llama), speculative_config=spec, **ENGINE)
+    params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
+    got = _generate(llm, _prompts(), params)
+    assert [o.token_ids for o in got] == [o.token_ids for o in ref]
+    stats = llm.llm_engine.spec.stats
+    assert stats.num_drafts > 0 and stats.acceptance_rate > 0.95
+    # Sampled: q equals p, so proposals are accepted (up to float) and outputs stay seeded.
+    sampled = SamplingParams(temperature=1.0, max_tokens=12, ignore_eos=True, seed=5)
+    before = stats.num_accepted_tokens
+    a = _generate(llm, _prompts()[:3], sampled)
+    b = _generate(llm, _prompts()[:3], sampled)
+    assert [o.token_ids for o in a] == [o.token_ids for o in b]
+    assert stats.num_accepted_tokens > before
+    llm.llm_engine.kv.check_no_leak()
+    llm.llm_engine.spec.proposer.kv.check_no_leak()
+
+
+def test_bundled_pair_greedy_identity():
+    """xy-tiny with its bundled draft (the default), as a chain and as a tree: the same greedy
+    text in fewer steps."""
+    prompts = ["def fibonacci(n):\n    ", "import os\nimport sys\n\n\ndef main():\n"]
+    params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
+    base = LLM("xy-tiny", disable_progress_bar=True)
+    spec = LLM(
+        "xy-tiny",
+        disable_progress_bar=True,
+        speculative_config={"method": "draft_model", "num_speculative_tokens": 4},
+    )
+    tree = LLM(
+        "xy-tiny",
+        disable_progress_bar=True,
+        speculative_config={"method": "tree", "num_speculative_tokens": 4, "adaptive": False},
+    )
+    a = base.generate(prompts, params)
+    for llm in (spec, tree):
+        b = llm.generate(prompts, params)
+        assert [o.outputs[0].text for o in a] == [o.outputs[0].text for o in b]
+        assert llm.llm_engine.num_steps < base.llm_engine.num_steps
+        assert llm.llm_engine.spec.stats.num_accepted_tokens > 0
+        llm.llm_engine.spec.proposer.kv.check_no_leak()
+
+
+# ---- token trees --------------------------------------------------------------------------
+def test_tree_shape_mask_and_moves():
+    from xyserve.spec import tree
+
+    # width 2, 3 levels: nodes 0,1 | 2,3 | 4,5; only a level's first node has children.
+    assert [tree.parent(i, 2) for i in range(6)] == [-1, -1, 0, 0, 2, 2]
+    assert tree.children(-1, 6, 2) == [0, 1] and tree.children(1, 6, 2) == []
+    assert tree.children(2, 5, 2) == [4]  # a trimmed tree keeps its shape
+    assert tree.stage_positions(10, 7, 6, 2) == [10, 11, 11, 12, 12, 13, 13]
+    mask = tree.stage_mask(7, 6, 2)  # the root (last real token) then six nodes
+    assert mask[0] == (True,) + (False,) * 6
+    assert mask[4] == (True, True, False, False, True, False, False)  # node 3: root, 0, itself
+    assert tree.stage_mask(4, 3, 1) == tuple(
+        tuple(j <= i for j in range(4)) for i in range(4)
+    )  # a chain is causal
+    # Accepted path 0 -> 3: node 3 moves from position 20+3 to 20+1, both in the sixth block
+    # (physical block 1, slots 4..7); node 0 stays.
+    assert tree.path_moves([0, 3], 20, [5, 6, 7, 8, 9, 1], 4) == [(7, 5)]
+
+
+def test_greedy_tree_accepts_the_longest_matching_path():
+    logits = torch.full((7, 10), -5.0)
+    # Target argmax: root -> 4, after node 1 (token 4) -> 8; nodes 0/1 are [3, 4].
+    logits[0, 4] = 5.0
+    logits[2, 8] = 5.0
+    res = verify_tokens(
+        logits, [3, 4, 6, 7, 1, 2], _row(SamplingParams(temperature=0)), [], None, 2
+    )
+    # Node 1 (a sibling: no children) is accepted, then the target's own token from its row.
+    assert (res.token_ids, res.num_accepted, res.path) == ([4, 8], 1, [1])
+
+
+def test_tree_output_identical_with_chunking_prefix_cache_preemption(tiny_llama, reference):
+    _, ref = reference
+    spec = {"method": "tree", "num_speculative_tokens": 3, "tree_width": 3}
+    spec["model"] = str(tiny_llama)
+    llm = LLM(str(tiny_llama), speculative_config=spec, **ENGINE)
+    params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
+    got = _generate(llm, _prompts(), params)
+    assert [o.token_ids for o in got] == [o.token_ids for o in ref]
+    assert llm.llm_engine.spec.stats.num_accepted_tokens > 0
+    # Sampled requests get chains (verified with the draft's q) in the same engine.
+    sampled = _generate(llm, _prompts()[:2], SamplingParams(max_tokens=8, seed=1))
+    assert all(len(o.token_ids) > 0 for o in sampled)
+    llm.llm_engine.kv.check_no_leak()
+    llm.llm_engine.spec.proposer.kv.check_no_leak()
+
+
+def test_disable_by_batch_size_stops_proposals():
+    cfg = SpeculativeConfig("ngram", 3, disable_by_batch_size=2, adaptive=False)
+    dec = SpecDecoder(cfg, max_model_len=1000, budget=512)
+    reqs = [Request(str(i), [1, 2, 3, 1, 2, 3, 1, 2], 50) for i in range(2)]
+    for r in reqs:
+        r.num_computed_tokens = r.num_tokens - 1
+    dec.propose(reqs)
+    assert all(not r.spec_token_ids for r in reqs)
+    dec.propose(reqs[:1])
+    assert reqs[0].spec_token_ids == [3, 1, 2]
+
+
+def test_n_children_each_verify_their_own_proposals(tiny_llama, reference):
+    ref_llm, ref = reference
+    llm = LLM(str(tiny_llama), speculative_config=NGRAM, **ENGINE)
+    table = {tuple(p): o.token_ids for p, o in zip(_prompts(), ref)}
+    llm.llm_engine.spec.proposer = OracleProposer(table, ref_llm.llm_engine.model.cfg.vocab_size)
+    params = SamplingParams(n=2, temperature=0, max_tokens=12, ignore_eos=True)
+    outs = llm.generate([{"prompt_token_ids": p} for p in _prompts()[:3]], params)
+    for o, r in zip(outs, ref):
+        assert [c.token_ids for c in o.outputs] == [r.token_ids[:12]] * 2
+    assert llm.llm_engine.spec.stats.num_accepted_tokens > 0
+    llm.llm_engine.kv.check_no_leak()
