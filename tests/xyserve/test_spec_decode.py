@@ -457,3 +457,19 @@ def test_n_children_each_verify_their_own_proposals(tiny_llama, reference):
         assert [c.token_ids for c in o.outputs] == [r.token_ids[:12]] * 2
     assert llm.llm_engine.spec.stats.num_accepted_tokens > 0
     llm.llm_engine.kv.check_no_leak()
+
+
+def test_logit_bias_requests_decode_without_proposals(tiny_llama, reference):
+    """Verification does not apply logit_bias, so such requests are never proposed for: their
+    output equals the unspeculated engine's with the same bias."""
+    base, _ = reference
+    spec = {"method": "draft_model", "num_speculative_tokens": 3, "model": str(tiny_llama)}
+    llm = LLM(str(tiny_llama), speculative_config=spec, **ENGINE)
+    params = SamplingParams(
+        temperature=0, max_tokens=12, ignore_eos=True, logit_bias={5: 100.0, 6: 50.0}
+    )
+    got = _generate(llm, _prompts()[:3], params)
+    want = _generate(base, _prompts()[:3], params)
+    assert [o.token_ids for o in got] == [o.token_ids for o in want]
+    assert llm.llm_engine.spec.stats.num_drafts == 0
+    llm.llm_engine.kv.check_no_leak()

@@ -8,6 +8,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import openai
 import uvicorn
 
@@ -52,3 +53,11 @@ def test_speculative_run_streams_in_order_and_is_counted(tiny_llama: Path) -> No
         assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
         stats = llm.engine.spec.stats
         assert stats.num_accepted_tokens >= 10 and stats.num_drafts < 20
+        metrics = httpx.get(url.removesuffix("/v1") + "/metrics").text
+        for name, value in (
+            ("xyserve:spec_decode_num_drafts_total", stats.num_drafts),
+            ("xyserve:spec_decode_num_accepted_tokens_total", stats.num_accepted_tokens),
+            ('xyserve:spec_decode_num_accepted_tokens_per_pos_total{position="0"}', None),
+        ):
+            line = next(ln for ln in metrics.splitlines() if ln.startswith(name + " "))
+            assert value is None or float(line.split()[-1]) == value

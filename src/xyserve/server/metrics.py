@@ -73,6 +73,25 @@ class ServerMetrics:
             "Requests failed inside a step (the rest of the batch went on).",
             registry=r,
         )
+        # Speculative decoding (vLLM's names), from the engine's SpecStats when speculation is on.
+        self.spec = {
+            "xyserve:spec_decode_num_drafts": Counter(
+                "xyserve:spec_decode_num_drafts", "Verify stages run.", registry=r
+            ),
+            "xyserve:spec_decode_num_draft_tokens": Counter(
+                "xyserve:spec_decode_num_draft_tokens", "Proposed tokens verified.", registry=r
+            ),
+            "xyserve:spec_decode_num_accepted_tokens": Counter(
+                "xyserve:spec_decode_num_accepted_tokens", "Proposed tokens accepted.", registry=r
+            ),
+            "xyserve:spec_decode_num_accepted_tokens_per_pos": Counter(
+                "xyserve:spec_decode_num_accepted_tokens_per_pos",
+                "Proposed tokens accepted, by position in the proposal.",
+                ["position"],
+                registry=r,
+            ),
+        }
+        self._last_spec: dict[tuple[str, tuple], float] = {}
         self._last_prompt = 0
         self._last_gen = 0
         self._last = {"preempt": 0, "abort": 0, "fail": 0}
@@ -116,6 +135,15 @@ class ServerMetrics:
             if now[key] > self._last[key]:
                 counter.inc(now[key] - self._last[key])
         self._last = now
+        spec = getattr(engine, "spec", None)
+        if spec is not None:
+            for name, labels, value in spec.stats.prometheus():
+                key = (name, tuple(sorted(labels.items())))
+                delta = value - self._last_spec.get(key, 0.0)
+                if delta > 0:
+                    counter = self.spec[name]
+                    (counter.labels(**labels) if labels else counter).inc(delta)
+                self._last_spec[key] = value
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
