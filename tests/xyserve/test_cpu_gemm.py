@@ -100,3 +100,20 @@ def test_column_major_input_and_a_bucket_that_names_it():
     # other dtypes take F.linear
     y64 = gemm.linear(gemm.plan(13), "o_proj", x.double(), w.double(), None)
     torch.testing.assert_close(y64, x.double() @ w.double().t())
+
+
+def test_parallel_kernels_take_no_more_threads_than_work_items():
+    """A single decode row runs on the calling thread (no thread woken for nothing)."""
+    import numba
+
+    from xyserve.kernels import cpu_act, use_cpu_threads
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("numba has one thread here")
+    assert use_cpu_threads(2, items=1) == 1 and numba.get_num_threads() == 1
+    assert use_cpu_threads(2, items=5) == 2
+    gu = torch.randn((1, 16))
+    cpu_act.silu_mul(gu)
+    assert numba.get_num_threads() == 1
+    g, u = gu.chunk(2, dim=-1)
+    torch.testing.assert_close(cpu_act.silu_mul(gu), torch.nn.functional.silu(g) * u)
