@@ -12,12 +12,12 @@ serve: setup
 	$(PY) -m xyserve.cli serve --host 127.0.0.1 --port 8000
 
 lint:
-	$(PY) -m ruff check src tests
-	$(PY) -m ruff format --check src tests
+	$(PY) -m ruff check src tests scripts
+	$(PY) -m ruff format --check src tests scripts
 
 format:
-	$(PY) -m ruff format src tests
-	$(PY) -m ruff check --fix src tests
+	$(PY) -m ruff format src tests scripts
+	$(PY) -m ruff check --fix src tests scripts
 
 test: setup lint
 	TRITON_INTERPRET=1 $(PY) -m pytest -q tests

@@ -26,6 +26,9 @@ class EngineConfig:
     # (xyserve bench kernels); sdpa/torch stay available as the per-stage/vendor baselines.
     attention_backend: str = "meta"  # meta | sdpa | reference
     gemm_backend: str = "smooth"  # smooth | torch
+    # CUDA float32: the meta/smooth Triton kernels' dots may use TF32 (off: exact float32). Torch's
+    # own ops follow torch.backends.cuda.matmul.allow_tf32, which the engine leaves as it is.
+    allow_tf32: bool = False
     served_model_name: str | None = None
     skip_tokenizer_init: bool = False
     disable_progress_bar: bool = False

@@ -69,6 +69,28 @@ def test_triton_smooth_equals_matmul_for_every_m():
         torch.testing.assert_close(y, ref, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.skipif(not TRITON, reason="needs CUDA or TRITON_INTERPRET=1")
+def test_triton_split_k_and_cublas_configs_equal_matmul():
+    """Split-K (K ranges summed atomically, empty ranges included) and the cuBLAS choice."""
+    from xyserve.kernels.triton.smooth_gemm import smooth_matmul
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    gen = torch.Generator().manual_seed(2)
+    n, k = 40, 72  # five K-tiles of 16, the last one partial
+    w = torch.randn((n, k), generator=gen).to(dev)
+    b = torch.randn((n,), generator=gen).to(dev)
+    for m, split in ((1, 2), (5, 3), (17, 8), (33, 5)):  # 8 splits: three are empty
+        x = torch.randn((m, k), generator=gen).to(dev)
+        for bias in (None, b):
+            ref = torch.matmul(x, w.t()) + (0 if bias is None else bias)
+            cfg = GemmConfig(16, 32, 16, 2, 4, 2, split_k=split)
+            torch.testing.assert_close(smooth_matmul(x, w, bias, cfg), ref, atol=1e-4, rtol=1e-4)
+            y = smooth_matmul(x, w, bias, GemmConfig(gpu_impl="cublas"))
+            torch.testing.assert_close(y, ref, atol=1e-4, rtol=1e-4)
+    assert GemmConfig(split_k=4).key() != GemmConfig().key()
+    assert GemmConfig(gpu_impl="cublas").key().startswith("cublas")
+
+
 def test_bench_kernels_smoke(tmp_path, capsys):
     from xyserve.bench.kernels import main
 

@@ -21,12 +21,8 @@ than 3% slower gets up to four more batches of rounds (for every variant) before
 ``--threads 1`` avoids the OpenMP barrier stalls that a busy 2-core box inflicts on
 multi-threaded ops.
 
-GPU (whenever CUDA is available, unless ``--no-gpu``): the same cases moved to CUDA in
-``--gpu-dtype`` (fp16 default, or bf16), timed with ``triton.testing.do_bench``. Triton
-Meta-Attention (the ``meta`` backend) against per-stage Triton attention of the fused-attention
-tutorial kind (``kernels/triton/baselines.py``: gather K/V contiguous, one launch per stage), and
-Triton SmoothGEMM (tuned table if one is found) against the tutorial matmul on a physically
-padded copy, as real-row TFLOP/s. Without a GPU the section prints one line and the JSON has
+GPU (whenever CUDA is available, unless ``--no-gpu``; ``--gpu-only`` skips the CPU sections):
+see ``bench/kernels_gpu.py``. Without a GPU the section prints one line and the JSON has
 ``"gpu": null``.
 """
 
@@ -46,7 +42,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from xyserve.bench.cases import AttentionCase, StageSpec, build_case
+from xyserve.bench.cases import StageSpec, build_case
 from xyserve.kernels.meta_attention import MetaAttention
 from xyserve.kernels.metadata import AttentionMetadata, stage_mask
 from xyserve.kernels.per_stage import PerStageSDPA, gather_kv
@@ -56,7 +52,6 @@ from xyserve.plan.gemm_table import (
     GemmConfig,
     GemmTable,
     default_config,
-    find_table,
     model_shapes,
     padded_m,
 )
@@ -347,291 +342,6 @@ def bench_gemm(args: argparse.Namespace, models: dict[str, dict], bar: tqdm) -> 
 
 # --- GPU section: Triton meta-kernels against Triton baselines of the tutorial kind. ----------
 
-GPU_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def _do_bench_ms(warmup_ms: int = 25, rep_ms: int = 100) -> Callable[[Callable[[], object]], float]:
-    """A ``triton.testing.do_bench`` timer (median ms, CUDA events, L2 flushed between runs)."""
-    from triton.testing import do_bench
-
-    return lambda fn: float(do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median"))
-
-
-def gpu_attention_case(
-    c: AttentionCase,
-    hq: int,
-    hkv: int,
-    d: int,
-    timer: Callable[[Callable[[], object]], float],
-    block_m: int = 64,
-    block_n: int = 64,
-    check: bool = False,
-    rounds: int = 2,
-) -> dict:
-    """One case: Triton Meta-Attention vs per-stage tutorial attention (gather + launch/stage).
-
-    On CUDA, Meta-Attention goes through the ``meta`` backend (which plans and launches the
-    Triton kernel); on CPU tensors (tests, ``TRITON_INTERPRET=1``) the same Triton plan and
-    kernel are called directly, since the backend would take its CPU path there. Plans are
-    built once outside the timing, as the engine builds them once per step.
-    """
-    from xyserve.kernels.triton.baselines import per_stage_triton_attention, plan_per_stage
-
-    if c.q.is_cuda:
-        be = MetaAttention()
-        mp = be.plan(c.meta, hq, hkv, d)
-        run_meta = lambda: be.run(mp, c.q, c.k_cache, c.v_cache, c.scale)  # noqa: E731
-    else:
-        from xyserve.kernels.triton.meta_attention import build_triton_plan, triton_meta_attention
-
-        tplan = build_triton_plan(c.meta, hq, hkv, d)
-        run_meta = lambda: triton_meta_attention(tplan, c.q, c.k_cache, c.v_cache, c.scale)  # noqa: E731
-    sp = plan_per_stage(c.meta)
-    run_ps = lambda: per_stage_triton_attention(  # noqa: E731
-        sp, c.q, c.k_cache, c.v_cache, c.scale, block_m, block_n
-    )
-    tm, tps = [], []
-    for _ in range(rounds):  # interleaved; each keeps its best
-        tm.append(timer(run_meta))
-        tps.append(timer(run_ps))
-    t_meta, t_ps = min(tm), min(tps)
-    err_meta = err_ps = None
-    if check:
-        ref = reference_attention(c.meta, c.q, c.k_cache, c.v_cache, c.scale).float()
-        err_meta = float((run_meta().float() - ref).abs().max())
-        err_ps = float((run_ps().float() - ref).abs().max())
-    kinds = [r.kind.value for r in c.meta.table.rows]
-    return {
-        "stages": len(kinds),
-        "prefill": kinds.count("prefill"),
-        "decode": kinds.count("decode"),
-        "verify": kinds.count("verify"),
-        "tokens": c.meta.num_tokens,
-        "kv_tokens": sum(r.kv_len for r in c.meta.table.rows),
-        "meta_ms": t_meta,
-        "per_stage_triton_ms": t_ps,
-        "speedup_vs_per_stage_triton": t_ps / t_meta,
-        "max_abs_err_meta": err_meta,
-        "max_abs_err_per_stage": err_ps,
-    }
-
-
-def gpu_gemm_point(
-    x: torch.Tensor,
-    w: torch.Tensor,
-    cfg: GemmConfig,
-    timer: Callable[[Callable[[], object]], float],
-    check: bool = False,
-    rounds: int = 2,
-) -> dict:
-    """One (M, N, K): SmoothGEMM (virtual padding) vs the tutorial matmul on a padded copy.
-
-    Both use the same tile config, so the difference is the padding alone. Utilization counts
-    the real rows' FLOPs only (``2 M N K / time``): padding work is waste, not throughput.
-    """
-    from xyserve.kernels.triton.baselines import padded_tutorial_matmul
-    from xyserve.kernels.triton.smooth_gemm import smooth_matmul
-
-    m, k = x.shape
-    n = w.shape[0]
-    pm = padded_m(m)
-    run_smooth = lambda: smooth_matmul(x, w, None, cfg)  # noqa: E731
-    run_pad = lambda: padded_tutorial_matmul(x, w, cfg, pm)  # noqa: E731
-    ts, tp = [], []
-    for _ in range(rounds):
-        ts.append(timer(run_smooth))
-        tp.append(timer(run_pad))
-    t_s, t_p = min(ts), min(tp)
-    flops = 2.0 * m * n * k
-    err = None
-    if check:
-        ref = torch.matmul(x.float(), w.float().t())
-        err = max(float((f().float() - ref).abs().max()) for f in (run_smooth, run_pad))
-    return {
-        "m": m,
-        "padded_m": pm,
-        "n": n,
-        "k": k,
-        "config": cfg.key(),
-        "smooth_ms": t_s,
-        "pad_tutorial_ms": t_p,
-        "smooth_tflops": flops / (t_s * 1e-3) / 1e12,
-        "pad_tutorial_tflops": flops / (t_p * 1e-3) / 1e12,
-        "utilization_gain": t_p / t_s - 1.0,  # = smooth utilization / padded utilization - 1
-        "max_abs_err": err,
-    }
-
-
-def _gpu_tables(args: argparse.Namespace) -> dict[str, GemmTable]:
-    """Tuned CUDA GEMM tables: ``--gpu-gemm-table`` for every model, else one found per path."""
-    if args.gpu_gemm_table:
-        t = GemmTable.load(args.gpu_gemm_table)
-        return {name: t for name in _models(args.gemm_models)}
-    out: dict[str, GemmTable] = {}
-    for n in args.gemm_models:
-        p = Path(n)
-        if n in ("small", "7b") or not p.exists():
-            continue
-        d = p if p.is_dir() else p.parent
-        t = find_table(d, "cuda")
-        if t is not None:
-            out[d.name] = t
-    return out
-
-
-def bench_gpu(
-    args: argparse.Namespace,
-    models: dict[str, dict],
-    device: str = "cuda",
-    timer: Callable[[Callable[[], object]], float] | None = None,
-) -> dict:
-    """The GPU section on the CPU section's cases, moved to CUDA in ``--gpu-dtype``.
-
-    ``device``/``timer`` exist for the tests, which run it on CPU tensors under
-    ``TRITON_INTERPRET=1`` with a one-shot timer; the CLI always passes CUDA and ``do_bench``.
-    """
-    import triton
-
-    dtype = GPU_DTYPES[args.gpu_dtype]
-    timer = timer or _do_bench_ms(args.gpu_warmup_ms, args.gpu_rep_ms)
-    if device == "cuda":
-        props = torch.cuda.get_device_properties(0)
-        name = (
-            f"{props.name} (sm_{props.major}{props.minor}, {props.multi_processor_count} SMs, "
-            f"{props.total_memory / 2**30:.0f} GiB)"
-        )
-    else:
-        name = f"{device} (Triton interpreter)"
-    res: dict = {
-        "device": f"{name}, torch {torch.__version__}, triton {triton.__version__}",
-        "dtype": args.gpu_dtype,
-        "attention": None,
-        "gemm": None,
-    }
-    check = not args.no_reference
-    if args.only != "gemm":
-        hq, hkv, d = args.heads
-        cases = []
-        total = args.cases * len(args.workloads)
-        with tqdm(total=total, desc="bench kernels (gpu attention)", file=sys.stderr) as bar:
-            for wname in args.workloads:
-                wl = load_workload(wname)
-                for i in range(args.cases):
-                    rng = random.Random(f"{wname}-{i}-{args.seed}")  # the CPU section's cases
-                    specs = sample_batch(wl, args.budget, rng)
-                    c = build_case(
-                        specs, hq, hkv, d, args.block_size, seed=i, dtype=dtype, device=device
-                    )
-                    row = gpu_attention_case(
-                        c,
-                        hq,
-                        hkv,
-                        d,
-                        timer,
-                        block_m=args.gpu_attn_block[0],
-                        block_n=args.gpu_attn_block[1],
-                        check=check,
-                    )
-                    cases.append({"workload": wname, "case": i, **row})
-                    bar.update(1)
-        sp = [c["speedup_vs_per_stage_triton"] for c in cases]
-        res["attention"] = {
-            "per_stage_blocks": list(args.gpu_attn_block),
-            "cases": cases,
-            "mean_speedup_vs_per_stage_triton": statistics.mean(sp),
-            "min_speedup_vs_per_stage_triton": min(sp),
-            "max_speedup_vs_per_stage_triton": max(sp),
-        }
-    if args.only != "attention":
-        tables = _gpu_tables(args)
-        ms = gemm_ms(args)  # the GPU takes the full M range for 7B-sized shapes too
-        shapes = [
-            (mname, op, nk)
-            for mname, cfg in models.items()
-            for op, nk in model_shapes(cfg).items()
-            if op != "lm_head"
-        ]
-        rows = []
-        gen = torch.Generator().manual_seed(args.seed)
-        with tqdm(
-            total=len(shapes) * len(ms), desc="bench kernels (gpu gemm)", file=sys.stderr
-        ) as bar:
-            for mname, op, (n, k) in shapes:
-                w = (torch.randn((n, k), generator=gen) / k**0.5).to(device, dtype)
-                table = tables.get(mname)
-                for m in ms:
-                    pm = padded_m(m)
-                    tuned = (
-                        table is not None
-                        and table.shapes.get(op) in (None, (n, k))
-                        and pm in table.entries.get(op, {})
-                    )
-                    cfg = table.entries[op][pm] if tuned else default_config(pm)
-                    x = torch.randn((m, k), generator=gen).to(device, dtype)
-                    pt = gpu_gemm_point(x, w, cfg, timer, check=check)
-                    rows.append({"model": mname, "op": op, "tuned": tuned, **pt})
-                    bar.update(1)
-        gains = [r["utilization_gain"] for r in rows]
-        worst = min(rows, key=lambda r: r["utilization_gain"])
-        res["gemm"] = {
-            "rows": rows,
-            "tuned_points": sum(r["tuned"] for r in rows),
-            "mean_utilization_gain": statistics.mean(gains),
-            "min_utilization_gain": worst["utilization_gain"],
-            "worst_case": {kk: worst[kk] for kk in ("model", "op", "m", "n", "k")},
-            "mean_smooth_tflops": statistics.mean(r["smooth_tflops"] for r in rows),
-            "mean_pad_tutorial_tflops": statistics.mean(r["pad_tutorial_tflops"] for r in rows),
-        }
-    return res
-
-
-def print_gpu_report(gpu: dict | None, skipped: str | None) -> None:
-    """The GPU section's tables, or the one line saying why it was skipped."""
-    if gpu is None:
-        print(f"\ngpu: skipped ({skipped})")
-        return
-    print(f"\ngpu device: {gpu['device']}  dtype={gpu['dtype']}")
-    a = gpu["attention"]
-    if a is not None:
-        print("gpu attention: Triton Meta-Attention vs per-stage Triton (tutorial kernel)")
-        print(
-            f"{'workload':13s} {'#':>2s} {'P/D/V':>8s} {'tok':>5s} {'kv':>6s} {'meta ms':>8s} "
-            f"{'stage ms':>8s} {'speedup':>7s} {'err meta':>8s} {'err stg':>8s}"
-        )
-        for c in a["cases"]:
-            pdv = f"{c['prefill']}/{c['decode']}/{c['verify']}"
-            print(
-                f"{c['workload']:13s} {c['case']:2d} {pdv:>8s} {c['tokens']:5d} {c['kv_tokens']:6d} "
-                f"{c['meta_ms']:8.3f} {c['per_stage_triton_ms']:8.3f} "
-                f"{c['speedup_vs_per_stage_triton']:6.2f}x "
-                f"{_f(c['max_abs_err_meta'], '8.1e')} {_f(c['max_abs_err_per_stage'], '8.1e')}"
-            )
-        print(
-            "gpu.attention.mean_speedup_vs_per_stage_triton: "
-            f"{a['mean_speedup_vs_per_stage_triton']:.3f}x (range "
-            f"{a['min_speedup_vs_per_stage_triton']:.2f}x .. "
-            f"{a['max_speedup_vs_per_stage_triton']:.2f}x; target >= 1.15x)"
-        )
-    g = gpu["gemm"]
-    if g is not None:
-        print("gpu gemm: SmoothGEMM (virtual padding) vs tutorial matmul on a padded copy")
-        print(
-            f"{'model':6s} {'op':8s} {'M':>5s} {'pad M':>5s} {'N':>6s} {'K':>6s} {'tuned':>5s} "
-            f"{'smooth TF/s':>11s} {'pad TF/s':>9s} {'gain':>7s}"
-        )
-        for r in g["rows"]:
-            print(
-                f"{r['model']:6s} {r['op']:8s} {r['m']:5d} {r['padded_m']:5d} {r['n']:6d} "
-                f"{r['k']:6d} {'yes' if r['tuned'] else 'no':>5s} {r['smooth_tflops']:11.2f} "
-                f"{r['pad_tutorial_tflops']:9.2f} {100 * r['utilization_gain']:+6.1f}%"
-            )
-        wc = g["worst_case"]
-        print(
-            f"gpu.gemm.mean_utilization_gain: {100 * g['mean_utilization_gain']:+.1f}% "
-            f"(worst {100 * g['min_utilization_gain']:+.1f}% at {wc['model']} {wc['op']} "
-            f"M={wc['m']}; {g['tuned_points']}/{len(g['rows'])} points tuned; target >= +15%)"
-        )
-
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="xyserve bench kernels", description=__doc__.split("\n")[0])
@@ -656,7 +366,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-gpu", action="store_true", help="skip the GPU section")
-    ap.add_argument("--gpu-dtype", choices=tuple(GPU_DTYPES), default="fp16")
+    ap.add_argument("--gpu-only", action="store_true", help="skip the CPU sections")
+    ap.add_argument("--gpu-dtype", choices=("fp16", "bf16"), default="fp16")
+    ap.add_argument(
+        "--gpu-tune", action="store_true", help="tune each measured GEMM bucket on the GPU first"
+    )
+    ap.add_argument(
+        "--gpu-attn-peers", nargs="+", help="attention peers to run (default: all available)"
+    )
     ap.add_argument(
         "--gpu-gemm-table", help="tuned CUDA GEMM table (default: found next to model paths)"
     )
@@ -748,10 +465,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     models = _models(args.gemm_models)
-    n_att = 0 if args.only == "gemm" else args.cases * len(args.workloads)
+    n_att = 0 if args.only == "gemm" or args.gpu_only else args.cases * len(args.workloads)
     n_gemm = (
         0
-        if args.only == "attention"
+        if args.only == "attention" or args.gpu_only
         else sum(4 * len(gemm_ms(args, int(c["hidden_size"]) >= 2048)) for c in models.values())
     )
     result: dict = {
@@ -769,6 +486,8 @@ def main(argv: list[str] | None = None) -> int:
     if skipped is None and not torch.cuda.is_available():
         skipped = "no CUDA device"
     result["gpu"] = None
+    from xyserve.bench.kernels_gpu import bench_gpu, print_gpu_report
+
     if skipped is None:
         with torch.inference_mode():
             result["gpu"] = bench_gpu(args, models)

@@ -220,10 +220,16 @@ def first_mismatch(got: list[list[int]], ref: list[list[int]]) -> str | None:
     return None
 
 
-def run_hf(model: Path, work: Workload, batch_size: int) -> float:
+def run_hf(
+    model: Path,
+    work: Workload,
+    batch_size: int,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> float:
     from transformers import AutoModelForCausalLM
 
-    m = AutoModelForCausalLM.from_pretrained(str(model), dtype=torch.float32).eval()
+    m = AutoModelForCausalLM.from_pretrained(str(model), dtype=dtype).eval().to(device)
     t = time.perf_counter()
     for i in tqdm(
         range(0, len(work.prompts), batch_size), desc=f"HF static batches of {batch_size}"
@@ -238,13 +244,15 @@ def run_hf(model: Path, work: Workload, batch_size: int) -> float:
             mask[j, width - len(p) :] = 1
         with torch.inference_mode():
             m.generate(
-                input_ids=ids,
-                attention_mask=mask,
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
                 max_new_tokens=new,
                 min_new_tokens=new,
                 do_sample=False,
                 pad_token_id=0,
             )
+    if device == "cuda":
+        torch.cuda.synchronize()
     elapsed = time.perf_counter() - t
     del m
     gc.collect()

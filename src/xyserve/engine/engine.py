@@ -112,7 +112,13 @@ class LLMEngine:
         if config.gemm_backend == "smooth":  # its tuned table lives beside the model or in a cache
             gemm_kwargs = {"model_path": str(self.model_path), "device": self.device.type}
         self.runner = ModelRunner(
-            self.model, num_blocks, bs, config.attention_backend, config.gemm_backend, gemm_kwargs
+            self.model,
+            num_blocks,
+            bs,
+            config.attention_backend,
+            config.gemm_backend,
+            gemm_kwargs,
+            allow_tf32=config.allow_tf32,
         )
         self.groups: dict[str, _Group] = {}
         self._child_to_group: dict[str, tuple[_Group, _Child]] = {}

@@ -29,6 +29,7 @@ class ModelRunner:
         attention_backend: str,
         gemm_backend: str,
         gemm_kwargs: dict | None = None,
+        allow_tf32: bool = False,
     ) -> None:
         self.model = model
         self.block_size = block_size
@@ -51,6 +52,13 @@ class ModelRunner:
         self.gemm = get_gemm_backend(gemm_backend, **(gemm_kwargs or {}))
         if hasattr(self.gemm, "warmup"):
             self.gemm.warmup(model.device, model.dtype)
+        # Float32 precision on CUDA: the Triton backends (meta, smooth) take the flag. Torch's
+        # own ops (the sdpa/torch backends, embeddings) follow torch's process-wide
+        # ``torch.backends.cuda.matmul.allow_tf32``, which an engine must not change under other
+        # code in the same process.
+        for backend in (self.attn, self.gemm):
+            if hasattr(backend, "allow_tf32"):
+                backend.allow_tf32 = allow_tf32
 
     @staticmethod
     def bytes_per_block(model_cfg, block_size: int, dtype: torch.dtype) -> int:

@@ -333,8 +333,10 @@ class MetaAttention:
         group_ratio: float = 0.75,
         dtype: torch.dtype = torch.float32,
         decode_kernel: bool = True,
+        allow_tf32: bool = False,
     ) -> None:
         self.num_workers = num_workers
+        self.allow_tf32 = allow_tf32  # Triton path: float32 dots in TF32 when set
         self.decode_kernel = decode_kernel
         self.kv_chunk = kv_chunk
         self.kv_chunk_bytes = kv_chunk_bytes
@@ -355,7 +357,14 @@ class MetaAttention:
         if meta.slot_mapping.device.type == "cuda":
             from xyserve.kernels.triton.meta_attention import build_triton_plan
 
-            return build_triton_plan(meta, num_q_heads, num_kv_heads, head_dim, self.num_workers)
+            return build_triton_plan(
+                meta,
+                num_q_heads,
+                num_kv_heads,
+                head_dim,
+                self.num_workers,
+                allow_tf32=self.allow_tf32,
+            )
         workers = self.num_workers or torch.get_num_threads()
         return build_plan(
             meta,

@@ -114,7 +114,9 @@ class SmoothGemm:
         table_path: str | os.PathLike | None = None,
         model_path: str | os.PathLike | None = None,
         device: str = "cpu",
+        allow_tf32: bool = False,
     ) -> None:
+        self.allow_tf32 = allow_tf32  # Triton path: float32 dots in TF32 when set
         if table is None and table_path is not None:
             table = GemmTable.load(table_path)
         if table is None and model_path is not None:
@@ -169,6 +171,6 @@ class SmoothGemm:
         if x.is_cuda:
             from xyserve.kernels.triton.smooth_gemm import smooth_matmul
 
-            y = smooth_matmul(x.reshape(m, x.shape[-1]), weight, bias, cfg)
+            y = smooth_matmul(x.reshape(m, x.shape[-1]), weight, bias, cfg, self.allow_tf32)
             return y.view(*x.shape[:-1], weight.shape[0])
         return cpu_linear(cfg, x, weight, bias)

@@ -68,11 +68,16 @@ class GemmConfig:
     num_warps: int = 4
     num_stages: int = 3
     cpu_impl: str = "linear"  # one of smooth_gemm.CPU_IMPLS (see smooth_gemm.cpu_linear)
+    split_k: int = 1  # CUDA: K ranges summed atomically (small M: more programs per tile)
+    gpu_impl: str = "triton"  # CUDA: "triton" (SmoothGEMM) or "cublas" (the vendor GEMM)
 
     def key(self) -> str:
+        if self.gpu_impl == "cublas":
+            return f"cublas-{self.cpu_impl}"
+        split = f"sk{self.split_k}" if self.split_k > 1 else ""
         return (
             f"m{self.block_m}n{self.block_n}k{self.block_k}g{self.group_m}"
-            f"w{self.num_warps}s{self.num_stages}-{self.cpu_impl}"
+            f"w{self.num_warps}s{self.num_stages}{split}-{self.cpu_impl}"
         )
 
 

@@ -24,7 +24,6 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -51,20 +50,9 @@ def candidates(device: str, pm: int, dtype: torch.dtype = torch.float32) -> list
     if device == "cpu":
         impls = [i for i in CPU_CANDIDATES if i != "numba" or cpu_gemm.available(dtype)]
         return [GemmConfig(cpu_impl=impl) for impl in impls]  # [0]: F.linear
-    out = []
-    for bm, bn, bk, warps, stages in itertools.product(
-        (16, 32, 64, 128), (64, 128, 256), (32, 64), (4, 8), (3, 4)
-    ):
-        if bm > max(16, pm) or (bm * bn >= 128 * 256 and warps == 4):
-            continue
-        out.append(GemmConfig(bm, bn, bk, 8, warps, stages))
-    return out
+    from xyserve.tools.tune_cuda import tile_candidates
 
-
-def _bench_cuda(fn: Callable[[], object]) -> float:
-    import triton.testing
-
-    return float(triton.testing.do_bench(fn, warmup=5, rep=20))
+    return tile_candidates(pm, 1 << 30)
 
 
 COLD_BYTES = 64 << 20  # twice this dev box's 32 MiB L3
@@ -144,19 +132,9 @@ def tune_one(
     ws = w if isinstance(w, list) else [w]
     if device != "cuda":
         return _tune_one_cpu(ws, x, repeat)
-    w = ws[0]
-    from xyserve.kernels.triton.smooth_gemm import smooth_matmul
+    from xyserve.tools.tune_cuda import tune_one_cuda
 
-    best: tuple[float, GemmConfig] | None = None
-    for cfg in candidates(device, x.shape[0]):
-        fn = lambda cfg=cfg: smooth_matmul(x, w, None, cfg)  # noqa: E731
-        try:
-            t = _bench_cuda(fn)
-        except Exception:  # a config that does not compile/fit is simply not a candidate
-            continue
-        if best is None or t < best[0]:
-            best = (t, cfg)
-    return None if best is None else best[1]
+    return tune_one_cuda(ws[0], x)[0]
 
 
 def _tune_one_cpu(ws: list[torch.Tensor], x: torch.Tensor, repeat: int) -> GemmConfig:

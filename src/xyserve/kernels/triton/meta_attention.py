@@ -17,6 +17,7 @@ import triton
 import triton.language as tl
 
 from xyserve.kernels.metadata import AttentionMetadata
+from xyserve.kernels.triton.precision import dot_precision
 from xyserve.plan.task_table import TaskTable, build_task_table
 
 
@@ -54,6 +55,7 @@ def _meta_attn_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
 ):
     wid = tl.program_id(0)
     u_begin = tl.load(W_OFF + wid)
@@ -92,7 +94,7 @@ def _meta_attn_kernel(
             kv_mask = k_ok[:, None] & d_ok[None, :]
             k = tl.load(K + kv_off[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
             v = tl.load(V + kv_off[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
-            s = tl.dot(q, tl.trans(k)) * scale
+            s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * scale
             allowed = (kpos[None, :] <= qpos[:, None]) & k_ok[None, :]
             # Tree rows: history is visible; new key j is visible where tree[row, j] is set.
             rel = kpos - ctx
@@ -108,7 +110,7 @@ def _meta_attn_kernel(
             alpha = tl.exp(m_i - m_new)
             p = tl.exp(s - m_new[:, None])
             l_i = l_i * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=INPUT_PRECISION)
             m_i = m_new
         l_safe = tl.where(l_i > 0, l_i, 1.0)
         out = acc / l_safe[:, None]
@@ -127,6 +129,7 @@ class TritonAttentionPlan:
     head_dim: int
     block_m: int
     arrays: dict[str, torch.Tensor]
+    allow_tf32: bool = False  # float32 dots in TF32 (see kernels/triton/precision.py)
 
 
 def _pow2(x: int, lo: int = 16) -> int:
@@ -140,6 +143,7 @@ def build_triton_plan(
     head_dim: int,
     num_workers: int | None = None,
     block_m: int = 64,
+    allow_tf32: bool = False,
 ) -> TritonAttentionPlan:
     """Task table with tiles of ``block_m // G`` rows, laid out worker by worker on the device."""
     device = meta.slot_mapping.device
@@ -184,7 +188,9 @@ def build_triton_plan(
     arrays["w_off"] = torch.tensor(tasks.worker_offsets(), dtype=torch.int32, device=device)
     arrays["tree"] = torch.tensor(tree_flat or [0], dtype=torch.int8, device=device)
     arrays["bt"] = meta.block_tables.to(device=device, dtype=torch.int32).contiguous()
-    return TritonAttentionPlan(meta, tasks, num_q_heads, num_kv_heads, head_dim, block_m, arrays)
+    return TritonAttentionPlan(
+        meta, tasks, num_q_heads, num_kv_heads, head_dim, block_m, arrays, allow_tf32
+    )
 
 
 def triton_meta_attention(
@@ -193,12 +199,14 @@ def triton_meta_attention(
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
     scale: float,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """One launch over the whole task table; rows of empty stages are zero."""
+    """One launch over the whole task table; rows of empty stages are zero. With ``out`` given,
+    only the plan's rows are written into it (a plan may cover part of a step)."""
     t, hq, d = q.shape
     _, page, hkv, _ = k_cache.shape
     assert k_cache.stride() == v_cache.stride() and k_cache.stride(-1) == 1 and q.stride(-1) == 1
-    out = torch.zeros_like(q)
+    out = torch.zeros_like(q) if out is None else out
     a = plan.arrays
     w = int(a["w_off"].numel()) - 1
     if t == 0 or int(a["qstart"].numel()) == 0:
@@ -236,5 +244,6 @@ def triton_meta_attention(
         BLOCK_M=plan.block_m,
         BLOCK_N=_pow2(page),
         BLOCK_D=_pow2(d),
+        INPUT_PRECISION=dot_precision(q.dtype, plan.allow_tf32),
     )
     return out

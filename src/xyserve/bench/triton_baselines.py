@@ -1,4 +1,4 @@
-"""Triton baselines of the GPU kernel benchmarks: what a user writes without meta-kernels.
+"""Triton baselines of ``bench kernels``'s GPU section: what a user writes without meta-kernels.
 
 * :func:`per_stage_triton_attention` -- the Triton fused-attention tutorial's forward kernel
   (constexpr ``BLOCK_M``/``BLOCK_N``/``HEAD_DIM``, online softmax in base 2, grid over
@@ -26,6 +26,7 @@ import triton
 import triton.language as tl
 
 from xyserve.kernels.metadata import AttentionMetadata
+from xyserve.kernels.triton.precision import dot_precision
 from xyserve.plan.gemm_table import GemmConfig, padded_m
 
 
@@ -52,6 +53,7 @@ def _attn_fwd(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     HAS_MASK: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
 ):
     """One (query block, head) of one stage: the tutorial's forward, with a prefix offset."""
     start_m = tl.program_id(0)
@@ -92,7 +94,7 @@ def _attn_fwd(
             mask=kv_mask,
             other=0.0,
         )
-        qk = tl.dot(q, tl.trans(k)) * qk_scale
+        qk = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * qk_scale
         if HAS_MASK:
             allowed = (
                 tl.load(
@@ -109,7 +111,7 @@ def _attn_fwd(
         alpha = tl.math.exp2(m_i - m_new)
         p = tl.math.exp2(qk - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=INPUT_PRECISION)
         m_i = m_new
     out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
     tl.store(
@@ -160,6 +162,7 @@ def stage_attention(
     block_n: int = 64,
     num_warps: int = 4,
     num_stages: int = 2,
+    allow_tf32: bool = False,
 ) -> None:
     """One launch: q/out [n, Hq, D] (views), k/v [kv_len, Hkv, D] contiguous; writes ``out``."""
     n, hq, d = q.shape
@@ -188,6 +191,7 @@ def stage_attention(
         BLOCK_M=bm,
         BLOCK_N=block_n,
         HAS_MASK=mask is not None,
+        INPUT_PRECISION=dot_precision(q.dtype, allow_tf32),
         **extra,
     )
 
@@ -231,6 +235,7 @@ def _matmul_kernel(
     BLOCK_SIZE_N: tl.constexpr,
     BLOCK_SIZE_K: tl.constexpr,
     GROUP_SIZE_M: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
 ):
     """The Triton matmul tutorial's kernel: C[M, N] = A[M, K] @ B[K, N], grouped program ids."""
     pid = tl.program_id(axis=0)
@@ -251,7 +256,7 @@ def _matmul_kernel(
     for k in range(0, tl.cdiv(K, BLOCK_SIZE_K)):
         a = tl.load(a_ptrs, mask=offs_k[None, :] < K - k * BLOCK_SIZE_K, other=0.0)
         b = tl.load(b_ptrs, mask=offs_k[:, None] < K - k * BLOCK_SIZE_K, other=0.0)
-        accumulator = tl.dot(a, b, accumulator)
+        accumulator = tl.dot(a, b, accumulator, input_precision=INPUT_PRECISION)
         a_ptrs += BLOCK_SIZE_K * stride_ak
         b_ptrs += BLOCK_SIZE_K * stride_bk
     c = accumulator.to(c_ptr.dtype.element_ty)
@@ -261,7 +266,9 @@ def _matmul_kernel(
     tl.store(c_ptrs, c, mask=(offs_cm[:, None] < M) & (offs_cn[None, :] < N))
 
 
-def tutorial_matmul(a: torch.Tensor, weight: torch.Tensor, cfg: GemmConfig) -> torch.Tensor:
+def tutorial_matmul(
+    a: torch.Tensor, weight: torch.Tensor, cfg: GemmConfig, allow_tf32: bool = False
+) -> torch.Tensor:
     """``a @ weight.T`` with the tutorial kernel; B is the [N, K] weight read transposed."""
     m, k = a.shape
     n = weight.shape[0]
@@ -289,6 +296,7 @@ def tutorial_matmul(a: torch.Tensor, weight: torch.Tensor, cfg: GemmConfig) -> t
         BLOCK_SIZE_N=cfg.block_n,
         BLOCK_SIZE_K=cfg.block_k,
         GROUP_SIZE_M=cfg.group_m,
+        INPUT_PRECISION=dot_precision(a.dtype, allow_tf32),
         **extra,
     )
     return c
