@@ -17,7 +17,8 @@ with F32 K/V and flash attention off its greedy tokens equal HF's (``bench offli
 - Tokenizer: a byte-level BPE ``tokenizer.json`` maps to llama.cpp's ``gpt2`` model (token
   list in id order, added tokens included, unused ids padded; special tokens CONTROL; merges
   as "a b"). A checkpoint without one (the bench's random-weight models, which run on token
-  ids) gets a placeholder vocabulary: the 256 byte tokens, then ``<|xyN|>`` tokens, no merges.
+  ids) gets a placeholder vocabulary: the 256 byte tokens, then ``<|xyN|>`` tokens, and one
+  placeholder merge (llama.cpp loads no gpt2 vocabulary without merges).
 """
 
 from __future__ import annotations
@@ -72,7 +73,9 @@ def vocabulary(model_dir: Path, vocab_size: int) -> tuple[list[str], list[int], 
         tokens = (_byte_tokens() + [f"<|xy{i}|>" for i in range(max(0, vocab_size - 256))])[
             :vocab_size
         ]
-        return tokens, [normal] * len(tokens), []
+        # llama.cpp refuses a gpt2 vocabulary without merges: one placeholder merge of two
+        # byte tokens (the bench feeds token ids, so it is never used)
+        return tokens, [normal] * len(tokens), ["\u0120 \u0120"]
     data = json.loads(tok_file.read_text())
     model = data.get("model", {})
     if model.get("type") != "BPE":

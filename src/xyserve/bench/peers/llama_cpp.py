@@ -19,6 +19,16 @@ from pathlib import Path
 
 import numpy as np
 
+_QUIET = None  # llama.cpp's log callback, kept alive for as long as llama.cpp may call it
+
+
+def _silence(lc) -> None:
+    """llama.cpp logs every tensor it loads to stderr; the bench prints its own report."""
+    global _QUIET
+    if _QUIET is None:
+        _QUIET = lc.llama_log_callback(lambda level, text, user: None)
+        lc.llama_log_set(_QUIET, ctypes.c_void_p(0))
+
 
 def available() -> bool:
     try:
@@ -37,6 +47,7 @@ class LlamaCpp:
         import llama_cpp as lc
 
         self.lc = lc
+        _silence(lc)
         lc.llama_backend_init()
         mp = lc.llama_model_default_params()
         self.model = lc.llama_model_load_from_file(str(gguf).encode(), mp)
