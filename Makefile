@@ -6,7 +6,7 @@ PIP = $(PY) -m pip
 
 setup:
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q -e ".[dev,ray]"
 
 serve: setup
 	$(PY) -m xyserve.cli serve --host 127.0.0.1 --port 8000

@@ -54,7 +54,7 @@ def cross_check(cw, n_peas=64, n_inst=200, conc=32, seed=0, ctrl_us=0.5, repeat=
         "core_makespan_us": sim.makespan,
         "simpy_makespan_us": ms,
         "tasks": n_tasks,
-        "events": sim.events,
+        "events": sim.n_events,
     }
 
 
@@ -67,8 +67,8 @@ def bench(arch="wafer", workflow="video_recognition", instances=None, seed=0, si
     t0 = time.perf_counter()
     sim = run_one(cw, a, "octopus", seed, instances, profile=prof)
     dt = time.perf_counter() - t0
-    ntask = sum(1 for x in sim.node if x < sim.T)
-    events = sim.events
+    ntask = sum(1 for x in sim.inv.node if x < sim.n_tasks)
+    events = sim.n_events
     del sim  # free the large run before timing the small one
     gc.collect()
     print(f"full Octopus on {a.name} ({a.n_peas} PEAs), {workflow}, {instances} instances")

@@ -6,13 +6,20 @@ import argparse
 import json
 import sys
 
-from octopus.sched import NAMES
+from octopus.sched import all_names
+
+SCHEDULER_HELP = (
+    "a built-in or registered name (see `octopus list`), or a plugin: "
+    "package.module:Class or path/to/file.py:Class"
+)
 
 
 def _run(a) -> int:
     from octopus.report.metrics import format_summary, summarize
     from octopus.runner import best_reactive, prepare, run_one
 
+    if a.threshold is not None and a.scheduler != "reactive":
+        raise ValueError("run: --threshold is reactive's; this scheduler takes none")
     cw, arch = prepare(a.workflow, a.arch, a.level)
     if a.scheduler == "reactive" and a.threshold is None:
         sim, th = best_reactive(cw, arch, a.seed, a.instances)
@@ -45,7 +52,15 @@ def _compare(a) -> int:
     from octopus.experiments import compare_suite, format_compare
 
     res = compare_suite(
-        a.suite, a.arch, a.level, a.seed, a.instances, progress=not a.quiet, seeds=a.seeds
+        a.suite,
+        a.arch,
+        a.level,
+        a.seed,
+        a.instances,
+        progress=not a.quiet,
+        seeds=a.seeds,
+        extra=tuple(a.scheduler),
+        capacity=a.capacity,
     )
     print(format_compare(res))
     if a.json:
@@ -53,17 +68,116 @@ def _compare(a) -> int:
             json.dump(res, f, indent=2)
         print(f"written {a.json}")
     if a.plots:
-        from octopus.report.plots import ablation_bars
+        from octopus.report.plots import ablation_bars, capacity_bars
 
         print(f"written {ablation_bars(res, a.plots)}")
+        if "capacity_vs_bound" in res:
+            print(f"written {capacity_bars(res, a.plots)}")
     return 0
 
 
 def _sweep(a) -> int:
+    ex = dict(executor=a.executor, workers=a.workers, address=a.address)
+    if a.grid:
+        from octopus.grid import load_grid, run_grid
+
+        paper_only = {"--workflows": a.workflows, "--seed": a.seed, "--instances": a.instances}
+        paper_only.update({"--seeds": a.seeds, "--parts": a.parts})
+        given = [k for k, v in paper_only.items() if v is not None]
+        if given:
+            raise ValueError(
+                f"sweep: {', '.join(given)} belong to the paper sweep; with --grid "
+                "the grid file names every parameter"
+            )
+        res = run_grid(load_grid(a.grid), a.out, **ex)
+        print(json.dumps(res, indent=2))
+        return 0
     from octopus.experiments import sweep
 
-    res = sweep(a.out, a.workflows, a.seed, a.instances, a.seeds, tuple(a.parts))
+    res = sweep(
+        a.out,
+        a.workflows,
+        0 if a.seed is None else a.seed,
+        a.instances,
+        3 if a.seeds is None else a.seeds,
+        tuple(a.parts or ("dyn", "scale")),
+        **ex,
+    )
     print(json.dumps(res["summary"], indent=2))
+    return 0
+
+
+def _load(a) -> int:
+    from octopus.openloop import load_sweep, run_at_rate
+    from octopus.runner import prepare
+
+    if a.rate is not None and (a.sweep or a.plot):
+        raise ValueError("load: --rate runs one rate; --sweep and --plot need a sweep")
+    if a.rate is not None and a.rate <= 0:
+        raise ValueError(f"load: --rate must be positive, got {a.rate}")
+    if a.instances < 2 or not 0.0 <= a.warmup < 1.0:
+        raise ValueError("load: --instances must be >= 2 and --warmup in [0, 1)")
+    if (a.slo_us if a.slo_us is not None else a.slo_mult) <= 0:
+        raise ValueError("load: the SLO must be positive")
+    cw, arch = prepare(a.workflow, a.arch, a.level)
+    prof = cw.profile()
+    kw = dict(
+        instances=a.instances,
+        seed=a.seed,
+        process=a.process,
+        burst=a.burst,
+        warmup=a.warmup,
+        profile=prof,
+    )
+    scheds = a.scheduler or ["octopus", "reactive"]
+    if a.rate is not None:
+        from dataclasses import asdict
+
+        res = {"schedulers": {s: asdict(run_at_rate(cw, arch, s, a.rate, **kw)) for s in scheds}}
+        for s, p in res["schedulers"].items():
+            print(
+                f"{s:24s} rate {p['rate_per_ms']:.3f}/ms ({p['offered_vs_bound']:.2f} of bound)"
+                f"  latency mean {p['latency_mean_us']:.1f} us  p50 {p['latency_p50_us']:.1f}"
+                f"  p99 {p['latency_p99_us']:.1f}  throughput {p['throughput_per_ms']:.3f}/ms"
+                f"  utilization {p['utilization']:.1%}"
+            )
+    else:
+        sweeps = [
+            load_sweep(
+                cw,
+                arch,
+                s,
+                tuple(a.fractions),
+                slo_mult=a.slo_mult,
+                slo_us=a.slo_us,
+                slo_basis=a.slo_basis,
+                refine=a.refine,
+                **kw,
+            )
+            for s in scheds
+        ]
+        res = {"schedulers": {sw["scheduler"]: sw for sw in sweeps}}
+        for sw in sweeps:
+            if sw["slo_infeasible"]:
+                print(
+                    f"{sw['scheduler']:24s} no load meets p99 <= {sw['slo_us']:.1f} us: the "
+                    f"critical paths alone reach {sw['slo_floor_us']:.1f} us at p99"
+                )
+                continue
+            print(
+                f"{sw['scheduler']:24s} capacity at p99 <= {sw['slo_us']:.1f} us: "
+                f"{sw['capacity_at_slo_per_ms']:.3f}/ms = {sw['capacity_vs_bound']:.2f} of the "
+                f"bound {sw['capacity_bound_per_ms']:.3f}/ms"
+            )
+        if a.plot:
+            from octopus.report.plots import latency_vs_load
+
+            print("written", latency_vs_load(sweeps, a.plot))
+    res.update(workflow=cw.wf.name, arch=arch.name, level=a.level, process=a.process)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(res, f, indent=2)
+        print(f"written {a.json}")
     return 0
 
 
@@ -80,7 +194,7 @@ def _list(a) -> int:
 
     print("workflows:     " + " ".join(list_workloads()))
     print("architectures: " + " ".join(list_arches()))
-    print("schedulers:    " + " ".join(NAMES))
+    print("schedulers:    " + " ".join(all_names()))
     return 0
 
 
@@ -90,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="simulate one workflow on one architecture")
     r.add_argument("--workflow", "-w", required=True, help="suite name or path to a YAML/JSON")
     r.add_argument("--arch", "-a", default="chip", help="chip | chiplet | wafer | path")
-    r.add_argument("--scheduler", "-s", default="octopus", choices=NAMES)
+    r.add_argument("--scheduler", "-s", default="octopus", help=SCHEDULER_HELP)
     r.add_argument("--level", default="high", help="dynamicity: low | medium | high")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--instances", type=int, default=None, help="override instance count")
@@ -109,21 +223,85 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--plots", default=None, help="directory for the ablation bar plot")
     c.add_argument("--quiet", action="store_true")
     c.add_argument("--seeds", type=int, default=1, help="also report mean and spread over seeds")
+    c.add_argument(
+        "--scheduler",
+        "-s",
+        action="append",
+        default=[],
+        help="also run this scheduler beside the built-ins (repeatable); " + SCHEDULER_HELP,
+    )
+    c.add_argument(
+        "--capacity",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also measure open-loop capacity at the SLO (N instances per rate; slow)",
+    )
     c.set_defaults(fn=_compare)
-    s = sub.add_parser("sweep", help="speedup vs dynamicity and vs scale; writes plots")
+    s = sub.add_parser(
+        "sweep",
+        help="the paper sweep (speedup vs dynamicity and vs scale, plots), or a --grid of runs",
+    )
     s.add_argument("--out", default="octopus_sweep")
+    s.add_argument(
+        "--grid", default=None, help="YAML grid (schema octopus-sweep/1): tidy rows, resumable"
+    )
+    s.add_argument("--executor", choices=("process", "ray"), default="process")
+    s.add_argument("--workers", type=int, default=None, help="process pool size (default: CPUs)")
+    s.add_argument("--address", default=None, help="Ray cluster address (default: local Ray)")
     s.add_argument("--workflows", nargs="*", default=None)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=None, help="first seed (default 0)")
     s.add_argument("--instances", type=int, default=None)
-    s.add_argument("--seeds", type=int, default=3, help="seeds per point (mean and spread)")
+    s.add_argument("--seeds", type=int, default=None, help="seeds per point (default 3)")
     s.add_argument(
         "--parts",
         nargs="+",
         choices=("dyn", "scale"),
-        default=["dyn", "scale"],
+        default=None,
         help="which sweeps to run (both by default)",
     )
     s.set_defaults(fn=_sweep)
+    ld = sub.add_parser("load", help="open-loop arrivals: latency vs load, capacity at an SLO")
+    ld.add_argument("--workflow", "-w", required=True)
+    ld.add_argument("--arch", "-a", default="chip")
+    ld.add_argument(
+        "--scheduler",
+        "-s",
+        action="append",
+        default=[],
+        help="repeatable (default: octopus and reactive at threshold 1); " + SCHEDULER_HELP,
+    )
+    ld.add_argument("--level", default="high")
+    ld.add_argument("--seed", type=int, default=0)
+    ld.add_argument("--instances", type=int, default=300, help="instances per rate")
+    ld.add_argument("--rate", type=float, default=None, help="one rate (instances/ms)")
+    ld.add_argument(
+        "--sweep",
+        action="store_true",
+        help="sweep from low load to the capacity bound (the default when --rate is not given)",
+    )
+    ld.add_argument(
+        "--fractions",
+        type=float,
+        nargs="+",
+        default=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
+        help="sweep: offered rates as fractions of the capacity bound",
+    )
+    ld.add_argument("--slo-mult", type=float, default=3.0, help="p99 SLO x mean critical path")
+    ld.add_argument("--slo-us", type=float, default=None, help="p99 SLO in us (overrides)")
+    ld.add_argument(
+        "--slo-basis",
+        choices=("mean", "p99"),
+        default="mean",
+        help="--slo-mult multiplies the mean (default) or the p99 of the critical paths",
+    )
+    ld.add_argument("--refine", type=int, default=3, help="bisection steps for the capacity")
+    ld.add_argument("--process", choices=("poisson", "bursty"), default="poisson")
+    ld.add_argument("--burst", type=float, default=8.0, help="bursty: mean burst size")
+    ld.add_argument("--warmup", type=float, default=0.1, help="fraction of instances skipped")
+    ld.add_argument("--json", default=None)
+    ld.add_argument("--plot", default=None, help="latency-vs-load PNG (sweep)")
+    ld.set_defaults(fn=_load)
     b = sub.add_parser("bench", help="simulator speed, and the SimPy model side by side")
     b.add_argument("--arch", default="wafer")
     b.add_argument("--workflow", default="video_recognition")

@@ -37,9 +37,11 @@ def best_reactive(
 ):
     """Run `reactive` at every threshold, with every compile-time mapping the architecture
     offers, and keep the fastest: the baseline at its best. Returns (run, threshold); the
-    run's scheduler records the mapping, and its `best_static` the best static run."""
+    run's scheduler records the mapping, its `best_static` the best static run, and its
+    `reactive_grid` every makespan by (mapping, threshold)."""
     profile = profile or cw.profile()
     best, best_th, best_static = None, None, None
+    grid: dict[tuple[str, float], float] = {}
     for mp in mappings or arch.baseline_mappings:
         for th in thresholds:
             s = run_one(
@@ -53,9 +55,11 @@ def best_reactive(
                 mapping=mp,
                 **kw,
             )
+            grid[mp, th] = s.makespan
             if best is None or s.makespan < best.makespan:
                 best, best_th = s, th
             if th == float("inf") and (best_static is None or s.makespan < best_static.makespan):
                 best_static = s
     best.best_static = best_static
+    best.reactive_grid = grid
     return best, best_th

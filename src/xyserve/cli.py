@@ -1,4 +1,4 @@
-"""``xyserve`` command line: serve, bench offline, bench kernels, tune."""
+"""``xyserve`` command line: serve, bench offline, bench serve, bench kernels, bench grammar, tune."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import sys
 COMMANDS: dict[str, str] = {
     "serve": "xyserve.server.cli:main",
     "bench offline": "xyserve.bench.offline:main",
+    "bench serve": "xyserve.bench.serve:main",
     "bench kernels": "xyserve.bench.kernels:main",
+    "bench grammar": "xyserve.bench.grammar:main",
     "tune": "xyserve.tools.tune:main",
     "train-tiny": "xyserve.tools.train_tiny:main",
 }

@@ -21,6 +21,19 @@ class EngineConfig:
     scheduler_policy: str = "hybrid"  # hybrid | baseline
     # Budget tokens kept for decode/verify work whenever some waits (default: a quarter).
     num_reserved_decode_tokens: int | None = None
+    # Hybrid only: the most prefill tokens of one request per step (None: no cap but the budget).
+    max_prefill_chunk_tokens: int | None = None
+    # Hybrid only: fcfs | prefix_hit (fewest uncached tokens first, bounded by max skips).
+    # prefix_hit: lower TTFT tails under load in the simulated ablation (docs/perf.md).
+    admission_order: str = "prefix_hit"
+    admission_max_skips: int = 16
+    # Hybrid only: may a new prompt start with a partial chunk next to other prefill work?
+    partial_prefill_admission: bool = True
+    # Hybrid only: SLO-aware step budget; prefill next to decodes is cut to fit this step time
+    # (ms) by an online cost model of the measured steps (None or 0: off). 300 ms: the best goodput
+    # in the simulated ablation on five workloads and in the real one (docs/perf.md); it never
+    # binds where steps are shorter, nor where the decodes alone overrun it.
+    tbt_target_ms: float | None = 300.0
     device: str = "auto"  # auto | cpu | cuda
     # meta/smooth are the defaults: measured at least as fast as sdpa/torch on the dev CPU
     # (xyserve bench kernels); sdpa/torch stay available as the per-stage/vendor baselines.
@@ -32,6 +45,12 @@ class EngineConfig:
     served_model_name: str | None = None
     skip_tokenizer_init: bool = False
     disable_progress_bar: bool = False
+    # ---- request limits: checked before a request is admitted (server: 400/413/503) ----
+    max_request_body_bytes: int = 4 << 20  # larger HTTP bodies get a 413 before parsing
+    max_n: int = 128  # sequences per request (OpenAI's bound)
+    max_stop_strings: int = 32  # per request (each is searched for after every token)
+    max_waiting_requests: int | None = None  # past it, new requests get a 503 + Retry-After
+    request_timeout_s: float | None = None  # a request running longer is aborted
 
     def __post_init__(self) -> None:
         if self.max_num_batched_tokens < 1:
@@ -44,8 +63,35 @@ class EngineConfig:
             raise ValueError(
                 f"scheduler_policy must be 'hybrid' or 'baseline', got {self.scheduler_policy!r}"
             )
+        for name in ("max_request_body_bytes", "max_n", "max_stop_strings"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.max_waiting_requests is not None and self.max_waiting_requests < 0:
+            raise ValueError("max_waiting_requests must be non-negative")
+        if self.request_timeout_s is not None and not self.request_timeout_s > 0:
+            raise ValueError("request_timeout_s must be positive")
+        if self.max_prefill_chunk_tokens is not None and self.max_prefill_chunk_tokens < 1:
+            raise ValueError("max_prefill_chunk_tokens must be at least 1")
+        if self.admission_order not in ("fcfs", "prefix_hit"):
+            raise ValueError(
+                f"admission_order must be 'fcfs' or 'prefix_hit', got {self.admission_order!r}"
+            )
+        if self.tbt_target_ms is not None and not self.tbt_target_ms >= 0:
+            raise ValueError("tbt_target_ms must be >= 0 (0: off)")
+        if self.admission_max_skips < 0:
+            raise ValueError("admission_max_skips must be >= 0")
         if self.num_reserved_decode_tokens is None:
             self.num_reserved_decode_tokens = max(1, self.max_num_batched_tokens // 4)
+
+    def scheduler_knobs(self) -> dict[str, object]:
+        """The hybrid policy's knobs, as Scheduler keyword arguments."""
+        return {
+            "max_prefill_chunk_tokens": self.max_prefill_chunk_tokens,
+            "admission_order": self.admission_order,
+            "admission_max_skips": self.admission_max_skips,
+            "partial_prefill_admission": self.partial_prefill_admission,
+            "tbt_target_s": self.tbt_target_ms / 1e3 if self.tbt_target_ms else None,
+        }
 
     @classmethod
     def field_names(cls) -> list[str]:

@@ -63,13 +63,13 @@ class LLM:
 
     def _run(self, prompts, params, use_tqdm: bool) -> list[RequestOutput]:
         eng = self.llm_engine
-        ids = []
-        for p, sp in zip(prompts, params):
-            ids.append(eng.add_request(p, sp))
+        ids: list[str] = []
         results: dict[str, RequestOutput] = {}
         show = use_tqdm and not eng.config.disable_progress_bar and len(prompts) > 1
-        bar = tqdm(total=len(ids), desc="Processed prompts", disable=not show)
-        try:
+        bar = tqdm(total=len(prompts), desc="Processed prompts", disable=not show)
+        try:  # a bad prompt or parameter aborts the ones already added: nothing runs on
+            for p, sp in zip(prompts, params):
+                ids.append(eng.add_request(p, sp))
             while eng.has_unfinished_requests():
                 for out in eng.step():
                     if out.finished:

@@ -45,4 +45,5 @@ class RequestOutput:
     finished: bool
     metrics: RequestMetrics | None = None
     num_cached_tokens: int = 0
+    error: str | None = None  # the request failed (it is finished); other requests are unaffected
     extra: dict = field(default_factory=dict)

@@ -1,8 +1,16 @@
-"""Sampling parameters, with vLLM's names and defaults. Pure Python (no torch)."""
+"""Sampling parameters, with vLLM's names and defaults. Pure Python (no torch).
+
+``validate`` holds every check that needs no model; the engine adds the model-dependent ones
+(vocabulary, context length, configured limits) before it admits a request.
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+
+# torch.Generator seeds are 64-bit; child i of a request is seeded with seed + i.
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
 
 
 @dataclass
@@ -24,6 +32,12 @@ class SamplingParams:
     logprobs: int | None = None  # top-k logprobs per generated token (plus the sampled one)
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
+    # OpenAI's logit_bias: token id -> bias in [-100, 100], added to the logits before sampling.
+    logit_bias: dict[int, float] | None = None
+    # A structured-output constraint: vLLM's structured_outputs fields as a dict with exactly
+    # one of json (a schema), regex, choice, grammar (Lark) or json_object (True), compiled by
+    # the engine; or an already compiled xyserve.engine.structured.GrammarSpec.
+    structured: dict | object | None = None
     _stop_list: list[str] = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -31,6 +45,7 @@ class SamplingParams:
             self.top_k = 0
         self._stop_list = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         self.stop_token_ids = list(self.stop_token_ids or [])
+        self.logit_bias = dict(self.logit_bias) if self.logit_bias else None
         self.validate()
 
     @property
@@ -42,16 +57,49 @@ class SamplingParams:
         return self.temperature < 1e-5
 
     def validate(self) -> None:
-        """Raise ValueError naming the field, as the server turns it into an HTTP 400."""
+        """Raise ValueError naming the field, as the server turns it into an HTTP 400.
+
+        Comparisons are written so that NaN fails them; infinities are refused explicitly.
+        """
+        fin = math.isfinite
+        seed_ok = self.seed is None or SEED_MIN <= self.seed <= SEED_MAX - (self.n - 1)
         checks = [
             (self.n >= 1, "n", "n must be at least 1"),
-            (self.temperature >= 0, "temperature", "temperature must be non-negative"),
+            (
+                fin(self.temperature) and self.temperature >= 0,
+                "temperature",
+                "must be finite, >= 0",
+            ),
             (0 < self.top_p <= 1, "top_p", "top_p must be in (0, 1]"),
             (self.top_k >= 0, "top_k", "top_k must be -1 (disabled) or positive"),
             (0 <= self.min_p <= 1, "min_p", "min_p must be in [0, 1]"),
             (-2 <= self.presence_penalty <= 2, "presence_penalty", "must be in [-2, 2]"),
             (-2 <= self.frequency_penalty <= 2, "frequency_penalty", "must be in [-2, 2]"),
-            (self.repetition_penalty > 0, "repetition_penalty", "must be positive"),
+            # Dividing logits by a tiny penalty overflows them to inf: keep it within 100x.
+            (
+                0.01 <= self.repetition_penalty <= 100,
+                "repetition_penalty",
+                "must be in [0.01, 100]",
+            ),
+            (seed_ok, "seed", f"seed + n - 1 must be within [{SEED_MIN}, {SEED_MAX}]"),
+            (
+                all(isinstance(s, str) and s for s in self._stop_list),
+                "stop",
+                "stop strings must be non-empty",
+            ),
+            (
+                all(isinstance(t, int) and t >= 0 for t in self.stop_token_ids),
+                "stop_token_ids",
+                "must be non-negative token ids",
+            ),
+            (
+                all(
+                    isinstance(v, int | float) and -100 <= v <= 100
+                    for v in (self.logit_bias or {}).values()
+                ),
+                "logit_bias",
+                "biases must be in [-100, 100]",
+            ),
             (self.max_tokens is None or self.max_tokens >= 1, "max_tokens", "must be at least 1"),
             (self.min_tokens >= 0, "min_tokens", "must be non-negative"),
             (

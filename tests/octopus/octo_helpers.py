@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from octopus.arch.config import arch_from_dict
 from octopus.owg.arrival import Arrivals
 from octopus.owg.sample import CompiledWorkflow
@@ -67,7 +69,14 @@ def workflow(nodes, entry=None):
     }
 
 
-def simulate(doc, a, scheduler="greedy", n=1, concurrency=None, seed=0, record=True, **kw):
+TUTORIAL = Path(__file__).resolve().parents[2] / "docs" / "octopus_tutorial" / "shortest_wait.py"
+TUTORIAL_SPEC = f"{TUTORIAL}:ShortestWait"
+
+
+def simulate(
+    doc, a, scheduler="greedy", n=1, concurrency=None, seed=0, record=True, strict=False, **kw
+):
     cw = CompiledWorkflow(parse_workflow(doc), "high")
     arr = Arrivals(n, None, concurrency or n)
-    return Simulator(cw, a, make_scheduler(scheduler, **kw), arr, seed=seed, record=record).run()
+    sched = make_scheduler(scheduler, **kw)
+    return Simulator(cw, a, sched, arr, seed=seed, record=record, strict=strict).run()

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from octopus.cli import main
 
 
@@ -125,3 +127,38 @@ def test_sweep_writes_plots(tmp_path, capsys):
     assert set(res["summary"]["speedup_vs_dynamicity"]) == {"low", "medium", "high"}
     assert set(res["summary"]["speedup_vs_scale_diffusion"]) == {"chip", "chiplet", "wafer"}
     assert (out / "speedup_vs_dynamicity.png").exists() and (out / "speedup_vs_scale.png").exists()
+
+
+def test_compare_baselines_plugin_and_capacity(tmp_path, capsys):
+    from octo_helpers import TUTORIAL_SPEC
+
+    out = tmp_path / "c.json"
+    args = ["compare", "--suite", "recommendation,video_recognition", "--instances", "8"]
+    args += ["--quiet", "-s", TUTORIAL_SPEC, "--capacity", "30", "--json", str(out)]
+    args += ["--plots", str(tmp_path)]
+    assert main(args) == 0
+    res = json.loads(out.read_text())
+    names = ("recommendation", "video_recognition")
+    # one reactive setting for the whole suite: a setting every workflow ran, and never
+    # better than each workflow's own best
+    mp, th = res["fixed_reactive_setting"].split("/")
+    assert mp in ("regions", "replicated") and float(th) > 0
+    for n in names:
+        w = res["workflows"][n]
+        fixed = w["reactive_grid_makespan_us"][res["fixed_reactive_setting"]]
+        assert fixed >= w["makespan_us"]["reactive"]
+    assert res["mean_speedup_vs_fixed_reactive"] >= res["mean_speedup"] - 1e-9
+    vs_static = [
+        res["workflows"][n]["makespan_us"]["static"] / res["workflows"][n]["makespan_us"]["octopus"]
+        for n in names
+    ]
+    assert res["max_speedup_vs_static"] == pytest.approx(max(vs_static))
+    assert set(res["extra_speedups"][TUTORIAL_SPEC]) == set(names)
+    for b in ("reactive", "fixed_reactive", "static"):
+        r = res[f"capacity_ratio_vs_{b}"]
+        assert r is not None and r["max"] >= r["mean"] > 0 and r["n"] >= 1
+    for n in names:
+        assert all(0 <= c <= 1.0 for c in res["capacity_vs_bound"][n].values())
+    text = capsys.readouterr().out
+    assert "vs fixed reactive" in text and "open-loop capacity" in text and "ShortestWait" in text
+    assert (tmp_path / "capacity.png").stat().st_size > 0

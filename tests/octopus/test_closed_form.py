@@ -65,7 +65,7 @@ def test_transfer_is_paid_in_the_simulation():
     sim = simulate(_fanout(2, 30.0, 10.0, out=nbytes), a, "greedy")
     # one copy runs where the data is; the other is one hop away
     assert sim.makespan == pytest.approx(10.0 + 0.5 + hop + nbytes / (bw * 1000) + 30.0)
-    assert sim.noc_bytes == nbytes
+    assert sim.physics.noc_bytes == nbytes
 
 
 def test_reconfiguration_cost_grows_with_config_bytes():
@@ -73,7 +73,7 @@ def test_reconfiguration_cost_grows_with_config_bytes():
     sim = simulate(workflow(nodes), arch(peas=(1, 1), rc_base=1.0), "greedy")
     # greedy starts unconfigured: a pays base, b pays base + 80000 B / 8 GB/s
     assert sim.makespan == pytest.approx(20.0 + 1.0 + 1.0 + 10.0)
-    assert sim.n_reconfig == 2
+    assert sim.physics.n_reconfig == 2
 
 
 def test_every_scheduler_name_builds_and_runs():

@@ -30,14 +30,14 @@ def test_data_plane_decision_occupies_the_producing_pea_in_the_baseline():
     # a1 [0, 30) (10 compute + 20 decision), a2 [30, 60), b1 [60, 70), b2 [70, 80).
     sim = simulate(_branchy(), _dp_arch(20.0), sched, n=2)
     assert sim.makespan == pytest.approx(80.0)
-    assert sim.busy[0] == pytest.approx(80.0)
+    assert sim.time.busy[0] == pytest.approx(80.0)
     assert sim.dp_pea_us == pytest.approx(40.0)
     assert summarize(sim)["data_plane_decisions"] == pytest.approx(0.5)
     # latency only (the first-pass model): a2 runs while a1's decision is in flight
     # a1 [0, 10), a2 [10, 20), b1 [30, 40), b2 [40, 50)
     lat = simulate(_branchy(), _dp_arch(0.0), sched, n=2)
     assert lat.makespan == pytest.approx(50.0)
-    assert lat.busy[0] == pytest.approx(40.0)
+    assert lat.time.busy[0] == pytest.approx(40.0)
     assert lat.dp_pea_us == 0.0
 
 
@@ -49,8 +49,8 @@ def test_partitioned_baselines_hold_their_producer_for_the_decision(sched):
     sim = simulate(_branchy(), a, sched, n=2)
     pa = next(p for p in range(2) if sim.sched.own[p] == 0)
     assert sim.makespan == pytest.approx(70.0)
-    assert sim.busy[pa] == pytest.approx(60.0)
-    assert sim.busy[1 - pa] == pytest.approx(20.0)
+    assert sim.time.busy[pa] == pytest.approx(60.0)
+    assert sim.time.busy[1 - pa] == pytest.approx(20.0)
     # latency only: a1 [0, 10), a2 [10, 20); b1 [30, 40), b2 [40, 50)
     lat = simulate(_branchy(), arch(peas=(2, 1), ctrl=0.5, data_plane=20.0), sched, n=2)
     assert lat.makespan == pytest.approx(50.0)
@@ -61,7 +61,7 @@ def test_control_plane_decision_does_not_occupy_a_pea_in_octopus():
     # a1 [0, 10), a2 [10, 20), b1 [20, 30) (ready at 10.5), b2 [30, 40)
     sim = simulate(_branchy(), _dp_arch(20.0), "octopus", n=2)
     assert sim.makespan == pytest.approx(40.0)
-    assert sim.busy[0] == pytest.approx(40.0)
+    assert sim.time.busy[0] == pytest.approx(40.0)
     assert sim.dp_pea_us == 0.0
 
 
@@ -100,13 +100,13 @@ def test_backpressure_aware_dispatch_reconfigures_instead_of_leaving_a_producer_
     a = arch(peas=(4, 1), slots=1, rc_base=5.0)
     plain = simulate(_pipeline_dyn(), a, "octopus-dds", n=12, concurrency=12, bp_aware=False)
     aware = simulate(_pipeline_dyn(), a, "octopus-dds", n=12, concurrency=12, bp_aware=True)
-    assert sum(aware.blocked) < 0.5 * sum(plain.blocked)
+    assert sum(aware.time.blocked) < 0.5 * sum(plain.time.blocked)
     assert aware.makespan < plain.makespan
     for sim in (plain, aware):
         T = sim.makespan
         for p in range(4):
-            parts = (sim.busy, sim.reconf, sim.xfer, sim.blocked, sim.starved, sim.waiting)
-            assert sum(x[p] for x in parts) == pytest.approx(T)
+            parts = sim.time.split(p)
+            assert sum(parts) == pytest.approx(T)
     # without bounded buffers there is nothing to count: both rules agree
     free = arch(peas=(4, 1), slots=0, rc_base=5.0)
     x = simulate(_pipeline_dyn(), free, "octopus-dds", n=12, concurrency=12, bp_aware=False)
@@ -133,8 +133,8 @@ def test_choked_stages_lend_their_free_peas_to_the_consumers_downstream():
     a = arch(peas=(4, 2), slots=1, rc_base=1.0)
     plain = simulate(wf, a, "octopus-dds-adaptive", n=2, concurrency=2, bp_aware=False)
     aware = simulate(wf, a, "octopus-dds-adaptive", n=2, concurrency=2, bp_aware=True)
-    assert aware.spills < plain.spills
-    assert sum(aware.blocked) < 0.5 * sum(plain.blocked)
+    assert aware.buffers.spills < plain.buffers.spills
+    assert sum(aware.time.blocked) < 0.5 * sum(plain.time.blocked)
     assert aware.makespan < 0.5 * plain.makespan
 
 
@@ -163,7 +163,7 @@ def test_dds_alone_lends_spare_peas_of_a_choked_stage_downstream():
     plain = simulate(_dyn_chain(), a, "octopus-dds", n=2, concurrency=2, bp_aware=False)
     aware = simulate(_dyn_chain(), a, "octopus-dds", n=2, concurrency=2, bp_aware=True)
     assert plain.sched.classes[1:] == ["time-dynamic"] * 3
-    assert sum(aware.blocked) < 0.5 * sum(plain.blocked)
+    assert sum(aware.time.blocked) < 0.5 * sum(plain.time.blocked)
     assert aware.makespan < 0.7 * plain.makespan
 
 
@@ -176,7 +176,7 @@ def test_elastic_spare_pool_follows_the_longer_expected_wait():
     r1, r2 = 1, 2
     sim.ewma[r1] = sim.ewma[r2] = 2.0
     s.nwarm[0][r1] = s.nwarm[0][r2] = 1
-    rc = sim.rc_us[r2]
+    rc = sim.physics.rc_us[r2]
     s.q[0][r1].extend([0])  # u = r1 waits 2 x 1 / 1 = 2 us
     s.q[0][r2].clear()  # tb = r2 waits 2 x (0 + 1) / 1 = 2 us: no gain
     assert not s._spare_lends(0, r1, r2, None)
@@ -207,19 +207,19 @@ def test_a_stuck_cluster_gives_its_free_peas_to_any_tb_that_can_start():
     sim = simulate(wf, a, "octopus-dds-adaptive", n=2, concurrency=2, period_us=1e9)
     s = sim.sched
     x, y = 0, 1
-    ky = next(k for k, nd in enumerate(sim.node) if nd == y)
-    kx = next(k for k, nd in enumerate(sim.node) if nd == x)
+    ky = next(k for k, nd in enumerate(sim.inv.node) if nd == y)
+    kx = next(k for k, nd in enumerate(sim.inv.node) if nd == x)
     started = []
-    sim.start = lambda k, peas, t: started.append((k, list(peas)))
+    s.api.start = lambda k, peas, t: started.append((k, list(peas)))
     p0 = s.fown[0][x][0]
     for fl in (*s.fown[0], *s.fsp[0]):  # the other PEAs are out (blocked, in this scene)
         fl.clear()
     s.fown[0][x].append(p0)
     s.q[0][x].append(kx)  # x has a queue: it does not lend its PEA
     s.nwarm[0][y] = 0
-    sim.running[p0 ^ 1] = True  # something still runs in the cluster: y waits
+    sim.pea.running[p0 ^ 1] = True  # something still runs in the cluster: y waits
     assert not s._place(0, ky, 10.0)
-    sim.running[p0 ^ 1] = False  # nothing runs: y takes x's stranded PEA
+    sim.pea.running[p0 ^ 1] = False  # nothing runs: y takes x's stranded PEA
     assert s._place(0, ky, 10.0)
     assert started == [(ky, [p0])]
     s.fown[0][x].append(p0)
@@ -236,7 +236,7 @@ def test_adaptive_recommendation_has_no_cluster_local_buffer_deadlock():
     # 60 here 35.9 ms, 31.0 ms fixed).
     cw, a = prepare("recommendation", "chip", "high")
     sim = run_one(cw, a, "octopus-dds-adaptive", 1, 60)
-    assert sim.spills == 0
+    assert sim.buffers.spills == 0
     assert sim.makespan < 32_000.0
     old = run_one(cw, a, "octopus-dds-adaptive", 1, 60, liveness=False)
-    assert old.spills > 0 and old.makespan > 1.1 * sim.makespan
+    assert old.buffers.spills > 0 and old.makespan > 1.1 * sim.makespan

@@ -1,11 +1,20 @@
-"""Invariants on random workflows and every scheduler (hypothesis)."""
+"""Invariants on random workflows and every registered scheduler (hypothesis).
 
+The tutorial scheduler of docs/ is registered here, so it is checked like a built-in one;
+every run is strict: the scheduler's views of the state are read-only.
+"""
+
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from octo_helpers import arch, simulate, task, workflow
+from octo_helpers import TUTORIAL_SPEC, arch, simulate, task, workflow
 
 from octopus.report.metrics import lower_bound
-from octopus.sched import NAMES
+from octopus.sched import all_names, register
+from octopus.sched.plugins import registered
+
+if "tutorial-shortest-wait" not in registered():
+    register("tutorial-shortest-wait", TUTORIAL_SPEC)
 
 works = st.one_of(
     st.floats(1.0, 200.0),
@@ -58,10 +67,13 @@ def random_workflow(draw):
     return workflow(nodes, "t0")
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+KNOBS = {"reactive": {"period_us": 20.0}}  # octopus variants: period_us too (below)
+
+
+@pytest.mark.parametrize("scheduler", all_names())
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     doc=random_workflow(),
-    scheduler=st.sampled_from(NAMES),
     seed=st.integers(0, 1000),
     n=st.integers(1, 6),
     conc=st.integers(1, 6),
@@ -81,24 +93,26 @@ def test_invariants(doc, scheduler, seed, n, conc, slots, mapping, legacy):
         contention=True,
         mappings=(mapping,),
     )
-    kw = {"period_us": 20.0} if scheduler != "greedy" and scheduler != "static" else {}
+    kw = dict(KNOBS.get(scheduler, {}))
+    if scheduler.startswith("octopus"):
+        kw["period_us"] = 20.0
     if scheduler.startswith("octopus") and legacy:  # the earlier dispatch rules, still valid
         kw.update(oldest_first=False, elastic=False)
-    sim = simulate(doc, a, scheduler, n=n, concurrency=min(conc, n), seed=seed, **kw)
+    sim = simulate(doc, a, scheduler, n=n, concurrency=min(conc, n), seed=seed, strict=True, **kw)
     T, eps = sim.makespan, 1e-6 * max(1.0, sim.makespan)
     assert sim.finished == n
     # exactly once
-    assert all(c == 1 for c in sim.n_starts)
+    assert all(c == 1 for c in sim.inv.n_starts)
     # dependencies respected
-    for k, ps in enumerate(sim.preds):
+    for k, ps in enumerate(sim.inv.preds):
         for j in ps:
-            assert sim.t_start[k] >= sim.t_end[j] - eps
+            assert sim.inv.t_start[k] >= sim.inv.t_end[j] - eps
     # no PEA runs two things at once (busy and reconfiguration intervals)
     spans = [[] for _ in range(a.n_peas)]
-    for k, peas in enumerate(sim.peas_of):
+    for k, peas in enumerate(sim.inv.peas):
         for p in peas:
-            spans[p].append((sim.t_start[k], sim.t_end[k]))
-    for p, s, e, _ in sim.reconf_spans:
+            spans[p].append((sim.inv.t_start[k], sim.inv.t_end[k]))
+    for p, s, e, _ in sim.physics.reconf_spans:
         spans[p].append((s, min(e, T)))
     for iv in spans:
         iv.sort()
@@ -106,13 +120,13 @@ def test_invariants(doc, scheduler, seed, n, conc, slots, mapping, legacy):
             assert s1 >= e0 - eps
     # utilization <= 1 and every PEA's time is accounted exactly
     for p in range(a.n_peas):
-        assert sim.busy[p] <= T + eps
-        parts = (sim.busy, sim.reconf, sim.xfer, sim.blocked, sim.starved, sim.waiting)
-        assert abs(sum(x[p] for x in parts) - T) <= eps
-        assert min(x[p] for x in parts) >= -eps
+        assert sim.time.busy[p] <= T + eps
+        parts = sim.time.split(p)
+        assert abs(sum(parts) - T) <= eps
+        assert min(parts) >= -eps
     # back-pressure: no PEA is left blocked, and every output slot was released
-    assert not any(sim.is_blocked)
-    assert all(u == 0 for u in sim.used)
+    assert not any(sim.buffers.is_blocked)
+    assert all(u == 0 for u in sim.buffers.used)
     # nothing beats the lower bound
     b = lower_bound(sim)
     assert T >= b["bound_us"] - eps

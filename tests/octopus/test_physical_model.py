@@ -24,20 +24,20 @@ def test_buffer_of_one_stalls_the_producer_behind_a_slow_consumer(n):
     sim = simulate(_pipeline(10.0, 30.0), a, "static", n=n)
     pa = next(p for p in range(2) if sim.sched.own[p] == 0)
     assert sim.makespan == pytest.approx(10.0 + 30.0 * n)
-    assert sim.blocked[pa] == pytest.approx((n - 1) * 20.0)
-    assert sim.blocked[1 - pa] == 0.0
+    assert sim.time.blocked[pa] == pytest.approx((n - 1) * 20.0)
+    assert sim.time.blocked[1 - pa] == 0.0
     # unbounded buffers: the same makespan, and a never blocks (it idles instead)
     free = simulate(_pipeline(10.0, 30.0), arch(peas=(2, 1), slots=0), "static", n=n)
     assert free.makespan == pytest.approx(10.0 + 30.0 * n)
-    assert sum(free.blocked) == 0.0
+    assert sum(free.time.blocked) == 0.0
 
 
 def test_blocked_time_is_its_own_idle_category_and_accounting_is_exact():
     sim = simulate(_pipeline(10.0, 30.0), arch(peas=(2, 1), slots=1), "static", n=4)
     T = sim.makespan
     for p in range(2):
-        parts = (sim.busy, sim.reconf, sim.xfer, sim.blocked, sim.starved, sim.waiting)
-        assert sum(x[p] for x in parts) == pytest.approx(T)
+        parts = sim.time.split(p)
+        assert sum(parts) == pytest.approx(T)
     from octopus.report.metrics import summarize
 
     assert summarize(sim)["idle_breakdown"]["blocked"] > 0
@@ -53,13 +53,13 @@ def test_two_transfers_sharing_a_link_take_the_summed_time():
     sim = _bare_sim(a)
     b1, b2 = 20000.0, 30000.0  # 2 us and 3 us at 10 GB/s
     lat = 3 * 0.1  # PEA 0 -> PEA 3: three hops
-    assert sim._route(0, 3, b1, 0.0, 3, 0) == pytest.approx(lat + 2.0)
+    assert sim.physics.transfer(0, 3, b1, 0.0) == pytest.approx(lat + 2.0)
     # the second waits for the shared links: the serialisation times add up
-    assert sim._route(0, 3, b2, 0.0, 3, 0) == pytest.approx(lat + 2.0 + 3.0)
+    assert sim.physics.transfer(0, 3, b2, 0.0) == pytest.approx(lat + 2.0 + 3.0)
     # a transfer on disjoint links (the opposite direction) is not delayed
-    assert sim._route(3, 0, b1, 0.0, 3, 0) == pytest.approx(lat + 2.0)
+    assert sim.physics.transfer(3, 0, b1, 0.0) == pytest.approx(lat + 2.0)
     # partly shared route (PEA 1 -> 2 uses the middle link): waits for it
-    assert sim._route(1, 2, 0.0, 0.0, 1, 0) == pytest.approx(0.1 + 5.0)
+    assert sim.physics.transfer(1, 2, 0.0, 0.0) == pytest.approx(0.1 + 5.0)
 
 
 def test_without_contention_parallel_transfers_do_not_interfere():
@@ -160,5 +160,5 @@ def test_a_buffer_deadlock_is_recovered_by_spilling():
         task("z", 1.0),
     ]
     sim = simulate(workflow(nodes), arch(peas=(1, 1), slots=1, ctrl=0.5), "greedy")
-    assert sim.finished == 1 and sim.spills > 0
+    assert sim.finished == 1 and sim.buffers.spills > 0
     assert sim.makespan == pytest.approx(5.0 + 3 * 7.0 + 1.0 + 4 * 0.5)

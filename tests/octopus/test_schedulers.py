@@ -111,7 +111,7 @@ def test_balancers_move_work_only_when_the_transfer_pays():
         aware = simulate(wf, a, "octopus", period_us=5.0, balancer=bal, cost_aware=True)
         blind = simulate(wf, a, "octopus", period_us=5.0, balancer=bal, cost_aware=False)
         assert aware.sched.migrated < 0.5 * blind.sched.migrated
-        assert sum(aware.xfer) < sum(blind.xfer)
+        assert sum(aware.time.xfer) < sum(blind.time.xfer)
         assert aware.makespan < 0.9 * blind.makespan
     # with no data to move, the check lets the same work move
     free = workflow(

@@ -4,53 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import threading
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
-import uvicorn
+from server_harness import Server, run_server
 
 from xyserve.config import EngineConfig
-from xyserve.server.app import create_app
-from xyserve.server.async_engine import AsyncLLM
 from xyserve.server.cli import DEFAULT_HOST, DEFAULT_PORT, build_parser, parse_args
-from xyserve.tokenizer import Tokenizer
 
 MODEL = "tiny"
 MAX_MODEL_LEN = 512
-
-
-@dataclass
-class Server:
-    url: str
-    llm: AsyncLLM
-    tokenizer: Tokenizer
-
-    @property
-    def engine(self):  # noqa: ANN201 - LLMEngine, imported lazily by AsyncLLM
-        return self.llm.engine
-
-    def client(self) -> openai.OpenAI:
-        return openai.OpenAI(base_url=f"{self.url}/v1", api_key="x", max_retries=0)
-
-    def wait_idle(self, timeout: float = 15.0) -> None:
-        """Until no request runs, waits or holds KV blocks (the engine thread frees them)."""
-        deadline = time.monotonic() + timeout
-        eng = self.engine
-        while time.monotonic() < deadline:
-            if eng.num_running == 0 and eng.num_waiting == 0 and not eng.kv.req_blocks:
-                return
-            time.sleep(0.02)
-        raise AssertionError(
-            f"engine not idle: running={eng.num_running} waiting={eng.num_waiting} "
-            f"holding={list(eng.kv.req_blocks)}"
-        )
 
 
 @pytest.fixture(scope="module")
@@ -63,26 +29,8 @@ def server(tiny_llama: Path) -> Iterator[Server]:
         max_num_batched_tokens=256,
         device="cpu",
     )
-    llm = AsyncLLM.from_config(config)
-    app = create_app(llm)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    try:
-        yield Server(f"http://127.0.0.1:{port}", llm, Tokenizer(tiny_llama))
-    finally:
-        srv.should_exit = True
-        thread.join(15)
-        sock.close()
-    assert not thread.is_alive()
-    assert not llm.is_alive  # the lifespan stopped the engine thread
+    with run_server(config) as srv:
+        yield srv
 
 
 GREEDY = dict(temperature=0.0, extra_body={"ignore_eos": True})
@@ -233,7 +181,14 @@ def test_streaming_completion(server: Server) -> None:
     with httpx.stream(
         "POST",
         f"{server.url}/v1/completions",
-        json={**kw.copy(), "stream": True, "ignore_eos": True},
+        json={
+            "model": MODEL,
+            "prompt": "Hello world!",
+            "max_tokens": 7,
+            "temperature": 0.0,
+            "stream": True,
+            "ignore_eos": True,
+        },
     ) as resp:
         assert resp.status_code == 200
         assert resp.headers["content-type"].startswith("text/event-stream")
@@ -279,9 +234,9 @@ BAD_COMPLETIONS = [
     ({"model": MODEL, "prompt": "hi", "top_p": 0}, 400, "top_p"),
     ({"model": MODEL, "prompt": "hi", "top_p": 1.5}, 400, "top_p"),
     ({"model": MODEL, "prompt": "hi", "n": 0}, 400, "n"),
-    ({"model": MODEL, "prompt": "hi", "max_tokens": MAX_MODEL_LEN}, 400, None),
-    ({"model": MODEL, "prompt": "hi " * MAX_MODEL_LEN, "max_tokens": 1}, 400, None),
-    ({"model": MODEL, "prompt": [[1, 2], [999999]]}, 400, None),  # token id out of range
+    ({"model": MODEL, "prompt": "hi", "max_tokens": MAX_MODEL_LEN}, 400, "max_tokens"),
+    ({"model": MODEL, "prompt": "hi " * MAX_MODEL_LEN, "max_tokens": 1}, 400, "prompt"),
+    ({"model": MODEL, "prompt": [[1, 2], [999999]]}, 400, "prompt"),  # token id out of range
     ({"model": "gpt-4", "prompt": "hi"}, 404, "model"),
 ]
 

@@ -8,7 +8,7 @@ import warnings
 
 import pytest
 
-from xyserve.bench.kernels import load_workload, sample_batch
+from xyserve.bench.cases import load_workload, sample_batch
 from xyserve.plan.gemm_table import (
     OPS,
     GemmConfig,

@@ -193,6 +193,136 @@ def test_build_corpus_split_is_deterministic_and_skips_tests():
         assert not parts & {"test", "tests", "idle_test", "site-packages"}
 
 
+# Fixed card facts: a fresh target, a distilled draft, and a resumed target whose first phase came
+# from a card without ``training.json`` (no lr, no held-out loss, no threads recorded).
+_CARD_COMMON = {
+    "python": "3.11.7",
+    "train_files": 698,
+    "heldout_files": 33,
+    "train_tokens": 3306790,
+    "heldout_tokens": 177013,
+    "vocab_size": 4096,
+    "max_pos": 2048,
+    "batch_size": 8,
+    "seq_len": 256,
+    "seed": 0,
+    "threads": 1,
+    "eval_tokens": 32768,
+    "hidden": 256,
+    "layers": 4,
+    "heads": 4,
+    "intermediate": 768,
+    "params": 4458752,
+    "sample": "def fibonacci(n):\n    return n<|endoftext|>",
+}
+CARD_INFOS = {
+    "fresh_target": {
+        **_CARD_COMMON,
+        "role": "Target model of the pair; its draft is `xy-tiny-draft`. Draft held-out loss: 3.5.",
+        "steps": 918,
+        "seconds": 3000.0,
+        "time_bound": False,
+        "lr": 0.002,
+        "heldout_loss": 3.9478855207562447,
+        "agreement": 0.5201,
+        "note": "This target is undertrained.",
+    },
+    "distilled_draft": {
+        **_CARD_COMMON,
+        "role": "Draft model of the pair.",
+        "steps": 40,
+        "seconds": 61.0,
+        "time_bound": False,
+        "lr": 0.003,
+        "heldout_loss": 4.25,
+        "agreement": 0.4,
+        "distill": "0.5 x next-token CE + 0.5 x KL(target || draft) on the target's logits",
+    },
+    "target_without_draft": {
+        **_CARD_COMMON,
+        "role": "Target model, trained alone (--skip-draft).",
+        "steps": 4,
+        "seconds": 2.5,
+        "time_bound": True,
+        "lr": 0.002,
+        "heldout_loss": 5.0,
+    },
+    "resumed_target": {
+        **_CARD_COMMON,
+        "role": "Target model, resumed.",
+        "steps": 2854,
+        "tokens_seen": 5844992,
+        "seconds": 5280.6,
+        "time_bound": True,
+        "lr": "0.002 then 0.002",
+        "heldout_loss": 3.1467180736362934,
+        "agreement": 0.533,
+        "phases": [
+            {"steps": 918, "tokens": 1880064, "minutes": 50.0, "lr": None, "time_bound": True},
+            {
+                "steps": 1936,
+                "tokens": 3964928,
+                "minutes": 38.01,
+                "threads": 1,
+                "lr": 0.002,
+                "heldout_loss": 3.1467180736362934,
+                "time_bound": True,
+            },
+        ],
+    },
+}
+CARD_DIR = Path(__file__).parent / "data"
+
+
+@pytest.mark.parametrize("case", sorted(CARD_INFOS))
+def test_model_card_renders_fixed_info_unchanged(case):
+    """The card for fixed facts is the recorded text, byte for byte (``data/tiny_card_*.md``)."""
+    card = train_tiny.render_card("xy-tiny", CARD_INFOS[case])
+    assert card == (CARD_DIR / f"tiny_card_{case}.md").read_text()
+
+
+def test_previous_phases_read_back_from_a_card_without_training_json(tmp_path):
+    """A model dir without ``training.json``: its one phase is parsed from the card's text."""
+    (tmp_path / "README.md").write_text(
+        train_tiny.render_card("xy-tiny", CARD_INFOS["fresh_target"])
+    )
+    assert train_tiny.previous_phases(tmp_path) == [
+        {
+            "steps": 918,
+            "tokens": 1880064,
+            "minutes": 50.0,
+            "threads": 1,
+            "lr": 0.002,
+            "time_bound": False,
+        }
+    ]
+    (tmp_path / "README.md").write_text("# a card without training facts\n")
+    with pytest.raises(ValueError, match="no training.json"):
+        train_tiny.previous_phases(tmp_path)
+
+
+def test_schedule_warms_up_decays_and_stops_at_the_time_cap():
+    """Step-based: linear warm-up, cosine to 10% of the peak. A spent time cap ends training."""
+    import math
+    import time
+
+    from xyserve.tools.train_tiny.train import Schedule
+
+    s = Schedule(lr=1.0, steps=50, max_seconds=None, t0=time.time())
+    assert s.warmup == 5
+    assert [s.lr_for(i) for i in range(5)] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
+    assert s.lr_for(5) == pytest.approx(1.0)
+    assert s.lr_for(5 + 45 // 2) == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi * 22 / 45)))
+    assert s.lr_for(50) == pytest.approx(0.1) and not s.time_bound
+    # a cap whose time is half spent drives the cosine to its middle: lr 0.55
+    half = Schedule(lr=1.0, steps=50, max_seconds=1000.0, t0=time.time() - 500.0)
+    assert half.lr_for(1) == pytest.approx(0.4) and not half.time_bound  # warm-up ignores it
+    assert half.lr_for(6) == pytest.approx(0.55, abs=0.01) and half.time_bound
+    spent = Schedule(lr=1.0, steps=50, max_seconds=1.0, t0=time.time() - 10.0)
+    assert spent.lr_for(4) == pytest.approx(1.0)
+    assert spent.lr_for(5) is None and spent.time_bound
+
+
 def test_train_tiny_end_to_end_writes_loadable_dirs(tmp_path):
     import torch
 

@@ -89,19 +89,24 @@ class Arch:
         self.bytes_per_us = self.link_gbps * 1000.0
         self.die_bytes_per_us = self.die_link_gbps * 1000.0
 
+    def route(self, src: int, dst: int, nbytes: float) -> tuple[int, float, float]:
+        """One uncontended XY route: (hops, latency, serialisation time). Cut-through mesh:
+        per-hop latency (inter-die hops slower) plus serialisation on the slowest link."""
+        hops = abs(self.pea_x[src] - self.pea_x[dst]) + abs(self.pea_y[src] - self.pea_y[dst])
+        if self.n_dies > 1:
+            dx, dy = self.pea_dx, self.pea_dy
+            dies = abs(dx[src] - dx[dst]) + abs(dy[src] - dy[dst])
+            if dies:
+                lat = (hops - dies) * self.hop_latency_us + dies * self.die_hop_latency_us
+                return hops, lat, nbytes / self.die_bytes_per_us
+        return hops, hops * self.hop_latency_us, nbytes / self.bytes_per_us
+
     def transfer_us(self, src: int, dst: int, nbytes: float) -> float:
-        """Cut-through mesh: per-hop latency plus serialisation on the slowest link crossed."""
+        """Time to move nbytes from PEA src to PEA dst on an idle mesh."""
         if src == dst or src < 0:
             return 0.0
-        hops = abs(self.pea_x[src] - self.pea_x[dst]) + abs(self.pea_y[src] - self.pea_y[dst])
-        dies = abs(self.pea_dx[src] - self.pea_dx[dst]) + abs(self.pea_dy[src] - self.pea_dy[dst])
-        if dies:
-            return (
-                (hops - dies) * self.hop_latency_us
-                + dies * self.die_hop_latency_us
-                + nbytes / self.die_bytes_per_us
-            )
-        return hops * self.hop_latency_us + nbytes / self.bytes_per_us
+        _, lat, ser = self.route(src, dst, nbytes)
+        return lat + ser
 
     def reconfig_us(self, config_bytes: int) -> float:
         return self.reconfig_base_us + config_bytes / (self.reconfig_gbps * 1000.0)

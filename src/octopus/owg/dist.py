@@ -11,7 +11,7 @@ import math
 import random
 from dataclasses import dataclass, field
 
-KINDS = ("fixed", "uniform", "normal", "lognormal", "empirical", "mixture")
+KINDS = ("fixed", "uniform", "normal", "lognormal", "exponential", "empirical", "mixture")
 
 
 class DistError(ValueError):
@@ -35,7 +35,7 @@ class Dist:
             return (p["low"] + p["high"]) / 2.0
         if self.kind == "normal":
             return float(p["mean"])
-        if self.kind == "lognormal":
+        if self.kind in ("lognormal", "exponential"):
             return float(p["mean"])
         if self.kind == "empirical":
             vals, w = p["values"], p.get("weights") or [1.0] * len(p["values"])
@@ -66,6 +66,11 @@ class Dist:
             sig2 = math.log(1.0 + cv * cv)
             mu, sig = math.log(m) - sig2 / 2.0, math.sqrt(sig2)
             return lambda rng: rng.lognormvariate(mu, sig)
+        if self.kind == "exponential":  # below spread 1: pulled toward the mean
+            m = float(p["mean"])
+            if s == 1.0:
+                return lambda rng: rng.expovariate(1.0 / m)
+            return lambda rng: m + s * (rng.expovariate(1.0 / m) - m)
         if self.kind == "empirical":
             m = self.mean()
             vals = [m + s * (v - m) for v in p["values"]]
@@ -102,6 +107,7 @@ _REQUIRED = {
     "uniform": ("low", "high"),
     "normal": ("mean", "std"),
     "lognormal": ("mean", "cv"),
+    "exponential": ("mean",),
     "empirical": ("values",),
     "mixture": ("components",),
 }
@@ -132,8 +138,8 @@ def parse_dist(spec, where: str) -> Dist:
     parts: tuple = ()
     if kind == "uniform" and params["low"] > params["high"]:
         raise DistError(f"{where}.low: greater than high")
-    if kind == "lognormal" and params["mean"] <= 0:
-        raise DistError(f"{where}.mean: lognormal mean must be positive")
+    if kind in ("lognormal", "exponential") and params["mean"] <= 0:
+        raise DistError(f"{where}.mean: {kind} mean must be positive")
     if kind == "empirical":
         if not params["values"]:
             raise DistError(f"{where}.values: empty")

@@ -14,20 +14,14 @@ def percentile(xs: list[float], q: float) -> float:
     return s[i]
 
 
-def lower_bound(sim) -> dict:
-    """max(total work / capacity, critical path); plus, for a closed loop of K slots,
-    sum(critical paths) / K (each instance holds a slot for at least its critical path).
-    Also `window_bound_us`: max(work / capacity, the closed loop replayed with critical
-    paths), a tighter valid bound, reported separately.
-
-    Critical paths use pure compute plus the control-plane latency: no transfer, no
-    reconfiguration, no queueing.
-    """
-    T, node, dur, preds, inst = sim.T, sim.node, sim.dur, sim.preds, sim.inst
+def instance_critical_paths(sim) -> tuple[list[float], float]:
+    """Per instance, its critical path (pure compute plus control-plane latency: no
+    transfer, reconfiguration or queueing); and the total PEA-us of work of the run."""
+    T, node, dur, preds, inst = sim.n_tasks, sim.inv.node, sim.inv.dur, sim.inv.preds, sim.inv.inst
     ctrl = sim.arch.control_plane_us
     fp = sim.cw.footprint
     cp = [0.0] * len(node)
-    icp = [0.0] * len(sim.inst_left)
+    icp = [0.0] * len(sim.instances.left)
     work = 0.0
     for k in range(len(node)):
         b = 0.0
@@ -42,6 +36,19 @@ def lower_bound(sim) -> dict:
             cp[k] = b + ctrl
         if cp[k] > icp[inst[k]]:
             icp[inst[k]] = cp[k]
+    return icp, work
+
+
+def lower_bound(sim) -> dict:
+    """max(total work / capacity, critical path); plus, for a closed loop of K slots,
+    sum(critical paths) / K (each instance holds a slot for at least its critical path).
+    Also `window_bound_us`: max(work / capacity, the closed loop replayed with critical
+    paths), a tighter valid bound, reported separately.
+
+    Critical paths use pure compute plus the control-plane latency: no transfer, no
+    reconfiguration, no queueing.
+    """
+    icp, work = instance_critical_paths(sim)
     cap = work / sim.arch.n_peas
     crit = max(icp) if icp else 0.0
     if sim.arr.times is not None:
@@ -79,43 +86,43 @@ def window_bound(cps: list[float], k: int) -> float:
 def summarize(sim) -> dict:
     """Everything a run reports, as plain numbers (JSON-ready)."""
     T_ = sim.makespan or 1e-12
-    lat = [f - a for f, a in zip(sim.inst_finish, sim.inst_arrive)]
+    lat = [f - a for f, a in zip(sim.instances.finish, sim.instances.arrive)]
     n = sim.arch.n_peas
     tot = T_ * n
     bound = lower_bound(sim)
-    util = [b / T_ for b in sim.busy]
-    n_tasks = sum(1 for x in sim.node if x < sim.T)
+    util = [b / T_ for b in sim.time.busy]
+    n_tasks = sum(1 for x in sim.inv.node if x < sim.n_tasks)
     return {
         "scheduler": sim.sched.name,
         "workflow": sim.cw.wf.name,
         "level": sim.cw.level,
         "arch": sim.arch.name,
         "instances": len(lat),
-        "invocations": len(sim.node),
+        "invocations": len(sim.inv.node),
         "task_invocations": n_tasks,
         "makespan_us": sim.makespan,
         "latency_mean_us": sum(lat) / len(lat) if lat else 0.0,
         "latency_p50_us": percentile(lat, 50),
         "latency_p99_us": percentile(lat, 99),
         "throughput_per_ms": len(lat) / T_ * 1000.0,
-        "utilization": sum(sim.busy) / tot,
+        "utilization": sum(sim.time.busy) / tot,
         "utilization_max_pea": max(util) if util else 0.0,
         "idle_breakdown": {
-            "busy": sum(sim.busy) / tot,
-            "starved": sum(sim.starved) / tot,
-            "waiting_input": sum(sim.waiting) / tot,
-            "reconfiguring": sum(sim.reconf) / tot,
-            "transferring": sum(sim.xfer) / tot,
-            "blocked": sum(sim.blocked) / tot,
+            "busy": sum(sim.time.busy) / tot,
+            "starved": sum(sim.time.starved) / tot,
+            "waiting_input": sum(sim.time.waiting) / tot,
+            "reconfiguring": sum(sim.time.reconf) / tot,
+            "transferring": sum(sim.time.xfer) / tot,
+            "blocked": sum(sim.time.blocked) / tot,
         },
         # share of PEA time (inside busy) spent evaluating data-plane control decisions
         "data_plane_decisions": sim.dp_pea_us / tot,
-        "backpressure_stalls": sim.blocked_events,
-        "buffer_spills": sim.spills,
-        "reconfigurations": sim.n_reconfig,
-        "noc_bytes": sim.noc_bytes,
-        "noc_byte_hops": sim.noc_byte_hops,
-        "events": sim.events,
+        "backpressure_stalls": sim.buffers.blocked_events,
+        "buffer_spills": sim.buffers.spills,
+        "reconfigurations": sim.physics.n_reconfig,
+        "noc_bytes": sim.physics.noc_bytes,
+        "noc_byte_hops": sim.physics.noc_byte_hops,
+        "events": sim.n_events,
         **bound,
         "vs_bound": sim.makespan / bound["bound_us"] if bound["bound_us"] else float("nan"),
         "vs_window_bound": (

@@ -6,38 +6,38 @@ import json
 
 
 def trace_events(sim) -> list[dict]:
-    names, cl, T = sim.cw.names, sim.pea_cluster, sim.T
+    names, cl, T = sim.cw.names, sim.arch.pea_cluster, sim.n_tasks
     ev: list[dict] = []
     for c in range(sim.arch.n_clusters):
         ev.append({"ph": "M", "name": "process_name", "pid": c, "args": {"name": f"cluster {c}"}})
-    for k, nd in enumerate(sim.node):
+    for k, nd in enumerate(sim.inv.node):
         if nd >= T:
             ev.append(
                 {
                     "ph": "i",
                     "name": names[nd],
-                    "ts": sim.t_end[k],
-                    "pid": sim.inst_home[sim.inst[k]],
+                    "ts": sim.inv.t_end[k],
+                    "pid": sim.instances.home[sim.inv.inst[k]],
                     "tid": -1,
                     "s": "p",
-                    "args": {"instance": sim.inst[k], "successors": len(sim.succ[k])},
+                    "args": {"instance": sim.inv.inst[k], "successors": len(sim.inv.succ[k])},
                 }
             )
             continue
-        for p in sim.peas_of[k]:
+        for p in sim.inv.peas[k]:
             ev.append(
                 {
                     "ph": "X",
                     "name": names[nd],
                     "cat": "busy",
-                    "ts": sim.t_start[k],
-                    "dur": sim.t_end[k] - sim.t_start[k],
+                    "ts": sim.inv.t_start[k],
+                    "dur": sim.inv.t_end[k] - sim.inv.t_start[k],
                     "pid": cl[p],
                     "tid": p,
-                    "args": {"instance": sim.inst[k], "invocation": k},
+                    "args": {"instance": sim.inv.inst[k], "invocation": k},
                 }
             )
-    for p, a, b, tb in sim.reconf_spans:
+    for p, a, b, tb in sim.physics.reconf_spans:
         ev.append(
             {
                 "ph": "X",

@@ -12,7 +12,7 @@ INF = float("inf")
 
 
 def cluster_loads(s) -> list[float]:
-    ewma, fp, npc = s.sim.ewma, s.fp, s.sim.arch.peas_in_cluster
+    ewma, fp, npc = s.api.ewma, s.fp, s.api.arch.peas_in_cluster
     return [sum(len(q) * ewma[tb] * fp[tb] for tb, q in enumerate(qs) if q) / npc for qs in s.q]
 
 
@@ -25,10 +25,9 @@ def move_work(s, src: int, dst: int, amount: float, t: float, gain: float = INF)
     behind the ones moved before it (link contention). Moving work whose data transfer
     outlasts the wait it saves is the reactive rebalancing Part 2 criticises. Moving a
     queued invocation moves no data until it starts, so moving it again costs nothing."""
-    sim = s.sim
-    ewma, fp, qs = sim.ewma, s.fp, s.q[src]
-    arch, loc, outb, preds = sim.arch, sim.loc, sim.outb, sim.preds
-    p_dst = arch.cluster_peas[dst][0]
+    api = s.api
+    ewma, fp, qs = api.ewma, s.fp, s.q[src]
+    p_dst = api.arch.cluster_peas[dst][0]
     tried = set()
     sent = 0.0  # bytes already sent toward dst by this step
     while amount > 0:
@@ -37,11 +36,8 @@ def move_work(s, src: int, dst: int, amount: float, t: float, gain: float = INF)
             return
         tb = max(cands, key=lambda x: len(qs[x]) * ewma[x] * fp[x])
         k = qs[tb][-1]
-        size, cost = 0.0, 0.0
-        for j in preds[k]:
-            if loc[j] >= 0:
-                size += outb[j]
-                cost = max(cost, arch.transfer_us(loc[j], p_dst, outb[j] + sent))
+        size = api.input_bytes(k)
+        cost = api.input_us(k, p_dst, sent)
         if s.cost_aware and cost >= gain:
             tried.add(tb)
             continue
@@ -56,9 +52,9 @@ def diffusion_step(s, t: float, alpha: float) -> None:
     w = cluster_loads(s)
     if not any(w):
         return
-    npc = s.sim.arch.peas_in_cluster
+    npc = s.api.arch.peas_in_cluster
     flows = []
-    for i, nb in enumerate(s.sim.arch.neighbors):
+    for i, nb in enumerate(s.api.arch.neighbors):
         for j in nb:
             if w[i] > w[j]:
                 flows.append((i, j, alpha * (w[i] - w[j]) * npc, w[i] - w[j]))
@@ -70,7 +66,7 @@ def central_step(s, t: float) -> None:
     snap = cluster_loads(s)
     if not any(snap):
         return
-    arch = s.sim.arch
+    arch = s.api.arch
     delay = 2.0 * arch.diameter_us() + arch.central_decision_us
 
     def act(now: float) -> None:
@@ -85,4 +81,4 @@ def central_step(s, t: float) -> None:
             move_work(s, hi, lo, d * npc, now, 2 * d)
             i, j = i - 1, j + 1
 
-    s.sim.call_at(t + delay, act)
+    s.api.call_at(t + delay, act)

@@ -1,35 +1,10 @@
-"""The scheduler interface the simulator calls, and the compile-time partition helper."""
+"""The compile-time partition shared by the partitioned schedulers, and its helpers."""
 
 from __future__ import annotations
 
 from collections import deque
 
-
-class Scheduler:
-    """Decides where and when ready task invocations start.
-
-    The simulator calls `submit` when an invocation becomes ready, `on_free` when PEAs finish,
-    `on_decision` when a control block decides, and `tick` every `tick_us` (if set).
-    """
-
-    name = "base"
-    control_plane = False  # True: control blocks are decided by CBUs on the control plane
-    tick_us: float | None = None
-
-    def attach(self, sim) -> None:
-        self.sim = sim
-
-    def submit(self, k: int, t: float) -> None:
-        raise NotImplementedError
-
-    def on_free(self, peas, t: float) -> None:
-        raise NotImplementedError
-
-    def on_decision(self, k: int, t: float) -> None:
-        pass
-
-    def tick(self, t: float) -> None:
-        pass
+from octopus.sched.api import Scheduler, SchedulerAPI
 
 
 def partition(n: int, loads: list[float], mins: list[int]) -> list[int]:
@@ -50,6 +25,25 @@ def partition(n: int, loads: list[float], mins: list[int]) -> list[int]:
         j = max(range(len(alloc)), key=lambda i: ideal[i] - alloc[i])
         alloc[j] += 1
     return alloc
+
+
+def lay_out(api: SchedulerAPI, groups, alloc: list[int], own: list[int], free, n_own) -> list:
+    """Partition each group of PEAs (a cluster, or the whole fabric) by `alloc`: TB tb gets
+    the next alloc[tb] PEAs of the group, in order; they become owned by tb (`own`), free
+    (`free[g][tb]`) and configured for it at compile time (free of cost). `n_own[g][tb]`
+    counts them. Returns each group's PEAs left over."""
+    rest = []
+    for g, ids in enumerate(groups):
+        i = 0
+        for tb, m in enumerate(alloc):
+            for p in ids[i : i + m]:
+                own[p] = tb
+                api.configure_at_compile_time(p, tb)
+                free[g][tb].append(p)
+            n_own[g][tb] = m
+            i += m
+        rest.append(ids[i:])
+    return rest
 
 
 class FreePool:
@@ -136,11 +130,11 @@ class PartitionedScheduler(Scheduler):
     def __init__(self, mapping: str | None = None):
         self.mapping = mapping
 
-    def attach(self, sim) -> None:
-        super().attach(sim)
-        arch, T = sim.arch, sim.T
+    def attach(self, api: SchedulerAPI) -> None:
+        super().attach(api)
+        arch, T = api.arch, api.n_tasks
         self.mapping = self.mapping or arch.baseline_mappings[0]
-        self.T, self.fp = T, sim.cw.footprint
+        self.T, self.fp = T, api.footprint
         self.own = [-1] * arch.n_peas
         if self.mapping == "regions":
             self.members = [snake_order(arch)]
@@ -153,34 +147,25 @@ class PartitionedScheduler(Scheduler):
         nvc = len(self.members)
         self.q = [[deque() for _ in range(T)] for _ in range(nvc)]
         self.n_own = [[0] * T for _ in range(nvc)]
-        alloc = partition(len(self.members[0]), sim.load, self.fp)
-        for c, ids in enumerate(self.members):
-            i = 0
-            for tb, m in enumerate(alloc):
-                for p in ids[i : i + m]:
-                    self.own[p] = tb
-                    sim.cfg[p] = tb
-                    self.free[c][tb].append(p)
-                self.n_own[c][tb] = m
-                i += m
+        alloc = partition(len(self.members[0]), api.load, self.fp)
+        lay_out(api, self.members, alloc, self.own, self.free, self.n_own)
 
     def cluster_for(self, k: int) -> int:
         if self.mapping == "regions":
             return 0
-        sim = self.sim
-        return sim.inst_home[sim.inst[k]]
+        return self.api.home_cluster(k)
 
     def _take(self, c: int, tb: int, k: int) -> list[int]:
         fl, fp = self.free[c][tb], self.fp[tb]
         if self.mapping == "regions":
-            return fl.take(fp, self.sim.data_cluster(k))
+            return fl.take(fp, self.api.data_cluster(k))
         return [fl.pop() for _ in range(fp)]
 
-    def submit(self, k: int, t: float) -> None:
-        c, tb = self.cluster_for(k), self.sim.node[k]
+    def on_ready(self, k: int, t: float) -> None:
+        c, tb = self.cluster_for(k), self.api.node[k]
         q, fl, fp = self.q[c][tb], self.free[c][tb], self.fp[tb]
         if not q and len(fl) >= fp:
-            self.sim.start(k, self._take(c, tb, k), t)
+            self.api.start(k, self._take(c, tb, k), t)
         else:
             q.append(k)
 
@@ -195,7 +180,7 @@ class PartitionedScheduler(Scheduler):
             self.drain(c, tb, t)
 
     def drain(self, c: int, tb: int, t: float) -> None:
-        q, fl, fp, start = self.q[c][tb], self.free[c][tb], self.fp[tb], self.sim.start
+        q, fl, fp, start = self.q[c][tb], self.free[c][tb], self.fp[tb], self.api.start
         while q and len(fl) >= fp:
             k = q.popleft()
             start(k, self._take(c, tb, k), t)

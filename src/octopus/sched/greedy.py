@@ -8,16 +8,16 @@ from __future__ import annotations
 
 from collections import deque
 
-from octopus.sched.base import Scheduler
+from octopus.sched.api import Scheduler, SchedulerAPI
 
 
 class GreedyScheduler(Scheduler):
     name = "greedy"
 
-    def attach(self, sim) -> None:
-        super().attach(sim)
-        arch = sim.arch
-        self.fp = sim.cw.footprint
+    def attach(self, api: SchedulerAPI) -> None:
+        super().attach(api)
+        arch = api.arch
+        self.fp = api.footprint
         self.q: deque = deque()
         # per cluster: free PEAs keyed by their current configuration (-1: none)
         self.free = [{-1: list(reversed(ids))} for ids in arch.cluster_peas]
@@ -46,10 +46,10 @@ class GreedyScheduler(Scheduler):
         return peas
 
     def _place(self, k: int, t: float) -> bool:
-        sim = self.sim
-        tb = sim.node[k]
+        api = self.api
+        tb = api.node[k]
         fp = self.fp[tb]
-        c0 = sim.data_cluster(k) if self.nc > 1 else 0
+        c0 = api.data_cluster(k) if self.nc > 1 else 0
         nfree = self.nfree
         c = c0
         if nfree[c0] < fp:
@@ -58,15 +58,15 @@ class GreedyScheduler(Scheduler):
             c = next((i for i in range(self.nc) if nfree[i] >= fp), -1)
             if c < 0:
                 return False
-        sim.start(k, self._take(c, tb, fp), t)
+        api.start(k, self._take(c, tb, fp), t)
         return True
 
-    def submit(self, k: int, t: float) -> None:
+    def on_ready(self, k: int, t: float) -> None:
         if self.q or not self._place(k, t):
             self.q.append(k)
 
     def on_free(self, peas, t: float) -> None:
-        cl, cfg = self.sim.pea_cluster, self.sim.cfg
+        cl, cfg = self.api.arch.pea_cluster, self.api.config
         for p in peas:
             c = cl[p]
             fr = self.free[c]

@@ -24,8 +24,9 @@ from __future__ import annotations
 
 from collections import deque
 
+from octopus.sched.api import Scheduler, SchedulerAPI
 from octopus.sched.balance import central_step, diffusion_step
-from octopus.sched.base import Scheduler, partition
+from octopus.sched.base import lay_out, partition
 
 INF = float("inf")
 
@@ -66,15 +67,15 @@ class OctopusScheduler(Scheduler):
         self.preconfigs = 0
 
     # ------------------------------------------------------------------ setup
-    def attach(self, sim) -> None:
-        super().attach(sim)
-        arch, T, cw = sim.arch, sim.T, sim.cw
-        self.T, self.fp, nc = T, cw.footprint, arch.n_clusters
-        self.classes = self._classify(sim)
+    def attach(self, api: SchedulerAPI) -> None:
+        super().attach(api)
+        arch, T = api.arch, api.n_tasks
+        self.T, self.fp, nc = T, api.footprint, arch.n_clusters
+        self.classes = self._classify(api)
         if sum(self.fp) > arch.peas_in_cluster:  # too small to split: everything is spare
             share = [0] * T
         else:
-            share = partition(arch.peas_in_cluster, sim.load, self.fp)
+            share = partition(arch.peas_in_cluster, api.load, self.fp)
         if not any(share):
             base = share
         elif self.dds:
@@ -91,28 +92,20 @@ class OctopusScheduler(Scheduler):
         self.fsp = [[[] for _ in range(T + 1)] for _ in range(nc)]  # free spare, by cfg (T=none)
         self.n_own = [[0] * T for _ in range(nc)]
         self.nwarm = [[0] * (T + 1) for _ in range(nc)]
-        self.demand = [[sim.load[tb] for tb in range(T)] for _ in range(nc)]
+        self.demand = [[api.load[tb] for tb in range(T)] for _ in range(nc)]
         self.seen = [[0.0] * T for _ in range(nc)]
         self.spawn = [[0.0] * T for _ in range(T)]  # learned: TB -> expected downstream counts
-        for c, ids in enumerate(arch.cluster_peas):
-            i = 0
-            for tb, m in enumerate(base):
-                for p in ids[i : i + m]:
-                    self.own[p] = tb
-                    sim.cfg[p] = tb
-                    self.fown[c][tb].append(p)
-                self.n_own[c][tb] = m
-                self.nwarm[c][tb] += m
-                i += m
-            for p in ids[i:]:
-                self.fsp[c][T].append(p)
-                self.nwarm[c][T] += 1
+        spare = lay_out(api, arch.cluster_peas, base, self.own, self.fown, self.n_own)
+        for c, rest in enumerate(spare):
+            self.nwarm[c][:T] = base
+            self.fsp[c][T].extend(rest)
+            self.nwarm[c][T] = len(rest)
 
-    def _classify(self, sim) -> list[str]:
-        cw, out = sim.cw, []
+    def _classify(self, api: SchedulerAPI) -> list[str]:
+        cw, out = api.workflow, []
         for tb in range(self.T):
             tcv = cw.work_dist[tb].cv(n=500)
-            fcv = sim.profile.get("calls_cv", [0.0] * self.T)[tb]
+            fcv = api.profile.get("calls_cv", [0.0] * self.T)[tb]
             if fcv > self.cv_threshold:
                 out.append("frequency-dynamic")
             elif tcv > self.cv_threshold:
@@ -123,7 +116,7 @@ class OctopusScheduler(Scheduler):
 
     # ------------------------------------------------------------------ placement
     def _use(self, c: int, p: int, tb: int) -> None:
-        cur = self.sim.cfg[p]
+        cur = self.api.config[p]
         if cur != tb:
             self.nwarm[c][cur if cur >= 0 else self.T] -= 1
             self.nwarm[c][tb] += 1
@@ -137,33 +130,29 @@ class OctopusScheduler(Scheduler):
         warm = self.nwarm[c][tb]
         if warm == 0:
             return True
-        sim = self.sim
-        wait = sim.ewma[tb] * (len(self.q[c][tb]) + 1) / warm
-        cost = self.reconfig_margin * sim.rc_us[tb]
+        api = self.api
+        wait = api.ewma[tb] * (len(self.q[c][tb]) + 1) / warm
+        cost = self.reconfig_margin * api.rc_us[tb]
         if wait > cost:
             return True
-        if not self.bp_aware or not sim.slots:
+        if not self.bp_aware or not api.buffer_slots:
             return False
         need = cost / wait - 1.0  # blocked producers that make waiting the dearer choice
-        preds, holder, hold_pea, blk = sim.preds, sim.holder, sim.hold_pea, sim.is_blocked
+        held_by, blk = api.input_held_by, api.is_blocked
         seen = set()
         q = self.q[c][tb]
         scan = (k, *(q[i] for i in range(min(len(q), self.bp_scan))))
         for j in scan:
-            ps = preds[j]
-            if len(ps) == 1:
-                h = holder[ps[0]]
-                if h >= 0:
-                    p = hold_pea[h]
-                    if p >= 0 and blk[p] and p not in seen:
-                        seen.add(p)
-                        if len(seen) > need:
-                            return True
+            p = held_by(j)
+            if p >= 0 and blk[p] and p not in seen:
+                seen.add(p)
+                if len(seen) > need:
+                    return True
         return False
 
     def _place(self, c: int, k: int, t: float, warm_only: bool = False) -> bool:
-        sim, T = self.sim, self.T
-        tb = sim.node[k]
+        api, T = self.api, self.T
+        tb = api.node[k]
         fp = self.fp[tb]
         own_l, sp = self.fown[c], self.fsp[c]
         mine, spw = own_l[tb], sp[tb]
@@ -178,7 +167,7 @@ class OctopusScheduler(Scheduler):
             # count before touching anything: failed attempts must be cheap
             donors = []
             n = len(mine) + len(spw)
-            lend = self._choked(c) if self.bp_aware and sim.slots else None
+            lend = self._choked(c) if self.bp_aware and api.buffer_slots else None
             if lend is not None and lend[tb]:
                 lend = None  # a choked TB borrows nothing
             if self.dds:
@@ -206,7 +195,7 @@ class OctopusScheduler(Scheduler):
                     break
             for p in peas:
                 self._use(c, p, tb)
-        sim.start(k, peas, t)
+        api.start(k, peas, t)
         if self.proactive:
             self._predict(c, tb, t)
         return True
@@ -222,10 +211,10 @@ class OctopusScheduler(Scheduler):
             return True
         if not self.elastic:
             return False
-        sim = self.sim
-        wu = sim.ewma[u] * len(self.q[c][u]) / max(1, self.nwarm[c][u])
-        wt = sim.ewma[tb] * (len(self.q[c][tb]) + 1) / max(1, self.nwarm[c][tb])
-        return wt - wu > sim.rc_us[tb]
+        api = self.api
+        wu = api.ewma[u] * len(self.q[c][u]) / max(1, self.nwarm[c][u])
+        wt = api.ewma[tb] * (len(self.q[c][tb]) + 1) / max(1, self.nwarm[c][tb])
+        return wt - wu > api.rc_us[tb]
 
     def _stuck(self, c: int) -> bool:
         """Whether no PEA of cluster c runs (each is free or blocked by back-pressure).
@@ -244,36 +233,36 @@ class OctopusScheduler(Scheduler):
         When nothing runs in the cluster, its free PEAs go to whichever TB can start
         (`liveness`; it costs nothing while anything runs). A cluster whose PEAs are all
         blocked, none free, is still left to the core's spill."""
-        run = self.sim.running
-        return not any(run[p] for p in self.sim.arch.cluster_peas[c])
+        run = self.api.running
+        return not any(run[p] for p in self.api.arch.cluster_peas[c])
 
     def _choked(self, c: int) -> list[int]:
         """Blocked PEAs per TB in cluster c (back-pressure: their outputs are unread)."""
         T = self.T
-        return self.sim.blk_ct[c * T : c * T + T]
+        return self.api.blocked_count[c * T : c * T + T]
 
     def _put(self, c: int, p: int) -> None:
         o = self.own[p]
         if o >= 0:
             self.fown[c][o].append(p)
         else:
-            cur = self.sim.cfg[p]
+            cur = self.api.config[p]
             self.fsp[c][cur if cur >= 0 else self.T].append(p)
 
     def enqueue(self, c: int, k: int, t: float) -> None:
-        q = self.q[c][self.sim.node[k]]
+        q = self.q[c][self.api.node[k]]
         if q or not self._place(c, k, t):
             q.append(k)
 
-    def submit(self, k: int, t: float) -> None:
-        sim = self.sim
-        c = sim.data_cluster(k) if self.proactive else sim.inst_home[sim.inst[k]]
-        tb = sim.node[k]
-        self.seen[c][tb] += sim.ewma[tb] * self.fp[tb]
+    def on_ready(self, k: int, t: float) -> None:
+        api = self.api
+        c = api.data_cluster(k) if self.proactive else api.home_cluster(k)
+        tb = api.node[k]
+        self.seen[c][tb] += api.ewma[tb] * self.fp[tb]
         self.enqueue(c, k, t)
 
     def on_free(self, peas, t: float) -> None:
-        cl = self.sim.pea_cluster
+        cl = self.api.arch.pea_cluster
         cs = set()
         for p in peas:
             c = cl[p]
@@ -288,21 +277,30 @@ class OctopusScheduler(Scheduler):
             return
         tbs = [tb for tb in range(self.T) if qs[tb]]
         groups = (tbs,)
-        if self.bp_aware and self.sim.slots:
+        if self.bp_aware and self.api.buffer_slots:
             # back-pressure aware: serve TBs that are not choked (none of their PEAs is
             # blocked on a full output buffer) first, with a warm PEA or else a spare or
             # borrowed one; they consume what blocked producers hold. Choked TBs come last:
             # running more of them now would only block more PEAs.
-            blk, base = self.sim.blk_ct, c * self.T
+            blk, base = self.api.blocked_count, c * self.T
             choked = [tb for tb in tbs if blk[base + tb]]
             if choked:
                 groups = ([tb for tb in tbs if not blk[base + tb]], choked)
+        own_l, sp, fp = self.fown[c], self.fsp[c], self.fp
         for grp in groups:
-            for warm_only in (True, False):
+            # warm pass: a TB places from its own warm PEAs only, so a TB with too few of
+            # them is skipped without a call, and the pass without a sort when no TB can
+            # place (nothing changes until something is placed)
+            if any(len(own_l[tb]) + len(sp[tb]) >= fp[tb] for tb in grp if qs[tb]):
                 for tb in self._order(qs, grp):
-                    q = qs[tb]
-                    while q and self._place(c, q[0], t, warm_only):
+                    q, mine, spw, need = qs[tb], own_l[tb], sp[tb], fp[tb]
+                    while q and len(mine) + len(spw) >= need:
+                        self._place(c, q[0], t, True)
                         q.popleft()
+            for tb in self._order(qs, grp):
+                q = qs[tb]
+                while q and self._place(c, q[0], t, False):
+                    q.popleft()
 
     def _order(self, qs, grp) -> list[int]:
         """The order in which a cluster's TBUs with queued work are served. Oldest first:
@@ -310,29 +308,29 @@ class OctopusScheduler(Scheduler):
         complete sooner and a closed loop admits the next ones sooner (measured: 0.5% shorter
         makespans over the suite, 3 seeds). Otherwise the largest backlog (queue x EWMA)."""
         if self.oldest_first:
-            inst = self.sim.inst
+            inst = self.api.inst
             return sorted((tb for tb in grp if qs[tb]), key=lambda tb: inst[qs[tb][0]])
-        ewma = self.sim.ewma
+        ewma = self.api.ewma
         return sorted((tb for tb in grp if qs[tb]), key=lambda tb: -len(qs[tb]) * ewma[tb])
 
     # ------------------------------------------------------------------ proactive
     def on_decision(self, k: int, t: float) -> None:
         if not self.proactive:
             return
-        sim, T = self.sim, self.T
+        api, T = self.api, self.T
         counts = [0] * T
-        for s in sim.succ[k]:
-            if sim.node[s] < T:
-                counts[sim.node[s]] += 1
+        for s in api.succ[k]:
+            if api.node[s] < T:
+                counts[api.node[s]] += 1
         src = -1
-        for j in sim.preds[k]:
-            if sim.node[j] < T:
-                src = sim.node[j]
+        for j in api.preds[k]:
+            if api.node[j] < T:
+                src = api.node[j]
         if src >= 0:
             row = self.spawn[src]
-            for u in sim.cw.succ_tasks[src]:
+            for u in api.workflow.succ_tasks[src]:
                 row[u] += 0.2 * (counts[u] - row[u])
-        c = sim.data_cluster(k)
+        c = api.data_cluster(k)
         for u in range(T):
             if counts[u]:
                 self._preconfigure(c, u, counts[u] * self.fp[u], t)
@@ -340,11 +338,11 @@ class OctopusScheduler(Scheduler):
     def _predict(self, c: int, tb: int, t: float) -> None:
         """Pre-configure for predicted demand, only when the reconfiguration can be hidden
         behind the upstream task that is starting now."""
-        row, sim = self.spawn[tb], self.sim
-        lead = sim.ewma[tb]
-        for u in sim.cw.succ_tasks[tb]:
+        row, api = self.spawn[tb], self.api
+        lead = api.ewma[tb]
+        for u in api.workflow.succ_tasks[tb]:
             n = int(row[u] + 0.5)
-            if n and sim.rc_us[u] <= lead:
+            if n and api.rc_us[u] <= lead:
                 self._preconfigure(c, u, n * self.fp[u], t)
 
     def _preconfigure(self, c: int, u: int, need: int, t: float) -> None:
@@ -353,7 +351,7 @@ class OctopusScheduler(Scheduler):
         need -= have
         if need <= 0:
             return
-        sim, sp, T = self.sim, self.fsp[c], self.T
+        api, sp, T = self.api, self.fsp[c], self.T
         nwarm, n_own = self.nwarm[c], self.n_own[c]
         for v in [T] + list(range(T)):
             # take unconfigured PEAs, or PEAs of an idle TB that is warm beyond its base share
@@ -363,11 +361,11 @@ class OctopusScheduler(Scheduler):
             keep = []
             while fl and need > 0:
                 p = fl.pop()
-                if sim.avail_at[p] > t:
+                if api.avail_at[p] > t:
                     keep.append(p)
                     continue
                 self._use(c, p, u)
-                sim.preconfigure(p, u, t)
+                api.preconfigure(p, u, t)
                 sp[u].append(p)
                 self.preconfigs += 1
                 need -= 1
@@ -376,7 +374,7 @@ class OctopusScheduler(Scheduler):
                 return
 
     # ------------------------------------------------------------------ periodic
-    def tick(self, t: float) -> None:
+    def on_tick(self, t: float) -> None:
         if self.adaptive:
             self._adapt(t)
         if self.balancer == "diffusion":
@@ -387,8 +385,8 @@ class OctopusScheduler(Scheduler):
     def _adapt(self, t: float) -> None:
         """Re-size base shares from observed demand (EWMA of arrivals x duration) plus the
         current queue."""
-        sim, T = self.sim, self.T
-        npc = sim.arch.peas_in_cluster
+        api, T = self.api, self.T
+        npc = api.arch.peas_in_cluster
         for c in range(len(self.q)):
             d, seen = self.demand[c], self.seen[c]
             for tb in range(T):
@@ -398,7 +396,7 @@ class OctopusScheduler(Scheduler):
                 continue
             if sum(self.fp) > npc:
                 continue
-            ewma, qs = sim.ewma, self.q[c]
+            ewma, qs = api.ewma, self.q[c]
             want = [d[tb] + len(qs[tb]) * ewma[tb] * self.fp[tb] + 1e-9 for tb in range(T)]
             share = partition(npc, want, self.fp)
             frac = [1.0 if cls == "stable" else self.dynamic_base for cls in self.classes]

@@ -21,21 +21,21 @@ class ReactiveScheduler(PartitionedScheduler):
         super().__init__(mapping)
         self.threshold, self.tick_us = threshold, period_us
 
-    def attach(self, sim) -> None:
-        super().attach(sim)
-        tot = sum(sim.load) or 1.0
-        calls = sum(sim.profile["calls"]) or 1.0
+    def attach(self, api) -> None:
+        super().attach(api)
+        tot = sum(api.load) or 1.0
+        calls = sum(api.profile["calls"]) or 1.0
         self.unit = tot / calls  # mean PEA-us per invocation
         self.moves = 0
 
     def _backlog(self, c: int, tb: int) -> float:
-        return len(self.q[c][tb]) * self.sim.ewma[tb] * self.fp[tb]
+        return len(self.q[c][tb]) * self.api.ewma[tb] * self.fp[tb]
 
-    def tick(self, t: float) -> None:
+    def on_tick(self, t: float) -> None:
         if math.isinf(self.threshold):
             return
         lim = self.threshold * self.unit
-        T, sim = self.T, self.sim
+        T, api = self.T, self.api
         for c in range(len(self.q)):
             pr = [self._backlog(c, tb) / self.n_own[c][tb] for tb in range(T)]
             hi = max(range(T), key=pr.__getitem__)
@@ -52,7 +52,7 @@ class ReactiveScheduler(PartitionedScheduler):
                 busy = [
                     p
                     for p in self.members[c]
-                    if self.own[p] == lo and (sim.running[p] or sim.is_blocked[p])
+                    if self.own[p] == lo and (api.running[p] or api.is_blocked[p])
                 ]
                 for p in busy[: m - len(moved)]:
                     self.own[p] = hi
@@ -71,14 +71,14 @@ class ReactiveScheduler(PartitionedScheduler):
         n = len(self.q)
         if n < 2:
             return
-        npc = self.sim.arch.peas_in_cluster
+        npc = self.api.arch.peas_in_cluster
         w = [sum(self._backlog(c, tb) for tb in range(self.T)) / npc for c in range(n)]
         hi = max(range(n), key=w.__getitem__)
         lo = min(range(n), key=w.__getitem__)
         if w[hi] - w[lo] <= lim:
             return
         budget = (w[hi] - w[lo]) / 2 * npc
-        ewma, fp = self.sim.ewma, self.fp
+        ewma, fp = self.api.ewma, self.fp
         while budget > 0:
             tb = max(range(self.T), key=lambda x: self._backlog(hi, x))
             if not self.q[hi][tb]:

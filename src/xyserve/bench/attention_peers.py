@@ -21,6 +21,7 @@ can show the kernel alone and the kernel with its preparation.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from xyserve.bench.cases import AttentionCase
-from xyserve.kernels.per_stage import gather_kv
+from xyserve.kernels.metadata import gather_kv
 
 
 @dataclass
@@ -82,7 +83,7 @@ def _per_stage_type(c: AttentionCase, hq: int, hkv: int, d: int, **kw) -> Prepar
             }
             # One program per unit: a plain (non-persistent) grid, as a varlen kernel launches.
             arrays["w_off"] = torch.arange(len(idx) + 1, dtype=torch.int32, device=sel.device)
-            out.append(type(full)(full.meta, full.tasks, hq, hkv, d, full.block_m, arrays, False))
+            out.append(dataclasses.replace(full, arrays=arrays))
         return out
 
     ps = plans()

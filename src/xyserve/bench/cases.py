@@ -2,18 +2,25 @@
 
 Shared by the kernel tests and ``xyserve bench kernels`` so both exercise the same layouts:
 blocks are dealt in random order (paging is never accidentally contiguous) and the cache holds
-random values in unused slots, so a kernel that reads past a stage's keys is caught.
+random values in unused slots, so a kernel that reads past a stage's keys is caught. The
+benchmark's steps are drawn by ``sample_batch`` from the length distributions of a step
+workload (``bench/workloads/{conversation,coding}.json``).
 """
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
 
 import torch
 
 from xyserve.kernels.metadata import AttentionMetadata
 from xyserve.plan.token_table import TokenTable
+
+WORKLOADS = ("conversation", "coding")  # the bundled step workloads
 
 
 @dataclass(frozen=True)
@@ -89,3 +96,46 @@ def build_case(
     q = torch.randn((table.num_tokens, num_q_heads, head_dim), generator=gen).to(dtype).to(device)
     meta = AttentionMetadata.build(table, device=device)
     return AttentionCase(meta, q, k, v, 1.0 / head_dim**0.5)
+
+
+def load_workload(name: str) -> dict:
+    """A workload by bundled name, or a path to a JSON file of the same schema."""
+    p = Path(name)
+    if p.suffix == ".json" and p.is_file():
+        return json.loads(p.read_text())
+    text = resources.files("xyserve.bench").joinpath(f"workloads/{name}.json").read_text()
+    return json.loads(text)
+
+
+def _hist(h: list[list[float]], rng: random.Random) -> float:
+    lo, hi, _ = rng.choices(h, weights=[b[2] for b in h])[0]
+    return rng.uniform(lo, hi)
+
+
+def sample_batch(wl: dict, budget: int, rng: random.Random) -> list[StageSpec]:
+    """One step's stages: running decodes/verifies first, then prefill chunks fill the budget."""
+    specs: list[StageSpec] = []
+    used = 0
+    for _ in range(rng.randint(*wl["running"])):
+        ctx = int(_hist(wl["prompt_len"], rng)) + rng.randint(1, int(_hist(wl["output_len"], rng)))
+        if rng.random() < wl["verify_fraction"]:
+            k = rng.randint(*wl["spec_len"])
+            st = StageSpec(k + 1, ctx, num_spec_tokens=k, tree=rng.random() < wl["tree_fraction"])
+        else:
+            st = StageSpec(1, ctx)
+        if used + st.num_tokens > budget:
+            break
+        specs.append(st)
+        used += st.num_tokens
+    for _ in range(wl["max_prefills"]):
+        if used >= budget:
+            break
+        p = int(_hist(wl["prompt_len"], rng))
+        done = int(p * _hist(wl["prefix_hit"], rng))  # token-wise prefix-cache hit
+        if rng.random() < 0.5 and p - done > 64:  # a later chunk of a chunked prefill
+            done += rng.randint(1, (p - done) // 2)
+        n = min(max(1, p - done), budget - used)
+        specs.append(StageSpec(n, done, prefill=True))
+        used += n
+    rng.shuffle(specs)
+    return specs

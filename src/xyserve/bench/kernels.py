@@ -36,16 +36,15 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from importlib import resources
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from xyserve.bench.cases import StageSpec, build_case
+from xyserve.bench.cases import WORKLOADS, build_case, load_workload, sample_batch
 from xyserve.kernels.meta_attention import MetaAttention
-from xyserve.kernels.metadata import AttentionMetadata, stage_mask
-from xyserve.kernels.per_stage import PerStageSDPA, gather_kv
+from xyserve.kernels.metadata import AttentionMetadata, gather_kv, stage_mask
+from xyserve.kernels.per_stage import PerStageSDPA
 from xyserve.kernels.reference import reference_attention
 from xyserve.kernels.smooth_gemm import SmoothGemm
 from xyserve.plan.gemm_table import (
@@ -58,7 +57,6 @@ from xyserve.plan.gemm_table import (
 from xyserve.tools.cpu_timing import block_time, calls_for, paired_ratio
 from xyserve.tools.tune import cold_copies, tune_one
 
-WORKLOADS = ("conversation", "coding")
 # Bundled-model-like: the model ``xyserve bench offline`` runs (llama-100m), else a stand-in.
 _BUNDLED = Path(__file__).parent / "models" / "llama-100m.json"
 SMALL_MODEL = (
@@ -77,49 +75,6 @@ LLAMA_7B = {
     "num_key_value_heads": 32,
     "intermediate_size": 11008,
 }
-
-
-def load_workload(name: str) -> dict:
-    """A workload by bundled name, or a path to a JSON file of the same schema."""
-    p = Path(name)
-    if p.suffix == ".json" and p.is_file():
-        return json.loads(p.read_text())
-    text = resources.files("xyserve.bench").joinpath(f"workloads/{name}.json").read_text()
-    return json.loads(text)
-
-
-def _hist(h: list[list[float]], rng: random.Random) -> float:
-    lo, hi, _ = rng.choices(h, weights=[b[2] for b in h])[0]
-    return rng.uniform(lo, hi)
-
-
-def sample_batch(wl: dict, budget: int, rng: random.Random) -> list[StageSpec]:
-    """One step's stages: running decodes/verifies first, then prefill chunks fill the budget."""
-    specs: list[StageSpec] = []
-    used = 0
-    for _ in range(rng.randint(*wl["running"])):
-        ctx = int(_hist(wl["prompt_len"], rng)) + rng.randint(1, int(_hist(wl["output_len"], rng)))
-        if rng.random() < wl["verify_fraction"]:
-            k = rng.randint(*wl["spec_len"])
-            st = StageSpec(k + 1, ctx, num_spec_tokens=k, tree=rng.random() < wl["tree_fraction"])
-        else:
-            st = StageSpec(1, ctx)
-        if used + st.num_tokens > budget:
-            break
-        specs.append(st)
-        used += st.num_tokens
-    for _ in range(wl["max_prefills"]):
-        if used >= budget:
-            break
-        p = int(_hist(wl["prompt_len"], rng))
-        done = int(p * _hist(wl["prefix_hit"], rng))  # token-wise prefix-cache hit
-        if rng.random() < 0.5 and p - done > 64:  # a later chunk of a chunked prefill
-            done += rng.randint(1, (p - done) // 2)
-        n = min(max(1, p - done), budget - used)
-        specs.append(StageSpec(n, done, prefill=True))
-        used += n
-    rng.shuffle(specs)
-    return specs
 
 
 _FLASH = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)

@@ -31,8 +31,8 @@ import torch
 from tqdm import tqdm
 
 from xyserve.bench.attention_peers import PEERS
-from xyserve.bench.cases import AttentionCase, build_case
-from xyserve.bench.kernels import _f, _models, gemm_ms, load_workload, sample_batch
+from xyserve.bench.cases import AttentionCase, build_case, load_workload, sample_batch
+from xyserve.bench.kernels import _f, _models, gemm_ms
 from xyserve.kernels.meta_attention import MetaAttention
 from xyserve.kernels.reference import reference_attention
 from xyserve.plan.gemm_table import GemmConfig, GemmTable, default_config, find_table, model_shapes

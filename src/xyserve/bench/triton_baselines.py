@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from xyserve.kernels.metadata import AttentionMetadata
+from xyserve.kernels.metadata import AttentionMetadata, gather_kv
 from xyserve.kernels.triton.precision import dot_precision
 from xyserve.plan.gemm_table import GemmConfig, padded_m
 
@@ -207,10 +207,9 @@ def per_stage_triton_attention(
 ) -> torch.Tensor:
     """A whole step the per-stage way: gather each stage's K/V contiguous, one launch each."""
     out = torch.zeros_like(q)
-    hkv, d = k_cache.shape[2], k_cache.shape[3]
     for start, n, kv_len, ids, dense in plan.stages:
-        k = k_cache.index_select(0, ids).view(-1, hkv, d)[:kv_len]
-        v = v_cache.index_select(0, ids).view(-1, hkv, d)[:kv_len]
+        k = gather_kv(k_cache, ids, kv_len)
+        v = gather_kv(v_cache, ids, kv_len)
         stage_attention(
             q[start : start + n], k, v, out[start : start + n], scale, dense, block_m, block_n
         )

@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import json
 import logging
+import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from xyserve.config import EngineConfig
 from xyserve.engine.kv_cache import KVCacheManager
+from xyserve.engine.output import Child, Group, OutputProcessor
 from xyserve.engine.request import Request, RequestStatus
 from xyserve.engine.runner import ModelRunner
 from xyserve.engine.sampler import SampleRow, sample
 from xyserve.engine.scheduler import Scheduler
 from xyserve.model.loader import load_model, resolve_device, resolve_dtype
-from xyserve.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
+from xyserve.outputs import RequestMetrics, RequestOutput
 from xyserve.sampling_params import SamplingParams
 
 log = logging.getLogger("xyserve")
@@ -37,35 +40,16 @@ def resolve_model_path(name: str | None) -> Path:
     return Path(resolve_model(name))
 
 
-class PromptTooLongError(ValueError):
+class RequestValidationError(ValueError):
+    """A request the engine refuses before admitting any part of it; ``param`` names the field."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class PromptTooLongError(RequestValidationError):
     pass
-
-
-@dataclass
-class _Child:
-    """One of the ``n`` sequences of a request: its detokenized text and logprobs."""
-
-    request: Request
-    index: int
-    generator: torch.Generator | None
-    text: str = ""
-    logprobs: list[dict[int, Logprob]] | None = None
-    cumulative_logprob: float = 0.0
-    finish_reason: str | None = None
-
-
-@dataclass
-class _Group:
-    request_id: str
-    prompt: str | None
-    prompt_token_ids: list[int]
-    params: SamplingParams
-    children: list[_Child] = field(default_factory=list)
-    metrics: RequestMetrics | None = None
-
-    @property
-    def finished(self) -> bool:
-        return all(c.finish_reason is not None for c in self.children)
 
 
 class LLMEngine:
@@ -99,6 +83,19 @@ class LLMEngine:
             per_block = ModelRunner.bytes_per_block(mcfg, bs, self.dtype)
             want = 2 * config.max_num_seqs * -(-self.max_model_len // bs)
             num_blocks = max(1, min(config.kv_cache_memory_bytes // per_block, want))
+        if num_blocks * bs < self.max_model_len:
+            # A request of max_model_len tokens could never fit, and would wait forever: cap
+            # the context to what the cache holds, as vLLM does, and say so.
+            log.warning(
+                "max_model_len=%d needs %d K/V blocks of %d tokens but the cache has %d: "
+                "capping max_model_len to %d",
+                self.max_model_len,
+                -(-self.max_model_len // bs),
+                bs,
+                num_blocks,
+                num_blocks * bs,
+            )
+            self.max_model_len = num_blocks * bs
         self.kv = KVCacheManager(num_blocks, bs, config.enable_prefix_caching)
         self.scheduler = Scheduler(
             self.kv,
@@ -107,6 +104,7 @@ class LLMEngine:
             self.max_model_len,
             policy=config.scheduler_policy,
             num_reserved_decode_tokens=config.num_reserved_decode_tokens,
+            **config.scheduler_knobs(),
         )
         gemm_kwargs = {}
         if config.gemm_backend == "smooth":  # its tuned table lives beside the model or in a cache
@@ -120,20 +118,142 @@ class LLMEngine:
             gemm_kwargs,
             allow_tf32=config.allow_tf32,
         )
-        self.groups: dict[str, _Group] = {}
-        self._child_to_group: dict[str, tuple[_Group, _Child]] = {}
+        self._structured = None  # StructuredOutputs, built on first use (imports llguidance)
+        self._structured_lock = threading.Lock()
+        self._grammar_cache: dict[str, object] = {}  # offline dict constraints, by content
+        self.output = OutputProcessor(self.tokenizer, self.eos_token_ids, self.max_model_len)
+        self.groups: dict[str, Group] = {}
+        self._child_to_group: dict[str, tuple[Group, Child]] = {}
         self._ids = itertools.count()
         self.first_logits: dict[str, torch.Tensor] | None = None  # tests: set to {} to record
         self.num_steps = 0
         self.num_prompt_tokens = 0  # prompt tokens of admitted requests, as vLLM counts
         self.num_computed_prefill_tokens = 0  # prefill actually run (cache hits excluded)
         self.num_generation_tokens = 0
+        self.num_failed_requests = 0
+        self.num_aborted_requests = 0  # failed inside a step (the others went on)
+        log.info(
+            "engine ready: model=%s dtype=%s device=%s kv_blocks=%d block_size=%d "
+            "kv_tokens=%d max_model_len=%d budget=%d max_num_seqs=%d policy=%s "
+            "attention=%s gemm=%s",
+            self.model_name,
+            str(self.dtype).removeprefix("torch."),
+            self.device,
+            num_blocks,
+            bs,
+            num_blocks * bs,
+            self.max_model_len,
+            config.max_num_batched_tokens,
+            config.max_num_seqs,
+            config.scheduler_policy,
+            config.attention_backend,
+            config.gemm_backend,
+        )
 
     # ---- requests ---------------------------------------------------------------------
-    def tokenize(self, prompt: str) -> list[int]:
+    def tokenize(self, prompt: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of ``prompt``; text the tokenizer cannot take is a RequestValidationError."""
         if self.tokenizer is None:
-            raise ValueError("text prompts need a tokenizer (skip_tokenizer_init is set)")
-        return self.tokenizer.encode(prompt)
+            raise RequestValidationError(
+                "text prompts need a tokenizer (skip_tokenizer_init is set)", "prompt"
+            )
+        if not isinstance(prompt, str):
+            raise RequestValidationError("the prompt must be a string", "prompt")
+        try:
+            prompt.encode("utf-8")  # lone surrogates (from JSON \ud800 escapes) cannot encode
+            return self.tokenizer.encode(prompt, add_special_tokens=add_special_tokens)
+        except (UnicodeError, TypeError, ValueError) as e:
+            msg = f"the tokenizer cannot encode the text: {e}"
+            raise RequestValidationError(msg, "prompt") from None
+
+    def prompt_ids(self, prompt: str | list[int] | dict, add_special_tokens: bool = True) -> tuple:
+        """(text or None, token ids) of a prompt given as text, ids, or a vLLM prompt dict."""
+        if isinstance(prompt, dict):
+            if "prompt_token_ids" in prompt:
+                return prompt.get("prompt"), list(prompt["prompt_token_ids"])
+            text = prompt["prompt"]
+            return text, self.tokenize(text, add_special_tokens)
+        if isinstance(prompt, str):
+            return prompt, self.tokenize(prompt, add_special_tokens)
+        return None, list(prompt)
+
+    def compile_grammar(self, kind: str, value: object) -> object:
+        """A GrammarSpec for SamplingParams.structured; GrammarError (a ValueError) if invalid.
+
+        Thread-safe, so the server compiles off the engine thread.
+        """
+        if self.tokenizer is None:
+            raise RequestValidationError("structured outputs need a tokenizer", "response_format")
+        with self._structured_lock:
+            if self._structured is None:
+                from xyserve.engine.structured import StructuredOutputs
+
+                self._structured = StructuredOutputs(
+                    self.tokenizer.hf, self.model.cfg.vocab_size, sorted(self.eos_token_ids)
+                )
+        return self._structured.compile(kind, value)
+
+    def _compiled(self, params: SamplingParams) -> SamplingParams:
+        """``params`` with a dict constraint compiled (a copy: the caller's object is shared
+        by every prompt of an offline batch, so compiled grammars are cached by content)."""
+        spec = params.structured
+        if not isinstance(spec, dict):
+            return params
+        kinds = {"json": "json_schema", "regex": "regex", "choice": "choice",
+                 "grammar": "grammar", "json_object": "json_object"}  # fmt: skip
+        given = [(k, v) for k, v in spec.items() if v is not None and v is not False]
+        if len(given) != 1 or given[0][0] not in kinds:
+            raise RequestValidationError(
+                f"structured needs exactly one of {', '.join(kinds)}", "structured"
+            )
+        key, value = given[0]
+        cache_key = json.dumps([key, value], sort_keys=True, default=str)
+        compiled = self._grammar_cache.get(cache_key)
+        if compiled is None:
+            compiled = self.compile_grammar(kinds[key], value)
+            if len(self._grammar_cache) >= 64:
+                self._grammar_cache.pop(next(iter(self._grammar_cache)))
+            self._grammar_cache[cache_key] = compiled
+        return dataclasses.replace(params, structured=compiled)
+
+    def validate_request(self, ids: list[int], params: SamplingParams) -> int:
+        """Every model-dependent check of a request; returns its max_tokens.
+
+        Raises RequestValidationError (or PromptTooLongError) before anything is admitted, so a
+        request that passes can neither fail the shared step on its parameters nor wait forever.
+        """
+        cfg = self.config
+        vocab = self.model.cfg.vocab_size
+        if not ids:
+            raise RequestValidationError("the prompt is empty", "prompt")
+        if any(not isinstance(t, int) or not (0 <= t < vocab) for t in ids):
+            raise RequestValidationError(f"prompt token ids must be in [0, {vocab})", "prompt")
+        if params.n > cfg.max_n:
+            raise RequestValidationError(f"n must be at most {cfg.max_n}", "n")
+        if len(params.stop_strings) > cfg.max_stop_strings:
+            raise RequestValidationError(f"at most {cfg.max_stop_strings} stop strings", "stop")
+        if any(t >= vocab for t in params.stop_token_ids):
+            raise RequestValidationError(
+                f"stop_token_ids must be in [0, {vocab})", "stop_token_ids"
+            )
+        if any(not (0 <= t < vocab) for t in params.logit_bias or {}):
+            raise RequestValidationError(
+                f"logit_bias token ids must be in [0, {vocab})", "logit_bias"
+            )
+        if params.logprobs is not None and params.logprobs > vocab:
+            raise RequestValidationError(f"logprobs must be at most {vocab}", "logprobs")
+        if params.structured is not None and self.tokenizer is None:
+            raise RequestValidationError("structured outputs need a tokenizer", "response_format")
+        max_tokens = params.max_tokens
+        if max_tokens is None:
+            max_tokens = self.max_model_len - len(ids)
+        if len(ids) + max_tokens > self.max_model_len or max_tokens < 1:
+            raise PromptTooLongError(
+                f"this model's maximum context length is {self.max_model_len} tokens; the prompt "
+                f"has {len(ids)} tokens and max_tokens is {max_tokens}",
+                "prompt" if len(ids) >= self.max_model_len else "max_tokens",
+            )
+        return max_tokens
 
     def add_request(
         self,
@@ -141,58 +261,59 @@ class LLMEngine:
         params: SamplingParams | None = None,
         request_id: str | None = None,
         arrival_time: float | None = None,
+        add_special_tokens: bool = True,
     ) -> str:
-        params = params or SamplingParams()
-        text: str | None = None
-        if isinstance(prompt, dict):
-            if "prompt_token_ids" in prompt:
-                ids = list(prompt["prompt_token_ids"])
-            else:
-                text = prompt["prompt"]
-                ids = self.tokenize(text)
-        elif isinstance(prompt, str):
-            text, ids = prompt, self.tokenize(prompt)
-        else:
-            ids = list(prompt)
-        if not ids:
-            raise ValueError("the prompt is empty")
-        vocab = self.model.cfg.vocab_size
-        if any(not (0 <= t < vocab) for t in ids):
-            raise ValueError(f"prompt token ids must be in [0, {vocab})")
-        max_tokens = params.max_tokens
-        if max_tokens is None:
-            max_tokens = self.max_model_len - len(ids)
-        if len(ids) + max_tokens > self.max_model_len or max_tokens < 1:
-            raise PromptTooLongError(
-                f"this model's maximum context length is {self.max_model_len} tokens; the prompt "
-                f"has {len(ids)} tokens and max_tokens is {max_tokens}"
-            )
+        """Admit a request whole, or raise and admit nothing (no child is left behind)."""
+        params = self._compiled(params or SamplingParams())
+        text, ids = self.prompt_ids(prompt, add_special_tokens)
+        max_tokens = self.validate_request(ids, params)
         rid = request_id if request_id is not None else str(next(self._ids))
         if rid in self.groups:
-            raise ValueError(f"duplicate request id {rid!r}")
+            raise RequestValidationError(f"duplicate request id {rid!r}")
         now = arrival_time if arrival_time is not None else time.monotonic()
-        group = _Group(rid, text, ids, params, metrics=RequestMetrics(arrival_time=now))
+        group = Group(rid, text, ids, params, metrics=RequestMetrics(arrival_time=now))
+        # Build every child first: only then does any of them reach the scheduler.
         for i in range(params.n):
             child_id = rid if params.n == 1 else f"{rid}#{i}"
             gen = None
             if params.seed is not None:
                 gen = torch.Generator().manual_seed(params.seed + i)
             req = Request(child_id, list(ids), max_tokens, now, params)
-            child = _Child(req, i, gen, logprobs=[] if params.logprobs is not None else None)
-            group.children.append(child)
-            self._child_to_group[child_id] = (group, child)
-            self.scheduler.add_request(req)
+            matcher = params.structured.new_matcher() if params.structured is not None else None
+            logprobs = [] if params.logprobs is not None else None
+            group.children.append(Child(req, i, gen, logprobs=logprobs, matcher=matcher))
+        for c in group.children:
+            self._child_to_group[c.request.request_id] = (group, c)
+            self.scheduler.add_request(c.request)
         self.groups[rid] = group
         self.num_prompt_tokens += len(ids)
         return rid
 
-    def abort_request(self, request_id: str) -> None:
+    def abort_request(self, request_id: str) -> bool:
+        """Abort a request and free everything it holds; False if it was not running."""
         group = self.groups.pop(request_id, None)
         if group is None:
-            return
+            return False
+        self._release(group, RequestStatus.FINISHED_ABORTED)
+        self.num_aborted_requests += 1
+        return True
+
+    def _release(self, group: Group, status: RequestStatus) -> None:
+        """Finish every child of ``group`` in the scheduler (freeing its blocks) and forget it."""
         for c in group.children:
-            self.scheduler.finish_request(c.request.request_id, RequestStatus.FINISHED_ABORTED)
+            self.scheduler.finish_request(c.request.request_id, status)
             self._child_to_group.pop(c.request.request_id, None)
+
+    def _fail(self, group: Group, error: str) -> None:
+        """Fail one request inside a step: it ends with ``error``; nothing else is touched."""
+        if group.error is None:
+            log.warning("request %s failed: %s", group.request_id, error)
+            group.error = error
+            self.num_failed_requests += 1
+        for c in group.children:
+            if c.finish_reason is None:
+                c.finish_reason = "error"
+            self.scheduler.finish_request(c.request.request_id, RequestStatus.FINISHED_ABORTED)
 
     def has_unfinished_requests(self) -> bool:
         return bool(self.groups)
@@ -209,7 +330,7 @@ class LLMEngine:
         }
         result = self.runner.execute(out, block_tables)
         sampled: dict[str, list[int]] = {}
-        touched: dict[str, _Group] = {}
+        touched: dict[str, Group] = {}
         rows, sample_rows, children = [], [], []
         for st in out.stages:
             rid = st.request.request_id
@@ -226,7 +347,12 @@ class LLMEngine:
             rows.append(result.rows[rid].stop - 1)
             sample_rows.append(
                 SampleRow(
-                    group.params, r.prompt_token_ids, r.output_token_ids, child.generator, blocked
+                    group.params,
+                    r.prompt_token_ids,
+                    r.output_token_ids,
+                    child.generator,
+                    blocked,
+                    child.matcher,
                 )
             )
             children.append((group, child))
@@ -237,30 +363,24 @@ class LLMEngine:
             if self.first_logits is not None:
                 for (_, child), lg in zip(children, logits):
                     self.first_logits.setdefault(child.request.request_id, lg.clone())
-            for (_, child), res in zip(children, sample(logits, sample_rows)):
+            results = sample(logits, sample_rows)
+            for (group, child), res in zip(children, results):
+                touched[group.request_id] = group
+                if res.error is not None:  # this request's sampling failed: only it ends
+                    self._fail(group, res.error)
+                    continue
                 sampled[child.request.request_id] = [res.token_id]
-                if child.logprobs is not None:
-                    child.cumulative_logprob += res.logprob
-                    entry = {tid: Logprob(lp) for tid, lp in res.top_logprobs}
-                    entry[res.token_id] = Logprob(res.logprob, res.rank)
-                    for tid, lp in entry.items():
-                        if self.tokenizer is not None:
-                            lp.decoded_token = self.tokenizer.decode(
-                                [tid], skip_special_tokens=False
-                            )
-                    for rank, (tid, _) in enumerate(res.top_logprobs, start=1):
-                        entry[tid].rank = rank
-                    child.logprobs.append(entry)
+                self._guard(group, self.output.record_logprobs, child, res)
         self.scheduler.update(out, sampled)
         done_time = time.monotonic()
         for group, child in children:
-            self._process_token(group, child, done_time)
-            touched[group.request_id] = group
+            if group.error is None and child.request.request_id in sampled:
+                self._guard(group, self._process_token, group, child, done_time)
         self.num_generation_tokens += len(sampled)
         self.num_computed_prefill_tokens += sum(s.num_tokens for s in out.stages if s.is_prefill)
         outputs = []
         for group in touched.values():
-            outputs.append(self._make_output(group))
+            outputs.append(self.output.make_output(group))
             if group.finished:
                 self.groups.pop(group.request_id, None)
                 group.metrics.finished_time = done_time
@@ -268,33 +388,25 @@ class LLMEngine:
                     self._child_to_group.pop(c.request.request_id, None)
         return outputs
 
-    def _process_token(self, group: _Group, child: _Child, now: float) -> None:
+    def _guard(self, group: Group, fn, *args) -> None:  # noqa: ANN001 - any per-request step
+        """Run one request's share of the step's output work; an error fails that request only."""
+        if group.error is not None:
+            return
+        try:
+            fn(*args)
+        except Exception as e:  # a bug or bad data in one request must not end the batch
+            log.exception("processing request %s failed", group.request_id)
+            self._fail(group, f"{type(e).__name__}: {e}")
+
+    def _process_token(self, group: Group, child: Child, now: float) -> None:
         r = child.request
-        p = group.params
         m = group.metrics
         if m.first_token_time is None:
             m.first_token_time = now
         m.last_token_time = now
-        tok = r.output_token_ids[-1]
-        reason, stop_reason = None, None
-        if tok in p.stop_token_ids and len(r.output_token_ids) > p.min_tokens - 1:
-            reason, stop_reason = "stop", tok
-        elif not p.ignore_eos and tok in self.eos_token_ids:
-            if len(r.output_token_ids) >= p.min_tokens:
-                reason = "stop"
-        if self.tokenizer is not None:
-            prev = len(child.text)
-            child.text = self.tokenizer.decode(r.output_token_ids, p.skip_special_tokens)
-            if reason is None and p.stop_strings and len(r.output_token_ids) >= p.min_tokens:
-                hit = _find_stop(child.text, p.stop_strings, prev)
-                if hit is not None:
-                    pos, s = hit
-                    child.text = child.text[: pos + (len(s) if p.include_stop_str_in_output else 0)]
-                    reason, stop_reason = "stop", s
-        if reason is None and (
-            len(r.output_token_ids) >= r.max_tokens or r.num_tokens >= self.max_model_len
-        ):
-            reason = "length"
+        if child.matcher is not None:
+            child.matcher.advance(r.output_token_ids[-1])
+        reason, stop_reason = self.output.finish_reason(group, child)
         if reason is not None:
             child.finish_reason = reason
             r.stop_reason = stop_reason
@@ -305,29 +417,6 @@ class LLMEngine:
             )
             self.scheduler.finish_request(r.request_id, status)
 
-    def _make_output(self, group: _Group) -> RequestOutput:
-        outs = [
-            CompletionOutput(
-                index=c.index,
-                text=c.text,
-                token_ids=list(c.request.output_token_ids),
-                cumulative_logprob=c.cumulative_logprob if c.logprobs is not None else None,
-                logprobs=list(c.logprobs) if c.logprobs is not None else None,
-                finish_reason=c.finish_reason,
-                stop_reason=c.request.stop_reason,
-            )
-            for c in group.children
-        ]
-        return RequestOutput(
-            request_id=group.request_id,
-            prompt=group.prompt,
-            prompt_token_ids=group.prompt_token_ids,
-            outputs=outs,
-            finished=group.finished,
-            metrics=group.metrics,
-            num_cached_tokens=group.metrics.num_cached_tokens,
-        )
-
     # ---- stats ------------------------------------------------------------------------
     @property
     def num_running(self) -> int:
@@ -336,13 +425,3 @@ class LLMEngine:
     @property
     def num_waiting(self) -> int:
         return self.scheduler.num_waiting
-
-
-def _find_stop(text: str, stops: list[str], prev_len: int) -> tuple[int, str] | None:
-    best = None
-    for s in stops:
-        start = max(0, prev_len - len(s) + 1)
-        pos = text.find(s, start)
-        if pos >= 0 and (best is None or pos < best[0]):
-            best = (pos, s)
-    return best

@@ -1,8 +1,15 @@
-"""Token sampling: penalties, temperature, top-k, top-p, min-p, per-request seeds, logprobs."""
+"""Token sampling: logit bias, grammar masks, penalties, temperature, top-k/p, min-p, logprobs.
+
+Each row is one request's sequence. Work shared by the batch (grammar masks, logit bias,
+greedy argmax) is batched; per-row work runs row by row and a failure there (say, a
+distribution with no finite logit left) becomes that row's ``SampleResult.error``, so the
+other requests of the step are sampled as usual.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -17,6 +24,7 @@ class SampleRow:
     output_ids: list[int]
     generator: torch.Generator | None  # per-request, seeded: reproducible whatever the batch
     blocked_ids: list[int]  # ids masked out (EOS/stop ids before min_tokens)
+    matcher: Any = None  # structured.Matcher: the grammar's allowed tokens, or None
 
 
 @dataclass
@@ -25,6 +33,7 @@ class SampleResult:
     logprob: float | None  # None unless the request asked for logprobs
     top_logprobs: list[tuple[int, float]]  # (token id, logprob), best first
     rank: int
+    error: str | None = None  # this row could not be sampled; the others are unaffected
 
 
 def apply_penalties(logits: torch.Tensor, row: SampleRow) -> torch.Tensor:
@@ -61,28 +70,74 @@ def filter_logits(logits: torch.Tensor, p: SamplingParams) -> torch.Tensor:
     return logits
 
 
+def apply_constraints(logits: torch.Tensor, rows: list[SampleRow]) -> torch.Tensor:
+    """Logit bias and grammar masks, batched over the rows that have them.
+
+    Returns ``logits`` itself when no row is constrained, else a modified copy (the raw
+    logits stay untouched for logprobs, which report the model's own distribution).
+    """
+    biased = [i for i, r in enumerate(rows) if r.params.logit_bias]
+    masked = [i for i, r in enumerate(rows) if r.matcher is not None]
+    if not biased and not masked:
+        return logits
+    logits = logits.clone()
+    if biased:
+        idx_r, idx_t, vals = [], [], []
+        for i in biased:
+            for tid, b in rows[i].params.logit_bias.items():
+                idx_r.append(i)
+                idx_t.append(tid)
+                vals.append(b)
+        logits.index_put_(
+            (torch.tensor(idx_r), torch.tensor(idx_t)),
+            torch.tensor(vals, dtype=logits.dtype),
+            accumulate=True,
+        )
+    if masked:
+        from xyserve.engine.structured import fill_masks
+
+        allowed = fill_masks([rows[i].matcher for i in masked], logits.shape[1])
+        sub = torch.tensor(masked)
+        logits[sub] = logits[sub].masked_fill(~allowed, float("-inf"))
+    return logits
+
+
+def _sample_row(lg: torch.Tensor, row: SampleRow) -> int:
+    """One row's token from its (constrained, unpenalised) logits; raises if none is possible."""
+    p = row.params
+    lg = lg.clone()
+    if row.blocked_ids:
+        lg[row.blocked_ids] = float("-inf")
+    lg = apply_penalties(lg, row)
+    if not torch.isfinite(lg).any():
+        raise ValueError("no token is allowed (every logit is -inf after masks and penalties)")
+    if p.greedy:
+        return int(lg.argmax())
+    probs = filter_logits(lg, p).softmax(-1)
+    if not torch.isfinite(probs).all():
+        raise ValueError("the sampling distribution is not finite")
+    return int(torch.multinomial(probs, 1, generator=row.generator))
+
+
 def sample(logits: torch.Tensor, rows: list[SampleRow]) -> list[SampleResult]:
     """``logits``: [R, V] float32 raw model logits, one row per request that samples."""
     # Logprobs (of the raw model distribution, as vLLM) only when some request asks for them.
     want = any(r.params.logprobs is not None for r in rows)
     raw_logprobs = torch.log_softmax(logits, dim=-1) if want else None
-    greedy = greedy_ids(logits)
+    constrained = apply_constraints(logits, rows)
+    greedy = greedy_ids(constrained)
     results = []
     for i, row in enumerate(rows):
         p = row.params
         simple = p.repetition_penalty == 1.0 and not p.presence_penalty and not p.frequency_penalty
-        if p.greedy and simple and not row.blocked_ids:
+        if p.greedy and simple and not row.blocked_ids and row.matcher is None:
             tok = greedy[i]
         else:
-            lg = logits[i].clone()
-            if row.blocked_ids:
-                lg[row.blocked_ids] = float("-inf")
-            lg = apply_penalties(lg, row)
-            if p.greedy:
-                tok = int(lg.argmax())
-            else:
-                probs = filter_logits(lg, p).softmax(-1)
-                tok = int(torch.multinomial(probs, 1, generator=row.generator))
+            try:
+                tok = _sample_row(constrained[i], row)
+            except (ValueError, RuntimeError) as e:  # this request's numbers, not the batch's
+                results.append(SampleResult(-1, None, [], 0, error=f"sampling failed: {e}"))
+                continue
         top: list[tuple[int, float]] = []
         rank, logprob = 0, None
         if p.logprobs is not None:

@@ -8,15 +8,39 @@ decode and verify are not separate code paths, only different counts.
 ``hybrid`` (XY-Serve): prefill first, but ``num_reserved_decode_tokens`` of the budget stay for
 decode/verify tokens whenever some wait; long prompts are chunked. ``baseline``: whole prefills
 in steps of their own, otherwise decode-only steps, no chunking.
+
+Hybrid knobs besides the budget and the reserve:
+
+- ``max_prefill_chunk_tokens``: the most prefill tokens one request gets in a step (None: the
+  prefill share of the budget). Smaller chunks shorten the steps that decodes share with a
+  long prompt (TBT) at the cost of more steps for that prompt (TTFT).
+- ``admission_order``: ``fcfs``, or ``prefix_hit``: among the first ``ADMISSION_WINDOW``
+  waiting requests, the one with the fewest tokens left to compute after its prefix-cache hit
+  goes first (a cached system prompt or chat history makes a request cheap to start), so
+  short work does not queue behind long prompts. A request passed over
+  ``admission_max_skips`` times goes first, so nothing starves.
+- ``partial_prefill_admission``: whether a new prompt may start with a partial chunk in a step
+  that already carries other prefill work (filling the budget). Off, a new prompt joins such a
+  step only if it fits whole; a prompt longer than the budget is still chunked when it
+  leads. Where a step's cost grows with its tokens (CPUs), filling the budget lengthens the
+  step, and with it the TTFT of the prompt it completes and the TBT of every decode in it.
+- ``tbt_target_s`` (SLO-aware budget): when decode/verify tokens share the step, prefill takes
+  only as many tokens as an online cost model (:class:`StepCostModel`, fitted to the measured
+  durations of recent steps) says fit in the target; at least ``min_prefill_tokens`` so that
+  prefill always progresses. Steps without decodes keep the whole budget, and so do steps
+  whose decodes alone would overrun the target (a model too slow for it).
 """
 
 from __future__ import annotations
 
+import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from xyserve.engine.kv_cache import KVCacheManager
 from xyserve.engine.request import Request, RequestStatus
+from xyserve.engine.step_cost import StepCostModel
 
 
 @dataclass
@@ -57,6 +81,10 @@ class SchedulerOutput:
         return not self.stages
 
 
+ADMISSION_ORDERS = ("fcfs", "prefix_hit")
+ADMISSION_WINDOW = 32  # waiting requests looked at by prefix_hit admission (bounds its cost)
+
+
 class Scheduler:
     def __init__(
         self,
@@ -66,9 +94,34 @@ class Scheduler:
         max_model_len: int,
         policy: str = "hybrid",
         num_reserved_decode_tokens: int | None = None,
+        max_prefill_chunk_tokens: int | None = None,
+        admission_order: str = "fcfs",
+        admission_max_skips: int = 16,
+        partial_prefill_admission: bool = True,
+        tbt_target_s: float | None = None,
+        min_prefill_tokens: int = 16,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         if policy not in ("hybrid", "baseline"):
             raise ValueError(f"unknown scheduler policy {policy!r}")
+        if admission_order not in ADMISSION_ORDERS:
+            raise ValueError(f"admission_order must be one of {ADMISSION_ORDERS}")
+        if max_prefill_chunk_tokens is not None and max_prefill_chunk_tokens < 1:
+            raise ValueError("max_prefill_chunk_tokens must be at least 1")
+        if admission_max_skips < 0:
+            raise ValueError("admission_max_skips must be >= 0")
+        self.chunk = max_prefill_chunk_tokens or max_num_batched_tokens
+        self.admission_order = admission_order
+        self.admission_max_skips = admission_max_skips
+        self._skips: dict[str, int] = {}
+        self.partial_prefill_admission = partial_prefill_admission
+        if tbt_target_s is not None and not tbt_target_s > 0:
+            raise ValueError("tbt_target_s must be positive")
+        self.tbt_target_s = tbt_target_s
+        self.min_prefill_tokens = max(1, min_prefill_tokens)
+        self.cost = StepCostModel()
+        self._clock = clock
+        self._step_started: tuple[float, int] | None = None  # (time, tokens) of the open step
         self.kv = kv
         self.budget = max_num_batched_tokens
         self.max_num_seqs = max_num_seqs
@@ -106,6 +159,7 @@ class Scheduler:
             except ValueError:
                 pass
         self.kv.free(req)
+        self._skips.pop(request_id, None)
         return req
 
     @property
@@ -127,6 +181,7 @@ class Scheduler:
         else:
             self._schedule_hybrid(out)
         out.copies = self.kv.take_copies()
+        self._step_started = (self._clock(), out.num_tokens) if out.stages else None
         return out
 
     def _schedule_hybrid(self, out: SchedulerOutput) -> None:
@@ -136,16 +191,29 @@ class Scheduler:
         demand = sum(self._work(r) for r in decodes)
         left = self.budget
         prefill_left = self.budget - min(demand, self.reserve)
+        if decodes and self.tbt_target_s is not None:
+            fit = self.cost.max_tokens(self.tbt_target_s)
+            # Unattainable (the decodes alone overrun the target): no cap, since shrinking
+            # prefill would then only slow it without bringing any step within the target.
+            if fit is not None and fit >= demand:
+                cap = max(self.min_prefill_tokens, fit - demand)
+                prefill_left = min(prefill_left, cap)
         # 1. Chunks of running prefills, then new prompts (FCFS), within the prefill share.
         for r in prefills:
             if prefill_left <= 0 or r not in self.running:
                 continue
-            n = min(self._work(r), prefill_left)
+            n = min(self._work(r), prefill_left, self.chunk)
             if self._schedule_running(r, n, out, done):
                 prefill_left -= n
                 left -= n
         while self.waiting and prefill_left > 0 and len(self.running) < self.max_num_seqs:
-            n = self._admit(self.waiting[0], prefill_left, out, done, chunk=True)
+            self._order_waiting()
+            room = min(prefill_left, self.chunk)
+            if not self.partial_prefill_admission and any(st.is_prefill for st in out.stages):
+                head = self.waiting[0]
+                if head.num_tokens_with_spec - self.kv.match_prefix(head).num_tokens > room:
+                    break
+            n = self._admit(self.waiting[0], room, out, done, chunk=True)
             if n == 0:
                 break
             prefill_left -= n
@@ -188,6 +256,29 @@ class Scheduler:
             if self._schedule_running(r, n, out, done):
                 left -= n
 
+    def _order_waiting(self) -> None:
+        """Bring the next request to admit to the head of ``waiting`` (prefix_hit order)."""
+        if self.admission_order == "fcfs" or len(self.waiting) < 2:
+            return
+        head = self.waiting[0]
+        if self._skips.get(head.request_id, 0) >= self.admission_max_skips:
+            return
+        window = [self.waiting[i] for i in range(min(ADMISSION_WINDOW, len(self.waiting)))]
+        best = min(
+            range(len(window)),
+            key=lambda i: (
+                window[i].num_tokens_with_spec - self.kv.match_prefix(window[i]).num_tokens,
+                i,
+            ),
+        )
+        if best == 0:
+            return
+        for r in window[:best]:
+            self._skips[r.request_id] = self._skips.get(r.request_id, 0) + 1
+        chosen = window[best]
+        self.waiting.remove(chosen)
+        self.waiting.appendleft(chosen)
+
     # ---- helpers ----------------------------------------------------------------------
     @staticmethod
     def _work(r: Request) -> int:
@@ -210,6 +301,7 @@ class Scheduler:
         if n <= 0 or not self.kv.allocate(req, n, match):
             return 0
         self.waiting.popleft()
+        self._skips.pop(req.request_id, None)
         req.num_computed_tokens = match.num_tokens
         if req.num_cached_tokens < 0:
             req.num_cached_tokens = match.num_tokens
@@ -260,6 +352,10 @@ class Scheduler:
         ``num_accepted[req_id]`` is how many speculative tokens were accepted; the rest of the
         proposed tokens are dropped (their K/V slots are simply overwritten later).
         """
+        if self._step_started is not None:
+            t0, tokens = self._step_started
+            self.cost.observe(tokens, self._clock() - t0)
+            self._step_started = None
         for st in out.stages:
             r = st.request
             if r.is_finished or r.request_id not in self.requests:

@@ -72,14 +72,6 @@ def _load(spec: str):
     return getattr(importlib.import_module(mod), attr)
 
 
-def register_attention_backend(name: str, spec: str) -> None:
-    _ATTENTION[name] = spec
-
-
-def register_gemm_backend(name: str, spec: str) -> None:
-    _GEMM[name] = spec
-
-
 def attention_backend_names() -> list[str]:
     return sorted(_ATTENTION)
 

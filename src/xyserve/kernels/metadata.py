@@ -12,6 +12,7 @@ keys that ``tree_masks[row][i, j]`` allows when the stage carries a tree mask.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -73,3 +74,15 @@ def stage_mask(
         )
         mask[:, ctx:] = new
     return mask
+
+
+def gather_kv(
+    cache: torch.Tensor, blocks: Sequence[int] | torch.Tensor, kv_len: int
+) -> torch.Tensor:
+    """Contiguous [kv_len, Hkv, D] copy of one stage's keys or values: its blocks in order, cut
+    at ``kv_len``. ``blocks`` is the stage's block table, or its block ids already on the cache's
+    device (a plan built once per step)."""
+    if not isinstance(blocks, torch.Tensor):
+        nblk = -(-kv_len // cache.shape[1])
+        blocks = torch.tensor(blocks[:nblk], dtype=torch.long, device=cache.device)
+    return cache.index_select(0, blocks).flatten(0, 1)[:kv_len]

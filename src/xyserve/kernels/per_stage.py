@@ -9,15 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from xyserve.kernels.metadata import AttentionMetadata, stage_mask
-
-
-def gather_kv(cache: torch.Tensor, block_table: tuple[int, ...], kv_len: int) -> torch.Tensor:
-    """Contiguous [kv_len, Hkv, D] copy of one stage's keys or values."""
-    bs = cache.shape[1]
-    nblk = (kv_len + bs - 1) // bs
-    idx = torch.tensor(block_table[:nblk], dtype=torch.long, device=cache.device)
-    return cache.index_select(0, idx).flatten(0, 1)[:kv_len]
+from xyserve.kernels.metadata import AttentionMetadata, gather_kv, stage_mask
 
 
 class PerStageSDPA:

@@ -11,17 +11,7 @@ from typing import Any
 
 import torch
 
-from xyserve.kernels.metadata import AttentionMetadata, stage_mask
-
-
-def gather_stage_kv(cache: torch.Tensor, block_table: tuple[int, ...], kv_len: int) -> torch.Tensor:
-    """[kv_len, Hkv, D] keys (or values) of one stage: its blocks in order, cut at kv_len."""
-    bs = cache.shape[1]
-    nblk = (kv_len + bs - 1) // bs
-    blocks = [cache[b] for b in block_table[:nblk]]
-    if not blocks:
-        return cache.new_zeros((0, cache.shape[2], cache.shape[3]))
-    return torch.cat(blocks)[:kv_len]
+from xyserve.kernels.metadata import AttentionMetadata, gather_kv, stage_mask
 
 
 def reference_attention(
@@ -39,8 +29,8 @@ def reference_attention(
         n = row.num_tokens
         if n == 0:
             continue
-        k = gather_stage_kv(k_cache, row.block_table, row.kv_len).double()
-        v = gather_stage_kv(v_cache, row.block_table, row.kv_len).double()
+        k = gather_kv(k_cache, row.block_table, row.kv_len).double()
+        v = gather_kv(v_cache, row.block_table, row.kv_len).double()
         mask = stage_mask(n, row.kv_len, tree, q.device)
         for h in range(hq):
             qs = q[row.start : row.start + n, h].double()  # [n, D]
@@ -49,16 +39,6 @@ def reference_attention(
             p = torch.softmax(s, dim=-1)
             out[row.start : row.start + n, h] = (p @ v[:, h // group]).to(q.dtype)
     return out
-
-
-def reference_linear(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
-) -> torch.Tensor:
-    """``x @ weight.T + bias`` in float64, cast back: the GEMM oracle."""
-    y = x.double() @ weight.double().T
-    if bias is not None:
-        y = y + bias.double()
-    return y.to(x.dtype)
 
 
 class ReferenceAttention:

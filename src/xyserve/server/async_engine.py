@@ -31,6 +31,14 @@ class EngineDeadError(RuntimeError):
     """The engine thread has stopped; no request can be served."""
 
 
+class RequestFailedError(RuntimeError):
+    """The engine failed this request inside a step (the others went on)."""
+
+
+class RequestTimeoutError(RuntimeError):
+    """The request ran past its time limit and was aborted."""
+
+
 @dataclass
 class _Add:
     request_id: str
@@ -56,10 +64,17 @@ class RequestStream:
     Outputs are cumulative, so when the consumer lags, only the newest queued one is returned.
     """
 
-    def __init__(self, request_id: str, queue: asyncio.Queue, llm: AsyncLLM) -> None:
+    def __init__(
+        self,
+        request_id: str,
+        queue: asyncio.Queue,
+        llm: AsyncLLM,
+        deadline: float | None = None,
+    ) -> None:
         self.request_id = request_id
         self._queue = queue
         self._llm = llm
+        self._deadline = deadline  # loop.time() past which the request is aborted
         self.finished = False
 
     def __aiter__(self) -> RequestStream:
@@ -68,7 +83,15 @@ class RequestStream:
     async def __anext__(self) -> RequestOutput:
         if self.finished:
             raise StopAsyncIteration
-        item = await self._queue.get()
+        if self._deadline is None:
+            item = await self._queue.get()
+        else:
+            left = self._deadline - asyncio.get_running_loop().time()
+            try:
+                item = await asyncio.wait_for(self._queue.get(), max(left, 0.0))
+            except asyncio.TimeoutError:
+                self.close()
+                raise RequestTimeoutError("the request ran past its time limit") from None
         while not isinstance(item, BaseException) and not self._queue.empty():
             item = self._queue.get_nowait()
         if isinstance(item, BaseException):
@@ -101,6 +124,18 @@ class AsyncLLM:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self.dead_error: BaseException | None = None
+        # Adds posted (written by the event loop only) and taken by the engine thread (written
+        # by it only): each counter has one writer, so their difference needs no lock.
+        self._adds_posted = 0
+        self._adds_taken = 0
+        self.request_timeout_s: float | None = getattr(
+            getattr(engine, "config", None), "request_timeout_s", None
+        )
+
+    @property
+    def num_waiting(self) -> int:
+        """Requests queued (in the engine or on their way to it); read without a lock."""
+        return self.engine.num_waiting + max(0, self._adds_posted - self._adds_taken)
 
     @classmethod
     def from_config(cls, config: EngineConfig, stats_hook: StatsHook | None = None) -> AsyncLLM:
@@ -144,21 +179,36 @@ class AsyncLLM:
         *,
         add_special_tokens: bool = True,
     ) -> RequestStream:
-        """Add a request; returns once the engine accepted it, or raises its add error."""
+        """Add a request; returns once the engine accepted it, or raises its add error.
+
+        Text is tokenized and the request validated here, in a worker thread, so a big prompt
+        never stalls the engine loop and a bad request never reaches the engine.
+        """
         if self.dead_error is not None:
             raise EngineDeadError(f"the engine has stopped: {self.dead_error}")
         self.start()
         loop = asyncio.get_running_loop()
         rid = request_id or uuid.uuid4().hex
+        prompt = await asyncio.to_thread(self._prepare, prompt, params, add_special_tokens)
         queue: asyncio.Queue = asyncio.Queue()
         fut = loop.create_future()
+        self._adds_posted += 1
         self._post("add", _Add(rid, prompt, params, add_special_tokens, loop, queue, fut))
         try:
             await fut
         except asyncio.CancelledError:
             self.abort(rid)  # the add may still land; the abort follows it in the inbox
             raise
-        return RequestStream(rid, queue, self)
+        deadline = None
+        if self.request_timeout_s is not None:
+            deadline = loop.time() + self.request_timeout_s
+        return RequestStream(rid, queue, self, deadline)
+
+    def _prepare(self, prompt: Prompt, params: SamplingParams, add_special_tokens: bool) -> dict:
+        """The prompt as {prompt, prompt_token_ids}, validated against the model."""
+        text, ids = self.engine.prompt_ids(prompt, add_special_tokens)
+        self.engine.validate_request(ids, params)
+        return {"prompt": text, "prompt_token_ids": ids}
 
     async def generate(
         self,
@@ -221,6 +271,7 @@ class AsyncLLM:
         while self._inbox:
             kind, item = self._inbox.popleft()
             if kind == "add":
+                self._adds_taken += 1
                 self._do_add(item)
             else:
                 self._sinks.pop(item, None)
@@ -228,13 +279,13 @@ class AsyncLLM:
 
     def _do_add(self, a: _Add) -> None:
         try:
-            prompt = a.prompt
-            if isinstance(prompt, str) and not a.add_special_tokens:
-                tok = self.engine.tokenizer
-                if tok is None:
-                    raise ValueError("text prompts need a tokenizer (skip_tokenizer_init is set)")
-                prompt = {"prompt_token_ids": tok.encode(prompt, add_special_tokens=False)}
-            self.engine.add_request(prompt, a.params, a.request_id, arrival_time=time.monotonic())
+            self.engine.add_request(
+                a.prompt,
+                a.params,
+                a.request_id,
+                arrival_time=time.monotonic(),
+                add_special_tokens=a.add_special_tokens,
+            )
         except Exception as e:
             a.loop.call_soon_threadsafe(_resolve, a.future, e)
             return
@@ -251,7 +302,8 @@ class AsyncLLM:
                 finished.append(out.request_id)
                 self._sinks.pop(out.request_id, None)
             if sink is not None:
-                batches.setdefault(sink.loop, []).append((sink.queue, out))
+                item = RequestFailedError(out.error) if out.error is not None else out
+                batches.setdefault(sink.loop, []).append((sink.queue, item))
         for loop, items in batches.items():
             _call_soon(loop, _put_all, items)
         return finished

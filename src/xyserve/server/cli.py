@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
+import os
+import socket
 import sys
 import types
 import typing
 from typing import Any
 
 from xyserve.config import EngineConfig
+from xyserve.server.options import ServerOptions
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -67,8 +71,60 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default=DEFAULT_HOST, help=f"(default: {DEFAULT_HOST})")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"(default: {DEFAULT_PORT})")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("XYSERVE_API_KEY"),
+        help="require 'Authorization: Bearer KEY' (default: $XYSERVE_API_KEY); "
+        "/health and /metrics stay open",
+    )
+    p.add_argument(
+        "--allowed-origins",
+        default=None,
+        help="CORS origins: a JSON list ('[\"https://a.example\"]') or comma-separated",
+    )
+    p.add_argument("--chat-template", default=None, help="a Jinja file, or the template itself")
+    p.add_argument("--disable-log-requests", action="store_true", help="no log line per request")
     add_engine_args(p)
     return p
+
+
+def _origins(value: str | None) -> list[str]:
+    if not value:
+        return []
+    if value.lstrip().startswith("["):
+        origins = json.loads(value)
+        if not isinstance(origins, list) or not all(isinstance(o, str) for o in origins):
+            raise ValueError("--allowed-origins must be a JSON list of strings")
+        return origins
+    return [o.strip() for o in value.split(",") if o.strip()]
+
+
+def server_options(ns: argparse.Namespace) -> ServerOptions:
+    """The ServerOptions of parsed arguments; ValueError on a bad value."""
+    try:
+        origins = _origins(ns.allowed_origins)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--allowed-origins: {e}") from None
+    return ServerOptions(
+        api_key=ns.api_key or None,
+        allowed_origins=origins,
+        chat_template=ServerOptions.load_chat_template(ns.chat_template),
+        disable_log_requests=ns.disable_log_requests,
+    )
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Bind the listening socket first, so a busy port is reported before the model loads."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise OSError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    sock.set_inheritable(True)
+    return sock
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, EngineConfig]:
@@ -95,14 +151,36 @@ def main(argv: list[str] | None = None) -> int:
     from xyserve.server.app import create_app
     from xyserve.server.async_engine import AsyncLLM
 
+    log = logging.getLogger("xyserve")
+    try:
+        options = server_options(ns)
+        sock = bind_socket(ns.host, ns.port)
+    except (OSError, ValueError) as e:
+        print(f"xyserve serve: error: {e}", file=sys.stderr)
+        return 2
+    log.info("loading model %s (dtype=%s, device=%s)", config.model or "(bundled default)",
+             config.dtype, config.device)  # fmt: skip
     try:
         llm = AsyncLLM.from_config(config)
     except (FileNotFoundError, ValueError) as e:  # a bad model path or argument: no traceback
+        sock.close()
         print(f"xyserve serve: error: {e}", file=sys.stderr)
         return 2
-    app = create_app(llm)
-    logging.getLogger("xyserve").info(
-        "serving %s on http://%s:%d/v1", llm.model_name, ns.host, ns.port
+    app = create_app(llm, options=options)
+    log.info(
+        "serving %s on http://%s:%d/v1 (api key: %s, cors origins: %s, request logs: %s)",
+        llm.model_name,
+        ns.host,
+        ns.port,
+        "required" if options.api_key else "none",
+        options.allowed_origins or "none",
+        "off" if options.disable_log_requests else "on",
     )
-    uvicorn.run(app, host=ns.host, port=ns.port, log_level=ns.log_level)
+    server = uvicorn.Server(uvicorn.Config(app, log_level=ns.log_level))
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:  # Ctrl-C after a graceful shutdown, as uvicorn.run does
+        pass
+    finally:
+        sock.close()
     return 0

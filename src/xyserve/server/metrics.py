@@ -60,8 +60,22 @@ class ServerMetrics:
         self.request_success = Counter(
             "xyserve:request_success", "Requests finished (not aborted).", registry=r
         )
+        self.preemptions = Counter(
+            "xyserve:num_preemptions", "Sequences preempted (their K/V freed).", registry=r
+        )
+        self.request_aborted = Counter(
+            "xyserve:request_aborted",
+            "Requests aborted (client gone, timed out, or rejected after admission).",
+            registry=r,
+        )
+        self.request_failed = Counter(
+            "xyserve:request_failed",
+            "Requests failed inside a step (the rest of the batch went on).",
+            registry=r,
+        )
         self._last_prompt = 0
         self._last_gen = 0
+        self._last = {"preempt": 0, "abort": 0, "fail": 0}
 
     def on_step(self, engine: Any, outputs: list[RequestOutput], finished: list[str]) -> None:
         """The AsyncLLM stats hook: called from the engine thread only."""
@@ -72,7 +86,7 @@ class ServerMetrics:
             # The step that produced the first token sets first and last token times alike.
             if m.last_token_time == m.first_token_time:
                 self.ttft.observe(m.first_token_time - m.arrival_time)
-            if out.finished:
+            if out.finished and out.error is None:
                 n = max((len(c.token_ids) for c in out.outputs), default=0)
                 if n > 1 and m.last_token_time is not None:
                     self.tpot.observe((m.last_token_time - m.first_token_time) / (n - 1))
@@ -89,6 +103,19 @@ class ServerMetrics:
         if g > self._last_gen:
             self.generation_tokens.inc(g - self._last_gen)
         self._last_prompt, self._last_gen = p, g
+        now = {
+            "preempt": engine.scheduler.num_preemptions,
+            "abort": engine.num_aborted_requests,
+            "fail": engine.num_failed_requests,
+        }
+        for key, counter in (
+            ("preempt", self.preemptions),
+            ("abort", self.request_aborted),
+            ("fail", self.request_failed),
+        ):
+            if now[key] > self._last[key]:
+                counter.inc(now[key] - self._last[key])
+        self._last = now
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

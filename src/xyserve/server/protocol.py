@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from xyserve.sampling_params import SamplingParams
+from xyserve.sampling_params import SamplingParams, SamplingParamsError
 
 # ---- errors ----------------------------------------------------------------------------
 
@@ -30,10 +30,61 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class _SamplingRequest(BaseModel):
-    """Fields shared by completions and chat completions (OpenAI's, then vLLM's extras)."""
+class JsonSchemaFormat(BaseModel):
+    name: str | None = None
+    description: str | None = None
+    # ``schema`` shadows a BaseModel attribute, hence the alias.
+    json_schema: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+
+
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
+class StructuredOutputsParams(BaseModel):
+    """vLLM's ``structured_outputs`` field: exactly one constraint."""
+
+    model_config = ConfigDict(extra="forbid")
+    json_: dict[str, Any] | str | None = Field(default=None, alias="json")
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+    json_object: bool | None = None
+
+
+# Fields we accept only with the value that means "off" (any other value is a 400): the
+# feature is not implemented, and accepting it silently would be lying to the client.
+OFF_VALUES: dict[str, tuple] = {
+    "best_of": (None, 1),
+    "suffix": (None, ""),
+    "tools": (None, []),
+    "tool_choice": (None, "none"),
+    "parallel_tool_calls": (None,),
+    "functions": (None, []),
+    "function_call": (None, "none"),
+    "audio": (None,),
+    "modalities": (None, ["text"]),
+    "prediction": (None,),
+    "reasoning_effort": (None,),
+    "service_tier": (None, "auto", "default"),
+    "store": (None, False),
+    "metadata": (None,),
+    "web_search_options": (None,),
+}
+
+
+class _SamplingRequest(BaseModel):
+    """Fields shared by completions and chat completions (OpenAI's, then vLLM's extras).
+
+    Unknown fields are refused (``extra="forbid"``): no parameter is accepted and ignored.
+    """
+
+    model_config = ConfigDict(extra="forbid")
 
     model: str | None = None
     n: int = 1
@@ -55,6 +106,57 @@ class _SamplingRequest(BaseModel):
     min_tokens: int = 0
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
+    logit_bias: dict[str, float] | None = None
+    best_of: int | None = None
+    response_format: ResponseFormat | None = None
+    guided_json: dict[str, Any] | str | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
+    structured_outputs: StructuredOutputsParams | None = None
+
+    def refused_fields(self) -> list[str]:
+        """Fields set to something we do not implement (see OFF_VALUES)."""
+        return [
+            name
+            for name, off in OFF_VALUES.items()
+            if name in type(self).model_fields and getattr(self, name) not in off
+        ]
+
+    def constraint(self) -> tuple[str, str, Any] | None:
+        """(field, kind, value) of the structured-output constraint; ValueError if several."""
+        found: list[tuple[str, str, Any]] = []
+        rf = self.response_format
+        if rf is not None and rf.type == "json_object":
+            found.append(("response_format", "json_object", None))
+        elif rf is not None and rf.type == "json_schema":
+            if rf.json_schema is None or rf.json_schema.json_schema is None:
+                raise ValueError("response_format json_schema needs json_schema.schema")
+            found.append(("response_format", "json_schema", rf.json_schema.json_schema))
+        if self.guided_json is not None:
+            found.append(("guided_json", "json_schema", _json_value(self.guided_json)))
+        if self.guided_regex is not None:
+            found.append(("guided_regex", "regex", self.guided_regex))
+        if self.guided_choice is not None:
+            found.append(("guided_choice", "choice", self.guided_choice))
+        if self.guided_grammar is not None:
+            found.append(("guided_grammar", "grammar", self.guided_grammar))
+        so = self.structured_outputs
+        if so is not None:
+            kinds = [
+                ("json_schema", _json_value(so.json_) if so.json_ is not None else None),
+                ("regex", so.regex),
+                ("choice", so.choice),
+                ("grammar", so.grammar),
+                ("json_object", True if so.json_object else None),
+            ]
+            set_kinds = [(k, v) for k, v in kinds if v is not None]
+            if len(set_kinds) != 1:
+                raise ValueError("structured_outputs needs exactly one constraint")
+            found.append(("structured_outputs", *set_kinds[0]))
+        if len(found) > 1:
+            raise ValueError("give at most one of " + ", ".join(f for f, _, _ in found))
+        return found[0] if found else None
 
     def _sampling_kwargs(self) -> dict[str, Any]:
         kw: dict[str, Any] = dict(
@@ -66,6 +168,7 @@ class _SamplingRequest(BaseModel):
             min_tokens=self.min_tokens,
             skip_special_tokens=self.skip_special_tokens,
             include_stop_str_in_output=self.include_stop_str_in_output,
+            logit_bias=_logit_bias(self.logit_bias),
         )
         for name in (
             "temperature",
@@ -84,6 +187,32 @@ class _SamplingRequest(BaseModel):
     @property
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
+
+
+def _json_value(v: dict[str, Any] | str) -> Any:
+    """A schema given as an object or as JSON text."""
+    if isinstance(v, str):
+        import json
+
+        try:
+            return json.loads(v)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"the JSON schema is not valid JSON: {e}") from None
+    return v
+
+
+def _logit_bias(bias: dict[str, float] | None) -> dict[int, float] | None:
+    """OpenAI sends token ids as JSON object keys (strings)."""
+    if not bias:
+        return None
+    out = {}
+    for k, v in bias.items():
+        try:
+            out[int(k)] = v
+        except ValueError:
+            msg = f"logit_bias keys must be token ids: {k!r}"
+            raise SamplingParamsError("logit_bias", msg) from None
+    return out
 
 
 class CompletionRequest(_SamplingRequest):
@@ -115,10 +244,14 @@ class ContentPart(BaseModel):
 
 
 class ChatMessage(BaseModel):
+    # Clients send back the assistant messages they received, with response-only fields
+    # (refusal, annotations, audio); those are ignored. tool_calls are refused (see app).
     model_config = ConfigDict(extra="ignore")
     role: str
     content: str | list[ContentPart] | None = None
     name: str | None = None
+    tool_calls: list[Any] | None = None
+    tool_call_id: str | None = None
 
     def text(self) -> str:
         if self.content is None:
@@ -140,6 +273,20 @@ class ChatCompletionRequest(_SamplingRequest):
     logprobs: bool = False
     top_logprobs: int | None = None
     add_generation_prompt: bool = True
+    add_special_tokens: bool = False  # vLLM's: the template already holds BOS
+    tools: list[Any] | None = None
+    tool_choice: Any = None
+    parallel_tool_calls: bool | None = None
+    functions: list[Any] | None = None
+    function_call: Any = None
+    audio: Any = None
+    modalities: list[str] | None = None
+    prediction: Any = None
+    reasoning_effort: str | None = None
+    service_tier: str | None = None
+    store: bool | None = None
+    metadata: dict[str, str] | None = None
+    web_search_options: Any = None
 
     def to_sampling_params(self) -> SamplingParams:
         max_tokens = (
@@ -149,6 +296,23 @@ class ChatCompletionRequest(_SamplingRequest):
         )
         logprobs = (self.top_logprobs or 0) if self.logprobs else None
         return SamplingParams(max_tokens=max_tokens, logprobs=logprobs, **self._sampling_kwargs())
+
+
+class TokenizeRequest(BaseModel):
+    """vLLM's /tokenize: a prompt, or chat messages rendered with the chat template."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = Field(default=None, min_length=1)
+    add_generation_prompt: bool = True
+    add_special_tokens: bool | None = None  # default: True for a prompt, False for messages
+
+
+class DetokenizeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str | None = None
+    tokens: list[int]
 
 
 # ---- responses -------------------------------------------------------------------------

@@ -1,0 +1,458 @@
+"""``xyserve bench serve``: latency and goodput of OpenAI-compatible servers under load.
+
+By default it starts one ``xyserve serve`` per system (``--system NAME=ENGINE_ARGS``, default
+hybrid and baseline) on free loopback ports, all before the first run, and sends each load to
+each system in turn (the order rotates per load), so that the systems share the machine's
+noise. ``--base-url`` measures a running server instead (loopback only).
+
+``--sweep R1,R2,...`` runs every rate and reports, per system, the highest rate whose SLO
+attainment reaches ``--slo-attainment`` with no failed request, and its ratio to the
+``--reference`` system: the paper's achieved-QPS figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import shlex
+import signal
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from xyserve.bench import arrivals as arr
+from xyserve.bench import serve_workload as wl
+from xyserve.bench.serve_load import disconnect_plan, run_load, served_model
+from xyserve.bench.serve_report import RunReport, Slo, aggregate, markdown, table
+from xyserve.bench.serve_server import EndpointError, ServerProcess, check_loopback, leak_check
+
+DEFAULT_SYSTEMS = ("hybrid=--scheduler-policy hybrid", "baseline=--scheduler-policy baseline")
+
+
+@dataclass
+class System:
+    label: str
+    base_url: str
+    server: ServerProcess | None = None
+
+
+def _rate(text: str) -> float:
+    r = float(text)
+    if not r > 0:
+        raise argparse.ArgumentTypeError(f"a request rate must be positive or inf, got {text}")
+    return r
+
+
+def _rates(text: str) -> list[float]:
+    return sorted(_rate(x) for x in text.split(",") if x.strip())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="xyserve bench serve", description=__doc__.split("\n")[0])
+    w = p.add_argument_group("workload and load")
+    w.add_argument(
+        "--workload",
+        default="sharegpt",
+        help="a file or packaged name (sharegpt, "
+        "sonnet_prefill_heavy, sonnet_decode_heavy, shared_prefix, agentic)",
+    )
+    w.add_argument("--num-prompts", type=int, default=50)
+    w.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="per run: rate x duration requests (at least --min-prompts)",
+    )
+    w.add_argument("--min-prompts", type=int, default=8)
+    w.add_argument("--request-rate", type=_rate, default=1.0, help="req/s; inf: all at once")
+    w.add_argument(
+        "--burstiness",
+        type=float,
+        default=None,
+        help="gamma shape (1 = Poisson); default: the workload's",
+    )
+    w.add_argument("--qps-trace", default=None, help="a dynamic-QPS trace file or packaged name")
+    w.add_argument("--trace-scale", type=float, default=1.0, help="multiplies the trace's rates")
+    w.add_argument("--concurrency", type=int, default=None, help="closed loop: in flight")
+    w.add_argument("--sweep", type=_rates, default=None, help="comma-separated rates")
+    w.add_argument("--warmup", type=int, default=2, help="requests sent before measuring")
+    w.add_argument("--seed", type=int, default=0)
+    w.add_argument(
+        "--disconnect-fraction",
+        type=float,
+        default=0.0,
+        help="this share of clients leaves after 1-4 tokens (reliability check)",
+    )
+    s = p.add_argument_group("systems")
+    s.add_argument("--base-url", default=None, help="a running server (loopback only)")
+    s.add_argument(
+        "--simulate",
+        default=None,
+        metavar="A_MS,B_MS",
+        help="no server: replay through the scheduler in simulated time, each step taking "
+        "A + B x tokens milliseconds (see bench/serve_sim.py)",
+    )
+    s.add_argument("--label", default="server", help="the name of --base-url's system")
+    s.add_argument(
+        "--model",
+        default="llama-100m.json",
+        help="model to serve: a directory, a bundled name, or an HF config JSON "
+        "(a file, or one of bench/models/) built with random weights",
+    )
+    s.add_argument(
+        "--system",
+        action="append",
+        default=None,
+        metavar="NAME=ENGINE_ARGS",
+        help=f"repeatable; default: {' and '.join(repr(x) for x in DEFAULT_SYSTEMS)}",
+    )
+    s.add_argument("--engine-args", default="", help="engine flags shared by every system")
+    s.add_argument("--threads", type=int, default=2, help="CPU threads of each server")
+    s.add_argument(
+        "--vocab-size",
+        type=int,
+        default=None,
+        help="token-id range of prompts (default: the model's config)",
+    )
+    s.add_argument(
+        "--no-logprobs",
+        action="store_true",
+        help="do not ask for logprobs (count one token per chunk)",
+    )
+    s.add_argument("--request-timeout", type=float, default=600.0)
+    s.add_argument("--startup-timeout", type=float, default=300.0)
+    o = p.add_argument_group("SLO and output")
+    o.add_argument("--slo-ttft-ms", type=float, default=2000.0)
+    o.add_argument("--slo-tbt-ms", type=float, default=250.0)
+    o.add_argument("--slo-tbt-stat", choices=("mean", "p90", "max"), default="p90")
+    o.add_argument("--slo-attainment", type=float, default=0.9)
+    o.add_argument(
+        "--reference",
+        default=None,
+        help="the system ratios divide by (default: baseline if present, else the first)",
+    )
+    o.add_argument("--json", default=None, help="write every run and the sweep summary here")
+    o.add_argument("--markdown", default=None, help="write the runs as a Markdown table here")
+    o.add_argument("--plot", default=None, help="a PNG of latency vs load (with --sweep)")
+    o.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def model_config(model: str) -> tuple[Path | None, dict[str, Any] | None]:
+    """(an HF config JSON to build random weights from, or None; the model's config dict)."""
+    from xyserve.bench.offline import packaged
+
+    cand = [Path(model), packaged("models", model)]
+    for c in cand:
+        if c.is_file() and c.suffix == ".json":
+            return c, json.loads(c.read_text())
+    for c in [Path(model), Path(str(resources.files("xyserve") / "models" / model))]:
+        if (c / "config.json").is_file():
+            return None, json.loads((c / "config.json").read_text())
+    return None, None
+
+
+def loads(args: argparse.Namespace, work: wl.ServeWorkload) -> list[dict[str, Any]]:
+    """One dict per run: label, offered rate, number of requests, arrival times or concurrency."""
+    burst = args.burstiness if args.burstiness is not None else work.burstiness
+    if args.concurrency is not None:
+        return [
+            dict(
+                load=f"concurrency={args.concurrency}",
+                rate=None,
+                n=args.num_prompts,
+                concurrency=args.concurrency,
+                burst=None,
+                trace=None,
+            )
+        ]
+    if args.qps_trace is not None:
+        trace = arr.load_trace(args.qps_trace)
+        n = args.num_prompts
+        if args.duration is not None:
+            n = max(args.min_prompts, round(trace.mean_rate * args.trace_scale * args.duration))
+        return [
+            dict(
+                load=f"trace={trace.name} x{args.trace_scale:g}",
+                rate=trace.mean_rate * args.trace_scale,
+                n=n,
+                concurrency=None,
+                burst=None,
+                trace=trace,
+            )
+        ]
+    rates = args.sweep or [args.request_rate]
+    out = []
+    for r in rates:
+        n = args.num_prompts
+        if args.duration is not None and math.isfinite(r):
+            n = max(args.min_prompts, round(r * args.duration))
+        out.append(
+            dict(
+                load=f"rate={r:g} burst={burst:g}",
+                rate=r,
+                n=n,
+                concurrency=None,
+                burst=burst,
+                trace=None,
+            )
+        )
+    return out
+
+
+def start_systems(
+    args: argparse.Namespace, scratch: Path
+) -> tuple[list[System], str, dict[str, Any] | None]:
+    """Start (or reach) every system; returns them, the model served, and its config.
+
+    A random-weight model is built under ``scratch`` (the caller removes it).
+    """
+    if args.base_url is not None:
+        url = check_loopback(args.base_url)
+        return [System(args.label, url)], args.model, None
+    build_from, cfg = model_config(args.model)
+    model = args.model
+    extra: list[str] = []
+    if build_from is not None:
+        from xyserve.bench.offline import build_random_model
+
+        print(f"building a random-weight model from {build_from} ...", file=sys.stderr)
+        model = str(build_random_model(build_from, scratch / "model", args.seed))
+        extra = ["--skip-tokenizer-init"]
+    specs = args.system or list(DEFAULT_SYSTEMS)
+    systems: list[System] = []
+    try:
+        for spec in specs:
+            label, sep, flags = spec.partition("=")
+            if not sep or not label:
+                raise ValueError(f"--system {spec!r}: expected NAME=ENGINE_ARGS")
+            if label in (s.label for s in systems):
+                raise ValueError(f"--system {label!r} given twice")
+            eng = shlex.split(args.engine_args) + shlex.split(flags) + extra
+            srv = ServerProcess(model, eng, args.threads, args.startup_timeout)
+            print(f"starting {label}: xyserve serve {model} {' '.join(eng)}", file=sys.stderr)
+            systems.append(System(label, "", srv.launch()))
+        for s in systems:
+            assert s.server is not None
+            s.base_url = s.server.wait().base_url
+    except BaseException:
+        stop_systems(systems)
+        raise
+    return systems, model, cfg
+
+
+def stop_systems(systems: list[System]) -> None:
+    for s in systems:
+        if s.server is not None:
+            s.server.stop()
+
+
+def max_rate_under_slo(reports: list[RunReport], target: float) -> dict[str, float]:
+    """Per system: the highest offered rate meeting the SLO (0 when none does)."""
+    best: dict[str, float] = {}
+    for r in reports:
+        best.setdefault(r.label, 0.0)
+        ok = r.num_failed == 0 and r.slo_attainment >= target and r.offered_rate is not None
+        if ok and math.isfinite(r.offered_rate):
+            best[r.label] = max(best[r.label], r.offered_rate)
+    return best
+
+
+def ratios(best: dict[str, float], reference: str) -> dict[str, float | None]:
+    ref = best.get(reference, 0.0)
+    return {k: (v / ref if ref > 0 else None) for k, v in best.items()}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    work = wl.load(args.workload)
+    slo = Slo(args.slo_ttft_ms / 1e3, args.slo_tbt_ms / 1e3, args.slo_tbt_stat)
+    plan = loads(args, work)
+    if args.simulate is not None:
+        out = _simulate(args, work, slo, plan)
+    else:
+        with tempfile.TemporaryDirectory(prefix="xyserve-bench-serve-") as scratch:
+            out = _run(args, work, slo, plan, Path(scratch))
+    out.update(
+        workload=work.name,
+        model=args.model,
+        slo={
+            "ttft_ms": args.slo_ttft_ms,
+            "tbt_ms": args.slo_tbt_ms,
+            "tbt_stat": args.slo_tbt_stat,
+            "attainment": args.slo_attainment,
+        },
+        simulated=args.simulate,
+    )
+    reports: list[RunReport] = out["_reports"]
+    out["runs"] = [r.to_json() for r in reports]
+    if args.sweep:
+        best = max_rate_under_slo(reports, args.slo_attainment)
+        labels = out["systems"]
+        ref = args.reference or ("baseline" if "baseline" in labels else labels[0])
+        out["max_rate_under_slo"] = best
+        out["ratio_to_" + ref] = ratios(best, ref)
+        out["reference"] = ref
+    return out
+
+
+def load_inputs(
+    args: argparse.Namespace,
+    work: wl.ServeWorkload,
+    ld: dict[str, Any],
+    k: int,
+    vocab: int,
+    max_len: int | None,
+) -> tuple[list[wl.BenchRequest], list[float] | None]:
+    """The requests of load ``k`` and their send times (None: closed loop); seeded."""
+    reqs = wl.sample(work, ld["n"], vocab, seed=args.seed + k, max_model_len=max_len)
+    if ld["trace"] is not None:
+        return reqs, arr.trace_arrivals(ld["n"], ld["trace"], args.seed, args.trace_scale)
+    if ld["rate"] is not None:
+        return reqs, arr.gamma_arrivals(ld["n"], ld["rate"], ld["burst"], args.seed + k)
+    return reqs, None
+
+
+def _simulate(
+    args: argparse.Namespace, work: wl.ServeWorkload, slo: Slo, plan: list[dict[str, Any]]
+) -> dict[str, Any]:
+    from xyserve.bench.serve_sim import StepCost, simulate
+    from xyserve.server.cli import parse_args
+
+    try:
+        a_ms, b_ms = (float(x) for x in args.simulate.split(","))
+    except ValueError:
+        raise ValueError(f"--simulate {args.simulate!r}: expected A_MS,B_MS") from None
+    cost = StepCost(a_ms / 1e3, b_ms / 1e3)
+    _, cfg = model_config(args.model)
+    vocab = args.vocab_size or (cfg or {}).get("vocab_size") or 32000
+    max_len = (cfg or {}).get("max_position_embeddings") or 2048
+    configs = {}
+    for spec in args.system or list(DEFAULT_SYSTEMS):
+        label, _, flags = spec.partition("=")
+        argv = ["model"] + shlex.split(args.engine_args) + shlex.split(flags)
+        configs[label] = parse_args(argv)[1]
+    reports: list[RunReport] = []
+    for k, ld in enumerate(plan):
+        if ld["concurrency"] is not None:
+            raise ValueError("--simulate needs open-loop arrivals (a rate or a trace)")
+        reqs, times = load_inputs(args, work, ld, k, vocab, max_len)
+        assert times is not None  # open loop, checked above
+        for label, config in configs.items():
+            results = simulate(config, reqs, times, cost, max_len)
+            reports.append(aggregate(label, ld["load"], ld["rate"], results, slo))
+    return {"systems": list(configs), "_reports": reports}
+
+
+def _run(
+    args: argparse.Namespace,
+    work: wl.ServeWorkload,
+    slo: Slo,
+    plan: list[dict[str, Any]],
+    scratch: Path,
+) -> dict[str, Any]:
+    systems, model, cfg = start_systems(args, scratch)
+    try:
+        vocab = args.vocab_size or (cfg or {}).get("vocab_size")
+        if not vocab:
+            raise SystemExit("--vocab-size is needed: the model's config.json is not readable")
+        max_len = (cfg or {}).get("max_position_embeddings")
+        names = {s.label: served_model(s.base_url) for s in systems}
+        reports: list[RunReport] = []
+        for k, ld in enumerate(plan):
+            reqs, times = load_inputs(args, work, ld, k, vocab, max_len)
+            leave = disconnect_plan(ld["n"], args.disconnect_fraction, args.seed + k)
+            order = systems[k % len(systems) :] + systems[: k % len(systems)]
+            for sys_ in order:
+                if args.warmup:
+                    warm = wl.sample(
+                        work, args.warmup, vocab, seed=10**6 + k, max_model_len=max_len
+                    )
+                    asyncio.run(
+                        run_load(
+                            sys_.base_url,
+                            names[sys_.label],
+                            warm,
+                            concurrency=args.warmup,
+                            progress=False,
+                            use_logprobs=not args.no_logprobs,
+                            timeout_s=args.request_timeout,
+                        )
+                    )
+                results = asyncio.run(
+                    run_load(
+                        sys_.base_url,
+                        names[sys_.label],
+                        reqs,
+                        arrivals=times,
+                        concurrency=ld["concurrency"],
+                        desc=f"{sys_.label} {ld['load']}",
+                        progress=not args.no_progress,
+                        timeout_s=args.request_timeout,
+                        use_logprobs=not args.no_logprobs,
+                        disconnects=leave,
+                    )
+                )
+                rep = aggregate(sys_.label, ld["load"], ld["rate"], results, slo)
+                rep.server = leak_check(sys_.base_url)
+                reports.append(rep)
+                print(
+                    table([rep]).splitlines()[-1] if rep.num_failed == 0 else table([rep]),
+                    file=sys.stderr,
+                )
+    finally:
+        stop_systems(systems)
+    out: dict[str, Any] = {"systems": [s.label for s in systems]}
+    out["_reports"] = reports
+    return out
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds through run()'s finally: servers are stopped
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    if args.num_prompts < 1 or args.min_prompts < 1:
+        print("xyserve bench serve: error: --num-prompts must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        out = run(args)
+    except (wl.WorkloadError, arr.TraceError, EndpointError, ValueError) as e:
+        print(f"xyserve bench serve: error: {e}", file=sys.stderr)
+        return 2
+    reports: list[RunReport] = out.pop("_reports")
+    print(table(reports))
+    for r in reports:
+        if r.server.get("checked") and not r.server.get("clean"):
+            print(f"LEAK? {r.label} {r.load}: {r.server}")
+    if "max_rate_under_slo" in out:
+        ref = out["reference"]
+        print(f"max rate under SLO (attainment >= {args.slo_attainment:g}, no failure):")
+        for label, rate in out["max_rate_under_slo"].items():
+            ratio = out["ratio_to_" + ref][label]
+            print(
+                f"  {label:<12} {rate:g} req/s  ({'n/a' if ratio is None else f'{ratio:.2f}x'}"
+                f" {ref})"
+            )
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1, default=float))
+    if args.markdown:
+        Path(args.markdown).write_text(markdown(reports) + "\n")
+    if args.plot:
+        from xyserve.bench.serve_plot import plot_sweep
+
+        title = f"{out['workload']} on {args.model} ({args.threads} threads)"
+        if args.simulate:
+            title = f"{out['workload']}, simulated steps of {args.simulate} ms (a, b per token)"
+        print(f"plot: {plot_sweep(reports, args.plot, title)}")
+    failed = sum(r.num_failed for r in reports)
+    leaked = any(r.server.get("checked") and not r.server.get("clean") for r in reports)
+    return 1 if failed or leaked else 0

@@ -1,0 +1,178 @@
+"""Aggregates of one ``bench serve`` run: achieved QPS, percentiles, goodput under an SLO.
+
+A request meets the SLO when its TTFT is at most ``ttft_s`` and its own TBT statistic
+(``tbt_stat``: mean, p90 or max of its gaps between tokens) is at most ``tbt_s``. Goodput is
+the number of such requests per second of the run. Failed requests count in ``num_failed``
+(with their messages, grouped) and never in any latency.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from xyserve.bench.serve_client import RequestResult, measure
+
+PERCENTILES = (50, 90, 99)
+
+
+@dataclass(frozen=True)
+class Slo:
+    ttft_s: float
+    tbt_s: float
+    tbt_stat: str = "p90"  # mean | p90 | max, over one request's gaps
+
+    def __post_init__(self) -> None:
+        if not (self.ttft_s > 0 and self.tbt_s > 0):
+            raise ValueError("SLO thresholds must be positive")
+        if self.tbt_stat not in ("mean", "p90", "max"):
+            raise ValueError(f"tbt_stat must be mean, p90 or max, got {self.tbt_stat!r}")
+
+    def request_tbt(self, tbts: list[float]) -> float:
+        if not tbts:
+            return 0.0
+        if self.tbt_stat == "mean":
+            return sum(tbts) / len(tbts)
+        if self.tbt_stat == "max":
+            return max(tbts)
+        return percentile(tbts, 90)
+
+
+def percentile(xs: list[float], q: float) -> float:
+    """Linear-interpolation percentile (numpy's default), without numpy."""
+    if not xs:
+        return math.nan
+    s = sorted(xs)
+    pos = (len(s) - 1) * q / 100
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+def summary(xs: list[float]) -> dict[str, float]:
+    out = {"mean": sum(xs) / len(xs) if xs else math.nan}
+    for q in PERCENTILES:
+        out[f"p{q}"] = percentile(xs, q)
+    return out
+
+
+@dataclass
+class RunReport:
+    label: str
+    load: str  # e.g. "rate=2.0 burstiness=1.0" or "concurrency=4"
+    offered_rate: float | None
+    num_requests: int
+    num_completed: int
+    num_failed: int
+    num_disconnected: int  # closed by the client on purpose; neither failed nor measured
+    errors: dict[str, int]
+    duration_s: float
+    achieved_qps: float
+    output_tok_s: float
+    goodput: float
+    slo_attainment: float  # fraction of all requests meeting the SLO
+    ttft: dict[str, float]
+    tbt: dict[str, float]
+    tpot: dict[str, float]
+    e2e: dict[str, float]
+    slo: dict[str, Any]
+    server: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def aggregate(
+    label: str, load: str, offered_rate: float | None, results: list[RequestResult], slo: Slo
+) -> RunReport:
+    ok = [r for r in results if r.ok]
+    failed = [r for r in results if r.error is not None]
+    errors = Counter(_error_kind(r.error) for r in failed)
+    num_disc = sum(1 for r in results if r.disconnected and r.error is None)
+    ttfts, tbts, tpots, e2es = [], [], [], []
+    good = 0
+    for r in ok:
+        m = measure(r.start, r.chunks, r.end)
+        ttfts.append(m.ttft)
+        tbts.extend(m.tbts)
+        if m.tpot is not None:
+            tpots.append(m.tpot)
+        e2es.append(m.e2e)
+        if m.ttft <= slo.ttft_s and slo.request_tbt(m.tbts) <= slo.tbt_s:
+            good += 1
+    if results:
+        t0 = min(r.start for r in results)
+        t1 = max(r.end for r in results)
+        duration = max(t1 - t0, 1e-9)
+    else:
+        duration = math.nan
+    out_tokens = sum(r.num_tokens for r in ok)
+    return RunReport(
+        label=label,
+        load=load,
+        offered_rate=offered_rate,
+        num_requests=len(results),
+        num_completed=len(ok),
+        num_failed=len(failed),
+        num_disconnected=num_disc,
+        errors=dict(errors),
+        duration_s=duration,
+        achieved_qps=len(ok) / duration,
+        output_tok_s=out_tokens / duration,
+        goodput=good / duration,
+        slo_attainment=good / (len(results) - num_disc) if len(results) > num_disc else math.nan,
+        ttft=summary(ttfts),
+        tbt=summary(tbts),
+        tpot=summary(tpots),
+        e2e=summary(e2es),
+        slo=asdict(slo),
+    )
+
+
+def _error_kind(err: str | None) -> str:
+    """The message, cut to 120 characters so that the table stays short."""
+    text = err or "unknown"
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _ms(x: float) -> str:
+    return "-" if math.isnan(x) else f"{x * 1e3:.0f}" if x >= 0.1 else f"{x * 1e3:.1f}"
+
+
+def table(reports: list[RunReport]) -> str:
+    """A short fixed-width table: one row per run."""
+    head = (
+        f"{'system':<12} {'load':<22} {'ok/fail':>8} {'QPS':>6} {'tok/s':>7} {'good/s':>6} "
+        f"{'TTFT ms mean/p99':>17} {'TBT ms mean/p99':>16} {'TPOT ms':>8}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in reports:
+        lines.append(
+            f"{r.label[:12]:<12} {r.load[:22]:<22} {f'{r.num_completed}/{r.num_failed}':>8} "
+            f"{r.achieved_qps:>6.2f} {r.output_tok_s:>7.1f} {r.goodput:>6.2f} "
+            f"{_ms(r.ttft['mean']) + '/' + _ms(r.ttft['p99']):>17} "
+            f"{_ms(r.tbt['mean']) + '/' + _ms(r.tbt['p99']):>16} {_ms(r.tpot['mean']):>8}"
+        )
+    for r in reports:
+        for msg, n in r.errors.items():
+            lines.append(f"  {r.label} {r.load}: {n} failed: {msg}")
+    return "\n".join(lines)
+
+
+def markdown(reports: list[RunReport]) -> str:
+    """The runs as a Markdown table (for docs/perf.md); latencies in ms."""
+    lines = [
+        "| system | load | ok/fail | QPS | tok/s | goodput | TTFT mean | TTFT p99 "
+        "| TBT mean | TBT p99 | TPOT mean |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in reports:
+        lines.append(
+            f"| {r.label} | {r.load} | {r.num_completed}/{r.num_failed} | {r.achieved_qps:.2f} "
+            f"| {r.output_tok_s:.1f} | {r.goodput:.2f} | {_ms(r.ttft['mean'])} "
+            f"| {_ms(r.ttft['p99'])} | {_ms(r.tbt['mean'])} | {_ms(r.tbt['p99'])} "
+            f"| {_ms(r.tpot['mean'])} |"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,117 @@
+"""Structured outputs: grammars compiled with llguidance, one matcher per sequence.
+
+llguidance was chosen over xgrammar because its PyPI wheel depends on nothing (xgrammar
+requires torch, and pip would replace the CPU torch build here), and vLLM ships it as a
+structured-output backend too. Token masks are filled for all constrained rows of a step at
+once (``fill_masks``) and applied to the logits in one batched op by the sampler.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+# kind -> the llguidance format it compiles with; kinds are the request fields' meanings.
+KINDS = ("json_schema", "json_object", "regex", "choice", "grammar")
+
+
+class GrammarError(ValueError):
+    """A grammar or schema that does not compile; the server answers 400."""
+
+
+class Matcher:
+    """The grammar state of one sequence."""
+
+    def __init__(self, tokenizer: Any, grammar: str) -> None:
+        from llguidance import LLMatcher
+
+        self._m = LLMatcher(tokenizer, grammar)
+
+    @property
+    def raw(self) -> Any:
+        return self._m
+
+    def advance(self, token_id: int) -> None:
+        """Consume the sampled token; a token the grammar refuses is this request's error."""
+        if not self._m.consume_token(token_id):
+            raise GrammarError(f"token {token_id} refused by the grammar: {self._m.get_error()}")
+
+    def is_finished(self) -> bool:
+        """Nothing may follow (the grammar ended, or only EOS could come next and came)."""
+        return self._m.is_stopped()
+
+    def error(self) -> str | None:
+        return self._m.get_error() if self._m.is_error() else None
+
+
+@dataclass(frozen=True)
+class GrammarSpec:
+    """A compiled constraint, shared by the ``n`` sequences of a request."""
+
+    kind: str
+    grammar: str  # llguidance's grammar definition (JSON text)
+    tokenizer: Any  # llguidance.LLTokenizer
+
+    def new_matcher(self) -> Matcher:
+        return Matcher(self.tokenizer, self.grammar)
+
+
+class StructuredOutputs:
+    """Compiles request constraints against one model's tokenizer."""
+
+    def __init__(self, hf_tokenizer: Any, vocab_size: int, eos_token_ids: list[int]) -> None:
+        import llguidance.hf
+
+        self.vocab_size = vocab_size
+        self.tokenizer = llguidance.hf.from_tokenizer(
+            hf_tokenizer, n_vocab=vocab_size, eos_token=eos_token_ids or None
+        )
+
+    def compile(self, kind: str, value: Any) -> GrammarSpec:
+        """``value``: a JSON schema (dict), a regex or grammar (str), or choices (list[str])."""
+        from llguidance import LLMatcher
+
+        # Compact JSON: flexible whitespace lets a sampler wander through blanks forever.
+        compact = {"whitespace_flexible": False}
+        try:
+            if kind == "json_schema":
+                if not isinstance(value, dict):
+                    raise GrammarError("the JSON schema must be an object")
+                grammar = LLMatcher.grammar_from_json_schema(json.dumps(value), defaults=compact)
+            elif kind == "json_object":
+                grammar = LLMatcher.grammar_from_json_schema('{"type": "object"}', defaults=compact)
+            elif kind == "regex":
+                grammar = LLMatcher.grammar_from_regex(str(value))
+            elif kind == "choice":
+                if not value or not all(isinstance(c, str) for c in value):
+                    raise GrammarError("choices must be a non-empty list of strings")
+                alts = " | ".join(json.dumps(c) for c in value)
+                grammar = LLMatcher.grammar_from_lark(f"start: {alts}")
+            elif kind == "grammar":
+                grammar = LLMatcher.grammar_from_lark(str(value))
+            else:
+                raise GrammarError(f"unknown constraint kind {kind!r}")
+        except GrammarError:
+            raise
+        except Exception as e:  # llguidance raises plain ValueError/TypeError on bad input
+            raise GrammarError(f"invalid {kind}: {e}") from None
+        err = LLMatcher.validate_grammar(grammar, self.tokenizer)
+        if err:
+            raise GrammarError(f"invalid {kind}: {err}")
+        return GrammarSpec(kind, grammar, self.tokenizer)
+
+
+def fill_masks(matchers: list[Matcher], vocab_size: int) -> torch.Tensor:
+    """[len(matchers), vocab_size] bool: the tokens each matcher allows next."""
+    import llguidance.torch as lt
+
+    bits = lt.allocate_token_bitmask(len(matchers), vocab_size)
+    for i, m in enumerate(matchers):
+        lt.fill_next_token_bitmask(m.raw, bits, i)
+    # Unpack the int32 words into bits, little-endian within each word, as llguidance packs.
+    shifts = torch.arange(32, dtype=torch.int32)
+    allowed = ((bits.unsqueeze(-1) >> shifts) & 1).bool().flatten(1)
+    return allowed[:, :vocab_size]

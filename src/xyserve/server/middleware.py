@@ -1,0 +1,127 @@
+"""ASGI middlewares: request-body limit, API key, and a last-resort 500 that keeps the
+connection open. Pure ASGI (no BaseHTTPMiddleware), so streaming responses pass untouched."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from typing import Any
+
+log = logging.getLogger("xyserve.server")
+
+Scope = dict[str, Any]
+
+
+def _error_body(message: str, type_: str, code: str | None = None) -> bytes:
+    err = {"message": message, "type": type_, "param": None, "code": code}
+    return json.dumps({"error": err}).encode()
+
+
+async def send_json_error(
+    send: Any, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    hdrs = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": hdrs + (headers or [])})
+    await send({"type": "http.response.body", "body": body})
+
+
+class BodyLimitMiddleware:
+    """Refuse bodies over ``max_bytes`` with a 413: at once when Content-Length says so, else
+    as soon as the streamed body passes the limit (nothing beyond it is buffered)."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        body = _error_body(
+            f"the request body exceeds {self.max_bytes} bytes", "invalid_request_error"
+        )
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        try:
+            too_big = length is not None and int(length) > self.max_bytes
+        except ValueError:
+            too_big = False
+        if too_big:
+            return await send_json_error(send, 413, body, [(b"connection", b"close")])
+        seen = 0
+        started = refused = False
+
+        async def limited_receive() -> dict:
+            # Past the limit: answer 413 here, and tell the app the client left (it stops
+            # reading; what it sends after is dropped).
+            nonlocal seen, refused
+            if refused:
+                return {"type": "http.disconnect"}
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > self.max_bytes:
+                    refused = True
+                    if not started:
+                        await send_json_error(send, 413, body, [(b"connection", b"close")])
+                    return {"type": "http.disconnect"}
+            return msg
+
+        async def tracked_send(msg: dict) -> None:
+            nonlocal started
+            if refused:
+                return
+            started = started or msg["type"] == "http.response.start"
+            await send(msg)
+
+        try:
+            await self.app(scope, limited_receive, tracked_send)
+        except Exception:
+            if not refused:
+                raise
+
+
+class ApiKeyMiddleware:
+    """``Authorization: Bearer KEY`` on every route except the open ones."""
+
+    OPEN = ("/health", "/metrics")
+
+    def __init__(self, app: Any, api_key: str) -> None:
+        self.app = app
+        self.key = f"Bearer {api_key}".encode()
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] in self.OPEN or scope["method"] == "OPTIONS":
+            return await self.app(scope, receive, send)
+        got = dict(scope.get("headers") or []).get(b"authorization", b"")
+        if not hmac.compare_digest(got, self.key):
+            body = _error_body(
+                "invalid or missing API key", "invalid_request_error", "invalid_api_key"
+            )
+            return await send_json_error(send, 401, body, [(b"www-authenticate", b"Bearer")])
+        await self.app(scope, receive, send)
+
+
+class InternalErrorMiddleware:
+    """An unexpected exception becomes an OpenAI-shaped 500 *response*; Starlette's own
+    handler re-raises after responding, and the server then drops the keep-alive connection."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def tracked_send(msg: dict) -> None:
+            nonlocal started
+            started = started or msg["type"] == "http.response.start"
+            await send(msg)
+
+        try:
+            await self.app(scope, receive, tracked_send)
+        except Exception as e:
+            log.exception("unhandled error in %s %s", scope.get("method"), scope.get("path"))
+            if started:
+                raise
+            await send_json_error(send, 500, _error_body(f"internal error: {e}", "internal_error"))

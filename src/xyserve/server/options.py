@@ -1,0 +1,29 @@
+"""Options of the HTTP server itself (the engine's are in EngineConfig)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class ServerOptions:
+    api_key: str | None = None  # when set, every route but /health and /metrics needs it
+    allowed_origins: list[str] = field(default_factory=list)  # CORS; empty: no CORS headers
+    chat_template: str | None = None  # overrides the tokenizer's template
+    disable_log_requests: bool = False
+
+    @staticmethod
+    def load_chat_template(value: str | None) -> str | None:
+        """``--chat-template``: a file path, or the Jinja template itself."""
+        if value is None:
+            return None
+        p = Path(value)
+        try:
+            if p.is_file():
+                return p.read_text()
+        except OSError:  # a long inline template is not a valid path
+            pass
+        if "{" not in value:
+            raise ValueError(f"--chat-template: no such file, nor a Jinja template: {value!r}")
+        return value

@@ -1,0 +1,123 @@
+"""``xyserve train-tiny`` / ``python -m xyserve.tools.train_tiny``: the command line.
+
+Parses the flags, makes the run reproducible (seeds, deterministic torch, ``--threads``), then
+either trains a fresh pair (``pair.train_pair``) or continues a target (``resume.resume_target``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import random
+import sys
+import time
+
+from .pair import train_pair
+from .resume import resume_target
+
+log = logging.getLogger("xyserve.train_tiny")
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="src/xyserve/models", help="parent output directory")
+    p.add_argument("--target-name", default="xy-tiny")
+    p.add_argument("--draft-name", default="xy-tiny-draft")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stdlib", default=None, help="source root (default: sysconfig stdlib)")
+    p.add_argument("--max-files", type=int, default=None, help="cap on corpus files")
+    p.add_argument("--heldout-pct", type=float, default=5.0)
+    p.add_argument("--vocab-size", type=int, default=4096)
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--max-pos", type=int, default=2048, help="max_position_embeddings")
+
+
+def _add_optimiser_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--steps", type=int, default=1500, help="target training steps")
+    p.add_argument("--draft-steps", type=int, default=4000, help="draft training steps")
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--draft-lr", type=float, default=3e-3)
+    p.add_argument("--distill-alpha", type=float, default=0.0, help="0 = plain next-token CE")
+
+
+def _add_size_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--intermediate", type=int, default=768)
+    p.add_argument("--draft-hidden", type=int, default=128)
+    p.add_argument("--draft-layers", type=int, default=2)
+    p.add_argument("--draft-heads", type=int, default=2)
+    p.add_argument("--draft-intermediate", type=int, default=384)
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--eval-windows", type=int, default=128)
+    p.add_argument("--sample-tokens", type=int, default=64)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="wall-clock cap for the target: the LR schedule also follows elapsed time and "
+        "training stops at the cap (the card records the steps done); makes runs timing-dependent",
+    )
+    p.add_argument("--draft-max-minutes", type=float, default=None, help="same, for the draft")
+    p.add_argument("--skip-draft", action="store_true")
+    p.add_argument(
+        "--parallel",
+        action="store_true",
+        help="train the draft in a forked process alongside the target, splitting --threads "
+        "between them (no distillation); more robust on a busy shared CPU",
+    )
+    p.add_argument(
+        "--resume-target",
+        metavar="DIR",
+        default=None,
+        help="continue training the target model directory DIR (same tokenizer and architecture): "
+        "skips tokenizer and draft training, runs a fresh warm-up + cosine schedule for --steps / "
+        "--max-minutes, and writes --out/--target-name with a card listing every phase",
+    )
+    p.add_argument(
+        "--resume-draft",
+        metavar="DIR",
+        default=None,
+        help="draft evaluated with --resume-target (default: DIR's sibling --draft-name)",
+    )
+    p.add_argument("--log-every", type=int, default=20)
+    p.add_argument("--no-progress", action="store_true")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="xyserve train-tiny",
+        description="Train the bundled tiny Llama target + draft pair on the Python stdlib.",
+    )
+    for add in (_add_data_args, _add_optimiser_args, _add_size_args, _add_run_args):
+        add(p)
+    return p.parse_args(argv)
+
+
+def _configure(args: argparse.Namespace) -> None:
+    """Log to stderr (unless logging is set up already), set threads, seed every generator."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    log.setLevel(logging.INFO)
+
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(max(1, args.threads))
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    _configure(args)
+    t_start = time.time()
+    if args.resume_target:
+        return resume_target(args, t_start)
+    return train_pair(args, t_start)

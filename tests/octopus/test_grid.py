@@ -1,0 +1,99 @@
+"""Grid sweeps: the grid file, tidy rows, executors that agree, resuming."""
+
+import csv
+import json
+
+import pytest
+from octo_helpers import TUTORIAL_SPEC
+
+from octopus.cli import main
+from octopus.grid import expand, parse_grid, run_grid
+
+GRID = {
+    "schema": "octopus-sweep/1",
+    "workflows": ["recommendation"],
+    "architectures": ["chip"],
+    "schedulers": ["greedy", "static", TUTORIAL_SPEC],
+    "seeds": [0, 1],
+    "rates": ["closed", 2.0],
+    "instances": 6,
+}
+
+
+def _rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_bad_grids_name_the_key():
+    with pytest.raises(ValueError, match="unknown key 'seed'"):
+        parse_grid({**GRID, "seed": 1})
+    with pytest.raises(ValueError, match="field 'workflows': missing"):
+        parse_grid({k: v for k, v in GRID.items() if k != "workflows"})
+    with pytest.raises(ValueError, match="field 'rates'"):
+        parse_grid({**GRID, "rates": ["open"]})
+    with pytest.raises(ValueError, match="field 'seeds'"):
+        parse_grid({**GRID, "seeds": [0.5]})
+    with pytest.raises(ValueError, match="field 'schedulers': expected a non-empty list"):
+        parse_grid({**GRID, "schedulers": []})
+    with pytest.raises(ValueError, match="field 'instances'"):
+        parse_grid({**GRID, "instances": 0})
+    g = parse_grid({k: v for k, v in GRID.items() if k not in ("seeds", "rates")})
+    assert g["seeds"] == [0] and g["rates"] == ["closed"] and g["levels"] == ["high"]
+
+
+def test_process_pool_gives_the_rows_of_one_process_and_resume_skips_done(tmp_path):
+    g = parse_grid(GRID)
+    assert len(expand(g)) == 12
+    a = run_grid(g, str(tmp_path / "a"), workers=1, progress=False)
+    b = run_grid(g, str(tmp_path / "b"), workers=2, progress=False)
+    assert a["ran"] == b["ran"] == 12
+    ra, rb = _rows(a["csv"]), _rows(b["csv"])
+    assert ra == rb and len(ra) == 12
+    # tidy: every parameter and the metrics of its kind of run, one row per run
+    for r in ra:
+        assert r["workflow"] == "recommendation" and r["arch"] == "chip"
+        if r["rate_per_ms"]:
+            assert float(r["latency_p99_us"]) > 0 and float(r["offered_vs_bound"]) > 0
+        else:
+            assert float(r["makespan_us"]) >= float(r["bound_us"])
+    # interrupt: keep 5 finished runs and a line cut in the middle
+    journal = tmp_path / "b" / "rows.jsonl"
+    lines = journal.read_text().splitlines()
+    journal.write_text("\n".join(lines[:5]) + "\n" + lines[5][:20])
+    seen = []
+    c = run_grid(g, str(tmp_path / "b"), workers=1, progress=False, on_row=seen.append)
+    assert c["ran"] == 7 and c["skipped"] == 5 and len(seen) == 7
+    assert _rows(c["csv"]) == ra
+
+
+def test_ray_executor_gives_the_same_rows(tmp_path):
+    pytest.importorskip("ray")
+    g = parse_grid({**GRID, "schedulers": ["greedy", TUTORIAL_SPEC], "seeds": [0]})
+    a = run_grid(g, str(tmp_path / "p"), workers=1, progress=False)
+    r = run_grid(g, str(tmp_path / "r"), executor="ray", progress=False)
+    assert _rows(a["csv"]) == _rows(r["csv"])
+
+
+def test_cli_grid(tmp_path, capsys):
+    import yaml
+
+    f = tmp_path / "grid.yaml"
+    f.write_text(yaml.safe_dump({**GRID, "schedulers": ["greedy"], "seeds": [0]}))
+    out = tmp_path / "out"
+    assert main(["sweep", "--grid", str(f), "--out", str(out), "--workers", "1"]) == 0
+    text = capsys.readouterr().out
+    assert json.loads(text[text.find("{") :])["rows"] == 2
+    assert len(_rows(out / "rows.csv")) == 2
+    assert main(["sweep", "--grid", str(f), "--seeds", "2"]) == 2
+    assert "--seeds" in capsys.readouterr().err
+    assert main(["sweep", "--grid", str(f), "--address", "x:1"]) == 2
+
+
+def test_the_example_grid_parses():
+    from pathlib import Path
+
+    from octopus.grid import load_grid
+
+    g = load_grid(str(Path(__file__).resolve().parents[2] / "docs/octopus_tutorial/grid.yaml"))
+    assert len(expand(g)) == 24

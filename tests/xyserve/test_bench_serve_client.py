@@ -1,0 +1,183 @@
+"""bench serve's client measures, exactly, against a fake streaming server with a fake clock."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+
+import httpx
+import pytest
+
+from xyserve.bench.serve_client import RequestResult, measure, send
+from xyserve.bench.serve_load import run_load
+from xyserve.bench.serve_report import Slo, aggregate, percentile
+from xyserve.bench.serve_workload import BenchRequest
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def sse(obj: object) -> bytes:
+    return f"data: {json.dumps(obj)}\n\n".encode()
+
+
+def chunk(k: int, finish: str | None = None) -> dict:
+    toks = [f"token_id:{i}" for i in range(k)]
+    lp = {"tokens": toks, "token_logprobs": [0.0] * k, "top_logprobs": [{}] * k}
+    choice = {"index": 0, "text": "", "logprobs": lp, "finish_reason": finish}
+    return {"id": "x", "choices": [choice]}
+
+
+class TimedStream(httpx.AsyncByteStream):
+    """Yields each event after setting the fake clock to its time."""
+
+    def __init__(self, clock: FakeClock, events: list[tuple[float, bytes]], end: float):
+        self.clock, self.events, self.end = clock, events, end
+
+    async def __aiter__(self):
+        for t, data in self.events:
+            self.clock.t = t
+            yield data
+        self.clock.t = self.end
+
+
+def fake_client(clock: FakeClock, events: list[tuple[float, bytes]], end: float, seen=None):
+    def handler(request: httpx.Request) -> httpx.Response:
+        if seen is not None:
+            seen.append(json.loads(request.content))
+        return httpx.Response(200, stream=TimedStream(clock, events, end))
+
+    return httpx.AsyncClient(transport=httpx.MockTransport(handler))
+
+
+async def _send(client: httpx.AsyncClient, clock: FakeClock, out_len: int, **kw) -> RequestResult:
+    async with client:
+        return await send(
+            client,
+            "http://127.0.0.1:1/v1/completions",
+            "m",
+            BenchRequest([5, 6, 7], out_len),
+            clock,
+            **kw,
+        )
+
+
+def test_ttft_tbt_tpot_e2e_exact_with_a_multi_token_chunk():
+    clock = FakeClock()
+    # tokens: 1 at 0.5 s, 2 at 0.6 s (one chunk of two), 1 at 0.9 s; usage; done at 1.0 s
+    events = [
+        (0.5, sse(chunk(1))),
+        (0.6, sse(chunk(2))),
+        (0.9, sse(chunk(1, "length"))),
+        (0.95, sse({"id": "x", "choices": [], "usage": {"completion_tokens": 4}})),
+        (0.95, b"data: [DONE]\n\n"),
+    ]
+    seen: list = []
+    res = asyncio.run(_send(fake_client(clock, events, 1.0, seen), clock, 4))
+    assert res.ok, res.error
+    assert seen[0]["prompt"] == [5, 6, 7] and seen[0]["max_tokens"] == 4
+    assert seen[0]["stream"] is True and seen[0]["logprobs"] == 0 and seen[0]["ignore_eos"]
+    assert res.chunks == [(0.5, 1), (0.6, 2), (0.9, 1)]
+    m = measure(res.start, res.chunks, res.end)
+    assert m.ttft == 0.5
+    assert m.tbts == pytest.approx([0.1, 0.0, 0.3])  # the chunk's 2nd token: no wait
+    assert m.tpot == pytest.approx(0.4 / 3)
+    assert m.e2e == 0.95  # the stream ends at [DONE]
+    assert m.num_tokens == 4
+
+
+def test_a_short_stream_an_error_chunk_and_an_http_error_are_failures():
+    clock = FakeClock()
+    short = asyncio.run(_send(fake_client(clock, [(0.1, sse(chunk(1)))], 0.2), clock, 3))
+    assert not short.ok and "got 1 tokens, asked for 3" in short.error
+
+    err = sse({"error": {"message": "boom", "type": "internal_error"}})
+    clock = FakeClock()
+    res = asyncio.run(_send(fake_client(clock, [(0.1, sse(chunk(1))), (0.2, err)], 0.3), clock, 2))
+    assert res.error == "stream error: boom"
+
+    def bad(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(400, json={"error": {"message": "max_tokens too large"}})
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(bad))
+    res = asyncio.run(_send(client, FakeClock(), 2))
+    assert res.error == "HTTP 400: max_tokens too large"
+
+    def refused(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused")
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(refused))
+    res = asyncio.run(_send(client, FakeClock(), 2))
+    assert res.error.startswith("ConnectError")
+
+
+def test_disconnect_after_k_tokens_is_not_a_failure():
+    clock = FakeClock()
+    events = [(0.1 * i, sse(chunk(1))) for i in range(1, 6)]
+    res = asyncio.run(_send(fake_client(clock, events, 1.0), clock, 5, disconnect_after=2))
+    assert res.disconnected and res.error is None and not res.ok
+    assert res.num_tokens == 2
+
+
+def result(start: float, chunks: list[tuple[float, int]], end: float, error=None):
+    r = RequestResult(3, sum(k for _, k in chunks), start, chunks, end, error)
+    return r
+
+
+def test_goodput_and_percentiles_are_exact():
+    slo = Slo(ttft_s=0.5, tbt_s=0.2, tbt_stat="max")
+    results = [
+        result(0.0, [(0.4, 1), (0.5, 1), (0.6, 1)], 0.6),  # TTFT .4, max TBT .1: good
+        result(1.0, [(1.6, 1), (1.7, 1)], 1.7),  # TTFT .6: misses
+        result(2.0, [(2.1, 1), (2.5, 1)], 2.5),  # TBT .4: misses
+        result(3.0, [(3.2, 2), (3.3, 1)], 4.0),  # TTFT .2, TBTs 0, .1: good
+        result(3.5, [], 3.6, error="HTTP 500: x"),  # failed: counted, not measured
+    ]
+    rep = aggregate("sys", "rate=1", 1.0, results, slo)
+    assert rep.num_completed == 4 and rep.num_failed == 1
+    assert rep.errors == {"HTTP 500: x": 1}
+    assert rep.duration_s == 4.0
+    assert rep.achieved_qps == 1.0
+    assert rep.goodput == 0.5
+    assert rep.slo_attainment == 2 / 5
+    assert rep.output_tok_s == 10 / 4
+    assert rep.ttft["mean"] == pytest.approx((0.4 + 0.6 + 0.1 + 0.2) / 4)
+    tbts = [0.1, 0.1, 0.1, 0.4, 0.0, 0.1]
+    assert rep.tbt["mean"] == pytest.approx(sum(tbts) / 6)
+    assert rep.tbt["p50"] == pytest.approx(0.1)
+    assert rep.tbt["p99"] == pytest.approx(percentile(tbts, 99))
+    # with the mean TBT statistic, the third request (one gap of .4) still misses
+    assert aggregate("s", "l", 1.0, results, Slo(0.5, 0.2, "mean")).goodput == 0.5
+
+
+def test_percentile_matches_linear_interpolation():
+    xs = [4.0, 1.0, 3.0, 2.0]
+    assert percentile(xs, 50) == 2.5
+    assert percentile(xs, 0) == 1.0 and percentile(xs, 100) == 4.0
+    assert percentile(xs, 90) == pytest.approx(3.7)
+    assert math.isnan(percentile([], 50))
+
+
+def test_closed_loop_keeps_concurrency_in_flight(monkeypatch):
+    """Closed loop with 2 workers: never more than 2 requests in flight, all sent once."""
+    inflight, peak, prompts = 0, 0, []
+
+    async def fake_send(client, url, model, req, clock, use_logprobs, leave):
+        nonlocal inflight, peak
+        inflight += 1
+        peak = max(peak, inflight)
+        prompts.append(req.prompt_ids[0])
+        await asyncio.sleep(0.001)
+        inflight -= 1
+        return RequestResult(1, 1, 0.0, [(0.1, 1)], 0.1)
+
+    monkeypatch.setattr("xyserve.bench.serve_load.send", fake_send)
+    reqs = [BenchRequest([i + 3], 1) for i in range(7)]
+    out = asyncio.run(run_load("http://127.0.0.1:1", "m", reqs, concurrency=2, progress=False))
+    assert len(out) == 7 and peak == 2 and sorted(prompts) == list(range(3, 10))

@@ -1,0 +1,234 @@
+"""Hybrid scheduling knobs: per-request prefill chunk cap and prefix-hit-aware admission."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from xyserve.config import EngineConfig
+from xyserve.engine.kv_cache import KVCacheManager
+from xyserve.engine.request import Request, RequestStatus
+from xyserve.engine.scheduler import Scheduler
+
+
+def make(
+    budget=64, chunk=None, order="fcfs", skips=16, reserve=None, blocks=512, seqs=16, partial=True
+):
+    kv = KVCacheManager(blocks, 4)
+    return Scheduler(
+        kv,
+        budget,
+        seqs,
+        4096,
+        num_reserved_decode_tokens=reserve,
+        max_prefill_chunk_tokens=chunk,
+        admission_order=order,
+        admission_max_skips=skips,
+        partial_prefill_admission=partial,
+    )
+
+
+def req(rid: str, n: int, max_tokens: int = 2, base: int = 0) -> Request:
+    return Request(rid, [base + i for i in range(n)], max_tokens)
+
+
+def step(s: Scheduler):
+    out = s.schedule()
+    s.update(out, {x.request.request_id: [5] for x in out.stages if x.samples})
+    for x in out.stages:
+        r = x.request
+        if r.num_output_tokens >= r.max_tokens and not r.is_finished:
+            s.finish_request(r.request_id, RequestStatus.FINISHED_LENGTH)
+    return {x.request.request_id: x.num_tokens for x in out.stages}
+
+
+def drain(s: Scheduler, limit: int = 500) -> None:
+    for _ in range(limit):
+        if not s.has_unfinished():
+            return
+        step(s)
+    raise AssertionError("did not finish")
+
+
+def test_chunk_cap_limits_each_prompt_and_lets_two_prefill_together():
+    s = make(budget=64, chunk=16)
+    s.add_request(req("a", 100))
+    s.add_request(req("b", 100, base=1000))
+    assert step(s) == {"a": 16, "b": 16}
+    assert step(s) == {"a": 16, "b": 16}
+    drain(s)
+    s.kv.check_no_leak()
+
+
+def test_no_cap_is_the_budget_as_before():
+    s = make(budget=64)
+    s.add_request(req("a", 100))
+    s.add_request(req("b", 100, base=1000))
+    assert step(s) == {"a": 64}
+
+
+def test_without_partial_admission_a_new_prompt_joins_only_whole():
+    s = make(budget=64, partial=False)
+    s.add_request(req("a", 40))
+    s.add_request(req("b", 40, base=1000))  # would fit only partly next to a
+    s.add_request(req("c", 20, base=2000))
+    assert step(s) == {"a": 40}  # b waits (fcfs keeps c behind it)
+    assert step(s) == {"a": 1, "b": 40, "c": 20}
+    s = make(budget=64, partial=False)
+    s.add_request(req("long", 150))  # longer than the budget: still chunked when it leads
+    assert step(s) == {"long": 64}
+    s = make(budget=64, partial=True)
+    s.add_request(req("a", 40))
+    s.add_request(req("b", 40, base=1000))
+    assert step(s) == {"a": 40, "b": 24}
+
+
+def cached_then_queue(order: str, skips: int = 16) -> Scheduler:
+    """A cached 40-token prompt, then a long uncached prompt and a hit arrive in that order."""
+    s = make(budget=16, order=order, skips=skips, seqs=1)
+    s.add_request(req("warm", 40))
+    drain(s)
+    s.add_request(req("long", 200, base=5000))
+    s.add_request(Request("hit", list(range(40)) + [9000, 9001], 2))
+    return s
+
+
+def test_fcfs_admits_in_arrival_order():
+    s = cached_then_queue("fcfs")
+    assert list(step(s)) == ["long"]
+
+
+def test_prefix_hit_admits_the_cheapest_request_first():
+    s = cached_then_queue("prefix_hit")
+    first = step(s)
+    assert list(first) == ["hit"] and first["hit"] == 42 - 40  # only the uncached tail runs
+    drain(s)
+    s.kv.check_no_leak()
+
+
+def test_prefix_hit_passes_a_request_over_at_most_max_skips_times():
+    s = make(budget=8, order="prefix_hit", skips=2, seqs=1)
+    s.add_request(req("long", 30, base=5000))
+    admitted = []
+    for i in range(8):  # a new short request arrives every step
+        s.add_request(req(f"s{i}", 2, max_tokens=1, base=100 * i))
+        admitted += [rid for rid in step(s) if rid not in admitted]
+        if "long" in admitted:
+            break
+    assert admitted.index("long") == 2  # passed over twice, then first
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    lens=st.lists(st.integers(1, 40), min_size=1, max_size=8),
+    budget=st.integers(4, 48),
+    chunk=st.one_of(st.none(), st.integers(1, 24)),
+    order=st.sampled_from(["fcfs", "prefix_hit"]),
+    shared=st.booleans(),
+    partial=st.booleans(),
+)
+def test_random_workloads_finish_without_leaks(lens, budget, chunk, order, shared, partial):
+    s = make(budget=budget, chunk=chunk, order=order, skips=3, blocks=40, seqs=4, partial=partial)
+    reqs = [
+        req(f"r{i}", n, max_tokens=3, base=0 if shared else 1000 * i) for i, n in enumerate(lens)
+    ]
+    for r in reqs:
+        s.add_request(r)
+    steps = 0
+    while s.has_unfinished():
+        out = step(s)
+        assert sum(out.values()) <= budget
+        if chunk is not None:
+            assert all(n <= max(chunk, 1) for rid, n in out.items())
+        steps += 1
+        assert steps < 2000, "a request starved"
+    assert all(r.num_output_tokens == 3 for r in reqs)
+    s.kv.check_no_leak()
+
+
+def test_knobs_are_validated_and_reach_the_scheduler():
+    with pytest.raises(ValueError, match="admission_order"):
+        EngineConfig(admission_order="lifo")
+    with pytest.raises(ValueError, match="max_prefill_chunk_tokens"):
+        EngineConfig(max_prefill_chunk_tokens=0)
+    with pytest.raises(ValueError, match="admission_order"):
+        make(order="lifo")
+    with pytest.raises(ValueError, match="tbt_target_ms"):
+        EngineConfig(tbt_target_ms=-1)
+    assert EngineConfig(tbt_target_ms=0).scheduler_knobs()["tbt_target_s"] is None
+    assert EngineConfig().scheduler_knobs()["tbt_target_s"] == 0.3
+    knobs = EngineConfig(
+        max_prefill_chunk_tokens=32, admission_order="prefix_hit"
+    ).scheduler_knobs()
+    s = Scheduler(KVCacheManager(8, 4), 64, 4, 100, **knobs)
+    assert s.chunk == 32 and s.admission_order == "prefix_hit"
+
+
+def test_step_cost_model_recovers_a_linear_cost():
+    from xyserve.engine.step_cost import StepCostModel
+
+    m = StepCostModel()
+    m.observe(10, 0.02)
+    assert m.fit() is None  # too few steps
+    for n in (1, 64, 5, 300, 17, 128):
+        m.observe(n, 0.01 + 0.001 * n)
+    a, b = m.fit()
+    assert a == pytest.approx(0.01) and b == pytest.approx(0.001)
+    assert m.max_tokens(0.1) == 90
+    same = StepCostModel()
+    for _ in range(8):
+        same.observe(32, 0.05)
+    assert same.fit() is None  # one step size: no slope to fit
+
+
+class StepClock:
+    """Every step lasts 10 ms + 1 ms per token, as seen by the scheduler's clock."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_tbt_target_cuts_prefill_next_to_decodes_to_fit_the_target():
+    clock = StepClock()
+    kv = KVCacheManager(512, 4)
+    s = Scheduler(kv, 256, 16, 4096, tbt_target_s=0.1, min_prefill_tokens=8, clock=clock)
+    sizes = []
+
+    def timed_step():
+        out = s.schedule()
+        clock.t += 0.01 + 0.001 * out.num_tokens
+        s.update(out, {x.request.request_id: [5] for x in out.stages if x.samples})
+        return {x.request.request_id: x.num_tokens for x in out.stages}
+
+    for i in range(4):  # steps of varied sizes teach the model
+        s.add_request(req(f"d{i}", 20 + 30 * i, max_tokens=200, base=1000 * i))
+        sizes.append(sum(timed_step().values()))
+    s.add_request(req("long", 500, base=9000))
+    step_tokens = timed_step()
+    # 100 ms target = 10 ms + 90 tokens: the decodes (4) and at most 86 prefill tokens
+    assert step_tokens["long"] == 90 - 4
+    assert sum(step_tokens.values()) == 90
+    # with no decode waiting, the whole budget goes to prefill
+    s2 = Scheduler(KVCacheManager(512, 4), 256, 16, 4096, tbt_target_s=0.1, clock=clock)
+    s2.cost = s.cost
+    s2.add_request(req("solo", 500))
+    assert s2.schedule().num_tokens == 256
+
+
+def test_an_unattainable_tbt_target_does_not_throttle_prefill():
+    from xyserve.engine.step_cost import StepCostModel
+
+    slow = StepCostModel()
+    for n in (1, 8, 64, 128):
+        slow.observe(n, 0.5 + 0.01 * n)  # even one decode takes 510 ms
+    slow.observe = lambda tokens, seconds: None  # keep the model fixed: no real timings
+    s = Scheduler(KVCacheManager(512, 4), 256, 16, 4096, tbt_target_s=0.3)
+    s.cost = slow
+    s.add_request(req("d", 4, max_tokens=50))
+    step(s)
+    s.add_request(req("long", 500, base=9000))
+    assert step(s) == {"long": 255, "d": 1}

@@ -1,0 +1,66 @@
+"""Structured outputs: the batched token masks against llguidance's per-token check, and the
+offline API's dict constraints."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from xyserve.engine.structured import GrammarError, StructuredOutputs, fill_masks
+from xyserve.llm import LLM
+from xyserve.sampling_params import SamplingParams
+from xyserve.tokenizer import Tokenizer
+
+
+def test_batched_masks_match_per_token_validation(tiny_llama: Path) -> None:
+    tok = Tokenizer(tiny_llama)
+    vocab = 300
+    so = StructuredOutputs(tok.hf, vocab, [0])
+    specs = [
+        so.compile("json_schema", {"type": "object", "properties": {"a": {"type": "integer"}}}),
+        so.compile("regex", "[a-c]+x"),
+        so.compile("choice", ["yes", "no"]),
+    ]
+    matchers = [s.new_matcher() for s in specs]
+    g = torch.Generator().manual_seed(0)
+    for _ in range(6):  # walk each matcher through a few allowed tokens
+        allowed = fill_masks(matchers, vocab)
+        for row, m in enumerate(matchers):
+            if m.is_finished():  # the engine ends the sequence here: no mask is used
+                continue
+            ref = [m.raw.validate_tokens([t]) == 1 for t in range(vocab)]
+            assert allowed[row].tolist() == ref
+        for row, m in enumerate(matchers):
+            ids = allowed[row].nonzero().flatten()
+            if ids.numel() and not m.is_finished():
+                m.advance(int(ids[torch.randint(0, ids.numel(), (1,), generator=g)]))
+    with pytest.raises(GrammarError):
+        so.compile("json_schema", {"type": "bogus"})
+    with pytest.raises(GrammarError):
+        so.compile("choice", [])
+
+
+def test_offline_dict_constraints(tiny_llama: Path) -> None:
+    llm = LLM(model=str(tiny_llama), device="cpu", max_model_len=128)
+    schema = {
+        "type": "object",
+        "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 9}},
+        "required": ["n"],
+        "additionalProperties": False,
+    }
+    params = [
+        SamplingParams(
+            temperature=1.0, seed=1, max_tokens=40, structured={"choice": ["on", "off"]}
+        ),
+        SamplingParams(temperature=1.0, seed=2, max_tokens=40, structured={"json": schema}),
+    ]
+    outs = llm.generate(["Hello", "World"], params, use_tqdm=False)
+    assert outs[0].outputs[0].text in ("on", "off")
+    assert 0 <= json.loads(outs[1].outputs[0].text)["n"] <= 9
+    assert params[0].structured == {"choice": ["on", "off"]}  # the caller's object is untouched
+    with pytest.raises(ValueError, match="exactly one"):
+        llm.generate("x", SamplingParams(structured={"regex": "a", "choice": ["b"]}))
+    llm.llm_engine.kv.check_no_leak()
