@@ -11,6 +11,17 @@ sys.path.insert(0, str(Path(__file__).parent))
 from tiny_models import build_model  # noqa: E402
 
 
+@pytest.fixture(scope="session", autouse=True)
+def gemm_table_cache(tmp_path_factory):
+    """Tables tuned at first start go to a temporary cache folder, and engines on models
+    without a table run on defaults (tests that want the quick tune turn it back on)."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("XYSERVE_CACHE_DIR", str(tmp_path_factory.mktemp("xyserve-cache")))
+    mp.setenv("XYSERVE_GEMM_AUTOTUNE", "off")
+    yield
+    mp.undo()
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Kernel tests on tiny ops: one thread avoids OpenMP barrier stalls on a shared 2-core box."""

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from xyserve.bench.offline import load_workload, main, round_order
+from xyserve.bench.offline import first_mismatch, load_workload, main, round_order
 
 
-def test_bench_offline_smoke(tiny_llama, tmp_path):
+def test_bench_offline_smoke(tiny_llama, tmp_path, capsys):
     out = tmp_path / "bench.json"
     rc = main(
         [
@@ -22,14 +22,17 @@ def test_bench_offline_smoke(tiny_llama, tmp_path):
             "--no-tune",
             "--rounds",
             "1",
-            "--hf-batch-size",
+            "--batch-size",
             "2",
+            "--no-prefix-caching",
             "--json",
             str(out),
         ]
     )
     assert rc == 0
+    assert "greedy check: xyserve equal HF" in capsys.readouterr().out
     res = json.loads(out.read_text())
+    assert res["machine"]["kind"] == "cpu" and res["roof_output_tokens_per_s"] > 0
     assert set(res["systems"]) == {"xyserve-hybrid", "xyserve-baseline", "hf-static-b2"}
     for row in res["systems"].values():
         assert row["output_tokens_per_s"] > 0 and row["speedup_vs_hf"] > 0
@@ -57,3 +60,29 @@ def test_workload_prefix_groups_share_prefixes():
     assert len(w.prompts) == 64
     same = [p for i, p in enumerate(w.prompts) if i < 32 and i % 4 == 0]
     assert all(p[:16] == same[0][:16] for p in same)
+
+
+def test_unknown_peer_and_bad_batch_size_are_clear_errors(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--model", "unused", "--peers", "hf,vllm"])
+    assert exc.value.code == 2 and "unknown ['vllm']" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["--model", "unused", "--batch-size", "0"])
+    assert exc.value.code == 2 and "--batch-size" in capsys.readouterr().err
+
+
+def test_greedy_check_names_the_first_difference():
+    ref = [[1, 2, 3], [4, 5, 6]]
+    assert first_mismatch([[1, 2, 3], [4, 5, 6]], ref) is None
+    assert (
+        first_mismatch([[1, 2, 3], [4, 9, 6]], ref) == "prompt 1, output token 1: 9 against HF's 5"
+    )
+    assert "2 tokens" in first_mismatch([[1, 2], [4, 5, 6]], ref)
+
+
+def test_issue_workloads_load():
+    w = load_workload("offline_fixed_32x64.json", vocab_size=600)
+    assert len(w.prompts) == 32 and sum(map(len, w.prompts)) == 3030
+    assert set(w.output_lens) == {64} and all(64 <= len(p) <= 128 for p in w.prompts)
+    one = load_workload("offline_single_128.json", vocab_size=600)
+    assert one.output_lens == [128]

@@ -12,6 +12,7 @@ import torch
 from xyserve import LLM, SamplingParams
 from xyserve.kernels.backend import attention_backend_names, gemm_backend_names
 from xyserve.plan.gemm_table import TABLE_FILE, GemmConfig, GemmTable, buckets, model_shapes
+from xyserve.plan.machine import machine_signature
 
 from tiny_models import build_model
 
@@ -91,7 +92,7 @@ def with_table(path: Path, tmp: Path, impl: str, budget: int) -> Path:
         (tmp / f.name).symlink_to(f)
     cfg = json.loads((path / "config.json").read_text())
     shapes = model_shapes(cfg)
-    table = GemmTable(budget=budget, shapes=shapes)
+    table = GemmTable(budget=budget, shapes=shapes, machine=machine_signature("cpu"))
     for op in shapes:
         for pm in buckets(budget):
             table.set(op, pm, GemmConfig(cpu_impl=impl))

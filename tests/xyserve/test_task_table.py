@@ -19,6 +19,7 @@ from xyserve.plan.gemm_table import (
     find_table,
     padded_m,
 )
+from xyserve.plan.machine import machine_signature
 from xyserve.plan.task_table import build_task_table, cut_tiles, snake_deal
 from xyserve.plan.token_table import TokenTable
 
@@ -104,20 +105,21 @@ def test_cpu_tuner_keeps_linear_unless_another_is_nowhere_slower():
 
 
 def test_gemm_table_roundtrip_and_untuned_fallback(tmp_path):
-    t = GemmTable(model="m", device="cpu", budget=64, shapes={"qkv": (96, 32)})
+    here = machine_signature("cpu")
+    t = GemmTable(model="m", device="cpu", budget=64, shapes={"qkv": (96, 32)}, machine=here)
     t.set("qkv", 16, GemmConfig(block_m=16, cpu_impl="addmm"))
     path = t.save(tmp_path / "xyserve_gemm_table.json")
-    assert json.loads(path.read_text())["version"] == 1
+    assert json.loads(path.read_text())["version"] == 2
     back = GemmTable.load(path)
+    assert back.machine == here
     assert back.lookup("qkv", 9, 96, 32) == GemmConfig(block_m=16, cpu_impl="addmm")
     assert find_table(tmp_path) is not None
     with pytest.warns(UserWarning, match="no tuned config"):
         assert back.lookup("qkv", 40, 96, 32) == default_config(48)
-    with pytest.warns(UserWarning):  # same op and bucket, other shape: not the tuned one
-        assert back.lookup("qkv", 9, 64, 32) == default_config(16)
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # warned once per shape, not once per call
-        back.lookup("qkv", 40, 96, 32)
+        warnings.simplefilter("error")  # one warning for the whole table, never one per shape
+        assert back.lookup("qkv", 9, 64, 32) == default_config(16)  # other shape: not tuned
+        back.lookup("o_proj", 200, 96, 32)
 
 
 def test_tuner_writes_a_table_that_loads(tmp_path):
@@ -130,7 +132,8 @@ def test_tuner_writes_a_table_that_loads(tmp_path):
     rc = main(["--model", str(tmp_path), "--budget", "40", "--repeat", "1", "--no-progress"])
     assert rc == 0
     gemm = SmoothGemm(model_path=tmp_path)
-    assert set(gemm.table.entries) == {"qkv", "o_proj", "gate_up", "down"}
+    assert set(gemm.table.entries) == set(OPS)  # every op by default, lm_head included
+    assert gemm.table.machine == machine_signature("cpu")
     assert sorted(gemm.table.entries["qkv"]) == [16, 32, 48]
     assert gemm.table.shapes["qkv"] == (32 + 2 * 2 * 8, 32)
 

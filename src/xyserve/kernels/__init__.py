@@ -20,13 +20,19 @@ except ImportError:  # pragma: no cover - exercised only where numba is absent
     numba = None
 
 
-def use_cpu_threads(requested: int | None = None) -> int:
+def use_cpu_threads(requested: int | None = None, items: int | None = None) -> int:
     """Run numba's next parallel kernel on ``requested`` threads (torch's intra-op count when
-    None), within numba's pool. numba keeps the count per calling thread and a kernel that does
-    not set it inherits whatever the last one set, so every CPU kernel wrapper calls this."""
+    None), within numba's pool, and on no more threads than it has ``items`` of parallel work
+    (rows, tiles) when given: a single decode row then runs on the calling thread, instead of
+    waking a thread that gets nothing to do and waiting for it at the kernel's end (on a busy
+    machine, that barrier can cost more than the row). numba keeps the count per calling thread
+    and a kernel that does not set it inherits whatever the last one set, so every CPU kernel
+    wrapper calls this."""
     import torch
 
     want = torch.get_num_threads() if requested is None else requested
+    if items is not None:
+        want = min(int(want), int(items))
     n = max(1, min(int(want), numba.config.NUMBA_NUM_THREADS))
     numba.set_num_threads(n)
     return n

@@ -67,7 +67,7 @@ def silu_mul(gu: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.silu(g).mul_(u)
     out = torch.empty((gu.shape[0], gu.shape[1] // 2), dtype=gu.dtype)
     if out.numel():
-        use_cpu_threads()
+        use_cpu_threads(items=out.shape[0])
         _silu_mul_rows(gu.detach().numpy(), out.numpy())
     return out
 

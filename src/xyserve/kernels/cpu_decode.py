@@ -145,7 +145,7 @@ def run_decode(
     if plan.num_tiles == 0:
         return
     workers = plan.worker_offsets.shape[0] - 1
-    use_cpu_threads(workers)
+    use_cpu_threads(workers, items=plan.num_tiles)
     _decode_kernel(
         q.contiguous().numpy(),
         k_cache.numpy(),

@@ -1,36 +1,33 @@
 """SmoothGEMM's ``numba`` CPU entry point: an outer-product GEMM for the few token rows of
 decode steps.
 
-Why: with M (token rows) at 64 and below and cold weights, MKL's sgemm on the 2-core dev box
-is far from both its compute peak and the memory floor of streaming the weight once. ``xyserve
-tune`` still decides per (op, bucket), against ``F.linear``, with the same margin as every other
-entry point.
+Why: with M (token rows) at 64 and below and cold weights, MKL's sgemm is far from both its
+compute peak and the memory floor of streaming the weight once. ``xyserve tune`` still decides
+per (op, bucket), against ``F.linear``, with the same margin as every other entry point.
 
 The register tile is BLIS's outer product, written as LLVM vector IR (a numba intrinsic:
 numba's own loops do not vectorize this form, and a tile written as scalars for LLVM's SLP
-vectorizer ran at 6.5-8.6 GFLOP/s): 6 weight rows x 16 token rows in 12 vector accumulators
-(AVX2's 16 registers hold them, two token vectors and one broadcast weight). Per step of K it
-loads two token vectors and broadcasts 6 weight scalars for 12 FMAs, with no horizontal sums;
-with its operands in L1 it runs at the core's FMA peak (about 75 GFLOP/s, one thread). The
-FMAs are LLVM's ``fmuladd``: fused where the CPU has FMA, a multiply and an add where not. The
-token rows are first packed K-major in 16-row panels, so a panel streams contiguously (a strided
-panel, rows 256 bytes apart, keeps to 16 of L1's 64 sets: the tile lost a fifth). Token rows
-left over go to an 8-row tile, then to plain dot products along K (fewer than 8 rows would
-waste most of a vector). Each thread owns a contiguous share of the weight rows, so it streams
-only that share, and each 6-row weight block stays in L1 while every panel passes it (up to
-K of about 1300; at K = 2048 a block is 48 KB and comes from L2). When 6 does not divide N the
-last block overlaps its neighbour and writes back only its new rows. On a CPU without AVX2
-LLVM splits the 8-wide vectors. The IR uses llvmlite's typed pointers (numba 0.68, installed
-here, emits them; older versions were not run); a numba without them needs the GEPs and loads
-given their element types.
-
-One-off microbenchmark (2 threads, the weight cycled through 150 MB of copies), time against
-the 4 x 3 dot-product kernel this replaced, at M = 64 / 32 / 16: 4096 x 768 0.84-0.94 / 0.87 /
-0.88; 1280 x 768 0.87-1.06 / 0.86 / 0.83; 768 x 768 0.91 / - / 0.75; 768 x 2048 0.86 / - / 0.74;
-32000 x 768 0.89 / - / 0.74. At M = 1-7 (dot products only) 0.93-0.98.
+vectorizer ran at 6.5-8.6 GFLOP/s): 6 weight rows x 2 vectors of token rows in 12 vector
+accumulators. Per step of K it loads two token vectors and broadcasts 6 weight scalars for 12
+FMAs, with no horizontal sums. The vector width comes from the host (``cpu_isa``): 16 floats
+on AVX-512 (a 6 x 32 tile in zmm registers; numba sets no ``min-legal-vector-width``, so LLVM
+keeps the explicit 512-bit vectors even on cores it tunes for 256-bit loops), 8 on AVX/AVX2
+(6 x 16 in ymm), 4 elsewhere (the portable 6 x 8 tile in 128-bit vectors). The FMAs are LLVM's
+``fmuladd``: fused where the CPU has FMA, a multiply and an add where not. Every width's tiles
+are compiled into the one kernel and the width is an argument, so the tests run each width the
+host can run. The token rows are first packed K-major in panels of two vectors, so a panel
+streams contiguously (a strided panel, rows 256 bytes apart, keeps to 16 of L1's 64 sets).
+Token rows left over go to a one-vector panel (and at width 16 then an 8-row one), then to
+plain dot products along K (fewer rows would waste most of a vector). Each thread owns a
+contiguous share of the weight rows, so it streams only that share, and each 6-row weight
+block stays in L1 while every panel passes it (up to K of about 1300 with a 32 KB L1). When 6
+does not divide N the last block overlaps its neighbour and writes back only its new rows. The
+IR uses llvmlite's typed pointers (numba 0.68, installed here, emits them; older versions were
+not run); a numba without them needs the GEPs and loads given their element types.
 
 The output is row-major, like ``F.linear``'s, with the bias added in the tile's write-back.
 numba is optional: without it (or for dtypes other than float32) ``F.linear`` runs.
+Measurements of the tile (widths, against the vendor GEMM) are in docs/perf.md.
 """
 
 from __future__ import annotations
@@ -40,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from xyserve.kernels import use_cpu_threads
+from xyserve.kernels.cpu_isa import vector_width
 
 try:
     import numba
@@ -50,17 +48,19 @@ try:
 except ImportError:  # pragma: no cover - exercised only where numba is absent
     numba = None
 
+_WIDTH = vector_width()  # read once: the host does not change under a running process
 MR = 6  # weight rows of the register tile
-TM = 16  # token rows of the register tile (two 8-wide vectors); the panel width
+VECTORS = 2  # token vectors of the register tile: its token rows are 2 x the vector width
 
 
 def available(dtype: torch.dtype) -> bool:
     return numba is not None and dtype == torch.float32
 
 
-def _make_tile(rows: int, vectors: int):
+def _make_tile(rows: int, width: int, vectors: int):
     """An intrinsic ``tile(w, w_off, ldw, xt, xt_off, ldxt, k_count, acc)``: ``acc[i, j] =
-    sum_k w[w_off + i * ldw + k] * xt[xt_off + k * ldxt + j]`` for ``rows`` x ``8 * vectors``,
+    sum_k w[w_off + i * ldw + k] * xt[xt_off + k * ldxt + j]`` for ``rows`` x ``width *
+    vectors`` in vectors of ``width`` floats,
     written row-major to ``acc`` (float32 arrays; offsets in elements; ``k_count`` >= 1; no
     bounds checks, the caller owns them)."""
 
@@ -72,7 +72,7 @@ def _make_tile(rows: int, vectors: int):
 
         def codegen(context, builder, signature, args):  # pragma: no cover - compiled
             f32, i64, i32 = ir.FloatType(), ir.IntType(64), ir.IntType(32)
-            vec = ir.VectorType(f32, 8)
+            vec = ir.VectorType(f32, width)
             vec_p = vec.as_pointer()
 
             def data(i):
@@ -87,7 +87,7 @@ def _make_tile(rows: int, vectors: int):
             w_data, xt_data, acc_data = data(0), data(3), data(7)
             w_off, ldw, xt_off, ldxt, k_count = (index(i) for i in (1, 2, 4, 5, 6))
             fma = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(vec, [vec, vec, vec]), "llvm.fmuladd.v8f32"
+                builder.module, ir.FunctionType(vec, [vec, vec, vec]), f"llvm.fmuladd.v{width}f32"
             )
             w_rows = [
                 builder.gep(w_data, [builder.add(w_off, builder.mul(ldw, const(i)))])
@@ -109,11 +109,13 @@ def _make_tile(rows: int, vectors: int):
                 accs.append(a)
             xt_row = builder.gep(xt_base, [builder.mul(k, ldxt)])
             tokens = [
-                builder.load(builder.bitcast(builder.gep(xt_row, [const(8 * j)]), vec_p), align=4)
+                builder.load(
+                    builder.bitcast(builder.gep(xt_row, [const(width * j)]), vec_p), align=4
+                )
                 for j in range(vectors)
             ]
             undef = ir.Constant(vec, ir.Undefined)
-            splat = ir.Constant(ir.VectorType(i32, 8), [0] * 8)
+            splat = ir.Constant(ir.VectorType(i32, width), [0] * width)
             new = []
             for i in range(rows):
                 s = builder.load(builder.gep(w_rows[i], [k]), align=4)
@@ -131,7 +133,7 @@ def _make_tile(rows: int, vectors: int):
 
             builder.position_at_end(done)
             for idx, v in enumerate(new):
-                out = builder.bitcast(builder.gep(acc_data, [const(8 * idx)]), vec_p)
+                out = builder.bitcast(builder.gep(acc_data, [const(width * idx)]), vec_p)
                 builder.store(v, out, align=4)
             return context.get_dummy_value()
 
@@ -141,41 +143,75 @@ def _make_tile(rows: int, vectors: int):
 
 
 if numba is not None:
-    _tile16 = _make_tile(MR, TM // 8)
-    _tile8 = _make_tile(MR, 1)  # a last panel of at most 8 token rows: half the FMAs
+    # (vector width, vectors): the tiles of every width, all compiled into the one kernel
+    _t16x2, _t16x1 = _make_tile(MR, 16, 2), _make_tile(MR, 16, 1)
+    _t8x2, _t8x1 = _make_tile(MR, 8, 2), _make_tile(MR, 8, 1)
+    _t4x2, _t4x1 = _make_tile(MR, 4, 2), _make_tile(MR, 4, 1)
+
+    @njit(inline="always")
+    def _tile(vw, rows, w, w_off, ldw, xt, xt_off, ldxt, k_count, acc):  # pragma: no cover
+        """The tile for ``rows`` token rows (2 vw, vw, or 8 at vw = 16) of vector width vw."""
+        if vw == 16:
+            if rows == 32:
+                _t16x2(w, w_off, ldw, xt, xt_off, ldxt, k_count, acc)
+            elif rows == 16:
+                _t16x1(w, w_off, ldw, xt, xt_off, ldxt, k_count, acc)
+            else:
+                _t8x1(w, w_off, ldw, xt, xt_off, ldxt, k_count, acc)
+        elif vw == 8:
+            if rows == 16:
+                _t8x2(w, w_off, ldw, xt, xt_off, ldxt, k_count, acc)
+            else:
+                _t8x1(w, w_off, ldw, xt, xt_off, ldxt, k_count, acc)
+        elif rows == 8:
+            _t4x2(w, w_off, ldw, xt, xt_off, ldxt, k_count, acc)
+        else:
+            _t4x1(w, w_off, ldw, xt, xt_off, ldxt, k_count, acc)
 
     @njit(parallel=True, fastmath=True, cache=True)
-    def _gemm_nt(x, w, bias, y, threads):  # pragma: no cover - compiled
+    def _gemm_nt(x, w, bias, y, threads, vw):  # pragma: no cover - compiled
         """``y[M, N] = x[M, K] @ w[N, K].T (+ bias)`` for C-contiguous float32 arrays, N >= MR,
-        K >= 1, on ``threads`` shares of the weight rows (``bias`` empty for none)."""
+        K >= 1, on ``threads`` shares of the weight rows (``bias`` empty for none), with
+        vectors of ``vw`` floats (4, 8 or 16)."""
         m_count, k_count = x.shape
         n_count = w.shape[0]
-        full = m_count // TM
-        half = (m_count - TM * full) // 8  # one 8-row panel after the full ones, or none
-        packed = TM * full + 8 * half  # token rows the tiles take; the rest (< 8) dot products
-        panels = full + half
-        xt = np.empty((panels, k_count, TM), np.float32)
-        for p in prange(panels):  # pack: panel p holds token rows p*TM.. K-major
-            m0 = p * TM
+        tm = VECTORS * vw  # the widest panel
+        # panels: full ones of tm rows, then one of vw rows, then (vw = 16) one of 8; the
+        # rest (fewer than 8, or than 4 at vw = 4) dot products
+        full = m_count // tm
+        rest = m_count - tm * full
+        one = 1 if rest >= vw else 0
+        rest -= vw * one
+        eight = 1 if vw == 16 and rest >= 8 else 0
+        rest -= 8 * eight
+        packed = m_count - rest
+        panels = full + one + eight
+        p_rows = np.full(panels, tm, np.int64)
+        if one:
+            p_rows[full] = vw
+        if eight:
+            p_rows[panels - 1] = 8
+        xt = np.empty((panels, k_count, tm), np.float32)
+        for p in prange(panels):  # pack: panel p holds token rows p*tm.. K-major
+            m0 = p * tm  # every panel but the last two is full, so this is its first row
             for k in range(k_count):
-                for j in range(min(TM, packed - m0)):
-                    xt[p, k, j] = x[m0 + j, k]
+                for j in range(p_rows[p]):
+                    xt[p, k, j] = x[m0 - (tm - vw) * (p > full) + j, k]
         has_bias = bias.shape[0] > 0
         blocks = (n_count + MR - 1) // MR
         for t in prange(threads):
-            acc = np.empty(MR * TM, np.float32)
+            acc = np.empty(MR * tm, np.float32)
             for blk in range(blocks * t // threads, blocks * (t + 1) // threads):
                 # the last block ends at row N; where it overlaps its neighbour (MR does not
                 # divide N) it writes back only rows from ``first`` on, so no row is written twice
                 n = min(MR * blk, n_count - MR)
                 first = MR * blk - n
                 for p in range(panels):
-                    m0 = p * TM
-                    width = min(TM, packed - m0)
-                    if width == TM:
-                        _tile16(w, n * k_count, k_count, xt, p * k_count * TM, TM, k_count, acc)
-                    else:
-                        _tile8(w, n * k_count, k_count, xt, p * k_count * TM, TM, k_count, acc)
+                    width = p_rows[p]
+                    m0 = p * tm - (tm - vw) * (p > full)
+                    _tile(
+                        vw, width, w, n * k_count, k_count, xt, p * k_count * tm, tm, k_count, acc
+                    )
                     for j in range(width):
                         for i in range(first, MR):
                             v = acc[i * width + j]
@@ -196,10 +232,15 @@ if numba is not None:
 
 
 def linear(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, threads: int | None = None
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    threads: int | None = None,
+    width: int | None = None,
 ) -> torch.Tensor:
     """``x @ weight.T + bias`` for a 2-D float32 CPU ``x`` of any layout (copied to row-major,
-    which costs O(M K) against the GEMM's O(M N K)). The kernel checks no bounds, so anything
+    which costs O(M K) against the GEMM's O(M N K)), in vectors of ``width`` floats (the
+    host's, ``cpu_isa.vector_width``, when None; the caller owns that the host runs it). The kernel checks no bounds, so anything
     else (other dtypes or devices, shapes that do not agree) goes to ``F.linear``, which raises
     its own clear error where the shapes are wrong; so do weights of fewer than MR rows (only
     tiny test models have them)."""
@@ -225,7 +266,8 @@ def linear(
         y = torch.zeros((m, n), dtype=torch.float32)
         return y if bias is None else y.add_(b)
     y = torch.empty((m, n), dtype=torch.float32)
-    _gemm_nt(x2.numpy(), w.numpy(), b.numpy(), y.numpy(), use_cpu_threads(threads))
+    vw = _WIDTH if width is None else width
+    _gemm_nt(x2.numpy(), w.numpy(), b.numpy(), y.numpy(), use_cpu_threads(threads), vw)
     return y
 
 

@@ -93,7 +93,7 @@ def rope_and_cache(
     d = qkv.shape[1] // (num_heads + 2 * num_kv_heads)
     q = torch.empty((t, num_heads, d), dtype=qkv.dtype)
     if t:
-        use_cpu_threads()
+        use_cpu_threads(items=t)
         _rope_rows(
             qkv.detach().numpy(),
             cos.reshape(t, d // 2).contiguous().numpy(),

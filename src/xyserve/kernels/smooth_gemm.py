@@ -11,6 +11,7 @@ only costs and ``torch.compile`` per bucket did not pay (see ``xyserve bench ker
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -18,6 +19,19 @@ import torch.nn.functional as F
 
 from xyserve.kernels import cpu_gemm
 from xyserve.plan.gemm_table import GemmConfig, GemmTable, find_table, padded_m
+from xyserve.plan.machine import machine_signature
+
+# What a first start does on a (model, machine) pair without a table: "quick" tunes the decode
+# buckets (tqdm bar, a few seconds to a minute) into the cache folder, "off" runs the defaults.
+AUTOTUNE_ENV = "XYSERVE_GEMM_AUTOTUNE"
+AUTOTUNE_MODES = ("quick", "off")
+
+
+def autotune_mode() -> str:
+    mode = os.environ.get(AUTOTUNE_ENV, "quick").strip().lower() or "quick"
+    if mode not in AUTOTUNE_MODES:
+        raise ValueError(f"{AUTOTUNE_ENV}={mode!r}: choose one of {AUTOTUNE_MODES}")
+    return mode
 
 
 @dataclass
@@ -106,8 +120,25 @@ class SmoothGemm:
         if table is None and table_path is not None:
             table = GemmTable.load(table_path)
         if table is None and model_path is not None:
-            table = find_table(model_path, device)
+            table = find_table(model_path, device) or self._first_start(model_path, device)
         self.table = table or GemmTable(device=device)
+
+    @staticmethod
+    def _first_start(model_path: str | os.PathLike, device: str) -> GemmTable | None:
+        """No table for this (model, machine): a quick tune of the decode buckets on CPU
+        (``XYSERVE_GEMM_AUTOTUNE=quick``, the default), else the defaults, said once here
+        rather than once per shape. CUDA tables come from ``xyserve tune`` only."""
+        if device == "cpu" and autotune_mode() == "quick":
+            from xyserve.tools.tune import quick_tune
+
+            return GemmTable.load(quick_tune(model_path, device))
+        warnings.warn(
+            f"SmoothGEMM: no GEMM table for {model_path} on this machine "
+            f"({machine_signature(device).describe()}); running the defaults "
+            f"(run `xyserve tune --model PATH`)",
+            stacklevel=3,
+        )
+        return None
 
     def warmup(self, device: torch.device | str, dtype: torch.dtype) -> None:
         """Build the numba GEMM at engine start when the table names it (not in a step)."""

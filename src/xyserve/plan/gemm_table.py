@@ -4,7 +4,14 @@ M (the step's token count) is padded *virtually* to a bucket: the kernel compute
 but reads and writes only the real rows (paper §6.1). Buckets are multiples of 16 up to 64, of
 32 up to 256 and of 64 beyond, capped by the token budget, so a model has a small finite set of
 (op, padded M) shapes, each profiled offline by ``xyserve tune`` (paper §6.3). At run time a
-lookup names the configuration; an untuned shape gets a sound default and one warning.
+lookup names the configuration; an untuned shape gets a sound default (at most one warning per
+table, never one per shape).
+
+A table is a measurement of one machine: it records that machine's signature (``machine.py``)
+and ``find_table`` applies it only on an equal one. A table from elsewhere (or one that recorded
+none, as version 1 did) is reported once and skipped; the caller then tunes the decode buckets
+quickly (``SmoothGemm``) or runs on defaults. Tables tuned at first start live in the user's
+cache folder keyed by the model's GEMM shapes and the machine, like Triton's autotune cache.
 """
 
 from __future__ import annotations
@@ -16,7 +23,9 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-TABLE_VERSION = 1
+from xyserve.plan.machine import MachineSignature, machine_signature
+
+TABLE_VERSION = 2  # 2: records the machine signature
 TABLE_FILE = "xyserve_gemm_table.json"
 OPS: tuple[str, ...] = ("qkv", "o_proj", "gate_up", "down", "lm_head")
 
@@ -85,27 +94,33 @@ class GemmTable:
     budget: int = 0
     shapes: dict[str, tuple[int, int]] = field(default_factory=dict)  # op -> (N, K)
     entries: dict[str, dict[int, GemmConfig]] = field(default_factory=dict)  # op -> pm -> cfg
+    machine: MachineSignature | None = None  # where it was tuned; None: not recorded
+    quick: bool = False  # only the decode buckets were tuned (first start): others default
     version: int = TABLE_VERSION
-    _warned: set[tuple[str, int, int, int]] = field(default_factory=set, repr=False)
+    _warned: bool = field(default=False, repr=False)
+
+    def tuned_max(self) -> int:
+        return max((pm for per in self.entries.values() for pm in per), default=0)
 
     def set(self, op: str, pm: int, cfg: GemmConfig) -> None:
         self.entries.setdefault(op, {})[pm] = cfg
 
     def lookup(self, op: str, m: int, n: int | None = None, k: int | None = None) -> GemmConfig:
-        """Tuned config of (op, padded M); a sound default, with one warning, when untuned."""
+        """Tuned config of (op, padded M); a sound default when untuned, with one warning for
+        the whole table (the first miss), none for an empty table (its owner said why) or for
+        buckets past a quick table's decode buckets (defaults by design)."""
         pm = padded_m(m)
         cfg = self.entries.get(op, {}).get(pm)
         shape_ok = n is None or self.shapes.get(op) in (None, (n, k))
         if cfg is not None and shape_ok:
             return cfg
-        # With no table at all, say so once rather than once per shape.
-        key = (op, pm, n or 0, k or 0) if self.entries else ("*", 0, 0, 0)
-        if key not in self._warned:
-            self._warned.add(key)
+        silent = not self.entries or (self.quick and pm > self.tuned_max() and shape_ok)
+        if not silent and not self._warned:
+            self._warned = True
             warnings.warn(
-                f"SmoothGEMM: no tuned config for op={op} M={m} (bucket {pm}) N={n} K={k}"
-                f"{'' if self.entries else ' (no GEMM table loaded; not repeated)'}; "
-                f"using the default (run `xyserve tune --model PATH`)",
+                f"SmoothGEMM: no tuned config for op={op} M={m} (bucket {pm}) N={n} K={k}; "
+                f"defaults for this and any other untuned shape, not repeated "
+                f"(run `xyserve tune --model PATH`)",
                 stacklevel=2,
             )
         return default_config(pm)
@@ -116,6 +131,8 @@ class GemmTable:
             "model": self.model,
             "device": self.device,
             "budget": self.budget,
+            "machine": None if self.machine is None else self.machine.to_json(),
+            "quick": self.quick,
             "shapes": {op: list(s) for op, s in self.shapes.items()},
             "entries": {
                 op: {str(pm): asdict(c) for pm, c in sorted(per.items())}
@@ -131,13 +148,17 @@ class GemmTable:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> GemmTable:
+        """A saved table; version 1 (no machine recorded) loads with ``machine`` None."""
         data = json.loads(Path(path).read_text())
-        if data.get("version") != TABLE_VERSION:
+        if data.get("version") not in (1, TABLE_VERSION):
             raise ValueError(f"{path}: GEMM table version {data.get('version')} != {TABLE_VERSION}")
+        machine = data.get("machine")
         t = cls(
             model=data.get("model", ""),
             device=data.get("device", "cpu"),
             budget=int(data.get("budget", 0)),
+            machine=None if machine is None else MachineSignature.from_json(machine),
+            quick=bool(data.get("quick", False)),
             shapes={op: (int(s[0]), int(s[1])) for op, s in data.get("shapes", {}).items()},
         )
         for op, per in data.get("entries", {}).items():
@@ -147,23 +168,59 @@ class GemmTable:
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "xyserve" / "gemm_tables"
+    """``$XYSERVE_CACHE_DIR/gemm_tables``, else the XDG cache folder's ``xyserve/gemm_tables``."""
+    root = os.environ.get("XYSERVE_CACHE_DIR")
+    if not root:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        root = os.path.join(base, "xyserve")
+    return Path(root) / "gemm_tables"
+
+
+def _model_key(model_path: Path) -> str:
+    """The model's GEMM shapes (what a table depends on), else its resolved path."""
+    try:
+        key = json.dumps(model_shapes(json.loads((model_path / "config.json").read_text())))
+    except (OSError, KeyError, ValueError, TypeError):
+        key = str(model_path.resolve())
+    return hashlib.sha1(key.encode()).hexdigest()[:10]
 
 
 def cache_path(model_path: str | os.PathLike, device: str) -> Path:
-    """Cache-folder location of a model's table (used when the model folder is read-only)."""
-    p = Path(model_path).resolve()
-    digest = hashlib.sha1(str(p).encode()).hexdigest()[:10]
-    return cache_dir() / f"{p.name}-{device}-{digest}.json"
+    """Cache-folder location of a model's table on this machine: keyed by the model's GEMM
+    shapes and the machine's signature (used for first-start tuning, ``xyserve tune --cache``
+    and models in read-only folders)."""
+    p = Path(model_path)
+    sig = machine_signature(device).digest()
+    return cache_dir() / f"{p.resolve().name}-{device}-{_model_key(p)}-{sig}.json"
+
+
+_reported: set[tuple[str, str]] = set()  # (table path, machine digest) already warned about
+
+
+def applies_here(table: GemmTable, device: str, where: str | os.PathLike = "") -> bool:
+    """Whether ``table`` was tuned on this machine; if not, one warning per table file."""
+    here = machine_signature(device)
+    if table.machine == here:
+        return True
+    key = (str(where), here.digest())
+    if key not in _reported:
+        _reported.add(key)
+        tuned = "an unrecorded machine" if table.machine is None else table.machine.describe()
+        warnings.warn(
+            f"SmoothGEMM: the GEMM table {where} was tuned on {tuned}; this machine is "
+            f"{here.describe()}: not applied",
+            stacklevel=3,
+        )
+    return False
 
 
 def find_table(model_path: str | os.PathLike, device: str = "cpu") -> GemmTable | None:
-    """The table next to the model, else the cache folder's; None when never tuned."""
+    """This machine's table for the model: the one next to the model if it was tuned here,
+    else the cache folder's; None when there is none (a foreign one is reported once)."""
     for p in (Path(model_path) / TABLE_FILE, cache_path(model_path, device)):
         if p.is_file():
             t = GemmTable.load(p)
-            if t.device == device or p.parent == Path(model_path):
+            if t.device == device and applies_here(t, device, p):
                 return t
     return None
 

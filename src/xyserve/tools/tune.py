@@ -7,9 +7,13 @@ kernel computes whole tiles). On CPU they are the vendor-GEMM entry points and `
 numba kernel; the CPU computes the real rows only, so each candidate is timed at the bucket's
 low, middle, odd top (pm - 1) and top M, on cold weights and on the input layout the forward
 hands the op, and one is kept only if it beats plain ``F.linear`` (what ``torch.matmul``
-runs) by a 3% margin at each of them. The table is versioned JSON, written next to the model
-(or to ``~/.cache/xyserve/gemm_tables/`` when that folder is read-only or ``--cache`` is
-given), where ``SmoothGemm(model_path=...)`` finds it.
+runs) by a 3% margin at each of them. The table is versioned JSON that records the machine's
+signature, written next to the model (or to the cache folder, ``gemm_table.cache_dir``, when
+that folder is read-only or ``--cache`` is given), where ``SmoothGemm(model_path=...)`` finds
+it on the same machine. Every op is tuned by default, ``lm_head`` included.
+
+``quick_tune`` is the first-start form: the decode buckets only (M up to 64), fewer rounds,
+written to the cache folder.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from xyserve.plan.gemm_table import (
     cache_path,
     model_shapes,
 )
+from xyserve.plan.machine import machine_signature
 from xyserve.tools.cpu_timing import block_time, calls_for, paired_ratio
 
 
@@ -81,6 +86,7 @@ def tune(
     dtype: torch.dtype = torch.float32,
     model_name: str = "",
     progress: bool = True,
+    max_m: int | None = None,
 ) -> GemmTable:
     """Tune every (op, bucket). On CPU each op is timed on the input layout the forward hands
     it: column-major where the bucket's upstream op was tuned to a swapped GEMM. Tuned on
@@ -88,9 +94,17 @@ def tune(
     every bucket; tuned this way, ``swap8`` up to 320 rows (one-off ``bench offline`` A/B,
     hybrid, 2 threads: 317 and 306 against 348 and 313 output tok/s, runs alternated)."""
     shapes = {op: s for op, s in model_shapes(config).items() if op in ops}
-    table = GemmTable(model=model_name, device=device, budget=budget, shapes=shapes)
+    table = GemmTable(
+        model=model_name,
+        device=device,
+        budget=budget,
+        shapes=shapes,
+        machine=machine_signature(device),
+        quick=max_m is not None,
+    )
     order = sorted(shapes, key=lambda op: DATAFLOW.index(op) if op in DATAFLOW else len(DATAFLOW))
-    work = [(op, pm) for pm in buckets(budget) for op in order]
+    pms = [pm for pm in buckets(budget) if max_m is None or pm <= max_m]
+    work = [(op, pm) for pm in pms for op in order]
     gen = torch.Generator().manual_seed(0)
     weights = {
         op: (torch.randn((n, k), generator=gen) / k**0.5).to(device=device, dtype=dtype)
@@ -161,6 +175,30 @@ def pick_cpu(t: dict[tuple[int, int], float], n: int, ms: list[int], margin: flo
     return min(ok, key=lambda c: (sum(t[c, m] / t[0, m] for m in ms), c))
 
 
+QUICK_MAX_M = 64  # the decode buckets: what a first start tunes
+QUICK_REPEAT = 3
+
+
+def quick_tune(model: str | os.PathLike, device: str = "cpu", progress: bool = True) -> Path:
+    """Tune the decode buckets of every op of ``model`` on this machine, save the table in the
+    cache folder (keyed by the model's shapes and the machine) and return its path."""
+    model = Path(model)
+    config = json.loads((model / "config.json").read_text())
+    with torch.inference_mode():
+        table = tune(
+            config,
+            QUICK_MAX_M,
+            device,
+            list(OPS),
+            QUICK_REPEAT,
+            torch.float32,
+            model.name,
+            progress,
+            max_m=QUICK_MAX_M,
+        )
+    return table.save(cache_path(model, device))
+
+
 def default_out(model: Path, device: str, use_cache: bool) -> Path:
     if not use_cache and os.access(model, os.W_OK):
         return model / TABLE_FILE
@@ -172,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", required=True, help="model folder (with config.json)")
     ap.add_argument("--budget", type=int, default=512, help="token budget: largest M")
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    ap.add_argument("--ops", nargs="+", default=list(OPS[:4]), choices=OPS)
+    ap.add_argument("--ops", nargs="+", default=list(OPS), choices=OPS, help="default: all")
     ap.add_argument("--repeat", type=int, default=7, help="CPU: rounds per bucket")
     ap.add_argument("--out", help="table path (default: next to the model, else the cache folder)")
     ap.add_argument("--cache", action="store_true", help="write to the cache folder")
@@ -204,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     table.save(out)
     n = sum(len(v) for v in table.entries.values())
     print(
-        f"tuned {n} (op, padded M) shapes on {device} in {time.perf_counter() - t0:.1f}s -> {out}"
+        f"tuned {n} (op, padded M) shapes on {device} ({table.machine.describe()}) "
+        f"in {time.perf_counter() - t0:.1f}s -> {out}"
     )
     return 0

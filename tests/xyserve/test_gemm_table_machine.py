@@ -1,0 +1,114 @@
+"""GEMM tables belong to the machine they were tuned on; a first start tunes and caches one."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import warnings
+
+import pytest
+
+import xyserve.tools.tune as tune_mod
+from xyserve.kernels.smooth_gemm import SmoothGemm
+from xyserve.plan.gemm_table import (
+    OPS,
+    TABLE_FILE,
+    GemmConfig,
+    GemmTable,
+    cache_path,
+    find_table,
+    model_shapes,
+)
+from xyserve.plan.machine import MachineSignature, cpu_signature, machine_signature
+
+CFG = {"hidden_size": 32, "num_attention_heads": 4, "num_key_value_heads": 2}
+CFG |= {"intermediate_size": 48, "vocab_size": 50}
+
+
+def _model(folder, cfg=CFG):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(cfg))
+    return folder
+
+
+def _table(machine: MachineSignature | None, impl: str = "addmm") -> GemmTable:
+    t = GemmTable(model="m", budget=64, shapes=model_shapes(CFG), machine=machine)
+    for op in t.shapes:
+        t.set(op, 16, GemmConfig(cpu_impl=impl))
+    return t
+
+
+def test_signature_describes_this_cpu_and_roundtrips():
+    sig = cpu_signature()
+    assert sig.kind == "cpu" and sig.cores >= 1
+    assert sig.flags == tuple(sorted(sig.flags))
+    back = MachineSignature.from_json(json.loads(json.dumps(sig.to_json())))
+    assert back == sig and back.digest() == sig.digest()
+    other = dataclasses.replace(sig, flags=tuple(f for f in sig.flags if f != "avx512f") + ("x",))
+    assert other != sig and other.digest() != sig.digest()
+
+
+def test_table_of_this_machine_is_applied(tmp_path):
+    model = _model(tmp_path)
+    _table(machine_signature("cpu")).save(model / TABLE_FILE)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        t = find_table(model, "cpu")
+    assert t is not None and t.lookup("qkv", 9).cpu_impl == "addmm"
+
+
+@pytest.mark.parametrize("foreign", ["other-cpu", "unrecorded"])
+def test_foreign_table_is_not_applied_and_said_once(tmp_path, foreign):
+    model = _model(tmp_path)
+    here = machine_signature("cpu")
+    amd = dataclasses.replace(here, vendor="AuthenticAMD", model="AMD EPYC", flags=("avx2", "fma"))
+    _table(amd if foreign == "other-cpu" else None).save(model / TABLE_FILE)
+    with pytest.warns(UserWarning, match="not applied"):
+        assert find_table(model, "cpu") is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # reported once per table file, not per engine start
+        assert find_table(model, "cpu") is None
+    with pytest.warns(UserWarning, match="running the defaults"):  # autotune off (conftest)
+        gemm = SmoothGemm(model_path=model)
+    assert not gemm.table.entries  # the foreign table's addmm is nowhere used
+    assert gemm.table.lookup("qkv", 9).cpu_impl == "linear"
+
+
+def test_first_start_tunes_the_decode_buckets_once_and_caches(tmp_path, monkeypatch):
+    model = _model(tmp_path)
+    monkeypatch.setenv("XYSERVE_GEMM_AUTOTUNE", "quick")
+    calls: list[int] = []
+
+    def fake_tune_one(w, x, device, repeat):
+        calls.append(x.shape[0])
+        return GemmConfig(cpu_impl="addmm")
+
+    monkeypatch.setattr(tune_mod, "tune_one", fake_tune_one)
+    first = SmoothGemm(model_path=model, device="cpu")
+    path = cache_path(model, "cpu")
+    assert path.is_file() and not (model / TABLE_FILE).exists()  # in the cache, not the model
+    assert sorted(set(calls)) == [16, 32, 48, 64]  # the decode buckets, for every op
+    assert len(calls) == 4 * len(OPS)
+    assert first.table.quick and first.table.machine == machine_signature("cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # past the decode buckets: defaults, silently
+        assert first.table.lookup("qkv", 300, *model_shapes(CFG)["qkv"]).cpu_impl == "linear"
+    calls.clear()
+    second = SmoothGemm(model_path=model, device="cpu")
+    assert calls == []  # reused from the cache
+    assert second.table.entries == first.table.entries
+
+
+def test_cache_is_keyed_by_model_shapes_and_honours_the_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("XYSERVE_CACHE_DIR", str(tmp_path / "c"))
+    a = _model(tmp_path / "a")
+    b = _model(tmp_path / "b", CFG | {"vocab_size": 60})  # another lm_head shape
+    assert cache_path(a, "cpu").parent == tmp_path / "c" / "gemm_tables"
+    assert cache_path(a, "cpu") != cache_path(b, "cpu")
+    assert machine_signature("cpu").digest() in cache_path(a, "cpu").name
+
+
+def test_bad_autotune_mode_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("XYSERVE_GEMM_AUTOTUNE", "sometimes")
+    with pytest.raises(ValueError, match="XYSERVE_GEMM_AUTOTUNE"):
+        SmoothGemm(model_path=_model(tmp_path))

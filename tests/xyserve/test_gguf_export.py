@@ -1,0 +1,104 @@
+"""The HF -> F32 GGUF converter for the llama.cpp peer: RoPE layout, names, tokenizer, and (where
+llama-cpp-python is installed) llama.cpp's logits against HF's on a tiny random Llama."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from xyserve.bench.peers import llama_cpp
+from xyserve.bench.peers.gguf_export import LAYER_NAMES, export_gguf, rope_permute
+
+gguf = pytest.importorskip("gguf")
+
+
+def _rotate_half(x: torch.Tensor, pos: int, base: float = 10000.0) -> torch.Tensor:
+    """HF's RoPE on [heads, d] (halves rotated together)."""
+    d = x.shape[-1]
+    ang = pos * base ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
+    c, s = torch.cat([ang.cos(), ang.cos()]), torch.cat([ang.sin(), ang.sin()])
+    x1, x2 = x[..., : d // 2], x[..., d // 2 :]
+    return x * c + torch.cat([-x2, x1], dim=-1) * s
+
+
+def _interleaved(x: torch.Tensor, pos: int, base: float = 10000.0) -> torch.Tensor:
+    """llama.cpp's RoPE on [heads, d] (adjacent pairs rotated)."""
+    d = x.shape[-1]
+    ang = pos * base ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
+    a, b = x[..., 0::2], x[..., 1::2]
+    out = torch.empty_like(x)
+    out[..., 0::2] = a * ang.cos() - b * ang.sin()
+    out[..., 1::2] = b * ang.cos() + a * ang.sin()
+    return out
+
+
+def test_rope_permutation_keeps_every_attention_score():
+    gen = torch.Generator().manual_seed(0)
+    heads, kv_heads, d, h = 4, 2, 8, 16
+    wq = torch.randn((heads * d, h), generator=gen, dtype=torch.float64)
+    wk = torch.randn((kv_heads * d, h), generator=gen, dtype=torch.float64)
+    x, y = (
+        torch.randn(h, generator=gen, dtype=torch.float64),
+        torch.randn(h, generator=gen, dtype=torch.float64),
+    )
+    q_hf = _rotate_half((wq @ x).view(heads, d), 5)
+    k_hf = _rotate_half((wk @ y).view(kv_heads, d), 2)
+    q_gg = _interleaved((rope_permute(wq, heads) @ x).view(heads, d), 5)
+    k_gg = _interleaved((rope_permute(wk, kv_heads) @ y).view(kv_heads, d), 2)
+    group = heads // kv_heads
+    for r in range(heads):
+        torch.testing.assert_close(q_gg[r] @ k_gg[r // group], q_hf[r] @ k_hf[r // group])
+    assert not torch.equal(rope_permute(wq, heads), wq)  # the test would pass on no permutation
+
+
+def test_export_names_shapes_and_tokenizer(tiny_llama, tmp_path):
+    out = export_gguf(tiny_llama, tmp_path / "m.gguf")
+    cfg = json.loads((tiny_llama / "config.json").read_text())
+    r = gguf.GGUFReader(str(out))
+    names = {t.name for t in r.tensors}
+    layers = cfg["num_hidden_layers"]
+    expect = {"token_embd.weight", "output_norm.weight", "output.weight"}
+    expect |= {f"blk.{i}.{g}.weight" for i in range(layers) for g in LAYER_NAMES.values()}
+    assert names == expect
+    assert all(t.tensor_type == gguf.GGMLQuantizationType.F32 for t in r.tensors)
+    from safetensors.torch import load_file
+
+    hf = load_file(str(tiny_llama / "model.safetensors"))
+    emb = next(t for t in r.tensors if t.name == "token_embd.weight")
+    torch.testing.assert_close(torch.from_numpy(emb.data.copy()), hf["model.embed_tokens.weight"])
+    tokens = r.fields["tokenizer.ggml.tokens"]
+    assert len(tokens.data) >= cfg["vocab_size"]
+    assert r.fields["general.architecture"].contents() == "llama"
+
+
+def test_refuses_what_it_cannot_convert(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["Qwen3ForCausalLM"]}))
+    with pytest.raises(ValueError, match="does not convert"):
+        export_gguf(tmp_path, tmp_path / "m.gguf")
+
+
+@pytest.mark.skipif(
+    not llama_cpp.available(), reason="needs llama-cpp-python (the llama-cpp extra)"
+)
+def test_llama_cpp_logits_match_hf(tiny_llama, tmp_path):
+    """F32 weights and K/V, flash attention off: llama.cpp's greedy tokens equal HF's."""
+    from transformers import AutoModelForCausalLM
+
+    from xyserve.bench.offline import greedy_hf
+
+    out = export_gguf(tiny_llama, tmp_path / "m.gguf")
+    prompts = [[5, 17, 42, 9, 100, 7], [3, 3, 8]]
+    llm = llama_cpp.LlamaCpp(out, len(prompts), 32, 1)
+    try:
+        got = llm.greedy(prompts, 8)
+        llm.greedy([prompts[0]], 1)
+        logits = torch.from_numpy(llm._logits(len(prompts[0]) - 1).copy())
+    finally:
+        llm.close()
+    assert got == greedy_hf(tiny_llama, prompts, 8)
+    m = AutoModelForCausalLM.from_pretrained(str(tiny_llama), dtype=torch.float32).eval()
+    with torch.inference_mode():
+        ref = m(torch.tensor([prompts[0]])).logits[0, -1]
+    torch.testing.assert_close(logits, ref, atol=1e-4, rtol=1e-4)
