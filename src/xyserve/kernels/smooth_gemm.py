@@ -28,7 +28,10 @@ AUTOTUNE_MODES = ("quick", "off")
 
 
 def autotune_mode() -> str:
-    mode = os.environ.get(AUTOTUNE_ENV, "quick").strip().lower() or "quick"
+    # Off by default: a quick tune times each GEMM alone, so it can pick an entry point whose
+    # output layout slows the next op (docs/perf.md, issue 18); `xyserve tune` or
+    # XYSERVE_GEMM_AUTOTUNE=quick opt in.
+    mode = os.environ.get(AUTOTUNE_ENV, "off").strip().lower() or "off"
     if mode not in AUTOTUNE_MODES:
         raise ValueError(f"{AUTOTUNE_ENV}={mode!r}: choose one of {AUTOTUNE_MODES}")
     return mode
@@ -126,7 +129,7 @@ class SmoothGemm:
     @staticmethod
     def _first_start(model_path: str | os.PathLike, device: str) -> GemmTable | None:
         """No table for this (model, machine): a quick tune of the decode buckets on CPU
-        (``XYSERVE_GEMM_AUTOTUNE=quick``, the default), else the defaults, said once here
+        (``XYSERVE_GEMM_AUTOTUNE=quick``), else (the default) ``F.linear``, said once here
         rather than once per shape. CUDA tables come from ``xyserve tune`` only."""
         if device == "cpu" and autotune_mode() == "quick":
             from xyserve.tools.tune import quick_tune
