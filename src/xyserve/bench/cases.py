@@ -139,3 +139,16 @@ def sample_batch(wl: dict, budget: int, rng: random.Random) -> list[StageSpec]:
         used += n
     rng.shuffle(specs)
     return specs
+
+
+def case_summary(meta: AttentionMetadata) -> dict:
+    """The report columns that describe one step: its stages by kind, tokens and keys."""
+    kinds = [r.kind.value for r in meta.table.rows]
+    return {
+        "stages": len(kinds),
+        "prefill": kinds.count("prefill"),
+        "decode": kinds.count("decode"),
+        "verify": kinds.count("verify"),
+        "tokens": meta.num_tokens,
+        "kv_tokens": sum(r.kv_len for r in meta.table.rows),
+    }

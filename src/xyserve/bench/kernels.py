@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from xyserve.bench.cases import WORKLOADS, build_case, load_workload, sample_batch
+from xyserve.bench.cases import WORKLOADS, build_case, case_summary, load_workload, sample_batch
 from xyserve.kernels.meta_attention import MetaAttention
 from xyserve.kernels.metadata import AttentionMetadata, gather_kv, stage_mask
 from xyserve.kernels.per_stage import PerStageSDPA
@@ -158,17 +158,11 @@ def bench_attention(args: argparse.Namespace, bar: tqdm) -> dict:
                 t_ref = time.perf_counter() - t0
             out = run_meta()
             err = float((out - ref).abs().max()) if ref is not None else None
-            kinds = [r.kind.value for r in c.meta.table.rows]
             cases.append(
                 {
                     "workload": wname,
                     "case": i,
-                    "stages": len(kinds),
-                    "prefill": kinds.count("prefill"),
-                    "decode": kinds.count("decode"),
-                    "verify": kinds.count("verify"),
-                    "tokens": c.meta.num_tokens,
-                    "kv_tokens": sum(r.kv_len for r in c.meta.table.rows),
+                    **case_summary(c.meta),
                     "meta_ms": t_meta * 1e3,
                     "per_stage_ms": t_sdpa * 1e3,
                     "per_stage_flash_ms": None if t_flash is None else t_flash * 1e3,

@@ -31,7 +31,13 @@ import torch
 from tqdm import tqdm
 
 from xyserve.bench.attention_peers import PEERS
-from xyserve.bench.cases import AttentionCase, build_case, load_workload, sample_batch
+from xyserve.bench.cases import (
+    AttentionCase,
+    build_case,
+    case_summary,
+    load_workload,
+    sample_batch,
+)
 from xyserve.bench.kernels import _f, _models, gemm_ms
 from xyserve.kernels.meta_attention import MetaAttention
 from xyserve.kernels.reference import reference_attention
@@ -90,16 +96,7 @@ def gpu_attention_case(
     if "flex" in prepared:  # FlexAttention's gather + block mask, timed on their own
         fns["flex_prep"] = prepared["flex"].prep
     t = _best_of(fns, timer, rounds)
-    kinds = [r.kind.value for r in c.meta.table.rows]
-    row: dict = {
-        "stages": len(kinds),
-        "prefill": kinds.count("prefill"),
-        "decode": kinds.count("decode"),
-        "verify": kinds.count("verify"),
-        "tokens": c.meta.num_tokens,
-        "kv_tokens": sum(r.kv_len for r in c.meta.table.rows),
-        "meta_ms": t["meta"],
-    }
+    row: dict = {**case_summary(c.meta), "meta_ms": t["meta"]}
     for n in names:
         row[f"{n}_ms"] = t[n]
         row[f"speedup_vs_{n}"] = t[n] / t["meta"]
