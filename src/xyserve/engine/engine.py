@@ -411,8 +411,17 @@ class LLMEngine:
                     self._child_to_group.pop(c.request.request_id, None)
         if self.spec is not None:  # spec: time the step for the cost model, then propose
             self.spec.observe_step(out.num_tokens, done_time - now)
-            self.spec.propose([r for r in self.scheduler.running if self._speculable(r)])
+            self._propose()
         return outputs
+
+    def _propose(self) -> None:
+        """Proposals for the next step. They only save steps, so a proposer that raises (a
+        draft-model bug, say) costs this round of proposals, not the requests or the step's
+        outputs: the running requests decode one token next step instead."""
+        try:
+            self.spec.propose([r for r in self.scheduler.running if self._speculable(r)])
+        except Exception:
+            log.exception("speculative proposal failed; the next step decodes without proposals")
 
     def _guard(self, group: Group, fn, *args) -> None:  # noqa: ANN001 - any per-request step
         """Run one request's share of the step's output work; an error fails that request only."""
