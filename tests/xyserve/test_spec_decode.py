@@ -501,3 +501,19 @@ def test_a_failing_proposer_costs_proposals_not_requests(tiny_llama, reference):
     assert eng.spec.proposer.calls > 2 and eng.spec.stats.num_drafts > 0
     assert eng.num_failed_requests == 0
     eng.kv.check_no_leak()
+
+
+def test_generation_token_count_excludes_tokens_cut_after_a_stop(tiny_llama, reference):
+    """An accepted run that crosses a stop token is cut there; the counter counts the output."""
+    ref_llm, ref = reference
+    llm = LLM(str(tiny_llama), speculative_config=NGRAM, **ENGINE)
+    eng = llm.llm_engine
+    table = {tuple(p): o.token_ids for p, o in zip(_prompts(), ref)}
+    eng.spec.proposer = OracleProposer(table, ref_llm.llm_engine.model.cfg.vocab_size, False)
+    params = [
+        SamplingParams(temperature=0, max_tokens=24, stop_token_ids=[o.token_ids[5]]) for o in ref
+    ]
+    got = _generate(llm, _prompts(), params)
+    assert all(o.finish_reason == "stop" for o in got)
+    assert eng.spec.stats.num_accepted_tokens > 0
+    assert eng.num_generation_tokens == sum(len(o.token_ids) for o in got)
