@@ -45,14 +45,10 @@ from xyserve.plan.machine import machine_signature
 from xyserve.tools.cpu_timing import block_time, calls_for, paired_ratio
 
 
-def candidates(device: str, pm: int, dtype: torch.dtype = torch.float32) -> list[GemmConfig]:
-    """Configurations worth profiling for a bucket of padded M = ``pm``."""
-    if device == "cpu":
-        impls = [i for i in CPU_CANDIDATES if i != "numba" or cpu_gemm.available(dtype)]
-        return [GemmConfig(cpu_impl=impl) for impl in impls]  # [0]: F.linear
-    from xyserve.tools.tune_cuda import tile_candidates
-
-    return tile_candidates(pm, 1 << 30)
+def cpu_candidates(dtype: torch.dtype = torch.float32) -> list[GemmConfig]:
+    """The CPU entry points worth profiling (CUDA's search is ``tune_cuda``'s)."""
+    impls = [i for i in CPU_CANDIDATES if i != "numba" or cpu_gemm.available(dtype)]
+    return [GemmConfig(cpu_impl=impl) for impl in impls]  # [0]: F.linear
 
 
 COLD_BYTES = 64 << 20  # twice this dev box's 32 MiB L3
@@ -152,7 +148,7 @@ def _tune_one_cpu(ws: list[torch.Tensor], x: torch.Tensor, repeat: int) -> GemmC
     pm = x.shape[0]
     lo = bucket_low(pm)
     ms = sorted({lo, (lo + pm) // 2, max(lo, pm - 1), pm})
-    cfgs = candidates("cpu", pm, x.dtype)  # the first is plain F.linear
+    cfgs = cpu_candidates(x.dtype)  # the first is plain F.linear
     keys = [(c, m) for c in range(len(cfgs)) for m in ms]
     nxt = itertools.cycle(ws).__next__
     fns = {(c, m): lambda c=c, m=m: cpu_linear(cfgs[c], x[:m], nxt(), None) for c, m in keys}
