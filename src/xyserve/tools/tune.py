@@ -9,8 +9,8 @@ low, middle, odd top (pm - 1) and top M, on cold weights and on the input layout
 hands the op, and one is kept only if it beats plain ``F.linear`` (what ``torch.matmul``
 runs) by a 3% margin at each of them. The table is versioned JSON that records the machine's
 signature, written next to the model (or to the cache folder, ``gemm_table.cache_dir``, when
-that folder is read-only or ``--cache`` is given), where ``SmoothGemm(model_path=...)`` finds
-it on the same machine. Every op is tuned by default, ``lm_head`` included.
+that folder is read-only, holds another device's table, or ``--cache`` is given), where
+``SmoothGemm(model_path=...)`` finds it on the same machine. Every op is tuned by default, ``lm_head`` included.
 
 ``quick_tune`` is the first-start form: the decode buckets only (M up to 64), fewer rounds,
 written to the cache folder.
@@ -196,9 +196,20 @@ def quick_tune(model: str | os.PathLike, device: str = "cpu", progress: bool = T
 
 
 def default_out(model: Path, device: str, use_cache: bool) -> Path:
-    if not use_cache and os.access(model, os.W_OK):
-        return model / TABLE_FILE
-    return cache_path(model, device)
+    """Next to the model, unless ``--cache``, a read-only folder, or a table of another device
+    there (one file name serves every device: a CUDA tune must not overwrite the CPU table)."""
+    side = model / TABLE_FILE
+    if use_cache or not os.access(model, os.W_OK) or _table_device(side) not in (None, device):
+        return cache_path(model, device)
+    return side
+
+
+def _table_device(path: Path) -> str | None:
+    """The device of the table at ``path``; None when there is none (or it is unreadable)."""
+    try:
+        return str(json.loads(path.read_text()).get("device", "cpu"))
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:
