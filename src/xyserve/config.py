@@ -69,6 +69,11 @@ class EngineConfig:
             raise ValueError(
                 f"scheduler_policy must be 'hybrid' or 'baseline', got {self.scheduler_policy!r}"
             )
+        # Optional sizes: None picks the default; a value below 1 is refused, not clamped.
+        for name in ("num_reserved_decode_tokens", "num_kv_blocks", "max_model_len"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1 (or unset for the default)")
         for name in ("max_request_body_bytes", "max_n", "max_stop_strings"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")

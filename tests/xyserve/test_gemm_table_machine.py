@@ -112,3 +112,22 @@ def test_bad_autotune_mode_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("XYSERVE_GEMM_AUTOTUNE", "sometimes")
     with pytest.raises(ValueError, match="XYSERVE_GEMM_AUTOTUNE"):
         SmoothGemm(model_path=_model(tmp_path))
+
+
+def test_a_tune_for_another_device_leaves_the_table_beside_the_model(tmp_path, monkeypatch):
+    """One file name serves every device: a CUDA tune of a model whose folder holds a CPU table
+    goes to the cache folder, where find_table looks next, and the CPU table stays."""
+    monkeypatch.setenv("XYSERVE_CACHE_DIR", str(tmp_path / "cache"))
+    gpu = MachineSignature(kind="cuda", vendor="NVIDIA", model="Test GPU", capability="9.0")
+    monkeypatch.setattr("xyserve.plan.machine.cuda_signature", lambda index=0: gpu)
+    model = _model(tmp_path / "m")
+    assert tune_mod.default_out(model, "cuda", False) == model / TABLE_FILE  # none there yet
+    _table(cpu_signature()).save(model / TABLE_FILE)
+    assert tune_mod.default_out(model, "cpu", False) == model / TABLE_FILE
+    out = tune_mod.default_out(model, "cuda", False)
+    assert out == cache_path(model, "cuda") != model / TABLE_FILE
+    cuda = _table(gpu)
+    cuda.device = "cuda"
+    cuda.save(out)
+    assert find_table(model, "cuda").machine == gpu
+    assert find_table(model, "cpu").machine == cpu_signature()

@@ -194,3 +194,21 @@ def test_bad_inputs():
         s.add_request(req("a", 3))
     with pytest.raises(ValueError, match="max_model_len"):
         s.add_request(req("b", 5000))
+
+
+@pytest.mark.parametrize("prompt_b, budget", [(25, 8), (22, 6), (28, 12)])
+def test_a_running_prefill_never_makes_the_oldest_decode_preempt_itself(prompt_b, budget):
+    """A newer prompt still being chunked leaves the blocks that older decodes need: short of
+    blocks, it preempts itself, not the oldest running request."""
+    kv = KVCacheManager(8, 4, enable_prefix_caching=False)  # each request fits alone
+    s = Scheduler(kv, budget, 8, 4096, num_reserved_decode_tokens=1, admission_order="fcfs")
+    s.add_request(req("a", 2, max_tokens=24))
+    s.add_request(req("b", prompt_b, max_tokens=2, base=100))
+    for _ in range(300):
+        if not s.has_unfinished():
+            break
+        oldest = s.running[0] if s.running else None
+        out = run_step(s)
+        assert oldest is None or oldest not in out.preempted
+    assert not s.has_unfinished()  # (each case preempts the oldest without the reservation)
+    s.kv.check_no_leak()

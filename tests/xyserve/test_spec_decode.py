@@ -473,3 +473,47 @@ def test_logit_bias_requests_decode_without_proposals(tiny_llama, reference):
     assert [o.token_ids for o in got] == [o.token_ids for o in want]
     assert llm.llm_engine.spec.stats.num_drafts == 0
     llm.llm_engine.kv.check_no_leak()
+
+
+class RaisingProposer:
+    """Raises on every other call: a proposer bug must not fail the requests or the step."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.calls = 0
+
+    def propose(self, requests, caps):
+        self.calls += 1
+        if self.calls % 2 == 0:
+            raise RuntimeError("proposer bug")
+        return self.inner.propose(requests, caps)
+
+
+def test_a_failing_proposer_costs_proposals_not_requests(tiny_llama, reference):
+    _, ref = reference
+    llm = LLM(str(tiny_llama), speculative_config=NGRAM, **ENGINE)
+    eng = llm.llm_engine
+    eng.spec.proposer = RaisingProposer(eng.spec.proposer)
+    params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
+    got = _generate(llm, _prompts(), params)
+    assert [o.token_ids for o in got] == [o.token_ids for o in ref]
+    assert all(o.finish_reason == "length" for o in got)
+    assert eng.spec.proposer.calls > 2 and eng.spec.stats.num_drafts > 0
+    assert eng.num_failed_requests == 0
+    eng.kv.check_no_leak()
+
+
+def test_generation_token_count_excludes_tokens_cut_after_a_stop(tiny_llama, reference):
+    """An accepted run that crosses a stop token is cut there; the counter counts the output."""
+    ref_llm, ref = reference
+    llm = LLM(str(tiny_llama), speculative_config=NGRAM, **ENGINE)
+    eng = llm.llm_engine
+    table = {tuple(p): o.token_ids for p, o in zip(_prompts(), ref)}
+    eng.spec.proposer = OracleProposer(table, ref_llm.llm_engine.model.cfg.vocab_size, False)
+    params = [
+        SamplingParams(temperature=0, max_tokens=24, stop_token_ids=[o.token_ids[5]]) for o in ref
+    ]
+    got = _generate(llm, _prompts(), params)
+    assert all(o.finish_reason == "stop" for o in got)
+    assert eng.spec.stats.num_accepted_tokens > 0
+    assert eng.num_generation_tokens == sum(len(o.token_ids) for o in got)

@@ -387,6 +387,8 @@ class LLMEngine:
             accept = (group, child, st, result, sampled, emitted, num_accepted)
             self._guard(group, self._verify, *accept)
         children.extend((g, c) for g, c, _ in verifies)
+        # Tokens a verify emits past a stop are cut below: count what the outputs keep.
+        before = {c.request.request_id: c.request.num_output_tokens for _, c in children}
         self.scheduler.update(out, sampled, num_accepted)
         done_time = time.monotonic()
         for group, child in children:
@@ -399,7 +401,9 @@ class LLMEngine:
                 self._guard(group, self._process_token, group, child, done_time)
             else:
                 self._guard(group, self._process_run, group, child, done_time, results)
-        self.num_generation_tokens += sum(len(emitted.get(rid, (0,))) for rid in sampled)
+        self.num_generation_tokens += sum(
+            c.request.num_output_tokens - before[c.request.request_id] for _, c in children
+        )
         self.num_computed_prefill_tokens += sum(s.num_tokens for s in out.stages if s.is_prefill)
         outputs = []
         for group in touched.values():
@@ -411,8 +415,17 @@ class LLMEngine:
                     self._child_to_group.pop(c.request.request_id, None)
         if self.spec is not None:  # spec: time the step for the cost model, then propose
             self.spec.observe_step(out.num_tokens, done_time - now)
-            self.spec.propose([r for r in self.scheduler.running if self._speculable(r)])
+            self._propose()
         return outputs
+
+    def _propose(self) -> None:
+        """Proposals for the next step. They only save steps, so a proposer that raises (a
+        draft-model bug, say) costs this round of proposals, not the requests or the step's
+        outputs: the running requests decode one token next step instead."""
+        try:
+            self.spec.propose([r for r in self.scheduler.running if self._speculable(r)])
+        except Exception:
+            log.exception("speculative proposal failed; the next step decodes without proposals")
 
     def _guard(self, group: Group, fn, *args) -> None:  # noqa: ANN001 - any per-request step
         """Run one request's share of the step's output work; an error fails that request only."""

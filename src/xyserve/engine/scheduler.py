@@ -202,12 +202,20 @@ class Scheduler:
             if fit is not None and fit >= demand:
                 cap = max(self.min_prefill_tokens, fit - demand)
                 prefill_left = min(prefill_left, cap)
+        age = {r.request_id: i for i, r in enumerate(self.running)}
         # 1. Chunks of running prefills, then new prompts (FCFS), within the prefill share.
         for r in prefills:
             if prefill_left <= 0 or r not in self.running:
                 continue
             n = min(self._work(r), prefill_left, self.chunk)
-            if self._schedule_running(r, n, out, done):
+            # Nor does a running prefill take the blocks of older decodes (it is not a victim
+            # they may preempt once scheduled): short of blocks, it preempts newer ones or itself.
+            older = sum(
+                self.kv.blocks_needed(d, self._work(d))
+                for d in decodes
+                if age[d.request_id] < age[r.request_id] and d in self.running
+            )
+            if self._schedule_running(r, n, out, done, keep_free=older):
                 prefill_left -= n
                 left -= n
         while self.waiting and prefill_left > 0 and len(self.running) < self.max_num_seqs:
@@ -242,7 +250,6 @@ class Scheduler:
                     continue
                 chosen.append((r, n))
                 left -= n
-            age = {r.request_id: i for i, r in enumerate(self.running)}
             for r, n in sorted(chosen, key=lambda rn: age[rn[0].request_id]):
                 if r in self.running:  # else preempted by an older one just now
                     self._schedule_running(r, n, out, done)
@@ -333,9 +340,12 @@ class Scheduler:
         done.add(req.request_id)
         return n
 
-    def _schedule_running(self, r: Request, n: int, out: SchedulerOutput, done: set[str]) -> bool:
-        """Allocate room for ``n`` tokens of a running request, preempting others if needed."""
-        while not self.kv.allocate(r, n):
+    def _schedule_running(
+        self, r: Request, n: int, out: SchedulerOutput, done: set[str], keep_free: int = 0
+    ) -> bool:
+        """Allocate room for ``n`` tokens of a running request (leaving ``keep_free`` blocks),
+        preempting others if needed."""
+        while not self.kv.allocate(r, n, keep_free=keep_free):
             victim = self._pick_victim(done)
             if victim is None:
                 victim = r

@@ -7,7 +7,7 @@ per (op, bucket), against ``F.linear``, with the same margin as every other entr
 
 The register tile is BLIS's outer product, written as LLVM vector IR (a numba intrinsic:
 numba's own loops do not vectorize this form, and a tile written as scalars for LLVM's SLP
-vectorizer ran at 6.5-8.6 GFLOP/s): 6 weight rows x 2 vectors of token rows in 12 vector
+vectorizer was slower: docs/perf.md): 6 weight rows x 2 vectors of token rows in 12 vector
 accumulators. Per step of K it loads two token vectors and broadcasts 6 weight scalars for 12
 FMAs, with no horizontal sums. The vector width comes from the host (``cpu_isa``): 16 floats
 on AVX-512 (a 6 x 32 tile in zmm registers; numba sets no ``min-legal-vector-width``, so LLVM

@@ -9,8 +9,8 @@ low, middle, odd top (pm - 1) and top M, on cold weights and on the input layout
 hands the op, and one is kept only if it beats plain ``F.linear`` (what ``torch.matmul``
 runs) by a 3% margin at each of them. The table is versioned JSON that records the machine's
 signature, written next to the model (or to the cache folder, ``gemm_table.cache_dir``, when
-that folder is read-only or ``--cache`` is given), where ``SmoothGemm(model_path=...)`` finds
-it on the same machine. Every op is tuned by default, ``lm_head`` included.
+that folder is read-only, holds another device's table, or ``--cache`` is given), where
+``SmoothGemm(model_path=...)`` finds it on the same machine. Every op is tuned by default, ``lm_head`` included.
 
 ``quick_tune`` is the first-start form: the decode buckets only (M up to 64), fewer rounds,
 written to the cache folder.
@@ -45,14 +45,10 @@ from xyserve.plan.machine import machine_signature
 from xyserve.tools.cpu_timing import block_time, calls_for, paired_ratio
 
 
-def candidates(device: str, pm: int, dtype: torch.dtype = torch.float32) -> list[GemmConfig]:
-    """Configurations worth profiling for a bucket of padded M = ``pm``."""
-    if device == "cpu":
-        impls = [i for i in CPU_CANDIDATES if i != "numba" or cpu_gemm.available(dtype)]
-        return [GemmConfig(cpu_impl=impl) for impl in impls]  # [0]: F.linear
-    from xyserve.tools.tune_cuda import tile_candidates
-
-    return tile_candidates(pm, 1 << 30)
+def cpu_candidates(dtype: torch.dtype = torch.float32) -> list[GemmConfig]:
+    """The CPU entry points worth profiling (CUDA's search is ``tune_cuda``'s)."""
+    impls = [i for i in CPU_CANDIDATES if i != "numba" or cpu_gemm.available(dtype)]
+    return [GemmConfig(cpu_impl=impl) for impl in impls]  # [0]: F.linear
 
 
 COLD_BYTES = 64 << 20  # twice this dev box's 32 MiB L3
@@ -152,7 +148,7 @@ def _tune_one_cpu(ws: list[torch.Tensor], x: torch.Tensor, repeat: int) -> GemmC
     pm = x.shape[0]
     lo = bucket_low(pm)
     ms = sorted({lo, (lo + pm) // 2, max(lo, pm - 1), pm})
-    cfgs = candidates("cpu", pm, x.dtype)  # the first is plain F.linear
+    cfgs = cpu_candidates(x.dtype)  # the first is plain F.linear
     keys = [(c, m) for c in range(len(cfgs)) for m in ms]
     nxt = itertools.cycle(ws).__next__
     fns = {(c, m): lambda c=c, m=m: cpu_linear(cfgs[c], x[:m], nxt(), None) for c, m in keys}
@@ -200,9 +196,20 @@ def quick_tune(model: str | os.PathLike, device: str = "cpu", progress: bool = T
 
 
 def default_out(model: Path, device: str, use_cache: bool) -> Path:
-    if not use_cache and os.access(model, os.W_OK):
-        return model / TABLE_FILE
-    return cache_path(model, device)
+    """Next to the model, unless ``--cache``, a read-only folder, or a table of another device
+    there (one file name serves every device: a CUDA tune must not overwrite the CPU table)."""
+    side = model / TABLE_FILE
+    if use_cache or not os.access(model, os.W_OK) or _table_device(side) not in (None, device):
+        return cache_path(model, device)
+    return side
+
+
+def _table_device(path: Path) -> str | None:
+    """The device of the table at ``path``; None when there is none (or it is unreadable)."""
+    try:
+        return str(json.loads(path.read_text()).get("device", "cpu"))
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:
