@@ -33,9 +33,8 @@ class EngineConfig:
     # Hybrid only: may a new prompt start with a partial chunk next to other prefill work?
     partial_prefill_admission: bool = True
     # Hybrid only: SLO-aware step budget; prefill next to decodes is cut to fit this step time
-    # (ms) by an online cost model of the measured steps (None or 0: off). 300 ms: the best goodput
-    # in the simulated ablation on five workloads and in the real one (docs/perf.md); it never
-    # binds where steps are shorter, nor where the decodes alone overrun it.
+    # (ms) by an online cost model of the steps' timings (None or 0: off). It never binds where
+    # steps are shorter, nor where the decodes alone overrun it; why 300: docs/perf.md.
     tbt_target_ms: float | None = 300.0
     device: str = "auto"  # auto | cpu | cuda
     # meta/smooth are the defaults: measured at least as fast as sdpa/torch on the dev CPU
