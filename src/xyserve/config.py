@@ -7,6 +7,18 @@ from typing import Any
 
 from xyserve.spec.config import SpeculativeConfig
 
+# The hybrid policy's knobs, with the values that describe what the baseline policy does anyway
+# (FCFS, no step-time target): any other value set with the baseline policy is refused, since
+# that policy would ignore it.
+HYBRID_ONLY: dict[str, tuple] = {
+    "num_reserved_decode_tokens": (),
+    "max_prefill_chunk_tokens": (),
+    "admission_order": ("fcfs",),
+    "admission_max_skips": (),
+    "partial_prefill_admission": (),
+    "tbt_target_ms": (0, None),
+}
+
 
 @dataclass
 class EngineConfig:
@@ -95,6 +107,19 @@ class EngineConfig:
             self.speculative_config = {
                 f.name: getattr(spec, f.name) for f in fields(SpeculativeConfig)
             }
+        if self.scheduler_policy == "baseline":  # whole prefills alone: no hybrid knob applies
+            set_here = [
+                f.name
+                for f in fields(self)
+                if f.name in HYBRID_ONLY
+                and getattr(self, f.name) != f.default
+                and getattr(self, f.name) not in HYBRID_ONLY[f.name]
+            ]
+            if set_here:
+                raise ValueError(
+                    f"{', '.join(set_here)} apply to scheduler_policy 'hybrid' only "
+                    "(the baseline policy runs whole prefills alone, then decode-only steps)"
+                )
         if self.num_reserved_decode_tokens is None:
             self.num_reserved_decode_tokens = max(1, self.max_num_batched_tokens // 4)
 

@@ -235,3 +235,26 @@ def test_an_unattainable_tbt_target_does_not_throttle_prefill():
     step(s)
     s.add_request(req("long", 500, base=9000))
     assert step(s) == {"long": 255, "d": 1}
+
+
+@pytest.mark.parametrize(
+    "knob",
+    [
+        {"tbt_target_ms": 200},
+        {"max_prefill_chunk_tokens": 32},
+        {"partial_prefill_admission": False},
+        {"admission_max_skips": 2},
+        {"num_reserved_decode_tokens": 8},
+    ],
+)
+def test_hybrid_knobs_are_refused_with_the_baseline_policy(knob):
+    """The baseline policy would ignore them: a knob set with it is an error naming the knob."""
+    with pytest.raises(ValueError, match=next(iter(knob))):
+        EngineConfig(scheduler_policy="baseline", **knob)
+    EngineConfig(scheduler_policy="hybrid", **knob)  # accepted where it applies
+    EngineConfig(scheduler_policy="baseline")  # the defaults alone are fine
+
+
+def test_baseline_accepts_the_knob_values_that_describe_it():
+    """FCFS admission and no step-time target are what the baseline policy does anyway."""
+    EngineConfig(scheduler_policy="baseline", admission_order="fcfs", tbt_target_ms=0)
