@@ -24,6 +24,7 @@ import time
 
 from xyserve.engine.request import Request
 from xyserve.engine.sampler import SampleRow
+from xyserve.engine.step_cost import StepCostModel
 from xyserve.spec.config import SpeculativeConfig
 from xyserve.spec.ngram import NgramProposer
 from xyserve.spec.stats import SpecStats
@@ -36,45 +37,15 @@ DEFAULT_FIXED_COST = 32.0  # F before enough steps are timed to fit it
 MIN_FIT_STEPS = 16
 
 
-class StepCostModel:
-    """Least-squares fit of step time = a + b * tokens; ``fixed_tokens`` is a / b."""
-
-    def __init__(self) -> None:
-        self.n = 0
-        self.sx = self.sy = self.sxx = self.sxy = 0.0
-
-    def observe(self, num_tokens: int, seconds: float) -> None:
-        x = float(num_tokens)
-        self.n += 1
-        self.sx += x
-        self.sy += seconds
-        self.sxx += x * x
-        self.sxy += x * seconds
-
-    def _fit(self) -> tuple[float, float] | None:
-        """(a, b) of the least-squares line, or None before enough varied steps."""
-        if self.n < MIN_FIT_STEPS:
-            return None
-        var = self.n * self.sxx - self.sx * self.sx
-        if var <= 1e-9:
-            return None
-        b = (self.n * self.sxy - self.sx * self.sy) / var
-        return (self.sy - b * self.sx) / self.n, b
-
-    @property
-    def seconds_per_token(self) -> float | None:
-        fit = self._fit()
-        return None if fit is None or fit[1] <= 0 else fit[1]
-
-    @property
-    def fixed_tokens(self) -> float:
-        fit = self._fit()
-        if fit is None:  # too few steps, or all of one size: no slope to fit yet
-            return DEFAULT_FIXED_COST
-        a, b = fit
-        if b <= 0:
-            return 1e3  # more tokens cost nothing measurable: the fixed part dominates
-        return min(1e3, max(0.0, a / b))
+def fixed_tokens(cost: StepCostModel) -> float:
+    """A step's fixed cost in tokens' worth (a / b of the fitted step-time line)."""
+    ab = cost.line()
+    if ab is None:  # too few steps, or all of one size: no slope to fit yet
+        return DEFAULT_FIXED_COST
+    a, b = ab
+    if b <= 0:
+        return 1e3  # more tokens cost nothing measurable: the fixed part dominates
+    return min(1e3, max(0.0, a / b))
 
 
 class SpecDecoder:
@@ -86,7 +57,8 @@ class SpecDecoder:
         self.max_model_len = max_model_len
         self.budget = budget
         self.stats = SpecStats(self.k)
-        self.cost = StepCostModel()
+        # Every step since start, unforgotten: proposals are judged on the long-run costs.
+        self.cost = StepCostModel(decay=1.0, min_steps=MIN_FIT_STEPS)
         self.acceptance: dict[str, float] = {}
         self.num_levels = 0  # proposer passes so far (the deepest proposal of each call)
         # Anything with ``propose(requests, caps) -> {request_id: tokens}`` (at most caps[id]);
@@ -169,7 +141,7 @@ class SpecDecoder:
         docstring. ``sizes``: the most each may get. Whole levels are decided one at a time:
         a level costs its tokens plus one proposer pass (shared by the batch)."""
         emitted = float(num_decoding)  # each decoding request emits one token anyway
-        cost = self.cost.fixed_tokens + num_decoding
+        cost = fixed_tokens(self.cost) + num_decoding
         room = self.budget - num_decoding
         level_cost = self.proposer_level_tokens()
         keep: dict[str, int] = {}
@@ -205,10 +177,10 @@ class SpecDecoder:
 
     def proposer_level_tokens(self) -> float:
         """One proposer pass (a draft level for the whole batch) in target-token equivalents."""
-        b = self.cost.seconds_per_token
-        if b is None or self.num_levels == 0:
+        fit = self.cost.fit()  # (a, b) with b > 0 seconds per token, or None
+        if fit is None or self.num_levels == 0:
             return 0.0
-        return (self.stats.propose_seconds / self.num_levels) / b
+        return (self.stats.propose_seconds / self.num_levels) / fit[1]
 
     def observe_step(self, num_tokens: int, seconds: float) -> None:
         self.cost.observe(num_tokens, seconds)
