@@ -39,7 +39,7 @@ class EngineConfig:
     # Hybrid only: the most prefill tokens of one request per step (None: no cap but the budget).
     max_prefill_chunk_tokens: int | None = None
     # Hybrid only: fcfs | prefix_hit (fewest uncached tokens first, bounded by max skips).
-    # prefix_hit: lower TTFT tails under load in the simulated ablation (docs/perf.md).
+    # Why prefix_hit is the default: docs/perf.md (the simulated ablation).
     admission_order: str = "prefix_hit"
     admission_max_skips: int = 16
     # Hybrid only: may a new prompt start with a partial chunk next to other prefill work?
