@@ -40,3 +40,25 @@ def tiny_llama(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_qwen2(tmp_path_factory) -> Path:
     return build_model(tmp_path_factory.mktemp("tiny-qwen2"), "qwen2", tie_word_embeddings=True)
+
+
+@pytest.fixture
+def first_logits(monkeypatch) -> dict[tuple[int, ...], torch.Tensor]:
+    """The logits each request's first token was sampled from, keyed by its prompt ids.
+
+    A spy on the engine's call to the sampler (the engine has no test hook): a row whose
+    request has no output token yet is the first-token row of that prompt.
+    """
+    from xyserve.engine import engine as engine_module
+
+    seen: dict[tuple[int, ...], torch.Tensor] = {}
+    real = engine_module.sample
+
+    def spy(logits, rows, *args, **kwargs):
+        for lg, row in zip(logits, rows):
+            if not row.output_ids:
+                seen.setdefault(tuple(row.prompt_ids), lg.clone())
+        return real(logits, rows, *args, **kwargs)
+
+    monkeypatch.setattr(engine_module, "sample", spy)
+    return seen

@@ -58,7 +58,7 @@ def gpu_oracle(request, tmp_path_factory):
     return path, prompts, toks, margins, firsts, hf_bf16_err
 
 
-def _run(path, prompts, dtype: str):
+def _run(path, prompts, dtype: str, first_logits):
     llm = LLM(
         str(path),
         device="cuda",
@@ -70,27 +70,24 @@ def _run(path, prompts, dtype: str):
         gemm_backend="smooth",
     )
     eng = llm.llm_engine
-    eng.first_logits = {}
     params = SamplingParams(temperature=0, max_tokens=MAX_NEW, ignore_eos=True)
     outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
     eng.kv.check_no_leak()
-    return outs, eng.first_logits
+    return outs, [first_logits[tuple(p)] for p in prompts]
 
 
-def test_float32_matches_hf_exactly(gpu_oracle):
+def test_float32_matches_hf_exactly(gpu_oracle, first_logits):
     path, prompts, toks, _, firsts, _ = gpu_oracle
-    outs, got = _run(path, prompts, "float32")
+    outs, got = _run(path, prompts, "float32", first_logits)
     for i, (o, ref) in enumerate(zip(outs, toks)):
         assert o.outputs[0].token_ids == ref, f"prompt {i}"
-        torch.testing.assert_close(got[o.request_id].float().cpu(), firsts[i], atol=1e-4, rtol=0)
+        torch.testing.assert_close(got[i].float().cpu(), firsts[i], atol=1e-4, rtol=0)
 
 
-def test_bfloat16_agrees_except_at_near_ties(gpu_oracle):
+def test_bfloat16_agrees_except_at_near_ties(gpu_oracle, first_logits):
     path, prompts, toks, margins, firsts, hf_bf16_err = gpu_oracle
-    outs, got = _run(path, prompts, "bfloat16")
-    worst = max(
-        float((got[o.request_id].float().cpu() - firsts[i]).abs().max()) for i, o in enumerate(outs)
-    )
+    outs, got = _run(path, prompts, "bfloat16", first_logits)
+    worst = max(float((got[i].float().cpu() - firsts[i]).abs().max()) for i, o in enumerate(outs))
     assert worst <= 2 * hf_bf16_err, f"first-step logit error {worst}, HF bf16's {hf_bf16_err}"
     compared = 0
     for i, (o, ref) in enumerate(zip(outs, toks)):

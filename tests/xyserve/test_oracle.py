@@ -101,7 +101,7 @@ def with_table(path: Path, tmp: Path, impl: str, budget: int) -> Path:
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_greedy_tokens_and_first_logits_match_hf(oracle, name, tmp_path):
+def test_greedy_tokens_and_first_logits_match_hf(oracle, name, tmp_path, first_logits):
     path, prompts, refs, firsts = oracle
     cfg = dict(CONFIGS[name])
     impl = cfg.pop("table_impl", None)
@@ -114,12 +114,11 @@ def test_greedy_tokens_and_first_logits_match_hf(oracle, name, tmp_path):
         pytest.fail(f"backend of config {name} is not registered")
     llm = LLM(str(path), block_size=16, **cfg)
     eng = llm.llm_engine
-    eng.first_logits = {}
     params = SamplingParams(temperature=0, max_tokens=MAX_NEW, ignore_eos=True)
     outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
     for i, (o, ref) in enumerate(zip(outs, refs)):
         assert o.outputs[0].token_ids == ref, f"prompt {i} (len {len(prompts[i])})"
-        got = eng.first_logits[o.request_id]
+        got = first_logits[tuple(prompts[i])]
         torch.testing.assert_close(got, firsts[i], atol=1e-4, rtol=0)
     if name == "chunked":
         assert eng.kv.prefix_hit_rate > 0.05

@@ -128,7 +128,6 @@ class LLMEngine:
         self.groups: dict[str, Group] = {}
         self._child_to_group: dict[str, tuple[Group, Child]] = {}
         self._ids = itertools.count()
-        self.first_logits: dict[str, torch.Tensor] | None = None  # tests: set to {} to record
         self.num_steps = 0
         self.num_prompt_tokens = 0  # prompt tokens of admitted requests, as vLLM counts
         self.num_computed_prefill_tokens = 0  # prefill actually run (cache hits excluded)
@@ -371,9 +370,6 @@ class LLMEngine:
             logits = result.logits
             if rows != list(range(logits.shape[0])):  # a copy of [R, V] only when rows differ
                 logits = logits[rows]
-            if self.first_logits is not None:
-                for (_, child), lg in zip(children, logits):
-                    self.first_logits.setdefault(child.request.request_id, lg.clone())
             results = sample(logits, sample_rows)
             for (group, child), res in zip(children, results):
                 touched[group.request_id] = group
