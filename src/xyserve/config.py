@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
+from xyserve.engine.scheduler import check_knobs, default_reserve
 from xyserve.spec.config import SpeculativeConfig
 
 # The hybrid policy's knobs, with the values that describe what the baseline policy does anyway
@@ -76,12 +77,15 @@ class EngineConfig:
             raise ValueError("max_num_seqs must be at least 1")
         if self.block_size < 1:
             raise ValueError("block_size must be at least 1")
-        if self.scheduler_policy not in ("hybrid", "baseline"):
-            raise ValueError(
-                f"scheduler_policy must be 'hybrid' or 'baseline', got {self.scheduler_policy!r}"
-            )
+        check_knobs(
+            self.scheduler_policy,
+            self.num_reserved_decode_tokens,
+            self.max_prefill_chunk_tokens,
+            self.admission_order,
+            self.admission_max_skips,
+        )
         # Optional sizes: None picks the default; a value below 1 is refused, not clamped.
-        for name in ("num_reserved_decode_tokens", "num_kv_blocks", "max_model_len"):
+        for name in ("num_kv_blocks", "max_model_len"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1 (or unset for the default)")
@@ -92,16 +96,8 @@ class EngineConfig:
             raise ValueError("max_waiting_requests must be non-negative")
         if self.request_timeout_s is not None and not self.request_timeout_s > 0:
             raise ValueError("request_timeout_s must be positive")
-        if self.max_prefill_chunk_tokens is not None and self.max_prefill_chunk_tokens < 1:
-            raise ValueError("max_prefill_chunk_tokens must be at least 1")
-        if self.admission_order not in ("fcfs", "prefix_hit"):
-            raise ValueError(
-                f"admission_order must be 'fcfs' or 'prefix_hit', got {self.admission_order!r}"
-            )
         if self.tbt_target_ms is not None and not self.tbt_target_ms >= 0:
             raise ValueError("tbt_target_ms must be >= 0 (0: off)")
-        if self.admission_max_skips < 0:
-            raise ValueError("admission_max_skips must be >= 0")
         if self.speculative_config is not None:  # refused here, before any model loads
             spec = SpeculativeConfig.parse(self.speculative_config)
             self.speculative_config = {
@@ -121,7 +117,7 @@ class EngineConfig:
                     "(the baseline policy runs whole prefills alone, then decode-only steps)"
                 )
         if self.num_reserved_decode_tokens is None:
-            self.num_reserved_decode_tokens = max(1, self.max_num_batched_tokens // 4)
+            self.num_reserved_decode_tokens = default_reserve(self.max_num_batched_tokens)
 
     def scheduler_knobs(self) -> dict[str, object]:
         """The hybrid policy's knobs, as Scheduler keyword arguments."""

@@ -81,7 +81,38 @@ class SchedulerOutput:
         return not self.stages
 
 
+POLICIES = ("hybrid", "baseline")
 ADMISSION_ORDERS = ("fcfs", "prefix_hit")
+
+
+def default_reserve(budget: int) -> int:
+    """Budget tokens kept for decode/verify work when none is given: a quarter, at least one."""
+    return max(1, budget // 4)
+
+
+def check_knobs(
+    policy: str,
+    num_reserved_decode_tokens: int | None,
+    max_prefill_chunk_tokens: int | None,
+    admission_order: str,
+    admission_max_skips: int,
+) -> None:
+    """Refuse a bad scheduling argument with a ValueError naming it. The one check of these
+    arguments: :class:`Scheduler` runs it, and so does ``EngineConfig`` (before a model loads)."""
+    if policy not in POLICIES:
+        raise ValueError(f"scheduler_policy must be one of {POLICIES}, got {policy!r}")
+    for name, value in (
+        ("num_reserved_decode_tokens", num_reserved_decode_tokens),
+        ("max_prefill_chunk_tokens", max_prefill_chunk_tokens),
+    ):  # None picks the default; a value below 1 is refused, not clamped
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be at least 1 (or unset for the default)")
+    if admission_order not in ADMISSION_ORDERS:
+        raise ValueError(f"admission_order must be one of {ADMISSION_ORDERS}")
+    if admission_max_skips < 0:
+        raise ValueError("admission_max_skips must be >= 0")
+
+
 ADMISSION_WINDOW = 32  # waiting requests looked at by prefix_hit admission (bounds its cost)
 
 
@@ -102,14 +133,13 @@ class Scheduler:
         min_prefill_tokens: int = 16,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
-        if policy not in ("hybrid", "baseline"):
-            raise ValueError(f"unknown scheduler policy {policy!r}")
-        if admission_order not in ADMISSION_ORDERS:
-            raise ValueError(f"admission_order must be one of {ADMISSION_ORDERS}")
-        if max_prefill_chunk_tokens is not None and max_prefill_chunk_tokens < 1:
-            raise ValueError("max_prefill_chunk_tokens must be at least 1")
-        if admission_max_skips < 0:
-            raise ValueError("admission_max_skips must be >= 0")
+        check_knobs(
+            policy,
+            num_reserved_decode_tokens,
+            max_prefill_chunk_tokens,
+            admission_order,
+            admission_max_skips,
+        )
         self.chunk = max_prefill_chunk_tokens or max_num_batched_tokens
         self.admission_order = admission_order
         self.admission_max_skips = admission_max_skips
@@ -127,8 +157,7 @@ class Scheduler:
         self.max_num_seqs = max_num_seqs
         self.max_model_len = max_model_len
         self.policy = policy
-        reserve = num_reserved_decode_tokens
-        self.reserve = max(1, reserve if reserve is not None else self.budget // 4)
+        self.reserve = num_reserved_decode_tokens or default_reserve(self.budget)
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.requests: dict[str, Request] = {}
