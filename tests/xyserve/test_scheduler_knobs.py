@@ -107,6 +107,24 @@ def test_prefix_hit_admits_the_cheapest_request_first():
     s.kv.check_no_leak()
 
 
+def test_prefix_hit_resumes_a_preempted_request_before_cheaper_new_ones():
+    kv = KVCacheManager(16, 4, enable_prefix_caching=False)
+    s = Scheduler(kv, 64, 16, 4096, admission_order="prefix_hit")
+    s.add_request(req("a", 30, 20))  # 50 tokens: 13 of the 16 blocks, alone
+    s.add_request(req("b", 30, 20, base=1000))
+    while not s.num_preemptions:  # a's decode outgrows the 16 blocks: b, the newer, goes
+        step(s)
+    assert [r.request_id for r in s.waiting] == ["b"]
+    s.add_request(req("c", 2, 2, base=2000))  # far cheaper than b's recompute
+    admitted = []
+    for _ in range(200):
+        admitted += [rid for rid in step(s) if rid not in admitted and rid != "a"]
+        if not s.has_unfinished():
+            break
+    assert admitted == ["b", "c"]
+    s.kv.check_no_leak()
+
+
 def test_prefix_hit_passes_a_request_over_at_most_max_skips_times():
     s = make(budget=8, order="prefix_hit", skips=2, seqs=1)
     s.add_request(req("long", 30, base=5000))

@@ -311,7 +311,10 @@ class Scheduler:
         if self.admission_order == "fcfs" or len(self.waiting) < 2:
             return
         head = self.waiting[0]
-        if self._skips.get(head.request_id, 0) >= self.admission_max_skips:
+        # A preempted request resumes first, as under FCFS: preemption puts it back at the head
+        # (the preempted ones are always a prefix of ``waiting``), and passing it over for
+        # cheaper new work would make it the newest running request, the next one preempted.
+        if head.num_preemptions or self._skips.get(head.request_id, 0) >= self.admission_max_skips:
             return
         window = [self.waiting[i] for i in range(min(ADMISSION_WINDOW, len(self.waiting)))]
         best = min(
