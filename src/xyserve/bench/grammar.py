@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     engine = LLMEngine(EngineConfig(model=args.model, device="cpu"))
     prompts = [f"Request {i}: write something about the number {i}." for i in range(args.batch)]
     specs = {
-        name: None if v is None else engine.compile_grammar(*v) for name, v in VARIANTS.items()
+        name: None if v is None else engine.intake.compile_grammar(*v)
+        for name, v in VARIANTS.items()
     }
 
     def params(name: str) -> list[SamplingParams]:

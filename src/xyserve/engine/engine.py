@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
-import json
 import logging
-import threading
 import time
 from pathlib import Path
 
 import torch
 
 from xyserve.config import EngineConfig
+from xyserve.engine.intake import RequestIntake, RequestValidationError
 from xyserve.engine.kv_cache import KVCacheManager
 from xyserve.engine.output import Child, Group, OutputProcessor
 from xyserve.engine.request import Request, RequestStatus
@@ -41,18 +39,6 @@ def resolve_model_path(name: str | None) -> Path:
             raise FileNotFoundError(f"model directory not found: {p}") from None
         return p
     return Path(resolve_model(name))
-
-
-class RequestValidationError(ValueError):
-    """A request the engine refuses before admitting any part of it; ``param`` names the field."""
-
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.param = param
-
-
-class PromptTooLongError(RequestValidationError):
-    pass
 
 
 class LLMEngine:
@@ -121,9 +107,9 @@ class LLMEngine:
             gemm_kwargs,
             allow_tf32=config.allow_tf32,
         )
-        self._structured = None  # StructuredOutputs, built on first use (imports llguidance)
-        self._structured_lock = threading.Lock()
-        self._grammar_cache: dict[str, object] = {}  # offline dict constraints, by content
+        self.intake = RequestIntake(
+            config, self.tokenizer, mcfg.vocab_size, self.eos_token_ids, self.max_model_len
+        )
         self.output = OutputProcessor(self.tokenizer, self.eos_token_ids, self.max_model_len)
         self.groups: dict[str, Group] = {}
         self._child_to_group: dict[str, tuple[Group, Child]] = {}
@@ -156,110 +142,6 @@ class LLMEngine:
         self.spec = SpecDecoder.for_engine(spec, self) if spec is not None else None
 
     # ---- requests ---------------------------------------------------------------------
-    def tokenize(self, prompt: str, add_special_tokens: bool = True) -> list[int]:
-        """Token ids of ``prompt``; text the tokenizer cannot take is a RequestValidationError."""
-        if self.tokenizer is None:
-            raise RequestValidationError(
-                "text prompts need a tokenizer (skip_tokenizer_init is set)", "prompt"
-            )
-        if not isinstance(prompt, str):
-            raise RequestValidationError("the prompt must be a string", "prompt")
-        try:
-            prompt.encode("utf-8")  # lone surrogates (from JSON \ud800 escapes) cannot encode
-            return self.tokenizer.encode(prompt, add_special_tokens=add_special_tokens)
-        except (UnicodeError, TypeError, ValueError) as e:
-            msg = f"the tokenizer cannot encode the text: {e}"
-            raise RequestValidationError(msg, "prompt") from None
-
-    def prompt_ids(self, prompt: str | list[int] | dict, add_special_tokens: bool = True) -> tuple:
-        """(text or None, token ids) of a prompt given as text, ids, or a vLLM prompt dict."""
-        if isinstance(prompt, dict):
-            if "prompt_token_ids" in prompt:
-                return prompt.get("prompt"), list(prompt["prompt_token_ids"])
-            text = prompt["prompt"]
-            return text, self.tokenize(text, add_special_tokens)
-        if isinstance(prompt, str):
-            return prompt, self.tokenize(prompt, add_special_tokens)
-        return None, list(prompt)
-
-    def compile_grammar(self, kind: str, value: object) -> object:
-        """A GrammarSpec for SamplingParams.structured; GrammarError (a ValueError) if invalid.
-
-        Thread-safe, so the server compiles off the engine thread.
-        """
-        if self.tokenizer is None:
-            raise RequestValidationError("structured outputs need a tokenizer", "response_format")
-        with self._structured_lock:
-            if self._structured is None:
-                from xyserve.engine.structured import StructuredOutputs
-
-                self._structured = StructuredOutputs(
-                    self.tokenizer.hf, self.model.cfg.vocab_size, sorted(self.eos_token_ids)
-                )
-        return self._structured.compile(kind, value)
-
-    def _compiled(self, params: SamplingParams) -> SamplingParams:
-        """``params`` with a dict constraint compiled (a copy: the caller's object is shared
-        by every prompt of an offline batch, so compiled grammars are cached by content)."""
-        spec = params.structured
-        if not isinstance(spec, dict):
-            return params
-        kinds = {"json": "json_schema", "regex": "regex", "choice": "choice",
-                 "grammar": "grammar", "json_object": "json_object"}  # fmt: skip
-        given = [(k, v) for k, v in spec.items() if v is not None and v is not False]
-        if len(given) != 1 or given[0][0] not in kinds:
-            raise RequestValidationError(
-                f"structured needs exactly one of {', '.join(kinds)}", "structured"
-            )
-        key, value = given[0]
-        cache_key = json.dumps([key, value], sort_keys=True, default=str)
-        compiled = self._grammar_cache.get(cache_key)
-        if compiled is None:
-            compiled = self.compile_grammar(kinds[key], value)
-            if len(self._grammar_cache) >= 64:
-                self._grammar_cache.pop(next(iter(self._grammar_cache)))
-            self._grammar_cache[cache_key] = compiled
-        return dataclasses.replace(params, structured=compiled)
-
-    def validate_request(self, ids: list[int], params: SamplingParams) -> int:
-        """Every model-dependent check of a request; returns its max_tokens.
-
-        Raises RequestValidationError (or PromptTooLongError) before anything is admitted, so a
-        request that passes can neither fail the shared step on its parameters nor wait forever.
-        """
-        cfg = self.config
-        vocab = self.model.cfg.vocab_size
-        if not ids:
-            raise RequestValidationError("the prompt is empty", "prompt")
-        if any(not isinstance(t, int) or not (0 <= t < vocab) for t in ids):
-            raise RequestValidationError(f"prompt token ids must be in [0, {vocab})", "prompt")
-        if params.n > cfg.max_n:
-            raise RequestValidationError(f"n must be at most {cfg.max_n}", "n")
-        if len(params.stop_strings) > cfg.max_stop_strings:
-            raise RequestValidationError(f"at most {cfg.max_stop_strings} stop strings", "stop")
-        if any(t >= vocab for t in params.stop_token_ids):
-            raise RequestValidationError(
-                f"stop_token_ids must be in [0, {vocab})", "stop_token_ids"
-            )
-        if any(not (0 <= t < vocab) for t in params.logit_bias or {}):
-            raise RequestValidationError(
-                f"logit_bias token ids must be in [0, {vocab})", "logit_bias"
-            )
-        if params.logprobs is not None and params.logprobs > vocab:
-            raise RequestValidationError(f"logprobs must be at most {vocab}", "logprobs")
-        if params.structured is not None and self.tokenizer is None:
-            raise RequestValidationError("structured outputs need a tokenizer", "response_format")
-        max_tokens = params.max_tokens
-        if max_tokens is None:
-            max_tokens = self.max_model_len - len(ids)
-        if len(ids) + max_tokens > self.max_model_len or max_tokens < 1:
-            raise PromptTooLongError(
-                f"this model's maximum context length is {self.max_model_len} tokens; the prompt "
-                f"has {len(ids)} tokens and max_tokens is {max_tokens}",
-                "prompt" if len(ids) >= self.max_model_len else "max_tokens",
-            )
-        return max_tokens
-
     def add_request(
         self,
         prompt: str | list[int] | dict,
@@ -269,9 +151,9 @@ class LLMEngine:
         add_special_tokens: bool = True,
     ) -> str:
         """Admit a request whole, or raise and admit nothing (no child is left behind)."""
-        params = self._compiled(params or SamplingParams())
-        text, ids = self.prompt_ids(prompt, add_special_tokens)
-        max_tokens = self.validate_request(ids, params)
+        params = self.intake.compiled(params or SamplingParams())
+        text, ids = self.intake.prompt_ids(prompt, add_special_tokens)
+        max_tokens = self.intake.validate(ids, params)
         rid = request_id if request_id is not None else str(next(self._ids))
         if rid in self.groups:
             raise RequestValidationError(f"duplicate request id {rid!r}")

@@ -429,7 +429,9 @@ def create_app(
         if constraint is not None:
             field, kind, value = constraint
             try:
-                params.structured = await asyncio.to_thread(llm.engine.compile_grammar, kind, value)
+                params.structured = await asyncio.to_thread(
+                    llm.engine.intake.compile_grammar, kind, value
+                )
             except ValueError as e:
                 raise APIError(str(e), param=field) from None
         return params
@@ -545,7 +547,7 @@ def create_app(
         else:
             raise APIError("give prompt or messages", param="prompt")
         try:
-            ids = await asyncio.to_thread(llm.engine.tokenize, text, add_special)
+            ids = await asyncio.to_thread(llm.engine.intake.tokenize, text, add_special)
         except ValueError as e:
             raise APIError(str(e), param="prompt") from None
         return {"count": len(ids), "max_model_len": llm.engine.max_model_len, "tokens": ids}
