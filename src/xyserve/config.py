@@ -50,8 +50,8 @@ class EngineConfig:
     # steps are shorter, nor where the decodes alone overrun it; why 300: docs/perf.md.
     tbt_target_ms: float | None = 300.0
     device: str = "auto"  # auto | cpu | cuda
-    # meta/smooth are the defaults: measured at least as fast as sdpa/torch on the dev CPU
-    # (xyserve bench kernels); sdpa/torch stay available as the per-stage/vendor baselines.
+    # meta/smooth are XY-Serve's meta-kernels; sdpa/torch are the per-stage and vendor
+    # baselines (`xyserve bench kernels` times them side by side; figures: docs/perf.md).
     attention_backend: str = "meta"  # meta | sdpa | reference
     gemm_backend: str = "smooth"  # smooth | torch
     # CUDA float32: the meta/smooth Triton kernels' dots may use TF32 (off: exact float32). Torch's
