@@ -1,0 +1,49 @@
+"""Chat messages to prompt text: each message checked, then the chat template applied."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from xyserve.server.errors import APIError
+from xyserve.server.protocol import ChatMessage
+
+# Roles a request may send (OpenAI's, less the tool roles: tool calling is not implemented).
+CHAT_ROLES = ("system", "developer", "user", "assistant")
+
+
+def chat_messages(body_messages: list[ChatMessage]) -> list[dict[str, Any]]:
+    """The messages as the template takes them; APIError naming the first bad message."""
+    messages = []
+    for i, m in enumerate(body_messages):
+        if m.role in ("tool", "function") or m.tool_calls or m.tool_call_id is not None:
+            raise APIError("tool calling is not supported", param=f"messages.{i}.role")
+        if m.role not in CHAT_ROLES:
+            raise APIError(
+                f"unknown role {m.role!r}; roles are {', '.join(CHAT_ROLES)}",
+                param=f"messages.{i}.role",
+            )
+        if m.content is None:
+            raise APIError("content is required", param=f"messages.{i}.content")
+        try:
+            text = m.text()
+        except ValueError as e:
+            raise APIError(str(e), param=f"messages.{i}.content") from None
+        msg: dict[str, Any] = {"role": m.role, "content": text}
+        if m.name is not None:
+            msg["name"] = m.name
+        messages.append(msg)
+    return messages
+
+
+def render_chat(
+    tok: Any, messages: list[dict], add_generation_prompt: bool, template: str | None
+) -> str:
+    """The prompt text: the tokenizer's own template, or ``template`` (``--chat-template``)."""
+    if template is None:
+        return tok.apply_chat_template(messages, add_generation_prompt)
+    return tok.hf.apply_chat_template(
+        messages,
+        chat_template=template,
+        tokenize=False,
+        add_generation_prompt=add_generation_prompt,
+    )

@@ -1,0 +1,143 @@
+"""What the routes of one app share: the engine, the server options, and the steps common to
+the generation routes (model and admission checks, all-or-nothing adds, request logging)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+
+from xyserve.outputs import RequestOutput
+from xyserve.server.async_engine import AsyncLLM, EngineDeadError, RequestStream
+from xyserve.server.chat_prompt import chat_messages, render_chat
+from xyserve.server.errors import APIError, stream_error
+from xyserve.server.metrics import ServerMetrics
+from xyserve.server.options import ServerOptions
+from xyserve.server.protocol import ChatMessage, ModelCard
+from xyserve.server.streams import cancel_on_disconnect, final_outputs
+
+log = logging.getLogger("xyserve.server")
+
+
+@dataclass
+class ServerContext:
+    llm: AsyncLLM
+    opts: ServerOptions
+    metrics: ServerMetrics
+    max_waiting: int | None = None  # past this many waiting requests, new ones get a 503
+
+    @property
+    def model_name(self) -> str:
+        return self.llm.model_name
+
+    def check_model(self, name: str | None) -> None:
+        if name is not None and name != self.model_name:
+            raise APIError(
+                f"The model `{name}` does not exist.",
+                status=404,
+                type="NotFoundError",
+                param="model",
+                code="model_not_found",
+            )
+
+    def check_admission(self) -> None:
+        if self.max_waiting is not None and self.llm.num_waiting >= self.max_waiting:
+            raise APIError(
+                f"the server is busy ({self.max_waiting} requests waiting); retry later",
+                503,
+                "server_busy",
+                headers={"Retry-After": "1"},
+            )
+
+    def card(self) -> ModelCard:
+        engine = self.llm.engine
+        root = str(getattr(engine, "model_path", "")) or None
+        return ModelCard(id=self.model_name, root=root, max_model_len=engine.max_model_len)
+
+    def tokenizer(self) -> Any:
+        tok = self.llm.engine.tokenizer
+        if tok is None:
+            raise APIError("this server has no tokenizer (skip_tokenizer_init is set)")
+        return tok
+
+    async def render_chat(self, messages: list[ChatMessage], add_generation_prompt: bool) -> str:
+        """The prompt text of chat messages (validated first), rendered off the event loop."""
+        tok = self.tokenizer()
+        msgs = chat_messages(messages)
+        try:
+            return await asyncio.to_thread(
+                render_chat, tok, msgs, add_generation_prompt, self.opts.chat_template
+            )
+        except Exception as e:
+            raise APIError(f"cannot apply the chat template: {e}", param="messages") from None
+
+    async def add_all(
+        self, prompts: list[Any], params: Any, rid: str, add_special_tokens: bool = True
+    ) -> list[RequestStream]:
+        """Add every prompt's request or none: an add error is the client's 400."""
+        self.check_admission()
+        streams: list[RequestStream] = []
+        try:
+            for i, prompt in enumerate(prompts):
+                sub = rid if len(prompts) == 1 else f"{rid}-{i}"
+                streams.append(
+                    await self.llm.add_request(
+                        prompt, params, sub, add_special_tokens=add_special_tokens
+                    )
+                )
+        except BaseException as e:
+            for s in streams:
+                s.close()
+            if isinstance(e, EngineDeadError):
+                raise APIError(str(e), 503, "internal_error") from None
+            if isinstance(e, ValueError):
+                code = "context_length_exceeded" if "context length" in str(e) else None
+                raise APIError(str(e), param=getattr(e, "param", None), code=code) from None
+            raise
+        return streams
+
+    def log_request(
+        self, rid: str, t0: float, outs: list[Any], user: str | None, error: Any
+    ) -> None:
+        """One log line per request (unless ``--disable-log-requests``)."""
+        if self.opts.disable_log_requests:
+            return
+        done = [o for o in outs if o is not None]
+        n_prompt = sum(len(o.prompt_token_ids) for o in done)
+        n_out = sum(len(c.token_ids) for o in done for c in o.outputs)
+        reasons = sorted({str(c.finish_reason) for o in done for c in o.outputs})
+        log.info(
+            "request %s: prompt_tokens=%d completion_tokens=%d time=%.3fs finish=%s%s%s",
+            rid,
+            n_prompt,
+            n_out,
+            time.monotonic() - t0,
+            ",".join(reasons) or "-",
+            f" user={user}" if user else "",
+            f" error={error}" if error is not None else "",
+        )
+
+    async def collect(
+        self, raw: Request, streams: list[RequestStream], rid: str, t0: float, user: str | None
+    ) -> list[RequestOutput]:
+        """The final outputs of a non-streaming response, logged; its error as an APIError."""
+        try:
+            finals = await cancel_on_disconnect(raw, final_outputs(streams))
+        except Exception as e:
+            err = stream_error(e)
+            self.log_request(rid, t0, [], user, err.info.message)
+            raise err from None
+        self.log_request(rid, t0, finals, user, None)
+        return finals
+
+
+async def server_context(request: Request) -> ServerContext:
+    """The app's ServerContext, as a route dependency (async: no thread-pool hop)."""
+    return request.app.state.ctx
+
+
+Ctx = Annotated[ServerContext, Depends(server_context)]

@@ -1,0 +1,97 @@
+"""Client-facing errors: OpenAI's error body ``{"error": {message, type, param, code}}``.
+
+Every client error is an :class:`APIError`, rendered with its status (400 by default; 401
+without the API key, 404 for an unknown model, 413 for a body over the limit, 499 when the
+client left, 503 past the waiting limit, 504 past the request time limit), so OpenAI clients
+raise their usual exceptions. FastAPI's 422 validation errors become 400s naming the field.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from xyserve.server.async_engine import EngineDeadError, RequestFailedError, RequestTimeoutError
+from xyserve.server.protocol import ErrorInfo, ErrorResponse
+
+
+class APIError(Exception):
+    """An error that the client caused (or may retry), rendered as OpenAI's error body."""
+
+    def __init__(
+        self,
+        message: str,
+        status: int = 400,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.info = (
+            status,
+            ErrorInfo(message=message, type=type, param=param, code=code),
+        )
+        self.headers = headers
+
+
+def error_response(err: APIError) -> JSONResponse:
+    return JSONResponse(
+        ErrorResponse(error=err.info).model_dump(), status_code=err.status, headers=err.headers
+    )
+
+
+def stream_error(e: BaseException) -> APIError:
+    """The error a request's stream raised, as the client should see it."""
+    if isinstance(e, APIError):
+        return e
+    if isinstance(e, RequestTimeoutError):
+        return APIError(str(e), 504, "timeout_error", code="request_timeout")
+    if isinstance(e, RequestFailedError):
+        return APIError(f"the request failed: {e}", 500, "internal_error")
+    if isinstance(e, EngineDeadError):
+        return APIError(str(e), 503, "internal_error")
+    return APIError(f"internal error: {e}", 500, "internal_error")
+
+
+def validation_error(exc: RequestValidationError) -> APIError:
+    """FastAPI's 422 becomes OpenAI's 400, naming the first offending field as ``param``."""
+    msgs, param = [], None
+    for e in exc.errors():
+        # Union branches add type tags ("str", "list[int]") to the location: not fields.
+        loc = [str(x) for x in e.get("loc", ()) if x != "body" and not _is_type_tag(x)]
+        if e.get("type") == "json_invalid":
+            loc = []
+        where = ".".join(loc)
+        if param is None and where:
+            param = where
+        msg = f"{where}: {e.get('msg')}" if where else str(e.get("msg"))
+        if msg not in msgs:
+            msgs.append(msg)
+    return APIError("; ".join(msgs) or "invalid request", param=param)
+
+
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "tuple"}
+
+
+def _is_type_tag(x: object) -> bool:
+    return isinstance(x, str) and ("[" in x or x in _TYPE_TAGS)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Render APIError, request validation errors and HTTP errors (404, 405) as OpenAI's body."""
+
+    @app.exception_handler(APIError)
+    async def _api_error(_: Request, exc: APIError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(validation_error(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = "invalid_request_error" if exc.status_code < 500 else "internal_error"
+        return error_response(APIError(str(exc.detail), exc.status_code, kind))

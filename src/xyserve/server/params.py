@@ -1,0 +1,42 @@
+"""A request's body as SamplingParams: every field honoured or refused with a 400 naming it."""
+
+from __future__ import annotations
+
+import asyncio
+
+from xyserve.sampling_params import SamplingParams, SamplingParamsError
+from xyserve.server.async_engine import AsyncLLM
+from xyserve.server.errors import APIError
+from xyserve.server.protocol import ChatCompletionRequest, CompletionRequest
+
+
+async def sampling_params(
+    llm: AsyncLLM, body: CompletionRequest | ChatCompletionRequest, renames: dict[str, str]
+) -> SamplingParams:
+    """The request's SamplingParams, its grammar compiled (off the event loop).
+
+    ``renames`` maps a SamplingParams name to the request field that set it, so that the 400
+    names the field the client sent (``max_completion_tokens`` for ``max_tokens``, say).
+    """
+    for name in body.refused_fields():
+        msg = f"{name} is not supported"
+        if name == "best_of":
+            msg = "best_of is not supported (as in vLLM V1); use n"
+        raise APIError(msg, param=name)
+    try:
+        params = body.to_sampling_params()
+    except SamplingParamsError as e:
+        raise APIError(str(e), param=renames.get(e.param, e.param)) from None
+    try:
+        constraint = body.constraint()
+    except ValueError as e:
+        raise APIError(str(e), param="response_format") from None
+    if constraint is not None:
+        field, kind, value = constraint
+        try:
+            params.structured = await asyncio.to_thread(
+                llm.engine.intake.compile_grammar, kind, value
+            )
+        except ValueError as e:
+            raise APIError(str(e), param=field) from None
+    return params

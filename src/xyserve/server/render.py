@@ -1,0 +1,72 @@
+"""Engine outputs as OpenAI response parts: usage, and logprobs in the completions and chat
+shapes. Shared by whole responses and streamed chunks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from xyserve.outputs import CompletionOutput, Logprob, RequestOutput
+from xyserve.server.protocol import (
+    ChatChoiceLogprobs,
+    ChatLogprobEntry,
+    CompletionLogprobs,
+    UsageInfo,
+)
+
+
+@dataclass
+class ChoiceState:
+    """How much of one choice was already sent (streaming) or rendered."""
+
+    text_len: int = 0
+    num_tokens: int = 0
+    text_offset: int = 0
+    done: bool = False
+
+
+def usage(outs: list[RequestOutput | None]) -> UsageInfo:
+    p = sum(len(o.prompt_token_ids) for o in outs if o is not None)
+    c = sum(len(x.token_ids) for o in outs if o is not None for x in o.outputs)
+    return UsageInfo(prompt_tokens=p, completion_tokens=c, total_tokens=p + c)
+
+
+def _token_str(tid: int, lp: Logprob | None) -> str:
+    if lp is not None and lp.decoded_token is not None:
+        return lp.decoded_token
+    return f"token_id:{tid}"
+
+
+def _ranked(entry: dict[int, Logprob]) -> list[tuple[int, Logprob]]:
+    return sorted(entry.items(), key=lambda kv: (kv[1].rank or 1 << 30, -kv[1].logprob))
+
+
+def completion_logprobs(c: CompletionOutput, start: int, st: ChoiceState) -> CompletionLogprobs:
+    """Logprobs of ``c``'s tokens from ``start`` on; advances ``st.text_offset``."""
+    out = CompletionLogprobs()
+    for tid, entry in zip(c.token_ids[start:], (c.logprobs or [])[start:]):
+        tok = _token_str(tid, entry.get(tid))
+        out.tokens.append(tok)
+        out.token_logprobs.append(entry[tid].logprob if tid in entry else None)
+        out.top_logprobs.append({_token_str(t, lp): lp.logprob for t, lp in _ranked(entry)})
+        out.text_offset.append(st.text_offset)
+        st.text_offset += len(tok)
+    return out
+
+
+def chat_logprobs(c: CompletionOutput, start: int, k: int) -> ChatChoiceLogprobs:
+    """Logprobs of ``c``'s tokens from ``start`` on, each with its ``k`` most likely tokens."""
+    content = []
+    for tid, entry in zip(c.token_ids[start:], (c.logprobs or [])[start:]):
+        tok = _token_str(tid, entry.get(tid))
+        top = [
+            dict(
+                token=_token_str(t, lp), logprob=lp.logprob, bytes=list(_token_str(t, lp).encode())
+            )
+            for t, lp in _ranked(entry)
+            if lp.rank is not None and lp.rank <= k
+        ][:k]
+        lp = entry[tid].logprob if tid in entry else float("-inf")
+        content.append(
+            ChatLogprobEntry(token=tok, logprob=lp, bytes=list(tok.encode()), top_logprobs=top)
+        )
+    return ChatChoiceLogprobs(content=content)

@@ -1,0 +1,118 @@
+"""POST /v1/chat/completions: messages rendered with the chat template, whole or streamed."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+
+from xyserve.outputs import RequestOutput
+from xyserve.sampling_params import SamplingParams
+from xyserve.server.async_engine import RequestStream
+from xyserve.server.context import Ctx
+from xyserve.server.errors import APIError, stream_error
+from xyserve.server.params import sampling_params
+from xyserve.server.protocol import (
+    ChatCompletionChoice,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatCompletionStreamResponse,
+    ChatMessageOut,
+    ChatStreamChoice,
+    DeltaMessage,
+)
+from xyserve.server.render import ChoiceState, chat_logprobs, usage
+from xyserve.server.sse import DONE, OnDone, advance, sse, sse_error
+
+router = APIRouter()
+
+
+@router.post("/v1/chat/completions", response_model=None)
+async def chat_completions(body: ChatCompletionRequest, raw: Request, ctx: Ctx) -> Any:
+    t0 = time.monotonic()
+    ctx.check_model(body.model)
+    renames = {}
+    if body.max_completion_tokens is not None:
+        renames["max_tokens"] = "max_completion_tokens"
+    renames["logprobs"] = "top_logprobs"
+    if body.top_logprobs is not None and not body.logprobs:
+        raise APIError("top_logprobs needs logprobs: true", param="top_logprobs")
+    params = await sampling_params(ctx.llm, body, renames)
+    prompt = await ctx.render_chat(body.messages, body.add_generation_prompt)
+    rid = f"chatcmpl-{uuid.uuid4().hex}"
+    # The template already holds any special tokens (BOS); by default don't add them twice.
+    streams = await ctx.add_all([prompt], params, rid, add_special_tokens=body.add_special_tokens)
+    k = body.top_logprobs or 0
+    model_name = ctx.model_name
+    if body.stream:
+        gen = _chat_stream(
+            streams[0], rid, model_name, params, k, body.include_usage,
+            lambda outs, err: ctx.log_request(rid, t0, outs, body.user, err),
+        )  # fmt: skip
+        return StreamingResponse(gen, media_type="text/event-stream")
+    (out,) = await ctx.collect(raw, streams, rid, t0, body.user)
+    choices = [
+        ChatCompletionChoice(
+            index=c.index,
+            message=ChatMessageOut(content=c.text),
+            logprobs=chat_logprobs(c, 0, k) if params.logprobs is not None else None,
+            finish_reason=c.finish_reason,
+            stop_reason=c.stop_reason,
+        )
+        for c in out.outputs
+    ]
+    return ChatCompletionResponse(id=rid, model=model_name, choices=choices, usage=usage([out]))
+
+
+async def _chat_stream(
+    stream: RequestStream,
+    rid: str,
+    model: str,
+    params: SamplingParams,
+    k: int,
+    include_usage: bool,
+    on_done: OnDone | None = None,
+) -> AsyncIterator[str]:
+    states = [ChoiceState() for _ in range(params.n)]
+    final: RequestOutput | None = None
+    error = None
+
+    def chunk(choice: ChatStreamChoice) -> str:
+        return sse(ChatCompletionStreamResponse(id=rid, model=model, choices=[choice]))
+
+    try:
+        for j in range(params.n):
+            yield chunk(ChatStreamChoice(index=j, delta=DeltaMessage(role="assistant", content="")))
+        async for out in stream:
+            final = out
+            for c in out.outputs:
+                step = advance(states[c.index], c, params.stop_strings)
+                if step is None:
+                    continue
+                text, start = step
+                lp = chat_logprobs(c, start, k) if params.logprobs is not None else None
+                delta = DeltaMessage(content=text) if text else DeltaMessage()
+                yield chunk(
+                    ChatStreamChoice(
+                        index=c.index,
+                        delta=delta,
+                        logprobs=lp,
+                        finish_reason=c.finish_reason,
+                        stop_reason=c.stop_reason,
+                    )
+                )
+        if include_usage:
+            u = usage([final])
+            yield sse(ChatCompletionStreamResponse(id=rid, model=model, choices=[], usage=u))
+    except Exception as e:
+        error = stream_error(e).info.message
+        yield sse_error(e)
+    finally:
+        stream.close()
+        if on_done is not None:
+            on_done([final], error)
+    yield DONE
