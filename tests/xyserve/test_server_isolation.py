@@ -568,6 +568,41 @@ def test_metrics_counters(server: Server) -> None:
         assert name in text
 
 
+def _metric(server: Server, name: str) -> float:
+    text = httpx.get(f"{server.url}/metrics").text
+    (value,) = [line.split()[-1] for line in text.splitlines() if line.startswith(name + " ")]
+    return float(value)
+
+
+def test_ttft_is_observed_once_for_a_request_failing_after_its_first_token(
+    server: Server,
+) -> None:
+    """A request that fails in a later step (its output then carries the error and no new
+    token) still counts one first token, not two."""
+    ttft = "xyserve:time_to_first_token_seconds_count"
+    before_ttft, before_failed = (
+        _metric(server, ttft),
+        _metric(server, "xyserve:request_failed_total"),
+    )
+    output = server.engine.output
+    real = output.record_logprobs
+
+    def flaky(child, res):  # noqa: ANN001, ANN202 - fails the step after the first token
+        if len(child.request.output_token_ids) == 1:
+            raise RuntimeError("a logprob bug")
+        return real(child, res)
+
+    output.record_logprobs = flaky
+    try:
+        r = post(server, "/v1/completions", {**BASE, "max_tokens": 6, "ignore_eos": True})
+    finally:
+        del output.record_logprobs
+    assert r.status_code == 500 and "a logprob bug" in r.json()["error"]["message"]
+    server.assert_clean()
+    assert _metric(server, "xyserve:request_failed_total") == before_failed + 1
+    assert _metric(server, ttft) == before_ttft + 1
+
+
 def test_cli_server_flags(tmp_path: Path, monkeypatch) -> None:
     from xyserve.server.cli import parse_args, server_options
 

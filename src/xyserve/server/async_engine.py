@@ -15,7 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from xyserve.config import EngineConfig
@@ -56,6 +56,19 @@ class _Sink:
 
     loop: asyncio.AbstractEventLoop
     queue: asyncio.Queue
+    first_token_seen: bool = False  # its time to first token was reported
+
+
+@dataclass
+class StepReport:
+    """What one engine step did, for the stats hook."""
+
+    outputs: list[RequestOutput] = field(default_factory=list)
+    finished: list[str] = field(default_factory=list)  # ids of the requests it finished
+    # Time to first token of each request whose first token this step delivered: reported
+    # once per request, here, because a later output (one failing the request, say) can carry
+    # the same first and last token times as the step that made the first token.
+    ttfts: list[float] = field(default_factory=list)
 
 
 class RequestStream:
@@ -108,7 +121,7 @@ class RequestStream:
             self._llm.abort(self.request_id)
 
 
-StatsHook = Callable[[Any, list[RequestOutput], list[str]], None]
+StatsHook = Callable[[Any, StepReport], None]
 
 
 class AsyncLLM:
@@ -245,7 +258,7 @@ class AsyncLLM:
                 if self._stop:
                     break
                 if not engine.has_unfinished_requests():
-                    self._report([], [])
+                    self._report(StepReport())
                     self._wake.wait()
                     self._wake.clear()
                     continue
@@ -255,8 +268,7 @@ class AsyncLLM:
                     log.exception("engine step failed")
                     self._fail_all(e)
                     continue
-                finished = self._deliver(outputs)
-                self._report(outputs, finished)
+                self._report(self._deliver(outputs))
                 if not outputs and not self._inbox:
                     # Nothing was schedulable (e.g. all waiting on memory): don't spin.
                     self._wake.wait(0.005)
@@ -292,21 +304,26 @@ class AsyncLLM:
         self._sinks[a.request_id] = _Sink(a.loop, a.queue)
         a.loop.call_soon_threadsafe(_resolve, a.future, None)
 
-    def _deliver(self, outputs: list[RequestOutput]) -> list[str]:
+    def _deliver(self, outputs: list[RequestOutput]) -> StepReport:
         """Hand outputs to their queues, batched into one callback per event loop."""
         batches: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, Any]]] = {}
-        finished = []
+        report = StepReport(outputs)
         for out in outputs:
             sink = self._sinks.get(out.request_id)
             if out.finished:
-                finished.append(out.request_id)
+                report.finished.append(out.request_id)
                 self._sinks.pop(out.request_id, None)
-            if sink is not None:
-                item = RequestFailedError(out.error) if out.error is not None else out
-                batches.setdefault(sink.loop, []).append((sink.queue, item))
+            if sink is None:
+                continue
+            m = out.metrics
+            if not sink.first_token_seen and m is not None and m.first_token_time is not None:
+                sink.first_token_seen = True
+                report.ttfts.append(m.first_token_time - m.arrival_time)
+            item = RequestFailedError(out.error) if out.error is not None else out
+            batches.setdefault(sink.loop, []).append((sink.queue, item))
         for loop, items in batches.items():
             _call_soon(loop, _put_all, items)
-        return finished
+        return report
 
     def _fail_all(self, error: BaseException) -> None:
         for rid, sink in list(self._sinks.items()):
@@ -322,10 +339,10 @@ class AsyncLLM:
             if kind == "add":
                 _call_soon(item.loop, _resolve, item.future, error)
 
-    def _report(self, outputs: list[RequestOutput], finished: list[str]) -> None:
+    def _report(self, report: StepReport) -> None:
         if self.stats_hook is not None:
             try:
-                self.stats_hook(self.engine, outputs, finished)
+                self.stats_hook(self.engine, report)
             except Exception:  # pragma: no cover - metrics must never stop serving
                 log.exception("stats hook failed")
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from xyserve.outputs import RequestOutput
+from xyserve.server.async_engine import StepReport
 
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0)
 TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)
@@ -96,15 +96,14 @@ class ServerMetrics:
         self._last_gen = 0
         self._last = {"preempt": 0, "abort": 0, "fail": 0}
 
-    def on_step(self, engine: Any, outputs: list[RequestOutput], finished: list[str]) -> None:
+    def on_step(self, engine: Any, report: StepReport) -> None:
         """The AsyncLLM stats hook: called from the engine thread only."""
-        for out in outputs:
+        for ttft in report.ttfts:
+            self.ttft.observe(ttft)
+        for out in report.outputs:
             m = out.metrics
             if m is None or m.first_token_time is None:
                 continue
-            # The step that produced the first token sets first and last token times alike.
-            if m.last_token_time == m.first_token_time:
-                self.ttft.observe(m.first_token_time - m.arrival_time)
             if out.finished and out.error is None:
                 n = max((len(c.token_ids) for c in out.outputs), default=0)
                 if n > 1 and m.last_token_time is not None:
