@@ -86,7 +86,7 @@ def test_llama_cpp_logits_match_hf(tiny_llama, tmp_path):
     """F32 weights and K/V, flash attention off: llama.cpp's greedy tokens equal HF's."""
     from transformers import AutoModelForCausalLM
 
-    from xyserve.bench.offline import greedy_hf
+    from xyserve.bench.offline_systems import greedy_hf
 
     out = export_gguf(tiny_llama, tmp_path / "m.gguf")
     prompts = [[5, 17, 42, 9, 100, 7], [3, 3, 8]]

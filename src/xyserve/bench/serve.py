@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def model_config(model: str) -> tuple[Path | None, dict[str, Any] | None]:
     """(an HF config JSON to build random weights from, or None; the model's config dict)."""
-    from xyserve.bench.offline import packaged
+    from xyserve.bench.offline_workload import packaged
 
     cand = [Path(model), packaged("models", model)]
     for c in cand:
@@ -220,7 +220,7 @@ def start_systems(
     model = args.model
     extra: list[str] = []
     if build_from is not None:
-        from xyserve.bench.offline import build_random_model
+        from xyserve.bench.offline_workload import build_random_model
 
         print(f"building a random-weight model from {build_from} ...", file=sys.stderr)
         model = str(build_random_model(build_from, scratch / "model", args.seed))

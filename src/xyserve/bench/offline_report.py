@@ -1,0 +1,91 @@
+"""``bench offline``'s report: the matmul peak measured beside the runs, each system's rates as
+shares of that peak and of the fp32 roof, its speedup over HF, printed and as JSON."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from xyserve.bench.offline_workload import Workload, linear_flops, model_flops
+from xyserve.plan.machine import cpu_signature
+
+
+def matmul_peak_gflops(n: int = 1024, reps: int = 8) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+def report(
+    cfg: dict,
+    work: Workload,
+    peak: float,
+    times: dict[str, float],
+    round_seconds: dict[str, list[float]],
+    json_path: str | None,
+) -> None:
+    """Print each system's best time as rates and ratios; write them to ``json_path`` if set.
+
+    "Model GFLOP/s" divides the workload's model FLOPs by wall time, so every system shares
+    the numerator; the roof is the output tok/s that the linear-layer FLOPs alone allow at
+    ``peak``.
+    """
+    flops = model_flops(cfg, work)
+    n_req, n_out = len(work.prompts), work.num_output_tokens
+    ref = next((k for k in times if k.startswith("hf")), None)
+    roof = n_out * peak * 1e9 / linear_flops(cfg, work)
+    machine = cpu_signature()
+    rows = {}
+    print(
+        f"\nmachine: {machine.describe()}; {torch.get_num_threads()} torch threads; "
+        f"matmul peak {peak:.1f} GFLOP/s (measured now)\n"
+        f"workload {work.name}: {n_req} requests, {sum(map(len, work.prompts))} prompt tokens, "
+        f"{n_out} output tokens; fp32 roof {roof:.1f} output tok/s (linear-layer FLOPs at the "
+        f"peak)"
+    )
+    print(
+        f"{'system':<20}{'req/s':>8}{'out tok/s':>11}{'GFLOP/s':>9}{'% peak':>8}{'% roof':>8}"
+        f"{'vs HF':>8}"
+    )
+    for name, t in times.items():
+        gf = flops / t / 1e9
+        row = {
+            "seconds": t,
+            "requests_per_s": n_req / t,
+            "output_tokens_per_s": n_out / t,
+            "model_gflops": gf,
+            "fraction_of_peak": gf / peak,
+            "fraction_of_roof": n_out / t / roof,
+        }
+        if ref:
+            row["speedup_vs_hf"] = times[ref] / t
+        rows[name] = row
+        vs = f"{row['speedup_vs_hf']:.2f}x" if ref else "-"
+        print(
+            f"{name:<20}{row['requests_per_s']:>8.2f}{row['output_tokens_per_s']:>11.1f}"
+            f"{gf:>9.1f}{100 * gf / peak:>7.1f}%{100 * row['fraction_of_roof']:>7.1f}%{vs:>8}"
+        )
+    if llama := next((k for k in times if k.startswith("llama.cpp")), None):
+        print(f"xyserve-hybrid vs llama.cpp: {times[llama] / times['xyserve-hybrid']:.2f}x")
+    if "xyserve-baseline" in times:
+        print(f"hybrid vs baseline: {times['xyserve-baseline'] / times['xyserve-hybrid']:.2f}x")
+    if json_path:
+        result = {
+            "workload": work.name,
+            "model_config": cfg,
+            "matmul_peak_gflops": peak,
+            "roof_output_tokens_per_s": roof,
+            "machine": machine.to_json(),
+            "systems": rows,
+            "round_seconds": round_seconds,  # every run, in round order; the best is reported
+            "torch_threads": torch.get_num_threads(),
+        }
+        Path(json_path).write_text(json.dumps(result, indent=1))

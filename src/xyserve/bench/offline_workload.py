@@ -1,0 +1,91 @@
+"""``bench offline``'s inputs: the workload (a versioned data file), the random-weight model,
+and what the workload costs in model FLOPs (the numerator that every system's GFLOP/s share)."""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+WORKLOAD_SCHEMA = "xyserve.offline-workload/1"
+
+
+@dataclass
+class Workload:
+    name: str
+    prompts: list[list[int]]
+    output_lens: list[int]
+
+    @property
+    def num_output_tokens(self) -> int:
+        return sum(self.output_lens)
+
+
+def packaged(kind: str, name: str) -> Path:
+    """A data file shipped in ``xyserve/bench/<kind>/`` (workloads, models)."""
+    return Path(str(resources.files("xyserve.bench") / kind / name))
+
+
+def load_workload(path: str | Path, vocab_size: int, seed: int = 0, limit: int | None = None):
+    """The workload file (a path or a packaged name) with seeded random prompt token ids."""
+    path = Path(path)
+    if not path.is_file():
+        path = packaged("workloads", str(path))
+    data = json.loads(path.read_text())
+    if data.get("schema") != WORKLOAD_SCHEMA:
+        raise ValueError(f"{path}: schema must be {WORKLOAD_SCHEMA!r}, got {data.get('schema')!r}")
+    rng = random.Random(seed)
+    plen = int(data.get("shared_prefix_len", 0))
+    prefixes: dict = {}
+    prompts, outs = [], []
+    for i, r in enumerate(data["requests"][:limit]):
+        n, o = int(r["prompt_len"]), int(r["output_len"])
+        if n < 1 or o < 1:
+            raise ValueError(f"{path}: request {i}: prompt_len and output_len must be >= 1")
+        g = r.get("prefix_group")
+        head: list[int] = []
+        if g is not None and plen:
+            head = prefixes.setdefault(g, [rng.randrange(3, vocab_size) for _ in range(plen)])
+            head = head[: max(0, n - 1)]
+        prompts.append(head + [rng.randrange(3, vocab_size) for _ in range(n - len(head))])
+        outs.append(o)
+    return Workload(data.get("name", path.stem), prompts, outs)
+
+
+def build_random_model(config_file: Path, out: Path, seed: int) -> Path:
+    """A Llama with seeded random weights from an HF config JSON, saved to ``out``."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = json.loads(config_file.read_text())
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(LlamaConfig(**{k: v for k, v in cfg.items() if k != "architectures"}))
+    model.save_pretrained(str(out))
+    return out
+
+
+def linear_flops(cfg: dict, work: Workload) -> float:
+    """FLOPs of the linear layers: every prompt and output token once, lm_head per output."""
+    h, inter, layers = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
+    heads = cfg["num_attention_heads"]
+    d = cfg.get("head_dim") or h // heads
+    kvh = cfg.get("num_key_value_heads") or heads
+    per_tok = 2 * layers * (h * (heads + 2 * kvh) * d + heads * d * h + 3 * h * inter)
+    total = 0.0
+    for p, o in zip(work.prompts, work.output_lens):
+        total += per_tok * (len(p) + o) + 2 * h * cfg["vocab_size"] * o
+    return total
+
+
+def model_flops(cfg: dict, work: Workload) -> float:
+    """Linear layers plus attention (QK^T and PV, causal)."""
+    heads, layers = cfg["num_attention_heads"], cfg["num_hidden_layers"]
+    d = cfg.get("head_dim") or cfg["hidden_size"] // heads
+    total = linear_flops(cfg, work)
+    for p, o in zip(work.prompts, work.output_lens):
+        n = len(p) + o
+        total += layers * 4 * heads * d * (n * (n + 1) / 2)
+    return total
