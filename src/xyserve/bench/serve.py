@@ -15,31 +15,29 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import shlex
 import signal
 import sys
 import tempfile
 import threading
-from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from xyserve.bench import arrivals as arr
 from xyserve.bench import serve_workload as wl
 from xyserve.bench.serve_load import disconnect_plan, run_load, served_model
-from xyserve.bench.serve_report import RunReport, Slo, aggregate, markdown, table
-from xyserve.bench.serve_server import EndpointError, ServerProcess, check_loopback, leak_check
-
-DEFAULT_SYSTEMS = ("hybrid=--scheduler-policy hybrid", "baseline=--scheduler-policy baseline")
-
-
-@dataclass
-class System:
-    label: str
-    base_url: str
-    server: ServerProcess | None = None
+from xyserve.bench.serve_plan import load_inputs, loads
+from xyserve.bench.serve_report import (
+    RunReport,
+    Slo,
+    aggregate,
+    markdown,
+    max_rate_under_slo,
+    ratios,
+    table,
+)
+from xyserve.bench.serve_server import EndpointError, leak_check
+from xyserve.bench.serve_systems import DEFAULT_SYSTEMS, model_config, start_systems, stop_systems
 
 
 def _rate(text: str) -> float:
@@ -144,131 +142,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def model_config(model: str) -> tuple[Path | None, dict[str, Any] | None]:
-    """(an HF config JSON to build random weights from, or None; the model's config dict)."""
-    from xyserve.bench.offline_workload import packaged
-
-    cand = [Path(model), packaged("models", model)]
-    for c in cand:
-        if c.is_file() and c.suffix == ".json":
-            return c, json.loads(c.read_text())
-    for c in [Path(model), Path(str(resources.files("xyserve") / "models" / model))]:
-        if (c / "config.json").is_file():
-            return None, json.loads((c / "config.json").read_text())
-    return None, None
-
-
-def loads(args: argparse.Namespace, work: wl.ServeWorkload) -> list[dict[str, Any]]:
-    """One dict per run: label, offered rate, number of requests, arrival times or concurrency."""
-    burst = args.burstiness if args.burstiness is not None else work.burstiness
-    if args.concurrency is not None:
-        return [
-            dict(
-                load=f"concurrency={args.concurrency}",
-                rate=None,
-                n=args.num_prompts,
-                concurrency=args.concurrency,
-                burst=None,
-                trace=None,
-            )
-        ]
-    if args.qps_trace is not None:
-        trace = arr.load_trace(args.qps_trace)
-        n = args.num_prompts
-        if args.duration is not None:
-            n = max(args.min_prompts, round(trace.mean_rate * args.trace_scale * args.duration))
-        return [
-            dict(
-                load=f"trace={trace.name} x{args.trace_scale:g}",
-                rate=trace.mean_rate * args.trace_scale,
-                n=n,
-                concurrency=None,
-                burst=None,
-                trace=trace,
-            )
-        ]
-    rates = args.sweep or [args.request_rate]
-    out = []
-    for r in rates:
-        n = args.num_prompts
-        if args.duration is not None and math.isfinite(r):
-            n = max(args.min_prompts, round(r * args.duration))
-        out.append(
-            dict(
-                load=f"rate={r:g} burst={burst:g}",
-                rate=r,
-                n=n,
-                concurrency=None,
-                burst=burst,
-                trace=None,
-            )
-        )
-    return out
-
-
-def start_systems(
-    args: argparse.Namespace, scratch: Path
-) -> tuple[list[System], str, dict[str, Any] | None]:
-    """Start (or reach) every system; returns them, the model served, and its config.
-
-    A random-weight model is built under ``scratch`` (the caller removes it).
-    """
-    if args.base_url is not None:
-        url = check_loopback(args.base_url)
-        return [System(args.label, url)], args.model, None
-    build_from, cfg = model_config(args.model)
-    model = args.model
-    extra: list[str] = []
-    if build_from is not None:
-        from xyserve.bench.offline_workload import build_random_model
-
-        print(f"building a random-weight model from {build_from} ...", file=sys.stderr)
-        model = str(build_random_model(build_from, scratch / "model", args.seed))
-        extra = ["--skip-tokenizer-init"]
-    specs = args.system or list(DEFAULT_SYSTEMS)
-    systems: list[System] = []
-    try:
-        for spec in specs:
-            label, sep, flags = spec.partition("=")
-            if not sep or not label:
-                raise ValueError(f"--system {spec!r}: expected NAME=ENGINE_ARGS")
-            if label in (s.label for s in systems):
-                raise ValueError(f"--system {label!r} given twice")
-            eng = shlex.split(args.engine_args) + shlex.split(flags) + extra
-            srv = ServerProcess(model, eng, args.threads, args.startup_timeout)
-            print(f"starting {label}: xyserve serve {model} {' '.join(eng)}", file=sys.stderr)
-            systems.append(System(label, "", srv.launch()))
-        for s in systems:
-            assert s.server is not None
-            s.base_url = s.server.wait().base_url
-    except BaseException:
-        stop_systems(systems)
-        raise
-    return systems, model, cfg
-
-
-def stop_systems(systems: list[System]) -> None:
-    for s in systems:
-        if s.server is not None:
-            s.server.stop()
-
-
-def max_rate_under_slo(reports: list[RunReport], target: float) -> dict[str, float]:
-    """Per system: the highest offered rate meeting the SLO (0 when none does)."""
-    best: dict[str, float] = {}
-    for r in reports:
-        best.setdefault(r.label, 0.0)
-        ok = r.num_failed == 0 and r.slo_attainment >= target and r.offered_rate is not None
-        if ok and math.isfinite(r.offered_rate):
-            best[r.label] = max(best[r.label], r.offered_rate)
-    return best
-
-
-def ratios(best: dict[str, float], reference: str) -> dict[str, float | None]:
-    ref = best.get(reference, 0.0)
-    return {k: (v / ref if ref > 0 else None) for k, v in best.items()}
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     work = wl.load(args.workload)
     slo = Slo(args.slo_ttft_ms / 1e3, args.slo_tbt_ms / 1e3, args.slo_tbt_stat)
@@ -299,23 +172,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         out["ratio_to_" + ref] = ratios(best, ref)
         out["reference"] = ref
     return out
-
-
-def load_inputs(
-    args: argparse.Namespace,
-    work: wl.ServeWorkload,
-    ld: dict[str, Any],
-    k: int,
-    vocab: int,
-    max_len: int | None,
-) -> tuple[list[wl.BenchRequest], list[float] | None]:
-    """The requests of load ``k`` and their send times (None: closed loop); seeded."""
-    reqs = wl.sample(work, ld["n"], vocab, seed=args.seed + k, max_model_len=max_len)
-    if ld["trace"] is not None:
-        return reqs, arr.trace_arrivals(ld["n"], ld["trace"], args.seed, args.trace_scale)
-    if ld["rate"] is not None:
-        return reqs, arr.gamma_arrivals(ld["n"], ld["rate"], ld["burst"], args.seed + k)
-    return reqs, None
 
 
 def _simulate(

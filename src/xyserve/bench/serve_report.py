@@ -176,3 +176,19 @@ def markdown(reports: list[RunReport]) -> str:
             f"| {_ms(r.tpot['mean'])} |"
         )
     return "\n".join(lines)
+
+
+def max_rate_under_slo(reports: list[RunReport], target: float) -> dict[str, float]:
+    """Per system: the highest offered rate meeting the SLO (0 when none does)."""
+    best: dict[str, float] = {}
+    for r in reports:
+        best.setdefault(r.label, 0.0)
+        ok = r.num_failed == 0 and r.slo_attainment >= target and r.offered_rate is not None
+        if ok and math.isfinite(r.offered_rate):
+            best[r.label] = max(best[r.label], r.offered_rate)
+    return best
+
+
+def ratios(best: dict[str, float], reference: str) -> dict[str, float | None]:
+    ref = best.get(reference, 0.0)
+    return {k: (v / ref if ref > 0 else None) for k, v in best.items()}

@@ -1,0 +1,82 @@
+"""The systems ``bench serve`` measures: one ``xyserve serve`` per ``--system NAME=ENGINE_ARGS``
+started on free loopback ports (all before the first run), or a running ``--base-url``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from xyserve.bench.offline_workload import build_random_model, packaged
+from xyserve.bench.serve_server import ServerProcess, check_loopback
+
+DEFAULT_SYSTEMS = ("hybrid=--scheduler-policy hybrid", "baseline=--scheduler-policy baseline")
+
+
+@dataclass
+class System:
+    label: str
+    base_url: str
+    server: ServerProcess | None = None
+
+
+def model_config(model: str) -> tuple[Path | None, dict[str, Any] | None]:
+    """(an HF config JSON to build random weights from, or None; the model's config dict)."""
+    cand = [Path(model), packaged("models", model)]
+    for c in cand:
+        if c.is_file() and c.suffix == ".json":
+            return c, json.loads(c.read_text())
+    for c in [Path(model), Path(str(resources.files("xyserve") / "models" / model))]:
+        if (c / "config.json").is_file():
+            return None, json.loads((c / "config.json").read_text())
+    return None, None
+
+
+def start_systems(
+    args: argparse.Namespace, scratch: Path
+) -> tuple[list[System], str, dict[str, Any] | None]:
+    """Start (or reach) every system; returns them, the model served, and its config.
+
+    A random-weight model is built under ``scratch`` (the caller removes it).
+    """
+    if args.base_url is not None:
+        url = check_loopback(args.base_url)
+        return [System(args.label, url)], args.model, None
+    build_from, cfg = model_config(args.model)
+    model = args.model
+    extra: list[str] = []
+    if build_from is not None:
+        print(f"building a random-weight model from {build_from} ...", file=sys.stderr)
+        model = str(build_random_model(build_from, scratch / "model", args.seed))
+        extra = ["--skip-tokenizer-init"]
+    specs = args.system or list(DEFAULT_SYSTEMS)
+    systems: list[System] = []
+    try:
+        for spec in specs:
+            label, sep, flags = spec.partition("=")
+            if not sep or not label:
+                raise ValueError(f"--system {spec!r}: expected NAME=ENGINE_ARGS")
+            if label in (s.label for s in systems):
+                raise ValueError(f"--system {label!r} given twice")
+            eng = shlex.split(args.engine_args) + shlex.split(flags) + extra
+            srv = ServerProcess(model, eng, args.threads, args.startup_timeout)
+            print(f"starting {label}: xyserve serve {model} {' '.join(eng)}", file=sys.stderr)
+            systems.append(System(label, "", srv.launch()))
+        for s in systems:
+            assert s.server is not None
+            s.base_url = s.server.wait().base_url
+    except BaseException:
+        stop_systems(systems)
+        raise
+    return systems, model, cfg
+
+
+def stop_systems(systems: list[System]) -> None:
+    for s in systems:
+        if s.server is not None:
+            s.server.stop()
