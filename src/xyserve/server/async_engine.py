@@ -299,10 +299,12 @@ class AsyncLLM:
                 add_special_tokens=a.add_special_tokens,
             )
         except Exception as e:
-            a.loop.call_soon_threadsafe(_resolve, a.future, e)
+            _call_soon(a.loop, _resolve, a.future, e)
             return
         self._sinks[a.request_id] = _Sink(a.loop, a.queue)
-        a.loop.call_soon_threadsafe(_resolve, a.future, None)
+        if not _call_soon(a.loop, _resolve, a.future, None):  # its client's loop is gone
+            self._sinks.pop(a.request_id, None)
+            self.engine.abort_request(a.request_id)
 
     def _deliver(self, outputs: list[RequestOutput]) -> StepReport:
         """Hand outputs to their queues, batched into one callback per event loop."""
@@ -347,11 +349,13 @@ class AsyncLLM:
                 log.exception("stats hook failed")
 
 
-def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable, *args: Any) -> None:
+def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable, *args: Any) -> bool:
+    """Schedule ``fn`` on ``loop``; False if the loop is closed (its requests are gone)."""
     try:
         loop.call_soon_threadsafe(fn, *args)
-    except RuntimeError:  # the loop is closed: its requests are gone anyway
-        pass
+    except RuntimeError:
+        return False
+    return True
 
 
 def _resolve(fut: asyncio.Future, error: BaseException | None) -> None:
