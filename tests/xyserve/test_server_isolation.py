@@ -117,6 +117,22 @@ BAD = [
         "type": "json_schema"}}, "response_format"),
     ("/v1/chat/completions", {"model": MODEL, "messages": [
         {"role": "user", "content": "lone \udc00 surrogate"}]}, "prompt"),
+    # accepted and ignored before: now refused
+    ("/v1/completions", {**BASE, "stream_options": {"include_usage": True}}, "stream_options"),
+    ("/v1/completions", {**BASE, "stream": True, "stream_options": {
+        "include_usage": True, "continuous_usage_stats": True}},
+     "stream_options.continuous_usage_stats"),
+    ("/v1/chat/completions", {"model": MODEL, "messages": CHAT, "response_format": {
+        "type": "json_object", "json_schema": {"name": "p", "schema": {"type": "object"}}}},
+     "response_format"),
+    ("/v1/chat/completions", {"model": MODEL, "messages": CHAT, "max_tokens": 3,
+                              "max_completion_tokens": 5}, "max_tokens"),
+    ("/v1/chat/completions", {"model": MODEL, "messages": [
+        {"role": "assistant", "content": "x", "function_call": {"name": "f", "arguments": "{}"}},
+        {"role": "user", "content": "y"}]}, "messages.0.function_call"),
+    ("/tokenize", {"model": MODEL, "prompt": "x", "messages": CHAT}, "prompt"),
+    ("/tokenize", {"model": MODEL, "prompt": "x", "add_generation_prompt": False},
+     "add_generation_prompt"),
 ]  # fmt: skip
 
 
@@ -249,6 +265,20 @@ def test_output_failure_fails_one_request_and_the_batch_goes_on(tiny_llama: Path
 
 
 # ---- atomic abort: nothing left after each kind of failure ------------------------------------
+
+
+def test_echo_refused_after_admission_aborts_its_requests(tiny_llama: Path) -> None:
+    """Echo of a token prompt needs a tokenizer; the 400 it gets comes after the requests were
+    added, and they must not run on for nobody."""
+    config = EngineConfig(
+        model=str(tiny_llama), device="cpu", max_model_len=512, skip_tokenizer_init=True
+    )
+    with run_server(config) as srv:
+        payload = {"prompt": [[5, 6, 7]], "max_tokens": 400, "ignore_eos": True, "echo": True}
+        r = post(srv, "/v1/completions", payload)
+        assert r.status_code == 400 and r.json()["error"]["param"] == "echo", r.text
+        srv.assert_clean()
+        assert srv.engine.num_aborted_requests == 1
 
 
 def test_no_orphans_after_a_rejected_fanout(server: Server) -> None:

@@ -17,6 +17,8 @@ def chat_messages(body_messages: list[ChatMessage]) -> list[dict[str, Any]]:
     for i, m in enumerate(body_messages):
         if m.role in ("tool", "function") or m.tool_calls or m.tool_call_id is not None:
             raise APIError("tool calling is not supported", param=f"messages.{i}.role")
+        if m.function_call is not None:
+            raise APIError("function calling is not supported", param=f"messages.{i}.function_call")
         if m.role not in CHAT_ROLES:
             raise APIError(
                 f"unknown role {m.role!r}; roles are {', '.join(CHAT_ROLES)}",

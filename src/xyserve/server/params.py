@@ -23,6 +23,8 @@ async def sampling_params(
         if name == "best_of":
             msg = "best_of is not supported (as in vLLM V1); use n"
         raise APIError(msg, param=name)
+    if body.stream_options is not None and not body.stream:
+        raise APIError("stream_options is only allowed with stream: true", param="stream_options")
     try:
         params = body.to_sampling_params()
     except SamplingParamsError as e:

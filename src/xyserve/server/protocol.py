@@ -27,6 +27,7 @@ class ErrorResponse(BaseModel):
 
 
 class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
     include_usage: bool = False
 
 
@@ -127,6 +128,8 @@ class _SamplingRequest(BaseModel):
         """(field, kind, value) of the structured-output constraint; ValueError if several."""
         found: list[tuple[str, str, Any]] = []
         rf = self.response_format
+        if rf is not None and rf.type != "json_schema" and rf.json_schema is not None:
+            raise ValueError(f"response_format.json_schema needs type json_schema, not {rf.type!r}")
         if rf is not None and rf.type == "json_object":
             found.append(("response_format", "json_object", None))
         elif rf is not None and rf.type == "json_schema":
@@ -245,13 +248,15 @@ class ContentPart(BaseModel):
 
 class ChatMessage(BaseModel):
     # Clients send back the assistant messages they received, with response-only fields
-    # (refusal, annotations, audio); those are ignored. tool_calls are refused (see app).
+    # (refusal, annotations, audio); those are ignored. tool_calls and function_call are
+    # refused (see chat_prompt).
     model_config = ConfigDict(extra="ignore")
     role: str
     content: str | list[ContentPart] | None = None
     name: str | None = None
     tool_calls: list[Any] | None = None
     tool_call_id: str | None = None
+    function_call: Any = None  # the deprecated form of tool_calls: refused too
 
     def text(self) -> str:
         if self.content is None:

@@ -35,6 +35,12 @@ router = APIRouter()
 async def chat_completions(body: ChatCompletionRequest, raw: Request, ctx: Ctx) -> Any:
     t0 = time.monotonic()
     ctx.check_model(body.model)
+    both = body.max_tokens is not None and body.max_completion_tokens is not None
+    if both and body.max_tokens != body.max_completion_tokens:
+        raise APIError(
+            "max_tokens and max_completion_tokens differ; give max_completion_tokens alone",
+            param="max_tokens",
+        )
     renames = {}
     if body.max_completion_tokens is not None:
         renames["max_tokens"] = "max_completion_tokens"

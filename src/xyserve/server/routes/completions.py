@@ -42,7 +42,12 @@ async def completions(body: CompletionRequest, raw: Request, ctx: Ctx) -> Any:
         raise APIError("prompt must not be empty", param="prompt")
     rid = f"cmpl-{uuid.uuid4().hex}"
     streams = await ctx.add_all(prompts, params, rid)
-    echo = await asyncio.to_thread(_echo_texts, ctx.llm, prompts) if body.echo else None
+    try:
+        echo = await asyncio.to_thread(_echo_texts, ctx.llm, prompts) if body.echo else None
+    except BaseException:  # refused after admission: its requests must not run for nobody
+        for s in streams:
+            s.close()
+        raise
     model_name = ctx.model_name
     if body.stream:
         gen = _completion_stream(
