@@ -61,3 +61,54 @@ def test_an_add_whose_event_loop_closed_does_not_stop_the_engine() -> None:
         assert "orphan" in engine.aborted  # nobody listens to it: aborted, not run
     finally:
         llm.shutdown()
+
+
+class ManyStepEngine(OneStepEngine):
+    """A stand-in engine: a request grows by one token a step for ``steps`` steps; each output
+    is cumulative (a fresh list of every token so far), as the real engine's are."""
+
+    def __init__(self, steps: int) -> None:
+        super().__init__()
+        self.steps = steps
+        self.tokens: dict[str, list[int]] = {}
+
+    def add_request(self, prompt, params, request_id, **_) -> None:  # noqa: ANN001
+        super().add_request(prompt, params, request_id)
+        self.tokens[request_id] = []
+
+    def step(self) -> list[RequestOutput]:
+        outs = []
+        for rid in list(self.running):
+            ids = self.tokens[rid]
+            ids.append(len(ids))
+            done = len(ids) == self.steps
+            c = CompletionOutput(0, "", list(ids), None, None, "length" if done else None)
+            outs.append(RequestOutput(rid, None, [1], [c], finished=done))
+            if done:
+                self.running.remove(rid)
+        return outs
+
+
+def test_a_client_that_stops_reading_holds_one_output_not_every_steps() -> None:
+    """Outputs are cumulative: queued ones the client has not read are replaced by the newest,
+    so a stalled stream's memory stays at one output instead of growing with the square of its
+    length."""
+    engine = ManyStepEngine(steps=40)
+    llm = AsyncLLM(engine)
+    llm._prepare = lambda prompt, params, add_special: {"prompt_token_ids": prompt}
+    llm.start()
+
+    async def stalled() -> tuple[int, RequestOutput]:
+        stream = await llm.add_request([1], SamplingParams(), "slow")
+        while engine.has_unfinished_requests() or not stream._queue.qsize():
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)  # the last delivery callback runs
+        held = stream._queue.qsize()
+        return held, await stream.__anext__()
+
+    try:
+        held, out = asyncio.run(asyncio.wait_for(stalled(), 10))
+    finally:
+        llm.shutdown()
+    assert out.finished and out.outputs[0].token_ids == list(range(40))
+    assert held == 1

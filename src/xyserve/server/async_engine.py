@@ -74,7 +74,7 @@ class StepReport:
 class RequestStream:
     """Async iterator over one request's cumulative outputs; closing it early aborts it.
 
-    Outputs are cumulative, so when the consumer lags, only the newest queued one is returned.
+    Outputs are cumulative, so when the consumer lags, only the newest is kept and returned.
     """
 
     def __init__(
@@ -369,4 +369,10 @@ def _resolve(fut: asyncio.Future, error: BaseException | None) -> None:
 
 def _put_all(items: list[tuple[asyncio.Queue, Any]]) -> None:
     for q, out in items:
+        if not isinstance(out, BaseException):
+            # Outputs are cumulative: the newest replaces any its consumer has not taken yet
+            # (the consumer would skip them anyway), so a client that stops reading holds one
+            # output, not one per step, each a copy of every token so far.
+            while not q.empty():
+                q.get_nowait()
         q.put_nowait(out)
