@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 
 from xyserve.outputs import CompletionOutput, RequestOutput
 from xyserve.sampling_params import SamplingParams
@@ -112,3 +114,23 @@ def test_a_client_that_stops_reading_holds_one_output_not_every_steps() -> None:
         llm.shutdown()
     assert out.finished and out.outputs[0].token_ids == list(range(40))
     assert held == 1
+
+
+def test_a_request_whose_event_loop_closed_is_aborted_not_run_for_nobody() -> None:
+    engine = ManyStepEngine(steps=1000)
+    gate, real_step = threading.Event(), engine.step
+    engine.step = lambda: gate.wait(10) and real_step()
+    llm = AsyncLLM(engine)
+    llm._prepare = lambda prompt, params, add_special: {"prompt_token_ids": prompt}
+    llm.start()
+    try:
+        asyncio.run(llm.add_request([1], SamplingParams(), "left"))  # its loop closes unread
+        gate.set()
+        deadline = time.monotonic() + 10
+        while engine.has_unfinished_requests() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert "left" in engine.aborted and len(engine.tokens["left"]) < 1000
+        assert llm.is_alive
+    finally:
+        gate.set()
+        llm.shutdown()

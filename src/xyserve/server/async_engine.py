@@ -309,6 +309,7 @@ class AsyncLLM:
     def _deliver(self, outputs: list[RequestOutput]) -> StepReport:
         """Hand outputs to their queues, batched into one callback per event loop."""
         batches: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, Any]]] = {}
+        rids: dict[asyncio.AbstractEventLoop, list[str]] = {}
         report = StepReport(outputs)
         for out in outputs:
             sink = self._sinks.get(out.request_id)
@@ -323,8 +324,12 @@ class AsyncLLM:
                 report.ttfts.append(m.first_token_time - m.arrival_time)
             item = RequestFailedError(out.error) if out.error is not None else out
             batches.setdefault(sink.loop, []).append((sink.queue, item))
+            rids.setdefault(sink.loop, []).append(out.request_id)
         for loop, items in batches.items():
-            _call_soon(loop, _put_all, items)
+            if not _call_soon(loop, _put_all, items):  # the loop closed: nobody reads these
+                for rid in rids[loop]:
+                    if self._sinks.pop(rid, None) is not None:
+                        self.engine.abort_request(rid)
         return report
 
     def _fail_all(self, error: BaseException) -> None:
