@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from xyserve.kernels import cpu_act, cpu_rope
+from xyserve.kernels.cpu import act as cpu_act
+from xyserve.kernels.cpu import rope as cpu_rope
 from xyserve.model.rope import RotaryEmbedding
 
 pytestmark = pytest.mark.skipif(cpu_act.njit is None, reason="needs numba")

@@ -123,7 +123,7 @@ def test_gemm_table_roundtrip_and_untuned_fallback(tmp_path):
 
 
 def test_tuner_writes_a_table_that_loads(tmp_path):
-    from xyserve.kernels.smooth_gemm import SmoothGemm
+    from xyserve.kernels.gemm.smooth import SmoothGemm
     from xyserve.tools.tune import main
 
     cfg = {"hidden_size": 32, "num_attention_heads": 4, "num_key_value_heads": 2}

@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from xyserve.bench.cases import StageSpec, build_case
-from xyserve.kernels.reference import reference_attention
-from xyserve.kernels.triton.precision import dot_precision
+from xyserve.kernels.attention.reference import reference_attention
+from xyserve.kernels.triton_precision import dot_precision
 from xyserve.plan.gemm_table import GemmConfig
 
 TRITON = os.environ.get("TRITON_INTERPRET") == "1" or torch.cuda.is_available()
@@ -70,9 +70,10 @@ class _Recorder:
 @pytest.mark.parametrize("allow_tf32", [False, True])
 def test_launches_pass_ieee_for_float32_unless_tf32_is_allowed(monkeypatch, allow_tf32):
     from xyserve.bench import triton_baselines as baselines
-    from xyserve.kernels.meta_attention import MetaAttention
-    from xyserve.kernels.smooth_gemm import SmoothGemm
-    from xyserve.kernels.triton import meta_attention, smooth_gemm
+    from xyserve.kernels.attention.meta import triton_kernel as meta_attention
+    from xyserve.kernels.attention.meta.backend import MetaAttention
+    from xyserve.kernels.gemm import triton_kernel as smooth_gemm
+    from xyserve.kernels.gemm.smooth import SmoothGemm
 
     rec = {
         name: _Recorder(getattr(mod, name))
@@ -136,8 +137,11 @@ HALF = {torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}  # unit roundoff of ea
 @pytest.mark.skipif(not CUDA, reason="half-precision Triton dots need a GPU")
 @pytest.mark.parametrize("dtype", list(HALF))
 def test_gpu_half_precision_within_epsilon(dtype):
-    from xyserve.kernels.triton.meta_attention import build_triton_plan, triton_meta_attention
-    from xyserve.kernels.triton.smooth_gemm import smooth_matmul
+    from xyserve.kernels.attention.meta.triton_kernel import (
+        build_triton_plan,
+        triton_meta_attention,
+    )
+    from xyserve.kernels.gemm.triton_kernel import smooth_matmul
 
     eps = HALF[dtype]
     gen = torch.Generator().manual_seed(5)

@@ -25,8 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
-from xyserve.kernels.metadata import AttentionMetadata, gather_kv
-from xyserve.kernels.triton.precision import dot_precision
+from xyserve.kernels.attention.metadata import AttentionMetadata, gather_kv
+from xyserve.kernels.triton_precision import dot_precision
 from xyserve.plan.gemm_table import GemmConfig, padded_m
 
 

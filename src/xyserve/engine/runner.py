@@ -7,9 +7,12 @@ from dataclasses import dataclass
 import torch
 
 from xyserve.engine.scheduler import SchedulerOutput
-from xyserve.kernels import cpu_act, cpu_argmax, cpu_norm, cpu_rope
+from xyserve.kernels.attention.metadata import AttentionMetadata
 from xyserve.kernels.backend import get_attention_backend, get_gemm_backend
-from xyserve.kernels.metadata import AttentionMetadata
+from xyserve.kernels.cpu import act as cpu_act
+from xyserve.kernels.cpu import argmax as cpu_argmax
+from xyserve.kernels.cpu import norm as cpu_norm
+from xyserve.kernels.cpu import rope as cpu_rope
 from xyserve.model.llama import LlamaModel, StepContext
 from xyserve.plan.token_table import TokenTable
 from xyserve.spec import tree

@@ -12,7 +12,9 @@ from typing import Any
 
 import torch
 
-from xyserve.kernels import cpu_act, cpu_norm, cpu_rope
+from xyserve.kernels.cpu import act as cpu_act
+from xyserve.kernels.cpu import norm as cpu_norm
+from xyserve.kernels.cpu import rope as cpu_rope
 from xyserve.model.config import ModelConfig
 from xyserve.model.rope import RotaryEmbedding
 

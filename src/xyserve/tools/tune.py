@@ -3,7 +3,7 @@
 For each linear op of the model (shapes from its ``config.json``) and each virtually padded M
 up to the token budget, profile the candidate configurations and keep the best. On CUDA the
 candidates are Triton tile shapes, swizzle groups and launch knobs, timed at the padded M (the
-kernel computes whole tiles). On CPU they are the vendor-GEMM entry points and ``cpu_gemm``'s
+kernel computes whole tiles). On CPU they are the vendor-GEMM entry points and ``kernels.cpu.gemm``'s
 numba kernel; the CPU computes the real rows only, so each candidate is timed at the bucket's
 low, middle, odd top (pm - 1) and top M, on cold weights and on the input layout the forward
 hands the op, and one is kept only if it beats plain ``F.linear`` (what ``torch.matmul``
@@ -29,8 +29,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from xyserve.kernels import cpu_gemm
-from xyserve.kernels.smooth_gemm import CPU_CANDIDATES, SWAPPED_IMPLS, cpu_linear
+from xyserve.kernels.cpu import gemm as cpu_gemm
+from xyserve.kernels.cpu.timing import block_time, calls_for, paired_ratio
+from xyserve.kernels.gemm.smooth import CPU_CANDIDATES, SWAPPED_IMPLS, cpu_linear
 from xyserve.plan.gemm_table import (
     OPS,
     TABLE_FILE,
@@ -42,7 +43,6 @@ from xyserve.plan.gemm_table import (
     model_shapes,
 )
 from xyserve.plan.machine import machine_signature
-from xyserve.tools.cpu_timing import block_time, calls_for, paired_ratio
 
 
 def cpu_candidates(dtype: torch.dtype = torch.float32) -> list[GemmConfig]:
@@ -141,7 +141,7 @@ def _tune_one_cpu(ws: list[torch.Tensor], x: torch.Tensor, repeat: int) -> GemmC
     One config serves every M of the bucket, and the speed order of the entry points can flip
     inside a bucket (``swap`` wins at 64 rows and may lose at 63), so the bucket's best at its
     padded M alone is not enough. Candidates are timed interleaved, in blocks of calls about
-    10 ms long (``cpu_timing``), and compared with ``F.linear`` by the median over ``repeat``
+    10 ms long (``kernels.cpu.timing``), and compared with ``F.linear`` by the median over ``repeat``
     rounds of their time ratio in the same round, so that a burst of interference does not
     pick a config.
     """

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from xyserve.kernels.metadata import AttentionMetadata, gather_kv, stage_mask
+from xyserve.kernels.attention.metadata import AttentionMetadata, gather_kv, stage_mask
 
 
 def reference_attention(

@@ -4,7 +4,7 @@
 tuned config of (op, bucket). On CUDA the Triton kernel computes whole M-tiles but loads and
 stores only real rows (masked), so no padded copy of the activations exists. On CPU the real
 rows go to the vendor GEMM (oneDNN/MKL via ``F.linear`` and its swapped forms) or, for the few
-rows of decode steps, to ``cpu_gemm``'s numba kernel: measured on the dev box, physical padding
+rows of decode steps, to ``kernels.cpu.gemm``'s numba kernel: measured on the dev box, physical padding
 only costs and ``torch.compile`` per bucket did not pay (see ``xyserve bench kernels``).
 """
 
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from xyserve.kernels import cpu_gemm
+from xyserve.kernels.cpu import gemm as cpu_gemm
 from xyserve.plan.gemm_table import GemmConfig, GemmTable, find_table, padded_m
 from xyserve.plan.machine import machine_signature
 
@@ -81,7 +81,7 @@ def cpu_linear(
     erratic at other widths (a one-off scan, 2 threads, N=1280, K=768: 1.0-1.7x F.linear's
     time at M = 9..15, 0.6-0.7x padded), and the copy is O(M K) against the GEMM's O(M N K).
     The result is then a column-major view with a row stride of the padded width. ``numba``
-    is ``cpu_gemm``'s register-blocked kernel (row-major result; ``F.linear`` where numba is
+    is ``kernels.cpu.gemm``'s register-blocked kernel (row-major result; ``F.linear`` where numba is
     missing or the dtype is not float32).
     ``xyserve tune`` picks per bucket; ``xyserve bench kernels --only gemm --threads 2``
     shows the tuned result against torch.
@@ -172,7 +172,7 @@ class SmoothGemm:
             if plan is not None:
                 plan.configs[key] = cfg
         if x.is_cuda:
-            from xyserve.kernels.triton.smooth_gemm import smooth_matmul
+            from xyserve.kernels.gemm.triton_kernel import smooth_matmul
 
             y = smooth_matmul(x.reshape(m, x.shape[-1]), weight, bias, cfg, self.allow_tf32)
             return y.view(*x.shape[:-1], weight.shape[0])

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from xyserve.kernels import use_cpu_threads
+from xyserve.kernels.cpu import use_cpu_threads
 
 try:
     from numba import njit, prange

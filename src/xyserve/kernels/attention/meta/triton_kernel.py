@@ -16,8 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
-from xyserve.kernels.metadata import AttentionMetadata
-from xyserve.kernels.triton.precision import dot_precision
+from xyserve.kernels.attention.metadata import AttentionMetadata
+from xyserve.kernels.triton_precision import dot_precision
 from xyserve.plan.task_table import TaskTable, build_task_table
 
 
@@ -129,7 +129,7 @@ class TritonAttentionPlan:
     head_dim: int
     block_m: int
     arrays: dict[str, torch.Tensor]
-    allow_tf32: bool = False  # float32 dots in TF32 (see kernels/triton/precision.py)
+    allow_tf32: bool = False  # float32 dots in TF32 (see kernels/triton_precision.py)
 
 
 def _pow2(x: int, lo: int = 16) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from xyserve.kernels.metadata import AttentionMetadata, gather_kv, stage_mask
+from xyserve.kernels.attention.metadata import AttentionMetadata, gather_kv, stage_mask
 
 
 class PerStageSDPA:

@@ -8,7 +8,7 @@ cold cache, 2 threads) it made the decode kernel 7-17% faster than ``np.exp``, w
 relative difference in its output.
 
 Caveat for whoever edits this file: numba's on-disk cache of a kernel that inlines
-``exp_parts`` (``cpu_decode``, ``cpu_act``) is keyed on the kernel's own source file only, so
+``exp_parts`` (``kernels.cpu.decode``, ``cpu_act``) is keyed on the kernel's own source file only, so
 after a change here delete those kernels' ``__pycache__/*.nbi``/``*.nbc`` files (a fresh
 checkout, as in CI, has none).
 """

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from xyserve.kernels import use_cpu_threads
-from xyserve.kernels.cpu_exp import exp_parts
+from xyserve.kernels.cpu import use_cpu_threads
+from xyserve.kernels.cpu.exp import exp_parts
 from xyserve.plan.task_table import snake_deal
 
 try:  # numba is a dependency, but a broken install must not break the engine
@@ -101,7 +101,7 @@ if numba is not None:
                     m = sc[r, 0]
                     for j in range(1, n_keys):
                         m = max(m, sc[r, j])
-                    for j in range(n_keys):  # exp in two vectorizable passes (see cpu_exp)
+                    for j in range(n_keys):  # exp in two vectorizable passes (see kernels.cpu.exp)
                         p, n = exp_parts(sc[r, j] - m)
                         sc[r, j] = p
                         bits[j] = (n + 127) << 23

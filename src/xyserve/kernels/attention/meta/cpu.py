@@ -4,7 +4,7 @@
 execution schedule; ``run`` (once per layer) executes it. On CUDA tensors the Triton kernel runs
 the task table in one launch; elsewhere the CPU path below runs.
 
-CPU path (single-row decode tiles go to ``cpu_decode``'s numba kernel; the rest is torch ops),
+CPU path (single-row decode tiles go to ``kernels.cpu.decode``'s numba kernel; the rest is torch ops),
 chosen by measurement on a 2-core x86 box (``xyserve bench kernels``);
 the fused CPU flash kernel (``aten::_scaled_dot_product_flash_attention_for_cpu``, which also
 returns the log-sum-exp) does the math, with a plain matmul/softmax fallback:
@@ -31,8 +31,8 @@ from typing import Any
 
 import torch
 
-from xyserve.kernels import cpu_decode
-from xyserve.kernels.metadata import AttentionMetadata
+from xyserve.kernels.attention.metadata import AttentionMetadata
+from xyserve.kernels.cpu import decode as cpu_decode
 from xyserve.plan.task_table import TaskTable, Tile, build_task_table
 
 NEG = -1.0e30  # additive mask value: finite, so a fully masked chunk row merges with weight 0
@@ -158,7 +158,7 @@ def build_plan(
     """Task table plus the CPU schedule: packs of tiles and their KV chunks and masks.
 
     With ``decode_kernel`` (and numba, float32), single-row causal tiles -- decodes, and the
-    last row of a chunk -- go to ``cpu_decode`` instead of packs.
+    last row of a chunk -- go to ``kernels.cpu.decode`` instead of packs.
     """
     table = meta.table
     device = meta.slot_mapping.device
@@ -318,70 +318,3 @@ def run_cpu(
             res = res.index_select(0, pack.valid)
         out.index_copy_(0, pack.out_rows, res)
     return out
-
-
-class MetaAttention:
-    """The ``meta`` attention backend: Triton on CUDA tensors, the CPU path otherwise."""
-
-    name = "meta"
-
-    def __init__(
-        self,
-        num_workers: int | None = None,
-        kv_chunk: int = 512,
-        kv_chunk_bytes: int = 64 << 20,
-        group_ratio: float = 0.75,
-        dtype: torch.dtype = torch.float32,
-        decode_kernel: bool = True,
-        allow_tf32: bool = False,
-    ) -> None:
-        self.num_workers = num_workers
-        self.allow_tf32 = allow_tf32  # Triton path: float32 dots in TF32 when set
-        self.decode_kernel = decode_kernel
-        self.kv_chunk = kv_chunk
-        self.kv_chunk_bytes = kv_chunk_bytes
-        self.group_ratio = group_ratio
-        self.dtype = dtype
-        self.workspace = Workspace()
-
-    def warmup(self, device: torch.device | str, dtype: torch.dtype) -> None:
-        """Build the CPU decode kernel at engine start, not inside the first request's step."""
-        self.dtype = dtype
-        if torch.device(device).type == "cpu" and self.decode_kernel:
-            if cpu_decode.available(dtype):
-                cpu_decode.warmup()
-
-    def plan(
-        self, meta: AttentionMetadata, num_q_heads: int, num_kv_heads: int, head_dim: int
-    ) -> MetaAttentionPlan:
-        if meta.slot_mapping.device.type == "cuda":
-            from xyserve.kernels.triton.meta_attention import build_triton_plan
-
-            return build_triton_plan(
-                meta,
-                num_q_heads,
-                num_kv_heads,
-                head_dim,
-                self.num_workers,
-                allow_tf32=self.allow_tf32,
-            )
-        workers = self.num_workers or torch.get_num_threads()
-        return build_plan(
-            meta,
-            num_q_heads,
-            num_kv_heads,
-            head_dim,
-            num_workers=workers,
-            kv_chunk=self.kv_chunk,
-            kv_chunk_bytes=self.kv_chunk_bytes,
-            group_ratio=self.group_ratio,
-            dtype=self.dtype,
-            decode_kernel=self.decode_kernel,
-        )
-
-    def run(self, plan: MetaAttentionPlan, q, k_cache, v_cache, scale: float) -> torch.Tensor:
-        if q.is_cuda:
-            from xyserve.kernels.triton.meta_attention import triton_meta_attention
-
-            return triton_meta_attention(plan, q, k_cache, v_cache, scale)
-        return run_cpu(plan, q, k_cache, v_cache, scale, self.workspace)

@@ -3,7 +3,7 @@ row-major output.
 
 Why: torch runs it as two ops over the [T, 2I] GEMM output (``silu`` on the gate half, then an
 in-place multiply), and numba's ``np.exp`` would be a scalar libm call per element. Here each
-row takes two vectorizable passes with ``cpu_exp``'s polynomial exp. One-off microbenchmark on
+row takes two vectorizable passes with ``kernels.cpu.exp``'s polynomial exp. One-off microbenchmark on
 the 2-core dev box (2 threads, I = 2048, final code): 88-93 us against torch's 122-144 us at 64
 rows, 522-539 us against 819-860 us at 512 rows; within 3.5e-7 relative of torch's result for
 finite inputs (a NaN stays NaN; an infinite gate is not handled as torch does).
@@ -15,8 +15,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from xyserve.kernels import use_cpu_threads
-from xyserve.kernels.cpu_exp import exp_parts
+from xyserve.kernels.cpu import use_cpu_threads
+from xyserve.kernels.cpu.exp import exp_parts
 
 try:
     from numba import njit, prange
