@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from xyserve.kernels.cpu import norm as cpu_norm
-from xyserve.model.llama import rms_norm
+from xyserve.kernels.ops import rms_norm
 
 pytestmark = pytest.mark.skipif(cpu_norm._kernel is None, reason="needs numba")
 
