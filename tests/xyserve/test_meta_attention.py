@@ -18,10 +18,10 @@ import torch
 
 from xyserve.bench.cases import StageSpec, build_case
 from xyserve.kernels.attention.meta.backend import MetaAttention
-from xyserve.kernels.attention.meta.cpu import build_plan
 from xyserve.kernels.attention.reference import reference_attention
 from xyserve.kernels.backend import get_attention_backend
 from xyserve.kernels.cpu import decode as cpu_decode
+from xyserve.plan.meta_attention import build_plan
 
 TRITON = os.environ.get("TRITON_INTERPRET") == "1" or torch.cuda.is_available()
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -117,10 +117,8 @@ def test_many_decodes_share_one_pack_and_registry_names():
     [(4, 4, 64, 16), (8, 4, 128, 32), (8, 2, 33, 16), (16, 2, 64, 32)],
 )
 def test_triton_meta_matches_reference(hq, hkv, d, bs):
-    from xyserve.kernels.attention.meta.triton_kernel import (
-        build_triton_plan,
-        triton_meta_attention,
-    )
+    from xyserve.kernels.attention.meta.triton_kernel import triton_meta_attention
+    from xyserve.plan.triton_attention import build_triton_plan
 
     rng = random.Random(hq * 7 + d + bs)
     specs = [

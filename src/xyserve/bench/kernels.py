@@ -42,12 +42,13 @@ import torch
 from tqdm import tqdm
 
 from xyserve.bench.cases import WORKLOADS, build_case, case_summary, load_workload, sample_batch
+from xyserve.kernels.attention.gather import gather_kv, stage_mask
 from xyserve.kernels.attention.meta.backend import MetaAttention
-from xyserve.kernels.attention.metadata import AttentionMetadata, gather_kv, stage_mask
 from xyserve.kernels.attention.per_stage import PerStageSDPA
 from xyserve.kernels.attention.reference import reference_attention
 from xyserve.kernels.cpu.timing import block_time, calls_for, paired_ratio
 from xyserve.kernels.gemm.smooth import SmoothGemm
+from xyserve.plan.attention_metadata import AttentionMetadata
 from xyserve.plan.gemm_table import (
     GemmConfig,
     GemmTable,

@@ -82,10 +82,8 @@ def gpu_attention_case(
         mp = be.plan(c.meta, hq, hkv, d)
         run_meta = lambda: be.run(mp, c.q, c.k_cache, c.v_cache, c.scale)  # noqa: E731
     else:
-        from xyserve.kernels.attention.meta.triton_kernel import (
-            build_triton_plan,
-            triton_meta_attention,
-        )
+        from xyserve.kernels.attention.meta.triton_kernel import triton_meta_attention
+        from xyserve.plan.triton_attention import build_triton_plan
 
         tplan = build_triton_plan(c.meta, hq, hkv, d)
         run_meta = lambda: triton_meta_attention(tplan, c.q, c.k_cache, c.v_cache, c.scale)  # noqa: E731

@@ -8,9 +8,9 @@ import torch
 
 from xyserve.engine.scheduler import SchedulerOutput
 from xyserve.kernels import ops
-from xyserve.kernels.attention.metadata import AttentionMetadata
 from xyserve.kernels.backend import get_attention_backend, get_gemm_backend
 from xyserve.model.llama import LlamaModel, StepContext
+from xyserve.plan.attention_metadata import AttentionMetadata
 from xyserve.plan.token_table import TokenTable
 from xyserve.spec import tree
 

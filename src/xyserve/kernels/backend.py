@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 import torch
 
-from xyserve.kernels.attention.metadata import AttentionMetadata
+from xyserve.plan.attention_metadata import AttentionMetadata
 
 
 class AttentionBackend(Protocol):

@@ -241,3 +241,17 @@ def model_shapes(config: dict) -> dict[str, tuple[int, int]]:
     if config.get("vocab_size"):
         shapes["lm_head"] = (int(config["vocab_size"]), h)
     return shapes
+
+
+@dataclass
+class SmoothPlan:
+    """SmoothGEMM's plan of one step: its bucket (the virtually padded M), and the configs
+    already looked up this step, so that each op's lookup happens once per step."""
+
+    num_tokens: int
+    padded_m: int
+    configs: dict[tuple[str, int, int, int], GemmConfig] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, num_tokens: int) -> SmoothPlan:
+        return cls(num_tokens, padded_m(num_tokens))

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from xyserve.kernels.cpu import gemm as cpu_gemm
-from xyserve.plan.gemm_table import GemmConfig, GemmTable, find_table, padded_m
+from xyserve.plan.gemm_table import GemmConfig, GemmTable, SmoothPlan, find_table
 from xyserve.plan.machine import machine_signature
 
 # What a first start does on a (model, machine) pair without a table: "quick" tunes the decode
@@ -35,15 +34,6 @@ def autotune_mode() -> str:
     if mode not in AUTOTUNE_MODES:
         raise ValueError(f"{AUTOTUNE_ENV}={mode!r}: choose one of {AUTOTUNE_MODES}")
     return mode
-
-
-@dataclass
-class SmoothPlan:
-    """The step's bucket, and the configs already looked up this step (one lookup per op)."""
-
-    num_tokens: int
-    padded_m: int
-    configs: dict[tuple[str, int, int, int], GemmConfig] = field(default_factory=dict)
 
 
 CPU_IMPLS = ("linear", "addmm", "swap", "swap8", "numba")
@@ -152,7 +142,7 @@ class SmoothGemm:
             cpu_gemm.warmup()
 
     def plan(self, num_tokens: int) -> SmoothPlan:
-        return SmoothPlan(num_tokens, padded_m(num_tokens))
+        return SmoothPlan.build(num_tokens)
 
     def linear(
         self,

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from xyserve.kernels.attention.meta.cpu import MetaAttentionPlan, Workspace, build_plan, run_cpu
-from xyserve.kernels.attention.metadata import AttentionMetadata
+from xyserve.kernels.attention.meta.cpu import Workspace, run_cpu
 from xyserve.kernels.cpu import decode as cpu_decode
+from xyserve.plan.attention_metadata import AttentionMetadata
+from xyserve.plan.meta_attention import MetaAttentionPlan, build_plan
+from xyserve.plan.triton_attention import TritonAttentionPlan, build_triton_plan
 
 
 class MetaAttention:
@@ -42,10 +44,8 @@ class MetaAttention:
 
     def plan(
         self, meta: AttentionMetadata, num_q_heads: int, num_kv_heads: int, head_dim: int
-    ) -> MetaAttentionPlan:
+    ) -> MetaAttentionPlan | TritonAttentionPlan:
         if meta.slot_mapping.device.type == "cuda":
-            from xyserve.kernels.attention.meta.triton_kernel import build_triton_plan
-
             return build_triton_plan(
                 meta,
                 num_q_heads,
@@ -65,10 +65,12 @@ class MetaAttention:
             kv_chunk_bytes=self.kv_chunk_bytes,
             group_ratio=self.group_ratio,
             dtype=self.dtype,
-            decode_kernel=self.decode_kernel,
+            decode_kernel=self.decode_kernel and cpu_decode.available(self.dtype),
         )
 
-    def run(self, plan: MetaAttentionPlan, q, k_cache, v_cache, scale: float) -> torch.Tensor:
+    def run(
+        self, plan: MetaAttentionPlan | TritonAttentionPlan, q, k_cache, v_cache, scale: float
+    ) -> torch.Tensor:
         if q.is_cuda:
             from xyserve.kernels.attention.meta.triton_kernel import triton_meta_attention
 
