@@ -3,8 +3,8 @@ llama.cpp), side by side.
 
 All three run the same prompts (token ids) with greedy decoding and fixed output lengths
 (``ignore_eos``), one after the other, each run in a fresh (spawned) process unless
-``--in-process``: in one process, xyserve ran 6% slower after an HF run than before it
-(one-off: 31.6-32.7 s against 29.9-30.3 s), from state that one system leaves to the next.
+``--in-process``, because state that one system leaves in a process can slow the next
+(docs/perf.md).
 HF transformers uses static batches: each batch runs until its longest request is done, which
 is the cost continuous batching removes.
 "Model GFLOP/s" divides the workload's model FLOPs (every prompt and output token once, linear

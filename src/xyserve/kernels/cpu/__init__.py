@@ -1,10 +1,9 @@
-"""Kernels execute a plan; no scheduling logic lives here.
+"""The numba CPU kernels, and the thread count every one of them launches with.
 
-The CPU kernels are numba ``prange`` loops. numba fixes its threading layer at the first
-parallel launch in a process, so the choice is made here, before any kernel module runs one:
-OpenMP first (unless the user chose). In the engine on the 2-core dev box, 2 threads, the
-decode kernels of ``xyserve bench offline``'s workload took 3.5 s on numba's omp layer and 4.7 s
-on its workqueue layer (one run each, kernel already compiled).
+The kernels are numba ``prange`` loops. numba fixes its threading layer at the first parallel
+launch in a process, so the choice is made here, before any kernel module runs one: OpenMP
+first (unless the user chose with ``NUMBA_THREADING_LAYER``), as the decode kernels ran slower
+on numba's workqueue layer (docs/perf.md).
 """
 
 from __future__ import annotations

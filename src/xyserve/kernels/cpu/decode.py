@@ -6,9 +6,8 @@ flash kernel over it, so each key is read three times; this kernel walks the blo
 reads each key once, with every query head of the row in registers. Tiles are dealt to the
 threads by the same symmetric round-robin as the task table's units, in cost order
 (``tileSize * kvLen``), and each thread runs its list: the CPU image of the persistent
-Meta-Attention kernel. On the 2-core dev box, in a one-off microbenchmark (64 decode rows,
-60-250 keys, 12/4 heads, d=64, one thread): 4.1 ms vs 11.0 ms for the gather + flash path;
-``xyserve bench kernels --only attention`` times the whole CPU path against per-stage baselines.
+Meta-Attention kernel. ``xyserve bench kernels --only attention`` times the whole CPU path
+against per-stage baselines (figures: docs/perf.md).
 
 numba is optional: without it (or for dtypes other than float32) the torch path runs.
 """
@@ -18,7 +17,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from xyserve.kernels.cpu import use_cpu_threads
+from xyserve.kernels.cpu import exp, use_cpu_threads
+from xyserve.kernels.cpu.cache import depends_on
 from xyserve.kernels.cpu.exp import exp_parts
 from xyserve.plan.meta_attention import DecodePlan, build_decode_plan
 
@@ -35,6 +35,7 @@ def available(dtype: torch.dtype) -> bool:
 
 if numba is not None:
 
+    @depends_on(exp)
     @njit(parallel=True, fastmath=True, cache=True)
     def _decode_kernel(q, k_cache, v_cache, tables, kv_lens, q_rows, offsets, scale, out):
         bs = k_cache.shape[1]

@@ -4,8 +4,8 @@
 tuned config of (op, bucket). On CUDA the Triton kernel computes whole M-tiles but loads and
 stores only real rows (masked), so no padded copy of the activations exists. On CPU the real
 rows go to the vendor GEMM (oneDNN/MKL via ``F.linear`` and its swapped forms) or, for the few
-rows of decode steps, to ``kernels.cpu.gemm``'s numba kernel: measured on the dev box, physical padding
-only costs and ``torch.compile`` per bucket did not pay (see ``xyserve bench kernels``).
+rows of decode steps, to ``kernels.cpu.gemm``'s numba kernel. CPU rows are never padded
+physically: the vendor GEMM takes any M (what was tried instead: docs/perf.md).
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ def autotune_mode() -> str:
 CPU_IMPLS = ("linear", "addmm", "swap", "swap8", "numba")
 SWAPPED_IMPLS = ("swap", "swap8")  # these return a column-major view (see cpu_linear)
 # What `xyserve tune` profiles: `swap` only differs from `swap8` at widths that are not a
-# multiple of 8, where it is the erratic one (a one-off, 2 threads, 768x768 at M=255: 1.11-1.16x
-# F.linear's time over eight fresh inputs, swap8 1.02-1.07x); tables naming it still run.
+# multiple of 8, where its time is erratic (docs/perf.md), so it is not offered; tables naming
+# it still run.
 CPU_CANDIDATES = ("linear", "addmm", "swap8", "numba")
 
 
@@ -68,8 +68,7 @@ def cpu_linear(
     only its share of the weight). The result is a transposed (column-major) view, which the
     next GEMM reads as its contiguous ``x.T`` at no cost. ``swap8`` also pads the token count
     to a multiple of 8 with a physical copy of the (small) activations: MKL's swapped GEMM is
-    erratic at other widths (a one-off scan, 2 threads, N=1280, K=768: 1.0-1.7x F.linear's
-    time at M = 9..15, 0.6-0.7x padded), and the copy is O(M K) against the GEMM's O(M N K).
+    erratic at other widths (docs/perf.md), and the copy is O(M K) against the GEMM's O(M N K).
     The result is then a column-major view with a row stride of the padded width. ``numba``
     is ``kernels.cpu.gemm``'s register-blocked kernel (row-major result; ``F.linear`` where numba is
     missing or the dtype is not float32).
