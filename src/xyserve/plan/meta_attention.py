@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
@@ -99,7 +98,6 @@ class MetaAttentionPlan:
     head_dim: int
     packs: list[TilePack]
     decode: DecodePlan | None = None  # single-row tiles for the numba kernel
-    triton: Any = None  # device arrays of the task table, built when tensors are on CUDA
 
 
 def _group_tiles(tiles: list[Tile], order: list[int], ratio: float) -> list[list[int]]:
