@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from xyserve.kernels.backend import get_gemm_backend
-from xyserve.kernels.gemm.smooth import CPU_IMPLS, SmoothGemm
-from xyserve.plan.gemm_table import GemmConfig, GemmTable, buckets, default_config
+from xyserve.kernels.gemm.smooth import SmoothGemm
+from xyserve.plan.gemm_table import CPU_IMPLS, GemmConfig, GemmTable, buckets, default_config
 
 TRITON = os.environ.get("TRITON_INTERPRET") == "1" or torch.cuda.is_available()
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -36,7 +36,6 @@ def autotune_mode() -> str:
     return mode
 
 
-CPU_IMPLS = ("linear", "addmm", "swap", "swap8", "numba")
 SWAPPED_IMPLS = ("swap", "swap8")  # these return a column-major view (see cpu_linear)
 # What `xyserve tune` profiles: `swap` only differs from `swap8` at widths that are not a
 # multiple of 8, where its time is erratic (docs/perf.md), so it is not offered; tables naming
