@@ -18,8 +18,7 @@ from pathlib import Path
 import torch
 
 from xyserve import LLM, SamplingParams
-from xyserve.bench.offline import build_random_model, run_hf
-from xyserve.bench.offline_workload import Workload, load_workload, packaged
+from xyserve.bench.offline import Workload, build_random_model, load_workload, packaged, run_hf
 
 
 def run_xyserve(model: Path, work: Workload, dtype: str, engine_args: dict) -> tuple[float, int]:

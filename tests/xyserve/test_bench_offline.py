@@ -6,8 +6,7 @@ import json
 
 import pytest
 
-from xyserve.bench.offline import first_mismatch, main, round_order
-from xyserve.bench.offline_workload import load_workload
+from xyserve.bench.offline import first_mismatch, load_workload, main, round_order
 
 
 def test_bench_offline_smoke(tiny_llama, tmp_path, capsys):

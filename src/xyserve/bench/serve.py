@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def model_config(model: str) -> tuple[Path | None, dict[str, Any] | None]:
     """(an HF config JSON to build random weights from, or None; the model's config dict)."""
-    from xyserve.bench.offline_workload import packaged
+    from xyserve.bench.offline import packaged
 
     cand = [Path(model), packaged("models", model)]
     for c in cand:

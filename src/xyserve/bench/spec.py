@@ -22,7 +22,7 @@ import json
 import time
 from pathlib import Path
 
-from xyserve.bench.offline_workload import packaged
+from xyserve.bench.offline import packaged
 
 SCHEMA = "xyserve.spec-workload/1"
 METHODS = ("none", "ngram", "draft_model", "tree")
