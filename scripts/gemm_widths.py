@@ -16,10 +16,10 @@ import itertools
 import torch
 import torch.nn.functional as F
 
-from xyserve.kernels import cpu_gemm
-from xyserve.kernels.cpu_isa import host_widths
+from xyserve.kernels.cpu import gemm as cpu_gemm
+from xyserve.kernels.cpu.isa import host_widths
+from xyserve.kernels.cpu.timing import block_time, calls_for, paired_ratio
 from xyserve.plan.machine import cpu_signature
-from xyserve.tools.cpu_timing import block_time, calls_for, paired_ratio
 from xyserve.tools.tune import cold_copies
 
 SHAPES = {  # (N, K) of the ~100M bench model (llama-100m.json), lm_head at vocab 600 and 32000

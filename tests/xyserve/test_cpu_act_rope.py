@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from references import rotate_reference
 
-from xyserve.kernels import cpu_act, cpu_rope
+from xyserve.kernels.cpu import act as cpu_act
+from xyserve.kernels.cpu import rope as cpu_rope
 from xyserve.model.rope import RotaryEmbedding
 
 pytestmark = pytest.mark.skipif(cpu_act.njit is None, reason="needs numba")
@@ -51,7 +53,7 @@ def test_rope_and_cache_matches_the_torch_path(hq, hkv, d):
     k_ref, v_ref = k_cache.clone(), v_cache.clone()
 
     qk, v = qkv.split([(hq + hkv) * d, hkv * d], dim=-1)
-    q_ref, k = rope.apply(qk.reshape(t, hq + hkv, d), cos, sin).split([hq, hkv], dim=1)
+    q_ref, k = rotate_reference(qk.reshape(t, hq + hkv, d), cos, sin).split([hq, hkv], dim=1)
     k_ref.view(-1, hkv, d).index_copy_(0, slots, k)
     v_ref.view(-1, hkv, d).index_copy_(0, slots, v.reshape(t, hkv, d))
 

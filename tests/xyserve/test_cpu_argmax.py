@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from xyserve.kernels import cpu_argmax
-from xyserve.kernels.cpu_argmax import greedy_ids
+from xyserve.kernels.cpu import argmax as cpu_argmax
+from xyserve.kernels.cpu.argmax import greedy_ids
 
 
 def _col_major(r: int, v: int, gen: torch.Generator) -> torch.Tensor:

@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from xyserve.kernels import cpu_gemm, cpu_isa
-from xyserve.kernels.smooth_gemm import SmoothGemm
+from xyserve.kernels.cpu import gemm as cpu_gemm
+from xyserve.kernels.cpu import isa as cpu_isa
+from xyserve.kernels.gemm.smooth import SmoothGemm
 from xyserve.plan.gemm_table import GemmConfig, GemmTable
 
 pytestmark = pytest.mark.skipif(not cpu_gemm.available(torch.float32), reason="needs numba")
@@ -106,7 +107,8 @@ def test_parallel_kernels_take_no_more_threads_than_work_items():
     """A single decode row runs on the calling thread (no thread woken for nothing)."""
     import numba
 
-    from xyserve.kernels import cpu_act, use_cpu_threads
+    from xyserve.kernels.cpu import act as cpu_act
+    from xyserve.kernels.cpu import use_cpu_threads
 
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("numba has one thread here")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from xyserve.kernels import cpu_norm
-from xyserve.model.llama import rms_norm
+from xyserve.kernels.cpu import norm as cpu_norm
+from xyserve.kernels.ops import rms_norm
 
 pytestmark = pytest.mark.skipif(cpu_norm._kernel is None, reason="needs numba")
 

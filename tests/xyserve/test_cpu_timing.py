@@ -2,7 +2,7 @@
 
 import pytest
 
-from xyserve.tools.cpu_timing import calls_for, paired_ratio
+from xyserve.kernels.cpu.timing import calls_for, paired_ratio
 
 
 def test_paired_ratio_cancels_interference_common_to_a_round():

@@ -9,7 +9,7 @@ import warnings
 import pytest
 
 import xyserve.tools.tune as tune_mod
-from xyserve.kernels.smooth_gemm import SmoothGemm
+from xyserve.kernels.gemm.smooth import SmoothGemm
 from xyserve.plan.gemm_table import (
     OPS,
     TABLE_FILE,

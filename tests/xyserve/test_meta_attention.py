@@ -17,10 +17,11 @@ import pytest
 import torch
 
 from xyserve.bench.cases import StageSpec, build_case
-from xyserve.kernels import cpu_decode
+from xyserve.kernels.attention.meta.backend import MetaAttention
+from xyserve.kernels.attention.reference import reference_attention
 from xyserve.kernels.backend import get_attention_backend
-from xyserve.kernels.meta_attention import MetaAttention, build_plan
-from xyserve.kernels.reference import reference_attention
+from xyserve.kernels.cpu import decode as cpu_decode
+from xyserve.plan.meta_attention import build_plan
 
 TRITON = os.environ.get("TRITON_INTERPRET") == "1" or torch.cuda.is_available()
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -116,7 +117,8 @@ def test_many_decodes_share_one_pack_and_registry_names():
     [(4, 4, 64, 16), (8, 4, 128, 32), (8, 2, 33, 16), (16, 2, 64, 32)],
 )
 def test_triton_meta_matches_reference(hq, hkv, d, bs):
-    from xyserve.kernels.triton.meta_attention import build_triton_plan, triton_meta_attention
+    from xyserve.kernels.attention.meta.triton_kernel import triton_meta_attention
+    from xyserve.plan.triton_attention import build_triton_plan
 
     rng = random.Random(hq * 7 + d + bs)
     specs = [
@@ -155,7 +157,7 @@ def test_decode_kernel_exp_over_the_whole_softmax_range():
     whose scores spread over the whole range (peaked softmax, underflowing keys)."""
     from numba import njit
 
-    from xyserve.kernels.cpu_exp import exp_parts
+    from xyserve.kernels.cpu.exp import exp_parts
 
     @njit
     def exp_of(xs):

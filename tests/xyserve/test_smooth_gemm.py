@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from xyserve.kernels.backend import get_gemm_backend
-from xyserve.kernels.smooth_gemm import CPU_IMPLS, SmoothGemm
-from xyserve.plan.gemm_table import GemmConfig, GemmTable, buckets, default_config
+from xyserve.kernels.gemm.smooth import SmoothGemm
+from xyserve.plan.gemm_table import CPU_IMPLS, GemmConfig, GemmTable, buckets, default_config
 
 TRITON = os.environ.get("TRITON_INTERPRET") == "1" or torch.cuda.is_available()
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -54,7 +54,7 @@ def test_registry_and_3d_input_and_no_warning_per_shape():
 
 @pytest.mark.skipif(not TRITON, reason="needs CUDA or TRITON_INTERPRET=1")
 def test_triton_smooth_equals_matmul_for_every_m():
-    from xyserve.kernels.triton.smooth_gemm import smooth_matmul
+    from xyserve.kernels.gemm.triton_kernel import smooth_matmul
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     gen = torch.Generator().manual_seed(1)
@@ -72,7 +72,7 @@ def test_triton_smooth_equals_matmul_for_every_m():
 @pytest.mark.skipif(not TRITON, reason="needs CUDA or TRITON_INTERPRET=1")
 def test_triton_split_k_and_cublas_configs_equal_matmul():
     """Split-K (K ranges summed atomically, empty ranges included) and the cuBLAS choice."""
-    from xyserve.kernels.triton.smooth_gemm import smooth_matmul
+    from xyserve.kernels.gemm.triton_kernel import smooth_matmul
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     gen = torch.Generator().manual_seed(2)

@@ -122,8 +122,21 @@ def test_gemm_table_roundtrip_and_untuned_fallback(tmp_path):
         back.lookup("o_proj", 200, 96, 32)
 
 
+def test_a_table_naming_an_unknown_entry_point_is_refused_by_name(tmp_path):
+    t = GemmTable(model="m", device="cpu", machine=machine_signature("cpu"))
+    t.set("qkv", 16, GemmConfig(cpu_impl="swap8"))
+    path = t.save(tmp_path / "xyserve_gemm_table.json")
+    data = json.loads(path.read_text())
+    data["entries"]["qkv"]["16"]["cpu_impl"] = "swapp"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"entry qkv / 16: cpu_impl 'swapp': choose one of"):
+        GemmTable.load(path)
+    with pytest.raises(ValueError, match="gpu_impl 'cuBLAS'"):
+        GemmConfig(gpu_impl="cuBLAS")
+
+
 def test_tuner_writes_a_table_that_loads(tmp_path):
-    from xyserve.kernels.smooth_gemm import SmoothGemm
+    from xyserve.kernels.gemm.smooth import SmoothGemm
     from xyserve.tools.tune import main
 
     cfg = {"hidden_size": 32, "num_attention_heads": 4, "num_key_value_heads": 2}

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from xyserve.bench.cases import StageSpec, build_case
-from xyserve.kernels.reference import reference_attention
+from xyserve.kernels.attention.reference import reference_attention
 from xyserve.plan.gemm_table import GemmConfig, padded_m
 
 TRITON = os.environ.get("TRITON_INTERPRET") == "1" or torch.cuda.is_available()

@@ -18,9 +18,10 @@ import pytest
 import torch
 
 from xyserve.bench.cases import StageSpec, build_case
-from xyserve.kernels.reference import reference_attention
-from xyserve.kernels.triton.precision import dot_precision
+from xyserve.kernels.attention.reference import reference_attention
+from xyserve.kernels.triton_precision import dot_precision
 from xyserve.plan.gemm_table import GemmConfig
+from xyserve.plan.triton_attention import build_triton_plan
 
 TRITON = os.environ.get("TRITON_INTERPRET") == "1" or torch.cuda.is_available()
 CUDA = torch.cuda.is_available()
@@ -70,9 +71,10 @@ class _Recorder:
 @pytest.mark.parametrize("allow_tf32", [False, True])
 def test_launches_pass_ieee_for_float32_unless_tf32_is_allowed(monkeypatch, allow_tf32):
     from xyserve.bench import triton_baselines as baselines
-    from xyserve.kernels.meta_attention import MetaAttention
-    from xyserve.kernels.smooth_gemm import SmoothGemm
-    from xyserve.kernels.triton import meta_attention, smooth_gemm
+    from xyserve.kernels.attention.meta import triton_kernel as meta_attention
+    from xyserve.kernels.attention.meta.backend import MetaAttention
+    from xyserve.kernels.gemm import triton_kernel as smooth_gemm
+    from xyserve.kernels.gemm.smooth import SmoothGemm
 
     rec = {
         name: _Recorder(getattr(mod, name))
@@ -106,7 +108,7 @@ def test_launches_pass_ieee_for_float32_unless_tf32_is_allowed(monkeypatch, allo
         be = MetaAttention(allow_tf32=allow_tf32)
         be.run(be.plan(c.meta, 4, 2, 16), c.q, c.k_cache, c.v_cache, c.scale)
     else:
-        plan = meta_attention.build_triton_plan(c.meta, 4, 2, 16, allow_tf32=allow_tf32)
+        plan = build_triton_plan(c.meta, 4, 2, 16, allow_tf32=allow_tf32)
         meta_attention.triton_meta_attention(plan, c.q, c.k_cache, c.v_cache, c.scale)
     assert rec["_smooth_gemm_kernel"].seen == [want]
     assert rec["_meta_attn_kernel"].seen == [want]
@@ -136,8 +138,9 @@ HALF = {torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}  # unit roundoff of ea
 @pytest.mark.skipif(not CUDA, reason="half-precision Triton dots need a GPU")
 @pytest.mark.parametrize("dtype", list(HALF))
 def test_gpu_half_precision_within_epsilon(dtype):
-    from xyserve.kernels.triton.meta_attention import build_triton_plan, triton_meta_attention
-    from xyserve.kernels.triton.smooth_gemm import smooth_matmul
+    from xyserve.kernels.attention.meta.triton_kernel import triton_meta_attention
+    from xyserve.kernels.gemm.triton_kernel import smooth_matmul
+    from xyserve.plan.triton_attention import build_triton_plan
 
     eps = HALF[dtype]
     gen = torch.Generator().manual_seed(5)

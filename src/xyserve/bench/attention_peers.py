@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from xyserve.bench.cases import AttentionCase
-from xyserve.kernels.metadata import gather_kv
+from xyserve.kernels.attention.gather import gather_kv
 
 
 @dataclass
@@ -64,7 +64,8 @@ UNIT_COLUMNS = ("qstart", "rows", "rowoff", "ctx", "kvlen", "ext", "kvh", "stage
 
 
 def _per_stage_type(c: AttentionCase, hq: int, hkv: int, d: int, **kw) -> Prepared:
-    from xyserve.kernels.triton.meta_attention import build_triton_plan, triton_meta_attention
+    from xyserve.kernels.attention.meta.triton_kernel import triton_meta_attention
+    from xyserve.plan.triton_attention import build_triton_plan
 
     def plans():
         full = build_triton_plan(c.meta, hq, hkv, d, num_workers=1)

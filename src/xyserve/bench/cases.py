@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from xyserve.kernels.metadata import AttentionMetadata
+from xyserve.plan.attention_metadata import AttentionMetadata
 from xyserve.plan.token_table import TokenTable
 
 WORKLOADS = ("conversation", "coding")  # the bundled step workloads

@@ -42,11 +42,13 @@ import torch
 from tqdm import tqdm
 
 from xyserve.bench.cases import WORKLOADS, build_case, case_summary, load_workload, sample_batch
-from xyserve.kernels.meta_attention import MetaAttention
-from xyserve.kernels.metadata import AttentionMetadata, gather_kv, stage_mask
-from xyserve.kernels.per_stage import PerStageSDPA
-from xyserve.kernels.reference import reference_attention
-from xyserve.kernels.smooth_gemm import SmoothGemm
+from xyserve.kernels.attention.gather import gather_kv, stage_mask
+from xyserve.kernels.attention.meta.backend import MetaAttention
+from xyserve.kernels.attention.per_stage import PerStageSDPA
+from xyserve.kernels.attention.reference import reference_attention
+from xyserve.kernels.cpu.timing import block_time, calls_for, paired_ratio
+from xyserve.kernels.gemm.smooth import SmoothGemm
+from xyserve.plan.attention_metadata import AttentionMetadata
 from xyserve.plan.gemm_table import (
     GemmConfig,
     GemmTable,
@@ -54,7 +56,6 @@ from xyserve.plan.gemm_table import (
     model_shapes,
     padded_m,
 )
-from xyserve.tools.cpu_timing import block_time, calls_for, paired_ratio
 from xyserve.tools.tune import cold_copies, tune_one
 
 # Bundled-model-like: the model ``xyserve bench offline`` runs (llama-100m), else a stand-in.

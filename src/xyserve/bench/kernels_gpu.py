@@ -39,8 +39,8 @@ from xyserve.bench.cases import (
     sample_batch,
 )
 from xyserve.bench.kernels import _f, _models, gemm_ms
-from xyserve.kernels.meta_attention import MetaAttention
-from xyserve.kernels.reference import reference_attention
+from xyserve.kernels.attention.meta.backend import MetaAttention
+from xyserve.kernels.attention.reference import reference_attention
 from xyserve.plan.gemm_table import GemmConfig, GemmTable, default_config, find_table, model_shapes
 from xyserve.plan.gemm_table import padded_m as bucket_of
 from xyserve.tools.tune_cuda import do_bench_ms, tune_one_cuda
@@ -82,7 +82,8 @@ def gpu_attention_case(
         mp = be.plan(c.meta, hq, hkv, d)
         run_meta = lambda: be.run(mp, c.q, c.k_cache, c.v_cache, c.scale)  # noqa: E731
     else:
-        from xyserve.kernels.triton.meta_attention import build_triton_plan, triton_meta_attention
+        from xyserve.kernels.attention.meta.triton_kernel import triton_meta_attention
+        from xyserve.plan.triton_attention import build_triton_plan
 
         tplan = build_triton_plan(c.meta, hq, hkv, d)
         run_meta = lambda: triton_meta_attention(tplan, c.q, c.k_cache, c.v_cache, c.scale)  # noqa: E731
@@ -122,7 +123,7 @@ def gpu_gemm_point(
     """One (M, N, K): SmoothGEMM against cuBLAS (``torch.matmul`` on the real rows) and the
     tutorial matmul on a padded copy. TFLOP/s count the real rows' FLOPs only (2 M N K)."""
     from xyserve.bench.triton_baselines import padded_tutorial_matmul
-    from xyserve.kernels.triton.smooth_gemm import smooth_matmul
+    from xyserve.kernels.gemm.triton_kernel import smooth_matmul
 
     m, k = x.shape
     n = w.shape[0]

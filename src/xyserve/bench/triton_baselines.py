@@ -25,8 +25,9 @@ import torch
 import triton
 import triton.language as tl
 
-from xyserve.kernels.metadata import AttentionMetadata, gather_kv
-from xyserve.kernels.triton.precision import dot_precision
+from xyserve.kernels.attention.gather import gather_kv
+from xyserve.kernels.triton_precision import dot_precision
+from xyserve.plan.attention_metadata import AttentionMetadata
 from xyserve.plan.gemm_table import GemmConfig, padded_m
 
 

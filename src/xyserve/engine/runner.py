@@ -7,10 +7,10 @@ from dataclasses import dataclass
 import torch
 
 from xyserve.engine.scheduler import SchedulerOutput
-from xyserve.kernels import cpu_act, cpu_argmax, cpu_norm, cpu_rope
+from xyserve.kernels import ops
 from xyserve.kernels.backend import get_attention_backend, get_gemm_backend
-from xyserve.kernels.metadata import AttentionMetadata
 from xyserve.model.llama import LlamaModel, StepContext
+from xyserve.plan.attention_metadata import AttentionMetadata
 from xyserve.plan.token_table import TokenTable
 from xyserve.spec import tree
 
@@ -46,10 +46,7 @@ class ModelRunner:
         self.attn = get_attention_backend(attention_backend)
         if hasattr(self.attn, "warmup"):  # sets its dtype, builds its CPU kernels now
             self.attn.warmup(model.device, model.dtype)
-        if torch.device(model.device).type == "cpu" and model.dtype == torch.float32:
-            for kernel in (cpu_norm, cpu_act, cpu_rope):
-                kernel.warmup()
-        cpu_argmax.warmup()  # sampling runs on CPU float32 logits, whatever the model's device
+        ops.warmup(model.device, model.dtype)
         self.gemm = get_gemm_backend(gemm_backend, **(gemm_kwargs or {}))
         if hasattr(self.gemm, "warmup"):
             self.gemm.warmup(model.device, model.dtype)

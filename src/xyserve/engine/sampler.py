@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from xyserve.kernels.cpu_argmax import greedy_ids
+from xyserve.kernels.ops import greedy_ids
 from xyserve.sampling_params import SamplingParams
 
 

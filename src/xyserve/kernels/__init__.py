@@ -1,38 +1,5 @@
 """Kernels execute a plan; no scheduling logic lives here.
 
-The CPU kernels are numba ``prange`` loops. numba fixes its threading layer at the first
-parallel launch in a process, so the choice is made here, before any kernel module runs one:
-OpenMP first (unless the user chose). In the engine on the 2-core dev box, 2 threads, the
-decode kernels of ``xyserve bench offline``'s workload took 3.5 s on numba's omp layer and 4.7 s
-on its workqueue layer (one run each, kernel already compiled).
+``ops`` is the facade the model calls; ``backend`` names the attention and GEMM backends;
+``attention/``, ``gemm/`` and ``cpu/`` (the numba kernels) hold the implementations.
 """
-
-from __future__ import annotations
-
-import os
-
-try:  # numba is a dependency, but a broken install must not break the engine
-    import numba
-
-    if "NUMBA_THREADING_LAYER" not in os.environ:
-        numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
-except ImportError:  # pragma: no cover - exercised only where numba is absent
-    numba = None
-
-
-def use_cpu_threads(requested: int | None = None, items: int | None = None) -> int:
-    """Run numba's next parallel kernel on ``requested`` threads (torch's intra-op count when
-    None), within numba's pool, and on no more threads than it has ``items`` of parallel work
-    (rows, tiles) when given: a single decode row then runs on the calling thread, instead of
-    waking a thread that gets nothing to do and waiting for it at the kernel's end (on a busy
-    machine, that barrier can cost more than the row). numba keeps the count per calling thread
-    and a kernel that does not set it inherits whatever the last one set, so every CPU kernel
-    wrapper calls this."""
-    import torch
-
-    want = torch.get_num_threads() if requested is None else requested
-    if items is not None:
-        want = min(int(want), int(items))
-    n = max(1, min(int(want), numba.config.NUMBA_NUM_THREADS))
-    numba.set_num_threads(n)
-    return n

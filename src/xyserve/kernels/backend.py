@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 import torch
 
-from xyserve.kernels.metadata import AttentionMetadata
+from xyserve.plan.attention_metadata import AttentionMetadata
 
 
 class AttentionBackend(Protocol):
@@ -55,13 +55,13 @@ class TorchGemm:
 
 
 _ATTENTION: dict[str, str] = {
-    "sdpa": "xyserve.kernels.per_stage:PerStageSDPA",
-    "meta": "xyserve.kernels.meta_attention:MetaAttention",
-    "reference": "xyserve.kernels.reference:ReferenceAttention",
+    "sdpa": "xyserve.kernels.attention.per_stage:PerStageSDPA",
+    "meta": "xyserve.kernels.attention.meta.backend:MetaAttention",
+    "reference": "xyserve.kernels.attention.reference:ReferenceAttention",
 }
 _GEMM: dict[str, str] = {
     "torch": "xyserve.kernels.backend:TorchGemm",
-    "smooth": "xyserve.kernels.smooth_gemm:SmoothGemm",
+    "smooth": "xyserve.kernels.gemm.smooth:SmoothGemm",
 }
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from xyserve.kernels import cpu_act, cpu_norm, cpu_rope
+from xyserve.kernels import ops
 from xyserve.model.config import ModelConfig
 from xyserve.model.rope import RotaryEmbedding
 
@@ -29,14 +29,6 @@ class StepContext:
     gemm_plan: Any
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    if cpu_norm.applies(x, weight):
-        return cpu_norm.rms_norm(x, weight, eps)
-    xf = x.float()
-    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * xf.to(x.dtype)
-
-
 @dataclass
 class LayerWeights:
     input_norm: torch.Tensor
@@ -47,8 +39,7 @@ class LayerWeights:
     o_bias: torch.Tensor | None
     gate_up: torch.Tensor  # [2 I, hidden]
     down: torch.Tensor
-    q_norm: torch.Tensor | None
-    k_norm: torch.Tensor | None
+    qk_norm: tuple[torch.Tensor, torch.Tensor] | None  # per-head q and k RMSNorm (Qwen3)
 
 
 class LlamaModel:
@@ -89,8 +80,9 @@ class LlamaModel:
                     o_bias=opt(a + "o_proj.bias"),
                     gate_up=torch.cat([w(p + "mlp.gate_proj.weight"), w(p + "mlp.up_proj.weight")]),
                     down=w(p + "mlp.down_proj.weight"),
-                    q_norm=opt(a + "q_norm.weight") if cfg.qk_norm else None,
-                    k_norm=opt(a + "k_norm.weight") if cfg.qk_norm else None,
+                    qk_norm=(w(a + "q_norm.weight"), w(a + "k_norm.weight"))
+                    if cfg.qk_norm
+                    else None,
                 )
             )
         self.rope = RotaryEmbedding(
@@ -108,43 +100,18 @@ class LlamaModel:
     ) -> torch.Tensor:
         """Hidden states of the whole flat batch, then logits of ``logits_rows`` only."""
         cfg = self.cfg
-        hq, hkv, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-        gemm, gp = ctx.gemm_backend, ctx.gemm_plan
+        eps = cfg.rms_norm_eps
+        gemm, gp, slots = ctx.gemm_backend, ctx.gemm_plan, ctx.slot_mapping
         h = self.embed[input_ids]
-        t = h.shape[0]
-        cos, sin = self.rope.tables(ctx.positions, self.dtype)
+        rotary = ops.StepRotary(*self.rope.tables(ctx.positions, self.dtype))
         for layer, (k_cache, v_cache) in zip(self.layers, kv_caches):
-            x = rms_norm(h, layer.input_norm, cfg.rms_norm_eps)
+            x = ops.rms_norm(h, layer.input_norm, eps)
             qkv = gemm.linear(gp, "qkv", x, layer.qkv, layer.qkv_bias)
-            if layer.q_norm is None and cpu_rope.applies(
-                qkv, ctx.slot_mapping, hq, hkv, k_cache, v_cache
-            ):
-                q = cpu_rope.rope_and_cache(
-                    qkv, cos, sin, ctx.slot_mapping, hq, hkv, k_cache, v_cache
-                )
-            else:
-                qk, v = qkv.split([(hq + hkv) * d, hkv * d], dim=-1)
-                v = v.reshape(t, hkv, d)
-                qk = qk.reshape(t, hq + hkv, d)
-                if layer.q_norm is not None:
-                    q, k = qk.split([hq, hkv], dim=1)
-                    qk = torch.cat(
-                        [
-                            rms_norm(q, layer.q_norm, cfg.rms_norm_eps),
-                            rms_norm(k, layer.k_norm, cfg.rms_norm_eps),
-                        ],
-                        dim=1,
-                    )
-                cos, sin = self.rope.like(cos, qk), self.rope.like(sin, qk)  # once a step
-                q, k = self.rope.apply(qk, cos, sin).split([hq, hkv], dim=1)  # q and k at once
-                k_cache.view(-1, hkv, d).index_copy_(0, ctx.slot_mapping, k)
-                v_cache.view(-1, hkv, d).index_copy_(0, ctx.slot_mapping, v)
+            q = ops.rope_and_cache(qkv, rotary, slots, k_cache, v_cache, layer.qk_norm, eps)
             o = ctx.attn_backend.run(ctx.attn_plan, q, k_cache, v_cache, self.scale)
-            # The residual adds into the fresh GEMM output, so h takes that layout (column-major
-            # after a `swap` GEMM) and every later add and norm of the step runs in memory order.
-            h = gemm.linear(gp, "o_proj", o.reshape(t, hq * d), layer.o, layer.o_bias).add_(h)
-            x = rms_norm(h, layer.post_norm, cfg.rms_norm_eps)
-            act = cpu_act.silu_mul(gemm.linear(gp, "gate_up", x, layer.gate_up, None))
+            h = gemm.linear(gp, "o_proj", o.flatten(1), layer.o, layer.o_bias).add_(h)
+            x = ops.rms_norm(h, layer.post_norm, eps)
+            act = ops.silu_mul(gemm.linear(gp, "gate_up", x, layer.gate_up, None))
             h = gemm.linear(gp, "down", act, layer.down, None).add_(h)
-        h = rms_norm(h[logits_rows], self.norm, cfg.rms_norm_eps)
+        h = ops.rms_norm(h[logits_rows], self.norm, eps)
         return gemm.linear(None, "lm_head", h, self.lm_head, None).float()

@@ -1,4 +1,7 @@
-"""Rotary position embeddings, with Llama-3 and linear scaling (HF's conventions)."""
+"""Rotary position embeddings, with Llama-3 and linear scaling (HF's conventions): the tables.
+
+The rotation itself, with the cache write it feeds, is ``kernels.ops.rope_and_cache``.
+"""
 
 from __future__ import annotations
 
@@ -29,12 +32,6 @@ def inv_frequencies(head_dim: int, theta: float, scaling: dict | None) -> torch.
     raise ValueError(f"unsupported rope_type {rtype!r}")
 
 
-def token_minor(x: torch.Tensor) -> bool:
-    """Whether x's tokens (dim 0) are adjacent in memory: the column-major output of a swapped
-    GEMM, maybe with a padded stride."""
-    return x.shape[0] > 1 and x.stride(0) == 1
-
-
 class RotaryEmbedding:
     """Precomputed cos/sin tables indexed by position (non-interleaved halves, as HF)."""
 
@@ -58,29 +55,3 @@ class RotaryEmbedding:
             self.cos[positions, :half].unsqueeze(1).to(dtype),
             self.sin[positions, :half].unsqueeze(1).to(dtype),
         )
-
-    @staticmethod
-    def like(table: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """``table`` ([T, 1, D/2]) laid out like ``x``: token-minor when x is column-major (the
-        output of a ``swap`` GEMM), so that ``apply`` runs in memory order. Idempotent."""
-        if token_minor(x) and table.stride(0) != 1:
-            return table.squeeze(1).t().contiguous().t().unsqueeze(1)
-        return table
-
-    @staticmethod
-    def apply(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """x: [T, H, D]; cos/sin from ``tables`` (best passed through ``like(., x)``).
-
-        ``[x1, x2] -> [x1 cos - x2 sin, x2 cos + x1 sin]``, written half by half into a tensor
-        of x's layout: four elementwise passes, no rotated copy.
-        """
-        half = x.shape[-1] // 2
-        x1, x2 = x[..., :half], x[..., half:]
-        if token_minor(x):
-            out = x.new_empty((x.shape[1], x.shape[2], x.shape[0])).permute(2, 0, 1)
-        else:
-            out = torch.empty_like(x)
-        o1, o2 = out[..., :half], out[..., half:]
-        torch.mul(x1, cos, out=o1).addcmul_(x2, sin, value=-1)
-        torch.mul(x2, cos, out=o2).addcmul_(x1, sin)
-        return out

@@ -57,6 +57,11 @@ def buckets(budget: int) -> list[int]:
     return out
 
 
+# The entry points a table may name (what each one runs: ``kernels.gemm.smooth``).
+CPU_IMPLS = ("linear", "addmm", "swap", "swap8", "numba")
+GPU_IMPLS = ("triton", "cublas")
+
+
 @dataclass(frozen=True)
 class GemmConfig:
     """One tile configuration: Triton tile shape and launch knobs, and the CPU implementation."""
@@ -67,9 +72,15 @@ class GemmConfig:
     group_m: int = 8  # swizzle: M-tiles that share N-tiles, for L2 reuse
     num_warps: int = 4
     num_stages: int = 3
-    cpu_impl: str = "linear"  # one of smooth_gemm.CPU_IMPLS (see smooth_gemm.cpu_linear)
+    cpu_impl: str = "linear"  # one of CPU_IMPLS (see kernels.gemm.smooth.cpu_linear)
     split_k: int = 1  # CUDA: K ranges summed atomically (small M: more programs per tile)
     gpu_impl: str = "triton"  # CUDA: "triton" (SmoothGEMM) or "cublas" (the vendor GEMM)
+
+    def __post_init__(self) -> None:
+        if self.cpu_impl not in CPU_IMPLS:
+            raise ValueError(f"cpu_impl {self.cpu_impl!r}: choose one of {CPU_IMPLS}")
+        if self.gpu_impl not in GPU_IMPLS:
+            raise ValueError(f"gpu_impl {self.gpu_impl!r}: choose one of {GPU_IMPLS}")
 
     def key(self) -> str:
         if self.gpu_impl == "cublas":
@@ -163,7 +174,10 @@ class GemmTable:
         )
         for op, per in data.get("entries", {}).items():
             for pm, c in per.items():
-                t.set(op, int(pm), GemmConfig(**c))
+                try:
+                    t.set(op, int(pm), GemmConfig(**c))
+                except (TypeError, ValueError) as e:
+                    raise ValueError(f"{path}: entry {op} / {pm}: {e}") from None
         return t
 
 
@@ -241,3 +255,17 @@ def model_shapes(config: dict) -> dict[str, tuple[int, int]]:
     if config.get("vocab_size"):
         shapes["lm_head"] = (int(config["vocab_size"]), h)
     return shapes
+
+
+@dataclass
+class SmoothPlan:
+    """SmoothGEMM's plan of one step: its bucket (the virtually padded M), and the configs
+    already looked up this step, so that each op's lookup happens once per step."""
+
+    num_tokens: int
+    padded_m: int
+    configs: dict[tuple[str, int, int, int], GemmConfig] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, num_tokens: int) -> SmoothPlan:
+        return cls(num_tokens, padded_m(num_tokens))

@@ -24,7 +24,7 @@ from xyserve.engine.request import Request
 from xyserve.engine.runner import ModelRunner
 from xyserve.engine.sampler import filter_logits
 from xyserve.engine.scheduler import ScheduledStage, SchedulerOutput
-from xyserve.kernels.cpu_argmax import greedy_ids
+from xyserve.kernels.ops import greedy_ids
 from xyserve.model.config import ModelConfig
 from xyserve.model.loader import load_model
 

@@ -3,7 +3,7 @@
 For each linear op of the model (shapes from its ``config.json``) and each virtually padded M
 up to the token budget, profile the candidate configurations and keep the best. On CUDA the
 candidates are Triton tile shapes, swizzle groups and launch knobs, timed at the padded M (the
-kernel computes whole tiles). On CPU they are the vendor-GEMM entry points and ``cpu_gemm``'s
+kernel computes whole tiles). On CPU they are the vendor-GEMM entry points and ``kernels.cpu.gemm``'s
 numba kernel; the CPU computes the real rows only, so each candidate is timed at the bucket's
 low, middle, odd top (pm - 1) and top M, on cold weights and on the input layout the forward
 hands the op, and one is kept only if it beats plain ``F.linear`` (what ``torch.matmul``
@@ -29,8 +29,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from xyserve.kernels import cpu_gemm
-from xyserve.kernels.smooth_gemm import CPU_CANDIDATES, SWAPPED_IMPLS, cpu_linear
+from xyserve.kernels.cpu import gemm as cpu_gemm
+from xyserve.kernels.cpu.timing import block_time, calls_for, paired_ratio
+from xyserve.kernels.gemm.smooth import CPU_CANDIDATES, SWAPPED_IMPLS, cpu_linear
 from xyserve.plan.gemm_table import (
     OPS,
     TABLE_FILE,
@@ -42,7 +43,6 @@ from xyserve.plan.gemm_table import (
     model_shapes,
 )
 from xyserve.plan.machine import machine_signature
-from xyserve.tools.cpu_timing import block_time, calls_for, paired_ratio
 
 
 def cpu_candidates(dtype: torch.dtype = torch.float32) -> list[GemmConfig]:
@@ -51,7 +51,7 @@ def cpu_candidates(dtype: torch.dtype = torch.float32) -> list[GemmConfig]:
     return [GemmConfig(cpu_impl=impl) for impl in impls]  # [0]: F.linear
 
 
-COLD_BYTES = 64 << 20  # twice this dev box's 32 MiB L3
+COLD_BYTES = 64 << 20  # larger than most L3 caches: each timed call finds its weight cold
 
 
 def cold_copies(w: torch.Tensor, total_bytes: int = COLD_BYTES) -> list[torch.Tensor]:
@@ -59,8 +59,7 @@ def cold_copies(w: torch.Tensor, total_bytes: int = COLD_BYTES) -> list[torch.Te
 
     In a decode step every layer's weights are read once and are evicted before the next step
     (the ~100M bench model streams 400 MB per step), so the CPU entry points are compared on
-    cold weights: on the dev box the ranking differs (a one-off run, 12 layers + lm_head at 64
-    rows, 2 threads: ``swap`` 105-125 GFLOP/s against ``F.linear`` 72-92 cold, close when hot).
+    cold weights, where their ranking can differ from the hot one (docs/perf.md).
     """
     n = max(1, min(32, -(-total_bytes // max(1, w.numel() * w.element_size()))))
     return [w] + [w.clone() for _ in range(n - 1)]
@@ -85,10 +84,9 @@ def tune(
     max_m: int | None = None,
 ) -> GemmTable:
     """Tune every (op, bucket). On CPU each op is timed on the input layout the forward hands
-    it: column-major where the bucket's upstream op was tuned to a swapped GEMM. Tuned on
-    row-major inputs everywhere, the ~100M bench model's table chose ``F.linear`` for qkv in
-    every bucket; tuned this way, ``swap8`` up to 320 rows (one-off ``bench offline`` A/B,
-    hybrid, 2 threads: 317 and 306 against 348 and 313 output tok/s, runs alternated)."""
+    it: column-major where the bucket's upstream op was tuned to a swapped GEMM, since a
+    choice timed on row-major inputs can be wrong for the layout it will really read
+    (docs/perf.md)."""
     shapes = {op: s for op, s in model_shapes(config).items() if op in ops}
     table = GemmTable(
         model=model_name,
@@ -141,7 +139,7 @@ def _tune_one_cpu(ws: list[torch.Tensor], x: torch.Tensor, repeat: int) -> GemmC
     One config serves every M of the bucket, and the speed order of the entry points can flip
     inside a bucket (``swap`` wins at 64 rows and may lose at 63), so the bucket's best at its
     padded M alone is not enough. Candidates are timed interleaved, in blocks of calls about
-    10 ms long (``cpu_timing``), and compared with ``F.linear`` by the median over ``repeat``
+    10 ms long (``kernels.cpu.timing``), and compared with ``F.linear`` by the median over ``repeat``
     rounds of their time ratio in the same round, so that a burst of interference does not
     pick a config.
     """
@@ -165,8 +163,8 @@ def pick_cpu(t: dict[tuple[int, int], float], n: int, ms: list[int], margin: flo
     """Index of the candidate to keep, from times (or ratios to candidate 0) ``t[candidate, m]``;
     candidate 0 is the reference (``F.linear``), kept unless another is faster by ``margin``
     at every M, then the fastest on the mean. The margin is there because the swapped GEMM's
-    speed at a given M varies from process to process on the dev box (a one-off: 0.97x and
-    1.16x of ``F.linear`` at M=255 in two runs), so a bare tie at tuning time is no promise."""
+    speed at a given M can vary from process to process (docs/perf.md), so a bare tie at
+    tuning time is no promise."""
     ok = [0] + [c for c in range(1, n) if all(t[c, m] <= margin * t[0, m] for m in ms)]
     return min(ok, key=lambda c: (sum(t[c, m] / t[0, m] for m in ms), c))
 

@@ -66,7 +66,7 @@ def tune_one_cuda(
 ) -> tuple[GemmConfig, dict[str, float]]:
     """The bucket's config for ``x @ w.T`` (``x`` has the bucket's padded M rows), and the
     times (ms) of cuBLAS and of the best Triton config, for the report."""
-    from xyserve.kernels.triton.smooth_gemm import smooth_matmul
+    from xyserve.kernels.gemm.triton_kernel import smooth_matmul
 
     timer = timer or do_bench_ms(5, 20)
     pm, k = x.shape

@@ -1,6 +1,6 @@
 """The vector width the CPU kernels use on this host, from the ISA flags LLVM reports.
 
-The numba kernels that write their own vector IR (``cpu_gemm``'s register tile) pick their width
+The numba kernels that write their own vector IR (``kernels.cpu.gemm``'s register tile) pick their width
 here: 16 floats where the CPU has AVX-512F (32 zmm registers), 8 with AVX/AVX2 (16 ymm), and the
 portable 4 (SSE, NEON: 128-bit vectors every 64-bit CPU has) elsewhere. FMA or not is left to
 LLVM: the tiles use ``llvm.fmuladd``, fused where the CPU has FMA and a multiply and an add where

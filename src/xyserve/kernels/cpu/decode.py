@@ -6,23 +6,21 @@ flash kernel over it, so each key is read three times; this kernel walks the blo
 reads each key once, with every query head of the row in registers. Tiles are dealt to the
 threads by the same symmetric round-robin as the task table's units, in cost order
 (``tileSize * kvLen``), and each thread runs its list: the CPU image of the persistent
-Meta-Attention kernel. On the 2-core dev box, in a one-off microbenchmark (64 decode rows,
-60-250 keys, 12/4 heads, d=64, one thread): 4.1 ms vs 11.0 ms for the gather + flash path;
-``xyserve bench kernels --only attention`` times the whole CPU path against per-stage baselines.
+Meta-Attention kernel. ``xyserve bench kernels --only attention`` times the whole CPU path
+against per-stage baselines (figures: docs/perf.md).
 
 numba is optional: without it (or for dtypes other than float32) the torch path runs.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
-from xyserve.kernels import use_cpu_threads
-from xyserve.kernels.cpu_exp import exp_parts
-from xyserve.plan.task_table import snake_deal
+from xyserve.kernels.cpu import exp, use_cpu_threads
+from xyserve.kernels.cpu.cache import depends_on
+from xyserve.kernels.cpu.exp import exp_parts
+from xyserve.plan.meta_attention import DecodePlan, build_decode_plan
 
 try:  # numba is a dependency, but a broken install must not break the engine
     import numba
@@ -31,49 +29,13 @@ except ImportError:  # pragma: no cover - exercised only where numba is absent
     numba = None
 
 
-@dataclass
-class DecodePlan:
-    """Decode tiles of one step, in worker-major order; built once, shared by every layer."""
-
-    q_rows: np.ndarray  # [S] int64 flat query row of each tile
-    kv_lens: np.ndarray  # [S] int32 keys of each tile
-    tables: np.ndarray  # [S, max_blocks] int32 block tables
-    worker_offsets: np.ndarray  # [W + 1] int64: tiles [off[w], off[w+1]) run on thread w
-    rows: torch.Tensor  # [S] long: the same rows, for the torch side
-
-    @property
-    def num_tiles(self) -> int:
-        return int(self.q_rows.shape[0])
-
-
 def available(dtype: torch.dtype) -> bool:
     return numba is not None and dtype == torch.float32
 
 
-def build_decode_plan(
-    q_rows: list[int], kv_lens: list[int], tables: list[list[int]], num_workers: int
-) -> DecodePlan:
-    costs = sorted(range(len(q_rows)), key=lambda i: -kv_lens[i])  # decode tile area = kv_len
-    dealt = snake_deal([kv_lens[i] for i in costs], max(1, num_workers))
-    order = [costs[j] for w in dealt for j in w]
-    offs = np.zeros(len(dealt) + 1, dtype=np.int64)
-    offs[1:] = np.cumsum([len(w) for w in dealt])
-    width = max((len(tables[i]) for i in order), default=1)
-    bt = np.zeros((len(order), max(1, width)), dtype=np.int32)
-    for j, i in enumerate(order):
-        bt[j, : len(tables[i])] = tables[i]
-    rows = np.array([q_rows[i] for i in order], dtype=np.int64)
-    return DecodePlan(
-        q_rows=rows,
-        kv_lens=np.array([kv_lens[i] for i in order], dtype=np.int32),
-        tables=bt,
-        worker_offsets=offs,
-        rows=torch.from_numpy(rows),
-    )
-
-
 if numba is not None:
 
+    @depends_on(exp)
     @njit(parallel=True, fastmath=True, cache=True)
     def _decode_kernel(q, k_cache, v_cache, tables, kv_lens, q_rows, offsets, scale, out):
         bs = k_cache.shape[1]
@@ -101,7 +63,7 @@ if numba is not None:
                     m = sc[r, 0]
                     for j in range(1, n_keys):
                         m = max(m, sc[r, j])
-                    for j in range(n_keys):  # exp in two vectorizable passes (see cpu_exp)
+                    for j in range(n_keys):  # exp in two vectorizable passes (see kernels.cpu.exp)
                         p, n = exp_parts(sc[r, j] - m)
                         sc[r, j] = p
                         bits[j] = (n + 127) << 23

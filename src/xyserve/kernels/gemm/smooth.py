@@ -4,21 +4,20 @@
 tuned config of (op, bucket). On CUDA the Triton kernel computes whole M-tiles but loads and
 stores only real rows (masked), so no padded copy of the activations exists. On CPU the real
 rows go to the vendor GEMM (oneDNN/MKL via ``F.linear`` and its swapped forms) or, for the few
-rows of decode steps, to ``cpu_gemm``'s numba kernel: measured on the dev box, physical padding
-only costs and ``torch.compile`` per bucket did not pay (see ``xyserve bench kernels``).
+rows of decode steps, to ``kernels.cpu.gemm``'s numba kernel. CPU rows are never padded
+physically: the vendor GEMM takes any M (what was tried instead: docs/perf.md).
 """
 
 from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
-from xyserve.kernels import cpu_gemm
-from xyserve.plan.gemm_table import GemmConfig, GemmTable, find_table, padded_m
+from xyserve.kernels.cpu import gemm as cpu_gemm
+from xyserve.plan.gemm_table import GemmConfig, GemmTable, SmoothPlan, find_table
 from xyserve.plan.machine import machine_signature
 
 # What a first start does on a (model, machine) pair without a table: "quick" tunes the decode
@@ -37,20 +36,10 @@ def autotune_mode() -> str:
     return mode
 
 
-@dataclass
-class SmoothPlan:
-    """The step's bucket, and the configs already looked up this step (one lookup per op)."""
-
-    num_tokens: int
-    padded_m: int
-    configs: dict[tuple[str, int, int, int], GemmConfig] = field(default_factory=dict)
-
-
-CPU_IMPLS = ("linear", "addmm", "swap", "swap8", "numba")
 SWAPPED_IMPLS = ("swap", "swap8")  # these return a column-major view (see cpu_linear)
 # What `xyserve tune` profiles: `swap` only differs from `swap8` at widths that are not a
-# multiple of 8, where it is the erratic one (a one-off, 2 threads, 768x768 at M=255: 1.11-1.16x
-# F.linear's time over eight fresh inputs, swap8 1.02-1.07x); tables naming it still run.
+# multiple of 8, where its time is erratic (docs/perf.md), so it is not offered; tables naming
+# it still run.
 CPU_CANDIDATES = ("linear", "addmm", "swap8", "numba")
 
 
@@ -78,10 +67,9 @@ def cpu_linear(
     only its share of the weight). The result is a transposed (column-major) view, which the
     next GEMM reads as its contiguous ``x.T`` at no cost. ``swap8`` also pads the token count
     to a multiple of 8 with a physical copy of the (small) activations: MKL's swapped GEMM is
-    erratic at other widths (a one-off scan, 2 threads, N=1280, K=768: 1.0-1.7x F.linear's
-    time at M = 9..15, 0.6-0.7x padded), and the copy is O(M K) against the GEMM's O(M N K).
+    erratic at other widths (docs/perf.md), and the copy is O(M K) against the GEMM's O(M N K).
     The result is then a column-major view with a row stride of the padded width. ``numba``
-    is ``cpu_gemm``'s register-blocked kernel (row-major result; ``F.linear`` where numba is
+    is ``kernels.cpu.gemm``'s register-blocked kernel (row-major result; ``F.linear`` where numba is
     missing or the dtype is not float32).
     ``xyserve tune`` picks per bucket; ``xyserve bench kernels --only gemm --threads 2``
     shows the tuned result against torch.
@@ -152,7 +140,7 @@ class SmoothGemm:
             cpu_gemm.warmup()
 
     def plan(self, num_tokens: int) -> SmoothPlan:
-        return SmoothPlan(num_tokens, padded_m(num_tokens))
+        return SmoothPlan.build(num_tokens)
 
     def linear(
         self,
@@ -172,7 +160,7 @@ class SmoothGemm:
             if plan is not None:
                 plan.configs[key] = cfg
         if x.is_cuda:
-            from xyserve.kernels.triton.smooth_gemm import smooth_matmul
+            from xyserve.kernels.gemm.triton_kernel import smooth_matmul
 
             y = smooth_matmul(x.reshape(m, x.shape[-1]), weight, bias, cfg, self.allow_tf32)
             return y.view(*x.shape[:-1], weight.shape[0])

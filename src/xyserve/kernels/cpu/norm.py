@@ -1,10 +1,8 @@
 """RMSNorm on CPU in one numba pass per row, for float32 rows that are contiguous in memory.
 
 Why: the torch expression (pow, mean, add, rsqrt, two multiplies) launches six ops per norm, and
-a decode step of the ~100M bench model runs 25 norms of 64 x 768. One-off measurements on the
-2-core dev box: 35-45 us a call here against 197-397 us for the torch expression (64 x 768,
-microbenchmark taken while another benchmark ran); in the engine (``cProfile`` of ``bench
-offline``'s workload, 4075 norms) 0.47 s against 0.79 s in all. The arithmetic follows
+a decode step of the ~100M bench model runs 25 norms of 64 x 768 (figures: docs/perf.md). The
+arithmetic follows
 the torch expression (x * rsqrt(mean(x^2) + eps), then * weight, in float32); only the order of
 the sum of squares differs. Other layouts and dtypes take the torch path.
 """

@@ -1,6 +1,6 @@
 """Slow, obviously-correct twins of the fast kernels: the oracles of the kernel tests.
 
-Attention builds each stage's dense mask (``metadata.stage_mask``) over K/V gathered from the
+Attention builds each stage's dense mask (``gather.stage_mask``) over K/V gathered from the
 paged cache and runs a plain softmax in float64, one query head at a time (GQA by indexing the
 KV head, never by copying). Nothing here is tuned; clarity wins.
 """
@@ -11,7 +11,8 @@ from typing import Any
 
 import torch
 
-from xyserve.kernels.metadata import AttentionMetadata, gather_kv, stage_mask
+from xyserve.kernels.attention.gather import gather_kv, stage_mask
+from xyserve.plan.attention_metadata import AttentionMetadata
 
 
 def reference_attention(

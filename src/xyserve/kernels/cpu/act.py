@@ -3,10 +3,9 @@ row-major output.
 
 Why: torch runs it as two ops over the [T, 2I] GEMM output (``silu`` on the gate half, then an
 in-place multiply), and numba's ``np.exp`` would be a scalar libm call per element. Here each
-row takes two vectorizable passes with ``cpu_exp``'s polynomial exp. One-off microbenchmark on
-the 2-core dev box (2 threads, I = 2048, final code): 88-93 us against torch's 122-144 us at 64
-rows, 522-539 us against 819-860 us at 512 rows; within 3.5e-7 relative of torch's result for
-finite inputs (a NaN stays NaN; an infinite gate is not handled as torch does).
+row takes two vectorizable passes with ``kernels.cpu.exp``'s polynomial exp (figures:
+docs/perf.md). The result is within a few float32 ulps of torch's for finite inputs (a NaN
+stays NaN; an infinite gate is not handled as torch does).
 Other layouts (a ``swap`` GEMM's column-major output) and dtypes take the torch path.
 """
 
@@ -15,8 +14,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from xyserve.kernels import use_cpu_threads
-from xyserve.kernels.cpu_exp import exp_parts
+from xyserve.kernels.cpu import exp, use_cpu_threads
+from xyserve.kernels.cpu.cache import depends_on
+from xyserve.kernels.cpu.exp import exp_parts
 
 try:
     from numba import njit, prange
@@ -27,6 +27,7 @@ if njit is not None:
     # fastmath without "nnan"/"ninf": a NaN in the gate or up half must come out as NaN.
     _FAST = {"contract", "afn", "reassoc", "arcp", "nsz"}
 
+    @depends_on(exp)
     @njit(parallel=True, fastmath=_FAST, cache=True)
     def _silu_mul_rows(gu, out):  # pragma: no cover - compiled
         """``out[t] = silu(gu[t, :I]) * gu[t, I:]``, with ``silu(g) = g * sigmoid(g)`` from

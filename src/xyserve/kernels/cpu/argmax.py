@@ -2,12 +2,10 @@
 
 With SmoothGEMM's ``swap`` entry point the lm_head returns logits as a column-major [R, V] view
 (a contiguous [V, R] buffer). ``torch.argmax(dim=-1)`` walks that layout row by row, with a
-stride of R floats per element: in a one-off microbenchmark on the 2-core dev box (one thread,
-64 x 32000 float32) it took 7.6-7.8 ms, about 9 ms of a 270 ms decode step. This kernel reads the
-buffer once in memory order and keeps a running maximum per row (1.9 ms there). Ties go to the
-first index, as ``torch.argmax``; any other layout or dtype, or a NaN in a batch, takes the
-torch path. Row-major logits (the numba GEMM's) get a second kernel, one row per thread at a time:
-one-off, 2 threads, 64 x 32000, 540-710 us against 1100-2400 us for ``torch.argmax``.
+stride of R floats per element; this kernel reads the buffer once in memory order and keeps a
+running maximum per row. Ties go to the first index, as ``torch.argmax``; any other layout or
+dtype, or a NaN in a batch, takes the torch path. Row-major logits (the numba GEMM's) get a
+second kernel, one row per thread at a time. Figures: docs/perf.md.
 """
 
 from __future__ import annotations
@@ -15,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from xyserve.kernels import use_cpu_threads
+from xyserve.kernels.cpu import use_cpu_threads
 
 try:
     from numba import njit, prange

@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from xyserve.kernels.metadata import AttentionMetadata, gather_kv, stage_mask
+from xyserve.kernels.attention.gather import gather_kv, stage_mask
+from xyserve.plan.attention_metadata import AttentionMetadata
 
 
 class PerStageSDPA:

@@ -9,7 +9,7 @@ The register tile is BLIS's outer product, written as LLVM vector IR (a numba in
 numba's own loops do not vectorize this form, and a tile written as scalars for LLVM's SLP
 vectorizer was slower: docs/perf.md): 6 weight rows x 2 vectors of token rows in 12 vector
 accumulators. Per step of K it loads two token vectors and broadcasts 6 weight scalars for 12
-FMAs, with no horizontal sums. The vector width comes from the host (``cpu_isa``): 16 floats
+FMAs, with no horizontal sums. The vector width comes from the host (``kernels.cpu.isa``): 16 floats
 on AVX-512 (a 6 x 32 tile in zmm registers; numba sets no ``min-legal-vector-width``, so LLVM
 keeps the explicit 512-bit vectors even on cores it tunes for 256-bit loops), 8 on AVX/AVX2
 (6 x 16 in ymm), 4 elsewhere (the portable 6 x 8 tile in 128-bit vectors). The FMAs are LLVM's
@@ -36,8 +36,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from xyserve.kernels import use_cpu_threads
-from xyserve.kernels.cpu_isa import vector_width
+from xyserve.kernels.cpu import use_cpu_threads
+from xyserve.kernels.cpu.isa import vector_width
 
 try:
     import numba
@@ -240,7 +240,7 @@ def linear(
 ) -> torch.Tensor:
     """``x @ weight.T + bias`` for a 2-D float32 CPU ``x`` of any layout (copied to row-major,
     which costs O(M K) against the GEMM's O(M N K)), in vectors of ``width`` floats (the
-    host's, ``cpu_isa.vector_width``, when None; the caller owns that the host runs it). The kernel checks no bounds, so anything
+    host's, ``kernels.cpu.isa.vector_width``, when None; the caller owns that the host runs it). The kernel checks no bounds, so anything
     else (other dtypes or devices, shapes that do not agree) goes to ``F.linear``, which raises
     its own clear error where the shapes are wrong; so do weights of fewer than MR rows (only
     tiny test models have them)."""

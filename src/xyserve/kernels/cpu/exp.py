@@ -3,14 +3,10 @@
 numba's ``np.exp`` compiles to a scalar libm call per element (its LLVM has no vector math
 library). ``exp_parts`` is a Cody-Waite range reduction and a degree-7 polynomial, and leaves
 ``2**n`` to the caller, who builds it from float bits in a second pass, so that both passes
-vectorize. In a one-off microbenchmark on the 2-core dev box (64 decode rows, 100-250 keys,
-cold cache, 2 threads) it made the decode kernel 7-17% faster than ``np.exp``, within 1.4e-7
-relative difference in its output.
+vectorize (figures against ``np.exp``: docs/perf.md).
 
-Caveat for whoever edits this file: numba's on-disk cache of a kernel that inlines
-``exp_parts`` (``cpu_decode``, ``cpu_act``) is keyed on the kernel's own source file only, so
-after a change here delete those kernels' ``__pycache__/*.nbi``/``*.nbc`` files (a fresh
-checkout, as in CI, has none).
+The kernels that inline ``exp_parts`` (``decode``, ``act``) are declared
+``cache.depends_on(exp)``, so an edit here invalidates their numba cache too.
 """
 
 from __future__ import annotations

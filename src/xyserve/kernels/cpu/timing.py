@@ -1,10 +1,10 @@
 """Wall-clock timing of short CPU calls, shared by the tuner and ``bench kernels``.
 
-One small GEMM on a cold weight takes 0.1-1 ms, where a single ``perf_counter`` sample is at
-the mercy of one OpenMP barrier or one timer tick on a busy 2-core box (a one-off run timed
-``torch.matmul`` against itself at up to 1.26x that way). So a sample is the mean over a block
-of calls lasting about 10 ms; callers interleave the variants round by round and compare them
-by ``paired_ratio`` (or keep each one's minimum over rounds).
+A small GEMM on a cold weight is short enough that a single ``perf_counter`` sample is at the
+mercy of one OpenMP barrier or one timer tick on a busy machine (docs/perf.md). So a sample is
+the mean over a block of calls lasting about ``target_s`` (10 ms by default); callers interleave
+the variants round by round and compare them by ``paired_ratio`` (or keep each one's minimum
+over rounds).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from xyserve.kernels.triton.precision import dot_precision
+from xyserve.kernels.triton_precision import dot_precision
 from xyserve.plan.gemm_table import GemmConfig
 
 

@@ -1,22 +1,20 @@
 """RoPE on q and k plus the K/V cache write, in one numba pass over the qkv GEMM's output.
 
 Why: the torch path is four elementwise ops for the rotation, two ``index_copy_`` into the
-paged cache, and a copy of the (strided) q before attention; a decode step of the ~100M bench
-model runs that 12 times on 64 rows, a few hundred microseconds of launches each. Here each
+paged cache, and a copy of the (strided) q before attention, once per layer. Here each
 token row is read once: q is rotated into a contiguous [T, Hq, D] tensor, k is rotated straight
 into its cache slot and v copied into its slot. The arithmetic is ``rope.apply``'s (``x1 cos -
 x2 sin``, ``x2 cos + x1 sin``, non-interleaved halves). It applies to contiguous float32 qkv
 rows (the ``numba`` and ``linear`` GEMM entry points' output) without q/k norm; other layouts,
-dtypes and Qwen3's q/k norm take the torch path. One-off microbenchmark on the 2-core dev box
-(2 threads, 12/4 heads, D = 64, the torch path including the q copy): 91-96 us against
-253-265 us at 64 rows, 236-386 us against 583-603 us at 512 rows.
+dtypes and Qwen3's q/k norm take the torch path (``kernels.ops.rope_and_cache`` chooses;
+figures: docs/perf.md).
 """
 
 from __future__ import annotations
 
 import torch
 
-from xyserve.kernels import use_cpu_threads
+from xyserve.kernels.cpu import use_cpu_threads
 
 try:
     from numba import njit, prange

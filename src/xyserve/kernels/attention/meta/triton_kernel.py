@@ -10,15 +10,12 @@ row by row. Runs on CPU tensors under ``TRITON_INTERPRET=1`` for the tests.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import triton
 import triton.language as tl
 
-from xyserve.kernels.metadata import AttentionMetadata
-from xyserve.kernels.triton.precision import dot_precision
-from xyserve.plan.task_table import TaskTable, build_task_table
+from xyserve.kernels.triton_precision import dot_precision
+from xyserve.plan.triton_attention import TritonAttentionPlan, pow2
 
 
 @triton.jit
@@ -120,79 +117,6 @@ def _meta_attn_kernel(
         tl.store(o_ptr, out.to(Out.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
 
 
-@dataclass
-class TritonAttentionPlan:
-    meta: AttentionMetadata
-    tasks: TaskTable
-    num_q_heads: int
-    num_kv_heads: int
-    head_dim: int
-    block_m: int
-    arrays: dict[str, torch.Tensor]
-    allow_tf32: bool = False  # float32 dots in TF32 (see kernels/triton/precision.py)
-
-
-def _pow2(x: int, lo: int = 16) -> int:
-    return max(lo, triton.next_power_of_2(x))
-
-
-def build_triton_plan(
-    meta: AttentionMetadata,
-    num_q_heads: int,
-    num_kv_heads: int,
-    head_dim: int,
-    num_workers: int | None = None,
-    block_m: int = 64,
-    allow_tf32: bool = False,
-) -> TritonAttentionPlan:
-    """Task table with tiles of ``block_m // G`` rows, laid out worker by worker on the device."""
-    device = meta.slot_mapping.device
-    group = num_q_heads // num_kv_heads
-    block_m = _pow2(max(block_m, group))
-    if num_workers is None:
-        num_workers = (
-            torch.cuda.get_device_properties(device).multi_processor_count * 2
-            if device.type == "cuda"
-            else 4
-        )
-    tasks = build_task_table(meta.table, num_kv_heads, num_workers, max(1, block_m // group))
-    tree_flat: list[int] = []
-    tree_off: dict[int, int] = {}
-    for s, row in enumerate(meta.table.rows):
-        if row.tree_mask is not None:
-            tree_off[s] = len(tree_flat)
-            tree_flat.extend(int(b) for line in row.tree_mask for b in line)
-    cols: dict[str, list[int]] = {
-        k: []
-        for k in ("qstart", "rows", "rowoff", "ctx", "kvlen", "ext", "kvh", "stage", "toff", "tn")
-    }
-    for ui in tasks.worker_order():
-        unit = tasks.units[ui]
-        t = tasks.tiles[unit.tile]
-        row = meta.table.rows[t.stage]
-        vals = (
-            t.q_start,
-            t.num_rows,
-            t.row_offset,
-            t.context_len,
-            t.kv_len,
-            t.kv_extent,
-            unit.kv_head,
-            t.stage,
-            tree_off.get(t.stage, -1),
-            row.num_tokens if t.has_tree else 0,
-        )
-        for k, v in zip(cols, vals):
-            cols[k].append(v)
-    arrays = {k: torch.tensor(v, dtype=torch.int32, device=device) for k, v in cols.items()}
-    arrays["w_off"] = torch.tensor(tasks.worker_offsets(), dtype=torch.int32, device=device)
-    arrays["tree"] = torch.tensor(tree_flat or [0], dtype=torch.int8, device=device)
-    arrays["bt"] = meta.block_tables.to(device=device, dtype=torch.int32).contiguous()
-    return TritonAttentionPlan(
-        meta, tasks, num_q_heads, num_kv_heads, head_dim, block_m, arrays, allow_tf32
-    )
-
-
 def triton_meta_attention(
     plan: TritonAttentionPlan,
     q: torch.Tensor,
@@ -242,8 +166,8 @@ def triton_meta_attention(
         GROUP=hq // hkv,
         PAGE=page,
         BLOCK_M=plan.block_m,
-        BLOCK_N=_pow2(page),
-        BLOCK_D=_pow2(d),
+        BLOCK_N=pow2(page),
+        BLOCK_D=pow2(d),
         INPUT_PRECISION=dot_precision(q.dtype, plan.allow_tf32),
     )
     return out

@@ -1,0 +1,1 @@
+"""Attention backends: the protocol pieces, the reference, per-stage SDPA and Meta-Attention."""

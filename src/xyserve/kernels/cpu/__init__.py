@@ -1,0 +1,37 @@
+"""The numba CPU kernels, and the thread count every one of them launches with.
+
+The kernels are numba ``prange`` loops. numba fixes its threading layer at the first parallel
+launch in a process, so the choice is made here, before any kernel module runs one: OpenMP
+first (unless the user chose with ``NUMBA_THREADING_LAYER``), as the decode kernels ran slower
+on numba's workqueue layer (docs/perf.md).
+"""
+
+from __future__ import annotations
+
+import os
+
+try:  # numba is a dependency, but a broken install must not break the engine
+    import numba
+
+    if "NUMBA_THREADING_LAYER" not in os.environ:
+        numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
+except ImportError:  # pragma: no cover - exercised only where numba is absent
+    numba = None
+
+
+def use_cpu_threads(requested: int | None = None, items: int | None = None) -> int:
+    """Run numba's next parallel kernel on ``requested`` threads (torch's intra-op count when
+    None), within numba's pool, and on no more threads than it has ``items`` of parallel work
+    (rows, tiles) when given: a single decode row then runs on the calling thread, instead of
+    waking a thread that gets nothing to do and waiting for it at the kernel's end (on a busy
+    machine, that barrier can cost more than the row). numba keeps the count per calling thread
+    and a kernel that does not set it inherits whatever the last one set, so every CPU kernel
+    wrapper calls this."""
+    import torch
+
+    want = torch.get_num_threads() if requested is None else requested
+    if items is not None:
+        want = min(int(want), int(items))
+    n = max(1, min(int(want), numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(n)
+    return n

@@ -1,0 +1,251 @@
+"""Meta-Attention's CPU plan: the task table cut into packs and KV chunks, and the decode tiles.
+
+Built once per step on the host (``build_plan``), run by every layer
+(``kernels.attention.meta.cpu.run_cpu``). Tiles of every stage -- prefill chunks, decodes,
+verifies, from any request -- come from the task table (``plan.task_table``) and are grouped
+into *packs* of like shape (decode rows alone; other tiles by tile size), kept in the task
+table's cost order and split where the key extent drops below ``group_ratio`` of the pack's
+longest, so padding stays small. Each pack is cut into KV chunks of at most ``kv_chunk`` keys
+and ``kv_chunk_bytes`` of gathered K/V per call; a chunk's additive mask (causal with any prefix
+offset, decode, verify, tree) is derived from positions here, and is None where every real row
+sees every key of the chunk. Single-row causal tiles may go instead to the numba decode kernel,
+whose plan (``DecodePlan``) deals them to the threads in cost order, as the task table deals
+its units.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from xyserve.plan.attention_metadata import AttentionMetadata
+from xyserve.plan.task_table import TaskTable, Tile, build_task_table, snake_deal
+
+NEG = -1.0e30  # additive mask value: finite, so a fully masked chunk row merges with weight 0
+
+
+@dataclass
+class DecodePlan:
+    """Decode tiles of one step, in worker-major order; built once, shared by every layer."""
+
+    q_rows: np.ndarray  # [S] int64 flat query row of each tile
+    kv_lens: np.ndarray  # [S] int32 keys of each tile
+    tables: np.ndarray  # [S, max_blocks] int32 block tables
+    worker_offsets: np.ndarray  # [W + 1] int64: tiles [off[w], off[w+1]) run on thread w
+    rows: torch.Tensor  # [S] long: the same rows, for the torch side
+
+    @property
+    def num_tiles(self) -> int:
+        return int(self.q_rows.shape[0])
+
+
+def build_decode_plan(
+    q_rows: list[int], kv_lens: list[int], tables: list[list[int]], num_workers: int
+) -> DecodePlan:
+    costs = sorted(range(len(q_rows)), key=lambda i: -kv_lens[i])  # decode tile area = kv_len
+    dealt = snake_deal([kv_lens[i] for i in costs], max(1, num_workers))
+    order = [costs[j] for w in dealt for j in w]
+    offs = np.zeros(len(dealt) + 1, dtype=np.int64)
+    offs[1:] = np.cumsum([len(w) for w in dealt])
+    width = max((len(tables[i]) for i in order), default=1)
+    bt = np.zeros((len(order), max(1, width)), dtype=np.int32)
+    for j, i in enumerate(order):
+        bt[j, : len(tables[i])] = tables[i]
+    rows = np.array([q_rows[i] for i in order], dtype=np.int64)
+    return DecodePlan(
+        q_rows=rows,
+        kv_lens=np.array([kv_lens[i] for i in order], dtype=np.int32),
+        tables=bt,
+        worker_offsets=offs,
+        rows=torch.from_numpy(rows),
+    )
+
+
+@dataclass
+class KVChunk:
+    """One fused call: tiles [0, num) of a pack (or a slice of them) against one KV range."""
+
+    b0: int
+    b1: int
+    c0: int  # first key position
+    width: int  # keys read (a multiple of the block size)
+    block_ids: torch.Tensor  # [(b1 - b0) * width / block_size] physical blocks, long
+    mask: torch.Tensor | None  # [(b1 - b0), 1, R*G, width] additive, or None (all visible)
+
+
+@dataclass
+class TilePack:
+    rows: int  # R: query rows per tile, padded to the pack's largest tile
+    q_index: torch.Tensor  # [B, R] flat query row of each tile row (padding -> 0)
+    valid: torch.Tensor  # [V] positions in the flattened [B * R] that are real rows
+    out_rows: torch.Tensor  # [V] their flat query rows
+    chunks: list[KVChunk] = field(default_factory=list)
+
+    @property
+    def num_tiles(self) -> int:
+        return int(self.q_index.shape[0])
+
+
+@dataclass
+class MetaAttentionPlan:
+    meta: AttentionMetadata
+    tasks: TaskTable
+    num_q_heads: int
+    num_kv_heads: int
+    head_dim: int
+    packs: list[TilePack]
+    decode: DecodePlan | None = None  # single-row tiles for the numba kernel
+
+
+def _group_tiles(tiles: list[Tile], order: list[int], ratio: float) -> list[list[int]]:
+    """Packs of like tiles, in task-table (cost) order, split where the key extent drops."""
+    classes: dict[tuple[bool, int], list[int]] = {}
+    for t in order:
+        tile = tiles[t]
+        key = (tile.num_rows == 1 and not tile.has_tree, tile.tile_size)
+        classes.setdefault(key, []).append(t)
+    packs: list[list[int]] = []
+    for members in classes.values():
+        members.sort(key=lambda t: -tiles[t].kv_extent)
+        cur: list[int] = []
+        for t in members:
+            if cur and tiles[t].kv_extent < ratio * tiles[cur[0]].kv_extent:
+                packs.append(cur)
+                cur = []
+            cur.append(t)
+        if cur:
+            packs.append(cur)
+    return packs
+
+
+def _chunk_mask(
+    tiles: list[Tile],
+    members: list[int],
+    rows: int,
+    group: int,
+    c0: int,
+    width: int,
+    tree_masks: list[torch.Tensor | None],
+    dtype: torch.dtype,
+    device: torch.device,
+) -> torch.Tensor | None:
+    """Additive mask of one chunk, or None when every real row sees every key of it."""
+    need = False
+    for t in members:
+        tile = tiles[t]
+        first_masked = tile.context_len if tile.has_tree else tile.context_len + tile.row_offset + 1
+        if c0 + width > min(first_masked, tile.kv_extent):
+            need = True
+            break
+    if not need:
+        return None
+    b = len(members)
+    kpos = torch.arange(c0, c0 + width, device=device)
+    qpos = torch.full((b, rows), 1 << 40, dtype=torch.long, device=device)  # padding sees all
+    for i, t in enumerate(members):
+        tile = tiles[t]
+        base = tile.context_len + tile.row_offset
+        qpos[i, : tile.num_rows] = torch.arange(base, base + tile.num_rows, device=device)
+    allowed = kpos.view(1, 1, -1) <= qpos.unsqueeze(-1)  # causal by position (incl. decode)
+    for i, t in enumerate(members):
+        tile = tiles[t]
+        if not tile.has_tree:
+            continue
+        tree = tree_masks[tile.stage].to(device)
+        ctx, n = tile.context_len, tree.shape[0]
+        rel = kpos - ctx
+        in_new = (rel >= 0) & (rel < n)
+        sub = tree[tile.row_offset : tile.row_offset + tile.num_rows]  # [rows, n]
+        seen = sub[:, rel.clamp(0, n - 1)] & in_new  # [rows, width]
+        allowed[i, : tile.num_rows] = (kpos < ctx) | seen
+    add = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, NEG)
+    # Rows are packed (row, head-in-group): repeat each row's mask for the group's heads.
+    return add.unsqueeze(2).expand(b, rows, group, width).reshape(b, 1, rows * group, width)
+
+
+def build_plan(
+    meta: AttentionMetadata,
+    num_q_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    num_workers: int = 1,
+    kv_chunk: int = 512,
+    kv_chunk_bytes: int = 64 << 20,
+    group_ratio: float = 0.75,
+    dtype: torch.dtype = torch.float32,
+    decode_kernel: bool = True,
+) -> MetaAttentionPlan:
+    """Task table plus the CPU schedule: packs of tiles and their KV chunks and masks.
+
+    With ``decode_kernel`` (the caller's word that the numba decode kernel runs for this dtype),
+    single-row causal tiles -- decodes, and the last row of a chunk -- go to its ``DecodePlan``
+    instead of packs.
+    """
+    table = meta.table
+    device = meta.slot_mapping.device
+    bs = table.block_size
+    group = num_q_heads // num_kv_heads
+    tasks = build_task_table(table, num_kv_heads, num_workers)
+    tiles = tasks.tiles
+    seen: set[int] = set()
+    order = [u.tile for u in tasks.units if not (u.tile in seen or seen.add(u.tile))]
+    decode = None
+    if decode_kernel:
+        single = [t for t in order if tiles[t].num_rows == 1 and not tiles[t].has_tree]
+        order = [t for t in order if tiles[t].num_rows != 1 or tiles[t].has_tree]
+        decode = build_decode_plan(
+            [tiles[t].q_start for t in single],
+            [tiles[t].kv_extent for t in single],
+            [
+                table.rows[tiles[t].stage].block_table[: -(-tiles[t].kv_extent // bs)]
+                for t in single
+            ],
+            num_workers,
+        )
+    elem = torch.finfo(dtype).bits // 8
+    max_keys = max(bs, kv_chunk_bytes // max(1, 2 * num_kv_heads * head_dim * elem))
+    chunk = max(bs, (kv_chunk // bs) * bs)
+    packs: list[TilePack] = []
+    for members in _group_tiles(tiles, order, group_ratio):
+        rows = max(tiles[t].num_rows for t in members)
+        q_index = torch.zeros((len(members), rows), dtype=torch.long)
+        valid: list[int] = []
+        out_rows: list[int] = []
+        for i, t in enumerate(members):
+            tile = tiles[t]
+            q_index[i, : tile.num_rows] = torch.arange(tile.q_start, tile.q_start + tile.num_rows)
+            valid.extend(range(i * rows, i * rows + tile.num_rows))
+            out_rows.extend(range(tile.q_start, tile.q_start + tile.num_rows))
+        pack = TilePack(
+            rows=rows,
+            q_index=q_index.to(device),
+            valid=torch.tensor(valid, dtype=torch.long, device=device),
+            out_rows=torch.tensor(out_rows, dtype=torch.long, device=device),
+        )
+        exts = [tiles[t].kv_extent for t in members]
+        c0 = 0
+        while c0 < exts[0]:
+            active = sum(1 for e in exts if e > c0)
+            width = min(chunk, math.ceil((exts[0] - c0) / bs) * bs)
+            per_call = max(1, max_keys // width)
+            for b0 in range(0, active, per_call):
+                b1 = min(active, b0 + per_call)
+                ids = []
+                for t in members[b0:b1]:
+                    bt = table.rows[tiles[t].stage].block_table
+                    for j in range(c0 // bs, (c0 + width) // bs):
+                        ids.append(bt[j] if j < len(bt) else 0)  # past the end: masked
+                mask = _chunk_mask(
+                    tiles, members[b0:b1], rows, group, c0, width, meta.tree_masks, dtype, device
+                )
+                pack.chunks.append(
+                    KVChunk(
+                        b0, b1, c0, width, torch.tensor(ids, dtype=torch.long, device=device), mask
+                    )
+                )
+            c0 += width
+        packs.append(pack)
+    return MetaAttentionPlan(meta, tasks, num_q_heads, num_kv_heads, head_dim, packs, decode)
