@@ -15,8 +15,10 @@ from xyserve.plan.gemm_table import (
     TABLE_FILE,
     GemmConfig,
     GemmTable,
+    Precision,
     cache_path,
     find_table,
+    load_checked,
     model_shapes,
 )
 from xyserve.plan.machine import MachineSignature, cpu_signature, machine_signature
@@ -79,7 +81,7 @@ def test_first_start_tunes_the_decode_buckets_once_and_caches(tmp_path, monkeypa
     monkeypatch.setenv("XYSERVE_GEMM_AUTOTUNE", "quick")
     calls: list[int] = []
 
-    def fake_tune_one(w, x, device, repeat):
+    def fake_tune_one(w, x, device, repeat, allow_tf32=False):
         calls.append(x.shape[0])
         return GemmConfig(cpu_impl="addmm")
 
@@ -131,3 +133,68 @@ def test_a_tune_for_another_device_leaves_the_table_beside_the_model(tmp_path, m
     cuda.save(out)
     assert find_table(model, "cuda").machine == gpu
     assert find_table(model, "cpu").machine == cpu_signature()
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    gpu = MachineSignature(kind="cuda", vendor="NVIDIA", model="Test GPU", capability="9.0")
+    monkeypatch.setattr("xyserve.plan.machine.cuda_signature", lambda index=0: gpu)
+    return gpu
+
+
+def _cuda_table(gpu: MachineSignature, dtype: str | None, tf32: bool = False) -> GemmTable:
+    t = _table(gpu)
+    t.device, t.dtype, t.allow_tf32 = "cuda", dtype, tf32
+    return t
+
+
+def test_a_table_applies_only_at_the_precision_it_was_tuned_at(tmp_path, fake_gpu):
+    """A bfloat16 tile choice says nothing of float32, nor TF32 dots of exact ones."""
+    model = _model(tmp_path)
+    _cuda_table(fake_gpu, "bfloat16").save(model / TABLE_FILE)
+    assert find_table(model, "cuda", Precision("bfloat16")) is not None
+    with pytest.warns(UserWarning, match="tuned in bfloat16; this run is float32"):
+        assert find_table(model, "cuda", Precision("float32")) is None
+    _cuda_table(fake_gpu, "float32", tf32=True).save(model / TABLE_FILE)
+    assert find_table(model, "cuda", Precision("float32", allow_tf32=True)) is not None
+    with pytest.warns(UserWarning, match="tuned in float32-tf32; this run is float32"):
+        assert find_table(model, "cuda", Precision("float32")) is None
+    with pytest.raises(ValueError, match="does not apply here: it was tuned in float32-tf32"):
+        SmoothGemm(table_path=model / TABLE_FILE, device="cuda", dtype="float32")
+    # The cache keeps one table per precision, so tuning bf16 does not evict float32's.
+    assert cache_path(model, "cuda", Precision("bfloat16")) != cache_path(model, "cuda")
+
+
+def test_tables_without_a_recorded_precision(tmp_path, fake_gpu):
+    """Before version 3: a CPU table was tuned in float32; a CUDA one's dtype is unknown."""
+    for device, machine in (("cpu", machine_signature("cpu")), ("cuda", fake_gpu)):
+        t = _table(machine)
+        t.device = device
+        data = t.to_json() | {"version": 2}
+        del data["dtype"], data["allow_tf32"]
+        path = tmp_path / f"{device}.json"
+        path.write_text(json.dumps(data))
+        loaded = GemmTable.load(path)
+        if device == "cpu":
+            assert loaded.dtype == "float32" and load_checked(path, "cpu") is not None
+        else:
+            assert loaded.dtype is None
+            with pytest.raises(ValueError, match="records no precision"):
+                load_checked(path, "cuda", Precision("bfloat16"))
+
+
+def test_an_explicit_table_of_another_machine_is_refused(tmp_path):
+    here = machine_signature("cpu")
+    amd = dataclasses.replace(here, vendor="AuthenticAMD", model="AMD EPYC", flags=("avx2",))
+    path = _table(amd).save(tmp_path / "t.json")
+    with pytest.raises(ValueError, match="AMD EPYC"):
+        SmoothGemm(table_path=path)
+
+
+def test_a_tune_at_another_precision_leaves_the_table_beside_the_model(tmp_path, monkeypatch):
+    monkeypatch.setenv("XYSERVE_CACHE_DIR", str(tmp_path / "cache"))
+    model = _model(tmp_path / "m")
+    _table(cpu_signature()).save(model / TABLE_FILE)  # float32
+    bf16 = Precision("bfloat16")
+    assert tune_mod.default_out(model, "cpu", False) == model / TABLE_FILE
+    assert tune_mod.default_out(model, "cpu", False, bf16) == cache_path(model, "cpu", bf16)

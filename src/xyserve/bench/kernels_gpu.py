@@ -41,7 +41,15 @@ from xyserve.bench.cases import (
 from xyserve.bench.kernels import _f, _models, gemm_ms
 from xyserve.kernels.attention.meta.backend import MetaAttention
 from xyserve.kernels.attention.reference import reference_attention
-from xyserve.plan.gemm_table import GemmConfig, GemmTable, default_config, find_table, model_shapes
+from xyserve.plan.gemm_table import (
+    GemmConfig,
+    GemmTable,
+    Precision,
+    default_config,
+    find_table,
+    load_checked,
+    model_shapes,
+)
 from xyserve.plan.gemm_table import padded_m as bucket_of
 from xyserve.tools.tune_cuda import do_bench_ms, tune_one_cuda
 
@@ -155,8 +163,9 @@ def gpu_gemm_point(
 
 def _gpu_tables(args: argparse.Namespace) -> dict[str, GemmTable]:
     """Tuned CUDA GEMM tables: ``--gpu-gemm-table`` for every model, else one found per path."""
-    if args.gpu_gemm_table:
-        t = GemmTable.load(args.gpu_gemm_table)
+    precision = Precision(str(GPU_DTYPES[args.gpu_dtype]).removeprefix("torch."))
+    if args.gpu_gemm_table:  # named by the user: it applies here, or the bench stops and says why
+        t = load_checked(args.gpu_gemm_table, "cuda", precision)
         return {name: t for name in _models(args.gemm_models)}
     out: dict[str, GemmTable] = {}
     for n in args.gemm_models:
@@ -164,7 +173,7 @@ def _gpu_tables(args: argparse.Namespace) -> dict[str, GemmTable]:
         if n in ("small", "7b") or not p.exists():
             continue
         d = p if p.is_dir() else p.parent
-        t = find_table(d, "cuda")
+        t = find_table(d, "cuda", precision)
         if t is not None:
             out[d.name] = t
     return out

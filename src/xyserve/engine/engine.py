@@ -97,7 +97,12 @@ class LLMEngine:
         )
         gemm_kwargs = {}
         if config.gemm_backend == "smooth":  # its tuned table lives beside the model or in a cache
-            gemm_kwargs = {"model_path": str(self.model_path), "device": self.device.type}
+            gemm_kwargs = {
+                "model_path": str(self.model_path),
+                "device": self.device.type,
+                "dtype": str(self.dtype).removeprefix("torch."),
+                "allow_tf32": config.allow_tf32,
+            }
         self.runner = ModelRunner(
             self.model,
             num_blocks,

@@ -7,9 +7,10 @@ but reads and writes only the real rows (paper §6.1). Buckets are multiples of 
 lookup names the configuration; an untuned shape gets a sound default (at most one warning per
 table, never one per shape).
 
-A table is a measurement of one machine: it records that machine's signature (``machine.py``)
-and ``find_table`` applies it only on an equal one. A table from elsewhere (or one that recorded
-none, as version 1 did) is reported once and skipped; the caller then tunes the decode buckets
+A table is a measurement of one machine at one precision: it records that machine's signature
+(``machine.py``), the dtype it was tuned in and, for float32, whether the Triton dots ran in TF32,
+and ``find_table`` applies it only to an equal (machine, precision). A table from elsewhere (or
+one that recorded none, as version 1 did) is reported once and skipped; the caller then tunes the decode buckets
 quickly (``SmoothGemm``) or runs on defaults. Tables tuned at first start live in the user's
 cache folder keyed by the model's GEMM shapes and the machine, like Triton's autotune cache.
 """
@@ -25,7 +26,7 @@ from pathlib import Path
 
 from xyserve.plan.machine import MachineSignature, machine_signature
 
-TABLE_VERSION = 2  # 2: records the machine signature
+TABLE_VERSION = 3  # 2: records the machine signature; 3: and the precision (dtype, allow_tf32)
 TABLE_FILE = "xyserve_gemm_table.json"
 OPS: tuple[str, ...] = ("qkv", "o_proj", "gate_up", "down", "lm_head")
 
@@ -106,6 +107,9 @@ class GemmTable:
     shapes: dict[str, tuple[int, int]] = field(default_factory=dict)  # op -> (N, K)
     entries: dict[str, dict[int, GemmConfig]] = field(default_factory=dict)  # op -> pm -> cfg
     machine: MachineSignature | None = None  # where it was tuned; None: not recorded
+    # The precision it was tuned at; None: not recorded (version 2; see ``load``).
+    dtype: str | None = "float32"
+    allow_tf32: bool = False  # CUDA float32: the Triton dots ran in TF32
     quick: bool = False  # only the decode buckets were tuned (first start): others default
     version: int = TABLE_VERSION
     _warned: bool = field(default=False, repr=False)
@@ -143,6 +147,8 @@ class GemmTable:
             "device": self.device,
             "budget": self.budget,
             "machine": None if self.machine is None else self.machine.to_json(),
+            "dtype": self.dtype,
+            "allow_tf32": self.allow_tf32,
             "quick": self.quick,
             "shapes": {op: list(s) for op, s in self.shapes.items()},
             "entries": {
@@ -159,14 +165,20 @@ class GemmTable:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> GemmTable:
-        """A saved table; version 1 (no machine recorded) loads with ``machine`` None."""
+        """A saved table. Version 1 (no machine recorded) loads with ``machine`` None; before
+        version 3 no precision was recorded: a CPU table was tuned in float32 (the only dtype
+        ``xyserve tune`` used there), a CUDA one in the model's dtype, unknown here (None)."""
         data = json.loads(Path(path).read_text())
-        if data.get("version") not in (1, TABLE_VERSION):
+        if data.get("version") not in (1, 2, TABLE_VERSION):
             raise ValueError(f"{path}: GEMM table version {data.get('version')} != {TABLE_VERSION}")
         machine = data.get("machine")
+        device = data.get("device", "cpu")
+        dtype = data.get("dtype", "float32" if device == "cpu" else None)
         t = cls(
             model=data.get("model", ""),
-            device=data.get("device", "cpu"),
+            device=device,
+            dtype=None if dtype is None else str(dtype),
+            allow_tf32=bool(data.get("allow_tf32", False)),
             budget=int(data.get("budget", 0)),
             machine=None if machine is None else MachineSignature.from_json(machine),
             quick=bool(data.get("quick", False)),
@@ -199,42 +211,95 @@ def _model_key(model_path: Path) -> str:
     return hashlib.sha1(key.encode()).hexdigest()[:10]
 
 
-def cache_path(model_path: str | os.PathLike, device: str) -> Path:
+@dataclass(frozen=True)
+class Precision:
+    """The numerics a table is tuned for and applied to: the dtype, and for float32 on CUDA
+    whether the Triton dots may use TF32 (other cases ignore the flag)."""
+
+    dtype: str = "float32"
+    allow_tf32: bool = False
+
+    def tf32(self, device: str) -> bool:
+        return self.allow_tf32 and device == "cuda" and self.dtype == "float32"
+
+    def tag(self, device: str) -> str:
+        return self.dtype + ("-tf32" if self.tf32(device) else "")
+
+    @classmethod
+    def of(cls, table: GemmTable) -> Precision | None:
+        return None if table.dtype is None else cls(table.dtype, table.allow_tf32)
+
+
+def cache_path(
+    model_path: str | os.PathLike, device: str, precision: Precision = Precision()
+) -> Path:
     """Cache-folder location of a model's table on this machine: keyed by the model's GEMM
-    shapes and the machine's signature (used for first-start tuning, ``xyserve tune --cache``
-    and models in read-only folders)."""
+    shapes, the machine's signature and the precision (used for first-start tuning,
+    ``xyserve tune --cache`` and models in read-only folders)."""
     p = Path(model_path)
     sig = machine_signature(device).digest()
-    return cache_dir() / f"{p.resolve().name}-{device}-{_model_key(p)}-{sig}.json"
+    key = f"{p.resolve().name}-{device}-{precision.tag(device)}-{_model_key(p)}-{sig}"
+    return cache_dir() / f"{key}.json"
 
 
-_reported: set[tuple[str, str]] = set()  # (table path, machine digest) already warned about
+_reported: set[tuple[str, str]] = set()  # (table path, reason) already warned about
 
 
-def applies_here(table: GemmTable, device: str, where: str | os.PathLike = "") -> bool:
-    """Whether ``table`` was tuned on this machine; if not, one warning per table file."""
+def mismatch(table: GemmTable, device: str, precision: Precision = Precision()) -> str | None:
+    """Why ``table`` does not apply to this machine at ``precision`` (None: it applies)."""
     here = machine_signature(device)
-    if table.machine == here:
+    if table.device != device:
+        return f"it was tuned for {table.device}, not {device}"
+    if table.machine != here:
+        tuned = "an unrecorded machine" if table.machine is None else table.machine.describe()
+        return f"it was tuned on {tuned}; this machine is {here.describe()}"
+    tuned_at = Precision.of(table)
+    if tuned_at is None:
+        return f"it records no precision (re-tune it); this run is {precision.tag(device)}"
+    if tuned_at.tag(device) != precision.tag(device):
+        return f"it was tuned in {tuned_at.tag(device)}; this run is {precision.tag(device)}"
+    return None
+
+
+def applies_here(
+    table: GemmTable,
+    device: str,
+    where: str | os.PathLike = "",
+    precision: Precision = Precision(),
+) -> bool:
+    """Whether ``table`` was tuned on this machine at this precision; if not, one warning per
+    table file."""
+    why = mismatch(table, device, precision)
+    if why is None:
         return True
-    key = (str(where), here.digest())
+    key = (str(where), why)
     if key not in _reported:
         _reported.add(key)
-        tuned = "an unrecorded machine" if table.machine is None else table.machine.describe()
-        warnings.warn(
-            f"SmoothGEMM: the GEMM table {where} was tuned on {tuned}; this machine is "
-            f"{here.describe()}: not applied",
-            stacklevel=3,
-        )
+        warnings.warn(f"SmoothGEMM: the GEMM table {where} is not applied: {why}", stacklevel=3)
     return False
 
 
-def find_table(model_path: str | os.PathLike, device: str = "cpu") -> GemmTable | None:
-    """This machine's table for the model: the one next to the model if it was tuned here,
-    else the cache folder's; None when there is none (a foreign one is reported once)."""
-    for p in (Path(model_path) / TABLE_FILE, cache_path(model_path, device)):
+def load_checked(
+    path: str | os.PathLike, device: str, precision: Precision = Precision()
+) -> GemmTable:
+    """A table the user named explicitly: it applies here, or a ValueError says why not."""
+    t = GemmTable.load(path)
+    why = mismatch(t, device, precision)
+    if why is not None:
+        raise ValueError(f"GEMM table {path} does not apply here: {why}")
+    return t
+
+
+def find_table(
+    model_path: str | os.PathLike, device: str = "cpu", precision: Precision = Precision()
+) -> GemmTable | None:
+    """This machine's table for the model at ``precision``: the one next to the model if it
+    was tuned here at that precision, else the cache folder's; None when there is none (one
+    that does not apply is reported once)."""
+    for p in (Path(model_path) / TABLE_FILE, cache_path(model_path, device, precision)):
         if p.is_file():
             t = GemmTable.load(p)
-            if t.device == device and applies_here(t, device, p):
+            if t.device == device and applies_here(t, device, p, precision):
                 return t
     return None
 

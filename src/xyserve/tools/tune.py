@@ -32,11 +32,13 @@ from tqdm import tqdm
 from xyserve.kernels.cpu import gemm as cpu_gemm
 from xyserve.kernels.cpu.timing import block_time, calls_for, paired_ratio
 from xyserve.kernels.gemm.smooth import CPU_CANDIDATES, SWAPPED_IMPLS, cpu_linear
+from xyserve.model.loader import resolve_dtype
 from xyserve.plan.gemm_table import (
     OPS,
     TABLE_FILE,
     GemmConfig,
     GemmTable,
+    Precision,
     bucket_low,
     buckets,
     cache_path,
@@ -82,6 +84,7 @@ def tune(
     model_name: str = "",
     progress: bool = True,
     max_m: int | None = None,
+    allow_tf32: bool = False,
 ) -> GemmTable:
     """Tune every (op, bucket). On CPU each op is timed on the input layout the forward hands
     it: column-major where the bucket's upstream op was tuned to a swapped GEMM, since a
@@ -94,6 +97,8 @@ def tune(
         budget=budget,
         shapes=shapes,
         machine=machine_signature(device),
+        dtype=str(dtype).removeprefix("torch."),
+        allow_tf32=Precision(str(dtype).removeprefix("torch."), allow_tf32).tf32(device),
         quick=max_m is not None,
     )
     order = sorted(shapes, key=lambda op: DATAFLOW.index(op) if op in DATAFLOW else len(DATAFLOW))
@@ -112,14 +117,18 @@ def tune(
             x = torch.randn((w.shape[1], pm), generator=gen).to(dtype=dtype).t()  # column-major
         else:
             x = torch.randn((pm, w.shape[1]), generator=gen).to(device=device, dtype=dtype)
-        best = tune_one(cold.get(op, w), x, device, repeat)
+        best = tune_one(cold.get(op, w), x, device, repeat, allow_tf32)
         if best is not None:
             table.set(op, pm, best)
     return table
 
 
 def tune_one(
-    w: torch.Tensor | list[torch.Tensor], x: torch.Tensor, device: str, repeat: int
+    w: torch.Tensor | list[torch.Tensor],
+    x: torch.Tensor,
+    device: str,
+    repeat: int,
+    allow_tf32: bool = False,
 ) -> GemmConfig | None:
     """The best candidate for ``x @ w.T`` (``x`` has the bucket's padded M rows). On CPU ``w``
     may be a list of equal copies (``cold_copies``), cycled so that each call reads a cold one."""
@@ -128,7 +137,7 @@ def tune_one(
         return _tune_one_cpu(ws, x, repeat)
     from xyserve.tools.tune_cuda import tune_one_cuda
 
-    return tune_one_cuda(ws[0], x)[0]
+    return tune_one_cuda(ws[0], x, allow_tf32=allow_tf32)[0]
 
 
 def _tune_one_cpu(ws: list[torch.Tensor], x: torch.Tensor, repeat: int) -> GemmConfig:
@@ -193,21 +202,31 @@ def quick_tune(model: str | os.PathLike, device: str = "cpu", progress: bool = T
     return table.save(cache_path(model, device))
 
 
-def default_out(model: Path, device: str, use_cache: bool) -> Path:
+def default_out(
+    model: Path, device: str, use_cache: bool, precision: Precision = Precision()
+) -> Path:
     """Next to the model, unless ``--cache``, a read-only folder, or a table of another device
-    there (one file name serves every device: a CUDA tune must not overwrite the CPU table)."""
+    or precision there (one file name serves them all: a CUDA or bfloat16 tune must not
+    overwrite the CPU float32 table)."""
     side = model / TABLE_FILE
-    if use_cache or not os.access(model, os.W_OK) or _table_device(side) not in (None, device):
-        return cache_path(model, device)
+    if (
+        use_cache
+        or not os.access(model, os.W_OK)
+        or _side_key(side) not in (None, (device, precision.tag(device)))
+    ):
+        return cache_path(model, device, precision)
     return side
 
 
-def _table_device(path: Path) -> str | None:
-    """The device of the table at ``path``; None when there is none (or it is unreadable)."""
+def _side_key(path: Path) -> tuple[str, str | None] | None:
+    """(device, precision tag) of the table at ``path``; None when there is none (or it is
+    unreadable, so that a new table replaces it)."""
     try:
-        return str(json.loads(path.read_text()).get("device", "cpu"))
-    except (OSError, ValueError, AttributeError):
+        t = GemmTable.load(path)
+    except (OSError, ValueError, TypeError, AttributeError):
         return None
+    tuned_at = Precision.of(t)
+    return t.device, None if tuned_at is None else tuned_at.tag(t.device)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -219,6 +238,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=7, help="CPU: rounds per bucket")
     ap.add_argument("--out", help="table path (default: next to the model, else the cache folder)")
     ap.add_argument("--cache", action="store_true", help="write to the cache folder")
+    ap.add_argument(
+        "--dtype", default="auto", help="the engine's dtype to tune for (auto: as the engine's)"
+    )
+    ap.add_argument(
+        "--allow-tf32", action="store_true", help="CUDA float32: for engines run with it"
+    )
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(list(sys.argv[1:] if argv is None else argv))
     device = args.device
@@ -226,11 +251,11 @@ def main(argv: list[str] | None = None) -> int:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model = Path(args.model)
     config = json.loads((model / "config.json").read_text())
-    dtype = torch.float32
-    if device == "cuda":
-        dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(
-            str(config.get("torch_dtype")), torch.float16
-        )
+    try:  # a table applies only to engines run at the precision it was tuned at
+        dtype = resolve_dtype(args.dtype, torch.device(device))
+    except ValueError as e:
+        ap.error(str(e))
+    precision = Precision(str(dtype).removeprefix("torch."), args.allow_tf32)
     t0 = time.perf_counter()
     with torch.inference_mode():
         table = tune(
@@ -242,12 +267,14 @@ def main(argv: list[str] | None = None) -> int:
             dtype,
             model.name,
             not args.no_progress,
+            allow_tf32=args.allow_tf32,
         )
-    out = Path(args.out) if args.out else default_out(model, device, args.cache)
+    out = Path(args.out) if args.out else default_out(model, device, args.cache, precision)
     table.save(out)
     n = sum(len(v) for v in table.entries.values())
     print(
         f"tuned {n} (op, padded M) shapes on {device} ({table.machine.describe()}) "
+        f"in {precision.tag(device)} "
         f"in {time.perf_counter() - t0:.1f}s -> {out}"
     )
     return 0

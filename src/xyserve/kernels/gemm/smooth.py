@@ -17,7 +17,14 @@ import torch
 import torch.nn.functional as F
 
 from xyserve.kernels.cpu import gemm as cpu_gemm
-from xyserve.plan.gemm_table import GemmConfig, GemmTable, SmoothPlan, find_table
+from xyserve.plan.gemm_table import (
+    GemmConfig,
+    GemmTable,
+    Precision,
+    SmoothPlan,
+    find_table,
+    load_checked,
+)
 from xyserve.plan.machine import machine_signature
 
 # What a first start does on a (model, machine) pair without a table: "quick" tunes the decode
@@ -106,26 +113,33 @@ class SmoothGemm:
         model_path: str | os.PathLike | None = None,
         device: str = "cpu",
         allow_tf32: bool = False,
+        dtype: str = "float32",
     ) -> None:
         self.allow_tf32 = allow_tf32  # Triton path: float32 dots in TF32 when set
+        precision = Precision(dtype, allow_tf32)  # a table applies only at its own precision
         if table is None and table_path is not None:
-            table = GemmTable.load(table_path)
+            table = load_checked(table_path, device, precision)
         if table is None and model_path is not None:
-            table = find_table(model_path, device) or self._first_start(model_path, device)
+            table = find_table(model_path, device, precision) or self._first_start(
+                model_path, device, precision
+            )
         self.table = table or GemmTable(device=device)
 
     @staticmethod
-    def _first_start(model_path: str | os.PathLike, device: str) -> GemmTable | None:
+    def _first_start(
+        model_path: str | os.PathLike, device: str, precision: Precision
+    ) -> GemmTable | None:
         """No table for this (model, machine): a quick tune of the decode buckets on CPU
         (``XYSERVE_GEMM_AUTOTUNE=quick``), else (the default) ``F.linear``, said once here
         rather than once per shape. CUDA tables come from ``xyserve tune`` only."""
-        if device == "cpu" and autotune_mode() == "quick":
+        if device == "cpu" and precision.dtype == "float32" and autotune_mode() == "quick":
             from xyserve.tools.tune import quick_tune
 
             return GemmTable.load(quick_tune(model_path, device))
         warnings.warn(
             f"SmoothGEMM: no GEMM table for {model_path} on this machine "
-            f"({machine_signature(device).describe()}); running the defaults "
+            f"({machine_signature(device).describe()}) in {precision.tag(device)}; running the "
+            f"defaults "
             f"(run `xyserve tune --model PATH`)",
             stacklevel=3,
         )
