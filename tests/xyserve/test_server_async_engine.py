@@ -1,5 +1,5 @@
-"""AsyncLLM's engine thread: what one request's client does cannot stop it for the others, and adds
-are all or nothing."""
+"""AsyncLLM's engine thread: what one request's client does cannot stop it for the others, adds
+are all or nothing, and a thread that dies answers every request."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from xyserve.sampling_params import SamplingParams
 from xyserve.server.async_engine import (
     AsyncLLM,
     EngineBusyError,
+    EngineDeadError,
+    EngineFailedError,
     _Add,
 )
 
@@ -140,6 +142,47 @@ def test_a_request_whose_event_loop_closed_is_aborted_not_run_for_nobody() -> No
         assert llm.is_alive
     finally:
         gate.set()
+        llm.shutdown()
+
+
+def test_an_add_posted_after_the_engine_died_is_refused_not_left_waiting() -> None:
+    """The thread can die between an add's liveness check and its post to the inbox (the add
+    tokenizes in between): that add must still be answered, with EngineDeadError."""
+    engine = OneStepEngine()
+
+    def broken_step() -> list[RequestOutput]:
+        raise RuntimeError("injected step failure")
+
+    engine.step = broken_step
+    llm = AsyncLLM(engine)
+    hold = threading.Event()
+
+    def prepare(prompt, params, add_special):  # noqa: ANN001, ANN202
+        if prompt == [2]:
+            hold.wait(10)  # the late add: checked, not yet posted
+        return {"prompt_token_ids": prompt}
+
+    llm._prepare = prepare
+
+    async def main() -> None:
+        late = asyncio.create_task(llm.add_request([2], SamplingParams(), "late"))
+        await asyncio.sleep(0.05)  # it passed the check and is tokenizing
+        victim = await llm.add_request([1], SamplingParams(), "victim")
+        with pytest.raises(EngineFailedError, match="injected step failure"):
+            await asyncio.wait_for(victim.__anext__(), 10)
+        await asyncio.to_thread(llm._thread.join, 10)
+        assert not llm.is_alive and isinstance(llm.dead_error, RuntimeError)
+        hold.set()
+        with pytest.raises(EngineDeadError) as late_error:
+            await asyncio.wait_for(late, 10)
+        assert not isinstance(late_error.value, EngineFailedError)  # it was never in flight
+        with pytest.raises(EngineDeadError):  # and at once from now on
+            await asyncio.wait_for(llm.add_request([3], SamplingParams(), "new"), 1)
+
+    try:
+        asyncio.run(main())
+    finally:
+        hold.set()
         llm.shutdown()
 
 

@@ -8,6 +8,11 @@ GIL inside the forward pass, so the event loop keeps serving HTTP while a step r
 Admission happens on the engine thread: one add carries every prompt of a client request, and
 the waiting limit (``max_waiting_requests``, counted in sequences: prompts x ``n``) is checked
 there, right before the engine takes them, so two adds can never both pass when only one fits.
+
+An exception that escapes the step loop is a bug (the engine fails a bad request inside the
+step by itself): the engine's state is then unknown, so the thread stops for good. Every
+request it holds or that waits in the inbox is failed with :class:`EngineFailedError`, and later
+adds raise :class:`EngineDeadError` at once.
 """
 
 from __future__ import annotations
@@ -35,6 +40,10 @@ Prompt = str | list[int] | dict
 
 class EngineDeadError(RuntimeError):
     """The engine thread has stopped; no request can be served."""
+
+
+class EngineFailedError(EngineDeadError):
+    """The engine thread died (a bug) while this request was in flight; it was not finished."""
 
 
 class EngineBusyError(RuntimeError):
@@ -195,6 +204,11 @@ class AsyncLLM:
         self._post(
             "add", _Add(list(request_ids), prepared, params, add_special_tokens, loop, queues, fut)
         )
+        if self.dead_error is not None or self._stop:
+            # The thread may have ended (died, or shut down) after the checks above and failed
+            # the inbox for the last time before this add landed: nobody else would answer it.
+            why = self.dead_error or "the server is shutting down"
+            self._fail_inbox(EngineDeadError(f"the engine has stopped: {why}"))
         try:
             await fut
         except asyncio.CancelledError:
@@ -252,7 +266,8 @@ class AsyncLLM:
 
     def abort(self, request_id: str) -> None:
         """Thread-safe and non-blocking, so it can run in a ``finally`` of a cancelled task."""
-        self._post("abort", request_id)
+        if self.dead_error is None:  # a dead thread holds nothing, and would never read it
+            self._post("abort", request_id)
 
     def _post(self, kind: str, item: Any) -> None:
         self._inbox.append((kind, item))
@@ -261,6 +276,7 @@ class AsyncLLM:
     # ---- the engine thread ------------------------------------------------------------
     def _run(self) -> None:
         engine = self.engine
+        error: BaseException = EngineDeadError("the server is shutting down")
         try:
             while not self._stop:
                 self._drain_inbox()
@@ -271,22 +287,23 @@ class AsyncLLM:
                     self._wake.wait()
                     self._wake.clear()
                     continue
-                try:
-                    outputs = engine.step()
-                except Exception as e:  # fail the requests in flight, keep serving others
-                    log.exception("engine step failed")
-                    self._fail_all(e)
-                    continue
+                # The engine fails a request's own errors inside the step; an exception that
+                # escapes it is an engine bug, after which its state is unknown: stop below.
+                outputs = engine.step()
                 self._report(self._deliver(outputs))
                 if not outputs and not self._inbox:
                     # Nothing was schedulable (e.g. all waiting on memory): don't spin.
                     self._wake.wait(0.005)
                     self._wake.clear()
-        except BaseException as e:  # pragma: no cover - a bug in the loop itself
-            log.exception("engine thread died")
-            self.dead_error = e
+        except BaseException as e:
+            log.exception("the engine thread died; every request in flight is failed")
+            error = EngineFailedError(
+                f"the engine failed ({type(e).__name__}: {e}) and stopped; this request was "
+                "not finished"
+            )
+            self.dead_error = e  # set before the last drain of the inbox (see add_requests)
         finally:
-            self._fail_all(self.dead_error or EngineDeadError("the server is shutting down"))
+            self._fail_all(error)
 
     def _drain_inbox(self) -> None:
         while self._inbox:
@@ -356,16 +373,24 @@ class AsyncLLM:
         return report
 
     def _fail_all(self, error: BaseException) -> None:
+        """The thread is ending: fail every request it holds, then every add in the inbox."""
         for rid, sink in list(self._sinks.items()):
             try:
                 self.engine.abort_request(rid)
-            except Exception:  # pragma: no cover
+            except Exception:  # the engine may be broken: its requests are answered anyway
                 log.exception("abort after failure")
             _call_soon(sink.loop, _put_all, [(sink.queue, error)])
         self._sinks.clear()
-        # Adds still queued never reached the engine: fail them too.
-        while self._stop and self._inbox:
-            kind, item = self._inbox.popleft()
+        self._fail_inbox(error)
+
+    def _fail_inbox(self, error: BaseException) -> None:
+        """Fail the adds still queued (they never reached the engine); any thread may call it,
+        since each item is popped once."""
+        while True:
+            try:
+                kind, item = self._inbox.popleft()
+            except IndexError:
+                return
             if kind == "add":
                 _call_soon(item.loop, _resolve, item.future, error)
 
