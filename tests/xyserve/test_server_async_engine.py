@@ -1,4 +1,5 @@
-"""AsyncLLM's engine thread: what one request's client does cannot stop it for the others."""
+"""AsyncLLM's engine thread: what one request's client does cannot stop it for the others, adds
+are all or nothing, and a thread that dies answers every request."""
 
 from __future__ import annotations
 
@@ -6,9 +7,17 @@ import asyncio
 import threading
 import time
 
+import pytest
+
 from xyserve.outputs import CompletionOutput, RequestOutput
 from xyserve.sampling_params import SamplingParams
-from xyserve.server.async_engine import AsyncLLM, _Add
+from xyserve.server.async_engine import (
+    AsyncLLM,
+    EngineBusyError,
+    EngineDeadError,
+    EngineFailedError,
+    _Add,
+)
 
 
 class OneStepEngine:
@@ -52,7 +61,7 @@ def test_an_add_whose_event_loop_closed_does_not_stop_the_engine() -> None:
         fut = gone.create_future()
         gone.close()
         queue: asyncio.Queue = asyncio.Queue()
-        llm._post("add", _Add("orphan", [1], SamplingParams(), True, gone, queue, fut))
+        llm._post("add", _Add(["orphan"], [[1]], SamplingParams(), True, gone, [queue], fut))
 
         async def one() -> list[RequestOutput]:
             return [out async for out in llm.generate([1, 2], SamplingParams(), "next")]
@@ -133,4 +142,120 @@ def test_a_request_whose_event_loop_closed_is_aborted_not_run_for_nobody() -> No
         assert llm.is_alive
     finally:
         gate.set()
+        llm.shutdown()
+
+
+def test_an_add_posted_after_the_engine_died_is_refused_not_left_waiting() -> None:
+    """The thread can die between an add's liveness check and its post to the inbox (the add
+    tokenizes in between): that add must still be answered, with EngineDeadError."""
+    engine = OneStepEngine()
+
+    def broken_step() -> list[RequestOutput]:
+        raise RuntimeError("injected step failure")
+
+    engine.step = broken_step
+    llm = AsyncLLM(engine)
+    hold = threading.Event()
+
+    def prepare(prompt, params, add_special):  # noqa: ANN001, ANN202
+        if prompt == [2]:
+            hold.wait(10)  # the late add: checked, not yet posted
+        return {"prompt_token_ids": prompt}
+
+    llm._prepare = prepare
+
+    async def main() -> None:
+        late = asyncio.create_task(llm.add_request([2], SamplingParams(), "late"))
+        await asyncio.sleep(0.05)  # it passed the check and is tokenizing
+        victim = await llm.add_request([1], SamplingParams(), "victim")
+        with pytest.raises(EngineFailedError, match="injected step failure"):
+            await asyncio.wait_for(victim.__anext__(), 10)
+        await asyncio.to_thread(llm._thread.join, 10)
+        assert not llm.is_alive and isinstance(llm.dead_error, RuntimeError)
+        hold.set()
+        with pytest.raises(EngineDeadError) as late_error:
+            await asyncio.wait_for(late, 10)
+        assert not isinstance(late_error.value, EngineFailedError)  # it was never in flight
+        with pytest.raises(EngineDeadError):  # and at once from now on
+            await asyncio.wait_for(llm.add_request([3], SamplingParams(), "new"), 1)
+
+    try:
+        asyncio.run(main())
+    finally:
+        hold.set()
+        llm.shutdown()
+
+
+class FailingAddEngine(OneStepEngine):
+    """A stand-in engine whose add refuses the request named ``bad``."""
+
+    def add_request(self, prompt, params, request_id, **_) -> None:  # noqa: ANN001
+        if request_id == "bad":
+            raise ValueError("refused")
+        super().add_request(prompt, params, request_id)
+
+
+def test_a_multi_prompt_add_is_all_or_nothing() -> None:
+    engine = FailingAddEngine()
+    gate, real_step = threading.Event(), engine.step
+    engine.step = lambda: gate.wait(10) and real_step()
+    llm = AsyncLLM(engine)
+    llm._prepare = lambda prompt, params, add_special: {"prompt_token_ids": prompt}
+
+    async def main() -> None:
+        with pytest.raises(ValueError, match="refused"):
+            await llm.add_requests([[1], [2], [3]], SamplingParams(), ["a", "bad", "c"])
+
+    try:
+        asyncio.run(asyncio.wait_for(main(), 10))
+        assert engine.aborted == ["a"] and not engine.running  # "a" was taken back, "c" never
+    finally:
+        gate.set()
+        llm.shutdown()
+
+
+class WaitingEngine(OneStepEngine):
+    """A stand-in engine whose requests all stay waiting (its steps schedule nothing)."""
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.running)
+
+    def step(self) -> list[RequestOutput]:
+        return []
+
+
+def test_the_waiting_limit_is_checked_where_the_engine_thread_admits() -> None:
+    """Two adds that each fit alone pass the early check together (both tokenize at once),
+    then reach the engine thread: it admits one and refuses the other, all of its prompts."""
+    engine = WaitingEngine()
+    llm = AsyncLLM(engine)
+    llm.max_waiting = 2
+    both_checked = threading.Barrier(2, timeout=10)
+
+    def prepare(prompt, params, add_special):  # noqa: ANN001, ANN202
+        if prompt == [1]:
+            both_checked.wait()  # the first prompt of each add: both passed the early check
+        return {"prompt_token_ids": prompt}
+
+    llm._prepare = prepare
+
+    async def main() -> list:
+        return await asyncio.gather(
+            llm.add_requests([[1], [2]], SamplingParams(), ["a0", "a1"]),
+            llm.add_requests([[1], [2]], SamplingParams(), ["b0", "b1"]),
+            return_exceptions=True,
+        )
+
+    try:
+        results = asyncio.run(asyncio.wait_for(main(), 10))
+        busy = [r for r in results if isinstance(r, EngineBusyError)]
+        assert len(busy) == 1 and "2 sequences wait" in str(busy[0]), results
+        assert sorted(engine.running) in (["a0", "a1"], ["b0", "b1"])
+        with pytest.raises(EngineBusyError):  # now the early check refuses at once
+            asyncio.run(llm.add_request([3], SamplingParams(), "c"))
+        with pytest.raises(ValueError, match="can never be admitted") as never:
+            asyncio.run(llm.add_request([3], SamplingParams(n=3), "d"))
+        assert never.value.param == "n"
+    finally:
         llm.shutdown()

@@ -38,7 +38,6 @@ def create_app(
     llm.stats_hook = metrics.on_step
     config = getattr(llm.engine, "config", None)
     max_body = getattr(config, "max_request_body_bytes", 4 << 20)
-    max_waiting = getattr(config, "max_waiting_requests", None)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -52,7 +51,7 @@ def create_app(
     app = FastAPI(title="xyserve", version=xyserve.__version__, lifespan=lifespan)
     app.state.llm = llm
     app.state.metrics = metrics
-    app.state.ctx = ServerContext(llm, opts, metrics, max_waiting)
+    app.state.ctx = ServerContext(llm, opts, metrics)
     # add_middleware puts each outside the previous: CORS, API key, body limit, 500s, routes.
     app.add_middleware(InternalErrorMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body)

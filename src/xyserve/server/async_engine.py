@@ -4,6 +4,15 @@ The engine is not thread-safe, so exactly one thread (the engine thread) touches
 a thread-safe inbox of add/abort commands, runs ``step()`` and hands each request's cumulative
 output to that request's asyncio queue with ``loop.call_soon_threadsafe``. Torch releases the
 GIL inside the forward pass, so the event loop keeps serving HTTP while a step runs.
+
+Admission happens on the engine thread: one add carries every prompt of a client request, and
+the waiting limit (``max_waiting_requests``, counted in sequences: prompts x ``n``) is checked
+there, right before the engine takes them, so two adds can never both pass when only one fits.
+
+An exception that escapes the step loop is a bug (the engine fails a bad request inside the
+step by itself): the engine's state is then unknown, so the thread stops for good. Every
+request it holds or that waits in the inbox is failed with :class:`EngineFailedError`, and later
+adds raise :class:`EngineDeadError` at once.
 """
 
 from __future__ import annotations
@@ -19,8 +28,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from xyserve.config import EngineConfig
+from xyserve.engine.intake import RequestValidationError
 from xyserve.outputs import RequestOutput
 from xyserve.sampling_params import SamplingParams
+from xyserve.server.request_stream import RequestStream
 
 log = logging.getLogger("xyserve.server")
 
@@ -31,23 +42,33 @@ class EngineDeadError(RuntimeError):
     """The engine thread has stopped; no request can be served."""
 
 
+class EngineFailedError(EngineDeadError):
+    """The engine thread died (a bug) while this request was in flight; it was not finished."""
+
+
+class EngineBusyError(RuntimeError):
+    """More sequences wait than ``max_waiting_requests`` allows; the client may retry later."""
+
+
 class RequestFailedError(RuntimeError):
     """The engine failed this request inside a step (the others went on)."""
 
 
-class RequestTimeoutError(RuntimeError):
-    """The request ran past its time limit and was aborted."""
-
-
 @dataclass
 class _Add:
-    request_id: str
-    prompt: Prompt
+    """One client request's prompts, admitted together or not at all."""
+
+    request_ids: list[str]
+    prompts: list[Prompt]
     params: SamplingParams
     add_special_tokens: bool
     loop: asyncio.AbstractEventLoop
-    queue: asyncio.Queue
+    queues: list[asyncio.Queue]
     future: asyncio.Future
+
+    @property
+    def num_seqs(self) -> int:
+        return len(self.prompts) * self.params.n
 
 
 @dataclass
@@ -71,56 +92,6 @@ class StepReport:
     ttfts: list[float] = field(default_factory=list)
 
 
-class RequestStream:
-    """Async iterator over one request's cumulative outputs; closing it early aborts it.
-
-    Outputs are cumulative, so when the consumer lags, only the newest is kept and returned.
-    """
-
-    def __init__(
-        self,
-        request_id: str,
-        queue: asyncio.Queue,
-        llm: AsyncLLM,
-        deadline: float | None = None,
-    ) -> None:
-        self.request_id = request_id
-        self._queue = queue
-        self._llm = llm
-        self._deadline = deadline  # loop.time() past which the request is aborted
-        self.finished = False
-
-    def __aiter__(self) -> RequestStream:
-        return self
-
-    async def __anext__(self) -> RequestOutput:
-        if self.finished:
-            raise StopAsyncIteration
-        if self._deadline is None:
-            item = await self._queue.get()
-        else:
-            left = self._deadline - asyncio.get_running_loop().time()
-            try:
-                item = await asyncio.wait_for(self._queue.get(), max(left, 0.0))
-            except asyncio.TimeoutError:
-                self.close()
-                raise RequestTimeoutError("the request ran past its time limit") from None
-        while not isinstance(item, BaseException) and not self._queue.empty():
-            item = self._queue.get_nowait()
-        if isinstance(item, BaseException):
-            self.finished = True
-            raise item
-        if item.finished:
-            self.finished = True
-        return item
-
-    def close(self) -> None:
-        """Abort the request in the engine unless it already finished. Idempotent, sync."""
-        if not self.finished:
-            self.finished = True
-            self._llm.abort(self.request_id)
-
-
 StatsHook = Callable[[Any, StepReport], None]
 
 
@@ -137,18 +108,19 @@ class AsyncLLM:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self.dead_error: BaseException | None = None
-        # Adds posted (written by the event loop only) and taken by the engine thread (written
-        # by it only): each counter has one writer, so their difference needs no lock.
-        self._adds_posted = 0
-        self._adds_taken = 0
-        self.request_timeout_s: float | None = getattr(
-            getattr(engine, "config", None), "request_timeout_s", None
-        )
+        # Sequences posted in adds (written by the event loop only) and taken by the engine
+        # thread (written by it only): each counter has one writer, so no lock is needed.
+        self._seqs_posted = 0
+        self._seqs_taken = 0
+        config = getattr(engine, "config", None)
+        self.request_timeout_s: float | None = getattr(config, "request_timeout_s", None)
+        # Past this many sequences waiting in the engine, adds are refused (EngineBusyError).
+        self.max_waiting: int | None = getattr(config, "max_waiting_requests", None)
 
     @property
     def num_waiting(self) -> int:
-        """Requests queued (in the engine or on their way to it); read without a lock."""
-        return self.engine.num_waiting + max(0, self._adds_posted - self._adds_taken)
+        """Sequences queued (in the engine or on their way to it); read without a lock."""
+        return self.engine.num_waiting + max(0, self._seqs_posted - self._seqs_taken)
 
     @classmethod
     def from_config(cls, config: EngineConfig, stats_hook: StatsHook | None = None) -> AsyncLLM:
@@ -192,30 +164,81 @@ class AsyncLLM:
         *,
         add_special_tokens: bool = True,
     ) -> RequestStream:
-        """Add a request; returns once the engine accepted it, or raises its add error.
+        """Add a request; returns once the engine accepted it, or raises its add error."""
+        rid = request_id or uuid.uuid4().hex
+        (stream,) = await self.add_requests(
+            [prompt], params, [rid], add_special_tokens=add_special_tokens
+        )
+        return stream
 
-        Text is tokenized and the request validated here, in a worker thread, so a big prompt
-        never stalls the engine loop and a bad request never reaches the engine.
+    async def add_requests(
+        self,
+        prompts: list[Prompt],
+        params: SamplingParams,
+        request_ids: list[str],
+        *,
+        add_special_tokens: bool = True,
+    ) -> list[RequestStream]:
+        """Add one request per prompt, all or none; returns once the engine took them all.
+
+        Text is tokenized and every prompt validated here, in a worker thread, so a big prompt
+        never stalls the engine loop and a bad request never reaches the engine. Raises
+        ``RequestValidationError`` (the client's error, ``param`` naming the field),
+        :class:`EngineBusyError` past the waiting limit, :class:`EngineDeadError` when the
+        engine thread has stopped.
         """
+        if len(prompts) != len(request_ids):
+            raise ValueError("one request id per prompt")
         if self.dead_error is not None:
             raise EngineDeadError(f"the engine has stopped: {self.dead_error}")
+        need = len(prompts) * params.n
+        self._check_waiting(need, len(prompts), params.n)
         self.start()
         loop = asyncio.get_running_loop()
-        rid = request_id or uuid.uuid4().hex
-        prompt = await asyncio.to_thread(self._prepare, prompt, params, add_special_tokens)
-        queue: asyncio.Queue = asyncio.Queue()
+        prepared = await asyncio.to_thread(
+            lambda: [self._prepare(p, params, add_special_tokens) for p in prompts]
+        )
+        queues: list[asyncio.Queue] = [asyncio.Queue() for _ in prompts]
         fut = loop.create_future()
-        self._adds_posted += 1
-        self._post("add", _Add(rid, prompt, params, add_special_tokens, loop, queue, fut))
+        self._seqs_posted += need
+        self._post(
+            "add", _Add(list(request_ids), prepared, params, add_special_tokens, loop, queues, fut)
+        )
+        if self.dead_error is not None or self._stop:
+            # The thread may have ended (died, or shut down) after the checks above and failed
+            # the inbox for the last time before this add landed: nobody else would answer it.
+            why = self.dead_error or "the server is shutting down"
+            self._fail_inbox(EngineDeadError(f"the engine has stopped: {why}"))
         try:
             await fut
         except asyncio.CancelledError:
-            self.abort(rid)  # the add may still land; the abort follows it in the inbox
+            for rid in request_ids:  # the add may still land; the aborts follow it in the inbox
+                self.abort(rid)
             raise
         deadline = None
         if self.request_timeout_s is not None:
             deadline = loop.time() + self.request_timeout_s
-        return RequestStream(rid, queue, self, deadline)
+        return [RequestStream(r, q, self, deadline) for r, q in zip(request_ids, queues)]
+
+    def _check_waiting(self, need: int, num_prompts: int, n: int) -> None:
+        """Refuse a request the waiting limit can never admit (the client's 400), and, early
+        and without a lock, one that cannot fit now: counting the adds still in the inbox, so
+        a 503 comes at once even while the engine thread is busy in a long step. The engine
+        thread checks again, exactly, when it takes the add; this early look can only refuse
+        sooner (and, if an add ahead of it is refused in the end, one that would have fit)."""
+        limit = self.max_waiting
+        if limit is None:
+            return
+        if need > limit:
+            where = f"n={n}" if num_prompts == 1 else f"{num_prompts} prompts x n={n}"
+            raise RequestValidationError(
+                f"this request has {need} sequences ({where}) but at most {limit} may wait "
+                "(--max-waiting-requests): it can never be admitted",
+                param="n" if n > limit else "prompt",
+            )
+        waiting = self.num_waiting
+        if waiting + need > limit:
+            raise _busy(waiting, need, limit)
 
     def _prepare(self, prompt: Prompt, params: SamplingParams, add_special_tokens: bool) -> dict:
         """The prompt as {prompt, prompt_token_ids}, validated against the model."""
@@ -243,7 +266,8 @@ class AsyncLLM:
 
     def abort(self, request_id: str) -> None:
         """Thread-safe and non-blocking, so it can run in a ``finally`` of a cancelled task."""
-        self._post("abort", request_id)
+        if self.dead_error is None:  # a dead thread holds nothing, and would never read it
+            self._post("abort", request_id)
 
     def _post(self, kind: str, item: Any) -> None:
         self._inbox.append((kind, item))
@@ -252,6 +276,7 @@ class AsyncLLM:
     # ---- the engine thread ------------------------------------------------------------
     def _run(self) -> None:
         engine = self.engine
+        error: BaseException = EngineDeadError("the server is shutting down")
         try:
             while not self._stop:
                 self._drain_inbox()
@@ -262,49 +287,64 @@ class AsyncLLM:
                     self._wake.wait()
                     self._wake.clear()
                     continue
-                try:
-                    outputs = engine.step()
-                except Exception as e:  # fail the requests in flight, keep serving others
-                    log.exception("engine step failed")
-                    self._fail_all(e)
-                    continue
+                # The engine fails a request's own errors inside the step; an exception that
+                # escapes it is an engine bug, after which its state is unknown: stop below.
+                outputs = engine.step()
                 self._report(self._deliver(outputs))
                 if not outputs and not self._inbox:
                     # Nothing was schedulable (e.g. all waiting on memory): don't spin.
                     self._wake.wait(0.005)
                     self._wake.clear()
-        except BaseException as e:  # pragma: no cover - a bug in the loop itself
-            log.exception("engine thread died")
-            self.dead_error = e
+        except BaseException as e:
+            log.exception("the engine thread died; every request in flight is failed")
+            error = EngineFailedError(
+                f"the engine failed ({type(e).__name__}: {e}) and stopped; this request was "
+                "not finished"
+            )
+            self.dead_error = e  # set before the last drain of the inbox (see add_requests)
         finally:
-            self._fail_all(self.dead_error or EngineDeadError("the server is shutting down"))
+            self._fail_all(error)
 
     def _drain_inbox(self) -> None:
         while self._inbox:
             kind, item = self._inbox.popleft()
             if kind == "add":
-                self._adds_taken += 1
+                self._seqs_taken += item.num_seqs
                 self._do_add(item)
             else:
                 self._sinks.pop(item, None)
                 self.engine.abort_request(item)
 
     def _do_add(self, a: _Add) -> None:
+        """Admit every request of ``a`` or none: the waiting limit is checked here, where
+        admission happens, so concurrent adds are checked one after the other."""
+        limit = self.max_waiting
+        waiting = self.engine.num_waiting
+        if limit is not None and waiting + a.num_seqs > limit:
+            _call_soon(a.loop, _resolve, a.future, _busy(waiting, a.num_seqs, limit))
+            return
+        added: list[str] = []
         try:
-            self.engine.add_request(
-                a.prompt,
-                a.params,
-                a.request_id,
-                arrival_time=time.monotonic(),
-                add_special_tokens=a.add_special_tokens,
-            )
+            for rid, prompt in zip(a.request_ids, a.prompts):
+                self.engine.add_request(
+                    prompt,
+                    a.params,
+                    rid,
+                    arrival_time=time.monotonic(),
+                    add_special_tokens=a.add_special_tokens,
+                )
+                added.append(rid)
         except Exception as e:
+            for rid in added:  # all or none
+                self.engine.abort_request(rid)
             _call_soon(a.loop, _resolve, a.future, e)
             return
-        self._sinks[a.request_id] = _Sink(a.loop, a.queue)
+        for rid, queue in zip(a.request_ids, a.queues):
+            self._sinks[rid] = _Sink(a.loop, queue)
         if not _call_soon(a.loop, _resolve, a.future, None):  # its client's loop is gone
-            self._sinks.pop(a.request_id, None)
-            self.engine.abort_request(a.request_id)
+            for rid in a.request_ids:
+                self._sinks.pop(rid, None)
+                self.engine.abort_request(rid)
 
     def _deliver(self, outputs: list[RequestOutput]) -> StepReport:
         """Hand outputs to their queues, batched into one callback per event loop."""
@@ -333,16 +373,24 @@ class AsyncLLM:
         return report
 
     def _fail_all(self, error: BaseException) -> None:
+        """The thread is ending: fail every request it holds, then every add in the inbox."""
         for rid, sink in list(self._sinks.items()):
             try:
                 self.engine.abort_request(rid)
-            except Exception:  # pragma: no cover
+            except Exception:  # the engine may be broken: its requests are answered anyway
                 log.exception("abort after failure")
             _call_soon(sink.loop, _put_all, [(sink.queue, error)])
         self._sinks.clear()
-        # Adds still queued never reached the engine: fail them too.
-        while self._stop and self._inbox:
-            kind, item = self._inbox.popleft()
+        self._fail_inbox(error)
+
+    def _fail_inbox(self, error: BaseException) -> None:
+        """Fail the adds still queued (they never reached the engine); any thread may call it,
+        since each item is popped once."""
+        while True:
+            try:
+                kind, item = self._inbox.popleft()
+            except IndexError:
+                return
             if kind == "add":
                 _call_soon(item.loop, _resolve, item.future, error)
 
@@ -352,6 +400,13 @@ class AsyncLLM:
                 self.stats_hook(self.engine, report)
             except Exception:  # pragma: no cover - metrics must never stop serving
                 log.exception("stats hook failed")
+
+
+def _busy(waiting: int, need: int, limit: int) -> EngineBusyError:
+    return EngineBusyError(
+        f"the server is busy: {waiting} sequences wait, this request adds {need}, and at most "
+        f"{limit} may wait (--max-waiting-requests); retry later"
+    )
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable, *args: Any) -> bool:

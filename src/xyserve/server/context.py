@@ -1,5 +1,5 @@
 """What the routes of one app share: the engine, the server options, and the steps common to
-the generation routes (model and admission checks, all-or-nothing adds, request logging)."""
+the generation routes (model check, all-or-nothing adds, request logging)."""
 
 from __future__ import annotations
 
@@ -12,12 +12,17 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 
 from xyserve.outputs import RequestOutput
-from xyserve.server.async_engine import AsyncLLM, EngineDeadError, RequestStream
+from xyserve.server.async_engine import (
+    AsyncLLM,
+    EngineBusyError,
+    EngineDeadError,
+)
 from xyserve.server.chat_prompt import chat_messages, render_chat
 from xyserve.server.errors import APIError, stream_error
 from xyserve.server.metrics import ServerMetrics
 from xyserve.server.options import ServerOptions
 from xyserve.server.protocol import ChatMessage, ModelCard
+from xyserve.server.request_stream import RequestStream
 from xyserve.server.streams import cancel_on_disconnect, final_outputs
 
 log = logging.getLogger("xyserve.server")
@@ -28,7 +33,6 @@ class ServerContext:
     llm: AsyncLLM
     opts: ServerOptions
     metrics: ServerMetrics
-    max_waiting: int | None = None  # past this many waiting requests, new ones get a 503
 
     @property
     def model_name(self) -> str:
@@ -42,15 +46,6 @@ class ServerContext:
                 type="NotFoundError",
                 param="model",
                 code="model_not_found",
-            )
-
-    def check_admission(self) -> None:
-        if self.max_waiting is not None and self.llm.num_waiting >= self.max_waiting:
-            raise APIError(
-                f"the server is busy ({self.max_waiting} requests waiting); retry later",
-                503,
-                "server_busy",
-                headers={"Retry-After": "1"},
             )
 
     def card(self) -> ModelCard:
@@ -78,27 +73,18 @@ class ServerContext:
     async def add_all(
         self, prompts: list[Any], params: Any, rid: str, add_special_tokens: bool = True
     ) -> list[RequestStream]:
-        """Add every prompt's request or none: an add error is the client's 400."""
-        self.check_admission()
-        streams: list[RequestStream] = []
+        """Add every prompt's request or none (the engine thread admits them together, under
+        the waiting limit): a validation error is the client's 400, the limit a 503."""
+        rids = [rid] if len(prompts) == 1 else [f"{rid}-{i}" for i in range(len(prompts))]
         try:
-            for i, prompt in enumerate(prompts):
-                sub = rid if len(prompts) == 1 else f"{rid}-{i}"
-                streams.append(
-                    await self.llm.add_request(
-                        prompt, params, sub, add_special_tokens=add_special_tokens
-                    )
-                )
-        except BaseException as e:
-            for s in streams:
-                s.close()
-            if isinstance(e, EngineDeadError):
-                raise APIError(str(e), 503, "internal_error") from None
-            if isinstance(e, ValueError):
-                code = "context_length_exceeded" if "context length" in str(e) else None
-                raise APIError(str(e), param=getattr(e, "param", None), code=code) from None
-            raise
-        return streams
+            return await self.llm.add_requests(
+                prompts, params, rids, add_special_tokens=add_special_tokens
+            )
+        except ValueError as e:
+            code = "context_length_exceeded" if "context length" in str(e) else None
+            raise APIError(str(e), param=getattr(e, "param", None), code=code) from None
+        except (EngineBusyError, EngineDeadError) as e:
+            raise stream_error(e) from None
 
     def log_request(
         self, rid: str, t0: float, outs: list[Any], user: str | None, error: Any

@@ -2,8 +2,9 @@
 
 Every client error is an :class:`APIError`, rendered with its status (400 by default; 401
 without the API key, 404 for an unknown model, 413 for a body over the limit, 499 when the
-client left, 503 past the waiting limit, 504 past the request time limit), so OpenAI clients
-raise their usual exceptions. FastAPI's 422 validation errors become 400s naming the field.
+client left, 503 past the waiting limit or once the engine has stopped, 504 past the request
+time limit, 500 when the engine failed while the request was in flight), so OpenAI clients raise
+their usual exceptions. FastAPI's 422 validation errors become 400s naming the field.
 """
 
 from __future__ import annotations
@@ -13,8 +14,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from xyserve.server.async_engine import EngineDeadError, RequestFailedError, RequestTimeoutError
+from xyserve.server.async_engine import (
+    EngineBusyError,
+    EngineDeadError,
+    EngineFailedError,
+    RequestFailedError,
+)
 from xyserve.server.protocol import ErrorInfo, ErrorResponse
+from xyserve.server.request_stream import RequestTimeoutError
 
 
 class APIError(Exception):
@@ -51,7 +58,11 @@ def stream_error(e: BaseException) -> APIError:
         return APIError(str(e), 504, "timeout_error", code="request_timeout")
     if isinstance(e, RequestFailedError):
         return APIError(f"the request failed: {e}", 500, "internal_error")
-    if isinstance(e, EngineDeadError):
+    if isinstance(e, EngineBusyError):
+        return APIError(str(e), 503, "server_busy", headers={"Retry-After": "1"})
+    if isinstance(e, EngineFailedError):  # it was in flight when the engine thread died
+        return APIError(str(e), 500, "internal_error")
+    if isinstance(e, EngineDeadError):  # stopped before it was taken: unavailable
         return APIError(str(e), 503, "internal_error")
     return APIError(f"internal error: {e}", 500, "internal_error")
 

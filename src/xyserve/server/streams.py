@@ -9,8 +9,8 @@ from typing import TypeVar
 from fastapi import Request
 
 from xyserve.outputs import RequestOutput
-from xyserve.server.async_engine import RequestStream
 from xyserve.server.errors import APIError
+from xyserve.server.request_stream import RequestStream
 
 T = TypeVar("T")
 

@@ -12,7 +12,6 @@ from fastapi.responses import StreamingResponse
 
 from xyserve.outputs import RequestOutput
 from xyserve.sampling_params import SamplingParams
-from xyserve.server.async_engine import RequestStream
 from xyserve.server.context import Ctx
 from xyserve.server.errors import APIError, stream_error
 from xyserve.server.params import sampling_params
@@ -26,6 +25,7 @@ from xyserve.server.protocol import (
     DeltaMessage,
 )
 from xyserve.server.render import ChoiceState, chat_logprobs, usage
+from xyserve.server.request_stream import RequestStream
 from xyserve.server.sse import DONE, OnDone, advance, sse, sse_error
 
 router = APIRouter()

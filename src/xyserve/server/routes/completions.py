@@ -13,7 +13,7 @@ from fastapi.responses import StreamingResponse
 
 from xyserve.outputs import RequestOutput
 from xyserve.sampling_params import SamplingParams
-from xyserve.server.async_engine import AsyncLLM, RequestStream
+from xyserve.server.async_engine import AsyncLLM
 from xyserve.server.context import Ctx
 from xyserve.server.errors import APIError, stream_error
 from xyserve.server.params import sampling_params
@@ -24,6 +24,7 @@ from xyserve.server.protocol import (
     CompletionStreamResponse,
 )
 from xyserve.server.render import ChoiceState, completion_logprobs, usage
+from xyserve.server.request_stream import RequestStream
 from xyserve.server.sse import DONE, OnDone, advance, sse, sse_error
 from xyserve.server.streams import merge
 
