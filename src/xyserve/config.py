@@ -64,7 +64,9 @@ class EngineConfig:
     max_request_body_bytes: int = 4 << 20  # larger HTTP bodies get a 413 before parsing
     max_n: int = 128  # sequences per request (OpenAI's bound)
     max_stop_strings: int = 32  # per request (each is searched for after every token)
-    max_waiting_requests: int | None = None  # past it, new requests get a 503 + Retry-After
+    # Sequences (prompts x n) that may wait: past it a request gets a 503 + Retry-After, and
+    # one with more sequences than this alone gets a 400 (None: no limit).
+    max_waiting_requests: int | None = None
     request_timeout_s: float | None = None  # a request running longer is aborted
     # Speculative decoding (vLLM's keys: method, num_speculative_tokens, prompt_lookup_min/max,
     # ...); a dict or a JSON string, validated here. None: no speculation.
@@ -85,15 +87,13 @@ class EngineConfig:
             self.admission_max_skips,
         )
         # Optional sizes: None picks the default; a value below 1 is refused, not clamped.
-        for name in ("num_kv_blocks", "max_model_len"):
+        for name in ("num_kv_blocks", "max_model_len", "max_waiting_requests"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1 (or unset for the default)")
         for name in ("max_request_body_bytes", "max_n", "max_stop_strings"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
-        if self.max_waiting_requests is not None and self.max_waiting_requests < 0:
-            raise ValueError("max_waiting_requests must be non-negative")
         if self.request_timeout_s is not None and not self.request_timeout_s > 0:
             raise ValueError("request_timeout_s must be positive")
         if self.tbt_target_ms is not None and not self.tbt_target_ms >= 0:

@@ -174,7 +174,12 @@ def test_knobs_are_validated_and_reach_the_scheduler():
         make(order="lifo")
     with pytest.raises(ValueError, match="tbt_target_ms"):
         EngineConfig(tbt_target_ms=-1)
-    for name in ("num_reserved_decode_tokens", "num_kv_blocks", "max_model_len"):
+    for name in (
+        "num_reserved_decode_tokens",
+        "num_kv_blocks",
+        "max_model_len",
+        "max_waiting_requests",
+    ):
         with pytest.raises(ValueError, match=name):  # refused, not clamped to 1 or ignored
             EngineConfig(**{name: 0})
     assert EngineConfig(tbt_target_ms=0).scheduler_knobs()["tbt_target_s"] is None
