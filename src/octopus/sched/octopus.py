@@ -90,6 +90,9 @@ class OctopusScheduler(Scheduler):
         self.q = [[deque() for _ in range(T)] for _ in range(nc)]
         self.fown = [[[] for _ in range(T)] for _ in range(nc)]  # free, owned by TB
         self.fsp = [[[] for _ in range(T + 1)] for _ in range(nc)]  # free spare, by cfg (T=none)
+        # free PEAs per cluster (all of fown[c] and fsp[c]): a placement that needs more
+        # cannot succeed, whatever the donors, so it is refused without looking at them
+        self.nfree = [0] * nc
         self.n_own = [[0] * T for _ in range(nc)]
         self.nwarm = [[0] * (T + 1) for _ in range(nc)]
         self.demand = [[api.load[tb] for tb in range(T)] for _ in range(nc)]
@@ -100,6 +103,7 @@ class OctopusScheduler(Scheduler):
             self.nwarm[c][:T] = base
             self.fsp[c][T].extend(rest)
             self.nwarm[c][T] = len(rest)
+            self.nfree[c] = sum(map(len, self.fown[c])) + len(rest)
 
     def _classify(self, api: SchedulerAPI) -> list[str]:
         cw, out = api.workflow, []
@@ -161,7 +165,7 @@ class OctopusScheduler(Scheduler):
             for p in peas:
                 self._use(c, p, tb)
         else:
-            if warm_only or not self._worth_reconfig(c, tb, k):
+            if warm_only or self.nfree[c] < fp or not self._worth_reconfig(c, tb, k):
                 return False
             qs = self.q[c]
             # count before touching anything: failed attempts must be cheap
@@ -195,6 +199,7 @@ class OctopusScheduler(Scheduler):
                     break
             for p in peas:
                 self._use(c, p, tb)
+        self.nfree[c] -= fp
         api.start(k, peas, t)
         if self.proactive:
             self._predict(c, tb, t)
@@ -264,18 +269,23 @@ class OctopusScheduler(Scheduler):
     def on_free(self, peas, t: float) -> None:
         cl = self.api.arch.pea_cluster
         cs = set()
+        nfree = self.nfree
         for p in peas:
             c = cl[p]
             self._put(c, p)
+            nfree[c] += 1
             cs.add(c)
         for c in cs:
             self._drain(c, t)
 
     def _drain(self, c: int, t: float) -> None:
-        qs = self.q[c]
-        if not any(self.fown[c]) and not any(self.fsp[c]):
+        nfree = self.nfree
+        if not nfree[c]:
             return
+        qs = self.q[c]
         tbs = [tb for tb in range(self.T) if qs[tb]]
+        if not tbs:
+            return
         groups = (tbs,)
         if self.bp_aware and self.api.buffer_slots:
             # back-pressure aware: serve TBs that are not choked (none of their PEAs is
@@ -297,9 +307,15 @@ class OctopusScheduler(Scheduler):
                     while q and len(mine) + len(spw) >= need:
                         self._place(c, q[0], t, True)
                         q.popleft()
+            # reconfiguring pass: a TB whose footprint exceeds the cluster's free PEAs
+            # cannot place (see _place), so it is skipped without a call, and the pass
+            # without a sort when that holds for every TB of the group
+            n = nfree[c]
+            if not any(fp[tb] <= n for tb in grp if qs[tb]):
+                continue
             for tb in self._order(qs, grp):
                 q = qs[tb]
-                while q and self._place(c, q[0], t, False):
+                while q and fp[tb] <= nfree[c] and self._place(c, q[0], t, False):
                     q.popleft()
 
     def _order(self, qs, grp) -> list[int]:
@@ -385,43 +401,45 @@ class OctopusScheduler(Scheduler):
     def _adapt(self, t: float) -> None:
         """Re-size base shares from observed demand (EWMA of arrivals x duration) plus the
         current queue."""
-        api, T = self.api, self.T
+        api, T, fp = self.api, self.T, self.fp
         npc = api.arch.peas_in_cluster
+        ewma, own = api.ewma, self.own
+        resize = sum(fp) <= npc  # a cluster too small to split keeps everything spare
+        frac = [1.0 if cls == "stable" else self.dynamic_base for cls in self.classes]
         for c in range(len(self.q)):
             d, seen = self.demand[c], self.seen[c]
-            for tb in range(T):
-                d[tb] += 0.3 * (seen[tb] - d[tb])
-                seen[tb] = 0.0
-            if not any(d):
+            d[:] = [x + 0.3 * (y - x) for x, y in zip(d, seen)]
+            seen[:] = [0.0] * T
+            if not resize or not any(d):
                 continue
-            if sum(self.fp) > npc:
-                continue
-            ewma, qs = api.ewma, self.q[c]
-            want = [d[tb] + len(qs[tb]) * ewma[tb] * self.fp[tb] + 1e-9 for tb in range(T)]
-            share = partition(npc, want, self.fp)
-            frac = [1.0 if cls == "stable" else self.dynamic_base for cls in self.classes]
-            target = [max(self.fp[tb], int(share[tb] * frac[tb])) for tb in range(T)]
-            if not self.dds:
+            qs, n_own, fown, sp = self.q[c], self.n_own[c], self.fown[c], self.fsp[c]
+            want = [x + len(q) * e * f + 1e-9 for x, q, e, f in zip(d, qs, ewma, fp)]
+            share = partition(npc, want, fp)
+            if self.dds:
+                target = [max(f, int(s * r)) for f, s, r in zip(fp, share, frac)]
+            else:
                 target = share
             for tb in range(T):
-                extra = self.n_own[c][tb] - target[tb]
-                fl = self.fown[c][tb]
+                extra = n_own[tb] - target[tb]
+                fl = fown[tb]
                 while extra > 0 and fl:  # release free base PEAs to the spare pool
                     p = fl.pop()
-                    self.own[p] = -1
-                    self.n_own[c][tb] -= 1
+                    own[p] = -1
+                    n_own[tb] -= 1
                     self._put(c, p)
                     extra -= 1
             for tb in range(T):
-                lack = target[tb] - self.n_own[c][tb]
-                sp = self.fsp[c]
-                for v in [tb, T] + list(range(T)):
+                lack = target[tb] - n_own[tb]
+                if lack <= 0:
+                    continue
+                mine = fown[tb]
+                for v in (tb, T, *range(T)):  # warm for tb first, then unconfigured
                     fl = sp[v]
                     while lack > 0 and fl:
                         p = fl.pop()
-                        self.own[p] = tb
-                        self.n_own[c][tb] += 1
-                        self.fown[c][tb].append(p)
+                        own[p] = tb
+                        n_own[tb] += 1
+                        mine.append(p)
                         lack -= 1
                     if lack <= 0:
                         break
