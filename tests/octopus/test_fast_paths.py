@@ -4,12 +4,14 @@ import random
 
 import pytest
 
+from octopus.arch import load_arch
 from octopus.owg.arrival import make_arrivals
 from octopus.runner import prepare, run_one
 from octopus.sched import VARIANTS
 from octopus.sched.base import partition
 from octopus.sched.octopus import OctopusScheduler
 from octopus.sim import Simulator
+from octopus.sim.physics import Physics
 
 
 def partition_reference(n: int, loads: list[float], mins: list[int]) -> list[int]:
@@ -86,3 +88,55 @@ def test_octopus_free_counts_match_its_free_lists(wf, arch, variant):
     sim = Simulator(cw, a, s, make_arrivals(cw.wf.arrival, a.n_clusters, 0, 16), seed=0).run()
     assert s.checks > 100
     assert (sim.makespan, sim.n_events) == (ref.makespan, ref.n_events)
+
+
+def transfer_reference(ph: Physics, q: int, p: int, b: float, t: float) -> float:
+    """Link contention with the route's links listed one by one."""
+    arch = ph.arch
+    hops, lat, ser = arch.route(q, p, b)
+    px, py, W = arch.pea_x, arch.pea_y, arch.grid_w
+    x0, y0, x1, y1 = px[q], py[q], px[p], py[p]
+    if x1 > x0:
+        links = [(y0 * W + x) * 4 for x in range(x0, x1)]
+    else:
+        links = [(y0 * W + x) * 4 + 1 for x in range(x1 + 1, x0 + 1)]
+    if y1 > y0:
+        links += [(y * W + x1) * 4 + 2 for y in range(y0, y1)]
+    else:
+        links += [(y * W + x1) * 4 + 3 for y in range(y1 + 1, y0 + 1)]
+    s = t
+    for li in links:
+        s = max(s, ph.link_free[li])
+    for li in links:
+        ph.link_free[li] = s + ser
+    return s + ser + lat - t
+
+
+@pytest.mark.parametrize("arch", ["chiplet", "wafer"])
+def test_contended_transfer_matches_the_link_by_link_reference(arch):
+    a = load_arch(arch)
+    fast, ref = Physics(a, [1000], False), Physics(a, [1000], False)
+    assert fast.contention
+    rng = random.Random(1)
+    t = 0.0
+    for _ in range(3000):
+        q, p = rng.sample(range(a.n_peas), 2)
+        if rng.random() < 0.5:  # mostly short routes, as in a run, so that they contend
+            cq = a.pea_cluster[q]
+            p = rng.choice(a.cluster_peas[rng.choice([cq, *a.neighbors[cq]])])
+            if p == q:
+                continue
+        b = rng.choice([64.0, 4096.0, rng.uniform(0, 1e6)])
+        assert fast.transfer(q, p, b, t) == transfer_reference(ref, q, p, b, t)
+        t += rng.expovariate(2.0)
+    assert fast.link_free == ref.link_free
+    assert max(fast.link_free) > t  # routes did wait for one another
+
+
+def test_point_to_point_reader_counts_match_their_definition():
+    cw, a = prepare("driving_perception", "chip")
+    sim = run_one(cw, a, "octopus", 0, 12)
+    inv, nr = sim.inv, sim.buffers.n_readers
+    assert len(nr) == len(inv.node)
+    assert nr == [sum(1 for s in inv.succ[k] if len(inv.preds[s]) == 1) for k in range(len(nr))]
+    assert 0 < sum(nr) < sum(map(len, inv.succ))  # both kinds of successor occur

@@ -162,8 +162,6 @@ class OctopusScheduler(Scheduler):
         mine, spw = own_l[tb], sp[tb]
         if len(mine) + len(spw) >= fp:  # warm PEAs suffice
             peas = [mine.pop() if mine else spw.pop() for _ in range(fp)]
-            for p in peas:
-                self._use(c, p, tb)
         else:
             if warm_only or self.nfree[c] < fp or not self._worth_reconfig(c, tb, k):
                 return False
@@ -197,8 +195,12 @@ class OctopusScheduler(Scheduler):
                     peas.append(fl.pop())
                 if len(peas) >= fp:
                     break
-            for p in peas:
-                self._use(c, p, tb)
+        cfg, nwarm = api.config, self.nwarm[c]
+        for p in peas:  # count them warm for tb (as _use)
+            cur = cfg[p]
+            if cur != tb:
+                nwarm[cur if cur >= 0 else T] -= 1
+                nwarm[tb] += 1
         self.nfree[c] -= fp
         api.start(k, peas, t)
         if self.proactive:
@@ -264,7 +266,9 @@ class OctopusScheduler(Scheduler):
         c = api.data_cluster(k) if self.proactive else api.home_cluster(k)
         tb = api.node[k]
         self.seen[c][tb] += api.ewma[tb] * self.fp[tb]
-        self.enqueue(c, k, t)
+        q = self.q[c][tb]  # enqueue(c, k, t), inlined: it runs once per task
+        if q or not self._place(c, k, t):
+            q.append(k)
 
     def on_free(self, peas, t: float) -> None:
         cl = self.api.arch.pea_cluster
@@ -283,7 +287,7 @@ class OctopusScheduler(Scheduler):
         if not nfree[c]:
             return
         qs = self.q[c]
-        tbs = [tb for tb in range(self.T) if qs[tb]]
+        tbs = [tb for tb, q in enumerate(qs) if q]
         if not tbs:
             return
         groups = (tbs,)
@@ -301,7 +305,12 @@ class OctopusScheduler(Scheduler):
             # warm pass: a TB places from its own warm PEAs only, so a TB with too few of
             # them is skipped without a call, and the pass without a sort when no TB can
             # place (nothing changes until something is placed)
-            if any(len(own_l[tb]) + len(sp[tb]) >= fp[tb] for tb in grp if qs[tb]):
+            for tb in grp:
+                if len(own_l[tb]) + len(sp[tb]) >= fp[tb] and qs[tb]:
+                    break
+            else:
+                tb = -1
+            if tb >= 0:
                 for tb in self._order(qs, grp):
                     q, mine, spw, need = qs[tb], own_l[tb], sp[tb], fp[tb]
                     while q and len(mine) + len(spw) >= need:
@@ -311,7 +320,10 @@ class OctopusScheduler(Scheduler):
             # cannot place (see _place), so it is skipped without a call, and the pass
             # without a sort when that holds for every TB of the group
             n = nfree[c]
-            if not any(fp[tb] <= n for tb in grp if qs[tb]):
+            for tb in grp:
+                if fp[tb] <= n and qs[tb]:
+                    break
+            else:
                 continue
             for tb in self._order(qs, grp):
                 q = qs[tb]
@@ -322,12 +334,18 @@ class OctopusScheduler(Scheduler):
         """The order in which a cluster's TBUs with queued work are served. Oldest first:
         the TB whose head invocation belongs to the earliest admitted instance, so instances
         complete sooner and a closed loop admits the next ones sooner (measured: 0.5% shorter
-        makespans over the suite, 3 seeds). Otherwise the largest backlog (queue x EWMA)."""
+        makespans over the suite, 3 seeds). Otherwise the largest backlog (queue x EWMA).
+        Ties keep the order of `grp` (ascending TBs): the sorts are of (key, tb) pairs."""
         if self.oldest_first:
             inst = self.api.inst
-            return sorted((tb for tb in grp if qs[tb]), key=lambda tb: inst[qs[tb][0]])
-        ewma = self.api.ewma
-        return sorted((tb for tb in grp if qs[tb]), key=lambda tb: -len(qs[tb]) * ewma[tb])
+            keyed = [(inst[qs[tb][0]], tb) for tb in grp if qs[tb]]
+        else:
+            ewma = self.api.ewma
+            keyed = [(-len(qs[tb]) * ewma[tb], tb) for tb in grp if qs[tb]]
+        if len(keyed) == 1:
+            return [keyed[0][1]]
+        keyed.sort()
+        return [tb for _, tb in keyed]
 
     # ------------------------------------------------------------------ proactive
     def on_decision(self, k: int, t: float) -> None:

@@ -54,6 +54,8 @@ class Simulator:
         ]
         self.load = [w / tops for w in self.profile["work"]]
         self.ewma = list(self.mean_dur)  # observed duration per TB (EWMA, weight 0.2)
+        # an invocation of TB tb computes for its work / _dur_den[tb]
+        self._dur_den = [f * tops for f in cw.footprint]
         control_plane = bool(getattr(scheduler, "control_plane", False))
         self.ctrl_us = arch.control_plane_us if control_plane else arch.data_plane_us
         # data-plane decisions (baseline): the PEA group that produced a control block's input
@@ -157,25 +159,29 @@ class Simulator:
             inst = cw.sample(cw.instance_rng(self.seed, idx), idx, self.seed)
         inv = self.inv
         base = len(inv.node)
-        T, fp, tops = self.n_tasks, cw.footprint, self.arch.throughput_tops
+        T = self.n_tasks
         inode = inst.node
         m = len(inode)
-        # the instance's predecessor lists are local to it: shift them to global rows
-        gpreds = [[base + j for j in ps] if ps else [] for ps in inst.preds]
+        # the instance's predecessor lists are local to it: shift them to global rows (most
+        # rows have one predecessor: that case without the inner loop)
+        gpreds = [
+            [base + ps[0]] if len(ps) == 1 else [base + j for j in ps] if ps else []
+            for ps in inst.preds
+        ]
         inv.node.extend(inode)
-        inv.dur.extend([w / (fp[nd] * tops) if nd < T else 0.0 for nd, w in zip(inode, inst.work)])
+        den = self._dur_den
+        inv.dur.extend([w / den[nd] if nd < T else 0.0 for nd, w in zip(inode, inst.work)])
         inv.preds.extend(gpreds)
-        inv.npred.extend([len(g) for g in gpreds])
+        inv.npred.extend(map(len, gpreds))
         succ = inv.succ
         succ.extend([[] for _ in range(m)])
         for k, gp in enumerate(gpreds, base):
             for j in gp:
                 succ[j].append(k)
-        outb = cw.out_bytes
-        inv.out_bytes.extend([outb[nd] for nd in inode])
+        inv.out_bytes.extend(map(cw.out_bytes.__getitem__, inode))
         inv.add_rows(m, idx)
         if self.slots:
-            self.buffers.add_rows(m)
+            self.buffers.add_rows(m, base, gpreds)
         self.instances.add(slot % self.arch.n_clusters, slot, m, t)
         if self._on_admit is not None:
             self._on_admit(idx, t)
@@ -234,7 +240,7 @@ class Simulator:
         tb = inv.node[k]
         self.ewma[tb] += 0.2 * (inv.dur[k] - self.ewma[tb])
         self.n_running -= 1
-        if self.slots and self.buffers.hold(inv, k, peas[0], tb):
+        if self.slots and self.buffers.hold(k, peas[0], tb):
             peas = peas[1:]  # the lead PEA is blocked by back-pressure
         self._complete(t, k)
         if self._on_done is not None:
@@ -256,7 +262,7 @@ class Simulator:
         if self.slots:
             ps = inv.preds[k]
             if len(ps) == 1:  # point-to-point: the decision forwards the data to its readers
-                self._unblock_later(t, self.buffers.forward(inv, k, ps[0]))
+                self._unblock_later(t, self.buffers.forward(k, ps[0]))
         inv.t_start[k] = inv.t_ready[k]
         inv.t_end[k] = t
         inv.n_starts[k] += 1
@@ -337,40 +343,34 @@ class Simulator:
             acct.busy[p0] += d
             pea.running[p0] = True
             idle_since[p0] = avail[p0] = end
-            self._started(k, peas, p0, exec_start, end, t)
-            return
-        readies = []
-        for p in peas:
-            a = idle_since[p]
-            if t > a:
-                acct.idle(p, a, t)
-            av = avail[p]
-            r = av if av > t else t
-            if cfg[p] != tb:
-                r = phys.reconfigure(p, tb, r, acct.reconf)
-                cfg[p] = tb
-            readies.append(r)
-            if r > exec_start:
-                exec_start = r
-        end = exec_start + d
-        xfer, busy, running = acct.xfer, acct.busy, pea.running
-        for p, r in zip(peas, readies):
-            xfer[p] += exec_start - r
-            busy[p] += d
-            running[p] = True
-            idle_since[p] = avail[p] = end
-        self._started(k, peas, p0, exec_start, end, t)
-
-    def _started(self, k: int, peas, p0: int, exec_start: float, end: float, t: float) -> None:
-        inv = self.inv
+        else:
+            readies = []
+            for p in peas:
+                a = idle_since[p]
+                if t > a:
+                    acct.idle(p, a, t)
+                av = avail[p]
+                r = av if av > t else t
+                if cfg[p] != tb:
+                    r = phys.reconfigure(p, tb, r, acct.reconf)
+                    cfg[p] = tb
+                readies.append(r)
+                if r > exec_start:
+                    exec_start = r
+            end = exec_start + d
+            xfer, busy, running = acct.xfer, acct.busy, pea.running
+            for p, r in zip(peas, readies):
+                xfer[p] += exec_start - r
+                busy[p] += d
+                running[p] = True
+                idle_since[p] = avail[p] = end
         inv.peas[k] = peas
         inv.loc[k] = p0
         inv.t_start[k] = exec_start
         inv.t_end[k] = end
         inv.n_starts[k] += 1
         self.n_running += 1
-        acct = self.time  # no longer queued
-        acct.queued -= 1
+        acct.queued -= 1  # no longer queued
         if acct.queued == 0:
             acct.mark(t, False)
         ev = self.events

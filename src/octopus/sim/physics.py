@@ -50,22 +50,22 @@ class Physics:
         arch = self.arch
         px, py, W = arch.pea_x, arch.pea_y, arch.grid_w
         x0, y0, x1, y1 = px[q], py[q], px[p], py[p]
+        # link (x, y, d) is lf[(y * W + x) * 4 + d], d: 0 east, 1 west, 2 north, 3 south; the
+        # X leg is a run of links of row y0 (stride 4), the Y leg one of column x1 (stride 4W)
         if x1 > x0:
-            links = [(y0 * W + x) * 4 for x in range(x0, x1)]
+            xs = slice((y0 * W + x0) * 4, (y0 * W + x1) * 4, 4)
         else:
-            links = [(y0 * W + x) * 4 + 1 for x in range(x1 + 1, x0 + 1)]
+            xs = slice((y0 * W + x1 + 1) * 4 + 1, (y0 * W + x0 + 1) * 4 + 1, 4)
         if y1 > y0:
-            links += [(y * W + x1) * 4 + 2 for y in range(y0, y1)]
+            ys = slice((y0 * W + x1) * 4 + 2, (y1 * W + x1) * 4 + 2, 4 * W)
         else:
-            links += [(y * W + x1) * 4 + 3 for y in range(y1 + 1, y0 + 1)]
+            ys = slice(((y1 + 1) * W + x1) * 4 + 3, ((y0 + 1) * W + x1) * 4 + 3, 4 * W)
         lf = self.link_free
-        s = t
-        for li in links:
-            if lf[li] > s:
-                s = lf[li]
+        bx, by = lf[xs], lf[ys]
+        s = max([t, *bx, *by])  # every link of the route is free from s
         e = s + ser
-        for li in links:
-            lf[li] = e
+        lf[xs] = [e] * len(bx)
+        lf[ys] = [e] * len(by)
         return e + lat - t
 
     def reconfigure(self, p: int, tb: int, r: float, time_reconf: list[float]) -> float:
