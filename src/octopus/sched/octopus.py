@@ -271,16 +271,19 @@ class OctopusScheduler(Scheduler):
             q.append(k)
 
     def on_free(self, peas, t: float) -> None:
-        cl = self.api.arch.pea_cluster
-        cs = set()
-        nfree = self.nfree
+        cl, nfree = self.api.arch.pea_cluster, self.nfree
+        c0 = cl[peas[0]]
+        one = True  # an invocation's PEAs are of one cluster: one drain, without a set
         for p in peas:
             c = cl[p]
             self._put(c, p)
             nfree[c] += 1
-            cs.add(c)
-        for c in cs:
-            self._drain(c, t)
+            one = one and c == c0
+        if one:
+            self._drain(c0, t)
+        else:
+            for c in {cl[p] for p in peas}:
+                self._drain(c, t)
 
     def _drain(self, c: int, t: float) -> None:
         nfree = self.nfree

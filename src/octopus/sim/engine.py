@@ -10,6 +10,7 @@ accounting, so every scheduler is measured the same way (see `accounting`).
 
 from __future__ import annotations
 
+import gc
 import heapq
 
 from octopus.arch.config import Arch
@@ -81,7 +82,8 @@ class Simulator:
         self.now = 0.0
         self.makespan = 0.0
         self.started = False
-        # optional hooks, looked up once
+        # hooks, looked up once
+        self._on_ready, self._on_free = scheduler.on_ready, scheduler.on_free
         self._on_admit = getattr(scheduler, "on_admit", None)
         self._on_done = getattr(scheduler, "on_done", None)
         self._on_decision = getattr(scheduler, "on_decision", None)
@@ -105,6 +107,26 @@ class Simulator:
         tick = getattr(self.sched, "tick_us", None)
         if tick:
             ev.push(tick, TICK, None)
+        # the run allocates many small acyclic lists (rows, predecessor and successor lists):
+        # the cyclic garbage collector finds nothing in them, and its passes over the
+        # growing tables cost time, so it pauses during the event loop
+        gc_on = gc.isenabled()
+        gc.disable()
+        try:
+            self._loop(tick)
+        finally:
+            if gc_on:
+                gc.enable()
+        if self.finished < self.arr.n:
+            raise RuntimeError(
+                f"simulation stalled: {self.arr.n - self.finished} instances never finished "
+                "(a task's footprint may exceed what the scheduler can give it)"
+            )
+        self.time.close(self.makespan, self.pea, self.buffers.is_blocked)
+        return self
+
+    def _loop(self, tick: float | None) -> None:
+        arr, ev = self.arr, self.events
         heap, pop = ev.heap, heapq.heappop
         done, decide, on_tick = self._done, self._decide, self.sched.on_tick
         buffers = self.buffers
@@ -140,13 +162,6 @@ class Simulator:
             if not heap and buffers.n_blocked and self.finished < n_inst:
                 self._spill(t)
         self.n_events = count
-        if self.finished < n_inst:
-            raise RuntimeError(
-                f"simulation stalled: {n_inst - self.finished} instances never finished "
-                "(a task's footprint may exceed what the scheduler can give it)"
-            )
-        self.time.close(self.makespan, self.pea, buffers.is_blocked)
-        return self
 
     # ----------------------------------------------------------------- instances
     def _admit(self, t: float, slot: int) -> None:
@@ -205,7 +220,7 @@ class Simulator:
             if acct.queued == 0:
                 acct.mark(t, True)
             acct.queued += 1
-            self.sched.on_ready(k, t)
+            self._on_ready(k, t)
         else:
             lat = self.ctrl_us
             if self.dp_hold:
@@ -238,7 +253,8 @@ class Simulator:
         if t > self.makespan:
             self.makespan = t
         tb = inv.node[k]
-        self.ewma[tb] += 0.2 * (inv.dur[k] - self.ewma[tb])
+        ewma = self.ewma
+        ewma[tb] += 0.2 * (inv.dur[k] - ewma[tb])
         self.n_running -= 1
         if self.slots and self.buffers.hold(k, peas[0], tb):
             peas = peas[1:]  # the lead PEA is blocked by back-pressure
@@ -246,7 +262,7 @@ class Simulator:
         if self._on_done is not None:
             self._on_done(k, t)
         if peas:
-            self.sched.on_free(peas, t)
+            self._on_free(peas, t)
 
     def _decide(self, t: float, k: int) -> None:
         inv = self.inv
@@ -411,7 +427,7 @@ class Simulator:
         self.n_pending -= 1
         self.time.blocked[p] += t - self.pea.idle_since[p]
         self.pea.idle_since[p] = t
-        self.sched.on_free((p,), t)
+        self._on_free((p,), t)
 
     def _spill(self, t: float) -> None:
         """Deadlock recovery: nothing runs, nothing is in flight, and blocked PEAs hold data
