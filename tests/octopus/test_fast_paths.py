@@ -140,3 +140,31 @@ def test_point_to_point_reader_counts_match_their_definition():
     assert len(nr) == len(inv.node)
     assert nr == [sum(1 for s in inv.succ[k] if len(inv.preds[s]) == 1) for k in range(len(nr))]
     assert 0 < sum(nr) < sum(map(len, inv.succ))  # both kinds of successor occur
+
+
+class _HeldByProbe(OctopusScheduler):
+    """Checks, as each task becomes ready, where the API says its input is held."""
+
+    def attach(self, api) -> None:
+        super().attach(api)
+        self.held = 0
+
+    def on_ready(self, k, t):
+        api = self.api
+        ps = api.preds[k]
+        one = [api.input_held_by(k)]
+        assert api.inputs_held_by([k, k]) == one * 2
+        if len(ps) == 1 and api.node[ps[0]] < api.n_tasks:
+            # a task's result waits in the slot of its lead PEA until its readers start
+            assert one == [api._sim.inv.loc[ps[0]]]
+            self.held += 1
+        elif len(ps) != 1:
+            assert one == [-1]  # a join gathers its inputs: no slot holds them
+        super().on_ready(k, t)
+
+
+def test_input_held_by_is_the_producers_lead_pea_until_read():
+    cw, a = prepare("driving_perception", "chip")
+    s = _HeldByProbe()
+    Simulator(cw, a, s, make_arrivals(cw.wf.arrival, a.n_clusters, 0, 10), seed=0).run()
+    assert s.held > 50

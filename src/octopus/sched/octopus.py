@@ -23,6 +23,7 @@ Control blocks are decided on the control plane (CBU) in every Octopus variant.
 from __future__ import annotations
 
 from collections import deque
+from itertools import islice
 
 from octopus.sched.api import Scheduler, SchedulerAPI
 from octopus.sched.balance import central_step, diffusion_step
@@ -142,12 +143,8 @@ class OctopusScheduler(Scheduler):
         if not self.bp_aware or not api.buffer_slots:
             return False
         need = cost / wait - 1.0  # blocked producers that make waiting the dearer choice
-        held_by, blk = api.input_held_by, api.is_blocked
-        seen = set()
-        q = self.q[c][tb]
-        scan = (k, *(q[i] for i in range(min(len(q), self.bp_scan))))
-        for j in scan:
-            p = held_by(j)
+        blk, seen = api.is_blocked, set()
+        for p in api.inputs_held_by((k, *islice(self.q[c][tb], self.bp_scan))):
             if p >= 0 and blk[p] and p not in seen:
                 seen.add(p)
                 if len(seen) > need:
@@ -442,6 +439,8 @@ class OctopusScheduler(Scheduler):
                 target = share
             for tb in range(T):
                 extra = n_own[tb] - target[tb]
+                if extra <= 0:
+                    continue
                 fl = fown[tb]
                 while extra > 0 and fl:  # release free base PEAs to the spare pool
                     p = fl.pop()

@@ -130,10 +130,12 @@ class OutputBuffers:
             self.spills += 1
         return blk
 
-    def input_held_by(self, preds: list[list[int]], k: int) -> int:
-        """The PEA whose slot holds k's point-to-point input, or -1."""
-        ps = preds[k]
-        if len(ps) != 1:
-            return -1
-        h = self.holder[ps[0]]
-        return self.hold_pea[h] if h >= 0 else -1
+    def inputs_held_by(self, preds: list[list[int]], ks) -> list[int]:
+        """For each invocation of `ks`, the PEA whose slot holds its point-to-point input,
+        or -1."""
+        holder, hold_pea, out = self.holder, self.hold_pea, []
+        for k in ks:
+            ps = preds[k]
+            h = holder[ps[0]] if len(ps) == 1 else -1
+            out.append(hold_pea[h] if h >= 0 else -1)
+        return out
