@@ -22,7 +22,7 @@ def partition(n: int, loads: list[float], mins: list[int]) -> list[int]:
         )
     tot = sum(loads) or 1.0
     ideal = [n * x / tot for x in loads]
-    alloc = [max(m, int(i)) for m, i in zip(mins, ideal)]
+    alloc = [a if (a := int(i)) > m else m for m, i in zip(mins, ideal)]  # max(m, floor)
     s = sum(alloc)
     if s > n:
         h = [(i - a, j) for j, (a, i, m) in enumerate(zip(alloc, ideal, mins)) if a > m]
