@@ -158,7 +158,10 @@ class OctopusScheduler(Scheduler):
         own_l, sp = self.fown[c], self.fsp[c]
         mine, spw = own_l[tb], sp[tb]
         if len(mine) + len(spw) >= fp:  # warm PEAs suffice
-            peas = [mine.pop() if mine else spw.pop() for _ in range(fp)]
+            if fp == 1:
+                peas = [mine.pop() if mine else spw.pop()]
+            else:
+                peas = [mine.pop() if mine else spw.pop() for _ in range(fp)]
         else:
             if warm_only or self.nfree[c] < fp or not self._worth_reconfig(c, tb, k):
                 return False
@@ -287,9 +290,9 @@ class OctopusScheduler(Scheduler):
         if not nfree[c]:
             return
         qs = self.q[c]
-        tbs = [tb for tb, q in enumerate(qs) if q]
-        if not tbs:
+        if not any(qs):
             return
+        tbs = [tb for tb, q in enumerate(qs) if q]
         groups = (tbs,)
         if self.bp_aware and self.api.buffer_slots:
             # back-pressure aware: serve TBs that are not choked (none of their PEAs is
@@ -437,6 +440,9 @@ class OctopusScheduler(Scheduler):
                 target = [max(f, int(s * r)) for f, s, r in zip(fp, share, frac)]
             else:
                 target = share
+            if n_own == target:  # every base share already at its target
+                self._drain(c, t)
+                continue
             for tb in range(T):
                 extra = n_own[tb] - target[tb]
                 if extra <= 0:
