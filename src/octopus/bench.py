@@ -62,12 +62,38 @@ def cross_check(cw, n_peas=64, n_inst=200, conc=32, seed=0, ctrl_us=0.5, repeat=
     }
 
 
-def bench(arch="wafer", workflow="video_recognition", instances=None, seed=0, simpy_instances=400):
+def profile_run(cw, a, seed: int, instances: int, prof: dict, top: int) -> None:
+    """Full Octopus under cProfile: the `top` functions by own time, then by cumulative
+    time (the profiler inflates the cost of calls: read it for where, not how fast)."""
+    import cProfile
+    import pstats
+
+    pr = cProfile.Profile()
+    pr.enable()
+    sim = run_one(cw, a, "octopus", seed, instances, profile=prof)
+    pr.disable()
+    print(f"cProfile of full Octopus on {a.name}, {instances} instances, {sim.n_events} events")
+    st = pstats.Stats(pr)
+    st.sort_stats("tottime").print_stats(top)
+    st.sort_stats("cumulative").print_stats(top)
+
+
+def bench(
+    arch="wafer",
+    workflow="video_recognition",
+    instances=None,
+    seed=0,
+    simpy_instances=400,
+    profile_top: int = 0,
+):
     cw, a = prepare(workflow, arch, "high")
     prof = cw.profile()
     if instances is None:  # size the run to >= 200,000 task-block invocations
         per = sum(prof["calls"])
         instances = int(200_000 / per * 1.05) + 1
+    if profile_top:
+        profile_run(cw, a, seed, instances, prof, profile_top)
+        return None
     gc.collect()
     t0, c0 = time.perf_counter(), time.process_time()
     sim = run_one(cw, a, "octopus", seed, instances, profile=prof)
