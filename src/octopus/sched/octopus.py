@@ -323,6 +323,8 @@ class OctopusScheduler(Scheduler):
             # cannot place (see _place), so it is skipped without a call, and the pass
             # without a sort when that holds for every TB of the group
             n = nfree[c]
+            if not n:
+                continue
             for tb in grp:
                 if fp[tb] <= n and qs[tb]:
                     break

@@ -109,7 +109,8 @@ class Simulator:
             ev.push(tick, TICK, None)
         # the run allocates many small acyclic lists (rows, predecessor and successor lists):
         # the cyclic garbage collector finds nothing in them, and its passes over the
-        # growing tables cost time, so it pauses during the event loop
+        # growing tables cost time, so it pauses during the event loop (process-wide: the
+        # sweep executors run one simulation at a time per process)
         gc_on = gc.isenabled()
         gc.disable()
         try:
@@ -336,7 +337,9 @@ class Simulator:
                     if x > xf:
                         xf = x
         if self.slots and len(preds) == 1:  # reading a point-to-point input frees its slot
-            self._unblock_later(t, self.buffers.read(preds[0]))
+            q = self.buffers.read(preds[0])
+            if q >= 0:
+                self._unblock_later(t, q)
         exec_start = t + xf
         cfg, avail, idle_since = pea.config, pea.avail_at, pea.idle_since
         d = inv.dur[k]
