@@ -166,7 +166,8 @@ class OctopusScheduler(Scheduler):
             if warm_only or self.nfree[c] < fp or not self._worth_reconfig(c, tb, k):
                 return False
             qs = self.q[c]
-            # count before touching anything: failed attempts must be cheap
+            # count before touching anything: failed attempts must be cheap. PEAs are taken
+            # from the donors in this order, so the scan stops once they hold fp
             donors = []
             n = len(mine) + len(spw)
             lend = self._choked(c) if self.bp_aware and api.buffer_slots else None
@@ -177,11 +178,15 @@ class OctopusScheduler(Scheduler):
                     if u != tb and sp[u] and self._spare_lends(c, u, tb, lend):
                         donors.append(sp[u])
                         n += len(sp[u])
-            if self.adaptive:
+                        if n >= fp:
+                            break
+            if self.adaptive and n < fp:
                 for u in range(T):
                     if u != tb and own_l[u] and (not qs[u] or (lend is not None and lend[u])):
                         donors.append(own_l[u])
                         n += len(own_l[u])
+                        if n >= fp:
+                            break
             if n < fp and self.adaptive and self.liveness and self._stuck(c):
                 # nothing runs in this cluster, so nothing will free a PEA here: waive the
                 # owners' claims (a buffer deadlock local to the cluster; see _stuck)
