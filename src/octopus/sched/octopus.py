@@ -444,7 +444,8 @@ class OctopusScheduler(Scheduler):
             want = [x + len(q) * e * f + 1e-9 for x, q, e, f in zip(d, qs, ewma, fp)]
             share = partition(npc, want, fp)
             if self.dds:
-                target = [max(f, int(s * r)) for f, s, r in zip(fp, share, frac)]
+                # max(footprint, the class's fraction of the share)
+                target = [a if (a := int(s * r)) > f else f for f, s, r in zip(fp, share, frac)]
             else:
                 target = share
             if n_own == target:  # every base share already at its target

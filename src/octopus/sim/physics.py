@@ -62,7 +62,13 @@ class Physics:
         ys = slice(cc + 2, cp + 2, W4) if cp > cc else slice(cp + W4 + 3, cc + W4 + 3, W4)
         lf = self.link_free
         bx, by = lf[xs], lf[ys]
-        s = max([t, *bx, *by])  # every link of the route is free from s
+        s = t  # every link of the route is free from s
+        for x in bx:
+            if x > s:
+                s = x
+        for x in by:
+            if x > s:
+                s = x
         e = s + ser
         lf[xs] = [e] * len(bx)
         lf[ys] = [e] * len(by)
