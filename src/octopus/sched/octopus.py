@@ -143,8 +143,8 @@ class OctopusScheduler(Scheduler):
         if not self.bp_aware or not api.buffer_slots:
             return False
         need = cost / wait - 1.0  # blocked producers that make waiting the dearer choice
-        blk, seen = api.is_blocked, set()
-        for p in api.inputs_held_by((k, *islice(self.q[c][tb], self.bp_scan))):
+        blk, seen, n_scan = api.is_blocked, set(), self.bp_scan if self.bp_scan > 0 else 0
+        for p in api.inputs_held_by((k, *islice(self.q[c][tb], n_scan))):
             if p >= 0 and blk[p] and p not in seen:
                 seen.add(p)
                 if len(seen) > need:
@@ -276,6 +276,8 @@ class OctopusScheduler(Scheduler):
             q.append(k)
 
     def on_free(self, peas, t: float) -> None:
+        if not peas:
+            return
         cl, nfree = self.api.arch.pea_cluster, self.nfree
         c0 = cl[peas[0]]
         one = True  # an invocation's PEAs are of one cluster: one drain, without a set
