@@ -184,7 +184,9 @@ def _load(a) -> int:
 def _bench(a) -> int:
     from octopus.bench import bench
 
-    bench(a.arch, a.workflow, a.instances, a.seed, a.simpy_instances)
+    if a.profile is not None and a.profile < 1:
+        raise ValueError(f"bench: --profile must be >= 1 (functions to list), got {a.profile}")
+    bench(a.arch, a.workflow, a.instances, a.seed, a.simpy_instances, a.profile or 0)
     return 0
 
 
@@ -308,6 +310,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--instances", type=int, default=None)
     b.add_argument("--simpy-instances", type=int, default=400)
     b.add_argument("--seed", type=int, default=0)
+    b.add_argument(
+        "--profile",
+        type=int,
+        default=None,
+        metavar="N",
+        help="instead of timing, profile the full-Octopus run (cProfile) and print the top N "
+        "functions (use --instances 400 for a short run)",
+    )
     b.set_defaults(fn=_bench)
     ls = sub.add_parser("list", help="shipped workflows, architectures and schedulers")
     ls.set_defaults(fn=_list)

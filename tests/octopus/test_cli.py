@@ -162,3 +162,12 @@ def test_compare_baselines_plugin_and_capacity(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "vs fixed reactive" in text and "open-loop capacity" in text and "ShortestWait" in text
     assert (tmp_path / "capacity.png").stat().st_size > 0
+
+
+def test_bench_profile_lists_where_the_time_goes(capsys):
+    assert main(["bench", "--arch", "chip", "--instances", "8", "--profile", "40"]) == 0
+    out = capsys.readouterr().out
+    assert "cProfile of full Octopus on chip, 8 instances" in out
+    assert "tottime" in out and "(start)" in out and "SimPy" not in out
+    assert main(["bench", "--profile", "0"]) == 2
+    assert "--profile must be >= 1" in capsys.readouterr().err

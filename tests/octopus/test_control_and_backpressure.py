@@ -215,6 +215,7 @@ def test_a_stuck_cluster_gives_its_free_peas_to_any_tb_that_can_start():
     for fl in (*s.fown[0], *s.fsp[0]):  # the other PEAs are out (blocked, in this scene)
         fl.clear()
     s.fown[0][x].append(p0)
+    s.nfree[0] = 1  # the scheduler's count of the cluster's free PEAs, as in the scene
     s.q[0][x].append(kx)  # x has a queue: it does not lend its PEA
     s.nwarm[0][y] = 0
     sim.pea.running[p0 ^ 1] = True  # something still runs in the cluster: y waits
@@ -223,6 +224,7 @@ def test_a_stuck_cluster_gives_its_free_peas_to_any_tb_that_can_start():
     assert s._place(0, ky, 10.0)
     assert started == [(ky, [p0])]
     s.fown[0][x].append(p0)
+    s.nfree[0] = 1
     s.liveness = False  # the rule before: x keeps a PEA it cannot use
     assert not s._place(0, ky, 10.0)
 

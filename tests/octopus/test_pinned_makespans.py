@@ -127,3 +127,19 @@ EXPECTED = {**{(*k, ()): v for k, v in PINNED.items()}, **PINNED_KW}
 def test_pinned_makespan(key):
     wf, arch, sched, seed, kw = key
     assert _run(wf, arch, sched, seed, **dict(kw)) == EXPECTED[key]
+
+
+# The wafer (64 clusters, link contention, back-pressure), larger runs: what the speed work
+# of issue 20 must not move (values of the code before it, commit dbf9e63).
+PINNED_WAFER = {
+    ("video_recognition", "octopus", 150): (12212.38207958781, 13677),
+    ("recommendation", "octopus-central", 100): (11922.587172370708, 5645),
+}
+
+
+@pytest.mark.parametrize("key", sorted(PINNED_WAFER), ids=lambda k: "-".join(map(str, k)))
+def test_pinned_makespan_on_the_wafer(key):
+    wf, sched, n = key
+    cw, a = prepare(wf, "wafer")
+    sim = run_one(cw, a, sched, 0, instances=n)
+    assert (sim.makespan, sim.n_events) == PINNED_WAFER[key]

@@ -165,4 +165,10 @@ class SchedulerAPI:
 
     def input_held_by(self, k: int) -> int:
         """The PEA whose output buffer holds k's point-to-point input (-1: none)."""
-        return self._buffers.input_held_by(self._preds, k) if self.buffer_slots else -1
+        return self.inputs_held_by((k,))[0]
+
+    def inputs_held_by(self, ks: Sequence[int]) -> list[int]:
+        """`input_held_by` of each invocation of ks, in one call (for scans of a queue)."""
+        if not self.buffer_slots:
+            return [-1] * len(ks)
+        return self._buffers.inputs_held_by(self._preds, ks)

@@ -13,7 +13,7 @@ INF = float("inf")
 
 def cluster_loads(s) -> list[float]:
     ewma, fp, npc = s.api.ewma, s.fp, s.api.arch.peas_in_cluster
-    return [sum(len(q) * ewma[tb] * fp[tb] for tb, q in enumerate(qs) if q) / npc for qs in s.q]
+    return [sum([len(q) * ewma[tb] * fp[tb] for tb, q in enumerate(qs) if q]) / npc for qs in s.q]
 
 
 def move_work(s, src: int, dst: int, amount: float, t: float, gain: float = INF) -> None:
@@ -31,10 +31,14 @@ def move_work(s, src: int, dst: int, amount: float, t: float, gain: float = INF)
     tried = set()
     sent = 0.0  # bytes already sent toward dst by this step
     while amount > 0:
-        cands = [x for x in range(len(qs)) if qs[x] and x not in tried]
-        if not cands:
+        # the TB with the most queued work (ties: the lowest TB) among those not tried
+        best = max(
+            [(len(q) * ewma[x] * fp[x], -x) for x, q in enumerate(qs) if q and x not in tried],
+            default=None,
+        )
+        if best is None:
             return
-        tb = max(cands, key=lambda x: len(qs[x]) * ewma[x] * fp[x])
+        tb = -best[1]
         k = qs[tb][-1]
         size = api.input_bytes(k)
         cost = api.input_us(k, p_dst, sent)

@@ -3,27 +3,44 @@
 from __future__ import annotations
 
 from collections import deque
+from heapq import heapify, heappop, heappush
 
 from octopus.sched.api import Scheduler, SchedulerAPI
 
 
 def partition(n: int, loads: list[float], mins: list[int]) -> list[int]:
-    """Split n PEAs proportionally to `loads` (largest remainder), each TB at least its min."""
+    """Split n PEAs proportionally to `loads` (largest remainder), each TB at least its min.
+
+    Start from max(min, floor(ideal share)); while that over-commits, take one PEA from the
+    TB above its min that holds the most beyond its ideal share; while it under-commits,
+    give one to the TB furthest below its share; ties go to the lowest index. The repeated
+    choice uses a heap of (-gap, tb), whose order is exactly that of the arg-max with ties
+    to the first index (the tests compare it with the plain loop)."""
     if sum(mins) > n:
         raise ValueError(
             f"cluster of {n} PEAs cannot hold one group per task block (needs {sum(mins)})"
         )
     tot = sum(loads) or 1.0
     ideal = [n * x / tot for x in loads]
-    alloc = [max(m, int(i)) for m, i in zip(mins, ideal)]
-    while sum(alloc) > n:
-        j = max(
-            (i for i in range(len(alloc)) if alloc[i] > mins[i]), key=lambda i: alloc[i] - ideal[i]
-        )
-        alloc[j] -= 1
-    while sum(alloc) < n:
-        j = max(range(len(alloc)), key=lambda i: ideal[i] - alloc[i])
-        alloc[j] += 1
+    alloc = [a if (a := int(i)) > m else m for m, i in zip(mins, ideal)]  # max(m, floor)
+    s = sum(alloc)
+    if s > n:
+        h = [(i - a, j) for j, (a, i, m) in enumerate(zip(alloc, ideal, mins)) if a > m]
+        heapify(h)
+        while s > n:
+            _, j = heappop(h)
+            alloc[j] -= 1
+            s -= 1
+            if alloc[j] > mins[j]:
+                heappush(h, (ideal[j] - alloc[j], j))
+    elif s < n:
+        h = [(a - i, j) for j, (a, i) in enumerate(zip(alloc, ideal))]
+        heapify(h)
+        while s < n:
+            _, j = heappop(h)
+            alloc[j] += 1
+            s += 1
+            heappush(h, (alloc[j] - ideal[j], j))
     return alloc
 
 

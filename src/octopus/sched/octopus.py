@@ -23,6 +23,7 @@ Control blocks are decided on the control plane (CBU) in every Octopus variant.
 from __future__ import annotations
 
 from collections import deque
+from itertools import islice
 
 from octopus.sched.api import Scheduler, SchedulerAPI
 from octopus.sched.balance import central_step, diffusion_step
@@ -90,6 +91,9 @@ class OctopusScheduler(Scheduler):
         self.q = [[deque() for _ in range(T)] for _ in range(nc)]
         self.fown = [[[] for _ in range(T)] for _ in range(nc)]  # free, owned by TB
         self.fsp = [[[] for _ in range(T + 1)] for _ in range(nc)]  # free spare, by cfg (T=none)
+        # free PEAs per cluster (all of fown[c] and fsp[c]): a placement that needs more
+        # cannot succeed, whatever the donors, so it is refused without looking at them
+        self.nfree = [0] * nc
         self.n_own = [[0] * T for _ in range(nc)]
         self.nwarm = [[0] * (T + 1) for _ in range(nc)]
         self.demand = [[api.load[tb] for tb in range(T)] for _ in range(nc)]
@@ -100,6 +104,7 @@ class OctopusScheduler(Scheduler):
             self.nwarm[c][:T] = base
             self.fsp[c][T].extend(rest)
             self.nwarm[c][T] = len(rest)
+            self.nfree[c] = sum(map(len, self.fown[c])) + len(rest)
 
     def _classify(self, api: SchedulerAPI) -> list[str]:
         cw, out = api.workflow, []
@@ -138,12 +143,8 @@ class OctopusScheduler(Scheduler):
         if not self.bp_aware or not api.buffer_slots:
             return False
         need = cost / wait - 1.0  # blocked producers that make waiting the dearer choice
-        held_by, blk = api.input_held_by, api.is_blocked
-        seen = set()
-        q = self.q[c][tb]
-        scan = (k, *(q[i] for i in range(min(len(q), self.bp_scan))))
-        for j in scan:
-            p = held_by(j)
+        blk, seen, n_scan = api.is_blocked, set(), self.bp_scan if self.bp_scan > 0 else 0
+        for p in api.inputs_held_by((k, *islice(self.q[c][tb], n_scan))):
             if p >= 0 and blk[p] and p not in seen:
                 seen.add(p)
                 if len(seen) > need:
@@ -157,14 +158,16 @@ class OctopusScheduler(Scheduler):
         own_l, sp = self.fown[c], self.fsp[c]
         mine, spw = own_l[tb], sp[tb]
         if len(mine) + len(spw) >= fp:  # warm PEAs suffice
-            peas = [mine.pop() if mine else spw.pop() for _ in range(fp)]
-            for p in peas:
-                self._use(c, p, tb)
+            if fp == 1:
+                peas = [mine.pop() if mine else spw.pop()]
+            else:
+                peas = [mine.pop() if mine else spw.pop() for _ in range(fp)]
         else:
-            if warm_only or not self._worth_reconfig(c, tb, k):
+            if warm_only or self.nfree[c] < fp or not self._worth_reconfig(c, tb, k):
                 return False
             qs = self.q[c]
-            # count before touching anything: failed attempts must be cheap
+            # count before touching anything: failed attempts must be cheap. PEAs are taken
+            # from the donors in this order, so the scan stops once they hold fp
             donors = []
             n = len(mine) + len(spw)
             lend = self._choked(c) if self.bp_aware and api.buffer_slots else None
@@ -175,11 +178,15 @@ class OctopusScheduler(Scheduler):
                     if u != tb and sp[u] and self._spare_lends(c, u, tb, lend):
                         donors.append(sp[u])
                         n += len(sp[u])
-            if self.adaptive:
+                        if n >= fp:
+                            break
+            if self.adaptive and n < fp:
                 for u in range(T):
                     if u != tb and own_l[u] and (not qs[u] or (lend is not None and lend[u])):
                         donors.append(own_l[u])
                         n += len(own_l[u])
+                        if n >= fp:
+                            break
             if n < fp and self.adaptive and self.liveness and self._stuck(c):
                 # nothing runs in this cluster, so nothing will free a PEA here: waive the
                 # owners' claims (a buffer deadlock local to the cluster; see _stuck)
@@ -193,8 +200,13 @@ class OctopusScheduler(Scheduler):
                     peas.append(fl.pop())
                 if len(peas) >= fp:
                     break
-            for p in peas:
-                self._use(c, p, tb)
+        cfg, nwarm = api.config, self.nwarm[c]
+        for p in peas:  # count them warm for tb (as _use)
+            cur = cfg[p]
+            if cur != tb:
+                nwarm[cur if cur >= 0 else T] -= 1
+                nwarm[tb] += 1
+        self.nfree[c] -= fp
         api.start(k, peas, t)
         if self.proactive:
             self._predict(c, tb, t)
@@ -259,23 +271,35 @@ class OctopusScheduler(Scheduler):
         c = api.data_cluster(k) if self.proactive else api.home_cluster(k)
         tb = api.node[k]
         self.seen[c][tb] += api.ewma[tb] * self.fp[tb]
-        self.enqueue(c, k, t)
+        q = self.q[c][tb]  # enqueue(c, k, t), inlined: it runs once per task
+        if q or not self._place(c, k, t):
+            q.append(k)
 
     def on_free(self, peas, t: float) -> None:
-        cl = self.api.arch.pea_cluster
-        cs = set()
+        if not peas:
+            return
+        cl, nfree = self.api.arch.pea_cluster, self.nfree
+        c0 = cl[peas[0]]
+        one = True  # an invocation's PEAs are of one cluster: one drain, without a set
         for p in peas:
             c = cl[p]
             self._put(c, p)
-            cs.add(c)
-        for c in cs:
-            self._drain(c, t)
+            nfree[c] += 1
+            one = one and c == c0
+        if one:
+            self._drain(c0, t)
+        else:
+            for c in {cl[p] for p in peas}:
+                self._drain(c, t)
 
     def _drain(self, c: int, t: float) -> None:
-        qs = self.q[c]
-        if not any(self.fown[c]) and not any(self.fsp[c]):
+        nfree = self.nfree
+        if not nfree[c]:
             return
-        tbs = [tb for tb in range(self.T) if qs[tb]]
+        qs = self.q[c]
+        if not any(qs):
+            return
+        tbs = [tb for tb, q in enumerate(qs) if q]
         groups = (tbs,)
         if self.bp_aware and self.api.buffer_slots:
             # back-pressure aware: serve TBs that are not choked (none of their PEAs is
@@ -291,27 +315,49 @@ class OctopusScheduler(Scheduler):
             # warm pass: a TB places from its own warm PEAs only, so a TB with too few of
             # them is skipped without a call, and the pass without a sort when no TB can
             # place (nothing changes until something is placed)
-            if any(len(own_l[tb]) + len(sp[tb]) >= fp[tb] for tb in grp if qs[tb]):
+            for tb in grp:
+                if len(own_l[tb]) + len(sp[tb]) >= fp[tb] and qs[tb]:
+                    break
+            else:
+                tb = -1
+            if tb >= 0:
                 for tb in self._order(qs, grp):
                     q, mine, spw, need = qs[tb], own_l[tb], sp[tb], fp[tb]
                     while q and len(mine) + len(spw) >= need:
                         self._place(c, q[0], t, True)
                         q.popleft()
+            # reconfiguring pass: a TB whose footprint exceeds the cluster's free PEAs
+            # cannot place (see _place), so it is skipped without a call, and the pass
+            # without a sort when that holds for every TB of the group
+            n = nfree[c]
+            if not n:
+                continue
+            for tb in grp:
+                if fp[tb] <= n and qs[tb]:
+                    break
+            else:
+                continue
             for tb in self._order(qs, grp):
                 q = qs[tb]
-                while q and self._place(c, q[0], t, False):
+                while q and fp[tb] <= nfree[c] and self._place(c, q[0], t, False):
                     q.popleft()
 
     def _order(self, qs, grp) -> list[int]:
         """The order in which a cluster's TBUs with queued work are served. Oldest first:
         the TB whose head invocation belongs to the earliest admitted instance, so instances
         complete sooner and a closed loop admits the next ones sooner (measured: 0.5% shorter
-        makespans over the suite, 3 seeds). Otherwise the largest backlog (queue x EWMA)."""
+        makespans over the suite, 3 seeds). Otherwise the largest backlog (queue x EWMA).
+        Ties keep the order of `grp` (ascending TBs): the sorts are of (key, tb) pairs."""
         if self.oldest_first:
             inst = self.api.inst
-            return sorted((tb for tb in grp if qs[tb]), key=lambda tb: inst[qs[tb][0]])
-        ewma = self.api.ewma
-        return sorted((tb for tb in grp if qs[tb]), key=lambda tb: -len(qs[tb]) * ewma[tb])
+            keyed = [(inst[qs[tb][0]], tb) for tb in grp if qs[tb]]
+        else:
+            ewma = self.api.ewma
+            keyed = [(-len(qs[tb]) * ewma[tb], tb) for tb in grp if qs[tb]]
+        if len(keyed) == 1:
+            return [keyed[0][1]]
+        keyed.sort()
+        return [tb for _, tb in keyed]
 
     # ------------------------------------------------------------------ proactive
     def on_decision(self, k: int, t: float) -> None:
@@ -385,43 +431,51 @@ class OctopusScheduler(Scheduler):
     def _adapt(self, t: float) -> None:
         """Re-size base shares from observed demand (EWMA of arrivals x duration) plus the
         current queue."""
-        api, T = self.api, self.T
+        api, T, fp = self.api, self.T, self.fp
         npc = api.arch.peas_in_cluster
+        ewma, own = api.ewma, self.own
+        resize = sum(fp) <= npc  # a cluster too small to split keeps everything spare
+        frac = [1.0 if cls == "stable" else self.dynamic_base for cls in self.classes]
         for c in range(len(self.q)):
             d, seen = self.demand[c], self.seen[c]
-            for tb in range(T):
-                d[tb] += 0.3 * (seen[tb] - d[tb])
-                seen[tb] = 0.0
-            if not any(d):
+            d[:] = [x + 0.3 * (y - x) for x, y in zip(d, seen)]
+            seen[:] = [0.0] * T
+            if not resize or not any(d):
                 continue
-            if sum(self.fp) > npc:
-                continue
-            ewma, qs = api.ewma, self.q[c]
-            want = [d[tb] + len(qs[tb]) * ewma[tb] * self.fp[tb] + 1e-9 for tb in range(T)]
-            share = partition(npc, want, self.fp)
-            frac = [1.0 if cls == "stable" else self.dynamic_base for cls in self.classes]
-            target = [max(self.fp[tb], int(share[tb] * frac[tb])) for tb in range(T)]
-            if not self.dds:
+            qs, n_own, fown, sp = self.q[c], self.n_own[c], self.fown[c], self.fsp[c]
+            want = [x + len(q) * e * f + 1e-9 for x, q, e, f in zip(d, qs, ewma, fp)]
+            share = partition(npc, want, fp)
+            if self.dds:
+                # max(footprint, the class's fraction of the share)
+                target = [a if (a := int(s * r)) > f else f for f, s, r in zip(fp, share, frac)]
+            else:
                 target = share
+            if n_own == target:  # every base share already at its target
+                self._drain(c, t)
+                continue
             for tb in range(T):
-                extra = self.n_own[c][tb] - target[tb]
-                fl = self.fown[c][tb]
+                extra = n_own[tb] - target[tb]
+                if extra <= 0:
+                    continue
+                fl = fown[tb]
                 while extra > 0 and fl:  # release free base PEAs to the spare pool
                     p = fl.pop()
-                    self.own[p] = -1
-                    self.n_own[c][tb] -= 1
+                    own[p] = -1
+                    n_own[tb] -= 1
                     self._put(c, p)
                     extra -= 1
             for tb in range(T):
-                lack = target[tb] - self.n_own[c][tb]
-                sp = self.fsp[c]
-                for v in [tb, T] + list(range(T)):
+                lack = target[tb] - n_own[tb]
+                if lack <= 0:
+                    continue
+                mine = fown[tb]
+                for v in (tb, T, *range(T)):  # warm for tb first, then unconfigured
                     fl = sp[v]
                     while lack > 0 and fl:
                         p = fl.pop()
-                        self.own[p] = tb
-                        self.n_own[c][tb] += 1
-                        self.fown[c][tb].append(p)
+                        own[p] = tb
+                        n_own[tb] += 1
+                        mine.append(p)
                         lack -= 1
                     if lack <= 0:
                         break

@@ -9,14 +9,13 @@ that input's slot to its own readers. `slots == 0` means unbounded: nothing is t
 
 from __future__ import annotations
 
-from octopus.sim.state import Invocations
-
 
 class OutputBuffers:
     __slots__ = (
         "slots",
         "used",
         "is_blocked",
+        "n_readers",
         "readers_left",
         "holder",
         "hold_pea",
@@ -33,6 +32,7 @@ class OutputBuffers:
         self.slots = slots
         self.used = [0] * n_peas  # occupied output slots per PEA
         self.is_blocked = [False] * n_peas
+        self.n_readers: list[int] = []  # per invocation: successors reading it point to point
         self.readers_left: list[int] = []  # per invocation: readers that have not read it
         self.holder: list[int] = []  # per invocation: invocation whose slot holds its data
         self.hold_pea: list[int] = []  # per invocation: PEA whose slot holds its output
@@ -45,21 +45,22 @@ class OutputBuffers:
         self.n_tasks = n_tasks
         self.pea_cluster = pea_cluster
 
-    def add_rows(self, m: int) -> None:
+    def add_rows(self, m: int, base: int, preds: list[list[int]]) -> None:
+        """Rows for m new invocations base, base + 1, ... whose predecessor lists are
+        `preds`. A successor with a single input reads it point to point."""
+        nr = [0] * m
+        for ps in preds:
+            if len(ps) == 1:
+                nr[ps[0] - base] += 1
+        self.n_readers.extend(nr)
         self.readers_left.extend([0] * m)
         self.holder.extend([-1] * m)
         self.hold_pea.extend([-1] * m)
 
-    @staticmethod
-    def readers(inv: Invocations, k: int) -> int:
-        """Successors that read k's data point to point."""
-        preds = inv.preds
-        return sum(1 for s in inv.succ[k] if len(preds[s]) == 1)
-
-    def hold(self, inv: Invocations, k: int, p0: int, tb: int) -> bool:
+    def hold(self, k: int, p0: int, tb: int) -> bool:
         """k finished on lead PEA p0: keep its result in a slot if anyone reads it. Returns
         whether p0 is now blocked (its buffer is full)."""
-        r = self.readers(inv, k)
+        r = self.n_readers[k]
         if not r:
             return False
         self.readers_left[k] = r
@@ -86,14 +87,14 @@ class OutputBuffers:
             return self.free(h)
         return -1
 
-    def forward(self, inv: Invocations, k: int, j: int) -> int:
+    def forward(self, k: int, j: int) -> int:
         """Control block k with single input j forwards j's slot to k's readers. Returns the
         PEA it unblocked, or -1."""
         h = self.holder[j]
         if h < 0:
             return -1
         self.holder[k] = h
-        self.readers_left[h] += self.readers(inv, k) - 1
+        self.readers_left[h] += self.n_readers[k] - 1
         if self.readers_left[h] == 0:
             return self.free(h)
         return -1
@@ -129,10 +130,12 @@ class OutputBuffers:
             self.spills += 1
         return blk
 
-    def input_held_by(self, preds: list[list[int]], k: int) -> int:
-        """The PEA whose slot holds k's point-to-point input, or -1."""
-        ps = preds[k]
-        if len(ps) != 1:
-            return -1
-        h = self.holder[ps[0]]
-        return self.hold_pea[h] if h >= 0 else -1
+    def inputs_held_by(self, preds: list[list[int]], ks) -> list[int]:
+        """For each invocation of `ks`, the PEA whose slot holds its point-to-point input,
+        or -1."""
+        holder, hold_pea, out = self.holder, self.hold_pea, []
+        for k in ks:
+            ps = preds[k]
+            h = holder[ps[0]] if len(ps) == 1 else -1
+            out.append(hold_pea[h] if h >= 0 else -1)
+        return out

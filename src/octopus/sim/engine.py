@@ -10,6 +10,7 @@ accounting, so every scheduler is measured the same way (see `accounting`).
 
 from __future__ import annotations
 
+import gc
 import heapq
 
 from octopus.arch.config import Arch
@@ -54,6 +55,8 @@ class Simulator:
         ]
         self.load = [w / tops for w in self.profile["work"]]
         self.ewma = list(self.mean_dur)  # observed duration per TB (EWMA, weight 0.2)
+        # an invocation of TB tb computes for its work / _dur_den[tb]
+        self._dur_den = [f * tops for f in cw.footprint]
         control_plane = bool(getattr(scheduler, "control_plane", False))
         self.ctrl_us = arch.control_plane_us if control_plane else arch.data_plane_us
         # data-plane decisions (baseline): the PEA group that produced a control block's input
@@ -79,7 +82,8 @@ class Simulator:
         self.now = 0.0
         self.makespan = 0.0
         self.started = False
-        # optional hooks, looked up once
+        # hooks, looked up once
+        self._on_ready, self._on_free = scheduler.on_ready, scheduler.on_free
         self._on_admit = getattr(scheduler, "on_admit", None)
         self._on_done = getattr(scheduler, "on_done", None)
         self._on_decision = getattr(scheduler, "on_decision", None)
@@ -103,6 +107,27 @@ class Simulator:
         tick = getattr(self.sched, "tick_us", None)
         if tick:
             ev.push(tick, TICK, None)
+        # the run allocates many small acyclic lists (rows, predecessor and successor lists):
+        # the cyclic garbage collector finds nothing in them, and its passes over the
+        # growing tables cost time, so it pauses during the event loop (process-wide: the
+        # sweep executors run one simulation at a time per process)
+        gc_on = gc.isenabled()
+        gc.disable()
+        try:
+            self._loop(tick)
+        finally:
+            if gc_on:
+                gc.enable()
+        if self.finished < self.arr.n:
+            raise RuntimeError(
+                f"simulation stalled: {self.arr.n - self.finished} instances never finished "
+                "(a task's footprint may exceed what the scheduler can give it)"
+            )
+        self.time.close(self.makespan, self.pea, self.buffers.is_blocked)
+        return self
+
+    def _loop(self, tick: float | None) -> None:
+        arr, ev = self.arr, self.events
         heap, pop = ev.heap, heapq.heappop
         done, decide, on_tick = self._done, self._decide, self.sched.on_tick
         buffers = self.buffers
@@ -138,13 +163,6 @@ class Simulator:
             if not heap and buffers.n_blocked and self.finished < n_inst:
                 self._spill(t)
         self.n_events = count
-        if self.finished < n_inst:
-            raise RuntimeError(
-                f"simulation stalled: {n_inst - self.finished} instances never finished "
-                "(a task's footprint may exceed what the scheduler can give it)"
-            )
-        self.time.close(self.makespan, self.pea, buffers.is_blocked)
-        return self
 
     # ----------------------------------------------------------------- instances
     def _admit(self, t: float, slot: int) -> None:
@@ -157,25 +175,29 @@ class Simulator:
             inst = cw.sample(cw.instance_rng(self.seed, idx), idx, self.seed)
         inv = self.inv
         base = len(inv.node)
-        T, fp, tops = self.n_tasks, cw.footprint, self.arch.throughput_tops
+        T = self.n_tasks
         inode = inst.node
         m = len(inode)
-        # the instance's predecessor lists are local to it: shift them to global rows
-        gpreds = [[base + j for j in ps] if ps else [] for ps in inst.preds]
+        # the instance's predecessor lists are local to it: shift them to global rows (most
+        # rows have one predecessor: that case without the inner loop)
+        gpreds = [
+            [base + ps[0]] if len(ps) == 1 else [base + j for j in ps] if ps else []
+            for ps in inst.preds
+        ]
         inv.node.extend(inode)
-        inv.dur.extend([w / (fp[nd] * tops) if nd < T else 0.0 for nd, w in zip(inode, inst.work)])
+        den = self._dur_den
+        inv.dur.extend([w / den[nd] if nd < T else 0.0 for nd, w in zip(inode, inst.work)])
         inv.preds.extend(gpreds)
-        inv.npred.extend([len(g) for g in gpreds])
+        inv.npred.extend(map(len, gpreds))
         succ = inv.succ
         succ.extend([[] for _ in range(m)])
         for k, gp in enumerate(gpreds, base):
             for j in gp:
                 succ[j].append(k)
-        outb = cw.out_bytes
-        inv.out_bytes.extend([outb[nd] for nd in inode])
+        inv.out_bytes.extend(map(cw.out_bytes.__getitem__, inode))
         inv.add_rows(m, idx)
         if self.slots:
-            self.buffers.add_rows(m)
+            self.buffers.add_rows(m, base, gpreds)
         self.instances.add(slot % self.arch.n_clusters, slot, m, t)
         if self._on_admit is not None:
             self._on_admit(idx, t)
@@ -199,7 +221,7 @@ class Simulator:
             if acct.queued == 0:
                 acct.mark(t, True)
             acct.queued += 1
-            self.sched.on_ready(k, t)
+            self._on_ready(k, t)
         else:
             lat = self.ctrl_us
             if self.dp_hold:
@@ -232,15 +254,16 @@ class Simulator:
         if t > self.makespan:
             self.makespan = t
         tb = inv.node[k]
-        self.ewma[tb] += 0.2 * (inv.dur[k] - self.ewma[tb])
+        ewma = self.ewma
+        ewma[tb] += 0.2 * (inv.dur[k] - ewma[tb])
         self.n_running -= 1
-        if self.slots and self.buffers.hold(inv, k, peas[0], tb):
+        if self.slots and self.buffers.hold(k, peas[0], tb):
             peas = peas[1:]  # the lead PEA is blocked by back-pressure
         self._complete(t, k)
         if self._on_done is not None:
             self._on_done(k, t)
         if peas:
-            self.sched.on_free(peas, t)
+            self._on_free(peas, t)
 
     def _decide(self, t: float, k: int) -> None:
         inv = self.inv
@@ -256,7 +279,7 @@ class Simulator:
         if self.slots:
             ps = inv.preds[k]
             if len(ps) == 1:  # point-to-point: the decision forwards the data to its readers
-                self._unblock_later(t, self.buffers.forward(inv, k, ps[0]))
+                self._unblock_later(t, self.buffers.forward(k, ps[0]))
         inv.t_start[k] = inv.t_ready[k]
         inv.t_end[k] = t
         inv.n_starts[k] += 1
@@ -314,7 +337,9 @@ class Simulator:
                     if x > xf:
                         xf = x
         if self.slots and len(preds) == 1:  # reading a point-to-point input frees its slot
-            self._unblock_later(t, self.buffers.read(preds[0]))
+            q = self.buffers.read(preds[0])
+            if q >= 0:
+                self._unblock_later(t, q)
         exec_start = t + xf
         cfg, avail, idle_since = pea.config, pea.avail_at, pea.idle_since
         d = inv.dur[k]
@@ -337,40 +362,34 @@ class Simulator:
             acct.busy[p0] += d
             pea.running[p0] = True
             idle_since[p0] = avail[p0] = end
-            self._started(k, peas, p0, exec_start, end, t)
-            return
-        readies = []
-        for p in peas:
-            a = idle_since[p]
-            if t > a:
-                acct.idle(p, a, t)
-            av = avail[p]
-            r = av if av > t else t
-            if cfg[p] != tb:
-                r = phys.reconfigure(p, tb, r, acct.reconf)
-                cfg[p] = tb
-            readies.append(r)
-            if r > exec_start:
-                exec_start = r
-        end = exec_start + d
-        xfer, busy, running = acct.xfer, acct.busy, pea.running
-        for p, r in zip(peas, readies):
-            xfer[p] += exec_start - r
-            busy[p] += d
-            running[p] = True
-            idle_since[p] = avail[p] = end
-        self._started(k, peas, p0, exec_start, end, t)
-
-    def _started(self, k: int, peas, p0: int, exec_start: float, end: float, t: float) -> None:
-        inv = self.inv
+        else:
+            readies = []
+            for p in peas:
+                a = idle_since[p]
+                if t > a:
+                    acct.idle(p, a, t)
+                av = avail[p]
+                r = av if av > t else t
+                if cfg[p] != tb:
+                    r = phys.reconfigure(p, tb, r, acct.reconf)
+                    cfg[p] = tb
+                readies.append(r)
+                if r > exec_start:
+                    exec_start = r
+            end = exec_start + d
+            xfer, busy, running = acct.xfer, acct.busy, pea.running
+            for p, r in zip(peas, readies):
+                xfer[p] += exec_start - r
+                busy[p] += d
+                running[p] = True
+                idle_since[p] = avail[p] = end
         inv.peas[k] = peas
         inv.loc[k] = p0
         inv.t_start[k] = exec_start
         inv.t_end[k] = end
         inv.n_starts[k] += 1
         self.n_running += 1
-        acct = self.time  # no longer queued
-        acct.queued -= 1
+        acct.queued -= 1  # no longer queued
         if acct.queued == 0:
             acct.mark(t, False)
         ev = self.events
@@ -411,7 +430,7 @@ class Simulator:
         self.n_pending -= 1
         self.time.blocked[p] += t - self.pea.idle_since[p]
         self.pea.idle_since[p] = t
-        self.sched.on_free((p,), t)
+        self._on_free((p,), t)
 
     def _spill(self, t: float) -> None:
         """Deadlock recovery: nothing runs, nothing is in flight, and blocked PEAs hold data

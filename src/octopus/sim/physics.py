@@ -21,6 +21,9 @@ class Physics:
         "reconf_spans",
         "record",
         "_route",
+        "_px",
+        "_w4",
+        "_cell",
     )
 
     def __init__(self, arch: Arch, config_bytes: list[int], record: bool):
@@ -35,6 +38,8 @@ class Physics:
         self.reconf_spans: list[tuple] = []  # (PEA, start, end, TB) when recording
         self.record = record
         self._route = arch.route
+        self._px, self._w4 = arch.pea_x, 4 * arch.grid_w
+        self._cell = [(y * arch.grid_w + x) * 4 for x, y in zip(arch.pea_x, arch.pea_y)]
 
     def transfer(self, q: int, p: int, b: float, t: float) -> float:
         """Send b bytes from PEA q to PEA p, issued at t; returns the time to arrival.
@@ -47,25 +52,26 @@ class Physics:
         self.noc_byte_hops += b * hops
         if not self.contention:
             return lat + ser
-        arch = self.arch
-        px, py, W = arch.pea_x, arch.pea_y, arch.grid_w
-        x0, y0, x1, y1 = px[q], py[q], px[p], py[p]
-        if x1 > x0:
-            links = [(y0 * W + x) * 4 for x in range(x0, x1)]
-        else:
-            links = [(y0 * W + x) * 4 + 1 for x in range(x1 + 1, x0 + 1)]
-        if y1 > y0:
-            links += [(y * W + x1) * 4 + 2 for y in range(y0, y1)]
-        else:
-            links += [(y * W + x1) * 4 + 3 for y in range(y1 + 1, y0 + 1)]
+        # link d of mesh cell (x, y) is link_free[(y * W + x) * 4 + d], d: 0 east, 1 west,
+        # 2 north, 3 south. The X leg runs along q's row to the corner cell (x of p, y of q),
+        # the Y leg along p's column: each is a strided slice of link_free
+        cq, cp = self._cell[q], self._cell[p]
+        dx = self._px[p] - self._px[q]
+        cc, W4 = cq + 4 * dx, self._w4  # the corner cell, and the stride of a column
+        xs = slice(cq, cc, 4) if dx > 0 else slice(cc + 5, cq + 5, 4)
+        ys = slice(cc + 2, cp + 2, W4) if cp > cc else slice(cp + W4 + 3, cc + W4 + 3, W4)
         lf = self.link_free
-        s = t
-        for li in links:
-            if lf[li] > s:
-                s = lf[li]
+        bx, by = lf[xs], lf[ys]
+        s = t  # every link of the route is free from s
+        for x in bx:
+            if x > s:
+                s = x
+        for x in by:
+            if x > s:
+                s = x
         e = s + ser
-        for li in links:
-            lf[li] = e
+        lf[xs] = [e] * len(bx)
+        lf[ys] = [e] * len(by)
         return e + lat - t
 
     def reconfigure(self, p: int, tb: int, r: float, time_reconf: list[float]) -> float:

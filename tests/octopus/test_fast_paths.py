@@ -1,0 +1,170 @@
+"""Fast paths of the simulator and schedulers against their slow, obvious twins."""
+
+import random
+
+import pytest
+
+from octopus.arch import load_arch
+from octopus.owg.arrival import make_arrivals
+from octopus.runner import prepare, run_one
+from octopus.sched import VARIANTS
+from octopus.sched.base import partition
+from octopus.sched.octopus import OctopusScheduler
+from octopus.sim import Simulator
+from octopus.sim.physics import Physics
+
+
+def partition_reference(n: int, loads: list[float], mins: list[int]) -> list[int]:
+    """The plain largest-remainder loop: arg-max by a full scan, ties to the first index."""
+    tot = sum(loads) or 1.0
+    ideal = [n * x / tot for x in loads]
+    alloc = [max(m, int(i)) for m, i in zip(mins, ideal)]
+    while sum(alloc) > n:
+        j = max(
+            (i for i in range(len(alloc)) if alloc[i] > mins[i]), key=lambda i: alloc[i] - ideal[i]
+        )
+        alloc[j] -= 1
+    while sum(alloc) < n:
+        j = max(range(len(alloc)), key=lambda i: ideal[i] - alloc[i])
+        alloc[j] += 1
+    return alloc
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_partition_matches_the_plain_loop_including_ties(seed):
+    rng = random.Random(seed)
+    for _ in range(500):
+        T = rng.randint(1, 14)
+        mins = [rng.choice((1, 1, 1, 2, 4)) for _ in range(T)]
+        n = sum(mins) + rng.randint(0, 80)
+        kind = rng.random()
+        if kind < 0.3:  # equal or integer loads: many exact ties
+            loads = [float(rng.randint(0, 3)) for _ in range(T)]
+        elif kind < 0.4:
+            loads = [0.0] * T
+        else:
+            loads = [rng.expovariate(1.0) * 10 ** rng.randint(-3, 3) for _ in range(T)]
+        assert partition(n, loads, mins) == partition_reference(n, loads, mins), (n, loads, mins)
+
+
+class _CheckedOctopus(OctopusScheduler):
+    """Octopus that checks its free-PEA counts against its free lists after every hook."""
+
+    def _check(self) -> None:
+        for c, n in enumerate(self.nfree):
+            assert n == sum(map(len, self.fown[c])) + sum(map(len, self.fsp[c])), c
+        self.checks += 1
+
+    def attach(self, api) -> None:
+        super().attach(api)
+        self.checks = 0
+        self._check()
+
+    def on_ready(self, k, t):
+        super().on_ready(k, t)
+        self._check()
+
+    def on_free(self, peas, t):
+        super().on_free(peas, t)
+        self._check()
+
+    def on_tick(self, t):
+        super().on_tick(t)
+        self._check()
+
+
+@pytest.mark.parametrize(
+    "wf,arch,variant",
+    [
+        ("video_recognition", "chiplet", "octopus"),
+        ("recommendation", "chip", "octopus-dds-adaptive"),
+        ("speech_assistant", "chiplet", "octopus-central"),
+    ],
+)
+def test_octopus_free_counts_match_its_free_lists(wf, arch, variant):
+    cw, a = prepare(wf, arch)
+    s = _CheckedOctopus(**VARIANTS[variant])
+    ref = run_one(cw, a, variant, 0, 16)
+    sim = Simulator(cw, a, s, make_arrivals(cw.wf.arrival, a.n_clusters, 0, 16), seed=0).run()
+    assert s.checks > 100
+    assert (sim.makespan, sim.n_events) == (ref.makespan, ref.n_events)
+
+
+def transfer_reference(ph: Physics, q: int, p: int, b: float, t: float) -> float:
+    """Link contention with the route's links listed one by one."""
+    arch = ph.arch
+    hops, lat, ser = arch.route(q, p, b)
+    px, py, W = arch.pea_x, arch.pea_y, arch.grid_w
+    x0, y0, x1, y1 = px[q], py[q], px[p], py[p]
+    if x1 > x0:
+        links = [(y0 * W + x) * 4 for x in range(x0, x1)]
+    else:
+        links = [(y0 * W + x) * 4 + 1 for x in range(x1 + 1, x0 + 1)]
+    if y1 > y0:
+        links += [(y * W + x1) * 4 + 2 for y in range(y0, y1)]
+    else:
+        links += [(y * W + x1) * 4 + 3 for y in range(y1 + 1, y0 + 1)]
+    s = t
+    for li in links:
+        s = max(s, ph.link_free[li])
+    for li in links:
+        ph.link_free[li] = s + ser
+    return s + ser + lat - t
+
+
+@pytest.mark.parametrize("arch", ["chiplet", "wafer"])
+def test_contended_transfer_matches_the_link_by_link_reference(arch):
+    a = load_arch(arch)
+    fast, ref = Physics(a, [1000], False), Physics(a, [1000], False)
+    assert fast.contention
+    rng = random.Random(1)
+    t = 0.0
+    for _ in range(3000):
+        q, p = rng.sample(range(a.n_peas), 2)
+        if rng.random() < 0.5:  # mostly short routes, as in a run, so that they contend
+            cq = a.pea_cluster[q]
+            p = rng.choice(a.cluster_peas[rng.choice([cq, *a.neighbors[cq]])])
+            if p == q:
+                continue
+        b = rng.choice([64.0, 4096.0, rng.uniform(0, 1e6)])
+        assert fast.transfer(q, p, b, t) == transfer_reference(ref, q, p, b, t)
+        t += rng.expovariate(2.0)
+    assert fast.link_free == ref.link_free
+    assert max(fast.link_free) > t  # routes did wait for one another
+
+
+def test_point_to_point_reader_counts_match_their_definition():
+    cw, a = prepare("driving_perception", "chip")
+    sim = run_one(cw, a, "octopus", 0, 12)
+    inv, nr = sim.inv, sim.buffers.n_readers
+    assert len(nr) == len(inv.node)
+    assert nr == [sum(1 for s in inv.succ[k] if len(inv.preds[s]) == 1) for k in range(len(nr))]
+    assert 0 < sum(nr) < sum(map(len, inv.succ))  # both kinds of successor occur
+
+
+class _HeldByProbe(OctopusScheduler):
+    """Checks, as each task becomes ready, where the API says its input is held."""
+
+    def attach(self, api) -> None:
+        super().attach(api)
+        self.held = 0
+
+    def on_ready(self, k, t):
+        api = self.api
+        ps = api.preds[k]
+        one = [api.input_held_by(k)]
+        assert api.inputs_held_by([k, k]) == one * 2
+        if len(ps) == 1 and api.node[ps[0]] < api.n_tasks:
+            # a task's result waits in the slot of its lead PEA until its readers start
+            assert one == [api._sim.inv.loc[ps[0]]]
+            self.held += 1
+        elif len(ps) != 1:
+            assert one == [-1]  # a join gathers its inputs: no slot holds them
+        super().on_ready(k, t)
+
+
+def test_input_held_by_is_the_producers_lead_pea_until_read():
+    cw, a = prepare("driving_perception", "chip")
+    s = _HeldByProbe()
+    Simulator(cw, a, s, make_arrivals(cw.wf.arrival, a.n_clusters, 0, 10), seed=0).run()
+    assert s.held > 50
