@@ -266,3 +266,29 @@ def build_plan(
             c0 += width
         packs.append(pack)
     return MetaAttentionPlan(meta, tasks, num_q_heads, num_kv_heads, head_dim, packs, decode)
+
+
+def advance_plan(plan: MetaAttentionPlan, meta: AttentionMetadata) -> MetaAttentionPlan | None:
+    """The plan of ``meta``, patched from ``plan``, when ``meta`` is the next step of the same
+    decode batch (``AttentionMetadata.advanced``) and every tile runs on the decode kernel;
+    None otherwise. Every key count grows by one, so the tiles' cost order and their dealing to
+    the workers stay as they were: only the key counts and a block table column that a new
+    block opens change (in place). The task table is rebuilt, as the caller may read it."""
+    d = plan.decode
+    rows = meta.table.rows
+    if plan.packs or d is None or d.num_tiles != len(rows):
+        return None
+    bs = meta.table.block_size
+    kv = d.kv_lens
+    width = d.tables.shape[1]
+    if -(-(int(kv.max(initial=0)) + 1) // bs) > width:
+        return None  # a wider table: build afresh
+    for j, stage in enumerate(d.q_rows.tolist()):  # decode-only: tile j is stage q_rows[j]
+        pos = int(kv[j])  # the new key's position
+        if pos + 1 != rows[stage].kv_len:
+            return None
+        if pos % bs == 0:  # the first key of a new block
+            d.tables[j, pos // bs] = rows[stage].block_table[pos // bs]
+    kv += 1
+    tasks = build_task_table(meta.table, plan.num_kv_heads, plan.tasks.num_workers)
+    return MetaAttentionPlan(meta, tasks, plan.num_q_heads, plan.num_kv_heads, plan.head_dim, [], d)
