@@ -80,6 +80,7 @@ def main() -> None:
         t = time.perf_counter()
         out = llm.generate([prompt], params, use_tqdm=False)
         wall = time.perf_counter() - t
+        print(f"round: {wall:.3f} s")
     steps = CALLS["step"]
     ntok = len(out[0].outputs[0].token_ids)
     print(f"{steps} steps, {ntok} tokens, {wall:.3f} s, {ntok / wall:.1f} tok/s")
