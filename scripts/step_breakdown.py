@@ -46,11 +46,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
 
+    from xyserve import LLM, SamplingParams  # noqa: I001 - first: it sets OpenMP's wait policy
+
     import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from xyserve import LLM, SamplingParams
     from xyserve.engine import engine, runner
     from xyserve.model import llama
     from xyserve.plan import attention_metadata
