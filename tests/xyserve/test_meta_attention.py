@@ -182,3 +182,21 @@ def test_decode_kernel_exp_over_the_whole_softmax_range():
     assert plan.decode is not None and plan.decode.num_tiles == 3
     out = be.run(plan, q, c.k_cache, c.v_cache, c.scale)
     torch.testing.assert_close(out, ref_out, **TOL)
+
+
+def test_chain_verify_rows_run_on_the_decode_kernel():
+    """A chain verify's k + 1 rows are decode rows of growing length; a tree keeps its pack."""
+    hq, hkv, d = 8, 2, 64
+    specs = [StageSpec(5, 70, num_spec_tokens=4), StageSpec(5, 30, tree=True), StageSpec(1, 40)]
+    c = build_case(specs, hq, hkv, d, 16, seed=11)
+    plan = MetaAttention().plan(c.meta, hq, hkv, d)
+    rows = c.meta.table.rows
+    chain = [r for r in rows if r.kind.value == "verify" and r.tree_mask is None][0]
+    by_row = dict(zip(plan.decode.q_rows.tolist(), plan.decode.kv_lens.tolist()))
+    for i in range(chain.num_tokens):
+        assert by_row[chain.start + i] == chain.context_len + i + 1
+    assert len(by_row) == chain.num_tokens + 1  # the chain's rows and the decode
+    assert len(plan.packs) == 1  # the tree
+    ref = reference_attention(c.meta, c.q, c.k_cache, c.v_cache, c.scale)
+    out = MetaAttention().run(plan, c.q, c.k_cache, c.v_cache, c.scale)
+    torch.testing.assert_close(out, ref, **TOL)

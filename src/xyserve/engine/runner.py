@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from xyserve.engine.scheduler import SchedulerOutput
+from xyserve.engine.step_inputs import StepInputs
 from xyserve.kernels import ops
 from xyserve.kernels.backend import get_attention_backend, get_gemm_backend
 from xyserve.model.llama import LlamaModel, StepContext
@@ -57,6 +59,10 @@ class ModelRunner:
         for backend in (self.attn, self.gemm):
             if hasattr(backend, "allow_tf32"):
                 backend.allow_tf32 = allow_tf32
+        # Decode steps of an unchanged batch patch the previous step's inputs and plans
+        # (``prepare``); False builds every step afresh.
+        self.reuse_plans = True
+        self._last: StepInputs | None = None
 
     @staticmethod
     def bytes_per_block(model_cfg, block_size: int, dtype: torch.dtype) -> int:
@@ -100,9 +106,29 @@ class ModelRunner:
                 flat = cache.view(-1, *cache.shape[2:])
                 flat[dst] = flat[src]
 
-    def execute(self, out: SchedulerOutput, block_tables: dict[str, list[int]]) -> StepResult:
-        self.copy_blocks(out.copies)
+    def prepare(self, out: SchedulerOutput, block_tables: dict[str, list[int]]) -> StepInputs:
+        """The step's inputs and plans: the previous step's patched when this step is the next
+        of the same decode batch on CPU (``StepInputs.advance``), else built afresh."""
         table = self.build_table(out, block_tables)
+        last, self._last = self._last, None
+        inputs = None
+        if self.reuse_plans and last is not None and not out.copies:
+            inputs = last.advance(out, table, self._replan)
+        if inputs is None:
+            inputs = self.build_inputs(out, table)
+        self._last = inputs
+        return inputs
+
+    def _replan(self, plan: Any, meta: AttentionMetadata) -> Any:
+        """The attention plan of ``meta``: ``plan`` patched where the backend can, else new."""
+        advanced = self.attn.advance(plan, meta) if hasattr(self.attn, "advance") else None
+        if advanced is not None:
+            return advanced
+        cfg = self.model.cfg
+        return self.attn.plan(meta, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim)
+
+    def build_inputs(self, out: SchedulerOutput, table: TokenTable) -> StepInputs:
+        """The step's inputs and plans, built from nothing (the reference for ``prepare``)."""
         ids: list[int] = []
         positions: list[int] = []
         logit_rows: list[int] = []
@@ -125,21 +151,33 @@ class ModelRunner:
         dev = self.model.device
         meta = AttentionMetadata.build(table, dev)
         cfg = self.model.cfg
-        ctx = StepContext(
+        return StepInputs(
+            ids=torch.tensor(ids, dtype=torch.long, device=dev),
             positions=torch.tensor(positions, dtype=torch.long, device=dev),
-            slot_mapping=meta.slot_mapping,
-            attn_backend=self.attn,
+            logit_rows=torch.tensor(logit_rows, dtype=torch.long, device=dev),
+            rows=rows,
+            meta=meta,
             attn_plan=self.attn.plan(meta, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim),
-            gemm_backend=self.gemm,
             gemm_plan=self.gemm.plan(len(ids)),
         )
-        logits = self.model.forward(
-            torch.tensor(ids, dtype=torch.long, device=dev),
-            ctx,
-            self.kv_caches,
-            torch.tensor(logit_rows, dtype=torch.long, device=dev),
+
+    def execute(self, out: SchedulerOutput, block_tables: dict[str, list[int]]) -> StepResult:
+        self.copy_blocks(out.copies)
+        inputs = self.prepare(out, block_tables)
+        ctx = StepContext(
+            positions=inputs.positions,
+            slot_mapping=inputs.meta.slot_mapping,
+            attn_backend=self.attn,
+            attn_plan=inputs.attn_plan,
+            gemm_backend=self.gemm,
+            gemm_plan=inputs.gemm_plan,
         )
-        return StepResult(logits=logits.cpu(), rows=rows)
+        try:
+            logits = self.model.forward(inputs.ids, ctx, self.kv_caches, inputs.logit_rows)
+        except BaseException:
+            self._last = None  # a step that did not run is no base for the next
+            raise
+        return StepResult(logits=logits.cpu(), rows=dict(inputs.rows))
 
 
 def _tree_mask(st) -> tuple[tuple[bool, ...], ...] | None:

@@ -32,6 +32,56 @@ class AttentionMetadata:
     def num_tokens(self) -> int:
         return int(self.slot_mapping.numel())
 
+    def advanced(self, table: TokenTable) -> AttentionMetadata | None:
+        """The metadata of ``table``, patched from this step's, when ``table`` is the next step
+        of the same decode batch: the same stages in the same order, one new token each, every
+        key count one more and every block table this step's, or it plus one block that fits
+        the padded width. None otherwise (the caller builds afresh).
+
+        CPU tensors only. They are updated in place, so this step's metadata (and any plan that
+        holds it) describes the next step from then on: call it once this step has run.
+        """
+        old = self.table.rows
+        new = table.rows
+        if len(new) != len(old) or self.slot_mapping.device.type != "cpu":
+            return None
+        width = self.block_tables.shape[1]
+        grown: list[tuple[int, int, int]] = []  # (stage, column, block)
+        for i, (a, b) in enumerate(zip(old, new)):
+            if not (
+                a.num_tokens == b.num_tokens == 1
+                and b.request_id == a.request_id
+                and b.kv_len == a.kv_len + 1
+                and b.tree_mask is None
+            ):
+                return None
+            if b.block_table != a.block_table:
+                n = len(a.block_table)
+                if (
+                    len(b.block_table) != n + 1
+                    or n + 1 > width
+                    or b.block_table[:n] != a.block_table
+                ):
+                    return None
+                grown.append((i, n, b.block_table[n]))
+        bs = table.block_size
+        bt = self.block_tables.numpy()
+        for i, col, block in grown:
+            bt[i, col] = block
+        self.kv_lens.add_(1)
+        slots = self.slot_mapping.numpy()
+        for i, r in enumerate(new):
+            pos = r.kv_len - 1
+            slots[i] = r.block_table[pos // bs] * bs + pos % bs
+        return AttentionMetadata(
+            table=table,
+            slot_mapping=self.slot_mapping,
+            query_start_loc=self.query_start_loc,
+            kv_lens=self.kv_lens,
+            block_tables=self.block_tables,
+            tree_masks=self.tree_masks,
+        )
+
     @classmethod
     def build(cls, table: TokenTable, device: torch.device | str = "cpu") -> AttentionMetadata:
         rows = table.rows

@@ -8,9 +8,9 @@ table's cost order and split where the key extent drops below ``group_ratio`` of
 longest, so padding stays small. Each pack is cut into KV chunks of at most ``kv_chunk`` keys
 and ``kv_chunk_bytes`` of gathered K/V per call; a chunk's additive mask (causal with any prefix
 offset, decode, verify, tree) is derived from positions here, and is None where every real row
-sees every key of the chunk. Single-row causal tiles may go instead to the numba decode kernel,
-whose plan (``DecodePlan``) deals them to the threads in cost order, as the task table deals
-its units.
+sees every key of the chunk. Single-row causal tiles and the rows of chain verifies may go
+instead to the numba decode kernel, one causal row each, whose plan (``DecodePlan``) deals them
+to the threads in cost order, as the task table deals its units.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import torch
 
 from xyserve.plan.attention_metadata import AttentionMetadata
 from xyserve.plan.task_table import TaskTable, Tile, build_task_table, snake_deal
+from xyserve.plan.token_table import StageKind, TokenTable
 
 NEG = -1.0e30  # additive mask value: finite, so a fully masked chunk row merges with weight 0
 
@@ -166,6 +167,25 @@ def _chunk_mask(
     return add.unsqueeze(2).expand(b, rows, group, width).reshape(b, 1, rows * group, width)
 
 
+def _to_decode_kernel(table: TokenTable, tile: Tile) -> bool:
+    """Whether a tile's rows go to the numba decode kernel, one causal row each: single-row
+    tiles (decodes, a chunk's last row) and the rows of a chain verify (the k + 1 rows of a
+    verify see the history and the new keys up to their own, so each is a decode row of its
+    own length; run so, a verify step costs about what a decode step costs, with no pack,
+    gather or mask). Tree verifies keep their packs and masks."""
+    if tile.has_tree:
+        return False
+    return tile.num_rows == 1 or table.rows[tile.stage].kind is StageKind.VERIFY
+
+
+def _decode_rows(table: TokenTable, tile: Tile) -> list[tuple[int, int, int]]:
+    """(flat query row, keys it sees, stage) of each row of a tile bound for the decode kernel."""
+    if not _to_decode_kernel(table, tile):
+        return []
+    first = tile.context_len + tile.row_offset + 1  # keys of the tile's first row
+    return [(tile.q_start + i, first + i, tile.stage) for i in range(tile.num_rows)]
+
+
 def build_plan(
     meta: AttentionMetadata,
     num_q_heads: int,
@@ -181,8 +201,8 @@ def build_plan(
     """Task table plus the CPU schedule: packs of tiles and their KV chunks and masks.
 
     With ``decode_kernel`` (the caller's word that the numba decode kernel runs for this dtype),
-    single-row causal tiles -- decodes, and the last row of a chunk -- go to its ``DecodePlan``
-    instead of packs.
+    single-row causal tiles -- decodes, and the last row of a chunk -- and the rows of chain
+    verifies go to its ``DecodePlan`` instead of packs.
     """
     table = meta.table
     device = meta.slot_mapping.device
@@ -194,15 +214,12 @@ def build_plan(
     order = [u.tile for u in tasks.units if not (u.tile in seen or seen.add(u.tile))]
     decode = None
     if decode_kernel:
-        single = [t for t in order if tiles[t].num_rows == 1 and not tiles[t].has_tree]
-        order = [t for t in order if tiles[t].num_rows != 1 or tiles[t].has_tree]
+        single = [r for t in order for r in _decode_rows(table, tiles[t])]
+        order = [t for t in order if not _to_decode_kernel(table, tiles[t])]
         decode = build_decode_plan(
-            [tiles[t].q_start for t in single],
-            [tiles[t].kv_extent for t in single],
-            [
-                table.rows[tiles[t].stage].block_table[: -(-tiles[t].kv_extent // bs)]
-                for t in single
-            ],
+            [q for q, _, _ in single],
+            [ext for _, ext, _ in single],
+            [table.rows[s].block_table[: -(-ext // bs)] for _, ext, s in single],
             num_workers,
         )
     elem = torch.finfo(dtype).bits // 8
@@ -249,3 +266,29 @@ def build_plan(
             c0 += width
         packs.append(pack)
     return MetaAttentionPlan(meta, tasks, num_q_heads, num_kv_heads, head_dim, packs, decode)
+
+
+def advance_plan(plan: MetaAttentionPlan, meta: AttentionMetadata) -> MetaAttentionPlan | None:
+    """The plan of ``meta``, patched from ``plan``, when ``meta`` is the next step of the same
+    decode batch (``AttentionMetadata.advanced``) and every tile runs on the decode kernel;
+    None otherwise. Every key count grows by one, so the tiles' cost order and their dealing to
+    the workers stay as they were: only the key counts and a block table column that a new
+    block opens change (in place). The task table is rebuilt, as the caller may read it."""
+    d = plan.decode
+    rows = meta.table.rows
+    if plan.packs or d is None or d.num_tiles != len(rows):
+        return None
+    bs = meta.table.block_size
+    kv = d.kv_lens
+    width = d.tables.shape[1]
+    if -(-(int(kv.max(initial=0)) + 1) // bs) > width:
+        return None  # a wider table: build afresh
+    for j, stage in enumerate(d.q_rows.tolist()):  # decode-only: tile j is stage q_rows[j]
+        pos = int(kv[j])  # the new key's position
+        if pos + 1 != rows[stage].kv_len:
+            return None
+        if pos % bs == 0:  # the first key of a new block
+            d.tables[j, pos // bs] = rows[stage].block_table[pos // bs]
+    kv += 1
+    tasks = build_task_table(meta.table, plan.num_kv_heads, plan.tasks.num_workers)
+    return MetaAttentionPlan(meta, tasks, plan.num_q_heads, plan.num_kv_heads, plan.head_dim, [], d)

@@ -7,7 +7,7 @@ import torch
 from xyserve.kernels.attention.meta.cpu import Workspace, run_cpu
 from xyserve.kernels.cpu import decode as cpu_decode
 from xyserve.plan.attention_metadata import AttentionMetadata
-from xyserve.plan.meta_attention import MetaAttentionPlan, build_plan
+from xyserve.plan.meta_attention import MetaAttentionPlan, advance_plan, build_plan
 from xyserve.plan.triton_attention import TritonAttentionPlan, build_triton_plan
 
 
@@ -67,6 +67,17 @@ class MetaAttention:
             dtype=self.dtype,
             decode_kernel=self.decode_kernel and cpu_decode.available(self.dtype),
         )
+
+    def advance(
+        self, plan: MetaAttentionPlan | TritonAttentionPlan, meta: AttentionMetadata
+    ) -> MetaAttentionPlan | None:
+        """``plan`` patched for ``meta``, the next step of the same decode batch (see
+        ``plan.meta_attention.advance_plan``), or None: the caller then calls ``plan``."""
+        if not isinstance(plan, MetaAttentionPlan):
+            return None
+        if plan.tasks.num_workers != max(1, self.num_workers or torch.get_num_threads()):
+            return None
+        return advance_plan(plan, meta)
 
     def run(
         self, plan: MetaAttentionPlan | TritonAttentionPlan, q, k_cache, v_cache, scale: float
