@@ -7,6 +7,7 @@ import json
 import warnings
 
 import pytest
+import torch
 
 import xyserve.tools.tune as tune_mod
 from xyserve.kernels.gemm.smooth import SmoothGemm
@@ -198,3 +199,28 @@ def test_a_tune_at_another_precision_leaves_the_table_beside_the_model(tmp_path,
     bf16 = Precision("bfloat16")
     assert tune_mod.default_out(model, "cpu", False) == model / TABLE_FILE
     assert tune_mod.default_out(model, "cpu", False, bf16) == cache_path(model, "cpu", bf16)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_draft_model_applies_a_table_only_at_the_engines_precision(tmp_path, dtype):
+    """The draft's GEMMs run in the engine's dtype, so its table is looked up at that dtype:
+    a float32 table beside the draft applies to a float32 engine only."""
+    from xyserve.model.config import ModelConfig
+    from xyserve.spec.draft import DraftModelProposer
+
+    from tiny_models import build_model
+
+    draft = build_model(tmp_path / "draft", with_tokenizer=False)
+    cfg = json.loads((draft / "config.json").read_text())
+    t = GemmTable(model="d", budget=64, shapes=model_shapes(cfg), machine=machine_signature("cpu"))
+    for op in t.shapes:
+        t.set(op, 16, GemmConfig(cpu_impl="addmm"))
+    t.save(draft / TABLE_FILE)
+    mcfg = ModelConfig.from_dir(draft)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the bfloat16 case says the table is not applied
+        proposer = DraftModelProposer(
+            draft, mcfg, torch.device("cpu"), dtype, 8, 4, "meta", "smooth"
+        )
+    applied = bool(proposer.runner.gemm.table.entries)
+    assert applied == (dtype == torch.float32)

@@ -85,6 +85,7 @@ class SpecDecoder:
                 ec.attention_backend,
                 ec.gemm_backend,
                 config.tree_width if config.method == "tree" else 1,
+                allow_tf32=ec.allow_tf32,
             )
         return cls(config, engine.max_model_len, engine.config.max_num_batched_tokens, proposer)
 

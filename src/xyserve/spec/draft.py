@@ -55,6 +55,7 @@ class DraftModelProposer:
         attention_backend: str,
         gemm_backend: str,
         tree_width: int = 1,
+        allow_tf32: bool = False,
     ) -> None:
         cfg = ModelConfig.from_dir(draft_path)
         if cfg.vocab_size != target_cfg.vocab_size:
@@ -66,10 +67,21 @@ class DraftModelProposer:
         self.model = load_model(draft_path, device, dtype)
         self.kv = KVCacheManager(num_blocks, block_size, enable_prefix_caching=False)
         gemm_kwargs = {}
-        if gemm_backend == "smooth":
-            gemm_kwargs = {"model_path": str(draft_path), "device": device.type}
+        if gemm_backend == "smooth":  # a table applies only at the precision the draft runs at
+            gemm_kwargs = {
+                "model_path": str(draft_path),
+                "device": device.type,
+                "dtype": str(dtype).removeprefix("torch."),
+                "allow_tf32": allow_tf32,
+            }
         self.runner = ModelRunner(
-            self.model, num_blocks, block_size, attention_backend, gemm_backend, gemm_kwargs
+            self.model,
+            num_blocks,
+            block_size,
+            attention_backend,
+            gemm_backend,
+            gemm_kwargs,
+            allow_tf32=allow_tf32,
         )
         self.tree_width = tree_width  # > 1: greedy requests get token trees (spec.tree)
         self.shadows: dict[str, Request] = {}
