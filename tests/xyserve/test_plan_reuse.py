@@ -50,7 +50,7 @@ def assert_same_inputs(got: StepInputs, want: StepInputs) -> None:
     gp, wp = got.attn_plan, want.attn_plan
     assert type(gp) is type(wp)
     if isinstance(wp, MetaAttentionPlan):
-        assert gp.tasks == wp.tasks
+        assert gp.task_table() == wp.task_table()
         assert len(gp.packs) == len(wp.packs)
         assert (gp.decode is None) == (wp.decode is None)
         if wp.decode is not None:
@@ -68,6 +68,10 @@ def check_every_step(monkeypatch) -> dict[str, int]:
         last = self._last
         got = real(self, out, block_tables)
         want = self.build_inputs(out, self.build_table(out, block_tables))
+        gp, lp = got.attn_plan, None if last is None else last.attn_plan
+        if isinstance(gp, MetaAttentionPlan) and isinstance(lp, MetaAttentionPlan):
+            if gp.decode is not None and gp.decode is lp.decode:  # patched, not rebuilt
+                assert gp.tasks is None  # the step builds no task table (the run reads none)
         assert_same_inputs(got, want)
         counts["steps"] += 1
         counts["reused"] += last is not None and got.ids is last.ids

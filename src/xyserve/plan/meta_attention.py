@@ -93,12 +93,20 @@ class TilePack:
 @dataclass
 class MetaAttentionPlan:
     meta: AttentionMetadata
-    tasks: TaskTable
+    tasks: TaskTable | None  # None on a plan patched by ``advance_plan``: see ``task_table``
     num_q_heads: int
     num_kv_heads: int
     head_dim: int
     packs: list[TilePack]
     decode: DecodePlan | None = None  # single-row tiles for the numba kernel
+    num_workers: int = 1  # the workers its tiles are dealt to
+
+    def task_table(self) -> TaskTable:
+        """The task table of ``meta``. The CPU run reads only the packs and the decode plan,
+        so a patched plan builds it here, when asked, not in every decode step."""
+        if self.tasks is None:
+            self.tasks = build_task_table(self.meta.table, self.num_kv_heads, self.num_workers)
+        return self.tasks
 
 
 def _group_tiles(tiles: list[Tile], order: list[int], ratio: float) -> list[list[int]]:
@@ -265,7 +273,9 @@ def build_plan(
                 )
             c0 += width
         packs.append(pack)
-    return MetaAttentionPlan(meta, tasks, num_q_heads, num_kv_heads, head_dim, packs, decode)
+    return MetaAttentionPlan(
+        meta, tasks, num_q_heads, num_kv_heads, head_dim, packs, decode, tasks.num_workers
+    )
 
 
 def advance_plan(plan: MetaAttentionPlan, meta: AttentionMetadata) -> MetaAttentionPlan | None:
@@ -273,7 +283,8 @@ def advance_plan(plan: MetaAttentionPlan, meta: AttentionMetadata) -> MetaAttent
     decode batch (``AttentionMetadata.advanced``) and every tile runs on the decode kernel;
     None otherwise. Every key count grows by one, so the tiles' cost order and their dealing to
     the workers stay as they were: only the key counts and a block table column that a new
-    block opens change (in place). The task table is rebuilt, as the caller may read it."""
+    block opens change (in place). The task table is left to ``task_table``, which builds it
+    only if asked."""
     d = plan.decode
     rows = meta.table.rows
     if plan.packs or d is None or d.num_tiles != len(rows):
@@ -290,5 +301,6 @@ def advance_plan(plan: MetaAttentionPlan, meta: AttentionMetadata) -> MetaAttent
         if pos % bs == 0:  # the first key of a new block
             d.tables[j, pos // bs] = rows[stage].block_table[pos // bs]
     kv += 1
-    tasks = build_task_table(meta.table, plan.num_kv_heads, plan.tasks.num_workers)
-    return MetaAttentionPlan(meta, tasks, plan.num_q_heads, plan.num_kv_heads, plan.head_dim, [], d)
+    return MetaAttentionPlan(
+        meta, None, plan.num_q_heads, plan.num_kv_heads, plan.head_dim, [], d, plan.num_workers
+    )

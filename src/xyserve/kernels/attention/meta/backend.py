@@ -75,7 +75,7 @@ class MetaAttention:
         ``plan.meta_attention.advance_plan``), or None: the caller then calls ``plan``."""
         if not isinstance(plan, MetaAttentionPlan):
             return None
-        if plan.tasks.num_workers != max(1, self.num_workers or torch.get_num_threads()):
+        if plan.num_workers != max(1, self.num_workers or torch.get_num_threads()):
             return None
         return advance_plan(plan, meta)
 
