@@ -259,3 +259,35 @@ def test_the_waiting_limit_is_checked_where_the_engine_thread_admits() -> None:
         assert never.value.param == "n"
     finally:
         llm.shutdown()
+
+
+def test_adds_failed_at_shutdown_do_not_count_as_waiting_after_a_restart() -> None:
+    """An add that lands in the inbox as the thread shuts down is refused; it must not go on
+    counting against the waiting limit once the engine is started again."""
+    llm = AsyncLLM(OneStepEngine())
+    llm.max_waiting = 1
+    hold = threading.Event()
+
+    def prepare(prompt, params, add_special):  # noqa: ANN001, ANN202
+        if prompt == [1]:
+            hold.wait(10)  # checked and started, not yet posted
+        return {"prompt_token_ids": prompt}
+
+    llm._prepare = prepare
+
+    async def main() -> list[int]:
+        late = asyncio.create_task(llm.add_request([1], SamplingParams(), "late"))
+        await asyncio.sleep(0.05)
+        await asyncio.to_thread(llm.shutdown)
+        hold.set()
+        with pytest.raises(EngineDeadError, match="shutting down"):
+            await asyncio.wait_for(late, 10)
+        assert llm.num_waiting == 0
+        stream = await asyncio.wait_for(llm.add_request([2], SamplingParams(), "next"), 10)
+        return [out.outputs[0].token_ids async for out in stream]
+
+    try:
+        assert asyncio.run(asyncio.wait_for(main(), 20)) == [[7]]
+    finally:
+        hold.set()
+        llm.shutdown()

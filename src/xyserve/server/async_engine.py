@@ -112,6 +112,10 @@ class AsyncLLM:
         # thread (written by it only): each counter has one writer, so no lock is needed.
         self._seqs_posted = 0
         self._seqs_taken = 0
+        # Sequences of adds failed in the inbox, never taken (shutdown, death): either thread
+        # may fail the inbox, so this one is written under its lock.
+        self._seqs_dropped = 0
+        self._dropped_lock = threading.Lock()
         config = getattr(engine, "config", None)
         self.request_timeout_s: float | None = getattr(config, "request_timeout_s", None)
         # Past this many sequences waiting in the engine, adds are refused (EngineBusyError).
@@ -120,7 +124,8 @@ class AsyncLLM:
     @property
     def num_waiting(self) -> int:
         """Sequences queued (in the engine or on their way to it); read without a lock."""
-        return self.engine.num_waiting + max(0, self._seqs_posted - self._seqs_taken)
+        in_inbox = self._seqs_posted - self._seqs_taken - self._seqs_dropped
+        return self.engine.num_waiting + max(0, in_inbox)
 
     @classmethod
     def from_config(cls, config: EngineConfig, stats_hook: StatsHook | None = None) -> AsyncLLM:
@@ -392,6 +397,8 @@ class AsyncLLM:
             except IndexError:
                 return
             if kind == "add":
+                with self._dropped_lock:
+                    self._seqs_dropped += item.num_seqs
                 _call_soon(item.loop, _resolve, item.future, error)
 
     def _report(self, report: StepReport) -> None:
