@@ -33,6 +33,6 @@ def use_cpu_threads(requested: int | None = None, items: int | None = None) -> i
     if items is not None:
         want = min(int(want), int(items))
     n = max(1, min(int(want), numba.config.NUMBA_NUM_THREADS))
-    if numba.get_num_threads() != n:  # reading the count costs a third of setting it
+    if numba.get_num_threads() != n:  # set only on a change: setting is the costly call
         numba.set_num_threads(n)
     return n
