@@ -133,6 +133,22 @@ def test_contended_transfer_matches_the_link_by_link_reference(arch):
     assert max(fast.link_free) > t  # routes did wait for one another
 
 
+@pytest.mark.parametrize("arch", ["chip", "chiplet", "wafer"])
+def test_uncontended_transfer_is_arch_route(arch):
+    a = load_arch(arch)
+    ph = Physics(a, [1000], False)
+    ph.contention = False  # the inline route alone
+    rng = random.Random(2)
+    hop_bytes = 0.0
+    for _ in range(2000):
+        q, p = rng.sample(range(a.n_peas), 2)
+        b = rng.choice([64.0, rng.uniform(0, 1e6)])
+        hops, lat, ser = a.route(q, p, b)
+        assert ph.transfer(q, p, b, 5.0) == lat + ser
+        hop_bytes += b * hops
+    assert ph.noc_byte_hops == hop_bytes
+
+
 def test_point_to_point_reader_counts_match_their_definition():
     cw, a = prepare("driving_perception", "chip")
     sim = run_one(cw, a, "octopus", 0, 12)

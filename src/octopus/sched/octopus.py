@@ -72,6 +72,7 @@ class OctopusScheduler(Scheduler):
         super().attach(api)
         arch, T = api.arch, api.n_tasks
         self.T, self.fp, nc = T, api.footprint, arch.n_clusters
+        self._pea_cluster, self._succ_tasks = arch.pea_cluster, api.workflow.succ_tasks
         self.classes = self._classify(api)
         if sum(self.fp) > arch.peas_in_cluster:  # too small to split: everything is spare
             share = [0] * T
@@ -209,7 +210,13 @@ class OctopusScheduler(Scheduler):
         self.nfree[c] -= fp
         api.start(k, peas, t)
         if self.proactive:
-            self._predict(c, tb, t)
+            # pre-configure for the demand predicted downstream of tb, only when the
+            # reconfiguration can be hidden behind the upstream task starting now
+            row, lead, rc = self.spawn[tb], api.ewma[tb], api.rc_us
+            for u in self._succ_tasks[tb]:
+                n = int(row[u] + 0.5)
+                if n and rc[u] <= lead:
+                    self._preconfigure(c, u, n * self.fp[u], t)
         return True
 
     def _spare_lends(self, c: int, u: int, tb: int, lend) -> bool:
@@ -268,7 +275,17 @@ class OctopusScheduler(Scheduler):
 
     def on_ready(self, k: int, t: float) -> None:
         api = self.api
-        c = api.data_cluster(k) if self.proactive else api.home_cluster(k)
+        if self.proactive:  # api.data_cluster(k), inlined: it runs once per task
+            loc, pc = api.loc, self._pea_cluster
+            for j in api.preds[k]:
+                q = loc[j]
+                if q >= 0:
+                    c = pc[q]
+                    break
+            else:
+                c = api.instance_home[api.inst[k]]
+        else:
+            c = api.home_cluster(k)
         tb = api.node[k]
         self.seen[c][tb] += api.ewma[tb] * self.fp[tb]
         q = self.q[c][tb]  # enqueue(c, k, t), inlined: it runs once per task
@@ -278,12 +295,18 @@ class OctopusScheduler(Scheduler):
     def on_free(self, peas, t: float) -> None:
         if not peas:
             return
-        cl, nfree = self.api.arch.pea_cluster, self.nfree
+        cl, nfree, own, cfg, T = self._pea_cluster, self.nfree, self.own, self.api.config, self.T
+        fown, fsp = self.fown, self.fsp
         c0 = cl[peas[0]]
         one = True  # an invocation's PEAs are of one cluster: one drain, without a set
         for p in peas:
             c = cl[p]
-            self._put(c, p)
+            o = own[p]  # _put(c, p), inlined: it runs once per freed PEA
+            if o >= 0:
+                fown[c][o].append(p)
+            else:
+                cur = cfg[p]
+                fsp[c][cur if cur >= 0 else T].append(p)
             nfree[c] += 1
             one = one and c == c0
         if one:
@@ -380,16 +403,6 @@ class OctopusScheduler(Scheduler):
         for u in range(T):
             if counts[u]:
                 self._preconfigure(c, u, counts[u] * self.fp[u], t)
-
-    def _predict(self, c: int, tb: int, t: float) -> None:
-        """Pre-configure for predicted demand, only when the reconfiguration can be hidden
-        behind the upstream task that is starting now."""
-        row, api = self.spawn[tb], self.api
-        lead = api.ewma[tb]
-        for u in api.workflow.succ_tasks[tb]:
-            n = int(row[u] + 0.5)
-            if n and api.rc_us[u] <= lead:
-                self._preconfigure(c, u, n * self.fp[u], t)
 
     def _preconfigure(self, c: int, u: int, need: int, t: float) -> None:
         """Make `need` free PEAs of cluster c warm for TB u, from the spare pool."""

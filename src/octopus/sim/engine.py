@@ -73,6 +73,8 @@ class Simulator:
             arch.buffer_slots, n, arch.n_clusters, self.n_tasks, arch.pea_cluster
         )
         self.slots = arch.buffer_slots
+        self._n_readers = self.buffers.n_readers  # point-to-point readers per invocation
+        self._holder = self.buffers.holder  # invocation whose slot holds one's data
         self.next_instance = 0
         self.finished = 0
         self.n_running = 0
@@ -257,9 +259,28 @@ class Simulator:
         ewma = self.ewma
         ewma[tb] += 0.2 * (inv.dur[k] - ewma[tb])
         self.n_running -= 1
-        if self.slots and self.buffers.hold(k, peas[0], tb):
+        if self.slots and self._n_readers[k] and self.buffers.hold(k, peas[0], tb):
             peas = peas[1:]  # the lead PEA is blocked by back-pressure
-        self._complete(t, k)
+        # _complete(t, k), with _ready's task case inlined: this runs once per task and is
+        # most of the core's work per event (a control block still goes through _ready)
+        npred = inv.npred
+        for s in inv.succ[k]:
+            npred[s] -= 1
+            if npred[s] == 0:
+                if inv.node[s] < self.n_tasks:
+                    inv.t_ready[s] = t
+                    acct = self.time
+                    if acct.queued == 0:
+                        acct.mark(t, True)
+                    acct.queued += 1
+                    self._on_ready(s, t)
+                else:
+                    self._ready(t, s)
+        idx = inv.inst[k]
+        left = self.instances.left
+        left[idx] -= 1
+        if left[idx] == 0:
+            self._instance_done(t, idx)
         if self._on_done is not None:
             self._on_done(k, t)
         if peas:
@@ -336,7 +357,8 @@ class Simulator:
                     x = transfer(q, p0, outb[j], t)
                     if x > xf:
                         xf = x
-        if self.slots and len(preds) == 1:  # reading a point-to-point input frees its slot
+        # reading a point-to-point input frees its slot (no call when no slot holds it)
+        if self.slots and len(preds) == 1 and self._holder[preds[0]] >= 0:
             q = self.buffers.read(preds[0])
             if q >= 0:
                 self._unblock_later(t, q)
