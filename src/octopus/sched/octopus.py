@@ -310,7 +310,8 @@ class OctopusScheduler(Scheduler):
             nfree[c] += 1
             one = one and c == c0
         if one:
-            self._drain(c0, t)
+            if any(self.q[c0]):  # _drain's own first test, without the call
+                self._drain(c0, t)
         else:
             for c in {cl[p] for p in peas}:
                 self._drain(c, t)
@@ -446,7 +447,7 @@ class OctopusScheduler(Scheduler):
         current queue."""
         api, T, fp = self.api, self.T, self.fp
         npc = api.arch.peas_in_cluster
-        ewma, own = api.ewma, self.own
+        ewma, own, nfree = api.ewma, self.own, self.nfree
         resize = sum(fp) <= npc  # a cluster too small to split keeps everything spare
         frac = [1.0 if cls == "stable" else self.dynamic_base for cls in self.classes]
         for c in range(len(self.q)):
@@ -464,7 +465,8 @@ class OctopusScheduler(Scheduler):
             else:
                 target = share
             if n_own == target:  # every base share already at its target
-                self._drain(c, t)
+                if nfree[c] and any(qs):  # _drain's first tests, without the call
+                    self._drain(c, t)
                 continue
             for tb in range(T):
                 extra = n_own[tb] - target[tb]
@@ -492,4 +494,5 @@ class OctopusScheduler(Scheduler):
                         lack -= 1
                     if lack <= 0:
                         break
-            self._drain(c, t)
+            if nfree[c] and any(qs):
+                self._drain(c, t)

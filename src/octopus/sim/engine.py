@@ -370,8 +370,14 @@ class Simulator:
             self.dp_pea_us += self.dp_hold * len(peas)
         if len(peas) == 1:  # the common case, without the per-PEA lists
             a = idle_since[p0]
-            if t > a:
-                acct.idle(p0, a, t)
+            if t > a:  # acct.idle(p0, a, t), its common case inlined
+                if a >= acct.last_mark:
+                    if acct.last_on:
+                        acct.starved[p0] += t - a
+                    else:
+                        acct.waiting[p0] += t - a
+                else:
+                    acct.idle(p0, a, t)
             av = avail[p0]
             r = av if av > t else t
             if cfg[p0] != tb:
