@@ -48,11 +48,15 @@ def test_partition_matches_the_plain_loop_including_ties(seed):
 
 
 class _CheckedOctopus(OctopusScheduler):
-    """Octopus that checks its free-PEA counts against its free lists after every hook."""
+    """Octopus that checks its free-PEA counts against its free lists, and the core's
+    running PEAs per cluster against the PEAs' flags, after every hook."""
 
     def _check(self) -> None:
+        api = self.api
         for c, n in enumerate(self.nfree):
             assert n == sum(map(len, self.fown[c])) + sum(map(len, self.fsp[c])), c
+            run = sum(api.running[p] for p in api.arch.cluster_peas[c])
+            assert api.cluster_running[c] == run, c
         self.checks += 1
 
     def attach(self, api) -> None:

@@ -98,7 +98,8 @@ class SchedulerAPI:
     `preds[k]`, `succ[k]`, `loc[k]` (the PEA holding its output, -1: none yet). Per TB: `footprint`, `rc_us` (reconfiguration), `mean_dur`
     (expected duration), `ewma` (observed duration), `load` (PEA-us per instance). Per PEA:
     `config` (TB loaded, -1 none), `avail_at`, `running`, `is_blocked` (back-pressure). Per
-    (cluster c, TB tb) at c * n_tasks + tb: `blocked_count`. Per instance: `instance_home`.
+    cluster: `cluster_running` (its PEAs that run). Per (cluster c, TB tb) at
+    c * n_tasks + tb: `blocked_count`. Per instance: `instance_home`.
     `arch`, `workflow` and `profile` are the shared objects themselves, read-only by
     contract even in strict mode (not wrapped).
     """
@@ -123,6 +124,7 @@ class SchedulerAPI:
         self.config = wrap(sim.pea.config)
         self.avail_at = wrap(sim.pea.avail_at)
         self.running = wrap(sim.pea.running)
+        self.cluster_running = wrap(sim.cluster_running)
         self.is_blocked = wrap(sim.buffers.is_blocked)
         self.blocked_count = wrap(sim.buffers.blocked_count)
         self._buffers, self._preds, self._sim = sim.buffers, inv.preds, sim

@@ -127,20 +127,13 @@ class OctopusScheduler(Scheduler):
             self.nwarm[c][cur if cur >= 0 else self.T] -= 1
             self.nwarm[c][tb] += 1
 
-    def _worth_reconfig(self, c: int, tb: int, k: int) -> bool:
-        """Reconfigure a spare PEA for k rather than wait for a warm one when the cost of
-        waiting exceeds the reconfiguration. Waiting costs the expected queueing delay for k
-        itself and, back-pressure aware, the same delay for every producer PEA that is
-        blocked on a full output buffer holding the input of k or of a queued invocation of
-        its TB (they cannot take new work until it is read: contagious idleness)."""
-        warm = self.nwarm[c][tb]
-        if warm == 0:
-            return True
+    def _blocked_outweigh(self, c: int, tb: int, k: int, wait: float, cost: float) -> bool:
+        """Whether enough producer PEAs wait on k's TB that reconfiguring now pays, although
+        k alone would wait less than the reconfiguration (`_place`'s test, back-pressure
+        aware): every producer PEA blocked on a full output buffer holding the input of k or
+        of a queued invocation of its TB waits as long as k (it cannot take new work until
+        the input is read: contagious idleness)."""
         api = self.api
-        wait = api.ewma[tb] * (len(self.q[c][tb]) + 1) / warm
-        cost = self.reconfig_margin * api.rc_us[tb]
-        if wait > cost:
-            return True
         if not self.bp_aware or not api.buffer_slots:
             return False
         need = cost / wait - 1.0  # blocked producers that make waiting the dearer choice
@@ -164,14 +157,26 @@ class OctopusScheduler(Scheduler):
             else:
                 peas = [mine.pop() if mine else spw.pop() for _ in range(fp)]
         else:
-            if warm_only or self.nfree[c] < fp or not self._worth_reconfig(c, tb, k):
+            if warm_only or self.nfree[c] < fp:
                 return False
+            # reconfigure a spare PEA for k rather than wait for a warm one when the cost of
+            # waiting exceeds the reconfiguration: the expected queueing delay of k itself,
+            # or of the producers blocked on its TB (_blocked_outweigh)
+            warm = self.nwarm[c][tb]
+            if warm:
+                wait = api.ewma[tb] * (len(self.q[c][tb]) + 1) / warm
+                cost = self.reconfig_margin * api.rc_us[tb]
+                if not (wait > cost or self._blocked_outweigh(c, tb, k, wait, cost)):
+                    return False
             qs = self.q[c]
             # count before touching anything: failed attempts must be cheap. PEAs are taken
             # from the donors in this order, so the scan stops once they hold fp
             donors = []
             n = len(mine) + len(spw)
-            lend = self._choked(c) if self.bp_aware and api.buffer_slots else None
+            # blocked PEAs per TB of cluster c (back-pressure: their outputs are unread)
+            lend = (
+                api.blocked_count[c * T : c * T + T] if self.bp_aware and api.buffer_slots else None
+            )
             if lend is not None and lend[tb]:
                 lend = None  # a choked TB borrows nothing
             if self.dds:
@@ -252,13 +257,7 @@ class OctopusScheduler(Scheduler):
         When nothing runs in the cluster, its free PEAs go to whichever TB can start
         (`liveness`; it costs nothing while anything runs). A cluster whose PEAs are all
         blocked, none free, is still left to the core's spill."""
-        run = self.api.running
-        return not any(run[p] for p in self.api.arch.cluster_peas[c])
-
-    def _choked(self, c: int) -> list[int]:
-        """Blocked PEAs per TB in cluster c (back-pressure: their outputs are unread)."""
-        T = self.T
-        return self.api.blocked_count[c * T : c * T + T]
+        return not self.api.cluster_running[c]
 
     def _put(self, c: int, p: int) -> None:
         o = self.own[p]
@@ -345,7 +344,7 @@ class OctopusScheduler(Scheduler):
             else:
                 tb = -1
             if tb >= 0:
-                for tb in self._order(qs, grp):
+                for tb in grp if len(grp) == 1 else self._order(qs, grp):
                     q, mine, spw, need = qs[tb], own_l[tb], sp[tb], fp[tb]
                     while q and len(mine) + len(spw) >= need:
                         self._place(c, q[0], t, True)
@@ -361,7 +360,7 @@ class OctopusScheduler(Scheduler):
                     break
             else:
                 continue
-            for tb in self._order(qs, grp):
+            for tb in grp if len(grp) == 1 else self._order(qs, grp):
                 q = qs[tb]
                 while q and fp[tb] <= nfree[c] and self._place(c, q[0], t, False):
                     q.popleft()

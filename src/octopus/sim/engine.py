@@ -67,6 +67,9 @@ class Simulator:
         self.inv = Invocations()
         self.instances = Instances()
         self.pea = PeaState.empty(n)
+        # PEAs running per cluster (the count of pea.running over the cluster's PEAs)
+        self.cluster_running = [0] * arch.n_clusters
+        self._pea_cluster = arch.pea_cluster
         self.time = PeaTime(n)
         self.physics = Physics(arch, cw.config_bytes, record)
         self.buffers = OutputBuffers(
@@ -131,18 +134,77 @@ class Simulator:
     def _loop(self, tick: float | None) -> None:
         arr, ev = self.arr, self.events
         heap, pop = ev.heap, heapq.heappop
-        done, decide, on_tick = self._done, self._decide, self.sched.on_tick
+        decide, on_tick = self._decide, self.sched.on_tick
         buffers = self.buffers
         idle_ticks = 0
         n_inst = arr.n
         count = 0
+        # a task's completion (most events) is handled inline, with the tables it touches
+        # bound once per run; the tables are extended in place, never replaced
+        inv, acct, T = self.inv, self.time, self.n_tasks
+        ipeas, inode, idur, isucc, npred, iinst, t_ready = (
+            inv.peas,
+            inv.node,
+            inv.dur,
+            inv.succ,
+            inv.npred,
+            inv.inst,
+            inv.t_ready,
+        )
+        running, idle_since = self.pea.running, self.pea.idle_since
+        crun, pc, ewma, left = (
+            self.cluster_running,
+            self._pea_cluster,
+            self.ewma,
+            self.instances.left,
+        )
+        slots, n_readers, hold = self.slots, self._n_readers, buffers.hold
+        on_ready, on_done, on_free, ready = (
+            self._on_ready,
+            self._on_done,
+            self._on_free,
+            self._ready,
+        )
         while heap:
             t, _, kind, x = pop(heap)
             self.now = t
             count += 1
             if kind == TASK_DONE:
-                done(t, x)
+                k = x  # the invocation whose compute ended
                 idle_ticks = 0
+                peas = ipeas[k]
+                for p in peas:
+                    running[p] = False
+                    idle_since[p] = t
+                    crun[pc[p]] -= 1
+                if t > self.makespan:
+                    self.makespan = t
+                tb = inode[k]
+                ewma[tb] += 0.2 * (idur[k] - ewma[tb])
+                self.n_running -= 1
+                if slots and n_readers[k] and hold(k, peas[0], tb):
+                    peas = peas[1:]  # the lead PEA is blocked by back-pressure
+                # _complete(t, k), with _ready's task case inlined (a control block still
+                # goes through _ready)
+                for s in isucc[k]:
+                    npred[s] -= 1
+                    if npred[s] == 0:
+                        if inode[s] < T:
+                            t_ready[s] = t
+                            if acct.queued == 0:
+                                acct.mark(t, True)
+                            acct.queued += 1
+                            on_ready(s, t)
+                        else:
+                            ready(t, s)
+                idx = iinst[k]
+                left[idx] -= 1
+                if left[idx] == 0:
+                    self._instance_done(t, idx)
+                if on_done is not None:
+                    on_done(k, t)
+                if peas:
+                    on_free(peas, t)
             elif kind == DECISION:
                 decide(t, x)
                 idle_ticks = 0
@@ -245,46 +307,6 @@ class Simulator:
         left[idx] -= 1
         if left[idx] == 0:
             self._instance_done(t, idx)
-
-    def _done(self, t: float, k: int) -> None:
-        inv = self.inv
-        peas = inv.peas[k]
-        running, idle_since = self.pea.running, self.pea.idle_since
-        for p in peas:
-            running[p] = False
-            idle_since[p] = t
-        if t > self.makespan:
-            self.makespan = t
-        tb = inv.node[k]
-        ewma = self.ewma
-        ewma[tb] += 0.2 * (inv.dur[k] - ewma[tb])
-        self.n_running -= 1
-        if self.slots and self._n_readers[k] and self.buffers.hold(k, peas[0], tb):
-            peas = peas[1:]  # the lead PEA is blocked by back-pressure
-        # _complete(t, k), with _ready's task case inlined: this runs once per task and is
-        # most of the core's work per event (a control block still goes through _ready)
-        npred = inv.npred
-        for s in inv.succ[k]:
-            npred[s] -= 1
-            if npred[s] == 0:
-                if inv.node[s] < self.n_tasks:
-                    inv.t_ready[s] = t
-                    acct = self.time
-                    if acct.queued == 0:
-                        acct.mark(t, True)
-                    acct.queued += 1
-                    self._on_ready(s, t)
-                else:
-                    self._ready(t, s)
-        idx = inv.inst[k]
-        left = self.instances.left
-        left[idx] -= 1
-        if left[idx] == 0:
-            self._instance_done(t, idx)
-        if self._on_done is not None:
-            self._on_done(k, t)
-        if peas:
-            self._on_free(peas, t)
 
     def _decide(self, t: float, k: int) -> None:
         inv = self.inv
@@ -389,6 +411,7 @@ class Simulator:
             acct.xfer[p0] += exec_start - r
             acct.busy[p0] += d
             pea.running[p0] = True
+            self.cluster_running[self._pea_cluster[p0]] += 1
             idle_since[p0] = avail[p0] = end
         else:
             readies = []
@@ -406,10 +429,12 @@ class Simulator:
                     exec_start = r
             end = exec_start + d
             xfer, busy, running = acct.xfer, acct.busy, pea.running
+            crun, pc = self.cluster_running, self._pea_cluster
             for p, r in zip(peas, readies):
                 xfer[p] += exec_start - r
                 busy[p] += d
                 running[p] = True
+                crun[pc[p]] += 1
                 idle_since[p] = avail[p] = end
         inv.peas[k] = peas
         inv.loc[k] = p0
