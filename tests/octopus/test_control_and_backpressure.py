@@ -219,8 +219,10 @@ def test_a_stuck_cluster_gives_its_free_peas_to_any_tb_that_can_start():
     s.q[0][x].append(kx)  # x has a queue: it does not lend its PEA
     s.nwarm[0][y] = 0
     sim.pea.running[p0 ^ 1] = True  # something still runs in the cluster: y waits
+    sim.cluster_running[0] = 1  # (the core counts running PEAs per cluster)
     assert not s._place(0, ky, 10.0)
     sim.pea.running[p0 ^ 1] = False  # nothing runs: y takes x's stranded PEA
+    sim.cluster_running[0] = 0
     assert s._place(0, ky, 10.0)
     assert started == [(ky, [p0])]
     s.fown[0][x].append(p0)

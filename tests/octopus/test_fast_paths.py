@@ -48,11 +48,15 @@ def test_partition_matches_the_plain_loop_including_ties(seed):
 
 
 class _CheckedOctopus(OctopusScheduler):
-    """Octopus that checks its free-PEA counts against its free lists after every hook."""
+    """Octopus that checks its free-PEA counts against its free lists, and the core's
+    running PEAs per cluster against the PEAs' flags, after every hook."""
 
     def _check(self) -> None:
+        api = self.api
         for c, n in enumerate(self.nfree):
             assert n == sum(map(len, self.fown[c])) + sum(map(len, self.fsp[c])), c
+            run = sum(api.running[p] for p in api.arch.cluster_peas[c])
+            assert api.cluster_running[c] == run, c
         self.checks += 1
 
     def attach(self, api) -> None:
@@ -131,6 +135,22 @@ def test_contended_transfer_matches_the_link_by_link_reference(arch):
         t += rng.expovariate(2.0)
     assert fast.link_free == ref.link_free
     assert max(fast.link_free) > t  # routes did wait for one another
+
+
+@pytest.mark.parametrize("arch", ["chip", "chiplet", "wafer"])
+def test_uncontended_transfer_is_arch_route(arch):
+    a = load_arch(arch)
+    ph = Physics(a, [1000], False)
+    ph.contention = False  # the inline route alone
+    rng = random.Random(2)
+    hop_bytes = 0.0
+    for _ in range(2000):
+        q, p = rng.sample(range(a.n_peas), 2)
+        b = rng.choice([64.0, rng.uniform(0, 1e6)])
+        hops, lat, ser = a.route(q, p, b)
+        assert ph.transfer(q, p, b, 5.0) == lat + ser
+        hop_bytes += b * hops
+    assert ph.noc_byte_hops == hop_bytes
 
 
 def test_point_to_point_reader_counts_match_their_definition():

@@ -4,11 +4,13 @@ import pytest
 from octo_helpers import TUTORIAL, TUTORIAL_SPEC, arch, simulate, task, workflow
 
 from octopus.cli import main
+from octopus.owg.arrival import make_arrivals
 from octopus.report.metrics import lower_bound
 from octopus.runner import prepare, run_one
 from octopus.sched import make_scheduler, register
 from octopus.sched.greedy import GreedyScheduler
 from octopus.sched.plugins import load_class, unregister
+from octopus.sim import Simulator
 
 CHAIN = workflow([task("a", 10.0, ["b"]), task("b", 5.0)])
 
@@ -151,3 +153,21 @@ def test_entry_points_register_scheduler_names(monkeypatch):
     )
     assert "ep-tutorial" in all_names()
     assert type(make_scheduler("ep-tutorial")).__name__ == "ShortestWait"
+
+
+# the tutorial plugin's results before the core's hot path was merged for the built-in
+# schedulers (pinned at dbf9e63): a plugin sees the same events through the strict interface
+PINNED_PLUGIN = {
+    ("video_recognition", "chip", 1, 20): (12302.160297634347, 2230),
+    ("agent_loop", "chiplet", 0, 16): (203373.3907261679, 497),
+}
+
+
+@pytest.mark.parametrize("key", sorted(PINNED_PLUGIN))
+@pytest.mark.parametrize("strict", [False, True])
+def test_a_plugin_scheduler_gives_the_pinned_results(key, strict):
+    wf, arch_name, seed, n = key
+    cw, a = prepare(wf, arch_name)
+    arr = make_arrivals(cw.wf.arrival, a.n_clusters, seed, n)
+    sim = Simulator(cw, a, make_scheduler(TUTORIAL_SPEC), arr, seed=seed, strict=strict).run()
+    assert (sim.makespan, sim.n_events) == PINNED_PLUGIN[key]

@@ -95,10 +95,11 @@ class SchedulerAPI:
     themselves, for speed, and writing them is a bug.
 
     Per invocation k: `node[k]` (its TB when < n_tasks, else a control block), `inst[k]`,
-    `preds[k]`, `succ[k]`. Per TB: `footprint`, `rc_us` (reconfiguration), `mean_dur`
+    `preds[k]`, `succ[k]`, `loc[k]` (the PEA holding its output, -1: none yet). Per TB: `footprint`, `rc_us` (reconfiguration), `mean_dur`
     (expected duration), `ewma` (observed duration), `load` (PEA-us per instance). Per PEA:
     `config` (TB loaded, -1 none), `avail_at`, `running`, `is_blocked` (back-pressure). Per
-    (cluster c, TB tb) at c * n_tasks + tb: `blocked_count`. Per instance: `instance_home`.
+    cluster: `cluster_running` (its PEAs that run). Per (cluster c, TB tb) at
+    c * n_tasks + tb: `blocked_count`. Per instance: `instance_home`.
     `arch`, `workflow` and `profile` are the shared objects themselves, read-only by
     contract even in strict mode (not wrapped).
     """
@@ -118,10 +119,12 @@ class SchedulerAPI:
         inv = sim.inv
         self.node, self.inst = wrap(inv.node), wrap(inv.inst)
         self.preds, self.succ = wrap(inv.preds), wrap(inv.succ)
+        self.loc = wrap(inv.loc)
         self.instance_home = wrap(sim.instances.home)
         self.config = wrap(sim.pea.config)
         self.avail_at = wrap(sim.pea.avail_at)
         self.running = wrap(sim.pea.running)
+        self.cluster_running = wrap(sim.cluster_running)
         self.is_blocked = wrap(sim.buffers.is_blocked)
         self.blocked_count = wrap(sim.buffers.blocked_count)
         self._buffers, self._preds, self._sim = sim.buffers, inv.preds, sim

@@ -23,6 +23,7 @@ class GreedyScheduler(Scheduler):
         self.free = [{-1: list(reversed(ids))} for ids in arch.cluster_peas]
         self.nfree = [len(ids) for ids in arch.cluster_peas]
         self.nc = arch.n_clusters
+        self._pea_cluster, self._config, self._node = arch.pea_cluster, api.config, api.node
 
     def _take(self, c: int, tb: int, fp: int) -> list[int]:
         fr = self.free[c]
@@ -47,14 +48,27 @@ class GreedyScheduler(Scheduler):
 
     def _place(self, k: int, t: float) -> bool:
         api = self.api
-        tb = api.node[k]
+        tb = self._node[k]
         fp = self.fp[tb]
-        c0 = api.data_cluster(k) if self.nc > 1 else 0
         nfree = self.nfree
-        c = c0
-        if nfree[c0] < fp:
-            if self.nc == 1:
+        if self.nc == 1:
+            if nfree[0] < fp:
                 return False
+            if fp == 1:  # _take(0, tb, 1), inlined: the simple configuration's every start
+                nfree[0] -= 1
+                fr = self.free[0]
+                warm = fr.get(tb)
+                if warm:
+                    api.start(k, [warm.pop()], t)
+                    return True
+                for fl in fr.values():
+                    if fl:
+                        api.start(k, [fl.pop()], t)
+                        return True
+            api.start(k, self._take(0, tb, fp), t)
+            return True
+        c = api.data_cluster(k)
+        if nfree[c] < fp:
             c = next((i for i in range(self.nc) if nfree[i] >= fp), -1)
             if c < 0:
                 return False
@@ -66,15 +80,15 @@ class GreedyScheduler(Scheduler):
             self.q.append(k)
 
     def on_free(self, peas, t: float) -> None:
-        cl, cfg = self.api.arch.pea_cluster, self.api.config
+        cl, cfg, free, nfree = self._pea_cluster, self._config, self.free, self.nfree
         for p in peas:
             c = cl[p]
-            fr = self.free[c]
+            fr = free[c]
             fl = fr.get(cfg[p])
             if fl is None:
                 fr[cfg[p]] = fl = []
             fl.append(p)
-            self.nfree[c] += 1
+            nfree[c] += 1
         q = self.q
         while q and self._place(q[0], t):
             q.popleft()

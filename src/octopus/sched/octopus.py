@@ -72,6 +72,7 @@ class OctopusScheduler(Scheduler):
         super().attach(api)
         arch, T = api.arch, api.n_tasks
         self.T, self.fp, nc = T, api.footprint, arch.n_clusters
+        self._pea_cluster, self._succ_tasks = arch.pea_cluster, api.workflow.succ_tasks
         self.classes = self._classify(api)
         if sum(self.fp) > arch.peas_in_cluster:  # too small to split: everything is spare
             share = [0] * T
@@ -126,20 +127,13 @@ class OctopusScheduler(Scheduler):
             self.nwarm[c][cur if cur >= 0 else self.T] -= 1
             self.nwarm[c][tb] += 1
 
-    def _worth_reconfig(self, c: int, tb: int, k: int) -> bool:
-        """Reconfigure a spare PEA for k rather than wait for a warm one when the cost of
-        waiting exceeds the reconfiguration. Waiting costs the expected queueing delay for k
-        itself and, back-pressure aware, the same delay for every producer PEA that is
-        blocked on a full output buffer holding the input of k or of a queued invocation of
-        its TB (they cannot take new work until it is read: contagious idleness)."""
-        warm = self.nwarm[c][tb]
-        if warm == 0:
-            return True
+    def _blocked_outweigh(self, c: int, tb: int, k: int, wait: float, cost: float) -> bool:
+        """Whether enough producer PEAs wait on k's TB that reconfiguring now pays, although
+        k alone would wait less than the reconfiguration (`_place`'s test, back-pressure
+        aware): every producer PEA blocked on a full output buffer holding the input of k or
+        of a queued invocation of its TB waits as long as k (it cannot take new work until
+        the input is read: contagious idleness)."""
         api = self.api
-        wait = api.ewma[tb] * (len(self.q[c][tb]) + 1) / warm
-        cost = self.reconfig_margin * api.rc_us[tb]
-        if wait > cost:
-            return True
         if not self.bp_aware or not api.buffer_slots:
             return False
         need = cost / wait - 1.0  # blocked producers that make waiting the dearer choice
@@ -163,14 +157,26 @@ class OctopusScheduler(Scheduler):
             else:
                 peas = [mine.pop() if mine else spw.pop() for _ in range(fp)]
         else:
-            if warm_only or self.nfree[c] < fp or not self._worth_reconfig(c, tb, k):
+            if warm_only or self.nfree[c] < fp:
                 return False
+            # reconfigure a spare PEA for k rather than wait for a warm one when the cost of
+            # waiting exceeds the reconfiguration: the expected queueing delay of k itself,
+            # or of the producers blocked on its TB (_blocked_outweigh)
+            warm = self.nwarm[c][tb]
+            if warm:
+                wait = api.ewma[tb] * (len(self.q[c][tb]) + 1) / warm
+                cost = self.reconfig_margin * api.rc_us[tb]
+                if not (wait > cost or self._blocked_outweigh(c, tb, k, wait, cost)):
+                    return False
             qs = self.q[c]
             # count before touching anything: failed attempts must be cheap. PEAs are taken
             # from the donors in this order, so the scan stops once they hold fp
             donors = []
             n = len(mine) + len(spw)
-            lend = self._choked(c) if self.bp_aware and api.buffer_slots else None
+            # blocked PEAs per TB of cluster c (back-pressure: their outputs are unread)
+            lend = (
+                api.blocked_count[c * T : c * T + T] if self.bp_aware and api.buffer_slots else None
+            )
             if lend is not None and lend[tb]:
                 lend = None  # a choked TB borrows nothing
             if self.dds:
@@ -209,7 +215,13 @@ class OctopusScheduler(Scheduler):
         self.nfree[c] -= fp
         api.start(k, peas, t)
         if self.proactive:
-            self._predict(c, tb, t)
+            # pre-configure for the demand predicted downstream of tb, only when the
+            # reconfiguration can be hidden behind the upstream task starting now
+            row, lead, rc = self.spawn[tb], api.ewma[tb], api.rc_us
+            for u in self._succ_tasks[tb]:
+                n = int(row[u] + 0.5)
+                if n and rc[u] <= lead:
+                    self._preconfigure(c, u, n * self.fp[u], t)
         return True
 
     def _spare_lends(self, c: int, u: int, tb: int, lend) -> bool:
@@ -245,13 +257,7 @@ class OctopusScheduler(Scheduler):
         When nothing runs in the cluster, its free PEAs go to whichever TB can start
         (`liveness`; it costs nothing while anything runs). A cluster whose PEAs are all
         blocked, none free, is still left to the core's spill."""
-        run = self.api.running
-        return not any(run[p] for p in self.api.arch.cluster_peas[c])
-
-    def _choked(self, c: int) -> list[int]:
-        """Blocked PEAs per TB in cluster c (back-pressure: their outputs are unread)."""
-        T = self.T
-        return self.api.blocked_count[c * T : c * T + T]
+        return not self.api.cluster_running[c]
 
     def _put(self, c: int, p: int) -> None:
         o = self.own[p]
@@ -268,7 +274,17 @@ class OctopusScheduler(Scheduler):
 
     def on_ready(self, k: int, t: float) -> None:
         api = self.api
-        c = api.data_cluster(k) if self.proactive else api.home_cluster(k)
+        if self.proactive:  # api.data_cluster(k), inlined: it runs once per task
+            loc, pc = api.loc, self._pea_cluster
+            for j in api.preds[k]:
+                q = loc[j]
+                if q >= 0:
+                    c = pc[q]
+                    break
+            else:
+                c = api.instance_home[api.inst[k]]
+        else:
+            c = api.home_cluster(k)
         tb = api.node[k]
         self.seen[c][tb] += api.ewma[tb] * self.fp[tb]
         q = self.q[c][tb]  # enqueue(c, k, t), inlined: it runs once per task
@@ -278,16 +294,23 @@ class OctopusScheduler(Scheduler):
     def on_free(self, peas, t: float) -> None:
         if not peas:
             return
-        cl, nfree = self.api.arch.pea_cluster, self.nfree
+        cl, nfree, own, cfg, T = self._pea_cluster, self.nfree, self.own, self.api.config, self.T
+        fown, fsp = self.fown, self.fsp
         c0 = cl[peas[0]]
         one = True  # an invocation's PEAs are of one cluster: one drain, without a set
         for p in peas:
             c = cl[p]
-            self._put(c, p)
+            o = own[p]  # _put(c, p), inlined: it runs once per freed PEA
+            if o >= 0:
+                fown[c][o].append(p)
+            else:
+                cur = cfg[p]
+                fsp[c][cur if cur >= 0 else T].append(p)
             nfree[c] += 1
             one = one and c == c0
         if one:
-            self._drain(c0, t)
+            if any(self.q[c0]):  # _drain's own first test, without the call
+                self._drain(c0, t)
         else:
             for c in {cl[p] for p in peas}:
                 self._drain(c, t)
@@ -321,7 +344,7 @@ class OctopusScheduler(Scheduler):
             else:
                 tb = -1
             if tb >= 0:
-                for tb in self._order(qs, grp):
+                for tb in grp if len(grp) == 1 else self._order(qs, grp):
                     q, mine, spw, need = qs[tb], own_l[tb], sp[tb], fp[tb]
                     while q and len(mine) + len(spw) >= need:
                         self._place(c, q[0], t, True)
@@ -337,7 +360,7 @@ class OctopusScheduler(Scheduler):
                     break
             else:
                 continue
-            for tb in self._order(qs, grp):
+            for tb in grp if len(grp) == 1 else self._order(qs, grp):
                 q = qs[tb]
                 while q and fp[tb] <= nfree[c] and self._place(c, q[0], t, False):
                     q.popleft()
@@ -381,16 +404,6 @@ class OctopusScheduler(Scheduler):
             if counts[u]:
                 self._preconfigure(c, u, counts[u] * self.fp[u], t)
 
-    def _predict(self, c: int, tb: int, t: float) -> None:
-        """Pre-configure for predicted demand, only when the reconfiguration can be hidden
-        behind the upstream task that is starting now."""
-        row, api = self.spawn[tb], self.api
-        lead = api.ewma[tb]
-        for u in api.workflow.succ_tasks[tb]:
-            n = int(row[u] + 0.5)
-            if n and api.rc_us[u] <= lead:
-                self._preconfigure(c, u, n * self.fp[u], t)
-
     def _preconfigure(self, c: int, u: int, need: int, t: float) -> None:
         """Make `need` free PEAs of cluster c warm for TB u, from the spare pool."""
         have = len(self.fown[c][u]) + len(self.fsp[c][u]) - len(self.q[c][u]) * self.fp[u]
@@ -433,7 +446,7 @@ class OctopusScheduler(Scheduler):
         current queue."""
         api, T, fp = self.api, self.T, self.fp
         npc = api.arch.peas_in_cluster
-        ewma, own = api.ewma, self.own
+        ewma, own, nfree = api.ewma, self.own, self.nfree
         resize = sum(fp) <= npc  # a cluster too small to split keeps everything spare
         frac = [1.0 if cls == "stable" else self.dynamic_base for cls in self.classes]
         for c in range(len(self.q)):
@@ -451,7 +464,8 @@ class OctopusScheduler(Scheduler):
             else:
                 target = share
             if n_own == target:  # every base share already at its target
-                self._drain(c, t)
+                if nfree[c] and any(qs):  # _drain's first tests, without the call
+                    self._drain(c, t)
                 continue
             for tb in range(T):
                 extra = n_own[tb] - target[tb]
@@ -479,4 +493,5 @@ class OctopusScheduler(Scheduler):
                         lack -= 1
                     if lack <= 0:
                         break
-            self._drain(c, t)
+            if nfree[c] and any(qs):
+                self._drain(c, t)

@@ -31,6 +31,8 @@ class PeaTime:
         "_mark_t",
         "_mark_cum",
         "_mark_on",
+        "last_mark",
+        "last_on",
     )
 
     def __init__(self, n_peas: int):
@@ -45,6 +47,9 @@ class PeaTime:
         self._mark_t = [0.0]
         self._mark_cum = [0.0]
         self._mark_on = [False]
+        # the last change: its time and state (_mark_t[-1], _mark_on[-1]), for `idle`'s common
+        # case, which the core inlines
+        self.last_mark, self.last_on = 0.0, False
 
     def split(self, p: int) -> tuple[float, float, float, float, float, float]:
         """PEA p's time by category: (busy, reconf, xfer, blocked, starved, waiting); after
@@ -65,6 +70,7 @@ class PeaTime:
         self._mark_t.append(t)
         self._mark_cum.append(c)
         self._mark_on.append(on)
+        self.last_mark, self.last_on = t, on
 
     def _cum(self, x: float) -> float:
         i = bisect_right(self._mark_t, x) - 1
@@ -72,8 +78,8 @@ class PeaTime:
 
     def idle(self, p: int, a: float, b: float) -> None:
         """Account PEA p's idle interval [a, b) as starved or waiting."""
-        if a >= self._mark_t[-1]:  # no change of the queue state inside [a, b): common case
-            if self._mark_on[-1]:
+        if a >= self.last_mark:  # no change of the queue state inside [a, b): common case
+            if self.last_on:
                 self.starved[p] += b - a
             else:
                 self.waiting[p] += b - a

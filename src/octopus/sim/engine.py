@@ -67,12 +67,17 @@ class Simulator:
         self.inv = Invocations()
         self.instances = Instances()
         self.pea = PeaState.empty(n)
+        # PEAs running per cluster (the count of pea.running over the cluster's PEAs)
+        self.cluster_running = [0] * arch.n_clusters
+        self._pea_cluster = arch.pea_cluster
         self.time = PeaTime(n)
         self.physics = Physics(arch, cw.config_bytes, record)
         self.buffers = OutputBuffers(
             arch.buffer_slots, n, arch.n_clusters, self.n_tasks, arch.pea_cluster
         )
         self.slots = arch.buffer_slots
+        self._n_readers = self.buffers.n_readers  # point-to-point readers per invocation
+        self._holder = self.buffers.holder  # invocation whose slot holds one's data
         self.next_instance = 0
         self.finished = 0
         self.n_running = 0
@@ -129,18 +134,77 @@ class Simulator:
     def _loop(self, tick: float | None) -> None:
         arr, ev = self.arr, self.events
         heap, pop = ev.heap, heapq.heappop
-        done, decide, on_tick = self._done, self._decide, self.sched.on_tick
+        decide, on_tick = self._decide, self.sched.on_tick
         buffers = self.buffers
         idle_ticks = 0
         n_inst = arr.n
         count = 0
+        # a task's completion (most events) is handled inline, with the tables it touches
+        # bound once per run; the tables are extended in place, never replaced
+        inv, acct, T = self.inv, self.time, self.n_tasks
+        ipeas, inode, idur, isucc, npred, iinst, t_ready = (
+            inv.peas,
+            inv.node,
+            inv.dur,
+            inv.succ,
+            inv.npred,
+            inv.inst,
+            inv.t_ready,
+        )
+        running, idle_since = self.pea.running, self.pea.idle_since
+        crun, pc, ewma, left = (
+            self.cluster_running,
+            self._pea_cluster,
+            self.ewma,
+            self.instances.left,
+        )
+        slots, n_readers, hold = self.slots, self._n_readers, buffers.hold
+        on_ready, on_done, on_free, ready = (
+            self._on_ready,
+            self._on_done,
+            self._on_free,
+            self._ready,
+        )
         while heap:
             t, _, kind, x = pop(heap)
             self.now = t
             count += 1
             if kind == TASK_DONE:
-                done(t, x)
+                k = x  # the invocation whose compute ended
                 idle_ticks = 0
+                peas = ipeas[k]
+                for p in peas:
+                    running[p] = False
+                    idle_since[p] = t
+                    crun[pc[p]] -= 1
+                if t > self.makespan:
+                    self.makespan = t
+                tb = inode[k]
+                ewma[tb] += 0.2 * (idur[k] - ewma[tb])
+                self.n_running -= 1
+                if slots and n_readers[k] and hold(k, peas[0], tb):
+                    peas = peas[1:]  # the lead PEA is blocked by back-pressure
+                # _complete(t, k), with _ready's task case inlined (a control block still
+                # goes through _ready)
+                for s in isucc[k]:
+                    npred[s] -= 1
+                    if npred[s] == 0:
+                        if inode[s] < T:
+                            t_ready[s] = t
+                            if acct.queued == 0:
+                                acct.mark(t, True)
+                            acct.queued += 1
+                            on_ready(s, t)
+                        else:
+                            ready(t, s)
+                idx = iinst[k]
+                left[idx] -= 1
+                if left[idx] == 0:
+                    self._instance_done(t, idx)
+                if on_done is not None:
+                    on_done(k, t)
+                if peas:
+                    on_free(peas, t)
             elif kind == DECISION:
                 decide(t, x)
                 idle_ticks = 0
@@ -244,27 +308,6 @@ class Simulator:
         if left[idx] == 0:
             self._instance_done(t, idx)
 
-    def _done(self, t: float, k: int) -> None:
-        inv = self.inv
-        peas = inv.peas[k]
-        running, idle_since = self.pea.running, self.pea.idle_since
-        for p in peas:
-            running[p] = False
-            idle_since[p] = t
-        if t > self.makespan:
-            self.makespan = t
-        tb = inv.node[k]
-        ewma = self.ewma
-        ewma[tb] += 0.2 * (inv.dur[k] - ewma[tb])
-        self.n_running -= 1
-        if self.slots and self.buffers.hold(k, peas[0], tb):
-            peas = peas[1:]  # the lead PEA is blocked by back-pressure
-        self._complete(t, k)
-        if self._on_done is not None:
-            self._on_done(k, t)
-        if peas:
-            self._on_free(peas, t)
-
     def _decide(self, t: float, k: int) -> None:
         inv = self.inv
         # a control block forwards the data of its largest input
@@ -336,7 +379,8 @@ class Simulator:
                     x = transfer(q, p0, outb[j], t)
                     if x > xf:
                         xf = x
-        if self.slots and len(preds) == 1:  # reading a point-to-point input frees its slot
+        # reading a point-to-point input frees its slot (no call when no slot holds it)
+        if self.slots and len(preds) == 1 and self._holder[preds[0]] >= 0:
             q = self.buffers.read(preds[0])
             if q >= 0:
                 self._unblock_later(t, q)
@@ -348,8 +392,14 @@ class Simulator:
             self.dp_pea_us += self.dp_hold * len(peas)
         if len(peas) == 1:  # the common case, without the per-PEA lists
             a = idle_since[p0]
-            if t > a:
-                acct.idle(p0, a, t)
+            if t > a:  # acct.idle(p0, a, t), its common case inlined
+                if a >= acct.last_mark:
+                    if acct.last_on:
+                        acct.starved[p0] += t - a
+                    else:
+                        acct.waiting[p0] += t - a
+                else:
+                    acct.idle(p0, a, t)
             av = avail[p0]
             r = av if av > t else t
             if cfg[p0] != tb:
@@ -361,6 +411,7 @@ class Simulator:
             acct.xfer[p0] += exec_start - r
             acct.busy[p0] += d
             pea.running[p0] = True
+            self.cluster_running[self._pea_cluster[p0]] += 1
             idle_since[p0] = avail[p0] = end
         else:
             readies = []
@@ -378,10 +429,12 @@ class Simulator:
                     exec_start = r
             end = exec_start + d
             xfer, busy, running = acct.xfer, acct.busy, pea.running
+            crun, pc = self.cluster_running, self._pea_cluster
             for p, r in zip(peas, readies):
                 xfer[p] += exec_start - r
                 busy[p] += d
                 running[p] = True
+                crun[pc[p]] += 1
                 idle_since[p] = avail[p] = end
         inv.peas[k] = peas
         inv.loc[k] = p0

@@ -1,7 +1,8 @@
 """The physical model: moving input data over the mesh, and loading configurations.
 
 Each cost exists once here: `transfer` (with or without link contention) and `reconfigure`.
-The formula for one uncontended route is `Arch.route`.
+The formula for one uncontended route is `Arch.route` (`transfer` repeats it inline, tested
+equal).
 """
 
 from __future__ import annotations
@@ -20,8 +21,15 @@ class Physics:
         "n_reconfig",
         "reconf_spans",
         "record",
-        "_route",
         "_px",
+        "_py",
+        "_ddx",
+        "_ddy",
+        "_dies",
+        "_hop",
+        "_die_hop",
+        "_bw",
+        "_die_bw",
         "_w4",
         "_cell",
     )
@@ -37,8 +45,12 @@ class Physics:
         self.n_reconfig = 0
         self.reconf_spans: list[tuple] = []  # (PEA, start, end, TB) when recording
         self.record = record
-        self._route = arch.route
-        self._px, self._w4 = arch.pea_x, 4 * arch.grid_w
+        # Arch.route's inputs, bound once: transfer computes the same route inline (it runs
+        # once per moved input; tests compare it with Arch.route)
+        self._px, self._py, self._w4 = arch.pea_x, arch.pea_y, 4 * arch.grid_w
+        self._ddx, self._ddy, self._dies = arch.pea_dx, arch.pea_dy, arch.n_dies > 1
+        self._hop, self._die_hop = arch.hop_latency_us, arch.die_hop_latency_us
+        self._bw, self._die_bw = arch.bytes_per_us, arch.die_bytes_per_us
         self._cell = [(y * arch.grid_w + x) * 4 for x, y in zip(arch.pea_x, arch.pea_y)]
 
     def transfer(self, q: int, p: int, b: float, t: float) -> float:
@@ -47,7 +59,20 @@ class Physics:
         With link contention the transfer waits until every directed link of its XY route
         is free, then holds all of them for its serialisation time (bottleneck bandwidth);
         it arrives one route latency later."""
-        hops, lat, ser = self._route(q, p, b)
+        px, py = self._px, self._py
+        dx = px[p] - px[q]
+        hops = (dx if dx > 0 else -dx) + abs(py[p] - py[q])
+        if self._dies:
+            ddx, ddy = self._ddx, self._ddy
+            dies = abs(ddx[q] - ddx[p]) + abs(ddy[q] - ddy[p])
+        else:
+            dies = 0
+        if dies:
+            lat = (hops - dies) * self._hop + dies * self._die_hop
+            ser = b / self._die_bw
+        else:
+            lat = hops * self._hop
+            ser = b / self._bw
         self.noc_bytes += b
         self.noc_byte_hops += b * hops
         if not self.contention:
@@ -56,7 +81,6 @@ class Physics:
         # 2 north, 3 south. The X leg runs along q's row to the corner cell (x of p, y of q),
         # the Y leg along p's column: each is a strided slice of link_free
         cq, cp = self._cell[q], self._cell[p]
-        dx = self._px[p] - self._px[q]
         cc, W4 = cq + 4 * dx, self._w4  # the corner cell, and the stride of a column
         xs = slice(cq, cc, 4) if dx > 0 else slice(cc + 5, cq + 5, 4)
         ys = slice(cc + 2, cp + 2, W4) if cp > cc else slice(cp + W4 + 3, cc + W4 + 3, W4)
