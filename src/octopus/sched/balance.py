@@ -28,25 +28,25 @@ def move_work(s, src: int, dst: int, amount: float, t: float, gain: float = INF)
     api = s.api
     ewma, fp, qs = api.ewma, s.fp, s.q[src]
     p_dst = api.arch.cluster_peas[dst][0]
-    tried = set()
+    # queued work of each TB not tried, in ascending TBs; moving one invocation changes
+    # only its TB's entry (nothing else in src's queues or the EWMAs changes meanwhile)
+    work = {x: len(q) * ewma[x] * fp[x] for x, q in enumerate(qs) if q}
     sent = 0.0  # bytes already sent toward dst by this step
-    while amount > 0:
-        # the TB with the most queued work (ties: the lowest TB) among those not tried
-        best = max(
-            [(len(q) * ewma[x] * fp[x], -x) for x, q in enumerate(qs) if q and x not in tried],
-            default=None,
-        )
-        if best is None:
-            return
-        tb = -best[1]
-        k = qs[tb][-1]
-        size = api.input_bytes(k)
+    while amount > 0 and work:
+        # the TB with the most queued work (ties: the lowest TB, the first in the dict)
+        tb = max(work, key=work.__getitem__)
+        q = qs[tb]
+        k = q[-1]
         cost = api.input_us(k, p_dst, sent)
         if s.cost_aware and cost >= gain:
-            tried.add(tb)
+            del work[tb]  # tried
             continue
-        qs[tb].pop()
-        sent += size
+        q.pop()
+        if q:
+            work[tb] = len(q) * ewma[tb] * fp[tb]
+        else:
+            del work[tb]
+        sent += api.input_bytes(k)
         amount -= ewma[tb] * fp[tb]
         s.enqueue(dst, k, t)
         s.migrated += 1

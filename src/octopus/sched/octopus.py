@@ -181,7 +181,18 @@ class OctopusScheduler(Scheduler):
                 lend = None  # a choked TB borrows nothing
             if self.dds:
                 for u in range(T + 1):
-                    if u != tb and sp[u] and self._spare_lends(c, u, tb, lend):
+                    # _spare_lends(c, u, tb, lend), its common cases inlined: an
+                    # unconfigured PEA, or one warm for a TB without a queue or choked
+                    if (
+                        u != tb
+                        and sp[u]
+                        and (
+                            u == T
+                            or not qs[u]
+                            or (lend is not None and lend[u])
+                            or self._spare_lends(c, u, tb, lend)
+                        )
+                    ):
                         donors.append(sp[u])
                         n += len(sp[u])
                         if n >= fp:
@@ -193,9 +204,9 @@ class OctopusScheduler(Scheduler):
                         n += len(own_l[u])
                         if n >= fp:
                             break
-            if n < fp and self.adaptive and self.liveness and self._stuck(c):
-                # nothing runs in this cluster, so nothing will free a PEA here: waive the
-                # owners' claims (a buffer deadlock local to the cluster; see _stuck)
+            if n < fp and self.adaptive and self.liveness and not api.cluster_running[c]:
+                # nothing runs in this cluster (_stuck, inlined), so nothing will free a
+                # PEA here: waive the owners' claims (a buffer deadlock local to the cluster)
                 donors = [fl for fl in (*sp, *own_l) if fl and fl is not mine and fl is not spw]
                 n = len(mine) + len(spw) + sum(len(fl) for fl in donors)
             if n < fp:
