@@ -54,7 +54,7 @@ def applies(gu: torch.Tensor) -> bool:
     return (
         njit is not None
         and gu.dim() == 2
-        and gu.device.type == "cpu"
+        and gu.is_cpu
         and gu.dtype == torch.float32
         and gu.is_contiguous()
         and gu.shape[-1] % 2 == 0
