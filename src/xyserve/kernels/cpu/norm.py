@@ -51,7 +51,12 @@ def applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """``weight * x * rsqrt(mean(x^2) + eps)`` row by row; the output keeps x's strides."""
     out = torch.empty_like(x)
-    _kernel(x.detach().numpy(), as_numpy(weight), np.float32(eps), out.numpy())
+    _kernel(
+        x.numpy() if not x.requires_grad else x.detach().numpy(),
+        as_numpy(weight),
+        np.float32(eps),
+        out.numpy(),
+    )
     return out
 
 
