@@ -112,10 +112,9 @@ def rope_and_cache(
     hkv, d = k_cache.shape[2], k_cache.shape[3]
     hq = qkv.shape[-1] // d - 2 * hkv
     if qk_norm is None and qkv.device.type == "cpu" and qkv.dtype == torch.float32:
-        cos, sin = rotary.rows()
-        q = _rope.try_rope_and_cache(qkv, cos, sin, slot_mapping, hq, hkv, k_cache, v_cache)
-        if q is not None:
-            return q
+        arrays = _rope.kernel_inputs(qkv, slot_mapping, hq, hkv, k_cache, v_cache)
+        if arrays is not None:
+            return _rope.run(arrays, *rotary.rows(), hq)
     t = qkv.shape[0]
     qk, v = qkv.split([(hq + hkv) * d, hkv * d], dim=-1)
     v = v.reshape(t, hkv, d)

@@ -49,7 +49,7 @@ if njit is not None:
                     v_cache[blk, off, h, j] = qkv[t, b + j]
 
 
-def _arrays(
+def kernel_inputs(
     qkv: torch.Tensor,
     slot_mapping: torch.Tensor,
     num_heads: int,
@@ -97,7 +97,7 @@ def applies(
     v_cache: torch.Tensor,
 ) -> bool:
     """Whether the kernel may run on these tensors."""
-    return _arrays(qkv, slot_mapping, num_heads, num_kv_heads, k_cache, v_cache) is not None
+    return kernel_inputs(qkv, slot_mapping, num_heads, num_kv_heads, k_cache, v_cache) is not None
 
 
 def rotary_rows(table: torch.Tensor | np.ndarray, t: int, half: int) -> np.ndarray:
@@ -108,27 +108,14 @@ def rotary_rows(table: torch.Tensor | np.ndarray, t: int, half: int) -> np.ndarr
     return np.ascontiguousarray(table.detach().reshape(t, half).numpy(), dtype=np.float32)
 
 
-def try_rope_and_cache(
-    qkv: torch.Tensor,
+def run(
+    arrays: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
     cos: torch.Tensor | np.ndarray,
     sin: torch.Tensor | np.ndarray,
-    slot_mapping: torch.Tensor,
     num_heads: int,
-    num_kv_heads: int,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-) -> torch.Tensor | None:
-    """Rotated q ([T, Hq, D], contiguous), with k (rotated) and v written into their cache
-    slots; None, touching nothing, where the kernel does not apply (``applies``).
-
-    ``cos``/``sin`` are ``RotaryEmbedding.tables``' [T, 1, D/2] rows, or ``rotary_rows``' arrays
-    of them (a step converts them once for every layer); ``slot_mapping`` [T] the flat cache
-    slot of each token; the caches are [blocks, block_size, Hkv, D]. Slots are not
-    bounds-checked (the block manager hands them out).
-    """
-    arrays = _arrays(qkv, slot_mapping, num_heads, num_kv_heads, k_cache, v_cache)
-    if arrays is None:
-        return None
+) -> torch.Tensor:
+    """The kernel on ``kernel_inputs``' arrays: rotated q ([T, Hq, D], contiguous); k (rotated)
+    and v land in their cache slots. ``cos``/``sin`` as ``rope_and_cache``'s."""
     qkv_np, slots, k, v = arrays
     t, d = qkv_np.shape[0], k.shape[3]
     q = torch.empty((t, num_heads, d), dtype=torch.float32)
@@ -151,11 +138,18 @@ def rope_and_cache(
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
 ) -> torch.Tensor:
-    """``try_rope_and_cache`` for inputs that ``applies`` accepts; a ValueError otherwise."""
-    q = try_rope_and_cache(qkv, cos, sin, slot_mapping, num_heads, num_kv_heads, k_cache, v_cache)
-    if q is None:
+    """Rotated q ([T, Hq, D], contiguous); k (rotated) and v land in their cache slots; a
+    ValueError, touching nothing, for tensors the kernel does not take (``applies``).
+
+    ``cos``/``sin`` are ``RotaryEmbedding.tables``' [T, 1, D/2] rows, or ``rotary_rows``' arrays
+    of them (a step converts them once for every layer); ``slot_mapping`` [T] the flat cache
+    slot of each token; the caches are [blocks, block_size, Hkv, D]. Slots are not
+    bounds-checked (the block manager hands them out).
+    """
+    arrays = kernel_inputs(qkv, slot_mapping, num_heads, num_kv_heads, k_cache, v_cache)
+    if arrays is None:
         raise ValueError("rope_and_cache: these tensors do not fit the numba kernel (applies)")
-    return q
+    return run(arrays, cos, sin, num_heads)
 
 
 def warmup() -> None:
