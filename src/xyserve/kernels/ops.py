@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from xyserve.kernels.cpu import act as _act
@@ -50,11 +51,23 @@ def _token_minor(x: torch.Tensor) -> bool:
 @dataclass
 class StepRotary:
     """A step's RoPE cos/sin rows (``RotaryEmbedding.tables``: ``[T, 1, D/2]``), shared by every
-    layer, with a token-minor copy of each made once, on first use by a token-minor qkv."""
+    layer, with a token-minor copy of each made once, on first use by a token-minor qkv, and
+    the numba kernel's [T, D/2] arrays of them made once, on first use by the kernel."""
 
     cos: torch.Tensor
     sin: torch.Tensor
     _minor: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
+    _rows: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+
+    def rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """cos/sin as the contiguous float32 [T, D/2] arrays ``kernels.cpu.rope`` reads."""
+        if self._rows is None:
+            t, half = self.cos.shape[0], self.cos.shape[-1]
+            self._rows = (
+                _rope.rotary_rows(self.cos, t, half),
+                _rope.rotary_rows(self.sin, t, half),
+            )
+        return self._rows
 
     def like(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos/sin laid out like ``x``, so that the rotation runs in x's memory order."""
@@ -98,10 +111,10 @@ def rope_and_cache(
     caches, which give Hkv and D), and return q ([T, Hq, D])."""
     hkv, d = k_cache.shape[2], k_cache.shape[3]
     hq = qkv.shape[-1] // d - 2 * hkv
-    if qk_norm is None and _rope.applies(qkv, slot_mapping, hq, hkv, k_cache, v_cache):
-        return _rope.rope_and_cache(
-            qkv, rotary.cos, rotary.sin, slot_mapping, hq, hkv, k_cache, v_cache
-        )
+    if qk_norm is None and qkv.device.type == "cpu" and qkv.dtype == torch.float32:
+        arrays = _rope.kernel_inputs(qkv, slot_mapping, hq, hkv, k_cache, v_cache)
+        if arrays is not None:
+            return _rope.run(arrays, *rotary.rows(), hq)
     t = qkv.shape[0]
     qk, v = qkv.split([(hq + hkv) * d, hkv * d], dim=-1)
     v = v.reshape(t, hkv, d)

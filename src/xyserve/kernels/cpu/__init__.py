@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import os
 
+import torch
+
+_torch_threads = torch.get_num_threads
+
 try:  # numba is a dependency, but a broken install must not break the engine
     import numba
 
@@ -17,6 +21,30 @@ try:  # numba is a dependency, but a broken install must not break the engine
         numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
 except ImportError:  # pragma: no cover - exercised only where numba is absent
     numba = None
+
+
+def _numba_thread_reader():
+    """A reader of numba's count for the calling thread. Most of ``numba.get_num_threads``'s
+    cost is its check that the pool has started; once it has, the raw C reader it calls after
+    that check is enough (the costs: docs/perf.md, "Batch 1"). That reader is private to numba,
+    so it is used only when present, and any value it gives that is not a count falls back to
+    the public call."""
+    public = numba.get_num_threads
+    try:
+        from numba.np.ufunc import parallel
+
+        raw = parallel._get_num_threads
+    except (ImportError, AttributeError):  # pragma: no cover - another numba's layout
+        return public
+
+    def read() -> int:
+        n = raw()
+        return n if n > 0 else public()
+
+    return read
+
+
+_read_threads = None
 
 
 def use_cpu_threads(requested: int | None = None, items: int | None = None) -> int:
@@ -27,12 +55,14 @@ def use_cpu_threads(requested: int | None = None, items: int | None = None) -> i
     machine, that barrier can cost more than the row). numba keeps the count per calling thread
     and a kernel that does not set it inherits whatever the last one set, so every CPU kernel
     wrapper calls this."""
-    import torch
-
-    want = torch.get_num_threads() if requested is None else requested
-    if items is not None:
-        want = min(int(want), int(items))
-    n = max(1, min(int(want), numba.config.NUMBA_NUM_THREADS))
-    if numba.get_num_threads() != n:  # set only on a change: setting is the costly call
+    global _read_threads
+    want = _torch_threads() if requested is None else int(requested)
+    if items is not None and items < want:
+        want = int(items)
+    n = max(1, min(want, numba.config.NUMBA_NUM_THREADS))
+    if _read_threads is None:
+        numba.get_num_threads()  # starts the pool, which the raw reader needs
+        _read_threads = _numba_thread_reader()
+    if _read_threads() != n:  # set only on a change: setting is the costly call
         numba.set_num_threads(n)
     return n

@@ -54,7 +54,7 @@ def applies(gu: torch.Tensor) -> bool:
     return (
         njit is not None
         and gu.dim() == 2
-        and gu.device.type == "cpu"
+        and gu.is_cpu
         and gu.dtype == torch.float32
         and gu.is_contiguous()
         and gu.shape[-1] % 2 == 0
@@ -69,7 +69,7 @@ def silu_mul(gu: torch.Tensor) -> torch.Tensor:
     out = torch.empty((gu.shape[0], gu.shape[1] // 2), dtype=gu.dtype)
     if out.numel():
         use_cpu_threads(items=out.shape[0])
-        _silu_mul_rows(gu.detach().numpy(), out.numpy())
+        _silu_mul_rows(gu.numpy() if not gu.requires_grad else gu.detach().numpy(), out.numpy())
     return out
 
 

@@ -20,6 +20,7 @@ import torch
 from xyserve.kernels.cpu import exp, use_cpu_threads
 from xyserve.kernels.cpu.cache import depends_on
 from xyserve.kernels.cpu.exp import exp_parts
+from xyserve.kernels.cpu.views import as_numpy
 from xyserve.plan.meta_attention import DecodePlan, build_decode_plan
 
 try:  # numba is a dependency, but a broken install must not break the engine
@@ -103,15 +104,19 @@ def run_decode(
     scale: float,
     out: torch.Tensor,
 ) -> None:
-    """Write the decode rows of ``out`` ([T, Hq, D], contiguous float32)."""
+    """Write the decode rows of ``out`` ([T, Hq, D], contiguous float32). The caches' numpy
+    views are made once per cache tensor (``as_numpy``), not per layer and step."""
     if plan.num_tiles == 0:
         return
+    k_np, v_np = as_numpy(k_cache), as_numpy(v_cache)
+    if k_np is None or v_np is None:  # a strided cache view: read it as it is
+        k_np, v_np = k_cache.detach().numpy(), v_cache.detach().numpy()
     workers = plan.worker_offsets.shape[0] - 1
     use_cpu_threads(workers, items=plan.num_tiles)
     _decode_kernel(
-        q.contiguous().numpy(),
-        k_cache.numpy(),
-        v_cache.numpy(),
+        q.detach().numpy() if q.is_contiguous() else q.contiguous().numpy(),
+        k_np,
+        v_np,
         plan.tables,
         plan.kv_lens,
         plan.q_rows,

@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from xyserve.kernels.cpu.views import as_numpy
+
 try:
     from numba import njit
 except ImportError:  # pragma: no cover - exercised only where numba is absent
@@ -33,21 +35,28 @@ _kernel = njit(cache=True, nogil=True, fastmath=True)(_rms_rows) if njit is not 
 
 
 def applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether the kernel may run; the weight's checks are ``as_numpy``'s, made once per weight
+    tensor (its view is cached)."""
     return (
         _kernel is not None
         and x.dim() == 2
-        and x.device.type == "cpu"
         and x.dtype == torch.float32
-        and weight.dtype == torch.float32
+        and x.is_cpu
         and x.stride(-1) == 1
-        and weight.is_contiguous()
+        and weight.dtype == torch.float32
+        and as_numpy(weight) is not None
     )
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """``weight * x * rsqrt(mean(x^2) + eps)`` row by row; the output keeps x's strides."""
     out = torch.empty_like(x)
-    _kernel(x.detach().numpy(), weight.detach().numpy(), np.float32(eps), out.numpy())
+    _kernel(
+        x.numpy() if not x.requires_grad else x.detach().numpy(),
+        as_numpy(weight),
+        np.float32(eps),
+        out.numpy(),
+    )
     return out
 
 

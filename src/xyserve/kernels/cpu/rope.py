@@ -12,9 +12,13 @@ figures: docs/perf.md).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from xyserve.kernels.cpu import use_cpu_threads
+from xyserve.kernels.cpu.views import as_numpy
+
+_F32, _I64 = np.dtype(np.float32), np.dtype(np.int64)
 
 try:
     from numba import njit, prange
@@ -25,14 +29,14 @@ if njit is not None:
 
     @njit(parallel=True, fastmath=True, cache=True)
     def _rope_rows(qkv, cos, sin, slots, q_out, k_cache, v_cache):  # pragma: no cover
-        """qkv [T, (Hq + 2 Hkv) D]; cos/sin [T, D/2]; caches [slots, Hkv, D]."""
+        """qkv [T, (Hq + 2 Hkv) D]; cos/sin [T, D/2]; caches [blocks, block_size, Hkv, D]."""
         hq, d = q_out.shape[1], q_out.shape[2]
-        hkv = k_cache.shape[1]
+        bs, hkv = k_cache.shape[1], k_cache.shape[2]
         half = d // 2
         for t in prange(qkv.shape[0]):
-            slot = slots[t]
+            blk, off = slots[t] // bs, slots[t] % bs
             for h in range(hq + hkv):  # q heads, then k heads: the same rotation
-                dst = q_out[t, h] if h < hq else k_cache[slot, h - hq]
+                dst = q_out[t, h] if h < hq else k_cache[blk, off, h - hq]
                 b = h * d
                 for j in range(half):
                     x1 = qkv[t, b + j]
@@ -42,7 +46,46 @@ if njit is not None:
             for h in range(hkv):
                 b = (hq + hkv + h) * d
                 for j in range(d):
-                    v_cache[slot, h, j] = qkv[t, b + j]
+                    v_cache[blk, off, h, j] = qkv[t, b + j]
+
+
+def kernel_inputs(
+    qkv: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    num_heads: int,
+    num_kv_heads: int,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """The kernel's qkv, slots, k and v cache arrays, or None where it may not run. The kernel
+    checks no index, so every shape is checked here; the caches' and slots' device, dtype and
+    contiguity are checked by ``as_numpy`` once per tensor (their views are cached), the
+    step's fresh qkv on every call."""
+    if njit is None:
+        return None
+    slots, k, v = as_numpy(slot_mapping), as_numpy(k_cache), as_numpy(v_cache)
+    if slots is None or k is None or v is None:
+        return None
+    shape = k.shape
+    if (
+        len(shape) != 4
+        or v.shape != shape
+        or shape[2] != num_kv_heads
+        or shape[3] % 2
+        or k.dtype != _F32
+        or v.dtype != _F32
+        or slots.dtype != _I64
+        or qkv.dtype != torch.float32
+        or not qkv.is_cpu
+        or not qkv.is_contiguous()
+    ):
+        return None
+    x = qkv.detach().numpy() if qkv.requires_grad else qkv.numpy()
+    if x.ndim != 2 or x.shape[1] != (num_heads + 2 * num_kv_heads) * shape[3]:
+        return None
+    if slots.shape != (x.shape[0],):
+        return None
+    return x, slots, k, v
 
 
 def applies(
@@ -53,55 +96,60 @@ def applies(
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
 ) -> bool:
-    """Whether the kernel may run: it checks no index, so every shape is checked here."""
-    d = k_cache.shape[-1]
-    return (
-        njit is not None
-        and qkv.dim() == 2
-        and k_cache.dim() == 4
-        and all(t.device.type == "cpu" and t.is_contiguous() for t in (qkv, k_cache, v_cache))
-        and qkv.dtype == k_cache.dtype == v_cache.dtype == torch.float32
-        and k_cache.shape == v_cache.shape
-        and k_cache.shape[2] == num_kv_heads
-        and d % 2 == 0
-        and qkv.shape[1] == (num_heads + 2 * num_kv_heads) * d
-        and slot_mapping.dtype == torch.int64
-        and slot_mapping.device.type == "cpu"
-        and tuple(slot_mapping.shape) == (qkv.shape[0],)
-    )
+    """Whether the kernel may run on these tensors."""
+    return kernel_inputs(qkv, slot_mapping, num_heads, num_kv_heads, k_cache, v_cache) is not None
+
+
+def rotary_rows(table: torch.Tensor | np.ndarray, t: int, half: int) -> np.ndarray:
+    """A step's cos or sin rows as the contiguous float32 [T, D/2] array the kernel reads (a
+    copy only when ``table``, e.g. ``RotaryEmbedding.tables``' [T, 1, D/2], is not already)."""
+    if isinstance(table, np.ndarray):
+        return table
+    return np.ascontiguousarray(table.detach().reshape(t, half).numpy(), dtype=np.float32)
+
+
+def run(
+    arrays: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    cos: torch.Tensor | np.ndarray,
+    sin: torch.Tensor | np.ndarray,
+    num_heads: int,
+) -> torch.Tensor:
+    """The kernel on ``kernel_inputs``' arrays: rotated q ([T, Hq, D], contiguous); k (rotated)
+    and v land in their cache slots. ``cos``/``sin`` as ``rope_and_cache``'s."""
+    qkv_np, slots, k, v = arrays
+    t, d = qkv_np.shape[0], k.shape[3]
+    q = torch.empty((t, num_heads, d), dtype=torch.float32)
+    if t:
+        use_cpu_threads(items=t)
+        half = d // 2
+        _rope_rows(
+            qkv_np, rotary_rows(cos, t, half), rotary_rows(sin, t, half), slots, q.numpy(), k, v
+        )
+    return q
 
 
 def rope_and_cache(
     qkv: torch.Tensor,
-    cos: torch.Tensor,
-    sin: torch.Tensor,
+    cos: torch.Tensor | np.ndarray,
+    sin: torch.Tensor | np.ndarray,
     slot_mapping: torch.Tensor,
     num_heads: int,
     num_kv_heads: int,
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
 ) -> torch.Tensor:
-    """Rotated q ([T, Hq, D], contiguous); k (rotated) and v land in their cache slots.
+    """Rotated q ([T, Hq, D], contiguous); k (rotated) and v land in their cache slots; a
+    ValueError, touching nothing, for tensors the kernel does not take (``applies``).
 
-    ``cos``/``sin`` are ``RotaryEmbedding.tables``' [T, 1, D/2] rows; ``slot_mapping`` [T] the
-    flat cache slot of each token; the caches are [blocks, block_size, Hkv, D]. The caller
-    checks ``applies`` first (slots are not bounds-checked here).
+    ``cos``/``sin`` are ``RotaryEmbedding.tables``' [T, 1, D/2] rows, or ``rotary_rows``' arrays
+    of them (a step converts them once for every layer); ``slot_mapping`` [T] the flat cache
+    slot of each token; the caches are [blocks, block_size, Hkv, D]. Slots are not
+    bounds-checked (the block manager hands them out).
     """
-    t = qkv.shape[0]
-    d = qkv.shape[1] // (num_heads + 2 * num_kv_heads)
-    q = torch.empty((t, num_heads, d), dtype=qkv.dtype)
-    if t:
-        use_cpu_threads(items=t)
-        _rope_rows(
-            qkv.detach().numpy(),
-            cos.reshape(t, d // 2).contiguous().numpy(),
-            sin.reshape(t, d // 2).contiguous().numpy(),
-            slot_mapping.numpy(),
-            q.numpy(),
-            k_cache.view(-1, num_kv_heads, d).numpy(),
-            v_cache.view(-1, num_kv_heads, d).numpy(),
-        )
-    return q
+    arrays = kernel_inputs(qkv, slot_mapping, num_heads, num_kv_heads, k_cache, v_cache)
+    if arrays is None:
+        raise ValueError("rope_and_cache: these tensors do not fit the numba kernel (applies)")
+    return run(arrays, cos, sin, num_heads)
 
 
 def warmup() -> None:

@@ -68,14 +68,16 @@ def run_cpu(
 ) -> torch.Tensor:
     """Execute every pack of the plan; rows of empty stages stay zero."""
     t, hq, d = q.shape
+    out = q.new_zeros((t, hq, d))
+    if plan.decode is not None:
+        cpu_decode.run_decode(plan.decode, q, k_cache, v_cache, scale, out)
+    if not plan.packs:  # a decode-only step: nothing below runs
+        return out
     nb, bs, hkv, _ = k_cache.shape
     group = hq // hkv
     ws = workspace or Workspace()
     k_rows = k_cache.view(nb, -1)
     v_rows = v_cache.view(nb, -1)
-    out = q.new_zeros((t, hq, d))
-    if plan.decode is not None:
-        cpu_decode.run_decode(plan.decode, q, k_cache, v_cache, scale, out)
     for pack in plan.packs:
         b, r = pack.num_tiles, pack.rows
         # [B, R, Hkv, G, D] -> [B, Hkv, R*G, D]: the KV group's heads ride in the tile's rows.
