@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-from xyserve.omp_env import set_default_wait_policy
-
-set_default_wait_policy()  # before anything imports torch (see xyserve.omp_env)
-
 __version__ = "0.1.0"
 
 __all__ = ["LLM", "SamplingParams", "RequestOutput", "CompletionOutput", "EngineConfig"]
