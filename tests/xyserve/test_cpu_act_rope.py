@@ -57,7 +57,7 @@ def test_rope_and_cache_matches_the_torch_path(hq, hkv, d):
     k_ref.view(-1, hkv, d).index_copy_(0, slots, k)
     v_ref.view(-1, hkv, d).index_copy_(0, slots, v.reshape(t, hkv, d))
 
-    assert cpu_rope.applies(qkv, slots, hq, hkv, k_cache, v_cache)
+    assert cpu_rope.kernel_inputs(qkv, slots, hq, hkv, k_cache, v_cache) is not None
     q = cpu_rope.rope_and_cache(qkv, cos, sin, slots, hq, hkv, k_cache, v_cache)
     assert q.is_contiguous() and q.shape == (t, hq, d)
     torch.testing.assert_close(q, q_ref, atol=1e-6, rtol=1e-6)
@@ -67,7 +67,7 @@ def test_rope_and_cache_matches_the_torch_path(hq, hkv, d):
 
 def test_rope_and_cache_applies_only_where_every_shape_and_dtype_fits():
     qkv, slots, cache = torch.zeros((3, 24)), torch.arange(3), torch.zeros((2, 4, 1, 8))
-    assert cpu_rope.applies(qkv, slots, 1, 1, cache, cache.clone())
+    assert cpu_rope.kernel_inputs(qkv, slots, 1, 1, cache, cache.clone()) is not None
     strided = torch.zeros((2, 4, 2, 8))[:, :, :1]
     for case in [
         (torch.zeros((24, 3)).t(), slots, 1, 1, cache, cache),  # column-major qkv
@@ -78,4 +78,4 @@ def test_rope_and_cache_applies_only_where_every_shape_and_dtype_fits():
         (qkv, slots[:2], 1, 1, cache, cache),  # one slot short
         (qkv, slots, 2, 1, cache, cache),  # qkv width does not match the heads
     ]:
-        assert not cpu_rope.applies(*case)
+        assert cpu_rope.kernel_inputs(*case) is None

@@ -88,18 +88,6 @@ def kernel_inputs(
     return x, slots, k, v
 
 
-def applies(
-    qkv: torch.Tensor,
-    slot_mapping: torch.Tensor,
-    num_heads: int,
-    num_kv_heads: int,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-) -> bool:
-    """Whether the kernel may run on these tensors."""
-    return kernel_inputs(qkv, slot_mapping, num_heads, num_kv_heads, k_cache, v_cache) is not None
-
-
 def rotary_rows(table: torch.Tensor | np.ndarray, t: int, half: int) -> np.ndarray:
     """A step's cos or sin rows as the contiguous float32 [T, D/2] array the kernel reads (a
     copy only when ``table``, e.g. ``RotaryEmbedding.tables``' [T, 1, D/2], is not already)."""
@@ -139,7 +127,7 @@ def rope_and_cache(
     v_cache: torch.Tensor,
 ) -> torch.Tensor:
     """Rotated q ([T, Hq, D], contiguous); k (rotated) and v land in their cache slots; a
-    ValueError, touching nothing, for tensors the kernel does not take (``applies``).
+    ValueError, touching nothing, for tensors the kernel does not take (``kernel_inputs``).
 
     ``cos``/``sin`` are ``RotaryEmbedding.tables``' [T, 1, D/2] rows, or ``rotary_rows``' arrays
     of them (a step converts them once for every layer); ``slot_mapping`` [T] the flat cache
