@@ -15,6 +15,7 @@ top-k/p/min-p, and ``q`` goes to rejection sampling (:meth:`probs`).
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -27,6 +28,9 @@ from xyserve.engine.scheduler import ScheduledStage, SchedulerOutput
 from xyserve.kernels.ops import greedy_ids
 from xyserve.model.config import ModelConfig
 from xyserve.model.loader import load_model
+from xyserve.spec import draft_forward
+
+log = logging.getLogger(__name__)
 
 
 def resolve_draft_path(model: str | None, target_path: Path) -> Path:
@@ -66,23 +70,31 @@ class DraftModelProposer:
         self.max_len = cfg.max_position_embeddings
         self.model = load_model(draft_path, device, dtype)
         self.kv = KVCacheManager(num_blocks, block_size, enable_prefix_caching=False)
-        gemm_kwargs = {}
-        if gemm_backend == "smooth":  # a table applies only at the precision the draft runs at
-            gemm_kwargs = {
-                "model_path": str(draft_path),
-                "device": device.type,
-                "dtype": str(dtype).removeprefix("torch."),
-                "allow_tf32": allow_tf32,
-            }
-        self.runner = ModelRunner(
-            self.model,
-            num_blocks,
-            block_size,
-            attention_backend,
-            gemm_backend,
-            gemm_kwargs,
-            allow_tf32=allow_tf32,
-        )
+        why = draft_forward.unsupported(self.model)
+        self.fused: draft_forward.FusedDraft | None = None
+        self.runner: ModelRunner | None = None
+        if why is None:
+            self.fused = draft_forward.FusedDraft(self.model, num_blocks, block_size)
+            log.info("draft %s: fused numba forward (one call per pass)", draft_path.name)
+        else:
+            log.info("draft %s: the engine's model runner (%s)", draft_path.name, why)
+            gemm_kwargs = {}
+            if gemm_backend == "smooth":  # a table applies only at the precision the draft runs at
+                gemm_kwargs = {
+                    "model_path": str(draft_path),
+                    "device": device.type,
+                    "dtype": str(dtype).removeprefix("torch."),
+                    "allow_tf32": allow_tf32,
+                }
+            self.runner = ModelRunner(
+                self.model,
+                num_blocks,
+                block_size,
+                attention_backend,
+                gemm_backend,
+                gemm_kwargs,
+                allow_tf32=allow_tf32,
+            )
         self.tree_width = tree_width  # > 1: greedy requests get token trees (spec.tree)
         self.shadows: dict[str, Request] = {}
         self.generators: dict[str, torch.Generator | None] = {}
@@ -137,24 +149,9 @@ class DraftModelProposer:
             p = r.sampling_params
             r.spec_tree_width = self.tree_width if p is None or p.greedy else 1
         while active:
-            stages = []
-            for _, s in active:
-                n = s.num_tokens - s.num_computed_tokens
-                if not self.kv.allocate(s, n):
-                    continue  # the draft cache is full: this request's proposal ends here
-                stages.append(ScheduledStage(s, n, 0, s.num_computed_tokens))
-            if not stages:
+            active, logits, argmax = self._pass(active)
+            if not active:
                 break
-            sched = SchedulerOutput(stages=stages)
-            tables = {
-                st.request.request_id: self.kv.block_table(st.request.request_id) for st in stages
-            }
-            res = self.runner.execute(sched, tables)
-            ran = {st.request.request_id for st in stages}
-            active = [(r, s) for r, s in active if r.request_id in ran]
-            rows = [res.rows[r.request_id].start for r, _ in active]
-            logits = res.logits[rows] if rows != list(range(res.logits.shape[0])) else res.logits
-            argmax = greedy_ids(logits)
             for i, (r, s) in enumerate(active):
                 s.num_computed_tokens = s.num_tokens
                 p = r.sampling_params
@@ -179,3 +176,31 @@ class DraftModelProposer:
             if q:
                 self._probs[rid] = torch.stack(q)
         return {rid: toks for rid, toks in out.items() if toks}
+
+    def _pass(
+        self, active: list[tuple[Request, Request]]
+    ) -> tuple[list[tuple[Request, Request]], torch.Tensor, list[int]]:
+        """One draft forward over every shadow's uncomputed tokens: the requests that ran (a
+        full draft cache ends a request's proposal), their last rows' logits and argmax."""
+        ran = []
+        for r, s in active:
+            if self.kv.allocate(s, s.num_tokens - s.num_computed_tokens):
+                ran.append((r, s))
+        if not ran:
+            return [], torch.empty(0), []
+        if self.fused is not None:
+            b = self.fused.builder()
+            for _, s in ran:
+                t = b.add_table(self.kv.block_table(s.request_id))
+                b.causal(t, s.all_token_ids[s.num_computed_tokens :], s.num_computed_tokens)
+            logits, argmax = self.fused.run(b)
+            return ran, logits, argmax
+        stages = [
+            ScheduledStage(s, s.num_tokens - s.num_computed_tokens, 0, s.num_computed_tokens)
+            for _, s in ran
+        ]
+        tables = {s.request_id: self.kv.block_table(s.request_id) for _, s in ran}
+        res = self.runner.execute(SchedulerOutput(stages=stages), tables)
+        rows = [res.rows[r.request_id].start for r, _ in ran]
+        logits = res.logits[rows] if rows != list(range(res.logits.shape[0])) else res.logits
+        return ran, logits, greedy_ids(logits)

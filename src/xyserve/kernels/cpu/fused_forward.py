@@ -1,0 +1,441 @@
+"""A whole Llama-family forward in one numba call, for small models on CPU in float32.
+
+Why: a small model (the bundled draft: hidden 128, 2 layers) spends a pass mostly on per-op
+overhead (torch dispatch, kernel wrappers, Python), not on arithmetic. Here every layer, the
+paged K/V cache writes, attention and the lm_head run in one compiled function, so a pass
+costs one call.
+
+The call takes rows: a token id and its position, a cache slot to write its K/V to, the block
+table its keys are read through, and how many of the table's positions it sees (``ctx_len``:
+positions ``0 .. ctx_len - 1``), plus optional extra key slots (the row's ancestors in a token
+tree; empty for a plain causal row, whose ``ctx_len`` is its position + 1 and whose own slot
+is in its table). Per layer every row's K/V is written first, then every row attends, so
+several rows of one request (a catch-up pass) see each other as in a causal prefill.
+
+Supported: grouped-query attention, an optional qkv bias (Qwen2), an optional per-head q/k
+RMSNorm before RoPE (Qwen3), tied or separate lm_head, and RoPE read from the model's own
+cos/sin tables (so scaled RoPE stays the model's). Linear layers keep the model's [out, in]
+layout: each weight row is read once per call for all token rows, so at one row a pass streams
+the weights once, and at many rows it still does.
+
+Two compilations of the same code exist: ``serial`` (one thread) and ``parallel`` (numba
+``prange`` over rows and output tiles); :func:`forward` takes either. Which one the draft
+uses was chosen by measurement (docs/perf.md, "Fused draft forward and trees").
+numba is optional: without it :func:`available` is False and callers keep their torch path.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from xyserve.kernels.cpu import use_cpu_threads
+
+try:
+    from numba import njit, prange
+except ImportError:  # pragma: no cover - exercised only where numba is absent
+    njit = None
+
+N_TILE = 256  # weight rows per parallel job of a linear layer
+
+
+def available() -> bool:
+    return njit is not None
+
+
+@dataclass
+class PackedWeights:
+    """A model's weights as contiguous float32 numpy arrays, linear layers [out, in].
+
+    Layer arrays are stacked along a first axis of length ``num_layers``. Absent biases and
+    q/k norms are zero-sized along their last axis (``has_*`` tell the kernel).
+    """
+
+    embed: np.ndarray  # [V, H]
+    lm_head: np.ndarray  # [V, H]
+    final_norm: np.ndarray  # [H]
+    input_norm: np.ndarray  # [L, H]
+    post_norm: np.ndarray  # [L, H]
+    qkv: np.ndarray  # [L, (Hq + 2 Hkv) D, H]
+    qkv_bias: np.ndarray  # [L, (Hq + 2 Hkv) D] or [L, 0]
+    o: np.ndarray  # [L, H, Hq D]
+    o_bias: np.ndarray  # [L, H] or [L, 0]
+    gate_up: np.ndarray  # [L, 2 I, H]
+    down: np.ndarray  # [L, H, I]
+    q_norm: np.ndarray  # [L, D] or [L, 0]
+    k_norm: np.ndarray  # [L, D] or [L, 0]
+    cos: np.ndarray  # [max_positions, D / 2]
+    sin: np.ndarray  # [max_positions, D / 2]
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    eps: float
+
+    @property
+    def num_layers(self) -> int:
+        return self.input_norm.shape[0]
+
+    @property
+    def vocab_size(self) -> int:
+        return self.embed.shape[0]
+
+
+def _f32(x) -> np.ndarray:
+    """A float32 C-contiguous copy of a tensor or array (never a view of the model's)."""
+    a = x.detach().float().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+    return np.array(a, dtype=np.float32, order="C", copy=True)
+
+
+def _stack(mats: list) -> np.ndarray:
+    """Per-layer tensors stacked; ``None`` entries (absent) give a zero-width array."""
+    if any(m is None for m in mats):
+        return np.zeros((len(mats), 0), np.float32)
+    arrs = [_f32(m) for m in mats]
+    return np.ascontiguousarray(np.stack(arrs), dtype=np.float32)
+
+
+def pack(
+    embed,
+    lm_head,
+    final_norm,
+    layers: list[dict],
+    cos,
+    sin,
+    num_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    eps: float,
+) -> PackedWeights:
+    """Copy a model's weights once into :class:`PackedWeights`.
+
+    ``layers``: one dict per layer with ``input_norm``, ``post_norm``, ``qkv`` ([(Hq + 2 Hkv) D,
+    H], q rows then k then v), ``qkv_bias``, ``o`` ([H, Hq D]), ``o_bias``, ``gate_up``
+    ([2 I, H], gate rows then up), ``down`` ([H, I]), ``q_norm``, ``k_norm`` (None where the
+    model has none). ``cos``/``sin``: the model's [max_positions, D] or [.., D / 2] tables
+    (non-interleaved halves, as HF: both halves equal, the first is kept).
+    """
+    half = head_dim // 2
+    cos_a, sin_a = _f32(cos), _f32(sin)
+    return PackedWeights(
+        embed=_f32(embed),
+        lm_head=_f32(lm_head),
+        final_norm=_f32(final_norm),
+        input_norm=_stack([lay["input_norm"] for lay in layers]),
+        post_norm=_stack([lay["post_norm"] for lay in layers]),
+        qkv=_stack([lay["qkv"] for lay in layers]),
+        qkv_bias=_stack([lay["qkv_bias"] for lay in layers]),
+        o=_stack([lay["o"] for lay in layers]),
+        o_bias=_stack([lay["o_bias"] for lay in layers]),
+        gate_up=_stack([lay["gate_up"] for lay in layers]),
+        down=_stack([lay["down"] for lay in layers]),
+        q_norm=_stack([lay["q_norm"] for lay in layers]),
+        k_norm=_stack([lay["k_norm"] for lay in layers]),
+        cos=np.ascontiguousarray(cos_a.reshape(cos_a.shape[0], -1)[:, :half]),
+        sin=np.ascontiguousarray(sin_a.reshape(sin_a.shape[0], -1)[:, :half]),
+        num_heads=num_heads,
+        num_kv_heads=num_kv_heads,
+        head_dim=head_dim,
+        eps=float(eps),
+    )
+
+
+def new_cache(w: PackedWeights, num_blocks: int, block_size: int) -> tuple[np.ndarray, ...]:
+    """Zeroed K and V caches: [L, num_blocks, block_size, Hkv, D] each."""
+    shape = (w.num_layers, num_blocks, block_size, w.num_kv_heads, w.head_dim)
+    return np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+
+
+# ---- the compiled code ------------------------------------------------------------------
+def _rms_rows(src, weight, eps, dst):  # pragma: no cover - compiled
+    """dst[r] = src[r] / rms(src[r]) * weight, every row."""
+    n = src.shape[1]
+    for r in prange(src.shape[0]):
+        ss = np.float32(0.0)
+        for j in range(n):
+            ss += src[r, j] * src[r, j]
+        inv = np.float32(1.0) / np.sqrt(ss / np.float32(n) + np.float32(eps))
+        for j in range(n):
+            dst[r, j] = src[r, j] * inv * weight[j]
+
+
+def _linear(x, w, bias, out, accumulate):  # pragma: no cover - compiled
+    """out = x @ w.T (+ bias), or out += x @ w.T (+ bias) with ``accumulate`` (a residual
+    add). ``w``: [N, K] as the model stores it. Each weight row is read once for all token
+    rows (four dot products at a time share its loads), so a weight streams from
+    memory once per call whatever the number of rows."""
+    rows, kdim = x.shape
+    ncols = w.shape[0]
+    has_bias = bias.shape[0] > 0
+    for c in prange((ncols + N_TILE - 1) // N_TILE):
+        for n in range(c * N_TILE, min(ncols, (c + 1) * N_TILE)):
+            wn = w[n]
+            b = bias[n] if has_bias else np.float32(0.0)
+            r = 0
+            while r + 4 <= rows:
+                x0, x1, x2, x3 = x[r], x[r + 1], x[r + 2], x[r + 3]
+                a0 = a1 = a2 = a3 = np.float32(0.0)
+                for k in range(kdim):
+                    wv = wn[k]
+                    a0 += x0[k] * wv
+                    a1 += x1[k] * wv
+                    a2 += x2[k] * wv
+                    a3 += x3[k] * wv
+                if accumulate:
+                    out[r, n] += a0 + b
+                    out[r + 1, n] += a1 + b
+                    out[r + 2, n] += a2 + b
+                    out[r + 3, n] += a3 + b
+                else:
+                    out[r, n] = a0 + b
+                    out[r + 1, n] = a1 + b
+                    out[r + 2, n] = a2 + b
+                    out[r + 3, n] = a3 + b
+                r += 4
+            while r < rows:
+                xr = x[r]
+                acc = np.float32(0.0)
+                for k in range(kdim):
+                    acc += xr[k] * wn[k]
+                if accumulate:
+                    out[r, n] += acc + b
+                else:
+                    out[r, n] = acc + b
+                r += 1
+
+
+def _head_norm(v, weight, eps):  # pragma: no cover - compiled
+    """In-place RMSNorm of one head's vector (Qwen3's q/k norm)."""
+    d = v.shape[0]
+    ss = np.float32(0.0)
+    for j in range(d):
+        ss += v[j] * v[j]
+    inv = np.float32(1.0) / np.sqrt(ss / np.float32(d) + np.float32(eps))
+    for j in range(d):
+        v[j] = v[j] * inv * weight[j]
+
+
+def _rotate(src, cos_row, sin_row, dst):  # pragma: no cover - compiled
+    half = cos_row.shape[0]
+    for j in range(half):
+        x1, x2 = src[j], src[half + j]
+        dst[j] = x1 * cos_row[j] - x2 * sin_row[j]
+        dst[half + j] = x2 * cos_row[j] + x1 * sin_row[j]
+
+
+def _forward(
+    ids,
+    pos,
+    slots,
+    table_of,
+    tables,
+    ctx_len,
+    extra_off,
+    extra_slots,
+    out_rows,
+    embed,
+    lm_head,
+    final_norm,
+    input_norm,
+    post_norm,
+    qkv,
+    qkv_bias,
+    o,
+    o_bias,
+    gate_up,
+    down,
+    q_norm,
+    k_norm,
+    cos,
+    sin,
+    k_cache,
+    v_cache,
+    num_heads,
+    eps,
+    logits,
+    argmax,
+    linear,
+    rms_rows,
+):  # pragma: no cover - compiled
+    rows = ids.shape[0]
+    hidden = embed.shape[1]
+    num_layers = input_norm.shape[0]
+    bs, hkv, d = k_cache.shape[2], k_cache.shape[3], k_cache.shape[4]
+    group = num_heads // hkv
+    nq = num_heads * d
+    inter = down.shape[2]
+    scale = np.float32(1.0 / math.sqrt(d))
+    h = np.empty((rows, hidden), np.float32)
+    x = np.empty((rows, hidden), np.float32)
+    qkv_out = np.empty((rows, qkv.shape[1]), np.float32)
+    q = np.empty((rows, nq), np.float32)
+    attn = np.empty((rows, nq), np.float32)
+    gu = np.empty((rows, 2 * inter), np.float32)
+    act = np.empty((rows, inter), np.float32)
+    for r in range(rows):
+        h[r] = embed[ids[r]]
+    for layer in range(num_layers):
+        kc, vc = k_cache[layer], v_cache[layer]
+        rms_rows(h, input_norm[layer], eps, x)
+        linear(x, qkv[layer], qkv_bias[layer], qkv_out, False)
+        qn, kn = q_norm[layer], k_norm[layer]
+        for r in prange(rows):  # rotate q; k rotated and v copied into the row's slot
+            p = pos[r]
+            blk, off = slots[r] // bs, slots[r] % bs
+            for hh in range(num_heads):
+                src = qkv_out[r, hh * d : (hh + 1) * d]
+                if qn.shape[0]:
+                    _head_norm_c(src, qn, eps)
+                _rotate_c(src, cos[p], sin[p], q[r, hh * d : (hh + 1) * d])
+            for hh in range(hkv):
+                src = qkv_out[r, nq + hh * d : nq + (hh + 1) * d]
+                if kn.shape[0]:
+                    _head_norm_c(src, kn, eps)
+                _rotate_c(src, cos[p], sin[p], kc[blk, off, hh])
+                vsrc = qkv_out[r, nq + (hkv + hh) * d : nq + (hkv + hh + 1) * d]
+                for j in range(d):
+                    vc[blk, off, hh, j] = vsrc[j]
+        for r in prange(rows):  # attention: the row's visible keys, then its extra slots
+            n_ctx = ctx_len[r]
+            e0, e1 = extra_off[r], extra_off[r + 1]
+            nk = n_ctx + e1 - e0
+            key_slot = np.empty(nk, np.int64)
+            table = tables[table_of[r]]
+            for j in range(n_ctx):
+                key_slot[j] = table[j // bs] * bs + j % bs
+            for j in range(e0, e1):
+                key_slot[n_ctx + j - e0] = extra_slots[j]
+            sc = np.empty(nk, np.float32)
+            for hh in range(num_heads):
+                kh = hh // group
+                qh = q[r, hh * d : (hh + 1) * d]
+                m = np.float32(-np.inf)
+                for j in range(nk):
+                    s = key_slot[j]
+                    kv = kc[s // bs, s % bs, kh]
+                    acc = np.float32(0.0)
+                    for e in range(d):
+                        acc += qh[e] * kv[e]
+                    acc *= scale
+                    sc[j] = acc
+                    m = max(m, acc)
+                tot = np.float32(0.0)
+                for j in range(nk):
+                    sc[j] = np.exp(sc[j] - m)
+                    tot += sc[j]
+                oh = attn[r, hh * d : (hh + 1) * d]
+                for e in range(d):
+                    oh[e] = np.float32(0.0)
+                for j in range(nk):
+                    s = key_slot[j]
+                    vv = vc[s // bs, s % bs, kh]
+                    p_j = sc[j] / tot
+                    for e in range(d):
+                        oh[e] += p_j * vv[e]
+        linear(attn, o[layer], o_bias[layer], h, True)
+        rms_rows(h, post_norm[layer], eps, x)
+        linear(x, gate_up[layer], qkv_bias[layer, :0], gu, False)
+        for r in prange(rows):
+            for j in range(inter):
+                g = gu[r, j]
+                act[r, j] = g / (np.float32(1.0) + np.exp(-g)) * gu[r, inter + j]
+        linear(act, down[layer], qkv_bias[layer, :0], h, True)
+    sel = out_rows.shape[0]
+    hs = np.empty((sel, hidden), np.float32)
+    for i in range(sel):
+        hs[i] = h[out_rows[i]]
+    xs = np.empty((sel, hidden), np.float32)
+    rms_rows(hs, final_norm, eps, xs)
+    linear(xs, lm_head, final_norm[:0], logits, False)
+    for i in prange(sel):
+        best, idx = logits[i, 0], 0
+        for v in range(1, logits.shape[1]):
+            if logits[i, v] > best:
+                best, idx = logits[i, v], v
+        argmax[i] = idx
+
+
+if njit is not None:
+    _opts = {"fastmath": True, "cache": True, "nogil": True}
+    # The helpers compile once each (a serial prange is a range); the two entry points differ
+    # only in whether their own prange loops and the linear layers' jobs run in parallel.
+    _rms_rows_c = njit(**_opts)(_rms_rows)
+    _head_norm_c = njit(**_opts)(_head_norm)
+    _rotate_c = njit(**_opts)(_rotate)
+    _linear_c = njit(**_opts)(_linear)
+    _linear_c_par = njit(parallel=True, **_opts)(_linear)
+    _rms_rows_c_par = njit(parallel=True, **_opts)(_rms_rows)
+    _serial = njit(**_opts)(_forward)
+    _parallel = njit(parallel=True, **_opts)(_forward)
+
+
+@dataclass
+class Rows:
+    """One pass's rows (see the module docstring), as the int64 arrays the kernel reads."""
+
+    ids: np.ndarray  # [R] token ids
+    pos: np.ndarray  # [R] positions (RoPE)
+    slots: np.ndarray  # [R] cache slot each row's K/V is written to
+    table_of: np.ndarray  # [R] the row's block table: an index into ``tables``
+    tables: np.ndarray  # [T, max_blocks] block ids
+    ctx_len: np.ndarray  # [R] the row sees its table's positions 0 .. ctx_len - 1
+    extra_off: np.ndarray  # [R + 1] the row's extra key slots: extra_slots[off[r]:off[r + 1]]
+    extra_slots: np.ndarray  # [E]
+    out_rows: np.ndarray  # [S] rows whose logits are returned, in this order
+
+
+def forward(
+    w: PackedWeights,
+    k_cache: np.ndarray,
+    v_cache: np.ndarray,
+    rows: Rows,
+    parallel: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Logits [S, V] of ``rows.out_rows`` and their argmax [S] (ties: the first index); every
+    row's K/V lands in its slot of the caches. The kernel checks no index: callers build
+    ``rows`` from their own block tables (positions below ``cos.shape[0]``, slots inside the
+    cache)."""
+    sel = rows.out_rows.shape[0]
+    logits = np.empty((sel, w.vocab_size), np.float32)
+    argmax = np.empty(sel, np.int64)
+    if parallel:
+        use_cpu_threads(items=max(1, rows.ids.shape[0]))
+        fn, linear, rms = _parallel, _linear_c_par, _rms_rows_c_par
+    else:
+        fn, linear, rms = _serial, _linear_c, _rms_rows_c
+    fn(
+        rows.ids,
+        rows.pos,
+        rows.slots,
+        rows.table_of,
+        rows.tables,
+        rows.ctx_len,
+        rows.extra_off,
+        rows.extra_slots,
+        rows.out_rows,
+        w.embed,
+        w.lm_head,
+        w.final_norm,
+        w.input_norm,
+        w.post_norm,
+        w.qkv,
+        w.qkv_bias,
+        w.o,
+        w.o_bias,
+        w.gate_up,
+        w.down,
+        w.q_norm,
+        w.k_norm,
+        w.cos,
+        w.sin,
+        k_cache,
+        v_cache,
+        w.num_heads,
+        w.eps,
+        logits,
+        argmax,
+        linear,
+        rms,
+    )
+    return logits, argmax

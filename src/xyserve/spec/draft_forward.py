@@ -1,0 +1,155 @@
+"""The draft model's forward through one fused numba call (``kernels.cpu.fused_forward``).
+
+:class:`FusedDraft` holds the draft's weights, packed once, and its own paged K/V cache (numpy
+arrays indexed by the draft's :class:`KVCacheManager` block tables). A pass is a list of
+requests' new rows: causal rows (a catch-up over accepted tokens, or one proposal token) and
+token-tree rows (a node that sees the request's context and its own ancestors).
+:func:`unsupported` says why a draft cannot take this path (it then runs through the engine's
+``ModelRunner``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from xyserve.kernels.cpu import fused_forward as ff
+from xyserve.model.llama import LlamaModel
+
+# One thread: the draft's GEMVs are a few microseconds each, less than waking a second thread
+# (measured at batch 1 and 64: docs/perf.md, "Fused draft forward and trees").
+PARALLEL = False
+
+
+def unsupported(model: LlamaModel) -> str | None:
+    """Why ``model`` cannot run fused (None: it can)."""
+    if not ff.available():
+        return "numba is not installed"
+    if model.device.type != "cpu":
+        return f"the draft runs on {model.device.type}, the fused forward on the CPU only"
+    if model.dtype != torch.float32:
+        return f"the draft runs in {model.dtype}, the fused forward in float32 only"
+    return None
+
+
+def pack_model(model: LlamaModel) -> ff.PackedWeights:
+    cfg = model.cfg
+    layers = [
+        {
+            "input_norm": layer.input_norm,
+            "post_norm": layer.post_norm,
+            "qkv": layer.qkv,
+            "qkv_bias": layer.qkv_bias,
+            "o": layer.o,
+            "o_bias": layer.o_bias,
+            "gate_up": layer.gate_up,
+            "down": layer.down,
+            "q_norm": layer.qk_norm[0] if layer.qk_norm is not None else None,
+            "k_norm": layer.qk_norm[1] if layer.qk_norm is not None else None,
+        }
+        for layer in model.layers
+    ]
+    return ff.pack(
+        model.embed,
+        model.lm_head,
+        model.norm,
+        layers,
+        model.rope.cos,
+        model.rope.sin,
+        cfg.num_heads,
+        cfg.num_kv_heads,
+        cfg.head_dim,
+        cfg.rms_norm_eps,
+    )
+
+
+@dataclass
+class PassBuilder:
+    """The rows of one fused pass, added request by request."""
+
+    block_size: int
+    ids: list[int] = field(default_factory=list)
+    pos: list[int] = field(default_factory=list)
+    slots: list[int] = field(default_factory=list)
+    table_of: list[int] = field(default_factory=list)
+    ctx_len: list[int] = field(default_factory=list)
+    extra_off: list[int] = field(default_factory=lambda: [0])
+    extra_slots: list[int] = field(default_factory=list)
+    out_rows: list[int] = field(default_factory=list)
+    tables: list[list[int]] = field(default_factory=list)
+
+    def slot(self, table: list[int], position: int) -> int:
+        return table[position // self.block_size] * self.block_size + position % self.block_size
+
+    def add_table(self, table: list[int]) -> int:
+        self.tables.append(table)
+        return len(self.tables) - 1
+
+    def causal(self, t: int, tokens: list[int], start: int) -> int:
+        """Rows for ``tokens`` at positions ``start ..``, each seeing every earlier position of
+        table ``t``. Returns the index (in the logits) of the last row's output."""
+        table = self.tables[t]
+        for i, tok in enumerate(tokens):
+            p = start + i
+            self._row(tok, p, self.slot(table, p), t, p + 1, ())
+        self.out_rows.append(len(self.ids) - 1)
+        return len(self.out_rows) - 1
+
+    def node(self, t: int, tok: int, position: int, slot: int, ctx: int, ancestors) -> int:
+        """A tree node: sees table ``t``'s positions below ``ctx`` and the ``ancestors`` slots
+        (its own included). Returns its output index."""
+        self._row(tok, position, slot, t, ctx, ancestors)
+        self.out_rows.append(len(self.ids) - 1)
+        return len(self.out_rows) - 1
+
+    def _row(self, tok, p, slot, t, ctx, extra) -> None:
+        self.ids.append(tok)
+        self.pos.append(p)
+        self.slots.append(slot)
+        self.table_of.append(t)
+        self.ctx_len.append(ctx)
+        self.extra_slots.extend(extra)
+        self.extra_off.append(len(self.extra_slots))
+
+    def rows(self) -> ff.Rows:
+        width = max((len(t) for t in self.tables), default=1) or 1
+        tables = np.zeros((max(1, len(self.tables)), width), np.int64)
+        for i, t in enumerate(self.tables):
+            tables[i, : len(t)] = t
+
+        def a(x: list[int]) -> np.ndarray:
+            return np.asarray(x, dtype=np.int64)
+
+        return ff.Rows(
+            a(self.ids),
+            a(self.pos),
+            a(self.slots),
+            a(self.table_of),
+            tables,
+            a(self.ctx_len),
+            a(self.extra_off),
+            a(self.extra_slots),
+            a(self.out_rows),
+        )
+
+
+class FusedDraft:
+    """The draft's packed weights and paged cache; one :meth:`run` per pass."""
+
+    def __init__(self, model: LlamaModel, num_blocks: int, block_size: int) -> None:
+        self.weights = pack_model(model)
+        self.block_size = block_size
+        self.k_cache, self.v_cache = ff.new_cache(self.weights, num_blocks, block_size)
+
+    def builder(self) -> PassBuilder:
+        return PassBuilder(self.block_size)
+
+    def run(self, b: PassBuilder) -> tuple[torch.Tensor, list[int]]:
+        """Logits [S, V] (a torch view of the kernel's array) and their argmax, one per
+        output row in the order they were added."""
+        logits, argmax = ff.forward(
+            self.weights, self.k_cache, self.v_cache, b.rows(), parallel=PARALLEL
+        )
+        return torch.from_numpy(logits), argmax.tolist()

@@ -1,0 +1,125 @@
+"""The fused draft forward (kernels.cpu.fused_forward) against the engine's runner and HF."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from xyserve.engine.kv_cache import KVCacheManager
+from xyserve.engine.request import Request
+from xyserve.engine.runner import ModelRunner
+from xyserve.engine.scheduler import ScheduledStage, SchedulerOutput
+from xyserve.model.loader import load_model
+from xyserve.models import DEFAULT_DRAFT_MODEL, resolve_model
+from xyserve.spec.draft_forward import FusedDraft, unsupported
+
+BLOCK = 4  # small blocks: every request's rows cross block boundaries
+NUM_BLOCKS = 32
+
+
+def _passes(vocab: int) -> list[list[list[int]]]:
+    """Per pass, per request, the new tokens: a catch-up of several rows, then one-token
+    passes, then another catch-up (as after an accepted run)."""
+    g = torch.Generator().manual_seed(1)
+
+    def toks(n: int) -> list[int]:
+        return torch.randint(0, vocab, (n,), generator=g).tolist()
+
+    return [[toks(7), toks(10)], [toks(1), toks(1)], [toks(1), toks(1)], [toks(3), toks(5)]]
+
+
+def _run_both(path, vocab_tokens=None):
+    model = load_model(path, torch.device("cpu"), torch.float32)
+    assert unsupported(model) is None
+    runner = ModelRunner(model, NUM_BLOCKS, BLOCK, "reference", "torch")
+    fused = FusedDraft(model, NUM_BLOCKS, BLOCK)
+    kv = KVCacheManager(NUM_BLOCKS, BLOCK, enable_prefix_caching=False)
+    reqs = [Request(f"r{i}", [], max_tokens=1) for i in range(2)]
+    out = []
+    for pass_tokens in _passes(model.cfg.vocab_size):
+        stages = []
+        b = fused.builder()
+        for r, new in zip(reqs, pass_tokens):
+            start = r.num_tokens
+            r.prompt_token_ids = r.prompt_token_ids + new
+            assert kv.allocate(r, len(new))
+            stages.append(ScheduledStage(r, len(new), 0, start))
+            b.causal(b.add_table(kv.block_table(r.request_id)), new, start)
+        tables = {r.request_id: kv.block_table(r.request_id) for r in reqs}
+        res = runner.execute(SchedulerOutput(stages=stages), tables)
+        want = torch.cat([res.logits[res.rows[r.request_id]][-1:] for r in reqs])
+        got, argmax = fused.run(b)
+        out.append((want, got.clone(), argmax))
+        for r in reqs:
+            r.num_computed_tokens = r.num_tokens
+    return model, reqs, out
+
+
+@pytest.mark.parametrize("which", ["draft", "qwen2_bias", "qwen3_qk_norm"])
+def test_fused_logits_equal_the_runner_and_hf(which, tiny_qwen2, tmp_path):
+    from tiny_models import build_model
+
+    path = {
+        "draft": lambda: resolve_model(DEFAULT_DRAFT_MODEL),
+        "qwen2_bias": lambda: tiny_qwen2,
+        "qwen3_qk_norm": lambda: build_model(tmp_path / "q3", "qwen3", with_tokenizer=False),
+    }[which]()
+    model, reqs, out = _run_both(path)
+    for want, got, argmax in out:
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+        assert argmax == got.argmax(-1).tolist()
+    import transformers
+
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    hf = hf.eval()
+    for i, r in enumerate(reqs):  # the last pass's logits: the whole sequence through HF
+        with torch.no_grad():
+            ref = hf(torch.tensor([r.prompt_token_ids])).logits[0, -1]
+        torch.testing.assert_close(out[-1][1][i], ref, rtol=1e-4, atol=1e-4)
+
+
+def test_tree_rows_see_the_context_and_their_ancestors_only():
+    """A node row with explicit ancestor slots gives the logits of the same tokens run as a
+    plain causal sequence (its siblings, written in the same pass, are not seen)."""
+    model = load_model(resolve_model(DEFAULT_DRAFT_MODEL), torch.device("cpu"), torch.float32)
+    fused = FusedDraft(model, NUM_BLOCKS, BLOCK)
+    kv = KVCacheManager(NUM_BLOCKS, BLOCK, enable_prefix_caching=False)
+    ctx, a, sib, c = [5, 9, 17, 33, 2, 8], 40, 41, 77
+    r = Request("t", list(ctx), max_tokens=1)
+    assert kv.allocate(r, len(ctx) + 3)
+    table = kv.block_table("t")
+    b = fused.builder()
+    t = b.add_table(table)
+    b.causal(t, ctx, 0)
+    fused.run(b)
+    n = len(ctx)
+    s0, s1, s2 = (b.slot(table, n + i) for i in range(3))
+    b = fused.builder()  # nodes a and sib at depth 0 (slots n, n+1), c under a (slot n+2)
+    t = b.add_table(table)
+    b.node(t, a, n, s0, n, [s0])
+    b.node(t, sib, n, s1, n, [s1])
+    fused.run(b)
+    b = fused.builder()
+    t = b.add_table(table)
+    b.node(t, c, n + 1, s2, n, [s0, s2])
+    got, _ = fused.run(b)
+    plain = FusedDraft(model, NUM_BLOCKS, BLOCK)
+    b = plain.builder()
+    b.causal(b.add_table(table), [*ctx, a, c], 0)
+    want, _ = plain.run(b)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_parallel_compilation_equals_the_serial_one():
+    from xyserve.kernels.cpu import fused_forward as ff
+
+    model = load_model(resolve_model(DEFAULT_DRAFT_MODEL), torch.device("cpu"), torch.float32)
+    outs = []
+    for parallel in (False, True):
+        fused = FusedDraft(model, NUM_BLOCKS, BLOCK)
+        b = fused.builder()
+        b.causal(b.add_table([3, 1, 4]), list(range(11)), 0)
+        b.causal(b.add_table([0, 2]), [7, 8, 9, 10, 11, 12], 0)
+        outs.append(ff.forward(fused.weights, fused.k_cache, fused.v_cache, b.rows(), parallel))
+    torch.testing.assert_close(torch.from_numpy(outs[1][0]), torch.from_numpy(outs[0][0]))
+    assert outs[0][1].tolist() == outs[1][1].tolist()
