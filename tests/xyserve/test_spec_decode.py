@@ -390,32 +390,74 @@ def test_bundled_pair_greedy_identity():
 def test_tree_shape_mask_and_moves():
     from xyserve.spec import tree
 
-    # width 2, 3 levels: nodes 0,1 | 2,3 | 4,5; only a level's first node has children.
-    assert [tree.parent(i, 2) for i in range(6)] == [-1, -1, 0, 0, 2, 2]
-    assert tree.children(-1, 6, 2) == [0, 1] and tree.children(1, 6, 2) == []
-    assert tree.children(2, 5, 2) == [4]  # a trimmed tree keeps its shape
-    assert tree.stage_positions(10, 7, 6, 2) == [10, 11, 11, 12, 12, 13, 13]
-    mask = tree.stage_mask(7, 6, 2)  # the root (last real token) then six nodes
+    # Branching [2, 1, 1]: two chains of three, in level order: 0,1 | 2,3 | 4,5.
+    parents = tree.from_branching([2, 1, 1])
+    assert parents == (-1, -1, 0, 1, 2, 3)
+    assert tree.children(-1, 6, parents) == [0, 1] and tree.children(1, 6, parents) == [3]
+    assert tree.children(3, 5, parents) == []  # a trimmed tree keeps its shape
+    assert tree.stage_positions(10, 7, 6, parents) == [10, 11, 11, 12, 12, 13, 13]
+    mask = tree.stage_mask(7, 6, parents)  # the root (last real token) then six nodes
     assert mask[0] == (True,) + (False,) * 6
-    assert mask[4] == (True, True, False, False, True, False, False)  # node 3: root, 0, itself
-    assert tree.stage_mask(4, 3, 1) == tuple(
+    assert mask[4] == (True, False, True, False, True, False, False)  # node 3: root, 1, itself
+    chain = tree.chain(3)
+    assert chain == (-1, 0, 1) and tree.children(1, 3, chain) == tree.children(1, 3, None)
+    assert tree.stage_mask(4, 3, chain) == tuple(
         tuple(j <= i for j in range(4)) for i in range(4)
     )  # a chain is causal
-    # Accepted path 0 -> 3: node 3 moves from position 20+3 to 20+1, both in the sixth block
-    # (physical block 1, slots 4..7); node 0 stays.
-    assert tree.path_moves([0, 3], 20, [5, 6, 7, 8, 9, 1], 4) == [(7, 5)]
+    with pytest.raises(ValueError, match="earlier node"):
+        tree.validate((-1, 2, 0))
+    # Accepted path 1 -> 3: node 1 moves from position 20+1 to 20+0, node 3 from 20+3 to
+    # 20+1, all in the sixth block (physical block 1, slots 4..7).
+    assert tree.path_moves([1, 3], 20, [5, 6, 7, 8, 9, 1], 4) == [(5, 4), (7, 5)]
+
+
+def _dense_tree_reference(parents, context_len, lead):
+    """Positions and mask from each node's full path of node ids (a node sees a node whose
+    path is a prefix of its own): no parent walk shared with spec.tree."""
+    paths = []
+    for p in parents:
+        paths.append((paths[p] if p >= 0 else ()) + (len(paths),))
+    pos = list(range(context_len, context_len + lead)) + [
+        context_len + lead + len(path) - 1 for path in paths
+    ]
+    n = lead + len(parents)
+    mask = [
+        [j <= i for j in range(n)] if i < lead else [j < lead for j in range(n)] for i in range(n)
+    ]
+    for i, pi in enumerate(paths):
+        for j, pj in enumerate(paths):
+            mask[lead + i][lead + j] = pi[: len(pj)] == pj
+    return pos, tuple(tuple(r) for r in mask)
+
+
+@pytest.mark.parametrize(
+    "branching", [[1, 1, 1], [2, 1, 1, 1], [3, 2, 1], [2, 2, 2], [4], [1, 3, 1]]
+)
+def test_tree_mask_and_positions_match_a_dense_reference(branching):
+    from xyserve.spec import tree
+
+    parents = tree.from_branching(branching)
+    tree.validate(parents)
+    for lead in (1, 3):
+        for num_spec in (len(parents), max(1, len(parents) - 2)):  # trimmed trees too
+            pos, mask = _dense_tree_reference(parents[:num_spec], 7, lead)
+            assert tree.stage_positions(7, lead + num_spec, num_spec, parents) == pos
+            assert tree.stage_mask(lead + num_spec, num_spec, parents) == mask
 
 
 def test_greedy_tree_accepts_the_longest_matching_path():
+    from xyserve.spec import tree
+
+    parents = tree.from_branching([2, 1, 1])  # nodes 0,1 | 2,3 | 4,5
     logits = torch.full((7, 10), -5.0)
-    # Target argmax: root -> 4, after node 1 (token 4) -> 8; nodes 0/1 are [3, 4].
+    # Target argmax: root -> 4 (node 1), after node 1 -> 7 (node 3), after node 3 -> 8.
     logits[0, 4] = 5.0
-    logits[2, 8] = 5.0
-    res = verify_tokens(
-        logits, [3, 4, 6, 7, 1, 2], _row(SamplingParams(temperature=0)), [], None, 2
-    )
-    # Node 1 (a sibling: no children) is accepted, then the target's own token from its row.
-    assert (res.token_ids, res.num_accepted, res.path) == ([4, 8], 1, [1])
+    logits[2, 7] = 5.0
+    logits[4, 8] = 5.0
+    draft = [3, 4, 6, 7, 1, 2]
+    res = verify_tokens(logits, draft, _row(SamplingParams(temperature=0)), [], None, parents)
+    # The second chain is followed; node 5 (token 2) fails against 8: the target's token.
+    assert (res.token_ids, res.num_accepted, res.path) == ([4, 7, 8], 2, [1, 3])
 
 
 def test_tree_output_identical_with_chunking_prefix_cache_preemption(tiny_llama, reference):

@@ -40,10 +40,15 @@ def load_spec_workload(path: str | Path) -> dict:
     return data
 
 
-def _spec_config(method: str, k: int, adaptive: bool) -> dict | None:
+def _spec_config(
+    method: str, k: int, adaptive: bool, branching: list[int] | None = None
+) -> dict | None:
     if method == "none":
         return None
-    return {"method": method, "num_speculative_tokens": k, "adaptive": adaptive}
+    cfg = {"method": method, "num_speculative_tokens": k, "adaptive": adaptive}
+    if method == "tree" and branching is not None:
+        cfg["tree_branching"] = branching
+    return cfg
 
 
 def run(args: argparse.Namespace) -> list[dict]:
@@ -57,7 +62,9 @@ def run(args: argparse.Namespace) -> list[dict]:
             disable_progress_bar=True,
             max_num_seqs=max(args.batch_sizes),
             max_num_batched_tokens=args.max_num_batched_tokens,
-            speculative_config=_spec_config(m, args.num_speculative_tokens, not args.no_adaptive),
+            speculative_config=_spec_config(
+                m, args.num_speculative_tokens, not args.no_adaptive, args.tree_branching
+            ),
         )
         for m in methods
     }
@@ -155,6 +162,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-num-batched-tokens", type=int, default=512)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--no-adaptive", action="store_true", help="always k proposals")
+    p.add_argument(
+        "--tree-branching",
+        type=lambda s: [int(x) for x in s.split(",")],
+        help="the tree method's branching list, e.g. 3,1,1,1 (default: width 2, depth k)",
+    )
     p.add_argument("--json", help="also write the rows to this file")
     args = p.parse_args(argv)
     rows = run(args)

@@ -332,9 +332,9 @@ class LLMEngine:
         draft = r.spec_token_ids[: st.num_spec_tokens]
         block = sorted(self.eos_token_ids | set(p.stop_token_ids))
         logits = result.logits[result.rows[r.request_id]]
-        w = r.spec_tree_width
-        res = self.spec.verify(r.request_id, logits, draft, row, block, w)
-        if w > 1:  # a tree: its accepted path's K/V move to consecutive slots
+        parents = r.spec_tree_parents
+        res = self.spec.verify(r.request_id, logits, draft, row, block, parents)
+        if parents is not None:  # a tree: its accepted path's K/V move to consecutive slots
             first = st.kv_len - st.num_spec_tokens
             table = self.kv.block_table(r.request_id)
             bs = self.config.block_size

@@ -33,8 +33,8 @@ class Request:
     output_token_ids: list[int] = field(default_factory=list)
     # Proposed (speculative) tokens appended after the last real token, to be verified.
     spec_token_ids: list[int] = field(default_factory=list)
-    # Siblings per level when the proposals form a token tree (xyserve.spec.tree); 1: a chain.
-    spec_tree_width: int = 1
+    # The proposals' parent array when they form a token tree (xyserve.spec.tree); None: a chain.
+    spec_tree_parents: tuple[int, ...] | None = None
     num_computed_tokens: int = 0
     num_cached_tokens: int = -1  # prefix-cache hit at first admission; -1 until admitted
     status: RequestStatus = RequestStatus.WAITING

@@ -139,9 +139,9 @@ class ModelRunner:
             if _tree_mask(st) is None:
                 positions.extend(range(st.context_len, st.kv_len))
             else:  # spec: a tree's nodes sit at their depth
-                w = r.spec_tree_width
+                parents = r.spec_tree_parents
                 positions.extend(
-                    tree.stage_positions(st.context_len, st.num_tokens, st.num_spec_tokens, w)
+                    tree.stage_positions(st.context_len, st.num_tokens, st.num_spec_tokens, parents)
                 )
             if st.samples:
                 first = len(logit_rows)
@@ -182,7 +182,7 @@ class ModelRunner:
 
 def _tree_mask(st) -> tuple[tuple[bool, ...], ...] | None:
     """The tree mask of a verify stage whose proposals form a tree (None: causal)."""
-    w = st.request.spec_tree_width
-    if not st.num_spec_tokens or w <= 1:
+    parents = st.request.spec_tree_parents
+    if not st.num_spec_tokens or parents is None:
         return None
-    return tree.stage_mask(st.num_tokens, st.num_spec_tokens, w)
+    return tree.stage_mask(st.num_tokens, st.num_spec_tokens, parents)

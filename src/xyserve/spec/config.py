@@ -11,9 +11,12 @@ import json
 from dataclasses import dataclass, fields
 from typing import Any
 
+from xyserve.spec import tree
+
 METHODS: tuple[str, ...] = ("ngram", "draft_model", "tree")
 # Methods whose proposer exists in this build; the others are refused by name at start.
 IMPLEMENTED_METHODS: tuple[str, ...] = METHODS
+MAX_TREE_NODES = 64  # a tree's nodes are verify tokens of every step: a bound on its cost
 
 
 @dataclass
@@ -23,8 +26,13 @@ class SpeculativeConfig:
     model: str | None = None  # draft model (draft_model, tree); defaults per target
     prompt_lookup_min: int = 1  # ngram: shortest suffix n-gram that may match
     prompt_lookup_max: int = 3  # ngram: longest suffix n-gram tried first
-    tree_width: int = 2  # tree: siblings per level (the draft's top-b), see spec/tree.py
-    tree_depth: int | None = None  # tree: levels (defaults to num_speculative_tokens)
+    # tree (see spec/tree.py): the draft's top-``tree_width`` after the root, each extended as
+    # its own chain to ``tree_depth`` levels (default num_speculative_tokens); or any static
+    # tree as a branching list (children per node, level by level: [2, 1, 1] is the former
+    # with width 2 and depth 3).
+    tree_width: int = 2
+    tree_depth: int | None = None
+    tree_branching: list[int] | None = None
     # Adaptive speculation: no proposals while this many requests or more are decoding
     # (vLLM's disable_by_batch_size); None: never disabled by batch size alone.
     disable_by_batch_size: int | None = None
@@ -58,8 +66,28 @@ class SpeculativeConfig:
             raise ValueError(
                 f"speculative_config: adaptive must be a boolean, got {self.adaptive!r}"
             )
-        if self.method != "tree" and (self.tree_depth is not None or self.tree_width != 2):
-            raise ValueError("speculative_config: tree_width/tree_depth are for method 'tree'")
+        tree_keys = self.tree_depth is not None or self.tree_width != 2
+        if self.method != "tree" and (tree_keys or self.tree_branching is not None):
+            raise ValueError(
+                "speculative_config: tree_width/tree_depth/tree_branching are for method 'tree'"
+            )
+        if self.tree_branching is not None:
+            b = self.tree_branching
+            if not isinstance(b, list) or not b:
+                raise ValueError(
+                    f"speculative_config: tree_branching must be a non-empty list, got {b!r}"
+                )
+            for x in b:
+                _check_int("tree_branching entries", x, 1)
+            if tree_keys:
+                raise ValueError(
+                    "speculative_config: give tree_branching or tree_width/tree_depth, not both"
+                )
+            if len(tree.from_branching(b)) > MAX_TREE_NODES:
+                raise ValueError(
+                    f"speculative_config: tree_branching {b} has "
+                    f"{len(tree.from_branching(b))} nodes (at most {MAX_TREE_NODES})"
+                )
         if self.model is not None and self.method == "ngram":
             raise ValueError("speculative_config: method 'ngram' takes no 'model'")
 
@@ -91,9 +119,19 @@ class SpeculativeConfig:
     @property
     def depth(self) -> int:
         """The most proposals on one path (tokens that one verify can accept)."""
+        if self.method == "tree" and self.tree_branching is not None:
+            return len(self.tree_branching)
         if self.method == "tree" and self.tree_depth is not None:
             return self.tree_depth
         return self.num_speculative_tokens
+
+    @property
+    def tree_parents(self) -> tree.Parents | None:
+        """The full token tree of method ``tree`` (greedy requests), None for other methods."""
+        if self.method != "tree":
+            return None
+        branching = self.tree_branching or [self.tree_width] + [1] * (self.depth - 1)
+        return tree.from_branching(branching)
 
 
 def _check_int(name: str, value: Any, low: int) -> None:

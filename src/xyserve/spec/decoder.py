@@ -25,6 +25,7 @@ import time
 from xyserve.engine.request import Request
 from xyserve.engine.sampler import SampleRow
 from xyserve.engine.step_cost import StepCostModel
+from xyserve.spec import tree
 from xyserve.spec.config import SpeculativeConfig
 from xyserve.spec.ngram import NgramProposer
 from xyserve.spec.stats import SpecStats
@@ -84,7 +85,7 @@ class SpecDecoder:
                 ec.block_size,
                 ec.attention_backend,
                 ec.gemm_backend,
-                config.tree_width if config.method == "tree" else 1,
+                config.tree_parents,
                 allow_tf32=ec.allow_tf32,
             )
         return cls(config, engine.max_model_len, engine.config.max_num_batched_tokens, proposer)
@@ -110,70 +111,80 @@ class SpecDecoder:
             )
             if cap >= 1 and not r.spec_token_ids:
                 caps[r.request_id] = cap
+        levels = {
+            r.request_id: self._levels(r, caps[r.request_id])
+            for r in decoding
+            if r.request_id in caps
+        }
         keep = None
         if self.config.adaptive:  # decided before proposing: no draft pass is thrown away
-            width = {r.request_id: self._width(r) for r in decoding}
-            sizes = {rid: cap * width[rid] for rid, cap in caps.items()}
-            keep = self._allocate(len(decoding), sizes, width)
+            keep = self._allocate(len(decoding), {rid: levels[rid] for rid in caps})
             for rid in caps:
                 if not keep.get(rid):  # not verified, so not observed: drift back to the prior
                     a = self.acceptance.get(rid, PRIOR_ACCEPTANCE)
                     self.acceptance[rid] = a + RECOVERY * (PRIOR_ACCEPTANCE - a)
-            caps = {rid: -(-n // width[rid]) for rid, n in keep.items() if n > 0}
+            caps = {rid: n for rid, n in keep.items() if n > 0}
         asking = [r for r in decoding if r.request_id in caps]
+        for r in asking:
+            r.spec_tree_parents = None  # the proposer sets a tree where it makes one
         proposals = self.proposer.propose(asking, caps) if asking else {}
         self.num_levels += max(caps.values(), default=0) if asking else 0
         for r in asking:
             toks = proposals.get(r.request_id)
             if toks:
-                r.spec_token_ids = toks if keep is None else toks[: keep[r.request_id]]
+                n = sum(levels[r.request_id][: caps[r.request_id]])
+                r.spec_token_ids = toks[:n]
         self.stats.propose_seconds += time.perf_counter() - t0
 
-    def _width(self, r: Request) -> int:
-        """Siblings per level this request's proposals will have (1: a chain)."""
+    def _levels(self, r: Request, cap: int) -> list[int]:
+        """Nodes per level of this request's proposals, for its first ``cap`` levels (all 1:
+        a chain; sampled requests always get chains)."""
         p = r.sampling_params
-        greedy = p is None or p.greedy
-        return self.config.tree_width if self.config.method == "tree" and greedy else 1
+        parents = self.config.tree_parents if p is None or p.greedy else None
+        if parents is None:
+            return [1] * cap
+        return tree.level_sizes(parents)[:cap]
 
-    def _allocate(
-        self, num_decoding: int, sizes: dict[str, int], width: dict[str, int]
-    ) -> dict[str, int]:
-        """How many proposals (tokens, tree nodes included) each request gets; see the module
-        docstring. ``sizes``: the most each may get. Whole levels are decided one at a time:
-        a level costs its tokens plus one proposer pass (shared by the batch)."""
+    def _allocate(self, num_decoding: int, levels: dict[str, list[int]]) -> dict[str, int]:
+        """How many levels each request gets; see the module docstring. ``levels``: each
+        request's nodes per level, at most. Whole levels are decided one at a time: a level
+        costs its nodes (verify tokens) plus one proposer pass (shared by the batch)."""
         emitted = float(num_decoding)  # each decoding request emits one token anyway
         cost = fixed_tokens(self.cost) + num_decoding
         room = self.budget - num_decoding
         level_cost = self.proposer_level_tokens()
         keep: dict[str, int] = {}
-        alive = set(sizes)
-        for lv in range(max((-(-n // width[rid]) for rid, n in sizes.items()), default=0)):
+        reach = dict.fromkeys(levels, 1.0)  # chance that the accepted path gets this deep
+        alive = set(levels)
+        for lv in range(max((len(sizes) for sizes in levels.values()), default=0)):
             units = []
             for rid in alive:
-                w = width[rid]
-                n = min(w, sizes[rid] - lv * w)
-                if n <= 0:
+                if lv >= len(levels[rid]):
                     continue
+                n = levels[rid][lv]
                 a = self.acceptance.get(rid, PRIOR_ACCEPTANCE)
-                # The level's first node, then siblings that stand in when it fails.
-                value = a ** (lv + 1) + (n - 1) * a**lv * (1 - a) / w
+                # b alternatives per parent (the draft's top-b): one of them matches with about
+                # 1 - (1 - a)^b, treating them as independent tries (an optimistic model).
+                b = n / (levels[rid][lv - 1] if lv else 1)
+                value = reach[rid] * (1.0 - (1.0 - a) ** b)
                 units.append((value / n, value, n, rid))
             units.sort(key=lambda u: -u[0])
             take, gain, tokens = [], 0.0, 0
             for per_token, value, n, rid in units:
                 if per_token <= emitted / cost or tokens + n > room:
                     break
-                take.append((rid, n))
+                take.append(rid)
                 gain += value
                 tokens += n
+                reach[rid] = value
             if not take or (emitted + gain) / (cost + tokens + level_cost) <= emitted / cost:
                 break
             emitted += gain
             cost += tokens + level_cost
             room -= tokens
-            for rid, n in take:
-                keep[rid] = keep.get(rid, 0) + n
-            alive = {rid for rid, n in take if n == width[rid]}
+            for rid in take:
+                keep[rid] = keep.get(rid, 0) + 1
+            alive = set(take)
         return keep
 
     def proposer_level_tokens(self) -> float:
@@ -194,13 +205,13 @@ class SpecDecoder:
         draft: list[int],
         row: SampleRow,
         min_tokens_blocked: list[int],
-        tree_width: int = 1,
+        tree_parents: tree.Parents | None = None,
     ) -> VerifyResult:
         """Accept a prefix of ``draft`` against ``logits`` ([len(draft) + 1, V]) and count it."""
         q = None
         if hasattr(self.proposer, "probs"):
             q = self.proposer.probs(request_id, len(draft))
-        res = verify_tokens(logits, draft, row, min_tokens_blocked, q, tree_width)
+        res = verify_tokens(logits, draft, row, min_tokens_blocked, q, tree_parents)
         self.stats.record(len(draft), res.num_accepted)
         self.observe_acceptance(request_id, len(draft), res.num_accepted)
         return res

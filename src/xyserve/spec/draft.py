@@ -16,6 +16,7 @@ top-k/p/min-p, and ``q`` goes to rejection sampling (:meth:`probs`).
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -28,7 +29,7 @@ from xyserve.engine.scheduler import ScheduledStage, SchedulerOutput
 from xyserve.kernels.ops import greedy_ids
 from xyserve.model.config import ModelConfig
 from xyserve.model.loader import load_model
-from xyserve.spec import draft_forward
+from xyserve.spec import draft_forward, tree
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ class DraftModelProposer:
         block_size: int,
         attention_backend: str,
         gemm_backend: str,
-        tree_width: int = 1,
+        tree_parents: tree.Parents | None = None,
         allow_tf32: bool = False,
     ) -> None:
         cfg = ModelConfig.from_dir(draft_path)
@@ -95,7 +96,13 @@ class DraftModelProposer:
                 gemm_kwargs,
                 allow_tf32=allow_tf32,
             )
-        self.tree_width = tree_width  # > 1: greedy requests get token trees (spec.tree)
+        # Greedy requests get this token tree (spec.tree), trimmed to their cap; None: chains.
+        self.tree_parents = tree_parents
+        if tree_parents is not None and self.fused is None:
+            raise ValueError(
+                "speculative_config: method 'tree' needs the fused draft forward, a float32 "
+                f"draft on the CPU ({why}); use method 'draft_model'"
+            )
         self.shadows: dict[str, Request] = {}
         self.generators: dict[str, torch.Generator | None] = {}
         self._probs: dict[str, torch.Tensor] = {}
@@ -137,6 +144,9 @@ class DraftModelProposer:
 
     # ---- proposing ----------------------------------------------------------------------
     def propose(self, requests: list[Request], caps: dict[str, int]) -> dict[str, list[int]]:
+        """Up to ``caps[id]`` levels of proposals per request: a chain (one token a level), or
+        for greedy requests with a tree configured the tree's nodes in node order (and
+        ``spec_tree_parents`` set). Every draft pass runs the level's rows of all requests."""
         active: list[tuple[Request, Request]] = []
         for r in requests:
             cap = min(caps[r.request_id], self.max_len - r.num_tokens)
@@ -145,54 +155,88 @@ class DraftModelProposer:
         out: dict[str, list[int]] = {r.request_id: [] for r, _ in active}
         qs: dict[str, list[torch.Tensor]] = {r.request_id: [] for r, _ in active}
         levels: dict[str, int] = {r.request_id: 0 for r, _ in active}
-        for r, _ in active:
+        trees: dict[str, _TreeState] = {}
+        for r, s in active:
             p = r.sampling_params
-            r.spec_tree_width = self.tree_width if p is None or p.greedy else 1
+            if self.tree_parents is not None and (p is None or p.greedy):
+                cap = min(caps[r.request_id], self.max_len - r.num_tokens)
+                trees[r.request_id] = _TreeState.new(self.tree_parents, cap, s.num_tokens)
+                r.spec_tree_parents = trees[r.request_id].parents
         while active:
-            active, logits, argmax = self._pass(active)
-            if not active:
-                break
-            for i, (r, s) in enumerate(active):
+            active, logits, argmax = self._pass(active, trees)
+            i = 0
+            for r, s in active:
+                rid = r.request_id
+                levels[rid] += 1
+                t = trees.get(rid)
+                if t is not None:  # one output per frontier node: its top-b are its children
+                    for node in t.frontier:
+                        kids = t.children[node]
+                        if len(kids) == 1:
+                            top = [argmax[i]]
+                        else:
+                            top = torch.topk(logits[i], len(kids)).indices.tolist()
+                        for c, tok in zip(kids, top):
+                            t.tokens[c] = tok
+                        i += 1
+                    s.num_computed_tokens = s.num_tokens  # node K/V is scratch, never kept
+                    t.frontier = [n for n in t.level(levels[rid]) if t.children[n]]
+                    out[rid] = t.tokens[: t.filled(levels[rid])]
+                    continue
                 s.num_computed_tokens = s.num_tokens
                 p = r.sampling_params
-                rid = r.request_id
-                if r.spec_tree_width > 1:  # the level: top-width tokens, the best one extended
+                if p is None or p.greedy:
                     tok = argmax[i]
-                    top = torch.topk(logits[i], r.spec_tree_width).indices.tolist()
-                    others = [t for t in top if t != tok][: r.spec_tree_width - 1]
-                    out[rid].extend([tok, *others])
-                elif p is None or p.greedy:
-                    tok = argmax[i]
-                    out[rid].append(tok)
                 else:
                     q = filter_logits(logits[i].clone(), p).softmax(-1)
                     tok = int(torch.multinomial(q, 1, generator=self.generators[rid]))
                     qs[rid].append(q)
-                    out[rid].append(tok)
+                out[rid].append(tok)
                 s.output_token_ids.append(tok)
-                levels[rid] += 1
-            active = [(r, s) for r, s in active if levels[r.request_id] < caps[r.request_id]]
+                i += 1
+            active = [
+                (r, s)
+                for r, s in active
+                if levels[r.request_id] < caps[r.request_id]
+                and (r.request_id not in trees or trees[r.request_id].frontier)
+            ]
         for rid, q in qs.items():
             if q:
                 self._probs[rid] = torch.stack(q)
+        for r in requests:  # a tree whose first pass did not run proposes nothing
+            if not out.get(r.request_id):
+                r.spec_tree_parents = None
         return {rid: toks for rid, toks in out.items() if toks}
 
     def _pass(
-        self, active: list[tuple[Request, Request]]
+        self, active: list[tuple[Request, Request]], trees: dict[str, _TreeState]
     ) -> tuple[list[tuple[Request, Request]], torch.Tensor, list[int]]:
-        """One draft forward over every shadow's uncomputed tokens: the requests that ran (a
-        full draft cache ends a request's proposal), their last rows' logits and argmax."""
+        """One draft forward: every shadow's uncomputed tokens (its last row's output), or a
+        tree's frontier nodes (one output each). Returns the requests that ran (a full draft
+        cache ends a request's proposal), the outputs' logits and argmax, in that order."""
         ran = []
         for r, s in active:
-            if self.kv.allocate(s, s.num_tokens - s.num_computed_tokens):
+            n = s.num_tokens - s.num_computed_tokens
+            t = trees.get(r.request_id)
+            if t is not None and t.frontier == [-1]:  # first pass: room for the nodes too
+                n += t.num_run
+            if self.kv.allocate(s, n):
                 ran.append((r, s))
         if not ran:
             return [], torch.empty(0), []
         if self.fused is not None:
             b = self.fused.builder()
-            for _, s in ran:
-                t = b.add_table(self.kv.block_table(s.request_id))
-                b.causal(t, s.all_token_ids[s.num_computed_tokens :], s.num_computed_tokens)
+            for r, s in ran:
+                tb = b.add_table(self.kv.block_table(s.request_id))
+                t = trees.get(r.request_id)
+                if t is None or t.frontier == [-1]:
+                    b.causal(tb, s.all_token_ids[s.num_computed_tokens :], s.num_computed_tokens)
+                    continue
+                table = b.tables[tb]
+                for node in t.frontier:
+                    anc = [b.slot(table, t.base + a) for a in tree.ancestors(node, t.parents)]
+                    pos = t.base + t.depth[node]
+                    b.node(tb, t.tokens[node], pos, anc[-1], t.base, anc)
             logits, argmax = self.fused.run(b)
             return ran, logits, argmax
         stages = [
@@ -204,3 +248,43 @@ class DraftModelProposer:
         rows = [res.rows[r.request_id].start for r, _ in ran]
         logits = res.logits[rows] if rows != list(range(res.logits.shape[0])) else res.logits
         return ran, logits, greedy_ids(logits)
+
+
+@dataclass
+class _TreeState:
+    """One request's token tree while it is proposed, level by level."""
+
+    parents: tree.Parents  # trimmed to the request's cap of levels
+    depth: list[int]
+    children: dict[int, list[int]]  # node (-1: the root) -> its children, in rank order
+    tokens: list[int]
+    base: int  # the root's next position: node i's K/V goes to the slot of position base + i
+    frontier: list[int]  # nodes whose children the next pass proposes ([-1]: the root)
+    num_run: int  # nodes that run through the draft (those with children)
+
+    @classmethod
+    def new(cls, full: tree.Parents, cap: int, base: int) -> _TreeState:
+        depth_full = tree.depths(full)
+        parents = tuple(p for p, d in zip(full, depth_full) if d < cap)
+        children: dict[int, list[int]] = {-1: []}
+        for i, p in enumerate(parents):
+            children.setdefault(i, [])
+            children[p].append(i)
+        run = [i for i in range(len(parents)) if children[i]]
+        return cls(
+            parents,
+            tree.depths(parents),
+            children,
+            [0] * len(parents),
+            base,
+            [-1],
+            max(run, default=-1) + 1,
+        )
+
+    def level(self, lv: int) -> list[int]:
+        """The nodes at depth ``lv - 1`` (after ``lv`` passes: the newest proposed level)."""
+        return [i for i, d in enumerate(self.depth) if d == lv - 1]
+
+    def filled(self, lv: int) -> int:
+        """Nodes proposed after ``lv`` passes (levels are consecutive in node order)."""
+        return sum(1 for d in self.depth if d < lv)

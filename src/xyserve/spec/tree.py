@@ -1,36 +1,90 @@
-"""Token trees of the ``tree`` method: ``depth`` levels of ``width`` siblings in level order.
+"""Token trees of the ``tree`` method, given as a parent array.
 
-Level 0 holds the draft's top-``width`` tokens after the last real token; level ``l`` holds the
-top-``width`` after the best (first) node of level ``l - 1``. So only the best path is extended
-(one draft pass per level, as for a chain), and each level adds ``width - 1`` alternatives that
-the target checks in the same pass. A chain is the ``width == 1`` tree. Node ``i`` sits at
-level ``i // width``; its parent is the first node of the level before (``-1``: the root, the
-request's last real token). Any prefix of the node list is a tree of the same shape, so budget
-trimming keeps it valid.
+A tree of ``n`` proposed nodes is a tuple ``parents``: ``parents[i]`` is node ``i``'s parent
+(``-1``: the root, the request's last real token), and every parent comes before its children
+(``parents[i] < i``), so any prefix of the node list is a tree too and budget trimming keeps it
+valid. A chain is ``(-1, 0, 1, ...)``; :func:`from_branching` builds the static trees of
+vLLM/Medusa/Sequoia style from a branching list (``[2, 1, 1]``: the draft's top-2 after the
+root, each extended by its own top-1 twice: two chains of three).
+
+Why not the draft's best path plus leaf siblings: under greedy verification a leaf sibling
+that matches the target's token is the token the target emits anyway (the bonus), so such a
+tree accepts no more than the chain. Here every node of a level but the last has children.
+
+In a verify stage the nodes sit at positions ``last real position + 1 + depth`` and occupy the
+stage's cache slots in node order; the mask lets a node see the real tokens and its ancestors;
+after acceptance :func:`path_moves` puts the accepted path's K/V at consecutive positions.
 """
 
 from __future__ import annotations
 
-
-def parent(i: int, width: int) -> int:
-    level = i // width
-    return -1 if level == 0 else (level - 1) * width
+Parents = tuple[int, ...]
 
 
-def level(i: int, width: int) -> int:
-    return i // width
+def chain(n: int) -> Parents:
+    return tuple(range(-1, n - 1))
 
 
-def stage_positions(context_len: int, num_tokens: int, num_spec: int, width: int) -> list[int]:
-    """Positions of a verify stage's tokens: the real ones in order, then nodes by level."""
+def from_branching(branching: list[int]) -> Parents:
+    """Level by level: each node of level ``l - 1`` (the root for ``l == 0``) gets
+    ``branching[l]`` children, in level order (a node's children are consecutive)."""
+    parents: list[int] = []
+    level = [-1]
+    for b in branching:
+        nxt = []
+        for p in level:
+            for _ in range(b):
+                nxt.append(len(parents))
+                parents.append(p)
+        level = nxt
+    return tuple(parents)
+
+
+def validate(parents: Parents) -> None:
+    for i, p in enumerate(parents):
+        if not -1 <= p < i:
+            raise ValueError(f"token tree: node {i}'s parent {p} must be -1 or an earlier node")
+
+
+def depths(parents: Parents) -> list[int]:
+    """Each node's depth (0: a child of the root)."""
+    d: list[int] = []
+    for p in parents:
+        d.append(0 if p < 0 else d[p] + 1)
+    return d
+
+
+def ancestors(node: int, parents: Parents) -> list[int]:
+    """``node`` and its ancestors, root-most first."""
+    path = []
+    while node >= 0:
+        path.append(node)
+        node = parents[node]
+    return path[::-1]
+
+
+def level_sizes(parents: Parents) -> list[int]:
+    """Nodes per depth."""
+    sizes: list[int] = []
+    for d in depths(parents):
+        if d == len(sizes):
+            sizes.append(0)
+        sizes[d] += 1
+    return sizes
+
+
+def stage_positions(
+    context_len: int, num_tokens: int, num_spec: int, parents: Parents
+) -> list[int]:
+    """Positions of a verify stage's tokens: the real ones in order, then nodes at their depth."""
     lead = num_tokens - num_spec
     pos = list(range(context_len, context_len + lead))
     base = context_len + lead
-    pos.extend(base + level(i, width) for i in range(num_spec))
+    pos.extend(base + d for d in depths(parents[:num_spec]))
     return pos
 
 
-def stage_mask(num_tokens: int, num_spec: int, width: int) -> tuple[tuple[bool, ...], ...]:
+def stage_mask(num_tokens: int, num_spec: int, parents: Parents) -> tuple[tuple[bool, ...], ...]:
     """Mask over the stage's new tokens: real tokens causal; a node sees them and its ancestors."""
     lead = num_tokens - num_spec
     rows = []
@@ -42,23 +96,18 @@ def stage_mask(num_tokens: int, num_spec: int, width: int) -> tuple[tuple[bool, 
         else:
             for j in range(lead):
                 row[j] = True
-            node = q - lead
-            while node >= 0:
-                row[lead + node] = True
-                node = parent(node, width)
+            for a in ancestors(q - lead, parents):
+                row[lead + a] = True
         rows.append(tuple(row))
     return tuple(rows)
 
 
-def children(node: int, num_spec: int, width: int) -> list[int]:
-    """Nodes whose parent is ``node`` (``-1``: the root), among the first ``num_spec``."""
-    if node == -1:
-        first = 0
-    elif node % width == 0:  # only a level's first node has children
-        first = node + width
-    else:
-        return []
-    return list(range(first, min(first + width, num_spec)))
+def children(node: int, num_spec: int, parents: Parents | None) -> list[int]:
+    """Nodes whose parent is ``node`` (``-1``: the root), among the first ``num_spec``
+    (``parents`` None: a chain)."""
+    if parents is None:
+        return [node + 1] if node + 1 < num_spec else []
+    return [i for i in range(num_spec) if parents[i] == node]
 
 
 def path_moves(
@@ -67,8 +116,8 @@ def path_moves(
     """Cache-slot copies that put an accepted path's K/V at consecutive positions.
 
     Node ``path[j]`` was computed at position ``first_node_pos + path[j]`` and belongs at
-    ``first_node_pos + j``; ``path[j] >= j`` always, so reading every source before writing
-    (as ``ModelRunner.move_slots`` does) is safe.
+    ``first_node_pos + j``; ``path[j] >= j`` always (parents precede children), so reading
+    every source before writing (as ``ModelRunner.move_slots`` does) is safe.
     """
 
     def slot(pos: int) -> int:

@@ -48,7 +48,7 @@ def verify_tokens(
     row: SampleRow,
     min_tokens_blocked: list[int],
     draft_probs: torch.Tensor | None = None,
-    tree_width: int = 1,
+    tree_parents: tree.Parents | None = None,
 ) -> VerifyResult:
     """Accept a prefix of ``draft`` (a path of its tree) and emit one more token from the target.
 
@@ -56,9 +56,9 @@ def verify_tokens(
     ``i + 1`` for proposal ``i``. ``row``: the request before this step (its ``blocked_ids`` are
     ignored: ``min_tokens_blocked`` is applied at each position while fewer than ``min_tokens``
     tokens exist). ``draft_probs``: [len(draft), V] the draft's distributions, or None for a
-    deterministic (one-hot) proposer. ``tree_width`` > 1: ``draft`` is a token tree
-    (:mod:`xyserve.spec.tree`), greedy requests only; the longest path the target's argmax
-    follows is accepted.
+    deterministic (one-hot) proposer. ``tree_parents``: ``draft`` is a token tree
+    (:mod:`xyserve.spec.tree`, its first ``len(draft)`` nodes), greedy requests only; the
+    longest path the target's argmax follows is accepted.
     """
     k = len(draft)
     if logits.shape[0] != k + 1:
@@ -66,7 +66,7 @@ def verify_tokens(
             f"verify needs {k + 1} logits rows for {k} proposals, got {logits.shape[0]}"
         )
     p = row.params
-    if tree_width > 1 and not p.greedy:
+    if tree_parents is not None and not p.greedy:
         raise ValueError("token trees are verified for greedy requests only")
     plain = (
         p.greedy
@@ -83,7 +83,7 @@ def verify_tokens(
     while True:
         r = cur + 1
         rows_used.append(r)
-        kids = tree.children(cur, k, tree_width)
+        kids = tree.children(cur, k, tree_parents)
         if argmax is not None:
             tok = argmax[r]
         else:
