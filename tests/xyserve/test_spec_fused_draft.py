@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -28,11 +29,15 @@ def _passes(vocab: int) -> list[list[list[int]]]:
     return [[toks(7), toks(10)], [toks(1), toks(1)], [toks(1), toks(1)], [toks(3), toks(5)]]
 
 
-def _run_both(path, vocab_tokens=None):
+def _run_both(path, compact: bool):
     model = load_model(path, torch.device("cpu"), torch.float32)
     assert unsupported(model) is None
     runner = ModelRunner(model, NUM_BLOCKS, BLOCK, "reference", "torch")
-    fused = FusedDraft(model, NUM_BLOCKS, BLOCK)
+    fused = FusedDraft(model, NUM_BLOCKS, BLOCK, compact)
+    # The bundled draft is a bfloat16 checkpoint: its linear layers are kept as bfloat16 bits
+    # (exactly), unless told not to; the random float32 models keep float32.
+    bf16 = compact and "draft" in str(path)
+    assert fused.weights.lm_head.dtype == (np.uint16 if bf16 else np.float32)
     kv = KVCacheManager(NUM_BLOCKS, BLOCK, enable_prefix_caching=False)
     reqs = [Request(f"r{i}", [], max_tokens=1) for i in range(2)]
     out = []
@@ -55,16 +60,17 @@ def _run_both(path, vocab_tokens=None):
     return model, reqs, out
 
 
-@pytest.mark.parametrize("which", ["draft", "qwen2_bias", "qwen3_qk_norm"])
+@pytest.mark.parametrize("which", ["draft", "draft_f32", "qwen2_bias", "qwen3_qk_norm"])
 def test_fused_logits_equal_the_runner_and_hf(which, tiny_qwen2, tmp_path):
     from tiny_models import build_model
 
     path = {
         "draft": lambda: resolve_model(DEFAULT_DRAFT_MODEL),
+        "draft_f32": lambda: resolve_model(DEFAULT_DRAFT_MODEL),
         "qwen2_bias": lambda: tiny_qwen2,
         "qwen3_qk_norm": lambda: build_model(tmp_path / "q3", "qwen3", with_tokenizer=False),
     }[which]()
-    model, reqs, out = _run_both(path)
+    model, reqs, out = _run_both(path, compact=which != "draft_f32")
     for want, got, argmax in out:
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
         assert argmax == got.argmax(-1).tolist()

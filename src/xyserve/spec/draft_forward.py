@@ -34,7 +34,7 @@ def unsupported(model: LlamaModel) -> str | None:
     return None
 
 
-def pack_model(model: LlamaModel) -> ff.PackedWeights:
+def pack_model(model: LlamaModel, compact: bool = True) -> ff.PackedWeights:
     cfg = model.cfg
     layers = [
         {
@@ -62,6 +62,7 @@ def pack_model(model: LlamaModel) -> ff.PackedWeights:
         cfg.num_kv_heads,
         cfg.head_dim,
         cfg.rms_norm_eps,
+        compact,
     )
 
 
@@ -138,8 +139,10 @@ class PassBuilder:
 class FusedDraft:
     """The draft's packed weights and paged cache; one :meth:`run` per pass."""
 
-    def __init__(self, model: LlamaModel, num_blocks: int, block_size: int) -> None:
-        self.weights = pack_model(model)
+    def __init__(
+        self, model: LlamaModel, num_blocks: int, block_size: int, compact: bool = True
+    ) -> None:
+        self.weights = pack_model(model, compact)
         self.block_size = block_size
         self.k_cache, self.v_cache = ff.new_cache(self.weights, num_blocks, block_size)
 

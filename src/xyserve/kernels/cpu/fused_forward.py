@@ -12,6 +12,11 @@ tree; empty for a plain causal row, whose ``ctx_len`` is its position + 1 and wh
 is in its table). Per layer every row's K/V is written first, then every row attends, so
 several rows of one request (a catch-up pass) see each other as in a causal prefill.
 
+Weights that are all bfloat16 values (a bfloat16 checkpoint, as the bundled draft's) are kept
+as their 16-bit patterns and widened to float32 row by row as they are read: exactly the same
+values and float32 arithmetic, half the bytes streamed per pass (at batch 1 a pass is bound by
+reading its weights). Other weights stay float32.
+
 Supported: grouped-query attention, an optional qkv bias (Qwen2), an optional per-head q/k
 RMSNorm before RoPE (Qwen3), tied or separate lm_head, and RoPE read from the model's own
 cos/sin tables (so scaled RoPE stays the model's). Linear layers keep the model's [out, in]
@@ -34,7 +39,9 @@ import numpy as np
 from xyserve.kernels.cpu import use_cpu_threads
 
 try:
-    from numba import njit, prange
+    from llvmlite import ir
+    from numba import njit, prange, types
+    from numba.extending import intrinsic, overload
 except ImportError:  # pragma: no cover - exercised only where numba is absent
     njit = None
 
@@ -47,14 +54,16 @@ def available() -> bool:
 
 @dataclass
 class PackedWeights:
-    """A model's weights as contiguous float32 numpy arrays, linear layers [out, in].
+    """A model's weights as contiguous numpy arrays, linear layers [out, in].
 
-    Layer arrays are stacked along a first axis of length ``num_layers``. Absent biases and
+    The linear layers (``qkv``, ``o``, ``gate_up``, ``down``, ``lm_head``) are float32, or
+    uint16 bfloat16 patterns when every one of their values is a bfloat16 value; the rest is
+    float32. Layer arrays are stacked along a first axis of length ``num_layers``. Absent biases and
     q/k norms are zero-sized along their last axis (``has_*`` tell the kernel).
     """
 
     embed: np.ndarray  # [V, H]
-    lm_head: np.ndarray  # [V, H]
+    lm_head: np.ndarray  # [V, H] (float32 or bfloat16 bits, as every linear layer)
     final_norm: np.ndarray  # [H]
     input_norm: np.ndarray  # [L, H]
     post_norm: np.ndarray  # [L, H]
@@ -82,6 +91,15 @@ class PackedWeights:
         return self.embed.shape[0]
 
 
+def _bf16_exact(arrays: list[np.ndarray]) -> bool:
+    """Whether every value is a bfloat16 value (its low 16 bits are zero)."""
+    return all(not (a.view(np.uint32) & 0xFFFF).any() for a in arrays)
+
+
+def _bf16_bits(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a.view(np.uint32) >> 16).astype(np.uint16)
+
+
 def _f32(x) -> np.ndarray:
     """A float32 C-contiguous copy of a tensor or array (never a view of the model's)."""
     a = x.detach().float().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
@@ -107,6 +125,7 @@ def pack(
     num_kv_heads: int,
     head_dim: int,
     eps: float,
+    compact: bool = True,
 ) -> PackedWeights:
     """Copy a model's weights once into :class:`PackedWeights`.
 
@@ -114,22 +133,25 @@ def pack(
     H], q rows then k then v), ``qkv_bias``, ``o`` ([H, Hq D]), ``o_bias``, ``gate_up``
     ([2 I, H], gate rows then up), ``down`` ([H, I]), ``q_norm``, ``k_norm`` (None where the
     model has none). ``cos``/``sin``: the model's [max_positions, D] or [.., D / 2] tables
-    (non-interleaved halves, as HF: both halves equal, the first is kept).
+    (non-interleaved halves, as HF: both halves equal, the first is kept). ``compact``: keep
+    the linear layers as bfloat16 bits where that loses nothing.
     """
     half = head_dim // 2
     cos_a, sin_a = _f32(cos), _f32(sin)
+    linears = {
+        "lm_head": _f32(lm_head),
+        **{k: _stack([lay[k] for lay in layers]) for k in ("qkv", "o", "gate_up", "down")},
+    }
+    if compact and _bf16_exact(list(linears.values())):
+        linears = {k: _bf16_bits(a) for k, a in linears.items()}
     return PackedWeights(
         embed=_f32(embed),
-        lm_head=_f32(lm_head),
         final_norm=_f32(final_norm),
         input_norm=_stack([lay["input_norm"] for lay in layers]),
         post_norm=_stack([lay["post_norm"] for lay in layers]),
-        qkv=_stack([lay["qkv"] for lay in layers]),
         qkv_bias=_stack([lay["qkv_bias"] for lay in layers]),
-        o=_stack([lay["o"] for lay in layers]),
         o_bias=_stack([lay["o_bias"] for lay in layers]),
-        gate_up=_stack([lay["gate_up"] for lay in layers]),
-        down=_stack([lay["down"] for lay in layers]),
+        **linears,
         q_norm=_stack([lay["q_norm"] for lay in layers]),
         k_norm=_stack([lay["k_norm"] for lay in layers]),
         cos=np.ascontiguousarray(cos_a.reshape(cos_a.shape[0], -1)[:, :half]),
@@ -160,6 +182,14 @@ def _rms_rows(src, weight, eps, dst):  # pragma: no cover - compiled
             dst[r, j] = src[r, j] * inv * weight[j]
 
 
+def _wval(row, k):
+    """Element ``k`` of a weight row as float32 (a bfloat16 pattern widened: its bits are the
+    float32's upper half). Compiled per weight dtype (below), so the loops stay vector code."""
+    if row.dtype == np.uint16:
+        return np.array([np.uint32(row[k]) << 16], np.uint32).view(np.float32)[0]
+    return row[k]
+
+
 def _linear(x, w, bias, out, accumulate):  # pragma: no cover - compiled
     """out = x @ w.T (+ bias), or out += x @ w.T (+ bias) with ``accumulate`` (a residual
     add). ``w``: [N, K] as the model stores it. Each weight row is read once for all token
@@ -177,7 +207,7 @@ def _linear(x, w, bias, out, accumulate):  # pragma: no cover - compiled
                 x0, x1, x2, x3 = x[r], x[r + 1], x[r + 2], x[r + 3]
                 a0 = a1 = a2 = a3 = np.float32(0.0)
                 for k in range(kdim):
-                    wv = wn[k]
+                    wv = _wval(wn, k)
                     a0 += x0[k] * wv
                     a1 += x1[k] * wv
                     a2 += x2[k] * wv
@@ -197,7 +227,7 @@ def _linear(x, w, bias, out, accumulate):  # pragma: no cover - compiled
                 xr = x[r]
                 acc = np.float32(0.0)
                 for k in range(kdim):
-                    acc += xr[k] * wn[k]
+                    acc += xr[k] * _wval(wn, k)
                 if accumulate:
                     out[r, n] += acc + b
                 else:
@@ -357,6 +387,24 @@ def _forward(
 
 
 if njit is not None:
+
+    @intrinsic
+    def _bf16_to_f32(typingctx, bits):  # pragma: no cover - compiled
+        """float32 whose upper 16 bits are ``bits`` (uint16) and lower 16 bits zero."""
+
+        def codegen(context, builder, signature, args):
+            wide = builder.zext(args[0], ir.IntType(32))
+            wide = builder.shl(wide, ir.Constant(ir.IntType(32), 16))
+            return builder.bitcast(wide, ir.FloatType())
+
+        return types.float32(types.uint16), codegen
+
+    @overload(_wval)
+    def _wval_impl(row, k):  # pragma: no cover - compiled
+        if row.dtype == types.uint16:
+            return lambda row, k: _bf16_to_f32(row[k])
+        return lambda row, k: row[k]
+
     _opts = {"fastmath": True, "cache": True, "nogil": True}
     # The helpers compile once each (a serial prange is a range); the two entry points differ
     # only in whether their own prange loops and the linear layers' jobs run in parallel.
