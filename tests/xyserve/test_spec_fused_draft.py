@@ -129,3 +129,41 @@ def test_parallel_compilation_equals_the_serial_one():
         outs.append(ff.forward(fused.weights, fused.k_cache, fused.v_cache, b.rows(), parallel))
     torch.testing.assert_close(torch.from_numpy(outs[1][0]), torch.from_numpy(outs[0][0]))
     assert outs[0][1].tolist() == outs[1][1].tolist()
+
+
+def _proposer(**kw):
+    from xyserve.model.config import ModelConfig
+    from xyserve.spec.draft import DraftModelProposer
+
+    path = resolve_model(DEFAULT_DRAFT_MODEL)
+    cfg = ModelConfig.from_dir(path)
+    cpu = torch.device("cpu")
+    return DraftModelProposer(path, cfg, cpu, torch.float32, 64, BLOCK, "meta", "torch", **kw)
+
+
+def test_greedy_chains_in_one_call_equal_the_pass_by_pass_loop():
+    """Proposals, and the draft cache they leave (seen through the next round's proposals after
+    a partly accepted run), are the same with every pass in one call as pass by pass."""
+    from xyserve import SamplingParams
+
+    got = []
+    for one_call in (True, False):
+        prop = _proposer()
+        assert prop.fused is not None and prop.runner is None
+        prop.chains_in_one_call = one_call
+        greedy = SamplingParams(temperature=0)
+        reqs = [
+            Request(f"r{i}", list(range(3 + i, 12 + 3 * i)), 50, sampling_params=greedy)
+            for i in range(3)
+        ]
+        rounds = []
+        for _ in range(3):
+            caps = {r.request_id: 3 + i % 2 for i, r in enumerate(reqs)}
+            out = prop.propose(reqs, caps)
+            rounds.append(out)
+            for i, r in enumerate(reqs):  # accept i proposals, then a token of "the target"
+                r.output_token_ids += out[r.request_id][:i] + [7 + i]
+        got.append(rounds)
+        prop.release_except(set())
+        prop.kv.check_no_leak()
+    assert got[0] == got[1]

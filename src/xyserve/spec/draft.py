@@ -19,6 +19,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from xyserve.engine.kv_cache import KVCacheManager
@@ -98,6 +99,9 @@ class DraftModelProposer:
             )
         # Greedy requests get this token tree (spec.tree), trimmed to their cap; None: chains.
         self.tree_parents = tree_parents
+        # All-greedy chain batches on the fused path: every pass in one call (False: the
+        # pass-by-pass loop, which gives the same tokens; it serves sampled requests and trees).
+        self.chains_in_one_call = self.fused is not None and tree_parents is None
         if tree_parents is not None and self.fused is None:
             raise ValueError(
                 "speculative_config: method 'tree' needs the fused draft forward, a float32 "
@@ -152,6 +156,8 @@ class DraftModelProposer:
             cap = min(caps[r.request_id], self.max_len - r.num_tokens)
             if cap >= 1:
                 active.append((r, self._sync(r)))
+        if self.chains_in_one_call and all(_greedy(r) for r, _ in active):
+            return self._greedy_chains(active, caps)
         out: dict[str, list[int]] = {r.request_id: [] for r, _ in active}
         qs: dict[str, list[torch.Tensor]] = {r.request_id: [] for r, _ in active}
         levels: dict[str, int] = {r.request_id: 0 for r, _ in active}
@@ -207,6 +213,31 @@ class DraftModelProposer:
             if not out.get(r.request_id):
                 r.spec_tree_parents = None
         return {rid: toks for rid, toks in out.items() if toks}
+
+    def _greedy_chains(
+        self, active: list[tuple[Request, Request]], caps: dict[str, int]
+    ) -> dict[str, list[int]]:
+        """Greedy chains of every request in one fused call (no Python between the passes):
+        the same tokens and draft cache state as the pass-by-pass loop."""
+        ran, steps = [], []
+        for r, s in active:
+            n = min(caps[r.request_id], self.max_len - r.num_tokens)
+            if self.kv.allocate(s, s.num_tokens - s.num_computed_tokens + n - 1):
+                ran.append((r, s))
+                steps.append(n)
+        if not ran:
+            return {}
+        b = self.fused.builder()
+        for _, s in ran:
+            t = b.add_table(self.kv.block_table(s.request_id))
+            b.causal(t, s.all_token_ids[s.num_computed_tokens :], s.num_computed_tokens)
+        tokens = self.fused.greedy_chains(b, np.asarray(steps, dtype=np.int64))
+        out = {}
+        for (r, s), n, toks in zip(ran, steps, tokens.tolist()):
+            out[r.request_id] = toks[:n]
+            s.output_token_ids.extend(toks[:n])
+            s.num_computed_tokens = s.num_tokens - 1  # the last proposal is not run
+        return out
 
     def _pass(
         self, active: list[tuple[Request, Request]], trees: dict[str, _TreeState]
@@ -288,3 +319,8 @@ class _TreeState:
     def filled(self, lv: int) -> int:
         """Nodes proposed after ``lv`` passes (levels are consecutive in node order)."""
         return sum(1 for d in self.depth if d < lv)
+
+
+def _greedy(r: Request) -> bool:
+    p = r.sampling_params
+    return p is None or p.greedy

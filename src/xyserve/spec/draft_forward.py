@@ -149,6 +149,11 @@ class FusedDraft:
     def builder(self) -> PassBuilder:
         return PassBuilder(self.block_size)
 
+    def greedy_chains(self, b: PassBuilder, steps: np.ndarray) -> np.ndarray:
+        """``steps[i]`` greedy tokens after each output row, in one call (see
+        ``fused_forward.greedy_chains``)."""
+        return ff.greedy_chains(self.weights, self.k_cache, self.v_cache, b.rows(), steps)
+
     def run(self, b: PassBuilder) -> tuple[torch.Tensor, list[int]]:
         """Logits [S, V] (a torch view of the kernel's array) and their argmax, one per
         output row in the order they were added."""

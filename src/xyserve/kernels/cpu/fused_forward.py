@@ -386,6 +386,91 @@ def _forward(
         argmax[i] = idx
 
 
+def _greedy_chains(
+    ids,
+    pos,
+    slots,
+    table_of,
+    tables,
+    ctx_len,
+    extra_off,
+    extra_slots,
+    out_rows,
+    steps,
+    weights,
+    k_cache,
+    v_cache,
+    num_heads,
+    eps,
+    tokens,
+    linear,
+    rms_rows,
+):  # pragma: no cover - compiled
+    """``steps[i]`` greedy tokens after output row ``i``'s request: the first from the rows'
+    pass, each next one from a one-row pass of the token before (at the next position, slot
+    from the request's table; the slots must be allocated). ``tokens``: [S, max(steps)]."""
+    (
+        embed,
+        lm_head,
+        final_norm,
+        input_norm,
+        post_norm,
+        qkv,
+        qkv_bias,
+        o,
+        o_bias,
+        gate_up,
+        down,
+        q_norm,
+        k_norm,
+        cos,
+        sin,
+    ) = weights
+    sel = out_rows.shape[0]
+    bs = k_cache.shape[2]
+    vocab = embed.shape[0]
+    logits = np.empty((sel, vocab), np.float32)
+    argmax = np.empty(sel, np.int64)
+    _serial_c(
+        ids, pos, slots, table_of, tables, ctx_len, extra_off, extra_slots, out_rows,
+        embed, lm_head, final_norm, input_norm, post_norm, qkv, qkv_bias, o, o_bias, gate_up,
+        down, q_norm, k_norm, cos, sin, k_cache, v_cache, num_heads, eps, logits, argmax,
+        linear, rms_rows,
+    )  # fmt: skip
+    last = np.empty(sel, np.int64)
+    for i in range(sel):
+        tokens[i, 0] = argmax[i]
+        last[i] = argmax[i]
+    for lv in range(1, tokens.shape[1]):
+        live = np.array([i for i in range(sel) if steps[i] > lv], np.int64)
+        n = live.shape[0]
+        if n == 0:
+            break
+        r_ids = np.empty(n, np.int64)
+        r_pos = np.empty(n, np.int64)
+        r_slots = np.empty(n, np.int64)
+        r_table = np.empty(n, np.int64)
+        for j in range(n):
+            i = live[j]
+            row = out_rows[i]
+            r_ids[j] = last[i]
+            r_pos[j] = pos[row] + lv
+            r_table[j] = table_of[row]
+            p = r_pos[j]
+            r_slots[j] = tables[r_table[j], p // bs] * bs + p % bs
+        r_logits = np.empty((n, vocab), np.float32)
+        r_argmax = np.empty(n, np.int64)
+        _serial_c(
+            r_ids, r_pos, r_slots, r_table, tables, r_pos + 1, np.zeros(n + 1, np.int64),
+            extra_slots[:0], np.arange(n), embed, lm_head, final_norm, input_norm, post_norm,
+            qkv, qkv_bias, o, o_bias, gate_up, down, q_norm, k_norm, cos, sin, k_cache, v_cache,
+            num_heads, eps, r_logits, r_argmax, linear, rms_rows,
+        )  # fmt: skip
+        for j in range(n):
+            tokens[live[j], lv] = r_argmax[j]
+            last[live[j]] = r_argmax[j]
+
+
 if njit is not None:
 
     @intrinsic
@@ -414,8 +499,9 @@ if njit is not None:
     _linear_c = njit(**_opts)(_linear)
     _linear_c_par = njit(parallel=True, **_opts)(_linear)
     _rms_rows_c_par = njit(parallel=True, **_opts)(_rms_rows)
-    _serial = njit(**_opts)(_forward)
+    _serial = _serial_c = njit(**_opts)(_forward)
     _parallel = njit(parallel=True, **_opts)(_forward)
+    _greedy_chains_c = njit(**_opts)(_greedy_chains)
 
 
 @dataclass
@@ -487,3 +573,25 @@ def forward(
         rms,
     )
     return logits, argmax
+
+
+def greedy_chains(
+    w: PackedWeights, k_cache: np.ndarray, v_cache: np.ndarray, rows: Rows, steps: np.ndarray
+) -> np.ndarray:
+    """Greedy proposals in one call: ``steps[i]`` (>= 1) tokens for output row ``i``'s request,
+    the first from ``rows``' pass, each next one a single-thread pass over the token before,
+    as :func:`forward` would give them one pass at a time. Output row ``i`` must be a causal
+    row (its table sees it) whose table already holds the slots of the next ``steps[i] - 1``
+    positions. Returns [S, max(steps)] token ids (entries past a row's steps are unset)."""
+    sel = rows.out_rows.shape[0]
+    tokens = np.zeros((sel, int(steps.max(initial=1))), np.int64)
+    weights = (
+        w.embed, w.lm_head, w.final_norm, w.input_norm, w.post_norm, w.qkv, w.qkv_bias, w.o,
+        w.o_bias, w.gate_up, w.down, w.q_norm, w.k_norm, w.cos, w.sin,
+    )  # fmt: skip
+    _greedy_chains_c(
+        rows.ids, rows.pos, rows.slots, rows.table_of, rows.tables, rows.ctx_len, rows.extra_off,
+        rows.extra_slots, rows.out_rows, steps, weights, k_cache, v_cache, w.num_heads, w.eps,
+        tokens, _linear_c, _rms_rows_c,
+    )  # fmt: skip
+    return tokens
