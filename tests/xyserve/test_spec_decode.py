@@ -30,6 +30,13 @@ NGRAM = {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 3}
         ({"method": "ngram", "num_speculative_tokens": 2, "prompt_lookup_min": 4}, "exceed"),
         ({"method": "ngram", "num_speculative_tokens": 2, "model": "x"}, "takes no 'model'"),
         ({"method": "ngram", "num_speculative_tokens": 2, "tree_width": 3}, "for method 'tree'"),
+        ({"method": "tree", "num_speculative_tokens": 2, "tree_branching": []}, "non-empty"),
+        ({"method": "tree", "num_speculative_tokens": 2, "tree_branching": [8, 8]}, "at most"),
+        (
+            {"method": "tree", "num_speculative_tokens": 2, "tree_branching": [2], "tree_width": 3},
+            "not both",
+        ),
+        ({"method": "tree", "num_speculative_tokens": 2, "tree_nodes": 0}, "tree_nodes"),
         ('{"method": ', "not valid JSON"),
         ("[1, 2]", "JSON object"),
     ],
@@ -472,6 +479,38 @@ def test_tree_output_identical_with_chunking_prefix_cache_preemption(tiny_llama,
     # Sampled requests get chains (verified with the draft's q) in the same engine.
     sampled = _generate(llm, _prompts()[:2], SamplingParams(max_tokens=8, seed=1))
     assert all(len(o.token_ids) > 0 for o in sampled)
+    llm.llm_engine.kv.check_no_leak()
+    llm.llm_engine.spec.proposer.kv.check_no_leak()
+
+
+def test_dynamic_tree_output_identical_and_its_nodes_are_a_valid_tree(tiny_llama, reference):
+    from xyserve.spec import tree
+
+    _, ref = reference
+    spec = {"method": "tree", "num_speculative_tokens": 4, "tree_width": 2, "tree_nodes": 5}
+    spec["model"] = str(tiny_llama)
+    llm = LLM(str(tiny_llama), speculative_config=spec, **ENGINE)
+    seen = []
+    decoder = llm.llm_engine.spec
+    original = decoder.proposer.propose
+
+    def spy(requests, caps):
+        out = original(requests, caps)
+        seen.extend((r.spec_tree_parents, out.get(r.request_id, [])) for r in requests)
+        return out
+
+    decoder.proposer.propose = spy
+    params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
+    got = _generate(llm, _prompts(), params)
+    assert [o.token_ids for o in got] == [o.token_ids for o in ref]
+    trees = [(p, toks) for p, toks in seen if p is not None]
+    assert trees and all(len(p) == len(toks) <= 5 for p, toks in trees)
+    for p, toks in trees:
+        tree.validate(p)
+        for node in range(len(p)):  # siblings are distinct tokens
+            kids = tree.children(node - 1, len(p), p)
+            assert len({toks[k] for k in kids}) == len(kids)
+    assert any(tree.level_sizes(p) != [1] * len(p) for p, _ in trees)  # some do branch
     llm.llm_engine.kv.check_no_leak()
     llm.llm_engine.spec.proposer.kv.check_no_leak()
 

@@ -40,15 +40,19 @@ def load_spec_workload(path: str | Path) -> dict:
     return data
 
 
-def _spec_config(
-    method: str, k: int, adaptive: bool, branching: list[int] | None = None
-) -> dict | None:
+def _spec_config(method: str, k: int, adaptive: bool, tree_keys: dict) -> dict | None:
     if method == "none":
         return None
     cfg = {"method": method, "num_speculative_tokens": k, "adaptive": adaptive}
-    if method == "tree" and branching is not None:
-        cfg["tree_branching"] = branching
+    if method == "tree":
+        cfg.update(tree_keys)
     return cfg
+
+
+def _tree_keys(args: argparse.Namespace) -> dict:
+    keys = {"tree_branching": args.tree_branching, "tree_width": args.tree_width}
+    keys["tree_nodes"] = args.tree_nodes
+    return {k: v for k, v in keys.items() if v is not None}
 
 
 def run(args: argparse.Namespace) -> list[dict]:
@@ -63,7 +67,7 @@ def run(args: argparse.Namespace) -> list[dict]:
             max_num_seqs=max(args.batch_sizes),
             max_num_batched_tokens=args.max_num_batched_tokens,
             speculative_config=_spec_config(
-                m, args.num_speculative_tokens, not args.no_adaptive, args.tree_branching
+                m, args.num_speculative_tokens, not args.no_adaptive, _tree_keys(args)
             ),
         )
         for m in methods
@@ -167,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         type=lambda s: [int(x) for x in s.split(",")],
         help="the tree method's branching list, e.g. 3,1,1,1 (default: width 2, depth k)",
     )
+    p.add_argument("--tree-width", type=int, help="the tree method's tree_width")
+    p.add_argument("--tree-nodes", type=int, help="a dynamic tree of this many nodes")
     p.add_argument("--json", help="also write the rows to this file")
     args = p.parse_args(argv)
     rows = run(args)

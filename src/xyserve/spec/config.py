@@ -33,6 +33,10 @@ class SpeculativeConfig:
     tree_width: int = 2
     tree_depth: int | None = None
     tree_branching: list[int] | None = None
+    # tree: a dynamic tree instead (EAGLE-2 style): the draft expands the tree_width most likely
+    # nodes of each of tree_depth levels by tree_width children each, and proposes the
+    # tree_nodes most likely nodes (by the draft's path probability).
+    tree_nodes: int | None = None
     # Adaptive speculation: no proposals while this many requests or more are decoding
     # (vLLM's disable_by_batch_size); None: never disabled by batch size alone.
     disable_by_batch_size: int | None = None
@@ -67,10 +71,19 @@ class SpeculativeConfig:
                 f"speculative_config: adaptive must be a boolean, got {self.adaptive!r}"
             )
         tree_keys = self.tree_depth is not None or self.tree_width != 2
-        if self.method != "tree" and (tree_keys or self.tree_branching is not None):
+        others = self.tree_branching is not None or self.tree_nodes is not None
+        if self.method != "tree" and (tree_keys or others):
             raise ValueError(
-                "speculative_config: tree_width/tree_depth/tree_branching are for method 'tree'"
+                "speculative_config: tree_width/tree_depth/tree_branching/tree_nodes are for "
+                "method 'tree'"
             )
+        if self.tree_nodes is not None:
+            _check_int("tree_nodes", self.tree_nodes, 1)
+            if self.tree_nodes > MAX_TREE_NODES:
+                raise ValueError(
+                    f"speculative_config: tree_nodes must be at most {MAX_TREE_NODES}, "
+                    f"got {self.tree_nodes}"
+                )
         if self.tree_branching is not None:
             b = self.tree_branching
             if not isinstance(b, list) or not b:
@@ -79,9 +92,10 @@ class SpeculativeConfig:
                 )
             for x in b:
                 _check_int("tree_branching entries", x, 1)
-            if tree_keys:
+            if tree_keys or self.tree_nodes is not None:
                 raise ValueError(
-                    "speculative_config: give tree_branching or tree_width/tree_depth, not both"
+                    "speculative_config: give tree_branching or tree_width/tree_depth"
+                    "/tree_nodes, not both"
                 )
             if len(tree.from_branching(b)) > MAX_TREE_NODES:
                 raise ValueError(
@@ -126,12 +140,27 @@ class SpeculativeConfig:
         return self.num_speculative_tokens
 
     @property
-    def tree_parents(self) -> tree.Parents | None:
-        """The full token tree of method ``tree`` (greedy requests), None for other methods."""
+    def tree_shape(self) -> tree.TreeShape | None:
+        """How method ``tree`` grows its trees (greedy requests); None for other methods."""
         if self.method != "tree":
             return None
+        if self.tree_nodes is not None:
+            w = self.tree_width
+            return tree.TreeShape((w,) * self.depth, beam=w, nodes=self.tree_nodes)
         branching = self.tree_branching or [self.tree_width] + [1] * (self.depth - 1)
-        return tree.from_branching(branching)
+        return tree.TreeShape(tuple(branching))
+
+    def tree_level_sizes(self) -> list[int] | None:
+        """Nodes per level of a tree (None: chains). A dynamic tree's shape is known only
+        once proposed: its nodes are counted as spread evenly over its levels (an estimate
+        for the adaptive cost model)."""
+        shape = self.tree_shape
+        if shape is None:
+            return None
+        if shape.nodes is None:
+            return tree.level_sizes(tree.from_branching(list(shape.branching)))
+        d = len(shape.branching)
+        return [shape.nodes // d + (1 if i < shape.nodes % d else 0) for i in range(d)]
 
 
 def _check_int(name: str, value: Any, low: int) -> None:

@@ -85,7 +85,7 @@ class SpecDecoder:
                 ec.block_size,
                 ec.attention_backend,
                 ec.gemm_backend,
-                config.tree_parents,
+                config.tree_shape,
                 allow_tf32=ec.allow_tf32,
             )
         return cls(config, engine.max_model_len, engine.config.max_num_batched_tokens, proposer)
@@ -132,18 +132,24 @@ class SpecDecoder:
         for r in asking:
             toks = proposals.get(r.request_id)
             if toks:
-                n = sum(levels[r.request_id][: caps[r.request_id]])
-                r.spec_token_ids = toks[:n]
+                parents = r.spec_tree_parents
+                cap = caps[r.request_id]
+                if parents is None:
+                    r.spec_token_ids = toks[:cap]
+                else:  # nodes are ordered by depth: the first levels are a prefix
+                    n = sum(1 for d in tree.depths(parents) if d < cap)
+                    r.spec_token_ids = toks[:n]
+                    r.spec_tree_parents = parents[:n]
         self.stats.propose_seconds += time.perf_counter() - t0
 
     def _levels(self, r: Request, cap: int) -> list[int]:
         """Nodes per level of this request's proposals, for its first ``cap`` levels (all 1:
         a chain; sampled requests always get chains)."""
         p = r.sampling_params
-        parents = self.config.tree_parents if p is None or p.greedy else None
-        if parents is None:
+        sizes = self.config.tree_level_sizes() if p is None or p.greedy else None
+        if sizes is None:
             return [1] * cap
-        return tree.level_sizes(parents)[:cap]
+        return sizes[:cap]
 
     def _allocate(self, num_decoding: int, levels: dict[str, list[int]]) -> dict[str, int]:
         """How many levels each request gets; see the module docstring. ``levels``: each

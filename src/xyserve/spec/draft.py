@@ -16,7 +16,6 @@ top-k/p/min-p, and ``q`` goes to rejection sampling (:meth:`probs`).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +59,7 @@ class DraftModelProposer:
         block_size: int,
         attention_backend: str,
         gemm_backend: str,
-        tree_parents: tree.Parents | None = None,
+        tree_shape: tree.TreeShape | None = None,
         allow_tf32: bool = False,
     ) -> None:
         cfg = ModelConfig.from_dir(draft_path)
@@ -97,12 +96,12 @@ class DraftModelProposer:
                 gemm_kwargs,
                 allow_tf32=allow_tf32,
             )
-        # Greedy requests get this token tree (spec.tree), trimmed to their cap; None: chains.
-        self.tree_parents = tree_parents
+        # Greedy requests get token trees of this shape (spec.tree), to their cap; None: chains.
+        self.tree_shape = tree_shape
         # All-greedy chain batches on the fused path: every pass in one call (False: the
         # pass-by-pass loop, which gives the same tokens; it serves sampled requests and trees).
-        self.chains_in_one_call = self.fused is not None and tree_parents is None
-        if tree_parents is not None and self.fused is None:
+        self.chains_in_one_call = self.fused is not None and tree_shape is None
+        if tree_shape is not None and self.fused is None:
             raise ValueError(
                 "speculative_config: method 'tree' needs the fused draft forward, a float32 "
                 f"draft on the CPU ({why}); use method 'draft_model'"
@@ -163,11 +162,9 @@ class DraftModelProposer:
         levels: dict[str, int] = {r.request_id: 0 for r, _ in active}
         trees: dict[str, _TreeState] = {}
         for r, s in active:
-            p = r.sampling_params
-            if self.tree_parents is not None and (p is None or p.greedy):
+            if self.tree_shape is not None and _greedy(r):
                 cap = min(caps[r.request_id], self.max_len - r.num_tokens)
-                trees[r.request_id] = _TreeState.new(self.tree_parents, cap, s.num_tokens)
-                r.spec_tree_parents = trees[r.request_id].parents
+                trees[r.request_id] = _TreeState(self.tree_shape, cap, s.num_tokens)
         while active:
             active, logits, argmax = self._pass(active, trees)
             i = 0
@@ -175,19 +172,12 @@ class DraftModelProposer:
                 rid = r.request_id
                 levels[rid] += 1
                 t = trees.get(rid)
-                if t is not None:  # one output per frontier node: its top-b are its children
+                if t is not None:  # one output per frontier node: its children
                     for node in t.frontier:
-                        kids = t.children[node]
-                        if len(kids) == 1:
-                            top = [argmax[i]]
-                        else:
-                            top = torch.topk(logits[i], len(kids)).indices.tolist()
-                        for c, tok in zip(kids, top):
-                            t.tokens[c] = tok
+                        t.expand(node, logits[i], argmax[i])
                         i += 1
                     s.num_computed_tokens = s.num_tokens  # node K/V is scratch, never kept
-                    t.frontier = [n for n in t.level(levels[rid]) if t.children[n]]
-                    out[rid] = t.tokens[: t.filled(levels[rid])]
+                    t.frontier = t.next_frontier(levels[rid])
                     continue
                 s.num_computed_tokens = s.num_tokens
                 p = r.sampling_params
@@ -209,9 +199,10 @@ class DraftModelProposer:
         for rid, q in qs.items():
             if q:
                 self._probs[rid] = torch.stack(q)
-        for r in requests:  # a tree whose first pass did not run proposes nothing
-            if not out.get(r.request_id):
-                r.spec_tree_parents = None
+        for r in requests:
+            t = trees.get(r.request_id)
+            if t is not None and t.tokens:
+                out[r.request_id], r.spec_tree_parents = t.result()
         return {rid: toks for rid, toks in out.items() if toks}
 
     def _greedy_chains(
@@ -250,7 +241,7 @@ class DraftModelProposer:
             n = s.num_tokens - s.num_computed_tokens
             t = trees.get(r.request_id)
             if t is not None and t.frontier == [-1]:  # first pass: room for the nodes too
-                n += t.num_run
+                n += t.max_runs()
             if self.kv.allocate(s, n):
                 ran.append((r, s))
         if not ran:
@@ -265,9 +256,11 @@ class DraftModelProposer:
                     continue
                 table = b.tables[tb]
                 for node in t.frontier:
-                    anc = [b.slot(table, t.base + a) for a in tree.ancestors(node, t.parents)]
+                    t.run_slot[node] = len(t.run_slot)
+                    anc = tree.ancestors(node, tuple(t.parents))
+                    slots = [b.slot(table, t.base + t.run_slot[a]) for a in anc]
                     pos = t.base + t.depth[node]
-                    b.node(tb, t.tokens[node], pos, anc[-1], t.base, anc)
+                    b.node(tb, t.tokens[node], pos, slots[-1], t.base, slots)
             logits, argmax = self.fused.run(b)
             return ran, logits, argmax
         stages = [
@@ -281,44 +274,76 @@ class DraftModelProposer:
         return ran, logits, greedy_ids(logits)
 
 
-@dataclass
 class _TreeState:
-    """One request's token tree while it is proposed, level by level."""
+    """One request's token tree while it is proposed, level by level (see
+    :class:`xyserve.spec.tree.TreeShape`): candidates in creation order (parents first), the
+    frontier that the next pass runs, and each run node's scratch K/V slot (the slot of
+    position ``base + run index`` in the request's draft table)."""
 
-    parents: tree.Parents  # trimmed to the request's cap of levels
-    depth: list[int]
-    children: dict[int, list[int]]  # node (-1: the root) -> its children, in rank order
-    tokens: list[int]
-    base: int  # the root's next position: node i's K/V goes to the slot of position base + i
-    frontier: list[int]  # nodes whose children the next pass proposes ([-1]: the root)
-    num_run: int  # nodes that run through the draft (those with children)
+    def __init__(self, shape: tree.TreeShape, cap: int, base: int) -> None:
+        self.shape = shape
+        self.levels = min(cap, len(shape.branching))
+        self.base = base
+        self.tokens: list[int] = []
+        self.parents: list[int] = []
+        self.depth: list[int] = []
+        self.score: list[float] = []  # log-probability of the path (dynamic trees only)
+        self.frontier: list[int] = [-1]  # -1: the root (the catch-up pass's last row)
+        self.run_slot: dict[int, int] = {}
 
-    @classmethod
-    def new(cls, full: tree.Parents, cap: int, base: int) -> _TreeState:
-        depth_full = tree.depths(full)
-        parents = tuple(p for p, d in zip(full, depth_full) if d < cap)
-        children: dict[int, list[int]] = {-1: []}
-        for i, p in enumerate(parents):
-            children.setdefault(i, [])
-            children[p].append(i)
-        run = [i for i in range(len(parents)) if children[i]]
-        return cls(
-            parents,
-            tree.depths(parents),
-            children,
-            [0] * len(parents),
-            base,
-            [-1],
-            max(run, default=-1) + 1,
-        )
+    def max_runs(self) -> int:
+        """Nodes that may run through the draft: the slots to allocate."""
+        total, width = 0, 1
+        for b in self.shape.branching[: self.levels - 1]:
+            width *= b
+            if self.shape.beam is not None:
+                width = min(width, self.shape.beam)
+            total += width
+        return total
 
-    def level(self, lv: int) -> list[int]:
-        """The nodes at depth ``lv - 1`` (after ``lv`` passes: the newest proposed level)."""
-        return [i for i, d in enumerate(self.depth) if d == lv - 1]
+    def expand(self, node: int, logits: torch.Tensor, argmax: int) -> None:
+        """Add ``node``'s children: the draft's top-b tokens after it."""
+        level = 0 if node < 0 else self.depth[node] + 1
+        b = self.shape.branching[level]
+        base_score = 0.0 if node < 0 else self.score[node]
+        if self.shape.nodes is None:  # static: ranks only
+            toks = [argmax] if b == 1 else torch.topk(logits, b).indices.tolist()
+            vals = [0.0] * len(toks)
+        else:
+            v, idx = torch.topk(torch.log_softmax(logits, -1), b)
+            toks, vals = idx.tolist(), v.tolist()
+        for tok, val in zip(toks, vals):
+            self.tokens.append(tok)
+            self.parents.append(node)
+            self.depth.append(level)
+            self.score.append(base_score + val)
 
-    def filled(self, lv: int) -> int:
-        """Nodes proposed after ``lv`` passes (levels are consecutive in node order)."""
-        return sum(1 for d in self.depth if d < lv)
+    def next_frontier(self, passes: int) -> list[int]:
+        """The nodes the next pass runs (after ``passes`` passes): the newest level's, or its
+        ``beam`` most likely; none once the tree has its levels."""
+        if passes >= self.levels:
+            return []
+        newest = [i for i, d in enumerate(self.depth) if d == passes - 1]
+        if self.shape.beam is not None:
+            newest = sorted(sorted(newest, key=lambda i: -self.score[i])[: self.shape.beam])
+        return newest
+
+    def result(self) -> tuple[list[int], tuple[int, ...]]:
+        """The proposed tokens and their parent array: every candidate (static), or the
+        ``nodes`` most likely with their ancestors (dynamic), by depth then creation order."""
+        keep = range(len(self.tokens))
+        if self.shape.nodes is not None:
+            best = sorted(keep, key=lambda i: (-self.score[i], self.depth[i], i))
+            chosen: set[int] = set()
+            for i in best:
+                path = tree.ancestors(i, tuple(self.parents))
+                if len(chosen | set(path)) > self.shape.nodes:
+                    continue
+                chosen.update(path)
+            keep = sorted(chosen, key=lambda i: (self.depth[i], i))
+        index = {old: new for new, old in enumerate(keep)}
+        parents = tuple(-1 if self.parents[i] < 0 else index[self.parents[i]] for i in keep)
+        return [self.tokens[i] for i in keep], parents
 
 
 def _greedy(r: Request) -> bool:

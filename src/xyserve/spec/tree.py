@@ -18,7 +18,27 @@ after acceptance :func:`path_moves` puts the accepted path's K/V at consecutive 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 Parents = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class TreeShape:
+    """How the draft grows a request's tree, level by level.
+
+    ``branching[l]``: children (the draft's top-b tokens) of each expanded node of level
+    ``l - 1`` (the root for ``l == 0``). Static (``beam`` and ``nodes`` None): every node
+    but the last level's is expanded and all are proposed (:func:`from_branching`'s tree).
+    Dynamic (EAGLE-2 style): the ``beam`` most likely nodes of each level are expanded (a
+    node's likelihood: the draft's probability of its path) and the ``nodes`` most likely
+    candidates, with their ancestors, are proposed; so a tree can spend as many verify tokens
+    as a chain and put them where the draft is unsure.
+    """
+
+    branching: tuple[int, ...]
+    beam: int | None = None
+    nodes: int | None = None
 
 
 def chain(n: int) -> Parents:
