@@ -62,6 +62,16 @@ class SpecDecoder:
         self.cost = StepCostModel(decay=1.0, min_steps=MIN_FIT_STEPS)
         self.acceptance: dict[str, float] = {}
         self.num_levels = 0  # proposer passes so far (the deepest proposal of each call)
+        # Time inside the proposer's calls only: the cost of its passes. (The decoder's own
+        # bookkeeping runs every step whether or not it proposes; counting it per level would
+        # make a level look dearer the fewer levels are run, down to none.)
+        self.proposer_seconds = 0.0
+        self._expected_tokens: int | None = None
+        # Chains' acceptance at depth j given depth j - 1 was accepted, over every verify: easy
+        # stretches of text make acceptance come in runs, so deeper proposals are accepted more
+        # often than the per-request rate ``a`` raised to the depth would say.
+        self.depth_tries = [0] * self.k
+        self.depth_hits = [0] * self.k
         # Anything with ``propose(requests, caps) -> {request_id: tokens}`` (at most caps[id]);
         # optionally ``release_except(live_ids)`` and ``probs(request_id, n)`` (the draft's q).
         self.proposer = proposer or NgramProposer(
@@ -93,6 +103,15 @@ class SpecDecoder:
     # ---- proposing --------------------------------------------------------------------
     def propose(self, running: list[Request]) -> None:
         """Fill ``spec_token_ids`` of decoding requests that have none pending."""
+        try:
+            self._propose(running)
+        finally:  # the next step's size if it is all decode/verify rows (see observe_step)
+            pure = all(r.num_computed_tokens == r.num_tokens - 1 for r in running)
+            self._expected_tokens = (
+                sum(1 + len(r.spec_token_ids) for r in running) if pure and running else None
+            )
+
+    def _propose(self, running: list[Request]) -> None:
         t0 = time.perf_counter()
         live = {r.request_id for r in running}
         self.acceptance = {rid: a for rid, a in self.acceptance.items() if rid in live}
@@ -127,8 +146,12 @@ class SpecDecoder:
         asking = [r for r in decoding if r.request_id in caps]
         for r in asking:
             r.spec_tree_parents = None  # the proposer sets a tree where it makes one
-        proposals = self.proposer.propose(asking, caps) if asking else {}
-        self.num_levels += max(caps.values(), default=0) if asking else 0
+        proposals = {}
+        if asking:
+            t1 = time.perf_counter()
+            proposals = self.proposer.propose(asking, caps)
+            self.proposer_seconds += time.perf_counter() - t1
+            self.num_levels += max(caps.values())
         for r in asking:
             toks = proposals.get(r.request_id)
             if toks:
@@ -168,7 +191,7 @@ class SpecDecoder:
                 if lv >= len(levels[rid]):
                     continue
                 n = levels[rid][lv]
-                a = self.acceptance.get(rid, PRIOR_ACCEPTANCE)
+                a = self.acceptance.get(rid, PRIOR_ACCEPTANCE) if lv == 0 else self.continues(lv)
                 # b alternatives per parent (the draft's top-b): one of them matches with about
                 # 1 - (1 - a)^b, treating them as independent tries (an optimistic model).
                 b = n / (levels[rid][lv - 1] if lv else 1)
@@ -198,10 +221,20 @@ class SpecDecoder:
         fit = self.cost.fit()  # (a, b) with b > 0 seconds per token, or None
         if fit is None or self.num_levels == 0:
             return 0.0
-        return (self.stats.propose_seconds / self.num_levels) / fit[1]
+        return (self.proposer_seconds / self.num_levels) / fit[1]
+
+    def continues(self, depth: int) -> float:
+        """The chance that a proposal at ``depth`` is accepted once the one before was
+        (observed over chains; Laplace-smoothed, so 0.5 before any observation)."""
+        return (self.depth_hits[depth] + 1) / (self.depth_tries[depth] + 2)
 
     def observe_step(self, num_tokens: int, seconds: float) -> None:
-        self.cost.observe(num_tokens, seconds)
+        """Time a step for the cost model, if it was only decode and verify rows (its size is
+        the one :meth:`propose` expected): verify costs are judged on steps like the ones that
+        speculation makes, not on prefill chunks, whose cost per token differs."""
+        if num_tokens == self._expected_tokens:
+            self.cost.observe(num_tokens, seconds)
+        self._expected_tokens = None
 
     # ---- verifying --------------------------------------------------------------------
     def verify(
@@ -220,6 +253,10 @@ class SpecDecoder:
         res = verify_tokens(logits, draft, row, min_tokens_blocked, q, tree_parents)
         self.stats.record(len(draft), res.num_accepted)
         self.observe_acceptance(request_id, len(draft), res.num_accepted)
+        if tree_parents is None:
+            for j in range(1, min(len(draft), res.num_accepted + 1, self.k)):
+                self.depth_tries[j] += 1
+                self.depth_hits[j] += j < res.num_accepted
         return res
 
     def observe_acceptance(self, request_id: str, num_draft: int, num_accepted: int) -> None:

@@ -145,6 +145,16 @@ class FusedDraft:
         self.weights = pack_model(model, compact)
         self.block_size = block_size
         self.k_cache, self.v_cache = ff.new_cache(self.weights, num_blocks, block_size)
+        self.warm_up()
+
+    def warm_up(self) -> None:
+        """Compile (or load from numba's cache) both entry points now, so that the first
+        proposal is not charged seconds of compilation (the adaptive model times proposals).
+        It writes one row's K/V into slot 0, which any request writes before it reads."""
+        b = self.builder()
+        b.causal(b.add_table([0]), [0], 0)
+        self.run(b)
+        self.greedy_chains(b, np.ones(1, dtype=np.int64))
 
     def builder(self) -> PassBuilder:
         return PassBuilder(self.block_size)
