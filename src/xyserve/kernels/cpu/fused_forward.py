@@ -255,30 +255,8 @@ def _rotate(src, cos_row, sin_row, dst):  # pragma: no cover - compiled
 
 
 def _forward(
-    ids,
-    pos,
-    slots,
-    table_of,
-    tables,
-    ctx_len,
-    extra_off,
-    extra_slots,
-    out_rows,
-    embed,
-    lm_head,
-    final_norm,
-    input_norm,
-    post_norm,
-    qkv,
-    qkv_bias,
-    o,
-    o_bias,
-    gate_up,
-    down,
-    q_norm,
-    k_norm,
-    cos,
-    sin,
+    rows,
+    weights,
     k_cache,
     v_cache,
     num_heads,
@@ -288,7 +266,27 @@ def _forward(
     linear,
     rms_rows,
 ):  # pragma: no cover - compiled
-    rows = ids.shape[0]
+    """The pass (see the module docstring); ``rows``, ``weights``: the arrays of
+    :func:`_row_tuple` and :func:`_weight_tuple`."""
+    ids, pos, slots, table_of, tables, ctx_len, extra_off, extra_slots, out_rows = rows
+    (
+        embed,
+        lm_head,
+        final_norm,
+        input_norm,
+        post_norm,
+        qkv,
+        qkv_bias,
+        o,
+        o_bias,
+        gate_up,
+        down,
+        q_norm,
+        k_norm,
+        cos,
+        sin,
+    ) = weights
+    num_rows = ids.shape[0]
     hidden = embed.shape[1]
     num_layers = input_norm.shape[0]
     bs, hkv, d = k_cache.shape[2], k_cache.shape[3], k_cache.shape[4]
@@ -296,21 +294,21 @@ def _forward(
     nq = num_heads * d
     inter = down.shape[2]
     scale = np.float32(1.0 / math.sqrt(d))
-    h = np.empty((rows, hidden), np.float32)
-    x = np.empty((rows, hidden), np.float32)
-    qkv_out = np.empty((rows, qkv.shape[1]), np.float32)
-    q = np.empty((rows, nq), np.float32)
-    attn = np.empty((rows, nq), np.float32)
-    gu = np.empty((rows, 2 * inter), np.float32)
-    act = np.empty((rows, inter), np.float32)
-    for r in range(rows):
+    h = np.empty((num_rows, hidden), np.float32)
+    x = np.empty((num_rows, hidden), np.float32)
+    qkv_out = np.empty((num_rows, qkv.shape[1]), np.float32)
+    q = np.empty((num_rows, nq), np.float32)
+    attn = np.empty((num_rows, nq), np.float32)
+    gu = np.empty((num_rows, 2 * inter), np.float32)
+    act = np.empty((num_rows, inter), np.float32)
+    for r in range(num_rows):
         h[r] = embed[ids[r]]
     for layer in range(num_layers):
         kc, vc = k_cache[layer], v_cache[layer]
         rms_rows(h, input_norm[layer], eps, x)
         linear(x, qkv[layer], qkv_bias[layer], qkv_out, False)
         qn, kn = q_norm[layer], k_norm[layer]
-        for r in prange(rows):  # rotate q; k rotated and v copied into the row's slot
+        for r in prange(num_rows):  # rotate q; k rotated and v copied into the row's slot
             p = pos[r]
             blk, off = slots[r] // bs, slots[r] % bs
             for hh in range(num_heads):
@@ -326,7 +324,7 @@ def _forward(
                 vsrc = qkv_out[r, nq + (hkv + hh) * d : nq + (hkv + hh + 1) * d]
                 for j in range(d):
                     vc[blk, off, hh, j] = vsrc[j]
-        for r in prange(rows):  # attention: the row's visible keys, then its extra slots
+        for r in prange(num_rows):  # attention: the row's visible keys, then its extra slots
             n_ctx = ctx_len[r]
             e0, e1 = extra_off[r], extra_off[r + 1]
             nk = n_ctx + e1 - e0
@@ -366,7 +364,7 @@ def _forward(
         linear(attn, o[layer], o_bias[layer], h, True)
         rms_rows(h, post_norm[layer], eps, x)
         linear(x, gate_up[layer], qkv_bias[layer, :0], gu, False)
-        for r in prange(rows):
+        for r in prange(num_rows):
             for j in range(inter):
                 g = gu[r, j]
                 act[r, j] = g / (np.float32(1.0) + np.exp(-g)) * gu[r, inter + j]
@@ -387,15 +385,7 @@ def _forward(
 
 
 def _greedy_chains(
-    ids,
-    pos,
-    slots,
-    table_of,
-    tables,
-    ctx_len,
-    extra_off,
-    extra_slots,
-    out_rows,
+    rows,
     steps,
     weights,
     k_cache,
@@ -409,34 +399,13 @@ def _greedy_chains(
     """``steps[i]`` greedy tokens after output row ``i``'s request: the first from the rows'
     pass, each next one from a one-row pass of the token before (at the next position, slot
     from the request's table; the slots must be allocated). ``tokens``: [S, max(steps)]."""
-    (
-        embed,
-        lm_head,
-        final_norm,
-        input_norm,
-        post_norm,
-        qkv,
-        qkv_bias,
-        o,
-        o_bias,
-        gate_up,
-        down,
-        q_norm,
-        k_norm,
-        cos,
-        sin,
-    ) = weights
+    pos, table_of, tables, extra_slots, out_rows = rows[1], rows[3], rows[4], rows[7], rows[8]
     sel = out_rows.shape[0]
     bs = k_cache.shape[2]
-    vocab = embed.shape[0]
+    vocab = weights[0].shape[0]
     logits = np.empty((sel, vocab), np.float32)
     argmax = np.empty(sel, np.int64)
-    _serial_c(
-        ids, pos, slots, table_of, tables, ctx_len, extra_off, extra_slots, out_rows,
-        embed, lm_head, final_norm, input_norm, post_norm, qkv, qkv_bias, o, o_bias, gate_up,
-        down, q_norm, k_norm, cos, sin, k_cache, v_cache, num_heads, eps, logits, argmax,
-        linear, rms_rows,
-    )  # fmt: skip
+    _serial_c(rows, weights, k_cache, v_cache, num_heads, eps, logits, argmax, linear, rms_rows)
     last = np.empty(sel, np.int64)
     for i in range(sel):
         tokens[i, 0] = argmax[i]
@@ -460,12 +429,20 @@ def _greedy_chains(
             r_slots[j] = tables[r_table[j], p // bs] * bs + p % bs
         r_logits = np.empty((n, vocab), np.float32)
         r_argmax = np.empty(n, np.int64)
+        one = (r_ids, r_pos, r_slots, r_table, tables, r_pos + 1, np.zeros(n + 1, np.int64))
+        one_rows = (*one, extra_slots[:0], np.arange(n))
         _serial_c(
-            r_ids, r_pos, r_slots, r_table, tables, r_pos + 1, np.zeros(n + 1, np.int64),
-            extra_slots[:0], np.arange(n), embed, lm_head, final_norm, input_norm, post_norm,
-            qkv, qkv_bias, o, o_bias, gate_up, down, q_norm, k_norm, cos, sin, k_cache, v_cache,
-            num_heads, eps, r_logits, r_argmax, linear, rms_rows,
-        )  # fmt: skip
+            one_rows,
+            weights,
+            k_cache,
+            v_cache,
+            num_heads,
+            eps,
+            r_logits,
+            r_argmax,
+            linear,
+            rms_rows,
+        )
         for j in range(n):
             tokens[live[j], lv] = r_argmax[j]
             last[live[j]] = r_argmax[j]
@@ -504,6 +481,14 @@ if njit is not None:
     _greedy_chains_c = njit(**_opts)(_greedy_chains)
 
 
+def _weight_tuple(w: PackedWeights) -> tuple:
+    """The arrays the compiled pass reads, in its order."""
+    return (
+        w.embed, w.lm_head, w.final_norm, w.input_norm, w.post_norm, w.qkv, w.qkv_bias, w.o,
+        w.o_bias, w.gate_up, w.down, w.q_norm, w.k_norm, w.cos, w.sin,
+    )  # fmt: skip
+
+
 @dataclass
 class Rows:
     """One pass's rows (see the module docstring), as the int64 arrays the kernel reads."""
@@ -517,6 +502,13 @@ class Rows:
     extra_off: np.ndarray  # [R + 1] the row's extra key slots: extra_slots[off[r]:off[r + 1]]
     extra_slots: np.ndarray  # [E]
     out_rows: np.ndarray  # [S] rows whose logits are returned, in this order
+
+
+def _row_tuple(r: Rows) -> tuple:
+    return (
+        r.ids, r.pos, r.slots, r.table_of, r.tables, r.ctx_len, r.extra_off, r.extra_slots,
+        r.out_rows,
+    )  # fmt: skip
 
 
 def forward(
@@ -539,30 +531,8 @@ def forward(
     else:
         fn, linear, rms = _serial, _linear_c, _rms_rows_c
     fn(
-        rows.ids,
-        rows.pos,
-        rows.slots,
-        rows.table_of,
-        rows.tables,
-        rows.ctx_len,
-        rows.extra_off,
-        rows.extra_slots,
-        rows.out_rows,
-        w.embed,
-        w.lm_head,
-        w.final_norm,
-        w.input_norm,
-        w.post_norm,
-        w.qkv,
-        w.qkv_bias,
-        w.o,
-        w.o_bias,
-        w.gate_up,
-        w.down,
-        w.q_norm,
-        w.k_norm,
-        w.cos,
-        w.sin,
+        _row_tuple(rows),
+        _weight_tuple(w),
         k_cache,
         v_cache,
         w.num_heads,
@@ -585,13 +555,8 @@ def greedy_chains(
     positions. Returns [S, max(steps)] token ids (entries past a row's steps are unset)."""
     sel = rows.out_rows.shape[0]
     tokens = np.zeros((sel, int(steps.max(initial=1))), np.int64)
-    weights = (
-        w.embed, w.lm_head, w.final_norm, w.input_norm, w.post_norm, w.qkv, w.qkv_bias, w.o,
-        w.o_bias, w.gate_up, w.down, w.q_norm, w.k_norm, w.cos, w.sin,
-    )  # fmt: skip
     _greedy_chains_c(
-        rows.ids, rows.pos, rows.slots, rows.table_of, rows.tables, rows.ctx_len, rows.extra_off,
-        rows.extra_slots, rows.out_rows, steps, weights, k_cache, v_cache, w.num_heads, w.eps,
+        _row_tuple(rows), steps, _weight_tuple(w), k_cache, v_cache, w.num_heads, w.eps,
         tokens, _linear_c, _rms_rows_c,
     )  # fmt: skip
     return tokens
