@@ -190,6 +190,14 @@ class LLMEngine:
         self.num_aborted_requests += 1
         return True
 
+    def withdraw_request(self, request_id: str) -> None:
+        """Undo the admission of a request that has not run yet: the all-or-none rollback of a
+        multi-prompt add that failed part-way. Unlike ``abort_request`` it is not counted as
+        an abort, and its prompt tokens leave the count: to the metrics it never came."""
+        group = self.groups.pop(request_id)
+        self._release(group, RequestStatus.FINISHED_ABORTED)
+        self.num_prompt_tokens -= len(group.prompt_token_ids)
+
     def _release(self, group: Group, status: RequestStatus) -> None:
         """Finish every child of ``group`` in the scheduler (freeing its blocks) and forget it."""
         for c in group.children:
