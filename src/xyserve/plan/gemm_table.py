@@ -59,7 +59,7 @@ def buckets(budget: int) -> list[int]:
 
 
 # The entry points a table may name (what each one runs: ``kernels.gemm.smooth``).
-CPU_IMPLS = ("linear", "addmm", "swap", "swap8", "numba")
+CPU_IMPLS = ("linear", "addmm", "swap", "swap8", "numba", "dnnl")
 GPU_IMPLS = ("triton", "cublas")
 
 
