@@ -33,36 +33,39 @@ def pow2(x: int, lo: int = 16) -> int:
     return max(lo, 1 << max(0, int(x) - 1).bit_length())
 
 
-def build_triton_plan(
-    meta: AttentionMetadata,
-    num_q_heads: int,
-    num_kv_heads: int,
-    head_dim: int,
-    num_workers: int | None = None,
-    block_m: int = 64,
-    allow_tf32: bool = False,
-) -> TritonAttentionPlan:
-    """Task table with tiles of ``block_m // G`` rows, laid out worker by worker on the device."""
-    device = meta.slot_mapping.device
-    group = num_q_heads // num_kv_heads
-    block_m = pow2(max(block_m, group))
-    if num_workers is None:
-        num_workers = (
-            torch.cuda.get_device_properties(device).multi_processor_count * 2
-            if device.type == "cuda"
-            else 4
-        )
-    tasks = build_task_table(meta.table, num_kv_heads, num_workers, max(1, block_m // group))
+def default_workers(device: torch.device) -> int:
+    """The persistent grid's size: two programs per SM on CUDA, 4 elsewhere (the interpreter)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count * 2
+    return 4
+
+
+COLUMNS = ("qstart", "rows", "rowoff", "ctx", "kvlen", "ext", "kvh", "stage", "toff", "tn")
+
+
+@dataclass
+class PlanColumns:
+    """A step's task table as host lists: one value per unit and column (``COLUMNS``), in the
+    order the workers walk them, each worker's range, and the tree masks flattened."""
+
+    tasks: TaskTable
+    cols: dict[str, list[int]]
+    w_off: list[int]
+    tree: list[int]
+
+
+def plan_columns(
+    meta: AttentionMetadata, num_kv_heads: int, num_workers: int, rows_per_tile: int
+) -> PlanColumns:
+    """The task table of ``meta`` (tiles of at most ``rows_per_tile`` rows) laid out as columns."""
+    tasks = build_task_table(meta.table, num_kv_heads, num_workers, rows_per_tile)
     tree_flat: list[int] = []
     tree_off: dict[int, int] = {}
     for s, row in enumerate(meta.table.rows):
         if row.tree_mask is not None:
             tree_off[s] = len(tree_flat)
             tree_flat.extend(int(b) for line in row.tree_mask for b in line)
-    cols: dict[str, list[int]] = {
-        k: []
-        for k in ("qstart", "rows", "rowoff", "ctx", "kvlen", "ext", "kvh", "stage", "toff", "tn")
-    }
+    cols: dict[str, list[int]] = {k: [] for k in COLUMNS}
     for ui in tasks.worker_order():
         unit = tasks.units[ui]
         t = tasks.tiles[unit.tile]
@@ -81,10 +84,113 @@ def build_triton_plan(
         )
         for k, v in zip(cols, vals):
             cols[k].append(v)
-    arrays = {k: torch.tensor(v, dtype=torch.int32, device=device) for k, v in cols.items()}
-    arrays["w_off"] = torch.tensor(tasks.worker_offsets(), dtype=torch.int32, device=device)
-    arrays["tree"] = torch.tensor(tree_flat or [0], dtype=torch.int8, device=device)
+    return PlanColumns(tasks, cols, tasks.worker_offsets(), tree_flat)
+
+
+def build_triton_plan(
+    meta: AttentionMetadata,
+    num_q_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    num_workers: int | None = None,
+    block_m: int = 64,
+    allow_tf32: bool = False,
+) -> TritonAttentionPlan:
+    """Task table with tiles of ``block_m // G`` rows, laid out worker by worker on the device."""
+    device = meta.slot_mapping.device
+    group = num_q_heads // num_kv_heads
+    block_m = pow2(max(block_m, group))
+    if num_workers is None:
+        num_workers = default_workers(device)
+    pc = plan_columns(meta, num_kv_heads, num_workers, max(1, block_m // group))
+    arrays = {k: torch.tensor(v, dtype=torch.int32, device=device) for k, v in pc.cols.items()}
+    arrays["w_off"] = torch.tensor(pc.w_off, dtype=torch.int32, device=device)
+    arrays["tree"] = torch.tensor(pc.tree or [0], dtype=torch.int8, device=device)
     arrays["bt"] = meta.block_tables.to(device=device, dtype=torch.int32).contiguous()
     return TritonAttentionPlan(
-        meta, tasks, num_q_heads, num_kv_heads, head_dim, block_m, arrays, allow_tf32
+        meta, pc.tasks, num_q_heads, num_kv_heads, head_dim, block_m, arrays, allow_tf32
     )
+
+
+@dataclass
+class StaticTritonPlan:
+    """A Triton plan in arrays of fixed capacity, for steps replayed in one CUDA graph.
+
+    A captured launch keeps its grid, its constexprs and its pointers, so every step replayed
+    in a graph must read its task table from the same arrays, of the same shapes. Here they are
+    allocated once, for at most ``capacity`` units, and each step writes its columns into them
+    (``fill``): its units first, each worker's range in ``w_off``. Units past ``w_off[-1]``
+    keep whatever an earlier step left there: no worker's range reaches them, so the kernel
+    never reads them, and a worker with no unit leaves its loop at once. A padded step's
+    padding tokens belong to no stage, so no unit covers them and their output rows stay zero.
+    The block tables are the padded step's own static ``[stages, max_blocks]`` buffer. Token
+    trees are not supported (their flattened masks vary in size): ``fill`` refuses them.
+    """
+
+    plan: TritonAttentionPlan  # its arrays are the static buffers the launches read
+    cols: torch.Tensor  # [len(COLUMNS), capacity] int32 on the plan's device
+    w_off: torch.Tensor  # [num_workers + 1] int32 on the plan's device
+    host_cols: torch.Tensor  # host staging of ``cols`` (pinned on CUDA; ``cols`` itself on CPU)
+    host_w_off: torch.Tensor
+
+    @property
+    def capacity(self) -> int:
+        return int(self.cols.shape[1])
+
+    @classmethod
+    def allocate(
+        cls,
+        meta: AttentionMetadata,
+        num_q_heads: int,
+        num_kv_heads: int,
+        head_dim: int,
+        capacity: int,
+        num_workers: int | None = None,
+        block_m: int = 64,
+        allow_tf32: bool = False,
+    ) -> StaticTritonPlan:
+        """Buffers for ``capacity`` units over ``meta``'s static block tables (an empty table:
+        the plan of a step with no stage until ``fill``)."""
+        device = meta.slot_mapping.device
+        block_m = pow2(max(block_m, num_q_heads // num_kv_heads))
+        workers = num_workers or default_workers(device)
+        cols = torch.zeros((len(COLUMNS), max(1, capacity)), dtype=torch.int32, device=device)
+        w_off = torch.zeros(workers + 1, dtype=torch.int32, device=device)
+        pin = device.type == "cuda"
+        host_cols = torch.zeros_like(cols, device="cpu").pin_memory() if pin else cols
+        host_w_off = torch.zeros_like(w_off, device="cpu").pin_memory() if pin else w_off
+        arrays = {k: cols[i] for i, k in enumerate(COLUMNS)}
+        arrays["w_off"] = w_off
+        arrays["tree"] = torch.zeros(1, dtype=torch.int8, device=device)
+        arrays["bt"] = meta.block_tables
+        if meta.block_tables.dtype != torch.int32 or not meta.block_tables.is_contiguous():
+            raise ValueError("a static plan reads the step's int32 block tables in place")
+        plan = TritonAttentionPlan(
+            meta, build_task_table(meta.table, num_kv_heads, workers), num_q_heads,
+            num_kv_heads, head_dim, block_m, arrays, allow_tf32,
+        )  # fmt: skip
+        return cls(plan, cols, w_off, host_cols, host_w_off)
+
+    def fill(self, meta: AttentionMetadata) -> TritonAttentionPlan:
+        """The plan of ``meta`` (whose tensors are the static buffers this plan was allocated
+        over), written into the static arrays; the copies to the device are asynchronous."""
+        p = self.plan
+        if any(r.tree_mask is not None for r in meta.table.rows):
+            raise ValueError("a static Triton plan takes no token tree")
+        workers = int(self.w_off.numel()) - 1
+        pc = plan_columns(
+            meta, p.num_kv_heads, workers, max(1, p.block_m // (p.num_q_heads // p.num_kv_heads))
+        )
+        n = len(pc.cols[COLUMNS[0]])
+        if n > self.capacity:
+            raise ValueError(f"{n} attention units exceed the static plan's {self.capacity}")
+        if n:
+            self.host_cols[:, :n] = torch.tensor([pc.cols[k] for k in COLUMNS], dtype=torch.int32)
+        self.host_w_off.copy_(torch.tensor(pc.w_off, dtype=torch.int32))
+        if self.host_cols is not self.cols:  # only the units this step uses travel
+            self.cols[:, :n].copy_(self.host_cols[:, :n], non_blocking=True)
+            self.w_off.copy_(self.host_w_off, non_blocking=True)
+        return TritonAttentionPlan(
+            meta, pc.tasks, p.num_q_heads, p.num_kv_heads, p.head_dim, p.block_m, p.arrays,
+            p.allow_tf32,
+        )  # fmt: skip
