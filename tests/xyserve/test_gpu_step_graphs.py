@@ -21,7 +21,7 @@ SIZES = [1, 2, 4, 8, 16]
 
 @pytest.mark.parametrize("gemm", ["smooth", "torch"])
 def test_replayed_steps_give_the_eager_logits(tiny_llama, monkeypatch, gemm):
-    args = dict(ENGINE, device="cuda", dtype="float32", gemm_backend=gemm)
+    args = {**ENGINE, "device": "cuda", "dtype": "float32", "gemm_backend": gemm}
     llm = LLM(str(tiny_llama), cudagraph_capture_sizes=SIZES, **args)
     runner = llm.llm_engine.runner
     assert runner.graphs is not None and sorted(runner.graphs.graphs) == SIZES

@@ -17,6 +17,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from xyserve import LLM, EngineConfig, SamplingParams
+from xyserve.bench.cases import StageSpec, build_case
 from xyserve.engine import runner as runner_module
 from xyserve.engine.capture_sizes import check_capture_sizes, default_capture_sizes
 from xyserve.engine.padded_step import PaddedStep
@@ -30,6 +31,7 @@ from xyserve.plan.token_table import TokenTable
 TRITON = os.environ.get("TRITON_INTERPRET") == "1"
 SIZES = [1, 2, 4, 8, 16]
 ENGINE = dict(
+    device="cpu",  # on a GPU machine too: these are the CPU checks (the GPU's: test_gpu_...)
     skip_tokenizer_init=True,
     max_num_batched_tokens=24,  # prompts are chunked; steps above 16 tokens run unpadded
     block_size=4,  # a new block every 4 tokens
@@ -90,6 +92,40 @@ def test_padding_is_written_where_it_is_harmless():
         assert not step.fits(t)
         with pytest.raises(ValueError, match="does not fit"):
             step.write(StepLists([0] * t.num_tokens, [0] * t.num_tokens, [], {}), t)
+
+
+@pytest.mark.skipif(not TRITON, reason="needs TRITON_INTERPRET=1")
+def test_a_static_triton_plan_runs_each_step_it_is_filled_with():
+    """One static plan, filled with a larger step and then a smaller one (whose units leave the
+    larger step's behind, unread): each gives the reference attention on its real rows and
+    zero rows for its padding."""
+    from xyserve.kernels.attention.meta.triton_kernel import triton_meta_attention
+    from xyserve.kernels.attention.reference import reference_attention
+
+    hq, hkv, d, bs, size = 8, 2, 32, 4, 32
+    step = PaddedStep.allocate(size, 8, scratch_slot=0, device=torch.device("cpu"))
+    be = InterpretedMeta(num_workers=3)
+    static = be.static_plan(step.meta(TokenTable(block_size=bs)), hq, hkv, d, size * hkv)
+    cases = [
+        [StageSpec(9, 5, prefill=True), StageSpec(1, 13), StageSpec(4, 7, num_spec_tokens=3)],
+        [StageSpec(1, 2), StageSpec(3, 0, prefill=True)],
+    ]
+    for i, specs in enumerate(cases):
+        c = build_case(specs, hq, hkv, d, bs, seed=i)
+        t = c.meta.table.num_tokens
+        meta = step.write(StepLists([0] * t, [0] * t, [], {}), c.meta.table)
+        plan = static.fill(meta)
+        # The launch reads the same memory at every step: the step's own static tables.
+        assert plan.arrays["bt"].data_ptr() == meta.block_tables.data_ptr()
+        assert plan.arrays is static.plan.arrays
+        q = torch.zeros((size, hq, d))
+        q[:t] = c.q
+        out = triton_meta_attention(plan, q, c.k_cache, c.v_cache, c.scale)
+        ref = reference_attention(c.meta, c.q, c.k_cache, c.v_cache, c.scale)
+        torch.testing.assert_close(out[:t], ref, atol=1e-4, rtol=1e-4)
+        assert not out[t:].any()
+    with pytest.raises(ValueError, match="token tree"):
+        static.fill(build_case([StageSpec(3, 2, tree=True)], hq, hkv, d, bs).meta)
 
 
 def _padded_llm(path, backend: str, monkeypatch) -> LLM:
@@ -257,9 +293,25 @@ def test_the_padded_forward_reads_no_device_value(tiny_llama, monkeypatch):
 
 def test_engine_says_whether_graphs_are_on(tiny_llama, caplog):
     caplog.set_level("INFO", logger="xyserve")
-    LLM(str(tiny_llama), skip_tokenizer_init=True)
+    LLM(str(tiny_llama), **ENGINE)
     assert "CUDA graphs: off (device cpu)" in caplog.text
     caplog.clear()
-    LLM(str(tiny_llama), skip_tokenizer_init=True, enforce_eager=True)
+    LLM(str(tiny_llama), **{**ENGINE, "enforce_eager": True})
     assert "CUDA graphs: off (enforce_eager)" in caplog.text
     assert StepGraphs.unsupported(MetaAttention(), torch.device("cpu")) is not None
+
+
+def test_a_failed_capture_leaves_an_eager_engine(tiny_llama, monkeypatch, caplog):
+    llm = _padded_llm(tiny_llama, "meta", monkeypatch)
+    runner = llm.llm_engine.runner
+
+    def boom(progress=True):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(runner.graphs, "capture", boom)
+    caplog.set_level("INFO", logger="xyserve")
+    runner._capture()
+    assert runner.graphs is None
+    assert "CUDA graphs: capture failed; every step runs eagerly" in caplog.text
+    out = llm.generate([{"prompt_token_ids": [5, 6, 7]}], SamplingParams(max_tokens=3))
+    assert len(out[0].outputs[0].token_ids) == 3

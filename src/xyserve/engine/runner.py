@@ -111,16 +111,29 @@ class ModelRunner:
                 model, self.kv_caches, self.attn, self.gemm, num_blocks * block_size, graphs
             )
             if graphs.capture:
-                t0 = time.perf_counter()
-                self.graphs.capture()
-                log.info(
-                    "CUDA graphs: on; steps of up to %d tokens without a token tree are padded "
-                    "to one of %d capture sizes %s (captured in %.1f s)",
-                    self.graphs.sizes[-1],
-                    len(self.graphs.sizes),
-                    self.graphs.sizes,
-                    time.perf_counter() - t0,
-                )
+                self._capture()
+
+    def _capture(self) -> None:
+        """Capture the step graphs, said in a log line. A capture that fails (a kernel or an op
+        that a graph cannot hold on this GPU and software) is logged with its cause and the
+        engine runs eagerly, as with ``enforce_eager``, rather than not starting."""
+        t0 = time.perf_counter()
+        try:
+            self.graphs.capture()
+        except Exception:
+            log.exception("CUDA graphs: capture failed; every step runs eagerly")
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            self.graphs = None
+            return
+        log.info(
+            "CUDA graphs: on; steps of up to %d tokens without a token tree are padded to one "
+            "of %d capture sizes %s (captured in %.1f s)",
+            self.graphs.sizes[-1],
+            len(self.graphs.sizes),
+            self.graphs.sizes,
+            time.perf_counter() - t0,
+        )
 
     @staticmethod
     def bytes_per_block(model_cfg, block_size: int, dtype: torch.dtype) -> int:
