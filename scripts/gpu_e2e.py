@@ -147,10 +147,16 @@ def main() -> int:
                 }
                 results.append(row)
                 extra = ""
-                if replay_ms is not None:
+                if replay_ms is not None and mode == "graphs":
                     extra = (
-                        f", replayed {r['replayed_steps']}/{r['steps']} steps, replay "
-                        f"{replay_ms:.2f} ms, overhead ~{row['overhead_ms_per_step']:.2f} ms/step"
+                        f", {r['replayed_steps']}/{r['steps']} steps replayed, "
+                        f"{replay_ms:.2f} GPU ms each; overhead "
+                        f"~{row['overhead_ms_per_step']:.2f} ms/step"
+                    )
+                elif replay_ms is not None:
+                    extra = (
+                        f"; overhead ~{row['overhead_ms_per_step']:.2f} ms/step against the "
+                        f"graph run's {replay_ms:.2f} GPU ms replays"
                     )
                 print(
                     f"e2e {args.dtype} {n} requests {mode}: xyserve {row['xyserve_tok_s']:.0f} "

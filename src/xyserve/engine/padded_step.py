@@ -40,6 +40,7 @@ class PaddedStep:
     int_dev: torch.Tensor  # [2 size + 1 + size * max_blocks] int32: starts, kv lens, tables
     long_host: torch.Tensor  # host mirrors (pinned on CUDA; the device tensors on CPU)
     int_host: torch.Tensor
+    _rows_written: int = 0  # block-table rows the last step wrote
 
     @classmethod
     def allocate(
@@ -130,10 +131,13 @@ class PaddedStep:
         starts[s + 1 :] = n
         kv_lens[:s] = [row.kv_len for row in rows]
         kv_lens[s:] = 0
-        tables[:] = 0
+        tables[: max(s, self._rows_written)] = 0  # rows past both steps' are zero already
         for i, row in enumerate(rows):
             tables[i, : len(row.block_table)] = row.block_table
         if self.long_host is not self.long_dev:
             self.long_dev.copy_(self.long_host, non_blocking=True)
-            self.int_dev.copy_(self.int_host, non_blocking=True)
+            # The block tables travel up to the last row either step wrote: the rest is zero.
+            end = 2 * self.size + 1 + max(s, self._rows_written) * self.max_blocks
+            self.int_dev[:end].copy_(self.int_host[:end], non_blocking=True)
+        self._rows_written = s
         return self.meta(table)
