@@ -315,3 +315,57 @@ def test_a_failed_capture_leaves_an_eager_engine(tiny_llama, monkeypatch, caplog
     assert "CUDA graphs: capture failed; every step runs eagerly" in caplog.text
     out = llm.generate([{"prompt_token_ids": [5, 6, 7]}], SamplingParams(max_tokens=3))
     assert len(out[0].outputs[0].token_ids) == 3
+
+
+def test_capture_orchestration_with_a_fake_cuda(tiny_llama, monkeypatch):
+    """``StepGraphs.capture``'s sequence, with torch.cuda's graph API replaced by recorders (the
+    capture itself needs a GPU): every size warmed up then captured, largest first, in one pool,
+    and a captured size's step replays its graph instead of running the forward."""
+    import contextlib
+
+    log: list = []
+
+    class FakeGraph:
+        def replay(self):
+            log.append("replay")
+
+    @contextlib.contextmanager
+    def graph(g, pool=None):
+        log.append(("capture", pool))
+        yield
+
+    class FakeStream:
+        def wait_stream(self, other):
+            pass
+
+    for name, value in (
+        ("graph_pool_handle", lambda: "pool"),
+        ("Stream", FakeStream),
+        ("current_stream", FakeStream),
+        ("stream", lambda s: contextlib.nullcontext()),
+        ("synchronize", lambda: None),
+        ("CUDAGraph", FakeGraph),
+        ("graph", graph),
+    ):
+        monkeypatch.setattr(torch.cuda, name, value)
+    runner = _padded_llm(tiny_llama, "meta", monkeypatch).llm_engine.runner
+    graphs = runner.graphs
+    real_forward = graphs._forward
+
+    def forward(size, plan):
+        log.append(("forward", size))
+        return real_forward(size, plan)
+
+    monkeypatch.setattr(graphs, "_forward", forward)
+    graphs.capture(progress=False)
+    want = []
+    for size in sorted(SIZES, reverse=True):
+        want += [("forward", size)] * 2 + [("capture", "pool"), ("forward", size)]
+    assert log == want
+    assert sorted(graphs.graphs) == SIZES
+    assert all(graphs.outputs[s].shape == (s, runner.model.cfg.vocab_size) for s in SIZES)
+    log.clear()
+    table = TokenTable(block_size=4)
+    table.add("a", 3, 3, [0], is_prefill=True)
+    logits = graphs.run(4, StepLists([5, 6, 7], [0, 1, 2], [2], {}), table)
+    assert log == ["replay"] and logits.shape == (1, runner.model.cfg.vocab_size)
