@@ -10,16 +10,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from xyserve.plan.attention_metadata import AttentionMetadata
-from xyserve.plan.task_table import TaskTable, build_task_table
+from xyserve.plan.task_table import cut_tiles
 
 
 @dataclass
 class TritonAttentionPlan:
     meta: AttentionMetadata
-    tasks: TaskTable
     num_q_heads: int
     num_kv_heads: int
     head_dim: int
@@ -45,46 +45,64 @@ COLUMNS = ("qstart", "rows", "rowoff", "ctx", "kvlen", "ext", "kvh", "stage", "t
 
 @dataclass
 class PlanColumns:
-    """A step's task table as host lists: one value per unit and column (``COLUMNS``), in the
-    order the workers walk them, each worker's range, and the tree masks flattened."""
+    """A step's task table as host arrays: ``cols[c, i]`` is column ``COLUMNS[c]`` of the i-th
+    unit in the order the workers walk them, worker w's units are ``w_off[w]:w_off[w + 1]``,
+    and ``tree`` holds the stages' tree masks flattened."""
 
-    tasks: TaskTable
-    cols: dict[str, list[int]]
-    w_off: list[int]
+    cols: np.ndarray  # [len(COLUMNS), units] int32
+    w_off: np.ndarray  # [num_workers + 1] int32
     tree: list[int]
 
 
 def plan_columns(
     meta: AttentionMetadata, num_kv_heads: int, num_workers: int, rows_per_tile: int
 ) -> PlanColumns:
-    """The task table of ``meta`` (tiles of at most ``rows_per_tile`` rows) laid out as columns."""
-    tasks = build_task_table(meta.table, num_kv_heads, num_workers, rows_per_tile)
+    """The task table of ``meta`` (tiles of at most ``rows_per_tile`` rows) laid out as columns.
+
+    The same table as ``task_table.build_task_table`` -- units (tile, KV head) sorted by cost,
+    descending and stable, snake-dealt to the workers -- computed on arrays rather than one
+    Python object per unit: at a 128-request decode step with 4 KV heads that is 512 units a
+    step, all host time before the launch. ``tests/xyserve/test_triton_plan_columns.py``
+    compares it with ``build_task_table``'s units, worker by worker.
+    """
+    rows = meta.table.rows
+    tiles = cut_tiles(meta.table, rows_per_tile)
     tree_flat: list[int] = []
     tree_off: dict[int, int] = {}
-    for s, row in enumerate(meta.table.rows):
+    for s, row in enumerate(rows):
         if row.tree_mask is not None:
             tree_off[s] = len(tree_flat)
             tree_flat.extend(int(b) for line in row.tree_mask for b in line)
-    cols: dict[str, list[int]] = {k: [] for k in COLUMNS}
-    for ui in tasks.worker_order():
-        unit = tasks.units[ui]
-        t = tasks.tiles[unit.tile]
-        row = meta.table.rows[t.stage]
-        vals = (
-            t.q_start,
-            t.num_rows,
-            t.row_offset,
-            t.context_len,
-            t.kv_len,
-            t.kv_extent,
-            unit.kv_head,
-            t.stage,
-            tree_off.get(t.stage, -1),
-            row.num_tokens if t.has_tree else 0,
-        )
-        for k, v in zip(cols, vals):
-            cols[k].append(v)
-    return PlanColumns(tasks, cols, tasks.worker_offsets(), tree_flat)
+    per_tile = np.array(
+        [
+            (
+                t.q_start,
+                t.num_rows,
+                t.row_offset,
+                t.context_len,
+                t.kv_len,
+                t.kv_extent,
+                0,  # the KV head: per unit, below
+                t.stage,
+                tree_off.get(t.stage, -1),
+                rows[t.stage].num_tokens if t.has_tree else 0,
+            )
+            for t in tiles
+        ],
+        dtype=np.int32,
+    ).reshape(len(tiles), len(COLUMNS))
+    workers = max(1, num_workers)
+    # Unit u is (tile u // H, KV head u % H), as build_task_table enumerates them.
+    cost = np.repeat(np.array([t.cost for t in tiles], dtype=np.int64), num_kv_heads)
+    by_cost = np.argsort(-cost, kind="stable")
+    rnd, pos = np.divmod(np.arange(len(cost)), workers)
+    worker = np.where(rnd % 2 == 0, pos, workers - 1 - pos)  # snake: 1..W, W..1, ...
+    walk = by_cost[np.argsort(worker, kind="stable")]
+    cols = per_tile[walk // max(1, num_kv_heads)]
+    cols[:, COLUMNS.index("kvh")] = walk % max(1, num_kv_heads)
+    w_off = np.zeros(workers + 1, dtype=np.int32)
+    np.cumsum(np.bincount(worker, minlength=workers), out=w_off[1:])
+    return PlanColumns(np.ascontiguousarray(cols.T), w_off, tree_flat)
 
 
 def build_triton_plan(
@@ -103,12 +121,13 @@ def build_triton_plan(
     if num_workers is None:
         num_workers = default_workers(device)
     pc = plan_columns(meta, num_kv_heads, num_workers, max(1, block_m // group))
-    arrays = {k: torch.tensor(v, dtype=torch.int32, device=device) for k, v in pc.cols.items()}
-    arrays["w_off"] = torch.tensor(pc.w_off, dtype=torch.int32, device=device)
+    cols = torch.from_numpy(pc.cols).to(device)  # one copy; each column a contiguous row
+    arrays = {k: cols[i] for i, k in enumerate(COLUMNS)}
+    arrays["w_off"] = torch.from_numpy(pc.w_off).to(device)
     arrays["tree"] = torch.tensor(pc.tree or [0], dtype=torch.int8, device=device)
     arrays["bt"] = meta.block_tables.to(device=device, dtype=torch.int32).contiguous()
     return TritonAttentionPlan(
-        meta, pc.tasks, num_q_heads, num_kv_heads, head_dim, block_m, arrays, allow_tf32
+        meta, num_q_heads, num_kv_heads, head_dim, block_m, arrays, allow_tf32
     )
 
 
@@ -166,9 +185,8 @@ class StaticTritonPlan:
         if meta.block_tables.dtype != torch.int32 or not meta.block_tables.is_contiguous():
             raise ValueError("a static plan reads the step's int32 block tables in place")
         plan = TritonAttentionPlan(
-            meta, build_task_table(meta.table, num_kv_heads, workers), num_q_heads,
-            num_kv_heads, head_dim, block_m, arrays, allow_tf32,
-        )  # fmt: skip
+            meta, num_q_heads, num_kv_heads, head_dim, block_m, arrays, allow_tf32
+        )
         return cls(plan, cols, w_off, host_cols, host_w_off)
 
     def fill(self, meta: AttentionMetadata) -> TritonAttentionPlan:
@@ -181,16 +199,14 @@ class StaticTritonPlan:
         pc = plan_columns(
             meta, p.num_kv_heads, workers, max(1, p.block_m // (p.num_q_heads // p.num_kv_heads))
         )
-        n = len(pc.cols[COLUMNS[0]])
+        n = pc.cols.shape[1]
         if n > self.capacity:
             raise ValueError(f"{n} attention units exceed the static plan's {self.capacity}")
-        if n:
-            self.host_cols[:, :n] = torch.tensor([pc.cols[k] for k in COLUMNS], dtype=torch.int32)
-        self.host_w_off.copy_(torch.tensor(pc.w_off, dtype=torch.int32))
+        self.host_cols[:, :n] = torch.from_numpy(pc.cols)
+        self.host_w_off.copy_(torch.from_numpy(pc.w_off))
         if self.host_cols is not self.cols:  # only the units this step uses travel
             self.cols[:, :n].copy_(self.host_cols[:, :n], non_blocking=True)
             self.w_off.copy_(self.host_w_off, non_blocking=True)
         return TritonAttentionPlan(
-            meta, pc.tasks, p.num_q_heads, p.num_kv_heads, p.head_dim, p.block_m, p.arrays,
-            p.allow_tf32,
-        )  # fmt: skip
+            meta, p.num_q_heads, p.num_kv_heads, p.head_dim, p.block_m, p.arrays, p.allow_tf32
+        )
