@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from xyserve.config import EngineConfig
+from xyserve.engine.capture_sizes import default_capture_sizes
 from xyserve.engine.intake import RequestIntake, RequestValidationError
 from xyserve.engine.kv_cache import KVCacheManager
 from xyserve.engine.output import Child, Group, OutputProcessor
@@ -17,6 +18,7 @@ from xyserve.engine.request import Request, RequestStatus
 from xyserve.engine.runner import ModelRunner
 from xyserve.engine.sampler import SampleRow, sample
 from xyserve.engine.scheduler import Scheduler
+from xyserve.engine.step_graphs import GraphOptions
 from xyserve.model.loader import load_model, resolve_device, resolve_dtype
 from xyserve.outputs import RequestMetrics, RequestOutput
 from xyserve.sampling_params import SamplingParams
@@ -111,6 +113,7 @@ class LLMEngine:
             config.gemm_backend,
             gemm_kwargs,
             allow_tf32=config.allow_tf32,
+            graphs=self._graph_options(),
         )
         self.intake = RequestIntake(
             config, self.tokenizer, mcfg.vocab_size, self.eos_token_ids, self.max_model_len
@@ -145,6 +148,19 @@ class LLMEngine:
         # Speculative decoding (the Verify stage): proposes after each step, verifies in the next.
         spec = SpeculativeConfig.parse(config.speculative_config)
         self.spec = SpecDecoder.for_engine(spec, self) if spec is not None else None
+
+    def _graph_options(self) -> GraphOptions | None:
+        """The CUDA graphs of the step loop, or None (eager), said in a log line. The runner
+        may still turn them off (an attention backend that plans per step) and says so."""
+        cfg = self.config
+        if cfg.enforce_eager or self.device.type != "cuda":
+            why = "enforce_eager" if cfg.enforce_eager else f"device {self.device.type}"
+            log.info("CUDA graphs: off (%s); every step runs eagerly", why)
+            return None
+        sizes = cfg.cudagraph_capture_sizes or default_capture_sizes(
+            cfg.max_num_seqs, cfg.max_num_batched_tokens
+        )
+        return GraphOptions(sizes, -(-self.max_model_len // cfg.block_size), capture=True)
 
     # ---- requests ---------------------------------------------------------------------
     def add_request(
