@@ -33,6 +33,19 @@ def test_one_pack_per_weight_until_its_storage_changes() -> None:
     torch.testing.assert_close(prepacked.linear(x, w, None), x @ other.t())
 
 
+def test_a_weight_written_in_place_is_packed_again() -> None:
+    """The pack is a copy: a weight updated in place (same storage, new values) must not be
+    multiplied through its old pack."""
+    w, new = torch.randn(32, 16), torch.randn(32, 16)
+    x = torch.randn(3, 16)
+    torch.testing.assert_close(prepacked.linear(x, w, None), x @ w.t())
+    with torch.no_grad():
+        w.copy_(new)
+    torch.testing.assert_close(prepacked.linear(x, w, None), x @ new.t())
+    first = prepacked.packed(w)
+    assert prepacked.packed(w) is first  # unchanged since: still packed once
+
+
 def test_other_dtypes_take_f_linear() -> None:
     w, x = torch.randn(8, 4, dtype=torch.float64), torch.randn(2, 4, dtype=torch.float64)
     torch.testing.assert_close(prepacked.linear(x, w, None), x @ w.t())

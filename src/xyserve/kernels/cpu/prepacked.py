@@ -8,9 +8,12 @@ for CPU weight prepacking) and every call runs ``torch.ops.mkldnn._linear_pointw
 One packed copy serves every M; the batch-size hint only guides oneDNN's choice of layout.
 
 The packed copy is kept on the weight tensor (like ``views.as_numpy``) while the tensor keeps
-its storage, shape, strides and dtype; it costs one more copy of that weight's memory, which is
-why only the ops whose tuned table entry names ``dnnl`` get one (``xyserve tune`` decides per
-op and bucket; figures: docs/perf.md, "Prepacked weights"). Results differ from ``F.linear``'s
+its storage, shape, strides, dtype and contents: unlike ``as_numpy``'s view it is a copy, so an
+in-place write to the weight (``copy_``, a weight update) must repack, which the tensor's
+version counter tells (an inference-mode tensor has none; it cannot be written in place
+outside inference mode, and a write inside it is not seen). It costs one more copy of that
+weight's memory, which is why only the ops whose tuned table entry names ``dnnl`` get one
+(``xyserve tune`` decides per op and bucket; figures: docs/perf.md, "Prepacked weights"). Results differ from ``F.linear``'s
 in float32 rounding only (another summation order), as the other tuned entry points' do.
 """
 
@@ -33,13 +36,21 @@ def available(dtype: torch.dtype = torch.float32) -> bool:
 
 def packed(weight: torch.Tensor) -> torch.Tensor:
     """``weight`` ([N, K], float32, CPU) in oneDNN's layout; made once, cached on ``weight``."""
-    key = (weight.data_ptr(), weight.shape, weight.stride(), weight.dtype)
+    key = (weight.data_ptr(), weight.shape, weight.stride(), weight.dtype, _version(weight))
     cached = getattr(weight, _ATTR, None)
     if cached is not None and cached[0] == key:
         return cached[1]
     p = _reorder(weight.detach().contiguous())
     setattr(weight, _ATTR, (key, p))
     return p
+
+
+def _version(t: torch.Tensor) -> int | None:
+    """``t``'s in-place write counter (None for an inference-mode tensor, which has none)."""
+    try:
+        return t._version
+    except RuntimeError:
+        return None
 
 
 def _reorder(weight: torch.Tensor) -> torch.Tensor:
