@@ -64,9 +64,9 @@ def check_every_step(monkeypatch) -> dict[str, int]:
     counts = {"steps": 0, "reused": 0}
     real = ModelRunner.prepare
 
-    def prepare(self, out, block_tables):
+    def prepare(self, out, block_tables, table=None):
         last = self._last
-        got = real(self, out, block_tables)
+        got = real(self, out, block_tables, table)
         want = self.build_inputs(out, self.build_table(out, block_tables))
         gp, lp = got.attn_plan, None if last is None else last.attn_plan
         if isinstance(gp, MetaAttentionPlan) and isinstance(lp, MetaAttentionPlan):

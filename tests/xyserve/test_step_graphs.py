@@ -369,3 +369,26 @@ def test_capture_orchestration_with_a_fake_cuda(tiny_llama, monkeypatch):
     table.add("a", 3, 3, [0], is_prefill=True)
     logits = graphs.run(4, StepLists([5, 6, 7], [0, 1, 2], [2], {}), table)
     assert log == ["replay"] and logits.shape == (1, runner.model.cfg.vocab_size)
+
+
+def test_a_step_too_large_to_pad_builds_its_token_table_once(tiny_llama, monkeypatch):
+    """A step above the largest capture size runs eagerly on the token table ``execute`` built
+    to choose its size, not on a second one built from the same scheduler output."""
+    llm = _padded_llm(tiny_llama, "meta", monkeypatch)
+    tables, steps = [], []
+    real_table, real_execute = ModelRunner.build_table, ModelRunner.execute
+
+    def build_table(self, out, block_tables):
+        tables.append(real_table(self, out, block_tables))
+        return tables[-1]
+
+    def execute(self, out, block_tables):
+        steps.append(sum(st.num_tokens for st in out.stages))
+        return real_execute(self, out, block_tables)
+
+    monkeypatch.setattr(ModelRunner, "build_table", build_table)
+    monkeypatch.setattr(ModelRunner, "execute", execute)
+    params = SamplingParams(temperature=0, max_tokens=2, ignore_eos=True)
+    llm.generate([{"prompt_token_ids": list(range(3, 23))}], params, use_tqdm=False)
+    assert max(steps) > SIZES[-1]  # the 20-token prefill ran eagerly
+    assert len(tables) == len(steps)

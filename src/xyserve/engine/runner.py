@@ -177,10 +177,17 @@ class ModelRunner:
                 flat = cache.view(-1, *cache.shape[2:])
                 flat[dst] = flat[src]
 
-    def prepare(self, out: SchedulerOutput, block_tables: dict[str, list[int]]) -> StepInputs:
+    def prepare(
+        self,
+        out: SchedulerOutput,
+        block_tables: dict[str, list[int]],
+        table: TokenTable | None = None,
+    ) -> StepInputs:
         """The step's inputs and plans: the previous step's patched when this step is the next
-        of the same decode batch on CPU (``StepInputs.advance``), else built afresh."""
-        table = self.build_table(out, block_tables)
+        of the same decode batch on CPU (``StepInputs.advance``), else built afresh. ``table``:
+        the step's token table when the caller has built it already."""
+        if table is None:
+            table = self.build_table(out, block_tables)
         last, self._last = self._last, None
         inputs = None
         if self.reuse_plans and last is not None and not out.copies:
@@ -216,6 +223,7 @@ class ModelRunner:
 
     def execute(self, out: SchedulerOutput, block_tables: dict[str, list[int]]) -> StepResult:
         self.copy_blocks(out.copies)
+        table = None
         if self.graphs is not None:
             table = self.build_table(out, block_tables)
             size = self.graphs.size_for(table)
@@ -224,7 +232,7 @@ class ModelRunner:
                 lists = StepLists.build(out, table)
                 logits = self.graphs.run(size, lists, table)
                 return StepResult.to_host(logits, lists.rows)
-        inputs = self.prepare(out, block_tables)
+        inputs = self.prepare(out, block_tables, table)  # a step too large: eager, same table
         ctx = StepContext(
             positions=inputs.positions,
             slot_mapping=inputs.meta.slot_mapping,
