@@ -57,6 +57,7 @@ def assert_same_inputs(got: StepInputs, want: StepInputs) -> None:
             for name in ("q_rows", "kv_lens", "tables", "worker_offsets"):
                 np.testing.assert_array_equal(getattr(gp.decode, name), getattr(wp.decode, name))
             assert torch.equal(gp.decode.rows, wp.decode.rows)
+            assert gp.decode.total_keys == wp.decode.total_keys == int(wp.decode.kv_lens.sum())
 
 
 def check_every_step(monkeypatch) -> dict[str, int]:

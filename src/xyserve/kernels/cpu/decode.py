@@ -114,8 +114,8 @@ def run_decode(
     workers = plan.worker_offsets.shape[0] - 1
     # keys x query heads x head size, a quarter each (the dot and the axpy over a key run as
     # vector FMAs, several times cheaper per element than an elementwise op's exp); summed only
-    # when there are two tiles to share
-    work = int(plan.kv_lens.sum()) * q.shape[1] * q.shape[2] // 4 if plan.num_tiles > 1 else None
+    # when there are two tiles to share (the plan keeps the sum: it is the same in every layer)
+    work = plan.total_keys * q.shape[1] * q.shape[2] // 4 if plan.num_tiles > 1 else None
     use_cpu_threads(workers, items=plan.num_tiles, work=work)
     _decode_kernel(
         q.detach().numpy() if q.is_contiguous() else q.contiguous().numpy(),
