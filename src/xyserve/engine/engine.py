@@ -178,11 +178,19 @@ class LLMEngine:
         rid = request_id if request_id is not None else str(next(self._ids))
         if rid in self.groups:
             raise RequestValidationError(f"duplicate request id {rid!r}")
+        child_ids = [rid] if params.n == 1 else [f"{rid}#{i}" for i in range(params.n)]
+        # A child's id (``<id>#<i>``) may be another request's id or child's: refused here,
+        # before any child replaces that request's entries.
+        taken = [c for c in child_ids if c in self._child_to_group or c in self.scheduler.requests]
+        if taken:
+            raise RequestValidationError(
+                f"request id {rid!r} (n={params.n}) needs the id {taken[0]!r} for a sample, "
+                "which another request in flight already uses"
+            )
         now = arrival_time if arrival_time is not None else time.monotonic()
         group = Group(rid, text, ids, params, metrics=RequestMetrics(arrival_time=now))
         # Build every child first: only then does any of them reach the scheduler.
-        for i in range(params.n):
-            child_id = rid if params.n == 1 else f"{rid}#{i}"
+        for i, child_id in enumerate(child_ids):
             gen = None
             if params.seed is not None:
                 gen = torch.Generator().manual_seed(params.seed + i)
