@@ -122,7 +122,7 @@ def test_contended_transfer_matches_the_link_by_link_reference(arch):
     fast, ref = Physics(a, [1000], False), Physics(a, [1000], False)
     assert fast.contention
     rng = random.Random(1)
-    t = 0.0
+    t, nb, nbh = 0.0, 0.0, 0.0
     for _ in range(3000):
         q, p = rng.sample(range(a.n_peas), 2)
         if rng.random() < 0.5:  # mostly short routes, as in a run, so that they contend
@@ -132,8 +132,11 @@ def test_contended_transfer_matches_the_link_by_link_reference(arch):
                 continue
         b = rng.choice([64.0, 4096.0, rng.uniform(0, 1e6)])
         assert fast.transfer(q, p, b, t) == transfer_reference(ref, q, p, b, t)
+        nb += b
+        nbh += b * a.route(q, p, b)[0]
         t += rng.expovariate(2.0)
-    assert fast.link_free == ref.link_free
+    assert fast.link_free.tolist() == ref.link_free.tolist()
+    assert (fast.noc_bytes, fast.noc_byte_hops) == (nb, nbh)
     assert max(fast.link_free) > t  # routes did wait for one another
 
 
