@@ -94,11 +94,12 @@ def bench(
     if profile_top:
         profile_run(cw, a, seed, instances, prof, profile_top)
         return None
-    # the compiled contended route loads once per process (numba, from its cache after the
-    # first run): that start-up cost is printed apart, not counted in the run's events/s
+    # the compiled pieces (numba) load once per process, from numba's cache after the first
+    # run: that start-up cost is printed apart, not counted in the run's events/s
     c0 = time.process_time()
-    if a.link_contention:
-        import octopus.sim.links  # noqa: F401
+    import octopus.sched.shares  # noqa: F401
+    import octopus.sim.links  # noqa: F401
+
     load_s = time.process_time() - c0
     gc.collect()
     t0, c0 = time.perf_counter(), time.process_time()
@@ -115,7 +116,7 @@ def bench(
     # time the other jobs held the cores)
     print(f"  cpu  {cpu:.2f} s   {events / cpu:,.0f} events/s")
     if load_s:
-        print(f"  (before it: {load_s:.2f} s CPU to load the compiled contended route)")
+        print(f"  (before it: {load_s:.2f} s CPU to load the compiled pieces, once per process)")
     # side by side with SimPy, on the simple configuration both can model
     cs = cw
     if not simple_workflow_ok(cw):

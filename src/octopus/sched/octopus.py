@@ -23,7 +23,9 @@ Control blocks are decided on the control plane (CBU) in every Octopus variant.
 from __future__ import annotations
 
 from collections import deque
-from itertools import islice
+from itertools import chain, compress, islice
+
+import numpy as np
 
 from octopus.sched.api import Scheduler, SchedulerAPI
 from octopus.sched.balance import central_step, diffusion_step
@@ -88,6 +90,17 @@ class OctopusScheduler(Scheduler):
         else:
             base = share
         self.base0 = base
+        # _adapt's compiled arithmetic (imported here: numba loads only when it is used),
+        # its constants and its outputs
+        from octopus.sched.shares import resize_shares
+
+        self._resize_shares = resize_shares
+        self._resize = sum(self.fp) <= arch.peas_in_cluster  # else everything stays spare
+        frac = [1.0 if cls == "stable" else self.dynamic_base for cls in self.classes]
+        self._fp_a = np.array(self.fp, dtype=np.int64)
+        self._frac_a = np.array(frac, dtype=np.float64)
+        self._target = np.zeros((nc, T), dtype=np.int64)
+        self._active = np.zeros(nc, dtype=np.bool_)
         self.own = [-1] * arch.n_peas
         self.q = [[deque() for _ in range(T)] for _ in range(nc)]
         self.fown = [[[] for _ in range(T)] for _ in range(nc)]  # free, owned by TB
@@ -97,7 +110,8 @@ class OctopusScheduler(Scheduler):
         self.nfree = [0] * nc
         self.n_own = [[0] * T for _ in range(nc)]
         self.nwarm = [[0] * (T + 1) for _ in range(nc)]
-        self.demand = [[api.load[tb] for tb in range(T)] for _ in range(nc)]
+        # per cluster and TB: demand EWMA, and what arrived since the last tick (_adapt)
+        self.demand = np.array([[float(api.load[tb]) for tb in range(T)] for _ in range(nc)])
         self.seen = [[0.0] * T for _ in range(nc)]
         self.spawn = [[0.0] * T for _ in range(T)]  # learned: TB -> expected downstream counts
         spare = lay_out(api, arch.cluster_peas, base, self.own, self.fown, self.n_own)
@@ -180,26 +194,24 @@ class OctopusScheduler(Scheduler):
             if lend is not None and lend[tb]:
                 lend = None  # a choked TB borrows nothing
             if self.dds:
-                for u in range(T + 1):
+                # the non-empty spare lists, in ascending order (compress tests them in C:
+                # with few free PEAs, most of the T + 1 lists are empty)
+                for u in compress(range(T + 1), sp):
                     # _spare_lends(c, u, tb, lend), its common cases inlined: an
                     # unconfigured PEA, or one warm for a TB without a queue or choked
-                    if (
-                        u != tb
-                        and sp[u]
-                        and (
-                            u == T
-                            or not qs[u]
-                            or (lend is not None and lend[u])
-                            or self._spare_lends(c, u, tb, lend)
-                        )
+                    if u != tb and (
+                        u == T
+                        or not qs[u]
+                        or (lend is not None and lend[u])
+                        or self._spare_lends(c, u, tb, lend)
                     ):
                         donors.append(sp[u])
                         n += len(sp[u])
                         if n >= fp:
                             break
             if self.adaptive and n < fp:
-                for u in range(T):
-                    if u != tb and own_l[u] and (not qs[u] or (lend is not None and lend[u])):
+                for u in compress(range(T), own_l):
+                    if u != tb and (not qs[u] or (lend is not None and lend[u])):
                         donors.append(own_l[u])
                         n += len(own_l[u])
                         if n >= fp:
@@ -333,7 +345,7 @@ class OctopusScheduler(Scheduler):
         qs = self.q[c]
         if not any(qs):
             return
-        tbs = [tb for tb, q in enumerate(qs) if q]
+        tbs = list(compress(range(self.T), qs))  # the TBs with a queue
         groups = (tbs,)
         if self.bp_aware and self.api.buffer_slots:
             # back-pressure aware: serve TBs that are not choked (none of their PEAs is
@@ -454,26 +466,32 @@ class OctopusScheduler(Scheduler):
 
     def _adapt(self, t: float) -> None:
         """Re-size base shares from observed demand (EWMA of arrivals x duration) plus the
-        current queue."""
-        api, T, fp = self.api, self.T, self.fp
-        npc = api.arch.peas_in_cluster
-        ewma, own, nfree = api.ewma, self.own, self.nfree
-        resize = sum(fp) <= npc  # a cluster too small to split keeps everything spare
-        frac = [1.0 if cls == "stable" else self.dynamic_base for cls in self.classes]
-        for c in range(len(self.q)):
-            d, seen = self.demand[c], self.seen[c]
-            d[:] = [x + 0.3 * (y - x) for x, y in zip(d, seen)]
-            seen[:] = [0.0] * T
-            if not resize or not any(d):
+        current queue. The arithmetic of every cluster is one compiled call
+        (`shares.resize_shares`); moving PEAs between the shares follows here."""
+        api, T = self.api, self.T
+        own, nfree, nc = self.own, self.nfree, len(self.q)
+        qlen = np.fromiter(map(len, chain.from_iterable(self.q)), np.int64, nc * T)
+        seen = np.array(self.seen, dtype=np.float64)
+        self.seen = [[0.0] * T for _ in range(nc)]
+        self._resize_shares(
+            self.demand,
+            seen,
+            qlen.reshape(nc, T),
+            np.array(api.ewma, dtype=np.float64),
+            self._fp_a,
+            self._frac_a,
+            api.arch.peas_in_cluster,
+            self._resize,
+            self.dds,
+            self._target,
+            self._active,
+        )
+        active, targets = self._active.tolist(), self._target.tolist()
+        for c in range(nc):
+            if not active[c]:
                 continue
             qs, n_own, fown, sp = self.q[c], self.n_own[c], self.fown[c], self.fsp[c]
-            want = [x + len(q) * e * f + 1e-9 for x, q, e, f in zip(d, qs, ewma, fp)]
-            share = partition(npc, want, fp)
-            if self.dds:
-                # max(footprint, the class's fraction of the share)
-                target = [a if (a := int(s * r)) > f else f for f, s, r in zip(fp, share, frac)]
-            else:
-                target = share
+            target = targets[c]
             if n_own == target:  # every base share already at its target
                 if nfree[c] and any(qs):  # _drain's first tests, without the call
                     self._drain(c, t)
