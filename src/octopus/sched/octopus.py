@@ -366,7 +366,13 @@ class OctopusScheduler(Scheduler):
                     break
             else:
                 tb = -1
-            if tb >= 0:
+            if tb >= 0 and nfree[c] == 1:
+                # one free PEA: it is warm for tb alone (it lies in one list), tb places once,
+                # and then nothing is free (its pre-configurations find no spare PEA): the
+                # order of the pass cannot matter
+                self._place(c, qs[tb][0], t, True)
+                qs[tb].popleft()
+            elif tb >= 0:
                 for tb in grp if len(grp) == 1 else self._order(qs, grp):
                     q, mine, spw, need = qs[tb], own_l[tb], sp[tb], fp[tb]
                     while q and len(mine) + len(spw) >= need:
