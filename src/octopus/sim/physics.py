@@ -87,14 +87,11 @@ class Physics:
         if self.contention:
             return self._contended(self._fa, self._geo, q, p, b, t)
         px, py = self._px, self._py
-        dx = px[p] - px[q]
-        hops = (dx if dx > 0 else -dx) + abs(py[p] - py[q])
-        if self._dies:
-            ddx, ddy = self._ddx, self._ddy
-            dies = abs(ddx[q] - ddx[p]) + abs(ddy[q] - ddy[p])
-        else:
-            dies = 0
-        if dies:
+        dx, dy = px[p] - px[q], py[p] - py[q]
+        hops = (dx if dx > 0 else -dx) + (dy if dy > 0 else -dy)
+        if self._dies and (
+            dies := abs(self._ddx[q] - self._ddx[p]) + abs(self._ddy[q] - self._ddy[p])
+        ):
             lat = (hops - dies) * self._hop + dies * self._die_hop
             ser = b / self._die_bw
         else:
