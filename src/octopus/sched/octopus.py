@@ -379,17 +379,16 @@ class OctopusScheduler(Scheduler):
                         self._place(c, q[0], t, True)
                         q.popleft()
             # reconfiguring pass: a TB whose footprint exceeds the cluster's free PEAs
-            # cannot place (see _place), so it is skipped without a call, and the pass
-            # without a sort when that holds for every TB of the group
+            # cannot place (see _place; the pass only takes PEAs), nor can a TB without a
+            # queue, so only the others are ordered and tried (the order of a subset is
+            # the subset of the order)
             n = nfree[c]
             if not n:
                 continue
-            for tb in grp:
-                if fp[tb] <= n and qs[tb]:
-                    break
-            else:
+            cand = [tb for tb in grp if fp[tb] <= n and qs[tb]]
+            if not cand:
                 continue
-            for tb in grp if len(grp) == 1 else self._order(qs, grp):
+            for tb in cand if len(cand) == 1 else self._order(qs, cand):
                 q = qs[tb]
                 while q and fp[tb] <= nfree[c] and self._place(c, q[0], t, False):
                     q.popleft()
