@@ -23,9 +23,7 @@ Control blocks are decided on the control plane (CBU) in every Octopus variant.
 from __future__ import annotations
 
 from collections import deque
-from itertools import chain, compress, islice
-
-import numpy as np
+from itertools import compress, islice
 
 from octopus.sched.api import Scheduler, SchedulerAPI
 from octopus.sched.balance import central_step, diffusion_step
@@ -90,17 +88,19 @@ class OctopusScheduler(Scheduler):
         else:
             base = share
         self.base0 = base
-        # _adapt's compiled arithmetic (imported here: numba loads only when it is used),
-        # its constants and its outputs
-        from octopus.sched.shares import resize_shares
+        # _adapt's arithmetic, compiled: its state (the demand EWMA per cluster and TB) and
+        # constants (imported here: numpy and numba load only when Octopus runs)
+        from octopus.sched.shares import ShareResizer
 
-        self._resize_shares = resize_shares
-        self._resize = sum(self.fp) <= arch.peas_in_cluster  # else everything stays spare
         frac = [1.0 if cls == "stable" else self.dynamic_base for cls in self.classes]
-        self._fp_a = np.array(self.fp, dtype=np.int64)
-        self._frac_a = np.array(frac, dtype=np.float64)
-        self._target = np.zeros((nc, T), dtype=np.int64)
-        self._active = np.zeros(nc, dtype=np.bool_)
+        self._resizer = ShareResizer(
+            [[float(api.load[tb]) for tb in range(T)] for _ in range(nc)],
+            self.fp,
+            frac,
+            arch.peas_in_cluster,
+            resize=sum(self.fp) <= arch.peas_in_cluster,  # else everything stays spare
+            dds=self.dds,
+        )
         self.own = [-1] * arch.n_peas
         self.q = [[deque() for _ in range(T)] for _ in range(nc)]
         self.fown = [[[] for _ in range(T)] for _ in range(nc)]  # free, owned by TB
@@ -110,9 +110,7 @@ class OctopusScheduler(Scheduler):
         self.nfree = [0] * nc
         self.n_own = [[0] * T for _ in range(nc)]
         self.nwarm = [[0] * (T + 1) for _ in range(nc)]
-        # per cluster and TB: demand EWMA, and what arrived since the last tick (_adapt)
-        self.demand = np.array([[float(api.load[tb]) for tb in range(T)] for _ in range(nc)])
-        self.seen = [[0.0] * T for _ in range(nc)]
+        self.seen = [[0.0] * T for _ in range(nc)]  # demand arrived since the last tick
         self.spawn = [[0.0] * T for _ in range(T)]  # learned: TB -> expected downstream counts
         spare = lay_out(api, arch.cluster_peas, base, self.own, self.fown, self.n_own)
         for c, rest in enumerate(spare):
@@ -472,26 +470,10 @@ class OctopusScheduler(Scheduler):
     def _adapt(self, t: float) -> None:
         """Re-size base shares from observed demand (EWMA of arrivals x duration) plus the
         current queue. The arithmetic of every cluster is one compiled call
-        (`shares.resize_shares`); moving PEAs between the shares follows here."""
-        api, T = self.api, self.T
-        own, nfree, nc = self.own, self.nfree, len(self.q)
-        qlen = np.fromiter(map(len, chain.from_iterable(self.q)), np.int64, nc * T)
-        seen = np.array(self.seen, dtype=np.float64)
+        (`shares.ShareResizer`); moving PEAs between the shares follows here."""
+        T, own, nfree, nc = self.T, self.own, self.nfree, len(self.q)
+        active, targets = self._resizer.step(self.q, self.seen, self.api.ewma)
         self.seen = [[0.0] * T for _ in range(nc)]
-        self._resize_shares(
-            self.demand,
-            seen,
-            qlen.reshape(nc, T),
-            np.array(api.ewma, dtype=np.float64),
-            self._fp_a,
-            self._frac_a,
-            api.arch.peas_in_cluster,
-            self._resize,
-            self.dds,
-            self._target,
-            self._active,
-        )
-        active, targets = self._active.tolist(), self._target.tolist()
         for c in range(nc):
             if not active[c]:
                 continue

@@ -11,8 +11,52 @@ PEAs between the shares stays in Python.
 
 from __future__ import annotations
 
+from itertools import chain
+
 import numpy as np
 from numba import njit
+
+
+class ShareResizer:
+    """The demand EWMA of every (cluster, TB) and the per-tick call that re-sizes the base
+    shares from it (`resize_shares`), with the arrays that call takes."""
+
+    def __init__(
+        self,
+        demand: list[list[float]],
+        fp: list[int],
+        frac: list[float],
+        npc: int,
+        resize: bool,
+        dds: bool,
+    ):
+        self.demand = np.array(demand, dtype=np.float64)
+        nc, T = self.demand.shape
+        self.fp = np.array(fp, dtype=np.int64)
+        self.frac = np.array(frac, dtype=np.float64)
+        self.npc, self.resize, self.dds = npc, resize, dds
+        self.target = np.zeros((nc, T), dtype=np.int64)
+        self.active = np.zeros(nc, dtype=np.bool_)
+
+    def step(self, queues, seen, ewma) -> tuple[list[bool], list[list[int]]]:
+        """One tick: fold `seen` (per cluster and TB) into the demand, then per cluster
+        whether it re-sizes and its base-share targets (from the lengths of `queues`)."""
+        nc, T = self.demand.shape
+        qlen = np.fromiter(map(len, chain.from_iterable(queues)), np.int64, nc * T)
+        resize_shares(
+            self.demand,
+            np.array(seen, dtype=np.float64),
+            qlen.reshape(nc, T),
+            np.array(ewma, dtype=np.float64),
+            self.fp,
+            self.frac,
+            self.npc,
+            self.resize,
+            self.dds,
+            self.target,
+            self.active,
+        )
+        return self.active.tolist(), self.target.tolist()
 
 
 @njit("void(int64, float64[::1], int64[::1], int64[::1])", cache=True, nogil=True)
