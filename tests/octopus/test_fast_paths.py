@@ -156,6 +156,19 @@ def test_uncontended_transfer_is_arch_route(arch):
     assert ph.noc_byte_hops == hop_bytes
 
 
+@pytest.mark.parametrize("arch", ["chip", "chiplet", "wafer"])
+def test_route_us_is_arch_transfer_us(arch):
+    """The balancer's idle-mesh transfer time (compiled on fabrics with link contention)."""
+    a = load_arch(arch)
+    ph = Physics(a, [1000], False)
+    rng = random.Random(3)
+    for _ in range(2000):
+        q, p = rng.sample(range(a.n_peas), 2)
+        b = rng.choice([64.0, 4096.0, rng.uniform(0, 1e6)])
+        assert ph.route_us(q, p, b) == a.transfer_us(q, p, b)
+    assert (ph.noc_bytes, ph.noc_byte_hops) == (0.0, 0.0)  # nothing counted
+
+
 def test_point_to_point_reader_counts_match_their_definition():
     cw, a = prepare("driving_perception", "chip")
     sim = run_one(cw, a, "octopus", 0, 12)

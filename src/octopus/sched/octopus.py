@@ -390,6 +390,8 @@ class OctopusScheduler(Scheduler):
                 q = qs[tb]
                 while q and fp[tb] <= nfree[c] and self._place(c, q[0], t, False):
                     q.popleft()
+                if not nfree[c]:  # nothing is free: no later TB can place
+                    break
 
     def _order(self, qs, grp) -> list[int]:
         """The order in which a cluster's TBUs with queued work are served. Oldest first:

@@ -46,14 +46,9 @@ def link_tables(arch: Arch) -> tuple[np.ndarray, np.ndarray, int]:
     return fa, geo, n_links
 
 
-@njit(
-    "float64(float64[::1], int64[:, ::1], int64, int64, float64, float64)",
-    cache=True,
-    nogil=True,
-)
-def contended_transfer(fa, geo, q, p, b, t):  # pragma: no cover (compiled)
-    """Send b bytes from PEA q to PEA p, issued at t, reserving the route's links; returns
-    the time to arrival and adds to the NoC counters."""
+@njit(cache=True, nogil=True, inline="always")
+def _route(fa, geo, q, p, b):  # pragma: no cover (compiled)
+    """`Arch.route(q, p, b)`: (hops, latency, serialisation time) of one XY route."""
     base = fa.shape[0] - 6
     dx = geo[p, 0] - geo[q, 0]
     dy = geo[p, 1] - geo[q, 1]
@@ -67,6 +62,28 @@ def contended_transfer(fa, geo, q, p, b, t):  # pragma: no cover (compiled)
     else:
         lat = hops * fa[base + HOP]
         ser = b / fa[base + BW]
+    return hops, lat, ser
+
+
+@njit("float64(float64[::1], int64[:, ::1], int64, int64, float64)", cache=True, nogil=True)
+def route_us(fa, geo, q, p, b):  # pragma: no cover (compiled)
+    """`Arch.transfer_us(q, p, b)` for q >= 0, q != p: b bytes on an idle mesh (nothing is
+    reserved or counted; the balancer's cost of moving an input)."""
+    _, lat, ser = _route(fa, geo, q, p, b)
+    return lat + ser
+
+
+@njit(
+    "float64(float64[::1], int64[:, ::1], int64, int64, float64, float64)",
+    cache=True,
+    nogil=True,
+)
+def contended_transfer(fa, geo, q, p, b, t):  # pragma: no cover (compiled)
+    """Send b bytes from PEA q to PEA p, issued at t, reserving the route's links; returns
+    the time to arrival and adds to the NoC counters."""
+    base = fa.shape[0] - 6
+    hops, lat, ser = _route(fa, geo, q, p, b)
+    dx = geo[p, 0] - geo[q, 0]
     fa[base + NOC_BYTES] += b
     fa[base + NOC_BYTE_HOPS] += b * hops
     # the X leg runs along q's row to the corner cell (x of p, y of q), the Y leg along p's

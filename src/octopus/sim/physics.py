@@ -7,6 +7,8 @@ equal); a contended transfer is compiled (`links.contended_transfer`, the same f
 
 from __future__ import annotations
 
+from functools import partial
+
 from octopus.arch.config import Arch
 
 NOC_BYTES, NOC_BYTE_HOPS = 4, 5  # offsets of the NoC counters past the links (see links)
@@ -36,6 +38,7 @@ class Physics:
         "_bw",
         "_die_bw",
         "_contended",
+        "route_us",
     )
 
     def __init__(self, arch: Arch, config_bytes: list[int], record: bool):
@@ -45,12 +48,17 @@ class Physics:
         # link contention: time until which each directed mesh link is reserved (a view of
         # the compiled transfer's state, which also counts its NoC traffic)
         if self.contention:
-            from octopus.sim.links import contended_transfer, link_tables
+            from octopus.sim.links import contended_transfer, link_tables, route_us
 
             self._fa, self._geo, self._n_links = link_tables(arch)
             self._contended = contended_transfer
+            self.route_us = partial(route_us, self._fa, self._geo)
         else:
             self._fa, self._geo, self._n_links, self._contended = None, None, 0, None
+            self.route_us = arch.transfer_us
+        # route_us(q, p, b): the time of b bytes from PEA q to PEA p (q >= 0, q != p) on an
+        # idle mesh, nothing reserved or counted (Arch.transfer_us; compiled where the
+        # contended transfer is)
         self.link_free = self._fa[: self._n_links] if self.contention else []
         self._noc_bytes = 0.0  # uncontended transfers' counters (contended: in _fa)
         self._noc_byte_hops = 0.0
