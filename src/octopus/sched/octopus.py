@@ -290,7 +290,8 @@ class OctopusScheduler(Scheduler):
 
     def enqueue(self, c: int, k: int, t: float) -> None:
         q = self.q[c][self.api.node[k]]
-        if q or not self._place(c, k, t):
+        # a cluster with no free PEA places nothing (every free list is empty): no call
+        if q or not self.nfree[c] or not self._place(c, k, t):
             q.append(k)
 
     def on_ready(self, k: int, t: float) -> None:
@@ -309,7 +310,7 @@ class OctopusScheduler(Scheduler):
         tb = api.node[k]
         self.seen[c][tb] += api.ewma[tb] * self.fp[tb]
         q = self.q[c][tb]  # enqueue(c, k, t), inlined: it runs once per task
-        if q or not self._place(c, k, t):
+        if q or not self.nfree[c] or not self._place(c, k, t):
             q.append(k)
 
     def on_free(self, peas, t: float) -> None:
