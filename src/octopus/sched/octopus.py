@@ -240,8 +240,7 @@ class OctopusScheduler(Scheduler):
             # reconfiguration can be hidden behind the upstream task starting now
             row, lead, rc = self.spawn[tb], api.ewma[tb], api.rc_us
             for u in self._succ_tasks[tb]:
-                n = int(row[u] + 0.5)
-                if n and rc[u] <= lead:
+                if rc[u] <= lead and (n := int(row[u] + 0.5)):
                     self._preconfigure(c, u, n * self.fp[u], t)
         return True
 

@@ -372,7 +372,7 @@ class Simulator:
         xf = 0.0
         preds = inv.preds[k]
         if preds:
-            loc, outb, transfer = inv.loc, inv.out_bytes, phys.transfer
+            loc, outb, transfer = inv.loc, inv.out_bytes, phys.send
             for j in preds:
                 q = loc[j]
                 if q >= 0 and q != p0:

@@ -39,6 +39,7 @@ class Physics:
         "_die_bw",
         "_contended",
         "route_us",
+        "send",
     )
 
     def __init__(self, arch: Arch, config_bytes: list[int], record: bool):
@@ -53,9 +54,13 @@ class Physics:
             self._fa, self._geo, self._n_links = link_tables(arch)
             self._contended = contended_transfer
             self.route_us = partial(route_us, self._fa, self._geo)
+            self.send = partial(contended_transfer, self._fa, self._geo)
         else:
             self._fa, self._geo, self._n_links, self._contended = None, None, 0, None
             self.route_us = arch.transfer_us
+            self.send = self.transfer
+        # send(q, p, b, t): `transfer` as the core calls it, once per moved input (with
+        # contention the compiled transfer bound to this fabric's arrays, without a frame)
         # route_us(q, p, b): the time of b bytes from PEA q to PEA p (q >= 0, q != p) on an
         # idle mesh, nothing reserved or counted (Arch.transfer_us; compiled where the
         # contended transfer is)
