@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
+from xyserve.engine.capture_sizes import check_capture_sizes
 from xyserve.engine.scheduler import check_knobs, default_reserve
 from xyserve.spec.config import SpeculativeConfig
 
@@ -57,6 +58,11 @@ class EngineConfig:
     # CUDA float32: the meta/smooth Triton kernels' dots may use TF32 (off: exact float32). Torch's
     # own ops follow torch.backends.cuda.matmul.allow_tf32, which the engine leaves as it is.
     allow_tf32: bool = False
+    # CUDA graphs of the step loop (vLLM's names): unless enforce_eager, every step of at most
+    # the largest capture size tokens (any P/D/V mix without a token tree) is padded to the next
+    # capture size and replayed from a graph captured at engine start. CPU never captures.
+    enforce_eager: bool = False
+    cudagraph_capture_sizes: list[int] | None = None  # None: 1, 2, 4, 8, 16, 24, ... (vLLM's)
     served_model_name: str | None = None
     skip_tokenizer_init: bool = False
     disable_progress_bar: bool = False
@@ -96,6 +102,8 @@ class EngineConfig:
                 raise ValueError(f"{name} must be at least 1")
         if self.request_timeout_s is not None and not self.request_timeout_s > 0:
             raise ValueError("request_timeout_s must be positive")
+        if self.cudagraph_capture_sizes is not None:
+            self.cudagraph_capture_sizes = check_capture_sizes(self.cudagraph_capture_sizes)
         if self.tbt_target_ms is not None and not self.tbt_target_ms >= 0:
             raise ValueError("tbt_target_ms must be >= 0 (0: off)")
         if self.speculative_config is not None:  # refused here, before any model loads

@@ -122,7 +122,7 @@ def test_contended_transfer_matches_the_link_by_link_reference(arch):
     fast, ref = Physics(a, [1000], False), Physics(a, [1000], False)
     assert fast.contention
     rng = random.Random(1)
-    t = 0.0
+    t, nb, nbh = 0.0, 0.0, 0.0
     for _ in range(3000):
         q, p = rng.sample(range(a.n_peas), 2)
         if rng.random() < 0.5:  # mostly short routes, as in a run, so that they contend
@@ -132,8 +132,11 @@ def test_contended_transfer_matches_the_link_by_link_reference(arch):
                 continue
         b = rng.choice([64.0, 4096.0, rng.uniform(0, 1e6)])
         assert fast.transfer(q, p, b, t) == transfer_reference(ref, q, p, b, t)
+        nb += b
+        nbh += b * a.route(q, p, b)[0]
         t += rng.expovariate(2.0)
-    assert fast.link_free == ref.link_free
+    assert fast.link_free.tolist() == ref.link_free.tolist()
+    assert (fast.noc_bytes, fast.noc_byte_hops) == (nb, nbh)
     assert max(fast.link_free) > t  # routes did wait for one another
 
 
@@ -151,6 +154,19 @@ def test_uncontended_transfer_is_arch_route(arch):
         assert ph.transfer(q, p, b, 5.0) == lat + ser
         hop_bytes += b * hops
     assert ph.noc_byte_hops == hop_bytes
+
+
+@pytest.mark.parametrize("arch", ["chip", "chiplet", "wafer"])
+def test_route_us_is_arch_transfer_us(arch):
+    """The balancer's idle-mesh transfer time (compiled on fabrics with link contention)."""
+    a = load_arch(arch)
+    ph = Physics(a, [1000], False)
+    rng = random.Random(3)
+    for _ in range(2000):
+        q, p = rng.sample(range(a.n_peas), 2)
+        b = rng.choice([64.0, 4096.0, rng.uniform(0, 1e6)])
+        assert ph.route_us(q, p, b) == a.transfer_us(q, p, b)
+    assert (ph.noc_bytes, ph.noc_byte_hops) == (0.0, 0.0)  # nothing counted
 
 
 def test_point_to_point_reader_counts_match_their_definition():

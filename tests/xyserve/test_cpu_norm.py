@@ -40,3 +40,14 @@ def test_other_layouts_and_dtypes_take_the_torch_path():
         ref = w.double() * x64 / (x64.square().sum(-1, keepdim=True) / x.shape[-1] + 1e-6).sqrt()
         y = rms_norm(x, w.to(x.dtype), 1e-6)
         torch.testing.assert_close(y, ref.to(x.dtype), atol=1e-5, rtol=1e-5)
+
+
+def test_a_nan_row_stays_in_its_row():
+    """A NaN in one row gives NaN in that row only, as torch's RMSNorm does; it must not raise
+    (a ZeroDivisionError there would fail the whole step, not just the request with the NaN)."""
+    x, w = torch.randn(3, 64), torch.rand(64)
+    x[1, 5] = float("nan")
+    y = cpu_norm.rms_norm(x, w, 1e-5)
+    assert y[1].isnan().all()
+    want = torch.nn.functional.rms_norm(x[[0, 2]], (64,), w, 1e-5)
+    torch.testing.assert_close(y[[0, 2]], want, rtol=1e-5, atol=1e-6)

@@ -108,3 +108,42 @@ def test_use_cpu_threads_sees_a_count_set_behind_its_back():
         assert use_cpu_threads(2, items=1) == 1 and numba.get_num_threads() == 1
     finally:
         numba.set_num_threads(before)
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs two numba threads")
+def test_small_work_runs_on_the_calling_thread():
+    """A kernel with less than ``MIN_WORK_PER_THREAD`` per thread gets fewer threads: a verify
+    step's few rows must not wake numba's pool (docs/perf.md, "Threads for small kernels")."""
+    from xyserve.kernels.cpu import MIN_WORK_PER_THREAD
+
+    before = numba.get_num_threads()
+    try:
+        assert use_cpu_threads(2, items=5, work=5 * 256) == 1
+        assert numba.get_num_threads() == 1
+        assert use_cpu_threads(2, items=5, work=2 * MIN_WORK_PER_THREAD - 1) == 1
+        assert use_cpu_threads(2, items=5, work=2 * MIN_WORK_PER_THREAD) == 2
+        assert use_cpu_threads(2, items=5, work=0) == 1
+        assert use_cpu_threads(2, items=5) == 2  # no estimate: rows decide, as before
+    finally:
+        numba.set_num_threads(before)
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs two numba threads")
+def test_a_verify_sized_silu_mul_stays_on_one_thread(monkeypatch):
+    """The wrappers pass their work: five rows of a small model's MLP run on one thread."""
+    import xyserve.kernels.cpu as cpu
+    from xyserve.kernels.cpu import act
+
+    seen = []
+    real = cpu.use_cpu_threads
+
+    def spy(requested=None, items=None, work=None):
+        seen.append(real(requested, items, work))
+        return seen[-1]
+
+    monkeypatch.setattr(act, "use_cpu_threads", spy)
+    gu = torch.randn(5, 2 * 768)
+    torch.testing.assert_close(
+        act.silu_mul(gu), torch.nn.functional.silu(gu[:, :768]) * gu[:, 768:], rtol=1e-5, atol=1e-6
+    )
+    assert seen == [1]

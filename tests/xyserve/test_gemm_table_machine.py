@@ -90,8 +90,8 @@ def test_first_start_tunes_the_decode_buckets_once_and_caches(tmp_path, monkeypa
     first = SmoothGemm(model_path=model, device="cpu")
     path = cache_path(model, "cpu")
     assert path.is_file() and not (model / TABLE_FILE).exists()  # in the cache, not the model
-    assert sorted(set(calls)) == [16, 32, 48, 64]  # the decode buckets, for every op
-    assert len(calls) == 4 * len(OPS)
+    assert sorted(set(calls)) == [1, 16, 32, 48, 64]  # the decode buckets, for every op
+    assert len(calls) == 5 * len(OPS)
     assert first.table.quick and first.table.machine == machine_signature("cpu")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # past the decode buckets: defaults, silently

@@ -83,6 +83,8 @@ CONFIGS = {
     "meta-smooth-swap": {**META_SMOOTH, "table_impl": "swap"},
     # ...and the padded swap: column-major views with a padded row stride.
     "meta-smooth-swap8": {**META_SMOOTH, "table_impl": "swap8"},
+    # ...and oneDNN on weights prepacked once (kernels.cpu.prepacked).
+    "meta-smooth-dnnl": {**META_SMOOTH, "table_impl": "dnnl"},
 }
 
 

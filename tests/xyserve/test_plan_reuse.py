@@ -57,6 +57,7 @@ def assert_same_inputs(got: StepInputs, want: StepInputs) -> None:
             for name in ("q_rows", "kv_lens", "tables", "worker_offsets"):
                 np.testing.assert_array_equal(getattr(gp.decode, name), getattr(wp.decode, name))
             assert torch.equal(gp.decode.rows, wp.decode.rows)
+            assert gp.decode.total_keys == wp.decode.total_keys == int(wp.decode.kv_lens.sum())
 
 
 def check_every_step(monkeypatch) -> dict[str, int]:
@@ -64,9 +65,9 @@ def check_every_step(monkeypatch) -> dict[str, int]:
     counts = {"steps": 0, "reused": 0}
     real = ModelRunner.prepare
 
-    def prepare(self, out, block_tables):
+    def prepare(self, out, block_tables, table=None):
         last = self._last
-        got = real(self, out, block_tables)
+        got = real(self, out, block_tables, table)
         want = self.build_inputs(out, self.build_table(out, block_tables))
         gp, lp = got.attn_plan, None if last is None else last.attn_plan
         if isinstance(gp, MetaAttentionPlan) and isinstance(lp, MetaAttentionPlan):
@@ -109,6 +110,9 @@ def test_reused_plans_equal_fresh_ones_and_outputs_stay(
     counts = check_every_step(monkeypatch)
     if spec is not None and spec.get("model") == "SELF":
         spec = {**spec, "model": str(tiny_llama)}
+        # The draft through the engine's runner (a CPU float32 draft would run fused, with
+        # no runner and no plans), so that its runner's reuse is checked as well.
+        monkeypatch.setattr("xyserve.spec.draft_forward.unsupported", lambda model: "test")
     llm = LLM(str(tiny_llama), speculative_config=spec, **ENGINE)
     eng = llm.llm_engine
     assert _run(llm) == fresh_outputs

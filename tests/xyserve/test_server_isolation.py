@@ -267,6 +267,44 @@ def test_output_failure_fails_one_request_and_the_batch_goes_on(tiny_llama: Path
 # ---- atomic abort: nothing left after each kind of failure ------------------------------------
 
 
+def test_a_withdrawn_request_leaves_no_trace_in_the_counts(tiny_llama: Path) -> None:
+    """The rollback of a multi-prompt add that failed part-way: the prompts admitted before the
+    failure are withdrawn, not aborted, and their prompt tokens leave the count."""
+    from xyserve.engine.engine import LLMEngine
+
+    eng = LLMEngine(EngineConfig(model=str(tiny_llama), device="cpu", max_model_len=128))
+    eng.add_request([5, 6, 7], SamplingParams(n=2, max_tokens=3), request_id="taken-back")
+    assert eng.num_prompt_tokens == 3 and eng.scheduler.requests
+    eng.withdraw_request("taken-back")
+    assert eng.num_prompt_tokens == 0 and eng.num_aborted_requests == 0
+    assert not eng.has_unfinished_requests() and not eng.scheduler.requests
+    eng.kv.check_no_leak()
+
+
+def test_a_child_id_taken_by_another_request_is_refused_and_harms_nothing(
+    tiny_llama: Path,
+) -> None:
+    """``n`` > 1 names the children ``<id>#<i>``; one of those may already be another request's
+    id. The add is refused before anything is admitted, and the other request keeps its own
+    state (its child mapping was overwritten, and the new request's first child left running
+    for nobody)."""
+    from xyserve.engine.engine import LLMEngine
+    from xyserve.engine.intake import RequestValidationError
+
+    eng = LLMEngine(EngineConfig(model=str(tiny_llama), device="cpu", max_model_len=128))
+    params = SamplingParams(temperature=0, max_tokens=3, ignore_eos=True)
+    eng.add_request([5, 6, 7], params, request_id="x#1")
+    with pytest.raises(RequestValidationError, match="x#1"):
+        eng.add_request([8, 9], SamplingParams(n=2, max_tokens=3), request_id="x")
+    assert list(eng.groups) == ["x#1"] and list(eng.scheduler.requests) == ["x#1"]
+    outs = []
+    while eng.has_unfinished_requests():
+        outs += eng.step()
+    assert [o.request_id for o in outs if o.finished] == ["x#1"]
+    assert len(outs[-1].outputs[0].token_ids) == 3
+    eng.kv.check_no_leak()
+
+
 def test_echo_refused_after_admission_aborts_its_requests(tiny_llama: Path) -> None:
     """Echo of a token prompt needs a tokenizer; the 400 it gets comes after the requests were
     added, and they must not run on for nobody."""

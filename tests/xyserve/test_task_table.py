@@ -82,7 +82,7 @@ def test_snake_deal_is_balanced(workload, seed, workers):
 
 def test_gemm_buckets_are_finite_and_cover_m():
     bs = buckets(2048)
-    assert bs[:6] == [16, 32, 48, 64, 96, 128] and bs[-1] == 2048
+    assert bs[:7] == [1, 16, 32, 48, 64, 96, 128] and bs[-1] == 2048  # M = 1: the GEMV
     assert len(bs) == len(set(bs)) < 50
     for m in range(1, 2049):
         pm = padded_m(m)
@@ -148,7 +148,7 @@ def test_tuner_writes_a_table_that_loads(tmp_path):
     gemm = SmoothGemm(model_path=tmp_path)
     assert set(gemm.table.entries) == set(OPS)  # every op by default, lm_head included
     assert gemm.table.machine == machine_signature("cpu")
-    assert sorted(gemm.table.entries["qkv"]) == [16, 32, 48]
+    assert sorted(gemm.table.entries["qkv"]) == [1, 16, 32, 48]
     assert gemm.table.shapes["qkv"] == (32 + 2 * 2 * 8, 32)
 
 
@@ -175,3 +175,16 @@ def test_cpu_tuner_times_each_op_on_the_layout_its_upstream_op_leaves(monkeypatc
         assert not seen[("qkv", pm)]  # down chose F.linear: row-major
         assert not seen[("lm_head", pm)]  # rows picked out of h: row-major
         assert table.entries["gate_up"][pm].cpu_impl == "swap8"
+
+
+def test_a_table_from_before_the_gemv_bucket_serves_m_1_from_bucket_16():
+    """M = 1 has its own bucket now; an older table (no entry 1) keeps giving M = 1 its 1-16
+    entry, silently, as before."""
+    t = GemmTable(shapes={"qkv": (96, 32)})
+    t.set("qkv", 16, GemmConfig(block_m=16, cpu_impl="addmm"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert t.lookup("qkv", 1, 96, 32) == GemmConfig(block_m=16, cpu_impl="addmm")
+    t.set("qkv", 1, GemmConfig(block_m=16, cpu_impl="numba"))
+    assert t.lookup("qkv", 1, 96, 32).cpu_impl == "numba"
+    assert t.lookup("qkv", 2, 96, 32).cpu_impl == "addmm"

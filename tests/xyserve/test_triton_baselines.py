@@ -66,7 +66,7 @@ def test_padded_tutorial_matmul_equals_matmul():
     for m in (1, 5, 16, 17, 33):
         x = torch.randn((m, k), generator=gen).to(DEV)
         y = padded_tutorial_matmul(x, w, cfg)
-        assert y.shape == (m, n) and padded_m(m) % 16 == 0
+        assert y.shape == (m, n) and (padded_m(m) % 16 == 0 or m == 1)  # 1: its own bucket
         torch.testing.assert_close(y, torch.matmul(x, w.t()), atol=1e-4, rtol=1e-4)
 
 

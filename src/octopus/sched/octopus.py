@@ -23,7 +23,7 @@ Control blocks are decided on the control plane (CBU) in every Octopus variant.
 from __future__ import annotations
 
 from collections import deque
-from itertools import islice
+from itertools import compress, islice
 
 from octopus.sched.api import Scheduler, SchedulerAPI
 from octopus.sched.balance import central_step, diffusion_step
@@ -88,6 +88,19 @@ class OctopusScheduler(Scheduler):
         else:
             base = share
         self.base0 = base
+        # _adapt's arithmetic, compiled: its state (the demand EWMA per cluster and TB) and
+        # constants (imported here: numpy and numba load only when Octopus runs)
+        from octopus.sched.shares import ShareResizer
+
+        frac = [1.0 if cls == "stable" else self.dynamic_base for cls in self.classes]
+        self._resizer = ShareResizer(
+            [[float(api.load[tb]) for tb in range(T)] for _ in range(nc)],
+            self.fp,
+            frac,
+            arch.peas_in_cluster,
+            resize=sum(self.fp) <= arch.peas_in_cluster,  # else everything stays spare
+            dds=self.dds,
+        )
         self.own = [-1] * arch.n_peas
         self.q = [[deque() for _ in range(T)] for _ in range(nc)]
         self.fown = [[[] for _ in range(T)] for _ in range(nc)]  # free, owned by TB
@@ -97,8 +110,7 @@ class OctopusScheduler(Scheduler):
         self.nfree = [0] * nc
         self.n_own = [[0] * T for _ in range(nc)]
         self.nwarm = [[0] * (T + 1) for _ in range(nc)]
-        self.demand = [[api.load[tb] for tb in range(T)] for _ in range(nc)]
-        self.seen = [[0.0] * T for _ in range(nc)]
+        self.seen = [[0.0] * T for _ in range(nc)]  # demand arrived since the last tick
         self.spawn = [[0.0] * T for _ in range(T)]  # learned: TB -> expected downstream counts
         spare = lay_out(api, arch.cluster_peas, base, self.own, self.fown, self.n_own)
         for c, rest in enumerate(spare):
@@ -180,26 +192,24 @@ class OctopusScheduler(Scheduler):
             if lend is not None and lend[tb]:
                 lend = None  # a choked TB borrows nothing
             if self.dds:
-                for u in range(T + 1):
+                # the non-empty spare lists, in ascending order (compress tests them in C:
+                # with few free PEAs, most of the T + 1 lists are empty)
+                for u in compress(range(T + 1), sp):
                     # _spare_lends(c, u, tb, lend), its common cases inlined: an
                     # unconfigured PEA, or one warm for a TB without a queue or choked
-                    if (
-                        u != tb
-                        and sp[u]
-                        and (
-                            u == T
-                            or not qs[u]
-                            or (lend is not None and lend[u])
-                            or self._spare_lends(c, u, tb, lend)
-                        )
+                    if u != tb and (
+                        u == T
+                        or not qs[u]
+                        or (lend is not None and lend[u])
+                        or self._spare_lends(c, u, tb, lend)
                     ):
                         donors.append(sp[u])
                         n += len(sp[u])
                         if n >= fp:
                             break
             if self.adaptive and n < fp:
-                for u in range(T):
-                    if u != tb and own_l[u] and (not qs[u] or (lend is not None and lend[u])):
+                for u in compress(range(T), own_l):
+                    if u != tb and (not qs[u] or (lend is not None and lend[u])):
                         donors.append(own_l[u])
                         n += len(own_l[u])
                         if n >= fp:
@@ -230,8 +240,7 @@ class OctopusScheduler(Scheduler):
             # reconfiguration can be hidden behind the upstream task starting now
             row, lead, rc = self.spawn[tb], api.ewma[tb], api.rc_us
             for u in self._succ_tasks[tb]:
-                n = int(row[u] + 0.5)
-                if n and rc[u] <= lead:
+                if rc[u] <= lead and (n := int(row[u] + 0.5)):
                     self._preconfigure(c, u, n * self.fp[u], t)
         return True
 
@@ -280,7 +289,8 @@ class OctopusScheduler(Scheduler):
 
     def enqueue(self, c: int, k: int, t: float) -> None:
         q = self.q[c][self.api.node[k]]
-        if q or not self._place(c, k, t):
+        # a cluster with no free PEA places nothing (every free list is empty): no call
+        if q or not self.nfree[c] or not self._place(c, k, t):
             q.append(k)
 
     def on_ready(self, k: int, t: float) -> None:
@@ -299,7 +309,7 @@ class OctopusScheduler(Scheduler):
         tb = api.node[k]
         self.seen[c][tb] += api.ewma[tb] * self.fp[tb]
         q = self.q[c][tb]  # enqueue(c, k, t), inlined: it runs once per task
-        if q or not self._place(c, k, t):
+        if q or not self.nfree[c] or not self._place(c, k, t):
             q.append(k)
 
     def on_free(self, peas, t: float) -> None:
@@ -333,7 +343,7 @@ class OctopusScheduler(Scheduler):
         qs = self.q[c]
         if not any(qs):
             return
-        tbs = [tb for tb, q in enumerate(qs) if q]
+        tbs = list(compress(range(self.T), qs))  # the TBs with a queue
         groups = (tbs,)
         if self.bp_aware and self.api.buffer_slots:
             # back-pressure aware: serve TBs that are not choked (none of their PEAs is
@@ -354,27 +364,34 @@ class OctopusScheduler(Scheduler):
                     break
             else:
                 tb = -1
-            if tb >= 0:
+            if tb >= 0 and nfree[c] == 1:
+                # one free PEA: it is warm for tb alone (it lies in one list), tb places once,
+                # and then nothing is free (its pre-configurations find no spare PEA): the
+                # order of the pass cannot matter
+                self._place(c, qs[tb][0], t, True)
+                qs[tb].popleft()
+            elif tb >= 0:
                 for tb in grp if len(grp) == 1 else self._order(qs, grp):
                     q, mine, spw, need = qs[tb], own_l[tb], sp[tb], fp[tb]
                     while q and len(mine) + len(spw) >= need:
                         self._place(c, q[0], t, True)
                         q.popleft()
             # reconfiguring pass: a TB whose footprint exceeds the cluster's free PEAs
-            # cannot place (see _place), so it is skipped without a call, and the pass
-            # without a sort when that holds for every TB of the group
+            # cannot place (see _place; the pass only takes PEAs), nor can a TB without a
+            # queue, so only the others are ordered and tried (the order of a subset is
+            # the subset of the order)
             n = nfree[c]
             if not n:
                 continue
-            for tb in grp:
-                if fp[tb] <= n and qs[tb]:
-                    break
-            else:
+            cand = [tb for tb in grp if fp[tb] <= n and qs[tb]]
+            if not cand:
                 continue
-            for tb in grp if len(grp) == 1 else self._order(qs, grp):
+            for tb in cand if len(cand) == 1 else self._order(qs, cand):
                 q = qs[tb]
                 while q and fp[tb] <= nfree[c] and self._place(c, q[0], t, False):
                     q.popleft()
+                if not nfree[c]:  # nothing is free: no later TB can place
+                    break
 
     def _order(self, qs, grp) -> list[int]:
         """The order in which a cluster's TBUs with queued work are served. Oldest first:
@@ -454,26 +471,16 @@ class OctopusScheduler(Scheduler):
 
     def _adapt(self, t: float) -> None:
         """Re-size base shares from observed demand (EWMA of arrivals x duration) plus the
-        current queue."""
-        api, T, fp = self.api, self.T, self.fp
-        npc = api.arch.peas_in_cluster
-        ewma, own, nfree = api.ewma, self.own, self.nfree
-        resize = sum(fp) <= npc  # a cluster too small to split keeps everything spare
-        frac = [1.0 if cls == "stable" else self.dynamic_base for cls in self.classes]
-        for c in range(len(self.q)):
-            d, seen = self.demand[c], self.seen[c]
-            d[:] = [x + 0.3 * (y - x) for x, y in zip(d, seen)]
-            seen[:] = [0.0] * T
-            if not resize or not any(d):
+        current queue. The arithmetic of every cluster is one compiled call
+        (`shares.ShareResizer`); moving PEAs between the shares follows here."""
+        T, own, nfree, nc = self.T, self.own, self.nfree, len(self.q)
+        active, targets = self._resizer.step(self.q, self.seen, self.api.ewma)
+        self.seen = [[0.0] * T for _ in range(nc)]
+        for c in range(nc):
+            if not active[c]:
                 continue
             qs, n_own, fown, sp = self.q[c], self.n_own[c], self.fown[c], self.fsp[c]
-            want = [x + len(q) * e * f + 1e-9 for x, q, e, f in zip(d, qs, ewma, fp)]
-            share = partition(npc, want, fp)
-            if self.dds:
-                # max(footprint, the class's fraction of the share)
-                target = [a if (a := int(s * r)) > f else f for f, s, r in zip(fp, share, frac)]
-            else:
-                target = share
+            target = targets[c]
             if n_own == target:  # every base share already at its target
                 if nfree[c] and any(qs):  # _drain's first tests, without the call
                     self._drain(c, t)

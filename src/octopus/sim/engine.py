@@ -345,11 +345,11 @@ class Simulator:
     def input_us(self, k: int, p: int, extra: float = 0.0) -> float:
         """Time to bring k's inputs to PEA p on an idle mesh (max over its predecessors),
         each as if `extra` bytes went ahead of it on the route."""
-        arch, loc, outb, best = self.arch, self.inv.loc, self.inv.out_bytes, 0.0
+        route_us, loc, outb, best = self.physics.route_us, self.inv.loc, self.inv.out_bytes, 0.0
         for j in self.inv.preds[k]:
             q = loc[j]
             if q >= 0 and q != p:
-                x = arch.transfer_us(q, p, outb[j] + extra)
+                x = route_us(q, p, outb[j] + extra)
                 if x > best:
                     best = x
         return best
@@ -372,7 +372,7 @@ class Simulator:
         xf = 0.0
         preds = inv.preds[k]
         if preds:
-            loc, outb, transfer = inv.loc, inv.out_bytes, phys.transfer
+            loc, outb, transfer = inv.loc, inv.out_bytes, phys.send
             for j in preds:
                 q = loc[j]
                 if q >= 0 and q != p0:

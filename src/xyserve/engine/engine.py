@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from xyserve.config import EngineConfig
+from xyserve.engine.capture_sizes import default_capture_sizes
 from xyserve.engine.intake import RequestIntake, RequestValidationError
 from xyserve.engine.kv_cache import KVCacheManager
 from xyserve.engine.output import Child, Group, OutputProcessor
@@ -17,6 +18,7 @@ from xyserve.engine.request import Request, RequestStatus
 from xyserve.engine.runner import ModelRunner
 from xyserve.engine.sampler import SampleRow, sample
 from xyserve.engine.scheduler import Scheduler
+from xyserve.engine.step_graphs import GraphOptions
 from xyserve.model.loader import load_model, resolve_device, resolve_dtype
 from xyserve.outputs import RequestMetrics, RequestOutput
 from xyserve.sampling_params import SamplingParams
@@ -111,6 +113,7 @@ class LLMEngine:
             config.gemm_backend,
             gemm_kwargs,
             allow_tf32=config.allow_tf32,
+            graphs=self._graph_options(),
         )
         self.intake = RequestIntake(
             config, self.tokenizer, mcfg.vocab_size, self.eos_token_ids, self.max_model_len
@@ -146,6 +149,19 @@ class LLMEngine:
         spec = SpeculativeConfig.parse(config.speculative_config)
         self.spec = SpecDecoder.for_engine(spec, self) if spec is not None else None
 
+    def _graph_options(self) -> GraphOptions | None:
+        """The CUDA graphs of the step loop, or None (eager), said in a log line. The runner
+        may still turn them off (an attention backend that plans per step) and says so."""
+        cfg = self.config
+        if cfg.enforce_eager or self.device.type != "cuda":
+            why = "enforce_eager" if cfg.enforce_eager else f"device {self.device.type}"
+            log.info("CUDA graphs: off (%s); every step runs eagerly", why)
+            return None
+        sizes = cfg.cudagraph_capture_sizes or default_capture_sizes(
+            cfg.max_num_seqs, cfg.max_num_batched_tokens
+        )
+        return GraphOptions(sizes, -(-self.max_model_len // cfg.block_size), capture=True)
+
     # ---- requests ---------------------------------------------------------------------
     def add_request(
         self,
@@ -162,11 +178,19 @@ class LLMEngine:
         rid = request_id if request_id is not None else str(next(self._ids))
         if rid in self.groups:
             raise RequestValidationError(f"duplicate request id {rid!r}")
+        child_ids = [rid] if params.n == 1 else [f"{rid}#{i}" for i in range(params.n)]
+        # A child's id (``<id>#<i>``) may be another request's id or child's: refused here,
+        # before any child replaces that request's entries.
+        taken = [c for c in child_ids if c in self._child_to_group or c in self.scheduler.requests]
+        if taken:
+            raise RequestValidationError(
+                f"request id {rid!r} (n={params.n}) needs the id {taken[0]!r} for a sample, "
+                "which another request in flight already uses"
+            )
         now = arrival_time if arrival_time is not None else time.monotonic()
         group = Group(rid, text, ids, params, metrics=RequestMetrics(arrival_time=now))
         # Build every child first: only then does any of them reach the scheduler.
-        for i in range(params.n):
-            child_id = rid if params.n == 1 else f"{rid}#{i}"
+        for i, child_id in enumerate(child_ids):
             gen = None
             if params.seed is not None:
                 gen = torch.Generator().manual_seed(params.seed + i)
@@ -189,6 +213,14 @@ class LLMEngine:
         self._release(group, RequestStatus.FINISHED_ABORTED)
         self.num_aborted_requests += 1
         return True
+
+    def withdraw_request(self, request_id: str) -> None:
+        """Undo the admission of a request that has not run yet: the all-or-none rollback of a
+        multi-prompt add that failed part-way. Unlike ``abort_request`` it is not counted as
+        an abort, and its prompt tokens leave the count: to the metrics it never came."""
+        group = self.groups.pop(request_id)
+        self._release(group, RequestStatus.FINISHED_ABORTED)
+        self.num_prompt_tokens -= len(group.prompt_token_ids)
 
     def _release(self, group: Group, status: RequestStatus) -> None:
         """Finish every child of ``group`` in the scheduler (freeing its blocks) and forget it."""

@@ -2,25 +2,57 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+import time
 from typing import Any
 
 import torch
 
 from xyserve.engine.scheduler import SchedulerOutput
-from xyserve.engine.step_inputs import StepInputs
+from xyserve.engine.step_graphs import GraphOptions, StepGraphs
+from xyserve.engine.step_inputs import StepInputs, StepLists, tree_mask
 from xyserve.kernels import ops
 from xyserve.kernels.backend import get_attention_backend, get_gemm_backend
 from xyserve.model.llama import LlamaModel, StepContext
 from xyserve.plan.attention_metadata import AttentionMetadata
 from xyserve.plan.token_table import TokenTable
-from xyserve.spec import tree
+
+log = logging.getLogger("xyserve")
 
 
-@dataclass
 class StepResult:
-    logits: torch.Tensor  # [R, V] float32, one row per logits position
-    rows: dict[str, slice]  # request id -> its rows in ``logits`` (verify has several)
+    """A step's logits on the host and each request's rows in them.
+
+    On CUDA the logits travel to pinned host memory asynchronously (``to_host``): the caller's
+    host work that does not need them (its bookkeeping of the step's requests) runs while the
+    GPU finishes, and the first read of ``logits`` waits for the copy's event.
+    """
+
+    def __init__(
+        self, logits: torch.Tensor, rows: dict[str, slice], ready: torch.cuda.Event | None = None
+    ) -> None:
+        self._logits = logits  # [R, V] float32, one row per logits position
+        self.rows = rows  # request id -> its rows in ``logits`` (verify has several)
+        self._ready = ready
+
+    @property
+    def logits(self) -> torch.Tensor:
+        if self._ready is not None:
+            self._ready.synchronize()
+            self._ready = None
+        return self._logits
+
+    @classmethod
+    def to_host(cls, logits: torch.Tensor, rows: dict[str, slice]) -> StepResult:
+        """``logits`` (on the model's device) as a result on the host: a CPU tensor as it is,
+        a CUDA one copied without blocking into pinned memory, with an event to wait on."""
+        if logits.device.type != "cuda":
+            return cls(logits.cpu(), rows)
+        host = torch.empty(logits.shape, dtype=logits.dtype, pin_memory=True)
+        host.copy_(logits, non_blocking=True)
+        ready = torch.cuda.Event()
+        ready.record()
+        return cls(host, rows, ready)
 
 
 class ModelRunner:
@@ -33,11 +65,20 @@ class ModelRunner:
         gemm_backend: str,
         gemm_kwargs: dict | None = None,
         allow_tf32: bool = False,
+        graphs: GraphOptions | None = None,
     ) -> None:
         self.model = model
         self.block_size = block_size
+        self.attn = get_attention_backend(attention_backend)
+        if graphs is not None:
+            why = StepGraphs.unsupported(self.attn, model.device) if graphs.capture else None
+            if why is not None:
+                log.info("CUDA graphs: off (%s); every step runs eagerly", why)
+                graphs = None
         cfg = model.cfg
-        shape = (num_blocks, block_size, cfg.num_kv_heads, cfg.head_dim)
+        # Padded steps write their padding tokens' K/V into one more block, which no request
+        # owns (``engine.padded_step``).
+        shape = (num_blocks + (graphs is not None), block_size, cfg.num_kv_heads, cfg.head_dim)
         self.kv_caches = [
             (
                 torch.zeros(shape, dtype=model.dtype, device=model.device),
@@ -45,7 +86,6 @@ class ModelRunner:
             )
             for _ in range(cfg.num_layers)
         ]
-        self.attn = get_attention_backend(attention_backend)
         if hasattr(self.attn, "warmup"):  # sets its dtype, builds its CPU kernels now
             self.attn.warmup(model.device, model.dtype)
         ops.warmup(model.device, model.dtype)
@@ -63,6 +103,37 @@ class ModelRunner:
         # (``prepare``); False builds every step afresh.
         self.reuse_plans = True
         self._last: StepInputs | None = None
+        # Steps at padded sizes over static buffers (``engine.step_graphs``): CUDA graphs when
+        # ``graphs.capture``, else the same padded forward run eagerly (tests on CPU).
+        self.graphs: StepGraphs | None = None
+        if graphs is not None:
+            self.graphs = StepGraphs(
+                model, self.kv_caches, self.attn, self.gemm, num_blocks * block_size, graphs
+            )
+            if graphs.capture:
+                self._capture()
+
+    def _capture(self) -> None:
+        """Capture the step graphs, said in a log line. A capture that fails (a kernel or an op
+        that a graph cannot hold on this GPU and software) is logged with its cause and the
+        engine runs eagerly, as with ``enforce_eager``, rather than not starting."""
+        t0 = time.perf_counter()
+        try:
+            self.graphs.capture()
+        except Exception:
+            log.exception("CUDA graphs: capture failed; every step runs eagerly")
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            self.graphs = None
+            return
+        log.info(
+            "CUDA graphs: on; steps of up to %d tokens without a token tree are padded to one "
+            "of %d capture sizes %s (captured in %.1f s)",
+            self.graphs.sizes[-1],
+            len(self.graphs.sizes),
+            self.graphs.sizes,
+            time.perf_counter() - t0,
+        )
 
     @staticmethod
     def bytes_per_block(model_cfg, block_size: int, dtype: torch.dtype) -> int:
@@ -89,7 +160,7 @@ class ModelRunner:
                 block_tables[rid],
                 num_spec_tokens=st.num_spec_tokens,
                 is_prefill=st.is_prefill,
-                tree_mask=_tree_mask(st),  # spec: token trees verify under their own mask
+                tree_mask=tree_mask(st),  # spec: token trees verify under their own mask
             )
         return table
 
@@ -106,10 +177,17 @@ class ModelRunner:
                 flat = cache.view(-1, *cache.shape[2:])
                 flat[dst] = flat[src]
 
-    def prepare(self, out: SchedulerOutput, block_tables: dict[str, list[int]]) -> StepInputs:
+    def prepare(
+        self,
+        out: SchedulerOutput,
+        block_tables: dict[str, list[int]],
+        table: TokenTable | None = None,
+    ) -> StepInputs:
         """The step's inputs and plans: the previous step's patched when this step is the next
-        of the same decode batch on CPU (``StepInputs.advance``), else built afresh."""
-        table = self.build_table(out, block_tables)
+        of the same decode batch on CPU (``StepInputs.advance``), else built afresh. ``table``:
+        the step's token table when the caller has built it already."""
+        if table is None:
+            table = self.build_table(out, block_tables)
         last, self._last = self._last, None
         inputs = None
         if self.reuse_plans and last is not None and not out.copies:
@@ -129,41 +207,32 @@ class ModelRunner:
 
     def build_inputs(self, out: SchedulerOutput, table: TokenTable) -> StepInputs:
         """The step's inputs and plans, built from nothing (the reference for ``prepare``)."""
-        ids: list[int] = []
-        positions: list[int] = []
-        logit_rows: list[int] = []
-        rows: dict[str, slice] = {}
-        for st, row in zip(out.stages, table.rows):
-            r = st.request
-            ids.extend(r.token_at(p) for p in range(st.context_len, st.kv_len))
-            if _tree_mask(st) is None:
-                positions.extend(range(st.context_len, st.kv_len))
-            else:  # spec: a tree's nodes sit at their depth
-                parents = r.spec_tree_parents
-                positions.extend(
-                    tree.stage_positions(st.context_len, st.num_tokens, st.num_spec_tokens, parents)
-                )
-            if st.samples:
-                first = len(logit_rows)
-                end = row.start + row.num_tokens
-                logit_rows.extend(range(end - 1 - st.num_spec_tokens, end))
-                rows[r.request_id] = slice(first, len(logit_rows))
+        lists = StepLists.build(out, table)
         dev = self.model.device
         meta = AttentionMetadata.build(table, dev)
         cfg = self.model.cfg
         return StepInputs(
-            ids=torch.tensor(ids, dtype=torch.long, device=dev),
-            positions=torch.tensor(positions, dtype=torch.long, device=dev),
-            logit_rows=torch.tensor(logit_rows, dtype=torch.long, device=dev),
-            rows=rows,
+            ids=torch.tensor(lists.ids, dtype=torch.long, device=dev),
+            positions=torch.tensor(lists.positions, dtype=torch.long, device=dev),
+            logit_rows=torch.tensor(lists.logit_rows, dtype=torch.long, device=dev),
+            rows=lists.rows,
             meta=meta,
             attn_plan=self.attn.plan(meta, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim),
-            gemm_plan=self.gemm.plan(len(ids)),
+            gemm_plan=self.gemm.plan(len(lists.ids)),
         )
 
     def execute(self, out: SchedulerOutput, block_tables: dict[str, list[int]]) -> StepResult:
         self.copy_blocks(out.copies)
-        inputs = self.prepare(out, block_tables)
+        table = None
+        if self.graphs is not None:
+            table = self.build_table(out, block_tables)
+            size = self.graphs.size_for(table)
+            if size is not None:
+                self._last = None  # the padded buffers are no base for a patched eager step
+                lists = StepLists.build(out, table)
+                logits = self.graphs.run(size, lists, table)
+                return StepResult.to_host(logits, lists.rows)
+        inputs = self.prepare(out, block_tables, table)  # a step too large: eager, same table
         ctx = StepContext(
             positions=inputs.positions,
             slot_mapping=inputs.meta.slot_mapping,
@@ -177,12 +246,4 @@ class ModelRunner:
         except BaseException:
             self._last = None  # a step that did not run is no base for the next
             raise
-        return StepResult(logits=logits.cpu(), rows=dict(inputs.rows))
-
-
-def _tree_mask(st) -> tuple[tuple[bool, ...], ...] | None:
-    """The tree mask of a verify stage whose proposals form a tree (None: causal)."""
-    parents = st.request.spec_tree_parents
-    if not st.num_spec_tokens or parents is None:
-        return None
-    return tree.stage_mask(st.num_tokens, st.num_spec_tokens, parents)
+        return StepResult.to_host(logits, dict(inputs.rows))

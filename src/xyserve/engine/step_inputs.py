@@ -22,6 +22,49 @@ import torch
 from xyserve.engine.scheduler import SchedulerOutput
 from xyserve.plan.attention_metadata import AttentionMetadata
 from xyserve.plan.token_table import TokenTable
+from xyserve.spec import tree
+
+
+def tree_mask(st) -> tuple[tuple[bool, ...], ...] | None:
+    """The tree mask of a verify stage whose proposals form a tree (None: causal)."""
+    parents = st.request.spec_tree_parents
+    if not st.num_spec_tokens or parents is None:
+        return None
+    return tree.stage_mask(st.num_tokens, st.num_spec_tokens, parents)
+
+
+@dataclass
+class StepLists:
+    """A step's flat-batch inputs as host lists, before they become tensors (``StepInputs``) or
+    are written into a padded step's static buffers (``engine.padded_step``)."""
+
+    ids: list[int]  # token id of every new token, stage after stage
+    positions: list[int]
+    logit_rows: list[int]  # rows whose logits are sampled
+    rows: dict[str, slice]  # request id -> its rows in the logits
+
+    @classmethod
+    def build(cls, out: SchedulerOutput, table: TokenTable) -> StepLists:
+        ids: list[int] = []
+        positions: list[int] = []
+        logit_rows: list[int] = []
+        rows: dict[str, slice] = {}
+        for st, row in zip(out.stages, table.rows):
+            r = st.request
+            ids.extend(r.token_at(p) for p in range(st.context_len, st.kv_len))
+            if tree_mask(st) is None:
+                positions.extend(range(st.context_len, st.kv_len))
+            else:  # spec: a tree's nodes sit at their depth
+                parents = r.spec_tree_parents
+                positions.extend(
+                    tree.stage_positions(st.context_len, st.num_tokens, st.num_spec_tokens, parents)
+                )
+            if st.samples:
+                first = len(logit_rows)
+                end = row.start + row.num_tokens
+                logit_rows.extend(range(end - 1 - st.num_spec_tokens, end))
+                rows[r.request_id] = slice(first, len(logit_rows))
+        return cls(ids, positions, logit_rows, rows)
 
 
 @dataclass

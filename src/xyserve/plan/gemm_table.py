@@ -1,8 +1,9 @@
 """The GEMM table: virtual-padding buckets of M and the tuned tile configuration per (op, M).
 
 M (the step's token count) is padded *virtually* to a bucket: the kernel computes whole tiles
-but reads and writes only the real rows (paper §6.1). Buckets are multiples of 16 up to 64, of
-32 up to 256 and of 64 beyond, capped by the token budget, so a model has a small finite set of
+but reads and writes only the real rows (paper §6.1). Buckets are M = 1 alone (the single-row
+GEMV of batch-1 decoding), then multiples of 16 up to 64, of 32 up to 256 and of 64 beyond,
+capped by the token budget, so a model has a small finite set of
 (op, padded M) shapes, each profiled offline by ``xyserve tune`` (paper §6.3). At run time a
 lookup names the configuration; an untuned shape gets a sound default (at most one warning per
 table, never one per shape).
@@ -36,16 +37,18 @@ def _step(m: int) -> int:
 
 
 def padded_m(m: int) -> int:
-    """The bucket of M: 16-steps to 64, 32-steps to 256, then 64-steps."""
-    if m <= 0:
-        return 0
+    """The bucket of M: 1 alone (a single row is a matrix-vector product, which the vendor
+    libraries run on another code path than any M > 1), then 16-steps to 64, 32-steps to 256,
+    then 64-steps."""
+    if m <= 1:
+        return max(m, 0)
     step = _step(m)
     return -(-m // step) * step
 
 
 def bucket_low(pm: int) -> int:
     """The smallest M that pads to the bucket ``pm``."""
-    return pm - _step(pm) + 1
+    return 2 if pm == 16 else pm - _step(pm) + 1 if pm > 1 else pm
 
 
 def buckets(budget: int) -> list[int]:
@@ -59,7 +62,7 @@ def buckets(budget: int) -> list[int]:
 
 
 # The entry points a table may name (what each one runs: ``kernels.gemm.smooth``).
-CPU_IMPLS = ("linear", "addmm", "swap", "swap8", "numba")
+CPU_IMPLS = ("linear", "addmm", "swap", "swap8", "numba", "dnnl")
 GPU_IMPLS = ("triton", "cublas")
 
 
@@ -125,7 +128,10 @@ class GemmTable:
         the whole table (the first miss), none for an empty table (its owner said why) or for
         buckets past a quick table's decode buckets (defaults by design)."""
         pm = padded_m(m)
-        cfg = self.entries.get(op, {}).get(pm)
+        per = self.entries.get(op, {})
+        cfg = per.get(pm)
+        if cfg is None and pm == 1:  # a table from before M = 1 had its own bucket: 1-16's
+            cfg = per.get(16)
         shape_ok = n is None or self.shapes.get(op) in (None, (n, k))
         if cfg is not None and shape_ok:
             return cfg

@@ -37,6 +37,7 @@ class DecodePlan:
     tables: np.ndarray  # [S, max_blocks] int32 block tables
     worker_offsets: np.ndarray  # [W + 1] int64: tiles [off[w], off[w+1]) run on thread w
     rows: torch.Tensor  # [S] long: the same rows, for the torch side
+    total_keys: int = 0  # sum of kv_lens: the step's work, the same in every layer
 
     @property
     def num_tiles(self) -> int:
@@ -62,6 +63,7 @@ def build_decode_plan(
         tables=bt,
         worker_offsets=offs,
         rows=torch.from_numpy(rows),
+        total_keys=sum(kv_lens),
     )
 
 
@@ -301,6 +303,7 @@ def advance_plan(plan: MetaAttentionPlan, meta: AttentionMetadata) -> MetaAttent
         if pos % bs == 0:  # the first key of a new block
             d.tables[j, pos // bs] = rows[stage].block_table[pos // bs]
     kv += 1
+    d.total_keys += d.num_tiles
     return MetaAttentionPlan(
         meta, None, plan.num_q_heads, plan.num_kv_heads, plan.head_dim, [], d, plan.num_workers
     )

@@ -56,7 +56,10 @@ class TokenTable:
 
     @property
     def num_tokens(self) -> int:
-        return sum(r.num_tokens for r in self.rows)
+        """Rows of the flat batch so far: the end of the last stage (stages are laid out in the
+        order they were added, so this is O(1), not a sum over every row per ``add``)."""
+        last = self.rows[-1] if self.rows else None
+        return 0 if last is None else last.start + last.num_tokens
 
     def add(
         self,

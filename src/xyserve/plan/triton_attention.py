@@ -10,16 +10,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from xyserve.plan.attention_metadata import AttentionMetadata
-from xyserve.plan.task_table import TaskTable, build_task_table
+from xyserve.plan.task_table import cut_tiles
 
 
 @dataclass
 class TritonAttentionPlan:
     meta: AttentionMetadata
-    tasks: TaskTable
     num_q_heads: int
     num_kv_heads: int
     head_dim: int
@@ -31,6 +31,78 @@ class TritonAttentionPlan:
 def pow2(x: int, lo: int = 16) -> int:
     """The smallest power of two >= x, and at least ``lo``: a Triton block dimension."""
     return max(lo, 1 << max(0, int(x) - 1).bit_length())
+
+
+def default_workers(device: torch.device) -> int:
+    """The persistent grid's size: two programs per SM on CUDA, 4 elsewhere (the interpreter)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count * 2
+    return 4
+
+
+COLUMNS = ("qstart", "rows", "rowoff", "ctx", "kvlen", "ext", "kvh", "stage", "toff", "tn")
+
+
+@dataclass
+class PlanColumns:
+    """A step's task table as host arrays: ``cols[c, i]`` is column ``COLUMNS[c]`` of the i-th
+    unit in the order the workers walk them, worker w's units are ``w_off[w]:w_off[w + 1]``,
+    and ``tree`` holds the stages' tree masks flattened."""
+
+    cols: np.ndarray  # [len(COLUMNS), units] int32
+    w_off: np.ndarray  # [num_workers + 1] int32
+    tree: list[int]
+
+
+def plan_columns(
+    meta: AttentionMetadata, num_kv_heads: int, num_workers: int, rows_per_tile: int
+) -> PlanColumns:
+    """The task table of ``meta`` (tiles of at most ``rows_per_tile`` rows) laid out as columns.
+
+    The same table as ``task_table.build_task_table`` -- units (tile, KV head) sorted by cost,
+    descending and stable, snake-dealt to the workers -- computed on arrays rather than one
+    Python object per unit: at a 128-request decode step with 4 KV heads that is 512 units a
+    step, all host time before the launch. ``tests/xyserve/test_triton_plan_columns.py``
+    compares it with ``build_task_table``'s units, worker by worker.
+    """
+    rows = meta.table.rows
+    tiles = cut_tiles(meta.table, rows_per_tile)
+    tree_flat: list[int] = []
+    tree_off: dict[int, int] = {}
+    for s, row in enumerate(rows):
+        if row.tree_mask is not None:
+            tree_off[s] = len(tree_flat)
+            tree_flat.extend(int(b) for line in row.tree_mask for b in line)
+    per_tile = np.array(
+        [
+            (
+                t.q_start,
+                t.num_rows,
+                t.row_offset,
+                t.context_len,
+                t.kv_len,
+                t.kv_extent,
+                0,  # the KV head: per unit, below
+                t.stage,
+                tree_off.get(t.stage, -1),
+                rows[t.stage].num_tokens if t.has_tree else 0,
+            )
+            for t in tiles
+        ],
+        dtype=np.int32,
+    ).reshape(len(tiles), len(COLUMNS))
+    workers = max(1, num_workers)
+    # Unit u is (tile u // H, KV head u % H), as build_task_table enumerates them.
+    cost = np.repeat(np.array([t.cost for t in tiles], dtype=np.int64), num_kv_heads)
+    by_cost = np.argsort(-cost, kind="stable")
+    rnd, pos = np.divmod(np.arange(len(cost)), workers)
+    worker = np.where(rnd % 2 == 0, pos, workers - 1 - pos)  # snake: 1..W, W..1, ...
+    walk = by_cost[np.argsort(worker, kind="stable")]
+    cols = per_tile[walk // max(1, num_kv_heads)]
+    cols[:, COLUMNS.index("kvh")] = walk % max(1, num_kv_heads)
+    w_off = np.zeros(workers + 1, dtype=np.int32)
+    np.cumsum(np.bincount(worker, minlength=workers), out=w_off[1:])
+    return PlanColumns(np.ascontiguousarray(cols.T), w_off, tree_flat)
 
 
 def build_triton_plan(
@@ -47,44 +119,94 @@ def build_triton_plan(
     group = num_q_heads // num_kv_heads
     block_m = pow2(max(block_m, group))
     if num_workers is None:
-        num_workers = (
-            torch.cuda.get_device_properties(device).multi_processor_count * 2
-            if device.type == "cuda"
-            else 4
-        )
-    tasks = build_task_table(meta.table, num_kv_heads, num_workers, max(1, block_m // group))
-    tree_flat: list[int] = []
-    tree_off: dict[int, int] = {}
-    for s, row in enumerate(meta.table.rows):
-        if row.tree_mask is not None:
-            tree_off[s] = len(tree_flat)
-            tree_flat.extend(int(b) for line in row.tree_mask for b in line)
-    cols: dict[str, list[int]] = {
-        k: []
-        for k in ("qstart", "rows", "rowoff", "ctx", "kvlen", "ext", "kvh", "stage", "toff", "tn")
-    }
-    for ui in tasks.worker_order():
-        unit = tasks.units[ui]
-        t = tasks.tiles[unit.tile]
-        row = meta.table.rows[t.stage]
-        vals = (
-            t.q_start,
-            t.num_rows,
-            t.row_offset,
-            t.context_len,
-            t.kv_len,
-            t.kv_extent,
-            unit.kv_head,
-            t.stage,
-            tree_off.get(t.stage, -1),
-            row.num_tokens if t.has_tree else 0,
-        )
-        for k, v in zip(cols, vals):
-            cols[k].append(v)
-    arrays = {k: torch.tensor(v, dtype=torch.int32, device=device) for k, v in cols.items()}
-    arrays["w_off"] = torch.tensor(tasks.worker_offsets(), dtype=torch.int32, device=device)
-    arrays["tree"] = torch.tensor(tree_flat or [0], dtype=torch.int8, device=device)
+        num_workers = default_workers(device)
+    pc = plan_columns(meta, num_kv_heads, num_workers, max(1, block_m // group))
+    cols = torch.from_numpy(pc.cols).to(device)  # one copy; each column a contiguous row
+    arrays = {k: cols[i] for i, k in enumerate(COLUMNS)}
+    arrays["w_off"] = torch.from_numpy(pc.w_off).to(device)
+    arrays["tree"] = torch.tensor(pc.tree or [0], dtype=torch.int8, device=device)
     arrays["bt"] = meta.block_tables.to(device=device, dtype=torch.int32).contiguous()
     return TritonAttentionPlan(
-        meta, tasks, num_q_heads, num_kv_heads, head_dim, block_m, arrays, allow_tf32
+        meta, num_q_heads, num_kv_heads, head_dim, block_m, arrays, allow_tf32
     )
+
+
+@dataclass
+class StaticTritonPlan:
+    """A Triton plan in arrays of fixed capacity, for steps replayed in one CUDA graph.
+
+    A captured launch keeps its grid, its constexprs and its pointers, so every step replayed
+    in a graph must read its task table from the same arrays, of the same shapes. Here they are
+    allocated once, for at most ``capacity`` units, and each step writes its columns into them
+    (``fill``): its units first, each worker's range in ``w_off``. Units past ``w_off[-1]``
+    keep whatever an earlier step left there: no worker's range reaches them, so the kernel
+    never reads them, and a worker with no unit leaves its loop at once. A padded step's
+    padding tokens belong to no stage, so no unit covers them and their output rows stay zero.
+    The block tables are the padded step's own static ``[stages, max_blocks]`` buffer. Token
+    trees are not supported (their flattened masks vary in size): ``fill`` refuses them.
+    """
+
+    plan: TritonAttentionPlan  # its arrays are the static buffers the launches read
+    cols: torch.Tensor  # [len(COLUMNS), capacity] int32 on the plan's device
+    w_off: torch.Tensor  # [num_workers + 1] int32 on the plan's device
+    host_cols: torch.Tensor  # host staging of ``cols`` (pinned on CUDA; ``cols`` itself on CPU)
+    host_w_off: torch.Tensor
+
+    @property
+    def capacity(self) -> int:
+        return int(self.cols.shape[1])
+
+    @classmethod
+    def allocate(
+        cls,
+        meta: AttentionMetadata,
+        num_q_heads: int,
+        num_kv_heads: int,
+        head_dim: int,
+        capacity: int,
+        num_workers: int | None = None,
+        block_m: int = 64,
+        allow_tf32: bool = False,
+    ) -> StaticTritonPlan:
+        """Buffers for ``capacity`` units over ``meta``'s static block tables (an empty table:
+        the plan of a step with no stage until ``fill``)."""
+        device = meta.slot_mapping.device
+        block_m = pow2(max(block_m, num_q_heads // num_kv_heads))
+        workers = num_workers or default_workers(device)
+        cols = torch.zeros((len(COLUMNS), max(1, capacity)), dtype=torch.int32, device=device)
+        w_off = torch.zeros(workers + 1, dtype=torch.int32, device=device)
+        pin = device.type == "cuda"
+        host_cols = torch.zeros_like(cols, device="cpu").pin_memory() if pin else cols
+        host_w_off = torch.zeros_like(w_off, device="cpu").pin_memory() if pin else w_off
+        arrays = {k: cols[i] for i, k in enumerate(COLUMNS)}
+        arrays["w_off"] = w_off
+        arrays["tree"] = torch.zeros(1, dtype=torch.int8, device=device)
+        arrays["bt"] = meta.block_tables
+        if meta.block_tables.dtype != torch.int32 or not meta.block_tables.is_contiguous():
+            raise ValueError("a static plan reads the step's int32 block tables in place")
+        plan = TritonAttentionPlan(
+            meta, num_q_heads, num_kv_heads, head_dim, block_m, arrays, allow_tf32
+        )
+        return cls(plan, cols, w_off, host_cols, host_w_off)
+
+    def fill(self, meta: AttentionMetadata) -> TritonAttentionPlan:
+        """The plan of ``meta`` (whose tensors are the static buffers this plan was allocated
+        over), written into the static arrays; the copies to the device are asynchronous."""
+        p = self.plan
+        if any(r.tree_mask is not None for r in meta.table.rows):
+            raise ValueError("a static Triton plan takes no token tree")
+        workers = int(self.w_off.numel()) - 1
+        pc = plan_columns(
+            meta, p.num_kv_heads, workers, max(1, p.block_m // (p.num_q_heads // p.num_kv_heads))
+        )
+        n = pc.cols.shape[1]
+        if n > self.capacity:
+            raise ValueError(f"{n} attention units exceed the static plan's {self.capacity}")
+        self.host_cols[:, :n] = torch.from_numpy(pc.cols)
+        self.host_w_off.copy_(torch.from_numpy(pc.w_off))
+        if self.host_cols is not self.cols:  # only the units this step uses travel
+            self.cols[:, :n].copy_(self.host_cols[:, :n], non_blocking=True)
+            self.w_off.copy_(self.host_w_off, non_blocking=True)
+        return TritonAttentionPlan(
+            meta, p.num_q_heads, p.num_kv_heads, p.head_dim, p.block_m, p.arrays, p.allow_tf32
+        )

@@ -340,8 +340,8 @@ class AsyncLLM:
                 )
                 added.append(rid)
         except Exception as e:
-            for rid in added:  # all or none
-                self.engine.abort_request(rid)
+            for rid in added:  # all or none: the others were never admitted
+                self.engine.withdraw_request(rid)
             _call_soon(a.loop, _resolve, a.future, e)
             return
         for rid, queue in zip(a.request_ids, a.queues):

@@ -56,7 +56,12 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
         help_text = f"EngineConfig.{f.name} (default: {default})"
         if dict in (typ, typing.get_origin(typ)):  # e.g. --speculative-config '<json>'
             typ = _json_object
-        if typ is bool:
+        if typing.get_origin(typ) is list:  # e.g. --cudagraph-capture-sizes 1 2 4 8
+            (item,) = typing.get_args(typ)
+            group.add_argument(
+                flag, dest=f.name, type=item, nargs="+", default=default, help=help_text
+            )
+        elif typ is bool:
             group.add_argument(
                 flag,
                 dest=f.name,

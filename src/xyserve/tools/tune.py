@@ -30,6 +30,7 @@ import torch
 from tqdm import tqdm
 
 from xyserve.kernels.cpu import gemm as cpu_gemm
+from xyserve.kernels.cpu import prepacked
 from xyserve.kernels.cpu.timing import block_time, calls_for, paired_ratio
 from xyserve.kernels.gemm.smooth import CPU_CANDIDATES, SWAPPED_IMPLS, cpu_linear
 from xyserve.model.loader import resolve_dtype
@@ -49,7 +50,8 @@ from xyserve.plan.machine import machine_signature
 
 def cpu_candidates(dtype: torch.dtype = torch.float32) -> list[GemmConfig]:
     """The CPU entry points worth profiling (CUDA's search is ``tune_cuda``'s)."""
-    impls = [i for i in CPU_CANDIDATES if i != "numba" or cpu_gemm.available(dtype)]
+    ready = {"numba": cpu_gemm.available(dtype), "dnnl": prepacked.available(dtype)}
+    impls = [i for i in CPU_CANDIDATES if ready.get(i, True)]
     return [GemmConfig(cpu_impl=impl) for impl in impls]  # [0]: F.linear
 
 
@@ -157,6 +159,9 @@ def _tune_one_cpu(ws: list[torch.Tensor], x: torch.Tensor, repeat: int) -> GemmC
     ms = sorted({lo, (lo + pm) // 2, max(lo, pm - 1), pm})
     cfgs = cpu_candidates(x.dtype)  # the first is plain F.linear
     keys = [(c, m) for c in range(len(cfgs)) for m in ms]
+    if any(c.cpu_impl == "dnnl" for c in cfgs):
+        for w in ws:  # pack each cold copy now: the engine packs once, outside its steps
+            prepacked.packed(w)
     nxt = itertools.cycle(ws).__next__
     fns = {(c, m): lambda c=c, m=m: cpu_linear(cfgs[c], x[:m], nxt(), None) for c, m in keys}
     calls = {m: calls_for(fns[0, m]) for m in ms}  # blocks as long as F.linear's, ~10 ms

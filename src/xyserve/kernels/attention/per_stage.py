@@ -21,6 +21,11 @@ class PerStageSDPA:
 
     def run(self, plan: AttentionMetadata, q, k_cache, v_cache, scale: float) -> torch.Tensor:
         out = torch.empty_like(q)
+        # Rows past the stages (a padded step's padding: engine.padded_step) attend to nothing.
+        # An unpadded step has none, and skips the slice and the zero_ call in every layer.
+        n = plan.table.num_tokens
+        if q.shape[0] > n:
+            out[n:].zero_()
         hq, hkv = q.shape[1], k_cache.shape[2]
         group = hq // hkv
         for row, tree in zip(plan.table.rows, plan.tree_masks):

@@ -68,7 +68,7 @@ def silu_mul(gu: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.silu(g).mul_(u)
     out = torch.empty((gu.shape[0], gu.shape[1] // 2), dtype=gu.dtype)
     if out.numel():
-        use_cpu_threads(items=out.shape[0])
+        use_cpu_threads(items=out.shape[0], work=out.numel())
         _silu_mul_rows(gu.numpy() if not gu.requires_grad else gu.detach().numpy(), out.numpy())
     return out
 

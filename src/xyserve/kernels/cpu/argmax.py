@@ -75,7 +75,7 @@ def greedy_ids(logits: torch.Tensor) -> list[int]:
         return logits.argmax(dim=-1).tolist()
     out = np.empty(logits.shape[0], np.int64)
     if logits.is_contiguous():
-        use_cpu_threads(items=logits.shape[0])
+        use_cpu_threads(items=logits.shape[0], work=logits.numel())
         _row_kernel(logits.numpy(), out)
     elif logits.stride(0) == 1 and logits.stride(1) >= logits.shape[0]:
         _kernel(logits.t().numpy(), out)

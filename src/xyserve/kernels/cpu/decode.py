@@ -112,7 +112,11 @@ def run_decode(
     if k_np is None or v_np is None:  # a strided cache view: read it as it is
         k_np, v_np = k_cache.detach().numpy(), v_cache.detach().numpy()
     workers = plan.worker_offsets.shape[0] - 1
-    use_cpu_threads(workers, items=plan.num_tiles)
+    # keys x query heads x head size, a quarter each (the dot and the axpy over a key run as
+    # vector FMAs, several times cheaper per element than an elementwise op's exp); summed only
+    # when there are two tiles to share (the plan keeps the sum: it is the same in every layer)
+    work = plan.total_keys * q.shape[1] * q.shape[2] // 4 if plan.num_tiles > 1 else None
+    use_cpu_threads(workers, items=plan.num_tiles, work=work)
     _decode_kernel(
         q.detach().numpy() if q.is_contiguous() else q.contiguous().numpy(),
         k_np,

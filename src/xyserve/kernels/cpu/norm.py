@@ -31,7 +31,15 @@ def _rms_rows(x: np.ndarray, w: np.ndarray, eps: np.float32, out: np.ndarray) ->
             out[t, j] = w[j] * (x[t, j] * r)
 
 
-_kernel = njit(cache=True, nogil=True, fastmath=True)(_rms_rows) if njit is not None else None
+# fastmath without "nnan"/"ninf", and numpy's error model: a NaN row (or a zero row with eps 0)
+# comes out as NaN/inf in that row alone, as torch's does, instead of raising ZeroDivisionError
+# for the whole step.
+_FAST = {"contract", "afn", "reassoc", "arcp", "nsz"}
+_kernel = (
+    njit(cache=True, nogil=True, fastmath=_FAST, error_model="numpy")(_rms_rows)
+    if njit is not None
+    else None
+)
 
 
 def applies(x: torch.Tensor, weight: torch.Tensor) -> bool:

@@ -108,7 +108,7 @@ def run(
     t, d = qkv_np.shape[0], k.shape[3]
     q = torch.empty((t, num_heads, d), dtype=torch.float32)
     if t:
-        use_cpu_threads(items=t)
+        use_cpu_threads(items=t, work=qkv_np.size)
         half = d // 2
         _rope_rows(
             qkv_np, rotary_rows(cos, t, half), rotary_rows(sin, t, half), slots, q.numpy(), k, v

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from xyserve.kernels.cpu import gemm as cpu_gemm
+from xyserve.kernels.cpu import prepacked
 from xyserve.plan.gemm_table import (
     GemmConfig,
     GemmTable,
@@ -47,7 +48,7 @@ SWAPPED_IMPLS = ("swap", "swap8")  # these return a column-major view (see cpu_l
 # What `xyserve tune` profiles: `swap` only differs from `swap8` at widths that are not a
 # multiple of 8, where its time is erratic (docs/perf.md), so it is not offered; tables naming
 # it still run.
-CPU_CANDIDATES = ("linear", "addmm", "swap8", "numba")
+CPU_CANDIDATES = ("linear", "addmm", "swap8", "numba", "dnnl")
 
 
 def _padded_xt(x: torch.Tensor, m8: int) -> torch.Tensor:
@@ -77,7 +78,8 @@ def cpu_linear(
     erratic at other widths (docs/perf.md), and the copy is O(M K) against the GEMM's O(M N K).
     The result is then a column-major view with a row stride of the padded width. ``numba``
     is ``kernels.cpu.gemm``'s register-blocked kernel (row-major result; ``F.linear`` where numba is
-    missing or the dtype is not float32).
+    missing or the dtype is not float32). ``dnnl`` is oneDNN on the weight prepacked once
+    (``kernels.cpu.prepacked``; one more copy of that weight in memory).
     ``xyserve tune`` picks per bucket; ``xyserve bench kernels --only gemm --threads 2``
     shows the tuned result against torch.
     """
@@ -87,6 +89,8 @@ def cpu_linear(
         if cpu_gemm.available(x.dtype) and x.device.type == "cpu":
             return cpu_gemm.linear(x, weight, bias)
         return F.linear(x, weight, bias)
+    if cfg.cpu_impl == "dnnl":
+        return prepacked.linear(x, weight, bias)
     if cfg.cpu_impl in SWAPPED_IMPLS:
         m = x.shape[0]
         m8 = -(-m // 8) * 8

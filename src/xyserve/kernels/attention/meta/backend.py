@@ -8,7 +8,11 @@ from xyserve.kernels.attention.meta.cpu import Workspace, run_cpu
 from xyserve.kernels.cpu import decode as cpu_decode
 from xyserve.plan.attention_metadata import AttentionMetadata
 from xyserve.plan.meta_attention import MetaAttentionPlan, advance_plan, build_plan
-from xyserve.plan.triton_attention import TritonAttentionPlan, build_triton_plan
+from xyserve.plan.triton_attention import (
+    StaticTritonPlan,
+    TritonAttentionPlan,
+    build_triton_plan,
+)
 
 
 class MetaAttention:
@@ -42,10 +46,14 @@ class MetaAttention:
             if cpu_decode.available(dtype):
                 cpu_decode.warmup()
 
+    def triton(self, device: torch.device) -> bool:
+        """Whether steps on ``device`` run the Triton kernel (else the CPU path)."""
+        return device.type == "cuda"
+
     def plan(
         self, meta: AttentionMetadata, num_q_heads: int, num_kv_heads: int, head_dim: int
     ) -> MetaAttentionPlan | TritonAttentionPlan:
-        if meta.slot_mapping.device.type == "cuda":
+        if self.triton(meta.slot_mapping.device):
             return build_triton_plan(
                 meta,
                 num_q_heads,
@@ -68,6 +76,29 @@ class MetaAttention:
             decode_kernel=self.decode_kernel and cpu_decode.available(self.dtype),
         )
 
+    def static_plan(
+        self,
+        meta: AttentionMetadata,
+        num_q_heads: int,
+        num_kv_heads: int,
+        head_dim: int,
+        capacity: int,
+    ) -> StaticTritonPlan | None:
+        """Fixed buffers for the Triton plans of steps replayed in one CUDA graph (see
+        ``plan.triton_attention.StaticTritonPlan``); None where steps run the CPU path, whose
+        plans are built per step."""
+        if not self.triton(meta.slot_mapping.device):
+            return None
+        return StaticTritonPlan.allocate(
+            meta,
+            num_q_heads,
+            num_kv_heads,
+            head_dim,
+            capacity,
+            self.num_workers,
+            allow_tf32=self.allow_tf32,
+        )
+
     def advance(
         self, plan: MetaAttentionPlan | TritonAttentionPlan, meta: AttentionMetadata
     ) -> MetaAttentionPlan | None:
@@ -82,7 +113,7 @@ class MetaAttention:
     def run(
         self, plan: MetaAttentionPlan | TritonAttentionPlan, q, k_cache, v_cache, scale: float
     ) -> torch.Tensor:
-        if q.is_cuda:
+        if self.triton(q.device):
             from xyserve.kernels.attention.meta.triton_kernel import triton_meta_attention
 
             return triton_meta_attention(plan, q, k_cache, v_cache, scale)
