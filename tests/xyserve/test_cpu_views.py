@@ -147,3 +147,21 @@ def test_a_verify_sized_silu_mul_stays_on_one_thread(monkeypatch):
         act.silu_mul(gu), torch.nn.functional.silu(gu[:, :768]) * gu[:, 768:], rtol=1e-5, atol=1e-6
     )
     assert seen == [1]
+
+
+def test_starting_numbas_pool_keeps_torchs_thread_count():
+    """numba's pool start sets OpenMP's thread count, which torch reads: a user's one-thread
+    setting made before the engine starts must survive it (a fresh process: the pool starts
+    once per process)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch; torch.set_num_threads(1)\n"
+        "assert torch.get_num_threads() == 1\n"  # a read first: then the pool start overrode it
+        "from xyserve.kernels.cpu import use_cpu_threads\n"
+        "use_cpu_threads(2)\n"
+        "print(torch.get_num_threads())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split()[-1] == "1"

@@ -46,6 +46,19 @@ def _numba_thread_reader():
 
 _read_threads = None
 
+
+def start_pool() -> None:
+    """Start numba's thread pool, keeping torch's intra-op thread count as it was. Starting
+    the pool sets the OpenMP thread count of the calling thread to numba's pool size, and torch
+    reads its own count from OpenMP: without the restore, a user's ``torch.set_num_threads(1)``
+    or ``OMP_NUM_THREADS=1`` made before the engine started turned into two threads (or
+    however many cores there are) for every GEMM afterwards."""
+    before = torch.get_num_threads()
+    numba.get_num_threads()  # starts the pool
+    if torch.get_num_threads() != before:
+        torch.set_num_threads(before)
+
+
 # The least work (in elements a kernel reads or writes, e.g. activations for an elementwise op,
 # keys x heads x head size for attention) worth a thread of its own. Below it a kernel runs on
 # the calling thread: a parallel region wakes a thread of numba's OpenMP pool, which then spins
@@ -74,7 +87,7 @@ def use_cpu_threads(
         want = int(work) // MIN_WORK_PER_THREAD
     n = max(1, min(want, numba.config.NUMBA_NUM_THREADS))
     if _read_threads is None:
-        numba.get_num_threads()  # starts the pool, which the raw reader needs
+        start_pool()
         _read_threads = _numba_thread_reader()
     if _read_threads() != n:  # set only on a change: setting is the costly call
         numba.set_num_threads(n)
