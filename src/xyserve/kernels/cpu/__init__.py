@@ -62,9 +62,9 @@ def start_pool() -> None:
 # The least work (in elements a kernel reads or writes, e.g. activations for an elementwise op,
 # keys x heads x head size for attention) worth a thread of its own. Below it a kernel runs on
 # the calling thread: a parallel region wakes a thread of numba's OpenMP pool, which then spins
-# beside torch's own pool (a separate OpenMP runtime) on the same cores, and on a busy or small
-# machine that costs far more than the few microseconds of work it takes (docs/perf.md,
-# "Threads for small kernels").
+# beside torch's own pool threads on the same cores, and on a busy or small machine that costs
+# far more than the few microseconds of work it takes (docs/perf.md, "Threads for small
+# kernels").
 MIN_WORK_PER_THREAD = 1 << 15
 
 
@@ -76,9 +76,9 @@ def use_cpu_threads(
     (rows, tiles) when given: a single decode row then runs on the calling thread, instead of
     waking a thread that gets nothing to do and waiting for it at the kernel's end (on a busy
     machine, that barrier can cost more than the row). Given ``work`` (see
-    ``MIN_WORK_PER_THREAD``), each thread gets at least that much. numba keeps the count per calling thread
-    and a kernel that does not set it inherits whatever the last one set, so every CPU kernel
-    wrapper calls this."""
+    ``MIN_WORK_PER_THREAD``), each thread gets at least that much. numba keeps the count per
+    calling thread and a kernel that does not set it inherits whatever the last one set, so
+    every CPU kernel wrapper calls this."""
     global _read_threads
     want = _torch_threads() if requested is None else int(requested)
     if items is not None and items < want:
