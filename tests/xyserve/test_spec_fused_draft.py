@@ -131,6 +131,53 @@ def test_parallel_compilation_equals_the_serial_one():
     assert outs[0][1].tolist() == outs[1][1].tolist()
 
 
+LINEAR_CALL = """
+import sys
+
+import numba
+import numpy as np
+
+from xyserve.kernels.cpu import fused_forward as ff
+
+x, w = np.ones((2, 8), np.float32), np.ones((4, 8), np.float32)
+out = np.empty((2, 4), np.float32)
+(ff._linear_c_par if sys.argv[1] == "parallel" else ff._linear_c)(x, w, x[0, :0], out, False)
+try:
+    numba.threading_layer()
+    print("pool started")
+except ValueError:
+    print("no pool")
+"""
+
+
+def test_serial_compilation_is_not_loaded_from_the_parallel_ones_cache(tmp_path):
+    """numba keys its on-disk cache on the function and the argument types, not on
+    ``parallel``: the serial and parallel compilations of one function must be cached apart,
+    or a process that ran the parallel one first makes every later process's serial path
+    start numba's thread pool (behind ``use_cpu_threads``' back) and run threaded."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from xyserve.kernels.cpu import fused_forward as ff
+
+    (tmp_path / "call.py").write_text(LINEAR_CALL)
+    src = str(Path(ff.__file__).parents[3])
+    env = {**os.environ, "PYTHONPATH": src, "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+    got = []
+    for variant in ("parallel", "serial"):  # the parallel one fills the cache first
+        run = subprocess.run(
+            [sys.executable, str(tmp_path / "call.py"), variant],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert run.returncode == 0, run.stderr
+        got.append(run.stdout.strip())
+    assert got == ["pool started", "no pool"]
+
+
 def _proposer(**kw):
     from xyserve.model.config import ModelConfig
     from xyserve.spec.draft import DraftModelProposer

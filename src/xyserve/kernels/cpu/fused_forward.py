@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from types import FunctionType
 
 import numpy as np
 
@@ -468,16 +469,26 @@ if njit is not None:
         return lambda row, k: row[k]
 
     _opts = {"fastmath": True, "cache": True, "nogil": True}
+
+    def _parallel_copy(fn):
+        """``fn`` under another qualified name, for its ``parallel=True`` compilation. numba
+        files a cached compilation under the function's name and keys it on the argument
+        types, not on ``parallel``: compiled from one function, the serial and parallel
+        dispatchers would load each other's code from the cache in a later process."""
+        copy = FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_par", fn.__defaults__)
+        copy.__qualname__ = fn.__qualname__ + "_par"
+        return copy
+
     # The helpers compile once each (a serial prange is a range); the two entry points differ
     # only in whether their own prange loops and the linear layers' jobs run in parallel.
     _rms_rows_c = njit(**_opts)(_rms_rows)
     _head_norm_c = njit(**_opts)(_head_norm)
     _rotate_c = njit(**_opts)(_rotate)
     _linear_c = njit(**_opts)(_linear)
-    _linear_c_par = njit(parallel=True, **_opts)(_linear)
-    _rms_rows_c_par = njit(parallel=True, **_opts)(_rms_rows)
+    _linear_c_par = njit(parallel=True, **_opts)(_parallel_copy(_linear))
+    _rms_rows_c_par = njit(parallel=True, **_opts)(_parallel_copy(_rms_rows))
     _serial = _serial_c = njit(**_opts)(_forward)
-    _parallel = njit(parallel=True, **_opts)(_forward)
+    _parallel = njit(parallel=True, **_opts)(_parallel_copy(_forward))
     _greedy_chains_c = njit(**_opts)(_greedy_chains)
 
 
