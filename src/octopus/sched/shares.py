@@ -2,8 +2,9 @@
 
 Each tick (`OctopusScheduler._adapt`) every cluster updates its demand EWMA from what it saw,
 adds its current queue, and splits its PEAs among the TBs with `base.partition`; the class
-of each TB then sets its base share. On a wafer that is 64 partitions a tick, about a tenth
-of a full run as Python, so the arithmetic of all clusters is one compiled call. It repeats
+of each TB then sets its base share. On a wafer that is 64 partitions a tick (its share of
+a run: docs/perf.md, octopus section), so the arithmetic of all clusters is one compiled
+call. It repeats
 the Python operations exactly, in the same order (`tests/octopus/test_shares.py` compares
 it with `partition` and the Python formulas: the results are bit-identical); moving the
 PEAs between the shares stays in Python.

@@ -2,8 +2,9 @@
 
 One transfer with link contention waits until every directed link of its XY route is free,
 holds all of them for its serialisation time and arrives one route latency later. It runs
-once per input moved between PEAs, and on a wafer its route crosses about eight links: as
-Python it was a tenth of a full run, so this piece alone is compiled. It computes exactly
+once per input moved between PEAs, and on a wafer its route crosses about eight links, so
+this hot, self-contained piece is compiled (its share of a run: docs/perf.md, octopus
+section). It computes exactly
 what `Physics.transfer` computed in Python (the same IEEE operations in the same order:
 the results are bit-identical; `tests/octopus/test_fast_paths.py` compares it with a
 link-by-link Python reference).

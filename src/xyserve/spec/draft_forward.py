@@ -19,7 +19,8 @@ from xyserve.kernels.cpu import fused_forward as ff
 from xyserve.model.llama import LlamaModel
 
 # One thread: the draft's GEMVs are a few microseconds each, less than waking a second thread
-# (measured at batch 1 and 64: docs/perf.md, "Fused draft forward and trees").
+# costs (docs/perf.md, "Fused draft forward and trees"; see the caveat there on the serial and
+# parallel builds' shared numba cache before a8a5c9c).
 PARALLEL = False
 
 
