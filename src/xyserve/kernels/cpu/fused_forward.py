@@ -339,7 +339,7 @@ def _forward(
             for hh in range(num_heads):
                 kh = hh // group
                 qh = q[r, hh * d : (hh + 1) * d]
-                m = np.float32(-np.inf)
+                m = np.float32(-3.4028235e38)  # finite: fastmath assumes no infinities
                 for j in range(nk):
                     s = key_slot[j]
                     kv = kc[s // bs, s % bs, kh]
@@ -468,7 +468,9 @@ if njit is not None:
             return lambda row, k: _bf16_to_f32(row[k])
         return lambda row, k: row[k]
 
-    _opts = {"fastmath": True, "cache": True, "nogil": True}
+    # numpy's error model: a NaN row gives NaN logits for that row, not a ZeroDivisionError
+    # that would fail the whole proposal
+    _opts = {"fastmath": True, "cache": True, "nogil": True, "error_model": "numpy"}
 
     def _parallel_copy(fn):
         """``fn`` under another qualified name, for its ``parallel=True`` compilation. numba
