@@ -27,6 +27,27 @@ class TritonAttentionPlan:
     arrays: dict[str, torch.Tensor]
     allow_tf32: bool = False  # float32 dots in TF32 (see kernels.triton_precision)
 
+    @property
+    def tile_rows(self) -> int:
+        """Query rows per tile: a tile's ``block_m`` rows hold its rows for each of the
+        ``num_q_heads // num_kv_heads`` query heads of one KV head."""
+        return max(1, self.block_m // (self.num_q_heads // self.num_kv_heads))
+
+
+def launch_block_m(block_m: int, num_q_heads: int, num_kv_heads: int) -> int:
+    """The kernel's M block: a power of two holding at least one row per query head of a group."""
+    return pow2(max(block_m, num_q_heads // num_kv_heads))
+
+
+def plan_arrays(
+    cols: torch.Tensor, w_off: torch.Tensor, tree: torch.Tensor, block_tables: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """The kernel's named arguments: each task-table column a row of ``cols``, the workers'
+    offsets, the flattened tree masks and the int32 block tables."""
+    arrays = {k: cols[i] for i, k in enumerate(COLUMNS)}
+    arrays.update(w_off=w_off, tree=tree, bt=block_tables)
+    return arrays
+
 
 def pow2(x: int, lo: int = 16) -> int:
     """The smallest power of two >= x, and at least ``lo``: a Triton block dimension."""
@@ -116,19 +137,18 @@ def build_triton_plan(
 ) -> TritonAttentionPlan:
     """Task table with tiles of ``block_m // G`` rows, laid out worker by worker on the device."""
     device = meta.slot_mapping.device
-    group = num_q_heads // num_kv_heads
-    block_m = pow2(max(block_m, group))
+    block_m = launch_block_m(block_m, num_q_heads, num_kv_heads)
     if num_workers is None:
         num_workers = default_workers(device)
-    pc = plan_columns(meta, num_kv_heads, num_workers, max(1, block_m // group))
-    cols = torch.from_numpy(pc.cols).to(device)  # one copy; each column a contiguous row
-    arrays = {k: cols[i] for i, k in enumerate(COLUMNS)}
-    arrays["w_off"] = torch.from_numpy(pc.w_off).to(device)
-    arrays["tree"] = torch.tensor(pc.tree or [0], dtype=torch.int8, device=device)
-    arrays["bt"] = meta.block_tables.to(device=device, dtype=torch.int32).contiguous()
-    return TritonAttentionPlan(
-        meta, num_q_heads, num_kv_heads, head_dim, block_m, arrays, allow_tf32
+    plan = TritonAttentionPlan(meta, num_q_heads, num_kv_heads, head_dim, block_m, {}, allow_tf32)
+    pc = plan_columns(meta, num_kv_heads, num_workers, plan.tile_rows)
+    plan.arrays = plan_arrays(
+        torch.from_numpy(pc.cols).to(device),  # one copy; each column a contiguous row
+        torch.from_numpy(pc.w_off).to(device),
+        torch.tensor(pc.tree or [0], dtype=torch.int8, device=device),
+        meta.block_tables.to(device=device, dtype=torch.int32).contiguous(),
     )
+    return plan
 
 
 @dataclass
@@ -171,17 +191,15 @@ class StaticTritonPlan:
         """Buffers for ``capacity`` units over ``meta``'s static block tables (an empty table:
         the plan of a step with no stage until ``fill``)."""
         device = meta.slot_mapping.device
-        block_m = pow2(max(block_m, num_q_heads // num_kv_heads))
+        block_m = launch_block_m(block_m, num_q_heads, num_kv_heads)
         workers = num_workers or default_workers(device)
         cols = torch.zeros((len(COLUMNS), max(1, capacity)), dtype=torch.int32, device=device)
         w_off = torch.zeros(workers + 1, dtype=torch.int32, device=device)
         pin = device.type == "cuda"
         host_cols = torch.zeros_like(cols, device="cpu").pin_memory() if pin else cols
         host_w_off = torch.zeros_like(w_off, device="cpu").pin_memory() if pin else w_off
-        arrays = {k: cols[i] for i, k in enumerate(COLUMNS)}
-        arrays["w_off"] = w_off
-        arrays["tree"] = torch.zeros(1, dtype=torch.int8, device=device)
-        arrays["bt"] = meta.block_tables
+        tree = torch.zeros(1, dtype=torch.int8, device=device)
+        arrays = plan_arrays(cols, w_off, tree, meta.block_tables)
         if meta.block_tables.dtype != torch.int32 or not meta.block_tables.is_contiguous():
             raise ValueError("a static plan reads the step's int32 block tables in place")
         plan = TritonAttentionPlan(
@@ -196,9 +214,7 @@ class StaticTritonPlan:
         if any(r.tree_mask is not None for r in meta.table.rows):
             raise ValueError("a static Triton plan takes no token tree")
         workers = int(self.w_off.numel()) - 1
-        pc = plan_columns(
-            meta, p.num_kv_heads, workers, max(1, p.block_m // (p.num_q_heads // p.num_kv_heads))
-        )
+        pc = plan_columns(meta, p.num_kv_heads, workers, p.tile_rows)
         n = pc.cols.shape[1]
         if n > self.capacity:
             raise ValueError(f"{n} attention units exceed the static plan's {self.capacity}")

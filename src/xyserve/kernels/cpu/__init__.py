@@ -44,6 +44,11 @@ def _numba_thread_reader():
     return read
 
 
+# numba fastmath flags without "nnan" and "ninf": a kernel compiled with them keeps a NaN or
+# infinite input a NaN or infinity in its own row, as torch does, instead of its result being
+# undefined.
+FASTMATH_KEEP_NAN = frozenset({"contract", "afn", "reassoc", "arcp", "nsz"})
+
 _read_threads = None
 
 

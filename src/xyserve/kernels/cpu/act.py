@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from xyserve.kernels.cpu import exp, use_cpu_threads
+from xyserve.kernels.cpu import FASTMATH_KEEP_NAN, exp, use_cpu_threads
 from xyserve.kernels.cpu.cache import depends_on
 from xyserve.kernels.cpu.exp import exp_parts
 
@@ -24,11 +24,9 @@ except ImportError:  # pragma: no cover - exercised only where numba is absent
     njit = None
 
 if njit is not None:
-    # fastmath without "nnan"/"ninf": a NaN in the gate or up half must come out as NaN.
-    _FAST = {"contract", "afn", "reassoc", "arcp", "nsz"}
 
-    @depends_on(exp)
-    @njit(parallel=True, fastmath=_FAST, cache=True)
+    @depends_on(exp)  # a NaN in the gate or up half must come out as NaN
+    @njit(parallel=True, fastmath=set(FASTMATH_KEEP_NAN), cache=True)
     def _silu_mul_rows(gu, out):  # pragma: no cover - compiled
         """``out[t] = silu(gu[t, :I]) * gu[t, I:]``, with ``silu(g) = g * sigmoid(g)`` from
         ``z = exp(-|g|)`` (never overflows): ``sigmoid(g) = 1 / (1 + z)`` for g >= 0, else

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from xyserve.kernels.cpu import FASTMATH_KEEP_NAN
 from xyserve.kernels.cpu.views import as_numpy
 
 try:
@@ -31,12 +32,10 @@ def _rms_rows(x: np.ndarray, w: np.ndarray, eps: np.float32, out: np.ndarray) ->
             out[t, j] = w[j] * (x[t, j] * r)
 
 
-# fastmath without "nnan"/"ninf", and numpy's error model: a NaN row (or a zero row with eps 0)
-# comes out as NaN/inf in that row alone, as torch's does, instead of raising ZeroDivisionError
-# for the whole step.
-_FAST = {"contract", "afn", "reassoc", "arcp", "nsz"}
+# numpy's error model: a NaN row (or a zero row with eps 0) comes out as NaN/inf in that row
+# alone, as torch's does, instead of raising ZeroDivisionError for the whole step.
 _kernel = (
-    njit(cache=True, nogil=True, fastmath=_FAST, error_model="numpy")(_rms_rows)
+    njit(cache=True, nogil=True, fastmath=set(FASTMATH_KEEP_NAN), error_model="numpy")(_rms_rows)
     if njit is not None
     else None
 )
