@@ -14,17 +14,8 @@ A one-off measuring tool, not a benchmark (docs/perf.md, issue 18's quiet-machin
 from __future__ import annotations
 
 import argparse
-import time
 
-
-def best_ms(fn, reps: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best * 1e3
+from gemv_floor import best_ms  # this folder's: the same best-of timer
 
 
 def generate_ms_per_token(llm, max_tokens: int, rounds: int) -> float:
