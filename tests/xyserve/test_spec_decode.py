@@ -66,12 +66,16 @@ def test_server_flag_takes_json():
 
 # ---- n-gram proposals ---------------------------------------------------------------------
 def _slow_ngram(tokens: list[int], k: int, lo: int, hi: int) -> list[int]:
-    """The obvious loop: longest suffix n-gram first, then its latest earlier occurrence."""
+    """The obvious loop: longest suffix n-gram first, then its latest earlier occurrence,
+    whose continuation is copied token by token from the growing text (an overlapping copy)."""
     for n in range(min(hi, len(tokens) - 1), lo - 1, -1):
         suffix = tokens[-n:]
         for end in range(len(tokens) - 2, n - 2, -1):
             if tokens[end - n + 1 : end + 1] == suffix:
-                return tokens[end + 1 : end + 1 + k]
+                text = list(tokens)
+                for j in range(k):
+                    text.append(text[end + 1 + j])
+                return text[len(tokens) :]
     return []
 
 
@@ -86,6 +90,9 @@ def test_ngram_matches_slow_reference():
         assert propose_ngram(toks, 3, lo, hi) == _slow_ngram(toks, 3, lo, hi), (toks, lo, hi)
     assert propose_ngram([1, 2, 3, 4, 1, 2, 3], 3, 1, 3) == [4, 1, 2]
     assert propose_ngram([7, 8, 9], 3, 1, 3) == []
+    # Period-2 text: the latest match is one period back, and the proposal keeps repeating.
+    assert propose_ngram([5, 1, 2, 1, 2, 1, 2], 5, 1, 3) == [1, 2, 1, 2, 1]
+    assert propose_ngram([1, 2, 3, 4, 1, 2, 3], 6, 1, 3) == [4, 1, 2, 3, 4, 1]
 
 
 # ---- acceptance rules ---------------------------------------------------------------------
@@ -598,3 +605,14 @@ def test_generation_token_count_excludes_tokens_cut_after_a_stop(tiny_llama, ref
     assert all(o.finish_reason == "stop" for o in got)
     assert eng.spec.stats.num_accepted_tokens > 0
     assert eng.num_generation_tokens == sum(len(o.token_ids) for o in got)
+
+
+def test_bench_spec_batches_cover_every_prompt():
+    from xyserve.bench.spec import batch_groups, load_spec_workload
+
+    prompts = list("abcdef")
+    assert batch_groups(prompts, 1) == [[p] for p in prompts]
+    assert batch_groups(prompts, 4) == [list("abcd"), list("efab")]
+    assert batch_groups(prompts, 8) == [list("abcdefab")]
+    for name in ("spec_code", "spec_quote"):
+        assert load_spec_workload(name)["prompts"]

@@ -11,8 +11,10 @@ batch and method:
 - the acceptance rate, the mean accepted length (tokens per verify), the proposer's share of
   the wall time, and whether every output equals ``none``'s (greedy identity).
 
-Workloads are data files (schema ``xyserve.spec-workload/1``): text prompts cycled to fill a
-batch, and ``max_tokens``.
+Workloads are data files (schema ``xyserve.spec-workload/1``): text prompts and
+``max_tokens``. A batch of ``b`` takes ``b`` prompts in turn, cycling; when ``b`` is smaller
+than the workload, batches run one after another until every prompt has run once (batch 1
+runs each prompt alone), so a small batch measures the whole workload, not its first prompts.
 """
 
 from __future__ import annotations
@@ -38,6 +40,12 @@ def load_spec_workload(path: str | Path) -> dict:
     if not data.get("prompts") or int(data.get("max_tokens", 0)) < 1:
         raise ValueError(f"{p}: needs a non-empty 'prompts' list and 'max_tokens' >= 1")
     return data
+
+
+def batch_groups(prompts: list[str], b: int) -> list[list[str]]:
+    """Batches of ``b`` prompts taken in turn (cycling), enough for each prompt to run once."""
+    n_groups = -(-len(prompts) // b)
+    return [[prompts[(g * b + i) % len(prompts)] for i in range(b)] for g in range(n_groups)]
 
 
 def _spec_config(method: str, k: int, adaptive: bool, tree_keys: dict) -> dict | None:
@@ -77,7 +85,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         llm.generate(work["prompts"][:2], SamplingParams(temperature=0, max_tokens=8), False)
     rows = []
     for b in args.batch_sizes:
-        prompts = [work["prompts"][i % len(work["prompts"])] for i in range(b)]
+        groups = batch_groups(work["prompts"], b)
         times: dict[str, list[float]] = {m: [] for m in methods}
         spec_time: dict[str, float] = {m: 0.0 for m in methods}
         counts: dict[str, list[int]] = {m: [0, 0, 0] for m in methods}
@@ -88,14 +96,14 @@ def run(args: argparse.Namespace) -> list[dict]:
                 eng = engines[m].llm_engine
                 s0 = _snapshot(eng)
                 t0 = time.perf_counter()
-                outs = engines[m].generate(prompts, params, use_tqdm=False)
+                outs = [o for g in groups for o in engines[m].generate(g, params, use_tqdm=False)]
                 times[m].append(time.perf_counter() - t0)
                 s1 = _snapshot(eng)
                 spec_time[m] += s1[3] - s0[3]
                 steps[m] = s1[4] - s0[4]  # deterministic for greedy runs: the last round's
                 counts[m] = [c + y - x for c, x, y in zip(counts[m], s0[:3], s1[:3])]
                 outputs[m] = [o.outputs[0].token_ids for o in outs]
-        ntok = b * work["max_tokens"]
+        ntok = sum(len(g) for g in groups) * work["max_tokens"]
         base = min(times["none"])
         for m in methods:
             med = min(times[m])

@@ -3,6 +3,12 @@
 The last ``n`` tokens (``prompt_lookup_max`` down to ``prompt_lookup_min``) are searched for
 earlier in the request's tokens; the tokens that followed the longest, then most recent, match
 are proposed. No model runs, so a proposal costs one vectorised scan of the tokens.
+
+A recent match can end fewer than ``k`` tokens before the end of the text (in periodic text,
+one period before it). Its continuation then runs into the suffix itself, and the proposal
+goes on copying from what it has just proposed, as an overlapping LZ77 copy does: the text is
+assumed to keep repeating with the period the match found. Without this, text repeating with
+period 2 could never be proposed more than 2 tokens at a time.
 """
 
 from __future__ import annotations
@@ -15,7 +21,11 @@ from xyserve.engine.request import Request
 
 
 def propose_ngram(tokens: list[int] | np.ndarray, k: int, min_n: int, max_n: int) -> list[int]:
-    """Up to ``k`` tokens that followed the longest recent earlier match of the token suffix."""
+    """``k`` tokens continuing the longest recent earlier match of the token suffix, or none.
+
+    The continuation is ``tokens[i + 1 :]`` extended by copying from itself (period
+    ``len(tokens) - 1 - i``) when it is shorter than ``k``.
+    """
     arr = np.asarray(tokens, dtype=np.int64)
     length = arr.shape[0]
     if k < 1 or length < min_n + 1:
@@ -39,7 +49,10 @@ def propose_ngram(tokens: list[int] | np.ndarray, k: int, min_n: int, max_n: int
         return []
     # Among the longest matches, the most recent (the largest end position).
     i = int(cand[np.flatnonzero(matched == best_len)[-1]])
-    return arr[i + 1 : i + 1 + k].tolist()
+    cont = arr[i + 1 : i + 1 + k]
+    if cont.shape[0] < k:  # the match overlaps the suffix: keep repeating its period
+        cont = np.resize(cont, k)
+    return cont.tolist()
 
 
 @dataclass
