@@ -208,6 +208,43 @@ def test_step_cost_model_recovers_a_linear_cost():
     assert same.fit() is None  # one step size: no slope to fit
 
 
+def test_min_step_cost_ignores_stalled_steps():
+    """A few stalled steps do not move the line through each size's median, while they drag
+    a least-squares fit over raw times far off."""
+    from xyserve.engine.step_cost import MedianStepCost, StepCostModel
+
+    robust, raw = MedianStepCost(window=8), StepCostModel(decay=1.0)
+    for i in range(40):
+        for n in (1, 5):
+            t = 0.002 + 0.0002 * n
+            if i % 10 == 3 and n == 1:  # another process held the core: +50 ms
+                t += 0.05
+            robust.observe(n, t)
+            raw.observe(n, t)
+    a, b = robust.fit()
+    assert a == pytest.approx(0.002) and b == pytest.approx(0.0002)
+    a_raw, b_raw = raw.line()
+    assert b_raw < 0 and a_raw > 0.005  # the raw fit says more tokens cost less
+    one = MedianStepCost(min_steps=2)
+    one.observe(3, 0.01)
+    one.observe(3, 0.02)
+    assert one.line() is None  # one size: no slope
+    # The window forgets: a size that got dearer is priced at its recent steps.
+    w = MedianStepCost(window=3, min_steps=1)
+    for t in (0.001, 0.001, 0.005, 0.005, 0.005):
+        w.observe(1, t)
+    w.observe(2, 0.006)
+    assert w.line() == pytest.approx((0.004, 0.001))
+    # So does the horizon: a size not seen lately drops out, and with it the line.
+    h = MedianStepCost(horizon=4, min_steps=1)
+    h.observe(5, 0.003)
+    for _ in range(3):
+        h.observe(1, 0.002)
+    assert h.line() == pytest.approx((0.00175, 0.00025))
+    h.observe(1, 0.002)
+    assert h.line() is None and 5 not in h.times
+
+
 class StepClock:
     """Every step lasts 10 ms + 1 ms per token, as seen by the scheduler's clock."""
 

@@ -1,18 +1,62 @@
 """An online model of a step's duration from its token count (the SLO-aware step budget, and
 speculative decoding's cost of a verify token against a proposer pass).
 
-``t(n) = a + b * n``, fitted by least squares over the recent steps with exponential
-forgetting, so it follows the machine (other processes, thermal state) as it changes. Pure
-Python; the scheduler feeds it the time between handing out a step and receiving its update.
+``t(n) = a + b * n``, fitted by least squares. Pure Python; the caller feeds it step times.
+
+- :class:`StepCostModel`: over the recent steps with exponential forgetting, so it follows the
+  machine (other processes, thermal state) as it changes; the scheduler feeds it the time
+  between handing out a step and receiving its update.
+- :class:`MedianStepCost`: through the median of each size's recent steps. On a shared
+  machine one step stalled 50 ms by another process moves a least squares fit over raw
+  times more than hundreds of ordinary steps do; a median ignores such stalls while they
+  are rare. (Not the minimum: the fewer steps a size has, the higher its minimum lies, and
+  the sizes a controller tries least would look dearest.)
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import statistics
+from collections import deque
+from dataclasses import dataclass, field
+
+
+def least_squares(
+    s: float, sx: float, sy: float, sxx: float, sxy: float
+) -> tuple[float, float] | None:
+    """(a, b) of ``y = a + b * x`` from the weighted sums, or None if every x is (nearly) the
+    same (no slope to fit)."""
+    var = s * sxx - sx * sx
+    if var <= 1e-9 * max(1.0, s * sxx):
+        return None
+    b = (s * sxy - sx * sy) / var
+    return (sy - b * sx) / s, b
+
+
+class _LineCost:
+    """What both models answer, from their ``line()``."""
+
+    def line(self) -> tuple[float, float] | None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def fit(self) -> tuple[float, float] | None:
+        """(a, b) in seconds and seconds per token, or None until the data can tell them apart
+        (no line yet, or a slope that is not positive)."""
+        ab = self.line()
+        if ab is None or ab[1] <= 0:
+            return None
+        return max(ab[0], 0.0), ab[1]
+
+    def max_tokens(self, target_s: float) -> int | None:
+        """The most tokens a step can carry and still end within ``target_s`` (None: unknown)."""
+        ab = self.fit()
+        if ab is None:
+            return None
+        a, b = ab
+        return max(0, int((target_s - a) / b))
 
 
 @dataclass
-class StepCostModel:
+class StepCostModel(_LineCost):
     decay: float = 0.95  # weight kept by past steps at each new one (1.0: no forgetting)
     min_steps: int = 4  # no prediction before this many observations
     s: float = 0.0
@@ -36,24 +80,48 @@ class StepCostModel:
         or while every step had (nearly) the same size (no slope to fit)."""
         if self.n < self.min_steps:
             return None
-        var = self.s * self.sxx - self.sx * self.sx
-        if var <= 1e-9 * max(1.0, self.s * self.sxx):
-            return None
-        b = (self.s * self.sxy - self.sx * self.sy) / var
-        return (self.sy - b * self.sx) / self.s, b
+        return least_squares(self.s, self.sx, self.sy, self.sxx, self.sxy)
 
-    def fit(self) -> tuple[float, float] | None:
-        """(a, b) in seconds and seconds per token, or None until the data can tell them apart
-        (no line yet, or a slope that is not positive)."""
-        ab = self.line()
-        if ab is None or ab[1] <= 0:
-            return None
-        return max(ab[0], 0.0), ab[1]
 
-    def max_tokens(self, target_s: float) -> int | None:
-        """The most tokens a step can carry and still end within ``target_s`` (None: unknown)."""
-        ab = self.fit()
-        if ab is None:
+@dataclass
+class MedianStepCost(_LineCost):
+    """The line through each step size's median time over its last ``window`` steps, every
+    size seen weighing the same. Only the last ``horizon`` observations count: load changes
+    over time, and a size measured long ago (before the machine got busier, or quieter) must
+    not be set against one measured now. A size not seen within the horizon drops out, so a
+    caller whose choices stopped producing some size gets no line (its prior) and tries that
+    size again, instead of trusting a stale comparison forever."""
+
+    window: int = 16
+    horizon: int = 128
+    min_steps: int = 4  # no prediction before this many observations
+    times: dict[int, deque] = field(default_factory=dict)
+    n: int = 0
+
+    def observe(self, tokens: int, seconds: float) -> None:
+        q = self.times.get(tokens)
+        if q is None:
+            q = self.times[tokens] = deque(maxlen=self.window)
+        q.append((self.n, seconds))
+        self.n += 1
+
+    def line(self) -> tuple[float, float] | None:
+        """(a, b), whatever their signs, or None before ``min_steps`` steps or while fewer
+        than two sizes were seen within the horizon."""
+        if self.n < self.min_steps:
             return None
-        a, b = ab
-        return max(0, int((target_s - a) / b))
+        since = self.n - self.horizon
+        pts = []
+        for x, q in list(self.times.items()):
+            recent = [t for i, t in q if i >= since]
+            if recent:
+                pts.append((x, statistics.median(recent)))
+            elif q[-1][0] < since:
+                del self.times[x]
+        return least_squares(
+            len(pts),
+            sum(x for x, _ in pts),
+            sum(y for _, y in pts),
+            sum(x * x for x, _ in pts),
+            sum(x * y for x, y in pts),
+        )

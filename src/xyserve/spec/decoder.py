@@ -9,7 +9,7 @@ Adaptive length: each request keeps an estimate ``a`` of the chance that one pro
 (moving average of its own verifies). Proposal ``j`` of a request (0-based) is then accepted with
 about ``a ** (j + 1)``. A step's cost is modelled in target-token equivalents: ``F + T`` for
 ``T`` tokens, where ``F`` (the fixed cost of a step: weights streamed once, Python overhead) is
-fitted online from the engine's step times, plus ``D`` per proposer pass (one draft level for
+fitted online through the median recent step time of each size (rare stalls from other load ignored), plus ``D`` per proposer pass (one draft level for
 the whole batch; measured proposer seconds per pass over the fitted seconds per token).
 Levels are added one at a time, each request's proposal at that level in order of acceptance
 chance, while the step's expected tokens per cost improve: at batch 1 ``F`` dominates and long
@@ -24,7 +24,7 @@ import time
 
 from xyserve.engine.request import Request
 from xyserve.engine.sampler import SampleRow
-from xyserve.engine.step_cost import StepCostModel
+from xyserve.engine.step_cost import MedianStepCost
 from xyserve.spec import tree
 from xyserve.spec.config import SpeculativeConfig
 from xyserve.spec.ngram import NgramProposer
@@ -38,7 +38,7 @@ DEFAULT_FIXED_COST = 32.0  # F before enough steps are timed to fit it
 MIN_FIT_STEPS = 16
 
 
-def fixed_tokens(cost: StepCostModel) -> float:
+def fixed_tokens(cost: MedianStepCost) -> float:
     """A step's fixed cost in tokens' worth (a / b of the fitted step-time line)."""
     ab = cost.line()
     if ab is None:  # too few steps, or all of one size: no slope to fit yet
@@ -58,8 +58,8 @@ class SpecDecoder:
         self.max_model_len = max_model_len
         self.budget = budget
         self.stats = SpecStats(self.k)
-        # Every step since start, unforgotten: proposals are judged on the long-run costs.
-        self.cost = StepCostModel(decay=1.0, min_steps=MIN_FIT_STEPS)
+        # Each step size's median recent time: rare stalls from other load do not count.
+        self.cost = MedianStepCost(min_steps=MIN_FIT_STEPS)
         self.acceptance: dict[str, float] = {}
         self.num_levels = 0  # proposer passes so far (the deepest proposal of each call)
         # Time inside the proposer's calls only: the cost of its passes. (The decoder's own
