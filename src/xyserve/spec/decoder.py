@@ -55,6 +55,7 @@ class SpecDecoder:
     ) -> None:
         self.config = config
         self.k = config.depth
+        self.tree_sizes = config.tree_level_sizes()  # nodes per level of a greedy tree, or None
         self.max_model_len = max_model_len
         self.budget = budget
         self.stats = SpecStats(self.k)
@@ -169,10 +170,9 @@ class SpecDecoder:
         """Nodes per level of this request's proposals, for its first ``cap`` levels (all 1:
         a chain; sampled requests always get chains)."""
         p = r.sampling_params
-        sizes = self.config.tree_level_sizes() if p is None or p.greedy else None
-        if sizes is None:
+        if self.tree_sizes is None or not (p is None or p.greedy):
             return [1] * cap
-        return sizes[:cap]
+        return self.tree_sizes[:cap]
 
     def _allocate(self, num_decoding: int, levels: dict[str, list[int]]) -> dict[str, int]:
         """How many levels each request gets; see the module docstring. ``levels``: each
