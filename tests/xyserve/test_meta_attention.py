@@ -184,8 +184,9 @@ def test_decode_kernel_exp_over_the_whole_softmax_range():
     torch.testing.assert_close(out, ref_out, **TOL)
 
 
-def test_chain_verify_rows_run_on_the_decode_kernel():
-    """A chain verify's k + 1 rows are decode rows of growing length; a tree keeps its pack."""
+def test_verify_rows_run_on_the_decode_kernel():
+    """A chain verify's k + 1 rows are decode rows of growing length; a tree's rows are decode
+    rows that see the history, the real new token and their ancestors (as extra keys)."""
     hq, hkv, d = 8, 2, 64
     specs = [StageSpec(5, 70, num_spec_tokens=4), StageSpec(5, 30, tree=True), StageSpec(1, 40)]
     c = build_case(specs, hq, hkv, d, 16, seed=11)
@@ -195,8 +196,22 @@ def test_chain_verify_rows_run_on_the_decode_kernel():
     by_row = dict(zip(plan.decode.q_rows.tolist(), plan.decode.kv_lens.tolist()))
     for i in range(chain.num_tokens):
         assert by_row[chain.start + i] == chain.context_len + i + 1
-    assert len(by_row) == chain.num_tokens + 1  # the chain's rows and the decode
-    assert len(plan.packs) == 1  # the tree
+    tree = [r for r in rows if r.tree_mask is not None][0]
+    dec = plan.decode
+    for j, q in enumerate(dec.q_rows.tolist()):
+        if not tree.start <= q < tree.start + tree.num_tokens:
+            continue
+        seen = (
+            list(range(dec.kv_lens[j]))
+            + dec.extra_pos[dec.extra_off[j] : dec.extra_off[j + 1]].tolist()
+        )
+        mask = tree.tree_mask[q - tree.start]
+        want = list(range(tree.context_len)) + [
+            tree.context_len + k for k, ok in enumerate(mask) if ok
+        ]
+        assert seen == want
+    assert len(by_row) == chain.num_tokens + tree.num_tokens + 1  # and the decode
+    assert dec.extra_pos.size > 0 and not plan.packs
     ref = reference_attention(c.meta, c.q, c.k_cache, c.v_cache, c.scale)
     out = MetaAttention().run(plan, c.q, c.k_cache, c.v_cache, c.scale)
     torch.testing.assert_close(out, ref, **TOL)

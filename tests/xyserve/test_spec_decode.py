@@ -37,6 +37,8 @@ NGRAM = {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 3}
             "not both",
         ),
         ({"method": "tree", "num_speculative_tokens": 2, "tree_nodes": 0}, "tree_nodes"),
+        ({"method": "tree", "num_speculative_tokens": 2, "tree_beam": 2}, "dynamic trees"),
+        ({"method": "tree", "num_speculative_tokens": 2, "tree_nodes": 3, "tree_beam": 0}, "beam"),
         ('{"method": ', "not valid JSON"),
         ("[1, 2]", "JSON object"),
     ],

@@ -214,3 +214,43 @@ def test_greedy_chains_in_one_call_equal_the_pass_by_pass_loop():
         prop.release_except(set())
         prop.kv.check_no_leak()
     assert got[0] == got[1]
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        ((2, 2, 2, 2), 1, 5),  # dynamic, beam 1 (the default)
+        ((3, 3, 3), 2, 6),  # dynamic, a wider beam
+        ((2, 1, 1), None, None),  # static: two chains
+        ((3, 2, 1), None, None),  # static, branching below the root
+    ],
+)
+def test_greedy_trees_in_one_call_equal_the_pass_by_pass_loop(shape):
+    """Tree proposals (tokens and parents), and the draft cache they leave (seen through the
+    next rounds), are the same with every level in one call as pass by pass, for requests of
+    different caps in one batch."""
+    from xyserve import SamplingParams
+    from xyserve.spec import tree
+
+    branching, beam, nodes = shape
+    got = []
+    for one_call in (True, False):
+        prop = _proposer(tree_shape=tree.TreeShape(branching, beam=beam, nodes=nodes))
+        prop.trees_in_one_call = one_call
+        greedy = SamplingParams(temperature=0)
+        reqs = [
+            Request(f"r{i}", list(range(3 + i, 12 + 3 * i)), 50, sampling_params=greedy)
+            for i in range(3)
+        ]
+        rounds = []
+        for _ in range(3):
+            caps = {r.request_id: 1 + i for i, r in enumerate(reqs)}
+            out = prop.propose(reqs, caps)
+            rounds.append((out, [r.spec_tree_parents for r in reqs]))
+            for i, r in enumerate(reqs):  # accept a node of the first level, then the target's
+                r.output_token_ids += out[r.request_id][i % 2 : i % 2 + 1] + [7 + i]
+        got.append(rounds)
+        prop.release_except(set())
+        prop.kv.check_no_leak()
+    assert got[0] == got[1]
+    assert any(len(p) > len(set(tree.depths(p))) for _, ps in got[0] for p in ps if p)

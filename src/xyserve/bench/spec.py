@@ -60,6 +60,7 @@ def _spec_config(method: str, k: int, adaptive: bool, tree_keys: dict) -> dict |
 def _tree_keys(args: argparse.Namespace) -> dict:
     keys = {"tree_branching": args.tree_branching, "tree_width": args.tree_width}
     keys["tree_nodes"] = args.tree_nodes
+    keys["tree_beam"] = args.tree_beam
     return {k: v for k, v in keys.items() if v is not None}
 
 
@@ -181,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--tree-width", type=int, help="the tree method's tree_width")
     p.add_argument("--tree-nodes", type=int, help="a dynamic tree of this many nodes")
+    p.add_argument("--tree-beam", type=int, help="nodes a dynamic tree expands per level")
     p.add_argument("--json", help="also write the rows to this file")
     args = p.parse_args(argv)
     rows = run(args)

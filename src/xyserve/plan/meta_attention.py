@@ -37,7 +37,11 @@ class DecodePlan:
     tables: np.ndarray  # [S, max_blocks] int32 block tables
     worker_offsets: np.ndarray  # [W + 1] int64: tiles [off[w], off[w+1]) run on thread w
     rows: torch.Tensor  # [S] long: the same rows, for the torch side
-    total_keys: int = 0  # sum of kv_lens: the step's work, the same in every layer
+    total_keys: int = 0  # sum of kv_lens and extra keys: the step's work, the same every layer
+    # Keys beyond the first kv_lens[s] positions (a tree node's ancestors): tile s also sees
+    # positions extra_pos[extra_off[s]:extra_off[s + 1]] of its table.
+    extra_off: np.ndarray = field(default_factory=lambda: np.zeros(1, np.int64))  # [S + 1]
+    extra_pos: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # [E]
 
     @property
     def num_tiles(self) -> int:
@@ -45,10 +49,18 @@ class DecodePlan:
 
 
 def build_decode_plan(
-    q_rows: list[int], kv_lens: list[int], tables: list[list[int]], num_workers: int
+    q_rows: list[int],
+    kv_lens: list[int],
+    tables: list[list[int]],
+    num_workers: int,
+    extras: list[tuple[int, ...]] | None = None,
 ) -> DecodePlan:
-    costs = sorted(range(len(q_rows)), key=lambda i: -kv_lens[i])  # decode tile area = kv_len
-    dealt = snake_deal([kv_lens[i] for i in costs], max(1, num_workers))
+    """``extras[i]``: positions tile ``i`` sees beyond its first ``kv_lens[i]`` (its table
+    must cover them)."""
+    extras = extras or [()] * len(q_rows)
+    keys = [n + len(e) for n, e in zip(kv_lens, extras)]
+    costs = sorted(range(len(q_rows)), key=lambda i: -keys[i])  # decode tile area = keys
+    dealt = snake_deal([keys[i] for i in costs], max(1, num_workers))
     order = [costs[j] for w in dealt for j in w]
     offs = np.zeros(len(dealt) + 1, dtype=np.int64)
     offs[1:] = np.cumsum([len(w) for w in dealt])
@@ -57,13 +69,18 @@ def build_decode_plan(
     for j, i in enumerate(order):
         bt[j, : len(tables[i])] = tables[i]
     rows = np.array([q_rows[i] for i in order], dtype=np.int64)
+    extra_off = np.zeros(len(order) + 1, dtype=np.int64)
+    extra_off[1:] = np.cumsum([len(extras[i]) for i in order])
+    extra_pos = np.array([p for i in order for p in extras[i]], dtype=np.int64)
     return DecodePlan(
         q_rows=rows,
         kv_lens=np.array([kv_lens[i] for i in order], dtype=np.int32),
         tables=bt,
         worker_offsets=offs,
         rows=torch.from_numpy(rows),
-        total_keys=sum(kv_lens),
+        total_keys=sum(keys),
+        extra_off=extra_off,
+        extra_pos=extra_pos,
     )
 
 
@@ -178,22 +195,34 @@ def _chunk_mask(
 
 
 def _to_decode_kernel(table: TokenTable, tile: Tile) -> bool:
-    """Whether a tile's rows go to the numba decode kernel, one causal row each: single-row
-    tiles (decodes, a chunk's last row) and the rows of a chain verify (the k + 1 rows of a
-    verify see the history and the new keys up to their own, so each is a decode row of its
-    own length; run so, a verify step costs about what a decode step costs, with no pack,
-    gather or mask). Tree verifies keep their packs and masks."""
-    if tile.has_tree:
-        return False
+    """Whether a tile's rows go to the numba decode kernel, one row each: single-row tiles
+    (decodes, a chunk's last row) and the rows of a verify, chain or tree (the k + 1 rows of
+    a chain verify see the history and the new keys up to their own, so each is a decode row
+    of its own length; a tree node sees the history, the real new tokens and its ancestors:
+    a decode row with a few extra keys). Run so, a verify step costs about what a decode
+    step costs, with no pack, gather or mask."""
     return tile.num_rows == 1 or table.rows[tile.stage].kind is StageKind.VERIFY
 
 
-def _decode_rows(table: TokenTable, tile: Tile) -> list[tuple[int, int, int]]:
-    """(flat query row, keys it sees, stage) of each row of a tile bound for the decode kernel."""
+def _decode_rows(table: TokenTable, tile: Tile) -> list[tuple[int, int, int, tuple[int, ...]]]:
+    """(flat query row, keys it sees as a prefix of its table, stage, positions it also sees)
+    of each row of a tile bound for the decode kernel."""
     if not _to_decode_kernel(table, tile):
         return []
-    first = tile.context_len + tile.row_offset + 1  # keys of the tile's first row
-    return [(tile.q_start + i, first + i, tile.stage) for i in range(tile.num_rows)]
+    out = []
+    mask = table.rows[tile.stage].tree_mask
+    for i in range(tile.num_rows):
+        q = tile.row_offset + i  # the row within its stage
+        if mask is None:  # causal: the history and the new keys up to its own
+            out.append((tile.q_start + i, tile.context_len + q + 1, tile.stage, ()))
+            continue
+        seen = [j for j, ok in enumerate(mask[q]) if ok]
+        lead = 0  # the new keys it sees as an unbroken run from the first: part of the prefix
+        while lead < len(seen) and seen[lead] == lead:
+            lead += 1
+        extra = tuple(tile.context_len + j for j in seen[lead:])
+        out.append((tile.q_start + i, tile.context_len + lead, tile.stage, extra))
+    return out
 
 
 def build_plan(
@@ -227,10 +256,14 @@ def build_plan(
         single = [r for t in order for r in _decode_rows(table, tiles[t])]
         order = [t for t in order if not _to_decode_kernel(table, tiles[t])]
         decode = build_decode_plan(
-            [q for q, _, _ in single],
-            [ext for _, ext, _ in single],
-            [table.rows[s].block_table[: -(-ext // bs)] for _, ext, s in single],
+            [q for q, _, _, _ in single],
+            [n for _, n, _, _ in single],
+            [
+                table.rows[s].block_table[: -(-max(n, 1 + max(extra, default=-1)) // bs)]
+                for _, n, s, extra in single
+            ],
             num_workers,
+            [extra for _, _, _, extra in single],
         )
     elem = torch.finfo(dtype).bits // 8
     max_keys = max(bs, kv_chunk_bytes // max(1, 2 * num_kv_heads * head_dim * elem))
@@ -289,7 +322,7 @@ def advance_plan(plan: MetaAttentionPlan, meta: AttentionMetadata) -> MetaAttent
     only if asked."""
     d = plan.decode
     rows = meta.table.rows
-    if plan.packs or d is None or d.num_tiles != len(rows):
+    if plan.packs or d is None or d.num_tiles != len(rows) or d.extra_pos.size:
         return None
     bs = meta.table.block_size
     kv = d.kv_lens

@@ -33,10 +33,13 @@ class SpeculativeConfig:
     tree_width: int = 2
     tree_depth: int | None = None
     tree_branching: list[int] | None = None
-    # tree: a dynamic tree instead (EAGLE-2 style): the draft expands the tree_width most likely
+    # tree: a dynamic tree instead (EAGLE-2 style): the draft expands the tree_beam most likely
     # nodes of each of tree_depth levels by tree_width children each, and proposes the
-    # tree_nodes most likely nodes (by the draft's path probability).
+    # tree_nodes most likely nodes (by the draft's path probability). A beam of 1 runs the
+    # draft on as many rows as a chain does (one a level): the tree's extra nodes are the
+    # expanded nodes' siblings.
     tree_nodes: int | None = None
+    tree_beam: int = 1
     # Adaptive speculation: no proposals while this many requests or more are decoding
     # (vLLM's disable_by_batch_size); None: never disabled by batch size alone.
     disable_by_batch_size: int | None = None
@@ -77,6 +80,9 @@ class SpeculativeConfig:
                 "speculative_config: tree_width/tree_depth/tree_branching/tree_nodes are for "
                 "method 'tree'"
             )
+        _check_int("tree_beam", self.tree_beam, 1)
+        if self.tree_beam != 1 and self.tree_nodes is None:
+            raise ValueError("speculative_config: tree_beam is for dynamic trees (tree_nodes)")
         if self.tree_nodes is not None:
             _check_int("tree_nodes", self.tree_nodes, 1)
             if self.tree_nodes > MAX_TREE_NODES:
@@ -146,7 +152,7 @@ class SpeculativeConfig:
             return None
         if self.tree_nodes is not None:
             w = self.tree_width
-            return tree.TreeShape((w,) * self.depth, beam=w, nodes=self.tree_nodes)
+            return tree.TreeShape((w,) * self.depth, beam=self.tree_beam, nodes=self.tree_nodes)
         branching = self.tree_branching or [self.tree_width] + [1] * (self.depth - 1)
         return tree.TreeShape(tuple(branching))
 

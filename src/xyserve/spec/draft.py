@@ -26,6 +26,7 @@ from xyserve.engine.request import Request
 from xyserve.engine.runner import ModelRunner
 from xyserve.engine.sampler import filter_logits
 from xyserve.engine.scheduler import ScheduledStage, SchedulerOutput
+from xyserve.kernels.cpu import fused_tree
 from xyserve.kernels.ops import greedy_ids
 from xyserve.model.config import ModelConfig
 from xyserve.model.loader import load_model
@@ -99,8 +100,10 @@ class DraftModelProposer:
         # Greedy requests get token trees of this shape (spec.tree), to their cap; None: chains.
         self.tree_shape = tree_shape
         # All-greedy chain batches on the fused path: every pass in one call (False: the
-        # pass-by-pass loop, which gives the same tokens; it serves sampled requests and trees).
+        # pass-by-pass loop, which gives the same tokens; it serves sampled requests).
         self.chains_in_one_call = self.fused is not None and tree_shape is None
+        # Greedy requests' trees likewise, every level in one call (False: the loop).
+        self.trees_in_one_call = self.fused is not None
         if tree_shape is not None and self.fused is None:
             raise ValueError(
                 "speculative_config: method 'tree' needs the fused draft forward, a float32 "
@@ -157,7 +160,13 @@ class DraftModelProposer:
                 active.append((r, self._sync(r)))
         if self.chains_in_one_call and all(_greedy(r) for r, _ in active):
             return self._greedy_chains(active, caps)
-        out: dict[str, list[int]] = {r.request_id: [] for r, _ in active}
+        out: dict[str, list[int]] = {}
+        if self.tree_shape is not None and self.trees_in_one_call:
+            growing = [(r, s) for r, s in active if _greedy(r)]
+            active = [(r, s) for r, s in active if not _greedy(r)]
+            if growing:
+                out.update(self._greedy_trees(growing, caps))
+        out.update({r.request_id: [] for r, _ in active})
         qs: dict[str, list[torch.Tensor]] = {r.request_id: [] for r, _ in active}
         levels: dict[str, int] = {r.request_id: 0 for r, _ in active}
         trees: dict[str, _TreeState] = {}
@@ -230,6 +239,40 @@ class DraftModelProposer:
             s.num_computed_tokens = s.num_tokens - 1  # the last proposal is not run
         return out
 
+    def _greedy_trees(
+        self, active: list[tuple[Request, Request]], caps: dict[str, int]
+    ) -> dict[str, list[int]]:
+        """Greedy requests' trees in one fused call (``kernels.cpu.fused_tree``): the same
+        candidates and draft cache state as the pass-by-pass loop. Sets each request's
+        ``spec_tree_parents``."""
+        shape = self.tree_shape
+        ran, levels = [], []
+        for r, s in active:
+            n = min(caps[r.request_id], self.max_len - r.num_tokens, len(shape.branching))
+            runs = fused_tree.max_runs(shape.branching, shape.beam, n)
+            if self.kv.allocate(s, s.num_tokens - s.num_computed_tokens + runs):
+                ran.append((r, s))
+                levels.append(n)
+        if not ran:
+            return {}
+        b = self.fused.builder()
+        for _, s in ran:
+            t = b.add_table(self.kv.block_table(s.request_id))
+            b.causal(t, s.all_token_ids[s.num_computed_tokens :], s.num_computed_tokens)
+        got = self.fused.greedy_tree(b, np.asarray(levels, dtype=np.int64), shape)
+        out = {}
+        for i, ((r, s), n) in enumerate(zip(ran, levels)):
+            t = _TreeState(shape, n, s.num_tokens)
+            c = int(got.count[i])
+            t.tokens = got.tokens[i, :c].tolist()
+            t.parents = got.parents[i, :c].tolist()
+            t.depth = got.depth[i, :c].tolist()
+            t.score = got.score[i, :c].tolist()
+            s.num_computed_tokens = s.num_tokens  # node K/V is scratch, never kept
+            if t.tokens:
+                out[r.request_id], r.spec_tree_parents = t.result()
+        return out
+
     def _pass(
         self, active: list[tuple[Request, Request]], trees: dict[str, _TreeState]
     ) -> tuple[list[tuple[Request, Request]], torch.Tensor, list[int]]:
@@ -293,25 +336,24 @@ class _TreeState:
 
     def max_runs(self) -> int:
         """Nodes that may run through the draft: the slots to allocate."""
-        total, width = 0, 1
-        for b in self.shape.branching[: self.levels - 1]:
-            width *= b
-            if self.shape.beam is not None:
-                width = min(width, self.shape.beam)
-            total += width
-        return total
+        return fused_tree.max_runs(self.shape.branching, self.shape.beam, self.levels)
 
     def expand(self, node: int, logits: torch.Tensor, argmax: int) -> None:
-        """Add ``node``'s children: the draft's top-b tokens after it."""
+        """Add ``node``'s children: the draft's top-b tokens after it (ties: the lower id),
+        ranked as the one-call kernel ranks them."""
         level = 0 if node < 0 else self.depth[node] + 1
         b = self.shape.branching[level]
         base_score = 0.0 if node < 0 else self.score[node]
-        if self.shape.nodes is None:  # static: ranks only
-            toks = [argmax] if b == 1 else torch.topk(logits, b).indices.tolist()
-            vals = [0.0] * len(toks)
+        row = logits.numpy()
+        idx = np.empty(b, np.int64)
+        vals = np.zeros(b, np.float64)
+        if b == 1 and self.shape.nodes is None:  # static: ranks only
+            idx[0] = argmax
         else:
-            v, idx = torch.topk(torch.log_softmax(logits, -1), b)
-            toks, vals = idx.tolist(), v.tolist()
+            fused_tree.top_b_c(row, b, idx)
+        if self.shape.nodes is not None:
+            fused_tree.log_softmax_at_c(row, idx, b, vals)
+        toks, vals = idx.tolist(), vals.tolist()
         for tok, val in zip(toks, vals):
             self.tokens.append(tok)
             self.parents.append(node)

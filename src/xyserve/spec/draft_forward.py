@@ -16,7 +16,9 @@ import numpy as np
 import torch
 
 from xyserve.kernels.cpu import fused_forward as ff
+from xyserve.kernels.cpu import fused_tree
 from xyserve.model.llama import LlamaModel
+from xyserve.spec.tree import TreeShape
 
 # One thread: the draft's GEMVs are a few microseconds each, less than waking a second thread
 # costs (docs/perf.md, "Fused draft forward and trees"; see the caveat there on the serial and
@@ -137,6 +139,17 @@ class PassBuilder:
         )
 
 
+@dataclass
+class TreeCandidates:
+    """Per request (row ``i``), its first ``count[i]`` candidates in creation order."""
+
+    tokens: np.ndarray
+    parents: np.ndarray
+    depth: np.ndarray
+    score: np.ndarray
+    count: np.ndarray
+
+
 class FusedDraft:
     """The draft's packed weights and paged cache; one :meth:`run` per pass."""
 
@@ -149,13 +162,15 @@ class FusedDraft:
         self.warm_up()
 
     def warm_up(self) -> None:
-        """Compile (or load from numba's cache) both entry points now, so that the first
+        """Compile (or load from numba's cache) every entry point now, so that the first
         proposal is not charged seconds of compilation (the adaptive model times proposals).
         It writes one row's K/V into slot 0, which any request writes before it reads."""
         b = self.builder()
         b.causal(b.add_table([0]), [0], 0)
         self.run(b)
         self.greedy_chains(b, np.ones(1, dtype=np.int64))
+        for dynamic in (None, 1):  # both compilations of the tree kernel (static, dynamic)
+            self.greedy_tree(b, np.ones(1, dtype=np.int64), TreeShape((1,), nodes=dynamic))
 
     def builder(self) -> PassBuilder:
         return PassBuilder(self.block_size)
@@ -164,6 +179,15 @@ class FusedDraft:
         """``steps[i]`` greedy tokens after each output row, in one call (see
         ``fused_forward.greedy_chains``)."""
         return ff.greedy_chains(self.weights, self.k_cache, self.v_cache, b.rows(), steps)
+
+    def greedy_tree(self, b: PassBuilder, levels: np.ndarray, shape: TreeShape) -> TreeCandidates:
+        """Each output row's greedy tree of ``levels[i]`` levels, in one call (see
+        ``fused_tree``): its candidates, for the caller to choose from."""
+        got = fused_tree.greedy_tree(
+            self.weights, self.k_cache, self.v_cache, b.rows(), levels, shape.branching,
+            shape.beam, shape.nodes is not None,
+        )  # fmt: skip
+        return TreeCandidates(*got)
 
     def run(self, b: PassBuilder) -> tuple[torch.Tensor, list[int]]:
         """Logits [S, V] (a torch view of the kernel's array) and their argmax, one per

@@ -38,7 +38,11 @@ if numba is not None:
 
     @depends_on(exp)
     @njit(parallel=True, fastmath=True, cache=True)
-    def _decode_kernel(q, k_cache, v_cache, tables, kv_lens, q_rows, offsets, scale, out):
+    def _decode_kernel(
+        q, k_cache, v_cache, tables, kv_lens, q_rows, offsets, extra_off, extra_pos, scale, out
+    ):
+        """Tile ``s`` sees its table's first ``kv_lens[s]`` positions, then the positions
+        ``extra_pos[extra_off[s]:extra_off[s + 1]]`` (a tree node's ancestors)."""
         bs = k_cache.shape[1]
         d = k_cache.shape[3]
         hq = q.shape[1]
@@ -46,18 +50,20 @@ if numba is not None:
         for w in prange(offsets.shape[0] - 1):
             for s in range(offsets[w], offsets[w + 1]):
                 row = q_rows[s]
-                n_keys = kv_lens[s]
+                n_tab = kv_lens[s]
+                e0 = extra_off[s]
+                n_keys = n_tab + extra_off[s + 1] - e0
                 qs = q[row] * scale  # [hq, d]; query head r reads KV head r // group
                 sc = np.empty((hq, n_keys), dtype=np.float32)
-                nblk = (n_keys + bs - 1) // bs
-                for b in range(nblk):
-                    blk = tables[s, b]
-                    for jj in range(min(bs, n_keys - b * bs)):
-                        for r in range(hq):
-                            acc = np.float32(0.0)
-                            for e in range(d):
-                                acc += qs[r, e] * k_cache[blk, jj, r // group, e]
-                            sc[r, b * bs + jj] = acc
+                for j in range(n_keys):
+                    p = j if j < n_tab else extra_pos[e0 + j - n_tab]
+                    blk = tables[s, p // bs]
+                    jj = p % bs
+                    for r in range(hq):
+                        acc = np.float32(0.0)
+                        for e in range(d):
+                            acc += qs[r, e] * k_cache[blk, jj, r // group, e]
+                        sc[r, j] = acc
                 bits = np.empty(n_keys, dtype=np.int32)  # 2**n of each key, as float bits
                 pow2 = bits.view(np.float32)
                 for r in range(hq):  # softmax over the row's keys
@@ -77,13 +83,14 @@ if numba is not None:
                     for j in range(n_keys):
                         sc[r, j] *= inv
                 o = np.zeros((hq, d), dtype=np.float32)
-                for b in range(nblk):
-                    blk = tables[s, b]
-                    for jj in range(min(bs, n_keys - b * bs)):
-                        for r in range(hq):
-                            p = sc[r, b * bs + jj]
-                            for e in range(d):
-                                o[r, e] += p * v_cache[blk, jj, r // group, e]
+                for j in range(n_keys):
+                    p = j if j < n_tab else extra_pos[e0 + j - n_tab]
+                    blk = tables[s, p // bs]
+                    jj = p % bs
+                    for r in range(hq):
+                        pr = sc[r, j]
+                        for e in range(d):
+                            o[r, e] += pr * v_cache[blk, jj, r // group, e]
                 out[row] = o
 
 
@@ -125,6 +132,8 @@ def run_decode(
         plan.kv_lens,
         plan.q_rows,
         plan.worker_offsets,
+        plan.extra_off,
+        plan.extra_pos,
         np.float32(scale),
         out.numpy(),
     )
