@@ -36,6 +36,23 @@ def available(dtype: torch.dtype) -> bool:
 
 if numba is not None:
 
+    @njit(inline="always", fastmath=True)
+    def _score(qs, k_cache, blk, jj, group, sc, col):  # pragma: no cover - compiled
+        """sc[:, col] = every query head's dot with the key in slot (blk, jj)."""
+        for r in range(qs.shape[0]):
+            acc = np.float32(0.0)
+            for e in range(qs.shape[1]):
+                acc += qs[r, e] * k_cache[blk, jj, r // group, e]
+            sc[r, col] = acc
+
+    @njit(inline="always", fastmath=True)
+    def _accumulate(o, sc, v_cache, blk, jj, group, col):  # pragma: no cover - compiled
+        """o += sc[:, col] x the value in slot (blk, jj), per query head."""
+        for r in range(o.shape[0]):
+            p = sc[r, col]
+            for e in range(o.shape[1]):
+                o[r, e] += p * v_cache[blk, jj, r // group, e]
+
     @depends_on(exp)
     @njit(parallel=True, fastmath=True, cache=True)
     def _decode_kernel(
@@ -52,18 +69,18 @@ if numba is not None:
                 row = q_rows[s]
                 n_tab = kv_lens[s]
                 e0 = extra_off[s]
-                n_keys = n_tab + extra_off[s + 1] - e0
+                n_ext = extra_off[s + 1] - e0
+                n_keys = n_tab + n_ext
                 qs = q[row] * scale  # [hq, d]; query head r reads KV head r // group
                 sc = np.empty((hq, n_keys), dtype=np.float32)
-                for j in range(n_keys):
-                    p = j if j < n_tab else extra_pos[e0 + j - n_tab]
-                    blk = tables[s, p // bs]
-                    jj = p % bs
-                    for r in range(hq):
-                        acc = np.float32(0.0)
-                        for e in range(d):
-                            acc += qs[r, e] * k_cache[blk, jj, r // group, e]
-                        sc[r, j] = acc
+                nblk = (n_tab + bs - 1) // bs
+                for b in range(nblk):
+                    blk = tables[s, b]
+                    for jj in range(min(bs, n_tab - b * bs)):
+                        _score(qs, k_cache, blk, jj, group, sc, b * bs + jj)
+                for x in range(n_ext):
+                    p = extra_pos[e0 + x]
+                    _score(qs, k_cache, tables[s, p // bs], p % bs, group, sc, n_tab + x)
                 bits = np.empty(n_keys, dtype=np.int32)  # 2**n of each key, as float bits
                 pow2 = bits.view(np.float32)
                 for r in range(hq):  # softmax over the row's keys
@@ -83,14 +100,13 @@ if numba is not None:
                     for j in range(n_keys):
                         sc[r, j] *= inv
                 o = np.zeros((hq, d), dtype=np.float32)
-                for j in range(n_keys):
-                    p = j if j < n_tab else extra_pos[e0 + j - n_tab]
-                    blk = tables[s, p // bs]
-                    jj = p % bs
-                    for r in range(hq):
-                        pr = sc[r, j]
-                        for e in range(d):
-                            o[r, e] += pr * v_cache[blk, jj, r // group, e]
+                for b in range(nblk):
+                    blk = tables[s, b]
+                    for jj in range(min(bs, n_tab - b * bs)):
+                        _accumulate(o, sc, v_cache, blk, jj, group, b * bs + jj)
+                for x in range(n_ext):
+                    p = extra_pos[e0 + x]
+                    _accumulate(o, sc, v_cache, tables[s, p // bs], p % bs, group, n_tab + x)
                 out[row] = o
 
 
