@@ -188,31 +188,37 @@ def _proposer(**kw):
     return DraftModelProposer(path, cfg, cpu, torch.float32, 64, BLOCK, "meta", "torch", **kw)
 
 
+def _three_rounds(prop, caps, accepted) -> list:
+    """Three proposal rounds for three greedy requests: round proposals and tree parents;
+    between rounds request ``i`` takes ``accepted(i, proposal)`` and a token of "the target".
+    The proposer's cache must be empty once they are released."""
+    from xyserve import SamplingParams
+
+    greedy = SamplingParams(temperature=0)
+    reqs = [
+        Request(f"r{i}", list(range(3 + i, 12 + 3 * i)), 50, sampling_params=greedy)
+        for i in range(3)
+    ]
+    rounds = []
+    for _ in range(3):
+        out = prop.propose(reqs, {r.request_id: caps(i) for i, r in enumerate(reqs)})
+        rounds.append((out, [r.spec_tree_parents for r in reqs]))
+        for i, r in enumerate(reqs):
+            r.output_token_ids += accepted(i, out[r.request_id]) + [7 + i]
+    prop.release_except(set())
+    prop.kv.check_no_leak()
+    return rounds
+
+
 def test_greedy_chains_in_one_call_equal_the_pass_by_pass_loop():
     """Proposals, and the draft cache they leave (seen through the next round's proposals after
     a partly accepted run), are the same with every pass in one call as pass by pass."""
-    from xyserve import SamplingParams
-
     got = []
     for one_call in (True, False):
         prop = _proposer()
         assert prop.fused is not None and prop.runner is None
         prop.chains_in_one_call = one_call
-        greedy = SamplingParams(temperature=0)
-        reqs = [
-            Request(f"r{i}", list(range(3 + i, 12 + 3 * i)), 50, sampling_params=greedy)
-            for i in range(3)
-        ]
-        rounds = []
-        for _ in range(3):
-            caps = {r.request_id: 3 + i % 2 for i, r in enumerate(reqs)}
-            out = prop.propose(reqs, caps)
-            rounds.append(out)
-            for i, r in enumerate(reqs):  # accept i proposals, then a token of "the target"
-                r.output_token_ids += out[r.request_id][:i] + [7 + i]
-        got.append(rounds)
-        prop.release_except(set())
-        prop.kv.check_no_leak()
+        got.append(_three_rounds(prop, lambda i: 3 + i % 2, lambda i, toks: toks[:i]))
     assert got[0] == got[1]
 
 
@@ -229,7 +235,6 @@ def test_greedy_trees_in_one_call_equal_the_pass_by_pass_loop(shape):
     """Tree proposals (tokens and parents), and the draft cache they leave (seen through the
     next rounds), are the same with every level in one call as pass by pass, for requests of
     different caps in one batch."""
-    from xyserve import SamplingParams
     from xyserve.spec import tree
 
     branching, beam, nodes = shape
@@ -237,20 +242,7 @@ def test_greedy_trees_in_one_call_equal_the_pass_by_pass_loop(shape):
     for one_call in (True, False):
         prop = _proposer(tree_shape=tree.TreeShape(branching, beam=beam, nodes=nodes))
         prop.trees_in_one_call = one_call
-        greedy = SamplingParams(temperature=0)
-        reqs = [
-            Request(f"r{i}", list(range(3 + i, 12 + 3 * i)), 50, sampling_params=greedy)
-            for i in range(3)
-        ]
-        rounds = []
-        for _ in range(3):
-            caps = {r.request_id: 1 + i for i, r in enumerate(reqs)}
-            out = prop.propose(reqs, caps)
-            rounds.append((out, [r.spec_tree_parents for r in reqs]))
-            for i, r in enumerate(reqs):  # accept a node of the first level, then the target's
-                r.output_token_ids += out[r.request_id][i % 2 : i % 2 + 1] + [7 + i]
-        got.append(rounds)
-        prop.release_except(set())
-        prop.kv.check_no_leak()
+        # accept a node of the first level (the first or the second), then the target's token
+        got.append(_three_rounds(prop, lambda i: 1 + i, lambda i, toks: toks[i % 2 : i % 2 + 1]))
     assert got[0] == got[1]
     assert any(len(p) > len(set(tree.depths(p))) for _, ps in got[0] for p in ps if p)

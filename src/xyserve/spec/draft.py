@@ -214,23 +214,38 @@ class DraftModelProposer:
                 out[r.request_id], r.spec_tree_parents = t.result()
         return {rid: toks for rid, toks in out.items() if toks}
 
+    def _catch_up(
+        self, active: list[tuple[Request, Request]], size
+    ) -> tuple[list[tuple[Request, Request]], list[int], draft_forward.PassBuilder]:
+        """The requests whose draft cache takes their uncomputed tokens plus the slots that
+        their proposal runs (``size(r)``: (levels, slots beyond the tokens)); a full cache
+        leaves a request out of this proposal. Returns them, their levels, and the pass of
+        their catch-up rows, one output row each."""
+        ran, levels = [], []
+        for r, s in active:
+            n, slots = size(r)
+            if self.kv.allocate(s, s.num_tokens - s.num_computed_tokens + slots):
+                ran.append((r, s))
+                levels.append(n)
+        b = self.fused.builder()
+        for _, s in ran:
+            t = b.add_table(self.kv.block_table(s.request_id))
+            b.causal(t, s.all_token_ids[s.num_computed_tokens :], s.num_computed_tokens)
+        return ran, levels, b
+
     def _greedy_chains(
         self, active: list[tuple[Request, Request]], caps: dict[str, int]
     ) -> dict[str, list[int]]:
         """Greedy chains of every request in one fused call (no Python between the passes):
         the same tokens and draft cache state as the pass-by-pass loop."""
-        ran, steps = [], []
-        for r, s in active:
+
+        def size(r: Request) -> tuple[int, int]:  # the last proposal does not run
             n = min(caps[r.request_id], self.max_len - r.num_tokens)
-            if self.kv.allocate(s, s.num_tokens - s.num_computed_tokens + n - 1):
-                ran.append((r, s))
-                steps.append(n)
+            return n, n - 1
+
+        ran, steps, b = self._catch_up(active, size)
         if not ran:
             return {}
-        b = self.fused.builder()
-        for _, s in ran:
-            t = b.add_table(self.kv.block_table(s.request_id))
-            b.causal(t, s.all_token_ids[s.num_computed_tokens :], s.num_computed_tokens)
         tokens = self.fused.greedy_chains(b, np.asarray(steps, dtype=np.int64))
         out = {}
         for (r, s), n, toks in zip(ran, steps, tokens.tolist()):
@@ -246,19 +261,14 @@ class DraftModelProposer:
         candidates and draft cache state as the pass-by-pass loop. Sets each request's
         ``spec_tree_parents``."""
         shape = self.tree_shape
-        ran, levels = [], []
-        for r, s in active:
+
+        def size(r: Request) -> tuple[int, int]:
             n = min(caps[r.request_id], self.max_len - r.num_tokens, len(shape.branching))
-            runs = fused_tree.max_runs(shape.branching, shape.beam, n)
-            if self.kv.allocate(s, s.num_tokens - s.num_computed_tokens + runs):
-                ran.append((r, s))
-                levels.append(n)
+            return n, fused_tree.max_runs(shape.branching, shape.beam, n)
+
+        ran, levels, b = self._catch_up(active, size)
         if not ran:
             return {}
-        b = self.fused.builder()
-        for _, s in ran:
-            t = b.add_table(self.kv.block_table(s.request_id))
-            b.causal(t, s.all_token_ids[s.num_computed_tokens :], s.num_computed_tokens)
         got = self.fused.greedy_tree(b, np.asarray(levels, dtype=np.int64), shape)
         out = {}
         for i, ((r, s), n) in enumerate(zip(ran, levels)):
