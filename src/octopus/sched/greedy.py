@@ -90,5 +90,11 @@ class GreedyScheduler(Scheduler):
             fl.append(p)
             nfree[c] += 1
         q = self.q
-        while q and self._place(q[0], t):
-            q.popleft()
+        if self.nc == 1:
+            # one cluster: a placement with no free PEA fails, so the loop stops without
+            # the call (after each start that takes the last free PEA)
+            while q and nfree[0] and self._place(q[0], t):
+                q.popleft()
+        else:
+            while q and self._place(q[0], t):
+                q.popleft()

@@ -72,6 +72,7 @@ class OctopusScheduler(Scheduler):
         super().attach(api)
         arch, T = api.arch, api.n_tasks
         self.T, self.fp, nc = T, api.footprint, arch.n_clusters
+        self._tbs, self._tbs_none = range(T), range(T + 1)  # TBs; TBs and "none" (spare)
         self._pea_cluster, self._succ_tasks = arch.pea_cluster, api.workflow.succ_tasks
         self.classes = self._classify(api)
         if sum(self.fp) > arch.peas_in_cluster:  # too small to split: everything is spare
@@ -185,22 +186,22 @@ class OctopusScheduler(Scheduler):
             # from the donors in this order, so the scan stops once they hold fp
             donors = []
             n = len(mine) + len(spw)
-            # blocked PEAs per TB of cluster c (back-pressure: their outputs are unread)
-            lend = (
-                api.blocked_count[c * T : c * T + T] if self.bp_aware and api.buffer_slots else None
-            )
-            if lend is not None and lend[tb]:
-                lend = None  # a choked TB borrows nothing
+            # blocked PEAs per TB of cluster c (back-pressure: their outputs are unread) are
+            # blk[lend + u]; lend < 0: not counted
+            blk = api.blocked_count
+            lend = c * T if self.bp_aware and api.buffer_slots else -1
+            if lend >= 0 and blk[lend + tb]:
+                lend = -1  # a choked TB borrows nothing
             if self.dds:
                 # the non-empty spare lists, in ascending order (compress tests them in C:
                 # with few free PEAs, most of the T + 1 lists are empty)
-                for u in compress(range(T + 1), sp):
+                for u in compress(self._tbs_none, sp):
                     # _spare_lends(c, u, tb, lend), its common cases inlined: an
                     # unconfigured PEA, or one warm for a TB without a queue or choked
                     if u != tb and (
                         u == T
                         or not qs[u]
-                        or (lend is not None and lend[u])
+                        or (lend >= 0 and blk[lend + u])
                         or self._spare_lends(c, u, tb, lend)
                     ):
                         donors.append(sp[u])
@@ -208,8 +209,8 @@ class OctopusScheduler(Scheduler):
                         if n >= fp:
                             break
             if self.adaptive and n < fp:
-                for u in compress(range(T), own_l):
-                    if u != tb and (not qs[u] or (lend is not None and lend[u])):
+                for u in compress(self._tbs, own_l):
+                    if u != tb and (not qs[u] or (lend >= 0 and blk[lend + u])):
                         donors.append(own_l[u])
                         n += len(own_l[u])
                         if n >= fp:
@@ -244,14 +245,15 @@ class OctopusScheduler(Scheduler):
                     self._preconfigure(c, u, n * self.fp[u], t)
         return True
 
-    def _spare_lends(self, c: int, u: int, tb: int, lend) -> bool:
+    def _spare_lends(self, c: int, u: int, tb: int, lend: int) -> bool:
         """Whether free spare PEAs warm for `u` may be reconfigured for `tb`. The spare pool
         is elastic: its PEAs follow the fluctuation, so they leave `u` when `u` has no queue,
         when `u` is choked by back-pressure (its next result would only block), or when
-        `tb`'s expected queueing delay exceeds `u`'s by more than the reconfiguration."""
+        `tb`'s expected queueing delay exceeds `u`'s by more than the reconfiguration.
+        `lend`: where cluster c's counts start in `blocked_count` (-1: not counted)."""
         if u == self.T or not self.q[c][u]:
             return True
-        if lend is not None and lend[u]:
+        if lend >= 0 and self.api.blocked_count[lend + u]:
             return True
         if not self.elastic:
             return False
@@ -343,17 +345,19 @@ class OctopusScheduler(Scheduler):
         qs = self.q[c]
         if not any(qs):
             return
-        tbs = list(compress(range(self.T), qs))  # the TBs with a queue
+        tbs = list(compress(self._tbs, qs))  # the TBs with a queue
         groups = (tbs,)
         if self.bp_aware and self.api.buffer_slots:
             # back-pressure aware: serve TBs that are not choked (none of their PEAs is
             # blocked on a full output buffer) first, with a warm PEA or else a spare or
             # borrowed one; they consume what blocked producers hold. Choked TBs come last:
             # running more of them now would only block more PEAs.
-            blk, base = self.api.blocked_count, c * self.T
-            choked = [tb for tb in tbs if blk[base + tb]]
-            if choked:
-                groups = ([tb for tb in tbs if not blk[base + tb]], choked)
+            base = c * self.T
+            blk = self.api.blocked_count[base : base + self.T]
+            if any(blk):  # some TB of the cluster is choked (tested in C first)
+                choked = [tb for tb in tbs if blk[tb]]
+                if choked:
+                    groups = ([tb for tb in tbs if not blk[tb]], choked)
         own_l, sp, fp = self.fown[c], self.fsp[c], self.fp
         for grp in groups:
             # warm pass: a TB places from its own warm PEAs only, so a TB with too few of
@@ -398,13 +402,16 @@ class OctopusScheduler(Scheduler):
         the TB whose head invocation belongs to the earliest admitted instance, so instances
         complete sooner and a closed loop admits the next ones sooner (measured: 0.5% shorter
         makespans over the suite, 3 seeds). Otherwise the largest backlog (queue x EWMA).
-        Ties keep the order of `grp` (ascending TBs): the sorts are of (key, tb) pairs."""
+        Ties keep the order of `grp` (ascending TBs): the sorts are of (key, tb) pairs, or,
+        oldest first, of the ints instance * T + tb, which sort in the same order (tb < T)
+        and compare faster than pairs."""
         if self.oldest_first:
-            inst = self.api.inst
-            keyed = [(inst[qs[tb][0]], tb) for tb in grp if qs[tb]]
-        else:
-            ewma = self.api.ewma
-            keyed = [(-len(qs[tb]) * ewma[tb], tb) for tb in grp if qs[tb]]
+            inst, T = self.api.inst, self.T
+            keys = [inst[qs[tb][0]] * T + tb for tb in grp if qs[tb]]
+            keys.sort()
+            return [x % T for x in keys]
+        ewma = self.api.ewma
+        keyed = [(-len(qs[tb]) * ewma[tb], tb) for tb in grp if qs[tb]]
         if len(keyed) == 1:
             return [keyed[0][1]]
         keyed.sort()

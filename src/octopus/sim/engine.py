@@ -11,7 +11,7 @@ accounting, so every scheduler is measured the same way (see `accounting`).
 from __future__ import annotations
 
 import gc
-import heapq
+from heapq import heappop, heappush
 
 from octopus.arch.config import Arch
 from octopus.owg.arrival import Arrivals, make_arrivals
@@ -133,7 +133,7 @@ class Simulator:
 
     def _loop(self, tick: float | None) -> None:
         arr, ev = self.arr, self.events
-        heap, pop = ev.heap, heapq.heappop
+        heap, pop = ev.heap, heappop
         decide, on_tick = self._decide, self.sched.on_tick
         buffers = self.buffers
         idle_ticks = 0
@@ -242,22 +242,32 @@ class Simulator:
         T = self.n_tasks
         inode = inst.node
         m = len(inode)
-        # the instance's predecessor lists are local to it: shift them to global rows (most
-        # rows have one predecessor: that case without the inner loop)
-        gpreds = [
-            [base + ps[0]] if len(ps) == 1 else [base + j for j in ps] if ps else []
-            for ps in inst.preds
-        ]
         inv.node.extend(inode)
         den = self._dur_den
         inv.dur.extend([w / den[nd] if nd < T else 0.0 for nd, w in zip(inode, inst.work)])
-        inv.preds.extend(gpreds)
-        inv.npred.extend(map(len, gpreds))
-        succ = inv.succ
+        # the instance's predecessor lists are local to it: shift them to global rows, and
+        # list each row's successors, in one pass (most rows have one predecessor: that case
+        # without an inner loop)
+        preds, succ = inv.preds, inv.succ
         succ.extend([[] for _ in range(m)])
-        for k, gp in enumerate(gpreds, base):
-            for j in gp:
+        roots = []  # rows without predecessors: ready at admission, in row order
+        k = base
+        for ps in inst.preds:
+            if len(ps) == 1:
+                j = base + ps[0]
+                preds.append([j])
                 succ[j].append(k)
+            elif ps:
+                gp = [base + j for j in ps]
+                preds.append(gp)
+                for j in gp:
+                    succ[j].append(k)
+            else:
+                preds.append([])
+                roots.append(k)
+            k += 1
+        gpreds = preds[base:]
+        inv.npred.extend(map(len, gpreds))
         inv.out_bytes.extend(map(cw.out_bytes.__getitem__, inode))
         inv.add_rows(m, idx)
         if self.slots:
@@ -265,10 +275,8 @@ class Simulator:
         self.instances.add(slot % self.arch.n_clusters, slot, m, t)
         if self._on_admit is not None:
             self._on_admit(idx, t)
-        npred = inv.npred
-        for k in range(base, base + m):
-            if npred[k] == 0:
-                self._ready(t, k)
+        for k in roots:
+            self._ready(t, k)
 
     def _instance_done(self, t: float, idx: int) -> None:
         self.instances.finish[idx] = t
@@ -447,7 +455,7 @@ class Simulator:
             acct.mark(t, False)
         ev = self.events
         ev.seq += 1
-        heapq.heappush(ev.heap, (end, ev.seq, TASK_DONE, k))
+        heappush(ev.heap, (end, ev.seq, TASK_DONE, k))
 
     def preconfigure(self, p: int, tb: int, t: float) -> None:
         """Load TB `tb`'s configuration into idle PEA p ahead of demand."""
