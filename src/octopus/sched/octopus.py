@@ -164,7 +164,8 @@ class OctopusScheduler(Scheduler):
         fp = self.fp[tb]
         own_l, sp = self.fown[c], self.fsp[c]
         mine, spw = own_l[tb], sp[tb]
-        if len(mine) + len(spw) >= fp:  # warm PEAs suffice
+        # warm PEAs suffice (for a footprint of one, most TBs, a truth test: no len calls)
+        if (mine or spw) if fp == 1 else len(mine) + len(spw) >= fp:
             if fp == 1:
                 peas = [mine.pop() if mine else spw.pop()]
             else:
@@ -185,7 +186,7 @@ class OctopusScheduler(Scheduler):
             # count before touching anything: failed attempts must be cheap. PEAs are taken
             # from the donors in this order, so the scan stops once they hold fp
             donors = []
-            n = len(mine) + len(spw)
+            n = len(mine) + len(spw) if fp > 1 else 0  # (one: both are empty)
             # blocked PEAs per TB of cluster c (back-pressure: their outputs are unread) are
             # blk[lend + u]; lend < 0: not counted
             blk = api.blocked_count
@@ -222,12 +223,16 @@ class OctopusScheduler(Scheduler):
                 n = len(mine) + len(spw) + sum(len(fl) for fl in donors)
             if n < fp:
                 return False
-            peas = []
-            for fl in (mine, spw, *donors):
-                while fl and len(peas) < fp:
-                    peas.append(fl.pop())
-                if len(peas) >= fp:
-                    break
+            if fp == 1:  # no warm PEA (else the branch above): the first donor's
+                peas = [donors[0].pop()]
+            else:
+                peas, need = [], fp
+                for fl in (mine, spw, *donors):
+                    while fl and need:
+                        peas.append(fl.pop())
+                        need -= 1
+                    if not need:
+                        break
         cfg, nwarm = api.config, self.nwarm[c]
         for p in peas:  # count them warm for tb (as _use)
             cur = cfg[p]
@@ -241,8 +246,10 @@ class OctopusScheduler(Scheduler):
             # reconfiguration can be hidden behind the upstream task starting now
             row, lead, rc = self.spawn[tb], api.ewma[tb], api.rc_us
             for u in self._succ_tasks[tb]:
-                if rc[u] <= lead and (n := int(row[u] + 0.5)):
-                    self._preconfigure(c, u, n * self.fp[u], t)
+                # the rounded prediction int(row[u] + 0.5) is not 0 (rows are >= 0): tested
+                # without the int() call first
+                if rc[u] <= lead and (y := row[u] + 0.5) >= 1.0:
+                    self._preconfigure(c, u, int(y) * self.fp[u], t)
         return True
 
     def _spare_lends(self, c: int, u: int, tb: int, lend: int) -> bool:
@@ -343,9 +350,9 @@ class OctopusScheduler(Scheduler):
         if not nfree[c]:
             return
         qs = self.q[c]
-        if not any(qs):
-            return
         tbs = list(compress(self._tbs, qs))  # the TBs with a queue
+        if not tbs:
+            return
         groups = (tbs,)
         if self.bp_aware and self.api.buffer_slots:
             # back-pressure aware: serve TBs that are not choked (none of their PEAs is
@@ -363,8 +370,10 @@ class OctopusScheduler(Scheduler):
             # warm pass: a TB places from its own warm PEAs only, so a TB with too few of
             # them is skipped without a call, and the pass without a sort when no TB can
             # place (nothing changes until something is placed)
+            # (the truth tests first: most TBs have no free warm PEA, and most footprints are
+            # one, so the lengths are rarely needed)
             for tb in grp:
-                if len(own_l[tb]) + len(sp[tb]) >= fp[tb] and qs[tb]:
+                if (own_l[tb] or sp[tb]) and len(own_l[tb]) + len(sp[tb]) >= fp[tb] and qs[tb]:
                     break
             else:
                 tb = -1
@@ -377,7 +386,7 @@ class OctopusScheduler(Scheduler):
             elif tb >= 0:
                 for tb in grp if len(grp) == 1 else self._order(qs, grp):
                     q, mine, spw, need = qs[tb], own_l[tb], sp[tb], fp[tb]
-                    while q and len(mine) + len(spw) >= need:
+                    while q and (mine or spw) and (need == 1 or len(mine) + len(spw) >= need):
                         self._place(c, q[0], t, True)
                         q.popleft()
             # reconfiguring pass: a TB whose footprint exceeds the cluster's free PEAs

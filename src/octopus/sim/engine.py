@@ -184,46 +184,53 @@ class Simulator:
                 self.n_running -= 1
                 if slots and n_readers[k] and hold(k, peas[0], tb):
                     peas = peas[1:]  # the lead PEA is blocked by back-pressure
-                # _complete(t, k), with _ready's task case inlined (a control block still
-                # goes through _ready)
-                for s in isucc[k]:
-                    npred[s] -= 1
-                    if npred[s] == 0:
-                        if inode[s] < T:
-                            t_ready[s] = t
-                            if acct.queued == 0:
-                                acct.mark(t, True)
-                            acct.queued += 1
-                            on_ready(s, t)
-                        else:
-                            ready(t, s)
-                idx = iinst[k]
-                left[idx] -= 1
-                if left[idx] == 0:
-                    self._instance_done(t, idx)
+            elif kind == DECISION:
+                k = x  # the control block whose decision landed
+                decide(t, k)  # the decision's own effects; its completion follows
+                idle_ticks = 0
+            else:
+                if kind == ARRIVAL:
+                    self._admit(t, self.next_instance)
+                elif kind == UNBLOCK:
+                    self._unblock(t, x)
+                elif kind == TICK:
+                    if self.finished >= n_inst:
+                        continue
+                    on_tick(t)
+                    if buffers.n_blocked and not self.n_running and not self.n_pending:
+                        self._spill(t)
+                    idle_ticks += 1
+                    if idle_ticks > STALL_TICKS:
+                        raise RuntimeError("simulation stalled: ready work can never be placed")
+                    ev.push(t + tick, TICK, None)
+                else:
+                    x(t)
+                if not heap and buffers.n_blocked and self.finished < n_inst:
+                    self._spill(t)
+                continue
+            # k completed (a task's compute or a control block's decision): its successors
+            # whose inputs are all done become ready (_ready's task case inlined; a control
+            # block goes through _ready), and its instance has one invocation less to go
+            for s in isucc[k]:
+                npred[s] -= 1
+                if npred[s] == 0:
+                    if inode[s] < T:
+                        t_ready[s] = t
+                        if acct.queued == 0:
+                            acct.mark(t, True)
+                        acct.queued += 1
+                        on_ready(s, t)
+                    else:
+                        ready(t, s)
+            idx = iinst[k]
+            left[idx] -= 1
+            if left[idx] == 0:
+                self._instance_done(t, idx)
+            if kind == TASK_DONE:
                 if on_done is not None:
                     on_done(k, t)
                 if peas:
                     on_free(peas, t)
-            elif kind == DECISION:
-                decide(t, x)
-                idle_ticks = 0
-            elif kind == ARRIVAL:
-                self._admit(t, self.next_instance)
-            elif kind == UNBLOCK:
-                self._unblock(t, x)
-            elif kind == TICK:
-                if self.finished >= n_inst:
-                    continue
-                on_tick(t)
-                if buffers.n_blocked and not self.n_running and not self.n_pending:
-                    self._spill(t)
-                idle_ticks += 1
-                if idle_ticks > STALL_TICKS:
-                    raise RuntimeError("simulation stalled: ready work can never be placed")
-                ev.push(t + tick, TICK, None)
-            else:
-                x(t)
             if not heap and buffers.n_blocked and self.finished < n_inst:
                 self._spill(t)
         self.n_events = count
@@ -303,20 +310,9 @@ class Simulator:
             self.n_pending += 1
             self.events.push(t + lat, DECISION, k)
 
-    def _complete(self, t: float, k: int) -> None:
-        inv = self.inv
-        npred = inv.npred
-        for s in inv.succ[k]:
-            npred[s] -= 1
-            if npred[s] == 0:
-                self._ready(t, s)
-        idx = inv.inst[k]
-        left = self.instances.left
-        left[idx] -= 1
-        if left[idx] == 0:
-            self._instance_done(t, idx)
-
     def _decide(self, t: float, k: int) -> None:
+        """Control block k's decision lands at t: it forwards its data and the scheduler
+        hears of it (the event loop then completes k, as it completes a task)."""
         inv = self.inv
         # a control block forwards the data of its largest input
         best, bb = -1, -1
@@ -338,7 +334,6 @@ class Simulator:
             self.makespan = t
         if self._on_decision is not None:
             self._on_decision(k, t)
-        self._complete(t, k)
 
     # ----------------------------------------------------------------- scheduler actions
     def data_cluster(self, k: int) -> int:

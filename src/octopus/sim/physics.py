@@ -7,8 +7,6 @@ equal); a contended transfer is compiled (`links.contended_transfer`, the same f
 
 from __future__ import annotations
 
-from functools import partial
-
 from octopus.arch.config import Arch
 
 NOC_BYTES, NOC_BYTE_HOPS = 4, 5  # offsets of the NoC counters past the links (see links)
@@ -40,12 +38,12 @@ class Physics:
         # link contention: time until which each directed mesh link is reserved (a view of
         # the compiled transfer's state, which also counts its NoC traffic)
         if self.contention:
-            from octopus.sim.links import contended_transfer, link_tables, route_us
+            from octopus.sim.links import bind, contended_transfer, link_tables, route_us
 
             self._fa, self._geo, self._n_links = link_tables(arch)
             self._contended = contended_transfer
-            self.route_us = partial(route_us, self._fa, self._geo)
-            self.send = partial(contended_transfer, self._fa, self._geo)
+            self.route_us = bind(route_us, self._fa, self._geo)
+            self.send = bind(contended_transfer, self._fa, self._geo)
         else:
             self._fa, self._geo, self._n_links, self._contended = None, None, 0, None
             self.route_us = arch.transfer_us
