@@ -399,7 +399,20 @@ class OctopusScheduler(Scheduler):
             cand = [tb for tb in grp if fp[tb] <= n and qs[tb]]
             if not cand:
                 continue
-            for tb in cand if len(cand) == 1 else self._order(qs, cand):
+            if len(cand) == 1:
+                order = cand
+            elif n == 1 and self.oldest_first:
+                # one free PEA: one placement at most, and the first TB in the order places in
+                # most such drains: try that TB (the least key of _order) before sorting
+                inst, T = self.api.inst, self.T
+                first = min([inst[qs[tb][0]] * T + tb for tb in cand]) % T
+                if self._place(c, qs[first][0], t, False):
+                    qs[first].popleft()
+                    continue  # nothing is free now
+                order = [tb for tb in self._order(qs, cand) if tb != first]
+            else:
+                order = self._order(qs, cand)
+            for tb in order:
                 q = qs[tb]
                 while q and fp[tb] <= nfree[c] and self._place(c, q[0], t, False):
                     q.popleft()

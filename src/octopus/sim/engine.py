@@ -254,12 +254,13 @@ class Simulator:
         inv.dur.extend([w / den[nd] if nd < T else 0.0 for nd, w in zip(inode, inst.work)])
         # the instance's predecessor lists are local to it: shift them to global rows, and
         # list each row's successors, in one pass (most rows have one predecessor: that case
-        # without an inner loop)
+        # without an inner loop). Rows come in a topological order, so a row's successor
+        # list exists before any later row appends to it.
         preds, succ = inv.preds, inv.succ
-        succ.extend([[] for _ in range(m)])
         roots = []  # rows without predecessors: ready at admission, in row order
         k = base
         for ps in inst.preds:
+            succ.append([])
             if len(ps) == 1:
                 j = base + ps[0]
                 preds.append([j])
