@@ -73,6 +73,7 @@ class OctopusScheduler(Scheduler):
         arch, T = api.arch, api.n_tasks
         self.T, self.fp, nc = T, api.footprint, arch.n_clusters
         self._tbs, self._tbs_none = range(T), range(T + 1)  # TBs; TBs and "none" (spare)
+        self._blk = api.blocked_count
         self._pea_cluster, self._succ_tasks = arch.pea_cluster, api.workflow.succ_tasks
         self.classes = self._classify(api)
         if sum(self.fp) > arch.peas_in_cluster:  # too small to split: everything is spare
@@ -339,7 +340,22 @@ class OctopusScheduler(Scheduler):
             nfree[c] += 1
             one = one and c == c0
         if one:
-            if any(self.q[c0]):  # _drain's own first test, without the call
+            qs = self.q[c0]
+            if nfree[c0] == 1:
+                # p, just freed, is the cluster's one free PEA: _drain would place the head of
+                # the one TB it is warm for (a footprint of one, a queue, not choked: the
+                # first group's warm pass) and then find nothing free; that, without the call
+                w = o if o >= 0 else cfg[p]
+                if (
+                    w >= 0
+                    and self.fp[w] == 1
+                    and qs[w]
+                    and not (self.bp_aware and self.api.buffer_slots and self._blk[c0 * T + w])
+                ):
+                    self._place(c0, qs[w][0], t, True)
+                    qs[w].popleft()
+                    return
+            if any(qs):  # _drain's own first test, without the call
                 self._drain(c0, t)
         else:
             for c in {cl[p] for p in peas}:
