@@ -134,7 +134,7 @@ def bench(
     ratio = r["simpy_s"] / r["core_s"]
     print(
         f"simple configuration ({cs.wf.name}, 64 PEAs, FCFS, {simpy_instances} instances, "
-        "best of 5, interleaved):"
+        "best of 15, interleaved):"
     )
     print(
         f"  core  {r['core_s']:.3f} s  makespan {r['core_makespan_us']:.3f} us  "

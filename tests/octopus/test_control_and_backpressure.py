@@ -179,15 +179,19 @@ def test_elastic_spare_pool_follows_the_longer_expected_wait():
     rc = sim.physics.rc_us[r2]
     s.q[0][r1].extend([0])  # u = r1 waits 2 x 1 / 1 = 2 us
     s.q[0][r2].clear()  # tb = r2 waits 2 x (0 + 1) / 1 = 2 us: no gain
-    assert not s._spare_lends(0, r1, r2, None)
+    assert not s._spare_lends(0, r1, r2, -1)  # -1: blocked PEAs not counted
     n = int((rc + 2.0) / 2.0) + 1  # r2's wait 2 x (n + 1) exceeds r1's 2 us by more than rc
     s.q[0][r2].extend([0] * n)
-    assert s._spare_lends(0, r1, r2, None)
+    assert s._spare_lends(0, r1, r2, -1)
     s.elastic = False
-    assert not s._spare_lends(0, r1, r2, None)
-    assert s._spare_lends(0, r1, r2, [0, 1, 0, 0])  # a choked r1 lends anyway
+    assert not s._spare_lends(0, r1, r2, -1)
+    blk = sim.buffers.blocked_count  # cluster 0's counts start at 0
+    assert not s._spare_lends(0, r1, r2, 0)  # counted, none blocked
+    blk[r1] += 1
+    assert s._spare_lends(0, r1, r2, 0)  # a choked r1 lends anyway
+    blk[r1] -= 1
     s.q[0][r1].clear()
-    assert s._spare_lends(0, r1, r2, None)  # no queue: nothing to keep them for
+    assert s._spare_lends(0, r1, r2, -1)  # no queue: nothing to keep them for
 
 
 def test_a_stuck_cluster_gives_its_free_peas_to_any_tb_that_can_start():

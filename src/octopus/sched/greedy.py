@@ -47,26 +47,12 @@ class GreedyScheduler(Scheduler):
         return peas
 
     def _place(self, k: int, t: float) -> bool:
+        """Start k in the cluster holding its data, else in the first with room (a fabric of
+        several clusters; one cluster is served by `on_free`)."""
         api = self.api
         tb = self._node[k]
         fp = self.fp[tb]
         nfree = self.nfree
-        if self.nc == 1:
-            if nfree[0] < fp:
-                return False
-            if fp == 1:  # _take(0, tb, 1), inlined: the simple configuration's every start
-                nfree[0] -= 1
-                fr = self.free[0]
-                warm = fr.get(tb)
-                if warm:
-                    api.start(k, [warm.pop()], t)
-                    return True
-                for fl in fr.values():
-                    if fl:
-                        api.start(k, [fl.pop()], t)
-                        return True
-            api.start(k, self._take(0, tb, fp), t)
-            return True
         c = api.data_cluster(k)
         if nfree[c] < fp:
             c = next((i for i in range(self.nc) if nfree[i] >= fp), -1)
@@ -76,8 +62,13 @@ class GreedyScheduler(Scheduler):
         return True
 
     def on_ready(self, k: int, t: float) -> None:
-        if self.q or not self._place(k, t):
-            self.q.append(k)
+        q = self.q
+        if self.nc == 1:
+            q.append(k)
+            if len(q) == 1:  # nothing queued before k: serve it now if it fits
+                self.on_free((), t)
+        elif q or not self._place(k, t):
+            q.append(k)
 
     def on_free(self, peas, t: float) -> None:
         cl, cfg, free, nfree = self._pea_cluster, self._config, self.free, self.nfree
@@ -90,5 +81,28 @@ class GreedyScheduler(Scheduler):
             fl.append(p)
             nfree[c] += 1
         q = self.q
-        while q and self._place(q[0], t):
-            q.popleft()
+        if self.nc > 1:
+            while q and self._place(q[0], t):
+                q.popleft()
+            return
+        # one cluster (the simple configuration): start the queue's head while it fits, with
+        # _take's one-PEA case inline (a warm PEA, else the first free one); start never
+        # calls back into the scheduler, so the head leaves the queue as it starts
+        fp, node, start, fr = self.fp, self._node, self.api.start, free[0]
+        while q:
+            tb = node[q[0]]
+            f = fp[tb]
+            if nfree[0] < f:
+                return
+            if f == 1:
+                nfree[0] -= 1
+                warm = fr.get(tb)
+                if warm:
+                    start(q.popleft(), [warm.pop()], t)
+                    continue
+                for fl in fr.values():
+                    if fl:
+                        start(q.popleft(), [fl.pop()], t)
+                        break
+            else:
+                start(q.popleft(), self._take(0, tb, f), t)

@@ -11,7 +11,7 @@ accounting, so every scheduler is measured the same way (see `accounting`).
 from __future__ import annotations
 
 import gc
-import heapq
+from heapq import heappop, heappush
 
 from octopus.arch.config import Arch
 from octopus.owg.arrival import Arrivals, make_arrivals
@@ -133,7 +133,7 @@ class Simulator:
 
     def _loop(self, tick: float | None) -> None:
         arr, ev = self.arr, self.events
-        heap, pop = ev.heap, heapq.heappop
+        heap, pop = ev.heap, heappop
         decide, on_tick = self._decide, self.sched.on_tick
         buffers = self.buffers
         idle_ticks = 0
@@ -184,46 +184,53 @@ class Simulator:
                 self.n_running -= 1
                 if slots and n_readers[k] and hold(k, peas[0], tb):
                     peas = peas[1:]  # the lead PEA is blocked by back-pressure
-                # _complete(t, k), with _ready's task case inlined (a control block still
-                # goes through _ready)
-                for s in isucc[k]:
-                    npred[s] -= 1
-                    if npred[s] == 0:
-                        if inode[s] < T:
-                            t_ready[s] = t
-                            if acct.queued == 0:
-                                acct.mark(t, True)
-                            acct.queued += 1
-                            on_ready(s, t)
-                        else:
-                            ready(t, s)
-                idx = iinst[k]
-                left[idx] -= 1
-                if left[idx] == 0:
-                    self._instance_done(t, idx)
+            elif kind == DECISION:
+                k = x  # the control block whose decision landed
+                decide(t, k)  # the decision's own effects; its completion follows
+                idle_ticks = 0
+            else:
+                if kind == ARRIVAL:
+                    self._admit(t, self.next_instance)
+                elif kind == UNBLOCK:
+                    self._unblock(t, x)
+                elif kind == TICK:
+                    if self.finished >= n_inst:
+                        continue
+                    on_tick(t)
+                    if buffers.n_blocked and not self.n_running and not self.n_pending:
+                        self._spill(t)
+                    idle_ticks += 1
+                    if idle_ticks > STALL_TICKS:
+                        raise RuntimeError("simulation stalled: ready work can never be placed")
+                    ev.push(t + tick, TICK, None)
+                else:
+                    x(t)
+                if not heap and buffers.n_blocked and self.finished < n_inst:
+                    self._spill(t)
+                continue
+            # k completed (a task's compute or a control block's decision): its successors
+            # whose inputs are all done become ready (_ready's task case inlined; a control
+            # block goes through _ready), and its instance has one invocation less to go
+            for s in isucc[k]:
+                npred[s] -= 1
+                if npred[s] == 0:
+                    if inode[s] < T:
+                        t_ready[s] = t
+                        if acct.queued == 0:
+                            acct.mark(t, True)
+                        acct.queued += 1
+                        on_ready(s, t)
+                    else:
+                        ready(t, s)
+            idx = iinst[k]
+            left[idx] -= 1
+            if left[idx] == 0:
+                self._instance_done(t, idx)
+            if kind == TASK_DONE:
                 if on_done is not None:
                     on_done(k, t)
                 if peas:
                     on_free(peas, t)
-            elif kind == DECISION:
-                decide(t, x)
-                idle_ticks = 0
-            elif kind == ARRIVAL:
-                self._admit(t, self.next_instance)
-            elif kind == UNBLOCK:
-                self._unblock(t, x)
-            elif kind == TICK:
-                if self.finished >= n_inst:
-                    continue
-                on_tick(t)
-                if buffers.n_blocked and not self.n_running and not self.n_pending:
-                    self._spill(t)
-                idle_ticks += 1
-                if idle_ticks > STALL_TICKS:
-                    raise RuntimeError("simulation stalled: ready work can never be placed")
-                ev.push(t + tick, TICK, None)
-            else:
-                x(t)
             if not heap and buffers.n_blocked and self.finished < n_inst:
                 self._spill(t)
         self.n_events = count
@@ -242,22 +249,33 @@ class Simulator:
         T = self.n_tasks
         inode = inst.node
         m = len(inode)
-        # the instance's predecessor lists are local to it: shift them to global rows (most
-        # rows have one predecessor: that case without the inner loop)
-        gpreds = [
-            [base + ps[0]] if len(ps) == 1 else [base + j for j in ps] if ps else []
-            for ps in inst.preds
-        ]
         inv.node.extend(inode)
         den = self._dur_den
         inv.dur.extend([w / den[nd] if nd < T else 0.0 for nd, w in zip(inode, inst.work)])
-        inv.preds.extend(gpreds)
-        inv.npred.extend(map(len, gpreds))
-        succ = inv.succ
-        succ.extend([[] for _ in range(m)])
-        for k, gp in enumerate(gpreds, base):
-            for j in gp:
+        # the instance's predecessor lists are local to it: shift them to global rows, and
+        # list each row's successors, in one pass (most rows have one predecessor: that case
+        # without an inner loop). Rows come in a topological order, so a row's successor
+        # list exists before any later row appends to it.
+        preds, succ = inv.preds, inv.succ
+        roots = []  # rows without predecessors: ready at admission, in row order
+        k = base
+        for ps in inst.preds:
+            succ.append([])
+            if len(ps) == 1:
+                j = base + ps[0]
+                preds.append([j])
                 succ[j].append(k)
+            elif ps:
+                gp = [base + j for j in ps]
+                preds.append(gp)
+                for j in gp:
+                    succ[j].append(k)
+            else:
+                preds.append([])
+                roots.append(k)
+            k += 1
+        gpreds = preds[base:]
+        inv.npred.extend(map(len, gpreds))
         inv.out_bytes.extend(map(cw.out_bytes.__getitem__, inode))
         inv.add_rows(m, idx)
         if self.slots:
@@ -265,10 +283,8 @@ class Simulator:
         self.instances.add(slot % self.arch.n_clusters, slot, m, t)
         if self._on_admit is not None:
             self._on_admit(idx, t)
-        npred = inv.npred
-        for k in range(base, base + m):
-            if npred[k] == 0:
-                self._ready(t, k)
+        for k in roots:
+            self._ready(t, k)
 
     def _instance_done(self, t: float, idx: int) -> None:
         self.instances.finish[idx] = t
@@ -295,20 +311,9 @@ class Simulator:
             self.n_pending += 1
             self.events.push(t + lat, DECISION, k)
 
-    def _complete(self, t: float, k: int) -> None:
-        inv = self.inv
-        npred = inv.npred
-        for s in inv.succ[k]:
-            npred[s] -= 1
-            if npred[s] == 0:
-                self._ready(t, s)
-        idx = inv.inst[k]
-        left = self.instances.left
-        left[idx] -= 1
-        if left[idx] == 0:
-            self._instance_done(t, idx)
-
     def _decide(self, t: float, k: int) -> None:
+        """Control block k's decision lands at t: it forwards its data and the scheduler
+        hears of it (the event loop then completes k, as it completes a task)."""
         inv = self.inv
         # a control block forwards the data of its largest input
         best, bb = -1, -1
@@ -330,7 +335,6 @@ class Simulator:
             self.makespan = t
         if self._on_decision is not None:
             self._on_decision(k, t)
-        self._complete(t, k)
 
     # ----------------------------------------------------------------- scheduler actions
     def data_cluster(self, k: int) -> int:
@@ -447,7 +451,7 @@ class Simulator:
             acct.mark(t, False)
         ev = self.events
         ev.seq += 1
-        heapq.heappush(ev.heap, (end, ev.seq, TASK_DONE, k))
+        heappush(ev.heap, (end, ev.seq, TASK_DONE, k))
 
     def preconfigure(self, p: int, tb: int, t: float) -> None:
         """Load TB `tb`'s configuration into idle PEA p ahead of demand."""

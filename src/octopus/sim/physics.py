@@ -7,8 +7,6 @@ equal); a contended transfer is compiled (`links.contended_transfer`, the same f
 
 from __future__ import annotations
 
-from functools import partial
-
 from octopus.arch.config import Arch
 
 NOC_BYTES, NOC_BYTE_HOPS = 4, 5  # offsets of the NoC counters past the links (see links)
@@ -20,23 +18,14 @@ class Physics:
         "rc_us",
         "contention",
         "link_free",
-        "_noc_bytes",
-        "_noc_byte_hops",
+        "_noc",
+        "_plain",
         "_fa",
         "_geo",
         "_n_links",
         "n_reconfig",
         "reconf_spans",
         "record",
-        "_px",
-        "_py",
-        "_ddx",
-        "_ddy",
-        "_dies",
-        "_hop",
-        "_die_hop",
-        "_bw",
-        "_die_bw",
         "_contended",
         "route_us",
         "send",
@@ -49,47 +38,43 @@ class Physics:
         # link contention: time until which each directed mesh link is reserved (a view of
         # the compiled transfer's state, which also counts its NoC traffic)
         if self.contention:
-            from octopus.sim.links import contended_transfer, link_tables, route_us
+            from octopus.sim.links import bind, contended_transfer, link_tables, route_us
 
             self._fa, self._geo, self._n_links = link_tables(arch)
             self._contended = contended_transfer
-            self.route_us = partial(route_us, self._fa, self._geo)
-            self.send = partial(contended_transfer, self._fa, self._geo)
+            self.route_us = bind(route_us, self._fa, self._geo)
+            self.send = bind(contended_transfer, self._fa, self._geo)
         else:
             self._fa, self._geo, self._n_links, self._contended = None, None, 0, None
             self.route_us = arch.transfer_us
-            self.send = self.transfer
         # send(q, p, b, t): `transfer` as the core calls it, once per moved input (with
         # contention the compiled transfer bound to this fabric's arrays, without a frame)
         # route_us(q, p, b): the time of b bytes from PEA q to PEA p (q >= 0, q != p) on an
         # idle mesh, nothing reserved or counted (Arch.transfer_us; compiled where the
         # contended transfer is)
         self.link_free = self._fa[: self._n_links] if self.contention else []
-        self._noc_bytes = 0.0  # uncontended transfers' counters (contended: in _fa)
-        self._noc_byte_hops = 0.0
+        # uncontended transfers' counters, bytes and byte-hops (contended: in _fa)
+        self._noc = [0.0, 0.0]
         self.n_reconfig = 0
         self.reconf_spans: list[tuple] = []  # (PEA, start, end, TB) when recording
         self.record = record
-        # Arch.route's inputs, bound once: transfer computes the same route inline (it runs
-        # once per moved input; tests compare it with Arch.route)
-        self._px, self._py = arch.pea_x, arch.pea_y
-        self._ddx, self._ddy, self._dies = arch.pea_dx, arch.pea_dy, arch.n_dies > 1
-        self._hop, self._die_hop = arch.hop_latency_us, arch.die_hop_latency_us
-        self._bw, self._die_bw = arch.bytes_per_us, arch.die_bytes_per_us
+        self._plain = _uncontended_send(arch, self._noc)  # the route without contention
+        if not self.contention:
+            self.send = self._plain
 
     @property
     def noc_bytes(self) -> float:
         """Bytes sent over the mesh."""
         if self._fa is None:
-            return self._noc_bytes
-        return self._noc_bytes + float(self._fa[-6 + NOC_BYTES])
+            return self._noc[0]
+        return self._noc[0] + float(self._fa[-6 + NOC_BYTES])
 
     @property
     def noc_byte_hops(self) -> float:
         """Bytes sent times the hops each crossed."""
         if self._fa is None:
-            return self._noc_byte_hops
-        return self._noc_byte_hops + float(self._fa[-6 + NOC_BYTE_HOPS])
+            return self._noc[1]
+        return self._noc[1] + float(self._fa[-6 + NOC_BYTE_HOPS])
 
     def transfer(self, q: int, p: int, b: float, t: float) -> float:
         """Send b bytes from PEA q to PEA p, issued at t; returns the time to arrival.
@@ -99,20 +84,7 @@ class Physics:
         it arrives one route latency later (`links.contended_transfer`)."""
         if self.contention:
             return self._contended(self._fa, self._geo, q, p, b, t)
-        px, py = self._px, self._py
-        dx, dy = px[p] - px[q], py[p] - py[q]
-        hops = (dx if dx > 0 else -dx) + (dy if dy > 0 else -dy)
-        if self._dies and (
-            dies := abs(self._ddx[q] - self._ddx[p]) + abs(self._ddy[q] - self._ddy[p])
-        ):
-            lat = (hops - dies) * self._hop + dies * self._die_hop
-            ser = b / self._die_bw
-        else:
-            lat = hops * self._hop
-            ser = b / self._bw
-        self._noc_bytes += b
-        self._noc_byte_hops += b * hops
-        return lat + ser
+        return self._plain(q, p, b, t)
 
     def reconfigure(self, p: int, tb: int, r: float, time_reconf: list[float]) -> float:
         """Load TB tb's configuration into PEA p from time r; returns when it is loaded."""
@@ -122,3 +94,29 @@ class Physics:
         time_reconf[p] += rc
         self.n_reconfig += 1
         return r + rc
+
+
+def _uncontended_send(arch: Arch, noc: list[float]):
+    """`Physics.transfer` without link contention: `Arch.route`'s formula inline (it runs
+    once per moved input; tests compare it with Arch.route), over the fabric's tables bound
+    as the closure's cells (no attribute lookups per call). It adds to `noc`, the bytes and
+    byte-hops sent."""
+    px, py, ddx, ddy = arch.pea_x, arch.pea_y, arch.pea_dx, arch.pea_dy
+    multi_die = arch.n_dies > 1
+    hop, die_hop = arch.hop_latency_us, arch.die_hop_latency_us
+    bw, die_bw = arch.bytes_per_us, arch.die_bytes_per_us
+
+    def send(q: int, p: int, b: float, t: float) -> float:
+        dx, dy = px[p] - px[q], py[p] - py[q]
+        hops = (dx if dx > 0 else -dx) + (dy if dy > 0 else -dy)
+        if multi_die and (dies := abs(ddx[q] - ddx[p]) + abs(ddy[q] - ddy[p])):
+            lat = (hops - dies) * hop + dies * die_hop
+            ser = b / die_bw
+        else:
+            lat = hops * hop
+            ser = b / bw
+        noc[0] += b
+        noc[1] += b * hops
+        return lat + ser
+
+    return send
