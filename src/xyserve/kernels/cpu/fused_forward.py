@@ -24,8 +24,9 @@ layout: each weight row is read once per call for all token rows, so at one row 
 the weights once, and at many rows it still does.
 
 Two compilations of the same code exist: ``serial`` (one thread) and ``parallel`` (numba
-``prange`` over rows and output tiles); :func:`forward` takes either. Which one the draft
-uses was chosen by measurement (docs/perf.md, "Fused draft forward and trees").
+``prange`` over rows and over each linear layer's output columns); :func:`forward` takes
+either. Which one the draft uses was chosen by measurement (docs/perf.md, "Fused draft forward
+and trees").
 numba is optional: without it :func:`available` is False and callers keep their torch path.
 """
 
@@ -45,8 +46,6 @@ try:
     from numba.extending import intrinsic, overload
 except ImportError:  # pragma: no cover - exercised only where numba is absent
     njit = None
-
-N_TILE = 256  # weight rows per parallel job of a linear layer
 
 
 def available() -> bool:
@@ -199,41 +198,42 @@ def _linear(x, w, bias, out, accumulate):  # pragma: no cover - compiled
     rows, kdim = x.shape
     ncols = w.shape[0]
     has_bias = bias.shape[0] > 0
-    for c in prange((ncols + N_TILE - 1) // N_TILE):
-        for n in range(c * N_TILE, min(ncols, (c + 1) * N_TILE)):
-            wn = w[n]
-            b = bias[n] if has_bias else np.float32(0.0)
-            r = 0
-            while r + 4 <= rows:
-                x0, x1, x2, x3 = x[r], x[r + 1], x[r + 2], x[r + 3]
-                a0 = a1 = a2 = a3 = np.float32(0.0)
-                for k in range(kdim):
-                    wv = _wval(wn, k)
-                    a0 += x0[k] * wv
-                    a1 += x1[k] * wv
-                    a2 += x2[k] * wv
-                    a3 += x3[k] * wv
-                if accumulate:
-                    out[r, n] += a0 + b
-                    out[r + 1, n] += a1 + b
-                    out[r + 2, n] += a2 + b
-                    out[r + 3, n] += a3 + b
-                else:
-                    out[r, n] = a0 + b
-                    out[r + 1, n] = a1 + b
-                    out[r + 2, n] = a2 + b
-                    out[r + 3, n] = a3 + b
-                r += 4
-            while r < rows:
-                xr = x[r]
-                acc = np.float32(0.0)
-                for k in range(kdim):
-                    acc += xr[k] * _wval(wn, k)
-                if accumulate:
-                    out[r, n] += acc + b
-                else:
-                    out[r, n] = acc + b
-                r += 1
+    # prange splits the output columns into one contiguous run per thread, so each thread
+    # streams its own part of the weights, in order
+    for n in prange(ncols):
+        wn = w[n]
+        b = bias[n] if has_bias else np.float32(0.0)
+        r = 0
+        while r + 4 <= rows:
+            x0, x1, x2, x3 = x[r], x[r + 1], x[r + 2], x[r + 3]
+            a0 = a1 = a2 = a3 = np.float32(0.0)
+            for k in range(kdim):
+                wv = _wval(wn, k)
+                a0 += x0[k] * wv
+                a1 += x1[k] * wv
+                a2 += x2[k] * wv
+                a3 += x3[k] * wv
+            if accumulate:
+                out[r, n] += a0 + b
+                out[r + 1, n] += a1 + b
+                out[r + 2, n] += a2 + b
+                out[r + 3, n] += a3 + b
+            else:
+                out[r, n] = a0 + b
+                out[r + 1, n] = a1 + b
+                out[r + 2, n] = a2 + b
+                out[r + 3, n] = a3 + b
+            r += 4
+        while r < rows:
+            xr = x[r]
+            acc = np.float32(0.0)
+            for k in range(kdim):
+                acc += xr[k] * _wval(wn, k)
+            if accumulate:
+                out[r, n] += acc + b
+            else:
+                out[r, n] = acc + b
+            r += 1
 
 
 def _head_norm(v, weight, eps):  # pragma: no cover - compiled
@@ -530,16 +530,19 @@ def forward(
     v_cache: np.ndarray,
     rows: Rows,
     parallel: bool = False,
+    threads: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Logits [S, V] of ``rows.out_rows`` and their argmax [S] (ties: the first index); every
     row's K/V lands in its slot of the caches. The kernel checks no index: callers build
     ``rows`` from their own block tables (positions below ``cos.shape[0]``, slots inside the
-    cache)."""
+    cache). ``parallel`` runs on ``threads`` (torch's intra-op count when None): the linear
+    layers split their output columns across them whatever the number of rows, so one row
+    streams its weights on every thread."""
     sel = rows.out_rows.shape[0]
     logits = np.empty((sel, w.vocab_size), np.float32)
     argmax = np.empty(sel, np.int64)
     if parallel:
-        use_cpu_threads(items=max(1, rows.ids.shape[0]))
+        use_cpu_threads(threads)
         fn, linear, rms = _parallel, _linear_c_par, _rms_rows_c_par
     else:
         fn, linear, rms = _serial, _linear_c, _rms_rows_c
