@@ -135,14 +135,15 @@ def test_auto_says_which_path_runs(tiny_llama, caplog):
     assert lines[0].startswith("CPU fused decode: on" if runner.fused else "CPU fused decode: off")
 
 
-def test_modes_are_checked_and_the_environment_overrides(tiny_llama, monkeypatch):
+def test_modes_are_checked_and_the_environment_sets_the_default(tiny_llama, monkeypatch):
     with pytest.raises(ValueError, match="cpu_fused_decode"):
         EngineConfig(cpu_fused_decode="yes")
     monkeypatch.setenv(runner_fused.ENV, "off")
-    assert _runner(tiny_llama, "on").fused is None
+    assert _runner(tiny_llama, None).fused is None
+    assert _runner(tiny_llama, "on").fused is not None  # an explicit mode wins
     monkeypatch.setenv(runner_fused.ENV, "fast")
     with pytest.raises(ValueError, match=runner_fused.ENV):
-        _runner(tiny_llama, "auto")
+        _runner(tiny_llama, None)
 
 
 def test_a_model_the_kernel_cannot_run_is_refused_under_on_and_skipped_under_auto(tiny_llama):

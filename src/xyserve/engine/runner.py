@@ -67,7 +67,7 @@ class ModelRunner:
         gemm_kwargs: dict | None = None,
         allow_tf32: bool = False,
         graphs: GraphOptions | None = None,
-        cpu_fused_decode: str = "off",
+        cpu_fused_decode: str | None = "off",
     ) -> None:
         self.model = model
         self.block_size = block_size
@@ -91,7 +91,8 @@ class ModelRunner:
         if hasattr(self.attn, "warmup"):  # sets its dtype, builds its CPU kernels now
             self.attn.warmup(model.device, model.dtype)
         ops.warmup(model.device, model.dtype)
-        # Small CPU steps as one fused call (``cpu_fused_decode``: auto | on | off); before the
+        # Small CPU steps as one fused call (``cpu_fused_decode``: auto | on | off | None, the
+        # environment's choice; ``engine.runner_fused``); before the
         # GEMM backend's warm-up, which may cache a layout of the weights this re-points.
         self.fused = FusedDecode.create(
             cpu_fused_decode, model, stacked if graphs is None else None, block_size

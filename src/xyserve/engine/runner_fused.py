@@ -11,7 +11,7 @@ uses, on the runner's own K/V cache.
 
 What takes it: a step of at most ``max_rows`` new tokens without a token tree (a decode step,
 a chain verify, a prefill chunk that small), on a float32 model on the CPU. Whether it is on:
-``mode`` ``"off"``, ``"on"``, or ``"auto"``, which times one row through the fused call and
+``mode`` ``"off"``, ``"on"``, or ``"auto"`` (the engine's default, or ``$XYSERVE_CPU_FUSED_DECODE``), which times one row through the fused call and
 through the model's linear layers alone (``F.linear``, no attention, norms or engine work) at
 start and keeps the fused call only if it is faster than those layers alone; the log line says
 which path runs and why.
@@ -41,19 +41,21 @@ from xyserve.spec.draft_forward import pack_model, unsupported
 log = logging.getLogger("xyserve")
 
 MODES = ("auto", "on", "off")
-ENV = "XYSERVE_CPU_FUSED_DECODE"  # overrides the engine's ``cpu_fused_decode`` when set
+ENV = "XYSERVE_CPU_FUSED_DECODE"  # the mode where the engine's ``cpu_fused_decode`` is unset
 MAX_ROWS = 1  # the step sizes the start check times; larger steps keep the eager forward
 
 
-def resolve_mode(mode: str) -> str:
-    """The mode in force: the environment's value when set, else ``mode``; refused if neither
-    is one of ``MODES``."""
-    env = os.environ.get(ENV, "").strip().lower()
-    value = env or mode
-    if value not in MODES:
-        source = f"{ENV}={env!r}" if env else f"cpu_fused_decode={mode!r}"
-        raise ValueError(f"{source}: expected one of {', '.join(MODES)}")
-    return value
+def resolve_mode(mode: str | None) -> str:
+    """The mode in force: ``mode``, or where it is None the environment's value, or ``auto``;
+    refused unless one of ``MODES``."""
+    if mode is None:
+        env = os.environ.get(ENV, "").strip().lower() or "auto"
+        if env not in MODES:
+            raise ValueError(f"{ENV}={env!r}: expected one of {', '.join(MODES)}")
+        return env
+    if mode not in MODES:
+        raise ValueError(f"cpu_fused_decode={mode!r}: expected one of {', '.join(MODES)}")
+    return mode
 
 
 def share_weights(model: LlamaModel, w: ff.PackedWeights) -> None:
@@ -173,7 +175,7 @@ class FusedDecode:
     @classmethod
     def create(
         cls,
-        mode: str,
+        mode: str | None,
         model: LlamaModel,
         kv_caches: tuple[torch.Tensor, torch.Tensor] | None,
         block_size: int,
