@@ -44,9 +44,13 @@ def main() -> None:
     ap.add_argument("--model", required=True)
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None, help="torch's (and so numba's) count")
     args = ap.parse_args()
 
     import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     import xyserve.kernels.gemm.smooth as smooth
     from xyserve import LLM
