@@ -190,49 +190,83 @@ def _wval(row, k):
     return row[k]
 
 
+def _dot8(xr, w, n, kdim, out_row, bias, has_bias, accumulate):  # pragma: no cover - compiled
+    """out_row[n .. n + 7] (+)= xr . w[n .. n + 7] (+ bias): eight weight rows streamed side by
+    side, each load of ``xr`` shared by eight products."""
+    w0, w1, w2, w3 = w[n], w[n + 1], w[n + 2], w[n + 3]
+    w4, w5, w6, w7 = w[n + 4], w[n + 5], w[n + 6], w[n + 7]
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = np.float32(0.0)
+    for k in range(kdim):
+        xv = xr[k]
+        a0 += xv * _wval(w0, k)
+        a1 += xv * _wval(w1, k)
+        a2 += xv * _wval(w2, k)
+        a3 += xv * _wval(w3, k)
+        a4 += xv * _wval(w4, k)
+        a5 += xv * _wval(w5, k)
+        a6 += xv * _wval(w6, k)
+        a7 += xv * _wval(w7, k)
+    acc = (a0, a1, a2, a3, a4, a5, a6, a7)
+    for i in range(8):
+        b = bias[n + i] if has_bias else np.float32(0.0)
+        if accumulate:
+            out_row[n + i] += acc[i] + b
+        else:
+            out_row[n + i] = acc[i] + b
+
+
 def _linear(x, w, bias, out, accumulate):  # pragma: no cover - compiled
     """out = x @ w.T (+ bias), or out += x @ w.T (+ bias) with ``accumulate`` (a residual
-    add). ``w``: [N, K] as the model stores it. Each weight row is read once for all token
-    rows (four dot products at a time share its loads), so a weight streams from
-    memory once per call whatever the number of rows."""
+    add). ``w``: [N, K] as the model stores it. The output columns go in blocks of eight, split
+    into one contiguous run of blocks per thread (each thread streams its own part of the
+    weights, in order). In a block, rows go four at a time (four dot products share each
+    weight load), and the last rows one at a time over eight weight rows at once (one dot
+    product per weight row streams slower: docs/perf.md). A weight streams from memory once
+    per call whatever the number of rows."""
     rows, kdim = x.shape
     ncols = w.shape[0]
     has_bias = bias.shape[0] > 0
-    # prange splits the output columns into one contiguous run per thread, so each thread
-    # streams its own part of the weights, in order
-    for n in prange(ncols):
-        wn = w[n]
-        b = bias[n] if has_bias else np.float32(0.0)
+    for c in prange((ncols + 7) // 8):
+        n0, n1 = c * 8, min(ncols, c * 8 + 8)
         r = 0
         while r + 4 <= rows:
             x0, x1, x2, x3 = x[r], x[r + 1], x[r + 2], x[r + 3]
-            a0 = a1 = a2 = a3 = np.float32(0.0)
-            for k in range(kdim):
-                wv = _wval(wn, k)
-                a0 += x0[k] * wv
-                a1 += x1[k] * wv
-                a2 += x2[k] * wv
-                a3 += x3[k] * wv
-            if accumulate:
-                out[r, n] += a0 + b
-                out[r + 1, n] += a1 + b
-                out[r + 2, n] += a2 + b
-                out[r + 3, n] += a3 + b
-            else:
-                out[r, n] = a0 + b
-                out[r + 1, n] = a1 + b
-                out[r + 2, n] = a2 + b
-                out[r + 3, n] = a3 + b
+            for n in range(n0, n1):
+                wn = w[n]
+                b = bias[n] if has_bias else np.float32(0.0)
+                a0 = a1 = a2 = a3 = np.float32(0.0)
+                for k in range(kdim):
+                    wv = _wval(wn, k)
+                    a0 += x0[k] * wv
+                    a1 += x1[k] * wv
+                    a2 += x2[k] * wv
+                    a3 += x3[k] * wv
+                if accumulate:
+                    out[r, n] += a0 + b
+                    out[r + 1, n] += a1 + b
+                    out[r + 2, n] += a2 + b
+                    out[r + 3, n] += a3 + b
+                else:
+                    out[r, n] = a0 + b
+                    out[r + 1, n] = a1 + b
+                    out[r + 2, n] = a2 + b
+                    out[r + 3, n] = a3 + b
             r += 4
         while r < rows:
             xr = x[r]
-            acc = np.float32(0.0)
-            for k in range(kdim):
-                acc += xr[k] * _wval(wn, k)
-            if accumulate:
-                out[r, n] += acc + b
+            if n1 - n0 == 8:
+                _dot8_c(xr, w, n0, kdim, out[r], bias, has_bias, accumulate)
             else:
-                out[r, n] = acc + b
+                for n in range(n0, n1):
+                    wn = w[n]
+                    acc = np.float32(0.0)
+                    for k in range(kdim):
+                        acc += xr[k] * _wval(wn, k)
+                    b = bias[n] if has_bias else np.float32(0.0)
+                    if accumulate:
+                        out[r, n] += acc + b
+                    else:
+                        out[r, n] = acc + b
             r += 1
 
 
@@ -520,6 +554,7 @@ if njit is not None:
     _rms_rows_c = njit(**_opts)(_rms_rows)
     _head_norm_c = njit(**_opts)(_head_norm)
     _rotate_c = njit(**_opts)(_rotate)
+    _dot8_c = njit(**_opts)(_dot8)
     _rope_row_c = njit(**_opts)(_rope_row)
     _attend_head_c = njit(**_opts)(_attend_head)
     _silu_row_c = njit(**_opts)(_silu_row)
