@@ -89,13 +89,11 @@ def _aligned(w: ff.PackedWeights) -> ff.PackedWeights:
     return w
 
 
-def _best_ms(fn: Callable[[], object], reps: int) -> float:
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best * 1e3
+def _ms(fn: Callable[[], object]) -> float:
+    """One call's wall time (ms)."""
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
 
 
 @dataclass
@@ -146,10 +144,8 @@ def start_check(
         linears()
         for _ in range(reps):
             for n in counts:
-                fused[n] = min(
-                    fused[n], _best_ms(lambda n=n: ff.forward(w, k, v, rows, True, n), 1)
-                )
-            linear = min(linear, _best_ms(linears, 1))
+                fused[n] = min(fused[n], _ms(lambda n=n: ff.forward(w, k, v, rows, True, n)))
+            linear = min(linear, _ms(linears))
     return StartCheck(fused, linear)
 
 
