@@ -36,7 +36,7 @@ from xyserve.engine.step_inputs import StepLists, tree_mask
 from xyserve.kernels.ops import fused_forward as ff
 from xyserve.model.llama import LlamaModel
 from xyserve.plan.token_table import TokenTable
-from xyserve.spec.draft_forward import pack_model, unsupported
+from xyserve.spec.draft_forward import pack_model
 
 log = logging.getLogger("xyserve")
 
@@ -77,6 +77,18 @@ def share_weights(model: LlamaModel, w: ff.PackedWeights) -> None:
             layer.o_bias = t(w.o_bias[i])
         if layer.qk_norm is not None:
             layer.qk_norm = (t(w.q_norm[i]), t(w.k_norm[i]))
+
+
+def _why_not(model: LlamaModel, kv_caches) -> str | None:
+    """Why the fused call cannot run ``model``'s steps (None: it can)."""
+    if not ff.available():
+        return "numba is not installed"
+    if model.device.type != "cpu" or model.dtype != torch.float32:
+        where = f"{model.device.type} in {str(model.dtype).removeprefix('torch.')}"
+        return f"the model runs on {where}; the fused call needs CPU float32"
+    if kv_caches is None:
+        return "padded steps (CUDA graphs' eager twin) keep the eager forward"
+    return None
 
 
 def _aligned(w: ff.PackedWeights) -> ff.PackedWeights:
@@ -180,11 +192,9 @@ class FusedDecode:
         the choice. ``kv_caches``: the runner's caches as two [L, ...] tensors (None where the
         runner does not keep them stacked, e.g. padded CUDA-graph steps)."""
         mode = resolve_mode(mode)
-        if mode == "off":
-            return None
-        why = unsupported(model)
-        if why is None and kv_caches is None:
-            why = "the runner's caches are not one stacked array per K and V"
+        if mode == "off" or (mode == "auto" and model.device.type != "cpu"):
+            return None  # a GPU engine: nothing to say
+        why = _why_not(model, kv_caches)
         if why is not None:
             if mode == "on":
                 raise ValueError(f"cpu_fused_decode='on': {why}")
