@@ -152,3 +152,12 @@ def test_a_model_the_kernel_cannot_run_is_refused_under_on_and_skipped_under_aut
         ModelRunner(model, NUM_BLOCKS, BLOCK, "reference", "torch", cpu_fused_decode="on")
     runner = ModelRunner(model, NUM_BLOCKS, BLOCK, "reference", "torch", cpu_fused_decode="auto")
     assert runner.fused is None
+
+
+def test_a_position_past_the_rope_tables_is_left_to_the_eager_forward(tiny_llama):
+    runner = _runner(tiny_llama, "on")
+    limit = runner.fused.weights.cos.shape[0]
+    r = Request("r", [1] * limit, max_tokens=4)
+    inside = SchedulerOutput(stages=[ScheduledStage(r, 1, 0, limit - 1)])
+    past = SchedulerOutput(stages=[ScheduledStage(r, 1, 0, limit)])
+    assert runner.fused.takes(inside) and not runner.fused.takes(past)

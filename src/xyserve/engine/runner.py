@@ -92,8 +92,8 @@ class ModelRunner:
             self.attn.warmup(model.device, model.dtype)
         ops.warmup(model.device, model.dtype)
         # Small CPU steps as one fused call (``cpu_fused_decode``: auto | on | off | None, the
-        # environment's choice; ``engine.runner_fused``); before the
-        # GEMM backend's warm-up, which may cache a layout of the weights this re-points.
+        # environment's choice; ``engine.runner_fused``); made before the GEMM backend's
+        # warm-up, which may cache a layout of the weights that this re-points.
         self.fused = FusedDecode.create(
             cpu_fused_decode, model, stacked if graphs is None else None, block_size
         )

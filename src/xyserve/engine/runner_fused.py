@@ -226,10 +226,13 @@ class FusedDecode:
         return fast
 
     def takes(self, out: SchedulerOutput) -> bool:
-        """Whether the step is small enough and has no token tree."""
+        """Whether the step is small enough, has no token tree, and stays inside the model's
+        RoPE tables (the kernel checks no index: a position past them is left to the eager
+        forward, which refuses it)."""
         if out.num_tokens > self.max_rows:
             return False
-        return all(tree_mask(st) is None for st in out.stages)
+        limit = self.weights.cos.shape[0]
+        return all(tree_mask(st) is None and st.kv_len <= limit for st in out.stages)
 
     def run(
         self, out: SchedulerOutput, table: TokenTable, block_tables: dict[str, list[int]]
