@@ -126,7 +126,7 @@ class StartCheck:
 
 
 def start_check(
-    model: LlamaModel, w: ff.PackedWeights, block_size: int, reps: int = 7
+    model: LlamaModel, w: ff.PackedWeights, block_size: int, reps: int = 3
 ) -> StartCheck:
     """Time one row (a full block of context) through the fused call on a scratch cache, on one
     thread and on torch's count, against the model's linear layers at one row through
