@@ -63,6 +63,10 @@ class EngineConfig:
     # capture size and replayed from a graph captured at engine start. CPU never captures.
     enforce_eager: bool = False
     cudagraph_capture_sizes: list[int] | None = None  # None: 1, 2, 4, 8, 16, 24, ... (vLLM's)
+    # CPU float32: steps of one new token run the whole forward as one fused numba call
+    # (engine.runner_fused). auto: where a check at start finds it faster; on; off. None: the
+    # environment variable XYSERVE_CPU_FUSED_DECODE's value, else auto.
+    cpu_fused_decode: str | None = None
     served_model_name: str | None = None
     skip_tokenizer_init: bool = False
     disable_progress_bar: bool = False
@@ -102,6 +106,8 @@ class EngineConfig:
                 raise ValueError(f"{name} must be at least 1")
         if self.request_timeout_s is not None and not self.request_timeout_s > 0:
             raise ValueError("request_timeout_s must be positive")
+        if self.cpu_fused_decode not in (None, "auto", "on", "off"):
+            raise ValueError("cpu_fused_decode must be one of auto, on, off")
         if self.cudagraph_capture_sizes is not None:
             self.cudagraph_capture_sizes = check_capture_sizes(self.cudagraph_capture_sizes)
         if self.tbt_target_ms is not None and not self.tbt_target_ms >= 0:

@@ -20,6 +20,7 @@ ENGINE = dict(
     block_size=4,  # a new block every 4 decode steps
     num_kv_blocks=24,  # not everything fits: preemption
     enable_prefix_caching=True,
+    cpu_fused_decode="off",  # the eager forward's plans are what is checked here
 )
 
 
@@ -133,7 +134,7 @@ def test_reused_plans_equal_fresh_ones_and_outputs_stay(
 
 
 def test_a_failed_forward_is_no_base_for_the_next_step(tiny_llama, monkeypatch):
-    llm = LLM(str(tiny_llama), skip_tokenizer_init=True)
+    llm = LLM(str(tiny_llama), skip_tokenizer_init=True, cpu_fused_decode="off")
     runner = llm.llm_engine.runner
     eng = llm.llm_engine
     eng.add_request({"prompt_token_ids": [5, 6, 7]}, SamplingParams(max_tokens=8, ignore_eos=True))

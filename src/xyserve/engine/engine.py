@@ -114,6 +114,7 @@ class LLMEngine:
             gemm_kwargs,
             allow_tf32=config.allow_tf32,
             graphs=self._graph_options(),
+            cpu_fused_decode=config.cpu_fused_decode,
         )
         self.intake = RequestIntake(
             config, self.tokenizer, mcfg.vocab_size, self.eos_token_ids, self.max_model_len

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from xyserve.engine.runner_fused import FusedDecode
 from xyserve.engine.scheduler import SchedulerOutput
 from xyserve.engine.step_graphs import GraphOptions, StepGraphs
 from xyserve.engine.step_inputs import StepInputs, StepLists, tree_mask
@@ -66,6 +67,7 @@ class ModelRunner:
         gemm_kwargs: dict | None = None,
         allow_tf32: bool = False,
         graphs: GraphOptions | None = None,
+        cpu_fused_decode: str | None = "off",
     ) -> None:
         self.model = model
         self.block_size = block_size
@@ -79,16 +81,22 @@ class ModelRunner:
         # Padded steps write their padding tokens' K/V into one more block, which no request
         # owns (``engine.padded_step``).
         shape = (num_blocks + (graphs is not None), block_size, cfg.num_kv_heads, cfg.head_dim)
-        self.kv_caches = [
-            (
-                torch.zeros(shape, dtype=model.dtype, device=model.device),
-                torch.zeros(shape, dtype=model.dtype, device=model.device),
-            )
-            for _ in range(cfg.num_layers)
-        ]
+        # One [L, ...] tensor each for K and V, every layer a view of it: the fused decode path
+        # (``engine.runner_fused``) reads all layers' caches as one array.
+        stacked = tuple(
+            torch.zeros((cfg.num_layers, *shape), dtype=model.dtype, device=model.device)
+            for _ in range(2)
+        )
+        self.kv_caches = [(stacked[0][i], stacked[1][i]) for i in range(cfg.num_layers)]
         if hasattr(self.attn, "warmup"):  # sets its dtype, builds its CPU kernels now
             self.attn.warmup(model.device, model.dtype)
         ops.warmup(model.device, model.dtype)
+        # Small CPU steps as one fused call (``cpu_fused_decode``: auto | on | off | None, the
+        # environment's choice; ``engine.runner_fused``); made before the GEMM backend's
+        # warm-up, which may cache a layout of the weights that this re-points.
+        self.fused = FusedDecode.create(
+            cpu_fused_decode, model, stacked if graphs is None else None, block_size
+        )
         self.gemm = get_gemm_backend(gemm_backend, **(gemm_kwargs or {}))
         if hasattr(self.gemm, "warmup"):
             self.gemm.warmup(model.device, model.dtype)
@@ -232,6 +240,11 @@ class ModelRunner:
                 lists = StepLists.build(out, table)
                 logits = self.graphs.run(size, lists, table)
                 return StepResult.to_host(logits, lists.rows)
+        if self.fused is not None and self.fused.takes(out):
+            self._last = None  # the eager inputs were not advanced: no base for a patched step
+            if table is None:
+                table = self.build_table(out, block_tables)
+            return StepResult(*self.fused.run(out, table, block_tables))
         inputs = self.prepare(out, block_tables, table)  # a step too large: eager, same table
         ctx = StepContext(
             positions=inputs.positions,

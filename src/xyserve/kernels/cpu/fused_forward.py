@@ -24,8 +24,9 @@ layout: each weight row is read once per call for all token rows, so at one row 
 the weights once, and at many rows it still does.
 
 Two compilations of the same code exist: ``serial`` (one thread) and ``parallel`` (numba
-``prange`` over rows and output tiles); :func:`forward` takes either. Which one the draft
-uses was chosen by measurement (docs/perf.md, "Fused draft forward and trees").
+``prange`` over each linear layer's output columns, attention's (row, head) pairs, and rows);
+:func:`forward` takes either. Which one the draft uses was chosen by measurement (docs/perf.md, "Fused draft forward
+and trees").
 numba is optional: without it :func:`available` is False and callers keep their torch path.
 """
 
@@ -45,8 +46,6 @@ try:
     from numba.extending import intrinsic, overload
 except ImportError:  # pragma: no cover - exercised only where numba is absent
     njit = None
-
-N_TILE = 256  # weight rows per parallel job of a linear layer
 
 
 def available() -> bool:
@@ -191,21 +190,50 @@ def _wval(row, k):
     return row[k]
 
 
+def _dot8(xr, w, n, kdim, out_row, bias, has_bias, accumulate):  # pragma: no cover - compiled
+    """out_row[n .. n + 7] (+)= xr . w[n .. n + 7] (+ bias): eight weight rows streamed side by
+    side, each load of ``xr`` shared by eight products."""
+    w0, w1, w2, w3 = w[n], w[n + 1], w[n + 2], w[n + 3]
+    w4, w5, w6, w7 = w[n + 4], w[n + 5], w[n + 6], w[n + 7]
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = np.float32(0.0)
+    for k in range(kdim):
+        xv = xr[k]
+        a0 += xv * _wval(w0, k)
+        a1 += xv * _wval(w1, k)
+        a2 += xv * _wval(w2, k)
+        a3 += xv * _wval(w3, k)
+        a4 += xv * _wval(w4, k)
+        a5 += xv * _wval(w5, k)
+        a6 += xv * _wval(w6, k)
+        a7 += xv * _wval(w7, k)
+    acc = (a0, a1, a2, a3, a4, a5, a6, a7)
+    for i in range(8):
+        b = bias[n + i] if has_bias else np.float32(0.0)
+        if accumulate:
+            out_row[n + i] += acc[i] + b
+        else:
+            out_row[n + i] = acc[i] + b
+
+
 def _linear(x, w, bias, out, accumulate):  # pragma: no cover - compiled
     """out = x @ w.T (+ bias), or out += x @ w.T (+ bias) with ``accumulate`` (a residual
-    add). ``w``: [N, K] as the model stores it. Each weight row is read once for all token
-    rows (four dot products at a time share its loads), so a weight streams from
-    memory once per call whatever the number of rows."""
+    add). ``w``: [N, K] as the model stores it. The output columns go in blocks of eight, split
+    into one contiguous run of blocks per thread (each thread streams its own part of the
+    weights, in order). In a block, rows go four at a time (four dot products share each
+    weight load), and the last rows one at a time over eight weight rows at once (one dot
+    product per weight row streams slower: docs/perf.md). A weight streams from memory once
+    per call whatever the number of rows."""
     rows, kdim = x.shape
     ncols = w.shape[0]
     has_bias = bias.shape[0] > 0
-    for c in prange((ncols + N_TILE - 1) // N_TILE):
-        for n in range(c * N_TILE, min(ncols, (c + 1) * N_TILE)):
-            wn = w[n]
-            b = bias[n] if has_bias else np.float32(0.0)
-            r = 0
-            while r + 4 <= rows:
-                x0, x1, x2, x3 = x[r], x[r + 1], x[r + 2], x[r + 3]
+    for c in prange((ncols + 7) // 8):
+        n0, n1 = c * 8, min(ncols, c * 8 + 8)
+        r = 0
+        while r + 4 <= rows:
+            x0, x1, x2, x3 = x[r], x[r + 1], x[r + 2], x[r + 3]
+            for n in range(n0, n1):
+                wn = w[n]
+                b = bias[n] if has_bias else np.float32(0.0)
                 a0 = a1 = a2 = a3 = np.float32(0.0)
                 for k in range(kdim):
                     wv = _wval(wn, k)
@@ -223,17 +251,23 @@ def _linear(x, w, bias, out, accumulate):  # pragma: no cover - compiled
                     out[r + 1, n] = a1 + b
                     out[r + 2, n] = a2 + b
                     out[r + 3, n] = a3 + b
-                r += 4
-            while r < rows:
-                xr = x[r]
-                acc = np.float32(0.0)
-                for k in range(kdim):
-                    acc += xr[k] * _wval(wn, k)
-                if accumulate:
-                    out[r, n] += acc + b
-                else:
-                    out[r, n] = acc + b
-                r += 1
+            r += 4
+        while r < rows:
+            xr = x[r]
+            if n1 - n0 == 8:
+                _dot8_c(xr, w, n0, kdim, out[r], bias, has_bias, accumulate)
+            else:
+                for n in range(n0, n1):
+                    wn = w[n]
+                    acc = np.float32(0.0)
+                    for k in range(kdim):
+                        acc += xr[k] * _wval(wn, k)
+                    b = bias[n] if has_bias else np.float32(0.0)
+                    if accumulate:
+                        out[r, n] += acc + b
+                    else:
+                        out[r, n] = acc + b
+            r += 1
 
 
 def _head_norm(v, weight, eps):  # pragma: no cover - compiled
@@ -255,6 +289,65 @@ def _rotate(src, cos_row, sin_row, dst):  # pragma: no cover - compiled
         dst[half + j] = x2 * cos_row[j] + x1 * sin_row[j]
 
 
+def _rope_row(
+    r, qkv_out, pos, slots, cos, sin, qn, kn, eps, num_heads, q, kc, vc
+):  # pragma: no cover - compiled
+    """Row ``r``: q rotated into ``q``; k rotated and v copied into the row's cache slot
+    (after the optional per-head q/k norm)."""
+    bs, hkv, d = kc.shape[1], kc.shape[2], kc.shape[3]
+    nq = num_heads * d
+    p = pos[r]
+    blk, off = slots[r] // bs, slots[r] % bs
+    for hh in range(num_heads):
+        src = qkv_out[r, hh * d : (hh + 1) * d]
+        if qn.shape[0]:
+            _head_norm_c(src, qn, eps)
+        _rotate_c(src, cos[p], sin[p], q[r, hh * d : (hh + 1) * d])
+    for hh in range(hkv):
+        src = qkv_out[r, nq + hh * d : nq + (hh + 1) * d]
+        if kn.shape[0]:
+            _head_norm_c(src, kn, eps)
+        _rotate_c(src, cos[p], sin[p], kc[blk, off, hh])
+        vsrc = qkv_out[r, nq + (hkv + hh) * d : nq + (hkv + hh + 1) * d]
+        for j in range(d):
+            vc[blk, off, hh, j] = vsrc[j]
+
+
+def _attend_head(qh, key_slot, nk, kc, vc, kh, scale, oh):  # pragma: no cover - compiled
+    """One head of one row: softmax(q . K / sqrt(d)) V over the cache slots ``key_slot[:nk]``."""
+    bs, d = kc.shape[1], kc.shape[3]
+    sc = np.empty(nk, np.float32)
+    m = np.float32(-3.4028235e38)  # finite: fastmath assumes no infinities
+    for j in range(nk):
+        s = key_slot[j]
+        kv = kc[s // bs, s % bs, kh]
+        acc = np.float32(0.0)
+        for e in range(d):
+            acc += qh[e] * kv[e]
+        acc *= scale
+        sc[j] = acc
+        m = max(m, acc)
+    tot = np.float32(0.0)
+    for j in range(nk):
+        sc[j] = np.exp(sc[j] - m)
+        tot += sc[j]
+    for e in range(d):
+        oh[e] = np.float32(0.0)
+    for j in range(nk):
+        s = key_slot[j]
+        vv = vc[s // bs, s % bs, kh]
+        p_j = sc[j] / tot
+        for e in range(d):
+            oh[e] += p_j * vv[e]
+
+
+def _silu_row(gu, r, act):  # pragma: no cover - compiled
+    inter = act.shape[1]
+    for j in range(inter):
+        g = gu[r, j]
+        act[r, j] = g / (np.float32(1.0) + np.exp(-g)) * gu[r, inter + j]
+
+
 def _forward(
     rows,
     weights,
@@ -268,7 +361,10 @@ def _forward(
     rms_rows,
 ):  # pragma: no cover - compiled
     """The pass (see the module docstring); ``rows``, ``weights``: the arrays of
-    :func:`_row_tuple` and :func:`_weight_tuple`."""
+    :func:`_row_tuple` and :func:`_weight_tuple`. Parallel regions (in the ``parallel``
+    compilation): each linear layer's output columns, attention's (row, head) pairs, and
+    RoPE and SiLU over rows only when there are several (one row runs them inline: a region
+    costs a fork and join of the thread pool)."""
     ids, pos, slots, table_of, tables, ctx_len, extra_off, extra_slots, out_rows = rows
     (
         embed,
@@ -302,6 +398,19 @@ def _forward(
     attn = np.empty((num_rows, nq), np.float32)
     gu = np.empty((num_rows, 2 * inter), np.float32)
     act = np.empty((num_rows, inter), np.float32)
+    # Each row's keys (its table's visible positions, then its extra slots) as cache slots,
+    # the same in every layer.
+    nks = np.empty(num_rows, np.int64)
+    for r in range(num_rows):
+        nks[r] = ctx_len[r] + extra_off[r + 1] - extra_off[r]
+    key_slots = np.empty((num_rows, max(1, nks.max())), np.int64)
+    for r in range(num_rows):
+        n_ctx, e0 = ctx_len[r], extra_off[r]
+        table = tables[table_of[r]]
+        for j in range(n_ctx):
+            key_slots[r, j] = table[j // bs] * bs + j % bs
+        for j in range(e0, extra_off[r + 1]):
+            key_slots[r, n_ctx + j - e0] = extra_slots[j]
     for r in range(num_rows):
         h[r] = embed[ids[r]]
     for layer in range(num_layers):
@@ -309,66 +418,25 @@ def _forward(
         rms_rows(h, input_norm[layer], eps, x)
         linear(x, qkv[layer], qkv_bias[layer], qkv_out, False)
         qn, kn = q_norm[layer], k_norm[layer]
-        for r in prange(num_rows):  # rotate q; k rotated and v copied into the row's slot
-            p = pos[r]
-            blk, off = slots[r] // bs, slots[r] % bs
-            for hh in range(num_heads):
-                src = qkv_out[r, hh * d : (hh + 1) * d]
-                if qn.shape[0]:
-                    _head_norm_c(src, qn, eps)
-                _rotate_c(src, cos[p], sin[p], q[r, hh * d : (hh + 1) * d])
-            for hh in range(hkv):
-                src = qkv_out[r, nq + hh * d : nq + (hh + 1) * d]
-                if kn.shape[0]:
-                    _head_norm_c(src, kn, eps)
-                _rotate_c(src, cos[p], sin[p], kc[blk, off, hh])
-                vsrc = qkv_out[r, nq + (hkv + hh) * d : nq + (hkv + hh + 1) * d]
-                for j in range(d):
-                    vc[blk, off, hh, j] = vsrc[j]
-        for r in prange(num_rows):  # attention: the row's visible keys, then its extra slots
-            n_ctx = ctx_len[r]
-            e0, e1 = extra_off[r], extra_off[r + 1]
-            nk = n_ctx + e1 - e0
-            key_slot = np.empty(nk, np.int64)
-            table = tables[table_of[r]]
-            for j in range(n_ctx):
-                key_slot[j] = table[j // bs] * bs + j % bs
-            for j in range(e0, e1):
-                key_slot[n_ctx + j - e0] = extra_slots[j]
-            sc = np.empty(nk, np.float32)
-            for hh in range(num_heads):
-                kh = hh // group
-                qh = q[r, hh * d : (hh + 1) * d]
-                m = np.float32(-3.4028235e38)  # finite: fastmath assumes no infinities
-                for j in range(nk):
-                    s = key_slot[j]
-                    kv = kc[s // bs, s % bs, kh]
-                    acc = np.float32(0.0)
-                    for e in range(d):
-                        acc += qh[e] * kv[e]
-                    acc *= scale
-                    sc[j] = acc
-                    m = max(m, acc)
-                tot = np.float32(0.0)
-                for j in range(nk):
-                    sc[j] = np.exp(sc[j] - m)
-                    tot += sc[j]
-                oh = attn[r, hh * d : (hh + 1) * d]
-                for e in range(d):
-                    oh[e] = np.float32(0.0)
-                for j in range(nk):
-                    s = key_slot[j]
-                    vv = vc[s // bs, s % bs, kh]
-                    p_j = sc[j] / tot
-                    for e in range(d):
-                        oh[e] += p_j * vv[e]
+        if num_rows > 1:
+            for r in prange(num_rows):
+                _rope_row_c(r, qkv_out, pos, slots, cos, sin, qn, kn, eps, num_heads, q, kc, vc)
+        else:
+            _rope_row_c(0, qkv_out, pos, slots, cos, sin, qn, kn, eps, num_heads, q, kc, vc)
+        for i in prange(num_rows * num_heads):  # every row's K/V is in the cache by now
+            r, hh = i // num_heads, i % num_heads
+            _attend_head_c(
+                q[r, hh * d : (hh + 1) * d], key_slots[r], nks[r], kc, vc, hh // group, scale,
+                attn[r, hh * d : (hh + 1) * d],
+            )  # fmt: skip
         linear(attn, o[layer], o_bias[layer], h, True)
         rms_rows(h, post_norm[layer], eps, x)
         linear(x, gate_up[layer], qkv_bias[layer, :0], gu, False)
-        for r in prange(num_rows):
-            for j in range(inter):
-                g = gu[r, j]
-                act[r, j] = g / (np.float32(1.0) + np.exp(-g)) * gu[r, inter + j]
+        if num_rows > 1:
+            for r in prange(num_rows):
+                _silu_row_c(gu, r, act)
+        else:
+            _silu_row_c(gu, 0, act)
         linear(act, down[layer], qkv_bias[layer, :0], h, True)
     sel = out_rows.shape[0]
     hs = np.empty((sel, hidden), np.float32)
@@ -377,7 +445,7 @@ def _forward(
     xs = np.empty((sel, hidden), np.float32)
     rms_rows(hs, final_norm, eps, xs)
     linear(xs, lm_head, final_norm[:0], logits, False)
-    for i in prange(sel):
+    for i in range(sel):
         best, idx = logits[i, 0], 0
         for v in range(1, logits.shape[1]):
             if logits[i, v] > best:
@@ -486,9 +554,12 @@ if njit is not None:
     _rms_rows_c = njit(**_opts)(_rms_rows)
     _head_norm_c = njit(**_opts)(_head_norm)
     _rotate_c = njit(**_opts)(_rotate)
+    _dot8_c = njit(**_opts)(_dot8)
+    _rope_row_c = njit(**_opts)(_rope_row)
+    _attend_head_c = njit(**_opts)(_attend_head)
+    _silu_row_c = njit(**_opts)(_silu_row)
     _linear_c = njit(**_opts)(_linear)
     _linear_c_par = njit(parallel=True, **_opts)(_parallel_copy(_linear))
-    _rms_rows_c_par = njit(parallel=True, **_opts)(_parallel_copy(_rms_rows))
     _serial = _serial_c = njit(**_opts)(_forward)
     _parallel = njit(parallel=True, **_opts)(_parallel_copy(_forward))
     _greedy_chains_c = njit(**_opts)(_greedy_chains)
@@ -530,17 +601,21 @@ def forward(
     v_cache: np.ndarray,
     rows: Rows,
     parallel: bool = False,
+    threads: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Logits [S, V] of ``rows.out_rows`` and their argmax [S] (ties: the first index); every
     row's K/V lands in its slot of the caches. The kernel checks no index: callers build
     ``rows`` from their own block tables (positions below ``cos.shape[0]``, slots inside the
-    cache)."""
+    cache). ``parallel`` runs on ``threads`` (torch's intra-op count when None): the linear
+    layers split their output columns across them whatever the number of rows, so one row
+    streams its weights on every thread."""
     sel = rows.out_rows.shape[0]
     logits = np.empty((sel, w.vocab_size), np.float32)
     argmax = np.empty(sel, np.int64)
     if parallel:
-        use_cpu_threads(items=max(1, rows.ids.shape[0]))
-        fn, linear, rms = _parallel, _linear_c_par, _rms_rows_c_par
+        use_cpu_threads(threads)
+        # RMSNorm on the calling thread: a few thousand elements a row
+        fn, linear, rms = _parallel, _linear_c_par, _rms_rows_c
     else:
         fn, linear, rms = _serial, _linear_c, _rms_rows_c
     fn(

@@ -1,0 +1,268 @@
+"""The CPU small-step fast path: a decode step of a few rows as one fused numba call.
+
+At batch 1 on CPU a decode step of a float32 model is bound by streaming its weights, but the
+eager forward (``LlamaModel.forward``) spends more than that: each layer is a dozen calls into
+torch, MKL and the numba kernels, and each MKL GEMV and numba kernel is a fork and join of its
+own OpenMP pool (docs/perf.md, "Batch 1: one fused call per decode step"). Here the whole
+forward of such a step -- embedding, norms, the linear layers split by output columns across
+the threads, RoPE, the paged K/V writes, attention over the row's block table, SiLU, the
+residuals and the lm_head -- runs in ``kernels.cpu.fused_forward``, the kernel the fused draft
+uses, on the runner's own K/V cache.
+
+What takes it: a step of at most ``max_rows`` new tokens without a token tree (a decode step,
+a chain verify, a prefill chunk that small), on a float32 model on the CPU. Whether it is on:
+``mode`` ``"off"``, ``"on"``, or ``"auto"`` (the engine's default, or ``$XYSERVE_CPU_FUSED_DECODE``), which times one row through the fused call and
+through the model's linear layers alone (``F.linear``, no attention, norms or engine work) at
+start and keeps the fused call only if it is faster than those layers alone; the log line says
+which path runs and why.
+
+The weights are packed once (``spec.draft_forward.pack_model``: layers stacked, float32) and the
+model's own tensors are then re-pointed at the packed arrays, so the two paths share one copy.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+
+from xyserve.engine.scheduler import SchedulerOutput
+from xyserve.engine.step_inputs import StepLists, tree_mask
+from xyserve.kernels.ops import fused_forward as ff
+from xyserve.model.llama import LlamaModel
+from xyserve.plan.token_table import TokenTable
+from xyserve.spec.draft_forward import pack_model
+
+log = logging.getLogger("xyserve")
+
+MODES = ("auto", "on", "off")
+ENV = "XYSERVE_CPU_FUSED_DECODE"  # the mode where the engine's ``cpu_fused_decode`` is unset
+MAX_ROWS = 1  # the step sizes the start check times; larger steps keep the eager forward
+
+
+def resolve_mode(mode: str | None) -> str:
+    """The mode in force: ``mode``, or where it is None the environment's value, or ``auto``;
+    refused unless one of ``MODES``."""
+    if mode is None:
+        env = os.environ.get(ENV, "").strip().lower() or "auto"
+        if env not in MODES:
+            raise ValueError(f"{ENV}={env!r}: expected one of {', '.join(MODES)}")
+        return env
+    if mode not in MODES:
+        raise ValueError(f"cpu_fused_decode={mode!r}: expected one of {', '.join(MODES)}")
+    return mode
+
+
+def share_weights(model: LlamaModel, w: ff.PackedWeights) -> None:
+    """Point ``model``'s tensors at the packed arrays (same values, one copy in memory)."""
+
+    def t(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(a)
+
+    tied = model.lm_head is model.embed
+    model.embed, model.norm = t(w.embed), t(w.final_norm)
+    model.lm_head = model.embed if tied else t(w.lm_head)
+    for i, layer in enumerate(model.layers):
+        layer.input_norm, layer.post_norm = t(w.input_norm[i]), t(w.post_norm[i])
+        layer.qkv, layer.o = t(w.qkv[i]), t(w.o[i])
+        layer.gate_up, layer.down = t(w.gate_up[i]), t(w.down[i])
+        if layer.qkv_bias is not None:
+            layer.qkv_bias = t(w.qkv_bias[i])
+        if layer.o_bias is not None:
+            layer.o_bias = t(w.o_bias[i])
+        if layer.qk_norm is not None:
+            layer.qk_norm = (t(w.q_norm[i]), t(w.k_norm[i]))
+
+
+def _why_not(model: LlamaModel, kv_caches) -> str | None:
+    """Why the fused call cannot run ``model``'s steps (None: it can)."""
+    if not ff.available():
+        return "numba is not installed"
+    if model.device.type != "cpu" or model.dtype != torch.float32:
+        where = f"{model.device.type} in {str(model.dtype).removeprefix('torch.')}"
+        return f"the model runs on {where}; the fused call needs CPU float32"
+    if kv_caches is None:
+        return "padded steps (CUDA graphs' eager twin) keep the eager forward"
+    return None
+
+
+def _aligned(w: ff.PackedWeights) -> ff.PackedWeights:
+    """``w`` with its arrays in torch's allocations (64-byte aligned, as the model's own were;
+    numpy's large arrays start 16 bytes into a page), which the eager path's GEMMs then read."""
+    for f in fields(w):
+        a = getattr(w, f.name)
+        if isinstance(a, np.ndarray):
+            setattr(w, f.name, torch.from_numpy(a).clone().numpy())
+    return w
+
+
+def _ms(fn: Callable[[], object]) -> float:
+    """One call's wall time (ms)."""
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
+
+
+@dataclass
+class StartCheck:
+    """What the start check timed (best of its rounds, ms): the fused call at each thread count
+    tried, and the model's linear layers alone at one row."""
+
+    fused_ms: dict[int, float]
+    linear_ms: float
+
+    @property
+    def threads(self) -> int:
+        return min(self.fused_ms, key=self.fused_ms.get)
+
+    @property
+    def wins(self) -> bool:
+        return self.fused_ms[self.threads] < self.linear_ms
+
+
+def start_check(
+    model: LlamaModel, w: ff.PackedWeights, block_size: int, reps: int = 3
+) -> StartCheck:
+    """Time one row (a full block of context) through the fused call on a scratch cache, on one
+    thread and on torch's count, against the model's linear layers at one row through
+    ``F.linear``, rounds interleaved."""
+    k, v = ff.new_cache(w, 1, block_size)
+    p = block_size - 1
+    one = np.array([0], np.int64)
+    rows = ff.Rows(
+        ids=one, pos=np.array([p]), slots=np.array([p]), table_of=one, tables=one[None],
+        ctx_len=np.array([p + 1]), extra_off=np.zeros(2, np.int64),
+        extra_slots=np.zeros(0, np.int64), out_rows=one,
+    )  # fmt: skip
+    mats = [m for lay in model.layers for m in (lay.qkv, lay.o, lay.gate_up, lay.down)]
+    mats.append(model.lm_head)
+    xs = {m.shape[1]: torch.randn(1, m.shape[1]) for m in mats}
+
+    def linears() -> None:
+        for m in mats:
+            torch.nn.functional.linear(xs[m.shape[1]], m)
+
+    counts = sorted({1, torch.get_num_threads()})
+    fused = {n: float("inf") for n in counts}
+    linear = float("inf")
+    with torch.inference_mode():
+        for n in counts:  # compiles, or loads numba's cache
+            ff.forward(w, k, v, rows, parallel=True, threads=n)
+        linears()
+        for _ in range(reps):
+            for n in counts:
+                fused[n] = min(fused[n], _ms(lambda n=n: ff.forward(w, k, v, rows, True, n)))
+            linear = min(linear, _ms(linears))
+    return StartCheck(fused, linear)
+
+
+class FusedDecode:
+    """The packed model and the runner's cache as the fused call reads them; :meth:`run` takes
+    a step that :meth:`takes`."""
+
+    def __init__(
+        self,
+        model: LlamaModel,
+        kv_caches: tuple[torch.Tensor, torch.Tensor],
+        block_size: int,
+        threads: int,
+        max_rows: int = MAX_ROWS,
+    ) -> None:
+        self.weights = _aligned(pack_model(model, compact=False))
+        share_weights(model, self.weights)
+        self.k_cache, self.v_cache = (c.numpy() for c in kv_caches)  # [L, blocks, bs, Hkv, D]
+        self.block_size = block_size
+        self.threads = threads
+        self.max_rows = max_rows
+
+    @classmethod
+    def create(
+        cls,
+        mode: str | None,
+        model: LlamaModel,
+        kv_caches: tuple[torch.Tensor, torch.Tensor] | None,
+        block_size: int,
+    ) -> FusedDecode | None:
+        """The fast path for ``model`` under ``mode`` (see the module docstring), or None; logs
+        the choice. ``kv_caches``: the runner's caches as two [L, ...] tensors (None where the
+        runner does not keep them stacked, e.g. padded CUDA-graph steps)."""
+        mode = resolve_mode(mode)
+        if mode == "off" or (mode == "auto" and model.device.type != "cpu"):
+            return None  # a GPU engine: nothing to say
+        why = _why_not(model, kv_caches)
+        if why is not None:
+            if mode == "on":
+                raise ValueError(f"cpu_fused_decode='on': {why}")
+            log.info("CPU fused decode: off (%s)", why)
+            return None
+        fast = cls(model, kv_caches, block_size, torch.get_num_threads())
+        if mode == "on":
+            log.info("CPU fused decode: on (forced), %d thread(s)", fast.threads)
+            return fast
+        check = start_check(model, fast.weights, block_size)
+        fused = ", ".join(f"{ms:.2f} ms on {n}" for n, ms in sorted(check.fused_ms.items()))
+        if not check.wins:
+            log.info(
+                "CPU fused decode: off (one row fused took %s thread(s), not below the linear "
+                "layers alone, %.2f ms); steps run the eager forward",
+                fused,
+                check.linear_ms,
+            )
+            return None  # the model keeps its re-pointed tensors: same values, one copy
+        fast.threads = check.threads
+        log.info(
+            "CPU fused decode: on for steps of up to %d row(s), %d thread(s) (one row fused "
+            "took %s thread(s), the linear layers alone %.2f ms)",
+            fast.max_rows,
+            fast.threads,
+            fused,
+            check.linear_ms,
+        )
+        return fast
+
+    def takes(self, out: SchedulerOutput) -> bool:
+        """Whether the step is small enough, has no token tree, and stays inside the model's
+        RoPE tables (the kernel checks no index: a position past them is left to the eager
+        forward, which refuses it)."""
+        if out.num_tokens > self.max_rows:
+            return False
+        limit = self.weights.cos.shape[0]
+        return all(tree_mask(st) is None and st.kv_len <= limit for st in out.stages)
+
+    def run(
+        self, out: SchedulerOutput, table: TokenTable, block_tables: dict[str, list[int]]
+    ) -> tuple[torch.Tensor, dict[str, slice]]:
+        """The step's logits [R, V] (R: its sampled rows, in ``StepLists`` order) and each
+        request's rows in them. Each new token is a causal row: it sees its request's
+        positions up to its own."""
+        lists = StepLists.build(out, table)
+        bs = self.block_size
+        width = max(len(block_tables[st.request.request_id]) for st in out.stages)
+        tables = np.zeros((len(out.stages), max(1, width)), np.int64)
+        table_of: list[int] = []
+        for i, st in enumerate(out.stages):
+            blocks = block_tables[st.request.request_id]
+            tables[i, : len(blocks)] = blocks
+            table_of.extend([i] * st.num_tokens)
+        pos = np.asarray(lists.positions, np.int64)
+        owner = np.asarray(table_of, np.int64)
+        rows = ff.Rows(
+            ids=np.asarray(lists.ids, np.int64),
+            pos=pos,
+            slots=tables[owner, pos // bs] * bs + pos % bs,
+            table_of=owner,
+            tables=tables,
+            ctx_len=pos + 1,
+            extra_off=np.zeros(len(pos) + 1, np.int64),
+            extra_slots=np.zeros(0, np.int64),
+            out_rows=np.asarray(lists.logit_rows, np.int64),
+        )
+        logits, _ = ff.forward(
+            self.weights, self.k_cache, self.v_cache, rows, parallel=True, threads=self.threads
+        )
+        return torch.from_numpy(logits), lists.rows

@@ -1,0 +1,163 @@
+"""The CPU fused decode path (engine.runner_fused) against the eager forward and HF."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from xyserve import LLM, SamplingParams
+from xyserve.config import EngineConfig
+from xyserve.engine import runner_fused
+from xyserve.engine.kv_cache import KVCacheManager
+from xyserve.engine.request import Request
+from xyserve.engine.runner import ModelRunner
+from xyserve.engine.scheduler import ScheduledStage, SchedulerOutput
+from xyserve.model.loader import load_model
+
+from tiny_models import build_model
+
+BLOCK = 4  # small blocks: the decode rows cross block boundaries
+NUM_BLOCKS = 32
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen2_bias_tied", "qwen3_qk_norm"])
+def model_path(request, tmp_path_factory):
+    arch, kw = {
+        "llama": ("llama", {}),
+        "qwen2_bias_tied": ("qwen2", {"tie_word_embeddings": True}),
+        "qwen3_qk_norm": ("qwen3", {"head_dim": 24}),
+    }[request.param]
+    return build_model(tmp_path_factory.mktemp(request.param), arch, with_tokenizer=False, **kw)
+
+
+def _runner(path, mode: str) -> ModelRunner:
+    model = load_model(path, torch.device("cpu"), torch.float32)
+    return ModelRunner(model, NUM_BLOCKS, BLOCK, "meta", "torch", cpu_fused_decode=mode)
+
+
+def _steps(runner: ModelRunner, prompts: list[list[int]], decode: list[list[int]]):
+    """A prefill of every prompt (eager: more rows than the fast path takes), then decode
+    steps of one token per request; each step's logits, and the requests."""
+    kv = KVCacheManager(NUM_BLOCKS, BLOCK, enable_prefix_caching=False)
+    reqs = [Request(f"r{i}", list(p), max_tokens=64) for i, p in enumerate(prompts)]
+    out = []
+    plan = [[(r, len(p)) for r, p in zip(reqs, prompts)]]
+    plan += [[(r, 1) for r in reqs] for _ in decode]
+    for step, work in enumerate(plan):
+        stages = []
+        for i, (r, n) in enumerate(work):
+            if step > 0:
+                r.output_token_ids.append(decode[step - 1][i])
+            assert kv.allocate(r, n)
+            stages.append(ScheduledStage(r, n, 0, r.num_computed_tokens))
+        tables = {r.request_id: kv.block_table(r.request_id) for r in reqs}
+        res = runner.execute(SchedulerOutput(stages=stages), tables)
+        out.append(torch.cat([res.logits[res.rows[r.request_id]] for r in reqs]).clone())
+        for r, n in work:
+            r.num_computed_tokens += n
+    return out, reqs
+
+
+def _decode_tokens(vocab: int, steps: int, batch: int) -> list[list[int]]:
+    g = torch.Generator().manual_seed(3)
+    return torch.randint(0, vocab, (steps, batch), generator=g).tolist()
+
+
+def test_one_row_steps_equal_the_eager_forward_and_hf(model_path, monkeypatch):
+    """Seven decode rows after a 3-token prompt cross two block boundaries (block 4)."""
+    fused = _runner(model_path, "on")
+    eager = _runner(model_path, "off")
+    assert fused.fused is not None and eager.fused is None
+    calls = []
+    real = runner_fused.FusedDecode.run
+    monkeypatch.setattr(
+        runner_fused.FusedDecode, "run", lambda *a: calls.append(1) or real(*a), raising=True
+    )
+    vocab = fused.model.cfg.vocab_size
+    prompt = [[5, 17, 2]]
+    decode = _decode_tokens(vocab, 7, 1)
+    got, reqs = _steps(fused, prompt, decode)
+    want, _ = _steps(eager, prompt, decode)
+    assert len(calls) == len(decode)  # every decode step took the fast path
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+        assert g.argmax(-1).tolist() == w.argmax(-1).tolist()
+    import transformers
+
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(model_path), dtype=torch.float32)
+    with torch.no_grad():
+        ref = hf.eval()(torch.tensor([reqs[0].prompt_token_ids + reqs[0].output_token_ids]))
+    torch.testing.assert_close(got[-1][0], ref.logits[0, -1], rtol=1e-5, atol=1e-5)
+
+
+def test_several_requests_in_one_fused_step(model_path):
+    """The fast path's rows for a decode batch of three requests (with a max_rows that lets
+    it take them) equal the eager forward's: each request's row reads its own block table."""
+    fused = _runner(model_path, "on")
+    fused.fused.max_rows = 3
+    eager = _runner(model_path, "off")
+    prompts = [[1, 2, 3, 4, 5], [9], [7, 7, 7, 7, 7, 7, 7, 7, 7]]
+    decode = _decode_tokens(fused.model.cfg.vocab_size, 5, 3)
+    got, _ = _steps(fused, prompts, decode)
+    want, _ = _steps(eager, prompts, decode)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+
+
+def test_engine_greedy_tokens_equal_hf_and_the_eager_path(tiny_llama):
+    import transformers
+
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(tiny_llama), dtype=torch.float32)
+    prompts = [[3, 14, 15, 92, 65], [27, 18, 28, 18, 28, 45, 90, 45, 23]]
+    params = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True)
+    outs = {}
+    for mode in ("on", "off"):
+        llm = LLM(str(tiny_llama), block_size=BLOCK, max_num_seqs=1, cpu_fused_decode=mode)
+        assert (llm.llm_engine.runner.fused is not None) == (mode == "on")
+        res = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+        outs[mode] = [o.outputs[0].token_ids for o in res]
+    assert outs["on"] == outs["off"]
+    with torch.no_grad():
+        for p, toks in zip(prompts, outs["on"]):
+            ids = torch.tensor([p])
+            for t in toks:
+                assert int(hf(ids).logits[0, -1].argmax()) == t
+                ids = torch.cat([ids, torch.tensor([[t]])], dim=1)
+
+
+def test_auto_says_which_path_runs(tiny_llama, caplog):
+    with caplog.at_level(logging.INFO, logger="xyserve"):
+        runner = _runner(tiny_llama, "auto")
+    lines = [r.getMessage() for r in caplog.records if "CPU fused decode" in r.getMessage()]
+    assert len(lines) == 1
+    assert lines[0].startswith("CPU fused decode: on" if runner.fused else "CPU fused decode: off")
+
+
+def test_modes_are_checked_and_the_environment_sets_the_default(tiny_llama, monkeypatch):
+    with pytest.raises(ValueError, match="cpu_fused_decode"):
+        EngineConfig(cpu_fused_decode="yes")
+    monkeypatch.setenv(runner_fused.ENV, "off")
+    assert _runner(tiny_llama, None).fused is None
+    assert _runner(tiny_llama, "on").fused is not None  # an explicit mode wins
+    monkeypatch.setenv(runner_fused.ENV, "fast")
+    with pytest.raises(ValueError, match=runner_fused.ENV):
+        _runner(tiny_llama, None)
+
+
+def test_a_model_the_kernel_cannot_run_is_refused_under_on_and_skipped_under_auto(tiny_llama):
+    model = load_model(tiny_llama, torch.device("cpu"), torch.bfloat16)
+    with pytest.raises(ValueError, match="needs CPU float32"):
+        ModelRunner(model, NUM_BLOCKS, BLOCK, "reference", "torch", cpu_fused_decode="on")
+    runner = ModelRunner(model, NUM_BLOCKS, BLOCK, "reference", "torch", cpu_fused_decode="auto")
+    assert runner.fused is None
+
+
+def test_a_position_past_the_rope_tables_is_left_to_the_eager_forward(tiny_llama):
+    runner = _runner(tiny_llama, "on")
+    limit = runner.fused.weights.cos.shape[0]
+    r = Request("r", [1] * limit, max_tokens=4)
+    inside = SchedulerOutput(stages=[ScheduledStage(r, 1, 0, limit - 1)])
+    past = SchedulerOutput(stages=[ScheduledStage(r, 1, 0, limit)])
+    assert runner.fused.takes(inside) and not runner.fused.takes(past)
