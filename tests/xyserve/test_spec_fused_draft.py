@@ -246,3 +246,24 @@ def test_greedy_trees_in_one_call_equal_the_pass_by_pass_loop(shape):
         got.append(_three_rounds(prop, lambda i: 1 + i, lambda i, toks: toks[i % 2 : i % 2 + 1]))
     assert got[0] == got[1]
     assert any(len(p) > len(set(tree.depths(p))) for _, ps in got[0] for p in ps if p)
+
+
+def test_compiled_entry_points_take_no_function_arguments():
+    """A compiled function passed as an argument is a numba type of its own in every process,
+    so numba's on-disk cache of the callee would never hit (every start recompiled the fused
+    forward, 5-10 s). The entry points must be typed by arrays and scalars only."""
+    from numba.core import types
+
+    from xyserve.kernels.cpu import fused_forward as ff
+    from xyserve.kernels.cpu import fused_tree
+    from xyserve.spec import tree
+
+    prop = _proposer(tree_shape=tree.TreeShape((2, 2), beam=1, nodes=3))  # warms every one up
+    b = prop.fused.builder()
+    b.causal(b.add_table([0]), [0], 0)
+    ff.forward(prop.fused.weights, prop.fused.k_cache, prop.fused.v_cache, b.rows(), True, 1)
+    for fn in (ff._serial, ff._parallel, ff._greedy_chains_c, fused_tree._greedy_tree_c):
+        assert fn.signatures, fn
+        for sig in fn.signatures:
+            flat = [t for a in sig for t in (a.types if isinstance(a, types.BaseTuple) else [a])]
+            assert not any(isinstance(t, types.Dispatcher) for t in flat), (fn, sig)

@@ -348,6 +348,11 @@ def _silu_row(gu, r, act):  # pragma: no cover - compiled
         act[r, j] = g / (np.float32(1.0) + np.exp(-g)) * gu[r, inter + j]
 
 
+# The linear layer a pass calls: each compilation of ``_forward`` binds its own (serial or
+# parallel) as this global; the plain Python function (numba off) calls the Python one.
+_LINEAR = _linear
+
+
 def _forward(
     rows,
     weights,
@@ -357,8 +362,6 @@ def _forward(
     eps,
     logits,
     argmax,
-    linear,
-    rms_rows,
 ):  # pragma: no cover - compiled
     """The pass (see the module docstring); ``rows``, ``weights``: the arrays of
     :func:`_row_tuple` and :func:`_weight_tuple`. Parallel regions (in the ``parallel``
@@ -415,8 +418,8 @@ def _forward(
         h[r] = embed[ids[r]]
     for layer in range(num_layers):
         kc, vc = k_cache[layer], v_cache[layer]
-        rms_rows(h, input_norm[layer], eps, x)
-        linear(x, qkv[layer], qkv_bias[layer], qkv_out, False)
+        _rms_rows_c(h, input_norm[layer], eps, x)
+        _LINEAR(x, qkv[layer], qkv_bias[layer], qkv_out, False)
         qn, kn = q_norm[layer], k_norm[layer]
         if num_rows > 1:
             for r in prange(num_rows):
@@ -429,22 +432,22 @@ def _forward(
                 q[r, hh * d : (hh + 1) * d], key_slots[r], nks[r], kc, vc, hh // group, scale,
                 attn[r, hh * d : (hh + 1) * d],
             )  # fmt: skip
-        linear(attn, o[layer], o_bias[layer], h, True)
-        rms_rows(h, post_norm[layer], eps, x)
-        linear(x, gate_up[layer], qkv_bias[layer, :0], gu, False)
+        _LINEAR(attn, o[layer], o_bias[layer], h, True)
+        _rms_rows_c(h, post_norm[layer], eps, x)
+        _LINEAR(x, gate_up[layer], qkv_bias[layer, :0], gu, False)
         if num_rows > 1:
             for r in prange(num_rows):
                 _silu_row_c(gu, r, act)
         else:
             _silu_row_c(gu, 0, act)
-        linear(act, down[layer], qkv_bias[layer, :0], h, True)
+        _LINEAR(act, down[layer], qkv_bias[layer, :0], h, True)
     sel = out_rows.shape[0]
     hs = np.empty((sel, hidden), np.float32)
     for i in range(sel):
         hs[i] = h[out_rows[i]]
     xs = np.empty((sel, hidden), np.float32)
-    rms_rows(hs, final_norm, eps, xs)
-    linear(xs, lm_head, final_norm[:0], logits, False)
+    _rms_rows_c(hs, final_norm, eps, xs)
+    _LINEAR(xs, lm_head, final_norm[:0], logits, False)
     for i in range(sel):
         best, idx = logits[i, 0], 0
         for v in range(1, logits.shape[1]):
@@ -462,8 +465,6 @@ def _greedy_chains(
     num_heads,
     eps,
     tokens,
-    linear,
-    rms_rows,
 ):  # pragma: no cover - compiled
     """``steps[i]`` greedy tokens after output row ``i``'s request: the first from the rows'
     pass, each next one from a one-row pass of the token before (at the next position, slot
@@ -474,7 +475,7 @@ def _greedy_chains(
     vocab = weights[0].shape[0]
     logits = np.empty((sel, vocab), np.float32)
     argmax = np.empty(sel, np.int64)
-    _serial_c(rows, weights, k_cache, v_cache, num_heads, eps, logits, argmax, linear, rms_rows)
+    _serial_c(rows, weights, k_cache, v_cache, num_heads, eps, logits, argmax)
     last = np.empty(sel, np.int64)
     for i in range(sel):
         tokens[i, 0] = argmax[i]
@@ -500,18 +501,7 @@ def _greedy_chains(
         r_argmax = np.empty(n, np.int64)
         one = (r_ids, r_pos, r_slots, r_table, tables, r_pos + 1, np.zeros(n + 1, np.int64))
         one_rows = (*one, extra_slots[:0], np.arange(n))
-        _serial_c(
-            one_rows,
-            weights,
-            k_cache,
-            v_cache,
-            num_heads,
-            eps,
-            r_logits,
-            r_argmax,
-            linear,
-            rms_rows,
-        )
+        _serial_c(one_rows, weights, k_cache, v_cache, num_heads, eps, r_logits, r_argmax)
         for j in range(n):
             tokens[live[j], lv] = r_argmax[j]
             last[live[j]] = r_argmax[j]
@@ -540,13 +530,23 @@ if njit is not None:
     # that would fail the whole proposal
     _opts = {"fastmath": True, "cache": True, "nogil": True, "error_model": "numpy"}
 
-    def _parallel_copy(fn):
-        """``fn`` under another qualified name, for its ``parallel=True`` compilation. numba
-        files a cached compilation under the function's name and keys it on the argument
-        types, not on ``parallel``: compiled from one function, the serial and parallel
-        dispatchers would load each other's code from the cache in a later process."""
-        copy = FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_par", fn.__defaults__)
+    def _parallel_copy(fn, **callees):
+        """``fn`` under another qualified name, for its ``parallel=True`` compilation, with
+        ``callees`` bound as its globals. numba files a cached compilation under the
+        function's name and keys it on the argument types, not on ``parallel``: compiled from
+        one function, the serial and parallel dispatchers would load each other's code from
+        the cache in a later process. (The compilations differ in the linear layer they call:
+        a global of each, not an argument, since a compiled function passed as an argument
+        is a type of its own in every process, and numba's cache would never hit.)"""
+        scope = {**fn.__globals__, **callees}
+        copy = FunctionType(fn.__code__, scope, fn.__name__ + "_par", fn.__defaults__)
         copy.__qualname__ = fn.__qualname__ + "_par"
+        return copy
+
+    def _serial_copy(fn, **callees):
+        """``fn`` with ``callees`` bound as its globals (see :func:`_parallel_copy`)."""
+        copy = FunctionType(fn.__code__, {**fn.__globals__, **callees}, fn.__name__)
+        copy.__qualname__ = fn.__qualname__
         return copy
 
     # The helpers compile once each (a serial prange is a range); the two entry points differ
@@ -560,8 +560,8 @@ if njit is not None:
     _silu_row_c = njit(**_opts)(_silu_row)
     _linear_c = njit(**_opts)(_linear)
     _linear_c_par = njit(parallel=True, **_opts)(_parallel_copy(_linear))
-    _serial = _serial_c = njit(**_opts)(_forward)
-    _parallel = njit(parallel=True, **_opts)(_parallel_copy(_forward))
+    _serial = _serial_c = njit(**_opts)(_serial_copy(_forward, _LINEAR=_linear_c))
+    _parallel = njit(parallel=True, **_opts)(_parallel_copy(_forward, _LINEAR=_linear_c_par))
     _greedy_chains_c = njit(**_opts)(_greedy_chains)
 
 
@@ -614,22 +614,8 @@ def forward(
     argmax = np.empty(sel, np.int64)
     if parallel:
         use_cpu_threads(threads)
-        # RMSNorm on the calling thread: a few thousand elements a row
-        fn, linear, rms = _parallel, _linear_c_par, _rms_rows_c
-    else:
-        fn, linear, rms = _serial, _linear_c, _rms_rows_c
-    fn(
-        _row_tuple(rows),
-        _weight_tuple(w),
-        k_cache,
-        v_cache,
-        w.num_heads,
-        w.eps,
-        logits,
-        argmax,
-        linear,
-        rms,
-    )
+    fn = _parallel if parallel else _serial
+    fn(_row_tuple(rows), _weight_tuple(w), k_cache, v_cache, w.num_heads, w.eps, logits, argmax)
     return logits, argmax
 
 
@@ -645,6 +631,6 @@ def greedy_chains(
     tokens = np.zeros((sel, int(steps.max(initial=1))), np.int64)
     _greedy_chains_c(
         _row_tuple(rows), steps, _weight_tuple(w), k_cache, v_cache, w.num_heads, w.eps,
-        tokens, _linear_c, _rms_rows_c,
+        tokens,
     )  # fmt: skip
     return tokens

@@ -138,8 +138,6 @@ def _greedy_tree(
     v_cache,
     num_heads,
     eps,
-    linear,
-    rms_rows,
     tokens,
     parents,
     depth,
@@ -155,7 +153,7 @@ def _greedy_tree(
     cap = tokens.shape[1]
     logits = np.empty((sel, vocab), np.float32)
     argmax = np.empty(sel, np.int64)
-    ff._serial_c(rows, weights, k_cache, v_cache, num_heads, eps, logits, argmax, linear, rms_rows)
+    ff._serial_c(rows, weights, k_cache, v_cache, num_heads, eps, logits, argmax)
     base = np.empty(sel, np.int64)
     tab = np.empty(sel, np.int64)
     run_slot = np.full((sel, cap), -1, np.int64)
@@ -211,8 +209,7 @@ def _greedy_tree(
         r_argmax = np.empty(total, np.int64)
         node_rows = (r_ids, r_pos, r_slots, r_table, tables, r_ctx, r_off, r_extra,
                      np.arange(total))  # fmt: skip
-        ff._serial_c(node_rows, weights, k_cache, v_cache, num_heads, eps, r_logits, r_argmax,
-                     linear, rms_rows)  # fmt: skip
+        ff._serial_c(node_rows, weights, k_cache, v_cache, num_heads, eps, r_logits, r_argmax)
         j = 0
         for i in range(sel):
             for f in range(num_front[i]):
@@ -275,7 +272,7 @@ def greedy_tree(
     count = np.zeros(sel, np.int64)
     _greedy_tree_c(
         ff._row_tuple(rows), levels, np.asarray(branching, np.int64), beam or 0, dynamic,
-        ff._weight_tuple(w), k_cache, v_cache, w.num_heads, w.eps, ff._linear_c, ff._rms_rows_c,
-        tokens, parents, depth, score, count,
+        ff._weight_tuple(w), k_cache, v_cache, w.num_heads, w.eps, tokens, parents, depth, score,
+        count,
     )  # fmt: skip
     return tokens, parents, depth, score, count
