@@ -50,6 +50,23 @@ class Server:
             f"holding={list(eng.kv.req_blocks)} groups={list(eng.groups)}"
         )
 
+    @contextmanager
+    def slow_steps(self, seconds: float = 0.005) -> Iterator[None]:
+        """Every engine step takes ``seconds`` longer, so a test that must catch a request
+        still running (a timeout, a disconnect) does not depend on how fast the model runs."""
+        eng = self.engine
+        step = eng.step
+
+        def slow():  # noqa: ANN202 - what LLMEngine.step returns
+            time.sleep(seconds)
+            return step()
+
+        eng.step = slow
+        try:
+            yield
+        finally:
+            del eng.step  # the class's method again
+
     def assert_clean(self) -> None:
         """Nothing left behind: no request, sequence or K/V block."""
         self.wait_idle()

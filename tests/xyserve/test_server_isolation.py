@@ -329,7 +329,7 @@ def test_no_orphans_after_timeout(tiny_llama: Path) -> None:
     config = EngineConfig(
         model=str(tiny_llama), device="cpu", max_model_len=512, request_timeout_s=0.3
     )
-    with run_server(config) as srv:
+    with run_server(config) as srv, srv.slow_steps():
         payload = {"prompt": "Hello", "max_tokens": 480, "ignore_eos": True}
         r = post(srv, "/v1/completions", payload)
         assert r.status_code == 504 and r.json()["error"]["code"] == "request_timeout"
