@@ -171,6 +171,26 @@ def test_route_us_is_arch_transfer_us(arch):
     assert (ph.noc_bytes, ph.noc_byte_hops) == (0.0, 0.0)  # nothing counted
 
 
+def test_bind_serves_plain_functions_too():
+    """Under NUMBA_DISABLE_JIT=1 (numba's debugging switch) the compiled transfer is a plain
+    function: a fabric with contention must still build, its send bound the plain way."""
+    from octopus.sim.links import bind, contended_transfer, link_tables, route_us
+
+    a = load_arch("chip")
+    plain, fast = link_tables(a)[:2], link_tables(a)[:2]
+    send_plain = bind(contended_transfer.py_func, *plain)
+    send_fast = bind(contended_transfer, *fast)
+    rng = random.Random(5)
+    t = 0.0
+    for _ in range(200):
+        q, p = rng.sample(range(a.n_peas), 2)
+        b = rng.choice([64.0, rng.uniform(0, 1e5)])
+        assert send_plain(q, p, b, t) == send_fast(q, p, b, t)
+        assert bind(route_us.py_func, *plain)(q, p, b) == a.transfer_us(q, p, b)
+        t += rng.expovariate(2.0)
+    assert (plain[0] == fast[0]).all()
+
+
 def test_point_to_point_reader_counts_match_their_definition():
     cw, a = prepare("driving_perception", "chip")
     sim = run_one(cw, a, "octopus", 0, 12)

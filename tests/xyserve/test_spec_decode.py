@@ -39,6 +39,12 @@ NGRAM = {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 3}
         ({"method": "tree", "num_speculative_tokens": 2, "tree_nodes": 0}, "tree_nodes"),
         ({"method": "tree", "num_speculative_tokens": 2, "tree_beam": 2}, "dynamic trees"),
         ({"method": "tree", "num_speculative_tokens": 2, "tree_nodes": 3, "tree_beam": 0}, "beam"),
+        # width 2, depth 2, beam 1: the root's 2 children, then 2 children of the best one
+        ({"method": "tree", "num_speculative_tokens": 2, "tree_nodes": 5}, "grows at most 4 nodes"),
+        (
+            {"method": "tree", "num_speculative_tokens": 2, "tree_nodes": 7, "tree_beam": 2},
+            "grows at most 6 nodes",
+        ),
         ('{"method": ', "not valid JSON"),
         ("[1, 2]", "JSON object"),
     ],
@@ -46,6 +52,16 @@ NGRAM = {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 3}
 def test_bad_speculative_config_is_refused_by_name(bad, words):
     with pytest.raises(ValueError, match=words):
         EngineConfig(speculative_config=bad)
+
+
+def test_dynamic_tree_nodes_up_to_what_the_tree_grows_are_accepted():
+    from xyserve.spec.tree import max_candidates
+
+    for beam, most in ((1, 4), (2, 6)):
+        spec = {"method": "tree", "num_speculative_tokens": 2, "tree_beam": beam}
+        cfg = SpeculativeConfig.parse({**spec, "tree_nodes": most})
+        shape = cfg.tree_shape
+        assert max_candidates(shape.branching, shape.beam, len(shape.branching)) == most
 
 
 def test_speculative_config_accepts_vllm_keys_as_dict_or_json():

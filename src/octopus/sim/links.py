@@ -118,6 +118,10 @@ def contended_transfer(fa, geo, q, p, b, t):  # pragma: no cover (compiled)
 
 def bind(fn, fa: np.ndarray, geo: np.ndarray):
     """`fn(fa, geo, ...)` with the fabric's arrays bound, calling the compiled code of fn's
-    one signature directly: the dispatcher would match the argument types on every call (a
-    third of a call's cost), and the arguments here always have that signature."""
-    return partial(fn.overloads[fn.signatures[0]].entry_point, fa, geo)
+    one signature directly: the dispatcher would match the argument types on every call,
+    and the arguments here always have that signature. A plain function (numba's
+    NUMBA_DISABLE_JIT=1 leaves `fn` one) is bound as it is."""
+    overloads = getattr(fn, "overloads", None)
+    if not overloads:
+        return partial(fn, fa, geo)
+    return partial(overloads[fn.signatures[0]].entry_point, fa, geo)

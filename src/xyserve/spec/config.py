@@ -90,6 +90,16 @@ class SpeculativeConfig:
                     f"speculative_config: tree_nodes must be at most {MAX_TREE_NODES}, "
                     f"got {self.tree_nodes}"
                 )
+            # the tree proposes its tree_nodes likeliest candidates: refuse a count that its
+            # width, depth and beam can never grow (it would be accepted and not honoured)
+            grow = tree.max_candidates((self.tree_width,) * self.depth, self.tree_beam, self.depth)
+            if self.tree_nodes > grow and self.tree_branching is None:  # (both: refused below)
+                raise ValueError(
+                    f"speculative_config: tree_nodes is {self.tree_nodes}, but a dynamic tree "
+                    f"of tree_width {self.tree_width}, depth {self.depth} and tree_beam "
+                    f"{self.tree_beam} grows at most {grow} nodes; lower tree_nodes or raise "
+                    "one of those"
+                )
         if self.tree_branching is not None:
             b = self.tree_branching
             if not isinstance(b, list) or not b:

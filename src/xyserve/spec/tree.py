@@ -41,6 +41,17 @@ class TreeShape:
     nodes: int | None = None
 
 
+def max_candidates(branching: tuple[int, ...], beam: int | None, levels: int) -> int:
+    """The most candidates a tree of ``levels`` levels can have (every node of a level,
+    or its ``beam`` best, expanded by the next level's branching)."""
+    total, front = 0, 1
+    for b in branching[:levels]:
+        width = front * b
+        total += width
+        front = width if beam is None else min(width, beam)
+    return total
+
+
 def chain(n: int) -> Parents:
     return tuple(range(-1, n - 1))
 

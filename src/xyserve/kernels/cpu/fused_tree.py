@@ -27,6 +27,7 @@ from xyserve.kernels.cpu import exp
 from xyserve.kernels.cpu import fused_forward as ff
 from xyserve.kernels.cpu.cache import depends_on
 from xyserve.kernels.cpu.exp import exp_parts
+from xyserve.spec.tree import max_candidates
 
 try:
     from numba import njit
@@ -227,16 +228,6 @@ if njit is not None:
     _expand_c = njit(**_opts)(_expand)
     _frontier_c = njit(**_opts)(_frontier)
     _greedy_tree_c = depends_on(ff, exp)(njit(**_opts)(_greedy_tree))
-
-
-def max_candidates(branching: tuple[int, ...], beam: int | None, levels: int) -> int:
-    """The most candidates a tree of ``levels`` levels can have."""
-    total, front = 0, 1
-    for b in branching[:levels]:
-        width = front * b
-        total += width
-        front = width if beam is None else min(width, beam)
-    return total
 
 
 def max_runs(branching: tuple[int, ...], beam: int | None, levels: int) -> int:
