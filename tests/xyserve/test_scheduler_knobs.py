@@ -208,7 +208,7 @@ def test_step_cost_model_recovers_a_linear_cost():
     assert same.fit() is None  # one step size: no slope to fit
 
 
-def test_min_step_cost_ignores_stalled_steps():
+def test_median_step_cost_ignores_stalled_steps():
     """A few stalled steps do not move the line through each size's median, while they drag
     a least-squares fit over raw times far off."""
     from xyserve.engine.step_cost import MedianStepCost, StepCostModel

@@ -8,9 +8,10 @@ table's cost order and split where the key extent drops below ``group_ratio`` of
 longest, so padding stays small. Each pack is cut into KV chunks of at most ``kv_chunk`` keys
 and ``kv_chunk_bytes`` of gathered K/V per call; a chunk's additive mask (causal with any prefix
 offset, decode, verify, tree) is derived from positions here, and is None where every real row
-sees every key of the chunk. Single-row causal tiles and the rows of chain verifies may go
-instead to the numba decode kernel, one causal row each, whose plan (``DecodePlan``) deals them
-to the threads in cost order, as the task table deals its units.
+sees every key of the chunk. Single-row causal tiles and the rows of verifies (chain or tree)
+may go instead to the numba decode kernel, one row each (a tree node with its ancestors as
+extra keys), whose plan (``DecodePlan``) deals them to the threads in cost order, as the task
+table deals its units.
 """
 
 from __future__ import annotations
@@ -241,7 +242,8 @@ def build_plan(
 
     With ``decode_kernel`` (the caller's word that the numba decode kernel runs for this dtype),
     single-row causal tiles -- decodes, and the last row of a chunk -- and the rows of chain
-    verifies go to its ``DecodePlan`` instead of packs.
+    verifies (chain or tree: a node's ancestors as extra keys) go to its ``DecodePlan`` instead
+    of packs.
     """
     table = meta.table
     device = meta.slot_mapping.device

@@ -9,8 +9,9 @@ Adaptive length: each request keeps an estimate ``a`` of the chance that one pro
 (moving average of its own verifies). Proposal ``j`` of a request (0-based) is then accepted with
 about ``a ** (j + 1)``. A step's cost is modelled in target-token equivalents: ``F + T`` for
 ``T`` tokens, where ``F`` (the fixed cost of a step: weights streamed once, Python overhead) is
-fitted online through the median recent step time of each size (rare stalls from other load ignored), plus ``D`` per proposer pass (one draft level for
-the whole batch; measured proposer seconds per pass over the fitted seconds per token).
+fitted online through the median recent step time of each size (rare stalls from other load
+do not count), plus ``D`` per proposer pass (one draft level for the whole batch; measured
+proposer seconds per pass over the fitted seconds per token).
 Levels are added one at a time, each request's proposal at that level in order of acceptance
 chance, while the step's expected tokens per cost improve: at batch 1 ``F`` dominates and long
 chains can pay; in a large batch only proposals likely to be accepted survive, down to none.

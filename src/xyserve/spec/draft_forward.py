@@ -169,8 +169,7 @@ class FusedDraft:
         b.causal(b.add_table([0]), [0], 0)
         self.run(b)
         self.greedy_chains(b, np.ones(1, dtype=np.int64))
-        for dynamic in (None, 1):  # both compilations of the tree kernel (static, dynamic)
-            self.greedy_tree(b, np.ones(1, dtype=np.int64), TreeShape((1,), nodes=dynamic))
+        self.greedy_tree(b, np.ones(1, dtype=np.int64), TreeShape((1,)))
 
     def builder(self) -> PassBuilder:
         return PassBuilder(self.block_size)

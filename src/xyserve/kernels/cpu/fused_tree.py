@@ -37,7 +37,8 @@ except ImportError:  # pragma: no cover - exercised only where numba is absent
 
 def top_b(values, b, out):  # pragma: no cover - compiled
     """``out[:b]``: indices of the ``b`` largest values, largest first, ties by lower index
-    (NaN never chosen; where fewer than ``b`` numbers exist, the rest of ``out`` is -1). One
+    (NaN never chosen; where fewer than ``b`` numbers exist, as in a broken draft's NaN
+    row, the rest are the lowest unchosen ids: valid tokens, which the target rejects). One
     pass keeping the best ``b`` so far sorted: a value enters only if strictly larger than
     the ``b``-th, so an equal later index never displaces an earlier one."""
     best = np.full(b, -np.inf, np.float32)
@@ -56,6 +57,13 @@ def top_b(values, b, out):  # pragma: no cover - compiled
             j -= 1
         best[j] = x
         out[j] = v
+    cand = 0
+    for j in range(b):
+        if out[j] >= 0:
+            continue
+        while cand in out[:b]:
+            cand += 1
+        out[j] = cand
 
 
 def log_softmax_at(values, idx, b, out):  # pragma: no cover - compiled
