@@ -106,6 +106,51 @@ def test_several_requests_in_one_fused_step(model_path):
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
 
 
+def _counted(fn, calls: list[int]):
+    def run(*args):
+        calls.append(1)
+        return fn(*args)
+
+    return run
+
+
+@pytest.mark.parametrize("parents", [None, (-1, -1, 0, 1, 2)])  # a chain of 4; a tree of 5
+def test_verify_steps_equal_the_eager_forward(model_path, parents):
+    """A verify stage (the last sampled token and the proposals) across a block boundary,
+    beside a decode row of another request: a chain's rows are causal; a tree's nodes see the
+    history, the real token and their ancestors, at their depth's position."""
+    logits = {}
+    for mode in ("on", "off"):
+        runner = _runner(model_path, mode)
+        calls: list[int] = []
+        if runner.fused is not None:
+            runner.fused.max_rows = 8
+            runner.fused.run = _counted(runner.fused.run, calls)
+        kv = KVCacheManager(NUM_BLOCKS, BLOCK, enable_prefix_caching=False)
+        a = Request("a", [5, 17, 2, 9, 11, 4], max_tokens=64)  # 6 tokens: verify from 6
+        b = Request("b", [3, 8], max_tokens=64)
+        for r in (a, b):
+            assert kv.allocate(r, r.num_tokens)
+        tables = {r.request_id: kv.block_table(r.request_id) for r in (a, b)}
+        pre = [ScheduledStage(r, r.num_tokens, 0, 0) for r in (a, b)]
+        runner.execute(SchedulerOutput(stages=pre), tables)
+        a.num_computed_tokens, b.num_computed_tokens = 6, 2
+        a.output_token_ids.append(21)
+        b.output_token_ids.append(30)
+        a.spec_token_ids = [40, 41, 42, 43] if parents is None else [40, 41, 42, 43, 44]
+        a.spec_tree_parents = parents
+        n = 1 + len(a.spec_token_ids)
+        assert kv.allocate(a, n) and kv.allocate(b, 1)
+        tables = {r.request_id: kv.block_table(r.request_id) for r in (a, b)}
+        step = [ScheduledStage(a, n, n - 1, 6), ScheduledStage(b, 1, 0, 2)]
+        calls.clear()  # (the prefill's 8 rows may have taken it too)
+        res = runner.execute(SchedulerOutput(stages=step), tables)
+        assert len(calls) == (mode == "on")  # the verify step took the fused call
+        assert res.rows["a"].stop - res.rows["a"].start == n
+        logits[mode] = res.logits.clone()
+    torch.testing.assert_close(logits["on"], logits["off"], rtol=1e-5, atol=1e-5)
+
+
 def test_engine_greedy_tokens_equal_hf_and_the_eager_path(tiny_llama):
     import transformers
 
@@ -131,8 +176,11 @@ def test_auto_says_which_path_runs(tiny_llama, caplog):
     with caplog.at_level(logging.INFO, logger="xyserve"):
         runner = _runner(tiny_llama, "auto")
     lines = [r.getMessage() for r in caplog.records if "CPU fused decode" in r.getMessage()]
-    assert len(lines) == 1
     assert lines[0].startswith("CPU fused decode: on" if runner.fused else "CPU fused decode: off")
+    if runner.fused is None:
+        assert len(lines) == 1
+    else:  # then the step sizes it takes, timed both ways
+        assert len(lines) == 2 and f"steps of up to {runner.fused.max_rows} row" in lines[1]
 
 
 def test_modes_are_checked_and_the_environment_sets_the_default(tiny_llama, monkeypatch):

@@ -8,8 +8,9 @@ from typing import Any
 
 import torch
 
-from xyserve.engine.runner_fused import FusedDecode
-from xyserve.engine.scheduler import SchedulerOutput
+from xyserve.engine.request import Request
+from xyserve.engine.runner_fused import MAX_ROWS, ROW_CHECKS, FusedDecode
+from xyserve.engine.scheduler import ScheduledStage, SchedulerOutput
 from xyserve.engine.step_graphs import GraphOptions, StepGraphs
 from xyserve.engine.step_inputs import StepInputs, StepLists, tree_mask
 from xyserve.kernels import ops
@@ -100,6 +101,7 @@ class ModelRunner:
         self.gemm = get_gemm_backend(gemm_backend, **(gemm_kwargs or {}))
         if hasattr(self.gemm, "warmup"):
             self.gemm.warmup(model.device, model.dtype)
+        self._num_blocks = num_blocks
         # Float32 precision on CUDA: the Triton backends (meta, smooth) take the flag. Torch's
         # own ops (the sdpa/torch backends, embeddings) follow torch's process-wide
         # ``torch.backends.cuda.matmul.allow_tf32``, which an engine must not change under other
@@ -120,6 +122,45 @@ class ModelRunner:
             )
             if graphs.capture:
                 self._capture()
+        if self.fused is not None and self.fused.calibrate:
+            self._fused_step_sizes()
+
+    def _fused_step_sizes(self, reps: int = 3) -> None:
+        """The largest step size (of ``runner_fused.ROW_CHECKS``) up to which the fused call
+        runs a step faster than the eager forward, timed here on scratch steps, best of
+        ``reps`` interleaved: one request of that many new tokens after a block of context
+        (a verify's shape), in the cache's first blocks, which no request owns yet (their K/V
+        is written before any request reads it). Logged."""
+        fused, bs = self.fused, self.block_size
+        times = {}
+        for n in ROW_CHECKS:
+            blocks = -(-(bs + n) // bs)
+            if blocks > self._num_blocks:
+                break
+            r = Request("fused-size-check", [0] * (bs + n), max_tokens=1)
+            out = SchedulerOutput(stages=[ScheduledStage(r, n, 0, bs)])
+            tables = {r.request_id: list(range(blocks))}
+            best = {}
+            for _ in range(reps + 1):  # the first round warms both paths up
+                for rows in (n, 0):
+                    fused.max_rows = rows
+                    t0 = time.perf_counter()
+                    self.execute(out, tables)
+                    best[rows] = min(best.get(rows, float("inf")), time.perf_counter() - t0)
+            times[n] = (best[n] * 1e3, best[0] * 1e3)
+            if best[n] >= best[0]:
+                break
+        fused.max_rows = MAX_ROWS
+        for n, (f, e) in times.items():
+            if f < e:
+                fused.max_rows = n
+        self._last = None
+        sizes = ", ".join(f"{n}: {f:.2f} vs {e:.2f}" for n, (f, e) in times.items())
+        log.info(
+            "CPU fused decode: steps of up to %d row(s) (rows: fused vs eager ms: %s)",
+            fused.max_rows,
+            sizes,
+        )
 
     def _capture(self) -> None:
         """Capture the step graphs, said in a log line. A capture that fails (a kernel or an op

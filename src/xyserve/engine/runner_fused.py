@@ -9,12 +9,17 @@ the threads, RoPE, the paged K/V writes, attention over the row's block table, S
 residuals and the lm_head -- runs in ``kernels.cpu.fused_forward``, the kernel the fused draft
 uses, on the runner's own K/V cache.
 
-What takes it: a step of at most ``max_rows`` new tokens without a token tree (a decode step,
-a chain verify, a prefill chunk that small), on a float32 model on the CPU. Whether it is on:
-``mode`` ``"off"``, ``"on"``, or ``"auto"`` (the engine's default, or ``$XYSERVE_CPU_FUSED_DECODE``), which times one row through the fused call and
+What takes it: a step of at most ``max_rows`` new tokens (decodes, chain or tree verifies, a
+prefill chunk that small), on a float32 model on the CPU. A causal row sees its request's
+positions up to its own; a tree node sees the history and the stage's real tokens as a prefix
+of its block table and its ancestors' slots (its own included) as extra keys, at its depth's
+RoPE position. Whether it is on: ``mode`` ``"off"``, ``"on"``, or ``"auto"`` (the engine's
+default, or ``$XYSERVE_CPU_FUSED_DECODE``), which times one row through the fused call and
 through the model's linear layers alone (``F.linear``, no attention, norms or engine work) at
-start and keeps the fused call only if it is faster than those layers alone; the log line says
-which path runs and why.
+start and keeps the fused call only if it is faster than those layers alone; the runner then
+times steps of each size of ``ROW_CHECKS`` both ways (``ModelRunner``) and lets the fused call
+take steps up to the largest size at which it still wins. The log lines say which path runs
+and why.
 
 The weights are packed once (``spec.draft_forward.pack_model``: layers stacked, float32) and the
 model's own tensors are then re-pointed at the packed arrays, so the two paths share one copy.
@@ -42,7 +47,8 @@ log = logging.getLogger("xyserve")
 
 MODES = ("auto", "on", "off")
 ENV = "XYSERVE_CPU_FUSED_DECODE"  # the mode where the engine's ``cpu_fused_decode`` is unset
-MAX_ROWS = 1  # the step sizes the start check times; larger steps keep the eager forward
+ROW_CHECKS = (2, 4, 8)  # step sizes the runner times both ways at start (auto)
+MAX_ROWS = 1  # the steps that take the fused call before (or without: "on") that check
 
 
 def resolve_mode(mode: str | None) -> str:
@@ -179,6 +185,7 @@ class FusedDecode:
         self.block_size = block_size
         self.threads = threads
         self.max_rows = max_rows
+        self.calibrate = False  # auto: the runner times larger steps both ways at start
 
     @classmethod
     def create(
@@ -215,10 +222,10 @@ class FusedDecode:
             )
             return None  # the model keeps its re-pointed tensors: same values, one copy
         fast.threads = check.threads
+        fast.calibrate = True
         log.info(
-            "CPU fused decode: on for steps of up to %d row(s), %d thread(s) (one row fused "
-            "took %s thread(s), the linear layers alone %.2f ms)",
-            fast.max_rows,
+            "CPU fused decode: on, %d thread(s) (one row fused took %s thread(s), the linear "
+            "layers alone %.2f ms)",
             fast.threads,
             fused,
             check.linear_ms,
@@ -226,40 +233,57 @@ class FusedDecode:
         return fast
 
     def takes(self, out: SchedulerOutput) -> bool:
-        """Whether the step is small enough, has no token tree, and stays inside the model's
-        RoPE tables (the kernel checks no index: a position past them is left to the eager
-        forward, which refuses it)."""
+        """Whether the step is small enough and stays inside the model's RoPE tables (the
+        kernel checks no index: a position past them is left to the eager forward, which
+        refuses it)."""
         if out.num_tokens > self.max_rows:
             return False
         limit = self.weights.cos.shape[0]
-        return all(tree_mask(st) is None and st.kv_len <= limit for st in out.stages)
+        return all(st.kv_len <= limit for st in out.stages)
 
     def run(
         self, out: SchedulerOutput, table: TokenTable, block_tables: dict[str, list[int]]
     ) -> tuple[torch.Tensor, dict[str, slice]]:
         """The step's logits [R, V] (R: its sampled rows, in ``StepLists`` order) and each
-        request's rows in them. Each new token is a causal row: it sees its request's
-        positions up to its own."""
+        request's rows in them (rows: see the module docstring)."""
         lists = StepLists.build(out, table)
         bs = self.block_size
         width = max(len(block_tables[st.request.request_id]) for st in out.stages)
         tables = np.zeros((len(out.stages), max(1, width)), np.int64)
         table_of: list[int] = []
+        cache_pos: list[int] = []  # where each row's K/V goes: its stage's next positions
+        ctx: list[int] = []
+        extra_off, extra = [0], []
         for i, st in enumerate(out.stages):
             blocks = block_tables[st.request.request_id]
             tables[i, : len(blocks)] = blocks
             table_of.extend([i] * st.num_tokens)
-        pos = np.asarray(lists.positions, np.int64)
+            cache_pos.extend(range(st.context_len, st.kv_len))
+            mask = tree_mask(st)
+            for q in range(st.num_tokens):
+                if mask is None:  # causal: up to its own position
+                    ctx.append(st.context_len + q + 1)
+                else:
+                    seen = [j for j, ok in enumerate(mask[q]) if ok]
+                    lead = 0  # the new keys it sees as an unbroken run from the first
+                    while lead < len(seen) and seen[lead] == lead:
+                        lead += 1
+                    ctx.append(st.context_len + lead)
+                    for j in seen[lead:]:
+                        p = st.context_len + j
+                        extra.append(blocks[p // bs] * bs + p % bs)
+                extra_off.append(len(extra))
+        kpos = np.asarray(cache_pos, np.int64)
         owner = np.asarray(table_of, np.int64)
         rows = ff.Rows(
             ids=np.asarray(lists.ids, np.int64),
-            pos=pos,
-            slots=tables[owner, pos // bs] * bs + pos % bs,
+            pos=np.asarray(lists.positions, np.int64),
+            slots=tables[owner, kpos // bs] * bs + kpos % bs,
             table_of=owner,
             tables=tables,
-            ctx_len=pos + 1,
-            extra_off=np.zeros(len(pos) + 1, np.int64),
-            extra_slots=np.zeros(0, np.int64),
+            ctx_len=np.asarray(ctx, np.int64),
+            extra_off=np.asarray(extra_off, np.int64),
+            extra_slots=np.asarray(extra, np.int64),
             out_rows=np.asarray(lists.logit_rows, np.int64),
         )
         logits, _ = ff.forward(

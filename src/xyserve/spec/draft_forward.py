@@ -18,7 +18,7 @@ import torch
 from xyserve.kernels.cpu import fused_forward as ff
 from xyserve.kernels.cpu import fused_tree
 from xyserve.model.llama import LlamaModel
-from xyserve.spec.tree import TreeShape
+from xyserve.spec.tree import TreeShape, max_candidates
 
 # One thread: the draft's GEMVs are a few microseconds each, less than waking a second thread
 # costs (docs/perf.md, "Fused draft forward and trees"; see the caveat there on the serial and
@@ -182,9 +182,10 @@ class FusedDraft:
     def greedy_tree(self, b: PassBuilder, levels: np.ndarray, shape: TreeShape) -> TreeCandidates:
         """Each output row's greedy tree of ``levels[i]`` levels, in one call (see
         ``fused_tree``): its candidates, for the caller to choose from."""
+        capacity = max_candidates(shape.branching, shape.beam, int(levels.max(initial=1)))
         got = fused_tree.greedy_tree(
             self.weights, self.k_cache, self.v_cache, b.rows(), levels, shape.branching,
-            shape.beam, shape.nodes is not None,
+            shape.beam, shape.nodes is not None, capacity,
         )  # fmt: skip
         return TreeCandidates(*got)
 

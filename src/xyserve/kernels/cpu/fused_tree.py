@@ -27,7 +27,6 @@ from xyserve.kernels.cpu import exp
 from xyserve.kernels.cpu import fused_forward as ff
 from xyserve.kernels.cpu.cache import depends_on
 from xyserve.kernels.cpu.exp import exp_parts
-from xyserve.spec.tree import max_candidates
 
 try:
     from numba import njit
@@ -259,11 +258,13 @@ def greedy_tree(
     branching: tuple[int, ...],
     beam: int | None,
     dynamic: bool,
+    capacity: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Every request's tree candidates in one call (module docstring): ``tokens``,
-    ``parents``, ``depth``, ``score`` [S, C] and ``count`` [S]."""
+    ``parents``, ``depth``, ``score`` [S, C] and ``count`` [S]; ``capacity``: the most
+    candidates a request's tree can have (``spec.tree.max_candidates``)."""
     sel = rows.out_rows.shape[0]
-    cap = max(1, max_candidates(branching, beam, int(levels.max(initial=1))))
+    cap = max(1, capacity)
     tokens = np.zeros((sel, cap), np.int64)
     parents = np.zeros((sel, cap), np.int64)
     depth = np.zeros((sel, cap), np.int64)
