@@ -47,7 +47,7 @@ log = logging.getLogger("xyserve")
 
 MODES = ("auto", "on", "off")
 ENV = "XYSERVE_CPU_FUSED_DECODE"  # the mode where the engine's ``cpu_fused_decode`` is unset
-ROW_CHECKS = (2, 4, 8)  # step sizes the runner times both ways at start (auto)
+ROW_CHECKS = (2, 4, 8, 16)  # step sizes the runner times both ways at start (auto)
 MAX_ROWS = 1  # the steps that take the fused call before (or without: "on") that check
 
 
