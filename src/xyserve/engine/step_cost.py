@@ -7,7 +7,7 @@ speculative decoding's cost of a verify token against a proposer pass).
   machine (other processes, thermal state) as it changes; the scheduler feeds it the time
   between handing out a step and receiving its update.
 - :class:`MedianStepCost`: through the median of each size's recent steps. On a shared
-  machine one step stalled 50 ms by another process moves a least squares fit over raw
+  machine one step stalled by another process moves a least squares fit over raw
   times more than hundreds of ordinary steps do; a median ignores such stalls while they
   are rare. (Not the minimum: the fewer steps a size has, the higher its minimum lies, and
   the sizes a controller tries least would look dearest.)
