@@ -215,6 +215,44 @@ def _dot8(xr, w, n, kdim, out_row, bias, has_bias, accumulate):  # pragma: no co
             out_row[n + i] = acc[i] + b
 
 
+def _tile4x4(x, w, r, n, kdim, out, bias, has_bias, accumulate):  # pragma: no cover
+    """out[r .. r + 3, n .. n + 3] (+)= x[r .. r + 3] . w[n .. n + 3] (+ bias): four rows
+    against four weight rows, sixteen sums in registers, so each load of a weight or of a
+    row feeds four products (one weight row against four rows fed one each)."""
+    x0, x1, x2, x3 = x[r], x[r + 1], x[r + 2], x[r + 3]
+    w0, w1, w2, w3 = w[n], w[n + 1], w[n + 2], w[n + 3]
+    a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = np.float32(0.0)
+    a20 = a21 = a22 = a23 = a30 = a31 = a32 = a33 = np.float32(0.0)
+    for k in range(kdim):
+        v0, v1, v2, v3 = _wval(w0, k), _wval(w1, k), _wval(w2, k), _wval(w3, k)
+        e0, e1, e2, e3 = x0[k], x1[k], x2[k], x3[k]
+        a00 += e0 * v0
+        a01 += e0 * v1
+        a02 += e0 * v2
+        a03 += e0 * v3
+        a10 += e1 * v0
+        a11 += e1 * v1
+        a12 += e1 * v2
+        a13 += e1 * v3
+        a20 += e2 * v0
+        a21 += e2 * v1
+        a22 += e2 * v2
+        a23 += e2 * v3
+        a30 += e3 * v0
+        a31 += e3 * v1
+        a32 += e3 * v2
+        a33 += e3 * v3
+    acc = ((a00, a01, a02, a03), (a10, a11, a12, a13), (a20, a21, a22, a23),
+           (a30, a31, a32, a33))  # fmt: skip
+    for i in range(4):
+        for j in range(4):
+            b = bias[n + j] if has_bias else np.float32(0.0)
+            if accumulate:
+                out[r + i, n + j] += acc[i][j] + b
+            else:
+                out[r + i, n + j] = acc[i][j] + b
+
+
 def _linear(x, w, bias, out, accumulate):  # pragma: no cover - compiled
     """out = x @ w.T (+ bias), or out += x @ w.T (+ bias) with ``accumulate`` (a residual
     add). ``w``: [N, K] as the model stores it. The output columns go in blocks of eight, split
@@ -229,6 +267,10 @@ def _linear(x, w, bias, out, accumulate):  # pragma: no cover - compiled
     for c in prange((ncols + 7) // 8):
         n0, n1 = c * 8, min(ncols, c * 8 + 8)
         r = 0
+        while r + 4 <= rows and n1 - n0 == 8:
+            for n in range(n0, n1, 4):
+                _tile4x4_c(x, w, r, n, kdim, out, bias, has_bias, accumulate)
+            r += 4
         while r + 4 <= rows:
             x0, x1, x2, x3 = x[r], x[r + 1], x[r + 2], x[r + 3]
             for n in range(n0, n1):
@@ -555,6 +597,7 @@ if njit is not None:
     _head_norm_c = njit(**_opts)(_head_norm)
     _rotate_c = njit(**_opts)(_rotate)
     _dot8_c = njit(**_opts)(_dot8)
+    _tile4x4_c = njit(**_opts)(_tile4x4)
     _rope_row_c = njit(**_opts)(_rope_row)
     _attend_head_c = njit(**_opts)(_attend_head)
     _silu_row_c = njit(**_opts)(_silu_row)
