@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from xyserve.engine.request import Request
-from xyserve.engine.runner_fused import MAX_ROWS, ROW_CHECKS, FusedDecode
+from xyserve.engine.runner_fused import ROW_CHECKS, FusedDecode
 from xyserve.engine.scheduler import ScheduledStage, SchedulerOutput
 from xyserve.engine.step_graphs import GraphOptions, StepGraphs
 from xyserve.engine.step_inputs import StepInputs, StepLists, tree_mask
@@ -127,8 +127,8 @@ class ModelRunner:
 
     def _fused_step_sizes(self, reps: int = 3) -> None:
         """The largest step size (of ``runner_fused.ROW_CHECKS``) up to which the fused call
-        runs a step faster than the eager forward, timed here on scratch steps, best of
-        ``reps`` interleaved: one request of that many new tokens after a block of context
+        runs a step faster than the eager forward (none: the fused call is dropped), timed
+        here on scratch steps, best of ``reps`` interleaved: one request of that many new tokens after a block of context
         (a verify's shape), in the cache's first blocks, which no request owns yet (their K/V
         is written before any request reads it). Logged."""
         fused, bs = self.fused, self.block_size
@@ -151,15 +151,24 @@ class ModelRunner:
             times[n] = (best[n] * 1e3, best[0] * 1e3)
             if best[n] >= best[0]:
                 break
-        fused.max_rows = MAX_ROWS
-        for n, (f, e) in times.items():
-            if f < e:
-                fused.max_rows = n
+        fused.max_rows = max((n for n, (f, e) in times.items() if f < e), default=0)
         self._last = None
+        threads = ", ".join(f"{ms:.2f} ms on {n}" for n, ms in sorted(fused.thread_ms.items()))
         sizes = ", ".join(f"{n}: {f:.2f} vs {e:.2f}" for n, (f, e) in times.items())
+        if fused.max_rows == 0:
+            self.fused = None  # the packed weights stay: the model's tensors point at them
+            log.info(
+                "CPU fused decode: off (a one-row step fused vs eager: %s ms); steps run the "
+                "eager forward",
+                sizes,
+            )
+            return
         log.info(
-            "CPU fused decode: steps of up to %d row(s) (rows: fused vs eager ms: %s)",
+            "CPU fused decode: on for steps of up to %d row(s), %d thread(s) (one row fused "
+            "took %s thread(s); steps, fused vs eager ms: %s)",
             fused.max_rows,
+            fused.threads,
+            threads,
             sizes,
         )
 

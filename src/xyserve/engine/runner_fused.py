@@ -13,13 +13,12 @@ What takes it: a step of at most ``max_rows`` new tokens (decodes, chain or tree
 prefill chunk that small), on a float32 model on the CPU. A causal row sees its request's
 positions up to its own; a tree node sees the history and the stage's real tokens as a prefix
 of its block table and its ancestors' slots (its own included) as extra keys, at its depth's
-RoPE position. Whether it is on: ``mode`` ``"off"``, ``"on"``, or ``"auto"`` (the engine's
-default, or ``$XYSERVE_CPU_FUSED_DECODE``), which times one row through the fused call and
-through the model's linear layers alone (``F.linear``, no attention, norms or engine work) at
-start and keeps the fused call only if it is faster than those layers alone; the runner then
-times steps of each size of ``ROW_CHECKS`` both ways (``ModelRunner``) and lets the fused call
-take steps up to the largest size at which it still wins. The log lines say which path runs
-and why.
+RoPE position. Whether it is on: ``mode`` ``"off"``, ``"on"`` (one-row steps), or ``"auto"``
+(the engine's default, or ``$XYSERVE_CPU_FUSED_DECODE``): the fused call's thread count is
+the faster of one and torch's count on one row, then the runner times steps of each size of
+``ROW_CHECKS`` both ways (``ModelRunner``) and lets the fused call take steps up to the
+largest size at which it is faster than the eager forward, none if it loses at one row. The
+log line says which path runs, for which steps, and the times.
 
 The weights are packed once (``spec.draft_forward.pack_model``: layers stacked, float32) and the
 model's own tensors are then re-pointed at the packed arrays, so the two paths share one copy.
@@ -31,7 +30,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import fields
 
 import numpy as np
 import torch
@@ -47,8 +46,8 @@ log = logging.getLogger("xyserve")
 
 MODES = ("auto", "on", "off")
 ENV = "XYSERVE_CPU_FUSED_DECODE"  # the mode where the engine's ``cpu_fused_decode`` is unset
-ROW_CHECKS = (2, 4, 8, 16)  # step sizes the runner times both ways at start (auto)
-MAX_ROWS = 1  # the steps that take the fused call before (or without: "on") that check
+ROW_CHECKS = (1, 2, 4, 8, 16)  # step sizes the runner times both ways at start (auto)
+MAX_ROWS = 1  # the steps that take the fused call under "on" (no check)
 
 
 def resolve_mode(mode: str | None) -> str:
@@ -114,29 +113,9 @@ def _ms(fn: Callable[[], object]) -> float:
     return (time.perf_counter() - t0) * 1e3
 
 
-@dataclass
-class StartCheck:
-    """What the start check timed (best of its rounds, ms): the fused call at each thread count
-    tried, and the model's linear layers alone at one row."""
-
-    fused_ms: dict[int, float]
-    linear_ms: float
-
-    @property
-    def threads(self) -> int:
-        return min(self.fused_ms, key=self.fused_ms.get)
-
-    @property
-    def wins(self) -> bool:
-        return self.fused_ms[self.threads] < self.linear_ms
-
-
-def start_check(
-    model: LlamaModel, w: ff.PackedWeights, block_size: int, reps: int = 3
-) -> StartCheck:
-    """Time one row (a full block of context) through the fused call on a scratch cache, on one
-    thread and on torch's count, against the model's linear layers at one row through
-    ``F.linear``, rounds interleaved."""
+def fastest_threads(w: ff.PackedWeights, block_size: int, reps: int = 5) -> dict[int, float]:
+    """One row (a full block of context) through the fused call on a scratch cache, on one
+    thread and on torch's count, best of ``reps`` interleaved (ms per thread count)."""
     k, v = ff.new_cache(w, 1, block_size)
     p = block_size - 1
     one = np.array([0], np.int64)
@@ -145,26 +124,14 @@ def start_check(
         ctx_len=np.array([p + 1]), extra_off=np.zeros(2, np.int64),
         extra_slots=np.zeros(0, np.int64), out_rows=one,
     )  # fmt: skip
-    mats = [m for lay in model.layers for m in (lay.qkv, lay.o, lay.gate_up, lay.down)]
-    mats.append(model.lm_head)
-    xs = {m.shape[1]: torch.randn(1, m.shape[1]) for m in mats}
-
-    def linears() -> None:
-        for m in mats:
-            torch.nn.functional.linear(xs[m.shape[1]], m)
-
     counts = sorted({1, torch.get_num_threads()})
     fused = {n: float("inf") for n in counts}
-    linear = float("inf")
-    with torch.inference_mode():
-        for n in counts:  # compiles, or loads numba's cache
-            ff.forward(w, k, v, rows, parallel=True, threads=n)
-        linears()
-        for _ in range(reps):
-            for n in counts:
-                fused[n] = min(fused[n], _ms(lambda n=n: ff.forward(w, k, v, rows, True, n)))
-            linear = min(linear, _ms(linears))
-    return StartCheck(fused, linear)
+    for n in counts:  # compiles, or loads numba's cache
+        ff.forward(w, k, v, rows, parallel=True, threads=n)
+    for _ in range(reps):
+        for n in counts:
+            fused[n] = min(fused[n], _ms(lambda n=n: ff.forward(w, k, v, rows, True, n)))
+    return fused
 
 
 class FusedDecode:
@@ -185,7 +152,8 @@ class FusedDecode:
         self.block_size = block_size
         self.threads = threads
         self.max_rows = max_rows
-        self.calibrate = False  # auto: the runner times larger steps both ways at start
+        self.calibrate = False  # auto: the runner times steps both ways at start
+        self.thread_ms: dict[int, float] = {}  # auto: one fused row per thread count tried
 
     @classmethod
     def create(
@@ -211,25 +179,12 @@ class FusedDecode:
         if mode == "on":
             log.info("CPU fused decode: on (forced), %d thread(s)", fast.threads)
             return fast
-        check = start_check(model, fast.weights, block_size)
-        fused = ", ".join(f"{ms:.2f} ms on {n}" for n, ms in sorted(check.fused_ms.items()))
-        if not check.wins:
-            log.info(
-                "CPU fused decode: off (one row fused took %s thread(s), not below the linear "
-                "layers alone, %.2f ms); steps run the eager forward",
-                fused,
-                check.linear_ms,
-            )
-            return None  # the model keeps its re-pointed tensors: same values, one copy
-        fast.threads = check.threads
+        # auto: the thread count here; whether it runs, and for which steps, the runner
+        # decides by timing steps both ways (``ModelRunner``), and says so. (The model keeps
+        # its re-pointed tensors either way: same values, one copy.)
+        fast.thread_ms = fastest_threads(fast.weights, block_size)
+        fast.threads = min(fast.thread_ms, key=fast.thread_ms.get)
         fast.calibrate = True
-        log.info(
-            "CPU fused decode: on, %d thread(s) (one row fused took %s thread(s), the linear "
-            "layers alone %.2f ms)",
-            fast.threads,
-            fused,
-            check.linear_ms,
-        )
         return fast
 
     def takes(self, out: SchedulerOutput) -> bool:
