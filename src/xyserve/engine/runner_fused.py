@@ -39,7 +39,7 @@ from xyserve.engine.scheduler import SchedulerOutput
 from xyserve.engine.step_inputs import StepLists, tree_mask
 from xyserve.kernels.ops import fused_forward as ff
 from xyserve.model.llama import LlamaModel
-from xyserve.plan.token_table import TokenTable
+from xyserve.plan.token_table import TokenTable, visible_keys
 from xyserve.spec.draft_forward import pack_model
 
 log = logging.getLogger("xyserve")
@@ -216,17 +216,9 @@ class FusedDecode:
             cache_pos.extend(range(st.context_len, st.kv_len))
             mask = tree_mask(st)
             for q in range(st.num_tokens):
-                if mask is None:  # causal: up to its own position
-                    ctx.append(st.context_len + q + 1)
-                else:
-                    seen = [j for j, ok in enumerate(mask[q]) if ok]
-                    lead = 0  # the new keys it sees as an unbroken run from the first
-                    while lead < len(seen) and seen[lead] == lead:
-                        lead += 1
-                    ctx.append(st.context_len + lead)
-                    for j in seen[lead:]:
-                        p = st.context_len + j
-                        extra.append(blocks[p // bs] * bs + p % bs)
+                prefix, beyond = visible_keys(st.context_len, q, mask)
+                ctx.append(prefix)
+                extra.extend(blocks[p // bs] * bs + p % bs for p in beyond)
                 extra_off.append(len(extra))
         kpos = np.asarray(cache_pos, np.int64)
         owner = np.asarray(table_of, np.int64)

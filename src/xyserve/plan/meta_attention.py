@@ -24,7 +24,7 @@ import torch
 
 from xyserve.plan.attention_metadata import AttentionMetadata
 from xyserve.plan.task_table import TaskTable, Tile, build_task_table, snake_deal
-from xyserve.plan.token_table import StageKind, TokenTable
+from xyserve.plan.token_table import StageKind, TokenTable, visible_keys
 
 NEG = -1.0e30  # additive mask value: finite, so a fully masked chunk row merges with weight 0
 
@@ -213,16 +213,8 @@ def _decode_rows(table: TokenTable, tile: Tile) -> list[tuple[int, int, int, tup
     out = []
     mask = table.rows[tile.stage].tree_mask
     for i in range(tile.num_rows):
-        q = tile.row_offset + i  # the row within its stage
-        if mask is None:  # causal: the history and the new keys up to its own
-            out.append((tile.q_start + i, tile.context_len + q + 1, tile.stage, ()))
-            continue
-        seen = [j for j, ok in enumerate(mask[q]) if ok]
-        lead = 0  # the new keys it sees as an unbroken run from the first: part of the prefix
-        while lead < len(seen) and seen[lead] == lead:
-            lead += 1
-        extra = tuple(tile.context_len + j for j in seen[lead:])
-        out.append((tile.q_start + i, tile.context_len + lead, tile.stage, extra))
+        prefix, extra = visible_keys(tile.context_len, tile.row_offset + i, mask)
+        out.append((tile.q_start + i, prefix, tile.stage, extra))
     return out
 
 

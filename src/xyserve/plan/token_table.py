@@ -13,6 +13,23 @@ from enum import Enum
 TILE_SIZES: tuple[int, ...] = (16, 32, 64, 128)
 
 
+def visible_keys(
+    context_len: int, q: int, mask: tuple[tuple[bool, ...], ...] | None
+) -> tuple[int, tuple[int, ...]]:
+    """The keys that row ``q`` of a stage sees, as a prefix of its block table's positions and
+    the positions beyond it: causal (``mask`` None), the history and the new keys up to its
+    own; under a tree mask, the history plus the new keys it sees as an unbroken run from the
+    first (the real tokens, and node 0 if it is an ancestor) as the prefix, and the rest of
+    its path as the positions beyond."""
+    if mask is None:
+        return context_len + q + 1, ()
+    seen = [j for j, ok in enumerate(mask[q]) if ok]
+    lead = 0
+    while lead < len(seen) and seen[lead] == lead:
+        lead += 1
+    return context_len + lead, tuple(context_len + j for j in seen[lead:])
+
+
 def tile_size_for(num_tokens: int, tile_sizes: tuple[int, ...] = TILE_SIZES) -> int:
     """Smallest tile size that covers ``num_tokens``; longer stages use the largest and are cut."""
     for t in tile_sizes:

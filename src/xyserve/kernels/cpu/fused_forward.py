@@ -572,23 +572,17 @@ if njit is not None:
     # that would fail the whole proposal
     _opts = {"fastmath": True, "cache": True, "nogil": True, "error_model": "numpy"}
 
-    def _parallel_copy(fn, **callees):
-        """``fn`` under another qualified name, for its ``parallel=True`` compilation, with
-        ``callees`` bound as its globals. numba files a cached compilation under the
-        function's name and keys it on the argument types, not on ``parallel``: compiled from
-        one function, the serial and parallel dispatchers would load each other's code from
-        the cache in a later process. (The compilations differ in the linear layer they call:
-        a global of each, not an argument, since a compiled function passed as an argument
-        is a type of its own in every process, and numba's cache would never hit.)"""
+    def _bound(fn, suffix="", **callees):
+        """``fn`` with ``callees`` bound as its globals, under its name plus ``suffix``. The
+        parallel compilations take the suffix ``_par``: numba files a cached compilation under
+        the function's name and keys it on the argument types, not on ``parallel``, so
+        compiled from one function the serial and parallel dispatchers would load each other's
+        code from the cache in a later process. (The compilations differ in the linear layer
+        they call: a global of each, not an argument, since a compiled function passed as an
+        argument is a type of its own in every process, and numba's cache would never hit.)"""
         scope = {**fn.__globals__, **callees}
-        copy = FunctionType(fn.__code__, scope, fn.__name__ + "_par", fn.__defaults__)
-        copy.__qualname__ = fn.__qualname__ + "_par"
-        return copy
-
-    def _serial_copy(fn, **callees):
-        """``fn`` with ``callees`` bound as its globals (see :func:`_parallel_copy`)."""
-        copy = FunctionType(fn.__code__, {**fn.__globals__, **callees}, fn.__name__)
-        copy.__qualname__ = fn.__qualname__
+        copy = FunctionType(fn.__code__, scope, fn.__name__ + suffix, fn.__defaults__)
+        copy.__qualname__ = fn.__qualname__ + suffix
         return copy
 
     # The helpers compile once each (a serial prange is a range); the two entry points differ
@@ -602,9 +596,9 @@ if njit is not None:
     _attend_head_c = njit(**_opts)(_attend_head)
     _silu_row_c = njit(**_opts)(_silu_row)
     _linear_c = njit(**_opts)(_linear)
-    _linear_c_par = njit(parallel=True, **_opts)(_parallel_copy(_linear))
-    _serial = _serial_c = njit(**_opts)(_serial_copy(_forward, _LINEAR=_linear_c))
-    _parallel = njit(parallel=True, **_opts)(_parallel_copy(_forward, _LINEAR=_linear_c_par))
+    _linear_c_par = njit(parallel=True, **_opts)(_bound(_linear, "_par"))
+    _serial = _serial_c = njit(**_opts)(_bound(_forward, _LINEAR=_linear_c))
+    _parallel = njit(parallel=True, **_opts)(_bound(_forward, "_par", _LINEAR=_linear_c_par))
     _greedy_chains_c = njit(**_opts)(_greedy_chains)
 
 
