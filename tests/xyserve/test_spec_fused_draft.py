@@ -139,9 +139,9 @@ import numpy as np
 
 from xyserve.kernels.cpu import fused_forward as ff
 
-x, w = np.ones((2, 8), np.float32), np.ones((4, 8), np.float32)
-out = np.empty((2, 4), np.float32)
-(ff._linear_c_par if sys.argv[1] == "parallel" else ff._linear_c)(x, w, x[0, :0], out, False)
+x, w = np.ones((2, 8), np.float32), np.ones((2, 8, 8), np.float32)  # two panels of 8 columns
+out = np.empty((2, 12), np.float32)
+(ff._linear_c_par if sys.argv[1] == "parallel" else ff._linear_c)(x, w, x[0, :0], out, False, 2)
 try:
     numba.threading_layer()
     print("pool started")

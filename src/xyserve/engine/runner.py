@@ -156,7 +156,7 @@ class ModelRunner:
         threads = ", ".join(f"{ms:.2f} ms on {n}" for n, ms in sorted(fused.thread_ms.items()))
         sizes = ", ".join(f"{n}: {f:.2f} vs {e:.2f}" for n, (f, e) in times.items())
         if fused.max_rows == 0:
-            self.fused = None  # the packed weights stay: the model's tensors point at them
+            self.fused = None  # its panels go with it (the model keeps its own linear layers)
             log.info(
                 "CPU fused decode: off (a one-row step fused vs eager: %s ms); steps run the "
                 "eager forward",

@@ -20,8 +20,11 @@ the faster of one and torch's count on one row, then the runner times steps of e
 largest size at which it is faster than the eager forward, none if it loses at one row. The
 log line says which path runs, for which steps, and the times.
 
-The weights are packed once (``spec.draft_forward.pack_model``: layers stacked, float32) and the
-model's own tensors are then re-pointed at the packed arrays, so the two paths share one copy.
+The weights are packed once (``spec.draft_forward.pack_model``: layers stacked, the linear
+layers as panels, of bfloat16 bits where the checkpoint's values are all bfloat16). The
+model's own tensors are then re-pointed at the packed arrays where the layouts agree (norms,
+embedding, biases); the linear layers are the one part held twice: the eager forward's [out,
+in] tensors and the fused call's panels (half their size for a bfloat16 checkpoint).
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ log = logging.getLogger("xyserve")
 
 MODES = ("auto", "on", "off")
 ENV = "XYSERVE_CPU_FUSED_DECODE"  # the mode where the engine's ``cpu_fused_decode`` is unset
-ROW_CHECKS = (1, 2, 4, 8, 16)  # step sizes the runner times both ways at start (auto)
+ROW_CHECKS = (1, 2, 4, 8, 16, 32, 64)  # step sizes the runner times both ways at start (auto)
 MAX_ROWS = 1  # the steps that take the fused call under "on" (no check)
 
 
@@ -64,18 +67,19 @@ def resolve_mode(mode: str | None) -> str:
 
 
 def share_weights(model: LlamaModel, w: ff.PackedWeights) -> None:
-    """Point ``model``'s tensors at the packed arrays (same values, one copy in memory)."""
+    """Point ``model``'s tensors at the packed arrays where the two layouts agree (same values,
+    one copy in memory): everything but the linear layers, which the fused call reads as
+    panels and the eager forward as the model's own [out, in] tensors."""
 
     def t(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(a)
 
     tied = model.lm_head is model.embed
     model.embed, model.norm = t(w.embed), t(w.final_norm)
-    model.lm_head = model.embed if tied else t(w.lm_head)
+    if tied:
+        model.lm_head = model.embed
     for i, layer in enumerate(model.layers):
         layer.input_norm, layer.post_norm = t(w.input_norm[i]), t(w.post_norm[i])
-        layer.qkv, layer.o = t(w.qkv[i]), t(w.o[i])
-        layer.gate_up, layer.down = t(w.gate_up[i]), t(w.down[i])
         if layer.qkv_bias is not None:
             layer.qkv_bias = t(w.qkv_bias[i])
         if layer.o_bias is not None:
@@ -146,7 +150,7 @@ class FusedDecode:
         threads: int,
         max_rows: int = MAX_ROWS,
     ) -> None:
-        self.weights = _aligned(pack_model(model, compact=False))
+        self.weights = _aligned(pack_model(model))
         share_weights(model, self.weights)
         self.k_cache, self.v_cache = (c.numpy() for c in kv_caches)  # [L, blocks, bs, Hkv, D]
         self.block_size = block_size

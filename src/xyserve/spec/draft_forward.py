@@ -37,7 +37,11 @@ def unsupported(model: LlamaModel) -> str | None:
     return None
 
 
-def pack_model(model: LlamaModel, compact: bool = True) -> ff.PackedWeights:
+def pack_model(
+    model: LlamaModel, compact: bool = True, width: int | None = None
+) -> ff.PackedWeights:
+    """``model``'s weights for the fused call (``ff.pack``: ``compact`` keeps bfloat16 values as
+    their bits; ``width``: the tile's vector width, the host's when None)."""
     cfg = model.cfg
     layers = [
         {
@@ -66,6 +70,7 @@ def pack_model(model: LlamaModel, compact: bool = True) -> ff.PackedWeights:
         cfg.head_dim,
         cfg.rms_norm_eps,
         compact,
+        width,
     )
 
 

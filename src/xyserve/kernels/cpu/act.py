@@ -25,27 +25,30 @@ except ImportError:  # pragma: no cover - exercised only where numba is absent
 
 if njit is not None:
 
+    @njit(inline="always", fastmath=set(FASTMATH_KEEP_NAN))
+    def silu_mul_row(gu, t, out, p, bits):  # pragma: no cover - compiled
+        """``out[t] = silu(gu[t, :I]) * gu[t, I:]``, with ``silu(g) = g * sigmoid(g)`` from
+        ``z = exp(-|g|)`` (never overflows): ``sigmoid(g) = 1 / (1 + z)`` for g >= 0, else
+        ``z / (1 + z)``. ``p`` (float32) and ``bits`` (int32): scratch of at least I."""
+        half = out.shape[1]
+        pow2 = bits[:half].view(np.float32)  # 2**n of each element, as float bits
+        for j in range(half):
+            q, n = exp_parts(-abs(gu[t, j]))
+            p[j] = q
+            bits[j] = (n + 127) << 23
+        for j in range(half):
+            g = gu[t, j]
+            z = p[j] * pow2[j]
+            num = g if g >= 0 else g * z
+            out[t, j] = num / (np.float32(1.0) + z) * gu[t, half + j]
+
     @depends_on(exp)  # a NaN in the gate or up half must come out as NaN
     @njit(parallel=True, fastmath=set(FASTMATH_KEEP_NAN), cache=True)
     def _silu_mul_rows(gu, out):  # pragma: no cover - compiled
-        """``out[t] = silu(gu[t, :I]) * gu[t, I:]``, with ``silu(g) = g * sigmoid(g)`` from
-        ``z = exp(-|g|)`` (never overflows): ``sigmoid(g) = 1 / (1 + z)`` for g >= 0, else
-        ``z / (1 + z)``."""
-        t_count = gu.shape[0]
+        """:func:`silu_mul_row` for every row."""
         half = out.shape[1]
-        for t in prange(t_count):
-            p = np.empty(half, np.float32)
-            bits = np.empty(half, np.int32)  # 2**n of each element, as float bits
-            pow2 = bits.view(np.float32)
-            for j in range(half):
-                q, n = exp_parts(-abs(gu[t, j]))
-                p[j] = q
-                bits[j] = (n + 127) << 23
-            for j in range(half):
-                g = gu[t, j]
-                z = p[j] * pow2[j]
-                num = g if g >= 0 else g * z
-                out[t, j] = num / (np.float32(1.0) + z) * gu[t, half + j]
+        for t in prange(gu.shape[0]):
+            silu_mul_row(gu, t, out, np.empty(half, np.float32), np.empty(half, np.int32))
 
 
 def applies(gu: torch.Tensor) -> bool:

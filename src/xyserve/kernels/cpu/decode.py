@@ -19,7 +19,7 @@ import torch
 
 from xyserve.kernels.cpu import exp, use_cpu_threads
 from xyserve.kernels.cpu.cache import depends_on
-from xyserve.kernels.cpu.exp import exp_parts
+from xyserve.kernels.cpu.exp import softmax_
 from xyserve.kernels.cpu.views import as_numpy
 from xyserve.plan.meta_attention import DecodePlan, build_decode_plan
 
@@ -81,24 +81,9 @@ if numba is not None:
                 for x in range(n_ext):
                     p = extra_pos[e0 + x]
                     _score(qs, k_cache, tables[s, p // bs], p % bs, group, sc, n_tab + x)
-                bits = np.empty(n_keys, dtype=np.int32)  # 2**n of each key, as float bits
-                pow2 = bits.view(np.float32)
+                bits = np.empty(n_keys, dtype=np.int32)  # softmax_'s scratch
                 for r in range(hq):  # softmax over the row's keys
-                    m = sc[r, 0]
-                    for j in range(1, n_keys):
-                        m = max(m, sc[r, j])
-                    for j in range(n_keys):  # exp in two vectorizable passes (see kernels.cpu.exp)
-                        p, n = exp_parts(sc[r, j] - m)
-                        sc[r, j] = p
-                        bits[j] = (n + 127) << 23
-                    tot = np.float32(0.0)
-                    for j in range(n_keys):
-                        p = sc[r, j] * pow2[j]
-                        sc[r, j] = p
-                        tot += p
-                    inv = np.float32(1.0) / tot
-                    for j in range(n_keys):
-                        sc[r, j] *= inv
+                    softmax_(sc[r], bits)
                 o = np.zeros((hq, d), dtype=np.float32)
                 for b in range(nblk):
                     blk = tables[s, b]

@@ -38,5 +38,28 @@ if njit is not None:
         p = p * f + np.float32(1.0)
         p = p * f + np.float32(1.0)
         return p, np.int32(n)
+
+    @njit(inline="always", fastmath=True)
+    def softmax_(sc, bits):  # pragma: no cover - compiled
+        """``sc`` (1-D float32) replaced by its softmax, the exps in two vectorizable passes
+        (``exp_parts``, then ``2**n`` from float bits); ``bits``: int32 scratch of at least
+        ``sc``'s length."""
+        count = sc.shape[0]
+        pow2 = bits[:count].view(np.float32)
+        m = sc[0]
+        for j in range(1, count):
+            m = max(m, sc[j])
+        for j in range(count):
+            p, n = exp_parts(sc[j] - m)
+            sc[j] = p
+            bits[j] = (n + 127) << 23
+        tot = np.float32(0.0)
+        for j in range(count):
+            p = sc[j] * pow2[j]
+            sc[j] = p
+            tot += p
+        inv = np.float32(1.0) / tot
+        for j in range(count):
+            sc[j] *= inv
 else:  # pragma: no cover - exercised only where numba is absent
-    exp_parts = None
+    exp_parts = softmax_ = None

@@ -12,16 +12,23 @@ tree; empty for a plain causal row, whose ``ctx_len`` is its position + 1 and wh
 is in its table). Per layer every row's K/V is written first, then every row attends, so
 several rows of one request (a catch-up pass) see each other as in a causal prefill.
 
-Weights that are all bfloat16 values (a bfloat16 checkpoint, as the bundled draft's) are kept
-as their 16-bit patterns and widened to float32 row by row as they are read: exactly the same
-values and float32 arithmetic, half the bytes streamed per pass (at batch 1 a pass is bound by
-reading its weights). Other weights stay float32.
+Linear layers are packed once into panels: P output columns (two vectors of the host's
+width, ``kernels.cpu.isa``) by every input, K-major, so a panel streams contiguously. A
+register tile (``gemm.make_tile``, written as LLVM vector IR) broadcasts each token row's
+x[r, k] against the panel's two weight vectors at k and accumulates in registers, up to
+``panel_rows`` rows a pass over the panel, with no horizontal sums (the model's [out, in]
+rows, read as dot products, needed one per output). A weight streams from memory once per
+call whatever the number of rows, and a verify step's few extra rows cost FMAs on data
+already in L1, not another read. Weights that are all bfloat16 values (a bfloat16 checkpoint,
+as the bundled models') are kept as their 16-bit patterns and widened to float32 as they are
+loaded: exactly the same values and float32 arithmetic, half the bytes streamed per pass (at
+batch 1 a pass is bound by reading its weights). Other weights stay float32. Softmax and SiLU
+use the vectorizable exp of ``kernels.cpu.exp`` (numba's ``np.exp`` is a libm call per
+element), and a layer's caches are read as [slots, Hkv, D], so a key costs no division.
 
 Supported: grouped-query attention, an optional qkv bias (Qwen2), an optional per-head q/k
 RMSNorm before RoPE (Qwen3), tied or separate lm_head, and RoPE read from the model's own
-cos/sin tables (so scaled RoPE stays the model's). Linear layers keep the model's [out, in]
-layout: each weight row is read once per call for all token rows, so at one row a pass streams
-the weights once, and at many rows it still does.
+cos/sin tables (so scaled RoPE stays the model's).
 
 Two compilations of the same code exist: ``serial`` (one thread) and ``parallel`` (numba
 ``prange`` over each linear layer's output columns, attention's (row, head) pairs, and rows);
@@ -39,11 +46,19 @@ from types import FunctionType
 import numpy as np
 
 from xyserve.kernels.cpu import use_cpu_threads
+from xyserve.kernels.cpu.isa import vector_width
 
 try:
-    from llvmlite import ir
-    from numba import njit, prange, types
-    from numba.extending import intrinsic, overload
+    from numba import njit, prange
+
+    from xyserve.kernels.cpu import act, exp, gemm
+    from xyserve.kernels.cpu.act import silu_mul_row
+    from xyserve.kernels.cpu.cache import depends_on
+    from xyserve.kernels.cpu.exp import softmax_
+    from xyserve.kernels.cpu.gemm import make_tile
+
+    # the helpers this module's kernels inline from others (numba's cache keys on them too)
+    DEPENDS = (act, exp, gemm)
 except ImportError:  # pragma: no cover - exercised only where numba is absent
     njit = None
 
@@ -54,25 +69,25 @@ def available() -> bool:
 
 @dataclass
 class PackedWeights:
-    """A model's weights as contiguous numpy arrays, linear layers [out, in].
+    """A model's weights as contiguous numpy arrays.
 
-    The linear layers (``qkv``, ``o``, ``gate_up``, ``down``, ``lm_head``) are float32, or
-    uint16 bfloat16 patterns when every one of their values is a bfloat16 value; the rest is
-    float32. Layer arrays are stacked along a first axis of length ``num_layers``. Absent biases and
-    q/k norms are zero-sized along their last axis (``has_*`` tell the kernel).
+    The linear layers (``qkv``, ``o``, ``gate_up``, ``down``, ``lm_head``) are panels [ceil(out
+    / P), in, P] of float32, or of uint16 bfloat16 patterns when every one of their values is a
+    bfloat16 value; the rest is float32. Layer arrays are stacked along a first axis of length
+    ``num_layers``. Absent biases and q/k norms are zero-sized along their last axis.
     """
 
     embed: np.ndarray  # [V, H]
-    lm_head: np.ndarray  # [V, H] (float32 or bfloat16 bits, as every linear layer)
+    lm_head: np.ndarray  # [ceil(V / P), H, P] (float32 or bfloat16 bits, as every linear layer)
     final_norm: np.ndarray  # [H]
     input_norm: np.ndarray  # [L, H]
     post_norm: np.ndarray  # [L, H]
-    qkv: np.ndarray  # [L, (Hq + 2 Hkv) D, H]
+    qkv: np.ndarray  # [L, ceil((Hq + 2 Hkv) D / P), H, P]
     qkv_bias: np.ndarray  # [L, (Hq + 2 Hkv) D] or [L, 0]
-    o: np.ndarray  # [L, H, Hq D]
+    o: np.ndarray  # [L, ceil(H / P), Hq D, P]
     o_bias: np.ndarray  # [L, H] or [L, 0]
-    gate_up: np.ndarray  # [L, 2 I, H]
-    down: np.ndarray  # [L, H, I]
+    gate_up: np.ndarray  # [L, ceil(2 I / P), H, P]
+    down: np.ndarray  # [L, ceil(H / P), I, P]
     q_norm: np.ndarray  # [L, D] or [L, 0]
     k_norm: np.ndarray  # [L, D] or [L, 0]
     cos: np.ndarray  # [max_positions, D / 2]
@@ -114,6 +129,16 @@ def _stack(mats: list) -> np.ndarray:
     return np.ascontiguousarray(np.stack(arrs), dtype=np.float32)
 
 
+def _panels(a: np.ndarray, p: int) -> np.ndarray:
+    """[..., N, K] weight rows as [..., ceil(N / p), K, p] panels (K-major; columns past N
+    zero)."""
+    *lead, n, k = a.shape
+    count = -(-n // p)
+    padded = np.zeros((*lead, count * p, k), a.dtype)
+    padded[..., :n, :] = a
+    return np.ascontiguousarray(padded.reshape(*lead, count, p, k).swapaxes(-1, -2))
+
+
 def pack(
     embed,
     lm_head,
@@ -126,6 +151,7 @@ def pack(
     head_dim: int,
     eps: float,
     compact: bool = True,
+    width: int | None = None,
 ) -> PackedWeights:
     """Copy a model's weights once into :class:`PackedWeights`.
 
@@ -134,7 +160,8 @@ def pack(
     ([2 I, H], gate rows then up), ``down`` ([H, I]), ``q_norm``, ``k_norm`` (None where the
     model has none). ``cos``/``sin``: the model's [max_positions, D] or [.., D / 2] tables
     (non-interleaved halves, as HF: both halves equal, the first is kept). ``compact``: keep
-    the linear layers as bfloat16 bits where that loses nothing.
+    the linear layers as bfloat16 bits where that loses nothing. ``width``: the vector width
+    of the tile that will read them (the host's when None), whose two vectors make a panel.
     """
     half = head_dim // 2
     cos_a, sin_a = _f32(cos), _f32(sin)
@@ -144,6 +171,8 @@ def pack(
     }
     if compact and _bf16_exact(list(linears.values())):
         linears = {k: _bf16_bits(a) for k, a in linears.items()}
+    p = 2 * (vector_width() if width is None else width)
+    linears = {k: _panels(a, p) for k, a in linears.items()}
     return PackedWeights(
         embed=_f32(embed),
         final_norm=_f32(final_norm),
@@ -182,134 +211,62 @@ def _rms_rows(src, weight, eps, dst):  # pragma: no cover - compiled
             dst[r, j] = src[r, j] * inv * weight[j]
 
 
-def _wval(row, k):
-    """Element ``k`` of a weight row as float32 (a bfloat16 pattern widened: its bits are the
-    float32's upper half). Compiled per weight dtype (below), so the loops stay vector code."""
-    if row.dtype == np.uint16:
-        return np.array([np.uint32(row[k]) << 16], np.uint32).view(np.float32)[0]
-    return row[k]
-
-
-def _dot8(xr, w, n, kdim, out_row, bias, has_bias, accumulate):  # pragma: no cover - compiled
-    """out_row[n .. n + 7] (+)= xr . w[n .. n + 7] (+ bias): eight weight rows streamed side by
-    side, each load of ``xr`` shared by eight products."""
-    w0, w1, w2, w3 = w[n], w[n + 1], w[n + 2], w[n + 3]
-    w4, w5, w6, w7 = w[n + 4], w[n + 5], w[n + 6], w[n + 7]
-    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = np.float32(0.0)
-    for k in range(kdim):
-        xv = xr[k]
-        a0 += xv * _wval(w0, k)
-        a1 += xv * _wval(w1, k)
-        a2 += xv * _wval(w2, k)
-        a3 += xv * _wval(w3, k)
-        a4 += xv * _wval(w4, k)
-        a5 += xv * _wval(w5, k)
-        a6 += xv * _wval(w6, k)
-        a7 += xv * _wval(w7, k)
-    acc = (a0, a1, a2, a3, a4, a5, a6, a7)
-    for i in range(8):
-        b = bias[n + i] if has_bias else np.float32(0.0)
-        if accumulate:
-            out_row[n + i] += acc[i] + b
-        else:
-            out_row[n + i] = acc[i] + b
-
-
-def _tile4x4(x, w, r, n, kdim, out, bias, has_bias, accumulate):  # pragma: no cover
-    """out[r .. r + 3, n .. n + 3] (+)= x[r .. r + 3] . w[n .. n + 3] (+ bias): four rows
-    against four weight rows, sixteen sums in registers, so each load of a weight or of a
-    row feeds four products (one weight row against four rows fed one each)."""
-    x0, x1, x2, x3 = x[r], x[r + 1], x[r + 2], x[r + 3]
-    w0, w1, w2, w3 = w[n], w[n + 1], w[n + 2], w[n + 3]
-    a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = np.float32(0.0)
-    a20 = a21 = a22 = a23 = a30 = a31 = a32 = a33 = np.float32(0.0)
-    for k in range(kdim):
-        v0, v1, v2, v3 = _wval(w0, k), _wval(w1, k), _wval(w2, k), _wval(w3, k)
-        e0, e1, e2, e3 = x0[k], x1[k], x2[k], x3[k]
-        a00 += e0 * v0
-        a01 += e0 * v1
-        a02 += e0 * v2
-        a03 += e0 * v3
-        a10 += e1 * v0
-        a11 += e1 * v1
-        a12 += e1 * v2
-        a13 += e1 * v3
-        a20 += e2 * v0
-        a21 += e2 * v1
-        a22 += e2 * v2
-        a23 += e2 * v3
-        a30 += e3 * v0
-        a31 += e3 * v1
-        a32 += e3 * v2
-        a33 += e3 * v3
-    acc = ((a00, a01, a02, a03), (a10, a11, a12, a13), (a20, a21, a22, a23),
-           (a30, a31, a32, a33))  # fmt: skip
-    for i in range(4):
-        for j in range(4):
-            b = bias[n + j] if has_bias else np.float32(0.0)
-            if accumulate:
-                out[r + i, n + j] += acc[i][j] + b
-            else:
-                out[r + i, n + j] = acc[i][j] + b
-
-
-def _linear(x, w, bias, out, accumulate):  # pragma: no cover - compiled
+def _linear(x, w, bias, out, accumulate, threads):  # pragma: no cover - compiled
     """out = x @ w.T (+ bias), or out += x @ w.T (+ bias) with ``accumulate`` (a residual
-    add). ``w``: [N, K] as the model stores it. The output columns go in blocks of eight, split
-    into one contiguous run of blocks per thread (each thread streams its own part of the
-    weights, in order). In a block, rows go four at a time (four dot products share each
-    weight load), and the last rows one at a time over eight weight rows at once (one dot
-    product per weight row streams slower: docs/perf.md). A weight streams from memory once
-    per call whatever the number of rows."""
-    rows, kdim = x.shape
-    ncols = w.shape[0]
+    add), for the first ``out.shape[0]`` rows of ``x``; ``w``: [ceil(N / P), K, P] panels
+    (:func:`_panel_job`). The panels go in one contiguous run per thread, so each thread
+    streams its own part of the weights, in order, once per call whatever the number of rows.
+    (The thread count comes in as an argument: numba's ``get_thread_id`` reads a pointer that
+    its cache cannot keep.)"""
+    jobs = w.shape[0]
+    chunks = max(1, min(threads, jobs))
+    for t in prange(chunks):
+        scratch = np.empty(PANEL_ROWS * 32, np.float32)  # a panel tile's write-back
+        for c in range(jobs * t // chunks, jobs * (t + 1) // chunks):
+            _panel_job_c(x, w, bias, out, accumulate, c, scratch)
+
+
+def panel_rows(width: int) -> int:
+    """The most token rows a panel tile of vector width ``width`` takes: two accumulators per
+    row, plus two weight vectors and a broadcast, within the ISA's registers (32 zmm at 16,
+    16 ymm or xmm below)."""
+    return 8 if width == 16 else 6
+
+
+PANEL_ROWS = 8  # panel_rows' largest value (the scratch's rows)
+# How far ahead of the row it reads a panel tile prefetches its weights: the hardware
+# prefetcher alone left a weight stream's latency exposed (docs/perf.md, "Panels").
+PREFETCH_BYTES = 16384
+
+
+def _panel_job(x, w, bias, out, accumulate, c, scratch):  # pragma: no cover - compiled
+    """Output columns P c .. P c + P - 1 from panel ``c`` of ``w`` ([K, P], K-major, P = two
+    vectors): a register tile (``gemm.make_tile``) broadcasts each row's x[r, k] against the
+    panel's two weight vectors at k, with no horizontal sums, for up to ``panel_rows`` rows
+    per pass over the panel (the rows split as evenly as the passes allow; the panel stays in
+    L1/L2 between passes). Columns past N in the last panel are zero weights, not written."""
+    rows, kdim = out.shape[0], x.shape[1]
+    p = w.shape[2]
+    vw = p // 2
+    most = _panel_rows_c(vw)
     has_bias = bias.shape[0] > 0
-    for c in prange((ncols + 7) // 8):
-        n0, n1 = c * 8, min(ncols, c * 8 + 8)
-        r = 0
-        while r + 4 <= rows and n1 - n0 == 8:
-            for n in range(n0, n1, 4):
-                _tile4x4_c(x, w, r, n, kdim, out, bias, has_bias, accumulate)
-            r += 4
-        while r + 4 <= rows:
-            x0, x1, x2, x3 = x[r], x[r + 1], x[r + 2], x[r + 3]
-            for n in range(n0, n1):
-                wn = w[n]
-                b = bias[n] if has_bias else np.float32(0.0)
-                a0 = a1 = a2 = a3 = np.float32(0.0)
-                for k in range(kdim):
-                    wv = _wval(wn, k)
-                    a0 += x0[k] * wv
-                    a1 += x1[k] * wv
-                    a2 += x2[k] * wv
-                    a3 += x3[k] * wv
+    n0 = c * p
+    cols = min(p, out.shape[1] - n0)
+    passes = (rows + most - 1) // most
+    r = 0
+    for i in range(passes):
+        t = (rows - r + passes - i - 1) // (passes - i)
+        _panel_tile(vw, t, x, r * kdim, kdim, w, c * kdim * p, scratch)
+        for a in range(t):
+            for j in range(cols):
+                v = scratch[a * p + j]
+                if has_bias:
+                    v += bias[n0 + j]
                 if accumulate:
-                    out[r, n] += a0 + b
-                    out[r + 1, n] += a1 + b
-                    out[r + 2, n] += a2 + b
-                    out[r + 3, n] += a3 + b
+                    out[r + a, n0 + j] += v
                 else:
-                    out[r, n] = a0 + b
-                    out[r + 1, n] = a1 + b
-                    out[r + 2, n] = a2 + b
-                    out[r + 3, n] = a3 + b
-            r += 4
-        while r < rows:
-            xr = x[r]
-            if n1 - n0 == 8:
-                _dot8_c(xr, w, n0, kdim, out[r], bias, has_bias, accumulate)
-            else:
-                for n in range(n0, n1):
-                    wn = w[n]
-                    acc = np.float32(0.0)
-                    for k in range(kdim):
-                        acc += xr[k] * _wval(wn, k)
-                    b = bias[n] if has_bias else np.float32(0.0)
-                    if accumulate:
-                        out[r, n] += acc + b
-                    else:
-                        out[r, n] = acc + b
-            r += 1
+                    out[r + a, n0 + j] = v
+        r += t
 
 
 def _head_norm(v, weight, eps):  # pragma: no cover - compiled
@@ -355,39 +312,60 @@ def _rope_row(
             vc[blk, off, hh, j] = vsrc[j]
 
 
-def _attend_head(qh, key_slot, nk, kc, vc, kh, scale, oh):  # pragma: no cover - compiled
-    """One head of one row: softmax(q . K / sqrt(d)) V over the cache slots ``key_slot[:nk]``."""
-    bs, d = kc.shape[1], kc.shape[3]
-    sc = np.empty(nk, np.float32)
-    m = np.float32(-3.4028235e38)  # finite: fastmath assumes no infinities
-    for j in range(nk):
-        s = key_slot[j]
-        kv = kc[s // bs, s % bs, kh]
-        acc = np.float32(0.0)
-        for e in range(d):
-            acc += qh[e] * kv[e]
-        acc *= scale
-        sc[j] = acc
-        m = max(m, acc)
-    tot = np.float32(0.0)
-    for j in range(nk):
-        sc[j] = np.exp(sc[j] - m)
-        tot += sc[j]
-    for e in range(d):
-        oh[e] = np.float32(0.0)
-    for j in range(nk):
-        s = key_slot[j]
-        vv = vc[s // bs, s % bs, kh]
-        p_j = sc[j] / tot
-        for e in range(d):
-            oh[e] += p_j * vv[e]
+def _attend_rows(
+    members, hh, q, key_slots, ctx_len, nks, kf, vf, kh, scale, attn, sc, bits
+):  # pragma: no cover - compiled
+    """Head ``hh`` of the rows ``members`` (rows through one block table, as a request's rows
+    in a step): softmax(q . K / sqrt(d)) V into ``attn``. Row r sees its table's first
+    ``ctx_len[r]`` positions, then its extra slots (``key_slots[r, ctx_len[r]:nks[r]]``). A
+    table position's K and V are read once for all the rows that see it (a verify step's rows
+    share their request's context: one read of its cache, not one per row). ``kf``/``vf``: a
+    layer's caches as [slots, Hkv, D] (a slot indexes them directly, with no division into
+    block and offset per key); ``sc`` ([len(members), >= max nks] float32) and ``bits``
+    (int32, >= max nks): scratch."""
+    d = kf.shape[2]
+    n = members.shape[0]
+    lead = members[0]  # the row that sees the most of the table (all see a prefix of it)
+    for a in range(1, n):
+        if ctx_len[members[a]] > ctx_len[lead]:
+            lead = members[a]
+    q0 = hh * d
+    for a in range(n):
+        r = members[a]
+        qa, sa = q[r, q0 : q0 + d], sc[a]
+        for j in range(ctx_len[r], nks[r]):  # the row's own extra keys
+            sa[j] = _dot(qa, kf[key_slots[r, j], kh], d) * scale
+    for j in range(ctx_len[lead]):
+        kv = kf[key_slots[lead, j], kh]
+        for a in range(n):
+            r = members[a]
+            if j < ctx_len[r]:
+                sc[a, j] = _dot(q[r, q0 : q0 + d], kv, d) * scale
+    for a in range(n):
+        r = members[a]
+        softmax_(sc[a, : nks[r]], bits)
+        oa, sa = attn[r, q0 : q0 + d], sc[a]
+        oa[:] = np.float32(0.0)
+        for j in range(ctx_len[r], nks[r]):
+            _axpy(sa[j], vf[key_slots[r, j], kh], oa, d)
+    for j in range(ctx_len[lead]):
+        vv = vf[key_slots[lead, j], kh]
+        for a in range(n):
+            r = members[a]
+            if j < ctx_len[r]:
+                _axpy(sc[a, j], vv, attn[r, q0 : q0 + d], d)
 
 
-def _silu_row(gu, r, act):  # pragma: no cover - compiled
-    inter = act.shape[1]
-    for j in range(inter):
-        g = gu[r, j]
-        act[r, j] = g / (np.float32(1.0) + np.exp(-g)) * gu[r, inter + j]
+def _dot(x, y, n):  # pragma: no cover - compiled
+    acc = np.float32(0.0)
+    for e in range(n):
+        acc += x[e] * y[e]
+    return acc
+
+
+def _axpy(a, x, y, n):  # pragma: no cover - compiled
+    for e in range(n):
+        y[e] += a * x[e]
 
 
 # The linear layer a pass calls: each compilation of ``_forward`` binds its own (serial or
@@ -404,12 +382,15 @@ def _forward(
     eps,
     logits,
     argmax,
+    threads=1,
 ):  # pragma: no cover - compiled
     """The pass (see the module docstring); ``rows``, ``weights``: the arrays of
-    :func:`_row_tuple` and :func:`_weight_tuple`. Parallel regions (in the ``parallel``
-    compilation): each linear layer's output columns, attention's (row, head) pairs, and
-    RoPE and SiLU over rows only when there are several (one row runs them inline: a region
-    costs a fork and join of the thread pool)."""
+    :func:`_row_tuple` and :func:`_weight_tuple`; ``threads``: how many runs the linear
+    layers' jobs are split into (the thread count of the parallel compilation; 1 in the serial
+    one). Parallel regions (in the ``parallel`` compilation): each linear layer's output
+    columns, attention's (row, head) pairs, and RoPE and SiLU over rows only when there are
+    several (one row runs them inline: a region costs a fork and join of the thread pool).
+    Scratch (scores, exps) is allocated once per pass, not per row and layer."""
     ids, pos, slots, table_of, tables, ctx_len, extra_off, extra_slots, out_rows = rows
     (
         embed,
@@ -438,7 +419,7 @@ def _forward(
     scale = np.float32(1.0 / math.sqrt(d))
     h = np.empty((num_rows, hidden), np.float32)
     x = np.empty((num_rows, hidden), np.float32)
-    qkv_out = np.empty((num_rows, qkv.shape[1]), np.float32)
+    qkv_out = np.empty((num_rows, nq + 2 * hkv * d), np.float32)
     q = np.empty((num_rows, nq), np.float32)
     attn = np.empty((num_rows, nq), np.float32)
     gu = np.empty((num_rows, 2 * inter), np.float32)
@@ -456,40 +437,56 @@ def _forward(
             key_slots[r, j] = table[j // bs] * bs + j % bs
         for j in range(e0, extra_off[r + 1]):
             key_slots[r, n_ctx + j - e0] = extra_slots[j]
+    # rows grouped by block table (a request's rows): ``order[g_off[g]:g_off[g + 1]]``
+    order = np.argsort(table_of, kind="mergesort")
+    g_off = np.zeros(num_rows + 1, np.int64)
+    groups = 0
+    for i in range(num_rows):
+        if i == 0 or table_of[order[i]] != table_of[order[i - 1]]:
+            g_off[groups] = i
+            groups += 1
+    g_off[groups] = num_rows
+    scores = np.empty((num_rows * num_heads, key_slots.shape[1]), np.float32)
+    s_bits = np.empty((num_rows * num_heads, max(key_slots.shape[1], inter)), np.int32)
+    s_p = np.empty((num_rows, inter), np.float32)
     for r in range(num_rows):
         h[r] = embed[ids[r]]
     for layer in range(num_layers):
         kc, vc = k_cache[layer], v_cache[layer]
         _rms_rows_c(h, input_norm[layer], eps, x)
-        _LINEAR(x, qkv[layer], qkv_bias[layer], qkv_out, False)
+        _LINEAR(x, qkv[layer], qkv_bias[layer], qkv_out, False, threads)
         qn, kn = q_norm[layer], k_norm[layer]
         if num_rows > 1:
             for r in prange(num_rows):
                 _rope_row_c(r, qkv_out, pos, slots, cos, sin, qn, kn, eps, num_heads, q, kc, vc)
         else:
             _rope_row_c(0, qkv_out, pos, slots, cos, sin, qn, kn, eps, num_heads, q, kc, vc)
-        for i in prange(num_rows * num_heads):  # every row's K/V is in the cache by now
-            r, hh = i // num_heads, i % num_heads
-            _attend_head_c(
-                q[r, hh * d : (hh + 1) * d], key_slots[r], nks[r], kc, vc, hh // group, scale,
-                attn[r, hh * d : (hh + 1) * d],
+        kf = kc.reshape(kc.shape[0] * bs, hkv, d)
+        vf = vc.reshape(kc.shape[0] * bs, hkv, d)
+        for i in prange(groups * num_heads):  # every row's K/V is in the cache by now
+            g, hh = i // num_heads, i % num_heads
+            m0, m1 = g_off[g], g_off[g + 1]
+            _attend_rows_c(
+                order[m0:m1], hh, q, key_slots, ctx_len, nks, kf, vf, hh // group, scale, attn,
+                scores[m0 * num_heads + hh * (m1 - m0) : m0 * num_heads + (hh + 1) * (m1 - m0)],
+                s_bits[m0 * num_heads + hh],
             )  # fmt: skip
-        _LINEAR(attn, o[layer], o_bias[layer], h, True)
+        _LINEAR(attn, o[layer], o_bias[layer], h, True, threads)
         _rms_rows_c(h, post_norm[layer], eps, x)
-        _LINEAR(x, gate_up[layer], qkv_bias[layer, :0], gu, False)
+        _LINEAR(x, gate_up[layer], qkv_bias[layer, :0], gu, False, threads)
         if num_rows > 1:
             for r in prange(num_rows):
-                _silu_row_c(gu, r, act)
+                silu_mul_row(gu, r, act, s_p[r], s_bits[r])
         else:
-            _silu_row_c(gu, 0, act)
-        _LINEAR(act, down[layer], qkv_bias[layer, :0], h, True)
+            silu_mul_row(gu, 0, act, s_p[0], s_bits[0])
+        _LINEAR(act, down[layer], qkv_bias[layer, :0], h, True, threads)
     sel = out_rows.shape[0]
     hs = np.empty((sel, hidden), np.float32)
     for i in range(sel):
         hs[i] = h[out_rows[i]]
     xs = np.empty((sel, hidden), np.float32)
     _rms_rows_c(hs, final_norm, eps, xs)
-    _LINEAR(xs, lm_head, final_norm[:0], logits, False)
+    _LINEAR(xs, lm_head, final_norm[:0], logits, False, threads)
     for i in range(sel):
         best, idx = logits[i, 0], 0
         for v in range(1, logits.shape[1]):
@@ -551,22 +548,21 @@ def _greedy_chains(
 
 if njit is not None:
 
-    @intrinsic
-    def _bf16_to_f32(typingctx, bits):  # pragma: no cover - compiled
-        """float32 whose upper 16 bits are ``bits`` (uint16) and lower 16 bits zero."""
+    def _panel_tile_source() -> tuple[str, dict]:
+        """``_panel_tile(vw, rows, x, x_off, kdim, w, w_off, acc)``: the tile of ``rows`` token
+        rows at vector width ``vw`` (every width, so the tests run each one the host can),
+        as an if-chain over the compiled tiles, one per (width, rows)."""
+        tiles, lines = {}, ["def _panel_tile(vw, rows, x, x_off, kdim, w, w_off, acc):"]
+        for vw in (16, 8, 4):
+            for r in range(1, panel_rows(vw) + 1):
+                name = f"_tile_{vw}_{r}"
+                tiles[name] = make_tile(r, vw, 2, PREFETCH_BYTES)
+                lines.append(f"    {'elif' if lines[1:] else 'if'} vw == {vw} and rows == {r}:")
+                lines.append(f"        {name}(x, x_off, kdim, w, w_off, {2 * vw}, kdim, acc)")
+        return "\n".join(lines) + "\n", tiles
 
-        def codegen(context, builder, signature, args):
-            wide = builder.zext(args[0], ir.IntType(32))
-            wide = builder.shl(wide, ir.Constant(ir.IntType(32), 16))
-            return builder.bitcast(wide, ir.FloatType())
-
-        return types.float32(types.uint16), codegen
-
-    @overload(_wval)
-    def _wval_impl(row, k):  # pragma: no cover - compiled
-        if row.dtype == types.uint16:
-            return lambda row, k: _bf16_to_f32(row[k])
-        return lambda row, k: row[k]
+    _source, _scope = _panel_tile_source()
+    exec(compile(_source, "<fused_forward._panel_tile>", "exec"), _scope)  # noqa: S102
 
     # numpy's error model: a NaN row gives NaN logits for that row, not a ZeroDivisionError
     # that would fail the whole proposal
@@ -587,19 +583,26 @@ if njit is not None:
 
     # The helpers compile once each (a serial prange is a range); the two entry points differ
     # only in whether their own prange loops and the linear layers' jobs run in parallel.
-    _rms_rows_c = njit(**_opts)(_rms_rows)
-    _head_norm_c = njit(**_opts)(_head_norm)
-    _rotate_c = njit(**_opts)(_rotate)
-    _dot8_c = njit(**_opts)(_dot8)
-    _tile4x4_c = njit(**_opts)(_tile4x4)
-    _rope_row_c = njit(**_opts)(_rope_row)
-    _attend_head_c = njit(**_opts)(_attend_head)
-    _silu_row_c = njit(**_opts)(_silu_row)
-    _linear_c = njit(**_opts)(_linear)
-    _linear_c_par = njit(parallel=True, **_opts)(_bound(_linear, "_par"))
-    _serial = _serial_c = njit(**_opts)(_bound(_forward, _LINEAR=_linear_c))
-    _parallel = njit(parallel=True, **_opts)(_bound(_forward, "_par", _LINEAR=_linear_c_par))
-    _greedy_chains_c = njit(**_opts)(_greedy_chains)
+    def _jit(fn, **flags):
+        """``fn`` compiled with ``_opts`` (and ``flags``), cached against ``DEPENDS`` too (a
+        cached kernel holds the code of what it calls and inlines)."""
+        return depends_on(*DEPENDS)(njit(**_opts, **flags)(fn))
+
+    _rms_rows_c = _jit(_rms_rows)
+    _head_norm_c = _jit(_head_norm)
+    _rotate_c = _jit(_rotate)
+    _rope_row_c = _jit(_rope_row)
+    _dot = njit(inline="always", fastmath=True)(_dot)
+    _axpy = njit(inline="always", fastmath=True)(_axpy)
+    _attend_rows_c = _jit(_attend_rows)
+    _panel_tile = njit(inline="always")(_scope["_panel_tile"])
+    _panel_rows_c = njit(inline="always")(panel_rows)
+    _panel_job_c = _jit(_panel_job)
+    _linear_c = _jit(_linear)
+    _linear_c_par = _jit(_bound(_linear, "_par"), parallel=True)
+    _serial = _serial_c = _jit(_bound(_forward, _LINEAR=_linear_c))
+    _parallel = _jit(_bound(_forward, "_par", _LINEAR=_linear_c_par), parallel=True)
+    _greedy_chains_c = _jit(_greedy_chains)
 
 
 def _weight_tuple(w: PackedWeights) -> tuple:
@@ -649,10 +652,9 @@ def forward(
     sel = rows.out_rows.shape[0]
     logits = np.empty((sel, w.vocab_size), np.float32)
     argmax = np.empty(sel, np.int64)
-    if parallel:
-        use_cpu_threads(threads)
     fn = _parallel if parallel else _serial
-    fn(_row_tuple(rows), _weight_tuple(w), k_cache, v_cache, w.num_heads, w.eps, logits, argmax)
+    n = use_cpu_threads(threads) if parallel else 1
+    fn(_row_tuple(rows), _weight_tuple(w), k_cache, v_cache, w.num_heads, w.eps, logits, argmax, n)
     return logits, argmax
 
 

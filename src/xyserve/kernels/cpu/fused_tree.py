@@ -234,7 +234,7 @@ if njit is not None:
     log_softmax_at_c = depends_on(exp)(njit(**{**_opts, "fastmath": True})(log_softmax_at))
     _expand_c = njit(**_opts)(_expand)
     _frontier_c = njit(**_opts)(_frontier)
-    _greedy_tree_c = depends_on(ff, exp)(njit(**_opts)(_greedy_tree))
+    _greedy_tree_c = depends_on(ff, exp, *ff.DEPENDS)(njit(**_opts)(_greedy_tree))
 
 
 def max_runs(branching: tuple[int, ...], beam: int | None, levels: int) -> int:

@@ -57,23 +57,43 @@ def available(dtype: torch.dtype) -> bool:
     return numba is not None and dtype == torch.float32
 
 
-def _make_tile(rows: int, width: int, vectors: int):
+def make_tile(rows: int, width: int, vectors: int, prefetch: int = 0):
     """An intrinsic ``tile(w, w_off, ldw, xt, xt_off, ldxt, k_count, acc)``: ``acc[i, j] =
     sum_k w[w_off + i * ldw + k] * xt[xt_off + k * ldxt + j]`` for ``rows`` x ``width *
     vectors`` in vectors of ``width`` floats,
     written row-major to ``acc`` (float32 arrays; offsets in elements; ``k_count`` >= 1; no
-    bounds checks, the caller owns them)."""
+    bounds checks, the caller owns them). ``prefetch`` > 0: each step of k also prefetches
+    ``xt`` that many bytes ahead, for an ``xt`` streamed from memory once (a prefetch past
+    the array's end is harmless). ``xt`` may also be uint16 bfloat16 bit patterns,
+    each vector widened to float32 as it is loaded (the upper half of a float32's bits):
+    half the bytes streamed, the same float32 arithmetic."""
 
     @intrinsic
     def tile(typingctx, w, w_off, ldw, xt, xt_off, ldxt, k_count, acc):
-        if any(not isinstance(a, types.Array) or a.dtype != types.float32 for a in (w, xt, acc)):
+        arrays = (w, xt, acc)
+        if any(not isinstance(a, types.Array) for a in arrays) or any(
+            a.dtype != types.float32 for a in (w, acc)
+        ):
             return None  # the IR reads float32 only: anything else is a typing error
+        if xt.dtype not in (types.float32, types.uint16):
+            return None
+        bf16 = xt.dtype == types.uint16
         sig = types.void(w, w_off, ldw, xt, xt_off, ldxt, k_count, acc)
 
         def codegen(context, builder, signature, args):  # pragma: no cover - compiled
             f32, i64, i32 = ir.FloatType(), ir.IntType(64), ir.IntType(32)
             vec = ir.VectorType(f32, width)
             vec_p = vec.as_pointer()
+            half_p = ir.VectorType(ir.IntType(16), width).as_pointer()
+            sixteen = ir.Constant(ir.VectorType(i32, width), [16] * width)
+
+            def load_xt(at):
+                """A vector of ``xt`` from element pointer ``at``, as float32."""
+                if not bf16:
+                    return builder.load(builder.bitcast(at, vec_p), align=4)
+                bits = builder.load(builder.bitcast(at, half_p), align=2)
+                wide = builder.shl(builder.zext(bits, ir.VectorType(i32, width)), sixteen)
+                return builder.bitcast(wide, vec)
 
             def data(i):
                 return context.make_array(signature.args[i])(context, builder, args[i]).data
@@ -108,12 +128,21 @@ def _make_tile(rows: int, width: int, vectors: int):
                 a.add_incoming(ir.Constant(vec, None), entry)
                 accs.append(a)
             xt_row = builder.gep(xt_base, [builder.mul(k, ldxt)])
-            tokens = [
-                builder.load(
-                    builder.bitcast(builder.gep(xt_row, [const(width * j)]), vec_p), align=4
+            if prefetch:
+                i8p = ir.IntType(8).as_pointer()
+                pf = cgutils.get_or_insert_function(
+                    builder.module,
+                    ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+                    "llvm.prefetch.p0",
                 )
-                for j in range(vectors)
-            ]
+                row_bytes = width * vectors * (2 if bf16 else 4)
+                ahead = builder.gep(xt_row, [builder.mul(const(prefetch // row_bytes), ldxt)])
+                for line in range(max(1, row_bytes // 64)):
+                    at = builder.gep(builder.bitcast(ahead, i8p), [const(64 * line)])
+                    builder.call(
+                        pf, [at, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)]
+                    )
+            tokens = [load_xt(builder.gep(xt_row, [const(width * j)])) for j in range(vectors)]
             undef = ir.Constant(vec, ir.Undefined)
             splat = ir.Constant(ir.VectorType(i32, width), [0] * width)
             new = []
@@ -144,9 +173,9 @@ def _make_tile(rows: int, width: int, vectors: int):
 
 if numba is not None:
     # (vector width, vectors): the tiles of every width, all compiled into the one kernel
-    _t16x2, _t16x1 = _make_tile(MR, 16, 2), _make_tile(MR, 16, 1)
-    _t8x2, _t8x1 = _make_tile(MR, 8, 2), _make_tile(MR, 8, 1)
-    _t4x2, _t4x1 = _make_tile(MR, 4, 2), _make_tile(MR, 4, 1)
+    _t16x2, _t16x1 = make_tile(MR, 16, 2), make_tile(MR, 16, 1)
+    _t8x2, _t8x1 = make_tile(MR, 8, 2), make_tile(MR, 8, 1)
+    _t4x2, _t4x1 = make_tile(MR, 4, 2), make_tile(MR, 4, 1)
 
     @njit(inline="always")
     def _tile(vw, rows, w, w_off, ldw, xt, xt_off, ldxt, k_count, acc):  # pragma: no cover

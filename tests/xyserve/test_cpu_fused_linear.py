@@ -1,0 +1,71 @@
+"""The fused forward's panel linear layer (kernels.cpu.fused_forward) against numpy, at every
+vector width the host runs, in float32 and bfloat16 bits, on one thread and two."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from xyserve.kernels.cpu import fused_forward as ff
+from xyserve.kernels.cpu import isa as cpu_isa
+
+pytestmark = pytest.mark.skipif(not ff.available(), reason="numba is not installed")
+
+WIDTHS = cpu_isa.host_widths()  # the portable 4 always; 8 and 16 where the CPU runs them
+
+
+def _bf16_values(a: np.ndarray) -> np.ndarray:
+    """``a`` rounded to bfloat16 values (still float32)."""
+    return torch.from_numpy(a).to(torch.bfloat16).float().numpy()
+
+
+@pytest.mark.parametrize("bf16", [False, True], ids=["f32", "bf16"])
+@pytest.mark.parametrize("threads,width", [(1, w) for w in WIDTHS] + [(2, WIDTHS[-1])])
+def test_panel_linear_equals_matmul(width, threads, bf16):
+    rng = np.random.default_rng(0)
+    p = 2 * width
+    k = 37  # not a multiple of any vector width
+    n = 3 * p + 5  # a last panel only partly filled
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    if bf16:
+        w = _bf16_values(w)
+    packed = ff._panels(ff._bf16_bits(w) if bf16 else w, p)
+    assert packed.dtype == (np.uint16 if bf16 else np.float32) and packed.shape == (4, k, p)
+    bias = rng.standard_normal(n).astype(np.float32)
+    linear = ff._linear_c_par if threads > 1 else ff._linear_c
+    # every tile height, and several passes over a panel
+    for rows in range(1, 2 * ff.panel_rows(width) + 2):
+        x = rng.standard_normal((rows, k)).astype(np.float32)
+        want = x.astype(np.float64) @ w.T.astype(np.float64)
+        out = np.full((rows, n), np.nan, np.float32)
+        linear(x, packed, bias[:0], out, False, threads)
+        np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-4)
+        base = rng.standard_normal((rows, n)).astype(np.float32)
+        out = base.copy()
+        linear(x, packed, bias, out, True, threads)  # a residual add, with a bias
+        np.testing.assert_allclose(out, base + want + bias, rtol=1e-5, atol=1e-4)
+
+
+def test_the_forward_gives_the_same_logits_at_every_width():
+    from xyserve.model.loader import load_model
+    from xyserve.models import DEFAULT_DRAFT_MODEL, resolve_model
+    from xyserve.spec.draft_forward import pack_model
+
+    model = load_model(resolve_model(DEFAULT_DRAFT_MODEL), torch.device("cpu"), torch.float32)
+    table = np.arange(4, dtype=np.int64)[None]
+    pos = np.arange(9, dtype=np.int64)
+    rows = ff.Rows(
+        ids=pos + 3, pos=pos, slots=pos.copy(), table_of=np.zeros(9, np.int64), tables=table,
+        ctx_len=pos + 1, extra_off=np.zeros(10, np.int64), extra_slots=np.zeros(0, np.int64),
+        out_rows=pos,
+    )  # fmt: skip
+    outs = []
+    for width in WIDTHS:
+        w = pack_model(model, width=width)
+        assert w.qkv.shape[-1] == 2 * width
+        k, v = ff.new_cache(w, 4, 4)
+        outs.append(ff.forward(w, k, v, rows))
+    for logits, argmax in outs[1:]:
+        np.testing.assert_allclose(logits, outs[0][0], rtol=1e-5, atol=1e-5)
+        assert argmax.tolist() == outs[0][1].tolist()
