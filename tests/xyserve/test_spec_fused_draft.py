@@ -60,7 +60,9 @@ def _run_both(path, compact: bool):
     return model, reqs, out
 
 
-@pytest.mark.parametrize("which", ["draft", "draft_f32", "qwen2_bias", "qwen3_qk_norm"])
+@pytest.mark.parametrize(
+    "which", ["draft", "draft_f32", "qwen2_bias", "qwen3_qk_norm", "head_dim_18"]
+)
 def test_fused_logits_equal_the_runner_and_hf(which, tiny_qwen2, tmp_path):
     from tiny_models import build_model
 
@@ -69,6 +71,10 @@ def test_fused_logits_equal_the_runner_and_hf(which, tiny_qwen2, tmp_path):
         "draft_f32": lambda: resolve_model(DEFAULT_DRAFT_MODEL),
         "qwen2_bias": lambda: tiny_qwen2,
         "qwen3_qk_norm": lambda: build_model(tmp_path / "q3", "qwen3", with_tokenizer=False),
+        # a head size no vector width divides: attention's value tiles leave a remainder
+        "head_dim_18": lambda: build_model(
+            tmp_path / "h18", with_tokenizer=False, hidden_size=72, head_dim=18
+        ),
     }[which]()
     model, reqs, out = _run_both(path, compact=which != "draft_f32")
     for want, got, argmax in out:

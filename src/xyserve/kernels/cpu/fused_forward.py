@@ -313,16 +313,19 @@ def _rope_row(
 
 
 def _attend_rows(
-    members, hh, q, key_slots, ctx_len, nks, kf, vf, kh, scale, attn, sc, bits
+    members, hh, q, key_slots, ctx_len, nks, kf, vf, kh, scale, attn, sc, bits, bs, vw, acc
 ):  # pragma: no cover - compiled
     """Head ``hh`` of the rows ``members`` (rows through one block table, as a request's rows
     in a step): softmax(q . K / sqrt(d)) V into ``attn``. Row r sees its table's first
     ``ctx_len[r]`` positions, then its extra slots (``key_slots[r, ctx_len[r]:nks[r]]``). A
-    table position's K and V are read once for all the rows that see it (a verify step's rows
-    share their request's context: one read of its cache, not one per row). ``kf``/``vf``: a
-    layer's caches as [slots, Hkv, D] (a slot indexes them directly, with no division into
-    block and offset per key); ``sc`` ([len(members), >= max nks] float32) and ``bits``
-    (int32, >= max nks): scratch."""
+    table key's K is read once for all the rows that see it (a verify step's rows share their
+    request's context). The values go a block of ``bs`` table positions at a time (their
+    slots are consecutive) through a register tile of width ``vw`` (``_value_tile``: the row's
+    weights broadcast against the block's values, summed in registers; an output updated per
+    key would be loaded and stored per key). ``kf``/``vf``: a layer's caches as [slots, Hkv,
+    D] (a slot indexes them directly, with no division into block and offset per key); ``sc``
+    ([len(members), >= max nks] float32, C-contiguous), ``bits`` (int32, >= max nks) and
+    ``acc`` (float32, >= 4 vw): scratch."""
     d = kf.shape[2]
     n = members.shape[0]
     lead = members[0]  # the row that sees the most of the table (all see a prefix of it)
@@ -341,19 +344,33 @@ def _attend_rows(
             r = members[a]
             if j < ctx_len[r]:
                 sc[a, j] = _dot(q[r, q0 : q0 + d], kv, d) * scale
+    flat = vf.reshape(vf.shape[0] * vf.shape[1] * d)
+    ld = vf.shape[1] * d  # one slot to the next
+    wide = 4 * vw
     for a in range(n):
         r = members[a]
         softmax_(sc[a, : nks[r]], bits)
         oa, sa = attn[r, q0 : q0 + d], sc[a]
         oa[:] = np.float32(0.0)
+        for j0 in range(0, ctx_len[r], bs):
+            count = min(bs, ctx_len[r] - j0)
+            base = key_slots[r, j0] * ld + kh * d
+            c0 = 0
+            while c0 < d:
+                step = wide if c0 + wide <= d else (vw if c0 + vw <= d else 0)
+                if step == 0:  # a head size that is not a multiple of the vector width
+                    for j in range(j0, j0 + count):
+                        for e in range(c0, d):
+                            oa[e] += sa[j] * flat[base + (j - j0) * ld + e]
+                    break
+                _value_tile(
+                    vw, step // vw, sc, a * sc.shape[1] + j0, flat, base + c0, ld, count, acc
+                )
+                for e in range(step):
+                    oa[c0 + e] += acc[e]
+                c0 += step
         for j in range(ctx_len[r], nks[r]):
             _axpy(sa[j], vf[key_slots[r, j], kh], oa, d)
-    for j in range(ctx_len[lead]):
-        vv = vf[key_slots[lead, j], kh]
-        for a in range(n):
-            r = members[a]
-            if j < ctx_len[r]:
-                _axpy(sc[a, j], vv, attn[r, q0 : q0 + d], d)
 
 
 def _dot(x, y, n):  # pragma: no cover - compiled
@@ -448,6 +465,8 @@ def _forward(
     g_off[groups] = num_rows
     scores = np.empty((num_rows * num_heads, key_slots.shape[1]), np.float32)
     s_bits = np.empty((num_rows * num_heads, max(key_slots.shape[1], inter)), np.int32)
+    vw = qkv.shape[-1] // 2  # the panels' vector width
+    pv_acc = np.empty((num_rows * num_heads, 4 * vw), np.float32)
     s_p = np.empty((num_rows, inter), np.float32)
     for r in range(num_rows):
         h[r] = embed[ids[r]]
@@ -469,7 +488,7 @@ def _forward(
             _attend_rows_c(
                 order[m0:m1], hh, q, key_slots, ctx_len, nks, kf, vf, hh // group, scale, attn,
                 scores[m0 * num_heads + hh * (m1 - m0) : m0 * num_heads + (hh + 1) * (m1 - m0)],
-                s_bits[m0 * num_heads + hh],
+                s_bits[m0 * num_heads + hh], bs, vw, pv_acc[m0 * num_heads + hh],
             )  # fmt: skip
         _LINEAR(attn, o[layer], o_bias[layer], h, True, threads)
         _rms_rows_c(h, post_norm[layer], eps, x)
@@ -551,7 +570,8 @@ if njit is not None:
     def _panel_tile_source() -> tuple[str, dict]:
         """``_panel_tile(vw, rows, x, x_off, kdim, w, w_off, acc)``: the tile of ``rows`` token
         rows at vector width ``vw`` (every width, so the tests run each one the host can),
-        as an if-chain over the compiled tiles, one per (width, rows)."""
+        and ``_value_tile(vw, vectors, ...)``, attention's one-row tile over ``vectors``
+        vectors of a head's values, as if-chains over the compiled tiles."""
         tiles, lines = {}, ["def _panel_tile(vw, rows, x, x_off, kdim, w, w_off, acc):"]
         for vw in (16, 8, 4):
             for r in range(1, panel_rows(vw) + 1):
@@ -559,6 +579,14 @@ if njit is not None:
                 tiles[name] = make_tile(r, vw, 2, PREFETCH_BYTES)
                 lines.append(f"    {'elif' if lines[1:] else 'if'} vw == {vw} and rows == {r}:")
                 lines.append(f"        {name}(x, x_off, kdim, w, w_off, {2 * vw}, kdim, acc)")
+        lines.append("def _value_tile(vw, vectors, p, p_off, v, v_off, ld, count, acc):")
+        for vw in (16, 8, 4):
+            for vec in (4, 1):
+                name = f"_value_{vw}_{vec}"
+                tiles[name] = make_tile(1, vw, vec)
+                first = lines[-1].startswith("def _value_tile")
+                lines.append(f"    {'if' if first else 'elif'} vw == {vw} and vectors == {vec}:")
+                lines.append(f"        {name}(p, p_off, 0, v, v_off, ld, count, acc)")
         return "\n".join(lines) + "\n", tiles
 
     _source, _scope = _panel_tile_source()
@@ -596,6 +624,7 @@ if njit is not None:
     _axpy = njit(inline="always", fastmath=True)(_axpy)
     _attend_rows_c = _jit(_attend_rows)
     _panel_tile = njit(inline="always")(_scope["_panel_tile"])
+    _value_tile = njit(inline="always")(_scope["_value_tile"])
     _panel_rows_c = njit(inline="always")(panel_rows)
     _panel_job_c = _jit(_panel_job)
     _linear_c = _jit(_linear)
