@@ -20,12 +20,13 @@ def _bf16_values(a: np.ndarray) -> np.ndarray:
     return torch.from_numpy(a).to(torch.bfloat16).float().numpy()
 
 
+# k = 40: tiles of few rows split k into phases; 37: no phase count divides it, the plain ones
+@pytest.mark.parametrize("k", [40, 37])
 @pytest.mark.parametrize("bf16", [False, True], ids=["f32", "bf16"])
 @pytest.mark.parametrize("threads,width", [(1, w) for w in WIDTHS] + [(2, WIDTHS[-1])])
-def test_panel_linear_equals_matmul(width, threads, bf16):
+def test_panel_linear_equals_matmul(width, threads, bf16, k):
     rng = np.random.default_rng(0)
     p = 2 * width
-    k = 37  # not a multiple of any vector width
     n = 3 * p + 5  # a last panel only partly filled
     w = rng.standard_normal((n, k)).astype(np.float32)
     if bf16:

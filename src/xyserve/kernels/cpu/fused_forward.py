@@ -567,26 +567,46 @@ def _greedy_chains(
 
 if njit is not None:
 
+    def _split(chains: int) -> int:
+        """Phases of k for a tile of ``chains`` accumulators: at least 8 chains in all (two
+        FMA ports, four cycles of latency)."""
+        return max(1, -(-8 // chains))
+
     def _panel_tile_source() -> tuple[str, dict]:
         """``_panel_tile(vw, rows, x, x_off, kdim, w, w_off, acc)``: the tile of ``rows`` token
         rows at vector width ``vw`` (every width, so the tests run each one the host can),
         and ``_value_tile(vw, vectors, ...)``, attention's one-row tile over ``vectors``
-        vectors of a head's values, as if-chains over the compiled tiles."""
-        tiles, lines = {}, ["def _panel_tile(vw, rows, x, x_off, kdim, w, w_off, acc):"]
+        vectors of a head's values, as if-chains over the compiled tiles. A tile of few rows
+        splits k into phases (``_split``) where the count of k allows it."""
+        tiles: dict = {}
+        lines: list[str] = []
+
+        def case(name, rows, vw, vectors, prefetch, call, count):
+            split = _split(rows * vectors)
+            tiles[name] = make_tile(rows, vw, vectors, prefetch)
+            if split > 1:
+                tiles[name + "_s"] = make_tile(rows, vw, vectors, prefetch, split)
+                lines.append(f"        if {count} % {split} == 0:")
+                lines.append(f"            {name}_s({call})")
+                lines.append("        else:")
+                lines.append(f"            {name}({call})")
+            else:
+                lines.append(f"        {name}({call})")
+
+        lines.append("def _panel_tile(vw, rows, x, x_off, kdim, w, w_off, acc):")
         for vw in (16, 8, 4):
             for r in range(1, panel_rows(vw) + 1):
-                name = f"_tile_{vw}_{r}"
-                tiles[name] = make_tile(r, vw, 2, PREFETCH_BYTES)
-                lines.append(f"    {'elif' if lines[1:] else 'if'} vw == {vw} and rows == {r}:")
-                lines.append(f"        {name}(x, x_off, kdim, w, w_off, {2 * vw}, kdim, acc)")
+                first = lines[-1].startswith("def ")
+                lines.append(f"    {'if' if first else 'elif'} vw == {vw} and rows == {r}:")
+                call = f"x, x_off, kdim, w, w_off, {2 * vw}, kdim, acc"
+                case(f"_tile_{vw}_{r}", r, vw, 2, PREFETCH_BYTES, call, "kdim")
         lines.append("def _value_tile(vw, vectors, p, p_off, v, v_off, ld, count, acc):")
         for vw in (16, 8, 4):
             for vec in (4, 1):
-                name = f"_value_{vw}_{vec}"
-                tiles[name] = make_tile(1, vw, vec)
-                first = lines[-1].startswith("def _value_tile")
+                first = lines[-1].startswith("def ")
                 lines.append(f"    {'if' if first else 'elif'} vw == {vw} and vectors == {vec}:")
-                lines.append(f"        {name}(p, p_off, 0, v, v_off, ld, count, acc)")
+                call = "p, p_off, 0, v, v_off, ld, count, acc"
+                case(f"_value_{vw}_{vec}", 1, vw, vec, 0, call, "count")
         return "\n".join(lines) + "\n", tiles
 
     _source, _scope = _panel_tile_source()

@@ -57,7 +57,7 @@ def available(dtype: torch.dtype) -> bool:
     return numba is not None and dtype == torch.float32
 
 
-def make_tile(rows: int, width: int, vectors: int, prefetch: int = 0):
+def make_tile(rows: int, width: int, vectors: int, prefetch: int = 0, split: int = 1):
     """An intrinsic ``tile(w, w_off, ldw, xt, xt_off, ldxt, k_count, acc)``: ``acc[i, j] =
     sum_k w[w_off + i * ldw + k] * xt[xt_off + k * ldxt + j]`` for ``rows`` x ``width *
     vectors`` in vectors of ``width`` floats,
@@ -66,7 +66,10 @@ def make_tile(rows: int, width: int, vectors: int, prefetch: int = 0):
     ``xt`` that many bytes ahead, for an ``xt`` streamed from memory once (a prefetch past
     the array's end is harmless). ``xt`` may also be uint16 bfloat16 bit patterns,
     each vector widened to float32 as it is loaded (the upper half of a float32's bits):
-    half the bytes streamed, the same float32 arithmetic."""
+    half the bytes streamed, the same float32 arithmetic. ``split`` > 1 keeps that many sets
+    of accumulators, for consecutive k in turn (summed at the end), so a tile of few rows
+    has enough independent FMA chains to hide their latency; ``k_count`` must then be a
+    multiple of ``split`` (the caller's check)."""
 
     @intrinsic
     def tile(typingctx, w, w_off, ldw, xt, xt_off, ldxt, k_count, acc):
@@ -104,6 +107,20 @@ def make_tile(rows: int, width: int, vectors: int, prefetch: int = 0):
             def const(v):
                 return ir.Constant(i64, v)
 
+            def _prefetch(builder, row, ld, row_bytes):
+                """Prefetch the ``xt`` row ``prefetch`` bytes past ``row`` (every cache line)."""
+                i8p = ir.IntType(8).as_pointer()
+                pf = cgutils.get_or_insert_function(
+                    builder.module,
+                    ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+                    "llvm.prefetch.p0",
+                )
+                ahead = builder.gep(row, [builder.mul(const(prefetch // row_bytes), ld)])
+                for line in range(max(1, row_bytes // 64)):
+                    at = builder.gep(builder.bitcast(ahead, i8p), [const(64 * line)])
+                    flags = [ir.Constant(i32, v) for v in (0, 3, 1)]  # read, keep, data
+                    builder.call(pf, [at, *flags])
+
             w_data, xt_data, acc_data = data(0), data(3), data(7)
             w_off, ldw, xt_off, ldxt, k_count = (index(i) for i in (1, 2, 4, 5, 6))
             fma = cgutils.get_or_insert_function(
@@ -122,46 +139,44 @@ def make_tile(rows: int, width: int, vectors: int, prefetch: int = 0):
             builder.position_at_end(loop)
             k = builder.phi(i64)
             k.add_incoming(const(0), entry)
-            accs = []
-            for _ in range(rows * vectors):
+            accs = []  # per phase of k (``split``), rows x vectors
+            for _ in range(split * rows * vectors):
                 a = builder.phi(vec)
                 a.add_incoming(ir.Constant(vec, None), entry)
                 accs.append(a)
-            xt_row = builder.gep(xt_base, [builder.mul(k, ldxt)])
-            if prefetch:
-                i8p = ir.IntType(8).as_pointer()
-                pf = cgutils.get_or_insert_function(
-                    builder.module,
-                    ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
-                    "llvm.prefetch.p0",
-                )
-                row_bytes = width * vectors * (2 if bf16 else 4)
-                ahead = builder.gep(xt_row, [builder.mul(const(prefetch // row_bytes), ldxt)])
-                for line in range(max(1, row_bytes // 64)):
-                    at = builder.gep(builder.bitcast(ahead, i8p), [const(64 * line)])
-                    builder.call(
-                        pf, [at, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)]
-                    )
-            tokens = [load_xt(builder.gep(xt_row, [const(width * j)])) for j in range(vectors)]
             undef = ir.Constant(vec, ir.Undefined)
             splat = ir.Constant(ir.VectorType(i32, width), [0] * width)
             new = []
-            for i in range(rows):
-                s = builder.load(builder.gep(w_rows[i], [k]), align=4)
-                b = builder.shuffle_vector(
-                    builder.insert_element(undef, s, ir.Constant(i32, 0)), undef, splat
-                )
-                new += [
-                    builder.call(fma, [b, tokens[j], accs[i * vectors + j]]) for j in range(vectors)
-                ]
-            k_next = builder.add(k, const(1))
+            for phase in range(split):
+                kk = builder.add(k, const(phase))
+                xt_row = builder.gep(xt_base, [builder.mul(kk, ldxt)])
+                if prefetch:
+                    _prefetch(builder, xt_row, ldxt, width * vectors * (2 if bf16 else 4))
+                tokens = [load_xt(builder.gep(xt_row, [const(width * j)])) for j in range(vectors)]
+                base = phase * rows * vectors
+                for i in range(rows):
+                    s = builder.load(builder.gep(w_rows[i], [kk]), align=4)
+                    b = builder.shuffle_vector(
+                        builder.insert_element(undef, s, ir.Constant(i32, 0)), undef, splat
+                    )
+                    new += [
+                        builder.call(fma, [b, tokens[j], accs[base + i * vectors + j]])
+                        for j in range(vectors)
+                    ]
+            k_next = builder.add(k, const(split))
             k.add_incoming(k_next, loop)
             for a, v in zip(accs, new):
                 a.add_incoming(v, loop)
             builder.cbranch(builder.icmp_signed("<", k_next, k_count), loop, done)
 
             builder.position_at_end(done)
-            for idx, v in enumerate(new):
+            size = rows * vectors
+            sums = new[:size]
+            for phase in range(1, split):
+                sums = [
+                    builder.fadd(x, y) for x, y in zip(sums, new[phase * size : (phase + 1) * size])
+                ]
+            for idx, v in enumerate(sums):
                 out = builder.bitcast(builder.gep(acc_data, [const(width * idx)]), vec_p)
                 builder.store(v, out, align=4)
             return context.get_dummy_value()
