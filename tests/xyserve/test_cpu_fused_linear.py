@@ -20,8 +20,9 @@ def _bf16_values(a: np.ndarray) -> np.ndarray:
     return torch.from_numpy(a).to(torch.bfloat16).float().numpy()
 
 
-# k = 40: tiles of few rows split k into phases; 37: no phase count divides it, the plain ones
-@pytest.mark.parametrize("k", [40, 37])
+# k = 40: tiles of few rows split k into phases; 37: no phase count divides it, the plain ones;
+# 1603: several passes go over a panel in chunks of k (PANEL_CHUNK_BYTES), the last one odd
+@pytest.mark.parametrize("k", [40, 37, 1603])
 @pytest.mark.parametrize("bf16", [False, True], ids=["f32", "bf16"])
 @pytest.mark.parametrize("threads,width", [(1, w) for w in WIDTHS] + [(2, WIDTHS[-1])])
 def test_panel_linear_equals_matmul(width, threads, bf16, k):
@@ -35,6 +36,7 @@ def test_panel_linear_equals_matmul(width, threads, bf16, k):
     assert packed.dtype == (np.uint16 if bf16 else np.float32) and packed.shape == (4, k, p)
     bias = rng.standard_normal(n).astype(np.float32)
     linear = ff._linear_c_par if threads > 1 else ff._linear_c
+    assert k < 1000 or k * p * packed.itemsize > ff.PANEL_CHUNK_BYTES  # chunks at 1603
     # every tile height, and several passes over a panel
     for rows in range(1, 2 * ff.panel_rows(width) + 2):
         x = rng.standard_normal((rows, k)).astype(np.float32)

@@ -221,7 +221,7 @@ def _linear(x, w, bias, out, accumulate, threads):  # pragma: no cover - compile
     jobs = w.shape[0]
     chunks = max(1, min(threads, jobs))
     for t in prange(chunks):
-        scratch = np.empty(PANEL_ROWS * 32, np.float32)  # a panel tile's write-back
+        scratch = np.empty(out.shape[0] * w.shape[2], np.float32)  # the panel tiles' sums
         for c in range(jobs * t // chunks, jobs * (t + 1) // chunks):
             _panel_job_c(x, w, bias, out, accumulate, c, scratch)
 
@@ -233,18 +233,24 @@ def panel_rows(width: int) -> int:
     return 8 if width == 16 else 6
 
 
-PANEL_ROWS = 8  # panel_rows' largest value (the scratch's rows)
-# How far ahead of the row it reads a panel tile prefetches its weights: the hardware
-# prefetcher alone left a weight stream's latency exposed (docs/perf.md, "Panels").
-PREFETCH_BYTES = 16384
+# How far ahead of the row it reads a panel tile prefetches its weights, into L2: the hardware
+# prefetcher alone left a weight stream's latency exposed (docs/perf.md, "Panels"). One chunk
+# (below): while several passes of rows read a chunk, the next one arrives.
+PREFETCH_BYTES = 24576
+# The most of a panel one chunk of k holds when several passes of rows read it (the chunk and
+# the passes' rows stay in L1 between passes).
+PANEL_CHUNK_BYTES = 24576
 
 
 def _panel_job(x, w, bias, out, accumulate, c, scratch):  # pragma: no cover - compiled
     """Output columns P c .. P c + P - 1 from panel ``c`` of ``w`` ([K, P], K-major, P = two
     vectors): a register tile (``gemm.make_tile``) broadcasts each row's x[r, k] against the
     panel's two weight vectors at k, with no horizontal sums, for up to ``panel_rows`` rows
-    per pass over the panel (the rows split as evenly as the passes allow; the panel stays in
-    L1/L2 between passes). Columns past N in the last panel are zero weights, not written."""
+    per pass over the panel (the rows split as evenly as the passes allow). With several
+    passes the panel goes in chunks of k of ``PANEL_CHUNK_BYTES``, every pass over a chunk
+    before the next, so the chunk is read from L1, not L2, after the first pass; the tiles
+    add each chunk's sums to ``scratch`` (>= rows x P floats), written out once at the end.
+    Columns past N in the last panel are zero weights, not written."""
     rows, kdim = out.shape[0], x.shape[1]
     p = w.shape[2]
     vw = p // 2
@@ -253,20 +259,28 @@ def _panel_job(x, w, bias, out, accumulate, c, scratch):  # pragma: no cover - c
     n0 = c * p
     cols = min(p, out.shape[1] - n0)
     passes = (rows + most - 1) // most
-    r = 0
-    for i in range(passes):
-        t = (rows - r + passes - i - 1) // (passes - i)
-        _panel_tile(vw, t, x, r * kdim, kdim, w, c * kdim * p, scratch)
-        for a in range(t):
-            for j in range(cols):
-                v = scratch[a * p + j]
-                if has_bias:
-                    v += bias[n0 + j]
-                if accumulate:
-                    out[r + a, n0 + j] += v
-                else:
-                    out[r + a, n0 + j] = v
-        r += t
+    chunk = kdim
+    if passes > 1:  # a multiple of 4 (the tiles' k phases) that fits the budget
+        chunk = max(4, PANEL_CHUNK_BYTES // (p * w.itemsize) // 4 * 4)
+    scratch[: rows * p] = np.float32(0.0)
+    for k0 in range(0, kdim, chunk):
+        count = min(chunk, kdim - k0)
+        r = 0
+        for i in range(passes):
+            t = (rows - r + passes - i - 1) // (passes - i)
+            _panel_tile(
+                vw, t, x, r * kdim + k0, kdim, w, (c * kdim + k0) * p, count, scratch[r * p :]
+            )
+            r += t
+    for a in range(rows):
+        for j in range(cols):
+            v = scratch[a * p + j]
+            if has_bias:
+                v += bias[n0 + j]
+            if accumulate:
+                out[a, n0 + j] += v
+            else:
+                out[a, n0 + j] = v
 
 
 def _head_norm(v, weight, eps):  # pragma: no cover - compiled
@@ -325,7 +339,7 @@ def _attend_rows(
     key would be loaded and stored per key). ``kf``/``vf``: a layer's caches as [slots, Hkv,
     D] (a slot indexes them directly, with no division into block and offset per key); ``sc``
     ([len(members), >= max nks] float32, C-contiguous), ``bits`` (int32, >= max nks) and
-    ``acc`` (float32, >= 4 vw): scratch."""
+    ``acc`` (float32, >= D; the value tiles add each block's sums to it): scratch."""
     d = kf.shape[2]
     n = members.shape[0]
     lead = members[0]  # the row that sees the most of the table (all see a prefix of it)
@@ -351,7 +365,7 @@ def _attend_rows(
         r = members[a]
         softmax_(sc[a, : nks[r]], bits)
         oa, sa = attn[r, q0 : q0 + d], sc[a]
-        oa[:] = np.float32(0.0)
+        acc[:d] = np.float32(0.0)
         for j0 in range(0, ctx_len[r], bs):
             count = min(bs, ctx_len[r] - j0)
             base = key_slots[r, j0] * ld + kh * d
@@ -361,14 +375,13 @@ def _attend_rows(
                 if step == 0:  # a head size that is not a multiple of the vector width
                     for j in range(j0, j0 + count):
                         for e in range(c0, d):
-                            oa[e] += sa[j] * flat[base + (j - j0) * ld + e]
+                            acc[e] += sa[j] * flat[base + (j - j0) * ld + e]
                     break
                 _value_tile(
-                    vw, step // vw, sc, a * sc.shape[1] + j0, flat, base + c0, ld, count, acc
+                    vw, step // vw, sc, a * sc.shape[1] + j0, flat, base + c0, ld, count, acc[c0:]
                 )
-                for e in range(step):
-                    oa[c0 + e] += acc[e]
                 c0 += step
+        oa[:] = acc[:d]
         for j in range(ctx_len[r], nks[r]):
             _axpy(sa[j], vf[key_slots[r, j], kh], oa, d)
 
@@ -466,7 +479,7 @@ def _forward(
     scores = np.empty((num_rows * num_heads, key_slots.shape[1]), np.float32)
     s_bits = np.empty((num_rows * num_heads, max(key_slots.shape[1], inter)), np.int32)
     vw = qkv.shape[-1] // 2  # the panels' vector width
-    pv_acc = np.empty((num_rows * num_heads, 4 * vw), np.float32)
+    pv_acc = np.empty((num_rows * num_heads, d), np.float32)
     s_p = np.empty((num_rows, inter), np.float32)
     for r in range(num_rows):
         h[r] = embed[ids[r]]
@@ -573,8 +586,8 @@ if njit is not None:
         return max(1, -(-8 // chains))
 
     def _panel_tile_source() -> tuple[str, dict]:
-        """``_panel_tile(vw, rows, x, x_off, kdim, w, w_off, acc)``: the tile of ``rows`` token
-        rows at vector width ``vw`` (every width, so the tests run each one the host can),
+        """``_panel_tile(vw, rows, x, x_off, ldx, w, w_off, count, acc)``: the tile of ``rows``
+        token rows (``count`` of k, added to ``acc``) at vector width ``vw`` (every width, so the tests run each one the host can),
         and ``_value_tile(vw, vectors, ...)``, attention's one-row tile over ``vectors``
         vectors of a head's values, as if-chains over the compiled tiles. A tile of few rows
         splits k into phases (``_split``) where the count of k allows it."""
@@ -583,9 +596,9 @@ if njit is not None:
 
         def case(name, rows, vw, vectors, prefetch, call, count):
             split = _split(rows * vectors)
-            tiles[name] = make_tile(rows, vw, vectors, prefetch)
+            tiles[name] = make_tile(rows, vw, vectors, prefetch, accumulate=True)
             if split > 1:
-                tiles[name + "_s"] = make_tile(rows, vw, vectors, prefetch, split)
+                tiles[name + "_s"] = make_tile(rows, vw, vectors, prefetch, split, True)
                 lines.append(f"        if {count} % {split} == 0:")
                 lines.append(f"            {name}_s({call})")
                 lines.append("        else:")
@@ -593,13 +606,13 @@ if njit is not None:
             else:
                 lines.append(f"        {name}({call})")
 
-        lines.append("def _panel_tile(vw, rows, x, x_off, kdim, w, w_off, acc):")
+        lines.append("def _panel_tile(vw, rows, x, x_off, ldx, w, w_off, count, acc):")
         for vw in (16, 8, 4):
             for r in range(1, panel_rows(vw) + 1):
                 first = lines[-1].startswith("def ")
                 lines.append(f"    {'if' if first else 'elif'} vw == {vw} and rows == {r}:")
-                call = f"x, x_off, kdim, w, w_off, {2 * vw}, kdim, acc"
-                case(f"_tile_{vw}_{r}", r, vw, 2, PREFETCH_BYTES, call, "kdim")
+                call = f"x, x_off, ldx, w, w_off, {2 * vw}, count, acc"
+                case(f"_tile_{vw}_{r}", r, vw, 2, PREFETCH_BYTES, call, "count")
         lines.append("def _value_tile(vw, vectors, p, p_off, v, v_off, ld, count, acc):")
         for vw in (16, 8, 4):
             for vec in (4, 1):

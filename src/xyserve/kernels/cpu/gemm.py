@@ -57,7 +57,14 @@ def available(dtype: torch.dtype) -> bool:
     return numba is not None and dtype == torch.float32
 
 
-def make_tile(rows: int, width: int, vectors: int, prefetch: int = 0, split: int = 1):
+def make_tile(
+    rows: int,
+    width: int,
+    vectors: int,
+    prefetch: int = 0,
+    split: int = 1,
+    accumulate: bool = False,
+):
     """An intrinsic ``tile(w, w_off, ldw, xt, xt_off, ldxt, k_count, acc)``: ``acc[i, j] =
     sum_k w[w_off + i * ldw + k] * xt[xt_off + k * ldxt + j]`` for ``rows`` x ``width *
     vectors`` in vectors of ``width`` floats,
@@ -69,7 +76,8 @@ def make_tile(rows: int, width: int, vectors: int, prefetch: int = 0, split: int
     half the bytes streamed, the same float32 arithmetic. ``split`` > 1 keeps that many sets
     of accumulators, for consecutive k in turn (summed at the end), so a tile of few rows
     has enough independent FMA chains to hide their latency; ``k_count`` must then be a
-    multiple of ``split`` (the caller's check)."""
+    multiple of ``split`` (the caller's check). ``accumulate``: ``acc`` += the sums instead
+    of ``acc`` = them (one call per chunk of k, the sums kept in ``acc`` between calls)."""
 
     @intrinsic
     def tile(typingctx, w, w_off, ldw, xt, xt_off, ldxt, k_count, acc):
@@ -118,7 +126,9 @@ def make_tile(rows: int, width: int, vectors: int, prefetch: int = 0, split: int
                 ahead = builder.gep(row, [builder.mul(const(prefetch // row_bytes), ld)])
                 for line in range(max(1, row_bytes // 64)):
                     at = builder.gep(builder.bitcast(ahead, i8p), [const(64 * line)])
-                    flags = [ir.Constant(i32, v) for v in (0, 3, 1)]  # read, keep, data
+                    # read, into L2 (prefetcht1: measured best; into L1 it displaced the
+                    # panel the tile is reading, docs/perf.md), data
+                    flags = [ir.Constant(i32, v) for v in (0, 2, 1)]
                     builder.call(pf, [at, *flags])
 
             w_data, xt_data, acc_data = data(0), data(3), data(7)
@@ -131,6 +141,15 @@ def make_tile(rows: int, width: int, vectors: int, prefetch: int = 0, split: int
                 for i in range(rows)
             ]
             xt_base = builder.gep(xt_data, [xt_off])
+
+            def acc_at(idx):
+                return builder.bitcast(builder.gep(acc_data, [const(width * idx)]), vec_p)
+
+            # the first phase starts from what ``acc`` holds (accumulate) or from zero
+            starts = [
+                builder.load(acc_at(idx), align=4) if accumulate else ir.Constant(vec, None)
+                for idx in range(rows * vectors)
+            ]
             entry = builder.block
             loop = builder.append_basic_block("tile_k")
             done = builder.append_basic_block("tile_done")
@@ -140,9 +159,10 @@ def make_tile(rows: int, width: int, vectors: int, prefetch: int = 0, split: int
             k = builder.phi(i64)
             k.add_incoming(const(0), entry)
             accs = []  # per phase of k (``split``), rows x vectors
-            for _ in range(split * rows * vectors):
+            for idx in range(split * rows * vectors):
                 a = builder.phi(vec)
-                a.add_incoming(ir.Constant(vec, None), entry)
+                first = idx < rows * vectors
+                a.add_incoming(starts[idx] if first else ir.Constant(vec, None), entry)
                 accs.append(a)
             undef = ir.Constant(vec, ir.Undefined)
             splat = ir.Constant(ir.VectorType(i32, width), [0] * width)
@@ -177,8 +197,7 @@ def make_tile(rows: int, width: int, vectors: int, prefetch: int = 0, split: int
                     builder.fadd(x, y) for x, y in zip(sums, new[phase * size : (phase + 1) * size])
                 ]
             for idx, v in enumerate(sums):
-                out = builder.bitcast(builder.gep(acc_data, [const(width * idx)]), vec_p)
-                builder.store(v, out, align=4)
+                builder.store(v, acc_at(idx), align=4)
             return context.get_dummy_value()
 
         return sig, codegen
