@@ -55,7 +55,7 @@ try:
     from xyserve.kernels.cpu.act import silu_mul_row
     from xyserve.kernels.cpu.cache import depends_on
     from xyserve.kernels.cpu.exp import softmax_
-    from xyserve.kernels.cpu.gemm import make_tile
+    from xyserve.kernels.cpu.gemm import make_prefetch, make_tile
 
     # the helpers this module's kernels inline from others (numba's cache keys on them too)
     DEPENDS = (act, exp, gemm)
@@ -240,6 +240,8 @@ PREFETCH_BYTES = 24576
 # The most of a panel one chunk of k holds when several passes of rows read it (the chunk and
 # the passes' rows stay in L1 between passes).
 PANEL_CHUNK_BYTES = 24576
+# How many keys ahead attention prefetches a key's K and V (into L2).
+KEY_PREFETCH = 16
 
 
 def _panel_job(x, w, bias, out, accumulate, c, scratch):  # pragma: no cover - compiled
@@ -327,63 +329,83 @@ def _rope_row(
 
 
 def _attend_rows(
-    members, hh, q, key_slots, ctx_len, nks, kf, vf, kh, scale, attn, sc, bits, bs, vw, acc
+    members, kh, group, q, key_slots, ctx_len, nks, kf, vf, scale, attn, sc, bits, bs, vw, acc
 ):  # pragma: no cover - compiled
-    """Head ``hh`` of the rows ``members`` (rows through one block table, as a request's rows
-    in a step): softmax(q . K / sqrt(d)) V into ``attn``. Row r sees its table's first
-    ``ctx_len[r]`` positions, then its extra slots (``key_slots[r, ctx_len[r]:nks[r]]``). A
-    table key's K is read once for all the rows that see it (a verify step's rows share their
-    request's context). The values go a block of ``bs`` table positions at a time (their
-    slots are consecutive) through a register tile of width ``vw`` (``_value_tile``: the row's
-    weights broadcast against the block's values, summed in registers; an output updated per
-    key would be loaded and stored per key). ``kf``/``vf``: a layer's caches as [slots, Hkv,
-    D] (a slot indexes them directly, with no division into block and offset per key); ``sc``
-    ([len(members), >= max nks] float32, C-contiguous), ``bits`` (int32, >= max nks) and
-    ``acc`` (float32, >= D; the value tiles add each block's sums to it): scratch."""
+    """K/V head ``kh`` and its ``group`` query heads of the rows ``members`` (rows through one
+    block table, as a request's rows in a step): softmax(q . K / sqrt(d)) V into ``attn``. Row
+    r sees its table's first ``ctx_len[r]`` positions, then its extra slots
+    (``key_slots[r, ctx_len[r]:nks[r]]``). A table key's K is read once for all the rows that
+    see it (a verify step's rows share their request's context) and all the query heads that
+    share it (grouped-query attention). The values go a block of ``bs`` table positions at a
+    time (their slots are consecutive) through a register tile of width ``vw``
+    (``_value_tile``: the row's weights broadcast against the block's values, summed in
+    registers; an output updated per key would be loaded and stored per key). ``kf``/``vf``:
+    a layer's caches as [slots, Hkv, D] (a slot indexes them directly, with no division into
+    block and offset per key). Scratch: ``sc`` ([len(members) x group, >= max nks] float32,
+    C-contiguous; row a x group + g is row a's query head g), ``bits`` (int32, >= max nks),
+    ``acc`` (float32, >= D; the value tiles add each block's sums to it)."""
     d = kf.shape[2]
     n = members.shape[0]
     lead = members[0]  # the row that sees the most of the table (all see a prefix of it)
     for a in range(1, n):
         if ctx_len[members[a]] > ctx_len[lead]:
             lead = members[a]
-    q0 = hh * d
     for a in range(n):
         r = members[a]
-        qa, sa = q[r, q0 : q0 + d], sc[a]
-        for j in range(ctx_len[r], nks[r]):  # the row's own extra keys
-            sa[j] = _dot(qa, kf[key_slots[r, j], kh], d) * scale
-    for j in range(ctx_len[lead]):
-        kv = kf[key_slots[lead, j], kh]
+        for g in range(group):
+            q0 = (kh * group + g) * d
+            qa, sa = q[r, q0 : q0 + d], sc[a * group + g]
+            for j in range(ctx_len[r], nks[r]):  # the row's own extra keys
+                sa[j] = _dot(qa, kf[key_slots[r, j], kh], d) * scale
+    # the K and V of the key KEY_PREFETCH on are prefetched into L2 (the V for the values'
+    # pass after the softmax): a request's keys sit in its blocks, scattered over the cache,
+    # and a step of many requests reads them from memory
+    kflat = kf.reshape(kf.shape[0] * kf.shape[1] * d)
+    flat = vf.reshape(vf.shape[0] * vf.shape[1] * d)
+    nctx = ctx_len[lead]
+    ahead = min(nctx, KEY_PREFETCH)
+    for j in range(nctx + ahead):
+        if j < nctx:
+            at = (key_slots[lead, j] * kf.shape[1] + kh) * d
+            for e in range(0, d, 64):  # four cache lines a call
+                _prefetch_lines(kflat, at + e)
+                _prefetch_lines(flat, at + e)
+        if j < ahead:
+            continue
+        jj = j - ahead
+        kv = kf[key_slots[lead, jj], kh]
         for a in range(n):
             r = members[a]
-            if j < ctx_len[r]:
-                sc[a, j] = _dot(q[r, q0 : q0 + d], kv, d) * scale
-    flat = vf.reshape(vf.shape[0] * vf.shape[1] * d)
+            if jj < ctx_len[r]:
+                for g in range(group):
+                    q0 = (kh * group + g) * d
+                    sc[a * group + g, jj] = _dot(q[r, q0 : q0 + d], kv, d) * scale
     ld = vf.shape[1] * d  # one slot to the next
     wide = 4 * vw
     for a in range(n):
         r = members[a]
-        softmax_(sc[a, : nks[r]], bits)
-        oa, sa = attn[r, q0 : q0 + d], sc[a]
-        acc[:d] = np.float32(0.0)
-        for j0 in range(0, ctx_len[r], bs):
-            count = min(bs, ctx_len[r] - j0)
-            base = key_slots[r, j0] * ld + kh * d
-            c0 = 0
-            while c0 < d:
-                step = wide if c0 + wide <= d else (vw if c0 + vw <= d else 0)
-                if step == 0:  # a head size that is not a multiple of the vector width
-                    for j in range(j0, j0 + count):
-                        for e in range(c0, d):
-                            acc[e] += sa[j] * flat[base + (j - j0) * ld + e]
-                    break
-                _value_tile(
-                    vw, step // vw, sc, a * sc.shape[1] + j0, flat, base + c0, ld, count, acc[c0:]
-                )
-                c0 += step
-        oa[:] = acc[:d]
-        for j in range(ctx_len[r], nks[r]):
-            _axpy(sa[j], vf[key_slots[r, j], kh], oa, d)
+        for g in range(group):
+            i, q0 = a * group + g, (kh * group + g) * d
+            softmax_(sc[i, : nks[r]], bits)
+            oa, sa = attn[r, q0 : q0 + d], sc[i]
+            acc[:d] = np.float32(0.0)
+            for j0 in range(0, ctx_len[r], bs):
+                count = min(bs, ctx_len[r] - j0)
+                base = key_slots[r, j0] * ld + kh * d
+                c0 = 0
+                while c0 < d:
+                    step = wide if c0 + wide <= d else (vw if c0 + vw <= d else 0)
+                    if step == 0:  # a head size that is not a multiple of the vector width
+                        for j in range(j0, j0 + count):
+                            for e in range(c0, d):
+                                acc[e] += sa[j] * flat[base + (j - j0) * ld + e]
+                        break
+                    p_off = i * sc.shape[1] + j0
+                    _value_tile(vw, step // vw, sc, p_off, flat, base + c0, ld, count, acc[c0:])
+                    c0 += step
+            oa[:] = acc[:d]
+            for j in range(ctx_len[r], nks[r]):
+                _axpy(sa[j], vf[key_slots[r, j], kh], oa, d)
 
 
 def _dot(x, y, n):  # pragma: no cover - compiled
@@ -495,13 +517,14 @@ def _forward(
             _rope_row_c(0, qkv_out, pos, slots, cos, sin, qn, kn, eps, num_heads, q, kc, vc)
         kf = kc.reshape(kc.shape[0] * bs, hkv, d)
         vf = vc.reshape(kc.shape[0] * bs, hkv, d)
-        for i in prange(groups * num_heads):  # every row's K/V is in the cache by now
-            g, hh = i // num_heads, i % num_heads
+        for i in prange(groups * hkv):  # every row's K/V is in the cache by now
+            g, kh = i // hkv, i % hkv
             m0, m1 = g_off[g], g_off[g + 1]
+            s0 = m0 * num_heads + kh * (m1 - m0) * group  # the item's rows of scores
             _attend_rows_c(
-                order[m0:m1], hh, q, key_slots, ctx_len, nks, kf, vf, hh // group, scale, attn,
-                scores[m0 * num_heads + hh * (m1 - m0) : m0 * num_heads + (hh + 1) * (m1 - m0)],
-                s_bits[m0 * num_heads + hh], bs, vw, pv_acc[m0 * num_heads + hh],
+                order[m0:m1], kh, group, q, key_slots, ctx_len, nks, kf, vf, scale, attn,
+                scores[s0 : s0 + (m1 - m0) * group], s_bits[m0 * num_heads + kh], bs, vw,
+                pv_acc[m0 * num_heads + kh],
             )  # fmt: skip
         _LINEAR(attn, o[layer], o_bias[layer], h, True, threads)
         _rms_rows_c(h, post_norm[layer], eps, x)
@@ -658,6 +681,7 @@ if njit is not None:
     _attend_rows_c = _jit(_attend_rows)
     _panel_tile = njit(inline="always")(_scope["_panel_tile"])
     _value_tile = njit(inline="always")(_scope["_value_tile"])
+    _prefetch_lines = make_prefetch(4)
     _panel_rows_c = njit(inline="always")(panel_rows)
     _panel_job_c = _jit(_panel_job)
     _linear_c = _jit(_linear)

@@ -205,6 +205,36 @@ def make_tile(
     return tile
 
 
+def make_prefetch(lines: int):
+    """An intrinsic ``prefetch(a, offset)``: prefetch ``lines`` cache lines of float32 array
+    ``a`` from element ``offset`` on into L2 (a hint: never faults, even past the array)."""
+
+    @intrinsic
+    def prefetch(typingctx, a, offset):
+        if not isinstance(a, types.Array):
+            return None
+        sig = types.void(a, offset)
+
+        def codegen(context, builder, signature, args):  # pragma: no cover - compiled
+            i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+            data = context.make_array(signature.args[0])(context, builder, args[0]).data
+            off = context.cast(builder, args[1], signature.args[1], types.intp)
+            at = builder.bitcast(builder.gep(data, [off]), i8p)
+            pf = cgutils.get_or_insert_function(
+                builder.module,
+                ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+                "llvm.prefetch.p0",
+            )
+            for line in range(lines):
+                here = builder.gep(at, [ir.Constant(ir.IntType(64), 64 * line)])
+                builder.call(pf, [here, *(ir.Constant(i32, v) for v in (0, 2, 1))])
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return prefetch
+
+
 if numba is not None:
     # (vector width, vectors): the tiles of every width, all compiled into the one kernel
     _t16x2, _t16x1 = make_tile(MR, 16, 2), make_tile(MR, 16, 1)
