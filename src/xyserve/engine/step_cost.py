@@ -97,6 +97,8 @@ class MedianStepCost(_LineCost):
     min_steps: int = 4  # no prediction before this many observations
     times: dict[int, deque] = field(default_factory=dict)
     n: int = 0
+    # the line as of observation ``n`` (a controller asks several times between two steps)
+    _cached: tuple[int, tuple[float, float] | None] | None = field(default=None, repr=False)
 
     def observe(self, tokens: int, seconds: float) -> None:
         q = self.times.get(tokens)
@@ -108,6 +110,11 @@ class MedianStepCost(_LineCost):
     def line(self) -> tuple[float, float] | None:
         """(a, b), whatever their signs, or None before ``min_steps`` steps or while fewer
         than two sizes were seen within the horizon."""
+        if self._cached is None or self._cached[0] != self.n:
+            self._cached = (self.n, self._line())
+        return self._cached[1]
+
+    def _line(self) -> tuple[float, float] | None:
         if self.n < self.min_steps:
             return None
         since = self.n - self.horizon
