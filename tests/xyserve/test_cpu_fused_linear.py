@@ -72,3 +72,22 @@ def test_the_forward_gives_the_same_logits_at_every_width():
     for logits, argmax in outs[1:]:
         np.testing.assert_allclose(logits, outs[0][0], rtol=1e-5, atol=1e-5)
         assert argmax.tolist() == outs[0][1].tolist()
+
+
+@pytest.mark.parametrize("width", [2, 5, 32])
+def test_a_width_no_tile_was_compiled_for_is_refused(width):
+    """The panel tiles exist for widths 4, 8 and 16 only: any other would leave the linear
+    layers' outputs unwritten (their biases only), so packing for it is an error."""
+    rng = np.random.default_rng(0)
+    h, d = 8, 4
+    layer = {
+        "input_norm": np.ones(h, np.float32), "post_norm": np.ones(h, np.float32),
+        "qkv": rng.standard_normal((3 * d, h)).astype(np.float32), "qkv_bias": None,
+        "o": rng.standard_normal((h, d)).astype(np.float32), "o_bias": None,
+        "gate_up": rng.standard_normal((2 * h, h)).astype(np.float32),
+        "down": rng.standard_normal((h, h)).astype(np.float32), "q_norm": None, "k_norm": None,
+    }  # fmt: skip
+    embed = rng.standard_normal((16, h)).astype(np.float32)
+    cos = np.ones((8, d), np.float32)
+    with pytest.raises(ValueError, match="width"):
+        ff.pack(embed, embed, np.ones(h, np.float32), [layer], cos, cos, 1, 1, d, 1e-5, width=width)

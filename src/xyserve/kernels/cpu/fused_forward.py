@@ -161,8 +161,12 @@ def pack(
     model has none). ``cos``/``sin``: the model's [max_positions, D] or [.., D / 2] tables
     (non-interleaved halves, as HF: both halves equal, the first is kept). ``compact``: keep
     the linear layers as bfloat16 bits where that loses nothing. ``width``: the vector width
-    of the tile that will read them (the host's when None), whose two vectors make a panel.
+    of the tile that will read them (the host's when None), whose two vectors make a panel
+    (one of ``TILE_WIDTHS``, else a ValueError).
     """
+    width = vector_width() if width is None else width
+    if width not in TILE_WIDTHS:
+        raise ValueError(f"width {width}: the panel tiles are compiled for widths {TILE_WIDTHS}")
     half = head_dim // 2
     cos_a, sin_a = _f32(cos), _f32(sin)
     linears = {
@@ -171,7 +175,7 @@ def pack(
     }
     if compact and _bf16_exact(list(linears.values())):
         linears = {k: _bf16_bits(a) for k, a in linears.items()}
-    p = 2 * (vector_width() if width is None else width)
+    p = 2 * width
     linears = {k: _panels(a, p) for k, a in linears.items()}
     return PackedWeights(
         embed=_f32(embed),
@@ -224,6 +228,11 @@ def _linear(x, w, bias, out, accumulate, threads):  # pragma: no cover - compile
         scratch = np.empty(out.shape[0] * w.shape[2], np.float32)  # the panel tiles' sums
         for c in range(jobs * t // chunks, jobs * (t + 1) // chunks):
             _panel_job_c(x, w, bias, out, accumulate, c, scratch)
+
+
+# The vector widths the panel and value tiles are compiled for (``_panel_tile_source``): a
+# panel of any other width would match no tile, so :func:`pack` refuses it.
+TILE_WIDTHS = (16, 8, 4)
 
 
 def panel_rows(width: int) -> int:
@@ -630,14 +639,14 @@ if njit is not None:
                 lines.append(f"        {name}({call})")
 
         lines.append("def _panel_tile(vw, rows, x, x_off, ldx, w, w_off, count, acc):")
-        for vw in (16, 8, 4):
+        for vw in TILE_WIDTHS:
             for r in range(1, panel_rows(vw) + 1):
                 first = lines[-1].startswith("def ")
                 lines.append(f"    {'if' if first else 'elif'} vw == {vw} and rows == {r}:")
                 call = f"x, x_off, ldx, w, w_off, {2 * vw}, count, acc"
                 case(f"_tile_{vw}_{r}", r, vw, 2, PREFETCH_BYTES, call, "count")
         lines.append("def _value_tile(vw, vectors, p, p_off, v, v_off, ld, count, acc):")
-        for vw in (16, 8, 4):
+        for vw in TILE_WIDTHS:
             for vec in (4, 1):
                 first = lines[-1].startswith("def ")
                 lines.append(f"    {'if' if first else 'elif'} vw == {vw} and vectors == {vec}:")
