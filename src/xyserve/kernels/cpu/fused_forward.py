@@ -31,9 +31,9 @@ RMSNorm before RoPE (Qwen3), tied or separate lm_head, and RoPE read from the mo
 cos/sin tables (so scaled RoPE stays the model's).
 
 Two compilations of the same code exist: ``serial`` (one thread) and ``parallel`` (numba
-``prange`` over each linear layer's output columns, attention's (row, head) pairs, and rows);
-:func:`forward` takes either. Which one the draft uses was chosen by measurement (docs/perf.md, "Fused draft forward
-and trees").
+``prange`` over each linear layer's output columns, attention's (request, K/V head) items,
+and rows); :func:`forward` takes either. Which one the draft uses was chosen by measurement
+(docs/perf.md, "Fused draft forward and trees").
 numba is optional: without it :func:`available` is False and callers keep their torch path.
 """
 
@@ -449,7 +449,7 @@ def _forward(
     :func:`_row_tuple` and :func:`_weight_tuple`; ``threads``: how many runs the linear
     layers' jobs are split into (the thread count of the parallel compilation; 1 in the serial
     one). Parallel regions (in the ``parallel`` compilation): each linear layer's output
-    columns, attention's (row, head) pairs, and RoPE and SiLU over rows only when there are
+    columns, attention's (request, K/V head) items, and RoPE and SiLU over rows only when there are
     several (one row runs them inline: a region costs a fork and join of the thread pool).
     Scratch (scores, exps) is allocated once per pass, not per row and layer."""
     ids, pos, slots, table_of, tables, ctx_len, extra_off, extra_slots, out_rows = rows

@@ -70,8 +70,9 @@ def make_tile(
     vectors`` in vectors of ``width`` floats,
     written row-major to ``acc`` (float32 arrays; offsets in elements; ``k_count`` >= 1; no
     bounds checks, the caller owns them). ``prefetch`` > 0: each step of k also prefetches
-    ``xt`` that many bytes ahead, for an ``xt`` streamed from memory once (a prefetch past
-    the array's end is harmless). ``xt`` may also be uint16 bfloat16 bit patterns,
+    the ``xt`` row ``prefetch // (its bytes)`` rows of ``ldxt`` ahead (``prefetch`` bytes
+    where ``ldxt`` is the tile's own row), for an ``xt`` streamed from memory once (a
+    prefetch past the array's end is harmless). ``xt`` may also be uint16 bfloat16 bit patterns,
     each vector widened to float32 as it is loaded (the upper half of a float32's bits):
     half the bytes streamed, the same float32 arithmetic. ``split`` > 1 keeps that many sets
     of accumulators, for consecutive k in turn (summed at the end), so a tile of few rows
@@ -116,20 +117,10 @@ def make_tile(
                 return ir.Constant(i64, v)
 
             def _prefetch(builder, row, ld, row_bytes):
-                """Prefetch the ``xt`` row ``prefetch`` bytes past ``row`` (every cache line)."""
-                i8p = ir.IntType(8).as_pointer()
-                pf = cgutils.get_or_insert_function(
-                    builder.module,
-                    ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
-                    "llvm.prefetch.p0",
-                )
+                """Prefetch the ``xt`` row ``prefetch // row_bytes`` rows of ``ld`` past
+                ``row`` (``prefetch`` bytes ahead where ``ld`` is the row's own width)."""
                 ahead = builder.gep(row, [builder.mul(const(prefetch // row_bytes), ld)])
-                for line in range(max(1, row_bytes // 64)):
-                    at = builder.gep(builder.bitcast(ahead, i8p), [const(64 * line)])
-                    # read, into L2 (prefetcht1: measured best; into L1 it displaced the
-                    # panel the tile is reading, docs/perf.md), data
-                    flags = [ir.Constant(i32, v) for v in (0, 2, 1)]
-                    builder.call(pf, [at, *flags])
+                emit_prefetch(builder, ahead, max(1, row_bytes // 64))
 
             w_data, xt_data, acc_data = data(0), data(3), data(7)
             w_off, ldw, xt_off, ldxt, k_count = (index(i) for i in (1, 2, 4, 5, 6))
@@ -205,9 +196,22 @@ def make_tile(
     return tile
 
 
+def emit_prefetch(builder, at, lines: int) -> None:
+    """IR: prefetch ``lines`` cache lines from pointer ``at`` on, for reading, into L2
+    (``prefetcht1``: docs/perf.md, "Panels", compares the levels)."""
+    i8p, i32, i64 = ir.IntType(8).as_pointer(), ir.IntType(32), ir.IntType(64)
+    pf = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), "llvm.prefetch.p0"
+    )
+    base = builder.bitcast(at, i8p)
+    flags = [ir.Constant(i32, v) for v in (0, 2, 1)]  # read, locality 2 (L2), data
+    for line in range(lines):
+        builder.call(pf, [builder.gep(base, [ir.Constant(i64, 64 * line)]), *flags])
+
+
 def make_prefetch(lines: int):
-    """An intrinsic ``prefetch(a, offset)``: prefetch ``lines`` cache lines of float32 array
-    ``a`` from element ``offset`` on into L2 (a hint: never faults, even past the array)."""
+    """An intrinsic ``prefetch(a, offset)``: prefetch ``lines`` cache lines of array ``a``
+    from element ``offset`` on into L2 (a hint: never faults, even past the array)."""
 
     @intrinsic
     def prefetch(typingctx, a, offset):
@@ -216,18 +220,9 @@ def make_prefetch(lines: int):
         sig = types.void(a, offset)
 
         def codegen(context, builder, signature, args):  # pragma: no cover - compiled
-            i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
             data = context.make_array(signature.args[0])(context, builder, args[0]).data
             off = context.cast(builder, args[1], signature.args[1], types.intp)
-            at = builder.bitcast(builder.gep(data, [off]), i8p)
-            pf = cgutils.get_or_insert_function(
-                builder.module,
-                ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
-                "llvm.prefetch.p0",
-            )
-            for line in range(lines):
-                here = builder.gep(at, [ir.Constant(ir.IntType(64), 64 * line)])
-                builder.call(pf, [here, *(ir.Constant(i32, v) for v in (0, 2, 1))])
+            emit_prefetch(builder, builder.gep(data, [off]), lines)
             return context.get_dummy_value()
 
         return sig, codegen
