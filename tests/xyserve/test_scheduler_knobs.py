@@ -245,6 +245,30 @@ def test_median_step_cost_ignores_stalled_steps():
     assert h.line() is None and 5 not in h.times
 
 
+def test_median_step_cost_reuses_medians_only_while_they_hold():
+    """Asked after every step, the line (kept medians where a size got no new step and lost
+    none to the horizon) equals a fresh model's over the same steps."""
+    import random
+
+    from xyserve.engine.step_cost import MedianStepCost
+
+    rng = random.Random(0)
+    steps: list[tuple[int, float]] = []
+    kept = MedianStepCost(window=5, horizon=12, min_steps=1)
+    for _ in range(300):
+        n = rng.choice((1, 2, 5, 9)) if rng.random() < 0.9 else 33  # 33: rare, drops out
+        steps.append((n, rng.random()))
+        kept.observe(*steps[-1])
+        fresh = MedianStepCost(window=5, horizon=12, min_steps=1)
+        for step in steps:
+            fresh.observe(*step)
+        want = fresh.line()
+        for _ in range(2):  # asked twice between steps: the same
+            got = kept.line()
+            assert (got is None) == (want is None)
+            assert got is None or got == pytest.approx(want, rel=1e-12, abs=1e-15)
+
+
 class StepClock:
     """Every step lasts 10 ms + 1 ms per token, as seen by the scheduler's clock."""
 

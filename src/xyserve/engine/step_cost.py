@@ -99,12 +99,16 @@ class MedianStepCost(_LineCost):
     n: int = 0
     # the line as of observation ``n`` (a controller asks several times between two steps)
     _cached: tuple[int, tuple[float, float] | None] | None = field(default=None, repr=False)
+    # each size's median and the oldest step it used; a size's median is taken again only
+    # when it got a new step or that oldest step left the horizon
+    _medians: dict[int, tuple[int, float]] = field(default_factory=dict, repr=False)
 
     def observe(self, tokens: int, seconds: float) -> None:
         q = self.times.get(tokens)
         if q is None:
             q = self.times[tokens] = deque(maxlen=self.window)
         q.append((self.n, seconds))
+        self._medians.pop(tokens, None)
         self.n += 1
 
     def line(self) -> tuple[float, float] | None:
@@ -120,11 +124,19 @@ class MedianStepCost(_LineCost):
         since = self.n - self.horizon
         pts = []
         for x, q in list(self.times.items()):
-            recent = [t for i, t in q if i >= since]
+            known = self._medians.get(x)
+            if known is not None and known[0] >= since:  # every step it used is still inside
+                pts.append((x, known[1]))
+                continue
+            recent = [(i, t) for i, t in q if i >= since]
             if recent:
-                pts.append((x, statistics.median(recent)))
-            elif q[-1][0] < since:
-                del self.times[x]
+                med = statistics.median(t for _, t in recent)
+                self._medians[x] = (recent[0][0], med)
+                pts.append((x, med))
+            else:
+                self._medians.pop(x, None)
+                if q[-1][0] < since:
+                    del self.times[x]
         return least_squares(
             len(pts),
             sum(x for x, _ in pts),
