@@ -76,9 +76,9 @@ def verify_tokens(
         and not p.frequency_penalty
         and len(row.output_ids) >= p.min_tokens
     )
-    # the engine's argmax (torch's, but a numba kernel for float32 CPU rows: torch's own
-    # parallel argmax, past 32k elements, fought the fused step's spinning threads for the two
-    # cores and took 5 ms on a 9-row tree's logits)
+    # the engine's argmax (a numba kernel for float32 CPU rows): torch's own goes parallel on
+    # its OpenMP pool past 32k elements, which fights the fused step's numba threads for the
+    # cores (docs/perf.md, "Panels")
     argmax = greedy_ids(logits) if plain else None
     emitted: list[int] = []
     path: list[int] = []  # accepted proposals (node indices)
