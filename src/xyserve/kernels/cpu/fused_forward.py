@@ -32,8 +32,8 @@ cos/sin tables (so scaled RoPE stays the model's).
 
 Two compilations of the same code exist: ``serial`` (one thread) and ``parallel`` (numba
 ``prange`` over each linear layer's output columns, attention's (request, K/V head) items,
-and rows); :func:`forward` takes either. Which one the draft uses was chosen by measurement
-(docs/perf.md, "Fused draft forward and trees").
+and rows); :func:`forward` takes either. The draft runs the serial one, the engine's step the
+parallel one (docs/perf.md, "Fused draft forward and trees", says why).
 numba is optional: without it :func:`available` is False and callers keep their torch path.
 """
 
