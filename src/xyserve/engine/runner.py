@@ -84,8 +84,11 @@ class ModelRunner:
         shape = (num_blocks + (graphs is not None), block_size, cfg.num_kv_heads, cfg.head_dim)
         # One [L, ...] tensor each for K and V, every layer a view of it: the fused decode path
         # (``engine.runner_fused``) reads all layers' caches as one array.
+        # On the CPU they stream from huge pages (``ops.memory``).
         stacked = tuple(
-            torch.zeros((cfg.num_layers, *shape), dtype=model.dtype, device=model.device)
+            ops.memory.tensor_zeros((cfg.num_layers, *shape), model.dtype)
+            if model.device.type == "cpu"
+            else torch.zeros((cfg.num_layers, *shape), dtype=model.dtype, device=model.device)
             for _ in range(2)
         )
         self.kv_caches = [(stacked[0][i], stacked[1][i]) for i in range(cfg.num_layers)]

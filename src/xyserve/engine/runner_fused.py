@@ -33,7 +33,6 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import fields
 
 import numpy as np
 import torch
@@ -100,16 +99,6 @@ def _why_not(model: LlamaModel, kv_caches) -> str | None:
     return None
 
 
-def _aligned(w: ff.PackedWeights) -> ff.PackedWeights:
-    """``w`` with its arrays in torch's allocations (64-byte aligned, as the model's own were;
-    numpy's large arrays start 16 bytes into a page), which the eager path's GEMMs then read."""
-    for f in fields(w):
-        a = getattr(w, f.name)
-        if isinstance(a, np.ndarray):
-            setattr(w, f.name, torch.from_numpy(a).clone().numpy())
-    return w
-
-
 def _ms(fn: Callable[[], object]) -> float:
     """One call's wall time (ms)."""
     t0 = time.perf_counter()
@@ -150,7 +139,7 @@ class FusedDecode:
         threads: int,
         max_rows: int = MAX_ROWS,
     ) -> None:
-        self.weights = _aligned(pack_model(model))
+        self.weights = pack_model(model)
         share_weights(model, self.weights)
         self.k_cache, self.v_cache = (c.numpy() for c in kv_caches)  # [L, blocks, bs, Hkv, D]
         self.block_size = block_size

@@ -24,6 +24,7 @@ import torch
 from xyserve.kernels.cpu import act as _act
 from xyserve.kernels.cpu import argmax as _argmax
 from xyserve.kernels.cpu import fused_forward as fused_forward  # engine.runner_fused's call
+from xyserve.kernels.cpu import memory as memory  # the CPU K/V caches' allocation
 from xyserve.kernels.cpu import norm as _norm
 from xyserve.kernels.cpu import rope as _rope
 

@@ -40,12 +40,12 @@ numba is optional: without it :func:`available` is False and callers keep their 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from types import FunctionType
 
 import numpy as np
 
-from xyserve.kernels.cpu import use_cpu_threads
+from xyserve.kernels.cpu import memory, use_cpu_threads
 from xyserve.kernels.cpu.isa import vector_width
 
 try:
@@ -136,7 +136,9 @@ def _panels(a: np.ndarray, p: int) -> np.ndarray:
     count = -(-n // p)
     padded = np.zeros((*lead, count * p, k), a.dtype)
     padded[..., :n, :] = a
-    return np.ascontiguousarray(padded.reshape(*lead, count, p, k).swapaxes(-1, -2))
+    out = memory.empty((*lead, count, k, p), a.dtype)
+    out[...] = padded.reshape(*lead, count, p, k).swapaxes(-1, -2)
+    return out
 
 
 def pack(
@@ -177,7 +179,7 @@ def pack(
         linears = {k: _bf16_bits(a) for k, a in linears.items()}
     p = 2 * width
     linears = {k: _panels(a, p) for k, a in linears.items()}
-    return PackedWeights(
+    packed = PackedWeights(
         embed=_f32(embed),
         final_norm=_f32(final_norm),
         input_norm=_stack([lay["input_norm"] for lay in layers]),
@@ -194,12 +196,19 @@ def pack(
         head_dim=head_dim,
         eps=float(eps),
     )
+    # every array moves to memory that streams well (``kernels.cpu.memory``: 2 MiB huge pages
+    # for the large ones, 64-byte aligned all)
+    for f in fields(packed):
+        a = getattr(packed, f.name)
+        if isinstance(a, np.ndarray) and not memory.on_huge_pages(a):
+            setattr(packed, f.name, memory.copy(a))
+    return packed
 
 
 def new_cache(w: PackedWeights, num_blocks: int, block_size: int) -> tuple[np.ndarray, ...]:
-    """Zeroed K and V caches: [L, num_blocks, block_size, Hkv, D] each."""
+    """Zeroed K and V caches: [L, num_blocks, block_size, Hkv, D] each (``kernels.cpu.memory``)."""
     shape = (w.num_layers, num_blocks, block_size, w.num_kv_heads, w.head_dim)
-    return np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+    return memory.zeros(shape), memory.zeros(shape)
 
 
 # ---- the compiled code ------------------------------------------------------------------
