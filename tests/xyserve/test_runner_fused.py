@@ -208,3 +208,32 @@ def test_a_position_past_the_rope_tables_is_left_to_the_eager_forward(tiny_llama
     inside = SchedulerOutput(stages=[ScheduledStage(r, 1, 0, limit - 1)])
     past = SchedulerOutput(stages=[ScheduledStage(r, 1, 0, limit)])
     assert runner.fused.takes(inside) and not runner.fused.takes(past)
+
+
+@pytest.mark.parametrize("poison", [None, float("nan"), float("inf")])
+def test_fused_steps_hand_over_their_argmax(model_path, monkeypatch, poison):
+    """The step's argmax from the kernel rides along with the logits for the sampler and
+    verify, equal to the logits' own; a non-finite logit leaves it out (torch's argmax rules
+    decide those rows, in the sampler)."""
+    runner = _runner(model_path, "on")
+    runner.fused.max_rows = 3
+    if poison is not None:
+        real = runner_fused.ff.forward
+
+        def forward(*args, **kwargs):
+            logits, argmax = real(*args, **kwargs)
+            logits[-1, 1] = poison
+            return logits, argmax
+
+        monkeypatch.setattr(runner_fused.ff, "forward", forward)
+    results = []
+    real_execute = runner.execute
+    runner.execute = lambda *a: results.append(real_execute(*a)) or results[-1]
+    _steps(runner, [[1, 2, 3, 4, 5], [9], [7, 7, 7]], _decode_tokens(50, 3, 3))
+    decodes = results[1:]  # the prefill ran eagerly: no argmax there
+    assert results[0].argmax is None and len(decodes) == 3
+    for res in decodes:
+        if poison is None:
+            assert res.argmax.tolist() == res.logits.argmax(-1).tolist()
+        else:
+            assert res.argmax is None

@@ -28,6 +28,20 @@ def test_filters_keep_the_specified_tokens():
     assert draws(SamplingParams(temperature=0.0), logits) == {0}
 
 
+def test_a_steps_own_argmax_serves_plain_greedy_rows_only():
+    """``sample(..., argmax)``: the step's argmax (the CPU fused call's) stands for unconstrained
+    greedy rows; a row with a penalty, or any logit bias in the batch, is scanned again."""
+    logits = torch.tensor([[0.0, 3.0, 1.0], [2.0, 0.0, 1.0]])
+    greedy = SampleRow(SamplingParams(temperature=0), [], [], None, [])
+    given = [2, 1]  # not the logits' argmax: shows which rows read it
+    assert [r.token_id for r in sample(logits, [greedy, greedy], given)] == [2, 1]
+    assert [r.token_id for r in sample(logits, [greedy, greedy])] == [1, 0]
+    penalised = SampleRow(SamplingParams(temperature=0, repetition_penalty=1.5), [], [], None, [])
+    assert [r.token_id for r in sample(logits, [greedy, penalised], given)] == [2, 0]
+    biased = SampleRow(SamplingParams(temperature=0, logit_bias={2: 0.5}), [], [], None, [])
+    assert [r.token_id for r in sample(logits, [greedy, biased], given)] == [1, 0]
+
+
 def test_temperature_sharpens():
     p = filter_logits(PROBS.log(), SamplingParams(temperature=0.5)).softmax(-1)
     want = PROBS**2 / (PROBS**2).sum()

@@ -290,7 +290,8 @@ class LLMEngine:
             logits = result.logits
             if rows != list(range(logits.shape[0])):  # a copy of [R, V] only when rows differ
                 logits = logits[rows]
-            results = sample(logits, sample_rows)
+            argmax = None if result.argmax is None else result.argmax[rows].tolist()
+            results = sample(logits, sample_rows, argmax)
             for (group, child), res in zip(children, results):
                 touched[group.request_id] = group
                 if res.error is not None:  # this request's sampling failed: only it ends
@@ -364,9 +365,11 @@ class LLMEngine:
         row = SampleRow(p, r.prompt_token_ids, r.output_token_ids, child.generator, [])
         draft = r.spec_token_ids[: st.num_spec_tokens]
         block = sorted(self.eos_token_ids | set(p.stop_token_ids))
-        logits = result.logits[result.rows[r.request_id]]
+        rows = result.rows[r.request_id]
+        logits = result.logits[rows]
+        argmax = None if result.argmax is None else result.argmax[rows].tolist()
         parents = r.spec_tree_parents
-        res = self.spec.verify(r.request_id, logits, draft, row, block, parents)
+        res = self.spec.verify(r.request_id, logits, draft, row, block, parents, argmax)
         if parents is not None:  # a tree: its accepted path's K/V move to consecutive slots
             first = st.kv_len - st.num_spec_tokens
             table = self.kv.block_table(r.request_id)

@@ -6,6 +6,7 @@ import logging
 import time
 from typing import Any
 
+import numpy as np
 import torch
 
 from xyserve.engine.request import Request
@@ -31,11 +32,18 @@ class StepResult:
     """
 
     def __init__(
-        self, logits: torch.Tensor, rows: dict[str, slice], ready: torch.cuda.Event | None = None
+        self,
+        logits: torch.Tensor,
+        rows: dict[str, slice],
+        ready: torch.cuda.Event | None = None,
+        argmax: np.ndarray | None = None,
     ) -> None:
         self._logits = logits  # [R, V] float32, one row per logits position
         self.rows = rows  # request id -> its rows in ``logits`` (verify has several)
         self._ready = ready
+        # [R] each row's argmax (first index on ties) where the step computed it already (the
+        # CPU fused call), for greedy rows the sampler and verify would otherwise scan again
+        self.argmax = argmax
 
     @property
     def logits(self) -> torch.Tensor:
@@ -298,7 +306,8 @@ class ModelRunner:
             self._last = None  # the eager inputs were not advanced: no base for a patched step
             if table is None:
                 table = self.build_table(out, block_tables)
-            return StepResult(*self.fused.run(out, table, block_tables))
+            logits, rows, argmax = self.fused.run(out, table, block_tables)
+            return StepResult(logits, rows, argmax=argmax)
         inputs = self.prepare(out, block_tables, table)  # a step too large: eager, same table
         ctx = StepContext(
             positions=inputs.positions,

@@ -191,9 +191,11 @@ class FusedDecode:
 
     def run(
         self, out: SchedulerOutput, table: TokenTable, block_tables: dict[str, list[int]]
-    ) -> tuple[torch.Tensor, dict[str, slice]]:
-        """The step's logits [R, V] (R: its sampled rows, in ``StepLists`` order) and each
-        request's rows in them (rows: see the module docstring)."""
+    ) -> tuple[torch.Tensor, dict[str, slice], np.ndarray | None]:
+        """The step's logits [R, V] (R: its sampled rows, in ``StepLists`` order), each
+        request's rows in them (rows: see the module docstring), and the kernel's argmax of
+        each row (first index on ties), None where a logit is not finite (NaN and infinities
+        follow torch's argmax rules, so those steps take the sampler's own)."""
         lists = StepLists.build(out, table)
         bs = self.block_size
         width = max(len(block_tables[st.request.request_id]) for st in out.stages)
@@ -226,7 +228,7 @@ class FusedDecode:
             extra_slots=np.asarray(extra, np.int64),
             out_rows=np.asarray(lists.logit_rows, np.int64),
         )
-        logits, _ = ff.forward(
+        logits, argmax = ff.forward(
             self.weights, self.k_cache, self.v_cache, rows, parallel=True, threads=self.threads
         )
-        return torch.from_numpy(logits), lists.rows
+        return torch.from_numpy(logits), lists.rows, argmax if np.isfinite(logits).all() else None

@@ -119,13 +119,16 @@ def _sample_row(lg: torch.Tensor, row: SampleRow) -> int:
     return int(torch.multinomial(probs, 1, generator=row.generator))
 
 
-def sample(logits: torch.Tensor, rows: list[SampleRow]) -> list[SampleResult]:
-    """``logits``: [R, V] float32 raw model logits, one row per request that samples."""
+def sample(
+    logits: torch.Tensor, rows: list[SampleRow], argmax: list[int] | None = None
+) -> list[SampleResult]:
+    """``logits``: [R, V] float32 raw model logits, one row per request that samples;
+    ``argmax``: their argmax (first index on ties) where the step has it already."""
     # Logprobs (of the raw model distribution, as vLLM) only when some request asks for them.
     want = any(r.params.logprobs is not None for r in rows)
     raw_logprobs = torch.log_softmax(logits, dim=-1) if want else None
     constrained = apply_constraints(logits, rows)
-    greedy = greedy_ids(constrained)
+    greedy = argmax if argmax is not None and constrained is logits else greedy_ids(constrained)
     results = []
     for i, row in enumerate(rows):
         p = row.params

@@ -246,12 +246,14 @@ class SpecDecoder:
         row: SampleRow,
         min_tokens_blocked: list[int],
         tree_parents: tree.Parents | None = None,
+        argmax: list[int] | None = None,
     ) -> VerifyResult:
-        """Accept a prefix of ``draft`` against ``logits`` ([len(draft) + 1, V]) and count it."""
+        """Accept a prefix of ``draft`` against ``logits`` ([len(draft) + 1, V]) and count it
+        (``argmax``: the rows' argmax where the step has it, see ``verify_tokens``)."""
         q = None
         if hasattr(self.proposer, "probs"):
             q = self.proposer.probs(request_id, len(draft))
-        res = verify_tokens(logits, draft, row, min_tokens_blocked, q, tree_parents)
+        res = verify_tokens(logits, draft, row, min_tokens_blocked, q, tree_parents, argmax)
         self.stats.record(len(draft), res.num_accepted)
         self.observe_acceptance(request_id, len(draft), res.num_accepted)
         if tree_parents is None:

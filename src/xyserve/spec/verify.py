@@ -50,6 +50,7 @@ def verify_tokens(
     min_tokens_blocked: list[int],
     draft_probs: torch.Tensor | None = None,
     tree_parents: tree.Parents | None = None,
+    argmax: list[int] | None = None,
 ) -> VerifyResult:
     """Accept a prefix of ``draft`` (a path of its tree) and emit one more token from the target.
 
@@ -59,7 +60,8 @@ def verify_tokens(
     tokens exist). ``draft_probs``: [len(draft), V] the draft's distributions, or None for a
     deterministic (one-hot) proposer. ``tree_parents``: ``draft`` is a token tree
     (:mod:`xyserve.spec.tree`, its first ``len(draft)`` nodes), greedy requests only; the
-    longest path the target's argmax follows is accepted.
+    longest path the target's argmax follows is accepted. ``argmax``: the raw rows' argmax
+    (first index on ties) where the step computed it already.
     """
     k = len(draft)
     if logits.shape[0] != k + 1:
@@ -79,7 +81,10 @@ def verify_tokens(
     # the engine's argmax (a numba kernel for float32 CPU rows): torch's own goes parallel on
     # its OpenMP pool past 32k elements, which fights the fused step's numba threads for the
     # cores (docs/perf.md, "Panels")
-    argmax = greedy_ids(logits) if plain else None
+    if plain and argmax is None:
+        argmax = greedy_ids(logits)
+    elif not plain:
+        argmax = None
     emitted: list[int] = []
     path: list[int] = []  # accepted proposals (node indices)
     rows_used: list[int] = []
