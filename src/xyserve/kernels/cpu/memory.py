@@ -11,7 +11,13 @@ in an anonymous mapping advised ``MADV_HUGEPAGE``, where the array is at least o
 and the OS has ``madvise`` (Linux; with transparent huge pages set to ``never`` the advice is a
 no-op and the pages stay small). Smaller arrays, and every array elsewhere, are plain numpy
 allocations aligned to 64 bytes (a cache line; numpy's own large arrays start 16 bytes into
-a page). An anonymous mapping reads as zeros, so :func:`zeros` costs no pass over it.
+a page).
+
+:func:`zeros` writes its zeros although the mapping reads as zeros: that faults every page in
+now. Left to the first write, a K/V cache's pages would fault inside decode steps, each a
+2 MiB clear and, with the kernel's huge-page ``defrag`` set to ``madvise`` (the usual
+default), possibly a synchronous compaction; a speculative run at batch 16 lost 20% that way
+(docs/perf.md, "Huge pages").
 """
 
 from __future__ import annotations
@@ -31,9 +37,9 @@ LINE = 64  # bytes: the alignment of every array here
 _ADVISE = getattr(mmap, "MADV_HUGEPAGE", None)
 
 
-def _aligned_bytes(nbytes: int, align: int, advise: bool) -> tuple[np.ndarray, bool]:
-    """A uint8 array of ``nbytes`` whose start is a multiple of ``align``, and whether it lies
-    in an anonymous mapping (already zero). The array keeps its buffer alive (numpy holds the
+def _aligned_bytes(nbytes: int, align: int, advise: bool) -> np.ndarray:
+    """A uint8 array of ``nbytes`` whose start is a multiple of ``align`` (in an advised
+    anonymous mapping with ``advise``). The array keeps its buffer alive (numpy holds the
     mapping as the array's base)."""
     if advise:
         # private: a shared anonymous mapping is shmem, which has huge pages of its own setting
@@ -42,34 +48,29 @@ def _aligned_bytes(nbytes: int, align: int, advise: bool) -> tuple[np.ndarray, b
         raw = np.frombuffer(mm, np.uint8)
         off = -raw.ctypes.data % align  # a whole number of small pages: the mapping's start
         mm.madvise(_ADVISE, off, nbytes)  # is page-aligned
-        return raw[off : off + nbytes], True
+        return raw[off : off + nbytes]
     raw = np.empty(nbytes + align, np.uint8)
     off = -raw.ctypes.data % align
-    return raw[off : off + nbytes], False
+    return raw[off : off + nbytes]
 
 
 def _shape(shape: int | tuple[int, ...]) -> tuple[int, ...]:
     return (int(shape),) if isinstance(shape, int | np.integer) else tuple(shape)
 
 
-def _empty(shape: tuple[int, ...], dtype: np.dtype) -> tuple[np.ndarray, bool]:
-    dtype = np.dtype(dtype)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    huge = _ADVISE is not None and nbytes >= HUGE_PAGE
-    raw, zeroed = _aligned_bytes(max(nbytes, 1), HUGE_PAGE if huge else LINE, huge)
-    return raw[:nbytes].view(dtype).reshape(shape), zeroed
-
-
 def empty(shape: int | tuple[int, ...], dtype: np.dtype | type = np.float32) -> np.ndarray:
     """An uninitialised C-contiguous array (see the module docstring for where it lies)."""
-    return _empty(_shape(shape), dtype)[0]
+    shape, dtype = _shape(shape), np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    huge = _ADVISE is not None and nbytes >= HUGE_PAGE
+    raw = _aligned_bytes(max(nbytes, 1), HUGE_PAGE if huge else LINE, huge)
+    return raw[:nbytes].view(dtype).reshape(shape)
 
 
 def zeros(shape: int | tuple[int, ...], dtype: np.dtype | type = np.float32) -> np.ndarray:
-    """A zeroed C-contiguous array (see the module docstring for where it lies)."""
-    out, zeroed = _empty(_shape(shape), dtype)
-    if not zeroed:
-        out[...] = 0
+    """A zeroed C-contiguous array, its pages faulted in (see the module docstring)."""
+    out = empty(shape, dtype)
+    out[...] = 0
     return out
 
 
