@@ -83,3 +83,15 @@ def test_packed_weights_live_in_this_memory():
     assert np.array_equal(w.embed, embed.astype(np.float32))
     k_cache, v_cache = ff.new_cache(w, 8, 16)
     assert not k_cache.any() and not v_cache.any() and k_cache.shape == (1, 8, 16, heads, d)
+
+
+@pytest.mark.skipif(not HUGE, reason="madvise is Linux-only")
+def test_refused_advice_falls_back_to_a_plain_allocation(monkeypatch):
+    """A kernel without transparent huge pages answers MADV_HUGEPAGE with EINVAL: the arrays
+    then come from a plain allocation instead of failing (an invalid advice stands in)."""
+    monkeypatch.setattr(memory, "_ADVISE", 0x7FFF)
+    a = memory.zeros((memory.HUGE_PAGE // 4 + 3,))
+    assert not a.any() and a.flags.writeable and a.ctypes.data % memory.LINE == 0
+    assert not memory.on_huge_pages(a)
+    t = memory.tensor_zeros((2, memory.HUGE_PAGE), torch.bfloat16)
+    assert not t.any() and t.shape == (2, memory.HUGE_PAGE)

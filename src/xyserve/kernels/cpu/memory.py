@@ -9,7 +9,8 @@ boundary. Backed by 2 MiB transparent huge pages, the same stream needs ~150 ent
 :func:`empty` and :func:`copy` give C-contiguous numpy arrays that start on a 2 MiB boundary,
 in an anonymous mapping advised ``MADV_HUGEPAGE``, where the array is at least one huge page
 and the OS has ``madvise`` (Linux; with transparent huge pages set to ``never`` the advice is a
-no-op and the pages stay small). Smaller arrays, and every array elsewhere, are plain numpy
+no-op and the pages stay small; a kernel built without them refuses it, and the array is a
+plain allocation). Smaller arrays, and every array elsewhere, are plain numpy
 allocations aligned to 64 bytes (a cache line; numpy's own large arrays start 16 bytes into
 a page).
 
@@ -47,8 +48,12 @@ def _aligned_bytes(nbytes: int, align: int, advise: bool) -> np.ndarray:
         mm = mmap.mmap(-1, nbytes + align, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         raw = np.frombuffer(mm, np.uint8)
         off = -raw.ctypes.data % align  # a whole number of small pages: the mapping's start
-        mm.madvise(_ADVISE, off, nbytes)  # is page-aligned
-        return raw[off : off + nbytes]
+        try:  # is page-aligned
+            mm.madvise(_ADVISE, off, nbytes)
+            return raw[off : off + nbytes]
+        except OSError:  # a kernel built without transparent huge pages refuses the advice
+            del raw  # (EINVAL): the plain allocation below, as on other systems
+            mm.close()
     raw = np.empty(nbytes + align, np.uint8)
     off = -raw.ctypes.data % align
     return raw[off : off + nbytes]
