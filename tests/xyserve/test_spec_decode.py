@@ -128,6 +128,21 @@ def test_greedy_accepts_while_argmax_matches():
     assert (res.token_ids, res.num_accepted) == ([3, 4, 7, 1], 3)  # all accepted: the bonus
 
 
+def test_a_steps_own_argmax_decides_plain_greedy_rows_only():
+    """``verify_tokens(..., argmax)``: the step's argmax (the CPU fused call's) stands for a
+    plain greedy request's rows; a penalised one scans its penalised logits itself."""
+    logits = torch.full((3, 10), -5.0)
+    for i, t in enumerate([3, 4, 7]):
+        logits[i, t] = 5.0
+    given = [3, 6, 2]  # differs from the logits' argmax at row 1: shows who reads it
+    plain = _row(SamplingParams(temperature=0))
+    res = verify_tokens(logits, [3, 4], plain, [], argmax=given)
+    assert (res.token_ids, res.num_accepted) == ([3, 6], 1)
+    assert verify_tokens(logits, [3, 4], plain, []).token_ids == [3, 4, 7]
+    penalised = _row(SamplingParams(temperature=0, repetition_penalty=1.1))
+    assert verify_tokens(logits, [3, 4], penalised, [], argmax=given).token_ids == [3, 4, 7]
+
+
 def test_min_tokens_blocks_eos_inside_the_run():
     logits = torch.zeros((3, 10))
     logits[:, 0] = 9.0  # EOS is every row's argmax

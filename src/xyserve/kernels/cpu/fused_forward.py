@@ -198,9 +198,10 @@ def pack(
     )
     # every array moves to memory that streams well (``kernels.cpu.memory``: 2 MiB huge pages
     # for the large ones, 64-byte aligned all)
+    placed = {id(a) for a in linears.values()}  # ``_panels`` wrote these there already
     for f in fields(packed):
         a = getattr(packed, f.name)
-        if isinstance(a, np.ndarray) and not memory.on_huge_pages(a):
+        if isinstance(a, np.ndarray) and id(a) not in placed:
             setattr(packed, f.name, memory.copy(a))
     return packed
 

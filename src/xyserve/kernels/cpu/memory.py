@@ -17,8 +17,7 @@ a page).
 :func:`zeros` writes its zeros although the mapping reads as zeros: that faults every page in
 now. Left to the first write, a K/V cache's pages would fault inside decode steps, each a
 2 MiB clear and, with the kernel's huge-page ``defrag`` set to ``madvise`` (the usual
-default), possibly a synchronous compaction; a speculative run at batch 16 lost 20% that way
-(docs/perf.md, "Huge pages").
+default), possibly a synchronous compaction (docs/perf.md, "Huge pages", has what that cost).
 """
 
 from __future__ import annotations
