@@ -4,7 +4,7 @@ At batch 1 a decode step reads every weight once, so it runs at the speed the me
 streams them. With 4 KiB pages a 300 MB model spans ~75,000 pages, and every page of the
 stream costs a TLB miss and a page walk; the hardware prefetchers also stop at each 4 KiB page
 boundary. Backed by 2 MiB transparent huge pages, the same stream needs ~150 entries
-(docs/perf.md, "Huge pages" has the measured step times).
+(docs/perf.md, "Huge pages").
 
 :func:`empty` and :func:`copy` give C-contiguous numpy arrays that start on a 2 MiB boundary,
 in an anonymous mapping advised ``MADV_HUGEPAGE``, where the array is at least one huge page
