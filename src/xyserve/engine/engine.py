@@ -290,8 +290,7 @@ class LLMEngine:
             logits = result.logits
             if rows != list(range(logits.shape[0])):  # a copy of [R, V] only when rows differ
                 logits = logits[rows]
-            argmax = None if result.argmax is None else result.argmax[rows].tolist()
-            results = sample(logits, sample_rows, argmax)
+            results = sample(logits, sample_rows, result.argmax_of(rows))
             for (group, child), res in zip(children, results):
                 touched[group.request_id] = group
                 if res.error is not None:  # this request's sampling failed: only it ends
@@ -367,8 +366,8 @@ class LLMEngine:
         block = sorted(self.eos_token_ids | set(p.stop_token_ids))
         rows = result.rows[r.request_id]
         logits = result.logits[rows]
-        argmax = None if result.argmax is None else result.argmax[rows].tolist()
         parents = r.spec_tree_parents
+        argmax = result.argmax_of(rows)
         res = self.spec.verify(r.request_id, logits, draft, row, block, parents, argmax)
         if parents is not None:  # a tree: its accepted path's K/V move to consecutive slots
             first = st.kv_len - st.num_spec_tokens

@@ -45,6 +45,10 @@ class StepResult:
         # CPU fused call), for greedy rows the sampler and verify would otherwise scan again
         self.argmax = argmax
 
+    def argmax_of(self, rows: slice | list[int]) -> list[int] | None:
+        """The step's own argmax of logits rows ``rows``, or None where it has none."""
+        return None if self.argmax is None else self.argmax[rows].tolist()
+
     @property
     def logits(self) -> torch.Tensor:
         if self._ready is not None:

@@ -81,10 +81,10 @@ def verify_tokens(
     # the engine's argmax (a numba kernel for float32 CPU rows): torch's own goes parallel on
     # its OpenMP pool past 32k elements, which fights the fused step's numba threads for the
     # cores (docs/perf.md, "Panels")
-    if plain and argmax is None:
-        argmax = greedy_ids(logits)
-    elif not plain:
+    if not plain:
         argmax = None
+    elif argmax is None:
+        argmax = greedy_ids(logits)
     emitted: list[int] = []
     path: list[int] = []  # accepted proposals (node indices)
     rows_used: list[int] = []
