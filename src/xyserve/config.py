@@ -19,7 +19,9 @@ HYBRID_ONLY: dict[str, tuple] = {
     "admission_max_skips": (),
     "partial_prefill_admission": (),
     "tbt_target_ms": (0, None),
+    "split_prefill_decode": ("auto", "on"),
 }
+SPLIT_MODES = ("auto", "on", "off")
 
 
 @dataclass
@@ -50,6 +52,12 @@ class EngineConfig:
     # (ms) by an online cost model of the steps' timings (None or 0: off). It never binds where
     # steps are shorter, nor where the decodes alone overrun it; why 300: docs/perf.md.
     tbt_target_ms: float | None = 300.0
+    # Hybrid only: prefill work and decode/verify tokens in separate steps, in turn, instead of
+    # one mixed step (engine.scheduler, "split steps"). auto: where the decodes of a step would
+    # take the CPU fused decode call (a decode-only step there costs about what the decodes add
+    # to a mixed step, so splitting gives prompts their tokens sooner at no cost to TBT: why,
+    # docs/perf.md); on: whenever decodes wait; off: always mixed (the paper's fused step).
+    split_prefill_decode: str = "auto"
     device: str = "auto"  # auto | cpu | cuda
     # meta/smooth are XY-Serve's meta-kernels; sdpa/torch are the per-stage and vendor
     # baselines (`xyserve bench kernels` times them side by side; figures: docs/perf.md).
@@ -108,6 +116,8 @@ class EngineConfig:
             raise ValueError("request_timeout_s must be positive")
         if self.cpu_fused_decode not in (None, "auto", "on", "off"):
             raise ValueError("cpu_fused_decode must be one of auto, on, off")
+        if self.split_prefill_decode not in SPLIT_MODES:
+            raise ValueError(f"split_prefill_decode must be one of {', '.join(SPLIT_MODES)}")
         if self.cudagraph_capture_sizes is not None:
             self.cudagraph_capture_sizes = check_capture_sizes(self.cudagraph_capture_sizes)
         if self.tbt_target_ms is not None and not self.tbt_target_ms >= 0:

@@ -13,7 +13,15 @@ from xyserve.engine.scheduler import Scheduler
 
 
 def make(
-    budget=64, chunk=None, order="fcfs", skips=16, reserve=None, blocks=512, seqs=16, partial=True
+    budget=64,
+    chunk=None,
+    order="fcfs",
+    skips=16,
+    reserve=None,
+    blocks=512,
+    seqs=16,
+    partial=True,
+    split=None,
 ):
     kv = KVCacheManager(blocks, 4)
     return Scheduler(
@@ -26,6 +34,7 @@ def make(
         admission_order=order,
         admission_max_skips=skips,
         partial_prefill_admission=partial,
+        split_decode_rows=split,
     )
 
 
@@ -145,9 +154,13 @@ def test_prefix_hit_passes_a_request_over_at_most_max_skips_times():
     order=st.sampled_from(["fcfs", "prefix_hit"]),
     shared=st.booleans(),
     partial=st.booleans(),
+    split=st.one_of(st.none(), st.integers(1, 8)),
 )
-def test_random_workloads_finish_without_leaks(lens, budget, chunk, order, shared, partial):
-    s = make(budget=budget, chunk=chunk, order=order, skips=3, blocks=40, seqs=4, partial=partial)
+def test_random_workloads_finish_without_leaks(lens, budget, chunk, order, shared, partial, split):
+    s = make(
+        budget=budget, chunk=chunk, order=order, skips=3, blocks=40, seqs=4, partial=partial,
+        split=split,
+    )  # fmt: skip
     reqs = [
         req(f"r{i}", n, max_tokens=3, base=0 if shared else 1000 * i) for i, n in enumerate(lens)
     ]
@@ -329,6 +342,7 @@ def test_an_unattainable_tbt_target_does_not_throttle_prefill():
         {"partial_prefill_admission": False},
         {"admission_max_skips": 2},
         {"num_reserved_decode_tokens": 8},
+        {"split_prefill_decode": "off"},
     ],
 )
 def test_hybrid_knobs_are_refused_with_the_baseline_policy(knob):
@@ -342,3 +356,59 @@ def test_hybrid_knobs_are_refused_with_the_baseline_policy(knob):
 def test_baseline_accepts_the_knob_values_that_describe_it():
     """FCFS admission and no step-time target are what the baseline policy does anyway."""
     EngineConfig(scheduler_policy="baseline", admission_order="fcfs", tbt_target_ms=0)
+
+
+def test_split_steps_alternate_prefill_and_decode_steps():
+    """With split steps, prefill work runs alone and the decodes it delayed run alone next;
+    without, they share one step."""
+    for split, want in ((None, [{"a": 1, "b": 20}]), (4, [{"b": 20}, {"a": 1, "b": 1}])):
+        s = make(budget=64, split=split)
+        s.add_request(req("a", 10, max_tokens=8))
+        assert step(s) == {"a": 10}
+        s.add_request(req("b", 20, max_tokens=8, base=1000))
+        assert [step(s) for _ in want] == want
+    # a chunked prompt: chunk, decodes, chunk, decodes, ... (the decodes wait one step each)
+    s = make(budget=64, split=4)
+    s.add_request(req("a", 10, max_tokens=8))
+    step(s)
+    s.add_request(req("long", 100, max_tokens=3, base=1000))
+    got = [step(s) for _ in range(5)]
+    # (a prefill-only step keeps no reserve for the decodes: they have the next step)
+    assert got == [{"long": 64}, {"a": 1}, {"long": 36}, {"a": 1, "long": 1}, {"a": 1, "long": 1}]
+    drain(s)
+    s.kv.check_no_leak()
+
+
+def test_split_steps_only_where_the_decodes_are_few():
+    """More decode tokens waiting than ``split_decode_rows``: one mixed step, as without it."""
+    s = make(budget=64, split=2)
+    for i in range(3):
+        s.add_request(req(f"d{i}", 4, max_tokens=8, base=100 * i))
+    assert step(s) == {"d0": 4, "d1": 4, "d2": 4}
+    s.add_request(req("p", 20, max_tokens=2, base=1000))
+    assert step(s) == {"p": 20, "d0": 1, "d1": 1, "d2": 1}
+
+
+def test_split_prefill_decode_reaches_the_engines_scheduler(tmp_path):
+    """auto follows the CPU fused decode call (its row limit, or off without it); on splits any
+    step; off and the baseline policy never; a bad mode is refused."""
+    from xyserve.engine.engine import LLMEngine
+
+    with pytest.raises(ValueError, match="split_prefill_decode"):
+        EngineConfig(split_prefill_decode="always")
+    with pytest.raises(ValueError, match="split_prefill_decode"):
+        EngineConfig(scheduler_policy="baseline", split_prefill_decode="off")
+    with pytest.raises(ValueError, match="split_decode_rows"):
+        make(split=0)
+
+    def rows(**kw):
+        e = LLMEngine(EngineConfig(model="xy-tiny", num_kv_blocks=64, **kw))
+        fused = e.runner.fused
+        return e.scheduler.split_decode_rows, (fused.max_rows if fused is not None else None)
+
+    got, fused = rows(cpu_fused_decode="on")
+    assert got == fused == 1
+    assert rows(cpu_fused_decode="off")[0] is None
+    assert rows(cpu_fused_decode="off", split_prefill_decode="on")[0] == 512
+    assert rows(cpu_fused_decode="on", split_prefill_decode="off")[0] is None
+    assert rows(cpu_fused_decode="on", scheduler_policy="baseline")[0] is None

@@ -66,10 +66,10 @@ def start_systems(
             eng = shlex.split(args.engine_args) + shlex.split(flags) + extra
             srv = ServerProcess(model, eng, args.threads, args.startup_timeout)
             print(f"starting {label}: xyserve serve {model} {' '.join(eng)}", file=sys.stderr)
+            # one at a time: a server times its CPU paths at start (the fused decode call's
+            # step sizes), which another server starting beside it would skew
             systems.append(System(label, "", srv.launch()))
-        for s in systems:
-            assert s.server is not None
-            s.base_url = s.server.wait().base_url
+            systems[-1].base_url = srv.wait().base_url
     except BaseException:
         stop_systems(systems)
         raise

@@ -131,6 +131,7 @@ class Scheduler:
         partial_prefill_admission: bool = True,
         tbt_target_s: float | None = None,
         min_prefill_tokens: int = 16,
+        split_decode_rows: int | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         check_knobs(
@@ -149,6 +150,10 @@ class Scheduler:
             raise ValueError("tbt_target_s must be positive")
         self.tbt_target_s = tbt_target_s
         self.min_prefill_tokens = max(1, min_prefill_tokens)
+        if split_decode_rows is not None and split_decode_rows < 1:
+            raise ValueError("split_decode_rows must be at least 1 (or None: never split)")
+        self.split_decode_rows = split_decode_rows
+        self._decodes_next = False  # split steps: the last step left the decodes for this one
         self.cost = StepCostModel()
         self._clock = clock
         self._step_started: tuple[float, int] | None = None  # (time, tokens) of the open step
@@ -222,8 +227,21 @@ class Scheduler:
         # short of blocks can only preempt requests not yet scheduled, and a new prompt
         # admitted first would leave the oldest running request to preempt itself.
         decode_blocks = sum(self.kv.blocks_needed(r, self._work(r)) for r in decodes)
+        # Split steps: the decodes' turn after a prefill-only step (they waited one step), or
+        # a prefill-only step now, if there is prefill work and the decodes are few enough.
+        owed, self._decodes_next = self._decodes_next, False
+        split = (
+            not owed
+            and decodes
+            and self.split_decode_rows is not None
+            and demand <= self.split_decode_rows
+            and bool(prefills or self.waiting)
+        )
         left = self.budget
-        prefill_left = self.budget - min(demand, self.reserve)
+        # a prefill-only step keeps no reserve: its decodes get the whole next step
+        prefill_left = self.budget if split else self.budget - min(demand, self.reserve)
+        if owed and decodes:
+            prefill_left = 0
         if decodes and self.tbt_target_s is not None:
             fit = self.cost.max_tokens(self.tbt_target_s)
             # Unattainable (the decodes alone overrun the target): no cap, since shrinking
@@ -259,6 +277,9 @@ class Scheduler:
                 break
             prefill_left -= n
             left -= n
+        if split and out.stages:  # the decodes run next step, alone
+            self._decodes_next = True
+            return
         # 2. Decode/verify tokens of running requests fill the rest (at least the reserve).
         # The budget goes round-robin (no decode starves when their demand exceeds it); blocks
         # are then allocated oldest first, so a request short of blocks preempts newer ones.
