@@ -168,7 +168,7 @@ def test_closed_loop_keeps_concurrency_in_flight(monkeypatch):
     """Closed loop with 2 workers: never more than 2 requests in flight, all sent once."""
     inflight, peak, prompts = 0, 0, []
 
-    async def fake_send(client, url, model, req, clock, use_logprobs, leave):
+    async def fake_send(client, url, model, req, clock, use_logprobs, leave, **kw):
         nonlocal inflight, peak
         inflight += 1
         peak = max(peak, inflight)

@@ -26,6 +26,7 @@ from typing import Any
 from xyserve.bench import arrivals as arr
 from xyserve.bench import serve_workload as wl
 from xyserve.bench.serve_load import disconnect_plan, run_load, served_model
+from xyserve.bench.serve_peers import PEERS, TextPrompts
 from xyserve.bench.serve_plan import load_inputs, loads
 from xyserve.bench.serve_report import (
     RunReport,
@@ -109,6 +110,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="NAME=ENGINE_ARGS",
         help=f"repeatable; default: {' and '.join(repr(x) for x in DEFAULT_SYSTEMS)}",
+    )
+    s.add_argument(
+        "--peer",
+        action="append",
+        default=None,
+        choices=PEERS,
+        help="repeatable: also start this peer server on the same model (hf: HF transformers "
+        "serve, text prompts, one token per chunk; see bench/serve_peers.py)",
+    )
+    s.add_argument(
+        "--peer-args",
+        default="",
+        help="the peer's own flags (default for hf: --continuous-batching)",
     )
     s.add_argument("--engine-args", default="", help="engine flags shared by every system")
     s.add_argument("--threads", type=int, default=2, help="CPU threads of each server")
@@ -219,12 +233,28 @@ def _run(
             raise SystemExit("--vocab-size is needed: the model's config.json is not readable")
         max_len = (cfg or {}).get("max_position_embeddings")
         names = {s.label: served_model(s.base_url) for s in systems}
+        text = TextPrompts(model) if any(s.text_prompts for s in systems) else None
+
+        def as_text(batch: list[wl.BenchRequest]) -> list[str] | None:
+            if text is None:
+                return None
+            out, drift = text.texts([r.prompt_ids for r in batch])
+            if drift > 0.01:
+                print(
+                    f"warning: the text prompts' lengths differ from the ids' by "
+                    f"{100 * drift:.1f}% on average once tokenized again",
+                    file=sys.stderr,
+                )
+            return out
+
         reports: list[RunReport] = []
         for k, ld in enumerate(plan):
             reqs, times = load_inputs(args, work, ld, k, vocab, max_len)
+            texts = as_text(reqs)
             leave = disconnect_plan(ld["n"], args.disconnect_fraction, args.seed + k)
             order = systems[k % len(systems) :] + systems[: k % len(systems)]
             for sys_ in order:
+                logprobs = sys_.logprobs and not args.no_logprobs
                 if args.warmup:
                     warm = wl.sample(
                         work, args.warmup, vocab, seed=10**6 + k, max_model_len=max_len
@@ -236,8 +266,10 @@ def _run(
                             warm,
                             concurrency=args.warmup,
                             progress=False,
-                            use_logprobs=not args.no_logprobs,
+                            use_logprobs=logprobs,
                             timeout_s=args.request_timeout,
+                            prompts=as_text(warm) if sys_.text_prompts else None,
+                            ignore_eos=sys_.ignore_eos,
                         )
                     )
                 results = asyncio.run(
@@ -250,8 +282,10 @@ def _run(
                         desc=f"{sys_.label} {ld['load']}",
                         progress=not args.no_progress,
                         timeout_s=args.request_timeout,
-                        use_logprobs=not args.no_logprobs,
+                        use_logprobs=logprobs,
                         disconnects=leave,
+                        prompts=texts if sys_.text_prompts else None,
+                        ignore_eos=sys_.ignore_eos,
                     )
                 )
                 rep = aggregate(sys_.label, ld["load"], ld["rate"], results, slo)

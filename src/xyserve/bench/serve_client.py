@@ -89,20 +89,27 @@ async def send(
     clock: Clock = time.perf_counter,
     use_logprobs: bool = True,
     disconnect_after: int | None = None,
+    prompt: str | None = None,
+    ignore_eos: bool = True,
 ) -> RequestResult:
-    """Stream one completion; any failure is recorded in ``error``, never raised.
+    """Stream one completion; any failure is recorded in ``error``, never raised. ``prompt``:
+    the prompt as text, for a server that takes no token ids (default: ``req.prompt_ids``).
+    ``ignore_eos`` False: the body leaves out vLLM's ``ignore_eos``, for a server that refuses
+    it (a stream that then ends early at an end-of-sequence token is a failure, as any short
+    stream).
 
     With ``disconnect_after = k`` the client closes the connection once k tokens arrived, as
     a user who leaves mid-stream; the result is marked ``disconnected``, not failed.
     """
     body: dict[str, Any] = {
-        "prompt": req.prompt_ids,
+        "prompt": req.prompt_ids if prompt is None else prompt,
         "max_tokens": req.output_len,
-        "ignore_eos": True,
         "temperature": 0.0,
         "stream": True,
         "stream_options": {"include_usage": True},
     }
+    if ignore_eos:
+        body["ignore_eos"] = True
     if model:
         body["model"] = model
     if use_logprobs:

@@ -50,12 +50,18 @@ async def run_load(
     timeout_s: float = 600.0,
     use_logprobs: bool = True,
     disconnects: list[int | None] | None = None,
+    prompts: list[str] | None = None,
+    ignore_eos: bool = True,
 ) -> list[RequestResult]:
-    """Send every request; results are in request order, failures included."""
+    """Send every request; results are in request order, failures included. ``prompts``: each
+    request's prompt as text, for a server that takes text only; ``ignore_eos``: see
+    :func:`send`."""
     if (arrivals is None) == (concurrency is None):
         raise ValueError("give exactly one of arrivals (open loop) or concurrency (closed loop)")
     if arrivals is not None and len(arrivals) != len(requests):
         raise ValueError("one arrival time per request")
+    if prompts is not None and len(prompts) != len(requests):
+        raise ValueError("one prompt text per request")
     if concurrency is not None and concurrency < 1:
         raise ValueError("concurrency must be at least 1")
     leave = disconnects or [None] * len(requests)
@@ -67,9 +73,11 @@ async def run_load(
     async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
 
         async def one(i: int) -> None:
+            text = None if prompts is None else prompts[i]
             results[i] = await send(
-                client, url, model, requests[i], time.perf_counter, use_logprobs, leave[i]
-            )
+                client, url, model, requests[i], time.perf_counter, use_logprobs, leave[i],
+                prompt=text, ignore_eos=ignore_eos,
+            )  # fmt: skip
             bar.update(1)
 
         if arrivals is not None:

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -106,7 +107,8 @@ def leak_check(base_url: str, settle_s: float = 5.0) -> dict[str, float | bool]:
 
 @dataclass
 class ServerProcess:
-    """``xyserve serve MODEL --host 127.0.0.1 --port P ENGINE_ARGS`` in a subprocess."""
+    """``xyserve serve MODEL --host 127.0.0.1 --port P ENGINE_ARGS`` in a subprocess, or the
+    command ``command_for(port)`` gives (a peer server)."""
 
     model: str
     engine_args: list[str] = field(default_factory=list)
@@ -116,6 +118,7 @@ class ServerProcess:
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
     cmd: list[str] = field(default_factory=list)
+    command_for: Callable[[int], list[str]] | None = None
 
     @property
     def base_url(self) -> str:
@@ -131,9 +134,12 @@ class ServerProcess:
         if self.threads:
             for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
                 env[k] = str(self.threads)
-        self.cmd = [sys.executable, "-m", "xyserve.cli", "serve", self.model]
-        self.cmd += ["--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"]
-        self.cmd += self.engine_args
+        if self.command_for is not None:
+            self.cmd = self.command_for(self.port)
+        else:
+            self.cmd = [sys.executable, "-m", "xyserve.cli", "serve", self.model]
+            self.cmd += ["--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"]
+            self.cmd += self.engine_args
         fd, name = tempfile.mkstemp(prefix="xyserve-bench-serve-", suffix=".log")
         self.log_path = Path(name)
         with os.fdopen(fd, "wb") as log:

@@ -1,5 +1,6 @@
 """The systems ``bench serve`` measures: one ``xyserve serve`` per ``--system NAME=ENGINE_ARGS``
-started on free loopback ports (all before the first run), or a running ``--base-url``."""
+and one peer server per ``--peer NAME`` (``bench.serve_peers``), started on free loopback ports
+one at a time before the first run, or a running ``--base-url``."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from xyserve.bench.offline_workload import build_random_model, packaged
+from xyserve.bench.serve_peers import peer_command, write_id_tokenizer
 from xyserve.bench.serve_server import ServerProcess, check_loopback
 
 DEFAULT_SYSTEMS = ("hybrid=--scheduler-policy hybrid", "baseline=--scheduler-policy baseline")
@@ -23,6 +25,9 @@ class System:
     label: str
     base_url: str
     server: ServerProcess | None = None
+    text_prompts: bool = False  # a peer that takes prompts as text only
+    logprobs: bool = True  # False: a peer that streams none (one token per chunk)
+    ignore_eos: bool = True  # False: a peer that refuses vLLM's ignore_eos
 
 
 def model_config(model: str) -> tuple[Path | None, dict[str, Any] | None]:
@@ -44,7 +49,10 @@ def start_systems(
 
     A random-weight model is built under ``scratch`` (the caller removes it).
     """
+    peers = getattr(args, "peer", None) or []
     if args.base_url is not None:
+        if peers:
+            raise ValueError("--peer starts its own server: it does not go with --base-url")
         url = check_loopback(args.base_url)
         return [System(args.label, url)], args.model, None
     build_from, cfg = model_config(args.model)
@@ -54,6 +62,9 @@ def start_systems(
         print(f"building a random-weight model from {build_from} ...", file=sys.stderr)
         model = str(build_random_model(build_from, scratch / "model", args.seed))
         extra = ["--skip-tokenizer-init"]
+        if peers:  # text prompts that tokenize back to the very ids xyserve gets
+            assert cfg is not None
+            write_id_tokenizer(Path(model), int(cfg["vocab_size"]))
     specs = args.system or list(DEFAULT_SYSTEMS)
     systems: list[System] = []
     try:
@@ -69,6 +80,22 @@ def start_systems(
             # one at a time: a server times its CPU paths at start (the fused decode call's
             # step sizes), which another server starting beside it would skew
             systems.append(System(label, "", srv.launch()))
+            systems[-1].base_url = srv.wait().base_url
+        for name in peers:
+            if name in (s.label for s in systems):
+                raise ValueError(f"--peer {name!r}: a system of that name is already given")
+            srv = ServerProcess(
+                model,
+                threads=args.threads,
+                startup_timeout_s=args.startup_timeout,
+                command_for=lambda port, n=name: peer_command(n, model, port, args.peer_args),
+            )
+            print(f"starting {name}: {' '.join(peer_command(name, model, 0, args.peer_args))}",
+                  file=sys.stderr)  # fmt: skip
+            peer = System(
+                name, "", srv.launch(), text_prompts=True, logprobs=False, ignore_eos=False
+            )
+            systems.append(peer)
             systems[-1].base_url = srv.wait().base_url
     except BaseException:
         stop_systems(systems)
