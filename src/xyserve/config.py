@@ -153,6 +153,17 @@ class EngineConfig:
             "tbt_target_s": self.tbt_target_ms / 1e3 if self.tbt_target_ms else None,
         }
 
+    def split_decode_rows(self, fused_rows: int | None) -> int | None:
+        """The scheduler's ``split_decode_rows`` under ``split_prefill_decode``: auto,
+        ``fused_rows`` (the most rows the CPU fused decode call takes; None where there is
+        none, as on a GPU or in ``bench serve --simulate``); on, any number of decode tokens;
+        off, and the baseline policy (which splits anyway), None."""
+        if self.scheduler_policy != "hybrid" or self.split_prefill_decode == "off":
+            return None
+        if self.split_prefill_decode == "on":
+            return self.max_num_batched_tokens
+        return fused_rows if fused_rows else None
+
     @classmethod
     def field_names(cls) -> list[str]:
         return [f.name for f in fields(cls)]

@@ -400,6 +400,9 @@ def test_split_prefill_decode_reaches_the_engines_scheduler(tmp_path):
         EngineConfig(scheduler_policy="baseline", split_prefill_decode="off")
     with pytest.raises(ValueError, match="split_decode_rows"):
         make(split=0)
+    assert EngineConfig().split_decode_rows(8) == 8  # auto: the fused call's rows
+    assert EngineConfig().split_decode_rows(None) is None  # none: a GPU, the simulation
+    assert EngineConfig(split_prefill_decode="on").split_decode_rows(None) == 512
 
     def rows(**kw):
         e = LLMEngine(EngineConfig(model="xy-tiny", num_kv_blocks=64, **kw))

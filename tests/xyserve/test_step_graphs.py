@@ -36,6 +36,7 @@ ENGINE = dict(
     max_num_batched_tokens=24,  # prompts are chunked; steps above 16 tokens run unpadded
     block_size=4,  # a new block every 4 tokens
     enable_prefix_caching=False,
+    split_prefill_decode="off",  # mixed P/D steps, which the padded steps must cover too
 )
 
 

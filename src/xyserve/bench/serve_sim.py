@@ -49,6 +49,7 @@ def make_scheduler(config: EngineConfig, max_model_len: int, clock: SimClock) ->
         policy=config.scheduler_policy,
         num_reserved_decode_tokens=config.num_reserved_decode_tokens,
         clock=clock,
+        split_decode_rows=config.split_decode_rows(None),  # no fused decode call to follow
         **config.scheduler_knobs(),
     )
 

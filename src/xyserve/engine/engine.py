@@ -116,7 +116,10 @@ class LLMEngine:
             graphs=self._graph_options(),
             cpu_fused_decode=config.cpu_fused_decode,
         )
-        self.scheduler.split_decode_rows = self._split_rows(config)
+        fused = self.runner.fused
+        self.scheduler.split_decode_rows = config.split_decode_rows(
+            fused.max_rows if fused is not None else None
+        )
         self.intake = RequestIntake(
             config, self.tokenizer, mcfg.vocab_size, self.eos_token_ids, self.max_model_len
         )
@@ -337,18 +340,6 @@ class LLMEngine:
             self.spec.observe_step(out.num_tokens, done_time - now)
             self._propose()
         return outputs
-
-    def _split_rows(self, config: EngineConfig) -> int | None:
-        """The scheduler's ``split_decode_rows`` for ``config.split_prefill_decode``: auto, the
-        most rows the CPU fused decode call takes (None where it is off, as on a GPU); on, any
-        number of decode tokens; off (and the baseline policy, split anyway), None."""
-        mode = config.split_prefill_decode
-        if config.scheduler_policy != "hybrid" or mode == "off":
-            return None
-        if mode == "on":
-            return config.max_num_batched_tokens
-        fused = self.runner.fused
-        return fused.max_rows if fused is not None and fused.max_rows > 0 else None
 
     def _propose(self) -> None:
         """Proposals for the next step. They only save steps, so a proposer that raises (a
