@@ -51,3 +51,12 @@ def test_simulated_sweep_through_the_cli(tmp_path, capsys):
         serve.main(["--simulate", "1,2", "--concurrency", "2", "--system", "x=--nope"])
     assert serve.main(["--simulate", "1,2", "--concurrency", "2"]) == 2
     assert "open-loop" in capsys.readouterr().err
+
+
+def test_a_peer_is_refused_in_simulated_time(capsys):
+    """--simulate replays xyserve's scheduler only: a peer server (or its flags) is refused,
+    not dropped from the comparison without a word."""
+    assert serve.main(["--simulate", "1,2", "--request-rate", "1", "--peer", "hf"]) == 2
+    assert "--peer" in capsys.readouterr().err
+    assert serve.main(["--simulate", "1,2", "--request-rate", "1", "--peer-args=--x"]) == 2
+    assert "--peer-args" in capsys.readouterr().err

@@ -69,7 +69,11 @@ META_SMOOTH = dict(
     max_num_batched_tokens=24, max_num_seqs=6, attention_backend="meta", gemm_backend="smooth"
 )
 CONFIGS = {
-    "chunked": dict(max_num_batched_tokens=16, max_num_seqs=4),
+    # Mixed P/D steps (a chunk beside decodes): split steps off, since under auto whether a
+    # CPU engine splits depends on its fused decode call's calibrated row limit (a timing).
+    "chunked": dict(max_num_batched_tokens=16, max_num_seqs=4, split_prefill_decode="off"),
+    # ...and the same load in split steps: prefill work and decodes in turn, never together.
+    "split-steps": dict(max_num_batched_tokens=16, max_num_seqs=4, split_prefill_decode="on"),
     "no-prefix-cache-sdpa-torch": dict(
         max_num_batched_tokens=64,
         enable_prefix_caching=False,
@@ -116,6 +120,20 @@ def test_greedy_tokens_and_first_logits_match_hf(oracle, name, tmp_path, first_l
         pytest.fail(f"backend of config {name} is not registered")
     llm = LLM(str(path), block_size=16, **cfg)
     eng = llm.llm_engine
+    # Per step: whether it carried prompt work and decodes (of requests that have an output
+    # token already) together; a one-token prompt's first stage counts as prompt work.
+    mixed: list[bool] = []
+    schedule = eng.scheduler.schedule
+
+    def decodes(st) -> bool:
+        return st.request.num_output_tokens > 0 and st.context_len >= st.request.num_tokens - 1
+
+    def spy():
+        out = schedule()
+        mixed.append(len({decodes(st) for st in out.stages}) == 2)
+        return out
+
+    eng.scheduler.schedule = spy
     params = SamplingParams(temperature=0, max_tokens=MAX_NEW, ignore_eos=True)
     outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
     for i, (o, ref) in enumerate(zip(outs, refs)):
@@ -124,6 +142,9 @@ def test_greedy_tokens_and_first_logits_match_hf(oracle, name, tmp_path, first_l
         torch.testing.assert_close(got, firsts[i], atol=1e-4, rtol=0)
     if name == "chunked":
         assert eng.kv.prefix_hit_rate > 0.05
+        assert any(mixed)
+    if name == "split-steps":
+        assert mixed and not any(mixed)
     if name == "preemption":
         assert eng.scheduler.num_preemptions > 0
     eng.kv.check_no_leak()

@@ -160,6 +160,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     work = wl.load(args.workload)
     slo = Slo(args.slo_ttft_ms / 1e3, args.slo_tbt_ms / 1e3, args.slo_tbt_stat)
     plan = loads(args, work)
+    peers = getattr(args, "peer", None)
+    if getattr(args, "peer_args", "") and not peers:
+        raise ValueError("--peer-args: no --peer to pass them to")
+    if args.simulate is not None and peers:
+        raise ValueError("--peer starts a real server: it does not go with --simulate")
     if args.simulate is not None:
         out = _simulate(args, work, slo, plan)
     else:
