@@ -125,6 +125,7 @@ TINY_CONFIG = {
     "vocab_size": 300,
     "max_position_embeddings": 256,
     "tie_word_embeddings": True,
+    "eos_token_id": None,  # no end token: the peer (sent no ignore_eos) runs to max_tokens
 }
 
 
@@ -166,3 +167,21 @@ def test_a_short_run_beside_hf_transformers_serve(tmp_path, capsys):
         assert r["num_failed"] == 0, r["errors"]
         assert r["num_completed"] == 4
     assert runs["hf"]["server"] == {"checked": False}  # no xyserve gauges to read
+
+
+def test_a_peer_without_a_tokenizer_is_refused_before_any_server_starts(tmp_path, monkeypatch):
+    import argparse
+
+    from xyserve.bench import serve_systems
+    from xyserve.bench.serve_server import ServerProcess
+
+    (tmp_path / "config.json").write_text(json.dumps(TINY_CONFIG))
+    started = []
+    monkeypatch.setattr(ServerProcess, "launch", lambda self: started.append(self) or self)
+    args = argparse.Namespace(
+        base_url=None, model=str(tmp_path), peer=["hf"], peer_args="", system=["a="],
+        engine_args="", threads=1, startup_timeout=1.0, seed=0,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="needs a tokenizer"):
+        serve_systems.start_systems(args, tmp_path / "scratch")
+    assert started == []

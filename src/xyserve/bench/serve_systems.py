@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from xyserve.bench.offline_workload import build_random_model, packaged
-from xyserve.bench.serve_peers import peer_command, write_id_tokenizer
+from xyserve.bench.serve_peers import TextPrompts, peer_command, write_id_tokenizer
 from xyserve.bench.serve_server import ServerProcess, check_loopback
 
 DEFAULT_SYSTEMS = ("hybrid=--scheduler-policy hybrid", "baseline=--scheduler-policy baseline")
@@ -45,7 +45,8 @@ def model_config(model: str) -> tuple[Path | None, dict[str, Any] | None]:
 def start_systems(
     args: argparse.Namespace, scratch: Path
 ) -> tuple[list[System], str, dict[str, Any] | None]:
-    """Start (or reach) every system; returns them, the model served, and its config.
+    """Start (or reach) every system; returns them, the model served (a bundled name resolved
+    to its directory where a peer needs one), and its config.
 
     A random-weight model is built under ``scratch`` (the caller removes it).
     """
@@ -65,6 +66,14 @@ def start_systems(
         if peers:  # text prompts that tokenize back to the very ids xyserve gets
             assert cfg is not None
             write_id_tokenizer(Path(model), int(cfg["vocab_size"]))
+    peer_model = model
+    if peers:
+        # a bundled name is a directory of this package to the peer (which would look the
+        # name up online); a model without a tokenizer is refused before any server starts
+        bundled = Path(str(resources.files("xyserve") / "models" / model))
+        if not Path(model).is_dir() and (bundled / "config.json").is_file():
+            peer_model = str(bundled)
+        TextPrompts(peer_model)
     specs = args.system or list(DEFAULT_SYSTEMS)
     systems: list[System] = []
     try:
@@ -88,19 +97,18 @@ def start_systems(
                 model,
                 threads=args.threads,
                 startup_timeout_s=args.startup_timeout,
-                command_for=lambda port, n=name: peer_command(n, model, port, args.peer_args),
+                command_for=lambda port, n=name: peer_command(n, peer_model, port, args.peer_args),
             )
-            print(f"starting {name}: {' '.join(peer_command(name, model, 0, args.peer_args))}",
-                  file=sys.stderr)  # fmt: skip
             peer = System(
                 name, "", srv.launch(), text_prompts=True, logprobs=False, ignore_eos=False
             )
             systems.append(peer)
-            systems[-1].base_url = srv.wait().base_url
+            print(f"starting {name}: {' '.join(srv.cmd)}", file=sys.stderr)
+            peer.base_url = srv.wait().base_url
     except BaseException:
         stop_systems(systems)
         raise
-    return systems, model, cfg
+    return systems, peer_model, cfg
 
 
 def stop_systems(systems: list[System]) -> None:

@@ -242,6 +242,8 @@ class Scheduler:
         prefill_left = self.budget if split else self.budget - min(demand, self.reserve)
         if owed and decodes:
             prefill_left = 0
+        # The step-time target caps a prefill-only step too: its decodes wait for it and then
+        # for their own step, so prefill plus decode tokens stay within the target either way.
         if decodes and self.tbt_target_s is not None:
             fit = self.cost.max_tokens(self.tbt_target_s)
             # Unattainable (the decodes alone overrun the target): no cap, since shrinking
