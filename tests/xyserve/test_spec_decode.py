@@ -245,11 +245,26 @@ def reference(tiny_llama):
     return llm, _generate(llm, _prompts(), params)
 
 
-def test_greedy_ngram_output_identical_with_chunking_prefix_cache_preemption(tiny_llama, reference):
+# off: verify rows share steps with prefill chunks; on: they never do (split steps)
+@pytest.mark.parametrize("split", ["off", "on"])
+def test_greedy_ngram_output_identical_with_chunking_prefix_cache_preemption(
+    tiny_llama, reference, split
+):
     _, ref = reference
-    llm = LLM(str(tiny_llama), speculative_config=NGRAM, **ENGINE)
+    llm = LLM(str(tiny_llama), speculative_config=NGRAM, split_prefill_decode=split, **ENGINE)
+    sched = llm.llm_engine.scheduler
+    schedule, mixed = sched.schedule, []
+
+    def spy():  # per step: a verify stage beside a prefill stage
+        out = schedule()
+        kinds = {st.num_spec_tokens > 0 for st in out.stages if st.num_spec_tokens or st.is_prefill}
+        mixed.append(len(kinds) == 2)
+        return out
+
+    sched.schedule = spy
     params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, logprobs=2)
     got = _generate(llm, _prompts(), params)
+    assert any(mixed) == (split == "off")
     for a, b in zip(ref, got):
         assert a.token_ids == b.token_ids
         for la, lb in zip(a.logprobs, b.logprobs):
