@@ -232,7 +232,7 @@ class Scheduler:
         owed, self._decodes_next = self._decodes_next, False
         split = (
             not owed
-            and decodes
+            and bool(decodes)
             and self.split_decode_rows is not None
             and demand <= self.split_decode_rows
             and bool(prefills or self.waiting)
