@@ -26,7 +26,7 @@ from typing import Any
 from xyserve.bench import arrivals as arr
 from xyserve.bench import serve_workload as wl
 from xyserve.bench.serve_load import disconnect_plan, run_load, served_model
-from xyserve.bench.serve_peers import PEERS, TextPrompts
+from xyserve.bench.serve_peers import PEERS
 from xyserve.bench.serve_plan import load_inputs, loads
 from xyserve.bench.serve_report import (
     RunReport,
@@ -238,7 +238,7 @@ def _run(
             raise SystemExit("--vocab-size is needed: the model's config.json is not readable")
         max_len = (cfg or {}).get("max_position_embeddings")
         names = {s.label: served_model(s.base_url) for s in systems}
-        text = TextPrompts(model) if any(s.text_prompts for s in systems) else None
+        text = next((s.text for s in systems if s.text is not None), None)
 
         def as_text(batch: list[wl.BenchRequest]) -> list[str] | None:
             if text is None:
@@ -273,7 +273,7 @@ def _run(
                             progress=False,
                             use_logprobs=logprobs,
                             timeout_s=args.request_timeout,
-                            prompts=as_text(warm) if sys_.text_prompts else None,
+                            prompts=as_text(warm) if sys_.text else None,
                             ignore_eos=sys_.ignore_eos,
                         )
                     )
@@ -289,7 +289,7 @@ def _run(
                         timeout_s=args.request_timeout,
                         use_logprobs=logprobs,
                         disconnects=leave,
-                        prompts=texts if sys_.text_prompts else None,
+                        prompts=texts if sys_.text else None,
                         ignore_eos=sys_.ignore_eos,
                     )
                 )

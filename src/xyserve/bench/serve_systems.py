@@ -16,6 +16,7 @@ from typing import Any
 from xyserve.bench.offline_workload import build_random_model, packaged
 from xyserve.bench.serve_peers import TextPrompts, peer_command, write_id_tokenizer
 from xyserve.bench.serve_server import ServerProcess, check_loopback
+from xyserve.models import resolve_model
 
 DEFAULT_SYSTEMS = ("hybrid=--scheduler-policy hybrid", "baseline=--scheduler-policy baseline")
 
@@ -25,7 +26,7 @@ class System:
     label: str
     base_url: str
     server: ServerProcess | None = None
-    text_prompts: bool = False  # a peer that takes prompts as text only
+    text: TextPrompts | None = None  # a peer that takes prompts as text only: their tokenizer
     logprobs: bool = True  # False: a peer that streams none (one token per chunk)
     ignore_eos: bool = True  # False: a peer that refuses vLLM's ignore_eos
 
@@ -66,14 +67,12 @@ def start_systems(
         if peers:  # text prompts that tokenize back to the very ids xyserve gets
             assert cfg is not None
             write_id_tokenizer(Path(model), int(cfg["vocab_size"]))
-    peer_model = model
+    text = None
     if peers:
-        # a bundled name is a directory of this package to the peer (which would look the
-        # name up online); a model without a tokenizer is refused before any server starts
-        bundled = Path(str(resources.files("xyserve") / "models" / model))
-        if not Path(model).is_dir() and (bundled / "config.json").is_file():
-            peer_model = str(bundled)
-        TextPrompts(peer_model)
+        # a bundled name is a directory to the peer (which would look the name up online); a
+        # model without a tokenizer is refused before any server starts
+        model = str(resolve_model(model))
+        text = TextPrompts(model)
     specs = args.system or list(DEFAULT_SYSTEMS)
     systems: list[System] = []
     try:
@@ -97,18 +96,16 @@ def start_systems(
                 model,
                 threads=args.threads,
                 startup_timeout_s=args.startup_timeout,
-                command_for=lambda port, n=name: peer_command(n, peer_model, port, args.peer_args),
+                command_for=lambda port, n=name: peer_command(n, model, port, args.peer_args),
             )
-            peer = System(
-                name, "", srv.launch(), text_prompts=True, logprobs=False, ignore_eos=False
-            )
+            peer = System(name, "", srv.launch(), text=text, logprobs=False, ignore_eos=False)
             systems.append(peer)
             print(f"starting {name}: {' '.join(srv.cmd)}", file=sys.stderr)
             peer.base_url = srv.wait().base_url
     except BaseException:
         stop_systems(systems)
         raise
-    return systems, peer_model, cfg
+    return systems, model, cfg
 
 
 def stop_systems(systems: list[System]) -> None:
