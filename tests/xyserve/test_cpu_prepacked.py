@@ -21,6 +21,25 @@ def test_prepacked_linear_equals_f_linear(m: int) -> None:
     torch.testing.assert_close(prepacked.linear(xt, w, b), torch.nn.functional.linear(xt, w, b))
 
 
+@pytest.mark.skipif(
+    not prepacked.available(torch.bfloat16), reason="no native bfloat16 (AVX-512 BF16 or AMX)"
+)
+@pytest.mark.parametrize("m", [1, 5, 33, 129])
+def test_prepacked_bfloat16_matches_f_linear(m: int) -> None:
+    """bfloat16 weights packed for oneDNN's AMX / AVX-512 BF16 kernels: the same products as
+    ``F.linear`` in bfloat16, up to the output's bfloat16 rounding (float32 sums in either)."""
+    gen = torch.Generator().manual_seed(m)
+    w = torch.randn(96, 80, generator=gen).bfloat16()
+    b = torch.randn(96, generator=gen).bfloat16()
+    x = torch.randn(m, 80, generator=gen).bfloat16()
+    got = prepacked.linear(x, w, b)
+    assert got.dtype == torch.bfloat16 and hasattr(w, "_xyserve_dnnl_packed")
+    exact = x.double() @ w.double().t() + b.double()
+    # one bfloat16 rounding of the output (2^-8 relative), whichever way the sums went
+    torch.testing.assert_close(got.double(), exact, rtol=2**-7, atol=1e-2)
+    torch.testing.assert_close(got, torch.nn.functional.linear(x, w, b), rtol=2**-7, atol=1e-2)
+
+
 def test_one_pack_per_weight_until_its_storage_changes() -> None:
     w = torch.randn(32, 16)
     first = prepacked.packed(w)

@@ -102,6 +102,28 @@ def test_first_start_tunes_the_decode_buckets_once_and_caches(tmp_path, monkeypa
     assert second.table.entries == first.table.entries
 
 
+def test_a_bfloat16_first_start_tunes_in_bfloat16_and_caches_apart(tmp_path, monkeypatch):
+    """A bfloat16 engine's first start times its GEMMs in bfloat16 (oneDNN/AMX entry points
+    rank differently there) and keeps that table apart from the float32 one."""
+    model = _model(tmp_path)
+    monkeypatch.setenv("XYSERVE_GEMM_AUTOTUNE", "quick")
+    dtypes: set[torch.dtype] = set()
+
+    def fake_tune_one(w, x, device, repeat, allow_tf32=False):
+        dtypes.add(x.dtype)
+        return GemmConfig(cpu_impl="dnnl")
+
+    monkeypatch.setattr(tune_mod, "tune_one", fake_tune_one)
+    gemm = SmoothGemm(model_path=model, device="cpu", dtype="bfloat16")
+    assert dtypes == {torch.bfloat16}
+    bf16 = Precision("bfloat16")
+    assert cache_path(model, "cpu", bf16).is_file() and not cache_path(model, "cpu").exists()
+    assert gemm.table.dtype == "bfloat16" and gemm.table.lookup("qkv", 16).cpu_impl == "dnnl"
+    dtypes.clear()
+    again = SmoothGemm(model_path=model, device="cpu", dtype="bfloat16")
+    assert dtypes == set() and again.table.entries == gemm.table.entries  # from the cache
+
+
 def test_cache_is_keyed_by_model_shapes_and_honours_the_env(tmp_path, monkeypatch):
     monkeypatch.setenv("XYSERVE_CACHE_DIR", str(tmp_path / "c"))
     a = _model(tmp_path / "a")

@@ -92,13 +92,13 @@ CONFIGS = {
 }
 
 
-def with_table(path: Path, tmp: Path, impl: str, budget: int) -> Path:
-    """The model's files seen from a folder that also holds a table choosing ``impl``."""
+def with_table(path: Path, tmp: Path, impl: str, budget: int, dtype: str = "float32") -> Path:
+    """The model's files seen from a folder that also holds a ``dtype`` table choosing ``impl``."""
     for f in path.iterdir():
         (tmp / f.name).symlink_to(f)
     cfg = json.loads((path / "config.json").read_text())
     shapes = model_shapes(cfg)
-    table = GemmTable(budget=budget, shapes=shapes, machine=machine_signature("cpu"))
+    table = GemmTable(budget=budget, shapes=shapes, machine=machine_signature("cpu"), dtype=dtype)
     for op in shapes:
         for pm in buckets(budget):
             table.set(op, pm, GemmConfig(cpu_impl=impl))
@@ -148,3 +148,37 @@ def test_greedy_tokens_and_first_logits_match_hf(oracle, name, tmp_path, first_l
     if name == "preemption":
         assert eng.scheduler.num_preemptions > 0
     eng.kv.check_no_leak()
+
+
+# bfloat16: one bfloat16 rounding apart, the engine and HF may pick different tokens where the
+# top two logits are that close, so the oracle is HF's bfloat16 logits along the engine's own
+# tokens: each token the engine picked is within BF16_TOL of HF's best there.
+BF16_TOL = 0.125  # 4 bfloat16 ulps at the tiny models' logit scale (|logit| in [4, 8))
+
+
+@pytest.mark.parametrize("impl", [None, "dnnl"])
+def test_bfloat16_engine_follows_hf_bfloat16(oracle, impl, tmp_path, first_logits):
+    """``dtype="bfloat16"`` on the CPU (oneDNN's bfloat16 GEMMs: AMX or AVX-512 BF16 where the
+    CPU has them; ``dnnl``: on weights prepacked once) against HF in bfloat16."""
+    from transformers import AutoModelForCausalLM
+
+    path, prompts, _, _ = oracle
+    prompts = prompts[:8]
+    if impl is not None:
+        path = with_table(path, tmp_path, impl, 64, dtype="bfloat16")
+    llm = LLM(str(path), dtype="bfloat16", max_num_batched_tokens=64, skip_tokenizer_init=True)
+    params = SamplingParams(temperature=0, max_tokens=MAX_NEW, ignore_eos=True)
+    outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+    hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.bfloat16).eval()
+    for i, (p, o) in enumerate(zip(prompts, outs)):
+        toks = list(o.outputs[0].token_ids)
+        assert len(toks) == MAX_NEW
+        with torch.no_grad():
+            logits = hf(torch.tensor([p + toks])).logits[0, len(p) - 1 :].float()
+        torch.testing.assert_close(first_logits[tuple(p)].float(), logits[0], atol=BF16_TOL, rtol=0)
+        for j, t in enumerate(toks):
+            best = float(logits[j].max())
+            assert float(logits[j, t]) >= best - BF16_TOL, f"prompt {i}, token {j}"
+    if impl == "dnnl":  # the table applied: its weights were packed for oneDNN
+        assert hasattr(llm.llm_engine.model.layers[0].qkv, "_xyserve_dnnl_packed")
+    llm.llm_engine.kv.check_no_leak()

@@ -12,6 +12,9 @@ measured in the same run, and the roof is the output tok/s that the workload's l
 FLOPs alone allow at that peak. llama.cpp (``--peers hf,llama.cpp``) runs the same weights
 converted to an F32 GGUF (``peers.gguf_export``); before any timing, its greedy tokens and
 xyserve's are compared with HF's on the first prompts, and a mismatch stops the bench.
+``--dtype bfloat16`` runs every system in bfloat16 (HF and xyserve on torch's bfloat16 GEMMs,
+oneDNN on AMX or AVX-512 BF16 where the CPU has them; llama.cpp on a BF16 GGUF with BF16 K/V);
+the peak and the roof are then bfloat16's, and the check allows near-ties to go either way.
 """
 
 from __future__ import annotations
@@ -68,6 +71,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-num-seqs", type=int, default=64)
     ap.add_argument("--attention-backend", default=None)
     ap.add_argument("--gemm-backend", default=None)
+    ap.add_argument(
+        "--dtype",
+        default="float32",
+        choices=("float32", "bfloat16"),
+        help="every system's weights, activations and K/V (default float32)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
         "--no-tune", action="store_true", help="skip the offline SmoothGEMM tuning of the model"
@@ -111,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         engine_args: dict = dict(
             max_num_batched_tokens=args.max_num_batched_tokens,
             max_num_seqs=args.batch_size or args.max_num_seqs,
+            dtype=args.dtype,
         )
         if args.no_prefix_caching:
             engine_args["enable_prefix_caching"] = False
@@ -119,14 +129,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.gemm_backend:
             engine_args["gemm_backend"] = args.gemm_backend
         if not args.no_tune and args.gemm_backend in (None, "smooth"):
-            tune_if_needed(model, args.max_num_batched_tokens)
+            tune_if_needed(model, args.max_num_batched_tokens, args.dtype)
         gguf = None
         if "llama.cpp" in peers:
             from xyserve.bench.peers.gguf_export import export_gguf
 
-            gguf = export_gguf(model, Path(tmp) / "model.gguf")
+            gguf = export_gguf(model, Path(tmp) / "model.gguf", args.dtype)
         if not args.no_check:
-            check_greedy(model, work, engine_args, gguf, args.threads)
+            check_greedy(model, work, engine_args, gguf, args.threads, args.dtype)
+        dtype = getattr(torch, args.dtype)
         runs: dict[str, tuple] = {
             "xyserve-hybrid": (run_xyserve, model, work, "hybrid", engine_args)
         }
@@ -134,10 +145,16 @@ def main(argv: list[str] | None = None) -> int:
             runs["xyserve-baseline"] = (run_xyserve, model, work, "baseline", engine_args)
         hf_batch = args.batch_size or args.hf_batch_size
         if "hf" in peers:
-            runs[f"hf-static-b{hf_batch}"] = (run_hf, model, work, hf_batch)
+            runs[f"hf-static-b{hf_batch}"] = (run_hf, model, work, hf_batch, "cpu", dtype)
         if gguf is not None:
             llama_batch = args.batch_size or len(work.prompts)
-            runs[f"llama.cpp-b{llama_batch}"] = (run_llama_cpp, gguf, work, llama_batch)
+            runs[f"llama.cpp-b{llama_batch}"] = (
+                run_llama_cpp,
+                gguf,
+                work,
+                llama_batch,
+                args.dtype,  # K/V as the weights
+            )
         # Rounds interleave the systems and keep each one's best: the first run of any shape
         # pays one-off kernel set-up, and a shared machine only ever adds time. Each round
         # starts one system later, so that no system always runs in the same slot.
@@ -145,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         round_seconds: dict[str, list[float]] = {name: [] for name in runs}
         peak = 0.0
         for r in range(args.rounds):
-            peak = max(peak, matmul_peak_gflops())  # measured each round too, the best kept
+            # measured each round too, the best kept
+            peak = max(peak, matmul_peak_gflops(dtype=dtype))
             for name in round_order(list(runs), r):
                 fn, *fn_args = runs[name]
                 t = fn(*fn_args) if args.in_process else isolated(args.threads, fn, *fn_args)
@@ -153,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
                 round_seconds[name].append(t)
         times = {name: times[name] for name in runs}  # report in the usual order
 
-    report(cfg, work, peak, times, round_seconds, args.json)
+    report(cfg, work, peak, times, round_seconds, args.json, args.dtype)
     return 0
 
 

@@ -1,5 +1,5 @@
 """``bench offline``'s report: the matmul peak measured beside the runs, each system's rates as
-shares of that peak and of the fp32 roof, its speedup over HF, printed and as JSON."""
+shares of that peak and of the roof (in the run's dtype), its speedup over HF, printed and as JSON."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from xyserve.bench.offline_workload import Workload, linear_flops, model_flops
 from xyserve.plan.machine import cpu_signature
 
 
-def matmul_peak_gflops(n: int = 1024, reps: int = 8) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_peak_gflops(n: int = 1024, reps: int = 8, dtype: torch.dtype = torch.float32) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     torch.mm(a, b)
     best = float("inf")
     for _ in range(reps):
@@ -31,6 +31,7 @@ def report(
     times: dict[str, float],
     round_seconds: dict[str, list[float]],
     json_path: str | None,
+    dtype: str = "float32",
 ) -> None:
     """Print each system's best time as rates and ratios; write them to ``json_path`` if set.
 
@@ -46,10 +47,10 @@ def report(
     rows = {}
     print(
         f"\nmachine: {machine.describe()}; {torch.get_num_threads()} torch threads; "
-        f"matmul peak {peak:.1f} GFLOP/s (measured now)\n"
+        f"{dtype} matmul peak {peak:.1f} GFLOP/s (measured now)\n"
         f"workload {work.name}: {n_req} requests, {sum(map(len, work.prompts))} prompt tokens, "
-        f"{n_out} output tokens; fp32 roof {roof:.1f} output tok/s (linear-layer FLOPs at the "
-        f"peak)"
+        f"{n_out} output tokens; {dtype} roof {roof:.1f} output tok/s (linear-layer FLOPs at "
+        f"the peak)"
     )
     print(
         f"{'system':<20}{'req/s':>8}{'out tok/s':>11}{'GFLOP/s':>9}{'% peak':>8}{'% roof':>8}"
@@ -81,6 +82,7 @@ def report(
         result = {
             "workload": work.name,
             "model_config": cfg,
+            "dtype": dtype,
             "matmul_peak_gflops": peak,
             "roof_output_tokens_per_s": roof,
             "machine": machine.to_json(),

@@ -79,21 +79,21 @@ def run_hf(
     return elapsed
 
 
-def run_llama_cpp(gguf: Path, work: Workload, batch_size: int) -> float:
+def run_llama_cpp(gguf: Path, work: Workload, batch_size: int, kv_dtype: str = "float32") -> float:
     from xyserve.bench.peers.llama_cpp import run_llama_cpp as run
 
-    return run(gguf, work.prompts, work.output_lens, batch_size, torch.get_num_threads())
+    threads = torch.get_num_threads()
+    return run(gguf, work.prompts, work.output_lens, batch_size, threads, kv_dtype)
 
 
-def tune_if_needed(model: Path, budget: int) -> None:
+def tune_if_needed(model: Path, budget: int, dtype: str = "float32") -> None:
     """SmoothGEMM is tuned offline per model (paper §6.3); do it once, as a deployment would."""
-    from xyserve.plan.gemm_table import OPS, find_table
+    from xyserve.plan.gemm_table import OPS, Precision, find_table
     from xyserve.tools import tune
 
-    if find_table(model, "cpu") is None:
-        tune.main(
-            ["--model", str(model), "--budget", str(budget), "--device", "cpu", "--ops", *OPS]
-        )
+    if find_table(model, "cpu", Precision(dtype)) is None:
+        args = ["--model", str(model), "--budget", str(budget), "--device", "cpu"]
+        tune.main([*args, "--dtype", dtype, "--ops", *OPS])
 
 
 # ---- each run in a fresh process ------------------------------------------------------------
@@ -122,11 +122,13 @@ def round_order(names: list[str], r: int) -> list[str]:
 # ---- the greedy check -----------------------------------------------------------------------
 
 
-def greedy_hf(model: Path, prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
+def greedy_hf(
+    model: Path, prompts: list[list[int]], new_tokens: int, dtype: torch.dtype = torch.float32
+) -> list[list[int]]:
     """HF's greedy continuations, one prompt at a time (no padding): the reference."""
     from transformers import AutoModelForCausalLM
 
-    m = AutoModelForCausalLM.from_pretrained(str(model), dtype=torch.float32).eval()
+    m = AutoModelForCausalLM.from_pretrained(str(model), dtype=dtype).eval()
     outs = []
     with torch.inference_mode():
         for p in prompts:
@@ -154,10 +156,13 @@ def greedy_xyserve(
     return [list(o.outputs[0].token_ids) for o in outs]
 
 
-def greedy_llama_cpp(gguf: Path, prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
+def greedy_llama_cpp(
+    gguf: Path, prompts: list[list[int]], new_tokens: int, kv_dtype: str = "float32"
+) -> list[list[int]]:
     from xyserve.bench.peers.llama_cpp import LlamaCpp
 
-    llm = LlamaCpp(gguf, len(prompts), max(map(len, prompts)) + new_tokens, torch.get_num_threads())
+    max_len = max(map(len, prompts)) + new_tokens
+    llm = LlamaCpp(gguf, len(prompts), max_len, torch.get_num_threads(), kv_dtype=kv_dtype)
     try:
         return llm.greedy(prompts, new_tokens)
     finally:
@@ -175,22 +180,75 @@ def first_mismatch(got: list[list[int]], ref: list[list[int]]) -> str | None:
     return None
 
 
+# bfloat16: systems one bfloat16 rounding apart may pick different tokens among near-ties, so
+# each token a system picked must be within this share of the row's largest |logit| of HF's best
+# logit there (HF in bfloat16, along the system's own tokens). 2^-5 is 4-8 bfloat16 ulps.
+BF16_CHECK_REL_TOL = 2**-5
+
+
+def hf_logits_along(
+    model: Path, prompts: list[list[int]], outs: list[list[int]], dtype: torch.dtype
+) -> list[torch.Tensor]:
+    """HF's logits (float32, [len(out), vocab]) at each output position of ``prompt + out``."""
+    from transformers import AutoModelForCausalLM
+
+    m = AutoModelForCausalLM.from_pretrained(str(model), dtype=dtype).eval()
+    rows = []
+    with torch.inference_mode():
+        for p, o in zip(prompts, outs):
+            logits = m(torch.tensor([p + o])).logits[0].float()
+            rows.append(logits[len(p) - 1 : len(p) - 1 + len(o)])
+    return rows
+
+
+def first_off_greedy(outs: list[list[int]], logits: list[torch.Tensor], rel: float) -> str | None:
+    """Where a token of ``outs`` is further than ``rel`` (of the row's largest |logit|) below
+    the best of HF's ``logits`` there (``hf_logits_along``), or None."""
+    for i, (o, lg) in enumerate(zip(outs, logits)):
+        for j, t in enumerate(o):
+            best, tol = float(lg[j].max()), rel * float(lg[j].abs().max())
+            if float(lg[j, t]) < best - tol:
+                return f"prompt {i}, output token {j}: {t} is {best - float(lg[j, t]):.3g} below"
+    return None
+
+
 def check_greedy(
-    model: Path, work: Workload, engine_args: dict, gguf: Path | None, threads: int | None
+    model: Path,
+    work: Workload,
+    engine_args: dict,
+    gguf: Path | None,
+    threads: int | None,
+    dtype: str = "float32",
 ) -> None:
     """xyserve's (and llama.cpp's) greedy tokens equal HF's on the first prompts, or the bench
     stops: timing systems that compute something else would compare nothing. Each in a fresh
-    process, like the timed runs."""
+    process, like the timed runs. In bfloat16, where near-ties may go either way, each token
+    must instead be HF's greedy choice up to ``BF16_CHECK_REL_TOL`` (HF along its tokens)."""
     prompts = work.prompts[:CHECK_PROMPTS]
     n = min(CHECK_TOKENS, min(work.output_lens))
-    ref = isolated(threads, greedy_hf, model, prompts, n)
     others = {"xyserve": isolated(threads, greedy_xyserve, model, prompts, n, engine_args)}
     if gguf is not None:
-        others["llama.cpp"] = isolated(threads, greedy_llama_cpp, gguf, prompts, n)
-    for name, got in others.items():
-        if where := first_mismatch(got, ref):
+        kv = "bfloat16" if dtype == "bfloat16" else "float32"
+        others["llama.cpp"] = isolated(threads, greedy_llama_cpp, gguf, prompts, n, kv)
+    if dtype == "float32":
+        ref = isolated(threads, greedy_hf, model, prompts, n)
+        wrong = {name: first_mismatch(got, ref) for name, got in others.items()}
+        agree = "equal HF"
+    else:
+        tdtype = getattr(torch, dtype)
+        wrong = {
+            name: first_off_greedy(
+                got,
+                isolated(threads, hf_logits_along, model, prompts, got, tdtype),
+                BF16_CHECK_REL_TOL,
+            )
+            for name, got in others.items()
+        }
+        agree = f"follow HF's {dtype} greedy choice (to {BF16_CHECK_REL_TOL:g} of |logit|)"
+    for name, where in wrong.items():
+        if where:
             raise SystemExit(
                 f"bench offline: {name}'s greedy tokens differ from HF's ({where}); not timing "
                 f"(--no-check skips this check)"
             )
-    print(f"greedy check: {', '.join(others)} equal HF on {len(prompts)} prompts x {n} tokens")
+    print(f"greedy check: {', '.join(others)} {agree} on {len(prompts)} prompts x {n} tokens")

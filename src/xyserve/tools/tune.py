@@ -187,9 +187,15 @@ QUICK_MAX_M = 64  # the decode buckets: what a first start tunes
 QUICK_REPEAT = 3
 
 
-def quick_tune(model: str | os.PathLike, device: str = "cpu", progress: bool = True) -> Path:
-    """Tune the decode buckets of every op of ``model`` on this machine, save the table in the
-    cache folder (keyed by the model's shapes and the machine) and return its path."""
+def quick_tune(
+    model: str | os.PathLike,
+    device: str = "cpu",
+    progress: bool = True,
+    precision: Precision = Precision(),
+) -> Path:
+    """Tune the decode buckets of every op of ``model`` on this machine at ``precision``, save
+    the table in the cache folder (keyed by the model's shapes, the machine and the precision)
+    and return its path."""
     model = Path(model)
     config = json.loads((model / "config.json").read_text())
     with torch.inference_mode():
@@ -199,12 +205,12 @@ def quick_tune(model: str | os.PathLike, device: str = "cpu", progress: bool = T
             device,
             list(OPS),
             QUICK_REPEAT,
-            torch.float32,
+            getattr(torch, precision.dtype),
             model.name,
             progress,
             max_m=QUICK_MAX_M,
         )
-    return table.save(cache_path(model, device))
+    return table.save(cache_path(model, device, precision))
 
 
 def default_out(

@@ -1,11 +1,14 @@
-"""An HF Llama checkpoint as an F32 GGUF file, for running llama.cpp on the same weights.
+"""An HF Llama checkpoint as an F32 (or BF16) GGUF file, for running llama.cpp on the same
+weights.
 
-    python -m xyserve.bench.peers.gguf_export MODEL_DIR OUT.gguf
+    python -m xyserve.bench.peers.gguf_export MODEL_DIR OUT.gguf [--dtype bfloat16]
 
 Only what ``bench offline`` needs: ``LlamaForCausalLM``-family checkpoints (Llama, Mistral
 without sliding window) in float32, no RoPE scaling, written with the ``gguf`` package's writer
 (the optional ``llama-cpp`` extra). llama.cpp's CPU path then computes in float32 like HF, so
 with F32 K/V and flash attention off its greedy tokens equal HF's (``bench offline`` checks).
+``dtype="bfloat16"`` writes the matrices as BF16 (rounded to nearest even, as torch rounds;
+exact for a bfloat16 checkpoint) and keeps the norms F32, as llama.cpp's own converter does.
 
 - Names: ``model.embed_tokens`` -> ``token_embd``, ``model.norm`` -> ``output_norm``,
   ``lm_head`` (or the tied embedding) -> ``output``, per layer ``input_layernorm`` ->
@@ -95,9 +98,17 @@ def vocabulary(model_dir: Path, vocab_size: int) -> tuple[list[str], list[int], 
     return tokens, types, merges
 
 
-def export_gguf(model_dir: str | Path, out: str | Path) -> Path:
-    """Write ``model_dir``'s checkpoint as an F32 GGUF at ``out``; returns ``out``."""
+GGUF_DTYPES = ("float32", "bfloat16")
+
+
+def export_gguf(model_dir: str | Path, out: str | Path, dtype: str = "float32") -> Path:
+    """Write ``model_dir``'s checkpoint as a GGUF at ``out`` (matrices in ``dtype``: float32 or
+    bfloat16); returns ``out``."""
     import gguf
+
+    if dtype not in GGUF_DTYPES:
+        raise ValueError(f"GGUF export: dtype {dtype!r} is not one of {GGUF_DTYPES}")
+    bf16 = dtype == "bfloat16"
 
     model_dir, out = Path(model_dir), Path(out)
     cfg = json.loads((model_dir / "config.json").read_text())
@@ -125,7 +136,7 @@ def export_gguf(model_dir: str | Path, out: str | Path) -> Path:
     w.add_value_length(d)
     w.add_layer_norm_rms_eps(float(cfg.get("rms_norm_eps", 1e-6)))
     w.add_vocab_size(vocab)
-    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_BF16 if bf16 else gguf.LlamaFileType.ALL_F32)
 
     tokens, types, merges = vocabulary(model_dir, vocab)
     w.add_tokenizer_model("gpt2")
@@ -141,7 +152,12 @@ def export_gguf(model_dir: str | Path, out: str | Path) -> Path:
     w.add_add_bos_token(_adds_bos(model_dir))
 
     def put(name: str, t: torch.Tensor) -> None:
-        w.add_tensor(name, np.ascontiguousarray(t.detach().numpy(), dtype=np.float32))
+        a = np.ascontiguousarray(t.detach().numpy(), dtype=np.float32)
+        if bf16 and a.ndim == 2:  # matrices; the norms' vectors stay F32
+            qt = gguf.GGMLQuantizationType.BF16
+            w.add_tensor(name, gguf.quants.quantize(a, qt), raw_dtype=qt)
+        else:
+            w.add_tensor(name, a)
 
     put("token_embd.weight", weights["model.embed_tokens.weight"])
     put("output_norm.weight", weights["model.norm.weight"])
@@ -173,8 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m xyserve.bench.peers.gguf_export")
     ap.add_argument("model", help="HF checkpoint folder (config.json, safetensors)")
     ap.add_argument("out", help="the .gguf file to write")
+    ap.add_argument("--dtype", default="float32", choices=GGUF_DTYPES, help="of the matrices")
     args = ap.parse_args(argv)
-    print(export_gguf(args.model, args.out))
+    print(export_gguf(args.model, args.out, args.dtype))
     return 0
 
 

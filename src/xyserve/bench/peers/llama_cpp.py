@@ -4,7 +4,8 @@ ids, greedy, through llama-cpp-python's low-level API (the optional ``llama-cpp`
 Batched like xyserve: one ``seq_id`` per request, every prompt of a wave in one ``llama_batch``
 (logits only at each prompt's last token), then one token per sequence per decode call; waves
 of ``batch_size`` requests (the bench's workloads have fixed output lengths, so a static wave
-wastes nothing). ``n_threads`` and ``n_threads_batch`` are torch's thread count, K/V are F32 and
+wastes nothing). ``n_threads`` and ``n_threads_batch`` are torch's thread count, K/V are F32
+(``kv_dtype``: BF16 beside a BF16 GGUF, as xyserve's bfloat16 engine keeps them) and
 flash attention is off by default: llama.cpp's CPU flash attention computes in F16 even with
 F32 K/V, which flips near-ties of random-weight models, so the exact configuration is the one
 whose greedy tokens are compared with HF's; ``flash_attn=True`` is the fast one.
@@ -30,6 +31,10 @@ def _silence(lc) -> None:
         lc.llama_log_set(_QUIET, ctypes.c_void_p(0))
 
 
+# ggml's type ids for the K/V cache (llama-cpp-python names F32 and F16 only; BF16 is 30)
+KV_TYPES = {"float32": 0, "float16": 1, "bfloat16": 30}
+
+
 def available() -> bool:
     try:
         import llama_cpp  # noqa: F401
@@ -42,7 +47,13 @@ class LlamaCpp:
     """One llama.cpp model and context sized for ``max_seqs`` sequences of ``max_len`` tokens."""
 
     def __init__(
-        self, gguf: str | Path, max_seqs: int, max_len: int, threads: int, flash_attn: bool = False
+        self,
+        gguf: str | Path,
+        max_seqs: int,
+        max_len: int,
+        threads: int,
+        flash_attn: bool = False,
+        kv_dtype: str = "float32",
     ) -> None:
         import llama_cpp as lc
 
@@ -63,7 +74,7 @@ class LlamaCpp:
         cp.n_seq_max = max_seqs
         cp.n_threads = threads
         cp.n_threads_batch = threads
-        cp.type_k = cp.type_v = lc.GGML_TYPE_F32
+        cp.type_k = cp.type_v = KV_TYPES[kv_dtype]
         if hasattr(cp, "flash_attn_type"):
             cp.flash_attn_type = 1 if flash_attn else 0  # LLAMA_FLASH_ATTN_TYPE_{ENABLED,DISABLED}
         else:  # pragma: no cover - older llama-cpp-python
@@ -126,10 +137,11 @@ def run_llama_cpp(
     output_lens: list[int],
     batch_size: int,
     threads: int,
+    kv_dtype: str = "float32",
 ) -> float:
     """Seconds to generate every request's output, in waves of ``batch_size`` (load excluded)."""
     max_len = max(len(p) + o for p, o in zip(prompts, output_lens))
-    llm = LlamaCpp(gguf, min(batch_size, len(prompts)), max_len, threads)
+    llm = LlamaCpp(gguf, min(batch_size, len(prompts)), max_len, threads, kv_dtype=kv_dtype)
     try:
         llm.greedy([prompts[0][:4]], 2)  # warm-up: first-call set-up out of the timing
         t = time.perf_counter()

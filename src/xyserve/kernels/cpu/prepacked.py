@@ -15,6 +15,10 @@ outside inference mode, and a write inside it is not seen). It costs one more co
 weight's memory, which is why only the ops whose tuned table entry names ``dnnl`` get one
 (``xyserve tune`` decides per op and bucket; figures: docs/perf.md, "Prepacked weights"). Results differ from ``F.linear``'s
 in float32 rounding only (another summation order), as the other tuned entry points' do.
+
+A bfloat16 model's weights are packed the same way where the CPU has native bfloat16: oneDNN
+then runs them on AMX tiles or AVX-512 BF16 dot products, accumulating in float32 like
+``F.linear`` on bfloat16 (figures: docs/perf.md, "bfloat16 on AMX").
 """
 
 from __future__ import annotations
@@ -26,16 +30,21 @@ PACK_BATCH_HINT = 32  # a decode batch; any M runs on the result
 
 
 def available(dtype: torch.dtype = torch.float32) -> bool:
-    return (
-        dtype == torch.float32
-        and torch.backends.mkldnn.is_available()
+    """Whether oneDNN runs prepacked linears of ``dtype`` here: float32, and bfloat16 where the
+    CPU has native bfloat16 (AVX-512 BF16 or AMX; elsewhere oneDNN would emulate it slowly)."""
+    if not (
+        torch.backends.mkldnn.is_available()
         and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
         and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-    )
+    ):
+        return False
+    if dtype == torch.bfloat16:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return dtype == torch.float32
 
 
 def packed(weight: torch.Tensor) -> torch.Tensor:
-    """``weight`` ([N, K], float32, CPU) in oneDNN's layout; made once, cached on ``weight``."""
+    """``weight`` ([N, K], float32 or bfloat16, CPU) in oneDNN's layout; made once, cached on ``weight``."""
     key = (weight.data_ptr(), weight.shape, weight.stride(), weight.dtype, _version(weight))
     cached = getattr(weight, _ATTR, None)
     if cached is not None and cached[0] == key:

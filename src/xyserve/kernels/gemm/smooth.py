@@ -32,6 +32,7 @@ from xyserve.plan.machine import machine_signature
 # buckets (tqdm bar, a few seconds to a minute) into the cache folder, "off" runs the defaults.
 AUTOTUNE_ENV = "XYSERVE_GEMM_AUTOTUNE"
 AUTOTUNE_MODES = ("quick", "off")
+QUICK_DTYPES = ("float32", "bfloat16")  # the CPU dtypes a first start may tune (float16: none)
 
 
 def autotune_mode() -> str:
@@ -136,10 +137,10 @@ class SmoothGemm:
         """No table for this (model, machine): a quick tune of the decode buckets on CPU
         (``XYSERVE_GEMM_AUTOTUNE=quick``), else (the default) ``F.linear``, said once here
         rather than once per shape. CUDA tables come from ``xyserve tune`` only."""
-        if device == "cpu" and precision.dtype == "float32" and autotune_mode() == "quick":
+        if device == "cpu" and precision.dtype in QUICK_DTYPES and autotune_mode() == "quick":
             from xyserve.tools.tune import quick_tune
 
-            return GemmTable.load(quick_tune(model_path, device))
+            return GemmTable.load(quick_tune(model_path, device, precision=precision))
         warnings.warn(
             f"SmoothGEMM: no GEMM table for {model_path} on this machine "
             f"({machine_signature(device).describe()}) in {precision.tag(device)}; running the "
