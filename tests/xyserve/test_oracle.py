@@ -156,17 +156,36 @@ def test_greedy_tokens_and_first_logits_match_hf(oracle, name, tmp_path, first_l
 BF16_TOL = 0.125  # 4 bfloat16 ulps at the tiny models' logit scale (|logit| in [4, 8))
 
 
-@pytest.mark.parametrize("impl", [None, "dnnl"])
-def test_bfloat16_engine_follows_hf_bfloat16(oracle, impl, tmp_path, first_logits):
-    """``dtype="bfloat16"`` on the CPU (oneDNN's bfloat16 GEMMs: AMX or AVX-512 BF16 where the
-    CPU has them; ``dnnl``: on weights prepacked once) against HF in bfloat16."""
+BF16_CONFIGS = {
+    "eager": (None, dict(cpu_fused_decode="off")),
+    "eager-dnnl": ("dnnl", dict(cpu_fused_decode="off")),
+    # one request at a time: every decode step is one row, which "on" sends to the fused call
+    "fused": (None, dict(cpu_fused_decode="on", max_num_seqs=1)),
+}
+
+
+@pytest.mark.parametrize("name", list(BF16_CONFIGS))
+def test_bfloat16_engine_follows_hf_bfloat16(oracle, name, tmp_path, first_logits):
+    """``dtype="bfloat16"`` on the CPU against HF in bfloat16: the eager forward on oneDNN's
+    bfloat16 GEMMs (AMX or AVX-512 BF16 where the CPU has them; ``dnnl``: on weights
+    prepacked once), and decode steps in the fused call (float32 arithmetic on the bfloat16
+    weights, bfloat16 K/V caches)."""
     from transformers import AutoModelForCausalLM
 
     path, prompts, _, _ = oracle
     prompts = prompts[:8]
+    impl, engine_args = BF16_CONFIGS[name]
     if impl is not None:
         path = with_table(path, tmp_path, impl, 64, dtype="bfloat16")
-    llm = LLM(str(path), dtype="bfloat16", max_num_batched_tokens=64, skip_tokenizer_init=True)
+    llm = LLM(
+        str(path),
+        dtype="bfloat16",
+        max_num_batched_tokens=64,
+        skip_tokenizer_init=True,
+        **engine_args,
+    )
+    if name == "fused":
+        assert llm.llm_engine.runner.fused is not None
     params = SamplingParams(temperature=0, max_tokens=MAX_NEW, ignore_eos=True)
     outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
     hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.bfloat16).eval()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import pytest
 import torch
 
@@ -32,8 +33,8 @@ def model_path(request, tmp_path_factory):
     return build_model(tmp_path_factory.mktemp(request.param), arch, with_tokenizer=False, **kw)
 
 
-def _runner(path, mode: str) -> ModelRunner:
-    model = load_model(path, torch.device("cpu"), torch.float32)
+def _runner(path, mode: str, dtype: torch.dtype = torch.float32) -> ModelRunner:
+    model = load_model(path, torch.device("cpu"), dtype)
     return ModelRunner(model, NUM_BLOCKS, BLOCK, "meta", "torch", cpu_fused_decode=mode)
 
 
@@ -104,6 +105,31 @@ def test_several_requests_in_one_fused_step(model_path):
     want, _ = _steps(eager, prompts, decode)
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+
+
+def test_bfloat16_steps_follow_the_eager_bfloat16_forward(model_path):
+    """A bfloat16 model's fused steps: float32 arithmetic on its bfloat16 weights, its K/V
+    caches bfloat16 (written rounded by the fused call, read back widened, and read by the
+    eager prefill's and the fused steps' attention alike). Against the eager bfloat16 forward,
+    which also rounds every activation to bfloat16: equal up to those roundings."""
+    fused = _runner(model_path, "on", torch.bfloat16)
+    assert fused.fused is not None and fused.fused.k_cache.dtype.name == "uint16"
+    fused.fused.max_rows = 3
+    calls: list[int] = []
+    fused.fused.run = _counted(fused.fused.run, calls)
+    eager = _runner(model_path, "off", torch.bfloat16)
+    prompts = [[1, 2, 3, 4, 5], [9], [7, 7, 7, 7, 7, 7, 7, 7, 7]]
+    decode = _decode_tokens(fused.model.cfg.vocab_size, 5, 3)
+    got, _ = _steps(fused, prompts, decode)
+    want, _ = _steps(eager, prompts, decode)
+    assert len(calls) == len(decode)
+    for g, w in zip(got, want):
+        scale = float(w.float().abs().max())
+        torch.testing.assert_close(g.float(), w.float(), atol=2**-5 * scale, rtol=0)
+    # the fused call wrote the runner's own bfloat16 caches, not a copy of them
+    k = fused.kv_caches[0][0]
+    assert k.dtype == torch.bfloat16
+    assert np.shares_memory(fused.fused.k_cache, k.view(torch.int16).numpy())
 
 
 def _counted(fn, calls: list[int]):
@@ -194,8 +220,8 @@ def test_modes_are_checked_and_the_environment_sets_the_default(tiny_llama, monk
 
 
 def test_a_model_the_kernel_cannot_run_is_refused_under_on_and_skipped_under_auto(tiny_llama):
-    model = load_model(tiny_llama, torch.device("cpu"), torch.bfloat16)
-    with pytest.raises(ValueError, match="needs CPU float32"):
+    model = load_model(tiny_llama, torch.device("cpu"), torch.float16)
+    with pytest.raises(ValueError, match="needs CPU float32 or bfloat16"):
         ModelRunner(model, NUM_BLOCKS, BLOCK, "reference", "torch", cpu_fused_decode="on")
     runner = ModelRunner(model, NUM_BLOCKS, BLOCK, "reference", "torch", cpu_fused_decode="auto")
     assert runner.fused is None

@@ -10,7 +10,10 @@ residuals and the lm_head -- runs in ``kernels.cpu.fused_forward``, the kernel t
 uses, on the runner's own K/V cache.
 
 What takes it: a step of at most ``max_rows`` new tokens (decodes, chain or tree verifies, a
-prefill chunk that small), on a float32 model on the CPU. A causal row sees its request's
+prefill chunk that small), on a float32 or bfloat16 model on the CPU. A bfloat16 model's
+step computes in float32 from its bfloat16 weights (exact as loaded) and keeps its K/V caches
+bfloat16 (rounded as stored), so it is the eager bfloat16 forward without the roundings of its
+activations between ops. A causal row sees its request's
 positions up to its own; a tree node sees the history and the stage's real tokens as a prefix
 of its block table and its ancestors' slots (its own included) as extra keys, at its depth's
 RoPE position. Whether it is on: ``mode`` ``"off"``, ``"on"`` (one-row steps), or ``"auto"``
@@ -24,7 +27,8 @@ The weights are packed once (``spec.draft_forward.pack_model``: layers stacked, 
 layers as panels, of bfloat16 bits where the checkpoint's values are all bfloat16). The
 model's own tensors are then re-pointed at the packed arrays where the layouts agree (norms,
 embedding, biases); the linear layers are the one part held twice: the eager forward's [out,
-in] tensors and the fused call's panels (half their size for a bfloat16 checkpoint).
+in] tensors and the fused call's panels (half their size for a bfloat16 checkpoint). A
+bfloat16 model keeps all its tensors (the packed norms and embedding are float32 copies).
 """
 
 from __future__ import annotations
@@ -50,6 +54,8 @@ MODES = ("auto", "on", "off")
 ENV = "XYSERVE_CPU_FUSED_DECODE"  # the mode where the engine's ``cpu_fused_decode`` is unset
 ROW_CHECKS = (1, 2, 4, 8, 16, 32, 64)  # step sizes the runner times both ways at start (auto)
 MAX_ROWS = 1  # the steps that take the fused call under "on" (no check)
+# the engine dtypes the fused call runs, and the numpy dtype it reads their K/V caches as
+CACHE_DTYPES = {torch.float32: np.float32, torch.bfloat16: np.uint16}
 
 
 def resolve_mode(mode: str | None) -> str:
@@ -91,9 +97,9 @@ def _why_not(model: LlamaModel, kv_caches) -> str | None:
     """Why the fused call cannot run ``model``'s steps (None: it can)."""
     if not ff.available():
         return "numba is not installed"
-    if model.device.type != "cpu" or model.dtype != torch.float32:
+    if model.device.type != "cpu" or model.dtype not in CACHE_DTYPES:
         where = f"{model.device.type} in {str(model.dtype).removeprefix('torch.')}"
-        return f"the model runs on {where}; the fused call needs CPU float32"
+        return f"the model runs on {where}; the fused call needs CPU float32 or bfloat16"
     if kv_caches is None:
         return "padded steps (CUDA graphs' eager twin) keep the eager forward"
     return None
@@ -106,10 +112,13 @@ def _ms(fn: Callable[[], object]) -> float:
     return (time.perf_counter() - t0) * 1e3
 
 
-def fastest_threads(w: ff.PackedWeights, block_size: int, reps: int = 5) -> dict[int, float]:
-    """One row (a full block of context) through the fused call on a scratch cache, on one
-    thread and on torch's count, best of ``reps`` interleaved (ms per thread count)."""
-    k, v = ff.new_cache(w, 1, block_size)
+def fastest_threads(
+    w: ff.PackedWeights, block_size: int, reps: int = 5, cache_dtype: type = np.float32
+) -> dict[int, float]:
+    """One row (a full block of context) through the fused call on a scratch cache (of
+    ``cache_dtype``, as the engine's), on one thread and on torch's count, best of ``reps``
+    interleaved (ms per thread count)."""
+    k, v = ff.new_cache(w, 1, block_size, cache_dtype)
     p = block_size - 1
     one = np.array([0], np.int64)
     rows = ff.Rows(
@@ -140,8 +149,14 @@ class FusedDecode:
         max_rows: int = MAX_ROWS,
     ) -> None:
         self.weights = pack_model(model)
-        share_weights(model, self.weights)
-        self.k_cache, self.v_cache = (c.numpy() for c in kv_caches)  # [L, blocks, bs, Hkv, D]
+        if model.dtype == torch.float32:  # else the eager forward keeps its bfloat16 tensors
+            share_weights(model, self.weights)
+        # [L, blocks, bs, Hkv, D], bfloat16 as its bits (the fused call widens them as read)
+        self.cache_dtype = CACHE_DTYPES[model.dtype]
+        self.k_cache, self.v_cache = (
+            c.view(torch.int16).numpy().view(np.uint16) if c.dtype == torch.bfloat16 else c.numpy()
+            for c in kv_caches
+        )
         self.block_size = block_size
         self.threads = threads
         self.max_rows = max_rows
@@ -175,7 +190,7 @@ class FusedDecode:
         # auto: the thread count here; whether it runs, and for which steps, the runner
         # decides by timing steps both ways (``ModelRunner``), and says so. (The model keeps
         # its re-pointed tensors either way: same values, one copy.)
-        fast.thread_ms = fastest_threads(fast.weights, block_size)
+        fast.thread_ms = fastest_threads(fast.weights, block_size, cache_dtype=fast.cache_dtype)
         fast.threads = min(fast.thread_ms, key=fast.thread_ms.get)
         fast.calibrate = True
         return fast

@@ -51,14 +51,14 @@ from xyserve.kernels.cpu.isa import vector_width
 try:
     from numba import njit, prange
 
-    from xyserve.kernels.cpu import act, exp, gemm
+    from xyserve.kernels.cpu import act, bf16, exp, gemm
     from xyserve.kernels.cpu.act import silu_mul_row
     from xyserve.kernels.cpu.cache import depends_on
     from xyserve.kernels.cpu.exp import softmax_
     from xyserve.kernels.cpu.gemm import make_prefetch, make_tile
 
     # the helpers this module's kernels inline from others (numba's cache keys on them too)
-    DEPENDS = (act, exp, gemm)
+    DEPENDS = (act, bf16, exp, gemm)
 except ImportError:  # pragma: no cover - exercised only where numba is absent
     njit = None
 
@@ -206,10 +206,13 @@ def pack(
     return packed
 
 
-def new_cache(w: PackedWeights, num_blocks: int, block_size: int) -> tuple[np.ndarray, ...]:
-    """Zeroed K and V caches: [L, num_blocks, block_size, Hkv, D] each (``kernels.cpu.memory``)."""
+def new_cache(
+    w: PackedWeights, num_blocks: int, block_size: int, dtype: type = np.float32
+) -> tuple[np.ndarray, ...]:
+    """Zeroed K and V caches: [L, num_blocks, block_size, Hkv, D] each (``kernels.cpu.memory``),
+    of float32, or (``dtype=np.uint16``) of bfloat16 bits."""
     shape = (w.num_layers, num_blocks, block_size, w.num_kv_heads, w.head_dim)
-    return memory.zeros(shape), memory.zeros(shape)
+    return memory.zeros(shape, dtype), memory.zeros(shape, dtype)
 
 
 # ---- the compiled code ------------------------------------------------------------------
@@ -341,10 +344,9 @@ def _rope_row(
         src = qkv_out[r, nq + hh * d : nq + (hh + 1) * d]
         if kn.shape[0]:
             _head_norm_c(src, kn, eps)
-        _rotate_c(src, cos[p], sin[p], kc[blk, off, hh])
-        vsrc = qkv_out[r, nq + (hkv + hh) * d : nq + (hkv + hh + 1) * d]
-        for j in range(d):
-            vc[blk, off, hh, j] = vsrc[j]
+        _rotate_c(src, cos[p], sin[p], src)  # in place: each pair is read before it is written
+        bf16.store(kc[blk, off, hh], src, d)
+        bf16.store(vc[blk, off, hh], qkv_out[r, nq + (hkv + hh) * d :], d)
 
 
 def _attend_rows(
@@ -417,7 +419,7 @@ def _attend_rows(
                     if step == 0:  # a head size that is not a multiple of the vector width
                         for j in range(j0, j0 + count):
                             for e in range(c0, d):
-                                acc[e] += sa[j] * flat[base + (j - j0) * ld + e]
+                                acc[e] += sa[j] * bf16.at(flat, base + (j - j0) * ld + e)
                         break
                     p_off = i * sc.shape[1] + j0
                     _value_tile(vw, step // vw, sc, p_off, flat, base + c0, ld, count, acc[c0:])
@@ -428,15 +430,17 @@ def _attend_rows(
 
 
 def _dot(x, y, n):  # pragma: no cover - compiled
+    """x . y over n (``y`` a cache row: float32, or bfloat16 bits)."""
     acc = np.float32(0.0)
     for e in range(n):
-        acc += x[e] * y[e]
+        acc += x[e] * bf16.at(y, e)
     return acc
 
 
 def _axpy(a, x, y, n):  # pragma: no cover - compiled
+    """y += a x over n (``x`` a cache row: float32, or bfloat16 bits)."""
     for e in range(n):
-        y[e] += a * x[e]
+        y[e] += a * bf16.at(x, e)
 
 
 # The linear layer a pass calls: each compilation of ``_forward`` binds its own (serial or
