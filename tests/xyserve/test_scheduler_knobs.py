@@ -390,8 +390,9 @@ def test_split_steps_only_where_the_decodes_are_few():
 
 
 def test_split_prefill_decode_reaches_the_engines_scheduler(tmp_path):
-    """auto follows the CPU fused decode call (its row limit, or off without it); on splits any
-    step; off and the baseline policy never; a bad mode is refused."""
+    """auto follows the CPU fused decode call of a float32 model (its row limit, or off
+    without it); on splits any step; off and the baseline policy never; a bad mode is
+    refused."""
     from xyserve.engine.engine import LLMEngine
 
     with pytest.raises(ValueError, match="split_prefill_decode"):
@@ -415,3 +416,8 @@ def test_split_prefill_decode_reaches_the_engines_scheduler(tmp_path):
     assert rows(cpu_fused_decode="off", split_prefill_decode="on")[0] == 512
     assert rows(cpu_fused_decode="on", split_prefill_decode="off")[0] is None
     assert rows(cpu_fused_decode="on", scheduler_policy="baseline")[0] is None
+    # bfloat16: the fused call runs its decodes, but auto keeps mixed steps (on AMX the eager
+    # GEMMs take decodes beside a prefill chunk for less); on still splits
+    got, fused = rows(cpu_fused_decode="on", dtype="bfloat16")
+    assert got is None and fused == 1
+    assert rows(cpu_fused_decode="on", dtype="bfloat16", split_prefill_decode="on")[0] == 512

@@ -117,9 +117,12 @@ class LLMEngine:
             cpu_fused_decode=config.cpu_fused_decode,
         )
         fused = self.runner.fused
-        self.scheduler.split_decode_rows = config.split_decode_rows(
-            fused.max_rows if fused is not None else None
-        )
+        # auto splits beside a float32 fused call only: there a decode-only step costs what the
+        # decodes add to a mixed step; in bfloat16 the eager forward's GEMMs (AMX) take decodes
+        # beside a prefill chunk for much less than the fused call's float32 arithmetic does
+        # (docs/perf.md, "bfloat16 on AMX")
+        split_rows = fused.max_rows if fused is not None and self.dtype == torch.float32 else None
+        self.scheduler.split_decode_rows = config.split_decode_rows(split_rows)
         self.intake = RequestIntake(
             config, self.tokenizer, mcfg.vocab_size, self.eos_token_ids, self.max_model_len
         )
