@@ -140,15 +140,41 @@ def test_triton_meta_matches_reference(hq, hkv, d, bs):
     torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
 
 
-def test_decode_kernel_only_for_float32_caches():
+def test_decode_kernel_only_for_float32_and_bfloat16_caches():
     hq, hkv, d = 8, 2, 16
     c = build_case([StageSpec(1, 30), StageSpec(1, 7)], hq, hkv, d, 16, seed=2)
     be = MetaAttention()
-    be.warmup("cpu", torch.bfloat16)  # the engine tells the backend its dtype at start
+    be.warmup("cpu", torch.float64)  # the engine tells the backend its dtype at start
     assert be.plan(c.meta, hq, hkv, d).decode is None
-    be.warmup("cpu", torch.float32)
+    for dtype in (torch.float32, torch.bfloat16):
+        be.warmup("cpu", dtype)
+        plan = be.plan(c.meta, hq, hkv, d)
+        assert plan.decode is not None and plan.decode.num_tiles == 2 and not plan.packs
+
+
+@pytest.mark.skipif(not cpu_decode.available(torch.bfloat16), reason="needs numba")
+@pytest.mark.parametrize("d", [64, 33])
+def test_bfloat16_decode_kernel_matches_the_reference(d):
+    """bfloat16 caches and queries (a bfloat16 engine): the decode and verify rows on the numba
+    kernel (the caches read widened, float32 arithmetic, the outputs rounded once) against the
+    dense reference in float32 on the same bfloat16 values; the prefill rows on the torch path."""
+    rng = random.Random(d)
+    hq, hkv, bs = 8, 2, 16
+    c = build_case(mixed_specs(rng), hq, hkv, d, bs, seed=rng.randint(0, 1 << 30))
+    q, k, v = (t.bfloat16() for t in (c.q, c.k_cache, c.v_cache))
+    ref = reference_attention(c.meta, q.float(), k.float(), v.float(), c.scale)
+    be = MetaAttention()
+    be.warmup("cpu", torch.bfloat16)
     plan = be.plan(c.meta, hq, hkv, d)
-    assert plan.decode is not None and plan.decode.num_tiles == 2 and not plan.packs
+    assert plan.decode is not None
+    out = be.run(plan, q, k, v, c.scale)
+    assert out.dtype == torch.bfloat16
+    rows = torch.as_tensor(plan.decode.q_rows)
+    # one bfloat16 rounding of outputs of magnitude <= max |v|
+    torch.testing.assert_close(
+        out[rows].float(), ref[rows], atol=2**-7 * float(v.abs().max()), rtol=0
+    )
+    torch.testing.assert_close(out.float(), ref, atol=0.06, rtol=0)  # the torch path: bf16 math
 
 
 @pytest.mark.skipif(not cpu_decode.available(torch.float32), reason="needs numba")

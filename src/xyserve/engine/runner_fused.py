@@ -43,6 +43,7 @@ import torch
 
 from xyserve.engine.scheduler import SchedulerOutput
 from xyserve.engine.step_inputs import StepLists, tree_mask
+from xyserve.kernels.ops import as_numpy
 from xyserve.kernels.ops import fused_forward as ff
 from xyserve.model.llama import LlamaModel
 from xyserve.plan.token_table import TokenTable, visible_keys
@@ -153,10 +154,7 @@ class FusedDecode:
             share_weights(model, self.weights)
         # [L, blocks, bs, Hkv, D], bfloat16 as its bits (the fused call widens them as read)
         self.cache_dtype = CACHE_DTYPES[model.dtype]
-        self.k_cache, self.v_cache = (
-            c.view(torch.int16).numpy().view(np.uint16) if c.dtype == torch.bfloat16 else c.numpy()
-            for c in kv_caches
-        )
+        self.k_cache, self.v_cache = (as_numpy(c) for c in kv_caches)
         self.block_size = block_size
         self.threads = threads
         self.max_rows = max_rows

@@ -27,6 +27,7 @@ from xyserve.kernels.cpu import fused_forward as fused_forward  # engine.runner_
 from xyserve.kernels.cpu import memory as memory  # the CPU K/V caches' allocation
 from xyserve.kernels.cpu import norm as _norm
 from xyserve.kernels.cpu import rope as _rope
+from xyserve.kernels.cpu.views import as_numpy as as_numpy  # runner_fused's views of them
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

@@ -9,7 +9,12 @@ threads by the same symmetric round-robin as the task table's units, in cost ord
 Meta-Attention kernel. ``xyserve bench kernels --only attention`` times the whole CPU path
 against per-stage baselines (figures: docs/perf.md).
 
-numba is optional: without it (or for dtypes other than float32) the torch path runs.
+A bfloat16 engine's caches are read as their bits, widened (``kernels.cpu.bf16``); its query
+rows are widened to float32 first and the outputs rounded back, so the kernel's arithmetic is
+float32 in either dtype.
+
+numba is optional: without it (or for dtypes other than float32 and bfloat16) the torch path
+runs.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from xyserve.kernels.cpu import exp, use_cpu_threads
+from xyserve.kernels.cpu import bf16, exp, use_cpu_threads
 from xyserve.kernels.cpu.cache import depends_on
 from xyserve.kernels.cpu.exp import softmax_
 from xyserve.kernels.cpu.views import as_numpy
@@ -30,8 +35,11 @@ except ImportError:  # pragma: no cover - exercised only where numba is absent
     numba = None
 
 
+DTYPES = (torch.float32, torch.bfloat16)
+
+
 def available(dtype: torch.dtype) -> bool:
-    return numba is not None and dtype == torch.float32
+    return numba is not None and dtype in DTYPES
 
 
 if numba is not None:
@@ -40,9 +48,10 @@ if numba is not None:
     def _score(qs, k_cache, blk, jj, group, sc, col):  # pragma: no cover - compiled
         """sc[:, col] = every query head's dot with the key in slot (blk, jj)."""
         for r in range(qs.shape[0]):
+            key = k_cache[blk, jj, r // group]
             acc = np.float32(0.0)
             for e in range(qs.shape[1]):
-                acc += qs[r, e] * k_cache[blk, jj, r // group, e]
+                acc += qs[r, e] * bf16.at(key, e)
             sc[r, col] = acc
 
     @njit(inline="always", fastmath=True)
@@ -50,10 +59,11 @@ if numba is not None:
         """o += sc[:, col] x the value in slot (blk, jj), per query head."""
         for r in range(o.shape[0]):
             p = sc[r, col]
+            value = v_cache[blk, jj, r // group]
             for e in range(o.shape[1]):
-                o[r, e] += p * v_cache[blk, jj, r // group, e]
+                o[r, e] += p * bf16.at(value, e)
 
-    @depends_on(exp)
+    @depends_on(bf16, exp)
     @njit(parallel=True, fastmath=True, cache=True)
     def _decode_kernel(
         q, k_cache, v_cache, tables, kv_lens, q_rows, offsets, extra_off, extra_pos, scale, out
@@ -95,13 +105,15 @@ if numba is not None:
                 out[row] = o
 
 
-def warmup() -> None:
-    """Compile (or load from numba's cache) the kernel now, not inside the first step."""
-    if numba is None:
+def warmup(dtype: torch.dtype = torch.float32) -> None:
+    """Compile (or load from numba's cache) the kernel for ``dtype`` now, not inside the
+    first step."""
+    if not available(dtype):
         return
     plan = build_decode_plan([0], [3], [[1]], 1)
-    cache = torch.zeros((2, 4, 1, 8))
-    run_decode(plan, torch.zeros((1, 2, 8)), cache, cache, 1.0, torch.zeros((1, 2, 8)))
+    cache = torch.zeros((2, 4, 1, 8), dtype=dtype)
+    q = torch.zeros((1, 2, 8), dtype=dtype)
+    run_decode(plan, q, cache, cache, 1.0, torch.zeros_like(q))
 
 
 def run_decode(
@@ -112,9 +124,15 @@ def run_decode(
     scale: float,
     out: torch.Tensor,
 ) -> None:
-    """Write the decode rows of ``out`` ([T, Hq, D], contiguous float32). The caches' numpy
-    views are made once per cache tensor (``as_numpy``), not per layer and step."""
+    """Write the decode rows of ``out`` ([T, Hq, D], contiguous, of the caches' dtype: float32
+    or bfloat16). The caches' numpy views are made once per cache tensor (``as_numpy``), not
+    per layer and step."""
     if plan.num_tiles == 0:
+        return
+    if q.dtype == torch.bfloat16:  # float32 rows in and out; the other rows of out unchanged
+        wide = out.float()
+        run_decode(plan, q.float(), k_cache, v_cache, scale, wide)
+        out.copy_(wide)
         return
     k_np, v_np = as_numpy(k_cache), as_numpy(v_cache)
     if k_np is None or v_np is None:  # a strided cache view: read it as it is

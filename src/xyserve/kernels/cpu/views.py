@@ -20,7 +20,13 @@ import numpy as np
 import torch
 
 _ATTR = "_xyserve_numpy_view"
-_NUMPY_DTYPES = {torch.float32: np.float32, torch.int64: np.int64, torch.int32: np.int32}
+# bfloat16 as its uint16 bits (numpy has no bfloat16; ``kernels.cpu.bf16`` reads them)
+_NUMPY_DTYPES = {
+    torch.float32: np.float32,
+    torch.int64: np.int64,
+    torch.int32: np.int32,
+    torch.bfloat16: np.uint16,
+}
 
 
 class _Interface:
@@ -37,7 +43,7 @@ class _Interface:
 
 def as_numpy(t: torch.Tensor) -> np.ndarray | None:
     """A numpy view of ``t`` when it is a contiguous CPU tensor of a dtype the kernels read
-    (float32, int64, int32), else None; cached on ``t`` while its storage and layout stay."""
+    (float32, int64, int32; bfloat16 as uint16 bits), else None; cached on ``t`` while its storage and layout stay."""
     key = (t.data_ptr(), t.shape, t.stride(), t.dtype)
     cached = getattr(t, _ATTR, None)
     if cached is not None and cached[0] == key:

@@ -44,7 +44,7 @@ class MetaAttention:
         self.dtype = dtype
         if torch.device(device).type == "cpu" and self.decode_kernel:
             if cpu_decode.available(dtype):
-                cpu_decode.warmup()
+                cpu_decode.warmup(dtype)
 
     def triton(self, device: torch.device) -> bool:
         """Whether steps on ``device`` run the Triton kernel (else the CPU path)."""
