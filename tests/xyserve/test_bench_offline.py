@@ -7,7 +7,7 @@ import json
 import pytest
 
 from xyserve.bench.offline import main
-from xyserve.bench.offline_systems import first_mismatch, round_order
+from xyserve.bench.offline_systems import first_mismatch, first_off_greedy, round_order
 from xyserve.bench.offline_workload import load_workload
 
 
@@ -80,6 +80,23 @@ def test_greedy_check_names_the_first_difference():
         first_mismatch([[1, 2, 3], [4, 9, 6]], ref) == "prompt 1, output token 1: 9 against HF's 5"
     )
     assert "2 tokens" in first_mismatch([[1, 2], [4, 5, 6]], ref)
+
+
+def test_bfloat16_greedy_check_allows_near_ties_only_and_wants_every_token():
+    """The bfloat16 check: a token within the tolerance of HF's best passes, one further below
+    fails, and so does a system that gives fewer tokens (or prompts) than asked, or a token
+    that is no token id."""
+    import torch
+
+    # HF's logits along the system's tokens: 3 positions of a 4-token vocabulary, max |logit| 8
+    lg = torch.tensor([[8.0, 7.9, 0.0, -1.0], [1.0, 8.0, 2.0, 0.0], [0.0, 0.0, 8.0, 5.0]])
+    assert first_off_greedy([[0, 1, 2]], [lg], 2**-5, 3, 1) is None
+    assert first_off_greedy([[1, 1, 2]], [lg], 2**-5, 3, 1) is None  # 0.1 below: a near-tie
+    assert "output token 2: 3" in first_off_greedy([[0, 1, 3]], [lg], 2**-5, 3, 1)
+    assert "2 tokens" in first_off_greedy([[0, 1]], [lg[:2]], 2**-5, 3, 1)
+    assert "0 tokens" in first_off_greedy([[]], [lg[:0]], 2**-5, 3, 1)
+    assert "no token id" in first_off_greedy([[0, -1, 2]], [lg], 2**-5, 3, 1)
+    assert "1 prompts" in first_off_greedy([[0, 1, 2]], [lg], 2**-5, 3, 2)
 
 
 def test_issue_workloads_load():

@@ -11,6 +11,7 @@ import torch
 
 from xyserve import LLM, SamplingParams
 from xyserve.kernels.backend import attention_backend_names, gemm_backend_names
+from xyserve.kernels.cpu import prepacked
 from xyserve.plan.gemm_table import TABLE_FILE, GemmConfig, GemmTable, buckets, model_shapes
 from xyserve.plan.machine import machine_signature
 
@@ -198,6 +199,8 @@ def test_bfloat16_engine_follows_hf_bfloat16(oracle, name, tmp_path, first_logit
         for j, t in enumerate(toks):
             best = float(logits[j].max())
             assert float(logits[j, t]) >= best - BF16_TOL, f"prompt {i}, token {j}"
-    if impl == "dnnl":  # the table applied: its weights were packed for oneDNN
-        assert hasattr(llm.llm_engine.model.layers[0].qkv, "_xyserve_dnnl_packed")
+    if impl == "dnnl":  # the table applied: its weights were packed for oneDNN where the CPU
+        # has native bfloat16 (elsewhere ``dnnl`` runs F.linear and packs nothing)
+        packed = hasattr(llm.llm_engine.model.layers[0].qkv, "_xyserve_dnnl_packed")
+        assert packed == prepacked.available(torch.bfloat16)
     llm.llm_engine.kv.check_no_leak()

@@ -201,11 +201,20 @@ def hf_logits_along(
     return rows
 
 
-def first_off_greedy(outs: list[list[int]], logits: list[torch.Tensor], rel: float) -> str | None:
+def first_off_greedy(
+    outs: list[list[int]], logits: list[torch.Tensor], rel: float, new_tokens: int, prompts: int
+) -> str | None:
     """Where a token of ``outs`` is further than ``rel`` (of the row's largest |logit|) below
-    the best of HF's ``logits`` there (``hf_logits_along``), or None."""
+    the best of HF's ``logits`` there (``hf_logits_along``), or where ``outs`` does not hold
+    ``new_tokens`` tokens for each of the ``prompts`` prompts; None if neither."""
+    if len(outs) != prompts:
+        return f"{len(outs)} prompts answered of {prompts}"
     for i, (o, lg) in enumerate(zip(outs, logits)):
+        if len(o) != new_tokens:
+            return f"prompt {i}: {len(o)} tokens against the {new_tokens} asked"
         for j, t in enumerate(o):
+            if not 0 <= t < lg.shape[1]:
+                return f"prompt {i}, output token {j}: {t} is no token id"
             best, tol = float(lg[j].max()), rel * float(lg[j].abs().max())
             if float(lg[j, t]) < best - tol:
                 return f"prompt {i}, output token {j}: {t} is {best - float(lg[j, t]):.3g} below"
@@ -241,6 +250,8 @@ def check_greedy(
                 got,
                 isolated(threads, hf_logits_along, model, prompts, got, tdtype),
                 BF16_CHECK_REL_TOL,
+                n,
+                len(prompts),
             )
             for name, got in others.items()
         }
