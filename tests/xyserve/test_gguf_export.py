@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -71,6 +72,23 @@ def test_export_names_shapes_and_tokenizer(tiny_llama, tmp_path):
     tokens = r.fields["tokenizer.ggml.tokens"]
     assert len(tokens.data) >= cfg["vocab_size"]
     assert r.fields["general.architecture"].contents() == "llama"
+
+
+def test_bfloat16_export_rounds_the_matrices_and_keeps_the_norms_float32(tiny_llama, tmp_path):
+    out = export_gguf(tiny_llama, tmp_path / "m.gguf", "bfloat16")
+    r = gguf.GGUFReader(str(out))
+    kinds = {t.name: t.tensor_type for t in r.tensors}
+    bf16, f32 = gguf.GGMLQuantizationType.BF16, gguf.GGMLQuantizationType.F32
+    assert kinds["output_norm.weight"] == kinds["blk.0.attn_norm.weight"] == f32
+    assert kinds["token_embd.weight"] == kinds["blk.0.ffn_down.weight"] == bf16
+    from safetensors.torch import load_file
+
+    hf = load_file(str(tiny_llama / "model.safetensors"))["model.layers.0.mlp.down_proj.weight"]
+    down = next(t for t in r.tensors if t.name == "blk.0.ffn_down.weight")
+    bits = torch.from_numpy(down.data.copy().view(np.int16)).view(torch.bfloat16)
+    assert torch.equal(bits.reshape(hf.shape), hf.to(torch.bfloat16))  # torch's rounding
+    with pytest.raises(ValueError, match="dtype"):
+        export_gguf(tiny_llama, tmp_path / "x.gguf", "float16")
 
 
 def test_refuses_what_it_cannot_convert(tmp_path):

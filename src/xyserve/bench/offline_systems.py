@@ -122,13 +122,11 @@ def round_order(names: list[str], r: int) -> list[str]:
 # ---- the greedy check -----------------------------------------------------------------------
 
 
-def greedy_hf(
-    model: Path, prompts: list[list[int]], new_tokens: int, dtype: torch.dtype = torch.float32
-) -> list[list[int]]:
+def greedy_hf(model: Path, prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
     """HF's greedy continuations, one prompt at a time (no padding): the reference."""
     from transformers import AutoModelForCausalLM
 
-    m = AutoModelForCausalLM.from_pretrained(str(model), dtype=dtype).eval()
+    m = AutoModelForCausalLM.from_pretrained(str(model), dtype=torch.float32).eval()
     outs = []
     with torch.inference_mode():
         for p in prompts:
