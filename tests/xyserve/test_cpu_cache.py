@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from xyserve.kernels.cpu import act, decode, exp
+from xyserve.kernels.cpu import act, bf16, decode, exp
 from xyserve.kernels.cpu.cache import source_digest
 
 numba = pytest.importorskip("numba")
@@ -42,8 +42,10 @@ def bump(x):
 
 
 def test_kernels_that_inline_exp_are_stamped_with_its_source():
-    for kernel in (decode._decode_kernel, act._silu_mul_rows):
-        assert kernel._cache._cache_file._source_stamp[1] == source_digest(exp)
+    """...and the decode kernel with the bfloat16 readers' too (``kernels.cpu.bf16``)."""
+    stamps = {decode._decode_kernel: (bf16, exp), act._silu_mul_rows: (exp,)}
+    for kernel, helpers in stamps.items():
+        assert kernel._cache._cache_file._source_stamp[1] == source_digest(*helpers)
 
 
 def test_an_edited_helper_invalidates_the_cached_kernel(tmp_path: Path):
