@@ -186,8 +186,8 @@ class FusedDecode:
             log.info("CPU fused decode: on (forced), %d thread(s)", fast.threads)
             return fast
         # auto: the thread count here; whether it runs, and for which steps, the runner
-        # decides by timing steps both ways (``ModelRunner``), and says so. (The model keeps
-        # its re-pointed tensors either way: same values, one copy.)
+        # decides by timing steps both ways (``ModelRunner``), and says so. (A float32 model
+        # keeps its re-pointed tensors either way: same values, one copy.)
         fast.thread_ms = fastest_threads(fast.weights, block_size, cache_dtype=fast.cache_dtype)
         fast.threads = min(fast.thread_ms, key=fast.thread_ms.get)
         fast.calibrate = True
