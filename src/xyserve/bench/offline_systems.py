@@ -235,8 +235,8 @@ def check_greedy(
     n = min(CHECK_TOKENS, min(work.output_lens))
     others = {"xyserve": isolated(threads, greedy_xyserve, model, prompts, n, engine_args)}
     if gguf is not None:
-        kv = "bfloat16" if dtype == "bfloat16" else "float32"
-        others["llama.cpp"] = isolated(threads, greedy_llama_cpp, gguf, prompts, n, kv)
+        # K/V as the weights
+        others["llama.cpp"] = isolated(threads, greedy_llama_cpp, gguf, prompts, n, dtype)
     if dtype == "float32":
         ref = isolated(threads, greedy_hf, model, prompts, n)
         wrong = {name: first_mismatch(got, ref) for name, got in others.items()}

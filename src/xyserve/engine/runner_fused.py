@@ -55,8 +55,8 @@ MODES = ("auto", "on", "off")
 ENV = "XYSERVE_CPU_FUSED_DECODE"  # the mode where the engine's ``cpu_fused_decode`` is unset
 ROW_CHECKS = (1, 2, 4, 8, 16, 32, 64)  # step sizes the runner times both ways at start (auto)
 MAX_ROWS = 1  # the steps that take the fused call under "on" (no check)
-# the engine dtypes the fused call runs, and the numpy dtype it reads their K/V caches as
-CACHE_DTYPES = {torch.float32: np.float32, torch.bfloat16: np.uint16}
+# the engine dtypes the fused call runs (bfloat16 K/V caches read as their uint16 bits)
+DTYPES = (torch.float32, torch.bfloat16)
 
 
 def resolve_mode(mode: str | None) -> str:
@@ -98,7 +98,7 @@ def _why_not(model: LlamaModel, kv_caches) -> str | None:
     """Why the fused call cannot run ``model``'s steps (None: it can)."""
     if not ff.available():
         return "numba is not installed"
-    if model.device.type != "cpu" or model.dtype not in CACHE_DTYPES:
+    if model.device.type != "cpu" or model.dtype not in DTYPES:
         where = f"{model.device.type} in {str(model.dtype).removeprefix('torch.')}"
         return f"the model runs on {where}; the fused call needs CPU float32 or bfloat16"
     if kv_caches is None:
@@ -114,7 +114,7 @@ def _ms(fn: Callable[[], object]) -> float:
 
 
 def fastest_threads(
-    w: ff.PackedWeights, block_size: int, reps: int = 5, cache_dtype: type = np.float32
+    w: ff.PackedWeights, block_size: int, cache_dtype: type = np.float32, reps: int = 5
 ) -> dict[int, float]:
     """One row (a full block of context) through the fused call on a scratch cache (of
     ``cache_dtype``, as the engine's), on one thread and on torch's count, best of ``reps``
@@ -153,7 +153,6 @@ class FusedDecode:
         if model.dtype == torch.float32:  # else the eager forward keeps its bfloat16 tensors
             share_weights(model, self.weights)
         # [L, blocks, bs, Hkv, D], bfloat16 as its bits (the fused call widens them as read)
-        self.cache_dtype = CACHE_DTYPES[model.dtype]
         self.k_cache, self.v_cache = (as_numpy(c) for c in kv_caches)
         self.block_size = block_size
         self.threads = threads
@@ -188,7 +187,7 @@ class FusedDecode:
         # auto: the thread count here; whether it runs, and for which steps, the runner
         # decides by timing steps both ways (``ModelRunner``), and says so. (A float32 model
         # keeps its re-pointed tensors either way: same values, one copy.)
-        fast.thread_ms = fastest_threads(fast.weights, block_size, cache_dtype=fast.cache_dtype)
+        fast.thread_ms = fastest_threads(fast.weights, block_size, fast.k_cache.dtype.type)
         fast.threads = min(fast.thread_ms, key=fast.thread_ms.get)
         fast.calibrate = True
         return fast
