@@ -255,9 +255,10 @@ def panel_rows(width: int) -> int:
     return 8 if width == 16 else 6
 
 
-# How far ahead of the row it reads a panel tile prefetches its weights, into L2: the hardware
-# prefetcher alone left a weight stream's latency exposed (docs/perf.md, "Panels"). One chunk
-# (below): while several passes of rows read a chunk, the next one arrives.
+# How far ahead of the row it reads a panel tile prefetches its weights, into L2, where one
+# pass of rows goes over a panel: the hardware prefetcher alone left a weight stream's latency
+# exposed (docs/perf.md, "Panels"). Several passes go over a panel chunk by chunk (below), and
+# each pass prefetches its share of the next chunk (``_panel_job``).
 PREFETCH_BYTES = 24576
 # The most of a panel one chunk of k holds when several passes of rows read it (the chunk and
 # the passes' rows stay in L1 between passes).
@@ -274,7 +275,11 @@ def _panel_job(x, w, bias, out, accumulate, c, scratch):  # pragma: no cover - c
     passes the panel goes in chunks of k of ``PANEL_CHUNK_BYTES``, every pass over a chunk
     before the next, so the chunk is read from L1, not L2, after the first pass; the tiles
     add each chunk's sums to ``scratch`` (>= rows x P floats), written out once at the end.
-    Columns past N in the last panel are zero weights, not written."""
+    While they read a chunk, the passes prefetch the next one into L2, each its share, one
+    line per step of k: prefetched by the first pass alone, the chunk's lines came in a burst
+    that stalled that pass, while the passes after it computed with nothing in flight (the
+    stream and the arithmetic took turns instead of overlapping). Columns past N in the last
+    panel are zero weights, not written."""
     rows, kdim = out.shape[0], x.shape[1]
     p = w.shape[2]
     vw = p // 2
@@ -287,14 +292,23 @@ def _panel_job(x, w, bias, out, accumulate, c, scratch):  # pragma: no cover - c
     if passes > 1:  # a multiple of 4 (the tiles' k phases) that fits the budget
         chunk = max(4, PANEL_CHUNK_BYTES // (p * w.itemsize) // 4 * 4)
     scratch[: rows * p] = np.float32(0.0)
+    # Lines of what follows this chunk in ``w`` (the next chunk, or the next panel's first)
+    # that each pass prefetches: a share of it per pass, one line per step of k.
+    per_line = 64 // w.itemsize
     for k0 in range(0, kdim, chunk):
         count = min(chunk, kdim - k0)
+        at = (c * kdim + k0) * p
+        if passes == 1:
+            _panel_tile(vw, rows, x, k0, kdim, w, at, count, scratch)
+            continue
+        lines = (chunk * p + per_line - 1) // per_line
+        share = (lines + passes - 1) // passes  # lines per pass
+        step = max(1, share * per_line // count)  # elements of w per step of k
         r = 0
         for i in range(passes):
             t = (rows - r + passes - i - 1) // (passes - i)
-            _panel_tile(
-                vw, t, x, r * kdim + k0, kdim, w, (c * kdim + k0) * p, count, scratch[r * p :]
-            )
+            pf = at + count * p + i * share * per_line
+            _panel_tile_pf(vw, t, x, r * kdim + k0, kdim, w, at, count, scratch[r * p :], pf, step)
             r += t
     for a in range(rows):
         for j in range(cols):
@@ -633,18 +647,19 @@ if njit is not None:
 
     def _panel_tile_source() -> tuple[str, dict]:
         """``_panel_tile(vw, rows, x, x_off, ldx, w, w_off, count, acc)``: the tile of ``rows``
-        token rows (``count`` of k, added to ``acc``) at vector width ``vw`` (every width, so the tests run each one the host can),
+        token rows (``count`` of k, added to ``acc``) at vector width ``vw`` (every width, so the tests run each one the host can);
+        ``_panel_tile_pf(..., pf_off, pf_step)``, the same prefetching where its caller says,
         and ``_value_tile(vw, vectors, ...)``, attention's one-row tile over ``vectors``
         vectors of a head's values, as if-chains over the compiled tiles. A tile of few rows
         splits k into phases (``_split``) where the count of k allows it."""
         tiles: dict = {}
         lines: list[str] = []
 
-        def case(name, rows, vw, vectors, prefetch, call, count):
+        def case(name, rows, vw, vectors, prefetch, call, count, stream=False):
             split = _split(rows * vectors)
-            tiles[name] = make_tile(rows, vw, vectors, prefetch, accumulate=True)
+            tiles[name] = make_tile(rows, vw, vectors, prefetch, accumulate=True, stream=stream)
             if split > 1:
-                tiles[name + "_s"] = make_tile(rows, vw, vectors, prefetch, split, True)
+                tiles[name + "_s"] = make_tile(rows, vw, vectors, prefetch, split, True, stream)
                 lines.append(f"        if {count} % {split} == 0:")
                 lines.append(f"            {name}_s({call})")
                 lines.append("        else:")
@@ -652,13 +667,18 @@ if njit is not None:
             else:
                 lines.append(f"        {name}({call})")
 
-        lines.append("def _panel_tile(vw, rows, x, x_off, ldx, w, w_off, count, acc):")
-        for vw in TILE_WIDTHS:
-            for r in range(1, panel_rows(vw) + 1):
-                first = lines[-1].startswith("def ")
-                lines.append(f"    {'if' if first else 'elif'} vw == {vw} and rows == {r}:")
-                call = f"x, x_off, ldx, w, w_off, {2 * vw}, count, acc"
-                case(f"_tile_{vw}_{r}", r, vw, 2, PREFETCH_BYTES, call, "count")
+        # the panel tiles: prefetching PREFETCH_BYTES ahead, or where the caller says
+        for suffix, pf_args, stream in (("", "", False), ("_pf", ", pf_off, pf_step", True)):
+            lines.append(
+                f"def _panel_tile{suffix}(vw, rows, x, x_off, ldx, w, w_off, count, acc{pf_args}):"
+            )
+            for vw in TILE_WIDTHS:
+                for r in range(1, panel_rows(vw) + 1):
+                    first = lines[-1].startswith("def ")
+                    lines.append(f"    {'if' if first else 'elif'} vw == {vw} and rows == {r}:")
+                    call = f"x, x_off, ldx, w, w_off, {2 * vw}, count, acc{pf_args}"
+                    ahead = 0 if stream else PREFETCH_BYTES
+                    case(f"_tile_{vw}_{r}{suffix}", r, vw, 2, ahead, call, "count", stream)
         lines.append("def _value_tile(vw, vectors, p, p_off, v, v_off, ld, count, acc):")
         for vw in TILE_WIDTHS:
             for vec in (4, 1):
@@ -703,6 +723,7 @@ if njit is not None:
     _axpy = njit(inline="always", fastmath=True)(_axpy)
     _attend_rows_c = _jit(_attend_rows)
     _panel_tile = njit(inline="always")(_scope["_panel_tile"])
+    _panel_tile_pf = njit(inline="always")(_scope["_panel_tile_pf"])
     _value_tile = njit(inline="always")(_scope["_value_tile"])
     _prefetch_lines = make_prefetch(4)
     _panel_rows_c = njit(inline="always")(panel_rows)

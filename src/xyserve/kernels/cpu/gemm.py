@@ -64,6 +64,7 @@ def make_tile(
     prefetch: int = 0,
     split: int = 1,
     accumulate: bool = False,
+    stream: bool = False,
 ):
     """An intrinsic ``tile(w, w_off, ldw, xt, xt_off, ldxt, k_count, acc)``: ``acc[i, j] =
     sum_k w[w_off + i * ldw + k] * xt[xt_off + k * ldxt + j]`` for ``rows`` x ``width *
@@ -78,10 +79,16 @@ def make_tile(
     of accumulators, for consecutive k in turn (summed at the end), so a tile of few rows
     has enough independent FMA chains to hide their latency; ``k_count`` must then be a
     multiple of ``split`` (the caller's check). ``accumulate``: ``acc`` += the sums instead
-    of ``acc`` = them (one call per chunk of k, the sums kept in ``acc`` between calls)."""
+    of ``acc`` = them (one call per chunk of k, the sums kept in ``acc`` between calls).
+    ``stream`` (with ``prefetch`` 0): the tile takes two more arguments, ``pf_off`` and
+    ``pf_step``, and each step k prefetches the one cache line of ``xt`` at element ``pf_off +
+    k * pf_step``: the caller spreads the prefetch of what it reads next over the tile's
+    steps (a burst of prefetches issued by one pass stalls on the memory system while the
+    passes after it compute with nothing in flight)."""
+    if stream and prefetch:
+        raise ValueError("a streaming tile prefetches where its caller says, not ahead")
 
-    @intrinsic
-    def tile(typingctx, w, w_off, ldw, xt, xt_off, ldxt, k_count, acc):
+    def typer(w, w_off, ldw, xt, xt_off, ldxt, k_count, acc, pf):
         arrays = (w, xt, acc)
         if any(not isinstance(a, types.Array) for a in arrays) or any(
             a.dtype != types.float32 for a in (w, acc)
@@ -90,7 +97,7 @@ def make_tile(
         if xt.dtype not in (types.float32, types.uint16):
             return None
         bf16 = xt.dtype == types.uint16
-        sig = types.void(w, w_off, ldw, xt, xt_off, ldxt, k_count, acc)
+        sig = types.void(w, w_off, ldw, xt, xt_off, ldxt, k_count, acc, *pf)
 
         def codegen(context, builder, signature, args):  # pragma: no cover - compiled
             f32, i64, i32 = ir.FloatType(), ir.IntType(64), ir.IntType(32)
@@ -132,6 +139,9 @@ def make_tile(
                 for i in range(rows)
             ]
             xt_base = builder.gep(xt_data, [xt_off])
+            if stream:
+                pf_base = builder.gep(xt_data, [index(8)])
+                pf_step = index(9)
 
             def acc_at(idx):
                 return builder.bitcast(builder.gep(acc_data, [const(width * idx)]), vec_p)
@@ -163,6 +173,8 @@ def make_tile(
                 xt_row = builder.gep(xt_base, [builder.mul(kk, ldxt)])
                 if prefetch:
                     _prefetch(builder, xt_row, ldxt, width * vectors * (2 if bf16 else 4))
+                elif stream:
+                    emit_prefetch(builder, builder.gep(pf_base, [builder.mul(kk, pf_step)]), 1)
                 tokens = [load_xt(builder.gep(xt_row, [const(width * j)])) for j in range(vectors)]
                 base = phase * rows * vectors
                 for i in range(rows):
@@ -192,6 +204,18 @@ def make_tile(
             return context.get_dummy_value()
 
         return sig, codegen
+
+    if stream:
+
+        @intrinsic
+        def tile(typingctx, w, w_off, ldw, xt, xt_off, ldxt, k_count, acc, pf_off, pf_step):
+            return typer(w, w_off, ldw, xt, xt_off, ldxt, k_count, acc, (pf_off, pf_step))
+
+        return tile
+
+    @intrinsic
+    def tile(typingctx, w, w_off, ldw, xt, xt_off, ldxt, k_count, acc):  # noqa: F811
+        return typer(w, w_off, ldw, xt, xt_off, ldxt, k_count, acc, ())
 
     return tile
 
