@@ -131,13 +131,19 @@ def _stack(mats: list) -> np.ndarray:
 
 def _panels(a: np.ndarray, p: int) -> np.ndarray:
     """[..., N, K] weight rows as [..., ceil(N / p), K, p] panels (K-major; columns past N
-    zero)."""
+    zero). bfloat16 bits (uint16) go interleaved, as the panel tile reads them
+    (``gemm.make_tile(paired=True)``): within a row of k, column j of the panel's first half
+    and column j of its second half side by side (positions 2j and 2j + 1)."""
     *lead, n, k = a.shape
     count = -(-n // p)
     padded = np.zeros((*lead, count * p, k), a.dtype)
     padded[..., :n, :] = a
+    panels = padded.reshape(*lead, count, p, k).swapaxes(-1, -2)
+    if a.dtype == np.uint16:
+        halves = panels.reshape(*lead, count, k, 2, p // 2)
+        panels = halves.swapaxes(-1, -2).reshape(*lead, count, k, p)
     out = memory.empty((*lead, count, k, p), a.dtype)
-    out[...] = padded.reshape(*lead, count, p, k).swapaxes(-1, -2)
+    out[...] = panels
     return out
 
 
@@ -655,11 +661,15 @@ if njit is not None:
         tiles: dict = {}
         lines: list[str] = []
 
-        def case(name, rows, vw, vectors, prefetch, call, count, stream=False):
+        def case(name, rows, vw, vectors, prefetch, call, count, stream=False, paired=False):
             split = _split(rows * vectors)
-            tiles[name] = make_tile(rows, vw, vectors, prefetch, accumulate=True, stream=stream)
+            tiles[name] = make_tile(
+                rows, vw, vectors, prefetch, accumulate=True, stream=stream, paired=paired
+            )
             if split > 1:
-                tiles[name + "_s"] = make_tile(rows, vw, vectors, prefetch, split, True, stream)
+                tiles[name + "_s"] = make_tile(
+                    rows, vw, vectors, prefetch, split, True, stream, paired
+                )
                 lines.append(f"        if {count} % {split} == 0:")
                 lines.append(f"            {name}_s({call})")
                 lines.append("        else:")
@@ -678,7 +688,8 @@ if njit is not None:
                     lines.append(f"    {'if' if first else 'elif'} vw == {vw} and rows == {r}:")
                     call = f"x, x_off, ldx, w, w_off, {2 * vw}, count, acc{pf_args}"
                     ahead = 0 if stream else PREFETCH_BYTES
-                    case(f"_tile_{vw}_{r}{suffix}", r, vw, 2, ahead, call, "count", stream)
+                    name = f"_tile_{vw}_{r}{suffix}"
+                    case(name, r, vw, 2, ahead, call, "count", stream, paired=True)
         lines.append("def _value_tile(vw, vectors, p, p_off, v, v_off, ld, count, acc):")
         for vw in TILE_WIDTHS:
             for vec in (4, 1):

@@ -65,6 +65,7 @@ def make_tile(
     split: int = 1,
     accumulate: bool = False,
     stream: bool = False,
+    paired: bool = False,
 ):
     """An intrinsic ``tile(w, w_off, ldw, xt, xt_off, ldxt, k_count, acc)``: ``acc[i, j] =
     sum_k w[w_off + i * ldw + k] * xt[xt_off + k * ldxt + j]`` for ``rows`` x ``width *
@@ -84,7 +85,13 @@ def make_tile(
     ``pf_step``, and each step k prefetches the one cache line of ``xt`` at element ``pf_off +
     k * pf_step``: the caller spreads the prefetch of what it reads next over the tile's
     steps (a burst of prefetches issued by one pass stalls on the memory system while the
-    passes after it compute with nothing in flight)."""
+    passes after it compute with nothing in flight). ``paired`` (two vectors, bfloat16
+    ``xt``): each ``xt`` row holds its two vectors interleaved, element j of the first vector
+    in the low half of 32-bit word j and element j of the second in its high half, so one
+    load and two integer operations widen both (a shift, a mask) where two loads and four
+    did; a float32 ``xt`` is read as without it."""
+    if paired and vectors != 2:
+        raise ValueError("paired bfloat16 vectors come two to a row")
     if stream and prefetch:
         raise ValueError("a streaming tile prefetches where its caller says, not ahead")
 
@@ -105,6 +112,8 @@ def make_tile(
             vec_p = vec.as_pointer()
             half_p = ir.VectorType(ir.IntType(16), width).as_pointer()
             sixteen = ir.Constant(ir.VectorType(i32, width), [16] * width)
+            word_p = ir.VectorType(i32, width).as_pointer()
+            high_half = ir.Constant(ir.VectorType(i32, width), [-65536] * width)  # 0xFFFF0000
 
             def load_xt(at):
                 """A vector of ``xt`` from element pointer ``at``, as float32."""
@@ -175,7 +184,15 @@ def make_tile(
                     _prefetch(builder, xt_row, ldxt, width * vectors * (2 if bf16 else 4))
                 elif stream:
                     emit_prefetch(builder, builder.gep(pf_base, [builder.mul(kk, pf_step)]), 1)
-                tokens = [load_xt(builder.gep(xt_row, [const(width * j)])) for j in range(vectors)]
+                if paired and bf16:
+                    words = builder.load(builder.bitcast(xt_row, word_p), align=4)
+                    lo = builder.shl(words, sixteen)
+                    hi = builder.and_(words, high_half)
+                    tokens = [builder.bitcast(lo, vec), builder.bitcast(hi, vec)]
+                else:
+                    tokens = [
+                        load_xt(builder.gep(xt_row, [const(width * j)])) for j in range(vectors)
+                    ]
                 base = phase * rows * vectors
                 for i in range(rows):
                     s = builder.load(builder.gep(w_rows[i], [kk]), align=4)
