@@ -73,7 +73,8 @@ class PackedWeights:
 
     The linear layers (``qkv``, ``o``, ``gate_up``, ``down``, ``lm_head``) are panels [ceil(out
     / P), in, P] of float32, or of uint16 bfloat16 patterns when every one of their values is a
-    bfloat16 value; the rest is float32. Layer arrays are stacked along a first axis of length
+    bfloat16 value (each row of P interleaved, as :func:`_panels` lays it out); the rest is
+    float32. Layer arrays are stacked along a first axis of length
     ``num_layers``. Absent biases and q/k norms are zero-sized along their last axis.
     """
 
@@ -282,10 +283,10 @@ def _panel_job(x, w, bias, out, accumulate, c, scratch):  # pragma: no cover - c
     before the next, so the chunk is read from L1, not L2, after the first pass; the tiles
     add each chunk's sums to ``scratch`` (>= rows x P floats), written out once at the end.
     While they read a chunk, the passes prefetch the next one into L2, each its share, one
-    line per step of k: prefetched by the first pass alone, the chunk's lines came in a burst
-    that stalled that pass, while the passes after it computed with nothing in flight (the
-    stream and the arithmetic took turns instead of overlapping). Columns past N in the last
-    panel are zero weights, not written."""
+    line per step of k, so the weight stream stays in flight through every pass's arithmetic
+    (a whole chunk's prefetches issued by one pass would arrive as a burst that pass waits
+    on, with nothing in flight during the others). Columns past N in the last panel are zero
+    weights, not written."""
     rows, kdim = out.shape[0], x.shape[1]
     p = w.shape[2]
     vw = p // 2

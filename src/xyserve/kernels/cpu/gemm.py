@@ -88,8 +88,9 @@ def make_tile(
     passes after it compute with nothing in flight). ``paired`` (two vectors, bfloat16
     ``xt``): each ``xt`` row holds its two vectors interleaved, element j of the first vector
     in the low half of 32-bit word j and element j of the second in its high half, so one
-    load and two integer operations widen both (a shift, a mask) where two loads and four
-    did; a float32 ``xt`` is read as without it."""
+    load and two integer operations (a shift, a mask) widen both, where separate vectors
+    take two loads, two zero-extensions and two shifts; a float32 ``xt`` is read as without
+    it."""
     if paired and vectors != 2:
         raise ValueError("paired bfloat16 vectors come two to a row")
     if stream and prefetch:
