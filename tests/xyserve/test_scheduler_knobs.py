@@ -415,36 +415,6 @@ def test_split_steps_only_while_caught_up():
     s.kv.check_no_leak()
 
 
-def test_caught_up_means_what_one_step_takes_under_the_chunk_and_tbt_caps():
-    """A prompt within the budget but over a prompt's chunk, or over the prefill tokens the
-    step-time target leaves, is a backlog too: it would take several prefill-only steps, each
-    with a decode-only step after it, so the step is mixed."""
-    from xyserve.engine.step_cost import StepCostModel
-
-    s = make(budget=64, chunk=16, split=4, caught_up=True)
-    s.add_request(req("a", 4, max_tokens=8))
-    step(s)
-    s.add_request(req("b", 30, max_tokens=8, base=1000))
-    assert [step(s) for _ in range(3)] == [{"a": 1, "b": 16}, {"b": 14}, {"a": 1, "b": 1}]
-    fixed = StepCostModel()
-    for n in (1, 8, 64, 128):
-        fixed.observe(n, 0.01 + 0.001 * n)  # 100 ms: 90 tokens
-    fixed.observe = lambda tokens, seconds: None  # keep the model fixed: no real timings
-    s = Scheduler(
-        KVCacheManager(512, 4), 256, 16, 4096, tbt_target_s=0.1, split_decode_rows=4,
-        split_only_caught_up=True,
-    )  # fmt: skip
-    s.cost = fixed
-    s.add_request(req("d", 4, max_tokens=50))
-    step(s)
-    s.add_request(req("long", 200, base=9000))  # within the budget, not within 89 tokens
-    assert step(s) == {"long": 89, "d": 1}
-    s.add_request(req("short", 30, base=5000))  # 111 + 30 left, 89 a step: still mixed
-    assert step(s) == {"long": 89, "d": 1}
-    assert step(s) == {"long": 22, "short": 30}  # what is left fits: split
-    assert step(s) == {"d": 1, "long": 1, "short": 1}
-
-
 def test_split_prefill_decode_reaches_the_engines_scheduler(tmp_path):
     """auto follows the CPU fused decode call of a float32 model (its row limit, or off
     without it); on splits any step; off and the baseline policy never; a bad mode is

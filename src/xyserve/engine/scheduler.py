@@ -33,7 +33,6 @@ Hybrid knobs besides the budget and the reserve:
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections import deque
 from collections.abc import Callable
@@ -234,29 +233,28 @@ class Scheduler:
         # Split steps: the decodes' turn after a prefill-only step (they waited one step), or
         # a prefill-only step now, if there is prefill work and the decodes are few enough.
         owed, self._decodes_next = self._decodes_next, False
-        # The step-time target caps a prefill-only step too: its decodes wait for it and then
-        # for their own step, so prefill plus decode tokens stay within the target either way.
-        cap = self.budget
-        if decodes and self.tbt_target_s is not None:
-            fit = self.cost.max_tokens(self.tbt_target_s)
-            # Unattainable (the decodes alone overrun the target): no cap, since shrinking
-            # prefill would then only slow it without bringing any step within the target.
-            if fit is not None and fit >= demand:
-                cap = min(cap, max(self.min_prefill_tokens, fit - demand))
         split = (
             not owed
             and bool(decodes)
             and self.split_decode_rows is not None
             and demand <= self.split_decode_rows
             and bool(prefills or self.waiting)
-            and (not self.split_only_caught_up or self._caught_up(prefills, cap))
+            and (not self.split_only_caught_up or self._caught_up(prefills))
         )
         left = self.budget
         # a prefill-only step keeps no reserve: its decodes get the whole next step
         prefill_left = self.budget if split else self.budget - min(demand, self.reserve)
         if owed and decodes:
             prefill_left = 0
-        prefill_left = min(prefill_left, cap)
+        # The step-time target caps a prefill-only step too: its decodes wait for it and then
+        # for their own step, so prefill plus decode tokens stay within the target either way.
+        if decodes and self.tbt_target_s is not None:
+            fit = self.cost.max_tokens(self.tbt_target_s)
+            # Unattainable (the decodes alone overrun the target): no cap, since shrinking
+            # prefill would then only slow it without bringing any step within the target.
+            if fit is not None and fit >= demand:
+                cap = max(self.min_prefill_tokens, fit - demand)
+                prefill_left = min(prefill_left, cap)
         age = {r.request_id: i for i, r in enumerate(self.running)}
         # 1. Chunks of running prefills, then new prompts (FCFS), within the prefill share.
         for r in prefills:
@@ -362,22 +360,19 @@ class Scheduler:
         self.waiting.appendleft(chosen)
 
     # ---- helpers ----------------------------------------------------------------------
-    def _caught_up(self, prefills: list[Request], room: int) -> bool:
+    def _caught_up(self, prefills: list[Request]) -> bool:
         """Whether the prefill work there is (running prefills, waiting prompts) fits in one
-        step, so none of it would wait past this step: ``room`` prefill tokens in all (the
-        budget, or less under the step-time target), each request's at most a chunk.
-        Prefix-cache hits are not subtracted: a bound from above, which errs toward mixed
-        steps. Where a mixed step costs less than its prefill and decode parts apart
-        (bfloat16 on AMX), splitting pays only while the machine keeps up: the prompt gets
-        its token a step sooner at light load, and under a backlog the cheaper mixed steps
-        carry more work per second."""
-        pending = 0
-        for r in itertools.chain(prefills, self.waiting):
-            work = self._work(r)
-            pending += work
-            if work > self.chunk or pending > room:
+        step's budget, so none of it would wait past this step. Prefix-cache hits are not
+        subtracted: a bound from above, which errs toward mixed steps. Where a mixed step
+        costs less than its prefill and decode parts apart (bfloat16 on AMX), splitting pays
+        only while the machine keeps up: the prompt gets its token a step sooner at light
+        load, and under a backlog the cheaper mixed steps carry more work per second."""
+        pending = sum(self._work(r) for r in prefills)
+        for r in self.waiting:
+            pending += self._work(r)
+            if pending > self.budget:
                 return False
-        return True
+        return pending <= self.budget
 
     @staticmethod
     def _work(r: Request) -> int:
