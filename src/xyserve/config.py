@@ -54,11 +54,10 @@ class EngineConfig:
     tbt_target_ms: float | None = 300.0
     # Hybrid only: prefill work and decode/verify tokens in separate steps, in turn, instead of
     # one mixed step (engine.scheduler, "split steps"). auto: where the decodes of a step would
-    # take the CPU fused decode call; in float32 always (a decode-only step there costs about
+    # take the CPU fused decode call of a float32 model (a decode-only step there costs about
     # what the decodes add to a mixed step, so splitting gives prompts their tokens sooner at
-    # no cost to TBT), in bfloat16 only while no prefill work is queued past the step (on AMX
-    # mixing is cheaper, which pays under a backlog: docs/perf.md); on: whenever decodes wait;
-    # off: always mixed (the paper's fused step).
+    # no cost to TBT; in bfloat16 on AMX mixing is cheaper: docs/perf.md); on: whenever decodes
+    # wait; off: always mixed (the paper's fused step).
     split_prefill_decode: str = "auto"
     device: str = "auto"  # auto | cpu | cuda
     # meta/smooth are XY-Serve's meta-kernels; sdpa/torch are the per-stage and vendor

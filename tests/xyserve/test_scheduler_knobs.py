@@ -22,7 +22,6 @@ def make(
     seqs=16,
     partial=True,
     split=None,
-    caught_up=False,
 ):
     kv = KVCacheManager(blocks, 4)
     return Scheduler(
@@ -36,7 +35,6 @@ def make(
         admission_max_skips=skips,
         partial_prefill_admission=partial,
         split_decode_rows=split,
-        split_only_caught_up=caught_up,
     )
 
 
@@ -157,14 +155,11 @@ def test_prefix_hit_passes_a_request_over_at_most_max_skips_times():
     shared=st.booleans(),
     partial=st.booleans(),
     split=st.one_of(st.none(), st.integers(1, 8)),
-    caught_up=st.booleans(),
 )
-def test_random_workloads_finish_without_leaks(
-    lens, budget, chunk, order, shared, partial, split, caught_up
-):
+def test_random_workloads_finish_without_leaks(lens, budget, chunk, order, shared, partial, split):
     s = make(
         budget=budget, chunk=chunk, order=order, skips=3, blocks=40, seqs=4, partial=partial,
-        split=split, caught_up=caught_up,
+        split=split,
     )  # fmt: skip
     reqs = [
         req(f"r{i}", n, max_tokens=3, base=0 if shared else 1000 * i) for i, n in enumerate(lens)
@@ -394,27 +389,6 @@ def test_split_steps_only_where_the_decodes_are_few():
     assert step(s) == {"p": 20, "d0": 1, "d1": 1, "d2": 1}
 
 
-def test_split_steps_only_while_caught_up():
-    """``split_only_caught_up``: a prompt that fits in the step with nothing queued behind it
-    runs alone (its decodes next); with more prefill work waiting than one step takes, the
-    step is mixed, as without split steps."""
-    s = make(budget=64, split=4, caught_up=True)
-    s.add_request(req("a", 10, max_tokens=8))
-    assert step(s) == {"a": 10}
-    s.add_request(req("b", 20, max_tokens=8, base=1000))
-    assert [step(s) for _ in range(2)] == [{"b": 20}, {"a": 1, "b": 1}]
-    # a backlog: 40 + 40 prompt tokens against a budget of 64; mixed steps until it clears
-    s.add_request(req("c", 40, max_tokens=8, base=2000))
-    s.add_request(req("d", 40, max_tokens=8, base=3000))
-    got = step(s)
-    assert got["a"] == got["b"] == 1 and got.get("c") == 40 and "d" in got
-    # what is left of d (fits) runs alone; its decodes wait a step
-    left = 40 - got["d"]
-    assert [step(s) for _ in range(2)] == [{"d": left}, {"a": 1, "b": 1, "c": 1, "d": 1}]
-    drain(s)
-    s.kv.check_no_leak()
-
-
 def test_split_prefill_decode_reaches_the_engines_scheduler(tmp_path):
     """auto follows the CPU fused decode call of a float32 model (its row limit, or off
     without it); on splits any step; off and the baseline policy never; a bad mode is
@@ -434,11 +408,7 @@ def test_split_prefill_decode_reaches_the_engines_scheduler(tmp_path):
     def rows(**kw):
         e = LLMEngine(EngineConfig(model="xy-tiny", num_kv_blocks=64, **kw))
         fused = e.runner.fused
-        got = e.scheduler.split_decode_rows, (fused.max_rows if fused is not None else None)
-        assert e.scheduler.split_only_caught_up == (
-            kw.get("dtype") == "bfloat16" and kw.get("split_prefill_decode", "auto") == "auto"
-        )
-        return got
+        return e.scheduler.split_decode_rows, (fused.max_rows if fused is not None else None)
 
     got, fused = rows(cpu_fused_decode="on")
     assert got == fused == 1
@@ -446,8 +416,8 @@ def test_split_prefill_decode_reaches_the_engines_scheduler(tmp_path):
     assert rows(cpu_fused_decode="off", split_prefill_decode="on")[0] == 512
     assert rows(cpu_fused_decode="on", split_prefill_decode="off")[0] is None
     assert rows(cpu_fused_decode="on", scheduler_policy="baseline")[0] is None
-    # bfloat16: auto splits only while no prefill work is queued past the step (on AMX the
-    # eager GEMMs take decodes beside a prefill chunk for less); on splits any step
+    # bfloat16: the fused call runs its decodes, but auto keeps mixed steps (on AMX the eager
+    # GEMMs take decodes beside a prefill chunk for less); on still splits
     got, fused = rows(cpu_fused_decode="on", dtype="bfloat16")
-    assert got == fused == 1
+    assert got is None and fused == 1
     assert rows(cpu_fused_decode="on", dtype="bfloat16", split_prefill_decode="on")[0] == 512

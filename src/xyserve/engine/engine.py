@@ -117,17 +117,12 @@ class LLMEngine:
             cpu_fused_decode=config.cpu_fused_decode,
         )
         fused = self.runner.fused
-        # auto splits beside the fused call: in float32 always (a decode-only step costs what
-        # the decodes add to a mixed step); in bfloat16 only while no prefill work is queued
-        # past the step, since there the eager forward's GEMMs (AMX) take decodes beside a
-        # prefill chunk for less than the fused call's float32 arithmetic does, and mixed
-        # steps carry more work per second under a backlog (docs/perf.md, "bfloat16 on AMX")
-        self.scheduler.split_decode_rows = config.split_decode_rows(
-            fused.max_rows if fused is not None else None
-        )
-        self.scheduler.split_only_caught_up = (
-            config.split_prefill_decode == "auto" and self.dtype != torch.float32
-        )
+        # auto splits beside a float32 fused call only: there a decode-only step costs what the
+        # decodes add to a mixed step; in bfloat16 the eager forward's GEMMs (AMX) take decodes
+        # beside a prefill chunk for much less than the fused call's float32 arithmetic does
+        # (docs/perf.md, "bfloat16 on AMX")
+        split_rows = fused.max_rows if fused is not None and self.dtype == torch.float32 else None
+        self.scheduler.split_decode_rows = config.split_decode_rows(split_rows)
         self.intake = RequestIntake(
             config, self.tokenizer, mcfg.vocab_size, self.eos_token_ids, self.max_model_len
         )
@@ -159,8 +154,7 @@ class LLMEngine:
             config.gemm_backend,
             "off"
             if self.scheduler.split_decode_rows is None
-            else f"up to {self.scheduler.split_decode_rows} decode tokens"
-            + (", no backlog" if self.scheduler.split_only_caught_up else ""),
+            else f"up to {self.scheduler.split_decode_rows} decode tokens",
         )
         # Speculative decoding (the Verify stage): proposes after each step, verifies in the next.
         spec = SpeculativeConfig.parse(config.speculative_config)

@@ -132,7 +132,6 @@ class Scheduler:
         tbt_target_s: float | None = None,
         min_prefill_tokens: int = 16,
         split_decode_rows: int | None = None,
-        split_only_caught_up: bool = False,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         check_knobs(
@@ -154,8 +153,6 @@ class Scheduler:
         if split_decode_rows is not None and split_decode_rows < 1:
             raise ValueError("split_decode_rows must be at least 1 (or None: never split)")
         self.split_decode_rows = split_decode_rows
-        # Split steps only while no prefill work would wait past this step (see _caught_up).
-        self.split_only_caught_up = split_only_caught_up
         self._decodes_next = False  # split steps: the last step left the decodes for this one
         self.cost = StepCostModel()
         self._clock = clock
@@ -239,7 +236,6 @@ class Scheduler:
             and self.split_decode_rows is not None
             and demand <= self.split_decode_rows
             and bool(prefills or self.waiting)
-            and (not self.split_only_caught_up or self._caught_up(prefills))
         )
         left = self.budget
         # a prefill-only step keeps no reserve: its decodes get the whole next step
@@ -360,20 +356,6 @@ class Scheduler:
         self.waiting.appendleft(chosen)
 
     # ---- helpers ----------------------------------------------------------------------
-    def _caught_up(self, prefills: list[Request]) -> bool:
-        """Whether the prefill work there is (running prefills, waiting prompts) fits in one
-        step's budget, so none of it would wait past this step. Prefix-cache hits are not
-        subtracted: a bound from above, which errs toward mixed steps. Where a mixed step
-        costs less than its prefill and decode parts apart (bfloat16 on AMX), splitting pays
-        only while the machine keeps up: the prompt gets its token a step sooner at light
-        load, and under a backlog the cheaper mixed steps carry more work per second."""
-        pending = sum(self._work(r) for r in prefills)
-        for r in self.waiting:
-            pending += self._work(r)
-            if pending > self.budget:
-                return False
-        return pending <= self.budget
-
     @staticmethod
     def _work(r: Request) -> int:
         return r.num_tokens_with_spec - r.num_computed_tokens
