@@ -119,3 +119,14 @@ def test_parallel_kernels_take_no_more_threads_than_work_items():
     assert numba.get_num_threads() == 1
     g, u = gu.chunk(2, dim=-1)
     torch.testing.assert_close(cpu_act.silu_mul(gu), torch.nn.functional.silu(g) * u)
+
+
+@pytest.mark.skipif(cpu_gemm.numba is None, reason="numba is not installed")
+def test_tile_options_that_cannot_combine_are_refused():
+    """A paired tile reads its two vectors from one word a column pair; a streaming tile
+    prefetches where its caller says, so it takes no distance ahead."""
+    with pytest.raises(ValueError, match="two to a row"):
+        cpu_gemm.make_tile(2, 16, 1, paired=True)
+    with pytest.raises(ValueError, match="where its caller says"):
+        cpu_gemm.make_tile(2, 16, 2, prefetch=4096, stream=True)
+    cpu_gemm.make_tile(2, 16, 2, stream=True, paired=True)  # the fused call's panel tiles
