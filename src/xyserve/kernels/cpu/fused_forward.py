@@ -302,14 +302,13 @@ def _panel_job(x, w, bias, out, accumulate, c, scratch):  # pragma: no cover - c
     # Lines of what follows this chunk in ``w`` (the next chunk, or the next panel's first)
     # that each pass prefetches: a share of it per pass, one line per step of k.
     per_line = 64 // w.itemsize
+    share = ((chunk * p + per_line - 1) // per_line + passes - 1) // passes  # lines per pass
     for k0 in range(0, kdim, chunk):
         count = min(chunk, kdim - k0)
         at = (c * kdim + k0) * p
         if passes == 1:
             _panel_tile(vw, rows, x, k0, kdim, w, at, count, scratch)
             continue
-        lines = (chunk * p + per_line - 1) // per_line
-        share = (lines + passes - 1) // passes  # lines per pass
         step = max(1, share * per_line // count)  # elements of w per step of k
         r = 0
         for i in range(passes):
