@@ -13,6 +13,14 @@ class Tokenizer:
         if not (path / "tokenizer.json").is_file() and not (path / "tokenizer.model").is_file():
             raise FileNotFoundError(f"missing file: {path / 'tokenizer.json'}")
         self.hf = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        # Detokenizing runs per generated token (twice, incrementally: ``engine.output``), and
+        # transformers' ``decode`` wraps the Rust tokenizer's in Python argument handling that
+        # costs several times the decode itself. Where that wrapper would add nothing (a fast
+        # tokenizer that does not clean up spaces after decoding), the Rust one is called
+        # directly: the same call, the same text.
+        backend = getattr(self.hf, "backend_tokenizer", None) if self.hf.is_fast else None
+        cleans = getattr(self.hf, "clean_up_tokenization_spaces", False)
+        self._direct = backend.decode if backend is not None and not cleans else None
 
     @property
     def eos_token_id(self) -> int | None:
@@ -26,6 +34,8 @@ class Tokenizer:
         return list(self.hf.encode(text, add_special_tokens=add_special_tokens))
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        if self._direct is not None:
+            return self._direct(ids, skip_special_tokens=skip_special_tokens)
         return self.hf.decode(ids, skip_special_tokens=skip_special_tokens)
 
     def convert_ids_to_tokens(self, ids: list[int]) -> list[str]:

@@ -50,3 +50,27 @@ def test_incremental_text_matches_full_decode(request, skip_special: bool) -> No
                     assert full.startswith(text), (name, ids[:k])
                 else:
                     assert text == full, (name, ids[:k])
+
+
+@pytest.mark.parametrize("skip_special", [True, False])
+def test_decode_equals_transformers_decode(request, tmp_path, skip_special: bool) -> None:
+    """``Tokenizer.decode`` calls the Rust tokenizer directly where transformers' wrapper would
+    add nothing: the text must be transformers' own, for every tokenizer here, and one that
+    cleans up spaces after decoding must keep the wrapper (its clean-up changes the text)."""
+    import json
+    import shutil
+
+    cleaning = tmp_path / "cleaning"
+    shutil.copytree(request.getfixturevalue("tiny_llama"), cleaning)
+    cfg_path = cleaning / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
+    cfg["clean_up_tokenization_spaces"] = True
+    cfg_path.write_text(json.dumps(cfg))
+    tokenizers = [*_tokenizers(request), ("cleaning", Tokenizer(cleaning))]
+    assert tokenizers[-1][1]._direct is None
+    assert any(tok._direct is not None for _, tok in tokenizers)
+    for name, tok in tokenizers:
+        special = [i for i in (tok.hf.bos_token_id, tok.hf.eos_token_id) if i is not None]
+        for ids in [*_sequences(tok, seed=3), special + [5, 6] + special, []]:
+            want = tok.hf.decode(ids, skip_special_tokens=skip_special)
+            assert tok.decode(ids, skip_special) == want, (name, ids)
