@@ -13,7 +13,7 @@ from xyserve.engine.request import Request
 from xyserve.engine.sampler import SampleRow
 from xyserve.spec.config import SpeculativeConfig
 from xyserve.spec.decoder import SpecDecoder
-from xyserve.spec.ngram import propose_ngram
+from xyserve.spec.ngram import NgramProposer, propose_ngram
 from xyserve.spec.verify import verify_tokens
 
 NGRAM = {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 3}
@@ -664,3 +664,21 @@ def test_bench_spec_batches_cover_every_prompt():
     assert batch_groups(prompts, 8) == [list("abcdefab")]
     for name in ("spec_code", "spec_quote"):
         assert load_spec_workload(name)["prompts"]
+
+
+def test_ngram_proposer_keeps_each_request_array_in_step():
+    """The proposer's per-request arrays (appended to as requests grow, rebuilt where the
+    tokens are not a continuation, dropped with the request) propose what ``propose_ngram``
+    proposes from the request's whole token list."""
+    proposer = NgramProposer(1, 3)
+    g = torch.Generator().manual_seed(1)
+    r = Request("a", torch.randint(0, 4, (5,), generator=g).tolist(), 200)
+    for step in range(80):
+        want = propose_ngram(r.all_token_ids, 4, 1, 3)
+        assert proposer.propose([r], {"a": 4}).get("a", []) == want, step
+        r.output_token_ids.extend(torch.randint(0, 4, (1 + step % 3,), generator=g).tolist())
+    # the same id, other tokens (a stale array must not be extended): rebuilt from them
+    r2 = Request("a", [9, 8, 9, 8], 50)
+    assert proposer.propose([r2], {"a": 3})["a"] == propose_ngram(r2.all_token_ids, 3, 1, 3)
+    proposer.release_except({"b"})
+    assert not proposer._tokens
