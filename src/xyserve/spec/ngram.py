@@ -93,6 +93,13 @@ class NgramProposer:
     max_n: int
     _tokens: dict[str, _Tokens] = field(default_factory=dict, repr=False)
 
+    def __post_init__(self) -> None:
+        # Compile the scan (or load it from numba's cache) now, at engine start: compiled at
+        # the first proposal instead, it would stall that step for about a second, and the
+        # adaptive controller, which times the proposer's calls, would take proposing for
+        # that dear and stop.
+        _longest_match(np.zeros(2, np.int64), 2, 1, 1)
+
     def propose(self, requests: list[Request], caps: dict[str, int]) -> dict[str, list[int]]:
         out = {}
         for r in requests:
