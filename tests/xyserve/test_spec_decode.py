@@ -12,7 +12,7 @@ from xyserve.config import EngineConfig
 from xyserve.engine.request import Request
 from xyserve.engine.sampler import SampleRow
 from xyserve.spec.config import SpeculativeConfig
-from xyserve.spec.decoder import SpecDecoder
+from xyserve.spec.decoder import CONTINUE_PRIOR, SpecDecoder
 from xyserve.spec.ngram import NgramProposer, propose_ngram
 from xyserve.spec.verify import verify_tokens
 
@@ -386,6 +386,17 @@ def test_adaptive_allocation_speculates_less_in_a_large_batch():
     dec.propose(reqs)
     batch = sum(len(r.spec_token_ids) for r in reqs) / len(reqs)
     assert single >= 3 and batch < single  # prior 0.5: long chains alone, fewer in a batch
+
+
+def test_continuation_estimate_starts_at_its_prior_and_follows_what_verifies_show():
+    """Depth j's chance given depth j - 1 was accepted: the prior before any verify, then the
+    observed rate (a chain accepted in full raises it, one cut at that depth lowers it)."""
+    dec = SpecDecoder(SpeculativeConfig("ngram", 4), max_model_len=1000, budget=512)
+    assert dec.continues(1) == pytest.approx(CONTINUE_PRIOR)
+    dec.depth_tries[1] = 200  # depth 1 tried 200 times after an accepted depth 0, never kept
+    assert dec.continues(1) < 0.05
+    dec.depth_tries[2], dec.depth_hits[2] = 200, 200
+    assert dec.continues(2) > 0.95
 
 
 # ---- draft model --------------------------------------------------------------------------

@@ -36,6 +36,12 @@ PRIOR_ACCEPTANCE = 0.5  # a new request's acceptance estimate, before any verify
 EMA_WEIGHT = 0.2  # weight of one accept/reject observation in the estimate
 RECOVERY = 0.05  # per unverified proposal: how far the estimate drifts back to the prior
 DEFAULT_FIXED_COST = 32.0  # F before enough steps are timed to fit it
+# The chance that a chain's next proposal is accepted once the one before was, before any
+# verify, and how many observations' weight it has: acceptance comes in runs (a quoted
+# stretch, an easy phrase), so a fresh engine starts from 3 in 4, not from a coin toss
+# (docs/perf.md, "The adaptive controller's first round").
+CONTINUE_PRIOR = 0.75
+CONTINUE_PRIOR_WEIGHT = 4.0
 MIN_FIT_STEPS = 16
 
 
@@ -226,8 +232,9 @@ class SpecDecoder:
 
     def continues(self, depth: int) -> float:
         """The chance that a proposal at ``depth`` is accepted once the one before was
-        (observed over chains; Laplace-smoothed, so 0.5 before any observation)."""
-        return (self.depth_hits[depth] + 1) / (self.depth_tries[depth] + 2)
+        (observed over chains, smoothed toward ``CONTINUE_PRIOR``: that before any observation)."""
+        w = CONTINUE_PRIOR_WEIGHT
+        return (self.depth_hits[depth] + w * CONTINUE_PRIOR) / (self.depth_tries[depth] + w)
 
     def observe_step(self, num_tokens: int, seconds: float) -> None:
         """Time a step for the cost model, if it was only decode and verify rows (its size is
