@@ -7,7 +7,7 @@ from pathlib import Path
 
 class Tokenizer:
     def __init__(self, path: str | Path) -> None:
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
         path = Path(path)
         if not (path / "tokenizer.json").is_file() and not (path / "tokenizer.model").is_file():
@@ -17,10 +17,16 @@ class Tokenizer:
         # transformers' ``decode`` wraps the Rust tokenizer's in Python argument handling that
         # costs several times the decode itself. Where that wrapper would add nothing (a fast
         # tokenizer that does not clean up spaces after decoding), the Rust one is called
-        # directly: the same call, the same text.
+        # directly: the same call, the same text. A class that overrides transformers'
+        # decoding (CTC tokenizers group repeated ids) keeps its own.
+        cls = type(self.hf)
+        generic = (
+            cls.decode is PreTrainedTokenizerBase.decode
+            and getattr(cls, "_decode", None) is PreTrainedTokenizerFast._decode
+        )
         backend = getattr(self.hf, "backend_tokenizer", None) if self.hf.is_fast else None
         cleans = getattr(self.hf, "clean_up_tokenization_spaces", False)
-        self._direct = backend.decode if backend is not None and not cleans else None
+        self._direct = backend.decode if generic and backend is not None and not cleans else None
 
     @property
     def eos_token_id(self) -> int | None:

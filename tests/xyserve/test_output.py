@@ -74,3 +74,28 @@ def test_decode_equals_transformers_decode(request, tmp_path, skip_special: bool
         for ids in [*_sequences(tok, seed=3), special + [5, 6] + special, []]:
             want = tok.hf.decode(ids, skip_special_tokens=skip_special)
             assert tok.decode(ids, skip_special) == want, (name, ids)
+
+
+def test_decode_keeps_a_tokenizer_class_own_decode(request, tmp_path) -> None:
+    """A fast tokenizer class that overrides transformers' decoding (CTC ones group repeated
+    ids) keeps transformers' ``decode``: the Rust tokenizer alone would not do what it does."""
+    import json
+    import shutil
+
+    import transformers
+
+    if not hasattr(transformers, "ParakeetTokenizer"):
+        pytest.skip("this transformers has no ParakeetTokenizer")
+    model = tmp_path / "ctc"
+    shutil.copytree(request.getfixturevalue("tiny_llama"), model)
+    cfg_path = model / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
+    cfg["tokenizer_class"] = "ParakeetTokenizer"
+    cfg_path.write_text(json.dumps(cfg))
+    tok = Tokenizer(model)
+    assert type(tok.hf).__name__ == "ParakeetTokenizer"
+    ids = tok.encode("aa bb cc", add_special_tokens=False)
+    ids = ids + ids[-1:]  # a repeated id, which this class's decode drops
+    for skip_special in (True, False):
+        want = tok.hf.decode(ids, skip_special_tokens=skip_special)
+        assert tok.decode(ids, skip_special) == want

@@ -693,3 +693,16 @@ def test_ngram_proposer_keeps_each_request_array_in_step():
     assert proposer.propose([r2], {"a": 3})["a"] == propose_ngram(r2.all_token_ids, 3, 1, 3)
     proposer.release_except({"b"})
     assert not proposer._tokens
+
+
+def test_ngram_proposer_rebuilds_for_a_new_request_under_a_reused_id():
+    """A request id may be reused once its request has finished, and the new request can be
+    running before the proposer next drops finished ones: its tokens are its own, even where
+    they agree with the old request's at the old array's last token."""
+    proposer = NgramProposer(1, 3)
+    proposer.propose([Request("a", [1, 2, 1, 2, 5], 50)], {"a": 3})
+    r2 = Request("a", [3, 4, 3, 4, 5], 50)  # the same token 5 at the old array's end
+    r2.output_token_ids.append(3)
+    want = propose_ngram(r2.all_token_ids, 3, 1, 3)
+    assert want == [4, 5, 3]
+    assert proposer.propose([r2], {"a": 3}).get("a", []) == want

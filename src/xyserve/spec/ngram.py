@@ -79,8 +79,10 @@ def _continue(arr: np.ndarray, length: int, k: int, min_n: int, max_n: int) -> l
 @dataclass
 class _Tokens:
     """One request's tokens as an int64 array, appended to as the request grows (a request's
-    tokens only grow: its prompt, then the outputs it has accepted)."""
+    tokens only grow: its prompt, then the outputs it has accepted). ``request`` is the request
+    it was built for: an id may be reused by a new request once the old one has finished."""
 
+    request: Request
     arr: np.ndarray
     length: int
 
@@ -116,12 +118,13 @@ class NgramProposer:
 
     def _sync(self, r: Request) -> _Tokens:
         """``r``'s tokens as an array: the one kept from its last proposal with the tokens
-        since appended, or a new one where that is not a prefix of them (a new request, or a
-        request whose tokens changed otherwise: checked at the array's last token)."""
+        since appended, or a new one where that is not a prefix of them (a new request, also
+        one under a finished request's id, or a request whose tokens changed otherwise: checked
+        at the array's last token)."""
         prompt, output = r.prompt_token_ids, r.output_token_ids
         total = len(prompt) + len(output)
         t = self._tokens.get(r.request_id)
-        if t is not None and 0 < t.length <= total:
+        if t is not None and t.request is r and 0 < t.length <= total:
             at = t.length - 1
             same = (prompt[at] if at < len(prompt) else output[at - len(prompt)]) == t.arr[at]
             if not same or t.length < len(prompt):
@@ -132,7 +135,7 @@ class NgramProposer:
             arr = np.empty(max(16, 2 * total), np.int64)
             arr[: len(prompt)] = prompt
             arr[len(prompt) : total] = output
-            t = self._tokens[r.request_id] = _Tokens(arr, total)
+            t = self._tokens[r.request_id] = _Tokens(r, arr, total)
             return t
         if total > t.arr.shape[0]:
             grown = np.empty(2 * total, np.int64)
