@@ -15,7 +15,7 @@ class Tokenizer:
         self.hf = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         # Detokenizing runs per generated token (twice, incrementally: ``engine.output``), and
         # transformers' ``decode`` wraps the Rust tokenizer's in Python argument handling that
-        # costs several times the decode itself. Where that wrapper would add nothing (a fast
+        # costs more than the decode itself. Where that wrapper would add nothing (a fast
         # tokenizer that does not clean up spaces after decoding), the Rust one is called
         # directly: the same call, the same text. A class that overrides transformers'
         # decoding (CTC tokenizers group repeated ids) keeps its own.

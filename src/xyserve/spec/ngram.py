@@ -5,8 +5,8 @@ earlier in the request's tokens; the tokens that followed the longest, then most
 are proposed. No model runs, so a proposal costs one scan of the tokens backwards from the
 end, compiled with numba where it is installed (a loop in Python otherwise), over an array the
 proposer keeps per request and appends each step's new tokens to: at batch 1 on a small model
-a step takes well under a millisecond, and converting the token list and scanning it with numpy
-operations took about a tenth of that.
+a step is short enough that converting the whole token list and scanning it with array
+operations each step was a visible share of it (docs/perf.md, "Host work per step at batch 1").
 
 A recent match can end fewer than ``k`` tokens before the end of the text (in periodic text,
 one period before it). Its continuation then runs into the suffix itself, and the proposal
@@ -97,9 +97,8 @@ class NgramProposer:
 
     def __post_init__(self) -> None:
         # Compile the scan (or load it from numba's cache) now, at engine start: compiled at
-        # the first proposal instead, it would stall that step for about a second, and the
-        # adaptive controller, which times the proposer's calls, would take proposing for
-        # that dear and stop.
+        # the first proposal instead, it would stall that step, and the adaptive controller,
+        # which times the proposer's calls, would take proposing for that dear and stop.
         _longest_match(np.zeros(2, np.int64), 2, 1, 1)
 
     def propose(self, requests: list[Request], caps: dict[str, int]) -> dict[str, list[int]]:
