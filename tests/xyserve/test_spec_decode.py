@@ -12,7 +12,7 @@ from xyserve.config import EngineConfig
 from xyserve.engine.request import Request
 from xyserve.engine.sampler import SampleRow
 from xyserve.spec.config import SpeculativeConfig
-from xyserve.spec.decoder import CONTINUE_PRIOR, SpecDecoder
+from xyserve.spec.decoder import CONTINUE_PRIOR, MIN_FIT_STEPS, SpecDecoder
 from xyserve.spec.ngram import NgramProposer, propose_ngram
 from xyserve.spec.verify import verify_tokens
 
@@ -397,6 +397,33 @@ def test_continuation_estimate_starts_at_its_prior_and_follows_what_verifies_sho
     assert dec.continues(1) < 0.05
     dec.depth_tries[2], dec.depth_hits[2] = 200, 200
     assert dec.continues(2) > 0.95
+
+
+def test_allocation_shortcut_gives_what_the_full_loop_gives():
+    """``_allocate`` returns at once where no request's acceptance clears the first level's
+    bar; over random batches, acceptances, trees and step costs it must decide exactly as the
+    full level-by-level loop does (and the shortcut must fire in some of them)."""
+    g = torch.Generator().manual_seed(7)
+    fired = 0
+    for trial in range(300):
+        dec = SpecDecoder(SpeculativeConfig("ngram", 4), max_model_len=1000, budget=512)
+        for size in (1, 2, 3):  # a step-cost line: a fixed part and a per-token slope
+            for _ in range(MIN_FIT_STEPS):
+                a_s, b_s = 1e-4 * (1 + trial % 9), 1e-5 * (1 + trial % 5)
+                dec.cost.observe(size, a_s + b_s * size)
+        n = int(torch.randint(1, 40, (), generator=g))
+        levels = {}
+        for i in range(n):
+            rid = str(i)
+            dec.acceptance[rid] = float(torch.rand((), generator=g)) ** 3
+            width = int(torch.randint(1, 3, (), generator=g))
+            levels[rid] = [
+                width * (j + 1) for j in range(int(torch.randint(1, 5, (), generator=g)))
+            ]
+        fast, full = dec._allocate(n, levels), dec._allocate(n, levels, shortcut=False)
+        assert fast == full, (trial, fast, full)
+        fired += not full
+    assert 0 < fired < 300
 
 
 # ---- draft model --------------------------------------------------------------------------

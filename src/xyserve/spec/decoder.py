@@ -181,12 +181,24 @@ class SpecDecoder:
             return [1] * cap
         return self.tree_sizes[:cap]
 
-    def _allocate(self, num_decoding: int, levels: dict[str, list[int]]) -> dict[str, int]:
+    def _allocate(
+        self, num_decoding: int, levels: dict[str, list[int]], shortcut: bool = True
+    ) -> dict[str, int]:
         """How many levels each request gets; see the module docstring. ``levels``: each
         request's nodes per level, at most. Whole levels are decided one at a time: a level
-        costs its nodes (verify tokens) plus one proposer pass (shared by the batch)."""
+        costs its nodes (verify tokens) plus one proposer pass (shared by the batch).
+        ``shortcut``: return at once where nothing can be taken (below; off in the test that
+        checks it against the full loop)."""
         emitted = float(num_decoding)  # each decoding request emits one token anyway
         cost = fixed_tokens(self.cost) + num_decoding
+        # A first-level unit's value per token is at most its request's acceptance (b >= 1
+        # nodes match with 1 - (1 - a)^b <= b a): where no request's clears the bar, the loop
+        # below takes nothing, after building and sorting a unit per request. The common case
+        # in a large batch, run every step.
+        if shortcut:
+            best = max((self.acceptance.get(r, PRIOR_ACCEPTANCE) for r in levels), default=0.0)
+            if best <= emitted / cost:
+                return {}
         room = self.budget - num_decoding
         level_cost = self.proposer_level_tokens()
         keep: dict[str, int] = {}
