@@ -117,25 +117,17 @@ class NgramProposer:
 
     def _sync(self, r: Request) -> _Tokens:
         """``r``'s tokens as an array: the one kept from its last proposal with the tokens
-        since appended, or a new one where that is not a prefix of them (a new request, also
-        one under a finished request's id, or a request whose tokens changed otherwise: checked
-        at the array's last token)."""
+        since appended, or a new one where that one is not ``r``'s (a new request, also one
+        under a finished request's id) or no longer a prefix of its tokens (checked at the
+        kept array's last token)."""
         prompt, output = r.prompt_token_ids, r.output_token_ids
         total = len(prompt) + len(output)
         t = self._tokens.get(r.request_id)
-        if t is not None and t.request is r and 0 < t.length <= total:
-            at = t.length - 1
-            same = (prompt[at] if at < len(prompt) else output[at - len(prompt)]) == t.arr[at]
-            if not same or t.length < len(prompt):
-                t = None
-        else:
-            t = None
-        if t is None:
-            arr = np.empty(max(16, 2 * total), np.int64)
-            arr[: len(prompt)] = prompt
-            arr[len(prompt) : total] = output
-            t = self._tokens[r.request_id] = _Tokens(r, arr, total)
-            return t
+        if t is None or t.request is not r or not 0 < t.length <= total:
+            return self._build(r, total)
+        at = t.length - 1
+        if (prompt[at] if at < len(prompt) else output[at - len(prompt)]) != t.arr[at]:
+            return self._build(r, total)
         if total > t.arr.shape[0]:
             grown = np.empty(2 * total, np.int64)
             grown[: t.length] = t.arr[: t.length]
@@ -143,4 +135,12 @@ class NgramProposer:
         if total > t.length:
             t.arr[t.length : total] = output[t.length - len(prompt) :]
             t.length = total
+        return t
+
+    def _build(self, r: Request, total: int) -> _Tokens:
+        """A new array of ``r``'s ``total`` tokens, with room to grow, kept under its id."""
+        arr = np.empty(max(16, 2 * total), np.int64)
+        arr[: len(r.prompt_token_ids)] = r.prompt_token_ids
+        arr[len(r.prompt_token_ids) : total] = r.output_token_ids
+        t = self._tokens[r.request_id] = _Tokens(r, arr, total)
         return t
