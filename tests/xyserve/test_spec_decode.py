@@ -393,10 +393,53 @@ def test_continuation_estimate_starts_at_its_prior_and_follows_what_verifies_sho
     observed rate (a chain accepted in full raises it, one cut at that depth lowers it)."""
     dec = SpecDecoder(SpeculativeConfig("ngram", 4), max_model_len=1000, budget=512)
     assert dec.continues(1) == pytest.approx(CONTINUE_PRIOR)
-    dec.depth_tries[1] = 200  # depth 1 tried 200 times after an accepted depth 0, never kept
+    dec.depth_tries[False][1] = 200  # depth 1 tried 200 times after depth 0, never kept
     assert dec.continues(1) < 0.05
-    dec.depth_tries[2], dec.depth_hits[2] = 200, 200
+    dec.depth_tries[False][2], dec.depth_hits[False][2] = 200, 200
     assert dec.continues(2) > 0.95
+    assert dec.continues(1, in_run=True) == pytest.approx(CONTINUE_PRIOR)  # kept apart
+
+
+def _chain_logits(tokens: list[int], vocab: int = 10) -> torch.Tensor:
+    """Logits whose argmax row by row is ``tokens``."""
+    logits = torch.full((len(tokens), vocab), -5.0)
+    for i, t in enumerate(tokens):
+        logits[i, t] = 5.0
+    return logits
+
+
+def test_chains_after_a_whole_accept_and_after_a_rejection_are_counted_apart():
+    """A request whose last chain was accepted whole is in a run: its next chain's depths are
+    counted (and estimated) apart from those of a request whose last chain was cut, and the
+    allocation reads the estimate of the request's own state."""
+    dec = SpecDecoder(SpeculativeConfig("ngram", 4), max_model_len=1000, budget=512)
+    greedy = _row(SamplingParams(temperature=0))
+    # "a": whole chains (in a run from its second verify on); "b": cut after the first token
+    for _ in range(30):
+        assert (
+            dec.verify("a", _chain_logits([3, 4, 5, 6, 7]), [3, 4, 5, 6], greedy, []).num_accepted
+            == 4
+        )
+        assert (
+            dec.verify("b", _chain_logits([3, 4, 5, 6, 7]), [3, 9, 9, 9], greedy, []).num_accepted
+            == 1
+        )
+    assert dec.in_run == {"a": True, "b": False}
+    assert dec.depth_tries[True][1] == dec.depth_hits[True][1] == 29  # a's first verify: no run
+    assert dec.depth_hits[True][3] == 29
+    assert dec.depth_tries[False][1] == 31 and dec.depth_hits[False][1] == 1
+    assert dec.depth_tries[False][2] == 1  # b's chains stop at depth 1
+    assert dec.continues(1, in_run=True) > 0.95 > 0.2 > dec.continues(1)
+    # the allocation: a long chain for the request in a run, a short one for the other
+    for rid in ("a", "b"):
+        dec.acceptance[rid] = 0.5
+    keep = dec._allocate(2, {"a": [1] * 4, "b": [1] * 4})
+    assert keep["a"] == 4 and keep.get("b", 0) <= 1
+    # an empty or partly accepted chain ends the run; a verify of a tree starts none
+    dec.verify("a", _chain_logits([3, 4, 5]), [3, 9], greedy, [])
+    assert not dec.in_run["a"]
+    dec.verify("a", _chain_logits([3, 4]), [3], greedy, [], tree_parents=[-1])
+    assert not dec.in_run["a"]
 
 
 def test_allocation_shortcut_gives_what_the_full_loop_gives():

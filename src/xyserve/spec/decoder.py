@@ -77,9 +77,15 @@ class SpecDecoder:
         self._expected_tokens: int | None = None
         # Chains' acceptance at depth j given depth j - 1 was accepted, over every verify: easy
         # stretches of text make acceptance come in runs, so deeper proposals are accepted more
-        # often than the per-request rate ``a`` raised to the depth would say.
-        self.depth_tries = [0] * self.k
-        self.depth_hits = [0] * self.k
+        # often than the per-request rate ``a`` raised to the depth would say. Kept apart by
+        # whether the request's previous chain was accepted whole (``in_run``): inside a run
+        # (a quoted stretch being copied) a chain tends to go on to its end, and after a
+        # rejection it tends to stop soon, so one estimate over both would propose long
+        # chains after rejections and short ones inside runs (docs/perf.md, "Chains after a
+        # whole accept and after a rejection").
+        self.depth_tries = [[0] * self.k, [0] * self.k]  # [in a run][depth]
+        self.depth_hits = [[0] * self.k, [0] * self.k]
+        self.in_run: dict[str, bool] = {}  # whether the request's last chain was accepted whole
         # Anything with ``propose(requests, caps) -> {request_id: tokens}`` (at most caps[id]);
         # optionally ``release_except(live_ids)`` and ``probs(request_id, n)`` (the draft's q).
         self.proposer = proposer or NgramProposer(
@@ -123,6 +129,7 @@ class SpecDecoder:
         t0 = time.perf_counter()
         live = {r.request_id for r in running}
         self.acceptance = {rid: a for rid, a in self.acceptance.items() if rid in live}
+        self.in_run = {rid: v for rid, v in self.in_run.items() if rid in live}
         if hasattr(self.proposer, "release_except"):
             self.proposer.release_except(live)
         decoding = [r for r in running if r.num_computed_tokens == r.num_tokens - 1]
@@ -210,7 +217,10 @@ class SpecDecoder:
                 if lv >= len(levels[rid]):
                     continue
                 n = levels[rid][lv]
-                a = self.acceptance.get(rid, PRIOR_ACCEPTANCE) if lv == 0 else self.continues(lv)
+                if lv == 0:
+                    a = self.acceptance.get(rid, PRIOR_ACCEPTANCE)
+                else:
+                    a = self.continues(lv, self.in_run.get(rid, False))
                 # b alternatives per parent (the draft's top-b): one of them matches with about
                 # 1 - (1 - a)^b, treating them as independent tries (an optimistic model).
                 b = n / (levels[rid][lv - 1] if lv else 1)
@@ -242,11 +252,13 @@ class SpecDecoder:
             return 0.0
         return (self.proposer_seconds / self.num_levels) / fit[1]
 
-    def continues(self, depth: int) -> float:
-        """The chance that a proposal at ``depth`` is accepted once the one before was
-        (observed over chains, smoothed toward ``CONTINUE_PRIOR``: that before any observation)."""
+    def continues(self, depth: int, in_run: bool = False) -> float:
+        """The chance that a proposal at ``depth`` is accepted once the one before was, for a
+        request whose previous chain was accepted whole (``in_run``) or not (observed over
+        such chains, smoothed toward ``CONTINUE_PRIOR``: that before any observation)."""
         w = CONTINUE_PRIOR_WEIGHT
-        return (self.depth_hits[depth] + w * CONTINUE_PRIOR) / (self.depth_tries[depth] + w)
+        hits, tries = self.depth_hits[in_run][depth], self.depth_tries[in_run][depth]
+        return (hits + w * CONTINUE_PRIOR) / (tries + w)
 
     def observe_step(self, num_tokens: int, seconds: float) -> None:
         """Time a step for the cost model, if it was only decode and verify rows (its size is
@@ -276,9 +288,13 @@ class SpecDecoder:
         self.stats.record(len(draft), res.num_accepted)
         self.observe_acceptance(request_id, len(draft), res.num_accepted)
         if tree_parents is None:
+            run = self.in_run.get(request_id, False)
+            tries, hits = self.depth_tries[run], self.depth_hits[run]
             for j in range(1, min(len(draft), res.num_accepted + 1, self.k)):
-                self.depth_tries[j] += 1
-                self.depth_hits[j] += j < res.num_accepted
+                tries[j] += 1
+                hits[j] += j < res.num_accepted
+        # a tree's accepted path says nothing about the next chain's, so it starts no run
+        self.in_run[request_id] = tree_parents is None and res.num_accepted == len(draft) > 0
         return res
 
     def observe_acceptance(self, request_id: str, num_draft: int, num_accepted: int) -> None:
