@@ -282,6 +282,34 @@ def test_median_step_cost_reuses_medians_only_while_they_hold():
             assert got is None or got == pytest.approx(want, rel=1e-12, abs=1e-15)
 
 
+def test_median_step_cost_refits_every_so_many_steps():
+    """With ``refit_every`` 4 the line is the exact one as of the last refit: refitted four
+    observations after the one before, and at every observation while it has none."""
+    import random
+
+    from xyserve.engine.step_cost import MedianStepCost
+
+    rng = random.Random(1)
+    lazy = MedianStepCost(window=5, horizon=12, min_steps=3, refit_every=4)
+    exact = MedianStepCost(window=5, horizon=12, min_steps=3)
+    lines = {}
+    fitted = None  # the observation count at the lazy model's last refit
+    refits = 0
+    for n in range(1, 200):
+        size = rng.choice((1, 2, 5)) if n > 6 else 1  # one size at first: no line yet
+        step = (size, 0.001 * size + rng.random() * 1e-4)
+        lazy.observe(*step)
+        exact.observe(*step)
+        lines[n] = exact.line()
+        if fitted is None or lines[fitted] is None or n - fitted >= 4:
+            fitted, refits = n, refits + 1
+        for _ in range(2):  # asked twice between steps: the same
+            got, want = lazy.line(), lines[fitted]
+            assert (got is None) == (want is None)
+            assert got is None or got == pytest.approx(want, rel=1e-12, abs=1e-15)
+    assert 45 < refits < 60
+
+
 class StepClock:
     """Every step lasts 10 ms + 1 ms per token, as seen by the scheduler's clock."""
 

@@ -95,9 +95,15 @@ class MedianStepCost(_LineCost):
     window: int = 16
     horizon: int = 128
     min_steps: int = 4  # no prediction before this many observations
+    # The line is refitted once this many observations have come since the last fit (1: after
+    # every one). A size's median over its last ``window`` steps moves little from one step to
+    # the next, and refitting costs a speculation controller that asks every step about 13 us
+    # (2% of a batch-1 step on xy-tiny: docs/perf.md, "The controller's cost when it declines").
+    refit_every: int = 1
     times: dict[int, deque] = field(default_factory=dict)
     n: int = 0
-    # the line as of observation ``n`` (a controller asks several times between two steps)
+    # the line as of observation ``n`` (a controller asks several times between two steps),
+    # kept for ``refit_every`` observations (refitted at each new one while there is none)
     _cached: tuple[int, tuple[float, float] | None] | None = field(default=None, repr=False)
     # each size's median and the oldest step it used; a size's median is taken again only
     # when it got a new step or that oldest step left the horizon
@@ -114,7 +120,11 @@ class MedianStepCost(_LineCost):
     def line(self) -> tuple[float, float] | None:
         """(a, b), whatever their signs, or None before ``min_steps`` steps or while fewer
         than two sizes were seen within the horizon."""
-        if self._cached is None or self._cached[0] != self.n:
+        if (
+            self._cached is None
+            or self.n - self._cached[0] >= self.refit_every
+            or (self._cached[1] is None and self._cached[0] != self.n)
+        ):
             self._cached = (self.n, self._line())
         return self._cached[1]
 
