@@ -95,3 +95,54 @@ def test_a_width_no_tile_was_compiled_for_is_refused(width):
     cos = np.ones((8, d), np.float32)
     with pytest.raises(ValueError, match="width"):
         ff.pack(embed, embed, np.ones(h, np.float32), [layer], cos, cos, 1, 1, d, 1e-5, width=width)
+
+
+# ---- AMX panels (kernels.cpu.amx): a bfloat16 engine's linear layers on AMX hosts ---------
+def _amx_ok() -> bool:
+    from xyserve.kernels.cpu import amx
+
+    return amx.available()
+
+
+def test_amx_panels_lay_out_b_tiles():
+    """Weight (n, k) sits in panel n // 32, block k // 32, half (n % 32) // 16, pair row
+    (k % 32) // 2, column pair n % 16, slot k % 2: AMX's B-tile layout, checked element by
+    element against that formula (zero past N and K). Layout only: runs on any host."""
+    from xyserve.kernels.cpu import amx
+
+    rng = np.random.default_rng(1)
+    n, k = 50, 70
+    bits = rng.integers(1, 60000, (n, k)).astype(np.uint16)
+    p = amx.panels(bits)
+    assert p.shape == (2, 96, 32)
+    blocks = p.reshape(2, 3, 2, 16, 16, 2)  # panel, block, half, pair row, column, slot
+    for i in range(64):
+        for j in range(96):
+            want = bits[i, j] if i < n and j < k else 0
+            got = blocks[i // 32, j // 32, (i % 32) // 16, (j % 32) // 2, i % 16, j % 2]
+            assert got == want, (i, j)
+
+
+@pytest.mark.skipif(not _amx_ok(), reason="no AMX here (or XYSERVE_AMX=0)")
+@pytest.mark.parametrize("threads", [1, 2])
+def test_amx_panel_linear_equals_matmul_of_bfloat16_inputs(threads):
+    """The linear layer over AMX panels: AMX tiles from AMX_MIN_ROWS rows, the FMA tile that
+    reads the same panels below (every tile height, its k phases, and chunks of k at K =
+    1600), both on the inputs rounded to bfloat16; against numpy on those inputs."""
+    rng = np.random.default_rng(0)
+    linear = ff._linear_amx_par if threads > 1 else ff._linear_amx_c
+    for k in (64, 1600):
+        n = 3 * 32 + 5  # a last panel only partly filled
+        w = _bf16_values(rng.standard_normal((n, k)).astype(np.float32))
+        packed = ff._amx_panels(ff._bf16_bits(w))
+        bias = rng.standard_normal(n).astype(np.float32)
+        for rows in [*range(1, ff.AMX_MIN_ROWS + 3), 16, 17, 33, 40]:
+            x = rng.standard_normal((rows, k)).astype(np.float32)
+            want = _bf16_values(x).astype(np.float64) @ w.T.astype(np.float64)
+            out = np.full((rows, n), np.nan, np.float32)
+            linear(x, packed, bias[:0], out, False, threads)
+            np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-4, err_msg=f"{rows}x{k}")
+            base = rng.standard_normal((rows, n)).astype(np.float32)
+            out = base.copy()
+            linear(x, packed, bias, out, True, threads)  # a residual add, with a bias
+            np.testing.assert_allclose(out, base + want + bias, rtol=1e-5, atol=1e-4)

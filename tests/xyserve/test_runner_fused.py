@@ -71,6 +71,7 @@ def test_one_row_steps_equal_the_eager_forward_and_hf(model_path, monkeypatch):
     fused = _runner(model_path, "on")
     eager = _runner(model_path, "off")
     assert fused.fused is not None and eager.fused is None
+    assert not fused.fused.weights.amx  # AMX panels are for bfloat16 engines only
     calls = []
     real = runner_fused.FusedDecode.run
     monkeypatch.setattr(
@@ -107,19 +108,28 @@ def test_several_requests_in_one_fused_step(model_path):
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
 
 
-def test_bfloat16_steps_follow_the_eager_bfloat16_forward(model_path):
+@pytest.mark.parametrize("batch", [3, 10])
+def test_bfloat16_steps_follow_the_eager_bfloat16_forward(model_path, batch):
     """A bfloat16 model's fused steps: float32 arithmetic on its bfloat16 weights, its K/V
     caches bfloat16 (written rounded by the fused call, read back widened, and read by the
     eager prefill's and the fused steps' attention alike). Against the eager bfloat16 forward,
-    which also rounds every activation to bfloat16: equal up to those roundings."""
+    which also rounds every activation to bfloat16: equal up to those roundings. On a host
+    with AMX the linear layers are AMX panels (inputs rounded to bfloat16), read by the FMA
+    tile in steps of 3 rows and by AMX tiles in steps of 10."""
+    from xyserve.kernels.cpu import amx
+
     fused = _runner(model_path, "on", torch.bfloat16)
     assert fused.fused is not None and fused.fused.k_cache.dtype.name == "uint16"
-    fused.fused.max_rows = 3
+    cfg = fused.model.cfg
+    widths = (cfg.hidden_size, cfg.intermediate_size, cfg.num_heads * cfg.head_dim)
+    assert fused.fused.weights.amx == (amx.available() and all(n % 32 == 0 for n in widths))
+    fused.fused.max_rows = batch
     calls: list[int] = []
     fused.fused.run = _counted(fused.fused.run, calls)
     eager = _runner(model_path, "off", torch.bfloat16)
     prompts = [[1, 2, 3, 4, 5], [9], [7, 7, 7, 7, 7, 7, 7, 7, 7]]
-    decode = _decode_tokens(fused.model.cfg.vocab_size, 5, 3)
+    prompts = (prompts + [[3 + i, 4] for i in range(batch)])[:batch]
+    decode = _decode_tokens(fused.model.cfg.vocab_size, 5, batch)
     got, _ = _steps(fused, prompts, decode)
     want, _ = _steps(eager, prompts, decode)
     assert len(calls) == len(decode)

@@ -747,6 +747,33 @@ def test_bench_spec_batches_cover_every_prompt():
         assert load_spec_workload(name)["prompts"]
 
 
+def test_bench_spec_builds_every_engine_with_the_dtype_asked(monkeypatch):
+    """``bench spec --dtype`` reaches every engine it compares (a stand-in LLM records them;
+    a dtype the engine does not know is the engine's own error)."""
+    import xyserve
+    from xyserve.bench import spec as bench_spec
+
+    made: list[dict] = []
+
+    class Stop(Exception):
+        pass
+
+    class Fake:
+        def __init__(self, model, **kw):
+            made.append(kw)
+
+        def generate(self, *a, **k):
+            raise Stop
+
+    monkeypatch.setattr(xyserve, "LLM", Fake)
+    with pytest.raises(Stop):  # stops at the warm-up, after building the engines
+        bench_spec.main(["--dtype", "bfloat16", "--methods", "ngram", "--batch-sizes", "1"])
+    assert [kw["dtype"] for kw in made] == ["bfloat16", "bfloat16"]
+    assert (
+        made[0]["speculative_config"] is None and made[1]["speculative_config"]["method"] == "ngram"
+    )
+
+
 def test_ngram_proposer_keeps_each_request_array_in_step():
     """The proposer's per-request arrays (appended to as requests grow, rebuilt where the
     tokens are not a continuation, dropped with the request) propose what ``propose_ngram``

@@ -75,6 +75,7 @@ def run(args: argparse.Namespace) -> list[dict]:
             disable_progress_bar=True,
             max_num_seqs=max(args.batch_sizes),
             max_num_batched_tokens=args.max_num_batched_tokens,
+            dtype=args.dtype,
             speculative_config=_spec_config(
                 m, args.num_speculative_tokens, not args.no_adaptive, _tree_keys(args)
             ),
@@ -173,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--num-speculative-tokens", type=int, default=4)
     p.add_argument("--max-num-batched-tokens", type=int, default=512)
+    p.add_argument(
+        "--dtype", default="auto", help="the engines' dtype (auto: float32 on CPU), as `serve`"
+    )
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--no-adaptive", action="store_true", help="always k proposals")
     p.add_argument(

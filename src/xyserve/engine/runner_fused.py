@@ -149,7 +149,9 @@ class FusedDecode:
         threads: int,
         max_rows: int = MAX_ROWS,
     ) -> None:
-        self.weights = pack_model(model)
+        # a bfloat16 engine's linear layers on AMX where the host has it (their inputs then
+        # rounded to bfloat16, as its eager forward rounds them); a float32 one's stay FMAs
+        self.weights = pack_model(model, amx_tiles=model.dtype == torch.bfloat16)
         if model.dtype == torch.float32:  # else the eager forward keeps its bfloat16 tensors
             share_weights(model, self.weights)
         # [L, blocks, bs, Hkv, D], bfloat16 as its bits (the fused call widens them as read)

@@ -38,10 +38,11 @@ def unsupported(model: LlamaModel) -> str | None:
 
 
 def pack_model(
-    model: LlamaModel, compact: bool = True, width: int | None = None
+    model: LlamaModel, compact: bool = True, width: int | None = None, amx_tiles: bool = False
 ) -> ff.PackedWeights:
     """``model``'s weights for the fused call (``ff.pack``: ``compact`` keeps bfloat16 values as
-    their bits; ``width``: the tile's vector width, the host's when None)."""
+    their bits; ``width``: the tile's vector width, the host's when None; ``amx_tiles``: AMX
+    panels where the host and the model allow, for a bfloat16 engine)."""
     cfg = model.cfg
     layers = [
         {
@@ -71,6 +72,7 @@ def pack_model(
         cfg.rms_norm_eps,
         compact,
         width,
+        amx_tiles,
     )
 
 

@@ -22,7 +22,11 @@ call whatever the number of rows, and a verify step's few extra rows cost FMAs o
 already in L1, not another read. Weights that are all bfloat16 values (a bfloat16 checkpoint,
 as the bundled models') are kept as their 16-bit patterns and widened to float32 as they are
 loaded: exactly the same values and float32 arithmetic, half the bytes streamed per pass (at
-batch 1 a pass is bound by reading its weights). Other weights stay float32. Softmax and SiLU
+batch 1 a pass is bound by reading its weights). Other weights stay float32. In a bfloat16
+engine on a host with AMX (``pack(amx_tiles=True)``, ``kernels.cpu.amx``) the panels are laid
+out as AMX's B tiles instead: AMX tiles take a linear layer from ``AMX_MIN_ROWS`` rows, an
+FMA tile reading the same layout below, and either way the layer's input is first rounded to
+bfloat16, as that engine's eager forward rounds it. Softmax and SiLU
 use the vectorizable exp of ``kernels.cpu.exp`` (numba's ``np.exp`` is a libm call per
 element), and a layer's caches are read as [slots, Hkv, D], so a key costs no division.
 
@@ -51,14 +55,14 @@ from xyserve.kernels.cpu.isa import vector_width
 try:
     from numba import njit, prange
 
-    from xyserve.kernels.cpu import act, bf16, exp, gemm
+    from xyserve.kernels.cpu import act, amx, bf16, exp, gemm
     from xyserve.kernels.cpu.act import silu_mul_row
     from xyserve.kernels.cpu.cache import depends_on
     from xyserve.kernels.cpu.exp import softmax_
     from xyserve.kernels.cpu.gemm import make_prefetch, make_tile
 
     # the helpers this module's kernels inline from others (numba's cache keys on them too)
-    DEPENDS = (act, bf16, exp, gemm)
+    DEPENDS = (act, amx, bf16, exp, gemm)
 except ImportError:  # pragma: no cover - exercised only where numba is absent
     njit = None
 
@@ -97,6 +101,9 @@ class PackedWeights:
     num_kv_heads: int
     head_dim: int
     eps: float
+    # the linear layers are AMX panels (``kernels.cpu.amx``), read by AMX tiles from
+    # ``AMX_MIN_ROWS`` rows and by the FMA tile below, their inputs rounded to bfloat16
+    amx: bool = False
 
     @property
     def num_layers(self) -> int:
@@ -148,6 +155,18 @@ def _panels(a: np.ndarray, p: int) -> np.ndarray:
     return out
 
 
+def _amx_panels(bits: np.ndarray) -> np.ndarray:
+    """:func:`kernels.cpu.amx.panels`, in memory that streams well (as :func:`_panels`). Only
+    where AMX runs (``amx.available()``, which also asks Linux for the tile state: a tile
+    instruction before that is an illegal instruction)."""
+    if not amx.available():
+        raise RuntimeError("AMX panels on a host or process without AMX")
+    panels = amx.panels(bits)
+    out = memory.empty(panels.shape, np.uint16)
+    out[...] = panels
+    return out
+
+
 def pack(
     embed,
     lm_head,
@@ -161,6 +180,7 @@ def pack(
     eps: float,
     compact: bool = True,
     width: int | None = None,
+    amx_tiles: bool = False,
 ) -> PackedWeights:
     """Copy a model's weights once into :class:`PackedWeights`.
 
@@ -171,7 +191,12 @@ def pack(
     (non-interleaved halves, as HF: both halves equal, the first is kept). ``compact``: keep
     the linear layers as bfloat16 bits where that loses nothing. ``width``: the vector width
     of the tile that will read them (the host's when None), whose two vectors make a panel
-    (one of ``TILE_WIDTHS``, else a ValueError).
+    (one of ``TILE_WIDTHS``, else a ValueError). ``amx_tiles``: lay the linear layers out for
+    AMX (``kernels.cpu.amx``) where that can be done: the host has AMX, the layers are
+    bfloat16 bits, every input width is a multiple of 32 and the width is 16. The pass then
+    rounds every linear layer's input to bfloat16 (as a bfloat16 model's eager forward
+    does), so this is for bfloat16 engines only; :attr:`PackedWeights.amx` says whether it
+    was done.
     """
     width = vector_width() if width is None else width
     if width not in TILE_WIDTHS:
@@ -185,7 +210,13 @@ def pack(
     if compact and _bf16_exact(list(linears.values())):
         linears = {k: _bf16_bits(a) for k, a in linears.items()}
     p = 2 * width
-    linears = {k: _panels(a, p) for k, a in linears.items()}
+    use_amx = (
+        amx_tiles
+        and width == 16
+        and all(a.dtype == np.uint16 and a.shape[-1] % amx.KBLOCK == 0 for a in linears.values())
+        and amx.available()
+    )
+    linears = {k: _amx_panels(a) if use_amx else _panels(a, p) for k, a in linears.items()}
     packed = PackedWeights(
         embed=_f32(embed),
         final_norm=_f32(final_norm),
@@ -202,6 +233,7 @@ def pack(
         num_kv_heads=num_kv_heads,
         head_dim=head_dim,
         eps=float(eps),
+        amx=use_amx,
     )
     # every array moves to memory that streams well (``kernels.cpu.memory``: 2 MiB huge pages
     # for the large ones, 64-byte aligned all)
@@ -248,6 +280,33 @@ def _linear(x, w, bias, out, accumulate, threads):  # pragma: no cover - compile
         scratch = np.empty(out.shape[0] * w.shape[2], np.float32)  # the panel tiles' sums
         for c in range(jobs * t // chunks, jobs * (t + 1) // chunks):
             _panel_job_c(x, w, bias, out, accumulate, c, scratch)
+
+
+# From how many rows a linear layer over AMX panels runs on AMX tiles; below, the FMA tile
+# reads the same panels (docs/perf.md, "AMX for the fused call's linear layers": 1-5 rows
+# ran 0.5-1.05x the FMA tile, 9 and more 1.1-3.9x).
+AMX_MIN_ROWS = 8
+
+
+def _linear_amx(x, w, bias, out, accumulate, threads):  # pragma: no cover - compiled
+    """:func:`_linear` over AMX panels (``PackedWeights.amx``), the input rounded to bfloat16:
+    AMX tiles from ``AMX_MIN_ROWS`` rows (``_AMX``, ``kernels.cpu.amx.linear``), the FMA tile
+    over the same panels below (``_KP``, on a rounded copy of the rows)."""
+    rows = out.shape[0]
+    if rows >= AMX_MIN_ROWS:
+        _AMX(x, w, bias, out, accumulate, threads)
+        return
+    kdim = x.shape[1]  # a multiple of 32 (``pack``), contiguous rows
+    rounded = np.empty((rows, kdim), np.float32)
+    for r in range(rows):
+        amx.round_row(x, r * kdim, rounded, r * kdim, kdim)
+    _KP(rounded, w, bias, out, accumulate, threads)
+
+
+# What :func:`_linear_amx` calls: each compilation binds its own (serial or parallel AMX
+# linear, and :func:`_linear` over the FMA tiles that read AMX panels); unbound, the plain
+# functions (which cannot read AMX panels: numba off means no AMX either).
+_AMX = _KP = _linear
 
 
 # The vector widths the panel and value tiles are compiled for (``_panel_tile_source``): a
@@ -661,16 +720,16 @@ if njit is not None:
         tiles: dict = {}
         lines: list[str] = []
 
-        def case(name, rows, vw, vectors, prefetch, call, count, stream=False, paired=False):
+        def case(
+            name, rows, vw, vectors, prefetch, call, count, stream=False, paired=False, kpair=False
+        ):
             split = _split(rows * vectors)
-            tiles[name] = make_tile(
-                rows, vw, vectors, prefetch, accumulate=True, stream=stream, paired=paired
-            )
+            tiles[name] = make_tile(rows, vw, vectors, prefetch, 1, True, stream, paired, kpair)
             if split > 1:
                 tiles[name + "_s"] = make_tile(
-                    rows, vw, vectors, prefetch, split, True, stream, paired
+                    rows, vw, vectors, prefetch, split, True, stream, paired, kpair
                 )
-                lines.append(f"        if {count} % {split} == 0:")
+                lines.append(f"        if {count} % {split * (2 if kpair else 1)} == 0:")
                 lines.append(f"            {name}_s({call})")
                 lines.append("        else:")
                 lines.append(f"            {name}({call})")
@@ -690,6 +749,17 @@ if njit is not None:
                     ahead = 0 if stream else PREFETCH_BYTES
                     name = f"_tile_{vw}_{r}{suffix}"
                     case(name, r, vw, 2, ahead, call, "count", stream, paired=True)
+        # the same over AMX panels (width 16 only: every AMX host has AVX-512)
+        for suffix, pf_args, stream in (("", "", False), ("_pf", ", pf_off, pf_step", True)):
+            lines.append(
+                f"def _panel_tile_kp{suffix}(vw, rows, x, x_off, ldx, w, w_off, count, acc{pf_args}):"
+            )
+            for r in range(1, panel_rows(16) + 1):
+                first = lines[-1].startswith("def ")
+                lines.append(f"    {'if' if first else 'elif'} rows == {r}:")
+                call = f"x, x_off, ldx, w, w_off, 32, count, acc{pf_args}"
+                ahead = 0 if stream else PREFETCH_BYTES
+                case(f"_tile_kp_{r}{suffix}", r, 16, 2, ahead, call, "count", stream, kpair=True)
         lines.append("def _value_tile(vw, vectors, p, p_off, v, v_off, ld, count, acc):")
         for vw in TILE_WIDTHS:
             for vec in (4, 1):
@@ -743,6 +813,21 @@ if njit is not None:
     _linear_c_par = _jit(_bound(_linear, "_par"), parallel=True)
     _serial = _serial_c = _jit(_bound(_forward, _LINEAR=_linear_c))
     _parallel = _jit(_bound(_forward, "_par", _LINEAR=_linear_c_par), parallel=True)
+    # over AMX panels (``PackedWeights.amx``): the FMA tiles that read them, AMX's linear, and
+    # the passes that call them
+    _kp_tiles = {
+        "_panel_tile": njit(inline="always")(_scope["_panel_tile_kp"]),
+        "_panel_tile_pf": njit(inline="always")(_scope["_panel_tile_kp_pf"]),
+    }
+    _panel_job_kp_c = _jit(_bound(_panel_job, "_kp", **_kp_tiles))
+    _linear_kp_c = _jit(_bound(_linear, "_kp", _panel_job_c=_panel_job_kp_c))
+    _linear_kp_par = _jit(_bound(_linear, "_kp_par", _panel_job_c=_panel_job_kp_c), parallel=True)
+    _amx_linear_c = _jit(amx.linear)
+    _amx_linear_par = _jit(_bound(amx.linear, "_par"), parallel=True)
+    _linear_amx_c = _jit(_bound(_linear_amx, _AMX=_amx_linear_c, _KP=_linear_kp_c))
+    _linear_amx_par = _jit(_bound(_linear_amx, "_par", _AMX=_amx_linear_par, _KP=_linear_kp_par))
+    _serial_amx = _jit(_bound(_forward, "_amx", _LINEAR=_linear_amx_c))
+    _parallel_amx = _jit(_bound(_forward, "_par_amx", _LINEAR=_linear_amx_par), parallel=True)
     _greedy_chains_c = _jit(_greedy_chains)
 
 
@@ -793,7 +878,10 @@ def forward(
     sel = rows.out_rows.shape[0]
     logits = np.empty((sel, w.vocab_size), np.float32)
     argmax = np.empty(sel, np.int64)
-    fn = _parallel if parallel else _serial
+    if parallel:
+        fn = _parallel_amx if w.amx else _parallel
+    else:
+        fn = _serial_amx if w.amx else _serial
     n = use_cpu_threads(threads) if parallel else 1
     fn(_row_tuple(rows), _weight_tuple(w), k_cache, v_cache, w.num_heads, w.eps, logits, argmax, n)
     return logits, argmax
@@ -807,6 +895,8 @@ def greedy_chains(
     as :func:`forward` would give them one pass at a time. Output row ``i`` must be a causal
     row (its table sees it) whose table already holds the slots of the next ``steps[i] - 1``
     positions. Returns [S, max(steps)] token ids (entries past a row's steps are unset)."""
+    if w.amx:
+        raise ValueError("greedy chains run the serial pass over FMA panels: pack without AMX")
     sel = rows.out_rows.shape[0]
     tokens = np.zeros((sel, int(steps.max(initial=1))), np.int64)
     _greedy_chains_c(

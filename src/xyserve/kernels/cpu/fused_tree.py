@@ -263,6 +263,8 @@ def greedy_tree(
     """Every request's tree candidates in one call (module docstring): ``tokens``,
     ``parents``, ``depth``, ``score`` [S, C] and ``count`` [S]; ``capacity``: the most
     candidates a request's tree can have (``spec.tree.max_candidates``)."""
+    if w.amx:
+        raise ValueError("tree candidates run the serial pass over FMA panels: pack without AMX")
     sel = rows.out_rows.shape[0]
     cap = max(1, capacity)
     tokens = np.zeros((sel, cap), np.int64)

@@ -66,6 +66,7 @@ def make_tile(
     accumulate: bool = False,
     stream: bool = False,
     paired: bool = False,
+    kpair: bool = False,
 ):
     """An intrinsic ``tile(w, w_off, ldw, xt, xt_off, ldxt, k_count, acc)``: ``acc[i, j] =
     sum_k w[w_off + i * ldw + k] * xt[xt_off + k * ldxt + j]`` for ``rows`` x ``width *
@@ -90,9 +91,15 @@ def make_tile(
     in the low half of 32-bit word j and element j of the second in its high half, so one
     load and two integer operations (a shift, a mask) widen both, where separate vectors
     take two loads, two zero-extensions and two shifts; a float32 ``xt`` is read as without
-    it."""
+    it. ``kpair`` (two vectors of 16, bfloat16 ``xt``): ``xt`` is laid out as AMX's B tiles
+    (``kernels.cpu.amx.panels``): per block of 32 k, the two vectors' halves one after the
+    other, each 16 rows of (16 columns x 2 consecutive k), so one load gives a vector at k
+    (low halves) and at k + 1 (high halves); the tile steps k two at a time (``k_count`` a
+    multiple of 2 ``split``, ``xt_off`` at a block's start, ``ldxt`` unused)."""
     if paired and vectors != 2:
         raise ValueError("paired bfloat16 vectors come two to a row")
+    if kpair and (vectors != 2 or width != 16 or paired):
+        raise ValueError("k-paired bfloat16 panels are AMX's: two vectors of 16, not paired")
     if stream and prefetch:
         raise ValueError("a streaming tile prefetches where its caller says, not ahead")
 
@@ -105,6 +112,8 @@ def make_tile(
         if xt.dtype not in (types.float32, types.uint16):
             return None
         bf16 = xt.dtype == types.uint16
+        if kpair and not bf16:
+            return None
         sig = types.void(w, w_off, ldw, xt, xt_off, ldxt, k_count, acc, *pf)
 
         def codegen(context, builder, signature, args):  # pragma: no cover - compiled
@@ -178,8 +187,50 @@ def make_tile(
             undef = ir.Constant(vec, ir.Undefined)
             splat = ir.Constant(ir.VectorType(i32, width), [0] * width)
             new = []
+            step = 2 if kpair else 1  # k per phase
             for phase in range(split):
-                kk = builder.add(k, const(phase))
+                kk = builder.add(k, const(step * phase))
+                if kpair:  # both k of the pair, both vectors, from two loads
+                    half0 = builder.gep(
+                        xt_base,
+                        [
+                            builder.add(
+                                builder.mul(builder.ashr(kk, const(5)), const(1024)),
+                                builder.mul(
+                                    builder.ashr(builder.and_(kk, const(31)), const(1)), const(32)
+                                ),
+                            )
+                        ],
+                    )
+                    half1 = builder.gep(half0, [const(512)])
+                    if prefetch:
+                        for half in (half0, half1):
+                            emit_prefetch(builder, builder.gep(half, [const(prefetch // 2)]), 1)
+                    elif stream:
+                        for d in (0, 1):
+                            at = builder.mul(builder.add(kk, const(d)), pf_step)
+                            emit_prefetch(builder, builder.gep(pf_base, [at]), 1)
+                    words = [
+                        builder.load(builder.bitcast(h, word_p), align=4) for h in (half0, half1)
+                    ]
+                    pairs = [
+                        [builder.bitcast(builder.shl(wd, sixteen), vec) for wd in words],
+                        [builder.bitcast(builder.and_(wd, high_half), vec) for wd in words],
+                    ]
+                    base = phase * rows * vectors
+                    for i in range(rows):
+                        sums = [accs[base + i * vectors + j] for j in range(vectors)]
+                        for d, tokens in enumerate(pairs):
+                            at = kk if d == 0 else builder.add(kk, const(1))
+                            s = builder.load(builder.gep(w_rows[i], [at]), align=4)
+                            b = builder.shuffle_vector(
+                                builder.insert_element(undef, s, ir.Constant(i32, 0)), undef, splat
+                            )
+                            sums = [
+                                builder.call(fma, [b, tokens[j], sums[j]]) for j in range(vectors)
+                            ]
+                        new += sums
+                    continue
                 xt_row = builder.gep(xt_base, [builder.mul(kk, ldxt)])
                 if prefetch:
                     _prefetch(builder, xt_row, ldxt, width * vectors * (2 if bf16 else 4))
@@ -204,7 +255,7 @@ def make_tile(
                         builder.call(fma, [b, tokens[j], accs[base + i * vectors + j]])
                         for j in range(vectors)
                     ]
-            k_next = builder.add(k, const(split))
+            k_next = builder.add(k, const(split * (2 if kpair else 1)))
             k.add_incoming(k_next, loop)
             for a, v in zip(accs, new):
                 a.add_incoming(v, loop)
