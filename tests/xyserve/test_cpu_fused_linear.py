@@ -146,3 +146,102 @@ def test_amx_panel_linear_equals_matmul_of_bfloat16_inputs(threads):
             out = base.copy()
             linear(x, packed, bias, out, True, threads)  # a residual add, with a bias
             np.testing.assert_allclose(out, base + want + bias, rtol=1e-5, atol=1e-4)
+
+
+def test_amx_round_row_rounds_as_torch():
+    """``amx.round_row`` (16 values a step, to bfloat16 bits or to their float32 values)
+    against torch's ``.to(torch.bfloat16)``: ties to even, the largest finite values rounding
+    to infinity, infinities, -0.0, subnormals, and NaN (a NaN stays a NaN: torch writes 0x7FC0
+    for every one, ``round_row`` keeps the sign and payload). Runs wherever numba does: it is
+    vector integer arithmetic, not an AMX instruction."""
+    from numba import njit
+
+    from xyserve.kernels.cpu import amx
+
+    special = np.array(
+        [
+            0x3F808000, 0x3F818000, 0x3F808001, 0x3F817FFF, 0xBF808000, 0xBF818000,  # ties
+            0x7F7FFFFF, 0x7F7F8000, 0xFF7F8000, 0x7F7F7FFF,  # to and short of infinity
+            0x7F800000, 0xFF800000, 0x80000000, 0x00000000,  # infinities, -0.0, 0.0
+            0x00000001, 0x00008000, 0x00018000, 0x807FFFFF, 0x007F8000,  # subnormals
+            0x7F800001, 0x7FC00000, 0xFFC00001, 0x7FFFFFFF, 0xFF80FFFF,  # NaNs
+        ],
+        np.uint32,
+    )  # fmt: skip
+    rng = np.random.default_rng(3)
+    lead = np.full(16, 0x3F800000, np.uint32)  # skipped by the offset below
+    random = rng.integers(0, 2**32, 64 * 16 - 16 - special.size, np.uint32)
+    bits = np.concatenate([lead, special, random])
+    x = bits.view(np.float32)
+    want = torch.from_numpy(x.copy()).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+
+    @njit
+    def run(x, a, off):
+        amx.round_row(x, off, a, off, x.shape[0] - off)
+
+    half = np.zeros(x.size, np.uint16)
+    wide = np.full(x.size, 7.0, np.float32)
+    run(x, half, 16)  # from an offset: the first 16 untouched
+    run(x, wide, 16)
+    nan = np.isnan(x[16:])
+    assert (half[:16] == 0).all() and (wide[:16] == 7.0).all()
+    got = half[16:]
+    assert (got[~nan] == want[16:][~nan]).all()
+    assert np.isnan(_widen(got[nan])).all()
+    assert (wide[16:].view(np.uint32)[~nan] == want[16:][~nan].astype(np.uint32) << 16).all()
+    assert np.isnan(wide[16:][nan]).all()
+
+
+def _widen(bits: np.ndarray) -> np.ndarray:
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+@pytest.mark.skipif(not _amx_ok(), reason="no AMX here (or XYSERVE_AMX=0)")
+def test_amx_panel_linear_random_shapes():
+    """Random shapes through both compilations of the linear layer over AMX panels: 1-40 rows
+    (AMX tiles from AMX_MIN_ROWS, the FMA tile below), N not a multiple of 32, K of one to 50
+    blocks, with and without a bias and a residual add, and an ``x`` with more rows than
+    ``out`` (only the first ``out.shape[0]`` are read); against numpy in float64 on the
+    bfloat16-rounded inputs."""
+    rng = np.random.default_rng(7)
+    for trial in range(24):
+        rows = int(rng.integers(1, 41))
+        n = 32 * int(rng.integers(0, 5)) + int(rng.integers(1, 32))
+        k = [32, 64, 96, 1600][trial % 4]
+        threads = 1 + trial % 2
+        linear = ff._linear_amx_par if threads > 1 else ff._linear_amx_c
+        w = _bf16_values(rng.standard_normal((n, k)).astype(np.float32))
+        packed = ff._amx_panels(ff._bf16_bits(w))
+        x = rng.standard_normal((rows + int(rng.integers(0, 3)), k)).astype(np.float32)
+        bias = rng.standard_normal(n).astype(np.float32) if trial % 3 else np.zeros(0, np.float32)
+        want = _bf16_values(x[:rows]).astype(np.float64) @ w.T.astype(np.float64)
+        if bias.size:
+            want += bias
+        accumulate = bool(rng.integers(0, 2))
+        base = rng.standard_normal((rows, n)).astype(np.float32)
+        out = base.copy() if accumulate else np.full((rows, n), np.nan, np.float32)
+        linear(x, packed, bias, out, accumulate, threads)
+        if accumulate:
+            want += base
+        what = f"rows {rows} n {n} k {k} threads {threads} acc {accumulate} bias {bias.size}"
+        np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-4, err_msg=what)
+
+
+@pytest.mark.skipif(not _amx_ok(), reason="no AMX here (or XYSERVE_AMX=0)")
+def test_kpair_fma_tile_over_several_passes_and_chunks():
+    """The FMA tile over AMX panels (``gemm.make_tile(kpair=True)``) past ``panel_rows``
+    rows: several passes over a panel, each chunk of k (PANEL_CHUNK_BYTES) read by the
+    streaming-prefetch tiles. ``_linear_amx`` hands such row counts to AMX, so only a direct
+    call reaches this code; against numpy on the same (already bfloat16) inputs."""
+    rng = np.random.default_rng(11)
+    n, k = 3 * 32 + 7, 1600
+    w = _bf16_values(rng.standard_normal((n, k)).astype(np.float32))
+    packed = ff._amx_panels(ff._bf16_bits(w))
+    assert k * 32 * 2 > ff.PANEL_CHUNK_BYTES  # chunks of k
+    for rows in (9, 13, 17):
+        x = _bf16_values(rng.standard_normal((rows, k)).astype(np.float32))
+        want = x.astype(np.float64) @ w.T.astype(np.float64)
+        for linear, threads in ((ff._linear_kp_c, 1), (ff._linear_kp_par, 2)):
+            out = np.full((rows, n), np.nan, np.float32)
+            linear(x, packed, np.zeros(0, np.float32), out, False, threads)
+            np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-4, err_msg=f"{rows}")
