@@ -245,3 +245,22 @@ def test_kpair_fma_tile_over_several_passes_and_chunks():
             out = np.full((rows, n), np.nan, np.float32)
             linear(x, packed, np.zeros(0, np.float32), out, False, threads)
             np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-4, err_msg=f"{rows}")
+
+
+@pytest.mark.skipif(not _amx_ok(), reason="no AMX here (or XYSERVE_AMX=0)")
+def test_amx_is_off_where_numba_compiles_without_it(monkeypatch):
+    """``NUMBA_CPU_NAME=generic`` (numba's setting for caches shared between machines) or a
+    ``NUMBA_CPU_FEATURES`` without AMX: numba's LLVM then cannot select the tile intrinsics
+    and aborts the whole process on the first AMX kernel (an LLVM fatal error, not an
+    exception), so AMX must count as unavailable there, though the CPU has it."""
+    from numba.core import config
+
+    from xyserve.kernels.cpu import amx
+
+    for features in ("", "+avx512f,+avx512bw,-amx-tile,-amx-bf16", "+amx-tile,-amx-bf16"):
+        monkeypatch.setattr(config, "CPU_FEATURES", features)
+        monkeypatch.setattr(amx, "_state", None)
+        assert not amx.available(), features
+    monkeypatch.setattr(config, "CPU_FEATURES", "+avx512f,+amx-tile,+amx-bf16")
+    monkeypatch.setattr(amx, "_state", None)
+    assert amx.available()

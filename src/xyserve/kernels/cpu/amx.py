@@ -65,6 +65,20 @@ def _host_has_amx() -> bool:
     return bool(feats.get("amx-tile") and feats.get("amx-bf16"))
 
 
+def _numba_compiles_amx() -> bool:
+    """Whether numba's JIT targets AMX: ``NUMBA_CPU_NAME=generic`` (numba's setting for caches
+    shared between machines) implies no ISA features, and ``NUMBA_CPU_FEATURES`` may leave
+    AMX out; LLVM then cannot select the tile intrinsics and aborts the process (a fatal
+    error, not an exception) when the first AMX kernel compiles. Unset, numba compiles for
+    the host's features (:func:`_host_has_amx`)."""
+    from numba.core import config
+
+    features = config.CPU_FEATURES
+    if features is None:
+        return True
+    return {"+amx-tile", "+amx-bf16"} <= set(features.replace(" ", "").split(","))
+
+
 def _request_state() -> bool:
     """Ask Linux for the AMX tile state (needed before any tile instruction)."""
     try:
@@ -75,8 +89,9 @@ def _request_state() -> bool:
 
 
 def available() -> bool:
-    """Whether the fused call may use AMX here: numba, x86-64 Linux, a CPU with AMX-BF16,
-    the tile state granted, and ``XYSERVE_AMX`` not "0". Asked once per process."""
+    """Whether the fused call may use AMX here: numba, compiling for AMX, x86-64 Linux, a CPU
+    with AMX-BF16, the tile state granted, and ``XYSERVE_AMX`` not "0". Asked once per
+    process."""
     global _state
     if _state is None:
         _state = (
@@ -85,6 +100,7 @@ def available() -> bool:
             and platform.system() == "Linux"
             and platform.machine() in ("x86_64", "AMD64")
             and _host_has_amx()
+            and _numba_compiles_amx()
             and _request_state()
         )
     return _state
