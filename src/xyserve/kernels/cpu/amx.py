@@ -1,17 +1,20 @@
 """Intel AMX tiles for the fused call's linear layers, in bfloat16 engines.
 
 Why: in a batched decode step (and a long verify) the fused call's linear layers run the
-panel tile's float32 FMAs near the cores' FMA peak: on the 76M model's shapes, 32 rows cost
-5-9x one row. AMX's ``tdpbf16ps`` multiplies a 16-row tile of bfloat16 pairs by a
-16 x 16-pair tile into 16 x 16 float32 accumulators, an order of magnitude more products a
-cycle (docs/perf.md, "AMX for the fused call's linear layers").
+panel tile's float32 FMAs near the cores' FMA peak, so their cost grows with the rows. AMX's
+``tdpbf16ps`` multiplies a 16-row tile of bfloat16 pairs by a 16 x 16-pair tile into 16 x 16
+float32 accumulators in one instruction (docs/perf.md, "AMX for the fused call's linear
+layers", has the measurements).
 
 AMX multiplies bfloat16 only, so the activations are rounded to bfloat16 (nearest even)
 before each linear layer, as a bfloat16 model's eager forward (and HF's) rounds them; the
-products are exact in float32 and accumulated in float32, in order of k. A bfloat16 engine's
-fused call therefore rounds its linear layers' inputs on either path (``fused_forward``:
-this one from ``AMX_MIN_ROWS`` rows, the FMA tile over the same panels below), so a request's
-numbers do not depend on how many rows its step has. (Splitting a float32 activation into
+products are exact in float32 and accumulated in float32 (``tdpbf16ps`` treats subnormal
+inputs as zero and flushes subnormal results). A bfloat16 engine's fused call therefore
+rounds its linear layers' inputs on either path (``fused_forward``: this one from
+``AMX_MIN_ROWS`` rows, the FMA tile over the same panels below), so both paths multiply the
+same bfloat16 values; their float32 sums still differ in the order they are added (as the
+FMA tile's k phases differ with the rows), so a request's logits can differ in their last
+bits with its step's size, not by a bfloat16 rounding. (Splitting a float32 activation into
 three bfloat16 values keeps a float32 model's numbers, but a row then takes three A rows and
 the tiles lost to the FMA panels at the row counts of a verify: docs/perf.md.)
 

@@ -283,8 +283,8 @@ def _linear(x, w, bias, out, accumulate, threads):  # pragma: no cover - compile
 
 
 # From how many rows a linear layer over AMX panels runs on AMX tiles; below, the FMA tile
-# reads the same panels (docs/perf.md, "AMX for the fused call's linear layers": 1-5 rows
-# ran 0.5-1.05x the FMA tile, 9 and more 1.1-3.9x).
+# reads the same panels (docs/perf.md, "AMX for the fused call's linear layers", has the row
+# counts measured).
 AMX_MIN_ROWS = 8
 
 
