@@ -36,6 +36,7 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -44,6 +45,8 @@ try:
     from numba import njit, prange, types
     from numba.core import cgutils
     from numba.extending import intrinsic
+
+    from xyserve.kernels.cpu import gemm
 except ImportError:  # pragma: no cover - exercised only where numba is absent
     njit = None
 
@@ -128,6 +131,24 @@ if njit is not None:
     _i8p = _i8.as_pointer()
     _void = ir.VoidType()
 
+    @contextmanager
+    def _counted_loop(builder, count, step: int, name: str):
+        """IR: ``for k in range(0, count, step)`` around the body written inside the ``with``
+        (``k`` is yielded, an i64; nothing runs where ``count`` <= 0)."""
+        entry = builder.block
+        loop = builder.append_basic_block(name)
+        done = builder.append_basic_block(name + "_done")
+        zero, inc = ir.Constant(_i64, 0), ir.Constant(_i64, step)
+        builder.cbranch(builder.icmp_signed(">", count, zero), loop, done)
+        builder.position_at_end(loop)
+        k = builder.phi(_i64)
+        k.add_incoming(zero, entry)
+        yield k
+        nxt = builder.add(k, inc)
+        k.add_incoming(nxt, builder.block)
+        builder.cbranch(builder.icmp_signed("<", nxt, count), loop, done)
+        builder.position_at_end(done)
+
     def _fn(builder, name: str, args: list):
         return cgutils.get_or_insert_function(builder.module, ir.FunctionType(_void, args), name)
 
@@ -197,27 +218,17 @@ if njit is not None:
             block = 2 * 2 * TILE_ELEMS  # bytes of one block of k (two B tiles)
             for i in range(4):
                 builder.call(zero, [t(i)])
-            entry = builder.block
-            loop = builder.append_basic_block("amx_k")
-            done = builder.append_basic_block("amx_done")
-            builder.cbranch(builder.icmp_signed(">", count, n(0)), loop, done)
-            builder.position_at_end(loop)
-            kb = builder.phi(_i64)
-            kb.add_incoming(n(0), entry)
-            b_at = builder.gep(w0, [builder.mul(kb, n(block))])
-            a_off = builder.mul(kb, n(2 * KBLOCK))
-            builder.call(load, [t(6), b_at, n(64)])
-            builder.call(load, [t(7), builder.gep(b_at, [n(2 * TILE_ELEMS)]), n(64)])
-            builder.call(load, [t(4), builder.gep(a0, [a_off]), lda_b])
-            builder.call(load, [t(5), builder.gep(a1, [a_off]), lda_b])
-            builder.call(dot, [t(0), t(4), t(6)])
-            builder.call(dot, [t(1), t(4), t(7)])
-            builder.call(dot, [t(2), t(5), t(6)])
-            builder.call(dot, [t(3), t(5), t(7)])
-            nxt = builder.add(kb, n(1))
-            kb.add_incoming(nxt, loop)
-            builder.cbranch(builder.icmp_signed("<", nxt, count), loop, done)
-            builder.position_at_end(done)
+            with _counted_loop(builder, count, 1, "amx_k") as kb:
+                b_at = builder.gep(w0, [builder.mul(kb, n(block))])
+                a_off = builder.mul(kb, n(2 * KBLOCK))
+                builder.call(load, [t(6), b_at, n(64)])
+                builder.call(load, [t(7), builder.gep(b_at, [n(2 * TILE_ELEMS)]), n(64)])
+                builder.call(load, [t(4), builder.gep(a0, [a_off]), lda_b])
+                builder.call(load, [t(5), builder.gep(a1, [a_off]), lda_b])
+                builder.call(dot, [t(0), t(4), t(6)])
+                builder.call(dot, [t(1), t(4), t(7)])
+                builder.call(dot, [t(2), t(5), t(6)])
+                builder.call(dot, [t(3), t(5), t(7)])
             for i in range(4):
                 builder.call(store, [t(i), builder.gep(c0, [n(4 * 16 * i)]), n(4 * 64)])
             return context.get_dummy_value()
@@ -253,32 +264,26 @@ if njit is not None:
             xd = context.make_array(signature.args[0])(context, builder, args[0]).data
             ad = context.make_array(signature.args[2])(context, builder, args[2]).data
             xp, ap, count = builder.gep(xd, [idx(1)]), builder.gep(ad, [idx(3)]), idx(4)
-            entry = builder.block
-            loop = builder.append_basic_block("round_k")
-            done = builder.append_basic_block("round_done")
-            builder.cbranch(builder.icmp_signed(">", count, n(0)), loop, done)
-            builder.position_at_end(loop)
-            k = builder.phi(_i64)
-            k.add_incoming(n(0), entry)
-            v = builder.load(builder.bitcast(builder.gep(xp, [k]), vf.as_pointer()), align=4)
-            bits = builder.bitcast(v, vi)
-            odd = builder.and_(builder.lshr(bits, splat(16)), splat(1))
-            rounded = builder.lshr(builder.add(builder.add(bits, splat(0x7FFF)), odd), splat(16))
-            nan = builder.icmp_unsigned(
-                ">", builder.and_(bits, splat(0x7FFFFFFF)), splat(0x7F800000)
-            )
-            quiet = builder.or_(builder.lshr(bits, splat(16)), splat(0x40))
-            h = builder.select(nan, quiet, rounded)
-            at = builder.gep(ap, [k])
-            if wide:
-                value = builder.bitcast(builder.shl(h, splat(16)), vf)
-                builder.store(value, builder.bitcast(at, vf.as_pointer()), align=4)
-            else:
-                builder.store(builder.trunc(h, vh), builder.bitcast(at, vh.as_pointer()), align=2)
-            nxt = builder.add(k, n(16))
-            k.add_incoming(nxt, loop)
-            builder.cbranch(builder.icmp_signed("<", nxt, count), loop, done)
-            builder.position_at_end(done)
+            with _counted_loop(builder, count, 16, "round_k") as k:
+                v = builder.load(builder.bitcast(builder.gep(xp, [k]), vf.as_pointer()), align=4)
+                bits = builder.bitcast(v, vi)
+                odd = builder.and_(builder.lshr(bits, splat(16)), splat(1))
+                rounded = builder.lshr(
+                    builder.add(builder.add(bits, splat(0x7FFF)), odd), splat(16)
+                )
+                nan = builder.icmp_unsigned(
+                    ">", builder.and_(bits, splat(0x7FFFFFFF)), splat(0x7F800000)
+                )
+                quiet = builder.or_(builder.lshr(bits, splat(16)), splat(0x40))
+                h = builder.select(nan, quiet, rounded)
+                at = builder.gep(ap, [k])
+                if wide:
+                    value = builder.bitcast(builder.shl(h, splat(16)), vf)
+                    builder.store(value, builder.bitcast(at, vf.as_pointer()), align=4)
+                else:
+                    builder.store(
+                        builder.trunc(h, vh), builder.bitcast(at, vh.as_pointer()), align=2
+                    )
             return context.get_dummy_value()
 
         return sig, codegen
@@ -307,7 +312,6 @@ if njit is not None:
         for r in range(rows):
             round_row(x, r * kp, a, r * kp, kp)
         a[rows:] = 0
-        has_bias = bias.shape[0] > 0
         chunks = max(1, min(threads, jobs))
         for t in prange(chunks):
             cfg = np.empty(64, np.uint8)
@@ -319,15 +323,9 @@ if njit is not None:
                     a_at, c_at = p * 2 * ROWS * kp, p * ROWS * 64
                     panel_tile(a, a_at, kp, w, job * kp * COLS, kp // KBLOCK, c, c_at)
                 n0 = job * COLS
+                cols = min(COLS, out.shape[1] - n0)
                 for r in range(rows):
                     g = r // ROWS
                     at = (g // 2) * ROWS * 64 + (r % ROWS) * 64 + (g % 2) * COLS
-                    for j in range(min(COLS, out.shape[1] - n0)):
-                        v = c[at + j]
-                        if has_bias:
-                            v += bias[n0 + j]
-                        if accumulate:
-                            out[r, n0 + j] += v
-                        else:
-                            out[r, n0 + j] = v
+                    gemm.store_sums(out, r, n0, cols, c, at, bias, accumulate)
             tile_release()

@@ -350,7 +350,6 @@ def _panel_job(x, w, bias, out, accumulate, c, scratch):  # pragma: no cover - c
     p = w.shape[2]
     vw = p // 2
     most = _panel_rows_c(vw)
-    has_bias = bias.shape[0] > 0
     n0 = c * p
     cols = min(p, out.shape[1] - n0)
     passes = (rows + most - 1) // most
@@ -376,14 +375,7 @@ def _panel_job(x, w, bias, out, accumulate, c, scratch):  # pragma: no cover - c
             _panel_tile_pf(vw, t, x, r * kdim + k0, kdim, w, at, count, scratch[r * p :], pf, step)
             r += t
     for a in range(rows):
-        for j in range(cols):
-            v = scratch[a * p + j]
-            if has_bias:
-                v += bias[n0 + j]
-            if accumulate:
-                out[a, n0 + j] += v
-            else:
-                out[a, n0 + j] = v
+        gemm.store_sums(out, a, n0, cols, scratch, a * p, bias, accumulate)
 
 
 def _head_norm(v, weight, eps):  # pragma: no cover - compiled

@@ -323,7 +323,23 @@ def make_prefetch(lines: int):
     return prefetch
 
 
+def store_sums(out, r, n0, cols, sums, at, bias, accumulate):  # pragma: no cover - compiled
+    """A tile's sums written back: ``out[r, n0:n0 + cols]`` = ``sums[at:at + cols]`` (plus
+    ``bias[n0:n0 + cols]`` where ``bias`` is not empty), or ``+=`` with ``accumulate`` (a
+    residual add). Shared by the fused call's panel jobs and its AMX linear."""
+    has_bias = bias.shape[0] > 0
+    for j in range(cols):
+        v = sums[at + j]
+        if has_bias:
+            v += bias[n0 + j]
+        if accumulate:
+            out[r, n0 + j] += v
+        else:
+            out[r, n0 + j] = v
+
+
 if numba is not None:
+    store_sums = njit(inline="always")(store_sums)
     # (vector width, vectors): the tiles of every width, all compiled into the one kernel
     _t16x2, _t16x1 = make_tile(MR, 16, 2), make_tile(MR, 16, 1)
     _t8x2, _t8x1 = make_tile(MR, 8, 2), make_tile(MR, 8, 1)
