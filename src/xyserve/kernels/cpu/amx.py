@@ -183,14 +183,23 @@ if njit is not None:
 
         return types.void(), codegen
 
-    @intrinsic
-    def panel_tile(typingctx, a, a_off, lda, w, w_off, kblocks, c, c_off):
+    def _make_panel_tile(two: bool):
+        """:func:`panel_tile` (``two``) or :func:`panel_tile_one`."""
+
+        @intrinsic
+        def tile(typingctx, a, a_off, lda, w, w_off, kblocks, c, c_off):
+            return _panel_tile_typer(two, a, a_off, lda, w, w_off, kblocks, c, c_off)
+
+        return tile
+
+    def _panel_tile_typer(two, a, a_off, lda, w, w_off, kblocks, c, c_off):
         """A panel (``kblocks`` blocks of 32 k at ``w[w_off:]``, two B tiles a block) times
         two A tiles at ``a[a_off:]`` (32 rows of bfloat16, rows ``lda`` elements apart), into
         ``c[c_off:]``: 16 rows of 64 float32 (rows 256 bytes apart), columns 0-31 the first
         A tile's sums, 32-63 the second's. Four accumulator tiles (0-3) run independent
         chains, which hides ``tdpbf16ps``'s latency; tiles 4-5 hold A, 6-7 B
-        (:func:`config`)."""
+        (:func:`config`). Without ``two``: one A tile, its sums over the even blocks of k in
+        columns 0-31 and over the odd ones in 32-63 (to be added)."""
         if not all(isinstance(x, types.Array) for x in (a, w, c)):
             return None
         if a.dtype != types.uint16 or w.dtype != types.uint16 or c.dtype != types.float32:
@@ -218,22 +227,41 @@ if njit is not None:
             block = 2 * 2 * TILE_ELEMS  # bytes of one block of k (two B tiles)
             for i in range(4):
                 builder.call(zero, [t(i)])
-            with _counted_loop(builder, count, 1, "amx_k") as kb:
+            def block_at(kb, first, a_tile, a_base):
+                """Block ``kb`` of k into C tiles ``first``, ``first`` + 1 through A tile
+                ``a_tile`` (read from ``a_base``; None: already loaded)."""
                 b_at = builder.gep(w0, [builder.mul(kb, n(block))])
-                a_off = builder.mul(kb, n(2 * KBLOCK))
                 builder.call(load, [t(6), b_at, n(64)])
                 builder.call(load, [t(7), builder.gep(b_at, [n(2 * TILE_ELEMS)]), n(64)])
-                builder.call(load, [t(4), builder.gep(a0, [a_off]), lda_b])
-                builder.call(load, [t(5), builder.gep(a1, [a_off]), lda_b])
-                builder.call(dot, [t(0), t(4), t(6)])
-                builder.call(dot, [t(1), t(4), t(7)])
-                builder.call(dot, [t(2), t(5), t(6)])
-                builder.call(dot, [t(3), t(5), t(7)])
+                if a_base is not None:
+                    a_at = builder.gep(a_base, [builder.mul(kb, n(2 * KBLOCK))])
+                    builder.call(load, [t(a_tile), a_at, lda_b])
+                builder.call(dot, [t(first), t(a_tile), t(6)])
+                builder.call(dot, [t(first + 1), t(a_tile), t(7)])
+
+            if two:
+                with _counted_loop(builder, count, 1, "amx_k") as kb:
+                    block_at(kb, 0, 4, a0)
+                    a_at = builder.gep(a1, [builder.mul(kb, n(2 * KBLOCK))])
+                    builder.call(load, [t(5), a_at, lda_b])
+                    builder.call(dot, [t(2), t(5), t(6)])
+                    builder.call(dot, [t(3), t(5), t(7)])
+            else:
+                even = builder.mul(builder.sdiv(count, n(2)), n(2))
+                with _counted_loop(builder, even, 2, "amx_k2") as kb:
+                    block_at(kb, 0, 4, a0)
+                    block_at(builder.add(kb, n(1)), 2, 5, a0)
+                last = builder.sub(count, n(1))
+                with builder.if_then(builder.icmp_signed("<", even, count)):
+                    block_at(last, 0, 4, a0)
             for i in range(4):
                 builder.call(store, [t(i), builder.gep(c0, [n(4 * 16 * i)]), n(4 * 64)])
             return context.get_dummy_value()
 
         return sig, codegen
+
+    panel_tile = _make_panel_tile(True)
+    panel_tile_one = _make_panel_tile(False)
 
     @intrinsic
     def round_row(typingctx, x, x_off, a, a_off, count):
@@ -304,11 +332,12 @@ if njit is not None:
         32); ``w``: [ceil(N / 32), K, 32] AMX panels (:func:`panels`). As
         ``fused_forward._linear``: each thread takes a contiguous run of panels and streams
         its share of the weights once, whatever the number of rows; the rows go in A tiles of
-        16, two at a time over a panel (a lone last one with a tile of zeros). Compiled by
-        ``fused_forward`` (serial and parallel)."""
+        16, two at a time over a panel (a lone last one alone, its even and odd blocks of k
+        in separate accumulators). Compiled by ``fused_forward`` (serial and parallel)."""
         rows, kp, jobs = out.shape[0], w.shape[1], w.shape[0]
-        pairs = (rows + 2 * ROWS - 1) // (2 * ROWS)
-        a = np.empty((pairs * 2 * ROWS, kp), np.uint16)
+        groups = (rows + ROWS - 1) // ROWS
+        pairs, lone = groups // 2, groups % 2
+        a = np.empty((groups * ROWS, kp), np.uint16)
         for r in range(rows):
             round_row(x, r * kp, a, r * kp, kp)
         a[rows:] = 0
@@ -317,11 +346,17 @@ if njit is not None:
             cfg = np.empty(64, np.uint8)
             config(cfg)
             tile_config(cfg)
-            c = np.empty(pairs * ROWS * 64, np.float32)
+            c = np.empty((pairs + lone) * ROWS * 64, np.float32)
             for job in range(jobs * t // chunks, jobs * (t + 1) // chunks):
                 for p in range(pairs):
                     a_at, c_at = p * 2 * ROWS * kp, p * ROWS * 64
                     panel_tile(a, a_at, kp, w, job * kp * COLS, kp // KBLOCK, c, c_at)
+                if lone:  # its two chains' sums added, into the first 32 columns
+                    a_at, c_at = pairs * 2 * ROWS * kp, pairs * ROWS * 64
+                    panel_tile_one(a, a_at, kp, w, job * kp * COLS, kp // KBLOCK, c, c_at)
+                    for i in range(ROWS):
+                        for j in range(COLS):
+                            c[c_at + i * 64 + j] += c[c_at + i * 64 + COLS + j]
                 n0 = job * COLS
                 cols = min(COLS, out.shape[1] - n0)
                 for r in range(rows):

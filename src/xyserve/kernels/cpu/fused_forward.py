@@ -285,7 +285,7 @@ def _linear(x, w, bias, out, accumulate, threads):  # pragma: no cover - compile
 # From how many rows a linear layer over AMX panels runs on AMX tiles; below, the FMA tile
 # reads the same panels (docs/perf.md, "AMX for the fused call's linear layers", has the row
 # counts measured).
-AMX_MIN_ROWS = 8
+AMX_MIN_ROWS = 6
 
 
 def _linear_amx(x, w, bias, out, accumulate, threads):  # pragma: no cover - compiled
