@@ -227,6 +227,7 @@ if njit is not None:
             block = 2 * 2 * TILE_ELEMS  # bytes of one block of k (two B tiles)
             for i in range(4):
                 builder.call(zero, [t(i)])
+
             def block_at(kb, first, a_tile, a_base):
                 """Block ``kb`` of k into C tiles ``first``, ``first`` + 1 through A tile
                 ``a_tile`` (read from ``a_base``; None: already loaded)."""
