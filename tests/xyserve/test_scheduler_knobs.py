@@ -282,6 +282,26 @@ def test_median_step_cost_reuses_medians_only_while_they_hold():
             assert got is None or got == pytest.approx(want, rel=1e-12, abs=1e-15)
 
 
+def test_median_step_cost_counts_a_size_once_it_has_enough_steps():
+    """With ``min_size_steps`` 3, a size seen once (a slow step: another process held the
+    core) is no point of the line until it has three steps, so it cannot tilt the line."""
+    from xyserve.engine.step_cost import MedianStepCost
+
+    tilted, robust = MedianStepCost(min_steps=1), MedianStepCost(min_steps=1, min_size_steps=3)
+    for model in (tilted, robust):
+        for _ in range(10):
+            model.observe(1, 0.0021)
+            model.observe(5, 0.0025)
+        model.observe(9, 0.02)  # once, stalled
+    a, b = robust.line()
+    assert a == pytest.approx(0.002) and b == pytest.approx(0.0001)
+    a_t, b_t = tilted.line()
+    assert a_t < 0.0015 and b_t > 0.001  # the stall made every token look ten times dearer
+    for t in (0.0029, 0.0029):
+        robust.observe(9, t)
+    assert robust.line() == pytest.approx((0.002, 0.0001))  # three steps: the median, 2.9 ms
+
+
 def test_median_step_cost_refits_every_so_many_steps():
     """With ``refit_every`` 4 the line is the exact one as of the last refit: refitted four
     observations after the one before, and at every observation while it has none."""

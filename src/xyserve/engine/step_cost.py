@@ -100,14 +100,19 @@ class MedianStepCost(_LineCost):
     # the next, and refitting costs a speculation controller that asks every step about 13 us
     # (2% of a batch-1 step on xy-tiny: docs/perf.md, "The controller's cost when it declines").
     refit_every: int = 1
+    # A size is a point of the line once it has this many steps within the horizon: a size
+    # seen once or twice is its own median, and one slow step of it can tilt the line (a
+    # speculation controller then reads every proposal as too dear, and stops making the
+    # sizes that would correct it).
+    min_size_steps: int = 1
     times: dict[int, deque] = field(default_factory=dict)
     n: int = 0
     # the line as of observation ``n`` (a controller asks several times between two steps),
     # kept for ``refit_every`` observations (refitted at each new one while there is none)
     _cached: tuple[int, tuple[float, float] | None] | None = field(default=None, repr=False)
-    # each size's median and the oldest step it used; a size's median is taken again only
-    # when it got a new step or that oldest step left the horizon
-    _medians: dict[int, tuple[int, float]] = field(default_factory=dict, repr=False)
+    # each size's oldest step used, median and number of steps used; a size's median is taken
+    # again only when it got a new step or that oldest step left the horizon
+    _medians: dict[int, tuple[int, float, int]] = field(default_factory=dict, repr=False)
 
     def observe(self, tokens: int, seconds: float) -> None:
         q = self.times.get(tokens)
@@ -135,14 +140,16 @@ class MedianStepCost(_LineCost):
         pts = []
         for x, q in list(self.times.items()):
             known = self._medians.get(x)
-            if known is not None and known[0] >= since:  # every step it used is still inside
-                pts.append((x, known[1]))
-                continue
-            recent = [(i, t) for i, t in q if i >= since]
-            if recent:
-                med = statistics.median(t for _, t in recent)
-                self._medians[x] = (recent[0][0], med)
-                pts.append((x, med))
+            if known is None or known[0] < since:  # a new step, or one left the horizon
+                recent = [(i, t) for i, t in q if i >= since]
+                if recent:
+                    med = statistics.median(t for _, t in recent)
+                    known = self._medians[x] = (recent[0][0], med, len(recent))
+                else:
+                    known = None
+            if known is not None:
+                if known[2] >= self.min_size_steps:
+                    pts.append((x, known[1]))
             else:
                 self._medians.pop(x, None)
                 if q[-1][0] < since:

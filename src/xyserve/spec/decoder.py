@@ -44,6 +44,7 @@ CONTINUE_PRIOR = 0.75
 CONTINUE_PRIOR_WEIGHT = 4.0
 MIN_FIT_STEPS = 16
 REFIT_EVERY = 8  # steps between refits of the cost line (``MedianStepCost.refit_every``)
+MIN_SIZE_STEPS = 3  # steps of a size before it is a point of the line (``min_size_steps``)
 
 
 def fixed_tokens(cost: MedianStepCost) -> float:
@@ -68,7 +69,9 @@ class SpecDecoder:
         self.budget = budget
         self.stats = SpecStats(self.k)
         # Each step size's median recent time: rare stalls from other load do not count.
-        self.cost = MedianStepCost(min_steps=MIN_FIT_STEPS, refit_every=REFIT_EVERY)
+        self.cost = MedianStepCost(
+            min_steps=MIN_FIT_STEPS, refit_every=REFIT_EVERY, min_size_steps=MIN_SIZE_STEPS
+        )
         self.acceptance: dict[str, float] = {}
         self.num_levels = 0  # proposer passes so far (the deepest proposal of each call)
         # Time inside the proposer's calls only: the cost of its passes. (The decoder's own
