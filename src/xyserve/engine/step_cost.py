@@ -97,8 +97,8 @@ class MedianStepCost(_LineCost):
     min_steps: int = 4  # no prediction before this many observations
     # The line is refitted once this many observations have come since the last fit (1: after
     # every one). A size's median over its last ``window`` steps moves little from one step to
-    # the next, and refitting costs a speculation controller that asks every step about 13 us
-    # (2% of a batch-1 step on xy-tiny: docs/perf.md, "The controller's cost when it declines").
+    # the next, and a speculation controller asks every step, where refitting is a visible
+    # share of its work (docs/perf.md, "The controller's cost when it declines").
     refit_every: int = 1
     # A size is a point of the line once it has this many steps within the horizon: a size
     # seen once or twice is its own median, and one slow step of it can tilt the line (a
@@ -142,18 +142,14 @@ class MedianStepCost(_LineCost):
             known = self._medians.get(x)
             if known is None or known[0] < since:  # a new step, or one left the horizon
                 recent = [(i, t) for i, t in q if i >= since]
-                if recent:
-                    med = statistics.median(t for _, t in recent)
-                    known = self._medians[x] = (recent[0][0], med, len(recent))
-                else:
-                    known = None
-            if known is not None:
-                if known[2] >= self.min_size_steps:
-                    pts.append((x, known[1]))
-            else:
-                self._medians.pop(x, None)
-                if q[-1][0] < since:
+                if not recent:  # every step of this size left the horizon: it drops out
+                    self._medians.pop(x, None)
                     del self.times[x]
+                    continue
+                med = statistics.median(t for _, t in recent)
+                known = self._medians[x] = (recent[0][0], med, len(recent))
+            if known[2] >= self.min_size_steps:
+                pts.append((x, known[1]))
         return least_squares(
             len(pts),
             sum(x for x, _ in pts),

@@ -14,9 +14,8 @@ rounds its linear layers' inputs on either path (``fused_forward``: this one fro
 ``AMX_MIN_ROWS`` rows, the FMA tile over the same panels below), so both paths multiply the
 same bfloat16 values; their float32 sums still differ in the order they are added (as the
 FMA tile's k phases differ with the rows), so a request's logits can differ in their last
-bits with its step's size, not by a bfloat16 rounding. (Splitting a float32 activation into
-three bfloat16 values keeps a float32 model's numbers, but a row then takes three A rows and
-the tiles lost to the FMA panels at the row counts of a verify: docs/perf.md.)
+bits with its step's size, not by a bfloat16 rounding. A float32 engine keeps the FMA panels
+(docs/perf.md says why AMX does not serve its numbers).
 
 Layout of a panel (:func:`panels`): [count, K', 32] uint16 as the paired panels at vector
 width 16, K' = K rounded up to 32 (zero weights past K), and within each block of 32 k the
@@ -46,7 +45,7 @@ try:
     from numba.core import cgutils
     from numba.extending import intrinsic
 
-    from xyserve.kernels.cpu import gemm
+    from xyserve.kernels.cpu import bf16, gemm
 except ImportError:  # pragma: no cover - exercised only where numba is absent
     njit = None
 
@@ -295,16 +294,7 @@ if njit is not None:
             xp, ap, count = builder.gep(xd, [idx(1)]), builder.gep(ad, [idx(3)]), idx(4)
             with _counted_loop(builder, count, 16, "round_k") as k:
                 v = builder.load(builder.bitcast(builder.gep(xp, [k]), vf.as_pointer()), align=4)
-                bits = builder.bitcast(v, vi)
-                odd = builder.and_(builder.lshr(bits, splat(16)), splat(1))
-                rounded = builder.lshr(
-                    builder.add(builder.add(bits, splat(0x7FFF)), odd), splat(16)
-                )
-                nan = builder.icmp_unsigned(
-                    ">", builder.and_(bits, splat(0x7FFFFFFF)), splat(0x7F800000)
-                )
-                quiet = builder.or_(builder.lshr(bits, splat(16)), splat(0x40))
-                h = builder.select(nan, quiet, rounded)
+                h = bf16.round_bits(builder, builder.bitcast(v, vi), splat)
                 at = builder.gep(ap, [k])
                 if wide:
                     value = builder.bitcast(builder.shl(h, splat(16)), vf)

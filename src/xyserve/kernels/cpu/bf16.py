@@ -39,6 +39,17 @@ def store(dst, src, n):
         dst[:n] = src[:n]
 
 
+def round_bits(builder, bits, const):
+    """IR: float32 bit patterns ``bits`` (i32, or a vector of i32) rounded to bfloat16 bits
+    (nearest even; NaN -> a quiet NaN), still in an i32 each. ``const(v)``: ``v`` as a
+    constant of ``bits``' type (a splat for a vector)."""
+    odd = builder.and_(builder.lshr(bits, const(16)), const(1))
+    rounded = builder.lshr(builder.add(builder.add(bits, const(0x7FFF)), odd), const(16))
+    nan = builder.icmp_unsigned(">", builder.and_(bits, const(0x7FFFFFFF)), const(0x7F800000))
+    quiet = builder.or_(builder.lshr(bits, const(16)), const(0x40))
+    return builder.select(nan, quiet, rounded)
+
+
 if intrinsic is not None:
 
     @intrinsic
@@ -66,12 +77,7 @@ if intrinsic is not None:
             def c(v):
                 return ir.Constant(i32, v)
 
-            bits = builder.bitcast(args[0], i32)
-            odd = builder.and_(builder.lshr(bits, c(16)), c(1))
-            rounded = builder.lshr(builder.add(builder.add(bits, c(0x7FFF)), odd), c(16))
-            nan = builder.icmp_unsigned(">", builder.and_(bits, c(0x7FFFFFFF)), c(0x7F800000))
-            quiet = builder.or_(builder.lshr(bits, c(16)), c(0x40))
-            return builder.trunc(builder.select(nan, quiet, rounded), i16)
+            return builder.trunc(round_bits(builder, builder.bitcast(args[0], i32), c), i16)
 
         return types.uint16(f), codegen
 

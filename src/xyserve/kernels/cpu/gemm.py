@@ -186,6 +186,14 @@ def make_tile(
                 accs.append(a)
             undef = ir.Constant(vec, ir.Undefined)
             splat = ir.Constant(ir.VectorType(i32, width), [0] * width)
+
+            def broadcast(i, at):
+                """Token row ``i``'s value at k = ``at`` in every lane."""
+                s = builder.load(builder.gep(w_rows[i], [at]), align=4)
+                return builder.shuffle_vector(
+                    builder.insert_element(undef, s, ir.Constant(i32, 0)), undef, splat
+                )
+
             new = []
             step = 2 if kpair else 1  # k per phase
             for phase in range(split):
@@ -222,10 +230,7 @@ def make_tile(
                         sums = [accs[base + i * vectors + j] for j in range(vectors)]
                         for d, tokens in enumerate(pairs):
                             at = kk if d == 0 else builder.add(kk, const(1))
-                            s = builder.load(builder.gep(w_rows[i], [at]), align=4)
-                            b = builder.shuffle_vector(
-                                builder.insert_element(undef, s, ir.Constant(i32, 0)), undef, splat
-                            )
+                            b = broadcast(i, at)
                             sums = [
                                 builder.call(fma, [b, tokens[j], sums[j]]) for j in range(vectors)
                             ]
@@ -247,10 +252,7 @@ def make_tile(
                     ]
                 base = phase * rows * vectors
                 for i in range(rows):
-                    s = builder.load(builder.gep(w_rows[i], [kk]), align=4)
-                    b = builder.shuffle_vector(
-                        builder.insert_element(undef, s, ir.Constant(i32, 0)), undef, splat
-                    )
+                    b = broadcast(i, kk)
                     new += [
                         builder.call(fma, [b, tokens[j], accs[base + i * vectors + j]])
                         for j in range(vectors)
