@@ -105,3 +105,25 @@ def test_issue_workloads_load():
     assert set(w.output_lens) == {64} and all(64 <= len(p) <= 128 for p in w.prompts)
     one = load_workload("offline_single_128.json", vocab_size=600)
     assert one.output_lens == [128]
+
+
+def test_report_shows_each_systems_range_over_rounds(tmp_path, capsys):
+    """With several rounds the table shows each system's slowest-fastest output tok/s and the
+    header the peaks' range; the best round and the best peak are the reported figures."""
+    from xyserve.bench.offline_report import report
+    from xyserve.bench.offline_workload import Workload, packaged
+
+    cfg = json.loads(packaged("models", "llama-76m-v600.json").read_text())
+    work = Workload("w", [[5] * 10, [6] * 20], [40, 60])  # 100 output tokens
+    rounds = {"xyserve-hybrid": [2.0, 1.0], "hf-static-b16": [4.0, 5.0]}
+    out = tmp_path / "r.json"
+    report(cfg, work, 300.0, {"xyserve-hybrid": 1.0, "hf-static-b16": 4.0}, rounds, str(out),
+           peaks=[250.0, 300.0])  # fmt: skip
+    text = capsys.readouterr().out
+    assert "matmul peak 300.0 GFLOP/s (measured now; 2 rounds: 250.0-300.0)" in text
+    line = next(t for t in text.splitlines() if t.startswith("xyserve-hybrid"))
+    assert line.split()[2] == "100.0" and line.endswith("50.0-100.0")  # best 100 tok/s
+    line = next(t for t in text.splitlines() if t.startswith("hf-static-b16"))
+    assert line.endswith("20.0-25.0")
+    res = json.loads(out.read_text())
+    assert res["matmul_peaks_gflops"] == [250.0, 300.0] and res["matmul_peak_gflops"] == 300.0

@@ -32,12 +32,15 @@ def report(
     round_seconds: dict[str, list[float]],
     json_path: str | None,
     dtype: str = "float32",
+    peaks: list[float] | None = None,
 ) -> None:
     """Print each system's best time as rates and ratios; write them to ``json_path`` if set.
 
     "Model GFLOP/s" divides the workload's model FLOPs by wall time, so every system shares
     the numerator; the roof is the output tok/s that the linear-layer FLOPs alone allow at
-    ``peak``.
+    ``peak`` (the best of ``peaks``, one measurement a round). With several rounds, the
+    table also shows each system's range of output tok/s over them, and the header the
+    peaks' range: on a shared machine they tell how far one round is from the next.
     """
     flops = model_flops(cfg, work)
     n_req, n_out = len(work.prompts), work.num_output_tokens
@@ -47,14 +50,14 @@ def report(
     rows = {}
     print(
         f"\nmachine: {machine.describe()}; {torch.get_num_threads()} torch threads; "
-        f"{dtype} matmul peak {peak:.1f} GFLOP/s (measured now)\n"
+        f"{dtype} matmul peak {peak:.1f} GFLOP/s (measured now{_spread(peaks or [peak])})\n"
         f"workload {work.name}: {n_req} requests, {sum(map(len, work.prompts))} prompt tokens, "
         f"{n_out} output tokens; {dtype} roof {roof:.1f} output tok/s (linear-layer FLOPs at "
         f"the peak)"
     )
     print(
         f"{'system':<20}{'req/s':>8}{'out tok/s':>11}{'GFLOP/s':>9}{'% peak':>8}{'% roof':>8}"
-        f"{'vs HF':>8}"
+        f"{'vs HF':>8}{'rounds tok/s':>15}"
     )
     for name, t in times.items():
         gf = flops / t / 1e9
@@ -73,6 +76,7 @@ def report(
         print(
             f"{name:<20}{row['requests_per_s']:>8.2f}{row['output_tokens_per_s']:>11.1f}"
             f"{gf:>9.1f}{100 * gf / peak:>7.1f}%{100 * row['fraction_of_roof']:>7.1f}%{vs:>8}"
+            f"{_rate_range(n_out, round_seconds.get(name, [])):>15}"
         )
     if llama := next((k for k in times if k.startswith("llama.cpp")), None):
         print(f"xyserve-hybrid vs llama.cpp: {times[llama] / times['xyserve-hybrid']:.2f}x")
@@ -84,6 +88,7 @@ def report(
             "model_config": cfg,
             "dtype": dtype,
             "matmul_peak_gflops": peak,
+            "matmul_peaks_gflops": peaks or [peak],  # one a round, in round order
             "roof_output_tokens_per_s": roof,
             "machine": machine.to_json(),
             "systems": rows,
@@ -91,3 +96,17 @@ def report(
             "torch_threads": torch.get_num_threads(),
         }
         Path(json_path).write_text(json.dumps(result, indent=1))
+
+
+def _spread(values: list[float]) -> str:
+    """ "; N rounds: lo-hi" for several values, nothing for one."""
+    if len(values) < 2:
+        return ""
+    return f"; {len(values)} rounds: {min(values):.1f}-{max(values):.1f}"
+
+
+def _rate_range(n: int, seconds: list[float]) -> str:
+    """The range of ``n / s`` over rounds ("lo-hi"), "-" for fewer than two rounds."""
+    if len(seconds) < 2:
+        return "-"
+    return f"{n / max(seconds):.1f}-{n / min(seconds):.1f}"
