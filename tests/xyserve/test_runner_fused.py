@@ -108,6 +108,28 @@ def test_several_requests_in_one_fused_step(model_path):
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("heads", [(3, 3), (6, 2), (7, 1), (14, 2)])
+def test_query_head_groups_of_every_size(tmp_path, heads):
+    """Grouped-query attention in the fused call with groups of 1, 3 and 7 query heads per
+    K/V head (one and two K/V heads), a head size of 16, against the eager forward over a
+    decode batch of three requests (several rows of one request are a verify stage's case:
+    ``test_verify_steps_equal_the_eager_forward``)."""
+    num_heads, num_kv = heads
+    path = build_model(
+        tmp_path / "m", with_tokenizer=False, hidden_size=16 * num_heads, head_dim=16,
+        num_attention_heads=num_heads, num_key_value_heads=num_kv,
+    )  # fmt: skip
+    fused = _runner(path, "on")
+    fused.fused.max_rows = 3
+    eager = _runner(path, "off")
+    prompts = [[1, 2, 3, 4, 5, 6, 7], [9], [7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7]]
+    decode = _decode_tokens(fused.model.cfg.vocab_size, 6, 3)
+    got, _ = _steps(fused, prompts, decode)
+    want, _ = _steps(eager, prompts, decode)
+    for g, w in zip(got, want):  # logits up to ~10 here: float32 summation order apart
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=3e-5)
+
+
 @pytest.mark.parametrize("batch", [3, 10])
 def test_bfloat16_steps_follow_the_eager_bfloat16_forward(model_path, batch):
     """A bfloat16 model's fused steps: float32 arithmetic on its bfloat16 weights, its K/V
