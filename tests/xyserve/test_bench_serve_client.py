@@ -11,7 +11,7 @@ import pytest
 
 from xyserve.bench.serve_client import RequestResult, measure, send
 from xyserve.bench.serve_load import run_load
-from xyserve.bench.serve_report import Slo, aggregate, percentile
+from xyserve.bench.serve_report import Slo, aggregate, max_rate_under_slo, percentile
 from xyserve.bench.serve_workload import BenchRequest
 
 
@@ -154,6 +154,27 @@ def test_goodput_and_percentiles_are_exact():
     assert rep.tbt["p99"] == pytest.approx(percentile(tbts, 99))
     # with the mean TBT statistic, the third request (one gap of .4) still misses
     assert aggregate("s", "l", 1.0, results, Slo(0.5, 0.2, "mean")).goodput == 0.5
+
+
+def test_a_repeated_rate_is_judged_on_its_runs_pooled():
+    """Runs of one system at one rate (``--sweep 1,1,2,2``) pool their requests: rate 2 with
+    one run at 10/10 and one at 6/10 meets 0.8 pooled (16/20), rate 3 with 10/10 and 5/10
+    does not (15/20) though one run alone would, and a failed request in any run fails the
+    rate; a system's lone runs are judged as before."""
+    slo = Slo(ttft_s=0.5, tbt_s=1.0, tbt_stat="max")
+    good, late = result(0.0, [(0.1, 1)], 0.1), result(0.0, [(0.9, 1)], 0.9)
+
+    def run(label, rate, n_good, n=10, failed=0):
+        results = [good] * n_good + [late] * (n - n_good - failed)
+        results += [result(0.0, [], 0.1, error="HTTP 500: x")] * failed
+        return aggregate(label, f"rate={rate}", rate, results, slo)
+
+    reports = [
+        run("a", 1.0, 10), run("a", 2.0, 10), run("a", 2.0, 6), run("a", 3.0, 10),
+        run("a", 3.0, 5), run("b", 1.0, 9), run("b", 1.0, 9, failed=1), run("b", 0.5, 8),
+    ]  # fmt: skip
+    assert max_rate_under_slo(reports, 0.8) == {"a": 2.0, "b": 0.5}
+    assert max_rate_under_slo([run("c", 4.0, 8)], 0.8) == {"c": 4.0}  # exactly the target
 
 
 def test_percentile_matches_linear_interpolation():

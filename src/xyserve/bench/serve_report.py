@@ -179,13 +179,25 @@ def markdown(reports: list[RunReport]) -> str:
 
 
 def max_rate_under_slo(reports: list[RunReport], target: float) -> dict[str, float]:
-    """Per system: the highest offered rate meeting the SLO (0 when none does)."""
+    """Per system: the highest offered rate meeting the SLO (0 when none does). A rate run
+    more than once (given several times in ``--sweep``: repeats, for a noisy machine) is one
+    sample: its runs' requests pooled into one attainment, and a failed request in any of
+    them fails the rate; one lucky run does not carry it."""
     best: dict[str, float] = {}
+    pooled: dict[tuple[str, float], list[int]] = {}  # requests meeting the SLO, counted, failed
     for r in reports:
         best.setdefault(r.label, 0.0)
-        ok = r.num_failed == 0 and r.slo_attainment >= target and r.offered_rate is not None
-        if ok and math.isfinite(r.offered_rate):
-            best[r.label] = max(best[r.label], r.offered_rate)
+        if r.offered_rate is None or not math.isfinite(r.offered_rate):
+            continue
+        p = pooled.setdefault((r.label, r.offered_rate), [0, 0, 0])
+        counted = r.num_requests - r.num_disconnected
+        if counted > 0 and not math.isnan(r.slo_attainment):
+            p[0] += round(r.slo_attainment * counted)
+            p[1] += counted
+        p[2] += r.num_failed
+    for (label, rate), (good, counted, failed) in pooled.items():
+        if failed == 0 and counted > 0 and good >= target * counted:
+            best[label] = max(best[label], rate)
     return best
 
 
