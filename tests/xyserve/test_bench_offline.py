@@ -117,8 +117,8 @@ def test_report_shows_each_systems_range_over_rounds(tmp_path, capsys):
     work = Workload("w", [[5] * 10, [6] * 20], [40, 60])  # 100 output tokens
     rounds = {"xyserve-hybrid": [2.0, 1.0], "hf-static-b16": [4.0, 5.0]}
     out = tmp_path / "r.json"
-    report(cfg, work, 300.0, {"xyserve-hybrid": 1.0, "hf-static-b16": 4.0}, rounds, str(out),
-           peaks=[250.0, 300.0])  # fmt: skip
+    report(cfg, work, [250.0, 300.0], {"xyserve-hybrid": 1.0, "hf-static-b16": 4.0}, rounds,
+           str(out))  # fmt: skip
     text = capsys.readouterr().out
     assert "matmul peak 300.0 GFLOP/s (measured now; 2 rounds: 250.0-300.0)" in text
     line = next(t for t in text.splitlines() if t.startswith("xyserve-hybrid"))

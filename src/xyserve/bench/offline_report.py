@@ -27,21 +27,21 @@ def matmul_peak_gflops(n: int = 1024, reps: int = 8, dtype: torch.dtype = torch.
 def report(
     cfg: dict,
     work: Workload,
-    peak: float,
+    peaks: list[float],
     times: dict[str, float],
     round_seconds: dict[str, list[float]],
     json_path: str | None,
     dtype: str = "float32",
-    peaks: list[float] | None = None,
 ) -> None:
     """Print each system's best time as rates and ratios; write them to ``json_path`` if set.
 
     "Model GFLOP/s" divides the workload's model FLOPs by wall time, so every system shares
     the numerator; the roof is the output tok/s that the linear-layer FLOPs alone allow at
-    ``peak`` (the best of ``peaks``, one measurement a round). With several rounds, the
+    the best of ``peaks`` (the matmul peak, one measurement a round). With several rounds, the
     table also shows each system's range of output tok/s over them, and the header the
     peaks' range: on a shared machine they tell how far one round is from the next.
     """
+    peak = max(peaks)
     flops = model_flops(cfg, work)
     n_req, n_out = len(work.prompts), work.num_output_tokens
     ref = next((k for k in times if k.startswith("hf")), None)
@@ -50,7 +50,7 @@ def report(
     rows = {}
     print(
         f"\nmachine: {machine.describe()}; {torch.get_num_threads()} torch threads; "
-        f"{dtype} matmul peak {peak:.1f} GFLOP/s (measured now{_spread(peaks or [peak])})\n"
+        f"{dtype} matmul peak {peak:.1f} GFLOP/s (measured now{_spread(peaks)})\n"
         f"workload {work.name}: {n_req} requests, {sum(map(len, work.prompts))} prompt tokens, "
         f"{n_out} output tokens; {dtype} roof {roof:.1f} output tok/s (linear-layer FLOPs at "
         f"the peak)"
@@ -88,7 +88,7 @@ def report(
             "model_config": cfg,
             "dtype": dtype,
             "matmul_peak_gflops": peak,
-            "matmul_peaks_gflops": peaks or [peak],  # one a round, in round order
+            "matmul_peaks_gflops": peaks,  # one a round, in round order
             "roof_output_tokens_per_s": roof,
             "machine": machine.to_json(),
             "systems": rows,
