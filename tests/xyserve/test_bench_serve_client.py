@@ -11,7 +11,16 @@ import pytest
 
 from xyserve.bench.serve_client import RequestResult, measure, send
 from xyserve.bench.serve_load import run_load
-from xyserve.bench.serve_report import Slo, aggregate, max_rate_under_slo, percentile
+from xyserve.bench.serve_report import (
+    Slo,
+    aggregate,
+    max_rate_under_slo,
+    percentile,
+    rate_verdicts,
+    settled,
+    verdict_lines,
+    wilson_interval,
+)
 from xyserve.bench.serve_workload import BenchRequest
 
 
@@ -175,6 +184,53 @@ def test_a_repeated_rate_is_judged_on_its_runs_pooled():
     ]  # fmt: skip
     assert max_rate_under_slo(reports, 0.8) == {"a": 2.0, "b": 0.5}
     assert max_rate_under_slo([run("c", 4.0, 8)], 0.8) == {"c": 4.0}  # exactly the target
+
+
+def test_wilson_interval_closed_form():
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    lo, hi = wilson_interval(10, 10)  # all met: not the empty [1, 1] of the normal approximation
+    assert lo == pytest.approx(0.7225, abs=1e-4) and hi == 1.0
+    lo, hi = wilson_interval(5, 10)
+    assert (lo, hi) == (pytest.approx(0.2366, abs=1e-4), pytest.approx(0.7634, abs=1e-4))
+    lo, hi = wilson_interval(0, 20)
+    assert lo == 0.0 and hi == pytest.approx(0.1611, abs=1e-4)
+
+
+def test_rate_verdicts_say_which_rest_on_too_few_requests():
+    """At a bar of 0.9: 100/100 meets clearly, 19/20 meets but its interval reaches under the
+    bar, 60/100 fails clearly, 17/20 fails but its interval reaches over it, and a failed
+    request fails a rate clearly whatever the others did; a max rate is settled only when its
+    own verdict and those of the rates above it are clear."""
+    slo = Slo(ttft_s=0.5, tbt_s=1.0, tbt_stat="max")
+    good, late = result(0.0, [(0.1, 1)], 0.1), result(0.0, [(0.9, 1)], 0.9)
+
+    def run(label, rate, n_good, n, failed=0):
+        results = [good] * n_good + [late] * (n - n_good - failed)
+        results += [result(0.0, [], 0.1, error="HTTP 500: x")] * failed
+        return aggregate(label, f"rate={rate}", rate, results, slo)
+
+    reports = [
+        run("a", 1.0, 50, 50), run("a", 1.0, 50, 50), run("a", 2.0, 19, 20),
+        run("a", 3.0, 60, 100), run("b", 1.0, 100, 100), run("b", 2.0, 17, 20),
+        run("c", 1.0, 99, 100, failed=1),
+    ]  # fmt: skip
+    v = {(x.label, x.rate): x for x in rate_verdicts(reports, 0.9)}
+    assert (v["a", 1.0].good, v["a", 1.0].counted) == (100, 100)  # the two runs pooled
+    assert v["a", 1.0].meets and v["a", 1.0].clear
+    assert v["a", 2.0].meets and not v["a", 2.0].clear
+    assert not v["a", 3.0].meets and v["a", 3.0].clear
+    assert not v["b", 2.0].meets and not v["b", 2.0].clear
+    assert not v["c", 1.0].meets and v["c", 1.0].clear
+    assert max_rate_under_slo(reports, 0.9) == {"a": 2.0, "b": 1.0, "c": 0.0}
+    verdicts = list(v.values())
+    assert not settled(verdicts, "a", 2.0)  # 19/20 could be luck
+    assert not settled(verdicts, "b", 1.0)  # 17/20 above it could be bad luck
+    assert settled(verdicts, "c", 0.0)
+    assert settled([v["a", 1.0], v["a", 3.0]], "a", 1.0)
+    lines = verdict_lines(verdicts)
+    assert len(lines) == 3
+    assert "2: 0.95 [" in lines[0] and "of 20 meets?" in lines[0] and "of 100 fails" in lines[0]
+    assert "1 failed fails" in lines[2]
 
 
 def test_percentile_matches_linear_interpolation():

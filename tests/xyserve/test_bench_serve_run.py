@@ -81,6 +81,12 @@ def test_short_run_on_a_tiny_model_has_no_failure_and_no_leak(tiny_llama, tmp_pa
     assert data["max_rate_under_slo"] == {"hybrid": 20.0, "baseline": 20.0}
     assert data["ratio_to_baseline"] == {"hybrid": 1.0, "baseline": 1.0}
     assert "max rate under SLO" in printed and png.stat().st_size > 0
+    assert "SLO attainment per rate" in printed
+    assert set(data["max_rate_settled"]) == {"hybrid", "baseline"}
+    assert {(v["system"], v["rate"], v["meets"]) for v in data["rate_verdicts"]} == {
+        ("hybrid", 20.0, True),
+        ("baseline", 20.0, True),
+    }
     assert len(md.read_text().splitlines()) == 2 + 4
 
 

@@ -36,8 +36,11 @@ from xyserve.bench.serve_report import (
     aggregate,
     markdown,
     max_rate_under_slo,
+    rate_verdicts,
     ratios,
+    settled,
     table,
+    verdict_lines,
 )
 from xyserve.bench.serve_server import EndpointError, leak_check
 from xyserve.bench.serve_systems import DEFAULT_SYSTEMS, model_config, start_systems, stop_systems
@@ -187,9 +190,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out["runs"] = [r.to_json() for r in reports]
     if args.sweep:
         best = max_rate_under_slo(reports, args.slo_attainment)
+        verdicts = rate_verdicts(reports, args.slo_attainment)
+        out["rate_verdicts"] = [{"system": v.label} | v.to_json() for v in verdicts]
         labels = out["systems"]
         ref = args.reference or ("baseline" if "baseline" in labels else labels[0])
         out["max_rate_under_slo"] = best
+        out["max_rate_settled"] = {k: settled(verdicts, k, v) for k, v in best.items()}
         out["ratio_to_" + ref] = ratios(best, ref)
         out["reference"] = ref
     return out
@@ -332,13 +338,22 @@ def main(argv: list[str] | None = None) -> int:
             print(f"LEAK? {r.label} {r.load}: {r.server}")
     if "max_rate_under_slo" in out:
         ref = out["reference"]
-        print(f"max rate under SLO (attainment >= {args.slo_attainment:g}, no failure):")
+        verdicts = rate_verdicts(reports, args.slo_attainment)
+        print(
+            f"max rate under SLO (attainment >= {args.slo_attainment:g}, no failure; ?: a "
+            "verdict it rests on is within the 95% interval of the bar):"
+        )
         for label, rate in out["max_rate_under_slo"].items():
             ratio = out["ratio_to_" + ref][label]
+            mark = "" if settled(verdicts, label, rate) else "?"
             print(
-                f"  {label:<12} {rate:g} req/s  ({'n/a' if ratio is None else f'{ratio:.2f}x'}"
-                f" {ref})"
+                f"  {label:<12} {rate:g} req/s{mark}  "
+                f"({'n/a' if ratio is None else f'{ratio:.2f}x'} {ref})"
             )
+        print(
+            "SLO attainment per rate, runs pooled [95% interval] (?: the interval crosses the bar):"
+        )
+        print("\n".join(verdict_lines(verdicts)))
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1, default=float))
     if args.markdown:

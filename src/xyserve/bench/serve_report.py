@@ -178,15 +178,74 @@ def markdown(reports: list[RunReport]) -> str:
     return "\n".join(lines)
 
 
-def max_rate_under_slo(reports: list[RunReport], target: float) -> dict[str, float]:
-    """Per system: the highest offered rate meeting the SLO (0 when none does). A rate run
-    more than once (given several times in ``--sweep``: repeats, for a noisy machine) is one
-    sample: its runs' requests pooled into one attainment, and a failed request in any of
-    them fails the rate; one lucky run does not carry it."""
-    best: dict[str, float] = {}
+@dataclass(frozen=True)
+class RateVerdict:
+    """One system at one offered rate, its runs' requests pooled: how many met the SLO of how
+    many counted (disconnected ones are not), failures, and the attainment's 95% Wilson
+    interval. ``clear``: the interval lies wholly on the side of the bar that the verdict is
+    on. The interval only counts requests: the ones of a run share that run's machine state,
+    so on a noisy machine the true uncertainty is wider, never narrower."""
+
+    label: str
+    rate: float
+    good: int
+    counted: int
+    failed: int
+    bar: float
+
+    @property
+    def attainment(self) -> float:
+        return self.good / self.counted if self.counted else math.nan
+
+    @property
+    def meets(self) -> bool:
+        return self.failed == 0 and self.counted > 0 and self.good >= self.bar * self.counted
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        return wilson_interval(self.good, self.counted)
+
+    @property
+    def clear(self) -> bool:
+        if self.failed:
+            return True  # a failed request fails the rate, whatever the others did
+        lo, hi = self.interval
+        return lo >= self.bar if self.meets else hi < self.bar
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "rate": self.rate,
+            "good": self.good,
+            "counted": self.counted,
+            "failed": self.failed,
+            "attainment": self.attainment,
+            "interval95": list(self.interval),
+            "meets": self.meets,
+            "clear": self.clear,
+        }
+
+
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a proportion ``k / n`` (``z`` = 1.96: 95%); (0, 1) for
+    ``n = 0``. Unlike the normal approximation it stays inside [0, 1] and is not empty at
+    ``k = n``, the usual case for a rate well under saturation."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = k / n
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return max(0.0, c - h), min(1.0, c + h)
+
+
+def rate_verdicts(reports: list[RunReport], bar: float) -> list[RateVerdict]:
+    """Per system and offered rate, in order of first appearance: the runs at that rate (a
+    rate given several times in ``--sweep``: repeats, for a noisy machine) as one sample,
+    their requests pooled into one attainment, and a failed request in any of them fails the
+    rate; one lucky run does not carry it. Runs without a finite rate (concurrency, traces)
+    are left out."""
     pooled: dict[tuple[str, float], list[int]] = {}  # requests meeting the SLO, counted, failed
     for r in reports:
-        best.setdefault(r.label, 0.0)
         if r.offered_rate is None or not math.isfinite(r.offered_rate):
             continue
         p = pooled.setdefault((r.label, r.offered_rate), [0, 0, 0])
@@ -195,10 +254,44 @@ def max_rate_under_slo(reports: list[RunReport], target: float) -> dict[str, flo
             p[0] += round(r.slo_attainment * counted)
             p[1] += counted
         p[2] += r.num_failed
-    for (label, rate), (good, counted, failed) in pooled.items():
-        if failed == 0 and counted > 0 and good >= target * counted:
-            best[label] = max(best[label], rate)
+    return [RateVerdict(lb, rate, g, c, f, bar) for (lb, rate), (g, c, f) in pooled.items()]
+
+
+def max_rate_under_slo(reports: list[RunReport], target: float) -> dict[str, float]:
+    """Per system: the highest offered rate meeting the SLO (0 when none does), each rate
+    judged on its runs pooled (:func:`rate_verdicts`)."""
+    best = {r.label: 0.0 for r in reports}
+    for v in rate_verdicts(reports, target):
+        if v.meets:
+            best[v.label] = max(best[v.label], v.rate)
     return best
+
+
+def settled(verdicts: list[RateVerdict], label: str, rate: float) -> bool:
+    """Whether ``label``'s max rate ``rate`` rests only on clear verdicts: its own (when it
+    meets the SLO) and those of the higher rates that fail it."""
+    return all(v.clear for v in verdicts if v.label == label and v.rate >= rate)
+
+
+def verdict_lines(verdicts: list[RateVerdict]) -> list[str]:
+    """One line per system: each rate's pooled attainment, its 95% interval and the verdict,
+    with ``?`` where the interval reaches across the bar (the verdict rests on too few
+    requests to tell)."""
+    by_label: dict[str, list[RateVerdict]] = {}
+    for v in verdicts:
+        by_label.setdefault(v.label, []).append(v)
+    lines = []
+    for label, vs in by_label.items():
+        cells = []
+        for v in sorted(vs, key=lambda v: v.rate):
+            lo, hi = v.interval
+            word = ("meets" if v.meets else "fails") + ("" if v.clear else "?")
+            fail = f", {v.failed} failed" if v.failed else ""
+            cells.append(
+                f"{v.rate:g}: {v.attainment:.2f} [{lo:.2f}-{hi:.2f}] of {v.counted}{fail} {word}"
+            )
+        lines.append(f"  {label:<12} " + "; ".join(cells))
+    return lines
 
 
 def ratios(best: dict[str, float], reference: str) -> dict[str, float | None]:
