@@ -258,3 +258,21 @@ def test_closed_loop_keeps_concurrency_in_flight(monkeypatch):
     reqs = [BenchRequest([i + 3], 1) for i in range(7)]
     out = asyncio.run(run_load("http://127.0.0.1:1", "m", reqs, concurrency=2, progress=False))
     assert len(out) == 7 and peak == 2 and sorted(prompts) == list(range(3, 10))
+
+
+def test_plot_of_a_sweep_with_repeated_rates(tmp_path):
+    """Repeated rates plot as their median with each run beside it, and the pooled
+    attainment panel with its intervals; rates without a finite value are left off it."""
+    from xyserve.bench.serve_plot import plot_sweep
+
+    slo = Slo(ttft_s=0.5, tbt_s=1.0, tbt_stat="max")
+    good, late = result(0.0, [(0.1, 1)], 0.1), result(0.0, [(0.9, 1)], 0.9)
+    reports = [
+        aggregate(label, f"rate={rate}", rate, [good] * n + [late] * (10 - n), slo)
+        for label, rate, n in [
+            ("a", 1.0, 10), ("a", 1.0, 9), ("a", 2.0, 7), ("a", math.inf, 5),
+            ("b", 1.0, 8), ("b", 2.0, 4), ("b", 2.0, 6),
+        ]
+    ]  # fmt: skip
+    out = plot_sweep(reports, tmp_path / "sub" / "sweep.png", "t", bar=0.9)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

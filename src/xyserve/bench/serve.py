@@ -364,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         title = f"{out['workload']} on {args.model} ({args.threads} threads)"
         if args.simulate:
             title = f"{out['workload']}, simulated steps of {args.simulate} ms (a, b per token)"
-        print(f"plot: {plot_sweep(reports, args.plot, title)}")
+        print(f"plot: {plot_sweep(reports, args.plot, title, args.slo_attainment)}")
     failed = sum(r.num_failed for r in reports)
     leaked = any(r.server.get("checked") and not r.server.get("clean") for r in reports)
     return 1 if failed or leaked else 0

@@ -1,10 +1,18 @@
-"""Latency-vs-load curves of a ``bench serve`` sweep (matplotlib, written to a PNG)."""
+"""Latency-vs-load curves of a ``bench serve`` sweep (matplotlib, written to a PNG).
+
+A rate run more than once (``--sweep 1,1,2,2``) shows each run as a faint point and the
+runs' median on the system's curve, so repeats read as a spread at one rate rather than as a
+zigzag. The last panel is each rate's SLO attainment with the runs' requests pooled, its 95%
+Wilson interval as an error bar and the attainment bar as a dashed line: the verdicts that the
+max rate under the SLO is read from.
+"""
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
-from xyserve.bench.serve_report import RunReport
+from xyserve.bench.serve_report import RunReport, rate_verdicts
 
 PANELS = (
     ("TTFT mean (ms)", lambda r: r.ttft["mean"] * 1e3),
@@ -12,30 +20,54 @@ PANELS = (
     ("TBT mean (ms)", lambda r: r.tbt["mean"] * 1e3),
     ("TBT p99 (ms)", lambda r: r.tbt["p99"] * 1e3),
     ("achieved QPS", lambda r: r.achieved_qps),
+    ("output tok/s", lambda r: r.output_tok_s),
     ("goodput (req/s in SLO)", lambda r: r.goodput),
 )
 
 
-def plot_sweep(reports: list[RunReport], path: str | Path, title: str) -> Path:
+def plot_sweep(reports: list[RunReport], path: str | Path, title: str, bar: float = 0.9) -> Path:
+    """The sweep's panels for every system; ``bar``: the SLO attainment a rate must reach."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 3, figsize=(13, 7))
+    fig, axes = plt.subplots(2, 4, figsize=(17, 7))
     labels = list(dict.fromkeys(r.label for r in reports))
+    colors = {label: f"C{i}" for i, label in enumerate(labels)}
     for ax, (name, get) in zip(axes.flat, PANELS):
         for label in labels:
-            runs = sorted(
-                (r for r in reports if r.label == label and r.offered_rate is not None),
-                key=lambda r: r.offered_rate,
-            )
-            ax.plot([r.offered_rate for r in runs], [get(r) for r in runs], "o-", label=label)
+            by_rate: dict[float, list[float]] = {}
+            for r in reports:
+                if r.label == label and r.offered_rate is not None:
+                    by_rate.setdefault(r.offered_rate, []).append(get(r))
+            rates = sorted(by_rate)
+            c = colors[label]
+            if any(len(v) > 1 for v in by_rate.values()):
+                xs = [x for x in rates for _ in by_rate[x]]
+                ax.plot(xs, [y for x in rates for y in by_rate[x]], "o", color=c, alpha=0.3)
+            medians = [statistics.median(by_rate[x]) for x in rates]
+            ax.plot(rates, medians, "o-", color=c, label=label)
         ax.set_xlabel("offered rate (req/s)")
         ax.set_title(name, fontsize=10)
         ax.grid(alpha=0.3)
         if "TTFT" in name or "TBT" in name:
             ax.set_yscale("log")
+    ax = axes.flat[len(PANELS)]
+    for label in labels:
+        vs = sorted(
+            (v for v in rate_verdicts(reports, bar) if v.label == label), key=lambda v: v.rate
+        )
+        ys = [v.attainment for v in vs]
+        err = [
+            [y - v.interval[0] for y, v in zip(ys, vs)],
+            [v.interval[1] - y for y, v in zip(ys, vs)],
+        ]
+        ax.errorbar([v.rate for v in vs], ys, yerr=err, fmt="o-", capsize=3, color=colors[label])
+    ax.axhline(bar, color="gray", linestyle="--", linewidth=1)
+    ax.set_xlabel("offered rate (req/s)")
+    ax.set_title("SLO attainment, runs pooled (95% interval)", fontsize=10)
+    ax.grid(alpha=0.3)
     axes.flat[0].legend()
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
