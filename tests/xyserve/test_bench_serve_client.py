@@ -194,6 +194,8 @@ def test_wilson_interval_closed_form():
     assert (lo, hi) == (pytest.approx(0.2366, abs=1e-4), pytest.approx(0.7634, abs=1e-4))
     lo, hi = wilson_interval(0, 20)
     assert lo == 0.0 and hi == pytest.approx(0.1611, abs=1e-4)
+    for n in range(1, 400):  # the ends are exact at k = 0 and k = n, not off by an ulp
+        assert wilson_interval(n, n)[1] == 1.0 and wilson_interval(0, n)[0] == 0.0
 
 
 def test_rate_verdicts_say_which_rest_on_too_few_requests():
@@ -271,7 +273,8 @@ def test_plot_of_a_sweep_with_repeated_rates(tmp_path):
         aggregate(label, f"rate={rate}", rate, [good] * n + [late] * (10 - n), slo)
         for label, rate, n in [
             ("a", 1.0, 10), ("a", 1.0, 9), ("a", 2.0, 7), ("a", math.inf, 5),
-            ("b", 1.0, 8), ("b", 2.0, 4), ("b", 2.0, 6),
+            ("b", 1.0, 8), ("b", 2.0, 4), ("b", 2.0, 6), ("c", 1.0, 10), ("c", 1.0, 10),
+            ("c", 2.0, 0),
         ]
     ]  # fmt: skip
     out = plot_sweep(reports, tmp_path / "sub" / "sweep.png", "t", bar=0.9)

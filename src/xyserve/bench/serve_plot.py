@@ -59,9 +59,9 @@ def plot_sweep(reports: list[RunReport], path: str | Path, title: str, bar: floa
             (v for v in rate_verdicts(reports, bar) if v.label == label), key=lambda v: v.rate
         )
         ys = [v.attainment for v in vs]
-        err = [
-            [y - v.interval[0] for y, v in zip(ys, vs)],
-            [v.interval[1] - y for y, v in zip(ys, vs)],
+        err = [  # distances from the point to the interval's ends, never negative
+            [max(0.0, y - v.interval[0]) for y, v in zip(ys, vs)],
+            [max(0.0, v.interval[1] - y) for y, v in zip(ys, vs)],
         ]
         ax.errorbar([v.rate for v in vs], ys, yerr=err, fmt="o-", capsize=3, color=colors[label])
     ax.axhline(bar, color="gray", linestyle="--", linewidth=1)

@@ -235,7 +235,8 @@ def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     d = 1 + z * z / n
     c = (p + z * z / (2 * n)) / d
     h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return max(0.0, c - h), min(1.0, c + h)
+    # at k = 0 or k = n the bound is 0 or 1 exactly, which rounding would miss by an ulp
+    return (0.0 if k == 0 else max(0.0, c - h)), (1.0 if k == n else min(1.0, c + h))
 
 
 def rate_verdicts(reports: list[RunReport], bar: float) -> list[RateVerdict]:
