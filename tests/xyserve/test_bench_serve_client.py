@@ -235,6 +235,29 @@ def test_rate_verdicts_say_which_rest_on_too_few_requests():
     assert "1 failed fails" in lines[2]
 
 
+def test_rate_verdicts_at_the_bar_and_with_every_request_disconnected():
+    """A count exactly at the bar meets it (55 of 100 at 0.55, a product that floating point
+    puts an ulp above 55); disconnected requests are not counted, and a rate whose every
+    request disconnected has nothing to meet the SLO with, and no clear verdict."""
+    slo = Slo(ttft_s=0.5, tbt_s=1.0, tbt_stat="max")
+    good, late = result(0.0, [(0.1, 1)], 0.1), result(0.0, [(0.9, 1)], 0.9)
+    gone = result(0.0, [(0.1, 1)], 0.1)
+    gone.disconnected = True
+    reports = [
+        aggregate("a", "rate=1", 1.0, [good] * 55 + [late] * 45, slo),
+        aggregate("b", "rate=1", 1.0, [good] * 19 + [gone] * 5, slo),
+        aggregate("c", "rate=1", 1.0, [gone] * 4, slo),
+    ]
+    v = {x.label: x for x in rate_verdicts(reports, 0.55)}
+    assert v["a"].meets
+    assert (v["b"].good, v["b"].counted) == (19, 19) and v["b"].meets
+    assert v["c"].counted == 0 and math.isnan(v["c"].attainment)
+    assert not v["c"].meets and not v["c"].clear
+    assert max_rate_under_slo(reports, 0.55) == {"a": 1.0, "b": 1.0, "c": 0.0}
+    assert not settled(list(v.values()), "c", 0.0)
+    assert not settled([], "d", 0.0)  # only an infinite rate was run: nothing judged
+
+
 def test_percentile_matches_linear_interpolation():
     xs = [4.0, 1.0, 3.0, 2.0]
     assert percentile(xs, 50) == 2.5
@@ -277,5 +300,10 @@ def test_plot_of_a_sweep_with_repeated_rates(tmp_path):
             ("c", 2.0, 0),
         ]
     ]  # fmt: skip
+    failed = [result(0.0, [], 0.1, error="HTTP 500: x")] * 3  # no latency at all: NaN
+    reports += [
+        aggregate("d", "rate=1", 1.0, failed, slo),
+        aggregate("d", "rate=2", 2.0, [good], slo),
+    ]
     out = plot_sweep(reports, tmp_path / "sub" / "sweep.png", "t", bar=0.9)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

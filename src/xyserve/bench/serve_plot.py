@@ -9,6 +9,7 @@ max rate under the SLO is read from.
 
 from __future__ import annotations
 
+import math
 import statistics
 from pathlib import Path
 
@@ -39,8 +40,9 @@ def plot_sweep(reports: list[RunReport], path: str | Path, title: str, bar: floa
         for label in labels:
             by_rate: dict[float, list[float]] = {}
             for r in reports:
-                if r.label == label and r.offered_rate is not None:
-                    by_rate.setdefault(r.offered_rate, []).append(get(r))
+                y = get(r) if r.label == label and r.offered_rate is not None else math.nan
+                if not math.isnan(y):  # NaN: a run with no completed request has no latency
+                    by_rate.setdefault(r.offered_rate, []).append(y)
             rates = sorted(by_rate)
             c = colors[label]
             if any(len(v) > 1 for v in by_rate.values()):

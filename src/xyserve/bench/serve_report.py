@@ -199,7 +199,9 @@ class RateVerdict:
 
     @property
     def meets(self) -> bool:
-        return self.failed == 0 and self.counted > 0 and self.good >= self.bar * self.counted
+        # a count exactly at the bar meets it (55 of 100 at 0.55, which is 55.000000000000007)
+        need = self.bar * self.counted - 1e-9 * max(1, self.counted)
+        return self.failed == 0 and self.counted > 0 and self.good >= need
 
     @property
     def interval(self) -> tuple[float, float]:
@@ -270,8 +272,10 @@ def max_rate_under_slo(reports: list[RunReport], target: float) -> dict[str, flo
 
 def settled(verdicts: list[RateVerdict], label: str, rate: float) -> bool:
     """Whether ``label``'s max rate ``rate`` rests only on clear verdicts: its own (when it
-    meets the SLO) and those of the higher rates that fail it."""
-    return all(v.clear for v in verdicts if v.label == label and v.rate >= rate)
+    meets the SLO) and those of the higher rates that fail it; never for a system with no
+    finite rate judged (``--sweep inf`` alone)."""
+    vs = [v for v in verdicts if v.label == label and v.rate >= rate]
+    return bool(vs) and all(v.clear for v in vs)  # no finite rate judged: nothing to rest on
 
 
 def verdict_lines(verdicts: list[RateVerdict]) -> list[str]:
