@@ -51,8 +51,8 @@ class EngineConfig:
     # Hybrid only: SLO-aware step budget; prefill next to decodes is cut to fit this step time
     # (ms) by an online cost model of the steps' timings (None or 0: off). It never binds where
     # steps are shorter, nor where the decodes alone overrun it. It bounds one step, and a decode
-    # waits for that step and then its own, so it sits well under a TBT SLO. Why 300 (and not
-    # 400): docs/perf.md.
+    # waits for that step and then its own, so it sits well under a TBT SLO. Why 300:
+    # docs/perf.md.
     tbt_target_ms: float | None = 300.0
     # Hybrid only: prefill work and decode/verify tokens in separate steps, in turn, instead of
     # one mixed step (engine.scheduler, "split steps"). auto: where the decodes of a step would

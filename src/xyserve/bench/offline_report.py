@@ -37,7 +37,7 @@ def report(
 
     "Model GFLOP/s" divides the workload's model FLOPs by wall time, so every system shares
     the numerator; the roof is the output tok/s that the linear-layer FLOPs alone allow at
-    the best of ``peaks`` (the matmul peak, one measurement a round). With several rounds, the
+    the best of ``peaks`` (the matmul peak, taken once a round). With several rounds, the
     table also shows each system's range of output tok/s over them, and the header the
     peaks' range: on a shared machine they tell how far one round is from the next.
     """

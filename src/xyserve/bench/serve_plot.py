@@ -40,7 +40,9 @@ def plot_sweep(reports: list[RunReport], path: str | Path, title: str, bar: floa
         for label in labels:
             by_rate: dict[float, list[float]] = {}
             for r in reports:
-                y = get(r) if r.label == label and r.offered_rate is not None else math.nan
+                if r.label != label or r.offered_rate is None:
+                    continue
+                y = get(r)
                 if not math.isnan(y):  # NaN: a run with no completed request has no latency
                     by_rate.setdefault(r.offered_rate, []).append(y)
             rates = sorted(by_rate)
@@ -56,10 +58,9 @@ def plot_sweep(reports: list[RunReport], path: str | Path, title: str, bar: floa
         if "TTFT" in name or "TBT" in name:
             ax.set_yscale("log")
     ax = axes.flat[len(PANELS)]
+    verdicts = sorted(rate_verdicts(reports, bar), key=lambda v: v.rate)
     for label in labels:
-        vs = sorted(
-            (v for v in rate_verdicts(reports, bar) if v.label == label), key=lambda v: v.rate
-        )
+        vs = [v for v in verdicts if v.label == label]
         ys = [v.attainment for v in vs]
         err = [  # distances from the point to the interval's ends, never negative
             [max(0.0, y - v.interval[0]) for y, v in zip(ys, vs)],
