@@ -316,9 +316,11 @@ TILE_WIDTHS = (16, 8, 4)
 
 def panel_rows(width: int) -> int:
     """The most token rows a panel tile of vector width ``width`` takes: two accumulators per
-    row, plus two weight vectors and a broadcast, within the ISA's registers (32 zmm at 16,
-    16 ymm or xmm below)."""
-    return 8 if width == 16 else 6
+    row, plus two weight vectors and a broadcast, within the ISA's registers (12 rows: 27 of
+    AVX-512's 32 zmm; 6 rows: 15 of the 16 ymm or xmm below). At 16, 12 rather than 8 lets a
+    verify chain of k = 8 to 11 (9 to 12 rows) go over each panel once (docs/perf.md, "Twelve
+    rows a panel pass")."""
+    return 12 if width == 16 else 6
 
 
 # How far ahead of the row it reads a panel tile prefetches its weights, into L2, where one
