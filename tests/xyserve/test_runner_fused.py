@@ -209,6 +209,63 @@ def test_verify_steps_equal_the_eager_forward(model_path, parents):
     torch.testing.assert_close(logits["on"], logits["off"], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("heads", [(4, 4), (6, 2)], ids=["group1", "group3"])
+@pytest.mark.parametrize(
+    "proposals,parents", [(8, None), (11, None), (5, (-1, -1, 0, 1, 2))], ids=["k8", "k11", "tree"]
+)
+def test_verify_rows_over_whole_key_tiles(tmp_path, dtype, heads, proposals, parents):
+    """A verify stage after 37 keys in blocks of 16, beside a one-row decode: its queries per
+    K/V head (from ``SCORE_TILE_QUERIES`` on; 36 with k = 11 and groups of 3, more than one
+    tile's lanes) score keys 0-31 ``KEY_TILE`` at a time in the score tile and keys 32-36 one
+    at a time; a tree's nodes also see their ancestors as extra keys. Against the eager
+    forward, in float32 and with bfloat16 weights and caches."""
+    from xyserve.kernels.cpu import fused_forward as ff
+
+    num_heads, num_kv = heads
+    path = build_model(
+        tmp_path / "m", with_tokenizer=False, hidden_size=16 * num_heads, head_dim=16,
+        num_attention_heads=num_heads, num_key_value_heads=num_kv,
+    )  # fmt: skip
+    block = 16
+    assert block % ff.KEY_TILE == 0 and 37 // ff.KEY_TILE * ff.KEY_TILE == 32
+    assert (1 + proposals) * (num_heads // num_kv) >= ff.SCORE_TILE_QUERIES
+    logits = {}
+    for mode in ("on", "off"):
+        model = load_model(path, torch.device("cpu"), dtype)
+        runner = ModelRunner(model, 16, block, "meta", "torch", cpu_fused_decode=mode)
+        calls: list[int] = []
+        if runner.fused is not None:
+            runner.fused.max_rows = 16
+            runner.fused.run = _counted(runner.fused.run, calls)
+        kv = KVCacheManager(16, block, enable_prefix_caching=False)
+        a = Request("a", [(7 * i) % 50 + 1 for i in range(37)], max_tokens=64)
+        b = Request("b", [(3 * i) % 50 + 1 for i in range(20)], max_tokens=64)
+        for r in (a, b):
+            assert kv.allocate(r, r.num_tokens)
+        tables = {r.request_id: kv.block_table(r.request_id) for r in (a, b)}
+        pre = [ScheduledStage(r, r.num_tokens, 0, 0) for r in (a, b)]
+        runner.execute(SchedulerOutput(stages=pre), tables)  # 57 rows: the eager forward
+        a.num_computed_tokens, b.num_computed_tokens = 37, 20
+        a.output_token_ids.append(21)
+        b.output_token_ids.append(30)
+        a.spec_token_ids = [40 + i for i in range(proposals)]
+        a.spec_tree_parents = parents
+        n = 1 + proposals
+        assert kv.allocate(a, n) and kv.allocate(b, 1)
+        tables = {r.request_id: kv.block_table(r.request_id) for r in (a, b)}
+        step = [ScheduledStage(a, n, n - 1, 37), ScheduledStage(b, 1, 0, 20)]
+        calls.clear()
+        res = runner.execute(SchedulerOutput(stages=step), tables)
+        assert len(calls) == (mode == "on")  # the verify step took the fused call
+        logits[mode] = res.logits.float().clone()
+    if dtype == torch.float32:
+        torch.testing.assert_close(logits["on"], logits["off"], rtol=1e-5, atol=1e-5)
+    else:  # float32 arithmetic against the eager forward's bfloat16 activations
+        scale = float(logits["off"].abs().max())
+        torch.testing.assert_close(logits["on"], logits["off"], atol=2**-5 * scale, rtol=0)
+
+
 def test_engine_greedy_tokens_equal_hf_and_the_eager_path(tiny_llama):
     import transformers
 

@@ -333,6 +333,13 @@ PREFETCH_BYTES = 24576
 PANEL_CHUNK_BYTES = 24576
 # How many keys ahead attention prefetches a key's K and V (into L2).
 KEY_PREFETCH = 16
+# Attention scores of an item (a request's rows x a K/V head's query heads) with at least
+# SCORE_TILE_QUERIES queries go KEY_TILE keys at a time through a register tile, the queries in
+# vector lanes and each key's elements broadcast: no horizontal sum per (query, key), where a
+# dot product per pair needs one (docs/perf.md, "Scores of several queries in one tile").
+SCORE_TILE_QUERIES = 4
+KEY_TILE = 8
+SCORE_TILE_WIDTHS = (16, 8)  # the portable width's items take the dot products
 
 
 def _panel_job(x, w, bias, out, accumulate, c, scratch):  # pragma: no cover - compiled
@@ -430,7 +437,12 @@ def _attend_rows(
     r sees its table's first ``ctx_len[r]`` positions, then its extra slots
     (``key_slots[r, ctx_len[r]:nks[r]]``). A table key's K is read once for all the rows that
     see it (a verify step's rows share their request's context) and all the query heads that
-    share it (grouped-query attention). The values go a block of ``bs`` table positions at a
+    share it (grouped-query attention). Where the item has ``SCORE_TILE_QUERIES`` queries or
+    more (a verify step's rows times the group), whole ``KEY_TILE``s of the table's keys are
+    scored in a register tile (``_score_tile``), the queries in vector lanes and each key's
+    elements broadcast, so no query-key pair needs a horizontal sum; the keys after the last
+    whole tile, and every key of a smaller item, go one at a time, a dot product per query.
+    The values go a block of ``bs`` table positions at a
     time (their slots are consecutive) through a register tile of width ``vw``
     (``_value_tile``: the row's weights broadcast against the block's values, summed in
     registers; an output updated per key would be loaded and stored per key). ``kf``/``vf``:
@@ -456,17 +468,45 @@ def _attend_rows(
     # and a step of many requests reads them from memory
     kflat = kf.reshape(kf.shape[0] * kf.shape[1] * d)
     flat = vf.reshape(vf.shape[0] * vf.shape[1] * d)
+    ld = vf.shape[1] * d  # one slot to the next
     nctx = ctx_len[lead]
     ahead = min(nctx, KEY_PREFETCH)
-    for j in range(nctx + ahead):
-        if j < nctx:
-            at = (key_slots[lead, j] * kf.shape[1] + kh) * d
-            for e in range(0, d, 64):  # four cache lines a call
-                _prefetch_lines(kflat, at + e)
-                _prefetch_lines(flat, at + e)
-        if j < ahead:
-            continue
-        jj = j - ahead
+    for j in range(ahead):
+        _prefetch_key(kflat, flat, key_slots[lead, j] * ld + kh * d, d)
+    # Keys [0, tiled): KEY_TILE at a time (consecutive slots of one block) against a vector
+    # of queries at a time (``qt``: their elements, query-minor), written where the query's
+    # row sees the key. The rest go one key at a time, each query a dot product.
+    queries = n * group
+    tiled = 0
+    if queries >= SCORE_TILE_QUERIES and bs % KEY_TILE == 0 and vw in SCORE_TILE_WIDTHS:
+        tiled = nctx // KEY_TILE * KEY_TILE
+    if tiled > 0:
+        qt = np.empty(d * vw, np.float32)
+        tile = np.empty(KEY_TILE * vw, np.float32)
+        for qc in range(0, queries, vw):
+            qn = min(vw, queries - qc)
+            for jq in range(vw):
+                if jq < qn:
+                    r, g = members[(qc + jq) // group], (qc + jq) % group
+                    q0 = (kh * group + g) * d
+                    for e in range(d):
+                        qt[e * vw + jq] = q[r, q0 + e]
+                else:  # lanes past the queries: computed, never stored
+                    for e in range(d):
+                        qt[e * vw + jq] = np.float32(0.0)
+            for j0 in range(0, tiled, KEY_TILE):
+                if qc == 0:
+                    for j in range(j0 + ahead, min(j0 + ahead + KEY_TILE, nctx)):
+                        _prefetch_key(kflat, flat, key_slots[lead, j] * ld + kh * d, d)
+                at = key_slots[lead, j0] * ld + kh * d
+                _score_tile(vw, kflat, at, ld, qt, vw, d, tile)
+                for jq in range(qn):
+                    see = ctx_len[members[(qc + jq) // group]]
+                    for i in range(min(KEY_TILE, see - j0)):
+                        sc[qc + jq, j0 + i] = tile[i * vw + jq] * scale
+    for jj in range(tiled, nctx):
+        if jj + ahead < nctx:
+            _prefetch_key(kflat, flat, key_slots[lead, jj + ahead] * ld + kh * d, d)
         kv = kf[key_slots[lead, jj], kh]
         for a in range(n):
             r = members[a]
@@ -474,7 +514,6 @@ def _attend_rows(
                 for g in range(group):
                     q0 = (kh * group + g) * d
                     sc[a * group + g, jj] = _dot(q[r, q0 : q0 + d], kv, d) * scale
-    ld = vf.shape[1] * d  # one slot to the next
     wide = 4 * vw
     for a in range(n):
         r = members[a]
@@ -500,6 +539,13 @@ def _attend_rows(
             oa[:] = acc[:d]
             for j in range(ctx_len[r], nks[r]):
                 _axpy(sa[j], vf[key_slots[r, j], kh], oa, d)
+
+
+def _prefetch_key(kflat, flat, at, d):  # pragma: no cover - compiled
+    """Prefetch a key's K and V (``d`` elements from ``at`` in each cache, flat) into L2."""
+    for e in range(0, d, 64):  # four cache lines a call
+        _prefetch_lines(kflat, at + e)
+        _prefetch_lines(flat, at + e)
 
 
 def _dot(x, y, n):  # pragma: no cover - compiled
@@ -754,6 +800,14 @@ if njit is not None:
                 call = f"x, x_off, ldx, w, w_off, 32, count, acc{pf_args}"
                 ahead = 0 if stream else PREFETCH_BYTES
                 case(f"_tile_kp_{r}{suffix}", r, 16, 2, ahead, call, "count", stream, kpair=True)
+        # attention's score tile: KEY_TILE keys (broadcast) x a vector of queries, written (not
+        # added) to ``acc``: KEY_TILE FMA chains
+        lines.append("def _score_tile(vw, k, k_off, ldk, qt, ldq, count, acc):")
+        for vw in SCORE_TILE_WIDTHS:
+            first = lines[-1].startswith("def ")
+            lines.append(f"    {'if' if first else 'elif'} vw == {vw}:")
+            tiles[f"_score_{vw}"] = make_tile(KEY_TILE, vw, 1)
+            lines.append(f"        _score_{vw}(k, k_off, ldk, qt, 0, ldq, count, acc)")
         lines.append("def _value_tile(vw, vectors, p, p_off, v, v_off, ld, count, acc):")
         for vw in TILE_WIDTHS:
             for vec in (4, 1):
@@ -800,7 +854,9 @@ if njit is not None:
     _panel_tile = njit(inline="always")(_scope["_panel_tile"])
     _panel_tile_pf = njit(inline="always")(_scope["_panel_tile_pf"])
     _value_tile = njit(inline="always")(_scope["_value_tile"])
+    _score_tile = njit(inline="always")(_scope["_score_tile"])
     _prefetch_lines = make_prefetch(4)
+    _prefetch_key = njit(inline="always")(_prefetch_key)
     _panel_rows_c = njit(inline="always")(panel_rows)
     _panel_job_c = _jit(_panel_job)
     _linear_c = _jit(_linear)

@@ -71,8 +71,9 @@ def make_tile(
     """An intrinsic ``tile(w, w_off, ldw, xt, xt_off, ldxt, k_count, acc)``: ``acc[i, j] =
     sum_k w[w_off + i * ldw + k] * xt[xt_off + k * ldxt + j]`` for ``rows`` x ``width *
     vectors`` in vectors of ``width`` floats,
-    written row-major to ``acc`` (float32 arrays; offsets in elements; ``k_count`` >= 1; no
-    bounds checks, the caller owns them). ``prefetch`` > 0: each step of k also prefetches
+    written row-major to ``acc`` (float32 arrays, ``w`` also uint16 bfloat16 bits, each
+    element widened as it is broadcast; offsets in elements; ``k_count`` >= 1; no bounds
+    checks, the caller owns them). ``prefetch`` > 0: each step of k also prefetches
     the ``xt`` row ``prefetch // (its bytes)`` rows of ``ldxt`` ahead (``prefetch`` bytes
     where ``ldxt`` is the tile's own row), for an ``xt`` streamed from memory once (a
     prefetch past the array's end is harmless). ``xt`` may also be uint16 bfloat16 bit patterns,
@@ -105,12 +106,13 @@ def make_tile(
 
     def typer(w, w_off, ldw, xt, xt_off, ldxt, k_count, acc, pf):
         arrays = (w, xt, acc)
-        if any(not isinstance(a, types.Array) for a in arrays) or any(
-            a.dtype != types.float32 for a in (w, acc)
-        ):
-            return None  # the IR reads float32 only: anything else is a typing error
+        if any(not isinstance(a, types.Array) for a in arrays) or acc.dtype != types.float32:
+            return None  # the IR writes float32 only: anything else is a typing error
         if xt.dtype not in (types.float32, types.uint16):
             return None
+        if w.dtype not in (types.float32, types.uint16):
+            return None
+        w_bf16 = w.dtype == types.uint16
         bf16 = xt.dtype == types.uint16
         if kpair and not bf16:
             return None
@@ -188,8 +190,12 @@ def make_tile(
             splat = ir.Constant(ir.VectorType(i32, width), [0] * width)
 
             def broadcast(i, at):
-                """Token row ``i``'s value at k = ``at`` in every lane."""
-                s = builder.load(builder.gep(w_rows[i], [at]), align=4)
+                """Token row ``i``'s value at k = ``at`` in every lane (bfloat16 bits widened)."""
+                s = builder.load(builder.gep(w_rows[i], [at]), align=2 if w_bf16 else 4)
+                if w_bf16:
+                    s = builder.bitcast(
+                        builder.shl(builder.zext(s, i32), ir.Constant(i32, 16)), f32
+                    )
                 return builder.shuffle_vector(
                     builder.insert_element(undef, s, ir.Constant(i32, 0)), undef, splat
                 )
