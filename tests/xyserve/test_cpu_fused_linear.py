@@ -64,22 +64,24 @@ def test_the_forward_equals_hf_at_every_width():
     path = resolve_model(DEFAULT_DRAFT_MODEL)
     model = load_model(path, torch.device("cpu"), torch.float32)
     hf = transformers.AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
-    table = np.arange(4, dtype=np.int64)[None]
-    pos = np.arange(9, dtype=np.int64)
-    rows = ff.Rows(
-        ids=pos + 3, pos=pos, slots=pos.copy(), table_of=np.zeros(9, np.int64), tables=table,
-        ctx_len=pos + 1, extra_off=np.zeros(10, np.int64), extra_slots=np.zeros(0, np.int64),
-        out_rows=pos,
-    )  # fmt: skip
-    with torch.no_grad():  # every position's logits of the 9 tokens, causal
-        want = hf(torch.from_numpy(rows.ids)[None]).logits[0].numpy()
+    n = 21  # in blocks of 16, two whole key tiles and a remainder: the score tile's case
+    pos = np.arange(n, dtype=np.int64)
+    with torch.no_grad():  # every position's logits of the n tokens, causal
+        want = hf(torch.from_numpy(pos + 3)[None]).logits[0].numpy()
     for width in WIDTHS:
         w = pack_model(model, width=width)
         assert w.qkv.shape[-1] == 2 * width
-        k, v = ff.new_cache(w, 4, 4)
-        logits, argmax = ff.forward(w, k, v, rows)
-        np.testing.assert_allclose(logits, want, rtol=1e-4, atol=1e-4)
-        assert argmax.tolist() == logits.argmax(-1).tolist()
+        for bs in (4, 16):
+            table = np.arange(-(-n // bs), dtype=np.int64)[None]
+            rows = ff.Rows(
+                ids=pos + 3, pos=pos, slots=pos.copy(), table_of=np.zeros(n, np.int64),
+                tables=table, ctx_len=pos + 1, extra_off=np.zeros(n + 1, np.int64),
+                extra_slots=np.zeros(0, np.int64), out_rows=pos,
+            )  # fmt: skip
+            k, v = ff.new_cache(w, table.shape[1], bs)
+            logits, argmax = ff.forward(w, k, v, rows)
+            np.testing.assert_allclose(logits, want, rtol=1e-4, atol=1e-4, err_msg=f"{width} {bs}")
+            assert argmax.tolist() == logits.argmax(-1).tolist()
 
 
 @pytest.mark.parametrize("width", [2, 5, 32])
