@@ -34,8 +34,8 @@ from xyserve.bench.serve_report import (
     RunReport,
     Slo,
     aggregate,
+    highest_met,
     markdown,
-    max_rate_under_slo,
     rate_verdicts,
     ratios,
     settled,
@@ -203,8 +203,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     reports: list[RunReport] = out["_reports"]
     out["runs"] = [r.to_json() for r in reports]
     if args.sweep:
-        best = max_rate_under_slo(reports, args.slo_attainment)
         verdicts = rate_verdicts(reports, args.slo_attainment)
+        best = highest_met(verdicts, [r.label for r in reports])
         out["rate_verdicts"] = [{"system": v.label} | v.to_json() for v in verdicts]
         out["_verdicts"] = verdicts  # for the printed lines; not in the JSON
         labels = out["systems"]

@@ -263,8 +263,13 @@ def rate_verdicts(reports: list[RunReport], bar: float) -> list[RateVerdict]:
 def max_rate_under_slo(reports: list[RunReport], target: float) -> dict[str, float]:
     """Per system: the highest offered rate meeting the SLO (0 when none does), each rate
     judged on its runs pooled (:func:`rate_verdicts`)."""
-    best = {r.label: 0.0 for r in reports}
-    for v in rate_verdicts(reports, target):
+    return highest_met(rate_verdicts(reports, target), [r.label for r in reports])
+
+
+def highest_met(verdicts: list[RateVerdict], labels: list[str]) -> dict[str, float]:
+    """Per label: the highest rate whose verdict meets the SLO (0 when none does)."""
+    best = dict.fromkeys(labels, 0.0)
+    for v in verdicts:
         if v.meets:
             best[v.label] = max(best[v.label], v.rate)
     return best

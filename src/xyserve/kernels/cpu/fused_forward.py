@@ -430,7 +430,7 @@ def _rope_row(
 
 
 def _attend_rows(
-    members, kh, group, q, key_slots, ctx_len, nks, kf, vf, scale, attn, sc, bits, bs, vw, acc
+    members, kh, group, q, key_slots, ctx_len, nks, kf, vf, scale, attn, sc, bits, bs, vw, acc, st
 ):  # pragma: no cover - compiled
     """K/V head ``kh`` and its ``group`` query heads of the rows ``members`` (rows through one
     block table, as a request's rows in a step): softmax(q . K / sqrt(d)) V into ``attn``. Row
@@ -449,7 +449,8 @@ def _attend_rows(
     a layer's caches as [slots, Hkv, D] (a slot indexes them directly, with no division into
     block and offset per key). Scratch: ``sc`` ([len(members) x group, >= max nks] float32,
     C-contiguous; row a x group + g is row a's query head g), ``bits`` (int32, >= max nks),
-    ``acc`` (float32, >= D; the value tiles add each block's sums to it)."""
+    ``acc`` (float32, >= D; the value tiles add each block's sums to it), ``st`` (float32,
+    >= (D + KEY_TILE) x vw: the score tile's queries and sums)."""
     d = kf.shape[2]
     n = members.shape[0]
     lead = members[0]  # the row that sees the most of the table (all see a prefix of it)
@@ -481,8 +482,7 @@ def _attend_rows(
     if queries >= SCORE_TILE_QUERIES and bs % KEY_TILE == 0 and vw in SCORE_TILE_WIDTHS:
         tiled = nctx // KEY_TILE * KEY_TILE
     if tiled > 0:
-        qt = np.empty(d * vw, np.float32)
-        tile = np.empty(KEY_TILE * vw, np.float32)
+        qt, tile = st[: d * vw], st[d * vw :]
         for qc in range(0, queries, vw):
             qn = min(vw, queries - qc)
             for jq in range(vw):
@@ -644,6 +644,7 @@ def _forward(
     s_bits = np.empty((num_rows * num_heads, max(key_slots.shape[1], inter)), np.int32)
     vw = qkv.shape[-1] // 2  # the panels' vector width
     pv_acc = np.empty((num_rows * num_heads, d), np.float32)
+    q_tiles = np.empty((groups * hkv, (d + KEY_TILE) * vw), np.float32)  # an item's score tile
     s_p = np.empty((num_rows, inter), np.float32)
     for r in range(num_rows):
         h[r] = embed[ids[r]]
@@ -666,7 +667,7 @@ def _forward(
             _attend_rows_c(
                 order[m0:m1], kh, group, q, key_slots, ctx_len, nks, kf, vf, scale, attn,
                 scores[s0 : s0 + (m1 - m0) * group], s_bits[m0 * num_heads + kh], bs, vw,
-                pv_acc[m0 * num_heads + kh],
+                pv_acc[m0 * num_heads + kh], q_tiles[i],
             )  # fmt: skip
         _LINEAR(attn, o[layer], o_bias[layer], h, True, threads)
         _rms_rows_c(h, post_norm[layer], eps, x)
