@@ -9,6 +9,8 @@ admitted, and one bad request never disturbs others.
 from __future__ import annotations
 
 import asyncio
+import gc
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -28,6 +30,19 @@ from xyserve.server.middleware import (
 from xyserve.server.options import ServerOptions
 from xyserve.server.routes import chat, completions, service, tokens
 
+log = logging.getLogger("xyserve")
+
+
+def freeze_startup_heap() -> int:
+    """Collect once, then move every object alive now (the imports, the model, the app) out
+    of the cyclic GC's reach (``gc.freeze``, as vLLM does after start-up); returns how many.
+    A full collection walks every tracked object: in a serving process that is over 400K
+    objects and about 150 ms, a pause every running request's next token waits for.
+    Objects made while serving are still collected; refcounting frees frozen ones as ever."""
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
+
 
 def create_app(
     llm: AsyncLLM, *, shutdown_engine: bool = True, options: ServerOptions | None = None
@@ -42,11 +57,13 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         llm.start()
+        log.debug("GC: %d start-up objects frozen", freeze_startup_heap())
         try:
             yield
         finally:
             if shutdown_engine:
                 await asyncio.to_thread(llm.shutdown)
+            gc.unfreeze()  # what was frozen is collectable again (an app made, served, dropped)
 
     app = FastAPI(title="xyserve", version=xyserve.__version__, lifespan=lifespan)
     app.state.llm = llm
