@@ -55,14 +55,15 @@ from xyserve.kernels.cpu.isa import vector_width
 try:
     from numba import njit, prange
 
-    from xyserve.kernels.cpu import act, amx, bf16, exp, gemm
+    from xyserve.kernels.cpu import act, amx, argmax, bf16, exp, gemm
     from xyserve.kernels.cpu.act import silu_mul_row
+    from xyserve.kernels.cpu.argmax import first_argmax
     from xyserve.kernels.cpu.cache import depends_on
     from xyserve.kernels.cpu.exp import softmax_
     from xyserve.kernels.cpu.gemm import make_prefetch, make_tile
 
     # the helpers this module's kernels inline from others (numba's cache keys on them too)
-    DEPENDS = (act, amx, bf16, exp, gemm)
+    DEPENDS = (act, amx, argmax, bf16, exp, gemm)
 except ImportError:  # pragma: no cover - exercised only where numba is absent
     njit = None
 
@@ -685,12 +686,11 @@ def _forward(
     xs = np.empty((sel, hidden), np.float32)
     _rms_rows_c(hs, final_norm, eps, xs)
     _LINEAR(xs, lm_head, final_norm[:0], logits, False, threads)
-    for i in range(sel):
-        best, idx = logits[i, 0], 0
-        for v in range(1, logits.shape[1]):
-            if logits[i, v] > best:
-                best, idx = logits[i, v], v
-        argmax[i] = idx
+    if sel > 1:
+        for i in prange(sel):
+            argmax[i] = first_argmax(logits[i])
+    elif sel == 1:
+        argmax[0] = first_argmax(logits[0])
 
 
 def _greedy_chains(
