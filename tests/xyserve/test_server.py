@@ -135,6 +135,34 @@ def test_stop_strings_and_token_ids(server: Server) -> None:
     assert isinstance(r.choices[0].model_extra["stop_reason"], int)
 
 
+def test_stop_token_text_follows_include_stop_str_in_output(server: Server) -> None:
+    """As in vLLM, the token that stops a sequence (a stop_token_ids entry) is counted but its
+    text is left out, unless ``include_stop_str_in_output``; streamed or not."""
+    client = server.client()
+    for prompt in ["Hello world!", "for i in", "def add(a, b):", "The quick"]:
+        kw = dict(model=MODEL, prompt=prompt, max_tokens=1, temperature=0.0)
+        first = client.completions.create(**kw).choices[0].text
+        if first and "\ufffd" not in first:
+            break
+    assert first and "\ufffd" not in first, "no greedy first token with text: could not fail"
+    every = list(range(server.tokenizer.vocab_size))
+    for include, want in ((False, ""), (True, first)):
+        extra = {"stop_token_ids": every, "include_stop_str_in_output": include}
+        kw = dict(model=MODEL, prompt=prompt, max_tokens=12, temperature=0.0, extra_body=extra)
+        r = client.completions.create(**kw)
+        assert r.choices[0].finish_reason == "stop" and r.usage.completion_tokens == 1
+        assert r.choices[0].text == want
+        chunks = list(client.completions.create(stream=True, **kw))
+        assert "".join(c.choices[0].text for c in chunks) == want
+        chat_kw = dict(model=MODEL, messages=[{"role": "user", "content": "hi"}], temperature=0.0)
+        chat_first = client.chat.completions.create(max_tokens=1, **chat_kw)
+        chat = client.chat.completions.create(max_tokens=12, extra_body=extra, **chat_kw)
+        assert chat.choices[0].finish_reason == "stop" and chat.usage.completion_tokens == 1
+        chat_want = chat_first.choices[0].message.content if include else ""
+        assert chat.choices[0].message.content == chat_want
+    server.assert_clean()
+
+
 def test_chat(server: Server) -> None:
     client = server.client()
     messages = [
