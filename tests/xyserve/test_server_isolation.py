@@ -131,6 +131,12 @@ BAD = [
         {"role": "assistant", "content": "x", "function_call": {"name": "f", "arguments": "{}"}},
         {"role": "user", "content": "y"}]}, "messages.0.function_call"),
     ("/tokenize", {"model": MODEL, "prompt": "x", "messages": CHAT}, "prompt"),
+    # min_tokens beyond what the context leaves the prompt when max_tokens is unset (chat's
+    # default): it could never be honoured
+    ("/v1/completions", {**BASE, "max_tokens": None, "min_tokens": NUM_KV_BLOCKS * 16},
+     "min_tokens"),
+    ("/v1/chat/completions", {"model": MODEL, "messages": CHAT, "min_tokens": 10**6},
+     "min_tokens"),
     ("/tokenize", {"model": MODEL, "prompt": "x", "add_generation_prompt": False},
      "add_generation_prompt"),
 ]  # fmt: skip

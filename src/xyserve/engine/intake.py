@@ -151,4 +151,13 @@ class RequestIntake:
                 f"has {len(ids)} tokens and max_tokens is {max_tokens}",
                 "prompt" if len(ids) >= self.max_model_len else "max_tokens",
             )
+        if params.min_tokens > max_tokens:
+            # Only reachable with max_tokens unset (SamplingParams checks a given one): the
+            # request would end on length before its min_tokens, silently not honoured.
+            raise RequestValidationError(
+                f"min_tokens is {params.min_tokens}, but the prompt ({len(ids)} tokens) leaves "
+                f"at most {max_tokens} of this model's maximum context length of "
+                f"{self.max_model_len} tokens",
+                "min_tokens",
+            )
         return max_tokens
