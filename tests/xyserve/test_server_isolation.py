@@ -101,6 +101,10 @@ BAD = [
     ("/v1/completions", {**BASE, "guided_regex": "("}, "guided_regex"),
     ("/v1/completions", {**BASE, "guided_json": {"type": "bogus"}}, "guided_json"),
     ("/v1/completions", {**BASE, "guided_json": {}, "guided_regex": "a"}, "response_format"),
+    ("/v1/completions", {**BASE, "guided_json": "{not json"}, "guided_json"),
+    ("/v1/completions", {**BASE, "structured_outputs": {"json": "{not json"}},
+     "structured_outputs"),
+    ("/v1/completions", {**BASE, "structured_outputs": {}}, "structured_outputs"),
     ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "wizard", "content": "x"}]},
      "messages.0.role"),
     ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user"}]},
@@ -116,7 +120,7 @@ BAD = [
     ("/v1/chat/completions", {"model": MODEL, "messages": CHAT, "response_format": {
         "type": "json_schema"}}, "response_format"),
     ("/v1/chat/completions", {"model": MODEL, "messages": [
-        {"role": "user", "content": "lone \udc00 surrogate"}]}, "prompt"),
+        {"role": "user", "content": "lone \udc00 surrogate"}]}, "messages"),
     # accepted and ignored before: now refused
     ("/v1/completions", {**BASE, "stream_options": {"include_usage": True}}, "stream_options"),
     ("/v1/completions", {**BASE, "stream": True, "stream_options": {
@@ -131,9 +135,31 @@ BAD = [
         {"role": "assistant", "content": "x", "function_call": {"name": "f", "arguments": "{}"}},
         {"role": "user", "content": "y"}]}, "messages.0.function_call"),
     ("/tokenize", {"model": MODEL, "prompt": "x", "messages": CHAT}, "prompt"),
+    # chat names its own fields: the messages (not "prompt"), max_completion_tokens
+    ("/v1/chat/completions", {"model": MODEL, "messages": [
+        {"role": "user", "content": "Hello " * 1000}]}, "messages"),
+    ("/v1/chat/completions", {"model": MODEL, "messages": CHAT, "max_completion_tokens": 10**4},
+     "max_completion_tokens"),
+    ("/v1/chat/completions", {"model": MODEL, "messages": CHAT, "max_tokens": 10**4},
+     "max_tokens"),
+    # min_tokens beyond what the context leaves the prompt when max_tokens is unset (chat's
+    # default): it could never be honoured
+    ("/v1/completions", {**BASE, "max_tokens": None, "min_tokens": NUM_KV_BLOCKS * 16},
+     "min_tokens"),
+    ("/v1/chat/completions", {"model": MODEL, "messages": CHAT, "min_tokens": 10**6},
+     "min_tokens"),
     ("/tokenize", {"model": MODEL, "prompt": "x", "add_generation_prompt": False},
      "add_generation_prompt"),
 ]  # fmt: skip
+
+
+def test_prompt_too_long_without_max_tokens_says_so(server: Server) -> None:
+    """The 400 for a prompt longer than the context, with max_tokens unset, says what is
+    wrong, not that max_tokens is some negative number the client never sent."""
+    r = post(server, "/v1/completions", {**BASE, "prompt": "Hello " * 1000, "max_tokens": None})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "prompt", r.text
+    assert "max_tokens is -" not in r.json()["error"]["message"], r.text
+    server.assert_clean()
 
 
 def _infinite_temperature() -> bytes:

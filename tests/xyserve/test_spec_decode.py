@@ -504,6 +504,25 @@ def test_draft_model_equal_to_target_accepts_everything_and_stays_identical(tiny
     llm.llm_engine.spec.proposer.kv.check_no_leak()
 
 
+def test_an_abort_frees_the_drafts_blocks_at_once(tiny_llama):
+    """An aborted request's draft state (its K/V blocks in the draft's cache) is freed with
+    it, not at the next proposal: an engine left idle by the abort makes none."""
+    spec = {"method": "draft_model", "num_speculative_tokens": 3, "model": str(tiny_llama)}
+    llm = LLM(str(tiny_llama), speculative_config={**spec, "adaptive": False}, **ENGINE)
+    eng = llm.llm_engine
+    params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
+    rid = eng.add_request({"prompt_token_ids": _prompts()[0]}, params)
+    proposer = eng.spec.proposer
+    while not proposer.shadows:  # until the draft holds blocks for it
+        eng.step()
+    assert proposer.kv.req_blocks
+    eng.abort_request(rid)
+    assert not eng.has_unfinished_requests()
+    eng.kv.check_no_leak()
+    proposer.kv.check_no_leak()
+    assert not proposer.shadows and not eng.spec.acceptance
+
+
 def test_bundled_pair_greedy_identity():
     """xy-tiny with its bundled draft (the default), as a chain and as a tree: the same greedy
     text in fewer steps."""

@@ -238,6 +238,10 @@ class LLMEngine:
         for c in group.children:
             self.scheduler.finish_request(c.request.request_id, status)
             self._child_to_group.pop(c.request.request_id, None)
+        if self.spec is not None:
+            # The proposer's state of the request (a draft's K/V blocks) goes now: the next
+            # proposal would free it, but an engine left idle by an abort makes none.
+            self.spec.release_except({r.request_id for r in self.scheduler.running})
 
     def _fail(self, group: Group, error: str) -> None:
         """Fail one request inside a step: it ends with ``error``; nothing else is touched."""

@@ -146,9 +146,20 @@ class RequestIntake:
         if max_tokens is None:
             max_tokens = self.max_model_len - len(ids)
         if len(ids) + max_tokens > self.max_model_len or max_tokens < 1:
+            # with max_tokens unset, only the prompt can be at fault: say nothing of it
+            asked = "" if params.max_tokens is None else f" and max_tokens is {max_tokens}"
             raise PromptTooLongError(
                 f"this model's maximum context length is {self.max_model_len} tokens; the prompt "
-                f"has {len(ids)} tokens and max_tokens is {max_tokens}",
+                f"has {len(ids)} tokens{asked}",
                 "prompt" if len(ids) >= self.max_model_len else "max_tokens",
+            )
+        if params.min_tokens > max_tokens:
+            # Only reachable with max_tokens unset (SamplingParams checks a given one): the
+            # request would end on length before its min_tokens, silently not honoured.
+            raise RequestValidationError(
+                f"min_tokens is {params.min_tokens}, but the prompt ({len(ids)} tokens) leaves "
+                f"at most {max_tokens} of this model's maximum context length of "
+                f"{self.max_model_len} tokens",
+                "min_tokens",
             )
         return max_tokens

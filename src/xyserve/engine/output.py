@@ -85,6 +85,9 @@ class OutputProcessor:
         elif not p.ignore_eos and tok in self.eos_token_ids:
             if len(r.output_token_ids) >= p.min_tokens:
                 reason = "stop"
+        # As in vLLM: the token that stopped the sequence (a stop id or EOS) stays in the
+        # token ids, but its text only with include_stop_str_in_output.
+        drop_stop_token = reason is not None and not p.include_stop_str_in_output
         if self.tokenizer is not None:
             prev = len(child.text)
             child.text += self.decode_delta(child, p.skip_special_tokens)
@@ -103,7 +106,8 @@ class OutputProcessor:
         if reason is not None and self.tokenizer is not None and not isinstance(stop_reason, str):
             # Once per sequence: the exact text, including a trailing partial character that
             # the incremental decoder holds back.
-            child.text = self.tokenizer.decode(r.output_token_ids, p.skip_special_tokens)
+            ids = r.output_token_ids[:-1] if drop_stop_token else r.output_token_ids
+            child.text = self.tokenizer.decode(ids, p.skip_special_tokens)
         return reason, stop_reason
 
     def decode_delta(self, child: Child, skip_special_tokens: bool) -> str:

@@ -71,10 +71,18 @@ class ServerContext:
             raise APIError(f"cannot apply the chat template: {e}", param="messages") from None
 
     async def add_all(
-        self, prompts: list[Any], params: Any, rid: str, add_special_tokens: bool = True
+        self,
+        prompts: list[Any],
+        params: Any,
+        rid: str,
+        add_special_tokens: bool = True,
+        renames: dict[str, str] | None = None,
     ) -> list[RequestStream]:
         """Add every prompt's request or none (the engine thread admits them together, under
-        the waiting limit): a validation error is the client's 400, the limit a 503."""
+        the waiting limit): a validation error is the client's 400, the limit a 503.
+
+        ``renames`` maps the engine's name of a field to the request field that set it (chat:
+        ``prompt`` is the messages), so that the 400 names what the client sent."""
         rids = [rid] if len(prompts) == 1 else [f"{rid}-{i}" for i in range(len(prompts))]
         try:
             return await self.llm.add_requests(
@@ -82,7 +90,9 @@ class ServerContext:
             )
         except ValueError as e:
             code = "context_length_exceeded" if "context length" in str(e) else None
-            raise APIError(str(e), param=getattr(e, "param", None), code=code) from None
+            param = getattr(e, "param", None)
+            param = (renames or {}).get(param, param)
+            raise APIError(str(e), param=param, code=code) from None
         except (EngineBusyError, EngineDeadError) as e:
             raise stream_error(e) from None
 

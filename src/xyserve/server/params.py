@@ -32,7 +32,7 @@ async def sampling_params(
     try:
         constraint = body.constraint()
     except ValueError as e:
-        raise APIError(str(e), param="response_format") from None
+        raise APIError(str(e), param=getattr(e, "param", "response_format")) from None
     if constraint is not None:
         field, kind, value = constraint
         try:

@@ -125,7 +125,8 @@ class _SamplingRequest(BaseModel):
         ]
 
     def constraint(self) -> tuple[str, str, Any] | None:
-        """(field, kind, value) of the structured-output constraint; ValueError if several."""
+        """(field, kind, value) of the structured-output constraint; ValueError if several
+        (a SamplingParamsError, with ``param``, where one field alone is wrong)."""
         found: list[tuple[str, str, Any]] = []
         rf = self.response_format
         if rf is not None and rf.type != "json_schema" and rf.json_schema is not None:
@@ -137,7 +138,9 @@ class _SamplingRequest(BaseModel):
                 raise ValueError("response_format json_schema needs json_schema.schema")
             found.append(("response_format", "json_schema", rf.json_schema.json_schema))
         if self.guided_json is not None:
-            found.append(("guided_json", "json_schema", _json_value(self.guided_json)))
+            found.append(
+                ("guided_json", "json_schema", _json_value(self.guided_json, "guided_json"))
+            )
         if self.guided_regex is not None:
             found.append(("guided_regex", "regex", self.guided_regex))
         if self.guided_choice is not None:
@@ -147,7 +150,10 @@ class _SamplingRequest(BaseModel):
         so = self.structured_outputs
         if so is not None:
             kinds = [
-                ("json_schema", _json_value(so.json_) if so.json_ is not None else None),
+                (
+                    "json_schema",
+                    _json_value(so.json_, "structured_outputs") if so.json_ is not None else None,
+                ),
                 ("regex", so.regex),
                 ("choice", so.choice),
                 ("grammar", so.grammar),
@@ -155,7 +161,8 @@ class _SamplingRequest(BaseModel):
             ]
             set_kinds = [(k, v) for k, v in kinds if v is not None]
             if len(set_kinds) != 1:
-                raise ValueError("structured_outputs needs exactly one constraint")
+                msg = "structured_outputs needs exactly one constraint"
+                raise SamplingParamsError("structured_outputs", msg)
             found.append(("structured_outputs", *set_kinds[0]))
         if len(found) > 1:
             raise ValueError("give at most one of " + ", ".join(f for f, _, _ in found))
@@ -192,15 +199,15 @@ class _SamplingRequest(BaseModel):
         return bool(self.stream_options and self.stream_options.include_usage)
 
 
-def _json_value(v: dict[str, Any] | str) -> Any:
-    """A schema given as an object or as JSON text."""
+def _json_value(v: dict[str, Any] | str, field: str) -> Any:
+    """A schema given as an object or as JSON text (``field``: the request field, for the 400)."""
     if isinstance(v, str):
         import json
 
         try:
             return json.loads(v)
         except json.JSONDecodeError as e:
-            raise ValueError(f"the JSON schema is not valid JSON: {e}") from None
+            raise SamplingParamsError(field, f"the JSON schema is not valid JSON: {e}") from None
     return v
 
 

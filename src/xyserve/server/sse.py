@@ -36,14 +36,16 @@ def text_delta(st: ChoiceState, c: CompletionOutput, stops: list[str]) -> str:
 
     While the sequence runs, a trailing partial UTF-8 character and any tail that may begin a
     stop string are held back: the engine cuts the stop string off the text later, and what
-    was streamed cannot be taken back.
+    was streamed cannot be taken back. Only text not sent yet can begin a stop string (sent
+    text was no stop's beginning when it was sent, so it cannot be one now), so only that
+    tail is tried: the work per chunk is the chunk's, not the whole text's times the stop's.
     """
     text = c.text
     if c.finish_reason is None:
         text = text.rstrip("\ufffd")
         hold = 0
         for s in stops:
-            for k in range(min(len(s) - 1, len(text)), hold, -1):
+            for k in range(min(len(s) - 1, len(text) - st.text_len), hold, -1):
                 if text.endswith(s[:k]):
                     hold = k
                     break

@@ -129,13 +129,17 @@ class SpecDecoder:
                 sum(1 + len(r.spec_token_ids) for r in running) if pure and running else None
             )
 
-    def _propose(self, running: list[Request]) -> None:
-        t0 = time.perf_counter()
-        live = {r.request_id for r in running}
+    def release_except(self, live: set[str]) -> None:
+        """Forget every request not in ``live``: its estimates and the proposer's state (a
+        draft's K/V blocks among it)."""
         self.acceptance = {rid: a for rid, a in self.acceptance.items() if rid in live}
         self.in_run = {rid: v for rid, v in self.in_run.items() if rid in live}
         if hasattr(self.proposer, "release_except"):
             self.proposer.release_except(live)
+
+    def _propose(self, running: list[Request]) -> None:
+        t0 = time.perf_counter()
+        self.release_except({r.request_id for r in running})
         decoding = [r for r in running if r.num_computed_tokens == r.num_tokens - 1]
         limit = self.config.disable_by_batch_size
         if not decoding or (limit is not None and len(decoding) >= limit):

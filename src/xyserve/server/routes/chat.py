@@ -51,7 +51,10 @@ async def chat_completions(body: ChatCompletionRequest, raw: Request, ctx: Ctx) 
     prompt = await ctx.render_chat(body.messages, body.add_generation_prompt)
     rid = f"chatcmpl-{uuid.uuid4().hex}"
     # The template already holds any special tokens (BOS); by default don't add them twice.
-    streams = await ctx.add_all([prompt], params, rid, add_special_tokens=body.add_special_tokens)
+    renames["prompt"] = "messages"
+    streams = await ctx.add_all(
+        [prompt], params, rid, add_special_tokens=body.add_special_tokens, renames=renames
+    )
     k = body.top_logprobs or 0
     model_name = ctx.model_name
     if body.stream:
