@@ -202,10 +202,11 @@ class LLMEngine:
         group = Group(rid, text, ids, params, metrics=RequestMetrics(arrival_time=now))
         # Build every child first: only then does any of them reach the scheduler.
         for i, child_id in enumerate(child_ids):
-            gen = None
+            gen, seed = None, None
             if params.seed is not None:
-                gen = torch.Generator().manual_seed(params.seed + i)
-            req = Request(child_id, list(ids), max_tokens, now, params)
+                seed = params.seed + i
+                gen = torch.Generator().manual_seed(seed)
+            req = Request(child_id, list(ids), max_tokens, now, params, seed=seed)
             matcher = params.structured.new_matcher() if params.structured is not None else None
             logprobs = [] if params.logprobs is not None else None
             group.children.append(Child(req, i, gen, logprobs=logprobs, matcher=matcher))

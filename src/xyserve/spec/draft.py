@@ -49,6 +49,22 @@ def resolve_draft_path(model: str | None, target_path: Path) -> Path:
     return Path(resolve_model(model))
 
 
+DRAFT_STREAM = 0x6472616674  # "draft": keys the draft's random stream apart from the target's
+
+
+def draft_generator(seed: int | None) -> torch.Generator | None:
+    """The draft's generator for a sample seeded ``seed`` (None: unseeded, the global one).
+    Not ``seed`` itself, which seeds the target's generator for the same sample: rejection
+    sampling needs the draft's proposals independent of the uniforms that accept them, and
+    two generators from one seed draw the same numbers (a proposal's uniform would then be
+    the very one that decides a later acceptance). Mixed by numpy's SeedSequence, so samples
+    seeded s and s + 1 (a request's children) get unrelated streams too."""
+    if seed is None:
+        return None
+    mixed = np.random.SeedSequence([seed % 2**64, DRAFT_STREAM]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(mixed))
+
+
 class DraftModelProposer:
     def __init__(
         self,
@@ -133,11 +149,7 @@ class DraftModelProposer:
         if s is None:
             s = Request(r.request_id, tokens, max_tokens=1)
             self.shadows[r.request_id] = s
-            p = r.sampling_params
-            seed = getattr(p, "seed", None)
-            self.generators[r.request_id] = (
-                torch.Generator().manual_seed(seed) if seed is not None else None
-            )
+            self.generators[r.request_id] = draft_generator(r.seed)
             return s
         old = s.all_token_ids
         keep = min(s.num_computed_tokens, len(tokens) - 1)
