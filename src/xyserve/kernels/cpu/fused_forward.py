@@ -925,15 +925,16 @@ def forward(
     ``rows`` from their own block tables (positions below ``cos.shape[0]``, slots inside the
     cache). ``parallel`` runs on ``threads`` (torch's intra-op count when None): the linear
     layers split their output columns across them whatever the number of rows, so one row
-    streams its weights on every thread."""
+    streams its weights on every thread. On one thread it runs the serial compilation: the same
+    code without a fork and join of the thread pool per parallel region."""
     sel = rows.out_rows.shape[0]
     logits = np.empty((sel, w.vocab_size), np.float32)
     argmax = np.empty(sel, np.int64)
-    if parallel:
+    n = use_cpu_threads(threads) if parallel else 1
+    if n > 1:
         fn = _parallel_amx if w.amx else _parallel
     else:
         fn = _serial_amx if w.amx else _serial
-    n = use_cpu_threads(threads) if parallel else 1
     fn(_row_tuple(rows), _weight_tuple(w), k_cache, v_cache, w.num_heads, w.eps, logits, argmax, n)
     return logits, argmax
 
