@@ -90,3 +90,33 @@ def test_all_shipped_workflows_validate():
         wf = load_workflow(name)
         assert wf.meta.get("sources"), f"{name} must document where its parameters come from"
         assert set(wf.levels) >= {"low", "medium", "high"}
+
+
+@pytest.mark.parametrize("exit_to", ["c", "lp"])
+def test_cycle_through_a_loop_exit_is_not_governed(exit_to):
+    """Only the loop's body path may return to it: an edge back from its exit path (or an
+    exit to itself) loops forever when an instance is unrolled."""
+    nodes = [
+        task("a", 1, ["lp"]),
+        {"id": "lp", "type": "loop", "body": "b", "exit": exit_to, "trips": 2, "max_trips": 3},
+        task("b", 1, ["lp"]),
+    ]
+    if exit_to == "c":
+        nodes.append(task("c", 1, ["lp"]))
+    msg = _err(workflow(nodes))
+    assert "cycle" in msg and "not governed by a loop block" in msg and "lp" in msg
+
+
+def test_nested_loops_are_governed():
+    doc = workflow(
+        [
+            task("a", 1, ["outer"]),
+            {"id": "outer", "type": "loop", "body": "b", "exit": "z", "trips": 2, "max_trips": 3},
+            task("b", 1, ["inner"]),
+            {"id": "inner", "type": "loop", "body": "c", "exit": "d", "trips": 2, "max_trips": 3},
+            task("c", 1, ["inner"]),
+            task("d", 1, ["outer"]),
+            task("z", 1),
+        ]
+    )
+    assert parse_workflow(doc).tasks == ["a", "b", "c", "d", "z"]

@@ -243,20 +243,31 @@ def _edges(b) -> list[str]:
 
 
 def _check_cycles(nodes: dict, probs: list[str]) -> None:
-    """Every cycle must pass through a loop block, which bounds it."""
+    """Every cycle must pass through a loop block by its body edge, which bounds it: the
+    body path returns to the loop, which counts the trips. A cycle back into a loop from its
+    exit path (or an exit to the loop itself) is unbounded, since unrolling an instance
+    would re-enter the loop forever; so the graph without the loop-to-body edges must be
+    acyclic."""
     color: dict[str, int] = {}
     stack: list[str] = []
+
+    def field_of(b, s: str) -> str:
+        if s in b.next:
+            return "next"
+        return "exit" if getattr(b, "exit", None) == s else "body"
 
     def visit(n: str) -> bool:
         color[n] = 1
         stack.append(n)
-        for s in _edges(nodes[n]):
-            if getattr(nodes[s], "type", "") == "loop":
+        b = nodes[n]
+        for s in _edges(b):
+            if b.type == "loop" and s == b.body:
                 continue
             if color.get(s) == 1:
                 cyc = stack[stack.index(s) :] + [s]
                 probs.append(
-                    f"node '{n}': field 'next': cycle {' -> '.join(cyc)} is not governed by a loop block"
+                    f"node '{n}': field '{field_of(b, s)}': cycle {' -> '.join(cyc)} "
+                    "is not governed by a loop block"
                 )
                 return True
             if color.get(s) is None and visit(s):
@@ -266,14 +277,8 @@ def _check_cycles(nodes: dict, probs: list[str]) -> None:
         return False
 
     for n in nodes:
-        if getattr(nodes[n], "type", "") != "loop" and color.get(n) is None:
-            if visit(n):
-                return
-    # loop bodies themselves are walked starting from each loop's body
-    for b in nodes.values():
-        if getattr(b, "type", "") == "loop" and b.body and color.get(b.body) is None:
-            if visit(b.body):
-                return
+        if color.get(n) is None and visit(n):
+            return
 
 
 TaskBlock.type = "task"  # uniform `.type` for both node kinds
