@@ -120,3 +120,35 @@ def test_nested_loops_are_governed():
         ]
     )
     assert parse_workflow(doc).tasks == ["a", "b", "c", "d", "z"]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_numbers_are_rejected(bad):
+    """NaN passed every `< 0` check and ran to a summary of nan% (exit 0); inf work too."""
+    msg = _err(workflow([task("a", bad)]))
+    assert "node 'a'" in msg and "'work'" in msg and "finite" in msg
+    msg = _err(workflow([task("a", {"dist": "normal", "mean": 5, "std": bad})]))
+    assert "node 'a'" in msg and "'work'.std" in msg and "finite" in msg
+    msg = _err(workflow([task("a", 1, out_bytes=bad)]))
+    assert "node 'a'" in msg and "'out_bytes'" in msg and "finite" in msg
+    doc = workflow(
+        [
+            task("a", 1, ["br"]),
+            {"id": "br", "type": "branch", "next": ["x", "y"], "probs": [bad, 1.0]},
+            task("x", 1),
+            task("y", 1),
+        ]
+    )
+    msg = _err(doc)
+    assert "node 'br'" in msg and "'probs'" in msg
+    doc = workflow(
+        [
+            task("a", 1, ["lp"]),
+            {"id": "lp", "type": "loop", "body": "b", "exit": "c", "continue_prob": bad},
+            task("b", 1, ["lp"]),
+            task("c", 1),
+        ]
+    )
+    doc["nodes"][1]["max_trips"] = 3
+    msg = _err(doc)
+    assert "node 'lp'" in msg and "'continue_prob'" in msg and "finite" in msg

@@ -133,6 +133,8 @@ def parse_dist(spec, where: str) -> Dist:
         for x in vals:
             if not isinstance(x, (int, float)) or isinstance(x, bool):
                 raise DistError(f"{where}.{k}: expected numbers, got {x!r}")
+            if not math.isfinite(x):
+                raise DistError(f"{where}.{k}: expected a finite number, got {x}")
             if x < 0:
                 raise DistError(f"{where}.{k}: must be non-negative, got {x}")
     parts: tuple = ()

@@ -7,6 +7,7 @@ hand-written workflow in one pass.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -83,8 +84,14 @@ def _num(d: dict, key: str, where: str, probs: list[str], *, integer=False, defa
     if v is None:
         probs.append(f"{where}: field '{key}': missing")
         return None
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and v != int(v)):
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
         probs.append(f"{where}: field '{key}': expected {'an integer' if integer else 'a number'}")
+        return None
+    if not math.isfinite(v):  # NaN passes every comparison below; inf has no int()
+        probs.append(f"{where}: field '{key}': expected a finite number, got {v}")
+        return None
+    if integer and v != int(v):
+        probs.append(f"{where}: field '{key}': expected an integer")
         return None
     if v < 0:
         probs.append(f"{where}: field '{key}': negative size/value {v}")
@@ -154,8 +161,14 @@ def parse_workflow(doc: dict) -> Workflow:
             p = nd.get("probs")
             if not isinstance(p, list) or len(p) != len(nxt) or not nxt:
                 probs.append(f"{where}: field 'probs': need one probability per successor")
-            elif any(not isinstance(x, (int, float)) or x < 0 for x in p):
-                probs.append(f"{where}: field 'probs': must be non-negative numbers")
+            elif any(
+                isinstance(x, bool)
+                or not isinstance(x, (int, float))
+                or not math.isfinite(x)
+                or x < 0
+                for x in p
+            ):
+                probs.append(f"{where}: field 'probs': must be finite non-negative numbers")
             elif abs(sum(p) - 1.0) > 1e-6:
                 probs.append(f"{where}: field 'probs': sum to {sum(p):g}, not 1")
             else:
