@@ -152,3 +152,10 @@ def test_non_finite_numbers_are_rejected(bad):
     doc["nodes"][1]["max_trips"] = 3
     msg = _err(doc)
     assert "node 'lp'" in msg and "'continue_prob'" in msg and "finite" in msg
+
+
+@pytest.mark.parametrize("weights", [["x"], [0], [-1, 2], [float("nan")], [True]], ids=str)
+def test_bad_mixture_weights_name_the_component(weights):
+    comps = [{"weight": w, "dist": "fixed", "value": 1} for w in weights]
+    msg = _err(workflow([task("a", {"dist": "mixture", "components": comps})]))
+    assert "node 'a'" in msg and "'work'" in msg and "weight" in msg
