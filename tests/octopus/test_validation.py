@@ -159,3 +159,31 @@ def test_bad_mixture_weights_name_the_component(weights):
     comps = [{"weight": w, "dist": "fixed", "value": 1} for w in weights]
     msg = _err(workflow([task("a", {"dist": "mixture", "components": comps})]))
     assert "node 'a'" in msg and "'work'" in msg and "weight" in msg
+
+
+def test_reference_fields_of_the_wrong_type_name_node_and_field():
+    """A non-list `next` or a list where one node id is expected raised TypeError."""
+    msg = _err(workflow([task("a", 1), task("b", 1)]) | {"nodes": [task("a", 1) | {"next": 5}]})
+    assert "node 'a'" in msg and "'next'" in msg
+    doc = workflow(
+        [
+            task("a", 1, ["lp"]),
+            {"id": "lp", "type": "loop", "body": ["b"], "exit": "c", "trips": 2, "max_trips": 3},
+            task("b", 1, ["lp"]),
+            task("c", 1),
+        ]
+    )
+    msg = _err(doc)
+    assert "node 'lp'" in msg and "'body'" in msg
+    doc = workflow(
+        [
+            task("a", 1, ["x", "y"], join=["j"]),
+            task("x", 1, ["j"]),
+            task("y", 1, ["j"]),
+            {"id": "j", "type": "join"},
+        ]
+    )
+    msg = _err(doc)
+    assert "node 'a'" in msg and "'join'" in msg
+    msg = _err(workflow([task("a", 1)], entry=["a"]))
+    assert "'entry'" in msg

@@ -99,6 +99,27 @@ def _num(d: dict, key: str, where: str, probs: list[str], *, integer=False, defa
     return int(v) if integer else float(v)
 
 
+def _ref(v, where: str, key: str, probs: list[str]) -> str | None:
+    """A reference to one node: its id. An integer counts as its string, as in `id`; any
+    other type (a list, a mapping) is a problem, since it cannot name a node."""
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (str, int)):
+        probs.append(f"{where}: field '{key}': expected a node id, got {v!r}")
+        return None
+    return str(v)
+
+
+def _refs(v, where: str, probs: list[str]) -> list[str]:
+    """`next`: one node id or a list of them."""
+    if v is None:
+        return []
+    if not isinstance(v, list):
+        v = [v]
+    out = [_ref(x, where, "next", probs) for x in v]
+    return [x for x in out if x is not None]
+
+
 def _dist(d: dict, key: str, where: str, probs: list[str]) -> Dist | None:
     if key not in d:
         probs.append(f"{where}: field '{key}': missing")
@@ -134,9 +155,7 @@ def parse_workflow(doc: dict) -> Workflow:
         if typ not in NODE_TYPES:
             probs.append(f"{where}: field 'type': unknown {typ!r} (one of {', '.join(NODE_TYPES)})")
             continue
-        nxt = nd.get("next", [])
-        if isinstance(nxt, str):
-            nxt = [nxt]
+        nxt = _refs(nd.get("next"), where, probs)
         if typ == "task":
             kind = nd.get("kind", "ai")
             if kind not in ("ai", "general"):
@@ -153,7 +172,7 @@ def parse_workflow(doc: dict) -> Workflow:
                 _num(nd, "in_bytes", where, probs, integer=True, default=0) or 0,
                 _num(nd, "out_bytes", where, probs, integer=True, default=0) or 0,
                 list(nxt),
-                nd.get("join"),
+                _ref(nd.get("join"), where, "join", probs),
             )
             continue
         cb = ControlBlock(nid, typ, list(nxt))
@@ -175,16 +194,18 @@ def parse_workflow(doc: dict) -> Workflow:
                 cb.probs = [float(x) for x in p]
         elif typ == "fanout":
             cb.count = _dist(nd, "count", where, probs)
-            cb.body, cb.join = nd.get("body"), nd.get("join")
+            cb.body = _ref(nd.get("body"), where, "body", probs)
+            cb.join = _ref(nd.get("join"), where, "join", probs)
             if "max_count" in nd:
                 cb.max_count = _num(nd, "max_count", where, probs, integer=True)
             for k in ("body", "join"):
-                if getattr(cb, k) is None:
+                if nd.get(k) is None:
                     probs.append(f"{where}: field '{k}': missing")
         elif typ == "loop":
-            cb.body, cb.exit = nd.get("body"), nd.get("exit")
+            cb.body = _ref(nd.get("body"), where, "body", probs)
+            cb.exit = _ref(nd.get("exit"), where, "exit", probs)
             for k in ("body", "exit"):
-                if getattr(cb, k) is None:
+                if nd.get(k) is None:
                     probs.append(f"{where}: field '{k}': missing")
             if "max_trips" not in nd:
                 probs.append(f"{where}: field 'max_trips': a loop needs a bound")
@@ -203,7 +224,8 @@ def parse_workflow(doc: dict) -> Workflow:
             else:
                 probs.append(f"{where}: field 'trips': need trips or continue_prob")
         nodes[nid] = cb
-    _check_refs(nodes, doc.get("entry"), probs)
+    entry = _ref(doc.get("entry"), "document", "entry", probs)
+    _check_refs(nodes, entry, probs)
     if not probs:
         _check_cycles(nodes, probs)
     if probs:
@@ -212,7 +234,7 @@ def parse_workflow(doc: dict) -> Workflow:
     levels.update(doc.get("dynamicity", {}) or {})
     meta = {k: v for k, v in doc.items() if k not in ("nodes", "dynamicity", "arrival")}
     return Workflow(
-        str(doc.get("name", "workflow")), doc["entry"], nodes, levels, doc.get("arrival", {}), meta
+        str(doc.get("name", "workflow")), entry, nodes, levels, doc.get("arrival", {}), meta
     )
 
 
