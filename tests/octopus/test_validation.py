@@ -187,3 +187,20 @@ def test_reference_fields_of_the_wrong_type_name_node_and_field():
     assert "node 'a'" in msg and "'join'" in msg
     msg = _err(workflow([task("a", 1)], entry=["a"]))
     assert "'entry'" in msg
+
+
+@pytest.mark.parametrize("spread", ["x", -0.5, 2.0, float("nan")], ids=str)
+def test_bad_dynamicity_level_names_the_level(spread):
+    """A non-numeric spread crashed (TypeError) when the workflow was compiled."""
+    doc = workflow([task("a", 1)]) | {"dynamicity": {"low": 0.2, "high": spread}}
+    msg = _err(doc)
+    assert "'dynamicity'" in msg and "high" in msg
+
+
+def test_unknown_level_is_a_clear_error(capsys):
+    """`--level foo` escaped as a KeyError traceback."""
+    from octopus.cli import main
+
+    assert main(["run", "-w", "video_recognition", "--instances", "2", "--level", "foo"]) == 2
+    err = capsys.readouterr().err
+    assert "'foo'" in err and "low" in err and "high" in err

@@ -228,14 +228,34 @@ def parse_workflow(doc: dict) -> Workflow:
     _check_refs(nodes, entry, probs)
     if not probs:
         _check_cycles(nodes, probs)
+    levels = _levels(doc.get("dynamicity"), probs)
     if probs:
         raise WorkflowError(probs)
-    levels = dict(DEFAULT_LEVELS)
-    levels.update(doc.get("dynamicity", {}) or {})
     meta = {k: v for k, v in doc.items() if k not in ("nodes", "dynamicity", "arrival")}
     return Workflow(
         str(doc.get("name", "workflow")), entry, nodes, levels, doc.get("arrival", {}), meta
     )
+
+
+def _levels(spec, probs: list[str]) -> dict[str, float]:
+    """Dynamicity levels: the defaults updated by the file's map level -> spread, each in
+    [0, 1] (a spread scales dispersion toward the mean: 1 is the file as written)."""
+    levels = dict(DEFAULT_LEVELS)
+    if spec is None:
+        return levels
+    if not isinstance(spec, dict):
+        probs.append("document: field 'dynamicity': expected a mapping level -> spread")
+        return levels
+    for name, v in spec.items():
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 <= v <= 1.0
+        if not ok:  # NaN fails the range test too
+            probs.append(
+                f"document: field 'dynamicity': level {name!r}: expected a spread in [0, 1], "
+                f"got {v!r}"
+            )
+            continue
+        levels[str(name)] = float(v)
+    return levels
 
 
 def _check_refs(nodes: dict, entry, probs: list[str]) -> None:
