@@ -204,3 +204,22 @@ def test_unknown_level_is_a_clear_error(capsys):
     assert main(["run", "-w", "video_recognition", "--instances", "2", "--level", "foo"]) == 2
     err = capsys.readouterr().err
     assert "'foo'" in err and "low" in err and "high" in err
+
+
+@pytest.mark.parametrize(
+    "arrival, field",
+    [
+        ({"process": "poisson", "rate_per_cluster_per_ms": 0}, "rate_per_cluster_per_ms"),
+        ({"process": "poisson", "rate_per_cluster_per_ms": -2}, "rate_per_cluster_per_ms"),
+        ({"process": "closed", "concurrency_per_cluster": "two"}, "concurrency_per_cluster"),
+        ({"process": "batch", "instances_per_cluster": float("nan")}, "instances_per_cluster"),
+        ({"process": "poison"}, "process"),
+        ([1, 2], "arrival"),
+    ],
+    ids=str,
+)
+def test_bad_arrival_is_rejected_when_loaded(arrival, field):
+    """A zero Poisson rate crashed (ZeroDivisionError) at run time and a negative one
+    gave arrival times running backwards; nothing was checked when the file was loaded."""
+    msg = _err(workflow([task("a", 1)]) | {"arrival": arrival})
+    assert "'arrival'" in msg and field in msg

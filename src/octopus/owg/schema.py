@@ -229,11 +229,12 @@ def parse_workflow(doc: dict) -> Workflow:
     if not probs:
         _check_cycles(nodes, probs)
     levels = _levels(doc.get("dynamicity"), probs)
+    _check_arrival(doc.get("arrival"), probs)
     if probs:
         raise WorkflowError(probs)
     meta = {k: v for k, v in doc.items() if k not in ("nodes", "dynamicity", "arrival")}
     return Workflow(
-        str(doc.get("name", "workflow")), entry, nodes, levels, doc.get("arrival", {}), meta
+        str(doc.get("name", "workflow")), entry, nodes, levels, doc.get("arrival") or {}, meta
     )
 
 
@@ -256,6 +257,35 @@ def _levels(spec, probs: list[str]) -> dict[str, float]:
             continue
         levels[str(name)] = float(v)
     return levels
+
+
+ARRIVAL_PROCESSES = ("closed", "poisson", "batch")
+ARRIVAL_SIZES = ("instances_per_cluster", "concurrency_per_cluster", "rate_per_cluster_per_ms")
+
+
+def _check_arrival(spec, probs: list[str]) -> None:
+    """The arrival process (see `owg.arrival`), checked at load time: a zero rate divided by
+    zero at run time, and a negative one made arrival times run backwards."""
+    if spec is None:
+        return
+    if not isinstance(spec, dict):
+        probs.append("document: field 'arrival': expected a mapping")
+        return
+    proc = spec.get("process", "closed")
+    if proc not in ARRIVAL_PROCESSES:
+        probs.append(
+            f"document: field 'arrival': field 'process': unknown {proc!r} "
+            f"({' | '.join(ARRIVAL_PROCESSES)})"
+        )
+    for key in ARRIVAL_SIZES:
+        if key not in spec:
+            continue
+        v = spec[key]
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        if not ok or v <= 0:
+            probs.append(
+                f"document: field 'arrival': field {key!r}: expected a positive number, got {v!r}"
+            )
 
 
 def _check_refs(nodes: dict, entry, probs: list[str]) -> None:
