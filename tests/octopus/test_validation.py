@@ -223,3 +223,57 @@ def test_bad_arrival_is_rejected_when_loaded(arrival, field):
     gave arrival times running backwards; nothing was checked when the file was loaded."""
     msg = _err(workflow([task("a", 1)]) | {"arrival": arrival})
     assert "'arrival'" in msg and field in msg
+
+
+def _arch_err(**changes) -> str:
+    """The chip file with `section.field` (or a top-level key; None drops it) changed."""
+    import copy
+
+    import yaml
+
+    from octopus.arch.config import CONFIG_DIR, arch_from_dict
+
+    doc = copy.deepcopy(yaml.safe_load((CONFIG_DIR / "chip.yaml").read_text()))
+    for key, v in changes.items():
+        sec, _, fld = key.partition("__")
+        if fld:
+            doc[sec][fld] = v
+        elif v is None:
+            del doc[sec]
+        else:
+            doc[sec] = v
+    with pytest.raises(ValueError) as e:
+        arch_from_dict(doc)
+    return str(e.value)
+
+
+@pytest.mark.parametrize(
+    "changes, field",
+    [
+        ({"clusters": None}, "clusters"),
+        ({"clusters": 2}, "clusters"),
+        ({"clusters": [1.5, 2]}, "clusters"),
+        ({"clusters_per_die": [0, 0]}, "clusters_per_die"),
+        ({"pea__throughput_tops": 0}, "pea.throughput_tops"),
+        ({"pea__throughput_tops": -1}, "pea.throughput_tops"),
+        ({"pea__throughput_tops": float("nan")}, "pea.throughput_tops"),
+        ({"mesh__link_bandwidth_gbps": 0}, "mesh.link_bandwidth_gbps"),
+        ({"mesh__hop_latency_us": "fast"}, "mesh.hop_latency_us"),
+        ({"reconfig__bandwidth_gbps": 0}, "reconfig.bandwidth_gbps"),
+        ({"control__control_plane_latency_us": -5}, "control.control_plane_latency_us"),
+        ({"mesh": 5}, "mesh"),
+    ],
+    ids=str,
+)
+def test_bad_architecture_names_the_field(changes, field):
+    """These crashed (KeyError, TypeError, ZeroDivisionError) or ran to negative or NaN
+    PEA-time percentages with exit 0."""
+    msg = _arch_err(**changes)
+    assert msg.startswith("arch:") and f"'{field}'" in msg
+
+
+def test_architecture_document_must_be_a_mapping():
+    from octopus.arch.config import arch_from_dict
+
+    with pytest.raises(ValueError, match="expected a mapping"):
+        arch_from_dict([1, 2])
