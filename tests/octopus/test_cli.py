@@ -171,3 +171,22 @@ def test_bench_profile_lists_where_the_time_goes(capsys):
     assert "tottime" in out and "(start)" in out and "SimPy" not in out
     assert main(["bench", "--profile", "0"]) == 2
     assert "--profile must be >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "name, text, opt",
+    [
+        ("w.yaml", "schema: octopus-owg/1\nnodes: [ {id: a\n", "-w"),
+        ("w.json", '{"schema": "octopus-owg/1", ', "-w"),
+        ("a.yaml", "schema: [\n", "-a"),
+    ],
+)
+def test_unparsable_file_is_a_clear_error(tmp_path, capsys, name, text, opt):
+    """A YAML syntax error escaped as a yaml.ScannerError traceback (exit 1); a JSON one
+    printed the decoder's message without saying which file."""
+    bad = tmp_path / name
+    bad.write_text(text)
+    args = ["run", "-w", "video_recognition", "--instances", "2", "-s", "greedy"]
+    args += [opt, str(bad)]
+    assert main(args) == 2
+    assert name in capsys.readouterr().err

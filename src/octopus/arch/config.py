@@ -218,7 +218,11 @@ def load_arch(path_or_name: str | Path) -> Arch:
         if not p.exists():
             names = ", ".join(sorted(x.stem for x in CONFIG_DIR.glob("*.yaml")))
             raise FileNotFoundError(f"unknown architecture {path_or_name!r} (shipped: {names})")
-    return arch_from_dict(yaml.safe_load(p.read_text()))
+    try:
+        doc = yaml.safe_load(p.read_text())
+    except (OSError, ValueError, yaml.YAMLError) as e:  # a syntax error, a folder, ...
+        raise ValueError(f"arch {str(p)!r}: cannot be read: {e}") from e
+    return arch_from_dict(doc)
 
 
 def list_arches() -> list[str]:

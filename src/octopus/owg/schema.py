@@ -376,6 +376,9 @@ def load_workflow(path_or_name: str | Path) -> Workflow:
         from octopus.workloads import workload_path
 
         p = workload_path(str(path_or_name))
-    text = p.read_text()
-    doc = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+    try:
+        text = p.read_text()
+        doc = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+    except (OSError, ValueError, yaml.YAMLError) as e:  # a syntax error, a folder, ...
+        raise ValueError(f"workflow {str(p)!r}: cannot be read: {e}") from e
     return parse_workflow(doc)
