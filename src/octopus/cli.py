@@ -113,11 +113,11 @@ def _load(a) -> int:
 
     if a.rate is not None and (a.sweep or a.plot):
         raise ValueError("load: --rate runs one rate; --sweep and --plot need a sweep")
-    if a.rate is not None and a.rate <= 0:
+    if a.rate is not None and not a.rate > 0:  # NaN too
         raise ValueError(f"load: --rate must be positive, got {a.rate}")
     if a.instances < 2 or not 0.0 <= a.warmup < 1.0:
         raise ValueError("load: --instances must be >= 2 and --warmup in [0, 1)")
-    if (a.slo_us if a.slo_us is not None else a.slo_mult) <= 0:
+    if not (a.slo_us if a.slo_us is not None else a.slo_mult) > 0:  # NaN too
         raise ValueError("load: the SLO must be positive")
     cw, arch = prepare(a.workflow, a.arch, a.level)
     prof = cw.profile()

@@ -112,6 +112,8 @@ def compare_suite(
     """The ablation over the suite at `seed`; with seeds > 1, also `over_seeds`: the same
     figures at seed, seed + 1, ..., with their mean and spread (the top-level figures stay
     those of `seed`)."""
+    if seeds < 1:
+        raise ValueError(f"compare: --seeds must be >= 1, got {seeds}")
     res = _compare_one(suite, arch, level, seed, instances, progress, extra, capacity)
     if seeds > 1:
         runs = [res] + [

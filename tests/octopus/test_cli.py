@@ -190,3 +190,41 @@ def test_unparsable_file_is_a_clear_error(tmp_path, capsys, name, text, opt):
     args += [opt, str(bad)]
     assert main(args) == 2
     assert name in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "args, word",
+    [
+        (["run", "-w", "video_recognition", "-s", "greedy", "--instances", "0"], "instances"),
+        (["run", "-w", "video_recognition", "-s", "greedy", "--instances", "-3"], "instances"),
+        (["run", "-w", "video_recognition", "-s", "reactive", "--threshold", "nan"], "threshold"),
+        (["run", "-w", "video_recognition", "-s", "reactive", "--threshold", "-1"], "threshold"),
+        (["load", "-w", "video_recognition", "--rate", "nan", "--instances", "4"], "rate"),
+        (["load", "-w", "video_recognition", "--fractions", "nan", "--instances", "4"], "fraction"),
+        (["load", "-w", "video_recognition", "--slo-us", "nan", "--instances", "4"], "SLO"),
+        (
+            [
+                "load",
+                "-w",
+                "video_recognition",
+                "--process",
+                "bursty",
+                "--burst",
+                "nan",
+                "--rate",
+                "1",
+                "--instances",
+                "4",
+            ],
+            "burst",
+        ),
+        (["compare", "--suite", "video_recognition", "--seeds", "0", "--quiet"], "seeds"),
+    ],
+    ids=lambda x: " ".join(x) if isinstance(x, list) else x,
+)
+def test_bad_numeric_options_exit_2(capsys, args, word):
+    """--instances 0 silently ran the default count and -3 ran nothing (exit 0, all zero);
+    NaN rates, fractions, SLOs, bursts and thresholds passed the '<= 0' checks and ran to
+    nan results; --seeds 0 was ignored."""
+    assert main(args) == 2
+    assert word in capsys.readouterr().err
