@@ -277,3 +277,18 @@ def test_architecture_document_must_be_a_mapping():
 
     with pytest.raises(ValueError, match="expected a mapping"):
         arch_from_dict([1, 2])
+
+
+def test_footprint_larger_than_a_cluster_is_refused_before_running(capsys):
+    """An invocation occupies PEAs of one cluster (docs: the model), so a larger footprint
+    never starts; the run used to end in a RuntimeError traceback ('stalled', exit 1)."""
+    from octo_helpers import arch
+
+    from octopus.owg.sample import CompiledWorkflow
+    from octopus.runner import run_one
+
+    cw = CompiledWorkflow(parse_workflow(workflow([task("a", 1, footprint=5)])))
+    with pytest.raises(ValueError) as e:
+        run_one(cw, arch(clusters=(2, 1), peas=(2, 2)), "greedy", instances=2)
+    msg = str(e.value)
+    assert "node 'a'" in msg and "'footprint'" in msg and "4" in msg
