@@ -379,6 +379,8 @@ def sweep(
     from octopus.grid import executor_stream
     from octopus.report.plots import line_plot
 
+    if seeds < 1:  # no point to run: the summary's means would divide by zero
+        raise ValueError(f"sweep: --seeds must be >= 1, got {seeds}")
     names = workflows or list(SUITE)
     levels = ("low", "medium", "high")
     arches = ("chip", "chiplet", "wafer")

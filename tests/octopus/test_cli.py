@@ -228,3 +228,11 @@ def test_bad_numeric_options_exit_2(capsys, args, word):
     nan results; --seeds 0 was ignored."""
     assert main(args) == 2
     assert word in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("seeds", ["0", "-1"])
+def test_sweep_needs_a_seed(tmp_path, capsys, seeds):
+    """--seeds 0 ran no point and crashed with ZeroDivisionError in the summary."""
+    args = ["sweep", "--out", str(tmp_path), "--seeds", seeds, "--workers", "1"]
+    assert main(args) == 2
+    assert "--seeds" in capsys.readouterr().err
