@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from octopus.report.metrics import json_safe
 from octopus.sched import all_names
 
 SCHEDULER_HELP = (
@@ -36,7 +37,7 @@ def _run(a) -> int:
         print(f"trace written to {a.trace} (open in https://ui.perfetto.dev)")
     if a.json:
         with open(a.json, "w") as f:
-            json.dump(s, f, indent=2)
+            json.dump(json_safe(s), f, indent=2)
     if a.plots:
         import os
 
@@ -65,7 +66,7 @@ def _compare(a) -> int:
     print(format_compare(res))
     if a.json:
         with open(a.json, "w") as f:
-            json.dump(res, f, indent=2)
+            json.dump(json_safe(res), f, indent=2)
         print(f"written {a.json}")
     if a.plots:
         from octopus.report.plots import ablation_bars, capacity_bars
@@ -90,7 +91,7 @@ def _sweep(a) -> int:
                 "the grid file names every parameter"
             )
         res = run_grid(load_grid(a.grid), a.out, **ex)
-        print(json.dumps(res, indent=2))
+        print(json.dumps(json_safe(res), indent=2))
         return 0
     from octopus.experiments import sweep
 
@@ -103,7 +104,7 @@ def _sweep(a) -> int:
         tuple(a.parts or ("dyn", "scale")),
         **ex,
     )
-    print(json.dumps(res["summary"], indent=2))
+    print(json.dumps(json_safe(res["summary"]), indent=2))
     return 0
 
 
@@ -176,7 +177,7 @@ def _load(a) -> int:
     res.update(workflow=cw.wf.name, arch=arch.name, level=a.level, process=a.process)
     if a.json:
         with open(a.json, "w") as f:
-            json.dump(res, f, indent=2)
+            json.dump(json_safe(res), f, indent=2)
         print(f"written {a.json}")
     return 0
 

@@ -8,7 +8,7 @@ import os
 from tqdm import tqdm
 
 from octopus.owg.arrival import make_arrivals
-from octopus.report.metrics import summarize
+from octopus.report.metrics import json_safe, summarize
 from octopus.runner import best_reactive, prepare, run_one
 from octopus.workloads import SUITE
 
@@ -452,5 +452,5 @@ def sweep(
     }
     res = {"dynamicity": dyn, "scale": scale, "summary": summary}
     with open(os.path.join(out_dir, "sweep.json"), "w") as f:
-        json.dump(res, f, indent=2)
+        json.dump(json_safe(res), f, indent=2)
     return res

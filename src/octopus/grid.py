@@ -28,6 +28,8 @@ from collections.abc import Callable, Iterable
 import yaml
 from tqdm import tqdm
 
+from octopus.report.metrics import json_safe
+
 SCHEMA = "octopus-sweep/1"
 LISTS = ("workflows", "architectures", "schedulers", "levels", "seeds", "rates")
 DEFAULTS = {"levels": ["high"], "seeds": [0], "rates": ["closed"]}
@@ -205,6 +207,7 @@ def run_grid(
     os.makedirs(out_dir, exist_ok=True)
     with open(journal, "a") as f:
         for row in tqdm(stream, total=len(todo), desc="sweep", disable=not progress):
+            row = json_safe(row)  # NaN -> None: the journal is JSON, and a resume reads it
             f.write(json.dumps(row) + "\n")
             f.flush()
             done[row["run"]] = row
