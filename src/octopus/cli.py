@@ -187,6 +187,8 @@ def _bench(a) -> int:
 
     if a.profile is not None and a.profile < 1:
         raise ValueError(f"bench: --profile must be >= 1 (functions to list), got {a.profile}")
+    if a.simpy_instances < 1:  # two empty runs, whose makespans of 0 "disagree"
+        raise ValueError(f"bench: --simpy-instances must be >= 1, got {a.simpy_instances}")
     bench(a.arch, a.workflow, a.instances, a.seed, a.simpy_instances, a.profile or 0)
     return 0
 

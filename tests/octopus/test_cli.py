@@ -236,3 +236,9 @@ def test_sweep_needs_a_seed(tmp_path, capsys, seeds):
     args = ["sweep", "--out", str(tmp_path), "--seeds", seeds, "--workers", "1"]
     assert main(args) == 2
     assert "--seeds" in capsys.readouterr().err
+
+
+def test_bench_needs_simpy_instances(capsys):
+    """--simpy-instances 0 compared two empty runs and printed 'makespans agree: False'."""
+    assert main(["bench", "--arch", "chip", "--instances", "2", "--simpy-instances", "0"]) == 2
+    assert "--simpy-instances" in capsys.readouterr().err
