@@ -114,6 +114,8 @@ def compare_suite(
     those of `seed`)."""
     if seeds < 1:
         raise ValueError(f"compare: --seeds must be >= 1, got {seeds}")
+    if capacity < 0:  # 0: no capacity; a negative count was truthy and crashed at the end
+        raise ValueError(f"compare: --capacity must be >= 0 (instances per rate), got {capacity}")
     res = _compare_one(suite, arch, level, seed, instances, progress, extra, capacity)
     if seeds > 1:
         runs = [res] + [

@@ -103,6 +103,8 @@ def run_at_rate(
     **kw,
 ) -> LoadPoint:
     """One open-loop run at `rate_per_ms` instances per millisecond."""
+    if instances < 1:
+        raise ValueError(f"load: instances must be >= 1, got {instances}")
     profile = profile or cw.profile()
     times = arrival_times(rate_per_ms / 1000.0, instances, seed, process, burst)
     sched = make_scheduler(scheduler, **kw)

@@ -242,3 +242,11 @@ def test_bench_needs_simpy_instances(capsys):
     """--simpy-instances 0 compared two empty runs and printed 'makespans agree: False'."""
     assert main(["bench", "--arch", "chip", "--instances", "2", "--simpy-instances", "0"]) == 2
     assert "--simpy-instances" in capsys.readouterr().err
+
+
+def test_compare_capacity_must_not_be_negative(capsys):
+    """--capacity -5 is truthy: it ran the whole comparison, then open-loop runs of -5
+    instances, which failed (division by zero) only at the end."""
+    args = ["compare", "--suite", "video_recognition", "--instances", "4", "--quiet"]
+    assert main([*args, "--capacity", "-5"]) == 2
+    assert "--capacity" in capsys.readouterr().err
