@@ -56,6 +56,11 @@ def parse_grid(doc) -> dict:
             raise ValueError(f"sweep grid: field {key!r}: missing")
         if not isinstance(v, list) or not v:
             raise ValueError(f"sweep grid: field {key!r}: expected a non-empty list")
+        seen: list = []
+        for x in v:  # a repeat would run (and count) the same point twice
+            if x in seen:
+                raise ValueError(f"sweep grid: field {key!r}: repeated {x!r}")
+            seen.append(x)
         g[key] = v
     for s in g["seeds"]:
         if not isinstance(s, int) or isinstance(s, bool):

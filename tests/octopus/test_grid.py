@@ -110,3 +110,12 @@ def test_rows_journal_is_standard_json(tmp_path):
     run_grid(g, str(tmp_path), workers=1, progress=False)
     rows = [json.loads(x, parse_constant=refuse) for x in open(tmp_path / "rows.jsonl")]
     assert rows and rows[0]["latency_se_us"] is None
+
+
+def test_a_repeated_value_in_a_grid_list_names_the_key(tmp_path):
+    """seeds: [0, 0] ran the same run twice and wrote it twice into rows.csv (a silently
+    double-weighted point in any mean over the rows)."""
+    with pytest.raises(ValueError, match="'seeds'.*repeated 0"):
+        parse_grid({**GRID, "seeds": [0, 1, 0]})
+    with pytest.raises(ValueError, match="'rates'.*repeated 2"):
+        parse_grid({**GRID, "rates": [2, "closed", 2.0]})
