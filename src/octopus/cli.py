@@ -23,7 +23,7 @@ def _run(a) -> int:
         raise ValueError("run: --threshold is reactive's; this scheduler takes none")
     cw, arch = prepare(a.workflow, a.arch, a.level)
     if a.scheduler == "reactive" and a.threshold is None:
-        sim, th = best_reactive(cw, arch, a.seed, a.instances)
+        sim, th = best_reactive(cw, arch, a.seed, a.instances, record=bool(a.trace))
         print(f"reactive: best threshold from sweep = {th}")
     else:
         kw = {"threshold": a.threshold} if a.scheduler == "reactive" else {}

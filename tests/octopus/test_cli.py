@@ -250,3 +250,15 @@ def test_compare_capacity_must_not_be_negative(capsys):
     args = ["compare", "--suite", "video_recognition", "--instances", "4", "--quiet"]
     assert main([*args, "--capacity", "-5"]) == 2
     assert "--capacity" in capsys.readouterr().err
+
+
+def test_reactive_threshold_sweep_trace_has_its_reconfigurations(tmp_path, capsys):
+    """`run -s reactive` without --threshold (the threshold sweep) ran unrecorded, so the
+    trace had no reconfiguration spans although the summary counted some."""
+    trace = tmp_path / "t.json"
+    args = ["run", "-w", "video_recognition", "-s", "reactive", "--instances", "6"]
+    assert main([*args, "--trace", str(trace)]) == 0
+    out = capsys.readouterr().out
+    n = int(out.split("reconfigurations")[1].split()[0])
+    ev = json.loads(trace.read_text())["traceEvents"]
+    assert n > 0 and sum(e.get("cat") == "reconfig" for e in ev) >= n
