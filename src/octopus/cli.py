@@ -331,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     try:
         return a.fn(a)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:  # OSError: an input or output path (not found, ...)
         print(f"octopus: error: {e}", file=sys.stderr)
         return 2
 

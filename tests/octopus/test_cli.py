@@ -262,3 +262,15 @@ def test_reactive_threshold_sweep_trace_has_its_reconfigurations(tmp_path, capsy
     n = int(out.split("reconfigurations")[1].split()[0])
     ev = json.loads(trace.read_text())["traceEvents"]
     assert n > 0 and sum(e.get("cat") == "reconfig" for e in ev) >= n
+
+
+@pytest.mark.parametrize("opt", ["--json", "--plots"])
+def test_unwritable_output_is_a_clear_error(tmp_path, capsys, opt):
+    """An output path that cannot be written (--json naming a folder, --plots naming a
+    file) escaped as an IsADirectoryError/FileExistsError traceback, exit 1."""
+    a_file = tmp_path / "f"
+    a_file.write_text("")
+    target = tmp_path if opt == "--json" else a_file
+    args = ["run", "-w", "video_recognition", "-s", "greedy", "--instances", "2"]
+    assert main([*args, opt, str(target)]) == 2
+    assert str(target) in capsys.readouterr().err
