@@ -292,3 +292,16 @@ def test_footprint_larger_than_a_cluster_is_refused_before_running(capsys):
         run_one(cw, arch(clusters=(2, 1), peas=(2, 2)), "greedy", instances=2)
     msg = str(e.value)
     assert "node 'a'" in msg and "'footprint'" in msg and "4" in msg
+
+
+def test_a_workflow_without_task_blocks_is_refused():
+    """Only control blocks: nothing to run, and every partitioned scheduler crashed on its
+    empty partition (IndexError)."""
+    doc = workflow(
+        [
+            {"id": "br", "type": "branch", "next": ["j"], "probs": [1]},
+            {"id": "j", "type": "join"},
+        ]
+    )
+    msg = _err(doc)
+    assert "'nodes'" in msg and "task" in msg

@@ -224,6 +224,8 @@ def parse_workflow(doc: dict) -> Workflow:
             else:
                 probs.append(f"{where}: field 'trips': need trips or continue_prob")
         nodes[nid] = cb
+    if nodes and not any(isinstance(b, TaskBlock) for b in nodes.values()):
+        probs.append("document: field 'nodes': no task block (nothing to run)")
     entry = _ref(doc.get("entry"), "document", "entry", probs)
     _check_refs(nodes, entry, probs)
     if not probs:
