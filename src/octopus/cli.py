@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from octopus.report.metrics import json_safe
 from octopus.sched import all_names
 
 SCHEDULER_HELP = (
@@ -22,7 +23,7 @@ def _run(a) -> int:
         raise ValueError("run: --threshold is reactive's; this scheduler takes none")
     cw, arch = prepare(a.workflow, a.arch, a.level)
     if a.scheduler == "reactive" and a.threshold is None:
-        sim, th = best_reactive(cw, arch, a.seed, a.instances)
+        sim, th = best_reactive(cw, arch, a.seed, a.instances, record=bool(a.trace))
         print(f"reactive: best threshold from sweep = {th}")
     else:
         kw = {"threshold": a.threshold} if a.scheduler == "reactive" else {}
@@ -36,7 +37,7 @@ def _run(a) -> int:
         print(f"trace written to {a.trace} (open in https://ui.perfetto.dev)")
     if a.json:
         with open(a.json, "w") as f:
-            json.dump(s, f, indent=2)
+            json.dump(json_safe(s), f, indent=2)
     if a.plots:
         import os
 
@@ -65,7 +66,7 @@ def _compare(a) -> int:
     print(format_compare(res))
     if a.json:
         with open(a.json, "w") as f:
-            json.dump(res, f, indent=2)
+            json.dump(json_safe(res), f, indent=2)
         print(f"written {a.json}")
     if a.plots:
         from octopus.report.plots import ablation_bars, capacity_bars
@@ -90,7 +91,7 @@ def _sweep(a) -> int:
                 "the grid file names every parameter"
             )
         res = run_grid(load_grid(a.grid), a.out, **ex)
-        print(json.dumps(res, indent=2))
+        print(json.dumps(json_safe(res), indent=2))
         return 0
     from octopus.experiments import sweep
 
@@ -103,7 +104,7 @@ def _sweep(a) -> int:
         tuple(a.parts or ("dyn", "scale")),
         **ex,
     )
-    print(json.dumps(res["summary"], indent=2))
+    print(json.dumps(json_safe(res["summary"]), indent=2))
     return 0
 
 
@@ -113,11 +114,11 @@ def _load(a) -> int:
 
     if a.rate is not None and (a.sweep or a.plot):
         raise ValueError("load: --rate runs one rate; --sweep and --plot need a sweep")
-    if a.rate is not None and a.rate <= 0:
+    if a.rate is not None and not a.rate > 0:  # NaN too
         raise ValueError(f"load: --rate must be positive, got {a.rate}")
     if a.instances < 2 or not 0.0 <= a.warmup < 1.0:
         raise ValueError("load: --instances must be >= 2 and --warmup in [0, 1)")
-    if (a.slo_us if a.slo_us is not None else a.slo_mult) <= 0:
+    if not (a.slo_us if a.slo_us is not None else a.slo_mult) > 0:  # NaN too
         raise ValueError("load: the SLO must be positive")
     cw, arch = prepare(a.workflow, a.arch, a.level)
     prof = cw.profile()
@@ -176,7 +177,7 @@ def _load(a) -> int:
     res.update(workflow=cw.wf.name, arch=arch.name, level=a.level, process=a.process)
     if a.json:
         with open(a.json, "w") as f:
-            json.dump(res, f, indent=2)
+            json.dump(json_safe(res), f, indent=2)
         print(f"written {a.json}")
     return 0
 
@@ -186,6 +187,8 @@ def _bench(a) -> int:
 
     if a.profile is not None and a.profile < 1:
         raise ValueError(f"bench: --profile must be >= 1 (functions to list), got {a.profile}")
+    if a.simpy_instances < 1:  # two empty runs, whose makespans of 0 "disagree"
+        raise ValueError(f"bench: --simpy-instances must be >= 1, got {a.simpy_instances}")
     bench(a.arch, a.workflow, a.instances, a.seed, a.simpy_instances, a.profile or 0)
     return 0
 
@@ -328,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     try:
         return a.fn(a)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:  # OSError: an input or output path (not found, ...)
         print(f"octopus: error: {e}", file=sys.stderr)
         return 2
 

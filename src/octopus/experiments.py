@@ -8,7 +8,7 @@ import os
 from tqdm import tqdm
 
 from octopus.owg.arrival import make_arrivals
-from octopus.report.metrics import summarize
+from octopus.report.metrics import json_safe, summarize
 from octopus.runner import best_reactive, prepare, run_one
 from octopus.workloads import SUITE
 
@@ -112,6 +112,10 @@ def compare_suite(
     """The ablation over the suite at `seed`; with seeds > 1, also `over_seeds`: the same
     figures at seed, seed + 1, ..., with their mean and spread (the top-level figures stay
     those of `seed`)."""
+    if seeds < 1:
+        raise ValueError(f"compare: --seeds must be >= 1, got {seeds}")
+    if capacity < 0:  # 0: no capacity; a negative count was truthy and crashed at the end
+        raise ValueError(f"compare: --capacity must be >= 0 (instances per rate), got {capacity}")
     res = _compare_one(suite, arch, level, seed, instances, progress, extra, capacity)
     if seeds > 1:
         runs = [res] + [
@@ -377,6 +381,8 @@ def sweep(
     from octopus.grid import executor_stream
     from octopus.report.plots import line_plot
 
+    if seeds < 1:  # no point to run: the summary's means would divide by zero
+        raise ValueError(f"sweep: --seeds must be >= 1, got {seeds}")
     names = workflows or list(SUITE)
     levels = ("low", "medium", "high")
     arches = ("chip", "chiplet", "wafer")
@@ -448,5 +454,5 @@ def sweep(
     }
     res = {"dynamicity": dyn, "scale": scale, "summary": summary}
     with open(os.path.join(out_dir, "sweep.json"), "w") as f:
-        json.dump(res, f, indent=2)
+        json.dump(json_safe(res), f, indent=2)
     return res

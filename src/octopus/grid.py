@@ -28,6 +28,8 @@ from collections.abc import Callable, Iterable
 import yaml
 from tqdm import tqdm
 
+from octopus.report.metrics import json_safe
+
 SCHEMA = "octopus-sweep/1"
 LISTS = ("workflows", "architectures", "schedulers", "levels", "seeds", "rates")
 DEFAULTS = {"levels": ["high"], "seeds": [0], "rates": ["closed"]}
@@ -54,6 +56,11 @@ def parse_grid(doc) -> dict:
             raise ValueError(f"sweep grid: field {key!r}: missing")
         if not isinstance(v, list) or not v:
             raise ValueError(f"sweep grid: field {key!r}: expected a non-empty list")
+        seen: list = []
+        for x in v:  # a repeat would run (and count) the same point twice
+            if x in seen:
+                raise ValueError(f"sweep grid: field {key!r}: repeated {x!r}")
+            seen.append(x)
         g[key] = v
     for s in g["seeds"]:
         if not isinstance(s, int) or isinstance(s, bool):
@@ -205,6 +212,7 @@ def run_grid(
     os.makedirs(out_dir, exist_ok=True)
     with open(journal, "a") as f:
         for row in tqdm(stream, total=len(todo), desc="sweep", disable=not progress):
+            row = json_safe(row)  # NaN -> None: the journal is JSON, and a resume reads it
             f.write(json.dumps(row) + "\n")
             f.flush()
             done[row["run"]] = row

@@ -31,7 +31,7 @@ def arrival_times(
     rate_per_us: float, n: int, seed: int, process: str = "poisson", burst: float = 8.0
 ) -> list[float]:
     """n arrival times at mean rate `rate_per_us` (instances per microsecond)."""
-    if rate_per_us <= 0:
+    if not rate_per_us > 0:  # NaN too
         raise ValueError(f"load: rate must be positive, got {rate_per_us}")
     if process not in PROCESSES:
         raise ValueError(f"load: unknown arrival process {process!r} (one of {PROCESSES})")
@@ -41,7 +41,7 @@ def arrival_times(
             out.append(t)
             t += rng.expovariate(rate_per_us)
         return out
-    if burst < 1:
+    if not burst >= 1:  # NaN too
         raise ValueError(f"load: burst must be >= 1, got {burst}")
     p = 1.0 / burst  # geometric burst size on {1, 2, ...} with mean `burst`
     while len(out) < n:
@@ -103,6 +103,8 @@ def run_at_rate(
     **kw,
 ) -> LoadPoint:
     """One open-loop run at `rate_per_ms` instances per millisecond."""
+    if instances < 1:
+        raise ValueError(f"load: instances must be >= 1, got {instances}")
     profile = profile or cw.profile()
     times = arrival_times(rate_per_ms / 1000.0, instances, seed, process, burst)
     sched = make_scheduler(scheduler, **kw)
@@ -151,7 +153,7 @@ def load_sweep(
     without end inside the SLO; no scheduler sustains it)."""
     profile = profile or cw.profile()
     bound = capacity_bound_per_us(profile, arch) * 1000.0
-    if not fractions or any(f <= 0 for f in fractions):
+    if not fractions or any(not f > 0 for f in fractions):
         raise ValueError("load: fractions of the capacity bound must be positive")
     pts = [
         run_at_rate(cw, arch, scheduler, f * bound, profile=profile, **kw)

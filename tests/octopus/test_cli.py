@@ -171,3 +171,106 @@ def test_bench_profile_lists_where_the_time_goes(capsys):
     assert "tottime" in out and "(start)" in out and "SimPy" not in out
     assert main(["bench", "--profile", "0"]) == 2
     assert "--profile must be >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "name, text, opt",
+    [
+        ("w.yaml", "schema: octopus-owg/1\nnodes: [ {id: a\n", "-w"),
+        ("w.json", '{"schema": "octopus-owg/1", ', "-w"),
+        ("a.yaml", "schema: [\n", "-a"),
+    ],
+)
+def test_unparsable_file_is_a_clear_error(tmp_path, capsys, name, text, opt):
+    """A YAML syntax error escaped as a yaml.ScannerError traceback (exit 1); a JSON one
+    printed the decoder's message without saying which file."""
+    bad = tmp_path / name
+    bad.write_text(text)
+    args = ["run", "-w", "video_recognition", "--instances", "2", "-s", "greedy"]
+    args += [opt, str(bad)]
+    assert main(args) == 2
+    assert name in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "args, word",
+    [
+        (["run", "-w", "video_recognition", "-s", "greedy", "--instances", "0"], "instances"),
+        (["run", "-w", "video_recognition", "-s", "greedy", "--instances", "-3"], "instances"),
+        (["run", "-w", "video_recognition", "-s", "reactive", "--threshold", "nan"], "threshold"),
+        (["run", "-w", "video_recognition", "-s", "reactive", "--threshold", "-1"], "threshold"),
+        (["load", "-w", "video_recognition", "--rate", "nan", "--instances", "4"], "rate"),
+        (["load", "-w", "video_recognition", "--fractions", "nan", "--instances", "4"], "fraction"),
+        (["load", "-w", "video_recognition", "--slo-us", "nan", "--instances", "4"], "SLO"),
+        (
+            [
+                "load",
+                "-w",
+                "video_recognition",
+                "--process",
+                "bursty",
+                "--burst",
+                "nan",
+                "--rate",
+                "1",
+                "--instances",
+                "4",
+            ],
+            "burst",
+        ),
+        (["compare", "--suite", "video_recognition", "--seeds", "0", "--quiet"], "seeds"),
+    ],
+    ids=lambda x: " ".join(x) if isinstance(x, list) else x,
+)
+def test_bad_numeric_options_exit_2(capsys, args, word):
+    """--instances 0 silently ran the default count and -3 ran nothing (exit 0, all zero);
+    NaN rates, fractions, SLOs, bursts and thresholds passed the '<= 0' checks and ran to
+    nan results; --seeds 0 was ignored."""
+    assert main(args) == 2
+    assert word in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("seeds", ["0", "-1"])
+def test_sweep_needs_a_seed(tmp_path, capsys, seeds):
+    """--seeds 0 ran no point and crashed with ZeroDivisionError in the summary."""
+    args = ["sweep", "--out", str(tmp_path), "--seeds", seeds, "--workers", "1"]
+    assert main(args) == 2
+    assert "--seeds" in capsys.readouterr().err
+
+
+def test_bench_needs_simpy_instances(capsys):
+    """--simpy-instances 0 compared two empty runs and printed 'makespans agree: False'."""
+    assert main(["bench", "--arch", "chip", "--instances", "2", "--simpy-instances", "0"]) == 2
+    assert "--simpy-instances" in capsys.readouterr().err
+
+
+def test_compare_capacity_must_not_be_negative(capsys):
+    """--capacity -5 is truthy: it ran the whole comparison, then open-loop runs of -5
+    instances, which failed (division by zero) only at the end."""
+    args = ["compare", "--suite", "video_recognition", "--instances", "4", "--quiet"]
+    assert main([*args, "--capacity", "-5"]) == 2
+    assert "--capacity" in capsys.readouterr().err
+
+
+def test_reactive_threshold_sweep_trace_has_its_reconfigurations(tmp_path, capsys):
+    """`run -s reactive` without --threshold (the threshold sweep) ran unrecorded, so the
+    trace had no reconfiguration spans although the summary counted some."""
+    trace = tmp_path / "t.json"
+    args = ["run", "-w", "video_recognition", "-s", "reactive", "--instances", "6"]
+    assert main([*args, "--trace", str(trace)]) == 0
+    out = capsys.readouterr().out
+    n = int(out.split("reconfigurations")[1].split()[0])
+    ev = json.loads(trace.read_text())["traceEvents"]
+    assert n > 0 and sum(e.get("cat") == "reconfig" for e in ev) >= n
+
+
+@pytest.mark.parametrize("opt", ["--json", "--plots"])
+def test_unwritable_output_is_a_clear_error(tmp_path, capsys, opt):
+    """An output path that cannot be written (--json naming a folder, --plots naming a
+    file) escaped as an IsADirectoryError/FileExistsError traceback, exit 1."""
+    a_file = tmp_path / "f"
+    a_file.write_text("")
+    target = tmp_path if opt == "--json" else a_file
+    args = ["run", "-w", "video_recognition", "-s", "greedy", "--instances", "2"]
+    assert main([*args, opt, str(target)]) == 2
+    assert str(target) in capsys.readouterr().err

@@ -248,3 +248,20 @@ def test_adaptive_recommendation_has_no_cluster_local_buffer_deadlock():
     assert sim.makespan < 32_000.0
     old = run_one(cw, a, "octopus-dds-adaptive", 1, 60, liveness=False)
     assert old.buffers.spills > 0 and old.makespan > 1.1 * sim.makespan
+
+
+@pytest.mark.parametrize("sched", ["octopus-dds", "octopus", "octopus-central"])
+def test_zero_duration_task_with_bounded_buffers(sched):
+    """A TB of zero work has an EWMA duration of 0, so its expected wait is 0, and the
+    back-pressure test divided the reconfiguration cost by it (ZeroDivisionError)."""
+    doc = workflow(
+        [
+            task("a", 1, ["x", "y"], join="j"),
+            task("x", 0, ["j"]),
+            task("y", 3, ["j"]),
+            {"id": "j", "type": "join"},
+        ]
+    )
+    a = arch(clusters=(2, 1), peas=(2, 2), slots=1, contention=True, hop=0.01, rc_base=1.0)
+    sim = simulate(doc, a, sched, n=6, concurrency=3, strict=True)
+    assert sim.finished == 6 and sim.makespan > 0

@@ -97,3 +97,25 @@ def test_the_example_grid_parses():
 
     g = load_grid(str(Path(__file__).resolve().parents[2] / "docs/octopus_tutorial/grid.yaml"))
     assert len(expand(g)) == 24
+
+
+def test_rows_journal_is_standard_json(tmp_path):
+    """An open-loop row of a small run has an undefined standard error (NaN), which was
+    written into rows.jsonl as the bare token NaN, not JSON."""
+
+    def refuse(c):
+        raise ValueError(f"not JSON: {c}")
+
+    g = parse_grid({**GRID, "schedulers": ["greedy"], "seeds": [0], "rates": [2.0]})
+    run_grid(g, str(tmp_path), workers=1, progress=False)
+    rows = [json.loads(x, parse_constant=refuse) for x in open(tmp_path / "rows.jsonl")]
+    assert rows and rows[0]["latency_se_us"] is None
+
+
+def test_a_repeated_value_in_a_grid_list_names_the_key(tmp_path):
+    """seeds: [0, 0] ran the same run twice and wrote it twice into rows.csv (a silently
+    double-weighted point in any mean over the rows)."""
+    with pytest.raises(ValueError, match="'seeds'.*repeated 0"):
+        parse_grid({**GRID, "seeds": [0, 1, 0]})
+    with pytest.raises(ValueError, match="'rates'.*repeated 2"):
+        parse_grid({**GRID, "rates": [2, "closed", 2.0]})

@@ -1,5 +1,6 @@
 """Open-loop load: arrival processes, closed forms on one cluster, the capacity bound."""
 
+import json
 import math
 
 import pytest
@@ -114,3 +115,22 @@ def test_an_slo_below_the_critical_paths_tail_is_infeasible():
     assert not ok["slo_infeasible"] and ok["capacity_at_slo_per_ms"] > 0
     with pytest.raises(ValueError, match="slo_basis"):
         load_sweep(cw, a, "greedy", fractions=(0.1,), slo_basis="median", instances=20)
+
+
+def _strict(text: str):
+    """Parse as standard JSON: NaN and Infinity are not JSON (jq, JSON.parse reject them)."""
+
+    def refuse(c):
+        raise ValueError(f"not JSON: {c}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_cli_load_json_is_standard_json_with_few_instances(tmp_path):
+    """With fewer than 40 measured instances the batch-means standard error is undefined:
+    it was written as the bare token NaN, which is not JSON; it is null now."""
+    out = tmp_path / "l.json"
+    args = ["load", "-w", "video_recognition", "--rate", "1", "--instances", "20"]
+    assert main([*args, "-s", "greedy", "--json", str(out)]) == 0
+    res = _strict(out.read_text())
+    assert res["schedulers"]["greedy"]["latency_se_us"] is None

@@ -90,3 +90,218 @@ def test_all_shipped_workflows_validate():
         wf = load_workflow(name)
         assert wf.meta.get("sources"), f"{name} must document where its parameters come from"
         assert set(wf.levels) >= {"low", "medium", "high"}
+
+
+@pytest.mark.parametrize("exit_to", ["c", "lp"])
+def test_cycle_through_a_loop_exit_is_not_governed(exit_to):
+    """Only the loop's body path may return to it: an edge back from its exit path (or an
+    exit to itself) loops forever when an instance is unrolled."""
+    nodes = [
+        task("a", 1, ["lp"]),
+        {"id": "lp", "type": "loop", "body": "b", "exit": exit_to, "trips": 2, "max_trips": 3},
+        task("b", 1, ["lp"]),
+    ]
+    if exit_to == "c":
+        nodes.append(task("c", 1, ["lp"]))
+    msg = _err(workflow(nodes))
+    assert "cycle" in msg and "not governed by a loop block" in msg and "lp" in msg
+
+
+def test_nested_loops_are_governed():
+    doc = workflow(
+        [
+            task("a", 1, ["outer"]),
+            {"id": "outer", "type": "loop", "body": "b", "exit": "z", "trips": 2, "max_trips": 3},
+            task("b", 1, ["inner"]),
+            {"id": "inner", "type": "loop", "body": "c", "exit": "d", "trips": 2, "max_trips": 3},
+            task("c", 1, ["inner"]),
+            task("d", 1, ["outer"]),
+            task("z", 1),
+        ]
+    )
+    assert parse_workflow(doc).tasks == ["a", "b", "c", "d", "z"]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_numbers_are_rejected(bad):
+    """NaN passed every `< 0` check and ran to a summary of nan% (exit 0); inf work too."""
+    msg = _err(workflow([task("a", bad)]))
+    assert "node 'a'" in msg and "'work'" in msg and "finite" in msg
+    msg = _err(workflow([task("a", {"dist": "normal", "mean": 5, "std": bad})]))
+    assert "node 'a'" in msg and "'work'.std" in msg and "finite" in msg
+    msg = _err(workflow([task("a", 1, out_bytes=bad)]))
+    assert "node 'a'" in msg and "'out_bytes'" in msg and "finite" in msg
+    doc = workflow(
+        [
+            task("a", 1, ["br"]),
+            {"id": "br", "type": "branch", "next": ["x", "y"], "probs": [bad, 1.0]},
+            task("x", 1),
+            task("y", 1),
+        ]
+    )
+    msg = _err(doc)
+    assert "node 'br'" in msg and "'probs'" in msg
+    doc = workflow(
+        [
+            task("a", 1, ["lp"]),
+            {"id": "lp", "type": "loop", "body": "b", "exit": "c", "continue_prob": bad},
+            task("b", 1, ["lp"]),
+            task("c", 1),
+        ]
+    )
+    doc["nodes"][1]["max_trips"] = 3
+    msg = _err(doc)
+    assert "node 'lp'" in msg and "'continue_prob'" in msg and "finite" in msg
+
+
+@pytest.mark.parametrize("weights", [["x"], [0], [-1, 2], [float("nan")], [True]], ids=str)
+def test_bad_mixture_weights_name_the_component(weights):
+    comps = [{"weight": w, "dist": "fixed", "value": 1} for w in weights]
+    msg = _err(workflow([task("a", {"dist": "mixture", "components": comps})]))
+    assert "node 'a'" in msg and "'work'" in msg and "weight" in msg
+
+
+def test_reference_fields_of_the_wrong_type_name_node_and_field():
+    """A non-list `next` or a list where one node id is expected raised TypeError."""
+    msg = _err(workflow([task("a", 1), task("b", 1)]) | {"nodes": [task("a", 1) | {"next": 5}]})
+    assert "node 'a'" in msg and "'next'" in msg
+    doc = workflow(
+        [
+            task("a", 1, ["lp"]),
+            {"id": "lp", "type": "loop", "body": ["b"], "exit": "c", "trips": 2, "max_trips": 3},
+            task("b", 1, ["lp"]),
+            task("c", 1),
+        ]
+    )
+    msg = _err(doc)
+    assert "node 'lp'" in msg and "'body'" in msg
+    doc = workflow(
+        [
+            task("a", 1, ["x", "y"], join=["j"]),
+            task("x", 1, ["j"]),
+            task("y", 1, ["j"]),
+            {"id": "j", "type": "join"},
+        ]
+    )
+    msg = _err(doc)
+    assert "node 'a'" in msg and "'join'" in msg
+    msg = _err(workflow([task("a", 1)], entry=["a"]))
+    assert "'entry'" in msg
+
+
+@pytest.mark.parametrize("spread", ["x", -0.5, 2.0, float("nan")], ids=str)
+def test_bad_dynamicity_level_names_the_level(spread):
+    """A non-numeric spread crashed (TypeError) when the workflow was compiled."""
+    doc = workflow([task("a", 1)]) | {"dynamicity": {"low": 0.2, "high": spread}}
+    msg = _err(doc)
+    assert "'dynamicity'" in msg and "high" in msg
+
+
+def test_unknown_level_is_a_clear_error(capsys):
+    """`--level foo` escaped as a KeyError traceback."""
+    from octopus.cli import main
+
+    assert main(["run", "-w", "video_recognition", "--instances", "2", "--level", "foo"]) == 2
+    err = capsys.readouterr().err
+    assert "'foo'" in err and "low" in err and "high" in err
+
+
+@pytest.mark.parametrize(
+    "arrival, field",
+    [
+        ({"process": "poisson", "rate_per_cluster_per_ms": 0}, "rate_per_cluster_per_ms"),
+        ({"process": "poisson", "rate_per_cluster_per_ms": -2}, "rate_per_cluster_per_ms"),
+        ({"process": "closed", "concurrency_per_cluster": "two"}, "concurrency_per_cluster"),
+        ({"process": "batch", "instances_per_cluster": float("nan")}, "instances_per_cluster"),
+        ({"process": "poison"}, "process"),
+        ([1, 2], "arrival"),
+    ],
+    ids=str,
+)
+def test_bad_arrival_is_rejected_when_loaded(arrival, field):
+    """A zero Poisson rate crashed (ZeroDivisionError) at run time and a negative one
+    gave arrival times running backwards; nothing was checked when the file was loaded."""
+    msg = _err(workflow([task("a", 1)]) | {"arrival": arrival})
+    assert "'arrival'" in msg and field in msg
+
+
+def _arch_err(**changes) -> str:
+    """The chip file with `section.field` (or a top-level key; None drops it) changed."""
+    import copy
+
+    import yaml
+
+    from octopus.arch.config import CONFIG_DIR, arch_from_dict
+
+    doc = copy.deepcopy(yaml.safe_load((CONFIG_DIR / "chip.yaml").read_text()))
+    for key, v in changes.items():
+        sec, _, fld = key.partition("__")
+        if fld:
+            doc[sec][fld] = v
+        elif v is None:
+            del doc[sec]
+        else:
+            doc[sec] = v
+    with pytest.raises(ValueError) as e:
+        arch_from_dict(doc)
+    return str(e.value)
+
+
+@pytest.mark.parametrize(
+    "changes, field",
+    [
+        ({"clusters": None}, "clusters"),
+        ({"clusters": 2}, "clusters"),
+        ({"clusters": [1.5, 2]}, "clusters"),
+        ({"clusters_per_die": [0, 0]}, "clusters_per_die"),
+        ({"pea__throughput_tops": 0}, "pea.throughput_tops"),
+        ({"pea__throughput_tops": -1}, "pea.throughput_tops"),
+        ({"pea__throughput_tops": float("nan")}, "pea.throughput_tops"),
+        ({"mesh__link_bandwidth_gbps": 0}, "mesh.link_bandwidth_gbps"),
+        ({"mesh__hop_latency_us": "fast"}, "mesh.hop_latency_us"),
+        ({"reconfig__bandwidth_gbps": 0}, "reconfig.bandwidth_gbps"),
+        ({"control__control_plane_latency_us": -5}, "control.control_plane_latency_us"),
+        ({"mesh": 5}, "mesh"),
+    ],
+    ids=str,
+)
+def test_bad_architecture_names_the_field(changes, field):
+    """These crashed (KeyError, TypeError, ZeroDivisionError) or ran to negative or NaN
+    PEA-time percentages with exit 0."""
+    msg = _arch_err(**changes)
+    assert msg.startswith("arch:") and f"'{field}'" in msg
+
+
+def test_architecture_document_must_be_a_mapping():
+    from octopus.arch.config import arch_from_dict
+
+    with pytest.raises(ValueError, match="expected a mapping"):
+        arch_from_dict([1, 2])
+
+
+def test_footprint_larger_than_a_cluster_is_refused_before_running(capsys):
+    """An invocation occupies PEAs of one cluster (docs: the model), so a larger footprint
+    never starts; the run used to end in a RuntimeError traceback ('stalled', exit 1)."""
+    from octo_helpers import arch
+
+    from octopus.owg.sample import CompiledWorkflow
+    from octopus.runner import run_one
+
+    cw = CompiledWorkflow(parse_workflow(workflow([task("a", 1, footprint=5)])))
+    with pytest.raises(ValueError) as e:
+        run_one(cw, arch(clusters=(2, 1), peas=(2, 2)), "greedy", instances=2)
+    msg = str(e.value)
+    assert "node 'a'" in msg and "'footprint'" in msg and "4" in msg
+
+
+def test_a_workflow_without_task_blocks_is_refused():
+    """Only control blocks: nothing to run, and every partitioned scheduler crashed on its
+    empty partition (IndexError)."""
+    doc = workflow(
+        [
+            {"id": "br", "type": "branch", "next": ["j"], "probs": [1]},
+            {"id": "j", "type": "join"},
+        ]
+    )
+    msg = _err(doc)
+    assert "'nodes'" in msg and "task" in msg

@@ -6,6 +6,7 @@ throughput in TOPS (= 1 Mop/us), so a TB of W Mop on k PEAs runs W / (k * TOPS) 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -116,37 +117,97 @@ class Arch:
         return self.transfer_us(0, self.n_peas - 1, 64)
 
 
+def _section(doc: dict, key: str, probs: list[str]) -> dict:
+    v = doc.get(key)
+    if v is None:
+        return {}
+    if not isinstance(v, dict):
+        probs.append(f"arch: field '{key}': expected a mapping")
+        return {}
+    return v
+
+
+def _pair(doc: dict, key: str, probs: list[str], default=None) -> tuple[int, int]:
+    """Two positive integers (a grid size)."""
+    v = doc.get(key, default)
+    ok = (
+        isinstance(v, (list, tuple))
+        and len(v) == 2
+        and all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in v)
+    )
+    if not ok:
+        what = "missing" if v is None else f"got {v!r}"
+        probs.append(f"arch: field '{key}': expected two positive integers, {what}")
+        return (1, 1)
+    return (v[0], v[1])
+
+
+def _number(
+    sec: dict, name: str, key: str, default, probs: list[str], *, positive=False, integer=False
+):
+    """A finite number >= 0 (> 0 when `positive`: it divides), named `name.key` if wrong."""
+    v = sec.get(key, default)
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    ok = ok and (v > 0 if positive else v >= 0) and (not integer or v == int(v))
+    if not ok:
+        kind = "an integer" if integer else "a number"
+        bound = "> 0" if positive else ">= 0"
+        probs.append(f"arch: field '{name}.{key}': expected {kind} {bound}, got {v!r}")
+        return default
+    return int(v) if integer else float(v)
+
+
 def arch_from_dict(doc: dict) -> Arch:
+    """Build an Arch from a parsed `octopus-arch/1` document. Every field is checked first
+    (a zero bandwidth or throughput divides by zero, a negative latency or NaN gives PEA
+    time shares beyond [0, 100%]); the error lists each problem, naming the field."""
+    if not isinstance(doc, dict):
+        raise ValueError("arch: expected a mapping at the top level")
     if doc.get("schema") != SCHEMA:
         raise ValueError(f"arch: field 'schema': expected {SCHEMA!r}, got {doc.get('schema')!r}")
-    mesh, rc, ctl = doc.get("mesh", {}), doc.get("reconfig", {}), doc.get("control", {})
-    buf, bl = doc.get("buffer", {}), doc.get("baseline", {})
-    a = Arch(
-        name=doc.get("name", "arch"),
-        clusters=tuple(doc["clusters"]),
-        peas_per_cluster=tuple(doc["peas_per_cluster"]),
-        clusters_per_die=tuple(doc.get("clusters_per_die", doc["clusters"])),
-        throughput_tops=float(doc.get("pea", {}).get("throughput_tops", 1.0)),
-        pea_memory_bytes=int(doc.get("pea", {}).get("memory_bytes", 0)),
-        hop_latency_us=float(mesh.get("hop_latency_us", 0.01)),
-        link_gbps=float(mesh.get("link_bandwidth_gbps", 64)),
-        die_hop_latency_us=float(mesh.get("inter_die_hop_latency_us", 0.2)),
-        die_link_gbps=float(mesh.get("inter_die_bandwidth_gbps", 16)),
-        reconfig_base_us=float(rc.get("base_us", 2.0)),
-        reconfig_gbps=float(rc.get("bandwidth_gbps", 8.0)),
-        control_plane_us=float(ctl.get("control_plane_latency_us", 0.5)),
-        data_plane_us=float(ctl.get("data_plane_latency_us", 20.0)),
-        data_plane_pea_us=float(ctl.get("data_plane_pea_us", 0.0)),
-        central_decision_us=float(ctl.get("central_decision_us", 5.0)),
-        link_contention=bool(mesh.get("link_contention", False)),
-        buffer_slots=int(buf.get("slots_per_pea", 0)),
-        baseline_mappings=tuple(bl.get("mappings", ["replicated"])),
-        meta={k: doc[k] for k in ("description", "sources") if k in doc},
+    probs: list[str] = []
+    pea, mesh = _section(doc, "pea", probs), _section(doc, "mesh", probs)
+    rc, ctl = _section(doc, "reconfig", probs), _section(doc, "control", probs)
+    buf, bl = _section(doc, "buffer", probs), _section(doc, "baseline", probs)
+    clusters = _pair(doc, "clusters", probs)
+    peas = _pair(doc, "peas_per_cluster", probs)
+    per_die = _pair(doc, "clusters_per_die", probs, doc.get("clusters"))
+    contention = mesh.get("link_contention", False)
+    if not isinstance(contention, bool):
+        probs.append(
+            f"arch: field 'mesh.link_contention': expected true or false, got {contention!r}"
+        )
+    mappings = bl.get("mappings", ["replicated"])
+    if not isinstance(mappings, list) or not mappings:
+        probs.append("arch: field 'baseline.mappings': expected a non-empty list")
+        mappings = ["replicated"]
+    kw = dict(
+        throughput_tops=_number(pea, "pea", "throughput_tops", 1.0, probs, positive=True),
+        pea_memory_bytes=_number(pea, "pea", "memory_bytes", 0, probs, integer=True),
+        hop_latency_us=_number(mesh, "mesh", "hop_latency_us", 0.01, probs),
+        link_gbps=_number(mesh, "mesh", "link_bandwidth_gbps", 64.0, probs, positive=True),
+        die_hop_latency_us=_number(mesh, "mesh", "inter_die_hop_latency_us", 0.2, probs),
+        die_link_gbps=_number(mesh, "mesh", "inter_die_bandwidth_gbps", 16.0, probs, positive=True),
+        reconfig_base_us=_number(rc, "reconfig", "base_us", 2.0, probs),
+        reconfig_gbps=_number(rc, "reconfig", "bandwidth_gbps", 8.0, probs, positive=True),
+        control_plane_us=_number(ctl, "control", "control_plane_latency_us", 0.5, probs),
+        data_plane_us=_number(ctl, "control", "data_plane_latency_us", 20.0, probs),
+        data_plane_pea_us=_number(ctl, "control", "data_plane_pea_us", 0.0, probs),
+        central_decision_us=_number(ctl, "control", "central_decision_us", 5.0, probs),
+        buffer_slots=_number(buf, "buffer", "slots_per_pea", 0, probs, integer=True),
     )
-    for k, v in (("clusters", a.clusters), ("peas_per_cluster", a.peas_per_cluster)):
-        if len(v) != 2 or min(v) < 1:
-            raise ValueError(f"arch: field '{k}': expected two positive integers")
-    return a
+    if probs:
+        raise ValueError("\n  ".join(probs))
+    return Arch(
+        name=str(doc.get("name", "arch")),
+        clusters=clusters,
+        peas_per_cluster=peas,
+        clusters_per_die=per_die,
+        link_contention=contention,
+        baseline_mappings=tuple(mappings),
+        meta={k: doc[k] for k in ("description", "sources") if k in doc},
+        **kw,
+    )
 
 
 def load_arch(path_or_name: str | Path) -> Arch:
@@ -157,7 +218,11 @@ def load_arch(path_or_name: str | Path) -> Arch:
         if not p.exists():
             names = ", ".join(sorted(x.stem for x in CONFIG_DIR.glob("*.yaml")))
             raise FileNotFoundError(f"unknown architecture {path_or_name!r} (shipped: {names})")
-    return arch_from_dict(yaml.safe_load(p.read_text()))
+    try:
+        doc = yaml.safe_load(p.read_text())
+    except (OSError, ValueError, yaml.YAMLError) as e:  # a syntax error, a folder, ...
+        raise ValueError(f"arch {str(p)!r}: cannot be read: {e}") from e
+    return arch_from_dict(doc)
 
 
 def list_arches() -> list[str]:

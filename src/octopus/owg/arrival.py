@@ -18,7 +18,13 @@ class Arrivals:
 def make_arrivals(spec: dict, n_clusters: int, seed: int, instances: int | None = None) -> Arrivals:
     """Sizes scale with the number of clusters, so one workload file serves chip to wafer."""
     proc = spec.get("process", "closed")
-    n = instances or max(1, int(spec.get("instances_per_cluster", 16) * n_clusters))
+    if instances is not None and instances < 1:  # 0 used to mean "the default", -3 "none"
+        raise ValueError(f"--instances must be >= 1, got {instances}")
+    n = (
+        instances
+        if instances is not None
+        else max(1, int(spec.get("instances_per_cluster", 16) * n_clusters))
+    )
     if proc == "batch":
         return Arrivals(n, [0.0] * n, n)
     if proc == "poisson":

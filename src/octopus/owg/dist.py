@@ -133,6 +133,8 @@ def parse_dist(spec, where: str) -> Dist:
         for x in vals:
             if not isinstance(x, (int, float)) or isinstance(x, bool):
                 raise DistError(f"{where}.{k}: expected numbers, got {x!r}")
+            if not math.isfinite(x):
+                raise DistError(f"{where}.{k}: expected a finite number, got {x}")
             if x < 0:
                 raise DistError(f"{where}.{k}: must be non-negative, got {x}")
     parts: tuple = ()
@@ -154,7 +156,20 @@ def parse_dist(spec, where: str) -> Dist:
         for i, c in enumerate(comps):
             if not isinstance(c, dict) or "weight" not in c:
                 raise DistError(f"{where}.components[{i}].weight: missing")
+            w = c["weight"]
+            if (
+                isinstance(w, bool)
+                or not isinstance(w, (int, float))
+                or not math.isfinite(w)
+                or w < 0
+            ):
+                raise DistError(
+                    f"{where}.components[{i}].weight: expected a finite non-negative number, "
+                    f"got {w!r}"
+                )
             sub = {k: v for k, v in c.items() if k != "weight"}
-            out.append((float(c["weight"]), parse_dist(sub, f"{where}.components[{i}]")))
+            out.append((float(w), parse_dist(sub, f"{where}.components[{i}]")))
+        if sum(w for w, _ in out) <= 0:
+            raise DistError(f"{where}.components: the weights must have a positive sum")
         parts = tuple(out)
     return Dist(kind, params, parts)

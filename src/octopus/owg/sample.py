@@ -26,6 +26,11 @@ class CompiledWorkflow:
     """A workflow at one dynamicity level, with samplers bound; shared by all instances."""
 
     def __init__(self, wf: Workflow, level: str | float = "high"):
+        if isinstance(level, str) and level not in wf.levels:
+            raise ValueError(
+                f"unknown dynamicity level {level!r} (workflow {wf.name!r} has: "
+                f"{', '.join(wf.levels)})"
+            )
         spread = wf.levels[level] if isinstance(level, str) else float(level)
         self.wf, self.level, self.spread = wf, level, spread
         tasks = wf.tasks

@@ -7,6 +7,7 @@ hand-written workflow in one pass.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -83,13 +84,40 @@ def _num(d: dict, key: str, where: str, probs: list[str], *, integer=False, defa
     if v is None:
         probs.append(f"{where}: field '{key}': missing")
         return None
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and v != int(v)):
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
         probs.append(f"{where}: field '{key}': expected {'an integer' if integer else 'a number'}")
+        return None
+    if not math.isfinite(v):  # NaN passes every comparison below; inf has no int()
+        probs.append(f"{where}: field '{key}': expected a finite number, got {v}")
+        return None
+    if integer and v != int(v):
+        probs.append(f"{where}: field '{key}': expected an integer")
         return None
     if v < 0:
         probs.append(f"{where}: field '{key}': negative size/value {v}")
         return None
     return int(v) if integer else float(v)
+
+
+def _ref(v, where: str, key: str, probs: list[str]) -> str | None:
+    """A reference to one node: its id. An integer counts as its string, as in `id`; any
+    other type (a list, a mapping) is a problem, since it cannot name a node."""
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (str, int)):
+        probs.append(f"{where}: field '{key}': expected a node id, got {v!r}")
+        return None
+    return str(v)
+
+
+def _refs(v, where: str, probs: list[str]) -> list[str]:
+    """`next`: one node id or a list of them."""
+    if v is None:
+        return []
+    if not isinstance(v, list):
+        v = [v]
+    out = [_ref(x, where, "next", probs) for x in v]
+    return [x for x in out if x is not None]
 
 
 def _dist(d: dict, key: str, where: str, probs: list[str]) -> Dist | None:
@@ -127,9 +155,7 @@ def parse_workflow(doc: dict) -> Workflow:
         if typ not in NODE_TYPES:
             probs.append(f"{where}: field 'type': unknown {typ!r} (one of {', '.join(NODE_TYPES)})")
             continue
-        nxt = nd.get("next", [])
-        if isinstance(nxt, str):
-            nxt = [nxt]
+        nxt = _refs(nd.get("next"), where, probs)
         if typ == "task":
             kind = nd.get("kind", "ai")
             if kind not in ("ai", "general"):
@@ -146,7 +172,7 @@ def parse_workflow(doc: dict) -> Workflow:
                 _num(nd, "in_bytes", where, probs, integer=True, default=0) or 0,
                 _num(nd, "out_bytes", where, probs, integer=True, default=0) or 0,
                 list(nxt),
-                nd.get("join"),
+                _ref(nd.get("join"), where, "join", probs),
             )
             continue
         cb = ControlBlock(nid, typ, list(nxt))
@@ -154,24 +180,32 @@ def parse_workflow(doc: dict) -> Workflow:
             p = nd.get("probs")
             if not isinstance(p, list) or len(p) != len(nxt) or not nxt:
                 probs.append(f"{where}: field 'probs': need one probability per successor")
-            elif any(not isinstance(x, (int, float)) or x < 0 for x in p):
-                probs.append(f"{where}: field 'probs': must be non-negative numbers")
+            elif any(
+                isinstance(x, bool)
+                or not isinstance(x, (int, float))
+                or not math.isfinite(x)
+                or x < 0
+                for x in p
+            ):
+                probs.append(f"{where}: field 'probs': must be finite non-negative numbers")
             elif abs(sum(p) - 1.0) > 1e-6:
                 probs.append(f"{where}: field 'probs': sum to {sum(p):g}, not 1")
             else:
                 cb.probs = [float(x) for x in p]
         elif typ == "fanout":
             cb.count = _dist(nd, "count", where, probs)
-            cb.body, cb.join = nd.get("body"), nd.get("join")
+            cb.body = _ref(nd.get("body"), where, "body", probs)
+            cb.join = _ref(nd.get("join"), where, "join", probs)
             if "max_count" in nd:
                 cb.max_count = _num(nd, "max_count", where, probs, integer=True)
             for k in ("body", "join"):
-                if getattr(cb, k) is None:
+                if nd.get(k) is None:
                     probs.append(f"{where}: field '{k}': missing")
         elif typ == "loop":
-            cb.body, cb.exit = nd.get("body"), nd.get("exit")
+            cb.body = _ref(nd.get("body"), where, "body", probs)
+            cb.exit = _ref(nd.get("exit"), where, "exit", probs)
             for k in ("body", "exit"):
-                if getattr(cb, k) is None:
+                if nd.get(k) is None:
                     probs.append(f"{where}: field '{k}': missing")
             if "max_trips" not in nd:
                 probs.append(f"{where}: field 'max_trips': a loop needs a bound")
@@ -190,17 +224,70 @@ def parse_workflow(doc: dict) -> Workflow:
             else:
                 probs.append(f"{where}: field 'trips': need trips or continue_prob")
         nodes[nid] = cb
-    _check_refs(nodes, doc.get("entry"), probs)
+    if nodes and not any(isinstance(b, TaskBlock) for b in nodes.values()):
+        probs.append("document: field 'nodes': no task block (nothing to run)")
+    entry = _ref(doc.get("entry"), "document", "entry", probs)
+    _check_refs(nodes, entry, probs)
     if not probs:
         _check_cycles(nodes, probs)
+    levels = _levels(doc.get("dynamicity"), probs)
+    _check_arrival(doc.get("arrival"), probs)
     if probs:
         raise WorkflowError(probs)
-    levels = dict(DEFAULT_LEVELS)
-    levels.update(doc.get("dynamicity", {}) or {})
     meta = {k: v for k, v in doc.items() if k not in ("nodes", "dynamicity", "arrival")}
     return Workflow(
-        str(doc.get("name", "workflow")), doc["entry"], nodes, levels, doc.get("arrival", {}), meta
+        str(doc.get("name", "workflow")), entry, nodes, levels, doc.get("arrival") or {}, meta
     )
+
+
+def _levels(spec, probs: list[str]) -> dict[str, float]:
+    """Dynamicity levels: the defaults updated by the file's map level -> spread, each in
+    [0, 1] (a spread scales dispersion toward the mean: 1 is the file as written)."""
+    levels = dict(DEFAULT_LEVELS)
+    if spec is None:
+        return levels
+    if not isinstance(spec, dict):
+        probs.append("document: field 'dynamicity': expected a mapping level -> spread")
+        return levels
+    for name, v in spec.items():
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 <= v <= 1.0
+        if not ok:  # NaN fails the range test too
+            probs.append(
+                f"document: field 'dynamicity': level {name!r}: expected a spread in [0, 1], "
+                f"got {v!r}"
+            )
+            continue
+        levels[str(name)] = float(v)
+    return levels
+
+
+ARRIVAL_PROCESSES = ("closed", "poisson", "batch")
+ARRIVAL_SIZES = ("instances_per_cluster", "concurrency_per_cluster", "rate_per_cluster_per_ms")
+
+
+def _check_arrival(spec, probs: list[str]) -> None:
+    """The arrival process (see `owg.arrival`), checked at load time: a zero rate divided by
+    zero at run time, and a negative one made arrival times run backwards."""
+    if spec is None:
+        return
+    if not isinstance(spec, dict):
+        probs.append("document: field 'arrival': expected a mapping")
+        return
+    proc = spec.get("process", "closed")
+    if proc not in ARRIVAL_PROCESSES:
+        probs.append(
+            f"document: field 'arrival': field 'process': unknown {proc!r} "
+            f"({' | '.join(ARRIVAL_PROCESSES)})"
+        )
+    for key in ARRIVAL_SIZES:
+        if key not in spec:
+            continue
+        v = spec[key]
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        if not ok or v <= 0:
+            probs.append(
+                f"document: field 'arrival': field {key!r}: expected a positive number, got {v!r}"
+            )
 
 
 def _check_refs(nodes: dict, entry, probs: list[str]) -> None:
@@ -243,20 +330,31 @@ def _edges(b) -> list[str]:
 
 
 def _check_cycles(nodes: dict, probs: list[str]) -> None:
-    """Every cycle must pass through a loop block, which bounds it."""
+    """Every cycle must pass through a loop block by its body edge, which bounds it: the
+    body path returns to the loop, which counts the trips. A cycle back into a loop from its
+    exit path (or an exit to the loop itself) is unbounded, since unrolling an instance
+    would re-enter the loop forever; so the graph without the loop-to-body edges must be
+    acyclic."""
     color: dict[str, int] = {}
     stack: list[str] = []
+
+    def field_of(b, s: str) -> str:
+        if s in b.next:
+            return "next"
+        return "exit" if getattr(b, "exit", None) == s else "body"
 
     def visit(n: str) -> bool:
         color[n] = 1
         stack.append(n)
-        for s in _edges(nodes[n]):
-            if getattr(nodes[s], "type", "") == "loop":
+        b = nodes[n]
+        for s in _edges(b):
+            if b.type == "loop" and s == b.body:
                 continue
             if color.get(s) == 1:
                 cyc = stack[stack.index(s) :] + [s]
                 probs.append(
-                    f"node '{n}': field 'next': cycle {' -> '.join(cyc)} is not governed by a loop block"
+                    f"node '{n}': field '{field_of(b, s)}': cycle {' -> '.join(cyc)} "
+                    "is not governed by a loop block"
                 )
                 return True
             if color.get(s) is None and visit(s):
@@ -266,14 +364,8 @@ def _check_cycles(nodes: dict, probs: list[str]) -> None:
         return False
 
     for n in nodes:
-        if getattr(nodes[n], "type", "") != "loop" and color.get(n) is None:
-            if visit(n):
-                return
-    # loop bodies themselves are walked starting from each loop's body
-    for b in nodes.values():
-        if getattr(b, "type", "") == "loop" and b.body and color.get(b.body) is None:
-            if visit(b.body):
-                return
+        if color.get(n) is None and visit(n):
+            return
 
 
 TaskBlock.type = "task"  # uniform `.type` for both node kinds
@@ -286,6 +378,9 @@ def load_workflow(path_or_name: str | Path) -> Workflow:
         from octopus.workloads import workload_path
 
         p = workload_path(str(path_or_name))
-    text = p.read_text()
-    doc = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+    try:
+        text = p.read_text()
+        doc = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+    except (OSError, ValueError, yaml.YAMLError) as e:  # a syntax error, a folder, ...
+        raise ValueError(f"workflow {str(p)!r}: cannot be read: {e}") from e
     return parse_workflow(doc)

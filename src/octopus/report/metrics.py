@@ -6,6 +6,20 @@ import heapq
 import math
 
 
+def json_safe(x):
+    """`x` with every NaN or infinite float replaced by None, so that the JSON written is
+    standard JSON (null), which jq and JSON.parse accept; `json.dump` would write the bare
+    tokens NaN and Infinity. Undefined figures are NaN here, e.g. the batch-means standard
+    error of fewer than 40 latencies, or a ratio to a lower bound of 0."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_safe(v) for v in x]
+    return x
+
+
 def percentile(xs: list[float], q: float) -> float:
     if not xs:
         return 0.0

@@ -148,8 +148,8 @@ class OctopusScheduler(Scheduler):
         of a queued invocation of its TB waits as long as k (it cannot take new work until
         the input is read: contagious idleness)."""
         api = self.api
-        if not self.bp_aware or not api.buffer_slots:
-            return False
+        if not self.bp_aware or not api.buffer_slots or wait <= 0.0:
+            return False  # wait 0 (a TB of zero work): w x (1 + B) never exceeds the cost
         need = cost / wait - 1.0  # blocked producers that make waiting the dearer choice
         blk, seen, n_scan = api.is_blocked, set(), self.bp_scan if self.bp_scan > 0 else 0
         for p in api.inputs_held_by((k, *islice(self.q[c][tb], n_scan))):

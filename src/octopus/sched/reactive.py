@@ -18,6 +18,8 @@ class ReactiveScheduler(PartitionedScheduler):
     name = "reactive"
 
     def __init__(self, threshold: float = 1.0, period_us: float = 100.0, mapping=None):
+        if not threshold >= 0:  # NaN too: it compares false, which silently meant static
+            raise ValueError(f"reactive: threshold must be >= 0 (inf: static), got {threshold}")
         super().__init__(mapping)
         self.threshold, self.tick_us = threshold, period_us
 

@@ -41,6 +41,14 @@ class Simulator:
         from octopus.sched.api import SchedulerAPI, check_scheduler
 
         check_scheduler(scheduler)
+        too_big = [
+            f"node '{cw.names[tb]}': field 'footprint': {fp} PEAs do not fit in a cluster of "
+            f"{arch.peas_in_cluster} PEAs (arch {arch.name!r})"
+            for tb, fp in enumerate(cw.footprint)
+            if fp > arch.peas_in_cluster and cw.wf.nodes[cw.names[tb]].stage == 0
+        ]
+        if too_big:  # an invocation occupies PEAs of one cluster: it would never start
+            raise ValueError("\n  ".join(too_big))
         self.presampled = presampled
         self.cw, self.arch, self.sched, self.seed, self.record = cw, arch, scheduler, seed, record
         self.arr = arrivals or make_arrivals(cw.wf.arrival, arch.n_clusters, seed)
