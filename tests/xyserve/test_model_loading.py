@@ -85,3 +85,31 @@ def test_missing_files_are_named(tmp_path):
         LLM(str(tmp_path / "n"))
     with pytest.raises((FileNotFoundError, ModelLoadError), match="nowhere"):
         LLM(str(tmp_path / "nowhere"))
+
+
+@pytest.mark.parametrize(
+    "arch,kw",
+    [
+        ("mistral", dict(sliding_window=8)),
+        ("qwen2", dict(use_sliding_window=True, sliding_window=8, max_window_layers=1)),
+    ],
+)
+def test_sliding_window_caps_the_context_to_the_window(tmp_path, arch, kw):
+    """Sliding-window attention is not implemented; within the window it is full attention,
+    so the context is capped to the window (and a longer max_model_len is refused) rather
+    than run past it with full attention, which gives other tokens than HF's."""
+    path = build_model(tmp_path / arch, arch, with_tokenizer=False, **kw)
+    prompt = [5, 9, 13, 17, 21]
+    want = hf_next_tokens(path, prompt, 3)  # 8 tokens: all inside the window
+    llm = LLM(str(path), skip_tokenizer_init=True, cpu_fused_decode="off")
+    assert llm.llm_engine.max_model_len == 8
+    out = llm.generate({"prompt_token_ids": prompt}, SamplingParams(temperature=0, max_tokens=3))
+    assert out[0].outputs[0].token_ids == want
+    with pytest.raises(ValueError, match="sliding_window"):
+        LLM(str(path), skip_tokenizer_init=True, max_model_len=16, cpu_fused_decode="off")
+
+
+def test_qwen2_window_unused_keeps_full_context(tmp_path):
+    path = build_model(tmp_path / "q", "qwen2", with_tokenizer=False, sliding_window=8)
+    llm = LLM(str(path), skip_tokenizer_init=True, cpu_fused_decode="off")
+    assert llm.llm_engine.max_model_len == 1024

@@ -39,6 +39,10 @@ class ModelConfig:
     eos_token_ids: list[int] = field(default_factory=list)
     bos_token_id: int | None = None
     torch_dtype: str | None = None
+    # Sliding-window attention (HF's Mistral, and Qwen2/Qwen3 with use_sliding_window): the
+    # window in tokens where some layer has one, else None. It is not implemented: within the
+    # window it equals full attention, so the engine caps the context to it.
+    sliding_window: int | None = None
 
     @classmethod
     def from_dir(cls, path: str | Path) -> ModelConfig:
@@ -89,7 +93,28 @@ class ModelConfig:
             eos_token_ids=eos,
             bos_token_id=cfg.get("bos_token_id"),
             torch_dtype=cfg.get("torch_dtype") or cfg.get("dtype"),
+            sliding_window=_sliding_window(family, arch, cfg),
         )
+
+
+def _sliding_window(family: str, arch: str, cfg: dict) -> int | None:
+    """The attention window of some layer, as HF reads the config (None: full attention).
+
+    Mistral slides every layer over ``sliding_window`` (HF's default 4096 where the key is
+    absent); Qwen2/Qwen3 only with ``use_sliding_window``, on the layers ``layer_types`` marks
+    (by default those from ``max_window_layers`` on).
+    """
+    if arch == "MistralForCausalLM":
+        return cfg.get("sliding_window", 4096)
+    if family not in ("qwen2", "qwen3") or not cfg.get("use_sliding_window", False):
+        return None
+    window = cfg.get("sliding_window", 4096)
+    layer_types = cfg.get("layer_types")
+    if layer_types is not None:
+        slides = "sliding_attention" in layer_types
+    else:
+        slides = cfg.get("max_window_layers", 28) < cfg["num_hidden_layers"]
+    return window if slides else None
 
 
 def _read_eos(path: Path, cfg: dict) -> list[int]:
