@@ -113,3 +113,37 @@ def test_qwen2_window_unused_keeps_full_context(tmp_path):
     path = build_model(tmp_path / "q", "qwen2", with_tokenizer=False, sliding_window=8)
     llm = LLM(str(path), skip_tokenizer_init=True, cpu_fused_decode="off")
     assert llm.llm_engine.max_model_len == 1024
+
+
+def _edit_config(path, **changes):
+    cfg = json.loads((path / "config.json").read_text())
+    cfg.update(changes)
+    (path / "config.json").write_text(json.dumps(cfg))
+
+
+def test_untied_model_without_lm_head_is_refused(tmp_path):
+    """An untied checkpoint missing ``lm_head.weight`` is incomplete: refused, not run on the
+    embedding matrix as if tied (HF would not tie it either)."""
+    from safetensors.torch import load_file, save_file
+
+    path = build_model(tmp_path / "m", "llama", with_tokenizer=False)
+    weights = load_file(str(path / "model.safetensors"))
+    del weights["lm_head.weight"]
+    save_file(weights, str(path / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ModelLoadError, match="lm_head.weight"):
+        LLM(str(path), skip_tokenizer_init=True, cpu_fused_decode="off")
+
+
+@pytest.mark.parametrize(
+    "changes,tensor",
+    [
+        (dict(num_key_value_heads=4), "k_proj"),  # the config disagrees with the weights
+        (dict(vocab_size=400), "embed_tokens"),
+        (dict(intermediate_size=96), "gate_proj"),
+    ],
+)
+def test_weights_of_the_wrong_shape_are_named(tmp_path, changes, tensor):
+    path = build_model(tmp_path / "m", "llama", with_tokenizer=False)
+    _edit_config(path, **changes)
+    with pytest.raises(ModelLoadError, match=tensor):
+        LLM(str(path), skip_tokenizer_init=True, cpu_fused_decode="off")
