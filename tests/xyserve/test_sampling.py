@@ -87,6 +87,35 @@ def test_invalid_params_name_the_field(kw, param):
     assert e.value.param == param
 
 
+@pytest.mark.parametrize(
+    "kw,param",
+    [
+        # Values of the wrong type were accepted: a float top_k or n then raised a bare
+        # TypeError inside the step or admission, a float max_tokens ran one token more, a
+        # string ignore_eos was truthy, and string logit_bias keys failed intake unnamed.
+        ({"n": 2.0}, "n"),
+        ({"top_k": 2.5}, "top_k"),
+        ({"max_tokens": 2.5}, "max_tokens"),
+        ({"min_tokens": 1.5}, "min_tokens"),
+        ({"seed": 1.5}, "seed"),
+        ({"logprobs": True}, "logprobs"),
+        ({"temperature": "0.5"}, "temperature"),
+        ({"top_p": None}, "top_p"),
+        ({"presence_penalty": None}, "presence_penalty"),
+        ({"ignore_eos": "no"}, "ignore_eos"),
+        ({"skip_special_tokens": 0}, "skip_special_tokens"),
+        ({"include_stop_str_in_output": None}, "include_stop_str_in_output"),
+        ({"logit_bias": {"5": 1.0}}, "logit_bias"),
+        ({"stop": 5}, "stop"),
+        ({"stop_token_ids": 5}, "stop_token_ids"),
+    ],
+)
+def test_values_of_the_wrong_type_name_the_field(kw, param):
+    with pytest.raises(SamplingParamsError) as e:
+        SamplingParams(**kw)
+    assert e.value.param == param
+
+
 @pytest.fixture(scope="module")
 def llm(tiny_llama):
     return LLM(str(tiny_llama), max_num_batched_tokens=64)
