@@ -195,3 +195,22 @@ def test_chat_applies_template(llm):
     want = tok.encode(tok.apply_chat_template(msgs), add_special_tokens=False)
     assert out.prompt_token_ids == want
     assert "<|assistant|>" in tok.decode(want, skip_special_tokens=False)
+
+
+def test_params_changed_after_construction_are_honoured_or_refused(llm):
+    """vLLM's SamplingParams are plain mutable objects; one changed after construction is
+    normalised and checked again when a request is added: a stop string set then was
+    silently ignored, and an invalid value went unchecked into the step."""
+    greedy = SamplingParams(temperature=0, max_tokens=20, ignore_eos=True)
+    base = llm.generate("The quick brown", greedy)[0].outputs[0]
+    sp = SamplingParams(temperature=0, max_tokens=20, ignore_eos=True)
+    sp.stop = base.text[5:8]
+    cut = llm.generate("The quick brown", sp)[0].outputs[0]
+    assert cut.finish_reason == "stop" and cut.text == base.text[: base.text.index(sp.stop)]
+    assert sp.stop == base.text[5:8]  # the caller's object is left as it was set
+    sp.stop, sp.top_k, sp.temperature = None, -1, 1.0  # -1: disabled, as at construction
+    assert len(llm.generate("The quick brown", sp)[0].outputs[0].token_ids) == 20
+    sp.temperature = -1.0
+    with pytest.raises(SamplingParamsError, match="temperature"):
+        llm.generate("The quick brown", sp)
+    assert not llm.llm_engine.has_unfinished_requests()

@@ -92,8 +92,17 @@ class RequestIntake:
         return self._structured.compile(kind, value)
 
     def compiled(self, params: SamplingParams) -> SamplingParams:
-        """``params`` with a dict constraint compiled (a copy: the caller's object is shared
-        by every prompt of an offline batch, so compiled grammars are cached by content)."""
+        """A copy of ``params``, normalised and checked again, with a dict constraint compiled.
+
+        A copy, checked now: the caller's object is plain and mutable (as vLLM's), and may have
+        changed since it was built (a stop string set then, or an invalid value); it is also
+        shared by every prompt of an offline batch, so compiled grammars are cached by content.
+        """
+        if not isinstance(params, SamplingParams):
+            raise TypeError(
+                f"sampling_params must be SamplingParams objects, not {type(params).__name__}"
+            )
+        params = dataclasses.replace(params)  # runs __post_init__: normalise and validate
         spec = params.structured
         if not isinstance(spec, dict):
             return params
