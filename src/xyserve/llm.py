@@ -38,6 +38,8 @@ class LLM:
     ) -> list[RequestOutput]:
         if isinstance(prompts, (str, dict)):
             prompts = [prompts]
+        if prompts is None:
+            raise TypeError("prompts: give a prompt or a list of prompts")
         prompts = list(prompts)
         if sampling_params is None:
             sampling_params = SamplingParams()
@@ -48,6 +50,9 @@ class LLM:
         )
         if len(params) != len(prompts):
             raise ValueError("sampling_params must be one object or one per prompt")
+        if not all(isinstance(sp, SamplingParams) for sp in params):
+            # a None in the list would otherwise mean the defaults, silently
+            raise TypeError("sampling_params must be SamplingParams objects (or one per prompt)")
         return self._run(prompts, params, use_tqdm)
 
     def chat(

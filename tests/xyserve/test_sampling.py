@@ -214,3 +214,25 @@ def test_params_changed_after_construction_are_honoured_or_refused(llm):
     with pytest.raises(SamplingParamsError, match="temperature"):
         llm.generate("The quick brown", sp)
     assert not llm.llm_engine.has_unfinished_requests()
+
+
+@pytest.mark.parametrize(
+    "prompts,match",
+    [
+        ([5, 6, 7], "prompt_token_ids"),  # a flat list: each int taken as a prompt
+        ({"text": "hi"}, "prompt"),  # neither key: was a bare KeyError
+        ({"prompt": "hi", "multi_modal_data": {"image": 1}}, "multi_modal_data"),  # was ignored
+        (None, "prompt"),
+    ],
+)
+def test_malformed_prompts_are_refused_by_name(llm, prompts, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        llm.generate(prompts, SamplingParams(max_tokens=2))
+    assert not llm.llm_engine.has_unfinished_requests()
+
+
+@pytest.mark.parametrize("params", [{"temperature": 0}, [None], [SamplingParams(), "greedy"]])
+def test_sampling_params_of_another_type_are_refused(llm, params):
+    with pytest.raises(TypeError, match="SamplingParams"):
+        llm.generate(["a"] * (len(params) if isinstance(params, list) else 1), params)
+    assert not llm.llm_engine.has_unfinished_requests()

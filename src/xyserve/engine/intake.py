@@ -65,15 +65,43 @@ class RequestIntake:
             raise RequestValidationError(msg, "prompt") from None
 
     def prompt_ids(self, prompt: str | list[int] | dict, add_special_tokens: bool = True) -> tuple:
-        """(text or None, token ids) of a prompt given as text, ids, or a vLLM prompt dict."""
+        """(text or None, token ids) of a prompt given as text, ids, or a vLLM prompt dict.
+
+        A dict takes ``prompt`` and/or ``prompt_token_ids`` only: vLLM's other keys
+        (``multi_modal_data``, ``cache_salt``, ...) are not implemented, so they are refused
+        rather than dropped.
+        """
         if isinstance(prompt, dict):
+            unknown = sorted(str(k) for k in set(prompt) - {"prompt", "prompt_token_ids"})
+            if unknown:
+                raise RequestValidationError(
+                    f"prompt dict keys {unknown} are not supported (only 'prompt' and "
+                    "'prompt_token_ids')",
+                    "prompt",
+                )
             if "prompt_token_ids" in prompt:
-                return prompt.get("prompt"), list(prompt["prompt_token_ids"])
+                return prompt.get("prompt"), self._token_list(prompt["prompt_token_ids"])
+            if "prompt" not in prompt:
+                raise RequestValidationError(
+                    "a prompt dict needs 'prompt' or 'prompt_token_ids'", "prompt"
+                )
             text = prompt["prompt"]
             return text, self.tokenize(text, add_special_tokens)
         if isinstance(prompt, str):
             return prompt, self.tokenize(prompt, add_special_tokens)
-        return None, list(prompt)
+        return None, self._token_list(prompt)
+
+    @staticmethod
+    def _token_list(ids: object) -> list[int]:
+        """Token ids given as a list (or any sequence but text); ``validate`` checks each id."""
+        if isinstance(ids, str | bytes | dict) or not hasattr(ids, "__iter__"):
+            raise RequestValidationError(
+                f"a prompt is a string, a list of token ids or a dict with 'prompt' or "
+                f"'prompt_token_ids', not {type(ids).__name__} (a single prompt of token ids "
+                "is a list inside the list of prompts, or {'prompt_token_ids': [...]})",
+                "prompt",
+            )
+        return list(ids)
 
     def compile_grammar(self, kind: str, value: object) -> object:
         """A GrammarSpec for SamplingParams.structured; GrammarError (a ValueError) if invalid.
