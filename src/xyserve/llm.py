@@ -78,9 +78,15 @@ class LLM:
         results: dict[str, RequestOutput] = {}
         show = use_tqdm and not eng.config.disable_progress_bar and len(prompts) > 1
         bar = tqdm(total=len(prompts), desc="Processed prompts", disable=not show)
-        try:  # a bad prompt or parameter aborts the ones already added: nothing runs on
+        try:  # a bad prompt or parameter withdraws the ones already added: nothing ran
             for p, sp in zip(prompts, params):
                 ids.append(eng.add_request(p, sp))
+        except BaseException:
+            for rid in ids:  # not aborts: to the metrics these requests never came
+                eng.withdraw_request(rid)
+            bar.close()
+            raise
+        try:
             while eng.has_unfinished_requests():
                 for out in eng.step():
                     if out.finished:

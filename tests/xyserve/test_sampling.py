@@ -236,3 +236,15 @@ def test_sampling_params_of_another_type_are_refused(llm, params):
     with pytest.raises(TypeError, match="SamplingParams"):
         llm.generate(["a"] * (len(params) if isinstance(params, list) else 1), params)
     assert not llm.llm_engine.has_unfinished_requests()
+
+
+def test_a_refused_batch_leaves_the_metrics_as_they_were(llm):
+    """A batch refused part-way (a bad second prompt) never ran: the prompts added before it
+    are withdrawn, not counted as prompt tokens and aborted requests."""
+    eng = llm.llm_engine
+    before = (eng.num_prompt_tokens, eng.num_aborted_requests)
+    with pytest.raises(ValueError, match="prompt token ids"):
+        llm.generate(["hello", {"prompt_token_ids": [10**6]}], SamplingParams(max_tokens=2))
+    assert not eng.has_unfinished_requests()
+    assert (eng.num_prompt_tokens, eng.num_aborted_requests) == before
+    assert llm.get_metrics()[0].value == before[0]
