@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, fields
 from typing import Any
 
 from xyserve.engine.capture_sizes import check_capture_sizes
 from xyserve.engine.scheduler import check_knobs, default_reserve
+from xyserve.sampling_params import SEED_MAX, SEED_MIN
 from xyserve.spec.config import SpeculativeConfig
 
 # The hybrid policy's knobs, with the values that describe what the baseline policy does anyway
@@ -112,9 +114,24 @@ class EngineConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1 (or unset for the default)")
-        for name in ("max_request_body_bytes", "max_n", "max_stop_strings"):
+        for name in (
+            "kv_cache_memory_bytes",
+            "max_request_body_bytes",
+            "max_n",
+            "max_stop_strings",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(self.device)):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N (got {self.device!r})")
+        if not (
+            isinstance(self.seed, int)
+            and not isinstance(self.seed, bool)
+            and SEED_MIN <= self.seed <= SEED_MAX
+        ):
+            raise ValueError(
+                f"seed must be an integer in [{SEED_MIN}, {SEED_MAX}] (got {self.seed!r})"
+            )
         if self.request_timeout_s is not None and not self.request_timeout_s > 0:
             raise ValueError("request_timeout_s must be positive")
         if self.cpu_fused_decode not in (None, "auto", "on", "off"):

@@ -147,3 +147,32 @@ def test_weights_of_the_wrong_shape_are_named(tmp_path, changes, tensor):
     _edit_config(path, **changes)
     with pytest.raises(ModelLoadError, match=tensor):
         LLM(str(path), skip_tokenizer_init=True, cpu_fused_decode="off")
+
+
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        # was clamped to one K/V block (max_model_len capped to 16), silently
+        (dict(kv_cache_memory_bytes=-5), "kv_cache_memory_bytes"),
+        (dict(kv_cache_memory_bytes=0), "kv_cache_memory_bytes"),
+        (dict(device="tpu"), "device"),  # was torch's RuntimeError listing its device types
+        (dict(device="gpu"), "device"),
+        (dict(seed=None), "seed"),  # was "int() argument must be ..."
+        (dict(seed=2**70), "seed"),  # was "Overflow when unpacking long long"
+        (dict(seed=1.5), "seed"),
+    ],
+)
+def test_invalid_engine_arguments_are_refused_by_name(kw, match):
+    from xyserve.config import EngineConfig
+
+    with pytest.raises(ValueError, match=match):
+        EngineConfig(**kw)
+
+
+def test_cuda_without_cuda_is_refused_by_name():
+    from xyserve.model.loader import resolve_device
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    with pytest.raises(ValueError, match="device"):
+        resolve_device("cuda")  # was torch's AssertionError "Torch not compiled with CUDA"

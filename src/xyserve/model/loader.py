@@ -21,9 +21,14 @@ DTYPES = {
 
 
 def resolve_device(device: str) -> torch.device:
+    """``auto`` (CUDA where there is one), ``cpu``, ``cuda`` or ``cuda:N``; CUDA asked for on
+    a machine without it is a ValueError naming the argument, not torch's assertion."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r}, but CUDA is not available on this machine")
+    return dev
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
