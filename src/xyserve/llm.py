@@ -65,9 +65,12 @@ class LLM:
         tok = self.llm_engine.tokenizer
         if tok is None:
             raise ValueError("chat needs a tokenizer")
+        if isinstance(messages, str | dict) or not isinstance(messages, Sequence):
+            raise TypeError("messages must be a list of message dicts (or a list of such lists)")
         convs = [messages] if messages and isinstance(messages[0], dict) else messages
         prompts = []
         for conv in convs:
+            _check_messages(conv)
             text = tok.apply_chat_template(list(conv), add_generation_prompt)
             prompts.append({"prompt_token_ids": tok.encode(text, add_special_tokens=False)})
         return self.generate(prompts, sampling_params, use_tqdm)
@@ -100,3 +103,17 @@ class LLM:
             bar.close()
         # Text prompts keep their text; token prompts get None, as in vLLM.
         return [results[rid] for rid in ids]
+
+
+def _check_messages(conv: object) -> None:
+    """Each message a dict with a string ``role`` and a ``content`` (text, or a list of
+    content parts): a message without content was rendered by the template as empty."""
+    if isinstance(conv, str | dict) or not isinstance(conv, Sequence):
+        raise TypeError("messages must be a list of message dicts (or a list of such lists)")
+    for i, m in enumerate(conv):
+        if not isinstance(m, dict):
+            raise TypeError(f"messages[{i}] must be a dict, not {type(m).__name__}")
+        if not isinstance(m.get("role"), str) or not m["role"]:
+            raise ValueError(f"messages[{i}].role must be a non-empty string")
+        if not isinstance(m.get("content"), str | list):
+            raise ValueError(f"messages[{i}].content must be a string or a list of parts")

@@ -248,3 +248,18 @@ def test_a_refused_batch_leaves_the_metrics_as_they_were(llm):
     assert not eng.has_unfinished_requests()
     assert (eng.num_prompt_tokens, eng.num_aborted_requests) == before
     assert llm.get_metrics()[0].value == before[0]
+
+
+@pytest.mark.parametrize(
+    "messages,match",
+    [
+        ([{"role": "user"}], "content"),  # was rendered as an empty message
+        ([{"content": "hi"}], "role"),
+        ([{"role": "user", "content": 5}], "content"),
+        ("hi", "messages"),
+        (["hi"], "messages"),
+    ],
+)
+def test_chat_messages_of_the_wrong_shape_are_refused(llm, messages, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        llm.chat(messages, SamplingParams(max_tokens=2))
