@@ -176,3 +176,17 @@ def test_cuda_without_cuda_is_refused_by_name():
         pytest.skip("CUDA is available here")
     with pytest.raises(ValueError, match="device"):
         resolve_device("cuda")  # was torch's AssertionError "Torch not compiled with CUDA"
+
+
+def test_float16_runs_on_the_cpu_meta_attention_path(tmp_path):
+    """dtype='float16' on the CPU failed at the first prefill: Meta-Attention's CPU plan
+    filled its chunk masks with -1e30, which float16 cannot hold."""
+    path = build_model(tmp_path / "m", "llama", with_tokenizer=False)
+    prompts = [{"prompt_token_ids": list(range(3, 3 + n))} for n in (3, 40)]
+    sp = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)
+    got = {}
+    for dtype in ("float32", "float16"):
+        llm = LLM(str(path), skip_tokenizer_init=True, dtype=dtype, max_num_batched_tokens=16)
+        assert llm.llm_engine.config.attention_backend == "meta"
+        got[dtype] = [o.outputs[0].token_ids for o in llm.generate(prompts, sp)]
+    assert got["float16"] == got["float32"]
