@@ -263,3 +263,12 @@ def test_a_refused_batch_leaves_the_metrics_as_they_were(llm):
 def test_chat_messages_of_the_wrong_shape_are_refused(llm, messages, match):
     with pytest.raises((ValueError, TypeError), match=match):
         llm.chat(messages, SamplingParams(max_tokens=2))
+
+
+def test_stop_strings_without_a_tokenizer_are_refused(tiny_llama):
+    """Without a tokenizer there is no text to search: stop strings were silently ignored."""
+    llm = LLM(str(tiny_llama), skip_tokenizer_init=True, cpu_fused_decode="off")
+    with pytest.raises(ValueError, match="stop"):
+        llm.generate([[5, 6]], SamplingParams(max_tokens=2, stop="a"))
+    ok = llm.generate([[5, 6]], SamplingParams(max_tokens=2, stop_token_ids=[7]))
+    assert ok[0].outputs[0].token_ids

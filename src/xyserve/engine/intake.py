@@ -165,6 +165,10 @@ class RequestIntake:
             raise RequestValidationError(f"prompt token ids must be in [0, {vocab})", "prompt")
         if params.n > cfg.max_n:
             raise RequestValidationError(f"n must be at most {cfg.max_n}", "n")
+        if params.stop_strings and self.tokenizer is None:  # no text to search: refused
+            raise RequestValidationError(
+                "stop strings need a tokenizer (skip_tokenizer_init is set)", "stop"
+            )
         if len(params.stop_strings) > cfg.max_stop_strings:
             raise RequestValidationError(f"at most {cfg.max_stop_strings} stop strings", "stop")
         if any(t >= vocab for t in params.stop_token_ids):
