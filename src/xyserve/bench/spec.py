@@ -24,7 +24,7 @@ import json
 import time
 from pathlib import Path
 
-from xyserve.bench.offline_workload import packaged
+from xyserve.bench.offline_workload import find
 
 SCHEMA = "xyserve.spec-workload/1"
 METHODS = ("none", "ngram", "draft_model", "tree")
@@ -33,7 +33,7 @@ METHODS = ("none", "ngram", "draft_model", "tree")
 def load_spec_workload(path: str | Path) -> dict:
     p = Path(path)
     if not p.is_file():
-        p = packaged("workloads", str(path) if str(path).endswith(".json") else f"{path}.json")
+        p = find("workloads", str(path) if str(path).endswith(".json") else f"{path}.json")
     data = json.loads(p.read_text())
     if data.get("schema") != SCHEMA:
         raise ValueError(f"{p}: schema must be {SCHEMA!r}, got {data.get('schema')!r}")
@@ -189,6 +189,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tree-beam", type=int, help="nodes a dynamic tree expands per level")
     p.add_argument("--json", help="also write the rows to this file")
     args = p.parse_args(argv)
+    try:  # a usage error, not a traceback once the engines are built
+        load_spec_workload(args.workload)
+    except (OSError, ValueError) as e:
+        p.error(str(e))
     rows = run(args)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
