@@ -165,7 +165,7 @@ def test_weights_of_the_wrong_shape_are_named(tmp_path, changes, tensor):
 def test_invalid_engine_arguments_are_refused_by_name(kw, match):
     from xyserve.config import EngineConfig
 
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises((ValueError, TypeError), match=match):
         EngineConfig(**kw)
 
 
@@ -190,3 +190,30 @@ def test_float16_runs_on_the_cpu_meta_attention_path(tmp_path):
         assert llm.llm_engine.config.attention_backend == "meta"
         got[dtype] = [o.outputs[0].token_ids for o in llm.generate(prompts, sp)]
     assert got["float16"] == got["float32"]
+
+
+@pytest.mark.parametrize(
+    "kw,name",
+    [
+        # each raised "'float' object cannot be interpreted as an integer" (the first one
+        # only inside the first step), without saying which argument
+        (dict(max_num_batched_tokens=20.5), "max_num_batched_tokens"),
+        (dict(max_num_seqs=1.5), "max_num_seqs"),
+        (dict(num_kv_blocks=10.5), "num_kv_blocks"),
+        (dict(max_model_len=100.5), "max_model_len"),
+        (dict(enable_prefix_caching="false"), "enable_prefix_caching"),  # was read as true
+        (dict(block_size="16"), "block_size"),
+        (dict(tbt_target_ms="300"), "tbt_target_ms"),
+    ],
+)
+def test_engine_arguments_of_the_wrong_type_are_refused_by_name(kw, name):
+    from xyserve.config import EngineConfig
+
+    with pytest.raises(TypeError, match=name):
+        EngineConfig(**kw)
+
+
+def test_a_path_object_names_the_model_directory(tmp_path):
+    from xyserve.config import EngineConfig
+
+    assert EngineConfig(model=tmp_path, tokenizer=tmp_path).model == str(tmp_path)
