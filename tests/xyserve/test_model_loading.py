@@ -217,3 +217,22 @@ def test_a_path_object_names_the_model_directory(tmp_path):
     from xyserve.config import EngineConfig
 
     assert EngineConfig(model=tmp_path, tokenizer=tmp_path).model == str(tmp_path)
+
+
+def test_malformed_config_and_index_files_are_named(tmp_path):
+    """Were a bare JSONDecodeError / KeyError that named neither the file nor the model."""
+    path = build_model(tmp_path / "m", "llama", with_tokenizer=False)
+    good = (path / "config.json").read_text()
+    (path / "config.json").write_text("{bad")
+    with pytest.raises(ModelLoadError, match="config.json"):
+        LLM(str(path), skip_tokenizer_init=True, cpu_fused_decode="off")
+    cfg = json.loads(good)
+    del cfg["hidden_size"]
+    (path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelLoadError, match="hidden_size"):
+        LLM(str(path), skip_tokenizer_init=True, cpu_fused_decode="off")
+    (path / "config.json").write_text(good)
+    (path / "model.safetensors").rename(path / "model-00001-of-00001.safetensors")
+    (path / "model.safetensors.index.json").write_text('{"metadata": {}}')
+    with pytest.raises(ModelLoadError, match="weight_map"):
+        LLM(str(path), skip_tokenizer_init=True, cpu_fused_decode="off")

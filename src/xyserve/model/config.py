@@ -50,7 +50,14 @@ class ModelConfig:
         cfg_path = path / "config.json"
         if not cfg_path.is_file():
             raise ModelLoadError(f"missing file: {cfg_path}")
-        cfg = json.loads(cfg_path.read_text())
+        cfg = read_json(cfg_path)
+        try:
+            return cls._from_config(path, cfg_path, cfg)
+        except KeyError as e:  # a required field is absent: named, with the file
+            raise ModelLoadError(f"missing field {e.args[0]!r} in {cfg_path}") from None
+
+    @classmethod
+    def _from_config(cls, path: Path, cfg_path: Path, cfg: dict) -> ModelConfig:
         archs = cfg.get("architectures") or []
         arch = next((a for a in archs if a in SUPPORTED_ARCHITECTURES), None)
         if arch is None:
@@ -117,11 +124,22 @@ def _sliding_window(family: str, arch: str, cfg: dict) -> int | None:
     return window if slides else None
 
 
+def read_json(path: Path) -> dict:
+    """A JSON object from a model file; ModelLoadError naming the file if it is not one."""
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as e:
+        raise ModelLoadError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{path} must hold a JSON object")
+    return data
+
+
 def _read_eos(path: Path, cfg: dict) -> list[int]:
     gen = path / "generation_config.json"
     value = None
     if gen.is_file():
-        value = json.loads(gen.read_text()).get("eos_token_id")
+        value = read_json(gen).get("eos_token_id")
     if value is None:
         value = cfg.get("eos_token_id")
     if value is None:

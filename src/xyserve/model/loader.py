@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
-from xyserve.model.config import ModelConfig, ModelLoadError
+from xyserve.model.config import ModelConfig, ModelLoadError, read_json
 from xyserve.model.llama import LlamaModel
 
 DTYPES = {
@@ -45,7 +44,10 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
     if single.is_file():
         return load_file(str(single))
     if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        weight_map = read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise ModelLoadError(f"{index} has no weight_map")
+        shards = sorted(set(weight_map.values()))
         weights: dict[str, torch.Tensor] = {}
         for shard in shards:
             f = path / shard
