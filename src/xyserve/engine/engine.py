@@ -57,7 +57,13 @@ class LLMEngine:
         if not config.skip_tokenizer_init:
             from xyserve.tokenizer import Tokenizer
 
-            self.tokenizer = Tokenizer(config.tokenizer or self.model_path)
+            tok_path = self.model_path
+            if config.tokenizer:  # a bundled name or a directory, as for the model
+                try:
+                    tok_path = resolve_model_path(config.tokenizer)
+                except FileNotFoundError as e:
+                    raise FileNotFoundError(f"tokenizer: {e}") from None
+            self.tokenizer = Tokenizer(tok_path)
         self.eos_token_ids = set(mcfg.eos_token_ids)
         if not self.eos_token_ids and self.tokenizer and self.tokenizer.eos_token_id is not None:
             self.eos_token_ids = {self.tokenizer.eos_token_id}
