@@ -72,7 +72,10 @@ class LLM:
         for conv in convs:
             _check_messages(conv)
             text = tok.apply_chat_template(list(conv), add_generation_prompt)
-            prompts.append({"prompt_token_ids": tok.encode(text, add_special_tokens=False)})
+            # the rendered text is the output's prompt (as vLLM's); the template has put in
+            # any special tokens already, so none are added again
+            ids = tok.encode(text, add_special_tokens=False)
+            prompts.append({"prompt": text, "prompt_token_ids": ids})
         return self.generate(prompts, sampling_params, use_tqdm)
 
     def _run(self, prompts, params, use_tqdm: bool) -> list[RequestOutput]:

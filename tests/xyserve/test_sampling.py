@@ -195,6 +195,7 @@ def test_chat_applies_template(llm):
     want = tok.encode(tok.apply_chat_template(msgs), add_special_tokens=False)
     assert out.prompt_token_ids == want
     assert "<|assistant|>" in tok.decode(want, skip_special_tokens=False)
+    assert out.prompt == tok.apply_chat_template(msgs)  # the rendered prompt, as vLLM's
 
 
 def test_params_changed_after_construction_are_honoured_or_refused(llm):
