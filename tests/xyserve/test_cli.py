@@ -19,3 +19,21 @@ def test_help_of_the_command_and_of_a_group_exits_0(argv, capsys):
 def test_no_or_an_unknown_command_is_a_usage_error(argv, capsys):
     assert main(argv) == 2
     assert "usage: xyserve" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "module,argv,named",
+    [
+        ("xyserve.bench.spec", ["--model", "/no/such/model"], "/no/such/model"),
+        ("xyserve.bench.spec", ["--methods", "bogus"], "bogus"),
+        ("xyserve.bench.spec", ["--dtype", "fp8"], "fp8"),
+        ("xyserve.bench.grammar", ["--model", "/no/such/model"], "/no/such/model"),
+    ],
+)
+def test_bench_engine_arguments_are_usage_errors(module, argv, named, capsys):
+    """A model, method or dtype the engine refuses was a traceback from the engine's build."""
+    import importlib
+
+    with pytest.raises(SystemExit) as exc:
+        importlib.import_module(module).main(argv)
+    assert exc.value.code == 2 and named in capsys.readouterr().err

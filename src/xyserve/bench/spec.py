@@ -64,24 +64,31 @@ def _tree_keys(args: argparse.Namespace) -> dict:
     return {k: v for k, v in keys.items() if v is not None}
 
 
+class UsageError(Exception):
+    """Engine arguments the engine refused while ``run`` built it; ``main`` reports it."""
+
+
 def run(args: argparse.Namespace) -> list[dict]:
     from xyserve import LLM, SamplingParams
 
     work = load_spec_workload(args.workload)
     methods = ["none"] + [m for m in args.methods.split(",") if m != "none"]
-    engines = {
-        m: LLM(
-            args.model,
-            disable_progress_bar=True,
-            max_num_seqs=max(args.batch_sizes),
-            max_num_batched_tokens=args.max_num_batched_tokens,
-            dtype=args.dtype,
-            speculative_config=_spec_config(
-                m, args.num_speculative_tokens, not args.no_adaptive, _tree_keys(args)
-            ),
-        )
-        for m in methods
-    }
+    try:  # a model, dtype or method the engine refuses: a usage error (main), not a traceback
+        engines = {
+            m: LLM(
+                args.model,
+                disable_progress_bar=True,
+                max_num_seqs=max(args.batch_sizes),
+                max_num_batched_tokens=args.max_num_batched_tokens,
+                dtype=args.dtype,
+                speculative_config=_spec_config(
+                    m, args.num_speculative_tokens, not args.no_adaptive, _tree_keys(args)
+                ),
+            )
+            for m in methods
+        }
+    except (OSError, ValueError) as e:
+        raise UsageError(str(e)) from None
     params = SamplingParams(temperature=0, max_tokens=work["max_tokens"], ignore_eos=True)
     for llm in engines.values():  # warm-up: kernels compiled, GEMM shapes seen
         llm.generate(work["prompts"][:2], SamplingParams(temperature=0, max_tokens=8), False)
@@ -193,7 +200,10 @@ def main(argv: list[str] | None = None) -> int:
         load_spec_workload(args.workload)
     except (OSError, ValueError) as e:
         p.error(str(e))
-    rows = run(args)
+    try:
+        rows = run(args)
+    except UsageError as e:
+        p.error(str(e))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
     return 0
