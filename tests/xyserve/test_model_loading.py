@@ -236,3 +236,15 @@ def test_malformed_config_and_index_files_are_named(tmp_path):
     (path / "model.safetensors.index.json").write_text('{"metadata": {}}')
     with pytest.raises(ModelLoadError, match="weight_map"):
         LLM(str(path), skip_tokenizer_init=True, cpu_fused_decode="off")
+
+
+def test_qwen3_head_dim_defaults_as_in_hf(tmp_path):
+    """A Qwen3 config without head_dim means HF's default of 128, not hidden / heads."""
+    path = build_model(tmp_path / "q3", "qwen3", with_tokenizer=False, head_dim=128)
+    cfg = json.loads((path / "config.json").read_text())
+    del cfg["head_dim"]
+    (path / "config.json").write_text(json.dumps(cfg))
+    want = hf_next_tokens(path, [5, 6, 7], 3)
+    llm = LLM(str(path), skip_tokenizer_init=True, cpu_fused_decode="off")
+    out = llm.generate({"prompt_token_ids": [5, 6, 7]}, SamplingParams(temperature=0, max_tokens=3))
+    assert out[0].outputs[0].token_ids == want

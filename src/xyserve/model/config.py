@@ -89,7 +89,8 @@ class ModelConfig:
             num_layers=cfg["num_hidden_layers"],
             num_heads=heads,
             num_kv_heads=cfg.get("num_key_value_heads") or heads,
-            head_dim=cfg.get("head_dim") or hidden // heads,
+            # HF's default where the key is absent: Qwen3's is 128, the others' hidden / heads
+            head_dim=cfg.get("head_dim") or (128 if family == "qwen3" else hidden // heads),
             rms_norm_eps=cfg.get("rms_norm_eps", 1e-6),
             rope_theta=float(theta),
             rope_scaling=scaling,
