@@ -273,3 +273,13 @@ def test_stop_strings_without_a_tokenizer_are_refused(tiny_llama):
         llm.generate([[5, 6]], SamplingParams(max_tokens=2, stop="a"))
     ok = llm.generate([[5, 6]], SamplingParams(max_tokens=2, stop_token_ids=[7]))
     assert ok[0].outputs[0].token_ids
+
+
+def test_numpy_token_ids_are_token_ids(llm):
+    """numpy integers were refused with 'prompt token ids must be in [0, V)', in range."""
+    np = pytest.importorskip("numpy")
+    sp = SamplingParams(temperature=0, max_tokens=3)
+    want = llm.generate({"prompt_token_ids": [5, 6, 7]}, sp)[0].outputs[0].token_ids
+    got = llm.generate({"prompt_token_ids": np.array([5, 6, 7])}, sp)[0]
+    assert got.outputs[0].token_ids == want and got.prompt_token_ids == [5, 6, 7]
+    assert all(type(t) is int for t in got.prompt_token_ids)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 import threading
 
 from xyserve.config import EngineConfig
@@ -101,7 +102,9 @@ class RequestIntake:
                 "is a list inside the list of prompts, or {'prompt_token_ids': [...]})",
                 "prompt",
             )
-        return list(ids)
+        # integers of any integral type (numpy's) are token ids; anything else stays for
+        # ``validate`` to refuse
+        return [int(t) if isinstance(t, numbers.Integral) else t for t in ids]
 
     def compile_grammar(self, kind: str, value: object) -> object:
         """A GrammarSpec for SamplingParams.structured; GrammarError (a ValueError) if invalid.
