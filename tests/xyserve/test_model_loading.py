@@ -248,3 +248,10 @@ def test_qwen3_head_dim_defaults_as_in_hf(tmp_path):
     llm = LLM(str(path), skip_tokenizer_init=True, cpu_fused_decode="off")
     out = llm.generate({"prompt_token_ids": [5, 6, 7]}, SamplingParams(temperature=0, max_tokens=3))
     assert out[0].outputs[0].token_ids == want
+
+
+def test_llama_mlp_bias_is_refused(tmp_path):
+    """HF's Llama adds MLP biases with mlp_bias; the forward has none, and ran without them."""
+    path = build_model(tmp_path / "m", "llama", with_tokenizer=False, mlp_bias=True)
+    with pytest.raises(ModelLoadError, match="mlp_bias"):
+        LLM(str(path), skip_tokenizer_init=True, cpu_fused_decode="off")

@@ -68,6 +68,8 @@ class ModelConfig:
         if cfg.get("hidden_act", "silu") != "silu":
             raise ModelLoadError(f"unsupported hidden_act {cfg['hidden_act']!r} in {cfg_path}")
         family = SUPPORTED_ARCHITECTURES[arch]
+        if cfg.get("mlp_bias", False):  # HF's Llama option; the forward's MLP has no biases
+            raise ModelLoadError(f"unsupported mlp_bias=true in {cfg_path}")
         rope_params = cfg.get("rope_parameters") or {}
         theta = cfg.get("rope_theta", rope_params.get("rope_theta", 10000.0))
         scaling = cfg.get("rope_scaling") or (rope_params if rope_params else None)
