@@ -104,6 +104,12 @@ class SamplingParams:
             and all(_is_int(t) and _is_real(b) for t, b in self.logit_bias.items())
         ):
             raise bad("logit_bias", "a dict of int token ids to numbers")
+        if not (
+            self.structured is None
+            or isinstance(self.structured, dict)
+            or hasattr(self.structured, "new_matcher")  # a compiled GrammarSpec
+        ):
+            raise bad("structured", "a dict (one of json, regex, choice, grammar, json_object)")
 
     @property
     def stop_strings(self) -> list[str]:

@@ -108,6 +108,7 @@ def test_invalid_params_name_the_field(kw, param):
         ({"logit_bias": {"5": 1.0}}, "logit_bias"),
         ({"stop": 5}, "stop"),
         ({"stop_token_ids": 5}, "stop_token_ids"),
+        ({"structured": "json"}, "structured"),  # was an AttributeError at admission
     ],
 )
 def test_values_of_the_wrong_type_name_the_field(kw, param):
