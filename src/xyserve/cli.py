@@ -29,7 +29,10 @@ def main(argv: list[str] | None = None) -> int:
             rc = getattr(importlib.import_module(mod), fn)(argv[n:])
             return int(rc or 0)
     print(USAGE, file=sys.stderr)
-    return 0 if argv[:1] in (["-h"], ["--help"]) else 2
+    # help asked of the command or of a group of commands (``xyserve bench --help``)
+    words, flag = argv[:-1], argv[-1:]
+    group = any(c.split()[: len(words)] == words for c in COMMANDS)
+    return 0 if flag in (["-h"], ["--help"]) and group else 2
 
 
 if __name__ == "__main__":

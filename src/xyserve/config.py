@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import re
+import typing
 from dataclasses import dataclass, fields
 from typing import Any
 
 from xyserve.engine.capture_sizes import check_capture_sizes
 from xyserve.engine.scheduler import check_knobs, default_reserve
+from xyserve.sampling_params import SEED_MAX, SEED_MIN
 from xyserve.spec.config import SpeculativeConfig
 
 # The hybrid policy's knobs, with the values that describe what the baseline policy does anyway
@@ -94,6 +98,7 @@ class EngineConfig:
     speculative_config: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
+        self._check_types()
         if self.max_num_batched_tokens < 1:
             raise ValueError("max_num_batched_tokens must be at least 1")
         if self.max_num_seqs < 1:
@@ -112,9 +117,24 @@ class EngineConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1 (or unset for the default)")
-        for name in ("max_request_body_bytes", "max_n", "max_stop_strings"):
+        for name in (
+            "kv_cache_memory_bytes",
+            "max_request_body_bytes",
+            "max_n",
+            "max_stop_strings",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(self.device)):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N (got {self.device!r})")
+        if not (
+            isinstance(self.seed, int)
+            and not isinstance(self.seed, bool)
+            and SEED_MIN <= self.seed <= SEED_MAX
+        ):
+            raise ValueError(
+                f"seed must be an integer in [{SEED_MIN}, {SEED_MAX}] (got {self.seed!r})"
+            )
         if self.request_timeout_s is not None and not self.request_timeout_s > 0:
             raise ValueError("request_timeout_s must be positive")
         if self.cpu_fused_decode not in (None, "auto", "on", "off"):
@@ -145,6 +165,33 @@ class EngineConfig:
                 )
         if self.num_reserved_decode_tokens is None:
             self.num_reserved_decode_tokens = default_reserve(self.max_num_batched_tokens)
+
+    def _check_types(self) -> None:
+        """Every plain field (int, float, bool, str, optional or not) holds a value of its type,
+        else a TypeError naming it: a float size failed later without a name (inside the
+        first step for the token budget), and a string flag such as "false" read as true."""
+        for name in ("model", "tokenizer"):  # a pathlib.Path names a directory as well
+            if isinstance(getattr(self, name), os.PathLike):
+                setattr(self, name, os.fspath(getattr(self, name)))
+        hints = typing.get_type_hints(type(self))
+        for f in fields(self):
+            value, hint = getattr(self, f.name), hints[f.name]
+            args = typing.get_args(hint)
+            if value is None and type(None) in args:
+                continue
+            base = next((a for a in args if a is not type(None)), None) if args else hint
+            if base is bool:
+                ok = isinstance(value, bool)
+            elif base is int:
+                ok = isinstance(value, int) and not isinstance(value, bool)
+            elif base is float:
+                ok = isinstance(value, int | float) and not isinstance(value, bool)
+            elif base is str:
+                ok = isinstance(value, str)
+            else:  # lists and dicts are checked by their own code
+                continue
+            if not ok:
+                raise TypeError(f"{f.name} must be {base.__name__} (got {value!r})")
 
     def scheduler_knobs(self) -> dict[str, object]:
         """The hybrid policy's knobs, as Scheduler keyword arguments."""

@@ -38,6 +38,8 @@ class LLM:
     ) -> list[RequestOutput]:
         if isinstance(prompts, (str, dict)):
             prompts = [prompts]
+        if prompts is None:
+            raise TypeError("prompts: give a prompt or a list of prompts")
         prompts = list(prompts)
         if sampling_params is None:
             sampling_params = SamplingParams()
@@ -48,6 +50,9 @@ class LLM:
         )
         if len(params) != len(prompts):
             raise ValueError("sampling_params must be one object or one per prompt")
+        if not all(isinstance(sp, SamplingParams) for sp in params):
+            # a None in the list would otherwise mean the defaults, silently
+            raise TypeError("sampling_params must be SamplingParams objects (or one per prompt)")
         return self._run(prompts, params, use_tqdm)
 
     def chat(
@@ -60,11 +65,17 @@ class LLM:
         tok = self.llm_engine.tokenizer
         if tok is None:
             raise ValueError("chat needs a tokenizer")
+        if isinstance(messages, str | dict) or not isinstance(messages, Sequence):
+            raise TypeError("messages must be a list of message dicts (or a list of such lists)")
         convs = [messages] if messages and isinstance(messages[0], dict) else messages
         prompts = []
         for conv in convs:
+            _check_messages(conv)
             text = tok.apply_chat_template(list(conv), add_generation_prompt)
-            prompts.append({"prompt_token_ids": tok.encode(text, add_special_tokens=False)})
+            # the rendered text is the output's prompt (as vLLM's); the template has put in
+            # any special tokens already, so none are added again
+            ids = tok.encode(text, add_special_tokens=False)
+            prompts.append({"prompt": text, "prompt_token_ids": ids})
         return self.generate(prompts, sampling_params, use_tqdm)
 
     def _run(self, prompts, params, use_tqdm: bool) -> list[RequestOutput]:
@@ -73,9 +84,15 @@ class LLM:
         results: dict[str, RequestOutput] = {}
         show = use_tqdm and not eng.config.disable_progress_bar and len(prompts) > 1
         bar = tqdm(total=len(prompts), desc="Processed prompts", disable=not show)
-        try:  # a bad prompt or parameter aborts the ones already added: nothing runs on
+        try:  # a bad prompt or parameter withdraws the ones already added: nothing ran
             for p, sp in zip(prompts, params):
                 ids.append(eng.add_request(p, sp))
+        except BaseException:
+            for rid in ids:  # not aborts: to the metrics these requests never came
+                eng.withdraw_request(rid)
+            bar.close()
+            raise
+        try:
             while eng.has_unfinished_requests():
                 for out in eng.step():
                     if out.finished:
@@ -89,3 +106,17 @@ class LLM:
             bar.close()
         # Text prompts keep their text; token prompts get None, as in vLLM.
         return [results[rid] for rid in ids]
+
+
+def _check_messages(conv: object) -> None:
+    """Each message a dict with a string ``role`` and a ``content`` (text, or a list of
+    content parts): a message without content was rendered by the template as empty."""
+    if isinstance(conv, str | dict) or not isinstance(conv, Sequence):
+        raise TypeError("messages must be a list of message dicts (or a list of such lists)")
+    for i, m in enumerate(conv):
+        if not isinstance(m, dict):
+            raise TypeError(f"messages[{i}] must be a dict, not {type(m).__name__}")
+        if not isinstance(m.get("role"), str) or not m["role"]:
+            raise ValueError(f"messages[{i}].role must be a non-empty string")
+        if not isinstance(m.get("content"), str | list):
+            raise ValueError(f"messages[{i}].content must be a string or a list of parts")

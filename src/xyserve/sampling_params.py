@@ -7,10 +7,35 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 
 # torch.Generator seeds are 64-bit; child i of a request is seeded with seed + i.
 SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
+
+# The type of every field that is not free-form (stop, stop_token_ids, logit_bias and
+# structured are checked on their own): checked before anything compares or uses a value, so
+# that a float n or top_k, or a string flag, is refused by name rather than failing inside a
+# step (or, for a string ignore_eos, being read as true).
+INT_FIELDS = ("n", "top_k", "min_tokens")
+OPTIONAL_INT_FIELDS = ("seed", "max_tokens", "logprobs")
+REAL_FIELDS = (
+    "temperature",
+    "top_p",
+    "min_p",
+    "presence_penalty",
+    "frequency_penalty",
+    "repetition_penalty",
+)
+BOOL_FIELDS = ("ignore_eos", "skip_special_tokens", "include_stop_str_in_output")
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_real(v: object) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
 @dataclass
@@ -41,12 +66,50 @@ class SamplingParams:
     _stop_list: list[str] = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        self._check_types()
         if self.top_k == -1:
             self.top_k = 0
         self._stop_list = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         self.stop_token_ids = list(self.stop_token_ids or [])
         self.logit_bias = dict(self.logit_bias) if self.logit_bias else None
         self.validate()
+
+    def _check_types(self) -> None:
+        """Refuse, naming the field, a value of a type the field cannot take; integers of any
+        integral type (numpy's too) become Python ints."""
+
+        def bad(name: str, what: str) -> SamplingParamsError:
+            value = getattr(self, name)
+            return SamplingParamsError(name, f"{name}: must be {what} (got {value!r})")
+
+        for name in INT_FIELDS + OPTIONAL_INT_FIELDS:
+            value = getattr(self, name)
+            if value is None and name in OPTIONAL_INT_FIELDS:
+                continue
+            if not _is_int(value):
+                raise bad(name, "an integer")
+            setattr(self, name, int(value))
+        for name in REAL_FIELDS:
+            if not _is_real(getattr(self, name)):
+                raise bad(name, "a number")
+        for name in BOOL_FIELDS:
+            if not isinstance(getattr(self, name), bool):
+                raise bad(name, "True or False")
+        if self.stop is not None and not isinstance(self.stop, str | list | tuple):
+            raise bad("stop", "a string or a list of strings")
+        if self.stop_token_ids is not None and not isinstance(self.stop_token_ids, list | tuple):
+            raise bad("stop_token_ids", "a list of token ids")
+        if self.logit_bias is not None and not (
+            isinstance(self.logit_bias, dict)
+            and all(_is_int(t) and _is_real(b) for t, b in self.logit_bias.items())
+        ):
+            raise bad("logit_bias", "a dict of int token ids to numbers")
+        if not (
+            self.structured is None
+            or isinstance(self.structured, dict)
+            or hasattr(self.structured, "new_matcher")  # a compiled GrammarSpec
+        ):
+            raise bad("structured", "a dict (one of json, regex, choice, grammar, json_object)")
 
     @property
     def stop_strings(self) -> list[str]:

@@ -127,3 +127,17 @@ def test_report_shows_each_systems_range_over_rounds(tmp_path, capsys):
     assert line.endswith("20.0-25.0")
     res = json.loads(out.read_text())
     assert res["matmul_peaks_gflops"] == [250.0, 300.0] and res["matmul_peak_gflops"] == 300.0
+
+
+@pytest.mark.parametrize(
+    "args,named",
+    [
+        (["--workload", "nope.json"], "nope.json"),  # was a FileNotFoundError traceback
+        (["--model-config", "nope.json"], "nope.json"),
+        (["--model", "/no/such/model"], "/no/such/model"),
+    ],
+)
+def test_missing_files_are_usage_errors(capsys, args, named):
+    with pytest.raises(SystemExit) as exc:
+        main(args + ["--rounds", "1"])
+    assert exc.value.code == 2 and named in capsys.readouterr().err

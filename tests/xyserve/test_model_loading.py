@@ -85,3 +85,173 @@ def test_missing_files_are_named(tmp_path):
         LLM(str(tmp_path / "n"))
     with pytest.raises((FileNotFoundError, ModelLoadError), match="nowhere"):
         LLM(str(tmp_path / "nowhere"))
+
+
+@pytest.mark.parametrize(
+    "arch,kw",
+    [
+        ("mistral", dict(sliding_window=8)),
+        ("qwen2", dict(use_sliding_window=True, sliding_window=8, max_window_layers=1)),
+    ],
+)
+def test_sliding_window_caps_the_context_to_the_window(tmp_path, arch, kw):
+    """Sliding-window attention is not implemented; within the window it is full attention,
+    so the context is capped to the window (and a longer max_model_len is refused) rather
+    than run past it with full attention, which gives other tokens than HF's."""
+    path = build_model(tmp_path / arch, arch, with_tokenizer=False, **kw)
+    prompt = [5, 9, 13, 17, 21]
+    want = hf_next_tokens(path, prompt, 3)  # 8 tokens: all inside the window
+    llm = LLM(str(path), skip_tokenizer_init=True, cpu_fused_decode="off")
+    assert llm.llm_engine.max_model_len == 8
+    out = llm.generate({"prompt_token_ids": prompt}, SamplingParams(temperature=0, max_tokens=3))
+    assert out[0].outputs[0].token_ids == want
+    with pytest.raises(ValueError, match="sliding_window"):
+        LLM(str(path), skip_tokenizer_init=True, max_model_len=16, cpu_fused_decode="off")
+
+
+def test_qwen2_window_unused_keeps_full_context(tmp_path):
+    path = build_model(tmp_path / "q", "qwen2", with_tokenizer=False, sliding_window=8)
+    llm = LLM(str(path), skip_tokenizer_init=True, cpu_fused_decode="off")
+    assert llm.llm_engine.max_model_len == 1024
+
+
+def _edit_config(path, **changes):
+    cfg = json.loads((path / "config.json").read_text())
+    cfg.update(changes)
+    (path / "config.json").write_text(json.dumps(cfg))
+
+
+def test_untied_model_without_lm_head_is_refused(tmp_path):
+    """An untied checkpoint missing ``lm_head.weight`` is incomplete: refused, not run on the
+    embedding matrix as if tied (HF would not tie it either)."""
+    from safetensors.torch import load_file, save_file
+
+    path = build_model(tmp_path / "m", "llama", with_tokenizer=False)
+    weights = load_file(str(path / "model.safetensors"))
+    del weights["lm_head.weight"]
+    save_file(weights, str(path / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ModelLoadError, match="lm_head.weight"):
+        LLM(str(path), skip_tokenizer_init=True, cpu_fused_decode="off")
+
+
+@pytest.mark.parametrize(
+    "changes,tensor",
+    [
+        (dict(num_key_value_heads=4), "k_proj"),  # the config disagrees with the weights
+        (dict(vocab_size=400), "embed_tokens"),
+        (dict(intermediate_size=96), "gate_proj"),
+    ],
+)
+def test_weights_of_the_wrong_shape_are_named(tmp_path, changes, tensor):
+    path = build_model(tmp_path / "m", "llama", with_tokenizer=False)
+    _edit_config(path, **changes)
+    with pytest.raises(ModelLoadError, match=tensor):
+        LLM(str(path), skip_tokenizer_init=True, cpu_fused_decode="off")
+
+
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        # was clamped to one K/V block (max_model_len capped to 16), silently
+        (dict(kv_cache_memory_bytes=-5), "kv_cache_memory_bytes"),
+        (dict(kv_cache_memory_bytes=0), "kv_cache_memory_bytes"),
+        (dict(device="tpu"), "device"),  # was torch's RuntimeError listing its device types
+        (dict(device="gpu"), "device"),
+        (dict(seed=None), "seed"),  # was "int() argument must be ..."
+        (dict(seed=2**70), "seed"),  # was "Overflow when unpacking long long"
+        (dict(seed=1.5), "seed"),
+    ],
+)
+def test_invalid_engine_arguments_are_refused_by_name(kw, match):
+    from xyserve.config import EngineConfig
+
+    with pytest.raises((ValueError, TypeError), match=match):
+        EngineConfig(**kw)
+
+
+def test_cuda_without_cuda_is_refused_by_name():
+    from xyserve.model.loader import resolve_device
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    with pytest.raises(ValueError, match="device"):
+        resolve_device("cuda")  # was torch's AssertionError "Torch not compiled with CUDA"
+
+
+def test_float16_runs_on_the_cpu_meta_attention_path(tmp_path):
+    """dtype='float16' on the CPU failed at the first prefill: Meta-Attention's CPU plan
+    filled its chunk masks with -1e30, which float16 cannot hold."""
+    path = build_model(tmp_path / "m", "llama", with_tokenizer=False)
+    prompts = [{"prompt_token_ids": list(range(3, 3 + n))} for n in (3, 40)]
+    sp = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)
+    got = {}
+    for dtype in ("float32", "float16"):
+        llm = LLM(str(path), skip_tokenizer_init=True, dtype=dtype, max_num_batched_tokens=16)
+        assert llm.llm_engine.config.attention_backend == "meta"
+        got[dtype] = [o.outputs[0].token_ids for o in llm.generate(prompts, sp)]
+    assert got["float16"] == got["float32"]
+
+
+@pytest.mark.parametrize(
+    "kw,name",
+    [
+        # each raised "'float' object cannot be interpreted as an integer" (the first one
+        # only inside the first step), without saying which argument
+        (dict(max_num_batched_tokens=20.5), "max_num_batched_tokens"),
+        (dict(max_num_seqs=1.5), "max_num_seqs"),
+        (dict(num_kv_blocks=10.5), "num_kv_blocks"),
+        (dict(max_model_len=100.5), "max_model_len"),
+        (dict(enable_prefix_caching="false"), "enable_prefix_caching"),  # was read as true
+        (dict(block_size="16"), "block_size"),
+        (dict(tbt_target_ms="300"), "tbt_target_ms"),
+    ],
+)
+def test_engine_arguments_of_the_wrong_type_are_refused_by_name(kw, name):
+    from xyserve.config import EngineConfig
+
+    with pytest.raises(TypeError, match=name):
+        EngineConfig(**kw)
+
+
+def test_a_path_object_names_the_model_directory(tmp_path):
+    from xyserve.config import EngineConfig
+
+    assert EngineConfig(model=tmp_path, tokenizer=tmp_path).model == str(tmp_path)
+
+
+def test_malformed_config_and_index_files_are_named(tmp_path):
+    """Were a bare JSONDecodeError / KeyError that named neither the file nor the model."""
+    path = build_model(tmp_path / "m", "llama", with_tokenizer=False)
+    good = (path / "config.json").read_text()
+    (path / "config.json").write_text("{bad")
+    with pytest.raises(ModelLoadError, match="config.json"):
+        LLM(str(path), skip_tokenizer_init=True, cpu_fused_decode="off")
+    cfg = json.loads(good)
+    del cfg["hidden_size"]
+    (path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelLoadError, match="hidden_size"):
+        LLM(str(path), skip_tokenizer_init=True, cpu_fused_decode="off")
+    (path / "config.json").write_text(good)
+    (path / "model.safetensors").rename(path / "model-00001-of-00001.safetensors")
+    (path / "model.safetensors.index.json").write_text('{"metadata": {}}')
+    with pytest.raises(ModelLoadError, match="weight_map"):
+        LLM(str(path), skip_tokenizer_init=True, cpu_fused_decode="off")
+
+
+def test_qwen3_head_dim_defaults_as_in_hf(tmp_path):
+    """A Qwen3 config without head_dim means HF's default of 128, not hidden / heads."""
+    path = build_model(tmp_path / "q3", "qwen3", with_tokenizer=False, head_dim=128)
+    cfg = json.loads((path / "config.json").read_text())
+    del cfg["head_dim"]
+    (path / "config.json").write_text(json.dumps(cfg))
+    want = hf_next_tokens(path, [5, 6, 7], 3)
+    llm = LLM(str(path), skip_tokenizer_init=True, cpu_fused_decode="off")
+    out = llm.generate({"prompt_token_ids": [5, 6, 7]}, SamplingParams(temperature=0, max_tokens=3))
+    assert out[0].outputs[0].token_ids == want
+
+
+def test_llama_mlp_bias_is_refused(tmp_path):
+    """HF's Llama adds MLP biases with mlp_bias; the forward has none, and ran without them."""
+    path = build_model(tmp_path / "m", "llama", with_tokenizer=False, mlp_bias=True)
+    with pytest.raises(ModelLoadError, match="mlp_bias"):
+        LLM(str(path), skip_tokenizer_init=True, cpu_fused_decode="off")

@@ -87,6 +87,36 @@ def test_invalid_params_name_the_field(kw, param):
     assert e.value.param == param
 
 
+@pytest.mark.parametrize(
+    "kw,param",
+    [
+        # Values of the wrong type were accepted: a float top_k or n then raised a bare
+        # TypeError inside the step or admission, a float max_tokens ran one token more, a
+        # string ignore_eos was truthy, and string logit_bias keys failed intake unnamed.
+        ({"n": 2.0}, "n"),
+        ({"top_k": 2.5}, "top_k"),
+        ({"max_tokens": 2.5}, "max_tokens"),
+        ({"min_tokens": 1.5}, "min_tokens"),
+        ({"seed": 1.5}, "seed"),
+        ({"logprobs": True}, "logprobs"),
+        ({"temperature": "0.5"}, "temperature"),
+        ({"top_p": None}, "top_p"),
+        ({"presence_penalty": None}, "presence_penalty"),
+        ({"ignore_eos": "no"}, "ignore_eos"),
+        ({"skip_special_tokens": 0}, "skip_special_tokens"),
+        ({"include_stop_str_in_output": None}, "include_stop_str_in_output"),
+        ({"logit_bias": {"5": 1.0}}, "logit_bias"),
+        ({"stop": 5}, "stop"),
+        ({"stop_token_ids": 5}, "stop_token_ids"),
+        ({"structured": "json"}, "structured"),  # was an AttributeError at admission
+    ],
+)
+def test_values_of_the_wrong_type_name_the_field(kw, param):
+    with pytest.raises(SamplingParamsError) as e:
+        SamplingParams(**kw)
+    assert e.value.param == param
+
+
 @pytest.fixture(scope="module")
 def llm(tiny_llama):
     return LLM(str(tiny_llama), max_num_batched_tokens=64)
@@ -166,3 +196,91 @@ def test_chat_applies_template(llm):
     want = tok.encode(tok.apply_chat_template(msgs), add_special_tokens=False)
     assert out.prompt_token_ids == want
     assert "<|assistant|>" in tok.decode(want, skip_special_tokens=False)
+    assert out.prompt == tok.apply_chat_template(msgs)  # the rendered prompt, as vLLM's
+
+
+def test_params_changed_after_construction_are_honoured_or_refused(llm):
+    """vLLM's SamplingParams are plain mutable objects; one changed after construction is
+    normalised and checked again when a request is added: a stop string set then was
+    silently ignored, and an invalid value went unchecked into the step."""
+    greedy = SamplingParams(temperature=0, max_tokens=20, ignore_eos=True)
+    base = llm.generate("The quick brown", greedy)[0].outputs[0]
+    sp = SamplingParams(temperature=0, max_tokens=20, ignore_eos=True)
+    sp.stop = base.text[5:8]
+    cut = llm.generate("The quick brown", sp)[0].outputs[0]
+    assert cut.finish_reason == "stop" and cut.text == base.text[: base.text.index(sp.stop)]
+    assert sp.stop == base.text[5:8]  # the caller's object is left as it was set
+    sp.stop, sp.top_k, sp.temperature = None, -1, 1.0  # -1: disabled, as at construction
+    assert len(llm.generate("The quick brown", sp)[0].outputs[0].token_ids) == 20
+    sp.temperature = -1.0
+    with pytest.raises(SamplingParamsError, match="temperature"):
+        llm.generate("The quick brown", sp)
+    assert not llm.llm_engine.has_unfinished_requests()
+
+
+@pytest.mark.parametrize(
+    "prompts,match",
+    [
+        ([5, 6, 7], "prompt_token_ids"),  # a flat list: each int taken as a prompt
+        ({"text": "hi"}, "prompt"),  # neither key: was a bare KeyError
+        ({"prompt": "hi", "multi_modal_data": {"image": 1}}, "multi_modal_data"),  # was ignored
+        (None, "prompt"),
+    ],
+)
+def test_malformed_prompts_are_refused_by_name(llm, prompts, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        llm.generate(prompts, SamplingParams(max_tokens=2))
+    assert not llm.llm_engine.has_unfinished_requests()
+
+
+@pytest.mark.parametrize("params", [{"temperature": 0}, [None], [SamplingParams(), "greedy"]])
+def test_sampling_params_of_another_type_are_refused(llm, params):
+    with pytest.raises(TypeError, match="SamplingParams"):
+        llm.generate(["a"] * (len(params) if isinstance(params, list) else 1), params)
+    assert not llm.llm_engine.has_unfinished_requests()
+
+
+def test_a_refused_batch_leaves_the_metrics_as_they_were(llm):
+    """A batch refused part-way (a bad second prompt) never ran: the prompts added before it
+    are withdrawn, not counted as prompt tokens and aborted requests."""
+    eng = llm.llm_engine
+    before = (eng.num_prompt_tokens, eng.num_aborted_requests)
+    with pytest.raises(ValueError, match="prompt token ids"):
+        llm.generate(["hello", {"prompt_token_ids": [10**6]}], SamplingParams(max_tokens=2))
+    assert not eng.has_unfinished_requests()
+    assert (eng.num_prompt_tokens, eng.num_aborted_requests) == before
+    assert llm.get_metrics()[0].value == before[0]
+
+
+@pytest.mark.parametrize(
+    "messages,match",
+    [
+        ([{"role": "user"}], "content"),  # was rendered as an empty message
+        ([{"content": "hi"}], "role"),
+        ([{"role": "user", "content": 5}], "content"),
+        ("hi", "messages"),
+        (["hi"], "messages"),
+    ],
+)
+def test_chat_messages_of_the_wrong_shape_are_refused(llm, messages, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        llm.chat(messages, SamplingParams(max_tokens=2))
+
+
+def test_stop_strings_without_a_tokenizer_are_refused(tiny_llama):
+    """Without a tokenizer there is no text to search: stop strings were silently ignored."""
+    llm = LLM(str(tiny_llama), skip_tokenizer_init=True, cpu_fused_decode="off")
+    with pytest.raises(ValueError, match="stop"):
+        llm.generate([[5, 6]], SamplingParams(max_tokens=2, stop="a"))
+    ok = llm.generate([[5, 6]], SamplingParams(max_tokens=2, stop_token_ids=[7]))
+    assert ok[0].outputs[0].token_ids
+
+
+def test_numpy_token_ids_are_token_ids(llm):
+    """numpy integers were refused with 'prompt token ids must be in [0, V)', in range."""
+    np = pytest.importorskip("numpy")
+    sp = SamplingParams(temperature=0, max_tokens=3)
+    want = llm.generate({"prompt_token_ids": [5, 6, 7]}, sp)[0].outputs[0].token_ids
+    got = llm.generate({"prompt_token_ids": np.array([5, 6, 7])}, sp)[0]
+    assert got.outputs[0].token_ids == want and got.prompt_token_ids == [5, 6, 7]
+    assert all(type(t) is int for t in got.prompt_token_ids)

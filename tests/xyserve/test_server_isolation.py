@@ -723,3 +723,11 @@ def test_cli_server_flags(tmp_path: Path, monkeypatch) -> None:
             server_options(parse_args(bad)[0])
     with pytest.raises(SystemExit):
         parse_args(["--max-n", "0"])
+
+
+def test_a_port_out_of_range_is_a_usage_error(capsys) -> None:
+    from xyserve.server.cli import main
+
+    with pytest.raises(SystemExit) as exc:  # was an OverflowError traceback from bind()
+        main(["--port", "99999"])
+    assert exc.value.code == 2 and "--port" in capsys.readouterr().err

@@ -795,6 +795,14 @@ def test_bench_spec_batches_cover_every_prompt():
         assert load_spec_workload(name)["prompts"]
 
 
+def test_bench_spec_names_a_missing_workload_without_a_traceback(capsys):
+    from xyserve.bench import spec as bench_spec
+
+    with pytest.raises(SystemExit) as exc:  # was a FileNotFoundError traceback
+        bench_spec.main(["--workload", "nope"])
+    assert exc.value.code == 2 and "nope" in capsys.readouterr().err
+
+
 def test_bench_spec_builds_every_engine_with_the_dtype_asked(monkeypatch):
     """``bench spec --dtype`` reaches every engine it compares (a stand-in LLM records them;
     a dtype the engine does not know is the engine's own error)."""

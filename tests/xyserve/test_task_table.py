@@ -152,6 +152,19 @@ def test_tuner_writes_a_table_that_loads(tmp_path):
     assert gemm.table.shapes["qkv"] == (32 + 2 * 2 * 8, 32)
 
 
+def test_tuner_names_a_missing_model_without_a_traceback(tmp_path, capsys):
+    from xyserve.tools.tune import main
+
+    with pytest.raises(SystemExit) as e:  # was a FileNotFoundError traceback
+        main(["--model", str(tmp_path / "nowhere")])
+    assert e.value.code == 2
+    assert "config.json" in capsys.readouterr().err
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(SystemExit) as e:
+        main(["--model", str(tmp_path)])
+    assert e.value.code == 2 and "config.json" in capsys.readouterr().err
+
+
 def test_cpu_tuner_times_each_op_on_the_layout_its_upstream_op_leaves(monkeypatch):
     """A swapped GEMM leaves a column-major output: the op it feeds is tuned on that layout."""
     import xyserve.tools.tune as tune_mod

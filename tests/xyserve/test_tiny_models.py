@@ -96,6 +96,14 @@ def test_resolve_model_names_and_default():
     assert resolve_model("xy-tiny-draft") == MODELS_DIR / "xy-tiny-draft"
 
 
+def test_tokenizer_argument_takes_a_bundled_name_as_model_does(tiny_llama):
+    """tokenizer='xy-tiny' was read as a relative path ('missing file: xy-tiny/tokenizer.json')."""
+    from xyserve import LLM
+
+    llm = LLM(str(tiny_llama), tokenizer="xy-tiny", cpu_fused_decode="off")
+    assert llm.get_tokenizer().decode(llm.get_tokenizer().encode("def f():")) == "def f():"
+
+
 def test_resolve_model_local_path(tmp_path):
     d = tmp_path / "my-model"
     d.mkdir()

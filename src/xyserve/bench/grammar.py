@@ -48,7 +48,10 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--rounds, --batch and --max-tokens must be at least 1")
     from xyserve.engine.engine import LLMEngine
 
-    engine = LLMEngine(EngineConfig(model=args.model, device="cpu"))
+    try:  # a model the engine refuses: a usage error, not a traceback
+        engine = LLMEngine(EngineConfig(model=args.model, device="cpu"))
+    except (OSError, ValueError) as e:
+        ap.error(str(e))
     prompts = [f"Request {i}: write something about the number {i}." for i in range(args.batch)]
     specs = {
         name: None if v is None else engine.intake.compile_grammar(*v)

@@ -37,7 +37,7 @@ from xyserve.bench.offline_systems import (
     run_xyserve,
     tune_if_needed,
 )
-from xyserve.bench.offline_workload import build_random_model, load_workload, packaged
+from xyserve.bench.offline_workload import build_random_model, find, load_workload
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,6 +104,13 @@ def main(argv: list[str] | None = None) -> int:
 
         if not available():
             ap.error("--peers llama.cpp needs llama-cpp-python: pip install -e '.[llama-cpp]'")
+    try:  # the files named: a usage error now, not a traceback after a model is built
+        find("workloads", args.workload)
+        if args.model and not (Path(args.model) / "config.json").is_file():
+            raise FileNotFoundError(f"--model {args.model}: no config.json there")
+        cfg_file = None if args.model else find("models", args.model_config)
+    except FileNotFoundError as e:
+        ap.error(str(e))
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -111,9 +118,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.model:
             model = Path(args.model)
         else:
-            cfg_file = Path(args.model_config)
-            if not cfg_file.is_file():
-                cfg_file = packaged("models", args.model_config)
             model = build_random_model(cfg_file, Path(tmp) / "model", args.seed)
         cfg = json.loads((model / "config.json").read_text())
         work = load_workload(args.workload, cfg["vocab_size"], args.seed, args.num_requests)

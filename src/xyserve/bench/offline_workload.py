@@ -30,11 +30,21 @@ def packaged(kind: str, name: str) -> Path:
     return Path(str(resources.files("xyserve.bench") / kind / name))
 
 
+def find(kind: str, name: str | Path) -> Path:
+    """``name`` as a file, else the packaged data file of that name; FileNotFoundError
+    naming it where neither exists (the commands turn it into a usage error)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    path = packaged(kind, str(name))
+    if not path.is_file():
+        raise FileNotFoundError(f"{kind} file {str(name)!r}: no such file, nor a packaged one")
+    return path
+
+
 def load_workload(path: str | Path, vocab_size: int, seed: int = 0, limit: int | None = None):
     """The workload file (a path or a packaged name) with seeded random prompt token ids."""
-    path = Path(path)
-    if not path.is_file():
-        path = packaged("workloads", str(path))
+    path = find("workloads", path)
     data = json.loads(path.read_text())
     if data.get("schema") != WORKLOAD_SCHEMA:
         raise ValueError(f"{path}: schema must be {WORKLOAD_SCHEMA!r}, got {data.get('schema')!r}")

@@ -24,7 +24,7 @@ import json
 import time
 from pathlib import Path
 
-from xyserve.bench.offline_workload import packaged
+from xyserve.bench.offline_workload import find
 
 SCHEMA = "xyserve.spec-workload/1"
 METHODS = ("none", "ngram", "draft_model", "tree")
@@ -33,7 +33,7 @@ METHODS = ("none", "ngram", "draft_model", "tree")
 def load_spec_workload(path: str | Path) -> dict:
     p = Path(path)
     if not p.is_file():
-        p = packaged("workloads", str(path) if str(path).endswith(".json") else f"{path}.json")
+        p = find("workloads", str(path) if str(path).endswith(".json") else f"{path}.json")
     data = json.loads(p.read_text())
     if data.get("schema") != SCHEMA:
         raise ValueError(f"{p}: schema must be {SCHEMA!r}, got {data.get('schema')!r}")
@@ -64,24 +64,31 @@ def _tree_keys(args: argparse.Namespace) -> dict:
     return {k: v for k, v in keys.items() if v is not None}
 
 
+class UsageError(Exception):
+    """Engine arguments the engine refused while ``run`` built it; ``main`` reports it."""
+
+
 def run(args: argparse.Namespace) -> list[dict]:
     from xyserve import LLM, SamplingParams
 
     work = load_spec_workload(args.workload)
     methods = ["none"] + [m for m in args.methods.split(",") if m != "none"]
-    engines = {
-        m: LLM(
-            args.model,
-            disable_progress_bar=True,
-            max_num_seqs=max(args.batch_sizes),
-            max_num_batched_tokens=args.max_num_batched_tokens,
-            dtype=args.dtype,
-            speculative_config=_spec_config(
-                m, args.num_speculative_tokens, not args.no_adaptive, _tree_keys(args)
-            ),
-        )
-        for m in methods
-    }
+    try:  # a model, dtype or method the engine refuses: a usage error (main), not a traceback
+        engines = {
+            m: LLM(
+                args.model,
+                disable_progress_bar=True,
+                max_num_seqs=max(args.batch_sizes),
+                max_num_batched_tokens=args.max_num_batched_tokens,
+                dtype=args.dtype,
+                speculative_config=_spec_config(
+                    m, args.num_speculative_tokens, not args.no_adaptive, _tree_keys(args)
+                ),
+            )
+            for m in methods
+        }
+    except (OSError, ValueError) as e:
+        raise UsageError(str(e)) from None
     params = SamplingParams(temperature=0, max_tokens=work["max_tokens"], ignore_eos=True)
     for llm in engines.values():  # warm-up: kernels compiled, GEMM shapes seen
         llm.generate(work["prompts"][:2], SamplingParams(temperature=0, max_tokens=8), False)
@@ -189,7 +196,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tree-beam", type=int, help="nodes a dynamic tree expands per level")
     p.add_argument("--json", help="also write the rows to this file")
     args = p.parse_args(argv)
-    rows = run(args)
+    try:  # a usage error, not a traceback once the engines are built
+        load_spec_workload(args.workload)
+    except (OSError, ValueError) as e:
+        p.error(str(e))
+    try:
+        rows = run(args)
+    except UsageError as e:
+        p.error(str(e))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
     return 0

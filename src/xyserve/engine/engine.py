@@ -57,7 +57,13 @@ class LLMEngine:
         if not config.skip_tokenizer_init:
             from xyserve.tokenizer import Tokenizer
 
-            self.tokenizer = Tokenizer(config.tokenizer or self.model_path)
+            tok_path = self.model_path
+            if config.tokenizer:  # a bundled name or a directory, as for the model
+                try:
+                    tok_path = resolve_model_path(config.tokenizer)
+                except FileNotFoundError as e:
+                    raise FileNotFoundError(f"tokenizer: {e}") from None
+            self.tokenizer = Tokenizer(tok_path)
         self.eos_token_ids = set(mcfg.eos_token_ids)
         if not self.eos_token_ids and self.tokenizer and self.tokenizer.eos_token_id is not None:
             self.eos_token_ids = {self.tokenizer.eos_token_id}
@@ -67,6 +73,22 @@ class LLMEngine:
                 f"max_model_len={self.max_model_len} exceeds the model's "
                 f"max_position_embeddings={mcfg.max_position_embeddings}"
             )
+        window = mcfg.sliding_window
+        if window is not None and self.max_model_len > window:
+            # Sliding-window attention is not implemented; up to the window it is full
+            # attention, so the context stops there (vLLM's disable_sliding_window does so too).
+            if config.max_model_len is not None:
+                raise ValueError(
+                    f"max_model_len={self.max_model_len} exceeds the model's "
+                    f"sliding_window={window} (sliding-window attention is not supported)"
+                )
+            log.warning(
+                "the model's attention slides over %d tokens, which is not supported: "
+                "capping max_model_len to %d",
+                window,
+                window,
+            )
+            self.max_model_len = window
         bs = config.block_size
         if config.num_kv_blocks is not None:
             num_blocks = config.num_kv_blocks

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 import threading
 
 from xyserve.config import EngineConfig
@@ -65,15 +66,45 @@ class RequestIntake:
             raise RequestValidationError(msg, "prompt") from None
 
     def prompt_ids(self, prompt: str | list[int] | dict, add_special_tokens: bool = True) -> tuple:
-        """(text or None, token ids) of a prompt given as text, ids, or a vLLM prompt dict."""
+        """(text or None, token ids) of a prompt given as text, ids, or a vLLM prompt dict.
+
+        A dict takes ``prompt`` and/or ``prompt_token_ids`` only: vLLM's other keys
+        (``multi_modal_data``, ``cache_salt``, ...) are not implemented, so they are refused
+        rather than dropped.
+        """
         if isinstance(prompt, dict):
+            unknown = sorted(str(k) for k in set(prompt) - {"prompt", "prompt_token_ids"})
+            if unknown:
+                raise RequestValidationError(
+                    f"prompt dict keys {unknown} are not supported (only 'prompt' and "
+                    "'prompt_token_ids')",
+                    "prompt",
+                )
             if "prompt_token_ids" in prompt:
-                return prompt.get("prompt"), list(prompt["prompt_token_ids"])
+                return prompt.get("prompt"), self._token_list(prompt["prompt_token_ids"])
+            if "prompt" not in prompt:
+                raise RequestValidationError(
+                    "a prompt dict needs 'prompt' or 'prompt_token_ids'", "prompt"
+                )
             text = prompt["prompt"]
             return text, self.tokenize(text, add_special_tokens)
         if isinstance(prompt, str):
             return prompt, self.tokenize(prompt, add_special_tokens)
-        return None, list(prompt)
+        return None, self._token_list(prompt)
+
+    @staticmethod
+    def _token_list(ids: object) -> list[int]:
+        """Token ids given as a list (or any sequence but text); ``validate`` checks each id."""
+        if isinstance(ids, str | bytes | dict) or not hasattr(ids, "__iter__"):
+            raise RequestValidationError(
+                f"a prompt is a string, a list of token ids or a dict with 'prompt' or "
+                f"'prompt_token_ids', not {type(ids).__name__} (a single prompt of token ids "
+                "is a list inside the list of prompts, or {'prompt_token_ids': [...]})",
+                "prompt",
+            )
+        # integers of any integral type (numpy's) are token ids; anything else stays for
+        # ``validate`` to refuse
+        return [int(t) if isinstance(t, numbers.Integral) else t for t in ids]
 
     def compile_grammar(self, kind: str, value: object) -> object:
         """A GrammarSpec for SamplingParams.structured; GrammarError (a ValueError) if invalid.
@@ -92,8 +123,17 @@ class RequestIntake:
         return self._structured.compile(kind, value)
 
     def compiled(self, params: SamplingParams) -> SamplingParams:
-        """``params`` with a dict constraint compiled (a copy: the caller's object is shared
-        by every prompt of an offline batch, so compiled grammars are cached by content)."""
+        """A copy of ``params``, normalised and checked again, with a dict constraint compiled.
+
+        A copy, checked now: the caller's object is plain and mutable (as vLLM's), and may have
+        changed since it was built (a stop string set then, or an invalid value); it is also
+        shared by every prompt of an offline batch, so compiled grammars are cached by content.
+        """
+        if not isinstance(params, SamplingParams):
+            raise TypeError(
+                f"sampling_params must be SamplingParams objects, not {type(params).__name__}"
+            )
+        params = dataclasses.replace(params)  # runs __post_init__: normalise and validate
         spec = params.structured
         if not isinstance(spec, dict):
             return params
@@ -128,6 +168,10 @@ class RequestIntake:
             raise RequestValidationError(f"prompt token ids must be in [0, {vocab})", "prompt")
         if params.n > cfg.max_n:
             raise RequestValidationError(f"n must be at most {cfg.max_n}", "n")
+        if params.stop_strings and self.tokenizer is None:  # no text to search: refused
+            raise RequestValidationError(
+                "stop strings need a tokenizer (skip_tokenizer_init is set)", "stop"
+            )
         if len(params.stop_strings) > cfg.max_stop_strings:
             raise RequestValidationError(f"at most {cfg.max_stop_strings} stop strings", "stop")
         if any(t >= vocab for t in params.stop_token_ids):

@@ -39,6 +39,10 @@ class ModelConfig:
     eos_token_ids: list[int] = field(default_factory=list)
     bos_token_id: int | None = None
     torch_dtype: str | None = None
+    # Sliding-window attention (HF's Mistral, and Qwen2/Qwen3 with use_sliding_window): the
+    # window in tokens where some layer has one, else None. It is not implemented: within the
+    # window it equals full attention, so the engine caps the context to it.
+    sliding_window: int | None = None
 
     @classmethod
     def from_dir(cls, path: str | Path) -> ModelConfig:
@@ -46,7 +50,14 @@ class ModelConfig:
         cfg_path = path / "config.json"
         if not cfg_path.is_file():
             raise ModelLoadError(f"missing file: {cfg_path}")
-        cfg = json.loads(cfg_path.read_text())
+        cfg = read_json(cfg_path)
+        try:
+            return cls._from_config(path, cfg_path, cfg)
+        except KeyError as e:  # a required field is absent: named, with the file
+            raise ModelLoadError(f"missing field {e.args[0]!r} in {cfg_path}") from None
+
+    @classmethod
+    def _from_config(cls, path: Path, cfg_path: Path, cfg: dict) -> ModelConfig:
         archs = cfg.get("architectures") or []
         arch = next((a for a in archs if a in SUPPORTED_ARCHITECTURES), None)
         if arch is None:
@@ -57,6 +68,8 @@ class ModelConfig:
         if cfg.get("hidden_act", "silu") != "silu":
             raise ModelLoadError(f"unsupported hidden_act {cfg['hidden_act']!r} in {cfg_path}")
         family = SUPPORTED_ARCHITECTURES[arch]
+        if cfg.get("mlp_bias", False):  # HF's Llama option; the forward's MLP has no biases
+            raise ModelLoadError(f"unsupported mlp_bias=true in {cfg_path}")
         rope_params = cfg.get("rope_parameters") or {}
         theta = cfg.get("rope_theta", rope_params.get("rope_theta", 10000.0))
         scaling = cfg.get("rope_scaling") or (rope_params if rope_params else None)
@@ -78,7 +91,8 @@ class ModelConfig:
             num_layers=cfg["num_hidden_layers"],
             num_heads=heads,
             num_kv_heads=cfg.get("num_key_value_heads") or heads,
-            head_dim=cfg.get("head_dim") or hidden // heads,
+            # HF's default where the key is absent: Qwen3's is 128, the others' hidden / heads
+            head_dim=cfg.get("head_dim") or (128 if family == "qwen3" else hidden // heads),
             rms_norm_eps=cfg.get("rms_norm_eps", 1e-6),
             rope_theta=float(theta),
             rope_scaling=scaling,
@@ -89,14 +103,46 @@ class ModelConfig:
             eos_token_ids=eos,
             bos_token_id=cfg.get("bos_token_id"),
             torch_dtype=cfg.get("torch_dtype") or cfg.get("dtype"),
+            sliding_window=_sliding_window(family, arch, cfg),
         )
+
+
+def _sliding_window(family: str, arch: str, cfg: dict) -> int | None:
+    """The attention window of some layer, as HF reads the config (None: full attention).
+
+    Mistral slides every layer over ``sliding_window`` (HF's default 4096 where the key is
+    absent); Qwen2/Qwen3 only with ``use_sliding_window``, on the layers ``layer_types`` marks
+    (by default those from ``max_window_layers`` on).
+    """
+    if arch == "MistralForCausalLM":
+        return cfg.get("sliding_window", 4096)
+    if family not in ("qwen2", "qwen3") or not cfg.get("use_sliding_window", False):
+        return None
+    window = cfg.get("sliding_window", 4096)
+    layer_types = cfg.get("layer_types")
+    if layer_types is not None:
+        slides = "sliding_attention" in layer_types
+    else:
+        slides = cfg.get("max_window_layers", 28) < cfg["num_hidden_layers"]
+    return window if slides else None
+
+
+def read_json(path: Path) -> dict:
+    """A JSON object from a model file; ModelLoadError naming the file if it is not one."""
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as e:
+        raise ModelLoadError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{path} must hold a JSON object")
+    return data
 
 
 def _read_eos(path: Path, cfg: dict) -> list[int]:
     gen = path / "generation_config.json"
     value = None
     if gen.is_file():
-        value = json.loads(gen.read_text()).get("eos_token_id")
+        value = read_json(gen).get("eos_token_id")
     if value is None:
         value = cfg.get("eos_token_id")
     if value is None:

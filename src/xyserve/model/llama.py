@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from xyserve.kernels import ops
-from xyserve.model.config import ModelConfig
+from xyserve.model.config import ModelConfig, ModelLoadError
 from xyserve.model.rope import RotaryEmbedding
 
 
@@ -48,41 +48,67 @@ class LlamaModel:
         self.device = device
         self.dtype = dtype
 
-        def w(name: str) -> torch.Tensor:
-            return weights[name].to(device=device, dtype=dtype)
+        hid, q_dim = cfg.hidden_size, cfg.num_heads * cfg.head_dim
+        kv_dim, inter = cfg.num_kv_heads * cfg.head_dim, cfg.intermediate_size
 
-        def opt(name: str) -> torch.Tensor | None:
-            return w(name) if name in weights else None
+        def w(name: str, *shape: int) -> torch.Tensor:
+            """The tensor ``name``, checked against the shape the config implies: a config that
+            disagrees with its weights is refused by name, not left to fail inside a step."""
+            t = weights[name]
+            if tuple(t.shape) != shape:
+                raise ModelLoadError(
+                    f"weight {name!r} has shape {tuple(t.shape)}, but config.json implies {shape}"
+                )
+            return t.to(device=device, dtype=dtype)
 
-        self.embed = w("model.embed_tokens.weight")
-        self.norm = w("model.norm.weight")
-        self.lm_head = (
-            w("lm_head.weight")
-            if "lm_head.weight" in weights and not cfg.tie_word_embeddings
-            else self.embed
-        )
+        def opt(name: str, *shape: int) -> torch.Tensor | None:
+            return w(name, *shape) if name in weights else None
+
+        self.embed = w("model.embed_tokens.weight", cfg.vocab_size, hid)
+        self.norm = w("model.norm.weight", hid)
+        if cfg.tie_word_embeddings:
+            self.lm_head = self.embed
+        else:  # untied: a missing lm_head is a missing weight (HF would not tie it either)
+            self.lm_head = w("lm_head.weight", cfg.vocab_size, hid)
         self.layers: list[LayerWeights] = []
         for i in range(cfg.num_layers):
             p = f"model.layers.{i}."
             a = p + "self_attn."
             bias = None
             if cfg.attention_bias:
-                bias = torch.cat([w(a + "q_proj.bias"), w(a + "k_proj.bias"), w(a + "v_proj.bias")])
+                bias = torch.cat(
+                    [
+                        w(a + "q_proj.bias", q_dim),
+                        w(a + "k_proj.bias", kv_dim),
+                        w(a + "v_proj.bias", kv_dim),
+                    ]
+                )
+            qkv = [
+                w(a + "q_proj.weight", q_dim, hid),
+                w(a + "k_proj.weight", kv_dim, hid),
+                w(a + "v_proj.weight", kv_dim, hid),
+            ]
+            gate_up = [
+                w(p + "mlp.gate_proj.weight", inter, hid),
+                w(p + "mlp.up_proj.weight", inter, hid),
+            ]
+            qk_norm = None
+            if cfg.qk_norm:
+                qk_norm = (
+                    w(a + "q_norm.weight", cfg.head_dim),
+                    w(a + "k_norm.weight", cfg.head_dim),
+                )
             self.layers.append(
                 LayerWeights(
-                    input_norm=w(p + "input_layernorm.weight"),
-                    post_norm=w(p + "post_attention_layernorm.weight"),
-                    qkv=torch.cat(
-                        [w(a + "q_proj.weight"), w(a + "k_proj.weight"), w(a + "v_proj.weight")]
-                    ),
+                    input_norm=w(p + "input_layernorm.weight", hid),
+                    post_norm=w(p + "post_attention_layernorm.weight", hid),
+                    qkv=torch.cat(qkv),
                     qkv_bias=bias,
-                    o=w(a + "o_proj.weight"),
-                    o_bias=opt(a + "o_proj.bias"),
-                    gate_up=torch.cat([w(p + "mlp.gate_proj.weight"), w(p + "mlp.up_proj.weight")]),
-                    down=w(p + "mlp.down_proj.weight"),
-                    qk_norm=(w(a + "q_norm.weight"), w(a + "k_norm.weight"))
-                    if cfg.qk_norm
-                    else None,
+                    o=w(a + "o_proj.weight", hid, q_dim),
+                    o_bias=opt(a + "o_proj.bias", hid),
+                    gate_up=torch.cat(gate_up),
+                    down=w(p + "mlp.down_proj.weight", hid, inter),
+                    qk_norm=qk_norm,
                 )
             )
         self.rope = RotaryEmbedding(

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
-from xyserve.model.config import ModelConfig, ModelLoadError
+from xyserve.model.config import ModelConfig, ModelLoadError, read_json
 from xyserve.model.llama import LlamaModel
 
 DTYPES = {
@@ -21,9 +20,14 @@ DTYPES = {
 
 
 def resolve_device(device: str) -> torch.device:
+    """``auto`` (CUDA where there is one), ``cpu``, ``cuda`` or ``cuda:N``; CUDA asked for on
+    a machine without it is a ValueError naming the argument, not torch's assertion."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r}, but CUDA is not available on this machine")
+    return dev
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
@@ -40,7 +44,10 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
     if single.is_file():
         return load_file(str(single))
     if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        weight_map = read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise ModelLoadError(f"{index} has no weight_map")
+        shards = sorted(set(weight_map.values()))
         weights: dict[str, torch.Tensor] = {}
         for shard in shards:
             f = path / shard

@@ -190,7 +190,9 @@ def _chunk_mask(
         sub = tree[tile.row_offset : tile.row_offset + tile.num_rows]  # [rows, n]
         seen = sub[:, rel.clamp(0, n - 1)] & in_new  # [rows, width]
         allowed[i, : tile.num_rows] = (kpos < ctx) | seen
-    add = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, NEG)
+    # float16 cannot hold NEG: its most negative finite value masks as well (still finite)
+    neg = max(NEG, torch.finfo(dtype).min)
+    add = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, neg)
     # Rows are packed (row, head-in-group): repeat each row's mask for the group's heads.
     return add.unsqueeze(2).expand(b, rows, group, width).reshape(b, 1, rows * group, width)
 

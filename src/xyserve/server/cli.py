@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a local HF model directory or a bundled model name (default: the bundled model)",
     )
     p.add_argument("--host", default=DEFAULT_HOST, help=f"(default: {DEFAULT_HOST})")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"(default: {DEFAULT_PORT})")
+    p.add_argument("--port", type=_port, default=DEFAULT_PORT, help=f"(default: {DEFAULT_PORT})")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument(
         "--api-key",
@@ -103,6 +103,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--disable-log-requests", action="store_true", help="no log line per request")
     add_engine_args(p)
     return p
+
+
+def _port(value: str) -> int:
+    """A TCP port number (0: any free port); out of range is a usage error, not bind()'s
+    OverflowError."""
+    port = int(value)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be in [0, 65535] (got {port})")
+    return port
 
 
 def _origins(value: str | None) -> list[str]:

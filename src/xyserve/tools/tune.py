@@ -261,7 +261,10 @@ def main(argv: list[str] | None = None) -> int:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model = Path(args.model)
-    config = json.loads((model / "config.json").read_text())
+    try:
+        config = json.loads((model / "config.json").read_text())
+    except (OSError, ValueError) as e:  # a usage error, not a traceback
+        ap.error(f"--model {args.model}: cannot read config.json: {e}")
     try:  # a table applies only to engines run at the precision it was tuned at
         dtype = resolve_dtype(args.dtype, torch.device(device))
     except ValueError as e:

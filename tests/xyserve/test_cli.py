@@ -1,0 +1,39 @@
+"""The ``xyserve`` command's dispatch: usage, help and unknown commands."""
+
+from __future__ import annotations
+
+import pytest
+
+from xyserve.cli import main
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["-h"], ["bench", "--help"], ["bench", "-h"]])
+def test_help_of_the_command_and_of_a_group_exits_0(argv, capsys):
+    """``xyserve bench --help`` printed the usage and exited 2, as for a mistake."""
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "bench offline" in err and "bench spec" in err
+
+
+@pytest.mark.parametrize("argv", [[], ["bench"], ["nope"], ["bench", "nope"]])
+def test_no_or_an_unknown_command_is_a_usage_error(argv, capsys):
+    assert main(argv) == 2
+    assert "usage: xyserve" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "module,argv,named",
+    [
+        ("xyserve.bench.spec", ["--model", "/no/such/model"], "/no/such/model"),
+        ("xyserve.bench.spec", ["--methods", "bogus"], "bogus"),
+        ("xyserve.bench.spec", ["--dtype", "fp8"], "fp8"),
+        ("xyserve.bench.grammar", ["--model", "/no/such/model"], "/no/such/model"),
+    ],
+)
+def test_bench_engine_arguments_are_usage_errors(module, argv, named, capsys):
+    """A model, method or dtype the engine refuses was a traceback from the engine's build."""
+    import importlib
+
+    with pytest.raises(SystemExit) as exc:
+        importlib.import_module(module).main(argv)
+    assert exc.value.code == 2 and named in capsys.readouterr().err
