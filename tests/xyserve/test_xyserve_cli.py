@@ -37,3 +37,24 @@ def test_bench_engine_arguments_are_usage_errors(module, argv, named, capsys):
     with pytest.raises(SystemExit) as exc:
         importlib.import_module(module).main(argv)
     assert exc.value.code == 2 and named in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv,named",
+    [
+        (["--steps", "-1"], "--steps"),  # trained without end: the schedule never reached it
+        (["--draft-steps", "0"], "--draft-steps"),
+        (["--batch-size", "0"], "--batch-size"),
+        (["--lr", "nan"], "--lr"),
+        (["--max-minutes", "0"], "--max-minutes"),
+        (["--heldout-pct", "100"], "--heldout-pct"),
+        (["--distill-alpha", "1.5"], "--distill-alpha"),
+    ],
+)
+def test_train_tiny_refuses_flags_out_of_range_before_training(argv, named, capsys):
+    from xyserve.tools.train_tiny import parse_args
+
+    with pytest.raises(SystemExit) as exc:
+        parse_args(argv)
+    assert exc.value.code == 2 and named in capsys.readouterr().err
+    assert parse_args([]).steps == 1500  # the defaults pass

@@ -95,7 +95,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     for add in (_add_data_args, _add_optimiser_args, _add_size_args, _add_run_args):
         add(p)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for flag, low in _LOWER_BOUNDS.items():
+        value = getattr(args, flag.lstrip("-").replace("-", "_"))
+        if value is not None and not value >= low:  # NaN too
+            p.error(f"{flag} must be at least {low}, got {value}")
+    if not 0.0 <= args.heldout_pct < 100.0:
+        p.error(f"--heldout-pct must be in [0, 100), got {args.heldout_pct}")
+    if not 0.0 <= args.distill_alpha <= 1.0:
+        p.error(f"--distill-alpha must be in [0, 1], got {args.distill_alpha}")
+    return args
+
+
+# Each flag's smallest sensible value: a negative step count trained without end (its schedule
+# never reached it), and a zero size or rate fails deep inside training, or trains nothing.
+_LOWER_BOUNDS: dict[str, float] = {
+    **dict.fromkeys(
+        ("--max-files", "--vocab-size", "--seq-len", "--max-pos", "--batch-size", "--steps"), 1
+    ),
+    **dict.fromkeys(("--draft-steps", "--hidden", "--layers", "--heads", "--intermediate"), 1),
+    **dict.fromkeys(("--draft-hidden", "--draft-layers", "--draft-heads"), 1),
+    **dict.fromkeys(("--draft-intermediate", "--threads", "--log-every", "--eval-windows"), 1),
+    "--sample-tokens": 0,
+    "--lr": 1e-12,
+    "--draft-lr": 1e-12,
+    "--max-minutes": 1e-9,
+    "--draft-max-minutes": 1e-9,
+}
 
 
 def _configure(args: argparse.Namespace) -> None:
