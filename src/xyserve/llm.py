@@ -22,7 +22,12 @@ class LLM:
         self.llm_engine = LLMEngine(EngineConfig(model=model, **engine_args))
 
     def get_tokenizer(self):
-        return self.llm_engine.tokenizer
+        """The model's Hugging Face tokenizer (a transformers ``PreTrainedTokenizerBase``), as
+        vLLM's ``LLM.get_tokenizer`` returns: ``apply_chat_template(messages, tokenize=False,
+        add_generation_prompt=True)`` and ``decode`` take HF's arguments and defaults. None
+        with ``skip_tokenizer_init``."""
+        tok = self.llm_engine.tokenizer
+        return None if tok is None else tok.hf
 
     def get_metrics(self) -> list:
         """The engine's counters (``name``/``value`` objects, vLLM's shapes; spec ones too)."""

@@ -190,13 +190,14 @@ def test_n_and_logprobs(llm):
 
 
 def test_chat_applies_template(llm):
-    tok = llm.get_tokenizer()
+    tok = llm.get_tokenizer()  # the HF tokenizer, as vLLM's: HF's arguments and defaults
     msgs = [{"role": "user", "content": "hi"}]
     out = llm.chat(msgs, SamplingParams(temperature=0, max_tokens=3))[0]
-    want = tok.encode(tok.apply_chat_template(msgs), add_special_tokens=False)
+    text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    want = tok.encode(text, add_special_tokens=False)
     assert out.prompt_token_ids == want
-    assert "<|assistant|>" in tok.decode(want, skip_special_tokens=False)
-    assert out.prompt == tok.apply_chat_template(msgs)  # the rendered prompt, as vLLM's
+    assert "<|assistant|>" in tok.decode(want)
+    assert out.prompt == text  # the rendered prompt, as vLLM's
 
 
 def test_params_changed_after_construction_are_honoured_or_refused(llm):
