@@ -305,3 +305,20 @@ def test_a_workflow_without_task_blocks_is_refused():
     )
     msg = _err(doc)
     assert "'nodes'" in msg and "task" in msg
+
+
+def test_a_misspelled_or_foreign_field_is_named_not_ignored():
+    """`out_byte` used to leave `out_bytes` at 0 silently; a field of another block type (a
+    task's `probs`) and a loop with both trip rules were accepted too."""
+    msg = _err(workflow([task("a", 1, out_byte=64)]))
+    assert "node 'a'" in msg and "'out_byte'" in msg and "unknown for a task block" in msg
+    msg = _err(workflow([task("a", 1, probs=[1.0])]))
+    assert "node 'a'" in msg and "'probs'" in msg
+    both = {
+        "id": "lp", "type": "loop", "body": "b", "exit": "c", "max_trips": 4,
+        "trips": {"dist": "const", "value": 2}, "continue_prob": 0.5,
+    }  # fmt: skip
+    msg = _err(workflow([task("a", 1, ["lp"]), both, task("b", 1, ["lp"]), task("c", 1)]))
+    assert "node 'lp'" in msg and "not both" in msg
+    ok = workflow([task("a", 1, description="free text on any block")])
+    assert parse_workflow(ok).nodes["a"].work is not None

@@ -19,6 +19,18 @@ SCHEMA = "octopus-owg/1"
 NODE_TYPES = ("task", "branch", "fanout", "loop", "join")
 DEFAULT_LEVELS = {"low": 0.25, "medium": 0.6, "high": 1.0}
 
+# The fields each block type reads ("description" is free text on any block): a field not
+# listed here is a typo (``out_byte`` left ``out_bytes`` at 0) and is refused by name.
+_COMMON_KEYS = frozenset(("id", "type", "next", "description"))
+NODE_KEYS: dict[str, frozenset[str]] = {
+    "task": _COMMON_KEYS
+    | {"kind", "footprint", "work", "config_bytes", "in_bytes", "out_bytes", "join"},
+    "branch": _COMMON_KEYS | {"probs"},
+    "fanout": _COMMON_KEYS | {"count", "body", "join", "max_count"},
+    "join": _COMMON_KEYS,
+    "loop": _COMMON_KEYS | {"body", "exit", "max_trips", "trips", "continue_prob"},
+}
+
 
 class WorkflowError(ValueError):
     """Invalid workflow; `.problems` lists one message per problem (node and field named)."""
@@ -155,6 +167,9 @@ def parse_workflow(doc: dict) -> Workflow:
         if typ not in NODE_TYPES:
             probs.append(f"{where}: field 'type': unknown {typ!r} (one of {', '.join(NODE_TYPES)})")
             continue
+        for key in sorted(set(nd) - NODE_KEYS[typ], key=str):
+            known = ", ".join(sorted(NODE_KEYS[typ]))
+            probs.append(f"{where}: field {key!r}: unknown for a {typ} block (known: {known})")
         nxt = _refs(nd.get("next"), where, probs)
         if typ == "task":
             kind = nd.get("kind", "ai")
@@ -214,6 +229,10 @@ def parse_workflow(doc: dict) -> Workflow:
                 if mt is not None and mt < 1:
                     probs.append(f"{where}: field 'max_trips': must be >= 1")
                 cb.max_trips = mt
+            if "trips" in nd and "continue_prob" in nd:
+                probs.append(
+                    f"{where}: field 'continue_prob': give trips or continue_prob, not both"
+                )
             if "trips" in nd:
                 cb.trips = _dist(nd, "trips", where, probs)
             elif "continue_prob" in nd:
