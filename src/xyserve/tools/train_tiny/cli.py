@@ -109,13 +109,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 # Each flag's smallest sensible value: a negative step count trained without end (its schedule
 # never reached it), and a zero size or rate fails deep inside training, or trains nothing.
+_COUNTS = (
+    "--max-files", "--vocab-size", "--seq-len", "--max-pos", "--batch-size", "--steps",
+    "--draft-steps", "--hidden", "--layers", "--heads", "--intermediate", "--draft-hidden",
+    "--draft-layers", "--draft-heads", "--draft-intermediate", "--threads", "--log-every",
+    "--eval-windows",
+)  # fmt: skip
 _LOWER_BOUNDS: dict[str, float] = {
-    **dict.fromkeys(
-        ("--max-files", "--vocab-size", "--seq-len", "--max-pos", "--batch-size", "--steps"), 1
-    ),
-    **dict.fromkeys(("--draft-steps", "--hidden", "--layers", "--heads", "--intermediate"), 1),
-    **dict.fromkeys(("--draft-hidden", "--draft-layers", "--draft-heads"), 1),
-    **dict.fromkeys(("--draft-intermediate", "--threads", "--log-every", "--eval-windows"), 1),
+    **dict.fromkeys(_COUNTS, 1),
     "--sample-tokens": 0,
     "--lr": 1e-12,
     "--draft-lr": 1e-12,
