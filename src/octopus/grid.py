@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable
 import yaml
 from tqdm import tqdm
 
+from octopus.owg.schema import MAX_INSTANCES
 from octopus.report.metrics import json_safe
 
 SCHEMA = "octopus-sweep/1"
@@ -76,6 +77,10 @@ def parse_grid(doc) -> dict:
     n = doc.get("instances")
     if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
         raise ValueError(f"sweep grid: field 'instances': expected a positive integer, got {n!r}")
+    if n is not None and n > MAX_INSTANCES:
+        raise ValueError(
+            f"sweep grid: field 'instances': {n} is more than {MAX_INSTANCES} (MAX_INSTANCES)"
+        )
     g["instances"] = n
     return g
 

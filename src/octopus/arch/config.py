@@ -15,6 +15,11 @@ import yaml
 SCHEMA = "octopus-arch/1"
 CONFIG_DIR = Path(__file__).parent / "configs"
 MAPPINGS = ("regions", "replicated")
+# PEAs in one architecture: every PEA gets its entries in per-PEA tables, built in Python
+# when the Arch is made (1,048,576 take about a second), so clusters: [1000, 1000] of 8x8
+# PEAs hung while it built 64 million. The shipped wafer has 4,096; a Cerebras WSE-2-sized
+# fabric (850,000 cores) still fits.
+MAX_PEAS = 1 << 20
 
 
 @dataclass
@@ -50,6 +55,11 @@ class Arch:
         cx, cy = self.clusters
         px, py = self.peas_per_cluster
         dx, dy = self.clusters_per_die
+        if cx * cy * px * py > MAX_PEAS:  # checked before the per-PEA tables are built
+            raise ValueError(
+                f"arch: fields 'clusters' x 'peas_per_cluster': {cx}x{cy} clusters of {px}x{py} "
+                f"PEAs make {cx * cy * px * py} PEAs, more than {MAX_PEAS} (MAX_PEAS)"
+            )
         self.n_clusters = cx * cy
         self.peas_in_cluster = px * py
         self.n_peas = self.n_clusters * self.peas_in_cluster
