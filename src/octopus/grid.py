@@ -38,56 +38,108 @@ SCALARS = ("instances",)
 PARAMS = ("workflow", "arch", "scheduler", "level", "seed", "rate_per_ms", "instances")
 
 
-def parse_grid(doc) -> dict:
-    """Validate a grid document; a bad one gets a message naming the key."""
+def parse_grid(doc, where: str = "sweep grid") -> dict:
+    """Validate a grid document's shape; a bad one gets a message naming `where` (the file,
+    from `load_grid`) and the key. The names it lists are resolved by `check_names`."""
     if not isinstance(doc, dict):
-        raise ValueError("sweep grid: expected a mapping at the top level")
+        raise ValueError(f"{where}: expected a mapping at the top level")
     if doc.get("schema", SCHEMA) != SCHEMA:
-        raise ValueError(f"sweep grid: field 'schema': expected {SCHEMA!r}, got {doc['schema']!r}")
+        raise ValueError(f"{where}: field 'schema': expected {SCHEMA!r}, got {doc['schema']!r}")
     unknown = set(doc) - set(LISTS) - set(SCALARS) - {"schema"}
-    if unknown:
+    if unknown:  # all of them at once
+        names = ", ".join(repr(k) for k in sorted(unknown, key=str))
         raise ValueError(
-            f"sweep grid: unknown key {sorted(unknown)[0]!r} "
+            f"{where}: unknown key{'s' if len(unknown) > 1 else ''} {names} "
             f"(keys: {', '.join((*LISTS, *SCALARS))})"
         )
     g: dict = {}
     for key in LISTS:
         v = doc.get(key, DEFAULTS.get(key))
         if v is None:
-            raise ValueError(f"sweep grid: field {key!r}: missing")
+            raise ValueError(f"{where}: field {key!r}: missing")
         if not isinstance(v, list) or not v:
-            raise ValueError(f"sweep grid: field {key!r}: expected a non-empty list")
+            raise ValueError(f"{where}: field {key!r}: expected a non-empty list")
         seen: list = []
         for x in v:  # a repeat would run (and count) the same point twice
             if x in seen:
-                raise ValueError(f"sweep grid: field {key!r}: repeated {x!r}")
+                raise ValueError(f"{where}: field {key!r}: repeated {x!r}")
             seen.append(x)
         g[key] = v
     for s in g["seeds"]:
         if not isinstance(s, int) or isinstance(s, bool):
-            raise ValueError(f"sweep grid: field 'seeds': expected integers, got {s!r}")
+            raise ValueError(f"{where}: field 'seeds': expected integers, got {s!r}")
     for r in g["rates"]:
         ok = r == "closed" or (isinstance(r, (int, float)) and not isinstance(r, bool) and r > 0)
         if not ok:
-            raise ValueError(f"sweep grid: field 'rates': 'closed' or a positive rate, got {r!r}")
+            raise ValueError(f"{where}: field 'rates': 'closed' or a positive rate, got {r!r}")
     for key in ("workflows", "architectures", "schedulers", "levels"):
         for x in g[key]:
             if not isinstance(x, str):
-                raise ValueError(f"sweep grid: field {key!r}: expected names, got {x!r}")
+                raise ValueError(f"{where}: field {key!r}: expected names, got {x!r}")
     n = doc.get("instances")
     if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
-        raise ValueError(f"sweep grid: field 'instances': expected a positive integer, got {n!r}")
+        raise ValueError(f"{where}: field 'instances': expected a positive integer, got {n!r}")
     if n is not None and n > MAX_INSTANCES:
         raise ValueError(
-            f"sweep grid: field 'instances': {n} is more than {MAX_INSTANCES} (MAX_INSTANCES)"
+            f"{where}: field 'instances': {n} is more than {MAX_INSTANCES} (MAX_INSTANCES)"
         )
     g["instances"] = n
+    g["where"] = where
     return g
 
 
 def load_grid(path: str) -> dict:
+    """Read and parse a grid file; its messages name the file."""
     with open(path) as f:
-        return parse_grid(yaml.safe_load(f))
+        return parse_grid(yaml.safe_load(f), f"sweep grid {path!r}")
+
+
+def check_names(g: dict) -> None:
+    """Resolve every name the grid refers to before any point runs, and report all that
+    fail at once, each with its key: workflows and architectures (loaded and validated),
+    schedulers (built-in, registered, or a plugin class, loaded and checked), levels (in
+    every workflow of the grid), and each workflow on each architecture (layer groups,
+    footprints). An unknown scheduler used to fail mid-sweep, after the points before it
+    had run."""
+    from octopus.arch import load_arch
+    from octopus.owg import load_workflow
+    from octopus.owg.sample import split_stages
+    from octopus.sched import check_scheduler_name
+    from octopus.sim.engine import footprint_problems
+
+    probs: list[str] = []
+    wfs, arches = {}, {}
+    for key, names, load, out in (
+        ("workflows", g["workflows"], load_workflow, wfs),
+        ("architectures", g["architectures"], load_arch, arches),
+        ("schedulers", g["schedulers"], check_scheduler_name, {}),
+    ):
+        for name in names:
+            try:
+                out[name] = load(name)
+            except (ValueError, OSError, ImportError, SyntaxError) as e:  # a plugin's code
+                probs += [f"field {key!r}: {name!r}: {p}" for p in _problems(e)]
+    for lv in g["levels"]:
+        lacking = [w for w, wf in wfs.items() if lv not in wf.levels]
+        if lacking:
+            probs.append(f"field 'levels': {lv!r}: unknown to workflow(s) {', '.join(lacking)}")
+    for w, wf in wfs.items():
+        for a, arch in arches.items():
+            try:
+                fit = footprint_problems(split_stages(wf, arch.pea_memory_bytes), arch)
+            except ValueError as e:
+                fit = _problems(e)
+            probs += [f"field 'workflows': {w!r} on architecture {a!r}: {p}" for p in fit]
+    if probs:
+        raise ValueError(
+            f"{g.get('where', 'sweep grid')}: {len(probs)} problem(s), nothing was run:\n  "
+            + "\n  ".join(probs)
+        )
+
+
+def _problems(e: Exception) -> list[str]:
+    """An error's messages: a WorkflowError's problems one by one, else its text."""
+    return list(getattr(e, "problems", None) or [str(e)])
 
 
 def expand(g: dict) -> list[dict]:
@@ -208,7 +260,9 @@ def run_grid(
     progress: bool = True,
     on_row: Callable[[dict], None] | None = None,
 ) -> dict:
-    """Run every point of grid `g` not already in `out_dir`; write the tidy rows."""
+    """Run every point of grid `g` not already in `out_dir`; write the tidy rows. The grid's
+    names are all resolved first (`check_names`): a bad one fails before any point runs."""
+    check_names(g)  # every name, before any point runs
     journal = os.path.join(out_dir, "rows.jsonl")
     runs = expand(g)
     done = _done_rows(journal)

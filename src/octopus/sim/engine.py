@@ -16,6 +16,7 @@ from heapq import heappop, heappush
 from octopus.arch.config import Arch
 from octopus.owg.arrival import Arrivals, make_arrivals
 from octopus.owg.sample import CompiledWorkflow
+from octopus.owg.schema import TaskBlock, Workflow
 from octopus.sim.accounting import PeaTime
 from octopus.sim.buffers import OutputBuffers
 from octopus.sim.events import ARRIVAL, CALLBACK, DECISION, TASK_DONE, TICK, UNBLOCK, EventHeap
@@ -28,6 +29,18 @@ from octopus.sim.state import Instances, Invocations, PeaState
 # reconfiguration far longer than this simulator's microsecond scale: simulating it would
 # cost time in proportion to its length, so the run is refused, naming the node.
 STALL_TICKS = 100000
+
+
+def footprint_problems(wf: Workflow, arch: Arch) -> list[str]:
+    """One message per task block whose footprint exceeds a cluster of `arch`: an invocation
+    occupies PEAs of one cluster, so it would never start (layer groups share their
+    model's footprint: named once)."""
+    return [
+        f"node '{n}': field 'footprint': {b.footprint} PEAs do not fit in a cluster of "
+        f"{arch.peas_in_cluster} PEAs (arch {arch.name!r})"
+        for n, b in wf.nodes.items()
+        if isinstance(b, TaskBlock) and b.footprint > arch.peas_in_cluster and b.stage == 0
+    ]
 
 
 class Simulator:
@@ -46,12 +59,7 @@ class Simulator:
         from octopus.sched.api import SchedulerAPI, check_scheduler
 
         check_scheduler(scheduler)
-        too_big = [
-            f"node '{cw.names[tb]}': field 'footprint': {fp} PEAs do not fit in a cluster of "
-            f"{arch.peas_in_cluster} PEAs (arch {arch.name!r})"
-            for tb, fp in enumerate(cw.footprint)
-            if fp > arch.peas_in_cluster and cw.wf.nodes[cw.names[tb]].stage == 0
-        ]
+        too_big = footprint_problems(cw.wf, arch)
         if too_big:  # an invocation occupies PEAs of one cluster: it would never start
             raise ValueError("\n  ".join(too_big))
         self.presampled = presampled
