@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from octopus.checks import refuse_repeats
 from octopus.report.metrics import json_safe
 from octopus.sched import all_names
 
@@ -120,6 +121,8 @@ def _load(a) -> int:
         raise ValueError("load: --instances must be >= 2 and --warmup in [0, 1)")
     if not (a.slo_us if a.slo_us is not None else a.slo_mult) > 0:  # NaN too
         raise ValueError("load: the SLO must be positive")
+    scheds = a.scheduler or ["octopus", "reactive"]
+    refuse_repeats(scheds, "load: --scheduler")  # one result per name: the last run won
     cw, arch = prepare(a.workflow, a.arch, a.level)
     prof = cw.profile()
     kw = dict(
@@ -130,7 +133,6 @@ def _load(a) -> int:
         warmup=a.warmup,
         profile=prof,
     )
-    scheds = a.scheduler or ["octopus", "reactive"]
     if a.rate is not None:
         from dataclasses import asdict
 

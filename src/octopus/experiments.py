@@ -7,6 +7,7 @@ import os
 
 from tqdm import tqdm
 
+from octopus.checks import refuse_repeats
 from octopus.owg.arrival import make_arrivals
 from octopus.report.metrics import json_safe, summarize
 from octopus.runner import best_reactive, prepare, run_one
@@ -116,6 +117,14 @@ def compare_suite(
         raise ValueError(f"compare: --seeds must be >= 1, got {seeds}")
     if capacity < 0:  # 0: no capacity; a negative count was truthy and crashed at the end
         raise ValueError(f"compare: --capacity must be >= 0 (instances per rate), got {capacity}")
+    suite_names(suite)
+    refuse_repeats(extra, "compare: --scheduler")
+    again = [x for x in extra if x in ("reactive", "static", "greedy", *ABLATION)]
+    if again:  # it ran twice, and its column showed twice
+        raise ValueError(
+            f"compare: --scheduler {again[0]!r}: a built-in, compared without -s (reactive, "
+            f"static, greedy, {', '.join(ABLATION)})"
+        )
     res = _compare_one(suite, arch, level, seed, instances, progress, extra, capacity)
     if seeds > 1:
         runs = [res] + [
@@ -216,10 +225,22 @@ def capacity_ratios(
     return out
 
 
+def suite_names(suite: str) -> list[str]:
+    """The workflows of `--suite`: `paper` (the shipped suite) or a comma-separated list,
+    each name once (a repeat ran, and counted in every mean, twice) and none empty."""
+    if suite == "paper":
+        return list(SUITE)
+    names = [n.strip() for n in suite.split(",")]
+    if "" in names:
+        raise ValueError(f"compare: --suite {suite!r}: an empty workflow name")
+    refuse_repeats(names, "compare: --suite")
+    return names
+
+
 def _compare_one(
     suite, arch, level, seed, instances, progress, extra=(), capacity: int = 0
 ) -> dict:
-    names = list(SUITE) if suite == "paper" else suite.split(",")
+    names = suite_names(suite)
     per = {}
     for n in tqdm(names, desc="compare", disable=not progress):
         per[n] = compare_workflow(n, arch, level, seed, instances, extra)
@@ -384,6 +405,7 @@ def sweep(
     if seeds < 1:  # no point to run: the summary's means would divide by zero
         raise ValueError(f"sweep: --seeds must be >= 1, got {seeds}")
     names = workflows or list(SUITE)
+    refuse_repeats(names, "sweep: --workflows")  # its values were appended twice per seed
     levels = ("low", "medium", "high")
     arches = ("chip", "chiplet", "wafer")
     sds = list(range(seed, seed + seeds))

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable
 import yaml
 from tqdm import tqdm
 
+from octopus.checks import refuse_repeats
 from octopus.owg.schema import MAX_INSTANCES
 from octopus.report.metrics import json_safe
 
@@ -59,11 +60,7 @@ def parse_grid(doc, where: str = "sweep grid") -> dict:
             raise ValueError(f"{where}: field {key!r}: missing")
         if not isinstance(v, list) or not v:
             raise ValueError(f"{where}: field {key!r}: expected a non-empty list")
-        seen: list = []
-        for x in v:  # a repeat would run (and count) the same point twice
-            if x in seen:
-                raise ValueError(f"{where}: field {key!r}: repeated {x!r}")
-            seen.append(x)
+        refuse_repeats(v, f"{where}: field {key!r}")  # it would run the same points twice
         g[key] = v
     for s in g["seeds"]:
         if not isinstance(s, int) or isinstance(s, bool):

@@ -18,6 +18,7 @@ import random
 from dataclasses import asdict, dataclass
 
 from octopus.arch.config import Arch
+from octopus.checks import refuse_repeats
 from octopus.owg.arrival import Arrivals
 from octopus.owg.sample import CompiledWorkflow
 from octopus.owg.schema import MAX_INSTANCES
@@ -166,6 +167,7 @@ def load_sweep(
     bound = capacity_bound_per_us(profile, arch) * 1000.0
     if not fractions or any(not f > 0 for f in fractions):
         raise ValueError("load: fractions of the capacity bound must be positive")
+    refuse_repeats(fractions, "load: --fractions")  # the same rate would run twice
     pts = [
         run_at_rate(cw, arch, scheduler, f * bound, profile=profile, **kw)
         for f in sorted(fractions)
