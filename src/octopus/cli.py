@@ -111,7 +111,7 @@ def _sweep(a) -> int:
 
 def _load(a) -> int:
     from octopus.openloop import load_sweep, run_at_rate
-    from octopus.runner import prepare
+    from octopus.runner import check_names, prepare
 
     if a.rate is not None and (a.sweep or a.plot):
         raise ValueError("load: --rate runs one rate; --sweep and --plot need a sweep")
@@ -123,6 +123,7 @@ def _load(a) -> int:
         raise ValueError("load: the SLO must be positive")
     scheds = a.scheduler or ["octopus", "reactive"]
     refuse_repeats(scheds, "load: --scheduler")  # one result per name: the last run won
+    check_names("load", {"schedulers": ("--scheduler", scheds)})  # before the first sweep
     cw, arch = prepare(a.workflow, a.arch, a.level)
     prof = cw.profile()
     kw = dict(

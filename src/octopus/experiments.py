@@ -10,7 +10,7 @@ from tqdm import tqdm
 from octopus.checks import refuse_repeats
 from octopus.owg.arrival import make_arrivals
 from octopus.report.metrics import json_safe, summarize
-from octopus.runner import best_reactive, prepare, run_one
+from octopus.runner import best_reactive, check_names, prepare, run_one
 from octopus.workloads import SUITE
 
 ABLATION = ("octopus-dds", "octopus-dds-adaptive", "octopus")
@@ -117,7 +117,7 @@ def compare_suite(
         raise ValueError(f"compare: --seeds must be >= 1, got {seeds}")
     if capacity < 0:  # 0: no capacity; a negative count was truthy and crashed at the end
         raise ValueError(f"compare: --capacity must be >= 0 (instances per rate), got {capacity}")
-    suite_names(suite)
+    names = suite_names(suite)
     refuse_repeats(extra, "compare: --scheduler")
     again = [x for x in extra if x in ("reactive", "static", "greedy", *ABLATION)]
     if again:  # it ran twice, and its column showed twice
@@ -125,6 +125,15 @@ def compare_suite(
             f"compare: --scheduler {again[0]!r}: a built-in, compared without -s (reactive, "
             f"static, greedy, {', '.join(ABLATION)})"
         )
+    check_names(
+        "compare",
+        {
+            "workflows": ("--suite", names),
+            "architectures": ("--arch", [arch]),
+            "schedulers": ("--scheduler", list(extra)),
+            "levels": ("--level", [level]),
+        },
+    )
     res = _compare_one(suite, arch, level, seed, instances, progress, extra, capacity)
     if seeds > 1:
         runs = [res] + [
@@ -406,8 +415,11 @@ def sweep(
         raise ValueError(f"sweep: --seeds must be >= 1, got {seeds}")
     names = workflows or list(SUITE)
     refuse_repeats(names, "sweep: --workflows")  # its values were appended twice per seed
-    levels = ("low", "medium", "high")
     arches = ("chip", "chiplet", "wafer")
+    check_names(
+        "sweep", {"workflows": ("--workflows", names), "architectures": ("arch", list(arches))}
+    )
+    levels = ("low", "medium", "high")
     sds = list(range(seed, seed + seeds))
     jobs = [("dyn", n, lv, "chip", sd, instances) for sd in sds for n in names for lv in levels]
     jobs += [("scale", n, "high", a, sd, instances) for sd in sds for n in names for a in arches]

@@ -92,51 +92,13 @@ def load_grid(path: str) -> dict:
 
 
 def check_names(g: dict) -> None:
-    """Resolve every name the grid refers to before any point runs, and report all that
-    fail at once, each with its key: workflows and architectures (loaded and validated),
-    schedulers (built-in, registered, or a plugin class, loaded and checked), levels (in
-    every workflow of the grid), and each workflow on each architecture (layer groups,
-    footprints). An unknown scheduler used to fail mid-sweep, after the points before it
-    had run."""
-    from octopus.arch import load_arch
-    from octopus.owg import load_workflow
-    from octopus.owg.sample import split_stages
-    from octopus.sched import check_scheduler_name
-    from octopus.sim.engine import footprint_problems
+    """Resolve every name the grid refers to before any point runs (`runner.check_names`)
+    and report all that fail at once, each with its key: an unknown scheduler used to
+    fail mid-sweep, after the points before it had run."""
+    from octopus.runner import check_names as check
 
-    probs: list[str] = []
-    wfs, arches = {}, {}
-    for key, names, load, out in (
-        ("workflows", g["workflows"], load_workflow, wfs),
-        ("architectures", g["architectures"], load_arch, arches),
-        ("schedulers", g["schedulers"], check_scheduler_name, {}),
-    ):
-        for name in names:
-            try:
-                out[name] = load(name)
-            except (ValueError, OSError, ImportError, SyntaxError) as e:  # a plugin's code
-                probs += [f"field {key!r}: {name!r}: {p}" for p in _problems(e)]
-    for lv in g["levels"]:
-        lacking = [w for w, wf in wfs.items() if lv not in wf.levels]
-        if lacking:
-            probs.append(f"field 'levels': {lv!r}: unknown to workflow(s) {', '.join(lacking)}")
-    for w, wf in wfs.items():
-        for a, arch in arches.items():
-            try:
-                fit = footprint_problems(split_stages(wf, arch.pea_memory_bytes), arch)
-            except ValueError as e:
-                fit = _problems(e)
-            probs += [f"field 'workflows': {w!r} on architecture {a!r}: {p}" for p in fit]
-    if probs:
-        raise ValueError(
-            f"{g.get('where', 'sweep grid')}: {len(probs)} problem(s), nothing was run:\n  "
-            + "\n  ".join(probs)
-        )
-
-
-def _problems(e: Exception) -> list[str]:
-    """An error's messages: a WorkflowError's problems one by one, else its text."""
-    return list(getattr(e, "problems", None) or [str(e)])
+    keys = ("workflows", "architectures", "schedulers", "levels")
+    check(g.get("where", "sweep grid"), {k: (f"field {k!r}", g[k]) for k in keys})
 
 
 def expand(g: dict) -> list[dict]:

@@ -299,3 +299,29 @@ def test_a_repeated_name_in_a_list_option_is_refused_before_running(tmp_path, ca
     assert main([*args, *extra]) == 2
     assert word in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (
+            ["compare", "--suite", "recommendation,ghost", "-s", "nope", "--level", "hi"],
+            ["--suite: 'ghost'", "--scheduler: 'nope'", "--level: 'hi'"],
+        ),
+        (["load", "-w", "recommendation", "-s", "greedy", "-s", "nope"], ["--scheduler: 'nope'"]),
+        (["sweep", "--workflows", "rag_qa", "ghost", "--workers", "1"], ["--workflows: 'ghost'"]),
+    ],
+    ids=lambda x: " ".join(x) if isinstance(x, list) else x,
+)
+def test_unknown_names_in_list_options_are_all_refused_before_running(
+    tmp_path, capsys, args, words
+):
+    """compare --suite recommendation,ghost ran recommendation in full (minutes), then failed
+    on ghost; load -s greedy -s nope swept greedy first; sweep failed in a worker mid-way.
+    Every name is now resolved first, and all bad ones are named at once."""
+    extra = ["--out", str(tmp_path)] if args[0] == "sweep" else ["--quiet"] * (args[0] == "compare")
+    assert main([*args, *extra]) == 2
+    err = capsys.readouterr().err
+    assert "nothing was run" in err and all(w in err for w in words), err
+    assert not list(tmp_path.iterdir())
