@@ -6,11 +6,12 @@ throughput in TOPS (= 1 Mop/us), so a TB of W Mop on k PEAs runs W / (k * TOPS) 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from octopus.checks import number
 
 SCHEMA = "octopus-arch/1"
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -155,16 +156,10 @@ def _pair(doc: dict, key: str, probs: list[str], default=None) -> tuple[int, int
 def _number(
     sec: dict, name: str, key: str, default, probs: list[str], *, positive=False, integer=False
 ):
-    """A finite number >= 0 (> 0 when `positive`: it divides), named `name.key` if wrong."""
+    """Field `key` of section `name`, checked by `checks.number` as `name.key` (> 0 when
+    `positive`: it divides); None if wrong (the problems are raised before it is used)."""
     v = sec.get(key, default)
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-    ok = ok and (v > 0 if positive else v >= 0) and (not integer or v == int(v))
-    if not ok:
-        kind = "an integer" if integer else "a number"
-        bound = "> 0" if positive else ">= 0"
-        probs.append(f"arch: field '{name}.{key}': expected {kind} {bound}, got {v!r}")
-        return default
-    return int(v) if integer else float(v)
+    return number(v, f"arch: field '{name}.{key}'", probs, positive=positive, integer=integer)
 
 
 def arch_from_dict(doc: dict) -> Arch:

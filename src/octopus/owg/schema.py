@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from octopus.checks import number
 from octopus.owg.dist import Dist, DistError, parse_dist
 
 SCHEMA = "octopus-owg/1"
@@ -103,23 +104,8 @@ class Workflow:
 
 
 def _num(d: dict, key: str, where: str, probs: list[str], *, integer=False, default=None):
-    v = d.get(key, default)
-    if v is None:
-        probs.append(f"{where}: field '{key}': missing")
-        return None
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        probs.append(f"{where}: field '{key}': expected {'an integer' if integer else 'a number'}")
-        return None
-    if not math.isfinite(v):  # NaN passes every comparison below; inf has no int()
-        probs.append(f"{where}: field '{key}': expected a finite number, got {v}")
-        return None
-    if integer and v != int(v):
-        probs.append(f"{where}: field '{key}': expected an integer")
-        return None
-    if v < 0:
-        probs.append(f"{where}: field '{key}': negative size/value {v}")
-        return None
-    return int(v) if integer else float(v)
+    """Field `key` of node mapping `d`, checked by `checks.number` (None if wrong)."""
+    return number(d.get(key, default), f"{where}: field '{key}'", probs, integer=integer)
 
 
 def do_while_mean_trips(p: float, max_trips: int) -> float:
