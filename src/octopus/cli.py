@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from octopus.checks import refuse_repeats
 from octopus.report.metrics import json_safe
 from octopus.sched import all_names
 
@@ -110,7 +111,7 @@ def _sweep(a) -> int:
 
 def _load(a) -> int:
     from octopus.openloop import load_sweep, run_at_rate
-    from octopus.runner import prepare
+    from octopus.runner import check_names, prepare
 
     if a.rate is not None and (a.sweep or a.plot):
         raise ValueError("load: --rate runs one rate; --sweep and --plot need a sweep")
@@ -120,6 +121,9 @@ def _load(a) -> int:
         raise ValueError("load: --instances must be >= 2 and --warmup in [0, 1)")
     if not (a.slo_us if a.slo_us is not None else a.slo_mult) > 0:  # NaN too
         raise ValueError("load: the SLO must be positive")
+    scheds = a.scheduler or ["octopus", "reactive"]
+    refuse_repeats(scheds, "load: --scheduler")  # one result per name: the last run won
+    check_names("load", {"schedulers": ("--scheduler", scheds)})  # before the first sweep
     cw, arch = prepare(a.workflow, a.arch, a.level)
     prof = cw.profile()
     kw = dict(
@@ -130,7 +134,6 @@ def _load(a) -> int:
         warmup=a.warmup,
         profile=prof,
     )
-    scheds = a.scheduler or ["octopus", "reactive"]
     if a.rate is not None:
         from dataclasses import asdict
 

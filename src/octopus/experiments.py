@@ -7,9 +7,10 @@ import os
 
 from tqdm import tqdm
 
+from octopus.checks import refuse_repeats
 from octopus.owg.arrival import make_arrivals
 from octopus.report.metrics import json_safe, summarize
-from octopus.runner import best_reactive, prepare, run_one
+from octopus.runner import best_reactive, check_names, prepare, run_one
 from octopus.workloads import SUITE
 
 ABLATION = ("octopus-dds", "octopus-dds-adaptive", "octopus")
@@ -116,6 +117,23 @@ def compare_suite(
         raise ValueError(f"compare: --seeds must be >= 1, got {seeds}")
     if capacity < 0:  # 0: no capacity; a negative count was truthy and crashed at the end
         raise ValueError(f"compare: --capacity must be >= 0 (instances per rate), got {capacity}")
+    names = suite_names(suite)
+    refuse_repeats(extra, "compare: --scheduler")
+    again = [x for x in extra if x in ("reactive", "static", "greedy", *ABLATION)]
+    if again:  # it ran twice, and its column showed twice
+        raise ValueError(
+            f"compare: --scheduler {again[0]!r}: a built-in, compared without -s (reactive, "
+            f"static, greedy, {', '.join(ABLATION)})"
+        )
+    check_names(
+        "compare",
+        {
+            "workflows": ("--suite", names),
+            "architectures": ("--arch", [arch]),
+            "schedulers": ("--scheduler", list(extra)),
+            "levels": ("--level", [level]),
+        },
+    )
     res = _compare_one(suite, arch, level, seed, instances, progress, extra, capacity)
     if seeds > 1:
         runs = [res] + [
@@ -216,10 +234,22 @@ def capacity_ratios(
     return out
 
 
+def suite_names(suite: str) -> list[str]:
+    """The workflows of `--suite`: `paper` (the shipped suite) or a comma-separated list,
+    each name once (a repeat ran, and counted in every mean, twice) and none empty."""
+    if suite == "paper":
+        return list(SUITE)
+    names = [n.strip() for n in suite.split(",")]
+    if "" in names:
+        raise ValueError(f"compare: --suite {suite!r}: an empty workflow name")
+    refuse_repeats(names, "compare: --suite")
+    return names
+
+
 def _compare_one(
     suite, arch, level, seed, instances, progress, extra=(), capacity: int = 0
 ) -> dict:
-    names = list(SUITE) if suite == "paper" else suite.split(",")
+    names = suite_names(suite)
     per = {}
     for n in tqdm(names, desc="compare", disable=not progress):
         per[n] = compare_workflow(n, arch, level, seed, instances, extra)
@@ -384,8 +414,12 @@ def sweep(
     if seeds < 1:  # no point to run: the summary's means would divide by zero
         raise ValueError(f"sweep: --seeds must be >= 1, got {seeds}")
     names = workflows or list(SUITE)
-    levels = ("low", "medium", "high")
+    refuse_repeats(names, "sweep: --workflows")  # its values were appended twice per seed
     arches = ("chip", "chiplet", "wafer")
+    check_names(
+        "sweep", {"workflows": ("--workflows", names), "architectures": ("arch", list(arches))}
+    )
+    levels = ("low", "medium", "high")
     sds = list(range(seed, seed + seeds))
     jobs = [("dyn", n, lv, "chip", sd, instances) for sd in sds for n in names for lv in levels]
     jobs += [("scale", n, "high", a, sd, instances) for sd in sds for n in names for a in arches]

@@ -28,6 +28,8 @@ from collections.abc import Callable, Iterable
 import yaml
 from tqdm import tqdm
 
+from octopus.checks import refuse_repeats
+from octopus.owg.schema import MAX_INSTANCES
 from octopus.report.metrics import json_safe
 
 SCHEMA = "octopus-sweep/1"
@@ -37,52 +39,66 @@ SCALARS = ("instances",)
 PARAMS = ("workflow", "arch", "scheduler", "level", "seed", "rate_per_ms", "instances")
 
 
-def parse_grid(doc) -> dict:
-    """Validate a grid document; a bad one gets a message naming the key."""
+def parse_grid(doc, where: str = "sweep grid") -> dict:
+    """Validate a grid document's shape; a bad one gets a message naming `where` (the file,
+    from `load_grid`) and the key. The names it lists are resolved by `check_names`."""
     if not isinstance(doc, dict):
-        raise ValueError("sweep grid: expected a mapping at the top level")
+        raise ValueError(f"{where}: expected a mapping at the top level")
     if doc.get("schema", SCHEMA) != SCHEMA:
-        raise ValueError(f"sweep grid: field 'schema': expected {SCHEMA!r}, got {doc['schema']!r}")
+        raise ValueError(f"{where}: field 'schema': expected {SCHEMA!r}, got {doc['schema']!r}")
     unknown = set(doc) - set(LISTS) - set(SCALARS) - {"schema"}
-    if unknown:
+    if unknown:  # all of them at once
+        names = ", ".join(repr(k) for k in sorted(unknown, key=str))
         raise ValueError(
-            f"sweep grid: unknown key {sorted(unknown)[0]!r} "
+            f"{where}: unknown key{'s' if len(unknown) > 1 else ''} {names} "
             f"(keys: {', '.join((*LISTS, *SCALARS))})"
         )
     g: dict = {}
     for key in LISTS:
         v = doc.get(key, DEFAULTS.get(key))
         if v is None:
-            raise ValueError(f"sweep grid: field {key!r}: missing")
+            raise ValueError(f"{where}: field {key!r}: missing")
         if not isinstance(v, list) or not v:
-            raise ValueError(f"sweep grid: field {key!r}: expected a non-empty list")
-        seen: list = []
-        for x in v:  # a repeat would run (and count) the same point twice
-            if x in seen:
-                raise ValueError(f"sweep grid: field {key!r}: repeated {x!r}")
-            seen.append(x)
+            raise ValueError(f"{where}: field {key!r}: expected a non-empty list")
+        refuse_repeats(v, f"{where}: field {key!r}")  # it would run the same points twice
         g[key] = v
     for s in g["seeds"]:
         if not isinstance(s, int) or isinstance(s, bool):
-            raise ValueError(f"sweep grid: field 'seeds': expected integers, got {s!r}")
+            raise ValueError(f"{where}: field 'seeds': expected integers, got {s!r}")
     for r in g["rates"]:
         ok = r == "closed" or (isinstance(r, (int, float)) and not isinstance(r, bool) and r > 0)
         if not ok:
-            raise ValueError(f"sweep grid: field 'rates': 'closed' or a positive rate, got {r!r}")
+            raise ValueError(f"{where}: field 'rates': 'closed' or a positive rate, got {r!r}")
     for key in ("workflows", "architectures", "schedulers", "levels"):
         for x in g[key]:
             if not isinstance(x, str):
-                raise ValueError(f"sweep grid: field {key!r}: expected names, got {x!r}")
+                raise ValueError(f"{where}: field {key!r}: expected names, got {x!r}")
     n = doc.get("instances")
     if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
-        raise ValueError(f"sweep grid: field 'instances': expected a positive integer, got {n!r}")
+        raise ValueError(f"{where}: field 'instances': expected a positive integer, got {n!r}")
+    if n is not None and n > MAX_INSTANCES:
+        raise ValueError(
+            f"{where}: field 'instances': {n} is more than {MAX_INSTANCES} (MAX_INSTANCES)"
+        )
     g["instances"] = n
+    g["where"] = where
     return g
 
 
 def load_grid(path: str) -> dict:
+    """Read and parse a grid file; its messages name the file."""
     with open(path) as f:
-        return parse_grid(yaml.safe_load(f))
+        return parse_grid(yaml.safe_load(f), f"sweep grid {path!r}")
+
+
+def check_names(g: dict) -> None:
+    """Resolve every name the grid refers to before any point runs (`runner.check_names`)
+    and report all that fail at once, each with its key: an unknown scheduler used to
+    fail mid-sweep, after the points before it had run."""
+    from octopus.runner import check_names as check
+
+    keys = ("workflows", "architectures", "schedulers", "levels")
+    check(g.get("where", "sweep grid"), {k: (f"field {k!r}", g[k]) for k in keys})
 
 
 def expand(g: dict) -> list[dict]:
@@ -203,7 +219,9 @@ def run_grid(
     progress: bool = True,
     on_row: Callable[[dict], None] | None = None,
 ) -> dict:
-    """Run every point of grid `g` not already in `out_dir`; write the tidy rows."""
+    """Run every point of grid `g` not already in `out_dir`; write the tidy rows. The grid's
+    names are all resolved first (`check_names`): a bad one fails before any point runs."""
+    check_names(g)  # every name, before any point runs
     journal = os.path.join(out_dir, "rows.jsonl")
     runs = expand(g)
     done = _done_rows(journal)

@@ -18,13 +18,18 @@ import random
 from dataclasses import asdict, dataclass
 
 from octopus.arch.config import Arch
+from octopus.checks import refuse_repeats
 from octopus.owg.arrival import Arrivals
 from octopus.owg.sample import CompiledWorkflow
+from octopus.owg.schema import MAX_INSTANCES
 from octopus.report.metrics import instance_critical_paths, percentile
 from octopus.sched import make_scheduler
 from octopus.sim import Simulator
 
 PROCESSES = ("poisson", "bursty")
+# Bisection steps of the capacity search: each halves the interval, so past 64 the midpoint
+# equals an end in double precision and the steps only repeat runs (1e9 never ended).
+MAX_REFINE = 64
 
 
 def arrival_times(
@@ -45,10 +50,13 @@ def arrival_times(
         raise ValueError(f"load: burst must be >= 1, got {burst}")
     p = 1.0 / burst  # geometric burst size on {1, 2, ...} with mean `burst`
     while len(out) < n:
-        size = 1
-        while rng.random() > p:
+        # drawn one trial at a time up to what is left to fill: a burst that would reach
+        # past n is cut at n anyway (and is the last one), so the times are those of the
+        # uncapped draw, while a burst of 1e18 no longer loops 1e18 times
+        size, left = 1, n - len(out)
+        while size < left and rng.random() > p:
             size += 1
-        out.extend([t] * min(size, n - len(out)))
+        out.extend([t] * size)
         t += rng.expovariate(rate_per_us / burst)
     return out
 
@@ -103,8 +111,10 @@ def run_at_rate(
     **kw,
 ) -> LoadPoint:
     """One open-loop run at `rate_per_ms` instances per millisecond."""
-    if instances < 1:
-        raise ValueError(f"load: instances must be >= 1, got {instances}")
+    if not 1 <= instances <= MAX_INSTANCES:
+        raise ValueError(
+            f"load: instances must be in [1, {MAX_INSTANCES}] (MAX_INSTANCES), got {instances}"
+        )
     profile = profile or cw.profile()
     times = arrival_times(rate_per_ms / 1000.0, instances, seed, process, burst)
     sched = make_scheduler(scheduler, **kw)
@@ -151,10 +161,13 @@ def load_sweep(
     refined by `refine` bisection steps toward the first rate that misses it. A rate above
     the capacity bound never counts as met (a finite run can finish a backlog that grows
     without end inside the SLO; no scheduler sustains it)."""
+    if not 0 <= refine <= MAX_REFINE:
+        raise ValueError(f"load: refine must be in [0, {MAX_REFINE}] (MAX_REFINE), got {refine}")
     profile = profile or cw.profile()
     bound = capacity_bound_per_us(profile, arch) * 1000.0
     if not fractions or any(not f > 0 for f in fractions):
         raise ValueError("load: fractions of the capacity bound must be positive")
+    refuse_repeats(fractions, "load: --fractions")  # the same rate would run twice
     pts = [
         run_at_rate(cw, arch, scheduler, f * bound, profile=profile, **kw)
         for f in sorted(fractions)

@@ -6,8 +6,9 @@ from octopus.arch import Arch, load_arch
 from octopus.owg import load_workflow
 from octopus.owg.arrival import make_arrivals
 from octopus.owg.sample import CompiledWorkflow, split_stages
-from octopus.sched import THRESHOLDS, make_scheduler
+from octopus.sched import THRESHOLDS, check_scheduler_name, make_scheduler
 from octopus.sim import Simulator
+from octopus.sim.engine import footprint_problems
 
 
 def prepare(workflow, arch, level="high"):
@@ -15,6 +16,54 @@ def prepare(workflow, arch, level="high"):
     a = load_arch(arch) if isinstance(arch, str) else arch
     cw = CompiledWorkflow(split_stages(wf, a.pea_memory_bytes), level)
     return cw, a
+
+
+def check_names(where: str, lists: dict[str, tuple[str, list[str]]]) -> None:
+    """Resolve, before anything runs, the names a command or grid will use, and raise one
+    ValueError listing every one that fails, each with its key. `lists` maps each of
+    `workflows`, `architectures`, `schedulers` and `levels` (any may be left out) to the
+    key to name in messages (a grid field, a command-line option) and the names:
+    workflows and architectures are loaded and validated, schedulers resolved without
+    being built (a plugin class is loaded and checked), levels looked up in every
+    workflow, and each workflow checked on each architecture (layer groups, footprints).
+    Before, a bad name failed only when its run came up, after the runs before it."""
+    probs: list[str] = []
+    loaded: dict[str, dict] = {"workflows": {}, "architectures": {}, "schedulers": {}}
+    loaders = {
+        "workflows": load_workflow,
+        "architectures": load_arch,
+        "schedulers": check_scheduler_name,
+    }
+    for kind, load in loaders.items():
+        key, names = lists.get(kind, ("", []))
+        for name in names:
+            try:
+                loaded[kind][name] = load(name)
+            except (ValueError, OSError, ImportError, SyntaxError) as e:  # a plugin's code
+                probs += [f"{key}: {name!r}: {p}" for p in _problems(e)]
+    wfs, arches = loaded["workflows"], loaded["architectures"]
+    key, levels = lists.get("levels", ("", []))
+    for lv in levels:
+        lacking = [w for w, wf in wfs.items() if lv not in wf.levels]
+        if lacking:
+            probs.append(f"{key}: {lv!r}: unknown to workflow(s) {', '.join(lacking)}")
+    key = lists.get("workflows", ("",))[0]
+    for w, wf in wfs.items():
+        for a, arch in arches.items():
+            try:
+                fit = footprint_problems(split_stages(wf, arch.pea_memory_bytes), arch)
+            except ValueError as e:
+                fit = _problems(e)
+            probs += [f"{key}: {w!r} on architecture {a!r}: {p}" for p in fit]
+    if probs:
+        raise ValueError(
+            f"{where}: {len(probs)} problem(s), nothing was run:\n  " + "\n  ".join(probs)
+        )
+
+
+def _problems(e: Exception) -> list[str]:
+    """An error's messages: a WorkflowError's problems one by one, else its text."""
+    return list(getattr(e, "problems", None) or [str(e)])
 
 
 def run_one(

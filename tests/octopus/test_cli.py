@@ -274,3 +274,54 @@ def test_unwritable_output_is_a_clear_error(tmp_path, capsys, opt):
     args = ["run", "-w", "video_recognition", "-s", "greedy", "--instances", "2"]
     assert main([*args, opt, str(target)]) == 2
     assert str(target) in capsys.readouterr().err
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    "args, word",
+    [
+        (["compare", "--suite", "recommendation,recommendation"], "--suite: repeated"),
+        (["compare", "--suite", "recommendation,,rag_qa"], "empty workflow name"),
+        (["compare", "--suite", "recommendation", "-s", "x:Y", "-s", "x:Y"], "repeated 'x:Y'"),
+        (["compare", "--suite", "recommendation", "-s", "greedy"], "'greedy': a built-in"),
+        (["load", "-w", "recommendation", "-s", "greedy", "-s", "greedy"], "repeated 'greedy'"),
+        (["load", "-w", "recommendation", "--fractions", "0.5", "0.5"], "repeated 0.5"),
+        (["sweep", "--workflows", "rag_qa", "rag_qa", "--workers", "1"], "repeated 'rag_qa'"),
+    ],
+    ids=lambda x: " ".join(x) if isinstance(x, list) else x,
+)
+def test_a_repeated_name_in_a_list_option_is_refused_before_running(tmp_path, capsys, args, word):
+    """`compare --suite a,a` ran a twice and counted it twice in every suite mean; so did a
+    repeated -s (and -s of a built-in, which compare runs anyway), a repeated load -s (its
+    second run overwrote the first), --fractions and sweep --workflows. Refused, as a
+    repeated value in a grid list is, before anything runs."""
+    extra = ["--out", str(tmp_path)] if args[0] == "sweep" else ["--quiet"] * (args[0] == "compare")
+    assert main([*args, *extra]) == 2
+    assert word in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (
+            ["compare", "--suite", "recommendation,ghost", "-s", "nope", "--level", "hi"],
+            ["--suite: 'ghost'", "--scheduler: 'nope'", "--level: 'hi'"],
+        ),
+        (["load", "-w", "recommendation", "-s", "greedy", "-s", "nope"], ["--scheduler: 'nope'"]),
+        (["sweep", "--workflows", "rag_qa", "ghost", "--workers", "1"], ["--workflows: 'ghost'"]),
+    ],
+    ids=lambda x: " ".join(x) if isinstance(x, list) else x,
+)
+def test_unknown_names_in_list_options_are_all_refused_before_running(
+    tmp_path, capsys, args, words
+):
+    """compare --suite recommendation,ghost ran recommendation in full (minutes), then failed
+    on ghost; load -s greedy -s nope swept greedy first; sweep failed in a worker mid-way.
+    Every name is now resolved first, and all bad ones are named at once."""
+    extra = ["--out", str(tmp_path)] if args[0] == "sweep" else ["--quiet"] * (args[0] == "compare")
+    assert main([*args, *extra]) == 2
+    err = capsys.readouterr().err
+    assert "nothing was run" in err and all(w in err for w in words), err
+    assert not list(tmp_path.iterdir())

@@ -119,3 +119,48 @@ def test_a_repeated_value_in_a_grid_list_names_the_key(tmp_path):
         parse_grid({**GRID, "seeds": [0, 1, 0]})
     with pytest.raises(ValueError, match="'rates'.*repeated 2"):
         parse_grid({**GRID, "rates": [2, "closed", 2.0]})
+
+
+def test_every_unknown_name_is_reported_before_any_point_runs(tmp_path, capsys):
+    """An unknown scheduler, workflow, architecture or level failed only when its point
+    came up, after the points before it had run (and were journaled); now the whole grid
+    is resolved first and every bad name is reported at once, with the file and the key."""
+    import yaml
+
+    bad = {
+        **GRID,
+        "workflows": ["recommendation", "ghost_flow"],
+        "architectures": ["chip", "no_such_arch"],
+        "schedulers": ["greedy", "no_such_sched", "tests/nope.py:Nope"],
+        "levels": ["high", "extreme"],
+        "seeds": [0],
+    }
+    f = tmp_path / "grid.yaml"
+    f.write_text(yaml.safe_dump(bad))
+    out = tmp_path / "out"
+    assert main(["sweep", "--grid", str(f), "--out", str(out), "--workers", "1"]) == 2
+    err = capsys.readouterr().err
+    assert str(f) in err
+    for key, name in [
+        ("workflows", "ghost_flow"),
+        ("architectures", "no_such_arch"),
+        ("schedulers", "no_such_sched"),
+        ("schedulers", "tests/nope.py:Nope"),
+        ("levels", "extreme"),
+    ]:
+        assert f"field '{key}': '{name}'" in err, (key, name, err)
+    assert not (out / "rows.jsonl").exists()  # nothing ran
+    # the Python API checks too, and so does a workflow that does not fit an architecture
+    g = parse_grid({**GRID, "architectures": [str(tmp_path / "tiny.yaml")], "seeds": [0]})
+    (tmp_path / "tiny.yaml").write_text(
+        yaml.safe_dump({"schema": "octopus-arch/1", "clusters": [1, 1], "peas_per_cluster": [1, 1]})
+    )
+    with pytest.raises(ValueError, match="nothing was run") as e:
+        run_grid(g, str(tmp_path / "api"), workers=1, progress=False)
+    assert "'footprint'" in str(e.value) and "tiny.yaml" in str(e.value)
+    assert not (tmp_path / "api" / "rows.jsonl").exists()
+
+
+def test_all_unknown_keys_are_named_at_once():
+    with pytest.raises(ValueError, match="unknown keys 'seed', 'workflow'"):
+        parse_grid({**GRID, "seed": 1, "workflow": "x"})

@@ -322,3 +322,22 @@ def test_a_misspelled_or_foreign_field_is_named_not_ignored():
     assert "node 'lp'" in msg and "not both" in msg
     ok = workflow([task("a", 1, description="free text on any block")])
     assert parse_workflow(ok).nodes["a"].work is not None
+
+
+@pytest.mark.parametrize(
+    "bad, why",
+    [(-5, "got -5 (a negative size/value)"), (float("nan"), "got nan (not finite)"),
+     (2.5, "got 2.5 (not whole)"), ("big", "got 'big'"), (True, "got True")],
+    ids=str,
+)  # fmt: skip
+def test_workflow_and_architecture_number_fields_report_alike(bad, why):
+    """Both formats check a number field with one helper (`octopus.checks.number`): each
+    message says what was expected, what came and why it is wrong. Before, a workflow
+    said 'negative size/value -5' or 'expected an integer' (without the value), and an
+    architecture 'expected an integer >= 0, got nan' (without why)."""
+    msg = _err(workflow([task("a", 1, out_bytes=bad)]))
+    assert f"node 'a': field 'out_bytes': expected an integer >= 0, {why}" in msg
+    msg = _arch_err(pea__memory_bytes=bad)
+    assert f"arch: field 'pea.memory_bytes': expected an integer >= 0, {why}" in msg
+    msg = _arch_err(pea__throughput_tops=0)
+    assert "arch: field 'pea.throughput_tops': expected a number > 0, got 0" in msg

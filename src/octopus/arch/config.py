@@ -6,15 +6,21 @@ throughput in TOPS (= 1 Mop/us), so a TB of W Mop on k PEAs runs W / (k * TOPS) 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from octopus.checks import number
+
 SCHEMA = "octopus-arch/1"
 CONFIG_DIR = Path(__file__).parent / "configs"
 MAPPINGS = ("regions", "replicated")
+# PEAs in one architecture: every PEA gets its entries in per-PEA tables, built in Python
+# when the Arch is made (1,048,576 take about a second), so clusters: [1000, 1000] of 8x8
+# PEAs hung while it built 64 million. The shipped wafer has 4,096; a Cerebras WSE-2-sized
+# fabric (850,000 cores) still fits.
+MAX_PEAS = 1 << 20
 
 
 @dataclass
@@ -50,6 +56,11 @@ class Arch:
         cx, cy = self.clusters
         px, py = self.peas_per_cluster
         dx, dy = self.clusters_per_die
+        if cx * cy * px * py > MAX_PEAS:  # checked before the per-PEA tables are built
+            raise ValueError(
+                f"arch: fields 'clusters' x 'peas_per_cluster': {cx}x{cy} clusters of {px}x{py} "
+                f"PEAs make {cx * cy * px * py} PEAs, more than {MAX_PEAS} (MAX_PEAS)"
+            )
         self.n_clusters = cx * cy
         self.peas_in_cluster = px * py
         self.n_peas = self.n_clusters * self.peas_in_cluster
@@ -145,16 +156,10 @@ def _pair(doc: dict, key: str, probs: list[str], default=None) -> tuple[int, int
 def _number(
     sec: dict, name: str, key: str, default, probs: list[str], *, positive=False, integer=False
 ):
-    """A finite number >= 0 (> 0 when `positive`: it divides), named `name.key` if wrong."""
+    """Field `key` of section `name`, checked by `checks.number` as `name.key` (> 0 when
+    `positive`: it divides); None if wrong (the problems are raised before it is used)."""
     v = sec.get(key, default)
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-    ok = ok and (v > 0 if positive else v >= 0) and (not integer or v == int(v))
-    if not ok:
-        kind = "an integer" if integer else "a number"
-        bound = "> 0" if positive else ">= 0"
-        probs.append(f"arch: field '{name}.{key}': expected {kind} {bound}, got {v!r}")
-        return default
-    return int(v) if integer else float(v)
+    return number(v, f"arch: field '{name}.{key}'", probs, positive=positive, integer=integer)
 
 
 def arch_from_dict(doc: dict) -> Arch:

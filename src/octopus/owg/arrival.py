@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from octopus.owg.schema import MAX_INSTANCES
+
 
 @dataclass
 class Arrivals:
@@ -16,15 +18,20 @@ class Arrivals:
 
 
 def make_arrivals(spec: dict, n_clusters: int, seed: int, instances: int | None = None) -> Arrivals:
-    """Sizes scale with the number of clusters, so one workload file serves chip to wafer."""
+    """Sizes scale with the number of clusters, so one workload file serves chip to wafer.
+    At most `MAX_INSTANCES` instances: more is refused here, before any arrival is drawn."""
     proc = spec.get("process", "closed")
     if instances is not None and instances < 1:  # 0 used to mean "the default", -3 "none"
         raise ValueError(f"--instances must be >= 1, got {instances}")
-    n = (
-        instances
-        if instances is not None
-        else max(1, int(spec.get("instances_per_cluster", 16) * n_clusters))
-    )
+    if instances is not None and instances > MAX_INSTANCES:
+        raise ValueError(f"--instances must be <= {MAX_INSTANCES} (MAX_INSTANCES), got {instances}")
+    per = spec.get("instances_per_cluster", 16)
+    n = instances if instances is not None else max(1, int(per * n_clusters))
+    if n > MAX_INSTANCES:
+        raise ValueError(
+            f"arrival: field 'instances_per_cluster': {per} x {n_clusters} clusters = {n} "
+            f"instances, more than {MAX_INSTANCES} (MAX_INSTANCES); pass fewer instances"
+        )
     if proc == "batch":
         return Arrivals(n, [0.0] * n, n)
     if proc == "poisson":

@@ -98,8 +98,10 @@ class Dist:
         mu = sum(xs) / n
         if mu <= 0:
             return 0.0
-        var = sum((x - mu) ** 2 for x in xs) / n
-        return math.sqrt(var) / mu
+        # relative deviations: squaring x - mu itself overflowed (OverflowError) for a
+        # work of 1e200 Mop, which is finite and so passes validation
+        var = sum(((x - mu) / mu) ** 2 for x in xs) / n
+        return math.sqrt(var)
 
 
 _REQUIRED = {

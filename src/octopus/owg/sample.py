@@ -10,7 +10,15 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from octopus.owg.schema import ControlBlock, TaskBlock, Workflow
+from octopus.owg.schema import (
+    MAX_INSTANCE_INVOCATIONS,
+    MAX_LAYER_GROUPS,
+    ControlBlock,
+    TaskBlock,
+    Workflow,
+    WorkflowError,
+    do_while_mean_trips,
+)
 
 
 @dataclass
@@ -34,7 +42,8 @@ class CompiledWorkflow:
         spread = wf.levels[level] if isinstance(level, str) else float(level)
         self.wf, self.level, self.spread = wf, level, spread
         tasks = wf.tasks
-        ctrls = [n for n in wf.nodes if n not in set(tasks)]
+        task_set = set(tasks)  # built once: per node, it made this quadratic in the nodes
+        ctrls = [n for n in wf.nodes if n not in task_set]
         self.names = tasks + ctrls
         self.index = {n: i for i, n in enumerate(self.names)}
         self.n_tasks = len(tasks)
@@ -53,7 +62,7 @@ class CompiledWorkflow:
                 self._count[n] = d.scaled(spread).sampler()
         # do-while loops: the trip count is geometric; a level pulls it toward its mean
         self._loop_mean = {
-            n: sum(wf.nodes[n].continue_prob ** t for t in range(wf.nodes[n].max_trips))
+            n: do_while_mean_trips(wf.nodes[n].continue_prob, wf.nodes[n].max_trips)
             for n in ctrls
             if wf.nodes[n].type == "loop" and wf.nodes[n].continue_prob is not None
         }
@@ -79,7 +88,12 @@ class CompiledWorkflow:
 
     def sample(self, rng: random.Random, idx: int | None = None, seed: int = 0) -> Instance:
         """Unroll one instance. Its index `idx` (and `seed`) place its branch decisions on a
-        low-discrepancy sequence below the high level (see `_branch_u`)."""
+        low-discrepancy sequence below the high level (see `_branch_u`).
+
+        An instance that would unroll past `MAX_INSTANCE_INVOCATIONS` rows (a fanout count
+        or a loop's trips drawn from a long tail, or nested fanouts) raises a ValueError
+        naming the fanout or loop and its field, checked before each copy of its body, so
+        a count of 1e9 fails at once instead of building rows for minutes."""
         node: list[int] = []
         work: list[float] = []
         preds: list[list[int]] = []
@@ -97,6 +111,13 @@ class CompiledWorkflow:
 
         def after_join(j: str | None) -> str | None:
             return nodes[j].next[0] if j and nodes[j].next else None
+
+        def too_big(n: str, key: str, drawn: int) -> ValueError:
+            return ValueError(
+                f"node '{n}': field '{key}': instance {idx} drew {drawn} and unrolls to more "
+                f"than {MAX_INSTANCE_INVOCATIONS} invocations (MAX_INSTANCE_INVOCATIONS: "
+                "tasks, their layer groups and decisions, per instance)"
+            )
 
         def expand(n: str | None, deps: list[int], stop: str | None) -> list[int]:
             while n is not None:
@@ -143,8 +164,12 @@ class CompiledWorkflow:
                     k = max(0, int(round(csamp[n](rng))))
                     if b.max_count is not None:
                         k = min(k, b.max_count)
+                    if k > MAX_INSTANCE_INVOCATIONS:
+                        raise too_big(n, "count", k)
                     parts = []
                     for _ in range(k):
+                        if len(node) > MAX_INSTANCE_INVOCATIONS:
+                            raise too_big(n, "count", k)
                         parts += expand(b.body, [i], b.join)
                     n, deps = after_join(b.join), parts or [i]
                     continue
@@ -153,13 +178,18 @@ class CompiledWorkflow:
                     trips = 1
                     while trips < b.max_trips and rng.random() < b.continue_prob:
                         trips += 1
+                        if trips > MAX_INSTANCE_INVOCATIONS:  # each trip is a decision
+                            raise too_big(n, "continue_prob", trips)
                     if spread != 1.0:  # same draws; dispersion scaled toward the mean
                         m = loop_mean[n]
                         trips = min(b.max_trips, max(1, int(round(m + spread * (trips - m)))))
                 else:
                     trips = min(b.max_trips, max(0, int(round(csamp[n](rng)))))
+                key = "trips" if b.continue_prob is None else "continue_prob"
                 cur = deps
                 for _ in range(trips):
+                    if len(node) > MAX_INSTANCE_INVOCATIONS:
+                        raise too_big(n, key, trips)
                     c = add(n, 0.0, cur)
                     cur = expand(b.body, [c], n)
                 c = add(n, 0.0, cur)
@@ -214,11 +244,23 @@ def split_stages(wf: Workflow, memory_bytes: int) -> Workflow:
     configuration and does 1/S of the work (one draw per invocation, shared by the stages),
     and passes max(in_bytes, out_bytes) of activations to the next. The first stage keeps the
     TB's id, so every reference stays valid; later stages are named `id/2`, `id/3`, ...
-    Returns `wf` itself when nothing needs splitting."""
+    Returns `wf` itself when nothing needs splitting. A TB that would need more than
+    `MAX_LAYER_GROUPS` groups is refused (WorkflowError naming each such node)."""
     if memory_bytes <= 0:
         return wf
     nodes: dict = {}
     changed = False
+    probs = [
+        f"node '{nid}': field 'config_bytes': {b.config_bytes} bytes on {b.footprint} PEA(s) "
+        f"of pea.memory_bytes {memory_bytes} need {-(-b.config_bytes // cap)} layer groups, "
+        f"more than {MAX_LAYER_GROUPS} (MAX_LAYER_GROUPS); give a larger footprint or a "
+        "smaller configuration"
+        for nid, b in wf.nodes.items()
+        if isinstance(b, TaskBlock)
+        and b.config_bytes > (cap := b.footprint * memory_bytes) * MAX_LAYER_GROUPS
+    ]
+    if probs:
+        raise WorkflowError(probs)
     for nid, b in wf.nodes.items():
         if not isinstance(b, TaskBlock) or b.config_bytes <= b.footprint * memory_bytes:
             nodes[nid] = b

@@ -13,11 +13,23 @@ from pathlib import Path
 
 import yaml
 
+from octopus.checks import number
 from octopus.owg.dist import Dist, DistError, parse_dist
 
 SCHEMA = "octopus-owg/1"
 NODE_TYPES = ("task", "branch", "fanout", "loop", "join")
 DEFAULT_LEVELS = {"low": 0.25, "medium": 0.6, "high": 1.0}
+
+# Limits on sizes that cost time and memory in proportion to their value. An instance is
+# unrolled into one row per invocation when it is admitted (and 400 instances are unrolled
+# to profile a workflow before a run), so a fanout count of 1e9 hung `octopus run` while it
+# built rows. The shipped suite unrolls to at most ~700 invocations per instance.
+MAX_INSTANCE_INVOCATIONS = 10_000  # tasks (layer groups included) and decisions per instance
+# A TB larger than its PEA group's memory is compiled into chained layer groups (see
+# `sample.split_stages`), one invocation each: 1e10 config bytes on 0.5 MiB PEAs made
+# 19,074 of them and `octopus run` crawled for minutes. The suite's models need at most 6.
+MAX_LAYER_GROUPS = 1024
+MAX_INSTANCES = 1_000_000  # instances in one run (each keeps its rows until the run ends)
 
 # The fields each block type reads ("description" is free text on any block): a field not
 # listed here is a typo (``out_byte`` left ``out_bytes`` at 0) and is refused by name.
@@ -92,23 +104,38 @@ class Workflow:
 
 
 def _num(d: dict, key: str, where: str, probs: list[str], *, integer=False, default=None):
-    v = d.get(key, default)
-    if v is None:
-        probs.append(f"{where}: field '{key}': missing")
-        return None
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        probs.append(f"{where}: field '{key}': expected {'an integer' if integer else 'a number'}")
-        return None
-    if not math.isfinite(v):  # NaN passes every comparison below; inf has no int()
-        probs.append(f"{where}: field '{key}': expected a finite number, got {v}")
-        return None
-    if integer and v != int(v):
-        probs.append(f"{where}: field '{key}': expected an integer")
-        return None
-    if v < 0:
-        probs.append(f"{where}: field '{key}': negative size/value {v}")
-        return None
-    return int(v) if integer else float(v)
+    """Field `key` of node mapping `d`, checked by `checks.number` (None if wrong)."""
+    return number(d.get(key, default), f"{where}: field '{key}'", probs, integer=integer)
+
+
+def do_while_mean_trips(p: float, max_trips: int) -> float:
+    """Mean trip count of a do-while loop: one trip, then another with probability `p`, up
+    to `max_trips`; the sum of p**t for t < max_trips, in closed form, so that a large
+    bound (a `max_trips` of 1e9 that means "unbounded") costs no time."""
+    if p >= 1.0:
+        return float(max_trips)
+    return (1.0 - p**max_trips) / (1.0 - p)
+
+
+_SMALLER = {
+    "count": "a smaller count or a max_count",
+    "trips": "fewer trips or a smaller max_trips",
+    "continue_prob": "a smaller continue_prob or max_trips",
+}
+
+
+def _check_expansion(mean: float, cap: int | None, where: str, key: str, probs: list[str]) -> None:
+    """A fanout count or loop trip count whose mean (capped by `max_count`/`max_trips`)
+    alone unrolls an instance past `MAX_INSTANCE_INVOCATIONS` is refused at load time;
+    a draw in the tail is refused when it is sampled (`sample.CompiledWorkflow.sample`)."""
+    if cap is not None:
+        mean = min(mean, cap)
+    if mean > MAX_INSTANCE_INVOCATIONS:
+        probs.append(
+            f"{where}: field '{key}': a mean of {mean:g} expands to more than "
+            f"{MAX_INSTANCE_INVOCATIONS} invocations per instance (MAX_INSTANCE_INVOCATIONS); "
+            f"give {_SMALLER[key]}"
+        )
 
 
 def _ref(v, where: str, key: str, probs: list[str]) -> str | None:
@@ -213,6 +240,8 @@ def parse_workflow(doc: dict) -> Workflow:
             cb.join = _ref(nd.get("join"), where, "join", probs)
             if "max_count" in nd:
                 cb.max_count = _num(nd, "max_count", where, probs, integer=True)
+            if cb.count is not None:
+                _check_expansion(cb.count.mean(), cb.max_count, where, "count", probs)
             for k in ("body", "join"):
                 if nd.get(k) is None:
                     probs.append(f"{where}: field '{k}': missing")
@@ -235,11 +264,17 @@ def parse_workflow(doc: dict) -> Workflow:
                 )
             if "trips" in nd:
                 cb.trips = _dist(nd, "trips", where, probs)
+                if cb.trips is not None:
+                    _check_expansion(cb.trips.mean(), cb.max_trips, where, "trips", probs)
             elif "continue_prob" in nd:
                 cp = _num(nd, "continue_prob", where, probs)
                 if cp is not None and cp > 1:
                     probs.append(f"{where}: field 'continue_prob': must be <= 1")
+                    cp = None
                 cb.continue_prob = cp
+                if cp is not None and cb.max_trips:
+                    mean = do_while_mean_trips(cp, cb.max_trips)
+                    _check_expansion(mean, None, where, "continue_prob", probs)
             else:
                 probs.append(f"{where}: field 'trips': need trips or continue_prob")
         nodes[nid] = cb
@@ -306,6 +341,11 @@ def _check_arrival(spec, probs: list[str]) -> None:
         if not ok or v <= 0:
             probs.append(
                 f"document: field 'arrival': field {key!r}: expected a positive number, got {v!r}"
+            )
+        elif key == "instances_per_cluster" and v > MAX_INSTANCES:
+            probs.append(
+                f"document: field 'arrival': field {key!r}: {v:g} is more than {MAX_INSTANCES} "
+                "instances per run (MAX_INSTANCES)"
             )
 
 

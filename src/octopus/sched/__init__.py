@@ -5,7 +5,7 @@ from __future__ import annotations
 from octopus.sched.api import Scheduler, SchedulerAPI
 from octopus.sched.greedy import GreedyScheduler
 from octopus.sched.octopus import OctopusScheduler
-from octopus.sched.plugins import instantiate, is_spec, register, registered
+from octopus.sched.plugins import instantiate, is_spec, load_class, register, registered
 from octopus.sched.reactive import THRESHOLDS, ReactiveScheduler
 from octopus.sched.static import StaticScheduler
 
@@ -36,7 +36,22 @@ def make_scheduler(name: str, **kw):
         return extra[name](**kw)
     if is_spec(name):
         return instantiate(name, **kw)
-    raise ValueError(
+    raise _unknown(name)
+
+
+def check_scheduler_name(name: str) -> None:
+    """Raise what `make_scheduler(name)` would for a name it cannot resolve, without
+    building a scheduler: a plugin spec's class is loaded and checked against the
+    interface. Lets a grid or a suite refuse a bad name before its first run."""
+    if name in NAMES or name in registered():
+        return
+    if not is_spec(name):
+        raise _unknown(name)
+    load_class(name)
+
+
+def _unknown(name: str) -> ValueError:
+    return ValueError(
         f"unknown scheduler {name!r} (one of {', '.join(all_names())}, "
         "or package.module:Class, or path/to/file.py:Class)"
     )
@@ -50,6 +65,7 @@ def all_names() -> tuple[str, ...]:
 __all__ = [
     "NAMES",
     "all_names",
+    "check_scheduler_name",
     "register",
     "THRESHOLDS",
     "VARIANTS",

@@ -16,13 +16,31 @@ from heapq import heappop, heappush
 from octopus.arch.config import Arch
 from octopus.owg.arrival import Arrivals, make_arrivals
 from octopus.owg.sample import CompiledWorkflow
+from octopus.owg.schema import TaskBlock, Workflow
 from octopus.sim.accounting import PeaTime
 from octopus.sim.buffers import OutputBuffers
 from octopus.sim.events import ARRIVAL, CALLBACK, DECISION, TASK_DONE, TICK, UNBLOCK, EventHeap
 from octopus.sim.physics import Physics
 from octopus.sim.state import Instances, Invocations, PeaState
 
-STALL_TICKS = 100000  # ticks with no progress before a run is declared stalled
+# Scheduler ticks with no task or decision finishing before a run ends. With nothing in
+# flight that is a stall (ready work that can never be placed); with a task still running
+# (at the usual 100 us tick, 10 s of simulated time) it is a task, transfer or
+# reconfiguration far longer than this simulator's microsecond scale: simulating it would
+# cost time in proportion to its length, so the run is refused, naming the node.
+STALL_TICKS = 100000
+
+
+def footprint_problems(wf: Workflow, arch: Arch) -> list[str]:
+    """One message per task block whose footprint exceeds a cluster of `arch`: an invocation
+    occupies PEAs of one cluster, so it would never start (layer groups share their
+    model's footprint: named once)."""
+    return [
+        f"node '{n}': field 'footprint': {b.footprint} PEAs do not fit in a cluster of "
+        f"{arch.peas_in_cluster} PEAs (arch {arch.name!r})"
+        for n, b in wf.nodes.items()
+        if isinstance(b, TaskBlock) and b.footprint > arch.peas_in_cluster and b.stage == 0
+    ]
 
 
 class Simulator:
@@ -41,12 +59,7 @@ class Simulator:
         from octopus.sched.api import SchedulerAPI, check_scheduler
 
         check_scheduler(scheduler)
-        too_big = [
-            f"node '{cw.names[tb]}': field 'footprint': {fp} PEAs do not fit in a cluster of "
-            f"{arch.peas_in_cluster} PEAs (arch {arch.name!r})"
-            for tb, fp in enumerate(cw.footprint)
-            if fp > arch.peas_in_cluster and cw.wf.nodes[cw.names[tb]].stage == 0
-        ]
+        too_big = footprint_problems(cw.wf, arch)
         if too_big:  # an invocation occupies PEAs of one cluster: it would never start
             raise ValueError("\n  ".join(too_big))
         self.presampled = presampled
@@ -209,7 +222,7 @@ class Simulator:
                         self._spill(t)
                     idle_ticks += 1
                     if idle_ticks > STALL_TICKS:
-                        raise RuntimeError("simulation stalled: ready work can never be placed")
+                        raise self._stall_error(t, tick)
                     ev.push(t + tick, TICK, None)
                 else:
                     x(t)
@@ -242,6 +255,34 @@ class Simulator:
             if not heap and buffers.n_blocked and self.finished < n_inst:
                 self._spill(t)
         self.n_events = count
+
+    def _stall_error(self, t: float, tick: float) -> Exception:
+        """The error for STALL_TICKS ticks without progress: a ValueError naming the node
+        whose task or decision is still in flight (the input's sizes are too large), or a
+        RuntimeError when nothing is (a stall: the scheduler cannot place ready work)."""
+        pending = [e for e in self.events.heap if e[2] in (TASK_DONE, DECISION)]
+        if not pending:
+            return RuntimeError("simulation stalled: ready work can never be placed")
+        end, _, kind, k = min(pending)
+        inv, name = self.inv, self.cw.names[self.inv.node[k]]
+        idle = f"nothing else finished for {STALL_TICKS} scheduler ticks of {tick:g} us"
+        if kind == DECISION:
+            return ValueError(
+                f"node '{name}': its control decision lands at t={end:g} us and {idle}: "
+                f"arch '{self.arch.name}': fields 'control.*': latencies too long to simulate "
+                "(STALL_TICKS)"
+            )
+        wait, run = inv.t_start[k] - inv.t_ready[k], inv.t_end[k] - inv.t_start[k]
+        why = (
+            f"field 'work': it computes for {run:g} us"
+            if run >= wait
+            else f"it waits {wait:g} us for its configuration ('config_bytes') and inputs "
+            "(the 'out_bytes' of its producers)"
+        )
+        return ValueError(
+            f"node '{name}': {why}, ending at t={end:g} us, and {idle}: longer than this "
+            "simulator models (STALL_TICKS)"
+        )
 
     # ----------------------------------------------------------------- instances
     def _admit(self, t: float, slot: int) -> None:

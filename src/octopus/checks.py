@@ -1,0 +1,49 @@
+"""Small input checks shared by the file formats and the command line.
+
+A leaf module: it imports nothing from octopus, so `owg`, `arch`, the grid and the
+command line can all use it without an import cycle.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+
+def refuse_repeats(values: Iterable, where: str) -> None:
+    """Raise a ValueError naming the first value that repeats an earlier one (by ==, so
+    a rate of 2 repeats 2.0): a repeated scheduler, workflow or rate would run, and count
+    in every mean, twice. `where` names the file or option and the key."""
+    seen: list = []  # a list, not a set: values need not be hashable
+    for x in values:
+        if x in seen:
+            raise ValueError(f"{where}: repeated {x!r}")
+        seen.append(x)
+
+
+def number(v, where: str, probs: list[str], *, integer: bool = False, positive: bool = False):
+    """Check the value `v` of a number field: a finite int or float (a bool is not one),
+    >= 0 (> 0 when `positive`: it divides), and whole when `integer`. Returns it as an int
+    or a float; otherwise appends to `probs` one message that names `where` (the node or
+    file, and the field), what was expected and what it got, and returns None. `None`
+    means the field is missing. The workflow (`owg.schema`) and architecture
+    (`arch.config`) formats both check their number fields with it."""
+    kind = "an integer" if integer else "a number"
+    expected = f"expected {kind} {'> 0' if positive else '>= 0'}"
+    if v is None:
+        probs.append(f"{where}: missing ({expected})")
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        why = f"got {v!r}"
+    elif not math.isfinite(v):  # NaN passes every comparison below; inf has no int()
+        why = f"got {v} (not finite)"
+    elif integer and v != int(v):
+        why = f"got {v} (not whole)"
+    elif v < 0:
+        why = f"got {v} (a negative size/value)"
+    elif positive and v == 0:
+        why = "got 0"
+    else:
+        return int(v) if integer else float(v)
+    probs.append(f"{where}: {expected}, {why}")
+    return None
