@@ -34,7 +34,7 @@ def number(v, where: str, probs: list[str], *, integer: bool = False, positive: 
         probs.append(f"{where}: missing ({expected})")
         return None
     if isinstance(v, bool) or not isinstance(v, (int, float)):
-        why = f"got {v!r}"
+        why = f"got {shown(v)}"
     elif not math.isfinite(v):  # NaN passes every comparison below; inf has no int()
         why = f"got {v} (not finite)"
     elif integer and v != int(v):
@@ -47,3 +47,17 @@ def number(v, where: str, probs: list[str], *, integer: bool = False, positive: 
         return int(v) if integer else float(v)
     probs.append(f"{where}: {expected}, {why}")
     return None
+
+
+def shown(v) -> str:
+    """`repr(v)` for a message about a number field, with a hint where `v` is text that
+    reads as a number: PyYAML follows YAML 1.1, which reads `1e9` (no dot in the
+    mantissa) as the text '1e9', so `count: 1e9` would otherwise be refused with no clue."""
+    if isinstance(v, str):
+        try:
+            as_number = math.isfinite(float(v))
+        except ValueError:
+            as_number = False
+        if as_number:
+            return f"the text {v!r} (YAML reads an exponent without a dot as text: write 1.0e9)"
+    return repr(v)

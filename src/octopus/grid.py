@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable
 import yaml
 from tqdm import tqdm
 
-from octopus.checks import refuse_repeats
+from octopus.checks import refuse_repeats, shown
 from octopus.owg.schema import MAX_INSTANCES
 from octopus.report.metrics import json_safe
 
@@ -64,18 +64,18 @@ def parse_grid(doc, where: str = "sweep grid") -> dict:
         g[key] = v
     for s in g["seeds"]:
         if not isinstance(s, int) or isinstance(s, bool):
-            raise ValueError(f"{where}: field 'seeds': expected integers, got {s!r}")
+            raise ValueError(f"{where}: field 'seeds': expected integers, got {shown(s)}")
     for r in g["rates"]:
         ok = r == "closed" or (isinstance(r, (int, float)) and not isinstance(r, bool) and r > 0)
         if not ok:
-            raise ValueError(f"{where}: field 'rates': 'closed' or a positive rate, got {r!r}")
+            raise ValueError(f"{where}: field 'rates': 'closed' or a positive rate, got {shown(r)}")
     for key in ("workflows", "architectures", "schedulers", "levels"):
         for x in g[key]:
             if not isinstance(x, str):
                 raise ValueError(f"{where}: field {key!r}: expected names, got {x!r}")
     n = doc.get("instances")
     if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
-        raise ValueError(f"{where}: field 'instances': expected a positive integer, got {n!r}")
+        raise ValueError(f"{where}: field 'instances': expected a positive integer, got {shown(n)}")
     if n is not None and n > MAX_INSTANCES:
         raise ValueError(
             f"{where}: field 'instances': {n} is more than {MAX_INSTANCES} (MAX_INSTANCES)"

@@ -163,3 +163,23 @@ def test_load_refine_and_instances_past_their_limits_exit_2(capsys):
     assert "MAX_REFINE" in capsys.readouterr().err
     assert main([*base, "--rate", "1", "--instances", str(10**9)]) == 2
     assert "MAX_INSTANCES" in capsys.readouterr().err
+
+
+def test_an_exponent_yaml_reads_as_text_gets_a_hint():
+    """PyYAML reads `count: 1e9` as the text '1e9'; the message says how to write it."""
+    import yaml
+
+    doc = workflow([task("a", 1)])
+    doc["nodes"][0]["work"] = yaml.safe_load("w: 2e3")["w"]
+    assert doc["nodes"][0]["work"] == "2e3"  # what PyYAML does, the reason for the hint
+    msg = _err(doc)
+    assert "'a'" in msg and "work" in msg and "write 1.0e9" in msg and "2e3" in msg
+    doc = workflow([task("a", 1)])
+    doc["nodes"][0]["work"] = {"dist": "lognormal", "mean": "1e3", "cv": 0.5}
+    assert "write 1.0e9" in _err(doc)
+
+
+def test_text_that_is_no_number_gets_no_hint():
+    doc = workflow([task("a", "lots")])
+    msg = _err(doc)
+    assert "'lots'" in msg and "1.0e9" not in msg

@@ -11,6 +11,8 @@ import math
 import random
 from dataclasses import dataclass, field
 
+from octopus.checks import shown
+
 KINDS = ("fixed", "uniform", "normal", "lognormal", "exponential", "empirical", "mixture")
 
 
@@ -122,7 +124,7 @@ def parse_dist(spec, where: str) -> Dist:
     if isinstance(spec, (int, float)):
         spec = {"dist": "fixed", "value": spec}
     if not isinstance(spec, dict):
-        raise DistError(f"{where}: expected a number or a distribution mapping, got {spec!r}")
+        raise DistError(f"{where}: expected a number or a distribution mapping, got {shown(spec)}")
     kind = spec.get("dist")
     if kind not in KINDS:
         raise DistError(f"{where}.dist: unknown distribution {kind!r} (one of {', '.join(KINDS)})")
@@ -134,7 +136,7 @@ def parse_dist(spec, where: str) -> Dist:
         vals = v if isinstance(v, list) else [v]
         for x in vals:
             if not isinstance(x, (int, float)) or isinstance(x, bool):
-                raise DistError(f"{where}.{k}: expected numbers, got {x!r}")
+                raise DistError(f"{where}.{k}: expected numbers, got {shown(x)}")
             if not math.isfinite(x):
                 raise DistError(f"{where}.{k}: expected a finite number, got {x}")
             if x < 0:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from octopus.checks import number
+from octopus.checks import number, shown
 from octopus.owg.dist import Dist, DistError, parse_dist
 
 SCHEMA = "octopus-owg/1"
@@ -308,7 +308,7 @@ def _levels(spec, probs: list[str]) -> dict[str, float]:
         if not ok:  # NaN fails the range test too
             probs.append(
                 f"document: field 'dynamicity': level {name!r}: expected a spread in [0, 1], "
-                f"got {v!r}"
+                f"got {shown(v)}"
             )
             continue
         levels[str(name)] = float(v)
@@ -340,7 +340,7 @@ def _check_arrival(spec, probs: list[str]) -> None:
         ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
         if not ok or v <= 0:
             probs.append(
-                f"document: field 'arrival': field {key!r}: expected a positive number, got {v!r}"
+                f"document: field 'arrival': field {key!r}: expected a positive number, got {shown(v)}"
             )
         elif key == "instances_per_cluster" and v > MAX_INSTANCES:
             probs.append(
