@@ -100,9 +100,43 @@ class Tokenizer:
     def convert_ids_to_tokens(self, ids: list[int]) -> list[str]:
         return [self.decode([i], skip_special_tokens=False) for i in ids]
 
-    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
-        if not getattr(self.hf, "chat_template", None):
+    def apply_chat_template(
+        self,
+        messages: list[dict],
+        add_generation_prompt: bool = True,
+        chat_template: str | None = None,
+    ) -> str:
+        """The prompt text of ``messages`` under ``chat_template`` (None: the tokenizer's own).
+
+        A template that fails to render (a ``raise_exception(...)``, as many HF templates call
+        for a role they do not take, a syntax error, an undefined name) is a
+        ``ChatTemplateError`` saying so, chained from jinja2's error: jinja2's own type is no
+        ValueError and its message does not say that the template raised it."""
+        import jinja2
+
+        if chat_template is None and not getattr(self.hf, "chat_template", None):
             raise ValueError("this model's tokenizer has no chat template")
-        return self.hf.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=add_generation_prompt
-        )
+        try:
+            return self.hf.apply_chat_template(
+                messages,
+                chat_template=chat_template,
+                tokenize=False,
+                add_generation_prompt=add_generation_prompt,
+            )
+        except jinja2.TemplateError as e:
+            raise ChatTemplateError.of(e) from e
+
+
+class ChatTemplateError(ValueError):
+    """A chat template that failed to render: ``LLM.chat``'s ValueError and the server's 400,
+    in the same words (``cannot apply the chat template: ...``)."""
+
+    @classmethod
+    def of(cls, error: Exception) -> ChatTemplateError:
+        """The error for jinja2's ``error``: its message, and where a syntax error stands."""
+        import jinja2
+
+        where = ""
+        if isinstance(error, jinja2.TemplateSyntaxError) and error.lineno:
+            where = f" (syntax error at line {error.lineno} of the template)"
+        return cls(f"cannot apply the chat template: {error}{where}")
