@@ -259,6 +259,28 @@ def test_float16_runs_on_the_cpu_meta_attention_path(tmp_path):
     assert got["float16"] == got["float32"]
 
 
+def test_a_torch_dtype_is_taken_as_its_name(tmp_path):
+    """``LLM(..., dtype=torch.bfloat16)``, as vLLM takes it, was refused ('dtype must be str')."""
+    from xyserve.config import EngineConfig
+
+    path = build_model(tmp_path / "m", "llama", with_tokenizer=False)
+    prompts = [{"prompt_token_ids": [5, 6, 7]}, {"prompt_token_ids": list(range(3, 40))}]
+    sp = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
+    got = {}
+    for dtype in ("float32", torch.float32, torch.bfloat16):
+        llm = LLM(str(path), skip_tokenizer_init=True, dtype=dtype, cpu_fused_decode="off")
+        assert llm.llm_engine.config.dtype == str(dtype).removeprefix("torch.")
+        assert llm.llm_engine.dtype == {"float32": torch.float32}.get(dtype, dtype)
+        got[dtype] = [o.outputs[0].token_ids for o in llm.generate(prompts, sp)]
+    assert got[torch.float32] == got["float32"]
+    assert all(len(ids) == 6 for ids in got[torch.bfloat16])
+    assert EngineConfig(dtype=torch.float16).dtype == "float16"
+    with pytest.raises(ValueError, match=r"torch\.int8.*float32, float16, bfloat16"):
+        EngineConfig(dtype=torch.int8)
+    with pytest.raises(TypeError, match="dtype must be str or a torch dtype"):
+        EngineConfig(dtype=16)
+
+
 @pytest.mark.parametrize(
     "kw,name",
     [
