@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import typing
 from dataclasses import dataclass, fields
 from typing import Any
@@ -28,6 +29,29 @@ HYBRID_ONLY: dict[str, tuple] = {
 SPLIT_MODES = ("auto", "on", "off")
 
 
+# The torch dtypes an engine runs in, by the names the engine takes (and vLLM's).
+TORCH_DTYPE_NAMES = ("float32", "float16", "bfloat16")
+
+
+def dtype_name(value: object) -> str:
+    """The engine argument ``dtype`` as the name the engine takes: a string as it is (the
+    engine checks it), a torch dtype by its name (``torch.bfloat16``: ``"bfloat16"``), as
+    vLLM takes either. Another torch dtype is a ValueError naming those it may be, anything
+    else a TypeError: both name ``dtype`` (was "dtype must be str" for torch.bfloat16 too)."""
+    if isinstance(value, str):
+        return value
+    torch = sys.modules.get("torch")  # a torch dtype means torch is loaded: never imported here
+    if torch is not None and isinstance(value, torch.dtype):
+        for name in TORCH_DTYPE_NAMES:
+            if value == getattr(torch, name):
+                return name
+        raise ValueError(
+            f"unsupported dtype {value}; choose auto or one of {', '.join(TORCH_DTYPE_NAMES)} "
+            "(a string, or the torch dtype)"
+        )
+    raise TypeError(f"dtype must be str or a torch dtype (got {value!r})")
+
+
 @dataclass
 class EngineConfig:
     model: str | None = None  # local HF directory or a bundled name; None: the bundled default
@@ -37,7 +61,9 @@ class EngineConfig:
     block_size: int = 16
     enable_prefix_caching: bool = True
     max_model_len: int | None = None  # defaults to the model's max_position_embeddings
-    dtype: str = "auto"  # auto: float32 on CPU, bfloat16 on GPU
+    # auto: float32 on CPU, bfloat16 on GPU. A torch dtype (torch.bfloat16), as vLLM takes, is
+    # stored as its name.
+    dtype: str = "auto"
     seed: int = 0
     num_kv_blocks: int | None = None  # overrides kv_cache_memory_bytes
     kv_cache_memory_bytes: int = 1 << 30
@@ -173,6 +199,7 @@ class EngineConfig:
         for name in ("model", "tokenizer"):  # a pathlib.Path names a directory as well
             if isinstance(getattr(self, name), os.PathLike):
                 setattr(self, name, os.fspath(getattr(self, name)))
+        self.dtype = dtype_name(self.dtype)
         hints = typing.get_type_hints(type(self))
         for f in fields(self):
             value, hint = getattr(self, f.name), hints[f.name]

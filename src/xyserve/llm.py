@@ -66,7 +66,15 @@ class LLM:
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
         use_tqdm: bool = True,
         add_generation_prompt: bool = True,
+        chat_template: str | None = None,
     ) -> list[RequestOutput]:
+        """Generate for one conversation (a list of message dicts) or a list of them, each
+        rendered with ``chat_template`` (None: the tokenizer's own), as vLLM's ``LLM.chat``.
+
+        Every conversation is checked and rendered before any is admitted: a bad message or a
+        template that fails to render (a ``ValueError`` saying ``cannot apply the chat
+        template: ...``, as the server's 400, chained from jinja2's error) refuses the whole
+        batch, and nothing of it runs or is counted."""
         tok = self.llm_engine.tokenizer
         if tok is None:
             raise ValueError("chat needs a tokenizer")
@@ -76,7 +84,7 @@ class LLM:
         prompts = []
         for conv in convs:
             _check_messages(conv)
-            text = tok.apply_chat_template(list(conv), add_generation_prompt)
+            text = tok.apply_chat_template(list(conv), add_generation_prompt, chat_template)
             # the rendered text is the output's prompt (as vLLM's); the template has put in
             # any special tokens already, so none are added again
             ids = tok.encode(text, add_special_tokens=False)

@@ -2,17 +2,70 @@
 
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+
+# What a tokenizer folder may hold, as transformers reads it: the `tokenizers` serialization,
+# a SentencePiece model, or a GPT-2-style byte-level BPE's two files (no tokenizer.json).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json + merges.txt")
+
+
+def load_hf_tokenizer(path: Path) -> PreTrainedTokenizerBase:
+    """The Hugging Face tokenizer of the folder ``path``, as ``AutoTokenizer`` loads it.
+
+    A folder with only ``vocab.json`` and ``merges.txt`` is a GPT-2-style BPE: where its
+    ``tokenizer_config.json`` names a class, or its ``config.json``'s model type maps to one
+    that reads those files (Qwen2's), ``AutoTokenizer`` builds it; where neither does (no
+    config, or a Llama model type, whose tokenizer wants ``tokenizer.json``), AutoTokenizer
+    gives up, and those files are read as what they are, by ``GPT2TokenizerFast``, as
+    ``GPT2TokenizerFast.from_pretrained`` would. A folder with none of ``TOKENIZER_FILES``
+    is a FileNotFoundError naming it and them (AutoTokenizer's own error names neither)."""
+    from transformers import AutoTokenizer, GPT2TokenizerFast
+
+    full = (path / "tokenizer.json").is_file() or (path / "tokenizer.model").is_file()
+    bpe = (path / "vocab.json").is_file() and (path / "merges.txt").is_file()
+    if not full and not bpe:
+        raise FileNotFoundError(
+            f"no tokenizer in {path}: looked for {', '.join(TOKENIZER_FILES[:-1])} "
+            f"or {TOKENIZER_FILES[-1]}"
+        )
+    try:
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except (ValueError, OSError) as e:  # "Couldn't instantiate the backend tokenizer ..."
+        if full or _names_a_class(path):  # HF's own error, as HF would raise it
+            raise
+        log.debug("AutoTokenizer did not load %s (%s): reading it as a GPT-2 BPE", path, e)
+    return GPT2TokenizerFast.from_pretrained(str(path), local_files_only=True)
+
+
+def _names_a_class(path: Path) -> bool:
+    """Does the folder's ``tokenizer_config.json`` name a ``tokenizer_class``? (An unreadable
+    one is left to AutoTokenizer to report.)"""
+    try:
+        cfg = json.loads((path / "tokenizer_config.json").read_text())
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError):
+        return True
+    return not isinstance(cfg, dict) or bool(cfg.get("tokenizer_class"))
 
 
 class Tokenizer:
-    def __init__(self, path: str | Path) -> None:
-        from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+    """The engine's view of a folder's HF tokenizer (``hf``): encode, a fast decode for the
+    per-token detokenizing, and the chat template."""
 
-        path = Path(path)
-        if not (path / "tokenizer.json").is_file() and not (path / "tokenizer.model").is_file():
-            raise FileNotFoundError(f"missing file: {path / 'tokenizer.json'}")
-        self.hf = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    def __init__(self, path: str | Path) -> None:
+        from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+        self.hf = load_hf_tokenizer(Path(path))
         # Detokenizing runs per generated token (twice, incrementally: ``engine.output``), and
         # transformers' ``decode`` wraps the Rust tokenizer's in Python argument handling that
         # costs more than the decode itself. Where that wrapper would add nothing (a fast
@@ -47,9 +100,43 @@ class Tokenizer:
     def convert_ids_to_tokens(self, ids: list[int]) -> list[str]:
         return [self.decode([i], skip_special_tokens=False) for i in ids]
 
-    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
-        if not getattr(self.hf, "chat_template", None):
+    def apply_chat_template(
+        self,
+        messages: list[dict],
+        add_generation_prompt: bool = True,
+        chat_template: str | None = None,
+    ) -> str:
+        """The prompt text of ``messages`` under ``chat_template`` (None: the tokenizer's own).
+
+        A template that fails to render (a ``raise_exception(...)``, as many HF templates call
+        for a role they do not take, a syntax error, an undefined name) is a
+        ``ChatTemplateError`` saying so, chained from jinja2's error: jinja2's own type is no
+        ValueError and its message does not say that the template raised it."""
+        import jinja2
+
+        if chat_template is None and not getattr(self.hf, "chat_template", None):
             raise ValueError("this model's tokenizer has no chat template")
-        return self.hf.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=add_generation_prompt
-        )
+        try:
+            return self.hf.apply_chat_template(
+                messages,
+                chat_template=chat_template,
+                tokenize=False,
+                add_generation_prompt=add_generation_prompt,
+            )
+        except jinja2.TemplateError as e:
+            raise ChatTemplateError.of(e) from e
+
+
+class ChatTemplateError(ValueError):
+    """A chat template that failed to render: ``LLM.chat``'s ValueError and the server's 400,
+    in the same words (``cannot apply the chat template: ...``)."""
+
+    @classmethod
+    def of(cls, error: Exception) -> ChatTemplateError:
+        """The error for jinja2's ``error``: its message, and where a syntax error stands."""
+        import jinja2
+
+        where = ""
+        if isinstance(error, jinja2.TemplateSyntaxError) and error.lineno:
+            where = f" (syntax error at line {error.lineno} of the template)"
+        return cls(f"cannot apply the chat template: {error}{where}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ import torch
 from xyserve import LLM, SamplingParams
 from xyserve.model.config import ModelLoadError
 
-from tiny_models import build_model
+from tiny_models import build_model, train_bpe
 
 
 def hf_next_tokens(path, prompt, n):
@@ -85,6 +86,72 @@ def test_missing_files_are_named(tmp_path):
         LLM(str(tmp_path / "n"))
     with pytest.raises((FileNotFoundError, ModelLoadError), match="nowhere"):
         LLM(str(tmp_path / "nowhere"))
+
+
+BPE_TEXTS = [
+    "def add(a, b):\n    return a + b\n",
+    "Hello world! ünïcode 🙂 and <|endoftext|> too",
+    "  two  spaces\tand a tab",
+]
+
+
+def write_vocab_and_merges(path: Path) -> Path:
+    """A GPT-2-style tokenizer folder: the BPE's vocab.json and merges.txt, no tokenizer.json."""
+    path.mkdir(parents=True, exist_ok=True)
+    train_bpe().model.save(str(path))
+    return path
+
+
+@pytest.mark.parametrize("named", [False, True], ids=["bare", "class-named"])
+def test_a_vocab_and_merges_tokenizer_folder_loads_as_hf_loads_it(tmp_path, named):
+    """A folder with only vocab.json + merges.txt was refused ('missing file: tokenizer.json')
+    though transformers builds a fast tokenizer from it: with its tokenizer_config naming the
+    class (AutoTokenizer), or bare (GPT2TokenizerFast)."""
+    from transformers import AutoTokenizer, GPT2TokenizerFast
+
+    from xyserve.tokenizer import Tokenizer
+
+    path = write_vocab_and_merges(tmp_path / "tok")
+    if named:
+        cfg = {"tokenizer_class": "GPT2Tokenizer", "eos_token": "<|end|>"}
+        (path / "tokenizer_config.json").write_text(json.dumps(cfg))
+        hf = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    else:
+        hf = GPT2TokenizerFast.from_pretrained(str(path), local_files_only=True)
+    tok = Tokenizer(path)
+    assert tok.eos_token_id == hf.eos_token_id and tok.vocab_size == len(hf)
+    for text in BPE_TEXTS:
+        ids = tok.encode(text)
+        assert ids == hf.encode(text)
+        assert tok.decode(ids) == hf.decode(ids, skip_special_tokens=True)
+        assert tok.decode(ids, skip_special_tokens=False) == hf.decode(ids) == text
+
+
+def test_a_model_with_a_vocab_and_merges_tokenizer_serves_text(tmp_path):
+    """End to end: a Llama checkpoint whose tokenizer is vocab.json + merges.txt (AutoTokenizer
+    fails there: a Llama tokenizer wants tokenizer.json) takes and returns text."""
+    from transformers import GPT2TokenizerFast
+
+    path = write_vocab_and_merges(build_model(tmp_path / "m", "llama", with_tokenizer=False))
+    hf = GPT2TokenizerFast.from_pretrained(str(path), local_files_only=True)
+    llm = LLM(str(path), max_num_batched_tokens=32, cpu_fused_decode="off")
+    sp = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)
+    out = llm.generate(BPE_TEXTS[0], sp)[0]
+    assert out.prompt_token_ids == hf.encode(BPE_TEXTS[0])
+    assert out.outputs[0].text == hf.decode(out.outputs[0].token_ids, skip_special_tokens=True)
+    assert llm.get_tokenizer().encode(BPE_TEXTS[1]) == hf.encode(BPE_TEXTS[1])
+
+
+def test_a_folder_without_tokenizer_files_names_them(tmp_path):
+    from xyserve.tokenizer import Tokenizer
+
+    path = tmp_path / "empty"
+    path.mkdir()
+    (path / "vocab.json").write_text("{}")  # half of a BPE is not a tokenizer
+    with pytest.raises(FileNotFoundError) as e:
+        Tokenizer(path)
+    for named in (str(path), "tokenizer.json", "tokenizer.model", "vocab.json", "merges.txt"):
+        assert named in str(e.value)
 
 
 @pytest.mark.parametrize(
@@ -190,6 +257,28 @@ def test_float16_runs_on_the_cpu_meta_attention_path(tmp_path):
         assert llm.llm_engine.config.attention_backend == "meta"
         got[dtype] = [o.outputs[0].token_ids for o in llm.generate(prompts, sp)]
     assert got["float16"] == got["float32"]
+
+
+def test_a_torch_dtype_is_taken_as_its_name(tmp_path):
+    """``LLM(..., dtype=torch.bfloat16)``, as vLLM takes it, was refused ('dtype must be str')."""
+    from xyserve.config import EngineConfig
+
+    path = build_model(tmp_path / "m", "llama", with_tokenizer=False)
+    prompts = [{"prompt_token_ids": [5, 6, 7]}, {"prompt_token_ids": list(range(3, 40))}]
+    sp = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
+    got = {}
+    for dtype in ("float32", torch.float32, torch.bfloat16):
+        llm = LLM(str(path), skip_tokenizer_init=True, dtype=dtype, cpu_fused_decode="off")
+        assert llm.llm_engine.config.dtype == str(dtype).removeprefix("torch.")
+        assert llm.llm_engine.dtype == {"float32": torch.float32}.get(dtype, dtype)
+        got[dtype] = [o.outputs[0].token_ids for o in llm.generate(prompts, sp)]
+    assert got[torch.float32] == got["float32"]
+    assert all(len(ids) == 6 for ids in got[torch.bfloat16])
+    assert EngineConfig(dtype=torch.float16).dtype == "float16"
+    with pytest.raises(ValueError, match=r"torch\.int8.*float32, float16, bfloat16"):
+        EngineConfig(dtype=torch.int8)
+    with pytest.raises(TypeError, match="dtype must be str or a torch dtype"):
+        EngineConfig(dtype=16)
 
 
 @pytest.mark.parametrize(

@@ -268,6 +268,51 @@ def test_chat_messages_of_the_wrong_shape_are_refused(llm, messages, match):
         llm.chat(messages, SamplingParams(max_tokens=2))
 
 
+NO_SYSTEM_TEMPLATE = (  # as many HF templates refuse a role they do not take
+    "{% for m in messages %}{% if m['role'] == 'system' %}"
+    "{{ raise_exception('system messages are not supported') }}{% endif %}"
+    "[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+)
+
+
+@pytest.mark.parametrize(
+    "template,message",
+    [
+        (NO_SYSTEM_TEMPLATE, "system messages are not supported"),
+        (
+            "{% for m in messages %}\n{{ m['content'] }",
+            "unexpected '}' (syntax error at line 2 of the template)",
+        ),
+    ],
+    ids=["raise_exception", "syntax-error"],
+)
+def test_a_chat_template_that_fails_refuses_the_whole_batch(llm, monkeypatch, template, message):
+    """A template's jinja2 TemplateError came out of LLM.chat as it was (no ValueError, no word
+    of the template; the server's 400 said both): now a ValueError in the server's words,
+    chained from jinja2's. A batch whose last conversation fails admits none: nothing runs,
+    nothing is counted. The same whether the template is passed or the tokenizer's own."""
+    import jinja2
+
+    eng = llm.llm_engine
+    user = [{"role": "user", "content": "hi"}]
+    convs = [user, user, [{"role": "system", "content": "be brief"}, *user]]
+    before = (llm.get_metrics(), eng.num_aborted_requests)
+    with monkeypatch.context() as mp:
+        mp.setattr(llm.get_tokenizer(), "chat_template", template)
+        with pytest.raises(ValueError) as e:
+            llm.chat(convs, SamplingParams(max_tokens=2))
+    assert str(e.value) == f"cannot apply the chat template: {message}"
+    assert isinstance(e.value.__cause__, jinja2.TemplateError)
+    assert not eng.has_unfinished_requests()
+    assert (llm.get_metrics(), eng.num_aborted_requests) == before
+    with pytest.raises(ValueError, match="cannot apply the chat template"):
+        llm.chat(convs, SamplingParams(max_tokens=2), chat_template=template)
+    assert not eng.has_unfinished_requests()
+    assert (llm.get_metrics(), eng.num_aborted_requests) == before
+    out = llm.chat(user, SamplingParams(max_tokens=2), chat_template=NO_SYSTEM_TEMPLATE)[0]
+    assert out.prompt == "[user] hi\n"  # a passed template is used
+
+
 def test_stop_strings_without_a_tokenizer_are_refused(tiny_llama):
     """Without a tokenizer there is no text to search: stop strings were silently ignored."""
     llm = LLM(str(tiny_llama), skip_tokenizer_init=True, cpu_fused_decode="off")

@@ -586,7 +586,11 @@ def test_api_key_cors_and_chat_template(tiny_llama: Path) -> None:
     options = ServerOptions(
         api_key=KEY,
         allowed_origins=["https://ui.example"],
-        chat_template="{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}",
+        chat_template=(
+            "{% for m in messages %}{% if m['role'] == 'system' %}"
+            "{{ raise_exception('system messages are not supported') }}{% endif %}"
+            "[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+        ),
     )
     with run_server(config, options) as srv:
         assert httpx.get(f"{srv.url}/health").status_code == 200
@@ -606,6 +610,13 @@ def test_api_key_cors_and_chat_template(tiny_llama: Path) -> None:
         r = httpx.post(f"{srv.url}/tokenize", json={"messages": CHAT}, headers=good)
         ids = r.json()["tokens"]
         assert srv.tokenizer.decode(ids) == "[user] Hello\n"
+        # the template's raise_exception: a 400 in LLM.chat's words (test_sampling)
+        system = [{"role": "system", "content": "be brief"}, *CHAT]
+        body = {"model": MODEL, "messages": system, "max_tokens": 2}
+        r = httpx.post(f"{srv.url}/v1/chat/completions", json=body, headers=good)
+        assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
+        want = "cannot apply the chat template: system messages are not supported"
+        assert r.json()["error"]["message"] == want
 
 
 def test_busy_port_is_reported_before_the_model_loads(capsys) -> None:

@@ -830,6 +830,39 @@ def test_bench_spec_builds_every_engine_with_the_dtype_asked(monkeypatch):
     )
 
 
+def test_bench_spec_loads_its_workload_once(monkeypatch):
+    """``main`` loaded the workload to check it, then ``run`` loaded it again: now ``run``
+    takes the one ``main`` loaded (a stand-in LLM stops at the warm-up, which has its prompts)."""
+    import xyserve
+    from xyserve.bench import spec as bench_spec
+
+    loads: list[str] = []
+    warmed: list[list[str]] = []
+    real = bench_spec.load_spec_workload
+
+    def counting(path):
+        loads.append(path)
+        return real(path)
+
+    class Stop(Exception):
+        pass
+
+    class Fake:
+        def __init__(self, model, **kw):
+            pass
+
+        def generate(self, prompts, *a, **k):
+            warmed.append(prompts)
+            raise Stop
+
+    monkeypatch.setattr(bench_spec, "load_spec_workload", counting)
+    monkeypatch.setattr(xyserve, "LLM", Fake)
+    with pytest.raises(Stop):
+        bench_spec.main(["--workload", "spec_quote", "--methods", "ngram", "--batch-sizes", "1"])
+    assert loads == ["spec_quote"]
+    assert warmed == [real("spec_quote")["prompts"][:2]]
+
+
 def test_ngram_proposer_keeps_each_request_array_in_step():
     """The proposer's per-request arrays (appended to as requests grow, rebuilt where the
     tokens are not a continuation, dropped with the request) propose what ``propose_ngram``

@@ -20,8 +20,8 @@ CORPUS = [
 ] * 20
 
 
-def write_tokenizer(path: Path, vocab_size: int = 300) -> int:
-    """Train a byte-level BPE on a small local corpus; return its vocabulary size."""
+def train_bpe(vocab_size: int = 300):
+    """A byte-level BPE (a ``tokenizers.Tokenizer``) trained on a small local corpus."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
@@ -33,6 +33,12 @@ def write_tokenizer(path: Path, vocab_size: int = 300) -> int:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator(CORPUS, trainer)
+    return tok
+
+
+def write_tokenizer(path: Path, vocab_size: int = 300) -> int:
+    """Train a byte-level BPE on a small local corpus; return its vocabulary size."""
+    tok = train_bpe(vocab_size)
     path.mkdir(parents=True, exist_ok=True)
     tok.save(str(path / "tokenizer.json"))
     (path / "tokenizer_config.json").write_text(

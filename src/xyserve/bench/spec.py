@@ -68,10 +68,11 @@ class UsageError(Exception):
     """Engine arguments the engine refused while ``run`` built it; ``main`` reports it."""
 
 
-def run(args: argparse.Namespace) -> list[dict]:
+def run(args: argparse.Namespace, work: dict) -> list[dict]:
+    """Each method's engine over ``work`` (``load_spec_workload``'s, loaded once by ``main``
+    to refuse a bad file before any engine is built), batch size by batch size; the rows."""
     from xyserve import LLM, SamplingParams
 
-    work = load_spec_workload(args.workload)
     methods = ["none"] + [m for m in args.methods.split(",") if m != "none"]
     try:  # a model, dtype or method the engine refuses: a usage error (main), not a traceback
         engines = {
@@ -197,11 +198,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", help="also write the rows to this file")
     args = p.parse_args(argv)
     try:  # a usage error, not a traceback once the engines are built
-        load_spec_workload(args.workload)
+        work = load_spec_workload(args.workload)
     except (OSError, ValueError) as e:
         p.error(str(e))
     try:
-        rows = run(args)
+        rows = run(args, work)
     except UsageError as e:
         p.error(str(e))
     if args.json:

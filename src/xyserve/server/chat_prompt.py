@@ -40,12 +40,6 @@ def chat_messages(body_messages: list[ChatMessage]) -> list[dict[str, Any]]:
 def render_chat(
     tok: Any, messages: list[dict], add_generation_prompt: bool, template: str | None
 ) -> str:
-    """The prompt text: the tokenizer's own template, or ``template`` (``--chat-template``)."""
-    if template is None:
-        return tok.apply_chat_template(messages, add_generation_prompt)
-    return tok.hf.apply_chat_template(
-        messages,
-        chat_template=template,
-        tokenize=False,
-        add_generation_prompt=add_generation_prompt,
-    )
+    """The prompt text: the tokenizer's own template, or ``template`` (``--chat-template``);
+    a template that fails to render is a ``ChatTemplateError``, as in ``LLM.chat``."""
+    return tok.apply_chat_template(messages, add_generation_prompt, chat_template=template)

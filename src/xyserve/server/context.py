@@ -24,6 +24,7 @@ from xyserve.server.options import ServerOptions
 from xyserve.server.protocol import ChatMessage, ModelCard
 from xyserve.server.request_stream import RequestStream
 from xyserve.server.streams import cancel_on_disconnect, final_outputs
+from xyserve.tokenizer import ChatTemplateError
 
 log = logging.getLogger("xyserve.server")
 
@@ -67,6 +68,8 @@ class ServerContext:
             return await asyncio.to_thread(
                 render_chat, tok, msgs, add_generation_prompt, self.opts.chat_template
             )
+        except ChatTemplateError as e:  # says so already, in LLM.chat's words
+            raise APIError(str(e), param="messages") from None
         except Exception as e:
             raise APIError(f"cannot apply the chat template: {e}", param="messages") from None
 
