@@ -110,8 +110,9 @@ class Tokenizer:
 
         A template that fails to render (a ``raise_exception(...)``, as many HF templates call
         for a role they do not take, a syntax error, an undefined name) is a
-        ``ChatTemplateError`` saying so, chained from jinja2's error: jinja2's own type is no
-        ValueError and its message does not say that the template raised it."""
+        ``ChatTemplateError`` saying so, chained from jinja2's error (or Python's, raised by an
+        expression in the template): jinja2's own type is no ValueError and neither its
+        message nor Python's says that the template raised it."""
         import jinja2
 
         if chat_template is None and not getattr(self.hf, "chat_template", None):
@@ -123,7 +124,9 @@ class Tokenizer:
                 tokenize=False,
                 add_generation_prompt=add_generation_prompt,
             )
-        except jinja2.TemplateError as e:
+        except (jinja2.TemplateError, ArithmeticError, LookupError, TypeError) as e:
+            # jinja2's own errors, and Python's from an expression in the template
+            # (``{{ m['content'] + 1 }}``, ``{{ 1 / 0 }}``, ``messages[5]``)
             raise ChatTemplateError.of(e) from e
 
 

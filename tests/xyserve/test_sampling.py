@@ -283,8 +283,12 @@ NO_SYSTEM_TEMPLATE = (  # as many HF templates refuse a role they do not take
             "{% for m in messages %}\n{{ m['content'] }",
             "unexpected '}' (syntax error at line 2 of the template)",
         ),
+        (  # Python's error from an expression in the template (the server made it a 400)
+            "{{ messages[0]['content'] + 1 }}",
+            'can only concatenate str (not "int") to str',
+        ),
     ],
-    ids=["raise_exception", "syntax-error"],
+    ids=["raise_exception", "syntax-error", "python-error"],
 )
 def test_a_chat_template_that_fails_refuses_the_whole_batch(llm, monkeypatch, template, message):
     """A template's jinja2 TemplateError came out of LLM.chat as it was (no ValueError, no word
@@ -302,7 +306,7 @@ def test_a_chat_template_that_fails_refuses_the_whole_batch(llm, monkeypatch, te
         with pytest.raises(ValueError) as e:
             llm.chat(convs, SamplingParams(max_tokens=2))
     assert str(e.value) == f"cannot apply the chat template: {message}"
-    assert isinstance(e.value.__cause__, jinja2.TemplateError)
+    assert isinstance(e.value.__cause__, (jinja2.TemplateError, TypeError))
     assert not eng.has_unfinished_requests()
     assert (llm.get_metrics(), eng.num_aborted_requests) == before
     with pytest.raises(ValueError, match="cannot apply the chat template"):
