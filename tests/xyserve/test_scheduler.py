@@ -212,3 +212,20 @@ def test_a_running_prefill_never_makes_the_oldest_decode_preempt_itself(prompt_b
         assert oldest is None or oldest not in out.preempted
     assert not s.has_unfinished()  # (each case preempts the oldest without the reservation)
     s.kv.check_no_leak()
+
+
+@pytest.mark.parametrize("policy", ["hybrid", "baseline"])
+def test_a_verify_larger_than_the_budget_is_trimmed_not_stalled(policy):
+    """Proposals beyond the budget are dropped (``adaptive: false`` proposes
+    ``num_speculative_tokens`` whatever the budget): the stage still verifies the rest and
+    samples. The baseline policy once left such a decode out of every step, and with it the
+    whole engine: ``schedule`` returned nothing forever while the request was unfinished."""
+    s = make(policy=policy, budget=4)
+    r = req("a", 3, max_tokens=20)
+    s.add_request(r)
+    run_step(s)
+    r.spec_token_ids = [11, 12, 13, 14, 15]
+    out = s.schedule()
+    (stage,) = out.stages
+    assert stage.num_tokens == 4 and stage.num_spec_tokens == 3 and stage.samples
+    assert r.spec_token_ids == [11, 12, 13]

@@ -292,12 +292,7 @@ class Scheduler:
             for r in decodes[k:] + decodes[:k]:
                 if r not in self.running or r.request_id in done:
                     continue
-                n = self._work(r)
-                if n > left:
-                    base = n - len(r.spec_token_ids)
-                    n = left if 0 < base <= left else 0
-                    if n:  # spec: drop the proposals beyond the budget, so the stage still
-                        del r.spec_token_ids[n - base :]  # ends on its last token (verifies)
+                n = self._fit(r, left)
                 if n <= 0:
                     continue
                 chosen.append((r, n))
@@ -323,8 +318,8 @@ class Scheduler:
         for r in list(self.running):
             if r not in self.running:
                 continue
-            n = self._work(r)
-            if n > left:
+            n = self._fit(r, left)
+            if n <= 0:
                 break
             if self._schedule_running(r, n, out, done):
                 left -= n
@@ -359,6 +354,23 @@ class Scheduler:
     @staticmethod
     def _work(r: Request) -> int:
         return r.num_tokens_with_spec - r.num_computed_tokens
+
+    @classmethod
+    def _fit(cls, r: Request, left: int) -> int:
+        """Tokens of running request ``r`` to schedule within ``left`` budget tokens: all its
+        work if it fits; else, for a verify, its real token and the proposals that fit, the
+        others dropped (so the stage still ends on its last token and samples); else 0.
+
+        Both policies trim: ``adaptive: false`` proposes ``num_speculative_tokens`` whatever
+        the budget, and a verify that never fits would otherwise never run."""
+        n = cls._work(r)
+        if n <= left:
+            return n
+        base = n - len(r.spec_token_ids)
+        if not 0 < base <= left:
+            return 0
+        del r.spec_token_ids[left - base :]
+        return left
 
     @staticmethod
     def _is_decoding(r: Request) -> bool:
