@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from xyserve.bench import serve
@@ -60,3 +62,37 @@ def test_a_peer_is_refused_in_simulated_time(capsys):
     assert "--peer" in capsys.readouterr().err
     assert serve.main(["--simulate", "1,2", "--request-rate", "1", "--peer-args=--x"]) == 2
     assert "--peer-args" in capsys.readouterr().err
+
+
+def _strict_json(text: str) -> object:
+    """Parse as strict JSON: a bare NaN or Infinity is an error, as in jq or JavaScript."""
+
+    def refuse(name: str) -> object:
+        raise ValueError(f"bare {name} in the JSON output")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_json_output_is_strict_json_with_one_token_outputs_and_an_infinite_rate(tmp_path):
+    """One-token outputs have no TPOT or TBT (NaN summaries) and ``--sweep ...,inf`` offers an
+    infinite rate: the file must still be valid JSON, with null and "inf" (vLLM's spelling)."""
+    work = tmp_path / "one.json"
+    work.write_text(
+        json.dumps(
+            {
+                "schema": "xyserve.serve-workload/1",
+                "name": "one",
+                "description": "one output token each",
+                "prompt_len": [[4, 8, 1]],
+                "output_len": [[1, 1, 1]],
+            }
+        )
+    )
+    out = tmp_path / "out.json"
+    argv = ["--simulate", "5,0.1", "--workload", str(work), "--num-prompts", "4"]
+    argv += ["--sweep", "1,inf", "--json", str(out), "--no-progress"]
+    assert serve.main(argv) == 0
+    data = _strict_json(out.read_text())
+    runs = data["runs"]
+    assert runs[0]["tpot"]["mean"] is None and runs[0]["tbt"]["p99"] is None
+    assert {r["offered_rate"] for r in runs} == {1.0, "inf"}

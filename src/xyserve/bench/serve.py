@@ -35,6 +35,7 @@ from xyserve.bench.serve_report import (
     Slo,
     aggregate,
     highest_met,
+    json_safe,
     markdown,
     rate_verdicts,
     ratios,
@@ -370,7 +371,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         print("\n".join(verdict_lines(verdicts)))
     if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=1, default=float))
+        Path(args.json).write_text(
+            json.dumps(json_safe(out), indent=1, allow_nan=False, default=float)
+        )
     if args.markdown:
         Path(args.markdown).write_text(markdown(reports) + "\n")
     if args.plot:

@@ -304,6 +304,25 @@ def verdict_lines(verdicts: list[RateVerdict]) -> list[str]:
     return lines
 
 
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every non-finite float made valid JSON: NaN (a latency of a run with no
+    completed request, a TPOT when every output is one token) becomes null and an infinite
+    rate the string ``"inf"``, as vLLM's result files write it. ``json.dumps`` would otherwise
+    write bare ``NaN`` and ``Infinity``, which strict JSON readers (``jq``, JavaScript,
+    pandas' ``read_json`` in strict mode) refuse."""
+    if isinstance(obj, float):
+        if math.isnan(obj):
+            return None
+        if math.isinf(obj):
+            return "inf" if obj > 0 else "-inf"
+        return obj
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
 def ratios(best: dict[str, float], reference: str) -> dict[str, float | None]:
     ref = best.get(reference, 0.0)
     return {k: (v / ref if ref > 0 else None) for k, v in best.items()}
