@@ -96,3 +96,37 @@ def test_json_output_is_strict_json_with_one_token_outputs_and_an_infinite_rate(
     runs = data["runs"]
     assert runs[0]["tpot"]["mean"] is None and runs[0]["tbt"]["p99"] is None
     assert {r["offered_rate"] for r in runs} == {1.0, "inf"}
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize(
+    "flag, value",
+    [
+        ("--trace-scale", "nan"),  # hung: no arrival ever drawn
+        ("--duration", "nan"),  # failed with "cannot convert float NaN to integer"
+        ("--duration", "inf"),  # crashed with an OverflowError traceback
+        ("--duration", "-5"),  # ran --min-prompts requests without a word
+        ("--duration", "0"),
+        ("--burstiness", "nan"),
+        ("--slo-attainment", "1.5"),  # no rate could ever meet it
+        ("--slo-attainment", "nan"),
+        ("--slo-attainment", "0"),
+        ("--disconnect-fraction", "nan"),
+        ("--disconnect-fraction", "1.5"),
+        ("--request-timeout", "0"),
+        ("--request-timeout", "nan"),
+        ("--warmup", "-1"),
+        ("--concurrency", "0"),
+        ("--threads", "0"),
+        ("--min-prompts", "0"),
+        ("--num-prompts", "0"),
+    ],
+)
+def test_out_of_range_numbers_are_usage_errors_naming_the_flag(flag, value, capsys):
+    argv = ["--simulate", "5,0.1", "--num-prompts", "3", "--no-progress", f"{flag}={value}"]
+    if flag == "--trace-scale":
+        argv += ["--qps-trace", "qps_trace_dynamic"]
+    with pytest.raises(SystemExit) as e:
+        serve.main(argv)
+    assert e.value.code == 2
+    assert f"argument {flag}" in capsys.readouterr().err

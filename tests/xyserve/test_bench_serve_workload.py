@@ -159,3 +159,12 @@ def test_invalid_traces():
     base["segments"] = [{"duration_s": -1, "rate": 1}]
     with pytest.raises(arr.TraceError, match=r"segments\[0\]"):
         arr.parse_trace(base)
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("scale", [float("nan"), float("inf"), 0.0, -1.0])
+def test_a_trace_scale_that_is_not_a_positive_number_is_refused(scale):
+    """A NaN scale drew no arrival and looped for ever; inf failed inside random.gammavariate."""
+    trace = arr.load_trace("qps_trace_dynamic")
+    with pytest.raises(ValueError, match="trace scale"):
+        arr.trace_arrivals(3, trace, scale=scale)

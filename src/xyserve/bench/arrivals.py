@@ -66,8 +66,8 @@ def gamma_arrivals(n: int, rate: float, burstiness: float = 1.0, seed: int = 0) 
 
 def trace_arrivals(n: int, trace: QpsTrace, seed: int = 0, scale: float = 1.0) -> list[float]:
     """Send times following the trace's rates (times ``scale``), repeating it as needed."""
-    if scale <= 0:
-        raise ValueError("the trace scale must be positive")
+    if not (scale > 0 and math.isfinite(scale)):  # NaN would draw nothing, for ever
+        raise ValueError(f"the trace scale must be a finite number > 0, got {scale}")
     if not any(s.rate > 0 for s in trace.segments):
         raise TraceError(f"{trace.name}: every segment has rate 0")
     rng = random.Random(seed)

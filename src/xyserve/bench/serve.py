@@ -17,11 +17,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import shlex
 import signal
 import sys
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +60,45 @@ def _rates(text: str) -> list[float]:
     return sorted(_rate(x) for x in text.split(",") if x.strip())
 
 
+def _positive(text: str) -> float:
+    """A finite number > 0 (a duration, a scale, a timeout, a gamma shape): NaN, inf, zero
+    and negatives are usage errors, not a hang (a NaN trace scale drew no arrival and looped
+    for ever) nor a silent fallback (a negative --duration meant --min-prompts)."""
+    x = float(text)
+    if not (x > 0 and math.isfinite(x)):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return x
+
+
+def _share(text: str) -> float:
+    """A fraction in [0, 1] (NaN refused)."""
+    x = float(text)
+    if not 0 <= x <= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return x
+
+
+def _attainment(text: str) -> float:
+    """A fraction in (0, 1]: above 1 no rate could ever meet it, at 0 every rate would."""
+    x = float(text)
+    if not 0 < x <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return x
+
+
+def _count(least: int) -> Callable[[str], int]:
+    """An integer at least ``least``."""
+
+    def parse(text: str) -> int:
+        n = int(text)
+        if n < least:
+            raise argparse.ArgumentTypeError(f"must be at least {least}, got {text}")
+        return n
+
+    parse.__name__ = f"integer >= {least}"  # argparse names the type in its messages
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="xyserve bench serve", description=__doc__.split("\n")[0])
     w = p.add_argument_group("workload and load")
@@ -67,30 +108,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="a file or packaged name (sharegpt, "
         "sonnet_prefill_heavy, sonnet_decode_heavy, shared_prefix, agentic)",
     )
-    w.add_argument("--num-prompts", type=int, default=50)
+    w.add_argument("--num-prompts", type=_count(1), default=50)
     w.add_argument(
         "--duration",
-        type=float,
+        type=_positive,
         default=None,
         help="per run: rate x duration requests (at least --min-prompts)",
     )
-    w.add_argument("--min-prompts", type=int, default=8)
+    w.add_argument("--min-prompts", type=_count(1), default=8)
     w.add_argument("--request-rate", type=_rate, default=1.0, help="req/s; inf: all at once")
     w.add_argument(
         "--burstiness",
-        type=float,
+        type=_positive,
         default=None,
         help="gamma shape (1 = Poisson); default: the workload's",
     )
     w.add_argument("--qps-trace", default=None, help="a dynamic-QPS trace file or packaged name")
-    w.add_argument("--trace-scale", type=float, default=1.0, help="multiplies the trace's rates")
-    w.add_argument("--concurrency", type=int, default=None, help="closed loop: in flight")
+    w.add_argument(
+        "--trace-scale", type=_positive, default=1.0, help="multiplies the trace's rates"
+    )
+    w.add_argument("--concurrency", type=_count(1), default=None, help="closed loop: in flight")
     w.add_argument("--sweep", type=_rates, default=None, help="comma-separated rates")
-    w.add_argument("--warmup", type=int, default=2, help="requests sent before measuring")
+    w.add_argument("--warmup", type=_count(0), default=2, help="requests sent before measuring")
     w.add_argument("--seed", type=int, default=0)
     w.add_argument(
         "--disconnect-fraction",
-        type=float,
+        type=_share,
         default=0.0,
         help="this share of clients leaves after 1-4 tokens (reliability check)",
     )
@@ -131,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the peer's own flags (default for hf: --continuous-batching)",
     )
     s.add_argument("--engine-args", default="", help="engine flags shared by every system")
-    s.add_argument("--threads", type=int, default=2, help="CPU threads of each server")
+    s.add_argument("--threads", type=_count(1), default=2, help="CPU threads of each server")
     s.add_argument(
         "--vocab-size",
         type=int,
@@ -143,8 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not ask for logprobs (count one token per chunk)",
     )
-    s.add_argument("--request-timeout", type=float, default=600.0)
-    s.add_argument("--startup-timeout", type=float, default=300.0)
+    s.add_argument("--request-timeout", type=_positive, default=600.0)
+    s.add_argument("--startup-timeout", type=_positive, default=300.0)
     o = p.add_argument_group("SLO and output")
     # Defaults: TTFT within 3 s and the p90 of a request's gaps within 500 ms. The server's
     # default step-time target (300 ms) lies under this TBT bound, as a target must (README).
@@ -160,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--slo-tbt-stat", choices=("mean", "p90", "max"), default="p90")
     o.add_argument(
         "--slo-attainment",
-        type=float,
+        type=_attainment,
         default=0.9,
         help="share of a rate's requests that must meet the SLO (default 0.9)",
     )
@@ -339,9 +382,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    if args.num_prompts < 1 or args.min_prompts < 1:
-        print("xyserve bench serve: error: --num-prompts must be at least 1", file=sys.stderr)
-        return 2
     try:
         out = run(args)
     except (wl.WorkloadError, arr.TraceError, EndpointError, ValueError) as e:
