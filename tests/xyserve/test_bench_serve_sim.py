@@ -120,6 +120,7 @@ def test_json_output_is_strict_json_with_one_token_outputs_and_an_infinite_rate(
         ("--threads", "0"),
         ("--min-prompts", "0"),
         ("--num-prompts", "0"),
+        ("--sweep", ","),  # ran the one --request-rate load, as if no sweep were given
     ],
 )
 def test_out_of_range_numbers_are_usage_errors_naming_the_flag(flag, value, capsys):
@@ -130,3 +131,56 @@ def test_out_of_range_numbers_are_usage_errors_naming_the_flag(flag, value, caps
         serve.main(argv)
     assert e.value.code == 2
     assert f"argument {flag}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--concurrency", "2", "--sweep", "1,2"], "--concurrency"),
+        (["--concurrency", "2", "--request-rate", "3"], "--request-rate"),
+        (["--concurrency", "2", "--qps-trace", "qps_trace_dynamic"], "--qps-trace"),
+        (["--concurrency", "2", "--duration", "10"], "--duration"),
+        (["--concurrency", "2", "--burstiness", "0.5"], "--burstiness"),
+        (["--qps-trace", "qps_trace_dynamic", "--sweep", "1,2"], "--sweep"),
+        (["--qps-trace", "qps_trace_dynamic", "--request-rate", "2"], "--request-rate"),
+        (["--trace-scale", "2"], "--trace-scale"),
+        (["--sweep", "1,2", "--request-rate", "3"], "--request-rate"),
+        (["--base-url", "http://127.0.0.1:1"], "--base-url"),
+        (["--disconnect-fraction", "0.5"], "--disconnect-fraction"),
+        (["--label", "mine"], "--label"),
+        (["--sweep", "1", "--reference", "nosuch"], "--reference 'nosuch'"),
+    ],
+)
+def test_a_flag_the_run_would_not_use_is_refused(extra, message, capsys):
+    """Each of these ran with the flag silently dropped: the closed loop ignored the rates, a
+    trace the sweep, --simulate the --base-url, an unknown --reference left every ratio n/a."""
+    argv = ["--simulate", "5,0.1", "--num-prompts", "3", "--no-progress", *extra]
+    assert serve.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and message in err
+
+
+def test_base_url_refuses_the_flags_of_servers_it_does_not_start(capsys):
+    argv = ["--base-url", "http://127.0.0.1:1", "--vocab-size", "100", "--no-progress"]
+    assert serve.main([*argv, "--system", "a=--scheduler-policy fcfs"]) == 2
+    assert "--system" in capsys.readouterr().err
+    assert serve.main([*argv, "--engine-args", "--max-num-seqs 4"]) == 2
+    assert "--engine-args" in capsys.readouterr().err
+
+
+def test_burstiness_applies_to_a_qps_trace():
+    """--burstiness with --qps-trace was dropped: the trace file's shape was used."""
+    from xyserve.bench import serve_workload as wl
+    from xyserve.bench.serve_plan import load_inputs, loads
+
+    def times(*extra: str) -> list[float]:
+        args = serve.build_parser().parse_args(["--qps-trace", "qps_trace_dynamic", *extra])
+        serve.refuse_conflicts(args)
+        work = wl.load(args.workload)
+        (ld,) = loads(args, work)
+        return load_inputs(args, work, ld, 0, 1000, 2048)[1]
+
+    plain, bursty = times(), times("--burstiness", "0.25")
+    assert len(plain) == len(bursty) == 50 and plain != bursty
+    gaps = [b - a for a, b in zip(bursty, bursty[1:])]
+    assert sum(g < 0.05 for g in gaps) > 10  # shape 0.25: many near-simultaneous arrivals

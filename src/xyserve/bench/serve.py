@@ -57,7 +57,10 @@ def _rate(text: str) -> float:
 
 
 def _rates(text: str) -> list[float]:
-    return sorted(_rate(x) for x in text.split(",") if x.strip())
+    rates = sorted(_rate(x) for x in text.split(",") if x.strip())
+    if not rates:  # "--sweep ," ran the single --request-rate load, as if no sweep were given
+        raise argparse.ArgumentTypeError(f"no rate in {text!r}")
+    return rates
 
 
 def _positive(text: str) -> float:
@@ -116,7 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="per run: rate x duration requests (at least --min-prompts)",
     )
     w.add_argument("--min-prompts", type=_count(1), default=8)
-    w.add_argument("--request-rate", type=_rate, default=1.0, help="req/s; inf: all at once")
+    w.add_argument(
+        "--request-rate", type=_rate, default=None, help="req/s; inf: all at once (default 1)"
+    )
     w.add_argument(
         "--burstiness",
         type=_positive,
@@ -125,7 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     w.add_argument("--qps-trace", default=None, help="a dynamic-QPS trace file or packaged name")
     w.add_argument(
-        "--trace-scale", type=_positive, default=1.0, help="multiplies the trace's rates"
+        "--trace-scale",
+        type=_positive,
+        default=None,
+        help="multiplies the trace's rates (default 1)",
     )
     w.add_argument("--concurrency", type=_count(1), default=None, help="closed loop: in flight")
     w.add_argument("--sweep", type=_rates, default=None, help="comma-separated rates")
@@ -146,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="no server: replay through the scheduler in simulated time, each step taking "
         "A + B x tokens milliseconds (see bench/serve_sim.py)",
     )
-    s.add_argument("--label", default="server", help="the name of --base-url's system")
+    s.add_argument("--label", default=None, help="the name of --base-url's system (default server)")
     s.add_argument(
         "--model",
         default="llama-100m.json",
@@ -219,7 +227,68 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _system_labels(args: argparse.Namespace) -> list[str]:
+    """The names of the systems a run will measure, known before any server starts."""
+    if args.base_url is not None:
+        return [args.label]
+    specs = args.system or list(DEFAULT_SYSTEMS)
+    return [spec.partition("=")[0] for spec in specs] + list(getattr(args, "peer", None) or [])
+
+
+def refuse_conflicts(args: argparse.Namespace) -> None:
+    """Raise ValueError for a flag the chosen mode would not use, then fill in the defaults
+    left unset to tell "given" from "not given" (--request-rate 1, --trace-scale 1, --label
+    server). A parameter is honoured or refused, never silently dropped: a closed loop used
+    to ignore --sweep and --request-rate, a trace --sweep, --simulate a --base-url."""
+
+    def given(*flags: str) -> list[str]:
+        return [f for f in flags if getattr(args, f[2:].replace("-", "_")) is not None]
+
+    if args.concurrency is not None:
+        extra = given("--sweep", "--request-rate", "--qps-trace", "--burstiness", "--duration")
+        if extra:
+            raise ValueError(
+                f"--concurrency is a closed loop (the next request when one ends): "
+                f"{', '.join(extra)} set open-loop arrivals and do not go with it"
+            )
+        if args.plot:
+            raise ValueError("--plot draws latency against offered rate: none with --concurrency")
+    if args.qps_trace is not None:
+        extra = given("--sweep", "--request-rate")
+        if extra:
+            raise ValueError(f"--qps-trace sets the rates: {', '.join(extra)} do not go with it")
+    elif args.trace_scale is not None:
+        raise ValueError("--trace-scale: no --qps-trace to scale")
+    if args.sweep and args.request_rate is not None:
+        raise ValueError("--sweep gives the rates: --request-rate does not go with it")
+    if args.simulate is not None:
+        if args.base_url is not None:
+            raise ValueError("--simulate starts no server and reaches none: no --base-url")
+        if args.disconnect_fraction:
+            raise ValueError("--disconnect-fraction: --simulate has no client to disconnect")
+    if args.base_url is not None:
+        extra = [
+            f for f, v in (("--system", args.system), ("--engine-args", args.engine_args)) if v
+        ]
+        if extra:
+            raise ValueError(f"--base-url starts no server: {', '.join(extra)} would not apply")
+    elif args.label is not None:
+        raise ValueError("--label names --base-url's system: no --base-url given")
+    if args.reference is not None and args.reference not in _system_labels(args):
+        raise ValueError(
+            f"--reference {args.reference!r} is not a system of this run "
+            f"({', '.join(_system_labels(args))})"
+        )
+    if args.request_rate is None:
+        args.request_rate = 1.0
+    if args.trace_scale is None:
+        args.trace_scale = 1.0
+    if args.label is None:
+        args.label = "server"
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    refuse_conflicts(args)
     work = wl.load(args.workload)
     slo = Slo(args.slo_ttft_ms / 1e3, args.slo_tbt_ms / 1e3, args.slo_tbt_stat)
     plan = loads(args, work)
