@@ -307,3 +307,22 @@ def test_plot_of_a_sweep_with_repeated_rates(tmp_path):
     ]
     out = plot_sweep(reports, tmp_path / "sub" / "sweep.png", "t", bar=0.9)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    "event, message",
+    [
+        (b"data: 5\n\n", "malformed stream: an event that is not a JSON object"),
+        (b"data: null\n\n", "malformed stream: an event that is not a JSON object"),
+        (b'data: "oops"\n\n', "malformed stream: an event that is not a JSON object"),
+        (sse({"choices": 5}), "malformed stream"),
+        (sse({"error": "overloaded"}), "stream error: overloaded"),
+    ],
+)
+def test_a_malformed_event_fails_its_request_and_is_not_raised(event, message):
+    """These raised TypeError out of send(), which ended the whole run (every result lost)
+    instead of counting one failed request."""
+    clock = FakeClock()
+    client = fake_client(clock, [(0.1, sse(chunk(1))), (0.2, event)], 0.3)
+    res = asyncio.run(_send(client, clock, 2))
+    assert not res.ok and res.error.startswith(message)

@@ -128,8 +128,12 @@ async def send(
                     break
                 now = clock()
                 msg = json.loads(data)
+                if not isinstance(msg, dict):  # "data: 5", "data: null": not an event
+                    raise ValueError(f"an event that is not a JSON object: {data[:80]!r}")
                 if "error" in msg:
-                    res.error = f"stream error: {msg['error'].get('message', msg['error'])}"
+                    err = msg["error"]
+                    text = err.get("message", err) if isinstance(err, dict) else err
+                    res.error = f"stream error: {text}"
                     return res
                 if msg.get("usage"):
                     res.usage_tokens = msg["usage"].get("completion_tokens")
@@ -142,7 +146,8 @@ async def send(
     except httpx.HTTPError as e:
         res.error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
         return res
-    except (ValueError, KeyError, AttributeError) as e:
+    except (ValueError, KeyError, AttributeError, TypeError) as e:
+        # a malformed event fails this request only: raised, it ended the whole run
         res.error = f"malformed stream: {e}"
         return res
     finally:
