@@ -326,3 +326,39 @@ def test_a_malformed_event_fails_its_request_and_is_not_raised(event, message):
     client = fake_client(clock, [(0.1, sse(chunk(1))), (0.2, event)], 0.3)
     res = asyncio.run(_send(client, clock, 2))
     assert not res.ok and res.error.startswith(message)
+
+
+@pytest.mark.timeout(10)
+def test_request_timeout_bounds_a_stream_that_never_ends():
+    """A loopback server that answers 200 and then sends only SSE comments, every 50 ms, for
+    ever: httpx's read timeout never fires, so the run waited for ever; --request-timeout is
+    the whole request's deadline, and the request fails as timed out."""
+
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n")
+        writer.write(b"transfer-encoding: chunked\r\n\r\n")
+        try:
+            while True:
+                writer.write(b"e\r\n: keep-alive\n\n\r\n")
+                await writer.drain()
+                await asyncio.sleep(0.05)
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    async def go() -> list[RequestResult]:
+        server = await asyncio.start_server(trickle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            return await run_load(
+                f"http://127.0.0.1:{port}", "m", [BenchRequest([5, 6], 2)], arrivals=[0.0],
+                progress=False, timeout_s=0.5,
+            )  # fmt: skip
+        finally:
+            server.close()
+
+    (res,) = asyncio.run(go())
+    assert not res.ok and res.error.startswith("timed out")
+    assert 0.4 < res.end - res.start < 5

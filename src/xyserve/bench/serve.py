@@ -194,7 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not ask for logprobs (count one token per chunk)",
     )
-    s.add_argument("--request-timeout", type=_positive, default=600.0)
+    s.add_argument(
+        "--request-timeout",
+        type=_positive,
+        default=600.0,
+        help="seconds one request may take in all, send to the stream's end (default 600)",
+    )
     s.add_argument("--startup-timeout", type=_positive, default=300.0)
     o = p.add_argument_group("SLO and output")
     # Defaults: TTFT within 3 s and the p90 of a request's gaps within 500 ms. The server's
