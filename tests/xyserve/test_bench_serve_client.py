@@ -362,3 +362,26 @@ def test_request_timeout_bounds_a_stream_that_never_ends():
     (res,) = asyncio.run(go())
     assert not res.ok and res.error.startswith("timed out")
     assert 0.4 < res.end - res.start < 5
+
+
+def test_max_rate_stops_at_the_first_rate_that_fails():
+    """Non-monotone verdicts (noise, or a lucky run): a meets at 1, fails at 2 and meets at
+    3; its max rate is 1, not 3, and rests on 1 and 2 alone. b fails at its lowest rate: 0."""
+    slo = Slo(ttft_s=0.5, tbt_s=1.0, tbt_stat="max")
+    good, late = result(0.0, [(0.1, 1)], 0.1), result(0.0, [(0.9, 1)], 0.9)
+
+    def run(label, rate, n_good, n=40):
+        return aggregate(label, f"rate={rate}", rate, [good] * n_good + [late] * (n - n_good), slo)
+
+    reports = [
+        run("a", 1.0, 40), run("a", 2.0, 10), run("a", 3.0, 40),
+        run("b", 1.0, 10), run("b", 2.0, 40),
+    ]  # fmt: skip
+    assert max_rate_under_slo(reports, 0.8) == {"a": 1.0, "b": 0.0}
+    verdicts = rate_verdicts(reports, 0.8)
+    assert settled(verdicts, "a", 1.0) and settled(verdicts, "b", 0.0)
+    # a lower rate that meets by too few requests leaves the max rate above it unsettled
+    reports = [run("c", 1.0, 9, n=10), run("c", 2.0, 40), run("c", 3.0, 0)]
+    verdicts = rate_verdicts(reports, 0.8)
+    assert max_rate_under_slo(reports, 0.8) == {"c": 2.0}
+    assert not settled(verdicts, "c", 2.0)

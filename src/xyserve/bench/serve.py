@@ -5,9 +5,9 @@ hybrid and baseline) on free loopback ports, all before the first run, and sends
 each system in turn (the order rotates per load), so that the systems share the machine's
 noise. ``--base-url`` measures a running server instead (loopback only).
 
-``--sweep R1,R2,...`` runs every rate and reports, per system, the highest rate whose SLO
-attainment reaches ``--slo-attainment`` with no failed request, and its ratio to the
-``--reference`` system: the paper's achieved-QPS measure. A rate given more than once is run
+``--sweep R1,R2,...`` runs every rate and reports, per system, the highest rate up to which
+every rate's SLO attainment reaches ``--slo-attainment`` with no failed request, and its ratio
+to the ``--reference`` system: the paper's achieved-QPS measure. A rate given more than once is run
 that many times (each with its own seeded requests) and judged on all its runs' requests
 together.
 """
