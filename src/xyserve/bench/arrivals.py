@@ -94,6 +94,10 @@ def parse_trace(data: object, where: str = "trace") -> QpsTrace:
         raise TraceError(f"{where}: must be a JSON object")
     if data.get("schema") != TRACE_SCHEMA:
         raise TraceError(f"{where}: schema must be {TRACE_SCHEMA!r}, got {data.get('schema')!r}")
+    # a misspelled key (burstyness) was dropped without a word, the trace run as Poisson
+    unknown = sorted(set(data) - {"schema", "name", "description", "burstiness", "segments"})
+    if unknown:
+        raise TraceError(f"{where}: unknown fields {unknown}")
     raw = data.get("segments")
     if not isinstance(raw, list) or not raw:
         raise TraceError(f"{where}: segments must be a non-empty list")
@@ -101,6 +105,9 @@ def parse_trace(data: object, where: str = "trace") -> QpsTrace:
     for i, s in enumerate(raw):
         d = s.get("duration_s") if isinstance(s, dict) else None
         r = s.get("rate") if isinstance(s, dict) else None
+        extra = sorted(set(s) - {"duration_s", "rate"}) if isinstance(s, dict) else []
+        if extra:
+            raise TraceError(f"{where}: segments[{i}]: unknown fields {extra}")
         nums = all(isinstance(x, int | float) and not isinstance(x, bool) for x in (d, r))
         if not nums or not (0 < d < math.inf) or not (0 <= r < math.inf):
             raise TraceError(
