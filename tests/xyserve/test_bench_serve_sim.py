@@ -184,3 +184,11 @@ def test_burstiness_applies_to_a_qps_trace():
     assert len(plain) == len(bursty) == 50 and plain != bursty
     gaps = [b - a for a, b in zip(bursty, bursty[1:])]
     assert sum(g < 0.05 for g in gaps) > 10  # shape 0.25: many near-simultaneous arrivals
+
+
+@pytest.mark.parametrize("cost", ["5,-1", "-5,0", "nan,1", "inf,0", "0,0"])
+def test_a_step_cost_that_is_not_a_time_is_refused(cost, capsys):
+    """--simulate 5,-1 moved the clock back and reported negative TTFTs as measures; NaN and
+    inf failed deep inside ("cannot convert float NaN to integer"); 0,0 froze the clock."""
+    assert serve.main([f"--simulate={cost}", "--num-prompts", "3", "--no-progress"]) == 2
+    assert "A_MS and B_MS must be finite numbers >= 0" in capsys.readouterr().err

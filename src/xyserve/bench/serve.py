@@ -344,6 +344,12 @@ def _simulate(
         a_ms, b_ms = (float(x) for x in args.simulate.split(","))
     except ValueError:
         raise ValueError(f"--simulate {args.simulate!r}: expected A_MS,B_MS") from None
+    # a negative cost moved the clock back (negative TTFTs, reported as measures); NaN or
+    # inf failed deep inside with "cannot convert float NaN to integer"; 0,0 stops the clock
+    if not all(x >= 0 and math.isfinite(x) for x in (a_ms, b_ms)) or a_ms + b_ms == 0:
+        raise ValueError(
+            f"--simulate {args.simulate!r}: A_MS and B_MS must be finite numbers >= 0, not both 0"
+        )
     cost = StepCost(a_ms / 1e3, b_ms / 1e3)
     _, cfg = model_config(args.model)
     vocab = args.vocab_size or (cfg or {}).get("vocab_size") or 32000
