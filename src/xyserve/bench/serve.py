@@ -48,6 +48,8 @@ from xyserve.bench.serve_report import (
 from xyserve.bench.serve_server import EndpointError, leak_check
 from xyserve.bench.serve_systems import DEFAULT_SYSTEMS, model_config, start_systems, stop_systems
 
+DEFAULT_MODEL = "llama-100m.json"  # bench/models/: a ~100M Llama built with random weights
+
 
 def _rate(text: str) -> float:
     r = float(text)
@@ -157,9 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--label", default=None, help="the name of --base-url's system (default server)")
     s.add_argument(
         "--model",
-        default="llama-100m.json",
+        default=None,
         help="model to serve: a directory, a bundled name, or an HF config JSON "
-        "(a file, or one of bench/models/) built with random weights",
+        "(a file, or one of bench/models/) built with random weights (default "
+        f"{DEFAULT_MODEL}); with --base-url, the model name to request, as vLLM's --model "
+        "(default: the server's first in /v1/models)",
     )
     s.add_argument(
         "--system",
@@ -290,6 +294,8 @@ def refuse_conflicts(args: argparse.Namespace) -> None:
         args.trace_scale = 1.0
     if args.label is None:
         args.label = "server"
+    if args.model is None and args.base_url is None:
+        args.model = DEFAULT_MODEL
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -309,7 +315,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             out = _run(args, work, slo, plan, Path(scratch))
     out.update(
         workload=work.name,
-        model=args.model,
+        model=out.pop("model", args.model),
         slo={
             "ttft_ms": args.slo_ttft_ms,
             "tbt_ms": args.slo_tbt_ms,
@@ -385,6 +391,8 @@ def _run(
             raise SystemExit("--vocab-size is needed: the model's config.json is not readable")
         max_len = (cfg or {}).get("max_position_embeddings")
         names = {s.label: served_model(s.base_url) for s in systems}
+        if args.base_url is not None and args.model is not None:
+            names = dict.fromkeys(names, args.model)  # vLLM's --model with --base-url
         text = next((s.text for s in systems if s.text is not None), None)
 
         def as_text(batch: list[wl.BenchRequest]) -> list[str] | None:
@@ -450,6 +458,8 @@ def _run(
     finally:
         stop_systems(systems)
     out: dict[str, Any] = {"systems": [s.label for s in systems]}
+    if args.base_url is not None:  # the model measured, not --model's default
+        out["model"] = next(iter(names.values()))
     out["_reports"] = reports
     return out
 
@@ -499,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.plot:
         from xyserve.bench.serve_plot import plot_sweep
 
-        title = f"{out['workload']} on {args.model} ({args.threads} threads)"
+        title = f"{out['workload']} on {out['model']} ({args.threads} threads)"
         if args.simulate:
             title = f"{out['workload']}, simulated steps of {args.simulate} ms (a, b per token)"
         print(f"plot: {plot_sweep(reports, args.plot, title, args.slo_attainment)}")
