@@ -144,3 +144,17 @@ def test_base_url_records_the_model_it_measured(tmp_path, monkeypatch):
     assert json.loads(out.read_text())["model"] == "xy-tiny" and asked == ["xy-tiny"]
     assert serve.main([*argv, "--model", "served-name"]) == 0
     assert json.loads(out.read_text())["model"] == "served-name" and asked[-1] == "served-name"
+
+
+@pytest.mark.parametrize("body", [b"hello", b'{"data": "x"}', b"[1]", b'{"data": [1]}'])
+def test_a_server_that_is_not_openai_compatible_is_a_clear_error(body, monkeypatch, capsys):
+    """Another kind of server on the --base-url port: its /v1/models answer gave a bare
+    "Expecting value: line 1 column 1" or an AttributeError traceback."""
+    import httpx
+
+    monkeypatch.setattr(
+        httpx, "get", lambda url, timeout: httpx.Response(200, content=body, request=None)
+    )
+    argv = ["--base-url", "http://127.0.0.1:1", "--vocab-size", "100", "--no-progress"]
+    assert serve.main(argv) == 2
+    assert "/v1/models is not an OpenAI-compatible model list" in capsys.readouterr().err

@@ -27,7 +27,16 @@ def served_model(base_url: str) -> str | None:
         raise EndpointError(f"cannot reach {base_url}: {type(e).__name__}: {e}") from None
     if r.status_code != 200:
         raise EndpointError(f"{base_url}/v1/models answered HTTP {r.status_code}")
-    data = r.json().get("data") or []
+    # another kind of server on that port answers something else: say so, not a traceback
+    try:
+        body = r.json()
+    except ValueError:
+        body = None
+    data = body.get("data") if isinstance(body, dict) else None
+    if not isinstance(data, list) or not all(isinstance(m, dict) for m in data):
+        raise EndpointError(
+            f"{base_url}/v1/models is not an OpenAI-compatible model list: {r.text[:120]!r}"
+        )
     return data[0].get("id") if data else None
 
 
