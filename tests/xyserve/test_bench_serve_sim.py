@@ -192,3 +192,12 @@ def test_a_step_cost_that_is_not_a_time_is_refused(cost, capsys):
     inf failed deep inside ("cannot convert float NaN to integer"); 0,0 froze the clock."""
     assert serve.main([f"--simulate={cost}", "--num-prompts", "3", "--no-progress"]) == 2
     assert "A_MS and B_MS must be finite numbers >= 0" in capsys.readouterr().err
+
+
+def test_json_and_markdown_go_into_a_folder_not_yet_made(tmp_path):
+    """--plot made its folder, --json and --markdown did not: a missing folder raised
+    FileNotFoundError after the whole run, and the results were lost."""
+    out, md = tmp_path / "new" / "out.json", tmp_path / "other" / "runs.md"
+    argv = ["--simulate", "5,0.1", "--num-prompts", "3", "--no-progress", "--system", "a="]
+    assert serve.main([*argv, "--json", str(out), "--markdown", str(md)]) == 0
+    assert json.loads(out.read_text())["runs"] and md.read_text().startswith("| system")

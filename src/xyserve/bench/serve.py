@@ -501,10 +501,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         print("\n".join(verdict_lines(verdicts)))
     if args.json:
+        # its folder made as --plot's is: a missing one lost a whole sweep's results at the end
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(
             json.dumps(json_safe(out), indent=1, allow_nan=False, default=float)
         )
     if args.markdown:
+        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
         Path(args.markdown).write_text(markdown(reports) + "\n")
     if args.plot:
         from xyserve.bench.serve_plot import plot_sweep
