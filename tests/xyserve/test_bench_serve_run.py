@@ -158,3 +158,16 @@ def test_a_server_that_is_not_openai_compatible_is_a_clear_error(body, monkeypat
     argv = ["--base-url", "http://127.0.0.1:1", "--vocab-size", "100", "--no-progress"]
     assert serve.main(argv) == 2
     assert "/v1/models is not an OpenAI-compatible model list" in capsys.readouterr().err
+
+
+def test_no_logprobs_on_a_model_served_without_a_tokenizer_is_refused(monkeypatch, capsys):
+    """The random-weight model runs with --skip-tokenizer-init: with --no-logprobs every
+    request failed as "the stream ended without a token" (its chunks carry no text)."""
+    from xyserve.bench.serve_server import ServerProcess
+
+    def launch(self):
+        raise AssertionError("a server was started")
+
+    monkeypatch.setattr(ServerProcess, "launch", launch)
+    assert serve.main(["--no-logprobs", "--system", "a=", "--no-progress"]) == 2
+    assert "--no-logprobs counts tokens by their text" in capsys.readouterr().err

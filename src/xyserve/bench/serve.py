@@ -196,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--no-logprobs",
         action="store_true",
-        help="do not ask for logprobs (count one token per chunk)",
+        help="do not ask for logprobs (count one token per chunk of text; needs a tokenizer)",
     )
     s.add_argument(
         "--request-timeout",
@@ -308,6 +308,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError("--peer-args: no --peer to pass them to")
     if args.simulate is not None and peers:
         raise ValueError("--peer starts a real server: it does not go with --simulate")
+    if args.simulate is None and args.base_url is None and args.no_logprobs:
+        # the random-weight model is served with --skip-tokenizer-init: its chunks carry no
+        # text, so counted one token per non-empty text every request failed as tokenless
+        if model_config(args.model)[0] is not None:
+            raise ValueError(
+                f"--no-logprobs counts tokens by their text, and {args.model} is built with "
+                "random weights and served without a tokenizer: its chunks carry no text"
+            )
     if args.simulate is not None:
         out = _simulate(args, work, slo, plan)
     else:
