@@ -307,3 +307,81 @@ def test_plot_of_a_sweep_with_repeated_rates(tmp_path):
     ]
     out = plot_sweep(reports, tmp_path / "sub" / "sweep.png", "t", bar=0.9)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    "event, message",
+    [
+        (b"data: 5\n\n", "malformed stream: an event that is not a JSON object"),
+        (b"data: null\n\n", "malformed stream: an event that is not a JSON object"),
+        (b'data: "oops"\n\n', "malformed stream: an event that is not a JSON object"),
+        (sse({"choices": 5}), "malformed stream"),
+        (sse({"error": "overloaded"}), "stream error: overloaded"),
+    ],
+)
+def test_a_malformed_event_fails_its_request_and_is_not_raised(event, message):
+    """These raised TypeError out of send(), which ended the whole run (every result lost)
+    instead of counting one failed request."""
+    clock = FakeClock()
+    client = fake_client(clock, [(0.1, sse(chunk(1))), (0.2, event)], 0.3)
+    res = asyncio.run(_send(client, clock, 2))
+    assert not res.ok and res.error.startswith(message)
+
+
+@pytest.mark.timeout(10)
+def test_request_timeout_bounds_a_stream_that_never_ends():
+    """A loopback server that answers 200 and then sends only SSE comments, every 50 ms, for
+    ever: httpx's read timeout never fires, so the run waited for ever; --request-timeout is
+    the whole request's deadline, and the request fails as timed out."""
+
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n")
+        writer.write(b"transfer-encoding: chunked\r\n\r\n")
+        try:
+            while True:
+                writer.write(b"e\r\n: keep-alive\n\n\r\n")
+                await writer.drain()
+                await asyncio.sleep(0.05)
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    async def go() -> list[RequestResult]:
+        server = await asyncio.start_server(trickle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            return await run_load(
+                f"http://127.0.0.1:{port}", "m", [BenchRequest([5, 6], 2)], arrivals=[0.0],
+                progress=False, timeout_s=0.5,
+            )  # fmt: skip
+        finally:
+            server.close()
+
+    (res,) = asyncio.run(go())
+    assert not res.ok and res.error.startswith("timed out")
+    assert 0.4 < res.end - res.start < 5
+
+
+def test_max_rate_stops_at_the_first_rate_that_fails():
+    """Non-monotone verdicts (noise, or a lucky run): a meets at 1, fails at 2 and meets at
+    3; its max rate is 1, not 3, and rests on 1 and 2 alone. b fails at its lowest rate: 0."""
+    slo = Slo(ttft_s=0.5, tbt_s=1.0, tbt_stat="max")
+    good, late = result(0.0, [(0.1, 1)], 0.1), result(0.0, [(0.9, 1)], 0.9)
+
+    def run(label, rate, n_good, n=40):
+        return aggregate(label, f"rate={rate}", rate, [good] * n_good + [late] * (n - n_good), slo)
+
+    reports = [
+        run("a", 1.0, 40), run("a", 2.0, 10), run("a", 3.0, 40),
+        run("b", 1.0, 10), run("b", 2.0, 40),
+    ]  # fmt: skip
+    assert max_rate_under_slo(reports, 0.8) == {"a": 1.0, "b": 0.0}
+    verdicts = rate_verdicts(reports, 0.8)
+    assert settled(verdicts, "a", 1.0) and settled(verdicts, "b", 0.0)
+    # a lower rate that meets by too few requests leaves the max rate above it unsettled
+    reports = [run("c", 1.0, 9, n=10), run("c", 2.0, 40), run("c", 3.0, 0)]
+    verdicts = rate_verdicts(reports, 0.8)
+    assert max_rate_under_slo(reports, 0.8) == {"c": 2.0}
+    assert not settled(verdicts, "c", 2.0)

@@ -107,8 +107,8 @@ def test_run_load_hands_each_request_its_text_and_the_peers_body_options(monkeyp
         )
     )  # fmt: skip
     assert got == [
-        ([3], False, {"prompt": "t3", "ignore_eos": False}),
-        ([4], False, {"prompt": "t4", "ignore_eos": False}),
+        ([3], False, {"prompt": "t3", "ignore_eos": False, "timeout_s": 600.0}),
+        ([4], False, {"prompt": "t4", "ignore_eos": False, "timeout_s": 600.0}),
     ]
     with pytest.raises(ValueError, match="one prompt text per request"):
         asyncio.run(run_load("http://127.0.0.1:1", "m", reqs, concurrency=1, prompts=["t3"]))

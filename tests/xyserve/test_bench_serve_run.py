@@ -120,3 +120,54 @@ def test_invalid_workload_file_is_a_clear_error(tmp_path, capsys, content, messa
     assert rc == 2
     err = capsys.readouterr().err
     assert message in err and str(bad) in err
+
+
+def test_base_url_records_the_model_it_measured(tmp_path, monkeypatch):
+    """With --base-url the JSON said "model": "llama-100m.json" (--model's default, never
+    served) whatever the server ran; it records the served model, or --model when given,
+    which is then the name requested, as vLLM's --model."""
+    from xyserve.bench.serve_client import RequestResult
+
+    asked: list[str | None] = []
+
+    async def fake_run_load(base_url, model, requests, **kw):
+        asked.append(model)
+        return [RequestResult(3, r.output_len, 0.0, [(0.1, r.output_len)], 0.2) for r in requests]
+
+    monkeypatch.setattr(serve, "served_model", lambda url: "xy-tiny")
+    monkeypatch.setattr(serve, "run_load", fake_run_load)
+    monkeypatch.setattr(serve, "leak_check", lambda url: {"checked": False})
+    out = tmp_path / "out.json"
+    argv = ["--base-url", "http://127.0.0.1:1", "--vocab-size", "100", "--num-prompts", "2"]
+    argv += ["--no-progress", "--warmup", "0", "--json", str(out)]
+    assert serve.main(argv) == 0
+    assert json.loads(out.read_text())["model"] == "xy-tiny" and asked == ["xy-tiny"]
+    assert serve.main([*argv, "--model", "served-name"]) == 0
+    assert json.loads(out.read_text())["model"] == "served-name" and asked[-1] == "served-name"
+
+
+@pytest.mark.parametrize("body", [b"hello", b'{"data": "x"}', b"[1]", b'{"data": [1]}'])
+def test_a_server_that_is_not_openai_compatible_is_a_clear_error(body, monkeypatch, capsys):
+    """Another kind of server on the --base-url port: its /v1/models answer gave a bare
+    "Expecting value: line 1 column 1" or an AttributeError traceback."""
+    import httpx
+
+    monkeypatch.setattr(
+        httpx, "get", lambda url, timeout: httpx.Response(200, content=body, request=None)
+    )
+    argv = ["--base-url", "http://127.0.0.1:1", "--vocab-size", "100", "--no-progress"]
+    assert serve.main(argv) == 2
+    assert "/v1/models is not an OpenAI-compatible model list" in capsys.readouterr().err
+
+
+def test_no_logprobs_on_a_model_served_without_a_tokenizer_is_refused(monkeypatch, capsys):
+    """The random-weight model runs with --skip-tokenizer-init: with --no-logprobs every
+    request failed as "the stream ended without a token" (its chunks carry no text)."""
+    from xyserve.bench.serve_server import ServerProcess
+
+    def launch(self):
+        raise AssertionError("a server was started")
+
+    monkeypatch.setattr(ServerProcess, "launch", launch)
+    assert serve.main(["--no-logprobs", "--system", "a=", "--no-progress"]) == 2
+    assert "--no-logprobs counts tokens by their text" in capsys.readouterr().err

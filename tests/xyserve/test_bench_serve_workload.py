@@ -94,6 +94,14 @@ BASE = {
         ({"arrival": {"burstiness": 0}}, "arrival.burstiness"),
         ({"extra_field": 1}, "unknown fields ['extra_field']"),
         ({"name": ""}, "'name' must be a non-empty string"),
+        # a misspelled key inside a part was dropped without a word
+        ({"arrival": {"burstyness": 0.5}}, "unknown fields in arrival: ['burstyness']"),
+        (
+            {"shared_prefix": {"num_prefixes": 2, "len": [[1, 2, 1]], "lenght": 1}},
+            "unknown fields in shared_prefix: ['lenght']",
+        ),
+        ({"multi_turn": {"turns": [1, 3], "think_s": 2}}, "unknown fields in multi_turn"),
+        ({"multi_turn": {"turns": [True, 3]}}, "multi_turn.turns"),
     ],
 )
 def test_invalid_workloads_get_clear_errors(patch, message):
@@ -159,3 +167,24 @@ def test_invalid_traces():
     base["segments"] = [{"duration_s": -1, "rate": 1}]
     with pytest.raises(arr.TraceError, match=r"segments\[0\]"):
         arr.parse_trace(base)
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("scale", [float("nan"), float("inf"), 0.0, -1.0])
+def test_a_trace_scale_that_is_not_a_positive_number_is_refused(scale):
+    """A NaN scale drew no arrival and looped for ever; inf failed inside random.gammavariate."""
+    trace = arr.load_trace("qps_trace_dynamic")
+    with pytest.raises(ValueError, match="trace scale"):
+        arr.trace_arrivals(3, trace, scale=scale)
+
+
+def test_a_trace_with_a_misspelled_field_is_refused():
+    """A trace's "burstyness" left the trace Poisson without a word; a segment's "rate_qps"
+    was reported as a missing rate only by chance of the other checks."""
+    base = {"schema": arr.TRACE_SCHEMA, "segments": [{"duration_s": 1, "rate": 1}]}
+    with pytest.raises(arr.TraceError, match=r"unknown fields \['burstyness'\]"):
+        arr.parse_trace({**base, "burstyness": 0.5}, "t.json")
+    seg = {"duration_s": 1, "rate": 1, "ramp": True}
+    with pytest.raises(arr.TraceError, match=r"segments\[0\]: unknown fields \['ramp'\]"):
+        arr.parse_trace({**base, "segments": [seg]}, "t.json")
+    assert arr.parse_trace({**base, "name": "n", "description": "d"}).name == "n"

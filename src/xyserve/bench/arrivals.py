@@ -66,8 +66,8 @@ def gamma_arrivals(n: int, rate: float, burstiness: float = 1.0, seed: int = 0) 
 
 def trace_arrivals(n: int, trace: QpsTrace, seed: int = 0, scale: float = 1.0) -> list[float]:
     """Send times following the trace's rates (times ``scale``), repeating it as needed."""
-    if scale <= 0:
-        raise ValueError("the trace scale must be positive")
+    if not (scale > 0 and math.isfinite(scale)):  # NaN would draw nothing, for ever
+        raise ValueError(f"the trace scale must be a finite number > 0, got {scale}")
     if not any(s.rate > 0 for s in trace.segments):
         raise TraceError(f"{trace.name}: every segment has rate 0")
     rng = random.Random(seed)
@@ -94,6 +94,10 @@ def parse_trace(data: object, where: str = "trace") -> QpsTrace:
         raise TraceError(f"{where}: must be a JSON object")
     if data.get("schema") != TRACE_SCHEMA:
         raise TraceError(f"{where}: schema must be {TRACE_SCHEMA!r}, got {data.get('schema')!r}")
+    # a misspelled key (burstyness) was dropped without a word, the trace run as Poisson
+    unknown = sorted(set(data) - {"schema", "name", "description", "burstiness", "segments"})
+    if unknown:
+        raise TraceError(f"{where}: unknown fields {unknown}")
     raw = data.get("segments")
     if not isinstance(raw, list) or not raw:
         raise TraceError(f"{where}: segments must be a non-empty list")
@@ -101,6 +105,9 @@ def parse_trace(data: object, where: str = "trace") -> QpsTrace:
     for i, s in enumerate(raw):
         d = s.get("duration_s") if isinstance(s, dict) else None
         r = s.get("rate") if isinstance(s, dict) else None
+        extra = sorted(set(s) - {"duration_s", "rate"}) if isinstance(s, dict) else []
+        if extra:
+            raise TraceError(f"{where}: segments[{i}]: unknown fields {extra}")
         nums = all(isinstance(x, int | float) and not isinstance(x, bool) for x in (d, r))
         if not nums or not (0 < d < math.inf) or not (0 <= r < math.inf):
             raise TraceError(

@@ -5,9 +5,9 @@ hybrid and baseline) on free loopback ports, all before the first run, and sends
 each system in turn (the order rotates per load), so that the systems share the machine's
 noise. ``--base-url`` measures a running server instead (loopback only).
 
-``--sweep R1,R2,...`` runs every rate and reports, per system, the highest rate whose SLO
-attainment reaches ``--slo-attainment`` with no failed request, and its ratio to the
-``--reference`` system: the paper's achieved-QPS measure. A rate given more than once is run
+``--sweep R1,R2,...`` runs every rate and reports, per system, the highest rate up to which
+every rate's SLO attainment reaches ``--slo-attainment`` with no failed request, and its ratio
+to the ``--reference`` system: the paper's achieved-QPS measure. A rate given more than once is run
 that many times (each with its own seeded requests) and judged on all its runs' requests
 together.
 """
@@ -17,11 +17,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import shlex
 import signal
 import sys
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,7 @@ from xyserve.bench.serve_report import (
     Slo,
     aggregate,
     highest_met,
+    json_safe,
     markdown,
     rate_verdicts,
     ratios,
@@ -45,6 +48,8 @@ from xyserve.bench.serve_report import (
 from xyserve.bench.serve_server import EndpointError, leak_check
 from xyserve.bench.serve_systems import DEFAULT_SYSTEMS, model_config, start_systems, stop_systems
 
+DEFAULT_MODEL = "llama-100m.json"  # bench/models/: a ~100M Llama built with random weights
+
 
 def _rate(text: str) -> float:
     r = float(text)
@@ -54,7 +59,49 @@ def _rate(text: str) -> float:
 
 
 def _rates(text: str) -> list[float]:
-    return sorted(_rate(x) for x in text.split(",") if x.strip())
+    rates = sorted(_rate(x) for x in text.split(",") if x.strip())
+    if not rates:  # "--sweep ," ran the single --request-rate load, as if no sweep were given
+        raise argparse.ArgumentTypeError(f"no rate in {text!r}")
+    return rates
+
+
+def _positive(text: str) -> float:
+    """A finite number > 0 (a duration, a scale, a timeout, a gamma shape): NaN, inf, zero
+    and negatives are usage errors, not a hang (a NaN trace scale drew no arrival and looped
+    for ever) nor a silent fallback (a negative --duration meant --min-prompts)."""
+    x = float(text)
+    if not (x > 0 and math.isfinite(x)):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return x
+
+
+def _share(text: str) -> float:
+    """A fraction in [0, 1] (NaN refused)."""
+    x = float(text)
+    if not 0 <= x <= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return x
+
+
+def _attainment(text: str) -> float:
+    """A fraction in (0, 1]: above 1 no rate could ever meet it, at 0 every rate would."""
+    x = float(text)
+    if not 0 < x <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return x
+
+
+def _count(least: int) -> Callable[[str], int]:
+    """An integer at least ``least``."""
+
+    def parse(text: str) -> int:
+        n = int(text)
+        if n < least:
+            raise argparse.ArgumentTypeError(f"must be at least {least}, got {text}")
+        return n
+
+    parse.__name__ = f"integer >= {least}"  # argparse names the type in its messages
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,30 +113,37 @@ def build_parser() -> argparse.ArgumentParser:
         help="a file or packaged name (sharegpt, "
         "sonnet_prefill_heavy, sonnet_decode_heavy, shared_prefix, agentic)",
     )
-    w.add_argument("--num-prompts", type=int, default=50)
+    w.add_argument("--num-prompts", type=_count(1), default=50)
     w.add_argument(
         "--duration",
-        type=float,
+        type=_positive,
         default=None,
         help="per run: rate x duration requests (at least --min-prompts)",
     )
-    w.add_argument("--min-prompts", type=int, default=8)
-    w.add_argument("--request-rate", type=_rate, default=1.0, help="req/s; inf: all at once")
+    w.add_argument("--min-prompts", type=_count(1), default=8)
+    w.add_argument(
+        "--request-rate", type=_rate, default=None, help="req/s; inf: all at once (default 1)"
+    )
     w.add_argument(
         "--burstiness",
-        type=float,
+        type=_positive,
         default=None,
         help="gamma shape (1 = Poisson); default: the workload's",
     )
     w.add_argument("--qps-trace", default=None, help="a dynamic-QPS trace file or packaged name")
-    w.add_argument("--trace-scale", type=float, default=1.0, help="multiplies the trace's rates")
-    w.add_argument("--concurrency", type=int, default=None, help="closed loop: in flight")
+    w.add_argument(
+        "--trace-scale",
+        type=_positive,
+        default=None,
+        help="multiplies the trace's rates (default 1)",
+    )
+    w.add_argument("--concurrency", type=_count(1), default=None, help="closed loop: in flight")
     w.add_argument("--sweep", type=_rates, default=None, help="comma-separated rates")
-    w.add_argument("--warmup", type=int, default=2, help="requests sent before measuring")
+    w.add_argument("--warmup", type=_count(0), default=2, help="requests sent before measuring")
     w.add_argument("--seed", type=int, default=0)
     w.add_argument(
         "--disconnect-fraction",
-        type=float,
+        type=_share,
         default=0.0,
         help="this share of clients leaves after 1-4 tokens (reliability check)",
     )
@@ -102,12 +156,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="no server: replay through the scheduler in simulated time, each step taking "
         "A + B x tokens milliseconds (see bench/serve_sim.py)",
     )
-    s.add_argument("--label", default="server", help="the name of --base-url's system")
+    s.add_argument("--label", default=None, help="the name of --base-url's system (default server)")
     s.add_argument(
         "--model",
-        default="llama-100m.json",
+        default=None,
         help="model to serve: a directory, a bundled name, or an HF config JSON "
-        "(a file, or one of bench/models/) built with random weights",
+        "(a file, or one of bench/models/) built with random weights (default "
+        f"{DEFAULT_MODEL}); with --base-url, the model name to request, as vLLM's --model "
+        "(default: the server's first in /v1/models)",
     )
     s.add_argument(
         "--system",
@@ -130,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the peer's own flags (default for hf: --continuous-batching)",
     )
     s.add_argument("--engine-args", default="", help="engine flags shared by every system")
-    s.add_argument("--threads", type=int, default=2, help="CPU threads of each server")
+    s.add_argument("--threads", type=_count(1), default=2, help="CPU threads of each server")
     s.add_argument(
         "--vocab-size",
         type=int,
@@ -140,10 +196,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--no-logprobs",
         action="store_true",
-        help="do not ask for logprobs (count one token per chunk)",
+        help="do not ask for logprobs (count one token per chunk of text; needs a tokenizer)",
     )
-    s.add_argument("--request-timeout", type=float, default=600.0)
-    s.add_argument("--startup-timeout", type=float, default=300.0)
+    s.add_argument(
+        "--request-timeout",
+        type=_positive,
+        default=600.0,
+        help="seconds one request may take in all, send to the stream's end (default 600)",
+    )
+    s.add_argument("--startup-timeout", type=_positive, default=300.0)
     o = p.add_argument_group("SLO and output")
     # Defaults: TTFT within 3 s and the p90 of a request's gaps within 500 ms. The server's
     # default step-time target (300 ms) lies under this TBT bound, as a target must (README).
@@ -159,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--slo-tbt-stat", choices=("mean", "p90", "max"), default="p90")
     o.add_argument(
         "--slo-attainment",
-        type=float,
+        type=_attainment,
         default=0.9,
         help="share of a rate's requests that must meet the SLO (default 0.9)",
     )
@@ -175,7 +236,70 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _system_labels(args: argparse.Namespace) -> list[str]:
+    """The names of the systems a run will measure, known before any server starts."""
+    if args.base_url is not None:
+        return [args.label]
+    specs = args.system or list(DEFAULT_SYSTEMS)
+    return [spec.partition("=")[0] for spec in specs] + list(getattr(args, "peer", None) or [])
+
+
+def refuse_conflicts(args: argparse.Namespace) -> None:
+    """Raise ValueError for a flag the chosen mode would not use, then fill in the defaults
+    left unset to tell "given" from "not given" (--request-rate 1, --trace-scale 1, --label
+    server). A parameter is honoured or refused, never silently dropped: a closed loop used
+    to ignore --sweep and --request-rate, a trace --sweep, --simulate a --base-url."""
+
+    def given(*flags: str) -> list[str]:
+        return [f for f in flags if getattr(args, f[2:].replace("-", "_")) is not None]
+
+    if args.concurrency is not None:
+        extra = given("--sweep", "--request-rate", "--qps-trace", "--burstiness", "--duration")
+        if extra:
+            raise ValueError(
+                f"--concurrency is a closed loop (the next request when one ends): "
+                f"{', '.join(extra)} set open-loop arrivals and do not go with it"
+            )
+        if args.plot:
+            raise ValueError("--plot draws latency against offered rate: none with --concurrency")
+    if args.qps_trace is not None:
+        extra = given("--sweep", "--request-rate")
+        if extra:
+            raise ValueError(f"--qps-trace sets the rates: {', '.join(extra)} do not go with it")
+    elif args.trace_scale is not None:
+        raise ValueError("--trace-scale: no --qps-trace to scale")
+    if args.sweep and args.request_rate is not None:
+        raise ValueError("--sweep gives the rates: --request-rate does not go with it")
+    if args.simulate is not None:
+        if args.base_url is not None:
+            raise ValueError("--simulate starts no server and reaches none: no --base-url")
+        if args.disconnect_fraction:
+            raise ValueError("--disconnect-fraction: --simulate has no client to disconnect")
+    if args.base_url is not None:
+        extra = [
+            f for f, v in (("--system", args.system), ("--engine-args", args.engine_args)) if v
+        ]
+        if extra:
+            raise ValueError(f"--base-url starts no server: {', '.join(extra)} would not apply")
+    elif args.label is not None:
+        raise ValueError("--label names --base-url's system: no --base-url given")
+    if args.reference is not None and args.reference not in _system_labels(args):
+        raise ValueError(
+            f"--reference {args.reference!r} is not a system of this run "
+            f"({', '.join(_system_labels(args))})"
+        )
+    if args.request_rate is None:
+        args.request_rate = 1.0
+    if args.trace_scale is None:
+        args.trace_scale = 1.0
+    if args.label is None:
+        args.label = "server"
+    if args.model is None and args.base_url is None:
+        args.model = DEFAULT_MODEL
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    refuse_conflicts(args)
     work = wl.load(args.workload)
     slo = Slo(args.slo_ttft_ms / 1e3, args.slo_tbt_ms / 1e3, args.slo_tbt_stat)
     plan = loads(args, work)
@@ -184,6 +308,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError("--peer-args: no --peer to pass them to")
     if args.simulate is not None and peers:
         raise ValueError("--peer starts a real server: it does not go with --simulate")
+    if args.simulate is None and args.base_url is None and args.no_logprobs:
+        # the random-weight model is served with --skip-tokenizer-init: its chunks carry no
+        # text, so counted one token per non-empty text every request failed as tokenless
+        if model_config(args.model)[0] is not None:
+            raise ValueError(
+                f"--no-logprobs counts tokens by their text, and {args.model} is built with "
+                "random weights and served without a tokenizer: its chunks carry no text"
+            )
     if args.simulate is not None:
         out = _simulate(args, work, slo, plan)
     else:
@@ -191,7 +323,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             out = _run(args, work, slo, plan, Path(scratch))
     out.update(
         workload=work.name,
-        model=args.model,
+        model=out.pop("model", args.model),
         slo={
             "ttft_ms": args.slo_ttft_ms,
             "tbt_ms": args.slo_tbt_ms,
@@ -226,6 +358,12 @@ def _simulate(
         a_ms, b_ms = (float(x) for x in args.simulate.split(","))
     except ValueError:
         raise ValueError(f"--simulate {args.simulate!r}: expected A_MS,B_MS") from None
+    # a negative cost moved the clock back (negative TTFTs, reported as measures); NaN or
+    # inf failed deep inside with "cannot convert float NaN to integer"; 0,0 stops the clock
+    if not all(x >= 0 and math.isfinite(x) for x in (a_ms, b_ms)) or a_ms + b_ms == 0:
+        raise ValueError(
+            f"--simulate {args.simulate!r}: A_MS and B_MS must be finite numbers >= 0, not both 0"
+        )
     cost = StepCost(a_ms / 1e3, b_ms / 1e3)
     _, cfg = model_config(args.model)
     vocab = args.vocab_size or (cfg or {}).get("vocab_size") or 32000
@@ -261,6 +399,8 @@ def _run(
             raise SystemExit("--vocab-size is needed: the model's config.json is not readable")
         max_len = (cfg or {}).get("max_position_embeddings")
         names = {s.label: served_model(s.base_url) for s in systems}
+        if args.base_url is not None and args.model is not None:
+            names = dict.fromkeys(names, args.model)  # vLLM's --model with --base-url
         text = next((s.text for s in systems if s.text is not None), None)
 
         def as_text(batch: list[wl.BenchRequest]) -> list[str] | None:
@@ -326,6 +466,8 @@ def _run(
     finally:
         stop_systems(systems)
     out: dict[str, Any] = {"systems": [s.label for s in systems]}
+    if args.base_url is not None:  # the model measured, not --model's default
+        out["model"] = next(iter(names.values()))
     out["_reports"] = reports
     return out
 
@@ -338,9 +480,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    if args.num_prompts < 1 or args.min_prompts < 1:
-        print("xyserve bench serve: error: --num-prompts must be at least 1", file=sys.stderr)
-        return 2
     try:
         out = run(args)
     except (wl.WorkloadError, arr.TraceError, EndpointError, ValueError) as e:
@@ -370,13 +509,18 @@ def main(argv: list[str] | None = None) -> int:
         )
         print("\n".join(verdict_lines(verdicts)))
     if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=1, default=float))
+        # its folder made as --plot's is: a missing one lost a whole sweep's results at the end
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(
+            json.dumps(json_safe(out), indent=1, allow_nan=False, default=float)
+        )
     if args.markdown:
+        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
         Path(args.markdown).write_text(markdown(reports) + "\n")
     if args.plot:
         from xyserve.bench.serve_plot import plot_sweep
 
-        title = f"{out['workload']} on {args.model} ({args.threads} threads)"
+        title = f"{out['workload']} on {out['model']} ({args.threads} threads)"
         if args.simulate:
             title = f"{out['workload']}, simulated steps of {args.simulate} ms (a, b per token)"
         print(f"plot: {plot_sweep(reports, args.plot, title, args.slo_attainment)}")

@@ -11,6 +11,7 @@ exactly against a fake server with a fake clock.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable
@@ -91,12 +92,14 @@ async def send(
     disconnect_after: int | None = None,
     prompt: str | None = None,
     ignore_eos: bool = True,
+    timeout_s: float | None = None,
 ) -> RequestResult:
     """Stream one completion; any failure is recorded in ``error``, never raised. ``prompt``:
     the prompt as text, for a server that takes no token ids (default: ``req.prompt_ids``).
     ``ignore_eos`` False: the body leaves out vLLM's ``ignore_eos``, for a server that refuses
     it (a stream that then ends early at an end-of-sequence token is a failure, as any short
-    stream).
+    stream). ``timeout_s``: the whole request's deadline, from send to the stream's end (None:
+    no deadline); past it the request fails as timed out.
 
     With ``disconnect_after = k`` the client closes the connection once k tokens arrived, as
     a user who leaves mid-stream; the result is marked ``disconnected``, not failed.
@@ -115,11 +118,13 @@ async def send(
     if use_logprobs:
         body["logprobs"] = 0
     res = RequestResult(len(req.prompt_ids), req.output_len, start=clock())
-    try:
+
+    async def stream() -> None:
+        """Read the answer into ``res``; an early return leaves ``error`` or ``disconnected``."""
         async with client.stream("POST", url, json=body) as resp:
             if resp.status_code != 200:
                 res.error = _error_text(resp.status_code, await resp.aread())
-                return res
+                return
             async for line in resp.aiter_lines():
                 if not line.startswith("data:"):
                     continue
@@ -128,9 +133,13 @@ async def send(
                     break
                 now = clock()
                 msg = json.loads(data)
+                if not isinstance(msg, dict):  # "data: 5", "data: null": not an event
+                    raise ValueError(f"an event that is not a JSON object: {data[:80]!r}")
                 if "error" in msg:
-                    res.error = f"stream error: {msg['error'].get('message', msg['error'])}"
-                    return res
+                    err = msg["error"]
+                    text = err.get("message", err) if isinstance(err, dict) else err
+                    res.error = f"stream error: {text}"
+                    return
                 if msg.get("usage"):
                     res.usage_tokens = msg["usage"].get("completion_tokens")
                 k = sum(_chunk_tokens(c) for c in msg.get("choices") or [])
@@ -138,15 +147,23 @@ async def send(
                     res.chunks.append((now, k))
                 if disconnect_after is not None and res.num_tokens >= disconnect_after:
                     res.disconnected = True
-                    return res
+                    return
+
+    try:
+        # httpx's timeout bounds each read only: a server that keeps sending (comments,
+        # empty events, a token now and then) would hold the request, and the run, for ever
+        await asyncio.wait_for(stream(), timeout_s)
+    except asyncio.TimeoutError:
+        res.error = f"timed out: no complete answer within {timeout_s:g} s (--request-timeout)"
     except httpx.HTTPError as e:
         res.error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-        return res
-    except (ValueError, KeyError, AttributeError) as e:
+    except (ValueError, KeyError, AttributeError, TypeError) as e:
+        # a malformed event fails this request only: raised, it ended the whole run
         res.error = f"malformed stream: {e}"
-        return res
     finally:
         res.end = clock()
+    if res.error is not None:
+        return res
     if res.disconnected:
         return res
     if not res.chunks:

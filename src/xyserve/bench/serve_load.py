@@ -27,7 +27,16 @@ def served_model(base_url: str) -> str | None:
         raise EndpointError(f"cannot reach {base_url}: {type(e).__name__}: {e}") from None
     if r.status_code != 200:
         raise EndpointError(f"{base_url}/v1/models answered HTTP {r.status_code}")
-    data = r.json().get("data") or []
+    # another kind of server on that port answers something else: say so, not a traceback
+    try:
+        body = r.json()
+    except ValueError:
+        body = None
+    data = body.get("data") if isinstance(body, dict) else None
+    if not isinstance(data, list) or not all(isinstance(m, dict) for m in data):
+        raise EndpointError(
+            f"{base_url}/v1/models is not an OpenAI-compatible model list: {r.text[:120]!r}"
+        )
     return data[0].get("id") if data else None
 
 
@@ -55,7 +64,7 @@ async def run_load(
 ) -> list[RequestResult]:
     """Send every request; results are in request order, failures included. ``prompts``: each
     request's prompt as text, for a server that takes text only; ``ignore_eos``: see
-    :func:`send`."""
+    :func:`send`; ``timeout_s``: each request's deadline, from its send to its stream's end."""
     if (arrivals is None) == (concurrency is None):
         raise ValueError("give exactly one of arrivals (open loop) or concurrency (closed loop)")
     if arrivals is not None and len(arrivals) != len(requests):
@@ -66,7 +75,7 @@ async def run_load(
         raise ValueError("concurrency must be at least 1")
     leave = disconnects or [None] * len(requests)
     url = f"{base_url}/v1/completions"
-    timeout = httpx.Timeout(timeout_s, connect=10.0)
+    timeout = httpx.Timeout(timeout_s, connect=min(10.0, timeout_s))
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
     bar = tqdm(total=len(requests), desc=desc, disable=not progress, leave=False)
     results: list[RequestResult | None] = [None] * len(requests)
@@ -76,7 +85,7 @@ async def run_load(
             text = None if prompts is None else prompts[i]
             results[i] = await send(
                 client, url, model, requests[i], time.perf_counter, use_logprobs, leave[i],
-                prompt=text, ignore_eos=ignore_eos,
+                prompt=text, ignore_eos=ignore_eos, timeout_s=timeout_s,
             )  # fmt: skip
             bar.update(1)
 

@@ -4,6 +4,7 @@ concurrency) and, per load, its requests and their send times, seeded."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 from typing import Any
 
@@ -27,12 +28,15 @@ def loads(args: argparse.Namespace, work: wl.ServeWorkload) -> list[dict[str, An
         ]
     if args.qps_trace is not None:
         trace = arr.load_trace(args.qps_trace)
+        if args.burstiness is not None:  # the flag overrides the file's, as the workload's
+            trace = dataclasses.replace(trace, burstiness=args.burstiness)
         n = args.num_prompts
         if args.duration is not None:
             n = max(args.min_prompts, round(trace.mean_rate * args.trace_scale * args.duration))
         return [
             dict(
-                load=f"trace={trace.name} x{args.trace_scale:g}",
+                load=f"trace={trace.name} x{args.trace_scale:g}"
+                + ("" if args.burstiness is None else f" burst={args.burstiness:g}"),
                 rate=trace.mean_rate * args.trace_scale,
                 n=n,
                 concurrency=None,

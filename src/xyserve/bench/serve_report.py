@@ -261,26 +261,39 @@ def rate_verdicts(reports: list[RunReport], bar: float) -> list[RateVerdict]:
 
 
 def max_rate_under_slo(reports: list[RunReport], target: float) -> dict[str, float]:
-    """Per system: the highest offered rate meeting the SLO (0 when none does), each rate
-    judged on its runs pooled (:func:`rate_verdicts`)."""
+    """Per system: the highest offered rate up to which every rate meets the SLO (0 when the
+    lowest does not), each rate judged on its runs pooled (:func:`rate_verdicts`)."""
     return highest_met(rate_verdicts(reports, target), [r.label for r in reports])
 
 
+def _ascending(verdicts: list[RateVerdict], label: str) -> list[RateVerdict]:
+    return sorted((v for v in verdicts if v.label == label), key=lambda v: v.rate)
+
+
 def highest_met(verdicts: list[RateVerdict], labels: list[str]) -> dict[str, float]:
-    """Per label: the highest rate whose verdict meets the SLO (0 when none does)."""
+    """Per label: the highest rate below its lowest failing rate (0 when the lowest rate
+    fails). A rate that meets the SLO above one that fails it is not a rate the system
+    sustains (its load passed by luck, or the sweep is noisy): counting it, as the highest
+    meeting rate did, reported a capacity the system had just failed to reach at a lower
+    load. Such a rate still shows in the verdict lines."""
     best = dict.fromkeys(labels, 0.0)
-    for v in verdicts:
-        if v.meets:
-            best[v.label] = max(best[v.label], v.rate)
+    for label in best:
+        for v in _ascending(verdicts, label):
+            if not v.meets:
+                break
+            best[label] = v.rate
     return best
 
 
 def settled(verdicts: list[RateVerdict], label: str, rate: float) -> bool:
-    """Whether ``label``'s max rate ``rate`` rests only on clear verdicts: its own (when it
-    meets the SLO) and those of the higher rates that fail it; never for a system with no
-    finite rate judged (``--sweep inf`` alone)."""
-    vs = [v for v in verdicts if v.label == label and v.rate >= rate]
-    return bool(vs) and all(v.clear for v in vs)  # no finite rate judged: nothing to rest on
+    """Whether ``label``'s max rate ``rate`` rests only on clear verdicts: those of the rates
+    up to it (each meets the SLO) and that of the first rate above it (which fails it); never
+    for a system with no finite rate judged (``--sweep inf`` alone)."""
+    vs = _ascending(verdicts, label)
+    upto = [v for v in vs if v.rate <= rate]
+    above = [v for v in vs if v.rate > rate][:1]
+    rests_on = upto + above
+    return bool(rests_on) and all(v.clear for v in rests_on)  # nothing judged: nothing to rest on
 
 
 def verdict_lines(verdicts: list[RateVerdict]) -> list[str]:
@@ -302,6 +315,25 @@ def verdict_lines(verdicts: list[RateVerdict]) -> list[str]:
             )
         lines.append(f"  {label:<12} " + "; ".join(cells))
     return lines
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every non-finite float made valid JSON: NaN (a latency of a run with no
+    completed request, a TPOT when every output is one token) becomes null and an infinite
+    rate the string ``"inf"``, as vLLM's result files write it. ``json.dumps`` would otherwise
+    write bare ``NaN`` and ``Infinity``, which strict JSON readers (``jq``, JavaScript,
+    pandas' ``read_json`` in strict mode) refuse."""
+    if isinstance(obj, float):
+        if math.isnan(obj):
+            return None
+        if math.isinf(obj):
+            return "inf" if obj > 0 else "-inf"
+        return obj
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    return obj
 
 
 def ratios(best: dict[str, float], reference: str) -> dict[str, float | None]:

@@ -123,6 +123,15 @@ def parse(data: Any, where: str = "workload") -> ServeWorkload:
     for key in ("name", "description"):
         if not isinstance(data.get(key), str) or not data[key]:
             raise WorkloadError(f"{where}: {key!r} must be a non-empty string")
+    for part, fields in (
+        ("shared_prefix", {"num_prefixes", "len"}),
+        ("multi_turn", {"turns"}),
+        ("arrival", {"burstiness"}),
+    ):
+        # a misspelled key inside a part (arrival.burstyness) was dropped without a word
+        extra = sorted(set(data[part]) - fields) if isinstance(data.get(part), dict) else []
+        if extra:
+            raise WorkloadError(f"{where}: unknown fields in {part}: {extra}")
     num_prefixes, prefix_len = 0, None
     sp = data.get("shared_prefix")
     if sp is not None:
@@ -134,7 +143,10 @@ def parse(data: Any, where: str = "workload") -> ServeWorkload:
     mt = data.get("multi_turn")
     if mt is not None:
         t = mt.get("turns") if isinstance(mt, dict) else None
-        ok = isinstance(t, list) and len(t) == 2 and all(isinstance(x, int) for x in t)
+        ints = isinstance(t, list) and all(
+            isinstance(x, int) and not isinstance(x, bool) for x in t
+        )
+        ok = ints and len(t) == 2
         if not ok or not 1 <= t[0] <= t[1]:
             raise WorkloadError(f"{where}: multi_turn.turns must be [lo, hi] with 1 <= lo <= hi")
         turns = (t[0], t[1])
