@@ -188,3 +188,15 @@ def test_a_trace_with_a_misspelled_field_is_refused():
     with pytest.raises(arr.TraceError, match=r"segments\[0\]: unknown fields \['ramp'\]"):
         arr.parse_trace({**base, "segments": [seg]}, "t.json")
     assert arr.parse_trace({**base, "name": "n", "description": "d"}).name == "n"
+
+
+def test_arrivals_and_requests_of_one_seed_draw_different_numbers():
+    """Both drew from random.Random(seed): the first Poisson gap was -log(1 - u) / rate for
+    the very u that picked the first request's lengths, so gaps and lengths were correlated."""
+    import math
+    import random
+
+    for seed in range(20):
+        u = random.Random(seed).random()  # the first number wl.sample draws
+        gap = arr.gamma_arrivals(1, rate=1.0, burstiness=1.0, seed=seed)[0]
+        assert not math.isclose(gap, -math.log(1.0 - u))
