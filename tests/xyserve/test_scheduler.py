@@ -229,3 +229,35 @@ def test_a_verify_larger_than_the_budget_is_trimmed_not_stalled(policy):
     (stage,) = out.stages
     assert stage.num_tokens == 4 and stage.num_spec_tokens == 3 and stage.samples
     assert r.spec_token_ids == [11, 12, 13]
+
+
+@pytest.mark.parametrize("order", ["fcfs", "prefix_hit"])
+def test_requests_sharing_a_prompt_compute_it_once(order):
+    """n samples of one prompt (or requests arriving with one system prompt) were admitted side
+    by side, each computing the whole shared prompt: blocks are matchable only once computed.
+    Now the others wait for the first one's blocks and compute only their last token; a request with a prompt of its own is admitted past them, in the same step."""
+    kv = KVCacheManager(256, 4, enable_prefix_caching=True)
+    s = Scheduler(kv, 256, 16, 4096, admission_order=order)
+    for i in range(4):
+        s.add_request(req(f"s{i}", 30, max_tokens=3))  # 7 whole blocks and 2 tokens
+    s.add_request(req("other", 10, max_tokens=3, base=500))
+    out = run_step(s)
+    assert sorted((st.request.request_id, st.num_tokens) for st in out.stages) == [
+        ("other", 10),
+        ("s0", 30),
+    ]
+    out = run_step(s)  # s0's 29 tokens are matched: whole blocks and a copied partial one
+    admitted = {st.request.request_id: st for st in out.stages if st.context_len == 29}
+    assert sorted(admitted) == ["s1", "s2", "s3"]
+    assert all(st.num_tokens == 1 for st in admitted.values())
+    while s.has_unfinished():
+        run_step(s)
+    s.kv.check_no_leak()
+
+
+def test_a_shared_prompt_is_computed_again_without_the_prefix_cache():
+    s = make(budget=256, cache=False)
+    for i in range(2):
+        s.add_request(req(f"s{i}", 30))
+    out = run_step(s)
+    assert [st.num_tokens for st in out.stages] == [30, 30]

@@ -6,7 +6,9 @@ is simply ``num_tokens_with_spec - num_computed_tokens`` (capped by the budget),
 decode and verify are not separate code paths, only different counts.
 
 ``hybrid`` (XY-Serve): prefill first, but ``num_reserved_decode_tokens`` of the budget stay for
-decode/verify tokens whenever some wait; long prompts are chunked. ``baseline``: whole prefills
+decode/verify tokens whenever some wait; long prompts are chunked; a new prompt whose next
+uncached block a running prefill is computing (the samples of ``n > 1``, one system prompt sent
+by many) waits for it, to find it in the prefix cache instead of computing it again. ``baseline``: whole prefills
 in steps of their own, otherwise decode-only steps, no chunking.
 
 Hybrid knobs besides the budget and the reserve:
@@ -269,6 +271,8 @@ class Scheduler:
                 left -= n
         while self.waiting and prefill_left > 0 and len(self.running) < self.max_num_seqs:
             self._order_waiting()
+            if not self._skip_prefix_in_flight():
+                break
             room = min(prefill_left, self.chunk)
             if not self.partial_prefill_admission and any(st.is_prefill for st in out.stages):
                 head = self.waiting[0]
@@ -349,6 +353,50 @@ class Scheduler:
         chosen = window[best]
         self.waiting.remove(chosen)
         self.waiting.appendleft(chosen)
+
+    def _skip_prefix_in_flight(self) -> bool:
+        """Bring to the head of ``waiting`` the first request (of ``ADMISSION_WINDOW``) whose
+        next uncached block no running prefill is computing; False if there is none.
+
+        The samples of an ``n > 1`` request, and requests that arrive together with one system
+        prompt, share their prompt's blocks; but a block is matchable only once the step that
+        computes it has run. Admitted side by side, each would compute the whole shared
+        prompt; held back until the first one's blocks are committed, the others find them in
+        the prefix cache and compute only what is their own (vLLM shares them the same way,
+        by caching a block when it is allocated). The one held back loses at most the steps of
+        that prefill, which its hit gives back; a preempted request is never held back (it
+        resumes first, as under FCFS)."""
+        if not self.kv.enable_prefix_caching:
+            return True
+        window = min(ADMISSION_WINDOW, len(self.waiting))
+        for i in range(window):
+            r = self.waiting[i]
+            if r.num_preemptions or not self._prefix_in_flight(r):
+                if i:
+                    del self.waiting[i]
+                    self.waiting.appendleft(r)
+                return True
+        return False
+
+    def _prefix_in_flight(self, req: Request) -> bool:
+        """Whether a running prefill will compute the next whole block of ``req``'s prompt
+        past its cached prefix (the same tokens from position 0), which ``req`` would
+        otherwise compute again."""
+        bs = self.kv.block_size
+        end = (self.kv.match_prefix(req).num_tokens // bs + 1) * bs
+        prompt = req.prompt_token_ids
+        if end > len(prompt) - 1:  # no whole block left to share (the last token always runs)
+            return False
+        block = prompt[end - bs : end]
+        for r in self.running:
+            other = r.prompt_token_ids
+            if (
+                r.num_computed_tokens < end <= len(other)
+                and other[end - bs : end] == block
+                and other[: end - bs] == prompt[: end - bs]
+            ):
+                return True
+        return False
 
     # ---- helpers ----------------------------------------------------------------------
     @staticmethod
