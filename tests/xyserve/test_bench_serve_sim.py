@@ -149,12 +149,23 @@ def test_out_of_range_numbers_are_usage_errors_naming_the_flag(flag, value, caps
         (["--disconnect-fraction", "0.5"], "--disconnect-fraction"),
         (["--label", "mine"], "--label"),
         (["--sweep", "1", "--reference", "nosuch"], "--reference 'nosuch'"),
+        (["--duration", "10", "--num-prompts", "7"], "--num-prompts"),
+        (["--duration", "10", "--sweep", "1,2", "--num-prompts", "7"], "--num-prompts"),
+        (["--min-prompts", "4"], "--min-prompts"),
+        (["--warmup", "3"], "--warmup"),
+        (["--request-timeout", "30"], "--request-timeout"),
+        (["--threads", "4"], "--threads"),
+        (["--startup-timeout", "30"], "--startup-timeout"),
     ],
 )
 def test_a_flag_the_run_would_not_use_is_refused(extra, message, capsys):
     """Each of these ran with the flag silently dropped: the closed loop ignored the rates, a
-    trace the sweep, --simulate the --base-url, an unknown --reference left every ratio n/a."""
-    argv = ["--simulate", "5,0.1", "--num-prompts", "3", "--no-progress", *extra]
+    trace the sweep, --simulate the --base-url, an unknown --reference left every ratio n/a,
+    --duration the --num-prompts, --simulate the client's and the server's flags."""
+    base = ["--simulate", "5,0.1", "--no-progress"]
+    if "--duration" not in extra and "--num-prompts" not in extra:
+        base += ["--num-prompts", "3"]
+    argv = [*base, *extra]
     assert serve.main(argv) == 2
     err = capsys.readouterr().err
     assert "error:" in err and message in err
@@ -166,6 +177,21 @@ def test_base_url_refuses_the_flags_of_servers_it_does_not_start(capsys):
     assert "--system" in capsys.readouterr().err
     assert serve.main([*argv, "--engine-args", "--max-num-seqs 4"]) == 2
     assert "--engine-args" in capsys.readouterr().err
+    for flag in ("--threads", "--startup-timeout"):
+        assert serve.main([*argv, flag, "4"]) == 2
+        assert flag in capsys.readouterr().err
+
+
+def test_num_prompts_with_duration_counts_the_infinite_rate():
+    """--duration sets a finite rate's count; --num-prompts is the count of a run at rate inf,
+    where rate x duration says nothing, so the two go together only then."""
+    from xyserve.bench import serve_workload as wl
+    from xyserve.bench.serve_plan import loads
+
+    argv = ["--simulate", "5,0.1", "--sweep", "2,inf", "--duration", "10", "--num-prompts", "7"]
+    args = serve.build_parser().parse_args(argv)
+    serve.refuse_conflicts(args)
+    assert [ld["n"] for ld in loads(args, wl.load(args.workload))] == [20, 7]
 
 
 def test_burstiness_applies_to_a_qps_trace():

@@ -113,14 +113,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="a file or packaged name (sharegpt, "
         "sonnet_prefill_heavy, sonnet_decode_heavy, shared_prefix, agentic)",
     )
-    w.add_argument("--num-prompts", type=_count(1), default=50)
+    w.add_argument(
+        "--num-prompts",
+        type=_count(1),
+        default=None,
+        help="requests per run (default 50); with --duration, only an infinite rate's",
+    )
     w.add_argument(
         "--duration",
         type=_positive,
         default=None,
         help="per run: rate x duration requests (at least --min-prompts)",
     )
-    w.add_argument("--min-prompts", type=_count(1), default=8)
+    w.add_argument(
+        "--min-prompts", type=_count(1), default=None, help="with --duration (default 8)"
+    )
     w.add_argument(
         "--request-rate", type=_rate, default=None, help="req/s; inf: all at once (default 1)"
     )
@@ -139,7 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     w.add_argument("--concurrency", type=_count(1), default=None, help="closed loop: in flight")
     w.add_argument("--sweep", type=_rates, default=None, help="comma-separated rates")
-    w.add_argument("--warmup", type=_count(0), default=2, help="requests sent before measuring")
+    w.add_argument(
+        "--warmup", type=_count(0), default=None, help="requests sent before measuring (default 2)"
+    )
     w.add_argument("--seed", type=int, default=0)
     w.add_argument(
         "--disconnect-fraction",
@@ -186,7 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="the peer's own flags (default for hf: --continuous-batching)",
     )
     s.add_argument("--engine-args", default="", help="engine flags shared by every system")
-    s.add_argument("--threads", type=_count(1), default=2, help="CPU threads of each server")
+    s.add_argument(
+        "--threads", type=_count(1), default=None, help="CPU threads of each server (default 2)"
+    )
     s.add_argument(
         "--vocab-size",
         type=int,
@@ -201,10 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--request-timeout",
         type=_positive,
-        default=600.0,
+        default=None,
         help="seconds one request may take in all, send to the stream's end (default 600)",
     )
-    s.add_argument("--startup-timeout", type=_positive, default=300.0)
+    s.add_argument("--startup-timeout", type=_positive, default=None, help="seconds (default 300)")
     o = p.add_argument_group("SLO and output")
     # Defaults: TTFT within 3 s and the p90 of a request's gaps within 500 ms. The server's
     # default step-time target (300 ms) lies under this TBT bound, as a target must (README).
@@ -244,11 +255,24 @@ def _system_labels(args: argparse.Namespace) -> list[str]:
     return [spec.partition("=")[0] for spec in specs] + list(getattr(args, "peer", None) or [])
 
 
+# Flags whose default is filled in by refuse_conflicts, after it has told "given" from "not
+# given" (the parser leaves them None).
+DEFAULTS: dict[str, Any] = {
+    "num_prompts": 50,
+    "min_prompts": 8,
+    "warmup": 2,
+    "threads": 2,
+    "request_timeout": 600.0,
+    "startup_timeout": 300.0,
+}
+
+
 def refuse_conflicts(args: argparse.Namespace) -> None:
     """Raise ValueError for a flag the chosen mode would not use, then fill in the defaults
-    left unset to tell "given" from "not given" (--request-rate 1, --trace-scale 1, --label
-    server). A parameter is honoured or refused, never silently dropped: a closed loop used
-    to ignore --sweep and --request-rate, a trace --sweep, --simulate a --base-url."""
+    left unset to tell "given" from "not given" (``DEFAULTS``, --request-rate 1, --trace-scale
+    1, --label server). A parameter is honoured or refused, never silently dropped: a closed
+    loop used to ignore --sweep and --request-rate, a trace --sweep, --simulate a --base-url,
+    --warmup and the server's flags, --duration a --num-prompts, --base-url --threads."""
 
     def given(*flags: str) -> list[str]:
         return [f for f in flags if getattr(args, f[2:].replace("-", "_")) is not None]
@@ -283,11 +307,36 @@ def refuse_conflicts(args: argparse.Namespace) -> None:
             raise ValueError(f"--base-url starts no server: {', '.join(extra)} would not apply")
     elif args.label is not None:
         raise ValueError("--label names --base-url's system: no --base-url given")
+    if args.duration is not None:
+        infinite = args.qps_trace is None and any(
+            math.isinf(r) for r in (args.sweep or [args.request_rate or 1.0])
+        )
+        if args.num_prompts is not None and not infinite:
+            raise ValueError(
+                "--num-prompts: --duration sets each run's requests (rate x duration); "
+                "--num-prompts counts only a run at an infinite rate, and there is none"
+            )
+    elif args.min_prompts is not None:
+        raise ValueError("--min-prompts bounds --duration's count: no --duration given")
+    if args.simulate is not None:
+        extra = given("--warmup", "--request-timeout", "--threads", "--startup-timeout")
+        if extra:
+            raise ValueError(
+                f"--simulate sends no request and starts no server: {', '.join(extra)} "
+                "would not apply"
+            )
+    if args.base_url is not None:
+        extra = given("--threads", "--startup-timeout")
+        if extra:
+            raise ValueError(f"--base-url starts no server: {', '.join(extra)} would not apply")
     if args.reference is not None and args.reference not in _system_labels(args):
         raise ValueError(
             f"--reference {args.reference!r} is not a system of this run "
             f"({', '.join(_system_labels(args))})"
         )
+    for name, default in DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
     if args.request_rate is None:
         args.request_rate = 1.0
     if args.trace_scale is None:
@@ -520,7 +569,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.plot:
         from xyserve.bench.serve_plot import plot_sweep
 
-        title = f"{out['workload']} on {out['model']} ({args.threads} threads)"
+        title = f"{out['workload']} on {out['model']}"
+        if args.base_url is None:  # a server of its own, run on --threads
+            title += f" ({args.threads} threads)"
         if args.simulate:
             title = f"{out['workload']}, simulated steps of {args.simulate} ms (a, b per token)"
         print(f"plot: {plot_sweep(reports, args.plot, title, args.slo_attainment)}")
