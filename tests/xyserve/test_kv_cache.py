@@ -68,3 +68,27 @@ def test_prefix_caching_off_registers_nothing():
     kv.free(a)
     assert kv.match_prefix(Request("b", list(range(8)), 1)).num_tokens == 0
     kv.check_no_leak()
+
+
+def test_blocks_after_a_twin_are_private_and_freed_not_cached():
+    """Two requests that compute one prompt side by side (admitted in one step, before either
+    block is cached): the second's full block is a twin of the first's and stays private. The
+    blocks allocated after it stayed registered under it, unreachable, and went to the LRU
+    list when freed, never matchable; now they are private too and go straight back."""
+    kv = KVCacheManager(32, 4)
+    a = Request("a", [*range(12), 100], 1)
+    b = Request("b", [*range(12), 200], 1)
+    for r in (a, b):  # both allocated before either commits: nothing to match yet
+        assert kv.allocate(r, r.num_tokens, kv.match_prefix(r))
+    for r in (a, b):
+        r.num_computed_tokens = r.num_tokens
+        kv.commit(r)
+    tb = kv.block_table("b")
+    assert not any(kv.blocks[i].registered for i in tb)
+    assert kv.match_prefix(Request("c", [*range(12), 200, 7], 1)).num_tokens == 12  # a's
+    kv.free(b)
+    assert kv.num_free_blocks == 32 - 4
+    assert len(kv._evictable) == 0 and all(i in kv._free for i in tb)
+    kv.free(a)
+    assert len(kv._evictable) == 4
+    kv.check_no_leak()

@@ -222,9 +222,24 @@ class KVCacheManager:
         parent.partial_children.discard(blk)
         key = tuple(blk.tokens)
         if key in parent.full_children:
-            blk.registered = False  # a twin is cached already; this one stays private
+            # A twin is cached already: this one stays private, and so do the blocks allocated
+            # after it (registered under it, unreachable now): cached, they would only sit
+            # in the LRU list, never matched, until evicted.
+            self._unregister(blk)
         else:
             parent.full_children[key] = blk
+
+    @staticmethod
+    def _unregister(blk: Block) -> None:
+        """Make ``blk`` and the blocks under it private (they are its request's alone: no
+        other request can hold a block that was never reachable as a whole block)."""
+        stack = [blk]
+        while stack:
+            b = stack.pop()
+            stack.extend(b.full_children.values())
+            stack.extend(b.partial_children)
+            b.registered = False
+            b.full_children, b.partial_children = {}, set()
 
     def _pop_free(self) -> int:
         if self._free:
