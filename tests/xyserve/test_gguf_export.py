@@ -184,3 +184,32 @@ def test_configs_it_cannot_represent_are_refused(tmp_path, overrides, named):
     with pytest.raises(ValueError, match=named):
         export_gguf(model, tmp_path / "m.gguf")
     assert not (tmp_path / "m.gguf").exists()
+
+
+@pytest.mark.skipif(
+    not llama_cpp.available(), reason="needs llama-cpp-python (the llama-cpp extra)"
+)
+def test_llama_cpp_decodes_each_request_to_its_own_length(tmp_path, monkeypatch):
+    """A wave was decoded to its longest request's length for every sequence, so llama.cpp was
+    timed on tokens nobody asked for (the default workload's lengths differ); now each
+    sequence stops at its own, with the same tokens as in a longer run."""
+    out = export_gguf(_random_llama(tmp_path), tmp_path / "m.gguf")
+    prompts = [[5, 17, 42, 9], [3, 3, 8]]
+    llm = llama_cpp.LlamaCpp(out, 2, 32, 1)
+    try:
+        longer = llm.greedy(prompts, 6)
+        got = llm.greedy(prompts, [2, 6])
+    finally:
+        llm.close()
+    assert got == [longer[0][:2], longer[1]]
+
+    decoded = []
+    real = llama_cpp.LlamaCpp._decode
+    monkeypatch.setattr(
+        llama_cpp.LlamaCpp,
+        "_decode",
+        lambda self, items: (decoded.append(len(items)), real(self, items)),
+    )
+    llama_cpp.run_llama_cpp(out, prompts, [2, 6], 2, 1)
+    warm_up = 4 + 1  # prompts[0][:4], then one more token
+    assert sum(decoded) - warm_up == 4 + 3 + (2 - 1) + (6 - 1)  # prompts, then new tokens
