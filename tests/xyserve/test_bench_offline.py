@@ -80,6 +80,9 @@ def test_greedy_check_names_the_first_difference():
         first_mismatch([[1, 2, 3], [4, 9, 6]], ref) == "prompt 1, output token 1: 9 against HF's 5"
     )
     assert "2 tokens" in first_mismatch([[1, 2], [4, 5, 6]], ref)
+    # a system that answers fewer prompts (or none) does not pass: zip compared the answered
+    assert first_mismatch([[1, 2, 3]], ref) == "1 prompts answered of 2"
+    assert first_mismatch([], ref) == "0 prompts answered of 2"
 
 
 def test_bfloat16_greedy_check_allows_near_ties_only_and_wants_every_token():
