@@ -28,6 +28,11 @@ def test_no_or_an_unknown_command_is_a_usage_error(argv, capsys):
         ("xyserve.bench.spec", ["--methods", "bogus"], "bogus"),
         ("xyserve.bench.spec", ["--dtype", "fp8"], "fp8"),
         ("xyserve.bench.grammar", ["--model", "/no/such/model"], "/no/such/model"),
+        # a traceback once every engine had run (min of no rounds), a ZeroDivisionError, and
+        # a tree flag that no engine read
+        ("xyserve.bench.spec", ["--rounds", "0"], "--rounds must be at least 1"),
+        ("xyserve.bench.spec", ["--batch-sizes", "1,-2"], "--batch-sizes must all be"),
+        ("xyserve.bench.spec", ["--methods", "ngram", "--tree-width", "3"], "--tree-width"),
     ],
 )
 def test_bench_engine_arguments_are_usage_errors(module, argv, named, capsys):
