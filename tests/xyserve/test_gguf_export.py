@@ -213,3 +213,18 @@ def test_llama_cpp_decodes_each_request_to_its_own_length(tmp_path, monkeypatch)
     llama_cpp.run_llama_cpp(out, prompts, [2, 6], 2, 1)
     warm_up = 4 + 1  # prompts[0][:4], then one more token
     assert sum(decoded) - warm_up == 4 + 3 + (2 - 1) + (6 - 1)  # prompts, then new tokens
+
+
+def test_the_command_says_what_is_wrong_in_one_line(tmp_path, capsys):
+    """A missing checkpoint, one it cannot convert, or a missing output folder: tracebacks."""
+    from xyserve.bench.peers.gguf_export import main
+
+    model = _random_llama(tmp_path, attention_bias=True)
+    for argv, named in [
+        ([str(tmp_path / "none"), str(tmp_path / "m.gguf")], "config.json"),
+        ([str(model), str(tmp_path / "m.gguf")], "have no GGUF name"),
+        ([str(model), str(tmp_path / "no" / "m.gguf")], "no folder"),
+    ]:
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2 and named in capsys.readouterr().err

@@ -235,7 +235,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("out", help="the .gguf file to write")
     ap.add_argument("--dtype", default="float32", choices=GGUF_DTYPES, help="of the matrices")
     args = ap.parse_args(argv)
-    print(export_gguf(args.model, args.out, args.dtype))
+    if not Path(args.out).resolve().parent.is_dir():  # checked before the weights are read
+        ap.error(f"{args.out}: no folder {Path(args.out).resolve().parent} to write it in")
+    try:  # a checkpoint it cannot read or convert: said in one line, not a traceback
+        print(export_gguf(args.model, args.out, args.dtype))
+    except (OSError, ValueError) as e:
+        ap.error(str(e))
     return 0
 
 
