@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -80,6 +81,9 @@ def test_greedy_check_names_the_first_difference():
         first_mismatch([[1, 2, 3], [4, 9, 6]], ref) == "prompt 1, output token 1: 9 against HF's 5"
     )
     assert "2 tokens" in first_mismatch([[1, 2], [4, 5, 6]], ref)
+    # a system that answers fewer prompts (or none) does not pass: zip compared the answered
+    assert first_mismatch([[1, 2, 3]], ref) == "1 prompts answered of 2"
+    assert first_mismatch([], ref) == "0 prompts answered of 2"
 
 
 def test_bfloat16_greedy_check_allows_near_ties_only_and_wants_every_token():
@@ -141,3 +145,55 @@ def test_missing_files_are_usage_errors(capsys, args, named):
     with pytest.raises(SystemExit) as exc:
         main(args + ["--rounds", "1"])
     assert exc.value.code == 2 and named in capsys.readouterr().err
+
+
+# Where a refusal regresses, the bench runs: on a tiny model, one round, no extras.
+_TINY = Path(__file__).parent / "data" / "tiny_bench_config.json"
+_QUICK = ["--model-config", str(_TINY), "--rounds", "1", "--no-tune", "--no-check"]
+_QUICK += ["--skip-baseline", "--peers", "", "--num-requests", "1"]
+
+
+@pytest.mark.parametrize(
+    "text,named",
+    [
+        ("not json", "not JSON"),  # each was a traceback, most after the model was built
+        ('{"schema": "xyserve.offline-workload/1"}', "'requests' must be a non-empty list"),
+        ('{"schema": "xyserve.offline-workload/1", "requests": []}', "non-empty"),
+        (
+            '{"schema": "xyserve.offline-workload/1", '
+            '"requests": [{"prompt_len": "x", "output_len": 4}]}',
+            "request 0: prompt_len must be a whole number",
+        ),
+        (
+            '{"schema": "xyserve.offline-workload/1", "requests": [{"prompt_len": 4}]}',
+            "request 0: output_len must be a whole number, got None",
+        ),
+        (
+            '{"schema": "xyserve.offline-workload/1", '
+            '"requests": [{"prompt_len": 4.5, "output_len": 4}]}',
+            "got 4.5",  # was truncated to 4
+        ),
+        (
+            '{"schema": "xyserve.offline-workload/1", '
+            '"requests": [{"prompt_len": 2000, "output_len": 100}]}',
+            "exceeds the model's context (2048 tokens",
+        ),
+    ],
+)
+def test_invalid_workload_files_are_usage_errors(tmp_path, capsys, text, named):
+    (tmp_path / "w.json").write_text(text)
+    with pytest.raises(SystemExit) as exc:
+        main(["--workload", str(tmp_path / "w.json"), *_QUICK])
+    assert exc.value.code == 2 and named in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flag", ["--num-requests", "--threads", "--hf-batch-size", "--max-num-seqs"]
+)
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_counts_below_one_are_usage_errors(capsys, flag, value):
+    """--num-requests -1 dropped the last request silently (a slice), 0 and --hf-batch-size 0
+    were tracebacks after the model was built, --threads 0 was ignored."""
+    with pytest.raises(SystemExit) as exc:
+        main([*_QUICK, flag, value])
+    assert exc.value.code == 2 and f"{flag} must be at least 1" in capsys.readouterr().err

@@ -249,3 +249,15 @@ def test_a_draft_model_applies_a_table_only_at_the_engines_precision(tmp_path, d
         )
     applied = bool(proposer.runner.gemm.table.entries)
     assert applied == (dtype == torch.float32)
+
+
+@pytest.mark.parametrize("argv", [["--budget", "0"], ["--budget", "-4"], ["--repeat", "0"]])
+def test_tune_refuses_a_budget_or_repeat_below_one(tmp_path, capsys, argv):
+    """--budget 0 tuned no bucket and wrote an empty table beside the model, which then applied
+    here (bench offline took the model for tuned, the engine ran defaults without a word);
+    --repeat 0 was a StatisticsError after the weights were built."""
+    model = _model(tmp_path / "m")
+    with pytest.raises(SystemExit) as exc:
+        tune_mod.main(["--model", str(model), "--device", "cpu", "--no-progress", *argv])
+    assert exc.value.code == 2 and f"{argv[0]} must be at least 1" in capsys.readouterr().err
+    assert not (model / TABLE_FILE).exists()

@@ -120,3 +120,111 @@ def test_llama_cpp_logits_match_hf(tiny_llama, tmp_path):
     with torch.inference_mode():
         ref = m(torch.tensor([prompts[0]])).logits[0, -1]
     torch.testing.assert_close(logits, ref, atol=1e-4, rtol=1e-4)
+
+
+def _random_llama(tmp_path, **overrides):
+    """A random-weight Llama of a tiny config with ``overrides``, saved under ``tmp_path``."""
+    from xyserve.bench.offline_workload import build_random_model
+
+    cfg = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "vocab_size": 260,
+        "max_position_embeddings": 128,
+        **overrides,
+    }
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    return build_random_model(tmp_path / "cfg.json", tmp_path / "model", 0)
+
+
+def test_rope_theta_of_a_transformers_5_config_is_written(tmp_path):
+    """transformers 5 saves ``rope_theta`` inside ``rope_parameters``: the file had the default
+    base 10000 for a model of base 500000, a file that loads and computes another model."""
+    model = _random_llama(tmp_path, rope_theta=500000.0)
+    saved = json.loads((model / "config.json").read_text())
+    assert "rope_theta" not in saved or saved["rope_theta"] is None  # where the bug came from
+    r = gguf.GGUFReader(str(export_gguf(model, tmp_path / "m.gguf")))
+    assert r.fields["llama.rope.freq_base"].contents() == 500000.0
+
+
+@pytest.mark.parametrize(
+    "overrides,named",
+    [
+        ({"attention_bias": True}, "bias"),  # were dropped: a file without the biases
+        ({"mlp_bias": True}, "bias"),
+    ],
+)
+def test_weights_it_cannot_name_are_refused(tmp_path, overrides, named):
+    model = _random_llama(tmp_path, **overrides)
+    with pytest.raises(ValueError, match=named):
+        export_gguf(model, tmp_path / "m.gguf")
+    assert not (tmp_path / "m.gguf").exists()
+
+
+@pytest.mark.parametrize(
+    "overrides,named",
+    [
+        ({"hidden_act": "gelu"}, "hidden_act 'gelu'"),
+        ({"rope_parameters": {"rope_type": "llama3", "factor": 8.0}}, "llama3"),
+        (
+            {"architectures": ["MistralForCausalLM"], "sliding_window": 64},
+            "sliding window of 64",
+        ),
+        ({"architectures": ["MistralForCausalLM"]}, "sliding window of 4096"),  # HF's default
+    ],
+)
+def test_configs_it_cannot_represent_are_refused(tmp_path, overrides, named):
+    """Each was written as a plain Llama GGUF: another model under the same name."""
+    model = _random_llama(tmp_path, max_position_embeddings=8192)
+    cfg = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**cfg, **overrides}))
+    with pytest.raises(ValueError, match=named):
+        export_gguf(model, tmp_path / "m.gguf")
+    assert not (tmp_path / "m.gguf").exists()
+
+
+@pytest.mark.skipif(
+    not llama_cpp.available(), reason="needs llama-cpp-python (the llama-cpp extra)"
+)
+def test_llama_cpp_decodes_each_request_to_its_own_length(tmp_path, monkeypatch):
+    """A wave was decoded to its longest request's length for every sequence, so llama.cpp was
+    timed on tokens nobody asked for (the default workload's lengths differ); now each
+    sequence stops at its own, with the same tokens as in a longer run."""
+    out = export_gguf(_random_llama(tmp_path), tmp_path / "m.gguf")
+    prompts = [[5, 17, 42, 9], [3, 3, 8]]
+    llm = llama_cpp.LlamaCpp(out, 2, 32, 1)
+    try:
+        longer = llm.greedy(prompts, 6)
+        got = llm.greedy(prompts, [2, 6])
+    finally:
+        llm.close()
+    assert got == [longer[0][:2], longer[1]]
+
+    decoded = []
+    real = llama_cpp.LlamaCpp._decode
+    monkeypatch.setattr(
+        llama_cpp.LlamaCpp,
+        "_decode",
+        lambda self, items: (decoded.append(len(items)), real(self, items)),
+    )
+    llama_cpp.run_llama_cpp(out, prompts, [2, 6], 2, 1)
+    warm_up = 4 + 1  # prompts[0][:4], then one more token
+    assert sum(decoded) - warm_up == 4 + 3 + (2 - 1) + (6 - 1)  # prompts, then new tokens
+
+
+def test_the_command_says_what_is_wrong_in_one_line(tmp_path, capsys):
+    """A missing checkpoint, one it cannot convert, or a missing output folder: tracebacks."""
+    from xyserve.bench.peers.gguf_export import main
+
+    model = _random_llama(tmp_path, attention_bias=True)
+    for argv, named in [
+        ([str(tmp_path / "none"), str(tmp_path / "m.gguf")], "config.json"),
+        ([str(model), str(tmp_path / "m.gguf")], "have no GGUF name"),
+        ([str(model), str(tmp_path / "no" / "m.gguf")], "no folder"),
+    ]:
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2 and named in capsys.readouterr().err

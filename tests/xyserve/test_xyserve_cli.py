@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from xyserve.cli import main
@@ -21,6 +23,11 @@ def test_no_or_an_unknown_command_is_a_usage_error(argv, capsys):
     assert "usage: xyserve" in capsys.readouterr().err
 
 
+# bench kernels' smallest runs, where a refusal regresses
+_ATT = ["--no-gpu", "--only", "attention", "--cases", "1", "--budget", "32", "--no-reference"]
+_GEMM = ["--no-gpu", "--only", "gemm", "--gemm-models", "small", "--gemm-repeat", "1"]
+
+
 @pytest.mark.parametrize(
     "module,argv,named",
     [
@@ -28,6 +35,20 @@ def test_no_or_an_unknown_command_is_a_usage_error(argv, capsys):
         ("xyserve.bench.spec", ["--methods", "bogus"], "bogus"),
         ("xyserve.bench.spec", ["--dtype", "fp8"], "fp8"),
         ("xyserve.bench.grammar", ["--model", "/no/such/model"], "/no/such/model"),
+        # a traceback once every engine had run (min of no rounds), a ZeroDivisionError, and
+        # a tree flag that no engine read
+        # bench kernels: min or median of no rounds after a section ran, a section asked for
+        # and skipped (--cases 0), M = 0 timed (--gemm-budget 0), files as tracebacks
+        ("xyserve.bench.kernels", ["--only", "attention", "--cases", "0"], "--cases"),
+        ("xyserve.bench.kernels", [*_ATT, "--repeat", "0"], "--repeat must be at least 1"),
+        ("xyserve.bench.kernels", [*_GEMM, "--gemm-budget", "0"], "--gemm-budget must be"),
+        ("xyserve.bench.kernels", [*_GEMM, "--gemm-repeat", "0"], "--gemm-repeat must be"),
+        ("xyserve.bench.kernels", [*_ATT, "--heads", "12", "5", "64"], "multiple of HKV"),
+        ("xyserve.bench.kernels", [*_ATT, "--workloads", "nope"], "'nope'"),
+        ("xyserve.bench.kernels", [*_GEMM, "--gemm-models", "nope"], "--gemm-models nope"),
+        ("xyserve.bench.spec", ["--rounds", "0"], "--rounds must be at least 1"),
+        ("xyserve.bench.spec", ["--batch-sizes", "1,-2"], "--batch-sizes must all be"),
+        ("xyserve.bench.spec", ["--methods", "ngram", "--tree-width", "3"], "--tree-width"),
     ],
 )
 def test_bench_engine_arguments_are_usage_errors(module, argv, named, capsys):
@@ -58,3 +79,16 @@ def test_train_tiny_refuses_flags_out_of_range_before_training(argv, named, caps
         parse_args(argv)
     assert exc.value.code == 2 and named in capsys.readouterr().err
     assert parse_args([]).steps == 1500  # the defaults pass
+
+
+def test_bench_kernels_refuses_two_gemm_models_reported_under_one_name(tmp_path, capsys):
+    """Configs are reported by their folder's name: the second replaced the first unseen."""
+    from xyserve.bench.kernels import parse_args
+
+    for root, h in (("a", 64), ("b", 128)):
+        (tmp_path / root / "m").mkdir(parents=True)
+        cfg = {"hidden_size": h, "num_attention_heads": 2, "intermediate_size": 2 * h}
+        (tmp_path / root / "m" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(SystemExit) as exc:
+        parse_args(["--gemm-models", str(tmp_path / "a" / "m"), str(tmp_path / "b" / "m")])
+    assert exc.value.code == 2 and "reported as 'm'" in capsys.readouterr().err

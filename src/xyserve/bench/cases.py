@@ -103,8 +103,10 @@ def load_workload(name: str) -> dict:
     p = Path(name)
     if p.suffix == ".json" and p.is_file():
         return json.loads(p.read_text())
-    text = resources.files("xyserve.bench").joinpath(f"workloads/{name}.json").read_text()
-    return json.loads(text)
+    packaged = resources.files("xyserve.bench").joinpath(f"workloads/{name}.json")
+    if not packaged.is_file():
+        raise FileNotFoundError(f"workload {name!r}: no such .json file, nor a packaged one")
+    return json.loads(packaged.read_text())
 
 
 def _hist(h: list[list[float]], rng: random.Random) -> float:

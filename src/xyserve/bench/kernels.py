@@ -337,10 +337,32 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     ap.add_argument("--gpu-warmup-ms", type=int, default=25, help="do_bench warm-up")
     ap.add_argument("--gpu-rep-ms", type=int, default=100, help="do_bench repetition time")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    # counts below 1 were tracebacks (min or median of no rounds) or ran nothing they named:
+    # --cases 0 printed no attention section under --only attention, --gemm-budget 0 timed M 0
+    counts = ("cases", "budget", "block_size", "gemm_budget", "gemm_budget_7b", "gemm_repeat")
+    for flag in (*counts, "repeat"):
+        if (value := getattr(args, flag)) < 1:
+            ap.error(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+    if args.threads < 0:
+        ap.error(f"--threads must be 0 (leave as is) or more, got {args.threads}")
+    hq, hkv, d = args.heads
+    if min(args.heads) < 1 or hq % hkv:
+        ap.error(f"--heads {hq} {hkv} {d}: each at least 1, HQ a multiple of HKV")
+    try:  # the files named: a usage error now, not a traceback after other sections ran
+        if args.only != "gemm" and not args.gpu_only:
+            for name in args.workloads:
+                load_workload(name)
+        _models(args.gemm_models)
+    except (OSError, ValueError, KeyError) as e:
+        ap.error(str(e))
+    return args
 
 
 def _models(names: list[str]) -> dict[str, dict]:
+    """``--gemm-models``: each name's config by the name it is reported under (``small``,
+    ``7b``, else the config's folder). A missing or unreadable file, or two configs reported
+    under one name (one would silently replace the other), is a ValueError naming it."""
     out = {}
     for n in names:
         if n == "small":
@@ -350,7 +372,17 @@ def _models(names: list[str]) -> dict[str, dict]:
         else:
             p = Path(n)
             p = p / "config.json" if p.is_dir() else p
-            out[p.parent.name] = json.loads(p.read_text())
+            if not p.is_file():
+                raise ValueError(f"--gemm-models {n}: no such config file (nor small, 7b)")
+            try:
+                cfg = json.loads(p.read_text())
+                model_shapes(cfg)
+            except (ValueError, KeyError, TypeError) as e:
+                raise ValueError(f"--gemm-models {n}: not a model config ({e!r})") from None
+            name = p.parent.name  # as kernels_gpu's tables are keyed
+            if name in out and out[name] != cfg:
+                raise ValueError(f"--gemm-models: two configs would be reported as {name!r}")
+            out[name] = cfg
     return out
 
 

@@ -37,7 +37,12 @@ from xyserve.bench.offline_systems import (
     run_xyserve,
     tune_if_needed,
 )
-from xyserve.bench.offline_workload import build_random_model, find, load_workload
+from xyserve.bench.offline_workload import (
+    build_random_model,
+    find,
+    load_workload,
+    read_workload,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,8 +102,16 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--peers: unknown {unknown}; choose from {list(PEERS)}")
     if args.skip_hf and "hf" in peers:
         peers.remove("hf")
-    if args.batch_size is not None and args.batch_size < 1:
-        ap.error("--batch-size must be at least 1")
+    for flag in (
+        "batch_size",
+        "hf_batch_size",
+        "threads",
+        "max_num_batched_tokens",
+        "max_num_seqs",
+        "num_requests",
+    ):
+        if (value := getattr(args, flag)) is not None and value < 1:
+            ap.error(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
     if "llama.cpp" in peers:
         from xyserve.bench.peers.llama_cpp import available
 
@@ -109,9 +122,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.model and not (Path(args.model) / "config.json").is_file():
             raise FileNotFoundError(f"--model {args.model}: no config.json there")
         cfg_file = None if args.model else find("models", args.model_config)
-    except FileNotFoundError as e:
+        # the workload too, against the model's context: before any model is built
+        _, _, reqs = read_workload(args.workload, args.num_requests)
+        cfg = json.loads((cfg_file or Path(args.model) / "config.json").read_text())
+        context = int(cfg.get("max_position_embeddings", 2048))
+        for i, (n, o, _) in enumerate(reqs):
+            if n + o > context:
+                raise ValueError(
+                    f"{args.workload}: request {i}: prompt_len {n} + output_len {o} exceeds "
+                    f"the model's context ({context} tokens, max_position_embeddings)"
+                )
+    except (OSError, ValueError) as e:
         ap.error(str(e))
-    if args.threads:
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as tmp:

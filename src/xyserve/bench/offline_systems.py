@@ -168,7 +168,10 @@ def greedy_llama_cpp(
 
 
 def first_mismatch(got: list[list[int]], ref: list[list[int]]) -> str | None:
-    """Where ``got`` first differs from ``ref`` (prompt, token), or None."""
+    """Where ``got`` first differs from ``ref`` (prompt, token, or a prompt not answered),
+    or None."""
+    if len(got) != len(ref):  # zip would compare the answered prompts only, and pass
+        return f"{len(got)} prompts answered of {len(ref)}"
     for i, (a, b) in enumerate(zip(got, ref)):
         for j, (x, y) in enumerate(zip(a, b)):
             if x != y:

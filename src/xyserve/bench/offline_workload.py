@@ -42,28 +42,63 @@ def find(kind: str, name: str | Path) -> Path:
     return path
 
 
+def _count(value: object, what: str, least: int) -> int:
+    """``value`` as a whole number of at least ``least``, else a ValueError naming ``what``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+        raise ValueError(f"{what} must be a whole number, got {value!r}")
+    if int(value) < least:
+        raise ValueError(f"{what} must be at least {least}, got {value!r}")
+    return int(value)
+
+
+def read_workload(
+    path: str | Path, limit: int | None = None
+) -> tuple[str, int, list[tuple[int, int, object]]]:
+    """The workload file checked: its name, shared prefix length and (prompt_len,
+    output_len, prefix_group) per request, the first ``limit`` of them. A ValueError names
+    the file and what is wrong with it (not JSON, no requests, a length that is no whole
+    number of at least 1), so that the command refuses it before building a model."""
+    path = find("workloads", path)
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as e:
+        raise ValueError(f"{path}: not JSON ({e})") from None
+    if not isinstance(data, dict) or data.get("schema") != WORKLOAD_SCHEMA:
+        got = data.get("schema") if isinstance(data, dict) else type(data).__name__
+        raise ValueError(f"{path}: schema must be {WORKLOAD_SCHEMA!r}, got {got!r}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"the number of requests must be at least 1, got {limit}")
+    reqs = data.get("requests")
+    if not isinstance(reqs, list) or not reqs:
+        raise ValueError(f"{path}: 'requests' must be a non-empty list")
+    out = []
+    try:
+        plen = _count(data.get("shared_prefix_len", 0), "shared_prefix_len", 0)
+        for i, r in enumerate(reqs[:limit]):
+            if not isinstance(r, dict):
+                raise ValueError(f"request {i} must be an object, got {r!r}")
+            n = _count(r.get("prompt_len"), f"request {i}: prompt_len", 1)
+            o = _count(r.get("output_len"), f"request {i}: output_len", 1)
+            out.append((n, o, r.get("prefix_group")))
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    return str(data.get("name", path.stem)), plen, out
+
+
 def load_workload(path: str | Path, vocab_size: int, seed: int = 0, limit: int | None = None):
     """The workload file (a path or a packaged name) with seeded random prompt token ids."""
-    path = find("workloads", path)
-    data = json.loads(path.read_text())
-    if data.get("schema") != WORKLOAD_SCHEMA:
-        raise ValueError(f"{path}: schema must be {WORKLOAD_SCHEMA!r}, got {data.get('schema')!r}")
+    name, plen, reqs = read_workload(path, limit)
     rng = random.Random(seed)
-    plen = int(data.get("shared_prefix_len", 0))
     prefixes: dict = {}
     prompts, outs = [], []
-    for i, r in enumerate(data["requests"][:limit]):
-        n, o = int(r["prompt_len"]), int(r["output_len"])
-        if n < 1 or o < 1:
-            raise ValueError(f"{path}: request {i}: prompt_len and output_len must be >= 1")
-        g = r.get("prefix_group")
+    for n, o, g in reqs:
         head: list[int] = []
         if g is not None and plen:
             head = prefixes.setdefault(g, [rng.randrange(3, vocab_size) for _ in range(plen)])
             head = head[: max(0, n - 1)]
         prompts.append(head + [rng.randrange(3, vocab_size) for _ in range(n - len(head))])
         outs.append(o)
-    return Workload(data.get("name", path.stem), prompts, outs)
+    return Workload(name, prompts, outs)
 
 
 def build_random_model(config_file: Path, out: Path, seed: int) -> Path:

@@ -197,6 +197,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tree-beam", type=int, help="nodes a dynamic tree expands per level")
     p.add_argument("--json", help="also write the rows to this file")
     args = p.parse_args(argv)
+    if args.rounds < 1:  # 0 was a traceback once every engine was built
+        p.error(f"--rounds must be at least 1, got {args.rounds}")
+    if min(args.batch_sizes) < 1:  # a negative size ran no request and divided by 0 steps
+        p.error(f"--batch-sizes must all be at least 1, got {args.batch_sizes}")
+    tree_flags = [f"--{k.replace('_', '-')}" for k in _tree_keys(args)]
+    if tree_flags and "tree" not in args.methods.split(","):  # else accepted and ignored
+        p.error(f"{', '.join(tree_flags)}: for the tree method only, not in --methods")
     try:  # a usage error, not a traceback once the engines are built
         work = load_spec_workload(args.workload)
     except (OSError, ValueError) as e:

@@ -257,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(list(sys.argv[1:] if argv is None else argv))
+    for flag in ("budget", "repeat"):  # 0 wrote an empty table that then counted as tuned
+        if (value := getattr(args, flag)) < 1:
+            ap.error(f"--{flag} must be at least 1, got {value}")
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -115,13 +115,23 @@ def export_gguf(model_dir: str | Path, out: str | Path, dtype: str = "float32") 
     arch = (cfg.get("architectures") or ["LlamaForCausalLM"])[0]
     if arch not in ARCHITECTURES:
         raise ValueError(f"{model_dir}: {arch} does not convert (only {ARCHITECTURES})")
-    if cfg.get("rope_scaling"):
-        raise ValueError(f"{model_dir}: RoPE scaling does not convert")
+    if why := unconvertible(cfg):
+        raise ValueError(f"{model_dir}: {why} does not convert")
     h, heads = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
     kv_heads = int(cfg.get("num_key_value_heads") or heads)
     d = int(cfg.get("head_dim") or h // heads)
     layers, vocab = int(cfg["num_hidden_layers"]), int(cfg["vocab_size"])
     weights = {k: v.to(torch.float32) for k, v in load_weights(model_dir).items()}
+    left = sorted(
+        k
+        for k in set(weights) - _converted_names(layers) - {"lm_head.weight"}
+        if not k.endswith("rotary_emb.inv_freq")  # a buffer older checkpoints saved
+    )
+    if left:
+        # biases (attention_bias, mlp_bias), q/k norms...: a file without them computes
+        # something else, so none is written
+        more = f" and {len(left) - 3} more" if len(left) > 3 else ""
+        raise ValueError(f"{model_dir}: weights {left[:3]}{more} have no GGUF name here")
 
     w = gguf.GGUFWriter(str(out), "llama")
     w.add_context_length(int(cfg.get("max_position_embeddings", 2048)))
@@ -129,7 +139,7 @@ def export_gguf(model_dir: str | Path, out: str | Path, dtype: str = "float32") 
     w.add_block_count(layers)
     w.add_feed_forward_length(int(cfg["intermediate_size"]))
     w.add_rope_dimension_count(d)
-    w.add_rope_freq_base(float(cfg.get("rope_theta", 10000.0)))
+    w.add_rope_freq_base(rope_theta(cfg))
     w.add_head_count(heads)
     w.add_head_count_kv(kv_heads)
     w.add_key_length(d)
@@ -177,6 +187,40 @@ def export_gguf(model_dir: str | Path, out: str | Path, dtype: str = "float32") 
     return out
 
 
+def rope_theta(cfg: dict) -> float:
+    """RoPE's base: ``rope_theta``, or where transformers 5 writes it, ``rope_parameters``."""
+    theta = cfg.get("rope_theta") or (cfg.get("rope_parameters") or {}).get("rope_theta")
+    return float(theta or 10000.0)
+
+
+def unconvertible(cfg: dict) -> str | None:
+    """What of ``cfg`` the llama GGUF written here cannot represent (None: nothing).
+
+    llama.cpp's llama architecture runs SiLU, full causal attention and plain RoPE; a config
+    asking for another activation, a sliding window or scaled RoPE would get a file that loads
+    and computes another model, so it is refused instead.
+    """
+    if (act := cfg.get("hidden_act", "silu")) != "silu":
+        return f"hidden_act {act!r}"
+    for key in ("rope_scaling", "rope_parameters"):
+        rope = cfg.get(key) or {}
+        if (kind := rope.get("rope_type", rope.get("type", "default"))) != "default":
+            return f"RoPE scaling ({key} type {kind!r})"
+    arch = (cfg.get("architectures") or ["LlamaForCausalLM"])[0]
+    # Mistral slides every layer over sliding_window (HF's default 4096 where the key is
+    # absent); a window as long as the context never cuts anything
+    window = cfg.get("sliding_window", 4096) if arch == "MistralForCausalLM" else None
+    if window is not None and int(window) < int(cfg.get("max_position_embeddings", 2048)):
+        return f"a sliding window of {window} tokens"
+    return None
+
+
+def _converted_names(layers: int) -> set[str]:
+    """The checkpoint's weight names that ``export_gguf`` writes (``lm_head`` aside)."""
+    names = {"model.embed_tokens.weight", "model.norm.weight"}
+    return names | {f"model.layers.{i}.{hf}.weight" for i in range(layers) for hf in LAYER_NAMES}
+
+
 def _adds_bos(model_dir: Path) -> bool:
     """Whether the HF tokenizer prepends a BOS (its ``add_bos_token``; false without one)."""
     f = model_dir / "tokenizer_config.json"
@@ -191,7 +235,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("out", help="the .gguf file to write")
     ap.add_argument("--dtype", default="float32", choices=GGUF_DTYPES, help="of the matrices")
     args = ap.parse_args(argv)
-    print(export_gguf(args.model, args.out, args.dtype))
+    if not Path(args.out).resolve().parent.is_dir():  # checked before the weights are read
+        ap.error(f"{args.out}: no folder {Path(args.out).resolve().parent} to write it in")
+    try:  # a checkpoint it cannot read or convert: said in one line, not a traceback
+        print(export_gguf(args.model, args.out, args.dtype))
+    except (OSError, ValueError) as e:
+        ap.error(str(e))
     return 0
 
 

@@ -3,8 +3,9 @@ ids, greedy, through llama-cpp-python's low-level API (the optional ``llama-cpp`
 
 Batched like xyserve: one ``seq_id`` per request, every prompt of a wave in one ``llama_batch``
 (logits only at each prompt's last token), then one token per sequence per decode call; waves
-of ``batch_size`` requests (the bench's workloads have fixed output lengths, so a static wave
-wastes nothing). ``n_threads`` and ``n_threads_batch`` are torch's thread count, K/V are F32
+of ``batch_size`` requests, each sequence leaving the decode calls at its own output length
+(the workloads' lengths differ: decoding all to the longest would time extra tokens).
+``n_threads`` and ``n_threads_batch`` are torch's thread count, K/V are F32
 (``kv_dtype``: BF16 beside a BF16 GGUF, as xyserve's bfloat16 engine keeps them) and
 flash attention is off by default: llama.cpp's CPU flash attention computes in F16 even with
 F32 K/V, which flips near-ties of random-weight models, so the exact configuration is the one
@@ -113,8 +114,15 @@ class LlamaCpp:
             ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), (self.n_vocab,)
         )
 
-    def greedy(self, prompts: Sequence[Sequence[int]], new_tokens: int) -> list[list[int]]:
-        """Greedy continuations of ``new_tokens`` tokens for prompts decoded side by side."""
+    def greedy(
+        self, prompts: Sequence[Sequence[int]], new_tokens: int | Sequence[int]
+    ) -> list[list[int]]:
+        """Greedy continuations for prompts decoded side by side: ``new_tokens`` tokens each,
+        or per prompt (a list); a sequence leaves the decode calls once it has its tokens,
+        as a request leaves xyserve's batch, so that no system is timed on extra tokens."""
+        wants = [new_tokens] * len(prompts) if isinstance(new_tokens, int) else list(new_tokens)
+        if len(wants) != len(prompts):
+            raise ValueError(f"{len(wants)} token counts for {len(prompts)} prompts")
         self.lc.llama_memory_clear(self.lc.llama_get_memory(self.ctx), True)
         items, last = [], []
         for s, p in enumerate(prompts):
@@ -122,12 +130,11 @@ class LlamaCpp:
             last.append(len(items) - 1)
         self._decode(items)
         outs = [[int(np.argmax(self._logits(i)))] for i in last]
-        for step in range(1, new_tokens):
-            self._decode(
-                [(o[-1], len(p) + step - 1, s, True) for s, (p, o) in enumerate(zip(prompts, outs))]
-            )
-            for s, o in enumerate(outs):
-                o.append(int(np.argmax(self._logits(s))))
+        for step in range(1, max(wants, default=0)):
+            live = [s for s, o in enumerate(outs) if len(o) < wants[s]]
+            self._decode([(outs[s][-1], len(prompts[s]) + step - 1, s, True) for s in live])
+            for i, s in enumerate(live):  # logits by the item's place in this batch
+                outs[s].append(int(np.argmax(self._logits(i))))
         return outs
 
 
@@ -147,7 +154,7 @@ def run_llama_cpp(
         t = time.perf_counter()
         for i in range(0, len(prompts), batch_size):
             wave = prompts[i : i + batch_size]
-            llm.greedy(wave, max(output_lens[i : i + batch_size]))
+            llm.greedy(wave, output_lens[i : i + batch_size])
         return time.perf_counter() - t
     finally:
         llm.close()
