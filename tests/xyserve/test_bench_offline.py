@@ -133,6 +133,28 @@ def test_report_shows_each_systems_range_over_rounds(tmp_path, capsys):
     assert res["matmul_peaks_gflops"] == [250.0, 300.0] and res["matmul_peak_gflops"] == 300.0
 
 
+def test_report_pairs_the_ratio_round_by_round(tmp_path, capsys):
+    """The best of each system can come from different rounds, i.e. different states of a
+    shared machine; the ratio within each round is printed beside it, with its median."""
+    from xyserve.bench.offline_report import report
+    from xyserve.bench.offline_workload import Workload, packaged
+
+    cfg = json.loads(packaged("models", "llama-76m-v600.json").read_text())
+    work = Workload("w", [[5] * 10], [100])
+    rounds = {"xyserve-hybrid": [1.0, 2.0, 1.5], "llama.cpp-b1": [1.1, 1.9, 2.4]}
+    out = tmp_path / "r.json"
+    report(cfg, work, [300.0], {"xyserve-hybrid": 1.0, "llama.cpp-b1": 1.1}, rounds, str(out))
+    text = capsys.readouterr().out
+    assert (
+        "xyserve-hybrid vs llama.cpp: 1.10x (the best of each; round by round: median 1.10x, "
+        "0.95-1.60x over 3 rounds)"
+    ) in text
+    res = json.loads(out.read_text())
+    assert res["paired_round_ratios"]["xyserve-hybrid vs llama.cpp-b1"] == pytest.approx(
+        [1.1, 0.95, 1.6]
+    )
+
+
 @pytest.mark.parametrize(
     "args,named",
     [
