@@ -219,3 +219,24 @@ def test_counts_below_one_are_usage_errors(capsys, flag, value):
     with pytest.raises(SystemExit) as exc:
         main([*_QUICK, flag, value])
     assert exc.value.code == 2 and f"{flag} must be at least 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "extra,named",
+    [
+        (["--batch-size", "2", "--max-num-seqs", "8"], "--max-num-seqs"),
+        (["--batch-size", "2", "--hf-batch-size", "8"], "--hf-batch-size"),
+        (["--skip-hf", "--hf-batch-size", "8"], "--hf-batch-size"),
+        (["--model", "xy-tiny"], "--model-config"),
+    ],
+)
+def test_a_flag_another_overrides_or_no_system_reads_is_refused(capsys, extra, named):
+    """--batch-size replaced --max-num-seqs and --hf-batch-size silently, --hf-batch-size
+    without HF and --model-config beside --model were dropped."""
+    if extra[:1] == ["--model"]:  # _QUICK names a --model-config
+        from xyserve.models import resolve_model
+
+        extra = ["--model", str(resolve_model("xy-tiny"))]
+    with pytest.raises(SystemExit) as exc:
+        main([*_QUICK, *extra])
+    assert exc.value.code == 2 and named in capsys.readouterr().err
