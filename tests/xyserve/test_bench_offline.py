@@ -133,6 +133,28 @@ def test_report_shows_each_systems_range_over_rounds(tmp_path, capsys):
     assert res["matmul_peaks_gflops"] == [250.0, 300.0] and res["matmul_peak_gflops"] == 300.0
 
 
+def test_report_pairs_the_ratio_round_by_round(tmp_path, capsys):
+    """The best of each system can come from different rounds, i.e. different states of a
+    shared machine; the ratio within each round is printed beside it, with its median."""
+    from xyserve.bench.offline_report import report
+    from xyserve.bench.offline_workload import Workload, packaged
+
+    cfg = json.loads(packaged("models", "llama-76m-v600.json").read_text())
+    work = Workload("w", [[5] * 10], [100])
+    rounds = {"xyserve-hybrid": [1.0, 2.0, 1.5], "llama.cpp-b1": [1.1, 1.9, 2.4]}
+    out = tmp_path / "r.json"
+    report(cfg, work, [300.0], {"xyserve-hybrid": 1.0, "llama.cpp-b1": 1.1}, rounds, str(out))
+    text = capsys.readouterr().out
+    assert (
+        "xyserve-hybrid vs llama.cpp: 1.10x (the best of each; round by round: median 1.10x, "
+        "0.95-1.60x over 3 rounds)"
+    ) in text
+    res = json.loads(out.read_text())
+    assert res["paired_round_ratios"]["xyserve-hybrid vs llama.cpp-b1"] == pytest.approx(
+        [1.1, 0.95, 1.6]
+    )
+
+
 @pytest.mark.parametrize(
     "args,named",
     [
@@ -197,3 +219,24 @@ def test_counts_below_one_are_usage_errors(capsys, flag, value):
     with pytest.raises(SystemExit) as exc:
         main([*_QUICK, flag, value])
     assert exc.value.code == 2 and f"{flag} must be at least 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "extra,named",
+    [
+        (["--batch-size", "2", "--max-num-seqs", "8"], "--max-num-seqs"),
+        (["--batch-size", "2", "--hf-batch-size", "8"], "--hf-batch-size"),
+        (["--skip-hf", "--hf-batch-size", "8"], "--hf-batch-size"),
+        (["--model", "xy-tiny"], "--model-config"),
+    ],
+)
+def test_a_flag_another_overrides_or_no_system_reads_is_refused(capsys, extra, named):
+    """--batch-size replaced --max-num-seqs and --hf-batch-size silently, --hf-batch-size
+    without HF and --model-config beside --model were dropped."""
+    if extra[:1] == ["--model"]:  # _QUICK names a --model-config
+        from xyserve.models import resolve_model
+
+        extra = ["--model", str(resolve_model("xy-tiny"))]
+    with pytest.raises(SystemExit) as exc:
+        main([*_QUICK, *extra])
+    assert exc.value.code == 2 and named in capsys.readouterr().err

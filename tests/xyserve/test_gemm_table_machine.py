@@ -261,3 +261,27 @@ def test_tune_refuses_a_budget_or_repeat_below_one(tmp_path, capsys, argv):
         tune_mod.main(["--model", str(model), "--device", "cpu", "--no-progress", *argv])
     assert exc.value.code == 2 and f"{argv[0]} must be at least 1" in capsys.readouterr().err
     assert not (model / TABLE_FILE).exists()
+
+
+def test_model_shapes_read_head_dim_as_the_loader_does(tmp_path):
+    """A Qwen3 config without head_dim: the engine runs 128 (HF's default), and the tuner
+    tuned hidden / heads, so its table described other shapes than the ones that run."""
+    import json
+
+    from xyserve.model.config import ModelConfig
+
+    for arch in ("Qwen3ForCausalLM", "LlamaForCausalLM"):
+        cfg = {
+            "architectures": [arch],
+            "hidden_size": 256,
+            "intermediate_size": 512,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "vocab_size": 100,
+        }
+        (tmp_path / "config.json").write_text(json.dumps(cfg))
+        mc = ModelConfig.from_dir(tmp_path)
+        q = mc.num_heads * mc.head_dim
+        assert model_shapes(cfg)["qkv"] == (q + 2 * mc.num_kv_heads * mc.head_dim, 256)
+        assert model_shapes(cfg)["o_proj"] == (256, q)

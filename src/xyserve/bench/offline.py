@@ -50,10 +50,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--model", help="HF model directory (default: random weights from --model-config)"
     )
-    ap.add_argument("--model-config", default="llama-100m.json", help="config for random weights")
+    ap.add_argument(
+        "--model-config", default=None, help="config for random weights (default llama-100m.json)"
+    )
     ap.add_argument("--workload", default="offline_decode_heavy.json")
     ap.add_argument("--num-requests", type=int, default=None, help="use the first N requests")
-    ap.add_argument("--hf-batch-size", type=int, default=16)
+    ap.add_argument(
+        "--hf-batch-size", type=int, default=None, help="HF's static batch (default 16)"
+    )
     ap.add_argument(
         "--peers",
         default="hf",
@@ -73,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-hf", action="store_true")
     ap.add_argument("--skip-baseline", action="store_true")
     ap.add_argument("--max-num-batched-tokens", type=int, default=512)
-    ap.add_argument("--max-num-seqs", type=int, default=64)
+    ap.add_argument("--max-num-seqs", type=int, default=None, help="xyserve's (default 64)")
     ap.add_argument("--attention-backend", default=None)
     ap.add_argument("--gemm-backend", default=None)
     ap.add_argument(
@@ -112,6 +116,18 @@ def main(argv: list[str] | None = None) -> int:
     ):
         if (value := getattr(args, flag)) is not None and value < 1:
             ap.error(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+    # a flag that another overrides, or that no system of the run reads, is refused, not dropped
+    if args.batch_size is not None:
+        for flag in ("hf_batch_size", "max_num_seqs"):
+            if getattr(args, flag) is not None:
+                ap.error(f"--batch-size sets every system's batch: --{flag.replace('_', '-')} too")
+    if args.hf_batch_size is not None and "hf" not in peers:
+        ap.error("--hf-batch-size: HF does not run (no hf in --peers, or --skip-hf)")
+    if args.model and args.model_config is not None:
+        ap.error("--model-config builds random weights: not with --model")
+    args.hf_batch_size = args.hf_batch_size or 16
+    args.max_num_seqs = args.max_num_seqs or 64
+    args.model_config = args.model_config or "llama-100m.json"
     if "llama.cpp" in peers:
         from xyserve.bench.peers.llama_cpp import available
 

@@ -4,6 +4,7 @@ shares of that peak and of the roof (in the run's dtype), its speedup over HF, p
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from pathlib import Path
 
@@ -78,10 +79,19 @@ def report(
             f"{gf:>9.1f}{100 * gf / peak:>7.1f}%{100 * row['fraction_of_roof']:>7.1f}%{vs:>8}"
             f"{_rate_range(n_out, round_seconds.get(name, [])):>15}"
         )
+    paired: dict[str, list[float]] = {}
     if llama := next((k for k in times if k.startswith("llama.cpp")), None):
-        print(f"xyserve-hybrid vs llama.cpp: {times[llama] / times['xyserve-hybrid']:.2f}x")
+        paired[f"xyserve-hybrid vs {llama}"] = _per_round(round_seconds, llama)
+        print(
+            f"xyserve-hybrid vs llama.cpp: {times[llama] / times['xyserve-hybrid']:.2f}x"
+            + _paired(paired[f"xyserve-hybrid vs {llama}"])
+        )
     if "xyserve-baseline" in times:
-        print(f"hybrid vs baseline: {times['xyserve-baseline'] / times['xyserve-hybrid']:.2f}x")
+        paired["xyserve-hybrid vs xyserve-baseline"] = _per_round(round_seconds, "xyserve-baseline")
+        print(
+            f"hybrid vs baseline: {times['xyserve-baseline'] / times['xyserve-hybrid']:.2f}x"
+            + _paired(paired["xyserve-hybrid vs xyserve-baseline"])
+        )
     if json_path:
         result = {
             "workload": work.name,
@@ -93,9 +103,27 @@ def report(
             "machine": machine.to_json(),
             "systems": rows,
             "round_seconds": round_seconds,  # every run, in round order; the best is reported
+            "paired_round_ratios": paired,  # the other's time over hybrid's, round by round
             "torch_threads": torch.get_num_threads(),
         }
         Path(json_path).write_text(json.dumps(result, indent=1))
+
+
+def _per_round(round_seconds: dict[str, list[float]], other: str) -> list[float]:
+    """``other``'s time over xyserve-hybrid's in each round: the two ran minutes apart at most,
+    so a round's ratio shares its machine's state, which the best of each does not."""
+    mine = round_seconds.get("xyserve-hybrid", [])
+    return [o / m for o, m in zip(round_seconds.get(other, []), mine)]
+
+
+def _paired(ratios: list[float]) -> str:
+    """ " (per round: median M, lo-hi of N)" for several rounds' ratios, nothing for one."""
+    if len(ratios) < 2:
+        return ""
+    return (
+        f" (the best of each; round by round: median {statistics.median(ratios):.2f}x, "
+        f"{min(ratios):.2f}-{max(ratios):.2f}x over {len(ratios)} rounds)"
+    )
 
 
 def _spread(values: list[float]) -> str:

@@ -315,7 +315,10 @@ def model_shapes(config: dict) -> dict[str, tuple[int, int]]:
     h = int(config["hidden_size"])
     hq = int(config["num_attention_heads"])
     hkv = int(config.get("num_key_value_heads") or hq)
-    d = int(config.get("head_dim") or h // hq)
+    # HF's default where head_dim is absent, as the model's loader reads it
+    # (model/config.py; plan imports nothing outside plan): Qwen3's is 128
+    qwen3 = "Qwen3ForCausalLM" in (config.get("architectures") or [])
+    d = int(config.get("head_dim") or (128 if qwen3 else h // hq))
     inter = int(config["intermediate_size"])
     shapes = {
         "qkv": ((hq + 2 * hkv) * d, h),
