@@ -863,6 +863,30 @@ def test_bench_spec_loads_its_workload_once(monkeypatch):
     assert warmed == [real("spec_quote")["prompts"][:2]]
 
 
+def test_bench_spec_prints_the_median_of_the_rounds_ratios(capsys):
+    """Beside the ratio of the best rounds (x none), the median of each round's ratio (x rnd):
+    at batch 64 a run is short and the best rounds may come from different moments."""
+    from xyserve.bench import spec as bench_spec
+
+    row = {
+        "batch": 64,
+        "method": "ngram",
+        "tok_s": 1000.0,
+        "speedup": 1.10,
+        "round_speedups": [0.9, 1.02, 1.2],
+        "steps": 64,
+        "step_ratio": 1.0,
+        "acceptance": None,
+        "mean_accepted_len": None,
+        "draft_share": 0.01,
+        "identical": True,
+    }
+    bench_spec._print_rows([row], header=True)
+    head, line = capsys.readouterr().out.splitlines()
+    assert head.split()[3:5] == ["x", "none"] and head.split()[5:7] == ["x", "rnd"]
+    assert line.split()[3:5] == ["1.10", "1.02"]
+
+
 def test_ngram_proposer_keeps_each_request_array_in_step():
     """The proposer's per-request arrays (appended to as requests grow, rebuilt where the
     tokens are not a continuation, dropped with the request) propose what ``propose_ngram``

@@ -6,7 +6,10 @@ methods alternate in time. One engine per method is built and warmed up once. Re
 batch and method:
 
 - output tok/s of the best round (on a shared machine other load only ever adds time) and its
-  ratio to ``none``'s best round (``--json`` keeps every round's seconds);
+  ratio to ``none``'s best round (``x none``), and the median over rounds of the ratio within
+  each round (``x rnd``: the two ran back to back; at batch 64 a run takes well under a second,
+  and the best rounds of the two may come from different states of the machine; ``--json``
+  keeps every round's seconds and ratio);
 - engine steps, and ``none``'s steps over them: free of timing noise;
 - the acceptance rate, the mean accepted length (tokens per verify), the proposer's share of
   the wall time, and whether every output equals ``none``'s (greedy identity).
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from pathlib import Path
 
@@ -117,6 +121,8 @@ def run(args: argparse.Namespace, work: dict) -> list[dict]:
         base = min(times["none"])
         for m in methods:
             med = min(times[m])
+            # the round's ratio: none and m ran back to back, on one state of the machine
+            paired = [t0 / t for t0, t in zip(times["none"], times[m])]
             drafts, draft_toks, acc = counts[m]
             rows.append(
                 {
@@ -124,6 +130,7 @@ def run(args: argparse.Namespace, work: dict) -> list[dict]:
                     "method": m,
                     "tok_s": ntok / med,
                     "speedup": base / med,
+                    "round_speedups": paired,
                     "steps": steps[m],
                     "step_ratio": steps["none"] / steps[m],
                     "acceptance": acc / draft_toks if draft_toks else None,
@@ -157,7 +164,8 @@ def _fmt(x, spec: str) -> str:
 def _print_rows(rows: list[dict], header: bool) -> None:
     if header:
         print(
-            f"{'batch':>5} {'method':<12} {'tok/s':>8} {'x none':>7} {'steps':>6} {'steps/':>7} "
+            f"{'batch':>5} {'method':<12} {'tok/s':>8} {'x none':>7} {'x rnd':>6} {'steps':>6} "
+            f"{'steps/':>7} "
             f"{'accept':>7} "
             f"{'acc len':>7} {'draft %':>7} {'same':>5}"
         )
@@ -165,7 +173,7 @@ def _print_rows(rows: list[dict], header: bool) -> None:
         share = None if r["draft_share"] is None else 100 * r["draft_share"]
         print(
             f"{r['batch']:>5} {r['method']:<12} {r['tok_s']:>8.1f} {r['speedup']:>7.2f} "
-            f"{r['steps']:>6} {r['step_ratio']:>7.2f} "
+            f"{statistics.median(r['round_speedups']):>6.2f} {r['steps']:>6} {r['step_ratio']:>7.2f} "
             f"{_fmt(r['acceptance'], '.2f'):>7} {_fmt(r['mean_accepted_len'], '.2f'):>7} "
             f"{_fmt(share, '.1f'):>7} {str(r['identical']):>5}",
             flush=True,
