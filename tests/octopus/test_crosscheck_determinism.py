@@ -5,7 +5,7 @@ import json
 import pytest
 from octo_helpers import task, workflow
 
-from octopus.bench import cross_check
+from octopus.bench import cross_check, simple_arch
 from octopus.owg.sample import CompiledWorkflow
 from octopus.owg.schema import parse_workflow
 from octopus.report.trace import trace_events
@@ -57,6 +57,45 @@ def test_shipped_workflow_crosscheck():
     cw = CompiledWorkflow(cw.wf, "medium")
     r = cross_check(cw, n_peas=32, n_inst=40, conc=10, seed=1)
     assert r["simpy_makespan_us"] == pytest.approx(r["core_makespan_us"], rel=1e-9)
+
+
+def test_simple_configuration_is_free_with_data_and_configurations():
+    """The simple configuration moves data and loads configurations in exactly no time.
+    It used bandwidths of 1e12 GB/s: about 1e-9 us per transfer or reconfiguration, which
+    broke the ties of fixed work times in another order than the SimPy model (which has
+    no such costs), and this workflow's makespans differed (918.0 against 928.0 us)."""
+    a = simple_arch(4, 0.5)
+    assert a.transfer_us(0, 3, 10**9) == 0.0
+    assert a.reconfig_us(10**9) == 0.0
+    doc = workflow(
+        [
+            task("t0", 40.0, ["fan"], out_bytes=801087, config_bytes=411919),
+            {
+                "id": "fan",
+                "type": "fanout",
+                "count": {"dist": "uniform", "low": 0, "high": 2},
+                "body": "w",
+                "join": "j",
+            },
+            task("w", 10.0, ["j"], out_bytes=996427),
+            {"id": "j", "type": "join", "next": ["br"]},
+            {"id": "br", "type": "branch", "next": ["x", "lp"], "probs": [0.5, 0.5]},
+            task("x", 10.0),
+            {
+                "id": "lp",
+                "type": "loop",
+                "body": "y",
+                "exit": "z",
+                "continue_prob": 0.6,
+                "max_trips": 4,
+            },
+            task("y", 20.0, ["lp"]),
+            task("z", 10.0),
+        ]
+    )
+    cw = CompiledWorkflow(parse_workflow(doc), "high")
+    r = cross_check(cw, n_peas=2, n_inst=20, conc=4, seed=31, ctrl_us=3.0)
+    assert r["core_makespan_us"] == r["simpy_makespan_us"]
 
 
 @pytest.mark.parametrize("sched", ["octopus", "reactive", "octopus-central"])

@@ -4,6 +4,11 @@ Simple configuration: one pool of P identical, always-warm PEAs (no reconfigurat
 data movement, first come first served, control blocks taking a fixed control latency,
 footprint 1. Instances are the same seeded samples; the execution is modelled separately
 with SimPy processes and a `simpy.Resource`.
+
+Invocations that become ready at the same instant are served in the order SimPy's chains
+of zero-delay events reach the request, which need not be the core's (the order of the
+events that readied them): with exact ties of work times and control latencies the two
+makespans can differ (docs/octopus.md, "Simple configuration and the SimPy cross-check").
 """
 
 from __future__ import annotations
