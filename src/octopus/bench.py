@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import gc
-import math
 import time
 
-from octopus.arch.config import Arch
+from octopus.arch.config import Arch, free_arch
 from octopus.owg.arrival import Arrivals
 from octopus.runner import prepare, run_one
 from octopus.sched import make_scheduler
@@ -15,27 +14,9 @@ from octopus.sim.simpy_model import simpy_makespan
 
 
 def simple_arch(n_peas: int, ctrl_us: float) -> Arch:
-    """One cluster, free data movement, free reconfiguration: the cross-check configuration.
-
-    Free means exactly zero: the link and reconfiguration bandwidths are infinite (b / inf
-    is 0.0), which the file format refuses (a bandwidth must be finite) but the model
-    needs. A huge finite bandwidth (1e12 GB/s) left transfers and reconfigurations of about
-    1e-9 us; they break the ties of fixed work times in another order than the SimPy
-    model, which has no such costs, and FCFS then served other invocations first (3 of 200
-    random workflows differed by up to 2.4%)."""
-    return Arch(
-        name=f"simple-{n_peas}",
-        clusters=(1, 1),
-        peas_per_cluster=(n_peas, 1),
-        clusters_per_die=(1, 1),
-        hop_latency_us=0.0,
-        link_gbps=math.inf,
-        die_link_gbps=math.inf,
-        reconfig_base_us=0.0,
-        reconfig_gbps=math.inf,
-        control_plane_us=ctrl_us,
-        data_plane_us=ctrl_us,
-    )
+    """One cluster, free data movement, free reconfiguration (exactly zero: see
+    `free_arch`): the cross-check configuration."""
+    return free_arch(f"simple-{n_peas}", (n_peas, 1), ctrl_us)
 
 
 def simple_workflow_ok(cw) -> bool:

@@ -29,24 +29,14 @@ def free_pool_reference(cw, arch, seed=0, instances=None, n_peas: int | None = N
     equals the closed-loop replay of `window_bound_us`. With the architecture's own PEA
     count it is what a perfect-resource machine reaches under the same closed loop: what
     is left between it and the bound is queueing, not scheduling overheads."""
-    from octopus.arch.config import arch_from_dict
+    from octopus.arch.config import free_arch
     from octopus.sched import make_scheduler
     from octopus.sim import Simulator
 
     arr = make_arrivals(cw.wf.arrival, arch.n_clusters, seed, instances)
-    ctl = arch.control_plane_us
-    big = arch_from_dict(
-        {
-            "schema": "octopus-arch/1",
-            "name": "unlimited" if n_peas is None else f"pool-{n_peas}",
-            "clusters": [1, 1],
-            "peas_per_cluster": [128, 64] if n_peas is None else [n_peas, 1],
-            "pea": {"throughput_tops": arch.throughput_tops},
-            "mesh": {"hop_latency_us": 0.0, "link_bandwidth_gbps": 1e12},
-            "reconfig": {"base_us": 0.0, "bandwidth_gbps": 1e12},
-            "control": {"control_plane_latency_us": ctl, "data_plane_latency_us": ctl},
-        }
-    )
+    name = "unlimited" if n_peas is None else f"pool-{n_peas}"
+    peas = (128, 64) if n_peas is None else (n_peas, 1)
+    big = free_arch(name, peas, arch.control_plane_us, arch.throughput_tops)
     return Simulator(cw, big, make_scheduler("greedy"), arr, seed=seed).run().makespan
 
 

@@ -118,3 +118,14 @@ def test_instance_sampling_is_seeded_and_independent():
     z = cw.sample(cw.instance_rng(1, 8))
     assert (x.node, x.work, x.preds) == (y.node, y.work, y.preds)
     assert (x.node, x.work) != (z.node, z.work)
+
+
+def test_the_free_pool_references_are_free_too():
+    """free_pool_reference built its pools with 1e12 GB/s bandwidths, the same near-zero
+    costs as the cross-check's machine had; both now take `free_arch`'s exact zeros."""
+    from octopus.arch.config import free_arch
+
+    a = free_arch("pool", (128, 64), 0.5, throughput_tops=2.0)
+    assert a.n_peas == 128 * 64 and a.throughput_tops == 2.0
+    assert a.transfer_us(0, a.n_peas - 1, 10**9) == 0.0 and a.reconfig_us(10**9) == 0.0
+    assert a.control_plane_us == a.data_plane_us == 0.5
