@@ -129,3 +129,24 @@ def test_the_free_pool_references_are_free_too():
     assert a.n_peas == 128 * 64 and a.throughput_tops == 2.0
     assert a.transfer_us(0, a.n_peas - 1, 10**9) == 0.0 and a.reconfig_us(10**9) == 0.0
     assert a.control_plane_us == a.data_plane_us == 0.5
+
+
+def test_the_trace_ends_at_the_makespan():
+    """A pre-configuration still running when the last instance finishes is cut at the
+    makespan by the time accounting (accounting.close); the trace drew it past the end, and
+    drew one started after the end at all."""
+    from types import SimpleNamespace
+
+    inv = SimpleNamespace(node=[], peas=[], t_start=[], t_end=[], inst=[])
+    sim = SimpleNamespace(
+        cw=SimpleNamespace(names=["a", "b"]),
+        arch=SimpleNamespace(pea_cluster=[0, 0], n_clusters=1),
+        n_tasks=2,
+        inv=inv,
+        makespan=100.0,
+        physics=SimpleNamespace(reconf_spans=[(0, 10.0, 20.0, 0), (1, 90.0, 130.0, 1)]),
+    )
+    spans = [e for e in trace_events(sim) if e["ph"] == "X"]
+    assert [(e["tid"], e["ts"], e["dur"]) for e in spans] == [(0, 10.0, 10.0), (1, 90.0, 10.0)]
+    sim.physics.reconf_spans.append((1, 100.0, 110.0, 0))
+    assert len([e for e in trace_events(sim) if e["ph"] == "X"]) == 2

@@ -37,14 +37,19 @@ def trace_events(sim) -> list[dict]:
                     "args": {"instance": sim.inv.inst[k], "invocation": k},
                 }
             )
+    end = sim.makespan
     for p, a, b, tb in sim.physics.reconf_spans:
+        # A configuration loaded ahead for work that never came can still be running when the
+        # last instance finishes; the run, and its time accounting, end at the makespan.
+        if a >= end:
+            continue
         ev.append(
             {
                 "ph": "X",
                 "name": f"reconfigure->{names[tb]}",
                 "cat": "reconfig",
                 "ts": a,
-                "dur": b - a,
+                "dur": min(b, end) - a,
                 "pid": cl[p],
                 "tid": p,
             }
