@@ -171,3 +171,37 @@ def test_a_plugin_scheduler_gives_the_pinned_results(key, strict):
     arr = make_arrivals(cw.wf.arrival, a.n_clusters, seed, n)
     sim = Simulator(cw, a, make_scheduler(TUTORIAL_SPEC), arr, seed=seed, strict=strict).run()
     assert (sim.makespan, sim.n_events) == PINNED_PLUGIN[key]
+
+
+MISUSER = '''
+from octopus.sched.api import Scheduler
+
+
+class Misuser(Scheduler):
+    """Starts every ready invocation on PEA 0, running or not."""
+
+    name = "misuser"
+
+    def on_ready(self, k, t):
+        self.api.start(k, [0], t)
+
+    def on_free(self, peas, t):
+        pass
+'''
+
+
+def test_strict_mode_refuses_a_start_on_a_busy_pea(tmp_path):
+    """The engine trusted a scheduler's start: one on a running PEA double-booked it and
+    corrupted the time split silently. In strict mode the call fails, named."""
+    f = tmp_path / "misuser.py"
+    f.write_text(MISUSER)
+    fan = workflow(
+        [
+            task("a", 1.0, ["f"]),
+            {"id": "f", "type": "fanout", "count": 3, "body": "w", "join": "j"},
+            task("w", 10.0, ["j"]),
+            {"id": "j", "type": "join"},
+        ]
+    )
+    with pytest.raises(RuntimeError, match=r"'misuser': start\(.*PEA 0 is not free"):
+        simulate(fan, arch(), f"{f}:Misuser", strict=True)

@@ -128,14 +128,52 @@ class SchedulerAPI:
         self.is_blocked = wrap(sim.buffers.is_blocked)
         self.blocked_count = wrap(sim.buffers.blocked_count)
         self._buffers, self._preds, self._sim = sim.buffers, inv.preds, sim
-        # actions
-        self.start = sim.start
-        self.preconfigure = sim.preconfigure
+        # actions (strict mode: each call checked first, so a scheduler that misuses them
+        # fails at the call, named, instead of corrupting the run's time accounting)
+        self.start = self._checked_start if strict else sim.start
+        self.preconfigure = self._checked_preconfigure if strict else sim.preconfigure
         self.configure_at_compile_time = sim.configure_at_compile_time
         self.call_at = sim.call_at
         self.data_cluster = sim.data_cluster
         self.input_us = sim.input_us
         self.input_bytes = sim.input_bytes
+
+    def _refuse(self, call: str, why: str) -> None:
+        name = getattr(self._sim.sched, "name", type(self._sim.sched).__name__)
+        raise RuntimeError(f"scheduler {name!r}: {call}: {why} (octopus.sched.api, strict mode)")
+
+    def _checked_start(self, k: int, peas: Sequence[int], t: float) -> None:
+        """`start`, after checking what the engine assumes of it: a task invocation not yet
+        started, now, on its footprint's number of distinct free PEAs (of any clusters: the
+        baselines' `regions` mapping spans them)."""
+        sim, call = self._sim, f"start({k}, {list(peas)}, {t})"
+        inv, pea, cl = sim.inv, sim.pea, sim.arch.pea_cluster
+        if not 0 <= k < len(inv.node) or inv.node[k] >= sim.n_tasks:
+            self._refuse(call, "no task invocation of that number")
+        if inv.n_starts[k]:
+            self._refuse(call, "the invocation was started before")
+        if t < sim.now:
+            self._refuse(call, f"a start in the past (now is {sim.now})")
+        need = sim.cw.footprint[inv.node[k]]
+        if len(set(peas)) != len(peas) or len(peas) != need:
+            self._refuse(call, f"its footprint takes {need} distinct PEAs")
+        for p in peas:
+            if not 0 <= p < len(cl):
+                self._refuse(call, f"no PEA {p}")
+            if pea.running[p] or sim.buffers.is_blocked[p]:
+                self._refuse(call, f"PEA {p} is not free (running or blocked)")
+        sim.start(k, peas, t)
+
+    def _checked_preconfigure(self, p: int, tb: int, t: float) -> None:
+        """`preconfigure`, after checking that p is a PEA, tb a task block and t not past."""
+        sim, call = self._sim, f"preconfigure({p}, {tb}, {t})"
+        if not 0 <= p < len(sim.arch.pea_cluster):
+            self._refuse(call, f"no PEA {p}")
+        if not 0 <= tb < sim.n_tasks:
+            self._refuse(call, f"no task block {tb}")
+        if t < sim.now:
+            self._refuse(call, f"a configuration in the past (now is {sim.now})")
+        sim.preconfigure(p, tb, t)
 
     @property
     def now(self) -> float:
