@@ -140,6 +140,40 @@ def test_triton_meta_matches_reference(hq, hkv, d, bs):
     torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
 
 
+def test_triton_plan_refuses_query_heads_not_a_multiple_of_kv_heads():
+    """6 query heads over 4 KV heads: the kernel packs 6 // 4 = 1 head per KV head, so heads 4
+    and 5 were never read and came back as zero rows; the plan now refuses the head counts."""
+    from xyserve.plan.triton_attention import StaticTritonPlan, build_triton_plan
+
+    meta = build_case([StageSpec(5, 3, prefill=True)], 4, 4, 16, 8, seed=1).meta
+    for build in (build_triton_plan, StaticTritonPlan.allocate):
+        args = (16,) if build is build_triton_plan else (16, 8)
+        with pytest.raises(ValueError, match="multiple of num_kv_heads"):
+            build(meta, 6, 4, *args)
+
+
+def test_triton_launch_refuses_tensors_unlike_its_plan():
+    """The kernel trusts the plan's tile rows and the tensors' shapes alike. A plan built for 1
+    query head per KV head, run on 8 (its tiles then hold more rows than BLOCK_M: wrong rows,
+    max error ~2), and a q shorter than the plan's tokens (written out of bounds: heap
+    corruption under the interpreter) ran unchecked; both are refused before the launch."""
+    pytest.importorskip("triton")
+    from xyserve.kernels.attention.meta.triton_kernel import triton_meta_attention
+    from xyserve.plan.triton_attention import build_triton_plan
+
+    c = build_case([StageSpec(40, 0, prefill=True), StageSpec(1, 9)], 8, 1, 16, 8, seed=1)
+    with pytest.raises(ValueError, match="plan was built for"):
+        plan = build_triton_plan(c.meta, 1, 1, 16, num_workers=2, block_m=16)
+        triton_meta_attention(plan, c.q, c.k_cache, c.v_cache, c.scale)
+    plan = build_triton_plan(c.meta, 8, 1, 16, num_workers=2)
+    with pytest.raises(ValueError, match="the plan covers 41 tokens"):
+        triton_meta_attention(plan, c.q[:3], c.k_cache, c.v_cache, c.scale)
+    with pytest.raises(ValueError, match="share a dtype"):
+        triton_meta_attention(plan, c.q, c.k_cache.half(), c.v_cache.half(), c.scale)
+    with pytest.raises(ValueError, match="out must be like q"):
+        triton_meta_attention(plan, c.q, c.k_cache, c.v_cache, c.scale, out=c.q[:3].clone())
+
+
 def test_decode_kernel_only_for_float32_and_bfloat16_caches():
     hq, hkv, d = 8, 2, 16
     c = build_case([StageSpec(1, 30), StageSpec(1, 7)], hq, hkv, d, 16, seed=2)

@@ -91,6 +91,29 @@ def test_triton_split_k_and_cublas_configs_equal_matmul():
     assert GemmConfig(gpu_impl="cublas").key().startswith("cublas")
 
 
+def test_tile_configs_the_kernel_cannot_run_are_refused():
+    """A table is an editable JSON file: ``group_m=0`` (a division by zero in the swizzle, wrong
+    rows with max error ~20 under the interpreter) and tile sides that are not powers of two
+    were accepted; now the config itself refuses them, and so does a table that names one."""
+    for bad in ({"group_m": 0}, {"block_m": 24}, {"block_k": 8}, {"split_k": 0}):
+        with pytest.raises(ValueError):
+            GemmConfig(**bad)
+    assert GemmConfig(block_m=1).block_m == 1  # the M = 1 bucket's single-row tile is fine
+
+
+def test_triton_smooth_refuses_operands_that_do_not_match():
+    """x [M, K] against a weight of another K was read as the weight's first K columns (a
+    silent wrong product); mixed dtypes failed inside the compiler. Both refused up front."""
+    pytest.importorskip("triton")
+    from xyserve.kernels.gemm.triton_kernel import smooth_matmul
+
+    x, w = torch.randn(20, 40), torch.randn(30, 41)
+    with pytest.raises(ValueError, match="K differs"):
+        smooth_matmul(x, w, None, GemmConfig(16, 32, 16))
+    with pytest.raises(ValueError, match="one dtype"):
+        smooth_matmul(x, w[:, :40].half(), None, GemmConfig(16, 32, 16))
+
+
 def test_bench_kernels_smoke(tmp_path, capsys):
     from xyserve.bench.kernels import main
 

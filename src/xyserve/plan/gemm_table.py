@@ -85,6 +85,23 @@ class GemmConfig:
             raise ValueError(f"cpu_impl {self.cpu_impl!r}: choose one of {CPU_IMPLS}")
         if self.gpu_impl not in GPU_IMPLS:
             raise ValueError(f"gpu_impl {self.gpu_impl!r}: choose one of {GPU_IMPLS}")
+        # A table is a JSON file a person may edit: refuse tiles the Triton kernel cannot run
+        # rather than let it compute garbage (group_m=0 divides by zero in the swizzle and gave
+        # wrong rows) or fail inside the compiler (tl.arange needs powers of two; tl.dot needs
+        # K >= 16 for 16-bit operands).
+        pow2 = {"block_m": self.block_m, "block_n": self.block_n, "block_k": self.block_k}
+        for name, v in pow2.items():
+            if v < 1 or v & (v - 1):
+                raise ValueError(f"{name}={v}: a Triton tile side must be a power of two")
+        if self.block_k < 16:
+            raise ValueError(f"block_k={self.block_k}: tl.dot needs K tiles of at least 16")
+        if self.group_m < 1 or self.split_k < 1 or self.num_stages < 1:
+            raise ValueError(
+                f"group_m={self.group_m}, split_k={self.split_k}, num_stages={self.num_stages}: "
+                f"each must be at least 1"
+            )
+        if self.num_warps < 1 or self.num_warps & (self.num_warps - 1):
+            raise ValueError(f"num_warps={self.num_warps}: must be a power of two")
 
     def key(self) -> str:
         if self.gpu_impl == "cublas":

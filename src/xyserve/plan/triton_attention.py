@@ -34,8 +34,20 @@ class TritonAttentionPlan:
         return max(1, self.block_m // (self.num_q_heads // self.num_kv_heads))
 
 
+def check_heads(num_q_heads: int, num_kv_heads: int) -> None:
+    """Refuse head counts the kernel cannot run: it packs each KV head's ``num_q_heads //
+    num_kv_heads`` query heads into a tile, so a remainder would leave the last query heads
+    unread (their output rows silently zero) rather than failing."""
+    if num_kv_heads < 1 or num_q_heads < num_kv_heads or num_q_heads % num_kv_heads:
+        raise ValueError(
+            f"Meta-Attention needs num_q_heads a positive multiple of num_kv_heads; "
+            f"got {num_q_heads} query heads over {num_kv_heads} KV heads"
+        )
+
+
 def launch_block_m(block_m: int, num_q_heads: int, num_kv_heads: int) -> int:
     """The kernel's M block: a power of two holding at least one row per query head of a group."""
+    check_heads(num_q_heads, num_kv_heads)
     return pow2(max(block_m, num_q_heads // num_kv_heads))
 
 

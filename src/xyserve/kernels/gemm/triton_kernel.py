@@ -100,6 +100,14 @@ def smooth_matmul(
     programs for the few M-tiles of a decode step, at the price of a reduction order that
     varies from run to run.
     """
+    if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1]:
+        # The kernel reads K from x alone: a wider weight was read as its first K columns.
+        raise ValueError(f"x {tuple(x.shape)} @ weight {tuple(weight.shape)}.T: K differs")
+    if x.dtype != weight.dtype or (bias is not None and bias.shape != (weight.shape[0],)):
+        raise ValueError(
+            f"x {x.dtype}, weight {weight.dtype} and bias "
+            f"{None if bias is None else tuple(bias.shape)}: one dtype and a bias of [N] needed"
+        )
     if cfg.gpu_impl == "cublas":
         return F.linear(x, weight, bias)
     m, k = x.shape

@@ -117,6 +117,51 @@ def _meta_attn_kernel(
         tl.store(o_ptr, out.to(Out.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
 
 
+def check_launch(
+    plan: TritonAttentionPlan,
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    out: torch.Tensor | None,
+) -> None:
+    """Refuse tensors that disagree with the plan or with each other, before the launch.
+
+    The kernel takes its head counts and head size from the tensors and its tile rows from the
+    plan, and trusts both: a plan built for other heads cuts tiles of more rows than its
+    ``BLOCK_M`` holds (rows past it are never computed), a query head count that is not a
+    multiple of the KV heads leaves the last heads unread, and a ``q`` or ``out`` with fewer
+    rows than the plan's tokens is read and written out of bounds. Host-side shape checks
+    only: no device synchronisation."""
+    if q.dim() != 3 or k_cache.dim() != 4 or k_cache.shape != v_cache.shape:
+        raise ValueError(
+            f"q must be [T, Hq, D] and the caches equal [blocks, page, Hkv, D]; got "
+            f"{tuple(q.shape)}, {tuple(k_cache.shape)}, {tuple(v_cache.shape)}"
+        )
+    t, hq, d = q.shape
+    heads = (hq, k_cache.shape[2], d)
+    planned = (plan.num_q_heads, plan.num_kv_heads, plan.head_dim)
+    if heads != planned or k_cache.shape[3] != d:
+        raise ValueError(
+            f"tensors with (q heads, KV heads, head dim) = {heads} and cache head dim "
+            f"{k_cache.shape[3]}, but the plan was built for {planned}"
+        )
+    if t < plan.meta.table.num_tokens:
+        raise ValueError(f"q has {t} rows; the plan covers {plan.meta.table.num_tokens} tokens")
+    if not (q.dtype == k_cache.dtype == v_cache.dtype):
+        raise ValueError(
+            f"q, K and V must share a dtype; got {q.dtype}, {k_cache.dtype}, {v_cache.dtype}"
+        )
+    if out is not None and (out.shape != q.shape or out.dtype != q.dtype or out.stride(-1) != 1):
+        raise ValueError(
+            f"out must be like q, {tuple(q.shape)} {q.dtype} unit-stride in D; got "
+            f"{tuple(out.shape)} {out.dtype} strides {out.stride()}"
+        )
+    if k_cache.stride() != v_cache.stride() or k_cache.stride(-1) != 1 or q.stride(-1) != 1:
+        raise ValueError(
+            "K and V caches must share strides, and q and the caches be unit-stride in D"
+        )
+
+
 def triton_meta_attention(
     plan: TritonAttentionPlan,
     q: torch.Tensor,
@@ -127,9 +172,9 @@ def triton_meta_attention(
 ) -> torch.Tensor:
     """One launch over the whole task table; rows of empty stages are zero. With ``out`` given,
     only the plan's rows are written into it (a plan may cover part of a step)."""
+    check_launch(plan, q, k_cache, v_cache, out)
     t, hq, d = q.shape
     _, page, hkv, _ = k_cache.shape
-    assert k_cache.stride() == v_cache.stride() and k_cache.stride(-1) == 1 and q.stride(-1) == 1
     out = torch.zeros_like(q) if out is None else out
     a = plan.arrays
     w = int(a["w_off"].numel()) - 1
