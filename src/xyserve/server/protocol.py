@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 from xyserve.sampling_params import SamplingParams, SamplingParamsError
 
@@ -248,9 +249,19 @@ class CompletionRequest(_SamplingRequest):
 
 
 class ContentPart(BaseModel):
+    """One part of a message's content. Only text parts are served (others are refused when
+    the prompt is rendered); OpenAI requires a text part's ``text``."""
+
     model_config = ConfigDict(extra="ignore")
     type: str
-    text: str | None = None
+    text: str | None = Field(default=None, validate_default=True)
+
+    @field_validator("text")
+    @classmethod
+    def _text_part_has_text(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is None and info.data.get("type") == "text":
+            raise PydanticCustomError("missing", "Field required")
+        return v
 
 
 class ChatMessage(BaseModel):
@@ -275,7 +286,8 @@ class ChatMessage(BaseModel):
             if part.type != "text":
                 raise ValueError(f"content parts of type {part.type!r} are not supported")
             parts.append(part.text or "")
-        return "".join(parts)
+        # vLLM's join (chat_utils): parts are separate texts, not pieces of one word.
+        return "\n".join(parts)
 
 
 class ChatCompletionRequest(_SamplingRequest):
