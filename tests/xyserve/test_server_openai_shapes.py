@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,6 +11,7 @@ import httpx
 import pytest
 from server_harness import Server, run_server
 
+import xyserve.server.protocol as protocol
 from xyserve.config import EngineConfig
 
 MODEL = "tiny"
@@ -56,3 +59,44 @@ def test_a_text_part_without_text_is_refused(server: Server) -> None:
     err = r.json()["error"]
     assert err["param"].startswith("messages.0.content")
     assert "messages.0.content.0.text: Field required" in err["message"]
+
+
+class _Clock:
+    """A ``time`` module whose clock moves on 5 s at each reading."""
+
+    def __init__(self) -> None:
+        self._ticks = itertools.count(1_700_000_000, 5)
+
+    def time(self) -> float:
+        return float(next(self._ticks))
+
+
+@pytest.mark.parametrize(
+    "path,payload",
+    [
+        ("/v1/completions", {"prompt": ["Hello", "Bye"], "n": 2, "echo": True}),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}], "n": 2}),
+    ],
+)
+def test_every_chunk_of_a_stream_has_the_same_created(
+    server: Server, monkeypatch: pytest.MonkeyPatch, path: str, payload: dict
+) -> None:
+    """OpenAI: "Each chunk has the same timestamp" (vLLM passes one ``created`` to all of a
+    request's chunks); read per chunk, it changes when a stream crosses a second."""
+    monkeypatch.setattr(protocol, "time", _Clock())
+    body = dict(
+        payload,
+        model=MODEL,
+        max_tokens=4,
+        stream=True,
+        stream_options={"include_usage": True},
+        ignore_eos=True,
+    )
+    with httpx.stream("POST", f"{server.url}{path}", json=body, timeout=60) as resp:
+        assert resp.status_code == 200
+        events = [line[6:] for line in resp.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert len(chunks) > 2
+    assert len({c["created"] for c in chunks}) == 1
+    assert len({c["id"] for c in chunks}) == 1

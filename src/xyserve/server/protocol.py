@@ -342,7 +342,9 @@ class DetokenizeRequest(BaseModel):
 # ---- responses -------------------------------------------------------------------------
 
 
-def _now() -> int:
+def unix_time() -> int:
+    """Now, in whole seconds: a response's ``created``. A stream reads it once and gives it to
+    every chunk (OpenAI: "each chunk has the same timestamp"; vLLM does so too)."""
     return int(time.time())
 
 
@@ -370,7 +372,7 @@ class CompletionChoice(BaseModel):
 class CompletionResponse(BaseModel):
     id: str
     object: Literal["text_completion"] = "text_completion"
-    created: int = Field(default_factory=_now)
+    created: int = Field(default_factory=unix_time)
     model: str
     choices: list[CompletionChoice]
     usage: UsageInfo | None = None
@@ -410,7 +412,7 @@ class ChatCompletionChoice(BaseModel):
 class ChatCompletionResponse(BaseModel):
     id: str
     object: Literal["chat.completion"] = "chat.completion"
-    created: int = Field(default_factory=_now)
+    created: int = Field(default_factory=unix_time)
     model: str
     choices: list[ChatCompletionChoice]
     usage: UsageInfo | None = None
@@ -432,7 +434,7 @@ class ChatStreamChoice(BaseModel):
 class ChatCompletionStreamResponse(BaseModel):
     id: str
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int = Field(default_factory=_now)
+    created: int = Field(default_factory=unix_time)
     model: str
     choices: list[ChatStreamChoice]
     usage: UsageInfo | None = None
@@ -441,7 +443,7 @@ class ChatCompletionStreamResponse(BaseModel):
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"
-    created: int = Field(default_factory=_now)
+    created: int = Field(default_factory=unix_time)
     owned_by: str = "xyserve"
     root: str | None = None
     max_model_len: int | None = None
