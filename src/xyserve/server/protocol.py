@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 from xyserve.sampling_params import SamplingParams, SamplingParamsError
 
@@ -248,9 +249,19 @@ class CompletionRequest(_SamplingRequest):
 
 
 class ContentPart(BaseModel):
+    """One part of a message's content. Only text parts are served (others are refused when
+    the prompt is rendered); OpenAI requires a text part's ``text``."""
+
     model_config = ConfigDict(extra="ignore")
     type: str
-    text: str | None = None
+    text: str | None = Field(default=None, validate_default=True)
+
+    @field_validator("text")
+    @classmethod
+    def _text_part_has_text(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is None and info.data.get("type") == "text":
+            raise PydanticCustomError("missing", "Field required")
+        return v
 
 
 class ChatMessage(BaseModel):
@@ -275,7 +286,8 @@ class ChatMessage(BaseModel):
             if part.type != "text":
                 raise ValueError(f"content parts of type {part.type!r} are not supported")
             parts.append(part.text or "")
-        return "".join(parts)
+        # vLLM's join (chat_utils): parts are separate texts, not pieces of one word.
+        return "\n".join(parts)
 
 
 class ChatCompletionRequest(_SamplingRequest):
@@ -330,7 +342,9 @@ class DetokenizeRequest(BaseModel):
 # ---- responses -------------------------------------------------------------------------
 
 
-def _now() -> int:
+def unix_time() -> int:
+    """Now, in whole seconds: a response's ``created``. A stream reads it once and gives it to
+    every chunk (OpenAI: "each chunk has the same timestamp"; vLLM does so too)."""
     return int(time.time())
 
 
@@ -358,7 +372,7 @@ class CompletionChoice(BaseModel):
 class CompletionResponse(BaseModel):
     id: str
     object: Literal["text_completion"] = "text_completion"
-    created: int = Field(default_factory=_now)
+    created: int = Field(default_factory=unix_time)
     model: str
     choices: list[CompletionChoice]
     usage: UsageInfo | None = None
@@ -398,7 +412,7 @@ class ChatCompletionChoice(BaseModel):
 class ChatCompletionResponse(BaseModel):
     id: str
     object: Literal["chat.completion"] = "chat.completion"
-    created: int = Field(default_factory=_now)
+    created: int = Field(default_factory=unix_time)
     model: str
     choices: list[ChatCompletionChoice]
     usage: UsageInfo | None = None
@@ -420,7 +434,7 @@ class ChatStreamChoice(BaseModel):
 class ChatCompletionStreamResponse(BaseModel):
     id: str
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int = Field(default_factory=_now)
+    created: int = Field(default_factory=unix_time)
     model: str
     choices: list[ChatStreamChoice]
     usage: UsageInfo | None = None
@@ -429,7 +443,7 @@ class ChatCompletionStreamResponse(BaseModel):
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"
-    created: int = Field(default_factory=_now)
+    created: int = Field(default_factory=unix_time)
     owned_by: str = "xyserve"
     root: str | None = None
     max_model_len: int | None = None

@@ -23,6 +23,7 @@ from xyserve.server.protocol import (
     ChatMessageOut,
     ChatStreamChoice,
     DeltaMessage,
+    unix_time,
 )
 from xyserve.server.render import ChoiceState, chat_logprobs, usage
 from xyserve.server.request_stream import RequestStream
@@ -89,9 +90,12 @@ async def _chat_stream(
     states = [ChoiceState() for _ in range(params.n)]
     final: RequestOutput | None = None
     error = None
+    created = unix_time()
 
     def chunk(choice: ChatStreamChoice) -> str:
-        return sse(ChatCompletionStreamResponse(id=rid, model=model, choices=[choice]))
+        return sse(
+            ChatCompletionStreamResponse(id=rid, created=created, model=model, choices=[choice])
+        )
 
     try:
         for j in range(params.n):
@@ -116,7 +120,11 @@ async def _chat_stream(
                 )
         if include_usage:
             u = usage([final])
-            yield sse(ChatCompletionStreamResponse(id=rid, model=model, choices=[], usage=u))
+            yield sse(
+                ChatCompletionStreamResponse(
+                    id=rid, created=created, model=model, choices=[], usage=u
+                )
+            )
     except Exception as e:
         error = stream_error(e).info.message
         yield sse_error(e)

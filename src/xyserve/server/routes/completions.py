@@ -22,6 +22,7 @@ from xyserve.server.protocol import (
     CompletionRequest,
     CompletionResponse,
     CompletionStreamResponse,
+    unix_time,
 )
 from xyserve.server.render import ChoiceState, completion_logprobs, usage
 from xyserve.server.request_stream import RequestStream
@@ -102,9 +103,10 @@ async def _completion_stream(
     states = [ChoiceState() for _ in range(len(streams) * n)]
     finals: list[RequestOutput | None] = [None] * len(streams)
     error = None
+    created = unix_time()
 
     def chunk(choice: CompletionChoice) -> str:
-        return sse(CompletionStreamResponse(id=rid, model=model, choices=[choice]))
+        return sse(CompletionStreamResponse(id=rid, created=created, model=model, choices=[choice]))
 
     try:
         if echo:
@@ -131,7 +133,9 @@ async def _completion_stream(
                 )
         if include_usage:
             u = usage(finals)
-            yield sse(CompletionStreamResponse(id=rid, model=model, choices=[], usage=u))
+            yield sse(
+                CompletionStreamResponse(id=rid, created=created, model=model, choices=[], usage=u)
+            )
     except Exception as e:
         error = stream_error(e).info.message
         yield sse_error(e)

@@ -1,0 +1,102 @@
+"""Request and response shapes where OpenAI clients expect what OpenAI and vLLM do."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from server_harness import Server, run_server
+
+import xyserve.server.protocol as protocol
+from xyserve.config import EngineConfig
+
+MODEL = "tiny"
+
+
+@pytest.fixture(scope="module")
+def server(tiny_llama: Path) -> Iterator[Server]:
+    config = EngineConfig(
+        model=str(tiny_llama),
+        served_model_name=MODEL,
+        max_model_len=512,
+        max_num_seqs=16,
+        max_num_batched_tokens=256,
+        device="cpu",
+    )
+    with run_server(config) as srv:
+        yield srv
+
+
+def _post(server: Server, path: str, payload: dict) -> httpx.Response:
+    return httpx.post(f"{server.url}{path}", json=payload, timeout=60)
+
+
+def test_text_parts_are_joined_by_newlines_as_in_vllm(server: Server) -> None:
+    """vLLM renders a message whose content is a list of text parts as the parts joined by
+    "\\n"; joined by nothing, two words would run together and the prompt would differ."""
+    parts = [{"type": "text", "text": "Say"}, {"type": "text", "text": "hello"}]
+    as_parts = _post(server, "/tokenize", {"messages": [{"role": "user", "content": parts}]})
+    as_text = _post(server, "/tokenize", {"messages": [{"role": "user", "content": "Say\nhello"}]})
+    assert as_parts.status_code == as_text.status_code == 200
+    assert as_parts.json()["tokens"] == as_text.json()["tokens"]
+    r = _post(
+        server,
+        "/v1/chat/completions",
+        {"model": MODEL, "messages": [{"role": "user", "content": parts}], "max_tokens": 1},
+    )
+    assert r.status_code == 200 and r.json()["usage"]["prompt_tokens"] == as_text.json()["count"]
+
+
+def test_a_text_part_without_text_is_refused(server: Server) -> None:
+    """OpenAI's text part requires ``text``: one without it is a 400, not an empty string."""
+    msg = {"role": "user", "content": [{"type": "text"}]}
+    r = _post(server, "/v1/chat/completions", {"model": MODEL, "messages": [msg]})
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"].startswith("messages.0.content")
+    assert "messages.0.content.0.text: Field required" in err["message"]
+
+
+class _Clock:
+    """A ``time`` module whose clock moves on 5 s at each reading."""
+
+    def __init__(self) -> None:
+        self._ticks = itertools.count(1_700_000_000, 5)
+
+    def time(self) -> float:
+        return float(next(self._ticks))
+
+
+@pytest.mark.parametrize(
+    "path,payload",
+    [
+        ("/v1/completions", {"prompt": ["Hello", "Bye"], "n": 2, "echo": True}),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}], "n": 2}),
+    ],
+)
+def test_every_chunk_of_a_stream_has_the_same_created(
+    server: Server, monkeypatch: pytest.MonkeyPatch, path: str, payload: dict
+) -> None:
+    """OpenAI: "Each chunk has the same timestamp" (vLLM passes one ``created`` to all of a
+    request's chunks); read per chunk, it changes when a stream crosses a second."""
+    monkeypatch.setattr(protocol, "time", _Clock())
+    body = dict(
+        payload,
+        model=MODEL,
+        max_tokens=4,
+        stream=True,
+        stream_options={"include_usage": True},
+        ignore_eos=True,
+    )
+    with httpx.stream("POST", f"{server.url}{path}", json=body, timeout=60) as resp:
+        assert resp.status_code == 200
+        events = [line[6:] for line in resp.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert len(chunks) > 2
+    assert len({c["created"] for c in chunks}) == 1
+    assert len({c["id"] for c in chunks}) == 1
