@@ -11,6 +11,7 @@ from xyserve.config import EngineConfig
 from xyserve.engine.engine import LLMEngine
 from xyserve.outputs import RequestOutput
 from xyserve.sampling_params import SamplingParams
+from xyserve.tokenizer import content_text
 
 
 class LLM:
@@ -84,7 +85,11 @@ class LLM:
         prompts = []
         for conv in convs:
             _check_messages(conv)
-            text = tok.apply_chat_template(list(conv), add_generation_prompt, chat_template)
+            conv = [  # content parts as one text, as the server renders them (and vLLM)
+                {**m, "content": content_text(m["content"], f"messages[{i}].content")}
+                for i, m in enumerate(conv)
+            ]
+            text = tok.apply_chat_template(conv, add_generation_prompt, chat_template)
             # the rendered text is the output's prompt (as vLLM's); the template has put in
             # any special tokens already, so none are added again
             ids = tok.encode(text, add_special_tokens=False)

@@ -130,6 +130,25 @@ class Tokenizer:
             raise ChatTemplateError.of(e) from e
 
 
+def content_text(content: str | list, where: str = "content") -> str:
+    """A message's content as the text a chat template renders: a string as it is; a list of
+    content parts (OpenAI's form, dicts) as their texts joined by newlines, as vLLM renders
+    them (parts are separate texts, not pieces of one word). Only text parts are served:
+    another type, or a text part without a string ``text``, is a ValueError naming
+    ``where``. The server's messages and ``LLM.chat``'s both go through here."""
+    if isinstance(content, str):
+        return content
+    texts = []
+    for j, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+        if kind != "text":
+            raise ValueError(f"{where}[{j}]: content parts of type {kind!r} are not supported")
+        if not isinstance(part.get("text"), str):
+            raise ValueError(f"{where}[{j}].text: a text part needs its text (a string)")
+        texts.append(part["text"])
+    return "\n".join(texts)
+
+
 class ChatTemplateError(ValueError):
     """A chat template that failed to render: ``LLM.chat``'s ValueError and the server's 400,
     in the same words (``cannot apply the chat template: ...``)."""

@@ -317,6 +317,21 @@ def test_a_chat_template_that_fails_refuses_the_whole_batch(llm, monkeypatch, te
     assert out.prompt == "[user] hi\n"  # a passed template is used
 
 
+def test_chat_content_parts_render_as_the_server_renders_them(llm):
+    """LLM.chat passed a list of content parts to the template as it was: a template that
+    adds strings failed on it, and others would print the list. Text parts are now joined by
+    newlines, as the server and vLLM render them; another part type is refused, named."""
+    parts = [{"type": "text", "text": "Say"}, {"type": "text", "text": "hello"}]
+    p = SamplingParams(max_tokens=2)
+    as_parts = llm.chat([{"role": "user", "content": parts}], p)[0].prompt
+    assert as_parts == llm.chat([{"role": "user", "content": "Say\nhello"}], p)[0].prompt
+    image = [{"type": "image_url", "image_url": {"url": "x"}}]
+    with pytest.raises(ValueError, match=r"messages\[0\]\.content\[0\].*'image_url'"):
+        llm.chat([{"role": "user", "content": image}], p)
+    with pytest.raises(ValueError, match=r"content\[0\]\.text"):
+        llm.chat([{"role": "user", "content": [{"type": "text"}]}], p)
+
+
 def test_stop_strings_without_a_tokenizer_are_refused(tiny_llama):
     """Without a tokenizer there is no text to search: stop strings were silently ignored."""
     llm = LLM(str(tiny_llama), skip_tokenizer_init=True, cpu_fused_decode="off")

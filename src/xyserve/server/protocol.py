@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from pydantic_core import PydanticCustomError
 
 from xyserve.sampling_params import SamplingParams, SamplingParamsError
+from xyserve.tokenizer import content_text
 
 # ---- errors ----------------------------------------------------------------------------
 
@@ -281,13 +282,7 @@ class ChatMessage(BaseModel):
             return ""
         if isinstance(self.content, str):
             return self.content
-        parts = []
-        for part in self.content:
-            if part.type != "text":
-                raise ValueError(f"content parts of type {part.type!r} are not supported")
-            parts.append(part.text or "")
-        # vLLM's join (chat_utils): parts are separate texts, not pieces of one word.
-        return "\n".join(parts)
+        return content_text([part.model_dump() for part in self.content])
 
 
 class ChatCompletionRequest(_SamplingRequest):
