@@ -170,9 +170,8 @@ def free_arch(
     decisions take `control_us` on either plane: the machine of the SimPy cross-check and
     of the free-pool references. Free means exactly zero: the link and reconfiguration
     bandwidths are infinite (b / inf is 0.0), which the file format refuses (a bandwidth
-    must be finite). A huge finite bandwidth (1e12 GB/s) left costs of about 1e-9 us, which
-    broke ties of fixed work times in another order than the SimPy model (3 of 200 random
-    workflows differed by up to 2.4%)."""
+    must be finite). A huge finite bandwidth leaves tiny costs, which break ties of fixed
+    work times in another order than the SimPy model does."""
     return Arch(
         name=name,
         clusters=(1, 1),

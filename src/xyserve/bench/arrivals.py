@@ -46,7 +46,7 @@ def _rng(seed: int) -> random.Random:
     """The arrivals' generator for ``seed``: a stream of its own, so that the send times are
     independent of the requests drawn with the same seed (``serve_workload.sample`` uses
     ``random.Random(seed)``: sharing it, the first gap and the first request's length came
-    from the same numbers, correlated at about 0.1 on the ShareGPT-like mix)."""
+    from the same numbers, and were correlated)."""
     return random.Random(f"xyserve.arrivals/{seed}")
 
 

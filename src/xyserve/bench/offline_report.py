@@ -79,19 +79,15 @@ def report(
             f"{gf:>9.1f}{100 * gf / peak:>7.1f}%{100 * row['fraction_of_roof']:>7.1f}%{vs:>8}"
             f"{_rate_range(n_out, round_seconds.get(name, [])):>15}"
         )
+    llama = next((k for k in times if k.startswith("llama.cpp")), None)
     paired: dict[str, list[float]] = {}
-    if llama := next((k for k in times if k.startswith("llama.cpp")), None):
-        paired[f"xyserve-hybrid vs {llama}"] = _per_round(round_seconds, llama)
-        print(
-            f"xyserve-hybrid vs llama.cpp: {times[llama] / times['xyserve-hybrid']:.2f}x"
-            + _paired(paired[f"xyserve-hybrid vs {llama}"])
-        )
-    if "xyserve-baseline" in times:
-        paired["xyserve-hybrid vs xyserve-baseline"] = _per_round(round_seconds, "xyserve-baseline")
-        print(
-            f"hybrid vs baseline: {times['xyserve-baseline'] / times['xyserve-hybrid']:.2f}x"
-            + _paired(paired["xyserve-hybrid vs xyserve-baseline"])
-        )
+    for other, label in (
+        (llama, "xyserve-hybrid vs llama.cpp"),
+        ("xyserve-baseline", "hybrid vs baseline"),
+    ):
+        if other in times:
+            ratios = paired[f"xyserve-hybrid vs {other}"] = _per_round(round_seconds, other)
+            print(f"{label}: {times[other] / times['xyserve-hybrid']:.2f}x" + _paired(ratios))
     if json_path:
         result = {
             "workload": work.name,
@@ -117,7 +113,8 @@ def _per_round(round_seconds: dict[str, list[float]], other: str) -> list[float]
 
 
 def _paired(ratios: list[float]) -> str:
-    """ " (per round: median M, lo-hi of N)" for several rounds' ratios, nothing for one."""
+    """ " (the best of each; round by round: median M, lo-hi over N rounds)" for several
+    rounds' ratios, nothing for one."""
     if len(ratios) < 2:
         return ""
     return (

@@ -258,6 +258,9 @@ def _system_labels(args: argparse.Namespace) -> list[str]:
 # Flags whose default is filled in by refuse_conflicts, after it has told "given" from "not
 # given" (the parser leaves them None).
 DEFAULTS: dict[str, Any] = {
+    "request_rate": 1.0,
+    "trace_scale": 1.0,
+    "label": "server",
     "num_prompts": 50,
     "min_prompts": 8,
     "warmup": 2,
@@ -269,10 +272,10 @@ DEFAULTS: dict[str, Any] = {
 
 def refuse_conflicts(args: argparse.Namespace) -> None:
     """Raise ValueError for a flag the chosen mode would not use, then fill in the defaults
-    left unset to tell "given" from "not given" (``DEFAULTS``, --request-rate 1, --trace-scale
-    1, --label server). A parameter is honoured or refused, never silently dropped: a closed
-    loop used to ignore --sweep and --request-rate, a trace --sweep, --simulate a --base-url,
-    --warmup and the server's flags, --duration a --num-prompts, --base-url --threads."""
+    left unset to tell "given" from "not given" (``DEFAULTS``, and --model). A parameter is
+    honoured or refused, never silently dropped: a closed loop used to ignore --sweep and
+    --request-rate, a trace --sweep, --simulate a --base-url, --warmup and the server's flags,
+    --duration a --num-prompts, --base-url --threads."""
 
     def given(*flags: str) -> list[str]:
         return [f for f in flags if getattr(args, f[2:].replace("-", "_")) is not None]
@@ -299,17 +302,24 @@ def refuse_conflicts(args: argparse.Namespace) -> None:
             raise ValueError("--simulate starts no server and reaches none: no --base-url")
         if args.disconnect_fraction:
             raise ValueError("--disconnect-fraction: --simulate has no client to disconnect")
+        extra = given("--warmup", "--request-timeout", "--threads", "--startup-timeout")
+        if extra:
+            raise ValueError(
+                f"--simulate sends no request and starts no server: {', '.join(extra)} "
+                "would not apply"
+            )
     if args.base_url is not None:
         extra = [
             f for f, v in (("--system", args.system), ("--engine-args", args.engine_args)) if v
         ]
+        extra += given("--threads", "--startup-timeout")
         if extra:
             raise ValueError(f"--base-url starts no server: {', '.join(extra)} would not apply")
     elif args.label is not None:
         raise ValueError("--label names --base-url's system: no --base-url given")
     if args.duration is not None:
         infinite = args.qps_trace is None and any(
-            math.isinf(r) for r in (args.sweep or [args.request_rate or 1.0])
+            math.isinf(r) for r in (args.sweep or [args.request_rate or DEFAULTS["request_rate"]])
         )
         if args.num_prompts is not None and not infinite:
             raise ValueError(
@@ -318,17 +328,6 @@ def refuse_conflicts(args: argparse.Namespace) -> None:
             )
     elif args.min_prompts is not None:
         raise ValueError("--min-prompts bounds --duration's count: no --duration given")
-    if args.simulate is not None:
-        extra = given("--warmup", "--request-timeout", "--threads", "--startup-timeout")
-        if extra:
-            raise ValueError(
-                f"--simulate sends no request and starts no server: {', '.join(extra)} "
-                "would not apply"
-            )
-    if args.base_url is not None:
-        extra = given("--threads", "--startup-timeout")
-        if extra:
-            raise ValueError(f"--base-url starts no server: {', '.join(extra)} would not apply")
     if args.reference is not None and args.reference not in _system_labels(args):
         raise ValueError(
             f"--reference {args.reference!r} is not a system of this run "
@@ -337,12 +336,6 @@ def refuse_conflicts(args: argparse.Namespace) -> None:
     for name, default in DEFAULTS.items():
         if getattr(args, name) is None:
             setattr(args, name, default)
-    if args.request_rate is None:
-        args.request_rate = 1.0
-    if args.trace_scale is None:
-        args.trace_scale = 1.0
-    if args.label is None:
-        args.label = "server"
     if args.model is None and args.base_url is None:
         args.model = DEFAULT_MODEL
 

@@ -7,9 +7,9 @@ batch and method:
 
 - output tok/s of the best round (on a shared machine other load only ever adds time) and its
   ratio to ``none``'s best round (``x none``), and the median over rounds of the ratio within
-  each round (``x rnd``: the two ran back to back; at batch 64 a run takes well under a second,
-  and the best rounds of the two may come from different states of the machine; ``--json``
-  keeps every round's seconds and ratio);
+  each round (``x rnd``: the two ran back to back, while the best rounds of the two may come
+  from different states of a shared machine, as short runs at large batches often do;
+  ``--json`` keeps every round's seconds and ratio);
 - engine steps, and ``none``'s steps over them: free of timing noise;
 - the acceptance rate, the mean accepted length (tokens per verify), the proposer's share of
   the wall time, and whether every output equals ``none``'s (greedy identity).

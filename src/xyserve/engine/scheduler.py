@@ -8,8 +8,8 @@ decode and verify are not separate code paths, only different counts.
 ``hybrid`` (XY-Serve): prefill first, but ``num_reserved_decode_tokens`` of the budget stay for
 decode/verify tokens whenever some wait; long prompts are chunked; a new prompt whose next
 uncached block a running prefill is computing (the samples of ``n > 1``, one system prompt sent
-by many) waits for it, to find it in the prefix cache instead of computing it again. ``baseline``: whole prefills
-in steps of their own, otherwise decode-only steps, no chunking.
+by many) waits for it, to find it in the prefix cache instead of computing it again.
+``baseline``: whole prefills in steps of their own, otherwise decode-only steps, no chunking.
 
 Hybrid knobs besides the budget and the reserve:
 
@@ -366,29 +366,30 @@ class Scheduler:
         by caching a block when it is allocated). The one held back loses at most the steps of
         that prefill, which its hit gives back; a preempted request is never held back (it
         resumes first, as under FCFS)."""
-        if not self.kv.enable_prefix_caching:
+        prefilling = [r for r in self.running if r.num_computed_tokens < r.num_prompt_tokens]
+        if not self.kv.enable_prefix_caching or not prefilling:
             return True
         window = min(ADMISSION_WINDOW, len(self.waiting))
         for i in range(window):
             r = self.waiting[i]
-            if r.num_preemptions or not self._prefix_in_flight(r):
+            if r.num_preemptions or not self._prefix_in_flight(r, prefilling):
                 if i:
                     del self.waiting[i]
                     self.waiting.appendleft(r)
                 return True
         return False
 
-    def _prefix_in_flight(self, req: Request) -> bool:
-        """Whether a running prefill will compute the next whole block of ``req``'s prompt
-        past its cached prefix (the same tokens from position 0), which ``req`` would
-        otherwise compute again."""
+    def _prefix_in_flight(self, req: Request, prefilling: list[Request]) -> bool:
+        """Whether one of the running ``prefilling`` requests will compute the next whole
+        block of ``req``'s prompt past its cached prefix (the same tokens from position 0),
+        which ``req`` would otherwise compute again."""
         bs = self.kv.block_size
         end = (self.kv.match_prefix(req).num_tokens // bs + 1) * bs
         prompt = req.prompt_token_ids
         if end > len(prompt) - 1:  # no whole block left to share (the last token always runs)
             return False
         block = prompt[end - bs : end]
-        for r in self.running:
+        for r in prefilling:
             other = r.prompt_token_ids
             if (
                 r.num_computed_tokens < end <= len(other)
