@@ -182,6 +182,15 @@ def test_base_url_refuses_the_flags_of_servers_it_does_not_start(capsys):
         assert flag in capsys.readouterr().err
 
 
+def test_a_base_url_system_is_its_default_label_for_reference():
+    """--base-url --reference server raised TypeError: the reference was checked against the
+    labels before --label's default was filled in."""
+    argv = ["--base-url", "http://127.0.0.1:1", "--vocab-size", "100", "--reference", "server"]
+    args = serve.build_parser().parse_args(argv)
+    serve.refuse_conflicts(args)
+    assert args.label == "server" and args.reference == "server"
+
+
 def test_num_prompts_with_duration_counts_the_infinite_rate():
     """--duration sets a finite rate's count; --num-prompts is the count of a run at rate inf,
     where rate x duration says nothing, so the two go together only then."""

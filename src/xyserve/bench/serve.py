@@ -328,14 +328,15 @@ def refuse_conflicts(args: argparse.Namespace) -> None:
             )
     elif args.min_prompts is not None:
         raise ValueError("--min-prompts bounds --duration's count: no --duration given")
+    # the defaults before --reference is checked: --base-url's system is --label's default
+    for name, default in DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
     if args.reference is not None and args.reference not in _system_labels(args):
         raise ValueError(
             f"--reference {args.reference!r} is not a system of this run "
             f"({', '.join(_system_labels(args))})"
         )
-    for name, default in DEFAULTS.items():
-        if getattr(args, name) is None:
-            setattr(args, name, default)
     if args.model is None and args.base_url is None:
         args.model = DEFAULT_MODEL
 
