@@ -68,6 +68,7 @@ class LLM:
         use_tqdm: bool = True,
         add_generation_prompt: bool = True,
         chat_template: str | None = None,
+        continue_final_message: bool = False,
     ) -> list[RequestOutput]:
         """Generate for one conversation (a list of message dicts) or a list of them, each
         rendered with ``chat_template`` (None: the tokenizer's own), as vLLM's ``LLM.chat``.
@@ -89,7 +90,9 @@ class LLM:
                 {**m, "content": content_text(m["content"], f"messages[{i}].content")}
                 for i, m in enumerate(conv)
             ]
-            text = tok.apply_chat_template(conv, add_generation_prompt, chat_template)
+            text = tok.apply_chat_template(
+                conv, add_generation_prompt, chat_template, continue_final_message
+            )
             # the rendered text is the output's prompt (as vLLM's); the template has put in
             # any special tokens already, so none are added again
             ids = tok.encode(text, add_special_tokens=False)

@@ -46,4 +46,8 @@ class RequestOutput:
     metrics: RequestMetrics | None = None
     num_cached_tokens: int = 0
     error: str | None = None  # the request failed (it is finished); other requests are unaffected
+    # With SamplingParams.prompt_logprobs: one entry per prompt token, None for the first (as
+    # vLLM); each holds the prompt's own token and the top-k, with ranks. Filled as the prefill
+    # runs: complete once the first output token is.
+    prompt_logprobs: list[dict[int, Logprob] | None] | None = None
     extra: dict = field(default_factory=dict)

@@ -18,7 +18,7 @@ SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
 # that a float n or top_k, or a string flag, is refused by name rather than failing inside a
 # step (or, for a string ignore_eos, being read as true).
 INT_FIELDS = ("n", "top_k", "min_tokens")
-OPTIONAL_INT_FIELDS = ("seed", "max_tokens", "logprobs")
+OPTIONAL_INT_FIELDS = ("seed", "max_tokens", "logprobs", "prompt_logprobs")
 REAL_FIELDS = (
     "temperature",
     "top_p",
@@ -55,6 +55,10 @@ class SamplingParams:
     stop_token_ids: list[int] | None = None
     ignore_eos: bool = False
     logprobs: int | None = None  # top-k logprobs per generated token (plus the sampled one)
+    # top-k logprobs per prompt token (plus the prompt's own token), of the raw model
+    # distribution, as vLLM's: RequestOutput.prompt_logprobs, None for the first token. The
+    # request's prefill then reads no cached prefix (a cached token's logits are not kept).
+    prompt_logprobs: int | None = None
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
     # OpenAI's logit_bias: token id -> bias in [-100, 100], added to the logits before sampling.
@@ -171,6 +175,11 @@ class SamplingParams:
                 "must not exceed max_tokens",
             ),
             (self.logprobs is None or 0 <= self.logprobs <= 20, "logprobs", "must be in [0, 20]"),
+            (
+                self.prompt_logprobs is None or 0 <= self.prompt_logprobs <= 20,
+                "prompt_logprobs",
+                "must be in [0, 20]",
+            ),
         ]
         for ok, name, msg in checks:
             if not ok:

@@ -105,8 +105,12 @@ class Tokenizer:
         messages: list[dict],
         add_generation_prompt: bool = True,
         chat_template: str | None = None,
+        continue_final_message: bool = False,
     ) -> str:
         """The prompt text of ``messages`` under ``chat_template`` (None: the tokenizer's own).
+        ``continue_final_message`` (vLLM's and transformers'): the text ends inside the last
+        message, after its content, for the model to continue it (a "prefilled" reply);
+        refused with ``add_generation_prompt``, which opens a new message.
 
         A template that fails to render (a ``raise_exception(...)``, as many HF templates call
         for a role they do not take, a syntax error, an undefined name) is a
@@ -117,12 +121,18 @@ class Tokenizer:
 
         if chat_template is None and not getattr(self.hf, "chat_template", None):
             raise ValueError("this model's tokenizer has no chat template")
+        if continue_final_message and add_generation_prompt:
+            raise ValueError(
+                "continue_final_message continues the last message; it needs "
+                "add_generation_prompt false (that opens a new one)"
+            )
         try:
             return self.hf.apply_chat_template(
                 messages,
                 chat_template=chat_template,
                 tokenize=False,
                 add_generation_prompt=add_generation_prompt,
+                continue_final_message=continue_final_message,
             )
         except (jinja2.TemplateError, ArithmeticError, LookupError, TypeError) as e:
             # jinja2's own errors, and Python's from an expression in the template

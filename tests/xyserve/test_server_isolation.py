@@ -95,7 +95,16 @@ BAD = [
     ("/v1/completions", {**BASE, "logit_bias": {"x": 1}}, "logit_bias"),
     ("/v1/completions", {**BASE, "best_of": 2}, "best_of"),
     ("/v1/completions", {**BASE, "suffix": "tail"}, "suffix"),
-    ("/v1/completions", {**BASE, "echo": True, "logprobs": 1}, "echo"),
+    ("/v1/completions", {**BASE, "prompt_logprobs": 21}, "prompt_logprobs"),
+    ("/v1/completions", {**BASE, "prompt_logprobs": -1}, "prompt_logprobs"),
+    ("/v1/completions", {**BASE, "stream": True, "prompt_logprobs": 1}, "prompt_logprobs"),
+    ("/v1/completions", {**BASE, "max_tokens": 0}, "max_tokens"),
+    ("/v1/chat/completions", {"model": MODEL, "messages": CHAT, "stream": True,
+                              "prompt_logprobs": 0}, "prompt_logprobs"),
+    ("/v1/chat/completions", {"model": MODEL, "messages": CHAT,
+                              "continue_final_message": True}, "continue_final_message"),
+    ("/tokenize", {"model": MODEL, "prompt": "x", "continue_final_message": True},
+     "continue_final_message"),
     ("/v1/completions", {**BASE, "prompt": "bad \ud800 text"}, "prompt"),
     ("/v1/completions", {**BASE, "no_such_field": 1}, "no_such_field"),
     ("/v1/completions", {**BASE, "guided_regex": "("}, "guided_regex"),
@@ -124,8 +133,7 @@ BAD = [
     # accepted and ignored before: now refused
     ("/v1/completions", {**BASE, "stream_options": {"include_usage": True}}, "stream_options"),
     ("/v1/completions", {**BASE, "stream": True, "stream_options": {
-        "include_usage": True, "continuous_usage_stats": True}},
-     "stream_options.continuous_usage_stats"),
+        "continuous_usage_stats": True}}, "stream_options"),
     ("/v1/chat/completions", {"model": MODEL, "messages": CHAT, "response_format": {
         "type": "json_object", "json_schema": {"name": "p", "schema": {"type": "object"}}}},
      "response_format"),
@@ -472,7 +480,7 @@ HONOURED = {
     "include_stop_str_in_output", "logit_bias", "response_format", "guided_json",
     "guided_regex", "guided_choice", "guided_grammar", "structured_outputs", "max_tokens",
     "max_completion_tokens", "logprobs", "top_logprobs", "echo", "add_generation_prompt",
-    "add_special_tokens",
+    "add_special_tokens", "prompt_logprobs", "continue_final_message",
 }  # fmt: skip
 REFUSED = {
     "best_of": 2, "suffix": "x", "tools": [{"type": "function"}], "tool_choice": "auto",

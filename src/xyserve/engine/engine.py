@@ -222,6 +222,8 @@ class LLMEngine:
             )
         now = arrival_time if arrival_time is not None else time.monotonic()
         group = Group(rid, text, ids, params, metrics=RequestMetrics(arrival_time=now))
+        if params.prompt_logprobs is not None:
+            group.prompt_logprobs = [None] * len(ids)
         # Build every child first: only then does any of them reach the scheduler.
         for i, child_id in enumerate(child_ids):
             gen, seed = None, None
@@ -229,6 +231,9 @@ class LLMEngine:
                 seed = params.seed + i
                 gen = torch.Generator().manual_seed(seed)
             req = Request(child_id, list(ids), max_tokens, now, params, seed=seed)
+            # The first sample computes the prompt's logprobs (and its whole prompt); the
+            # others share its blocks through the prefix cache as usual.
+            req.prompt_logits = params.prompt_logprobs is not None and i == 0
             matcher = params.structured.new_matcher() if params.structured is not None else None
             logprobs = [] if params.logprobs is not None else None
             group.children.append(Child(req, i, gen, logprobs=logprobs, matcher=matcher))
@@ -293,6 +298,11 @@ class LLMEngine:
         result = self.runner.execute(out, block_tables)
         sampled: dict[str, list[int]] = {}
         touched: dict[str, Group] = {}
+        for rid, (first, rows) in result.prompt_rows.items():
+            group = self._child_to_group[rid][0]
+            touched[group.request_id] = group
+            logits = result.logits[rows]
+            self._guard(group, self.output.record_prompt_logprobs, group, first, logits)
         rows, sample_rows, children = [], [], []
         verifies: list[tuple[Group, Child, object]] = []  # spec
         emitted: dict[str, list] = {}  # spec: the SampleResults of multi-token verify outputs

@@ -182,8 +182,9 @@ class RequestIntake:
             raise RequestValidationError(
                 f"logit_bias token ids must be in [0, {vocab})", "logit_bias"
             )
-        if params.logprobs is not None and params.logprobs > vocab:
-            raise RequestValidationError(f"logprobs must be at most {vocab}", "logprobs")
+        for name in ("logprobs", "prompt_logprobs"):
+            if (getattr(params, name) or 0) > vocab:
+                raise RequestValidationError(f"{name} must be at most {vocab}", name)
         if params.structured is not None and self.tokenizer is None:
             raise RequestValidationError("structured outputs need a tokenizer", "response_format")
         max_tokens = params.max_tokens

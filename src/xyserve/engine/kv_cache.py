@@ -83,7 +83,7 @@ class KVCacheManager:
     def match_prefix(self, req: Request) -> PrefixMatch:
         """Longest cached prefix of the request's tokens, to the token, leaving one to compute."""
         empty = PrefixMatch([], None, 0)
-        if not self.enable_prefix_caching:
+        if not self.enable_prefix_caching or req.prompt_logits:
             return empty
         tokens = req.all_token_ids
         limit = len(tokens) - 1  # the last token must run to produce logits

@@ -46,6 +46,9 @@ class Group:
     children: list[Child] = field(default_factory=list)
     metrics: RequestMetrics | None = None
     error: str | None = None  # set when processing this request failed; it is then finished
+    # SamplingParams.prompt_logprobs: an entry per prompt token (None until its position has
+    # run; the first token's stays None)
+    prompt_logprobs: list[dict[int, Logprob] | None] | None = None
 
     @property
     def finished(self) -> bool:
@@ -60,6 +63,31 @@ class OutputProcessor:
         self.eos_token_ids = eos_token_ids
         self.max_model_len = max_model_len
 
+    def record_prompt_logprobs(self, group: Group, first: int, logits: torch.Tensor) -> None:
+        """The prompt logprobs that ``logits`` (the raw logits of prompt positions ``first``,
+        ``first`` + 1, ...) give: the entry of each next prompt token, with the top-k."""
+        k = group.params.prompt_logprobs
+        lp = torch.log_softmax(logits.float(), dim=-1)
+        n = lp.shape[0]
+        targets = torch.tensor(group.prompt_token_ids[first + 1 : first + 1 + n])
+        own = lp.gather(1, targets[:, None])
+        ranks = ((lp > own).sum(-1) + 1).tolist()
+        top_vals, top_ids = torch.topk(lp, k) if k else (None, None)
+        for i in range(n):
+            tid = int(targets[i])
+            entry = {}
+            if k:
+                for rank, (t, v) in enumerate(zip(top_ids[i].tolist(), top_vals[i].tolist()), 1):
+                    entry[t] = Logprob(v, rank)
+            entry[tid] = Logprob(float(own[i]), ranks[i])
+            self._decode_entry(entry)
+            group.prompt_logprobs[first + 1 + i] = entry
+
+    def _decode_entry(self, entry: dict[int, Logprob]) -> None:
+        if self.tokenizer is not None:
+            for tid, lp in entry.items():
+                lp.decoded_token = self.tokenizer.decode([tid], skip_special_tokens=False)
+
     def record_logprobs(self, child: Child, res: Any) -> None:
         """Append the sampled token's logprob entry (``res`` is a sampler SampleResult)."""
         if child.logprobs is None:
@@ -67,9 +95,7 @@ class OutputProcessor:
         child.cumulative_logprob += res.logprob
         entry = {tid: Logprob(lp) for tid, lp in res.top_logprobs}
         entry[res.token_id] = Logprob(res.logprob, res.rank)
-        if self.tokenizer is not None:
-            for tid, lp in entry.items():
-                lp.decoded_token = self.tokenizer.decode([tid], skip_special_tokens=False)
+        self._decode_entry(entry)
         for rank, (tid, _) in enumerate(res.top_logprobs, start=1):
             entry[tid].rank = rank
         child.logprobs.append(entry)
@@ -145,6 +171,9 @@ class OutputProcessor:
             metrics=group.metrics,
             num_cached_tokens=group.metrics.num_cached_tokens if group.metrics else 0,
             error=group.error,
+            prompt_logprobs=list(group.prompt_logprobs)
+            if group.prompt_logprobs is not None
+            else None,
         )
 
 

@@ -43,6 +43,9 @@ class Request:
     status: RequestStatus = RequestStatus.WAITING
     num_preemptions: int = 0
     stop_reason: int | str | None = None
+    # Every prompt position's logits are wanted (prompt logprobs): the prefill computes the
+    # whole prompt, reading no cached prefix, and its steps return a logits row per position.
+    prompt_logits: bool = False
 
     @property
     def num_prompt_tokens(self) -> int:

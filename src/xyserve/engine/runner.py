@@ -37,9 +37,12 @@ class StepResult:
         rows: dict[str, slice],
         ready: torch.cuda.Event | None = None,
         argmax: np.ndarray | None = None,
+        prompt_rows: dict[str, tuple[int, slice]] | None = None,
     ) -> None:
         self._logits = logits  # [R, V] float32, one row per logits position
         self.rows = rows  # request id -> its rows in ``logits`` (verify has several)
+        # request id -> (first position, rows in ``logits``) of its prompt logprobs' positions
+        self.prompt_rows = prompt_rows or {}
         self._ready = ready
         # [R] each row's argmax (first index on ties) where the step computed it already (the
         # CPU fused call), for greedy rows the sampler and verify would otherwise scan again
@@ -57,16 +60,21 @@ class StepResult:
         return self._logits
 
     @classmethod
-    def to_host(cls, logits: torch.Tensor, rows: dict[str, slice]) -> StepResult:
+    def to_host(
+        cls,
+        logits: torch.Tensor,
+        rows: dict[str, slice],
+        prompt_rows: dict[str, tuple[int, slice]] | None = None,
+    ) -> StepResult:
         """``logits`` (on the model's device) as a result on the host: a CPU tensor as it is,
         a CUDA one copied without blocking into pinned memory, with an event to wait on."""
         if logits.device.type != "cuda":
-            return cls(logits.cpu(), rows)
+            return cls(logits.cpu(), rows, prompt_rows=prompt_rows)
         host = torch.empty(logits.shape, dtype=logits.dtype, pin_memory=True)
         host.copy_(logits, non_blocking=True)
         ready = torch.cuda.Event()
         ready.record()
-        return cls(host, rows, ready)
+        return cls(host, rows, ready, prompt_rows=prompt_rows)
 
 
 class ModelRunner:
@@ -290,6 +298,7 @@ class ModelRunner:
             positions=torch.tensor(lists.positions, dtype=torch.long, device=dev),
             logit_rows=torch.tensor(lists.logit_rows, dtype=torch.long, device=dev),
             rows=lists.rows,
+            prompt_rows=lists.prompt_rows,
             meta=meta,
             attn_plan=self.attn.plan(meta, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim),
             gemm_plan=self.gemm.plan(len(lists.ids)),
@@ -298,7 +307,10 @@ class ModelRunner:
     def execute(self, out: SchedulerOutput, block_tables: dict[str, list[int]]) -> StepResult:
         self.copy_blocks(out.copies)
         table = None
-        if self.graphs is not None:
+        # Prompt logprobs' rows come from the eager forward only: the padded steps and the
+        # fused call return the sampled rows alone.
+        eager_only = out.has_prompt_logits
+        if self.graphs is not None and not eager_only:
             table = self.build_table(out, block_tables)
             size = self.graphs.size_for(table)
             if size is not None:
@@ -306,7 +318,7 @@ class ModelRunner:
                 lists = StepLists.build(out, table)
                 logits = self.graphs.run(size, lists, table)
                 return StepResult.to_host(logits, lists.rows)
-        if self.fused is not None and self.fused.takes(out):
+        if self.fused is not None and not eager_only and self.fused.takes(out):
             self._last = None  # the eager inputs were not advanced: no base for a patched step
             if table is None:
                 table = self.build_table(out, block_tables)
@@ -326,4 +338,4 @@ class ModelRunner:
         except BaseException:
             self._last = None  # a step that did not run is no base for the next
             raise
-        return StepResult.to_host(logits, dict(inputs.rows))
+        return StepResult.to_host(logits, dict(inputs.rows), dict(inputs.prompt_rows))

@@ -82,6 +82,21 @@ class SchedulerOutput:
     def is_empty(self) -> bool:
         return not self.stages
 
+    @property
+    def has_prompt_logits(self) -> bool:
+        """Whether a stage computes prompt positions whose logits its request wants."""
+        return any(prompt_logit_positions(st) for st in self.stages)
+
+
+def prompt_logit_positions(st: ScheduledStage) -> range:
+    """The positions of ``st`` whose logits give its request's prompt logprobs: each prompt
+    position but the last, whose logits predict the next prompt token (the last one's
+    predict the first output token, which the step samples)."""
+    r = st.request
+    if not r.prompt_logits:
+        return range(0)
+    return range(st.context_len, min(st.kv_len, r.num_prompt_tokens - 1))
+
 
 POLICIES = ("hybrid", "baseline")
 ADMISSION_ORDERS = ("fcfs", "prefix_hit")
@@ -382,7 +397,10 @@ class Scheduler:
     def _prefix_in_flight(self, req: Request, prefilling: list[Request]) -> bool:
         """Whether one of the running ``prefilling`` requests will compute the next whole
         block of ``req``'s prompt past its cached prefix (the same tokens from position 0),
-        which ``req`` would otherwise compute again."""
+        which ``req`` would otherwise compute again (never for a request that reads no
+        cached prefix: it computes its whole prompt anyway)."""
+        if req.prompt_logits:
+            return False
         bs = self.kv.block_size
         end = (self.kv.match_prefix(req).num_tokens // bs + 1) * bs
         prompt = req.prompt_token_ids

@@ -14,12 +14,12 @@ patched step with a fresh build of the same step (``tests/xyserve/test_plan_reus
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from xyserve.engine.scheduler import SchedulerOutput
+from xyserve.engine.scheduler import SchedulerOutput, prompt_logit_positions
 from xyserve.plan.attention_metadata import AttentionMetadata
 from xyserve.plan.token_table import TokenTable
 from xyserve.spec import tree
@@ -40,8 +40,12 @@ class StepLists:
 
     ids: list[int]  # token id of every new token, stage after stage
     positions: list[int]
-    logit_rows: list[int]  # rows whose logits are sampled
+    logit_rows: list[int]  # rows whose logits are sampled, then the prompt logprobs' rows
     rows: dict[str, slice]  # request id -> its rows in the logits
+    # request id -> (the first position, its rows in the logits) of the prompt positions whose
+    # logits its prompt logprobs read (``scheduler.prompt_logit_positions``), after every
+    # sampled row
+    prompt_rows: dict[str, tuple[int, slice]] = field(default_factory=dict)
 
     @classmethod
     def build(cls, out: SchedulerOutput, table: TokenTable) -> StepLists:
@@ -64,7 +68,14 @@ class StepLists:
                 end = row.start + row.num_tokens
                 logit_rows.extend(range(end - 1 - st.num_spec_tokens, end))
                 rows[r.request_id] = slice(first, len(logit_rows))
-        return cls(ids, positions, logit_rows, rows)
+        prompt_rows: dict[str, tuple[int, slice]] = {}
+        for st, row in zip(out.stages, table.rows):
+            wanted = prompt_logit_positions(st)  # the stage's first positions
+            if wanted:
+                first = len(logit_rows)
+                logit_rows.extend(range(row.start, row.start + len(wanted)))
+                prompt_rows[st.request.request_id] = (wanted.start, slice(first, len(logit_rows)))
+        return cls(ids, positions, logit_rows, rows, prompt_rows)
 
 
 @dataclass
@@ -78,6 +89,7 @@ class StepInputs:
     meta: AttentionMetadata  # token table, cache slots, key counts, block tables
     attn_plan: Any  # the attention backend's plan of ``meta``
     gemm_plan: Any  # the GEMM backend's plan of T rows
+    prompt_rows: dict[str, tuple[int, slice]] = field(default_factory=dict)  # StepLists'
 
     def advance(
         self,

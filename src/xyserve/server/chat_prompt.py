@@ -38,8 +38,14 @@ def chat_messages(body_messages: list[ChatMessage]) -> list[dict[str, Any]]:
 
 
 def render_chat(
-    tok: Any, messages: list[dict], add_generation_prompt: bool, template: str | None
+    tok: Any,
+    messages: list[dict],
+    add_generation_prompt: bool,
+    template: str | None,
+    continue_final_message: bool = False,
 ) -> str:
     """The prompt text: the tokenizer's own template, or ``template`` (``--chat-template``);
     a template that fails to render is a ``ChatTemplateError``, as in ``LLM.chat``."""
-    return tok.apply_chat_template(messages, add_generation_prompt, chat_template=template)
+    return tok.apply_chat_template(
+        messages, add_generation_prompt, template, continue_final_message
+    )

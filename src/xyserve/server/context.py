@@ -60,13 +60,24 @@ class ServerContext:
             raise APIError("this server has no tokenizer (skip_tokenizer_init is set)")
         return tok
 
-    async def render_chat(self, messages: list[ChatMessage], add_generation_prompt: bool) -> str:
+    async def render_chat(
+        self,
+        messages: list[ChatMessage],
+        add_generation_prompt: bool,
+        continue_final_message: bool = False,
+    ) -> str:
         """The prompt text of chat messages (validated first), rendered off the event loop."""
         tok = self.tokenizer()
+        if continue_final_message and add_generation_prompt:
+            raise APIError(
+                "continue_final_message needs add_generation_prompt: false",
+                param="continue_final_message",
+            )
         msgs = chat_messages(messages)
+        template = self.opts.chat_template
         try:
             return await asyncio.to_thread(
-                render_chat, tok, msgs, add_generation_prompt, self.opts.chat_template
+                render_chat, tok, msgs, add_generation_prompt, template, continue_final_message
             )
         except ChatTemplateError as e:  # says so already, in LLM.chat's words
             raise APIError(str(e), param="messages") from None

@@ -25,6 +25,10 @@ async def sampling_params(
         raise APIError(msg, param=name)
     if body.stream_options is not None and not body.stream:
         raise APIError("stream_options is only allowed with stream: true", param="stream_options")
+    if body.stream_options is not None and not body.include_usage:
+        if body.stream_options.continuous_usage_stats:
+            msg = "stream_options.continuous_usage_stats needs include_usage: true"
+            raise APIError(msg, param="stream_options")
     try:
         params = body.to_sampling_params()
     except SamplingParamsError as e:

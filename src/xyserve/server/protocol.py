@@ -31,6 +31,8 @@ class ErrorResponse(BaseModel):
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     include_usage: bool = False
+    # vLLM's: with include_usage, every chunk also carries the usage so far
+    continuous_usage_stats: bool = False
 
 
 class JsonSchemaFormat(BaseModel):
@@ -117,6 +119,8 @@ class _SamplingRequest(BaseModel):
     guided_choice: list[str] | None = None
     guided_grammar: str | None = None
     structured_outputs: StructuredOutputsParams | None = None
+    # vLLM's: the top-k logprobs of each prompt token (the response's ``prompt_logprobs``)
+    prompt_logprobs: int | None = None
 
     def refused_fields(self) -> list[str]:
         """Fields set to something we do not implement (see OFF_VALUES)."""
@@ -181,6 +185,7 @@ class _SamplingRequest(BaseModel):
             skip_special_tokens=self.skip_special_tokens,
             include_stop_str_in_output=self.include_stop_str_in_output,
             logit_bias=_logit_bias(self.logit_bias),
+            prompt_logprobs=self.prompt_logprobs,
         )
         for name in (
             "temperature",
@@ -199,6 +204,10 @@ class _SamplingRequest(BaseModel):
     @property
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
+
+    @property
+    def continuous_usage(self) -> bool:
+        return self.include_usage and self.stream_options.continuous_usage_stats
 
 
 def _json_value(v: dict[str, Any] | str, field: str) -> Any:
@@ -234,11 +243,21 @@ class CompletionRequest(_SamplingRequest):
     echo: bool = False
     suffix: str | None = None
 
+    @property
+    def echo_without_generation(self) -> bool:
+        """``echo`` with ``max_tokens`` 0 (OpenAI's way to score a prompt): the prompt comes
+        back, with its logprobs if asked, and no completion (the engine samples one token,
+        which is not returned, as vLLM does)."""
+        return self.echo and self.max_tokens == 0
+
     def to_sampling_params(self) -> SamplingParams:
-        """Raises SamplingParamsError (with ``.param``) on out-of-range values."""
-        return SamplingParams(
-            max_tokens=self.max_tokens, logprobs=self.logprobs, **self._sampling_kwargs()
-        )
+        """Raises SamplingParamsError (with ``.param``) on out-of-range values. ``echo`` with
+        ``logprobs`` also asks for the prompt's logprobs, with as many top tokens (vLLM)."""
+        kw = self._sampling_kwargs()
+        if self.prompt_logprobs is None and self.echo and self.logprobs is not None:
+            kw["prompt_logprobs"] = self.logprobs
+        max_tokens = 1 if self.echo_without_generation else self.max_tokens
+        return SamplingParams(max_tokens=max_tokens, logprobs=self.logprobs, **kw)
 
     def prompts(self) -> list[str | list[int]]:
         p = self.prompt
@@ -292,6 +311,11 @@ class ChatCompletionRequest(_SamplingRequest):
     logprobs: bool = False
     top_logprobs: int | None = None
     add_generation_prompt: bool = True
+    # vLLM's: render the last message open, for the model to continue it
+    continue_final_message: bool = False
+    # vLLM's: the reply's content starts with the last message's when that is the
+    # assistant's (a continued message comes back whole)
+    echo: bool = False
     add_special_tokens: bool = False  # vLLM's: the template already holds BOS
     tools: list[Any] | None = None
     tool_choice: Any = None
@@ -325,6 +349,7 @@ class TokenizeRequest(BaseModel):
     prompt: str | None = None
     messages: list[ChatMessage] | None = Field(default=None, min_length=1)
     add_generation_prompt: bool = True
+    continue_final_message: bool = False
     add_special_tokens: bool | None = None  # default: True for a prompt, False for messages
 
 
@@ -356,12 +381,28 @@ class CompletionLogprobs(BaseModel):
     text_offset: list[int] = Field(default_factory=list)
 
 
-class CompletionChoice(BaseModel):
+class PromptLogprob(BaseModel):
+    """One token's entry in vLLM's ``prompt_logprobs`` (keyed by token id)."""
+
+    logprob: float
+    rank: int | None = None
+    decoded_token: str | None = None
+
+
+# vLLM's ``prompt_logprobs``: per prompt token, None for the first, else token id -> entry.
+PromptLogprobs = list[dict[int, PromptLogprob] | None]
+
+
+class CompletionStreamChoice(BaseModel):
     index: int
     text: str
     logprobs: CompletionLogprobs | None = None
     finish_reason: str | None = None
     stop_reason: int | str | None = None
+
+
+class CompletionChoice(CompletionStreamChoice):
+    prompt_logprobs: PromptLogprobs | None = None  # vLLM's, in whole responses only
 
 
 class CompletionResponse(BaseModel):
@@ -373,8 +414,11 @@ class CompletionResponse(BaseModel):
     usage: UsageInfo | None = None
 
 
-# OpenAI streams completions as chunks of the very same shape as the whole response.
-CompletionStreamResponse = CompletionResponse
+class CompletionStreamResponse(CompletionResponse):
+    """OpenAI streams completions as chunks of the whole response's shape (vLLM's
+    ``prompt_logprobs`` aside: refused with ``stream``)."""
+
+    choices: list[CompletionStreamChoice]
 
 
 class TopLogprob(BaseModel):
@@ -411,6 +455,7 @@ class ChatCompletionResponse(BaseModel):
     model: str
     choices: list[ChatCompletionChoice]
     usage: UsageInfo | None = None
+    prompt_logprobs: PromptLogprobs | None = None
 
 
 class DeltaMessage(BaseModel):

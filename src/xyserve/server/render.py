@@ -3,6 +3,7 @@ shapes. Shared by whole responses and streamed chunks."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from xyserve.outputs import CompletionOutput, Logprob, RequestOutput
@@ -10,6 +11,8 @@ from xyserve.server.protocol import (
     ChatChoiceLogprobs,
     ChatLogprobEntry,
     CompletionLogprobs,
+    PromptLogprob,
+    PromptLogprobs,
     UsageInfo,
 )
 
@@ -24,9 +27,11 @@ class ChoiceState:
     done: bool = False
 
 
-def usage(outs: list[RequestOutput | None]) -> UsageInfo:
+def usage(outs: list[RequestOutput | None], generated: bool = True) -> UsageInfo:
+    """Token counts; ``generated`` False: the completions were not returned (``echo`` with
+    ``max_tokens`` 0), so none is counted."""
     p = sum(len(o.prompt_token_ids) for o in outs if o is not None)
-    c = sum(len(x.token_ids) for o in outs if o is not None for x in o.outputs)
+    c = sum(len(x.token_ids) for o in outs if o is not None for x in o.outputs) if generated else 0
     return UsageInfo(prompt_tokens=p, completion_tokens=c, total_tokens=p + c)
 
 
@@ -40,17 +45,52 @@ def _ranked(entry: dict[int, Logprob]) -> list[tuple[int, Logprob]]:
     return sorted(entry.items(), key=lambda kv: (kv[1].rank or 1 << 30, -kv[1].logprob))
 
 
-def completion_logprobs(c: CompletionOutput, start: int, st: ChoiceState) -> CompletionLogprobs:
-    """Logprobs of ``c``'s tokens from ``start`` on; advances ``st.text_offset``."""
-    out = CompletionLogprobs()
-    for tid, entry in zip(c.token_ids[start:], (c.logprobs or [])[start:]):
-        tok = _token_str(tid, entry.get(tid))
-        out.tokens.append(tok)
-        out.token_logprobs.append(entry[tid].logprob if tid in entry else None)
-        out.top_logprobs.append({_token_str(t, lp): lp.logprob for t, lp in _ranked(entry)})
+def completion_logprobs(
+    token_ids: list[int],
+    entries: list[dict[int, Logprob] | None],
+    st: ChoiceState,
+    out: CompletionLogprobs | None = None,
+    decode: Callable[[int], str] | None = None,
+) -> CompletionLogprobs:
+    """Completions-shaped logprobs of ``token_ids`` (an output's, or an echoed prompt's) from
+    their ``entries``, appended to ``out`` (a new one by default); advances
+    ``st.text_offset``. An entry None (a prompt's first token) has no logprob: its token is
+    named by ``decode`` and its logprob and top logprobs are null (OpenAI's echo)."""
+    out = out if out is not None else CompletionLogprobs()
+    for tid, entry in zip(token_ids, entries):
+        if entry is None:
+            tok = decode(tid) if decode is not None else _token_str(tid, None)
+            out.tokens.append(tok)
+            out.token_logprobs.append(None)
+            out.top_logprobs.append(None)
+        else:
+            tok = _token_str(tid, entry.get(tid))
+            out.tokens.append(tok)
+            out.token_logprobs.append(entry[tid].logprob if tid in entry else None)
+            out.top_logprobs.append({_token_str(t, lp): lp.logprob for t, lp in _ranked(entry)})
         out.text_offset.append(st.text_offset)
         st.text_offset += len(tok)
     return out
+
+
+def output_logprobs(c: CompletionOutput, start: int, st: ChoiceState) -> CompletionLogprobs:
+    """Completions-shaped logprobs of ``c``'s tokens from ``start`` on."""
+    return completion_logprobs(c.token_ids[start:], (c.logprobs or [])[start:], st)
+
+
+def prompt_logprobs(out: RequestOutput) -> PromptLogprobs | None:
+    """vLLM's ``prompt_logprobs`` of a response (None where the request did not ask)."""
+    if out.prompt_logprobs is None:
+        return None
+    return [
+        None
+        if entry is None
+        else {
+            tid: PromptLogprob(logprob=lp.logprob, rank=lp.rank, decoded_token=lp.decoded_token)
+            for tid, lp in entry.items()
+        }
+        for entry in out.prompt_logprobs
+    ]
 
 
 def chat_logprobs(c: CompletionOutput, start: int, k: int) -> ChatChoiceLogprobs:

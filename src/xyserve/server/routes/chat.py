@@ -25,7 +25,7 @@ from xyserve.server.protocol import (
     DeltaMessage,
     unix_time,
 )
-from xyserve.server.render import ChoiceState, chat_logprobs, usage
+from xyserve.server.render import ChoiceState, chat_logprobs, prompt_logprobs, usage
 from xyserve.server.request_stream import RequestStream
 from xyserve.server.sse import DONE, OnDone, advance, sse, sse_error
 
@@ -48,8 +48,15 @@ async def chat_completions(body: ChatCompletionRequest, raw: Request, ctx: Ctx) 
     renames["logprobs"] = "top_logprobs"
     if body.top_logprobs is not None and not body.logprobs:
         raise APIError("top_logprobs needs logprobs: true", param="top_logprobs")
+    if body.stream and body.prompt_logprobs is not None:  # vLLM refuses them too
+        raise APIError("prompt_logprobs are not available with stream", param="prompt_logprobs")
     params = await sampling_params(ctx.llm, body, renames)
-    prompt = await ctx.render_chat(body.messages, body.add_generation_prompt)
+    prompt = await ctx.render_chat(
+        body.messages, body.add_generation_prompt, body.continue_final_message
+    )
+    # echo: the reply starts with the last message when it is the assistant's, as in vLLM
+    last = body.messages[-1]
+    echo = last.text() if body.echo and last.role == "assistant" else ""
     rid = f"chatcmpl-{uuid.uuid4().hex}"
     # The template already holds any special tokens (BOS); by default don't add them twice.
     renames["prompt"] = "messages"
@@ -60,7 +67,7 @@ async def chat_completions(body: ChatCompletionRequest, raw: Request, ctx: Ctx) 
     model_name = ctx.model_name
     if body.stream:
         gen = _chat_stream(
-            streams[0], rid, model_name, params, k, body.include_usage,
+            streams[0], rid, model_name, params, k, body, echo,
             lambda outs, err: ctx.log_request(rid, t0, outs, body.user, err),
         )  # fmt: skip
         return StreamingResponse(gen, media_type="text/event-stream")
@@ -68,14 +75,20 @@ async def chat_completions(body: ChatCompletionRequest, raw: Request, ctx: Ctx) 
     choices = [
         ChatCompletionChoice(
             index=c.index,
-            message=ChatMessageOut(content=c.text),
+            message=ChatMessageOut(content=echo + c.text),
             logprobs=chat_logprobs(c, 0, k) if params.logprobs is not None else None,
             finish_reason=c.finish_reason,
             stop_reason=c.stop_reason,
         )
         for c in out.outputs
     ]
-    return ChatCompletionResponse(id=rid, model=model_name, choices=choices, usage=usage([out]))
+    return ChatCompletionResponse(
+        id=rid,
+        model=model_name,
+        choices=choices,
+        usage=usage([out]),
+        prompt_logprobs=prompt_logprobs(out) if body.prompt_logprobs is not None else None,
+    )
 
 
 async def _chat_stream(
@@ -84,7 +97,8 @@ async def _chat_stream(
     model: str,
     params: SamplingParams,
     k: int,
-    include_usage: bool,
+    body: ChatCompletionRequest,
+    echo: str = "",
     on_done: OnDone | None = None,
 ) -> AsyncIterator[str]:
     states = [ChoiceState() for _ in range(params.n)]
@@ -93,13 +107,18 @@ async def _chat_stream(
     created = unix_time()
 
     def chunk(choice: ChatStreamChoice) -> str:
+        u = usage([final]) if body.continuous_usage else None
         return sse(
-            ChatCompletionStreamResponse(id=rid, created=created, model=model, choices=[choice])
+            ChatCompletionStreamResponse(
+                id=rid, created=created, model=model, choices=[choice], usage=u
+            )
         )
 
     try:
         for j in range(params.n):
             yield chunk(ChatStreamChoice(index=j, delta=DeltaMessage(role="assistant", content="")))
+            if echo:
+                yield chunk(ChatStreamChoice(index=j, delta=DeltaMessage(content=echo)))
         async for out in stream:
             final = out
             for c in out.outputs:
@@ -118,7 +137,7 @@ async def _chat_stream(
                         stop_reason=c.stop_reason,
                     )
                 )
-        if include_usage:
+        if body.include_usage:
             u = usage([final])
             yield sse(
                 ChatCompletionStreamResponse(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -19,12 +19,20 @@ from xyserve.server.errors import APIError, stream_error
 from xyserve.server.params import sampling_params
 from xyserve.server.protocol import (
     CompletionChoice,
+    CompletionLogprobs,
     CompletionRequest,
     CompletionResponse,
+    CompletionStreamChoice,
     CompletionStreamResponse,
     unix_time,
 )
-from xyserve.server.render import ChoiceState, completion_logprobs, usage
+from xyserve.server.render import (
+    ChoiceState,
+    completion_logprobs,
+    output_logprobs,
+    prompt_logprobs,
+    usage,
+)
 from xyserve.server.request_stream import RequestStream
 from xyserve.server.sse import DONE, OnDone, advance, sse, sse_error
 from xyserve.server.streams import merge
@@ -36,8 +44,8 @@ router = APIRouter()
 async def completions(body: CompletionRequest, raw: Request, ctx: Ctx) -> Any:
     t0 = time.monotonic()
     ctx.check_model(body.model)
-    if body.echo and body.logprobs is not None:
-        raise APIError("echo with logprobs (prompt logprobs) is not supported", param="echo")
+    if body.stream and body.prompt_logprobs is not None:  # vLLM refuses them too
+        raise APIError("prompt_logprobs are not available with stream", param="prompt_logprobs")
     params = await sampling_params(ctx.llm, body, {})
     prompts = body.prompts()
     if not prompts:
@@ -51,29 +59,55 @@ async def completions(body: CompletionRequest, raw: Request, ctx: Ctx) -> Any:
             s.close()
         raise
     model_name = ctx.model_name
+    decode = _decoder(ctx.llm)
     if body.stream:
         gen = _completion_stream(
-            streams, rid, model_name, params, body.include_usage, echo,
+            streams, rid, model_name, params, body, echo, decode,
             lambda outs, err: ctx.log_request(rid, t0, outs, body.user, err),
         )  # fmt: skip
         return StreamingResponse(gen, media_type="text/event-stream")
     finals = await ctx.collect(raw, streams, rid, t0, body.user)
+    bare = body.echo_without_generation
     choices = []
     for i, out in enumerate(finals):
         for c in out.outputs:
+            st = ChoiceState()
+            text = (echo[i] if echo else "") + ("" if bare else c.text)
             lp = None
             if params.logprobs is not None:
-                lp = completion_logprobs(c, 0, ChoiceState())
+                lp = _echo_logprobs(out, st, decode) if echo else None
+                if not bare:
+                    lp = completion_logprobs(c.token_ids, c.logprobs or [], st, lp)
             choices.append(
                 CompletionChoice(
                     index=i * params.n + c.index,
-                    text=(echo[i] if echo else "") + c.text,
+                    text=text,
                     logprobs=lp,
-                    finish_reason=c.finish_reason,
-                    stop_reason=c.stop_reason,
+                    finish_reason="length" if bare else c.finish_reason,
+                    stop_reason=None if bare else c.stop_reason,
+                    prompt_logprobs=prompt_logprobs(out)
+                    if body.prompt_logprobs is not None
+                    else None,
                 )
             )
-    return CompletionResponse(id=rid, model=model_name, choices=choices, usage=usage(finals))
+    u = usage(finals, generated=not bare)
+    return CompletionResponse(id=rid, model=model_name, choices=choices, usage=u)
+
+
+def _decoder(llm: AsyncLLM) -> Callable[[int], str] | None:
+    """One token's text, for an echoed prompt's first token (which has no logprob entry)."""
+    tok = llm.engine.tokenizer
+    if tok is None:
+        return None
+    return lambda tid: tok.decode([tid], skip_special_tokens=False)
+
+
+def _echo_logprobs(
+    out: RequestOutput, st: ChoiceState, decode: Callable[[int], str] | None
+) -> CompletionLogprobs:
+    """The echoed prompt's part of a choice's logprobs (``echo`` with ``logprobs``)."""
+    entries = out.prompt_logprobs or [None] * len(out.prompt_token_ids)
+    return completion_logprobs(out.prompt_token_ids, entries, st, decode=decode)
 
 
 def _echo_texts(llm: AsyncLLM, prompts: list[Any]) -> list[str]:
@@ -95,8 +129,9 @@ async def _completion_stream(
     rid: str,
     model: str,
     params: SamplingParams,
-    include_usage: bool,
+    body: CompletionRequest,
     echo: list[str] | None = None,
+    decode: Callable[[int], str] | None = None,
     on_done: OnDone | None = None,
 ) -> AsyncIterator[str]:
     n = params.n
@@ -104,26 +139,59 @@ async def _completion_stream(
     finals: list[RequestOutput | None] = [None] * len(streams)
     error = None
     created = unix_time()
+    logprobs = params.logprobs is not None
+    bare = body.echo_without_generation
+    # Each prompt's echo is its choices' first chunk: at once, or with logprobs, once the
+    # prompt has run (its logprobs are complete with the first output token).
+    echoed = [not echo] * len(streams)
 
-    def chunk(choice: CompletionChoice) -> str:
-        return sse(CompletionStreamResponse(id=rid, created=created, model=model, choices=[choice]))
+    def chunk(choice: CompletionStreamChoice) -> str:
+        u = usage(finals, generated=not bare) if body.continuous_usage else None
+        return sse(
+            CompletionStreamResponse(
+                id=rid, created=created, model=model, choices=[choice], usage=u
+            )
+        )
+
+    def echo_chunks(i: int, out: RequestOutput | None) -> list[str]:
+        echoed[i] = True
+        chunks = []
+        for j in range(n):
+            st = states[i * n + j]
+            lp = _echo_logprobs(out, st, decode) if logprobs else None
+            done = "length" if bare else None
+            chunks.append(
+                chunk(
+                    CompletionStreamChoice(
+                        index=i * n + j, text=echo[i], logprobs=lp, finish_reason=done
+                    )
+                )
+            )
+        return chunks
 
     try:
-        if echo:
-            for i, text in enumerate(echo):
-                for j in range(n):
-                    yield chunk(CompletionChoice(index=i * n + j, text=text))
+        if echo and not logprobs:
+            for i in range(len(streams)):
+                for c in echo_chunks(i, None):
+                    yield c
         async for i, out in merge(streams):
             finals[i] = out
+            if not echoed[i]:
+                if not (out.finished or any(c.token_ids for c in out.outputs)):
+                    continue  # the prompt's logprobs are not complete yet
+                for c in echo_chunks(i, out):
+                    yield c
+            if bare:
+                continue
             for c in out.outputs:
                 st = states[i * n + c.index]
                 step = advance(st, c, params.stop_strings)
                 if step is None:
                     continue
                 text, start = step
-                lp = completion_logprobs(c, start, st) if params.logprobs is not None else None
+                lp = output_logprobs(c, start, st) if logprobs else None
                 yield chunk(
-                    CompletionChoice(
+                    CompletionStreamChoice(
                         index=i * n + c.index,
                         text=text,
                         logprobs=lp,
@@ -131,8 +199,8 @@ async def _completion_stream(
                         stop_reason=c.stop_reason,
                     )
                 )
-        if include_usage:
-            u = usage(finals)
+        if body.include_usage:
+            u = usage(finals, generated=not bare)
             yield sse(
                 CompletionStreamResponse(id=rid, created=created, model=model, choices=[], usage=u)
             )

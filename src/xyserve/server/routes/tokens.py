@@ -20,12 +20,13 @@ async def tokenize(body: TokenizeRequest, ctx: Ctx) -> dict[str, Any]:
     ctx.tokenizer()  # a 400 without one
     if body.messages is not None and body.prompt is not None:
         raise APIError("give prompt or messages, not both", param="prompt")
-    if body.messages is None and "add_generation_prompt" in body.model_fields_set:
-        raise APIError(
-            "add_generation_prompt applies to messages only", param="add_generation_prompt"
-        )
+    for name in ("add_generation_prompt", "continue_final_message"):
+        if body.messages is None and name in body.model_fields_set:
+            raise APIError(f"{name} applies to messages only", param=name)
     if body.messages is not None:
-        text = await ctx.render_chat(body.messages, body.add_generation_prompt)
+        text = await ctx.render_chat(
+            body.messages, body.add_generation_prompt, body.continue_final_message
+        )
         add_special = False if body.add_special_tokens is None else body.add_special_tokens
     elif body.prompt is not None:
         text = body.prompt
