@@ -11,7 +11,7 @@ from xyserve.config import EngineConfig
 from xyserve.engine.engine import LLMEngine
 from xyserve.outputs import RequestOutput
 from xyserve.sampling_params import SamplingParams
-from xyserve.tokenizer import content_text
+from xyserve.tokenizer import content_text, template_messages
 
 
 class LLM:
@@ -69,6 +69,7 @@ class LLM:
         add_generation_prompt: bool = True,
         chat_template: str | None = None,
         continue_final_message: bool = False,
+        tools: list[dict] | None = None,
     ) -> list[RequestOutput]:
         """Generate for one conversation (a list of message dicts) or a list of them, each
         rendered with ``chat_template`` (None: the tokenizer's own), as vLLM's ``LLM.chat``.
@@ -86,12 +87,14 @@ class LLM:
         prompts = []
         for conv in convs:
             _check_messages(conv)
-            conv = [  # content parts as one text, as the server renders them (and vLLM)
-                {**m, "content": content_text(m["content"], f"messages[{i}].content")}
-                for i, m in enumerate(conv)
-            ]
+            conv = template_messages(  # content parts as one text, as the server's (and vLLM)
+                [
+                    {**m, "content": content_text(m["content"] or "", f"messages[{i}].content")}
+                    for i, m in enumerate(conv)
+                ]
+            )
             text = tok.apply_chat_template(
-                conv, add_generation_prompt, chat_template, continue_final_message
+                conv, add_generation_prompt, chat_template, continue_final_message, tools
             )
             # the rendered text is the output's prompt (as vLLM's); the template has put in
             # any special tokens already, so none are added again
@@ -139,5 +142,7 @@ def _check_messages(conv: object) -> None:
             raise TypeError(f"messages[{i}] must be a dict, not {type(m).__name__}")
         if not isinstance(m.get("role"), str) or not m["role"]:
             raise ValueError(f"messages[{i}].role must be a non-empty string")
+        if m.get("content") is None and m.get("tool_calls"):
+            continue  # an assistant's calls alone
         if not isinstance(m.get("content"), str | list):
             raise ValueError(f"messages[{i}].content must be a string or a list of parts")

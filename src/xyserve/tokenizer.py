@@ -106,8 +106,10 @@ class Tokenizer:
         add_generation_prompt: bool = True,
         chat_template: str | None = None,
         continue_final_message: bool = False,
+        tools: list[dict] | None = None,
     ) -> str:
         """The prompt text of ``messages`` under ``chat_template`` (None: the tokenizer's own).
+        ``tools``: function definitions (OpenAI's shape) for templates that show them.
         ``continue_final_message`` (vLLM's and transformers'): the text ends inside the last
         message, after its content, for the model to continue it (a "prefilled" reply);
         refused with ``add_generation_prompt``, which opens a new message.
@@ -133,11 +135,37 @@ class Tokenizer:
                 tokenize=False,
                 add_generation_prompt=add_generation_prompt,
                 continue_final_message=continue_final_message,
+                tools=tools,
             )
         except (jinja2.TemplateError, ArithmeticError, LookupError, TypeError) as e:
             # jinja2's own errors, and Python's from an expression in the template
             # (``{{ m['content'] + 1 }}``, ``{{ 1 / 0 }}``, ``messages[5]``)
             raise ChatTemplateError.of(e) from e
+
+
+def template_messages(messages: list[dict]) -> list[dict]:
+    """Messages as chat templates take them: an assistant's tool calls with their arguments
+    as objects where they parse (templates write them with ``tojson``; vLLM does the same),
+    and no ``content`` of None (a message of calls alone renders as empty)."""
+    out = []
+    for m in messages:
+        if m.get("content") is None:
+            m = {**m, "content": ""}
+        calls = m.get("tool_calls")
+        if calls:
+            m = {**m, "tool_calls": [_call_for_template(c) for c in calls]}
+        out.append(m)
+    return out
+
+
+def _call_for_template(call: dict) -> dict:
+    fn = dict(call.get("function") or {})
+    if isinstance(fn.get("arguments"), str):
+        try:
+            fn["arguments"] = json.loads(fn["arguments"])
+        except ValueError:
+            pass
+    return {**call, "function": fn}
 
 
 def content_text(content: str | list, where: str = "content") -> str:

@@ -148,7 +148,7 @@ def test_echo_with_logprobs_scores_the_prompt(server: Server, hf) -> None:
         assert len(lp["top_logprobs"][i]) in (1, 2)  # the best token, and the prompt's own
     assert lp["token_logprobs"][-1] == pytest.approx(float(ref[-1].max()), abs=1e-4)
     assert "".join(lp["tokens"][: len(ids)]) == PROMPT
-    assert lp["text_offset"][: 3] == [0, len(lp["tokens"][0]), len("".join(lp["tokens"][:2]))]
+    assert lp["text_offset"][:3] == [0, len(lp["tokens"][0]), len("".join(lp["tokens"][:2]))]
     assert choice["text"].startswith(PROMPT) and choice["prompt_logprobs"] is None
     # the same through a stream: the echo with its logprobs first, then the completion
     chunks = stream(server, "/v1/completions", body)

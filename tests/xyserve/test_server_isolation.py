@@ -119,11 +119,12 @@ BAD = [
     ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user"}]},
      "messages.0.content"),
     ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "tool", "content": "x"}]},
-     "messages.0.role"),
+     "messages.0.tool_call_id"),
     ("/v1/chat/completions", {"model": MODEL, "messages": CHAT, "top_logprobs": 2},
      "top_logprobs"),
+    # tool_choice "auto" (the default with tools) needs --enable-auto-tool-choice
     ("/v1/chat/completions", {"model": MODEL, "messages": CHAT, "tools": [
-        {"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
+        {"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tool_choice"),
     ("/v1/chat/completions", {"model": MODEL, "messages": CHAT, "tool_choice": "required"},
      "tool_choice"),
     ("/v1/chat/completions", {"model": MODEL, "messages": CHAT, "response_format": {
@@ -480,11 +481,11 @@ HONOURED = {
     "include_stop_str_in_output", "logit_bias", "response_format", "guided_json",
     "guided_regex", "guided_choice", "guided_grammar", "structured_outputs", "max_tokens",
     "max_completion_tokens", "logprobs", "top_logprobs", "echo", "add_generation_prompt",
-    "add_special_tokens", "prompt_logprobs", "continue_final_message",
+    "add_special_tokens", "prompt_logprobs", "continue_final_message", "tools", "tool_choice",
+    "parallel_tool_calls",
 }  # fmt: skip
 REFUSED = {
-    "best_of": 2, "suffix": "x", "tools": [{"type": "function"}], "tool_choice": "auto",
-    "parallel_tool_calls": True, "functions": [{"name": "f"}], "function_call": "auto",
+    "best_of": 2, "suffix": "x", "functions": [{"name": "f"}], "function_call": "auto",
     "audio": {"voice": "x"}, "modalities": ["audio"], "prediction": {"type": "content"},
     "reasoning_effort": "low", "service_tier": "flex", "store": True, "metadata": {"a": "b"},
     "web_search_options": {},

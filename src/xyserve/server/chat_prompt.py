@@ -6,17 +6,20 @@ from typing import Any
 
 from xyserve.server.errors import APIError
 from xyserve.server.protocol import ChatMessage
+from xyserve.tokenizer import template_messages
 
-# Roles a request may send (OpenAI's, less the tool roles: tool calling is not implemented).
-CHAT_ROLES = ("system", "developer", "user", "assistant")
+# Roles a request may send (OpenAI's, less the deprecated function role).
+CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
 
 
 def chat_messages(body_messages: list[ChatMessage]) -> list[dict[str, Any]]:
     """The messages as the template takes them; APIError naming the first bad message."""
     messages = []
     for i, m in enumerate(body_messages):
-        if m.role in ("tool", "function") or m.tool_calls or m.tool_call_id is not None:
-            raise APIError("tool calling is not supported", param=f"messages.{i}.role")
+        if m.tool_calls and m.role != "assistant":
+            raise APIError("only assistant messages make tool calls", param=f"messages.{i}.role")
+        if m.role == "tool" and not m.tool_call_id:
+            raise APIError("a tool message needs tool_call_id", param=f"messages.{i}.tool_call_id")
         if m.function_call is not None:
             raise APIError("function calling is not supported", param=f"messages.{i}.function_call")
         if m.role not in CHAT_ROLES:
@@ -24,7 +27,7 @@ def chat_messages(body_messages: list[ChatMessage]) -> list[dict[str, Any]]:
                 f"unknown role {m.role!r}; roles are {', '.join(CHAT_ROLES)}",
                 param=f"messages.{i}.role",
             )
-        if m.content is None:
+        if m.content is None and not m.tool_calls:
             raise APIError("content is required", param=f"messages.{i}.content")
         try:
             text = m.text()
@@ -33,8 +36,12 @@ def chat_messages(body_messages: list[ChatMessage]) -> list[dict[str, Any]]:
         msg: dict[str, Any] = {"role": m.role, "content": text}
         if m.name is not None:
             msg["name"] = m.name
+        if m.tool_calls:
+            msg["tool_calls"] = [c.model_dump() for c in m.tool_calls]
+        if m.tool_call_id is not None:
+            msg["tool_call_id"] = m.tool_call_id
         messages.append(msg)
-    return messages
+    return template_messages(messages)
 
 
 def render_chat(
@@ -43,9 +50,10 @@ def render_chat(
     add_generation_prompt: bool,
     template: str | None,
     continue_final_message: bool = False,
+    tools: list[dict] | None = None,
 ) -> str:
     """The prompt text: the tokenizer's own template, or ``template`` (``--chat-template``);
     a template that fails to render is a ``ChatTemplateError``, as in ``LLM.chat``."""
     return tok.apply_chat_template(
-        messages, add_generation_prompt, template, continue_final_message
+        messages, add_generation_prompt, template, continue_final_message, tools
     )

@@ -101,6 +101,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--chat-template", default=None, help="a Jinja file, or the template itself")
     p.add_argument("--disable-log-requests", action="store_true", help="no log line per request")
+    p.add_argument(
+        "--enable-auto-tool-choice",
+        action="store_true",
+        help='tool_choice "auto" (the default with tools): the model\'s calls are read by '
+        "--tool-call-parser",
+    )
+    p.add_argument(
+        "--tool-call-parser",
+        default=None,
+        help="how the model writes its tool calls: hermes (<tool_call>{...}</tool_call>)",
+    )
     add_engine_args(p)
     return p
 
@@ -136,6 +147,8 @@ def server_options(ns: argparse.Namespace) -> ServerOptions:
         allowed_origins=origins,
         chat_template=ServerOptions.load_chat_template(ns.chat_template),
         disable_log_requests=ns.disable_log_requests,
+        enable_auto_tool_choice=ns.enable_auto_tool_choice,
+        tool_call_parser=ns.tool_call_parser,
     )
 
 

@@ -65,6 +65,7 @@ class ServerContext:
         messages: list[ChatMessage],
         add_generation_prompt: bool,
         continue_final_message: bool = False,
+        tools: list[dict] | None = None,
     ) -> str:
         """The prompt text of chat messages (validated first), rendered off the event loop."""
         tok = self.tokenizer()
@@ -77,7 +78,13 @@ class ServerContext:
         template = self.opts.chat_template
         try:
             return await asyncio.to_thread(
-                render_chat, tok, msgs, add_generation_prompt, template, continue_final_message
+                render_chat,
+                tok,
+                msgs,
+                add_generation_prompt,
+                template,
+                continue_final_message,
+                tools,
             )
         except ChatTemplateError as e:  # says so already, in LLM.chat's words
             raise APIError(str(e), param="messages") from None

@@ -12,6 +12,21 @@ class ServerOptions:
     allowed_origins: list[str] = field(default_factory=list)  # CORS; empty: no CORS headers
     chat_template: str | None = None  # overrides the tokenizer's template
     disable_log_requests: bool = False
+    # vLLM's: tool_choice "auto" (the default with tools) reads the model's calls with
+    # ``tool_call_parser`` (``server.tools.TOOL_PARSERS``); off, "auto" is a 400
+    enable_auto_tool_choice: bool = False
+    tool_call_parser: str | None = None
+
+    def __post_init__(self) -> None:
+        from xyserve.server.tools import TOOL_PARSERS
+
+        if self.tool_call_parser is not None and self.tool_call_parser not in TOOL_PARSERS:
+            raise ValueError(
+                f"--tool-call-parser {self.tool_call_parser!r}: the parsers are "
+                + ", ".join(TOOL_PARSERS)
+            )
+        if self.enable_auto_tool_choice and self.tool_call_parser is None:
+            raise ValueError("--enable-auto-tool-choice needs --tool-call-parser")
 
     @staticmethod
     def load_chat_template(value: str | None) -> str | None:

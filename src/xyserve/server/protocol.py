@@ -67,9 +67,6 @@ class StructuredOutputsParams(BaseModel):
 OFF_VALUES: dict[str, tuple] = {
     "best_of": (None, 1),
     "suffix": (None, ""),
-    "tools": (None, []),
-    "tool_choice": (None, "none"),
-    "parallel_tool_calls": (None,),
     "functions": (None, []),
     "function_call": (None, "none"),
     "audio": (None,),
@@ -81,6 +78,35 @@ OFF_VALUES: dict[str, tuple] = {
     "metadata": (None,),
     "web_search_options": (None,),
 }
+
+
+class FunctionDefinition(BaseModel):
+    """A tool's function: OpenAI's name rules, and its arguments' JSON schema."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolDefinition(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class ToolChoiceFunction(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    """``tool_choice`` naming the function the reply must call."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["function"]
+    function: ToolChoiceFunction
 
 
 class _SamplingRequest(BaseModel):
@@ -284,17 +310,31 @@ class ContentPart(BaseModel):
         return v
 
 
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str  # JSON text, as the model wrote it
+
+
+class ToolCall(BaseModel):
+    """A call in an assistant message: in a reply, and as clients send it back."""
+
+    model_config = ConfigDict(extra="ignore")
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(BaseModel):
     # Clients send back the assistant messages they received, with response-only fields
-    # (refusal, annotations, audio); those are ignored. tool_calls and function_call are
-    # refused (see chat_prompt).
+    # (refusal, annotations, audio); those are ignored. function_call is refused (see
+    # chat_prompt).
     model_config = ConfigDict(extra="ignore")
     role: str
     content: str | list[ContentPart] | None = None
     name: str | None = None
-    tool_calls: list[Any] | None = None
+    tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
-    function_call: Any = None  # the deprecated form of tool_calls: refused too
+    function_call: Any = None  # the deprecated form of tool_calls: refused
 
     def text(self) -> str:
         if self.content is None:
@@ -317,9 +357,9 @@ class ChatCompletionRequest(_SamplingRequest):
     # assistant's (a continued message comes back whole)
     echo: bool = False
     add_special_tokens: bool = False  # vLLM's: the template already holds BOS
-    tools: list[Any] | None = None
-    tool_choice: Any = None
-    parallel_tool_calls: bool | None = None
+    tools: list[ToolDefinition] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool = True
     functions: list[Any] | None = None
     function_call: Any = None
     audio: Any = None
@@ -438,6 +478,7 @@ class ChatChoiceLogprobs(BaseModel):
 class ChatMessageOut(BaseModel):
     role: str = "assistant"
     content: str | None = None
+    tool_calls: list[ToolCall] = Field(default_factory=list)  # vLLM's: [] without calls
 
 
 class ChatCompletionChoice(BaseModel):
@@ -458,9 +499,25 @@ class ChatCompletionResponse(BaseModel):
     prompt_logprobs: PromptLogprobs | None = None
 
 
+class DeltaFunctionCall(BaseModel):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class DeltaToolCall(BaseModel):
+    """A piece of a streamed call: its first names it (id, type, name), the rest add to its
+    arguments."""
+
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: DeltaFunctionCall | None = None
+
+
 class DeltaMessage(BaseModel):
     role: str | None = None
     content: str | None = None
+    tool_calls: list[DeltaToolCall] = Field(default_factory=list)  # vLLM's: [] without calls
 
 
 class ChatStreamChoice(BaseModel):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -28,6 +29,15 @@ from xyserve.server.protocol import (
 from xyserve.server.render import ChoiceState, chat_logprobs, prompt_logprobs, usage
 from xyserve.server.request_stream import RequestStream
 from xyserve.server.sse import DONE, OnDone, advance, sse, sse_error
+from xyserve.server.tools import (
+    ToolMode,
+    ToolStream,
+    constraint_schema,
+    finish_reason,
+    parse_reply,
+    template_tools,
+    tool_mode,
+)
 
 router = APIRouter()
 
@@ -50,10 +60,24 @@ async def chat_completions(body: ChatCompletionRequest, raw: Request, ctx: Ctx) 
         raise APIError("top_logprobs needs logprobs: true", param="top_logprobs")
     if body.stream and body.prompt_logprobs is not None:  # vLLM refuses them too
         raise APIError("prompt_logprobs are not available with stream", param="prompt_logprobs")
+    opts = ctx.opts
+    mode = tool_mode(body, opts.tool_call_parser, opts.enable_auto_tool_choice)
     params = await sampling_params(ctx.llm, body, renames)
+    if mode.constrained:  # the reply is held to the calls' schema
+        if params.structured is not None:
+            msg = "a tool_choice that forces calls takes no other structured-output constraint"
+            raise APIError(msg, param="tool_choice")
+        schema = constraint_schema(body, mode)
+        try:
+            params.structured = await asyncio.to_thread(
+                ctx.llm.engine.intake.compile_grammar, "json_schema", schema
+            )
+        except ValueError as e:
+            raise APIError(f"tools: {e}", param="tools") from None
     prompt = await ctx.render_chat(
-        body.messages, body.add_generation_prompt, body.continue_final_message
-    )
+        body.messages, body.add_generation_prompt, body.continue_final_message,
+        template_tools(body),
+    )  # fmt: skip
     # echo: the reply starts with the last message when it is the assistant's, as in vLLM
     last = body.messages[-1]
     echo = last.text() if body.echo and last.role == "assistant" else ""
@@ -67,21 +91,24 @@ async def chat_completions(body: ChatCompletionRequest, raw: Request, ctx: Ctx) 
     model_name = ctx.model_name
     if body.stream:
         gen = _chat_stream(
-            streams[0], rid, model_name, params, k, body, echo,
+            streams[0], rid, model_name, params, k, body, mode, echo,
             lambda outs, err: ctx.log_request(rid, t0, outs, body.user, err),
         )  # fmt: skip
         return StreamingResponse(gen, media_type="text/event-stream")
     (out,) = await ctx.collect(raw, streams, rid, t0, body.user)
-    choices = [
-        ChatCompletionChoice(
-            index=c.index,
-            message=ChatMessageOut(content=echo + c.text),
-            logprobs=chat_logprobs(c, 0, k) if params.logprobs is not None else None,
-            finish_reason=c.finish_reason,
-            stop_reason=c.stop_reason,
+    choices = []
+    for c in out.outputs:
+        reply = parse_reply(mode, c.text)
+        content = echo + reply.content if reply.content is not None else (echo or None)
+        choices.append(
+            ChatCompletionChoice(
+                index=c.index,
+                message=ChatMessageOut(content=content, tool_calls=reply.calls),
+                logprobs=chat_logprobs(c, 0, k) if params.logprobs is not None else None,
+                finish_reason=finish_reason(mode, reply, c.finish_reason),
+                stop_reason=c.stop_reason,
+            )
         )
-        for c in out.outputs
-    ]
     return ChatCompletionResponse(
         id=rid,
         model=model_name,
@@ -98,10 +125,12 @@ async def _chat_stream(
     params: SamplingParams,
     k: int,
     body: ChatCompletionRequest,
+    mode: ToolMode,
     echo: str = "",
     on_done: OnDone | None = None,
 ) -> AsyncIterator[str]:
     states = [ChoiceState() for _ in range(params.n)]
+    calls = [ToolStream(mode) for _ in range(params.n)]
     final: RequestOutput | None = None
     error = None
     created = unix_time()
@@ -127,13 +156,17 @@ async def _chat_stream(
                     continue
                 text, start = step
                 lp = chat_logprobs(c, start, k) if params.logprobs is not None else None
-                delta = DeltaMessage(content=text) if text else DeltaMessage()
+                tools = calls[c.index]
+                content, tool_deltas = tools.feed(text, c.finish_reason is not None)
+                reason = c.finish_reason
+                if reason is not None:
+                    reason = finish_reason(mode, parse_reply(mode, tools.text), reason)
                 yield chunk(
                     ChatStreamChoice(
                         index=c.index,
-                        delta=delta,
+                        delta=DeltaMessage(content=content, tool_calls=tool_deltas),
                         logprobs=lp,
-                        finish_reason=c.finish_reason,
+                        finish_reason=reason,
                         stop_reason=c.stop_reason,
                     )
                 )

@@ -1,0 +1,262 @@
+"""Tool calling, as vLLM serves OpenAI's ``tools`` and ``tool_choice``.
+
+- ``tool_choice`` a named function: the reply is that function's arguments, held to its
+  parameters' JSON schema by the structured-output grammar; no parser is needed.
+- ``"required"``: the reply is a JSON array of one or more calls (``{"name": ..., "parameters":
+  {...}}``, each held to its function's schema; one call when ``parallel_tool_calls`` is false),
+  as vLLM does.
+- ``"auto"`` (the default when tools are given, as in vLLM): the model decides, in its chat
+  template's own format, which ``--tool-call-parser`` reads back. It needs
+  ``--enable-auto-tool-choice``, as in vLLM. Parsers: ``hermes`` (``<tool_call>{"name": ...,
+  "arguments": {...}}</tool_call>``, the format of Qwen2.5/Qwen3, Hermes and many other
+  templates).
+- ``"none"``: the tools are still shown to the template; nothing is parsed.
+
+Whatever the choice, the tools go to the chat template (``tools=``), and earlier calls and
+their results (assistant ``tool_calls``, ``tool`` messages) are rendered by it as well.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from xyserve.server.errors import APIError
+from xyserve.server.protocol import (
+    ChatCompletionRequest,
+    DeltaFunctionCall,
+    DeltaToolCall,
+    FunctionCall,
+    NamedToolChoice,
+    ToolCall,
+)
+
+TOOL_PARSERS = ("hermes",)
+
+# What a function without ``parameters`` takes (OpenAI: an empty parameter list).
+NO_PARAMETERS = {"type": "object", "properties": {}}
+
+
+def new_call_id() -> str:
+    return f"chatcmpl-tool-{uuid.uuid4().hex}"
+
+
+@dataclass(frozen=True)
+class ToolMode:
+    """How a request's reply is read: ``named`` (the arguments of ``name``), ``required`` (a
+    JSON array of calls), ``auto`` (the parser's format in free text) or ``none``."""
+
+    kind: str
+    name: str | None = None
+    parser: str | None = None
+
+    @property
+    def constrained(self) -> bool:
+        return self.kind in ("named", "required")
+
+
+def tool_mode(body: ChatCompletionRequest, parser: str | None, auto_enabled: bool) -> ToolMode:
+    """The request's tool mode, its ``tools`` and ``tool_choice`` checked (APIError: 400)."""
+    tools = body.tools or []
+    choice = body.tool_choice
+    if choice is None:
+        choice = "auto" if tools else "none"
+    elif not tools and choice != "none":
+        raise APIError("tool_choice needs tools", param="tool_choice")
+    names = [t.function.name for t in tools]
+    if len(set(names)) != len(names):
+        raise APIError("tools: function names must differ", param="tools")
+    if "parallel_tool_calls" in body.model_fields_set and not tools:
+        raise APIError("parallel_tool_calls needs tools", param="parallel_tool_calls")
+    if isinstance(choice, NamedToolChoice):
+        if choice.function.name not in names:
+            msg = f"tool_choice names {choice.function.name!r}, which is not among the tools"
+            raise APIError(msg, param="tool_choice")
+        return ToolMode("named", choice.function.name)
+    if choice == "auto":
+        if not (auto_enabled and parser):
+            raise APIError(
+                '"auto" tool choice needs the server started with --enable-auto-tool-choice '
+                'and --tool-call-parser (give tool_choice "required", a function, or '
+                '"none" otherwise)',
+                param="tool_choice",
+            )
+        return ToolMode("auto", parser=parser)
+    return ToolMode(choice)
+
+
+def template_tools(body: ChatCompletionRequest) -> list[dict] | None:
+    """The tools as chat templates take them (OpenAI's shape)."""
+    if not body.tools:
+        return None
+    return [t.model_dump(exclude_none=True) for t in body.tools]
+
+
+def _parameters(body: ChatCompletionRequest, name: str) -> dict:
+    for t in body.tools or []:
+        if t.function.name == name:
+            return t.function.parameters or NO_PARAMETERS
+    raise KeyError(name)
+
+
+def constraint_schema(body: ChatCompletionRequest, mode: ToolMode) -> dict | None:
+    """The JSON schema a constrained mode holds the reply to (None: unconstrained)."""
+    if mode.kind == "named":
+        return _parameters(body, mode.name)
+    if mode.kind != "required":
+        return None
+    calls = [
+        {
+            "type": "object",
+            "properties": {
+                "name": {"type": "string", "enum": [t.function.name]},
+                "parameters": t.function.parameters or NO_PARAMETERS,
+            },
+            "required": ["name", "parameters"],
+            "additionalProperties": False,
+        }
+        for t in body.tools
+    ]
+    schema: dict[str, Any] = {"type": "array", "minItems": 1, "items": {"anyOf": calls}}
+    if not body.parallel_tool_calls:
+        schema["maxItems"] = 1
+    return schema
+
+
+# ---- reading a reply ----------------------------------------------------------------------
+
+
+@dataclass
+class ParsedReply:
+    content: str | None
+    calls: list[ToolCall] = field(default_factory=list)
+
+
+def _call(name: str, arguments: Any) -> ToolCall:
+    args = arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
+    return ToolCall(id=new_call_id(), function=FunctionCall(name=name, arguments=args))
+
+
+HERMES_CALL = re.compile(r"<tool_call>(.*?)</tool_call>|<tool_call>(.*)\Z", re.DOTALL)
+HERMES_OPEN = "<tool_call>"
+
+
+def _hermes(text: str) -> ParsedReply:
+    """``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` blocks after any content.
+    A block that is not such JSON leaves the whole text as content (vLLM's parser does so)."""
+    start = text.find(HERMES_OPEN)
+    if start < 0:
+        return ParsedReply(text)
+    calls = []
+    for m in HERMES_CALL.finditer(text, start):
+        body = (m.group(1) if m.group(1) is not None else m.group(2)).strip()
+        try:
+            obj = json.loads(body)
+            name, args = obj["name"], obj.get("arguments", {})
+            if not isinstance(name, str):
+                raise TypeError(name)
+        except (ValueError, KeyError, TypeError):
+            return ParsedReply(text)
+        calls.append(_call(name, args))
+    content = text[:start].strip()
+    return ParsedReply(content or None, calls)
+
+
+PARSERS = {"hermes": _hermes}
+
+
+def parse_reply(mode: ToolMode, text: str) -> ParsedReply:
+    """A finished reply's content and calls. A constrained reply that does not parse (cut
+    short by ``max_tokens``) comes back as content, with no calls."""
+    if mode.kind == "named":
+        return ParsedReply(None, [_call(mode.name, text)])
+    if mode.kind == "required":
+        try:
+            calls = [_call(c["name"], c["parameters"]) for c in json.loads(text)]
+        except (ValueError, KeyError, TypeError):
+            return ParsedReply(text)
+        return ParsedReply(None, calls)
+    if mode.kind == "auto":
+        return PARSERS[mode.parser](text)
+    return ParsedReply(text)
+
+
+def finish_reason(mode: ToolMode, reply: ParsedReply, engine_reason: str | None) -> str | None:
+    """OpenAI's: ``tool_calls`` when the model chose to call (``auto``, ``required``); a
+    named function keeps the engine's reason, as OpenAI's forced calls end with ``stop``."""
+    if reply.calls and mode.kind in ("auto", "required") and engine_reason == "stop":
+        return "tool_calls"
+    return engine_reason
+
+
+class ToolStream:
+    """One streamed choice's tool calls. A named function's arguments stream as they come
+    (the first delta names the call); ``required`` and ``auto`` replies stream their content
+    until a call may begin (``auto``: the parser's opening tag), then hold the rest and send
+    the calls whole once the reply is finished."""
+
+    def __init__(self, mode: ToolMode) -> None:
+        self.mode = mode
+        self.text = ""  # everything the reply said
+        self.sent = 0  # how much of ``text`` went out as content (auto) or arguments (named)
+        self.call_id: str | None = None
+
+    def feed(self, delta: str, finished: bool) -> tuple[str | None, list[DeltaToolCall]]:
+        """(content to send now, tool-call deltas to send now) for new reply text ``delta``."""
+        self.text += delta
+        if self.mode.kind == "named":
+            return None, self._named(delta)
+        if self.mode.kind == "none":
+            return (delta or None), []
+        if not finished:
+            return self._content_so_far(), []
+        reply = parse_reply(self.mode, self.text)
+        if not reply.calls:
+            rest = self.text[self.sent :]
+            self.sent = len(self.text)
+            return (rest or None), []
+        content = None
+        if reply.content is not None and len(reply.content) > self.sent:
+            content = reply.content[self.sent :]
+        deltas = [
+            DeltaToolCall(
+                index=i,
+                id=c.id,
+                type="function",
+                function=DeltaFunctionCall(name=c.function.name, arguments=c.function.arguments),
+            )
+            for i, c in enumerate(reply.calls)
+        ]
+        return content, deltas
+
+    def _named(self, delta: str) -> list[DeltaToolCall]:
+        out = []
+        if self.call_id is None:
+            self.call_id = new_call_id()
+            fn = DeltaFunctionCall(name=self.mode.name, arguments="")
+            out.append(DeltaToolCall(index=0, id=self.call_id, type="function", function=fn))
+        if delta:
+            out.append(DeltaToolCall(index=0, function=DeltaFunctionCall(arguments=delta)))
+        return out
+
+    def _content_so_far(self) -> str | None:
+        """Auto: the text before a call may begin (a tail that may start the opening tag is
+        held back). Required: nothing (the reply is the calls' JSON)."""
+        if self.mode.kind == "required":
+            return None
+        text = self.text
+        cut = text.find(HERMES_OPEN)
+        if cut < 0:
+            cut = len(text)
+            for k in range(min(len(HERMES_OPEN) - 1, len(text)), 0, -1):
+                if text.endswith(HERMES_OPEN[:k]):
+                    cut = len(text) - k
+                    break
+        if cut <= self.sent:
+            return None
+        out = text[self.sent : cut]
+        self.sent = cut
+        return out

@@ -1,0 +1,270 @@
+"""Tool calling as vLLM serves it: a named function and "required" held to the tools' schemas
+by the grammar, "auto" read by the hermes parser, tool results sent back, refusals."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import jsonschema
+import pytest
+from server_harness import Server, run_server
+
+from xyserve.config import EngineConfig
+from xyserve.server.options import ServerOptions
+from xyserve.server.tools import ToolMode, ToolStream, parse_reply
+
+MODEL = "tiny"
+WEATHER = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string", "maxLength": 8},
+        "unit": {"enum": ["c", "f"]},
+    },
+    "required": ["city", "unit"],
+    "additionalProperties": False,
+}
+ADD = {
+    "type": "object",
+    "properties": {"a": {"type": "integer", "minimum": 0, "maximum": 99}},
+    "required": ["a"],
+    "additionalProperties": False,
+}
+TOOLS = [
+    {"type": "function", "function": {"name": "weather", "parameters": WEATHER}},
+    {"type": "function", "function": {"name": "add", "description": "adds", "parameters": ADD}},
+]
+SCHEMAS = {"weather": WEATHER, "add": ADD}
+CHAT = [{"role": "user", "content": "Weather in Oslo?"}]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_llama: Path) -> Iterator[Server]:
+    config = EngineConfig(
+        model=str(tiny_llama), served_model_name=MODEL, max_model_len=512, device="cpu"
+    )
+    opts = ServerOptions(enable_auto_tool_choice=True, tool_call_parser="hermes")
+    with run_server(config, opts) as srv:
+        yield srv
+
+
+def post(server: Server, payload: dict) -> httpx.Response:
+    return httpx.post(f"{server.url}/v1/chat/completions", json=payload, timeout=60)
+
+
+def stream(server: Server, payload: dict) -> list[dict]:
+    with httpx.stream(
+        "POST",
+        f"{server.url}/v1/chat/completions",
+        json={**payload, "stream": True},
+        timeout=60,
+    ) as resp:
+        assert resp.status_code == 200, resp.read()
+        return [json.loads(x[6:]) for x in resp.iter_lines() if x.startswith("data: {")]
+
+
+def assemble(chunks: list[dict]) -> tuple[str, list[dict], str]:
+    """A stream's content, calls (deltas merged by index) and finish reason."""
+    content, calls, reason = "", {}, None
+    for c in chunks:
+        for ch in c["choices"]:
+            d = ch["delta"]
+            content += d.get("content") or ""
+            for tc in d.get("tool_calls") or []:
+                call = calls.setdefault(tc["index"], {"id": None, "name": "", "arguments": ""})
+                call["id"] = tc.get("id") or call["id"]
+                fn = tc.get("function") or {}
+                call["name"] += fn.get("name") or ""
+                call["arguments"] += fn.get("arguments") or ""
+            reason = ch["finish_reason"] or reason
+    return content, [calls[i] for i in sorted(calls)], reason
+
+
+BASE = {"model": MODEL, "messages": CHAT, "tools": TOOLS, "max_tokens": 80, "temperature": 1.0}
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_named_function_arguments_follow_its_schema(server: Server, seed: int) -> None:
+    body = {**BASE, "seed": seed, "n": 2}
+    body["tool_choice"] = {"type": "function", "function": {"name": "weather"}}
+    r = post(server, body)
+    assert r.status_code == 200, r.text
+    for choice in r.json()["choices"]:
+        msg = choice["message"]
+        assert msg["content"] is None and choice["finish_reason"] == "stop", choice
+        (call,) = msg["tool_calls"]
+        assert call["type"] == "function" and call["id"].startswith("chatcmpl-tool-")
+        assert call["function"]["name"] == "weather"
+        jsonschema.validate(json.loads(call["function"]["arguments"]), WEATHER)
+    first = r.json()["choices"][0]["message"]["tool_calls"][0]["function"]
+    content, calls, reason = assemble(stream(server, {**body, "n": 1}))
+    assert content == "" and reason == "stop"
+    assert [(c["name"], c["arguments"]) for c in calls] == [("weather", first["arguments"])]
+    server.assert_clean()
+
+
+@pytest.mark.parametrize("parallel", [True, False])
+def test_required_gives_calls_of_the_tools(server: Server, parallel: bool) -> None:
+    body = {**BASE, "tool_choice": "required", "parallel_tool_calls": parallel, "seed": 7}
+    body["max_tokens"] = 200
+    r = post(server, body)
+    assert r.status_code == 200, r.text
+    (choice,) = r.json()["choices"]
+    if choice["finish_reason"] == "length":  # cut short: the text comes back as content
+        assert not choice["message"]["tool_calls"]
+        pytest.skip("the random model's calls outran max_tokens")
+    calls = choice["message"]["tool_calls"]
+    assert (
+        choice["finish_reason"] == "tool_calls" and calls and choice["message"]["content"] is None
+    )
+    assert parallel or len(calls) == 1
+    for call in calls:
+        name = call["function"]["name"]
+        jsonschema.validate(json.loads(call["function"]["arguments"]), SCHEMAS[name])
+    content, streamed, reason = assemble(stream(server, body))
+    assert reason == "tool_calls" and content == ""
+    assert [(c["name"], c["arguments"]) for c in streamed] == [
+        (c["function"]["name"], c["function"]["arguments"]) for c in calls
+    ]
+    server.assert_clean()
+
+
+def test_auto_and_none_on_a_model_that_writes_no_calls(server: Server) -> None:
+    """The random model writes plain text: auto (parsed with hermes) and none give the text
+    that the same seeded request gives without tools."""
+    plain = {"model": MODEL, "messages": CHAT, "max_tokens": 12, "seed": 3, "temperature": 1.0}
+    ref = post(server, plain).json()["choices"][0]["message"]["content"]
+    for choice in ("auto", "none"):
+        r = post(server, {**plain, "tools": TOOLS, "tool_choice": choice}).json()
+        msg = r["choices"][0]["message"]
+        assert msg["content"] == ref and msg["tool_calls"] == []
+        content, calls, _ = assemble(
+            stream(server, {**plain, "tools": TOOLS, "tool_choice": choice})
+        )
+        assert content == ref and calls == []
+    server.assert_clean()
+
+
+def test_tool_results_go_back_to_the_model(server: Server) -> None:
+    """An assistant's calls and the tool's result, sent back, render through the template."""
+    history = CHAT + [
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "weather", "arguments": '{"city": "Oslo", "unit": "c"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "-3 C"},
+    ]
+    r = post(server, {"model": MODEL, "messages": history, "tools": TOOLS, "max_tokens": 4,
+                      "tool_choice": "none"})  # fmt: skip
+    assert r.status_code == 200, r.text
+    tok = httpx.post(f"{server.url}/tokenize", json={"model": MODEL, "messages": history})
+    text = server.tokenizer.decode(tok.json()["tokens"], skip_special_tokens=False)
+    assert "<|tool|>\n-3 C" in text
+
+
+@pytest.mark.parametrize(
+    ("payload", "param"),
+    [
+        ({"tool_choice": "required"}, "tool_choice"),  # no tools
+        ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}},
+         "tool_choice"),
+        ({"tools": TOOLS * 2}, "tools"),
+        ({"tools": [{"type": "function", "function": {"name": "bad name"}}]}, "tools"),
+        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {
+            "type": "bogus"}}}], "tool_choice": "required"}, "tools"),
+        ({"tools": TOOLS, "tool_choice": "required", "guided_regex": "a"}, "tool_choice"),
+        ({"parallel_tool_calls": False}, "parallel_tool_calls"),
+        ({"messages": [{"role": "tool", "content": "x"}]}, "messages.0.tool_call_id"),
+        ({"messages": [{"role": "user", "content": "x", "tool_calls": [
+            {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}]},
+         "messages.0.role"),
+    ],
+)  # fmt: skip
+def test_bad_tool_requests_are_refused(server: Server, payload: dict, param: str) -> None:
+    r = post(server, {"model": MODEL, "messages": CHAT, "max_tokens": 4, **payload})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"].startswith(param), r.json()
+    server.assert_clean()
+
+
+def test_auto_needs_the_server_flags(tiny_llama: Path) -> None:
+    config = EngineConfig(model=str(tiny_llama), served_model_name=MODEL, device="cpu")
+    with run_server(config) as srv:
+        r = post(srv, {"model": MODEL, "messages": CHAT, "tools": TOOLS})  # auto by default
+        assert r.status_code == 400 and r.json()["error"]["param"] == "tool_choice"
+        r = post(srv, {**BASE, "tool_choice": {"type": "function", "function": {"name": "add"}}})
+        assert r.status_code == 200, r.text  # a named function needs no parser
+    with pytest.raises(ValueError, match="parsers are hermes"):
+        ServerOptions(tool_call_parser="mistral")
+    with pytest.raises(ValueError, match="needs --tool-call-parser"):
+        ServerOptions(enable_auto_tool_choice=True)
+
+
+# ---- the hermes parser, and streaming it ---------------------------------------------------
+
+AUTO = ToolMode("auto", parser="hermes")
+CALLS = (
+    'Let me look.\n<tool_call>\n{"name": "weather", "arguments": {"city": "Oslo", "unit": "c"}}\n'
+    '</tool_call>\n<tool_call>\n{"name": "add", "arguments": {"a": 2}}\n</tool_call>'
+)
+
+
+def test_hermes_parser() -> None:
+    reply = parse_reply(AUTO, CALLS)
+    assert reply.content == "Let me look."
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in reply.calls] == [
+        ("weather", {"city": "Oslo", "unit": "c"}),
+        ("add", {"a": 2}),
+    ]
+    assert parse_reply(AUTO, "no calls here").content == "no calls here"
+    bad = 'x <tool_call>{"name": 3}</tool_call>'
+    assert parse_reply(AUTO, bad).content == bad and not parse_reply(AUTO, bad).calls
+    unclosed = parse_reply(AUTO, '<tool_call>{"name": "add", "arguments": {"a": 1}}')
+    assert unclosed.content is None and unclosed.calls[0].function.name == "add"
+
+
+@pytest.mark.parametrize("step", [1, 3, 7, 50])
+def test_hermes_stream_holds_back_the_calls(step: int) -> None:
+    ts = ToolStream(AUTO)
+    content, deltas = "", []
+    pieces = [CALLS[i : i + step] for i in range(0, len(CALLS), step)]
+    for i, piece in enumerate(pieces):
+        c, d = ts.feed(piece, i == len(pieces) - 1)
+        assert "<" not in (c or "")  # no piece of a tag goes out as content
+        content += c or ""
+        deltas += d
+    assert content.strip() == "Let me look."
+    assert [(d.function.name, json.loads(d.function.arguments)) for d in deltas] == [
+        ("weather", {"city": "Oslo", "unit": "c"}),
+        ("add", {"a": 2}),
+    ]
+    assert [d.index for d in deltas] == [0, 1]
+
+
+def test_offline_chat_renders_tools_and_continues_a_message(tiny_llama: Path) -> None:
+    from xyserve import LLM, SamplingParams
+
+    llm = LLM(str(tiny_llama), device="cpu")
+    call = {"id": "c1", "type": "function", "function": {"name": "add", "arguments": '{"a": 2}'}}
+    history = CHAT + [
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": "4"},
+        {"role": "assistant", "content": "The sum is"},
+    ]
+    params = SamplingParams(max_tokens=2, temperature=0)
+    (out,) = llm.chat(
+        history, params, use_tqdm=False, tools=[TOOLS[1]], add_generation_prompt=False,
+        continue_final_message=True,
+    )  # fmt: skip
+    assert "<|tool|>\n4<|end|>" in out.prompt and out.prompt.endswith("The sum is")
+    with pytest.raises(ValueError, match="add_generation_prompt"):
+        llm.chat(history, params, use_tqdm=False, continue_final_message=True)
