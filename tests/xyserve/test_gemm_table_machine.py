@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import warnings
 
 import pytest
@@ -285,3 +286,84 @@ def test_model_shapes_read_head_dim_as_the_loader_does(tmp_path):
         q = mc.num_heads * mc.head_dim
         assert model_shapes(cfg)["qkv"] == (q + 2 * mc.num_kv_heads * mc.head_dim, 256)
         assert model_shapes(cfg)["o_proj"] == (256, q)
+
+
+def _fake_quick_tune(monkeypatch) -> list[int]:
+    monkeypatch.setenv("XYSERVE_GEMM_AUTOTUNE", "quick")
+    calls: list[int] = []
+
+    def fake_tune_one(w, x, device, repeat, allow_tf32=False):
+        calls.append(x.shape[0])
+        return GemmConfig(cpu_impl="addmm")
+
+    monkeypatch.setattr(tune_mod, "tune_one", fake_tune_one)
+    return calls
+
+
+BROKEN_TABLES = {
+    "truncated": '{"version": 3, "device": "cpu", "entr',
+    "not-an-object": "[1, 2]",
+    "newer-version": '{"version": 99, "device": "cpu", "entries": {}}',
+    "entries-not-an-object": '{"version": 3, "device": "cpu", "entries": {"qkv": [1]}}',
+    "machine-not-an-object": '{"version": 3, "device": "cpu", "machine": "x86"}',
+    "bad-bucket": '{"version": 3, "device": "cpu", "entries": {"qkv": {"x": {}}}}',
+    "unknown-impl": '{"version": 3, "entries": {"qkv": {"16": {"cpu_impl": "amx"}}}}',
+    "not-utf8": b"\xff\xfe\x00",
+}
+
+
+@pytest.mark.parametrize("name", BROKEN_TABLES)
+def test_a_broken_cache_file_is_reported_and_retuned(tmp_path, monkeypatch, name):
+    """A truncated, corrupt or other-version table in the cache (or beside the model) is said
+    once and replaced by a fresh tune; never a traceback at engine start."""
+    model = _model(tmp_path / "m")
+    monkeypatch.setenv("XYSERVE_CACHE_DIR", str(tmp_path / "c"))
+    path = cache_path(model, "cpu")
+    path.parent.mkdir(parents=True)
+    text = BROKEN_TABLES[name]
+    for p in (path, model / TABLE_FILE):
+        p.write_bytes(text) if isinstance(text, bytes) else p.write_text(text)
+    with pytest.warns(UserWarning, match="cannot be read"):
+        assert find_table(model, "cpu") is None
+    with pytest.raises(ValueError, match="t.json"):  # named explicitly: a clear error
+        load_checked(_write(tmp_path / "t.json", text), "cpu")
+    calls = _fake_quick_tune(monkeypatch)
+    gemm = SmoothGemm(model_path=model)
+    assert calls and gemm.table.quick and gemm.table.lookup("qkv", 9).cpu_impl == "addmm"
+    assert GemmTable.load(path).entries == gemm.table.entries  # the cache file is whole again
+
+
+def _write(path, text):
+    path.write_bytes(text) if isinstance(text, bytes) else path.write_text(text)
+    return path
+
+
+def test_save_replaces_the_file_atomically(tmp_path, monkeypatch):
+    """A reader never sees a half-written table: the new one is written aside and renamed
+    over the old one, and nothing else is left in the folder."""
+    import xyserve.plan.gemm_table as gt
+
+    path = _table(machine_signature("cpu"), "addmm").save(tmp_path / "t.json")
+    seen: list[str] = []
+    real_replace = os.replace
+
+    def replace(src, dst):
+        seen.append(GemmTable.load(dst).entries["qkv"][16].cpu_impl)  # the old one, whole
+        seen.append(GemmTable.load(src).entries["qkv"][16].cpu_impl)  # the new one, whole
+        real_replace(src, dst)
+
+    monkeypatch.setattr(gt.os, "replace", replace)
+    _table(machine_signature("cpu"), "swap8").save(path)
+    assert seen == ["addmm", "swap8"]
+    assert [p.name for p in tmp_path.iterdir()] == ["t.json"]
+    assert GemmTable.load(path).entries["qkv"][16].cpu_impl == "swap8"
+
+
+def test_first_start_with_an_unwritable_cache_folder_runs_on_its_tune(tmp_path, monkeypatch):
+    model = _model(tmp_path / "m")
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setenv("XYSERVE_CACHE_DIR", str(tmp_path / "file"))
+    calls = _fake_quick_tune(monkeypatch)
+    with pytest.warns(UserWarning, match="cannot cache the tuned GEMM table"):
+        gemm = SmoothGemm(model_path=model)
+    assert calls and gemm.table.quick and gemm.table.lookup("qkv", 9).cpu_impl == "addmm"

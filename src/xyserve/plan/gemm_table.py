@@ -11,16 +11,19 @@ table, never one per shape).
 A table is a measurement of one machine at one precision: it records that machine's signature
 (``machine.py``), the dtype it was tuned in and, for float32, whether the Triton dots ran in TF32,
 and ``find_table`` applies it only to an equal (machine, precision). A table from elsewhere (or
-one that recorded none, as version 1 did) is reported once and skipped; the caller then tunes the decode buckets
+one that recorded none, as version 1 did, or a truncated, corrupt or other-version file) is
+reported once and skipped; the caller then tunes the decode buckets
 quickly (``SmoothGemm``) or runs on defaults. Tables tuned at first start live in the user's
 cache folder keyed by the model's GEMM shapes and the machine, like Triton's autotune cache.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -181,9 +184,20 @@ class GemmTable:
         }
 
     def save(self, path: str | os.PathLike) -> Path:
+        """Write the table to ``path`` atomically: a reader (another engine starting) sees the
+        old file or the new one, never a partial one, and of two processes tuning at once the
+        last to finish wins."""
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(json.dumps(self.to_json(), indent=1))
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(self.to_json(), indent=1))
+            os.replace(tmp, p)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
         return p
 
     @classmethod
@@ -191,9 +205,24 @@ class GemmTable:
         """A saved table. Version 1 (no machine recorded) loads with ``machine`` None; before
         version 3 no precision was recorded: a CPU table was tuned in float32 (the only dtype
         ``xyserve tune`` used there), a CUDA one in the model's dtype, unknown here (None)."""
-        data = json.loads(Path(path).read_text())
+        try:
+            data = json.loads(Path(path).read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path}: not a GEMM table (unreadable JSON: {e})") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: not a GEMM table (a JSON {type(data).__name__})")
         if data.get("version") not in (1, 2, TABLE_VERSION):
-            raise ValueError(f"{path}: GEMM table version {data.get('version')} != {TABLE_VERSION}")
+            raise ValueError(
+                f"{path}: GEMM table version {data.get('version')!r}; this xyserve reads "
+                f"versions 1 to {TABLE_VERSION}"
+            )
+        try:
+            return cls._from_json(data, path)
+        except (TypeError, ValueError, AttributeError, KeyError, IndexError) as e:
+            raise ValueError(f"{path}: not a GEMM table ({type(e).__name__}: {e})") from None
+
+    @classmethod
+    def _from_json(cls, data: dict, path: str | os.PathLike) -> GemmTable:
         machine = data.get("machine")
         device = data.get("device", "cpu")
         dtype = data.get("dtype", "float32" if device == "cpu" else None)
@@ -295,11 +324,16 @@ def applies_here(
     why = mismatch(table, device, precision)
     if why is None:
         return True
+    _report(where, why)
+    return False
+
+
+def _report(where: str | os.PathLike, why: str) -> None:
+    """Warn that the table at ``where`` is not applied, once per (file, reason)."""
     key = (str(where), why)
     if key not in _reported:
         _reported.add(key)
-        warnings.warn(f"SmoothGEMM: the GEMM table {where} is not applied: {why}", stacklevel=3)
-    return False
+        warnings.warn(f"SmoothGEMM: the GEMM table {where} is not applied: {why}", stacklevel=4)
 
 
 def load_checked(
@@ -321,7 +355,11 @@ def find_table(
     that does not apply is reported once)."""
     for p in (Path(model_path) / TABLE_FILE, cache_path(model_path, device, precision)):
         if p.is_file():
-            t = GemmTable.load(p)
+            try:
+                t = GemmTable.load(p)
+            except (OSError, ValueError) as e:  # truncated, corrupt, another schema version
+                _report(p, f"it cannot be read: {e}")
+                continue
             if t.device == device and applies_here(t, device, p, precision):
                 return t
     return None

@@ -24,6 +24,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -192,10 +193,11 @@ def quick_tune(
     device: str = "cpu",
     progress: bool = True,
     precision: Precision = Precision(),
-) -> Path:
+) -> GemmTable:
     """Tune the decode buckets of every op of ``model`` on this machine at ``precision``, save
     the table in the cache folder (keyed by the model's shapes, the machine and the precision)
-    and return its path."""
+    and return it. A cache folder that cannot be written is said once; the table then serves
+    this process only."""
     model = Path(model)
     config = json.loads((model / "config.json").read_text())
     with torch.inference_mode():
@@ -210,7 +212,16 @@ def quick_tune(
             progress,
             max_m=QUICK_MAX_M,
         )
-    return table.save(cache_path(model, device, precision))
+    out = cache_path(model, device, precision)
+    try:
+        table.save(out)
+    except OSError as e:
+        warnings.warn(
+            f"SmoothGEMM: cannot cache the tuned GEMM table at {out} ({e}); it serves this "
+            f"process only (set XYSERVE_CACHE_DIR to a writable folder)",
+            stacklevel=3,
+        )
+    return table
 
 
 def default_out(
