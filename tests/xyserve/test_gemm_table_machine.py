@@ -367,3 +367,33 @@ def test_first_start_with_an_unwritable_cache_folder_runs_on_its_tune(tmp_path, 
     with pytest.warns(UserWarning, match="cannot cache the tuned GEMM table"):
         gemm = SmoothGemm(model_path=model)
     assert calls and gemm.table.quick and gemm.table.lookup("qkv", 9).cpu_impl == "addmm"
+
+
+@pytest.mark.parametrize(
+    "case, named",
+    [
+        ("no-heads", "config.json has no 'num_attention_heads'"),
+        ("config-a-list", "is not a model's config"),
+        ("out-a-folder", "not a file that can be written"),
+        ("out-with-cache", "not with --cache"),
+        ("cuda-here", "no CUDA device here"),
+    ],
+)
+def test_tune_bad_arguments_are_usage_errors(tmp_path, capsys, monkeypatch, case, named):
+    """Each was a traceback, the --out ones only after the whole tune had run."""
+    ran: list[int] = []
+    monkeypatch.setattr(tune_mod, "tune", lambda *a, **k: ran.append(1))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = {k: v for k, v in CFG.items() if k != "num_attention_heads"}
+    model = _model(tmp_path / "m", cfg if case == "no-heads" else CFG)
+    if case == "config-a-list":
+        (model / "config.json").write_text("[1]")
+    argv = {
+        "out-a-folder": ["--out", str(tmp_path)],
+        "out-with-cache": ["--out", str(tmp_path / "t.json"), "--cache"],
+        "cuda-here": ["--device", "cuda"],
+    }.get(case, [])
+    with pytest.raises(SystemExit) as exc:
+        tune_mod.main(["--model", str(model), "--no-progress", *argv])
+    assert exc.value.code == 2 and named in capsys.readouterr().err
+    assert not ran
