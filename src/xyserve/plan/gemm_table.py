@@ -135,6 +135,7 @@ class GemmTable:
     allow_tf32: bool = False  # CUDA float32: the Triton dots ran in TF32
     quick: bool = False  # only the decode buckets were tuned (first start): others default
     version: int = TABLE_VERSION
+    source: str = field(default="", repr=False, compare=False)  # the file it was loaded from
     _warned: bool = field(default=False, repr=False)
 
     def tuned_max(self) -> int:
@@ -242,7 +243,28 @@ class GemmTable:
                     t.set(op, int(pm), GemmConfig(**c))
                 except (TypeError, ValueError) as e:
                     raise ValueError(f"{path}: entry {op} / {pm}: {e}") from None
+        t.source = str(path)
         return t
+
+    def gaps(self, shapes: dict[str, tuple[int, int]], budget: int) -> list[str]:
+        """What this table lacks to cover a model of ``shapes`` ((N, K) per op) run with up to
+        ``budget`` tokens a step: one phrase per op missing, tuned for other shapes, or short
+        of some buckets (empty: every (op, bucket) is tuned)."""
+        out = []
+        want = buckets(budget)
+        for op, shape in shapes.items():
+            if op not in self.entries:
+                out.append(f"{op}: not tuned")
+            elif self.shapes.get(op) not in (None, tuple(shape)):
+                out.append(f"{op}: tuned for N, K = {self.shapes[op]}, not {tuple(shape)}")
+            elif lack := [pm for pm in want if pm not in self.entries[op]]:
+                if lack[0] == 1 and 16 in self.entries[op]:  # ``lookup``'s rule for old tables
+                    lack = lack[1:]
+                if lack:
+                    out.append(
+                        f"{op}: {len(lack)} of {len(want)} M buckets untuned ({lack[0]}, ...)"
+                    )
+        return out
 
 
 def cache_dir() -> Path:
