@@ -397,3 +397,28 @@ def test_tune_bad_arguments_are_usage_errors(tmp_path, capsys, monkeypatch, case
         tune_mod.main(["--model", str(model), "--no-progress", *argv])
     assert exc.value.code == 2 and named in capsys.readouterr().err
     assert not ran
+
+
+def test_a_table_tuned_with_another_thread_count_is_not_applied(tmp_path, monkeypatch):
+    """The vendor GEMM splits its work over the torch threads, so which entry point wins at a
+    given M depends on their number: a table (and the cache file) belongs to one count. One
+    saved before the count was recorded still applies."""
+    model = _model(tmp_path / "m")
+    monkeypatch.setenv("XYSERVE_CACHE_DIR", str(tmp_path / "c"))
+    here = machine_signature("cpu")
+    assert here.threads == torch.get_num_threads() and "threads" in here.describe()
+    _table(dataclasses.replace(here, threads=here.threads + 1)).save(model / TABLE_FILE)
+    with pytest.warns(UserWarning, match=f"tuned with {here.threads + 1} torch threads"):
+        assert find_table(model, "cpu") is None
+    _table(dataclasses.replace(here, threads=0)).save(model / TABLE_FILE)  # unrecorded
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert find_table(model, "cpu") is not None
+    before = cache_path(model, "cpu")
+    n = torch.get_num_threads()
+    torch.set_num_threads(n + 1)
+    try:
+        assert cache_path(model, "cpu") != before
+    finally:
+        torch.set_num_threads(n)
+    assert cache_path(model, "cpu") == before  # stable within a thread count

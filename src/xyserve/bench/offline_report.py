@@ -52,7 +52,7 @@ def report(
     machine = cpu_signature()
     rows = {}
     print(
-        f"\nmachine: {machine.describe()}; {torch.get_num_threads()} torch threads; "
+        f"\nmachine: {machine.describe()}; "
         f"{dtype} matmul peak {peak:.1f} GFLOP/s (measured now{_spread(peaks)})\n"
         f"workload {work.name}: {n_req} requests, {sum(map(len, work.prompts))} prompt tokens, "
         f"{n_out} output tokens; {dtype} roof {roof:.1f} output tok/s (linear-layer FLOPs at "

@@ -20,6 +20,7 @@ cache folder keyed by the model's GEMM shapes and the machine, like Triton's aut
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -324,8 +325,17 @@ def mismatch(table: GemmTable, device: str, precision: Precision = Precision()) 
     here = machine_signature(device)
     if table.device != device:
         return f"it was tuned for {table.device}, not {device}"
-    if table.machine != here:
-        tuned = "an unrecorded machine" if table.machine is None else table.machine.describe()
+    tuned_on = table.machine
+    if tuned_on is not None and not tuned_on.threads:  # recorded before threads were
+        tuned_on = dataclasses.replace(tuned_on, threads=here.threads)
+    if tuned_on is not None and dataclasses.replace(here, threads=tuned_on.threads) == tuned_on:
+        if tuned_on.threads != here.threads:
+            return (
+                f"it was tuned with {tuned_on.threads} torch threads; this process runs "
+                f"{here.threads} (tune again with this many)"
+            )
+    elif tuned_on != here:
+        tuned = "an unrecorded machine" if tuned_on is None else tuned_on.describe()
         return f"it was tuned on {tuned}; this machine is {here.describe()}"
     tuned_at = Precision.of(table)
     if tuned_at is None:
