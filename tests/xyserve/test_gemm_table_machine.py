@@ -29,6 +29,13 @@ CFG = {"hidden_size": 32, "num_attention_heads": 4, "num_key_value_heads": 2}
 CFG |= {"intermediate_size": 48, "vocab_size": 50}
 
 
+@pytest.fixture(autouse=True)
+def own_cache_folder(tmp_path, monkeypatch):
+    """A cache folder per test: the cache is keyed by the model's shapes, which most tests
+    here share, so a table one test caches would otherwise be found by the next."""
+    monkeypatch.setenv("XYSERVE_CACHE_DIR", str(tmp_path / "xyserve-cache"))
+
+
 def _model(folder, cfg=CFG):
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(cfg))
@@ -422,3 +429,21 @@ def test_a_table_tuned_with_another_thread_count_is_not_applied(tmp_path, monkey
     finally:
         torch.set_num_threads(n)
     assert cache_path(model, "cpu") == before  # stable within a thread count
+
+
+def test_cache_key_is_the_shapes_not_the_folder_and_the_folder_is_absolute(tmp_path, monkeypatch):
+    """Two folders of one model (a copy, another hub revision) had two cache files and tuned
+    twice; a relative cache folder depended on the folder a process started in, and a relative
+    XDG_CACHE_HOME was used though the XDG spec says to ignore it."""
+    monkeypatch.setenv("XYSERVE_CACHE_DIR", str(tmp_path / "c"))
+    a, b = _model(tmp_path / "llama"), _model(tmp_path / "snapshots" / "0123abcd")
+    assert cache_path(a, "cpu") == cache_path(b, "cpu")
+    assert cache_path(a, "cpu") != cache_path(a, "cpu", Precision("bfloat16"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XYSERVE_CACHE_DIR", "rel")
+    assert cache_path(a, "cpu").parent == tmp_path / "rel" / "gemm_tables"
+    monkeypatch.delenv("XYSERVE_CACHE_DIR")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for xdg, root in (("relative/cache", tmp_path / "home" / ".cache"), (str(tmp_path), tmp_path)):
+        monkeypatch.setenv("XDG_CACHE_HOME", xdg)
+        assert cache_path(a, "cpu").parent == root / "xyserve" / "gemm_tables"

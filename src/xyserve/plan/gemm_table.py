@@ -269,12 +269,16 @@ class GemmTable:
 
 
 def cache_dir() -> Path:
-    """``$XYSERVE_CACHE_DIR/gemm_tables``, else the XDG cache folder's ``xyserve/gemm_tables``."""
+    """``$XYSERVE_CACHE_DIR/gemm_tables``, else the XDG cache folder's ``xyserve/gemm_tables``
+    (``$XDG_CACHE_HOME`` where it is an absolute path, as the XDG spec has it, else
+    ``~/.cache``). Absolute, so that processes started in other folders share it."""
     root = os.environ.get("XYSERVE_CACHE_DIR")
-    if not root:
-        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        root = os.path.join(base, "xyserve")
-    return Path(root) / "gemm_tables"
+    if root:
+        return Path(root).expanduser().absolute() / "gemm_tables"
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    if not os.path.isabs(base):
+        base = os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "xyserve" / "gemm_tables"
 
 
 def _model_key(model_path: Path) -> str:
@@ -310,11 +314,12 @@ def cache_path(
 ) -> Path:
     """Cache-folder location of a model's table on this machine: keyed by the model's GEMM
     shapes, the machine's signature and the precision (used for first-start tuning,
-    ``xyserve tune --cache`` and models in read-only folders)."""
+    ``xyserve tune --cache`` and models in read-only folders). Not by the folder's name: a
+    table measures the shapes only (``xyserve tune`` times random weights), so models of the
+    same shapes (a copy, another revision, a fine-tune) share one."""
     p = Path(model_path)
     sig = machine_signature(device).digest()
-    key = f"{p.resolve().name}-{device}-{precision.tag(device)}-{_model_key(p)}-{sig}"
-    return cache_dir() / f"{key}.json"
+    return cache_dir() / f"{device}-{precision.tag(device)}-{_model_key(p)}-{sig}.json"
 
 
 _reported: set[tuple[str, str]] = set()  # (table path, reason) already warned about
