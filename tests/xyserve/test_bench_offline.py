@@ -33,8 +33,11 @@ def test_bench_offline_smoke(tiny_llama, tmp_path, capsys):
         ]
     )
     assert rc == 0
-    assert "greedy check: xyserve equal HF" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "greedy check: xyserve equal HF" in printed
+    assert "xyserve GEMM table: none for this machine in float32: SmoothGEMM defaults" in printed
     res = json.loads(out.read_text())
+    assert res["gemm_table"]["kind"] == "none" and res["gemm_table"]["source"] is None
     assert res["machine"]["kind"] == "cpu" and res["roof_output_tokens_per_s"] > 0
     assert set(res["systems"]) == {"xyserve-hybrid", "xyserve-baseline", "hf-static-b2"}
     for row in res["systems"].values():
@@ -240,3 +243,79 @@ def test_a_flag_another_overrides_or_no_system_reads_is_refused(capsys, extra, n
     with pytest.raises(SystemExit) as exc:
         main([*_QUICK, *extra])
     assert exc.value.code == 2 and named in capsys.readouterr().err
+
+
+@pytest.fixture
+def fake_tune(monkeypatch, tmp_path):
+    """A model folder and an instant tune (every bucket gets addmm); returns the calls' Ms."""
+    import xyserve.tools.tune as tune_mod
+    from xyserve.plan.gemm_table import GemmConfig
+
+    monkeypatch.setenv("XYSERVE_CACHE_DIR", str(tmp_path / "cache"))
+    calls: list[int] = []
+
+    def fake_tune_one(w, x, device, repeat, allow_tf32=False):
+        calls.append(x.shape[0])
+        return GemmConfig(cpu_impl="addmm")
+
+    monkeypatch.setattr(tune_mod, "tune_one", fake_tune_one)
+    return calls
+
+
+CFG = {"hidden_size": 32, "num_attention_heads": 4, "num_key_value_heads": 2}
+CFG |= {"intermediate_size": 48, "vocab_size": 50}
+
+
+def _model_with_table(tmp_path, kind: str) -> Path:
+    """A model whose only table here is the first-start quick one, one without lm_head, or
+    one tuned to a smaller budget than the bench's."""
+    import xyserve.tools.tune as tune_mod
+    from xyserve.plan.gemm_table import OPS, TABLE_FILE
+
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps(CFG))
+    if kind == "quick":
+        tune_mod.quick_tune(model, progress=False)
+    else:
+        ops = [op for op in OPS if op != "lm_head"] if kind == "no-lm-head" else list(OPS)
+        budget = 32 if kind == "short" else 96  # the tests bench with a budget of 96
+        tune_mod.tune(CFG, budget, "cpu", ops, 1, progress=False).save(model / TABLE_FILE)
+    return model
+
+
+@pytest.mark.parametrize("kind", ["quick", "no-lm-head", "short"])
+def test_bench_tunes_what_a_quick_or_partial_table_lacks(tmp_path, fake_tune, capsys, kind):
+    """bench offline took any table of this machine for tuned, the first-start quick one too
+    (decode buckets only), and ran the rest of its buckets on defaults without a word."""
+    from xyserve.bench.offline_systems import gemm_table
+    from xyserve.plan.gemm_table import OPS, TABLE_FILE
+
+    model = _model_with_table(tmp_path, kind)
+    fake_tune.clear()
+    info = gemm_table(model, 96, tune=True)
+    assert fake_tune  # tuned now
+    assert info["kind"] == "full" and info["lacks"] == [] and info["tuned_now"]
+    assert info["source"] == str(model / TABLE_FILE) and info["budget"] == 96
+    assert "tuning SmoothGEMM" in capsys.readouterr().out
+    fake_tune.clear()
+    again = gemm_table(model, 96, tune=True)  # a full table is used as it is
+    assert fake_tune == [] and again["kind"] == "full" and not again["tuned_now"]
+    assert {"qkv", "lm_head"} <= set(OPS)
+
+
+@pytest.mark.parametrize("kind", ["quick", "no-lm-head", "short"])
+def test_bench_no_tune_says_what_table_it_used(tmp_path, fake_tune, kind):
+    from xyserve.bench.offline_systems import gemm_table
+
+    model = _model_with_table(tmp_path, kind)
+    fake_tune.clear()
+    info = gemm_table(model, 96, tune=False)
+    assert fake_tune == [] and not info["tuned_now"]
+    assert info["kind"] == ("quick" if kind == "quick" else "partial") and info["lacks"]
+    assert info["source"] and info["source"] in info["text"]
+    assert "untuned shapes run the defaults" in info["text"]
+    if kind == "no-lm-head":
+        assert info["lacks"] == ["lm_head: not tuned"]
+    else:
+        assert all("M buckets untuned" in gap for gap in info["lacks"])

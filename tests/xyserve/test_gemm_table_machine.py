@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import warnings
 
 import pytest
@@ -26,6 +27,13 @@ from xyserve.plan.machine import MachineSignature, cpu_signature, machine_signat
 
 CFG = {"hidden_size": 32, "num_attention_heads": 4, "num_key_value_heads": 2}
 CFG |= {"intermediate_size": 48, "vocab_size": 50}
+
+
+@pytest.fixture(autouse=True)
+def own_cache_folder(tmp_path, monkeypatch):
+    """A cache folder per test: the cache is keyed by the model's shapes, which most tests
+    here share, so a table one test caches would otherwise be found by the next."""
+    monkeypatch.setenv("XYSERVE_CACHE_DIR", str(tmp_path / "xyserve-cache"))
 
 
 def _model(folder, cfg=CFG):
@@ -285,3 +293,157 @@ def test_model_shapes_read_head_dim_as_the_loader_does(tmp_path):
         q = mc.num_heads * mc.head_dim
         assert model_shapes(cfg)["qkv"] == (q + 2 * mc.num_kv_heads * mc.head_dim, 256)
         assert model_shapes(cfg)["o_proj"] == (256, q)
+
+
+def _fake_quick_tune(monkeypatch) -> list[int]:
+    monkeypatch.setenv("XYSERVE_GEMM_AUTOTUNE", "quick")
+    calls: list[int] = []
+
+    def fake_tune_one(w, x, device, repeat, allow_tf32=False):
+        calls.append(x.shape[0])
+        return GemmConfig(cpu_impl="addmm")
+
+    monkeypatch.setattr(tune_mod, "tune_one", fake_tune_one)
+    return calls
+
+
+BROKEN_TABLES = {
+    "truncated": '{"version": 3, "device": "cpu", "entr',
+    "not-an-object": "[1, 2]",
+    "newer-version": '{"version": 99, "device": "cpu", "entries": {}}',
+    "entries-not-an-object": '{"version": 3, "device": "cpu", "entries": {"qkv": [1]}}',
+    "machine-not-an-object": '{"version": 3, "device": "cpu", "machine": "x86"}',
+    "bad-bucket": '{"version": 3, "device": "cpu", "entries": {"qkv": {"x": {}}}}',
+    "unknown-impl": '{"version": 3, "entries": {"qkv": {"16": {"cpu_impl": "amx"}}}}',
+    "not-utf8": b"\xff\xfe\x00",
+}
+
+
+@pytest.mark.parametrize("name", BROKEN_TABLES)
+def test_a_broken_cache_file_is_reported_and_retuned(tmp_path, monkeypatch, name):
+    """A truncated, corrupt or other-version table in the cache (or beside the model) is said
+    once and replaced by a fresh tune; never a traceback at engine start."""
+    model = _model(tmp_path / "m")
+    monkeypatch.setenv("XYSERVE_CACHE_DIR", str(tmp_path / "c"))
+    path = cache_path(model, "cpu")
+    path.parent.mkdir(parents=True)
+    text = BROKEN_TABLES[name]
+    for p in (path, model / TABLE_FILE):
+        p.write_bytes(text) if isinstance(text, bytes) else p.write_text(text)
+    with pytest.warns(UserWarning, match="cannot be read"):
+        assert find_table(model, "cpu") is None
+    with pytest.raises(ValueError, match="t.json"):  # named explicitly: a clear error
+        load_checked(_write(tmp_path / "t.json", text), "cpu")
+    calls = _fake_quick_tune(monkeypatch)
+    gemm = SmoothGemm(model_path=model)
+    assert calls and gemm.table.quick and gemm.table.lookup("qkv", 9).cpu_impl == "addmm"
+    assert GemmTable.load(path).entries == gemm.table.entries  # the cache file is whole again
+
+
+def _write(path, text):
+    path.write_bytes(text) if isinstance(text, bytes) else path.write_text(text)
+    return path
+
+
+def test_save_replaces_the_file_atomically(tmp_path, monkeypatch):
+    """A reader never sees a half-written table: the new one is written aside and renamed
+    over the old one, and nothing else is left in the folder."""
+    import xyserve.plan.gemm_table as gt
+
+    path = _table(machine_signature("cpu"), "addmm").save(tmp_path / "t.json")
+    seen: list[str] = []
+    real_replace = os.replace
+
+    def replace(src, dst):
+        seen.append(GemmTable.load(dst).entries["qkv"][16].cpu_impl)  # the old one, whole
+        seen.append(GemmTable.load(src).entries["qkv"][16].cpu_impl)  # the new one, whole
+        real_replace(src, dst)
+
+    monkeypatch.setattr(gt.os, "replace", replace)
+    _table(machine_signature("cpu"), "swap8").save(path)
+    assert seen == ["addmm", "swap8"]
+    assert [p.name for p in tmp_path.iterdir()] == ["t.json"]
+    assert GemmTable.load(path).entries["qkv"][16].cpu_impl == "swap8"
+
+
+def test_first_start_with_an_unwritable_cache_folder_runs_on_its_tune(tmp_path, monkeypatch):
+    model = _model(tmp_path / "m")
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setenv("XYSERVE_CACHE_DIR", str(tmp_path / "file"))
+    calls = _fake_quick_tune(monkeypatch)
+    with pytest.warns(UserWarning, match="cannot cache the tuned GEMM table"):
+        gemm = SmoothGemm(model_path=model)
+    assert calls and gemm.table.quick and gemm.table.lookup("qkv", 9).cpu_impl == "addmm"
+
+
+@pytest.mark.parametrize(
+    "case, named",
+    [
+        ("no-heads", "config.json has no 'num_attention_heads'"),
+        ("config-a-list", "is not a model's config"),
+        ("out-a-folder", "not a file that can be written"),
+        ("out-with-cache", "not with --cache"),
+        ("cuda-here", "no CUDA device here"),
+    ],
+)
+def test_tune_bad_arguments_are_usage_errors(tmp_path, capsys, monkeypatch, case, named):
+    """Each was a traceback, the --out ones only after the whole tune had run."""
+    ran: list[int] = []
+    monkeypatch.setattr(tune_mod, "tune", lambda *a, **k: ran.append(1))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = {k: v for k, v in CFG.items() if k != "num_attention_heads"}
+    model = _model(tmp_path / "m", cfg if case == "no-heads" else CFG)
+    if case == "config-a-list":
+        (model / "config.json").write_text("[1]")
+    argv = {
+        "out-a-folder": ["--out", str(tmp_path)],
+        "out-with-cache": ["--out", str(tmp_path / "t.json"), "--cache"],
+        "cuda-here": ["--device", "cuda"],
+    }.get(case, [])
+    with pytest.raises(SystemExit) as exc:
+        tune_mod.main(["--model", str(model), "--no-progress", *argv])
+    assert exc.value.code == 2 and named in capsys.readouterr().err
+    assert not ran
+
+
+def test_a_table_tuned_with_another_thread_count_is_not_applied(tmp_path, monkeypatch):
+    """The vendor GEMM splits its work over the torch threads, so which entry point wins at a
+    given M depends on their number: a table (and the cache file) belongs to one count. One
+    saved before the count was recorded still applies."""
+    model = _model(tmp_path / "m")
+    monkeypatch.setenv("XYSERVE_CACHE_DIR", str(tmp_path / "c"))
+    here = machine_signature("cpu")
+    assert here.threads == torch.get_num_threads() and "threads" in here.describe()
+    _table(dataclasses.replace(here, threads=here.threads + 1)).save(model / TABLE_FILE)
+    with pytest.warns(UserWarning, match=f"tuned with {here.threads + 1} torch threads"):
+        assert find_table(model, "cpu") is None
+    _table(dataclasses.replace(here, threads=0)).save(model / TABLE_FILE)  # unrecorded
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert find_table(model, "cpu") is not None
+    before = cache_path(model, "cpu")
+    n = torch.get_num_threads()
+    torch.set_num_threads(n + 1)
+    try:
+        assert cache_path(model, "cpu") != before
+    finally:
+        torch.set_num_threads(n)
+    assert cache_path(model, "cpu") == before  # stable within a thread count
+
+
+def test_cache_key_is_the_shapes_not_the_folder_and_the_folder_is_absolute(tmp_path, monkeypatch):
+    """Two folders of one model (a copy, another hub revision) had two cache files and tuned
+    twice; a relative cache folder depended on the folder a process started in, and a relative
+    XDG_CACHE_HOME was used though the XDG spec says to ignore it."""
+    monkeypatch.setenv("XYSERVE_CACHE_DIR", str(tmp_path / "c"))
+    a, b = _model(tmp_path / "llama"), _model(tmp_path / "snapshots" / "0123abcd")
+    assert cache_path(a, "cpu") == cache_path(b, "cpu")
+    assert cache_path(a, "cpu") != cache_path(a, "cpu", Precision("bfloat16"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XYSERVE_CACHE_DIR", "rel")
+    assert cache_path(a, "cpu").parent == tmp_path / "rel" / "gemm_tables"
+    monkeypatch.delenv("XYSERVE_CACHE_DIR")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for xdg, root in (("relative/cache", tmp_path / "home" / ".cache"), (str(tmp_path), tmp_path)):
+        monkeypatch.setenv("XDG_CACHE_HOME", xdg)
+        assert cache_path(a, "cpu").parent == root / "xyserve" / "gemm_tables"

@@ -15,6 +15,9 @@ xyserve's are compared with HF's on the first prompts, and a mismatch stops the 
 ``--dtype bfloat16`` runs every system in bfloat16 (HF and xyserve on torch's bfloat16 GEMMs,
 oneDNN on AMX or AVX-512 BF16 where the CPU has them; llama.cpp on a BF16 GGUF with BF16 K/V);
 the peak and the roof are then bfloat16's, and the check allows near-ties to go either way.
+xyserve's SmoothGEMM table is tuned in full first where this machine has none, or only a quick
+(first-start) or partial one (``--no-tune`` uses it as found); the report names the table the
+runs used: its file, full, quick or partial, and what it lacks.
 """
 
 from __future__ import annotations
@@ -30,12 +33,12 @@ from xyserve.bench.offline_report import matmul_peak_gflops, report
 from xyserve.bench.offline_systems import (
     PEERS,
     check_greedy,
+    gemm_table,
     isolated,
     round_order,
     run_hf,
     run_llama_cpp,
     run_xyserve,
-    tune_if_needed,
 )
 from xyserve.bench.offline_workload import (
     build_random_model,
@@ -88,7 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
-        "--no-tune", action="store_true", help="skip the offline SmoothGEMM tuning of the model"
+        "--no-tune",
+        action="store_true",
+        help="use the model's SmoothGEMM table as found (quick, partial or none: the report "
+        "says which), not tuning what it lacks first",
     )
     ap.add_argument("--rounds", type=int, default=2, help="runs per system; the best counts")
     ap.add_argument("--threads", type=int, default=None, help="torch threads for all systems")
@@ -171,8 +177,11 @@ def main(argv: list[str] | None = None) -> int:
             engine_args["attention_backend"] = args.attention_backend
         if args.gemm_backend:
             engine_args["gemm_backend"] = args.gemm_backend
-        if not args.no_tune and args.gemm_backend in (None, "smooth"):
-            tune_if_needed(model, args.max_num_batched_tokens, args.dtype)
+        if args.gemm_backend in (None, "smooth"):
+            table = gemm_table(model, args.max_num_batched_tokens, args.dtype, not args.no_tune)
+            print(f"GEMM table: {table['text']}")
+        else:
+            table = {"kind": "none", "text": f"none (--gemm-backend {args.gemm_backend})"}
         gguf = None
         if "llama.cpp" in peers:
             from xyserve.bench.peers.gguf_export import export_gguf
@@ -213,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
                 round_seconds[name].append(t)
         times = {name: times[name] for name in runs}  # report in the usual order
 
-    report(cfg, work, peaks, times, round_seconds, args.json, args.dtype)
+    report(cfg, work, peaks, times, round_seconds, args.json, args.dtype, table)
     return 0
 
 

@@ -33,8 +33,10 @@ def report(
     round_seconds: dict[str, list[float]],
     json_path: str | None,
     dtype: str = "float32",
+    gemm_table: dict | None = None,
 ) -> None:
     """Print each system's best time as rates and ratios; write them to ``json_path`` if set.
+    ``gemm_table`` describes the GEMM table xyserve ran on (``offline_systems.gemm_table``).
 
     "Model GFLOP/s" divides the workload's model FLOPs by wall time, so every system shares
     the numerator; the roof is the output tok/s that the linear-layer FLOPs alone allow at
@@ -50,12 +52,14 @@ def report(
     machine = cpu_signature()
     rows = {}
     print(
-        f"\nmachine: {machine.describe()}; {torch.get_num_threads()} torch threads; "
+        f"\nmachine: {machine.describe()}; "
         f"{dtype} matmul peak {peak:.1f} GFLOP/s (measured now{_spread(peaks)})\n"
         f"workload {work.name}: {n_req} requests, {sum(map(len, work.prompts))} prompt tokens, "
         f"{n_out} output tokens; {dtype} roof {roof:.1f} output tok/s (linear-layer FLOPs at "
         f"the peak)"
     )
+    if gemm_table is not None:
+        print(f"xyserve GEMM table: {gemm_table['text']}")
     print(
         f"{'system':<20}{'req/s':>8}{'out tok/s':>11}{'GFLOP/s':>9}{'% peak':>8}{'% roof':>8}"
         f"{'vs HF':>8}{'rounds tok/s':>15}"
@@ -101,6 +105,7 @@ def report(
             "round_seconds": round_seconds,  # every run, in round order; the best is reported
             "paired_round_ratios": paired,  # the other's time over hybrid's, round by round
             "torch_threads": torch.get_num_threads(),
+            "gemm_table": gemm_table,
         }
         Path(json_path).write_text(json.dumps(result, indent=1))
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import gc
+import json
 import multiprocessing
 import time
 from collections.abc import Callable
@@ -86,14 +87,52 @@ def run_llama_cpp(gguf: Path, work: Workload, batch_size: int, kv_dtype: str = "
     return run(gguf, work.prompts, work.output_lens, batch_size, threads, kv_dtype)
 
 
-def tune_if_needed(model: Path, budget: int, dtype: str = "float32") -> None:
-    """SmoothGEMM is tuned offline per model (paper §6.3); do it once, as a deployment would."""
-    from xyserve.plan.gemm_table import OPS, Precision, find_table
-    from xyserve.tools import tune
+def gemm_table(model: Path, budget: int, dtype: str = "float32", tune: bool = True) -> dict:
+    """The SmoothGEMM table the xyserve runs will use, described for the report.
 
-    if find_table(model, "cpu", Precision(dtype)) is None:
+    SmoothGEMM is tuned offline per model (paper §6.3): with ``tune``, a model without a full
+    table of this machine at ``dtype`` (none, or one that is quick, lacks an op, or stops short
+    of ``budget``'s buckets, such as the first-start table) is tuned in full first, as a
+    deployment would. Without it the table is used as found, and the description says what it
+    lacks; where there is none and the engines would tune their first start
+    (``XYSERVE_GEMM_AUTOTUNE=quick``), that quick tune is done here, once, so every run shares it.
+    """
+    from xyserve.kernels.gemm.smooth import autotune_mode
+    from xyserve.plan.gemm_table import OPS, Precision, find_table, model_shapes
+    from xyserve.tools import tune as tuner
+
+    precision = Precision(dtype)
+    shapes = model_shapes(json.loads((model / "config.json").read_text()))
+    table = find_table(model, "cpu", precision)
+    gaps = ["no table for this machine"] if table is None else table.gaps(shapes, budget)
+    if table is not None and table.quick:
+        gaps.insert(0, "a quick (first-start) table")
+    tuned_now = False
+    if gaps and tune:
+        print(f"bench offline: tuning SmoothGEMM for {model} ({'; '.join(gaps)})")
         args = ["--model", str(model), "--budget", str(budget), "--device", "cpu"]
-        tune.main([*args, "--dtype", dtype, "--ops", *OPS])
+        if tuner.main([*args, "--dtype", dtype, "--ops", *OPS]) != 0:
+            raise SystemExit("bench offline: the SmoothGEMM tune failed (--no-tune skips it)")
+        table, tuned_now = find_table(model, "cpu", precision), True
+    elif table is None and autotune_mode() == "quick":
+        table = tuner.quick_tune(model, "cpu", precision=precision)
+        tuned_now = True
+    info: dict = {"source": None, "kind": "none", "tuned_now": tuned_now, "dtype": dtype}
+    if table is None:
+        info["lacks"] = ["no table for this machine"]
+        info["text"] = f"none for this machine in {dtype}: SmoothGEMM defaults (F.linear)"
+        return info
+    lacks = table.gaps(shapes, budget)
+    kind = "quick" if table.quick else "full" if not lacks else "partial"
+    info |= {"source": table.source or None, "kind": kind, "budget": table.budget}
+    info |= {"machine": table.machine.describe() if table.machine else None, "lacks": lacks}
+    where = table.source or "the cache folder (not written: see the warning)"
+    info["text"] = (
+        f"{where} ({kind}, budget {table.budget}, {dtype}, tuned on this machine"
+        f"{', just now' if tuned_now else ''})"
+        + (f"; untuned shapes run the defaults: {'; '.join(lacks)}" if lacks else "")
+    )
+    return info
 
 
 # ---- each run in a fresh process ------------------------------------------------------------

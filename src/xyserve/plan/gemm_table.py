@@ -11,16 +11,20 @@ table, never one per shape).
 A table is a measurement of one machine at one precision: it records that machine's signature
 (``machine.py``), the dtype it was tuned in and, for float32, whether the Triton dots ran in TF32,
 and ``find_table`` applies it only to an equal (machine, precision). A table from elsewhere (or
-one that recorded none, as version 1 did) is reported once and skipped; the caller then tunes the decode buckets
+one that recorded none, as version 1 did, or a truncated, corrupt or other-version file) is
+reported once and skipped; the caller then tunes the decode buckets
 quickly (``SmoothGemm``) or runs on defaults. Tables tuned at first start live in the user's
 cache folder keyed by the model's GEMM shapes and the machine, like Triton's autotune cache.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import json
 import os
+import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -132,6 +136,7 @@ class GemmTable:
     allow_tf32: bool = False  # CUDA float32: the Triton dots ran in TF32
     quick: bool = False  # only the decode buckets were tuned (first start): others default
     version: int = TABLE_VERSION
+    source: str = field(default="", repr=False, compare=False)  # the file it was loaded from
     _warned: bool = field(default=False, repr=False)
 
     def tuned_max(self) -> int:
@@ -181,9 +186,20 @@ class GemmTable:
         }
 
     def save(self, path: str | os.PathLike) -> Path:
+        """Write the table to ``path`` atomically: a reader (another engine starting) sees the
+        old file or the new one, never a partial one, and of two processes tuning at once the
+        last to finish wins."""
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(json.dumps(self.to_json(), indent=1))
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(self.to_json(), indent=1))
+            os.replace(tmp, p)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
         return p
 
     @classmethod
@@ -191,9 +207,24 @@ class GemmTable:
         """A saved table. Version 1 (no machine recorded) loads with ``machine`` None; before
         version 3 no precision was recorded: a CPU table was tuned in float32 (the only dtype
         ``xyserve tune`` used there), a CUDA one in the model's dtype, unknown here (None)."""
-        data = json.loads(Path(path).read_text())
+        try:
+            data = json.loads(Path(path).read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path}: not a GEMM table (unreadable JSON: {e})") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: not a GEMM table (a JSON {type(data).__name__})")
         if data.get("version") not in (1, 2, TABLE_VERSION):
-            raise ValueError(f"{path}: GEMM table version {data.get('version')} != {TABLE_VERSION}")
+            raise ValueError(
+                f"{path}: GEMM table version {data.get('version')!r}; this xyserve reads "
+                f"versions 1 to {TABLE_VERSION}"
+            )
+        try:
+            return cls._from_json(data, path)
+        except (TypeError, ValueError, AttributeError, KeyError, IndexError) as e:
+            raise ValueError(f"{path}: not a GEMM table ({type(e).__name__}: {e})") from None
+
+    @classmethod
+    def _from_json(cls, data: dict, path: str | os.PathLike) -> GemmTable:
         machine = data.get("machine")
         device = data.get("device", "cpu")
         dtype = data.get("dtype", "float32" if device == "cpu" else None)
@@ -213,16 +244,41 @@ class GemmTable:
                     t.set(op, int(pm), GemmConfig(**c))
                 except (TypeError, ValueError) as e:
                     raise ValueError(f"{path}: entry {op} / {pm}: {e}") from None
+        t.source = str(path)
         return t
+
+    def gaps(self, shapes: dict[str, tuple[int, int]], budget: int) -> list[str]:
+        """What this table lacks to cover a model of ``shapes`` ((N, K) per op) run with up to
+        ``budget`` tokens a step: one phrase per op missing, tuned for other shapes, or short
+        of some buckets (empty: every (op, bucket) is tuned)."""
+        out = []
+        want = buckets(budget)
+        for op, shape in shapes.items():
+            if op not in self.entries:
+                out.append(f"{op}: not tuned")
+            elif self.shapes.get(op) not in (None, tuple(shape)):
+                out.append(f"{op}: tuned for N, K = {self.shapes[op]}, not {tuple(shape)}")
+            elif lack := [pm for pm in want if pm not in self.entries[op]]:
+                if lack[0] == 1 and 16 in self.entries[op]:  # ``lookup``'s rule for old tables
+                    lack = lack[1:]
+                if lack:
+                    out.append(
+                        f"{op}: {len(lack)} of {len(want)} M buckets untuned ({lack[0]}, ...)"
+                    )
+        return out
 
 
 def cache_dir() -> Path:
-    """``$XYSERVE_CACHE_DIR/gemm_tables``, else the XDG cache folder's ``xyserve/gemm_tables``."""
+    """``$XYSERVE_CACHE_DIR/gemm_tables``, else the XDG cache folder's ``xyserve/gemm_tables``
+    (``$XDG_CACHE_HOME`` where it is an absolute path, as the XDG spec has it, else
+    ``~/.cache``). Absolute, so that processes started in other folders share it."""
     root = os.environ.get("XYSERVE_CACHE_DIR")
-    if not root:
-        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        root = os.path.join(base, "xyserve")
-    return Path(root) / "gemm_tables"
+    if root:
+        return Path(root).expanduser().absolute() / "gemm_tables"
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    if not os.path.isabs(base):
+        base = os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "xyserve" / "gemm_tables"
 
 
 def _model_key(model_path: Path) -> str:
@@ -258,11 +314,12 @@ def cache_path(
 ) -> Path:
     """Cache-folder location of a model's table on this machine: keyed by the model's GEMM
     shapes, the machine's signature and the precision (used for first-start tuning,
-    ``xyserve tune --cache`` and models in read-only folders)."""
+    ``xyserve tune --cache`` and models in read-only folders). Not by the folder's name: a
+    table measures the shapes only (``xyserve tune`` times random weights), so models of the
+    same shapes (a copy, another revision, a fine-tune) share one."""
     p = Path(model_path)
     sig = machine_signature(device).digest()
-    key = f"{p.resolve().name}-{device}-{precision.tag(device)}-{_model_key(p)}-{sig}"
-    return cache_dir() / f"{key}.json"
+    return cache_dir() / f"{device}-{precision.tag(device)}-{_model_key(p)}-{sig}.json"
 
 
 _reported: set[tuple[str, str]] = set()  # (table path, reason) already warned about
@@ -273,8 +330,17 @@ def mismatch(table: GemmTable, device: str, precision: Precision = Precision()) 
     here = machine_signature(device)
     if table.device != device:
         return f"it was tuned for {table.device}, not {device}"
-    if table.machine != here:
-        tuned = "an unrecorded machine" if table.machine is None else table.machine.describe()
+    tuned_on = table.machine
+    if tuned_on is not None and not tuned_on.threads:  # recorded before threads were
+        tuned_on = dataclasses.replace(tuned_on, threads=here.threads)
+    if tuned_on is not None and dataclasses.replace(here, threads=tuned_on.threads) == tuned_on:
+        if tuned_on.threads != here.threads:
+            return (
+                f"it was tuned with {tuned_on.threads} torch threads; this process runs "
+                f"{here.threads} (tune again with this many)"
+            )
+    elif tuned_on != here:
+        tuned = "an unrecorded machine" if tuned_on is None else tuned_on.describe()
         return f"it was tuned on {tuned}; this machine is {here.describe()}"
     tuned_at = Precision.of(table)
     if tuned_at is None:
@@ -295,11 +361,16 @@ def applies_here(
     why = mismatch(table, device, precision)
     if why is None:
         return True
+    _report(where, why)
+    return False
+
+
+def _report(where: str | os.PathLike, why: str) -> None:
+    """Warn that the table at ``where`` is not applied, once per (file, reason)."""
     key = (str(where), why)
     if key not in _reported:
         _reported.add(key)
-        warnings.warn(f"SmoothGEMM: the GEMM table {where} is not applied: {why}", stacklevel=3)
-    return False
+        warnings.warn(f"SmoothGEMM: the GEMM table {where} is not applied: {why}", stacklevel=4)
 
 
 def load_checked(
@@ -321,7 +392,11 @@ def find_table(
     that does not apply is reported once)."""
     for p in (Path(model_path) / TABLE_FILE, cache_path(model_path, device, precision)):
         if p.is_file():
-            t = GemmTable.load(p)
+            try:
+                t = GemmTable.load(p)
+            except (OSError, ValueError) as e:  # truncated, corrupt, another schema version
+                _report(p, f"it cannot be read: {e}")
+                continue
             if t.device == device and applies_here(t, device, p, precision):
                 return t
     return None

@@ -6,7 +6,9 @@ so a table records where it was tuned and is only applied where the signature is
 
 CPU: vendor, model name, the ISA flags the kernels depend on (as LLVM, hence numba, sees them:
 that is what the kernels are compiled for), the cores this process may use, and the cache
-sizes. CUDA: the device name and compute capability.
+sizes, and the torch threads the GEMMs ran on (the vendor GEMM splits its work over them, so
+the fastest entry point at a given M can change with their number). CUDA: the device name and
+compute capability.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import hashlib
 import json
 import os
 import platform
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import cache
 from pathlib import Path
 
@@ -48,6 +50,7 @@ class MachineSignature:
     cores: int = 0  # logical CPUs this process may run on (CPU)
     caches: dict[str, int] = field(default_factory=dict)  # "L1d" / "L2" / "L3" -> bytes
     capability: str = ""  # CUDA compute capability, "9.0"
+    threads: int = 0  # torch threads the CPU GEMMs ran on; 0: not recorded (before they were)
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -64,6 +67,7 @@ class MachineSignature:
             cores=int(d.get("cores", 0)),
             caches={str(k): int(v) for k, v in (d.get("caches") or {}).items()},
             capability=str(d.get("capability", "")),
+            threads=int(d.get("threads", 0)),
         )
 
     def __hash__(self) -> int:  # caches is a dict: hash the canonical JSON instead
@@ -80,7 +84,10 @@ class MachineSignature:
         isa = (
             "AVX-512" if "avx512f" in self.flags else "AVX2" if "avx2" in self.flags else "no AVX2"
         )
-        return f"{self.vendor} {self.model}, {isa}, {self.cores} cores, {l3} MiB L3".strip()
+        threads = f", {self.threads} torch threads" if self.threads else ""
+        return (
+            f"{self.vendor} {self.model}, {isa}, {self.cores} cores{threads}, {l3} MiB L3".strip()
+        )
 
 
 def _cpuinfo() -> dict[str, str]:
@@ -138,7 +145,7 @@ def usable_cores() -> int:
 
 
 @cache
-def cpu_signature() -> MachineSignature:
+def _cpu_hardware() -> MachineSignature:
     info = _cpuinfo()
     return MachineSignature(
         kind="cpu",
@@ -148,6 +155,13 @@ def cpu_signature() -> MachineSignature:
         cores=usable_cores(),
         caches=_cache_sizes(),
     )
+
+
+def cpu_signature() -> MachineSignature:
+    """This CPU's signature, with the torch threads this process runs now."""
+    import torch
+
+    return replace(_cpu_hardware(), threads=torch.get_num_threads())
 
 
 def cuda_signature(index: int = 0) -> MachineSignature:  # pragma: no cover - needs a GPU

@@ -24,6 +24,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -192,10 +193,11 @@ def quick_tune(
     device: str = "cpu",
     progress: bool = True,
     precision: Precision = Precision(),
-) -> Path:
+) -> GemmTable:
     """Tune the decode buckets of every op of ``model`` on this machine at ``precision``, save
     the table in the cache folder (keyed by the model's shapes, the machine and the precision)
-    and return its path."""
+    and return it. A cache folder that cannot be written is said once; the table then serves
+    this process only."""
     model = Path(model)
     config = json.loads((model / "config.json").read_text())
     with torch.inference_mode():
@@ -210,7 +212,16 @@ def quick_tune(
             progress,
             max_m=QUICK_MAX_M,
         )
-    return table.save(cache_path(model, device, precision))
+    out = cache_path(model, device, precision)
+    try:
+        table.save(out)
+    except OSError as e:
+        warnings.warn(
+            f"SmoothGEMM: cannot cache the tuned GEMM table at {out} ({e}); it serves this "
+            f"process only (set XYSERVE_CACHE_DIR to a writable folder)",
+            stacklevel=3,
+        )
+    return table
 
 
 def default_out(
@@ -240,6 +251,16 @@ def _side_key(path: Path) -> tuple[str, str | None] | None:
     return t.device, None if tuned_at is None else tuned_at.tag(t.device)
 
 
+def _writable_file(path: Path) -> bool:
+    """Whether a table can be written at ``path`` (``GemmTable.save`` creates its folder)."""
+    if path.is_dir():
+        return False
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder.is_dir() and os.access(folder, os.W_OK | os.X_OK)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="xyserve tune", description="offline SmoothGEMM tuning")
     ap.add_argument("--model", required=True, help="model folder (with config.json)")
@@ -260,14 +281,25 @@ def main(argv: list[str] | None = None) -> int:
     for flag in ("budget", "repeat"):  # 0 wrote an empty table that then counted as tuned
         if (value := getattr(args, flag)) < 1:
             ap.error(f"--{flag} must be at least 1, got {value}")
+    if args.out and args.cache:
+        ap.error("--out names the table's path: not with --cache")
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: no CUDA device here (this torch sees none)")
     model = Path(args.model)
-    try:
+    try:  # usage errors, not a traceback
         config = json.loads((model / "config.json").read_text())
-    except (OSError, ValueError) as e:  # a usage error, not a traceback
+        model_shapes(config)
+    except (OSError, ValueError) as e:
         ap.error(f"--model {args.model}: cannot read config.json: {e}")
+    except KeyError as e:
+        ap.error(f"--model {args.model}: config.json has no {e.args[0]!r}")
+    except (TypeError, AttributeError) as e:
+        ap.error(f"--model {args.model}: config.json is not a model's config ({e})")
+    if args.out and not _writable_file(Path(args.out)):  # before the tune, not after it
+        ap.error(f"--out {args.out}: not a file that can be written")
     try:  # a table applies only to engines run at the precision it was tuned at
         dtype = resolve_dtype(args.dtype, torch.device(device))
     except ValueError as e:
@@ -287,7 +319,11 @@ def main(argv: list[str] | None = None) -> int:
             allow_tf32=args.allow_tf32,
         )
     out = Path(args.out) if args.out else default_out(model, device, args.cache, precision)
-    table.save(out)
+    try:
+        table.save(out)
+    except OSError as e:
+        print(f"xyserve tune: cannot write the table to {out}: {e}", file=sys.stderr)
+        return 1
     n = sum(len(v) for v in table.entries.values())
     print(
         f"tuned {n} (op, padded M) shapes on {device} ({table.machine.describe()}) "

@@ -140,7 +140,7 @@ class SmoothGemm:
         if device == "cpu" and precision.dtype in QUICK_DTYPES and autotune_mode() == "quick":
             from xyserve.tools.tune import quick_tune
 
-            return GemmTable.load(quick_tune(model_path, device, precision=precision))
+            return quick_tune(model_path, device, precision=precision)
         warnings.warn(
             f"SmoothGEMM: no GEMM table for {model_path} on this machine "
             f"({machine_signature(device).describe()}) in {precision.tag(device)}; running the "
