@@ -128,22 +128,44 @@ def test_instance_counts_past_the_limit_are_refused():
         parse_grid({**grid, "instances": MAX_INSTANCES + 1})
 
 
-@pytest.mark.parametrize("work", [1e9, 1e200])
-def test_a_task_too_long_to_simulate_names_the_node(work):
-    """A task of 1e9 us was reported as a stall ('ready work can never be placed', a
-    RuntimeError); 1e200 Mop overflowed in the work classification (OverflowError)."""
-    doc = workflow([task("a", 1, ["b"]), task("b", work)])
+def test_a_task_too_long_for_the_tick_grid_names_the_node():
+    """A task of 1e200 us ends where ticks of 100 us no longer advance the clock (t + tick
+    rounds back to t). It overflowed in the work classification (OverflowError); a task of
+    1e9 us, refused before as longer than the simulator models, now simulates
+    (test_long_tasks)."""
+    doc = workflow([task("a", 1, ["b"]), task("b", 1e200)])
     with pytest.raises(ValueError) as e:
         simulate(doc, arch(peas=(2, 2)), "octopus", n=2)
     msg = str(e.value)
-    assert "node 'b'" in msg and "'work'" in msg and "STALL_TICKS" in msg
+    assert "node 'b'" in msg and "'work'" in msg and "'tick_us'" in msg
+    assert "no longer advance the clock" in msg
 
 
-def test_a_transfer_too_long_to_simulate_names_the_node():
-    doc = workflow([task("a", 1, ["b"], out_bytes=1e15), task("b", 1)])
+def test_a_transfer_too_long_for_the_tick_grid_names_the_node():
+    doc = workflow([task("a", 1, ["b"], out_bytes=1e30), task("b", 1)])
     with pytest.raises(ValueError) as e:
         simulate(doc, arch(peas=(2, 2), hop=0.01), "octopus", n=2)
     assert "node 'b'" in str(e.value) and "'out_bytes'" in str(e.value)
+    # 1e15 bytes at 64 GB/s, 4.3 hours of transfer: simulated
+    doc = workflow([task("a", 1, ["b"], out_bytes=1e15), task("b", 1)])
+    sim = simulate(doc, arch(peas=(2, 2), hop=0.01), "octopus", n=2)
+    assert sim.makespan == pytest.approx(2.0 + 0.01 + 1e15 / 64000.0)
+
+
+def test_a_control_latency_too_long_for_the_tick_grid_names_the_fields():
+    doc = workflow(
+        [
+            task("a", 1, ["br"]),
+            {"id": "br", "type": "branch", "next": ["b", "c"], "probs": [0.5, 0.5]},
+            task("b", 1),
+            task("c", 1),
+        ]
+    )
+    with pytest.raises(ValueError) as e:
+        simulate(doc, arch(peas=(2, 2), ctrl=1e30), "octopus", n=2)
+    assert "node 'br'" in str(e.value) and "'control.*'" in str(e.value)
+    sim = simulate(doc, arch(peas=(2, 2), ctrl=1e7), "octopus", n=2)  # 10 s: simulated
+    assert sim.makespan == 2.0 + 1e7
 
 
 def test_a_huge_burst_is_one_burst_at_once():

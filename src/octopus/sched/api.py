@@ -8,10 +8,15 @@ A scheduler is any object with
 
 and, optionally, `on_admit(instance, t)` (a workflow instance was admitted),
 `on_done(k, t)` (task invocation k finished computing), `on_decision(k, t)` (control block
-k decided; its successors are now known), and `on_tick(t)` with `tick_us` (called every
-`tick_us`). Class attributes: `name` (shown in reports), `control_plane` (True: control
-blocks are decided by CBUs on the control plane, as in Octopus; False: on the data plane,
-as in the baseline), `tick_us` (None: no ticks).
+k decided; its successors are now known), `on_tick(t)` with `tick_us` (called every
+`tick_us`), and `quiescent()`: True when the last `on_tick` changed nothing of the
+scheduler's state, so that further ticks with nothing else happening would change nothing
+either (the core checks that the tick started, scheduled and configured nothing); the core
+then skips the ticks up to the next event (they still count as events). Without it every
+tick is called; a subclass that redefines `on_tick` below the class that defines
+`quiescent` is called every tick too. Class attributes: `name` (shown in reports),
+`control_plane` (True: control blocks are decided by CBUs on the control plane, as in
+Octopus; False: on the data plane, as in the baseline), `tick_us` (None: no ticks).
 
 It acts only through the API: `start` an invocation on free PEAs, `preconfigure` an idle
 PEA, `configure_at_compile_time` (free, before the run), `call_at` (a delayed action).
@@ -28,7 +33,7 @@ if TYPE_CHECKING:
     from octopus.sim.engine import Simulator
 
 REQUIRED = ("attach", "on_ready", "on_free")
-OPTIONAL = ("on_admit", "on_done", "on_decision", "on_tick")
+OPTIONAL = ("on_admit", "on_done", "on_decision", "on_tick", "quiescent")
 
 
 class Scheduler:

@@ -113,6 +113,8 @@ class OctopusScheduler(Scheduler):
         self.n_own = [[0] * T for _ in range(nc)]
         self.nwarm = [[0] * (T + 1) for _ in range(nc)]
         self.seen = [[0.0] * T for _ in range(nc)]  # demand arrived since the last tick
+        self._seen_before = self.seen  # what the last tick folded into the demand
+        self._migrated_before, self._reshared = 0, False  # (quiescent)
         self.spawn = [[0.0] * T for _ in range(T)]  # learned: TB -> expected downstream counts
         spare = lay_out(api, arch.cluster_peas, base, self.own, self.fown, self.n_own)
         for c, rest in enumerate(spare):
@@ -507,6 +509,7 @@ class OctopusScheduler(Scheduler):
 
     # ------------------------------------------------------------------ periodic
     def on_tick(self, t: float) -> None:
+        self._migrated_before, self._reshared = self.migrated, False
         if self.adaptive:
             self._adapt(t)
         if self.balancer == "diffusion":
@@ -514,13 +517,26 @@ class OctopusScheduler(Scheduler):
         elif self.balancer == "central":
             central_step(self, t)
 
+    def quiescent(self) -> bool:
+        """Whether the last tick changed nothing of this scheduler's state, so that a tick
+        with nothing else happening changes nothing either (the core checks itself that the
+        tick started, scheduled and configured nothing): no work migrated, no PEA moved
+        between the shares, and, adaptive, no demand seen since the tick before and the
+        demand's decay at its fixed point (it decays by 0.7 a tick down to the smallest
+        float it can reach)."""
+        if self.migrated != self._migrated_before or self._reshared:
+            return False
+        if not self.adaptive:
+            return True
+        return not any(map(any, self._seen_before)) and self._resizer.unchanged()
+
     def _adapt(self, t: float) -> None:
         """Re-size base shares from observed demand (EWMA of arrivals x duration) plus the
         current queue. The arithmetic of every cluster is one compiled call
         (`shares.ShareResizer`); moving PEAs between the shares follows here."""
         T, own, nfree, nc = self.T, self.own, self.nfree, len(self.q)
         active, targets = self._resizer.step(self.q, self.seen, self.api.ewma)
-        self.seen = [[0.0] * T for _ in range(nc)]
+        self._seen_before, self.seen = self.seen, [[0.0] * T for _ in range(nc)]
         for c in range(nc):
             if not active[c]:
                 continue
@@ -541,6 +557,7 @@ class OctopusScheduler(Scheduler):
                     n_own[tb] -= 1
                     self._put(c, p)
                     extra -= 1
+                    self._reshared = True
             for tb in range(T):
                 lack = target[tb] - n_own[tb]
                 if lack <= 0:
@@ -554,6 +571,7 @@ class OctopusScheduler(Scheduler):
                         n_own[tb] += 1
                         mine.append(p)
                         lack -= 1
+                        self._reshared = True
                     if lack <= 0:
                         break
             if nfree[c] and any(qs):

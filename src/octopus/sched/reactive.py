@@ -28,12 +28,13 @@ class ReactiveScheduler(PartitionedScheduler):
         tot = sum(api.load) or 1.0
         calls = sum(api.profile["calls"]) or 1.0
         self.unit = tot / calls  # mean PEA-us per invocation
-        self.moves = 0
+        self.moves = self._moves_before = 0
 
     def _backlog(self, c: int, tb: int) -> float:
         return len(self.q[c][tb]) * self.api.ewma[tb] * self.fp[tb]
 
     def on_tick(self, t: float) -> None:
+        self._moves_before = self.moves
         if math.isinf(self.threshold):
             return
         lim = self.threshold * self.unit
@@ -68,6 +69,11 @@ class ReactiveScheduler(PartitionedScheduler):
             self.moves += 1
             self.drain(c, hi, t)
         self._migrate(t, lim)
+
+    def quiescent(self) -> bool:
+        """Whether the last tick changed nothing: every change it makes (PEAs moved between
+        TBs, work migrated between clusters) counts one move."""
+        return self.moves == self._moves_before
 
     def _migrate(self, t: float, lim: float) -> None:
         n = len(self.q)

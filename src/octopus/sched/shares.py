@@ -38,11 +38,17 @@ class ShareResizer:
         self.npc, self.resize, self.dds = npc, resize, dds
         self.target = np.zeros((nc, T), dtype=np.int64)
         self.active = np.zeros(nc, dtype=np.bool_)
+        self.before = self.demand.copy()  # the demand before the last step
+
+    def unchanged(self) -> bool:
+        """Whether the last step left the demand exactly as it was."""
+        return bool(np.array_equal(self.before, self.demand))
 
     def step(self, queues, seen, ewma) -> tuple[list[bool], list[list[int]]]:
         """One tick: fold `seen` (per cluster and TB) into the demand, then per cluster
         whether it re-sizes and its base-share targets (from the lengths of `queues`)."""
         nc, T = self.demand.shape
+        np.copyto(self.before, self.demand)
         qlen = np.fromiter(map(len, chain.from_iterable(queues)), np.int64, nc * T)
         resize_shares(
             self.demand,

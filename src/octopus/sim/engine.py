@@ -19,15 +19,23 @@ from octopus.owg.sample import CompiledWorkflow
 from octopus.owg.schema import TaskBlock, Workflow
 from octopus.sim.accounting import PeaTime
 from octopus.sim.buffers import OutputBuffers
-from octopus.sim.events import ARRIVAL, CALLBACK, DECISION, TASK_DONE, TICK, UNBLOCK, EventHeap
+from octopus.sim.events import (
+    ARRIVAL,
+    CALLBACK,
+    DECISION,
+    TASK_DONE,
+    TICK,
+    UNBLOCK,
+    EventHeap,
+    tick_at_or_after,
+)
 from octopus.sim.physics import Physics
 from octopus.sim.state import Instances, Invocations, PeaState
 
-# Scheduler ticks with no task or decision finishing before a run ends. With nothing in
-# flight that is a stall (ready work that can never be placed); with a task still running
-# (at the usual 100 us tick, 10 s of simulated time) it is a task, transfer or
-# reconfiguration far longer than this simulator's microsecond scale: simulating it would
-# cost time in proportion to its length, so the run is refused, naming the node.
+# Scheduler ticks in a row with no task or decision finishing, no instance arriving and
+# none of them in flight, before the run is declared stalled (ready work that can never be
+# placed). A scheduler that declares itself quiescent (`Scheduler.quiescent`) is declared
+# stalled at once in that state: nothing can change any more.
 STALL_TICKS = 100000
 
 
@@ -41,6 +49,21 @@ def footprint_problems(wf: Workflow, arch: Arch) -> list[str]:
         for n, b in wf.nodes.items()
         if isinstance(b, TaskBlock) and b.footprint > arch.peas_in_cluster and b.stage == 0
     ]
+
+
+def quiescence_hook(sched):
+    """The scheduler's `quiescent` method, or None when the core must not rely on it: when
+    it lacks one, or when `on_tick` is defined below the class that defines `quiescent` (a
+    subclass that changes what a tick does without saying when it does nothing)."""
+    q = getattr(sched, "quiescent", None)
+    if not callable(q):
+        return None
+    mro = type(sched).__mro__
+    owner_tick = next((c for c in mro if "on_tick" in c.__dict__), None)
+    owner_q = next((c for c in mro if "quiescent" in c.__dict__), None)
+    if owner_tick is not None and (owner_q is None or not issubclass(owner_q, owner_tick)):
+        return None
+    return q
 
 
 class Simulator:
@@ -104,7 +127,8 @@ class Simulator:
         self.n_running = 0
         self.n_pending = 0  # control decisions and unblocks in flight
         self.events = EventHeap()
-        self.n_events = 0
+        self.n_events = 0  # events handled, the scheduler's ticks included
+        self.ticks_skipped = 0  # of which ticks known to change nothing, not called
         self.now = 0.0
         self.makespan = 0.0
         self.started = False
@@ -156,7 +180,8 @@ class Simulator:
         arr, ev = self.arr, self.events
         heap, pop = ev.heap, heappop
         decide, on_tick = self._decide, self.sched.on_tick
-        buffers = self.buffers
+        quiescent = quiescence_hook(self.sched)
+        buffers, phys = self.buffers, self.physics
         idle_ticks = 0
         n_inst = arr.n
         count = 0
@@ -217,13 +242,30 @@ class Simulator:
                 elif kind == TICK:
                     if self.finished >= n_inst:
                         continue
+                    seq, n_rc = ev.seq, phys.n_reconfig
                     on_tick(t)
                     if buffers.n_blocked and not self.n_running and not self.n_pending:
                         self._spill(t)
                     idle_ticks += 1
+                    nxt = t + tick
+                    if (not heap or heap[0][0] > nxt) and quiescent is not None:
+                        # nothing else happens before the next tick: if this tick changed
+                        # nothing (it started, scheduled and configured nothing, and the
+                        # scheduler's own state is as before), neither would the ticks
+                        # up to the next event, so the next tick is the grid point at or
+                        # after that event (the skipped ticks still count as events)
+                        if ev.seq == seq and phys.n_reconfig == n_rc and quiescent():
+                            if not heap:  # nothing in flight: nothing can change any more
+                                raise self._stall_error(t)
+                            nxt, skipped = self._skip_ticks(nxt, tick)
+                            count += skipped
+                            idle_ticks += skipped
+                            self.ticks_skipped += skipped
                     if idle_ticks > STALL_TICKS:
-                        raise self._stall_error(t, tick)
-                    ev.push(t + tick, TICK, None)
+                        if not self._in_flight():
+                            raise self._stall_error(t)
+                        idle_ticks = 0  # a task, decision or arrival is still to come
+                    ev.push(nxt, TICK, None)
                 else:
                     x(t)
                 if not heap and buffers.n_blocked and self.finished < n_inst:
@@ -256,32 +298,73 @@ class Simulator:
                 self._spill(t)
         self.n_events = count
 
-    def _stall_error(self, t: float, tick: float) -> Exception:
-        """The error for STALL_TICKS ticks without progress: a ValueError naming the node
-        whose task or decision is still in flight (the input's sizes are too large), or a
-        RuntimeError when nothing is (a stall: the scheduler cannot place ready work)."""
-        pending = [e for e in self.events.heap if e[2] in (TASK_DONE, DECISION)]
-        if not pending:
-            return RuntimeError("simulation stalled: ready work can never be placed")
-        end, _, kind, k = min(pending)
-        inv, name = self.inv, self.cw.names[self.inv.node[k]]
-        idle = f"nothing else finished for {STALL_TICKS} scheduler ticks of {tick:g} us"
-        if kind == DECISION:
-            return ValueError(
-                f"node '{name}': its control decision lands at t={end:g} us and {idle}: "
-                f"arch '{self.arch.name}': fields 'control.*': latencies too long to simulate "
-                "(STALL_TICKS)"
-            )
-        wait, run = inv.t_start[k] - inv.t_ready[k], inv.t_end[k] - inv.t_start[k]
-        why = (
-            f"field 'work': it computes for {run:g} us"
-            if run >= wait
-            else f"it waits {wait:g} us for its configuration ('config_bytes') and inputs "
-            "(the 'out_bytes' of its producers)"
+    def _in_flight(self) -> bool:
+        """Whether a task, a control decision or an arrival is still to come."""
+        return any(e[2] in (TASK_DONE, DECISION, ARRIVAL) for e in self.events.heap)
+
+    def _stall_error(self, t: float) -> RuntimeError:
+        """The error for a stall: ready work that is never started while nothing runs and
+        no task, decision or arrival is to come, so that nothing can change any more."""
+        inv, T = self.inv, self.n_tasks
+        ready = [
+            k
+            for k, (nd, n, s) in enumerate(zip(inv.node, inv.npred, inv.n_starts))
+            if nd < T and not n and not s
+        ]
+        nodes = sorted({self.cw.names[inv.node[k]] for k in ready})
+        names = ", ".join(repr(x) for x in nodes)
+        n = len(ready)
+        what = (
+            f"{n} ready task invocation{'s' * (n > 1)} (node{'s' * (len(nodes) > 1)} "
+            f"{names}) {'are' if n > 1 else 'is'} never started"
+            if ready
+            else "no task is ready"
         )
-        return ValueError(
-            f"node '{name}': {why}, ending at t={end:g} us, and {idle}: longer than this "
-            "simulator models (STALL_TICKS)"
+        name = getattr(self.sched, "name", type(self.sched).__name__)
+        return RuntimeError(
+            f"simulation stalled at t={t:g} us: {what}, nothing runs, and no task, decision "
+            f"or arrival is to come; {self.arr.n - self.finished} instances never finish "
+            f"(scheduler {name!r} places nothing more)"
+        )
+
+    def _skip_ticks(self, nxt: float, tick: float) -> tuple[float, int]:
+        """The tick-grid point at or after the next event, from the next tick `nxt`, and
+        the ticks before it. Raises a ValueError naming what that event ends when the
+        ticks stop advancing the clock before it (t + tick rounds back to t)."""
+        end = self.events.heap[0][0]
+        try:
+            return tick_at_or_after(nxt, tick, end)
+        except OverflowError:
+            pass
+        end, _, kind, k = self.events.heap[0]
+        name = getattr(self.sched, "name", type(self.sched).__name__)
+        stop = (
+            f"where scheduler ticks of {tick:g} us ({name!r}, 'tick_us') no longer advance "
+            "the clock in double precision"
+        )
+        if kind == TASK_DONE:
+            inv = self.inv
+            wait, run = inv.t_start[k] - inv.t_ready[k], inv.t_end[k] - inv.t_start[k]
+            why = (
+                f"field 'work': it computes for {run:g} us"
+                if run >= wait
+                else f"it waits {wait:g} us for its configuration ('config_bytes') and inputs "
+                "(the 'out_bytes' of its producers)"
+            )
+            raise ValueError(
+                f"node '{self.cw.names[inv.node[k]]}': {why}, ending at t={end:g} us, {stop}"
+            )
+        if kind == DECISION:
+            raise ValueError(
+                f"node '{self.cw.names[self.inv.node[k]]}': its control decision lands at "
+                f"t={end:g} us, {stop}: arch '{self.arch.name}': fields 'control.*'"
+            )
+        if kind == ARRIVAL:
+            raise ValueError(
+                f"workflow field 'arrival': the next instance arrives at t={end:g} us, {stop}"
+            )
+        raise ValueError(
+            f"scheduler {name!r}: an action scheduled (call_at) for t={end:g} us, {stop}"
         )
 
     # ----------------------------------------------------------------- instances
