@@ -64,3 +64,22 @@ def test_offline_dict_constraints(tiny_llama: Path) -> None:
     with pytest.raises(ValueError, match="exactly one"):
         llm.generate("x", SamplingParams(structured={"regex": "a", "choice": ["b"]}))
     llm.llm_engine.kv.check_no_leak()
+
+
+def test_schemas_differing_only_in_property_order_are_compiled_apart(tiny_llama: Path) -> None:
+    """Property order is part of a JSON schema's meaning for generation (the properties come
+    out in that order): a schema must not be served the grammar of an earlier request whose
+    schema lists the same properties in another order."""
+    llm = LLM(model=str(tiny_llama), device="cpu", max_model_len=128)
+    props = {"zz": {"type": "boolean"}, "aa": {"type": "boolean"}}
+    for order in (["zz", "aa"], ["aa", "zz"]):
+        schema = {
+            "type": "object",
+            "properties": {k: props[k] for k in order},
+            "required": ["zz", "aa"],
+            "additionalProperties": False,
+        }
+        sp = SamplingParams(temperature=0, max_tokens=40, structured={"json": schema})
+        out = llm.generate("Hello", sp, use_tqdm=False)[0].outputs[0]
+        assert out.finish_reason == "stop", out
+        assert list(json.loads(out.text)) == order
