@@ -174,6 +174,18 @@ def test_min_tokens_blocks_stop_ids_and_eos(llm):
         llm.llm_engine.eos_token_ids.add(eos)
 
 
+def test_min_tokens_holds_back_stop_strings_as_it_holds_stop_ids(llm):
+    """As in vLLM: a stop string counts only where it ends in the text of a token after the
+    first ``min_tokens`` (a stop id can come at the earliest as token ``min_tokens + 1``)."""
+    (tok,) = llm.get_tokenizer().encode("a", add_special_tokens=False)
+    # the bias makes every token ``a``; the stop string is that token's text
+    forced = dict(temperature=0, max_tokens=10, ignore_eos=True, logit_bias={tok: 100}, stop="a")
+    for min_tokens in (0, 1, 3):
+        out = llm.generate("hello", SamplingParams(**forced, min_tokens=min_tokens))[0].outputs[0]
+        assert out.token_ids == [tok] * (min_tokens + 1), min_tokens
+        assert out.text == "a" * min_tokens and out.stop_reason == "a"
+
+
 def test_n_and_logprobs(llm):
     sp = SamplingParams(n=3, temperature=1.0, seed=5, max_tokens=6, logprobs=3, ignore_eos=True)
     out = llm.generate("import os", sp)[0]

@@ -4,6 +4,7 @@ offline API's dict constraints."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -64,3 +65,43 @@ def test_offline_dict_constraints(tiny_llama: Path) -> None:
     with pytest.raises(ValueError, match="exactly one"):
         llm.generate("x", SamplingParams(structured={"regex": "a", "choice": ["b"]}))
     llm.llm_engine.kv.check_no_leak()
+
+
+def test_schemas_differing_only_in_property_order_are_compiled_apart(tiny_llama: Path) -> None:
+    """Property order is part of a JSON schema's meaning for generation (the properties come
+    out in that order): a schema must not be served the grammar of an earlier request whose
+    schema lists the same properties in another order."""
+    llm = LLM(model=str(tiny_llama), device="cpu", max_model_len=128)
+    props = {"zz": {"type": "boolean"}, "aa": {"type": "boolean"}}
+    for order in (["zz", "aa"], ["aa", "zz"]):
+        schema = {
+            "type": "object",
+            "properties": {k: props[k] for k in order},
+            "required": ["zz", "aa"],
+            "additionalProperties": False,
+        }
+        sp = SamplingParams(temperature=0, max_tokens=40, structured={"json": schema})
+        out = llm.generate("Hello", sp, use_tqdm=False)[0].outputs[0]
+        assert out.finish_reason == "stop", out
+        assert list(json.loads(out.text)) == order
+
+
+def test_a_grammars_first_mask_is_built_when_it_is_compiled(tiny_llama: Path) -> None:
+    """llguidance builds a grammar's lexer on its first masks, seconds for a large one: that
+    is done when the constraint is compiled (off the engine thread on the server), not in the
+    step that samples the request's first token, where it stalled every request of the step.
+    The matchers of a request start from that state, each on its own."""
+    tok = Tokenizer(tiny_llama)
+    vocab = 300
+    so = StructuredOutputs(tok.hf, vocab, [0])
+    t0 = time.perf_counter()
+    spec = so.compile("regex", "a{30000}")
+    compiled = time.perf_counter() - t0
+    first, second = spec.new_matcher(), spec.new_matcher()
+    t0 = time.perf_counter()
+    allowed = fill_masks([first], vocab)
+    assert time.perf_counter() - t0 < compiled / 4
+    (a,) = tok.encode("a", add_special_tokens=False)
+    assert allowed[0, a]
+    first.advance(a)
+    assert not first.is_finished() and fill_masks([second], vocab).equal(allowed)

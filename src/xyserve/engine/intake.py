@@ -145,7 +145,8 @@ class RequestIntake:
                 f"structured needs exactly one of {', '.join(kinds)}", "structured"
             )
         key, value = given[0]
-        cache_key = json.dumps([key, value], sort_keys=True, default=str)
+        # Keys in the order given: a schema's property order is the order they are generated in.
+        cache_key = json.dumps([key, value], default=str)
         compiled = self._grammar_cache.get(cache_key)
         if compiled is None:
             compiled = self.compile_grammar(kinds[key], value)

@@ -117,7 +117,9 @@ class OutputProcessor:
         if self.tokenizer is not None:
             prev = len(child.text)
             child.text += self.decode_delta(child, p.skip_special_tokens)
-            if reason is None and p.stop_strings and len(r.output_token_ids) >= p.min_tokens:
+            # As vLLM: a stop string counts where it ends in the text of a token after the
+            # first min_tokens, the earliest a stop id or EOS may come too.
+            if reason is None and p.stop_strings and len(r.output_token_ids) > p.min_tokens:
                 hit = find_stop(child.text, p.stop_strings, prev)
                 if hit is not None:
                     pos, s = hit

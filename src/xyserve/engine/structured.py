@@ -9,7 +9,7 @@ once (``fill_masks``) and applied to the logits in one batched op by the sampler
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -29,6 +29,13 @@ class Matcher:
         from llguidance import LLMatcher
 
         self._m = LLMatcher(tokenizer, grammar)
+
+    @classmethod
+    def copy_of(cls, other: Matcher) -> Matcher:
+        """A matcher in ``other``'s state, sharing the lexer ``other`` has built so far."""
+        m = cls.__new__(cls)
+        m._m = other._m.deep_copy()
+        return m
 
     @property
     def raw(self) -> Any:
@@ -54,8 +61,15 @@ class GrammarSpec:
     kind: str
     grammar: str  # llguidance's grammar definition (JSON text)
     tokenizer: Any  # llguidance.LLTokenizer
+    # A matcher in the start state whose first mask was computed when the constraint was
+    # compiled: llguidance builds its lexer lazily, on the first masks, which for a large
+    # grammar takes seconds; copies share what it built, so that work is done off the
+    # engine's step.
+    start: Matcher | None = field(default=None, compare=False, repr=False)
 
     def new_matcher(self) -> Matcher:
+        if self.start is not None:
+            return Matcher.copy_of(self.start)
         return Matcher(self.tokenizer, self.grammar)
 
 
@@ -101,7 +115,11 @@ class StructuredOutputs:
         err = LLMatcher.validate_grammar(grammar, self.tokenizer)
         if err:
             raise GrammarError(f"invalid {kind}: {err}")
-        return GrammarSpec(kind, grammar, self.tokenizer)
+        start = Matcher(self.tokenizer, grammar)
+        fill_masks([start], self.vocab_size)
+        if start.error() is not None:
+            raise GrammarError(f"invalid {kind}: {start.error()}")
+        return GrammarSpec(kind, grammar, self.tokenizer, start)
 
 
 def fill_masks(matchers: list[Matcher], vocab_size: int) -> torch.Tensor:
