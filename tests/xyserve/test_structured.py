@@ -105,3 +105,25 @@ def test_a_grammars_first_mask_is_built_when_it_is_compiled(tiny_llama: Path) ->
     assert allowed[0, a]
     first.advance(a)
     assert not first.is_finished() and fill_masks([second], vocab).equal(allowed)
+
+
+def test_a_grammar_failing_inside_a_step_fails_its_request_with_a_short_message(
+    tiny_llama: Path,
+) -> None:
+    """A regex too large for the grammar's lexer compiles, then fails on its first token:
+    that request ends with an error whose grammar part is cut to ``ERROR_CHARS`` (llguidance
+    appends its parser state to the reason), and the other request of the step is unharmed."""
+    from xyserve.engine.structured import ERROR_CHARS
+
+    llm = LLM(str(tiny_llama), device="cpu")
+    bad = SamplingParams(max_tokens=4, structured={"regex": "a{400000}"})
+    good = SamplingParams(max_tokens=4, temperature=0)
+    try:
+        outs = llm.generate(["hi", "hello"], [bad, good], use_tqdm=False)
+    except ValueError:  # a library that refuses it when compiling is as good
+        return
+    error = outs[0].error
+    assert error is not None and "refused by the grammar: lexer error" in error
+    why = error.split("refused by the grammar: ", 1)[1]
+    assert len(why) <= ERROR_CHARS + len(" ... (cut)")
+    assert outs[1].error is None and len(outs[1].outputs[0].token_ids) == 4

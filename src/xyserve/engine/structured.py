@@ -44,14 +44,24 @@ class Matcher:
     def advance(self, token_id: int) -> None:
         """Consume the sampled token; a token the grammar refuses is this request's error."""
         if not self._m.consume_token(token_id):
-            raise GrammarError(f"token {token_id} refused by the grammar: {self._m.get_error()}")
+            why = _brief(self._m.get_error())
+            raise GrammarError(f"token {token_id} refused by the grammar: {why}")
 
     def is_finished(self) -> bool:
         """Nothing may follow (the grammar ended, or only EOS could come next and came)."""
         return self._m.is_stopped()
 
     def error(self) -> str | None:
-        return self._m.get_error() if self._m.is_error() else None
+        return _brief(self._m.get_error()) if self._m.is_error() else None
+
+
+# llguidance's errors can carry its whole parser state (megabytes for a large grammar): a
+# client's error message keeps its first part.
+ERROR_CHARS = 500
+
+
+def _brief(text: str) -> str:
+    return text if len(text) <= ERROR_CHARS else text[:ERROR_CHARS] + " ... (cut)"
 
 
 @dataclass(frozen=True)
