@@ -268,3 +268,42 @@ def test_offline_chat_renders_tools_and_continues_a_message(tiny_llama: Path) ->
     assert "<|tool|>\n4<|end|>" in out.prompt and out.prompt.endswith("The sum is")
     with pytest.raises(ValueError, match="add_generation_prompt"):
         llm.chat(history, params, use_tqdm=False, continue_final_message=True)
+
+
+LOC = {
+    "type": "object",
+    "$defs": {
+        "Point": {
+            "type": "object",
+            "properties": {"x": {"type": "integer", "minimum": 0, "maximum": 9}},
+            "required": ["x"],
+            "additionalProperties": False,
+        }
+    },
+    "properties": {"at": {"$ref": "#/$defs/Point"}},
+    "required": ["at"],
+    "additionalProperties": False,
+}
+
+
+def test_required_takes_parameters_with_defs(server: Server) -> None:
+    """A tool's parameters with ``$defs`` (what pydantic writes for nested models): under
+    "required" the calls' schema nests each tool's parameters, and their ``#/$defs/...``
+    references still resolve (vLLM moves the definitions to the top)."""
+    tools = [TOOLS[1], {"type": "function", "function": {"name": "go", "parameters": LOC}}]
+    body = {**BASE, "tools": tools, "tool_choice": "required", "seed": 1, "max_tokens": 200}
+    r = post(server, body)
+    assert r.status_code == 200, r.text
+    (choice,) = r.json()["choices"]
+    assert choice["finish_reason"] == "tool_calls", choice
+    for call in choice["message"]["tool_calls"]:
+        schema = LOC if call["function"]["name"] == "go" else ADD
+        jsonschema.validate(json.loads(call["function"]["arguments"]), schema)
+    # two tools whose definitions of one name differ cannot share the top: a 400
+    other = json.loads(json.dumps(LOC))
+    other["$defs"]["Point"]["properties"]["x"]["maximum"] = 5
+    tools.append({"type": "function", "function": {"name": "go2", "parameters": other}})
+    r = post(server, {**body, "tools": tools})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "tools", r.text
+    assert "Point" in r.json()["error"]["message"]
+    server.assert_clean()

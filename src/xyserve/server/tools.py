@@ -108,19 +108,32 @@ def constraint_schema(body: ChatCompletionRequest, mode: ToolMode) -> dict | Non
         return _parameters(body, mode.name)
     if mode.kind != "required":
         return None
-    calls = [
-        {
-            "type": "object",
-            "properties": {
-                "name": {"type": "string", "enum": [t.function.name]},
-                "parameters": t.function.parameters or NO_PARAMETERS,
-            },
-            "required": ["name", "parameters"],
-            "additionalProperties": False,
-        }
-        for t in body.tools
-    ]
+    calls, defs = [], {}
+    for t in body.tools:
+        params = dict(t.function.parameters or NO_PARAMETERS)
+        # Each tool's parameters sit inside the array's schema here, so their "#/$defs/..."
+        # references resolve against its top: their definitions move there (as vLLM's do).
+        for name, definition in (params.pop("$defs", None) or {}).items():
+            if defs.setdefault(name, definition) != definition:
+                raise APIError(
+                    f"tools: $defs {name!r} is defined differently by two tools, which "
+                    'tool_choice "required" cannot take (their definitions share one schema)',
+                    param="tools",
+                )
+        calls.append(
+            {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string", "enum": [t.function.name]},
+                    "parameters": params,
+                },
+                "required": ["name", "parameters"],
+                "additionalProperties": False,
+            }
+        )
     schema: dict[str, Any] = {"type": "array", "minItems": 1, "items": {"anyOf": calls}}
+    if defs:
+        schema["$defs"] = defs
     if not body.parallel_tool_calls:
         schema["maxItems"] = 1
     return schema
