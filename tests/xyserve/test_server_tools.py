@@ -307,3 +307,15 @@ def test_required_takes_parameters_with_defs(server: Server) -> None:
     assert r.status_code == 400 and r.json()["error"]["param"] == "tools", r.text
     assert "Point" in r.json()["error"]["message"]
     server.assert_clean()
+
+
+def test_hermes_stream_keeps_content_after_leading_space() -> None:
+    """Content that starts with white space and reaches the tag in the last piece: the part
+    of it not streamed yet still goes out (the parser's content is stripped; what was sent is
+    counted in the unstripped text)."""
+    text = '  hello world<tool_call>{"name": "add", "arguments": {"a": 1}}</tool_call>'
+    ts = ToolStream(AUTO)
+    first, _ = ts.feed(text[:11], False)
+    last, deltas = ts.feed(text[11:], True)
+    assert (first or "") + (last or "") == "  hello world"
+    assert [d.function.name for d in deltas] == ["add"]

@@ -232,8 +232,12 @@ class ToolStream:
             self.sent = len(self.text)
             return (rest or None), []
         content = None
-        if reply.content is not None and len(reply.content) > self.sent:
-            content = reply.content[self.sent :]
+        if reply.content is not None:
+            # ``sent`` counts the text as it is; the reply's content is stripped: what is left
+            # of the content is the text's, up to the tag, less trailing white space
+            end = self.text.find(HERMES_OPEN)
+            content = self.text[self.sent : end].rstrip() or None
+            self.sent = max(self.sent, end)
         deltas = [
             DeltaToolCall(
                 index=i,
