@@ -14,7 +14,8 @@ from server_harness import Server, run_server
 
 from xyserve.config import EngineConfig
 from xyserve.server.options import ServerOptions
-from xyserve.server.tools import ToolMode, ToolStream, parse_reply
+from xyserve.server.protocol import ChatCompletionRequest
+from xyserve.server.tools import ToolMode, ToolStream, parse_reply, tool_mode
 
 MODEL = "tiny"
 WEATHER = {
@@ -319,3 +320,15 @@ def test_hermes_stream_keeps_content_after_leading_space() -> None:
     last, deltas = ts.feed(text[11:], True)
     assert (first or "") + (last or "") == "  hello world"
     assert [d.function.name for d in deltas] == ["add"]
+
+
+def test_auto_honours_parallel_tool_calls_false() -> None:
+    """parallel_tool_calls false: only the first of the model's calls comes back (vLLM)."""
+    body = ChatCompletionRequest(model=MODEL, messages=CHAT, tools=TOOLS, parallel_tool_calls=False)
+    mode = tool_mode(body, "hermes", True)
+    assert [c.function.name for c in parse_reply(mode, CALLS).calls] == ["weather"]
+    ts = ToolStream(mode)
+    _, deltas = ts.feed(CALLS, True)
+    assert [d.function.name for d in deltas] == ["weather"]
+    body = ChatCompletionRequest(model=MODEL, messages=CHAT, tools=TOOLS)
+    assert len(parse_reply(tool_mode(body, "hermes", True), CALLS).calls) == 2

@@ -9,7 +9,7 @@
   template's own format, which ``--tool-call-parser`` reads back. It needs
   ``--enable-auto-tool-choice``, as in vLLM. Parsers: ``hermes`` (``<tool_call>{"name": ...,
   "arguments": {...}}</tool_call>``, the format of Qwen2.5/Qwen3, Hermes and many other
-  templates).
+  templates). With ``parallel_tool_calls`` false only the first call comes back (vLLM's).
 - ``"none"``: the tools are still shown to the template; nothing is parsed.
 
 Whatever the choice, the tools go to the chat template (``tools=``), and earlier calls and
@@ -52,6 +52,7 @@ class ToolMode:
     kind: str
     name: str | None = None
     parser: str | None = None
+    parallel: bool = True  # parallel_tool_calls: false keeps a reply's first call alone
 
     @property
     def constrained(self) -> bool:
@@ -84,8 +85,8 @@ def tool_mode(body: ChatCompletionRequest, parser: str | None, auto_enabled: boo
                 '"none" otherwise)',
                 param="tool_choice",
             )
-        return ToolMode("auto", parser=parser)
-    return ToolMode(choice)
+        return ToolMode("auto", parser=parser, parallel=body.parallel_tool_calls)
+    return ToolMode(choice, parallel=body.parallel_tool_calls)
 
 
 def template_tools(body: ChatCompletionRequest) -> list[dict] | None:
@@ -182,8 +183,16 @@ PARSERS = {"hermes": _hermes}
 
 
 def parse_reply(mode: ToolMode, text: str) -> ParsedReply:
-    """A finished reply's content and calls. A constrained reply that does not parse (cut
-    short by ``max_tokens``) comes back as content, with no calls."""
+    """A finished reply's content and calls (the first alone without ``mode.parallel``, as
+    vLLM). A constrained reply that does not parse (cut short by ``max_tokens``) comes back as
+    content, with no calls."""
+    reply = _parse_reply(mode, text)
+    if not mode.parallel:
+        reply.calls = reply.calls[:1]
+    return reply
+
+
+def _parse_reply(mode: ToolMode, text: str) -> ParsedReply:
     if mode.kind == "named":
         return ParsedReply(None, [_call(mode.name, text)])
     if mode.kind == "required":
