@@ -332,3 +332,17 @@ def test_auto_honours_parallel_tool_calls_false() -> None:
     assert [d.function.name for d in deltas] == ["weather"]
     body = ChatCompletionRequest(model=MODEL, messages=CHAT, tools=TOOLS)
     assert len(parse_reply(tool_mode(body, "hermes", True), CALLS).calls) == 2
+
+
+@pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "b"}}])
+def test_refused_schema_names_its_tool(server: Server, choice) -> None:
+    """A schema the grammar refuses, among many tools: the 400 says which function's."""
+    bad = {"type": "object", "properties": {"a": {"type": "string", "pattern": "(?<=a)b"}}}
+    tools = [
+        {"type": "function", "function": {"name": f"t{i}", "parameters": ADD}} for i in range(20)
+    ]
+    tools.append({"type": "function", "function": {"name": "b", "parameters": bad}})
+    r = post(server, {**BASE, "tools": tools, "tool_choice": choice})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "tools", r.text
+    assert "function 'b'" in r.json()["error"]["message"]
+    server.assert_clean()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -138,6 +139,20 @@ def constraint_schema(body: ChatCompletionRequest, mode: ToolMode) -> dict | Non
     if not body.parallel_tool_calls:
         schema["maxItems"] = 1
     return schema
+
+
+def refused_tool(
+    body: ChatCompletionRequest, mode: ToolMode, compile_schema: Callable[[str, Any], Any]
+) -> str | None:
+    """Which tool's parameters the grammar refuses, and why (for the 400 of a constrained
+    mode whose schema did not compile), or None when each compiles alone."""
+    names = [mode.name] if mode.kind == "named" else [t.function.name for t in body.tools]
+    for name in names:
+        try:
+            compile_schema("json_schema", _parameters(body, name))
+        except ValueError as e:
+            return f"function {name!r}: {e}"
+    return None
 
 
 # ---- reading a reply ----------------------------------------------------------------------
