@@ -48,6 +48,7 @@ class RequestOutput:
     error: str | None = None  # the request failed (it is finished); other requests are unaffected
     # With SamplingParams.prompt_logprobs: one entry per prompt token, None for the first (as
     # vLLM); each holds the prompt's own token and the top-k, with ranks. Filled as the prefill
-    # runs: complete once the first output token is.
+    # of the first sample runs (with n > 1 another sample, reading the cached prompt, may have
+    # output tokens before it is complete).
     prompt_logprobs: list[dict[int, Logprob] | None] | None = None
     extra: dict = field(default_factory=dict)

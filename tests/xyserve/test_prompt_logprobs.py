@@ -235,3 +235,22 @@ def test_continuous_usage_stats(server: Server, path: str) -> None:
     assert done == sorted(done) and chunks[-1]["usage"] == whole
     assert chunks[-2]["usage"] == whole  # the last choice chunk, before the usage-only one
     server.assert_clean()
+
+
+def test_streamed_echo_waits_for_the_whole_prompt_with_n(server: Server) -> None:
+    """n = 2 and the prompt cached already: the second sample reads the cached prefix and
+    samples long before the first (which computes the whole prompt for its logprobs) is
+    through; each choice's echo still carries every prompt token's logprob."""
+    ids = [(7 * i) % 250 + 3 for i in range(120)]
+    post(server, "/v1/completions", {"model": MODEL, "prompt": ids, "max_tokens": 1})
+    body = {"model": MODEL, "prompt": ids, "echo": True, "logprobs": 1, "max_tokens": 2, "n": 2}
+    chunks = stream(server, "/v1/completions", body)
+    echoes = {}
+    for c in chunks:
+        (choice,) = c["choices"]
+        echoes.setdefault(choice["index"], choice["logprobs"]["token_logprobs"])
+    assert sorted(echoes) == [0, 1]
+    for values in echoes.values():
+        assert len(values) == len(ids)
+        assert values[0] is None and None not in values[1:]
+    server.assert_clean()

@@ -14,7 +14,8 @@ from server_harness import Server, run_server
 
 from xyserve.config import EngineConfig
 from xyserve.server.options import ServerOptions
-from xyserve.server.tools import ToolMode, ToolStream, parse_reply
+from xyserve.server.protocol import ChatCompletionRequest
+from xyserve.server.tools import ToolMode, ToolStream, parse_reply, tool_mode
 
 MODEL = "tiny"
 WEATHER = {
@@ -268,3 +269,80 @@ def test_offline_chat_renders_tools_and_continues_a_message(tiny_llama: Path) ->
     assert "<|tool|>\n4<|end|>" in out.prompt and out.prompt.endswith("The sum is")
     with pytest.raises(ValueError, match="add_generation_prompt"):
         llm.chat(history, params, use_tqdm=False, continue_final_message=True)
+
+
+LOC = {
+    "type": "object",
+    "$defs": {
+        "Point": {
+            "type": "object",
+            "properties": {"x": {"type": "integer", "minimum": 0, "maximum": 9}},
+            "required": ["x"],
+            "additionalProperties": False,
+        }
+    },
+    "properties": {"at": {"$ref": "#/$defs/Point"}},
+    "required": ["at"],
+    "additionalProperties": False,
+}
+
+
+def test_required_takes_parameters_with_defs(server: Server) -> None:
+    """A tool's parameters with ``$defs`` (what pydantic writes for nested models): under
+    "required" the calls' schema nests each tool's parameters, and their ``#/$defs/...``
+    references still resolve (vLLM moves the definitions to the top)."""
+    tools = [TOOLS[1], {"type": "function", "function": {"name": "go", "parameters": LOC}}]
+    body = {**BASE, "tools": tools, "tool_choice": "required", "seed": 1, "max_tokens": 200}
+    r = post(server, body)
+    assert r.status_code == 200, r.text
+    (choice,) = r.json()["choices"]
+    assert choice["finish_reason"] == "tool_calls", choice
+    for call in choice["message"]["tool_calls"]:
+        schema = LOC if call["function"]["name"] == "go" else ADD
+        jsonschema.validate(json.loads(call["function"]["arguments"]), schema)
+    # two tools whose definitions of one name differ cannot share the top: a 400
+    other = json.loads(json.dumps(LOC))
+    other["$defs"]["Point"]["properties"]["x"]["maximum"] = 5
+    tools.append({"type": "function", "function": {"name": "go2", "parameters": other}})
+    r = post(server, {**body, "tools": tools})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "tools", r.text
+    assert "Point" in r.json()["error"]["message"]
+    server.assert_clean()
+
+
+def test_hermes_stream_keeps_content_after_leading_space() -> None:
+    """Content that starts with white space and reaches the tag in the last piece: the part
+    of it not streamed yet still goes out (the parser's content is stripped; what was sent is
+    counted in the unstripped text)."""
+    text = '  hello world<tool_call>{"name": "add", "arguments": {"a": 1}}</tool_call>'
+    ts = ToolStream(AUTO)
+    first, _ = ts.feed(text[:11], False)
+    last, deltas = ts.feed(text[11:], True)
+    assert (first or "") + (last or "") == "  hello world"
+    assert [d.function.name for d in deltas] == ["add"]
+
+
+def test_auto_honours_parallel_tool_calls_false() -> None:
+    """parallel_tool_calls false: only the first of the model's calls comes back (vLLM)."""
+    body = ChatCompletionRequest(model=MODEL, messages=CHAT, tools=TOOLS, parallel_tool_calls=False)
+    mode = tool_mode(body, "hermes", True)
+    assert [c.function.name for c in parse_reply(mode, CALLS).calls] == ["weather"]
+    ts = ToolStream(mode)
+    _, deltas = ts.feed(CALLS, True)
+    assert [d.function.name for d in deltas] == ["weather"]
+    body = ChatCompletionRequest(model=MODEL, messages=CHAT, tools=TOOLS)
+    assert len(parse_reply(tool_mode(body, "hermes", True), CALLS).calls) == 2
+
+
+@pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "b"}}])
+def test_refused_schema_names_its_tool(server: Server, choice) -> None:
+    """A schema the grammar refuses, among many tools: the 400 says which function's."""
+    bad = {"type": "object", "properties": {"a": {"type": "string", "pattern": "(?<=a)b"}}}
+    tools = [
+        {"type": "function", "function": {"name": f"t{i}", "parameters": ADD}} for i in range(20)
+    ]
+    tools.append({"type": "function", "function": {"name": "b", "parameters": bad}})
+    r = post(server, {**BASE, "tools": tools, "tool_choice": choice})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "tools", r.text
+    assert "function 'b'" in r.json()["error"]["message"]
+    server.assert_clean()

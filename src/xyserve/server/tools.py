@@ -9,7 +9,7 @@
   template's own format, which ``--tool-call-parser`` reads back. It needs
   ``--enable-auto-tool-choice``, as in vLLM. Parsers: ``hermes`` (``<tool_call>{"name": ...,
   "arguments": {...}}</tool_call>``, the format of Qwen2.5/Qwen3, Hermes and many other
-  templates).
+  templates). With ``parallel_tool_calls`` false only the first call comes back (vLLM's).
 - ``"none"``: the tools are still shown to the template; nothing is parsed.
 
 Whatever the choice, the tools go to the chat template (``tools=``), and earlier calls and
@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +53,7 @@ class ToolMode:
     kind: str
     name: str | None = None
     parser: str | None = None
+    parallel: bool = True  # parallel_tool_calls: false keeps a reply's first call alone
 
     @property
     def constrained(self) -> bool:
@@ -84,8 +86,8 @@ def tool_mode(body: ChatCompletionRequest, parser: str | None, auto_enabled: boo
                 '"none" otherwise)',
                 param="tool_choice",
             )
-        return ToolMode("auto", parser=parser)
-    return ToolMode(choice)
+        return ToolMode("auto", parser=parser, parallel=body.parallel_tool_calls)
+    return ToolMode(choice, parallel=body.parallel_tool_calls)
 
 
 def template_tools(body: ChatCompletionRequest) -> list[dict] | None:
@@ -108,22 +110,49 @@ def constraint_schema(body: ChatCompletionRequest, mode: ToolMode) -> dict | Non
         return _parameters(body, mode.name)
     if mode.kind != "required":
         return None
-    calls = [
-        {
-            "type": "object",
-            "properties": {
-                "name": {"type": "string", "enum": [t.function.name]},
-                "parameters": t.function.parameters or NO_PARAMETERS,
-            },
-            "required": ["name", "parameters"],
-            "additionalProperties": False,
-        }
-        for t in body.tools
-    ]
+    calls, defs = [], {}
+    for t in body.tools:
+        params = dict(t.function.parameters or NO_PARAMETERS)
+        # Each tool's parameters sit inside the array's schema here, so their "#/$defs/..."
+        # references resolve against its top: their definitions move there (as vLLM's do).
+        for name, definition in (params.pop("$defs", None) or {}).items():
+            if defs.setdefault(name, definition) != definition:
+                raise APIError(
+                    f"tools: $defs {name!r} is defined differently by two tools, which "
+                    'tool_choice "required" cannot take (their definitions share one schema)',
+                    param="tools",
+                )
+        calls.append(
+            {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string", "enum": [t.function.name]},
+                    "parameters": params,
+                },
+                "required": ["name", "parameters"],
+                "additionalProperties": False,
+            }
+        )
     schema: dict[str, Any] = {"type": "array", "minItems": 1, "items": {"anyOf": calls}}
+    if defs:
+        schema["$defs"] = defs
     if not body.parallel_tool_calls:
         schema["maxItems"] = 1
     return schema
+
+
+def refused_tool(
+    body: ChatCompletionRequest, mode: ToolMode, compile_schema: Callable[[str, Any], Any]
+) -> str | None:
+    """Which tool's parameters the grammar refuses, and why (for the 400 of a constrained
+    mode whose schema did not compile), or None when each compiles alone."""
+    names = [mode.name] if mode.kind == "named" else [t.function.name for t in body.tools]
+    for name in names:
+        try:
+            compile_schema("json_schema", _parameters(body, name))
+        except ValueError as e:
+            return f"function {name!r}: {e}"
+    return None
 
 
 # ---- reading a reply ----------------------------------------------------------------------
@@ -169,8 +198,16 @@ PARSERS = {"hermes": _hermes}
 
 
 def parse_reply(mode: ToolMode, text: str) -> ParsedReply:
-    """A finished reply's content and calls. A constrained reply that does not parse (cut
-    short by ``max_tokens``) comes back as content, with no calls."""
+    """A finished reply's content and calls (the first alone without ``mode.parallel``, as
+    vLLM). A constrained reply that does not parse (cut short by ``max_tokens``) comes back as
+    content, with no calls."""
+    reply = _parse_reply(mode, text)
+    if not mode.parallel:
+        reply.calls = reply.calls[:1]
+    return reply
+
+
+def _parse_reply(mode: ToolMode, text: str) -> ParsedReply:
     if mode.kind == "named":
         return ParsedReply(None, [_call(mode.name, text)])
     if mode.kind == "required":
@@ -219,8 +256,12 @@ class ToolStream:
             self.sent = len(self.text)
             return (rest or None), []
         content = None
-        if reply.content is not None and len(reply.content) > self.sent:
-            content = reply.content[self.sent :]
+        if reply.content is not None:
+            # ``sent`` counts the text as it is; the reply's content is stripped: what is left
+            # of the content is the text's, up to the tag, less trailing white space
+            end = self.text.find(HERMES_OPEN)
+            content = self.text[self.sent : end].rstrip() or None
+            self.sent = max(self.sent, end)
         deltas = [
             DeltaToolCall(
                 index=i,

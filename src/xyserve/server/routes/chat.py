@@ -35,6 +35,7 @@ from xyserve.server.tools import (
     constraint_schema,
     finish_reason,
     parse_reply,
+    refused_tool,
     template_tools,
     tool_mode,
 )
@@ -68,12 +69,12 @@ async def chat_completions(body: ChatCompletionRequest, raw: Request, ctx: Ctx) 
             msg = "a tool_choice that forces calls takes no other structured-output constraint"
             raise APIError(msg, param="tool_choice")
         schema = constraint_schema(body, mode)
+        compile_schema = ctx.llm.engine.intake.compile_grammar
         try:
-            params.structured = await asyncio.to_thread(
-                ctx.llm.engine.intake.compile_grammar, "json_schema", schema
-            )
+            params.structured = await asyncio.to_thread(compile_schema, "json_schema", schema)
         except ValueError as e:
-            raise APIError(f"tools: {e}", param="tools") from None
+            msg = await asyncio.to_thread(refused_tool, body, mode, compile_schema)
+            raise APIError(f"tools: {msg or e}", param="tools") from None
     prompt = await ctx.render_chat(
         body.messages, body.add_generation_prompt, body.continue_final_message,
         template_tools(body),

@@ -110,6 +110,12 @@ def _echo_logprobs(
     return completion_logprobs(out.prompt_token_ids, entries, st, decode=decode)
 
 
+def _prompt_logprobs_complete(out: RequestOutput) -> bool:
+    """Whether every prompt token past the first has its logprob entry."""
+    entries = out.prompt_logprobs
+    return entries is not None and all(e is not None for e in entries[1:])
+
+
 def _echo_texts(llm: AsyncLLM, prompts: list[Any]) -> list[str]:
     """``echo``: each prompt's text (token prompts decoded), put before its completions."""
     tok = llm.engine.tokenizer
@@ -141,8 +147,10 @@ async def _completion_stream(
     created = unix_time()
     logprobs = params.logprobs is not None
     bare = body.echo_without_generation
-    # Each prompt's echo is its choices' first chunk: at once, or with logprobs, once the
-    # prompt has run (its logprobs are complete with the first output token).
+    # Each prompt's echo is its choices' first chunk: at once, or with logprobs, once every
+    # prompt position's logprob is in (or the request ended). Not at the first output token:
+    # with n > 1 another sample may read the cached prompt and sample while the one that
+    # computes the prompt's logprobs is still prefilling.
     echoed = [not echo] * len(streams)
 
     def chunk(choice: CompletionStreamChoice) -> str:
@@ -177,8 +185,8 @@ async def _completion_stream(
         async for i, out in merge(streams):
             finals[i] = out
             if not echoed[i]:
-                if not (out.finished or any(c.token_ids for c in out.outputs)):
-                    continue  # the prompt's logprobs are not complete yet
+                if not (out.finished or _prompt_logprobs_complete(out)):
+                    continue
                 for c in echo_chunks(i, out):
                     yield c
             if bare:
