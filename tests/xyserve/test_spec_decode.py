@@ -499,7 +499,7 @@ def test_draft_model_equal_to_target_accepts_everything_and_stays_identical(tiny
     """The target as its own draft: every greedy proposal is accepted; caches do not leak."""
     _, ref = reference
     spec = {"method": "draft_model", "num_speculative_tokens": 3, "model": str(tiny_llama)}
-    spec["adaptive"] = False  # a seeded run repeats exactly only with a fixed proposal length
+    spec["adaptive"] = False  # k proposals every step
     llm = LLM(str(tiny_llama), speculative_config=spec, **ENGINE)
     params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
     got = _generate(llm, _prompts(), params)
