@@ -30,8 +30,8 @@ class Request:
     max_tokens: int
     arrival_time: float = 0.0
     sampling_params: Any = None  # opaque to the scheduler
-    # This sample's own seed (the request's seed + its index among n), None unseeded: what a
-    # proposer derives its own random stream from, apart from the target's.
+    # This sample's own seed (the request's seed + its index among n), None unseeded: a draft
+    # proposes a seeded sample its argmax rather than a draw (xyserve.spec.draft).
     seed: int | None = None
     output_token_ids: list[int] = field(default_factory=list)
     # Proposed (speculative) tokens appended after the last real token, to be verified.

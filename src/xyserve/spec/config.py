@@ -16,7 +16,9 @@ from xyserve.spec import tree
 METHODS: tuple[str, ...] = ("ngram", "draft_model", "tree")
 # Methods whose proposer exists in this build; the others are refused by name at start.
 IMPLEMENTED_METHODS: tuple[str, ...] = METHODS
-MAX_TREE_NODES = 64  # a tree's nodes are verify tokens of every step: a bound on its cost
+# Proposals are verify tokens of every step: a bound on their cost, on a chain's length (and a
+# tree's depth, a level's width) as on a tree's nodes.
+MAX_TREE_NODES = 64
 
 
 @dataclass
@@ -56,7 +58,7 @@ class SpeculativeConfig:
                 f"speculative_config: method {self.method!r} is not implemented in this build "
                 f"(available: {IMPLEMENTED_METHODS})"
             )
-        _check_int("num_speculative_tokens", self.num_speculative_tokens, 1)
+        _check_int("num_speculative_tokens", self.num_speculative_tokens, 1, MAX_TREE_NODES)
         _check_int("prompt_lookup_min", self.prompt_lookup_min, 1)
         _check_int("prompt_lookup_max", self.prompt_lookup_max, 1)
         if self.prompt_lookup_min > self.prompt_lookup_max:
@@ -64,9 +66,9 @@ class SpeculativeConfig:
                 "speculative_config: prompt_lookup_min must not exceed prompt_lookup_max "
                 f"(got {self.prompt_lookup_min} > {self.prompt_lookup_max})"
             )
-        _check_int("tree_width", self.tree_width, 1)
+        _check_int("tree_width", self.tree_width, 1, MAX_TREE_NODES)
         if self.tree_depth is not None:
-            _check_int("tree_depth", self.tree_depth, 1)
+            _check_int("tree_depth", self.tree_depth, 1, MAX_TREE_NODES)
         if self.disable_by_batch_size is not None:
             _check_int("disable_by_batch_size", self.disable_by_batch_size, 1)
         if not isinstance(self.adaptive, bool):
@@ -80,7 +82,12 @@ class SpeculativeConfig:
                 "speculative_config: tree_width/tree_depth/tree_branching/tree_nodes are for "
                 "method 'tree'"
             )
-        _check_int("tree_beam", self.tree_beam, 1)
+        _check_int("tree_beam", self.tree_beam, 1, MAX_TREE_NODES)
+        if self.model is not None and (not isinstance(self.model, str) or not self.model):
+            raise ValueError(
+                "speculative_config: model must be the draft's directory or bundled name, "
+                f"got {self.model!r}"
+            )
         if self.tree_beam != 1 and self.tree_nodes is None:
             raise ValueError("speculative_config: tree_beam is for dynamic trees (tree_nodes)")
         if self.tree_nodes is not None:
@@ -107,16 +114,31 @@ class SpeculativeConfig:
                     f"speculative_config: tree_branching must be a non-empty list, got {b!r}"
                 )
             for x in b:
-                _check_int("tree_branching entries", x, 1)
+                _check_int("tree_branching entries", x, 1, MAX_TREE_NODES)
+            if len(b) > MAX_TREE_NODES:
+                raise ValueError(
+                    f"speculative_config: tree_branching has {len(b)} levels "
+                    f"(at most {MAX_TREE_NODES})"
+                )
             if tree_keys or self.tree_nodes is not None:
                 raise ValueError(
                     "speculative_config: give tree_branching or tree_width/tree_depth"
                     "/tree_nodes, not both"
                 )
-            if len(tree.from_branching(b)) > MAX_TREE_NODES:
+            nodes = tree.max_candidates(tuple(b), None, len(b))  # counted, not built
+            if nodes > MAX_TREE_NODES:
                 raise ValueError(
-                    f"speculative_config: tree_branching {b} has "
-                    f"{len(tree.from_branching(b))} nodes (at most {MAX_TREE_NODES})"
+                    f"speculative_config: tree_branching {b} has {nodes} nodes "
+                    f"(at most {MAX_TREE_NODES})"
+                )
+        elif self.method == "tree" and self.tree_nodes is None:
+            # the static tree of tree_width and tree_depth: its nodes are verify tokens too
+            nodes = self.tree_width * self.depth
+            if nodes > MAX_TREE_NODES:
+                raise ValueError(
+                    f"speculative_config: a tree of tree_width {self.tree_width} and depth "
+                    f"{self.depth} has {nodes} nodes (at most {MAX_TREE_NODES}); lower one "
+                    "of them, or give tree_nodes for a dynamic tree"
                 )
         if self.model is not None and self.method == "ngram":
             raise ValueError("speculative_config: method 'ngram' takes no 'model'")
@@ -179,6 +201,8 @@ class SpeculativeConfig:
         return [shape.nodes // d + (1 if i < shape.nodes % d else 0) for i in range(d)]
 
 
-def _check_int(name: str, value: Any, low: int) -> None:
+def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ValueError(f"speculative_config: {name} must be an integer >= {low}, got {value!r}")
+    if high is not None and value > high:
+        raise ValueError(f"speculative_config: {name} must be at most {high}, got {value!r}")

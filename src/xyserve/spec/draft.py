@@ -8,9 +8,13 @@ shadow :class:`Request` whose tokens are the target's tokens plus the draft's ow
 the next call the shadow keeps the computed prefix it shares with the target's tokens (its K/V
 stays valid), and the slots after it are recomputed, so rejected proposals leave no stale K/V.
 
-Greedy requests get the draft's argmax (a deterministic proposal, verified as such). Sampled
-requests get draws from the draft's distribution ``q`` under the request's temperature and
-top-k/p/min-p, and ``q`` goes to rejection sampling (:meth:`probs`).
+Greedy requests get the draft's argmax (a deterministic proposal, verified as such), and so do
+seeded sampled requests: a deterministic proposal is verified by the target's own draw, one a
+position from the request's generator as without speculation (``spec.verify``), so a seeded
+output does not depend on how many tokens were proposed, which the adaptive controller, the
+batch and the token budget decide. Unseeded sampled requests get draws from the draft's
+distribution ``q`` under the request's temperature and top-k/p/min-p, and ``q`` goes to
+rejection sampling (:meth:`probs`).
 """
 
 from __future__ import annotations
@@ -47,22 +51,6 @@ def resolve_draft_path(model: str | None, target_path: Path) -> Path:
             )
         model = DEFAULT_DRAFT_MODEL
     return Path(resolve_model(model))
-
-
-DRAFT_STREAM = 0x6472616674  # "draft": keys the draft's random stream apart from the target's
-
-
-def draft_generator(seed: int | None) -> torch.Generator | None:
-    """The draft's generator for a sample seeded ``seed`` (None: unseeded, the global one).
-    Not ``seed`` itself, which seeds the target's generator for the same sample: rejection
-    sampling needs the draft's proposals independent of the uniforms that accept them, and
-    two generators from one seed draw the same numbers (a proposal's uniform would then be
-    the very one that decides a later acceptance). Mixed by numpy's SeedSequence, so samples
-    seeded s and s + 1 (a request's children) get unrelated streams too."""
-    if seed is None:
-        return None
-    mixed = np.random.SeedSequence([seed % 2**64, DRAFT_STREAM]).generate_state(1, np.uint64)[0]
-    return torch.Generator().manual_seed(int(mixed))
 
 
 class DraftModelProposer:
@@ -126,7 +114,6 @@ class DraftModelProposer:
                 f"draft on the CPU ({why}); use method 'draft_model'"
             )
         self.shadows: dict[str, Request] = {}
-        self.generators: dict[str, torch.Generator | None] = {}
         self._probs: dict[str, torch.Tensor] = {}
 
     # ---- bookkeeping --------------------------------------------------------------------
@@ -134,7 +121,6 @@ class DraftModelProposer:
         """Free the draft cache of requests that are no longer running (finished, preempted)."""
         for rid in [rid for rid in self.shadows if rid not in live]:
             self.kv.free(self.shadows.pop(rid))
-            self.generators.pop(rid, None)
             self._probs.pop(rid, None)
 
     def probs(self, request_id: str, n: int) -> torch.Tensor | None:
@@ -149,7 +135,6 @@ class DraftModelProposer:
         if s is None:
             s = Request(r.request_id, tokens, max_tokens=1)
             self.shadows[r.request_id] = s
-            self.generators[r.request_id] = draft_generator(r.seed)
             return s
         old = s.all_token_ids
         keep = min(s.num_computed_tokens, len(tokens) - 1)
@@ -170,7 +155,7 @@ class DraftModelProposer:
             cap = min(caps[r.request_id], self.max_len - r.num_tokens)
             if cap >= 1:
                 active.append((r, self._sync(r)))
-        if self.chains_in_one_call and all(_greedy(r) for r, _ in active):
+        if self.chains_in_one_call and all(_argmax_proposal(r) for r, _ in active):
             return self._greedy_chains(active, caps)
         out: dict[str, list[int]] = {}
         if self.tree_shape is not None and self.trees_in_one_call:
@@ -202,11 +187,13 @@ class DraftModelProposer:
                     continue
                 s.num_computed_tokens = s.num_tokens
                 p = r.sampling_params
-                if p is None or p.greedy:
+                if _argmax_proposal(r):
                     tok = argmax[i]
                 else:
                     q = filter_logits(logits[i].clone(), p).softmax(-1)
-                    tok = int(torch.multinomial(q, 1, generator=self.generators[rid]))
+                    # unseeded (seeded requests are proposed the argmax): the global generator,
+                    # as the target's draws for the request
+                    tok = int(torch.multinomial(q, 1))
                     qs[rid].append(q)
                 out[rid].append(tok)
                 s.output_token_ids.append(tok)
@@ -413,3 +400,9 @@ class _TreeState:
 def _greedy(r: Request) -> bool:
     p = r.sampling_params
     return p is None or p.greedy
+
+
+def _argmax_proposal(r: Request) -> bool:
+    """Whether ``r`` is proposed the draft's argmax (greedy, or seeded: see the module
+    docstring) rather than a draw from the draft's distribution."""
+    return _greedy(r) or r.seed is not None

@@ -8,8 +8,14 @@ A verify stage yields ``k + 1`` logits rows for ``k`` proposed tokens ``d_0 .. d
 - **sampling** (Leviathan et al. 2023, Chen et al. 2023): ``d_i`` drawn from the draft's ``q`` is
   accepted with probability ``min(1, p(d_i) / q(d_i))``; on rejection a token is drawn from
   ``norm(max(0, p - q))``; when every proposal is accepted a bonus token is drawn from the last
-  row. A deterministic proposer (n-gram) has a one-hot ``q``: accept with ``p(d_i)``, resample
-  from ``p`` with ``d_i`` removed. Either way each emitted token is distributed exactly as ``p``.
+  row. A deterministic proposal (n-gram; a draft's argmax for a greedy or seeded request) has a
+  one-hot ``q``: accept with ``p(d_i)``, else a draw from ``p`` with ``d_i`` removed. That is
+  done as one draw ``x`` from ``p`` with the request's generator, exactly the draw decoding
+  without proposals makes, accepting ``d_i`` when ``x == d_i`` and emitting ``x`` otherwise:
+  the same distribution, and a position takes one draw from the generator however many tokens
+  were proposed, so a seeded request gives the output it gives without speculation whatever
+  the proposal lengths (which timing, the batch and the budget decide). Either way each
+  emitted token is distributed exactly as ``p``.
 
 ``p`` is the target's distribution after every sampling parameter (min-tokens blocking,
 penalties over the tokens so far *including* the accepted proposals, temperature, top-k/p,
@@ -120,19 +126,17 @@ def _sample_step(
     probs: torch.Tensor, proposed: int | None, q: torch.Tensor | None, gen: torch.Generator | None
 ) -> int:
     """One position: the proposal if accepted, else a draw from the residual (or ``probs``)."""
-    if proposed is None:  # the bonus position: a plain draw from the target
+    if proposed is None or q is None:
+        # the bonus position, or a deterministic proposal: the plain sampler's own draw (the
+        # caller accepts the proposal where the draw equals it; see the module docstring)
         return int(torch.multinomial(probs, 1, generator=gen))
     p_d = float(probs[proposed])
-    q_d = 1.0 if q is None else float(q[proposed])
+    q_d = float(q[proposed])
     ratio = 1.0 if q_d <= 0.0 else min(1.0, p_d / q_d)
     if p_d > 0.0 and float(torch.rand((), generator=gen)) < ratio:
         return proposed
-    if q is None:
-        residual = probs.clone()
-        residual[proposed] = 0.0
-    else:
-        residual = (probs - q).clamp_min(0.0)
-    if float(residual.sum()) <= 0.0:  # p == q (or p one-hot on the proposal): p itself
+    residual = (probs - q).clamp_min(0.0)
+    if float(residual.sum()) <= 0.0:  # p == q up to float: p itself
         residual = probs
     tok = int(torch.multinomial(residual, 1, generator=gen))
     # A residual draw never equals the rejected proposal (its mass is zero there), so the
