@@ -47,7 +47,9 @@ class LLMEngine:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
         self.model_path = resolve_model_path(config.model)
-        self.model_name = config.served_model_name or (config.model or self.model_path.name)
+        # every name the server answers to; responses carry the first, as in vLLM
+        self.served_model_names = config.served_model_names(config.model or self.model_path.name)
+        self.model_name = self.served_model_names[0]
         self.device = resolve_device(config.device)
         self.dtype = resolve_dtype(config.dtype, self.device)
         torch.manual_seed(config.seed)
