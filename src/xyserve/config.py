@@ -115,6 +115,11 @@ class EngineConfig:
     # The names the server answers to (vLLM's: one or several; responses and logs use the
     # first). None: the model argument, or the bundled model's name.
     served_model_name: str | list[str] | None = None
+    # vLLM's: where the request defaults of sampling come from (temperature, top_p, top_k,
+    # min_p, repetition_penalty, and max_new_tokens as max_tokens). auto: the model's
+    # generation_config.json; vllm: none (SamplingParams' own defaults); else a folder holding
+    # a generation_config.json. A value a request (or SamplingParams) gives always wins.
+    generation_config: str = "auto"
     skip_tokenizer_init: bool = False
     disable_progress_bar: bool = False
     # ---- request limits: checked before a request is admitted (server: 400/413/503) ----
