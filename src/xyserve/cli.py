@@ -17,11 +17,19 @@ COMMANDS: dict[str, str] = {
     "train-tiny": "xyserve.tools.train_tiny:main",
 }
 
-USAGE = "usage: xyserve {" + ",".join(COMMANDS) + "} [options]  (add --help to a command)"
+USAGE = (
+    "usage: xyserve {" + ",".join(COMMANDS) + "} [options]  (add --help to a command)\n"
+    "       xyserve --version"
+)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv in (["--version"], ["-v"]):  # as ``vllm --version``
+        from xyserve import __version__
+
+        print(__version__)
+        return 0
     for words in sorted(COMMANDS, key=lambda c: -len(c.split())):
         n = len(words.split())
         if argv[:n] == words.split():

@@ -31,6 +31,10 @@ SPLIT_MODES = ("auto", "on", "off")
 
 # The torch dtypes an engine runs in, by the names the engine takes (and vLLM's).
 TORCH_DTYPE_NAMES = ("float32", "float16", "bfloat16")
+# The kernel backends by name (xyserve.kernels.backend's registry, which imports torch): checked
+# here, so a misspelt name is refused before the model loads and the start-up checks run.
+ATTENTION_BACKENDS = ("meta", "sdpa", "reference")
+GEMM_BACKENDS = ("smooth", "torch")
 
 
 def dtype_name(value: object) -> str:
@@ -108,7 +112,14 @@ class EngineConfig:
     # (engine.runner_fused). auto: where a check at start finds it faster; on; off. None: the
     # environment variable XYSERVE_CPU_FUSED_DECODE's value, else auto.
     cpu_fused_decode: str | None = None
-    served_model_name: str | None = None
+    # The names the server answers to (vLLM's: one or several; responses and logs use the
+    # first). None: the model argument, or the bundled model's name.
+    served_model_name: str | list[str] | None = None
+    # vLLM's: where the request defaults of sampling come from (temperature, top_p, top_k,
+    # min_p, repetition_penalty, and max_new_tokens as max_tokens). auto: the model's
+    # generation_config.json; vllm: none (SamplingParams' own defaults); else a folder holding
+    # a generation_config.json. A value a request (or SamplingParams) gives always wins.
+    generation_config: str = "auto"
     skip_tokenizer_init: bool = False
     disable_progress_bar: bool = False
     # ---- request limits: checked before a request is admitted (server: 400/413/503) ----
@@ -125,6 +136,24 @@ class EngineConfig:
 
     def __post_init__(self) -> None:
         self._check_types()
+        if isinstance(self.served_model_name, tuple | list):
+            names = list(self.served_model_name)
+            if not names or not all(isinstance(n, str) and n for n in names):
+                raise ValueError("served_model_name must be a non-empty name or list of names")
+            self.served_model_name = names
+        elif self.served_model_name is not None and not isinstance(self.served_model_name, str):
+            raise TypeError(f"served_model_name must be str (got {self.served_model_name!r})")
+        elif self.served_model_name == "":
+            raise ValueError("served_model_name must be a non-empty name or list of names")
+        if self.attention_backend not in ATTENTION_BACKENDS:
+            raise ValueError(
+                f"unknown attention_backend {self.attention_backend!r}; "
+                f"choose one of {', '.join(ATTENTION_BACKENDS)}"
+            )
+        if self.gemm_backend not in GEMM_BACKENDS:
+            raise ValueError(
+                f"unknown gemm_backend {self.gemm_backend!r}; choose one of {', '.join(GEMM_BACKENDS)}"
+            )
         if self.max_num_batched_tokens < 1:
             raise ValueError("max_num_batched_tokens must be at least 1")
         if self.max_num_seqs < 1:
@@ -206,7 +235,10 @@ class EngineConfig:
             args = typing.get_args(hint)
             if value is None and type(None) in args:
                 continue
-            base = next((a for a in args if a is not type(None)), None) if args else hint
+            bases = [a for a in args if a is not type(None)] if args else [hint]
+            if len(bases) > 1:  # e.g. a name or a list of names: checked on its own
+                continue
+            base = bases[0]
             if base is bool:
                 ok = isinstance(value, bool)
             elif base is int:
@@ -240,6 +272,15 @@ class EngineConfig:
         if self.split_prefill_decode == "on":
             return self.max_num_batched_tokens
         return fused_rows if fused_rows else None
+
+    def served_model_names(self, default: str) -> list[str]:
+        """The names the server answers to: ``served_model_name`` (one or several), else
+        ``default``."""
+        if self.served_model_name is None:
+            return [default]
+        if isinstance(self.served_model_name, str):
+            return [self.served_model_name]
+        return list(self.served_model_name)
 
     @classmethod
     def field_names(cls) -> list[str]:

@@ -30,6 +30,16 @@ class LLM:
         tok = self.llm_engine.tokenizer
         return None if tok is None else tok.hf
 
+    def get_default_sampling_params(self) -> SamplingParams:
+        """What ``generate``/``chat`` use without ``sampling_params``, as vLLM's: the model's
+        generation config defaults (``generation_config``: auto, the model's
+        generation_config.json; vllm, none) over SamplingParams' own. With a max_new_tokens
+        there, max_tokens is None: that many tokens, capped to what the prompt leaves."""
+        defaults = dict(self.llm_engine.default_sampling_params)
+        if "max_tokens" in defaults:
+            defaults["max_tokens"] = None
+        return SamplingParams(**defaults)
+
     def get_metrics(self) -> list:
         """The engine's counters (``name``/``value`` objects, vLLM's shapes; spec ones too)."""
         from xyserve.engine_metrics import engine_metrics
@@ -48,7 +58,7 @@ class LLM:
             raise TypeError("prompts: give a prompt or a list of prompts")
         prompts = list(prompts)
         if sampling_params is None:
-            sampling_params = SamplingParams()
+            sampling_params = self.get_default_sampling_params()
         params = (
             list(sampling_params)
             if isinstance(sampling_params, Sequence)

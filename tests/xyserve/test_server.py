@@ -479,7 +479,7 @@ def test_cli_parses_every_engine_flag() -> None:
     assert cfg.max_num_batched_tokens == 64 and cfg.num_reserved_decode_tokens == 16
     assert cfg.enable_prefix_caching is False and cfg.skip_tokenizer_init is True
     assert cfg.scheduler_policy == "baseline" and cfg.num_kv_blocks == 32
-    assert cfg.served_model_name == "m"
+    assert cfg.served_model_name == ["m"]
     ns, cfg = parse_args([])
     assert (ns.host, ns.port) == (DEFAULT_HOST, DEFAULT_PORT) == ("127.0.0.1", 8000)
     assert cfg == EngineConfig()

@@ -19,6 +19,7 @@ from xyserve.engine.runner import ModelRunner
 from xyserve.engine.sampler import SampleRow, sample
 from xyserve.engine.scheduler import Scheduler
 from xyserve.engine.step_graphs import GraphOptions
+from xyserve.model.config import sampling_defaults
 from xyserve.model.loader import load_model, resolve_device, resolve_dtype
 from xyserve.outputs import RequestMetrics, RequestOutput
 from xyserve.sampling_params import SamplingParams
@@ -43,11 +44,39 @@ def resolve_model_path(name: str | None) -> Path:
     return Path(resolve_model(name))
 
 
+def generation_defaults(generation_config: str, model_path: Path) -> dict:
+    """The request defaults of sampling under ``EngineConfig.generation_config`` (vLLM's
+    ``--generation-config``): auto, the model's generation_config.json; vllm, none; else the
+    generation_config.json of that folder."""
+    if generation_config == "vllm":
+        return {}
+    if generation_config == "auto":
+        return sampling_defaults(model_path)
+    folder = Path(generation_config)
+    if not (folder / "generation_config.json").is_file():
+        raise FileNotFoundError(
+            f"generation_config: no generation_config.json in {folder} "
+            "(auto: the model's; vllm: none)"
+        )
+    return sampling_defaults(folder)
+
+
 class LLMEngine:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
         self.model_path = resolve_model_path(config.model)
-        self.model_name = config.served_model_name or (config.model or self.model_path.name)
+        # every name the server answers to; responses carry the first, as in vLLM
+        self.served_model_names = config.served_model_names(config.model or self.model_path.name)
+        self.model_name = self.served_model_names[0]
+        self.default_sampling_params = generation_defaults(config.generation_config,
+                                                           self.model_path)  # fmt: skip
+        if self.default_sampling_params:
+            log.info(
+                "sampling defaults from the generation config (--generation-config %s; "
+                "a request's own values win): %s",
+                config.generation_config,
+                self.default_sampling_params,
+            )
         self.device = resolve_device(config.device)
         self.dtype = resolve_dtype(config.dtype, self.device)
         torch.manual_seed(config.seed)
@@ -146,7 +175,12 @@ class LLMEngine:
         split_rows = fused.max_rows if fused is not None and self.dtype == torch.float32 else None
         self.scheduler.split_decode_rows = config.split_decode_rows(split_rows)
         self.intake = RequestIntake(
-            config, self.tokenizer, mcfg.vocab_size, self.eos_token_ids, self.max_model_len
+            config,
+            self.tokenizer,
+            mcfg.vocab_size,
+            self.eos_token_ids,
+            self.max_model_len,
+            self.default_sampling_params.get("max_tokens"),
         )
         self.output = OutputProcessor(self.tokenizer, self.eos_token_ids, self.max_model_len)
         self.groups: dict[str, Group] = {}

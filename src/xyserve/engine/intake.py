@@ -40,8 +40,12 @@ class RequestIntake:
         vocab_size: int,
         eos_token_ids: set[int],
         max_model_len: int,
+        default_max_tokens: int | None = None,
     ) -> None:
         self.config = config
+        # the model generation config's max_new_tokens: max_tokens where a request leaves it
+        # unset (None), capped to what the prompt leaves of max_model_len, as vLLM's
+        self.default_max_tokens = default_max_tokens
         self.tokenizer = tokenizer
         self.vocab_size = vocab_size
         self.eos_token_ids = eos_token_ids
@@ -191,6 +195,9 @@ class RequestIntake:
         max_tokens = params.max_tokens
         if max_tokens is None:
             max_tokens = self.max_model_len - len(ids)
+            if self.default_max_tokens is not None:  # never below the request's min_tokens
+                cap = max(self.default_max_tokens, params.min_tokens)
+                max_tokens = min(max_tokens, cap)
         if len(ids) + max_tokens > self.max_model_len or max_tokens < 1:
             # with max_tokens unset, only the prompt can be at fault: say nothing of it
             asked = "" if params.max_tokens is None else f" and max_tokens is {max_tokens}"

@@ -138,6 +138,36 @@ def read_json(path: Path) -> dict:
     return data
 
 
+# The sampling defaults a model's generation_config.json may set, by its names -> ours (vLLM's
+# ModelConfig.get_diff_sampling_param: max_new_tokens is max_tokens; do_sample is not read).
+GENERATION_SAMPLING_KEYS = {
+    "repetition_penalty": "repetition_penalty",
+    "temperature": "temperature",
+    "top_k": "top_k",
+    "top_p": "top_p",
+    "min_p": "min_p",
+    "max_new_tokens": "max_tokens",
+}
+
+
+def sampling_defaults(folder: Path) -> dict:
+    """The sampling defaults of ``folder/generation_config.json`` (SamplingParams names; {}
+    without the file); ModelLoadError naming the file if a value is not a valid default."""
+    gen = folder / "generation_config.json"
+    if not gen.is_file():
+        return {}
+    data = read_json(gen)
+    out = {ours: data[theirs] for theirs, ours in GENERATION_SAMPLING_KEYS.items()
+           if data.get(theirs) is not None}  # fmt: skip
+    from xyserve.sampling_params import SamplingParams
+
+    try:
+        SamplingParams(**out)
+    except (TypeError, ValueError) as e:
+        raise ModelLoadError(f"{gen}: not a valid sampling default: {e}") from None
+    return out
+
+
 def _read_eos(path: Path, cfg: dict) -> list[int]:
     gen = path / "generation_config.json"
     value = None

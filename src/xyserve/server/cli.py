@@ -11,6 +11,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import socket
 import sys
 import types
@@ -25,14 +26,45 @@ DEFAULT_PORT = 8000
 
 
 def _base_type(annotation: Any) -> type:
-    """``int | None`` -> int; ``bool`` -> bool."""
+    """``int | None`` -> int; ``bool`` -> bool; ``str | list[str]`` -> str."""
     args = typing.get_args(annotation)
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         non_none = [a for a in args if a is not type(None)]
         if len(non_none) == 1:
             return non_none[0]
+        if len(non_none) == 2 and str in non_none and list[str] in non_none:
+            return str
         raise TypeError(f"unsupported annotation {annotation!r}")
     return annotation
+
+
+# Sizes that take vLLM's human-readable forms (``--max-model-len 32k``).
+HUMAN_READABLE_INTS = ("max_model_len", "max_num_batched_tokens", "kv_cache_memory_bytes")
+_DECIMAL = {"k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
+_BINARY = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def human_readable_int(text: str) -> int:
+    """An integer, or one with vLLM's suffixes: lowercase decimal (``25.6k`` = 25600, ``2m``),
+    uppercase binary (``32K`` = 32768, ``1G``; whole numbers only)."""
+    value = text.strip()
+    m = re.fullmatch(r"([+-]?\d+(?:\.\d+)?)([kKmMgGtT])", value)
+    if m is None:
+        try:
+            return int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"invalid integer {text!r} (an integer, or with a suffix: 32k = 32000, 32K = 32768)"
+            ) from None
+    number, suffix = m.groups()
+    if suffix in _DECIMAL:
+        return int(float(number) * _DECIMAL[suffix])
+    if "." in number:
+        raise argparse.ArgumentTypeError(
+            f"invalid integer {text!r}: binary suffixes take whole numbers "
+            f"(did you mean {number}{suffix.lower()}?)"
+        )
+    return int(number) * _BINARY[suffix]
 
 
 def _json_object(text: str) -> dict:
@@ -56,7 +88,14 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
         help_text = f"EngineConfig.{f.name} (default: {default})"
         if dict in (typ, typing.get_origin(typ)):  # e.g. --speculative-config '<json>'
             typ = _json_object
-        if typing.get_origin(typ) is list:  # e.g. --cudagraph-capture-sizes 1 2 4 8
+        if f.name in HUMAN_READABLE_INTS:
+            typ = human_readable_int
+            help_text += "; 32k = 32000, 32K = 32768"
+        if f.name == "served_model_name":  # one name or several, as vLLM's
+            group.add_argument(
+                flag, dest=f.name, nargs="+", default=default, metavar="NAME", help=help_text
+            )
+        elif typing.get_origin(typ) is list:  # e.g. --cudagraph-capture-sizes 1 2 4 8
             (item,) = typing.get_args(typ)
             group.add_argument(
                 flag, dest=f.name, type=item, nargs="+", default=default, help=help_text
@@ -92,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--api-key",
         default=os.environ.get("XYSERVE_API_KEY"),
         help="require 'Authorization: Bearer KEY' (default: $XYSERVE_API_KEY); "
-        "/health and /metrics stay open",
+        "/health, /ping, /version and /metrics stay open",
     )
     p.add_argument(
         "--allowed-origins",
@@ -166,10 +205,24 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def dashed_flags(argv: list[str]) -> list[str]:
+    """``--max_model_len 8k`` as ``--max-model-len 8k``: vLLM takes either spelling of a flag.
+    Values (``--served-model-name my_model``) and anything after ``--`` are left as they are."""
+    out = []
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            return out + argv[i:]
+        if arg.startswith("--"):
+            key, eq, value = arg.partition("=")
+            arg = "--" + key[2:].replace("_", "-") + eq + value
+        out.append(arg)
+    return out
+
+
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, EngineConfig]:
     """Parse the command line into the server's options and an EngineConfig."""
     parser = build_parser()
-    ns = parser.parse_args(argv)
+    ns = parser.parse_args(dashed_flags(sys.argv[1:] if argv is None else argv))
     if ns.model_tag is not None:
         if ns.model is not None and ns.model != ns.model_tag:
             parser.error(f"MODEL {ns.model_tag!r} and --model {ns.model!r} disagree")

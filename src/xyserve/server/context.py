@@ -39,8 +39,14 @@ class ServerContext:
     def model_name(self) -> str:
         return self.llm.model_name
 
+    @property
+    def model_names(self) -> list[str]:
+        """Every name the server answers to (``--served-model-name`` takes several, as vLLM's);
+        responses carry the first."""
+        return list(getattr(self.llm.engine, "served_model_names", None) or [self.model_name])
+
     def check_model(self, name: str | None) -> None:
-        if name is not None and name != self.model_name:
+        if name is not None and name not in self.model_names:
             raise APIError(
                 f"The model `{name}` does not exist.",
                 status=404,
@@ -49,10 +55,14 @@ class ServerContext:
                 code="model_not_found",
             )
 
-    def card(self) -> ModelCard:
+    def card(self, name: str | None = None) -> ModelCard:
         engine = self.llm.engine
         root = str(getattr(engine, "model_path", "")) or None
-        return ModelCard(id=self.model_name, root=root, max_model_len=engine.max_model_len)
+        return ModelCard(id=name or self.model_name, root=root, max_model_len=engine.max_model_len)
+
+    def cards(self) -> list[ModelCard]:
+        """One card per served name, as vLLM's /v1/models lists them."""
+        return [self.card(name) for name in self.model_names]
 
     def tokenizer(self) -> Any:
         tok = self.llm.engine.tokenizer

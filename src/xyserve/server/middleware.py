@@ -81,9 +81,10 @@ class BodyLimitMiddleware:
 
 
 class ApiKeyMiddleware:
-    """``Authorization: Bearer KEY`` on every route except the open ones."""
+    """``Authorization: Bearer KEY`` on every route except the open ones: the probes a load
+    balancer or orchestrator calls without credentials (vLLM leaves these open too)."""
 
-    OPEN = ("/health", "/metrics")
+    OPEN = ("/health", "/ping", "/version", "/metrics")
 
     def __init__(self, app: Any, api_key: str) -> None:
         self.app = app

@@ -8,7 +8,7 @@ from pathlib import Path
 
 @dataclass
 class ServerOptions:
-    api_key: str | None = None  # when set, every route but /health and /metrics needs it
+    api_key: str | None = None  # when set, every route but the probes (middleware.OPEN) needs it
     allowed_origins: list[str] = field(default_factory=list)  # CORS; empty: no CORS headers
     chat_template: str | None = None  # overrides the tokenizer's template
     disable_log_requests: bool = False

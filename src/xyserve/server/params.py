@@ -30,7 +30,8 @@ async def sampling_params(
             msg = "stream_options.continuous_usage_stats needs include_usage: true"
             raise APIError(msg, param="stream_options")
     try:
-        params = body.to_sampling_params()
+        defaults = getattr(llm.engine, "default_sampling_params", None)
+        params = body.to_sampling_params(defaults)
     except SamplingParamsError as e:
         raise APIError(str(e), param=renames.get(e.param, e.param)) from None
     try:

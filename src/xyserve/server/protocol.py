@@ -200,7 +200,11 @@ class _SamplingRequest(BaseModel):
             raise ValueError("give at most one of " + ", ".join(f for f, _, _ in found))
         return found[0] if found else None
 
-    def _sampling_kwargs(self) -> dict[str, Any]:
+    def _sampling_kwargs(self, defaults: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The request's sampling values; one it does not give is taken from ``defaults``
+        (the model's generation config, as vLLM's), else left to SamplingParams. Their
+        ``max_tokens`` is not taken here (see the engine's ``default_max_tokens``)."""
+        defaults = defaults or {}
         kw: dict[str, Any] = dict(
             n=self.n,
             seed=self.seed,
@@ -223,6 +227,8 @@ class _SamplingRequest(BaseModel):
             "repetition_penalty",
         ):
             value = getattr(self, name)
+            if value is None:
+                value = defaults.get(name)
             if value is not None:
                 kw[name] = value
         return kw
@@ -276,10 +282,13 @@ class CompletionRequest(_SamplingRequest):
         which is not returned, as vLLM does)."""
         return self.echo and self.max_tokens == 0
 
-    def to_sampling_params(self) -> SamplingParams:
+    def to_sampling_params(self, defaults: dict[str, Any] | None = None) -> SamplingParams:
         """Raises SamplingParamsError (with ``.param``) on out-of-range values. ``echo`` with
-        ``logprobs`` also asks for the prompt's logprobs, with as many top tokens (vLLM)."""
-        kw = self._sampling_kwargs()
+        ``logprobs`` also asks for the prompt's logprobs, with as many top tokens (vLLM).
+        ``defaults``: the model's generation config (a ``max_tokens`` there applies to a
+        ``max_tokens: null`` only, since OpenAI's default for completions is 16: the engine
+        applies it, where the prompt's length is known)."""
+        kw = self._sampling_kwargs(defaults)
         if self.prompt_logprobs is None and self.echo and self.logprobs is not None:
             kw["prompt_logprobs"] = self.logprobs
         max_tokens = 1 if self.echo_without_generation else self.max_tokens
@@ -371,14 +380,19 @@ class ChatCompletionRequest(_SamplingRequest):
     metadata: dict[str, str] | None = None
     web_search_options: Any = None
 
-    def to_sampling_params(self) -> SamplingParams:
+    def to_sampling_params(self, defaults: dict[str, Any] | None = None) -> SamplingParams:
+        """``defaults``: the model's generation config. Without max_completion_tokens and
+        max_tokens, max_tokens stays None: the engine takes the generation config's, capped to
+        what the prompt leaves of max_model_len (as vLLM), else all that it leaves."""
         max_tokens = (
             self.max_completion_tokens
             if self.max_completion_tokens is not None
             else self.max_tokens
         )
         logprobs = (self.top_logprobs or 0) if self.logprobs else None
-        return SamplingParams(max_tokens=max_tokens, logprobs=logprobs, **self._sampling_kwargs())
+        return SamplingParams(
+            max_tokens=max_tokens, logprobs=logprobs, **self._sampling_kwargs(defaults)
+        )
 
 
 class TokenizeRequest(BaseModel):

@@ -1,4 +1,5 @@
-"""Routes about the service itself: health, version, the model list and card, metrics."""
+"""Routes about the service itself: health (and /ping), version, the model list and card,
+metrics."""
 
 from __future__ import annotations
 
@@ -21,6 +22,12 @@ async def health(ctx: Ctx) -> Response:
     return Response(status_code=200)
 
 
+@router.api_route("/ping", methods=["GET", "POST"])
+async def ping(ctx: Ctx) -> Response:
+    """SageMaker's health check, as vLLM serves it: /health's answer."""
+    return await health(ctx)
+
+
 @router.get("/version")
 async def version() -> dict[str, str]:
     return {"version": xyserve.__version__}
@@ -28,13 +35,13 @@ async def version() -> dict[str, str]:
 
 @router.get("/v1/models")
 async def models(ctx: Ctx) -> ModelList:
-    return ModelList(data=[ctx.card()])
+    return ModelList(data=ctx.cards())
 
 
 @router.get("/v1/models/{model_id:path}")
 async def model(model_id: str, ctx: Ctx) -> ModelCard:
     ctx.check_model(model_id)
-    return ctx.card()
+    return ctx.card(model_id)
 
 
 @router.get("/metrics")
