@@ -19,7 +19,7 @@ from xyserve.engine.runner import ModelRunner
 from xyserve.engine.sampler import SampleRow, sample
 from xyserve.engine.scheduler import Scheduler
 from xyserve.engine.step_graphs import GraphOptions
-from xyserve.model.config import sampling_defaults
+from xyserve.model.config import ModelLoadError, sampling_defaults
 from xyserve.model.loader import load_model, resolve_device, resolve_dtype
 from xyserve.outputs import RequestMetrics, RequestOutput
 from xyserve.sampling_params import SamplingParams
@@ -50,15 +50,19 @@ def generation_defaults(generation_config: str, model_path: Path) -> dict:
     generation_config.json of that folder."""
     if generation_config == "vllm":
         return {}
-    if generation_config == "auto":
-        return sampling_defaults(model_path)
-    folder = Path(generation_config)
-    if not (folder / "generation_config.json").is_file():
+    folder = model_path if generation_config == "auto" else Path(generation_config)
+    if generation_config != "auto" and not (folder / "generation_config.json").is_file():
         raise FileNotFoundError(
             f"generation_config: no generation_config.json in {folder} "
             "(auto: the model's; vllm: none)"
         )
-    return sampling_defaults(folder)
+    out = sampling_defaults(folder)
+    try:
+        SamplingParams(**out)
+    except (TypeError, ValueError) as e:
+        gen = folder / "generation_config.json"
+        raise ModelLoadError(f"{gen}: not a valid sampling default: {e}") from None
+    return out
 
 
 class LLMEngine:
