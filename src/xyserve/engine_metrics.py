@@ -230,7 +230,9 @@ class EngineMetrics:
         self.spec_num_drafts = self.spec_num_draft_tokens = self.spec_num_accepted_tokens = None
         self.spec_accepted_per_pos: list = []
         if num_speculative_tokens is not None:
-            self.spec_num_drafts = counter("spec_decode_num_drafts", "Number of spec decoding drafts.")
+            self.spec_num_drafts = counter(
+                "spec_decode_num_drafts", "Number of spec decoding drafts."
+            )
             self.spec_num_draft_tokens = counter(
                 "spec_decode_num_draft_tokens", "Number of draft tokens."
             )
