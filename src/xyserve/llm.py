@@ -41,10 +41,11 @@ class LLM:
         return SamplingParams(**defaults)
 
     def get_metrics(self) -> list:
-        """The engine's counters (``name``/``value`` objects, vLLM's shapes; spec ones too)."""
-        from xyserve.engine_metrics import engine_metrics
-
-        return engine_metrics(self.llm_engine)
+        """Every metric of the engine, as vLLM's: ``Counter``, ``Gauge``, ``Histogram`` and
+        ``Vector`` objects (xyserve.engine_metrics) with ``name`` (``xyserve:`` where vLLM's
+        say ``vllm:``; counters without ``_total``), ``labels`` and values, read from the
+        registry the server's ``/metrics`` renders."""
+        return self.llm_engine.metrics.snapshot()
 
     def generate(
         self,

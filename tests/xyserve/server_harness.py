@@ -96,3 +96,18 @@ def run_server(config: EngineConfig, options: ServerOptions | None = None) -> It
         sock.close()
     assert not thread.is_alive()
     assert not llm.is_alive  # the lifespan stopped the engine thread
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of sample ``name`` as /metrics exposes it (``..._total``, ``..._count``) whose
+    labels include ``labels``: the sum when several series match; asserts one does."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    found = [
+        s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+        if s.name == name and labels.items() <= s.labels.items()
+    ]
+    assert found, (name, labels)
+    return sum(found)

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from server_harness import Server, run_server
+from server_harness import Server, metric, run_server
 
 from xyserve.config import EngineConfig
 from xyserve.outputs import CompletionOutput
@@ -432,7 +432,8 @@ def test_metrics(server: Server) -> None:
     text = r.text
     for name in [
         "xyserve:time_to_first_token_seconds_bucket",
-        "xyserve:time_per_output_token_seconds_bucket",
+        "xyserve:request_time_per_output_token_seconds_bucket",
+        "xyserve:inter_token_latency_seconds_bucket",
         "xyserve:num_requests_running",
         "xyserve:num_requests_waiting",
         "xyserve:kv_cache_usage_perc",
@@ -441,15 +442,13 @@ def test_metrics(server: Server) -> None:
         "xyserve:generation_tokens_total",
     ]:
         assert name in text, name
-    values = {
-        line.split()[0]: float(line.split()[1])
-        for line in text.splitlines()
-        if line and not line.startswith("#")
-    }
-    assert values["xyserve:generation_tokens_total"] >= 3
-    assert values["xyserve:prompt_tokens_total"] >= 1
-    assert values["xyserve:time_to_first_token_seconds_count"] >= 1
-    assert values["xyserve:time_per_output_token_seconds_count"] >= 1
+    labels = {"model_name": MODEL, "engine": "0"}  # vLLM's labels, on every metric
+    assert metric(text, "xyserve:generation_tokens_total", **labels) >= 3
+    assert metric(text, "xyserve:prompt_tokens_total", **labels) >= 1
+    assert metric(text, "xyserve:time_to_first_token_seconds_count", **labels) >= 1
+    assert metric(text, "xyserve:request_time_per_output_token_seconds_count", **labels) >= 1
+    length = {**labels, "finished_reason": "length"}
+    assert metric(text, "xyserve:request_success_total", **length) >= 1
 
 
 def test_cli_parses_every_engine_flag() -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import openai
 import uvicorn
+from server_harness import metric
 
 from xyserve import LLM, SamplingParams
 from xyserve.config import EngineConfig
@@ -54,10 +55,14 @@ def test_speculative_run_streams_in_order_and_is_counted(tiny_llama: Path) -> No
         stats = llm.engine.spec.stats
         assert stats.num_accepted_tokens >= 10 and stats.num_drafts < 20
         metrics = httpx.get(url.removesuffix("/v1") + "/metrics").text
-        for name, value in (
-            ("xyserve:spec_decode_num_drafts_total", stats.num_drafts),
-            ("xyserve:spec_decode_num_accepted_tokens_total", stats.num_accepted_tokens),
-            ('xyserve:spec_decode_num_accepted_tokens_per_pos_total{position="0"}', None),
+        for name, labels, value in (
+            ("xyserve:spec_decode_num_drafts_total", {}, stats.num_drafts),
+            ("xyserve:spec_decode_num_draft_tokens_total", {}, stats.num_draft_tokens),
+            ("xyserve:spec_decode_num_accepted_tokens_total", {}, stats.num_accepted_tokens),
+            (
+                "xyserve:spec_decode_num_accepted_tokens_per_pos_total",
+                {"position": "0"},
+                stats.accepted_per_pos[0],
+            ),
         ):
-            line = next(ln for ln in metrics.splitlines() if ln.startswith(name + " "))
-            assert value is None or float(line.split()[-1]) == value
+            assert metric(metrics, name, model_name="t", engine="0", **labels) == value

@@ -19,6 +19,7 @@ from xyserve.engine.runner import ModelRunner
 from xyserve.engine.sampler import SampleRow, sample
 from xyserve.engine.scheduler import Scheduler
 from xyserve.engine.step_graphs import GraphOptions
+from xyserve.engine_metrics import EngineMetrics
 from xyserve.model.config import ModelLoadError, sampling_defaults
 from xyserve.model.loader import load_model, resolve_device, resolve_dtype
 from xyserve.outputs import RequestMetrics, RequestOutput
@@ -191,11 +192,14 @@ class LLMEngine:
         self._child_to_group: dict[str, tuple[Group, Child]] = {}
         self._ids = itertools.count()
         self.num_steps = 0
-        self.num_prompt_tokens = 0  # prompt tokens of admitted requests, as vLLM counts
-        self.num_computed_prefill_tokens = 0  # prefill actually run (cache hits excluded)
+        # Beside the metrics (self.metrics), counted where they are: prompt tokens as vLLM
+        # counts them (a sample's whole prompt when its first token comes), prefill run (cache
+        # hits excluded), tokens generated, requests failed inside a step and aborted.
+        self.num_prompt_tokens = 0
+        self.num_computed_prefill_tokens = 0
         self.num_generation_tokens = 0
         self.num_failed_requests = 0
-        self.num_aborted_requests = 0  # failed inside a step (the others went on)
+        self.num_aborted_requests = 0
         log.info(
             "engine ready: model=%s dtype=%s device=%s kv_blocks=%d block_size=%d "
             "kv_tokens=%d max_model_len=%d budget=%d max_num_seqs=%d policy=%s "
@@ -219,6 +223,17 @@ class LLMEngine:
         # Speculative decoding (the Verify stage): proposes after each step, verifies in the next.
         spec = SpeculativeConfig.parse(config.speculative_config)
         self.spec = SpecDecoder.for_engine(spec, self) if spec is not None else None
+        k = self.spec.stats.num_speculative_tokens if self.spec is not None else None
+        self.metrics = EngineMetrics(self.model_name, self.max_model_len, k)
+        self.metrics.bind_state(
+            lambda: self.num_running,
+            lambda: self.num_waiting,
+            lambda: self.kv.usage,
+            lambda: self.kv.prefix_hit_rate,
+        )
+        self.kv.on_prefix_query = self.metrics.observe_prefix_query
+        if self.spec is not None:
+            self.spec.stats.listener = self.metrics.observe_spec
 
     def _graph_options(self) -> GraphOptions | None:
         """The CUDA graphs of the step loop, or None (eager), said in a log line. The runner
@@ -275,11 +290,12 @@ class LLMEngine:
             matcher = params.structured.new_matcher() if params.structured is not None else None
             logprobs = [] if params.logprobs is not None else None
             group.children.append(Child(req, i, gen, logprobs=logprobs, matcher=matcher))
+        queued = time.monotonic()
         for c in group.children:
             self._child_to_group[c.request.request_id] = (group, c)
+            c.request.queued_time = queued
             self.scheduler.add_request(c.request)
         self.groups[rid] = group
-        self.num_prompt_tokens += len(ids)
         return rid
 
     def abort_request(self, request_id: str) -> bool:
@@ -289,15 +305,16 @@ class LLMEngine:
             return False
         self._release(group, RequestStatus.FINISHED_ABORTED)
         self.num_aborted_requests += 1
+        self.metrics.request_aborted.inc()
         return True
 
     def withdraw_request(self, request_id: str) -> None:
         """Undo the admission of a request that has not run yet: the all-or-none rollback of a
         multi-prompt add that failed part-way. Unlike ``abort_request`` it is not counted as
-        an abort, and its prompt tokens leave the count: to the metrics it never came."""
+        an abort (nothing of it ran, so nothing else was counted): to the metrics it never
+        came."""
         group = self.groups.pop(request_id)
         self._release(group, RequestStatus.FINISHED_ABORTED)
-        self.num_prompt_tokens -= len(group.prompt_token_ids)
 
     def _release(self, group: Group, status: RequestStatus) -> None:
         """Finish every child of ``group`` in the scheduler (freeing its blocks) and forget it."""
@@ -315,6 +332,7 @@ class LLMEngine:
             log.warning("request %s failed: %s", group.request_id, error)
             group.error = error
             self.num_failed_requests += 1
+            self.metrics.request_failed.inc()
         for c in group.children:
             if c.finish_reason is None:
                 c.finish_reason = "error"
@@ -326,6 +344,7 @@ class LLMEngine:
     # ---- the step ---------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
         out = self.scheduler.schedule()
+        self.metrics.num_preemptions.inc(len(out.preempted))
         if out.is_empty:
             return []
         self.num_steps += 1
@@ -350,6 +369,8 @@ class LLMEngine:
             if group.metrics.first_scheduled_time is None:
                 group.metrics.first_scheduled_time = now
                 group.metrics.num_cached_tokens = max(0, st.request.num_cached_tokens)
+            if st.request.scheduled_time is None:
+                st.request.scheduled_time = now
             if rid not in result.rows:
                 continue
             r = st.request
@@ -402,18 +423,24 @@ class LLMEngine:
                 self._guard(group, self._process_token, group, child, done_time)
             else:
                 self._guard(group, self._process_run, group, child, done_time, results)
-        self.num_generation_tokens += sum(
-            c.request.num_output_tokens - before[c.request.request_id] for _, c in children
-        )
+        self._observe_tokens(children, before, done_time)
         self.num_computed_prefill_tokens += sum(s.num_tokens for s in out.stages if s.is_prefill)
         outputs = []
         for group in touched.values():
+            for c in group.children:
+                if c.finish_reason is not None and not c.counted:
+                    c.counted = True
+                    self._observe_finished(group, c, done_time)
             outputs.append(self.output.make_output(group))
             if group.finished:
                 self.groups.pop(group.request_id, None)
                 group.metrics.finished_time = done_time
                 for c in group.children:
                     self._child_to_group.pop(c.request.request_id, None)
+                m = self.metrics
+                m.request_params_n.observe(group.params.n)
+                most = max(c.request.num_output_tokens for c in group.children)
+                m.request_max_num_generation_tokens.observe(most)
         if self.spec is not None:  # spec: time the step for the cost model, then propose
             self.spec.observe_step(out.num_tokens, done_time - now)
             self._propose()
@@ -506,6 +533,55 @@ class LLMEngine:
             self.scheduler.finish_request(r.request_id, status)
 
     # ---- stats ------------------------------------------------------------------------
+    def _observe_tokens(self, children: list, before: dict[str, int], now: float) -> None:
+        """The step's tokens, as vLLM's IterationStats counts them: a sample's whole prompt
+        when its first token comes (cached tokens included; once, whatever preemptions
+        follow), its time to first token, then one inter-token latency per step that gives it
+        tokens (a verify stage's run of tokens is one)."""
+        m = self.metrics
+        prompt = generated = 0
+        for _, c in children:
+            r = c.request
+            new = r.num_output_tokens - before[r.request_id]
+            if new <= 0:
+                continue
+            generated += new
+            if r.first_token_time is None:
+                r.first_token_time = now
+                prompt += r.num_prompt_tokens
+                m.time_to_first_token.observe(now - r.arrival_time)
+            else:
+                m.inter_token_latency.observe(now - r.last_token_time)
+            r.last_token_time = now
+        self.num_prompt_tokens += prompt
+        self.num_generation_tokens += generated
+        m.prompt_tokens.inc(prompt)
+        m.generation_tokens.inc(generated)
+        m.iteration_tokens.observe(prompt + generated)
+
+    def _observe_finished(self, group: Group, child: Child, now: float) -> None:
+        """One sample finished (stop, length, or error): vLLM's finished-request metrics."""
+        m, r = self.metrics, child.request
+        success = m.request_success.get(child.finish_reason)
+        if success is not None:
+            success.inc()
+        m.e2e_request_latency.observe(now - r.arrival_time)
+        m.request_prompt_tokens.observe(r.num_prompt_tokens)
+        m.request_generation_tokens.observe(r.num_output_tokens)
+        if group.params.max_tokens:
+            m.request_params_max_tokens.observe(group.params.max_tokens)
+        if r.scheduled_time is None:
+            return
+        m.request_queue_time.observe(r.scheduled_time - r.queued_time)
+        if r.first_token_time is None:
+            return
+        decode = r.last_token_time - r.first_token_time
+        m.request_prefill_time.observe(r.first_token_time - r.scheduled_time)
+        m.request_decode_time.observe(decode)
+        m.request_inference_time.observe(r.last_token_time - r.scheduled_time)
+        if r.num_output_tokens > 1:
+            m.request_time_per_output_token.observe(decode / (r.num_output_tokens - 1))
+
     @property
     def num_running(self) -> int:
         return self.scheduler.num_running

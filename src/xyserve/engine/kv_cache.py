@@ -11,6 +11,7 @@ reusable, until LRU eviction. Pure Python: the copies are handed to the executor
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from xyserve.engine.request import Request
@@ -53,8 +54,12 @@ class KVCacheManager:
         self.req_blocks: dict[str, list[int]] = {}
         self._committed: dict[str, int] = {}
         self.pending_copies: list[tuple[int, int, int]] = []
+        # Prefix cache lookups, in tokens, as vLLM counts them: a request's first admission
+        # only (a preempted one readmitted is not counted again), none when prefix caching is
+        # off or the request skips the cache (prompt logprobs).
         self.num_query_tokens = 0
         self.num_hit_tokens = 0
+        self.on_prefix_query: Callable[[int, int], None] | None = None  # (queried, hit)
 
     # ---- accounting -------------------------------------------------------------------
     @property
@@ -166,8 +171,11 @@ class KVCacheManager:
                 parent.partial_children.add(blk)
             table.append(bid)
         if match is not None:
-            self.num_query_tokens += req.num_tokens
-            self.num_hit_tokens += match.num_tokens
+            if self.enable_prefix_caching and not req.prompt_logits and not req.num_preemptions:
+                self.num_query_tokens += req.num_tokens
+                self.num_hit_tokens += match.num_tokens
+                if self.on_prefix_query is not None:
+                    self.on_prefix_query(req.num_tokens, match.num_tokens)
             if match.partial is not None:
                 self._register_full(self.blocks[new_ids[0]])
         return True

@@ -33,6 +33,7 @@ class Child:
     # window as they decode the whole text.
     prefix_offset: int = 0
     read_offset: int = 0
+    counted: bool = False  # its finish is in the metrics
 
 
 @dataclass

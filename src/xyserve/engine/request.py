@@ -46,6 +46,12 @@ class Request:
     # Every prompt position's logits are wanted (prompt logprobs): the prefill computes the
     # whole prompt, reading no cached prefix, and its steps return a logits row per position.
     prompt_logits: bool = False
+    # This sample's life on the engine's clock (time.monotonic()), for the metrics: added to the
+    # scheduler, first scheduled (a preemption does not move it), first and last token.
+    queued_time: float = 0.0
+    scheduled_time: float | None = None
+    first_token_time: float | None = None
+    last_token_time: float | None = None
 
     @property
     def num_prompt_tokens(self) -> int:

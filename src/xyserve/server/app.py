@@ -47,10 +47,10 @@ def freeze_startup_heap() -> int:
 def create_app(
     llm: AsyncLLM, *, shutdown_engine: bool = True, options: ServerOptions | None = None
 ) -> FastAPI:
-    """An app serving ``llm``; it owns a metrics registry and starts the engine thread."""
+    """An app serving ``llm``: ``/metrics`` renders its engine's registry; the app starts the
+    engine thread."""
     opts = options or ServerOptions()
-    metrics = ServerMetrics()
-    llm.stats_hook = metrics.on_step
+    metrics = ServerMetrics(llm.engine.metrics)
     config = getattr(llm.engine, "config", None)
     max_body = getattr(config, "max_request_body_bytes", 4 << 20)
 

@@ -1,7 +1,8 @@
-"""Speculative decoding counters, with vLLM's metric names under the ``xyserve:`` prefix."""
+"""Speculative decoding counters (exported by the engine's metrics, xyserve.engine_metrics)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -13,6 +14,8 @@ class SpecStats:
     num_accepted_tokens: int = 0  # proposals accepted
     accepted_per_pos: list[int] = field(default_factory=list)  # accepted at position 0, 1, ...
     propose_seconds: float = 0.0  # time spent proposing (the draft's share of a step)
+    # Told of every verify stage (num_draft, num_accepted): the engine's metrics
+    listener: Callable[[int, int], None] | None = None
 
     def __post_init__(self) -> None:
         if not self.accepted_per_pos:
@@ -24,6 +27,8 @@ class SpecStats:
         self.num_accepted_tokens += num_accepted
         for i in range(num_accepted):
             self.accepted_per_pos[i] += 1
+        if self.listener is not None:
+            self.listener(num_draft, num_accepted)
 
     @property
     def acceptance_rate(self) -> float:
@@ -33,20 +38,3 @@ class SpecStats:
     def mean_accepted_length(self) -> float:
         """Tokens emitted per verify stage: accepted proposals plus the target's own token."""
         return 1.0 + self.num_accepted_tokens / self.num_drafts if self.num_drafts else 0.0
-
-    def prometheus(self) -> list[tuple[str, dict[str, str], float]]:
-        """``(name, labels, value)`` of every counter, as the server exports them."""
-        rows: list[tuple[str, dict[str, str], float]] = [
-            ("xyserve:spec_decode_num_drafts", {}, float(self.num_drafts)),
-            ("xyserve:spec_decode_num_draft_tokens", {}, float(self.num_draft_tokens)),
-            ("xyserve:spec_decode_num_accepted_tokens", {}, float(self.num_accepted_tokens)),
-        ]
-        for pos, n in enumerate(self.accepted_per_pos):
-            rows.append(
-                (
-                    "xyserve:spec_decode_num_accepted_tokens_per_pos",
-                    {"position": str(pos)},
-                    float(n),
-                )
-            )
-        return rows
