@@ -64,7 +64,7 @@ class SamplingParams:
     # OpenAI's logit_bias: token id -> bias in [-100, 100], added to the logits before sampling.
     logit_bias: dict[int, float] | None = None
     # A structured-output constraint: vLLM's structured_outputs fields as a dict with exactly
-    # one of json (a schema), regex, choice, grammar (Lark) or json_object (True), compiled by
+    # one of json (a schema: a dict or JSON text), regex, choice, grammar (Lark) or json_object (True), compiled by
     # the engine; or an already compiled xyserve.engine.structured.GrammarSpec.
     structured: dict | object | None = None
     _stop_list: list[str] = field(default_factory=list, init=False, repr=False)
