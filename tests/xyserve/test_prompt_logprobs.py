@@ -237,6 +237,33 @@ def test_continuous_usage_stats(server: Server, path: str) -> None:
     server.assert_clean()
 
 
+@pytest.mark.parametrize(
+    "path,extra",
+    [
+        ("/v1/chat/completions", {}),  # the role chunks come before any output
+        ("/v1/completions", {"echo": True}),  # so do the echo chunks
+        ("/v1/completions", {"prompt": [PROMPT, "A second prompt, longer than the first."]}),
+    ],
+)
+def test_continuous_usage_counts_the_prompt_in_every_chunk(
+    server: Server, path: str, extra: dict
+) -> None:
+    """The first chunks reported prompt_tokens 0 (no output had come yet); vLLM reports the
+    prompt's tokens in every chunk."""
+    body = {"model": MODEL, "max_tokens": 3, "temperature": 0, "ignore_eos": True, "n": 2}
+    if path == "/v1/completions":
+        body["prompt"] = PROMPT
+    else:
+        body["messages"] = [{"role": "user", "content": PROMPT}]
+    body.update(extra)
+    whole = post(server, path, body)["usage"]
+    opts = {"include_usage": True, "continuous_usage_stats": True}
+    chunks = stream(server, path, {**body, "stream_options": opts})
+    assert chunks[-1]["usage"] == whole
+    assert [c["usage"]["prompt_tokens"] for c in chunks] == [whole["prompt_tokens"]] * len(chunks)
+    server.assert_clean()
+
+
 def test_streamed_echo_waits_for_the_whole_prompt_with_n(server: Server) -> None:
     """n = 2 and the prompt cached already: the second sample reads the cached prefix and
     samples long before the first (which computes the whole prompt for its logprobs) is

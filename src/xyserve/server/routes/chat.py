@@ -135,9 +135,10 @@ async def _chat_stream(
     final: RequestOutput | None = None
     error = None
     created = unix_time()
+    prompt_len = len(stream.prompt_token_ids)
 
     def chunk(choice: ChatStreamChoice) -> str:
-        u = usage([final]) if body.continuous_usage else None
+        u = usage([final], prompt_lens=[prompt_len]) if body.continuous_usage else None
         return sse(
             ChatCompletionStreamResponse(
                 id=rid, created=created, model=model, choices=[choice], usage=u
