@@ -808,6 +808,41 @@ def test_a_failing_proposer_costs_proposals_not_requests(tiny_llama, reference):
     eng.kv.check_no_leak()
 
 
+def test_a_proposer_failing_for_one_request_costs_that_requests_proposals_only(
+    tiny_llama, reference, monkeypatch
+):
+    """The proposer raises whenever one request is in its batch: the batch's other requests
+    still get their proposals that step (it is proposed again without that one), and that
+    one decodes without proposals from then on; every output is the plain one."""
+    ref_llm, ref = reference
+    llm = LLM(str(tiny_llama), speculative_config=NGRAM, **ENGINE)
+    eng = llm.llm_engine
+    table = {tuple(p): o.token_ids for p, o in zip(_prompts(), ref)}
+    oracle = OracleProposer(table, ref_llm.llm_engine.model.cfg.vocab_size)
+    bad_prompt = _prompts()[2]
+    raised_at, proposed_at, bad_ids = set(), set(), set()
+
+    def propose(requests, caps):
+        for r in requests:
+            if r.prompt_token_ids == bad_prompt:
+                bad_ids.add(r.request_id)
+                raised_at.add(eng.num_steps)
+                raise RuntimeError("proposer bug for one request")
+        got = oracle.propose(requests, caps)
+        if got:
+            proposed_at.add(eng.num_steps)
+        return got
+
+    monkeypatch.setattr(eng.spec.proposer, "propose", propose)
+    params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
+    got = _generate(llm, _prompts(), params)
+    assert [o.token_ids for o in got] == [o.token_ids for o in ref]
+    assert len(bad_ids) == 1 and eng.num_failed_requests == 0
+    assert len(raised_at) == 1 and raised_at <= proposed_at, (raised_at, proposed_at)
+    assert not eng.spec.failed  # forgotten once the request finished
+    eng.kv.check_no_leak()
+
+
 def test_generation_token_count_excludes_tokens_cut_after_a_stop(tiny_llama, reference):
     """An accepted run that crosses a stop token is cut there; the counter counts the output."""
     ref_llm, ref = reference
