@@ -495,6 +495,28 @@ def test_draft_vocabulary_mismatch_and_missing_draft_are_refused(tiny_llama):
         )
 
 
+@pytest.mark.parametrize(
+    "bad,good,words",
+    [
+        ({"tree_width": 17}, {"tree_width": 16}, "tree_width is 17, but the draft's vocabulary"),
+        ({"tree_width": 17, "tree_depth": 2, "tree_nodes": 20}, None, "tree_width is 17"),
+        ({"tree_branching": [2, 17]}, {"tree_branching": [2, 16]}, "tree_branching entry is 17"),
+    ],
+)
+def test_a_tree_wider_than_the_drafts_vocabulary_is_refused(tmp_path, bad, good, words):
+    """A node's children are distinct draft tokens: a tree_width over the vocabulary (16
+    tokens here) was accepted, and every proposal then carried tokens the draft never chose
+    (none accepted past the first level)."""
+    from tiny_models import build_model
+
+    path = str(build_model(tmp_path, with_tokenizer=False, vocab_size=16))
+    spec = {"method": "tree", "num_speculative_tokens": 2, "model": path}
+    with pytest.raises(ValueError, match=words):
+        LLM(path, skip_tokenizer_init=True, dtype="float32", speculative_config={**spec, **bad})
+    if good is not None:  # as wide as the vocabulary: taken
+        LLM(path, skip_tokenizer_init=True, dtype="float32", speculative_config={**spec, **good})
+
+
 def test_draft_model_equal_to_target_accepts_everything_and_stays_identical(tiny_llama, reference):
     """The target as its own draft: every greedy proposal is accepted; caches do not leak."""
     _, ref = reference

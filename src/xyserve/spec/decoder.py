@@ -106,11 +106,14 @@ class SpecDecoder:
         """The decoder of a target engine, with the proposer its method names."""
         proposer = None
         if config.method in ("draft_model", "tree"):
+            from xyserve.model.config import ModelConfig
             from xyserve.spec.draft import DraftModelProposer, resolve_draft_path
 
             ec = engine.config
+            draft_path = resolve_draft_path(config.model, engine.model_path)
+            config.check_draft_vocab(ModelConfig.from_dir(draft_path).vocab_size)
             proposer = DraftModelProposer(
-                resolve_draft_path(config.model, engine.model_path),
+                draft_path,
                 engine.model.cfg,
                 engine.device,
                 engine.dtype,
