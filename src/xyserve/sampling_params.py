@@ -38,6 +38,11 @@ def _is_real(v: object) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
+def _py_real(v: numbers.Real) -> int | float:
+    """A Python int or float for a number of another real type (numpy's)."""
+    return v if type(v) in (int, float) else float(v)  # numpy's float64 is a float subclass
+
+
 @dataclass
 class SamplingParams:
     n: int = 1
@@ -64,7 +69,7 @@ class SamplingParams:
     # OpenAI's logit_bias: token id -> bias in [-100, 100], added to the logits before sampling.
     logit_bias: dict[int, float] | None = None
     # A structured-output constraint: vLLM's structured_outputs fields as a dict with exactly
-    # one of json (a schema), regex, choice, grammar (Lark) or json_object (True), compiled by
+    # one of json (a schema: a dict or JSON text), regex, choice, grammar (Lark) or json_object (True), compiled by
     # the engine; or an already compiled xyserve.engine.structured.GrammarSpec.
     structured: dict | object | None = None
     _stop_list: list[str] = field(default_factory=list, init=False, repr=False)
@@ -79,8 +84,8 @@ class SamplingParams:
         self.validate()
 
     def _check_types(self) -> None:
-        """Refuse, naming the field, a value of a type the field cannot take; integers of any
-        integral type (numpy's too) become Python ints."""
+        """Refuse, naming the field, a value of a type the field cannot take; numbers of any
+        integral or real type (numpy's too) become Python ints and floats."""
 
         def bad(name: str, what: str) -> SamplingParamsError:
             value = getattr(self, name)
@@ -94,8 +99,10 @@ class SamplingParams:
                 raise bad(name, "an integer")
             setattr(self, name, int(value))
         for name in REAL_FIELDS:
-            if not _is_real(getattr(self, name)):
+            value = getattr(self, name)
+            if not _is_real(value):
                 raise bad(name, "a number")
+            setattr(self, name, _py_real(value))
         for name in BOOL_FIELDS:
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "True or False")
@@ -103,11 +110,15 @@ class SamplingParams:
             raise bad("stop", "a string or a list of strings")
         if self.stop_token_ids is not None and not isinstance(self.stop_token_ids, list | tuple):
             raise bad("stop_token_ids", "a list of token ids")
+        if self.stop_token_ids is not None:  # anything but an integer stays for validate
+            self.stop_token_ids = [int(t) if _is_int(t) else t for t in self.stop_token_ids]
         if self.logit_bias is not None and not (
             isinstance(self.logit_bias, dict)
             and all(_is_int(t) and _is_real(b) for t, b in self.logit_bias.items())
         ):
             raise bad("logit_bias", "a dict of int token ids to numbers")
+        if self.logit_bias is not None:
+            self.logit_bias = {int(t): _py_real(b) for t, b in self.logit_bias.items()}
         if not (
             self.structured is None
             or isinstance(self.structured, dict)
@@ -157,7 +168,7 @@ class SamplingParams:
             (
                 all(isinstance(t, int) and t >= 0 for t in self.stop_token_ids),
                 "stop_token_ids",
-                "must be non-negative token ids",
+                "must be non-negative integer token ids",
             ),
             (
                 all(

@@ -92,6 +92,50 @@ def test_prompt_logprobs_survive_preemption(tiny_llama: Path, hf) -> None:
     llm.llm_engine.kv.check_no_leak()
 
 
+def test_samples_do_not_wait_for_a_prompt_recomputed_for_its_logprobs(tiny_llama: Path, hf) -> None:
+    """n = 4 with prompt logprobs, the prompt's first blocks cached already: the first sample
+    computes its whole prompt (a cached token's logits are not kept), into private twins of
+    the cached blocks that no other sample can match. The others were held back until it was
+    through, then computed the uncached rest anyway; now the second computes that rest at
+    once, beside it, and the last two share the second's blocks."""
+    rng = random.Random(2)
+    vocab = hf.config.vocab_size
+    shared = [rng.randrange(1, vocab) for _ in range(16)]
+    prompt = shared + [rng.randrange(1, vocab) for _ in range(32)]
+    llm = LLM(
+        str(tiny_llama),
+        block_size=4,
+        max_num_batched_tokens=96,
+        admission_order="fcfs",
+        device="cpu",
+    )
+    engine = llm.llm_engine
+    greedy = dict(max_tokens=2, temperature=0, ignore_eos=True, n=4)
+    llm.generate([shared + [1, 2]], SamplingParams(max_tokens=1), use_tqdm=False)
+    first_step: dict[str, int] = {}
+    schedule = engine.scheduler.schedule
+
+    def spy():
+        out = schedule()
+        for st in out.stages:
+            first_step.setdefault(st.request.request_id, engine.num_steps)
+        return out
+
+    engine.scheduler.schedule = spy
+    before = engine.num_computed_prefill_tokens
+    params = SamplingParams(**greedy, prompt_logprobs=2)
+    (out,) = llm.generate([prompt], params, use_tqdm=False)
+    # the first sample's whole prompt and the second's uncached rest; the last two compute
+    # only their last prompt token (a decode-like stage, not counted as prefill)
+    assert engine.num_computed_prefill_tokens - before == 48 + 32
+    rid = out.request_id
+    assert first_step[f"{rid}#1"] == first_step[f"{rid}#0"], first_step
+    check_prompt_logprobs(hf, prompt, out.prompt_logprobs, 2)
+    plain = llm.generate([prompt], SamplingParams(**greedy), use_tqdm=False)[0]
+    assert [c.token_ids for c in out.outputs] == [c.token_ids for c in plain.outputs]
+    llm.llm_engine.kv.check_no_leak()
+
+
 def test_prompt_logprobs_refused_out_of_range(tiny_llama: Path) -> None:
     with pytest.raises(ValueError, match="prompt_logprobs"):
         SamplingParams(prompt_logprobs=21)
@@ -234,6 +278,33 @@ def test_continuous_usage_stats(server: Server, path: str) -> None:
     done = [c["usage"]["completion_tokens"] for c in chunks]
     assert done == sorted(done) and chunks[-1]["usage"] == whole
     assert chunks[-2]["usage"] == whole  # the last choice chunk, before the usage-only one
+    server.assert_clean()
+
+
+@pytest.mark.parametrize(
+    "path,extra",
+    [
+        ("/v1/chat/completions", {}),  # the role chunks come before any output
+        ("/v1/completions", {"echo": True}),  # so do the echo chunks
+        ("/v1/completions", {"prompt": [PROMPT, "A second prompt, longer than the first."]}),
+    ],
+)
+def test_continuous_usage_counts_the_prompt_in_every_chunk(
+    server: Server, path: str, extra: dict
+) -> None:
+    """The first chunks reported prompt_tokens 0 (no output had come yet); vLLM reports the
+    prompt's tokens in every chunk."""
+    body = {"model": MODEL, "max_tokens": 3, "temperature": 0, "ignore_eos": True, "n": 2}
+    if path == "/v1/completions":
+        body["prompt"] = PROMPT
+    else:
+        body["messages"] = [{"role": "user", "content": PROMPT}]
+    body.update(extra)
+    whole = post(server, path, body)["usage"]
+    opts = {"include_usage": True, "continuous_usage_stats": True}
+    chunks = stream(server, path, {**body, "stream_options": opts})
+    assert chunks[-1]["usage"] == whole
+    assert [c["usage"]["prompt_tokens"] for c in chunks] == [whole["prompt_tokens"]] * len(chunks)
     server.assert_clean()
 
 

@@ -362,3 +362,29 @@ def test_numpy_token_ids_are_token_ids(llm):
     got = llm.generate({"prompt_token_ids": np.array([5, 6, 7])}, sp)[0]
     assert got.outputs[0].token_ids == want and got.prompt_token_ids == [5, 6, 7]
     assert all(type(t) is int for t in got.prompt_token_ids)
+
+
+def test_numpy_numbers_in_stop_token_ids_and_logit_bias(llm):
+    """numpy scalars in stop_token_ids and logit_bias were refused ('must be non-negative
+    token ids', 'biases must be in [-100, 100]') though in range; they are Python numbers
+    once accepted, and act as the same values given as Python numbers."""
+    np = pytest.importorskip("numpy")
+    sp = SamplingParams(
+        stop_token_ids=[np.int64(5)],
+        logit_bias={np.int32(6): np.float32(1.5), 7: np.float64(-2.0)},
+        temperature=np.float32(0.5),
+    )
+    assert sp.stop_token_ids == [5] and type(sp.stop_token_ids[0]) is int
+    assert sp.logit_bias == {6: 1.5, 7: -2.0}
+    assert all(type(t) is int and type(b) is float for t, b in sp.logit_bias.items())
+    assert type(sp.temperature) is float
+    with pytest.raises(SamplingParamsError, match="logit_bias"):
+        SamplingParams(logit_bias={5: np.float32(101)})
+    with pytest.raises(SamplingParamsError, match="stop_token_ids"):
+        SamplingParams(stop_token_ids=[np.int64(-1)])
+    greedy = dict(temperature=0, max_tokens=4, ignore_eos=True)
+    want = llm.generate([[5, 6]], SamplingParams(logit_bias={9: 100.0}, **greedy))[0]
+    got = llm.generate(
+        [[5, 6]], SamplingParams(logit_bias={np.int64(9): np.float32(100)}, **greedy)
+    )[0]
+    assert got.outputs[0].token_ids == want.outputs[0].token_ids == [9, 9, 9, 9]

@@ -132,6 +132,30 @@ def test_required_gives_calls_of_the_tools(server: Server, parallel: bool) -> No
     server.assert_clean()
 
 
+@pytest.mark.parametrize("logprobs", [False, True])
+def test_required_stream_sends_no_empty_chunks(server: Server, logprobs: bool) -> None:
+    """A "required" reply's text is held until its calls are whole: a chunk went out every
+    step with an empty delta (no content, no calls, no finish reason). No chunk goes out for
+    such a step now; with logprobs, the held tokens' logprobs come with the chunk that
+    carries the calls, all of them, as the whole response has them."""
+    body = {**BASE, "tool_choice": "required", "seed": 7, "max_tokens": 200}
+    if logprobs:
+        body.update(logprobs=True, top_logprobs=1)
+    whole = post(server, body)
+    assert whole.status_code == 200, whole.text
+    chunks = stream(server, body)
+    deltas = [ch for c in chunks for ch in c["choices"]]
+    assert deltas[0]["delta"].get("role") == "assistant"
+    for ch in deltas[1:]:
+        d = ch["delta"]
+        assert d.get("content") or d.get("tool_calls") or ch["finish_reason"], ch
+    if logprobs:
+        streamed = [e["token"] for ch in deltas[1:] for e in ch["logprobs"]["content"]]
+        (choice,) = whole.json()["choices"]
+        assert streamed == [e["token"] for e in choice["logprobs"]["content"]]
+    server.assert_clean()
+
+
 def test_auto_and_none_on_a_model_that_writes_no_calls(server: Server) -> None:
     """The random model writes plain text: auto (parsed with hermes) and none give the text
     that the same seeded request gives without tools."""

@@ -495,6 +495,28 @@ def test_draft_vocabulary_mismatch_and_missing_draft_are_refused(tiny_llama):
         )
 
 
+@pytest.mark.parametrize(
+    "bad,good,words",
+    [
+        ({"tree_width": 17}, {"tree_width": 16}, "tree_width is 17, but the draft's vocabulary"),
+        ({"tree_width": 17, "tree_depth": 2, "tree_nodes": 20}, None, "tree_width is 17"),
+        ({"tree_branching": [2, 17]}, {"tree_branching": [2, 16]}, "tree_branching entry is 17"),
+    ],
+)
+def test_a_tree_wider_than_the_drafts_vocabulary_is_refused(tmp_path, bad, good, words):
+    """A node's children are distinct draft tokens: a tree_width over the vocabulary (16
+    tokens here) was accepted, and every proposal then carried tokens the draft never chose
+    (none accepted past the first level)."""
+    from tiny_models import build_model
+
+    path = str(build_model(tmp_path, with_tokenizer=False, vocab_size=16))
+    spec = {"method": "tree", "num_speculative_tokens": 2, "model": path}
+    with pytest.raises(ValueError, match=words):
+        LLM(path, skip_tokenizer_init=True, dtype="float32", speculative_config={**spec, **bad})
+    if good is not None:  # as wide as the vocabulary: taken
+        LLM(path, skip_tokenizer_init=True, dtype="float32", speculative_config={**spec, **good})
+
+
 def test_draft_model_equal_to_target_accepts_everything_and_stays_identical(tiny_llama, reference):
     """The target as its own draft: every greedy proposal is accepted; caches do not leak."""
     _, ref = reference
@@ -805,6 +827,41 @@ def test_a_failing_proposer_costs_proposals_not_requests(tiny_llama, reference):
     assert all(o.finish_reason == "length" for o in got)
     assert eng.spec.proposer.calls > 2 and eng.spec.stats.num_drafts > 0
     assert eng.num_failed_requests == 0
+    eng.kv.check_no_leak()
+
+
+def test_a_proposer_failing_for_one_request_costs_that_requests_proposals_only(
+    tiny_llama, reference, monkeypatch
+):
+    """The proposer raises whenever one request is in its batch: the batch's other requests
+    still get their proposals that step (it is proposed again without that one), and that
+    one decodes without proposals from then on; every output is the plain one."""
+    ref_llm, ref = reference
+    llm = LLM(str(tiny_llama), speculative_config=NGRAM, **ENGINE)
+    eng = llm.llm_engine
+    table = {tuple(p): o.token_ids for p, o in zip(_prompts(), ref)}
+    oracle = OracleProposer(table, ref_llm.llm_engine.model.cfg.vocab_size)
+    bad_prompt = _prompts()[2]
+    raised_at, proposed_at, bad_ids = set(), set(), set()
+
+    def propose(requests, caps):
+        for r in requests:
+            if r.prompt_token_ids == bad_prompt:
+                bad_ids.add(r.request_id)
+                raised_at.add(eng.num_steps)
+                raise RuntimeError("proposer bug for one request")
+        got = oracle.propose(requests, caps)
+        if got:
+            proposed_at.add(eng.num_steps)
+        return got
+
+    monkeypatch.setattr(eng.spec.proposer, "propose", propose)
+    params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
+    got = _generate(llm, _prompts(), params)
+    assert [o.token_ids for o in got] == [o.token_ids for o in ref]
+    assert len(bad_ids) == 1 and eng.num_failed_requests == 0
+    assert len(raised_at) == 1 and raised_at <= proposed_at, (raised_at, proposed_at)
+    assert not eng.spec.failed  # forgotten once the request finished
     eng.kv.check_no_leak()
 
 

@@ -66,6 +66,27 @@ def test_offline_dict_constraints(tiny_llama: Path) -> None:
     llm.llm_engine.kv.check_no_leak()
 
 
+def test_offline_json_schema_as_text(tiny_llama: Path) -> None:
+    """A schema given as JSON text is parsed, as the server's guided_json and vLLM's offline
+    API take it; text that is not JSON is refused naming the field."""
+    llm = LLM(model=str(tiny_llama), device="cpu", max_model_len=128)
+    schema = {
+        "type": "object",
+        "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 9}},
+        "required": ["n"],
+        "additionalProperties": False,
+    }
+    sp = SamplingParams(
+        temperature=1.0, seed=3, max_tokens=40, structured={"json": json.dumps(schema)}
+    )
+    out = llm.generate("Hello", sp, use_tqdm=False)[0].outputs[0]
+    assert 0 <= json.loads(out.text)["n"] <= 9
+    with pytest.raises(ValueError, match="structured.*not valid JSON") as e:
+        llm.generate("x", SamplingParams(structured={"json": "{not json"}), use_tqdm=False)
+    assert e.value.param == "structured"
+    llm.llm_engine.kv.check_no_leak()
+
+
 def test_schemas_differing_only_in_property_order_are_compiled_apart(tiny_llama: Path) -> None:
     """Property order is part of a JSON schema's meaning for generation (the properties come
     out in that order): a schema must not be served the grammar of an earlier request whose

@@ -149,6 +149,13 @@ class RequestIntake:
                 f"structured needs exactly one of {', '.join(kinds)}", "structured"
             )
         key, value = given[0]
+        if key == "json" and isinstance(value, str):  # a schema as JSON text, as the server's
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as e:
+                raise RequestValidationError(
+                    f"structured: the JSON schema is not valid JSON: {e}", "structured"
+                ) from None
         # Keys in the order given: a schema's property order is the order they are generated in.
         cache_key = json.dumps([key, value], default=str)
         compiled = self._grammar_cache.get(cache_key)

@@ -398,17 +398,27 @@ class Scheduler:
         """Whether one of the running ``prefilling`` requests will compute the next whole
         block of ``req``'s prompt past its cached prefix (the same tokens from position 0),
         which ``req`` would otherwise compute again (never for a request that reads no
-        cached prefix: it computes its whole prompt anyway)."""
+        cached prefix: it computes its whole prompt anyway).
+
+        Only a request whose blocks continue ``req``'s cached prefix counts: one that computes
+        that prefix again itself (it wants its prompt's logits, as the first sample of an
+        ``n > 1`` request with prompt logprobs) makes private twins of the cached blocks, and
+        of every block after them, which ``req`` can never match."""
         if req.prompt_logits:
             return False
         bs = self.kv.block_size
-        end = (self.kv.match_prefix(req).num_tokens // bs + 1) * bs
+        match = self.kv.match_prefix(req)
+        end = (match.num_tokens // bs + 1) * bs
         prompt = req.prompt_token_ids
         if end > len(prompt) - 1:  # no whole block left to share (the last token always runs)
             return False
         block = prompt[end - bs : end]
+        last = len(match.blocks) - 1  # the cached prefix's last whole block
         for r in prefilling:
             other = r.prompt_token_ids
+            table = self.kv.block_table(r.request_id)
+            if last >= 0 and (len(table) <= last or table[last] != match.blocks[last].block_id):
+                continue
             if (
                 r.num_computed_tokens < end <= len(other)
                 and other[end - bs : end] == block

@@ -223,7 +223,10 @@ class AsyncLLM:
         deadline = None
         if self.request_timeout_s is not None:
             deadline = loop.time() + self.request_timeout_s
-        return [RequestStream(r, q, self, deadline) for r, q in zip(request_ids, queues)]
+        return [
+            RequestStream(r, q, self, deadline, p["prompt_token_ids"])
+            for r, q, p in zip(request_ids, queues, prepared)
+        ]
 
     def _check_waiting(self, need: int, num_prompts: int, n: int) -> None:
         """Refuse a request the waiting limit can never admit (the client's 400), and, early

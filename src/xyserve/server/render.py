@@ -27,10 +27,16 @@ class ChoiceState:
     done: bool = False
 
 
-def usage(outs: list[RequestOutput | None], generated: bool = True) -> UsageInfo:
+def usage(
+    outs: list[RequestOutput | None],
+    generated: bool = True,
+    prompt_lens: list[int] | None = None,
+) -> UsageInfo:
     """Token counts; ``generated`` False: the completions were not returned (``echo`` with
-    ``max_tokens`` 0), so none is counted."""
-    p = sum(len(o.prompt_token_ids) for o in outs if o is not None)
+    ``max_tokens`` 0), so none is counted. ``prompt_lens``: each prompt's length, counted
+    for a request that has no output yet (a stream's first chunks)."""
+    lens = prompt_lens or [0] * len(outs)
+    p = sum(len(o.prompt_token_ids) if o is not None else n for o, n in zip(outs, lens))
     c = sum(len(x.token_ids) for o in outs if o is not None for x in o.outputs) if generated else 0
     return UsageInfo(prompt_tokens=p, completion_tokens=c, total_tokens=p + c)
 

@@ -32,8 +32,11 @@ class RequestStream:
         queue: asyncio.Queue,
         llm: AsyncLLM,
         deadline: float | None = None,
+        prompt_token_ids: list[int] | None = None,
     ) -> None:
         self.request_id = request_id
+        # the admitted prompt, known before any output (a stream's first chunks' usage)
+        self.prompt_token_ids = prompt_token_ids or []
         self._queue = queue
         self._llm = llm
         self._deadline = deadline  # loop.time() past which the request is aborted

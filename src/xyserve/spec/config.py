@@ -188,6 +188,19 @@ class SpeculativeConfig:
         branching = self.tree_branching or [self.tree_width] + [1] * (self.depth - 1)
         return tree.TreeShape(tuple(branching))
 
+    def check_draft_vocab(self, vocab_size: int) -> None:
+        """Refuse a tree with more children per node than the draft has tokens: a node's
+        children are distinct draft tokens, its top ones."""
+        shape = self.tree_shape
+        if shape is None or max(shape.branching) <= vocab_size:
+            return
+        key = "a tree_branching entry" if self.tree_branching is not None else "tree_width"
+        raise ValueError(
+            f"speculative_config: {key} is {max(shape.branching)}, but the draft's vocabulary "
+            f"has {vocab_size} tokens (a node's children are distinct tokens); give at most "
+            f"{vocab_size}"
+        )
+
     def tree_level_sizes(self) -> list[int] | None:
         """Nodes per level of a tree (None: chains). A dynamic tree's shape is known only
         once proposed: its nodes are counted as spread evenly over its levels (an estimate

@@ -21,6 +21,7 @@ measurement per step; ``adaptive=False`` keeps every proposal.
 
 from __future__ import annotations
 
+import logging
 import time
 
 from xyserve.engine.request import Request
@@ -45,6 +46,8 @@ CONTINUE_PRIOR_WEIGHT = 4.0
 MIN_FIT_STEPS = 16
 REFIT_EVERY = 8  # steps between refits of the cost line (``MedianStepCost.refit_every``)
 MIN_SIZE_STEPS = 3  # steps of a size before it is a point of the line (``min_size_steps``)
+
+log = logging.getLogger(__name__)
 
 
 def fixed_tokens(cost: MedianStepCost) -> float:
@@ -90,6 +93,8 @@ class SpecDecoder:
         self.depth_tries = [[0] * self.k, [0] * self.k]  # [in a run][depth]
         self.depth_hits = [[0] * self.k, [0] * self.k]
         self.in_run: dict[str, bool] = {}  # whether the request's last chain was accepted whole
+        # Requests the proposer raised for on their own: they decode without proposals.
+        self.failed: dict[str, Request] = {}
         # Anything with ``propose(requests, caps) -> {request_id: tokens}`` (at most caps[id]);
         # optionally ``release_except(live_ids)`` and ``probs(request_id, n)`` (the draft's q).
         self.proposer = proposer or NgramProposer(
@@ -101,11 +106,14 @@ class SpecDecoder:
         """The decoder of a target engine, with the proposer its method names."""
         proposer = None
         if config.method in ("draft_model", "tree"):
+            from xyserve.model.config import ModelConfig
             from xyserve.spec.draft import DraftModelProposer, resolve_draft_path
 
             ec = engine.config
+            draft_path = resolve_draft_path(config.model, engine.model_path)
+            config.check_draft_vocab(ModelConfig.from_dir(draft_path).vocab_size)
             proposer = DraftModelProposer(
-                resolve_draft_path(config.model, engine.model_path),
+                draft_path,
                 engine.model.cfg,
                 engine.device,
                 engine.dtype,
@@ -130,8 +138,10 @@ class SpecDecoder:
             )
 
     def release_except(self, live: set[str]) -> None:
-        """Forget every request not in ``live``: its estimates and the proposer's state (a
-        draft's K/V blocks among it)."""
+        """Forget every request not in ``live``, and the proposer's state of a request it
+        failed for: its estimates and the proposer's state (a draft's K/V blocks among it)."""
+        self.failed = {rid: r for rid, r in self.failed.items() if rid in live}
+        live = live - self.failed.keys()
         self.acceptance = {rid: a for rid, a in self.acceptance.items() if rid in live}
         self.in_run = {rid: v for rid, v in self.in_run.items() if rid in live}
         if hasattr(self.proposer, "release_except"):
@@ -139,8 +149,15 @@ class SpecDecoder:
 
     def _propose(self, running: list[Request]) -> None:
         t0 = time.perf_counter()
-        self.release_except({r.request_id for r in running})
-        decoding = [r for r in running if r.num_computed_tokens == r.num_tokens - 1]
+        by_id = {r.request_id: r for r in running}
+        # a finished request's id may come back on a new request: that one may be proposed for
+        self.failed = {rid: r for rid, r in self.failed.items() if by_id.get(rid) is r}
+        self.release_except(set(by_id))
+        decoding = [
+            r
+            for r in running
+            if r.num_computed_tokens == r.num_tokens - 1 and r.request_id not in self.failed
+        ]
         limit = self.config.disable_by_batch_size
         if not decoding or (limit is not None and len(decoding) >= limit):
             return
@@ -172,7 +189,7 @@ class SpecDecoder:
         proposals = {}
         if asking:
             t1 = time.perf_counter()
-            proposals = self.proposer.propose(asking, caps)
+            proposals = self._propose_isolated(asking, caps)
             self.proposer_seconds += time.perf_counter() - t1
             self.num_levels += max(caps.values())
         for r in asking:
@@ -187,6 +204,31 @@ class SpecDecoder:
                     r.spec_token_ids = toks[:n]
                     r.spec_tree_parents = parents[:n]
         self.stats.propose_seconds += time.perf_counter() - t0
+
+    def _propose_isolated(
+        self, requests: list[Request], caps: dict[str, int]
+    ) -> dict[str, list[int]]:
+        """The proposer's proposals for ``requests``. Where it raises, the batch is proposed
+        again in halves, down to the request it raises for alone: that one gets no proposals
+        from then on (it decodes one token a step), the others keep theirs."""
+        try:
+            return self.proposer.propose(requests, caps)
+        except Exception:
+            if len(requests) == 1:
+                r = requests[0]
+                log.exception(
+                    "speculative proposal for request %s failed; it decodes without proposals",
+                    r.request_id,
+                )
+                self.failed[r.request_id] = r
+                r.spec_tree_parents = None
+                return {}
+        for r in requests:
+            r.spec_tree_parents = None  # the failed call may have set some
+        half = len(requests) // 2
+        out = self._propose_isolated(requests[:half], caps)
+        out.update(self._propose_isolated(requests[half:], caps))
+        return out
 
     def _levels(self, r: Request, cap: int) -> list[int]:
         """Nodes per level of this request's proposals, for its first ``cap`` levels (all 1:

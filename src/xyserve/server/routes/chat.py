@@ -132,12 +132,18 @@ async def _chat_stream(
 ) -> AsyncIterator[str]:
     states = [ChoiceState() for _ in range(params.n)]
     calls = [ToolStream(mode) for _ in range(params.n)]
+    # Per choice: its first token whose logprobs have not gone out. A step that has nothing
+    # to send (a "required" reply's text, held until its calls are whole; text held back
+    # for a stop string) sends no chunk: its tokens' logprobs go with the next chunk, the
+    # one that carries what those tokens said.
+    lp_from = [0] * params.n
     final: RequestOutput | None = None
     error = None
     created = unix_time()
+    prompt_len = len(stream.prompt_token_ids)
 
     def chunk(choice: ChatStreamChoice) -> str:
-        u = usage([final]) if body.continuous_usage else None
+        u = usage([final], prompt_lens=[prompt_len]) if body.continuous_usage else None
         return sse(
             ChatCompletionStreamResponse(
                 id=rid, created=created, model=model, choices=[choice], usage=u
@@ -155,13 +161,18 @@ async def _chat_stream(
                 step = advance(states[c.index], c, params.stop_strings)
                 if step is None:
                     continue
-                text, start = step
-                lp = chat_logprobs(c, start, k) if params.logprobs is not None else None
+                text, _ = step
                 tools = calls[c.index]
                 content, tool_deltas = tools.feed(text, c.finish_reason is not None)
                 reason = c.finish_reason
+                if not content and not tool_deltas and reason is None:
+                    continue
                 if reason is not None:
                     reason = finish_reason(mode, parse_reply(mode, tools.text), reason)
+                lp = None
+                if params.logprobs is not None:
+                    lp = chat_logprobs(c, lp_from[c.index], k)
+                    lp_from[c.index] = len(c.token_ids)
                 yield chunk(
                     ChatStreamChoice(
                         index=c.index,

@@ -152,9 +152,10 @@ async def _completion_stream(
     # with n > 1 another sample may read the cached prompt and sample while the one that
     # computes the prompt's logprobs is still prefilling.
     echoed = [not echo] * len(streams)
+    prompt_lens = [len(s.prompt_token_ids) for s in streams]
 
     def chunk(choice: CompletionStreamChoice) -> str:
-        u = usage(finals, generated=not bare) if body.continuous_usage else None
+        u = usage(finals, not bare, prompt_lens) if body.continuous_usage else None
         return sse(
             CompletionStreamResponse(
                 id=rid, created=created, model=model, choices=[choice], usage=u
