@@ -30,7 +30,9 @@ def make_scheduler(name: str, **kw):
     if name == "reactive":
         return ReactiveScheduler(**kw)
     if name in VARIANTS:
-        return OctopusScheduler(**{**VARIANTS[name], **kw})
+        s = OctopusScheduler(**{**VARIANTS[name], **kw})
+        s.name = name  # reports (summary, trace, plots) name the variant that ran
+        return s
     extra = registered()
     if name in extra:
         return extra[name](**kw)
