@@ -7,6 +7,7 @@ from octopus.owg import load_workflow
 from octopus.owg.arrival import make_arrivals
 from octopus.owg.sample import CompiledWorkflow, split_stages
 from octopus.sched import THRESHOLDS, check_scheduler_name, make_scheduler
+from octopus.sched.base import mapping_fits
 from octopus.sim import Simulator
 from octopus.sim.engine import footprint_problems
 
@@ -91,7 +92,11 @@ def best_reactive(
     profile = profile or cw.profile()
     best, best_th, best_static = None, None, None
     grid: dict[tuple[str, float], float] = {}
-    for mp in mappings or arch.baseline_mappings:
+    mappings = list(mappings or arch.baseline_mappings)
+    # a mapping the architecture cannot hold (a cluster smaller than one group per TB) is
+    # no option for the baseline; with none that fits, the first run reports why
+    mappings = [m for m in mappings if mapping_fits(arch, cw.footprint, m)] or mappings
+    for mp in mappings:
         for th in thresholds:
             s = run_one(
                 cw,

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from octo_helpers import arch, simulate, task, workflow
 
+from octopus.owg.sample import CompiledWorkflow
+from octopus.owg.schema import parse_workflow
 from octopus.report.metrics import summarize
+from octopus.runner import best_reactive
 from octopus.sched import NAMES
 
 
@@ -18,3 +21,16 @@ def test_every_builtin_is_reported_under_its_own_name():
     for name in NAMES:
         sim = simulate(_chain(2), arch(clusters=(2, 1), peas=(2, 2)), name, n=2)
         assert summarize(sim)["scheduler"] == name
+
+
+def test_baseline_skips_a_mapping_whose_clusters_cannot_hold_the_partition():
+    # five TBs of one PEA: a cluster of 4 PEAs cannot hold one group of each (replicated),
+    # the 8 PEAs of the fabric can (regions)
+    a = arch(clusters=(2, 1), peas=(2, 2), mappings=("replicated", "regions"))
+    doc = _chain(5)
+    static = simulate(doc, a, "static", n=3)
+    assert static.sched.mapping == "regions" and static.finished == 3
+    cw = CompiledWorkflow(parse_workflow(doc), "high")
+    run, _ = best_reactive(cw, a, instances=3)
+    assert run.sched.mapping == "regions" and run.finished == 3
+    assert {m for m, _ in run.reactive_grid} == {"regions"}

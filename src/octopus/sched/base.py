@@ -44,6 +44,12 @@ def partition(n: int, loads: list[float], mins: list[int]) -> list[int]:
     return alloc
 
 
+def mapping_fits(arch, footprint: list[int], mapping: str) -> bool:
+    """Whether `mapping`'s compile-time partition can give every TB one group: the whole
+    fabric for `regions`, each cluster for `replicated`."""
+    return sum(footprint) <= (arch.n_peas if mapping == "regions" else arch.peas_in_cluster)
+
+
 def lay_out(api: SchedulerAPI, groups, alloc: list[int], own: list[int], free, n_own) -> list:
     """Partition each group of PEAs (a cluster, or the whole fabric) by `alloc`: TB tb gets
     the next alloc[tb] PEAs of the group, in order; they become owned by tb (`own`), free
@@ -150,7 +156,9 @@ class PartitionedScheduler(Scheduler):
     def attach(self, api: SchedulerAPI) -> None:
         super().attach(api)
         arch, T = api.arch, api.n_tasks
-        self.mapping = self.mapping or arch.baseline_mappings[0]
+        if self.mapping is None:  # the first mapping that fits (else the first: refused below)
+            fits = [m for m in arch.baseline_mappings if mapping_fits(arch, api.footprint, m)]
+            self.mapping = (fits or arch.baseline_mappings)[0]
         self.T, self.fp = T, api.footprint
         self.own = [-1] * arch.n_peas
         if self.mapping == "regions":
