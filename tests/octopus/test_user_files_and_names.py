@@ -3,13 +3,14 @@ baseline runs on an architecture whose clusters are too small for one of its map
 
 from __future__ import annotations
 
+import pytest
 from octo_helpers import arch, simulate, task, workflow
 
 from octopus.owg.sample import CompiledWorkflow
 from octopus.owg.schema import parse_workflow
 from octopus.report.metrics import summarize
 from octopus.runner import best_reactive
-from octopus.sched import NAMES
+from octopus.sched import NAMES, make_scheduler
 
 
 def _chain(n):
@@ -34,3 +35,18 @@ def test_baseline_skips_a_mapping_whose_clusters_cannot_hold_the_partition():
     run, _ = best_reactive(cw, a, instances=3)
     assert run.sched.mapping == "regions" and run.finished == 3
     assert {m for m, _ in run.reactive_grid} == {"regions"}
+
+
+def test_a_scheduler_subclass_without_on_free_is_refused_at_load(tmp_path):
+    # subclassing Scheduler, as the tutorial does, inherits stubs that only raise: the
+    # class lacks on_free all the same, and loading it must say so (it used to run and
+    # stall)
+    f = tmp_path / "half_sub.py"
+    f.write_text(
+        "from octopus.sched.api import Scheduler\n\n\n"
+        "class Half(Scheduler):\n"
+        "    def on_ready(self, k, t):\n"
+        "        pass\n"
+    )
+    with pytest.raises(ValueError, match=r"class Half lacks on_free"):
+        make_scheduler(f"{f}:Half")

@@ -58,7 +58,15 @@ class Scheduler:
 
 def missing_hooks(obj) -> list[str]:
     """Names of the interface that `obj` (a scheduler class or instance) lacks."""
-    out = [h for h in REQUIRED if not callable(getattr(obj, h, None))]
+    cls = obj if isinstance(obj, type) else type(obj)
+    # a subclass of Scheduler that does not define on_ready/on_free inherits stubs that
+    # only raise: it lacks them as much as a class without the names
+    out = [
+        h
+        for h in REQUIRED
+        if not callable(getattr(obj, h, None))
+        or (h != "attach" and getattr(cls, h, None) is getattr(Scheduler, h))
+    ]
     if getattr(obj, "tick_us", None) and not callable(getattr(obj, "on_tick", None)):
         out.append("on_tick (it sets tick_us)")
     return out
