@@ -331,12 +331,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from octopus.sim.engine import SimulationStalled
+
     a = build_parser().parse_args(argv)
     try:
         return a.fn(a)
     except (ValueError, OSError) as e:  # OSError: an input or output path (not found, ...)
         print(f"octopus: error: {e}", file=sys.stderr)
         return 2
+    except SimulationStalled as e:  # the inputs and the scheduler cannot finish the run
+        print(f"octopus: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

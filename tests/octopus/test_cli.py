@@ -325,3 +325,45 @@ def test_unknown_names_in_list_options_are_all_refused_before_running(
     err = capsys.readouterr().err
     assert "nothing was run" in err and all(w in err for w in words), err
     assert not list(tmp_path.iterdir())
+
+
+NEVER_STARTS = """
+from octopus.sched.api import Scheduler
+
+
+class NeverStarts(Scheduler):
+    name = "never-starts"
+
+    def on_ready(self, k, t):
+        pass
+
+    def on_free(self, peas, t):
+        pass
+"""
+
+
+def test_a_stalled_run_is_an_error_line_not_a_traceback(tmp_path, capsys):
+    """A scheduler that places nothing: the command says the run stalled, naming the nodes
+    and the scheduler, and exits 1 (the inputs were valid; the run cannot finish)."""
+    plugin = tmp_path / "never.py"
+    plugin.write_text(NEVER_STARTS)
+    spec = f"{plugin}:NeverStarts"
+    rc = main(["run", "-w", "video_recognition", "--instances", "2", "-s", spec])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.startswith("octopus: error: simulation stalled"), err
+    assert "never-starts" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("package", ["octopus", "xyserve"])
+def test_python_dash_m_runs_the_command(package):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    args = [sys.executable, "-m", package] + (["list"] if package == "octopus" else ["--version"])
+    out = subprocess.run(args, capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip()

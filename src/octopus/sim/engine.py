@@ -39,6 +39,11 @@ from octopus.sim.state import Instances, Invocations, PeaState
 STALL_TICKS = 100000
 
 
+class SimulationStalled(RuntimeError):
+    """A run that cannot finish: ready work the scheduler never places (the message names
+    the nodes and the scheduler). The command line reports it as an error, not a traceback."""
+
+
 def footprint_problems(wf: Workflow, arch: Arch) -> list[str]:
     """One message per task block whose footprint exceeds a cluster of `arch`: an invocation
     occupies PEAs of one cluster, so it would never start (layer groups share their
@@ -168,11 +173,8 @@ class Simulator:
         finally:
             if gc_on:
                 gc.enable()
-        if self.finished < self.arr.n:
-            raise RuntimeError(
-                f"simulation stalled: {self.arr.n - self.finished} instances never finished "
-                "(a task's footprint may exceed what the scheduler can give it)"
-            )
+        if self.finished < self.arr.n:  # no event left: what is ready stays unplaced
+            raise self._stall_error(self.now)
         self.time.close(self.makespan, self.pea, self.buffers.is_blocked)
         return self
 
@@ -302,7 +304,7 @@ class Simulator:
         """Whether a task, a control decision or an arrival is still to come."""
         return any(e[2] in (TASK_DONE, DECISION, ARRIVAL) for e in self.events.heap)
 
-    def _stall_error(self, t: float) -> RuntimeError:
+    def _stall_error(self, t: float) -> SimulationStalled:
         """The error for a stall: ready work that is never started while nothing runs and
         no task, decision or arrival is to come, so that nothing can change any more."""
         inv, T = self.inv, self.n_tasks
@@ -321,7 +323,7 @@ class Simulator:
             else "no task is ready"
         )
         name = getattr(self.sched, "name", type(self.sched).__name__)
-        return RuntimeError(
+        return SimulationStalled(
             f"simulation stalled at t={t:g} us: {what}, nothing runs, and no task, decision "
             f"or arrival is to come; {self.arr.n - self.finished} instances never finish "
             f"(scheduler {name!r} places nothing more)"
