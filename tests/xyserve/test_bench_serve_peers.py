@@ -185,3 +185,26 @@ def test_a_peer_without_a_tokenizer_is_refused_before_any_server_starts(tmp_path
     with pytest.raises(ValueError, match="needs a tokenizer"):
         serve_systems.start_systems(args, tmp_path / "scratch")
     assert started == []
+
+
+def test_base_url_reads_the_served_models_config(tmp_path, monkeypatch):
+    """`bench serve --base-url URL` stopped with "--vocab-size is needed" against any server,
+    the bundled model's included: the config of a running server's model was never read. It
+    is now read from the folder /v1/models names as `root` (None where there is none)."""
+    import argparse
+
+    from xyserve.bench import serve_systems
+
+    (tmp_path / "config.json").write_text(json.dumps({"vocab_size": 321}))
+    models = {"data": [{"id": "m", "root": str(tmp_path)}]}
+
+    def fake_get(url, **kw):
+        assert url == "http://127.0.0.1:9/v1/models"
+        return httpx.Response(200, json=models)
+
+    monkeypatch.setattr(serve_systems.httpx, "get", fake_get)
+    args = argparse.Namespace(base_url="http://127.0.0.1:9/", model=None, peer=None, label="s")
+    systems, _, cfg = serve_systems.start_systems(args, tmp_path / "scratch")
+    assert [s.base_url for s in systems] == ["http://127.0.0.1:9"] and cfg == {"vocab_size": 321}
+    models["data"][0]["root"] = str(tmp_path / "nowhere")
+    assert serve_systems.start_systems(args, tmp_path / "scratch")[2] is None

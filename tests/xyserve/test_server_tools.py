@@ -370,3 +370,19 @@ def test_refused_schema_names_its_tool(server: Server, choice) -> None:
     assert r.status_code == 400 and r.json()["error"]["param"] == "tools", r.text
     assert "function 'b'" in r.json()["error"]["message"]
     server.assert_clean()
+
+
+def test_named_stream_sends_one_delta_per_chunk() -> None:
+    """A named function's first chunk held two deltas of index 0 (the name with empty
+    arguments, then the first text): a client reading each chunk's ``tool_calls[0]`` lost
+    that text (the opening ``{``). The first delta now carries the name and the text, as
+    vLLM's does."""
+    ts = ToolStream(ToolMode("named", name="weather"))
+    pieces = ['{"city', '": "Oslo"', "}"]
+    per_chunk = [ts.feed(p, i == len(pieces) - 1) for i, p in enumerate(pieces)]
+    assert all(content is None and len(d) == 1 for content, d in per_chunk)
+    first = per_chunk[0][1][0]
+    assert first.id and first.type == "function" and first.function.name == "weather"
+    args = "".join(d[0].function.arguments for _, d in per_chunk)
+    assert json.loads(args) == {"city": "Oslo"}
+    assert all(d[0].id is None and d[0].function.name is None for _, d in per_chunk[1:])

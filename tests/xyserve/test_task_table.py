@@ -152,6 +152,20 @@ def test_tuner_writes_a_table_that_loads(tmp_path):
     assert gemm.table.shapes["qkv"] == (32 + 2 * 2 * 8, 32)
 
 
+def test_tuner_takes_a_bundled_model_name(tmp_path):
+    """`xyserve tune --model xy-tiny` was a usage error ("cannot read config.json"): the
+    name `serve` takes was read as a folder."""
+    from xyserve.models import MODELS_DIR
+    from xyserve.plan.gemm_table import GemmTable
+    from xyserve.tools.tune import main
+
+    out = tmp_path / "t.json"
+    argv = ["--model", "xy-tiny", "--budget", "1", "--ops", "qkv", "--repeat", "1"]
+    assert main([*argv, "--out", str(out), "--no-progress"]) == 0
+    cfg = json.loads((MODELS_DIR / "xy-tiny" / "config.json").read_text())
+    assert GemmTable.load(out).shapes["qkv"][1] == cfg["hidden_size"]
+
+
 def test_tuner_names_a_missing_model_without_a_traceback(tmp_path, capsys):
     from xyserve.tools.tune import main
 

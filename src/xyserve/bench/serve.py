@@ -439,7 +439,8 @@ def _run(
     try:
         vocab = args.vocab_size or (cfg or {}).get("vocab_size")
         if not vocab:
-            raise SystemExit("--vocab-size is needed: the model's config.json is not readable")
+            where = "the server's model folder" if args.base_url else "the model"
+            raise SystemExit(f"--vocab-size is needed: no config.json readable in {where}")
         max_len = (cfg or {}).get("max_position_embeddings")
         names = {s.label: served_model(s.base_url) for s in systems}
         if args.base_url is not None and args.model is not None:

@@ -13,6 +13,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from xyserve.bench.offline_workload import build_random_model, packaged
 from xyserve.bench.serve_peers import TextPrompts, peer_command, write_id_tokenizer
 from xyserve.bench.serve_server import ServerProcess, check_loopback
@@ -43,6 +45,18 @@ def model_config(model: str) -> tuple[Path | None, dict[str, Any] | None]:
     return None, None
 
 
+def served_config(base_url: str) -> dict[str, Any] | None:
+    """The config of the model a running server serves, read from the folder its /v1/models
+    names as ``root`` (xyserve and vLLM list it; the server is on loopback, so the folder is
+    on this machine); None where it cannot be read."""
+    try:
+        data = httpx.get(f"{base_url}/v1/models", timeout=10.0).json()["data"]
+        root = data[0]["root"]
+        return model_config(root)[1] if isinstance(root, str) and root else None
+    except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError, OSError):
+        return None
+
+
 def start_systems(
     args: argparse.Namespace, scratch: Path
 ) -> tuple[list[System], str, dict[str, Any] | None]:
@@ -56,7 +70,7 @@ def start_systems(
         if peers:
             raise ValueError("--peer starts its own server: it does not go with --base-url")
         url = check_loopback(args.base_url)
-        return [System(args.label, url)], args.model, None
+        return [System(args.label, url)], args.model, served_config(url)
     build_from, cfg = model_config(args.model)
     model = args.model
     extra: list[str] = []

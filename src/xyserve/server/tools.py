@@ -274,14 +274,15 @@ class ToolStream:
         return content, deltas
 
     def _named(self, delta: str) -> list[DeltaToolCall]:
-        out = []
+        """One delta per call and chunk, as vLLM: the first names the call and carries the
+        first arguments text with it."""
         if self.call_id is None:
             self.call_id = new_call_id()
-            fn = DeltaFunctionCall(name=self.mode.name, arguments="")
-            out.append(DeltaToolCall(index=0, id=self.call_id, type="function", function=fn))
+            fn = DeltaFunctionCall(name=self.mode.name, arguments=delta)
+            return [DeltaToolCall(index=0, id=self.call_id, type="function", function=fn)]
         if delta:
-            out.append(DeltaToolCall(index=0, function=DeltaFunctionCall(arguments=delta)))
-        return out
+            return [DeltaToolCall(index=0, function=DeltaFunctionCall(arguments=delta))]
+        return []
 
     def _content_so_far(self) -> str | None:
         """Auto: the text before a call may begin (a tail that may start the opening tag is

@@ -35,6 +35,7 @@ from xyserve.kernels.cpu import prepacked
 from xyserve.kernels.cpu.timing import block_time, calls_for, paired_ratio
 from xyserve.kernels.gemm.smooth import CPU_CANDIDATES, SWAPPED_IMPLS, cpu_linear
 from xyserve.model.loader import resolve_dtype
+from xyserve.models import BUNDLED_MODELS, MODELS_DIR
 from xyserve.plan.gemm_table import (
     OPS,
     TABLE_FILE,
@@ -263,7 +264,9 @@ def _writable_file(path: Path) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="xyserve tune", description="offline SmoothGEMM tuning")
-    ap.add_argument("--model", required=True, help="model folder (with config.json)")
+    ap.add_argument(
+        "--model", required=True, help="model folder (with config.json) or a bundled model name"
+    )
     ap.add_argument("--budget", type=int, default=512, help="token budget: largest M")
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     ap.add_argument("--ops", nargs="+", default=list(OPS), choices=OPS, help="default: all")
@@ -288,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: no CUDA device here (this torch sees none)")
-    model = Path(args.model)
+    # a bundled name (xy-tiny), as `serve` takes it; anything else is a folder
+    model = MODELS_DIR / args.model if args.model in BUNDLED_MODELS else Path(args.model)
     try:  # usage errors, not a traceback
         config = json.loads((model / "config.json").read_text())
         model_shapes(config)
