@@ -24,6 +24,7 @@ NGRAM = {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 3}
     "bad, words",
     [
         ({"method": "medusa", "num_speculative_tokens": 2}, "unknown method"),
+        ({"method": "foo"}, "unknown method"),  # the method first, then what it needs
         ({"method": "ngram", "num_speculative_tokens": 0}, "num_speculative_tokens"),
         ({"method": "ngram", "num_speculative_tokens": 2, "lookahead": 1}, "unknown keys"),
         ({"method": "ngram"}, "required"),

@@ -163,9 +163,15 @@ class SpeculativeConfig:
         unknown = sorted(set(value) - known)
         if unknown:
             raise ValueError(f"speculative_config: unknown keys {unknown} (known: {sorted(known)})")
-        for key in ("method", "num_speculative_tokens"):
-            if key not in value:
-                raise ValueError(f"speculative_config: {key!r} is required")
+        if "method" not in value:
+            raise ValueError("speculative_config: 'method' is required")
+        if value["method"] not in METHODS:  # before what the method would need
+            raise ValueError(
+                f"speculative_config: unknown method {value['method']!r} (expected one of "
+                f"{METHODS})"
+            )
+        if "num_speculative_tokens" not in value:
+            raise ValueError("speculative_config: 'num_speculative_tokens' is required")
         return cls(**value)
 
     @property
