@@ -60,6 +60,35 @@ def task(id, work, next=(), **kw):
     return d
 
 
+def fan_branch_loop(fan_high, w, x, y, z, w_kw=None):
+    """The nodes after the entry chain that the random-workflow tests share: a fanout of 0 to
+    ``fan_high`` bodies ``w`` (with ``w_kw``) into a join, a branch to ``x`` or to a loop of
+    ``y`` (continuing with probability 0.6, at most 4 trips) that exits to ``z``."""
+    return [
+        {
+            "id": "fan",
+            "type": "fanout",
+            "count": {"dist": "uniform", "low": 0, "high": fan_high},
+            "body": "w",
+            "join": "j",
+        },
+        task("w", w, ["j"], **(w_kw or {})),
+        {"id": "j", "type": "join", "next": ["br"]},
+        {"id": "br", "type": "branch", "next": ["x", "lp"], "probs": [0.5, 0.5]},
+        task("x", x),
+        {
+            "id": "lp",
+            "type": "loop",
+            "body": "y",
+            "exit": "z",
+            "continue_prob": 0.6,
+            "max_trips": 4,
+        },
+        task("y", y, ["lp"]),
+        task("z", z),
+    ]
+
+
 def workflow(nodes, entry=None):
     return {
         "schema": "octopus-owg/1",

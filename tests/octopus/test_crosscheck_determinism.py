@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from octo_helpers import task, workflow
+from octo_helpers import fan_branch_loop, task, workflow
 
 from octopus.bench import cross_check, simple_arch
 from octopus.owg.sample import CompiledWorkflow
@@ -70,27 +70,7 @@ def test_simple_configuration_is_free_with_data_and_configurations():
     doc = workflow(
         [
             task("t0", 40.0, ["fan"], out_bytes=801087, config_bytes=411919),
-            {
-                "id": "fan",
-                "type": "fanout",
-                "count": {"dist": "uniform", "low": 0, "high": 2},
-                "body": "w",
-                "join": "j",
-            },
-            task("w", 10.0, ["j"], out_bytes=996427),
-            {"id": "j", "type": "join", "next": ["br"]},
-            {"id": "br", "type": "branch", "next": ["x", "lp"], "probs": [0.5, 0.5]},
-            task("x", 10.0),
-            {
-                "id": "lp",
-                "type": "loop",
-                "body": "y",
-                "exit": "z",
-                "continue_prob": 0.6,
-                "max_trips": 4,
-            },
-            task("y", 20.0, ["lp"]),
-            task("z", 10.0),
+            *fan_branch_loop(2, 10.0, 10.0, 20.0, 10.0, w_kw={"out_bytes": 996427}),
         ]
     )
     cw = CompiledWorkflow(parse_workflow(doc), "high")

@@ -7,7 +7,7 @@ every run is strict: the scheduler's views of the state are read-only.
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from octo_helpers import TUTORIAL_SPEC, arch, simulate, task, workflow
+from octo_helpers import TUTORIAL_SPEC, arch, fan_branch_loop, simulate, task, workflow
 
 from octopus.report.metrics import lower_bound
 from octopus.sched import all_names, register
@@ -41,29 +41,14 @@ def random_workflow(draw):
                 config_bytes=draw(st.integers(0, 100000)),
             )
         )
-    nodes += [
-        {
-            "id": "fan",
-            "type": "fanout",
-            "count": {"dist": "uniform", "low": 0, "high": draw(st.integers(0, 12))},
-            "body": "w",
-            "join": "j",
-        },
-        task("w", draw(works), ["j"], out_bytes=draw(st.integers(0, 50000)), config_bytes=50000),
-        {"id": "j", "type": "join", "next": ["br"]},
-        {"id": "br", "type": "branch", "next": ["x", "lp"], "probs": [0.5, 0.5]},
-        task("x", draw(works)),
-        {
-            "id": "lp",
-            "type": "loop",
-            "body": "y",
-            "exit": "z",
-            "continue_prob": 0.6,
-            "max_trips": 4,
-        },
-        task("y", draw(works), ["lp"]),
-        task("z", draw(works)),
-    ]
+    nodes += fan_branch_loop(  # keyword arguments are drawn in the order written
+        fan_high=draw(st.integers(0, 12)),
+        w=draw(works),
+        w_kw={"out_bytes": draw(st.integers(0, 50000)), "config_bytes": 50000},
+        x=draw(works),
+        y=draw(works),
+        z=draw(works),
+    )
     return workflow(nodes, "t0")
 
 

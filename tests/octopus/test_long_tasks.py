@@ -11,7 +11,7 @@ import time
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from octo_helpers import arch, simulate, task, workflow
+from octo_helpers import arch, fan_branch_loop, simulate, task, workflow
 
 from octopus.owg.arrival import Arrivals
 from octopus.owg.sample import CompiledWorkflow
@@ -157,29 +157,14 @@ def gappy_workflow(draw):
         )
         for i, tid in enumerate(ids)
     ]
-    nodes += [
-        {
-            "id": "fan",
-            "type": "fanout",
-            "count": {"dist": "uniform", "low": 0, "high": draw(st.integers(0, 10))},
-            "body": "w",
-            "join": "j",
-        },
-        task("w", draw(long_works), ["j"], out_bytes=draw(st.integers(0, 50000))),
-        {"id": "j", "type": "join", "next": ["br"]},
-        {"id": "br", "type": "branch", "next": ["x", "lp"], "probs": [0.5, 0.5]},
-        task("x", draw(long_works)),
-        {
-            "id": "lp",
-            "type": "loop",
-            "body": "y",
-            "exit": "z",
-            "continue_prob": 0.6,
-            "max_trips": 4,
-        },
-        task("y", draw(long_works), ["lp"]),
-        task("z", draw(long_works)),
-    ]
+    nodes += fan_branch_loop(  # keyword arguments are drawn in the order written
+        fan_high=draw(st.integers(0, 10)),
+        w=draw(long_works),
+        w_kw={"out_bytes": draw(st.integers(0, 50000))},
+        x=draw(long_works),
+        y=draw(long_works),
+        z=draw(long_works),
+    )
     return workflow(nodes, "t0")
 
 

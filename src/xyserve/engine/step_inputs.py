@@ -53,8 +53,11 @@ class StepLists:
         positions: list[int] = []
         logit_rows: list[int] = []
         rows: dict[str, slice] = {}
+        wanted: list[tuple[str, range, int]] = []  # prompt logprobs' positions, rows after all
         for st, row in zip(out.stages, table.rows):
             r = st.request
+            if r.prompt_logits and (at := prompt_logit_positions(st)):
+                wanted.append((r.request_id, at, row.start))
             ids.extend(r.token_at(p) for p in range(st.context_len, st.kv_len))
             if tree_mask(st) is None:
                 positions.extend(range(st.context_len, st.kv_len))
@@ -69,12 +72,10 @@ class StepLists:
                 logit_rows.extend(range(end - 1 - st.num_spec_tokens, end))
                 rows[r.request_id] = slice(first, len(logit_rows))
         prompt_rows: dict[str, tuple[int, slice]] = {}
-        for st, row in zip(out.stages, table.rows):
-            wanted = prompt_logit_positions(st)  # the stage's first positions
-            if wanted:
-                first = len(logit_rows)
-                logit_rows.extend(range(row.start, row.start + len(wanted)))
-                prompt_rows[st.request.request_id] = (wanted.start, slice(first, len(logit_rows)))
+        for rid, at, start in wanted:  # ``at``: the stage's first positions
+            first = len(logit_rows)
+            logit_rows.extend(range(start, start + len(at)))
+            prompt_rows[rid] = (at.start, slice(first, len(logit_rows)))
         return cls(ids, positions, logit_rows, rows, prompt_rows)
 
 

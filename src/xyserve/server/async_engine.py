@@ -24,7 +24,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from xyserve.config import EngineConfig
@@ -77,30 +77,13 @@ class _Sink:
 
     loop: asyncio.AbstractEventLoop
     queue: asyncio.Queue
-    first_token_seen: bool = False  # its time to first token was reported
-
-
-@dataclass
-class StepReport:
-    """What one engine step did, for the stats hook."""
-
-    outputs: list[RequestOutput] = field(default_factory=list)
-    finished: list[str] = field(default_factory=list)  # ids of the requests it finished
-    # Time to first token of each request whose first token this step delivered: reported
-    # once per request, here, because a later output (one failing the request, say) can carry
-    # the same first and last token times as the step that made the first token.
-    ttfts: list[float] = field(default_factory=list)
-
-
-StatsHook = Callable[[Any, StepReport], None]
 
 
 class AsyncLLM:
     """An ``LLMEngine`` in a background thread, with an asyncio-facing ``generate``."""
 
-    def __init__(self, engine: Any, stats_hook: StatsHook | None = None) -> None:
+    def __init__(self, engine: Any) -> None:
         self.engine = engine
-        self.stats_hook = stats_hook
         self._inbox: collections.deque[tuple[str, Any]] = collections.deque()
         self._wake = threading.Event()
         self._stop = False
@@ -128,10 +111,10 @@ class AsyncLLM:
         return self.engine.num_waiting + max(0, in_inbox)
 
     @classmethod
-    def from_config(cls, config: EngineConfig, stats_hook: StatsHook | None = None) -> AsyncLLM:
+    def from_config(cls, config: EngineConfig) -> AsyncLLM:
         from xyserve.engine.engine import LLMEngine
 
-        return cls(LLMEngine(config), stats_hook)
+        return cls(LLMEngine(config))
 
     # ---- lifecycle --------------------------------------------------------------------
     @property
@@ -291,14 +274,13 @@ class AsyncLLM:
                 if self._stop:
                     break
                 if not engine.has_unfinished_requests():
-                    self._report(StepReport())
                     self._wake.wait()
                     self._wake.clear()
                     continue
                 # The engine fails a request's own errors inside the step; an exception that
                 # escapes it is an engine bug, after which its state is unknown: stop below.
                 outputs = engine.step()
-                self._report(self._deliver(outputs))
+                self._deliver(outputs)
                 if not outputs and not self._inbox:
                     # Nothing was schedulable (e.g. all waiting on memory): don't spin.
                     self._wake.wait(0.005)
@@ -354,22 +336,16 @@ class AsyncLLM:
                 self._sinks.pop(rid, None)
                 self.engine.abort_request(rid)
 
-    def _deliver(self, outputs: list[RequestOutput]) -> StepReport:
+    def _deliver(self, outputs: list[RequestOutput]) -> None:
         """Hand outputs to their queues, batched into one callback per event loop."""
         batches: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, Any]]] = {}
         rids: dict[asyncio.AbstractEventLoop, list[str]] = {}
-        report = StepReport(outputs)
         for out in outputs:
             sink = self._sinks.get(out.request_id)
             if out.finished:
-                report.finished.append(out.request_id)
                 self._sinks.pop(out.request_id, None)
             if sink is None:
                 continue
-            m = out.metrics
-            if not sink.first_token_seen and m is not None and m.first_token_time is not None:
-                sink.first_token_seen = True
-                report.ttfts.append(m.first_token_time - m.arrival_time)
             item = RequestFailedError(out.error) if out.error is not None else out
             batches.setdefault(sink.loop, []).append((sink.queue, item))
             rids.setdefault(sink.loop, []).append(out.request_id)
@@ -378,7 +354,6 @@ class AsyncLLM:
                 for rid in rids[loop]:
                     if self._sinks.pop(rid, None) is not None:
                         self.engine.abort_request(rid)
-        return report
 
     def _fail_all(self, error: BaseException) -> None:
         """The thread is ending: fail every request it holds, then every add in the inbox."""
@@ -403,13 +378,6 @@ class AsyncLLM:
                 with self._dropped_lock:
                     self._seqs_dropped += item.num_seqs
                 _call_soon(item.loop, _resolve, item.future, error)
-
-    def _report(self, report: StepReport) -> None:
-        if self.stats_hook is not None:
-            try:
-                self.stats_hook(self.engine, report)
-            except Exception:  # pragma: no cover - metrics must never stop serving
-                log.exception("stats hook failed")
 
 
 def _busy(waiting: int, need: int, limit: int) -> EngineBusyError:

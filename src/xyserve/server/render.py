@@ -33,10 +33,12 @@ def usage(
     prompt_lens: list[int] | None = None,
 ) -> UsageInfo:
     """Token counts; ``generated`` False: the completions were not returned (``echo`` with
-    ``max_tokens`` 0), so none is counted. ``prompt_lens``: each prompt's length, counted
-    for a request that has no output yet (a stream's first chunks)."""
-    lens = prompt_lens or [0] * len(outs)
-    p = sum(len(o.prompt_token_ids) if o is not None else n for o, n in zip(outs, lens))
+    ``max_tokens`` 0), so none is counted. ``prompt_lens``: the prompts' lengths, known to a
+    stream before any output (its first chunks), else the outputs' prompts are counted."""
+    if prompt_lens is not None:
+        p = sum(prompt_lens)
+    else:
+        p = sum(len(o.prompt_token_ids) for o in outs if o is not None)
     c = sum(len(x.token_ids) for o in outs if o is not None for x in o.outputs) if generated else 0
     return UsageInfo(prompt_tokens=p, completion_tokens=c, total_tokens=p + c)
 

@@ -31,25 +31,32 @@ def sse_error(err: Exception) -> str:
     return f"data: {ErrorResponse(error=info).model_dump_json()}\n\n"
 
 
+def held_tail(text: str, marks: list[str], since: int) -> int:
+    """The length of the longest tail of ``text`` after position ``since`` that may begin
+    one of ``marks`` (a proper prefix of it): what a stream holds back while the next text
+    may complete the mark. Only text after ``since`` (not sent yet) is tried: sent text was
+    no mark's beginning when it was sent, so it cannot be one now."""
+    hold = 0
+    for s in marks:
+        for k in range(min(len(s) - 1, len(text) - since), hold, -1):
+            if text.endswith(s[:k]):
+                hold = k
+                break
+    return hold
+
+
 def text_delta(st: ChoiceState, c: CompletionOutput, stops: list[str]) -> str:
     """New text since the last chunk.
 
     While the sequence runs, a trailing partial UTF-8 character and any tail that may begin a
-    stop string are held back: the engine cuts the stop string off the text later, and what
-    was streamed cannot be taken back. Only text not sent yet can begin a stop string (sent
-    text was no stop's beginning when it was sent, so it cannot be one now), so only that
-    tail is tried: the work per chunk is the chunk's, not the whole text's times the stop's.
+    stop string are held back (``held_tail``): the engine cuts the stop string off the text
+    later, and what was streamed cannot be taken back. The work per chunk is the chunk's, not
+    the whole text's times the stop's.
     """
     text = c.text
     if c.finish_reason is None:
         text = text.rstrip("\ufffd")
-        hold = 0
-        for s in stops:
-            for k in range(min(len(s) - 1, len(text) - st.text_len), hold, -1):
-                if text.endswith(s[:k]):
-                    hold = k
-                    break
-        text = text[: len(text) - hold]
+        text = text[: len(text) - held_tail(text, stops, st.text_len)]
     if len(text) <= st.text_len:
         return ""
     delta = text[st.text_len :]

@@ -34,6 +34,7 @@ from xyserve.server.protocol import (
     NamedToolChoice,
     ToolCall,
 )
+from xyserve.server.sse import held_tail
 
 TOOL_PARSERS = ("hermes",)
 
@@ -240,6 +241,12 @@ class ToolStream:
         self.text = ""  # everything the reply said
         self.sent = 0  # how much of ``text`` went out as content (auto) or arguments (named)
         self.call_id: str | None = None
+        self.reply: ParsedReply | None = None  # the finished reply, as parsed (auto, required)
+
+    def finish_reason(self, engine_reason: str) -> str:
+        """The finished choice's reason (module ``finish_reason``, of the reply parsed once)."""
+        reply = self.reply if self.reply is not None else ParsedReply(self.text)
+        return finish_reason(self.mode, reply, engine_reason)
 
     def feed(self, delta: str, finished: bool) -> tuple[str | None, list[DeltaToolCall]]:
         """(content to send now, tool-call deltas to send now) for new reply text ``delta``."""
@@ -250,7 +257,7 @@ class ToolStream:
             return (delta or None), []
         if not finished:
             return self._content_so_far(), []
-        reply = parse_reply(self.mode, self.text)
+        reply = self.reply = parse_reply(self.mode, self.text)
         if not reply.calls:
             rest = self.text[self.sent :]
             self.sent = len(self.text)
@@ -292,11 +299,7 @@ class ToolStream:
         text = self.text
         cut = text.find(HERMES_OPEN)
         if cut < 0:
-            cut = len(text)
-            for k in range(min(len(HERMES_OPEN) - 1, len(text)), 0, -1):
-                if text.endswith(HERMES_OPEN[:k]):
-                    cut = len(text) - k
-                    break
+            cut = len(text) - held_tail(text, [HERMES_OPEN], self.sent)
         if cut <= self.sent:
             return None
         out = text[self.sent : cut]

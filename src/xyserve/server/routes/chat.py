@@ -168,7 +168,7 @@ async def _chat_stream(
                 if not content and not tool_deltas and reason is None:
                     continue
                 if reason is not None:
-                    reason = finish_reason(mode, parse_reply(mode, tools.text), reason)
+                    reason = tools.finish_reason(reason)
                 lp = None
                 if params.logprobs is not None:
                     lp = chat_logprobs(c, lp_from[c.index], k)
