@@ -3,7 +3,7 @@
 import math
 
 import pytest
-from octo_helpers import arch, simulate, task, workflow
+from octo_helpers import arch, fan_branch_loop, simulate, task, workflow
 
 from octopus.report.metrics import summarize
 from octopus.runner import prepare, run_one
@@ -125,3 +125,22 @@ def test_balancers_move_work_only_when_the_transfer_pays():
     x = simulate(free, a, "octopus", period_us=5.0, cost_aware=True)
     y = simulate(free, a, "octopus", period_us=5.0, cost_aware=False)
     assert x.makespan == y.makespan and x.sched.migrated == y.sched.migrated > 0
+
+
+@pytest.mark.parametrize(
+    "name", ["octopus", "octopus-central", "octopus-dds", "octopus-dds-adaptive"]
+)
+def test_a_wide_task_with_too_few_warm_peas_does_not_wait_for_them(name):
+    """A TB of footprint 2 left with one warm PEA (the other reconfigured by a later TB) in
+    an all-spare cluster: waiting for warm PEAs cannot place it, so it reconfigures a spare
+    one. (Found by hypothesis: the second instance's entry task waited forever.)"""
+    doc = workflow(
+        [
+            task("t0", 1.0, ["t1"], footprint=2, out_bytes=0, config_bytes=0),
+            task("t1", 1.0, ["fan"], out_bytes=0, config_bytes=0),
+            *fan_branch_loop(0, 1.0, 1.0, 1.0, 1.0),
+        ]
+    )
+    a = arch(clusters=(1, 1), peas=(2, 2), slots=0, rc_base=30.0, hop=0.05)
+    sim = simulate(doc, a, name, n=2, concurrency=1, strict=True)
+    assert len(sim.instances.finish) == 2 and all(math.isfinite(f) for f in sim.instances.finish)

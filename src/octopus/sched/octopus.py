@@ -178,9 +178,11 @@ class OctopusScheduler(Scheduler):
                 return False
             # reconfigure a spare PEA for k rather than wait for a warm one when the cost of
             # waiting exceeds the reconfiguration: the expected queueing delay of k itself,
-            # or of the producers blocked on its TB (_blocked_outweigh)
+            # or of the producers blocked on its TB (_blocked_outweigh). Waiting is a choice
+            # only while the PEAs warm for tb can hold k (warm >= fp): with fewer, no
+            # finishing invocation of tb ever frees enough, and k would wait forever
             warm = self.nwarm[c][tb]
-            if warm:
+            if warm >= fp:
                 wait = api.ewma[tb] * (len(self.q[c][tb]) + 1) / warm
                 cost = self.reconfig_margin * api.rc_us[tb]
                 if not (wait > cost or self._blocked_outweigh(c, tb, k, wait, cost)):
