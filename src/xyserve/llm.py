@@ -81,9 +81,11 @@ class LLM:
         chat_template: str | None = None,
         continue_final_message: bool = False,
         tools: list[dict] | None = None,
+        chat_template_kwargs: dict | None = None,
     ) -> list[RequestOutput]:
         """Generate for one conversation (a list of message dicts) or a list of them, each
-        rendered with ``chat_template`` (None: the tokenizer's own), as vLLM's ``LLM.chat``.
+        rendered with ``chat_template`` (None: the tokenizer's own), as vLLM's ``LLM.chat``;
+        ``chat_template_kwargs``: more variables for the template.
 
         Every conversation is checked and rendered before any is admitted: a bad message or a
         template that fails to render (a ``ValueError`` saying ``cannot apply the chat
@@ -105,7 +107,12 @@ class LLM:
                 ]
             )
             text = tok.apply_chat_template(
-                conv, add_generation_prompt, chat_template, continue_final_message, tools
+                conv,
+                add_generation_prompt,
+                chat_template,
+                continue_final_message,
+                tools,
+                chat_template_kwargs,
             )
             # the rendered text is the output's prompt (as vLLM's); the template has put in
             # any special tokens already, so none are added again

@@ -18,7 +18,13 @@ SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
 # that a float n or top_k, or a string flag, is refused by name rather than failing inside a
 # step (or, for a string ignore_eos, being read as true).
 INT_FIELDS = ("n", "top_k", "min_tokens")
-OPTIONAL_INT_FIELDS = ("seed", "max_tokens", "logprobs", "prompt_logprobs")
+OPTIONAL_INT_FIELDS = (
+    "seed",
+    "max_tokens",
+    "logprobs",
+    "prompt_logprobs",
+    "truncate_prompt_tokens",
+)
 REAL_FIELDS = (
     "temperature",
     "top_p",
@@ -72,7 +78,18 @@ class SamplingParams:
     # one of json (a schema: a dict or JSON text), regex, choice, grammar (Lark) or json_object (True), compiled by
     # the engine; or an already compiled xyserve.engine.structured.GrammarSpec.
     structured: dict | object | None = None
+    # vLLM's: only these token ids may be sampled (a mask over the vocabulary)
+    allowed_token_ids: list[int] | None = None
+    # vLLM's: words never generated. Each is tokenized at admission as it would start the
+    # text and as it would follow a space; once the output ends with all of a word's tokens
+    # but its last, that last one is masked (a one-token word is always masked).
+    bad_words: list[str] | None = None
+    # vLLM's: keep only the last k prompt tokens (left truncation); -1: the model's maximum
+    # context length
+    truncate_prompt_tokens: int | None = None
     _stop_list: list[str] = field(default_factory=list, init=False, repr=False)
+    # bad_words as token id sequences, set by the engine at admission (it has the tokenizer)
+    bad_words_token_ids: list[list[int]] = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -112,6 +129,18 @@ class SamplingParams:
             raise bad("stop_token_ids", "a list of token ids")
         if self.stop_token_ids is not None:  # anything but an integer stays for validate
             self.stop_token_ids = [int(t) if _is_int(t) else t for t in self.stop_token_ids]
+        if self.allowed_token_ids is not None:
+            if not isinstance(self.allowed_token_ids, list | tuple) or not all(
+                _is_int(t) for t in self.allowed_token_ids
+            ):
+                raise bad("allowed_token_ids", "a list of token ids")
+            self.allowed_token_ids = [int(t) for t in self.allowed_token_ids]
+        if self.bad_words is not None:
+            if not isinstance(self.bad_words, list | tuple) or not all(
+                isinstance(w, str) for w in self.bad_words
+            ):
+                raise bad("bad_words", "a list of strings")
+            self.bad_words = list(self.bad_words)
         if self.logit_bias is not None and not (
             isinstance(self.logit_bias, dict)
             and all(_is_int(t) and _is_real(b) for t, b in self.logit_bias.items())
@@ -133,6 +162,13 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature < 1e-5
+
+    @property
+    def reshapes_logits(self) -> bool:
+        """Whether the request changes the logits before sampling beyond penalties and
+        top-k/p (logit bias, an allowed set, bad words): speculative verification samples
+        from the target's distribution without these, so such requests are not proposed for."""
+        return bool(self.logit_bias or self.allowed_token_ids is not None or self.bad_words)
 
     def validate(self) -> None:
         """Raise ValueError naming the field, as the server turns it into an HTTP 400.
@@ -190,6 +226,24 @@ class SamplingParams:
                 self.prompt_logprobs is None or 0 <= self.prompt_logprobs <= 20,
                 "prompt_logprobs",
                 "must be in [0, 20]",
+            ),
+            (
+                self.allowed_token_ids is None
+                or (self.allowed_token_ids and min(self.allowed_token_ids) >= 0),
+                "allowed_token_ids",
+                "must be a non-empty list of non-negative token ids",
+            ),
+            (
+                all(w.strip() for w in self.bad_words or []),
+                "bad_words",
+                "bad words must not be empty or blank",
+            ),
+            (
+                self.truncate_prompt_tokens is None
+                or self.truncate_prompt_tokens == -1
+                or self.truncate_prompt_tokens >= 1,
+                "truncate_prompt_tokens",
+                "must be -1 (the model's maximum context length) or at least 1",
             ),
         ]
         for ok, name, msg in checks:

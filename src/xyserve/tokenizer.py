@@ -107,9 +107,12 @@ class Tokenizer:
         chat_template: str | None = None,
         continue_final_message: bool = False,
         tools: list[dict] | None = None,
+        template_kwargs: dict | None = None,
     ) -> str:
         """The prompt text of ``messages`` under ``chat_template`` (None: the tokenizer's own).
         ``tools``: function definitions (OpenAI's shape) for templates that show them.
+        ``template_kwargs`` (vLLM's ``chat_template_kwargs``): more variables for the template,
+        such as ``enable_thinking``; a name this method sets itself is a ValueError.
         ``continue_final_message`` (vLLM's and transformers'): the text ends inside the last
         message, after its content, for the model to continue it (a "prefilled" reply);
         refused with ``add_generation_prompt``, which opens a new message.
@@ -128,6 +131,7 @@ class Tokenizer:
                 "continue_final_message continues the last message; it needs "
                 "add_generation_prompt false (that opens a new one)"
             )
+        extra = checked_template_kwargs(template_kwargs)
         try:
             return self.hf.apply_chat_template(
                 messages,
@@ -136,11 +140,49 @@ class Tokenizer:
                 add_generation_prompt=add_generation_prompt,
                 continue_final_message=continue_final_message,
                 tools=tools,
+                **extra,
             )
         except (jinja2.TemplateError, ArithmeticError, LookupError, TypeError) as e:
             # jinja2's own errors, and Python's from an expression in the template
             # (``{{ m['content'] + 1 }}``, ``{{ 1 / 0 }}``, ``messages[5]``)
             raise ChatTemplateError.of(e) from e
+
+
+# apply_chat_template's own arguments, which chat_template_kwargs may not override
+RESERVED_TEMPLATE_KWARGS = frozenset(
+    {
+        "conversation",
+        "messages",
+        "chat_template",
+        "tokenize",
+        "add_generation_prompt",
+        "continue_final_message",
+        "tools",
+        "documents",
+        "padding",
+        "truncation",
+        "max_length",
+        "return_tensors",
+        "return_dict",
+        "return_assistant_tokens_mask",
+        "tokenizer_kwargs",
+    }
+)
+
+
+def checked_template_kwargs(kwargs: dict | None) -> dict:
+    """``chat_template_kwargs`` as a dict of variables for the template; a ValueError where
+    one is not a name or sets an argument of ``apply_chat_template`` itself."""
+    extra = dict(kwargs or {})
+    if not all(isinstance(k, str) and k.isidentifier() for k in extra):
+        raise ValueError("chat_template_kwargs keys must be names (identifiers)")
+    clash = sorted(set(extra) & RESERVED_TEMPLATE_KWARGS)
+    if clash:
+        raise ValueError(
+            f"chat_template_kwargs may not set {', '.join(clash)}: give them as the request's "
+            "own fields"
+        )
+    return extra
 
 
 def template_messages(messages: list[dict]) -> list[dict]:

@@ -482,7 +482,8 @@ HONOURED = {
     "guided_regex", "guided_choice", "guided_grammar", "structured_outputs", "max_tokens",
     "max_completion_tokens", "logprobs", "top_logprobs", "echo", "add_generation_prompt",
     "add_special_tokens", "prompt_logprobs", "continue_final_message", "tools", "tool_choice",
-    "parallel_tool_calls",
+    "parallel_tool_calls", "allowed_token_ids", "bad_words", "truncate_prompt_tokens",
+    "chat_template_kwargs",
 }  # fmt: skip
 REFUSED = {
     "best_of": 2, "suffix": "x", "functions": [{"name": "f"}], "function_call": "auto",

@@ -16,7 +16,7 @@ from xyserve.engine.kv_cache import KVCacheManager
 from xyserve.engine.output import Child, Group, OutputProcessor
 from xyserve.engine.request import Request, RequestStatus
 from xyserve.engine.runner import ModelRunner
-from xyserve.engine.sampler import SampleRow, sample
+from xyserve.engine.sampler import SampleRow, bad_word_bans, sample
 from xyserve.engine.scheduler import Scheduler
 from xyserve.engine.step_graphs import GraphOptions
 from xyserve.engine_metrics import EngineMetrics
@@ -260,6 +260,7 @@ class LLMEngine:
         """Admit a request whole, or raise and admit nothing (no child is left behind)."""
         params = self.intake.compiled(params or SamplingParams())
         text, ids = self.intake.prompt_ids(prompt, add_special_tokens)
+        text, ids = self.intake.truncated(text, ids, params)
         max_tokens = self.intake.validate(ids, params)
         rid = request_id if request_id is not None else str(next(self._ids))
         if rid in self.groups:
@@ -377,6 +378,8 @@ class LLMEngine:
             blocked = []
             if len(r.output_token_ids) < group.params.min_tokens:
                 blocked = sorted(self.eos_token_ids | set(group.params.stop_token_ids))
+            if group.params.bad_words_token_ids:
+                blocked += bad_word_bans(group.params.bad_words_token_ids, r.output_token_ids)
             if st.num_spec_tokens:  # spec: a verify stage, accepted below
                 verifies.append((group, child, st))
                 continue
@@ -493,13 +496,13 @@ class LLMEngine:
 
     def _speculable(self, r: Request) -> bool:
         """Whether a request may be proposed for: verification samples from the target's
-        distribution after penalties and top-k/p, but does not apply ``logit_bias`` or a
-        structured-output grammar, so such requests decode one token a step."""
+        distribution after penalties and top-k/p, but does not apply ``logit_bias``,
+        ``allowed_token_ids``, ``bad_words`` or a structured-output grammar, so such requests decode one token a step."""
         entry = self._child_to_group.get(r.request_id)
         if entry is None:
             return False
         group, child = entry
-        return not group.params.logit_bias and child.matcher is None
+        return not group.params.reshapes_logits and child.matcher is None
 
     def _process_run(self, group: Group, child: Child, now: float, results: list) -> None:
         """Several new tokens of one verify, checked one by one: a stop inside cuts there."""

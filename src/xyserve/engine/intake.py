@@ -138,6 +138,57 @@ class RequestIntake:
                 f"sampling_params must be SamplingParams objects, not {type(params).__name__}"
             )
         params = dataclasses.replace(params)  # runs __post_init__: normalise and validate
+        params = self._compile_structured(params)
+        if params.bad_words:
+            params.bad_words_token_ids = self.bad_words_token_ids(params.bad_words)
+        return params
+
+    def bad_words_token_ids(self, words: list[str]) -> list[list[int]]:
+        """Each bad word's token ids as it would start the text and, where that tokenizes
+        differently, as it would follow a space (vLLM's rule: the spaced form is kept only
+        when it is a new token of the same length, so that a word is banned both at the
+        start and in the middle of a text)."""
+        if self.tokenizer is None:
+            raise RequestValidationError("bad_words need a tokenizer", "bad_words")
+        out: list[list[int]] = []
+        for w in words:
+            bare = self.tokenizer.encode(w.lstrip(), add_special_tokens=False)
+            spaced = self.tokenizer.encode(" " + w.lstrip(), add_special_tokens=False)
+            if not bare:
+                raise RequestValidationError(f"bad word {w!r} has no tokens", "bad_words")
+            out.append(bare)
+            if spaced and spaced[0] != bare[0] and len(spaced) == len(bare):
+                out.append(spaced)
+        return out
+
+    def truncated(
+        self, text: str | None, ids: list[int], params: SamplingParams
+    ) -> tuple[str | None, list[int]]:
+        """The prompt cut to its last ``truncate_prompt_tokens`` tokens (-1: the model's
+        maximum context length), as vLLM's; a cut text prompt's text becomes the text of the
+        tokens kept."""
+        k = params.truncate_prompt_tokens
+        if k is None:
+            return text, ids
+        if k == -1:
+            k = self.max_model_len
+        if k > self.max_model_len:
+            raise RequestValidationError(
+                f"truncate_prompt_tokens ({k}) is greater than this model's maximum context "
+                f"length ({self.max_model_len})",
+                "truncate_prompt_tokens",
+            )
+        if len(ids) <= k:
+            return text, ids
+        ids = ids[-k:]
+        if self.tokenizer is not None:
+            text = self.tokenizer.decode(ids, skip_special_tokens=False)
+        else:
+            text = None
+        return text, ids
+
+    def _compile_structured(self, params: SamplingParams) -> SamplingParams:
+        """``params`` with a dict constraint compiled (cached by content)."""
         spec = params.structured
         if not isinstance(spec, dict):
             return params
@@ -189,6 +240,10 @@ class RequestIntake:
         if any(t >= vocab for t in params.stop_token_ids):
             raise RequestValidationError(
                 f"stop_token_ids must be in [0, {vocab})", "stop_token_ids"
+            )
+        if any(t >= vocab for t in params.allowed_token_ids or []):
+            raise RequestValidationError(
+                f"allowed_token_ids must be in [0, {vocab})", "allowed_token_ids"
             )
         if any(not (0 <= t < vocab) for t in params.logit_bias or {}):
             raise RequestValidationError(

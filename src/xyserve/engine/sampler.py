@@ -1,4 +1,4 @@
-"""Token sampling: logit bias, grammar masks, penalties, temperature, top-k/p, min-p, logprobs.
+"""Token sampling: logit bias, allowed-token sets, bad words, grammar masks, penalties, temperature, top-k/p, min-p, logprobs.
 
 Each row is one request's sequence. Work shared by the batch (grammar masks, logit bias,
 greedy argmax) is batched; per-row work runs row by row and a failure there (say, a
@@ -70,17 +70,30 @@ def filter_logits(logits: torch.Tensor, p: SamplingParams) -> torch.Tensor:
     return logits
 
 
+def bad_word_bans(words: list[list[int]], output_ids: list[int]) -> list[int]:
+    """The token ids that would complete a bad word now: each word's last token where the
+    output ends with all of its tokens but that one (a one-token word: always)."""
+    n = len(output_ids)
+    return [w[-1] for w in words if len(w) - 1 <= n and output_ids[n - len(w) + 1 :] == w[:-1]]
+
+
 def apply_constraints(logits: torch.Tensor, rows: list[SampleRow]) -> torch.Tensor:
-    """Logit bias and grammar masks, batched over the rows that have them.
+    """Logit bias, allowed-token sets and grammar masks, batched over the rows that have them.
 
     Returns ``logits`` itself when no row is constrained, else a modified copy (the raw
     logits stay untouched for logprobs, which report the model's own distribution).
     """
     biased = [i for i, r in enumerate(rows) if r.params.logit_bias]
     masked = [i for i, r in enumerate(rows) if r.matcher is not None]
-    if not biased and not masked:
+    allowed = [i for i, r in enumerate(rows) if r.params.allowed_token_ids is not None]
+    if not biased and not masked and not allowed:
         return logits
     logits = logits.clone()
+    for i in allowed:  # everything outside the set to -inf (bias cannot bring it back)
+        keep = torch.tensor(rows[i].params.allowed_token_ids, dtype=torch.long)
+        row = torch.full_like(logits[i], float("-inf"))
+        row[keep] = logits[i, keep]
+        logits[i] = row
     if biased:
         idx_r, idx_t, vals = [], [], []
         for i in biased:

@@ -234,6 +234,7 @@ class AsyncLLM:
     def _prepare(self, prompt: Prompt, params: SamplingParams, add_special_tokens: bool) -> dict:
         """The prompt as {prompt, prompt_token_ids}, validated against the model."""
         text, ids = self.engine.intake.prompt_ids(prompt, add_special_tokens)
+        text, ids = self.engine.intake.truncated(text, ids, params)
         self.engine.intake.validate(ids, params)
         return {"prompt": text, "prompt_token_ids": ids}
 

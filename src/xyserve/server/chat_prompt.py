@@ -51,9 +51,10 @@ def render_chat(
     template: str | None,
     continue_final_message: bool = False,
     tools: list[dict] | None = None,
+    template_kwargs: dict | None = None,
 ) -> str:
     """The prompt text: the tokenizer's own template, or ``template`` (``--chat-template``);
     a template that fails to render is a ``ChatTemplateError``, as in ``LLM.chat``."""
     return tok.apply_chat_template(
-        messages, add_generation_prompt, template, continue_final_message, tools
+        messages, add_generation_prompt, template, continue_final_message, tools, template_kwargs
     )

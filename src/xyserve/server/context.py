@@ -24,7 +24,7 @@ from xyserve.server.options import ServerOptions
 from xyserve.server.protocol import ChatMessage, ModelCard
 from xyserve.server.request_stream import RequestStream
 from xyserve.server.streams import cancel_on_disconnect, final_outputs
-from xyserve.tokenizer import ChatTemplateError
+from xyserve.tokenizer import ChatTemplateError, checked_template_kwargs
 
 log = logging.getLogger("xyserve.server")
 
@@ -76,6 +76,7 @@ class ServerContext:
         add_generation_prompt: bool,
         continue_final_message: bool = False,
         tools: list[dict] | None = None,
+        template_kwargs: dict | None = None,
     ) -> str:
         """The prompt text of chat messages (validated first), rendered off the event loop."""
         tok = self.tokenizer()
@@ -84,6 +85,10 @@ class ServerContext:
                 "continue_final_message needs add_generation_prompt: false",
                 param="continue_final_message",
             )
+        try:
+            checked_template_kwargs(template_kwargs)
+        except ValueError as e:
+            raise APIError(str(e), param="chat_template_kwargs") from None
         msgs = chat_messages(messages)
         template = self.opts.chat_template
         try:
@@ -95,6 +100,7 @@ class ServerContext:
                 template,
                 continue_final_message,
                 tools,
+                template_kwargs,
             )
         except ChatTemplateError as e:  # says so already, in LLM.chat's words
             raise APIError(str(e), param="messages") from None

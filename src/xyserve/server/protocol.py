@@ -147,6 +147,9 @@ class _SamplingRequest(BaseModel):
     structured_outputs: StructuredOutputsParams | None = None
     # vLLM's: the top-k logprobs of each prompt token (the response's ``prompt_logprobs``)
     prompt_logprobs: int | None = None
+    allowed_token_ids: list[int] | None = None
+    bad_words: list[str] | None = None
+    truncate_prompt_tokens: int | None = None
 
     def refused_fields(self) -> list[str]:
         """Fields set to something we do not implement (see OFF_VALUES)."""
@@ -216,6 +219,9 @@ class _SamplingRequest(BaseModel):
             include_stop_str_in_output=self.include_stop_str_in_output,
             logit_bias=_logit_bias(self.logit_bias),
             prompt_logprobs=self.prompt_logprobs,
+            allowed_token_ids=self.allowed_token_ids,
+            bad_words=self.bad_words,
+            truncate_prompt_tokens=self.truncate_prompt_tokens,
         )
         for name in (
             "temperature",
@@ -366,6 +372,8 @@ class ChatCompletionRequest(_SamplingRequest):
     # assistant's (a continued message comes back whole)
     echo: bool = False
     add_special_tokens: bool = False  # vLLM's: the template already holds BOS
+    # vLLM's: more variables for the chat template (enable_thinking, say)
+    chat_template_kwargs: dict[str, Any] | None = None
     tools: list[ToolDefinition] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool = True
@@ -404,6 +412,7 @@ class TokenizeRequest(BaseModel):
     messages: list[ChatMessage] | None = Field(default=None, min_length=1)
     add_generation_prompt: bool = True
     continue_final_message: bool = False
+    chat_template_kwargs: dict[str, Any] | None = None
     add_special_tokens: bool | None = None  # default: True for a prompt, False for messages
 
 

@@ -77,7 +77,7 @@ async def chat_completions(body: ChatCompletionRequest, raw: Request, ctx: Ctx) 
             raise APIError(f"tools: {msg or e}", param="tools") from None
     prompt = await ctx.render_chat(
         body.messages, body.add_generation_prompt, body.continue_final_message,
-        template_tools(body),
+        template_tools(body), body.chat_template_kwargs,
     )  # fmt: skip
     # echo: the reply starts with the last message when it is the assistant's, as in vLLM
     last = body.messages[-1]

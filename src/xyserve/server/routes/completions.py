@@ -53,7 +53,13 @@ async def completions(body: CompletionRequest, raw: Request, ctx: Ctx) -> Any:
     rid = f"cmpl-{uuid.uuid4().hex}"
     streams = await ctx.add_all(prompts, params, rid)
     try:
-        echo = await asyncio.to_thread(_echo_texts, ctx.llm, prompts) if body.echo else None
+        # a cut prompt (truncate_prompt_tokens) echoes what the model read
+        said = (
+            prompts
+            if params.truncate_prompt_tokens is None
+            else [s.prompt_token_ids for s in streams]
+        )
+        echo = await asyncio.to_thread(_echo_texts, ctx.llm, said) if body.echo else None
     except BaseException:  # refused after admission: its requests must not run for nobody
         for s in streams:
             s.close()

@@ -20,12 +20,15 @@ async def tokenize(body: TokenizeRequest, ctx: Ctx) -> dict[str, Any]:
     ctx.tokenizer()  # a 400 without one
     if body.messages is not None and body.prompt is not None:
         raise APIError("give prompt or messages, not both", param="prompt")
-    for name in ("add_generation_prompt", "continue_final_message"):
+    for name in ("add_generation_prompt", "continue_final_message", "chat_template_kwargs"):
         if body.messages is None and name in body.model_fields_set:
             raise APIError(f"{name} applies to messages only", param=name)
     if body.messages is not None:
         text = await ctx.render_chat(
-            body.messages, body.add_generation_prompt, body.continue_final_message
+            body.messages,
+            body.add_generation_prompt,
+            body.continue_final_message,
+            template_kwargs=body.chat_template_kwargs,
         )
         add_special = False if body.add_special_tokens is None else body.add_special_tokens
     elif body.prompt is not None:
