@@ -72,6 +72,10 @@ class EngineConfig:
     num_kv_blocks: int | None = None  # overrides kv_cache_memory_bytes
     kv_cache_memory_bytes: int = 1 << 30
     scheduler_policy: str = "hybrid"  # hybrid | baseline
+    # vLLM's: fcfs, or priority (a request's ``priority``, lower first, then FCFS; a request
+    # short of blocks preempts the lowest priority's newest). Under fcfs a priority other than
+    # 0 is refused.
+    scheduling_policy: str = "fcfs"
     # Budget tokens kept for decode/verify work whenever some waits (default: a quarter).
     num_reserved_decode_tokens: int | None = None
     # Hybrid only: the most prefill tokens of one request per step (None: no cap but the budget).
@@ -166,6 +170,7 @@ class EngineConfig:
             self.max_prefill_chunk_tokens,
             self.admission_order,
             self.admission_max_skips,
+            self.scheduling_policy,
         )
         # Optional sizes: None picks the default; a value below 1 is refused, not clamped.
         for name in ("num_kv_blocks", "max_model_len", "max_waiting_requests"):
@@ -253,8 +258,9 @@ class EngineConfig:
                 raise TypeError(f"{f.name} must be {base.__name__} (got {value!r})")
 
     def scheduler_knobs(self) -> dict[str, object]:
-        """The hybrid policy's knobs, as Scheduler keyword arguments."""
+        """The hybrid policy's knobs and the queue's policy, as Scheduler keyword arguments."""
         return {
+            "scheduling_policy": self.scheduling_policy,
             "max_prefill_chunk_tokens": self.max_prefill_chunk_tokens,
             "admission_order": self.admission_order,
             "admission_max_skips": self.admission_max_skips,

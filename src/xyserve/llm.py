@@ -52,7 +52,10 @@ class LLM:
         prompts: str | Sequence[str] | Sequence[dict] | dict,
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
         use_tqdm: bool = True,
+        priority: Sequence[int] | None = None,
     ) -> list[RequestOutput]:
+        """``priority``: one per prompt (vLLM's; lower first), under
+        ``scheduling_policy="priority"`` only."""
         if isinstance(prompts, (str, dict)):
             prompts = [prompts]
         if prompts is None:
@@ -70,7 +73,9 @@ class LLM:
         if not all(isinstance(sp, SamplingParams) for sp in params):
             # a None in the list would otherwise mean the defaults, silently
             raise TypeError("sampling_params must be SamplingParams objects (or one per prompt)")
-        return self._run(prompts, params, use_tqdm)
+        if priority is not None and len(priority) != len(prompts):
+            raise ValueError("priority must give one value per prompt")
+        return self._run(prompts, params, use_tqdm, priority)
 
     def chat(
         self,
@@ -120,15 +125,15 @@ class LLM:
             prompts.append({"prompt": text, "prompt_token_ids": ids})
         return self.generate(prompts, sampling_params, use_tqdm)
 
-    def _run(self, prompts, params, use_tqdm: bool) -> list[RequestOutput]:
+    def _run(self, prompts, params, use_tqdm: bool, priority=None) -> list[RequestOutput]:
         eng = self.llm_engine
         ids: list[str] = []
         results: dict[str, RequestOutput] = {}
         show = use_tqdm and not eng.config.disable_progress_bar and len(prompts) > 1
         bar = tqdm(total=len(prompts), desc="Processed prompts", disable=not show)
         try:  # a bad prompt or parameter withdraws the ones already added: nothing ran
-            for p, sp in zip(prompts, params):
-                ids.append(eng.add_request(p, sp))
+            for i, (p, sp) in enumerate(zip(prompts, params)):
+                ids.append(eng.add_request(p, sp, priority=priority[i] if priority else 0))
         except BaseException:
             for rid in ids:  # not aborts: to the metrics these requests never came
                 eng.withdraw_request(rid)

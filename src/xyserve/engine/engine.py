@@ -256,8 +256,11 @@ class LLMEngine:
         request_id: str | None = None,
         arrival_time: float | None = None,
         add_special_tokens: bool = True,
+        priority: int = 0,
     ) -> str:
-        """Admit a request whole, or raise and admit nothing (no child is left behind)."""
+        """Admit a request whole, or raise and admit nothing (no child is left behind).
+        ``priority``: vLLM's (lower first), under the priority scheduling policy only."""
+        self.intake.check_priority(priority)
         params = self.intake.compiled(params or SamplingParams())
         text, ids = self.intake.prompt_ids(prompt, add_special_tokens)
         text, ids = self.intake.truncated(text, ids, params)
@@ -284,7 +287,7 @@ class LLMEngine:
             if params.seed is not None:
                 seed = params.seed + i
                 gen = torch.Generator().manual_seed(seed)
-            req = Request(child_id, list(ids), max_tokens, now, params, seed=seed)
+            req = Request(child_id, list(ids), max_tokens, now, params, seed, priority=priority)
             # The first sample computes the prompt's logprobs (and its whole prompt); the
             # others share its blocks through the prefix cache as usual.
             req.prompt_logits = params.prompt_logprobs is not None and i == 0

@@ -161,6 +161,21 @@ class RequestIntake:
                 out.append(spaced)
         return out
 
+    def check_priority(self, priority: object) -> None:
+        """A request's ``priority``: an integer, other than 0 only under the priority policy
+        (as vLLM, which refuses it rather than ignore it)."""
+        if not isinstance(priority, numbers.Integral) or isinstance(priority, bool):
+            raise RequestValidationError(
+                f"priority must be an integer, not {priority!r}", "priority"
+            )
+        if priority and self.config.scheduling_policy != "priority":
+            raise RequestValidationError(
+                f"priority {priority} needs the priority scheduling policy "
+                "(--scheduling-policy priority); this engine serves requests first come, first "
+                "served",
+                "priority",
+            )
+
     def truncated(
         self, text: str | None, ids: list[int], params: SamplingParams
     ) -> tuple[str | None, list[int]]:

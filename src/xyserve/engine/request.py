@@ -33,6 +33,8 @@ class Request:
     # This sample's own seed (the request's seed + its index among n), None unseeded: a draft
     # proposes a seeded sample its argmax rather than a draw (xyserve.spec.draft).
     seed: int | None = None
+    # vLLM's priority (lower runs first) under the priority scheduling policy; 0 otherwise
+    priority: int = 0
     output_token_ids: list[int] = field(default_factory=list)
     # Proposed (speculative) tokens appended after the last real token, to be verified.
     spec_token_ids: list[int] = field(default_factory=list)

@@ -26,6 +26,13 @@ Hybrid knobs besides the budget and the reserve:
   step only if it fits whole; a prompt longer than the budget is still chunked when it
   leads. Where a step's cost grows with its tokens (CPUs), filling the budget lengthens the
   step, and with it the TTFT of the prompt it completes and the TBT of every decode in it.
+- ``scheduling_policy`` (vLLM's): ``fcfs``, or ``priority``: requests are served by their
+  ``priority`` (lower first), then as under FCFS. The waiting queue and the running list are
+  kept in priority classes, each in the order FCFS keeps (a preempted request at the head of
+  its class), so admission takes the best class first, ``prefix_hit`` reorders within a class
+  only, decode blocks go to the best class first, and a request short of blocks preempts the
+  lowest class's newest request, older or not. As in vLLM, a waiting request does not
+  preempt running ones: it waits for a free sequence slot and free blocks.
 - ``tbt_target_s`` (SLO-aware budget): when decode/verify tokens share the step, prefill takes
   only as many tokens as an online cost model (:class:`StepCostModel`, fitted to the measured
   durations of recent steps) says fit in the target; at least ``min_prefill_tokens`` so that
@@ -100,6 +107,7 @@ def prompt_logit_positions(st: ScheduledStage) -> range:
 
 POLICIES = ("hybrid", "baseline")
 ADMISSION_ORDERS = ("fcfs", "prefix_hit")
+SCHEDULING_POLICIES = ("fcfs", "priority")  # vLLM's: the order requests are served in
 
 
 def default_reserve(budget: int) -> int:
@@ -113,11 +121,16 @@ def check_knobs(
     max_prefill_chunk_tokens: int | None,
     admission_order: str,
     admission_max_skips: int,
+    scheduling_policy: str = "fcfs",
 ) -> None:
     """Refuse a bad scheduling argument with a ValueError naming it. The one check of these
     arguments: :class:`Scheduler` runs it, and so does ``EngineConfig`` (before a model loads)."""
     if policy not in POLICIES:
         raise ValueError(f"scheduler_policy must be one of {POLICIES}, got {policy!r}")
+    if scheduling_policy not in SCHEDULING_POLICIES:
+        raise ValueError(
+            f"scheduling_policy must be one of {SCHEDULING_POLICIES}, got {scheduling_policy!r}"
+        )
     for name, value in (
         ("num_reserved_decode_tokens", num_reserved_decode_tokens),
         ("max_prefill_chunk_tokens", max_prefill_chunk_tokens),
@@ -131,6 +144,15 @@ def check_knobs(
 
 
 ADMISSION_WINDOW = 32  # waiting requests looked at by prefix_hit admission (bounds its cost)
+
+
+def _class_index(queue: deque[Request] | list[Request], req: Request, head: bool) -> int:
+    """Where ``req`` goes in a queue kept in priority classes (lower values first): at the
+    head of its class, or at its end."""
+    for i, r in enumerate(queue):
+        if r.priority > req.priority or (head and r.priority == req.priority):
+            return i
+    return len(queue)
 
 
 class Scheduler:
@@ -149,6 +171,7 @@ class Scheduler:
         tbt_target_s: float | None = None,
         min_prefill_tokens: int = 16,
         split_decode_rows: int | None = None,
+        scheduling_policy: str = "fcfs",
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         check_knobs(
@@ -157,7 +180,9 @@ class Scheduler:
             max_prefill_chunk_tokens,
             admission_order,
             admission_max_skips,
+            scheduling_policy,
         )
+        self.by_priority = scheduling_policy == "priority"
         self.chunk = max_prefill_chunk_tokens or max_num_batched_tokens
         self.admission_order = admission_order
         self.admission_max_skips = admission_max_skips
@@ -195,7 +220,10 @@ class Scheduler:
                 f"prompt of {req.num_tokens} tokens exceeds max_model_len={self.max_model_len}"
             )
         self.requests[req.request_id] = req
-        self.waiting.append(req)
+        if self.by_priority:
+            self.waiting.insert(_class_index(self.waiting, req, head=False), req)
+        else:
+            self.waiting.append(req)
 
     def finish_request(self, request_id: str, status: RequestStatus) -> Request | None:
         req = self.requests.pop(request_id, None)
@@ -353,7 +381,7 @@ class Scheduler:
         # cheaper new work would make it the newest running request, the next one preempted.
         if head.num_preemptions or self._skips.get(head.request_id, 0) >= self.admission_max_skips:
             return
-        window = [self.waiting[i] for i in range(min(ADMISSION_WINDOW, len(self.waiting)))]
+        window = [self.waiting[i] for i in range(self._window())]
         best = min(
             range(len(window)),
             key=lambda i: (
@@ -368,6 +396,15 @@ class Scheduler:
         chosen = window[best]
         self.waiting.remove(chosen)
         self.waiting.appendleft(chosen)
+
+    def _window(self) -> int:
+        """How many waiting requests, from the head, admission may reorder: at most
+        ``ADMISSION_WINDOW``, and under the priority policy those of the head's class only."""
+        n = min(ADMISSION_WINDOW, len(self.waiting))
+        if self.by_priority:
+            p = self.waiting[0].priority
+            n = next((i for i in range(n) if self.waiting[i].priority != p), n)
+        return n
 
     def _skip_prefix_in_flight(self) -> bool:
         """Bring to the head of ``waiting`` the first request (of ``ADMISSION_WINDOW``) whose
@@ -384,8 +421,7 @@ class Scheduler:
         prefilling = [r for r in self.running if r.num_computed_tokens < r.num_prompt_tokens]
         if not self.kv.enable_prefix_caching or not prefilling:
             return True
-        window = min(ADMISSION_WINDOW, len(self.waiting))
-        for i in range(window):
+        for i in range(self._window()):
             r = self.waiting[i]
             if r.num_preemptions or not self._prefix_in_flight(r, prefilling):
                 if i:
@@ -479,7 +515,10 @@ class Scheduler:
         if req.num_cached_tokens < 0:
             req.num_cached_tokens = match.num_tokens
         req.status = RequestStatus.RUNNING
-        self.running.append(req)
+        if self.by_priority:  # the list's order is seniority: victims are taken from its end
+            self.running.insert(_class_index(self.running, req, head=False), req)
+        else:
+            self.running.append(req)
         out.stages.append(self._stage(req, n))
         done.add(req.request_id)
         return n
@@ -501,7 +540,9 @@ class Scheduler:
         return True
 
     def _pick_victim(self, done: set[str]) -> Request | None:
-        for cand in reversed(self.running):  # the latest admitted goes first
+        # the end of the list goes first: the latest admitted (under the priority policy, of
+        # the lowest class)
+        for cand in reversed(self.running):
             if cand.request_id not in done:
                 return cand
         return None
@@ -515,7 +556,10 @@ class Scheduler:
         r.status = RequestStatus.WAITING
         r.num_preemptions += 1
         self.num_preemptions += 1
-        self.waiting.appendleft(r)
+        if self.by_priority:
+            self.waiting.insert(_class_index(self.waiting, r, head=True), r)
+        else:
+            self.waiting.appendleft(r)
         out.preempted.append(r)
 
     # ---- after execution --------------------------------------------------------------

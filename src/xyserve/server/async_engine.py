@@ -62,6 +62,7 @@ class _Add:
     prompts: list[Prompt]
     params: SamplingParams
     add_special_tokens: bool
+    priority: int
     loop: asyncio.AbstractEventLoop
     queues: list[asyncio.Queue]
     future: asyncio.Future
@@ -151,11 +152,12 @@ class AsyncLLM:
         request_id: str | None = None,
         *,
         add_special_tokens: bool = True,
+        priority: int = 0,
     ) -> RequestStream:
         """Add a request; returns once the engine accepted it, or raises its add error."""
         rid = request_id or uuid.uuid4().hex
         (stream,) = await self.add_requests(
-            [prompt], params, [rid], add_special_tokens=add_special_tokens
+            [prompt], params, [rid], add_special_tokens=add_special_tokens, priority=priority
         )
         return stream
 
@@ -166,6 +168,7 @@ class AsyncLLM:
         request_ids: list[str],
         *,
         add_special_tokens: bool = True,
+        priority: int = 0,
     ) -> list[RequestStream]:
         """Add one request per prompt, all or none; returns once the engine took them all.
 
@@ -190,7 +193,10 @@ class AsyncLLM:
         fut = loop.create_future()
         self._seqs_posted += need
         self._post(
-            "add", _Add(list(request_ids), prepared, params, add_special_tokens, loop, queues, fut)
+            "add",
+            _Add(
+                list(request_ids), prepared, params, add_special_tokens, priority, loop, queues, fut
+            ),
         )
         if self.dead_error is not None or self._stop:
             # The thread may have ended (died, or shut down) after the checks above and failed
@@ -245,10 +251,11 @@ class AsyncLLM:
         request_id: str | None = None,
         *,
         add_special_tokens: bool = True,
+        priority: int = 0,
     ) -> AsyncIterator[RequestOutput]:
         """Yield cumulative outputs until finished; closing or cancelling it aborts the request."""
         stream = await self.add_request(
-            prompt, params, request_id, add_special_tokens=add_special_tokens
+            prompt, params, request_id, add_special_tokens=add_special_tokens, priority=priority
         )
         try:
             async for out in stream:
@@ -323,6 +330,7 @@ class AsyncLLM:
                     rid,
                     arrival_time=time.monotonic(),
                     add_special_tokens=a.add_special_tokens,
+                    priority=a.priority,
                 )
                 added.append(rid)
         except Exception as e:

@@ -114,6 +114,7 @@ class ServerContext:
         rid: str,
         add_special_tokens: bool = True,
         renames: dict[str, str] | None = None,
+        priority: int = 0,
     ) -> list[RequestStream]:
         """Add every prompt's request or none (the engine thread admits them together, under
         the waiting limit): a validation error is the client's 400, the limit a 503.
@@ -123,7 +124,7 @@ class ServerContext:
         rids = [rid] if len(prompts) == 1 else [f"{rid}-{i}" for i in range(len(prompts))]
         try:
             return await self.llm.add_requests(
-                prompts, params, rids, add_special_tokens=add_special_tokens
+                prompts, params, rids, add_special_tokens=add_special_tokens, priority=priority
             )
         except ValueError as e:
             code = "context_length_exceeded" if "context length" in str(e) else None

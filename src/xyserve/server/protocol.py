@@ -150,6 +150,7 @@ class _SamplingRequest(BaseModel):
     allowed_token_ids: list[int] | None = None
     bad_words: list[str] | None = None
     truncate_prompt_tokens: int | None = None
+    priority: int = 0  # vLLM's: lower first, with --scheduling-policy priority only
 
     def refused_fields(self) -> list[str]:
         """Fields set to something we do not implement (see OFF_VALUES)."""

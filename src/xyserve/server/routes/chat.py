@@ -86,8 +86,9 @@ async def chat_completions(body: ChatCompletionRequest, raw: Request, ctx: Ctx) 
     # The template already holds any special tokens (BOS); by default don't add them twice.
     renames["prompt"] = "messages"
     streams = await ctx.add_all(
-        [prompt], params, rid, add_special_tokens=body.add_special_tokens, renames=renames
-    )
+        [prompt], params, rid, add_special_tokens=body.add_special_tokens, renames=renames,
+        priority=body.priority,
+    )  # fmt: skip
     k = body.top_logprobs or 0
     model_name = ctx.model_name
     if body.stream:

@@ -51,7 +51,7 @@ async def completions(body: CompletionRequest, raw: Request, ctx: Ctx) -> Any:
     if not prompts:
         raise APIError("prompt must not be empty", param="prompt")
     rid = f"cmpl-{uuid.uuid4().hex}"
-    streams = await ctx.add_all(prompts, params, rid)
+    streams = await ctx.add_all(prompts, params, rid, priority=body.priority)
     try:
         # a cut prompt (truncate_prompt_tokens) echoes what the model read
         said = (
