@@ -252,3 +252,35 @@ def test_the_server_refuses_bad_values_by_name(server, path, extra, param):
     assert r.status_code == 400, r.text
     assert r.json()["error"]["param"] == param
     server.assert_clean()
+
+
+def test_return_tokens_as_token_ids(server):
+    body = {"prompt": "hello", "max_tokens": 4, "temperature": 0, "ignore_eos": True}
+    r = _post(server, "/v1/completions", {**body, "logprobs": 2, "echo": True})
+    named = r.json()["choices"][0]["logprobs"]
+    r = _post(server, "/v1/completions", {**body, "logprobs": 2, "echo": True, "return_tokens_as_token_ids": True})  # fmt: skip
+    lp = r.json()["choices"][0]["logprobs"]
+    ids = server.tokenizer.encode("hello") + [
+        int(t.removeprefix("token_id:"))
+        for t in lp["tokens"][len(server.tokenizer.encode("hello")) :]
+    ]
+    assert all(t.startswith("token_id:") for t in lp["tokens"])
+    assert [int(t.removeprefix("token_id:")) for t in lp["tokens"]] == ids
+    assert [server.tokenizer.decode([i], skip_special_tokens=False) for i in ids] == named["tokens"]
+    assert all(k.startswith("token_id:") for top in lp["top_logprobs"][1:] for k in top)
+    assert lp["token_logprobs"] == named["token_logprobs"]
+    chat = {"messages": MESSAGES, "max_tokens": 3, "temperature": 0, "logprobs": True, "top_logprobs": 2}  # fmt: skip
+    r = _post(server, "/v1/chat/completions", {**chat, "return_tokens_as_token_ids": True})
+    content = r.json()["choices"][0]["logprobs"]["content"]
+    assert len(content) == 3
+    for e in content:
+        assert e["token"].startswith("token_id:") and bytes(e["bytes"]).decode() == e["token"]
+        assert len(e["top_logprobs"]) == 2
+        assert all(t["token"].startswith("token_id:") for t in e["top_logprobs"])
+    for path, b in (
+        ("/v1/completions", body),
+        ("/v1/chat/completions", {"messages": MESSAGES, "max_tokens": 2}),
+    ):
+        r = _post(server, path, {**b, "return_tokens_as_token_ids": True})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "return_tokens_as_token_ids"
+    server.assert_clean()

@@ -29,6 +29,10 @@ async def sampling_params(
         if body.stream_options.continuous_usage_stats:
             msg = "stream_options.continuous_usage_stats needs include_usage: true"
             raise APIError(msg, param="stream_options")
+    wants_logprobs = body.logprobs is not None and body.logprobs is not False
+    if body.return_tokens_as_token_ids and not wants_logprobs:
+        msg = "return_tokens_as_token_ids names the tokens of logprobs: it needs logprobs"
+        raise APIError(msg, param="return_tokens_as_token_ids")
     try:
         defaults = getattr(llm.engine, "default_sampling_params", None)
         params = body.to_sampling_params(defaults)

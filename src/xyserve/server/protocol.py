@@ -151,6 +151,8 @@ class _SamplingRequest(BaseModel):
     bad_words: list[str] | None = None
     truncate_prompt_tokens: int | None = None
     priority: int = 0  # vLLM's: lower first, with --scheduling-policy priority only
+    # vLLM's: logprobs name each token "token_id:<id>" (with logprobs; refused without)
+    return_tokens_as_token_ids: bool = False
 
     def refused_fields(self) -> list[str]:
         """Fields set to something we do not implement (see OFF_VALUES)."""

@@ -25,6 +25,9 @@ class ChoiceState:
     num_tokens: int = 0
     text_offset: int = 0
     done: bool = False
+    # vLLM's return_tokens_as_token_ids: logprobs name tokens "token_id:<id>", not their text
+    # (a token that is part of a UTF-8 character has no text of its own)
+    as_ids: bool = False
 
 
 def usage(
@@ -43,8 +46,8 @@ def usage(
     return UsageInfo(prompt_tokens=p, completion_tokens=c, total_tokens=p + c)
 
 
-def _token_str(tid: int, lp: Logprob | None) -> str:
-    if lp is not None and lp.decoded_token is not None:
+def _token_str(tid: int, lp: Logprob | None, as_ids: bool = False) -> str:
+    if not as_ids and lp is not None and lp.decoded_token is not None:
         return lp.decoded_token
     return f"token_id:{tid}"
 
@@ -66,16 +69,19 @@ def completion_logprobs(
     named by ``decode`` and its logprob and top logprobs are null (OpenAI's echo)."""
     out = out if out is not None else CompletionLogprobs()
     for tid, entry in zip(token_ids, entries):
+        ids = st.as_ids
         if entry is None:
-            tok = decode(tid) if decode is not None else _token_str(tid, None)
+            tok = decode(tid) if decode is not None and not ids else _token_str(tid, None)
             out.tokens.append(tok)
             out.token_logprobs.append(None)
             out.top_logprobs.append(None)
         else:
-            tok = _token_str(tid, entry.get(tid))
+            tok = _token_str(tid, entry.get(tid), ids)
             out.tokens.append(tok)
             out.token_logprobs.append(entry[tid].logprob if tid in entry else None)
-            out.top_logprobs.append({_token_str(t, lp): lp.logprob for t, lp in _ranked(entry)})
+            out.top_logprobs.append(
+                {_token_str(t, lp, ids): lp.logprob for t, lp in _ranked(entry)}
+            )
         out.text_offset.append(st.text_offset)
         st.text_offset += len(tok)
     return out
@@ -101,18 +107,19 @@ def prompt_logprobs(out: RequestOutput) -> PromptLogprobs | None:
     ]
 
 
-def chat_logprobs(c: CompletionOutput, start: int, k: int) -> ChatChoiceLogprobs:
-    """Logprobs of ``c``'s tokens from ``start`` on, each with its ``k`` most likely tokens."""
+def chat_logprobs(
+    c: CompletionOutput, start: int, k: int, as_ids: bool = False
+) -> ChatChoiceLogprobs:
+    """Logprobs of ``c``'s tokens from ``start`` on, each with its ``k`` most likely tokens
+    (``as_ids``: see ``ChoiceState``)."""
     content = []
     for tid, entry in zip(c.token_ids[start:], (c.logprobs or [])[start:]):
-        tok = _token_str(tid, entry.get(tid))
-        top = [
-            dict(
-                token=_token_str(t, lp), logprob=lp.logprob, bytes=list(_token_str(t, lp).encode())
-            )
-            for t, lp in _ranked(entry)
-            if lp.rank is not None and lp.rank <= k
-        ][:k]
+        tok = _token_str(tid, entry.get(tid), as_ids)
+        top = []
+        for t, lp in _ranked(entry):
+            if lp.rank is not None and lp.rank <= k and len(top) < k:
+                name = _token_str(t, lp, as_ids)
+                top.append(dict(token=name, logprob=lp.logprob, bytes=list(name.encode())))
         lp = entry[tid].logprob if tid in entry else float("-inf")
         content.append(
             ChatLogprobEntry(token=tok, logprob=lp, bytes=list(tok.encode()), top_logprobs=top)

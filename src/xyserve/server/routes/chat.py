@@ -106,7 +106,9 @@ async def chat_completions(body: ChatCompletionRequest, raw: Request, ctx: Ctx) 
             ChatCompletionChoice(
                 index=c.index,
                 message=ChatMessageOut(content=content, tool_calls=reply.calls),
-                logprobs=chat_logprobs(c, 0, k) if params.logprobs is not None else None,
+                logprobs=chat_logprobs(c, 0, k, body.return_tokens_as_token_ids)
+                if params.logprobs is not None
+                else None,
                 finish_reason=finish_reason(mode, reply, c.finish_reason),
                 stop_reason=c.stop_reason,
             )
@@ -172,7 +174,7 @@ async def _chat_stream(
                     reason = tools.finish_reason(reason)
                 lp = None
                 if params.logprobs is not None:
-                    lp = chat_logprobs(c, lp_from[c.index], k)
+                    lp = chat_logprobs(c, lp_from[c.index], k, body.return_tokens_as_token_ids)
                     lp_from[c.index] = len(c.token_ids)
                 yield chunk(
                     ChatStreamChoice(

@@ -77,7 +77,7 @@ async def completions(body: CompletionRequest, raw: Request, ctx: Ctx) -> Any:
     choices = []
     for i, out in enumerate(finals):
         for c in out.outputs:
-            st = ChoiceState()
+            st = ChoiceState(as_ids=body.return_tokens_as_token_ids)
             text = (echo[i] if echo else "") + ("" if bare else c.text)
             lp = None
             if params.logprobs is not None:
@@ -147,7 +147,7 @@ async def _completion_stream(
     on_done: OnDone | None = None,
 ) -> AsyncIterator[str]:
     n = params.n
-    states = [ChoiceState() for _ in range(len(streams) * n)]
+    states = [ChoiceState(as_ids=body.return_tokens_as_token_ids) for _ in range(len(streams) * n)]
     finals: list[RequestOutput | None] = [None] * len(streams)
     error = None
     created = unix_time()
