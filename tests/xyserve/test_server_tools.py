@@ -228,8 +228,8 @@ def test_auto_needs_the_server_flags(tiny_llama: Path) -> None:
         assert r.status_code == 400 and r.json()["error"]["param"] == "tool_choice"
         r = post(srv, {**BASE, "tool_choice": {"type": "function", "function": {"name": "add"}}})
         assert r.status_code == 200, r.text  # a named function needs no parser
-    with pytest.raises(ValueError, match="parsers are hermes"):
-        ServerOptions(tool_call_parser="mistral")
+    with pytest.raises(ValueError, match="parsers are hermes, llama3_json, mistral, pythonic"):
+        ServerOptions(tool_call_parser="granite")
     with pytest.raises(ValueError, match="needs --tool-call-parser"):
         ServerOptions(enable_auto_tool_choice=True)
 

@@ -149,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tool-call-parser",
         default=None,
-        help="how the model writes its tool calls: hermes (<tool_call>{...}</tool_call>)",
+        help="how the model writes its tool calls: hermes (<tool_call>{...}</tool_call>), "
+        "llama3_json, mistral or pythonic (xyserve.server.tool_parsers)",
     )
     add_engine_args(p)
     return p

@@ -13,12 +13,12 @@ class ServerOptions:
     chat_template: str | None = None  # overrides the tokenizer's template
     disable_log_requests: bool = False
     # vLLM's: tool_choice "auto" (the default with tools) reads the model's calls with
-    # ``tool_call_parser`` (``server.tools.TOOL_PARSERS``); off, "auto" is a 400
+    # ``tool_call_parser`` (``server.tool_parsers.TOOL_PARSERS``); off, "auto" is a 400
     enable_auto_tool_choice: bool = False
     tool_call_parser: str | None = None
 
     def __post_init__(self) -> None:
-        from xyserve.server.tools import TOOL_PARSERS
+        from xyserve.server.tool_parsers import TOOL_PARSERS
 
         if self.tool_call_parser is not None and self.tool_call_parser not in TOOL_PARSERS:
             raise ValueError(

@@ -7,9 +7,9 @@
   as vLLM does.
 - ``"auto"`` (the default when tools are given, as in vLLM): the model decides, in its chat
   template's own format, which ``--tool-call-parser`` reads back. It needs
-  ``--enable-auto-tool-choice``, as in vLLM. Parsers: ``hermes`` (``<tool_call>{"name": ...,
-  "arguments": {...}}</tool_call>``, the format of Qwen2.5/Qwen3, Hermes and many other
-  templates). With ``parallel_tool_calls`` false only the first call comes back (vLLM's).
+  ``--enable-auto-tool-choice``, as in vLLM. Parsers (``tool_parsers``): ``hermes``,
+  ``llama3_json``, ``mistral``, ``pythonic``. With ``parallel_tool_calls`` false only the
+  first call comes back (vLLM's).
 - ``"none"``: the tools are still shown to the template; nothing is parsed.
 
 Whatever the choice, the tools go to the chat template (``tools=``), and earlier calls and
@@ -19,7 +19,6 @@ their results (assistant ``tool_calls``, ``tool`` messages) are rendered by it a
 from __future__ import annotations
 
 import json
-import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,8 +34,7 @@ from xyserve.server.protocol import (
     ToolCall,
 )
 from xyserve.server.sse import held_tail
-
-TOOL_PARSERS = ("hermes",)
+from xyserve.server.tool_parsers import PARSERS, read_calls
 
 # What a function without ``parameters`` takes (OpenAI: an empty parameter list).
 NO_PARAMETERS = {"type": "object", "properties": {}}
@@ -165,37 +163,10 @@ class ParsedReply:
     calls: list[ToolCall] = field(default_factory=list)
 
 
-def _call(name: str, arguments: Any) -> ToolCall:
+def _call(name: str, arguments: Any, call_id: Callable[[], str] | None = None) -> ToolCall:
     args = arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
-    return ToolCall(id=new_call_id(), function=FunctionCall(name=name, arguments=args))
-
-
-HERMES_CALL = re.compile(r"<tool_call>(.*?)</tool_call>|<tool_call>(.*)\Z", re.DOTALL)
-HERMES_OPEN = "<tool_call>"
-
-
-def _hermes(text: str) -> ParsedReply:
-    """``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` blocks after any content.
-    A block that is not such JSON leaves the whole text as content (vLLM's parser does so)."""
-    start = text.find(HERMES_OPEN)
-    if start < 0:
-        return ParsedReply(text)
-    calls = []
-    for m in HERMES_CALL.finditer(text, start):
-        body = (m.group(1) if m.group(1) is not None else m.group(2)).strip()
-        try:
-            obj = json.loads(body)
-            name, args = obj["name"], obj.get("arguments", {})
-            if not isinstance(name, str):
-                raise TypeError(name)
-        except (ValueError, KeyError, TypeError):
-            return ParsedReply(text)
-        calls.append(_call(name, args))
-    content = text[:start].strip()
-    return ParsedReply(content or None, calls)
-
-
-PARSERS = {"hermes": _hermes}
+    cid = (call_id or new_call_id)()
+    return ToolCall(id=cid, function=FunctionCall(name=name, arguments=args))
 
 
 def parse_reply(mode: ToolMode, text: str) -> ParsedReply:
@@ -218,7 +189,9 @@ def _parse_reply(mode: ToolMode, text: str) -> ParsedReply:
             return ParsedReply(text)
         return ParsedReply(None, calls)
     if mode.kind == "auto":
-        return PARSERS[mode.parser](text)
+        parser = PARSERS[mode.parser]
+        content, calls = read_calls(parser, text)
+        return ParsedReply(content, [_call(name, args, parser.call_id) for name, args in calls])
     return ParsedReply(text)
 
 
@@ -266,7 +239,7 @@ class ToolStream:
         if reply.content is not None:
             # ``sent`` counts the text as it is; the reply's content is stripped: what is left
             # of the content is the text's, up to the tag, less trailing white space
-            end = self.text.find(HERMES_OPEN)
+            end = PARSERS[self.mode.parser].start(self.text)
             content = self.text[self.sent : end].rstrip() or None
             self.sent = max(self.sent, end)
         deltas = [
@@ -297,9 +270,12 @@ class ToolStream:
         if self.mode.kind == "required":
             return None
         text = self.text
-        cut = text.find(HERMES_OPEN)
+        parser = PARSERS[self.mode.parser]
+        if parser.undecided(text):  # calls may still open at the start: send nothing yet
+            return None
+        cut = parser.start(text)
         if cut < 0:
-            cut = len(text) - held_tail(text, [HERMES_OPEN], self.sent)
+            cut = len(text) - held_tail(text, list(parser.markers), self.sent)
         if cut <= self.sent:
             return None
         out = text[self.sent : cut]
