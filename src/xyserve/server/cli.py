@@ -152,6 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="how the model writes its tool calls: hermes (<tool_call>{...}</tool_call>), "
         "llama3_json, mistral or pythonic (xyserve.server.tool_parsers)",
     )
+    p.add_argument(
+        "--reasoning-parser",
+        default=None,
+        help="a reasoning model's <think>...</think> as the chat message's reasoning_content: "
+        "deepseek_r1 (reasoning from the reply's start, as DeepSeek-R1 and Qwen3 2507 thinking "
+        "models write it) or qwen3 (only where the reply opens with <think>)",
+    )
     add_engine_args(p)
     return p
 
@@ -189,6 +196,7 @@ def server_options(ns: argparse.Namespace) -> ServerOptions:
         disable_log_requests=ns.disable_log_requests,
         enable_auto_tool_choice=ns.enable_auto_tool_choice,
         tool_call_parser=ns.tool_call_parser,
+        reasoning_parser=ns.reasoning_parser,
     )
 
 

@@ -22,6 +22,8 @@ from xyserve.server.errors import APIError, stream_error
 from xyserve.server.metrics import ServerMetrics
 from xyserve.server.options import ServerOptions
 from xyserve.server.protocol import ChatMessage, ModelCard
+from xyserve.server.reasoning import PARSERS as REASONING
+from xyserve.server.reasoning import ReasoningParser
 from xyserve.server.request_stream import RequestStream
 from xyserve.server.streams import cancel_on_disconnect, final_outputs
 from xyserve.tokenizer import ChatTemplateError, checked_template_kwargs
@@ -63,6 +65,12 @@ class ServerContext:
     def cards(self) -> list[ModelCard]:
         """One card per served name, as vLLM's /v1/models lists them."""
         return [self.card(name) for name in self.model_names]
+
+    @property
+    def reasoning_parser(self) -> ReasoningParser | None:
+        """``--reasoning-parser``'s parser, or None."""
+        name = self.opts.reasoning_parser
+        return REASONING[name] if name is not None else None
 
     def tokenizer(self) -> Any:
         tok = self.llm.engine.tokenizer

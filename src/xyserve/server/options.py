@@ -16,9 +16,19 @@ class ServerOptions:
     # ``tool_call_parser`` (``server.tool_parsers.TOOL_PARSERS``); off, "auto" is a 400
     enable_auto_tool_choice: bool = False
     tool_call_parser: str | None = None
+    # vLLM's: a reasoning model's <think>...</think> as the message's reasoning_content
+    # (``server.reasoning.REASONING_PARSERS``); None: the reply is all content
+    reasoning_parser: str | None = None
 
     def __post_init__(self) -> None:
+        from xyserve.server.reasoning import REASONING_PARSERS
         from xyserve.server.tool_parsers import TOOL_PARSERS
+
+        if self.reasoning_parser is not None and self.reasoning_parser not in REASONING_PARSERS:
+            raise ValueError(
+                f"--reasoning-parser {self.reasoning_parser!r}: the parsers are "
+                + ", ".join(REASONING_PARSERS)
+            )
 
         if self.tool_call_parser is not None and self.tool_call_parser not in TOOL_PARSERS:
             raise ValueError(

@@ -377,6 +377,9 @@ class ChatCompletionRequest(_SamplingRequest):
     add_special_tokens: bool = False  # vLLM's: the template already holds BOS
     # vLLM's: more variables for the chat template (enable_thinking, say)
     chat_template_kwargs: dict[str, Any] | None = None
+    # vLLM's: with --reasoning-parser, whether the reasoning comes back (it is dropped, not
+    # moved to the content, when false)
+    include_reasoning: bool = True
     tools: list[ToolDefinition] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool = True
@@ -503,6 +506,7 @@ class ChatChoiceLogprobs(BaseModel):
 
 class ChatMessageOut(BaseModel):
     role: str = "assistant"
+    reasoning_content: str | None = None  # vLLM's, with --reasoning-parser
     content: str | None = None
     tool_calls: list[ToolCall] = Field(default_factory=list)  # vLLM's: [] without calls
 
@@ -542,6 +546,7 @@ class DeltaToolCall(BaseModel):
 
 class DeltaMessage(BaseModel):
     role: str | None = None
+    reasoning_content: str | None = None  # vLLM's, with --reasoning-parser
     content: str | None = None
     tool_calls: list[DeltaToolCall] = Field(default_factory=list)  # vLLM's: [] without calls
 

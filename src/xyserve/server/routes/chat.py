@@ -26,10 +26,12 @@ from xyserve.server.protocol import (
     DeltaMessage,
     unix_time,
 )
+from xyserve.server.reasoning import ReasoningParser, ReasoningStream, split_reasoning
 from xyserve.server.render import ChoiceState, chat_logprobs, prompt_logprobs, usage
 from xyserve.server.request_stream import RequestStream
 from xyserve.server.sse import DONE, OnDone, advance, sse, sse_error
 from xyserve.server.tools import (
+    ParsedReply,
     ToolMode,
     ToolStream,
     constraint_schema,
@@ -61,6 +63,9 @@ async def chat_completions(body: ChatCompletionRequest, raw: Request, ctx: Ctx) 
         raise APIError("top_logprobs needs logprobs: true", param="top_logprobs")
     if body.stream and body.prompt_logprobs is not None:  # vLLM refuses them too
         raise APIError("prompt_logprobs are not available with stream", param="prompt_logprobs")
+    if not body.include_reasoning and ctx.reasoning_parser is None:
+        msg = "include_reasoning applies with --reasoning-parser only (no reasoning is read)"
+        raise APIError(msg, param="include_reasoning")
     opts = ctx.opts
     mode = tool_mode(body, opts.tool_call_parser, opts.enable_auto_tool_choice)
     params = await sampling_params(ctx.llm, body, renames)
@@ -91,21 +96,28 @@ async def chat_completions(body: ChatCompletionRequest, raw: Request, ctx: Ctx) 
     )  # fmt: skip
     k = body.top_logprobs or 0
     model_name = ctx.model_name
+    # a reply held to a grammar (structured outputs, forced calls) has no thinking to read
+    think = None if params.structured is not None else ctx.reasoning_parser
     if body.stream:
         gen = _chat_stream(
-            streams[0], rid, model_name, params, k, body, mode, echo,
+            streams[0], rid, model_name, params, k, body, mode, echo, think,
             lambda outs, err: ctx.log_request(rid, t0, outs, body.user, err),
         )  # fmt: skip
         return StreamingResponse(gen, media_type="text/event-stream")
     (out,) = await ctx.collect(raw, streams, rid, t0, body.user)
     choices = []
     for c in out.outputs:
-        reply = parse_reply(mode, c.text)
+        reasoning, text = split_reasoning(think, c.text) if think else (None, c.text)
+        reply = parse_reply(mode, text) if text is not None else ParsedReply(None)
         content = echo + reply.content if reply.content is not None else (echo or None)
+        if not body.include_reasoning:
+            reasoning = None
         choices.append(
             ChatCompletionChoice(
                 index=c.index,
-                message=ChatMessageOut(content=content, tool_calls=reply.calls),
+                message=ChatMessageOut(
+                    reasoning_content=reasoning, content=content, tool_calls=reply.calls
+                ),
                 logprobs=chat_logprobs(c, 0, k, body.return_tokens_as_token_ids)
                 if params.logprobs is not None
                 else None,
@@ -131,10 +143,12 @@ async def _chat_stream(
     body: ChatCompletionRequest,
     mode: ToolMode,
     echo: str = "",
+    think: ReasoningParser | None = None,
     on_done: OnDone | None = None,
 ) -> AsyncIterator[str]:
     states = [ChoiceState() for _ in range(params.n)]
     calls = [ToolStream(mode) for _ in range(params.n)]
+    thoughts = [ReasoningStream(think) if think else None for _ in range(params.n)]
     # Per choice: its first token whose logprobs have not gone out. A step that has nothing
     # to send (a "required" reply's text, held until its calls are whole; text held back
     # for a stop string) sends no chunk: its tokens' logprobs go with the next chunk, the
@@ -165,10 +179,15 @@ async def _chat_stream(
                 if step is None:
                     continue
                 text, _ = step
+                done = c.finish_reason is not None
+                reasoning = None
+                if thoughts[c.index] is not None:
+                    reasoning, text = thoughts[c.index].feed(text, done)
+                    reasoning = (reasoning or None) if body.include_reasoning else None
                 tools = calls[c.index]
-                content, tool_deltas = tools.feed(text, c.finish_reason is not None)
+                content, tool_deltas = tools.feed(text, done)
                 reason = c.finish_reason
-                if not content and not tool_deltas and reason is None:
+                if not content and not tool_deltas and not reasoning and reason is None:
                     continue
                 if reason is not None:
                     reason = tools.finish_reason(reason)
@@ -179,7 +198,9 @@ async def _chat_stream(
                 yield chunk(
                     ChatStreamChoice(
                         index=c.index,
-                        delta=DeltaMessage(content=content, tool_calls=tool_deltas),
+                        delta=DeltaMessage(
+                            reasoning_content=reasoning, content=content, tool_calls=tool_deltas
+                        ),
                         logprobs=lp,
                         finish_reason=reason,
                         stop_reason=c.stop_reason,
