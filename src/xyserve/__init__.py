@@ -4,7 +4,14 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["LLM", "SamplingParams", "RequestOutput", "CompletionOutput", "EngineConfig"]
+__all__ = [
+    "LLM",
+    "SamplingParams",
+    "RequestOutput",
+    "CompletionOutput",
+    "EngineConfig",
+    "BeamSearchParams",
+]
 
 
 def __getattr__(name: str):
@@ -21,6 +28,10 @@ def __getattr__(name: str):
         from xyserve import outputs
 
         return getattr(outputs, name)
+    if name == "BeamSearchParams":
+        from xyserve.beam_search import BeamSearchParams
+
+        return BeamSearchParams
     if name == "EngineConfig":
         from xyserve.config import EngineConfig
 

@@ -7,6 +7,7 @@ from dataclasses import fields
 
 from tqdm.auto import tqdm
 
+from xyserve.beam_search import BeamSearch, BeamSearchOutput, BeamSearchParams
 from xyserve.config import EngineConfig
 from xyserve.engine.engine import LLMEngine
 from xyserve.outputs import RequestOutput
@@ -124,6 +125,34 @@ class LLM:
             ids = tok.encode(text, add_special_tokens=False)
             prompts.append({"prompt": text, "prompt_token_ids": ids})
         return self.generate(prompts, sampling_params, use_tqdm)
+
+    def beam_search(
+        self,
+        prompts: str | Sequence[str] | Sequence[dict] | Sequence[list[int]] | dict,
+        params: BeamSearchParams,
+        use_tqdm: bool = False,
+    ) -> list[BeamSearchOutput]:
+        """vLLM's ``LLM.beam_search``: each prompt's ``beam_width`` best continuations, best
+        first (xyserve.beam_search). Prompts: text, token ids, or vLLM prompt dicts."""
+        if not isinstance(params, BeamSearchParams):
+            raise TypeError("params must be a BeamSearchParams")
+        eng = self.llm_engine
+        one = isinstance(prompts, str | dict) or (
+            isinstance(prompts, Sequence) and bool(prompts) and isinstance(prompts[0], int)
+        )
+        ids = [eng.intake.prompt_ids(p)[1] for p in ([prompts] if one else list(prompts))]
+        for p in ids:
+            eng.intake.validate(p, SamplingParams(max_tokens=params.max_tokens))
+        search = BeamSearch(ids, params, eng.eos_token_ids)
+        step = params.step_params()
+        bar = tqdm(total=params.max_tokens, desc="Beam search", disable=not use_tqdm)
+        while not search.finished:
+            reqs = [{"prompt_token_ids": t} for t in search.requests()]
+            search.advance(self._run(reqs, [step] * len(reqs), use_tqdm=False))
+            bar.update(1)
+        bar.close()
+        tok = eng.tokenizer
+        return search.results(tok.decode if tok is not None else None)
 
     def _run(self, prompts, params, use_tqdm: bool, priority=None) -> list[RequestOutput]:
         eng = self.llm_engine

@@ -483,7 +483,8 @@ HONOURED = {
     "max_completion_tokens", "logprobs", "top_logprobs", "echo", "add_generation_prompt",
     "add_special_tokens", "prompt_logprobs", "continue_final_message", "tools", "tool_choice",
     "parallel_tool_calls", "allowed_token_ids", "bad_words", "truncate_prompt_tokens",
-    "chat_template_kwargs", "priority", "return_tokens_as_token_ids",
+    "chat_template_kwargs", "priority", "return_tokens_as_token_ids", "include_reasoning",
+    "use_beam_search", "length_penalty",
 }  # fmt: skip
 REFUSED = {
     "best_of": 2, "suffix": "x", "functions": [{"name": "f"}], "function_call": "auto",

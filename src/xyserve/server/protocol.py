@@ -153,6 +153,9 @@ class _SamplingRequest(BaseModel):
     priority: int = 0  # vLLM's: lower first, with --scheduling-policy priority only
     # vLLM's: logprobs name each token "token_id:<id>" (with logprobs; refused without)
     return_tokens_as_token_ids: bool = False
+    # vLLM's beam search (server.beam): n is the beam width
+    use_beam_search: bool = False
+    length_penalty: float = 1.0
 
     def refused_fields(self) -> list[str]:
         """Fields set to something we do not implement (see OFF_VALUES)."""

@@ -11,8 +11,10 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
+from xyserve.beam_search import BeamSearchParams
 from xyserve.outputs import RequestOutput
 from xyserve.sampling_params import SamplingParams
+from xyserve.server.beam import beam_params, beam_usage, run_beam_search
 from xyserve.server.context import Ctx
 from xyserve.server.errors import APIError, stream_error
 from xyserve.server.params import sampling_params
@@ -63,6 +65,7 @@ async def chat_completions(body: ChatCompletionRequest, raw: Request, ctx: Ctx) 
         raise APIError("top_logprobs needs logprobs: true", param="top_logprobs")
     if body.stream and body.prompt_logprobs is not None:  # vLLM refuses them too
         raise APIError("prompt_logprobs are not available with stream", param="prompt_logprobs")
+    beam = beam_params(body)
     if not body.include_reasoning and ctx.reasoning_parser is None:
         msg = "include_reasoning applies with --reasoning-parser only (no reasoning is read)"
         raise APIError(msg, param="include_reasoning")
@@ -84,6 +87,8 @@ async def chat_completions(body: ChatCompletionRequest, raw: Request, ctx: Ctx) 
         body.messages, body.add_generation_prompt, body.continue_final_message,
         template_tools(body), body.chat_template_kwargs,
     )  # fmt: skip
+    if beam is not None:
+        return await _beam_chat(body, raw, ctx, beam, prompt)
     # echo: the reply starts with the last message when it is the assistant's, as in vLLM
     last = body.messages[-1]
     echo = last.text() if body.echo and last.role == "assistant" else ""
@@ -131,6 +136,24 @@ async def chat_completions(body: ChatCompletionRequest, raw: Request, ctx: Ctx) 
         choices=choices,
         usage=usage([out]),
         prompt_logprobs=prompt_logprobs(out) if body.prompt_logprobs is not None else None,
+    )
+
+
+async def _beam_chat(
+    body: ChatCompletionRequest, raw: Request, ctx: Ctx, beam: BeamSearchParams, prompt: str
+) -> ChatCompletionResponse:
+    rid = f"chatcmpl-{uuid.uuid4().hex}"
+    (out,) = await run_beam_search(
+        ctx, raw, [prompt], beam, rid, body.priority, body.add_special_tokens
+    )
+    choices = [
+        ChatCompletionChoice(
+            index=j, message=ChatMessageOut(content=s.text or ""), finish_reason=s.finish_reason
+        )
+        for j, s in enumerate(out.sequences)
+    ]
+    return ChatCompletionResponse(
+        id=rid, model=ctx.model_name, choices=choices, usage=beam_usage([out])
     )
 
 

@@ -11,9 +11,11 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
+from xyserve.beam_search import BeamSearchParams
 from xyserve.outputs import RequestOutput
 from xyserve.sampling_params import SamplingParams
 from xyserve.server.async_engine import AsyncLLM
+from xyserve.server.beam import beam_params, beam_usage, run_beam_search
 from xyserve.server.context import Ctx
 from xyserve.server.errors import APIError, stream_error
 from xyserve.server.params import sampling_params
@@ -46,6 +48,9 @@ async def completions(body: CompletionRequest, raw: Request, ctx: Ctx) -> Any:
     ctx.check_model(body.model)
     if body.stream and body.prompt_logprobs is not None:  # vLLM refuses them too
         raise APIError("prompt_logprobs are not available with stream", param="prompt_logprobs")
+    beam = beam_params(body)
+    if beam is not None:
+        return await _beam_completion(body, raw, ctx, beam)
     params = await sampling_params(ctx.llm, body, {})
     prompts = body.prompts()
     if not prompts:
@@ -98,6 +103,24 @@ async def completions(body: CompletionRequest, raw: Request, ctx: Ctx) -> Any:
             )
     u = usage(finals, generated=not bare)
     return CompletionResponse(id=rid, model=model_name, choices=choices, usage=u)
+
+
+async def _beam_completion(
+    body: CompletionRequest, raw: Request, ctx: Ctx, beam: BeamSearchParams
+) -> CompletionResponse:
+    prompts = body.prompts()
+    if not prompts:
+        raise APIError("prompt must not be empty", param="prompt")
+    rid = f"cmpl-{uuid.uuid4().hex}"
+    outs = await run_beam_search(ctx, raw, prompts, beam, rid, body.priority)
+    choices = [
+        CompletionChoice(
+            index=i * beam.beam_width + j, text=s.text or "", finish_reason=s.finish_reason
+        )
+        for i, o in enumerate(outs)
+        for j, s in enumerate(o.sequences)
+    ]
+    return CompletionResponse(id=rid, model=ctx.model_name, choices=choices, usage=beam_usage(outs))
 
 
 def _decoder(llm: AsyncLLM) -> Callable[[int], str] | None:

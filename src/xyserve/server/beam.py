@@ -1,0 +1,105 @@
+"""``use_beam_search`` on the completions and chat endpoints (vLLM's): the request's ``n`` is
+the beam width, and its ``n`` choices are the best beams, best first (xyserve.beam_search).
+Each step's beams run as ordinary requests of one token, so the waiting limit, priorities,
+disconnects and aborts apply to them as to any request.
+
+Beam search takes ``n``, ``max_tokens``, ``length_penalty`` and ``ignore_eos``; a sampling or
+output field it would not use (``temperature``, ``stop``, ``logprobs``, ``stream``, ...) is
+refused with a 400 naming it, as is ``length_penalty`` without ``use_beam_search``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import Request
+
+from xyserve.beam_search import BeamSearch, BeamSearchOutput, BeamSearchParams
+from xyserve.sampling_params import SamplingParams
+from xyserve.server.context import ServerContext
+from xyserve.server.errors import APIError
+from xyserve.server.protocol import ChatCompletionRequest, CompletionRequest, UsageInfo
+from xyserve.server.streams import cancel_on_disconnect, final_outputs
+
+# Fields a beam-search request may set besides the prompt's own (prompt, or chat's messages
+# and rendering fields): everything else is a sampling or output option it would not use.
+BEAM_FIELDS = {
+    "model", "prompt", "messages", "n", "max_tokens", "max_completion_tokens", "use_beam_search",
+    "length_penalty", "ignore_eos", "user", "priority", "add_generation_prompt",
+    "continue_final_message", "chat_template_kwargs", "add_special_tokens",
+}  # fmt: skip
+
+
+def beam_params(body: CompletionRequest | ChatCompletionRequest) -> BeamSearchParams | None:
+    """The request's beam search, or None without ``use_beam_search``; APIError on a field
+    it would not use."""
+    if not body.use_beam_search:
+        if "length_penalty" in body.model_fields_set:
+            raise APIError("length_penalty applies to use_beam_search", param="length_penalty")
+        return None
+    unused = sorted(body.model_fields_set - BEAM_FIELDS)
+    if body.stream:
+        unused = ["stream", *[f for f in unused if f != "stream"]]
+    if unused:
+        raise APIError(
+            f"{unused[0]} is not used by beam search (it takes n, max_tokens, length_penalty "
+            "and ignore_eos)",
+            param=unused[0],
+        )
+    max_tokens = getattr(body, "max_completion_tokens", None) or body.max_tokens
+    if max_tokens is None:
+        raise APIError("use_beam_search needs max_tokens", param="max_tokens")
+    try:
+        return BeamSearchParams(body.n, max_tokens, body.ignore_eos, body.length_penalty)
+    except ValueError as e:
+        param = str(e).split(" ", 1)[0]
+        raise APIError(str(e), param="n" if param == "beam_width" else param) from None
+
+
+async def run_beam_search(
+    ctx: ServerContext,
+    raw: Request,
+    prompts: list,
+    params: BeamSearchParams,
+    rid: str,
+    priority: int = 0,
+    add_special_tokens: bool = True,
+) -> list[BeamSearchOutput]:
+    """Each prompt's best beams; the prompts are checked first (a 400 before anything runs)."""
+    intake = ctx.llm.engine.intake
+    most = intake.config.max_n
+    if params.beam_width > most:  # each step runs a request per beam
+        raise APIError(f"n (the beam width) must be at most {most}", param="n")
+    step = params.step_params()
+
+    def prepare() -> list[list[int]]:
+        ids = [intake.prompt_ids(p, add_special_tokens)[1] for p in prompts]
+        check = SamplingParams(max_tokens=params.max_tokens)
+        for p in ids:
+            intake.validate(p, check)
+        return ids
+
+    try:
+        ids = await asyncio.to_thread(prepare)
+    except ValueError as e:
+        raise APIError(str(e), param=getattr(e, "param", None) or "prompt") from None
+    search = BeamSearch(ids, params, ctx.llm.engine.eos_token_ids)
+
+    async def steps() -> None:
+        n = 0
+        while not search.finished:
+            reqs = search.requests()
+            streams = await ctx.add_all(reqs, step, f"{rid}-s{n}", priority=priority)
+            search.advance(await final_outputs(streams))
+            n += 1
+
+    await cancel_on_disconnect(raw, steps())
+    tok = ctx.llm.engine.tokenizer
+    return search.results(tok.decode if tok is not None else None)
+
+
+def beam_usage(outs: list[BeamSearchOutput]) -> UsageInfo:
+    """Each prompt's tokens once, and every returned beam's."""
+    p = sum(len(o.sequences[0].tokens) - len(o.sequences[0].output_token_ids) for o in outs)
+    c = sum(len(s.output_token_ids) for o in outs for s in o.sequences)
+    return UsageInfo(prompt_tokens=p, completion_tokens=c, total_tokens=p + c)

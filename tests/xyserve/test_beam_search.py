@@ -1,0 +1,134 @@
+"""Beam search (offline LLM.beam_search and the server's use_beam_search) against HF
+transformers' beam search on the same weights."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+from server_harness import Server, run_server
+
+from xyserve import LLM, BeamSearchParams
+from xyserve.beam_search import BeamSearch, BeamSearchSequence, score
+from xyserve.config import EngineConfig
+from xyserve.outputs import CompletionOutput, Logprob, RequestOutput
+
+PROMPTS = [[5, 17, 40, 41, 99, 7], [12, 13, 14]]
+
+
+@pytest.fixture(scope="module")
+def llm(tiny_llama: Path) -> LLM:
+    return LLM(str(tiny_llama), max_num_batched_tokens=64)
+
+
+@pytest.fixture(scope="module")
+def hf(tiny_llama: Path):  # noqa: ANN201
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(tiny_llama), dtype=torch.float32).eval()
+
+
+@pytest.mark.parametrize("width,steps", [(1, 5), (3, 6), (4, 4)])
+def test_beams_match_hf_without_eos(llm, hf, width, steps):
+    """With no end-of-sequence and no length penalty both keep, each step, the ``width``
+    best extensions by cumulative logprob: the same beams, in the same order."""
+    params = BeamSearchParams(width, steps, ignore_eos=True, length_penalty=0.0)
+    outs = llm.beam_search(PROMPTS, params)
+    for prompt, out in zip(PROMPTS, outs):
+        g = hf.generate(
+            torch.tensor([prompt]), num_beams=width, num_return_sequences=width,
+            do_sample=False, max_new_tokens=steps, min_new_tokens=steps, length_penalty=0.0,
+            early_stopping=True, output_scores=True, return_dict_in_generate=True,
+        )  # fmt: skip
+        want = [seq[len(prompt) :].tolist() for seq in g.sequences]
+        assert [s.output_token_ids for s in out.sequences] == want
+        # (one beam is HF's greedy search: it reports no beam score)
+        refs = g.sequences_scores.tolist() if width > 1 else [None]
+        for s, ref in zip(out.sequences, refs):
+            assert ref is None or s.cum_logprob == pytest.approx(ref, abs=1e-3)
+            assert s.tokens == prompt + s.output_token_ids and s.finish_reason == "length"
+            assert s.text == llm.get_tokenizer().decode(s.output_token_ids, skip_special_tokens=True)  # fmt: skip
+    llm.llm_engine.kv.check_no_leak()
+
+
+def _out(entries: dict[int, float]) -> RequestOutput:
+    lps = {t: Logprob(lp) for t, lp in entries.items()}
+    c = CompletionOutput(0, "", [next(iter(entries))], None, [lps])
+    return RequestOutput("x", None, [], [c], True)
+
+
+def test_eos_completes_a_beam_and_scores_rank_the_results():
+    """A candidate ending in EOS is set aside; the final ranking divides by the length to the
+    length penalty (vLLM's score), so a short complete beam can win or lose by it."""
+    eos = {0}
+    bs = BeamSearch([[9, 9]], BeamSearchParams(2, 3, length_penalty=1.0), eos)
+    bs.advance([_out({0: -0.5, 1: -1.0, 2: -2.0})])  # EOS first: complete at once
+    assert [b.output_token_ids for b in bs.prompts[0].live] == [[1], [2]]
+    assert [b.output_token_ids for b in bs.prompts[0].done] == [[0]]
+    bs.advance([_out({3: -0.1, 4: -3.0}), _out({5: -0.2, 6: -0.3})])
+    assert [b.output_token_ids for b in bs.prompts[0].live] == [[1, 3], [2, 5]]
+    bs.advance([_out({7: -0.1}), _out({8: -0.1})])
+    assert bs.finished
+    (res,) = bs.results()
+    # scores: [0] -0.5/2, [1,3,7] -1.2/5, [2,5,8] -2.3/5
+    assert [s.output_token_ids for s in res.sequences] == [[1, 3, 7], [0]]
+    assert [s.finish_reason for s in res.sequences] == ["length", "stop"]
+    seq = BeamSearchSequence([9, 9, 0], [0], [], -0.5)
+    assert score(seq, eos, 1.0) == pytest.approx(-0.25)
+    assert score(seq, eos, 0.0) == pytest.approx(-0.5)
+
+
+@pytest.mark.parametrize("bad", [dict(beam_width=0, max_tokens=2), dict(beam_width=2, max_tokens=0),
+                                 dict(beam_width=2, max_tokens=2, length_penalty=float("nan"))])  # fmt: skip
+def test_bad_params(bad):
+    with pytest.raises(ValueError):
+        BeamSearchParams(**bad)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_llama: Path) -> Iterator[Server]:
+    config = EngineConfig(model=str(tiny_llama), served_model_name="tiny", max_model_len=128, device="cpu")  # fmt: skip
+    with run_server(config) as srv:
+        yield srv
+
+
+def test_the_server_returns_the_offline_beams(server, llm):
+    text = "hello world"
+    params = BeamSearchParams(3, 5, ignore_eos=True, length_penalty=0.5)
+    (want,) = llm.beam_search(text, params)
+    body = {"prompt": text, "n": 3, "max_tokens": 5, "use_beam_search": True, "ignore_eos": True, "length_penalty": 0.5}  # fmt: skip
+    r = httpx.post(f"{server.url}/v1/completions", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    got = r.json()
+    assert [c["text"] for c in got["choices"]] == [s.text for s in want.sequences]
+    assert [c["index"] for c in got["choices"]] == [0, 1, 2]
+    assert got["usage"]["completion_tokens"] == 15
+    chat = {"messages": [{"role": "user", "content": "hi"}], "n": 2, "max_tokens": 3, "use_beam_search": True, "ignore_eos": True}  # fmt: skip
+    r = httpx.post(f"{server.url}/v1/chat/completions", json=chat, timeout=60)
+    assert r.status_code == 200, r.text
+    assert len(r.json()["choices"]) == 2 and r.json()["usage"]["completion_tokens"] == 6
+    server.assert_clean()
+
+
+@pytest.mark.parametrize(
+    "extra,param",
+    [
+        ({"temperature": 0.7}, "temperature"),
+        ({"stream": True}, "stream"),
+        ({"logprobs": 2}, "logprobs"),
+        ({"stop": ["x"]}, "stop"),
+        ({"n": 0}, "n"),
+        ({"n": 10**6}, "n"),
+        ({"max_tokens": 500}, "max_tokens"),
+        ({"use_beam_search": False, "length_penalty": 2.0}, "length_penalty"),
+    ],
+)
+def test_the_server_refuses_what_beam_search_would_not_use(server, extra, param):
+    body = {"prompt": "hello", "n": 2, "max_tokens": 3, "use_beam_search": True, **extra}
+    r = httpx.post(f"{server.url}/v1/completions", json=body, timeout=60)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == param
+    server.assert_clean()
