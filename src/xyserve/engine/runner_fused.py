@@ -17,8 +17,10 @@ activations between ops. A causal row sees its request's
 positions up to its own; a tree node sees the history and the stage's real tokens as a prefix
 of its block table and its ancestors' slots (its own included) as extra keys, at its depth's
 RoPE position. Whether it is on: ``mode`` ``"off"``, ``"on"`` (one-row steps), or ``"auto"``
-(the engine's default, or ``$XYSERVE_CPU_FUSED_DECODE``): the fused call's thread count is
-the faster of one and torch's count on one row, then the runner times steps of each size of
+(the engine's default, or ``$XYSERVE_CPU_FUSED_DECODE``): the fused call's thread count
+starts as the faster of one and torch's count on one row and is then chosen call by call from
+the calls' times (``kernels.cpu.thread_choice``: another process's load can make two threads
+many times slower than one), then the runner times steps of each size of
 ``ROW_CHECKS`` both ways (``ModelRunner``) and lets the fused call take steps up to the
 largest size at which it is faster than the eager forward, none if it loses at one row. The
 log line says which path runs, for which steps, and the times.
@@ -43,6 +45,7 @@ import torch
 
 from xyserve.engine.scheduler import SchedulerOutput
 from xyserve.engine.step_inputs import StepLists, tree_mask
+from xyserve.kernels.cpu.thread_choice import ThreadChoice
 from xyserve.kernels.ops import as_numpy
 from xyserve.kernels.ops import fused_forward as ff
 from xyserve.model.llama import LlamaModel
@@ -161,6 +164,8 @@ class FusedDecode:
         self.max_rows = max_rows
         self.calibrate = False  # auto: the runner times steps both ways at start
         self.thread_ms: dict[int, float] = {}  # auto: one fused row per thread count tried
+        # auto: each call's thread count, from the calls' times (the machine's load moves it)
+        self.chooser: ThreadChoice | None = None
 
     @classmethod
     def create(
@@ -191,6 +196,8 @@ class FusedDecode:
         # keeps its re-pointed tensors either way: same values, one copy.)
         fast.thread_ms = fastest_threads(fast.weights, block_size, fast.k_cache.dtype.type)
         fast.threads = min(fast.thread_ms, key=fast.thread_ms.get)
+        if len(fast.thread_ms) > 1:
+            fast.chooser = ThreadChoice(tuple(sorted(fast.thread_ms)), fast.threads)
         fast.calibrate = True
         return fast
 
@@ -242,7 +249,18 @@ class FusedDecode:
             extra_slots=np.asarray(extra, np.int64),
             out_rows=np.asarray(lists.logit_rows, np.int64),
         )
-        logits, argmax = ff.forward(
-            self.weights, self.k_cache, self.v_cache, rows, parallel=True, threads=self.threads
-        )
+        chooser = self.chooser
+        if chooser is None:
+            logits, argmax = ff.forward(
+                self.weights, self.k_cache, self.v_cache, rows, parallel=True, threads=self.threads
+            )
+        else:  # one row, a few, or more: each its own choice (their best counts differ)
+            n = len(lists.ids)
+            key = 0 if n == 1 else 1 if n <= 4 else 2
+            threads = chooser.pick(key)
+            t0 = time.perf_counter()
+            logits, argmax = ff.forward(
+                self.weights, self.k_cache, self.v_cache, rows, parallel=True, threads=threads
+            )
+            chooser.observe(key, threads, time.perf_counter() - t0)
         return torch.from_numpy(logits), lists.rows, argmax if np.isfinite(logits).all() else None
