@@ -1,4 +1,4 @@
-"""The fused call's thread count chosen online (kernels.cpu.thread_choice), on simulated call
+"""The fused call's thread count chosen online (engine.thread_choice), on simulated call
 times, and the fused call's results, which must not depend on it."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from xyserve.kernels.cpu.thread_choice import ThreadChoice
+from xyserve.engine.thread_choice import ThreadChoice
 
 QUIET = {1: 1.0, 2: 0.6}
 LOADED = {1: 1.0, 2: 50.0}  # a busy core: the second thread's wake-ups wait for it

@@ -19,7 +19,7 @@ of its block table and its ancestors' slots (its own included) as extra keys, at
 RoPE position. Whether it is on: ``mode`` ``"off"``, ``"on"`` (one-row steps), or ``"auto"``
 (the engine's default, or ``$XYSERVE_CPU_FUSED_DECODE``): the fused call's thread count
 starts as the faster of one and torch's count on one row and is then chosen call by call from
-the calls' times (``kernels.cpu.thread_choice``: another process's load can make two threads
+the calls' times (``engine.thread_choice``: another process's load can make two threads
 many times slower than one), then the runner times steps of each size of
 ``ROW_CHECKS`` both ways (``ModelRunner``) and lets the fused call take steps up to the
 largest size at which it is faster than the eager forward, none if it loses at one row. The
@@ -45,7 +45,7 @@ import torch
 
 from xyserve.engine.scheduler import SchedulerOutput
 from xyserve.engine.step_inputs import StepLists, tree_mask
-from xyserve.kernels.cpu.thread_choice import ThreadChoice
+from xyserve.engine.thread_choice import ThreadChoice
 from xyserve.kernels.ops import as_numpy
 from xyserve.kernels.ops import fused_forward as ff
 from xyserve.model.llama import LlamaModel

@@ -26,9 +26,28 @@ async def send_json_error(
     await send({"type": "http.response.body", "body": body})
 
 
+# A refused body up to this size is read (and dropped) before the 413 goes out: closing a
+# connection with unread bytes in its receive buffer makes the kernel reset it, and the client,
+# still sending, then sees "connection reset" instead of the 413. A larger body is answered
+# at once (its sender gets the reset).
+DRAIN_BYTES = 1 << 20
+
+
+async def _drain(receive: Any, limit: int) -> None:
+    """Read and drop the rest of the request body, up to ``limit`` bytes."""
+    seen = 0
+    while seen <= limit:
+        msg = await receive()
+        if msg["type"] != "http.request" or not msg.get("more_body", False):
+            return
+        seen += len(msg.get("body", b""))
+
+
 class BodyLimitMiddleware:
     """Refuse bodies over ``max_bytes`` with a 413: at once when Content-Length says so, else
-    as soon as the streamed body passes the limit (nothing beyond it is buffered)."""
+    as soon as the streamed body passes the limit (nothing beyond it is buffered); the rest of
+    a body up to ``DRAIN_BYTES`` is read and dropped first, so that the 413 reaches the client.
+    """
 
     def __init__(self, app: Any, max_bytes: int) -> None:
         self.app = app
@@ -46,6 +65,8 @@ class BodyLimitMiddleware:
         except ValueError:
             too_big = False
         if too_big:
+            if int(length) <= DRAIN_BYTES:
+                await _drain(receive, DRAIN_BYTES)
             return await send_json_error(send, 413, body, [(b"connection", b"close")])
         seen = 0
         started = refused = False
@@ -61,6 +82,8 @@ class BodyLimitMiddleware:
                 seen += len(msg.get("body", b""))
                 if seen > self.max_bytes:
                     refused = True
+                    if msg.get("more_body", False):
+                        await _drain(receive, DRAIN_BYTES)
                     if not started:
                         await send_json_error(send, 413, body, [(b"connection", b"close")])
                     return {"type": "http.disconnect"}
