@@ -261,3 +261,27 @@ def test_a_shared_prompt_is_computed_again_without_the_prefix_cache():
         s.add_request(req(f"s{i}", 30))
     out = run_step(s)
     assert [st.num_tokens for st in out.stages] == [30, 30]
+
+
+def test_a_verify_short_of_blocks_drops_proposals_rather_than_preempt_itself():
+    """A decoding request whose proposals need a block the cache does not have, while its real
+    token fits the block it holds: it preempted itself (its K/V lost, to be recomputed) for
+    tokens it only might have kept; here its proposals had taken the step's whole budget, so
+    the step ran nothing at all (found by test_feature_soak). Proposals are optional: now it
+    drops as many as it takes to fit rather than preempting itself."""
+    kv = KVCacheManager(2, 6, enable_prefix_caching=False)  # a block each, none to spare
+    s = Scheduler(kv, 4, 8, 4096, admission_order="fcfs")
+    a, b = req("a", 2, max_tokens=20), req("b", 2, max_tokens=20, base=100)
+    s.add_request(a)
+    s.add_request(b)
+    run_step(s)  # both prompts
+    run_step(s)  # a decode each: 4 tokens, 3 computed; the decodes' turn goes to b next
+    b.spec_token_ids = [11, 12, 13]  # b's stage: positions 3 to 6, the budget; 6 needs a block
+    out = s.schedule()
+    assert not out.preempted and b in s.running
+    assert [(st.request.request_id, st.num_tokens, st.num_spec_tokens) for st in out.stages] == [
+        ("b", 3, 2)  # the proposals that fit its block; a's turn is next step
+    ]
+    assert b.spec_token_ids == [11, 12]
+    s.update(out, {"b": [99]}, num_accepted={"b": 1})
+    assert b.output_token_ids == [7, 7, 11, 99] and b.num_computed_tokens == 5

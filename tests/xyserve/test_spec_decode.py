@@ -762,6 +762,40 @@ def test_dynamic_tree_output_identical_and_its_nodes_are_a_valid_tree(tiny_llama
     llm.llm_engine.spec.proposer.kv.check_no_leak()
 
 
+def test_a_tree_takes_no_more_slots_than_the_context_has_left(tiny_llama):
+    """Each node of a token tree takes a K/V slot in the verify step, but only the tree's depth
+    was capped by what the context has left: near max_model_len a tree of width 3 took more
+    slots than max_model_len, more than a cache of max_model_len tokens (the least an engine
+    runs with) holds, so a request alone preempted itself, was recomputed, and did so again
+    step after step until its depth cap reached 0 (found by test_feature_soak). Now a tree
+    keeps at most the nodes the context has slots for."""
+    spec = {"method": "tree", "num_speculative_tokens": 3, "tree_width": 3, "adaptive": False}
+    spec["model"] = str(tiny_llama)
+    kw = dict(skip_tokenizer_init=True, block_size=4, max_model_len=32, tbt_target_ms=None)
+    # a cache of max_model_len tokens, no prefix cache: a preempted request recomputes it all
+    llm = LLM(
+        str(tiny_llama), num_kv_blocks=8, enable_prefix_caching=False, speculative_config=spec, **kw
+    )
+    eng = llm.llm_engine
+    schedule, kv_lens = eng.scheduler.schedule, []
+
+    def spy():
+        out = schedule()
+        kv_lens.extend(st.kv_len for st in out.stages)
+        return out
+
+    eng.scheduler.schedule = spy
+    prompt = _prompts()[0]  # 19 tokens: 13 to generate
+    params = SamplingParams(temperature=0, max_tokens=None, ignore_eos=True)
+    got = _generate(llm, [prompt], params)[0]
+    want = _generate(LLM(str(tiny_llama), **kw), [prompt], params)[0]
+    assert got.token_ids == want.token_ids and len(got.token_ids) == 13
+    assert eng.spec.stats.num_accepted_tokens > 0
+    assert max(kv_lens) <= 32 and eng.scheduler.num_preemptions == 0, max(kv_lens)
+    eng.kv.check_no_leak()
+    eng.spec.proposer.kv.check_no_leak()
+
+
 def test_disable_by_batch_size_stops_proposals():
     cfg = SpeculativeConfig("ngram", 3, disable_by_batch_size=2, adaptive=False)
     dec = SpecDecoder(cfg, max_model_len=1000, budget=512)

@@ -151,3 +151,22 @@ def test_a_grammar_failing_inside_a_step_fails_its_request_with_a_short_message(
     why = error.split("refused by the grammar: ", 1)[1]
     assert len(why) <= ERROR_CHARS + len(" ... (cut)")
     assert outs[1].error is None and len(outs[1].outputs[0].token_ids) == 4
+
+
+def test_a_grammar_needing_a_token_min_tokens_holds_back_wins(tiny_llama: Path) -> None:
+    """min_tokens holds stop ids (and EOS) back; where the grammar allows only such a token,
+    nothing was left and the request failed ("no token is allowed"; found by test_feature_soak
+    with the choice "no" and 'o' as a stop id). The grammar wins, as where it completes short
+    of min_tokens: the token comes, and it stops the sequence as a stop id does."""
+    llm = LLM(model=str(tiny_llama), device="cpu", max_model_len=128)
+    (z,) = llm.get_tokenizer().encode("z", add_special_tokens=False)
+    for min_tokens in (2, 5):
+        sp = SamplingParams(
+            temperature=0, max_tokens=8, min_tokens=min_tokens, stop_token_ids=[z],
+            structured={"choice": ["qz"]},
+        )  # fmt: skip
+        out = llm.generate("Hello", sp, use_tqdm=False)[0]
+        assert out.error is None, out.error
+        c = out.outputs[0]
+        assert len(c.token_ids) == 2 and c.token_ids[-1] == z and c.finish_reason == "stop"
+    llm.llm_engine.kv.check_no_leak()

@@ -120,7 +120,12 @@ def _sample_row(lg: torch.Tensor, row: SampleRow) -> int:
     p = row.params
     lg = lg.clone()
     if row.blocked_ids:
+        held = lg[row.blocked_ids]
         lg[row.blocked_ids] = float("-inf")
+        if row.matcher is not None and not torch.isfinite(lg).any():
+            # the grammar allows only tokens that min_tokens holds back (a stop id it needs):
+            # the grammar wins, as where it completes short of min_tokens
+            lg[row.blocked_ids] = held
     lg = apply_penalties(lg, row)
     if not torch.isfinite(lg).any():
         raise ValueError("no token is allowed (every logit is -inf after masks and penalties)")

@@ -527,10 +527,16 @@ class Scheduler:
         self, r: Request, n: int, out: SchedulerOutput, done: set[str], keep_free: int = 0
     ) -> bool:
         """Allocate room for ``n`` tokens of a running request (leaving ``keep_free`` blocks),
-        preempting others if needed."""
+        preempting others if needed. Where only its own preemption would make room, a verify
+        drops as many of its proposals as it takes instead: they are optional, and preempted
+        it would lose its K/V for tokens it only might have kept."""
         while not self.kv.allocate(r, n, keep_free=keep_free):
             victim = self._pick_victim(done)
-            if victim is None:
+            if victim is None or victim is r:
+                fits = self._drop_proposals(r, n, keep_free)
+                if fits:
+                    n = fits
+                    break
                 victim = r
             self._preempt(victim, out)
             if victim is r:
@@ -538,6 +544,17 @@ class Scheduler:
         out.stages.append(self._stage(r, n))
         done.add(r.request_id)
         return True
+
+    def _drop_proposals(self, r: Request, n: int, keep_free: int) -> int:
+        """The most of ``n`` tokens of ``r`` that fit once trailing proposals are dropped
+        (allocated, the dropped ones removed; a tree keeps its first nodes, which are in level
+        order, so still a tree), or 0 where its real tokens alone do not fit either."""
+        spec = self._stage(r, n).num_spec_tokens
+        for keep in range(spec - 1, -1, -1):
+            if self.kv.allocate(r, n - spec + keep, keep_free=keep_free):
+                del r.spec_token_ids[keep:]
+                return n - spec + keep
+        return 0
 
     def _pick_victim(self, done: set[str]) -> Request | None:
         # the end of the list goes first: the latest admitted (under the priority policy, of

@@ -201,6 +201,10 @@ class SpecDecoder:
                     r.spec_token_ids = toks[:cap]
                 else:  # nodes are ordered by depth: the first levels are a prefix
                     n = sum(1 for d in tree.depths(parents) if d < cap)
+                    # and each node takes a K/V slot: no more than the context has left (a
+                    # chain's cap says as much), else near max_model_len a request alone
+                    # could need more slots than a cache of max_model_len tokens holds
+                    n = min(n, self.max_model_len - r.num_tokens)
                     r.spec_token_ids = toks[:n]
                     r.spec_tree_parents = parents[:n]
         self.stats.propose_seconds += time.perf_counter() - t0
