@@ -285,3 +285,27 @@ def test_a_verify_short_of_blocks_drops_proposals_rather_than_preempt_itself():
     assert b.spec_token_ids == [11, 12]
     s.update(out, {"b": [99]}, num_accepted={"b": 1})
     assert b.output_token_ids == [7, 7, 11, 99] and b.num_computed_tokens == 5
+
+
+def test_a_schedule_whose_requests_were_all_preempted_schedules_the_rest():
+    """Split steps: prefill work and decodes take turns. When the decodes' turn came and its
+    one decode, short of a block, had to preempt itself (the other request, older, is never
+    the victim), the step ran nothing, though the older request's prefill could run in the
+    blocks just freed (the server's engine thread then sleeps 5 ms; found by
+    test_feature_soak). A schedule whose stages' requests were all preempted now schedules
+    again, without them."""
+    kv = KVCacheManager(9, 4, enable_prefix_caching=False)
+    s = Scheduler(
+        kv, 4, 8, 4096, max_prefill_chunk_tokens=1, admission_order="fcfs", split_decode_rows=4
+    )
+    s.add_request(req("p", 19, max_tokens=4))
+    s.add_request(req("d", 1, max_tokens=30, base=100))
+    preempted = []
+    for _ in range(300):
+        if not s.has_unfinished():
+            break
+        out = run_step(s)
+        assert out.stages, "a step with work left ran nothing"
+        preempted += [r.request_id for r in out.preempted]
+    assert not s.has_unfinished() and "d" in preempted
+    s.kv.check_no_leak()

@@ -255,10 +255,13 @@ class Scheduler:
     # ---- scheduling -------------------------------------------------------------------
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput()
-        if self.policy == "baseline":
-            self._schedule_baseline(out)
-        else:
-            self._schedule_hybrid(out)
+        schedule = self._schedule_baseline if self.policy == "baseline" else self._schedule_hybrid
+        schedule(out)
+        if not out.stages and out.preempted:
+            # The requests it took were all preempted (the decodes' turn of split steps whose
+            # one decode preempted itself, say): once more without them, rather than a step
+            # that runs nothing while other work waits.
+            schedule(out)
         out.copies = self.kv.take_copies()
         self._step_started = (self._clock(), out.num_tokens) if out.stages else None
         return out
