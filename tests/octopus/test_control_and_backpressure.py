@@ -3,10 +3,15 @@ occupying PEAs"), and Octopus's dispatch counts the producers a waiting reader k
 blocked."""
 
 import pytest
-from octo_helpers import arch, simulate, task, workflow
+from octo_helpers import TUTORIAL_SPEC, arch, simulate, task, workflow
 
+from octopus.owg.arrival import Arrivals
+from octopus.owg.sample import CompiledWorkflow
+from octopus.owg.schema import parse_workflow
 from octopus.report.metrics import summarize
 from octopus.runner import prepare, run_one
+from octopus.sched import make_scheduler
+from octopus.sim import Simulator
 
 
 def _branchy():
@@ -265,3 +270,41 @@ def test_zero_duration_task_with_bounded_buffers(sched):
     a = arch(clusters=(2, 1), peas=(2, 2), slots=1, contention=True, hop=0.01, rc_base=1.0)
     sim = simulate(doc, a, sched, n=6, concurrency=3, strict=True)
     assert sim.finished == 6 and sim.makespan > 0
+
+
+@pytest.mark.parametrize(
+    "sched,peas",
+    [("static", (2, 1)), ("greedy", (1, 1)), (TUTORIAL_SPEC, (1, 1))],
+    ids=["static", "greedy", "tutorial"],
+)
+def test_a_buffer_deadlock_is_recovered_before_a_later_arrival(sched, peas):
+    """A loop whose body reads its previous trip's result, held in the one slot of the only
+    PEA the body may run on (its partition, or the cluster): the PEA is blocked by its own
+    reader, nothing runs, and the core spills the buffer. In
+    an open loop the spill waited until no event at all was left, a later arrival included,
+    so the first instance stood still until the second arrived (1 s later) with the
+    schedulers that do not tick. An arrival brings new work, never the blocked data's
+    readers: the deadlock is recovered when it happens."""
+    doc = workflow(
+        [
+            {
+                "id": "lp",
+                "type": "loop",
+                "body": "y",
+                "exit": "z",
+                "trips": {"dist": "fixed", "value": 2},
+                "max_trips": 2,
+            },
+            task("y", 10.0, ["lp"], out_bytes=1000),
+            task("z", 10.0),
+        ]
+    )
+    cw = CompiledWorkflow(parse_workflow(doc), "high")
+    a = arch(clusters=(1, 1), peas=peas, slots=1)
+    alone, both = (
+        Simulator(cw, a, make_scheduler(sched), Arrivals(len(ts), ts, len(ts)), strict=True).run()
+        for ts in ([0.0], [0.0, 1e6])
+    )
+    assert alone.buffers.spills > 0
+    assert both.instances.finish[0] == alone.instances.finish[0] < 100.0
+    assert both.instances.finish[1] == 1e6 + alone.instances.finish[0]

@@ -144,3 +144,25 @@ def test_a_wide_task_with_too_few_warm_peas_does_not_wait_for_them(name):
     a = arch(clusters=(1, 1), peas=(2, 2), slots=0, rc_base=30.0, hop=0.05)
     sim = simulate(doc, a, name, n=2, concurrency=1, strict=True)
     assert len(sim.instances.finish) == 2 and all(math.isfinite(f) for f in sim.instances.finish)
+
+
+@pytest.mark.parametrize(
+    "name", ["octopus", "octopus-central", "octopus-dds", "octopus-dds-adaptive"]
+)
+def test_without_dds_a_cluster_too_small_to_partition_still_lends_its_spare_peas(name):
+    """Two TBs on a cluster of one PEA: too small for a partition, every PEA is spare. The
+    spare pool lent its PEAs only with `dds`, so without it nothing ever started (the
+    adaptive TBUs' liveness rule, when on, placed work only once the cluster was idle).
+    With every PEA spare there are no base shares to discriminate: the run is the one
+    with `dds`."""
+    doc = workflow(
+        [task("a", 10.0, ["b"], out_bytes=0, config_bytes=0), task("b", 20.0, out_bytes=0)]
+    )
+    a = arch(clusters=(1, 1), peas=(1, 1), rc_base=30.0)
+    runs = [
+        simulate(doc, a, name, n=3, concurrency=2, strict=True, dds=dds, liveness=False)
+        for dds in (True, False)
+    ]
+    assert all(s.finished == 3 for s in runs)
+    assert runs[0].makespan == runs[1].makespan
+    assert list(runs[0].inv.t_start) == list(runs[1].inv.t_start)

@@ -198,22 +198,24 @@ class OctopusScheduler(Scheduler):
             lend = c * T if self.bp_aware and api.buffer_slots else -1
             if lend >= 0 and blk[lend + tb]:
                 lend = -1  # a choked TB borrows nothing
-            if self.dds:
-                # the non-empty spare lists, in ascending order (compress tests them in C:
-                # with few free PEAs, most of the T + 1 lists are empty)
-                for u in compress(self._tbs_none, sp):
-                    # _spare_lends(c, u, tb, lend), its common cases inlined: an
-                    # unconfigured PEA, or one warm for a TB without a queue or choked
-                    if u != tb and (
-                        u == T
-                        or not qs[u]
-                        or (lend >= 0 and blk[lend + u])
-                        or self._spare_lends(c, u, tb, lend)
-                    ):
-                        donors.append(sp[u])
-                        n += len(sp[u])
-                        if n >= fp:
-                            break
+            # the non-empty spare lists, in ascending order (compress tests them in C: with
+            # few free PEAs, most of the T + 1 lists are empty). Without dds the base shares
+            # are the whole partition and the spare pool is empty, except in a cluster too
+            # small to partition, where every PEA is spare: it lends them as with dds (it
+            # lent none, and nothing ever started there)
+            for u in compress(self._tbs_none, sp):
+                # _spare_lends(c, u, tb, lend), its common cases inlined: an unconfigured
+                # PEA, or one warm for a TB without a queue or choked
+                if u != tb and (
+                    u == T
+                    or not qs[u]
+                    or (lend >= 0 and blk[lend + u])
+                    or self._spare_lends(c, u, tb, lend)
+                ):
+                    donors.append(sp[u])
+                    n += len(sp[u])
+                    if n >= fp:
+                        break
             if self.adaptive and n < fp:
                 for u in compress(self._tbs, own_l):
                     if u != tb and (not qs[u] or (lend >= 0 and blk[lend + u])):

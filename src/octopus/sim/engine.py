@@ -186,6 +186,12 @@ class Simulator:
         buffers, phys = self.buffers, self.physics
         idle_ticks = 0
         n_inst = arr.n
+        # open loop: the arrivals still in the heap. A buffer deadlock (blocked PEAs, nothing
+        # running, nothing in flight) is spilled when every event left is an arrival: an
+        # arrival brings new work, never a reader of the blocked data, so waiting for the
+        # last one held the deadlocked instances still until then (the schedulers that do
+        # not tick; a tick spills on its own, below)
+        arrivals = 0 if arr.times is None else len(arr.times)
         count = 0
         # a task's completion (most events) is handled inline, with the tables it touches
         # bound once per run; the tables are extended in place, never replaced
@@ -238,6 +244,7 @@ class Simulator:
                 idle_ticks = 0
             else:
                 if kind == ARRIVAL:
+                    arrivals -= 1
                     self._admit(t, self.next_instance)
                 elif kind == UNBLOCK:
                     self._unblock(t, x)
@@ -270,7 +277,7 @@ class Simulator:
                     ev.push(nxt, TICK, None)
                 else:
                     x(t)
-                if not heap and buffers.n_blocked and self.finished < n_inst:
+                if len(heap) == arrivals and buffers.n_blocked and self.finished < n_inst:
                     self._spill(t)
                 continue
             # k completed (a task's compute or a control block's decision): its successors
@@ -296,7 +303,7 @@ class Simulator:
                     on_done(k, t)
                 if peas:
                     on_free(peas, t)
-            if not heap and buffers.n_blocked and self.finished < n_inst:
+            if len(heap) == arrivals and buffers.n_blocked and self.finished < n_inst:
                 self._spill(t)
         self.n_events = count
 
@@ -624,9 +631,9 @@ class Simulator:
         self._on_free((p,), t)
 
     def _spill(self, t: float) -> None:
-        """Deadlock recovery: nothing runs, nothing is in flight, and blocked PEAs hold data
-        whose readers cannot be placed. The blocked buffers spill to memory and the PEAs are
-        released."""
+        """Deadlock recovery: nothing runs, nothing is in flight (arrivals to come aside),
+        and blocked PEAs hold data whose readers cannot be placed. The blocked buffers spill
+        to memory and the PEAs are released."""
         for p in self.buffers.spill():
             self._unblock_later(t, p)
 
