@@ -962,6 +962,35 @@ def test_bench_spec_builds_every_engine_with_the_dtype_asked(monkeypatch):
     )
 
 
+def test_bench_spec_rotates_which_method_runs_first(monkeypatch):
+    """Each round starts one method later, so no method always runs first in its round (the
+    round's first run meets the machine as the previous round left it)."""
+    from types import SimpleNamespace
+
+    import xyserve
+    from xyserve.bench import spec as bench_spec
+
+    calls: list[str] = []
+
+    class Fake:
+        def __init__(self, model, **kw):
+            cfg = kw["speculative_config"]
+            self.name = "none" if cfg is None else cfg["method"]
+            self.llm_engine = SimpleNamespace(spec=None, num_steps=0)
+
+        def generate(self, prompts, params, use_tqdm=True):
+            calls.append(self.name)
+            self.llm_engine.num_steps += 1
+            return [SimpleNamespace(outputs=[SimpleNamespace(token_ids=[1])]) for _ in prompts]
+
+    monkeypatch.setattr(xyserve, "LLM", Fake)
+    args = ["--workload", "spec_quote", "--methods", "ngram,tree", "--batch-sizes", "64"]
+    bench_spec.main([*args, "--rounds", "4"])
+    timed = calls[3:]  # after each engine's warm-up; one batch of 64 a round
+    assert timed == ["none", "ngram", "tree", "ngram", "tree", "none", "tree", "none", "ngram",
+                     "none", "ngram", "tree"]  # fmt: skip
+
+
 def test_bench_spec_loads_its_workload_once(monkeypatch):
     """``main`` loaded the workload to check it, then ``run`` loaded it again: now ``run``
     takes the one ``main`` loaded (a stand-in LLM stops at the warm-up, which has its prompts)."""

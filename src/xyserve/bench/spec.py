@@ -1,8 +1,8 @@
 """``xyserve bench spec``: speculative decoding against no speculation, side by side.
 
-For every batch size, each method (``none`` first, then the speculative ones) runs the same
-greedy prompts with fixed output lengths, and the order is repeated ``--rounds`` times so the
-methods alternate in time. One engine per method is built and warmed up once. Reported per
+For every batch size, each method (``none`` and the speculative ones) runs the same greedy
+prompts with fixed output lengths, and the order is repeated ``--rounds`` times, each round
+starting one method later, so the methods alternate in time and none always runs first. One engine per method is built and warmed up once. Reported per
 batch and method:
 
 - output tok/s of the best round (on a shared machine other load only ever adds time) and its
@@ -105,8 +105,10 @@ def run(args: argparse.Namespace, work: dict) -> list[dict]:
         counts: dict[str, list[int]] = {m: [0, 0, 0] for m in methods}
         outputs: dict[str, list[list[int]]] = {}
         steps: dict[str, int] = {}
-        for _ in range(args.rounds):
-            for m in methods:
+        for r in range(args.rounds):
+            # each round starts one system later, so that none runs first in every round
+            # (the system after a round's start ran on a machine the one before had warmed)
+            for m in methods[r % len(methods) :] + methods[: r % len(methods)]:
                 eng = engines[m].llm_engine
                 s0 = _snapshot(eng)
                 t0 = time.perf_counter()
