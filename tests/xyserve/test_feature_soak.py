@@ -24,8 +24,8 @@ engine (no speculation, preemption, prefix cache or chunking), with logprobs and
 logprobs within 1e-4 (ranks and top-k may differ only where HF's float32 logprobs tie within
 1e-5). After every step: the target cache's books (blocks held by running requests only,
 reference counts, each block in one state), the draft's state held for running requests only,
-no step empty while work waits, no request running alone preempted (the cache holds
-max_model_len tokens), the budget kept. After every workload: nothing left running, no block
+no step empty while work waits, the oldest running request never preempted (the cache holds
+max_model_len tokens), no stage past max_model_len, the budget kept. After every workload: nothing left running, no block
 held in either cache (cached prefix blocks only as evictable), the engine's counters of tokens,
 aborts and finish reasons equal to what the requests got.
 
@@ -89,7 +89,7 @@ def draft(target: Path, tmp_path_factory) -> Path:
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.06)
+            p.add_(torch.randn(p.shape, generator=g) * 0.005)  # about half accepted
     model.save_pretrained(str(path))
     return path
 
@@ -152,10 +152,12 @@ class Spec:
     rid: str
     prompt: list[int]
     params: SamplingParams
-    arrival: int
-    abort_at: int | None
+    arrival: int  # the step it is added at (a resend: steps after the one before it is gone)
     kind: str  # greedy | seeded | sampled
     grammar: str | None = None
+    abort_at: int | None = None  # the step it is aborted at, if still in flight
+    abort_after: int | None = None  # ... or once it has streamed this many tokens
+    resend: Spec | None = None  # sent under the same id once this one is gone
     outputs: list = field(default_factory=list)  # every RequestOutput streamed
     aborted: bool = False
 
@@ -178,10 +180,12 @@ def prompt_pool(tok, rng: random.Random) -> list[list[int]]:
     return pool
 
 
-def make_params(rng: random.Random, ref: Reference, prompt: list[int]) -> tuple:
+def make_params(rng: random.Random, ref: Reference, prompt: list[int], long: float) -> tuple:
+    """Random sampling parameters for ``prompt``; ``long``: the chance of no max_tokens (up
+    to max_model_len). Returns them, greedy/seeded/sampled, and the grammar's kind or None."""
     kind = rng.choice(["greedy", "greedy", "greedy", "seeded", "sampled"])
     kw: dict = {"max_tokens": rng.randint(1, MAX_TOKENS), "n": rng.choice([1, 1, 1, 2, 3])}
-    if rng.random() < 0.1:  # up to max_model_len
+    if rng.random() < long:
         kw["max_tokens"] = None
     if kind == "greedy":
         kw["temperature"] = 0.0
@@ -202,9 +206,9 @@ def make_params(rng: random.Random, ref: Reference, prompt: list[int]) -> tuple:
     # a piece of what the model says (never U+FFFD: the text of bytes that are not yet, or
     # never, a whole character) and a common letter
     text = probe.text.replace("\ufffd", "")
-    if rng.random() < 0.3 and text:
+    if rng.random() < 0.4 and text:
         i = rng.randrange(len(text))
-        kw["stop"] = [text[i : i + rng.randint(1, 3)], rng.choice(["o", "e", " ", "#"])]
+        kw["stop"] = [text[i : i + rng.randint(1, 4)], rng.choice(["o", "e", " ", "#"])]
         kw["include_stop_str_in_output"] = rng.random() < 0.3
     if rng.random() < 0.25:
         kw["min_tokens"] = rng.randint(1, kw["max_tokens"] or MAX_TOKENS)
@@ -217,30 +221,48 @@ def make_params(rng: random.Random, ref: Reference, prompt: list[int]) -> tuple:
     if rng.random() < 0.05:
         kw["logit_bias"] = {rng.randrange(5, 300): 5.0}
     grammar = None
-    if rng.random() < 0.12:
+    if rng.random() < 0.15:
         grammar = rng.choice(["choice", "regex", "json"])
         kw["structured"] = {grammar: {"choice": CHOICES, "regex": REGEX, "json": SCHEMA}[grammar]}
         kw["max_tokens"] = None  # room for the grammar to complete
+        if "stop_token_ids" in kw:  # a token the grammar may need
+            said = {"choice": "".join(CHOICES), "regex": "abcdx", "json": '{"a":1,"b":true}'}
+            kw["stop_token_ids"] = [
+                rng.choice(ref.tok.encode(said[grammar], add_special_tokens=False))
+            ]
     return SamplingParams(**kw), kind, grammar
 
 
-def make_workload(seed: int, ref: Reference) -> list[Spec]:
+def repeats(tokens: list[int]) -> bool:
+    """Whether a pair of tokens comes twice."""
+    pairs = list(zip(tokens, tokens[1:]))
+    return len(set(pairs)) < len(pairs)
+
+
+def make_workload(seed: int, ref: Reference, long: float) -> list[Spec]:
     """8 to 14 requests arriving over the first steps; some aborted, and some of those sent
-    again under the same id later (an id is free once its request is gone)."""
+    again under the same id later (an id is free once its request is gone). ``long``: the
+    chance that a request has no max_tokens."""
     rng = random.Random(seed)
     pool = prompt_pool(ref.tok, rng)
+    # prompts after which the model repeats itself: there n-gram proposals are accepted
+    loops = [p for p in pool if repeats(ref.probe(p).outputs[0].token_ids)] or pool
     specs = []
     for i in range(rng.randint(8, 14)):
-        prompt = rng.choice(pool)
-        params, kind, grammar = make_params(rng, ref, prompt)
-        arrival = rng.randint(0, 12)
-        abort_at = arrival + rng.randint(0, 25) if rng.random() < 0.15 else None
-        specs.append(Spec(f"s{seed}-{i}", prompt, params, arrival, abort_at, kind, grammar))
-        if abort_at is not None and rng.random() < 0.5:
-            prompt = rng.choice(pool)
-            params, kind, grammar = make_params(rng, ref, prompt)
-            again = abort_at + rng.randint(1, 5)
-            specs.append(Spec(f"s{seed}-{i}", prompt, params, again, None, kind, grammar))
+        prompt = rng.choice(loops if rng.random() < 0.3 else pool)
+        params, kind, grammar = make_params(rng, ref, prompt, long)
+        sp = Spec(f"s{seed}-{i}", prompt, params, rng.randint(0, 12), kind, grammar)
+        specs.append(sp)
+        if rng.random() < 0.2:  # aborted at a step (waiting, often), or once it has tokens
+            if rng.random() < 0.5:
+                sp.abort_at = sp.arrival + rng.randint(0, 30)
+            else:
+                sp.abort_after = rng.randint(1, 8)
+            if rng.random() < 0.5:
+                prompt = rng.choice(pool)
+                params, kind, grammar = make_params(rng, ref, prompt, long)
+                sp.resend = Spec(sp.rid, prompt, params, rng.randint(0, 4), kind, grammar)
+                specs.append(sp.resend)
     return specs
 
 
@@ -403,46 +425,66 @@ def run_workload(eng: LLMEngine, specs: list[Spec]) -> None:
     """Step the engine until every request is through, arrivals and aborts between steps;
     every schedule and the books after every step and abort are checked."""
     live: dict[str, Spec] = {}
-    pending = sorted(specs, key=lambda sp: sp.arrival)
     sched = eng.scheduler
     schedule = type(sched).schedule
 
     def checked_schedule():
-        alone = len(sched.running) == 1
+        oldest = sched.running[0] if sched.running else None
         out = schedule(sched)
-        # a request running alone always fits the cache (it holds max_model_len tokens)
-        assert not (alone and out.preempted), f"{out.preempted[0].request_id} preempted alone"
+        # the newest requests are preempted first, and the cache holds max_model_len tokens:
+        # the oldest running request always fits
+        assert oldest is None or oldest not in out.preempted, f"{oldest.request_id} preempted"
         assert out.stages or not sched.has_unfinished(), "a step with work left ran nothing"
         assert sched.policy != "hybrid" or out.num_tokens <= sched.budget
+        # nor does a stage take more slots than the context has (a token tree's nodes among)
+        assert all(st.kv_len <= MAX_MODEL_LEN for st in out.stages)
         return out
 
     sched.schedule = checked_schedule
+    resent = {id(sp.resend) for sp in specs if sp.resend is not None}
+    pending = [sp for sp in specs if id(sp) not in resent]
     step = 0
+
+    def gone(sp: Spec) -> None:  # its id is free: the request sent again under it is due
+        if sp.resend is not None:
+            sp.resend.arrival += step + 1
+            pending.append(sp.resend)
+
     while pending or eng.has_unfinished_requests():
         assert step < 3000, "the workload did not finish"
+        pending.sort(key=lambda sp: sp.arrival)
         while pending and pending[0].arrival <= step:
             sp = pending.pop(0)
             assert sp.rid not in eng.groups
             eng.add_request({"prompt_token_ids": sp.prompt}, sp.params, request_id=sp.rid)
             live[sp.rid] = sp
-        for sp in specs:
-            if sp.abort_at == step and live.get(sp.rid) is sp and sp.rid in eng.groups:
+        for sp in list(live.values()):
+            got = sum(len(c.token_ids) for c in sp.outputs[-1].outputs) if sp.outputs else 0
+            due = sp.abort_at == step or (sp.abort_after is not None and got >= sp.abort_after)
+            if due and sp.rid in eng.groups:
                 assert eng.abort_request(sp.rid)
                 sp.aborted = True
+                del live[sp.rid]
+                gone(sp)
                 check_books(eng)
         for out in eng.step():
             sp = live[out.request_id]
             assert not sp.aborted, f"{sp.rid}: an output after its abort"
             assert not (sp.outputs and sp.outputs[-1].finished), f"{sp.rid}: after its finish"
             sp.outputs.append(out)
+            if out.finished:
+                del live[sp.rid]
+                gone(sp)
         check_books(eng)
         step += 1
+    assert not live
 
 
 def engine_args(rng: random.Random, method: str, draft: Path, tight: bool) -> dict:
     """A random engine: block size, a cache of 64 to 128 tokens, budget, knobs, speculation.
-    ``tight``: the smallest cache and 8 sequences at once, so that requests are preempted, and
-    the most proposals (every test of the soak then preempts, proposes, accepts and rejects)."""
+    ``tight``: the smallest cache and 8 sequences at once, so that requests are preempted, the
+    most proposals (every test of the soak then preempts, proposes, accepts and rejects), and
+    split steps (prefill work and decodes in turn) under that pressure."""
     bs = rng.choice([1, 2, 4, 8, 16])
     k = rng.randint(2 if tight else 1, 5)
     spec: dict = {"method": method, "num_speculative_tokens": k}
@@ -478,12 +520,12 @@ def engine_args(rng: random.Random, method: str, draft: Path, tight: bool) -> di
         gemm_backend=rng.choice(["smooth", "torch"]),
         speculative_config=spec,
     )
-    if rng.random() < 0.15:
+    if not tight and rng.random() < 0.15:
         args["scheduler_policy"] = "baseline"
         args["admission_order"] = "fcfs"
     else:
         args.update(
-            split_prefill_decode=rng.choice(["on", "off"]),
+            split_prefill_decode="on" if tight else rng.choice(["on", "off"]),
             admission_order=rng.choice(["fcfs", "prefix_hit"]),
             partial_prefill_admission=rng.random() < 0.7,
             max_prefill_chunk_tokens=rng.choice([None, rng.randint(1, budget)]),
@@ -507,7 +549,7 @@ def test_mixed_feature_soak(method, target, draft, reference, one_torch_thread):
         llm = LLM(str(target), disable_progress_bar=True, **args)
         eng = llm.llm_engine
         for seed in range(SEEDS):
-            specs = make_workload(rng.randrange(1 << 30), reference)
+            specs = make_workload(rng.randrange(1 << 30), reference, 0.2 if e == 0 else 0.1)
             before = counters(eng)
             try:
                 run_workload(eng, specs)
