@@ -3,6 +3,7 @@ transformers' beam search on the same weights."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -131,4 +132,38 @@ def test_the_server_refuses_what_beam_search_would_not_use(server, extra, param)
     r = httpx.post(f"{server.url}/v1/completions", json=body, timeout=60)
     assert r.status_code == 400, r.text
     assert r.json()["error"]["param"] == param
+    server.assert_clean()
+
+
+def _count_adds(server: Server) -> list[str]:
+    """The ids of the requests the engine admits from now on (a spy on its add_request; the
+    test deletes it, ``del server.engine.add_request``, when done)."""
+    added: list[str] = []
+    real = server.engine.add_request
+
+    def spy(prompt, params=None, request_id=None, *args, **kwargs):  # noqa: ANN001, ANN202
+        added.append(request_id)
+        return real(prompt, params, request_id, *args, **kwargs)
+
+    server.engine.add_request = spy
+    return added
+
+
+def test_a_client_that_leaves_stops_the_search_and_frees_everything(server):
+    """A beam search whose client disconnects mid-way adds no further step, and its last
+    step's requests are aborted: nothing runs on, nothing holds a block."""
+    added = _count_adds(server)
+    try:
+        body = {"prompt": "hello world", "n": 3, "max_tokens": 60, "use_beam_search": True, "ignore_eos": True}  # fmt: skip
+        with server.slow_steps(0.05):  # 60 steps: 3 s at least
+            with pytest.raises(httpx.ReadTimeout):
+                # the client gives up (and closes the connection) after 0.8 s of silence
+                httpx.post(f"{server.url}/v1/completions", json=body, timeout=httpx.Timeout(60, read=0.8))  # fmt: skip
+            assert added, "the search had started"
+            server.wait_idle()
+            n = len(added)
+            time.sleep(0.5)  # a search still running would have added its next step by now
+            assert len(added) == n
+    finally:
+        del server.engine.add_request
     server.assert_clean()
