@@ -135,6 +135,20 @@ def test_the_server_refuses_what_beam_search_would_not_use(server, extra, param)
     server.assert_clean()
 
 
+def test_a_beam_wider_than_the_logprobs_allow_is_refused_by_name(server):
+    """Each step reads ``2 x width`` top logprobs and a request may ask for at most 20: a
+    width of 11 was accepted by the parameters and failed the first step's request (offline
+    a ValueError naming ``logprobs``; on the server, after the request was checked, a 500)."""
+    body = {"prompt": "hello", "n": 11, "max_tokens": 2, "use_beam_search": True}
+    r = httpx.post(f"{server.url}/v1/completions", json=body, timeout=60)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == "n" and "beam width" in r.json()["error"]["message"]
+    server.assert_clean()
+    with pytest.raises(ValueError, match="beam_width"):
+        BeamSearchParams(11, 2)
+    assert BeamSearchParams(10, 2).step_params().logprobs == 20
+
+
 def _count_adds(server: Server) -> list[str]:
     """The ids of the requests the engine admits from now on (a spy on its add_request; the
     test deletes it, ``del server.engine.add_request``, when done)."""

@@ -52,8 +52,11 @@ def beam_params(body: CompletionRequest | ChatCompletionRequest) -> BeamSearchPa
     try:
         return BeamSearchParams(body.n, max_tokens, body.ignore_eos, body.length_penalty)
     except ValueError as e:
-        param = str(e).split(" ", 1)[0]
-        raise APIError(str(e), param="n" if param == "beam_width" else param) from None
+        msg = str(e)
+        param = msg.split(" ", 1)[0]
+        if param == "beam_width":  # the request's name for it
+            param, msg = "n", msg.replace("beam_width", "n (the beam width)", 1)
+        raise APIError(msg, param=param) from None
 
 
 async def run_beam_search(
