@@ -181,3 +181,34 @@ def test_a_client_that_leaves_stops_the_search_and_frees_everything(server):
     finally:
         del server.engine.add_request
     server.assert_clean()
+
+
+@pytest.fixture(scope="module")
+def limited(tiny_llama: Path) -> Iterator[Server]:
+    """A server with a waiting limit and a request time limit."""
+    config = EngineConfig(
+        model=str(tiny_llama), served_model_name="tiny", max_model_len=128, device="cpu",
+        max_waiting_requests=4, request_timeout_s=1.0,
+    )  # fmt: skip
+    with run_server(config) as srv:
+        yield srv
+
+
+def test_a_search_the_waiting_limit_cannot_admit_is_refused_before_it_runs(limited):
+    """Two prompts at width 3 run six requests a step from the second step on, past the limit
+    of 4: refused whole at once, as any request with more sequences than the limit. It was
+    refused only by its second step's add, after the first step had run."""
+    added = _count_adds(limited)
+    try:
+        body = {"prompt": ["hello", "world"], "n": 3, "max_tokens": 4, "use_beam_search": True}
+        r = httpx.post(f"{limited.url}/v1/completions", json=body, timeout=60)
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["param"] == "prompt"
+        assert "can never be admitted" in r.json()["error"]["message"]
+        assert added == []  # nothing of it was admitted
+        r = httpx.post(f"{limited.url}/v1/completions", json={**body, "n": 2}, timeout=60)
+        assert r.status_code == 200, r.text  # 2 x 2 fits
+        assert len(r.json()["choices"]) == 4
+    finally:
+        del limited.engine.add_request
+    limited.assert_clean()

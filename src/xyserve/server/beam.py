@@ -73,6 +73,17 @@ async def run_beam_search(
     most = intake.config.max_n
     if params.beam_width > most:  # each step runs a request per beam
         raise APIError(f"n (the beam width) must be at most {most}", param="n")
+    # From the second step on, every prompt runs a request per beam: a search the waiting
+    # limit can never admit is refused now, not after its first step has run.
+    limit = ctx.llm.max_waiting
+    need = len(prompts) * params.beam_width
+    if limit is not None and need > limit:
+        raise APIError(
+            f"beam search runs {need} sequences a step ({len(prompts)} prompts x n="
+            f"{params.beam_width}) but at most {limit} may wait (--max-waiting-requests): it "
+            "can never be admitted",
+            param="n" if params.beam_width > limit else "prompt",
+        )
     step = params.step_params()
 
     def prepare() -> list[list[int]]:
