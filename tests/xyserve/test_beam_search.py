@@ -212,3 +212,14 @@ def test_a_search_the_waiting_limit_cannot_admit_is_refused_before_it_runs(limit
     finally:
         del limited.engine.add_request
     limited.assert_clean()
+
+
+def test_the_request_time_limit_bounds_the_whole_search(limited):
+    """``--request-timeout-s`` is the request's: each step's requests got a limit of their
+    own, so a search of many short steps ran on far past it (and a step past it was a 500)."""
+    body = {"prompt": "hello", "n": 2, "max_tokens": 40, "use_beam_search": True, "ignore_eos": True}  # fmt: skip
+    with limited.slow_steps(0.1):  # 40 steps: 4 s at least, each well within 1 s
+        r = httpx.post(f"{limited.url}/v1/completions", json=body, timeout=60)
+    assert r.status_code == 504, r.text
+    assert r.json()["error"]["code"] == "request_timeout"
+    limited.assert_clean()

@@ -17,8 +17,9 @@ from fastapi import Request
 from xyserve.beam_search import BeamSearch, BeamSearchOutput, BeamSearchParams
 from xyserve.sampling_params import SamplingParams
 from xyserve.server.context import ServerContext
-from xyserve.server.errors import APIError
+from xyserve.server.errors import APIError, stream_error
 from xyserve.server.protocol import ChatCompletionRequest, CompletionRequest, UsageInfo
+from xyserve.server.request_stream import RequestTimeoutError
 from xyserve.server.streams import cancel_on_disconnect, final_outputs
 
 # Fields a beam-search request may set besides the prompt's own (prompt, or chat's messages
@@ -107,7 +108,21 @@ async def run_beam_search(
             search.advance(await final_outputs(streams))
             n += 1
 
-    await cancel_on_disconnect(raw, steps())
+    async def timed() -> None:
+        """The search, within the request time limit: each step's requests get the limit of
+        their own, so without this one a search could run ``max_tokens`` times as long."""
+        timeout = ctx.llm.request_timeout_s
+        if timeout is None:
+            return await steps()
+        try:
+            await asyncio.wait_for(steps(), timeout)  # cancelled: its step's requests abort
+        except asyncio.TimeoutError:
+            raise RequestTimeoutError("the request ran past its time limit") from None
+
+    try:
+        await cancel_on_disconnect(raw, timed())
+    except Exception as e:  # a step's failure, or the time limit: the client's error body
+        raise stream_error(e) from None
     tok = ctx.llm.engine.tokenizer
     return search.results(tok.decode if tok is not None else None)
 
