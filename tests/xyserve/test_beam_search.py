@@ -223,3 +223,19 @@ def test_the_request_time_limit_bounds_the_whole_search(limited):
     assert r.status_code == 504, r.text
     assert r.json()["error"]["code"] == "request_timeout"
     limited.assert_clean()
+
+
+def test_fields_sent_with_their_default_value_are_fine(server):
+    """Some clients send every field: one at its default asks for nothing, and beam search
+    honours it as it is (``"stream": false`` was a 400 saying stream is not used)."""
+    defaults = {"stream": False, "logprobs": None, "echo": False, "temperature": None, "stop": None, "seed": None}  # fmt: skip
+    body = {"prompt": "hello", "n": 2, "max_tokens": 2, "use_beam_search": True, **defaults}
+    r = httpx.post(f"{server.url}/v1/completions", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    assert len(r.json()["choices"]) == 2
+    chat = {"messages": [{"role": "user", "content": "hi"}], "n": 2, "max_tokens": 2, "use_beam_search": True, "stream": False, "logprobs": False, "tools": None}  # fmt: skip
+    r = httpx.post(f"{server.url}/v1/chat/completions", json=chat, timeout=60)
+    assert r.status_code == 200, r.text
+    plain = {"prompt": "hello", "max_tokens": 2, "length_penalty": 1.0}  # no beam: nothing asked
+    assert httpx.post(f"{server.url}/v1/completions", json=plain, timeout=60).status_code == 200
+    server.assert_clean()

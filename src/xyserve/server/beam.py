@@ -31,14 +31,23 @@ BEAM_FIELDS = {
 }  # fmt: skip
 
 
+def _given(body: CompletionRequest | ChatCompletionRequest) -> set[str]:
+    """The fields the request sets to something other than their default: one sent with its
+    default value (``"stream": false``, ``"logprobs": null``, as some clients send every
+    field) asks for nothing, so beam search honours it as it is."""
+    fields = type(body).model_fields
+    return {f for f in body.model_fields_set if getattr(body, f) != fields[f].default}
+
+
 def beam_params(body: CompletionRequest | ChatCompletionRequest) -> BeamSearchParams | None:
     """The request's beam search, or None without ``use_beam_search``; APIError on a field
     it would not use."""
+    given = _given(body)
     if not body.use_beam_search:
-        if "length_penalty" in body.model_fields_set:
+        if "length_penalty" in given:
             raise APIError("length_penalty applies to use_beam_search", param="length_penalty")
         return None
-    unused = sorted(body.model_fields_set - BEAM_FIELDS)
+    unused = sorted(given - BEAM_FIELDS)
     if body.stream:
         unused = ["stream", *[f for f in unused if f != "stream"]]
     if unused:
