@@ -239,3 +239,21 @@ def test_fields_sent_with_their_default_value_are_fine(server):
     plain = {"prompt": "hello", "max_tokens": 2, "length_penalty": 1.0}  # no beam: nothing asked
     assert httpx.post(f"{server.url}/v1/completions", json=plain, timeout=60).status_code == 200
     server.assert_clean()
+
+
+def test_a_search_past_the_context_is_refused_in_the_requests_words(server):
+    """As any request's: code context_length_exceeded, and on chat the field the client sent
+    (the messages, max_completion_tokens), not the engine's names for them."""
+    body = {"prompt": "hello", "n": 2, "max_tokens": 500, "use_beam_search": True}
+    r = httpx.post(f"{server.url}/v1/completions", json=body, timeout=60)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert (err["param"], err["code"]) == ("max_tokens", "context_length_exceeded")
+    chat = {"messages": [{"role": "user", "content": "hi " * 200}], "n": 2, "max_completion_tokens": 2, "use_beam_search": True}  # fmt: skip
+    r = httpx.post(f"{server.url}/v1/chat/completions", json=chat, timeout=60)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert (err["param"], err["code"]) == ("messages", "context_length_exceeded")
+    r = httpx.post(f"{server.url}/v1/chat/completions", json={**chat, "messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 500}, timeout=60)  # fmt: skip
+    assert r.status_code == 400 and r.json()["error"]["param"] == "max_completion_tokens"
+    server.assert_clean()

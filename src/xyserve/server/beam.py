@@ -77,8 +77,11 @@ async def run_beam_search(
     rid: str,
     priority: int = 0,
     add_special_tokens: bool = True,
+    renames: dict[str, str] | None = None,
 ) -> list[BeamSearchOutput]:
-    """Each prompt's best beams; the prompts are checked first (a 400 before anything runs)."""
+    """Each prompt's best beams; the prompts are checked first (a 400 before anything runs).
+    ``renames``: the request's names of the fields a 400 names (chat: ``prompt`` is the
+    messages), as in ``ServerContext.add_all``."""
     intake = ctx.llm.engine.intake
     most = intake.config.max_n
     if params.beam_width > most:  # each step runs a request per beam
@@ -105,8 +108,10 @@ async def run_beam_search(
 
     try:
         ids = await asyncio.to_thread(prepare)
-    except ValueError as e:
-        raise APIError(str(e), param=getattr(e, "param", None) or "prompt") from None
+    except ValueError as e:  # as ServerContext.add_all words a request's 400
+        param = getattr(e, "param", None) or "prompt"
+        code = "context_length_exceeded" if "context length" in str(e) else None
+        raise APIError(str(e), param=(renames or {}).get(param, param), code=code) from None
     search = BeamSearch(ids, params, ctx.llm.engine.eos_token_ids)
 
     async def steps() -> None:

@@ -143,8 +143,11 @@ async def _beam_chat(
     body: ChatCompletionRequest, raw: Request, ctx: Ctx, beam: BeamSearchParams, prompt: str
 ) -> ChatCompletionResponse:
     rid = f"chatcmpl-{uuid.uuid4().hex}"
+    renames = {"prompt": "messages"}
+    if body.max_completion_tokens is not None:
+        renames["max_tokens"] = "max_completion_tokens"
     (out,) = await run_beam_search(
-        ctx, raw, [prompt], beam, rid, body.priority, body.add_special_tokens
+        ctx, raw, [prompt], beam, rid, body.priority, body.add_special_tokens, renames
     )
     choices = [
         ChatCompletionChoice(
