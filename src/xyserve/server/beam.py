@@ -1,7 +1,10 @@
 """``use_beam_search`` on the completions and chat endpoints (vLLM's): the request's ``n`` is
 the beam width, and its ``n`` choices are the best beams, best first (xyserve.beam_search).
 Each step's beams run as ordinary requests of one token, so the waiting limit, priorities,
-disconnects and aborts apply to them as to any request.
+disconnects and aborts apply to them as to any request. A search is checked whole before its
+first step: a width over the waiting limit (every prompt runs a request per beam from the
+second step on) is a 400 then, not after work was done; ``--request-timeout-s`` bounds the
+whole search, not each step. On chat, ``--reasoning-parser`` reads each beam's thinking.
 
 Beam search takes ``n``, ``max_tokens``, ``length_penalty`` and ``ignore_eos``; a sampling or
 output field it would not use (``temperature``, ``stop``, ``logprobs``, ``stream``, ...) is
@@ -27,7 +30,7 @@ from xyserve.server.streams import cancel_on_disconnect, final_outputs
 BEAM_FIELDS = {
     "model", "prompt", "messages", "n", "max_tokens", "max_completion_tokens", "use_beam_search",
     "length_penalty", "ignore_eos", "user", "priority", "add_generation_prompt",
-    "continue_final_message", "chat_template_kwargs", "add_special_tokens",
+    "continue_final_message", "chat_template_kwargs", "add_special_tokens", "include_reasoning",
 }  # fmt: skip
 
 

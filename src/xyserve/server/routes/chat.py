@@ -149,12 +149,19 @@ async def _beam_chat(
     (out,) = await run_beam_search(
         ctx, raw, [prompt], beam, rid, body.priority, body.add_special_tokens, renames
     )
-    choices = [
-        ChatCompletionChoice(
-            index=j, message=ChatMessageOut(content=s.text or ""), finish_reason=s.finish_reason
+    # A beam is a reply like any other: --reasoning-parser reads its thinking (as vLLM's).
+    think = ctx.reasoning_parser
+    choices = []
+    for j, s in enumerate(out.sequences):
+        reasoning, content = (None, s.text or "")
+        if think is not None:
+            reasoning, content = split_reasoning(think, s.text or "")
+        message = ChatMessageOut(
+            reasoning_content=reasoning if body.include_reasoning else None, content=content
         )
-        for j, s in enumerate(out.sequences)
-    ]
+        choices.append(
+            ChatCompletionChoice(index=j, message=message, finish_reason=s.finish_reason)
+        )
     return ChatCompletionResponse(
         id=rid, model=ctx.model_name, choices=choices, usage=beam_usage([out])
     )
