@@ -244,6 +244,19 @@ def test_the_server_takes_the_fields(server):
         ("/v1/completions", {"truncate_prompt_tokens": 10**6}, "truncate_prompt_tokens"),
         ("/v1/chat/completions", {"chat_template_kwargs": {"tools": []}}, "chat_template_kwargs"),
         ("/v1/chat/completions", {"chat_template_kwargs": {"a b": 1}}, "chat_template_kwargs"),
+        # arguments of the installed transformers' apply_chat_template and of the function it
+        # renders with, not in the hand-kept list: they failed inside transformers, a 400
+        # naming the messages
+        (
+            "/v1/chat/completions",
+            {"chat_template_kwargs": {"sanitize_control_tokens": True}},
+            "chat_template_kwargs",
+        ),
+        (
+            "/v1/chat/completions",
+            {"chat_template_kwargs": {"conversations": []}},
+            "chat_template_kwargs",
+        ),
     ],
 )
 def test_the_server_refuses_bad_values_by_name(server, path, extra, param):
