@@ -297,3 +297,30 @@ def test_return_tokens_as_token_ids(server):
         r = _post(server, path, {**b, "return_tokens_as_token_ids": True})
         assert r.status_code == 400 and r.json()["error"]["param"] == "return_tokens_as_token_ids"
     server.assert_clean()
+
+
+def test_an_allowed_set_the_sampler_must_mask_whole_is_a_400(server, llm):
+    """allowed_token_ids whose every token is held back until min_tokens (EOS, a stop id) or
+    is a one-token bad word left no token to sample: the request was admitted and failed in
+    its first step, a 500. Now a 400 naming the field, before anything runs; a set with one
+    token to spare runs."""
+    eos = server.tokenizer.eos_token_id
+    word = next(w for w in ("x", "a", "i") if len(server.tokenizer.encode(w, add_special_tokens=False)) == 1)  # fmt: skip
+    (wid,) = server.tokenizer.encode(word, add_special_tokens=False)
+    body = {"prompt": "hello", "max_tokens": 4, "temperature": 0}
+    for extra in (
+        {"allowed_token_ids": [eos], "min_tokens": 2},
+        {"allowed_token_ids": [eos, 7], "stop_token_ids": [7], "min_tokens": 1},
+        {"allowed_token_ids": [wid], "bad_words": [word]},
+        {"allowed_token_ids": [eos, wid], "bad_words": [word], "min_tokens": 1},
+    ):
+        r = _post(server, "/v1/completions", {**body, **extra})
+        assert r.status_code == 400, (extra, r.text)
+        assert r.json()["error"]["param"] == "allowed_token_ids"
+    r = _post(server, "/v1/completions", {**body, "allowed_token_ids": [eos, 7], "min_tokens": 2})
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["completion_tokens"] >= 2
+    with pytest.raises(ValueError, match="allowed_token_ids") as e:
+        llm.generate("x", SamplingParams(allowed_token_ids=[eos], min_tokens=1), use_tqdm=False)
+    assert e.value.param == "allowed_token_ids" and not llm.llm_engine.groups
+    server.assert_clean()
