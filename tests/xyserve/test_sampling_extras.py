@@ -324,3 +324,28 @@ def test_an_allowed_set_the_sampler_must_mask_whole_is_a_400(server, llm):
         llm.generate("x", SamplingParams(allowed_token_ids=[eos], min_tokens=1), use_tqdm=False)
     assert e.value.param == "allowed_token_ids" and not llm.llm_engine.groups
     server.assert_clean()
+
+
+def test_return_tokens_as_token_ids_streamed(server):
+    """Streamed too, on both endpoints, every logprob token is named by its id."""
+    import json
+
+    def chunks(path: str, payload: dict) -> list[dict]:
+        with httpx.stream("POST", f"{server.url}{path}", json=payload, timeout=60) as resp:
+            assert resp.status_code == 200
+            return [json.loads(x[6:]) for x in resp.iter_lines() if x.startswith("data: {")]
+
+    body = {"prompt": "hello", "max_tokens": 4, "temperature": 0, "ignore_eos": True, "stream": True}  # fmt: skip
+    got = chunks("/v1/completions", {**body, "logprobs": 2, "return_tokens_as_token_ids": True})
+    lps = [c["choices"][0]["logprobs"] for c in got if c["choices"] and c["choices"][0]["logprobs"]]
+    toks = [t for lp in lps for t in lp["tokens"]]
+    assert len(toks) == 4 and all(t.startswith("token_id:") for t in toks)
+    assert all(k.startswith("token_id:") for lp in lps for top in lp["top_logprobs"] for k in top)
+    chat = {"messages": MESSAGES, "max_tokens": 3, "temperature": 0, "ignore_eos": True, "stream": True, "logprobs": True, "top_logprobs": 2, "return_tokens_as_token_ids": True}  # fmt: skip
+    got = chunks("/v1/chat/completions", chat)
+    entries = [e for c in got if c["choices"] and c["choices"][0]["logprobs"] for e in c["choices"][0]["logprobs"]["content"]]  # fmt: skip
+    assert len(entries) == 3
+    for e in entries:
+        assert e["token"].startswith("token_id:")
+        assert all(t["token"].startswith("token_id:") for t in e["top_logprobs"])
+    server.assert_clean()
