@@ -38,6 +38,7 @@ from xyserve.server.tools import (
     ToolStream,
     constraint_schema,
     finish_reason,
+    keeps_special_tokens,
     parse_reply,
     refused_tool,
     template_tools,
@@ -72,6 +73,11 @@ async def chat_completions(body: ChatCompletionRequest, raw: Request, ctx: Ctx) 
     opts = ctx.opts
     mode = tool_mode(body, opts.tool_call_parser, opts.enable_auto_tool_choice)
     params = await sampling_params(ctx.llm, body, renames)
+    # auto calls whose marker is a special token are read with special tokens kept (as vLLM's
+    # mistral parser does); a skip_special_tokens the client gave stands
+    if mode.kind == "auto" and "skip_special_tokens" not in body.model_fields_set:
+        if keeps_special_tokens(mode, ctx.llm.engine.tokenizer):  # two short encodes
+            params.skip_special_tokens = False
     if mode.constrained:  # the reply is held to the calls' schema
         if params.structured is not None:
             msg = "a tool_choice that forces calls takes no other structured-output constraint"
