@@ -21,7 +21,13 @@ import math
 from dataclasses import dataclass, field
 
 from xyserve.outputs import Logprob, RequestOutput
-from xyserve.sampling_params import SamplingParams
+from xyserve.sampling_params import MAX_LOGPROBS, SamplingParams
+
+# Each step asks for a beam's ``2 * beam_width`` most likely tokens, and a request may ask for
+# at most MAX_LOGPROBS of them: wider beams are refused when the parameters are made, by name,
+# rather than by the first step's request (a ValueError naming ``logprobs``, which the caller
+# never gave, and on the server a 500, since the step runs after the request was checked).
+MAX_BEAM_WIDTH = MAX_LOGPROBS // 2
 
 
 @dataclass(frozen=True)
@@ -35,7 +41,12 @@ class BeamSearchParams:
 
     def __post_init__(self) -> None:
         checks = (
-            (isinstance(self.beam_width, int) and self.beam_width >= 1, "beam_width", ">= 1"),
+            (
+                isinstance(self.beam_width, int) and 1 <= self.beam_width <= MAX_BEAM_WIDTH,
+                "beam_width",
+                f"in [1, {MAX_BEAM_WIDTH}] (each step reads 2 x beam_width top logprobs, at "
+                f"most {MAX_LOGPROBS})",
+            ),
             (isinstance(self.max_tokens, int) and self.max_tokens >= 1, "max_tokens", ">= 1"),
             (isinstance(self.ignore_eos, bool), "ignore_eos", "True or False"),
             (

@@ -35,6 +35,10 @@ REAL_FIELDS = (
 )
 BOOL_FIELDS = ("ignore_eos", "skip_special_tokens", "include_stop_str_in_output")
 
+# The most top logprobs a request may ask for, per token (``logprobs``, ``prompt_logprobs``),
+# as vLLM's default ``max_logprobs``; beam search's step requests are bound by it too.
+MAX_LOGPROBS = 20
+
 
 def _is_int(v: object) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
@@ -221,11 +225,15 @@ class SamplingParams:
                 "min_tokens",
                 "must not exceed max_tokens",
             ),
-            (self.logprobs is None or 0 <= self.logprobs <= 20, "logprobs", "must be in [0, 20]"),
             (
-                self.prompt_logprobs is None or 0 <= self.prompt_logprobs <= 20,
+                self.logprobs is None or 0 <= self.logprobs <= MAX_LOGPROBS,
+                "logprobs",
+                f"must be in [0, {MAX_LOGPROBS}]",
+            ),
+            (
+                self.prompt_logprobs is None or 0 <= self.prompt_logprobs <= MAX_LOGPROBS,
                 "prompt_logprobs",
-                "must be in [0, 20]",
+                f"must be in [0, {MAX_LOGPROBS}]",
             ),
             (
                 self.allowed_token_ids is None

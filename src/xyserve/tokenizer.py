@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from pathlib import Path
@@ -170,13 +171,39 @@ RESERVED_TEMPLATE_KWARGS = frozenset(
 )
 
 
+@functools.cache
+def reserved_template_kwargs() -> frozenset[str]:
+    """The names ``chat_template_kwargs`` may not set: RESERVED_TEMPLATE_KWARGS and every named
+    argument of the installed transformers' ``apply_chat_template`` and of the function it
+    renders with (their lists grow between versions: ``sanitize_control_tokens`` and
+    ``conversations`` are missing from the list above, and set through the kwargs they
+    failed inside transformers, a 400 naming the messages instead of the field)."""
+    import inspect
+
+    names = set(RESERVED_TEMPLATE_KWARGS)
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    try:
+        from transformers import PreTrainedTokenizerBase
+        from transformers.utils.chat_template_utils import render_jinja_template
+
+        fns = [PreTrainedTokenizerBase.apply_chat_template, render_jinja_template]
+    except ImportError:  # an older transformers: its apply_chat_template alone
+        from transformers import PreTrainedTokenizerBase
+
+        fns = [PreTrainedTokenizerBase.apply_chat_template]
+    for fn in fns:
+        params = inspect.signature(fn).parameters.values()
+        names |= {p.name for p in params if p.kind in named and p.name != "self"}
+    return frozenset(names)
+
+
 def checked_template_kwargs(kwargs: dict | None) -> dict:
     """``chat_template_kwargs`` as a dict of variables for the template; a ValueError where
     one is not a name or sets an argument of ``apply_chat_template`` itself."""
     extra = dict(kwargs or {})
     if not all(isinstance(k, str) and k.isidentifier() for k in extra):
         raise ValueError("chat_template_kwargs keys must be names (identifiers)")
-    clash = sorted(set(extra) & RESERVED_TEMPLATE_KWARGS)
+    clash = sorted(set(extra) & reserved_template_kwargs())
     if clash:
         raise ValueError(
             f"chat_template_kwargs may not set {', '.join(clash)}: give them as the request's "

@@ -3,6 +3,7 @@ transformers' beam search on the same weights."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -131,4 +132,128 @@ def test_the_server_refuses_what_beam_search_would_not_use(server, extra, param)
     r = httpx.post(f"{server.url}/v1/completions", json=body, timeout=60)
     assert r.status_code == 400, r.text
     assert r.json()["error"]["param"] == param
+    server.assert_clean()
+
+
+def test_a_beam_wider_than_the_logprobs_allow_is_refused_by_name(server):
+    """Each step reads ``2 x width`` top logprobs and a request may ask for at most 20: a
+    width of 11 was accepted by the parameters and failed the first step's request (offline
+    a ValueError naming ``logprobs``; on the server, after the request was checked, a 500)."""
+    body = {"prompt": "hello", "n": 11, "max_tokens": 2, "use_beam_search": True}
+    r = httpx.post(f"{server.url}/v1/completions", json=body, timeout=60)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == "n" and "beam width" in r.json()["error"]["message"]
+    server.assert_clean()
+    with pytest.raises(ValueError, match="beam_width"):
+        BeamSearchParams(11, 2)
+    assert BeamSearchParams(10, 2).step_params().logprobs == 20
+
+
+def _count_adds(server: Server) -> list[str]:
+    """The ids of the requests the engine admits from now on (a spy on its add_request; the
+    test deletes it, ``del server.engine.add_request``, when done)."""
+    added: list[str] = []
+    real = server.engine.add_request
+
+    def spy(prompt, params=None, request_id=None, *args, **kwargs):  # noqa: ANN001, ANN202
+        added.append(request_id)
+        return real(prompt, params, request_id, *args, **kwargs)
+
+    server.engine.add_request = spy
+    return added
+
+
+def test_a_client_that_leaves_stops_the_search_and_frees_everything(server):
+    """A beam search whose client disconnects mid-way adds no further step, and its last
+    step's requests are aborted: nothing runs on, nothing holds a block."""
+    added = _count_adds(server)
+    try:
+        body = {"prompt": "hello world", "n": 3, "max_tokens": 60, "use_beam_search": True, "ignore_eos": True}  # fmt: skip
+        with server.slow_steps(0.05):  # 60 steps: 3 s at least
+            with pytest.raises(httpx.ReadTimeout):
+                # the client gives up (and closes the connection) after 0.8 s of silence
+                httpx.post(f"{server.url}/v1/completions", json=body, timeout=httpx.Timeout(60, read=0.8))  # fmt: skip
+            assert added, "the search had started"
+            server.wait_idle()
+            n = len(added)
+            time.sleep(0.5)  # a search still running would have added its next step by now
+            assert len(added) == n
+    finally:
+        del server.engine.add_request
+    server.assert_clean()
+
+
+@pytest.fixture(scope="module")
+def limited(tiny_llama: Path) -> Iterator[Server]:
+    """A server with a waiting limit and a request time limit."""
+    config = EngineConfig(
+        model=str(tiny_llama), served_model_name="tiny", max_model_len=128, device="cpu",
+        max_waiting_requests=4, request_timeout_s=1.0,
+    )  # fmt: skip
+    with run_server(config) as srv:
+        yield srv
+
+
+def test_a_search_the_waiting_limit_cannot_admit_is_refused_before_it_runs(limited):
+    """Two prompts at width 3 run six requests a step from the second step on, past the limit
+    of 4: refused whole at once, as any request with more sequences than the limit. It was
+    refused only by its second step's add, after the first step had run."""
+    added = _count_adds(limited)
+    try:
+        body = {"prompt": ["hello", "world"], "n": 3, "max_tokens": 4, "use_beam_search": True}
+        r = httpx.post(f"{limited.url}/v1/completions", json=body, timeout=60)
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["param"] == "prompt"
+        assert "can never be admitted" in r.json()["error"]["message"]
+        assert added == []  # nothing of it was admitted
+        r = httpx.post(f"{limited.url}/v1/completions", json={**body, "n": 2}, timeout=60)
+        assert r.status_code == 200, r.text  # 2 x 2 fits
+        assert len(r.json()["choices"]) == 4
+    finally:
+        del limited.engine.add_request
+    limited.assert_clean()
+
+
+def test_the_request_time_limit_bounds_the_whole_search(limited):
+    """``--request-timeout-s`` is the request's: each step's requests got a limit of their
+    own, so a search of many short steps ran on far past it (and a step past it was a 500)."""
+    body = {"prompt": "hello", "n": 2, "max_tokens": 40, "use_beam_search": True, "ignore_eos": True}  # fmt: skip
+    with limited.slow_steps(0.1):  # 40 steps: 4 s at least, each well within 1 s
+        r = httpx.post(f"{limited.url}/v1/completions", json=body, timeout=60)
+    assert r.status_code == 504, r.text
+    assert r.json()["error"]["code"] == "request_timeout"
+    limited.assert_clean()
+
+
+def test_fields_sent_with_their_default_value_are_fine(server):
+    """Some clients send every field: one at its default asks for nothing, and beam search
+    honours it as it is (``"stream": false`` was a 400 saying stream is not used)."""
+    defaults = {"stream": False, "logprobs": None, "echo": False, "temperature": None, "stop": None, "seed": None}  # fmt: skip
+    body = {"prompt": "hello", "n": 2, "max_tokens": 2, "use_beam_search": True, **defaults}
+    r = httpx.post(f"{server.url}/v1/completions", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    assert len(r.json()["choices"]) == 2
+    chat = {"messages": [{"role": "user", "content": "hi"}], "n": 2, "max_tokens": 2, "use_beam_search": True, "stream": False, "logprobs": False, "tools": None}  # fmt: skip
+    r = httpx.post(f"{server.url}/v1/chat/completions", json=chat, timeout=60)
+    assert r.status_code == 200, r.text
+    plain = {"prompt": "hello", "max_tokens": 2, "length_penalty": 1.0}  # no beam: nothing asked
+    assert httpx.post(f"{server.url}/v1/completions", json=plain, timeout=60).status_code == 200
+    server.assert_clean()
+
+
+def test_a_search_past_the_context_is_refused_in_the_requests_words(server):
+    """As any request's: code context_length_exceeded, and on chat the field the client sent
+    (the messages, max_completion_tokens), not the engine's names for them."""
+    body = {"prompt": "hello", "n": 2, "max_tokens": 500, "use_beam_search": True}
+    r = httpx.post(f"{server.url}/v1/completions", json=body, timeout=60)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert (err["param"], err["code"]) == ("max_tokens", "context_length_exceeded")
+    chat = {"messages": [{"role": "user", "content": "hi " * 200}], "n": 2, "max_completion_tokens": 2, "use_beam_search": True}  # fmt: skip
+    r = httpx.post(f"{server.url}/v1/chat/completions", json=chat, timeout=60)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert (err["param"], err["code"]) == ("messages", "context_length_exceeded")
+    r = httpx.post(f"{server.url}/v1/chat/completions", json={**chat, "messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 500}, timeout=60)  # fmt: skip
+    assert r.status_code == 400 and r.json()["error"]["param"] == "max_completion_tokens"
     server.assert_clean()

@@ -11,6 +11,7 @@ import httpx
 import pytest
 from server_harness import Server, run_server
 
+from xyserve.beam_search import BeamSearch
 from xyserve.config import EngineConfig
 from xyserve.server.options import ServerOptions
 from xyserve.server.reasoning import PARSERS, ReasoningStream, split_reasoning
@@ -149,3 +150,67 @@ def test_include_reasoning_needs_a_parser(tiny_llama: Path):
         )
     with pytest.raises(ValueError, match="the parsers are deepseek_r1, qwen3"):
         ServerOptions(reasoning_parser="granite")
+
+
+def test_beam_search_replies_are_read_for_reasoning(server, monkeypatch):
+    """A chat beam is a reply like any other: with --reasoning-parser its thinking is the
+    message's reasoning_content (as vLLM's), and include_reasoning: false drops it. The beams
+    came back whole as content, tags and all, and include_reasoning was refused."""
+    real = BeamSearch.results
+
+    def scripted(self, decode=None):  # noqa: ANN001, ANN202 - the beams' texts, replaced
+        outs = real(self, decode)
+        for o in outs:
+            for s in o.sequences:
+                s.text = "<think>a plan</think>The answer."
+        return outs
+
+    monkeypatch.setattr(BeamSearch, "results", scripted)
+    body = {"messages": MESSAGES, "n": 2, "max_tokens": 3, "use_beam_search": True, "ignore_eos": True}  # fmt: skip
+    r = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    msgs = [c["message"] for c in r.json()["choices"]]
+    assert [(m["reasoning_content"], m["content"]) for m in msgs] == [("a plan", "The answer.")] * 2  # fmt: skip
+    r = httpx.post(f"{server.url}/v1/chat/completions", json={**body, "include_reasoning": False}, timeout=60)  # fmt: skip
+    assert r.status_code == 200, r.text
+    msgs = [c["message"] for c in r.json()["choices"]]
+    assert [(m["reasoning_content"], m["content"]) for m in msgs] == [(None, "The answer.")] * 2
+    server.assert_clean()
+
+
+def test_each_of_n_choices_is_read_on_its_own(server):
+    """n > 1 with a tool parser and a reasoning parser: every choice has its reasoning and its
+    calls (ids of its own), whole and streamed; a streamed call delta names its choice by the
+    chunk's choice index and the call by its own index from 0 within that choice, as vLLM's."""
+    r = httpx.post(f"{server.url}/v1/chat/completions", json=_body(n=2), timeout=60)
+    assert r.status_code == 200, r.text
+    choices = r.json()["choices"]
+    assert [c["index"] for c in choices] == [0, 1]
+    ids = set()
+    for c in choices:
+        msg = c["message"]
+        assert (msg["reasoning_content"], msg["content"]) == ("Plan: call add.", "Sure.")
+        (call,) = msg["tool_calls"]
+        assert call["function"]["name"] == "add" and call["type"] == "function"
+        ids.add(call["id"])
+    assert len(ids) == 2
+    with httpx.stream(
+        "POST", f"{server.url}/v1/chat/completions", json=_body(n=2, stream=True), timeout=60
+    ) as resp:
+        chunks = [json.loads(x[6:]) for x in resp.iter_lines() if x.startswith("data: {")]
+    per = {0: ("", "", []), 1: ("", "", [])}
+    for ch in chunks:
+        for c in ch["choices"]:
+            r_, t_, calls = per[c["index"]]
+            d = c["delta"]
+            per[c["index"]] = (
+                r_ + (d.get("reasoning_content") or ""),
+                t_ + (d.get("content") or ""),
+                calls + (d.get("tool_calls") or []),
+            )
+    for reasoning, content, calls in per.values():
+        assert (reasoning, content) == ("Plan: call add.", "Sure.")
+        (call,) = calls
+        assert call["index"] == 0 and call["id"] and call["function"]["name"] == "add"
+        assert json.loads(call["function"]["arguments"]) == {"a": 1}
+    server.assert_clean()

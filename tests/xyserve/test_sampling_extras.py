@@ -244,6 +244,19 @@ def test_the_server_takes_the_fields(server):
         ("/v1/completions", {"truncate_prompt_tokens": 10**6}, "truncate_prompt_tokens"),
         ("/v1/chat/completions", {"chat_template_kwargs": {"tools": []}}, "chat_template_kwargs"),
         ("/v1/chat/completions", {"chat_template_kwargs": {"a b": 1}}, "chat_template_kwargs"),
+        # arguments of the installed transformers' apply_chat_template and of the function it
+        # renders with, not in the hand-kept list: they failed inside transformers, a 400
+        # naming the messages
+        (
+            "/v1/chat/completions",
+            {"chat_template_kwargs": {"sanitize_control_tokens": True}},
+            "chat_template_kwargs",
+        ),
+        (
+            "/v1/chat/completions",
+            {"chat_template_kwargs": {"conversations": []}},
+            "chat_template_kwargs",
+        ),
     ],
 )
 def test_the_server_refuses_bad_values_by_name(server, path, extra, param):
@@ -283,4 +296,56 @@ def test_return_tokens_as_token_ids(server):
     ):
         r = _post(server, path, {**b, "return_tokens_as_token_ids": True})
         assert r.status_code == 400 and r.json()["error"]["param"] == "return_tokens_as_token_ids"
+    server.assert_clean()
+
+
+def test_an_allowed_set_the_sampler_must_mask_whole_is_a_400(server, llm):
+    """allowed_token_ids whose every token is held back until min_tokens (EOS, a stop id) or
+    is a one-token bad word left no token to sample: the request was admitted and failed in
+    its first step, a 500. Now a 400 naming the field, before anything runs; a set with one
+    token to spare runs."""
+    eos = server.tokenizer.eos_token_id
+    word = next(w for w in ("x", "a", "i") if len(server.tokenizer.encode(w, add_special_tokens=False)) == 1)  # fmt: skip
+    (wid,) = server.tokenizer.encode(word, add_special_tokens=False)
+    body = {"prompt": "hello", "max_tokens": 4, "temperature": 0}
+    for extra in (
+        {"allowed_token_ids": [eos], "min_tokens": 2},
+        {"allowed_token_ids": [eos, 7], "stop_token_ids": [7], "min_tokens": 1},
+        {"allowed_token_ids": [wid], "bad_words": [word]},
+        {"allowed_token_ids": [eos, wid], "bad_words": [word], "min_tokens": 1},
+    ):
+        r = _post(server, "/v1/completions", {**body, **extra})
+        assert r.status_code == 400, (extra, r.text)
+        assert r.json()["error"]["param"] == "allowed_token_ids"
+    r = _post(server, "/v1/completions", {**body, "allowed_token_ids": [eos, 7], "min_tokens": 2})
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["completion_tokens"] >= 2
+    with pytest.raises(ValueError, match="allowed_token_ids") as e:
+        llm.generate("x", SamplingParams(allowed_token_ids=[eos], min_tokens=1), use_tqdm=False)
+    assert e.value.param == "allowed_token_ids" and not llm.llm_engine.groups
+    server.assert_clean()
+
+
+def test_return_tokens_as_token_ids_streamed(server):
+    """Streamed too, on both endpoints, every logprob token is named by its id."""
+    import json
+
+    def chunks(path: str, payload: dict) -> list[dict]:
+        with httpx.stream("POST", f"{server.url}{path}", json=payload, timeout=60) as resp:
+            assert resp.status_code == 200
+            return [json.loads(x[6:]) for x in resp.iter_lines() if x.startswith("data: {")]
+
+    body = {"prompt": "hello", "max_tokens": 4, "temperature": 0, "ignore_eos": True, "stream": True}  # fmt: skip
+    got = chunks("/v1/completions", {**body, "logprobs": 2, "return_tokens_as_token_ids": True})
+    lps = [c["choices"][0]["logprobs"] for c in got if c["choices"] and c["choices"][0]["logprobs"]]
+    toks = [t for lp in lps for t in lp["tokens"]]
+    assert len(toks) == 4 and all(t.startswith("token_id:") for t in toks)
+    assert all(k.startswith("token_id:") for lp in lps for top in lp["top_logprobs"] for k in top)
+    chat = {"messages": MESSAGES, "max_tokens": 3, "temperature": 0, "ignore_eos": True, "stream": True, "logprobs": True, "top_logprobs": 2, "return_tokens_as_token_ids": True}  # fmt: skip
+    got = chunks("/v1/chat/completions", chat)
+    entries = [e for c in got if c["choices"] and c["choices"][0]["logprobs"] for e in c["choices"][0]["logprobs"]["content"]]  # fmt: skip
+    assert len(entries) == 3
+    for e in entries:
+        assert e["token"].startswith("token_id:")
+        assert all(t["token"].startswith("token_id:") for t in e["top_logprobs"])
     server.assert_clean()

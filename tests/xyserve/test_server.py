@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -423,6 +426,37 @@ def test_disconnected_non_streaming_request_is_aborted(server: Server) -> None:
         server.wait_idle()
     eng.kv.check_no_leak()
     assert eng.num_generation_tokens - before < 450
+
+
+def test_a_stream_whose_client_left_before_it_began_is_aborted(server: Server) -> None:
+    """A streamed request whose client leaves while its add waits for the engine thread (busy
+    in a step) is admitted after the client left: it is aborted all the same (Starlette starts
+    the response's generator before it sees the disconnect, and the generator's ``finally``
+    aborts the request), not run to its max_tokens for nobody."""
+    server.wait_idle()
+    eng = server.engine
+    aborted, generated = eng.num_aborted_requests, eng.num_generation_tokens
+    body = json.dumps(
+        {"model": MODEL, "prompt": "Hello", "max_tokens": 400, "ignore_eos": True, "stream": True}
+    ).encode()
+    head = f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"  # fmt: skip
+    busy = {"model": MODEL, "prompt": "Hi", "max_tokens": 3, "ignore_eos": True}
+    host, port = server.url.removeprefix("http://").rsplit(":", 1)
+    with server.slow_steps(0.5):  # each step sleeps 0.5 s first
+        t = threading.Thread(
+            target=httpx.post, args=(f"{server.url}/v1/completions",), kwargs={"json": busy, "timeout": 60}
+        )  # fmt: skip
+        t.start()
+        while eng.num_generation_tokens == generated:  # until a step has just ended
+            time.sleep(0.002)
+        with socket.create_connection((host, int(port))) as sock:  # the next step sleeps now
+            sock.sendall(head.encode() + body)
+            time.sleep(0.1)  # the route's add waits in the inbox; then the client leaves
+        t.join()
+    server.wait_idle()
+    eng.kv.check_no_leak()
+    assert eng.num_aborted_requests == aborted + 1  # aborted, not run to its end
+    assert eng.num_generation_tokens - generated < 3 + 400
 
 
 def test_metrics(server: Server) -> None:

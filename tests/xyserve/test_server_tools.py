@@ -15,7 +15,13 @@ from server_harness import Server, run_server
 from xyserve.config import EngineConfig
 from xyserve.server.options import ServerOptions
 from xyserve.server.protocol import ChatCompletionRequest
-from xyserve.server.tools import ToolMode, ToolStream, parse_reply, tool_mode
+from xyserve.server.tools import (
+    ToolMode,
+    ToolStream,
+    keeps_special_tokens,
+    parse_reply,
+    tool_mode,
+)
 
 MODEL = "tiny"
 WEATHER = {
@@ -386,3 +392,44 @@ def test_named_stream_sends_one_delta_per_chunk() -> None:
     args = "".join(d[0].function.arguments for _, d in per_chunk)
     assert json.loads(args) == {"city": "Oslo"}
     assert all(d[0].id is None and d[0].function.name is None for _, d in per_chunk[1:])
+
+
+def test_a_parser_whose_marker_is_a_special_token_keeps_special_tokens(tiny_llama: Path) -> None:
+    """Mistral's ``[TOOL_CALLS]`` is a special token of its tokenizer: detokenized with the
+    default ``skip_special_tokens``, it is dropped from the reply, and the mistral parser
+    never saw a call (the calls came back as content). Decoding each marker both ways tells
+    which parsers need special tokens kept, for this tokenizer."""
+    from xyserve.tokenizer import Tokenizer
+
+    tok = Tokenizer(str(tiny_llama))
+    mistral, hermes = ToolMode("auto", parser="mistral"), ToolMode("auto", parser="hermes")
+    assert not keeps_special_tokens(mistral, tok)  # here "[TOOL_CALLS]" is plain text
+    tok.hf.add_special_tokens({"additional_special_tokens": ["[TOOL_CALLS]"]})
+    assert keeps_special_tokens(mistral, tok)
+    assert not keeps_special_tokens(hermes, tok)  # "<tool_call>" is plain text here
+    assert not keeps_special_tokens(ToolMode("none"), tok)
+    assert not keeps_special_tokens(ToolMode("named", "add"), tok)
+
+
+def test_auto_replies_keep_special_tokens_where_the_parser_needs_them(
+    server: Server, monkeypatch
+) -> None:
+    """Where the parser needs special tokens kept (stood in for here: the hermes markers are
+    plain text to the tiny tokenizer), an auto reply is detokenized with them; a
+    skip_special_tokens the client gives stands. The reply is held to one special token."""
+    from xyserve.server.routes import chat
+
+    monkeypatch.setattr(chat, "keeps_special_tokens", lambda mode, tok: mode.kind == "auto")
+    (special,) = server.tokenizer.encode("<|system|>", add_special_tokens=False)
+    body = {"model": MODEL, "messages": CHAT, "tools": TOOLS, "max_tokens": 2,
+            "ignore_eos": True, "allowed_token_ids": [special]}  # fmt: skip
+    r = post(server, body)
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["message"]["content"] == "<|system|><|system|>"
+    r = post(server, {**body, "skip_special_tokens": True})
+    assert r.json()["choices"][0]["message"]["content"] in (None, "")
+    r = post(server, {**body, "tool_choice": "none"})  # nothing is parsed: the default stands
+    assert r.json()["choices"][0]["message"]["content"] in (None, "")
+    content, _, _ = assemble(stream(server, body))
+    assert content == "<|system|><|system|>"
+    server.assert_clean()

@@ -77,6 +77,13 @@ NOT_CALLS = [
     ("pythonic", "[weather(city=open('x'))]"),  # not a literal: never evaluated
     ("pythonic", "[weather(**kw)]"),
     ("pythonic", "plain text"),
+    # literals JSON cannot write: not arguments (they were read as calls, and writing their
+    # arguments as JSON then raised: a 500, or an error event in a stream)
+    ("pythonic", "[weather(city={'Oslo', 'Bergen'})]"),
+    ("pythonic", "[weather(city=b'Oslo')]"),
+    ("pythonic", "[weather(days=3j)]"),
+    ("pythonic", "[weather(days={(1, 2): 3})]"),
+    ("pythonic", "[weather(days=1e999)]"),
 ]
 
 

@@ -232,6 +232,30 @@ class RequestIntake:
             self._grammar_cache[cache_key] = compiled
         return dataclasses.replace(params, structured=compiled)
 
+    def _check_allowed_set(self, params: SamplingParams) -> None:
+        """Refuse an ``allowed_token_ids`` set whose every token the sampler must mask: each a
+        one-token bad word, or, before ``min_tokens``, one that would end the sequence (EOS,
+        a stop id). Admitted, its first step would find no token to sample and fail it there,
+        a 500 for what the request said (a grammar instead lets such a token through: see
+        ``_sample_row``)."""
+        allowed = params.allowed_token_ids
+        if allowed is None:
+            return
+        never = {w[0] for w in params.bad_words_token_ids if len(w) == 1}
+        if set(allowed) <= never:
+            raise RequestValidationError(
+                "every token of allowed_token_ids is a bad word: none could be sampled",
+                "allowed_token_ids",
+            )
+        ending = self.eos_token_ids | set(params.stop_token_ids)
+        if params.min_tokens and params.structured is None and set(allowed) <= never | ending:
+            raise RequestValidationError(
+                f"every token of allowed_token_ids ends the sequence (an end-of-sequence or "
+                f"stop token id) or is a bad word, but min_tokens ({params.min_tokens}) holds "
+                "those back: none could be sampled",
+                "allowed_token_ids",
+            )
+
     def validate(self, ids: list[int], params: SamplingParams) -> int:
         """Every model-dependent check of a request; returns its max_tokens.
 
@@ -264,6 +288,7 @@ class RequestIntake:
             raise RequestValidationError(
                 f"logit_bias token ids must be in [0, {vocab})", "logit_bias"
             )
+        self._check_allowed_set(params)
         for name in ("logprobs", "prompt_logprobs"):
             if (getattr(params, name) or 0) > vocab:
                 raise RequestValidationError(f"{name} must be at most {vocab}", name)

@@ -1,7 +1,10 @@
 """``use_beam_search`` on the completions and chat endpoints (vLLM's): the request's ``n`` is
 the beam width, and its ``n`` choices are the best beams, best first (xyserve.beam_search).
 Each step's beams run as ordinary requests of one token, so the waiting limit, priorities,
-disconnects and aborts apply to them as to any request.
+disconnects and aborts apply to them as to any request. A search is checked whole before its
+first step: a width over the waiting limit (every prompt runs a request per beam from the
+second step on) is a 400 then, not after work was done; ``--request-timeout-s`` bounds the
+whole search, not each step. On chat, ``--reasoning-parser`` reads each beam's thinking.
 
 Beam search takes ``n``, ``max_tokens``, ``length_penalty`` and ``ignore_eos``; a sampling or
 output field it would not use (``temperature``, ``stop``, ``logprobs``, ``stream``, ...) is
@@ -17,8 +20,9 @@ from fastapi import Request
 from xyserve.beam_search import BeamSearch, BeamSearchOutput, BeamSearchParams
 from xyserve.sampling_params import SamplingParams
 from xyserve.server.context import ServerContext
-from xyserve.server.errors import APIError
+from xyserve.server.errors import APIError, stream_error
 from xyserve.server.protocol import ChatCompletionRequest, CompletionRequest, UsageInfo
+from xyserve.server.request_stream import RequestTimeoutError
 from xyserve.server.streams import cancel_on_disconnect, final_outputs
 
 # Fields a beam-search request may set besides the prompt's own (prompt, or chat's messages
@@ -26,18 +30,27 @@ from xyserve.server.streams import cancel_on_disconnect, final_outputs
 BEAM_FIELDS = {
     "model", "prompt", "messages", "n", "max_tokens", "max_completion_tokens", "use_beam_search",
     "length_penalty", "ignore_eos", "user", "priority", "add_generation_prompt",
-    "continue_final_message", "chat_template_kwargs", "add_special_tokens",
+    "continue_final_message", "chat_template_kwargs", "add_special_tokens", "include_reasoning",
 }  # fmt: skip
+
+
+def _given(body: CompletionRequest | ChatCompletionRequest) -> set[str]:
+    """The fields the request sets to something other than their default: one sent with its
+    default value (``"stream": false``, ``"logprobs": null``, as some clients send every
+    field) asks for nothing, so beam search honours it as it is."""
+    fields = type(body).model_fields
+    return {f for f in body.model_fields_set if getattr(body, f) != fields[f].default}
 
 
 def beam_params(body: CompletionRequest | ChatCompletionRequest) -> BeamSearchParams | None:
     """The request's beam search, or None without ``use_beam_search``; APIError on a field
     it would not use."""
+    given = _given(body)
     if not body.use_beam_search:
-        if "length_penalty" in body.model_fields_set:
+        if "length_penalty" in given:
             raise APIError("length_penalty applies to use_beam_search", param="length_penalty")
         return None
-    unused = sorted(body.model_fields_set - BEAM_FIELDS)
+    unused = sorted(given - BEAM_FIELDS)
     if body.stream:
         unused = ["stream", *[f for f in unused if f != "stream"]]
     if unused:
@@ -52,8 +65,11 @@ def beam_params(body: CompletionRequest | ChatCompletionRequest) -> BeamSearchPa
     try:
         return BeamSearchParams(body.n, max_tokens, body.ignore_eos, body.length_penalty)
     except ValueError as e:
-        param = str(e).split(" ", 1)[0]
-        raise APIError(str(e), param="n" if param == "beam_width" else param) from None
+        msg = str(e)
+        param = msg.split(" ", 1)[0]
+        if param == "beam_width":  # the request's name for it
+            param, msg = "n", msg.replace("beam_width", "n (the beam width)", 1)
+        raise APIError(msg, param=param) from None
 
 
 async def run_beam_search(
@@ -64,12 +80,26 @@ async def run_beam_search(
     rid: str,
     priority: int = 0,
     add_special_tokens: bool = True,
+    renames: dict[str, str] | None = None,
 ) -> list[BeamSearchOutput]:
-    """Each prompt's best beams; the prompts are checked first (a 400 before anything runs)."""
+    """Each prompt's best beams; the prompts are checked first (a 400 before anything runs).
+    ``renames``: the request's names of the fields a 400 names (chat: ``prompt`` is the
+    messages), as in ``ServerContext.add_all``."""
     intake = ctx.llm.engine.intake
     most = intake.config.max_n
     if params.beam_width > most:  # each step runs a request per beam
         raise APIError(f"n (the beam width) must be at most {most}", param="n")
+    # From the second step on, every prompt runs a request per beam: a search the waiting
+    # limit can never admit is refused now, not after its first step has run.
+    limit = ctx.llm.max_waiting
+    need = len(prompts) * params.beam_width
+    if limit is not None and need > limit:
+        raise APIError(
+            f"beam search runs {need} sequences a step ({len(prompts)} prompts x n="
+            f"{params.beam_width}) but at most {limit} may wait (--max-waiting-requests): it "
+            "can never be admitted",
+            param="n" if params.beam_width > limit else "prompt",
+        )
     step = params.step_params()
 
     def prepare() -> list[list[int]]:
@@ -81,8 +111,10 @@ async def run_beam_search(
 
     try:
         ids = await asyncio.to_thread(prepare)
-    except ValueError as e:
-        raise APIError(str(e), param=getattr(e, "param", None) or "prompt") from None
+    except ValueError as e:  # as ServerContext.add_all words a request's 400
+        param = getattr(e, "param", None) or "prompt"
+        code = "context_length_exceeded" if "context length" in str(e) else None
+        raise APIError(str(e), param=(renames or {}).get(param, param), code=code) from None
     search = BeamSearch(ids, params, ctx.llm.engine.eos_token_ids)
 
     async def steps() -> None:
@@ -93,7 +125,21 @@ async def run_beam_search(
             search.advance(await final_outputs(streams))
             n += 1
 
-    await cancel_on_disconnect(raw, steps())
+    async def timed() -> None:
+        """The search, within the request time limit: each step's requests get the limit of
+        their own, so without this one a search could run ``max_tokens`` times as long."""
+        timeout = ctx.llm.request_timeout_s
+        if timeout is None:
+            return await steps()
+        try:
+            await asyncio.wait_for(steps(), timeout)  # cancelled: its step's requests abort
+        except asyncio.TimeoutError:
+            raise RequestTimeoutError("the request ran past its time limit") from None
+
+    try:
+        await cancel_on_disconnect(raw, timed())
+    except Exception as e:  # a step's failure, or the time limit: the client's error body
+        raise stream_error(e) from None
     tok = ctx.llm.engine.tokenizer
     return search.results(tok.decode if tok is not None else None)
 

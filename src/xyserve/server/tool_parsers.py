@@ -159,6 +159,9 @@ def _pythonic(text: str) -> tuple[str | None, Calls]:
             if kw.arg is None:  # **kwargs
                 raise ValueError("not a keyword argument")
             args[kw.arg] = ast.literal_eval(kw.value)
+        # A literal JSON has no form for (a set, bytes, a complex number, a tuple as a key)
+        # is not a call's arguments: the reply stays content, as any that does not read.
+        json.dumps(args, allow_nan=False)  # raises ValueError or TypeError
         calls.append((call.func.id, args))
     return content, calls
 

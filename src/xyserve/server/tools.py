@@ -195,6 +195,23 @@ def _parse_reply(mode: ToolMode, text: str) -> ParsedReply:
     return ParsedReply(text)
 
 
+def keeps_special_tokens(mode: ToolMode, tokenizer: Any) -> bool:
+    """Whether an ``auto`` reply must be detokenized with its special tokens: where one of the
+    parser's markers is (or holds) a special token of this tokenizer, as Mistral's
+    ``[TOOL_CALLS]`` is, the default ``skip_special_tokens`` drops it from the text, and the
+    calls would come back as content, never read (vLLM's mistral parser keeps special tokens
+    for this reason). Told by decoding each marker both ways."""
+    if mode.kind != "auto" or tokenizer is None:
+        return False
+    for marker in PARSERS[mode.parser].markers:
+        ids = tokenizer.encode(marker, add_special_tokens=False)
+        if tokenizer.decode(ids, skip_special_tokens=True) != tokenizer.decode(
+            ids, skip_special_tokens=False
+        ):
+            return True
+    return False
+
+
 def finish_reason(mode: ToolMode, reply: ParsedReply, engine_reason: str | None) -> str | None:
     """OpenAI's: ``tool_calls`` when the model chose to call (``auto``, ``required``); a
     named function keeps the engine's reason, as OpenAI's forced calls end with ``stop``."""

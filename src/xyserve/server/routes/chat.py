@@ -38,6 +38,7 @@ from xyserve.server.tools import (
     ToolStream,
     constraint_schema,
     finish_reason,
+    keeps_special_tokens,
     parse_reply,
     refused_tool,
     template_tools,
@@ -72,6 +73,11 @@ async def chat_completions(body: ChatCompletionRequest, raw: Request, ctx: Ctx) 
     opts = ctx.opts
     mode = tool_mode(body, opts.tool_call_parser, opts.enable_auto_tool_choice)
     params = await sampling_params(ctx.llm, body, renames)
+    # auto calls whose marker is a special token are read with special tokens kept (as vLLM's
+    # mistral parser does); a skip_special_tokens the client gave stands
+    if mode.kind == "auto" and "skip_special_tokens" not in body.model_fields_set:
+        if keeps_special_tokens(mode, ctx.llm.engine.tokenizer):  # two short encodes
+            params.skip_special_tokens = False
     if mode.constrained:  # the reply is held to the calls' schema
         if params.structured is not None:
             msg = "a tool_choice that forces calls takes no other structured-output constraint"
@@ -143,15 +149,25 @@ async def _beam_chat(
     body: ChatCompletionRequest, raw: Request, ctx: Ctx, beam: BeamSearchParams, prompt: str
 ) -> ChatCompletionResponse:
     rid = f"chatcmpl-{uuid.uuid4().hex}"
+    renames = {"prompt": "messages"}
+    if body.max_completion_tokens is not None:
+        renames["max_tokens"] = "max_completion_tokens"
     (out,) = await run_beam_search(
-        ctx, raw, [prompt], beam, rid, body.priority, body.add_special_tokens
+        ctx, raw, [prompt], beam, rid, body.priority, body.add_special_tokens, renames
     )
-    choices = [
-        ChatCompletionChoice(
-            index=j, message=ChatMessageOut(content=s.text or ""), finish_reason=s.finish_reason
+    # A beam is a reply like any other: --reasoning-parser reads its thinking (as vLLM's).
+    think = ctx.reasoning_parser
+    choices = []
+    for j, s in enumerate(out.sequences):
+        reasoning, content = (None, s.text or "")
+        if think is not None:
+            reasoning, content = split_reasoning(think, s.text or "")
+        message = ChatMessageOut(
+            reasoning_content=reasoning if body.include_reasoning else None, content=content
         )
-        for j, s in enumerate(out.sequences)
-    ]
+        choices.append(
+            ChatCompletionChoice(index=j, message=message, finish_reason=s.finish_reason)
+        )
     return ChatCompletionResponse(
         id=rid, model=ctx.model_name, choices=choices, usage=beam_usage([out])
     )
