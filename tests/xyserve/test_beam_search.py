@@ -241,6 +241,24 @@ def test_fields_sent_with_their_default_value_are_fine(server):
     server.assert_clean()
 
 
+def test_a_search_without_max_tokens_runs_to_the_end_of_the_context(server, llm):
+    """No max_tokens (chat's default; ``null`` on completions): the search may run to
+    max_model_len (128 here), as vLLM's does, rather than being refused or cut short."""
+    chat = {"messages": [{"role": "user", "content": "hi"}], "n": 2, "use_beam_search": True, "ignore_eos": True}  # fmt: skip
+    r = httpx.post(f"{server.url}/v1/chat/completions", json=chat, timeout=120)
+    assert r.status_code == 200, r.text
+    use = r.json()["usage"]
+    assert use["completion_tokens"] == 2 * (128 - use["prompt_tokens"])
+    text = "hello world"
+    body = {"prompt": text, "n": 2, "max_tokens": None, "use_beam_search": True, "ignore_eos": True}  # fmt: skip
+    r = httpx.post(f"{server.url}/v1/completions", json=body, timeout=120)
+    assert r.status_code == 200, r.text
+    room = 128 - r.json()["usage"]["prompt_tokens"]
+    (want,) = llm.beam_search(text, BeamSearchParams(2, room, ignore_eos=True))
+    assert [c["text"] for c in r.json()["choices"]] == [s.text for s in want.sequences]
+    server.assert_clean()
+
+
 def test_a_search_past_the_context_is_refused_in_the_requests_words(server):
     """As any request's: code context_length_exceeded, and on chat the field the client sent
     (the messages, max_completion_tokens), not the engine's names for them."""

@@ -14,6 +14,7 @@ refused with a 400 naming it, as is ``length_penalty`` without ``use_beam_search
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 from fastapi import Request
 
@@ -42,6 +43,12 @@ def _given(body: CompletionRequest | ChatCompletionRequest) -> set[str]:
     return {f for f in body.model_fields_set if getattr(body, f) != fields[f].default}
 
 
+def requested_max_tokens(body: CompletionRequest | ChatCompletionRequest) -> int | None:
+    """The request's max_tokens (chat: ``max_completion_tokens`` first), None where unset."""
+    given = getattr(body, "max_completion_tokens", None)
+    return body.max_tokens if given is None else given
+
+
 def beam_params(body: CompletionRequest | ChatCompletionRequest) -> BeamSearchParams | None:
     """The request's beam search, or None without ``use_beam_search``; APIError on a field
     it would not use."""
@@ -59,10 +66,11 @@ def beam_params(body: CompletionRequest | ChatCompletionRequest) -> BeamSearchPa
             "and ignore_eos)",
             param=unused[0],
         )
-    max_tokens = getattr(body, "max_completion_tokens", None) or body.max_tokens
-    if max_tokens is None:
-        raise APIError("use_beam_search needs max_tokens", param="max_tokens")
+    # Without max_tokens (chat's default), a search runs to the end of the context: a
+    # placeholder of one here, set by ``run_beam_search`` once the prompt's length is known.
+    max_tokens = requested_max_tokens(body)
     try:
+        max_tokens = 1 if max_tokens is None else max_tokens
         return BeamSearchParams(body.n, max_tokens, body.ignore_eos, body.length_penalty)
     except ValueError as e:
         msg = str(e)
@@ -81,10 +89,13 @@ async def run_beam_search(
     priority: int = 0,
     add_special_tokens: bool = True,
     renames: dict[str, str] | None = None,
+    to_context_end: bool = False,
 ) -> list[BeamSearchOutput]:
     """Each prompt's best beams; the prompts are checked first (a 400 before anything runs).
     ``renames``: the request's names of the fields a 400 names (chat: ``prompt`` is the
-    messages), as in ``ServerContext.add_all``."""
+    messages), as in ``ServerContext.add_all``. ``to_context_end``: the request gave no
+    max_tokens, so the search may run to the end of the context (``max_model_len`` less the
+    longest prompt), as vLLM's chat beam search does."""
     intake = ctx.llm.engine.intake
     most = intake.config.max_n
     if params.beam_width > most:  # each step runs a request per beam
@@ -115,6 +126,9 @@ async def run_beam_search(
         param = getattr(e, "param", None) or "prompt"
         code = "context_length_exceeded" if "context length" in str(e) else None
         raise APIError(str(e), param=(renames or {}).get(param, param), code=code) from None
+    if to_context_end:
+        room = intake.max_model_len - max(len(p) for p in ids)  # >= 1: checked in prepare
+        params = dataclasses.replace(params, max_tokens=room)
     search = BeamSearch(ids, params, ctx.llm.engine.eos_token_ids)
 
     async def steps() -> None:

@@ -14,7 +14,7 @@ from fastapi.responses import StreamingResponse
 from xyserve.beam_search import BeamSearchParams
 from xyserve.outputs import RequestOutput
 from xyserve.sampling_params import SamplingParams
-from xyserve.server.beam import beam_params, beam_usage, run_beam_search
+from xyserve.server.beam import beam_params, beam_usage, requested_max_tokens, run_beam_search
 from xyserve.server.context import Ctx
 from xyserve.server.errors import APIError, stream_error
 from xyserve.server.params import sampling_params
@@ -153,8 +153,9 @@ async def _beam_chat(
     if body.max_completion_tokens is not None:
         renames["max_tokens"] = "max_completion_tokens"
     (out,) = await run_beam_search(
-        ctx, raw, [prompt], beam, rid, body.priority, body.add_special_tokens, renames
-    )
+        ctx, raw, [prompt], beam, rid, body.priority, body.add_special_tokens, renames,
+        to_context_end=requested_max_tokens(body) is None,
+    )  # fmt: skip
     # A beam is a reply like any other: --reasoning-parser reads its thinking (as vLLM's).
     think = ctx.reasoning_parser
     choices = []

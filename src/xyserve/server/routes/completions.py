@@ -112,7 +112,9 @@ async def _beam_completion(
     if not prompts:
         raise APIError("prompt must not be empty", param="prompt")
     rid = f"cmpl-{uuid.uuid4().hex}"
-    outs = await run_beam_search(ctx, raw, prompts, beam, rid, body.priority)
+    outs = await run_beam_search(
+        ctx, raw, prompts, beam, rid, body.priority, to_context_end=body.max_tokens is None
+    )
     choices = [
         CompletionChoice(
             index=i * beam.beam_width + j, text=s.text or "", finish_reason=s.finish_reason
