@@ -182,15 +182,15 @@ def reserved_template_kwargs() -> frozenset[str]:
 
     names = set(RESERVED_TEMPLATE_KWARGS)
     named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    from transformers import PreTrainedTokenizerBase
+
+    fns = [PreTrainedTokenizerBase.apply_chat_template]
     try:
-        from transformers import PreTrainedTokenizerBase
         from transformers.utils.chat_template_utils import render_jinja_template
 
-        fns = [PreTrainedTokenizerBase.apply_chat_template, render_jinja_template]
+        fns.append(render_jinja_template)
     except ImportError:  # an older transformers: its apply_chat_template alone
-        from transformers import PreTrainedTokenizerBase
-
-        fns = [PreTrainedTokenizerBase.apply_chat_template]
+        pass
     for fn in fns:
         params = inspect.signature(fn).parameters.values()
         names |= {p.name for p in params if p.kind in named and p.name != "self"}

@@ -2,8 +2,8 @@
 
 For every batch size, each method (``none`` and the speculative ones) runs the same greedy
 prompts with fixed output lengths, and the order is repeated ``--rounds`` times, each round
-starting one method later, so the methods alternate in time and none always runs first. One engine per method is built and warmed up once. Reported per
-batch and method:
+starting one method later, so the methods alternate in time and none always runs first. One
+engine per method is built and warmed up once. Reported per batch and method:
 
 - output tok/s of the best round (on a shared machine other load only ever adds time) and its
   ratio to ``none``'s best round (``x none``), and the median over rounds of the ratio within

@@ -238,17 +238,17 @@ class RequestIntake:
         a stop id). Admitted, its first step would find no token to sample and fail it there,
         a 500 for what the request said (a grammar instead lets such a token through: see
         ``_sample_row``)."""
-        allowed = params.allowed_token_ids
-        if allowed is None:
+        if params.allowed_token_ids is None:
             return
+        allowed = set(params.allowed_token_ids)
         never = {w[0] for w in params.bad_words_token_ids if len(w) == 1}
-        if set(allowed) <= never:
+        if allowed <= never:
             raise RequestValidationError(
                 "every token of allowed_token_ids is a bad word: none could be sampled",
                 "allowed_token_ids",
             )
         ending = self.eos_token_ids | set(params.stop_token_ids)
-        if params.min_tokens and params.structured is None and set(allowed) <= never | ending:
+        if params.min_tokens and params.structured is None and allowed <= never | ending:
             raise RequestValidationError(
                 f"every token of allowed_token_ids ends the sequence (an end-of-sequence or "
                 f"stop token id) or is a bad word, but min_tokens ({params.min_tokens}) holds "

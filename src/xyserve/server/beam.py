@@ -69,8 +69,8 @@ def beam_params(body: CompletionRequest | ChatCompletionRequest) -> BeamSearchPa
     # Without max_tokens (chat's default), a search runs to the end of the context: a
     # placeholder of one here, set by ``run_beam_search`` once the prompt's length is known.
     max_tokens = requested_max_tokens(body)
+    max_tokens = 1 if max_tokens is None else max_tokens
     try:
-        max_tokens = 1 if max_tokens is None else max_tokens
         return BeamSearchParams(body.n, max_tokens, body.ignore_eos, body.length_penalty)
     except ValueError as e:
         msg = str(e)

@@ -75,3 +75,12 @@ def split_reasoning(parser: ReasoningParser, text: str) -> tuple[str | None, str
     """(reasoning, content) of a whole reply; None for a part it does not have."""
     reasoning, content = ReasoningStream(parser).feed(text, True)
     return (reasoning or None), (content or None)
+
+
+def reply_parts(
+    parser: ReasoningParser | None, text: str, include_reasoning: bool
+) -> tuple[str | None, str | None]:
+    """(reasoning, content) of a whole reply as a chat message carries them: the text split
+    by ``parser`` where there is one, the reasoning dropped without ``include_reasoning``."""
+    reasoning, content = split_reasoning(parser, text) if parser else (None, text)
+    return (reasoning if include_reasoning else None), content

@@ -28,7 +28,7 @@ from xyserve.server.protocol import (
     DeltaMessage,
     unix_time,
 )
-from xyserve.server.reasoning import ReasoningParser, ReasoningStream, split_reasoning
+from xyserve.server.reasoning import ReasoningParser, ReasoningStream, reply_parts
 from xyserve.server.render import ChoiceState, chat_logprobs, prompt_logprobs, usage
 from xyserve.server.request_stream import RequestStream
 from xyserve.server.sse import DONE, OnDone, advance, sse, sse_error
@@ -118,11 +118,9 @@ async def chat_completions(body: ChatCompletionRequest, raw: Request, ctx: Ctx) 
     (out,) = await ctx.collect(raw, streams, rid, t0, body.user)
     choices = []
     for c in out.outputs:
-        reasoning, text = split_reasoning(think, c.text) if think else (None, c.text)
+        reasoning, text = reply_parts(think, c.text, body.include_reasoning)
         reply = parse_reply(mode, text) if text is not None else ParsedReply(None)
         content = echo + reply.content if reply.content is not None else (echo or None)
-        if not body.include_reasoning:
-            reasoning = None
         choices.append(
             ChatCompletionChoice(
                 index=c.index,
@@ -160,12 +158,8 @@ async def _beam_chat(
     think = ctx.reasoning_parser
     choices = []
     for j, s in enumerate(out.sequences):
-        reasoning, content = (None, s.text or "")
-        if think is not None:
-            reasoning, content = split_reasoning(think, s.text or "")
-        message = ChatMessageOut(
-            reasoning_content=reasoning if body.include_reasoning else None, content=content
-        )
+        reasoning, content = reply_parts(think, s.text or "", body.include_reasoning)
+        message = ChatMessageOut(reasoning_content=reasoning, content=content)
         choices.append(
             ChatCompletionChoice(index=j, message=message, finish_reason=s.finish_reason)
         )

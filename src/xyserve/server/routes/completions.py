@@ -15,7 +15,7 @@ from xyserve.beam_search import BeamSearchParams
 from xyserve.outputs import RequestOutput
 from xyserve.sampling_params import SamplingParams
 from xyserve.server.async_engine import AsyncLLM
-from xyserve.server.beam import beam_params, beam_usage, run_beam_search
+from xyserve.server.beam import beam_params, beam_usage, requested_max_tokens, run_beam_search
 from xyserve.server.context import Ctx
 from xyserve.server.errors import APIError, stream_error
 from xyserve.server.params import sampling_params
@@ -113,7 +113,13 @@ async def _beam_completion(
         raise APIError("prompt must not be empty", param="prompt")
     rid = f"cmpl-{uuid.uuid4().hex}"
     outs = await run_beam_search(
-        ctx, raw, prompts, beam, rid, body.priority, to_context_end=body.max_tokens is None
+        ctx,
+        raw,
+        prompts,
+        beam,
+        rid,
+        body.priority,
+        to_context_end=requested_max_tokens(body) is None,
     )
     choices = [
         CompletionChoice(
