@@ -19,5 +19,9 @@ format:
 	$(PY) -m ruff format src tests scripts
 	$(PY) -m ruff check --fix src tests scripts
 
+# Two workers, tests handed out as each worker frees (worksteal): 1.5-1.6x the serial wall
+# time on a 2-core box (docs/perf.md, "The test suite's wall time"). `-n 0` runs serially.
+TEST_WORKERS ?= 2
+
 test: setup lint
-	TRITON_INTERPRET=1 $(PY) -m pytest -q tests
+	TRITON_INTERPRET=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal tests
