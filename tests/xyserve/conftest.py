@@ -31,6 +31,17 @@ def one_torch_thread():
     torch.set_num_threads(n)
 
 
+@pytest.fixture
+def triton_gemm_tiles(monkeypatch):
+    """Buckets no table tunes run the Triton default tiles instead of the vendor GEMM, so an
+    engine on CUDA without a tuned table exercises SmoothGEMM's kernel."""
+    from xyserve.plan import gemm_table
+
+    monkeypatch.setattr(
+        gemm_table, "untuned_config", lambda pm, device: gemm_table.default_config(pm)
+    )
+
+
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory) -> Path:
     """A tiny random Llama with a trained BPE tokenizer and a chat template."""

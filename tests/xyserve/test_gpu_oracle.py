@@ -5,7 +5,8 @@ bfloat16 cannot match token for token. Its yardstick is HF transformers itself i
 the engine's first-step logits may be at most twice as far from HF float32's as HF bfloat16's
 are, and each greedy token must equal HF float32's unless HF's top-2 margin at that step is
 within twice that error, after which the sequences may part (the rest of that prompt is not
-compared). Skipped without CUDA.
+compared). Each runs with untuned GEMM buckets on cuBLAS (the engine's default) and on
+SmoothGEMM's Triton tiles. Skipped without CUDA.
 """
 
 from __future__ import annotations
@@ -76,7 +77,14 @@ def _run(path, prompts, dtype: str, first_logits):
     return outs, [first_logits[tuple(p)] for p in prompts]
 
 
-def test_float32_matches_hf_exactly(gpu_oracle, first_logits):
+@pytest.fixture(params=["cublas", "triton"])
+def gemm_tiles(request):
+    if request.param == "triton":
+        request.getfixturevalue("triton_gemm_tiles")
+    return request.param
+
+
+def test_float32_matches_hf_exactly(gpu_oracle, first_logits, gemm_tiles):
     path, prompts, toks, _, firsts, _ = gpu_oracle
     outs, got = _run(path, prompts, "float32", first_logits)
     for i, (o, ref) in enumerate(zip(outs, toks)):
@@ -84,7 +92,7 @@ def test_float32_matches_hf_exactly(gpu_oracle, first_logits):
         torch.testing.assert_close(got[i].float().cpu(), firsts[i], atol=1e-4, rtol=0)
 
 
-def test_bfloat16_agrees_except_at_near_ties(gpu_oracle, first_logits):
+def test_bfloat16_agrees_except_at_near_ties(gpu_oracle, first_logits, gemm_tiles):
     path, prompts, toks, margins, firsts, hf_bf16_err = gpu_oracle
     outs, got = _run(path, prompts, "bfloat16", first_logits)
     worst = max(float((got[i].float().cpu() - firsts[i]).abs().max()) for i, o in enumerate(outs))

@@ -19,9 +19,14 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 SIZES = [1, 2, 4, 8, 16]
 
 
-@pytest.mark.parametrize("gemm", ["smooth", "torch"])
-def test_replayed_steps_give_the_eager_logits(tiny_llama, monkeypatch, gemm):
-    args = {**ENGINE, "device": "cuda", "dtype": "float32", "gemm_backend": gemm}
+@pytest.mark.parametrize("gemm", ["smooth-triton", "smooth", "torch"])
+def test_replayed_steps_give_the_eager_logits(tiny_llama, monkeypatch, request, gemm):
+    """``smooth-triton``: SmoothGEMM with its untuned buckets on the Triton tiles (``smooth``
+    alone puts them on cuBLAS)."""
+    if gemm == "smooth-triton":
+        request.getfixturevalue("triton_gemm_tiles")
+    backend = gemm.removesuffix("-triton")
+    args = {**ENGINE, "device": "cuda", "dtype": "float32", "gemm_backend": backend}
     llm = LLM(str(tiny_llama), cudagraph_capture_sizes=SIZES, **args)
     runner = llm.llm_engine.runner
     assert runner.graphs is not None and sorted(runner.graphs.graphs) == SIZES

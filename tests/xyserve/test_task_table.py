@@ -215,3 +215,17 @@ def test_a_table_from_before_the_gemv_bucket_serves_m_1_from_bucket_16():
     t.set("qkv", 1, GemmConfig(block_m=16, cpu_impl="numba"))
     assert t.lookup("qkv", 1, 96, 32).cpu_impl == "numba"
     assert t.lookup("qkv", 2, 96, 32).cpu_impl == "addmm"
+
+
+def test_an_untuned_bucket_runs_the_vendor_gemm_on_every_device():
+    """Untuned Triton tiles ran at 0.26-0.69x cuBLAS on an H200 (docs/perf.md): a CUDA bucket
+    no table tunes goes to cuBLAS, a tuned one keeps its tile, and CPU keeps ``F.linear``."""
+    tuned = GemmConfig(block_m=16, block_n=128)
+    t = GemmTable(model="m", device="cuda", shapes={"qkv": (96, 32)})
+    t.set("qkv", 16, tuned)
+    assert t.lookup("qkv", 9, 96, 32) == tuned
+    with pytest.warns(UserWarning, match="no tuned config"):
+        assert t.lookup("qkv", 40, 96, 32).gpu_impl == "cublas"
+    assert GemmTable(device="cuda").lookup("o_proj", 1).gpu_impl == "cublas"
+    cpu = GemmTable(device="cpu").lookup("o_proj", 1)
+    assert (cpu.cpu_impl, cpu.gpu_impl) == ("linear", "triton")

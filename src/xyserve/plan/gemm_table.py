@@ -26,7 +26,7 @@ import json
 import os
 import tempfile
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from xyserve.plan.machine import MachineSignature, machine_signature
@@ -118,9 +118,18 @@ class GemmConfig:
 
 
 def default_config(pm: int) -> GemmConfig:
-    """A sound untuned choice: the M tile no larger than the bucket."""
+    """The Triton tile a tuner starts from: the M tile no larger than the bucket."""
     bm = 16 if pm <= 16 else 32 if pm <= 32 else 64
     return GemmConfig(block_m=bm, block_n=64, block_k=32, group_m=8, num_warps=4, num_stages=3)
+
+
+def untuned_config(pm: int, device: str) -> GemmConfig:
+    """What a bucket no table tunes runs: the vendor GEMM on every device (``F.linear`` on CPU,
+    cuBLAS on CUDA). The untuned Triton tiles ran at 0.26-0.69x cuBLAS on all 144 points of
+    ``bench kernels --gpu-only`` (docs/perf.md, GPU section), so a Triton tile is used only
+    where ``xyserve tune`` measured it faster."""
+    cfg = default_config(pm)
+    return replace(cfg, gpu_impl="cublas") if device == "cuda" else cfg
 
 
 @dataclass
@@ -166,7 +175,7 @@ class GemmTable:
                 f"(run `xyserve tune --model PATH`)",
                 stacklevel=2,
             )
-        return default_config(pm)
+        return untuned_config(pm, self.device)
 
     def to_json(self) -> dict:
         return {
