@@ -100,3 +100,29 @@ def test_every_chunk_of_a_stream_has_the_same_created(
     assert len(chunks) > 2
     assert len({c["created"] for c in chunks}) == 1
     assert len({c["id"] for c in chunks}) == 1
+
+
+@pytest.mark.parametrize(
+    "path,field",
+    [
+        ("/v1/completions", "n"),
+        ("/v1/completions", "stream"),
+        ("/v1/completions", "echo"),
+        ("/v1/chat/completions", "n"),
+        ("/v1/chat/completions", "stream"),
+        ("/v1/chat/completions", "logprobs"),
+    ],
+)
+def test_null_for_a_field_openai_declares_nullable_is_its_default(
+    server: Server, path: str, field: str
+) -> None:
+    """OpenAI's reference declares these fields nullable, and openai-python sends ``null`` for
+    an argument given as None (``n=None``): vLLM serves that as the default, not a 400."""
+    prompt = {"prompt": "Hi"} if path == "/v1/completions" else {"messages": [{"role": "user", "content": "Hi"}]}  # fmt: skip
+    body = {"model": MODEL, **prompt, "max_tokens": 2, "ignore_eos": True}
+    r = _post(server, path, {**body, field: None})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    (choice,) = out["choices"]  # n: 1, not streamed, no echo or logprobs
+    assert choice["logprobs"] is None and out["usage"]["completion_tokens"] == 2
+    server.assert_clean()
