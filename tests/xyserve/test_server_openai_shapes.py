@@ -126,3 +126,24 @@ def test_null_for_a_field_openai_declares_nullable_is_its_default(
     (choice,) = out["choices"]  # n: 1, not streamed, no echo or logprobs
     assert choice["logprobs"] is None and out["usage"]["completion_tokens"] == 2
     server.assert_clean()
+
+
+def test_top_logprobs_of_two_tokens_with_one_text_keep_the_likelier() -> None:
+    """Completions key top logprobs by token text, and byte-level tokens of pieces of one
+    character all read "\\ufffd": where two share a text, the entry is the likelier token's
+    (the sampled one here), as its ``token_logprobs``, so that a client reading the top
+    token (lm-eval's greedy check) sees the token that was chosen, not a less likely one's
+    logprob under its name."""
+    from xyserve.outputs import Logprob
+    from xyserve.server.render import ChoiceState, completion_logprobs
+
+    entry = {
+        7: Logprob(-1.0, 1, "\ufffd"),  # the sampled token, the likeliest
+        8: Logprob(-2.0, 2, "a"),
+        9: Logprob(-3.0, 3, "\ufffd"),  # another piece of a character
+    }
+    lp = completion_logprobs([7], [entry], ChoiceState())
+    assert lp.tokens == ["\ufffd"] and lp.token_logprobs == [-1.0]
+    (top,) = lp.top_logprobs
+    assert top == {"\ufffd": -1.0, "a": -2.0}
+    assert max(top, key=top.get) == lp.tokens[0]

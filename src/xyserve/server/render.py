@@ -56,6 +56,17 @@ def _ranked(entry: dict[int, Logprob]) -> list[tuple[int, Logprob]]:
     return sorted(entry.items(), key=lambda kv: (kv[1].rank or 1 << 30, -kv[1].logprob))
 
 
+def _top_by_text(entry: dict[int, Logprob], as_ids: bool) -> dict[str, float]:
+    """Completions' top logprobs, keyed by token text. Tokens can share a text (byte-level
+    pieces of one character all read "\ufffd"): the key keeps the likelier token's logprob,
+    not the last one's, so the top entry is a token that was among the likeliest (and the
+    sampled token's, where it is the likelier, matches its ``token_logprobs``)."""
+    top: dict[str, float] = {}
+    for t, lp in _ranked(entry):  # likeliest first
+        top.setdefault(_token_str(t, lp, as_ids), lp.logprob)
+    return top
+
+
 def completion_logprobs(
     token_ids: list[int],
     entries: list[dict[int, Logprob] | None],
@@ -79,9 +90,7 @@ def completion_logprobs(
             tok = _token_str(tid, entry.get(tid), ids)
             out.tokens.append(tok)
             out.token_logprobs.append(entry[tid].logprob if tid in entry else None)
-            out.top_logprobs.append(
-                {_token_str(t, lp, ids): lp.logprob for t, lp in _ranked(entry)}
-            )
+            out.top_logprobs.append(_top_by_text(entry, ids))
         out.text_offset.append(st.text_offset)
         st.text_offset += len(tok)
     return out
