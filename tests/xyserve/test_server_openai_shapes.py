@@ -147,3 +147,21 @@ def test_top_logprobs_of_two_tokens_with_one_text_keep_the_likelier() -> None:
     (top,) = lp.top_logprobs
     assert top == {"\ufffd": -1.0, "a": -2.0}
     assert max(top, key=top.get) == lp.tokens[0]
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [("max_completion_tokens", 0), ("top_logprobs", 21)],
+)
+def test_a_400_names_the_chat_field_the_client_sent(server: Server, field: str, value: int) -> None:
+    """Chat's ``max_completion_tokens`` and ``top_logprobs`` set what the engine calls
+    ``max_tokens`` and ``logprobs``: the error names the field the client sent, in its
+    ``param`` and in its message, not a field it never gave."""
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": None}
+    body = {**body, field: value, "logprobs": True}
+    r = _post(server, "/v1/chat/completions", body)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == field
+    assert err["message"].startswith(f"{field}:"), err["message"]
+    server.assert_clean()
