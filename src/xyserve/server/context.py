@@ -157,7 +157,7 @@ class ServerContext:
             n_out,
             time.monotonic() - t0,
             ",".join(reasons) or "-",
-            f" user={user}" if user else "",
+            f" user={_loggable(user)}" if user else "",
             f" error={error}" if error is not None else "",
         )
 
@@ -173,6 +173,12 @@ class ServerContext:
             raise err from None
         self.log_request(rid, t0, finals, user, None)
         return finals
+
+
+def _loggable(text: str) -> str:
+    """Client text for a log line, its line breaks and other unprintable characters escaped
+    (as ``repr`` writes them): a ``user`` of ``"x\nrequest ..."`` must not forge a line."""
+    return repr(text)[1:-1]
 
 
 async def server_context(request: Request) -> ServerContext:
