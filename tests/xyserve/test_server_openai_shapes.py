@@ -165,3 +165,46 @@ def test_a_400_names_the_chat_field_the_client_sent(server: Server, field: str, 
     assert err["param"] == field
     assert err["message"].startswith(f"{field}:"), err["message"]
     server.assert_clean()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_chat_logprob_bytes_are_the_tokens_own(server: Server, stream: bool) -> None:
+    """OpenAI's ``bytes`` exist so that tokens that each hold part of one UTF-8 character can
+    be joined into it. Such a token reads as U+FFFD; its ``bytes`` must be its own, not
+    U+FFFD's: joined, a reply's bytes are its text."""
+    partial = 0
+    for seed in range(4):
+        body = {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "日本語 héllo"}],
+            "max_tokens": 16,
+            "ignore_eos": True,
+            "temperature": 1.0,
+            "seed": seed,
+            "logprobs": True,
+            "top_logprobs": 2,
+        }
+        if stream:
+            with httpx.stream(
+                "POST",
+                f"{server.url}/v1/chat/completions",
+                json={**body, "stream": True},
+                timeout=60,
+            ) as resp:
+                events = [ln[6:] for ln in resp.iter_lines() if ln.startswith("data: ")]
+            chunks = [json.loads(e)["choices"] for e in events[:-1]]
+            text = "".join(c[0]["delta"]["content"] or "" for c in chunks if c)
+            entries = [e for c in chunks if c and c[0]["logprobs"] for e in c[0]["logprobs"]["content"]]  # fmt: skip
+        else:
+            (choice,) = _post(server, "/v1/chat/completions", body).json()["choices"]
+            text, entries = choice["message"]["content"], choice["logprobs"]["content"]
+        assert len(entries) == 16
+        joined = b"".join(bytes(e["bytes"]) for e in entries)
+        assert joined.decode("utf-8", errors="replace") == text, (seed, entries)
+        partial += sum(e["token"] == "\ufffd" for e in entries)
+        for e in entries:
+            for top in e["top_logprobs"]:
+                if top["token"] != "\ufffd":
+                    assert bytes(top["bytes"]).decode() == top["token"]
+    assert partial, "no token held part of a character: the check checked nothing"
+    server.assert_clean()

@@ -116,21 +116,36 @@ def prompt_logprobs(out: RequestOutput) -> PromptLogprobs | None:
     ]
 
 
+# A token's own bytes, where its tokenizer spells them (``Tokenizer.token_bytes``).
+TokenBytes = Callable[[int], bytes | None]
+
+
 def chat_logprobs(
-    c: CompletionOutput, start: int, k: int, as_ids: bool = False
+    c: CompletionOutput,
+    start: int,
+    k: int,
+    as_ids: bool = False,
+    token_bytes: TokenBytes | None = None,
 ) -> ChatChoiceLogprobs:
     """Logprobs of ``c``'s tokens from ``start`` on, each with its ``k`` most likely tokens
-    (``as_ids``: see ``ChoiceState``)."""
+    (``as_ids``: see ``ChoiceState``). Each token's ``bytes`` are its own (``token_bytes``),
+    so that the pieces of a character split over tokens, each read as U+FFFD, join into it
+    (OpenAI's reason for the field); named by id, or where the tokenizer does not spell
+    them, a token's bytes are those of its name."""
+
+    def named(t: int, lp: Logprob | None) -> tuple[str, list[int]]:
+        name = _token_str(t, lp, as_ids)
+        raw = token_bytes(t) if token_bytes is not None and not as_ids else None
+        return name, list(raw if raw is not None else name.encode())
+
     content = []
     for tid, entry in zip(c.token_ids[start:], (c.logprobs or [])[start:]):
-        tok = _token_str(tid, entry.get(tid), as_ids)
+        tok, raw = named(tid, entry.get(tid))
         top = []
         for t, lp in _ranked(entry):
             if lp.rank is not None and lp.rank <= k and len(top) < k:
-                name = _token_str(t, lp, as_ids)
-                top.append(dict(token=name, logprob=lp.logprob, bytes=list(name.encode())))
+                name, name_bytes = named(t, lp)
+                top.append(dict(token=name, logprob=lp.logprob, bytes=name_bytes))
         lp = entry[tid].logprob if tid in entry else float("-inf")
-        content.append(
-            ChatLogprobEntry(token=tok, logprob=lp, bytes=list(tok.encode()), top_logprobs=top)
-        )
+        content.append(ChatLogprobEntry(token=tok, logprob=lp, bytes=raw, top_logprobs=top))
     return ChatChoiceLogprobs(content=content)
