@@ -47,6 +47,27 @@ def load_hf_tokenizer(path: Path) -> PreTrainedTokenizerBase:
     return GPT2TokenizerFast.from_pretrained(str(path), local_files_only=True)
 
 
+def _byte_level_decoder(hf: PreTrainedTokenizerBase) -> dict[str, int] | None:
+    """GPT-2's byte alphabet, character to byte, where ``hf`` decodes its pieces through it
+    (a fast tokenizer whose decoder is ByteLevel, or a sequence holding one); else None."""
+    backend = getattr(hf, "backend_tokenizer", None) if hf.is_fast else None
+    if backend is None:
+        return None
+    try:
+        decoder = json.loads(backend.to_str()).get("decoder") or {}
+    except (ValueError, AttributeError):
+        return None
+    kinds = [decoder.get("type")] + [d.get("type") for d in decoder.get("decoders") or []]
+    if "ByteLevel" not in kinds:
+        return None
+    # GPT-2's table: printable Latin-1 bytes stand for themselves, the others for 256 + i
+    printable = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    others = [b for b in range(256) if b not in printable]
+    table = {chr(b): b for b in printable}
+    table.update({chr(256 + i): b for i, b in enumerate(others)})
+    return table
+
+
 def _names_a_class(path: Path) -> bool:
     """Does the folder's ``tokenizer_config.json`` name a ``tokenizer_class``? (An unreadable
     one is left to AutoTokenizer to report.)"""
@@ -100,6 +121,34 @@ class Tokenizer:
 
     def convert_ids_to_tokens(self, ids: list[int]) -> list[str]:
         return [self.decode([i], skip_special_tokens=False) for i in ids]
+
+    @functools.cached_property
+    def _byte_table(self) -> dict[str, int] | None:
+        return _byte_level_decoder(self.hf)
+
+    @functools.cached_property
+    def _added_ids(self) -> frozenset[int]:
+        """Added tokens (special ones, say): spelled as text, not in the byte alphabet."""
+        return frozenset(getattr(self.hf, "added_tokens_decoder", None) or ())
+
+    def token_bytes(self, token_id: int) -> bytes | None:
+        """The bytes token ``token_id`` stands for, where the vocabulary spells them: a
+        byte-level BPE's piece (GPT-2's byte alphabet) or a SentencePiece byte token
+        (``<0xE6>``); None elsewhere (a word piece's decoded text is then its bytes). A token
+        that is part of a UTF-8 character decodes to U+FFFD, whose bytes are not its own:
+        OpenAI's chat ``logprobs.bytes`` are there so that a client can join such tokens."""
+        piece = self.hf.convert_ids_to_tokens(int(token_id))
+        if not isinstance(piece, str):
+            return None
+        if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+            try:
+                return bytes([int(piece[3:5], 16)])
+            except ValueError:
+                return None
+        table = self._byte_table
+        if table is None or token_id in self._added_ids or not all(ch in table for ch in piece):
+            return None
+        return bytes(table[ch] for ch in piece)
 
     def apply_chat_template(
         self,

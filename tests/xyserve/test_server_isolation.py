@@ -677,6 +677,20 @@ def test_tokenization_runs_off_the_engine_thread(server: Server, caplog) -> None
     assert len(lines) == 1 and "completion_tokens=4" in lines[0] and "user=u-42" in lines[0]
 
 
+def test_a_user_with_a_line_break_cannot_forge_a_log_line(server: Server, caplog) -> None:
+    """``user`` is the client's text: written into the request's log line as it is, a line
+    break in it would start a line that reads as the server's own."""
+    import logging
+
+    forged = "u-1\nrequest cmpl-forged: prompt_tokens=1 completion_tokens=1 finish=stop"
+    with caplog.at_level(logging.INFO, logger="xyserve.server"):
+        r = post(server, "/v1/completions", {**BASE, "user": forged})
+    assert r.status_code == 200, r.text
+    (line,) = [m for m in caplog.messages if r.json()["id"] in m]
+    assert "\n" not in line and "\r" not in line
+    assert "user=u-1\\nrequest cmpl-forged" in line
+
+
 def test_metrics_counters(server: Server) -> None:
     text = httpx.get(f"{server.url}/metrics").text
     for name in ("xyserve:num_preemptions_total", "xyserve:request_aborted_total",

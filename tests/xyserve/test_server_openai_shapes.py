@@ -100,3 +100,111 @@ def test_every_chunk_of_a_stream_has_the_same_created(
     assert len(chunks) > 2
     assert len({c["created"] for c in chunks}) == 1
     assert len({c["id"] for c in chunks}) == 1
+
+
+@pytest.mark.parametrize(
+    "path,field",
+    [
+        ("/v1/completions", "n"),
+        ("/v1/completions", "stream"),
+        ("/v1/completions", "echo"),
+        ("/v1/chat/completions", "n"),
+        ("/v1/chat/completions", "stream"),
+        ("/v1/chat/completions", "logprobs"),
+    ],
+)
+def test_null_for_a_field_openai_declares_nullable_is_its_default(
+    server: Server, path: str, field: str
+) -> None:
+    """OpenAI's reference declares these fields nullable, and openai-python sends ``null`` for
+    an argument given as None (``n=None``): vLLM serves that as the default, not a 400."""
+    prompt = {"prompt": "Hi"} if path == "/v1/completions" else {"messages": [{"role": "user", "content": "Hi"}]}  # fmt: skip
+    body = {"model": MODEL, **prompt, "max_tokens": 2, "ignore_eos": True}
+    r = _post(server, path, {**body, field: None})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    (choice,) = out["choices"]  # n: 1, not streamed, no echo or logprobs
+    assert choice["logprobs"] is None and out["usage"]["completion_tokens"] == 2
+    server.assert_clean()
+
+
+def test_top_logprobs_of_two_tokens_with_one_text_keep_the_likelier() -> None:
+    """Completions key top logprobs by token text, and byte-level tokens of pieces of one
+    character all read "\\ufffd": where two share a text, the entry is the likelier token's
+    (the sampled one here), as its ``token_logprobs``, so that a client reading the top
+    token (lm-eval's greedy check) sees the token that was chosen, not a less likely one's
+    logprob under its name."""
+    from xyserve.outputs import Logprob
+    from xyserve.server.render import ChoiceState, completion_logprobs
+
+    entry = {
+        7: Logprob(-1.0, 1, "\ufffd"),  # the sampled token, the likeliest
+        8: Logprob(-2.0, 2, "a"),
+        9: Logprob(-3.0, 3, "\ufffd"),  # another piece of a character
+    }
+    lp = completion_logprobs([7], [entry], ChoiceState())
+    assert lp.tokens == ["\ufffd"] and lp.token_logprobs == [-1.0]
+    (top,) = lp.top_logprobs
+    assert top == {"\ufffd": -1.0, "a": -2.0}
+    assert max(top, key=top.get) == lp.tokens[0]
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [("max_completion_tokens", 0), ("top_logprobs", 21)],
+)
+def test_a_400_names_the_chat_field_the_client_sent(server: Server, field: str, value: int) -> None:
+    """Chat's ``max_completion_tokens`` and ``top_logprobs`` set what the engine calls
+    ``max_tokens`` and ``logprobs``: the error names the field the client sent, in its
+    ``param`` and in its message, not a field it never gave."""
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": None}
+    body = {**body, field: value, "logprobs": True}
+    r = _post(server, "/v1/chat/completions", body)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == field
+    assert err["message"].startswith(f"{field}:"), err["message"]
+    server.assert_clean()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_chat_logprob_bytes_are_the_tokens_own(server: Server, stream: bool) -> None:
+    """OpenAI's ``bytes`` exist so that tokens that each hold part of one UTF-8 character can
+    be joined into it. Such a token reads as U+FFFD; its ``bytes`` must be its own, not
+    U+FFFD's: joined, a reply's bytes are its text."""
+    partial = 0
+    for seed in range(4):
+        body = {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "日本語 héllo"}],
+            "max_tokens": 16,
+            "ignore_eos": True,
+            "temperature": 1.0,
+            "seed": seed,
+            "logprobs": True,
+            "top_logprobs": 2,
+        }
+        if stream:
+            with httpx.stream(
+                "POST",
+                f"{server.url}/v1/chat/completions",
+                json={**body, "stream": True},
+                timeout=60,
+            ) as resp:
+                events = [ln[6:] for ln in resp.iter_lines() if ln.startswith("data: ")]
+            chunks = [json.loads(e)["choices"] for e in events[:-1]]
+            text = "".join(c[0]["delta"]["content"] or "" for c in chunks if c)
+            entries = [e for c in chunks if c and c[0]["logprobs"] for e in c[0]["logprobs"]["content"]]  # fmt: skip
+        else:
+            (choice,) = _post(server, "/v1/chat/completions", body).json()["choices"]
+            text, entries = choice["message"]["content"], choice["logprobs"]["content"]
+        assert len(entries) == 16
+        joined = b"".join(bytes(e["bytes"]) for e in entries)
+        assert joined.decode("utf-8", errors="replace") == text, (seed, entries)
+        partial += sum(e["token"] == "\ufffd" for e in entries)
+        for e in entries:
+            for top in e["top_logprobs"]:
+                if top["token"] != "\ufffd":
+                    assert bytes(top["bytes"]).decode() == top["token"]
+    assert partial, "no token held part of a character: the check checked nothing"
+    server.assert_clean()

@@ -18,7 +18,7 @@ from xyserve.server.async_engine import (
     EngineDeadError,
 )
 from xyserve.server.chat_prompt import chat_messages, render_chat
-from xyserve.server.errors import APIError, stream_error
+from xyserve.server.errors import APIError, field_error, stream_error
 from xyserve.server.metrics import ServerMetrics
 from xyserve.server.options import ServerOptions
 from xyserve.server.protocol import ChatMessage, ModelCard
@@ -136,9 +136,7 @@ class ServerContext:
             )
         except ValueError as e:
             code = "context_length_exceeded" if "context length" in str(e) else None
-            param = getattr(e, "param", None)
-            param = (renames or {}).get(param, param)
-            raise APIError(str(e), param=param, code=code) from None
+            raise field_error(e, renames, code=code) from None
         except (EngineBusyError, EngineDeadError) as e:
             raise stream_error(e) from None
 
@@ -159,7 +157,7 @@ class ServerContext:
             n_out,
             time.monotonic() - t0,
             ",".join(reasons) or "-",
-            f" user={user}" if user else "",
+            f" user={_loggable(user)}" if user else "",
             f" error={error}" if error is not None else "",
         )
 
@@ -175,6 +173,12 @@ class ServerContext:
             raise err from None
         self.log_request(rid, t0, finals, user, None)
         return finals
+
+
+def _loggable(text: str) -> str:
+    """Client text for a log line, its line breaks and other unprintable characters escaped
+    (as ``repr`` writes them): a ``user`` of ``"x\nrequest ..."`` must not forge a line."""
+    return repr(text)[1:-1]
 
 
 async def server_context(request: Request) -> ServerContext:

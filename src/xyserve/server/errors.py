@@ -44,6 +44,25 @@ class APIError(Exception):
         self.headers = headers
 
 
+def field_error(
+    e: Exception,
+    renames: dict[str, str] | None = None,
+    param: str | None = None,
+    code: str | None = None,
+) -> APIError:
+    """The 400 for a check that failed on a field under the engine's name for it (``e.param``,
+    else ``param``), named as the request sent it: ``renames`` maps the engine's name to the
+    request's (chat's ``max_completion_tokens`` sets ``max_tokens``, ``top_logprobs`` sets
+    ``logprobs``), in ``param`` and where the message opens with the name, so that the client
+    is told of a field it sent."""
+    msg = str(e)
+    name = getattr(e, "param", None) or param
+    sent = (renames or {}).get(name, name)
+    if sent != name and msg.startswith(f"{name}:"):
+        msg = f"{sent}{msg[len(name) :]}"
+    return APIError(msg, param=sent, code=code)
+
+
 def error_response(err: APIError) -> JSONResponse:
     return JSONResponse(
         ErrorResponse(error=err.info).model_dump(), status_code=err.status, headers=err.headers

@@ -6,7 +6,7 @@ import asyncio
 
 from xyserve.sampling_params import SamplingParams, SamplingParamsError
 from xyserve.server.async_engine import AsyncLLM
-from xyserve.server.errors import APIError
+from xyserve.server.errors import APIError, field_error
 from xyserve.server.protocol import ChatCompletionRequest, CompletionRequest
 
 
@@ -37,7 +37,7 @@ async def sampling_params(
         defaults = getattr(llm.engine, "default_sampling_params", None)
         params = body.to_sampling_params(defaults)
     except SamplingParamsError as e:
-        raise APIError(str(e), param=renames.get(e.param, e.param)) from None
+        raise field_error(e, renames) from None
     try:
         constraint = body.constraint()
     except ValueError as e:

@@ -157,6 +157,14 @@ class _SamplingRequest(BaseModel):
     use_beam_search: bool = False
     length_penalty: float = 1.0
 
+    @field_validator("n", "stream", "echo", "logprobs", mode="before", check_fields=False)
+    @classmethod
+    def _null_is_the_default(cls, v: Any, info: ValidationInfo) -> Any:
+        """OpenAI's API declares ``n``, ``stream``, completions' ``echo`` and chat's
+        ``logprobs`` nullable (openai-python sends ``null`` for an argument given as None),
+        and vLLM takes ``null`` for them: it asks for the default, as leaving the field out."""
+        return cls.model_fields[info.field_name].get_default() if v is None else v
+
     def refused_fields(self) -> list[str]:
         """Fields set to something we do not implement (see OFF_VALUES)."""
         return [

@@ -56,6 +56,17 @@ def _ranked(entry: dict[int, Logprob]) -> list[tuple[int, Logprob]]:
     return sorted(entry.items(), key=lambda kv: (kv[1].rank or 1 << 30, -kv[1].logprob))
 
 
+def _top_by_text(entry: dict[int, Logprob], as_ids: bool) -> dict[str, float]:
+    """Completions' top logprobs, keyed by token text. Tokens can share a text (byte-level
+    pieces of one character all read "\ufffd"): the key keeps the likelier token's logprob,
+    not the last one's, so the top entry is a token that was among the likeliest (and the
+    sampled token's, where it is the likelier, matches its ``token_logprobs``)."""
+    top: dict[str, float] = {}
+    for t, lp in _ranked(entry):  # likeliest first
+        top.setdefault(_token_str(t, lp, as_ids), lp.logprob)
+    return top
+
+
 def completion_logprobs(
     token_ids: list[int],
     entries: list[dict[int, Logprob] | None],
@@ -79,9 +90,7 @@ def completion_logprobs(
             tok = _token_str(tid, entry.get(tid), ids)
             out.tokens.append(tok)
             out.token_logprobs.append(entry[tid].logprob if tid in entry else None)
-            out.top_logprobs.append(
-                {_token_str(t, lp, ids): lp.logprob for t, lp in _ranked(entry)}
-            )
+            out.top_logprobs.append(_top_by_text(entry, ids))
         out.text_offset.append(st.text_offset)
         st.text_offset += len(tok)
     return out
@@ -107,21 +116,36 @@ def prompt_logprobs(out: RequestOutput) -> PromptLogprobs | None:
     ]
 
 
+# A token's own bytes, where its tokenizer spells them (``Tokenizer.token_bytes``).
+TokenBytes = Callable[[int], bytes | None]
+
+
 def chat_logprobs(
-    c: CompletionOutput, start: int, k: int, as_ids: bool = False
+    c: CompletionOutput,
+    start: int,
+    k: int,
+    as_ids: bool = False,
+    token_bytes: TokenBytes | None = None,
 ) -> ChatChoiceLogprobs:
     """Logprobs of ``c``'s tokens from ``start`` on, each with its ``k`` most likely tokens
-    (``as_ids``: see ``ChoiceState``)."""
+    (``as_ids``: see ``ChoiceState``). Each token's ``bytes`` are its own (``token_bytes``),
+    so that the pieces of a character split over tokens, each read as U+FFFD, join into it
+    (OpenAI's reason for the field); named by id, or where the tokenizer does not spell
+    them, a token's bytes are those of its name."""
+
+    def named(t: int, lp: Logprob | None) -> tuple[str, list[int]]:
+        name = _token_str(t, lp, as_ids)
+        raw = token_bytes(t) if token_bytes is not None and not as_ids else None
+        return name, list(raw if raw is not None else name.encode())
+
     content = []
     for tid, entry in zip(c.token_ids[start:], (c.logprobs or [])[start:]):
-        tok = _token_str(tid, entry.get(tid), as_ids)
+        tok, raw = named(tid, entry.get(tid))
         top = []
         for t, lp in _ranked(entry):
             if lp.rank is not None and lp.rank <= k and len(top) < k:
-                name = _token_str(t, lp, as_ids)
-                top.append(dict(token=name, logprob=lp.logprob, bytes=list(name.encode())))
+                name, name_bytes = named(t, lp)
+                top.append(dict(token=name, logprob=lp.logprob, bytes=name_bytes))
         lp = entry[tid].logprob if tid in entry else float("-inf")
-        content.append(
-            ChatLogprobEntry(token=tok, logprob=lp, bytes=list(tok.encode()), top_logprobs=top)
-        )
+        content.append(ChatLogprobEntry(token=tok, logprob=lp, bytes=raw, top_logprobs=top))
     return ChatChoiceLogprobs(content=content)

@@ -29,7 +29,13 @@ from xyserve.server.protocol import (
     unix_time,
 )
 from xyserve.server.reasoning import ReasoningParser, ReasoningStream, reply_parts
-from xyserve.server.render import ChoiceState, chat_logprobs, prompt_logprobs, usage
+from xyserve.server.render import (
+    ChoiceState,
+    TokenBytes,
+    chat_logprobs,
+    prompt_logprobs,
+    usage,
+)
 from xyserve.server.request_stream import RequestStream
 from xyserve.server.sse import DONE, OnDone, advance, sse, sse_error
 from xyserve.server.tools import (
@@ -106,13 +112,15 @@ async def chat_completions(body: ChatCompletionRequest, raw: Request, ctx: Ctx) 
         priority=body.priority,
     )  # fmt: skip
     k = body.top_logprobs or 0
+    tok = ctx.llm.engine.tokenizer
+    token_bytes = tok.token_bytes if tok is not None else None
     model_name = ctx.model_name
     # a reply held to a grammar (structured outputs, forced calls) has no thinking to read
     think = None if params.structured is not None else ctx.reasoning_parser
     if body.stream:
         gen = _chat_stream(
             streams[0], rid, model_name, params, k, body, mode, echo, think,
-            lambda outs, err: ctx.log_request(rid, t0, outs, body.user, err),
+            lambda outs, err: ctx.log_request(rid, t0, outs, body.user, err), token_bytes,
         )  # fmt: skip
         return StreamingResponse(gen, media_type="text/event-stream")
     (out,) = await ctx.collect(raw, streams, rid, t0, body.user)
@@ -127,7 +135,7 @@ async def chat_completions(body: ChatCompletionRequest, raw: Request, ctx: Ctx) 
                 message=ChatMessageOut(
                     reasoning_content=reasoning, content=content, tool_calls=reply.calls
                 ),
-                logprobs=chat_logprobs(c, 0, k, body.return_tokens_as_token_ids)
+                logprobs=chat_logprobs(c, 0, k, body.return_tokens_as_token_ids, token_bytes)
                 if params.logprobs is not None
                 else None,
                 finish_reason=finish_reason(mode, reply, c.finish_reason),
@@ -179,6 +187,7 @@ async def _chat_stream(
     echo: str = "",
     think: ReasoningParser | None = None,
     on_done: OnDone | None = None,
+    token_bytes: TokenBytes | None = None,
 ) -> AsyncIterator[str]:
     states = [ChoiceState() for _ in range(params.n)]
     calls = [ToolStream(mode) for _ in range(params.n)]
@@ -227,7 +236,9 @@ async def _chat_stream(
                     reason = tools.finish_reason(reason)
                 lp = None
                 if params.logprobs is not None:
-                    lp = chat_logprobs(c, lp_from[c.index], k, body.return_tokens_as_token_ids)
+                    lp = chat_logprobs(
+                        c, lp_from[c.index], k, body.return_tokens_as_token_ids, token_bytes
+                    )
                     lp_from[c.index] = len(c.token_ids)
                 yield chunk(
                     ChatStreamChoice(
