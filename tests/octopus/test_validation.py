@@ -341,3 +341,26 @@ def test_workflow_and_architecture_number_fields_report_alike(bad, why):
     assert f"arch: field 'pea.memory_bytes': expected an integer >= 0, {why}" in msg
     msg = _arch_err(pea__throughput_tops=0)
     assert "arch: field 'pea.throughput_tops': expected a number > 0, got 0" in msg
+
+
+@pytest.mark.parametrize(
+    "work, key, why",
+    [
+        ({"dist": "empirical", "values": [1, 100], "weight": [1, 0]}, "weight", "unknown"),
+        ({"dist": "normal", "mean": 5, "std": 1, "sd": 2}, "sd", "unknown"),
+        ({"dist": "normal", "mean": [1, 2], "std": 1}, "mean", "one number"),
+        ({"dist": "empirical", "values": 5}, "values", "a list of numbers"),
+        (
+            {"dist": "mixture", "components": [{"weight": 1, "dist": "fixed", "value": 1, "x": 2}]},
+            "x",
+            "unknown",
+        ),
+    ],
+    ids=str,
+)
+def test_a_distribution_with_a_foreign_or_misshapen_parameter_is_refused(work, key, why):
+    """A misspelled parameter (`weight` for `weights`) was ignored, so the run drew from
+    uniform weights; a list where one number belongs (or the reverse) passed validation
+    and crashed with a TypeError when the workflow was compiled."""
+    msg = _err(workflow([task("a", work)]))
+    assert "node 'a'" in msg and "'work'" in msg and f".{key}:" in msg and why in msg
