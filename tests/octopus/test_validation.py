@@ -364,3 +364,16 @@ def test_a_distribution_with_a_foreign_or_misshapen_parameter_is_refused(work, k
     and crashed with a TypeError when the workflow was compiled."""
     msg = _err(workflow([task("a", work)]))
     assert "node 'a'" in msg and "'work'" in msg and f".{key}:" in msg and why in msg
+
+
+def test_a_long_chain_validates_without_recursion_error():
+    """The cycle check recursed once per node: a chain of 3,000 tasks (a layer-by-layer
+    model, say) raised RecursionError, a traceback from `octopus run`. A cycle at its end
+    is still found and named."""
+    n = 3000
+    chain = [task(f"t{i}", 1, [f"t{i + 1}"] if i < n - 1 else []) for i in range(n)]
+    wf = parse_workflow(workflow(chain, entry="t0"))
+    assert len(wf.tasks) == n
+    chain[-1] = task(f"t{n - 1}", 1, [f"t{n - 2}"])
+    msg = _err(workflow(chain, entry="t0"))
+    assert f"node 't{n - 1}'" in msg and "'next'" in msg and "cycle" in msg

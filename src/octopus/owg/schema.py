@@ -393,38 +393,43 @@ def _check_cycles(nodes: dict, probs: list[str]) -> None:
     body path returns to the loop, which counts the trips. A cycle back into a loop from its
     exit path (or an exit to the loop itself) is unbounded, since unrolling an instance
     would re-enter the loop forever; so the graph without the loop-to-body edges must be
-    acyclic."""
-    color: dict[str, int] = {}
-    stack: list[str] = []
+    acyclic. The depth-first search keeps its own stack: a recursive one raised
+    RecursionError on a chain of about a thousand tasks."""
+    color: dict[str, int] = {}  # 1: on the current path, 2: done
 
     def field_of(b, s: str) -> str:
         if s in b.next:
             return "next"
         return "exit" if getattr(b, "exit", None) == s else "body"
 
-    def visit(n: str) -> bool:
-        color[n] = 1
-        stack.append(n)
+    def successors(n: str) -> list[str]:
         b = nodes[n]
-        for s in _edges(b):
-            if b.type == "loop" and s == b.body:
-                continue
-            if color.get(s) == 1:
-                cyc = stack[stack.index(s) :] + [s]
+        return [s for s in _edges(b) if not (b.type == "loop" and s == b.body)]
+
+    for root in nodes:
+        if root in color:
+            continue
+        color[root] = 1
+        path = [root]
+        todo = [iter(successors(root))]  # per node on the path, its successors left
+        while todo:
+            n = path[-1]
+            s = next(todo[-1], None)
+            if s is None:
+                color[n] = 2
+                path.pop()
+                todo.pop()
+            elif color.get(s) == 1:
+                cyc = path[path.index(s) :] + [s]
                 probs.append(
-                    f"node '{n}': field '{field_of(b, s)}': cycle {' -> '.join(cyc)} "
+                    f"node '{n}': field '{field_of(nodes[n], s)}': cycle {' -> '.join(cyc)} "
                     "is not governed by a loop block"
                 )
-                return True
-            if color.get(s) is None and visit(s):
-                return True
-        stack.pop()
-        color[n] = 2
-        return False
-
-    for n in nodes:
-        if color.get(n) is None and visit(n):
-            return
+                return
+            elif s not in color:
+                color[s] = 1
+                path.append(s)
+                todo.append(iter(successors(s)))
 
 
 TaskBlock.type = "task"  # uniform `.type` for both node kinds
