@@ -377,3 +377,28 @@ def test_a_long_chain_validates_without_recursion_error():
     chain[-1] = task(f"t{n - 1}", 1, [f"t{n - 2}"])
     msg = _err(workflow(chain, entry="t0"))
     assert f"node 't{n - 1}'" in msg and "'next'" in msg and "cycle" in msg
+
+
+@pytest.mark.parametrize("bad_id", [["x"], {"a": 1}, 1.5, True], ids=str)
+def test_a_node_id_that_is_not_a_name_is_refused(bad_id):
+    """`id: [x]` was taken as the node "['x']" (and `id: 1.5` as "1.5"), which no reference
+    can name as written; a missing or null id is reported as missing."""
+    msg = _err(workflow([task("a", 1), {"id": bad_id, "type": "task", "work": 1}], entry="a"))
+    assert "nodes[1]: field 'id'" in msg and "expected a node id" in msg
+    msg = _err(workflow([task("a", 1), {"id": None, "type": "task", "work": 1}], entry="a"))
+    assert "nodes[1]: field 'id': missing" in msg
+
+
+def test_a_node_named_like_a_layer_group_is_refused():
+    """A TB too large for its PEAs is split into layer groups `id/2`, `id/3`, ...; a node of
+    the file already named `a/2` silently replaced group 2, so `a` ran as 2 tasks, not 4."""
+    from octopus.owg.sample import split_stages
+
+    doc = workflow([task("a", 1, ["a/2"], config_bytes=4000), task("a/2", 5)])
+    wf = parse_workflow(doc)
+    with pytest.raises(WorkflowError) as e:
+        split_stages(wf, 1000)
+    msg = str(e.value)
+    assert "node 'a/2': field 'id'" in msg and "layer group 2 of 'a'" in msg
+    doc["nodes"][1]["id"] = doc["nodes"][0]["next"][0] = "b"
+    assert split_stages(parse_workflow(doc), 1000).tasks == ["a", "a/2", "a/3", "a/4", "b"]

@@ -182,10 +182,12 @@ def parse_workflow(doc: dict) -> Workflow:
         raise WorkflowError(probs + ["document: field 'nodes': expected a non-empty list"])
     nodes: dict[str, TaskBlock | ControlBlock] = {}
     for i, nd in enumerate(raw):
-        if not isinstance(nd, dict) or "id" not in nd:
+        if not isinstance(nd, dict) or nd.get("id") is None:
             probs.append(f"nodes[{i}]: field 'id': missing")
             continue
-        nid = str(nd["id"])
+        nid = _ref(nd["id"], f"nodes[{i}]", "id", probs)  # `id: [x]` was taken as "['x']"
+        if nid is None:
+            continue
         where = f"node '{nid}'"
         if nid in nodes:
             probs.append(f"{where}: field 'id': duplicate")
