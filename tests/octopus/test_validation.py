@@ -402,3 +402,27 @@ def test_a_node_named_like_a_layer_group_is_refused():
     assert "node 'a/2': field 'id'" in msg and "layer group 2 of 'a'" in msg
     doc["nodes"][1]["id"] = doc["nodes"][0]["next"][0] = "b"
     assert split_stages(parse_workflow(doc), 1000).tasks == ["a", "a/2", "a/3", "a/4", "b"]
+
+
+@pytest.mark.parametrize(
+    "arrival, key",
+    [
+        ({"process": "closed", "concurency_per_cluster": 8}, "concurency_per_cluster"),
+        ({"process": "batch", "rate_per_cluster_per_ms": 2}, "rate_per_cluster_per_ms"),
+        ({"process": "poisson", "concurrency_per_cluster": 2}, "concurrency_per_cluster"),
+    ],
+    ids=str,
+)
+def test_an_arrival_field_its_process_does_not_read_is_refused(arrival, key):
+    """A misspelled window (`concurency_per_cluster`) ran the default window of 2 without a
+    word, and a rate given to a batch or a closed loop was ignored the same way."""
+    msg = _err(workflow([task("a", 1)]) | {"arrival": arrival})
+    assert f"field 'arrival': field '{key}': unknown for process" in msg
+
+
+def test_an_architecture_field_it_does_not_read_is_refused():
+    """A misspelled field of an architecture file (`mesh.link_bandwith_gbps`) left the
+    default in place, silently: the run simulated another machine than the file's."""
+    msg = _arch_err(mesh__link_bandwith_gbps=1, buffer__slot_per_pea=1, colour="blue")
+    assert "'mesh.link_bandwith_gbps': unknown" in msg and "link_bandwidth_gbps" in msg
+    assert "'buffer.slot_per_pea': unknown" in msg and "'colour': unknown" in msg

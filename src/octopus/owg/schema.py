@@ -319,6 +319,13 @@ def _levels(spec, probs: list[str]) -> dict[str, float]:
 
 ARRIVAL_PROCESSES = ("closed", "poisson", "batch")
 ARRIVAL_SIZES = ("instances_per_cluster", "concurrency_per_cluster", "rate_per_cluster_per_ms")
+# The sizes each process reads (`owg.arrival`): another one is a typo, or meant for another
+# process, and was ignored (`concurency_per_cluster: 8` ran the default window of 2).
+ARRIVAL_KEYS = {
+    "closed": ("instances_per_cluster", "concurrency_per_cluster"),
+    "poisson": ("instances_per_cluster", "rate_per_cluster_per_ms"),
+    "batch": ("instances_per_cluster",),
+}
 
 
 def _check_arrival(spec, probs: list[str]) -> None:
@@ -335,6 +342,12 @@ def _check_arrival(spec, probs: list[str]) -> None:
             f"document: field 'arrival': field 'process': unknown {proc!r} "
             f"({' | '.join(ARRIVAL_PROCESSES)})"
         )
+    else:
+        for key in sorted(set(spec) - {"process", *ARRIVAL_KEYS[proc]}, key=str):
+            probs.append(
+                f"document: field 'arrival': field {key!r}: unknown for process {proc!r} "
+                f"(known: process, {', '.join(ARRIVAL_KEYS[proc])})"
+            )
     for key in ARRIVAL_SIZES:
         if key not in spec:
             continue
