@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from octopus.checks import refuse_repeats
+from octopus.checks import positive_finite, refuse_repeats
 from octopus.report.metrics import json_safe
 from octopus.sched import all_names
 
@@ -115,8 +115,8 @@ def _load(a) -> int:
 
     if a.rate is not None and (a.sweep or a.plot):
         raise ValueError("load: --rate runs one rate; --sweep and --plot need a sweep")
-    if a.rate is not None and not a.rate > 0:  # NaN too
-        raise ValueError(f"load: --rate must be positive, got {a.rate}")
+    if a.rate is not None and not positive_finite(a.rate):
+        raise ValueError(f"load: --rate must be positive and finite, got {a.rate}")
     if a.instances < 2 or not 0.0 <= a.warmup < 1.0:
         raise ValueError("load: --instances must be >= 2 and --warmup in [0, 1)")
     if not (a.slo_us if a.slo_us is not None else a.slo_mult) > 0:  # NaN too
