@@ -206,6 +206,8 @@ def executor_stream(
         raise ValueError(f"sweep: unknown executor {executor!r} (process | ray)")
     if address and executor != "ray":
         raise ValueError("sweep: --address is for --executor ray")
+    if workers is not None and workers < 1:  # 0 and -4 ran in this process, one at a time
+        raise ValueError(f"sweep: --workers must be >= 1, got {workers}")
     if executor == "ray":
         return on_ray(fn, todo, address)
     return process_pool(fn, todo, workers if workers is not None else (os.cpu_count() or 1))
