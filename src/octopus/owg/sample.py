@@ -31,7 +31,8 @@ class Instance:
 
 
 class CompiledWorkflow:
-    """A workflow at one dynamicity level, with samplers bound; shared by all instances."""
+    """A workflow at one dynamicity level, with samplers bound; shared by all instances.
+    `level` is a level's name in the file, or a spread in [0, 1] itself."""
 
     def __init__(self, wf: Workflow, level: str | float = "high"):
         if isinstance(level, str) and level not in wf.levels:
@@ -40,6 +41,8 @@ class CompiledWorkflow:
                 f"{', '.join(wf.levels)})"
             )
         spread = wf.levels[level] if isinstance(level, str) else float(level)
+        if not 0.0 <= spread <= 1.0:  # as a file's level; NaN ran to a makespan of 0
+            raise ValueError(f"dynamicity level: a spread must be in [0, 1], got {level!r}")
         self.wf, self.level, self.spread = wf, level, spread
         tasks = wf.tasks
         task_set = set(tasks)  # built once: per node, it made this quadratic in the nodes
