@@ -330,11 +330,40 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Output options, by the attribute argparse gives them: files, then folders (made if absent).
+OUTPUT_FILES = ("json", "trace", "plot")
+OUTPUT_DIRS = ("plots", "out")
+
+
+def check_outputs(a: argparse.Namespace) -> None:
+    """Refuse, before anything runs, an output that cannot be written: a file whose folder
+    does not exist (or is not writable) or that names a folder, a folder that names a file.
+    These failed only when the result was written, after the whole run (minutes for
+    `compare`, and the result was lost)."""
+    import os
+
+    for key in OUTPUT_FILES + OUTPUT_DIRS:
+        path = getattr(a, key, None)
+        if not path:
+            continue
+        opt = "--" + key
+        if key in OUTPUT_DIRS:
+            if os.path.exists(path) and not os.path.isdir(path):
+                raise ValueError(f"{opt} {path!r}: not a folder")
+            continue
+        folder = os.path.dirname(os.path.abspath(path))
+        if os.path.isdir(path):
+            raise ValueError(f"{opt} {path!r}: is a folder, not a file")
+        if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+            raise ValueError(f"{opt} {path!r}: folder {folder!r} does not exist or is not writable")
+
+
 def main(argv: list[str] | None = None) -> int:
     from octopus.sim.engine import SimulationStalled
 
     a = build_parser().parse_args(argv)
     try:
+        check_outputs(a)
         return a.fn(a)
     except (ValueError, OSError) as e:  # OSError: an input or output path (not found, ...)
         print(f"octopus: error: {e}", file=sys.stderr)

@@ -388,3 +388,23 @@ def test_paper_sweep_refuses_bad_sizes_before_running(tmp_path, capsys, args, wo
     assert main([*argv, *args]) == 2
     assert word in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    "args, opt",
+    [
+        (["compare", "--suite", "video_recognition", "--instances", "4", "--quiet"], "--json"),
+        (["run", "-w", "video_recognition", "--instances", "2"], "--trace"),
+        (["load", "-w", "video_recognition", "--instances", "4", "--fractions", "1"], "--plot"),
+    ],
+    ids=lambda x: " ".join(x) if isinstance(x, list) else x,
+)
+def test_an_output_in_a_missing_folder_is_refused_before_running(tmp_path, capsys, args, opt):
+    """An output file in a folder that does not exist failed only when the result was
+    written, after the whole run: minutes of `compare` (6 with --capacity), then the result
+    lost. It is now refused first, and nothing runs."""
+    target = tmp_path / "missing" / "x.out"
+    assert main([*args, opt, str(target)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and opt in err and "does not exist" in err
