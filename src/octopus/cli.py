@@ -109,12 +109,27 @@ def _sweep(a) -> int:
     return 0
 
 
+# `load` options only a sweep reads, with their defaults: the parser leaves them None, so
+# that one --rate can refuse them (they were ignored, silently) and a sweep fills them in.
+LOAD_SWEEP_DEFAULTS = {
+    "fractions": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
+    "slo_mult": 3.0,
+    "slo_basis": "mean",
+    "refine": 3,
+}
+
+
 def _load(a) -> int:
     from octopus.openloop import load_sweep, run_at_rate
     from octopus.runner import check_names, prepare
 
-    if a.rate is not None and (a.sweep or a.plot):
-        raise ValueError("load: --rate runs one rate; --sweep and --plot need a sweep")
+    sweep_only = (*LOAD_SWEEP_DEFAULTS, "slo_us", "sweep", "plot")
+    given = [f"--{k.replace('_', '-')}" for k in sweep_only if getattr(a, k) is not None]
+    if a.rate is not None and given:
+        raise ValueError(f"load: --rate runs one rate; {', '.join(given)} belong to a sweep")
+    for k, v in LOAD_SWEEP_DEFAULTS.items():
+        if getattr(a, k) is None:
+            setattr(a, k, v)
     if a.rate is not None and not positive_finite(a.rate):
         raise ValueError(f"load: --rate must be positive and finite, got {a.rate}")
     if a.instances < 2 or not 0.0 <= a.warmup < 1.0:
@@ -286,24 +301,29 @@ def build_parser() -> argparse.ArgumentParser:
     ld.add_argument(
         "--sweep",
         action="store_true",
+        default=None,
         help="sweep from low load to the capacity bound (the default when --rate is not given)",
     )
     ld.add_argument(
         "--fractions",
         type=float,
         nargs="+",
-        default=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
-        help="sweep: offered rates as fractions of the capacity bound",
+        default=None,
+        help="sweep: offered rates as fractions of the capacity bound (default 0.1 0.2 ... 1)",
     )
-    ld.add_argument("--slo-mult", type=float, default=3.0, help="p99 SLO x mean critical path")
+    ld.add_argument(
+        "--slo-mult", type=float, default=None, help="p99 SLO x mean critical path (default 3)"
+    )
     ld.add_argument("--slo-us", type=float, default=None, help="p99 SLO in us (overrides)")
     ld.add_argument(
         "--slo-basis",
         choices=("mean", "p99"),
-        default="mean",
+        default=None,
         help="--slo-mult multiplies the mean (default) or the p99 of the critical paths",
     )
-    ld.add_argument("--refine", type=int, default=3, help="bisection steps for the capacity")
+    ld.add_argument(
+        "--refine", type=int, default=None, help="bisection steps for the capacity (default 3)"
+    )
     ld.add_argument("--process", choices=("poisson", "bursty"), default="poisson")
     ld.add_argument("--burst", type=float, default=8.0, help="bursty: mean burst size")
     ld.add_argument("--warmup", type=float, default=0.1, help="fraction of instances skipped")

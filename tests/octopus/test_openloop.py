@@ -152,3 +152,19 @@ def test_an_infinite_rate_is_refused(capsys, args):
     grid = {"workflows": ["rag_qa"], "architectures": ["chip"], "schedulers": ["greedy"]}
     with pytest.raises(ValueError, match="field 'rates': 'closed' or a positive finite rate"):
         parse_grid({**grid, "rates": [math.inf]})
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [["--refine", "0"], ["--slo-us", "100"], ["--fractions", "0.5"], ["--slo-basis", "p99"]],
+    ids=" ".join,
+)
+def test_one_rate_refuses_the_options_of_a_sweep(capsys, extra):
+    """With --rate, load runs one rate and prints no SLO or capacity: --refine, --slo-*,
+    --fractions were ignored without a word (only --sweep and --plot were refused)."""
+    from octopus.cli import main
+
+    argv = ["load", "-w", "recommendation", "--instances", "4", "--rate", "1", *extra]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--rate runs one rate" in err and extra[0] in err
