@@ -21,6 +21,13 @@ def refuse_repeats(values: Iterable, where: str) -> None:
         seen.append(x)
 
 
+def positive_finite(v) -> bool:
+    """Whether `v` is a number > 0 that is finite: a rate or a fraction of one. NaN fails
+    every comparison and an infinite rate draws every arrival at t = 0 (a batch, reported
+    as "inf of bound"); a bool is not a number."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < math.inf
+
+
 def number(v, where: str, probs: list[str], *, integer: bool = False, positive: bool = False):
     """Check the value `v` of a number field: a finite int or float (a bool is not one),
     >= 0 (> 0 when `positive`: it divides), and whole when `integer`. Returns it as an int

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from octopus.checks import refuse_repeats
+from octopus.checks import positive_finite, refuse_repeats
 from octopus.report.metrics import json_safe
 from octopus.sched import all_names
 
@@ -109,14 +109,29 @@ def _sweep(a) -> int:
     return 0
 
 
+# `load` options only a sweep reads, with their defaults: the parser leaves them None, so
+# that one --rate can refuse them (they were ignored, silently) and a sweep fills them in.
+LOAD_SWEEP_DEFAULTS = {
+    "fractions": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
+    "slo_mult": 3.0,
+    "slo_basis": "mean",
+    "refine": 3,
+}
+
+
 def _load(a) -> int:
     from octopus.openloop import load_sweep, run_at_rate
     from octopus.runner import check_names, prepare
 
-    if a.rate is not None and (a.sweep or a.plot):
-        raise ValueError("load: --rate runs one rate; --sweep and --plot need a sweep")
-    if a.rate is not None and not a.rate > 0:  # NaN too
-        raise ValueError(f"load: --rate must be positive, got {a.rate}")
+    sweep_only = (*LOAD_SWEEP_DEFAULTS, "slo_us", "sweep", "plot")
+    given = [f"--{k.replace('_', '-')}" for k in sweep_only if getattr(a, k) is not None]
+    if a.rate is not None and given:
+        raise ValueError(f"load: --rate runs one rate; {', '.join(given)} belong to a sweep")
+    for k, v in LOAD_SWEEP_DEFAULTS.items():
+        if getattr(a, k) is None:
+            setattr(a, k, v)
+    if a.rate is not None and not positive_finite(a.rate):
+        raise ValueError(f"load: --rate must be positive and finite, got {a.rate}")
     if a.instances < 2 or not 0.0 <= a.warmup < 1.0:
         raise ValueError("load: --instances must be >= 2 and --warmup in [0, 1)")
     if not (a.slo_us if a.slo_us is not None else a.slo_mult) > 0:  # NaN too
@@ -286,24 +301,29 @@ def build_parser() -> argparse.ArgumentParser:
     ld.add_argument(
         "--sweep",
         action="store_true",
+        default=None,
         help="sweep from low load to the capacity bound (the default when --rate is not given)",
     )
     ld.add_argument(
         "--fractions",
         type=float,
         nargs="+",
-        default=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
-        help="sweep: offered rates as fractions of the capacity bound",
+        default=None,
+        help="sweep: offered rates as fractions of the capacity bound (default 0.1 0.2 ... 1)",
     )
-    ld.add_argument("--slo-mult", type=float, default=3.0, help="p99 SLO x mean critical path")
+    ld.add_argument(
+        "--slo-mult", type=float, default=None, help="p99 SLO x mean critical path (default 3)"
+    )
     ld.add_argument("--slo-us", type=float, default=None, help="p99 SLO in us (overrides)")
     ld.add_argument(
         "--slo-basis",
         choices=("mean", "p99"),
-        default="mean",
+        default=None,
         help="--slo-mult multiplies the mean (default) or the p99 of the critical paths",
     )
-    ld.add_argument("--refine", type=int, default=3, help="bisection steps for the capacity")
+    ld.add_argument(
+        "--refine", type=int, default=None, help="bisection steps for the capacity (default 3)"
+    )
     ld.add_argument("--process", choices=("poisson", "bursty"), default="poisson")
     ld.add_argument("--burst", type=float, default=8.0, help="bursty: mean burst size")
     ld.add_argument("--warmup", type=float, default=0.1, help="fraction of instances skipped")
@@ -330,11 +350,40 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Output options, by the attribute argparse gives them: files, then folders (made if absent).
+OUTPUT_FILES = ("json", "trace", "plot")
+OUTPUT_DIRS = ("plots", "out")
+
+
+def check_outputs(a: argparse.Namespace) -> None:
+    """Refuse, before anything runs, an output that cannot be written: a file whose folder
+    does not exist (or is not writable) or that names a folder, a folder that names a file.
+    These failed only when the result was written, after the whole run (minutes for
+    `compare`, and the result was lost)."""
+    import os
+
+    for key in OUTPUT_FILES + OUTPUT_DIRS:
+        path = getattr(a, key, None)
+        if not path:
+            continue
+        opt = "--" + key
+        if key in OUTPUT_DIRS:
+            if os.path.exists(path) and not os.path.isdir(path):
+                raise ValueError(f"{opt} {path!r}: not a folder")
+            continue
+        folder = os.path.dirname(os.path.abspath(path))
+        if os.path.isdir(path):
+            raise ValueError(f"{opt} {path!r}: is a folder, not a file")
+        if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+            raise ValueError(f"{opt} {path!r}: folder {folder!r} does not exist or is not writable")
+
+
 def main(argv: list[str] | None = None) -> int:
     from octopus.sim.engine import SimulationStalled
 
     a = build_parser().parse_args(argv)
     try:
+        check_outputs(a)
         return a.fn(a)
     except (ValueError, OSError) as e:  # OSError: an input or output path (not found, ...)
         print(f"octopus: error: {e}", file=sys.stderr)

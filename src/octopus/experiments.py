@@ -9,6 +9,7 @@ from tqdm import tqdm
 
 from octopus.checks import refuse_repeats
 from octopus.owg.arrival import make_arrivals
+from octopus.owg.schema import MAX_INSTANCES
 from octopus.report.metrics import json_safe, summarize
 from octopus.runner import best_reactive, check_names, prepare, run_one
 from octopus.workloads import SUITE
@@ -403,6 +404,10 @@ def sweep(
 
     if seeds < 1:  # no point to run: the summary's means would divide by zero
         raise ValueError(f"sweep: --seeds must be >= 1, got {seeds}")
+    if instances is not None and not 1 <= instances <= MAX_INSTANCES:  # else in each point
+        raise ValueError(
+            f"sweep: --instances must be in [1, {MAX_INSTANCES}] (MAX_INSTANCES), got {instances}"
+        )
     names = workflows or list(SUITE)
     refuse_repeats(names, "sweep: --workflows")  # its values were appended twice per seed
     arches = ("chip", "chiplet", "wafer")

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable
 import yaml
 from tqdm import tqdm
 
-from octopus.checks import refuse_repeats, shown
+from octopus.checks import positive_finite, refuse_repeats, shown
 from octopus.owg.schema import MAX_INSTANCES
 from octopus.report.metrics import json_safe
 
@@ -66,9 +66,10 @@ def parse_grid(doc, where: str = "sweep grid") -> dict:
         if not isinstance(s, int) or isinstance(s, bool):
             raise ValueError(f"{where}: field 'seeds': expected integers, got {shown(s)}")
     for r in g["rates"]:
-        ok = r == "closed" or (isinstance(r, (int, float)) and not isinstance(r, bool) and r > 0)
-        if not ok:
-            raise ValueError(f"{where}: field 'rates': 'closed' or a positive rate, got {shown(r)}")
+        if r != "closed" and not positive_finite(r):
+            raise ValueError(
+                f"{where}: field 'rates': 'closed' or a positive finite rate, got {shown(r)}"
+            )
     for key in ("workflows", "architectures", "schedulers", "levels"):
         for x in g[key]:
             if not isinstance(x, str):
@@ -205,6 +206,8 @@ def executor_stream(
         raise ValueError(f"sweep: unknown executor {executor!r} (process | ray)")
     if address and executor != "ray":
         raise ValueError("sweep: --address is for --executor ray")
+    if workers is not None and workers < 1:  # 0 and -4 ran in this process, one at a time
+        raise ValueError(f"sweep: --workers must be >= 1, got {workers}")
     if executor == "ray":
         return on_ray(fn, todo, address)
     return process_pool(fn, todo, workers if workers is not None else (os.cpu_count() or 1))

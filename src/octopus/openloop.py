@@ -18,7 +18,7 @@ import random
 from dataclasses import asdict, dataclass
 
 from octopus.arch.config import Arch
-from octopus.checks import refuse_repeats
+from octopus.checks import positive_finite, refuse_repeats
 from octopus.owg.arrival import Arrivals
 from octopus.owg.sample import CompiledWorkflow
 from octopus.owg.schema import MAX_INSTANCES
@@ -36,8 +36,8 @@ def arrival_times(
     rate_per_us: float, n: int, seed: int, process: str = "poisson", burst: float = 8.0
 ) -> list[float]:
     """n arrival times at mean rate `rate_per_us` (instances per microsecond)."""
-    if not rate_per_us > 0:  # NaN too
-        raise ValueError(f"load: rate must be positive, got {rate_per_us}")
+    if not positive_finite(rate_per_us):
+        raise ValueError(f"load: rate must be positive and finite, got {rate_per_us}")
     if process not in PROCESSES:
         raise ValueError(f"load: unknown arrival process {process!r} (one of {PROCESSES})")
     rng, t, out = random.Random(seed ^ 0x0A11), 0.0, []
@@ -165,8 +165,8 @@ def load_sweep(
         raise ValueError(f"load: refine must be in [0, {MAX_REFINE}] (MAX_REFINE), got {refine}")
     profile = profile or cw.profile()
     bound = capacity_bound_per_us(profile, arch) * 1000.0
-    if not fractions or any(not f > 0 for f in fractions):
-        raise ValueError("load: fractions of the capacity bound must be positive")
+    if not fractions or not all(positive_finite(f) for f in fractions):
+        raise ValueError("load: fractions of the capacity bound must be positive and finite")
     refuse_repeats(fractions, "load: --fractions")  # the same rate would run twice
     pts = [
         run_at_rate(cw, arch, scheduler, f * bound, profile=profile, **kw)

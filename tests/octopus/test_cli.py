@@ -367,3 +367,44 @@ def test_python_dash_m_runs_the_command(package):
     out = subprocess.run(args, capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip()
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    "args, word",
+    [
+        (["--workers", "0"], "--workers must be >= 1, got 0"),
+        (["--workers", "-4"], "--workers must be >= 1, got -4"),
+        (["--workers", "1", "--instances", "0"], "--instances must be in [1,"),
+    ],
+    ids=lambda x: " ".join(x) if isinstance(x, list) else x,
+)
+def test_paper_sweep_refuses_bad_sizes_before_running(tmp_path, capsys, args, word):
+    """`sweep --workers 0` (or -4) ran every point in this process, one at a time, as if
+    the option were absent; `--instances 0` was refused only by the first point, from the
+    executor, after the output folder was made."""
+    out = tmp_path / "out"
+    argv = ["sweep", "--workflows", "rag_qa", "--seeds", "1", "--parts", "dyn", "--out", str(out)]
+    assert main([*argv, *args]) == 2
+    assert word in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    "args, opt",
+    [
+        (["compare", "--suite", "video_recognition", "--instances", "4", "--quiet"], "--json"),
+        (["run", "-w", "video_recognition", "--instances", "2"], "--trace"),
+        (["load", "-w", "video_recognition", "--instances", "4", "--fractions", "1"], "--plot"),
+    ],
+    ids=lambda x: " ".join(x) if isinstance(x, list) else x,
+)
+def test_an_output_in_a_missing_folder_is_refused_before_running(tmp_path, capsys, args, opt):
+    """An output file in a folder that does not exist failed only when the result was
+    written, after the whole run: minutes of `compare` (6 with --capacity), then the result
+    lost. It is now refused first, and nothing runs."""
+    target = tmp_path / "missing" / "x.out"
+    assert main([*args, opt, str(target)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and opt in err and "does not exist" in err

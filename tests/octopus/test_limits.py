@@ -183,7 +183,8 @@ def test_load_refine_and_instances_past_their_limits_exit_2(capsys):
     base = ["load", "-w", "recommendation", "-s", "greedy", "--fractions", "0.5"]
     assert main([*base, "--refine", "1000000000"]) == 2
     assert "MAX_REFINE" in capsys.readouterr().err
-    assert main([*base, "--rate", "1", "--instances", str(10**9)]) == 2
+    one_rate = ["load", "-w", "recommendation", "-s", "greedy", "--rate", "1"]
+    assert main([*one_rate, "--instances", str(10**9)]) == 2
     assert "MAX_INSTANCES" in capsys.readouterr().err
 
 

@@ -134,3 +134,37 @@ def test_cli_load_json_is_standard_json_with_few_instances(tmp_path):
     assert main([*args, "-s", "greedy", "--json", str(out)]) == 0
     res = _strict(out.read_text())
     assert res["schedulers"]["greedy"]["latency_se_us"] is None
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("args", [["--rate", "inf"], ["--fractions", "0.5", "inf"]], ids=" ".join)
+def test_an_infinite_rate_is_refused(capsys, args):
+    """`load --rate inf` ran: every arrival at t = 0 (a batch), reported as a rate of
+    "inf/ms (inf of bound)", exit 0; `--fractions inf` and a grid's `rates: [.inf]` did
+    the same. NaN was already refused; infinity is refused alike."""
+    from octopus.cli import main
+    from octopus.grid import parse_grid
+
+    assert main(["load", "-w", "recommendation", "--instances", "4", *args]) == 2
+    assert "positive and finite" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="positive and finite"):
+        arrival_times(math.inf, 10, 0)
+    grid = {"workflows": ["rag_qa"], "architectures": ["chip"], "schedulers": ["greedy"]}
+    with pytest.raises(ValueError, match="field 'rates': 'closed' or a positive finite rate"):
+        parse_grid({**grid, "rates": [math.inf]})
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [["--refine", "0"], ["--slo-us", "100"], ["--fractions", "0.5"], ["--slo-basis", "p99"]],
+    ids=" ".join,
+)
+def test_one_rate_refuses_the_options_of_a_sweep(capsys, extra):
+    """With --rate, load runs one rate and prints no SLO or capacity: --refine, --slo-*,
+    --fractions were ignored without a word (only --sweep and --plot were refused)."""
+    from octopus.cli import main
+
+    argv = ["load", "-w", "recommendation", "--instances", "4", "--rate", "1", *extra]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--rate runs one rate" in err and extra[0] in err

@@ -176,3 +176,15 @@ def test_branch_noise_follows_the_level_and_the_mix_is_kept():
     # the high level is the file as written: identical to plain i.i.d. sampling
     cw = CompiledWorkflow(wf, "high")
     assert cw.sample(cw.instance_rng(2, 5), 5, 2).node == cw.sample(cw.instance_rng(2, 5)).node
+
+
+@pytest.mark.parametrize("spread", [-1.0, 2.0, float("nan")], ids=str)
+def test_a_numeric_level_outside_0_1_is_refused(spread):
+    """`CompiledWorkflow(wf, level)` takes a level's name or its spread; a spread of 2 (or
+    -1) scaled dispersion past the file's, and NaN ran video_recognition to a makespan of
+    0.0 without an error. A file's levels must be in [0, 1]; so must this one."""
+    from octopus.owg import load_workflow
+
+    with pytest.raises(ValueError, match=r"spread must be in \[0, 1\]"):
+        CompiledWorkflow(load_workflow("video_recognition"), spread)
+    assert CompiledWorkflow(load_workflow("video_recognition"), 0.25).spread == 0.25

@@ -205,3 +205,12 @@ def test_strict_mode_refuses_a_start_on_a_busy_pea(tmp_path):
     )
     with pytest.raises(RuntimeError, match=r"'misuser': start\(.*PEA 0 is not free"):
         simulate(fan, arch(), f"{f}:Misuser", strict=True)
+
+
+@pytest.mark.parametrize("name", ["greedy", "octopus"])
+def test_registering_a_built_in_name_is_refused(name):
+    """`register("greedy", spec)` was accepted, but `make_scheduler("greedy")` looks the
+    built-ins up first, so every run under that name ran the built-in, not the plugin."""
+    with pytest.raises(ValueError, match="is a built-in"):
+        register(name, TUTORIAL_SPEC)
+    assert type(make_scheduler(name)).__module__.startswith("octopus.sched.")

@@ -341,3 +341,88 @@ def test_workflow_and_architecture_number_fields_report_alike(bad, why):
     assert f"arch: field 'pea.memory_bytes': expected an integer >= 0, {why}" in msg
     msg = _arch_err(pea__throughput_tops=0)
     assert "arch: field 'pea.throughput_tops': expected a number > 0, got 0" in msg
+
+
+@pytest.mark.parametrize(
+    "work, key, why",
+    [
+        ({"dist": "empirical", "values": [1, 100], "weight": [1, 0]}, "weight", "unknown"),
+        ({"dist": "normal", "mean": 5, "std": 1, "sd": 2}, "sd", "unknown"),
+        ({"dist": "normal", "mean": [1, 2], "std": 1}, "mean", "one number"),
+        ({"dist": "empirical", "values": 5}, "values", "a list of numbers"),
+        (
+            {"dist": "mixture", "components": [{"weight": 1, "dist": "fixed", "value": 1, "x": 2}]},
+            "x",
+            "unknown",
+        ),
+    ],
+    ids=str,
+)
+def test_a_distribution_with_a_foreign_or_misshapen_parameter_is_refused(work, key, why):
+    """A misspelled parameter (`weight` for `weights`) was ignored, so the run drew from
+    uniform weights; a list where one number belongs (or the reverse) passed validation
+    and crashed with a TypeError when the workflow was compiled."""
+    msg = _err(workflow([task("a", work)]))
+    assert "node 'a'" in msg and "'work'" in msg and f".{key}:" in msg and why in msg
+
+
+def test_a_long_chain_validates_without_recursion_error():
+    """The cycle check recursed once per node: a chain of 3,000 tasks (a layer-by-layer
+    model, say) raised RecursionError, a traceback from `octopus run`. A cycle at its end
+    is still found and named."""
+    n = 3000
+    chain = [task(f"t{i}", 1, [f"t{i + 1}"] if i < n - 1 else []) for i in range(n)]
+    wf = parse_workflow(workflow(chain, entry="t0"))
+    assert len(wf.tasks) == n
+    chain[-1] = task(f"t{n - 1}", 1, [f"t{n - 2}"])
+    msg = _err(workflow(chain, entry="t0"))
+    assert f"node 't{n - 1}'" in msg and "'next'" in msg and "cycle" in msg
+
+
+@pytest.mark.parametrize("bad_id", [["x"], {"a": 1}, 1.5, True], ids=str)
+def test_a_node_id_that_is_not_a_name_is_refused(bad_id):
+    """`id: [x]` was taken as the node "['x']" (and `id: 1.5` as "1.5"), which no reference
+    can name as written; a missing or null id is reported as missing."""
+    msg = _err(workflow([task("a", 1), {"id": bad_id, "type": "task", "work": 1}], entry="a"))
+    assert "nodes[1]: field 'id'" in msg and "expected a node id" in msg
+    msg = _err(workflow([task("a", 1), {"id": None, "type": "task", "work": 1}], entry="a"))
+    assert "nodes[1]: field 'id': missing" in msg
+
+
+def test_a_node_named_like_a_layer_group_is_refused():
+    """A TB too large for its PEAs is split into layer groups `id/2`, `id/3`, ...; a node of
+    the file already named `a/2` silently replaced group 2, so `a` ran as 2 tasks, not 4."""
+    from octopus.owg.sample import split_stages
+
+    doc = workflow([task("a", 1, ["a/2"], config_bytes=4000), task("a/2", 5)])
+    wf = parse_workflow(doc)
+    with pytest.raises(WorkflowError) as e:
+        split_stages(wf, 1000)
+    msg = str(e.value)
+    assert "node 'a/2': field 'id'" in msg and "layer group 2 of 'a'" in msg
+    doc["nodes"][1]["id"] = doc["nodes"][0]["next"][0] = "b"
+    assert split_stages(parse_workflow(doc), 1000).tasks == ["a", "a/2", "a/3", "a/4", "b"]
+
+
+@pytest.mark.parametrize(
+    "arrival, key",
+    [
+        ({"process": "closed", "concurency_per_cluster": 8}, "concurency_per_cluster"),
+        ({"process": "batch", "rate_per_cluster_per_ms": 2}, "rate_per_cluster_per_ms"),
+        ({"process": "poisson", "concurrency_per_cluster": 2}, "concurrency_per_cluster"),
+    ],
+    ids=str,
+)
+def test_an_arrival_field_its_process_does_not_read_is_refused(arrival, key):
+    """A misspelled window (`concurency_per_cluster`) ran the default window of 2 without a
+    word, and a rate given to a batch or a closed loop was ignored the same way."""
+    msg = _err(workflow([task("a", 1)]) | {"arrival": arrival})
+    assert f"field 'arrival': field '{key}': unknown for process" in msg
+
+
+def test_an_architecture_field_it_does_not_read_is_refused():
+    """A misspelled field of an architecture file (`mesh.link_bandwith_gbps`) left the
+    default in place, silently: the run simulated another machine than the file's."""
+    msg = _arch_err(mesh__link_bandwith_gbps=1, buffer__slot_per_pea=1, colour="blue")
+    assert "'mesh.link_bandwith_gbps': unknown" in msg and "link_bandwidth_gbps" in msg
+    assert "'buffer.slot_per_pea': unknown" in msg and "'colour': unknown" in msg

@@ -129,6 +129,37 @@ class Arch:
         return self.transfer_us(0, self.n_peas - 1, 64)
 
 
+# The fields each section reads: any other is a typo (`link_bandwith_gbps` left the
+# default 64 GB/s in place, silently) and is refused by name, as in a workflow file.
+SECTION_KEYS: dict[str, tuple[str, ...]] = {
+    "pea": ("throughput_tops", "memory_bytes"),
+    "mesh": (
+        "hop_latency_us",
+        "link_bandwidth_gbps",
+        "inter_die_hop_latency_us",
+        "inter_die_bandwidth_gbps",
+        "link_contention",
+    ),
+    "buffer": ("slots_per_pea",),
+    "baseline": ("mappings",),
+    "reconfig": ("base_us", "bandwidth_gbps"),
+    "control": (
+        "control_plane_latency_us",
+        "data_plane_latency_us",
+        "data_plane_pea_us",
+        "central_decision_us",
+    ),
+}
+TOP_KEYS = ("schema", "name", "description", "sources", "clusters", "peas_per_cluster")
+TOP_KEYS += ("clusters_per_die", *SECTION_KEYS)
+
+
+def _unknown(keys, known: tuple[str, ...], where: str, probs: list[str]) -> None:
+    """One problem per key of `keys` not in `known`, naming it and the known ones."""
+    for k in sorted(set(keys) - set(known), key=str):
+        probs.append(f"arch: field '{where}{k}': unknown (known: {', '.join(known)})")
+
+
 def _section(doc: dict, key: str, probs: list[str]) -> dict:
     v = doc.get(key)
     if v is None:
@@ -136,6 +167,7 @@ def _section(doc: dict, key: str, probs: list[str]) -> dict:
     if not isinstance(v, dict):
         probs.append(f"arch: field '{key}': expected a mapping")
         return {}
+    _unknown(v, SECTION_KEYS[key], f"{key}.", probs)
     return v
 
 
@@ -197,6 +229,7 @@ def arch_from_dict(doc: dict) -> Arch:
     if doc.get("schema") != SCHEMA:
         raise ValueError(f"arch: field 'schema': expected {SCHEMA!r}, got {doc.get('schema')!r}")
     probs: list[str] = []
+    _unknown(doc, TOP_KEYS, "", probs)
     pea, mesh = _section(doc, "pea", probs), _section(doc, "mesh", probs)
     rc, ctl = _section(doc, "reconfig", probs), _section(doc, "control", probs)
     buf, bl = _section(doc, "buffer", probs), _section(doc, "baseline", probs)

@@ -115,6 +115,8 @@ _REQUIRED = {
     "empirical": ("values",),
     "mixture": ("components",),
 }
+_OPTIONAL = {"empirical": ("weights",)}
+_LISTS = ("values", "weights")  # the only list parameters; every other one is one number
 
 
 def parse_dist(spec, where: str) -> Dist:
@@ -131,8 +133,17 @@ def parse_dist(spec, where: str) -> Dist:
     for key in _REQUIRED[kind]:
         if key not in spec:
             raise DistError(f"{where}.{key}: missing for {kind} distribution")
+    known = ("dist", *_REQUIRED[kind], *_OPTIONAL.get(kind, ()))
+    for key in spec:  # a typo (`weight` for `weights`) was ignored: uniform weights
+        if key not in known:
+            raise DistError(
+                f"{where}.{key}: unknown for the {kind} distribution (known: {', '.join(known)})"
+            )
     params = {k: v for k, v in spec.items() if k not in ("dist", "components")}
     for k, v in params.items():
+        if isinstance(v, list) != (k in _LISTS):  # else a TypeError when sampled
+            shape = "a list of numbers" if k in _LISTS else "one number"
+            raise DistError(f"{where}.{k}: expected {shape}, got {shown(v)}")
         vals = v if isinstance(v, list) else [v]
         for x in vals:
             if not isinstance(x, (int, float)) or isinstance(x, bool):

@@ -31,7 +31,8 @@ class Instance:
 
 
 class CompiledWorkflow:
-    """A workflow at one dynamicity level, with samplers bound; shared by all instances."""
+    """A workflow at one dynamicity level, with samplers bound; shared by all instances.
+    `level` is a level's name in the file, or a spread in [0, 1] itself."""
 
     def __init__(self, wf: Workflow, level: str | float = "high"):
         if isinstance(level, str) and level not in wf.levels:
@@ -40,6 +41,8 @@ class CompiledWorkflow:
                 f"{', '.join(wf.levels)})"
             )
         spread = wf.levels[level] if isinstance(level, str) else float(level)
+        if not 0.0 <= spread <= 1.0:  # as a file's level; NaN ran to a makespan of 0
+            raise ValueError(f"dynamicity level: a spread must be in [0, 1], got {level!r}")
         self.wf, self.level, self.spread = wf, level, spread
         tasks = wf.tasks
         task_set = set(tasks)  # built once: per node, it made this quadratic in the nodes
@@ -245,28 +248,36 @@ def split_stages(wf: Workflow, memory_bytes: int) -> Workflow:
     and passes max(in_bytes, out_bytes) of activations to the next. The first stage keeps the
     TB's id, so every reference stays valid; later stages are named `id/2`, `id/3`, ...
     Returns `wf` itself when nothing needs splitting. A TB that would need more than
-    `MAX_LAYER_GROUPS` groups is refused (WorkflowError naming each such node)."""
+    `MAX_LAYER_GROUPS` groups, or a node that bears the name of a group (`_groups`), is
+    refused (WorkflowError naming each such node)."""
     if memory_bytes <= 0:
         return wf
-    nodes: dict = {}
-    changed = False
+    groups = _groups(wf, memory_bytes)
     probs = [
-        f"node '{nid}': field 'config_bytes': {b.config_bytes} bytes on {b.footprint} PEA(s) "
-        f"of pea.memory_bytes {memory_bytes} need {-(-b.config_bytes // cap)} layer groups, "
-        f"more than {MAX_LAYER_GROUPS} (MAX_LAYER_GROUPS); give a larger footprint or a "
-        "smaller configuration"
-        for nid, b in wf.nodes.items()
-        if isinstance(b, TaskBlock)
-        and b.config_bytes > (cap := b.footprint * memory_bytes) * MAX_LAYER_GROUPS
+        f"node '{nid}': field 'config_bytes': {wf.nodes[nid].config_bytes} bytes on "
+        f"{wf.nodes[nid].footprint} PEA(s) of pea.memory_bytes {memory_bytes} need {s} layer "
+        f"groups, more than {MAX_LAYER_GROUPS} (MAX_LAYER_GROUPS); give a larger footprint or "
+        "a smaller configuration"
+        for nid, s in groups.items()
+        if s > MAX_LAYER_GROUPS
+    ]
+    probs = probs or [  # each range below is then at most MAX_LAYER_GROUPS long
+        f"node '{sid}': field 'id': also the name of layer group {i} of {nid!r}, whose "
+        f"config_bytes need {s} groups on pea.memory_bytes {memory_bytes}; rename it"
+        for nid, s in groups.items()
+        for i in range(2, s + 1)
+        if (sid := f"{nid}/{i}") in wf.nodes
     ]
     if probs:
         raise WorkflowError(probs)
+    if not groups:
+        return wf
+    nodes: dict = {}
     for nid, b in wf.nodes.items():
-        if not isinstance(b, TaskBlock) or b.config_bytes <= b.footprint * memory_bytes:
+        if nid not in groups:
             nodes[nid] = b
             continue
-        changed = True
-        s = -(-b.config_bytes // (b.footprint * memory_bytes))
+        s = groups[nid]
         mid = max(b.in_bytes, b.out_bytes)
         ids = [nid] + [f"{nid}/{i + 1}" for i in range(1, s)]
         for i, sid in enumerate(ids):
@@ -284,6 +295,15 @@ def split_stages(wf: Workflow, memory_bytes: int) -> Workflow:
                 stage=i,
                 stages=s,
             )
-    if not changed:
-        return wf
     return Workflow(wf.name, wf.entry, nodes, wf.levels, wf.arrival, wf.meta)
+
+
+def _groups(wf: Workflow, memory_bytes: int) -> dict[str, int]:
+    """The layer groups S of each TB that `split_stages` splits (S > 1), by TB id. Its
+    groups after the first are named `id/2` .. `id/S`: a node of the file with one of
+    those names would have been replaced by the group, silently, so it is refused."""
+    return {
+        nid: -(-b.config_bytes // (b.footprint * memory_bytes))
+        for nid, b in wf.nodes.items()
+        if isinstance(b, TaskBlock) and b.config_bytes > b.footprint * memory_bytes
+    }

@@ -182,10 +182,12 @@ def parse_workflow(doc: dict) -> Workflow:
         raise WorkflowError(probs + ["document: field 'nodes': expected a non-empty list"])
     nodes: dict[str, TaskBlock | ControlBlock] = {}
     for i, nd in enumerate(raw):
-        if not isinstance(nd, dict) or "id" not in nd:
+        if not isinstance(nd, dict) or nd.get("id") is None:
             probs.append(f"nodes[{i}]: field 'id': missing")
             continue
-        nid = str(nd["id"])
+        nid = _ref(nd["id"], f"nodes[{i}]", "id", probs)  # `id: [x]` was taken as "['x']"
+        if nid is None:
+            continue
         where = f"node '{nid}'"
         if nid in nodes:
             probs.append(f"{where}: field 'id': duplicate")
@@ -317,6 +319,13 @@ def _levels(spec, probs: list[str]) -> dict[str, float]:
 
 ARRIVAL_PROCESSES = ("closed", "poisson", "batch")
 ARRIVAL_SIZES = ("instances_per_cluster", "concurrency_per_cluster", "rate_per_cluster_per_ms")
+# The sizes each process reads (`owg.arrival`): another one is a typo, or meant for another
+# process, and was ignored (`concurency_per_cluster: 8` ran the default window of 2).
+ARRIVAL_KEYS = {
+    "closed": ("instances_per_cluster", "concurrency_per_cluster"),
+    "poisson": ("instances_per_cluster", "rate_per_cluster_per_ms"),
+    "batch": ("instances_per_cluster",),
+}
 
 
 def _check_arrival(spec, probs: list[str]) -> None:
@@ -333,6 +342,12 @@ def _check_arrival(spec, probs: list[str]) -> None:
             f"document: field 'arrival': field 'process': unknown {proc!r} "
             f"({' | '.join(ARRIVAL_PROCESSES)})"
         )
+    else:
+        for key in sorted(set(spec) - {"process", *ARRIVAL_KEYS[proc]}, key=str):
+            probs.append(
+                f"document: field 'arrival': field {key!r}: unknown for process {proc!r} "
+                f"(known: process, {', '.join(ARRIVAL_KEYS[proc])})"
+            )
     for key in ARRIVAL_SIZES:
         if key not in spec:
             continue
@@ -393,38 +408,43 @@ def _check_cycles(nodes: dict, probs: list[str]) -> None:
     body path returns to the loop, which counts the trips. A cycle back into a loop from its
     exit path (or an exit to the loop itself) is unbounded, since unrolling an instance
     would re-enter the loop forever; so the graph without the loop-to-body edges must be
-    acyclic."""
-    color: dict[str, int] = {}
-    stack: list[str] = []
+    acyclic. The depth-first search keeps its own stack: a recursive one raised
+    RecursionError on a chain of about a thousand tasks."""
+    color: dict[str, int] = {}  # 1: on the current path, 2: done
 
     def field_of(b, s: str) -> str:
         if s in b.next:
             return "next"
         return "exit" if getattr(b, "exit", None) == s else "body"
 
-    def visit(n: str) -> bool:
-        color[n] = 1
-        stack.append(n)
+    def successors(n: str) -> list[str]:
         b = nodes[n]
-        for s in _edges(b):
-            if b.type == "loop" and s == b.body:
-                continue
-            if color.get(s) == 1:
-                cyc = stack[stack.index(s) :] + [s]
+        return [s for s in _edges(b) if not (b.type == "loop" and s == b.body)]
+
+    for root in nodes:
+        if root in color:
+            continue
+        color[root] = 1
+        path = [root]
+        todo = [iter(successors(root))]  # per node on the path, its successors left
+        while todo:
+            n = path[-1]
+            s = next(todo[-1], None)
+            if s is None:
+                color[n] = 2
+                path.pop()
+                todo.pop()
+            elif color.get(s) == 1:
+                cyc = path[path.index(s) :] + [s]
                 probs.append(
-                    f"node '{n}': field '{field_of(b, s)}': cycle {' -> '.join(cyc)} "
+                    f"node '{n}': field '{field_of(nodes[n], s)}': cycle {' -> '.join(cyc)} "
                     "is not governed by a loop block"
                 )
-                return True
-            if color.get(s) is None and visit(s):
-                return True
-        stack.pop()
-        color[n] = 2
-        return False
-
-    for n in nodes:
-        if color.get(n) is None and visit(n):
-            return
+                return
+            elif s not in color:
+                color[s] = 1
+                path.append(s)
+                todo.append(iter(successors(s)))
 
 
 TaskBlock.type = "task"  # uniform `.type` for both node kinds

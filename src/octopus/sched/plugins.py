@@ -76,7 +76,12 @@ def instantiate(spec: str, **kw):
 
 def register(name: str, factory: Callable) -> None:
     """Make `name` a scheduler name (for run, compare, sweep, load and the invariant tests);
-    `factory(**kw)` builds one; a spec string registers that plugin class."""
+    `factory(**kw)` builds one; a spec string registers that plugin class. A built-in's
+    name is refused: the built-in is looked up first, so the registration was ignored."""
+    from octopus.sched import NAMES  # here: the package imports this module
+
+    if name in NAMES:
+        raise ValueError(f"scheduler {name!r} is a built-in; register it under another name")
     if name in _REGISTERED:
         raise ValueError(f"scheduler {name!r} is already registered")
     if isinstance(factory, str):
