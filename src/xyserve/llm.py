@@ -8,7 +8,7 @@ from dataclasses import fields
 from tqdm.auto import tqdm
 
 from xyserve.beam_search import BeamSearch, BeamSearchOutput, BeamSearchParams
-from xyserve.config import EngineConfig
+from xyserve.config import SERVER_ONLY_ARGS, EngineConfig
 from xyserve.engine.engine import LLMEngine
 from xyserve.outputs import RequestOutput
 from xyserve.sampling_params import SamplingParams
@@ -21,6 +21,12 @@ class LLM:
         unknown = sorted(set(engine_args) - known)
         if unknown:
             raise TypeError(f"unknown engine arguments: {unknown}")
+        server_only = sorted(set(engine_args) & set(SERVER_ONLY_ARGS))
+        if server_only:
+            raise TypeError(
+                f"engine arguments {server_only} apply to the HTTP server (xyserve serve) only; "
+                "the offline LLM would not use them"
+            )
         self.llm_engine = LLMEngine(EngineConfig(model=model, **engine_args))
 
     def get_tokenizer(self):
