@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from xyserve import LLM
+from xyserve import LLM, BeamSearchParams, SamplingParams
+from xyserve.sampling_params import SamplingParamsError
 
 
 @pytest.fixture(scope="module")
@@ -24,3 +25,27 @@ def test_llm_refuses_engine_args_only_the_server_applies(tiny_llama, arg, value)
     timeout): ``LLM(..., request_timeout_s=1.0)`` was accepted and no request ever timed out."""
     with pytest.raises(TypeError, match=arg):
         LLM(str(tiny_llama), cpu_fused_decode="off", **{arg: value})
+
+
+@pytest.mark.parametrize("ids", [[True], [5, False]])
+def test_sampling_params_refuses_bools_as_stop_token_ids(ids):
+    """``stop_token_ids=[True]`` was taken as token id 1 (``allowed_token_ids`` and
+    ``logit_bias`` already refused a bool for a token id)."""
+    with pytest.raises(SamplingParamsError) as e:
+        SamplingParams(stop_token_ids=ids)
+    assert e.value.param == "stop_token_ids"
+
+
+@pytest.mark.parametrize(
+    "kw,name",
+    [
+        (dict(beam_width=True, max_tokens=4), "beam_width"),
+        (dict(beam_width=2, max_tokens=True), "max_tokens"),
+        (dict(beam_width=2.0, max_tokens=4), "beam_width"),
+    ],
+)
+def test_beam_search_params_refuse_bools_for_counts(kw, name):
+    """``BeamSearchParams(beam_width=True, ...)`` was a search of width 1, and
+    ``max_tokens=True`` one step, where SamplingParams refuses a bool for a count."""
+    with pytest.raises(ValueError, match=name):
+        BeamSearchParams(**kw)
