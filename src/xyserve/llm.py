@@ -108,6 +108,13 @@ class LLM:
             raise ValueError("chat needs a tokenizer")
         if isinstance(messages, str | dict) or not isinstance(messages, Sequence):
             raise TypeError("messages must be a list of message dicts (or a list of such lists)")
+        flags = {
+            "add_generation_prompt": add_generation_prompt,
+            "continue_final_message": continue_final_message,
+        }
+        for name, flag in flags.items():  # a string "false" would be read as true
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} must be True or False (got {flag!r})")
         convs = [messages] if messages and isinstance(messages[0], dict) else messages
         prompts = []
         for conv in convs:

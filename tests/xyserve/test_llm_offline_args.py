@@ -49,3 +49,20 @@ def test_beam_search_params_refuse_bools_for_counts(kw, name):
     ``max_tokens=True`` one step, where SamplingParams refuses a bool for a count."""
     with pytest.raises(ValueError, match=name):
         BeamSearchParams(**kw)
+
+
+@pytest.mark.parametrize(
+    "kw,name",
+    [
+        (dict(add_generation_prompt="false"), "add_generation_prompt"),
+        (dict(add_generation_prompt=None), "add_generation_prompt"),
+        (dict(add_generation_prompt=False, continue_final_message="yes"), "continue_final_message"),
+    ],
+)
+def test_chat_refuses_flags_that_are_not_bools(llm, kw, name):
+    """``add_generation_prompt="false"`` was read as true (a generation prompt added), and
+    ``continue_final_message="yes"`` failed inside transformers with a message about the
+    conversation; now a TypeError naming the flag, before anything is rendered or run."""
+    msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hel"}]
+    with pytest.raises(TypeError, match=name):
+        llm.chat(msgs, SamplingParams(max_tokens=2), use_tqdm=False, **kw)
