@@ -80,8 +80,13 @@ class LLM:
         if not all(isinstance(sp, SamplingParams) for sp in params):
             # a None in the list would otherwise mean the defaults, silently
             raise TypeError("sampling_params must be SamplingParams objects (or one per prompt)")
-        if priority is not None and len(priority) != len(prompts):
-            raise ValueError("priority must give one value per prompt")
+        if priority is not None:
+            if isinstance(priority, str) or not isinstance(priority, Sequence):
+                raise TypeError(
+                    f"priority must be a list of one value per prompt (got {priority!r})"
+                )
+            if len(priority) != len(prompts):
+                raise ValueError("priority must give one value per prompt")
         return self._run(prompts, params, use_tqdm, priority)
 
     def chat(

@@ -66,3 +66,18 @@ def test_chat_refuses_flags_that_are_not_bools(llm, kw, name):
     msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hel"}]
     with pytest.raises(TypeError, match=name):
         llm.chat(msgs, SamplingParams(max_tokens=2), use_tqdm=False, **kw)
+
+
+def test_generate_refuses_a_priority_that_is_not_one_per_prompt(llm):
+    """``priority=0`` (one number for every prompt) was a bare ``object of type 'int' has no
+    len()``; now a TypeError naming ``priority``."""
+    with pytest.raises(TypeError, match="priority"):
+        llm.generate(["a", "b"], SamplingParams(max_tokens=2), use_tqdm=False, priority=0)
+
+
+@pytest.mark.parametrize("kwargs", [[1], "enable_thinking"])
+def test_chat_refuses_template_kwargs_that_are_not_a_dict(llm, kwargs):
+    """A list or a string failed in ``dict(...)`` with a message naming no field."""
+    msgs = [{"role": "user", "content": "hi"}]
+    with pytest.raises(TypeError, match="chat_template_kwargs"):
+        llm.chat(msgs, SamplingParams(max_tokens=2), use_tqdm=False, chat_template_kwargs=kwargs)
