@@ -40,14 +40,17 @@ class BeamSearchParams:
     length_penalty: float = 1.0
 
     def __post_init__(self) -> None:
+        def count(v: object) -> bool:  # an int, not a bool (True is no width of 1)
+            return isinstance(v, int) and not isinstance(v, bool)
+
         checks = (
             (
-                isinstance(self.beam_width, int) and 1 <= self.beam_width <= MAX_BEAM_WIDTH,
+                count(self.beam_width) and 1 <= self.beam_width <= MAX_BEAM_WIDTH,
                 "beam_width",
                 f"in [1, {MAX_BEAM_WIDTH}] (each step reads 2 x beam_width top logprobs, at "
                 f"most {MAX_LOGPROBS})",
             ),
-            (isinstance(self.max_tokens, int) and self.max_tokens >= 1, "max_tokens", ">= 1"),
+            (count(self.max_tokens) and self.max_tokens >= 1, "max_tokens", "an integer >= 1"),
             (isinstance(self.ignore_eos, bool), "ignore_eos", "True or False"),
             (
                 isinstance(self.length_penalty, int | float)

@@ -27,6 +27,10 @@ HYBRID_ONLY: dict[str, tuple] = {
     "split_prefill_decode": ("auto", "on"),
 }
 SPLIT_MODES = ("auto", "on", "off")
+# Request limits that only the HTTP server applies (its admission queue, body size and request
+# timeout; ``xyserve.server``): the offline ``LLM`` refuses them rather than take them and let
+# no request ever be held to them.
+SERVER_ONLY_ARGS = ("max_request_body_bytes", "max_waiting_requests", "request_timeout_s")
 
 
 # The torch dtypes an engine runs in, by the names the engine takes (and vLLM's).

@@ -8,7 +8,7 @@ from dataclasses import fields
 from tqdm.auto import tqdm
 
 from xyserve.beam_search import BeamSearch, BeamSearchOutput, BeamSearchParams
-from xyserve.config import EngineConfig
+from xyserve.config import SERVER_ONLY_ARGS, EngineConfig
 from xyserve.engine.engine import LLMEngine
 from xyserve.outputs import RequestOutput
 from xyserve.sampling_params import SamplingParams
@@ -21,6 +21,12 @@ class LLM:
         unknown = sorted(set(engine_args) - known)
         if unknown:
             raise TypeError(f"unknown engine arguments: {unknown}")
+        server_only = sorted(set(engine_args) & set(SERVER_ONLY_ARGS))
+        if server_only:
+            raise TypeError(
+                f"engine arguments {server_only} apply to the HTTP server (xyserve serve) only; "
+                "the offline LLM would not use them"
+            )
         self.llm_engine = LLMEngine(EngineConfig(model=model, **engine_args))
 
     def get_tokenizer(self):
@@ -74,8 +80,13 @@ class LLM:
         if not all(isinstance(sp, SamplingParams) for sp in params):
             # a None in the list would otherwise mean the defaults, silently
             raise TypeError("sampling_params must be SamplingParams objects (or one per prompt)")
-        if priority is not None and len(priority) != len(prompts):
-            raise ValueError("priority must give one value per prompt")
+        if priority is not None:
+            if isinstance(priority, str) or not isinstance(priority, Sequence):
+                raise TypeError(
+                    f"priority must be a list of one value per prompt (got {priority!r})"
+                )
+            if len(priority) != len(prompts):
+                raise ValueError("priority must give one value per prompt")
         return self._run(prompts, params, use_tqdm, priority)
 
     def chat(
@@ -102,6 +113,13 @@ class LLM:
             raise ValueError("chat needs a tokenizer")
         if isinstance(messages, str | dict) or not isinstance(messages, Sequence):
             raise TypeError("messages must be a list of message dicts (or a list of such lists)")
+        flags = {
+            "add_generation_prompt": add_generation_prompt,
+            "continue_final_message": continue_final_message,
+        }
+        for name, flag in flags.items():  # a string "false" would be read as true
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} must be True or False (got {flag!r})")
         convs = [messages] if messages and isinstance(messages[0], dict) else messages
         prompts = []
         for conv in convs:

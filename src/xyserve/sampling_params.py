@@ -206,7 +206,7 @@ class SamplingParams:
                 "stop strings must be non-empty",
             ),
             (
-                all(isinstance(t, int) and t >= 0 for t in self.stop_token_ids),
+                all(_is_int(t) and t >= 0 for t in self.stop_token_ids),  # a bool is no id
                 "stop_token_ids",
                 "must be non-negative integer token ids",
             ),

@@ -248,7 +248,10 @@ def reserved_template_kwargs() -> frozenset[str]:
 
 def checked_template_kwargs(kwargs: dict | None) -> dict:
     """``chat_template_kwargs`` as a dict of variables for the template; a ValueError where
-    one is not a name or sets an argument of ``apply_chat_template`` itself."""
+    one is not a name or sets an argument of ``apply_chat_template`` itself; a TypeError where
+    they are not a dict (``dict()`` of a list or a string fails naming no field)."""
+    if kwargs is not None and not isinstance(kwargs, dict):
+        raise TypeError(f"chat_template_kwargs must be a dict (got {type(kwargs).__name__})")
     extra = dict(kwargs or {})
     if not all(isinstance(k, str) and k.isidentifier() for k in extra):
         raise ValueError("chat_template_kwargs keys must be names (identifiers)")
