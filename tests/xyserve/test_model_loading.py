@@ -344,3 +344,15 @@ def test_llama_mlp_bias_is_refused(tmp_path):
     path = build_model(tmp_path / "m", "llama", with_tokenizer=False, mlp_bias=True)
     with pytest.raises(ModelLoadError, match="mlp_bias"):
         LLM(str(path), skip_tokenizer_init=True, cpu_fused_decode="off")
+
+
+def test_a_max_model_len_the_kv_cache_cannot_hold_is_refused_and_the_models_is_capped(tmp_path):
+    """An explicit max_model_len past the cache was capped with a log line: a setting taken
+    and not applied. It is refused, as vLLM refuses it; the model's own length (no
+    max_model_len given) is still capped to the cache."""
+    path = build_model(tmp_path / "m", "llama", with_tokenizer=False)
+    args = dict(skip_tokenizer_init=True, num_kv_blocks=4, block_size=16, cpu_fused_decode="off")
+    with pytest.raises(ValueError, match="max_model_len=512 needs 32 K/V blocks"):
+        LLM(str(path), max_model_len=512, **args)
+    assert LLM(str(path), max_model_len=64, **args).llm_engine.max_model_len == 64
+    assert LLM(str(path), **args).llm_engine.max_model_len == 64

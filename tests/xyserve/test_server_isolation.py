@@ -22,7 +22,7 @@ from xyserve.server.options import ServerOptions
 from xyserve.server.protocol import ChatCompletionRequest, CompletionRequest
 
 MODEL = "tiny"
-MAX_MODEL_LEN = 512
+MAX_MODEL_LEN = 1024  # the tiny model's max_position_embeddings, the engine's default
 NUM_KV_BLOCKS = 24  # 384 tokens at block size 16: less than MAX_MODEL_LEN
 KEY = "sk-test-key"
 
@@ -32,7 +32,6 @@ def server(tiny_llama: Path) -> Iterator[Server]:
     config = EngineConfig(
         model=str(tiny_llama),
         served_model_name=MODEL,
-        max_model_len=MAX_MODEL_LEN,
         num_kv_blocks=NUM_KV_BLOCKS,
         max_num_seqs=16,
         max_num_batched_tokens=128,

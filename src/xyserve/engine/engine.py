@@ -131,8 +131,17 @@ class LLMEngine:
             want = 2 * config.max_num_seqs * -(-self.max_model_len // bs)
             num_blocks = max(1, min(config.kv_cache_memory_bytes // per_block, want))
         if num_blocks * bs < self.max_model_len:
-            # A request of max_model_len tokens could never fit, and would wait forever: cap
-            # the context to what the cache holds, as vLLM does, and say so.
+            # A request of max_model_len tokens could never fit, and would wait forever. An
+            # explicit max_model_len is refused (vLLM refuses one its cache cannot hold); the
+            # model's own length is capped to what the cache holds, and said, as a sliding
+            # window caps it above.
+            if config.max_model_len is not None:
+                raise ValueError(
+                    f"max_model_len={self.max_model_len} needs "
+                    f"{-(-self.max_model_len // bs)} K/V blocks of {bs} tokens but the cache "
+                    f"has {num_blocks} ({num_blocks * bs} tokens): lower max_model_len, or give "
+                    f"the cache more (num_kv_blocks, kv_cache_memory_bytes)"
+                )
             log.warning(
                 "max_model_len=%d needs %d K/V blocks of %d tokens but the cache has %d: "
                 "capping max_model_len to %d",
