@@ -7,7 +7,7 @@ import os
 
 from tqdm import tqdm
 
-from octopus.checks import refuse_repeats
+from octopus.checks import check_seed, refuse_repeats
 from octopus.owg.arrival import make_arrivals
 from octopus.owg.schema import MAX_INSTANCES
 from octopus.report.metrics import json_safe, summarize
@@ -104,6 +104,7 @@ def compare_suite(
     """The ablation over the suite at `seed`; with seeds > 1, also `over_seeds`: the same
     figures at seed, seed + 1, ..., with their mean and spread (the top-level figures stay
     those of `seed`)."""
+    check_seed(seed, "compare: --seed")
     if seeds < 1:
         raise ValueError(f"compare: --seeds must be >= 1, got {seeds}")
     if capacity < 0:  # 0: no capacity; a negative count was truthy and crashed at the end
@@ -402,6 +403,7 @@ def sweep(
     from octopus.grid import executor_stream
     from octopus.report.plots import line_plot
 
+    check_seed(seed, "sweep: --seed")  # the points run in workers: refuse it here, first
     if seeds < 1:  # no point to run: the summary's means would divide by zero
         raise ValueError(f"sweep: --seeds must be >= 1, got {seeds}")
     if instances is not None and not 1 <= instances <= MAX_INSTANCES:  # else in each point

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable
 import yaml
 from tqdm import tqdm
 
-from octopus.checks import positive_finite, refuse_repeats, shown
+from octopus.checks import check_seed, positive_finite, refuse_repeats, shown
 from octopus.owg.schema import MAX_INSTANCES
 from octopus.report.metrics import json_safe
 
@@ -63,8 +63,7 @@ def parse_grid(doc, where: str = "sweep grid") -> dict:
         refuse_repeats(v, f"{where}: field {key!r}")  # it would run the same points twice
         g[key] = v
     for s in g["seeds"]:
-        if not isinstance(s, int) or isinstance(s, bool):
-            raise ValueError(f"{where}: field 'seeds': expected integers, got {shown(s)}")
+        check_seed(s, f"{where}: field 'seeds'")
     for r in g["rates"]:
         if r != "closed" and not positive_finite(r):
             raise ValueError(

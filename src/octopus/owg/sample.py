@@ -10,8 +10,10 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from octopus.checks import check_seed
 from octopus.owg.schema import (
     MAX_INSTANCE_INVOCATIONS,
+    MAX_INSTANCES,
     MAX_LAYER_GROUPS,
     ControlBlock,
     TaskBlock,
@@ -19,6 +21,13 @@ from octopus.owg.schema import (
     WorkflowError,
     do_while_mean_trips,
 )
+
+# Instance idx of seed s draws from random.Random(s * SEED_STRIDE + idx): one stream per
+# (seed, idx) for seeds >= 0 and idx < SEED_STRIDE, and a run has at most MAX_INSTANCES
+# instances, so seed s + 1 never repeats an instance of seed s. (The value is the one every
+# pinned result was drawn with.)
+SEED_STRIDE = 1_000_003
+assert MAX_INSTANCES <= SEED_STRIDE
 
 
 @dataclass
@@ -214,8 +223,14 @@ class CompiledWorkflow:
         return (idx * 0.6180339887 + off) % 1.0
 
     def instance_rng(self, seed: int, idx: int) -> random.Random:
-        """Independent, reproducible stream per instance (adding instances changes no others)."""
-        return random.Random(seed * 1_000_003 + idx)
+        """Independent, reproducible stream per instance (adding instances changes no others):
+        `random.Random(seed * SEED_STRIDE + idx)`, one stream per (seed, idx) as long as the
+        seed is >= 0 (`random.Random` drops the sign) and `idx` < SEED_STRIDE (instance
+        SEED_STRIDE of seed s would be instance 0 of seed s + 1); both are refused here."""
+        check_seed(seed, "instance seed")
+        if not 0 <= idx < SEED_STRIDE:
+            raise ValueError(f"instance index must be in [0, {SEED_STRIDE}), got {idx}")
+        return random.Random(seed * SEED_STRIDE + idx)
 
     def profile(self, n: int = 400, seed: int = 12345) -> dict:
         """Monte-Carlo profile: mean invocations and mean work (Mop x footprint) per TB."""
