@@ -11,19 +11,25 @@ A grid file (`schema: octopus-sweep/1`) names lists to cross:
     instances: 24                                      # optional, per run
 
 Every finished run is appended to `rows.jsonl` in the output folder at once, so an
-interrupted sweep resumes by skipping the runs already there. At the end the rows are
-written in grid order as `rows.csv` (and `rows.parquet` when pyarrow is installed): every
-parameter and every metric, one row per run.
+interrupted sweep resumes by skipping the runs already there. A row carries a
+`fingerprint` of what determines it beyond its parameters (the contents of its workflow
+and architecture files, its plugin scheduler's file, octopus's version and code): a resume
+reuses a row only when its fingerprint still matches, and reruns the stale ones. At the
+end the rows are written in grid order as `rows.csv` (and `rows.parquet` when pyarrow is
+installed): every parameter and every metric, one row per run.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import itertools
 import json
 import os
+import sys
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import yaml
 from tqdm import tqdm
@@ -121,10 +127,62 @@ def run_key(params: dict) -> str:
     return hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@functools.cache
+def code_digest() -> str:
+    """A hash of octopus's own source (every .py file of the package, by relative path):
+    the version alone stays 0.1.0 through every change of the simulator or a built-in
+    scheduler, and a row computed by other code is not the row this code would compute.
+    Once per process: the code that runs is the code imported at its start."""
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for f in sorted(root.rglob("*.py")):
+        h.update(f.relative_to(root).as_posix().encode() + b"\0" + _digest(f.read_bytes()).encode())
+    return h.hexdigest()
+
+
+def octopus_version() -> str:
+    """The installed distribution's version, or "unknown" (run from a bare source tree)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("xyserve-octopus")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def fingerprint(params: dict) -> str:
+    """What determines a grid row beyond its parameters, hashed: the bytes of its workflow
+    and architecture files (as the loaders read them: a name is the shipped file), its
+    plugin scheduler's file (None for a built-in, which the code hash covers), octopus's
+    version and the hash of its code. Resume matched rows by parameters alone, so after a
+    file or the code changed a rerun into the same folder reused the old rows silently;
+    now only a row whose fingerprint matches is reused (`run_grid`)."""
+    from octopus.arch.config import arch_file
+    from octopus.owg.schema import workflow_file
+    from octopus.sched.plugins import source_file
+
+    plugin = source_file(params["scheduler"])
+    parts = {
+        "workflow": _digest(workflow_file(params["workflow"]).read_bytes()),
+        "arch": _digest(arch_file(params["arch"]).read_bytes()),
+        "scheduler": _digest(plugin.read_bytes()) if plugin else None,
+        "octopus": octopus_version(),
+        "code": code_digest(),
+    }
+    return _digest(json.dumps(parts, sort_keys=True).encode())[:16]
+
+
 def run_params(params: dict) -> dict:
-    """Run one point of the grid; returns the tidy row (parameters + metrics)."""
+    """Run one point of the grid; returns the tidy row (parameters, fingerprint, metrics).
+    The fingerprint is taken here, just before the files are loaded, so a file edited
+    while the sweep runs marks the rows computed from its old contents as stale."""
     from octopus.runner import prepare, run_one
 
+    fp = fingerprint(params)
     cw, arch = prepare(params["workflow"], params["arch"], params["level"])
     if params["rate_per_ms"] is None:
         from octopus.report.metrics import summarize
@@ -145,7 +203,7 @@ def run_params(params: dict) -> dict:
             cw, arch, params["scheduler"], params["rate_per_ms"], seed=params["seed"], **kw
         )
         metrics = {k: v for k, v in asdict(p).items() if k != "rate_per_ms"}
-    return {"run": run_key(params), **params, **metrics}
+    return {"run": run_key(params), **params, "fingerprint": fp, **metrics}
 
 
 def _done_rows(path: str) -> dict[str, dict]:
@@ -161,6 +219,42 @@ def _done_rows(path: str) -> dict[str, dict]:
                         continue
                     rows[r["run"]] = r
     return rows
+
+
+def resume_plan(runs: list[dict], done: dict[str, dict]) -> tuple[list[dict], int, int]:
+    """Which runs to run, given the journal's rows `done` by run key: those not there, and
+    those whose row is stale (its fingerprint differs from the one the files and code give
+    now, or it has none: journals written before fingerprints were recorded). Returns
+    (todo, stale, of which without a fingerprint). Fingerprints are computed once per
+    (workflow, architecture, scheduler)."""
+    want: dict[tuple, str] = {}
+    todo, stale, unmarked = [], 0, 0
+    for p in runs:
+        row = done.get(run_key(p))
+        if row is not None:
+            key = (p["workflow"], p["arch"], p["scheduler"])
+            if key not in want:
+                want[key] = fingerprint(p)
+            if row.get("fingerprint") == want[key]:
+                continue
+            stale += 1
+            unmarked += "fingerprint" not in row
+        todo.append(p)
+    return todo, stale, unmarked
+
+
+def resume_message(journal: str, reused: int, stale: int, unmarked: int) -> str:
+    """What a resume found in the journal, for the user: silence hid stale rows."""
+    msg = f"sweep: {journal}: {reused} finished run(s) reused, {stale} stale"
+    if stale:
+        msg += (
+            " (rerun: their workflow, architecture or plugin scheduler file, or octopus's "
+            "code, changed since they ran"
+        )
+        if unmarked:
+            msg += f"; {unmarked} written before rows had fingerprints, so unverifiable"
+        msg += ")"
+    return msg
 
 
 def process_pool(fn: Callable, todo: list, workers: int) -> Iterable:
@@ -221,13 +315,19 @@ def run_grid(
     progress: bool = True,
     on_row: Callable[[dict], None] | None = None,
 ) -> dict:
-    """Run every point of grid `g` not already in `out_dir`; write the tidy rows. The grid's
-    names are all resolved first (`check_names`): a bad one fails before any point runs."""
+    """Run every point of grid `g` not already in `out_dir` with a matching fingerprint;
+    write the tidy rows. The grid's names are all resolved first (`check_names`): a bad one
+    fails before any point runs. Returns the counts: rows, ran, reused (found with a
+    matching fingerprint) and stale (found, but computed from other files or code, or
+    before rows had fingerprints: rerun)."""
     check_names(g)  # every name, before any point runs
     journal = os.path.join(out_dir, "rows.jsonl")
     runs = expand(g)
     done = _done_rows(journal)
-    todo = [p for p in runs if run_key(p) not in done]
+    todo, stale, unmarked = resume_plan(runs, done)
+    reused = len(runs) - len(todo)
+    if progress and (reused or stale):
+        print(resume_message(journal, reused, stale, unmarked), file=sys.stderr)
     stream = executor_stream(run_params, todo, executor, workers, address)  # checks first
     os.makedirs(out_dir, exist_ok=True)
     with open(journal, "a") as f:
@@ -245,7 +345,7 @@ def run_grid(
         w = csv.DictWriter(f, fieldnames=cols, restval="")
         w.writeheader()
         w.writerows(rows)
-    out = {"rows": len(rows), "ran": len(todo), "skipped": len(runs) - len(todo), "csv": csv_path}
+    out = {"rows": len(rows), "ran": len(todo), "reused": reused, "stale": stale, "csv": csv_path}
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
