@@ -259,16 +259,42 @@ def resume_message(journal: str, reused: int, stale: int, unmarked: int) -> str:
 
 def process_pool(fn: Callable, todo: list, workers: int) -> Iterable:
     """fn over todo on a local process pool (in this process when workers <= 1), results in
-    completion order."""
+    completion order. When a point fails (or the caller stops reading), the pending points
+    are cancelled and the running ones ended at once (`stop_pool`), and the error raised:
+    the pool's context manager waited for every pending point first, so a failure early in
+    a long sweep was reported only at its end."""
     if workers <= 1:
         for p in todo:
             yield fn(p)
         return
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    with ProcessPoolExecutor(max_workers=workers) as ex:
+    ex = ProcessPoolExecutor(max_workers=workers)
+    try:
         for fut in as_completed([ex.submit(fn, p) for p in todo]):
             yield fut.result()
+    except BaseException:  # a point's error, Ctrl-C, or the generator closed by its reader
+        stop_pool(ex)
+        raise
+    ex.shutdown(wait=True)
+
+
+def stop_pool(ex) -> None:
+    """Cancel `ex`'s pending work and terminate its worker processes, then wait for them to
+    exit, so that none is left behind. `shutdown(cancel_futures=True)` alone only cancels
+    points not yet started and (with wait) waits for the running ones, minutes in a sweep.
+    Python 3.14 has `terminate_workers()` for this; before it, the process table is the
+    executor's private `_processes`, read before `shutdown`, which clears it."""
+    procs = list((getattr(ex, "_processes", None) or {}).values())
+    manager = getattr(ex, "_executor_manager_thread", None)
+    ex.shutdown(wait=False, cancel_futures=True)
+    for proc in procs:
+        if proc.is_alive():
+            proc.terminate()
+    for proc in procs:
+        proc.join()
+    if manager is not None:  # it notices the ended workers and exits
+        manager.join(timeout=10)
 
 
 def on_ray(fn: Callable, todo: list, address: str | None) -> Iterable:
@@ -284,9 +310,14 @@ def on_ray(fn: Callable, todo: list, address: str | None) -> Iterable:
     try:
         remote = ray.remote(fn)
         pending = [remote.remote(p) for p in todo]
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            yield ray.get(done[0])
+        try:
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                yield ray.get(done[0])
+        except BaseException:  # as on a process pool: a cluster's tasks would run on
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            raise
     finally:
         if started:
             ray.shutdown()
@@ -330,14 +361,28 @@ def run_grid(
         print(resume_message(journal, reused, stale, unmarked), file=sys.stderr)
     stream = executor_stream(run_params, todo, executor, workers, address)  # checks first
     os.makedirs(out_dir, exist_ok=True)
+    ran = 0
     with open(journal, "a") as f:
-        for row in tqdm(stream, total=len(todo), desc="sweep", disable=not progress):
-            row = json_safe(row)  # NaN -> None: the journal is JSON, and a resume reads it
-            f.write(json.dumps(row) + "\n")
-            f.flush()
-            done[row["run"]] = row
-            if on_row:
-                on_row(row)
+        try:
+            for row in tqdm(stream, total=len(todo), desc="sweep", disable=not progress):
+                row = json_safe(row)  # NaN -> None: the journal is JSON, a resume reads it
+                f.write(json.dumps(row) + "\n")
+                f.flush()
+                done[row["run"]] = row
+                ran += 1
+                if on_row:
+                    on_row(row)
+        except BaseException:
+            close = getattr(stream, "close", None)
+            if close:  # a failure here, not in a point: end the points still running
+                close()
+            if progress:
+                print(
+                    f"sweep: stopped after {ran} of {len(todo)} run(s); the finished rows are "
+                    f"in {journal}: run the same command again to resume",
+                    file=sys.stderr,
+                )
+            raise
     rows = [done[run_key(p)] for p in runs]
     cols = list(dict.fromkeys(k for r in rows for k in r))
     csv_path = os.path.join(out_dir, "rows.csv")

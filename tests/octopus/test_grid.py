@@ -224,3 +224,49 @@ def test_resume_reruns_rows_whose_files_or_code_changed(tmp_path, capsys, monkey
     err = capsys.readouterr().err
     assert "0 finished run(s) reused, 2 stale" in err
     assert "2 written before rows had fingerprints" in err
+
+
+def test_a_failing_point_stops_the_pool_at_once(tmp_path):
+    """The pool's context manager waited for every pending point before the error of one
+    came out (here 3 points of 20 s on 2 workers: 40 s); now the pending points are
+    cancelled, the running ones ended, and no worker process is left behind."""
+    import os
+    import time
+
+    from octo_helpers import slow_or_fail
+
+    from octopus.grid import process_pool
+
+    todo = [("fail", str(tmp_path))] + [("slow", str(tmp_path))] * 3
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match="this point failed"):
+        list(process_pool(slow_or_fail, todo, 2))
+    assert time.monotonic() - t0 < 15
+    pids = [int(f.read_text()) for f in tmp_path.glob("*.pid")]
+    assert pids  # at least the point running beside the failure had started
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):  # ended and reaped
+            os.kill(pid, 0)
+
+
+def test_after_a_failing_point_the_finished_rows_stay_and_a_rerun_resumes(tmp_path, capsys):
+    flag = tmp_path / "fail"
+    plugin = tmp_path / "boom.py"
+    plugin.write_text(
+        "import os\n"
+        "from octopus.sched.greedy import GreedyScheduler\n\n\n"
+        "class Boom(GreedyScheduler):\n"
+        "    def on_ready(self, k, t):\n"
+        f"        if os.path.exists({str(flag)!r}):\n"
+        "            raise RuntimeError('boom')\n"
+        "        super().on_ready(k, t)\n"
+    )
+    g = parse_grid({**GRID, "schedulers": ["greedy", f"{plugin}:Boom"], "rates": ["closed"]})
+    flag.write_text("")
+    with pytest.raises(RuntimeError, match="boom"):
+        run_grid(g, str(tmp_path / "out"), workers=1)
+    err = capsys.readouterr().err
+    assert "stopped after 2 of 4 run(s)" in err and "again to resume" in err  # greedy's
+    flag.unlink()
+    res = run_grid(g, str(tmp_path / "out"), workers=1, progress=False)
+    assert (res["ran"], res["reused"]) == (2, 2)
