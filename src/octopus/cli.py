@@ -285,7 +285,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--executor", choices=("process", "ray"), default="process")
     s.add_argument("--workers", type=int, default=None, help="process pool size (default: CPUs)")
     s.add_argument("--address", default=None, help="Ray cluster address (default: local Ray)")
-    s.add_argument("--workflows", nargs="*", default=None)
+    s.add_argument(
+        "--workflows",
+        nargs="+",  # "*" let a bare --workflows ([]) run the whole suite
+        default=None,
+        help="suite names or paths (default: the whole suite)",
+    )
     s.add_argument("--seed", type=seed_arg, default=None, help="first seed (default 0)")
     s.add_argument("--instances", type=int, default=None)
     s.add_argument("--seeds", type=int, default=None, help="seeds per point (default 3)")

@@ -410,7 +410,9 @@ def sweep(
         raise ValueError(
             f"sweep: --instances must be in [1, {MAX_INSTANCES}] (MAX_INSTANCES), got {instances}"
         )
-    names = workflows or list(SUITE)
+    if workflows is not None and not workflows:  # ran the whole suite, for minutes
+        raise ValueError("sweep: --workflows is empty; leave it out to sweep the whole suite")
+    names = list(SUITE) if workflows is None else list(workflows)
     refuse_repeats(names, "sweep: --workflows")  # its values were appended twice per seed
     arches = ("chip", "chiplet", "wafer")
     check_names(

@@ -408,3 +408,20 @@ def test_an_output_in_a_missing_folder_is_refused_before_running(tmp_path, capsy
     assert main([*args, opt, str(target)]) == 2
     out, err = capsys.readouterr()
     assert out == "" and opt in err and "does not exist" in err
+
+
+@pytest.mark.timeout(60)
+def test_sweep_refuses_an_empty_workflows_list(tmp_path, capsys):
+    """`sweep --workflows` with no values gave [] (nargs "*"), which ran the whole suite:
+    an empty list is a mistake, refused by the parser and by the Python API."""
+    from octopus.experiments import sweep
+
+    out = tmp_path / "out"
+    argv = ["sweep", "--seeds", "1", "--parts", "dyn", "--instances", "2", "--workers", "1"]
+    with pytest.raises(SystemExit) as e:
+        main([*argv, "--out", str(out), "--workflows"])
+    assert e.value.code == 2
+    assert "--workflows: expected at least one argument" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="--workflows is empty"):
+        sweep(str(out), [], seeds=1, parts=("dyn",), instances=2, workers=1)
+    assert not out.exists()
