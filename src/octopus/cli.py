@@ -283,7 +283,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--grid", default=None, help="YAML grid (schema octopus-sweep/1): tidy rows, resumable"
     )
     s.add_argument("--executor", choices=("process", "ray"), default="process")
-    s.add_argument("--workers", type=int, default=None, help="process pool size (default: CPUs)")
+    s.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="process pool size (default: CPUs); with --executor ray, tasks in flight "
+        "(default: all, Ray schedules them over its CPUs)",
+    )
     s.add_argument("--address", default=None, help="Ray cluster address (default: local Ray)")
     s.add_argument(
         "--workflows",

@@ -297,9 +297,11 @@ def stop_pool(ex) -> None:
         manager.join(timeout=10)
 
 
-def on_ray(fn: Callable, todo: list, address: str | None) -> Iterable:
+def on_ray(fn: Callable, todo: list, address: str | None, workers: int | None = None) -> Iterable:
     """fn over todo as Ray tasks (a local Ray started here, or the cluster at `address`),
-    results in completion order."""
+    results in completion order. At most `workers` tasks are in flight (None: all are
+    submitted at once and Ray schedules them over its CPUs): `--workers` was silently
+    ignored with Ray, so a sweep meant to leave a shared cluster room took all of it."""
     try:
         import ray
     except ImportError as e:
@@ -309,11 +311,14 @@ def on_ray(fn: Callable, todo: list, address: str | None) -> Iterable:
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
     try:
         remote = ray.remote(fn)
-        pending = [remote.remote(p) for p in todo]
+        queue = iter(todo)
+        pending = [remote.remote(p) for p in itertools.islice(queue, workers or len(todo))]
         try:
             while pending:
                 done, pending = ray.wait(pending, num_returns=1)
-                yield ray.get(done[0])
+                result = ray.get(done[0])
+                pending += [remote.remote(p) for p in itertools.islice(queue, 1)]  # refill
+                yield result
         except BaseException:  # as on a process pool: a cluster's tasks would run on
             for ref in pending:
                 ray.cancel(ref, force=True)
@@ -333,7 +338,7 @@ def executor_stream(
     if workers is not None and workers < 1:  # 0 and -4 ran in this process, one at a time
         raise ValueError(f"sweep: --workers must be >= 1, got {workers}")
     if executor == "ray":
-        return on_ray(fn, todo, address)
+        return on_ray(fn, todo, address, workers)
     return process_pool(fn, todo, workers if workers is not None else (os.cpu_count() or 1))
 
 

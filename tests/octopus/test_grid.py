@@ -75,6 +75,30 @@ def test_ray_executor_gives_the_same_rows(tmp_path):
     assert _rows(a["csv"]) == _rows(r["csv"])
 
 
+def test_ray_honours_workers(tmp_path):
+    """`--workers` was ignored with `--executor ray`: every point was submitted at once and
+    ran as wide as Ray's CPUs. With workers=1, no two tasks overlap in time."""
+    pytest.importorskip("ray")
+    from octopus.grid import executor_stream
+
+    folder = str(tmp_path)
+
+    def point(i: int) -> int:  # sent by value to Ray's workers (cloudpickle)
+        import time
+        from pathlib import Path
+
+        t0 = time.time()
+        time.sleep(1.5)
+        Path(folder, f"{i}.span").write_text(f"{t0} {time.time()}")
+        return i
+
+    assert sorted(executor_stream(point, [0, 1, 2], "ray", 1, None)) == [0, 1, 2]
+    spans = sorted(tuple(map(float, f.read_text().split())) for f in tmp_path.glob("*.span"))
+    assert len(spans) == 3
+    for (_, end), (start, _) in zip(spans, spans[1:]):
+        assert start >= end
+
+
 def test_cli_grid(tmp_path, capsys):
     import yaml
 
