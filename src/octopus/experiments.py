@@ -61,6 +61,11 @@ def compare_workflow(
         rows[s] = summarize(run_one(cw, a, s, seed, instances, profile=prof))
     ref = rows["reactive"]["makespan_us"]
     bound = rows["octopus"]["bound_us"]
+    if not bound > 0:  # every figure below is a ratio to it (a ZeroDivisionError)
+        raise ValueError(
+            f"compare: workflow {name!r}: the lower bound is 0 (no work and no decisions), so "
+            "no speedup ceiling or ratio to the bound is defined"
+        )
     unl = free_pool_reference(cw, a, seed, instances)
     pool = free_pool_reference(cw, a, seed, instances, a.n_peas)
     return {

@@ -68,8 +68,10 @@ def work_per_instance(profile: dict, arch: Arch) -> float:
 
 
 def capacity_bound_per_us(profile: dict, arch: Arch) -> float:
-    """The open-loop bound: total PEA capacity over the mean work per instance."""
-    return arch.n_peas / work_per_instance(profile, arch)
+    """The open-loop bound: total PEA capacity over the mean work per instance; infinite
+    for a workflow with no work (it raised ZeroDivisionError, a traceback)."""
+    work = work_per_instance(profile, arch)
+    return arch.n_peas / work if work > 0 else math.inf
 
 
 def batch_means_se(xs: list[float], batches: int = 20) -> float:
@@ -167,6 +169,11 @@ def load_sweep(
     check_seed(kw.get("seed", 0), "load: seed")  # before the profile and the first rate
     profile = profile or cw.profile()
     bound = capacity_bound_per_us(profile, arch) * 1000.0
+    if math.isinf(bound):
+        raise ValueError(
+            f"load: workflow {cw.wf.name!r} has no work (0 PEA-us per instance): its capacity "
+            "bound is infinite, so no rate is a fraction of it; give one --rate"
+        )
     if not fractions or not all(positive_finite(f) for f in fractions):
         raise ValueError("load: fractions of the capacity bound must be positive and finite")
     refuse_repeats(fractions, "load: --fractions")  # the same rate would run twice
