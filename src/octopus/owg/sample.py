@@ -1,8 +1,14 @@
 """Seeded unrolling of a workflow into one instance: a DAG of concrete invocations.
 
 Control decisions (branch choice, fanout count, loop trips) are drawn when the instance is
-created, so an instance is a pure function of (workflow, level, seed, index). The simulator
-reveals a decision only when its control block executes; schedulers never look ahead.
+created, so an instance is a pure function of (workflow file as written, level, seed,
+index). "As written" includes order: each `next` list's order at every level (forks unroll
+and draw in that order; a branch's successors split [0, 1) in that order), and below the
+high level the position of each branch node in the file (`_branch_u` offsets its decisions
+by its index). The same graph listed in another order gives the same instances at the high
+level, other ones below it. Kept so: changing it would change every pinned figure. The
+simulator reveals a decision only when its control block executes; schedulers never look
+ahead.
 """
 
 from __future__ import annotations
