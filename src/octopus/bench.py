@@ -6,6 +6,7 @@ import gc
 import time
 
 from octopus.arch.config import Arch, free_arch
+from octopus.checks import check_seed
 from octopus.owg.arrival import Arrivals
 from octopus.runner import prepare, run_one
 from octopus.sched import make_scheduler
@@ -77,6 +78,7 @@ def bench(
     simpy_instances=400,
     profile_top: int = 0,
 ):
+    check_seed(seed, "bench: --seed")
     cw, a = prepare(workflow, arch, "high")
     prof = cw.profile()
     if instances is None:  # size the run to >= 200,000 task-block invocations

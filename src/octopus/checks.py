@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from numbers import Integral
 
 
 def refuse_repeats(values: Iterable, where: str) -> None:
@@ -19,6 +20,26 @@ def refuse_repeats(values: Iterable, where: str) -> None:
         if x in seen:
             raise ValueError(f"{where}: repeated {x!r}")
         seen.append(x)
+
+
+def check_seed(seed, where: str) -> int:
+    """Return `seed` as an int if it is an integer >= 0; otherwise raise a ValueError that
+    names `where` (the option, grid field or function). `random.Random` seeds with the
+    absolute value of an integer, so a negative seed silently repeated a positive one's
+    draws (`--seed -1` gave the run of `--seed 1`); a float or a bool is not a seed (a float
+    was hashed, so 1.0 and 1 agreed but 0.5 ran too). Every place a seed enters checks it
+    before anything runs: the command line, the grid file, and the Python entry points
+    (`make_arrivals`, `arrival_times`, `Simulator`, `CompiledWorkflow.instance_rng`, and
+    those that run many points first)."""
+    at = f"{where}: " if where else ""
+    if isinstance(seed, bool) or not isinstance(seed, Integral):
+        raise ValueError(f"{at}a seed must be an integer >= 0, got {shown(seed)}")
+    if seed < 0:
+        raise ValueError(
+            f"{at}a seed must be >= 0, got {seed} (random.Random ignores the sign, so a "
+            "negative seed repeats the draws of a positive one)"
+        )
+    return int(seed)
 
 
 def positive_finite(v) -> bool:

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from octopus.checks import positive_finite, refuse_repeats
+from octopus.checks import check_seed, positive_finite, refuse_repeats
 from octopus.report.metrics import json_safe
 from octopus.sched import all_names
 
@@ -14,6 +14,19 @@ SCHEDULER_HELP = (
     "a built-in or registered name (see `octopus list`), or a plugin: "
     "package.module:Class or path/to/file.py:Class"
 )
+
+
+def seed_arg(text: str) -> int:
+    """argparse type of every --seed: an integer >= 0 (`checks.check_seed`), refused at
+    parse time, before anything runs: `--seed -1` ran, and gave the run of `--seed 1`."""
+    try:
+        seed = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    try:
+        return check_seed(seed, "")  # argparse names the option itself
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _run(a) -> int:
@@ -229,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--arch", "-a", default="chip", help="chip | chiplet | wafer | path")
     r.add_argument("--scheduler", "-s", default="octopus", help=SCHEDULER_HELP)
     r.add_argument("--level", default="high", help="dynamicity: low | medium | high")
-    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--seed", type=seed_arg, default=0)
     r.add_argument("--instances", type=int, default=None, help="override instance count")
     r.add_argument("--threshold", type=float, default=None, help="reactive: fixed threshold")
     r.add_argument("--trace", default=None, help="write a Chrome/Perfetto trace JSON")
@@ -240,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--suite", default="paper")
     c.add_argument("--arch", default="chip")
     c.add_argument("--level", default="high")
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--seed", type=seed_arg, default=0)
     c.add_argument("--instances", type=int, default=None)
     c.add_argument("--json", default=None)
     c.add_argument("--plots", default=None, help="directory for the ablation bar plot")
@@ -270,10 +283,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--grid", default=None, help="YAML grid (schema octopus-sweep/1): tidy rows, resumable"
     )
     s.add_argument("--executor", choices=("process", "ray"), default="process")
-    s.add_argument("--workers", type=int, default=None, help="process pool size (default: CPUs)")
+    s.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="process pool size (default: CPUs); with --executor ray, tasks in flight "
+        "(default: all, Ray schedules them over its CPUs)",
+    )
     s.add_argument("--address", default=None, help="Ray cluster address (default: local Ray)")
-    s.add_argument("--workflows", nargs="*", default=None)
-    s.add_argument("--seed", type=int, default=None, help="first seed (default 0)")
+    s.add_argument(
+        "--workflows",
+        nargs="+",  # "*" let a bare --workflows ([]) run the whole suite
+        default=None,
+        help="suite names or paths (default: the whole suite)",
+    )
+    s.add_argument("--seed", type=seed_arg, default=None, help="first seed (default 0)")
     s.add_argument("--instances", type=int, default=None)
     s.add_argument("--seeds", type=int, default=None, help="seeds per point (default 3)")
     s.add_argument(
@@ -295,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="repeatable (default: octopus and reactive at threshold 1); " + SCHEDULER_HELP,
     )
     ld.add_argument("--level", default="high")
-    ld.add_argument("--seed", type=int, default=0)
+    ld.add_argument("--seed", type=seed_arg, default=0)
     ld.add_argument("--instances", type=int, default=300, help="instances per rate")
     ld.add_argument("--rate", type=float, default=None, help="one rate (instances/ms)")
     ld.add_argument(
@@ -335,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--workflow", default="video_recognition")
     b.add_argument("--instances", type=int, default=None)
     b.add_argument("--simpy-instances", type=int, default=400)
-    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--seed", type=seed_arg, default=0)
     b.add_argument(
         "--profile",
         type=int,

@@ -7,7 +7,7 @@ import os
 
 from tqdm import tqdm
 
-from octopus.checks import refuse_repeats
+from octopus.checks import check_seed, refuse_repeats
 from octopus.owg.arrival import make_arrivals
 from octopus.owg.schema import MAX_INSTANCES
 from octopus.report.metrics import json_safe, summarize
@@ -61,6 +61,11 @@ def compare_workflow(
         rows[s] = summarize(run_one(cw, a, s, seed, instances, profile=prof))
     ref = rows["reactive"]["makespan_us"]
     bound = rows["octopus"]["bound_us"]
+    if not bound > 0:  # every figure below is a ratio to it (a ZeroDivisionError)
+        raise ValueError(
+            f"compare: workflow {name!r}: the lower bound is 0 (no work and no decisions), so "
+            "no speedup ceiling or ratio to the bound is defined"
+        )
     unl = free_pool_reference(cw, a, seed, instances)
     pool = free_pool_reference(cw, a, seed, instances, a.n_peas)
     return {
@@ -104,6 +109,7 @@ def compare_suite(
     """The ablation over the suite at `seed`; with seeds > 1, also `over_seeds`: the same
     figures at seed, seed + 1, ..., with their mean and spread (the top-level figures stay
     those of `seed`)."""
+    check_seed(seed, "compare: --seed")
     if seeds < 1:
         raise ValueError(f"compare: --seeds must be >= 1, got {seeds}")
     if capacity < 0:  # 0: no capacity; a negative count was truthy and crashed at the end
@@ -402,13 +408,16 @@ def sweep(
     from octopus.grid import executor_stream
     from octopus.report.plots import line_plot
 
+    check_seed(seed, "sweep: --seed")  # the points run in workers: refuse it here, first
     if seeds < 1:  # no point to run: the summary's means would divide by zero
         raise ValueError(f"sweep: --seeds must be >= 1, got {seeds}")
     if instances is not None and not 1 <= instances <= MAX_INSTANCES:  # else in each point
         raise ValueError(
             f"sweep: --instances must be in [1, {MAX_INSTANCES}] (MAX_INSTANCES), got {instances}"
         )
-    names = workflows or list(SUITE)
+    if workflows is not None and not workflows:  # ran the whole suite, for minutes
+        raise ValueError("sweep: --workflows is empty; leave it out to sweep the whole suite")
+    names = list(SUITE) if workflows is None else list(workflows)
     refuse_repeats(names, "sweep: --workflows")  # its values were appended twice per seed
     arches = ("chip", "chiplet", "wafer")
     check_names(

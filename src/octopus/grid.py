@@ -11,24 +11,30 @@ A grid file (`schema: octopus-sweep/1`) names lists to cross:
     instances: 24                                      # optional, per run
 
 Every finished run is appended to `rows.jsonl` in the output folder at once, so an
-interrupted sweep resumes by skipping the runs already there. At the end the rows are
-written in grid order as `rows.csv` (and `rows.parquet` when pyarrow is installed): every
-parameter and every metric, one row per run.
+interrupted sweep resumes by skipping the runs already there. A row carries a
+`fingerprint` of what determines it beyond its parameters (the contents of its workflow
+and architecture files, its plugin scheduler's file, octopus's version and code): a resume
+reuses a row only when its fingerprint still matches, and reruns the stale ones. At the
+end the rows are written in grid order as `rows.csv` (and `rows.parquet` when pyarrow is
+installed): every parameter and every metric, one row per run.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import itertools
 import json
 import os
+import sys
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import yaml
 from tqdm import tqdm
 
-from octopus.checks import positive_finite, refuse_repeats, shown
+from octopus.checks import check_seed, positive_finite, refuse_repeats, shown
 from octopus.owg.schema import MAX_INSTANCES
 from octopus.report.metrics import json_safe
 
@@ -63,8 +69,7 @@ def parse_grid(doc, where: str = "sweep grid") -> dict:
         refuse_repeats(v, f"{where}: field {key!r}")  # it would run the same points twice
         g[key] = v
     for s in g["seeds"]:
-        if not isinstance(s, int) or isinstance(s, bool):
-            raise ValueError(f"{where}: field 'seeds': expected integers, got {shown(s)}")
+        check_seed(s, f"{where}: field 'seeds'")
     for r in g["rates"]:
         if r != "closed" and not positive_finite(r):
             raise ValueError(
@@ -122,10 +127,62 @@ def run_key(params: dict) -> str:
     return hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@functools.cache
+def code_digest() -> str:
+    """A hash of octopus's own source (every .py file of the package, by relative path):
+    the version alone stays 0.1.0 through every change of the simulator or a built-in
+    scheduler, and a row computed by other code is not the row this code would compute.
+    Once per process: the code that runs is the code imported at its start."""
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for f in sorted(root.rglob("*.py")):
+        h.update(f.relative_to(root).as_posix().encode() + b"\0" + _digest(f.read_bytes()).encode())
+    return h.hexdigest()
+
+
+def octopus_version() -> str:
+    """The installed distribution's version, or "unknown" (run from a bare source tree)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("xyserve-octopus")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def fingerprint(params: dict) -> str:
+    """What determines a grid row beyond its parameters, hashed: the bytes of its workflow
+    and architecture files (as the loaders read them: a name is the shipped file), its
+    plugin scheduler's file (None for a built-in, which the code hash covers), octopus's
+    version and the hash of its code. Resume matched rows by parameters alone, so after a
+    file or the code changed a rerun into the same folder reused the old rows silently;
+    now only a row whose fingerprint matches is reused (`run_grid`)."""
+    from octopus.arch.config import arch_file
+    from octopus.owg.schema import workflow_file
+    from octopus.sched.plugins import source_file
+
+    plugin = source_file(params["scheduler"])
+    parts = {
+        "workflow": _digest(workflow_file(params["workflow"]).read_bytes()),
+        "arch": _digest(arch_file(params["arch"]).read_bytes()),
+        "scheduler": _digest(plugin.read_bytes()) if plugin else None,
+        "octopus": octopus_version(),
+        "code": code_digest(),
+    }
+    return _digest(json.dumps(parts, sort_keys=True).encode())[:16]
+
+
 def run_params(params: dict) -> dict:
-    """Run one point of the grid; returns the tidy row (parameters + metrics)."""
+    """Run one point of the grid; returns the tidy row (parameters, fingerprint, metrics).
+    The fingerprint is taken here, just before the files are loaded, so a file edited
+    while the sweep runs marks the rows computed from its old contents as stale."""
     from octopus.runner import prepare, run_one
 
+    fp = fingerprint(params)
     cw, arch = prepare(params["workflow"], params["arch"], params["level"])
     if params["rate_per_ms"] is None:
         from octopus.report.metrics import summarize
@@ -146,7 +203,7 @@ def run_params(params: dict) -> dict:
             cw, arch, params["scheduler"], params["rate_per_ms"], seed=params["seed"], **kw
         )
         metrics = {k: v for k, v in asdict(p).items() if k != "rate_per_ms"}
-    return {"run": run_key(params), **params, **metrics}
+    return {"run": run_key(params), **params, "fingerprint": fp, **metrics}
 
 
 def _done_rows(path: str) -> dict[str, dict]:
@@ -164,23 +221,87 @@ def _done_rows(path: str) -> dict[str, dict]:
     return rows
 
 
+def resume_plan(runs: list[dict], done: dict[str, dict]) -> tuple[list[dict], int, int]:
+    """Which runs to run, given the journal's rows `done` by run key: those not there, and
+    those whose row is stale (its fingerprint differs from the one the files and code give
+    now, or it has none: journals written before fingerprints were recorded). Returns
+    (todo, stale, of which without a fingerprint). Fingerprints are computed once per
+    (workflow, architecture, scheduler)."""
+    want: dict[tuple, str] = {}
+    todo, stale, unmarked = [], 0, 0
+    for p in runs:
+        row = done.get(run_key(p))
+        if row is not None:
+            key = (p["workflow"], p["arch"], p["scheduler"])
+            if key not in want:
+                want[key] = fingerprint(p)
+            if row.get("fingerprint") == want[key]:
+                continue
+            stale += 1
+            unmarked += "fingerprint" not in row
+        todo.append(p)
+    return todo, stale, unmarked
+
+
+def resume_message(journal: str, reused: int, stale: int, unmarked: int) -> str:
+    """What a resume found in the journal, for the user: silence hid stale rows."""
+    msg = f"sweep: {journal}: {reused} finished run(s) reused, {stale} stale"
+    if stale:
+        msg += (
+            " (rerun: their workflow, architecture or plugin scheduler file, or octopus's "
+            "code, changed since they ran"
+        )
+        if unmarked:
+            msg += f"; {unmarked} written before rows had fingerprints, so unverifiable"
+        msg += ")"
+    return msg
+
+
 def process_pool(fn: Callable, todo: list, workers: int) -> Iterable:
     """fn over todo on a local process pool (in this process when workers <= 1), results in
-    completion order."""
+    completion order. When a point fails (or the caller stops reading), the pending points
+    are cancelled and the running ones ended at once (`stop_pool`), and the error raised:
+    the pool's context manager waited for every pending point first, so a failure early in
+    a long sweep was reported only at its end."""
     if workers <= 1:
         for p in todo:
             yield fn(p)
         return
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    with ProcessPoolExecutor(max_workers=workers) as ex:
+    ex = ProcessPoolExecutor(max_workers=workers)
+    try:
         for fut in as_completed([ex.submit(fn, p) for p in todo]):
             yield fut.result()
+    except BaseException:  # a point's error, Ctrl-C, or the generator closed by its reader
+        stop_pool(ex)
+        raise
+    ex.shutdown(wait=True)
 
 
-def on_ray(fn: Callable, todo: list, address: str | None) -> Iterable:
+def stop_pool(ex) -> None:
+    """Cancel `ex`'s pending work and terminate its worker processes, then wait for them to
+    exit, so that none is left behind. `shutdown(cancel_futures=True)` alone only cancels
+    points not yet started and (with wait) waits for the running ones, minutes in a sweep.
+    Python 3.14 has `terminate_workers()` for this; before it, the process table is the
+    executor's private `_processes`, read before `shutdown`, which clears it."""
+    procs = list((getattr(ex, "_processes", None) or {}).values())
+    manager = getattr(ex, "_executor_manager_thread", None)
+    ex.shutdown(wait=False, cancel_futures=True)
+    for proc in procs:
+        if proc.is_alive():
+            proc.terminate()
+    for proc in procs:
+        proc.join()
+    if manager is not None:  # it notices the ended workers and exits
+        manager.join(timeout=10)
+
+
+def on_ray(fn: Callable, todo: list, address: str | None, workers: int | None = None) -> Iterable:
     """fn over todo as Ray tasks (a local Ray started here, or the cluster at `address`),
-    results in completion order."""
+    results in completion order. At most `workers` tasks are in flight (None: all are
+    submitted at once and Ray schedules them over its CPUs): `--workers` was silently
+    ignored with Ray, so a sweep meant to leave a shared cluster room took all of it."""
     try:
         import ray
     except ImportError as e:
@@ -190,10 +311,18 @@ def on_ray(fn: Callable, todo: list, address: str | None) -> Iterable:
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
     try:
         remote = ray.remote(fn)
-        pending = [remote.remote(p) for p in todo]
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            yield ray.get(done[0])
+        queue = iter(todo)
+        pending = [remote.remote(p) for p in itertools.islice(queue, workers or len(todo))]
+        try:
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                result = ray.get(done[0])
+                pending += [remote.remote(p) for p in itertools.islice(queue, 1)]  # refill
+                yield result
+        except BaseException:  # as on a process pool: a cluster's tasks would run on
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            raise
     finally:
         if started:
             ray.shutdown()
@@ -209,7 +338,7 @@ def executor_stream(
     if workers is not None and workers < 1:  # 0 and -4 ran in this process, one at a time
         raise ValueError(f"sweep: --workers must be >= 1, got {workers}")
     if executor == "ray":
-        return on_ray(fn, todo, address)
+        return on_ray(fn, todo, address, workers)
     return process_pool(fn, todo, workers if workers is not None else (os.cpu_count() or 1))
 
 
@@ -222,23 +351,43 @@ def run_grid(
     progress: bool = True,
     on_row: Callable[[dict], None] | None = None,
 ) -> dict:
-    """Run every point of grid `g` not already in `out_dir`; write the tidy rows. The grid's
-    names are all resolved first (`check_names`): a bad one fails before any point runs."""
+    """Run every point of grid `g` not already in `out_dir` with a matching fingerprint;
+    write the tidy rows. The grid's names are all resolved first (`check_names`): a bad one
+    fails before any point runs. Returns the counts: rows, ran, reused (found with a
+    matching fingerprint) and stale (found, but computed from other files or code, or
+    before rows had fingerprints: rerun)."""
     check_names(g)  # every name, before any point runs
     journal = os.path.join(out_dir, "rows.jsonl")
     runs = expand(g)
     done = _done_rows(journal)
-    todo = [p for p in runs if run_key(p) not in done]
+    todo, stale, unmarked = resume_plan(runs, done)
+    reused = len(runs) - len(todo)
+    if progress and (reused or stale):
+        print(resume_message(journal, reused, stale, unmarked), file=sys.stderr)
     stream = executor_stream(run_params, todo, executor, workers, address)  # checks first
     os.makedirs(out_dir, exist_ok=True)
+    ran = 0
     with open(journal, "a") as f:
-        for row in tqdm(stream, total=len(todo), desc="sweep", disable=not progress):
-            row = json_safe(row)  # NaN -> None: the journal is JSON, and a resume reads it
-            f.write(json.dumps(row) + "\n")
-            f.flush()
-            done[row["run"]] = row
-            if on_row:
-                on_row(row)
+        try:
+            for row in tqdm(stream, total=len(todo), desc="sweep", disable=not progress):
+                row = json_safe(row)  # NaN -> None: the journal is JSON, a resume reads it
+                f.write(json.dumps(row) + "\n")
+                f.flush()
+                done[row["run"]] = row
+                ran += 1
+                if on_row:
+                    on_row(row)
+        except BaseException:
+            close = getattr(stream, "close", None)
+            if close:  # a failure here, not in a point: end the points still running
+                close()
+            if progress:
+                print(
+                    f"sweep: stopped after {ran} of {len(todo)} run(s); the finished rows are "
+                    f"in {journal}: run the same command again to resume",
+                    file=sys.stderr,
+                )
+            raise
     rows = [done[run_key(p)] for p in runs]
     cols = list(dict.fromkeys(k for r in rows for k in r))
     csv_path = os.path.join(out_dir, "rows.csv")
@@ -246,7 +395,7 @@ def run_grid(
         w = csv.DictWriter(f, fieldnames=cols, restval="")
         w.writeheader()
         w.writerows(rows)
-    out = {"rows": len(rows), "ran": len(todo), "skipped": len(runs) - len(todo), "csv": csv_path}
+    out = {"rows": len(rows), "ran": len(todo), "reused": reused, "stale": stale, "csv": csv_path}
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq

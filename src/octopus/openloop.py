@@ -18,7 +18,7 @@ import random
 from dataclasses import asdict, dataclass
 
 from octopus.arch.config import Arch
-from octopus.checks import positive_finite, refuse_repeats
+from octopus.checks import check_seed, positive_finite, refuse_repeats
 from octopus.owg.arrival import Arrivals
 from octopus.owg.sample import CompiledWorkflow
 from octopus.owg.schema import MAX_INSTANCES
@@ -36,6 +36,7 @@ def arrival_times(
     rate_per_us: float, n: int, seed: int, process: str = "poisson", burst: float = 8.0
 ) -> list[float]:
     """n arrival times at mean rate `rate_per_us` (instances per microsecond)."""
+    check_seed(seed, "load: seed")
     if not positive_finite(rate_per_us):
         raise ValueError(f"load: rate must be positive and finite, got {rate_per_us}")
     if process not in PROCESSES:
@@ -67,8 +68,10 @@ def work_per_instance(profile: dict, arch: Arch) -> float:
 
 
 def capacity_bound_per_us(profile: dict, arch: Arch) -> float:
-    """The open-loop bound: total PEA capacity over the mean work per instance."""
-    return arch.n_peas / work_per_instance(profile, arch)
+    """The open-loop bound: total PEA capacity over the mean work per instance; infinite
+    for a workflow with no work (it raised ZeroDivisionError, a traceback)."""
+    work = work_per_instance(profile, arch)
+    return arch.n_peas / work if work > 0 else math.inf
 
 
 def batch_means_se(xs: list[float], batches: int = 20) -> float:
@@ -163,8 +166,14 @@ def load_sweep(
     without end inside the SLO; no scheduler sustains it)."""
     if not 0 <= refine <= MAX_REFINE:
         raise ValueError(f"load: refine must be in [0, {MAX_REFINE}] (MAX_REFINE), got {refine}")
+    check_seed(kw.get("seed", 0), "load: seed")  # before the profile and the first rate
     profile = profile or cw.profile()
     bound = capacity_bound_per_us(profile, arch) * 1000.0
+    if math.isinf(bound):
+        raise ValueError(
+            f"load: workflow {cw.wf.name!r} has no work (0 PEA-us per instance): its capacity "
+            "bound is infinite, so no rate is a fraction of it; give one --rate"
+        )
     if not fractions or not all(positive_finite(f) for f in fractions):
         raise ValueError("load: fractions of the capacity bound must be positive and finite")
     refuse_repeats(fractions, "load: --fractions")  # the same rate would run twice

@@ -109,3 +109,21 @@ def simulate(
     arr = Arrivals(n, None, concurrency or n)
     sched = make_scheduler(scheduler, **kw)
     return Simulator(cw, a, sched, arr, seed=seed, record=record, strict=strict).run()
+
+
+def slow_or_fail(item: tuple[str, str]) -> str:
+    """A grid point for the executor tests: ("slow", folder) writes its process id into
+    folder and sleeps 20 s; ("fail", folder) waits until a slow point has started (so a
+    worker is busy), then raises."""
+    import os
+    import time
+
+    kind, folder = item
+    if kind == "slow":
+        Path(folder, f"{os.getpid()}.pid").write_text(str(os.getpid()))
+        time.sleep(20)
+        return "slept"
+    deadline = time.monotonic() + 15
+    while not list(Path(folder).glob("*.pid")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    raise RuntimeError("this point failed")

@@ -408,3 +408,57 @@ def test_an_output_in_a_missing_folder_is_refused_before_running(tmp_path, capsy
     assert main([*args, opt, str(target)]) == 2
     out, err = capsys.readouterr()
     assert out == "" and opt in err and "does not exist" in err
+
+
+@pytest.mark.timeout(60)
+def test_sweep_refuses_an_empty_workflows_list(tmp_path, capsys):
+    """`sweep --workflows` with no values gave [] (nargs "*"), which ran the whole suite:
+    an empty list is a mistake, refused by the parser and by the Python API."""
+    from octopus.experiments import sweep
+
+    out = tmp_path / "out"
+    argv = ["sweep", "--seeds", "1", "--parts", "dyn", "--instances", "2", "--workers", "1"]
+    with pytest.raises(SystemExit) as e:
+        main([*argv, "--out", str(out), "--workflows"])
+    assert e.value.code == 2
+    assert "--workflows: expected at least one argument" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="--workflows is empty"):
+        sweep(str(out), [], seeds=1, parts=("dyn",), instances=2, workers=1)
+    assert not out.exists()
+
+
+ZERO_WORK = """\
+schema: octopus-owg/1
+name: zero
+entry: a
+arrival: {process: closed, concurrency_per_cluster: 1, instances_per_cluster: 1}
+nodes:
+  - {id: a, type: task, kind: ai, work: 0, config_bytes: 0, in_bytes: 0, out_bytes: 0}
+"""
+
+
+def test_a_workflow_with_no_work_has_no_ratio_to_its_bound(tmp_path, capsys):
+    """All-zero work gives a lower bound of 0: `run` printed `ratio nanx`; `load` and
+    `compare` died with a ZeroDivisionError traceback. Now `run` prints `-` with a note
+    (null in the JSON, which stays standard JSON), `load --rate` reports the rate as 0 of
+    an infinite bound, and a load sweep or `compare` refuses the workflow with a message."""
+
+    def refuse(c):
+        raise ValueError(f"not JSON: {c}")
+
+    wf = tmp_path / "zero.yaml"
+    wf.write_text(ZERO_WORK)
+    js = tmp_path / "s.json"
+    assert main(["run", "-w", str(wf), "-s", "greedy", "--json", str(js)]) == 0
+    out = capsys.readouterr().out
+    assert "nan" not in out and "ratio -   (window bound 0.000 ms, ratio -)" in out
+    assert "(ratio -: undefined, the bound is 0" in out
+    s = json.loads(js.read_text(), parse_constant=refuse)
+    assert s["bound_us"] == 0 and s["vs_bound"] is None and s["vs_window_bound"] is None
+    assert main(["load", "-w", str(wf), "--rate", "1", "--instances", "4", "--json", str(js)]) == 0
+    assert "(0.00 of bound)" in capsys.readouterr().out
+    json.loads(js.read_text(), parse_constant=refuse)
+    assert main(["load", "-w", str(wf), "--instances", "4"]) == 2
+    assert "has no work (0 PEA-us per instance)" in capsys.readouterr().err
+    assert main(["compare", "--suite", str(wf), "--instances", "2", "--quiet"]) == 2
+    assert "the lower bound is 0" in capsys.readouterr().err

@@ -63,7 +63,7 @@ def test_process_pool_gives_the_rows_of_one_process_and_resume_skips_done(tmp_pa
     journal.write_text("\n".join(lines[:5]) + "\n" + lines[5][:20])
     seen = []
     c = run_grid(g, str(tmp_path / "b"), workers=1, progress=False, on_row=seen.append)
-    assert c["ran"] == 7 and c["skipped"] == 5 and len(seen) == 7
+    assert c["ran"] == 7 and c["reused"] == 5 and c["stale"] == 0 and len(seen) == 7
     assert _rows(c["csv"]) == ra
 
 
@@ -73,6 +73,30 @@ def test_ray_executor_gives_the_same_rows(tmp_path):
     a = run_grid(g, str(tmp_path / "p"), workers=1, progress=False)
     r = run_grid(g, str(tmp_path / "r"), executor="ray", progress=False)
     assert _rows(a["csv"]) == _rows(r["csv"])
+
+
+def test_ray_honours_workers(tmp_path):
+    """`--workers` was ignored with `--executor ray`: every point was submitted at once and
+    ran as wide as Ray's CPUs. With workers=1, no two tasks overlap in time."""
+    pytest.importorskip("ray")
+    from octopus.grid import executor_stream
+
+    folder = str(tmp_path)
+
+    def point(i: int) -> int:  # sent by value to Ray's workers (cloudpickle)
+        import time
+        from pathlib import Path
+
+        t0 = time.time()
+        time.sleep(1.5)
+        Path(folder, f"{i}.span").write_text(f"{t0} {time.time()}")
+        return i
+
+    assert sorted(executor_stream(point, [0, 1, 2], "ray", 1, None)) == [0, 1, 2]
+    spans = sorted(tuple(map(float, f.read_text().split())) for f in tmp_path.glob("*.span"))
+    assert len(spans) == 3
+    for (_, end), (start, _) in zip(spans, spans[1:]):
+        assert start >= end
 
 
 def test_cli_grid(tmp_path, capsys):
@@ -164,3 +188,109 @@ def test_every_unknown_name_is_reported_before_any_point_runs(tmp_path, capsys):
 def test_all_unknown_keys_are_named_at_once():
     with pytest.raises(ValueError, match="unknown keys 'seed', 'workflow'"):
         parse_grid({**GRID, "seed": 1, "workflow": "x"})
+
+
+def test_resume_reruns_rows_whose_files_or_code_changed(tmp_path, capsys, monkeypatch):
+    """Resume matched finished runs by their parameters, and a workflow, architecture or
+    plugin is named by its path: after the file (or octopus's code) changed, a rerun into
+    the same folder reused the old rows silently. Each row now carries a fingerprint of
+    what determines it; only matching rows are reused, the stale ones rerun and counted."""
+    import shutil
+
+    from octopus import grid
+    from octopus.arch.config import CONFIG_DIR
+    from octopus.workloads import workload_path
+
+    wf, arch, plugin = tmp_path / "wf.yaml", tmp_path / "arch.yaml", tmp_path / "sched.py"
+    shutil.copy(workload_path("recommendation"), wf)
+    shutil.copy(CONFIG_DIR / "chip.yaml", arch)
+    shutil.copy(TUTORIAL_SPEC.rpartition(":")[0], plugin)
+    g = parse_grid(
+        {
+            "workflows": [str(wf)],
+            "architectures": [str(arch)],
+            "schedulers": ["greedy", f"{plugin}:ShortestWait"],
+            "instances": 4,
+        }
+    )
+    out = str(tmp_path / "out")
+
+    def rerun():
+        res = run_grid(g, out, workers=1, progress=False)
+        return res["ran"], res["reused"], res["stale"]
+
+    assert rerun() == (2, 0, 0)
+    first = _rows(tmp_path / "out" / "rows.csv")
+    assert all(len(r["fingerprint"]) == 16 for r in first)
+    assert rerun() == (0, 2, 0)  # nothing changed
+    # any edit of the workflow file (its bytes are hashed): both rows are stale
+    wf.write_text(wf.read_text() + "\n# edited\n")
+    assert rerun() == (2, 0, 2)
+    assert rerun() == (0, 2, 0)
+    # the architecture's links slow down: stale, and the rerun rows differ from the first
+    arch.write_text(arch.read_text().replace("hop_latency_us: 0.01", "hop_latency_us: 0.5"))
+    assert rerun() == (2, 0, 2)
+    after = _rows(tmp_path / "out" / "rows.csv")
+    assert [r["makespan_us"] for r in after] != [r["makespan_us"] for r in first]
+    plugin.write_text(plugin.read_text() + "\n# edited\n")
+    assert rerun() == (1, 1, 1)  # only the plugin's row
+    monkeypatch.setattr(grid, "code_digest", lambda: "other code")
+    assert rerun() == (2, 0, 2)
+    monkeypatch.undo()
+    # a journal written before fingerprints: every row is stale, and the message says why
+    journal = tmp_path / "out" / "rows.jsonl"
+    rows = [json.loads(x) for x in journal.read_text().splitlines()]
+    old = [{k: v for k, v in r.items() if k != "fingerprint"} for r in rows]
+    journal.write_text("".join(json.dumps(r) + "\n" for r in old))
+    capsys.readouterr()
+    res = run_grid(g, out, workers=1, progress=True)
+    assert (res["ran"], res["reused"], res["stale"]) == (2, 0, 2)
+    err = capsys.readouterr().err
+    assert "0 finished run(s) reused, 2 stale" in err
+    assert "2 written before rows had fingerprints" in err
+
+
+def test_a_failing_point_stops_the_pool_at_once(tmp_path):
+    """The pool's context manager waited for every pending point before the error of one
+    came out (here 3 points of 20 s on 2 workers: 40 s); now the pending points are
+    cancelled, the running ones ended, and no worker process is left behind."""
+    import os
+    import time
+
+    from octo_helpers import slow_or_fail
+
+    from octopus.grid import process_pool
+
+    todo = [("fail", str(tmp_path))] + [("slow", str(tmp_path))] * 3
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match="this point failed"):
+        list(process_pool(slow_or_fail, todo, 2))
+    assert time.monotonic() - t0 < 15
+    pids = [int(f.read_text()) for f in tmp_path.glob("*.pid")]
+    assert pids  # at least the point running beside the failure had started
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):  # ended and reaped
+            os.kill(pid, 0)
+
+
+def test_after_a_failing_point_the_finished_rows_stay_and_a_rerun_resumes(tmp_path, capsys):
+    flag = tmp_path / "fail"
+    plugin = tmp_path / "boom.py"
+    plugin.write_text(
+        "import os\n"
+        "from octopus.sched.greedy import GreedyScheduler\n\n\n"
+        "class Boom(GreedyScheduler):\n"
+        "    def on_ready(self, k, t):\n"
+        f"        if os.path.exists({str(flag)!r}):\n"
+        "            raise RuntimeError('boom')\n"
+        "        super().on_ready(k, t)\n"
+    )
+    g = parse_grid({**GRID, "schedulers": ["greedy", f"{plugin}:Boom"], "rates": ["closed"]})
+    flag.write_text("")
+    with pytest.raises(RuntimeError, match="boom"):
+        run_grid(g, str(tmp_path / "out"), workers=1)
+    err = capsys.readouterr().err
+    assert "stopped after 2 of 4 run(s)" in err and "again to resume" in err  # greedy's
+    flag.unlink()
+    res = run_grid(g, str(tmp_path / "out"), workers=1, progress=False)
+    assert (res["ran"], res["reused"]) == (2, 2)

@@ -274,14 +274,21 @@ def arch_from_dict(doc: dict) -> Arch:
     )
 
 
-def load_arch(path_or_name: str | Path) -> Arch:
-    """Load from a path, or by name (chip, chiplet, wafer) from the shipped configs."""
+def arch_file(path_or_name: str | Path) -> Path:
+    """The file `load_arch` reads: a path, or a name (chip, chiplet, wafer) from the shipped
+    configs. Also what a grid row's fingerprint hashes (`grid.fingerprint`)."""
     p = Path(path_or_name)
     if not p.exists():
         p = CONFIG_DIR / f"{path_or_name}.yaml"
         if not p.exists():
             names = ", ".join(sorted(x.stem for x in CONFIG_DIR.glob("*.yaml")))
             raise FileNotFoundError(f"unknown architecture {path_or_name!r} (shipped: {names})")
+    return p
+
+
+def load_arch(path_or_name: str | Path) -> Arch:
+    """Load from a path, or by name (chip, chiplet, wafer) from the shipped configs."""
+    p = arch_file(path_or_name)
     try:
         doc = yaml.safe_load(p.read_text())
     except (OSError, ValueError, yaml.YAMLError) as e:  # a syntax error, a folder, ...

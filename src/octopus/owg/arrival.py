@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from octopus.checks import check_seed
 from octopus.owg.schema import MAX_INSTANCES
 
 
@@ -20,6 +21,7 @@ class Arrivals:
 def make_arrivals(spec: dict, n_clusters: int, seed: int, instances: int | None = None) -> Arrivals:
     """Sizes scale with the number of clusters, so one workload file serves chip to wafer.
     At most `MAX_INSTANCES` instances: more is refused here, before any arrival is drawn."""
+    check_seed(seed, "arrivals")
     proc = spec.get("process", "closed")
     if instances is not None and instances < 1:  # 0 used to mean "the default", -3 "none"
         raise ValueError(f"--instances must be >= 1, got {instances}")

@@ -1,8 +1,14 @@
 """Seeded unrolling of a workflow into one instance: a DAG of concrete invocations.
 
 Control decisions (branch choice, fanout count, loop trips) are drawn when the instance is
-created, so an instance is a pure function of (workflow, level, seed, index). The simulator
-reveals a decision only when its control block executes; schedulers never look ahead.
+created, so an instance is a pure function of (workflow file as written, level, seed,
+index). "As written" includes order: each `next` list's order at every level (forks unroll
+and draw in that order; a branch's successors split [0, 1) in that order), and below the
+high level the position of each branch node in the file (`_branch_u` offsets its decisions
+by its index). The same graph listed in another order gives the same instances at the high
+level, other ones below it. Kept so: changing it would change every pinned figure. The
+simulator reveals a decision only when its control block executes; schedulers never look
+ahead.
 """
 
 from __future__ import annotations
@@ -10,8 +16,10 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from octopus.checks import check_seed
 from octopus.owg.schema import (
     MAX_INSTANCE_INVOCATIONS,
+    MAX_INSTANCES,
     MAX_LAYER_GROUPS,
     ControlBlock,
     TaskBlock,
@@ -19,6 +27,13 @@ from octopus.owg.schema import (
     WorkflowError,
     do_while_mean_trips,
 )
+
+# Instance idx of seed s draws from random.Random(s * SEED_STRIDE + idx): one stream per
+# (seed, idx) for seeds >= 0 and idx < SEED_STRIDE, and a run has at most MAX_INSTANCES
+# instances, so seed s + 1 never repeats an instance of seed s. (The value is the one every
+# pinned result was drawn with.)
+SEED_STRIDE = 1_000_003
+assert MAX_INSTANCES <= SEED_STRIDE
 
 
 @dataclass
@@ -214,8 +229,14 @@ class CompiledWorkflow:
         return (idx * 0.6180339887 + off) % 1.0
 
     def instance_rng(self, seed: int, idx: int) -> random.Random:
-        """Independent, reproducible stream per instance (adding instances changes no others)."""
-        return random.Random(seed * 1_000_003 + idx)
+        """Independent, reproducible stream per instance (adding instances changes no others):
+        `random.Random(seed * SEED_STRIDE + idx)`, one stream per (seed, idx) as long as the
+        seed is >= 0 (`random.Random` drops the sign) and `idx` < SEED_STRIDE (instance
+        SEED_STRIDE of seed s would be instance 0 of seed s + 1); both are refused here."""
+        check_seed(seed, "instance seed")
+        if not 0 <= idx < SEED_STRIDE:
+            raise ValueError(f"instance index must be in [0, {SEED_STRIDE}), got {idx}")
+        return random.Random(seed * SEED_STRIDE + idx)
 
     def profile(self, n: int = 400, seed: int = 12345) -> dict:
         """Monte-Carlo profile: mean invocations and mean work (Mop x footprint) per TB."""

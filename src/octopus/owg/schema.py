@@ -450,13 +450,20 @@ def _check_cycles(nodes: dict, probs: list[str]) -> None:
 TaskBlock.type = "task"  # uniform `.type` for both node kinds
 
 
-def load_workflow(path_or_name: str | Path) -> Workflow:
-    """Load a workflow from a path, or by name from the shipped suite (`octopus/workloads`)."""
+def workflow_file(path_or_name: str | Path) -> Path:
+    """The file `load_workflow` reads: a path, or a name from the shipped suite. Also what
+    a grid row's fingerprint hashes (`grid.fingerprint`)."""
     p = Path(path_or_name)
     if not p.exists():
         from octopus.workloads import workload_path
 
         p = workload_path(str(path_or_name))
+    return p
+
+
+def load_workflow(path_or_name: str | Path) -> Workflow:
+    """Load a workflow from a path, or by name from the shipped suite (`octopus/workloads`)."""
+    p = workflow_file(path_or_name)
     try:
         text = p.read_text()
         doc = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)

@@ -150,15 +150,24 @@ def summarize(sim) -> dict:
     }
 
 
+def ratio_text(x: float | None) -> str:
+    """A ratio as `1.23x`, or `-` when it is undefined (NaN, or None from JSON): a ratio to
+    a lower bound of 0 (a workflow with no work and no decisions) printed as `nanx`."""
+    return f"{x:.2f}x" if x is not None and math.isfinite(x) else "-"
+
+
 def format_summary(s: dict) -> str:
     ib = s["idle_breakdown"]
+    undefined = ratio_text(s["vs_bound"]) == "-" or ratio_text(s["vs_window_bound"]) == "-"
+    note = ["  (ratio -: undefined, the bound is 0: no work to do; null in the JSON)"]
     return "\n".join(
         [
             f"workflow {s['workflow']} ({s['level']}) on {s['arch']} with {s['scheduler']}",
             f"  instances {s['instances']}, task invocations {s['task_invocations']}",
             f"  makespan {s['makespan_us'] / 1000:.3f} ms   lower bound {s['bound_us'] / 1000:.3f} ms"
-            f"   ratio {s['vs_bound']:.2f}x   (window bound {s['window_bound_us'] / 1000:.3f} ms,"
-            f" ratio {s['vs_window_bound']:.2f}x)",
+            f"   ratio {ratio_text(s['vs_bound'])}   (window bound "
+            f"{s['window_bound_us'] / 1000:.3f} ms, ratio {ratio_text(s['vs_window_bound'])})",
+            *(note if undefined else []),
             f"  latency mean {s['latency_mean_us'] / 1000:.3f} ms  p50 "
             f"{s['latency_p50_us'] / 1000:.3f} ms  p99 {s['latency_p99_us'] / 1000:.3f} ms",
             f"  throughput {s['throughput_per_ms']:.3f} instances/ms",

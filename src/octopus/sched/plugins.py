@@ -66,6 +66,26 @@ def load_class(spec: str) -> type:
     return cls
 
 
+def source_file(name: str) -> Path | None:
+    """The file that defines the plugin scheduler `name` (a spec, or a name registered
+    through an entry point): `file.py` itself, or the module's file, found without running
+    it. None for a built-in (part of octopus's own code) or a factory registered at run
+    time (no file to name). A grid row's fingerprint hashes it (`grid.fingerprint`)."""
+    if not is_spec(name):
+        eps = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
+        if name in _REGISTERED or not eps:
+            return None
+        name = eps[0].value
+    where = name.rpartition(":")[0]
+    if where.endswith(".py"):
+        return Path(where)
+    try:
+        spec = importlib.util.find_spec(where)
+    except (ImportError, ValueError):
+        return None
+    return Path(spec.origin) if spec and spec.origin and spec.has_location else None
+
+
 def instantiate(spec: str, **kw):
     cls = load_class(spec)
     try:

@@ -14,6 +14,7 @@ import gc
 from heapq import heappop, heappush
 
 from octopus.arch.config import Arch
+from octopus.checks import check_seed
 from octopus.owg.arrival import Arrivals, make_arrivals
 from octopus.owg.sample import CompiledWorkflow
 from octopus.owg.schema import TaskBlock, Workflow
@@ -87,6 +88,7 @@ class Simulator:
         from octopus.sched.api import SchedulerAPI, check_scheduler
 
         check_scheduler(scheduler)
+        check_seed(seed, "simulator")
         too_big = footprint_problems(cw.wf, arch)
         if too_big:  # an invocation occupies PEAs of one cluster: it would never start
             raise ValueError("\n  ".join(too_big))
