@@ -433,3 +433,25 @@ def test_auto_replies_keep_special_tokens_where_the_parser_needs_them(
     content, _, _ = assemble(stream(server, body))
     assert content == "<|system|><|system|>"
     server.assert_clean()
+
+
+@pytest.mark.parametrize("parameters", [None, {}])
+def test_a_function_without_parameters_is_called_with_none(server: Server, parameters) -> None:
+    """A function without ``parameters`` (or with ``{}``, as vLLM reads it) takes an empty
+    parameter list (OpenAI's words): its arguments are ``{}``. The grammar held them to an
+    open object, and a sampled reply made up properties (seeds 0, 3, 4 and 5 here)."""
+    fn = {"name": "ping"} if parameters is None else {"name": "ping", "parameters": parameters}
+    tools = [{"type": "function", "function": fn}]
+    named = {"type": "function", "function": {"name": "ping"}}
+    for seed in range(6):
+        body = {**BASE, "tools": tools, "seed": seed, "max_tokens": 60}
+        r = post(server, {**body, "tool_choice": named})
+        assert r.status_code == 200, r.text
+        (choice,) = r.json()["choices"]
+        assert choice["finish_reason"] == "stop", choice
+        assert choice["message"]["tool_calls"][0]["function"]["arguments"] == "{}"
+        r = post(server, {**body, "tool_choice": "required", "parallel_tool_calls": False})
+        (choice,) = r.json()["choices"]
+        assert choice["finish_reason"] == "tool_calls", choice
+        assert json.loads(choice["message"]["tool_calls"][0]["function"]["arguments"]) == {}
+    server.assert_clean()

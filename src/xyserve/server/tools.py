@@ -36,8 +36,10 @@ from xyserve.server.protocol import (
 from xyserve.server.sse import held_tail
 from xyserve.server.tool_parsers import PARSERS, read_calls
 
-# What a function without ``parameters`` takes (OpenAI: an empty parameter list).
-NO_PARAMETERS = {"type": "object", "properties": {}}
+# What a function without ``parameters`` takes (OpenAI: "an empty parameter list"): the
+# object ``{}``. Closed, since a bare ``{"type": "object"}`` lets the grammar write any
+# properties, arguments the function does not take.
+NO_PARAMETERS = {"type": "object", "properties": {}, "additionalProperties": False}
 
 
 def new_call_id() -> str:
