@@ -455,3 +455,20 @@ def test_a_function_without_parameters_is_called_with_none(server: Server, param
         assert choice["finish_reason"] == "tool_calls", choice
         assert json.loads(choice["message"]["tool_calls"][0]["function"]["arguments"]) == {}
     server.assert_clean()
+
+
+def test_required_takes_parameters_with_draft7_definitions(server: Server) -> None:
+    """As ``$defs``, so ``definitions`` (draft 7's, pydantic 1's and many tool libraries'):
+    a tool that a named choice takes was a 400 under "required", its ``#/definitions/...``
+    references left pointing at the top of the calls' array."""
+    loc = json.loads(json.dumps(LOC).replace("$defs", "definitions"))
+    tools = [TOOLS[1], {"type": "function", "function": {"name": "go", "parameters": loc}}]
+    body = {**BASE, "tools": tools, "tool_choice": "required", "seed": 1, "max_tokens": 200}
+    r = post(server, body)
+    assert r.status_code == 200, r.text
+    (choice,) = r.json()["choices"]
+    assert choice["finish_reason"] == "tool_calls", choice
+    for call in choice["message"]["tool_calls"]:
+        schema = loc if call["function"]["name"] == "go" else ADD
+        jsonschema.validate(json.loads(call["function"]["arguments"]), schema)
+    server.assert_clean()

@@ -105,24 +105,32 @@ def _parameters(body: ChatCompletionRequest, name: str) -> dict:
     raise KeyError(name)
 
 
+# Where a schema keeps the definitions its "#/<key>/..." references point to: ``$defs``
+# (draft 2019-09 on, pydantic 2) and ``definitions`` (draft 7 and before, pydantic 1).
+DEFINITIONS = ("$defs", "definitions")
+
+
 def constraint_schema(body: ChatCompletionRequest, mode: ToolMode) -> dict | None:
     """The JSON schema a constrained mode holds the reply to (None: unconstrained)."""
     if mode.kind == "named":
         return _parameters(body, mode.name)
     if mode.kind != "required":
         return None
-    calls, defs = [], {}
+    calls: list[dict] = []
+    defs: dict[str, dict] = {key: {} for key in DEFINITIONS}
     for t in body.tools:
         params = dict(t.function.parameters or NO_PARAMETERS)
-        # Each tool's parameters sit inside the array's schema here, so their "#/$defs/..."
-        # references resolve against its top: their definitions move there (as vLLM's do).
-        for name, definition in (params.pop("$defs", None) or {}).items():
-            if defs.setdefault(name, definition) != definition:
-                raise APIError(
-                    f"tools: $defs {name!r} is defined differently by two tools, which "
-                    'tool_choice "required" cannot take (their definitions share one schema)',
-                    param="tools",
-                )
+        # Each tool's parameters sit inside the array's schema here, so their references
+        # ("#/$defs/...") resolve against its top: their definitions move there (as vLLM's do).
+        for key in DEFINITIONS:
+            for name, definition in (params.pop(key, None) or {}).items():
+                if defs[key].setdefault(name, definition) != definition:
+                    raise APIError(
+                        f"tools: {key} {name!r} is defined differently by two tools, which "
+                        'tool_choice "required" cannot take (their definitions share one '
+                        "schema)",
+                        param="tools",
+                    )
         calls.append(
             {
                 "type": "object",
@@ -135,8 +143,7 @@ def constraint_schema(body: ChatCompletionRequest, mode: ToolMode) -> dict | Non
             }
         )
     schema: dict[str, Any] = {"type": "array", "minItems": 1, "items": {"anyOf": calls}}
-    if defs:
-        schema["$defs"] = defs
+    schema.update((key, found) for key, found in defs.items() if found)
     if not body.parallel_tool_calls:
         schema["maxItems"] = 1
     return schema
