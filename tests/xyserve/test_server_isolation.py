@@ -109,7 +109,12 @@ BAD = [
     ("/v1/completions", {**BASE, "no_such_field": 1}, "no_such_field"),
     ("/v1/completions", {**BASE, "guided_regex": "("}, "guided_regex"),
     ("/v1/completions", {**BASE, "guided_json": {"type": "bogus"}}, "guided_json"),
-    ("/v1/completions", {**BASE, "guided_json": {}, "guided_regex": "a"}, "response_format"),
+    # two constraints: the 400 names a field the request gave (it named response_format)
+    ("/v1/completions", {**BASE, "guided_json": {}, "guided_regex": "a"}, "guided_regex"),
+    ("/v1/completions", {**BASE, "guided_choice": ["a"], "structured_outputs": {"regex": "a"}},
+     "structured_outputs"),
+    ("/v1/chat/completions", {"model": MODEL, "messages": CHAT, "response_format": {
+        "type": "json_object"}, "guided_grammar": 'start: "a"'}, "guided_grammar"),
     ("/v1/completions", {**BASE, "guided_json": "{not json"}, "guided_json"),
     ("/v1/completions", {**BASE, "structured_outputs": {"json": "{not json"}},
      "structured_outputs"),

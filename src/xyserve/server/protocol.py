@@ -174,8 +174,9 @@ class _SamplingRequest(BaseModel):
         ]
 
     def constraint(self) -> tuple[str, str, Any] | None:
-        """(field, kind, value) of the structured-output constraint; ValueError if several
-        (a SamplingParamsError, with ``param``, where one field alone is wrong)."""
+        """(field, kind, value) of the structured-output constraint; ValueError where
+        ``response_format`` is wrong, else a SamplingParamsError naming the field (``param``):
+        one that is wrong alone, or the second of several constraints."""
         found: list[tuple[str, str, Any]] = []
         rf = self.response_format
         if rf is not None and rf.type != "json_schema" and rf.json_schema is not None:
@@ -213,8 +214,10 @@ class _SamplingRequest(BaseModel):
                 msg = "structured_outputs needs exactly one constraint"
                 raise SamplingParamsError("structured_outputs", msg)
             found.append(("structured_outputs", *set_kinds[0]))
-        if len(found) > 1:
-            raise ValueError("give at most one of " + ", ".join(f for f, _, _ in found))
+        if len(found) > 1:  # the 400 names a field the request gave: the second, the first
+            # to conflict (the message names them all)
+            msg = "give at most one of " + ", ".join(f for f, _, _ in found)
+            raise SamplingParamsError(found[1][0], msg)
         return found[0] if found else None
 
     def _sampling_kwargs(self, defaults: dict[str, Any] | None = None) -> dict[str, Any]:
