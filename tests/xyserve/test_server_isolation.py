@@ -116,6 +116,9 @@ BAD = [
     ("/v1/chat/completions", {"model": MODEL, "messages": CHAT, "response_format": {
         "type": "json_object"}, "guided_grammar": 'start: "a"'}, "guided_grammar"),
     ("/v1/completions", {**BASE, "guided_json": "{not json"}, "guided_json"),
+    # none of these ids is '{': it was a 500 from the first step
+    ("/v1/completions", {**BASE, "guided_json": {"type": "object"}, "allowed_token_ids": [5, 6]},
+     "allowed_token_ids"),
     ("/v1/completions", {**BASE, "structured_outputs": {"json": "{not json"}},
      "structured_outputs"),
     ("/v1/completions", {**BASE, "structured_outputs": {}}, "structured_outputs"),

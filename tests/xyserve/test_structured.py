@@ -170,3 +170,21 @@ def test_a_grammar_needing_a_token_min_tokens_holds_back_wins(tiny_llama: Path) 
         c = out.outputs[0]
         assert len(c.token_ids) == 2 and c.token_ids[-1] == z and c.finish_reason == "stop"
     llm.llm_engine.kv.check_no_leak()
+
+
+def test_allowed_token_ids_the_grammar_refuses_at_its_start_are_refused(tiny_llama: Path) -> None:
+    """An allowed_token_ids set with no token the grammar allows first left the sampler
+    nothing: the request failed in its first step. It is refused at admission, as a set the
+    other masks leave empty is; a set with such a token runs."""
+    llm = LLM(str(tiny_llama), device="cpu", max_model_len=128)
+    tok = llm.get_tokenizer()
+    (brace,) = tok.encode("{", add_special_tokens=False)
+    (x,) = tok.encode("x", add_special_tokens=False)
+    schema = {"type": "object"}
+    sp = SamplingParams(max_tokens=1, allowed_token_ids=[x], structured={"json": schema})
+    with pytest.raises(ValueError, match="allowed_token_ids"):
+        llm.generate("Hello", sp, use_tqdm=False)
+    sp = SamplingParams(max_tokens=1, allowed_token_ids=[x, brace], structured={"json": schema})
+    out = llm.generate("Hello", sp, use_tqdm=False)[0]
+    assert out.error is None and out.outputs[0].token_ids == [brace]
+    llm.llm_engine.kv.check_no_leak()

@@ -76,6 +76,9 @@ class GrammarSpec:
     # grammar takes seconds; copies share what it built, so that work is done off the
     # engine's step.
     start: Matcher | None = field(default=None, compare=False, repr=False)
+    # [vocab_size] bool: the tokens the grammar allows first (``start``'s first mask), so that
+    # admission can refuse a request whose other masks leave none of them (allowed_token_ids).
+    first_allowed: torch.Tensor | None = field(default=None, compare=False, repr=False)
 
     def new_matcher(self) -> Matcher:
         if self.start is not None:
@@ -126,10 +129,10 @@ class StructuredOutputs:
         if err:
             raise GrammarError(f"invalid {kind}: {err}")
         start = Matcher(self.tokenizer, grammar)
-        fill_masks([start], self.vocab_size)
+        first_allowed = fill_masks([start], self.vocab_size)[0]
         if start.error() is not None:
             raise GrammarError(f"invalid {kind}: {start.error()}")
-        return GrammarSpec(kind, grammar, self.tokenizer, start)
+        return GrammarSpec(kind, grammar, self.tokenizer, start, first_allowed)
 
 
 def fill_masks(matchers: list[Matcher], vocab_size: int) -> torch.Tensor:
