@@ -62,6 +62,10 @@ class StructuredOutputsParams(BaseModel):
     json_object: bool | None = None
 
 
+# The ``guided_decoding_backend`` values that name the one backend xyserve has (llguidance,
+# which vLLM calls "guidance"); vLLM V1 also refuses a request's backend other than its own.
+BACKENDS = ("auto", "guidance")
+
 # Fields we accept only with the value that means "off" (any other value is a 400): the
 # feature is not implemented, and accepting it silently would be lying to the client.
 OFF_VALUES: dict[str, tuple] = {
@@ -145,6 +149,8 @@ class _SamplingRequest(BaseModel):
     guided_choice: list[str] | None = None
     guided_grammar: str | None = None
     structured_outputs: StructuredOutputsParams | None = None
+    # vLLM's per-request backend: ours is llguidance, vLLM's "guidance" (see BACKENDS)
+    guided_decoding_backend: str | None = None
     # vLLM's: the top-k logprobs of each prompt token (the response's ``prompt_logprobs``)
     prompt_logprobs: int | None = None
     allowed_token_ids: list[int] | None = None
