@@ -180,8 +180,9 @@ def _call(name: str, arguments: Any, call_id: Callable[[], str] | None = None) -
 
 def parse_reply(mode: ToolMode, text: str) -> ParsedReply:
     """A finished reply's content and calls (the first alone without ``mode.parallel``, as
-    vLLM). A constrained reply that does not parse (cut short by ``max_tokens``) comes back as
-    content, with no calls."""
+    vLLM). A ``required`` reply that does not parse (cut short by ``max_tokens``) comes back as
+    content, with no calls; a named function's reply is its call's arguments even then (as
+    vLLM's, and as they streamed)."""
     reply = _parse_reply(mode, text)
     if not mode.parallel:
         reply.calls = reply.calls[:1]
