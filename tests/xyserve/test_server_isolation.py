@@ -582,6 +582,11 @@ def test_json_object_regex_choice(server: Server) -> None:
     r = post(server, "/v1/completions", {**kw, "guided_grammar": lark})
     text = r.json()["choices"][0]["text"]
     assert text.startswith("x=") and text.endswith(";") and text[2:-1].isdigit(), text
+    gbnf = 'root ::= "x=" num ";"\nnum ::= [0-9] [0-9]?'  # llama.cpp's, as vLLM takes it too
+    r = post(server, "/v1/completions", {**kw, "guided_grammar": gbnf})
+    assert r.status_code == 200, r.text
+    text = r.json()["choices"][0]["text"]
+    assert text.startswith("x=") and text.endswith(";") and text[2:-1].isdigit(), text
     server.assert_clean()
 
 

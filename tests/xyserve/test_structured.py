@@ -188,3 +188,26 @@ def test_allowed_token_ids_the_grammar_refuses_at_its_start_are_refused(tiny_lla
     out = llm.generate("Hello", sp, use_tqdm=False)[0]
     assert out.error is None and out.outputs[0].token_ids == [brace]
     llm.llm_engine.kv.check_no_leak()
+
+
+GBNF = """
+root ::= answer " " number
+answer ::= "yes" | "no"
+number ::= [1-9] [0-9]?
+"""
+
+
+def test_a_grammar_in_gbnf_is_taken_as_vllm_takes_it(tiny_llama: Path) -> None:
+    """vLLM's guided_grammar takes Lark or GBNF (``root ::= ...``, its documentation's
+    examples); a GBNF grammar was refused as invalid Lark (the server compiles through the
+    same path: test_server_isolation's test_json_object_regex_choice)."""
+    import re
+
+    llm = LLM(str(tiny_llama), device="cpu", max_model_len=128)
+    sp = SamplingParams(max_tokens=10, temperature=1.0, seed=0, structured={"grammar": GBNF})
+    outs = llm.generate(["Hello", "Hi"], sp, use_tqdm=False)
+    for out in outs:
+        (c,) = out.outputs
+        assert c.finish_reason == "stop" and re.fullmatch(r"(yes|no) [1-9][0-9]?", c.text), c
+    with pytest.raises(ValueError, match="invalid grammar"):
+        llm.generate("Hello", SamplingParams(structured={"grammar": "root ::= ::="}))

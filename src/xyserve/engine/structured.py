@@ -98,7 +98,8 @@ class StructuredOutputs:
         )
 
     def compile(self, kind: str, value: Any) -> GrammarSpec:
-        """``value``: a JSON schema (dict), a regex or grammar (str), or choices (list[str])."""
+        """``value``: a JSON schema (dict), a regex or grammar (str: Lark or GBNF), or choices
+        (list[str])."""
         from llguidance import LLMatcher
 
         # Compact JSON: flexible whitespace lets a sampler wander through blanks forever.
@@ -118,7 +119,12 @@ class StructuredOutputs:
                 alts = " | ".join(json.dumps(c) for c in value)
                 grammar = LLMatcher.grammar_from_lark(f"start: {alts}")
             elif kind == "grammar":
-                grammar = LLMatcher.grammar_from_lark(str(value))
+                # Lark, or GBNF (``root ::= ...``, llama.cpp's, which vLLM's examples of
+                # guided_grammar use): vLLM takes both, its llguidance backend through this
+                # same conversion
+                from llguidance.gbnf_to_lark import any_to_lark
+
+                grammar = LLMatcher.grammar_from_lark(any_to_lark(str(value)))
             else:
                 raise GrammarError(f"unknown constraint kind {kind!r}")
         except GrammarError:
