@@ -211,3 +211,17 @@ def test_a_grammar_in_gbnf_is_taken_as_vllm_takes_it(tiny_llama: Path) -> None:
         assert c.finish_reason == "stop" and re.fullmatch(r"(yes|no) [1-9][0-9]?", c.text), c
     with pytest.raises(ValueError, match="invalid grammar"):
         llm.generate("Hello", SamplingParams(structured={"grammar": "root ::= ::="}))
+
+
+@pytest.mark.parametrize(
+    ("kind", "value"),
+    [("choice", "yes"), ("choice", {"yes": 1}), ("regex", ["a"]), ("grammar", 5)],
+)
+def test_a_constraint_of_the_wrong_type_is_refused(tiny_llama: Path, kind, value) -> None:
+    """Offline, ``structured`` is a plain dict: a choice given as a string held the output to
+    one of its characters, and a regex given as a list to the character class its ``str``
+    wrote (``['a']``). They are refused, as the server's request model refuses them."""
+    tok = Tokenizer(tiny_llama)
+    so = StructuredOutputs(tok.hf, 300, [0])
+    with pytest.raises(GrammarError, match="must be"):
+        so.compile(kind, value)

@@ -112,9 +112,11 @@ class StructuredOutputs:
             elif kind == "json_object":
                 grammar = LLMatcher.grammar_from_json_schema('{"type": "object"}', defaults=compact)
             elif kind == "regex":
-                grammar = LLMatcher.grammar_from_regex(str(value))
+                grammar = LLMatcher.grammar_from_regex(_text(value, "regex"))
             elif kind == "choice":
-                if not value or not all(isinstance(c, str) for c in value):
+                # a list, not any iterable: a string's choices would be its characters
+                listed = isinstance(value, list | tuple) and value
+                if not listed or not all(isinstance(c, str) for c in value):
                     raise GrammarError("choices must be a non-empty list of strings")
                 alts = " | ".join(json.dumps(c) for c in value)
                 grammar = LLMatcher.grammar_from_lark(f"start: {alts}")
@@ -124,7 +126,7 @@ class StructuredOutputs:
                 # same conversion
                 from llguidance.gbnf_to_lark import any_to_lark
 
-                grammar = LLMatcher.grammar_from_lark(any_to_lark(str(value)))
+                grammar = LLMatcher.grammar_from_lark(any_to_lark(_text(value, "grammar")))
             else:
                 raise GrammarError(f"unknown constraint kind {kind!r}")
         except GrammarError:
@@ -139,6 +141,14 @@ class StructuredOutputs:
         if start.error() is not None:
             raise GrammarError(f"invalid {kind}: {start.error()}")
         return GrammarSpec(kind, grammar, self.tokenizer, start, first_allowed)
+
+
+def _text(value: Any, kind: str) -> str:
+    """A regex's or grammar's text; anything else is refused rather than written out with
+    ``str`` (a list ``["a"]`` would be the character class ``['a']``)."""
+    if not isinstance(value, str):
+        raise GrammarError(f"a {kind} must be a string, not {type(value).__name__}")
+    return value
 
 
 def fill_masks(matchers: list[Matcher], vocab_size: int) -> torch.Tensor:
