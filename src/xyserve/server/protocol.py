@@ -220,8 +220,8 @@ class _SamplingRequest(BaseModel):
                 msg = "structured_outputs needs exactly one constraint"
                 raise SamplingParamsError("structured_outputs", msg)
             found.append(("structured_outputs", *set_kinds[0]))
-        if len(found) > 1:  # the 400 names a field the request gave: the second, the first
-            # to conflict (the message names them all)
+        if len(found) > 1:
+            # the 400 names a field the request gave (the second: the first to conflict)
             msg = "give at most one of " + ", ".join(f for f, _, _ in found)
             raise SamplingParamsError(found[1][0], msg)
         return found[0] if found else None
