@@ -108,8 +108,18 @@ BAD = [
     ("/v1/completions", {**BASE, "no_such_field": 1}, "no_such_field"),
     ("/v1/completions", {**BASE, "guided_regex": "("}, "guided_regex"),
     ("/v1/completions", {**BASE, "guided_json": {"type": "bogus"}}, "guided_json"),
-    ("/v1/completions", {**BASE, "guided_json": {}, "guided_regex": "a"}, "response_format"),
+    # two constraints: the 400 names a field the request gave (it named response_format)
+    ("/v1/completions", {**BASE, "guided_json": {}, "guided_regex": "a"}, "guided_regex"),
+    ("/v1/completions", {**BASE, "guided_choice": ["a"], "structured_outputs": {"regex": "a"}},
+     "structured_outputs"),
+    ("/v1/chat/completions", {"model": MODEL, "messages": CHAT, "response_format": {
+        "type": "json_object"}, "guided_grammar": 'start: "a"'}, "guided_grammar"),
     ("/v1/completions", {**BASE, "guided_json": "{not json"}, "guided_json"),
+    ("/v1/completions", {**BASE, "guided_regex": "a", "guided_decoding_backend": "xgrammar"},
+     "guided_decoding_backend"),
+    # none of these ids is '{': it was a 500 from the first step
+    ("/v1/completions", {**BASE, "guided_json": {"type": "object"}, "allowed_token_ids": [5, 6]},
+     "allowed_token_ids"),
     ("/v1/completions", {**BASE, "structured_outputs": {"json": "{not json"}},
      "structured_outputs"),
     ("/v1/completions", {**BASE, "structured_outputs": {}}, "structured_outputs"),
@@ -478,7 +488,8 @@ HONOURED = {
     "frequency_penalty", "seed", "stop", "stream", "stream_options", "user", "top_k", "min_p",
     "repetition_penalty", "stop_token_ids", "ignore_eos", "min_tokens", "skip_special_tokens",
     "include_stop_str_in_output", "logit_bias", "response_format", "guided_json",
-    "guided_regex", "guided_choice", "guided_grammar", "structured_outputs", "max_tokens",
+    "guided_regex", "guided_choice", "guided_grammar", "structured_outputs",
+    "guided_decoding_backend", "max_tokens",
     "max_completion_tokens", "logprobs", "top_logprobs", "echo", "add_generation_prompt",
     "add_special_tokens", "prompt_logprobs", "continue_final_message", "tools", "tool_choice",
     "parallel_tool_calls", "allowed_token_ids", "bad_words", "truncate_prompt_tokens",
@@ -557,15 +568,22 @@ def test_json_object_regex_choice(server: Server) -> None:
     assert choice["text"].startswith("{"), choice
     if choice["finish_reason"] == "stop":
         assert isinstance(json.loads(choice["text"]), dict)
-    r = post(server, "/v1/completions", {**kw, "guided_regex": "[a-c]{2}-[0-9]{3}"})
-    text = r.json()["choices"][0]["text"]
-    assert len(text) == 6 and text[2] == "-" and text[3:].isdigit(), text
+    for backend in (None, "auto", "guidance"):  # vLLM's names of ours: llguidance
+        body = {**kw, "guided_regex": "[a-c]{2}-[0-9]{3}", "guided_decoding_backend": backend}
+        r = post(server, "/v1/completions", body)
+        text = r.json()["choices"][0]["text"]
+        assert len(text) == 6 and text[2] == "-" and text[3:].isdigit(), text
     r = post(server, "/v1/completions", {**kw, "guided_choice": ["red", "green", "blue"]})
     assert r.json()["choices"][0]["text"] in ("red", "green", "blue")
     r = post(server, "/v1/completions", {**kw, "structured_outputs": {"choice": ["yes", "no"]}})
     assert r.json()["choices"][0]["text"] in ("yes", "no")
     lark = 'start: "x=" NUM ";"\nNUM: /[0-9]{1,3}/'
     r = post(server, "/v1/completions", {**kw, "guided_grammar": lark})
+    text = r.json()["choices"][0]["text"]
+    assert text.startswith("x=") and text.endswith(";") and text[2:-1].isdigit(), text
+    gbnf = 'root ::= "x=" num ";"\nnum ::= [0-9] [0-9]?'  # llama.cpp's, as vLLM takes it too
+    r = post(server, "/v1/completions", {**kw, "guided_grammar": gbnf})
+    assert r.status_code == 200, r.text
     text = r.json()["choices"][0]["text"]
     assert text.startswith("x=") and text.endswith(";") and text[2:-1].isdigit(), text
     server.assert_clean()

@@ -433,3 +433,42 @@ def test_auto_replies_keep_special_tokens_where_the_parser_needs_them(
     content, _, _ = assemble(stream(server, body))
     assert content == "<|system|><|system|>"
     server.assert_clean()
+
+
+@pytest.mark.parametrize("parameters", [None, {}])
+def test_a_function_without_parameters_is_called_with_none(server: Server, parameters) -> None:
+    """A function without ``parameters`` (or with ``{}``, as vLLM reads it) takes an empty
+    parameter list (OpenAI's words): its arguments are ``{}``. The grammar held them to an
+    open object, and a sampled reply made up properties (seeds 0, 3, 4 and 5 here)."""
+    fn = {"name": "ping"} if parameters is None else {"name": "ping", "parameters": parameters}
+    tools = [{"type": "function", "function": fn}]
+    named = {"type": "function", "function": {"name": "ping"}}
+    for seed in range(6):
+        body = {**BASE, "tools": tools, "seed": seed, "max_tokens": 60}
+        r = post(server, {**body, "tool_choice": named})
+        assert r.status_code == 200, r.text
+        (choice,) = r.json()["choices"]
+        assert choice["finish_reason"] == "stop", choice
+        assert choice["message"]["tool_calls"][0]["function"]["arguments"] == "{}"
+        r = post(server, {**body, "tool_choice": "required", "parallel_tool_calls": False})
+        (choice,) = r.json()["choices"]
+        assert choice["finish_reason"] == "tool_calls", choice
+        assert json.loads(choice["message"]["tool_calls"][0]["function"]["arguments"]) == {}
+    server.assert_clean()
+
+
+def test_required_takes_parameters_with_draft7_definitions(server: Server) -> None:
+    """As ``$defs``, so ``definitions`` (draft 7's, pydantic 1's and many tool libraries'):
+    a tool that a named choice takes was a 400 under "required", its ``#/definitions/...``
+    references left pointing at the top of the calls' array."""
+    loc = json.loads(json.dumps(LOC).replace("$defs", "definitions"))
+    tools = [TOOLS[1], {"type": "function", "function": {"name": "go", "parameters": loc}}]
+    body = {**BASE, "tools": tools, "tool_choice": "required", "seed": 1, "max_tokens": 200}
+    r = post(server, body)
+    assert r.status_code == 200, r.text
+    (choice,) = r.json()["choices"]
+    assert choice["finish_reason"] == "tool_calls", choice
+    for call in choice["message"]["tool_calls"]:
+        schema = loc if call["function"]["name"] == "go" else ADD
+        jsonschema.validate(json.loads(call["function"]["arguments"]), schema)
+    server.assert_clean()

@@ -170,3 +170,58 @@ def test_a_grammar_needing_a_token_min_tokens_holds_back_wins(tiny_llama: Path) 
         c = out.outputs[0]
         assert len(c.token_ids) == 2 and c.token_ids[-1] == z and c.finish_reason == "stop"
     llm.llm_engine.kv.check_no_leak()
+
+
+def test_allowed_token_ids_the_grammar_refuses_at_its_start_are_refused(tiny_llama: Path) -> None:
+    """An allowed_token_ids set with no token the grammar allows first left the sampler
+    nothing: the request failed in its first step. It is refused at admission, as a set the
+    other masks leave empty is; a set with such a token runs."""
+    llm = LLM(str(tiny_llama), device="cpu", max_model_len=128)
+    tok = llm.get_tokenizer()
+    (brace,) = tok.encode("{", add_special_tokens=False)
+    (x,) = tok.encode("x", add_special_tokens=False)
+    schema = {"type": "object"}
+    sp = SamplingParams(max_tokens=1, allowed_token_ids=[x], structured={"json": schema})
+    with pytest.raises(ValueError, match="allowed_token_ids"):
+        llm.generate("Hello", sp, use_tqdm=False)
+    sp = SamplingParams(max_tokens=1, allowed_token_ids=[x, brace], structured={"json": schema})
+    out = llm.generate("Hello", sp, use_tqdm=False)[0]
+    assert out.error is None and out.outputs[0].token_ids == [brace]
+    llm.llm_engine.kv.check_no_leak()
+
+
+GBNF = """
+root ::= answer " " number
+answer ::= "yes" | "no"
+number ::= [1-9] [0-9]?
+"""
+
+
+def test_a_grammar_in_gbnf_is_taken_as_vllm_takes_it(tiny_llama: Path) -> None:
+    """vLLM's guided_grammar takes Lark or GBNF (``root ::= ...``, its documentation's
+    examples); a GBNF grammar was refused as invalid Lark (the server compiles through the
+    same path: test_server_isolation's test_json_object_regex_choice)."""
+    import re
+
+    llm = LLM(str(tiny_llama), device="cpu", max_model_len=128)
+    sp = SamplingParams(max_tokens=10, temperature=1.0, seed=0, structured={"grammar": GBNF})
+    outs = llm.generate(["Hello", "Hi"], sp, use_tqdm=False)
+    for out in outs:
+        (c,) = out.outputs
+        assert c.finish_reason == "stop" and re.fullmatch(r"(yes|no) [1-9][0-9]?", c.text), c
+    with pytest.raises(ValueError, match="invalid grammar"):
+        llm.generate("Hello", SamplingParams(structured={"grammar": "root ::= ::="}))
+
+
+@pytest.mark.parametrize(
+    ("kind", "value"),
+    [("choice", "yes"), ("choice", {"yes": 1}), ("regex", ["a"]), ("grammar", 5)],
+)
+def test_a_constraint_of_the_wrong_type_is_refused(tiny_llama: Path, kind, value) -> None:
+    """Offline, ``structured`` is a plain dict: a choice given as a string held the output to
+    one of its characters, and a regex given as a list to the character class its ``str``
+    wrote (``['a']``). They are refused, as the server's request model refuses them."""
+    tok = Tokenizer(tiny_llama)
+    so = StructuredOutputs(tok.hf, 300, [0])
+    with pytest.raises(GrammarError, match="must be"):
+        so.compile(kind, value)

@@ -235,12 +235,24 @@ class RequestIntake:
     def _check_allowed_set(self, params: SamplingParams) -> None:
         """Refuse an ``allowed_token_ids`` set whose every token the sampler must mask: each a
         one-token bad word, or, before ``min_tokens``, one that would end the sequence (EOS,
-        a stop id). Admitted, its first step would find no token to sample and fail it there,
-        a 500 for what the request said (a grammar instead lets such a token through: see
+        a stop id), or one the request's grammar refuses as its first token. Admitted, its
+        first step would find no token to sample and fail it there, a 500 for what the
+        request said (a grammar instead lets a bad word or an ending token through: see
         ``_sample_row``)."""
         if params.allowed_token_ids is None:
             return
         allowed = set(params.allowed_token_ids)
+        # The grammar's mask comes on top of the set: its first mask is known when it is
+        # compiled (structured.GrammarSpec), so a set that leaves none of it is refused now.
+        # Later masks are not known before the request runs: a set that the grammar runs out
+        # of later fails the request in that step.
+        first = getattr(params.structured, "first_allowed", None)
+        if first is not None and not first[sorted(allowed)].any():
+            raise RequestValidationError(
+                "no token of allowed_token_ids is one the structured-output constraint allows "
+                "first: none could be sampled",
+                "allowed_token_ids",
+            )
         never = {w[0] for w in params.bad_words_token_ids if len(w) == 1}
         if allowed <= never:
             raise RequestValidationError(

@@ -76,6 +76,9 @@ class GrammarSpec:
     # grammar takes seconds; copies share what it built, so that work is done off the
     # engine's step.
     start: Matcher | None = field(default=None, compare=False, repr=False)
+    # [vocab_size] bool: the tokens the grammar allows first (``start``'s first mask), so that
+    # admission can refuse a request whose other masks leave none of them (allowed_token_ids).
+    first_allowed: torch.Tensor | None = field(default=None, compare=False, repr=False)
 
     def new_matcher(self) -> Matcher:
         if self.start is not None:
@@ -95,7 +98,8 @@ class StructuredOutputs:
         )
 
     def compile(self, kind: str, value: Any) -> GrammarSpec:
-        """``value``: a JSON schema (dict), a regex or grammar (str), or choices (list[str])."""
+        """``value``: a JSON schema (dict), a regex or grammar (str: Lark or GBNF), or choices
+        (list[str])."""
         from llguidance import LLMatcher
 
         # Compact JSON: flexible whitespace lets a sampler wander through blanks forever.
@@ -108,14 +112,21 @@ class StructuredOutputs:
             elif kind == "json_object":
                 grammar = LLMatcher.grammar_from_json_schema('{"type": "object"}', defaults=compact)
             elif kind == "regex":
-                grammar = LLMatcher.grammar_from_regex(str(value))
+                grammar = LLMatcher.grammar_from_regex(_text(value, "regex"))
             elif kind == "choice":
-                if not value or not all(isinstance(c, str) for c in value):
+                # a list, not any iterable: a string's choices would be its characters
+                listed = isinstance(value, list | tuple) and value
+                if not listed or not all(isinstance(c, str) for c in value):
                     raise GrammarError("choices must be a non-empty list of strings")
                 alts = " | ".join(json.dumps(c) for c in value)
                 grammar = LLMatcher.grammar_from_lark(f"start: {alts}")
             elif kind == "grammar":
-                grammar = LLMatcher.grammar_from_lark(str(value))
+                # Lark, or GBNF (``root ::= ...``, llama.cpp's, which vLLM's examples of
+                # guided_grammar use): vLLM takes both, its llguidance backend through this
+                # same conversion
+                from llguidance.gbnf_to_lark import any_to_lark
+
+                grammar = LLMatcher.grammar_from_lark(any_to_lark(_text(value, "grammar")))
             else:
                 raise GrammarError(f"unknown constraint kind {kind!r}")
         except GrammarError:
@@ -126,10 +137,18 @@ class StructuredOutputs:
         if err:
             raise GrammarError(f"invalid {kind}: {err}")
         start = Matcher(self.tokenizer, grammar)
-        fill_masks([start], self.vocab_size)
+        first_allowed = fill_masks([start], self.vocab_size)[0]
         if start.error() is not None:
             raise GrammarError(f"invalid {kind}: {start.error()}")
-        return GrammarSpec(kind, grammar, self.tokenizer, start)
+        return GrammarSpec(kind, grammar, self.tokenizer, start, first_allowed)
+
+
+def _text(value: Any, kind: str) -> str:
+    """A regex's or grammar's text; anything else is refused rather than written out with
+    ``str`` (a list ``["a"]`` would be the character class ``['a']``)."""
+    if not isinstance(value, str):
+        raise GrammarError(f"a {kind} must be a string, not {type(value).__name__}")
+    return value
 
 
 def fill_masks(matchers: list[Matcher], vocab_size: int) -> torch.Tensor:

@@ -7,7 +7,7 @@ import asyncio
 from xyserve.sampling_params import SamplingParams, SamplingParamsError
 from xyserve.server.async_engine import AsyncLLM
 from xyserve.server.errors import APIError, field_error
-from xyserve.server.protocol import ChatCompletionRequest, CompletionRequest
+from xyserve.server.protocol import BACKENDS, ChatCompletionRequest, CompletionRequest
 
 
 async def sampling_params(
@@ -29,6 +29,13 @@ async def sampling_params(
         if body.stream_options.continuous_usage_stats:
             msg = "stream_options.continuous_usage_stats needs include_usage: true"
             raise APIError(msg, param="stream_options")
+    backend = body.guided_decoding_backend
+    if backend is not None and backend not in BACKENDS:
+        msg = (
+            f"guided_decoding_backend {backend!r} is not available: structured outputs use "
+            f"llguidance ({' or '.join(repr(b) for b in BACKENDS)})"
+        )
+        raise APIError(msg, param="guided_decoding_backend")
     wants_logprobs = body.logprobs is not None and body.logprobs is not False
     if body.return_tokens_as_token_ids and not wants_logprobs:
         msg = "return_tokens_as_token_ids names the tokens of logprobs: it needs logprobs"

@@ -62,6 +62,10 @@ class StructuredOutputsParams(BaseModel):
     json_object: bool | None = None
 
 
+# The ``guided_decoding_backend`` values that name the one backend xyserve has (llguidance,
+# which vLLM calls "guidance"); vLLM V1 also refuses a request's backend other than its own.
+BACKENDS = ("auto", "guidance")
+
 # Fields we accept only with the value that means "off" (any other value is a 400): the
 # feature is not implemented, and accepting it silently would be lying to the client.
 OFF_VALUES: dict[str, tuple] = {
@@ -145,6 +149,8 @@ class _SamplingRequest(BaseModel):
     guided_choice: list[str] | None = None
     guided_grammar: str | None = None
     structured_outputs: StructuredOutputsParams | None = None
+    # vLLM's per-request backend: ours is llguidance, vLLM's "guidance" (see BACKENDS)
+    guided_decoding_backend: str | None = None
     # vLLM's: the top-k logprobs of each prompt token (the response's ``prompt_logprobs``)
     prompt_logprobs: int | None = None
     allowed_token_ids: list[int] | None = None
@@ -174,8 +180,9 @@ class _SamplingRequest(BaseModel):
         ]
 
     def constraint(self) -> tuple[str, str, Any] | None:
-        """(field, kind, value) of the structured-output constraint; ValueError if several
-        (a SamplingParamsError, with ``param``, where one field alone is wrong)."""
+        """(field, kind, value) of the structured-output constraint; ValueError where
+        ``response_format`` is wrong, else a SamplingParamsError naming the field (``param``):
+        one that is wrong alone, or the second of several constraints."""
         found: list[tuple[str, str, Any]] = []
         rf = self.response_format
         if rf is not None and rf.type != "json_schema" and rf.json_schema is not None:
@@ -214,7 +221,9 @@ class _SamplingRequest(BaseModel):
                 raise SamplingParamsError("structured_outputs", msg)
             found.append(("structured_outputs", *set_kinds[0]))
         if len(found) > 1:
-            raise ValueError("give at most one of " + ", ".join(f for f, _, _ in found))
+            # the 400 names a field the request gave (the second: the first to conflict)
+            msg = "give at most one of " + ", ".join(f for f, _, _ in found)
+            raise SamplingParamsError(found[1][0], msg)
         return found[0] if found else None
 
     def _sampling_kwargs(self, defaults: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -36,8 +36,10 @@ from xyserve.server.protocol import (
 from xyserve.server.sse import held_tail
 from xyserve.server.tool_parsers import PARSERS, read_calls
 
-# What a function without ``parameters`` takes (OpenAI: an empty parameter list).
-NO_PARAMETERS = {"type": "object", "properties": {}}
+# What a function without ``parameters`` takes (OpenAI: "an empty parameter list"): the
+# object ``{}``. Closed, since a bare ``{"type": "object"}`` lets the grammar write any
+# properties, arguments the function does not take.
+NO_PARAMETERS = {"type": "object", "properties": {}, "additionalProperties": False}
 
 
 def new_call_id() -> str:
@@ -103,24 +105,32 @@ def _parameters(body: ChatCompletionRequest, name: str) -> dict:
     raise KeyError(name)
 
 
+# Where a schema keeps the definitions its "#/<key>/..." references point to: ``$defs``
+# (draft 2019-09 on, pydantic 2) and ``definitions`` (draft 7 and before, pydantic 1).
+DEFINITIONS = ("$defs", "definitions")
+
+
 def constraint_schema(body: ChatCompletionRequest, mode: ToolMode) -> dict | None:
     """The JSON schema a constrained mode holds the reply to (None: unconstrained)."""
     if mode.kind == "named":
         return _parameters(body, mode.name)
     if mode.kind != "required":
         return None
-    calls, defs = [], {}
+    calls: list[dict] = []
+    defs: dict[str, dict] = {key: {} for key in DEFINITIONS}
     for t in body.tools:
         params = dict(t.function.parameters or NO_PARAMETERS)
-        # Each tool's parameters sit inside the array's schema here, so their "#/$defs/..."
-        # references resolve against its top: their definitions move there (as vLLM's do).
-        for name, definition in (params.pop("$defs", None) or {}).items():
-            if defs.setdefault(name, definition) != definition:
-                raise APIError(
-                    f"tools: $defs {name!r} is defined differently by two tools, which "
-                    'tool_choice "required" cannot take (their definitions share one schema)',
-                    param="tools",
-                )
+        # Each tool's parameters sit inside the array's schema here, so their references
+        # ("#/$defs/...") resolve against its top: their definitions move there (as vLLM's do).
+        for key in DEFINITIONS:
+            for name, definition in (params.pop(key, None) or {}).items():
+                if defs[key].setdefault(name, definition) != definition:
+                    raise APIError(
+                        f"tools: {key} {name!r} is defined differently by two tools, which "
+                        'tool_choice "required" cannot take (their definitions share one '
+                        "schema)",
+                        param="tools",
+                    )
         calls.append(
             {
                 "type": "object",
@@ -133,8 +143,7 @@ def constraint_schema(body: ChatCompletionRequest, mode: ToolMode) -> dict | Non
             }
         )
     schema: dict[str, Any] = {"type": "array", "minItems": 1, "items": {"anyOf": calls}}
-    if defs:
-        schema["$defs"] = defs
+    schema.update((key, found) for key, found in defs.items() if found)
     if not body.parallel_tool_calls:
         schema["maxItems"] = 1
     return schema
@@ -171,8 +180,9 @@ def _call(name: str, arguments: Any, call_id: Callable[[], str] | None = None) -
 
 def parse_reply(mode: ToolMode, text: str) -> ParsedReply:
     """A finished reply's content and calls (the first alone without ``mode.parallel``, as
-    vLLM). A constrained reply that does not parse (cut short by ``max_tokens``) comes back as
-    content, with no calls."""
+    vLLM). A ``required`` reply that does not parse (cut short by ``max_tokens``) comes back as
+    content, with no calls; a named function's reply is its call's arguments even then (as
+    vLLM's, and as they streamed)."""
     reply = _parse_reply(mode, text)
     if not mode.parallel:
         reply.calls = reply.calls[:1]
