@@ -53,6 +53,24 @@ def _py_real(v: numbers.Real) -> int | float:
     return v if type(v) in (int, float) else float(v)  # numpy's float64 is a float subclass
 
 
+@dataclass(frozen=True)
+class StructuredOutputsParams:
+    """vLLM's ``StructuredOutputsParams`` (``SamplingParams(structured_outputs=...)``): exactly
+    one constraint. Only the fields xyserve honours exist here, so vLLM's tuning fields
+    (``disable_fallback``, ``whitespace_pattern``, ``structural_tag``, ...) are refused as
+    unknown arguments rather than taken and not applied."""
+
+    json: dict | str | None = None  # a JSON schema, as a dict or JSON text
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None  # Lark, or GBNF (``root ::= ...``)
+    json_object: bool | None = None
+
+    def to_dict(self) -> dict:
+        """The fields given, as ``SamplingParams.structured`` takes them."""
+        return {k: v for k, v in vars(self).items() if v is not None}
+
+
 @dataclass
 class SamplingParams:
     n: int = 1
@@ -82,6 +100,9 @@ class SamplingParams:
     # one of json (a schema: a dict or JSON text), regex, choice, grammar (Lark) or json_object (True), compiled by
     # the engine; or an already compiled xyserve.engine.structured.GrammarSpec.
     structured: dict | object | None = None
+    # vLLM's keyword for the same: a StructuredOutputsParams (or its fields as a dict), moved
+    # into ``structured`` (giving both is refused)
+    structured_outputs: StructuredOutputsParams | dict | None = None
     # vLLM's: only these token ids may be sampled (a mask over the vocabulary)
     allowed_token_ids: list[int] | None = None
     # vLLM's: words never generated. Each is tokenized at admission as it would start the
@@ -96,6 +117,7 @@ class SamplingParams:
     bad_words_token_ids: list[list[int]] = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        self._take_structured_outputs()
         self._check_types()
         if self.top_k == -1:
             self.top_k = 0
@@ -103,6 +125,23 @@ class SamplingParams:
         self.stop_token_ids = list(self.stop_token_ids or [])
         self.logit_bias = dict(self.logit_bias) if self.logit_bias else None
         self.validate()
+
+    def _take_structured_outputs(self) -> None:
+        so = self.structured_outputs
+        if so is None:
+            return
+        if self.structured is not None:
+            raise SamplingParamsError(
+                "structured_outputs",
+                "structured_outputs: give it or structured (the same constraint), not both",
+            )
+        if not isinstance(so, (StructuredOutputsParams, dict)):
+            raise SamplingParamsError(
+                "structured_outputs",
+                f"structured_outputs: must be a StructuredOutputsParams or a dict (got {so!r})",
+            )
+        self.structured = so.to_dict() if isinstance(so, StructuredOutputsParams) else dict(so)
+        self.structured_outputs = None
 
     def _check_types(self) -> None:
         """Refuse, naming the field, a value of a type the field cannot take; numbers of any

@@ -11,7 +11,7 @@ import torch
 
 from xyserve.engine.structured import GrammarError, StructuredOutputs, fill_masks
 from xyserve.llm import LLM
-from xyserve.sampling_params import SamplingParams
+from xyserve.sampling_params import SamplingParams, StructuredOutputsParams
 from xyserve.tokenizer import Tokenizer
 
 
@@ -63,6 +63,25 @@ def test_offline_dict_constraints(tiny_llama: Path) -> None:
     assert params[0].structured == {"choice": ["on", "off"]}  # the caller's object is untouched
     with pytest.raises(ValueError, match="exactly one"):
         llm.generate("x", SamplingParams(structured={"regex": "a", "choice": ["b"]}))
+    llm.llm_engine.kv.check_no_leak()
+
+
+def test_vllms_structured_outputs_keyword_is_the_same_constraint(tiny_llama: Path) -> None:
+    """A vLLM script's ``SamplingParams(structured_outputs=StructuredOutputsParams(...))`` was a
+    TypeError (only ``structured=`` existed). It is the same constraint; giving both, another
+    type, or one of vLLM's tuning fields xyserve does not apply, is refused."""
+    llm = LLM(model=str(tiny_llama), device="cpu", max_model_len=128)
+    for so in (StructuredOutputsParams(choice=["on", "off"]), {"choice": ["on", "off"]}):
+        sp = SamplingParams(temperature=1.0, seed=1, max_tokens=40, structured_outputs=so)
+        assert sp.structured == {"choice": ["on", "off"]} and sp.structured_outputs is None
+        out = llm.generate("Hello", sp, use_tqdm=False)
+        assert out[0].outputs[0].text in ("on", "off")
+    with pytest.raises(ValueError, match="not both"):
+        SamplingParams(structured={"regex": "a"}, structured_outputs={"regex": "b"})
+    with pytest.raises(ValueError, match="StructuredOutputsParams or a dict"):
+        SamplingParams(structured_outputs="a|b")
+    with pytest.raises(TypeError, match="whitespace_pattern"):
+        StructuredOutputsParams(json={}, whitespace_pattern=" ")
     llm.llm_engine.kv.check_no_leak()
 
 
