@@ -244,3 +244,15 @@ def test_a_constraint_of_the_wrong_type_is_refused(tiny_llama: Path, kind, value
     so = StructuredOutputs(tok.hf, 300, [0])
     with pytest.raises(GrammarError, match="must be"):
         so.compile(kind, value)
+
+
+def test_a_grammar_wins_over_bad_words_it_cannot_avoid(tiny_llama: Path) -> None:
+    """Where the grammar's only way on is a token ``bad_words`` bans, the grammar wins (as it
+    does over ``min_tokens``), rather than the request failing with no token allowed."""
+    llm = LLM(model=str(tiny_llama), device="cpu", max_model_len=128)
+    sp = SamplingParams(
+        temperature=0, max_tokens=8, structured={"choice": ["ab"]}, bad_words=["ab"]
+    )
+    out = llm.generate("Hello", sp, use_tqdm=False)[0].outputs[0]
+    assert (out.text, out.finish_reason) == ("ab", "stop")
+    llm.llm_engine.kv.check_no_leak()

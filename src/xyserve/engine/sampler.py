@@ -23,7 +23,7 @@ class SampleRow:
     prompt_ids: list[int]
     output_ids: list[int]
     generator: torch.Generator | None  # per-request, seeded: reproducible whatever the batch
-    blocked_ids: list[int]  # ids masked out (EOS/stop ids before min_tokens)
+    blocked_ids: list[int]  # ids masked out (EOS/stop ids before min_tokens; bad_words' bans)
     matcher: Any = None  # structured.Matcher: the grammar's allowed tokens, or None
 
 
@@ -123,8 +123,8 @@ def _sample_row(lg: torch.Tensor, row: SampleRow) -> int:
         held = lg[row.blocked_ids]
         lg[row.blocked_ids] = float("-inf")
         if row.matcher is not None and not torch.isfinite(lg).any():
-            # the grammar allows only tokens that min_tokens holds back (a stop id it needs):
-            # the grammar wins, as where it completes short of min_tokens
+            # the grammar allows only tokens that min_tokens holds back (a stop id it needs)
+            # or bad_words bans: the grammar wins, as where it completes short of min_tokens
             lg[row.blocked_ids] = held
     lg = apply_penalties(lg, row)
     if not torch.isfinite(lg).any():
