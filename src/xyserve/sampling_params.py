@@ -82,7 +82,9 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     repetition_penalty: float = 1.0
     seed: int | None = None
-    max_tokens: int | None = 16  # None: up to max_model_len
+    # None: up to max_model_len, capped to the generation config's max_new_tokens where it has
+    # one (engine.intake; vLLM leaves a given None uncapped)
+    max_tokens: int | None = 16
     min_tokens: int = 0
     stop: list[str] | str | None = None
     stop_token_ids: list[int] | None = None
