@@ -472,3 +472,16 @@ def test_required_takes_parameters_with_draft7_definitions(server: Server) -> No
         schema = loc if call["function"]["name"] == "go" else ADD
         jsonschema.validate(json.loads(call["function"]["arguments"]), schema)
     server.assert_clean()
+
+
+@pytest.mark.parametrize("schema", [{"type": "string"}, {"type": ["string", "null"]}])
+def test_parameters_of_another_type_than_object_are_a_400(server: Server, schema) -> None:
+    """OpenAI's parameters describe a JSON object (the arguments); a string schema gave
+    ``arguments`` that were a JSON string. Refused by name, as OpenAI refuses it."""
+    tools = [{"type": "function", "function": {"name": "f", "parameters": schema}}]
+    for choice in ("auto", "none", "required"):
+        r = post(server, {**BASE, "tools": tools, "tool_choice": choice})
+        assert r.status_code == 400, r.text
+        err = r.json()["error"]
+        assert "parameters" in err["param"] and '"object"' in err["message"], err
+    server.assert_clean()

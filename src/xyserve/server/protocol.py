@@ -93,6 +93,17 @@ class FunctionDefinition(BaseModel):
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
 
+    @field_validator("parameters")
+    @classmethod
+    def _an_object_schema(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        """OpenAI's parameters are a JSON Schema of an object (the arguments are a JSON
+        object): a schema of another type gave ``arguments`` that are not one (a JSON
+        string, say), so it is refused, as OpenAI refuses it."""
+        kind = (v or {}).get("type", "object")
+        if kind != "object" and not (isinstance(kind, list) and kind == ["object"]):
+            raise ValueError(f'must be a JSON Schema of type "object", not {kind!r}')
+        return v
+
 
 class ToolDefinition(BaseModel):
     model_config = ConfigDict(extra="forbid")
