@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -9,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import httpx
 import openai
 import uvicorn
 
@@ -111,3 +113,11 @@ def metric(text: str, name: str, **labels: str) -> float:
     ]
     assert found, (name, labels)
     return sum(found)
+
+
+def sse_events(url: str, payload: dict, timeout: float = 60) -> list[dict]:
+    """The JSON events of ``payload`` POSTed to ``url`` with ``stream`` on, without the final
+    ``data: [DONE]``; a status other than 200 fails the test."""
+    with httpx.stream("POST", url, json={**payload, "stream": True}, timeout=timeout) as resp:
+        assert resp.status_code == 200, resp.read()
+        return [json.loads(x[6:]) for x in resp.iter_lines() if x.startswith("data: {")]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from server_harness import Server, run_server
+from server_harness import Server, run_server, sse_events
 
 import xyserve.server.protocol as protocol
 from xyserve.config import EngineConfig
@@ -185,14 +185,8 @@ def test_chat_logprob_bytes_are_the_tokens_own(server: Server, stream: bool) -> 
             "top_logprobs": 2,
         }
         if stream:
-            with httpx.stream(
-                "POST",
-                f"{server.url}/v1/chat/completions",
-                json={**body, "stream": True},
-                timeout=60,
-            ) as resp:
-                events = [ln[6:] for ln in resp.iter_lines() if ln.startswith("data: ")]
-            chunks = [json.loads(e)["choices"] for e in events[:-1]]
+            events = sse_events(f"{server.url}/v1/chat/completions", body)
+            chunks = [e["choices"] for e in events]
             text = "".join(c[0]["delta"]["content"] or "" for c in chunks if c)
             entries = [e for c in chunks if c and c[0]["logprobs"] for e in c[0]["logprobs"]["content"]]  # fmt: skip
         else:

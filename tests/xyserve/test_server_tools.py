@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import jsonschema
 import pytest
-from server_harness import Server, run_server
+from server_harness import Server, run_server, sse_events
 
 from xyserve.config import EngineConfig
 from xyserve.server.options import ServerOptions
@@ -62,14 +62,7 @@ def post(server: Server, payload: dict) -> httpx.Response:
 
 
 def stream(server: Server, payload: dict) -> list[dict]:
-    with httpx.stream(
-        "POST",
-        f"{server.url}/v1/chat/completions",
-        json={**payload, "stream": True},
-        timeout=60,
-    ) as resp:
-        assert resp.status_code == 200, resp.read()
-        return [json.loads(x[6:]) for x in resp.iter_lines() if x.startswith("data: {")]
+    return sse_events(f"{server.url}/v1/chat/completions", payload)
 
 
 def assemble(chunks: list[dict]) -> tuple[str, list[dict], str]:
@@ -317,19 +310,26 @@ LOC = {
 }
 
 
-def test_required_takes_parameters_with_defs(server: Server) -> None:
-    """A tool's parameters with ``$defs`` (what pydantic writes for nested models): under
-    "required" the calls' schema nests each tool's parameters, and their ``#/$defs/...``
-    references still resolve (vLLM moves the definitions to the top)."""
-    tools = [TOOLS[1], {"type": "function", "function": {"name": "go", "parameters": LOC}}]
+def _required_calls_follow(server: Server, loc: dict) -> tuple[list, dict]:
+    """Under "required", with ``ADD`` and a tool ``go`` taking ``loc``: every call's arguments
+    follow its tool's schema. Returns the tools and the request body."""
+    tools = [TOOLS[1], {"type": "function", "function": {"name": "go", "parameters": loc}}]
     body = {**BASE, "tools": tools, "tool_choice": "required", "seed": 1, "max_tokens": 200}
     r = post(server, body)
     assert r.status_code == 200, r.text
     (choice,) = r.json()["choices"]
     assert choice["finish_reason"] == "tool_calls", choice
     for call in choice["message"]["tool_calls"]:
-        schema = LOC if call["function"]["name"] == "go" else ADD
+        schema = loc if call["function"]["name"] == "go" else ADD
         jsonschema.validate(json.loads(call["function"]["arguments"]), schema)
+    return tools, body
+
+
+def test_required_takes_parameters_with_defs(server: Server) -> None:
+    """A tool's parameters with ``$defs`` (what pydantic writes for nested models): under
+    "required" the calls' schema nests each tool's parameters, and their ``#/$defs/...``
+    references still resolve (vLLM moves the definitions to the top)."""
+    tools, body = _required_calls_follow(server, LOC)
     # two tools whose definitions of one name differ cannot share the top: a 400
     other = json.loads(json.dumps(LOC))
     other["$defs"]["Point"]["properties"]["x"]["maximum"] = 5
@@ -461,16 +461,7 @@ def test_required_takes_parameters_with_draft7_definitions(server: Server) -> No
     """As ``$defs``, so ``definitions`` (draft 7's, pydantic 1's and many tool libraries'):
     a tool that a named choice takes was a 400 under "required", its ``#/definitions/...``
     references left pointing at the top of the calls' array."""
-    loc = json.loads(json.dumps(LOC).replace("$defs", "definitions"))
-    tools = [TOOLS[1], {"type": "function", "function": {"name": "go", "parameters": loc}}]
-    body = {**BASE, "tools": tools, "tool_choice": "required", "seed": 1, "max_tokens": 200}
-    r = post(server, body)
-    assert r.status_code == 200, r.text
-    (choice,) = r.json()["choices"]
-    assert choice["finish_reason"] == "tool_calls", choice
-    for call in choice["message"]["tool_calls"]:
-        schema = loc if call["function"]["name"] == "go" else ADD
-        jsonschema.validate(json.loads(call["function"]["arguments"]), schema)
+    _required_calls_follow(server, json.loads(json.dumps(LOC).replace("$defs", "definitions")))
     server.assert_clean()
 
 
