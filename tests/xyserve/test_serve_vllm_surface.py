@@ -99,6 +99,19 @@ def test_unknown_kernel_backends_are_refused_before_the_model_loads(capsys):
     assert sorted(GEMM_BACKENDS) == gemm_backend_names()
 
 
+def test_an_unknown_dtype_is_a_usage_error_before_the_model_loads(capsys):
+    """``--dtype foo`` bound the port and started loading the model before the loader found
+    the name unknown; vLLM's names and aliases are all taken."""
+    with pytest.raises(SystemExit) as e:
+        parse_args(["--dtype", "foo"])
+    assert e.value.code == 2 and "'foo'" in capsys.readouterr().err
+    for name in ("auto", "float32", "float", "bfloat16", "float16", "half"):
+        assert parse_args(["--dtype", name])[1].dtype == name
+    from xyserve.model.loader import DTYPES
+
+    assert set(DTYPES) == {"float32", "float", "bfloat16", "float16", "half"}
+
+
 def test_version_flag(capsys):
     import xyserve
 
