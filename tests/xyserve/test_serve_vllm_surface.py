@@ -16,7 +16,7 @@ from server_harness import Server, run_server
 from xyserve import LLM, SamplingParams
 from xyserve.cli import main as xyserve_main
 from xyserve.config import ATTENTION_BACKENDS, GEMM_BACKENDS, EngineConfig
-from xyserve.server.cli import human_readable_int, parse_args
+from xyserve.server.cli import human_readable_int, parse_args, server_options
 from xyserve.server.options import ServerOptions
 from xyserve.server.protocol import ChatCompletionRequest, CompletionRequest
 
@@ -110,6 +110,24 @@ def test_an_unknown_dtype_is_a_usage_error_before_the_model_loads(capsys):
     from xyserve.model.loader import DTYPES
 
     assert set(DTYPES) == {"float32", "float", "bfloat16", "float16", "half"}
+
+
+@pytest.mark.parametrize("as_file", [False, True])
+def test_a_chat_template_with_a_syntax_error_is_refused_at_start(as_file, tmp_path):
+    """``--chat-template '{{ bad'`` (inline or in a file) started the server, and then every
+    chat request failed with a 400."""
+    good, bad = "{% for m in messages %}{{ m.content }}{% endfor %}", "{% for m in messages %}"
+    for template, ok in ((good, True), (bad, False)):
+        value = template
+        if as_file:
+            value = str(tmp_path / "t.jinja")
+            Path(value).write_text(template)
+        ns = parse_args(["--chat-template", value])[0]
+        if ok:
+            assert server_options(ns).chat_template == template
+        else:
+            with pytest.raises(ValueError, match="--chat-template: not a valid Jinja template"):
+                server_options(ns)
 
 
 def test_version_flag(capsys):
