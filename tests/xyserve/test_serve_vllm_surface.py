@@ -86,6 +86,15 @@ def test_flags_take_underscores_as_vllm():
     assert cfg.served_model_name == ["my_model"] and ns.api_key == "k_1"  # values untouched
 
 
+@pytest.mark.parametrize("argv", [["--enable-prefix"], ["--gen", "auto"], ["--max-model", "64"]])
+def test_a_flag_is_taken_whole_never_by_a_prefix(argv, capsys):
+    """argparse took ``--enable-prefix`` for --enable-prefix-caching (and any unknown flag
+    that begins one of ours for it): a flag that is not ours is a usage error naming it."""
+    with pytest.raises(SystemExit) as e:
+        parse_args(argv)
+    assert e.value.code == 2 and argv[0] in capsys.readouterr().err
+
+
 def test_unknown_kernel_backends_are_refused_before_the_model_loads(capsys):
     """``--gemm-backend x`` loaded the model and ran the start-up checks (minutes on a CPU)
     before the engine found the name unknown."""

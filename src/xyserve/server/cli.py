@@ -116,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="xyserve serve",
         description="Serve a model with an OpenAI-compatible HTTP API.",
+        # No prefixes: ``--enable-prefix`` set --enable-prefix-caching, and a flag of vLLM's
+        # that xyserve lacks would be taken for any of ours that it begins.
+        allow_abbrev=False,
     )
     p.add_argument(
         "model_tag",
