@@ -139,6 +139,32 @@ def test_a_chat_template_with_a_syntax_error_is_refused_at_start(as_file, tmp_pa
                 server_options(ns)
 
 
+def test_ctrl_c_while_the_model_loads_exits_130_without_a_traceback(monkeypatch, capsys):
+    """Ctrl-C before the server ran (the model loading) ended in a KeyboardInterrupt
+    traceback; now one line, exit code 130, and the port bound for the server is closed."""
+    from xyserve.server import cli
+    from xyserve.server.async_engine import AsyncLLM
+
+    socks, real_bind = [], cli.bind_socket
+
+    def bind(host: str, port: int):  # noqa: ANN202 - socket.socket
+        socks.append(real_bind(host, port))
+        return socks[-1]
+
+    def interrupted(config):  # noqa: ANN001, ANN202 - Ctrl-C arriving inside the load
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "bind_socket", bind)
+    monkeypatch.setattr(AsyncLLM, "from_config", interrupted)
+    try:
+        rc = cli.main(["--port", "0"])
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C during the load escaped main()")
+    assert rc == 130
+    assert capsys.readouterr().err.strip().splitlines() == ["xyserve serve: interrupted"]
+    assert len(socks) == 1 and socks[0].fileno() == -1  # closed
+
+
 def test_version_flag(capsys):
     import xyserve
 
