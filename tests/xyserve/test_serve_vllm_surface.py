@@ -165,6 +165,34 @@ def test_ctrl_c_while_the_model_loads_exits_130_without_a_traceback(monkeypatch,
     assert len(socks) == 1 and socks[0].fileno() == -1  # closed
 
 
+def test_the_serving_line_names_the_port_bound_with_port_0(monkeypatch, caplog):
+    """``--port 0`` (any free port) logged "serving ... on http://127.0.0.1:0/v1"."""
+    import types
+
+    import uvicorn
+
+    from xyserve.server import app, cli
+    from xyserve.server.async_engine import AsyncLLM
+
+    ports, real_bind = [], cli.bind_socket
+
+    def bind(host: str, port: int):  # noqa: ANN202 - socket.socket
+        sock = real_bind(host, port)
+        ports.append(sock.getsockname()[1])
+        return sock
+
+    monkeypatch.setattr(cli, "bind_socket", bind)
+    monkeypatch.setattr(
+        AsyncLLM, "from_config", lambda config: types.SimpleNamespace(model_name="m")
+    )
+    monkeypatch.setattr(app, "create_app", lambda llm, options=None: None)
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: None)
+    with caplog.at_level("INFO", logger="xyserve"):
+        assert cli.main(["--port", "0"]) == 0
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("serving")]
+    assert ports[0] != 0 and f"http://127.0.0.1:{ports[0]}/v1" in line
+
+
 def test_version_flag(capsys):
     import xyserve
 

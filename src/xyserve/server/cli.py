@@ -284,7 +284,7 @@ def _serve(ns: argparse.Namespace, config: EngineConfig) -> int:
             "serving %s on http://%s:%d/v1 (api key: %s, cors origins: %s, request logs: %s)",
             llm.model_name,
             ns.host,
-            ns.port,
+            sock.getsockname()[1],  # the port bound: with --port 0, the one the system chose
             "required" if options.api_key else "none",
             options.allowed_origins or "none",
             "off" if options.disable_log_requests else "on",
