@@ -11,6 +11,7 @@ from typing import Any
 
 from xyserve.engine.capture_sizes import check_capture_sizes
 from xyserve.engine.scheduler import check_knobs, default_reserve
+from xyserve.model.config import DTYPE_NAMES
 from xyserve.sampling_params import SEED_MAX, SEED_MIN
 from xyserve.spec.config import SpeculativeConfig
 
@@ -42,8 +43,8 @@ GEMM_BACKENDS = ("smooth", "torch")
 
 
 def dtype_name(value: object) -> str:
-    """The engine argument ``dtype`` as the name the engine takes: a string as it is (the
-    engine checks it), a torch dtype by its name (``torch.bfloat16``: ``"bfloat16"``), as
+    """The engine argument ``dtype`` as the name the engine takes: a string as it is
+    (EngineConfig checks it), a torch dtype by its name (``torch.bfloat16``: ``"bfloat16"``), as
     vLLM takes either. Another torch dtype is a ValueError naming those it may be, anything
     else a TypeError: both name ``dtype`` (was "dtype must be str" for torch.bfloat16 too)."""
     if isinstance(value, str):
@@ -153,6 +154,10 @@ class EngineConfig:
             raise TypeError(f"served_model_name must be str (got {self.served_model_name!r})")
         elif self.served_model_name == "":
             raise ValueError("served_model_name must be a non-empty name or list of names")
+        if self.dtype != "auto" and self.dtype not in DTYPE_NAMES:  # before the model loads
+            raise ValueError(
+                f"unsupported dtype {self.dtype!r}; choose auto or one of {', '.join(DTYPE_NAMES)}"
+            )
         if self.attention_backend not in ATTENTION_BACKENDS:
             raise ValueError(
                 f"unknown attention_backend {self.attention_backend!r}; "

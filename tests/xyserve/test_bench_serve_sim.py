@@ -121,6 +121,8 @@ def test_json_output_is_strict_json_with_one_token_outputs_and_an_infinite_rate(
         ("--min-prompts", "0"),
         ("--num-prompts", "0"),
         ("--sweep", ","),  # ran the one --request-rate load, as if no sweep were given
+        ("--vocab-size", "0"),  # taken as unset: the model's vocabulary, without a word
+        ("--vocab-size", "4"),  # failed after the servers started
     ],
 )
 def test_out_of_range_numbers_are_usage_errors_naming_the_flag(flag, value, capsys):

@@ -16,7 +16,7 @@ from server_harness import Server, run_server
 from xyserve import LLM, SamplingParams
 from xyserve.cli import main as xyserve_main
 from xyserve.config import ATTENTION_BACKENDS, GEMM_BACKENDS, EngineConfig
-from xyserve.server.cli import human_readable_int, parse_args
+from xyserve.server.cli import human_readable_int, parse_args, server_options
 from xyserve.server.options import ServerOptions
 from xyserve.server.protocol import ChatCompletionRequest, CompletionRequest
 
@@ -86,6 +86,15 @@ def test_flags_take_underscores_as_vllm():
     assert cfg.served_model_name == ["my_model"] and ns.api_key == "k_1"  # values untouched
 
 
+@pytest.mark.parametrize("argv", [["--enable-prefix"], ["--gen", "auto"], ["--max-model", "64"]])
+def test_a_flag_is_taken_whole_never_by_a_prefix(argv, capsys):
+    """argparse took ``--enable-prefix`` for --enable-prefix-caching (and any unknown flag
+    that begins one of ours for it): a flag that is not ours is a usage error naming it."""
+    with pytest.raises(SystemExit) as e:
+        parse_args(argv)
+    assert e.value.code == 2 and argv[0] in capsys.readouterr().err
+
+
 def test_unknown_kernel_backends_are_refused_before_the_model_loads(capsys):
     """``--gemm-backend x`` loaded the model and ran the start-up checks (minutes on a CPU)
     before the engine found the name unknown."""
@@ -97,6 +106,91 @@ def test_unknown_kernel_backends_are_refused_before_the_model_loads(capsys):
 
     assert sorted(ATTENTION_BACKENDS) == attention_backend_names()
     assert sorted(GEMM_BACKENDS) == gemm_backend_names()
+
+
+def test_an_unknown_dtype_is_a_usage_error_before_the_model_loads(capsys):
+    """``--dtype foo`` bound the port and started loading the model before the loader found
+    the name unknown; vLLM's names and aliases are all taken."""
+    with pytest.raises(SystemExit) as e:
+        parse_args(["--dtype", "foo"])
+    assert e.value.code == 2 and "'foo'" in capsys.readouterr().err
+    for name in ("auto", "float32", "float", "bfloat16", "float16", "half"):
+        assert parse_args(["--dtype", name])[1].dtype == name
+    from xyserve.model.loader import DTYPES
+
+    assert set(DTYPES) == {"float32", "float", "bfloat16", "float16", "half"}
+
+
+@pytest.mark.parametrize("as_file", [False, True])
+def test_a_chat_template_with_a_syntax_error_is_refused_at_start(as_file, tmp_path):
+    """``--chat-template '{{ bad'`` (inline or in a file) started the server, and then every
+    chat request failed with a 400."""
+    good, bad = "{% for m in messages %}{{ m.content }}{% endfor %}", "{% for m in messages %}"
+    for template, ok in ((good, True), (bad, False)):
+        value = template
+        if as_file:
+            value = str(tmp_path / "t.jinja")
+            Path(value).write_text(template)
+        ns = parse_args(["--chat-template", value])[0]
+        if ok:
+            assert server_options(ns).chat_template == template
+        else:
+            with pytest.raises(ValueError, match="--chat-template: not a valid Jinja template"):
+                server_options(ns)
+
+
+def test_ctrl_c_while_the_model_loads_exits_130_without_a_traceback(monkeypatch, capsys):
+    """Ctrl-C before the server ran (the model loading) ended in a KeyboardInterrupt
+    traceback; now one line, exit code 130, and the port bound for the server is closed."""
+    from xyserve.server import cli
+    from xyserve.server.async_engine import AsyncLLM
+
+    socks, real_bind = [], cli.bind_socket
+
+    def bind(host: str, port: int):  # noqa: ANN202 - socket.socket
+        socks.append(real_bind(host, port))
+        return socks[-1]
+
+    def interrupted(config):  # noqa: ANN001, ANN202 - Ctrl-C arriving inside the load
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "bind_socket", bind)
+    monkeypatch.setattr(AsyncLLM, "from_config", interrupted)
+    try:
+        rc = cli.main(["--port", "0"])
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C during the load escaped main()")
+    assert rc == 130
+    assert capsys.readouterr().err.strip().splitlines() == ["xyserve serve: interrupted"]
+    assert len(socks) == 1 and socks[0].fileno() == -1  # closed
+
+
+def test_the_serving_line_names_the_port_bound_with_port_0(monkeypatch, caplog):
+    """``--port 0`` (any free port) logged "serving ... on http://127.0.0.1:0/v1"."""
+    import types
+
+    import uvicorn
+
+    from xyserve.server import app, cli
+    from xyserve.server.async_engine import AsyncLLM
+
+    ports, real_bind = [], cli.bind_socket
+
+    def bind(host: str, port: int):  # noqa: ANN202 - socket.socket
+        sock = real_bind(host, port)
+        ports.append(sock.getsockname()[1])
+        return sock
+
+    monkeypatch.setattr(cli, "bind_socket", bind)
+    monkeypatch.setattr(
+        AsyncLLM, "from_config", lambda config: types.SimpleNamespace(model_name="m")
+    )
+    monkeypatch.setattr(app, "create_app", lambda llm, options=None: None)
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: None)
+    with caplog.at_level("INFO", logger="xyserve"):
+        assert cli.main(["--port", "0"]) == 0
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("serving")]
+    assert ports[0] != 0 and f"http://127.0.0.1:{ports[0]}/v1" in line
 
 
 def test_version_flag(capsys):

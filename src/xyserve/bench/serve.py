@@ -200,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--vocab-size",
-        type=int,
+        type=_count(wl.FIRST_TOKEN_ID + 2),  # prompts draw ids from FIRST_TOKEN_ID up
         default=None,
         help="token-id range of prompts (default: the model's config)",
     )

@@ -14,6 +14,18 @@ SUPPORTED_ARCHITECTURES = {
 }
 
 
+# The dtype names an engine takes (vLLM's ``--dtype`` choices but ``auto``), each with the torch
+# dtype's attribute name: torch-free, so that EngineConfig refuses a misspelt name before
+# anything loads, and model.loader maps the same names to torch dtypes.
+DTYPE_NAMES = {
+    "float32": "float32",
+    "float": "float32",
+    "bfloat16": "bfloat16",
+    "float16": "float16",
+    "half": "float16",
+}
+
+
 class ModelLoadError(ValueError):
     """A model directory that xyserve cannot serve; the message names what is wrong."""
 

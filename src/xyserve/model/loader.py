@@ -7,16 +7,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from xyserve.model.config import ModelConfig, ModelLoadError, read_json
+from xyserve.model.config import DTYPE_NAMES, ModelConfig, ModelLoadError, read_json
 from xyserve.model.llama import LlamaModel
 
-DTYPES = {
-    "float32": torch.float32,
-    "float": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-    "half": torch.float16,
-}
+DTYPES = {name: getattr(torch, attr) for name, attr in DTYPE_NAMES.items()}
 
 
 def resolve_device(device: str) -> torch.device:

@@ -24,7 +24,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from xyserve.config import EngineConfig
@@ -66,6 +66,10 @@ class _Add:
     loop: asyncio.AbstractEventLoop
     queues: list[asyncio.Queue]
     future: asyncio.Future
+    # time.monotonic() when the client's request reached add_requests: its arrival to the
+    # metrics (time to first token, e2e latency), so that tokenizing it and waiting in the
+    # inbox while the engine thread finishes a step count, as in vLLM's arrival_time
+    arrival_time: float = field(default_factory=time.monotonic)
 
     @property
     def num_seqs(self) -> int:
@@ -180,6 +184,7 @@ class AsyncLLM:
         """
         if len(prompts) != len(request_ids):
             raise ValueError("one request id per prompt")
+        arrival_time = time.monotonic()
         if self.dead_error is not None:
             raise EngineDeadError(f"the engine has stopped: {self.dead_error}")
         need = len(prompts) * params.n
@@ -195,7 +200,15 @@ class AsyncLLM:
         self._post(
             "add",
             _Add(
-                list(request_ids), prepared, params, add_special_tokens, priority, loop, queues, fut
+                list(request_ids),
+                prepared,
+                params,
+                add_special_tokens,
+                priority,
+                loop,
+                queues,
+                fut,
+                arrival_time,
             ),
         )
         if self.dead_error is not None or self._stop:
@@ -328,7 +341,7 @@ class AsyncLLM:
                     prompt,
                     a.params,
                     rid,
-                    arrival_time=time.monotonic(),
+                    arrival_time=a.arrival_time,
                     add_special_tokens=a.add_special_tokens,
                     priority=a.priority,
                 )

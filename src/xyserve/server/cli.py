@@ -116,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="xyserve serve",
         description="Serve a model with an OpenAI-compatible HTTP API.",
+        # No prefixes: ``--enable-prefix`` set --enable-prefix-caching, and a flag of vLLM's
+        # that xyserve lacks would be taken for any of ours that it begins.
+        allow_abbrev=False,
     )
     p.add_argument(
         "model_tag",
@@ -247,6 +250,15 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Engin
 def main(argv: list[str] | None = None) -> int:
     ns, config = parse_args(argv)
     logging.basicConfig(level=ns.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return _serve(ns, config)
+    except KeyboardInterrupt:  # Ctrl-C before the server runs (imports, the model's load)
+        print("xyserve serve: interrupted", file=sys.stderr)
+        return 130  # 128 + SIGINT, as a shell reports it
+
+
+def _serve(ns: argparse.Namespace, config: EngineConfig) -> int:
+    """Bind, load the model, serve until a signal; the socket is closed however it ends."""
     import uvicorn
 
     from xyserve.server.app import create_app
@@ -259,29 +271,29 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as e:
         print(f"xyserve serve: error: {e}", file=sys.stderr)
         return 2
-    log.info("loading model %s (dtype=%s, device=%s)", config.model or "(bundled default)",
-             config.dtype, config.device)  # fmt: skip
     try:
-        llm = AsyncLLM.from_config(config)
-    except (FileNotFoundError, ValueError) as e:  # a bad model path or argument: no traceback
-        sock.close()
-        print(f"xyserve serve: error: {e}", file=sys.stderr)
-        return 2
-    app = create_app(llm, options=options)
-    log.info(
-        "serving %s on http://%s:%d/v1 (api key: %s, cors origins: %s, request logs: %s)",
-        llm.model_name,
-        ns.host,
-        ns.port,
-        "required" if options.api_key else "none",
-        options.allowed_origins or "none",
-        "off" if options.disable_log_requests else "on",
-    )
-    server = uvicorn.Server(uvicorn.Config(app, log_level=ns.log_level))
-    try:
-        server.run(sockets=[sock])
-    except KeyboardInterrupt:  # Ctrl-C after a graceful shutdown, as uvicorn.run does
-        pass
+        log.info("loading model %s (dtype=%s, device=%s)", config.model or "(bundled default)",
+                 config.dtype, config.device)  # fmt: skip
+        try:
+            llm = AsyncLLM.from_config(config)
+        except (FileNotFoundError, ValueError) as e:  # a bad model path or argument: no traceback
+            print(f"xyserve serve: error: {e}", file=sys.stderr)
+            return 2
+        app = create_app(llm, options=options)
+        log.info(
+            "serving %s on http://%s:%d/v1 (api key: %s, cors origins: %s, request logs: %s)",
+            llm.model_name,
+            ns.host,
+            sock.getsockname()[1],  # the port bound: with --port 0, the one the system chose
+            "required" if options.api_key else "none",
+            options.allowed_origins or "none",
+            "off" if options.disable_log_requests else "on",
+        )
+        server = uvicorn.Server(uvicorn.Config(app, log_level=ns.log_level))
+        try:
+            server.run(sockets=[sock])
+        except KeyboardInterrupt:  # Ctrl-C after a graceful shutdown, as uvicorn.run does
+            pass
+        return 0
     finally:
         sock.close()
-    return 0

@@ -40,15 +40,37 @@ class ServerOptions:
 
     @staticmethod
     def load_chat_template(value: str | None) -> str | None:
-        """``--chat-template``: a file path, or the Jinja template itself."""
+        """``--chat-template``: a file path, or the Jinja template itself; compiled here, so
+        that a template with a syntax error stops the server at start instead of failing
+        every chat request with a 400."""
         if value is None:
             return None
         p = Path(value)
+        template = None
         try:
             if p.is_file():
-                return p.read_text()
+                template = p.read_text()
         except OSError:  # a long inline template is not a valid path
             pass
-        if "{" not in value:
+        if template is None and "{" not in value:
             raise ValueError(f"--chat-template: no such file, nor a Jinja template: {value!r}")
-        return value
+        template = value if template is None else template
+        _compile_chat_template(template)
+        return template
+
+
+def _compile_chat_template(template: str) -> None:
+    """Compile ``template`` as ``apply_chat_template`` will (transformers' sandboxed
+    environment and extensions); a syntax error is a ValueError naming ``--chat-template``."""
+    import jinja2
+
+    try:
+        from transformers.utils.chat_template_utils import _compile_jinja_template as compile_
+    except ImportError:  # a transformers without it: jinja2 with the extension templates use
+        compile_ = jinja2.Environment(extensions=["jinja2.ext.loopcontrols"]).from_string
+    try:
+        compile_(template)
+    except jinja2.TemplateSyntaxError as e:
+        raise ValueError(
+            f"--chat-template: not a valid Jinja template: {e.message} (line {e.lineno})"
+        ) from None
