@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
@@ -92,3 +93,34 @@ def test_bench_kernels_refuses_two_gemm_models_reported_under_one_name(tmp_path,
     with pytest.raises(SystemExit) as exc:
         parse_args(["--gemm-models", str(tmp_path / "a" / "m"), str(tmp_path / "b" / "m")])
     assert exc.value.code == 2 and "reported as 'm'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "module,flag",
+    [
+        ("xyserve.bench.kernels", "--json"),
+        ("xyserve.bench.spec", "--json"),
+        ("xyserve.bench.offline", "--json"),
+        ("xyserve.bench.serve", "--json"),
+        ("xyserve.bench.serve", "--markdown"),
+        ("xyserve.bench.serve", "--plot"),
+        ("xyserve.tools.tune", "--out"),
+    ],
+)
+def test_a_result_file_that_cannot_be_written_is_a_usage_error_before_running(
+    module, flag, tmp_path, capsys, monkeypatch
+):
+    """``--json`` under a folder that is a file was found only when the results were written,
+    after the whole benchmark had run, and lost them; ``tune --out`` checked its path first.
+    Every result file is now checked as the arguments are parsed."""
+    import importlib
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    mod = importlib.import_module(module)
+    monkeypatch.setattr(sys, "argv", ["x"])
+    argv = ["--model", "xy-tiny", flag, str(blocker / "out.json")]
+    with pytest.raises(SystemExit) as exc:
+        mod.main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and flag in err and "not a file that can be written" in err, err

@@ -48,6 +48,7 @@ from xyserve.kernels.attention.per_stage import PerStageSDPA
 from xyserve.kernels.attention.reference import reference_attention
 from xyserve.kernels.cpu.timing import block_time, calls_for, paired_ratio
 from xyserve.kernels.gemm.smooth import SmoothGemm
+from xyserve.output_files import output_file, write_text
 from xyserve.plan.attention_metadata import AttentionMetadata
 from xyserve.plan.gemm_table import (
     GemmConfig,
@@ -295,7 +296,7 @@ def bench_gemm(args: argparse.Namespace, models: dict[str, dict], bar: tqdm) -> 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="xyserve bench kernels", description=__doc__.split("\n")[0])
-    ap.add_argument("--json", help="write the results to this file")
+    ap.add_argument("--json", type=output_file, help="write the results to this file")
     ap.add_argument("--only", choices=("attention", "gemm"), help="run one part")
     ap.add_argument("--workloads", nargs="+", default=list(WORKLOADS), help="names or JSON paths")
     ap.add_argument("--cases", type=int, default=4, help="attention batches per workload")
@@ -476,6 +477,6 @@ def main(argv: list[str] | None = None) -> int:
     print_report(result)
     print_gpu_report(result["gpu"], skipped)
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1))
+        write_text(args.json, json.dumps(result, indent=1))
         print(f"wrote {args.json}")
     return 0

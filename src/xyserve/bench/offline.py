@@ -46,6 +46,7 @@ from xyserve.bench.offline_workload import (
     load_workload,
     read_workload,
 )
+from xyserve.output_files import output_file
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--rounds", type=int, default=2, help="runs per system; the best counts")
     ap.add_argument("--threads", type=int, default=None, help="torch threads for all systems")
-    ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--json", type=output_file, help="write the results here")
     ap.add_argument(
         "--in-process",
         action="store_true",

@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
 from xyserve.bench.offline_workload import Workload, linear_flops, model_flops
+from xyserve.output_files import write_text
 from xyserve.plan.machine import cpu_signature
 
 
@@ -107,7 +107,7 @@ def report(
             "torch_threads": torch.get_num_threads(),
             "gemm_table": gemm_table,
         }
-        Path(json_path).write_text(json.dumps(result, indent=1))
+        write_text(json_path, json.dumps(result, indent=1))
 
 
 def _per_round(round_seconds: dict[str, list[float]], other: str) -> list[float]:

@@ -47,6 +47,7 @@ from xyserve.bench.serve_report import (
 )
 from xyserve.bench.serve_server import EndpointError, leak_check
 from xyserve.bench.serve_systems import DEFAULT_SYSTEMS, model_config, start_systems, stop_systems
+from xyserve.output_files import output_file, write_text
 
 DEFAULT_MODEL = "llama-100m.json"  # bench/models/: a ~100M Llama built with random weights
 
@@ -240,9 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="the system ratios divide by (default: baseline if present, else the first)",
     )
-    o.add_argument("--json", default=None, help="write every run and the sweep summary here")
-    o.add_argument("--markdown", default=None, help="write the runs as a Markdown table here")
-    o.add_argument("--plot", default=None, help="a PNG of latency vs load (with --sweep)")
+    o.add_argument("--json", type=output_file, help="write every run and the sweep summary here")
+    o.add_argument("--markdown", type=output_file, help="write the runs as a Markdown table here")
+    o.add_argument("--plot", type=output_file, help="a PNG of latency vs load (with --sweep)")
     o.add_argument("--no-progress", action="store_true")
     return p
 
@@ -553,14 +554,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         print("\n".join(verdict_lines(verdicts)))
     if args.json:
-        # its folder made as --plot's is: a missing one lost a whole sweep's results at the end
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(
-            json.dumps(json_safe(out), indent=1, allow_nan=False, default=float)
-        )
+        write_text(args.json, json.dumps(json_safe(out), indent=1, allow_nan=False, default=float))
     if args.markdown:
-        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.markdown).write_text(markdown(reports) + "\n")
+        write_text(args.markdown, markdown(reports) + "\n")
     if args.plot:
         from xyserve.bench.serve_plot import plot_sweep
 

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 from xyserve.bench.offline_workload import find
+from xyserve.output_files import output_file, write_text
 
 SCHEMA = "xyserve.spec-workload/1"
 METHODS = ("none", "ngram", "draft_model", "tree")
@@ -205,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tree-width", type=int, help="the tree method's tree_width")
     p.add_argument("--tree-nodes", type=int, help="a dynamic tree of this many nodes")
     p.add_argument("--tree-beam", type=int, help="nodes a dynamic tree expands per level")
-    p.add_argument("--json", help="also write the rows to this file")
+    p.add_argument("--json", type=output_file, help="also write the rows to this file")
     args = p.parse_args(argv)
     if args.rounds < 1:  # 0 was a traceback once every engine was built
         p.error(f"--rounds must be at least 1, got {args.rounds}")
@@ -223,5 +224,5 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         p.error(str(e))
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+        write_text(args.json, json.dumps(rows, indent=1) + "\n")
     return 0

@@ -36,6 +36,7 @@ from xyserve.kernels.cpu.timing import block_time, calls_for, paired_ratio
 from xyserve.kernels.gemm.smooth import CPU_CANDIDATES, SWAPPED_IMPLS, cpu_linear
 from xyserve.model.loader import resolve_dtype
 from xyserve.models import BUNDLED_MODELS, MODELS_DIR
+from xyserve.output_files import output_file
 from xyserve.plan.gemm_table import (
     OPS,
     TABLE_FILE,
@@ -252,16 +253,6 @@ def _side_key(path: Path) -> tuple[str, str | None] | None:
     return t.device, None if tuned_at is None else tuned_at.tag(t.device)
 
 
-def _writable_file(path: Path) -> bool:
-    """Whether a table can be written at ``path`` (``GemmTable.save`` creates its folder)."""
-    if path.is_dir():
-        return False
-    folder = path.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    return folder.is_dir() and os.access(folder, os.W_OK | os.X_OK)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="xyserve tune", description="offline SmoothGEMM tuning")
     ap.add_argument(
@@ -271,7 +262,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     ap.add_argument("--ops", nargs="+", default=list(OPS), choices=OPS, help="default: all")
     ap.add_argument("--repeat", type=int, default=7, help="CPU: rounds per bucket")
-    ap.add_argument("--out", help="table path (default: next to the model, else the cache folder)")
+    ap.add_argument(
+        "--out",
+        type=output_file,
+        help="table path (default: next to the model, else the cache folder)",
+    )
     ap.add_argument("--cache", action="store_true", help="write to the cache folder")
     ap.add_argument(
         "--dtype", default="auto", help="the engine's dtype to tune for (auto: as the engine's)"
@@ -302,8 +297,6 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--model {args.model}: config.json has no {e.args[0]!r}")
     except (TypeError, AttributeError) as e:
         ap.error(f"--model {args.model}: config.json is not a model's config ({e})")
-    if args.out and not _writable_file(Path(args.out)):  # before the tune, not after it
-        ap.error(f"--out {args.out}: not a file that can be written")
     try:  # a table applies only to engines run at the precision it was tuned at
         dtype = resolve_dtype(args.dtype, torch.device(device))
     except ValueError as e:
