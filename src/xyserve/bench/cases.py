@@ -9,7 +9,6 @@ workload (``bench/workloads/{conversation,coding}.json``).
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from importlib import resources
@@ -17,10 +16,12 @@ from pathlib import Path
 
 import torch
 
+from xyserve.bench.data_file import read_versioned
 from xyserve.plan.attention_metadata import AttentionMetadata
 from xyserve.plan.token_table import TokenTable
 
 WORKLOADS = ("conversation", "coding")  # the bundled step workloads
+STEP_SCHEMA = "xyserve.kernel_workload/1"
 
 
 @dataclass(frozen=True)
@@ -99,14 +100,53 @@ def build_case(
 
 
 def load_workload(name: str) -> dict:
-    """A workload by bundled name, or a path to a JSON file of the same schema."""
+    """A step workload (schema ``xyserve.kernel_workload/1``) by bundled name, or a path to
+    a JSON file of that schema. It is checked here, where the file is known: a file of
+    another schema (a serve workload) or a malformed field used to be accepted and fail
+    later in ``sample_batch`` with a bare KeyError, after other bench sections had run."""
     p = Path(name)
-    if p.suffix == ".json" and p.is_file():
-        return json.loads(p.read_text())
-    packaged = resources.files("xyserve.bench").joinpath(f"workloads/{name}.json")
-    if not packaged.is_file():
-        raise FileNotFoundError(f"workload {name!r}: no such .json file, nor a packaged one")
-    return json.loads(packaged.read_text())
+    if not (p.suffix == ".json" and p.is_file()):
+        p = Path(str(resources.files("xyserve.bench").joinpath(f"workloads/{name}.json")))
+        if not p.is_file():
+            raise FileNotFoundError(f"workload {name!r}: no such .json file, nor a packaged one")
+    data = read_versioned(p, STEP_SCHEMA)
+    _check_fields(data, str(p))
+    return data
+
+
+def _is_number(x: object) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool)
+
+
+def _check_fields(wl: dict, where: str) -> None:
+    """The fields ``sample_batch`` reads, each of the shape it assumes; a ValueError names
+    the file and the field."""
+
+    def bad(key: str, what: str) -> ValueError:
+        return ValueError(f"{where}: field {key!r} must be {what}, got {wl.get(key)!r}")
+
+    for key in ("prompt_len", "output_len", "prefix_hit"):
+        rows = wl.get(key)
+        if not (isinstance(rows, list) and rows):
+            raise bad(key, "a non-empty list of [lo, hi, weight] rows")
+        for row in rows:
+            if not (isinstance(row, list) and len(row) == 3 and all(map(_is_number, row))):
+                raise bad(key, "a non-empty list of [lo, hi, weight] rows")
+            if not (0 <= row[0] <= row[1] and row[2] > 0):
+                raise bad(key, "rows with 0 <= lo <= hi and weight > 0")
+    for key in ("running", "spec_len"):
+        pair = wl.get(key)
+        ints = isinstance(pair, list) and len(pair) == 2
+        if not (ints and all(isinstance(x, int) and not isinstance(x, bool) for x in pair)):
+            raise bad(key, "[lo, hi], two whole numbers")
+        if not 0 <= pair[0] <= pair[1]:
+            raise bad(key, "[lo, hi] with 0 <= lo <= hi")
+    for key in ("verify_fraction", "tree_fraction"):
+        if not (_is_number(wl.get(key)) and 0 <= wl[key] <= 1):
+            raise bad(key, "a number from 0 to 1")
+    n = wl.get("max_prefills")
+    if not (isinstance(n, int) and not isinstance(n, bool) and n >= 0):
+        raise bad("max_prefills", "a whole number of at least 0")
 
 
 def _hist(h: list[list[float]], rng: random.Random) -> float:
