@@ -41,3 +41,26 @@ def test_step_workload_refuses_other_schema_and_malformed_fields(tmp_path: Path)
     p.write_text('{"schema": ')
     with pytest.raises(ValueError, match="not valid JSON"):
         load_workload(str(p))
+
+
+def test_spec_workload_malformed_file_names_file_and_field(tmp_path: Path) -> None:
+    from xyserve.bench.spec import load_spec_workload
+
+    assert load_spec_workload("spec_code")["prompts"]  # the shipped ones still load
+    ok = {"schema": "xyserve.spec-workload/1", "prompts": ["a"], "max_tokens": 8}
+    cases = [
+        ({**ok, "max_tokens": "abc"}, "field 'max_tokens'"),
+        ({**ok, "max_tokens": 1.5}, "field 'max_tokens'"),
+        ({**ok, "prompts": "abc"}, "field 'prompts'"),
+        ({**ok, "schema": "xyserve.spec-workload/2"}, "field 'schema'"),
+        ([ok], "JSON object"),
+    ]
+    for data, field in cases:
+        p = _write(tmp_path, data)
+        with pytest.raises(ValueError, match=field) as e:
+            load_spec_workload(p)
+        assert str(p) in str(e.value)
+    p = tmp_path / "w.json"
+    p.write_text('{"schema": ')
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_spec_workload(p)

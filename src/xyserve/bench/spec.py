@@ -28,6 +28,7 @@ import statistics
 import time
 from pathlib import Path
 
+from xyserve.bench.data_file import read_versioned
 from xyserve.bench.offline_workload import find
 from xyserve.output_files import output_file, write_text
 
@@ -36,14 +37,19 @@ METHODS = ("none", "ngram", "draft_model", "tree")
 
 
 def load_spec_workload(path: str | Path) -> dict:
+    """The spec workload file (a path or a packaged name), checked: a malformed file (not
+    JSON, not an object, a ``max_tokens`` that is no whole number) used to end in a traceback
+    that did not name the file."""
     p = Path(path)
     if not p.is_file():
         p = find("workloads", str(path) if str(path).endswith(".json") else f"{path}.json")
-    data = json.loads(p.read_text())
-    if data.get("schema") != SCHEMA:
-        raise ValueError(f"{p}: schema must be {SCHEMA!r}, got {data.get('schema')!r}")
-    if not data.get("prompts") or int(data.get("max_tokens", 0)) < 1:
-        raise ValueError(f"{p}: needs a non-empty 'prompts' list and 'max_tokens' >= 1")
+    data = read_versioned(p, SCHEMA)
+    prompts = data.get("prompts")
+    if not (isinstance(prompts, list) and prompts and all(isinstance(x, str) for x in prompts)):
+        raise ValueError(f"{p}: field 'prompts' must be a non-empty list of strings")
+    n = data.get("max_tokens")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"{p}: field 'max_tokens' must be a whole number >= 1, got {n!r}")
     return data
 
 
