@@ -6,9 +6,25 @@ command line can all use it without an import cycle.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable
 from numbers import Integral
+from pathlib import Path
+
+import yaml
+
+
+def read_document(path: Path, what: str) -> object:
+    """The document in a workflow, architecture or grid file (JSON for a `.json` file, else
+    YAML), or a ValueError naming `what` and the file: one reader, so that a syntax error
+    in any of them is a message the command line prints, not a yaml traceback (a grid's
+    was, where the workflow and architecture loaders caught it)."""
+    try:
+        text = path.read_text()
+        return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (OSError, ValueError, yaml.YAMLError) as e:  # a syntax error, a folder, ...
+        raise ValueError(f"{what} {str(path)!r}: cannot be read: {e}") from e
 
 
 def refuse_repeats(values: Iterable, where: str) -> None:

@@ -31,10 +31,9 @@ import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-import yaml
 from tqdm import tqdm
 
-from octopus.checks import check_seed, positive_finite, refuse_repeats, shown
+from octopus.checks import check_seed, positive_finite, read_document, refuse_repeats, shown
 from octopus.owg.schema import MAX_INSTANCES
 from octopus.report.metrics import json_safe
 
@@ -93,8 +92,7 @@ def parse_grid(doc, where: str = "sweep grid") -> dict:
 
 def load_grid(path: str) -> dict:
     """Read and parse a grid file; its messages name the file."""
-    with open(path) as f:
-        return parse_grid(yaml.safe_load(f), f"sweep grid {path!r}")
+    return parse_grid(read_document(Path(path), "sweep grid"), f"sweep grid {path!r}")
 
 
 def check_names(g: dict) -> None:

@@ -7,7 +7,7 @@ import pytest
 from octo_helpers import TUTORIAL_SPEC
 
 from octopus.cli import main
-from octopus.grid import expand, parse_grid, run_grid
+from octopus.grid import expand, load_grid, parse_grid, run_grid
 
 GRID = {
     "schema": "octopus-sweep/1",
@@ -294,3 +294,12 @@ def test_after_a_failing_point_the_finished_rows_stay_and_a_rerun_resumes(tmp_pa
     flag.unlink()
     res = run_grid(g, str(tmp_path / "out"), workers=1, progress=False)
     assert (res["ran"], res["reused"]) == (2, 2)
+
+
+def test_grid_file_syntax_error_is_a_message_naming_the_file(tmp_path):
+    """A grid that is not YAML: a ValueError the command line prints (naming the file), as
+    for a workflow or an architecture, not a yaml traceback."""
+    f = tmp_path / "g.yaml"
+    f.write_text("schema: [\n")
+    with pytest.raises(ValueError, match=r"sweep grid .*g\.yaml.*cannot be read"):
+        load_grid(str(f))

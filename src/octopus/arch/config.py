@@ -10,9 +10,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from octopus.checks import number
+from octopus.checks import number, read_document
 
 SCHEMA = "octopus-arch/1"
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -289,11 +287,7 @@ def arch_file(path_or_name: str | Path) -> Path:
 def load_arch(path_or_name: str | Path) -> Arch:
     """Load from a path, or by name (chip, chiplet, wafer) from the shipped configs."""
     p = arch_file(path_or_name)
-    try:
-        doc = yaml.safe_load(p.read_text())
-    except (OSError, ValueError, yaml.YAMLError) as e:  # a syntax error, a folder, ...
-        raise ValueError(f"arch {str(p)!r}: cannot be read: {e}") from e
-    return arch_from_dict(doc)
+    return arch_from_dict(read_document(p, "arch"))
 
 
 def list_arches() -> list[str]:

@@ -6,14 +6,11 @@ hand-written workflow in one pass.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from octopus.checks import number, shown
+from octopus.checks import number, read_document, shown
 from octopus.owg.dist import Dist, DistError, parse_dist
 
 SCHEMA = "octopus-owg/1"
@@ -464,9 +461,4 @@ def workflow_file(path_or_name: str | Path) -> Path:
 def load_workflow(path_or_name: str | Path) -> Workflow:
     """Load a workflow from a path, or by name from the shipped suite (`octopus/workloads`)."""
     p = workflow_file(path_or_name)
-    try:
-        text = p.read_text()
-        doc = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
-    except (OSError, ValueError, yaml.YAMLError) as e:  # a syntax error, a folder, ...
-        raise ValueError(f"workflow {str(p)!r}: cannot be read: {e}") from e
-    return parse_workflow(doc)
+    return parse_workflow(read_document(p, "workflow"))
