@@ -181,7 +181,7 @@ _QUICK += ["--skip-baseline", "--peers", "", "--num-requests", "1"]
 @pytest.mark.parametrize(
     "text,named",
     [
-        ("not json", "not JSON"),  # each was a traceback, most after the model was built
+        ("not json", "not valid JSON"),  # each was a traceback, most after the model was built
         ('{"schema": "xyserve.offline-workload/1"}', "'requests' must be a non-empty list"),
         ('{"schema": "xyserve.offline-workload/1", "requests": []}', "non-empty"),
         (

@@ -84,7 +84,7 @@ BASE = {
 @pytest.mark.parametrize(
     "patch, message",
     [
-        ({"schema": "nope"}, "schema must be"),
+        ({"schema": "nope"}, "field 'schema' must be"),
         ({"prompt_len": []}, "prompt_len: must be a non-empty list"),
         ({"prompt_len": [[5, 4, 1]]}, "prompt_len[0]: needs 1 <= lo <= hi"),
         ({"output_len": [[1, 2, -1]]}, "output_len[0]: weight must be a positive number"),

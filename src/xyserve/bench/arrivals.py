@@ -8,11 +8,12 @@ for its duration, and the trace repeats until every request has a time. All seed
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
+
+from xyserve.bench.data_file import check_versioned, read_json
 
 TRACE_SCHEMA = "xyserve.qps-trace/1"
 
@@ -98,10 +99,7 @@ def trace_arrivals(n: int, trace: QpsTrace, seed: int = 0, scale: float = 1.0) -
 
 
 def parse_trace(data: object, where: str = "trace") -> QpsTrace:
-    if not isinstance(data, dict):
-        raise TraceError(f"{where}: must be a JSON object")
-    if data.get("schema") != TRACE_SCHEMA:
-        raise TraceError(f"{where}: schema must be {TRACE_SCHEMA!r}, got {data.get('schema')!r}")
+    check_versioned(data, where, TRACE_SCHEMA, TraceError)
     # a misspelled key (burstyness) was dropped without a word, the trace run as Poisson
     unknown = sorted(set(data) - {"schema", "name", "description", "burstiness", "segments"})
     if unknown:
@@ -140,8 +138,4 @@ def load_trace(path: str | Path) -> QpsTrace:
         if not q.is_file():
             raise TraceError(f"QPS trace {str(path)!r}: no such file, nor a packaged trace")
         p = q
-    try:
-        data = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise TraceError(f"{p}: not valid JSON: {e}") from None
-    return parse_trace(data, str(p))
+    return parse_trace(read_json(p, TraceError), str(p))

@@ -14,17 +14,28 @@ from pathlib import Path
 from typing import Any
 
 
-def read_versioned(path: Path, schema: str, error: type[ValueError] = ValueError) -> dict[str, Any]:
-    """The JSON object in ``path`` whose ``schema`` field is exactly ``schema``, else
-    ``error`` naming the file and what is wrong (unreadable JSON, not an object, a missing
-    or other schema). A version is part of the schema name, so an unknown one is refused
-    too: no file is read under rules it was not written for."""
+def read_json(path: Path, error: type[ValueError] = ValueError) -> Any:
+    """The JSON in ``path``; ``error`` naming the file where it is not valid JSON."""
     try:
-        data = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise error(f"{path}: not valid JSON: {e}") from None
+
+
+def check_versioned(
+    data: Any, where: str, schema: str, error: type[ValueError] = ValueError
+) -> dict[str, Any]:
+    """``data`` (decoded JSON from ``where``) if it is an object whose ``schema`` field is
+    exactly ``schema``, else ``error`` naming ``where`` and what is wrong (not an object, a
+    missing or other schema). A version is part of the schema name, so an unknown one is
+    refused too: no file is read under rules it was not written for."""
     if not isinstance(data, dict):
-        raise error(f"{path}: must be a JSON object, got a JSON {type(data).__name__}")
+        raise error(f"{where}: must be a JSON object, got a JSON {type(data).__name__}")
     if data.get("schema") != schema:
-        raise error(f"{path}: field 'schema' must be {schema!r}, got {data.get('schema')!r}")
+        raise error(f"{where}: field 'schema' must be {schema!r}, got {data.get('schema')!r}")
     return data
+
+
+def read_versioned(path: Path, schema: str, error: type[ValueError] = ValueError) -> dict[str, Any]:
+    """The JSON object in ``path`` of kind and version ``schema`` (``check_versioned``)."""
+    return check_versioned(read_json(path, error), str(path), schema, error)

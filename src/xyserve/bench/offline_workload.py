@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from xyserve.bench.data_file import read_versioned
+
 WORKLOAD_SCHEMA = "xyserve.offline-workload/1"
 
 
@@ -59,13 +61,7 @@ def read_workload(
     the file and what is wrong with it (not JSON, no requests, a length that is no whole
     number of at least 1), so that the command refuses it before building a model."""
     path = find("workloads", path)
-    try:
-        data = json.loads(path.read_text())
-    except ValueError as e:
-        raise ValueError(f"{path}: not JSON ({e})") from None
-    if not isinstance(data, dict) or data.get("schema") != WORKLOAD_SCHEMA:
-        got = data.get("schema") if isinstance(data, dict) else type(data).__name__
-        raise ValueError(f"{path}: schema must be {WORKLOAD_SCHEMA!r}, got {got!r}")
+    data = read_versioned(path, WORKLOAD_SCHEMA)
     if limit is not None and limit < 1:
         raise ValueError(f"the number of requests must be at least 1, got {limit}")
     reqs = data.get("requests")

@@ -15,13 +15,14 @@ Sampling is seeded: the same file, seed and count give the same prompts and leng
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from xyserve.bench.data_file import check_versioned, read_json
 
 SCHEMA = "xyserve.serve-workload/1"
 FIRST_TOKEN_ID = 3  # ids below are often special (pad/bos/eos) in small vocabularies
@@ -111,10 +112,7 @@ def _histogram(where: str, raw: Any) -> Histogram:
 
 def parse(data: Any, where: str = "workload") -> ServeWorkload:
     """Validate a decoded workload file; every problem raises WorkloadError naming the field."""
-    if not isinstance(data, dict):
-        raise WorkloadError(f"{where}: must be a JSON object")
-    if data.get("schema") != SCHEMA:
-        raise WorkloadError(f"{where}: schema must be {SCHEMA!r}, got {data.get('schema')!r}")
+    check_versioned(data, where, SCHEMA, WorkloadError)
     known = {"schema", "name", "description", "source", "prompt_len", "output_len"}
     known |= {"shared_prefix", "multi_turn", "arrival"}
     unknown = sorted(set(data) - known)
@@ -172,11 +170,7 @@ def parse(data: Any, where: str = "workload") -> ServeWorkload:
 
 def load(path: str | Path) -> ServeWorkload:
     p = resolve(path)
-    try:
-        data = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise WorkloadError(f"{p}: not valid JSON: {e}") from None
-    return parse(data, str(p))
+    return parse(read_json(p, WorkloadError), str(p))
 
 
 def sample(
