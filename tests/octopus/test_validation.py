@@ -426,3 +426,21 @@ def test_an_architecture_field_it_does_not_read_is_refused():
     msg = _arch_err(mesh__link_bandwith_gbps=1, buffer__slot_per_pea=1, colour="blue")
     assert "'mesh.link_bandwith_gbps': unknown" in msg and "link_bandwidth_gbps" in msg
     assert "'buffer.slot_per_pea': unknown" in msg and "'colour': unknown" in msg
+
+
+def test_a_workflow_or_architecture_files_problems_name_the_file(tmp_path):
+    """A field's problem named the node and the field but not the file: with a workflow and
+    an architecture (or several of each in a sweep), which one was wrong was left to guess."""
+    from octopus.arch.config import load_arch
+    from octopus.owg.schema import load_workflow
+
+    wf = tmp_path / "wf.yaml"
+    wf.write_text("schema: octopus-owg/1\nname: bad\nnodes:\n  - id: a\n    type: nope\n")
+    with pytest.raises(WorkflowError) as e:
+        load_workflow(wf)
+    assert e.value.source == str(wf) and repr(str(wf)) in str(e.value)
+    assert any("node 'a'" in p and "'type'" in p for p in e.value.problems)
+    arch = tmp_path / "arch.yaml"
+    arch.write_text("schema: octopus-arch/1\nname: x\nmesh:\n  link_bandwidth_gbps: 0\n")
+    with pytest.raises(ValueError, match=r"arch '.*arch\.yaml'(.|\n)*link_bandwidth_gbps"):
+        load_arch(arch)

@@ -287,7 +287,11 @@ def arch_file(path_or_name: str | Path) -> Path:
 def load_arch(path_or_name: str | Path) -> Arch:
     """Load from a path, or by name (chip, chiplet, wafer) from the shipped configs."""
     p = arch_file(path_or_name)
-    return arch_from_dict(read_document(p, "arch"))
+    doc = read_document(p, "arch")
+    try:
+        return arch_from_dict(doc)
+    except ValueError as e:  # the file named before each field's problem
+        raise ValueError(f"arch {str(p)!r}:\n  {e}") from None
 
 
 def list_arches() -> list[str]:

@@ -42,11 +42,14 @@ NODE_KEYS: dict[str, frozenset[str]] = {
 
 
 class WorkflowError(ValueError):
-    """Invalid workflow; `.problems` lists one message per problem (node and field named)."""
+    """Invalid workflow; `.problems` lists one message per problem (node and field named),
+    and `.source` the file they are in, where the workflow came from one."""
 
-    def __init__(self, problems: list[str]):
+    def __init__(self, problems: list[str], source: str | None = None):
         self.problems = problems
-        super().__init__("invalid workflow:\n  " + "\n  ".join(problems))
+        self.source = source
+        where = "" if source is None else f" {source!r}"
+        super().__init__(f"invalid workflow{where}:\n  " + "\n  ".join(problems))
 
 
 @dataclass
@@ -461,4 +464,8 @@ def workflow_file(path_or_name: str | Path) -> Path:
 def load_workflow(path_or_name: str | Path) -> Workflow:
     """Load a workflow from a path, or by name from the shipped suite (`octopus/workloads`)."""
     p = workflow_file(path_or_name)
-    return parse_workflow(read_document(p, "workflow"))
+    doc = read_document(p, "workflow")
+    try:
+        return parse_workflow(doc)
+    except WorkflowError as e:  # the file named beside each node and field
+        raise WorkflowError(e.problems, source=str(p)) from None
