@@ -103,6 +103,7 @@ def test_bench_gpu_section_runs_interpreted(tmp_path, capsys):
     from xyserve.bench.kernels_gpu import bench_gpu, print_gpu_report
 
     wl = {  # short lengths: the interpreter walks every KV block in Python
+        "schema": "xyserve.kernel_workload/1",
         "prompt_len": [[8, 40, 1.0]],
         "output_len": [[1, 16, 1.0]],
         "prefix_hit": [[0.0, 0.5, 1.0]],
