@@ -47,6 +47,16 @@ def load_hf_tokenizer(path: Path) -> PreTrainedTokenizerBase:
     return GPT2TokenizerFast.from_pretrained(str(path), local_files_only=True)
 
 
+def byte_level_chars() -> list[str]:
+    """GPT-2's byte alphabet: the character each byte (by index, 0-255) is written as in a
+    byte-level BPE vocabulary. Printable Latin-1 bytes stand for themselves, the others, in
+    byte order, for ``chr(256 + i)``."""
+    printable = {*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)}
+    others = [b for b in range(256) if b not in printable]
+    chars = {b: chr(b) for b in printable} | {b: chr(256 + i) for i, b in enumerate(others)}
+    return [chars[b] for b in range(256)]
+
+
 def _byte_level_decoder(hf: PreTrainedTokenizerBase) -> dict[str, int] | None:
     """GPT-2's byte alphabet, character to byte, where ``hf`` decodes its pieces through it
     (a fast tokenizer whose decoder is ByteLevel, or a sequence holding one); else None."""
@@ -60,12 +70,7 @@ def _byte_level_decoder(hf: PreTrainedTokenizerBase) -> dict[str, int] | None:
     kinds = [decoder.get("type")] + [d.get("type") for d in decoder.get("decoders") or []]
     if "ByteLevel" not in kinds:
         return None
-    # GPT-2's table: printable Latin-1 bytes stand for themselves, the others for 256 + i
-    printable = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
-    others = [b for b in range(256) if b not in printable]
-    table = {chr(b): b for b in printable}
-    table.update({chr(256 + i): b for i, b in enumerate(others)})
-    return table
+    return {ch: b for b, ch in enumerate(byte_level_chars())}
 
 
 def _names_a_class(path: Path) -> bool:

@@ -66,7 +66,10 @@ def test_an_add_whose_event_loop_closed_does_not_stop_the_engine() -> None:
         fut = gone.create_future()
         gone.close()
         queue: asyncio.Queue = asyncio.Queue()
-        llm._post("add", _Add(["orphan"], [[1]], SamplingParams(), True, 0, gone, [queue], fut))
+        add = _Add(
+            ["orphan"], [[1]], SamplingParams(), True, 0, gone, [queue], fut, time.monotonic()
+        )
+        llm._post("add", add)
 
         async def one() -> list[RequestOutput]:
             return [out async for out in llm.generate([1, 2], SamplingParams(), "next")]

@@ -24,7 +24,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from xyserve.config import EngineConfig
@@ -69,7 +69,7 @@ class _Add:
     # time.monotonic() when the client's request reached add_requests: its arrival to the
     # metrics (time to first token, e2e latency), so that tokenizing it and waiting in the
     # inbox while the engine thread finishes a step count, as in vLLM's arrival_time
-    arrival_time: float = field(default_factory=time.monotonic)
+    arrival_time: float
 
     @property
     def num_seqs(self) -> int:

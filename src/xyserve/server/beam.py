@@ -21,7 +21,7 @@ from fastapi import Request
 from xyserve.beam_search import BeamSearch, BeamSearchOutput, BeamSearchParams
 from xyserve.sampling_params import SamplingParams
 from xyserve.server.context import ServerContext
-from xyserve.server.errors import APIError, field_error, stream_error
+from xyserve.server.errors import APIError, admission_error, stream_error
 from xyserve.server.protocol import ChatCompletionRequest, CompletionRequest, UsageInfo
 from xyserve.server.request_stream import RequestTimeoutError
 from xyserve.server.streams import cancel_on_disconnect, final_outputs
@@ -123,8 +123,7 @@ async def run_beam_search(
     try:
         ids = await asyncio.to_thread(prepare)
     except ValueError as e:  # as ServerContext.add_all words a request's 400
-        code = "context_length_exceeded" if "context length" in str(e) else None
-        raise field_error(e, renames, param="prompt", code=code) from None
+        raise admission_error(e, renames, param="prompt") from None
     if to_context_end:
         room = intake.max_model_len - max(len(p) for p in ids)  # >= 1: checked in prepare
         params = dataclasses.replace(params, max_tokens=room)

@@ -18,7 +18,7 @@ from xyserve.server.async_engine import (
     EngineDeadError,
 )
 from xyserve.server.chat_prompt import chat_messages, render_chat
-from xyserve.server.errors import APIError, field_error, stream_error
+from xyserve.server.errors import APIError, admission_error, stream_error
 from xyserve.server.metrics import ServerMetrics
 from xyserve.server.options import ServerOptions
 from xyserve.server.protocol import ChatMessage, ModelCard
@@ -135,8 +135,7 @@ class ServerContext:
                 prompts, params, rids, add_special_tokens=add_special_tokens, priority=priority
             )
         except ValueError as e:
-            code = "context_length_exceeded" if "context length" in str(e) else None
-            raise field_error(e, renames, code=code) from None
+            raise admission_error(e, renames) from None
         except (EngineBusyError, EngineDeadError) as e:
             raise stream_error(e) from None
 

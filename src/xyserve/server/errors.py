@@ -63,6 +63,15 @@ def field_error(
     return APIError(msg, param=sent, code=code)
 
 
+def admission_error(
+    e: Exception, renames: dict[str, str] | None = None, param: str | None = None
+) -> APIError:
+    """The 400 for a request the engine's intake refused (``field_error``), with OpenAI's
+    code ``context_length_exceeded`` where it is refused for the model's context length."""
+    code = "context_length_exceeded" if "context length" in str(e) else None
+    return field_error(e, renames, param=param, code=code)
+
+
 def error_response(err: APIError) -> JSONResponse:
     return JSONResponse(
         ErrorResponse(error=err.info).model_dump(), status_code=err.status, headers=err.headers

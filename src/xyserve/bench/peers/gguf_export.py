@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from xyserve.model.loader import load_weights
+from xyserve.tokenizer import byte_level_chars
 
 LAYER_NAMES = {
     "input_layernorm": "attn_norm",
@@ -56,24 +57,12 @@ def rope_permute(w: torch.Tensor, heads: int) -> torch.Tensor:
     return w.reshape(heads, 2, d // 2, cols).transpose(1, 2).reshape(rows, cols)
 
 
-def _byte_tokens() -> list[str]:
-    """GPT-2's byte-to-unicode table: the string each byte is as a byte-level BPE token."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
-    out: dict[int, str] = {b: chr(b) for b in keep}
-    extra = 0
-    for b in range(256):
-        if b not in out:
-            out[b] = chr(256 + extra)
-            extra += 1
-    return [out[b] for b in range(256)]
-
-
 def vocabulary(model_dir: Path, vocab_size: int) -> tuple[list[str], list[int], list[str]]:
     """Tokens in id order, their GGUF token types and the BPE merges."""
     normal, control = 1, 3  # gguf.TokenType.NORMAL, CONTROL
     tok_file = model_dir / "tokenizer.json"
     if not tok_file.is_file():
-        tokens = (_byte_tokens() + [f"<|xy{i}|>" for i in range(max(0, vocab_size - 256))])[
+        tokens = (byte_level_chars() + [f"<|xy{i}|>" for i in range(max(0, vocab_size - 256))])[
             :vocab_size
         ]
         # llama.cpp refuses a gpt2 vocabulary without merges: one placeholder merge of two
