@@ -119,8 +119,10 @@ def slow_or_fail(item: tuple[str, str]) -> str:
     import time
 
     kind, folder = item
-    if kind == "slow":
-        Path(folder, f"{os.getpid()}.pid").write_text(str(os.getpid()))
+    if kind == "slow":  # written whole, then renamed: the reader never sees an empty file
+        tmp = Path(folder, f"{os.getpid()}.tmp")
+        tmp.write_text(str(os.getpid()))
+        tmp.rename(tmp.with_suffix(".pid"))
         time.sleep(20)
         return "slept"
     deadline = time.monotonic() + 15

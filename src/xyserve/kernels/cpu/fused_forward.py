@@ -923,17 +923,22 @@ def forward(
     """Logits [S, V] of ``rows.out_rows`` and their argmax [S] (ties: the first index); every
     row's K/V lands in its slot of the caches. The kernel checks no index: callers build
     ``rows`` from their own block tables (positions below ``cos.shape[0]``, slots inside the
-    cache). ``parallel`` runs on ``threads`` (torch's intra-op count when None): the linear
-    layers split their output columns across them whatever the number of rows, so one row
-    streams its weights on every thread. On one thread it runs the serial compilation: the same
-    code without a fork and join of the thread pool per parallel region."""
+    cache). ``parallel`` runs the parallel compilation on ``threads`` (torch's intra-op count
+    when None), one thread included: the linear layers split their output columns across them
+    whatever the number of rows, so one row streams its weights on every thread. Every count
+    runs that one compilation, so the count changes the speed, never the bits (the engine picks
+    it call by call). Two compilations of the code need not agree to the bit: numba's LLVM
+    optimizes each with the callees it links, and a callee loaded from numba's cache optimizes
+    otherwise than one compiled in the process. Without ``parallel`` it runs the serial
+    compilation (no fork and join of the thread pool per region: the draft's passes)."""
     sel = rows.out_rows.shape[0]
     logits = np.empty((sel, w.vocab_size), np.float32)
     argmax = np.empty(sel, np.int64)
-    n = use_cpu_threads(threads) if parallel else 1
-    if n > 1:
+    if parallel:
+        n = use_cpu_threads(threads)
         fn = _parallel_amx if w.amx else _parallel
     else:
+        n = 1
         fn = _serial_amx if w.amx else _serial
     fn(_row_tuple(rows), _weight_tuple(w), k_cache, v_cache, w.num_heads, w.eps, logits, argmax, n)
     return logits, argmax
