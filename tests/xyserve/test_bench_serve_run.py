@@ -107,9 +107,15 @@ def test_unreachable_endpoint_is_a_clear_error(capsys):
 
 
 def test_non_loopback_endpoint_is_refused(capsys):
+    """... and main, called in-process, leaves the caller's SIGTERM handler as it found it
+    (it installs its own for the run: servers it started are stopped on SIGTERM)."""
+    import signal
+
+    mine = signal.getsignal(signal.SIGTERM)
     rc = serve.main(["--base-url", "http://192.0.2.1:8000", "--vocab-size", "100"])
     assert rc == 2
     assert "only http(s) on a loopback host" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is mine
 
 
 @pytest.mark.parametrize("content, message", [("{", "not valid JSON"), ("[]", "JSON object")])

@@ -523,13 +523,16 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    on_main = threading.current_thread() is threading.main_thread()
+    before = signal.signal(signal.SIGTERM, _exit_on_sigterm) if on_main else None
     try:
         out = run(args)
     except (wl.WorkloadError, arr.TraceError, EndpointError, ValueError) as e:
         print(f"xyserve bench serve: error: {e}", file=sys.stderr)
         return 2
+    finally:  # a caller's own handler (main is also called in-process) is the caller's again
+        if on_main:
+            signal.signal(signal.SIGTERM, before)
     reports: list[RunReport] = out.pop("_reports")
     verdicts = out.pop("_verdicts", [])
     print(table(reports))
