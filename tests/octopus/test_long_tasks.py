@@ -69,7 +69,8 @@ def test_the_tick_grid_jump_costs_no_time_in_proportion_to_its_length():
     assert tick_at_or_after(100.0, 100.0, HOUR) == (HOUR, 35999999)
     x, n = tick_at_or_after(0.1, 0.1, 1e12)
     assert x >= 1e12 and n > 9e12
-    assert time.perf_counter() - t0 < 0.1
+    assert time.perf_counter() - t0 < 2.0  # a walk over 1e13 ticks would take hours; the
+    # bound is wide so that a busy CI core (the other xdist worker) cannot fail it
     with pytest.raises(OverflowError):
         tick_at_or_after(100.0, 100.0, math.inf)  # 2**60 + 100 rounds back to 2**60
 
@@ -89,7 +90,7 @@ def test_a_long_task_takes_its_closed_form_makespan_at_once(scheduler, length):
         assert sim.ticks_skipped > sim.n_events - 5000
     else:
         assert sim.n_events == 3
-    assert took < 1.0, f"{scheduler}: {took:.3f} s"
+    assert took < 5.0, f"{scheduler}: {took:.3f} s"  # wide: the tick counts above are the check
 
 
 def test_the_report_and_trace_of_a_long_run(tmp_path):
