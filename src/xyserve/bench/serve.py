@@ -531,7 +531,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"xyserve bench serve: error: {e}", file=sys.stderr)
         return 2
     finally:  # a caller's own handler (main is also called in-process) is the caller's again
-        if on_main:
+        if before is not None:  # None: no handler of Python's to put back (or not the main thread)
             signal.signal(signal.SIGTERM, before)
     reports: list[RunReport] = out.pop("_reports")
     verdicts = out.pop("_verdicts", [])
