@@ -106,7 +106,7 @@ def test_the_fused_call_gives_the_same_bits_on_any_thread_count(tiny_llama: Path
     for counts in ("1", "1,2"):  # the second process loads what the first one cached
         run = subprocess.run(
             [sys.executable, str(tmp_path / "calls.py"), str(tiny_llama), counts],
-            env=env, capture_output=True, text=True,
+            env=env, capture_output=True, text=True, timeout=600,  # a cold compile: ~70 s here
         )  # fmt: skip
         assert run.returncode == 0, run.stderr
     lines = [line.split() for line in run.stdout.splitlines() if line]
