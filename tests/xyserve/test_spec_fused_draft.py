@@ -161,26 +161,10 @@ def test_serial_compilation_is_not_loaded_from_the_parallel_ones_cache(tmp_path)
     ``parallel``: the serial and parallel compilations of one function must be cached apart,
     or a process that ran the parallel one first makes every later process's serial path
     start numba's thread pool (behind ``use_cpu_threads``' back) and run threaded."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
+    from numba_processes import run_script
 
-    from xyserve.kernels.cpu import fused_forward as ff
-
-    (tmp_path / "call.py").write_text(LINEAR_CALL)
-    src = str(Path(ff.__file__).parents[3])
-    env = {**os.environ, "PYTHONPATH": src, "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
-    got = []
-    for variant in ("parallel", "serial"):  # the parallel one fills the cache first
-        run = subprocess.run(
-            [sys.executable, str(tmp_path / "call.py"), variant],
-            env=env,
-            capture_output=True,
-            text=True,
-        )
-        assert run.returncode == 0, run.stderr
-        got.append(run.stdout.strip())
+    # the parallel one fills the cache first
+    got = [run_script(tmp_path, LINEAR_CALL, v).strip() for v in ("parallel", "serial")]
     assert got == ["pool started", "no pool"]
 
 

@@ -94,22 +94,11 @@ def test_the_fused_call_gives_the_same_bits_on_any_thread_count(tiny_llama: Path
     other with cached callees got logits apart by ~1e-6 (CI saw it under pytest-xdist, whose
     workers share the cache). So the state is made here: a first process fills a private
     cache with one-thread calls, a second compares one and two threads."""
-    import os
-    import subprocess
-    import sys
+    from numba_processes import run_script
 
-    from xyserve.kernels.cpu import fused_forward as ff
-
-    (tmp_path / "calls.py").write_text(FUSED_CALLS)
-    src = str(Path(ff.__file__).parents[3])
-    env = {**os.environ, "PYTHONPATH": src, "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
-    for counts in ("1", "1,2"):  # the second process loads what the first one cached
-        run = subprocess.run(
-            [sys.executable, str(tmp_path / "calls.py"), str(tiny_llama), counts],
-            env=env, capture_output=True, text=True, timeout=600,  # a cold compile: ~70 s here
-        )  # fmt: skip
-        assert run.returncode == 0, run.stderr
-    lines = [line.split() for line in run.stdout.splitlines() if line]
+    run_script(tmp_path, FUSED_CALLS, str(tiny_llama), "1")
+    out = run_script(tmp_path, FUSED_CALLS, str(tiny_llama), "1,2")  # loads what that cached
+    lines = [line.split() for line in out.splitlines() if line]
     assert len(lines) == 3 * 2
     for one, two in zip(lines[::2], lines[1::2]):
         assert one[0] == two[0] and (one[1], two[1]) == ("1", "2")
