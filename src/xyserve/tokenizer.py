@@ -272,11 +272,18 @@ def checked_template_kwargs(kwargs: dict | None) -> dict:
 def template_messages(messages: list[dict]) -> list[dict]:
     """Messages as chat templates take them: an assistant's tool calls with their arguments
     as objects where they parse (templates write them with ``tojson``; vLLM does the same),
-    and no ``content`` of None (a message of calls alone renders as empty)."""
+    no ``content`` of None (a message of calls alone renders as empty), and a message's
+    thinking under both ``reasoning`` and ``reasoning_content``, as vLLM passes it (templates
+    read one or the other: Qwen3's reads ``reasoning_content``)."""
     out = []
     for m in messages:
         if m.get("content") is None:
             m = {**m, "content": ""}
+        thinking = m.get("reasoning")
+        if thinking is None:
+            thinking = m.get("reasoning_content")
+        if thinking is not None:
+            m = {**m, "reasoning": thinking, "reasoning_content": thinking}
         calls = m.get("tool_calls")
         if calls:
             m = {**m, "tool_calls": [_call_for_template(c) for c in calls]}

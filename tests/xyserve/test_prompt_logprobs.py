@@ -289,22 +289,38 @@ def test_continuous_usage_stats(server: Server, path: str) -> None:
         ("/v1/completions", {"prompt": [PROMPT, "A second prompt, longer than the first."]}),
     ],
 )
-def test_continuous_usage_counts_the_prompt_in_every_chunk(
-    server: Server, path: str, extra: dict
-) -> None:
-    """The first chunks reported prompt_tokens 0 (no output had come yet); vLLM reports the
-    prompt's tokens in every chunk."""
-    body = {"model": MODEL, "max_tokens": 3, "temperature": 0, "ignore_eos": True, "n": 2}
+def test_continuous_usage_is_each_choices_own(server: Server, path: str, extra: dict) -> None:
+    """As vLLM's: a chunk's usage is its choice's, its prompt's tokens (in every chunk, the
+    first ones included) and the tokens that choice has generated so far; the final chunk
+    sums them over the choices. (It was the request's total so far, every choice and prompt
+    summed, in each chunk.)"""
+    max_tokens, n = 3, 2
+    body = {"model": MODEL, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True, "n": n}
     if path == "/v1/completions":
         body["prompt"] = PROMPT
     else:
         body["messages"] = [{"role": "user", "content": PROMPT}]
     body.update(extra)
     whole = post(server, path, body)["usage"]
+    prompts = body["prompt"] if isinstance(body.get("prompt"), list) else [body.get("prompt")]
+    own = [post(server, path, {**body, "n": 1, "prompt": p})["usage"]["prompt_tokens"]
+           for p in prompts] if path == "/v1/completions" else [whole["prompt_tokens"]]  # fmt: skip
     opts = {"include_usage": True, "continuous_usage_stats": True}
     chunks = stream(server, path, {**body, "stream_options": opts})
-    assert chunks[-1]["usage"] == whole
-    assert [c["usage"]["prompt_tokens"] for c in chunks] == [whole["prompt_tokens"]] * len(chunks)
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == whole
+    done: dict[int, list[int]] = {}
+    for c in chunks[:-1]:
+        (choice,) = c["choices"]
+        u, i = c["usage"], choice["index"]
+        assert u["prompt_tokens"] == own[i // n], (i, u)
+        assert u["total_tokens"] == u["prompt_tokens"] + u["completion_tokens"]
+        done.setdefault(i, []).append(u["completion_tokens"])
+    assert sorted(done) == list(range(len(own) * n))
+    for counts in done.values():
+        assert counts == sorted(counts) and counts[-1] == max_tokens, counts
+    if extra.get("echo") or path == "/v1/chat/completions":
+        assert all(counts[0] == 0 for counts in done.values())  # role or echo chunks first
+    assert sum(own) == whole["prompt_tokens"]
     server.assert_clean()
 
 

@@ -101,13 +101,13 @@ def test_whole_reply(server):
     assert r.status_code == 200, r.text
     (choice,) = r.json()["choices"]
     msg = choice["message"]
-    assert msg["reasoning_content"] == "Plan: call add."
+    assert msg["reasoning"] == "Plan: call add."
     assert msg["content"] == "Sure."
     assert [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in msg["tool_calls"]] == [("add", {"a": 1})]  # fmt: skip
     assert choice["finish_reason"] == "length"  # the engine's: it ran to max_tokens
     r = httpx.post(f"{server.url}/v1/chat/completions", json=_body(include_reasoning=False), timeout=60)  # fmt: skip
     msg = r.json()["choices"][0]["message"]
-    assert msg["reasoning_content"] is None and msg["content"] == "Sure."
+    assert msg["reasoning"] is None and msg["content"] == "Sure."
     server.assert_clean()
 
 
@@ -120,13 +120,13 @@ def test_streamed_reply(server):
     ):
         chunks = [json.loads(x[6:]) for x in resp.iter_lines() if x.startswith("data: {")]
     deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
-    reasoning = "".join(d.get("reasoning_content") or "" for d in deltas)
+    reasoning = "".join(d.get("reasoning") or "" for d in deltas)
     content = "".join(d.get("content") or "" for d in deltas)
     calls = [t for d in deltas for t in d.get("tool_calls") or []]
     assert reasoning == "Plan: call add." and content == "Sure."
     assert [t["function"]["name"] for t in calls] == ["add"]
     # the reasoning came in several chunks, before the reply ended
-    assert sum(1 for d in deltas if d.get("reasoning_content")) > 1
+    assert sum(1 for d in deltas if d.get("reasoning")) > 1
     server.assert_clean()
 
 
@@ -134,7 +134,7 @@ def test_a_constrained_reply_is_not_read_for_reasoning(server):
     body = _body(tool_choice={"type": "function", "function": {"name": "add"}})
     r = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=60)
     msg = r.json()["choices"][0]["message"]
-    assert msg["reasoning_content"] is None  # the script's text is taken as the arguments
+    assert msg["reasoning"] is None  # the script's text is taken as the arguments
     assert msg["tool_calls"][0]["function"]["arguments"] == SCRIPT
 
 
@@ -145,16 +145,14 @@ def test_include_reasoning_needs_a_parser(tiny_llama: Path):
         r = httpx.post(f"{srv.url}/v1/chat/completions", json=body, timeout=60)
         assert r.status_code == 400 and r.json()["error"]["param"] == "include_reasoning"
         r = httpx.post(f"{srv.url}/v1/chat/completions", json={**body, "include_reasoning": True}, timeout=60)  # fmt: skip
-        assert (
-            r.status_code == 200 and r.json()["choices"][0]["message"]["reasoning_content"] is None
-        )
+        assert r.status_code == 200 and r.json()["choices"][0]["message"]["reasoning"] is None
     with pytest.raises(ValueError, match="the parsers are deepseek_r1, qwen3"):
         ServerOptions(reasoning_parser="granite")
 
 
 def test_beam_search_replies_are_read_for_reasoning(server, monkeypatch):
     """A chat beam is a reply like any other: with --reasoning-parser its thinking is the
-    message's reasoning_content (as vLLM's), and include_reasoning: false drops it. The beams
+    message's reasoning (as vLLM's), and include_reasoning: false drops it. The beams
     came back whole as content, tags and all, and include_reasoning was refused."""
     real = BeamSearch.results
 
@@ -170,11 +168,11 @@ def test_beam_search_replies_are_read_for_reasoning(server, monkeypatch):
     r = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=60)
     assert r.status_code == 200, r.text
     msgs = [c["message"] for c in r.json()["choices"]]
-    assert [(m["reasoning_content"], m["content"]) for m in msgs] == [("a plan", "The answer.")] * 2  # fmt: skip
+    assert [(m["reasoning"], m["content"]) for m in msgs] == [("a plan", "The answer.")] * 2  # fmt: skip
     r = httpx.post(f"{server.url}/v1/chat/completions", json={**body, "include_reasoning": False}, timeout=60)  # fmt: skip
     assert r.status_code == 200, r.text
     msgs = [c["message"] for c in r.json()["choices"]]
-    assert [(m["reasoning_content"], m["content"]) for m in msgs] == [(None, "The answer.")] * 2
+    assert [(m["reasoning"], m["content"]) for m in msgs] == [(None, "The answer.")] * 2
     server.assert_clean()
 
 
@@ -189,7 +187,7 @@ def test_each_of_n_choices_is_read_on_its_own(server):
     ids = set()
     for c in choices:
         msg = c["message"]
-        assert (msg["reasoning_content"], msg["content"]) == ("Plan: call add.", "Sure.")
+        assert (msg["reasoning"], msg["content"]) == ("Plan: call add.", "Sure.")
         (call,) = msg["tool_calls"]
         assert call["function"]["name"] == "add" and call["type"] == "function"
         ids.add(call["id"])
@@ -204,7 +202,7 @@ def test_each_of_n_choices_is_read_on_its_own(server):
             r_, t_, calls = per[c["index"]]
             d = c["delta"]
             per[c["index"]] = (
-                r_ + (d.get("reasoning_content") or ""),
+                r_ + (d.get("reasoning") or ""),
                 t_ + (d.get("content") or ""),
                 calls + (d.get("tool_calls") or []),
             )

@@ -192,6 +192,42 @@ def test_chat_template_kwargs_reach_the_template(llm):
         llm.chat(MESSAGES, params, chat_template_kwargs={"add_generation_prompt": False})
 
 
+# A template that renders an assistant's thinking the way Qwen3's does (reasoning_content)
+THINKING = (
+    "{% for m in messages %}<{{ m['role'] }}>"
+    "{% if m.reasoning_content %}[{{ m.reasoning_content }}]{% endif %}"
+    "{% if m.reasoning %}({{ m.reasoning }}){% endif %}{{ m['content'] }}{% endfor %}"
+)
+
+
+@pytest.mark.parametrize("key", ["reasoning", "reasoning_content"])
+def test_an_assistant_messages_thinking_reaches_the_template_under_both_names(llm, key):
+    """vLLM reads an assistant message's ``reasoning`` and gives the template both names;
+    ``reasoning_content`` (its earlier name, which clients such as Qwen-Agent still send) is
+    taken the same way."""
+    conv = [
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": "a", key: "t"},
+        {"role": "user", "content": "r"},
+    ]
+    params = SamplingParams(max_tokens=1)
+    (out,) = llm.chat(conv, params, chat_template=THINKING, use_tqdm=False)
+    assert out.prompt == "<user>q<assistant>[t](t)a<user>r"
+
+
+def test_thinking_in_a_message_the_model_did_not_write_is_refused():
+    from xyserve.server.chat_prompt import chat_messages
+    from xyserve.server.errors import APIError
+    from xyserve.server.protocol import ChatMessage
+
+    (msg,) = chat_messages([ChatMessage(role="assistant", content="a", reasoning_content="t")])
+    assert (msg["reasoning"], msg["reasoning_content"]) == ("t", "t")
+    for key in ("reasoning", "reasoning_content"):
+        with pytest.raises(APIError) as e:
+            chat_messages([ChatMessage(role="user", content="q", **{key: "t"})])
+        assert e.value.info.param == f"messages.0.{key}"
+
+
 @pytest.fixture(scope="module")
 def server(tiny_llama: Path) -> Iterator[Server]:
     config = EngineConfig(

@@ -40,6 +40,14 @@ def chat_messages(body_messages: list[ChatMessage]) -> list[dict[str, Any]]:
             msg["tool_calls"] = [c.model_dump() for c in m.tool_calls]
         if m.tool_call_id is not None:
             msg["tool_call_id"] = m.tool_call_id
+        thinking = m.reasoning if m.reasoning is not None else m.reasoning_content
+        if thinking is not None:
+            if m.role != "assistant":
+                field = "reasoning" if m.reasoning is not None else "reasoning_content"
+                raise APIError(
+                    "only assistant messages carry reasoning", param=f"messages.{i}.{field}"
+                )
+            msg["reasoning"] = thinking
         messages.append(msg)
     return template_messages(messages)
 

@@ -158,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--reasoning-parser",
         default=None,
-        help="a reasoning model's <think>...</think> as the chat message's reasoning_content: "
+        help="a reasoning model's <think>...</think> as the chat message's reasoning: "
         "deepseek_r1 (reasoning from the reply's start, as DeepSeek-R1 and Qwen3 2507 thinking "
         "models write it) or qwen3 (only where the reply opens with <think>)",
     )

@@ -16,7 +16,7 @@ class ServerOptions:
     # ``tool_call_parser`` (``server.tool_parsers.TOOL_PARSERS``); off, "auto" is a 400
     enable_auto_tool_choice: bool = False
     tool_call_parser: str | None = None
-    # vLLM's: a reasoning model's <think>...</think> as the message's reasoning_content
+    # vLLM's: a reasoning model's <think>...</think> as the message's reasoning
     # (``server.reasoning.REASONING_PARSERS``); None: the reply is all content
     reasoning_parser: str | None = None
 

@@ -384,6 +384,10 @@ class ChatMessage(BaseModel):
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
     function_call: Any = None  # the deprecated form of tool_calls: refused
+    # An assistant message's thinking, sent back for templates that render it (interleaved
+    # thinking): vLLM's ``reasoning``; ``reasoning_content``, its earlier name, is taken too
+    reasoning: str | None = None
+    reasoning_content: str | None = None
 
     def text(self) -> str:
         if self.content is None:
@@ -537,7 +541,7 @@ class ChatChoiceLogprobs(BaseModel):
 
 class ChatMessageOut(BaseModel):
     role: str = "assistant"
-    reasoning_content: str | None = None  # vLLM's, with --reasoning-parser
+    reasoning: str | None = None  # with --reasoning-parser: vLLM's field (once reasoning_content)
     content: str | None = None
     tool_calls: list[ToolCall] = Field(default_factory=list)  # vLLM's: [] without calls
 
@@ -577,7 +581,7 @@ class DeltaToolCall(BaseModel):
 
 class DeltaMessage(BaseModel):
     role: str | None = None
-    reasoning_content: str | None = None  # vLLM's, with --reasoning-parser
+    reasoning: str | None = None  # with --reasoning-parser: vLLM's field (once reasoning_content)
     content: str | None = None
     tool_calls: list[DeltaToolCall] = Field(default_factory=list)  # vLLM's: [] without calls
 

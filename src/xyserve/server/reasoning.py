@@ -1,6 +1,7 @@
 """Reasoning parsers (vLLM's ``--reasoning-parser``): a reasoning model's thinking, written
-between ``<think>`` and ``</think>``, comes back as the message's ``reasoning_content`` and
-the rest as its ``content`` (where tool calls are then looked for).
+between ``<think>`` and ``</think>``, comes back as the message's ``reasoning`` (vLLM's field,
+once ``reasoning_content``) and the rest as its ``content`` (where tool calls are then looked
+for).
 
 - ``deepseek_r1``: the reply is reasoning from its start (the chat template may already have
   opened ``<think>``; a ``<think>`` the model writes first is dropped) up to ``</think>``. A

@@ -30,20 +30,22 @@ class ChoiceState:
     as_ids: bool = False
 
 
-def usage(
-    outs: list[RequestOutput | None],
-    generated: bool = True,
-    prompt_lens: list[int] | None = None,
-) -> UsageInfo:
+def usage(outs: list[RequestOutput | None], generated: bool = True) -> UsageInfo:
     """Token counts; ``generated`` False: the completions were not returned (``echo`` with
-    ``max_tokens`` 0), so none is counted. ``prompt_lens``: the prompts' lengths, known to a
-    stream before any output (its first chunks), else the outputs' prompts are counted."""
-    if prompt_lens is not None:
-        p = sum(prompt_lens)
-    else:
-        p = sum(len(o.prompt_token_ids) for o in outs if o is not None)
+    ``max_tokens`` 0), so none is counted."""
+    p = sum(len(o.prompt_token_ids) for o in outs if o is not None)
     c = sum(len(x.token_ids) for o in outs if o is not None for x in o.outputs) if generated else 0
     return UsageInfo(prompt_tokens=p, completion_tokens=c, total_tokens=p + c)
+
+
+def choice_usage(prompt_tokens: int, st: ChoiceState) -> UsageInfo:
+    """A streamed chunk's usage with ``continuous_usage_stats``, as vLLM gives it: its
+    choice's prompt and the tokens that choice has generated so far (the final usage chunk
+    sums every choice's, :func:`usage`)."""
+    c = st.num_tokens
+    return UsageInfo(
+        prompt_tokens=prompt_tokens, completion_tokens=c, total_tokens=prompt_tokens + c
+    )
 
 
 def _token_str(tid: int, lp: Logprob | None, as_ids: bool = False) -> str:

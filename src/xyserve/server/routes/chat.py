@@ -33,6 +33,7 @@ from xyserve.server.render import (
     ChoiceState,
     TokenBytes,
     chat_logprobs,
+    choice_usage,
     prompt_logprobs,
     usage,
 )
@@ -133,7 +134,7 @@ async def chat_completions(body: ChatCompletionRequest, raw: Request, ctx: Ctx) 
             ChatCompletionChoice(
                 index=c.index,
                 message=ChatMessageOut(
-                    reasoning_content=reasoning, content=content, tool_calls=reply.calls
+                    reasoning=reasoning, content=content, tool_calls=reply.calls
                 ),
                 logprobs=chat_logprobs(c, 0, k, body.return_tokens_as_token_ids, token_bytes)
                 if params.logprobs is not None
@@ -167,7 +168,7 @@ async def _beam_chat(
     choices = []
     for j, s in enumerate(out.sequences):
         reasoning, content = reply_parts(think, s.text or "", body.include_reasoning)
-        message = ChatMessageOut(reasoning_content=reasoning, content=content)
+        message = ChatMessageOut(reasoning=reasoning, content=content)
         choices.append(
             ChatCompletionChoice(index=j, message=message, finish_reason=s.finish_reason)
         )
@@ -203,7 +204,7 @@ async def _chat_stream(
     prompt_len = len(stream.prompt_token_ids)
 
     def chunk(choice: ChatStreamChoice) -> str:
-        u = usage([final], prompt_lens=[prompt_len]) if body.continuous_usage else None
+        u = choice_usage(prompt_len, states[choice.index]) if body.continuous_usage else None
         return sse(
             ChatCompletionStreamResponse(
                 id=rid, created=created, model=model, choices=[choice], usage=u
@@ -244,7 +245,7 @@ async def _chat_stream(
                     ChatStreamChoice(
                         index=c.index,
                         delta=DeltaMessage(
-                            reasoning_content=reasoning, content=content, tool_calls=tool_deltas
+                            reasoning=reasoning, content=content, tool_calls=tool_deltas
                         ),
                         logprobs=lp,
                         finish_reason=reason,

@@ -30,6 +30,7 @@ from xyserve.server.protocol import (
 )
 from xyserve.server.render import (
     ChoiceState,
+    choice_usage,
     completion_logprobs,
     output_logprobs,
     prompt_logprobs,
@@ -192,7 +193,10 @@ async def _completion_stream(
     prompt_lens = [len(s.prompt_token_ids) for s in streams]
 
     def chunk(choice: CompletionStreamChoice) -> str:
-        u = usage(finals, not bare, prompt_lens) if body.continuous_usage else None
+        if body.continuous_usage:
+            u = choice_usage(prompt_lens[choice.index // n], states[choice.index])
+        else:
+            u = None
         return sse(
             CompletionStreamResponse(
                 id=rid, created=created, model=model, choices=[choice], usage=u
