@@ -162,8 +162,24 @@ def build_parser() -> argparse.ArgumentParser:
         "deepseek_r1 (reasoning from the reply's start, as DeepSeek-R1 and Qwen3 2507 thinking "
         "models write it) or qwen3 (only where the reply opens with <think>)",
     )
+    p.add_argument(
+        "--shutdown-timeout",
+        type=_seconds,
+        default=0.0,
+        metavar="SECONDS",
+        help="on SIGTERM or Ctrl-C, as vLLM's: stop taking requests and abort those in flight "
+        "at once (0, the default), or let them finish for up to SECONDS first",
+    )
     add_engine_args(p)
     return p
+
+
+def _seconds(value: str) -> float:
+    """A duration of at least 0 seconds."""
+    seconds = float(value)
+    if not seconds >= 0:  # NaN too
+        raise argparse.ArgumentTypeError(f"must be at least 0 (got {value})")
+    return seconds
 
 
 def _port(value: str) -> int:
@@ -289,7 +305,12 @@ def _serve(ns: argparse.Namespace, config: EngineConfig) -> int:
             options.allowed_origins or "none",
             "off" if options.disable_log_requests else "on",
         )
-        server = uvicorn.Server(uvicorn.Config(app, log_level=ns.log_level))
+        # uvicorn's graceful shutdown: the listening socket closed, then open requests given
+        # the timeout to finish before their tasks are cancelled (a cancelled stream aborts
+        # its engine request and frees its blocks); None would wait for them without end
+        limit = ns.shutdown_timeout
+        config = uvicorn.Config(app, log_level=ns.log_level, timeout_graceful_shutdown=limit)
+        server = uvicorn.Server(config)
         try:
             server.run(sockets=[sock])
         except KeyboardInterrupt:  # Ctrl-C after a graceful shutdown, as uvicorn.run does
