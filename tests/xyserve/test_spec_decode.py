@@ -985,10 +985,47 @@ def test_bench_spec_rotates_which_method_runs_first(monkeypatch):
 
     monkeypatch.setattr(xyserve, "LLM", Fake)
     args = ["--workload", "spec_quote", "--methods", "ngram,tree", "--batch-sizes", "64"]
-    bench_spec.main([*args, "--rounds", "4"])
+    bench_spec.main([*args, "--rounds", "4", "--min-seconds", "0"])
     timed = calls[3:]  # after each engine's warm-up; one batch of 64 a round
     assert timed == ["none", "ngram", "tree", "ngram", "tree", "none", "tree", "none", "ngram",
                      "none", "ngram", "tree"]  # fmt: skip
+
+
+def test_bench_spec_adds_rounds_until_each_method_has_run_min_seconds(monkeypatch, capsys):
+    """Two rounds of a large batch take a fraction of a second, and their ratios read 0.75 for
+    the same steps: rounds are added until every method has run ``--min-seconds`` in all
+    (here each run takes 10 ms: 0.05 s needs five), and the rows say how many ran."""
+    import time
+    from types import SimpleNamespace
+
+    import xyserve
+    from xyserve.bench import spec as bench_spec
+
+    calls: list[str] = []
+
+    class Fake:
+        def __init__(self, model, **kw):
+            cfg = kw["speculative_config"]
+            self.name = "none" if cfg is None else cfg["method"]
+            self.llm_engine = SimpleNamespace(spec=None, num_steps=0)
+
+        def generate(self, prompts, params, use_tqdm=True):
+            calls.append(self.name)
+            self.llm_engine.num_steps += 1
+            time.sleep(0.01)
+            return [SimpleNamespace(outputs=[SimpleNamespace(token_ids=[1])]) for _ in prompts]
+
+    monkeypatch.setattr(xyserve, "LLM", Fake)
+    args = ["--workload", "spec_quote", "--methods", "ngram", "--batch-sizes", "64"]
+    bench_spec.main([*args, "--rounds", "2", "--min-seconds", "0.05"])
+    rounds = len(calls[2:]) // 2  # after the warm-ups, a run of each method a round
+    assert 5 <= rounds <= 7
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[-1] == "rounds" and out[1].split()[-1] == str(rounds)
+    calls.clear()
+    monkeypatch.setattr(bench_spec, "MAX_ROUNDS", 3)
+    bench_spec.main([*args, "--rounds", "2", "--min-seconds", "100"])
+    assert len(calls[2:]) == 2 * 3
 
 
 def test_bench_spec_loads_its_workload_once(monkeypatch):
@@ -1041,6 +1078,7 @@ def test_bench_spec_prints_the_median_of_the_rounds_ratios(capsys):
         "mean_accepted_len": None,
         "draft_share": 0.01,
         "identical": True,
+        "rounds": 3,
     }
     bench_spec._print_rows([row], header=True)
     head, line = capsys.readouterr().out.splitlines()

@@ -2,8 +2,11 @@
 
 For every batch size, each method (``none`` and the speculative ones) runs the same greedy
 prompts with fixed output lengths, and the order is repeated ``--rounds`` times, each round
-starting one method later, so the methods alternate in time and none always runs first. One
-engine per method is built and warmed up once. Reported per batch and method:
+starting one method later, so the methods alternate in time and none always runs first; then
+more rounds while any method has run for less than ``--min-seconds`` in all (a large batch's
+run takes a fraction of a second, and two rounds of it read ratios of 0.75 for the same steps),
+up to ``MAX_ROUNDS``. One engine per method is built and warmed up once. Reported per batch and
+method:
 
 - output tok/s of the best round (on a shared machine other load only ever adds time) and its
   ratio to ``none``'s best round (``x none``), and the median over rounds of the ratio within
@@ -34,6 +37,7 @@ from xyserve.output_files import output_file, write_text
 
 SCHEMA = "xyserve.spec-workload/1"
 METHODS = ("none", "ngram", "draft_model", "tree")
+MAX_ROUNDS = 50  # --min-seconds stops adding rounds here
 
 
 def load_spec_workload(path: str | Path) -> dict:
@@ -112,7 +116,10 @@ def run(args: argparse.Namespace, work: dict) -> list[dict]:
         counts: dict[str, list[int]] = {m: [0, 0, 0] for m in methods}
         outputs: dict[str, list[list[int]]] = {}
         steps: dict[str, int] = {}
-        for r in range(args.rounds):
+        r = 0
+        while r < args.rounds or (
+            r < MAX_ROUNDS and min(sum(t) for t in times.values()) < args.min_seconds
+        ):
             # each round starts one system later, so that none runs first in every round
             # (the system after a round's start ran on a machine the one before had warmed)
             for m in methods[r % len(methods) :] + methods[: r % len(methods)]:
@@ -126,6 +133,7 @@ def run(args: argparse.Namespace, work: dict) -> list[dict]:
                 steps[m] = s1[4] - s0[4]  # deterministic for greedy runs: the last round's
                 counts[m] = [c + y - x for c, x, y in zip(counts[m], s0[:3], s1[:3])]
                 outputs[m] = [o.outputs[0].token_ids for o in outs]
+            r += 1
         ntok = sum(len(g) for g in groups) * work["max_tokens"]
         base = min(times["none"])
         for m in methods:
@@ -147,6 +155,7 @@ def run(args: argparse.Namespace, work: dict) -> list[dict]:
                     "draft_share": spec_time[m] / sum(times[m]) if m != "none" else None,
                     "identical": outputs[m] == outputs["none"],
                     "seconds": times[m],
+                    "rounds": r,
                 }
             )
         _print_rows([r for r in rows if r["batch"] == b], header=b == args.batch_sizes[0])
@@ -176,7 +185,7 @@ def _print_rows(rows: list[dict], header: bool) -> None:
             f"{'batch':>5} {'method':<12} {'tok/s':>8} {'x none':>7} {'x rnd':>6} {'steps':>6} "
             f"{'steps/':>7} "
             f"{'accept':>7} "
-            f"{'acc len':>7} {'draft %':>7} {'same':>5}"
+            f"{'acc len':>7} {'draft %':>7} {'same':>5} {'rounds':>6}"
         )
     for r in rows:
         share = None if r["draft_share"] is None else 100 * r["draft_share"]
@@ -184,7 +193,7 @@ def _print_rows(rows: list[dict], header: bool) -> None:
             f"{r['batch']:>5} {r['method']:<12} {r['tok_s']:>8.1f} {r['speedup']:>7.2f} "
             f"{statistics.median(r['round_speedups']):>6.2f} {r['steps']:>6} {r['step_ratio']:>7.2f} "
             f"{_fmt(r['acceptance'], '.2f'):>7} {_fmt(r['mean_accepted_len'], '.2f'):>7} "
-            f"{_fmt(share, '.1f'):>7} {str(r['identical']):>5}",
+            f"{_fmt(share, '.1f'):>7} {str(r['identical']):>5} {r['rounds']:>6}",
             flush=True,
         )
 
@@ -202,7 +211,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--dtype", default="auto", help="the engines' dtype (auto: float32 on CPU), as `serve`"
     )
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=3, help="at least this many rounds")
+    p.add_argument(
+        "--min-seconds",
+        type=float,
+        default=3.0,
+        help=f"then more rounds, up to {MAX_ROUNDS} in all, until every method has run this "
+        "long at the batch size (0: --rounds exactly; default: %(default)s)",
+    )
     p.add_argument("--no-adaptive", action="store_true", help="always k proposals")
     p.add_argument(
         "--tree-branching",
@@ -216,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.rounds < 1:  # 0 was a traceback once every engine was built
         p.error(f"--rounds must be at least 1, got {args.rounds}")
+    if not args.min_seconds >= 0:
+        p.error(f"--min-seconds must be at least 0, got {args.min_seconds}")
     if min(args.batch_sizes) < 1:  # a negative size ran no request and divided by 0 steps
         p.error(f"--batch-sizes must all be at least 1, got {args.batch_sizes}")
     tree_flags = [f"--{k.replace('_', '-')}" for k in _tree_keys(args)]
