@@ -962,15 +962,13 @@ def test_bench_spec_builds_every_engine_with_the_dtype_asked(monkeypatch):
     )
 
 
-def test_bench_spec_rotates_which_method_runs_first(monkeypatch):
-    """Each round starts one method later, so no method always runs first in its round (the
-    round's first run meets the machine as the previous round left it)."""
+def _timed_stand_in(monkeypatch, calls: list[str], seconds: float = 0.0) -> None:
+    """``xyserve.LLM`` replaced by a stand-in whose ``generate`` records its method's name in
+    ``calls``, takes one step and ``seconds``, and gives one token a prompt."""
+    import time
     from types import SimpleNamespace
 
     import xyserve
-    from xyserve.bench import spec as bench_spec
-
-    calls: list[str] = []
 
     class Fake:
         def __init__(self, model, **kw):
@@ -981,9 +979,19 @@ def test_bench_spec_rotates_which_method_runs_first(monkeypatch):
         def generate(self, prompts, params, use_tqdm=True):
             calls.append(self.name)
             self.llm_engine.num_steps += 1
+            time.sleep(seconds)
             return [SimpleNamespace(outputs=[SimpleNamespace(token_ids=[1])]) for _ in prompts]
 
     monkeypatch.setattr(xyserve, "LLM", Fake)
+
+
+def test_bench_spec_rotates_which_method_runs_first(monkeypatch):
+    """Each round starts one method later, so no method always runs first in its round (the
+    round's first run meets the machine as the previous round left it)."""
+    from xyserve.bench import spec as bench_spec
+
+    calls: list[str] = []
+    _timed_stand_in(monkeypatch, calls)
     args = ["--workload", "spec_quote", "--methods", "ngram,tree", "--batch-sizes", "64"]
     bench_spec.main([*args, "--rounds", "4", "--min-seconds", "0"])
     timed = calls[3:]  # after each engine's warm-up; one batch of 64 a round
@@ -995,27 +1003,10 @@ def test_bench_spec_adds_rounds_until_each_method_has_run_min_seconds(monkeypatc
     """Two rounds of a large batch take a fraction of a second, and their ratios read 0.75 for
     the same steps: rounds are added until every method has run ``--min-seconds`` in all
     (here each run takes 10 ms: 0.05 s needs five), and the rows say how many ran."""
-    import time
-    from types import SimpleNamespace
-
-    import xyserve
     from xyserve.bench import spec as bench_spec
 
     calls: list[str] = []
-
-    class Fake:
-        def __init__(self, model, **kw):
-            cfg = kw["speculative_config"]
-            self.name = "none" if cfg is None else cfg["method"]
-            self.llm_engine = SimpleNamespace(spec=None, num_steps=0)
-
-        def generate(self, prompts, params, use_tqdm=True):
-            calls.append(self.name)
-            self.llm_engine.num_steps += 1
-            time.sleep(0.01)
-            return [SimpleNamespace(outputs=[SimpleNamespace(token_ids=[1])]) for _ in prompts]
-
-    monkeypatch.setattr(xyserve, "LLM", Fake)
+    _timed_stand_in(monkeypatch, calls, 0.01)
     args = ["--workload", "spec_quote", "--methods", "ngram", "--batch-sizes", "64"]
     bench_spec.main([*args, "--rounds", "2", "--min-seconds", "0.05"])
     rounds = len(calls[2:]) // 2  # after the warm-ups, a run of each method a round
