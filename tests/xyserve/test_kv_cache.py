@@ -92,3 +92,70 @@ def test_blocks_after_a_twin_are_private_and_freed_not_cached():
     kv.free(a)
     assert len(kv._evictable) == 4
     kv.check_no_leak()
+
+
+def _scan_match(kv: KVCacheManager, tokens: list[int]) -> int:
+    """The longest cached prefix as the lookup found it before its first-token index: whole
+    blocks by their tokens, then the longest common prefix over every child of the node."""
+    limit, bs, node, pos = len(tokens) - 1, kv.block_size, kv._root, 0
+    while pos < limit:
+        if pos + bs <= limit and tuple(tokens[pos : pos + bs]) in node.full_children:
+            node, pos = node.full_children[tuple(tokens[pos : pos + bs])], pos + bs
+            continue
+        best = 0
+        for child in (*node.full_children.values(), *node.partial_children):
+            n = 0
+            while n < min(len(child.tokens), limit - pos) and child.tokens[n] == tokens[pos + n]:
+                n += 1
+            best = max(best, n)
+        return pos + best
+    return pos
+
+
+def _check_index(kv: KVCacheManager) -> None:
+    """Every registered block's ``by_first`` holds exactly its children that hold tokens."""
+    stack = [kv._root]
+    while stack:
+        node = stack.pop()
+        kids = [*node.full_children.values(), *node.partial_children]
+        want: dict[int, set] = {}
+        for c in kids:
+            if c.tokens:
+                want.setdefault(c.tokens[0], set()).add(c)
+        assert node.by_first == want
+        stack.extend(kids)
+
+
+def test_the_lookup_finds_what_a_scan_of_every_child_finds():
+    """Random prompts over three token ids (prefixes shared and first tokens colliding all
+    the time) admitted in groups, committed part by part, freed, evicted (a small cache),
+    twins included: each lookup matches as many tokens as a scan of every cached child, and
+    the first-token index stays exact."""
+    import random
+
+    rng = random.Random(0)
+    kv = KVCacheManager(48, 4)
+    live: list[Request] = []
+    for step in range(600):
+        op = rng.random()
+        if op < 0.45 and len(live) < 8:
+            group = [Request(f"r{step}.{i}", [rng.randrange(3) for _ in range(rng.randint(2, 14))], 1) for i in range(rng.randint(1, 2))]  # fmt: skip
+            for r in group:  # a group allocates before any of it commits: twins
+                m = kv.match_prefix(r)
+                assert m.num_tokens == _scan_match(kv, r.all_token_ids)
+                if kv.allocate(r, r.num_tokens - m.num_tokens, m):
+                    r.num_computed_tokens = m.num_tokens
+                    live.append(r)
+        elif op < 0.8 and live:
+            r = rng.choice(live)  # some of its prompt computed
+            r.num_computed_tokens = min(r.num_tokens, r.num_computed_tokens + rng.randint(1, 6))
+            kv.commit(r)
+        elif live:
+            r = live.pop(rng.randrange(len(live)))
+            kv.free(r)
+        q = [rng.randrange(3) for _ in range(rng.randint(2, 14))]
+        assert kv.match_prefix(Request("q", q, 1)).num_tokens == _scan_match(kv, q)
+        _check_index(kv)
+    for r in live:
+        kv.free(r)
+    kv.check_no_leak()

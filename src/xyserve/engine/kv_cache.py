@@ -26,6 +26,13 @@ class Block:
     registered: bool = False  # reachable from the root, so matchable
     full_children: dict[tuple[int, ...], Block] = field(default_factory=dict)
     partial_children: set[Block] = field(default_factory=set)
+    # The children (full and partial) that hold a token, by their first token: a lookup that
+    # ends inside a block scans only the children that can share a token with it, not every
+    # continuation cached under the node (thousands under a shared system prompt).
+    by_first: dict[int, set[Block]] = field(default_factory=dict)
+
+    def reset_children(self) -> None:
+        self.full_children, self.partial_children, self.by_first = {}, set(), {}
 
 
 @dataclass
@@ -102,7 +109,7 @@ class KVCacheManager:
                     continue
             best, best_len = None, 0
             rest = tokens[pos:limit]
-            for child in (*node.full_children.values(), *node.partial_children):
+            for child in node.by_first.get(rest[0], ()):
                 n = _common_prefix(child.tokens, rest)
                 if n > best_len:
                     best, best_len = child, n
@@ -169,6 +176,8 @@ class KVCacheManager:
             if self.enable_prefix_caching and parent.registered:
                 blk.registered = True
                 parent.partial_children.add(blk)
+                if blk.tokens:  # the copy-on-write block's copied tokens
+                    _index(parent, blk)
             table.append(bid)
         if match is not None:
             if self.enable_prefix_caching and not req.prompt_logits and not req.num_preemptions:
@@ -193,7 +202,10 @@ class KVCacheManager:
         tokens = req.all_token_ids
         for bi in range(start // bs, (done - 1) // bs + 1):
             blk = self.blocks[table[bi]]
+            first = not blk.tokens
             blk.tokens = tokens[bi * bs : min(done, (bi + 1) * bs)]
+            if first and blk.registered:
+                _index(blk.parent, blk)
             self._register_full(blk)
         self._committed[req.request_id] = done
 
@@ -233,6 +245,7 @@ class KVCacheManager:
             # A twin is cached already: this one stays private, and so do the blocks allocated
             # after it (registered under it, unreachable now): cached, they would only sit
             # in the LRU list, never matched, until evicted.
+            _unindex(parent, blk)
             self._unregister(blk)
         else:
             parent.full_children[key] = blk
@@ -247,7 +260,7 @@ class KVCacheManager:
             stack.extend(b.full_children.values())
             stack.extend(b.partial_children)
             b.registered = False
-            b.full_children, b.partial_children = {}, set()
+            b.reset_children()
 
     def _pop_free(self) -> int:
         if self._free:
@@ -275,9 +288,25 @@ class KVCacheManager:
             key = tuple(blk.tokens)
             if parent.full_children.get(key) is blk:
                 del parent.full_children[key]
+            _unindex(parent, blk)
         blk.tokens, blk.parent, blk.registered = [], None, False
-        blk.full_children, blk.partial_children = {}, set()
+        blk.reset_children()
         self._free.append(blk.block_id)
+
+
+def _index(parent: Block, blk: Block) -> None:
+    """``blk``, a child of ``parent`` that now holds tokens, where lookups find it."""
+    parent.by_first.setdefault(blk.tokens[0], set()).add(blk)
+
+
+def _unindex(parent: Block, blk: Block) -> None:
+    if not blk.tokens:
+        return
+    peers = parent.by_first.get(blk.tokens[0])
+    if peers is not None:
+        peers.discard(blk)
+        if not peers:
+            del parent.by_first[blk.tokens[0]]
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
