@@ -4,6 +4,7 @@ timeout. Before it, a SIGTERM waited for every open stream with no limit."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 from pathlib import Path
@@ -13,55 +14,65 @@ import pytest
 
 from xyserve.bench.serve_server import ServerProcess
 
-MAX_TOKENS = 900  # long enough to be still streaming when the signal comes
+MAX_TOKENS = 900
+# Streams sent at once to a server that runs one at a time (--max-num-seqs 1): the signal
+# comes at the first one's first token, so the last has whole streams' time still to run (a
+# single stream could end before the abort on a fast machine).
+STREAMS = 3
 
 
-def _stream_across_sigterm(srv: ServerProcess) -> tuple[int, int | None, bool]:
-    """A long completion streamed; SIGTERM sent once its first chunk is in. Returns the
-    chunks received, the final usage's completion tokens (None: no usage chunk came) and
-    whether the stream ended with [DONE]."""
+async def _stream(client: httpx.AsyncClient, url: str, signal_at_first: ServerProcess | None):
+    """One long completion streamed: (final usage's completion tokens, or None where no usage
+    chunk came; whether it ended with [DONE]). With ``signal_at_first``, SIGTERM is sent to
+    that server once this stream's first chunk is in."""
     body = {"model": "tiny", "prompt": "Once upon a time", "max_tokens": MAX_TOKENS,
             "temperature": 0, "ignore_eos": True, "stream": True,
             "stream_options": {"include_usage": True}}  # fmt: skip
-    chunks, generated, done = 0, None, False
+    generated, done = None, False
     try:
-        with httpx.stream("POST", f"{srv.base_url}/v1/completions", json=body, timeout=60) as r:
+        async with client.stream("POST", url, json=body) as r:
             assert r.status_code == 200
-            for line in r.iter_lines():
-                if not line.startswith("data: "):
-                    continue
+            async for line in r.aiter_lines():
                 if line == "data: [DONE]":
                     done = True
-                    continue
-                chunk = json.loads(line[6:])
-                if chunk["choices"]:
-                    chunks += 1
-                    if chunks == 1:
-                        srv.proc.send_signal(signal.SIGTERM)
-                else:
-                    generated = chunk["usage"]["completion_tokens"]
+                elif line.startswith("data: "):
+                    chunk = json.loads(line[6:])
+                    if chunk["choices"] and signal_at_first is not None:
+                        signal_at_first.proc.send_signal(signal.SIGTERM)
+                        signal_at_first = None
+                    elif not chunk["choices"]:
+                        generated = chunk["usage"]["completion_tokens"]
     except httpx.HTTPError:  # the connection cut
         pass
-    return chunks, generated, done
+    return generated, done
+
+
+async def _streams_across_sigterm(srv: ServerProcess) -> list[tuple[int | None, bool]]:
+    url = f"{srv.base_url}/v1/completions"
+    async with httpx.AsyncClient(timeout=60) as client:
+        first = asyncio.create_task(_stream(client, url, srv))
+        await asyncio.sleep(0.05)  # the first one admitted first
+        rest = [asyncio.create_task(_stream(client, url, None)) for _ in range(STREAMS - 1)]
+        return [await first] + [await t for t in rest]
 
 
 @pytest.mark.parametrize("timeout", [None, 120])
 def test_sigterm_aborts_or_drains_the_requests_in_flight(tiny_llama: Path, timeout):
-    args = ["--served-model-name", "tiny", "--max-model-len", "1024"]
+    args = ["--served-model-name", "tiny", "--max-model-len", "1024", "--max-num-seqs", "1"]
     if timeout is not None:
         args += ["--shutdown-timeout", str(timeout)]
     srv = ServerProcess(str(tiny_llama), engine_args=args, threads=1, startup_timeout_s=120)
     with srv:
-        chunks, generated, done = _stream_across_sigterm(srv)
+        results = asyncio.run(_streams_across_sigterm(srv))
         rc = srv.proc.wait(timeout=60)  # nothing waits forever
         log = srv.log_tail(40)
         with pytest.raises(httpx.ConnectError):  # no longer listening
             httpx.get(f"{srv.base_url}/health", timeout=5)
     assert rc in (0, -signal.SIGTERM), log
-    if timeout is None:  # aborted: the stream cut short
-        assert chunks >= 1 and (generated, done) == (None, False), (chunks, log)
-    else:  # drained: the stream whole
-        assert (generated, done) == (MAX_TOKENS, True), (chunks, log)
+    if timeout is None:  # aborted: the queued streams cut short
+        assert results[-1] == (None, False), (results, log)
+    else:  # drained: every stream whole, the queued ones included
+        assert results == [(MAX_TOKENS, True)] * STREAMS, (results, log)
 
 
 @pytest.mark.parametrize("value", ["-1", "nan", "soon"])
