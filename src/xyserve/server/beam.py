@@ -160,4 +160,4 @@ def beam_usage(outs: list[BeamSearchOutput]) -> UsageInfo:
     """Each prompt's tokens once, and every returned beam's."""
     p = sum(len(o.sequences[0].tokens) - len(o.sequences[0].output_token_ids) for o in outs)
     c = sum(len(s.output_token_ids) for o in outs for s in o.sequences)
-    return UsageInfo(prompt_tokens=p, completion_tokens=c, total_tokens=p + c)
+    return UsageInfo.of(p, c)

@@ -40,14 +40,14 @@ def chat_messages(body_messages: list[ChatMessage]) -> list[dict[str, Any]]:
             msg["tool_calls"] = [c.model_dump() for c in m.tool_calls]
         if m.tool_call_id is not None:
             msg["tool_call_id"] = m.tool_call_id
-        thinking = m.reasoning if m.reasoning is not None else m.reasoning_content
-        if thinking is not None:
-            if m.role != "assistant":
-                field = "reasoning" if m.reasoning is not None else "reasoning_content"
+        for key in ("reasoning", "reasoning_content"):  # template_messages gives both names
+            thinking = getattr(m, key)
+            if thinking is not None and m.role != "assistant":
                 raise APIError(
-                    "only assistant messages carry reasoning", param=f"messages.{i}.{field}"
+                    "only assistant messages carry reasoning", param=f"messages.{i}.{key}"
                 )
-            msg["reasoning"] = thinking
+            if thinking is not None:
+                msg[key] = thinking
         messages.append(msg)
     return template_messages(messages)
 

@@ -306,8 +306,8 @@ def _serve(ns: argparse.Namespace, config: EngineConfig) -> int:
             "off" if options.disable_log_requests else "on",
         )
         # uvicorn's graceful shutdown: the listening socket closed, then open requests given
-        # the timeout to finish before their tasks are cancelled (a cancelled stream aborts
-        # its engine request and frees its blocks); None would wait for them without end
+        # the timeout to finish before their tasks are cancelled; None would wait for them
+        # without end
         limit = ns.shutdown_timeout
         config = uvicorn.Config(app, log_level=ns.log_level, timeout_graceful_shutdown=limit)
         server = uvicorn.Server(config)

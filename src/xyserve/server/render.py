@@ -35,17 +35,14 @@ def usage(outs: list[RequestOutput | None], generated: bool = True) -> UsageInfo
     ``max_tokens`` 0), so none is counted."""
     p = sum(len(o.prompt_token_ids) for o in outs if o is not None)
     c = sum(len(x.token_ids) for o in outs if o is not None for x in o.outputs) if generated else 0
-    return UsageInfo(prompt_tokens=p, completion_tokens=c, total_tokens=p + c)
+    return UsageInfo.of(p, c)
 
 
 def choice_usage(prompt_tokens: int, st: ChoiceState) -> UsageInfo:
     """A streamed chunk's usage with ``continuous_usage_stats``, as vLLM gives it: its
     choice's prompt and the tokens that choice has generated so far (the final usage chunk
     sums every choice's, :func:`usage`)."""
-    c = st.num_tokens
-    return UsageInfo(
-        prompt_tokens=prompt_tokens, completion_tokens=c, total_tokens=prompt_tokens + c
-    )
+    return UsageInfo.of(prompt_tokens, st.num_tokens)
 
 
 def _token_str(tid: int, lp: Logprob | None, as_ids: bool = False) -> str:
