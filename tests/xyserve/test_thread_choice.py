@@ -51,55 +51,63 @@ def test_one_count_never_explores():
         ThreadChoice((1, 2), first=3)
 
 
-# One process's fused calls over the tiny model (float32) at the given thread counts ("1" or
-# "1,2"): logits of 1, 5 and 9 rows, their bytes as hex, one line per (rows, count). (A
-# bfloat16 engine's AMX passes are picked the same way, one compilation for every count, and
-# would double the test's compile time.)
-FUSED_CALLS = """
-import sys
+def _fused_logits(model_dir: Path, counts: tuple[int, ...]) -> dict[tuple[int, int], bytes]:
+    """The fused call's logits over ``model_dir`` (float32) for 1, 5 and 9 rows at each thread
+    count in ``counts``: their bytes, keyed by (rows, count)."""
+    import numpy as np
+    import torch
 
-import numpy as np
-import torch
+    from xyserve.kernels.cpu import fused_forward as ff
+    from xyserve.model.loader import load_model
+    from xyserve.spec.draft_forward import pack_model
 
-from xyserve.kernels.cpu import fused_forward as ff
-from xyserve.model.loader import load_model
-from xyserve.spec.draft_forward import pack_model
-
-path, counts = sys.argv[1], [int(n) for n in sys.argv[2].split(",")]
-w = pack_model(load_model(path, torch.device("cpu"), torch.float32))
-ctx, bs = 40, 16
-nblk = (ctx + 16) // bs + 1
-k, v = ff.new_cache(w, nblk, bs, np.float32)
-rng = np.random.default_rng(0)
-k[:] = rng.standard_normal(k.shape).astype(np.float32) * 0.1
-v[:] = rng.standard_normal(v.shape).astype(np.float32) * 0.1
-for r in (1, 5, 9):
-    pos = np.arange(ctx, ctx + r, dtype=np.int64)
-    rows = ff.Rows(
-        ids=np.arange(r, dtype=np.int64) + 5, pos=pos, slots=pos.copy(),
-        table_of=np.zeros(r, np.int64), tables=np.arange(nblk, dtype=np.int64)[None],
-        ctx_len=pos + 1, extra_off=np.zeros(r + 1, np.int64),
-        extra_slots=np.zeros(0, np.int64), out_rows=np.arange(r, dtype=np.int64),
-    )
-    for n in counts:
-        logits = ff.forward(w, k.copy(), v.copy(), rows, True, n)[0]
-        print(r, n, logits.tobytes().hex())
-"""
+    w = pack_model(load_model(model_dir, torch.device("cpu"), torch.float32))
+    ctx, bs = 40, 16
+    nblk = (ctx + 16) // bs + 1
+    k, v = ff.new_cache(w, nblk, bs, np.float32)
+    rng = np.random.default_rng(0)
+    k[:] = rng.standard_normal(k.shape).astype(np.float32) * 0.1
+    v[:] = rng.standard_normal(v.shape).astype(np.float32) * 0.1
+    out = {}
+    for r in (1, 5, 9):
+        pos = np.arange(ctx, ctx + r, dtype=np.int64)
+        rows = ff.Rows(
+            ids=np.arange(r, dtype=np.int64) + 5, pos=pos, slots=pos.copy(),
+            table_of=np.zeros(r, np.int64), tables=np.arange(nblk, dtype=np.int64)[None],
+            ctx_len=pos + 1, extra_off=np.zeros(r + 1, np.int64),
+            extra_slots=np.zeros(0, np.int64), out_rows=np.arange(r, dtype=np.int64),
+        )  # fmt: skip
+        for n in counts:
+            out[r, n] = ff.forward(w, k.copy(), v.copy(), rows, True, n)[0].tobytes()
+    return out
 
 
-def test_the_fused_call_gives_the_same_bits_on_any_thread_count(tiny_llama: Path, tmp_path):
+def test_the_fused_call_gives_the_same_bits_on_any_thread_count(tiny_llama: Path, monkeypatch):
     """The engine switches the fused call's thread count call by call, so the count must not
-    change a bit of the logits. It did once the calls ran two compilations (serial on one
-    thread, parallel on more): a process that loads one from numba's cache and compiles the
-    other with cached callees got logits apart by ~1e-6 (CI saw it under pytest-xdist, whose
-    workers share the cache). So the state is made here: a first process fills a private
-    cache with one-thread calls, a second compares one and two threads."""
-    from numba_processes import run_script
+    change a bit of the logits. Two compilations of the call need not agree to the bit:
+    numba's LLVM optimizes each with the callees it links, and a callee loaded from numba's
+    cache optimizes otherwise than one compiled in the process (CI, whose xdist workers share
+    the cache, once saw one-thread calls on the serial compilation give logits ~1e-6 apart
+    from two-thread calls on the parallel one). So every count must run the one parallel
+    compilation, which a spy checks here: a parallel call that reaches a serial compilation
+    fails. On that one compilation, one and two threads must then give the same bits (the
+    linear layers split their columns across the threads, never a sum)."""
+    from xyserve.kernels.cpu import fused_forward as ff
 
-    run_script(tmp_path, FUSED_CALLS, str(tiny_llama), "1")
-    out = run_script(tmp_path, FUSED_CALLS, str(tiny_llama), "1,2")  # loads what that cached
-    lines = [line.split() for line in out.splitlines() if line]
-    assert len(lines) == 3 * 2
-    for one, two in zip(lines[::2], lines[1::2]):
-        assert one[0] == two[0] and (one[1], two[1]) == ("1", "2")
-        assert one[2] == two[2], f"{one[0]} rows: one and two threads differ"
+    counts: list[int] = []
+    parallel = ff._parallel
+
+    def spy(*args):
+        counts.append(args[-1])
+        return parallel(*args)
+
+    def serial(*args):
+        raise AssertionError("a parallel call ran the serial compilation")
+
+    monkeypatch.setattr(ff, "_parallel", spy)
+    for name in ("_serial", "_serial_amx", "_parallel_amx"):
+        monkeypatch.setattr(ff, name, serial)
+    logits = _fused_logits(tiny_llama, (1, 2))
+    assert counts == [1, 2] * 3
+    for r in (1, 5, 9):
+        assert logits[r, 1] == logits[r, 2], f"{r} rows: one and two threads differ"
