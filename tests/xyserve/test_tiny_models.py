@@ -421,3 +421,54 @@ def test_train_tiny_resume_target(tmp_path):
     ids = tok("def f(x):", return_tensors="pt").input_ids
     with torch.no_grad():
         assert model(ids).logits.shape == (1, ids.shape[1], len(tok))
+
+
+def test_train_tiny_distill_draft(tmp_path):
+    """--distill-draft continues a draft against its target: the tokenizer files are copied,
+    the weights move, the card lists both phases and the distillation, and the flags that
+    only this mode reads are refused without it."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert train_tiny.main([*TINY_ARGS, "--out", str(first)]) == 0
+    src = first / "xy-tiny-draft"
+    args = [*TINY_ARGS, "--draft-steps", "3", "--distill-alpha", "0.5", "--greedy-prompts", "5"]
+    assert train_tiny.main([*args, "--distill-draft", str(src), "--out", str(second)]) == 0
+    d = second / "xy-tiny-draft"
+    assert sorted(p.name for p in second.iterdir()) == ["xy-tiny-draft"]
+    for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        assert (d / f).read_bytes() == (src / f).read_bytes(), f
+    assert _safetensors_dtypes(d / "model.safetensors") == {"torch.bfloat16"}
+    phases = json.loads((d / "training.json").read_text())["phases"]
+    assert [p["steps"] for p in phases] == [3, 3]
+    card = (d / "README.md").read_text()
+    assert "| 1 | 3 |" in card and "| 2 | 3 |" in card and "top-1 agreement" in card
+    assert "0.5 x KL(target || draft) + 0.5 x CE against the target's greedy token" in card
+    assert "greedy continuations of 5 train prefixes" in card
+    model, _ = _load(d)
+    old, _ = _load(src)
+    assert any((a != b).any() for a, b in zip(model.parameters(), old.parameters()))
+    for bad in (["--greedy-share", "0.3"], ["--teacher", str(src)]):
+        with pytest.raises(SystemExit):
+            train_tiny.parse_args([*TINY_ARGS, *bad])
+    with pytest.raises(SystemExit):
+        train_tiny.parse_args([*TINY_ARGS, "--distill-draft", str(src), "--greedy-share", "2"])
+
+
+def test_greedy_pool_rows_are_the_models_greedy_continuations():
+    """Each row of the pool is a train prefix, then at every later position the model's argmax
+    over the tokens before it, EOS left out (it never ends a row early)."""
+    import numpy as np
+    import torch
+
+    from xyserve.tools.train_tiny.data import greedy_pool
+    from xyserve.tools.train_tiny.train import Size, make_model
+
+    model = make_model(Size(16, 1, 1, 32), 40, 64, eos_id=0, seed=1).eval()
+    stream = np.arange(200, dtype=np.int64) % 37 + 1
+    pool = greedy_pool(model, stream, 3, 11, seed=5, batch=2)
+    assert pool.shape == (3, 12)
+    for row in pool:
+        assert (np.diff(row[:6].numpy()) % 37 == 1).all()  # a window of the stream
+        with torch.no_grad():
+            logits = model(input_ids=row[None, :-1]).logits[0]
+        logits[:, 0] = -torch.inf  # EOS
+        assert row[6:].tolist() == logits[5:].argmax(-1).tolist()

@@ -25,6 +25,16 @@ byte for byte, skips draft training, runs a fresh warm-up + cosine schedule for 
 agreement (draft from ``--resume-draft``, default: DIR's sibling ``--draft-name``) on the same
 held-out windows as a fresh run. The card lists every training phase (kept in ``training.json``).
 
+Continuing the bundled draft against its target (distillation)::
+
+    python -m xyserve.tools.train_tiny --distill-draft src/xyserve/models/xy-tiny-draft \\
+        --out /tmp/distilled --distill-alpha 0.5 --draft-max-minutes 30 --threads 1
+
+``--distill-draft DIR`` trains DIR's weights one more phase against the target (``--teacher``,
+default DIR's sibling ``--target-name``): a KL to the target's logits plus a cross-entropy
+against its greedy token, on train windows and on the target's own greedy continuations
+(``--greedy-share``, ``--greedy-prompts``). See ``distill``.
+
 Modules, in the order a run uses them:
 
 - ``corpus``: the stdlib sources and their train / held-out split;
@@ -33,7 +43,7 @@ Modules, in the order a run uses them:
 - ``train``: model construction, the training loop, evaluation, agreement, greedy sampling;
 - ``run``: those steps with the command line's settings, as every model of a run goes through;
 - ``draft``: training the draft, in this process or a forked one (``--parallel``);
-- ``pair`` (a fresh run) and ``resume`` (``--resume-target``);
+- ``pair`` (a fresh run), ``resume`` (``--resume-target``) and ``distill`` (``--distill-draft``);
 - ``card`` (+ ``model_card.md.jinja``) and ``model_dir``: the card and the atomic directory writer;
 - ``cli``: the flags and ``main``.
 """

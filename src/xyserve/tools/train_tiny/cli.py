@@ -12,6 +12,7 @@ import random
 import sys
 import time
 
+from .distill import distill_draft
 from .pair import train_pair
 from .resume import resume_target
 
@@ -84,6 +85,36 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="draft evaluated with --resume-target (default: DIR's sibling --draft-name)",
     )
+    p.add_argument(
+        "--distill-draft",
+        metavar="DIR",
+        default=None,
+        help="continue training the draft model directory DIR against its target (--teacher): "
+        "--distill-alpha x KL(target || draft) + the rest x CE against the target's greedy "
+        "token, on train windows and (--greedy-share) the target's greedy continuations; a fresh "
+        "warm-up + cosine schedule for --draft-steps / --draft-max-minutes at --draft-lr; writes "
+        "--out/--draft-name with a card listing every phase",
+    )
+    p.add_argument(
+        "--teacher",
+        metavar="DIR",
+        default=None,
+        help="the target --distill-draft learns from (default: DIR's sibling --target-name)",
+    )
+    p.add_argument(
+        "--greedy-share",
+        type=float,
+        default=0.5,
+        help="with --distill-draft: the share of batches drawn from the target's greedy "
+        "continuations of train prefixes instead of train windows (default: %(default)s)",
+    )
+    p.add_argument(
+        "--greedy-prompts",
+        type=int,
+        default=3000,
+        help="with --distill-draft: how many greedy continuations to generate (default: "
+        "%(default)s)",
+    )
     p.add_argument("--log-every", type=int, default=20)
     p.add_argument("--no-progress", action="store_true")
 
@@ -104,7 +135,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--heldout-pct must be in [0, 100), got {args.heldout_pct}")
     if not 0.0 <= args.distill_alpha <= 1.0:
         p.error(f"--distill-alpha must be in [0, 1], got {args.distill_alpha}")
+    if not 0.0 <= args.greedy_share <= 1.0:
+        p.error(f"--greedy-share must be in [0, 1], got {args.greedy_share}")
+    if args.distill_draft and args.resume_target:
+        p.error("--distill-draft and --resume-target are two runs: give one")
+    given = [
+        f for f in ("--teacher", "--greedy-share", "--greedy-prompts") if f in argv_flags(argv)
+    ]
+    if given and not args.distill_draft:  # else accepted and ignored
+        p.error(f"{', '.join(given)}: for --distill-draft only")
     return args
+
+
+def argv_flags(argv: list[str] | None) -> set[str]:
+    """The flags given on the command line (``--flag`` and ``--flag=value`` alike)."""
+    return {a.split("=", 1)[0] for a in (sys.argv[1:] if argv is None else argv) if a[:2] == "--"}
 
 
 # Each flag's smallest sensible value: a negative step count trained without end (its schedule
@@ -113,7 +158,7 @@ _COUNTS = (
     "--max-files", "--vocab-size", "--seq-len", "--max-pos", "--batch-size", "--steps",
     "--draft-steps", "--hidden", "--layers", "--heads", "--intermediate", "--draft-hidden",
     "--draft-layers", "--draft-heads", "--draft-intermediate", "--threads", "--log-every",
-    "--eval-windows",
+    "--eval-windows", "--greedy-prompts",
 )  # fmt: skip
 _LOWER_BOUNDS: dict[str, float] = {
     **dict.fromkeys(_COUNTS, 1),
@@ -147,4 +192,6 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.time()
     if args.resume_target:
         return resume_target(args, t_start)
+    if args.distill_draft:
+        return distill_draft(args, t_start)
     return train_pair(args, t_start)

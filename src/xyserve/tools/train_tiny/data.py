@@ -48,6 +48,57 @@ def random_windows(stream, seq_len: int, n: int, gen):
     return torch.from_numpy(np.stack([stream[s : s + seq_len + 1] for s in starts]))
 
 
+@dataclass
+class Batches:
+    """Training batches of ``batch_size`` rows of ``seq_len + 1`` tokens: random windows of
+    ``stream`` and, for a share ``pool_share`` of the batches, random rows of ``pool`` (whole
+    sequences of that length, e.g. a target's greedy continuations). Without a pool the draws
+    are those of ``random_windows`` alone, so earlier runs reproduce."""
+
+    stream: object  # int64 numpy array
+    seq_len: int
+    batch_size: int
+    pool: object = None  # (n, seq_len + 1) int64 tensor
+    pool_share: float = 0.0
+
+    @property
+    def batch_tokens(self) -> int:
+        return self.batch_size * self.seq_len
+
+    def draw(self, gen):
+        import torch
+
+        if self.pool is not None and torch.rand(1, generator=gen).item() < self.pool_share:
+            return self.pool[torch.randint(0, len(self.pool), (self.batch_size,), generator=gen)]
+        return random_windows(self.stream, self.seq_len, self.batch_size, gen)
+
+
+def greedy_pool(model, stream, n: int, seq_len: int, seed: int, batch: int = 64):
+    """``n`` sequences of ``seq_len + 1`` tokens: a prefix of the train ``stream`` at a random
+    start (its first half), then ``model``'s greedy continuation to the full length: the
+    text a draft reads when it speculates for greedy decoding with ``model``. Each
+    continuation token is ``model``'s argmax there, EOS left out so that every row is full."""
+    import torch
+    from tqdm import tqdm
+
+    prefix = (seq_len + 1) // 2
+    gen = torch.Generator().manual_seed(seed)
+    prefixes = random_windows(stream, prefix - 1, n, gen)  # windows of ``prefix`` tokens
+    out = []
+    for i in tqdm(range(0, n, batch), desc="greedy continuations", mininterval=2.0):
+        x = prefixes[i : i + batch]
+        with torch.no_grad():
+            y = model.generate(
+                input_ids=x,
+                attention_mask=torch.ones_like(x),
+                max_new_tokens=seq_len + 1 - prefix,
+                min_new_tokens=seq_len + 1 - prefix,
+                do_sample=False,
+            )
+        out.append(y)
+    return torch.cat(out)
+
+
 def heldout_batches(stream, seq_len: int, batch_size: int, max_windows: int):
     """Deterministic non-overlapping held-out windows."""
     import numpy as np

@@ -23,7 +23,7 @@ from .train import evaluate, model_facts, n_params, top1_agreement
 log = logging.getLogger("xyserve.train_tiny")
 
 
-def _load_pair(src: Path, draft_dir: Path):
+def load_pair(src: Path, draft_dir: Path):
     """The target and draft (float32, eval mode) and their shared tokenizer."""
     import torch
     from tokenizers import Tokenizer
@@ -34,8 +34,24 @@ def _load_pair(src: Path, draft_dir: Path):
     return target, draft, Tokenizer.from_file(str(src / "tokenizer.json"))
 
 
-def _new_phase(
-    args: argparse.Namespace, data: TrainingData, stats: dict, heldout_loss: float
+def open_phase(args: argparse.Namespace, target_dir: Path, draft_dir: Path, trained: Path):
+    """The pair loaded for one more phase of ``trained`` (``target_dir`` or ``draft_dir``),
+    which must share the tokenizer: (its earlier phases, the last one's held-out loss measured
+    here on the run's held-out windows; target; draft; tokenizer; the run's data)."""
+    if (draft_dir / "tokenizer.json").read_bytes() != (target_dir / "tokenizer.json").read_bytes():
+        raise ValueError(f"{draft_dir} and {target_dir} do not share a tokenizer")
+    phases = previous_phases(trained)
+    target, draft, tok = load_pair(target_dir, draft_dir)
+    model = target if trained == target_dir else draft
+    data = prepare_data(args, tok, model.config.max_position_embeddings)
+    if data.common["vocab_size"] != model.config.vocab_size:
+        raise ValueError(f"{trained}: tokenizer and model vocab sizes differ")
+    phases[-1]["heldout_loss"] = evaluate(model, data.eval_batches)  # same weights, measured here
+    return phases, target, draft, tok, data
+
+
+def new_phase(
+    args: argparse.Namespace, data: TrainingData, stats: dict, heldout_loss: float, lr: float
 ) -> dict:
     """The record of the phase just trained, as kept in ``training.json``."""
     return {
@@ -43,9 +59,20 @@ def _new_phase(
         "tokens": stats["steps"] * args.batch_size * data.seq_len,
         "minutes": round(stats["seconds"] / 60, 2),
         "threads": data.common["threads"],
-        "lr": args.lr,
+        "lr": lr,
         "heldout_loss": heldout_loss,
         "time_bound": stats["time_bound"],
+    }
+
+
+def phase_totals(phases: list[dict]) -> dict:
+    """The card's training facts of a model trained in ``phases``: totals over all of them."""
+    return {
+        "steps": sum(p["steps"] for p in phases),
+        "tokens_seen": sum(p["tokens"] for p in phases),
+        "seconds": 60 * sum(p["minutes"] for p in phases),
+        "time_bound": any(p.get("time_bound") for p in phases),
+        "lr": " then ".join(f"{p['lr']}" for p in phases),
     }
 
 
@@ -62,11 +89,7 @@ def _resumed_info(data: TrainingData, stats: dict, target, phases: list[dict], *
         "role": "Target model of xyserve's bundled tiny pair (default model); its speculative "
         f"draft is `{facts['draft_name']}`. Draft held-out loss: {d_loss:.4f}.",
         **model_facts(target),
-        "steps": sum(p["steps"] for p in phases),
-        "tokens_seen": sum(p["tokens"] for p in phases),
-        "seconds": 60 * sum(p["minutes"] for p in phases),
-        "time_bound": any(p.get("time_bound") for p in phases),
-        "lr": " then ".join(f"{p['lr']}" for p in phases),
+        **phase_totals(phases),
         "heldout_loss": t_loss,
         "agreement": facts["agreement"],
         "sample": facts["sample"],
@@ -84,14 +107,7 @@ def resume_target(args: argparse.Namespace, t_start: float) -> int:
     """Train the target ``--resume-target`` for one more phase and write it to ``--out``."""
     src = Path(args.resume_target)
     draft_dir = Path(args.resume_draft) if args.resume_draft else src.parent / args.draft_name
-    if (draft_dir / "tokenizer.json").read_bytes() != (src / "tokenizer.json").read_bytes():
-        raise ValueError(f"{draft_dir} does not share {src}'s tokenizer")
-    phases = previous_phases(src)
-    target, draft, tok = _load_pair(src, draft_dir)
-    data = prepare_data(args, tok, target.config.max_position_embeddings)
-    if data.common["vocab_size"] != target.config.vocab_size:
-        raise ValueError(f"{src}: tokenizer and model vocab sizes differ")
-    phases[-1]["heldout_loss"] = evaluate(target, data.eval_batches)  # same weights, measured here
+    phases, target, draft, tok, data = open_phase(args, src, draft_dir, trained=src)
     d_loss = evaluate(draft, data.eval_batches)
     log.info(
         "resuming %s (%d params): held-out loss %.4f (draft %.4f) after %d phase(s)",
@@ -105,7 +121,7 @@ def resume_target(args: argparse.Namespace, t_start: float) -> int:
         "held-out loss %.4f (draft %.4f); agreement %.4f; sample:\n%s",
         *(t_loss, d_loss, agree, sample),
     )
-    phases.append(_new_phase(args, data, stats, t_loss))
+    phases.append(new_phase(args, data, stats, t_loss, args.lr))
     info = _resumed_info(
         data,
         stats,

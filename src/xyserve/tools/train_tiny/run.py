@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from .data import TrainingData
+from .data import Batches, TrainingData
 from .train import SAMPLE_PROMPT, bf16_roundtrip, evaluate, greedy_sample, train_model
 
 
@@ -21,19 +21,22 @@ def train_for_run(
     name: str,
     max_minutes: float | None,
     teacher=None,
+    pool=None,
+    hard_labels: str = "data",
 ) -> dict:
-    """``train_model`` on the run's train stream with its batch shape, logging and progress bar."""
+    """``train_model`` on the run's train stream (and ``pool``'s rows for ``--greedy-share`` of
+    the batches) with its batch shape, logging and progress bar."""
+    share = args.greedy_share if pool is not None else 0.0
     return train_model(
         model,
-        data.train_stream,
+        Batches(data.train_stream, data.seq_len, args.batch_size, pool, share),
         steps=steps,
-        seq_len=data.seq_len,
-        batch_size=args.batch_size,
         lr=lr,
         seed=seed,
         name=name,
         teacher=teacher,
         distill_alpha=args.distill_alpha,
+        hard_labels=hard_labels,
         log_every=args.log_every,
         progress=not args.no_progress,
         max_seconds=max_minutes * 60 if max_minutes else None,

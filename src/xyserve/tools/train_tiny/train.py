@@ -12,7 +12,7 @@ import math
 import time
 from dataclasses import dataclass, field
 
-from .data import random_windows
+from .data import Batches
 
 log = logging.getLogger("xyserve.train_tiny")
 
@@ -127,32 +127,37 @@ def _optimizer(model, lr: float):
     )
 
 
-def _loss(model, batch, teacher, distill_alpha: float):
-    """(training loss, next-token CE); with a teacher the loss mixes in KL(teacher || model)."""
+def _loss(model, batch, teacher, distill_alpha: float, hard_labels: str = "data"):
+    """(training loss, next-token CE against the data). With a teacher the loss is
+    ``distill_alpha`` x KL(teacher || model) + the rest x a CE against the data's next token
+    (``hard_labels="data"``) or against the teacher's greedy token (``"teacher"``: what greedy
+    speculative decoding accepts of a draft)."""
     import torch
     import torch.nn.functional as F
 
     x, y = batch[:, :-1], batch[:, 1:]
     logits = model(input_ids=x).logits.float()
-    ce = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
+    flat = logits.reshape(-1, logits.size(-1))
+    ce = F.cross_entropy(flat, y.reshape(-1))
     if teacher is None:
         return ce, ce
     with torch.no_grad():
         t_logits = teacher(input_ids=x).logits.float()
     kl = F.kl_div(
-        F.log_softmax(logits, -1).reshape(-1, logits.size(-1)),
+        F.log_softmax(flat, -1),
         F.log_softmax(t_logits, -1).reshape(-1, logits.size(-1)),
         log_target=True,
         reduction="batchmean",
     )
-    return (1 - distill_alpha) * ce + distill_alpha * kl, ce
+    hard = ce if hard_labels == "data" else F.cross_entropy(flat, t_logits.argmax(-1).reshape(-1))
+    return (1 - distill_alpha) * hard + distill_alpha * kl, ce
 
 
-def _optimise(model, opt, batch, teacher, distill_alpha: float) -> float:
+def _optimise(model, opt, batch, teacher, distill_alpha: float, hard_labels: str) -> float:
     """One optimiser step on ``batch`` (gradient norm clipped to 1); returns its next-token CE."""
     import torch
 
-    loss, ce = _loss(model, batch, teacher, distill_alpha)
+    loss, ce = _loss(model, batch, teacher, distill_alpha, hard_labels)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -162,21 +167,20 @@ def _optimise(model, opt, batch, teacher, distill_alpha: float) -> float:
 
 def train_model(
     model,
-    stream,
+    batches: Batches,
     *,
     steps: int,
-    seq_len: int,
-    batch_size: int,
     lr: float,
     seed: int,
     name: str,
     teacher=None,
     distill_alpha: float = 0.5,
+    hard_labels: str = "data",
     log_every: int = 10,
     progress: bool = True,
     max_seconds: float | None = None,
 ) -> dict:
-    """AdamW + linear warmup + cosine decay on random windows of ``stream``."""
+    """AdamW + linear warmup + cosine decay on batches drawn from ``batches``."""
     import torch
     from tqdm import tqdm
 
@@ -196,15 +200,13 @@ def train_model(
             break
         for g in opt.param_groups:
             g["lr"] = step_lr
-        ce_v = _optimise(
-            model, opt, random_windows(stream, seq_len, batch_size, gen), teacher, distill_alpha
-        )
+        ce_v = _optimise(model, opt, batches.draw(gen), teacher, distill_alpha, hard_labels)
         done = step + 1
         ema = ce_v if ema is None else 0.95 * ema + 0.05 * ce_v
         bar.set_postfix(loss=f"{ema:.3f}")
         if step % log_every == 0 or step == steps - 1:
             el = time.time() - sched.t0
-            tps = (step + 1) * batch_size * seq_len / max(el, 1e-9)
+            tps = (step + 1) * batches.batch_tokens / max(el, 1e-9)
             log.info(
                 "%s step %d/%d ce %.4f (ema %.4f) lr %.2e  %.0f tok/s  %.0fs",
                 *(name, step + 1, steps, ce_v, ema, opt.param_groups[0]["lr"], tps, el),
