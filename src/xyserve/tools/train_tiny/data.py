@@ -73,7 +73,9 @@ class Batches:
         return random_windows(self.stream, self.seq_len, self.batch_size, gen)
 
 
-def greedy_pool(model, stream, n: int, seq_len: int, seed: int, batch: int = 64):
+def greedy_pool(
+    model, stream, n: int, seq_len: int, seed: int, batch: int = 64, progress: bool = True
+):
     """``n`` sequences of ``seq_len + 1`` tokens: a prefix of the train ``stream`` at a random
     start (its first half), then ``model``'s greedy continuation to the full length: the
     text a draft reads when it speculates for greedy decoding with ``model``. Each
@@ -85,7 +87,9 @@ def greedy_pool(model, stream, n: int, seq_len: int, seed: int, batch: int = 64)
     gen = torch.Generator().manual_seed(seed)
     prefixes = random_windows(stream, prefix - 1, n, gen)  # windows of ``prefix`` tokens
     out = []
-    for i in tqdm(range(0, n, batch), desc="greedy continuations", mininterval=2.0):
+    for i in tqdm(
+        range(0, n, batch), desc="greedy continuations", mininterval=2.0, disable=not progress
+    ):
         x = prefixes[i : i + batch]
         with torch.no_grad():
             y = model.generate(

@@ -59,7 +59,10 @@ def distill_draft(args: argparse.Namespace, t_start: float) -> int:
     seed = args.seed + 2 + 1000 * len(phases)  # windows apart from earlier phases'
     pool = None
     if args.greedy_share > 0:
-        pool = greedy_pool(target, data.train_stream, args.greedy_prompts, data.seq_len, seed)
+        pool = greedy_pool(
+            target, data.train_stream, args.greedy_prompts, data.seq_len, seed,
+            progress=not args.no_progress,
+        )  # fmt: skip
     stats = train_for_run(
         draft,
         data,
