@@ -12,7 +12,7 @@ from xyserve.config import EngineConfig
 from xyserve.engine.request import Request
 from xyserve.engine.sampler import SampleRow
 from xyserve.spec.config import SpeculativeConfig
-from xyserve.spec.decoder import CONTINUE_PRIOR, MIN_FIT_STEPS, SpecDecoder
+from xyserve.spec.decoder import CONTINUE_PRIOR, MIN_FIT_STEPS, PRIOR_ACCEPTANCE, SpecDecoder
 from xyserve.spec.ngram import NgramProposer, propose_ngram
 from xyserve.spec.verify import verify_tokens
 
@@ -454,6 +454,33 @@ def test_chains_after_a_whole_accept_and_after_a_rejection_are_counted_apart():
     assert not dec.in_run["a"]
     dec.verify("a", _chain_logits([3, 4]), [3], greedy, [], tree_parents=[-1])
     assert not dec.in_run["a"]
+
+
+def test_a_new_request_starts_from_the_engines_first_proposal_acceptance():
+    """A request of a few dozen tokens verifies too few chains for its own estimate to move far
+    from where it starts: it starts from the share of first proposals the engine has seen
+    accepted (over every request, smoothed toward PRIOR_ACCEPTANCE), not from 1 in 2."""
+    dec = SpecDecoder(SpeculativeConfig("ngram", 4), max_model_len=1000, budget=512)
+    greedy = _row(SamplingParams(temperature=0))
+    assert dec.prior() == PRIOR_ACCEPTANCE
+    for i in range(36):  # 32 of 36 first proposals accepted, each on its own request
+        draft = [3, 4] if i % 9 else [9, 4]
+        dec.verify(f"old{i}", _chain_logits([3, 4, 5]), draft, greedy, [])
+    assert dec.prior() == pytest.approx((32 + 4 * PRIOR_ACCEPTANCE) / 40)
+    dec.verify("t", _chain_logits([3, 4]), [3], greedy, [], tree_parents=[-1])
+    assert dec.first_tries == 36  # a tree's first level is not a chain's first proposal
+    # a step-cost line of a fixed part worth half a token: the first level's bar is 2 in 3,
+    # which a fresh request clears from the engine's estimate (0.85), and not from 1 in 2
+    for size in (1, 2, 3):
+        for _ in range(MIN_FIT_STEPS):
+            dec.cost.observe(size, 0.5e-4 + 1e-4 * size)
+    assert dec._allocate(1, {"new": [1] * 4}).get("new", 0) >= 1
+    dec.first_hits = dec.first_tries = 0
+    assert dec._allocate(1, {"new": [1] * 4}) == {}
+    # its own verifies then move its estimate from the engine's
+    dec.first_hits, dec.first_tries = 32, 36
+    dec.verify("new", _chain_logits([3, 4]), [9], greedy, [])
+    assert dec.acceptance["new"] == pytest.approx(0.85 * (1 - 0.2))
 
 
 def test_allocation_shortcut_gives_what_the_full_loop_gives():

@@ -6,7 +6,8 @@ tokens of the next hybrid step, within the same token budget as prefills and dec
 engine hands each verify stage's ``k + 1`` logits rows to :meth:`SpecDecoder.verify`.
 
 Adaptive length: each request keeps an estimate ``a`` of the chance that one proposal is accepted
-(moving average of its own verifies). Proposal ``j`` of a request (0-based) is then accepted with
+(moving average of its own verifies, from the share of first proposals the engine has seen
+accepted over every request). Proposal ``j`` of a request (0-based) is then accepted with
 about ``a ** (j + 1)``. A step's cost is modelled in target-token equivalents: ``F + T`` for
 ``T`` tokens, where ``F`` (the fixed cost of a step: weights streamed once, Python overhead) is
 fitted online through the median recent step time of each size (rare stalls from other load
@@ -33,7 +34,10 @@ from xyserve.spec.ngram import NgramProposer
 from xyserve.spec.stats import SpecStats
 from xyserve.spec.verify import VerifyResult, verify_tokens
 
-PRIOR_ACCEPTANCE = 0.5  # a new request's acceptance estimate, before any verify
+PRIOR_ACCEPTANCE = 0.5  # the first proposal's acceptance before the engine has verified any
+# How many observations' weight PRIOR_ACCEPTANCE keeps in the engine-wide estimate that a new
+# request's own estimate starts from (``SpecDecoder.prior``).
+PRIOR_WEIGHT = 4.0
 EMA_WEIGHT = 0.2  # weight of one accept/reject observation in the estimate
 RECOVERY = 0.05  # per unverified proposal: how far the estimate drifts back to the prior
 DEFAULT_FIXED_COST = 32.0  # F before enough steps are timed to fit it
@@ -76,6 +80,12 @@ class SpecDecoder:
             min_steps=MIN_FIT_STEPS, refit_every=REFIT_EVERY, min_size_steps=MIN_SIZE_STEPS
         )
         self.acceptance: dict[str, float] = {}
+        # First proposals of chains verified so far, over every request, and how many were
+        # accepted: where a request starts (and, while it does not propose, drifts back to).
+        # A request of a few dozen tokens verifies too few chains for its own estimate to
+        # leave a fixed prior of 1 in 2 before it ends, whatever its proposer's acceptance.
+        self.first_tries = 0
+        self.first_hits = 0
         self.num_levels = 0  # proposer passes so far (the deepest proposal of each call)
         # Time inside the proposer's calls only: the cost of its passes. (The decoder's own
         # bookkeeping runs every step whether or not it proposes; counting it per level would
@@ -178,10 +188,11 @@ class SpecDecoder:
         keep = None
         if self.config.adaptive:  # decided before proposing: no draft pass is thrown away
             keep = self._allocate(len(decoding), {rid: levels[rid] for rid in caps})
+            prior = self.prior()
             for rid in caps:
                 if not keep.get(rid):  # not verified, so not observed: drift back to the prior
-                    a = self.acceptance.get(rid, PRIOR_ACCEPTANCE)
-                    self.acceptance[rid] = a + RECOVERY * (PRIOR_ACCEPTANCE - a)
+                    a = self.acceptance.get(rid, prior)
+                    self.acceptance[rid] = a + RECOVERY * (prior - a)
             caps = {rid: n for rid, n in keep.items() if n > 0}
         asking = [r for r in decoding if r.request_id in caps]
         for r in asking:
@@ -256,8 +267,9 @@ class SpecDecoder:
         # nodes match with 1 - (1 - a)^b <= b a): where no request's clears the bar, the loop
         # below takes nothing, after building and sorting a unit per request. The common case
         # in a large batch, run every step.
+        prior = self.prior()
         if shortcut:
-            best = max((self.acceptance.get(r, PRIOR_ACCEPTANCE) for r in levels), default=0.0)
+            best = max((self.acceptance.get(r, prior) for r in levels), default=0.0)
             if best <= emitted / cost:
                 return {}
         room = self.budget - num_decoding
@@ -272,7 +284,7 @@ class SpecDecoder:
                     continue
                 n = levels[rid][lv]
                 if lv == 0:
-                    a = self.acceptance.get(rid, PRIOR_ACCEPTANCE)
+                    a = self.acceptance.get(rid, prior)
                 else:
                     a = self.continues(lv, self.in_run.get(rid, False))
                 # b alternatives per parent (the draft's top-b): one of them matches with about
@@ -305,6 +317,12 @@ class SpecDecoder:
         if fit is None or self.num_levels == 0:
             return 0.0
         return (self.proposer_seconds / self.num_levels) / fit[1]
+
+    def prior(self) -> float:
+        """A request's acceptance estimate before its own verifies: the share of chains' first
+        proposals accepted so far over every request, smoothed toward ``PRIOR_ACCEPTANCE``."""
+        w = PRIOR_WEIGHT
+        return (self.first_hits + w * PRIOR_ACCEPTANCE) / (self.first_tries + w)
 
     def continues(self, depth: int, in_run: bool = False) -> float:
         """The chance that a proposal at ``depth`` is accepted once the one before was, for a
@@ -341,6 +359,9 @@ class SpecDecoder:
         res = verify_tokens(logits, draft, row, min_tokens_blocked, q, tree_parents, argmax)
         self.stats.record(len(draft), res.num_accepted)
         self.observe_acceptance(request_id, len(draft), res.num_accepted)
+        if tree_parents is None and draft:
+            self.first_tries += 1
+            self.first_hits += res.num_accepted > 0
         if tree_parents is None:
             run = self.in_run.get(request_id, False)
             tries, hits = self.depth_tries[run], self.depth_hits[run]
@@ -353,7 +374,7 @@ class SpecDecoder:
 
     def observe_acceptance(self, request_id: str, num_draft: int, num_accepted: int) -> None:
         """Move the request's acceptance estimate by its accepts and first reject."""
-        a = self.acceptance.get(request_id, PRIOR_ACCEPTANCE)
+        a = self.acceptance.get(request_id, self.prior())
         for i in range(min(num_draft, num_accepted + 1)):
             a += EMA_WEIGHT * ((1.0 if i < num_accepted else 0.0) - a)
         self.acceptance[request_id] = a
