@@ -446,6 +446,25 @@ def test_train_tiny_distill_draft(tmp_path):
     model, _ = _load(d)
     old, _ = _load(src)
     assert any((a != b).any() for a, b in zip(model.parameters(), old.parameters()))
+    # a third phase, on train windows alone: the card names each phase's objective
+    third = tmp_path / "third"
+    args = [
+        *args,
+        "--distill-alpha",
+        "1",
+        "--greedy-share",
+        "0",
+        "--teacher",
+        str(first / "xy-tiny"),
+    ]
+    assert train_tiny.main([*args, "--distill-draft", str(d), "--out", str(third)]) == 0
+    card = (third / "xy-tiny-draft" / "README.md").read_text()
+    assert (
+        "objective: phase 1: next-token CE; phase 2: 0.5 x KL(target || draft) + 0.5 x CE "
+        "against the target's greedy token, on train windows and, for 0.5 of the batches, the "
+        "target's greedy continuations of 5 train prefixes; phase 3: 1 x KL(target || draft) + "
+        "0 x CE against the target's greedy token, on train windows\n"
+    ) in card
     for bad in (["--greedy-share", "0.3"], ["--teacher", str(src)]):
         with pytest.raises(SystemExit):
             train_tiny.parse_args([*TINY_ARGS, *bad])

@@ -30,8 +30,8 @@ from .train import evaluate, model_facts, top1_agreement
 log = logging.getLogger("xyserve.train_tiny")
 
 
-def _objective(args: argparse.Namespace, phase: int) -> str:
-    """The card's line on how the draft's last phase was trained."""
+def _objective(args: argparse.Namespace) -> str:
+    """How this phase trains the draft, as its record in ``training.json`` keeps it."""
     a = args.distill_alpha
     data = "train windows"
     if args.greedy_share > 0:
@@ -40,8 +40,15 @@ def _objective(args: argparse.Namespace, phase: int) -> str:
             f"of {args.greedy_prompts:,} train prefixes"
         )
     return (
-        f"phase 1 next-token CE; phase {phase}: {a:g} x KL(target || draft) + {1 - a:g} x CE "
-        f"against the target's greedy token, on {data}"
+        f"{a:g} x KL(target || draft) + {1 - a:g} x CE against the target's greedy token, on {data}"
+    )
+
+
+def objectives(phases: list[dict]) -> str:
+    """The card's line on how each phase trained the model (a phase that records no objective
+    is a fresh run's: next-token CE)."""
+    return "; ".join(
+        f"phase {i}: {p.get('objective', 'next-token CE')}" for i, p in enumerate(phases, 1)
     )
 
 
@@ -79,7 +86,9 @@ def distill_draft(args: argparse.Namespace, t_start: float) -> int:
     loss, sample = finish_model(draft, data, args)
     agree = top1_agreement(draft, target, data.eval_batches)
     log.info("held-out loss %.4f; top-1 agreement %.4f (was %.4f)", loss, agree, before)
-    phases.append(new_phase(args, data, stats, loss, args.draft_lr))
+    phases.append(
+        {**new_phase(args, data, stats, loss, args.draft_lr), "objective": _objective(args)}
+    )
     t_loss = evaluate(target, data.eval_batches)
     info = {
         **data.common,
@@ -92,7 +101,7 @@ def distill_draft(args: argparse.Namespace, t_start: float) -> int:
         **phase_totals(phases),
         "heldout_loss": loss,
         "agreement": agree,
-        "distill": _objective(args, len(phases)),
+        "distill": objectives(phases),
         "sample": sample,
         "phases": phases,
     }
