@@ -465,7 +465,7 @@ def test_train_tiny_distill_draft(tmp_path):
         "target's greedy continuations of 5 train prefixes; phase 3: 1 x KL(target || draft) + "
         "0 x CE against the target's greedy token, on train windows\n"
     ) in card
-    for bad in (["--greedy-share", "0.3"], ["--teacher", str(src)]):
+    for bad in (["--greedy-share", "0.3"], ["--greedy-s", "0"], ["--teacher", str(src)]):
         with pytest.raises(SystemExit):
             train_tiny.parse_args([*TINY_ARGS, *bad])
     with pytest.raises(SystemExit):

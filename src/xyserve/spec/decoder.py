@@ -34,7 +34,7 @@ from xyserve.spec.ngram import NgramProposer
 from xyserve.spec.stats import SpecStats
 from xyserve.spec.verify import VerifyResult, verify_tokens
 
-PRIOR_ACCEPTANCE = 0.5  # the first proposal's acceptance before the engine has verified any
+PRIOR_ACCEPTANCE = 0.5  # a first proposal's acceptance before the engine has verified any
 # How many observations' weight PRIOR_ACCEPTANCE keeps in the engine-wide estimate that a new
 # request's own estimate starts from (``SpecDecoder.prior``).
 PRIOR_WEIGHT = 4.0
@@ -82,8 +82,8 @@ class SpecDecoder:
         self.acceptance: dict[str, float] = {}
         # First proposals of chains verified so far, over every request, and how many were
         # accepted: where a request starts (and, while it does not propose, drifts back to).
-        # A request of a few dozen tokens verifies too few chains for its own estimate to
-        # leave a fixed prior of 1 in 2 before it ends, whatever its proposer's acceptance.
+        # A request of a few dozen tokens verifies too few chains to move its own estimate far
+        # from where it starts, so the start is what the proposer has shown on the others.
         self.first_tries = 0
         self.first_hits = 0
         self.num_levels = 0  # proposer passes so far (the deepest proposal of each call)

@@ -19,6 +19,11 @@ from .resume import resume_target
 log = logging.getLogger("xyserve.train_tiny")
 
 
+# What --distill-draft's own flags default to; they are None when not given, so that a run of
+# another mode can refuse them.
+DISTILL_DEFAULTS = {"greedy_share": 0.5, "greedy_prompts": 3000}
+
+
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="src/xyserve/models", help="parent output directory")
     p.add_argument("--target-name", default="xy-tiny")
@@ -104,16 +109,15 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--greedy-share",
         type=float,
-        default=0.5,
         help="with --distill-draft: the share of batches drawn from the target's greedy "
-        "continuations of train prefixes instead of train windows (default: %(default)s)",
+        f"continuations of train prefixes instead of train windows (default: "
+        f"{DISTILL_DEFAULTS['greedy_share']})",
     )
     p.add_argument(
         "--greedy-prompts",
         type=int,
-        default=3000,
         help="with --distill-draft: how many greedy continuations to generate (default: "
-        "%(default)s)",
+        f"{DISTILL_DEFAULTS['greedy_prompts']})",
     )
     p.add_argument("--log-every", type=int, default=20)
     p.add_argument("--no-progress", action="store_true")
@@ -135,21 +139,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--heldout-pct must be in [0, 100), got {args.heldout_pct}")
     if not 0.0 <= args.distill_alpha <= 1.0:
         p.error(f"--distill-alpha must be in [0, 1], got {args.distill_alpha}")
-    if not 0.0 <= args.greedy_share <= 1.0:
-        p.error(f"--greedy-share must be in [0, 1], got {args.greedy_share}")
     if args.distill_draft and args.resume_target:
         p.error("--distill-draft and --resume-target are two runs: give one")
-    given = [
-        f for f in ("--teacher", "--greedy-share", "--greedy-prompts") if f in argv_flags(argv)
-    ]
+    own = ("teacher", *DISTILL_DEFAULTS)
+    given = [f"--{k.replace('_', '-')}" for k in own if getattr(args, k) is not None]
     if given and not args.distill_draft:  # else accepted and ignored
         p.error(f"{', '.join(given)}: for --distill-draft only")
+    for key, value in DISTILL_DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if not 0.0 <= args.greedy_share <= 1.0:
+        p.error(f"--greedy-share must be in [0, 1], got {args.greedy_share}")
     return args
-
-
-def argv_flags(argv: list[str] | None) -> set[str]:
-    """The flags given on the command line (``--flag`` and ``--flag=value`` alike)."""
-    return {a.split("=", 1)[0] for a in (sys.argv[1:] if argv is None else argv) if a[:2] == "--"}
 
 
 # Each flag's smallest sensible value: a negative step count trained without end (its schedule

@@ -26,10 +26,9 @@ def train_for_run(
 ) -> dict:
     """``train_model`` on the run's train stream (and ``pool``'s rows for ``--greedy-share`` of
     the batches) with its batch shape, logging and progress bar."""
-    share = args.greedy_share if pool is not None else 0.0
     return train_model(
         model,
-        Batches(data.train_stream, data.seq_len, args.batch_size, pool, share),
+        Batches(data.train_stream, data.seq_len, args.batch_size, pool, args.greedy_share),
         steps=steps,
         lr=lr,
         seed=seed,
