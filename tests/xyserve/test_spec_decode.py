@@ -483,6 +483,37 @@ def test_a_new_request_starts_from_the_engines_first_proposal_acceptance():
     assert dec.acceptance["new"] == pytest.approx(0.85 * (1 - 0.2))
 
 
+def test_a_batch_that_stopped_proposing_keeps_the_last_step_line():
+    """A large batch that declines makes steps of one size: once the other sizes leave the
+    cost model's horizon there is no line, and a few nearby sizes can fit a flat one. Either
+    used to read as "speculation pays" (a default fixed cost, or tokens for free), and every
+    request proposed at once, behind a catch-up pass over its tokens since its last proposal.
+    The last line with a positive slope decides until the steps fit one again."""
+    dec = SpecDecoder(SpeculativeConfig("ngram", 4), max_model_len=1000, budget=512)
+    for size in (1, 2, 3):  # a fixed part worth 5 tokens
+        for _ in range(MIN_FIT_STEPS):
+            dec.cost.observe(size, 5e-4 + 1e-4 * size)
+    line = dec.step_line()
+    assert line == pytest.approx((5e-4, 1e-4))
+    n = 64
+    levels = {str(i): [1] * 4 for i in range(n)}
+    dec.acceptance.update(dict.fromkeys(levels, 0.8))  # under the bar of 64 / (5 + 64)
+    assert dec._allocate(n, levels) == {}
+    for _ in range(dec.cost.horizon):  # only batch-64 steps since
+        dec.cost.observe(n, 5e-4 + 1e-4 * n)
+    assert dec.cost.line() is None and dec.step_line() == line
+    assert dec._allocate(n, levels) == {}
+    for i in range(2 * MIN_FIT_STEPS):  # nearby sizes whose noise fits a downward line
+        dec.cost.observe(n - 1 + i % 2, 6e-3 - 1e-4 * (i % 2))
+    assert dec.cost.line()[1] < 0 and dec.step_line() == line
+    assert dec._allocate(n, levels) == {}
+    # and a line with a positive slope replaces it
+    for size in (1, 2, 3):
+        for _ in range(MIN_FIT_STEPS):
+            dec.cost.observe(size, 40e-4 + 1e-4 * size)
+    assert dec.step_line() != line and dec._allocate(n, levels)
+
+
 def test_allocation_shortcut_gives_what_the_full_loop_gives():
     """``_allocate`` returns at once where no request's acceptance clears the first level's
     bar; over random batches, acceptances, trees and step costs it must decide exactly as the

@@ -11,8 +11,9 @@ accepted over every request). Proposal ``j`` of a request (0-based) is then acce
 about ``a ** (j + 1)``. A step's cost is modelled in target-token equivalents: ``F + T`` for
 ``T`` tokens, where ``F`` (the fixed cost of a step: weights streamed once, Python overhead) is
 fitted online through the median recent step time of each size (rare stalls from other load
-do not count), plus ``D`` per proposer pass (one draft level for the whole batch; measured
-proposer seconds per pass over the fitted seconds per token).
+do not count; while the recent steps fit no line, the last one fitted), plus ``D`` per
+proposer pass (one draft level for the whole batch; measured proposer seconds per pass over
+the fitted seconds per token).
 Levels are added one at a time, each request's proposal at that level in order of acceptance
 chance, while the step's expected tokens per cost improve: at batch 1 ``F`` dominates and long
 chains can pay; in a large batch only proposals likely to be accepted survive, down to none.
@@ -54,14 +55,12 @@ MIN_SIZE_STEPS = 3  # steps of a size before it is a point of the line (``min_si
 log = logging.getLogger(__name__)
 
 
-def fixed_tokens(cost: MedianStepCost) -> float:
-    """A step's fixed cost in tokens' worth (a / b of the fitted step-time line)."""
-    ab = cost.line()
-    if ab is None:  # too few steps, or all of one size: no slope to fit yet
+def fixed_tokens(line: tuple[float, float] | None) -> float:
+    """A step's fixed cost in tokens' worth (a / b of the step-time line ``line``, whose slope
+    is positive; None: none fitted yet)."""
+    if line is None:
         return DEFAULT_FIXED_COST
-    a, b = ab
-    if b <= 0:
-        return 1e3  # more tokens cost nothing measurable: the fixed part dominates
+    a, b = line
     return min(1e3, max(0.0, a / b))
 
 
@@ -79,6 +78,7 @@ class SpecDecoder:
         self.cost = MedianStepCost(
             min_steps=MIN_FIT_STEPS, refit_every=REFIT_EVERY, min_size_steps=MIN_SIZE_STEPS
         )
+        self._line: tuple[float, float] | None = None  # the last line with a positive slope
         self.acceptance: dict[str, float] = {}
         # First proposals of chains verified so far, over every request, and how many were
         # accepted: where a request starts (and, while it does not propose, drifts back to).
@@ -180,14 +180,16 @@ class SpecDecoder:
             )
             if cap >= 1 and not r.spec_token_ids:
                 caps[r.request_id] = cap
-        levels = {
-            r.request_id: self._levels(r, caps[r.request_id])
-            for r in decoding
-            if r.request_id in caps
-        }
         keep = None
         if self.config.adaptive:  # decided before proposing: no draft pass is thrown away
-            keep = self._allocate(len(decoding), {rid: levels[rid] for rid in caps})
+            keep = {}
+            if self._any_clears(len(decoding), caps):  # else the allocation takes nothing
+                levels = {
+                    r.request_id: self._levels(r, caps[r.request_id])
+                    for r in decoding
+                    if r.request_id in caps
+                }
+                keep = self._allocate(len(decoding), levels)
             prior = self.prior()
             for rid in caps:
                 if not keep.get(rid):  # not verified, so not observed: drift back to the prior
@@ -261,17 +263,11 @@ class SpecDecoder:
         costs its nodes (verify tokens) plus one proposer pass (shared by the batch).
         ``shortcut``: return at once where nothing can be taken (below; off in the test that
         checks it against the full loop)."""
+        if shortcut and not self._any_clears(num_decoding, levels):
+            return {}
         emitted = float(num_decoding)  # each decoding request emits one token anyway
-        cost = fixed_tokens(self.cost) + num_decoding
-        # A first-level unit's value per token is at most its request's acceptance (b >= 1
-        # nodes match with 1 - (1 - a)^b <= b a): where no request's clears the bar, the loop
-        # below takes nothing, after building and sorting a unit per request. The common case
-        # in a large batch, run every step.
+        cost = fixed_tokens(self.step_line()) + num_decoding
         prior = self.prior()
-        if shortcut:
-            best = max((self.acceptance.get(r, prior) for r in levels), default=0.0)
-            if best <= emitted / cost:
-                return {}
         room = self.budget - num_decoding
         level_cost = self.proposer_level_tokens()
         keep: dict[str, int] = {}
@@ -311,12 +307,37 @@ class SpecDecoder:
             alive = set(take)
         return keep
 
+    def _any_clears(self, num_decoding: int, rids) -> bool:
+        """Whether any of ``rids``' acceptance estimates clears the first level's bar (the
+        step's tokens per cost without proposals). A first-level unit's value per token is at
+        most its request's acceptance (b >= 1 nodes match with 1 - (1 - a)^b <= b a): where
+        none clears it, the allocation takes nothing. The common case in a large batch, asked
+        every step before the requests' levels are built."""
+        bar = num_decoding / (fixed_tokens(self.step_line()) + num_decoding)
+        prior = self.prior()
+        get = self.acceptance.get
+        return any(get(rid, prior) > bar for rid in rids)
+
     def proposer_level_tokens(self) -> float:
         """One proposer pass (a draft level for the whole batch) in target-token equivalents."""
-        fit = self.cost.fit()  # (a, b) with b > 0 seconds per token, or None
+        fit = self.step_line()
         if fit is None or self.num_levels == 0:
             return 0.0
         return (self.proposer_seconds / self.num_levels) / fit[1]
+
+    def step_line(self) -> tuple[float, float] | None:
+        """The step-time line (a, b), seconds and seconds per token: the current fit where it
+        has a positive slope, else the last one that had (None before any).
+
+        The recent steps of a batch that stopped proposing are all of one size (no line) or
+        of a few nearby ones (whose medians' noise can tilt the line flat). Read as "steps
+        have ``DEFAULT_FIXED_COST``" or "tokens cost nothing", either made every request
+        propose its whole chain at once, each behind a catch-up pass over every token since
+        its last proposal, until a refit said no again."""
+        ab = self.cost.line()
+        if ab is not None and ab[1] > 0:
+            self._line = (max(ab[0], 0.0), ab[1])
+        return self._line
 
     def prior(self) -> float:
         """A request's acceptance estimate before its own verifies: the share of chains' first
