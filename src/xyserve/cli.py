@@ -1,4 +1,5 @@
-"""``xyserve`` command line: serve, bench offline, bench serve, bench kernels, bench grammar, tune."""
+"""``xyserve`` command line: serve, bench offline, bench serve, bench kernels, bench grammar, tune,
+train-tiny, token-map."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ COMMANDS: dict[str, str] = {
     "bench spec": "xyserve.bench.spec:main",
     "tune": "xyserve.tools.tune:main",
     "train-tiny": "xyserve.tools.train_tiny:main",
+    "token-map": "xyserve.spec.token_map:main",
 }
 
 USAGE = (

@@ -59,6 +59,15 @@ NGRAM = {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 3}
         ),
         ({"method": "draft_model", "num_speculative_tokens": 2, "model": 5}, "model must be"),
         ({"method": "draft_model", "num_speculative_tokens": 2, "model": ""}, "model must be"),
+        ({"method": "ngram", "num_speculative_tokens": 2, "draft_token_map": False}, "takes no"),
+        (
+            {"method": "draft_model", "num_speculative_tokens": 2, "draft_token_map": True},
+            "a token map file or false",
+        ),
+        (
+            {"method": "draft_model", "num_speculative_tokens": 2, "draft_token_map": ""},
+            "a token map file or false",
+        ),
         ('{"method": ', "not valid JSON"),
         ("[1, 2]", "JSON object"),
     ],
@@ -190,9 +199,12 @@ def test_rejection_sampling_keeps_the_target_distribution(top_p):
 
         p = torch.softmax(filter_logits(logits[0].clone(), params), -1)
     q = torch.softmax(torch.randn(2, 8), -1)
+    # a draft with a token map (spec.token_map) proposes from part of the vocabulary only
+    q_mapped = q * (torch.arange(8) % 2 == 0)
+    q_mapped /= q_mapped.sum(-1, keepdim=True)
     gen = torch.Generator().manual_seed(1)
     trials = 4000
-    for draft_probs in (None, q):
+    for draft_probs in (None, q, q_mapped):
         counts = torch.zeros(8)
         accepted = 0
         for _ in range(trials):
@@ -554,6 +566,94 @@ def test_draft_vocabulary_mismatch_and_missing_draft_are_refused(tiny_llama):
         )
 
 
+def _map_file(tmp_path, **fields) -> str:
+    import json
+
+    from xyserve.spec.token_map import SCHEMA
+
+    data = {"schema": SCHEMA, "vocab_size": 4096, "token_ids": [1, 2, 3], **fields}
+    path = tmp_path / "map.json"
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "fields, words",
+    [
+        ({"vocab_size": 100}, "field 'vocab_size' is 100, but the draft has 4096"),
+        ({"token_ids": [1, 4096]}, "outside the vocabulary of 4096: \\[4096\\]"),
+        ({"token_ids": [1, 2, 1]}, "repeats ids"),
+        ({"token_ids": []}, "non-empty list"),
+        ({"token_ids": [1, "a"]}, "non-empty list"),
+        ({"schema": "xyserve.draft-token-map/9"}, "field 'schema'"),
+    ],
+)
+def test_a_bad_draft_token_map_is_refused_naming_the_file_and_field(tmp_path, fields, words):
+    from xyserve.spec.token_map import load_token_map
+
+    path = _map_file(tmp_path, **fields)
+    with pytest.raises(ValueError, match=words) as e:
+        LLM(
+            "xy-tiny",
+            speculative_config={
+                "method": "draft_model",
+                "num_speculative_tokens": 2,
+                "draft_token_map": path,
+            },
+        )
+    assert path in str(e.value)
+    with pytest.raises(ValueError, match="no such file"):
+        load_token_map(tmp_path / "missing.json", 4096)
+
+
+def test_a_token_map_on_a_draft_off_the_fused_path_is_refused(tmp_path):
+    """The map lives in the fused call's packed lm_head: given for a draft that runs through
+    the model runner (here in bfloat16), it is refused, not ignored; the draft's own map
+    file is then left unused (that is the default, not a request)."""
+    spec = {"method": "draft_model", "num_speculative_tokens": 2}
+    with pytest.raises(ValueError, match="needs the fused draft forward"):
+        LLM(
+            "xy-tiny",
+            dtype="bfloat16",
+            speculative_config={**spec, "draft_token_map": _map_file(tmp_path)},
+        )
+    llm = LLM("xy-tiny", dtype="bfloat16", speculative_config=spec)
+    assert llm.llm_engine.spec.proposer.fused is None
+
+
+def test_token_map_command_keeps_the_most_frequent_tokens(tmp_path):
+    import json
+
+    from tokenizers import Tokenizer
+
+    from xyserve.cli import main
+    from xyserve.models import DEFAULT_DRAFT_MODEL, resolve_model
+    from xyserve.spec.token_map import SCHEMA, load_token_map
+
+    draft = resolve_model(DEFAULT_DRAFT_MODEL)
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    (texts / "a.py").write_text("def f(x):\n    return x + x\n" * 30)
+    (texts / "b.txt").write_text("import os\n" * 50)
+    (texts / "c.py").write_text("while True:\n    pass\n" * 5)
+    out = tmp_path / "map.json"
+    args = ["--model", str(draft), "--text", str(texts), "--pattern", "*.py", "--size", "6"]
+    assert main(["token-map", *args, "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["schema"] == SCHEMA and data["vocab_size"] == 4096
+    tok = Tokenizer.from_file(str(draft / "tokenizer.json"))
+    counts: dict[int, int] = {}
+    for name in ("a.py", "c.py"):  # b.txt does not match the pattern
+        for t in tok.encode((texts / name).read_text()).ids:
+            counts[t] = counts.get(t, 0) + 1
+    want = sorted(counts, key=lambda t: (-counts[t], t))[:6]
+    assert data["token_ids"] == want
+    assert load_token_map(out, 4096).tolist() == want
+    with pytest.raises(SystemExit) as e:
+        main(["token-map", "--model", str(draft), "--text", str(texts), "--size", "0"])
+    assert e.value.code == 2
+
+
 @pytest.mark.parametrize(
     "bad,good,words",
     [
@@ -650,9 +750,17 @@ def test_an_abort_frees_the_drafts_blocks_at_once(tiny_llama):
     assert not proposer.shadows and not eng.spec.acceptance
 
 
-def test_bundled_pair_greedy_identity():
-    """xy-tiny with its bundled draft (the default), as a chain and as a tree: the same greedy
-    text in fewer steps."""
+def test_bundled_pair_greedy_identity(tmp_path):
+    """xy-tiny with its bundled draft (the default), as a chain and as a tree, and with a token
+    map of 64 tokens (most target tokens outside it): the same greedy text in fewer steps."""
+    import json
+
+    from xyserve.models import DEFAULT_DRAFT_MODEL, resolve_model
+    from xyserve.spec.token_map import FILE_NAME
+
+    bundled = json.loads((resolve_model(DEFAULT_DRAFT_MODEL) / FILE_NAME).read_text())
+    small = tmp_path / "map.json"
+    small.write_text(json.dumps({**bundled, "token_ids": bundled["token_ids"][:64]}))
     prompts = ["def fibonacci(n):\n    ", "import os\nimport sys\n\n\ndef main():\n"]
     params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
     base = LLM("xy-tiny", disable_progress_bar=True)
@@ -666,8 +774,19 @@ def test_bundled_pair_greedy_identity():
         disable_progress_bar=True,
         speculative_config={"method": "tree", "num_speculative_tokens": 4, "adaptive": False},
     )
+    mapped = LLM(
+        "xy-tiny",
+        disable_progress_bar=True,
+        speculative_config={
+            "method": "draft_model",
+            "num_speculative_tokens": 4,
+            "adaptive": False,
+            "draft_token_map": str(small),
+        },
+    )
+    assert mapped.llm_engine.spec.proposer.fused.head_rows == 64
     a = base.generate(prompts, params)
-    for llm in (spec, tree):
+    for llm in (spec, tree, mapped):
         b = llm.generate(prompts, params)
         assert [o.outputs[0].text for o in a] == [o.outputs[0].text for o in b]
         assert llm.llm_engine.num_steps < base.llm_engine.num_steps

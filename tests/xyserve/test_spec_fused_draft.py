@@ -257,3 +257,69 @@ def test_compiled_entry_points_take_no_function_arguments():
         for sig in fn.signatures:
             flat = [t for a in sig for t in (a.types if isinstance(a, types.BaseTuple) else [a])]
             assert not any(isinstance(t, types.Dispatcher) for t in flat), (fn, sig)
+
+
+def _chains(fused: FusedDraft, contexts: list[list[int]], steps: int) -> list[list[int]]:
+    """Each context's greedy chain of ``steps`` tokens, in one call, from a fresh cache."""
+    kv = KVCacheManager(NUM_BLOCKS, BLOCK, enable_prefix_caching=False)
+    b = fused.builder()
+    for i, ctx in enumerate(contexts):
+        r = Request(f"r{i}", ctx, max_tokens=1)
+        assert kv.allocate(r, len(ctx) + steps)
+        b.causal(b.add_table(kv.block_table(r.request_id)), ctx, 0)
+    return fused.greedy_chains(b, np.full(len(contexts), steps, np.int64)).tolist()
+
+
+def test_a_token_map_proposes_the_argmax_over_its_tokens():
+    """A draft with a token map scores only the map's tokens (rounded up to the panel width):
+    its logits are the full draft's at those tokens and -inf elsewhere, and its greedy chain
+    is the full draft's argmax restricted to them, step by step (every other token is taken
+    as input all the same)."""
+    model = load_model(resolve_model(DEFAULT_DRAFT_MODEL), torch.device("cpu"), torch.float32)
+    vocab = model.cfg.vocab_size
+    head = torch.randperm(vocab, generator=torch.Generator().manual_seed(3))[:100].numpy()
+    full = FusedDraft(model, NUM_BLOCKS, BLOCK)
+    mapped = FusedDraft(model, NUM_BLOCKS, BLOCK, head_tokens=head)
+    kept = mapped.order[: mapped.head_rows]
+    assert mapped.head_rows % mapped.weights.lm_head.shape[-1] == 0 and mapped.head_rows >= 100
+    assert set(head) <= set(kept.tolist()) and len(set(kept.tolist())) == mapped.head_rows
+    mask = torch.full((vocab,), float("-inf"))
+    mask[torch.as_tensor(kept)] = 0.0
+    g = torch.Generator().manual_seed(4)
+    contexts = [torch.randint(0, vocab, (n,), generator=g).tolist() for n in (5, 9, 13)]
+    want = []
+    for ctx in contexts:  # the oracle: one full pass per token, the argmax over the kept ones
+        seq = list(ctx)
+        for _ in range(4):
+            kv = KVCacheManager(NUM_BLOCKS, BLOCK, enable_prefix_caching=False)
+            r = Request("o", seq, max_tokens=1)
+            assert kv.allocate(r, len(seq))
+            b = full.builder()
+            b.causal(b.add_table(kv.block_table("o")), seq, 0)
+            logits, _ = full.run(b)
+            b = mapped.builder()
+            b.causal(b.add_table(kv.block_table("o")), seq, 0)
+            got, argmax = mapped.run(b)
+            assert torch.isinf(got[0, mask.isinf()]).all()
+            torch.testing.assert_close(got[0, ~mask.isinf()], logits[0, ~mask.isinf()])
+            seq.append(int((logits[0] + mask).argmax()))
+            assert argmax == [seq[-1]]
+        want.append(seq[len(ctx) :])
+    assert _chains(mapped, contexts, 4) == want
+    assert want != _chains(full, contexts, 4)  # the map changed the proposals
+
+
+def test_the_pass_by_pass_loop_equals_the_one_call_chains_with_a_token_map():
+    """The loop path (sampled requests' passes) reads the mapped logits as the one-call chains
+    do: the same greedy proposals and cache state, round after round."""
+    from xyserve.spec.token_map import FILE_NAME
+
+    assert (resolve_model(DEFAULT_DRAFT_MODEL) / FILE_NAME).is_file()  # the bundled map
+    got = []
+    for one_call in (True, False):
+        prop = _proposer()
+        assert prop.fused.order is not None and prop.fused.head_rows < 4096
+        prop.chains_in_one_call = one_call
+        got.append(_three_rounds(prop, lambda i: 3 + i % 2, lambda i, toks: toks[:i]))
+    assert got[0] == got[1]
+    assert _proposer(token_map=False).fused.order is None

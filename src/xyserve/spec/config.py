@@ -47,6 +47,10 @@ class SpeculativeConfig:
     disable_by_batch_size: int | None = None
     # Adaptive k per request from its observed acceptance; False: always k proposals.
     adaptive: bool = True
+    # draft_model, tree: the token ids the draft may propose (``spec.token_map``): a token map
+    # file; None: the draft directory's token_map.json where it has one (else every token);
+    # False: every token.
+    draft_token_map: str | bool | None = None
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -142,6 +146,13 @@ class SpeculativeConfig:
                 )
         if self.model is not None and self.method == "ngram":
             raise ValueError("speculative_config: method 'ngram' takes no 'model'")
+        m = self.draft_token_map
+        if not (m is None or m is False or (isinstance(m, str) and m)):
+            raise ValueError(
+                f"speculative_config: draft_token_map must be a token map file or false, got {m!r}"
+            )
+        if m is not None and self.method == "ngram":
+            raise ValueError("speculative_config: method 'ngram' takes no 'draft_token_map'")
 
     @classmethod
     def parse(

@@ -133,6 +133,7 @@ class SpecDecoder:
                 ec.gemm_backend,
                 config.tree_shape,
                 allow_tf32=ec.allow_tf32,
+                token_map=config.draft_token_map,
             )
         return cls(config, engine.max_model_len, engine.config.max_num_batched_tokens, proposer)
 

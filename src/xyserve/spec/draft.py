@@ -35,6 +35,8 @@ from xyserve.kernels.ops import greedy_ids
 from xyserve.model.config import ModelConfig
 from xyserve.model.loader import load_model
 from xyserve.spec import draft_forward, tree
+from xyserve.spec.token_map import FILE_NAME as TOKEN_MAP_FILE
+from xyserve.spec.token_map import load_token_map
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +68,10 @@ class DraftModelProposer:
         gemm_backend: str,
         tree_shape: tree.TreeShape | None = None,
         allow_tf32: bool = False,
+        token_map: str | bool | None = None,
     ) -> None:
+        """``token_map``: ``SpeculativeConfig.draft_token_map`` (a file, False, or None for
+        the draft directory's own map where it has one)."""
         cfg = ModelConfig.from_dir(draft_path)
         if cfg.vocab_size != target_cfg.vocab_size:
             raise ValueError(
@@ -79,9 +84,24 @@ class DraftModelProposer:
         why = draft_forward.unsupported(self.model)
         self.fused: draft_forward.FusedDraft | None = None
         self.runner: ModelRunner | None = None
+        if token_map and why is not None:  # the map lives in the fused call's packed head
+            raise ValueError(
+                f"speculative_config: draft_token_map {token_map!r} needs the fused draft "
+                f"forward, a float32 draft on the CPU ({why}); give draft_token_map false"
+            )
+        own_map = Path(draft_path) / TOKEN_MAP_FILE
+        if token_map is None and own_map.is_file() and why is None:
+            token_map = str(own_map)
         if why is None:
-            self.fused = draft_forward.FusedDraft(self.model, num_blocks, block_size)
-            log.info("draft %s: fused numba forward (one call per pass)", draft_path.name)
+            head = load_token_map(token_map, cfg.vocab_size) if token_map else None
+            self.fused = draft_forward.FusedDraft(
+                self.model, num_blocks, block_size, head_tokens=head
+            )
+            log.info(
+                "draft %s: fused numba forward (one call per pass), %s",
+                draft_path.name,
+                "every token" if head is None else f"{self.fused.head_rows} tokens ({token_map})",
+            )
         else:
             log.info("draft %s: the engine's model runner (%s)", draft_path.name, why)
             gemm_kwargs = {}

@@ -1,7 +1,11 @@
 """The draft model's forward through one fused numba call (``kernels.cpu.fused_forward``).
 
 :class:`FusedDraft` holds the draft's weights, packed once, and its own paged K/V cache (numpy
-arrays indexed by the draft's :class:`KVCacheManager` block tables). A pass is a list of
+arrays indexed by the draft's :class:`KVCacheManager` block tables). With a token map (the
+token ids it may propose, FR-Spec style: ``spec.token_map``) its lm_head keeps only their rows,
+so that a pass reads fewer weights: the draft's vocabulary is reordered, those tokens first,
+so the kernel's argmax (an index into the kept rows) is also the next pass's input id, and the
+ids are mapped on the way in and out. A pass is a list of
 requests' new rows: causal rows (a catch-up over accepted tokens, or one proposal token) and
 token-tree rows (a node that sees the request's context and its own ancestors).
 :func:`unsupported` says why a draft cannot take this path (it then runs through the engine's
@@ -38,12 +42,23 @@ def unsupported(model: LlamaModel) -> str | None:
 
 
 def pack_model(
-    model: LlamaModel, compact: bool = True, width: int | None = None, amx_tiles: bool = False
+    model: LlamaModel,
+    compact: bool = True,
+    width: int | None = None,
+    amx_tiles: bool = False,
+    order: np.ndarray | None = None,
+    head_rows: int | None = None,
 ) -> ff.PackedWeights:
     """``model``'s weights for the fused call (``ff.pack``: ``compact`` keeps bfloat16 values as
     their bits; ``width``: the tile's vector width, the host's when None; ``amx_tiles``: AMX
-    panels where the host and the model allow, for a bfloat16 engine)."""
+    panels where the host and the model allow, for a bfloat16 engine). ``order``: the token
+    ids in the order the packed vocabulary has them, of which the lm_head keeps the first
+    ``head_rows`` (None: the model's order and every row)."""
     cfg = model.cfg
+    embed, lm_head = model.embed, model.lm_head
+    if order is not None:
+        idx = torch.as_tensor(order, dtype=torch.long, device=embed.device)
+        embed, lm_head = embed[idx], lm_head[idx[:head_rows]]
     layers = [
         {
             "input_norm": layer.input_norm,
@@ -60,8 +75,8 @@ def pack_model(
         for layer in model.layers
     ]
     return ff.pack(
-        model.embed,
-        model.lm_head,
+        embed,
+        lm_head,
         model.norm,
         layers,
         model.rope.cos,
@@ -161,9 +176,29 @@ class FusedDraft:
     """The draft's packed weights and paged cache; one :meth:`run` per pass."""
 
     def __init__(
-        self, model: LlamaModel, num_blocks: int, block_size: int, compact: bool = True
+        self,
+        model: LlamaModel,
+        num_blocks: int,
+        block_size: int,
+        compact: bool = True,
+        head_tokens: np.ndarray | None = None,
     ) -> None:
-        self.weights = pack_model(model, compact)
+        """``head_tokens``: the token ids the draft may propose (module docstring), or None
+        for every token. Their count is rounded up to the panel width with the tokens after
+        them in the model's order (the compiled calls read the logits' width from the
+        panels)."""
+        vocab = model.cfg.vocab_size
+        self.order: np.ndarray | None = None  # packed id -> token id
+        self.packed_id: np.ndarray | None = None  # token id -> packed id
+        self.head_rows = vocab
+        if head_tokens is not None:
+            head = np.asarray(head_tokens, dtype=np.int64)
+            rest = np.setdiff1d(np.arange(vocab, dtype=np.int64), head, assume_unique=True)
+            self.order = np.concatenate([head, rest])
+            self.packed_id = np.argsort(self.order)
+            panel = 2 * ff.vector_width()
+            self.head_rows = min(vocab, -(-len(head) // panel) * panel)
+        self.weights = pack_model(model, compact, order=self.order, head_rows=self.head_rows)
         self.block_size = block_size
         self.k_cache, self.v_cache = ff.new_cache(self.weights, num_blocks, block_size)
         self.warm_up()
@@ -184,22 +219,35 @@ class FusedDraft:
     def greedy_chains(self, b: PassBuilder, steps: np.ndarray) -> np.ndarray:
         """``steps[i]`` greedy tokens after each output row, in one call (see
         ``fused_forward.greedy_chains``)."""
-        return ff.greedy_chains(self.weights, self.k_cache, self.v_cache, b.rows(), steps)
+        tokens = ff.greedy_chains(self.weights, self.k_cache, self.v_cache, self._rows(b), steps)
+        return tokens if self.order is None else self.order[tokens]
 
     def greedy_tree(self, b: PassBuilder, levels: np.ndarray, shape: TreeShape) -> TreeCandidates:
         """Each output row's greedy tree of ``levels[i]`` levels, in one call (see
         ``fused_tree``): its candidates, for the caller to choose from."""
         capacity = max_candidates(shape.branching, shape.beam, int(levels.max(initial=1)))
         got = fused_tree.greedy_tree(
-            self.weights, self.k_cache, self.v_cache, b.rows(), levels, shape.branching,
+            self.weights, self.k_cache, self.v_cache, self._rows(b), levels, shape.branching,
             shape.beam, shape.nodes is not None, capacity,
         )  # fmt: skip
-        return TreeCandidates(*got)
+        tokens, *rest = got
+        return TreeCandidates(tokens if self.order is None else self.order[tokens], *rest)
+
+    def _rows(self, b: PassBuilder) -> ff.Rows:
+        """``b``'s rows, their token ids in the packed vocabulary's order."""
+        rows = b.rows()
+        if self.packed_id is not None:
+            rows.ids = self.packed_id[rows.ids]
+        return rows
 
     def run(self, b: PassBuilder) -> tuple[torch.Tensor, list[int]]:
         """Logits [S, V] (a torch view of the kernel's array) and their argmax, one per
         output row in the order they were added."""
         logits, argmax = ff.forward(
-            self.weights, self.k_cache, self.v_cache, b.rows(), parallel=PARALLEL
+            self.weights, self.k_cache, self.v_cache, self._rows(b), parallel=PARALLEL
         )
+        if self.order is not None:  # the kept rows' scores; every other token cannot be drawn
+            full = np.full((logits.shape[0], self.weights.vocab_size), -np.inf, np.float32)
+            full[:, self.order[: self.head_rows]] = logits
+            logits, argmax = full, self.order[argmax]
         return torch.from_numpy(logits), argmax.tolist()

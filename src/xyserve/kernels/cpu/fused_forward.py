@@ -105,6 +105,9 @@ class PackedWeights:
     # the linear layers are AMX panels (``kernels.cpu.amx``), read by AMX tiles from
     # ``AMX_MIN_ROWS`` rows and by the FMA tile below, their inputs rounded to bfloat16
     amx: bool = False
+    # the lm_head's rows: the logits' width (the vocabulary, or the first rows of it that a
+    # draft with a token map scores, ``spec.draft_forward``); 0: the vocabulary
+    head_rows: int = 0
 
     @property
     def num_layers(self) -> int:
@@ -113,6 +116,10 @@ class PackedWeights:
     @property
     def vocab_size(self) -> int:
         return self.embed.shape[0]
+
+    @property
+    def logits_width(self) -> int:
+        return self.head_rows or self.vocab_size
 
 
 def _bf16_exact(arrays: list[np.ndarray]) -> bool:
@@ -192,7 +199,10 @@ def pack(
     (non-interleaved halves, as HF: both halves equal, the first is kept). ``compact``: keep
     the linear layers as bfloat16 bits where that loses nothing. ``width``: the vector width
     of the tile that will read them (the host's when None), whose two vectors make a panel
-    (one of ``TILE_WIDTHS``, else a ValueError). ``amx_tiles``: lay the linear layers out for
+    (one of ``TILE_WIDTHS``, else a ValueError). ``lm_head`` may have fewer rows than
+    ``embed`` (a draft's token map): the logits are then its rows' scores, and outside
+    :func:`forward` the row count must be a multiple of the panel width (the compiled callers
+    read it from the panels). ``amx_tiles``: lay the linear layers out for
     AMX (``kernels.cpu.amx``) where that can be done: the host has AMX, the layers are
     bfloat16 bits, every input width is a multiple of 32 and the width is 16. The pass then
     rounds every linear layer's input to bfloat16 (as a bfloat16 model's eager forward
@@ -235,6 +245,7 @@ def pack(
         head_dim=head_dim,
         eps=float(eps),
         amx=use_amx,
+        head_rows=int(lm_head.shape[0]),
     )
     # every array moves to memory that streams well (``kernels.cpu.memory``: 2 MiB huge pages
     # for the large ones, 64-byte aligned all)
@@ -693,6 +704,13 @@ def _forward(
         argmax[0] = first_argmax(logits[0])
 
 
+def head_width(weights):  # pragma: no cover - compiled
+    """The logits' width of FMA panels (``weights``: :func:`_weight_tuple`): the lm_head's
+    rows, the vocabulary at most (its panels' last columns are padding)."""
+    lm_head = weights[1]
+    return min(weights[0].shape[0], lm_head.shape[0] * lm_head.shape[2])
+
+
 def _greedy_chains(
     rows,
     steps,
@@ -709,7 +727,7 @@ def _greedy_chains(
     pos, table_of, tables, extra_slots, out_rows = rows[1], rows[3], rows[4], rows[7], rows[8]
     sel = out_rows.shape[0]
     bs = k_cache.shape[2]
-    vocab = weights[0].shape[0]
+    vocab = _head_width_c(weights)
     logits = np.empty((sel, vocab), np.float32)
     argmax = np.empty(sel, np.int64)
     _serial_c(rows, weights, k_cache, v_cache, num_heads, eps, logits, argmax)
@@ -879,6 +897,7 @@ if njit is not None:
     _linear_amx_par = _jit(_bound(_linear_amx, "_par", _AMX=_amx_linear_par, _KP=_linear_kp_par))
     _serial_amx = _jit(_bound(_forward, "_amx", _LINEAR=_linear_amx_c))
     _parallel_amx = _jit(_bound(_forward, "_par_amx", _LINEAR=_linear_amx_par), parallel=True)
+    _head_width_c = njit(inline="always")(head_width)
     _greedy_chains_c = _jit(_greedy_chains)
 
 
@@ -932,7 +951,7 @@ def forward(
     otherwise than one compiled in the process. Without ``parallel`` it runs the serial
     compilation (no fork and join of the thread pool per region: the draft's passes)."""
     sel = rows.out_rows.shape[0]
-    logits = np.empty((sel, w.vocab_size), np.float32)
+    logits = np.empty((sel, w.logits_width), np.float32)
     argmax = np.empty(sel, np.int64)
     if parallel:
         n = use_cpu_threads(threads)

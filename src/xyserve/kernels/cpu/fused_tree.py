@@ -157,7 +157,7 @@ def _greedy_tree(
     pos, table_of, tables, out_rows = rows[1], rows[3], rows[4], rows[8]
     sel = out_rows.shape[0]
     bs = k_cache.shape[2]
-    vocab = weights[0].shape[0]
+    vocab = ff._head_width_c(weights)
     cap = tokens.shape[1]
     logits = np.empty((sel, vocab), np.float32)
     argmax = np.empty(sel, np.int64)

@@ -12,6 +12,7 @@ import random
 import sys
 import time
 
+from .corpus import HELDOUT_PCT
 from .distill import distill_draft
 from .pair import train_pair
 from .resume import resume_target
@@ -31,7 +32,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--stdlib", default=None, help="source root (default: sysconfig stdlib)")
     p.add_argument("--max-files", type=int, default=None, help="cap on corpus files")
-    p.add_argument("--heldout-pct", type=float, default=5.0)
+    p.add_argument("--heldout-pct", type=float, default=HELDOUT_PCT)
     p.add_argument("--vocab-size", type=int, default=4096)
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--max-pos", type=int, default=2048, help="max_position_embeddings")
