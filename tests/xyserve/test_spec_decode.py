@@ -526,6 +526,30 @@ def test_a_batch_that_stopped_proposing_keeps_the_last_step_line():
     assert dec.step_line() != line and dec._allocate(n, levels)
 
 
+def test_an_engine_that_stopped_proposing_tries_again():
+    """After a stretch of rejected first proposals the engine-wide estimate falls below the
+    first level's bar and nothing is proposed, so nothing new is observed. The counts behind
+    it fade while nothing is proposed, the estimate drifts back toward PRIOR_ACCEPTANCE, and
+    the engine proposes again (a step line with a fixed part of 3 tokens: a bar of 1 in 4)."""
+    dec = SpecDecoder(SpeculativeConfig("ngram", 4), max_model_len=1000, budget=512)
+    greedy = _row(SamplingParams(temperature=0))
+    for size in (1, 2, 3):
+        for _ in range(MIN_FIT_STEPS):
+            dec.cost.observe(size, 3e-4 + 1e-4 * size)
+    for i in range(40):  # 38 of 40 first proposals rejected
+        dec.verify(f"old{i}", _chain_logits([3, 4, 5]), [3, 4] if i < 2 else [9, 4], greedy, [])
+    assert dec.prior() < 0.2
+    r = Request("r", [1, 2, 3, 1, 2, 3, 1, 2], 500)
+    r.num_computed_tokens = r.num_tokens - 1
+    steps = 0
+    while not r.spec_token_ids and steps < 1000:
+        dec.propose([r])
+        r.output_token_ids.append(1)  # a decode step: one token, nothing verified
+        r.num_computed_tokens = r.num_tokens - 1
+        steps += 1
+    assert 20 < steps < 1000 and 0.25 < dec.prior() < PRIOR_ACCEPTANCE
+
+
 def test_allocation_shortcut_gives_what_the_full_loop_gives():
     """``_allocate`` returns at once where no request's acceptance clears the first level's
     bar; over random batches, acceptances, trees and step costs it must decide exactly as the

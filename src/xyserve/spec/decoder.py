@@ -39,6 +39,11 @@ PRIOR_ACCEPTANCE = 0.5  # a first proposal's acceptance before the engine has ve
 # How many observations' weight PRIOR_ACCEPTANCE keeps in the engine-wide estimate that a new
 # request's own estimate starts from (``SpecDecoder.prior``).
 PRIOR_WEIGHT = 4.0
+# Per adaptive step that proposes nothing: the share of the engine-wide counts behind ``prior``
+# that is kept. Evidence fades while none is gathered, so an engine that stopped proposing on a
+# stretch of low acceptance tries again (the prior drifts back to PRIOR_ACCEPTANCE) instead of
+# keeping a verdict it can no longer revise.
+PRIOR_DECAY = 0.99
 EMA_WEIGHT = 0.2  # weight of one accept/reject observation in the estimate
 RECOVERY = 0.05  # per unverified proposal: how far the estimate drifts back to the prior
 DEFAULT_FIXED_COST = 32.0  # F before enough steps are timed to fit it
@@ -84,8 +89,8 @@ class SpecDecoder:
         # accepted: where a request starts (and, while it does not propose, drifts back to).
         # A request of a few dozen tokens verifies too few chains to move its own estimate far
         # from where it starts, so the start is what the proposer has shown on the others.
-        self.first_tries = 0
-        self.first_hits = 0
+        self.first_tries = 0.0  # (faded by PRIOR_DECAY while nothing is proposed)
+        self.first_hits = 0.0
         self.num_levels = 0  # proposer passes so far (the deepest proposal of each call)
         # Time inside the proposer's calls only: the cost of its passes. (The decoder's own
         # bookkeeping runs every step whether or not it proposes; counting it per level would
@@ -197,6 +202,9 @@ class SpecDecoder:
                     a = self.acceptance.get(rid, prior)
                     self.acceptance[rid] = a + RECOVERY * (prior - a)
             caps = {rid: n for rid, n in keep.items() if n > 0}
+            if not caps:
+                self.first_tries *= PRIOR_DECAY
+                self.first_hits *= PRIOR_DECAY
         asking = [r for r in decoding if r.request_id in caps]
         for r in asking:
             r.spec_tree_parents = None  # the proposer sets a tree where it makes one
