@@ -595,7 +595,7 @@ def _map_file(tmp_path, **fields) -> str:
 
     from xyserve.spec.token_map import SCHEMA
 
-    data = {"schema": SCHEMA, "vocab_size": 4096, "token_ids": [1, 2, 3], **fields}
+    data = {"schema": SCHEMA, "vocab_size": 4096, "token_ids": list(range(1, 11)), **fields}
     path = tmp_path / "map.json"
     path.write_text(json.dumps(data))
     return str(path)
@@ -643,6 +643,19 @@ def test_a_token_map_on_a_draft_off_the_fused_path_is_refused(tmp_path):
         )
     llm = LLM("xy-tiny", dtype="bfloat16", speculative_config=spec)
     assert llm.llm_engine.spec.proposer.fused is None
+
+
+def test_a_tree_wider_than_the_drafts_token_map_is_refused(tmp_path):
+    """A node's children are distinct tokens of the map (10 tokens, rounded up to the panel
+    width): a wider tree is refused, naming the map."""
+    from xyserve.kernels.cpu.isa import vector_width
+
+    kept = 2 * vector_width()
+    spec = {"method": "tree", "num_speculative_tokens": 1, "draft_token_map": _map_file(tmp_path)}
+    with pytest.raises(ValueError, match=f"tree_width is {kept + 1}, but the draft's token map"):
+        LLM("xy-tiny", speculative_config={**spec, "tree_width": kept + 1})
+    llm = LLM("xy-tiny", speculative_config={**spec, "tree_width": kept})
+    assert llm.llm_engine.spec.proposer.fused.head_rows == kept
 
 
 def test_token_map_command_keeps_the_most_frequent_tokens(tmp_path):

@@ -205,16 +205,17 @@ class SpeculativeConfig:
         branching = self.tree_branching or [self.tree_width] + [1] * (self.depth - 1)
         return tree.TreeShape(tuple(branching))
 
-    def check_draft_vocab(self, vocab_size: int) -> None:
-        """Refuse a tree with more children per node than the draft has tokens: a node's
-        children are distinct draft tokens, its top ones."""
+    def check_draft_vocab(self, vocab_size: int, where: str = "the draft's vocabulary") -> None:
+        """Refuse a tree with more children per node than the draft can propose tokens (its
+        vocabulary, or ``where``: its token map's): a node's children are distinct draft
+        tokens, its top ones."""
         shape = self.tree_shape
         if shape is None or max(shape.branching) <= vocab_size:
             return
         key = "a tree_branching entry" if self.tree_branching is not None else "tree_width"
         raise ValueError(
-            f"speculative_config: {key} is {max(shape.branching)}, but the draft's vocabulary "
-            f"has {vocab_size} tokens (a node's children are distinct tokens); give at most "
+            f"speculative_config: {key} is {max(shape.branching)}, but {where} has "
+            f"{vocab_size} tokens (a node's children are distinct tokens); give at most "
             f"{vocab_size}"
         )
 
