@@ -606,6 +606,7 @@ def _map_file(tmp_path, **fields) -> str:
     [
         ({"vocab_size": 100}, "field 'vocab_size' is 100, but the draft has 4096"),
         ({"token_ids": [1, 4096]}, "outside the vocabulary of 4096: \\[4096\\]"),
+        ({"token_ids": [1, 2**70]}, "outside the vocabulary of 4096"),
         ({"token_ids": [1, 2, 1]}, "repeats ids"),
         ({"token_ids": []}, "non-empty list"),
         ({"token_ids": [1, "a"]}, "non-empty list"),
@@ -646,16 +647,15 @@ def test_a_token_map_on_a_draft_off_the_fused_path_is_refused(tmp_path):
 
 
 def test_a_tree_wider_than_the_drafts_token_map_is_refused(tmp_path):
-    """A node's children are distinct tokens of the map (10 tokens, rounded up to the panel
-    width): a wider tree is refused, naming the map."""
-    from xyserve.kernels.cpu.isa import vector_width
-
-    kept = 2 * vector_width()
-    spec = {"method": "tree", "num_speculative_tokens": 1, "draft_token_map": _map_file(tmp_path)}
-    with pytest.raises(ValueError, match=f"tree_width is {kept + 1}, but the draft's token map"):
-        LLM("xy-tiny", speculative_config={**spec, "tree_width": kept + 1})
-    llm = LLM("xy-tiny", speculative_config={**spec, "tree_width": kept})
-    assert llm.llm_engine.spec.proposer.fused.head_rows == kept
+    """A node's children are distinct tokens of the map (its 10 tokens, whatever the rows it
+    is rounded up to on this host): a wider tree is refused, naming the map's file."""
+    path = _map_file(tmp_path)
+    spec = {"method": "tree", "num_speculative_tokens": 1, "draft_token_map": path}
+    with pytest.raises(ValueError, match="tree_width is 11, but the draft's token map") as e:
+        LLM("xy-tiny", speculative_config={**spec, "tree_width": 11})
+    assert path in str(e.value) and "has 10 tokens" in str(e.value)
+    llm = LLM("xy-tiny", speculative_config={**spec, "tree_width": 10})
+    assert llm.llm_engine.spec.proposer.fused.map_size == 10
 
 
 def test_token_map_command_keeps_the_most_frequent_tokens(tmp_path):

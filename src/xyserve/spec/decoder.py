@@ -140,8 +140,11 @@ class SpecDecoder:
                 allow_tf32=ec.allow_tf32,
                 token_map=config.draft_token_map,
             )
-            if proposer.fused is not None and proposer.fused.order is not None:
-                config.check_draft_vocab(proposer.fused.head_rows, "the draft's token map")
+            fused = proposer.fused
+            if fused is not None and fused.order is not None:  # the map's tokens, not padding
+                config.check_draft_vocab(
+                    fused.map_size, f"the draft's token map {proposer.token_map!r}"
+                )
         return cls(config, engine.max_model_len, engine.config.max_num_batched_tokens, proposer)
 
     # ---- proposing --------------------------------------------------------------------

@@ -92,6 +92,7 @@ class DraftModelProposer:
         own_map = Path(draft_path) / TOKEN_MAP_FILE
         if token_map is None and own_map.is_file() and why is None:
             token_map = str(own_map)
+        self.token_map = token_map or None  # the map file in use
         if why is None:
             head = load_token_map(token_map, cfg.vocab_size) if token_map else None
             self.fused = draft_forward.FusedDraft(

@@ -191,8 +191,10 @@ class FusedDraft:
         self.order: np.ndarray | None = None  # packed id -> token id
         self.packed_id: np.ndarray | None = None  # token id -> packed id
         self.head_rows = vocab
+        self.map_size = vocab  # the token map's own count (head_rows rounds it up)
         if head_tokens is not None:
             head = np.asarray(head_tokens, dtype=np.int64)
+            self.map_size = len(head)
             rest = np.setdiff1d(np.arange(vocab, dtype=np.int64), head, assume_unique=True)
             self.order = np.concatenate([head, rest])
             self.packed_id = np.argsort(self.order)

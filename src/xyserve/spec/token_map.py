@@ -50,13 +50,12 @@ def load_token_map(path: str | Path, vocab_size: int) -> np.ndarray:
         or not all(isinstance(t, int) and not isinstance(t, bool) for t in ids)
     ):
         raise ValueError(f"{p}: field 'token_ids' must be a non-empty list of token ids")
-    arr = np.asarray(ids, dtype=np.int64)
-    bad = arr[(arr < 0) | (arr >= vocab_size)]
-    if bad.size:
+    bad = [t for t in ids if not 0 <= t < vocab_size]
+    if bad:
         raise ValueError(
-            f"{p}: field 'token_ids' has ids outside the vocabulary of {vocab_size}: "
-            f"{bad[:5].tolist()}"
+            f"{p}: field 'token_ids' has ids outside the vocabulary of {vocab_size}: {bad[:5]}"
         )
+    arr = np.asarray(ids, dtype=np.int64)
     if np.unique(arr).size != arr.size:
         raise ValueError(f"{p}: field 'token_ids' repeats ids")
     return arr

@@ -12,7 +12,8 @@ The tree grows as ``spec.draft``'s pass-by-pass loop grows it (which stays the r
   position after the request's last token), seeing the table's positions below ``base`` and
   its ancestors' slots (its own included);
 - each node's children are the draft's top ``branching[level]`` tokens after it (ties: the
-  lower token id), with the path's log-probability as score when ``dynamic`` (scores stay 0
+  lower index of the packed vocabulary: the lower token id, or with a token map the one the map
+  lists first), with the path's log-probability as score when ``dynamic`` (scores stay 0
   for a static tree, and a one-child level takes the argmax).
 
 The caller allocates the slots (``base + r`` for every node that may run) and picks the
