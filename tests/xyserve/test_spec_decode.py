@@ -481,14 +481,15 @@ def test_a_new_request_starts_from_the_engines_first_proposal_acceptance():
     assert dec.prior() == pytest.approx((32 + 4 * PRIOR_ACCEPTANCE) / 40)
     dec.verify("t", _chain_logits([3, 4]), [3], greedy, [], tree_parents=[-1])
     assert dec.first_tries == 36  # a tree's first level is not a chain's first proposal
-    # a step-cost line of a fixed part worth half a token: the first level's bar is 2 in 3,
-    # which a fresh request clears from the engine's estimate (0.85), and not from 1 in 2
-    for size in (1, 2, 3):
+    # a step-cost line of a fixed part worth 3 tokens, four requests decoding (the others
+    # with proposals pending): the first level's bar is 4 in 7, which a fresh request clears
+    # from the engine's estimate (0.85), and not from 1 in 2
+    for size in (2, 4, 6):
         for _ in range(MIN_FIT_STEPS):
-            dec.cost.observe(size, 0.5e-4 + 1e-4 * size)
-    assert dec._allocate(1, {"new": [1] * 4}).get("new", 0) >= 1
+            dec.cost.observe(size, 3e-4 + 1e-4 * size)
+    assert dec._allocate(4, {"new": [1] * 4}).get("new", 0) >= 1
     dec.first_hits = dec.first_tries = 0
-    assert dec._allocate(1, {"new": [1] * 4}) == {}
+    assert dec._allocate(4, {"new": [1] * 4}) == {}
     # its own verifies then move its estimate from the engine's
     dec.first_hits, dec.first_tries = 32, 36
     dec.verify("new", _chain_logits([3, 4]), [9], greedy, [])
@@ -519,11 +520,39 @@ def test_a_batch_that_stopped_proposing_keeps_the_last_step_line():
         dec.cost.observe(n - 1 + i % 2, 6e-3 - 1e-4 * (i % 2))
     assert dec.cost.line()[1] < 0 and dec.step_line() == line
     assert dec._allocate(n, levels) == {}
-    # and a line with a positive slope replaces it
+    for i in range(4 * MIN_FIT_STEPS):  # or a steep one with no fixed part (F = 0: bar 1)
+        dec.cost.observe(n - 1 + i % 2, 8.4e-3 + 3e-4 * (i % 2))
+    assert dec.cost.line()[0] < 0 and dec.step_line() == line
+    for i in range(4 * MIN_FIT_STEPS):  # or a gentle one whose fixed part is 57 tokens
+        dec.cost.observe(n - 1 + i % 2, 6e-3 + 5e-5 * (i % 2))
+    ab = dec.cost.line()
+    assert ab[0] > 0 and ab[1] > 0 and dec.step_line() == line
+    assert dec._allocate(n, levels) == {}
+    # ... at batch 1 a request that clears the kept line's bar still proposes
+    dec.acceptance["one"] = 0.9
+    assert dec._allocate(1, {"one": [1] * 4})
+    # and a line with a positive fixed part and slope over spread sizes replaces it
     for size in (1, 2, 3):
         for _ in range(MIN_FIT_STEPS):
             dec.cost.observe(size, 40e-4 + 1e-4 * size)
     assert dec.step_line() != line and dec._allocate(n, levels)
+
+
+def test_a_line_with_no_fixed_part_is_not_kept_nor_read_as_free_steps():
+    """Spread sizes can fit a line with no fixed part (noise): one below zero is not kept,
+    and one barely above is read as ``MIN_FIXED_COST`` tokens, so that the first level's bar
+    (n / (F + n)) stays below 1 and a request can still clear it."""
+    dec = SpecDecoder(SpeculativeConfig("ngram", 4), max_model_len=1000, budget=512)
+    for size in (1, 3):
+        for _ in range(MIN_FIT_STEPS):
+            dec.cost.observe(size, -1e-4 + 2e-4 * size)
+    assert dec.cost.line()[0] < 0 and dec.step_line() is None
+    for size in (1, 3):
+        for _ in range(MIN_FIT_STEPS):
+            dec.cost.observe(size, 1e-7 + 1e-4 * size)
+    assert dec.step_line() == pytest.approx((1e-7, 1e-4))
+    dec.acceptance["r"] = 0.9
+    assert dec._allocate(1, {"r": [1] * 4})
 
 
 def test_an_engine_that_stopped_proposing_tries_again():

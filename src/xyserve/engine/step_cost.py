@@ -113,6 +113,8 @@ class MedianStepCost(_LineCost):
     # each size's oldest step used, median and number of steps used; a size's median is taken
     # again only when it got a new step or that oldest step left the horizon
     _medians: dict[int, tuple[int, float, int]] = field(default_factory=dict, repr=False)
+    # the smallest and largest step size behind the last fit (None: no point)
+    span: tuple[int, int] | None = field(default=None, repr=False)
 
     def observe(self, tokens: int, seconds: float) -> None:
         q = self.times.get(tokens)
@@ -150,6 +152,7 @@ class MedianStepCost(_LineCost):
                 known = self._medians[x] = (recent[0][0], med, len(recent))
             if known[2] >= self.min_size_steps:
                 pts.append((x, known[1]))
+        self.span = (min(x for x, _ in pts), max(x for x, _ in pts)) if pts else None
         return least_squares(
             len(pts),
             sum(x for x, _ in pts),

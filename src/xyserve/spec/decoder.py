@@ -47,6 +47,14 @@ PRIOR_DECAY = 0.99
 EMA_WEIGHT = 0.2  # weight of one accept/reject observation in the estimate
 RECOVERY = 0.05  # per unverified proposal: how far the estimate drifts back to the prior
 DEFAULT_FIXED_COST = 32.0  # F before enough steps are timed to fit it
+# The least F read from a line: any step has a fixed part (its weights streamed once, its Python)
+# worth a few tokens, and a noisy line read as almost none puts the first level's bar near 1,
+# where no estimate can clear it again.
+MIN_FIXED_COST = 2.0
+# A line is kept (``step_line``) only if its step sizes span at least this factor: the medians
+# of a few nearby sizes (a batch that stopped proposing, with one request's proposal now and
+# then) can fit any slope.
+MIN_LINE_SPAN = 2.0
 # The chance that a chain's next proposal is accepted once the one before was, before any
 # verify, and how many observations' weight it has: acceptance comes in runs (a quoted
 # stretch, an easy phrase), so a fresh engine starts from 3 in 4, not from a coin toss
@@ -66,7 +74,7 @@ def fixed_tokens(line: tuple[float, float] | None) -> float:
     if line is None:
         return DEFAULT_FIXED_COST
     a, b = line
-    return min(1e3, max(0.0, a / b))
+    return min(1e3, max(MIN_FIXED_COST, a / b))
 
 
 class SpecDecoder:
@@ -83,7 +91,7 @@ class SpecDecoder:
         self.cost = MedianStepCost(
             min_steps=MIN_FIT_STEPS, refit_every=REFIT_EVERY, min_size_steps=MIN_SIZE_STEPS
         )
-        self._line: tuple[float, float] | None = None  # the last line with a positive slope
+        self._line: tuple[float, float] | None = None  # the last line kept (``step_line``)
         self.acceptance: dict[str, float] = {}
         # First proposals of chains verified so far, over every request, and how many were
         # accepted: where a request starts (and, while it does not propose, drifts back to).
@@ -341,16 +349,19 @@ class SpecDecoder:
 
     def step_line(self) -> tuple[float, float] | None:
         """The step-time line (a, b), seconds and seconds per token: the current fit where it
-        has a positive slope, else the last one that had (None before any).
+        has a positive fixed part and slope over step sizes that span ``MIN_LINE_SPAN``, else
+        the last one that had (None before any).
 
         The recent steps of a batch that stopped proposing are all of one size (no line) or
-        of a few nearby ones (whose medians' noise can tilt the line flat). Read as "steps
-        have ``DEFAULT_FIXED_COST``" or "tokens cost nothing", either made every request
-        propose its whole chain at once, each behind a catch-up pass over every token since
-        its last proposal, until a refit said no again."""
+        of a few nearby ones, whose medians' noise can tilt the line any way. Read as "steps
+        have ``DEFAULT_FIXED_COST``" or, from a flat line, "tokens cost nothing", either made
+        every request propose its whole chain at once, each behind a catch-up pass over every
+        token since its last proposal, until a refit said no again; a steep one with no fixed
+        part would put the first level's bar at 1 for good."""
         ab = self.cost.line()
-        if ab is not None and ab[1] > 0:
-            self._line = (max(ab[0], 0.0), ab[1])
+        span = self.cost.span
+        if ab is not None and ab[0] > 0 and ab[1] > 0 and span[1] >= MIN_LINE_SPAN * span[0]:
+            self._line = ab
         return self._line
 
     def prior(self) -> float:
