@@ -555,28 +555,42 @@ def test_a_line_with_no_fixed_part_is_not_kept_nor_read_as_free_steps():
     assert dec._allocate(1, {"r": [1] * 4})
 
 
-def test_an_engine_that_stopped_proposing_tries_again():
-    """After a stretch of rejected first proposals the engine-wide estimate falls below the
-    first level's bar and nothing is proposed, so nothing new is observed. The counts behind
-    it fade while nothing is proposed, the estimate drifts back toward PRIOR_ACCEPTANCE, and
-    the engine proposes again (a step line with a fixed part of 3 tokens: a bar of 1 in 4)."""
-    dec = SpecDecoder(SpeculativeConfig("ngram", 4), max_model_len=1000, budget=512)
+def test_a_declining_batch_probes_one_request_until_it_clears_the_bar():
+    """Four requests, a bar of 4 in 7 (a fixed part of 3 tokens), first proposals mostly
+    rejected: nothing clears the bar, so nothing would be proposed, observed, or revised. A
+    probe gives one request one proposal after 64 declined steps, then 128, 256..., one request
+    at a time; once a probe's proposal is accepted the next step probes again, until that
+    request clears the bar and proposes on its own."""
+    dec = SpecDecoder(SpeculativeConfig("ngram", 4), max_model_len=2000, budget=512)
     greedy = _row(SamplingParams(temperature=0))
-    for size in (1, 2, 3):
+    for size in (2, 4, 6):
         for _ in range(MIN_FIT_STEPS):
             dec.cost.observe(size, 3e-4 + 1e-4 * size)
-    for i in range(40):  # 38 of 40 first proposals rejected
-        dec.verify(f"old{i}", _chain_logits([3, 4, 5]), [3, 4] if i < 2 else [9, 4], greedy, [])
-    assert dec.prior() < 0.2
-    r = Request("r", [1, 2, 3, 1, 2, 3, 1, 2], 500)
-    r.num_computed_tokens = r.num_tokens - 1
-    steps = 0
-    while not r.spec_token_ids and steps < 1000:
-        dec.propose([r])
-        r.output_token_ids.append(1)  # a decode step: one token, nothing verified
-        r.num_computed_tokens = r.num_tokens - 1
-        steps += 1
-    assert 20 < steps < 1000 and 0.25 < dec.prior() < PRIOR_ACCEPTANCE
+    for i in range(40):  # 10 of 40 first proposals accepted
+        dec.verify(f"old{i}", _chain_logits([3, 4, 5]), [3, 4] if i < 10 else [9, 4], greedy, [])
+    reqs = [Request(str(i), [1, 2, 3] * 4, 1000) for i in range(4)]
+    asked_at, longest = [], 0
+    for step in range(500):
+        for r in reqs:
+            r.num_computed_tokens = r.num_tokens - 1
+        dec.propose(reqs)
+        asked = [r for r in reqs if r.spec_token_ids]
+        assert len(asked) <= 1, step  # never the whole batch at once
+        for r in asked:
+            asked_at.append(step)
+            toks = r.spec_token_ids
+            longest = max(longest, len(toks))
+            accept = step > 400  # rejected, until the third probe
+            target = toks + [7] if accept else [t + 1 for t in toks] + [7]
+            dec.verify(r.request_id, _chain_logits(target), toks, greedy, [])
+            r.output_token_ids += target[: len(toks) if accept else 0]
+            r.spec_token_ids = []
+        for r in reqs:
+            r.output_token_ids.append(1 + step % 3)
+    assert asked_at[:3] == [63, 63 + 128, 63 + 128 + 256]
+    n = len(asked_at)
+    assert asked_at[3:] == list(range(448, 448 + n - 3))  # then every step
+    assert 3 < dec.num_probes < 10 and longest > 1  # and on its own, with longer chains
 
 
 def test_allocation_shortcut_gives_what_the_full_loop_gives():

@@ -39,11 +39,16 @@ PRIOR_ACCEPTANCE = 0.5  # a first proposal's acceptance before the engine has ve
 # How many observations' weight PRIOR_ACCEPTANCE keeps in the engine-wide estimate that a new
 # request's own estimate starts from (``SpecDecoder.prior``).
 PRIOR_WEIGHT = 4.0
-# Per adaptive step that proposes nothing: the share of the engine-wide counts behind ``prior``
-# that is kept. Evidence fades while none is gathered, so an engine that stopped proposing on a
-# stretch of low acceptance tries again (the prior drifts back to PRIOR_ACCEPTANCE) instead of
-# keeping a verdict it can no longer revise.
-PRIOR_DECAY = 0.99
+# After this many adaptive steps in a row that propose nothing, one request (the one whose draft
+# lags least, at most PROBE_MAX_ROWS tokens behind) gets one proposal: a probe of whether the
+# acceptance has changed, since estimates that nothing tests cannot rise (an engine that
+# stopped on a stretch of low acceptance would keep a verdict it can no longer revise). The
+# interval doubles at each probe, up to PROBE_MAX_STEPS; a probe whose proposal is accepted is
+# followed by another at the next step, until the request clears the bar on its own (the
+# interval then starts again).
+PROBE_MIN_STEPS = 64
+PROBE_MAX_STEPS = 4096
+PROBE_MAX_ROWS = 64
 EMA_WEIGHT = 0.2  # weight of one accept/reject observation in the estimate
 RECOVERY = 0.05  # per unverified proposal: how far the estimate drifts back to the prior
 DEFAULT_FIXED_COST = 32.0  # F before enough steps are timed to fit it
@@ -97,13 +102,17 @@ class SpecDecoder:
         # accepted: where a request starts (and, while it does not propose, drifts back to).
         # A request of a few dozen tokens verifies too few chains to move its own estimate far
         # from where it starts, so the start is what the proposer has shown on the others.
-        self.first_tries = 0.0  # (faded by PRIOR_DECAY while nothing is proposed)
-        self.first_hits = 0.0
+        self.first_tries = 0
+        self.first_hits = 0
         self.num_levels = 0  # proposer passes so far (the deepest proposal of each call)
         # Time inside the proposer's calls only: the cost of its passes. (The decoder's own
         # bookkeeping runs every step whether or not it proposes; counting it per level would
         # make a level look dearer the fewer levels are run, down to none.)
         self.proposer_seconds = 0.0
+        self.declined_steps = 0  # adaptive steps in a row that proposed nothing
+        self.probe_every = PROBE_MIN_STEPS
+        self.num_probes = 0
+        self._probed: str | None = None  # the request of the last probe, until it is verified
         self._expected_tokens: int | None = None
         # Chains' acceptance at depth j given depth j - 1 was accepted, over every verify: easy
         # stretches of text make acceptance come in runs, so deeper proposals are accepted more
@@ -200,6 +209,7 @@ class SpecDecoder:
             if cap >= 1 and not r.spec_token_ids:
                 caps[r.request_id] = cap
         keep = None
+        offered = caps  # the requests that may propose this step
         if self.config.adaptive:  # decided before proposing: no draft pass is thrown away
             keep = {}
             if self._any_clears(len(decoding), caps):  # else the allocation takes nothing
@@ -215,9 +225,10 @@ class SpecDecoder:
                     a = self.acceptance.get(rid, prior)
                     self.acceptance[rid] = a + RECOVERY * (prior - a)
             caps = {rid: n for rid, n in keep.items() if n > 0}
-            if not caps:
-                self.first_tries *= PRIOR_DECAY
-                self.first_hits *= PRIOR_DECAY
+            if caps:
+                self.declined_steps, self.probe_every = 0, PROBE_MIN_STEPS
+            elif offered:  # declined: a probe where one is due
+                caps = self._probe(decoding, offered)
         asking = [r for r in decoding if r.request_id in caps]
         for r in asking:
             r.spec_tree_parents = None  # the proposer sets a tree where it makes one
@@ -243,6 +254,23 @@ class SpecDecoder:
                     r.spec_token_ids = toks[:n]
                     r.spec_tree_parents = parents[:n]
         self.stats.propose_seconds += time.perf_counter() - t0
+
+    def _probe(self, decoding: list[Request], caps: dict[str, int]) -> dict[str, int]:
+        """One step more without proposals; a probe (``PROBE_MIN_STEPS``) where it is due: the
+        request to propose one level for, or nothing."""
+        self.declined_steps += 1
+        if self.declined_steps < self.probe_every:
+            return {}
+        rows = getattr(self.proposer, "catch_up_rows", lambda r: 1)
+        lag = {r.request_id: rows(r) for r in decoding if r.request_id in caps}
+        rid = min(lag, key=lag.get, default=None)
+        if rid is None or lag[rid] > PROBE_MAX_ROWS:
+            return {}
+        self.declined_steps = 0
+        self.probe_every = min(PROBE_MAX_STEPS, 2 * self.probe_every)
+        self.num_probes += 1
+        self._probed = rid
+        return {rid: 1}
 
     def _propose_isolated(
         self, requests: list[Request], caps: dict[str, int]
@@ -408,6 +436,10 @@ class SpecDecoder:
         if tree_parents is None and draft:
             self.first_tries += 1
             self.first_hits += res.num_accepted > 0
+        if request_id == self._probed:
+            self._probed = None
+            if res.num_accepted > 0:  # it may have changed: probe again at the next step
+                self.declined_steps = self.probe_every - 1
         if tree_parents is None:
             run = self.in_run.get(request_id, False)
             tries, hits = self.depth_tries[run], self.depth_hits[run]

@@ -144,6 +144,14 @@ class DraftModelProposer:
             self.kv.free(self.shadows.pop(rid))
             self._probs.pop(rid, None)
 
+    def catch_up_rows(self, r: Request) -> int:
+        """Rows the first pass of ``r``'s next proposal runs: the tokens its draft cache lacks
+        (every token of a request it has not proposed for). From the computed count: it
+        leaves out positions a rejected proposal left with other tokens (``_sync`` redoes
+        those), fewer than a proposal's length."""
+        s = self.shadows.get(r.request_id)
+        return r.num_tokens - (0 if s is None else min(s.num_computed_tokens, r.num_tokens - 1))
+
     def probs(self, request_id: str, n: int) -> torch.Tensor | None:
         """The draft's distributions of the first ``n`` proposals (sampled requests only)."""
         q = self._probs.pop(request_id, None)
