@@ -568,6 +568,7 @@ def test_a_declining_batch_probes_one_request_until_it_clears_the_bar():
             dec.cost.observe(size, 3e-4 + 1e-4 * size)
     for i in range(40):  # 10 of 40 first proposals accepted
         dec.verify(f"old{i}", _chain_logits([3, 4, 5]), [3, 4] if i < 10 else [9, 4], greedy, [])
+    dec.proposer_level_tokens = lambda: 0.0  # no price (not this machine's timing)
     reqs = [Request(str(i), [1, 2, 3] * 4, 1000) for i in range(4)]
     asked_at, longest = [], 0
     for step in range(500):
@@ -590,7 +591,27 @@ def test_a_declining_batch_probes_one_request_until_it_clears_the_bar():
     assert asked_at[:3] == [63, 63 + 128, 63 + 128 + 256]
     n = len(asked_at)
     assert asked_at[3:] == list(range(448, 448 + n - 3))  # then every step
-    assert 3 < dec.num_probes < 10 and longest > 1  # and on its own, with longer chains
+    assert 4 <= dec.num_probes <= 6 and longest > 1  # and then on its own, longer chains
+    # where one request's proposal cannot pay whatever its acceptance (a level priced at a
+    # token: 4.9 / 9 < 4 / 7), accepted probes stop once its estimate clears the bar
+    dec.proposer_level_tokens = lambda: 1.0
+    dec.acceptance["9"] = dec.prior()
+    r = Request("9", [1, 2, 3] * 4, 1000)
+    probes = dec.num_probes
+    batch = [*reqs[:3], r]
+    for step in range(200):
+        for q in batch:
+            q.num_computed_tokens = q.num_tokens - 1
+        dec.declined_steps = dec.probe_every - 1 if step == 0 else dec.declined_steps
+        dec.propose(batch)
+        for q in batch:
+            if q.spec_token_ids:
+                toks = q.spec_token_ids
+                dec.verify(q.request_id, _chain_logits(toks + [7]), toks, greedy, [])
+                q.output_token_ids += toks
+                q.spec_token_ids = []
+            q.output_token_ids.append(1)
+    assert 1 <= dec.num_probes - probes <= 6
 
 
 def test_allocation_shortcut_gives_what_the_full_loop_gives():

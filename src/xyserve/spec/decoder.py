@@ -44,8 +44,8 @@ PRIOR_WEIGHT = 4.0
 # acceptance has changed, since estimates that nothing tests cannot rise (an engine that
 # stopped on a stretch of low acceptance would keep a verdict it can no longer revise). The
 # interval doubles at each probe, up to PROBE_MAX_STEPS; a probe whose proposal is accepted is
-# followed by another at the next step, until the request clears the bar on its own (the
-# interval then starts again).
+# followed by another of the same request at the next step while its estimate is still under
+# the bar (once over it, the allocation decides; the interval starts again when it proposes).
 PROBE_MIN_STEPS = 64
 PROBE_MAX_STEPS = 4096
 PROBE_MAX_ROWS = 64
@@ -113,6 +113,7 @@ class SpecDecoder:
         self.probe_every = PROBE_MIN_STEPS
         self.num_probes = 0
         self._probed: str | None = None  # the request of the last probe, until it is verified
+        self._probe_again: str | None = None  # a request whose probe was accepted
         self._expected_tokens: int | None = None
         # Chains' acceptance at depth j given depth j - 1 was accepted, over every verify: easy
         # stretches of text make acceptance come in runs, so deeper proposals are accepted more
@@ -259,15 +260,17 @@ class SpecDecoder:
         """One step more without proposals; a probe (``PROBE_MIN_STEPS``) where it is due: the
         request to propose one level for, or nothing."""
         self.declined_steps += 1
-        if self.declined_steps < self.probe_every:
-            return {}
-        rows = getattr(self.proposer, "catch_up_rows", lambda r: 1)
-        lag = {r.request_id: rows(r) for r in decoding if r.request_id in caps}
-        rid = min(lag, key=lag.get, default=None)
-        if rid is None or lag[rid] > PROBE_MAX_ROWS:
-            return {}
+        rid, self._probe_again = self._probe_again, None
+        if rid is None or rid not in caps or self._any_clears(len(decoding), [rid]):
+            if self.declined_steps < self.probe_every:
+                return {}
+            rows = getattr(self.proposer, "catch_up_rows", lambda r: 1)
+            lag = {r.request_id: rows(r) for r in decoding if r.request_id in caps}
+            rid = min(lag, key=lag.get, default=None)
+            if rid is None or lag[rid] > PROBE_MAX_ROWS:
+                return {}
+            self.probe_every = min(PROBE_MAX_STEPS, 2 * self.probe_every)
         self.declined_steps = 0
-        self.probe_every = min(PROBE_MAX_STEPS, 2 * self.probe_every)
         self.num_probes += 1
         self._probed = rid
         return {rid: 1}
@@ -438,8 +441,8 @@ class SpecDecoder:
             self.first_hits += res.num_accepted > 0
         if request_id == self._probed:
             self._probed = None
-            if res.num_accepted > 0:  # it may have changed: probe again at the next step
-                self.declined_steps = self.probe_every - 1
+            if res.num_accepted > 0:  # it may have changed: probe it again at the next step
+                self._probe_again = request_id
         if tree_parents is None:
             run = self.in_run.get(request_id, False)
             tries, hits = self.depth_tries[run], self.depth_hits[run]
