@@ -385,10 +385,11 @@ class SpecDecoder:
 
         The recent steps of a batch that stopped proposing are all of one size (no line) or
         of a few nearby ones, whose medians' noise can tilt the line any way. Read as "steps
-        have ``DEFAULT_FIXED_COST``" or, from a flat line, "tokens cost nothing", either made
-        every request propose its whole chain at once, each behind a catch-up pass over every
-        token since its last proposal, until a refit said no again; a steep one with no fixed
-        part would put the first level's bar at 1 for good."""
+        have ``DEFAULT_FIXED_COST``" or, from a flat line, "tokens cost nothing", either would
+        make every request propose its whole chain at once, each behind a catch-up pass over
+        every token since its last proposal, until a refit said no again; a steep one with no
+        fixed part would put the first level's bar at 1 for good (docs/perf.md, "Session
+        36")."""
         ab = self.cost.line()
         span = self.cost.span
         if ab is not None and ab[0] > 0 and ab[1] > 0 and span[1] >= MIN_LINE_SPAN * span[0]:
