@@ -112,6 +112,8 @@ class ModelRunner:
             for _ in range(2)
         )
         self.kv_caches = [(stacked[0][i], stacked[1][i]) for i in range(cfg.num_layers)]
+        # every layer's slots in one view each ([L, slots, Hkv, D]): ``move_slots``
+        self._kv_slots = tuple(c.view(c.shape[0], -1, *c.shape[3:]) for c in stacked)
         if hasattr(self.attn, "warmup"):  # sets its dtype, builds its CPU kernels now
             self.attn.warmup(model.device, model.dtype)
         ops.warmup(model.device, model.dtype)
@@ -254,10 +256,8 @@ class ModelRunner:
         dev = self.model.device
         src = torch.tensor([p[0] for p in pairs], dtype=torch.long, device=dev)
         dst = torch.tensor([p[1] for p in pairs], dtype=torch.long, device=dev)
-        for k, v in self.kv_caches:
-            for cache in (k, v):
-                flat = cache.view(-1, *cache.shape[2:])
-                flat[dst] = flat[src]
+        for cache in self._kv_slots:  # all layers at once: one gather and scatter each
+            cache[:, dst] = cache[:, src]
 
     def prepare(
         self,
