@@ -21,10 +21,10 @@ MAX_TOKENS = 900
 STREAMS = 3
 
 
-async def _stream(client: httpx.AsyncClient, url: str, signal_at_first: ServerProcess | None):
+async def _stream(client: httpx.AsyncClient, url: str, first_chunk: asyncio.Event | None):
     """One long completion streamed: (final usage's completion tokens, or None where no usage
-    chunk came; whether it ended with [DONE]). With ``signal_at_first``, SIGTERM is sent to
-    that server once this stream's first chunk is in."""
+    chunk came; whether it ended with [DONE]). ``first_chunk`` is set once this stream's first
+    chunk is in."""
     body = {"model": "tiny", "prompt": "Once upon a time", "max_tokens": MAX_TOKENS,
             "temperature": 0, "ignore_eos": True, "stream": True,
             "stream_options": {"include_usage": True}}  # fmt: skip
@@ -37,9 +37,9 @@ async def _stream(client: httpx.AsyncClient, url: str, signal_at_first: ServerPr
                     done = True
                 elif line.startswith("data: "):
                     chunk = json.loads(line[6:])
-                    if chunk["choices"] and signal_at_first is not None:
-                        signal_at_first.proc.send_signal(signal.SIGTERM)
-                        signal_at_first = None
+                    if chunk["choices"] and first_chunk is not None:
+                        first_chunk.set()
+                        first_chunk = None
                     elif not chunk["choices"]:
                         generated = chunk["usage"]["completion_tokens"]
     except httpx.HTTPError:  # the connection cut
@@ -47,12 +47,36 @@ async def _stream(client: httpx.AsyncClient, url: str, signal_at_first: ServerPr
     return generated, done
 
 
+async def _queued(client: httpx.AsyncClient, srv: ServerProcess) -> int:
+    """Requests the server holds (running and waiting), from its /metrics."""
+    text = (await client.get(f"{srv.base_url}/metrics")).text
+    return int(
+        sum(
+            float(line.split()[-1])
+            for line in text.splitlines()
+            if line.startswith(("xyserve:num_requests_running", "xyserve:num_requests_waiting"))
+        )
+    )
+
+
 async def _streams_across_sigterm(srv: ServerProcess) -> list[tuple[int | None, bool]]:
+    """SIGTERM at the first stream's first chunk, once the server holds every stream (else,
+    on a loaded machine, the signal could come before the others' requests reached it, and
+    they would find no server: not what a drain is tested on)."""
     url = f"{srv.base_url}/v1/completions"
     async with httpx.AsyncClient(timeout=60) as client:
-        first = asyncio.create_task(_stream(client, url, srv))
+        started = asyncio.Event()
+        first = asyncio.create_task(_stream(client, url, started))
         await asyncio.sleep(0.05)  # the first one admitted first
         rest = [asyncio.create_task(_stream(client, url, None)) for _ in range(STREAMS - 1)]
+        await asyncio.wait_for(started.wait(), timeout=60)
+        for _ in range(600):  # nothing waits forever: 30 s at most
+            if await _queued(client, srv) >= STREAMS:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError(f"the server never held all {STREAMS} streams")
+        srv.proc.send_signal(signal.SIGTERM)
         return [await first] + [await t for t in rest]
 
 
