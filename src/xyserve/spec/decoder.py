@@ -219,7 +219,7 @@ class SpecDecoder:
                     for r in decoding
                     if r.request_id in caps
                 }
-                keep = self._allocate(len(decoding), levels)
+                keep = self._allocate(len(decoding), levels, shortcut=False)  # (checked above)
             prior = self.prior()
             for rid in caps:
                 if not keep.get(rid):  # not verified, so not observed: drift back to the prior
@@ -314,8 +314,8 @@ class SpecDecoder:
         """How many levels each request gets; see the module docstring. ``levels``: each
         request's nodes per level, at most. Whole levels are decided one at a time: a level
         costs its nodes (verify tokens) plus one proposer pass (shared by the batch).
-        ``shortcut``: return at once where nothing can be taken (below; off in the test that
-        checks it against the full loop)."""
+        ``shortcut``: return at once where nothing can be taken (below; off where the caller
+        checked that already, and in the test that checks it against the full loop)."""
         if shortcut and not self._any_clears(num_decoding, levels):
             return {}
         emitted = float(num_decoding)  # each decoding request emits one token anyway
@@ -388,8 +388,7 @@ class SpecDecoder:
         have ``DEFAULT_FIXED_COST``" or, from a flat line, "tokens cost nothing", either would
         make every request propose its whole chain at once, each behind a catch-up pass over
         every token since its last proposal, until a refit said no again; a steep one with no
-        fixed part would put the first level's bar at 1 for good (docs/perf.md, "Session
-        36")."""
+        fixed part would put the first level's bar at 1 for good."""
         ab = self.cost.line()
         span = self.cost.span
         if ab is not None and ab[0] > 0 and ab[1] > 0 and span[1] >= MIN_LINE_SPAN * span[0]:

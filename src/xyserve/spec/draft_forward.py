@@ -190,8 +190,8 @@ class FusedDraft:
         vocab = model.cfg.vocab_size
         self.order: np.ndarray | None = None  # packed id -> token id
         self.packed_id: np.ndarray | None = None  # token id -> packed id
-        self.head_rows = vocab
         self.map_size = vocab  # the token map's own count (head_rows rounds it up)
+        head_rows = vocab
         if head_tokens is not None:
             head = np.asarray(head_tokens, dtype=np.int64)
             self.map_size = len(head)
@@ -199,11 +199,16 @@ class FusedDraft:
             self.order = np.concatenate([head, rest])
             self.packed_id = np.argsort(self.order)
             panel = 2 * ff.vector_width()
-            self.head_rows = min(vocab, -(-len(head) // panel) * panel)
-        self.weights = pack_model(model, compact, order=self.order, head_rows=self.head_rows)
+            head_rows = min(vocab, -(-len(head) // panel) * panel)
+        self.weights = pack_model(model, compact, order=self.order, head_rows=head_rows)
         self.block_size = block_size
         self.k_cache, self.v_cache = ff.new_cache(self.weights, num_blocks, block_size)
         self.warm_up()
+
+    @property
+    def head_rows(self) -> int:
+        """The tokens the draft scores: the map's, rounded up to the panel width."""
+        return self.weights.head_rows
 
     def warm_up(self) -> None:
         """Compile (or load from numba's cache) every entry point now, so that the first

@@ -1,8 +1,8 @@
 """A draft's token map: the token ids it may propose (FR-Spec, Zhao et al. 2025; SGLang's
 ``speculative_token_map``).
 
-A small draft spends a large share of each pass in its lm_head: the bundled draft's 4,096 x
-128 head is about as many weights as its two layers. Frequent tokens make up most of what a
+A small draft spends a large share of each pass in its lm_head: a vocabulary's rows of its
+hidden size can weigh as much as its few layers. Frequent tokens make up most of what a
 target emits, so a draft that scores only them reads a fraction of that head per pass and
 proposes nearly the same tokens. Verification is unchanged, so output is too: a target token
 outside the map is never proposed, and the chain stops there.

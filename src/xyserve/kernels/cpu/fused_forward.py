@@ -102,12 +102,12 @@ class PackedWeights:
     num_kv_heads: int
     head_dim: int
     eps: float
+    # the lm_head's rows: the logits' width (the vocabulary, or the first rows of it that a
+    # draft with a token map scores, ``spec.draft_forward``)
+    head_rows: int
     # the linear layers are AMX panels (``kernels.cpu.amx``), read by AMX tiles from
     # ``AMX_MIN_ROWS`` rows and by the FMA tile below, their inputs rounded to bfloat16
     amx: bool = False
-    # the lm_head's rows: the logits' width (the vocabulary, or the first rows of it that a
-    # draft with a token map scores, ``spec.draft_forward``); 0: the vocabulary
-    head_rows: int = 0
 
     @property
     def num_layers(self) -> int:
@@ -116,10 +116,6 @@ class PackedWeights:
     @property
     def vocab_size(self) -> int:
         return self.embed.shape[0]
-
-    @property
-    def logits_width(self) -> int:
-        return self.head_rows or self.vocab_size
 
 
 def _bf16_exact(arrays: list[np.ndarray]) -> bool:
@@ -951,7 +947,7 @@ def forward(
     otherwise than one compiled in the process. Without ``parallel`` it runs the serial
     compilation (no fork and join of the thread pool per region: the draft's passes)."""
     sel = rows.out_rows.shape[0]
-    logits = np.empty((sel, w.logits_width), np.float32)
+    logits = np.empty((sel, w.head_rows), np.float32)
     argmax = np.empty(sel, np.int64)
     if parallel:
         n = use_cpu_threads(threads)
