@@ -72,7 +72,7 @@ PER_REQUEST = {
     "engine": ("groups", "_child_to_group"),
     "scheduler": ("waiting", "running", "requests", "_skips"),
     "kv": ("req_blocks", "_committed", "pending_copies"),
-    "spec": ("acceptance", "in_run", "failed"),
+    "spec": ("acceptance", "in_run", "failed", "_live"),
     # the n-gram proposer's token arrays; the draft's shadows and their distributions q
     "proposer": ("_tokens", "shadows", "_probs"),
     "draft_kv": ("req_blocks", "_committed", "pending_copies"),

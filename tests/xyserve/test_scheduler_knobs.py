@@ -304,30 +304,48 @@ def test_median_step_cost_counts_a_size_once_it_has_enough_steps():
 
 def test_median_step_cost_refits_every_so_many_steps():
     """With ``refit_every`` 4 the line is the exact one as of the last refit: refitted four
-    observations after the one before, and at every observation while it has none."""
+    observations after the one before, and, while it has none, at every observation of a size
+    that was not a point of the last fit (steps of the points' sizes cannot make a line)."""
     import random
 
     from xyserve.engine.step_cost import MedianStepCost
 
     rng = random.Random(1)
-    lazy = MedianStepCost(window=5, horizon=12, min_steps=3, refit_every=4)
-    exact = MedianStepCost(window=5, horizon=12, min_steps=3)
-    lines = {}
+    lazy = MedianStepCost(window=5, horizon=12, min_steps=3, refit_every=4, min_size_steps=2)
+    exact = MedianStepCost(window=5, horizon=12, min_steps=3, min_size_steps=2)
+    lines, points = {}, {}
+    new_size = False  # a size that was not a point of the last refit, observed since
     fitted = None  # the observation count at the lazy model's last refit
     refits = 0
-    for n in range(1, 200):
-        size = rng.choice((1, 2, 5)) if n > 6 else 1  # one size at first: no line yet
+    done = []  # the lazy model's refits
+    fit = lazy._line
+    lazy._line = lambda: done.append(lazy.n) or fit()
+    sizes = [1] * 30 + [rng.choice((1, 2, 5)) for _ in range(170)]  # one size at first: no line
+    for n, size in enumerate(sizes, start=1):
         step = (size, 0.001 * size + rng.random() * 1e-4)
         lazy.observe(*step)
         exact.observe(*step)
         lines[n] = exact.line()
-        if fitted is None or lines[fitted] is None or n - fitted >= 4:
-            fitted, refits = n, refits + 1
+        # the sizes with min_size_steps steps within the horizon (none before min_steps)
+        points[n] = {x for x, m in exact._medians.items() if m[2] >= 2} if n >= 3 else set()
+        new_size = new_size or size not in points.get(fitted, set())
+        if fitted is None or n - fitted >= 4 or (lines[fitted] is None and new_size):
+            fitted, refits, new_size = n, refits + 1, False
         for _ in range(2):  # asked twice between steps: the same
             got, want = lazy.line(), lines[fitted]
             assert (got is None) == (want is None)
             assert got is None or got == pytest.approx(want, rel=1e-12, abs=1e-15)
+    assert lines[30] is None and lines[40] is not None
+    assert len(done) == refits
     assert 45 < refits < 60
+    # a new size, then one of the last fit's, before the line is asked: the line is there
+    late = MedianStepCost(window=5, horizon=12, min_steps=3, refit_every=100)
+    for size in (1, 1, 1):
+        late.observe(size, 0.001 * size)
+        assert late.line() is None
+    late.observe(2, 0.002)
+    late.observe(1, 0.001)
+    assert late.line() == pytest.approx((0.0, 0.001), abs=1e-12)
 
 
 class StepClock:

@@ -615,17 +615,21 @@ def test_a_declining_batch_probes_one_request_until_it_clears_the_bar():
 
 
 def test_allocation_shortcut_gives_what_the_full_loop_gives():
-    """``_allocate`` returns at once where no request's acceptance clears the first level's
-    bar; over random batches, acceptances, trees and step costs it must decide exactly as the
-    full level-by-level loop does (and the shortcut must fire in some of them)."""
+    """``_allocate`` returns at once where no first level can pay (the requests' acceptance
+    against the bar and the proposer pass); over random batches, acceptances, trees, step
+    costs and proposer costs it must decide exactly as the full level-by-level loop does (and
+    the shortcut must fire in some of them, with and without a proposer cost)."""
     g = torch.Generator().manual_seed(7)
     fired = 0
+    by_pass = 0
     for trial in range(300):
         dec = SpecDecoder(SpeculativeConfig("ngram", 4), max_model_len=1000, budget=512)
         for size in (1, 2, 3):  # a step-cost line: a fixed part and a per-token slope
             for _ in range(MIN_FIT_STEPS):
                 a_s, b_s = 1e-4 * (1 + trial % 9), 1e-5 * (1 + trial % 5)
                 dec.cost.observe(size, a_s + b_s * size)
+        # a proposer pass worth 0 to 6 tokens
+        dec.num_levels, dec.proposer_seconds = 1, (trial % 4) * 2 * b_s
         n = int(torch.randint(1, 40, (), generator=g))
         levels = {}
         for i in range(n):
@@ -637,8 +641,15 @@ def test_allocation_shortcut_gives_what_the_full_loop_gives():
             ]
         fast, full = dec._allocate(n, levels), dec._allocate(n, levels, shortcut=False)
         assert fast == full, (trial, fast, full)
+        # the budget has room for every level here, so the test is exact, not only necessary
+        firsts = {rid: sizes[0] for rid, sizes in levels.items()}
+        assert dec._first_level_pays(n, levels, firsts) == bool(full), trial
         fired += not full
+        if not full:  # count where only the proposer pass's cost kept every level out
+            dec.proposer_seconds = 0.0
+            by_pass += bool(dec._allocate(n, levels, shortcut=False))
     assert 0 < fired < 300
+    assert by_pass > 0
 
 
 # ---- draft model --------------------------------------------------------------------------

@@ -108,8 +108,13 @@ class MedianStepCost(_LineCost):
     times: dict[int, deque] = field(default_factory=dict)
     n: int = 0
     # the line as of observation ``n`` (a controller asks several times between two steps),
-    # kept for ``refit_every`` observations (refitted at each new one while there is none)
+    # kept for ``refit_every`` observations; while there is none, refitted at each new
+    # observation of a size that was not a point of the last fit (one of a point's sizes
+    # cannot make a line where there was none: a caller whose steps are all of one size asks
+    # every step, and would refit every step for nothing)
     _cached: tuple[int, tuple[float, float] | None] | None = field(default=None, repr=False)
+    _points: frozenset = field(default=frozenset(), repr=False)  # the sizes of the last fit
+    _new_size: bool = field(default=False, repr=False)  # a size not in it observed since
     # each size's oldest step used, median and number of steps used; a size's median is taken
     # again only when it got a new step or that oldest step left the horizon
     _medians: dict[int, tuple[int, float, int]] = field(default_factory=dict, repr=False)
@@ -122,6 +127,7 @@ class MedianStepCost(_LineCost):
             q = self.times[tokens] = deque(maxlen=self.window)
         q.append((self.n, seconds))
         self._medians.pop(tokens, None)
+        self._new_size = self._new_size or tokens not in self._points
         self.n += 1
 
     def line(self) -> tuple[float, float] | None:
@@ -130,9 +136,10 @@ class MedianStepCost(_LineCost):
         if (
             self._cached is None
             or self.n - self._cached[0] >= self.refit_every
-            or (self._cached[1] is None and self._cached[0] != self.n)
+            or (self._cached[1] is None and self._cached[0] != self.n and self._new_size)
         ):
             self._cached = (self.n, self._line())
+            self._new_size = False
         return self._cached[1]
 
     def _line(self) -> tuple[float, float] | None:
@@ -152,7 +159,8 @@ class MedianStepCost(_LineCost):
                 known = self._medians[x] = (recent[0][0], med, len(recent))
             if known[2] >= self.min_size_steps:
                 pts.append((x, known[1]))
-        self.span = (min(x for x, _ in pts), max(x for x, _ in pts)) if pts else None
+        self._points = frozenset(x for x, _ in pts)
+        self.span = (min(self._points), max(self._points)) if pts else None
         return least_squares(
             len(pts),
             sum(x for x, _ in pts),

@@ -18,7 +18,9 @@ Levels are added one at a time, each request's proposal at that level in order o
 chance, while the step's expected tokens per cost improve: at batch 1 ``F`` dominates and long
 chains can pay; in a large batch only proposals likely to be accepted survive, down to none.
 This is a model of the cost, decided before proposing (no draft pass is wasted), not a
-measurement per step; ``adaptive=False`` keeps every proposal.
+measurement per step; ``adaptive=False`` keeps every proposal. The model is checked by
+measurement (:mod:`xyserve.spec.guard`): at a batch size where steps with its proposals
+yielded fewer tokens per second than steps without, the guard vetoes proposals for a while.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from xyserve.engine.sampler import SampleRow
 from xyserve.engine.step_cost import MedianStepCost
 from xyserve.spec import tree
 from xyserve.spec.config import SpeculativeConfig
+from xyserve.spec.guard import SpecGuard
 from xyserve.spec.ngram import NgramProposer
 from xyserve.spec.stats import SpecStats
 from xyserve.spec.verify import VerifyResult, verify_tokens
@@ -115,6 +118,17 @@ class SpecDecoder:
         self._probed: str | None = None  # the request of the last probe, until it is verified
         self._probe_again: str | None = None  # a request whose probe was accepted
         self._expected_tokens: int | None = None
+        # The measured check on the allocation (spec.guard), adaptive only; the cycle being
+        # run: (running requests, whether the allocation proposed, None for a probe, its start)
+        # where its step is all decode/verify rows; whether that step was (observe_step), and
+        # the proposals it accepted.
+        self.guard = SpecGuard() if config.adaptive else None
+        self.clock = time.perf_counter
+        self._cycle: tuple[int, bool | None, float] | None = None
+        self._step_pure = False
+        self._measuring = False  # the next step is the guard's measure of no proposals
+        self._accepted = 0
+        self._live: set[str] = set()  # the running requests of the last call
         # Chains' acceptance at depth j given depth j - 1 was accepted, over every verify: easy
         # stretches of text make acceptance come in runs, so deeper proposals are accepted more
         # often than the per-request rate ``a`` raised to the depth would say. Kept apart by
@@ -168,30 +182,61 @@ class SpecDecoder:
     # ---- proposing --------------------------------------------------------------------
     def propose(self, running: list[Request]) -> None:
         """Fill ``spec_token_ids`` of decoding requests that have none pending."""
+        now = self.clock()
+        self._close_cycle(now)
+        pure = bool(running) and all(r.num_computed_tokens == r.num_tokens - 1 for r in running)
         try:
-            self._propose(running)
+            self._propose(running, pure, now)
         finally:  # the next step's size if it is all decode/verify rows (see observe_step)
-            pure = all(r.num_computed_tokens == r.num_tokens - 1 for r in running)
             self._expected_tokens = (
-                sum(1 + len(r.spec_token_ids) for r in running) if pure and running else None
+                sum(1 + len(r.spec_token_ids) for r in running) if pure else None
             )
+
+    def _close_cycle(self, now: float) -> None:
+        """Hand the guard the cycle that ends now, if its step was all decode/verify rows and
+        its proposals (or none) were the allocation's."""
+        cycle, self._cycle = self._cycle, None
+        pure, self._step_pure = self._step_pure, False
+        accepted, self._accepted = self._accepted, 0
+        if cycle is None or not pure or cycle[1] is None:
+            return
+        n, proposed, start = cycle
+        self.guard.observe(n, proposed, n + accepted, now - start)
 
     def release_except(self, live: set[str]) -> None:
         """Forget every request not in ``live``, and the proposer's state of a request it
         failed for: its estimates and the proposer's state (a draft's K/V blocks among it)."""
         self.failed = {rid: r for rid, r in self.failed.items() if rid in live}
+        self._live = self._live & live
         live = live - self.failed.keys()
         self.acceptance = {rid: a for rid, a in self.acceptance.items() if rid in live}
         self.in_run = {rid: v for rid, v in self.in_run.items() if rid in live}
         if hasattr(self.proposer, "release_except"):
             self.proposer.release_except(live)
 
-    def _propose(self, running: list[Request]) -> None:
-        t0 = time.perf_counter()
+    def _propose(self, running: list[Request], pure: bool, t0: float) -> None:
         by_id = {r.request_id: r for r in running}
-        # a finished request's id may come back on a new request: that one may be proposed for
-        self.failed = {rid: r for rid, r in self.failed.items() if by_id.get(rid) is r}
-        self.release_except(set(by_id))
+        if self.failed:  # a finished request's id may come back on a new request: that one
+            # may be proposed for
+            self.failed = {rid: r for rid, r in self.failed.items() if by_id.get(rid) is r}
+        if by_id.keys() != self._live:  # (what it holds is of running requests only)
+            live = set(by_id)
+            self.release_except(live)
+            self._live = live
+        if (
+            self.config.adaptive
+            and pure
+            and not self.guard.allows(len(running), lambda: self._fresh(running))
+        ):
+            # the guard's step (a veto, or measuring steps without proposals): none, and the
+            # acceptance estimates and probes as if the step were not run. A measuring step
+            # is not one the allocation would choose, so it stays out of the step line too
+            # (sizes the allocation does not make would tilt it: step times are not straight
+            # in the size); a vetoed one keeps the line of the sizes it runs up to date.
+            self._cycle = (len(running), False, t0)
+            self._measuring = self.guard.measuring(len(running))
+            self.stats.propose_seconds += self.clock() - t0
+            return
         decoding = [
             r
             for r in running
@@ -213,7 +258,7 @@ class SpecDecoder:
         offered = caps  # the requests that may propose this step
         if self.config.adaptive:  # decided before proposing: no draft pass is thrown away
             keep = {}
-            if self._any_clears(len(decoding), caps):  # else the allocation takes nothing
+            if self._first_level_pays(len(decoding), caps):
                 levels = {
                     r.request_id: self._levels(r, caps[r.request_id])
                     for r in decoding
@@ -226,18 +271,23 @@ class SpecDecoder:
                     a = self.acceptance.get(rid, prior)
                     self.acceptance[rid] = a + RECOVERY * (prior - a)
             caps = {rid: n for rid, n in keep.items() if n > 0}
+            proposed: bool | None = bool(caps)
             if caps:
                 self.declined_steps, self.probe_every = 0, PROBE_MIN_STEPS
             elif offered:  # declined: a probe where one is due
                 caps = self._probe(decoding, offered)
+                if caps:
+                    proposed = None  # a probe's cycle is neither side's
+            if pure:
+                self._cycle = (len(running), proposed, t0)
         asking = [r for r in decoding if r.request_id in caps]
         for r in asking:
             r.spec_tree_parents = None  # the proposer sets a tree where it makes one
         proposals = {}
         if asking:
-            t1 = time.perf_counter()
+            t1 = self.clock()
             proposals = self._propose_isolated(asking, caps)
-            self.proposer_seconds += time.perf_counter() - t1
+            self.proposer_seconds += self.clock() - t1
             self.num_levels += max(caps.values())
         for r in asking:
             toks = proposals.get(r.request_id)
@@ -254,14 +304,25 @@ class SpecDecoder:
                     n = min(n, self.max_model_len - r.num_tokens)
                     r.spec_token_ids = toks[:n]
                     r.spec_tree_parents = parents[:n]
-        self.stats.propose_seconds += time.perf_counter() - t0
+        self.stats.propose_seconds += self.clock() - t0
+
+    def _fresh(self, running: list[Request]) -> bool:
+        """Whether the proposer can propose for ``running`` without first catching up on
+        more than ``PROBE_MAX_ROWS`` tokens a request on average (its draft's cache lags
+        behind requests it has not proposed for)."""
+        rows = getattr(self.proposer, "catch_up_rows", None)
+        return rows is None or sum(map(rows, running)) <= PROBE_MAX_ROWS * len(running)
 
     def _probe(self, decoding: list[Request], caps: dict[str, int]) -> dict[str, int]:
         """One step more without proposals; a probe (``PROBE_MIN_STEPS``) where it is due: the
         request to propose one level for, or nothing."""
         self.declined_steps += 1
         rid, self._probe_again = self._probe_again, None
-        if rid is None or rid not in caps or self._any_clears(len(decoding), [rid]):
+        if (
+            rid is None
+            or rid not in caps
+            or self._first_level_pays(len(decoding), [rid], with_pass=False)
+        ):
             if self.declined_steps < self.probe_every:
                 return {}
             rows = getattr(self.proposer, "catch_up_rows", lambda r: 1)
@@ -291,6 +352,7 @@ class SpecDecoder:
                     r.request_id,
                 )
                 self.failed[r.request_id] = r
+                self._live = set()  # its state goes at the next call (release_except)
                 r.spec_tree_parents = None
                 return {}
         for r in requests:
@@ -316,7 +378,9 @@ class SpecDecoder:
         costs its nodes (verify tokens) plus one proposer pass (shared by the batch).
         ``shortcut``: return at once where nothing can be taken (below; off where the caller
         checked that already, and in the test that checks it against the full loop)."""
-        if shortcut and not self._any_clears(num_decoding, levels):
+        if shortcut and not self._first_level_pays(
+            num_decoding, levels, {rid: sizes[0] for rid, sizes in levels.items() if sizes}
+        ):
             return {}
         emitted = float(num_decoding)  # each decoding request emits one token anyway
         cost = fixed_tokens(self.step_line()) + num_decoding
@@ -360,16 +424,44 @@ class SpecDecoder:
             alive = set(take)
         return keep
 
-    def _any_clears(self, num_decoding: int, rids) -> bool:
-        """Whether any of ``rids``' acceptance estimates clears the first level's bar (the
-        step's tokens per cost without proposals). A first-level unit's value per token is at
-        most its request's acceptance (b >= 1 nodes match with 1 - (1 - a)^b <= b a): where
-        none clears it, the allocation takes nothing. The common case in a large batch, asked
-        every step before the requests' levels are built."""
+    def _first_level_pays(
+        self,
+        num_decoding: int,
+        rids,
+        first_nodes: dict[str, int] | None = None,
+        with_pass: bool = True,
+    ) -> bool:
+        """Whether a first level can pay for any of ``rids`` (the allocation's first decision,
+        from the acceptance estimates alone). Proposing one level for a set of requests pays
+        when ``(E + sum v) / (C + sum n + L) > E / C``: ``E / C`` is the step's tokens per
+        cost without proposals (the bar), ``v`` and ``n`` a request's unit value and nodes,
+        ``L`` the proposer pass. That is ``sum (v - n * bar) > L * bar``, and each request can
+        add at most ``max(0, v - n * bar)`` to it: where their sum does not clear ``L * bar``,
+        the allocation takes nothing. Asked every step before the requests' levels are built,
+        since in a large batch declining is the common case. ``first_nodes``: each request's
+        nodes at the first level (None: a chain's 1 or the configured tree's first level,
+        whichever gains more). ``with_pass=False``: whether any of them clears the bar, the
+        proposer pass left out (where a pass costs more than one request's proposal can gain,
+        this says whether its estimate alone is past the bar)."""
         bar = num_decoding / (fixed_tokens(self.step_line()) + num_decoding)
+        # (rounding: never say no where the loop would say yes)
+        need = self.proposer_level_tokens() * bar * (1.0 - 1e-9) if with_pass else 0.0
+        widths = (1,) if self.tree_sizes is None else (1, self.tree_sizes[0])
         prior = self.prior()
         get = self.acceptance.get
-        return any(get(rid, prior) > bar for rid in rids)
+        surplus = 0.0
+        for rid in rids:
+            a = get(rid, prior)
+            if a <= bar:  # a unit's value per node is at most a: none of this request's clears
+                continue
+            if first_nodes is None:
+                nodes = widths
+            else:  # (a request with no level to take adds nothing)
+                nodes = (first_nodes[rid],) if rid in first_nodes else ()
+            surplus += max(0.0, *(1.0 - (1.0 - a) ** n - n * bar for n in nodes))
+            if surplus > need:
+                return True
+        return False
 
     def proposer_level_tokens(self) -> float:
         """One proposer pass (a draft level for the whole batch) in target-token equivalents."""
@@ -414,8 +506,11 @@ class SpecDecoder:
         the one :meth:`propose` expected): verify costs are judged on steps like the ones that
         speculation makes, not on prefill chunks, whose cost per token differs."""
         if num_tokens == self._expected_tokens:
-            self.cost.observe(num_tokens, seconds)
+            if not self._measuring:
+                self.cost.observe(num_tokens, seconds)
+            self._step_pure = True
         self._expected_tokens = None
+        self._measuring = False
 
     # ---- verifying --------------------------------------------------------------------
     def verify(
@@ -435,6 +530,7 @@ class SpecDecoder:
             q = self.proposer.probs(request_id, len(draft))
         res = verify_tokens(logits, draft, row, min_tokens_blocked, q, tree_parents, argmax)
         self.stats.record(len(draft), res.num_accepted)
+        self._accepted += res.num_accepted
         self.observe_acceptance(request_id, len(draft), res.num_accepted)
         if tree_parents is None and draft:
             self.first_tries += 1
