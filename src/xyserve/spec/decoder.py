@@ -184,12 +184,13 @@ class SpecDecoder:
         """Fill ``spec_token_ids`` of decoding requests that have none pending."""
         now = self.clock()
         self._close_cycle(now)
-        pure = bool(running) and all(r.num_computed_tokens == r.num_tokens - 1 for r in running)
+        decoding = [r for r in running if r.num_computed_tokens == r.num_tokens - 1]
+        pure = 0 < len(decoding) == len(running)
         try:
-            self._propose(running, pure, now)
+            self._propose(running, decoding, pure, now)
         finally:  # the next step's size if it is all decode/verify rows (see observe_step)
             self._expected_tokens = (
-                sum(1 + len(r.spec_token_ids) for r in running) if pure else None
+                len(running) + sum(len(r.spec_token_ids) for r in running) if pure else None
             )
 
     def _close_cycle(self, now: float) -> None:
@@ -214,7 +215,11 @@ class SpecDecoder:
         if hasattr(self.proposer, "release_except"):
             self.proposer.release_except(live)
 
-    def _propose(self, running: list[Request], pure: bool, t0: float) -> None:
+    def _propose(
+        self, running: list[Request], decoding: list[Request], pure: bool, t0: float
+    ) -> None:
+        """``decoding``: the requests of ``running`` whose last token is sampled and not yet
+        computed; ``pure``: all of them are."""
         by_id = {r.request_id: r for r in running}
         if self.failed:  # a finished request's id may come back on a new request: that one
             # may be proposed for
@@ -237,21 +242,16 @@ class SpecDecoder:
             self._measuring = self.guard.measuring(len(running))
             self.stats.propose_seconds += self.clock() - t0
             return
-        decoding = [
-            r
-            for r in running
-            if r.num_computed_tokens == r.num_tokens - 1 and r.request_id not in self.failed
-        ]
+        if self.failed:
+            decoding = [r for r in decoding if r.request_id not in self.failed]
         limit = self.config.disable_by_batch_size
         if not decoding or (limit is not None and len(decoding) >= limit):
             return
         caps: dict[str, int] = {}
+        k, room = self.k, self.max_model_len - 1
         for r in decoding:
-            cap = min(
-                self.k,
-                r.max_tokens - r.num_output_tokens - 1,
-                self.max_model_len - r.num_tokens - 1,
-            )
+            out = len(r.output_token_ids)
+            cap = min(k, r.max_tokens - out - 1, room - len(r.prompt_token_ids) - out)
             if cap >= 1 and not r.spec_token_ids:
                 caps[r.request_id] = cap
         keep = None
