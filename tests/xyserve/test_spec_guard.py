@@ -164,7 +164,9 @@ def test_the_decoder_keeps_proposing_where_its_cycles_yield_more():
     proposals counted): no veto, and the proposer runs in every step but the guard's checks."""
     dec, calls, _, _ = _run_decoder(0.0005)
     assert dec.guard.num_vetoes == 0 and dec.guard.sizes[4].won is True
-    assert 400 - 4 * 16 <= calls[-1] < 400 - 16  # checks of 16 steps: at 16, 128, 256 and 512
+    # measures of 16 steps without proposals: after the first 16, then 128 and 256 decisions
+    # after each verdict (two within 400 steps)
+    assert calls[-1] == 400 - 2 * 16
 
 
 def test_a_pass_whose_check_finds_no_recent_proposals_does_not_veto_for_good():
@@ -204,6 +206,102 @@ def test_a_veto_ends_when_the_proposer_is_ready_or_after_its_length_again():
     _drive(g, 4, 8, (8, 0.003), (4, 0.001))
     got = [g.allows(4, lambda: False) for _ in range(17)]  # never ready: 8 more at most
     assert got == [False] * 16 + [True]
+
+
+def test_sparse_timed_steps_do_not_keep_the_guard_measuring():
+    """Where only one decision in ten ends in a step the guard can time (prefill chunks in
+    the others), a measure of steps without proposals times out, and the next is asked for
+    only after ``interval`` decisions, doubling: the controller's proposals (which win here)
+    keep most decisions."""
+    g = SpecGuard(window=4, min_interval=8, max_interval=1024, horizon=20)
+    allowed = 0
+    for i in range(4000):
+        ok = g.allows(5)
+        allowed += ok
+        if i % 10 == 0:
+            g.observe(5, ok, 10 if ok else 5, 0.001)
+    assert allowed > 0.9 * 4000 and g.sizes[5].won is None  # (never measured: no verdict)
+
+
+def test_a_catching_up_proposal_is_neither_sides_cycle():
+    """A draft that lags more than PROBE_MAX_ROWS tokens a request (after a veto) pays for
+    the proposals it skipped: that cycle is not set against steps without proposals."""
+    clock = _Clock()
+    proposer = _TimedProposer(clock, 0.0005)
+    proposer.catch_up_rows = lambda r: 1000
+    dec = SpecDecoder(SpeculativeConfig("ngram", 2), 10_000, 512, proposer=proposer)
+    dec.clock = clock
+    dec.proposer_level_tokens = lambda: 0.0
+    reqs = [Request(str(i), [1, 2, 3], 5000) for i in range(4)]
+    for _ in range(40):
+        for r in reqs:
+            r.num_computed_tokens = r.num_tokens - 1
+        dec.propose(reqs)
+        assert all(r.spec_token_ids for r in reqs)  # it proposes...
+        for r in reqs:
+            r.output_token_ids += r.spec_token_ids + [7]
+            r.spec_token_ids = []
+        clock.t += 0.001
+        dec.observe_step(4 * 3, 0.001)
+    size = dec.guard.sizes[4]
+    assert not size.spec and size.phase == "model"  # ...and no cycle of it is timed
+
+
+def test_a_veto_waits_for_a_fresh_draft_in_the_decoder():
+    """A veto's time is up: the decoder asks ``_fresh`` and holds the veto while the draft
+    lags, for at most its length again."""
+    lengths = {}
+    for fresh in (True, False):
+        dec, _, _, _ = _run_decoder(0.005, steps=40)  # vetoed at 4 running requests
+        size = dec.guard.sizes[4]
+        assert size.phase == "veto"
+        dec._fresh = lambda running, fresh=fresh: fresh
+        proposer = dec.proposer
+        reqs = [Request(str(i), [1, 2, 3], 5000) for i in range(4)]
+        n = 0
+        while True:  # until the controller proposes again
+            for r in reqs:
+                r.num_computed_tokens = r.num_tokens - 1
+            before = proposer.calls
+            dec.propose(reqs)
+            for r in reqs:
+                r.output_token_ids += r.spec_token_ids + [7]
+                r.spec_token_ids = []
+            dec.observe_step(4, 0.001)
+            n += 1
+            if proposer.calls > before:
+                break
+        lengths[fresh] = (n, size.interval)
+    (n_fresh, interval), (n_lag, _) = lengths[True], lengths[False]
+    assert n_lag - n_fresh == interval
+
+
+def test_a_failed_proposers_state_is_released_at_the_next_call():
+    """A proposer that raises for one request: that request decodes without proposals, and
+    its proposer state is released at the next call though the running set did not change."""
+
+    class Failing:
+        def __init__(self) -> None:
+            self.released: list[set[str]] = []
+
+        def propose(self, requests, caps):
+            if any(r.request_id == "bad" for r in requests):
+                raise RuntimeError("planted")
+            return {r.request_id: [7] for r in requests}
+
+        def release_except(self, live: set[str]) -> None:
+            self.released.append(set(live))
+
+    proposer = Failing()
+    dec = SpecDecoder(SpeculativeConfig("ngram", 2, adaptive=False), 10_000, 512, proposer)
+    reqs = [Request(rid, [1, 2, 3], 5000) for rid in ("ok", "bad")]
+    for r in reqs:
+        r.num_computed_tokens = r.num_tokens - 1
+    dec.propose(reqs)
+    assert "bad" in dec.failed and reqs[0].spec_token_ids and not reqs[1].spec_token_ids
+    reqs[0].spec_token_ids = []
+    dec.propose(reqs)
+    assert proposer.released[-1] == {"ok"}
 
 
 def test_the_decoder_waits_for_a_fresh_draft_to_end_a_veto():

@@ -119,9 +119,9 @@ class SpecDecoder:
         self._probe_again: str | None = None  # a request whose probe was accepted
         self._expected_tokens: int | None = None
         # The measured check on the allocation (spec.guard), adaptive only; the cycle being
-        # run: (running requests, whether the allocation proposed, None for a probe, its start)
-        # where its step is all decode/verify rows; whether that step was (observe_step), and
-        # the proposals it accepted.
+        # run: (running requests, whether the allocation proposed, None for neither side's,
+        # its start) where its step is all decode/verify rows; whether that step was all
+        # decode/verify rows as expected (observe_step), and the proposals it accepted.
         self.guard = SpecGuard() if config.adaptive else None
         self.clock = time.perf_counter
         self._cycle: tuple[int, bool | None, float] | None = None
@@ -284,6 +284,10 @@ class SpecDecoder:
         for r in asking:
             r.spec_tree_parents = None  # the proposer sets a tree where it makes one
         proposals = {}
+        if asking and self._cycle is not None and not self._fresh(asking):
+            # a draft catching up on many tokens (after a veto, say): the cycle pays for
+            # what the proposals before it skipped, so it is neither side's
+            self._cycle = (self._cycle[0], None, t0)
         if asking:
             t1 = self.clock()
             proposals = self._propose_isolated(asking, caps)
@@ -504,7 +508,9 @@ class SpecDecoder:
     def observe_step(self, num_tokens: int, seconds: float) -> None:
         """Time a step for the cost model, if it was only decode and verify rows (its size is
         the one :meth:`propose` expected): verify costs are judged on steps like the ones that
-        speculation makes, not on prefill chunks, whose cost per token differs."""
+        speculation makes, not on prefill chunks, whose cost per token differs. A step of the
+        guard's measuring no proposals stays out of it (see ``_propose``). Such a step also
+        lets the guard time the cycle it ends (``_close_cycle``)."""
         if num_tokens == self._expected_tokens:
             if not self._measuring:
                 self.cost.observe(num_tokens, seconds)

@@ -51,6 +51,7 @@ class _Size:
     pending: bool = True  # a comparison is wanted (none yet, or one side is being measured anew)
     until: int = 0  # the last decision that the current verdict holds for
     plain_since: int = 0  # the decision at which the current "plain" phase began
+    retry_at: int = 0  # no "plain" phase before this decision (one timed out)
     interval: int = MIN_INTERVAL
     won: bool | None = None  # the last verdict: whether proposing yielded more
 
@@ -75,7 +76,7 @@ class SpecGuard:
 
     def allows(self, n: int, ready: Callable[[], bool] | None = None) -> bool:
         """One decision for a batch of ``n`` running requests: whether the controller may
-        propose (False: the step runs without proposals, a probe aside). ``ready``: asked when
+        propose (False: the step runs without proposals). ``ready``: asked when
         a veto's time is up, whether proposing can be measured now (a draft that would first
         catch up on every token since the veto began would be measured at that cost; the
         veto then holds until it says yes, for at most its length again)."""
@@ -92,9 +93,13 @@ class SpecGuard:
         if s.phase == "plain":
             if s.decisions - s.plain_since <= self.horizon:
                 return False
-            # too few pure steps to measure (other work in the steps): the controller decides
-            # until its next proposals ask for a comparison again
+            # too few pure steps to measure (other work in the steps): the controller decides,
+            # and the next comparison is asked for no sooner than ``interval`` decisions on
+            # (doubling while such measures keep failing), from proposing cycles measured anew
             s.phase = "model"
+            s.retry_at = s.decisions + s.interval
+            s.interval = min(self.max_interval, 2 * s.interval)
+            s.spec.clear()
             return True
         if s.won and not s.pending and s.decisions > s.until:
             s.phase, s.pending = "plain", True  # a pass's time is up: measure no proposals
@@ -124,7 +129,7 @@ class SpecGuard:
         elif proposed and len(s.spec) >= self.window:
             if self._recent(s, s.plain) >= self.window:
                 self._judge(n, s)
-            else:  # measure not proposing, next to these
+            elif s.decisions >= s.retry_at:  # measure not proposing, next to these
                 s.phase, s.plain_since = "plain", s.decisions
                 s.plain.clear()
 
