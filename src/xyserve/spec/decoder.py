@@ -310,12 +310,16 @@ class SpecDecoder:
                     r.spec_tree_parents = parents[:n]
         self.stats.propose_seconds += self.clock() - t0
 
+    def _lag(self, r: Request) -> int:
+        """Rows the proposer's first pass for ``r`` runs (its draft's cache lags behind
+        requests it has not proposed for); 1 for a proposer without a cache."""
+        rows = getattr(self.proposer, "catch_up_rows", None)
+        return 1 if rows is None else rows(r)
+
     def _fresh(self, running: list[Request]) -> bool:
         """Whether the proposer can propose for ``running`` without first catching up on
-        more than ``PROBE_MAX_ROWS`` tokens a request on average (its draft's cache lags
-        behind requests it has not proposed for)."""
-        rows = getattr(self.proposer, "catch_up_rows", None)
-        return rows is None or sum(map(rows, running)) <= PROBE_MAX_ROWS * len(running)
+        more than ``PROBE_MAX_ROWS`` tokens a request on average."""
+        return sum(map(self._lag, running)) <= PROBE_MAX_ROWS * len(running)
 
     def _probe(self, decoding: list[Request], caps: dict[str, int]) -> dict[str, int]:
         """One step more without proposals; a probe (``PROBE_MIN_STEPS``) where it is due: the
@@ -329,8 +333,7 @@ class SpecDecoder:
         ):
             if self.declined_steps < self.probe_every:
                 return {}
-            rows = getattr(self.proposer, "catch_up_rows", lambda r: 1)
-            lag = {r.request_id: rows(r) for r in decoding if r.request_id in caps}
+            lag = {r.request_id: self._lag(r) for r in decoding if r.request_id in caps}
             rid = min(lag, key=lag.get, default=None)
             if rid is None or lag[rid] > PROBE_MAX_ROWS:
                 return {}
