@@ -479,8 +479,6 @@ def test_a_new_request_starts_from_the_engines_first_proposal_acceptance():
         draft = [3, 4] if i % 9 else [9, 4]
         dec.verify(f"old{i}", _chain_logits([3, 4, 5]), draft, greedy, [])
     assert dec.prior() == pytest.approx((32 + 4 * PRIOR_ACCEPTANCE) / 40)
-    dec.verify("t", _chain_logits([3, 4]), [3], greedy, [], tree_parents=[-1])
-    assert dec.first_tries == 36  # a tree's first level is not a chain's first proposal
     # a step-cost line of a fixed part worth 3 tokens, four requests decoding (the others
     # with proposals pending): the first level's bar is 4 in 7, which a fresh request clears
     # from the engine's estimate (0.85), and not from 1 in 2
@@ -494,6 +492,39 @@ def test_a_new_request_starts_from_the_engines_first_proposal_acceptance():
     dec.first_hits, dec.first_tries = 32, 36
     dec.verify("new", _chain_logits([3, 4]), [9], greedy, [])
     assert dec.acceptance["new"] == pytest.approx(0.85 * (1 - 0.2))
+
+
+def test_a_trees_verify_counts_how_far_the_drafts_own_chain_was_accepted():
+    """The estimates are of the draft's own chain, and a tree's verify teaches them as that
+    chain's verify would: how far its top chain (node 0, then each chain node's first child)
+    was accepted, whatever sibling path the target took. (Counted from chains only, the
+    engine's first-proposal share stayed at its prior under method tree, and once a step line
+    with a small fixed part was fitted the allocation declined every step.)"""
+    from xyserve.spec import tree
+
+    dec = SpecDecoder(SpeculativeConfig("ngram", 4), max_model_len=1000, budget=512)
+    greedy = _row(SamplingParams(temperature=0))
+    parents = tree.from_branching([2, 1, 1])  # nodes 0,1 | 2,3 | 4,5; top chain 0, 2, 4
+    assert tree.top_chain(parents) == [0, 2, 4]
+    assert tree.top_chain((-1, 0, -1, 1, 0)) == [0, 1, 3]  # first children, not levels
+    draft = [3, 4, 6, 7, 1, 2]
+    # the target follows the top chain whole: three of three
+    follow = _chain_logits([3, 6, 0, 1, 0, 9, 0])
+    res = dec.verify("a", follow, draft, greedy, [], tree_parents=parents)
+    assert res.path == [0, 2, 4]
+    assert (dec.first_tries, dec.first_hits) == (1, 1)
+    assert dec.depth_tries[False][1:3] == dec.depth_hits[False][1:3] == [1, 1]
+    assert dec.acceptance["a"] > dec.prior() - 0.2  # three accepts from where it started
+    # the target takes the sibling path (node 1, then 3): the top chain's first proposal is
+    # rejected, though the verify accepted two tokens
+    side = torch.full((7, 10), -5.0)
+    side[0, 4] = side[2, 7] = side[4, 8] = 5.0
+    res = dec.verify("b", side, draft, greedy, [], tree_parents=parents)
+    assert (res.path, res.num_accepted) == ([1, 3], 2)
+    assert (dec.first_tries, dec.first_hits) == (2, 1)
+    assert dec.depth_tries[False][1] == 1  # nothing past a rejected first proposal
+    assert dec.acceptance["b"] < PRIOR_ACCEPTANCE
+    assert dec.in_run == {"a": False, "b": False}  # a tree starts no run
 
 
 def test_a_batch_that_stopped_proposing_keeps_the_last_step_line():
@@ -1049,6 +1080,29 @@ def test_dynamic_tree_output_identical_and_its_nodes_are_a_valid_tree(tiny_llama
     assert any(tree.level_sizes(p) != [1] * len(p) for p, _ in trees)  # some do branch
     llm.llm_engine.kv.check_no_leak()
     llm.llm_engine.spec.proposer.kv.check_no_leak()
+
+
+def test_a_tree_that_kept_only_its_top_chain_is_verified_as_a_chain():
+    """A dynamic tree keeps its likeliest nodes; where those are one chain, the request is
+    verified as a chain (causal rows, nothing to move after acceptance), and a tree that
+    branches stays a tree."""
+
+    class Shapes:
+        def __init__(self, parents):
+            self.parents = parents
+
+        def propose(self, requests, caps):
+            for r in requests:
+                r.spec_tree_parents = self.parents
+            return {r.request_id: [5, 6, 7][: len(self.parents)] for r in requests}
+
+    cfg = SpeculativeConfig("tree", 4, adaptive=False, tree_nodes=3)
+    for parents, kept in (((-1, 0, 1), None), ((-1, -1, 0), (-1, -1, 0))):
+        dec = SpecDecoder(cfg, max_model_len=1000, budget=512, proposer=Shapes(parents))
+        r = Request("a", [1, 2, 3, 4], 50)
+        r.num_computed_tokens = r.num_tokens - 1
+        dec.propose([r])
+        assert (r.spec_token_ids, r.spec_tree_parents) == ([5, 6, 7], kept)
 
 
 def test_a_tree_takes_no_more_slots_than_the_context_has_left(tiny_llama):

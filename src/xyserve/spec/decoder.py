@@ -307,7 +307,10 @@ class SpecDecoder:
                     # could need more slots than a cache of max_model_len tokens holds
                     n = min(n, self.max_model_len - r.num_tokens)
                     r.spec_token_ids = toks[:n]
-                    r.spec_tree_parents = parents[:n]
+                    parents = tuple(parents[:n])
+                    # a dynamic tree that kept only its top chain is verified as a chain:
+                    # causal rows, no accepted path to move, a chain's acceptance counts
+                    r.spec_tree_parents = None if parents == tree.chain(n) else parents
         self.stats.propose_seconds += self.clock() - t0
 
     def _lag(self, r: Request) -> int:
@@ -540,20 +543,28 @@ class SpecDecoder:
         res = verify_tokens(logits, draft, row, min_tokens_blocked, q, tree_parents, argmax)
         self.stats.record(len(draft), res.num_accepted)
         self._accepted += res.num_accepted
-        self.observe_acceptance(request_id, len(draft), res.num_accepted)
-        if tree_parents is None and draft:
+        # The estimates are of the draft's own chain (a tree's top chain, ``tree.top_chain``):
+        # how far its argmax path was accepted. The allocation prices a level's alternatives
+        # from that chance, so a tree's verify teaches it as a chain's does.
+        proposed, kept = len(draft), res.num_accepted
+        if tree_parents is not None:
+            chain = tree.top_chain(tuple(tree_parents[: len(draft)]))
+            proposed, kept = len(chain), 0
+            while kept < min(len(chain), len(res.path)) and res.path[kept] == chain[kept]:
+                kept += 1
+        self.observe_acceptance(request_id, proposed, kept)
+        if proposed:
             self.first_tries += 1
-            self.first_hits += res.num_accepted > 0
+            self.first_hits += kept > 0
         if request_id == self._probed:
             self._probed = None
             if res.num_accepted > 0:  # it may have changed: probe it again at the next step
                 self._probe_again = request_id
-        if tree_parents is None:
-            run = self.in_run.get(request_id, False)
-            tries, hits = self.depth_tries[run], self.depth_hits[run]
-            for j in range(1, min(len(draft), res.num_accepted + 1, self.k)):
-                tries[j] += 1
-                hits[j] += j < res.num_accepted
+        run = self.in_run.get(request_id, False)  # (never for a tree: see below)
+        tries, hits = self.depth_tries[run], self.depth_hits[run]
+        for j in range(1, min(proposed, kept + 1, self.k)):
+            tries[j] += 1
+            hits[j] += j < kept
         # a tree's accepted path says nothing about the next chain's, so it starts no run
         self.in_run[request_id] = tree_parents is None and res.num_accepted == len(draft) > 0
         return res

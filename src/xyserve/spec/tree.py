@@ -94,6 +94,20 @@ def ancestors(node: int, parents: Parents) -> list[int]:
     return path[::-1]
 
 
+def top_chain(parents: Parents) -> list[int]:
+    """The draft's own chain inside a tree: node 0 (the root's first child), then each chain
+    node's first child. A node's children are the draft's top tokens after it in rank order
+    (the static tree's and the dynamic tree's alike), so this is the chain of the draft's
+    argmax that method ``draft_model`` would have proposed, as far as the tree holds it."""
+    chain: list[int] = []
+    node = -1
+    for i, p in enumerate(parents):
+        if p == node:
+            chain.append(i)
+            node = i
+    return chain
+
+
 def level_sizes(parents: Parents) -> list[int]:
     """Nodes per depth."""
     sizes: list[int] = []
