@@ -238,6 +238,38 @@ def test_greedy_trees_in_one_call_equal_the_pass_by_pass_loop(shape):
     assert any(len(p) > len(set(tree.depths(p))) for _, ps in got[0] for p in ps if p)
 
 
+@pytest.mark.parametrize("one_call", [True, False])
+def test_a_beam_one_tree_keeps_its_run_chains_kv_and_proposes_as_a_fresh_draft(one_call):
+    """A dynamic tree of beam 1 runs its top chain at the chain's own positions: the draft keeps
+    that K/V as a chain proposal keeps its own, so after a verify that accepted part of the
+    chain the next catch-up pass runs only the tokens after it, and every round proposes what
+    a fresh draft proposes from the same tokens (no stale K/V)."""
+    from xyserve import SamplingParams
+    from xyserve.spec import tree
+
+    shape = tree.TreeShape((2, 2, 2, 2), beam=1, nodes=8)  # every candidate: a chain of 4
+    greedy = SamplingParams(temperature=0)
+    prop = _proposer(tree_shape=shape)
+    prop.trees_in_one_call = one_call
+    r = Request("r", list(range(3, 15)), 50, sampling_params=greedy)
+    for took in (2, 4, 1, 3):  # chain tokens the target accepts, then a token of its own
+        out = prop.propose([r], {"r": 4})["r"]
+        parents = r.spec_tree_parents
+        fresh = _proposer(tree_shape=shape)
+        fresh.trees_in_one_call = one_call
+        twin = Request("r", r.all_token_ids, 50, sampling_params=greedy)
+        assert fresh.propose([twin], {"r": 4})["r"] == out and twin.spec_tree_parents == parents
+        chain = [out[n] for n in tree.top_chain(parents)]
+        assert len(chain) == 4
+        target = next(t for t in range(20) if t not in chain[took : took + 1])
+        r.output_token_ids += chain[:took] + [target]
+        s = prop._sync(r)
+        # the chain's run part (all but its last token) is kept: the catch-up runs the rest
+        assert r.num_tokens - s.num_computed_tokens == 1 + (took == 4)
+    prop.release_except(set())
+    prop.kv.check_no_leak()
+
+
 def test_compiled_entry_points_take_no_function_arguments():
     """A compiled function passed as an argument is a numba type of its own in every process,
     so numba's on-disk cache of the callee would never hit (every start recompiled the fused

@@ -238,7 +238,8 @@ class DraftModelProposer:
                 self._probs[rid] = torch.stack(q)
         for r in requests:
             t = trees.get(r.request_id)
-            if t is not None and t.tokens:
+            if t is not None and t.tokens:  # (it ran: its catch-up rows are computed)
+                _keep_run_chain(self.shadows[r.request_id], t)
                 out[r.request_id], r.spec_tree_parents = t.result()
         return {rid: toks for rid, toks in out.items() if toks}
 
@@ -306,7 +307,7 @@ class DraftModelProposer:
             t.parents = got.parents[i, :c].tolist()
             t.depth = got.depth[i, :c].tolist()
             t.score = got.score[i, :c].tolist()
-            s.num_computed_tokens = s.num_tokens  # node K/V is scratch, never kept
+            _keep_run_chain(s, t)
             if t.tokens:
                 out[r.request_id], r.spec_tree_parents = t.result()
         return out
@@ -372,6 +373,19 @@ class _TreeState:
         self.frontier: list[int] = [-1]  # -1: the root (the catch-up pass's last row)
         self.run_slot: dict[int, int] = {}
 
+    def run_chain(self) -> list[int]:
+        """The top chain's tokens (the first candidate of each level, ``tree.top_chain``) where
+        the draft ran that chain at its own positions: a dynamic tree of beam 1 expands one
+        node a level, its parent's top child, and runs it as the ``r``-th node at position
+        ``base + r``, so the K/V of every chain node but the last is a chain's. Empty for
+        other trees (their run order is not their positions)."""
+        if self.shape.nodes is None or self.shape.beam != 1:
+            return []
+        first: dict[int, int] = {}
+        for i, d in enumerate(self.depth):
+            first.setdefault(d, i)
+        return [self.tokens[first[d]] for d in range(len(first))]
+
     def max_runs(self) -> int:
         """Nodes that may run through the draft: the slots to allocate."""
         return fused_tree.max_runs(self.shape.branching, self.shape.beam, self.levels)
@@ -424,6 +438,17 @@ class _TreeState:
         index = {old: new for new, old in enumerate(keep)}
         parents = tuple(-1 if self.parents[i] < 0 else index[self.parents[i]] for i in keep)
         return [self.tokens[i] for i in keep], parents
+
+
+def _keep_run_chain(s: Request, t: _TreeState) -> None:
+    """After a tree proposal: the shadow ``s`` keeps the K/V of the tree's run chain (as a
+    chain proposal keeps its own, so that the next catch-up pass starts after the chain's
+    accepted part), or of its real tokens alone (node K/V is scratch)."""
+    chain = t.run_chain()
+    s.num_computed_tokens = s.num_tokens
+    if chain:
+        s.output_token_ids.extend(chain)
+        s.num_computed_tokens = s.num_tokens - 1  # the last level's node is not run
 
 
 def _greedy(r: Request) -> bool:
