@@ -85,8 +85,9 @@ NOT_PER_REQUEST = {
     # every block, the free list and the LRU list of cached blocks: bounded by num_blocks
     "kv": ("blocks", "_free", "_evictable"),
     "draft_kv": ("blocks", "_free", "_evictable"),
-    # per depth of a chain over all requests; a tree's nodes per level (config)
-    "spec": ("depth_tries", "depth_hits", "tree_sizes"),
+    # per depth of a chain over all requests; a tree's nodes per level (config); proposer
+    # passes by how many requests a call proposed for (at most max_num_seqs keys)
+    "spec": ("depth_tries", "depth_hits", "tree_sizes", "pass_cost"),
     "intake": ("eos_token_ids", "_grammar_cache"),  # by grammar content, at most 64
     "output": ("eos_token_ids",),
     "runner": ("kv_caches",),  # one K/V tensor pair per layer

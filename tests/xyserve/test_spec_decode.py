@@ -599,7 +599,7 @@ def test_a_declining_batch_probes_one_request_until_it_clears_the_bar():
             dec.cost.observe(size, 3e-4 + 1e-4 * size)
     for i in range(40):  # 10 of 40 first proposals accepted
         dec.verify(f"old{i}", _chain_logits([3, 4, 5]), [3, 4] if i < 10 else [9, 4], greedy, [])
-    dec.proposer_level_tokens = lambda: 0.0  # no price (not this machine's timing)
+    dec.proposer_level_tokens = lambda requests=1: 0.0  # no price (not this machine's timing)
     reqs = [Request(str(i), [1, 2, 3] * 4, 1000) for i in range(4)]
     asked_at, longest = [], 0
     for step in range(500):
@@ -625,7 +625,7 @@ def test_a_declining_batch_probes_one_request_until_it_clears_the_bar():
     assert 4 <= dec.num_probes <= 6 and longest > 1  # and then on its own, longer chains
     # where one request's proposal cannot pay whatever its acceptance (a level priced at a
     # token: 4.9 / 9 < 4 / 7), accepted probes stop once its estimate clears the bar
-    dec.proposer_level_tokens = lambda: 1.0
+    dec.proposer_level_tokens = lambda requests=1: 1.0
     dec.acceptance["9"] = dec.prior()
     r = Request("9", [1, 2, 3] * 4, 1000)
     probes = dec.num_probes
@@ -645,6 +645,27 @@ def test_a_declining_batch_probes_one_request_until_it_clears_the_bar():
     assert 1 <= dec.num_probes - probes <= 6
 
 
+def test_a_pass_cost_learned_in_large_batches_does_not_price_out_a_lone_request():
+    """A proposer pass runs a row of each request it proposes for, so its cost is kept by that
+    count: calls for 16 requests that cost 20 tokens' worth a pass do not price one request's
+    proposals (say after a busy spell, a single user at batch 1) as if a pass still cost that.
+    An unmeasured count takes the nearest one below it, or the fewest above it scaled down,
+    so a guess errs low and the proposals it lets through measure the real cost."""
+    dec = SpecDecoder(SpeculativeConfig("ngram", 4), max_model_len=1000, budget=512)
+    for size in (1, 3, 5):  # a step line of a fixed part worth 4 tokens, 1e-4 s a token
+        for _ in range(MIN_FIT_STEPS):
+            dec.cost.observe(size, 4e-4 + 1e-4 * size)
+    dec.acceptance["a"] = 0.7
+    dec.pass_cost = {16: [2e-3 * 10, 10]}  # ten passes of 16 requests, 2 ms each: 20 tokens
+    assert dec.proposer_level_tokens(16) == pytest.approx(20.0)
+    assert dec.proposer_level_tokens(32) == pytest.approx(20.0)
+    assert dec.proposer_level_tokens(1) == pytest.approx(20.0 / 16)
+    assert dec._allocate(1, {"a": [1] * 4}).get("a", 0) >= 1
+    dec.pass_cost[1] = [1e-3, 1]  # measured: 10 tokens a pass for one request
+    assert dec.proposer_level_tokens(2) == pytest.approx(10.0)
+    assert dec._allocate(1, {"a": [1] * 4}) == {}
+
+
 def test_allocation_shortcut_gives_what_the_full_loop_gives():
     """``_allocate`` returns at once where no first level can pay (the requests' acceptance
     against the bar and the proposer pass); over random batches, acceptances, trees, step
@@ -659,8 +680,8 @@ def test_allocation_shortcut_gives_what_the_full_loop_gives():
             for _ in range(MIN_FIT_STEPS):
                 a_s, b_s = 1e-4 * (1 + trial % 9), 1e-5 * (1 + trial % 5)
                 dec.cost.observe(size, a_s + b_s * size)
-        # a proposer pass worth 0 to 6 tokens
-        dec.num_levels, dec.proposer_seconds = 1, (trial % 4) * 2 * b_s
+        # a proposer pass worth 0 to 6 tokens for fewer than 8 requests, 0 to 9 for more
+        dec.pass_cost = {1: [(trial % 4) * 2 * b_s, 1], 8: [(trial % 7) * 1.5 * b_s, 1]}
         n = int(torch.randint(1, 40, (), generator=g))
         levels = {}
         for i in range(n):
@@ -677,7 +698,7 @@ def test_allocation_shortcut_gives_what_the_full_loop_gives():
         assert dec._first_level_pays(n, levels, firsts) == bool(full), trial
         fired += not full
         if not full:  # count where only the proposer pass's cost kept every level out
-            dec.proposer_seconds = 0.0
+            dec.pass_cost = {}
             by_pass += bool(dec._allocate(n, levels, shortcut=False))
     assert 0 < fired < 300
     assert by_pass > 0

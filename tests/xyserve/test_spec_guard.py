@@ -104,7 +104,7 @@ def _run_decoder(proposer_seconds: float, steps: int = 400):
     proposer = _TimedProposer(clock, proposer_seconds)
     dec = SpecDecoder(SpeculativeConfig("ngram", 2), 10_000, 512, proposer=proposer)
     dec.clock = clock
-    dec.proposer_level_tokens = lambda: 0.0  # the model sees no price for the proposer
+    dec.proposer_level_tokens = lambda requests=1: 0.0  # the model sees no price for the proposer
     reqs = [Request(str(i), [1, 2, 3], 5000) for i in range(4)]
     calls, estimates, kinds = [], [], []
     for _ in range(steps):
@@ -231,7 +231,7 @@ def test_a_catching_up_proposal_is_neither_sides_cycle():
     proposer.catch_up_rows = lambda r: 1000
     dec = SpecDecoder(SpeculativeConfig("ngram", 2), 10_000, 512, proposer=proposer)
     dec.clock = clock
-    dec.proposer_level_tokens = lambda: 0.0
+    dec.proposer_level_tokens = lambda requests=1: 0.0
     reqs = [Request(str(i), [1, 2, 3], 5000) for i in range(4)]
     for _ in range(40):
         for r in reqs:

@@ -107,11 +107,14 @@ class SpecDecoder:
         # from where it starts, so the start is what the proposer has shown on the others.
         self.first_tries = 0
         self.first_hits = 0
-        self.num_levels = 0  # proposer passes so far (the deepest proposal of each call)
-        # Time inside the proposer's calls only: the cost of its passes. (The decoder's own
-        # bookkeeping runs every step whether or not it proposes; counting it per level would
-        # make a level look dearer the fewer levels are run, down to none.)
-        self.proposer_seconds = 0.0
+        # Time inside the proposer's calls only, and their passes (the deepest proposal of
+        # each call), by how many requests a call proposed for: a pass runs a row of each, so
+        # a pass of a large batch costs more than one of a single request, and a cost learned
+        # in large batches would price a lone request's proposals out for good (once they are
+        # declined nothing measures them again). (The decoder's own bookkeeping runs every step
+        # whether or not it proposes; counting it per level would make a level look dearer the
+        # fewer levels are run, down to none.)
+        self.pass_cost: dict[int, list[float]] = {}  # requests -> [seconds, passes]
         self.declined_steps = 0  # adaptive steps in a row that proposed nothing
         self.probe_every = PROBE_MIN_STEPS
         self.num_probes = 0
@@ -291,8 +294,10 @@ class SpecDecoder:
         if asking:
             t1 = self.clock()
             proposals = self._propose_isolated(asking, caps)
-            self.proposer_seconds += self.clock() - t1
-            self.num_levels += max(caps.values())
+            spent = self.clock() - t1
+            acc = self.pass_cost.setdefault(len(asking), [0.0, 0])
+            acc[0] += spent
+            acc[1] += max(caps.values())
         for r in asking:
             toks = proposals.get(r.request_id)
             if toks:
@@ -396,7 +401,6 @@ class SpecDecoder:
         cost = fixed_tokens(self.step_line()) + num_decoding
         prior = self.prior()
         room = self.budget - num_decoding
-        level_cost = self.proposer_level_tokens()
         keep: dict[str, int] = {}
         reach = dict.fromkeys(levels, 1.0)  # chance that the accepted path gets this deep
         alive = set(levels)
@@ -424,7 +428,10 @@ class SpecDecoder:
                 gain += value
                 tokens += n
                 reach[rid] = value
-            if not take or (emitted + gain) / (cost + tokens + level_cost) <= emitted / cost:
+            if not take:
+                break
+            level_cost = self.proposer_level_tokens(len(take))
+            if (emitted + gain) / (cost + tokens + level_cost) <= emitted / cost:
                 break
             emitted += gain
             cost += tokens + level_cost
@@ -446,20 +453,19 @@ class SpecDecoder:
         when ``(E + sum v) / (C + sum n + L) > E / C``: ``E / C`` is the step's tokens per
         cost without proposals (the bar), ``v`` and ``n`` a request's unit value and nodes,
         ``L`` the proposer pass. That is ``sum (v - n * bar) > L * bar``, and each request can
-        add at most ``max(0, v - n * bar)`` to it: where their sum does not clear ``L * bar``,
-        the allocation takes nothing. Asked every step before the requests' levels are built,
-        since in a large batch declining is the common case. ``first_nodes``: each request's
+        add at most ``max(0, v - n * bar)`` to it: where their sum does not clear ``L * bar``
+        (``L`` of a pass for as many requests as add to it, as the allocation takes them all
+        where the budget has room), the allocation takes nothing. Asked every step before the
+        requests' levels are built, since in a large batch declining is the common case. ``first_nodes``: each request's
         nodes at the first level (None: a chain's 1 or the configured tree's first level,
         whichever gains more). ``with_pass=False``: whether any of them clears the bar, the
         proposer pass left out (where a pass costs more than one request's proposal can gain,
         this says whether its estimate alone is past the bar)."""
         bar = num_decoding / (fixed_tokens(self.step_line()) + num_decoding)
-        # (rounding: never say no where the loop would say yes)
-        need = self.proposer_level_tokens() * bar * (1.0 - 1e-9) if with_pass else 0.0
         widths = (1,) if self.tree_sizes is None else (1, self.tree_sizes[0])
         prior = self.prior()
         get = self.acceptance.get
-        surplus = 0.0
+        surplus, takers = 0.0, 0
         for rid in rids:
             a = get(rid, prior)
             if a <= bar:  # a unit's value per node is at most a: none of this request's clears
@@ -468,17 +474,28 @@ class SpecDecoder:
                 nodes = widths
             else:  # (a request with no level to take adds nothing)
                 nodes = (first_nodes[rid],) if rid in first_nodes else ()
-            surplus += max(0.0, *(1.0 - (1.0 - a) ** n - n * bar for n in nodes))
-            if surplus > need:
-                return True
-        return False
+            gain = max(0.0, *(1.0 - (1.0 - a) ** n - n * bar for n in nodes))
+            surplus += gain
+            takers += gain > 0.0
+        if not with_pass:
+            return surplus > 0.0
+        # (rounding: never say no where the loop would say yes)
+        return takers > 0 and surplus > self.proposer_level_tokens(takers) * bar * (1.0 - 1e-9)
 
-    def proposer_level_tokens(self) -> float:
-        """One proposer pass (a draft level for the whole batch) in target-token equivalents."""
+    def proposer_level_tokens(self, requests: int = 1) -> float:
+        """One proposer pass (a draft level of ``requests`` requests) in target-token
+        equivalents, over the step line's seconds per token: the measured seconds per pass of
+        calls that proposed for that many requests; else of the nearest count measured below
+        it; else the fewest measured above it, scaled down in proportion to the requests. The
+        guesses err low, where proposing measures the real cost: a guess too high would decline
+        every proposal and so never be measured. 0 before any is measured."""
         fit = self.step_line()
-        if fit is None or self.num_levels == 0:
+        if fit is None or not self.pass_cost:
             return 0.0
-        return (self.proposer_seconds / self.num_levels) / fit[1]
+        below = [n for n in self.pass_cost if n <= requests]
+        n = max(below) if below else min(self.pass_cost)
+        seconds, passes = self.pass_cost[n]
+        return (seconds / passes) * min(1.0, requests / n) / fit[1]
 
     def step_line(self) -> tuple[float, float] | None:
         """The step-time line (a, b), seconds and seconds per token: the current fit where it
@@ -560,7 +577,7 @@ class SpecDecoder:
             self._probed = None
             if res.num_accepted > 0:  # it may have changed: probe it again at the next step
                 self._probe_again = request_id
-        run = self.in_run.get(request_id, False)  # (never for a tree: see below)
+        run = self.in_run.get(request_id, False)  # (after a chain, or a chain-shaped tree)
         tries, hits = self.depth_tries[run], self.depth_hits[run]
         for j in range(1, min(proposed, kept + 1, self.k)):
             tries[j] += 1
