@@ -104,7 +104,8 @@ def _run_decoder(proposer_seconds: float, steps: int = 400):
     proposer = _TimedProposer(clock, proposer_seconds)
     dec = SpecDecoder(SpeculativeConfig("ngram", 2), 10_000, 512, proposer=proposer)
     dec.clock = clock
-    dec.proposer_level_tokens = lambda requests=1: 0.0  # the model sees no price for the proposer
+    # the model sees no price for the proposer
+    dec.proposer_level_tokens = lambda requests=1: 0.0
     reqs = [Request(str(i), [1, 2, 3], 5000) for i in range(4)]
     calls, estimates, kinds = [], [], []
     for _ in range(steps):

@@ -456,11 +456,11 @@ class SpecDecoder:
         add at most ``max(0, v - n * bar)`` to it: where their sum does not clear ``L * bar``
         (``L`` of a pass for as many requests as add to it, as the allocation takes them all
         where the budget has room), the allocation takes nothing. Asked every step before the
-        requests' levels are built, since in a large batch declining is the common case. ``first_nodes``: each request's
-        nodes at the first level (None: a chain's 1 or the configured tree's first level,
-        whichever gains more). ``with_pass=False``: whether any of them clears the bar, the
-        proposer pass left out (where a pass costs more than one request's proposal can gain,
-        this says whether its estimate alone is past the bar)."""
+        requests' levels are built, since in a large batch declining is the common case.
+        ``first_nodes``: each request's nodes at the first level (None: a chain's 1 or the
+        configured tree's first level, whichever gains more). ``with_pass=False``: whether any
+        of them clears the bar, the proposer pass left out (where a pass costs more than one
+        request's proposal can gain, this says whether its estimate alone is past the bar)."""
         bar = num_decoding / (fixed_tokens(self.step_line()) + num_decoding)
         widths = (1,) if self.tree_sizes is None else (1, self.tree_sizes[0])
         prior = self.prior()
@@ -484,11 +484,11 @@ class SpecDecoder:
 
     def proposer_level_tokens(self, requests: int = 1) -> float:
         """One proposer pass (a draft level of ``requests`` requests) in target-token
-        equivalents, over the step line's seconds per token: the measured seconds per pass of
-        calls that proposed for that many requests; else of the nearest count measured below
-        it; else the fewest measured above it, scaled down in proportion to the requests. The
-        guesses err low, where proposing measures the real cost: a guess too high would decline
-        every proposal and so never be measured. 0 before any is measured."""
+        equivalents, over the step line's seconds per token: the seconds per pass of the calls
+        that proposed for that many requests; for a count with no call yet, those of the
+        nearest count below it, or of the fewest above it scaled down in proportion. A guess
+        errs low, so the proposals it lets through time the real cost (one too high would
+        decline every proposal and never be corrected). 0 before any call."""
         fit = self.step_line()
         if fit is None or not self.pass_cost:
             return 0.0
@@ -565,7 +565,7 @@ class SpecDecoder:
         # from that chance, so a tree's verify teaches it as a chain's does.
         proposed, kept = len(draft), res.num_accepted
         if tree_parents is not None:
-            chain = tree.top_chain(tuple(tree_parents[: len(draft)]))
+            chain = tree.top_chain(tree_parents[: len(draft)])
             proposed, kept = len(chain), 0
             while kept < min(len(chain), len(res.path)) and res.path[kept] == chain[kept]:
                 kept += 1

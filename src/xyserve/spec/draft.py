@@ -279,8 +279,7 @@ class DraftModelProposer:
         out = {}
         for (r, s), n, toks in zip(ran, steps, tokens.tolist()):
             out[r.request_id] = toks[:n]
-            s.output_token_ids.extend(toks[:n])
-            s.num_computed_tokens = s.num_tokens - 1  # the last proposal is not run
+            _keep_chain(s, toks[:n])
         return out
 
     def _greedy_trees(
@@ -440,15 +439,21 @@ class _TreeState:
         return [self.tokens[i] for i in keep], parents
 
 
+def _keep_chain(s: Request, tokens: list[int]) -> None:
+    """The shadow ``s`` takes a proposed chain whose K/V the draft computed for every token but
+    the last (not run): the next catch-up pass starts after the chain's accepted part."""
+    s.output_token_ids.extend(tokens)
+    s.num_computed_tokens = s.num_tokens - 1
+
+
 def _keep_run_chain(s: Request, t: _TreeState) -> None:
-    """After a tree proposal: the shadow ``s`` keeps the K/V of the tree's run chain (as a
-    chain proposal keeps its own, so that the next catch-up pass starts after the chain's
-    accepted part), or of its real tokens alone (node K/V is scratch)."""
+    """After a tree proposal: the shadow ``s`` keeps the tree's run chain as a chain proposal
+    keeps its own, or else its real tokens alone (node K/V is scratch)."""
     chain = t.run_chain()
-    s.num_computed_tokens = s.num_tokens
     if chain:
-        s.output_token_ids.extend(chain)
-        s.num_computed_tokens = s.num_tokens - 1  # the last level's node is not run
+        _keep_chain(s, chain)
+    else:
+        s.num_computed_tokens = s.num_tokens
 
 
 def _greedy(r: Request) -> bool:
